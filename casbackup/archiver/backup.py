@@ -1,0 +1,608 @@
+"""The backup pipeline: walk sources, reuse or read files, write trees and a snapshot.
+
+Threads: the caller's thread walks directories (stat is cheap and ordered); file
+contents are read, chunked, hashed, compressed and encrypted in a worker pool.
+pyfastcdc, BLAKE3, zstd and AES-GCM all release the GIL, so both cores work. At
+most ``max_inflight`` files are queued, so memory stays bounded whatever the tree.
+
+Change detection (incremental/differential): a file is reused from the parent's
+tree when size, mtime, ctime and inode match, every chunk is still indexed, and
+neither time is within RACE_MARGIN_NS of the parent's start (borg's guard: a file
+written while the parent ran may have been read half-changed and would then look
+unchanged forever).
+"""
+
+from __future__ import annotations
+
+import errno
+import getpass
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import blake3
+
+from casbackup import __version__
+from casbackup.archiver.excludes import Excluder
+from casbackup.archiver.metadata import node_from_stat
+from casbackup.chunking.chunker import Chunker
+from casbackup.errors import CasError, Interrupted, NotFound, UsageError
+from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import BACKUP_TYPES, DatabaseRecord, Snapshot, Summary, now_utc
+from casbackup.repo.tree import Node, NodeKind
+from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+
+RACE_MARGIN_NS = 2_000_000_000  # coarse file systems store times in 1-2 s steps
+MAX_RECORDED_ERRORS = 1000
+DATABASES_DIR = b".databases"
+
+
+class DumpSource(Protocol):
+    """A byte stream to store as a file in the snapshot (a database dump)."""
+
+    def readinto(self, buffer: Any) -> int: ...
+
+    def finish(self) -> Any: ...  # returns engines.base.DumpInfo or raises DatabaseError
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str  # logical database name
+    filename: str  # file name under /.databases/
+    engine: str
+    open: Callable[[], DumpSource]
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    paths: tuple[str, ...]
+    type: str = "incremental"
+    app: str | None = None
+    tags: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    one_file_system: bool = False
+    dry_run: bool = False
+    workers: int = 2
+    streams: tuple[StreamSpec, ...] = ()
+    app_definition: dict[str, Any] | None = None
+    parent: str | None = None  # force a parent snapshot id
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot | None
+    parent: Snapshot | None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Counters:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    files_total: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    errors: int = 0
+
+
+def choose_parent(
+    repo: Repository, options: BackupOptions
+) -> tuple[Snapshot | None, Snapshot | None]:
+    """Return (reference, reuse_source): the latest of the group, and what files may be reused from."""
+    if options.parent:
+        forced = repo.resolve_snapshot(options.parent)
+        return forced, forced
+    group = [s for s in repo.list_snapshots(warnings=[]) if _same_group(s, options)]
+    latest = group[-1] if group else None
+    if options.type == "full":
+        return latest, None
+    if options.type == "incremental":
+        return latest, latest
+    fulls = [s for s in group if s.type == "full"]
+    base = fulls[-1] if fulls else None
+    return base, base
+
+
+def _same_group(snap: Snapshot, options: BackupOptions) -> bool:
+    if options.app is not None:
+        return snap.app == options.app
+    return (
+        snap.app is None
+        and snap.host == socket.gethostname()
+        and sorted(snap.paths) == sorted(options.paths)
+    )
+
+
+class Backup:
+    def __init__(
+        self, repo: Repository, options: BackupOptions, reporter: Reporter = NULL_REPORTER
+    ) -> None:
+        if options.type not in BACKUP_TYPES:
+            raise UsageError(f"backup type must be one of {', '.join(BACKUP_TYPES)}")
+        self.repo = repo
+        self.options = options
+        self.reporter = reporter
+        self.excluder = Excluder(list(options.excludes))
+        self.chunker = Chunker(repo.config.chunker, repo.key.chunker_seed)
+        self.dump_chunker = Chunker(repo.config.dump_chunker, repo.key.chunker_seed)
+        self.counters = _Counters()
+        self.warnings: list[str] = []
+        self._progress = Progress(phase="backup")
+        self._last_report = 0.0
+        self._count_lock = threading.Lock()
+        self._hardlinks: dict[tuple[int, int], Future[Node | None] | Node] = {}
+        self._uid_names: dict[int, str] = {}
+        self._gid_names: dict[int, str] = {}
+        self._cancelled = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(max(4, options.workers * 8))
+        self._reuse_start_ns = 0
+
+    # ------------------------------------------------------------------ entry
+    def run(self) -> BackupResult:
+        opts = self.options
+        started = time.monotonic()
+        stats0 = (
+            self.repo.stats_bytes_added,
+            self.repo.stats_bytes_stored,
+            self.repo.stats_blobs_added,
+        )
+        time_text, start_ns = now_utc()
+        paths = tuple(os.path.abspath(p) for p in opts.paths)
+        for p in paths:
+            if not os.path.lexists(p):
+                raise NotFound(f"source {p} does not exist")
+        opts = replace(opts, paths=paths)
+        self.options = opts
+        reference, reuse = choose_parent(self.repo, opts)
+        notes = []
+        if opts.type != "full" and reuse is None:
+            notes.append(
+                f"no {'full ' if opts.type == 'differential' else ''}parent snapshot: reading every file"
+            )
+            self.reporter.info(notes[-1])
+        self._reference = reference
+        self._reuse = reuse
+        self._reuse_start_ns = reuse.start_ns if reuse else 0
+        db_records: list[DatabaseRecord] = []
+        self._pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="backup")
+        try:
+            root = self._archive_roots(paths, reference, db_records)
+            self._report(force=True)
+        except KeyboardInterrupt:
+            self._cancelled.set()
+            self._shutdown()
+            self._keep_committed()
+            raise Interrupted(
+                "backup interrupted; the chunks stored so far are kept for the next run"
+            ) from None
+        except BaseException:
+            self._cancelled.set()
+            self._shutdown()
+            self._keep_committed()
+            raise
+        self._shutdown()
+        c = self.counters
+        summary = Summary(
+            files_new=c.files_new, files_changed=c.files_changed, files_unchanged=c.files_unchanged,
+            dirs=c.dirs, files_total=c.files_total, bytes_total=c.bytes_total, bytes_read=c.bytes_read,
+            bytes_added=self.repo.stats_bytes_added - stats0[0],
+            bytes_stored=self.repo.stats_bytes_stored - stats0[1],
+            blobs_added=self.repo.stats_blobs_added - stats0[2], errors=c.errors,
+            duration_s=round(time.monotonic() - started, 3),
+        )  # fmt: skip
+        parent_id = reference.id if reference else None
+        base_full = None
+        if opts.type == "differential" and reuse is not None:
+            base_full = reuse.id
+        elif opts.type == "incremental" and reuse is not None:
+            base_full = reuse.id if reuse.type == "full" else reuse.base_full
+        snap = Snapshot(
+            time=time_text, start_ns=start_ns, host=socket.gethostname(), user=getpass.getuser(),
+            paths=paths, tree=root.hex(), type=opts.type, app=opts.app, tags=tuple(opts.tags),
+            parent=parent_id, base_full=base_full, excludes=tuple(opts.excludes), summary=summary,
+            databases=tuple(db_records), app_definition=opts.app_definition,
+            program_version=__version__, errors=tuple(self.warnings[:MAX_RECORDED_ERRORS]),
+        )  # fmt: skip
+        if opts.dry_run:
+            return BackupResult(None, reference, self.warnings, notes)
+        saved = self.repo.save_snapshot(snap)
+        return BackupResult(saved, reference, self.warnings, notes)
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _keep_committed(self) -> None:
+        """After an abort, index what was stored so the next run does not store it again."""
+        if self.options.dry_run:
+            return
+        try:
+            self.repo.flush()
+        except (CasError, OSError):
+            pass
+
+    # ------------------------------------------------------------------ roots
+    def _archive_roots(
+        self, paths: tuple[str, ...], reference: Snapshot | None, dbs: list[DatabaseRecord]
+    ) -> BlobId:
+        """Build the tree from / down to each source, then the sources themselves."""
+        # Nested dict of path components; a leaf (None) is a source to archive in full.
+        layout: dict[bytes, Any] = {}
+        for p in sorted(paths):
+            parts = [x for x in os.fsencode(p).split(b"/") if x]
+            node = layout
+            for part in parts[:-1]:
+                child = node.setdefault(part, {})
+                if child is None:
+                    break  # an ancestor is already a source: nested paths are covered
+                node = child
+            else:
+                if parts:
+                    node[parts[-1]] = None
+                else:
+                    raise UsageError("backing up / as a whole is not supported; name its folders")
+        ref_root = reference.root if reference is not None else None
+        reuse_root = self._reuse.root if self._reuse is not None else None
+        nodes = self._build_layout(b"", layout, ref_root, reuse_root)
+        if self.options.streams:
+            nodes.append(self._archive_streams(dbs))
+            nodes.sort(key=lambda n: n.name)
+        return self._save_tree(nodes)
+
+    def _build_layout(
+        self,
+        prefix: bytes,
+        layout: dict[bytes, Any],
+        ref_tree: BlobId | None,
+        reuse_tree: BlobId | None,
+    ) -> list[Node]:
+        ref_nodes = self._load_children(ref_tree)
+        reuse_nodes = self._load_children(reuse_tree) if reuse_tree != ref_tree else ref_nodes
+        nodes: list[Node] = []
+        for name in sorted(layout):
+            path = prefix + b"/" + name
+            sub = layout[name]
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                raise NotFound(f"cannot read source {os.fsdecode(path)}: {exc.strerror}") from None
+            if sub is None:
+                node = self._archive_entry(
+                    path, name, st, ref_nodes.get(name), reuse_nodes.get(name), st.st_dev
+                )
+                if node is not None:
+                    nodes.append(node)
+                continue
+            ref_child, reuse_child = ref_nodes.get(name), reuse_nodes.get(name)
+            children = self._build_layout(
+                path, sub,
+                ref_child.subtree if ref_child else None,
+                reuse_child.subtree if reuse_child else None,
+            )  # fmt: skip
+            nodes.append(self._dir_node(name, st, self._save_tree(children)))
+        return nodes
+
+    def _load_children(self, tree: BlobId | None) -> dict[bytes, Node]:
+        if tree is None:
+            return {}
+        try:
+            return {n.name: n for n in self.repo.load_tree(tree)}
+        except CasError as exc:
+            # A damaged parent tree only costs re-reading; never fail the backup for it.
+            self._warn(f"parent tree unreadable, re-reading its files: {exc}")
+            return {}
+
+    def _save_tree(self, nodes: list[Node]) -> BlobId:
+        if self.options.dry_run:
+            return self.repo.blob_id(_encode(nodes))
+        return self.repo.save_tree(nodes)
+
+    def _dir_node(self, name: bytes, st: os.stat_result, subtree: BlobId) -> Node:
+        return replace(self._meta(name, st), kind=NodeKind.DIR, size=0, subtree=subtree)
+
+    def _meta(self, name: bytes, st: os.stat_result) -> Node:
+        return node_from_stat(name, st, self._uid_names, self._gid_names)
+
+    # ------------------------------------------------------------------ walking
+    def _archive_entry(
+        self,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        ref: Node | None,
+        reuse: Node | None,
+        root_dev: int,
+    ) -> Node | Future[Node | None] | None:
+        if self._cancelled.is_set():
+            raise KeyboardInterrupt
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            return self._archive_dir(path, name, st, ref, reuse, root_dev)
+        if stat.S_ISREG(mode):
+            return self._archive_file(path, name, st, ref, reuse)
+        node = self._meta(name, st)
+        if stat.S_ISLNK(mode):
+            try:
+                node = replace(node, link_target=os.readlink(path))
+            except OSError as exc:
+                self._error(path, exc)
+                return None
+        return node
+
+    def _archive_dir(
+        self,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        ref: Node | None,
+        reuse: Node | None,
+        root_dev: int,
+    ) -> Node | None:
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self._error(path, exc)
+            return None
+        ref_nodes = self._load_children(ref.subtree) if ref is not None and ref.subtree else {}
+        if reuse is ref:
+            reuse_nodes = ref_nodes
+        else:
+            reuse_nodes = (
+                self._load_children(reuse.subtree) if reuse is not None and reuse.subtree else {}
+            )
+        children: list[Node | Future[Node | None]] = []
+        for entry in entries:
+            child_path = entry.path
+            if self.excluder and self.excluder.excluded(os.fsdecode(child_path)):
+                continue
+            try:
+                child_st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                self._error(child_path, exc)
+                continue
+            if (
+                self.options.one_file_system
+                and stat.S_ISDIR(child_st.st_mode)
+                and child_st.st_dev != root_dev
+            ):
+                continue
+            child = self._archive_entry(
+                child_path,
+                entry.name,
+                child_st,
+                ref_nodes.get(entry.name),
+                reuse_nodes.get(entry.name),
+                root_dev,
+            )
+            if child is not None:
+                children.append(child)
+        nodes = []
+        for child in children:
+            if isinstance(child, Future):
+                result = child.result()
+                if result is not None:
+                    nodes.append(result)
+            else:
+                nodes.append(child)
+        with self._count_lock:
+            self.counters.dirs += 1
+        return self._dir_node(name, st, self._save_tree(nodes))
+
+    # ------------------------------------------------------------------ files
+    def _archive_file(
+        self, path: bytes, name: bytes, st: os.stat_result, ref: Node | None, reuse: Node | None
+    ) -> Node | Future[Node | None]:
+        meta = self._meta(name, st)
+        if reuse is not None and self._unchanged(reuse, st):
+            with self._count_lock:
+                self.counters.files_unchanged += 1
+                self.counters.files_total += 1
+                self.counters.bytes_total += st.st_size
+            self._progress.files_done += 1
+            return replace(meta, content=reuse.content, content_hash=reuse.content_hash)
+        key = meta.hardlink_key
+        if key is not None:
+            earlier = self._hardlinks.get(key)
+            if earlier is not None:
+                return self._link_to(earlier, meta)
+        assert self._pool is not None
+        self._slots.acquire()
+        future = self._pool.submit(self._read_file, path, meta, ref)
+        future.add_done_callback(lambda _f: self._slots.release())
+        if key is not None:
+            self._hardlinks[key] = future
+        return future
+
+    def _link_to(
+        self, earlier: Future[Node | None] | Node, meta: Node
+    ) -> Node | Future[Node | None]:
+        """A second name for an inode already read in this backup: share its content, read nothing."""
+
+        def finish(first: Node | None) -> Node | None:
+            if first is None:
+                return None
+            with self._count_lock:
+                self.counters.files_total += 1
+                self.counters.bytes_total += first.size
+            return replace(
+                meta, content=first.content, content_hash=first.content_hash, size=first.size
+            )
+
+        if isinstance(earlier, Node):
+            return finish(earlier)  # type: ignore[return-value]
+        linked: Future[Node | None] = Future()
+        earlier.add_done_callback(lambda f: _chain(f, linked, finish))
+        return linked
+
+    def _unchanged(self, old: Node, st: os.stat_result) -> bool:
+        if old.kind != NodeKind.FILE or not old.content_hash:
+            return False
+        if (old.size, old.mtime_ns, old.ctime_ns, old.inode) != (
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_ino,
+        ):
+            return False
+        if max(st.st_mtime_ns, st.st_ctime_ns) >= self._reuse_start_ns - RACE_MARGIN_NS:
+            return False
+        return all(self.repo.has_blob(c) for c in old.content)
+
+    def _read_file(self, path: bytes, meta: Node, ref: Node | None) -> Node | None:
+        if self._cancelled.is_set():
+            return None
+        try:
+            node = self._store_file(path, meta)
+        except OSError as exc:
+            self._error(path, exc)
+            return None
+        with self._count_lock:
+            c = self.counters
+            c.files_total += 1
+            c.bytes_total += node.size
+            if ref is None or ref.kind != NodeKind.FILE:
+                c.files_new += 1
+            elif ref.content_hash == node.content_hash and ref.size == node.size:
+                c.files_unchanged += 1
+            else:
+                c.files_changed += 1
+        self._progress.files_done += 1
+        self._report()
+        return node
+
+    def _store_file(self, path: bytes, meta: Node) -> Node:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
+        try:
+            fd = os.open(path, flags)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # O_NOATIME needs ownership
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file any more")
+            content, digest, size = self._store_stream(
+                f, self.chunker, small=before.st_size <= self.chunker.min_size
+            )
+            after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (
+            before.st_size,
+            before.st_mtime_ns,
+        ) or size != before.st_size:
+            self._warn(f"{os.fsdecode(path)}: file changed while it was read; stored as read")
+            after_meta = self._meta(meta.name, after)
+            meta = replace(after_meta, mtime_ns=min(after.st_mtime_ns, before.st_mtime_ns))
+        return replace(meta, size=size, content=content, content_hash=digest)
+
+    def _store_stream(
+        self, reader: Any, chunker: Chunker, *, small: bool = False
+    ) -> tuple[tuple[BlobId, ...], bytes, int]:
+        hasher = blake3.blake3()
+        ids: list[BlobId] = []
+        size = 0
+        if small:
+            # Fast path: one read, one chunk, no chunker set-up.
+            data = reader.read(chunker.min_size + 1)
+            pieces: Any = [data] if data else []
+            if len(data) > chunker.min_size:
+                rest = data + reader.read()
+                pieces = chunker.buffer(rest)
+        else:
+            pieces = chunker.stream(reader)
+        for piece in pieces:
+            if self._cancelled.is_set():
+                raise KeyboardInterrupt
+            hasher.update(piece)
+            size += len(piece)
+            if self.options.dry_run:
+                ids.append(self.repo.blob_id(piece))
+            else:
+                ids.append(self.repo.save_blob(Kind.DATA, piece)[0])
+            self._progress.bytes_done += len(piece)
+        with self._count_lock:
+            self.counters.bytes_read += size
+        return tuple(ids), hasher.digest(), size
+
+    # ------------------------------------------------------------------ streams
+    def _archive_streams(self, records: list[DatabaseRecord]) -> Node:
+        """Store each database dump as /.databases/<file>; any failure fails the backup."""
+        _, now_ns = now_utc()
+        nodes = []
+        for spec in self.options.streams:
+            self.reporter.info(f"dumping database {spec.name} ({spec.engine})")
+            source = spec.open()
+            try:
+                content, digest, size = self._store_stream(source, self.dump_chunker)
+                info = source.finish()
+            finally:
+                source.close()
+            name = os.fsencode(spec.filename)
+            nodes.append(
+                Node(name=name, kind=NodeKind.FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(),
+                     mtime_ns=now_ns, ctime_ns=now_ns, size=size, content=content, content_hash=digest)
+            )  # fmt: skip
+            records.append(
+                DatabaseRecord(
+                    name=spec.name, engine=info.engine, format=info.format, server_version=info.server_version,
+                    path="/" + DATABASES_DIR.decode() + "/" + spec.filename, size=size,
+                    row_counts=dict(info.row_counts),
+                )
+            )  # fmt: skip
+        nodes.sort(key=lambda n: n.name)
+        return Node(
+            name=DATABASES_DIR, kind=NodeKind.DIR, mode=0o700, uid=os.getuid(), gid=os.getgid(),
+            mtime_ns=now_ns, ctime_ns=now_ns, subtree=self._save_tree(nodes),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ reporting
+    def _error(self, path: bytes, exc: OSError) -> None:
+        with self._count_lock:
+            self.counters.errors += 1
+        self._warn(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+
+    def _warn(self, message: str) -> None:
+        with self._count_lock:
+            self.warnings.append(message)
+        self._progress.errors += 1
+        self.reporter.warning(message)
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_report > 0.25:
+            self._last_report = now
+            self.reporter.progress(self._progress)
+
+
+def _chain(
+    src: Future[Node | None], dst: Future[Node | None], fn: Callable[[Node | None], Node | None]
+) -> None:
+    try:
+        dst.set_result(fn(src.result()))
+    except BaseException as exc:  # noqa: BLE001 - propagate whatever the first read raised
+        dst.set_exception(exc)
+
+
+def _encode(nodes: list[Node]) -> bytes:
+    from casbackup.repo.tree import encode_tree
+
+    return encode_tree(nodes)
+
+
+def run_backup(
+    repo: Repository, options: BackupOptions, reporter: Reporter = NULL_REPORTER
+) -> BackupResult:
+    return Backup(repo, options, reporter).run()

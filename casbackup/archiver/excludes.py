@@ -1,0 +1,90 @@
+"""Exclude patterns (restic-like).
+
+- A pattern without ``/`` matches any path component's name: ``*.log``, ``node_modules``.
+- A pattern with ``/`` matches the whole absolute path, or its tail when it does
+  not start with ``/``: ``/var/cache`` or ``cache/tmp``.
+- ``**`` matches across directories; ``*`` and ``?`` do not cross ``/``.
+- A leading ``!`` re-includes what an earlier pattern excluded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from casbackup.errors import UsageError
+
+
+def _translate(pattern: str) -> str:
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end == -1:
+                raise UsageError(f"exclude pattern {pattern!r} has an unclosed '['")
+            body = pattern[i + 1 : end].replace("\\", "\\\\")
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append(f"[{body}]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    regex: re.Pattern[str]
+    negate: bool
+
+
+class Excluder:
+    def __init__(self, patterns: list[str] | tuple[str, ...]) -> None:
+        self.patterns = tuple(p for p in patterns if p.strip() and not p.lstrip().startswith("#"))
+        rules = []
+        for raw in self.patterns:
+            pattern = raw.strip()
+            negate = pattern.startswith("!")
+            if negate:
+                pattern = pattern[1:]
+            pattern = pattern.rstrip("/")
+            if not pattern:
+                continue
+            body = _translate(pattern)
+            if pattern.startswith("/"):
+                regex = f"^{body}$"
+            elif "/" in pattern:
+                regex = f"(^|/){body}$"
+            else:
+                regex = f"(^|/){body}$"
+            rules.append(_Rule(re.compile(regex, re.DOTALL), negate))
+        self._rules = tuple(rules)
+
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
+    def excluded(self, path: str) -> bool:
+        result = False
+        for rule in self._rules:
+            if rule.regex.search(path):
+                result = not rule.negate
+        return result
+
+
+def read_exclude_file(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f]
+    except OSError as exc:
+        raise UsageError(f"cannot read exclude file {path}: {exc.strerror}") from None

@@ -1,0 +1,388 @@
+"""Restore a snapshot (or one folder or file of it) into a target directory.
+
+Never writes outside the target, whatever the repository says:
+- names are validated by the tree decoder (no ``/``, NUL, ``.``, ``..``, no duplicates);
+- every file system call is relative to an open directory fd (``dir_fd``) and uses
+  ``O_NOFOLLOW``, so a symlink (restored earlier or already in the target) is never
+  followed: a directory that turns out to be a symlink stops the restore;
+- symlinks are created as links, never written through; ``--overwrite`` unlinks the
+  old entry first, so it cannot write through a hard link or symlink either.
+File contents are written by worker threads on fds opened by the walking thread;
+directory metadata is applied after all of a directory's entries exist.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import blake3
+
+from casbackup.archiver.excludes import Excluder
+from casbackup.errors import CasError, Interrupted, NotFound, RestoreError
+from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.tree import Node, NodeKind
+from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+
+_ZERO = bytes(16 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    target: str
+    subpath: str = "/"
+    includes: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    overwrite: bool = False
+    workers: int = 2
+    owners: bool | None = None  # None: restore owners when running as root
+    dry_run: bool = False
+
+
+@dataclass
+class RestoreResult:
+    files: int = 0
+    dirs: int = 0
+    links: int = 0
+    bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class Restorer:
+    def __init__(
+        self,
+        repo: Repository,
+        snapshot: Snapshot,
+        options: RestoreOptions,
+        reporter: Reporter = NULL_REPORTER,
+    ) -> None:
+        self.repo = repo
+        self.snapshot = snapshot
+        self.options = options
+        self.reporter = reporter
+        self.includer = Excluder(list(options.includes))
+        self.excluder = Excluder(list(options.excludes))
+        self.owners = os.geteuid() == 0 if options.owners is None else options.owners
+        self.result = RestoreResult()
+        self._lock = threading.Lock()
+        self._hardlinks: dict[tuple[int, int], bytes] = {}  # key -> path relative to the target
+        self._progress = Progress(phase="restore")
+        self._last = 0.0
+        self._slots = threading.BoundedSemaphore(max(4, options.workers * 4))
+        self._futures: list[Future[None]] = []
+
+    def run(self) -> RestoreResult:
+        opts = self.options
+        node = self.repo.find_node(self.snapshot.root, opts.subpath)
+        prefix = os.fsencode(opts.subpath.rstrip("/")) if opts.subpath not in ("", "/") else b""
+        try:
+            os.makedirs(opts.target, exist_ok=True)
+            root_fd = os.open(opts.target, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise RestoreError(f"cannot use target {opts.target}: {exc.strerror}") from None
+        self._root_fd = root_fd
+        pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="restore")
+        self._pool = pool
+        try:
+            if node is None or node.kind == NodeKind.DIR:
+                tree = self.snapshot.root if node is None else node.subtree
+                assert tree is not None
+                self._restore_tree(tree, prefix, b"", lambda: root_fd)
+            else:
+                parent = prefix.rsplit(b"/", 1)[0]
+                self._restore_node(node, parent, b"", lambda: root_fd)
+            self._drain(all_done=True)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise Interrupted("restore interrupted; the target holds a partial restore") from None
+        finally:
+            pool.shutdown(wait=True)
+            os.close(root_fd)
+        self._report(force=True)
+        return self.result
+
+    # ------------------------------------------------------------------ filters
+    def _wanted(self, snap_path: bytes, is_dir: bool) -> tuple[bool, bool]:
+        """(restore this entry itself, descend into it)."""
+        text = os.fsdecode(snap_path)
+        if self.excluder and self.excluder.excluded(text):
+            return False, False
+        if not self.includer:
+            return True, True
+        if self.includer.excluded(text):  # an include pattern matches: take everything below too
+            return True, True
+        return False, is_dir
+
+    # ------------------------------------------------------------------ walking
+    def _restore_tree(
+        self, tree: BlobId, snap_prefix: bytes, rel: bytes, dir_fd: Callable[[], int]
+    ) -> None:
+        for node in self.repo.load_tree(tree):
+            self._restore_node(node, snap_prefix, rel, dir_fd)
+
+    def _restore_node(
+        self,
+        node: Node,
+        snap_prefix: bytes,
+        rel: bytes,
+        dir_fd: Callable[[], int],
+        forced: bool = False,
+    ) -> None:
+        snap_path = snap_prefix + b"/" + node.name
+        rel_path = rel + b"/" + node.name if rel else node.name
+        take, descend = (
+            (True, True) if forced else self._wanted(snap_path, node.kind == NodeKind.DIR)
+        )
+        if node.kind == NodeKind.DIR:
+            if not descend:
+                return
+            self._restore_dir(node, snap_path, rel_path, dir_fd, take)
+            return
+        if not take:
+            return
+        if self.options.dry_run:
+            self._count(node)
+            return
+        fd = dir_fd()
+        if node.kind == NodeKind.FILE:
+            self._restore_file(node, rel_path, fd)
+        elif node.kind == NodeKind.SYMLINK:
+            self._make(
+                node, rel_path, fd, lambda: os.symlink(node.link_target, node.name, dir_fd=fd)
+            )
+            self._apply_meta_nofollow(node, rel_path, fd)
+        elif node.kind == NodeKind.FIFO:
+            self._make(node, rel_path, fd, lambda: os.mkfifo(node.name, 0o600, dir_fd=fd))
+            self._apply_meta_nofollow(node, rel_path, fd)
+        elif node.kind in (NodeKind.CHARDEV, NodeKind.BLOCKDEV):
+            if not self.owners:
+                self.result.warnings.append(
+                    f"{os.fsdecode(rel_path)}: device node skipped (needs root)"
+                )
+                return
+            kind_bits = stat.S_IFCHR if node.kind == NodeKind.CHARDEV else stat.S_IFBLK
+            self._make(
+                node,
+                rel_path,
+                fd,
+                lambda: os.mknod(node.name, kind_bits | 0o600, node.rdev, dir_fd=fd),
+            )
+            self._apply_meta_nofollow(node, rel_path, fd)
+        else:
+            self.result.warnings.append(
+                f"{os.fsdecode(rel_path)}: {node.kind.name.lower()} not restored"
+            )
+
+    def _restore_dir(
+        self,
+        node: Node,
+        snap_path: bytes,
+        rel_path: bytes,
+        parent_fd: Callable[[], int],
+        take: bool,
+    ) -> None:
+        state: dict[str, int] = {}
+
+        def my_fd() -> int:
+            # Created on first use, so --include restores only the folders that hold matches.
+            if "fd" not in state:
+                state["fd"] = self._open_dir(node, rel_path, parent_fd())
+            return state["fd"]
+
+        if take and not self.options.dry_run:
+            my_fd()
+        assert node.subtree is not None
+        try:
+            for child in self.repo.load_tree(node.subtree):
+                self._restore_node(
+                    child, snap_path, rel_path, my_fd, forced=take and bool(self.includer)
+                )
+        except CasError as exc:
+            self._fail(rel_path, f"directory listing unreadable: {exc}")
+        if "fd" in state:
+            fd = state["fd"]
+            self._drain(all_done=False)
+            self._apply_meta_fd(node, rel_path, fd, is_dir=True)
+            os.close(fd)
+            with self._lock:
+                self.result.dirs += 1
+        elif take:
+            with self._lock:
+                self.result.dirs += 1
+
+    def _open_dir(self, node: Node, rel_path: bytes, parent_fd: int) -> int:
+        try:
+            os.mkdir(node.name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise RestoreError(f"cannot create {os.fsdecode(rel_path)}: {exc.strerror}") from None
+        try:
+            return os.open(
+                node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd
+            )
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise RestoreError(
+                    f"refusing to restore into {os.fsdecode(rel_path)}: it exists in the target and is not a "
+                    "directory (a symlink is never followed)"
+                ) from None
+            raise RestoreError(f"cannot open {os.fsdecode(rel_path)}: {exc.strerror}") from None
+
+    def _make(self, node: Node, rel_path: bytes, dir_fd: int, create: Callable[[], None]) -> None:
+        try:
+            create()
+        except FileExistsError:
+            if not self.options.overwrite:
+                raise RestoreError(
+                    f"{os.fsdecode(rel_path)} exists in the target (use --overwrite)"
+                ) from None
+            self._unlink(node, rel_path, dir_fd)
+            create()
+
+    def _unlink(self, node: Node, rel_path: bytes, dir_fd: int) -> None:
+        try:
+            st = os.stat(node.name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                raise RestoreError(
+                    f"{os.fsdecode(rel_path)} is a directory in the target; not replacing it"
+                )
+            os.unlink(node.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+
+    # ------------------------------------------------------------------ files
+    def _restore_file(self, node: Node, rel_path: bytes, dir_fd: int) -> None:
+        key = node.hardlink_key
+        if key is not None and key in self._hardlinks:
+            source = self._hardlinks[key]
+            self._make(
+                node, rel_path, dir_fd,
+                lambda: os.link(source, node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False),
+            )  # fmt: skip
+            with self._lock:
+                self.result.links += 1
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        holder: dict[str, int] = {}
+
+        def create() -> None:
+            holder["fd"] = os.open(node.name, flags, 0o600, dir_fd=dir_fd)
+
+        self._make(node, rel_path, dir_fd, create)
+        if key is not None:
+            self._hardlinks[key] = rel_path
+        self._slots.acquire()
+        future = self._pool.submit(self._write_file, holder["fd"], node, rel_path)
+        future.add_done_callback(lambda _f: self._slots.release())
+        self._futures.append(future)
+        if len(self._futures) > 256:
+            self._drain(all_done=False)
+
+    def _write_file(self, fd: int, node: Node, rel_path: bytes) -> None:
+        try:
+            hasher = blake3.blake3()
+            offset = 0
+            sparse = False
+            for chunk_id in node.content:
+                data = self.repo.load_blob(chunk_id, Kind.DATA)
+                hasher.update(data)
+                if len(data) >= 4096 and memoryview(_ZERO)[: len(data)] == data:
+                    sparse = True  # leave a hole: zero chunks cost no disk space
+                else:
+                    os.pwrite(fd, data, offset)
+                offset += len(data)
+                self._progress.bytes_done += len(data)
+            if sparse or offset != node.size:
+                os.ftruncate(fd, offset)
+            if node.content_hash and hasher.digest() != node.content_hash:
+                self._fail(
+                    rel_path, "restored content does not match the hash recorded at backup time"
+                )
+            self._apply_meta_fd(node, rel_path, fd, is_dir=False)
+            with self._lock:
+                self.result.files += 1
+                self.result.bytes += offset
+            self._progress.files_done += 1
+            self._report()
+        except CasError as exc:
+            self._fail(rel_path, str(exc))
+        except OSError as exc:
+            self._fail(rel_path, exc.strerror or str(exc))
+        finally:
+            os.close(fd)
+
+    def _drain(self, all_done: bool) -> None:
+        pending, self._futures = self._futures, []
+        for future in pending:
+            if all_done or future.done():
+                future.result()
+            else:
+                self._futures.append(future)
+
+    # ------------------------------------------------------------------ metadata
+    def _apply_meta_fd(self, node: Node, rel_path: bytes, fd: int, *, is_dir: bool) -> None:
+        try:
+            if self.owners:
+                os.fchown(fd, node.uid, node.gid)
+            os.fchmod(fd, node.mode)  # after chown, which clears setuid/setgid
+            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+        except OSError as exc:
+            with self._lock:
+                self.result.warnings.append(
+                    f"{os.fsdecode(rel_path)}: metadata not fully restored: {exc.strerror}"
+                )
+
+    def _apply_meta_nofollow(self, node: Node, rel_path: bytes, dir_fd: int) -> None:
+        try:
+            if self.owners:
+                os.chown(node.name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+            if node.kind != NodeKind.SYMLINK:
+                os.chmod(node.name, node.mode, dir_fd=dir_fd, follow_symlinks=False)
+            os.utime(
+                node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False
+            )
+        except (OSError, NotImplementedError) as exc:
+            with self._lock:
+                self.result.warnings.append(
+                    f"{os.fsdecode(rel_path)}: metadata not fully restored: {exc}"
+                )
+        with self._lock:
+            self.result.files += 1
+
+    def _count(self, node: Node) -> None:
+        with self._lock:
+            self.result.files += 1
+            self.result.bytes += node.size
+
+    def _fail(self, rel_path: bytes, message: str) -> None:
+        with self._lock:
+            self.result.errors.append(f"{os.fsdecode(rel_path)}: {message}")
+        self.reporter.warning(f"{os.fsdecode(rel_path)}: {message}")
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last > 0.25:
+            self._last = now
+            self.reporter.progress(self._progress)
+
+
+def restore(
+    repo: Repository,
+    snapshot: Snapshot,
+    options: RestoreOptions,
+    reporter: Reporter = NULL_REPORTER,
+) -> RestoreResult:
+    try:
+        return Restorer(repo, snapshot, options, reporter).run()
+    except NotFound:
+        raise

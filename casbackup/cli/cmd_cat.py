@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import sys
+
+import click
+
+from casbackup.cli.context import split_snapshot_path, with_repository
+from casbackup.errors import NotFound, UsageError
+from casbackup.repo.ids import Kind
+from casbackup.repo.repository import Repository
+from casbackup.repo.tree import NodeKind
+
+
+@click.command(name="dump")
+@click.argument("ref", metavar="SNAPSHOT:PATH")
+@click.option("--app", help="With 'latest': the latest snapshot of this application.")
+@with_repository(lock="shared")
+def dump(repo: Repository, ref: str, app: str | None) -> None:
+    """Write one file of a snapshot (a database dump too) to standard output."""
+    snap_ref, path = split_snapshot_path(ref)
+    if path == "/":
+        raise UsageError("give the file to write: SNAPSHOT:PATH")
+    snap = repo.resolve_snapshot(snap_ref, app=app)
+    node = repo.find_node(snap.root, path)
+    if node is None or node.kind != NodeKind.FILE:
+        raise NotFound(f"{path} is not a file in snapshot {snap.short_id}")
+    out = sys.stdout.buffer
+    for chunk_id in node.content:
+        out.write(repo.load_blob(chunk_id, Kind.DATA))
+    out.flush()
+
+
+cat = click.Command(name="cat", callback=dump.callback, params=dump.params, help="Alias of 'dump'.")
+
+COMMANDS = [dump, cat]

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import click
+
+from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.render import emit_json, human_bytes, reporter_for, warn
+from casbackup.errors import CheckFailed
+from casbackup.repo.repository import Repository
+from casbackup.verify.check import CheckOptions, Subset
+from casbackup.verify.check import check as run_check
+
+
+@click.command()
+@click.option("--read-data", is_flag=True, help="Read, decrypt and re-hash every stored byte.")
+@click.option(
+    "--read-data-subset",
+    metavar="N%|n/t|SIZE",
+    help="Read only part of the data: a percentage, bucket n of t, or a byte size.",
+)
+@click.pass_context
+@with_repository(lock="shared")
+def check(
+    repo: Repository, ctx: click.Context, read_data: bool, read_data_subset: str | None
+) -> None:
+    """Check the repository's structure and, optionally, its data."""
+    opts = global_options(ctx)
+    subset = Subset.parse(read_data_subset) if read_data_subset else None
+    reporter = reporter_for(ctx)
+    try:
+        report = run_check(
+            repo, CheckOptions(read_data=read_data or subset is not None, subset=subset), reporter
+        )
+    finally:
+        reporter.done()
+    if opts.json:
+        emit_json({
+            "message_type": "check", "ok": report.ok, "errors": report.errors, "warnings": report.warnings,
+            "damaged_packs": sorted(report.damaged_packs), "affected": report.affected,
+            "snapshots": report.snapshots, "trees": report.trees, "blobs": report.blobs, "packs": report.packs,
+            "packs_read": report.packs_read, "bytes_read": report.bytes_read,
+        })  # fmt: skip
+    else:
+        for w in report.warnings:
+            warn(w)
+        for e in report.errors:
+            click.echo(f"error: {e}", err=True)
+        for snap_id, paths in report.affected.items():
+            click.echo(f"snapshot {snap_id[:8]}: {len(paths)} damaged files or folders:", err=True)
+            for p in paths[:50]:
+                click.echo(f"  {p}", err=True)
+            if len(paths) > 50:
+                click.echo(f"  ... and {len(paths) - 50} more", err=True)
+        read = (
+            f", read {report.packs_read} packs ({human_bytes(report.bytes_read)})"
+            if report.packs_read
+            else ""
+        )
+        click.echo(
+            f"checked {report.snapshots} snapshots, {report.trees} trees, {report.blobs} blobs in {report.packs} packs{read}"
+        )
+    if not report.ok:
+        raise CheckFailed(f"the repository has {len(report.errors)} problems (see above)")
+    if not opts.json:
+        click.echo("no errors were found")
+
+
+COMMANDS = [check]

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import click
+
+from casbackup.cli.context import global_options, open_backend, read_password
+from casbackup.cli.render import emit_json
+from casbackup.crypto.keyfile import WEAK_KDF, KdfParams
+from casbackup.errors import UsageError
+from casbackup.repo.config import RepoConfig
+from casbackup.repo.repository import Repository
+
+
+@click.command()
+@click.option(
+    "--pack-size",
+    type=click.IntRange(1, 512),
+    default=16,
+    show_default=True,
+    help="Target pack size in MiB.",
+)
+@click.option(
+    "--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True
+)
+@click.option("--compression-level", type=click.IntRange(1, 19), default=3, show_default=True)
+@click.option(
+    "--insecure-test-kdf",
+    is_flag=True,
+    hidden=True,
+    help="Weak key derivation, for test suites only.",
+)
+@click.pass_context
+def init(
+    ctx: click.Context,
+    pack_size: int,
+    compression: str,
+    compression_level: int,
+    insecure_test_kdf: bool,
+) -> None:
+    """Create a new, encrypted repository."""
+    opts = global_options(ctx)
+    backend = open_backend(opts.repo)
+    password = read_password(opts, confirm=True)
+    if not password:
+        raise UsageError("an empty passphrase is not allowed")
+    config = RepoConfig(
+        pack_size=pack_size << 20, compression=compression, compression_level=compression_level
+    )
+    kdf = WEAK_KDF if insecure_test_kdf else KdfParams()
+    repo = Repository.init(backend, password, kdf=kdf, config=config)
+    repo.close()
+    if opts.json:
+        emit_json({"message_type": "initialized", "id": config.id, "repository": backend.location})
+    else:
+        click.echo(f"created repository {config.id[:10]} at {backend.location}")
+        click.echo(
+            "Keep the passphrase safe: without it the data cannot be read by anyone, including you."
+        )
+
+
+COMMANDS = [init]

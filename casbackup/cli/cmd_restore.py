@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import click
+
+from casbackup.archiver.restore import RestoreOptions
+from casbackup.archiver.restore import restore as run_restore
+from casbackup.cli.context import global_options, split_snapshot_path, with_repository
+from casbackup.cli.render import emit_json, human_bytes, reporter_for, warn
+from casbackup.errors import RestoreError
+from casbackup.repo.repository import Repository
+
+
+@click.command()
+@click.argument("ref", metavar="SNAPSHOT[:PATH]")
+@click.option(
+    "-t",
+    "--target",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to restore into.",
+)
+@click.option("--app", help="With 'latest': the latest snapshot of this application.")
+@click.option(
+    "-i", "--include", "includes", multiple=True, help="Restore only paths matching PATTERN."
+)
+@click.option("-e", "--exclude", "excludes", multiple=True, help="Skip paths matching PATTERN.")
+@click.option("--overwrite", is_flag=True, help="Replace files that exist in the target.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show what would be restored.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.pass_context
+@with_repository(lock="shared")
+def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: str | None, includes: tuple[str, ...],
+            excludes: tuple[str, ...], overwrite: bool, dry_run: bool, workers: int) -> None:  # fmt: skip
+    """Restore a snapshot, a folder of it or one file (SNAPSHOT:PATH) into TARGET."""
+    opts = global_options(ctx)
+    snap_ref, path = split_snapshot_path(ref)
+    snap = repo.resolve_snapshot(snap_ref, app=app)
+    options = RestoreOptions(
+        target=target, subpath=path, includes=includes, excludes=excludes, overwrite=overwrite,
+        workers=workers, dry_run=dry_run,
+    )  # fmt: skip
+    reporter = reporter_for(ctx)
+    try:
+        result = run_restore(repo, snap, options, reporter)
+    finally:
+        reporter.done()
+    if opts.json:
+        emit_json({
+            "message_type": "summary", "snapshot_id": snap.id, "target": target, "files": result.files,
+            "dirs": result.dirs, "hard_links": result.links, "bytes": result.bytes,
+            "warnings": result.warnings, "errors": result.errors, "dry_run": dry_run,
+        })  # fmt: skip
+    else:
+        for w in result.warnings:
+            warn(w)
+        verb = "would restore" if dry_run else "restored"
+        click.echo(f"{verb} {result.files} files, {result.dirs} folders, {human_bytes(result.bytes)} "
+                   f"from snapshot {snap.short_id} to {target}")  # fmt: skip
+    if result.errors:
+        for e in result.errors[:20]:
+            click.echo(f"error: {e}", err=True)
+        raise RestoreError(f"{len(result.errors)} files could not be restored correctly")
+
+
+COMMANDS = [restore]

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from datetime import datetime
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.render import emit_json, human_bytes, warn
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
+
+
+def snapshot_doc(s: Snapshot) -> dict:  # type: ignore[type-arg]
+    doc = asdict(s)
+    doc["short_id"] = s.short_id
+    doc.pop("app_definition", None)
+    return doc
+
+
+@click.command()
+@click.option("--app", help="Only snapshots of this application.")
+@click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag.")
+@click.option("--latest", type=int, default=0, help="Only the N newest per group.")
+@click.pass_context
+@with_repository(lock=None)
+def snapshots(
+    repo: Repository, ctx: click.Context, app: str | None, tags: tuple[str, ...], latest: int
+) -> None:
+    """List snapshots."""
+    opts = global_options(ctx)
+    warnings: list[str] = []
+    snaps = [s for s in repo.list_snapshots(warnings=warnings) if (app is None or s.app == app)]
+    if tags:
+        snaps = [s for s in snaps if set(tags) <= set(s.tags)]
+    if latest:
+        by_group: dict[tuple[str, ...], list[Snapshot]] = {}
+        for s in snaps:
+            by_group.setdefault(s.group_key(), []).append(s)
+        snaps = sorted(
+            (x for g in by_group.values() for x in g[-latest:]), key=lambda s: s.start_ns
+        )
+    for w in warnings:
+        warn(w)
+    if opts.json:
+        emit_json([snapshot_doc(s) for s in snaps])
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("ID", "Time", "App", "Type", "Parent", "Size", "Files", "Tags", "Paths"):
+        table.add_column(
+            col, justify="right" if col in ("Size", "Files") else "left", no_wrap=col != "Paths"
+        )
+    for s in snaps:
+        when = datetime.fromisoformat(s.time).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            s.short_id, when, s.app or "-", s.type, s.parent[:8] if s.parent else "-",
+            human_bytes(s.summary.bytes_total), str(s.summary.files_total), ",".join(s.tags), "\n".join(s.paths),
+        )  # fmt: skip
+    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250).print(table)
+    click.echo(f"{len(snaps)} snapshots")
+
+
+COMMANDS = [snapshots]

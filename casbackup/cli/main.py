@@ -1,0 +1,102 @@
+"""The ``casbackup`` command: one click group; exceptions become exit codes here and only here."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from casbackup import __version__
+from casbackup.cli.context import GlobalOptions
+from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, CasError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "-r",
+    "--repo",
+    envvar="CASBACKUP_REPO",
+    metavar="PATH",
+    help="Repository location [env: CASBACKUP_REPO].",
+)
+@click.option(
+    "--password-file",
+    envvar="CASBACKUP_PASSWORD_FILE",
+    metavar="FILE",
+    help="Read the passphrase from FILE [env: CASBACKUP_PASSWORD_FILE].",
+)
+@click.option(
+    "--password-command",
+    envvar="CASBACKUP_PASSWORD_COMMAND",
+    metavar="CMD",
+    help="Run CMD and use what it prints as the passphrase.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    envvar="CASBACKUP_CONFIG",
+    metavar="FILE",
+    help="Configuration file [env: CASBACKUP_CONFIG].",
+)
+@click.option("--json", "json_mode", is_flag=True, help="Print JSON (lines) for scripts.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and results.")
+@click.option("--no-progress", is_flag=True, help="Never show progress bars.")
+@click.version_option(__version__, prog_name="casbackup")
+@click.pass_context
+def cli(ctx: click.Context, repo: str | None, password_file: str | None, password_command: str | None,
+        config_path: str | None, json_mode: bool, quiet: bool, no_progress: bool) -> None:  # fmt: skip
+    """casbackup: deduplicating, encrypted, verified backups of applications."""
+    ctx.obj = GlobalOptions(
+        repo, password_file, password_command, json_mode, quiet, not no_progress, config_path
+    )
+
+
+def _register() -> None:
+    """Every ``cmd_*.py`` module in this package contributes its ``COMMANDS``."""
+    import importlib
+    import pkgutil
+
+    import casbackup.cli as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("cmd_"):
+            module = importlib.import_module(f"casbackup.cli.{info.name}")
+            for command in module.COMMANDS:
+                cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="casbackup", standalone_mode=False)
+    except CasError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        sys.exit(EXIT_FATAL)
+    except MemoryError:
+        click.echo("error: out of memory", err=True)
+        sys.exit(EXIT_FATAL)
+    except OSError as exc:
+        # Anything the library did not translate: still one line, never a traceback.
+        click.echo(
+            f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}",
+            err=True,
+        )
+        sys.exit(EXIT_FATAL)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Output: human text (rich) on a terminal, JSON lines for scripts, progress bars on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from casbackup.reporter import Progress, Reporter
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, sort_keys=True, default=str))
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+class CliReporter(Reporter):
+    """Progress on stderr: a live line on a terminal, JSON lines with --json, nothing when quiet."""
+
+    def __init__(self, *, json_mode: bool, quiet: bool, show_progress: bool) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.live = show_progress and not quiet and not json_mode and sys.stderr.isatty()
+        self._started = time.monotonic()
+        self._last_json = 0.0
+        self._width = 0
+
+    def progress(self, progress: Progress) -> None:
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        if self.json_mode and not self.quiet:
+            now = time.monotonic()
+            if now - self._last_json >= 1.0:
+                self._last_json = now
+                emit_json({
+                    "message_type": "status", "phase": progress.phase, "files_done": progress.files_done,
+                    "files_total": progress.files_total, "bytes_done": progress.bytes_done,
+                    "bytes_total": progress.bytes_total, "seconds_elapsed": round(elapsed, 1),
+                    "errors": progress.errors,
+                })  # fmt: skip
+            return
+        if not self.live:
+            return
+        rate = progress.bytes_done / elapsed
+        text = f"[{elapsed:6.1f}s] {progress.phase}: {progress.files_done} files, {human_bytes(progress.bytes_done)}"
+        if progress.bytes_total:
+            pct = 100.0 * progress.bytes_done / max(progress.bytes_total, 1)
+            left = (progress.bytes_total - progress.bytes_done) / rate if rate > 0 else 0
+            text += f" / {human_bytes(progress.bytes_total)} ({pct:.0f}%, ETA {left:.0f}s)"
+        text += f", {human_bytes(rate)}/s"
+        if progress.errors:
+            text += f", {progress.errors} errors"
+        pad = max(0, self._width - len(text))
+        self._width = len(text)
+        sys.stderr.write("\r" + text + " " * pad)
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.live and self._width:
+            sys.stderr.write("\r" + " " * self._width + "\r")
+            sys.stderr.flush()
+
+    def warning(self, message: str) -> None:
+        if self.json_mode:
+            click.echo(json.dumps({"message_type": "warning", "message": message}), err=True)
+        elif not self.quiet:
+            self.done()
+            warn(message)
+
+    def info(self, message: str) -> None:
+        if not self.quiet and not self.json_mode:
+            self.done()
+            click.echo(message, err=True)
+
+
+def reporter_for(ctx: click.Context) -> CliReporter:
+    from casbackup.cli.context import global_options
+
+    opts = global_options(ctx)
+    return CliReporter(json_mode=opts.json, quiet=opts.quiet, show_progress=opts.progress)

@@ -1,0 +1,252 @@
+"""Typed, path-aware access to a parsed config table, and the checks both layouts share.
+
+Every error names the file and the key path (`applications[1].databases[0].engine`) and says
+what was expected, so a user can fix the file without reading code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from casbackup.engines.base import ALIASES, DatabaseSpec, canonical_engine_name, engine_names
+from casbackup.errors import ConfigError
+
+DB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # "s3:https://...", "sftp://...", not "C:"
+INLINE_PASSWORD = (
+    "inline passwords are not accepted: put the password in an environment variable "
+    "(password_env) or a file (password_file)"
+)
+
+
+def type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a " + type(value).__name__
+
+
+class Ctx:
+    """Where values come from: the file (for messages) and its folder (for relative paths)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.parent
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(message, path=str(self.path), key=key or None)
+
+    def resolve(self, value: str) -> str:
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (self.base / p).resolve())
+
+    def resolve_location(self, value: str) -> str:
+        return value if _URL_RE.match(value) else self.resolve(value)
+
+
+class Section:
+    """One table of the config. `rename` maps legacy key names onto the canonical ones."""
+
+    def __init__(
+        self, ctx: Ctx, data: object, key: str, rename: Mapping[str, str] | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.key = key
+        if not isinstance(data, dict):
+            raise ctx.error(key, f"must be a table, not {type_name(data)}")
+        self.data: dict[str, Any] = {}
+        self.original: dict[str, str] = {}
+        for k, v in data.items():
+            canon = (rename or {}).get(k, k)
+            if canon in self.data:
+                raise ctx.error(self.path(canon), f"given twice (as {self.original[canon]!r} too)")
+            self.data[canon] = v
+            self.original[canon] = k
+        self.used: set[str] = set()
+
+    def path(self, name: str) -> str:
+        shown = self.original.get(name, name)
+        return f"{self.key}.{shown}" if self.key else shown
+
+    def error(self, name: str | None, message: str) -> ConfigError:
+        return self.ctx.error(self.path(name) if name else self.key, message)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str) -> Any:
+        self.used.add(name)
+        return self.data.get(name)
+
+    def text(self, name: str, *, required: bool = False, default: str | None = None) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            if required:
+                raise self.error(None, f"missing required key {name!r}")
+            return default
+        if not isinstance(value, str):
+            raise self.error(name, f"must be a string, not {type_name(value)}")
+        if required and not value.strip():
+            raise self.error(name, "must not be empty")
+        return value
+
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"must be an integer, not {type_name(value)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise self.error(name, f"must be {bound}, not {value}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, not {type_name(value)}")
+        return value
+
+    def str_list(self, name: str, *, required: bool = False) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            if required:
+                raise self.error(None, f"missing required key {name!r}")
+            return ()
+        if not isinstance(value, list):
+            raise self.error(name, f"must be an array of strings, not {type_name(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise self.ctx.error(
+                    f"{self.path(name)}[{i}]", f"must be a non-empty string, not {item!r}"
+                )
+        if required and not value:
+            raise self.error(name, "must list at least one entry")
+        return tuple(value)
+
+    def table(self, name: str) -> Section:
+        value = self.raw(name)
+        return Section(self.ctx, {} if value is None else value, self.path(name))
+
+    def tables(self, name: str) -> list[Section]:
+        value = self.raw(name)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(name, f"must be an array of tables, not {type_name(value)}")
+        return [Section(self.ctx, v, f"{self.path(name)}[{i}]") for i, v in enumerate(value)]
+
+    def done(self, *, ignore_unknown: bool = False) -> list[str]:
+        """Refuse keys nobody read (typos); with `ignore_unknown`, return them instead."""
+        unknown = [k for k in self.data if k not in self.used]
+        if unknown and not ignore_unknown:
+            name = unknown[0]
+            close = difflib.get_close_matches(name, sorted(self.used), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise self.error(name, f"unknown key{hint}")
+        return [self.path(k) for k in unknown]
+
+
+def engine_options(engine: str) -> frozenset[str] | None:
+    """The option names an engine knows, or None for a plugin that does not say."""
+    module = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql"}.get(engine)
+    if module is None:
+        return None
+    known = getattr(importlib.import_module(f"casbackup.engines.{module}"), "KNOWN_OPTIONS", None)
+    return known if isinstance(known, frozenset) else None
+
+
+def parse_database(sec: Section, name: str | None = None) -> DatabaseSpec:
+    """A database entry; `name` is given when the layout derives it (legacy JSON)."""
+    if sec.has("password"):
+        raise sec.error("password", INLINE_PASSWORD)
+    if name is None:
+        name = sec.text("name", required=True)
+        assert name is not None
+        if not DB_NAME_RE.match(name):
+            raise sec.error(
+                "name",
+                f"{name!r} is not a valid database name: use letters, digits, '.', '_' and '-' "
+                "(it becomes a file name in the snapshot)",
+            )
+    given = sec.text("engine", required=True)
+    assert given is not None
+    engine = canonical_engine_name(given.lower())
+    if engine not in engine_names():
+        aliases = ", ".join(f"{a} = {c}" for a, c in sorted(ALIASES.items()))
+        raise sec.error(
+            "engine",
+            f"unknown engine {given!r}: expected one of {', '.join(engine_names())} "
+            f"(aliases: {aliases})",
+        )
+    path = sec.text("path")
+    host, user, database = sec.text("host"), sec.text("user"), sec.text("database")
+    port = sec.integer("port", 0, minimum=1, maximum=65535) if sec.has("port") else None
+    password_env, password_file = sec.text("password_env"), sec.text("password_file")
+    if password_env and password_file:
+        raise sec.error("password_file", "give password_env or password_file, not both")
+    if password_env is not None and not ENV_NAME_RE.match(password_env):
+        raise sec.error("password_env", f"{password_env!r} is not an environment variable name")
+    if engine == "sqlite":
+        for key in ("host", "port", "user", "database", "password_env", "password_file"):
+            if sec.has(key):
+                raise sec.error(key, "is not used by the sqlite engine")
+        if not path:
+            raise sec.error(None, "missing required key 'path' (the SQLite file)")
+        path = sec.ctx.resolve(path)
+    else:
+        if path is not None:
+            raise sec.error("path", f"is only for sqlite; {engine} needs host/port/database")
+        if not database:
+            raise sec.error(None, f"missing required key 'database' (the {engine} database name)")
+    options = _options(sec, engine)
+    return DatabaseSpec(
+        name=name,
+        engine=engine,
+        path=path,
+        host=host,
+        port=port,
+        user=user,
+        database=database,
+        password_env=password_env,
+        password_file=sec.ctx.resolve(password_file) if password_file else None,
+        options=options,
+    )
+
+
+def _options(sec: Section, engine: str) -> dict[str, str]:
+    table = sec.table("options")
+    known = engine_options(engine)
+    out: dict[str, str] = {}
+    for key in list(table.data):
+        value = table.raw(key)
+        if known is not None and key not in known:
+            raise table.error(
+                key, f"unknown {engine} option (known: {', '.join(sorted(known)) or 'none'})"
+            )
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, int | str):
+            out[key] = str(value)
+        else:
+            raise table.error(key, f"must be a string, integer or boolean, not {type_name(value)}")
+    return out

@@ -1,0 +1,292 @@
+"""Finding and reading the configuration file (TOML, or the seed's legacy JSON)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+from casbackup.config.fields import DB_NAME_RE, INLINE_PASSWORD, Ctx, Section, parse_database
+from casbackup.config.model import (
+    BACKUP_TYPES,
+    SNAPSHOT_PROVIDERS,
+    AppConfig,
+    AppVerification,
+    Config,
+    DisasterRecoveryConfig,
+    PluginsConfig,
+    RepositoryConfig,
+    RetentionConfig,
+    SnapshotsConfig,
+    VerificationConfig,
+)
+from casbackup.engines.base import DatabaseSpec
+from casbackup.errors import ConfigError
+
+ENV_VAR = "CASBACKUP_CONFIG"
+LOCAL_NAME = "casbackup.toml"
+# App names become tags and appear in `--app NAME`: no separators, no control characters.
+APP_NAME_RE = re.compile(r"^[A-Za-z0-9_][^\x00-\x1f\x7f/,:]{0,99}$")
+KEEP_WITHIN_RE = re.compile(r"^(\d+[ymwdh])+$")
+_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
+_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+def find_config_path(explicit: str | None = None) -> Path | None:
+    """--config, then $CASBACKUP_CONFIG, then ./casbackup.toml, then the user's config folder.
+
+    A file named explicitly (flag or variable) must exist: silently falling back to another
+    file would back up the wrong things.
+    """
+    for given, origin in ((explicit, "--config"), (os.environ.get(ENV_VAR), ENV_VAR)):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"config file named by {origin} does not exist", path=str(path))
+            return path
+    local = Path.cwd() / LOCAL_NAME
+    if local.is_file():
+        return local
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".config"
+    user = base / "casbackup" / "config.toml"
+    return user if user.is_file() else None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; JSON (by suffix or content) is the seed's layout."""
+    file = Path(path).expanduser().absolute()
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("config file does not exist", path=str(file)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e.strerror}", path=str(file)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte {e.start})", path=str(file)) from None
+    ctx = Ctx(file)
+    if file.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        from casbackup.config.legacy import load_legacy
+
+        return load_legacy(text, ctx)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML: {e}", path=str(file)) from None
+    return parse_toml(data, ctx)
+
+
+def parse_toml(data: dict[str, object], ctx: Ctx) -> Config:
+    top = Section(ctx, data, "")
+    version = top.integer("version", 1, minimum=1)
+    if version != 1:
+        raise top.error("version", f"unsupported config version {version} (this casbackup: 1)")
+    verification = parse_verification(top.table("verification"))
+    apps = tuple(parse_app(sec, verification.auto_verify) for sec in top.tables("applications"))
+    check_unique_apps(apps, ctx)
+    config = Config(
+        repository=parse_repository(top.table("repository")),
+        applications=apps,
+        verification=verification,
+        disaster_recovery=parse_recovery(top.table("disaster_recovery")),
+        snapshots=parse_snapshots(top.table("snapshots")),
+        plugins=parse_plugins(top.table("plugins")),
+        source=ctx.path,
+        layout="toml",
+    )
+    top.done()
+    return config
+
+
+def parse_repository(sec: Section) -> RepositoryConfig:
+    if sec.has("password"):
+        raise sec.error("password", INLINE_PASSWORD + " or password_command")
+    location = sec.text("location")
+    env, file, command = (
+        sec.text("password_env"),
+        sec.text("password_file"),
+        sec.text("password_command"),
+    )
+    given = [k for k, v in (("password_env", env), ("password_file", file),
+                            ("password_command", command)) if v]  # fmt: skip
+    if len(given) > 1:
+        raise sec.error(given[1], f"give only one of password_env, password_file, "
+                        f"password_command (also {given[0]})")  # fmt: skip
+    if command is not None:
+        try:
+            if not shlex.split(command):
+                raise sec.error("password_command", "must not be empty")
+        except ValueError as e:
+            raise sec.error("password_command", f"cannot be split into words: {e}") from None
+    sec.done()
+    return RepositoryConfig(
+        location=sec.ctx.resolve_location(location) if location else None,
+        password_env=env,
+        password_file=sec.ctx.resolve(file) if file else None,
+        password_command=command,
+    )
+
+
+def parse_verification(sec: Section) -> VerificationConfig:
+    sandbox = sec.text("sandbox_directory")
+    result = VerificationConfig(
+        enabled=sec.flag("enabled", True),
+        sandbox_directory=sec.ctx.resolve(sandbox) if sandbox else None,
+        auto_verify=sec.flag("auto_verify", False),
+        cleanup_hours=sec.integer("cleanup_hours", 24),
+    )
+    sec.done()
+    return result
+
+
+def parse_recovery(sec: Section) -> DisasterRecoveryConfig:
+    folder = sec.text("recovery_directory")
+    result = DisasterRecoveryConfig(
+        enabled=sec.flag("enabled", True),
+        recovery_directory=sec.ctx.resolve(folder) if folder else None,
+        auto_verify=sec.flag("auto_verify", True),
+        restore_configs=sec.flag("restore_configs", True),
+        generate_reports=sec.flag("generate_reports", True),
+    )
+    sec.done()
+    return result
+
+
+def parse_snapshots(sec: Section) -> SnapshotsConfig:
+    provider = sec.text("provider")
+    if provider is not None and provider not in SNAPSHOT_PROVIDERS:
+        raise sec.error(
+            "provider", f"unknown provider {provider!r}: expected one of "
+            f"{', '.join(SNAPSHOT_PROVIDERS)}"
+        )  # fmt: skip
+    result = SnapshotsConfig(
+        enabled=sec.flag("enabled", False),
+        provider=provider,
+        auto_cleanup=sec.flag("auto_cleanup", True),
+        max_snapshots=sec.integer("max_snapshots", 5, minimum=1),
+    )
+    if result.enabled and provider is None:
+        raise sec.error(None, "snapshots are enabled but no 'provider' is given")
+    sec.done()
+    return result
+
+
+def parse_plugins(sec: Section) -> PluginsConfig:
+    folder = sec.text("directory")
+    result = PluginsConfig(
+        enabled=sec.flag("enabled", False),
+        directory=sec.ctx.resolve(folder) if folder else None,
+        offline_mode=sec.flag("offline_mode", True),
+    )
+    sec.done()
+    return result
+
+
+def parse_retention(sec: Section) -> RetentionConfig:
+    within = sec.text("keep_within")
+    if within is not None and not KEEP_WITHIN_RE.match(within):
+        raise sec.error(
+            "keep_within",
+            f"{within!r} is not a duration: use digits followed by y, m, w, d or h (e.g. '1y6m')",
+        )
+    result = RetentionConfig(
+        **{k: sec.integer(k, 0) for k in ("keep_last", "keep_hourly", "keep_daily",
+                                          "keep_weekly", "keep_monthly", "keep_yearly")},
+        keep_within=within,
+        keep_tags=sec.str_list("keep_tags"),
+    )  # fmt: skip
+    sec.done()
+    return result
+
+
+def check_schedule(sec: Section, value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = " ".join(value.split())
+    if text in _CRON_MACROS:
+        return text
+    fields = text.split(" ")
+    if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
+        raise sec.error(
+            "schedule",
+            f"{value!r} is not a cron expression: give 5 fields (minute hour day month "
+            "weekday) or one of " + ", ".join(_CRON_MACROS),
+        )
+    return text
+
+
+def check_backup_type(sec: Section, key: str, value: str) -> str:
+    if value not in BACKUP_TYPES:
+        raise sec.error(
+            key, f"unknown backup type {value!r}: expected one of {', '.join(BACKUP_TYPES)}"
+        )
+    return value
+
+
+def check_app_name(sec: Section, name: str) -> str:
+    if not APP_NAME_RE.match(name) or name != name.strip():
+        raise sec.error(
+            "name",
+            f"{name!r} is not a valid application name: start with a letter, digit or '_', "
+            "at most 100 characters, no '/', ',', ':' or control characters",
+        )
+    return name
+
+
+def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig:
+    name = check_app_name(sec, sec.text("name", required=True) or "")
+    sources = tuple(sec.ctx.resolve(s) for s in sec.str_list("sources", required=True))
+    databases = tuple(_database(d) for d in sec.tables("databases"))
+    seen: dict[str, int] = {}
+    for i, db in enumerate(databases):
+        if db.name in seen:
+            raise sec.ctx.error(
+                f"{sec.key}.databases[{i}].name",
+                f"duplicate database name {db.name!r} (also databases[{seen[db.name]}])",
+            )
+        seen[db.name] = i
+    ver = sec.table("verification")
+    verification = AppVerification(
+        required_files=ver.str_list("required_files"),
+        auto_verify=ver.flag("auto_verify", auto_verify_default),
+    )
+    ver.done()
+    app = AppConfig(
+        name=name,
+        description=sec.text("description", default="") or "",
+        sources=sources,
+        excludes=sec.str_list("excludes"),
+        databases=databases,
+        default_backup_type=check_backup_type(
+            sec, "default_backup_type", sec.text("default_backup_type") or "incremental"
+        ),
+        retention=parse_retention(sec.table("retention")),
+        schedule=check_schedule(sec, sec.text("schedule")),
+        verification=verification,
+    )
+    sec.done()
+    return app
+
+
+def _database(sec: Section) -> DatabaseSpec:
+    spec = parse_database(sec)
+    sec.done()
+    return spec
+
+
+def check_unique_apps(apps: tuple[AppConfig, ...], ctx: Ctx) -> None:
+    seen: dict[str, int] = {}
+    for i, app in enumerate(apps):
+        if app.name in seen:
+            raise ctx.error(
+                f"applications[{i}].name",
+                f"duplicate application name {app.name!r} (also applications[{seen[app.name]}])",
+            )
+        seen[app.name] = i
+
+
+__all__ = ["DB_NAME_RE", "find_config_path", "load_config", "parse_toml"]

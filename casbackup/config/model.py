@@ -1,0 +1,179 @@
+"""The configuration, as frozen values. The TOML layout it is read from:
+
+```toml
+version = 1                                  # optional; the only layout so far
+
+[repository]
+location = "/srv/backups/repo"               # a path (relative to this file's folder) or URL
+password_file = "/etc/casbackup/repo.pass"   # at most one of: password_env, password_file,
+# password_env = "CASBACKUP_PASSWORD"        #   password_command (split like a shell would,
+# password_command = "pass show backup"      #   never run by one)
+
+[verification]                               # every section below is optional
+enabled = true
+sandbox_directory = "/var/tmp/casbackup-sandbox"
+auto_verify = true                           # default for each application
+cleanup_hours = 24
+
+[disaster_recovery]
+enabled = true
+recovery_directory = "/srv/recovery"
+auto_verify = true
+restore_configs = true
+generate_reports = true
+
+[snapshots]                                  # file-system snapshot provider
+enabled = false
+provider = "lvm"                             # lvm | btrfs | zfs
+auto_cleanup = true
+max_snapshots = 5
+
+[plugins]
+enabled = false
+directory = "plugins"
+offline_mode = true
+
+[[applications]]
+name = "webshop"                             # letters, digits, . _ -; unique
+description = "Shop front and its PostgreSQL database"
+sources = ["/srv/webshop"]                   # at least one
+excludes = ["*.log", "cache/"]               # patterns, not resolved
+default_backup_type = "incremental"          # full | incremental | differential
+schedule = "0 2 * * *"                       # cron: 5 fields or @daily and friends
+
+[applications.retention]
+keep_last = 3
+keep_daily = 7
+keep_weekly = 4
+keep_monthly = 12
+keep_yearly = 3
+keep_within = "2d"                           # digits + y/m/w/d/h, e.g. "1y6m", "36h"
+keep_tags = ["release"]
+
+[applications.verification]
+required_files = ["config/settings.py"]      # paths inside the snapshot that must exist
+auto_verify = true
+
+[[applications.databases]]
+name = "main"                                # file name in the snapshot: .databases/main.pgdump
+engine = "postgresql"                        # sqlite | postgresql | mysql (alias: mariadb)
+host = "127.0.0.1"
+port = 5432
+user = "shop"
+database = "shop"
+password_env = "SHOP_DB_PASSWORD"            # or password_file; inline passwords are refused
+options = { sslmode = "prefer" }             # engine-specific, see casbackup/engines
+```
+
+Relative paths (repository location, sources, sqlite paths, password files, sandbox, recovery
+and plugin folders) resolve against the folder of the config file, so a config works the same
+whatever the current directory. Passwords never appear in the config text: secrets are named
+(environment variable, file, command), which keeps them out of the repository and of
+`config check` output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casbackup.engines.base import DatabaseSpec
+
+BACKUP_TYPES = ("full", "incremental", "differential")
+SNAPSHOT_PROVIDERS = ("lvm", "btrfs", "zfs")
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    location: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    password_command: str | None = None
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """0 (or None for keep_within) means the rule is not used; all unset means keep all."""
+
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    keep_within: str | None = None
+    keep_tags: tuple[str, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return self == RetentionConfig()
+
+
+@dataclass(frozen=True)
+class AppVerification:
+    required_files: tuple[str, ...] = ()
+    auto_verify: bool = False
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    name: str
+    sources: tuple[str, ...]
+    description: str = ""
+    excludes: tuple[str, ...] = ()
+    databases: tuple[DatabaseSpec, ...] = ()
+    default_backup_type: str = "incremental"
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    schedule: str | None = None
+    verification: AppVerification = field(default_factory=AppVerification)
+
+
+@dataclass(frozen=True)
+class VerificationConfig:
+    enabled: bool = True
+    sandbox_directory: str | None = None
+    auto_verify: bool = False
+    cleanup_hours: int = 24
+
+
+@dataclass(frozen=True)
+class DisasterRecoveryConfig:
+    enabled: bool = True
+    recovery_directory: str | None = None
+    auto_verify: bool = True
+    restore_configs: bool = True
+    generate_reports: bool = True
+
+
+@dataclass(frozen=True)
+class SnapshotsConfig:
+    enabled: bool = False
+    provider: str | None = None
+    auto_cleanup: bool = True
+    max_snapshots: int = 5
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    enabled: bool = False
+    directory: str | None = None
+    offline_mode: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    repository: RepositoryConfig = field(default_factory=RepositoryConfig)
+    applications: tuple[AppConfig, ...] = ()
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+    disaster_recovery: DisasterRecoveryConfig = field(default_factory=DisasterRecoveryConfig)
+    snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    source: Path | None = None  # the file this was read from
+    layout: str = "toml"  # "toml" or "legacy-json"
+    warnings: tuple[str, ...] = ()  # things read but not used (legacy keys), for `config check`
+
+    def app(self, name: str) -> AppConfig | None:
+        for app in self.applications:
+            if app.name == name:
+                return app
+        return None

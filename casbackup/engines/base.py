@@ -1,0 +1,186 @@
+"""The database engine interface and the engine registry (running tools: `process.py`).
+
+An engine turns one configured database (`DatabaseSpec`) into a byte stream (`DumpStream`) that
+the backup pipeline chunks straight into the repository, and loads such a stream back into a
+database. The contract that protects users from the worst class of backup bug, a run reported
+green with an empty or truncated dump (ANCHORS.md, "Database dumps"), lives here:
+
+- `DumpStream.finish()` is the only way to learn that a dump succeeded. It is called after EOF and
+  raises `DatabaseError` when the tool exited non-zero, was killed, left output unread, or produced
+  something that does not look like a complete dump (0 bytes, wrong magic, missing trailer, no
+  tables). The pipeline must not record a dump whose `finish()` did not return.
+- `DumpStream.close()` kills a tool that is still running (the backup was aborted) and always
+  reaps it, so no zombie outlives a backup.
+- Memory is bounded: stdout is streamed through the caller's buffer; stderr is drained by a thread
+  into a ring of its last 64 KiB, so a chatty tool can neither deadlock nor grow memory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from casbackup.errors import DatabaseError
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    """One configured database of an application.
+
+    `name` is unique within the application and becomes the dump's file name in the snapshot
+    (`.databases/<name>.<ext>`). Secrets are never stored here, only where to find them.
+    """
+
+    name: str
+    engine: str
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    database: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def option_bool(self, key: str, default: bool = False) -> bool:
+        value = self.options.get(key)
+        if value is None:
+            return default
+        return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class DumpInfo:
+    """What a successful dump was: recorded in the snapshot beside the dump's bytes.
+
+    `row_counts_consistent` says whether the counts were taken in the dump's own snapshot
+    (PostgreSQL, SQLite) or just before it (MySQL/MariaDB): a verifier compares strictly only
+    in the first case.
+    """
+
+    engine: str
+    format: str
+    server_version: str
+    row_counts: dict[str, int]
+    file_extension: str
+    size: int = 0
+    row_counts_consistent: bool = False
+
+
+@dataclass(frozen=True)
+class RestoreInfo:
+    engine: str
+    target: str
+    bytes_read: int
+    row_counts: dict[str, int]
+    server_version: str = ""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def dump(self, spec: DatabaseSpec) -> DumpStream: ...
+
+    def restore(
+        self, spec: DatabaseSpec, stream: BinaryIO, *, overwrite: bool = False
+    ) -> RestoreInfo: ...
+
+    def row_counts(self, spec: DatabaseSpec) -> dict[str, int]: ...
+
+    def drop(self, spec: DatabaseSpec) -> None: ...
+
+    def check_available(self) -> None: ...
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+def resolve_password(spec: DatabaseSpec) -> str | None:
+    """The password named by the spec, or None when it names none.
+
+    A named source that is missing is an error, never "no password": a silently empty password
+    would turn a config mistake into a confusing authentication failure.
+    """
+    if spec.password_env:
+        value = os.environ.get(spec.password_env)
+        if value is None:
+            raise DatabaseError(
+                f"database {spec.name!r}: environment variable {spec.password_env} "
+                "(password_env) is not set"
+            )
+        return value
+    if spec.password_file:
+        try:
+            with open(spec.password_file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise DatabaseError(
+                f"database {spec.name!r}: cannot read password_file {spec.password_file}: "
+                f"{e.strerror}"
+            ) from e
+        # Only the line terminator is stripped: spaces may be part of a password.
+        return text[:-1] if text.endswith("\n") else text
+    return None
+
+
+# --- the dump stream -------------------------------------------------------------------------
+
+
+class DumpStream(io.RawIOBase):
+    """A dump's bytes, read like a file; `finish()` after EOF says whether they are a dump."""
+
+    def finish(self) -> DumpInfo:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# --- registry --------------------------------------------------------------------------------
+
+# Built-ins are imported lazily so that `import casbackup.engines` stays cheap and a broken
+# engine module cannot break the others. Plugins register through the `casbackup.engines`
+# entry-point group (MISSION: engines are plugins).
+_BUILTIN: dict[str, str] = {
+    "sqlite": "casbackup.engines.sqlite:SqliteEngine",
+    "postgresql": "casbackup.engines.postgresql:PostgresEngine",
+    "mysql": "casbackup.engines.mysql:MysqlEngine",
+}
+ALIASES: dict[str, str] = {"mariadb": "mysql", "postgres": "postgresql", "sqlite3": "sqlite"}
+_registered: dict[str, Callable[[], Engine]] = {}
+
+
+def register_engine(name: str, factory: Callable[[], Engine]) -> None:
+    _registered[name] = factory
+
+
+def canonical_engine_name(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def engine_names() -> tuple[str, ...]:
+    return tuple(sorted({*_BUILTIN, *_registered, *_plugin_names()}))
+
+
+def _plugin_names() -> list[str]:
+    from importlib.metadata import entry_points
+
+    return [ep.name for ep in entry_points(group="casbackup.engines")]
+
+
+def get_engine(name: str) -> Engine:
+    key = canonical_engine_name(name)
+    if key in _registered:
+        return _registered[key]()
+    if key in _BUILTIN:
+        module, _, attr = _BUILTIN[key].partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        return cls()  # type: ignore[no-any-return]
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="casbackup.engines"):
+        if ep.name == key:
+            return ep.load()()  # type: ignore[no-any-return]
+    raise DatabaseError(f"unknown database engine {name!r} (known: {', '.join(engine_names())})")

@@ -1,0 +1,227 @@
+"""SQLite: a consistent copy of a live database, taken with SQLite's online backup API.
+
+A raw copy of a database file that is being written can be torn (half a transaction, or a WAL not
+yet checkpointed): it is never taken. `Connection.backup()` copies every page in one step while
+holding a read transaction on the source, so the copy is one committed state; in WAL mode writers
+carry on meanwhile, in rollback-journal mode they wait (busy timeout) for the copy to finish.
+
+The copy goes into a private temporary file (mode 0600, in `options["temp_dir"]` or the system
+temp folder) that is unlinked as soon as it is open for streaming, so it disappears even if the
+process dies. This is the one place casbackup writes a dump to disk: SQLite's backup API needs a
+database file as destination, and the copy is what makes the stream consistent.
+
+A missing database file is an error, never an empty database (ANCHORS.md: a missing SQLite file
+backed up as an empty database is one of the silent failures users reported).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from typing import BinaryIO
+
+from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream, RestoreInfo
+from casbackup.errors import DatabaseError
+
+MAGIC = b"SQLite format 3\x00"
+KNOWN_OPTIONS = frozenset({"allow_empty", "temp_dir", "busy_timeout"})
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _uri(path: str, mode: str) -> str:
+    # mode=rw/ro in a URI makes SQLite refuse to create a missing file instead of creating it.
+    return "file:" + _uri_escape(os.path.abspath(path)) + f"?mode={mode}"
+
+
+def _uri_escape(path: str) -> str:
+    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+        )
+    ]
+    return {n: conn.execute(f"SELECT count(*) FROM {quote_ident(n)}").fetchone()[0] for n in names}
+
+
+def _require_path(spec: DatabaseSpec) -> str:
+    if not spec.path:
+        raise DatabaseError(f"database {spec.name!r}: sqlite needs a path")
+    return spec.path
+
+
+class SqliteDumpStream(DumpStream):
+    """Streams an already-made consistent copy; the copy is unlinked while it is read."""
+
+    def __init__(self, file: BinaryIO, info: DumpInfo) -> None:
+        super().__init__()
+        self._file = file
+        self._info = info
+        self._read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._file.readinto(b)  # type: ignore[attr-defined]
+        self._read += n or 0
+        return n or 0
+
+    def finish(self) -> DumpInfo:
+        if self._file.read(1):
+            self.close()
+            raise DatabaseError("sqlite dump: finish() called before the copy was read to EOF")
+        if self._read != self._info.size:
+            raise DatabaseError(
+                f"sqlite dump: copy is {self._info.size} bytes but {self._read} were read"
+            )
+        self.close()
+        return self._info
+
+    def close(self) -> None:
+        if hasattr(self, "_file"):
+            self._file.close()
+        super().close()
+
+
+class SqliteEngine:
+    name = "sqlite"
+
+    def check_available(self) -> None:
+        # The sqlite3 module is part of Python; backup() exists since Python 3.7.
+        if not hasattr(sqlite3.Connection, "backup"):
+            raise DatabaseError("this Python's sqlite3 module has no online backup API")
+
+    def dump(self, spec: DatabaseSpec) -> DumpStream:
+        path = _require_path(spec)
+        if not os.path.isfile(path):
+            raise DatabaseError(
+                f"database {spec.name!r}: SQLite file {path} does not exist "
+                "(refusing to back it up as an empty database)"
+            )
+        timeout = float(spec.options.get("busy_timeout", "60"))
+        fd, tmp = tempfile.mkstemp(prefix="casbackup-sqlite-", dir=spec.options.get("temp_dir"))
+        os.close(fd)
+        try:
+            try:
+                src = sqlite3.connect(_uri(path, "rw"), uri=True, timeout=timeout)
+                dst = sqlite3.connect(tmp)
+                try:
+                    _check_magic(path)
+                    src.backup(dst)  # pages=-1: one step, one read transaction, one state
+                    counts = _count_rows(dst)
+                finally:
+                    src.close()
+                    dst.close()
+            except sqlite3.Error as e:
+                raise DatabaseError(f"database {spec.name!r}: cannot copy {path}: {e}") from e
+            if not counts and not spec.option_bool("allow_empty"):
+                raise DatabaseError(
+                    f"database {spec.name!r}: {path} has no tables; refusing to record an empty "
+                    "dump (set options.allow_empty = true if that is expected)"
+                )
+            file = open(tmp, "rb")  # noqa: SIM115 - handed to the stream, closed by it
+        finally:
+            # Unlinked while still open: the copy lives exactly as long as the stream.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        size = os.fstat(file.fileno()).st_size
+        info = DumpInfo(
+            engine=self.name,
+            format="sqlite-db",
+            server_version=sqlite3.sqlite_version,
+            row_counts=counts,
+            file_extension="sqlite",
+            size=size,
+            row_counts_consistent=True,
+        )
+        return SqliteDumpStream(file, info)
+
+    def restore(
+        self, spec: DatabaseSpec, stream: BinaryIO, *, overwrite: bool = False
+    ) -> RestoreInfo:
+        """Write the database beside the target, check it, then rename it into place.
+
+        The rename is atomic, so a failed restore leaves the target as it was. Restoring over a
+        database that is in use is not supported: its users would keep the old file open.
+        """
+        path = _require_path(spec)
+        if os.path.exists(path) and os.path.getsize(path) > 0 and not overwrite:
+            raise DatabaseError(
+                f"database {spec.name!r}: {path} already exists and is not empty "
+                "(use overwrite to replace it)"
+            )
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".casbackup-restore-", dir=folder)
+        try:
+            written = 0
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(1 << 20):
+                    out.write(chunk)
+                    written += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            _check_magic(tmp)
+            try:
+                conn = sqlite3.connect(_uri(tmp, "rw"), uri=True)
+                try:
+                    result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+                    counts = _count_rows(conn)
+                finally:
+                    conn.close()
+            except sqlite3.Error as e:
+                raise DatabaseError(
+                    f"database {spec.name!r}: restored file is unusable: {e}"
+                ) from e
+            if result != "ok":
+                raise DatabaseError(f"database {spec.name!r}: integrity_check failed: {result}")
+            for suffix in _SIDE_FILES:
+                # A stale WAL of the old database would be replayed into the new one.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path + suffix)
+            os.replace(tmp, path)
+        except BaseException:
+            for leftover in (tmp, *(tmp + s for s in _SIDE_FILES)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+            raise
+        return RestoreInfo(self.name, path, written, counts, sqlite3.sqlite_version)
+
+    def row_counts(self, spec: DatabaseSpec) -> dict[str, int]:
+        path = _require_path(spec)
+        if not os.path.isfile(path):
+            raise DatabaseError(f"database {spec.name!r}: SQLite file {path} does not exist")
+        try:
+            conn = sqlite3.connect(_uri(path, "ro"), uri=True)
+            try:
+                return _count_rows(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise DatabaseError(f"database {spec.name!r}: cannot read {path}: {e}") from e
+
+    def drop(self, spec: DatabaseSpec) -> None:
+        path = _require_path(spec)
+        for p in (path, *(path + s for s in _SIDE_FILES)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+
+def _check_magic(path: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+    if head and head != MAGIC:
+        raise DatabaseError(f"{path} is not an SQLite 3 database")
+    if not head:
+        raise DatabaseError(f"{path} is empty, not an SQLite 3 database")

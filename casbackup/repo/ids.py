@@ -1,0 +1,46 @@
+"""Id types and object kinds shared by the repository format."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import NewType
+
+import blake3
+
+ID_SIZE = 32
+
+# A chunk or tree id: keyed BLAKE3 of the plaintext (raw 32 bytes).
+BlobId = NewType("BlobId", bytes)
+# The name of a stored file (pack, index, snapshot): unkeyed BLAKE3 of its stored bytes, hex.
+FileId = NewType("FileId", str)
+
+
+class Kind(IntEnum):
+    """What an encrypted envelope holds; bound into its associated data."""
+
+    DATA = 1
+    TREE = 2
+    PACK_HEADER = 3
+    INDEX = 4
+    SNAPSHOT = 5
+    LOCK = 6
+    VERIFICATION = 7
+    CHECK_STATE = 8
+
+
+BLOB_KINDS = (Kind.DATA, Kind.TREE)
+
+
+def file_id(data: bytes | memoryview) -> FileId:
+    """Name stored files by the hash of their bytes: damage at rest shows without the key."""
+    return FileId(
+        blake3.blake3(
+            data, max_threads=blake3.blake3.AUTO if len(data) > 1 << 22 else 1
+        ).hexdigest()
+    )
+
+
+def parse_file_id(text: str) -> FileId:
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError(f"not a file id: {text!r}")
+    return FileId(text)

@@ -1,0 +1,193 @@
+"""Index files (the repository's authoritative index) and their local LMDB cache.
+
+An index file ``index/<file id>`` is an envelope (kind INDEX, zero object id)
+whose plaintext, after the codec byte, is::
+
+    version[1]=1
+    n_supersedes[4] | n_supersedes * file_id[32]          (index files this one replaces)
+    n_packs[4] | n_packs * (pack_id[32] | n_blobs[4] | n_blobs * blob)
+    blob := kind[1] | id[32] | offset[4] | stored_len[4] | raw_len[4]
+
+All integers big-endian. Index files are written only after every pack they name
+is durable. Readers ignore an index file named in another present file's
+supersedes list (prune writes the replacement first, then deletes the old ones).
+
+The LMDB cache under the user's cache directory maps blob id -> location for fast
+lookups. It is never the only copy: it records which index files it holds and is
+brought up to date (or rebuilt) whenever the repository's index/ listing differs.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import lmdb
+
+from casbackup.errors import FormatError, StorageError
+from casbackup.repo.ids import BlobId, FileId, Kind
+
+INDEX_VERSION = 1
+_U32 = struct.Struct(">I")
+_BLOB = struct.Struct(">B32sIII")  # 45 bytes
+_LOCATION = struct.Struct(">32sIIIB")  # pack[32] offset stored raw kind = 45 bytes
+
+
+@dataclass(frozen=True)
+class Location:
+    pack: FileId
+    offset: int
+    stored_len: int
+    raw_len: int
+    kind: Kind
+
+    def encode(self) -> bytes:
+        return _LOCATION.pack(
+            bytes.fromhex(self.pack), self.offset, self.stored_len, self.raw_len, self.kind
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Location:
+        pack, offset, stored, raw, kind = _LOCATION.unpack(data)
+        return cls(FileId(pack.hex()), offset, stored, raw, Kind(kind))
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    supersedes: tuple[FileId, ...]
+    packs: dict[FileId, list[tuple[BlobId, Location]]]
+
+    def blobs(self) -> Iterator[tuple[BlobId, Location]]:
+        for entries in self.packs.values():
+            yield from entries
+
+
+def encode_index(
+    packs: dict[FileId, list[tuple[BlobId, Location]]], supersedes: Iterable[FileId] = ()
+) -> bytes:
+    sup = list(supersedes)
+    parts = [bytes((INDEX_VERSION,)), _U32.pack(len(sup))]
+    parts.extend(bytes.fromhex(s) for s in sup)
+    parts.append(_U32.pack(len(packs)))
+    for pack_id, entries in packs.items():
+        parts.append(bytes.fromhex(pack_id))
+        parts.append(_U32.pack(len(entries)))
+        parts.extend(
+            _BLOB.pack(loc.kind, blob_id, loc.offset, loc.stored_len, loc.raw_len)
+            for blob_id, loc in entries
+        )
+    return b"".join(parts)
+
+
+def decode_index(data: bytes) -> IndexFile:
+    try:
+        if data[0] != INDEX_VERSION:
+            raise FormatError(f"unknown index version {data[0]}")
+        pos = 1
+        (n_sup,) = _U32.unpack_from(data, pos)
+        pos += 4
+        if pos + 32 * n_sup > len(data):
+            raise FormatError("index file is truncated")
+        supersedes = tuple(
+            FileId(data[pos + 32 * i : pos + 32 * (i + 1)].hex()) for i in range(n_sup)
+        )
+        pos += 32 * n_sup
+        (n_packs,) = _U32.unpack_from(data, pos)
+        pos += 4
+        packs: dict[FileId, list[tuple[BlobId, Location]]] = {}
+        for _ in range(n_packs):
+            if pos + 36 > len(data):
+                raise FormatError("index file is truncated")
+            pack = FileId(data[pos : pos + 32].hex())
+            (n_blobs,) = _U32.unpack_from(data, pos + 32)
+            pos += 36
+            if pos + n_blobs * _BLOB.size > len(data):
+                raise FormatError("index file is truncated")
+            entries = packs.setdefault(pack, [])
+            for _ in range(n_blobs):
+                kind, blob_id, offset, stored, raw = _BLOB.unpack_from(data, pos)
+                pos += _BLOB.size
+                entries.append((BlobId(blob_id), Location(pack, offset, stored, raw, Kind(kind))))
+        if pos != len(data):
+            raise FormatError("index file has trailing bytes")
+    except (IndexError, struct.error, ValueError) as exc:
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"index file is malformed: {exc}") from None
+    for entries in packs.values():
+        for _, loc in entries:
+            if loc.kind not in (Kind.DATA, Kind.TREE):
+                raise FormatError("index names a blob of a kind that cannot be in a pack")
+    return IndexFile(supersedes, packs)
+
+
+def cache_root() -> str:
+    explicit = os.environ.get("CASBACKUP_CACHE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "casbackup")
+
+
+class IndexCache:
+    """blob id -> Location in LMDB, plus the set of index files it was built from.
+
+    LMDB is multi-process safe; write transactions are serialized by LMDB itself.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            os.makedirs(path, exist_ok=True)
+            self.env = lmdb.open(
+                path,
+                map_size=1 << 38,
+                max_dbs=4,
+                subdir=True,
+                metasync=False,
+                sync=False,
+                readahead=False,
+            )
+        except (OSError, lmdb.Error) as exc:
+            raise StorageError(f"cannot open the index cache at {path}: {exc}") from None
+        self.blobs = self.env.open_db(b"blobs")
+        self.files = self.env.open_db(b"index-files")
+        self._local = threading.local()
+
+    def close(self) -> None:
+        self.env.close()
+
+    def known_files(self) -> set[FileId]:
+        with self.env.begin(db=self.files) as txn:
+            return {FileId(k.decode()) for k, _ in txn.cursor()}
+
+    def get(self, blob_id: bytes) -> Location | None:
+        with self.env.begin(db=self.blobs, buffers=False) as txn:
+            value = txn.get(blob_id)
+        return None if value is None else Location.decode(value)
+
+    def contains(self, blob_id: bytes) -> bool:
+        with self.env.begin(db=self.blobs) as txn:
+            return txn.get(blob_id) is not None
+
+    def add_file(self, name: FileId, entries: Iterable[tuple[BlobId, Location]]) -> None:
+        """Record an index file's entries and its name in one transaction."""
+        with self.env.begin(write=True) as txn:
+            for blob_id, loc in entries:
+                txn.put(blob_id, loc.encode(), db=self.blobs)
+            txn.put(name.encode(), b"", db=self.files)
+
+    def clear(self) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.drop(self.blobs, delete=False)
+            txn.drop(self.files, delete=False)
+
+    def count(self) -> int:
+        with self.env.begin(db=self.blobs) as txn:
+            return int(txn.stat(self.blobs)["entries"])
+
+    def sync(self) -> None:
+        self.env.sync(True)

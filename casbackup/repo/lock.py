@@ -1,0 +1,156 @@
+"""Repository locks: ``locks/<random hex>``, an envelope (kind LOCK) of JSON.
+
+Shared locks (backup, restore, check) coexist; an exclusive lock (prune, forget,
+repair) excludes every other lock. To take a lock a process writes its own lock
+file first, then lists the others: if a conflicting live lock exists it deletes
+its own and fails, so two racing processes can both fail but never both win.
+
+A lock is stale when it was not refreshed for STALE_AFTER seconds, or when it was
+taken on this host by a process that no longer exists. Stale locks are ignored
+(and reported); ``casbackup unlock`` removes them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from casbackup.errors import CasError, LockError, NotFound
+from casbackup.repo.ids import Kind
+
+STALE_AFTER = 30 * 60
+REFRESH_EVERY = 5 * 60
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    name: str
+    host: str
+    pid: int
+    user: str
+    time: float
+    exclusive: bool
+    command: str
+
+    def is_stale(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        if now - self.time > STALE_AFTER:
+            return True
+        if self.host == socket.gethostname() and not _pid_alive(self.pid):
+            return True
+        return False
+
+    def describe(self) -> str:
+        kind = "exclusive" if self.exclusive else "shared"
+        age = int(time.time() - self.time)
+        return f"{kind} lock by {self.user}@{self.host} pid {self.pid} ({self.command}), {age}s old"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lock:
+    """A held lock; refreshed by a background thread until released."""
+
+    def __init__(self, repo, exclusive: bool, command: str) -> None:  # repo: Repository
+        self._repo = repo
+        self.exclusive = exclusive
+        self.command = command
+        self.name: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()
+
+    def _write(self) -> str:
+        doc = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "user": getpass.getuser(),
+            "time": time.time(),
+            "exclusive": self.exclusive,
+            "command": self.command,
+        }
+        name = f"locks/{os.urandom(16).hex()}"
+        self._repo.put_encrypted(name, Kind.LOCK, json.dumps(doc).encode())
+        return name
+
+    def acquire(self) -> Lock:
+        self.name = self._write()
+        try:
+            for info in list_locks(self._repo):
+                if info.name == self.name or info.is_stale():
+                    continue
+                if self.exclusive or info.exclusive:
+                    raise LockError(
+                        f"repository is locked: {info.describe()}; "
+                        "wait for it to finish, or run 'casbackup unlock' if it is gone"
+                    )
+        except BaseException:
+            self._delete(self.name)
+            self.name = None
+            raise
+        self._thread = threading.Thread(target=self._refresh_loop, name="lock-refresh", daemon=True)
+        self._thread.start()
+        return self
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(REFRESH_EVERY):
+            with self._mutex:
+                if self.name is None:
+                    return
+                try:
+                    new = self._write()
+                except CasError:
+                    continue
+                old, self.name = self.name, new
+            self._delete(old)
+
+    def _delete(self, name: str) -> None:
+        try:
+            self._repo.backend.delete(name)
+        except (NotFound, CasError):
+            pass
+
+    def release(self) -> None:
+        self._stop.set()
+        with self._mutex:
+            name, self.name = self.name, None
+        if name:
+            self._delete(name)
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def list_locks(repo) -> list[LockInfo]:
+    locks = []
+    for name, _size in repo.backend.list("locks/"):
+        try:
+            doc = json.loads(repo.get_encrypted(name, Kind.LOCK))
+            locks.append(
+                LockInfo(
+                    name, str(doc["host"]), int(doc["pid"]), str(doc["user"]), float(doc["time"]),
+                    bool(doc["exclusive"]), str(doc.get("command", "")),
+                )
+            )  # fmt: skip
+        except NotFound:
+            continue  # released while we listed
+        except (CasError, ValueError, KeyError, TypeError):
+            # Unreadable lock: treat as a live exclusive lock of unknown owner; unlock can remove it.
+            locks.append(LockInfo(name, "?", 0, "?", time.time(), True, "unreadable lock file"))
+    return locks

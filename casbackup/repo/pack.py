@@ -1,0 +1,141 @@
+"""Pack files: many encrypted blobs followed by an encrypted header.
+
+Layout::
+
+    blob_1 || blob_2 || ... || blob_n || header_envelope || header_len[4, u32 LE]
+
+Each blob is an envelope (kind DATA or TREE, aad bound to its id), so one blob can
+be fetched with a ranged read and a pack can be repacked without re-encrypting.
+The header envelope (kind PACK_HEADER, object id all zero) holds, after the codec
+byte::
+
+    version[1]=1 | count[4, u32 BE] | count * (kind[1] | id[32] | stored_len[4] | raw_len[4])
+
+Offsets are implicit: blob i starts where blob i-1 ended, blob 1 at 0. The header
+lets ``repair index`` rebuild the index from packs alone. A pack's name is
+``data/<first 2 hex>/<file id>`` where the file id is BLAKE3 of the whole pack.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from casbackup.crypto.envelope import ZERO_ID, Opener, Sealer
+from casbackup.errors import FormatError
+from casbackup.repo import codec
+from casbackup.repo.ids import ID_SIZE, BlobId, FileId, Kind, file_id
+
+HEADER_VERSION = 1
+_COUNT = struct.Struct(">BI")
+_ENTRY = struct.Struct(">B32sII")  # kind[1] id[32] stored_len[4] raw_len[4] = 41 bytes
+_TRAILER = struct.Struct("<I")
+
+
+def pack_name(pack_id: FileId) -> str:
+    return f"data/{pack_id[:2]}/{pack_id}"
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    kind: Kind
+    id: BlobId
+    offset: int
+    stored_len: int
+    raw_len: int
+
+
+class PackWriter:
+    """Accumulates blobs in memory until the pack is big enough to store."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.entries: list[PackEntry] = []
+
+    def add(self, kind: Kind, blob_id: BlobId, envelope: bytes, raw_len: int) -> None:
+        self.entries.append(PackEntry(kind, blob_id, len(self.buffer), len(envelope), raw_len))
+        self.buffer += envelope
+
+    @property
+    def size(self) -> int:
+        return len(self.buffer)
+
+    def finish(self, sealer: Sealer) -> tuple[FileId, bytes, list[PackEntry]]:
+        header = encode_header(self.entries)
+        sealed = sealer.seal(Kind.PACK_HEADER, ZERO_ID, codec.compress(header, 3))
+        self.buffer += sealed
+        self.buffer += _TRAILER.pack(len(sealed))
+        data = bytes(self.buffer)
+        return file_id(data), data, self.entries
+
+
+def encode_header(entries: list[PackEntry]) -> bytes:
+    parts = [_COUNT.pack(HEADER_VERSION, len(entries))]
+    parts.extend(_ENTRY.pack(e.kind, e.id, e.stored_len, e.raw_len) for e in entries)
+    return b"".join(parts)
+
+
+def decode_header(data: bytes) -> list[PackEntry]:
+    if len(data) < _COUNT.size:
+        raise FormatError("pack header is too short")
+    version, count = _COUNT.unpack_from(data, 0)
+    if version != HEADER_VERSION:
+        raise FormatError(f"unknown pack header version {version}")
+    if len(data) != _COUNT.size + count * _ENTRY.size:
+        raise FormatError("pack header length does not match its entry count")
+    entries = []
+    offset = 0
+    pos = _COUNT.size
+    for _ in range(count):
+        kind, blob_id, stored_len, raw_len = _ENTRY.unpack_from(data, pos)
+        pos += _ENTRY.size
+        try:
+            kind = Kind(kind)
+        except ValueError:
+            raise FormatError(f"unknown blob kind {kind} in pack header") from None
+        if kind not in (Kind.DATA, Kind.TREE):
+            raise FormatError(f"blob kind {kind} cannot be in a pack")
+        entries.append(PackEntry(kind, BlobId(blob_id), offset, stored_len, raw_len))
+        offset += stored_len
+    return entries
+
+
+def parse_pack_tail(opener: Opener, tail: bytes, pack_size: int) -> tuple[int, list[PackEntry]]:
+    """Given the last bytes of a pack, return (header_len, entries).
+
+    ``tail`` must hold at least the trailer; raises FormatError(needs=...) style
+    errors when the header does not fit, so the caller can read more.
+    """
+    if pack_size < _TRAILER.size or len(tail) < _TRAILER.size:
+        raise FormatError("pack is too short to hold a header")
+    (header_len,) = _TRAILER.unpack_from(tail, len(tail) - _TRAILER.size)
+    if header_len + _TRAILER.size > pack_size:
+        raise FormatError("pack header length points before the start of the pack")
+    if header_len + _TRAILER.size > len(tail):
+        raise _NeedMore(header_len + _TRAILER.size)
+    sealed = tail[len(tail) - _TRAILER.size - header_len : len(tail) - _TRAILER.size]
+    entries = decode_header(codec.decompress(opener.open(Kind.PACK_HEADER, ZERO_ID, sealed)))
+    blobs_end = pack_size - _TRAILER.size - header_len
+    if entries and entries[-1].offset + entries[-1].stored_len != blobs_end:
+        raise FormatError("pack header does not account for every byte of the pack")
+    return header_len, entries
+
+
+class _NeedMore(FormatError):
+    def __init__(self, need: int) -> None:
+        super().__init__(f"need {need} bytes")
+        self.need = need
+
+
+def read_header(backend_get, name: str, size: int, opener: Opener) -> list[PackEntry]:
+    """Read and authenticate a pack's header with one (rarely two) ranged reads."""
+    want = min(size, 64 * 1024)
+    tail = backend_get(name, size - want, want)
+    try:
+        return parse_pack_tail(opener, tail, size)[1]
+    except _NeedMore as more:
+        tail = backend_get(name, size - more.need, more.need)
+        return parse_pack_tail(opener, tail, size)[1]
+
+
+assert _ENTRY.size == 1 + ID_SIZE + 8

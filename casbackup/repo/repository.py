@@ -1,0 +1,428 @@
+"""The repository: the one object everything above the format talks to.
+
+Write order (the crash-safety argument, see repo_format.md "Invariants"):
+1. blobs go into packs; a pack is stored (temp name, fsync, rename, fsync dir)
+   before anything names it;
+2. an index file naming only stored packs is written after them;
+3. a snapshot naming only indexed blobs is written last.
+A crash at any point leaves at most packs no index names (``prune`` reclaims them)
+or indexed blobs no snapshot uses; never a reference to something missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import blake3
+
+from casbackup.crypto.envelope import ZERO_ID, Opener, Sealer
+from casbackup.crypto.keyfile import KdfParams, unwrap_key, wrap_key
+from casbackup.crypto.keys import MasterKey
+from casbackup.errors import (
+    AmbiguousId,
+    CasError,
+    FormatError,
+    IntegrityError,
+    NotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    WrongPassword,
+)
+from casbackup.repo import codec
+from casbackup.repo.config import RepoConfig
+from casbackup.repo.ids import BlobId, FileId, Kind, file_id
+from casbackup.repo.index import IndexCache, Location, cache_root, decode_index, encode_index
+from casbackup.repo.lock import Lock
+from casbackup.repo.pack import PackWriter, pack_name
+from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.tree import Node, decode_tree, encode_tree
+from casbackup.store.base import Backend
+
+# Flush a partial index during long backups so an interrupted run keeps its work (restic: 50k/10 min).
+INDEX_FLUSH_BLOBS = 50_000
+INDEX_FLUSH_SECONDS = 5 * 60
+
+
+class Repository:
+    def __init__(self, backend: Backend, config: RepoConfig, key: MasterKey, key_name: str) -> None:
+        self.backend = backend
+        self.config = config
+        self.key = key
+        self.key_name = key_name
+        self._id_key = key.chunk_id_key
+        self.sealer = Sealer(key.encryption_root)
+        self.opener = Opener(key.encryption_root)
+        self.compression_level: int | None = (
+            config.compression_level if config.compression == "zstd" else None
+        )
+        self.verify_before_write = True
+        self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._packer = PackWriter()
+        self._claimed: set[bytes] = set()  # in the open pack or a pack being written
+        self._pending: dict[bytes, Location] = {}  # in stored packs, not yet in an index file
+        self._pending_packs: dict[FileId, list[tuple[BlobId, Location]]] = {}
+        self._last_index_flush = time.monotonic()
+        self._cache: IndexCache | None = None
+        self._cache_lock = threading.Lock()
+        self.stats_blobs_added = 0
+        self.stats_bytes_added = 0
+        self.stats_bytes_stored = 0
+
+    # ----------------------------------------------------------------- open/init
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        password: bytes,
+        *,
+        kdf: KdfParams = KdfParams(),
+        config: RepoConfig | None = None,
+    ) -> Repository:
+        if backend.exists("config"):
+            raise RepositoryExists(f"a repository already exists at {backend.location}")
+        if any(True for _ in backend.list("")):
+            raise RepositoryExists(
+                f"{backend.location} is not empty; choose an empty or new folder"
+            )
+        config = config or RepoConfig()
+        key = MasterKey.generate()
+        keyfile = wrap_key(key, password, config.id_bytes, kdf)
+        key_name = f"keys/{file_id(keyfile)}"
+        # Key first, config last: a folder with a config always has a key that opens it.
+        backend.put(key_name, keyfile)
+        backend.put("config", config.encode())
+        return cls(backend, config, key, key_name)
+
+    @classmethod
+    def open(cls, backend: Backend, password: bytes) -> Repository:
+        try:
+            raw = backend.get("config")
+        except NotFound:
+            raise RepositoryNotFound(
+                f"no repository at {backend.location} (run 'casbackup init' to create one)"
+            ) from None
+        config = RepoConfig.decode(raw)
+        keys = sorted(name for name, _ in backend.list("keys/"))
+        if not keys:
+            raise FormatError(f"repository at {backend.location} has no key files")
+        for name in keys:
+            try:
+                data = backend.get(name)
+                key = unwrap_key(data, password, config.id_bytes)
+            except WrongPassword:
+                continue
+            except FormatError:
+                continue  # a damaged key file must not hide a good one
+            return cls(backend, config, key, name)
+        raise WrongPassword("wrong passphrase: no key file of this repository opens with it")
+
+    def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
+        data = wrap_key(self.key, password, self.config.id_bytes, kdf)
+        name = f"keys/{file_id(data)}"
+        self.backend.put(name, data)
+        return name
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+        self.backend.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lock(self, *, exclusive: bool = False, command: str = "") -> Lock:
+        return Lock(self, exclusive, command).acquire()
+
+    # ----------------------------------------------------------------- envelopes
+    def put_encrypted(self, name: str, kind: Kind, plaintext: bytes) -> None:
+        self.backend.put(name, self.sealer.seal(kind, ZERO_ID, codec.compress(plaintext, 3)))
+
+    def get_encrypted(self, name: str, kind: Kind) -> bytes:
+        try:
+            return codec.decompress(self.opener.open(kind, ZERO_ID, self.backend.get(name)))
+        except IntegrityError as exc:
+            raise IntegrityError(f"{name}: {exc}") from None
+
+    def save_file_object(self, directory: str, kind: Kind, plaintext: bytes) -> FileId:
+        """Store an encrypted object under ``directory/<file id>`` and return the id."""
+        sealed = self.sealer.seal(kind, ZERO_ID, codec.compress(plaintext, 3))
+        fid = file_id(sealed)
+        self.backend.put(f"{directory}/{fid}", sealed)
+        return fid
+
+    # ----------------------------------------------------------------- index
+    @property
+    def cache(self) -> IndexCache:
+        if self._cache is None:
+            with self._cache_lock:  # LMDB must not be opened twice in one process
+                if self._cache is None:
+                    self._open_cache()
+        assert self._cache is not None
+        return self._cache
+
+    def _open_cache(self) -> None:
+        path = os.path.join(cache_root(), self.config.id, "index")
+        try:
+            self._cache = IndexCache(path)
+        except CasError:
+            shutil.rmtree(path, ignore_errors=True)  # a damaged cache is only a cache
+            self._cache = IndexCache(path)
+        self.sync_index()
+
+    def index_files(self) -> list[FileId]:
+        return sorted(FileId(name.rsplit("/", 1)[1]) for name, _ in self.backend.list("index/"))
+
+    def load_index_file(self, fid: FileId):  # -> IndexFile
+        data = self.get_encrypted(f"index/{fid}", Kind.INDEX)
+        return decode_index(data)
+
+    def sync_index(self, *, rebuild: bool = False) -> list[str]:
+        """Bring the LMDB cache in line with the repository's index files.
+
+        Returns warnings (damaged index files that were skipped).
+        """
+        cache = self._cache if self._cache is not None else self.cache
+        present = set(self.index_files())
+        known = cache.known_files()
+        if rebuild or not known <= present:
+            cache.clear()  # an index file vanished (prune): rebuild rather than guess
+            known = set()
+        missing = present - known
+        if not missing:
+            return []
+        warnings: list[str] = []
+        loaded = {}
+        superseded: set[FileId] = set()
+        for fid in sorted(present if known == set() else missing):
+            try:
+                idx = self.load_index_file(fid)
+            except CasError as exc:
+                warnings.append(
+                    f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index'"
+                )
+                continue
+            loaded[fid] = idx
+            superseded.update(idx.supersedes)
+        for fid, idx in loaded.items():
+            if fid in superseded:
+                continue
+            cache.add_file(fid, idx.blobs())
+        return warnings
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        if blob_id in self._claimed or blob_id in self._pending:
+            return True
+        return self.cache.contains(blob_id)
+
+    def locate(self, blob_id: bytes) -> Location:
+        loc = self._pending.get(blob_id)
+        if loc is None:
+            loc = self.cache.get(blob_id)
+        if loc is None:
+            if blob_id in self._claimed:
+                self.flush()
+                return self.locate(blob_id)
+            raise NotFound(f"blob {blob_id.hex()[:16]} is not in the index")
+        return loc
+
+    # ----------------------------------------------------------------- blobs
+    def blob_id(self, data: bytes | memoryview) -> BlobId:
+        return BlobId(blake3.blake3(data, key=self._id_key).digest())
+
+    def save_blob(
+        self, kind: Kind, data: bytes | memoryview, blob_id: BlobId | None = None
+    ) -> tuple[BlobId, bool]:
+        """Store a blob unless the repository has it. Thread-safe. Returns (id, added)."""
+        if blob_id is None:
+            blob_id = self.blob_id(data)
+        if self.has_blob(blob_id):
+            return blob_id, False
+        payload = codec.compress(data, self.compression_level)
+        envelope = self.sealer.seal(kind, blob_id, payload)
+        if self.verify_before_write:
+            # Catch bad RAM and bugs before they reach the repository (restic does the same).
+            if self.blob_id(codec.decompress(self.opener.open(kind, blob_id, envelope))) != blob_id:
+                raise IntegrityError(
+                    "a blob failed verification before it was written (memory or software fault)"
+                )
+        full: PackWriter | None = None
+        with self._lock:
+            if blob_id in self._claimed or blob_id in self._pending:
+                return blob_id, False
+            self._claimed.add(blob_id)
+            self._packer.add(kind, blob_id, envelope, len(data))
+            self.stats_blobs_added += 1
+            self.stats_bytes_added += len(data)
+            self.stats_bytes_stored += len(envelope)
+            if self._packer.size >= self.config.pack_size:
+                full, self._packer = self._packer, PackWriter()
+        if full is not None:
+            self._write_pack(full)
+        return blob_id, True
+
+    def _write_pack(self, packer: PackWriter) -> None:
+        pack_id, data, entries = packer.finish(self.sealer)
+        self.backend.put(pack_name(pack_id), data)
+        located = [
+            (e.id, Location(pack_id, e.offset, e.stored_len, e.raw_len, e.kind)) for e in entries
+        ]
+        with self._lock:
+            for blob_id, loc in located:
+                self._pending[blob_id] = loc
+                self._claimed.discard(blob_id)
+            self._pending_packs[pack_id] = located
+            due = (
+                len(self._pending) >= INDEX_FLUSH_BLOBS
+                or time.monotonic() - self._last_index_flush > INDEX_FLUSH_SECONDS
+            )
+        if due:
+            self._flush_index()
+
+    def _flush_index(self) -> None:
+        with self._index_lock:
+            with self._lock:
+                packs, self._pending_packs = self._pending_packs, {}
+            if not packs:
+                return
+            fid = self.save_file_object("index", Kind.INDEX, encode_index(packs))
+            entries = [item for located in packs.values() for item in located]
+            self.cache.add_file(fid, entries)
+            with self._lock:
+                for blob_id, _loc in entries:
+                    self._pending.pop(blob_id, None)
+                self._last_index_flush = time.monotonic()
+
+    def flush(self) -> None:
+        """Store the open pack and an index file naming every stored pack."""
+        with self._lock:
+            packer, self._packer = self._packer, PackWriter()
+        if packer.entries:
+            self._write_pack(packer)
+        self._flush_index()
+
+    def load_blob(self, blob_id: BlobId, kind: Kind | None = None) -> bytes:
+        loc = self.locate(blob_id)
+        if kind is not None and loc.kind != kind:
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:16]} is a {loc.kind.name}, expected {kind.name}"
+            )
+        envelope = self.backend.get(pack_name(loc.pack), loc.offset, loc.stored_len)
+        try:
+            data = codec.decompress(self.opener.open(loc.kind, blob_id, envelope))
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:16]} in pack {loc.pack[:12]} is damaged: {exc}"
+            ) from None
+        if len(data) != loc.raw_len:
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:16]} in pack {loc.pack[:12]} has the wrong length"
+            )
+        return data
+
+    # ----------------------------------------------------------------- trees
+    def save_tree(self, nodes: list[Node]) -> BlobId:
+        return self.save_blob(Kind.TREE, encode_tree(nodes))[0]
+
+    def load_tree(self, tree_id: BlobId) -> list[Node]:
+        data = self.load_blob(tree_id, Kind.TREE)
+        if self.blob_id(data) != tree_id:
+            raise IntegrityError(f"tree {tree_id.hex()[:16]} does not match its id")
+        return decode_tree(data)
+
+    # ----------------------------------------------------------------- snapshots
+    def save_snapshot(self, snap: Snapshot) -> Snapshot:
+        self.flush()  # invariant: everything the snapshot names is indexed first
+        fid = self.save_file_object("snapshots", Kind.SNAPSHOT, snap.encode())
+        return snap.with_id(fid)
+
+    def load_snapshot(self, fid: str) -> Snapshot:
+        return Snapshot.decode(self.get_encrypted(f"snapshots/{fid}", Kind.SNAPSHOT), fid)
+
+    def snapshot_ids(self) -> list[FileId]:
+        return sorted(FileId(name.rsplit("/", 1)[1]) for name, _ in self.backend.list("snapshots/"))
+
+    def list_snapshots(self, *, warnings: list[str] | None = None) -> list[Snapshot]:
+        """All readable snapshots, oldest first. Unreadable ones are reported in ``warnings``."""
+        snaps = []
+        for fid in self.snapshot_ids():
+            try:
+                snaps.append(self.load_snapshot(fid))
+            except CasError as exc:
+                if warnings is None:
+                    raise
+                warnings.append(f"snapshot {fid[:8]} is unreadable: {exc}")
+        snaps.sort(key=lambda s: (s.start_ns, s.id))
+        return snaps
+
+    def delete_snapshot(self, fid: str) -> None:
+        self.backend.delete(f"snapshots/{fid}")
+
+    def resolve_snapshot(
+        self, ref: str, *, app: str | None = None, paths: Iterable[str] | None = None
+    ) -> Snapshot:
+        if ref == "latest":
+            snaps = [s for s in self.list_snapshots(warnings=[]) if app is None or s.app == app]
+            if paths is not None:
+                wanted = tuple(sorted(paths))
+                snaps = [s for s in snaps if tuple(sorted(s.paths)) == wanted]
+            if not snaps:
+                what = f" of application {app!r}" if app else ""
+                raise NotFound(f"no snapshot{what} in the repository")
+            return snaps[-1]
+        ref = ref.lower()
+        if not ref or any(c not in "0123456789abcdef" for c in ref):
+            raise NotFound(
+                f"{ref!r} is not a snapshot id (give an id, a unique prefix, or 'latest')"
+            )
+        matches = [fid for fid in self.snapshot_ids() if fid.startswith(ref)]
+        if not matches:
+            raise NotFound(f"no snapshot matches {ref!r}")
+        if len(matches) > 1:
+            raise AmbiguousId(f"{ref!r} matches {len(matches)} snapshots; give more digits")
+        return self.load_snapshot(matches[0])
+
+    # ----------------------------------------------------------------- walking
+    def walk(self, tree_id: BlobId, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
+        """Depth-first (path, node) for every node below a tree; loads one tree at a time."""
+        for node in self.load_tree(tree_id):
+            path = prefix + b"/" + node.name
+            yield path, node
+            if node.subtree is not None:
+                yield from self.walk(node.subtree, path)
+
+    def find_node(self, root: BlobId, path: str | bytes) -> Node | None:
+        """The node at an absolute path in a snapshot, or None for the root itself."""
+        raw = path.encode("utf-8", "surrogateescape") if isinstance(path, str) else path
+        parts = [p for p in raw.split(b"/") if p and p != b"."]
+        tree: BlobId | None = root
+        node: Node | None = None
+        for i, part in enumerate(parts):
+            if tree is None:
+                raise NotFound(f"{path!r} does not exist in the snapshot")
+            for candidate in self.load_tree(tree):
+                if candidate.name == part:
+                    node = candidate
+                    break
+            else:
+                shown = b"/" + b"/".join(parts[: i + 1])
+                raise NotFound(f"{shown.decode('utf-8', 'replace')} does not exist in the snapshot")
+            tree = node.subtree
+        return node
+
+    @contextmanager
+    def locked(self, *, exclusive: bool = False, command: str = "") -> Iterator[Repository]:
+        lock = self.lock(exclusive=exclusive, command=command)
+        try:
+            yield self
+        finally:
+            lock.release()

@@ -1,0 +1,126 @@
+"""Snapshot records: ``snapshots/<file id>``, an envelope (kind SNAPSHOT) of JSON.
+
+The snapshot id is the file id (BLAKE3 of the stored bytes). Every snapshot names a
+complete root tree: deleting any snapshot never breaks another.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from casbackup.errors import FormatError, UnsupportedFormat
+from casbackup.repo.ids import BlobId
+
+SNAPSHOT_VERSION = 1
+BACKUP_TYPES = ("full", "incremental", "differential")
+
+
+@dataclass(frozen=True)
+class Summary:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    files_total: int = 0
+    bytes_total: int = 0  # logical size of every file in the snapshot
+    bytes_read: int = 0  # read from disk by this backup
+    bytes_added: int = 0  # plaintext bytes of chunks new to the repository
+    bytes_stored: int = 0  # bytes those new chunks take in packs
+    blobs_added: int = 0
+    errors: int = 0
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DatabaseRecord:
+    name: str
+    engine: str
+    format: str
+    server_version: str
+    path: str  # where the dump sits in the snapshot tree, e.g. "/.databases/app.pgdump"
+    size: int
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    time: str  # ISO 8601, UTC, when the backup started
+    start_ns: int  # the same instant in ns: the race guard compares file times with it
+    host: str
+    user: str
+    paths: tuple[str, ...]
+    tree: str  # hex root tree id
+    type: str = "full"
+    app: str | None = None
+    tags: tuple[str, ...] = ()
+    parent: str | None = None
+    base_full: str | None = None
+    excludes: tuple[str, ...] = ()
+    summary: Summary = Summary()
+    databases: tuple[DatabaseRecord, ...] = ()
+    app_definition: dict[str, Any] | None = None
+    program_version: str = ""
+    errors: tuple[str, ...] = ()
+    id: str = ""  # not stored: filled in from the file name when loaded
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    @property
+    def root(self) -> BlobId:
+        return BlobId(bytes.fromhex(self.tree))
+
+    @property
+    def datetime(self) -> datetime:
+        return datetime.fromisoformat(self.time)
+
+    def group_key(self) -> tuple[str, ...]:
+        if self.app:
+            return ("app", self.app)
+        return ("paths", self.host, *sorted(self.paths))
+
+    def encode(self) -> bytes:
+        doc = asdict(self)
+        doc.pop("id")
+        doc["version"] = SNAPSHOT_VERSION
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes, snapshot_id: str = "") -> Snapshot:
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise FormatError("snapshot record is not an object")
+            version = doc.pop("version", None)
+            if version != SNAPSHOT_VERSION:
+                raise UnsupportedFormat(f"snapshot format version {version!r} is not supported")
+            doc["paths"] = tuple(doc["paths"])
+            doc["tags"] = tuple(doc.get("tags", ()))
+            doc["excludes"] = tuple(doc.get("excludes", ()))
+            doc["errors"] = tuple(doc.get("errors", ()))
+            doc["summary"] = Summary(**doc.get("summary", {}))
+            doc["databases"] = tuple(DatabaseRecord(**d) for d in doc.get("databases", ()))
+            snap = cls(**doc, id=snapshot_id)
+            bytes.fromhex(snap.tree)
+            datetime.fromisoformat(snap.time)
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            if isinstance(exc, FormatError):
+                raise
+            raise FormatError(f"snapshot record is malformed: {exc}") from None
+        if len(snap.tree) != 64 or snap.type not in BACKUP_TYPES:
+            raise FormatError("snapshot record has a bad tree id or type")
+        return snap
+
+    def with_id(self, snapshot_id: str) -> Snapshot:
+        return replace(self, id=snapshot_id)
+
+
+def now_utc() -> tuple[str, int]:
+    import time
+
+    ns = time.time_ns()
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(), ns

@@ -1,0 +1,35 @@
+"""How long operations report progress without printing: a callback interface.
+
+The CLI renders it as a progress bar or JSON lines; the web service as job progress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Progress:
+    phase: str = ""
+    files_done: int = 0
+    files_total: int | None = None
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    current: str = ""
+    errors: int = 0
+
+
+class Reporter:
+    """Base reporter: ignores everything. Subclasses override what they show."""
+
+    def progress(self, progress: Progress) -> None:
+        """Called often (throttled by the caller to a few times per second)."""
+
+    def warning(self, message: str) -> None:
+        """A problem that does not stop the operation (an unreadable file)."""
+
+    def info(self, message: str) -> None:
+        """A notable step ("no parent snapshot: doing a full backup")."""
+
+
+NULL_REPORTER = Reporter()

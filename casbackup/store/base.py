@@ -1,0 +1,43 @@
+"""The storage backend protocol: a flat namespace of immutable named objects.
+
+Names are relative POSIX paths such as ``config``, ``keys/<hex>``,
+``data/ab/<hex>``. Semantics every backend must keep (the conformance tests in
+tests/store check them):
+
+- ``put(name, data)``: atomic and durable when it returns. A reader sees either
+  no object or all of it, never a prefix, even if the process dies mid-write.
+  Putting an existing name replaces it atomically (only ``config`` and lock files
+  are ever rewritten; content-addressed names always carry the same bytes).
+- ``get(name, offset=0, length=None)``: the bytes, or exactly ``length`` bytes
+  from ``offset``. A missing object raises ``NotFound`` (never returns None: in a
+  content-addressed store, missing means damaged). A range past the end raises
+  ``StorageError``.
+- ``delete(name)``: removes; deleting a missing object raises ``NotFound``.
+- ``list(prefix)``: yields ``(name, size)`` for every object whose name starts
+  with ``prefix``; order is unspecified. Never yields temp files.
+- ``stat(name)``: the size, or ``NotFound``.
+Errors are casbackup's own: NotFound, StorageError, TransientStorageError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+
+class Backend(Protocol):
+    location: str
+
+    def put(self, name: str, data: bytes | memoryview) -> None: ...
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]: ...
+
+    def stat(self, name: str) -> int: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,299 @@
+"""``check``: prove the repository's structure and, with read_data, every stored byte.
+
+Order matters for precise reports: first the index files and pack headers, then
+(optionally) the pack contents, so the set of damaged or missing blobs is known
+before the snapshot trees are walked once to name every affected file.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from casbackup.errors import CasError, UsageError
+from casbackup.repo import codec
+from casbackup.repo.ids import BlobId, FileId, Kind, file_id
+from casbackup.repo.index import Location
+from casbackup.repo.pack import PackEntry, pack_name, parse_pack_tail, read_header
+from casbackup.repo.repository import Repository
+from casbackup.repo.tree import NodeKind
+from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Which packs to read: all, a fraction, bucket n of t, or about ``size`` bytes."""
+
+    fraction: float | None = None
+    bucket: tuple[int, int] | None = None
+    size: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Subset:
+        text = text.strip()
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)%", text)
+        if m:
+            value = float(m.group(1))
+            if not 0 < value <= 100:
+                raise UsageError("--read-data-subset percentage must be in (0, 100]")
+            return cls(fraction=value / 100)
+        m = re.fullmatch(r"(\d+)/(\d+)", text)
+        if m:
+            n, t = int(m.group(1)), int(m.group(2))
+            if not 1 <= n <= t:
+                raise UsageError("--read-data-subset n/t needs 1 <= n <= t")
+            return cls(bucket=(n, t))
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?", text, re.IGNORECASE)
+        if m:
+            unit = (m.group(2) or "B").upper().rstrip("B").rstrip("I")
+            mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+            return cls(size=int(float(m.group(1)) * mult))
+        raise UsageError(f"--read-data-subset {text!r}: use N%, n/t or a size such as 500M")
+
+    def choose(self, packs: dict[FileId, int]) -> list[FileId]:
+        names = sorted(packs)
+        if self.bucket is not None:
+            n, t = self.bucket
+            return [p for p in names if int(p[:8], 16) % t == n - 1]
+        rng = random.Random()
+        rng.shuffle(names)
+        if self.fraction is not None:
+            return sorted(names[: max(1, round(len(names) * self.fraction))]) if names else []
+        if self.size is not None:
+            chosen, total = [], 0
+            for p in names:
+                if total >= self.size:
+                    break
+                chosen.append(p)
+                total += packs[p]
+            return sorted(chosen)
+        return sorted(names)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    read_data: bool = False
+    subset: Subset | None = None
+
+
+@dataclass
+class CheckReport:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    damaged_packs: set[str] = field(default_factory=set)
+    affected: dict[str, list[str]] = field(default_factory=dict)  # snapshot id -> paths
+    snapshots: int = 0
+    trees: int = 0
+    blobs: int = 0
+    packs: int = 0
+    packs_read: int = 0
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class Checker:
+    def __init__(
+        self, repo: Repository, options: CheckOptions, reporter: Reporter = NULL_REPORTER
+    ) -> None:
+        self.repo = repo
+        self.options = options
+        self.reporter = reporter
+        self.report = CheckReport()
+        self.index: dict[bytes, Location] = {}
+        self.damaged: dict[bytes, str] = {}  # blob id -> why
+
+    def run(self) -> CheckReport:
+        self._load_index()
+        packs = self._check_packs()
+        if self.options.read_data:
+            self._read_packs(packs)
+        self._check_snapshots()
+        return self.report
+
+    # ------------------------------------------------------------------ index
+    def _load_index(self) -> None:
+        files = self.repo.index_files()
+        loaded = {}
+        superseded: set[str] = set()
+        for fid in files:
+            try:
+                idx = self.repo.load_index_file(fid)
+            except CasError as exc:
+                self.report.errors.append(
+                    f"index file {fid[:12]} is damaged: {exc} (run 'casbackup repair index')"
+                )
+                continue
+            loaded[fid] = idx
+            superseded.update(idx.supersedes)
+        for fid, idx in loaded.items():
+            if fid in superseded:
+                continue
+            for blob_id, loc in idx.blobs():
+                self.index[blob_id] = loc
+
+    # ------------------------------------------------------------------ packs
+    def _check_packs(self) -> dict[FileId, int]:
+        present = {
+            FileId(name.rsplit("/", 1)[1]): size for name, size in self.repo.backend.list("data/")
+        }
+        by_pack: dict[FileId, list[tuple[bytes, Location]]] = defaultdict(list)
+        for blob_id, loc in self.index.items():
+            by_pack[loc.pack].append((blob_id, loc))
+        self.report.packs = len(present)
+        self.report.blobs = len(self.index)
+        for pack, entries in sorted(by_pack.items()):
+            if pack not in present:
+                self._pack_damaged(pack, "is missing", entries)
+                continue
+            try:
+                header = read_header(
+                    self.repo.backend.get, pack_name(pack), present[pack], self.repo.opener
+                )
+            except CasError as exc:
+                self._pack_damaged(pack, f"has an unreadable header ({exc})", entries)
+                continue
+            by_id = {e.id: e for e in header}
+            for blob_id, loc in entries:
+                e = by_id.get(BlobId(blob_id))
+                if e is None or (e.offset, e.stored_len, e.kind) != (
+                    loc.offset,
+                    loc.stored_len,
+                    loc.kind,
+                ):
+                    self._blob_damaged(blob_id, pack, "index and pack header disagree")
+        for pack in sorted(set(present) - set(by_pack)):
+            self.report.warnings.append(
+                f"pack {pack[:12]} is not in the index (left by an interrupted run; "
+                "'repair index' adopts it, 'prune' removes it)"
+            )
+        return {p: s for p, s in present.items() if p in by_pack}
+
+    def _pack_damaged(self, pack: FileId, why: str, entries: list[tuple[bytes, Location]]) -> None:
+        self.report.errors.append(f"pack {pack[:12]} {why}: {len(entries)} blobs affected")
+        self.report.damaged_packs.add(pack)
+        for blob_id, _ in entries:
+            self.damaged[blob_id] = f"pack {pack[:12]} {why}"
+
+    def _blob_damaged(self, blob_id: bytes, pack: str, why: str) -> None:
+        self.report.damaged_packs.add(pack)
+        self.damaged[blob_id] = f"pack {pack[:12]}: {why}"
+
+    def _read_packs(self, packs: dict[FileId, int]) -> None:
+        chosen = (self.options.subset or Subset()).choose(packs)
+        progress = Progress(
+            phase="read data", files_total=len(chosen), bytes_total=sum(packs[p] for p in chosen)
+        )
+        for pack in chosen:
+            self._read_pack(pack, packs[pack])
+            progress.files_done += 1
+            progress.bytes_done += packs[pack]
+            self.reporter.progress(progress)
+
+    def _read_pack(self, pack: FileId, size: int) -> None:
+        try:
+            data = self.repo.backend.get(pack_name(pack))
+        except CasError as exc:
+            self.report.errors.append(f"pack {pack[:12]} cannot be read: {exc}")
+            return
+        self.report.packs_read += 1
+        self.report.bytes_read += len(data)
+        before = len(self.damaged)
+        if file_id(data) != pack:
+            self.report.errors.append(
+                f"pack {pack[:12]} does not match its name: its bytes were changed"
+            )
+        try:
+            entries: list[PackEntry] = parse_pack_tail(self.repo.opener, data, len(data))[1]
+        except CasError as exc:
+            entries = []
+            self.report.errors.append(
+                f"pack {pack[:12]} header is damaged ({exc}); checking blobs via the index"
+            )
+        if not entries:
+            entries = [PackEntry(loc.kind, BlobId(bid), loc.offset, loc.stored_len, loc.raw_len)
+                       for bid, loc in self.index.items() if loc.pack == pack]  # fmt: skip
+        view = memoryview(data)
+        for e in entries:
+            try:
+                plain = codec.decompress(
+                    self.repo.opener.open(e.kind, e.id, view[e.offset : e.offset + e.stored_len])
+                )
+                if self.repo.blob_id(plain) != e.id:
+                    raise CasError("content does not match its id")
+            except CasError as exc:
+                self._blob_damaged(e.id, pack, f"blob {e.id.hex()[:12]} {exc}")
+        bad = len(self.damaged) - before
+        if bad:
+            self.report.errors.append(f"pack {pack[:12]}: {bad} damaged blobs")
+
+    # ------------------------------------------------------------------ snapshots
+    def _check_snapshots(self) -> None:
+        seen_trees: set[bytes] = set()
+        bad_trees: dict[bytes, str] = {}
+        warnings: list[str] = []
+        snaps = self.repo.list_snapshots(warnings=warnings)
+        self.report.errors.extend(warnings)
+        self.report.snapshots = len(snaps)
+        for snap in snaps:
+            affected: list[str] = []
+            stack: list[tuple[BlobId, bytes]] = [(snap.root, b"")]
+            while stack:
+                tree_id, prefix = stack.pop()
+                if tree_id in bad_trees:
+                    affected.append(f"{prefix.decode(errors='replace') or '/'} (folder unreadable)")
+                    continue
+                fresh = tree_id not in seen_trees
+                if not fresh and not self.damaged:
+                    continue  # an unchanged subtree already checked under another snapshot
+                try:
+                    nodes = self._load_tree(tree_id)
+                except CasError as exc:
+                    bad_trees[tree_id] = str(exc)
+                    self.report.errors.append(
+                        f"snapshot {snap.short_id}: tree of {prefix.decode(errors='replace') or '/'} is unreadable: {exc}"
+                    )
+                    affected.append(f"{prefix.decode(errors='replace') or '/'} (folder unreadable)")
+                    continue
+                if fresh:
+                    seen_trees.add(tree_id)
+                    self.report.trees += 1
+                for node in nodes:
+                    path = prefix + b"/" + node.name
+                    if node.subtree is not None:
+                        stack.append((node.subtree, path))
+                    if node.kind != NodeKind.FILE:
+                        continue
+                    for chunk in node.content:
+                        if chunk not in self.index:
+                            if fresh:
+                                self.report.errors.append(
+                                    f"snapshot {snap.short_id}: {path.decode(errors='replace')} needs a chunk that is not in the index"
+                                )
+                            affected.append(path.decode(errors="replace"))
+                            break
+                        if chunk in self.damaged:
+                            affected.append(path.decode(errors="replace"))
+                            break
+            if affected:
+                self.report.affected[snap.id] = sorted(set(affected))
+
+    def _load_tree(self, tree_id: BlobId):  # type: ignore[no-untyped-def]
+        if tree_id in self.damaged:
+            raise CasError(self.damaged[tree_id])
+        loc = self.index.get(tree_id)
+        if loc is None:
+            raise CasError("tree is not in the index")
+        if loc.kind != Kind.TREE:
+            raise CasError("index says this tree is a data blob")
+        return self.repo.load_tree(tree_id)
+
+
+def check(
+    repo: Repository, options: CheckOptions, reporter: Reporter = NULL_REPORTER
+) -> CheckReport:
+    return Checker(repo, options, reporter).run()

@@ -1,0 +1,74 @@
+"""``repair index``: rebuild the repository's index from index files and pack headers.
+
+Plan, then execute: the new index file (naming every readable pack, superseding
+every old index file) is written first; the old index files are deleted only after
+it is durable, so an interruption leaves either the old or both (readers honour
+``supersedes``), never neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from casbackup.errors import CasError, NotFound
+from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.index import Location, encode_index
+from casbackup.repo.pack import pack_name, read_header
+from casbackup.repo.repository import Repository
+from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+
+
+@dataclass
+class RepairResult:
+    packs_from_index: int = 0
+    packs_from_headers: int = 0
+    packs_unreadable: list[str] = field(default_factory=list)
+    index_files_removed: int = 0
+    damaged_index_files: list[str] = field(default_factory=list)
+    blobs: int = 0
+    new_index: str | None = None
+
+
+def repair_index(
+    repo: Repository, *, read_all_packs: bool = False, reporter: Reporter = NULL_REPORTER
+) -> RepairResult:
+    result = RepairResult()
+    present = {FileId(name.rsplit("/", 1)[1]): size for name, size in repo.backend.list("data/")}
+    old_files = repo.index_files()
+    packs: dict[FileId, list[tuple[BlobId, Location]]] = {}
+    if not read_all_packs:
+        for fid in old_files:
+            try:
+                idx = repo.load_index_file(fid)
+            except CasError:
+                result.damaged_index_files.append(fid)
+                continue
+            for pack, entries in idx.packs.items():
+                if pack in present:
+                    packs[pack] = entries
+    result.packs_from_index = len(packs)
+    missing = sorted(set(present) - set(packs))
+    progress = Progress(phase="reading pack headers", files_total=len(missing))
+    for pack in missing:
+        try:
+            header = read_header(repo.backend.get, pack_name(pack), present[pack], repo.opener)
+        except CasError as exc:
+            result.packs_unreadable.append(f"{pack[:12]}: {exc}")
+            continue
+        packs[pack] = [
+            (e.id, Location(pack, e.offset, e.stored_len, e.raw_len, Kind(e.kind))) for e in header
+        ]
+        result.packs_from_headers += 1
+        progress.files_done += 1
+        reporter.progress(progress)
+    result.blobs = sum(len(v) for v in packs.values())
+    new = repo.save_file_object("index", Kind.INDEX, encode_index(packs, supersedes=old_files))
+    result.new_index = new
+    for fid in old_files:
+        try:
+            repo.backend.delete(f"index/{fid}")
+            result.index_files_removed += 1
+        except NotFound:
+            pass
+    repo.sync_index(rebuild=True)
+    return result

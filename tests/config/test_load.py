@@ -1,0 +1,210 @@
+"""Reading the TOML config: a valid file, where it is found, and malformed files."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from casbackup.config import describe, find_config_path, load_config
+from casbackup.errors import ConfigError
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "casbackup.toml"
+
+VALID = """
+[repository]
+location = "repo"
+password_command = "pass show casbackup --secret"
+
+[[applications]]
+name = "shop"
+description = "the shop"
+sources = ["src", "/etc/shop"]
+excludes = ["*.log"]
+default_backup_type = "differential"
+schedule = "0  3 * * 1-5"
+
+[applications.retention]
+keep_daily = 7
+keep_within = "1y6m"
+keep_tags = ["release"]
+
+[applications.verification]
+required_files = ["src/manage.py"]
+
+[[applications.databases]]
+name = "main"
+engine = "MariaDB"
+host = "127.0.0.1"
+port = 3306
+user = "shop"
+database = "shop db"
+password_file = "secrets/db.pass"
+options = { allow_empty = true }
+
+[[applications.databases]]
+name = "cache"
+engine = "sqlite"
+path = "src/cache.sqlite3"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "casbackup.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_valid_toml(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, VALID))
+    assert cfg.layout == "toml" and cfg.source == tmp_path / "casbackup.toml"
+    assert cfg.repository.location == str(tmp_path / "repo")
+    app = cfg.applications[0]
+    assert app.sources == (str(tmp_path / "src"), "/etc/shop")
+    assert app.default_backup_type == "differential"
+    assert app.schedule == "0 3 * * 1-5"
+    assert app.retention.keep_daily == 7 and app.retention.keep_within == "1y6m"
+    assert app.verification.required_files == ("src/manage.py",)
+    main, cache = app.databases
+    assert main.engine == "mysql" and main.database == "shop db" and main.port == 3306
+    assert main.password_file == str(tmp_path / "secrets" / "db.pass")
+    assert main.options == {"allow_empty": "true"}
+    assert cache.engine == "sqlite" and cache.path == str(tmp_path / "src" / "cache.sqlite3")
+    assert cfg.app("shop") is app and cfg.app("nope") is None
+
+
+def test_example_file_is_valid() -> None:
+    cfg = load_config(EXAMPLE)
+    assert [a.name for a in cfg.applications] == ["webshop", "tickets", "wiki"]
+    assert {db.engine for a in cfg.applications for db in a.databases} == {
+        "postgresql",
+        "mysql",
+        "sqlite",
+    }
+
+
+def test_describe_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = VALID.replace('location = "repo"', 'location = "s3:https://key:s3cr3t@host/bucket"')
+    out = describe(load_config(write(tmp_path, text)))
+    assert out["repository"]["location"] == "s3:https://***@host/bucket"
+    assert out["repository"]["password"] == {"command": "pass ***"}
+    db = out["applications"][0]["databases"][0]
+    assert db["password"] == {"file": str(tmp_path / "secrets" / "db.pass"), "present": False}
+    assert "s3cr3t" not in repr(out) and "--secret" not in repr(out)
+
+
+def test_find_config_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home, work, xdg = tmp_path / "home", tmp_path / "work", tmp_path / "xdg"
+    for d in (home, work, xdg):
+        d.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("CASBACKUP_CONFIG", raising=False)
+    monkeypatch.chdir(work)
+    assert find_config_path(None) is None
+    user = home / ".config" / "casbackup" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text("")
+    assert find_config_path(None) == user
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    assert find_config_path(None) is None
+    (xdg / "casbackup").mkdir()
+    (xdg / "casbackup" / "config.toml").write_text("")
+    assert find_config_path(None) == xdg / "casbackup" / "config.toml"
+    (work / "casbackup.toml").write_text("")
+    assert find_config_path(None) == work / "casbackup.toml"
+    env_file = write(tmp_path, "", "env.toml")
+    monkeypatch.setenv("CASBACKUP_CONFIG", str(env_file))
+    assert find_config_path(None) == env_file
+    flag_file = write(tmp_path, "", "flag.toml")
+    assert find_config_path(str(flag_file)) == flag_file
+    with pytest.raises(ConfigError, match="config file named by --config does not exist"):
+        find_config_path(str(tmp_path / "missing.toml"))
+    monkeypatch.setenv("CASBACKUP_CONFIG", str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError, match="named by CASBACKUP_CONFIG does not exist"):
+        find_config_path(None)
+
+
+APP = '[[applications]]\nname = "a"\nsources = ["/x"]\n'
+DB = APP + '[[applications.databases]]\nname = "d"\n'
+
+# (file text, expected key path or None, expected message fragment)
+MALFORMED = [
+    ('[repository\nlocation = "x"', None, "invalid TOML: Expected ']' at the end of a table "
+     "declaration (at line 1, column 12)"),
+    ("[[applications]]\nname = \"a\"\nsources = [\"/x\"]\nsorces = []\n",
+     "applications[0].sorces", "unknown key (did you mean 'sources'?)"),
+    ('[repositry]\nlocation = "x"\n', "repositry", "unknown key (did you mean 'repository'?)"),
+    ('[[applications]]\nsources = ["/x"]\n', "applications[0]", "missing required key 'name'"),
+    ('[[applications]]\nname = "a"\n', "applications[0]", "missing required key 'sources'"),
+    ('[[applications]]\nname = "a"\nsources = "/x"\n', "applications[0].sources",
+     "must be an array of strings, not a string"),
+    ('[[applications]]\nname = "a"\nsources = ["/x", 3]\n', "applications[0].sources[1]",
+     "must be a non-empty string, not 3"),
+    (APP + APP, "applications[1].name", "duplicate application name 'a' (also applications[0])"),
+    (APP + 'default_backup_type = "weekly"\n', "applications[0].default_backup_type",
+     "unknown backup type 'weekly': expected one of full, incremental, differential"),
+    (APP + "[applications.retention]\nkeep_daily = -1\n",
+     "applications[0].retention.keep_daily", "must be >= 0, not -1"),
+    (APP + '[applications.retention]\nkeep_daily = "7"\n',
+     "applications[0].retention.keep_daily", "must be an integer, not a string"),
+    (APP + '[applications.retention]\nkeep_within = "7 days"\n',
+     "applications[0].retention.keep_within", "'7 days' is not a duration"),
+    (APP + 'schedule = "every night"\n', "applications[0].schedule",
+     "'every night' is not a cron expression"),
+    (DB + 'engine = "oracle"\n', "applications[0].databases[0].engine",
+     "unknown engine 'oracle': expected one of mysql, postgresql, sqlite"),
+    (DB + 'engine = "postgresql"\ndatabase = "x"\npassword = "hunter2"\n',
+     "applications[0].databases[0].password",
+     "inline passwords are not accepted: put the password in an environment variable "
+     "(password_env) or a file (password_file)"),
+    ('[repository]\npassword = "hunter2"\n', "repository.password", "inline passwords are not"),
+    (DB + 'engine = "postgresql"\n', "applications[0].databases[0]",
+     "missing required key 'database' (the postgresql database name)"),
+    (DB + 'engine = "sqlite"\n', "applications[0].databases[0]",
+     "missing required key 'path' (the SQLite file)"),
+    (DB + 'engine = "sqlite"\npath = "a.db"\nhost = "h"\n',
+     "applications[0].databases[0].host", "is not used by the sqlite engine"),
+    (DB + 'engine = "mysql"\ndatabase = "x"\nport = 70000\n',
+     "applications[0].databases[0].port", "must be between 1 and 65535, not 70000"),
+    (DB + 'engine = "sqlite"\npath = "a.db"\n' + '[[applications.databases]]\nname = "d"\n'
+     'engine = "sqlite"\npath = "b.db"\n', "applications[0].databases[1].name",
+     "duplicate database name 'd' (also databases[0])"),
+    (APP + '[[applications.databases]]\nname = "../etc"\nengine = "sqlite"\npath = "a"\n',
+     "applications[0].databases[0].name", "'../etc' is not a valid database name"),
+    (DB + 'engine = "mysql"\ndatabase = "x"\noptions = { compress = true }\n',
+     "applications[0].databases[0].options.compress", "unknown mysql option"),
+    (DB + 'engine = "mysql"\ndatabase = "x"\npassword_env = "A"\npassword_file = "f"\n',
+     "applications[0].databases[0].password_file", "give password_env or password_file"),
+    ('[repository]\npassword_env = "A"\npassword_file = "f"\n', "repository.password_file",
+     "give only one of password_env, password_file, password_command"),
+    ("version = 2\n", "version", "unsupported config version 2"),
+    ("[snapshots]\nenabled = true\n", "snapshots", "snapshots are enabled but no 'provider'"),
+    ('[verification]\nauto_verify = "yes"\n', "verification.auto_verify",
+     "must be true or false, not a string"),
+    ('[[applications]]\nname = "a/b"\nsources = ["/x"]\n', "applications[0].name",
+     "'a/b' is not a valid application name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed(tmp_path: Path, text: str, key: str | None, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert e.value.key == key
+    assert e.value.path == str(path)
+    assert fragment in str(e.value)
+    expected_prefix = f"{path}: {key}: " if key else f"{path}: "
+    assert str(e.value).startswith(expected_prefix)
+    assert e.value.exit_code == 2 and "\n" not in str(e.value)
+
+
+def test_missing_and_undecodable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'name = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 11\)"):
+        load_config(bad)

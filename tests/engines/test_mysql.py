@@ -1,0 +1,238 @@
+"""MySQL/MariaDB engine against the real server: round trips, quoting, credentials, failures."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from casbackup.engines import get_engine
+from casbackup.engines.base import DatabaseSpec, DumpInfo
+from casbackup.engines.mysql import MysqlEngine, option_file_text
+from casbackup.errors import DatabaseError
+from tests.engines.conftest import mariadb, my_ident, my_spec, read_in_pieces, unique
+
+SCHEMA = """
+CREATE TABLE people (
+    id INT PRIMARY KEY,
+    name VARCHAR(200) CHARACTER SET utf8mb4 NOT NULL,
+    note TEXT CHARACTER SET utf8mb4,
+    score DECIMAL(14, 4),
+    ratio DOUBLE,
+    born DATE,
+    seen DATETIME(3),
+    photo BLOB,
+    active BOOLEAN
+) ENGINE=InnoDB;
+CREATE TABLE `odd ``name`` "x"` (id BIGINT PRIMARY KEY, payload JSON, raw VARBINARY(64));
+CREATE TABLE nopk (v VARCHAR(20));
+CREATE VIEW people_view AS SELECT id, name FROM people WHERE active;
+CREATE TRIGGER people_bi BEFORE INSERT ON people FOR EACH ROW SET NEW.note = NEW.note;
+"""
+FILL = """
+INSERT INTO people
+SELECT seq,
+       CONCAT('Zoë ', seq, ' 日本語 ✓ 🎉 ', REPEAT('é', seq % 7)),
+       IF(seq % 5 = 0, NULL, CONCAT('line1\\nTab\\t\\\\ quote\\' "dq"')),
+       seq * 12.3456,
+       IF(seq % 11 = 0, NULL, seq / 7.0),
+       DATE_ADD('1970-01-01', INTERVAL seq DAY),
+       DATE_ADD('2024-02-29 12:34:56.789', INTERVAL seq MINUTE),
+       IF(seq % 3 = 0, NULL, CONCAT(UNHEX(MD5(seq)), X'00FF00', UNHEX(SHA2(seq, 256)))),
+       seq % 2 = 0
+FROM seq_1_to_3000;
+INSERT INTO `odd ``name`` "x"`
+SELECT seq, JSON_OBJECT('k', seq, 'u', 'ünï'), UNHEX(MD5(seq)) FROM seq_1_to_1500;
+INSERT INTO nopk SELECT CONCAT('x', seq) FROM seq_1_to_200;
+"""
+TABLES = {"people": "id", 'odd `name` "x"': "id", "nopk": "v"}
+EXPECTED = {"people": 3000, 'odd `name` "x"': 1500, "nopk": 200}
+NASTY_PASSWORD = "p'a$s;w\"o#r\\d x`%!"
+
+
+def all_rows(database: str) -> dict[str, str]:
+    # HEX() makes binary columns comparable as text; everything else prints exactly.
+    out = {}
+    for table, order in TABLES.items():
+        cols = mariadb(
+            "SELECT GROUP_CONCAT(IF(data_type LIKE '%blob' OR data_type LIKE '%binary', "
+            "CONCAT('HEX(`', column_name, '`)'), CONCAT('`', column_name, '`')) "
+            "ORDER BY ordinal_position) FROM information_schema.columns "
+            f"WHERE table_schema = DATABASE() AND table_name = '{table}'",
+            database,
+        ).strip()
+        out[table] = mariadb(f"SELECT {cols} FROM {my_ident(table)} ORDER BY {order}", database)
+    return out
+
+
+def make_schema(database: str) -> None:
+    mariadb(SCHEMA + FILL, database)
+
+
+def dump_bytes(spec: DatabaseSpec) -> tuple[bytes, DumpInfo]:
+    with get_engine("mariadb").dump(spec) as stream:
+        data = read_in_pieces(stream)
+        info = stream.finish()
+    return data, info
+
+
+def test_round_trip_every_row(my_database: str) -> None:
+    make_schema(my_database)
+    before = all_rows(my_database)
+    engine = MysqlEngine()
+    data, info = dump_bytes(my_spec(my_database))
+    assert info.format == "mysql-sql" and info.file_extension == "sql"
+    assert info.row_counts == EXPECTED and not info.row_counts_consistent
+    assert info.server_version == mariadb("SELECT VERSION()").strip()
+    assert b"CREATE DATABASE" not in data and b"USE " not in data
+    engine.drop(my_spec(my_database))
+    result = engine.restore(my_spec(my_database), io.BytesIO(data))
+    assert result.row_counts == EXPECTED
+    assert all_rows(my_database) == before
+    assert mariadb("SELECT COUNT(*) FROM people_view", my_database).strip() == "1500"
+    assert "people_bi" in mariadb("SHOW TRIGGERS", my_database)
+
+
+@pytest.fixture
+def nasty_user(mariadb_server: None, my_cleanup: list[str]) -> Iterator[tuple[str, str]]:
+    """A user with a password that needs quoting everywhere, owning a db with a nasty name."""
+    user = unique("casb_test")
+    database = unique("my-db \"x\" 'y' `z` $1;")
+    my_cleanup.append(database)
+    literal = "'" + NASTY_PASSWORD.replace("\\", "\\\\").replace("'", "''") + "'"
+    hosts = ("%", "127.0.0.1", "localhost")
+    sql = f"CREATE DATABASE {my_ident(database)};"
+    for host in hosts:
+        sql += (
+            f"CREATE USER '{user}'@'{host}' IDENTIFIED BY {literal};"
+            f"GRANT ALL ON {my_ident(database)}.* TO '{user}'@'{host}';"
+            f"GRANT ALL ON `restored\\_%`.* TO '{user}'@'{host}';"
+        )
+    mariadb(sql)
+    try:
+        yield user, database
+    finally:
+        mariadb("".join(f"DROP USER IF EXISTS '{user}'@'{h}';" for h in hosts))
+
+
+def test_names_and_password_that_need_quoting(
+    nasty_user: tuple[str, str], my_cleanup: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user, database = nasty_user
+    monkeypatch.setenv("CASB_TEST_MYPW", NASTY_PASSWORD)
+    mariadb("CREATE TABLE `t;'x` (id INT PRIMARY KEY, v TEXT);"
+            "INSERT INTO `t;'x` SELECT seq, MD5(seq) FROM seq_1_to_500;", database)  # fmt: skip
+    spec = my_spec(database, user=user, password_env="CASB_TEST_MYPW")
+    seen: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def spy(argv: list[str], *args: object, **kw: object) -> subprocess.Popen[bytes]:
+        seen.append(list(argv))
+        return real_popen(argv, *args, **kw)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    data, info = dump_bytes(spec)
+    assert info.row_counts == {"t;'x": 500}
+    target = unique("restored_")
+    my_cleanup.append(target)
+    restored = MysqlEngine().restore(
+        my_spec(target, user=user, password_env="CASB_TEST_MYPW"), io.BytesIO(data)
+    )
+    assert restored.row_counts == {"t;'x": 500}
+    monkeypatch.setattr(subprocess, "Popen", real_popen)
+    assert mariadb("SELECT * FROM `t;'x` ORDER BY id", target) == mariadb(
+        "SELECT * FROM `t;'x` ORDER BY id", database
+    )
+    assert seen and all(NASTY_PASSWORD not in " ".join(argv) for argv in seen)
+    assert all(any(a.startswith("--defaults-extra-file=/dev/fd/") for a in argv) for argv in seen)
+
+
+def test_option_file_escapes_values() -> None:
+    spec = DatabaseSpec("n", "mysql", host="h", port=3306, user='u"\\')
+    text = option_file_text(spec, 'a"b\\c#d\ne')
+    assert text == '[client]\nuser="u\\"\\\\"\npassword="a\\"b\\\\c#d\\ne"\nhost="h"\nport="3306"\n'
+
+
+def test_wrong_password_fails(nasty_user: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    user, database = nasty_user
+    monkeypatch.setenv("CASB_TEST_MYPW", "wrong")
+    with pytest.raises(DatabaseError, match="Access denied for user"):
+        MysqlEngine().dump(my_spec(database, user=user, password_env="CASB_TEST_MYPW"))
+
+
+def test_wrong_password_in_the_dump_tool_itself_fails(
+    my_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pre-dump queries pass; only mariadb-dump gets a bad login, so finish() must catch it.
+    make_schema(my_database)
+    engine = MysqlEngine()
+    monkeypatch.setattr("casbackup.engines.mysql.DUMP_FLAGS", ("--user=nobody_casb",))
+    stream = engine.dump(my_spec(my_database))
+    with stream:
+        assert read_in_pieces(stream) == b""
+        with pytest.raises(DatabaseError, match=r"mariadb-dump exited with status 2: .*Access"):
+            stream.finish()
+
+
+def test_missing_database_fails(mariadb_server: None) -> None:
+    with pytest.raises(DatabaseError, match="does not exist"):
+        MysqlEngine().dump(my_spec(unique("casb_missing")))
+
+
+def test_database_without_tables_is_refused(my_database: str) -> None:
+    with pytest.raises(DatabaseError, match="has no tables"):
+        MysqlEngine().dump(my_spec(my_database))
+    data, info = dump_bytes(my_spec(my_database, options={"allow_empty": "true"}))
+    assert info.row_counts == {} and b"-- Dump completed" in data
+
+
+def test_tool_killed_mid_stream_fails(my_database: str) -> None:
+    mariadb("CREATE TABLE big (id INT PRIMARY KEY, b BLOB);"
+            "INSERT INTO big SELECT seq, REPEAT(UNHEX(MD5(seq)), 64) FROM seq_1_to_8000;",
+            my_database)  # fmt: skip
+    stream = MysqlEngine().dump(my_spec(my_database))
+    with stream:
+        assert stream.read(4096)
+        os.kill(stream.pid, signal.SIGKILL)
+        read_in_pieces(stream)
+        with pytest.raises(DatabaseError, match="mariadb-dump was killed by signal 9"):
+            stream.finish()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(stream.pid, os.WNOHANG)
+
+
+def test_missing_tool(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DatabaseError, match="mariadb-dump or mysqldump not found on PATH"):
+        MysqlEngine().check_available()
+    with pytest.raises(DatabaseError, match="not found on PATH"):
+        MysqlEngine().dump(my_spec("whatever"))
+
+
+def test_two_dumps_of_unchanged_data_identical(my_database: str) -> None:
+    make_schema(my_database)
+    first, _ = dump_bytes(my_spec(my_database))
+    second, _ = dump_bytes(my_spec(my_database))
+    assert first == second
+
+
+def test_restore_refuses_non_empty_target_unless_overwrite(my_database: str) -> None:
+    mariadb("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1), (2);", my_database)
+    engine = MysqlEngine()
+    data, _ = dump_bytes(my_spec(my_database))
+    with pytest.raises(DatabaseError, match="already exists and is not empty"):
+        engine.restore(my_spec(my_database), io.BytesIO(data))
+    mariadb("INSERT INTO t VALUES (3);", my_database)
+    engine.restore(my_spec(my_database), io.BytesIO(data), overwrite=True)
+    assert engine.row_counts(my_spec(my_database)) == {"t": 2}
+
+
+def test_bad_dump_fails_restore(my_cleanup: list[str]) -> None:
+    target = unique("casb_bad")
+    my_cleanup.append(target)
+    with pytest.raises(DatabaseError, match="mariadb exited with status 1: .*syntax"):
+        MysqlEngine().restore(my_spec(target), io.BytesIO(b"CREATE TABLE t (id INT);\nNOT SQL;"))

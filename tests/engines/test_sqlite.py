@@ -1,0 +1,178 @@
+"""SQLite engine: a consistent online copy under concurrent writes, and the failure cases."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from casbackup.engines import get_engine
+from casbackup.engines.base import DatabaseSpec
+from casbackup.engines.sqlite import SqliteEngine
+from casbackup.errors import DatabaseError
+from tests.engines.conftest import read_in_pieces
+
+# Each transaction moves an amount between accounts and logs it: the sum of balances never
+# changes, and the ledger's row count equals the number of committed transfers. A torn copy
+# (half a transaction, or pages from two states) breaks one of the two.
+WRITER = r"""
+import random, sqlite3, sys, time
+path, journal = sys.argv[1], sys.argv[2]
+conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+conn.execute(f"PRAGMA journal_mode={journal}")
+print("ready", flush=True)
+n = 0
+while True:
+    a, b = random.randrange(500), random.randrange(500)
+    amount = random.randrange(1, 100)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, a))
+    conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, b))
+    conn.execute("INSERT INTO ledger (src, dst, amount, pad) VALUES (?, ?, ?, randomblob(200))",
+                 (a, b, amount))
+    conn.execute("UPDATE meta SET transfers = transfers + 1")
+    conn.execute("COMMIT")
+    n += 1
+"""
+TOTAL = 500 * 1000
+
+
+def make_bank(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL, name TEXT);
+        CREATE TABLE ledger (id INTEGER PRIMARY KEY, src INT, dst INT, amount INT, pad BLOB);
+        CREATE TABLE meta (transfers INTEGER NOT NULL);
+        INSERT INTO meta VALUES (0);
+        """
+    )
+    conn.executemany(
+        "INSERT INTO accounts VALUES (?, 1000, ?)", [(i, f"Zoë {i} ✓") for i in range(500)]
+    )
+    # Some bulk so that the copy takes long enough for writes to overlap it.
+    conn.executemany(
+        "INSERT INTO ledger (src, dst, amount, pad) VALUES (0, 0, 0, randomblob(4000))",
+        [()] * 3000,
+    )
+    conn.execute("UPDATE meta SET transfers = 3000")
+    conn.commit()
+    conn.close()
+
+
+def spec_for(path: Path, **options: str) -> DatabaseSpec:
+    return DatabaseSpec(name="bank", engine="sqlite", path=str(path), options=options)
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_consistent_copy_under_concurrent_writes(tmp_path: Path, journal: str) -> None:
+    db = tmp_path / "bank.db"
+    make_bank(db)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), journal], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        engine = get_engine("sqlite")
+        transfers_seen = []
+        for i in range(4):
+            with engine.dump(spec_for(db)) as stream:
+                data = read_in_pieces(stream, 4093)
+                info = stream.finish()
+            assert data.startswith(b"SQLite format 3\x00") and info.size == len(data)
+            restored = tmp_path / f"restored-{i}.db"
+            result = engine.restore(spec_for(restored), io.BytesIO(data))
+            assert result.row_counts == info.row_counts
+            conn = sqlite3.connect(restored)
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert conn.execute("SELECT sum(balance) FROM accounts").fetchone()[0] == TOTAL
+            transfers = conn.execute("SELECT transfers FROM meta").fetchone()[0]
+            assert conn.execute("SELECT count(*) FROM ledger").fetchone()[0] == transfers
+            assert info.row_counts["ledger"] == transfers
+            conn.close()
+            transfers_seen.append(transfers)
+            time.sleep(0.05)
+        assert writer.poll() is None, "the writer must have been running throughout"
+    finally:
+        writer.kill()
+        writer.wait()
+    # The writer made progress between copies: the test really raced against writes.
+    assert transfers_seen[-1] > transfers_seen[0] > 3000
+
+
+def test_missing_file_is_an_error_not_an_empty_database(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    with pytest.raises(DatabaseError, match="does not exist .refusing to back it up as an empty"):
+        SqliteEngine().dump(spec_for(missing))
+    assert not missing.exists()  # and it was not created as a side effect
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.db"
+    bogus.write_bytes(b"hello, I am a text file" * 100)
+    with pytest.raises(DatabaseError, match="is not an SQLite 3 database"):
+        SqliteEngine().dump(spec_for(bogus))
+
+
+def test_empty_database_refused_unless_allowed(tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+    sqlite3.connect(db).execute("PRAGMA user_version = 1").connection.close()
+    with pytest.raises(DatabaseError, match="has no tables"):
+        SqliteEngine().dump(spec_for(db))
+    with SqliteEngine().dump(spec_for(db, allow_empty="true")) as stream:
+        stream.read()
+        assert stream.finish().row_counts == {}
+
+
+def test_temp_copy_never_lingers(tmp_path: Path) -> None:
+    db, scratch = tmp_path / "bank.db", tmp_path / "scratch"
+    scratch.mkdir()
+    make_bank(db)
+    with SqliteEngine().dump(spec_for(db, temp_dir=str(scratch))) as stream:
+        assert os.listdir(scratch) == []  # unlinked while open: gone even if we crash now
+        assert stream.read(100)
+    with pytest.raises(DatabaseError):
+        SqliteEngine().dump(spec_for(tmp_path / "missing.db", temp_dir=str(scratch)))
+    assert os.listdir(scratch) == []
+
+
+def test_finish_before_eof_fails(tmp_path: Path) -> None:
+    db = tmp_path / "bank.db"
+    make_bank(db)
+    stream = SqliteEngine().dump(spec_for(db))
+    stream.read(10)
+    with pytest.raises(DatabaseError, match="before the copy was read to EOF"):
+        stream.finish()
+
+
+def test_restore_refuses_existing_unless_overwrite_and_drop(tmp_path: Path) -> None:
+    db = tmp_path / "bank.db"
+    make_bank(db)
+    with SqliteEngine().dump(spec_for(db)) as stream:
+        data = stream.read()
+        stream.finish()
+    target = tmp_path / "target.db"
+    target.write_bytes(b"precious")
+    with pytest.raises(DatabaseError, match="already exists and is not empty"):
+        SqliteEngine().restore(spec_for(target), io.BytesIO(data))
+    assert target.read_bytes() == b"precious"
+    Path(str(target) + "-wal").write_bytes(b"stale wal of the old database")
+    SqliteEngine().restore(spec_for(target), io.BytesIO(data), overwrite=True)
+    assert not Path(str(target) + "-wal").exists()
+    assert SqliteEngine().row_counts(spec_for(target))["accounts"] == 500
+    SqliteEngine().drop(spec_for(target))
+    assert not target.exists()
+
+
+def test_restore_of_garbage_leaves_target_untouched(tmp_path: Path) -> None:
+    target = tmp_path / "t.db"
+    with pytest.raises(DatabaseError, match="not an SQLite 3 database"):
+        SqliteEngine().restore(spec_for(target), io.BytesIO(b"garbage" * 1000))
+    assert os.listdir(tmp_path) == []
