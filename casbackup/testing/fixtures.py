@@ -1,0 +1,53 @@
+"""Helpers shared by the test suite: tiny packs, weak KDF, isolated cache, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from casbackup.crypto.keyfile import WEAK_KDF
+from casbackup.repo.config import ChunkerParams, RepoConfig
+from casbackup.repo.repository import Repository
+from casbackup.store.base import Backend
+from casbackup.store.local import LocalBackend
+
+PASSWORD = "correct horse battery staple"
+
+# Small chunks and 1 MiB packs so that small test data still makes many chunks and packs.
+TEST_CONFIG_KW = {
+    "chunker": ChunkerParams(min_size=4 * 1024, avg_size=12 * 1024, max_size=64 * 1024),
+    "pack_size": 1 << 20,
+}
+
+
+def make_repo(path_or_backend: str | Backend, password: str = PASSWORD) -> Repository:
+    backend = LocalBackend(path_or_backend) if isinstance(path_or_backend, str) else path_or_backend
+    return Repository.init(backend, password.encode(), kdf=WEAK_KDF, config=RepoConfig(**TEST_CONFIG_KW))
+
+
+def open_repo(path_or_backend: str | Backend, password: str = PASSWORD) -> Repository:
+    backend = LocalBackend(path_or_backend) if isinstance(path_or_backend, str) else path_or_backend
+    return Repository.open(backend, password.encode())
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str, repo: str | None = None, env: dict[str, str] | None = None, input: bytes | None = None,
+            timeout: float = 120) -> CliResult:  # fmt: skip
+    """Run ``casbackup`` in a real subprocess (exit codes and signals behave as for users)."""
+    full_env = dict(os.environ)
+    full_env.setdefault("CASBACKUP_PASSWORD", PASSWORD)
+    if env:
+        full_env.update(env)
+    cmd = [sys.executable, "-m", "casbackup.cli.main"]
+    if repo is not None:
+        cmd += ["-r", repo]
+    proc = subprocess.run([*cmd, *args], capture_output=True, env=full_env, input=input, timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
