@@ -14,7 +14,12 @@ def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("CASBACKUP_CACHE_DIR", str(home / "cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
-    for var in ("CASBACKUP_REPO", "CASBACKUP_PASSWORD_FILE", "CASBACKUP_PASSWORD_COMMAND", "CASBACKUP_CONFIG"):
+    for var in (
+        "CASBACKUP_REPO",
+        "CASBACKUP_PASSWORD_FILE",
+        "CASBACKUP_PASSWORD_COMMAND",
+        "CASBACKUP_CONFIG",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CASBACKUP_PASSWORD", PASSWORD)
 

@@ -284,6 +284,8 @@ class Backup:
                 node = self._archive_entry(
                     path, name, st, ref_nodes.get(name), reuse_nodes.get(name), st.st_dev
                 )
+                if isinstance(node, Future):
+                    node = node.result()  # a single file named as a source
                 if node is not None:
                     nodes.append(node)
                 continue

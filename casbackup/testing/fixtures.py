@@ -24,7 +24,9 @@ TEST_CONFIG_KW = {
 
 def make_repo(path_or_backend: str | Backend, password: str = PASSWORD) -> Repository:
     backend = LocalBackend(path_or_backend) if isinstance(path_or_backend, str) else path_or_backend
-    return Repository.init(backend, password.encode(), kdf=WEAK_KDF, config=RepoConfig(**TEST_CONFIG_KW))
+    return Repository.init(
+        backend, password.encode(), kdf=WEAK_KDF, config=RepoConfig(**TEST_CONFIG_KW)
+    )
 
 
 def open_repo(path_or_backend: str | Backend, password: str = PASSWORD) -> Repository:
@@ -49,5 +51,9 @@ def run_cli(*args: str, repo: str | None = None, env: dict[str, str] | None = No
     cmd = [sys.executable, "-m", "casbackup.cli.main"]
     if repo is not None:
         cmd += ["-r", repo]
-    proc = subprocess.run([*cmd, *args], capture_output=True, env=full_env, input=input, timeout=timeout)
-    return CliResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    proc = subprocess.run(
+        [*cmd, *args], capture_output=True, env=full_env, input=input, timeout=timeout
+    )
+    return CliResult(
+        proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    )
