@@ -21,6 +21,7 @@ import socket
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,7 @@ from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 
 RACE_MARGIN_NS = 2_000_000_000  # coarse file systems store times in 1-2 s steps
 MAX_RECORDED_ERRORS = 1000
+MAX_PENDING_DIRS = 4096  # folders waiting for their files; bounds memory
 DATABASES_DIR = b".databases"
 
 
@@ -142,6 +144,9 @@ class Backup:
         self._progress = Progress(phase="backup")
         self._last_report = 0.0
         self._count_lock = threading.Lock()
+        self._pending_dirs: deque[tuple[Future[Node | None], bytes, os.stat_result, list[Any]]] = (
+            deque()
+        )
         self._hardlinks: dict[tuple[int, int], Future[Node | None] | Node] = {}
         self._uid_names: dict[int, str] = {}
         self._gid_names: dict[int, str] = {}
@@ -285,7 +290,8 @@ class Backup:
                     path, name, st, ref_nodes.get(name), reuse_nodes.get(name), st.st_dev
                 )
                 if isinstance(node, Future):
-                    node = node.result()  # a single file named as a source
+                    self._finish_dirs(keep=0)
+                    node = node.result()
                 if node is not None:
                     nodes.append(node)
                 continue
@@ -353,7 +359,7 @@ class Backup:
         ref: Node | None,
         reuse: Node | None,
         root_dev: int,
-    ) -> Node | None:
+    ) -> Future[Node | None] | None:
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -393,17 +399,39 @@ class Backup:
             )
             if child is not None:
                 children.append(child)
-        nodes = []
-        for child in children:
-            if isinstance(child, Future):
-                result = child.result()
-                if result is not None:
-                    nodes.append(result)
-            else:
-                nodes.append(child)
-        with self._count_lock:
-            self.counters.dirs += 1
-        return self._dir_node(name, st, self._save_tree(nodes))
+        # Finishing this folder's tree waits for its files; do it later (in post-order,
+        # from a queue) so the walker never stalls while workers drain, and workers never
+        # starve while the walker waits at the end of each small folder.
+        done: Future[Node | None] = Future()
+        self._pending_dirs.append((done, name, st, children))
+        self._finish_dirs(keep=MAX_PENDING_DIRS)
+        return done
+
+    def _finish_dirs(self, *, keep: int) -> None:
+        """Write the trees of queued folders whose entries are all ready, oldest first.
+
+        Children are queued before their parents (post-order), so when a folder is
+        finished every sub-folder it holds has been finished already. Waits only while
+        more than ``keep`` folders are queued (``keep=0`` finishes everything).
+        """
+        while self._pending_dirs:
+            done, name, st, children = self._pending_dirs[0]
+            block = len(self._pending_dirs) > keep
+            if not block and not all(c.done() for c in children if isinstance(c, Future)):
+                return
+            self._pending_dirs.popleft()
+            try:
+                nodes = []
+                for child in children:
+                    result = child.result() if isinstance(child, Future) else child
+                    if result is not None:
+                        nodes.append(result)
+                with self._count_lock:
+                    self.counters.dirs += 1
+                done.set_result(self._dir_node(name, st, self._save_tree(nodes)))
+            except BaseException as exc:
+                done.set_exception(exc)
+                raise
 
     # ------------------------------------------------------------------ files
     def _archive_file(
@@ -421,7 +449,7 @@ class Backup:
         if key is not None:
             earlier = self._hardlinks.get(key)
             if earlier is not None:
-                return self._link_to(earlier, meta)
+                return self._link_to(earlier, meta, ref)
         assert self._pool is not None
         self._slots.acquire()
         future = self._pool.submit(self._read_file, path, meta, ref)
@@ -431,19 +459,18 @@ class Backup:
         return future
 
     def _link_to(
-        self, earlier: Future[Node | None] | Node, meta: Node
+        self, earlier: Future[Node | None] | Node, meta: Node, ref: Node | None
     ) -> Node | Future[Node | None]:
         """A second name for an inode already read in this backup: share its content, read nothing."""
 
         def finish(first: Node | None) -> Node | None:
             if first is None:
                 return None
-            with self._count_lock:
-                self.counters.files_total += 1
-                self.counters.bytes_total += first.size
-            return replace(
+            node = replace(
                 meta, content=first.content, content_hash=first.content_hash, size=first.size
             )
+            self._count_file(node, ref)
+            return node
 
         if isinstance(earlier, Node):
             return finish(earlier)  # type: ignore[return-value]
@@ -473,6 +500,13 @@ class Backup:
         except OSError as exc:
             self._error(path, exc)
             return None
+        self._count_file(node, ref)
+        self._progress.files_done += 1
+        self._report()
+        return node
+
+    def _count_file(self, node: Node, ref: Node | None) -> None:
+        """Classify a file that was read (or shares a read inode) against the reference."""
         with self._count_lock:
             c = self.counters
             c.files_total += 1
@@ -483,9 +517,6 @@ class Backup:
                 c.files_unchanged += 1
             else:
                 c.files_changed += 1
-        self._progress.files_done += 1
-        self._report()
-        return node
 
     def _store_file(self, path: bytes, meta: Node) -> Node:
         flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
@@ -497,8 +528,9 @@ class Backup:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file any more")
+            small = before.st_size <= self.chunker.min_size
             content, digest, size = self._store_stream(
-                f, self.chunker, small=before.st_size <= self.chunker.min_size
+                f, self.chunker, small_size=before.st_size if small else None
             )
             after = os.fstat(fd)
         if (after.st_size, after.st_mtime_ns) != (
@@ -511,18 +543,20 @@ class Backup:
         return replace(meta, size=size, content=content, content_hash=digest)
 
     def _store_stream(
-        self, reader: Any, chunker: Chunker, *, small: bool = False
+        self, reader: Any, chunker: Chunker, *, small_size: int | None = None
     ) -> tuple[tuple[BlobId, ...], bytes, int]:
         hasher = blake3.blake3()
         ids: list[BlobId] = []
         size = 0
-        if small:
-            # Fast path: one read, one chunk, no chunker set-up.
-            data = reader.read(chunker.min_size + 1)
+        if small_size is not None:
+            # Fast path for files below the minimum chunk size: one read of exactly the
+            # expected size (+1 to notice growth), one chunk, no chunker set-up. Asking
+            # for min_size bytes instead would allocate 256 KiB per tiny file.
+            data = reader.read(small_size + 1)
             pieces: Any = [data] if data else []
-            if len(data) > chunker.min_size:
+            if len(data) > small_size:
                 rest = data + reader.read()
-                pieces = chunker.buffer(rest)
+                pieces = chunker.buffer(rest) if len(rest) > chunker.min_size else [rest]
         else:
             pieces = chunker.stream(reader)
         for piece in pieces:

@@ -45,7 +45,7 @@ from casbackup.store.base import Backend
 
 # Flush a partial index during long backups so an interrupted run keeps its work (restic: 50k/10 min).
 INDEX_FLUSH_BLOBS = 50_000
-INDEX_FLUSH_SECONDS = 5 * 60
+INDEX_FLUSH_SECONDS = 60
 
 
 class Repository:
@@ -213,6 +213,10 @@ class Repository:
                 continue
             loaded[fid] = idx
             superseded.update(idx.supersedes)
+        if known and superseded & known:
+            # A new index file replaces ones the cache holds (prune, repair): their entries
+            # may name packs that are about to go, so start again from the present files.
+            return self.sync_index(rebuild=True)
         for fid, idx in loaded.items():
             if fid in superseded:
                 continue
