@@ -68,7 +68,39 @@ def _register() -> None:
 _register()
 
 
+_GLOBAL_FLAGS = {"--json", "-q", "--quiet", "--no-progress"}
+_GLOBAL_VALUED = {"-r", "--repo", "--password-file", "--password-command", "--config"}
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Accept global options after the command too (``casbackup backup -q -r R``), as restic does.
+
+    Options are moved in front of the command name; nothing after ``--`` is touched.
+    """
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if arg in _GLOBAL_FLAGS:
+            front.append(arg)
+        elif name in _GLOBAL_VALUED and "=" in arg:
+            front.append(arg)
+        elif arg in _GLOBAL_VALUED and i + 1 < len(argv):
+            front.extend(argv[i : i + 2])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     try:
         code = cli.main(args=argv, prog_name="casbackup", standalone_mode=False)
     except CasError as exc:

@@ -82,6 +82,19 @@ def encode_index(
     return b"".join(parts)
 
 
+def decode_supersedes(data: bytes) -> tuple[FileId, ...]:
+    """Only the supersedes list: lets readers skip replaced files without parsing them."""
+    try:
+        if data[0] != INDEX_VERSION:
+            raise FormatError(f"unknown index version {data[0]}")
+        (n_sup,) = _U32.unpack_from(data, 1)
+    except (IndexError, struct.error):
+        raise FormatError("index file is truncated") from None
+    if 5 + 32 * n_sup > len(data):
+        raise FormatError("index file is truncated")
+    return tuple(FileId(data[5 + 32 * i : 5 + 32 * (i + 1)].hex()) for i in range(n_sup))
+
+
 def decode_index(data: bytes) -> IndexFile:
     try:
         if data[0] != INDEX_VERSION:

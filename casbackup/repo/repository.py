@@ -36,7 +36,14 @@ from casbackup.errors import (
 from casbackup.repo import codec
 from casbackup.repo.config import RepoConfig
 from casbackup.repo.ids import BlobId, FileId, Kind, file_id
-from casbackup.repo.index import IndexCache, Location, cache_root, decode_index, encode_index
+from casbackup.repo.index import (
+    IndexCache,
+    Location,
+    cache_root,
+    decode_index,
+    decode_supersedes,
+    encode_index,
+)
 from casbackup.repo.lock import Lock
 from casbackup.repo.pack import PackWriter, pack_name
 from casbackup.repo.snapshot import Snapshot
@@ -201,24 +208,34 @@ class Repository:
         if not missing:
             return []
         warnings: list[str] = []
-        loaded = {}
+        # Two passes keep memory bounded by one index file: first learn which files are
+        # superseded (a replacement was written but the old one not yet deleted), then
+        # load the others one at a time.
+        candidates = sorted(present if not known else missing)
         superseded: set[FileId] = set()
-        for fid in sorted(present if known == set() else missing):
+        readable: list[FileId] = []
+        for fid in candidates:
+            try:
+                superseded.update(decode_supersedes(self.get_encrypted(f"index/{fid}", Kind.INDEX)))
+            except CasError as exc:
+                warnings.append(
+                    f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index'"
+                )
+                continue
+            readable.append(fid)
+        if known and superseded & known:
+            # A new index file replaces ones the cache holds (prune, repair): their entries
+            # may name packs that are about to go, so start again from the present files.
+            return self.sync_index(rebuild=True)
+        for fid in readable:
+            if fid in superseded:
+                continue
             try:
                 idx = self.load_index_file(fid)
             except CasError as exc:
                 warnings.append(
                     f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index'"
                 )
-                continue
-            loaded[fid] = idx
-            superseded.update(idx.supersedes)
-        if known and superseded & known:
-            # A new index file replaces ones the cache holds (prune, repair): their entries
-            # may name packs that are about to go, so start again from the present files.
-            return self.sync_index(rebuild=True)
-        for fid, idx in loaded.items():
-            if fid in superseded:
                 continue
             cache.add_file(fid, idx.blobs())
         return warnings
