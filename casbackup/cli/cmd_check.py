@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+from datetime import datetime
+
 import click
 
 from casbackup.cli.context import global_options, with_repository
@@ -17,19 +20,32 @@ from casbackup.verify.check import check as run_check
     metavar="N%|n/t|SIZE",
     help="Read only part of the data: a percentage, bucket n of t, or a byte size.",
 )
+@click.option(
+    "--max-duration",
+    metavar="DURATION",
+    callback=lambda ctx, param, value: parse_seconds(value) if value else None,
+    help="Read data for at most DURATION (e.g. 600, 30min, 2h), least recently verified packs first.",
+)
 @click.pass_context
 @with_repository(lock="shared")
 def check(
-    repo: Repository, ctx: click.Context, read_data: bool, read_data_subset: str | None
+    repo: Repository,
+    ctx: click.Context,
+    read_data: bool,
+    read_data_subset: str | None,
+    max_duration: float | None,
 ) -> None:
     """Check the repository's structure and, optionally, its data."""
     opts = global_options(ctx)
     subset = Subset.parse(read_data_subset) if read_data_subset else None
     reporter = reporter_for(ctx)
+    options = CheckOptions(
+        read_data=read_data or subset is not None or max_duration is not None,
+        subset=subset,
+        max_duration=max_duration,
+    )
     try:
-        report = run_check(
-            repo, CheckOptions(read_data=read_data or subset is not None, subset=subset), reporter
-        )
+        report = run_check(repo, options, reporter)
     finally:
         reporter.done()
     if opts.json:
@@ -38,6 +54,7 @@ def check(
             "damaged_packs": sorted(report.damaged_packs), "affected": report.affected,
             "snapshots": report.snapshots, "trees": report.trees, "blobs": report.blobs, "packs": report.packs,
             "packs_read": report.packs_read, "bytes_read": report.bytes_read,
+            "packs_never_verified": report.packs_never_verified, "oldest_verified": report.oldest_verified,
         })  # fmt: skip
     else:
         for w in report.warnings:
@@ -58,10 +75,31 @@ def check(
         click.echo(
             f"checked {report.snapshots} snapshots, {report.trees} trees, {report.blobs} blobs in {report.packs} packs{read}"
         )
+        if max_duration is not None and report.packs_never_verified is not None:
+            oldest = (
+                datetime.fromtimestamp(report.oldest_verified).strftime("%Y-%m-%d %H:%M")
+                if report.oldest_verified is not None
+                else "never"
+            )
+            click.echo(
+                f"{report.packs_never_verified} packs not verified yet; oldest verification: {oldest}"
+            )
     if not report.ok:
         raise CheckFailed(f"the repository has {len(report.errors)} problems (see above)")
     if not opts.json:
         click.echo("no errors were found")
+
+
+def parse_seconds(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|min|h|d)?\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise click.BadParameter(
+            f"{text!r}: use seconds or a number with s, min, h or d (e.g. 30min)"
+        )
+    return (
+        float(m.group(1))
+        * {None: 1, "s": 1, "sec": 1, "min": 60, "h": 3600, "d": 86400}[m.group(2)]
+    )
 
 
 COMMANDS = [check]

@@ -173,6 +173,19 @@ class LocalBackend:
     def exists(self, name: str) -> bool:
         return os.path.exists(self._path(name))
 
+    def modified(self, name: str) -> float:
+        """When an object (or a temp file) was last written, in seconds since the epoch.
+
+        Prune leaves recent unindexed packs and temp files alone: they may belong to a
+        backup that is still writing.
+        """
+        try:
+            return os.stat(self._path(name)).st_mtime
+        except FileNotFoundError:
+            raise NotFound(f"{name} is missing from the repository") from None
+        except OSError as exc:
+            raise _storage_error(exc, f"reading {name}") from None
+
     def list_temp_files(self) -> Iterator[str]:
         for dirpath, _dirs, filenames in os.walk(self.root):
             for filename in filenames:

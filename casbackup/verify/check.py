@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from casbackup.repo.pack import PackEntry, pack_name, parse_pack_tail, read_head
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.verify.check_state import load_check_state, save_check_state
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class Subset:
 class CheckOptions:
     read_data: bool = False
     subset: Subset | None = None
+    # Read the least recently verified packs first and stop starting new ones after this
+    # many seconds; per-pack results are kept in the repository's check state.
+    max_duration: float | None = None
 
 
 @dataclass
@@ -90,6 +95,10 @@ class CheckReport:
     packs: int = 0
     packs_read: int = 0
     bytes_read: int = 0
+    # After recording this run's reads (None when no data was read): how much of the
+    # repository has never been verified, and the oldest verification time (unix s).
+    packs_never_verified: int | None = None
+    oldest_verified: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -105,6 +114,9 @@ class Checker:
         self.reporter = reporter
         self.report = CheckReport()
         self.index: dict[bytes, Location] = {}
+        # Every pack the index files name, with all their entries: a blob stored twice (an
+        # interrupted run's pack later adopted) is in ``index`` once but in both packs here.
+        self.indexed: dict[FileId, list[tuple[bytes, Location]]] = defaultdict(list)
         self.damaged: dict[bytes, str] = {}  # blob id -> why
 
     def run(self) -> CheckReport:
@@ -133,17 +145,17 @@ class Checker:
         for fid, idx in loaded.items():
             if fid in superseded:
                 continue
-            for blob_id, loc in idx.blobs():
-                self.index[blob_id] = loc
+            for pack, entries in idx.packs.items():
+                self.indexed[pack].extend(entries)
+                for blob_id, loc in entries:
+                    self.index[blob_id] = loc
 
     # ------------------------------------------------------------------ packs
     def _check_packs(self) -> dict[FileId, int]:
         present = {
             FileId(name.rsplit("/", 1)[1]): size for name, size in self.repo.backend.list("data/")
         }
-        by_pack: dict[FileId, list[tuple[bytes, Location]]] = defaultdict(list)
-        for blob_id, loc in self.index.items():
-            by_pack[loc.pack].append((blob_id, loc))
+        by_pack = self.indexed
         self.report.packs = len(present)
         self.report.blobs = len(self.index)
         for pack, entries in sorted(by_pack.items()):
@@ -177,22 +189,42 @@ class Checker:
         self.report.errors.append(f"pack {pack[:12]} {why}: {len(entries)} blobs affected")
         self.report.damaged_packs.add(pack)
         for blob_id, _ in entries:
-            self.damaged[blob_id] = f"pack {pack[:12]} {why}"
+            if self.index[blob_id].pack == pack:  # a copy elsewhere is the one readers use
+                self.damaged[blob_id] = f"pack {pack[:12]} {why}"
 
     def _blob_damaged(self, blob_id: bytes, pack: str, why: str) -> None:
         self.report.damaged_packs.add(pack)
-        self.damaged[blob_id] = f"pack {pack[:12]}: {why}"
+        loc = self.index.get(blob_id)
+        if loc is None or loc.pack == pack:
+            self.damaged[blob_id] = f"pack {pack[:12]}: {why}"
 
     def _read_packs(self, packs: dict[FileId, int]) -> None:
         chosen = (self.options.subset or Subset()).choose(packs)
+        state = load_check_state(self.repo, self.report.warnings)
+        limit = self.options.max_duration
+        if limit is not None:
+            chosen = state.order(chosen)
         progress = Progress(
             phase="read data", files_total=len(chosen), bytes_total=sum(packs[p] for p in chosen)
         )
+        started = time.monotonic()
+        read: list[FileId] = []
         for pack in chosen:
+            if limit is not None and read and time.monotonic() - started >= limit:
+                break  # at least one pack per run, so a tiny budget still makes progress
             self._read_pack(pack, packs[pack])
+            read.append(pack)
             progress.files_done += 1
             progress.bytes_done += packs[pack]
             self.reporter.progress(progress)
+        state.record(read, self.report.damaged_packs, int(time.time()))
+        try:
+            save_check_state(self.repo, state, packs)
+        except CasError as exc:
+            self.report.warnings.append(f"could not record which packs were verified: {exc}")
+        verdicts = [state.packs[p] for p in packs if p in state.packs]
+        self.report.packs_never_verified = len(packs) - len(verdicts)
+        self.report.oldest_verified = min((v.verified for v in verdicts), default=None)
 
     def _read_pack(self, pack: FileId, size: int) -> None:
         try:
@@ -202,7 +234,7 @@ class Checker:
             return
         self.report.packs_read += 1
         self.report.bytes_read += len(data)
-        before = len(self.damaged)
+        bad = 0
         if file_id(data) != pack:
             self.report.errors.append(
                 f"pack {pack[:12]} does not match its name: its bytes were changed"
@@ -216,7 +248,7 @@ class Checker:
             )
         if not entries:
             entries = [PackEntry(loc.kind, BlobId(bid), loc.offset, loc.stored_len, loc.raw_len)
-                       for bid, loc in self.index.items() if loc.pack == pack]  # fmt: skip
+                       for bid, loc in self.indexed.get(pack, [])]  # fmt: skip
         view = memoryview(data)
         for e in entries:
             try:
@@ -227,7 +259,7 @@ class Checker:
                     raise CasError("content does not match its id")
             except CasError as exc:
                 self._blob_damaged(e.id, pack, f"blob {e.id.hex()[:12]} {exc}")
-        bad = len(self.damaged) - before
+                bad += 1
         if bad:
             self.report.errors.append(f"pack {pack[:12]}: {bad} damaged blobs")
 

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import click
+
+from casbackup.cli.cmd_prune import prune_option_decorators, run_prune
+from casbackup.cli.config_support import load_cli_config, require_app
+from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.render import emit_json, warn
+from casbackup.errors import UsageError
+from casbackup.maintenance.forget import (
+    ForgetPlan,
+    execute_forget,
+    plan_forget,
+    policy_from_retention,
+)
+from casbackup.maintenance.prune import PruneOptions
+from casbackup.maintenance.retention import (
+    GroupKey,
+    RetentionPolicy,
+    format_duration,
+    parse_duration,
+)
+from casbackup.repo.repository import Repository
+from casbackup.verify.records import list_records
+
+
+def _policy_lookup(
+    ctx: click.Context, flags: RetentionPolicy, app: str | None, use_all: bool
+) -> Callable[[GroupKey], RetentionPolicy | None]:
+    """GroupKey -> policy: the flags, or each application's retention from the config."""
+    if use_all or (app is not None and flags.is_empty()):
+        if use_all and not flags.is_empty():
+            raise UsageError(
+                "--all uses each application's retention from the config; drop the --keep-* options"
+            )
+        config = load_cli_config(
+            global_options(ctx), required=True, why="it holds each application's retention"
+        )
+        assert config is not None
+        if app is not None:
+            require_app(config, app)
+        policies = {a.name: policy_from_retention(a.retention) for a in config.applications
+                    if not a.retention.is_empty}  # fmt: skip
+        if app is not None and app not in policies:
+            raise UsageError(
+                f"application {app!r} has no retention in the config: give --keep-* options"
+            )
+        return lambda key: policies.get(key.app) if key.app is not None else None
+    if flags.is_empty():
+        raise UsageError(
+            "no keep rule given, which would remove every snapshot: use --keep-last, --keep-daily, "
+            "... or --all for the retention in the config"
+        )
+    return lambda key: flags
+
+
+def _render(plan: ForgetPlan, dry_run: bool) -> None:
+    for group in plan.groups:
+        kept = sum(v.keep for v in group.verdicts)
+        click.echo(f"{group.key}: keep {kept}, remove {len(group.verdicts) - kept}")
+        for v in group.verdicts:
+            when = v.snapshot.datetime.astimezone().strftime("%Y-%m-%d %H:%M")
+            word = "keep  " if v.keep else "remove"
+            click.echo(f"  {word} {v.snapshot.short_id}  {when}  {', '.join(v.reasons)}")
+
+
+def _policy_doc(policy: RetentionPolicy) -> dict[str, object]:
+    doc: dict[str, object] = {k: v for k, v in vars(policy).items() if v and k != "keep_tags"}
+    if policy.keep_within is not None:
+        doc["keep_within"] = format_duration(policy.keep_within)
+    if policy.keep_tags:
+        doc["keep_tags"] = sorted(policy.keep_tags)
+    return doc
+
+
+def _group_doc(plan: ForgetPlan) -> list[dict[str, object]]:
+    def entry(v):  # type: ignore[no-untyped-def]
+        return {"id": v.snapshot.id, "short_id": v.snapshot.short_id, "time": v.snapshot.time,
+                "reasons": list(v.reasons)}  # fmt: skip
+
+    return [
+        {"group": str(g.key), "app": g.key.app, "host": g.key.host, "paths": list(g.key.paths),
+         "policy": None if g.policy is None else _policy_doc(g.policy),
+         "keep": [entry(v) for v in g.verdicts if v.keep],
+         "remove": [entry(v) for v in g.verdicts if not v.keep]}
+        for g in plan.groups
+    ]  # fmt: skip
+
+
+@click.command()
+@click.option(
+    "--app",
+    help="Only this application's snapshots (its config retention unless --keep-* is given).",
+)
+@click.option(
+    "--all", "use_all", is_flag=True, help="Apply each application's retention from the config."
+)
+@click.option(
+    "--keep-last", type=click.IntRange(0), default=0, metavar="N", help="Keep the N newest."
+)
+@click.option(
+    "--keep-hourly",
+    type=click.IntRange(0),
+    default=0,
+    metavar="N",
+    help="Keep the newest of N hours.",
+)
+@click.option(
+    "--keep-daily",
+    type=click.IntRange(0),
+    default=0,
+    metavar="N",
+    help="Keep the newest of N days.",
+)
+@click.option(
+    "--keep-weekly",
+    type=click.IntRange(0),
+    default=0,
+    metavar="N",
+    help="Keep the newest of N weeks.",
+)
+@click.option(
+    "--keep-monthly",
+    type=click.IntRange(0),
+    default=0,
+    metavar="N",
+    help="Keep the newest of N months.",
+)
+@click.option(
+    "--keep-yearly",
+    type=click.IntRange(0),
+    default=0,
+    metavar="N",
+    help="Keep the newest of N years.",
+)
+@click.option(
+    "--keep-within",
+    metavar="DURATION",
+    help="Keep all within DURATION (e.g. 10d, 1y2m) of the newest.",
+)
+@click.option(
+    "--keep-tag",
+    "keep_tags",
+    multiple=True,
+    metavar="TAG",
+    help="Keep snapshots with TAG (repeatable).",
+)
+@click.option("-n", "--dry-run", is_flag=True, help="Only show what would be removed.")
+@click.option("--prune", "then_prune", is_flag=True, help="Run prune afterwards.")
+@prune_option_decorators
+@click.pass_context
+@with_repository(lock="exclusive")
+def forget(repo: Repository, ctx: click.Context, app: str | None, use_all: bool, keep_last: int,
+           keep_hourly: int, keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
+           keep_within: str | None, keep_tags: tuple[str, ...], dry_run: bool, then_prune: bool,
+           max_unused: float, max_repack_size: int | None) -> None:  # fmt: skip
+    """Remove snapshots according to a retention policy (say why each is kept or removed)."""
+    opts = global_options(ctx)
+    if use_all and app is not None:
+        raise UsageError("give either --app or --all, not both")
+    flags = RetentionPolicy(
+        keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly, keep_yearly=keep_yearly,
+        keep_within=parse_duration(keep_within) if keep_within else None, keep_tags=frozenset(keep_tags),
+    )  # fmt: skip
+    policy_for = _policy_lookup(ctx, flags, app, use_all)
+    warnings: list[str] = []
+    snaps = [s for s in repo.list_snapshots(warnings=warnings) if app is None or s.app == app]
+    if warnings:
+        raise UsageError(f"{warnings[0]}; forget will not decide without every snapshot of a group")
+    records = list_records(repo)
+    for w in records.warnings:
+        warn(w)
+    verified = {sid for sid, r in records.latest_by_snapshot().items() if r.ok}
+    plan = plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified)
+    removed = [] if dry_run else execute_forget(repo, plan).removed
+    if opts.json:
+        emit_json({"message_type": "forget", "dry_run": dry_run, "groups": _group_doc(plan),
+                   "removed": removed})  # fmt: skip
+    elif not opts.quiet:
+        _render(plan, dry_run)
+        if dry_run:
+            click.echo(f"dry run: would remove {len(plan.remove)} snapshots")
+        else:
+            click.echo(f"removed {len(removed)} snapshots")
+    if then_prune:
+        run_prune(
+            ctx, repo, PruneOptions(max_unused=max_unused, max_repack_size=max_repack_size), dry_run
+        )
+
+
+COMMANDS = [forget]

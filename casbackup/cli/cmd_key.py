@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+
+import click
+
+from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.render import emit_json
+from casbackup.crypto.keyfile import WEAK_KDF, KdfParams
+from casbackup.errors import UsageError
+from casbackup.maintenance.keys import add_key, change_password, list_keys, remove_key
+from casbackup.repo.repository import Repository
+
+
+def read_new_password(path: str | None) -> bytes:
+    """--new-password-file, then CASBACKUP_NEW_PASSWORD, then a prompt asked twice."""
+    if path:
+        try:
+            with open(path, "rb") as f:
+                password = f.read().rstrip(b"\r\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read new password file {path}: {exc.strerror}") from None
+    elif os.environ.get("CASBACKUP_NEW_PASSWORD") is not None:
+        password = os.environ["CASBACKUP_NEW_PASSWORD"].encode()
+    elif sys.stdin.isatty():
+        first = getpass.getpass("enter the new passphrase: ")
+        if getpass.getpass("enter the new passphrase again: ") != first:
+            raise UsageError("the passphrases do not match")
+        password = first.encode()
+    else:
+        raise UsageError("no new passphrase: use --new-password-file or set CASBACKUP_NEW_PASSWORD")
+    if not password:
+        raise UsageError("an empty passphrase is not allowed")
+    return password
+
+
+new_password_option = click.option(
+    "--new-password-file", metavar="FILE", help="Read the new passphrase from FILE."
+)
+test_kdf_option = click.option("--insecure-test-kdf", is_flag=True, hidden=True)
+
+
+@click.group()
+def key() -> None:
+    """Manage the passphrases (key files) that open the repository."""
+
+
+@key.command(name="list")
+@click.pass_context
+@with_repository(lock=None)
+def key_list(repo: Repository, ctx: click.Context) -> None:
+    """List the key files; * marks the one in use."""
+    keys = list_keys(repo)
+    if global_options(ctx).json:
+        emit_json([
+            {"id": k.id, "current": k.current, "created": k.info.created if k.info else None,
+             "host": k.info.host if k.info else None, "user": k.info.user if k.info else None,
+             "kdf_memory_kib": k.info.kdf.memory_kib if k.info else None, "problem": k.problem or None}
+            for k in keys
+        ])  # fmt: skip
+        return
+    for k in keys:
+        mark = "*" if k.current else " "
+        if k.info is None:
+            click.echo(f"{mark} {k.id[:8]}  unreadable: {k.problem}")
+            continue
+        created = k.info.created[:19].replace("T", " ")
+        click.echo(f"{mark} {k.id[:8]}  {created}  {k.info.user}@{k.info.host}")
+
+
+@key.command(name="add")
+@new_password_option
+@test_kdf_option
+@click.pass_context
+@with_repository(lock="shared")
+def key_add(repo: Repository, ctx: click.Context, new_password_file: str | None, insecure_test_kdf: bool) -> None:  # fmt: skip
+    """Add a passphrase."""
+    kid = add_key(
+        repo, read_new_password(new_password_file), WEAK_KDF if insecure_test_kdf else KdfParams()
+    )
+    _done(ctx, {"added": kid}, f"added key {kid[:8]}")  # fmt: skip
+
+
+@key.command(name="remove")
+@click.argument("key_id")
+@click.option("--force", is_flag=True, help="Also remove the key in use.")
+@click.pass_context
+@with_repository(lock="exclusive")
+def key_remove(repo: Repository, ctx: click.Context, key_id: str, force: bool) -> None:
+    """Remove the key KEY_ID (an id or unique prefix)."""
+    kid = remove_key(repo, key_id, force=force)
+    _done(ctx, {"removed": kid}, f"removed key {kid[:8]}")
+
+
+@key.command(name="passwd")
+@new_password_option
+@test_kdf_option
+@click.pass_context
+@with_repository(lock="exclusive")
+def key_passwd(repo: Repository, ctx: click.Context, new_password_file: str | None, insecure_test_kdf: bool) -> None:  # fmt: skip
+    """Change the passphrase in use (adds a new key, then removes the current one)."""
+    kdf = WEAK_KDF if insecure_test_kdf else KdfParams()
+    new, old = change_password(repo, read_new_password(new_password_file), kdf)
+    _done(
+        ctx,
+        {"added": new, "removed": old},
+        f"passphrase changed: key {old[:8]} replaced by {new[:8]}",
+    )
+
+
+def _done(ctx: click.Context, doc: dict[str, str], text: str) -> None:
+    if global_options(ctx).json:
+        emit_json({"message_type": "key", **doc})
+    else:
+        click.echo(text)
+
+
+COMMANDS = [key]

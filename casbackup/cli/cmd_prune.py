@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import re
+
+import click
+
+from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.render import emit_json, human_bytes, reporter_for, warn
+from casbackup.maintenance.prune import (
+    PruneOptions,
+    PrunePlan,
+    PruneResult,
+    execute_prune,
+    plan_prune,
+)
+from casbackup.repo.repository import Repository
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size (e.g. 500M, 2G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def parse_share(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%?\s*", text)
+    if not m or not 0 <= float(m.group(1)) <= 100:
+        raise click.BadParameter(f"{text!r} is not a percentage from 0 to 100 (e.g. 5%)")
+    return float(m.group(1)) / 100
+
+
+def _share_option(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    return parse_share(value)
+
+
+def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    return parse_size(value) if value is not None else None
+
+
+def prune_option_decorators(fn):  # type: ignore[no-untyped-def]
+    """--max-unused and --max-repack-size, shared with ``forget --prune``."""
+    fn = click.option(
+        "--max-repack-size",
+        metavar="SIZE",
+        callback=_size_option,
+        help="Repack at most this many bytes of packs (e.g. 2G).",
+    )(fn)
+    return click.option("--max-unused", default="5%", show_default=True, metavar="PERCENT",
+                        callback=_share_option,
+                        help="Repack a pack when more than this share of it is unused.")(fn)  # fmt: skip
+
+
+def plan_doc(plan: PrunePlan, pack_size: int) -> dict[str, object]:
+    return {
+        "snapshots": plan.snapshots, "used_blobs": plan.used_blobs, "packs_total": plan.packs_total,
+        "bytes_total": plan.bytes_total, "packs_keep": len(plan.keep), "packs_repack": len(plan.repack),
+        "packs_delete": len(plan.delete), "packs_unindexed": len(plan.unindexed),
+        "packs_unindexed_recent": plan.unindexed_young, "index_files": len(plan.old_index_files),
+        "rewrite_index": plan.rewrite_index, "temp_files": len(plan.temp_files),
+        "missing_packs": list(plan.missing_packs), "duplicate_blobs": plan.duplicate_blobs,
+        "bytes_deleted": plan.bytes_deleted, "bytes_rewritten": plan.bytes_rewritten,
+        "unused_bytes_kept": plan.unused_bytes_kept, "bytes_freed": plan.bytes_freed(pack_size),
+        "repack": [u.pack for u in plan.repack], "delete": [u.pack for u in plan.delete],
+    }  # fmt: skip
+
+
+def render_plan(plan: PrunePlan, pack_size: int) -> None:
+    click.echo(f"{plan.snapshots} snapshots use {plan.used_blobs} blobs")
+    click.echo(f"{plan.packs_total} packs, {human_bytes(plan.bytes_total)}:")
+    click.echo(
+        f"  keep     {len(plan.keep):6} packs ({human_bytes(plan.unused_bytes_kept)} unused in them)"
+    )
+    click.echo(
+        f"  repack   {len(plan.repack):6} packs ({human_bytes(sum(u.size for u in plan.repack))}, "
+        f"rewriting {human_bytes(plan.bytes_rewritten)} in {plan.blobs_rewritten} blobs)"
+    )
+    click.echo(
+        f"  delete   {len(plan.delete):6} packs ({human_bytes(sum(u.size for u in plan.delete))}) no longer used"
+    )
+    if plan.unindexed or plan.unindexed_young:
+        click.echo(
+            f"  delete   {len(plan.unindexed):6} packs left by interrupted runs "
+            f"({human_bytes(sum(s for _, s in plan.unindexed))}); {plan.unindexed_young} recent ones kept"
+        )
+    if plan.missing_packs:
+        warn(
+            f"{len(plan.missing_packs)} packs named by the index are missing; no snapshot needs them"
+        )
+    if plan.duplicate_blobs:
+        click.echo(f"{plan.duplicate_blobs} blobs are stored twice; one copy of each goes")
+    if plan.rewrite_index:
+        click.echo(f"index: {len(plan.old_index_files)} files replaced by 1")
+    if plan.temp_files:
+        click.echo(f"{len(plan.temp_files)} stale temp files")
+    click.echo(f"space to free: about {human_bytes(max(plan.bytes_freed(pack_size), 0))}")
+    # fmt: skip
+
+
+def render_result(result: PruneResult) -> None:
+    for w in result.warnings:
+        warn(w)
+    click.echo(
+        f"wrote {len(result.packs_written)} packs ({human_bytes(result.bytes_written)}), deleted "
+        f"{result.packs_deleted} packs ({human_bytes(result.bytes_deleted)}) and "
+        f"{result.index_files_deleted} index files"
+    )
+
+
+def run_prune(ctx: click.Context, repo: Repository, options: PruneOptions, dry_run: bool) -> None:
+    """Plan, show, execute: shared with ``forget --prune``."""
+    opts = global_options(ctx)
+    reporter = reporter_for(ctx)
+    try:
+        plan = plan_prune(repo, options, reporter)
+        reporter.done()
+        if not opts.json and not opts.quiet:
+            render_plan(plan, repo.config.pack_size)
+        result = None
+        if not dry_run and not plan.empty:
+            result = execute_prune(repo, plan, options, reporter)
+    finally:
+        reporter.done()
+    if opts.json:
+        doc = {"message_type": "prune", "dry_run": dry_run, **plan_doc(plan, repo.config.pack_size)}
+        if result is not None:
+            doc["result"] = {**result.__dict__, "packs_written": len(result.packs_written)}
+        emit_json(doc)
+    elif dry_run:
+        click.echo("dry run: nothing was changed")
+    elif result is None:
+        click.echo("nothing to prune")
+    else:
+        render_result(result)
+
+
+@click.command()
+@prune_option_decorators
+@click.option("-n", "--dry-run", is_flag=True, help="Only show what would be done.")
+@click.pass_context
+@with_repository(lock="exclusive")
+def prune(repo: Repository, ctx: click.Context, max_unused: float, max_repack_size: int | None,
+          dry_run: bool) -> None:  # fmt: skip
+    """Remove data no snapshot needs; repack partly used packs."""
+    options = PruneOptions(max_unused=max_unused, max_repack_size=max_repack_size)
+    run_prune(ctx, repo, options, dry_run)
+
+
+COMMANDS = [prune]

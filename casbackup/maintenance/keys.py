@@ -1,0 +1,78 @@
+"""Key slots: several passphrases for one master key. Adding writes a key file; removing
+deletes one, never the last that opens the repository, nor (without force) the one in use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from casbackup.crypto.keyfile import KdfParams, KeyFileInfo, keyfile_info
+from casbackup.errors import AmbiguousId, CasError, NotFound, UsageError
+from casbackup.repo.repository import Repository
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    id: str  # the key file's id (its name under keys/)
+    current: bool  # the key that opened this session
+    info: KeyFileInfo | None  # None when the key file cannot be read
+    problem: str = ""
+
+
+def list_keys(repo: Repository) -> list[KeyEntry]:
+    entries = []
+    for name, _size in sorted(repo.backend.list("keys/")):
+        kid = name.rsplit("/", 1)[1]
+        try:
+            info: KeyFileInfo | None = keyfile_info(repo.backend.get(name))
+            problem = ""
+        except CasError as exc:
+            info, problem = None, str(exc)
+        entries.append(KeyEntry(kid, name == repo.key_name, info, problem))
+    return entries
+
+
+def add_key(repo: Repository, password: bytes, kdf: KdfParams = KdfParams()) -> str:
+    if not password:
+        raise UsageError("an empty passphrase is not allowed")
+    return repo.add_key(password, kdf).rsplit("/", 1)[1]
+
+
+def _resolve(keys: list[KeyEntry], ref: str) -> KeyEntry:
+    ref = ref.lower()
+    matches = [k for k in keys if k.id.startswith(ref)] if ref else []
+    if not matches:
+        raise NotFound(f"no key matches {ref!r} (see 'casbackup key list')")
+    if len(matches) > 1:
+        raise AmbiguousId(f"{ref!r} matches {len(matches)} keys; give more digits")
+    return matches[0]
+
+
+def remove_key(repo: Repository, ref: str, *, force: bool = False) -> str:
+    keys = list_keys(repo)
+    target = _resolve(keys, ref)
+    # Only readable key files count as another way in: a damaged one opens nothing.
+    others = [k for k in keys if k.id != target.id and k.info is not None]
+    if not others:
+        raise UsageError(
+            "refusing to remove the last key: the repository could never be opened again"
+        )
+    if target.current and not force:
+        raise UsageError(
+            "this is the key you opened the repository with; use --force to remove it anyway "
+            "(or 'casbackup key passwd' to change the passphrase)"
+        )
+    repo.backend.delete(f"keys/{target.id}")
+    return target.id
+
+
+def change_password(
+    repo: Repository, password: bytes, kdf: KdfParams = KdfParams()
+) -> tuple[str, str]:
+    """Add a key with the new passphrase, then remove the current one: (new id, old id).
+
+    In this order a crash leaves both passphrases working, never neither."""
+    new = add_key(repo, password, kdf)
+    old = repo.key_name.rsplit("/", 1)[1]
+    repo.backend.delete(repo.key_name)
+    repo.key_name = f"keys/{new}"
+    return new, old

@@ -1,0 +1,121 @@
+"""``stats``: how big the backups are, how much deduplication and compression save.
+
+- logical size: the files' sizes as the snapshots record them, counted in every snapshot;
+- unique size: the raw bytes of the distinct chunks those files need;
+- stored size: what those chunks take in packs (compressed, encrypted, with envelopes).
+dedup ratio = logical / unique, compression ratio = unique / stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from casbackup.errors import CasError
+from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.tree import NodeKind
+from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+
+
+@dataclass(frozen=True)
+class Stats:
+    snapshots: int
+    files: int
+    logical_bytes: int
+    chunks: int  # distinct data chunks
+    unique_bytes: int  # their plaintext size
+    stored_bytes: int  # their size in packs
+    trees: int
+    tree_stored_bytes: int
+    packs: int  # packs holding any of those blobs
+    repository_bytes: int | None = None  # every stored object (whole-repository stats only)
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.logical_bytes / self.unique_bytes if self.unique_bytes else 1.0
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.unique_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+
+def snapshot_stats(
+    repo: Repository, snapshots: Sequence[Snapshot], reporter: Reporter = NULL_REPORTER
+) -> Stats:
+    """Walk the snapshots; a subtree seen before adds its (memoized) logical size only."""
+    sizes: dict[BlobId, tuple[int, int]] = {}  # tree -> (logical bytes, files) below it
+    chunks: set[BlobId] = set()
+    packs: set[FileId] = set()
+    totals = {"unique": 0, "stored": 0, "tree_stored": 0}
+    progress = Progress(phase="walking snapshots", files_total=len(snapshots))
+
+    def visit(tree_id: BlobId) -> tuple[int, int]:
+        known = sizes.get(tree_id)
+        if known is not None:
+            return known
+        loc = repo.locate(tree_id)
+        totals["tree_stored"] += loc.stored_len
+        packs.add(loc.pack)
+        logical = files = 0
+        for node in repo.load_tree(tree_id):
+            if node.kind == NodeKind.FILE:
+                logical += node.size
+                files += 1
+                for chunk in node.content:
+                    if chunk not in chunks:
+                        chunks.add(chunk)
+                        cloc = repo.locate(chunk)
+                        totals["unique"] += cloc.raw_len
+                        totals["stored"] += cloc.stored_len
+                        packs.add(cloc.pack)
+            if node.subtree is not None:
+                sub_logical, sub_files = visit(node.subtree)
+                logical += sub_logical
+                files += sub_files
+        sizes[tree_id] = (logical, files)
+        return logical, files
+
+    logical_total = files_total = 0
+    for snap in snapshots:
+        logical, files = visit(snap.root)
+        logical_total += logical
+        files_total += files
+        progress.files_done += 1
+        reporter.progress(progress)
+    return Stats(
+        snapshots=len(snapshots), files=files_total, logical_bytes=logical_total,
+        chunks=len(chunks), unique_bytes=totals["unique"], stored_bytes=totals["stored"],
+        trees=len(sizes), tree_stored_bytes=totals["tree_stored"], packs=len(packs),
+    )  # fmt: skip
+
+
+def repository_stats(repo: Repository, warnings: list[str]) -> Stats:
+    """Everything in the repository, from the snapshot summaries and the index files (fast:
+    no tree is read). Blobs no snapshot uses any more (until prune) are counted too."""
+    snapshots = repo.list_snapshots(warnings=warnings)
+    loaded = {}
+    for fid in repo.index_files():
+        try:
+            loaded[fid] = repo.load_index_file(fid)
+        except CasError as exc:
+            warnings.append(f"index file {fid[:12]} is unreadable: {exc}")
+    superseded = {s for idx in loaded.values() for s in idx.supersedes}
+    blobs = {}
+    for fid, idx in loaded.items():
+        if fid not in superseded:
+            for blob_id, loc in idx.blobs():
+                blobs.setdefault(blob_id, loc)
+    data = [loc for loc in blobs.values() if loc.kind == Kind.DATA]
+    trees = [loc for loc in blobs.values() if loc.kind == Kind.TREE]
+    return Stats(
+        snapshots=len(snapshots),
+        files=sum(s.summary.files_total for s in snapshots),
+        logical_bytes=sum(s.summary.bytes_total for s in snapshots),
+        chunks=len(data), unique_bytes=sum(loc.raw_len for loc in data),
+        stored_bytes=sum(loc.stored_len for loc in data), trees=len(trees),
+        tree_stored_bytes=sum(loc.stored_len for loc in trees),
+        packs=sum(1 for _ in repo.backend.list("data/")),
+        repository_bytes=sum(size for _, size in repo.backend.list("")),
+    )  # fmt: skip

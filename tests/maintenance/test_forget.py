@@ -1,0 +1,113 @@
+"""forget: plans per group from flags or the config, explains every verdict, keeps the verified."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from casbackup.errors import UsageError
+from casbackup.maintenance.forget import (
+    NO_POLICY_REASON,
+    VERIFIED_REASON,
+    execute_forget,
+    plan_forget,
+)
+from casbackup.maintenance.retention import RetentionPolicy
+from casbackup.repo.snapshot import Snapshot
+from casbackup.testing.fixtures import make_repo, run_cli
+from tests.maintenance.history import build_history
+
+NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
+
+
+def snap(i: int, days_ago: float, app: str | None = "web", host: str = "h") -> Snapshot:
+    when = NOW - timedelta(days=days_ago)
+    return Snapshot(time=when.isoformat(), start_ns=int(when.timestamp() * 1e9), host=host, user="u",
+                    paths=("/srv",), tree="00" * 32, app=app, id=f"{i:064x}")  # fmt: skip
+
+
+def test_groups_get_their_own_policy_and_reasons() -> None:
+    snaps = [snap(i, 10 - i) for i in range(10)] + [snap(100 + i, i, app=None) for i in range(3)]
+    policies = {"web": RetentionPolicy(keep_last=2)}
+    plan = plan_forget(snaps, lambda key: policies.get(key.app), NOW, tz=UTC)
+    by_group = {str(g.key): g for g in plan.groups}
+    web = by_group["app web"]
+    assert [v.keep for v in web.verdicts] == [True, True] + [False] * 8
+    assert web.verdicts[0].reasons == ("last snapshot",)
+    assert web.verdicts[-1].reasons == ("matches no keep rule",)
+    other = by_group["host h, paths /srv"]
+    assert all(v.keep and v.reasons == (NO_POLICY_REASON,) for v in other.verdicts)
+    assert len(plan.remove) == 8 and len(plan.keep) == 5
+
+
+def test_newest_verified_snapshot_is_never_forgotten() -> None:
+    snaps = [snap(i, 10 - i) for i in range(10)]
+    verified = {snaps[3].id, snaps[5].id}
+    plan = plan_forget(snaps, lambda key: RetentionPolicy(keep_last=1), NOW, verified=verified)
+    kept = {v.snapshot.id: v.reasons for v in plan.groups[0].verdicts if v.keep}
+    assert kept == {snaps[9].id: ("last snapshot",), snaps[5].id: (VERIFIED_REASON,)}
+
+
+def test_execute_deletes_records_and_tolerates_a_rerun(repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    build_history(repo, str(tmp_path), [5, 4, 3, 2, 1], file_size=2000)
+    plan = plan_forget(
+        repo.list_snapshots(), lambda key: RetentionPolicy(keep_last=2), NOW + timedelta(days=400)
+    )
+    first = execute_forget(repo, plan)
+    assert len(first.removed) == 3 and len(repo.list_snapshots()) == 2
+    again = execute_forget(repo, plan)  # an interrupted forget run again
+    assert again.removed == [] and len(again.already_gone) == 3
+
+
+def test_cli_forget_flags_dry_run_json_and_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path), [40, 20, 3, 2, 1, 0], file_size=2000)
+    repo.close()
+    res = run_cli("forget", "--keep-daily", "2", "--dry-run", repo=path)
+    assert res.code == 0, res.err
+    assert "app app: keep 2, remove 4" in res.out and "daily snapshot" in res.out
+    assert "dry run: would remove 4 snapshots" in res.out
+    res = run_cli("--json", "forget", "--keep-within", "5d", "--keep-tag", "release", repo=path)
+    assert res.code == 0, res.err
+    doc = json.loads(res.out)
+    assert len(doc["groups"][0]["keep"]) == 4 and len(doc["removed"]) == 2
+    assert doc["groups"][0]["policy"] == {"keep_within": "5d", "keep_tags": ["release"]}
+    res = run_cli("forget", repo=path)
+    assert res.code == 2 and res.err.startswith("error: no keep rule given")
+    res = run_cli("forget", "--keep-within", "5x", repo=path)
+    assert res.code == 2 and "invalid duration" in res.err
+    res = run_cli("forget", "--all", "--keep-last", "1", repo=path)
+    assert res.code == 2 and res.err.count("\n") == 1
+
+
+def test_cli_forget_all_uses_each_apps_retention(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path / "a"), [4, 3, 2, 1], app="web", file_size=2000)
+    build_history(repo, str(tmp_path / "b"), [4, 3, 2, 1], app="tool", file_size=2000)
+    repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(
+        f'[[applications]]\nname = "web"\nsources = ["{tmp_path}"]\n'
+        "[applications.retention]\nkeep_last = 1\n"
+        f'[[applications]]\nname = "tool"\nsources = ["{tmp_path}"]\n'
+    )
+    res = run_cli("--config", str(config), "forget", "--all", repo=path)
+    assert res.code == 0, res.err
+    assert "app web: keep 1, remove 3" in res.out
+    assert "app tool: keep 4, remove 0" in res.out and NO_POLICY_REASON in res.out
+    res = run_cli("--config", str(config), "forget", "--app", "tool", repo=path)
+    assert res.code == 2 and "no retention in the config" in res.err
+    res = run_cli(
+        "--config", str(config), "forget", "--app", "web", "--keep-last", "3", "--prune", repo=path
+    )
+    assert res.code == 0, res.err
+    assert "nothing to prune" in res.out or "deleted" in res.out
+
+
+def test_empty_policy_is_refused() -> None:
+    with pytest.raises(UsageError):
+        plan_forget([snap(1, 1)], lambda key: RetentionPolicy(), NOW)

@@ -1,0 +1,42 @@
+"""stats: logical, unique and stored sizes, and the ratios between them."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from casbackup.archiver.backup import BackupOptions, run_backup
+from casbackup.maintenance.stats import repository_stats, snapshot_stats
+from casbackup.testing.fixtures import run_cli
+
+
+def test_dedup_and_compression_are_measured(repo, repo_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    src.mkdir()
+    random_part = os.urandom(60_000)
+    (src / "a").write_bytes(random_part)
+    (src / "b").write_bytes(random_part)  # same content: deduplicated
+    (src / "text").write_bytes(b"hello world\n" * 20_000)  # compresses well
+    first = run_backup(repo, BackupOptions(paths=(str(src),), app="app")).snapshot
+    second = run_backup(repo, BackupOptions(paths=(str(src),), app="app")).snapshot
+    one = snapshot_stats(repo, [first])
+    assert one.files == 3 and one.logical_bytes == 2 * 60_000 + 240_000
+    assert one.unique_bytes == 60_000 + 240_000
+    assert one.stored_bytes < one.unique_bytes and one.compression_ratio > 1.5
+    both = snapshot_stats(repo, [first, second])
+    assert both.logical_bytes == 2 * one.logical_bytes and both.unique_bytes == one.unique_bytes
+    assert abs(both.dedup_ratio - 2 * one.dedup_ratio) < 1e-9
+    whole = repository_stats(repo, [])
+    assert whole.snapshots == 2 and whole.logical_bytes == both.logical_bytes
+    assert whole.unique_bytes == both.unique_bytes and whole.chunks == both.chunks
+    assert whole.packs >= 1 and whole.repository_bytes > whole.stored_bytes
+
+    res = run_cli("--json", "stats", "--app", "app", repo=repo_path)
+    doc = json.loads(res.out.splitlines()[-1])
+    assert doc["logical_bytes"] == both.logical_bytes and doc["dedup_ratio"] > 1
+    res = run_cli("stats", first.short_id, repo=repo_path)
+    assert res.code == 0 and "Dedup ratio:" in res.out and "Compression ratio:" in res.out
+    res = run_cli("stats", repo=repo_path)
+    assert res.code == 0 and "Repository size:" in res.out
+    assert run_cli("stats", "--app", "nope", repo=repo_path).code == 23
+    assert run_cli("stats", "latest", "--app", "app", repo=repo_path).code == 2
