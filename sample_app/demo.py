@@ -29,7 +29,16 @@ PASSWORD = "demo passphrase: use your own"
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "casbackup.cli.main", "--config", str(CONFIG), "-r", str(REPO), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "casbackup.cli.main",
+        "--config",
+        str(CONFIG),
+        "-r",
+        str(REPO),
+        *args,
+    ]
     print(f"\n$ casbackup {' '.join(args)}", flush=True)
     proc = subprocess.run(cmd, text=True, env=ENV)
     if check and proc.returncode != 0:
@@ -52,7 +61,9 @@ def compare_trees(left: Path, right: Path, ignore: set[str]) -> list[str]:
         for name in cmp.right_only:
             problems.append(f"unexpected in restore: {prefix}{name}")
         _, mismatch, errors = filecmp.cmpfiles(cmp.left, cmp.right, cmp.common_files, shallow=False)
-        problems.extend(f"content differs: {prefix}{n}" for n in mismatch + errors if not n.endswith(".sqlite3"))
+        problems.extend(
+            f"content differs: {prefix}{n}" for n in mismatch + errors if not n.endswith(".sqlite3")
+        )
         for name, sub in cmp.subdirs.items():
             if name not in ignore:
                 walk(sub, f"{prefix}{name}/")
@@ -91,28 +102,34 @@ def main() -> None:
     with open(dump_path, "wb") as out:
         proc = subprocess.run(
             [sys.executable, "-m", "casbackup.cli.main", "-r", str(REPO), "dump", "--app", "notes",
-             "latest:/.databases/notes.sqlite3"], stdout=out, env=ENV,
+             "latest:/.databases/notes.sqlite"], stdout=out, env=ENV,
         )  # fmt: skip
     if proc.returncode != 0:
         problems.append("could not read the database dump back")
     else:
         with sqlite3.connect(DB) as live, sqlite3.connect(dump_path) as copy:
             check = copy.execute("PRAGMA integrity_check").fetchone()[0]
-            tables = [r[0] for r in live.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            tables = [
+                r[0] for r in live.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
             for table in tables:
                 q = f'SELECT * FROM "{table}" ORDER BY 1'
                 if live.execute(q).fetchall() != copy.execute(q).fetchall():
                     problems.append(f"database table {table} differs")
             if check != "ok":
                 problems.append(f"restored database integrity_check: {check}")
-        print(f"\nrestored SQLite database: integrity_check ok, {len(tables)} tables identical to the live database")
+        print(
+            f"\nrestored SQLite database: integrity_check ok, {len(tables)} tables identical to the live database"
+        )
 
     if problems:
         print("\nDEMO FAILED:")
         for p in problems:
             print(f"  {p}")
         sys.exit(1)
-    print(f"\nDemo complete: the restored tree in {RESTORE} is identical to {APP} (less excluded logs and caches),")
+    print(
+        f"\nDemo complete: the restored tree in {RESTORE} is identical to {APP} (less excluded logs and caches),"
+    )
     print(f"and the database dump restores to the same rows. Repository: {REPO}")
 
 

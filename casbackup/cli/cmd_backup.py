@@ -1,26 +1,30 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 import click
 
-from casbackup.archiver.backup import BackupOptions, run_backup
+from casbackup.archiver.application import AppBackupResult, backup_application, backup_options
+from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
 from casbackup.archiver.excludes import read_exclude_file
-from casbackup.cli.context import with_repository
+from casbackup.cli.config_support import load_cli_config, require_app
+from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, reporter_for
-from casbackup.errors import PartialBackup, UsageError
+from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
 
 
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path())
-@click.option("--app", help="Application name: groups snapshots into a chain.")
+@click.option("--app", help="Application name; without PATHS, back up the app from the config.")
+@click.option("--all", "all_apps", is_flag=True, help="Back up every application in the config.")
 @click.option(
     "--type",
     "backup_type",
     type=click.Choice(["full", "incremental", "differential"]),
-    default="incremental",
-    show_default=True,
+    default=None,
+    help="Backup type [default: the app's default_backup_type, else incremental].",
 )
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
 @click.option(
@@ -47,20 +51,46 @@ from casbackup.repo.repository import Repository
     show_default=True,
     help="File reader threads.",
 )
+@click.option(
+    "--auto-verify/--no-auto-verify",
+    default=None,
+    help="Verify the new snapshot in a sandbox right away [default: the config's auto_verify].",
+)
 @click.pass_context
 @with_repository(lock="shared")
-def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: str | None, backup_type: str,
-           tags: tuple[str, ...], excludes: tuple[str, ...], exclude_files: tuple[str, ...], one_file_system: bool,
-           dry_run: bool, parent: str | None, workers: int) -> None:  # fmt: skip
-    """Back up PATHS into a new snapshot."""
-    if not paths:
-        raise UsageError("nothing to back up: give one or more paths")
+def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: str | None, all_apps: bool,
+           backup_type: str | None, tags: tuple[str, ...], excludes: tuple[str, ...],
+           exclude_files: tuple[str, ...], one_file_system: bool, dry_run: bool, parent: str | None,
+           workers: int, auto_verify: bool | None) -> None:  # fmt: skip
+    """Back up PATHS, an application from the config (--app NAME), or all of them (--all)."""
     patterns = list(excludes)
     for f in exclude_files:
         patterns.extend(read_exclude_file(f))
+    common: dict[str, Any] = dict(one_file_system=one_file_system, dry_run=dry_run, workers=workers)
+    if all_apps:
+        if paths or app or parent:
+            raise UsageError(
+                "--all backs up the applications of the config: give no PATHS, --app or --parent"
+            )
+        _backup_all(repo, ctx, backup_type, tags, tuple(patterns), common, auto_verify)
+        return
+    if app and not paths:
+        config = load_cli_config(
+            global_options(ctx), required=True, why=f"--app {app} without PATHS"
+        )
+        assert config is not None
+        options = backup_options(require_app(config, app), backup_type=backup_type, tags=tags,
+                                 extra_excludes=tuple(patterns), parent=parent, **common)  # fmt: skip
+        outcome = _run_app(repo, ctx, options)
+        render_backup_result(ctx, outcome.result, dry_run, outcome.dump_warnings)
+        _auto_verify(repo, ctx, outcome.result, _wants_verify(auto_verify, config, app))
+        _raise_partial(outcome.result)
+        return
+    if not paths:
+        raise UsageError("nothing to back up: give one or more paths, --app NAME or --all")
     options = BackupOptions(
-        paths=paths, type=backup_type, app=app, tags=tags, excludes=tuple(patterns),
-        one_file_system=one_file_system, dry_run=dry_run, parent=parent, workers=workers,
+        paths=paths, type=backup_type or "incremental", app=app, tags=tags, excludes=tuple(patterns),
+        parent=parent, **common,
     )  # fmt: skip
     reporter = reporter_for(ctx)
     try:
@@ -68,32 +98,122 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
     finally:
         reporter.done()
     render_backup_result(ctx, result, dry_run)
+    _auto_verify(repo, ctx, result, bool(auto_verify))
+    _raise_partial(result)
+
+
+def _wants_verify(flag: bool | None, config: Any, app_name: str) -> bool:
+    if flag is not None:
+        return flag
+    app = config.app(app_name) if config is not None else None
+    if app is not None and app.verification.auto_verify:
+        return True
+    return bool(
+        config is not None and config.verification.enabled and config.verification.auto_verify
+    )
+
+
+def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, enabled: bool) -> None:
+    """Prove the snapshot just written restorable (--auto-verify / verification.auto_verify)."""
+    if not enabled or result.snapshot is None:
+        return
+    from casbackup.verify.sandbox import VerifyOptions, run_verification
+
+    opts = global_options(ctx)
+    config = load_cli_config(opts)
+    sandbox = config.verification.sandbox_directory if config is not None else None
+    reporter = reporter_for(ctx)
+    try:
+        outcome = run_verification(
+            repo, result.snapshot, VerifyOptions(sandbox_dir=sandbox), reporter
+        )
+    finally:
+        reporter.done()
+    record = outcome.record
+    if opts.json:
+        emit_json({"message_type": "verification", "snapshot_id": result.snapshot.id, "ok": record.ok,
+                   "files_checked": record.files_checked,
+                   "failures": [f"{f.path}: {f.problem}" for f in record.failures]})  # fmt: skip
+    elif not opts.quiet:
+        state = "verified OK" if record.ok else "FAILED verification"
+        click.echo(
+            f"snapshot {result.snapshot.short_id} {state}: {record.files_checked} files checked"
+        )
+    outcome.raise_if_failed()
+
+
+def _run_app(repo: Repository, ctx: click.Context, options: BackupOptions) -> AppBackupResult:
+    reporter = reporter_for(ctx)
+    try:
+        return backup_application(repo, options, reporter)
+    finally:
+        reporter.done()
+
+
+def _raise_partial(result: BackupResult) -> None:
     if result.warnings:
         raise PartialBackup(
             f"snapshot saved, but {len(result.warnings)} files or folders could not be read"
         )
 
 
-def render_backup_result(ctx: click.Context, result, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
-    from casbackup.cli.context import global_options
+def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, tags: tuple[str, ...],
+                excludes: tuple[str, ...], common: dict[str, Any], auto_verify: bool | None) -> None:  # fmt: skip
+    """Each application in turn; one failing does not stop the others, but fails the run."""
+    opts = global_options(ctx)
+    config = load_cli_config(opts, required=True, why="--all")
+    assert config is not None
+    if not config.applications:
+        raise UsageError(f"{config.source}: the config lists no applications")
+    failed: list[tuple[str, CasError]] = []
+    partial = 0
+    for app in config.applications:
+        if not opts.json and not opts.quiet:
+            click.echo(f"== {app.name}")
+        try:
+            options = backup_options(app, backup_type=backup_type, tags=tags,
+                                     extra_excludes=excludes, **common)  # fmt: skip
+            outcome = _run_app(repo, ctx, options)
+            render_backup_result(ctx, outcome.result, common["dry_run"], outcome.dump_warnings)
+            _auto_verify(repo, ctx, outcome.result, _wants_verify(auto_verify, config, app.name))
+        except CasError as exc:
+            failed.append((app.name, exc))
+            if opts.json:
+                emit_json({"message_type": "error", "app": app.name, "message": str(exc),
+                           "exit_code": exc.exit_code})  # fmt: skip
+            else:
+                click.echo(f"error: {exc}", err=True)
+            continue
+        partial += bool(outcome.result.warnings)
+    if failed:
+        codes = {exc.exit_code for _, exc in failed}
+        err = CasError(
+            f"{len(failed)} of {len(config.applications)} applications failed: "
+            + ", ".join(name for name, _ in failed)
+        )
+        err.exit_code = codes.pop() if len(codes) == 1 else EXIT_FATAL
+        raise err
+    if partial:
+        raise PartialBackup(f"{partial} applications were saved with files that could not be read")
 
+
+def render_backup_result(ctx: click.Context, result: BackupResult, dry_run: bool,
+                         dump_warnings: list[str] | None = None) -> None:  # fmt: skip
     opts = global_options(ctx)
     snap = result.snapshot
     if opts.json:
-        doc = {
+        doc: dict[str, Any] = {
             "message_type": "summary",
             "dry_run": dry_run,
             "warnings": result.warnings,
             "notes": result.notes,
+            "dump_warnings": list(dump_warnings or []),
         }
         if snap is not None:
             doc.update(
-                snapshot_id=snap.id,
-                type=snap.type,
-                parent=snap.parent,
-                app=snap.app,
-                **asdict(snap.summary),
-            )
+                snapshot_id=snap.id, type=snap.type, parent=snap.parent, app=snap.app,
+                databases=[asdict(d) for d in snap.databases], **asdict(snap.summary),
+            )  # fmt: skip
         emit_json(doc)
         return
     if snap is None:
@@ -107,6 +227,12 @@ def render_backup_result(ctx: click.Context, result, dry_run: bool) -> None:  # 
         f"Files:  {s.files_new:>8} new, {s.files_changed:>8} changed, {s.files_unchanged:>8} unchanged"
     )
     click.echo(f"Dirs:   {s.dirs:>8}")
+    for db in snap.databases:
+        rows = sum(db.row_counts.values())
+        click.echo(
+            f"Database {db.name}: {db.engine} {db.server_version}, {db.format}, "
+            f"{human_bytes(db.size)}, {len(db.row_counts)} tables, {rows} rows"
+        )
     click.echo(
         f"Added to the repository: {human_bytes(s.bytes_added)} ({human_bytes(s.bytes_stored)} stored)"
     )
@@ -114,7 +240,8 @@ def render_backup_result(ctx: click.Context, result, dry_run: bool) -> None:  # 
         f"processed {s.files_total} files, {human_bytes(s.bytes_total)} in {s.duration_s:.1f}s (read {human_bytes(s.bytes_read)})"
     )
     parent = f", parent {snap.parent[:8]}" if snap.parent else ""
-    click.echo(f"snapshot {snap.short_id} saved ({snap.type}{parent})")
+    app = f" of {snap.app}" if snap.app else ""
+    click.echo(f"snapshot {snap.short_id}{app} saved ({snap.type}{parent})")
 
 
 COMMANDS = [backup]

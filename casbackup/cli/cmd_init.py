@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import click
 
+from casbackup.cli.config_support import apply_config_defaults
 from casbackup.cli.context import global_options, open_backend, read_password
 from casbackup.cli.render import emit_json
 from casbackup.crypto.keyfile import WEAK_KDF, KdfParams
@@ -38,6 +39,7 @@ def init(
 ) -> None:
     """Create a new, encrypted repository."""
     opts = global_options(ctx)
+    apply_config_defaults(opts)  # the config's [repository] names where and how, if -r/env do not
     backend = open_backend(opts.repo)
     password = read_password(opts, confirm=True)
     if not password:

@@ -29,6 +29,7 @@ class GlobalOptions:
     quiet: bool
     progress: bool
     config: str | None = None
+    password_env: str | None = None  # a variable named by the config file's [repository]
 
 
 def global_options(ctx: click.Context) -> GlobalOptions:
@@ -39,7 +40,10 @@ def global_options(ctx: click.Context) -> GlobalOptions:
 
 def open_backend(location: str | None) -> Backend:
     if not location:
-        raise UsageError("no repository given: use -r/--repo or set CASBACKUP_REPO")
+        raise UsageError(
+            "no repository given: use -r/--repo, set CASBACKUP_REPO, "
+            "or set [repository] location in the config file"
+        )
     if location.startswith(("s3:", "sftp:", "rest:")):
         raise UsageError(
             f"storage {location.split(':', 1)[0]!r} is not available in this build; use a local path"
@@ -73,6 +77,13 @@ def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
     env = os.environ.get("CASBACKUP_PASSWORD")
     if env is not None:
         return env.encode()
+    if opts.password_env:
+        named = os.environ.get(opts.password_env)
+        if named is None:
+            raise UsageError(
+                f"the config's repository.password_env names {opts.password_env}, which is not set"
+            )
+        return named.encode()
     if sys.stdin.isatty():
         first = getpass.getpass("enter passphrase for repository: ")
         if confirm and getpass.getpass("enter the passphrase again: ") != first:
@@ -84,6 +95,9 @@ def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
 
 
 def open_repository(opts: GlobalOptions) -> Repository:
+    from casbackup.cli.config_support import apply_config_defaults
+
+    apply_config_defaults(opts)  # the config's [repository] fills in what was not given
     backend = open_backend(opts.repo)
     if not backend.exists("config"):
         raise RepositoryNotFound(

@@ -1,0 +1,195 @@
+"""Backing up an application: its sources and every database, in one snapshot.
+
+An `AppConfig` (from the config file) becomes `BackupOptions`: its sources and excludes, one
+`StreamSpec` per database (the engine's dump is streamed into the chunk store as
+`/.databases/<name>.<ext>`), and the application's definition without secrets, stored in the
+snapshot so that a recovery can rebuild the application from the repository alone (borgmatic
+stores its config in every archive for the same reason).
+
+A dump that fails fails the whole backup (exit 27) and no snapshot is written: a snapshot never
+claims a dump it does not have. A dump that succeeds but is much smaller than the previous dump
+of the same database is suspicious (a wrong database, a dropped table) and produces a warning
+in the result, not a failure: shrinking can be legitimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from casbackup.archiver.backup import BackupOptions, BackupResult, StreamSpec, run_backup
+from casbackup.config.model import AppConfig
+from casbackup.engines.base import DatabaseSpec, DumpStream, canonical_engine_name, get_engine
+from casbackup.errors import DatabaseError
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import DatabaseRecord, Snapshot
+from casbackup.reporter import NULL_REPORTER, Reporter
+
+# The dump's file name must be known before the dump starts (the tree entry is named then).
+DUMP_EXTENSIONS = {"sqlite": "sqlite", "postgresql": "pgdump", "mysql": "sql"}
+SHRINK_RATIO = 0.5  # a dump below this fraction of the previous one is reported
+# Engine options whose values could be secrets are left out of the stored definition.
+_SECRET_WORDS = ("pass", "secret", "token", "key")
+
+
+@dataclass
+class AppBackupResult:
+    app: str
+    result: BackupResult
+    dump_warnings: list[str] = field(default_factory=list)
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.result.snapshot
+
+
+def dump_filename(spec: DatabaseSpec) -> str:
+    engine = canonical_engine_name(spec.engine)
+    ext = DUMP_EXTENSIONS.get(engine) or getattr(get_engine(engine), "file_extension", "dump")
+    return f"{spec.name}.{ext}"
+
+
+def _opener(spec: DatabaseSpec) -> Any:
+    def open_dump() -> DumpStream:
+        return get_engine(spec.engine).dump(spec)
+
+    return open_dump
+
+
+def stream_specs(databases: tuple[DatabaseSpec, ...]) -> tuple[StreamSpec, ...]:
+    return tuple(
+        StreamSpec(
+            name=db.name,
+            filename=dump_filename(db),
+            engine=canonical_engine_name(db.engine),
+            open=_opener(db),
+        )
+        for db in databases
+    )
+
+
+def database_definition(spec: DatabaseSpec) -> dict[str, Any]:
+    """Where the database lives and where its password comes from; never the password."""
+    out: dict[str, Any] = {"name": spec.name, "engine": canonical_engine_name(spec.engine)}
+    for key in ("path", "host", "port", "user", "database", "password_env", "password_file"):
+        value = getattr(spec, key)
+        if value is not None:
+            out[key] = value
+    options = {
+        k: v for k, v in spec.options.items() if not any(w in k.lower() for w in _SECRET_WORDS)
+    }
+    if options:
+        out["options"] = dict(sorted(options.items()))
+    return out
+
+
+def app_definition(app: AppConfig) -> dict[str, Any]:
+    """The application as configured, JSON-ready, without secrets."""
+    r = app.retention
+    return {
+        "name": app.name,
+        "description": app.description,
+        "sources": list(app.sources),
+        "excludes": list(app.excludes),
+        "databases": [database_definition(db) for db in app.databases],
+        "default_backup_type": app.default_backup_type,
+        "schedule": app.schedule,
+        "retention": {
+            "keep_last": r.keep_last,
+            "keep_hourly": r.keep_hourly,
+            "keep_daily": r.keep_daily,
+            "keep_weekly": r.keep_weekly,
+            "keep_monthly": r.keep_monthly,
+            "keep_yearly": r.keep_yearly,
+            "keep_within": r.keep_within,
+            "keep_tags": list(r.keep_tags),
+        },  # fmt: skip
+        "verification": {
+            "required_files": list(app.verification.required_files),
+            "auto_verify": app.verification.auto_verify,
+        },
+    }
+
+
+def backup_options(
+    app: AppConfig,
+    *,
+    backup_type: str | None = None,
+    tags: tuple[str, ...] = (),
+    extra_excludes: tuple[str, ...] = (),
+    one_file_system: bool = False,
+    dry_run: bool = False,
+    workers: int = 2,
+    parent: str | None = None,
+) -> BackupOptions:
+    """The backup of an `AppConfig`: sources, excludes, databases and its definition."""
+    return BackupOptions(
+        paths=tuple(app.sources),
+        type=backup_type or app.default_backup_type,
+        app=app.name,
+        tags=tags,
+        excludes=(*app.excludes, *extra_excludes),
+        one_file_system=one_file_system,
+        dry_run=dry_run,
+        workers=workers,
+        streams=stream_specs(app.databases),
+        app_definition=app_definition(app),
+        parent=parent,
+    )
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def dump_size_warnings(snapshot: Snapshot, earlier: list[Snapshot]) -> list[str]:
+    """Warn about dumps under SHRINK_RATIO of the latest earlier dump of the same database.
+
+    `earlier` is oldest first, as `Repository.list_snapshots` returns it.
+    """
+    warnings = []
+    for record in snapshot.databases:
+        previous = _previous_record(record, earlier)
+        if previous is None:
+            continue
+        prev_snap, prev = previous
+        if prev.size > 0 and record.size < prev.size * SHRINK_RATIO:
+            warnings.append(
+                f"database {record.name!r}: dump is {_human(record.size)}, less than half of the "
+                f"previous one ({_human(prev.size)} in snapshot {prev_snap.short_id}); "
+                "check that no data was lost"
+            )
+    return warnings
+
+
+def _previous_record(
+    record: DatabaseRecord, earlier: list[Snapshot]
+) -> tuple[Snapshot, DatabaseRecord] | None:
+    for snap in reversed(earlier):
+        for old in snap.databases:
+            if old.name == record.name and old.engine == record.engine:
+                return snap, old
+    return None
+
+
+def backup_application(
+    repo: Repository, options: BackupOptions, reporter: Reporter = NULL_REPORTER
+) -> AppBackupResult:
+    """Run the backup built by `backup_options`; add the dump-size guard's warnings."""
+    assert options.app is not None
+    earlier = [s for s in repo.list_snapshots(warnings=[]) if s.app == options.app]
+    try:
+        result = run_backup(repo, options, reporter)
+    except DatabaseError as exc:
+        raise DatabaseError(
+            f"backup of application {options.app!r} failed, no snapshot was saved: {exc}"
+        ) from None
+    warnings = dump_size_warnings(result.snapshot, earlier) if result.snapshot else []
+    for message in warnings:
+        reporter.warning(message)
+    return AppBackupResult(options.app, result, warnings)

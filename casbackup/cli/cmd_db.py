@@ -1,0 +1,154 @@
+"""`casbackup db restore`: load a database dump from a snapshot into a database.
+
+The dump streams from the repository straight into the engine's loader (no temporary file);
+the engine refuses a non-empty target unless --overwrite. Where it goes:
+- no --into: the database as configured (config file, else the definition stored in the
+  snapshot), i.e. back where it came from;
+- --into PATH for SQLite; --into postgresql://user@host:port/dbname or
+  mysql://user@host:port/dbname (mariadb:// too; percent-encode odd names). A password in the
+  URL is refused: it would sit in shell history and `ps`. The password comes from
+  --db-password-env/--db-password-file, else the configured database's source, else the
+  tools' own PGPASSWORD/MYSQL_PWD.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import click
+
+from casbackup.archiver.stream import ChunkReader
+from casbackup.cli.config_support import load_cli_config
+from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.render import emit_json, human_bytes, warn
+from casbackup.engines.base import DatabaseSpec, canonical_engine_name, get_engine
+from casbackup.errors import NotFound, UsageError
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
+
+_SCHEMES = {
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+}
+
+
+@click.group(name="db")
+def db_group() -> None:
+    """Database dumps stored in snapshots."""
+
+
+@db_group.command(name="restore")
+@click.argument("snapshot")
+@click.option("--app", required=True, help="The application the database belongs to.")
+@click.option("--database", "db_name", required=True, help="The database's name in the config.")
+@click.option(
+    "--into", help="SQLite path, or postgresql://user@host:port/db, mysql://user@host:port/db."
+)
+@click.option("--overwrite", is_flag=True, help="Replace a database that is not empty.")
+@click.option(
+    "--db-password-env", metavar="VAR", help="Environment variable with the password for --into."
+)
+@click.option("--db-password-file", metavar="FILE", help="File with the password for --into.")
+@click.pass_context
+@with_repository(lock="shared")
+def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_name: str, into: str | None,
+            overwrite: bool, db_password_env: str | None, db_password_file: str | None) -> None:  # fmt: skip
+    """Load database DATABASE of application APP from SNAPSHOT ('latest', an id or a prefix)."""
+    opts = global_options(ctx)
+    snap = repo.resolve_snapshot(snapshot, app=app)
+    if snap.app != app:
+        raise NotFound(
+            f"snapshot {snap.short_id} belongs to {snap.app or 'no application'}, not {app}"
+        )
+    record = next((d for d in snap.databases if d.name == db_name), None)
+    if record is None:
+        have = ", ".join(d.name for d in snap.databases) or "none"
+        raise NotFound(f"snapshot {snap.short_id} has no database {db_name!r} (it has: {have})")
+    node = repo.find_node(snap.root, record.path)
+    if node is None or not node.content and node.size:
+        raise NotFound(f"snapshot {snap.short_id} records {record.path} but its tree lacks it")
+    engine_name = canonical_engine_name(record.engine)
+    spec = _configured_spec(opts, snap, app, db_name, engine_name)
+    if into:
+        spec = _target_spec(into, spec, db_name, engine_name)
+    if db_password_env or db_password_file:
+        spec = replace(spec, password_env=db_password_env, password_file=db_password_file)
+    reader = ChunkReader.for_node(repo, node, name=f"{record.path} in snapshot {snap.short_id}")
+    with reader:
+        info = get_engine(engine_name).restore(spec, reader, overwrite=overwrite)
+    mismatch = {t for t in {*record.row_counts, *info.row_counts}
+                if record.row_counts.get(t) != info.row_counts.get(t)}  # fmt: skip
+    if mismatch:
+        warn(
+            f"row counts differ from the backup's in {len(mismatch)} tables: {', '.join(sorted(mismatch)[:5])}"
+        )
+    if opts.json:
+        emit_json({"message_type": "db_restore", "snapshot_id": snap.id, "app": app, "database": db_name,
+                   "engine": engine_name, "target": info.target, "bytes": info.bytes_read,
+                   "row_counts": info.row_counts, "expected_row_counts": record.row_counts,
+                   "row_counts_match": not mismatch})  # fmt: skip
+        return
+    rows = sum(info.row_counts.values())
+    click.echo(
+        f"restored database {db_name} ({engine_name}) from snapshot {snap.short_id} into {info.target}: "
+        f"{human_bytes(info.bytes_read)}, {len(info.row_counts)} tables, {rows} rows"
+    )
+
+
+def _configured_spec(opts: Any, snap: Snapshot, app: str, name: str, engine: str) -> DatabaseSpec:
+    """The database as the config describes it, else as the snapshot recorded it."""
+    config = load_cli_config(opts)
+    app_config = config.app(app) if config else None
+    if app_config is not None:
+        for spec in app_config.databases:
+            if spec.name == name and canonical_engine_name(spec.engine) == engine:
+                return spec
+    for entry in (snap.app_definition or {}).get("databases", []):
+        if isinstance(entry, dict) and entry.get("name") == name:
+            fields = {k: entry.get(k) for k in ("path", "host", "port", "user", "database",
+                                                "password_env", "password_file")}  # fmt: skip
+            return DatabaseSpec(name=name, engine=engine, options=dict(entry.get("options") or {}),
+                                **fields)  # fmt: skip
+    return DatabaseSpec(name=name, engine=engine)
+
+
+def _target_spec(into: str, base: DatabaseSpec, name: str, engine: str) -> DatabaseSpec:
+    if engine == "sqlite":
+        if "://" in into:
+            raise UsageError("--into: a SQLite database is restored into a file path, not a URL")
+        return DatabaseSpec(
+            name=name, engine=engine, path=os.path.abspath(into), options=base.options
+        )
+    url = urlsplit(into)
+    if url.password is not None:
+        raise UsageError(
+            "--into must not contain a password (it would be visible in ps and shell history): "
+            "use --db-password-env or --db-password-file"
+        )
+    scheme = _SCHEMES.get(url.scheme.lower())
+    if scheme is None or "://" not in into:
+        raise UsageError(f"--into: give {engine}://user@host:port/dbname for a {engine} database")
+    if scheme != engine:
+        raise UsageError(f"--into: this dump is {engine}, it cannot be loaded into {url.scheme}")
+    database = unquote(url.path.lstrip("/"))
+    if not database or "/" in database:
+        raise UsageError(
+            f"--into: name one database after the host: {engine}://user@host:port/dbname"
+        )
+    try:
+        port = url.port
+    except ValueError:
+        raise UsageError(f"--into: bad port in {into!r}") from None
+    return DatabaseSpec(
+        name=name, engine=engine, host=url.hostname or base.host, port=port or (None if url.hostname else base.port),
+        user=unquote(url.username) if url.username else base.user, database=database,
+        password_env=base.password_env, password_file=base.password_file, options=base.options,
+    )  # fmt: skip
+
+
+COMMANDS = [db_group]

@@ -1,0 +1,70 @@
+"""The configuration file as the CLI uses it: found once, loaded once, applied as defaults.
+
+Where it is looked for: `--config`, then `CASBACKUP_CONFIG`, then `./casbackup.toml`, then the
+user's config folder (`config.find_config_path`). The repository location and the password
+source in it are defaults only: `-r`/`CASBACKUP_REPO` and the password options/variables given
+on the command line or in the environment always win, so a one-off command never needs a
+config edit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from casbackup.cli.context import GlobalOptions
+from casbackup.config import AppConfig, Config, find_config_path, load_config
+from casbackup.errors import ConfigError
+
+_loaded: dict[Path, Config] = {}  # one process runs one command: read each file once
+
+
+def load_cli_config(opts: GlobalOptions, *, required: bool = False, why: str = "") -> Config | None:
+    """The config for this command, or None when there is none and it is optional."""
+    path = find_config_path(opts.config)
+    if path is None:
+        if required:
+            raise ConfigError(
+                f"no config file found{' (' + why + ')' if why else ''}: give --config FILE, set "
+                "CASBACKUP_CONFIG, or create ./casbackup.toml or ~/.config/casbackup/config.toml"
+            )
+        return None
+    key = path.absolute()
+    if key not in _loaded:
+        _loaded[key] = load_config(key)
+    return _loaded[key]
+
+
+def require_app(config: Config, name: str) -> AppConfig:
+    app = config.app(name)
+    if app is None:
+        known = ", ".join(a.name for a in config.applications) or "none"
+        raise ConfigError(
+            f"no application {name!r} in the config (known: {known})", path=str(config.source)
+        )
+    return app
+
+
+def apply_config_defaults(opts: GlobalOptions) -> None:
+    """Fill the repository location and password source from the config when not given.
+
+    The config is read only when something is missing, so `-r REPO` with a password in the
+    environment never depends on (or fails because of) a config file.
+    """
+    need_repo = not opts.repo
+    need_password = not (
+        opts.password_file or opts.password_command or opts.password_env
+        or "CASBACKUP_PASSWORD" in os.environ
+    )  # fmt: skip
+    if not (need_repo or need_password):
+        return
+    config = load_cli_config(opts)
+    if config is None:
+        return
+    repo = config.repository
+    if need_repo and repo.location:
+        opts.repo = repo.location
+    if need_password:
+        opts.password_file = repo.password_file
+        opts.password_command = repo.password_command
+        opts.password_env = repo.password_env
