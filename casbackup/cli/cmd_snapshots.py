@@ -12,12 +12,18 @@ from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, warn
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
+from casbackup.verify.records import VerificationRecord, list_records, state_label
 
 
-def snapshot_doc(s: Snapshot) -> dict:  # type: ignore[type-arg]
+def snapshot_doc(s: Snapshot, verification: VerificationRecord | None = None) -> dict:  # type: ignore[type-arg]
     doc = asdict(s)
     doc["short_id"] = s.short_id
     doc.pop("app_definition", None)
+    doc["verification"] = (
+        {"ok": verification.ok, "time": verification.time, "record": verification.id}
+        if verification
+        else None
+    )
     return doc
 
 
@@ -43,13 +49,26 @@ def snapshots(
         snaps = sorted(
             (x for g in by_group.values() for x in g[-latest:]), key=lambda s: s.start_ns
         )
-    for w in warnings:
+    records = list_records(repo)
+    verified = records.latest_by_snapshot()
+    for w in warnings + records.warnings:
         warn(w)
     if opts.json:
-        emit_json([snapshot_doc(s) for s in snaps])
+        emit_json([snapshot_doc(s, verified.get(s.id)) for s in snaps])
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("ID", "Time", "App", "Type", "Parent", "Size", "Files", "Tags", "Paths"):
+    for col in (
+        "ID",
+        "Time",
+        "App",
+        "Type",
+        "Parent",
+        "Size",
+        "Files",
+        "Verified",
+        "Tags",
+        "Paths",
+    ):
         table.add_column(
             col, justify="right" if col in ("Size", "Files") else "left", no_wrap=col != "Paths"
         )
@@ -57,7 +76,7 @@ def snapshots(
         when = datetime.fromisoformat(s.time).astimezone().strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
             s.short_id, when, s.app or "-", s.type, s.parent[:8] if s.parent else "-",
-            human_bytes(s.summary.bytes_total), str(s.summary.files_total), ",".join(s.tags), "\n".join(s.paths),
+            human_bytes(s.summary.bytes_total), str(s.summary.files_total), state_label(verified.get(s.id)), ",".join(s.tags), "\n".join(s.paths),
         )  # fmt: skip
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250).print(table)
     click.echo(f"{len(snaps)} snapshots")

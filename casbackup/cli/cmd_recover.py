@@ -1,0 +1,122 @@
+"""`casbackup recover`: rebuild an application from its newest verified snapshot."""
+
+from __future__ import annotations
+
+import click
+
+from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.render import emit_json, human_bytes, reporter_for
+from casbackup.recovery.connection import split_assignment
+from casbackup.recovery.execute import RecoveryResult, recover
+from casbackup.recovery.plan import RecoverOptions, RecoveryPlan
+from casbackup.repo.repository import Repository
+
+
+def plan_doc(plan: RecoveryPlan) -> dict[str, object]:
+    return {
+        "app": plan.app, "snapshot": plan.snapshot.id, "target": plan.target,
+        "verification": plan.verification.id if plan.verification else None,
+        "verified": bool(plan.verification and plan.verification.ok),
+        "files": [{"source": f.source, "target": f.target, "kind": f.kind, "files": f.files,
+                   "bytes": f.bytes} for f in plan.files],
+        "databases": [{"name": d.record.name, "engine": d.spec.engine, "target": d.where,
+                       "dump_size": d.record.size, "overwrite": d.overwrite,
+                       "tables": len(d.record.row_counts)} for d in plan.databases],
+        "warnings": list(plan.warnings), "problems": list(plan.problems),
+    }  # fmt: skip
+
+
+def print_plan(plan: RecoveryPlan) -> None:
+    snap, record = plan.snapshot, plan.verification
+    state = "verified" if record and record.ok else "NOT verified"
+    click.echo(
+        f"recover {plan.app!r} from snapshot {snap.short_id} ({snap.time[:19]} UTC, {state})"
+    )
+    for f in plan.files:
+        click.echo(f"  files  {f.source} -> {f.target}  ({f.files} files, {human_bytes(f.bytes)})")
+    for d in plan.databases:
+        mode = ", replacing what is there" if d.overwrite else ""
+        click.echo(f"  db     {d.record.name} ({d.spec.engine}, dump {human_bytes(d.record.size)}, "
+                   f"{len(d.record.row_counts)} tables) -> {d.where}{mode}")  # fmt: skip
+    for w in plan.warnings:
+        click.echo(f"  warning: {w}")
+    for p in plan.problems:
+        click.echo(f"  problem: {p}")
+    click.echo(f"  total {human_bytes(plan.bytes_total)}")
+
+
+def print_result(result: RecoveryResult) -> None:
+    doc = result.report or {}
+    for f in doc.get("files", []):
+        state = "ok" if not f["errors"] else f"{len(f['errors'])} errors"
+        click.echo(f"restored {f['source']} -> {f['target']}: {f['files']} files, "
+                   f"{human_bytes(f['bytes'])} ({state})")  # fmt: skip
+    for d in doc.get("databases", []):
+        state = "ok" if d["ok"] else f"FAILED: {d['error']}"
+        click.echo(f"loaded database {d['name']} into {d['target']}: "
+                   f"{sum(d['row_counts'].values())} rows in {len(d['row_counts'])} tables ({state})")  # fmt: skip
+    for e in result.errors:
+        click.echo(f"error: {e}", err=True)
+    if result.report_files:
+        click.echo(f"report: {result.report_files[0]} and {result.report_files[1]}")
+
+
+@click.command(name="recover")
+@click.option("--app", required=True, help="The application to recover.")
+@click.option("--target", required=True, metavar="DIR", help="Where its files go.")
+@click.option("--snapshot", metavar="ID", help="This snapshot (id, prefix or 'latest') instead "
+              "of the newest verified one.")  # fmt: skip
+@click.option("--databases/--no-databases", default=True, help="Load the databases (default).")
+@click.option("--db-into", "db_into", multiple=True, metavar="NAME=CONNECTION",
+              help="Load database NAME elsewhere: a URL (postgresql://user@host:port/db"
+              "?password_env=VAR), a database name on the same server, or an SQLite path.")  # fmt: skip
+@click.option("--overwrite-databases", is_flag=True, help="Replace non-empty target databases.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option(
+    "--allow-unverified", is_flag=True, help="Accept a snapshot without a passing verification."
+)
+@click.option(
+    "--report", metavar="FILE", help="Write FILE.json and FILE.md (default: in the target)."
+)
+@click.pass_context
+@with_repository(lock="shared")
+def recover_cmd(
+    repo: Repository, ctx: click.Context, app: str, target: str, snapshot: str | None,
+    databases: bool, db_into: tuple[str, ...], overwrite_databases: bool, dry_run: bool,
+    allow_unverified: bool, report: str | None,
+) -> None:  # fmt: skip
+    """Rebuild an application's files and databases from the repository alone.
+
+    Uses the newest snapshot whose verification passed, re-checks its data, restores each
+    source folder to TARGET/<name> and each database to the server the snapshot names.
+    """
+    opts = global_options(ctx)
+    options = RecoverOptions(
+        app=app, target=target, snapshot=snapshot, databases=databases,
+        db_into=dict(split_assignment(v) for v in db_into),
+        overwrite_databases=overwrite_databases, dry_run=dry_run,
+        allow_unverified=allow_unverified, report=report,
+    )  # fmt: skip
+    reporter = reporter_for(ctx)
+    try:
+        result = recover(repo, options, reporter)
+    finally:
+        reporter.done()
+    if dry_run:
+        if opts.json:
+            emit_json({"message_type": "recover_plan", **plan_doc(result.plan)})
+        else:
+            print_plan(result.plan)
+            click.echo("dry run: nothing was changed")
+        return
+    if opts.json:
+        emit_json({"message_type": "recover", **(result.report or {}),
+                   "report_files": list(result.report_files or ())})  # fmt: skip
+    else:
+        for w in result.plan.warnings:
+            reporter.warning(w)
+        print_result(result)
+    result.raise_if_failed()
+
+
+COMMANDS = [recover_cmd]

@@ -1,0 +1,198 @@
+"""Carry out a recovery plan: re-check, restore files, load databases, write the report.
+
+Order protects the target: the plan is refused before anything is written if a target folder
+or database is not empty; the re-check runs before the first byte is restored, and a damaged
+snapshot stops the recovery with the target untouched (except for the report). After that,
+each part (one source folder, one database) is restored on its own: one failing part does not
+stop the others, and the report says exactly which parts are back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from casbackup import __version__
+from casbackup.archiver.restore import RestoreOptions, restore
+from casbackup.archiver.stream import ChunkReader
+from casbackup.engines.base import get_engine
+from casbackup.errors import CasError, Interrupted, RecoveryError
+from casbackup.recovery.plan import DatabaseItem, FileItem, RecoverOptions, RecoveryPlan, build_plan
+from casbackup.recovery.recheck import Recheck, recheck
+from casbackup.recovery.report import write_report
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import now_utc
+from casbackup.repo.tree import NodeKind
+from casbackup.reporter import NULL_REPORTER, Reporter
+from casbackup.verify.dumps import STRICT_COUNT_ENGINES, compare_counts
+
+REPORT_NAME = "recovery-report"
+
+
+@dataclass
+class RecoveryResult:
+    plan: RecoveryPlan
+    report: dict[str, Any] | None = None  # None for a dry run
+    report_files: tuple[str, str] | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_if_failed(self) -> None:
+        if self.errors:
+            where = f"; report: {self.report_files[0]}" if self.report_files else ""
+            raise RecoveryError(
+                f"recovery of {self.plan.app!r} from snapshot {self.plan.snapshot.short_id} "
+                f"failed in {len(self.errors)} places: {self.errors[0]}{where}"
+            )
+
+
+def recover(
+    repo: Repository, options: RecoverOptions, reporter: Reporter = NULL_REPORTER
+) -> RecoveryResult:
+    """Plan and, unless a dry run, execute. Part failures are in the result, not raised."""
+    plan = build_plan(repo, options)
+    if options.dry_run:
+        return RecoveryResult(plan, errors=list(plan.problems))
+    if plan.problems:
+        raise RecoveryError("nothing was changed: " + "; ".join(plan.problems))
+    started, _ = now_utc()
+    clock = time.monotonic()
+    report_base = options.report or f"{plan.target}/{REPORT_NAME}"
+    errors: list[str] = []
+    warnings = list(plan.warnings)
+    files: list[dict[str, Any]] = []
+    databases: list[dict[str, Any]] = []
+    check = Recheck()
+    interrupted = False
+    try:
+        reporter.info(f"re-checking snapshot {plan.snapshot.short_id} before restoring")
+        check = recheck(repo, plan, reporter)
+        if check.problems:
+            errors.append(
+                f"snapshot {plan.snapshot.short_id} failed the re-check; nothing was restored"
+            )
+            errors.extend(check.problems)
+        else:
+            for item in plan.files:
+                files.append(_restore_files(repo, plan, item, options, reporter, errors, warnings))
+            for db in plan.databases:
+                databases.append(_restore_database(repo, plan, db, reporter, errors, warnings))
+    except KeyboardInterrupt:
+        interrupted = True
+        errors.append("recovery interrupted; the target holds a partial recovery")
+    doc = {
+        "version": 1, "app": plan.app, "ok": not errors, "target": plan.target,
+        "started": started, "duration_s": round(time.monotonic() - clock, 3),
+        "host": socket.gethostname(), "program_version": __version__,
+        "repository": repo.config.id,
+        "snapshot": {"id": plan.snapshot.id, "time": plan.snapshot.time, "host": plan.snapshot.host,
+                     "type": plan.snapshot.type, "paths": list(plan.snapshot.paths)},
+        "verification": plan.verification.to_dict() if plan.verification else None,
+        "application": plan.snapshot.app_definition,
+        "recheck": {"files": check.files, "bytes": check.bytes, "duration_s": check.duration_s,
+                    "problems": check.problems, "manifest": check.manifest,
+                    "manifest_truncated": check.manifest_truncated},
+        "files": files, "databases": databases, "warnings": warnings, "errors": errors,
+    }  # fmt: skip
+    paths = write_report(doc, report_base)
+    result = RecoveryResult(plan, doc, paths, errors)
+    if interrupted:
+        raise Interrupted(f"recovery interrupted; report: {paths[0]}")
+    return result
+
+
+def _restore_files(
+    repo: Repository,
+    plan: RecoveryPlan,
+    item: FileItem,
+    options: RecoverOptions,
+    reporter: Reporter,
+    errors: list[str],
+    warnings: list[str],
+) -> dict[str, Any]:
+    reporter.info(f"restoring {item.source} -> {item.target}")
+    clock = time.monotonic()
+    node = repo.find_node(plan.snapshot.root, item.source)
+    tree = (node.subtree.hex() if node and node.subtree else "") if item.kind == "dir" else ""
+    out: dict[str, Any] = {
+        "source": item.source, "target": item.target, "kind": item.kind, "tree": tree,
+        "files": 0, "dirs": 0, "links": 0, "bytes": 0, "errors": [], "warnings": [],
+    }  # fmt: skip
+    if item.kind == "file" and node is not None and node.kind == NodeKind.FILE:
+        out["blake3"] = node.content_hash.hex()
+    try:
+        res = restore(
+            repo, plan.snapshot,
+            RestoreOptions(target=item.restore_into, subpath=item.source, workers=options.workers),
+            reporter,
+        )  # fmt: skip
+        out.update(files=res.files, dirs=res.dirs, links=res.links, bytes=res.bytes,
+                   errors=res.errors, warnings=res.warnings)  # fmt: skip
+    except CasError as exc:
+        out["errors"] = [str(exc)]
+    out["duration_s"] = round(time.monotonic() - clock, 3)
+    errors.extend(f"{item.source}: {e}" for e in out["errors"])
+    warnings.extend(out["warnings"])
+    return out
+
+
+def _restore_database(
+    repo: Repository,
+    plan: RecoveryPlan,
+    db: DatabaseItem,
+    reporter: Reporter,
+    errors: list[str],
+    warnings: list[str],
+) -> dict[str, Any]:
+    record = db.record
+    reporter.info(f"loading database {record.name} into {db.where}")
+    clock = time.monotonic()
+    node = repo.find_node(plan.snapshot.root, record.path)
+    out: dict[str, Any] = {
+        "name": record.name, "engine": db.spec.engine, "target": db.where,
+        "dump_path": record.path, "dump_size": record.size,
+        "dump_blake3": node.content_hash.hex() if node else "", "overwrite": db.overwrite,
+        "expected_row_counts": dict(record.row_counts), "row_counts": {}, "ok": False, "error": "",
+    }  # fmt: skip
+    try:
+        assert node is not None  # the re-check proved the dump is there
+        keep_mode = _mode_of(db.spec.path) if db.spec.engine == "sqlite" else None
+        reader = ChunkReader.for_node(repo, node, name=record.path)
+        try:
+            info = get_engine(db.spec.engine).restore(db.spec, reader, overwrite=db.overwrite)  # type: ignore[arg-type]
+        finally:
+            reader.close()
+        if keep_mode is not None and db.spec.path:
+            # The dump replaces the raw copy restored with the files: keep that copy's mode.
+            os.chmod(db.spec.path, keep_mode)
+        out["row_counts"] = dict(info.row_counts)
+        structural, counts = compare_counts(record.row_counts, info.row_counts)
+        if counts and db.spec.engine not in STRICT_COUNT_ENGINES:
+            warnings.extend(
+                f"database {record.name}: {c} (counted just before the dump)" for c in counts
+            )
+            counts = []
+        if structural or counts:
+            out["error"] = "; ".join(structural + counts)
+        else:
+            out["ok"] = True
+    except CasError as exc:
+        out["error"] = str(exc)
+    out["duration_s"] = round(time.monotonic() - clock, 3)
+    if not out["ok"]:
+        errors.append(f"database {record.name}: {out['error']}")
+    return out
+
+
+def _mode_of(path: str | None) -> int | None:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) if path else None
+    except OSError:
+        return None

@@ -1,0 +1,295 @@
+"""What a recovery will do, decided before anything is touched.
+
+`choose_snapshot` picks the snapshot (the newest one whose newest verification passed, unless
+told otherwise); `build_plan` maps it onto the target: each source path of the snapshot goes to
+`target/<basename of the source>`, each database to the server its stored definition names (or
+`--db-into`). The plan is immutable; `--dry-run` prints it, `execute.recover` carries it out.
+Everything comes from the repository: the snapshot's `app_definition` replaces the config file.
+
+Keys of `app_definition` used: `databases[*]` (`name`, `engine`, `path`, `host`, `port`, `user`,
+`database`, `password_env`, `password_file`, `options`); every one may be missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from casbackup.engines.base import (
+    DatabaseSpec,
+    canonical_engine_name,
+    get_engine,
+    resolve_password,
+)
+from casbackup.errors import CasError, RecoveryError, UsageError
+from casbackup.recovery.connection import connection_spec, describe
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import DatabaseRecord, Snapshot
+from casbackup.repo.tree import Node, NodeKind
+from casbackup.verify.dumps import definition_specs
+from casbackup.verify.records import RecordSet, VerificationRecord, list_records
+
+
+@dataclass(frozen=True)
+class RecoverOptions:
+    app: str
+    target: str
+    snapshot: str | None = None  # id, prefix or "latest"; None: the newest verified
+    databases: bool = True
+    db_into: Mapping[str, str] = field(default_factory=dict)  # name -> CONNECTION
+    overwrite_databases: bool = False
+    dry_run: bool = False
+    allow_unverified: bool = False
+    report: str | None = None  # FILE: FILE.json and FILE.md; None: in the target
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class FileItem:
+    source: str  # path in the snapshot
+    target: str  # folder (or file) it becomes
+    restore_into: str  # the folder the restore writes into
+    kind: str  # "dir" or "file"
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class DatabaseItem:
+    record: DatabaseRecord
+    spec: DatabaseSpec
+    where: str  # readable target, no secrets
+    overwrite: bool  # replace what is there (asked for, or the raw copy restored with the files)
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    app: str
+    snapshot: Snapshot
+    verification: VerificationRecord | None
+    target: str
+    files: tuple[FileItem, ...]
+    databases: tuple[DatabaseItem, ...]
+    warnings: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()  # what stops the recovery before it starts
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(f.bytes for f in self.files) + sum(d.record.size for d in self.databases)
+
+
+def _describe_snap(snap: Snapshot, record: VerificationRecord | None) -> str:
+    state = (
+        "never verified"
+        if record is None
+        else "verification FAILED"
+        if not record.ok
+        else "verified"
+    )
+    return f"{snap.short_id} ({snap.time[:19].replace('T', ' ')} UTC, {state})"
+
+
+def choose_snapshot(
+    repo: Repository, options: RecoverOptions, records: RecordSet | None = None
+) -> tuple[Snapshot, VerificationRecord | None, list[str]]:
+    """(snapshot, its newest verification record, warnings); refuses an unverified one."""
+    records = records or list_records(repo)
+    latest = records.latest_by_snapshot()
+    snaps = [s for s in repo.list_snapshots(warnings=[]) if s.app == options.app]
+    if not snaps:
+        raise RecoveryError(f"the repository has no snapshot of application {options.app!r}")
+    verified = [s for s in snaps if latest.get(s.id) is not None and latest[s.id].ok]
+    newest_verified = (
+        f"the newest verified one is {_describe_snap(verified[-1], latest[verified[-1].id])}"
+        if verified
+        else "no snapshot of it is verified"
+    )
+    warnings: list[str] = []
+    if options.snapshot:
+        snap = repo.resolve_snapshot(options.snapshot, app=options.app)
+        if snap.app != options.app:
+            raise RecoveryError(
+                f"snapshot {snap.short_id} belongs to {snap.app or 'no application'}, "
+                f"not to {options.app!r}"
+            )
+    elif verified:
+        snap = verified[-1]
+        newer = [s for s in snaps if s.start_ns > snap.start_ns]
+        if newer:
+            warnings.append(
+                f"{len(newer)} newer snapshots are not verified (newest: "
+                f"{_describe_snap(newer[-1], latest.get(newer[-1].id))}); using the newest verified"
+            )
+    else:
+        snap = snaps[-1]
+    record = latest.get(snap.id)
+    if record is None or not record.ok:
+        if not options.allow_unverified:
+            raise RecoveryError(
+                f"refusing to recover {options.app!r} from snapshot "
+                f"{_describe_snap(snap, record)}; {newest_verified}. Run 'casbackup verify "
+                f"{snap.short_id}' first, name a verified one with --snapshot, or pass "
+                "--allow-unverified"
+            )
+        warnings.append(f"recovering from snapshot {_describe_snap(snap, record)} as asked")
+    return snap, record, warnings
+
+
+def _dest_names(paths: tuple[str, ...]) -> dict[str, str]:
+    """Source path -> name in the target; full paths where basenames would collide."""
+    base = {p: os.path.basename(p.rstrip("/")) or "root" for p in paths}
+    counts: dict[str, int] = {}
+    for name in base.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {p: n if counts[n] == 1 else p.strip("/").replace("/", "_") for p, n in base.items()}
+
+
+def _size_of(repo: Repository, node: Node) -> tuple[int, int]:
+    if node.kind == NodeKind.FILE:
+        return 1, node.size
+    files = size = 0
+    if node.subtree is not None:
+        for _path, child in repo.walk(node.subtree):
+            if child.kind == NodeKind.FILE:
+                files += 1
+                size += child.size
+    return files, size
+
+
+def _not_empty(path: str) -> bool:
+    if os.path.isdir(path) and not os.path.islink(path):
+        return bool(os.listdir(path))
+    return os.path.lexists(path)
+
+
+def _map_into_target(path: str, items: tuple[FileItem, ...]) -> str | None:
+    """Where an original path lands in the target, when it lies under a recovered source."""
+    for item in items:
+        src = item.source.rstrip("/")
+        if path == src or path.startswith(src + "/"):
+            return item.target + path[len(src) :]
+    return None
+
+
+def build_plan(
+    repo: Repository, options: RecoverOptions, records: RecordSet | None = None
+) -> RecoveryPlan:
+    snap, record, warnings = choose_snapshot(repo, options, records)
+    target = os.path.abspath(options.target)
+    problems: list[str] = []
+    items: list[FileItem] = []
+    for source, name in _dest_names(snap.paths).items():
+        try:
+            node = repo.find_node(snap.root, source)
+        except CasError as exc:
+            warnings.append(f"source {source} is not in the snapshot: {exc}")
+            continue
+        if node is None or node.kind not in (NodeKind.DIR, NodeKind.FILE):
+            warnings.append(f"source {source} is not a folder or file in the snapshot; skipped")
+            continue
+        dest = os.path.join(target, name)
+        if node.kind == NodeKind.FILE and name != os.fsdecode(node.name):
+            warnings.append(
+                f"{source} will be restored as {os.path.join(target, os.fsdecode(node.name))}"
+            )
+            dest = os.path.join(target, os.fsdecode(node.name))
+        files, size = _size_of(repo, node)
+        kind = "dir" if node.kind == NodeKind.DIR else "file"
+        into = dest if kind == "dir" else target
+        items.append(FileItem(source, dest, into, kind, files, size))
+        if _not_empty(dest):
+            problems.append(f"{dest} already exists in the target and is not empty")
+    databases = _plan_databases(snap, options, target, tuple(items), warnings, problems)
+    return RecoveryPlan(options.app, snap, record, target, tuple(items), databases,
+                        tuple(warnings), tuple(problems))  # fmt: skip
+
+
+def _plan_databases(
+    snap: Snapshot,
+    options: RecoverOptions,
+    target: str,
+    items: tuple[FileItem, ...],
+    warnings: list[str],
+    problems: list[str],
+) -> tuple[DatabaseItem, ...]:
+    names = {r.name for r in snap.databases}
+    for name in options.db_into:
+        if name not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise UsageError(
+                f"--db-into names database {name!r}, not in the snapshot (it has: {known})"
+            )
+    if not options.databases:
+        if snap.databases:
+            warnings.append(f"{len(snap.databases)} databases not recovered (--no-databases)")
+        return ()
+    defined = definition_specs(snap.app_definition)
+    out: list[DatabaseItem] = []
+    for record in snap.databases:
+        engine = canonical_engine_name(record.engine)
+        base = defined.get(record.name)
+        if record.name in options.db_into:
+            spec = connection_spec(record.name, engine, options.db_into[record.name], base)
+        elif base is None:
+            problems.append(
+                f"database {record.name!r}: the snapshot does not say where it lives; "
+                f"give --db-into {record.name}=CONNECTION"
+            )
+            continue
+        else:
+            spec = replace(base, engine=engine)
+        replaces_raw = False
+        if engine == "sqlite" and record.name not in options.db_into:
+            original = spec.path or ""
+            mapped = _map_into_target(original, items) if original else None
+            if mapped is None:
+                mapped = os.path.join(target, "databases", f"{record.name}.sqlite")
+                warnings.append(
+                    f"database {record.name!r} lived at {original or '?'} outside the recovered "
+                    f"sources; it goes to {mapped} (use --db-into to choose)"
+                )
+            # A raw copy of the file restored with the sources is replaced by the dump,
+            # which is the consistent one.
+            replaces_raw = _map_into_target(original, items) is not None
+            spec = replace(spec, path=mapped)
+        item = DatabaseItem(record, spec, describe(spec),
+                            options.overwrite_databases or replaces_raw)  # fmt: skip
+        problem = _preflight(item)
+        if problem:
+            problems.append(problem)
+        out.append(item)
+    return tuple(out)
+
+
+def _preflight(item: DatabaseItem) -> str | None:
+    """Why loading into this target would fail or be refused; None when it looks fine.
+
+    A server database that cannot be reached here is left to the load to report: it may not
+    exist yet (it is created on load) and the server's error says more than a guess would.
+    """
+    spec = item.spec
+    try:
+        engine = get_engine(spec.engine)
+        engine.check_available()
+        if spec.engine != "sqlite":
+            resolve_password(spec)  # a missing password variable must stop the plan, not the load
+    except CasError as exc:
+        text = str(exc)
+        return text if text.startswith("database ") else f"database {spec.name!r}: {text}"
+    if item.overwrite:
+        return None
+    if spec.engine == "sqlite":
+        if spec.path and os.path.exists(spec.path) and os.path.getsize(spec.path) > 0:
+            return f"database {spec.name!r}: {spec.path} already exists (use --overwrite-databases)"
+        return None
+    try:
+        counts = engine.row_counts(spec)
+    except CasError:
+        return None
+    if counts:
+        return (
+            f"database {spec.name!r}: {item.where} already exists and has {len(counts)} tables "
+            "(use --overwrite-databases to replace it)"
+        )
+    return None

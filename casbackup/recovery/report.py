@@ -1,0 +1,102 @@
+"""The recovery report: one JSON document for machines and the same facts as Markdown for people.
+
+Written next to each other (`FILE.json`, `FILE.md`; by default `recovery-report.*` in the target)
+after every recovery that got past planning, also when a part of it failed: the report is how
+the operator learns what is and is not back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+REPORT_VERSION = 1
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def report_paths(base: str) -> tuple[str, str]:
+    """FILE -> (FILE.json, FILE.md); a given .json/.md suffix is not doubled."""
+    root, ext = os.path.splitext(base)
+    if ext.lower() in (".json", ".md"):
+        base = root
+    return base + ".json", base + ".md"
+
+
+def write_report(doc: dict[str, Any], base: str) -> tuple[str, str]:
+    json_path, md_path = report_paths(base)
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    for path, text in ((json_path, json.dumps(doc, indent=2, sort_keys=True) + "\n"),
+                       (md_path, render_markdown(doc))):  # fmt: skip
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # a reader never sees half a report
+    return json_path, md_path
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    snap = doc["snapshot"]
+    ver = doc.get("verification")
+    status = "**SUCCEEDED**" if doc["ok"] else "**FAILED**"
+    lines = [
+        f"# Recovery of {doc['app']}: {status}",
+        "",
+        f"- Snapshot: `{snap['id'][:8]}` taken {snap['time']} on {snap['host']} ({snap['type']})",
+        "- Verification: " + (
+            f"{'passed' if ver['ok'] else 'FAILED'} on {ver['time']} on {ver['host']} "
+            f"({ver['files_checked']} files, {_human(ver['bytes_checked'])})"
+            if ver else "none (recovered from an unverified snapshot)"
+        ),
+        f"- Target: `{doc['target']}`",
+        f"- Started {doc['started']}, took {doc['duration_s']:.1f} s on {doc['host']}",
+        f"- Re-check before restore: {doc['recheck']['files']} files, "
+        f"{_human(doc['recheck']['bytes'])}, {len(doc['recheck']['problems'])} problems",
+        "",
+        "## Files",
+        "",
+    ]  # fmt: skip
+    if doc["files"]:
+        lines += [
+            "| Source | Restored to | Files | Size | Tree | Errors |",
+            "|---|---|---:|---:|---|---:|",
+        ]
+        for f in doc["files"]:
+            lines.append(
+                f"| `{f['source']}` | `{f['target']}` | {f['files']} | {_human(f['bytes'])} "
+                f"| `{(f.get('tree') or '')[:16]}` | {len(f['errors'])} |"
+            )
+    else:
+        lines.append("No files were restored.")
+    lines += ["", "## Databases", ""]
+    if doc["databases"]:
+        lines += ["| Database | Engine | Restored into | Dump size | Dump BLAKE3 | Tables | Rows | Result |",
+                  "|---|---|---|---:|---|---:|---:|---|"]  # fmt: skip
+        for d in doc["databases"]:
+            result = "ok" if d["ok"] else f"FAILED: {d['error']}"
+            rows = sum(d["row_counts"].values())
+            lines.append(
+                f"| {d['name']} | {d['engine']} | `{d['target']}` | {_human(d['dump_size'])} "
+                f"| `{d['dump_blake3'][:16]}` | {len(d['row_counts'])} | {rows} | {result} |"
+            )
+    else:
+        lines.append("No databases were restored.")
+    for title, key in (("Errors", "errors"), ("Warnings", "warnings")):
+        if doc[key]:
+            lines += ["", f"## {title}", ""] + [f"- {m}" for m in doc[key]]
+    manifest = doc["recheck"].get("manifest") or []
+    if manifest:
+        lines += ["", "## File hashes (BLAKE3)", ""]
+        lines += [f"- `{m['blake3']}` {_human(m['size'])} `{m['path']}`" for m in manifest[:200]]
+        if len(manifest) > 200 or doc["recheck"].get("manifest_truncated"):
+            lines.append("- … (the full list is in the JSON report)")
+    return "\n".join(lines) + "\n"

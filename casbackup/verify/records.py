@@ -1,0 +1,137 @@
+"""Verification records: ``verifications/<file id>``, an envelope (kind VERIFICATION) of JSON.
+
+A record says that one snapshot was restored into a sandbox on some machine at some time, and
+what was found. Records live in the repository, encrypted like snapshots, so every machine that
+opens the repository knows which snapshots are proven restorable; a record is never changed,
+a later verification adds a new one and the newest record of a snapshot is its state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from casbackup.errors import CasError, FormatError, UnsupportedFormat
+from casbackup.repo.ids import Kind
+from casbackup.repo.repository import Repository
+
+RECORD_VERSION = 1
+DIRECTORY = "verifications"
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str  # path in the snapshot ("/srv/app/x"), or "database <name>" for a dump
+    problem: str
+
+
+@dataclass(frozen=True)
+class DatabaseCheck:
+    name: str
+    engine: str
+    ok: bool
+    tables_compared: int = 0
+    rows_compared: int = 0  # sum of the row counts recorded at backup time
+    problem: str = ""  # empty when ok
+
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    snapshot_id: str
+    app: str | None
+    time: str  # ISO 8601 UTC, when the verification started
+    host: str
+    duration_s: float
+    ok: bool
+    files_checked: int
+    bytes_checked: int
+    databases: tuple[DatabaseCheck, ...] = ()
+    failures: tuple[Failure, ...] = ()
+    warnings: tuple[str, ...] = ()
+    program_version: str = ""
+    id: str = ""  # not stored: the file id, filled in when saved or loaded
+
+    def encode(self) -> bytes:
+        doc = self.to_dict()
+        doc.pop("id")
+        doc["version"] = RECORD_VERSION
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def decode(cls, data: bytes, record_id: str = "") -> VerificationRecord:
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise FormatError("verification record is not an object")
+            version = doc.pop("version", None)
+            if not isinstance(version, int):
+                raise FormatError("verification record has no version")
+            if version != RECORD_VERSION:
+                raise UnsupportedFormat(f"verification record version {version!r} is not supported")
+            doc["databases"] = tuple(DatabaseCheck(**d) for d in doc.get("databases", ()))
+            doc["failures"] = tuple(Failure(**f) for f in doc.get("failures", ()))
+            doc["warnings"] = tuple(doc.get("warnings", ()))
+            record = cls(**doc, id=record_id)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FormatError(f"verification record is malformed: {exc}") from None
+        if not isinstance(record.snapshot_id, str) or not isinstance(record.ok, bool):
+            raise FormatError("verification record has a bad snapshot id or result")
+        return record
+
+
+@dataclass
+class RecordSet:
+    """Every readable record, oldest first, and what could not be read."""
+
+    records: list[VerificationRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def latest_by_snapshot(self) -> dict[str, VerificationRecord]:
+        latest: dict[str, VerificationRecord] = {}
+        for record in self.records:  # oldest first: later ones win
+            latest[record.snapshot_id] = record
+        return latest
+
+
+def save_record(repo: Repository, record: VerificationRecord) -> VerificationRecord:
+    fid = repo.save_file_object(DIRECTORY, Kind.VERIFICATION, record.encode())
+    return replace(record, id=fid)
+
+
+def load_record(repo: Repository, record_id: str) -> VerificationRecord:
+    data = repo.get_encrypted(f"{DIRECTORY}/{record_id}", Kind.VERIFICATION)
+    return VerificationRecord.decode(data, record_id)
+
+
+def list_records(repo: Repository) -> RecordSet:
+    """All records, oldest first. A damaged record is reported, never fatal: it only means
+    that one verification is forgotten, and the snapshot can be verified again."""
+    result = RecordSet()
+    for name, _size in repo.backend.list(DIRECTORY + "/"):
+        rid = name.rsplit("/", 1)[1]
+        try:
+            result.records.append(load_record(repo, rid))
+        except CasError as exc:
+            result.warnings.append(f"verification record {rid[:8]} is unreadable: {exc}")
+    result.records.sort(key=lambda r: (r.time, r.id))
+    return result
+
+
+def latest_verification(repo: Repository, snapshot_id: str) -> VerificationRecord | None:
+    return list_records(repo).latest_by_snapshot().get(snapshot_id)
+
+
+def verified_snapshot_ids(repo: Repository) -> set[str]:
+    """Snapshots whose newest verification passed."""
+    return {sid for sid, r in list_records(repo).latest_by_snapshot().items() if r.ok}
+
+
+def state_label(record: VerificationRecord | None) -> str:
+    """How `snapshots` and reports show a snapshot's verification: ok, FAILED or -."""
+    if record is None:
+        return "-"
+    return "ok" if record.ok else "FAILED"

@@ -1,0 +1,234 @@
+"""Verify a snapshot by restoring it into a sandbox and proving what came back.
+
+Steps: restore the whole snapshot into a private folder; compare the folder with the snapshot
+(names, types, sizes, symlink targets, every file's BLAKE3 re-read from disk); check the
+application's required key files; load every database dump (see `dumps.py`). The outcome is
+stored in the repository as a verification record (`records.py`) whether it passed or not;
+`VerifyResult.raise_if_failed()` turns a failed one into `VerificationFailed`.
+
+The sandbox is always a fresh `mkdtemp` folder (inside `sandbox_dir` when given, never
+`sandbox_dir` itself, so a user's folder is never emptied) and is removed in a `finally`:
+after success, failure and Ctrl-C alike, unless the caller asked to keep it. An interrupted
+verification stores no record: it proved nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from casbackup import __version__
+from casbackup.archiver.restore import RestoreOptions, restore
+from casbackup.engines.base import DatabaseSpec, canonical_engine_name
+from casbackup.errors import CasError, Interrupted, VerificationFailed
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot, now_utc
+from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.verify.compare import Comparison, compare_tree
+from casbackup.verify.dumps import check_dump, definition_specs
+from casbackup.verify.records import DatabaseCheck, Failure, VerificationRecord, save_record
+
+MESSAGE_LIMIT = 20  # failures named in the one-line error; the record has all of them
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    sandbox_dir: str | None = None  # parent of the private sandbox; None: the system temp dir
+    keep_sandbox: bool = False
+    required_files: tuple[str, ...] = ()  # added to the definition's required_files
+    # engine -> server to create scratch databases on; default: the database's own server
+    db_servers: Mapping[str, DatabaseSpec] = field(default_factory=dict)
+    workers: int = 2
+    save: bool = True  # store the record in the repository
+
+
+@dataclass
+class VerifyResult:
+    snapshot: Snapshot
+    record: VerificationRecord
+    sandbox: str | None  # the kept sandbox, or None when it was removed
+
+    @property
+    def ok(self) -> bool:
+        return self.record.ok
+
+    def raise_if_failed(self) -> None:
+        if self.record.ok:
+            return
+        failures = self.record.failures
+        named = "; ".join(f"{f.path}: {f.problem}" for f in failures[:MESSAGE_LIMIT])
+        more = (
+            f"; and {len(failures) - MESSAGE_LIMIT} more" if len(failures) > MESSAGE_LIMIT else ""
+        )
+        raise VerificationFailed(
+            f"snapshot {self.snapshot.short_id} failed verification with {len(failures)} "
+            f"problems: {named}{more}"
+        )
+
+
+def required_files(snapshot: Snapshot, extra: tuple[str, ...] = ()) -> list[str]:
+    definition = snapshot.app_definition or {}
+    listed = (definition.get("verification") or {}).get("required_files") or []
+    return list(dict.fromkeys([*(str(p) for p in listed), *extra]))
+
+
+def _required_candidates(snapshot: Snapshot, wanted: str) -> list[str]:
+    """Absolute names are paths in the snapshot; relative ones are relative to any source."""
+    if wanted.startswith("/"):
+        return [wanted]
+    return [src.rstrip("/") + "/" + wanted for src in snapshot.paths]
+
+
+def remove_tree(path: str) -> None:
+    """Remove a restored tree even where restored folder modes forbid writing into it.
+
+    Folders are opened up top-down before removal; symlinks are skipped because chmod
+    would follow them out of the sandbox.
+    """
+    if not os.path.lexists(path):
+        return
+    with contextlib.suppress(OSError):
+        os.chmod(path, stat.S_IRWXU)
+    for dirpath, dirnames, _files in os.walk(path):
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                with contextlib.suppress(OSError):
+                    os.chmod(full, stat.S_IRWXU)
+    shutil.rmtree(path)
+
+
+def run_verification(
+    repo: Repository,
+    snapshot: Snapshot,
+    options: VerifyOptions = VerifyOptions(),
+    reporter: Reporter = NULL_REPORTER,
+) -> VerifyResult:
+    """Verify; store and return the record. Findings never raise here (see raise_if_failed)."""
+    started, _ = now_utc()
+    clock = time.monotonic()
+    if options.sandbox_dir:
+        os.makedirs(options.sandbox_dir, exist_ok=True)
+    sandbox = tempfile.mkdtemp(prefix="casbackup-verify-", dir=options.sandbox_dir or None)
+    try:
+        found = _verify_in(repo, snapshot, options, reporter, sandbox)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"verification of snapshot {snapshot.short_id} interrupted; nothing was recorded"
+        ) from None
+    finally:
+        if not options.keep_sandbox:
+            remove_tree(sandbox)
+    comparison, databases, warnings = found
+    failures = [Failure(p, why) for p, why in comparison.problems.items()]
+    failures += [Failure(f"database {d.name}", d.problem) for d in databases if not d.ok]
+    record = VerificationRecord(
+        snapshot_id=snapshot.id, app=snapshot.app, time=started, host=socket.gethostname(),
+        duration_s=round(time.monotonic() - clock, 3), ok=not failures,
+        files_checked=comparison.files_checked, bytes_checked=comparison.bytes_checked,
+        databases=tuple(databases), failures=tuple(failures),
+        warnings=tuple(comparison.warnings + warnings), program_version=__version__,
+    )  # fmt: skip
+    if options.save:
+        record = save_record(repo, record)
+    return VerifyResult(snapshot, record, sandbox if options.keep_sandbox else None)
+
+
+def verify_snapshot(
+    repo: Repository,
+    snapshot: Snapshot,
+    options: VerifyOptions = VerifyOptions(),
+    reporter: Reporter = NULL_REPORTER,
+) -> VerifyResult:
+    """Verify and store the record; raise VerificationFailed (after storing) on any problem."""
+    result = run_verification(repo, snapshot, options, reporter)
+    result.raise_if_failed()
+    return result
+
+
+def _verify_in(
+    repo: Repository,
+    snapshot: Snapshot,
+    options: VerifyOptions,
+    reporter: Reporter,
+    sandbox: str,
+) -> tuple[Comparison, list[DatabaseCheck], list[str]]:
+    files = os.path.join(sandbox, "files")
+    can_make_devices = os.geteuid() == 0
+    reporter.info(f"restoring snapshot {snapshot.short_id} into {sandbox}")
+    restored_errors: list[str] = []
+    try:
+        result = restore(
+            repo, snapshot,
+            RestoreOptions(target=files, workers=options.workers, owners=can_make_devices),
+            reporter,
+        )  # fmt: skip
+        restored_errors = result.errors
+    except Interrupted:
+        raise KeyboardInterrupt from None
+    except CasError as exc:
+        # A restore that stops (an unreadable root tree) leaves whatever it wrote; the
+        # comparison below names everything that is missing because of it.
+        restored_errors = [f"/: restore stopped: {exc}"]
+    reporter.info("comparing the restored files with the snapshot")
+    progress = Progress(phase="verify", files_total=snapshot.summary.files_total,
+                        bytes_total=snapshot.summary.bytes_total)  # fmt: skip
+
+    def on_file(size: int) -> None:
+        progress.files_done += 1
+        progress.bytes_done += size
+        if progress.files_done % 64 == 0:
+            reporter.progress(progress)
+
+    # The restore's messages are the precise ones (which blob, which pack): they come first.
+    known = {}
+    for message in restored_errors:
+        rel, _, why = message.partition(": ")
+        known.setdefault("/" + rel.lstrip("/"), why)
+    comparison = compare_tree(
+        repo, snapshot.root, files, can_make_devices=can_make_devices, on_file=on_file,
+        known=known,
+    )  # fmt: skip
+    reporter.progress(progress)
+    for wanted in required_files(snapshot, options.required_files):
+        candidates = _required_candidates(snapshot, wanted)
+        if not any(os.path.lexists(os.path.join(files, c.lstrip("/"))) for c in candidates):
+            comparison.fail(wanted, "required file is missing from the snapshot")
+    databases, warnings = _check_databases(snapshot, options, files, comparison, reporter)
+    return comparison, databases, warnings
+
+
+def _check_databases(
+    snapshot: Snapshot,
+    options: VerifyOptions,
+    files: str,
+    comparison: Comparison,
+    reporter: Reporter,
+) -> tuple[list[DatabaseCheck], list[str]]:
+    defined = definition_specs(snapshot.app_definition)
+    checks: list[DatabaseCheck] = []
+    warnings: list[str] = []
+    for record in snapshot.databases:
+        engine = canonical_engine_name(record.engine)
+        if record.path in comparison.problems:
+            checks.append(DatabaseCheck(
+                record.name, engine, False, len(record.row_counts), sum(record.row_counts.values()),
+                problem=f"dump file {record.path} is damaged: {comparison.problems[record.path]}",
+            ))  # fmt: skip
+            continue
+        reporter.info(f"loading database dump {record.name} ({engine})")
+        server = options.db_servers.get(engine) or defined.get(record.name)
+        if server is not None and server.engine and canonical_engine_name(server.engine) != engine:
+            server = None
+        dump_file = os.path.join(files, record.path.lstrip("/"))
+        outcome = check_dump(record, dump_file, server)
+        checks.append(outcome.check)
+        warnings.extend(outcome.warnings)
+    return checks, warnings

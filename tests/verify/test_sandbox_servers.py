@@ -1,0 +1,145 @@
+"""verify with PostgreSQL and MariaDB dumps: loaded into scratch databases that never outlive it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from casbackup.engines.base import DatabaseSpec
+from casbackup.errors import Interrupted
+from casbackup.verify import dumps as dumps_mod
+from casbackup.verify.sandbox import VerifyOptions, run_verification
+from tests.engines.conftest import (
+    mariadb,
+    my_spec,
+    pg_spec,
+    psql,
+)
+from tests.verify.apps import backup, make_app
+
+
+def scratch_left() -> list[str]:
+    pg = psql("SELECT datname FROM pg_database WHERE datname LIKE 'casb\\_verify\\_%';").split()
+    my = mariadb("SHOW DATABASES LIKE 'casb\\_verify\\_%';").split()
+    return pg + my
+
+
+@pytest.fixture
+def app_specs(pg_database: str, my_database: str) -> list[DatabaseSpec]:
+    psql(
+        "CREATE TABLE items (id int PRIMARY KEY, name text);"
+        "INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 300) g;"
+        "CREATE SCHEMA other; CREATE TABLE other.empty_t (x int);",
+        pg_database,
+    )
+    mariadb(
+        "CREATE TABLE users (id int PRIMARY KEY, n varchar(20));"
+        "INSERT INTO users VALUES (1,'a'),(2,'b'),(3,'c');",
+        my_database,
+    )
+    return [replace(pg_spec(pg_database), name="pg"), replace(my_spec(my_database), name="my")]
+
+
+def test_dumps_load_into_scratch_databases_that_are_dropped(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, app_specs: list[DatabaseSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, local = make_app(tmp_path)
+    snap = backup(repo, app, [local, *app_specs])
+    names: list[str] = []
+    real = dumps_mod.scratch_name
+    monkeypatch.setattr(dumps_mod, "scratch_name", lambda: names.append(real()) or names[-1])
+    rec = run_verification(repo, snap).record
+    assert rec.ok, rec.failures
+    checks = {d.name: (d.engine, d.ok, d.tables_compared, d.rows_compared) for d in rec.databases}
+    assert checks == {
+        "local": ("sqlite", True, 1, 200),
+        "pg": ("postgresql", True, 2, 300),
+        "my": ("mysql", True, 1, 3),
+    }
+    assert len(names) == 2 and all(n.startswith("casb_verify_") for n in names)
+    assert not set(names) & set(scratch_left())
+
+
+def test_a_dump_that_does_not_load_fails_and_its_scratch_database_is_dropped(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, app_specs: list[DatabaseSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, local = make_app(tmp_path)
+    snap = backup(repo, app, app_specs)
+    names: list[str] = []
+    real = dumps_mod.scratch_name
+    monkeypatch.setattr(dumps_mod, "scratch_name", lambda: names.append(real()) or names[-1])
+    # The recorded counts say a table holds more rows than the dump has: a lost-rows dump.
+    bad = tuple(
+        replace(r, row_counts={**r.row_counts, "public.items": 301}) if r.name == "pg" else r
+        for r in snap.databases
+    )
+    rec = run_verification(repo, replace(snap, databases=bad)).record
+    assert not rec.ok
+    assert [(f.path, f.problem) for f in rec.failures] == [
+        ("database pg", "table public.items: 300 rows, 301 recorded")
+    ]
+    assert len(names) == 2 and not set(names) & set(scratch_left())
+
+
+def test_no_server_for_a_dump_is_a_failure_not_a_pass(repo, tmp_path: Path, app_specs) -> None:  # type: ignore[no-untyped-def]
+    app, _local = make_app(tmp_path)
+    snap = backup(repo, app, app_specs[:1])
+    snap = replace(snap, app_definition={"name": "shop"})  # a definition without databases
+    rec = run_verification(repo, snap).record
+    assert not rec.ok
+    assert "no postgresql server" in rec.databases[0].problem
+
+
+def test_an_unreachable_scratch_server_fails_cleanly(repo, tmp_path: Path, app_specs) -> None:  # type: ignore[no-untyped-def]
+    app, _local = make_app(tmp_path)
+    snap = backup(repo, app, app_specs[:1])
+    nowhere = DatabaseSpec(name="x", engine="postgresql", host="127.0.0.1", port=1,
+                           user="postgres", options={"connect_timeout": "2"})  # fmt: skip
+    rec = run_verification(repo, snap, VerifyOptions(db_servers={"postgresql": nowhere})).record
+    assert not rec.ok and not rec.databases[0].ok
+    assert rec.databases[0].problem
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_interrupted_load_drops_the_scratch_database(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, app_specs, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    app, _local = make_app(tmp_path)
+    snap = backup(repo, app, [s for s in app_specs if s.engine == engine])
+    sandboxes = tmp_path / "sandboxes"
+    sandboxes.mkdir()
+    names: list[str] = []
+    real_name, real_engine = dumps_mod.scratch_name, dumps_mod.get_engine
+    monkeypatch.setattr(dumps_mod, "scratch_name", lambda: names.append(real_name()) or names[-1])
+
+    class Interrupting:
+        """Feeds a few bytes of the dump, then Ctrl-C: the scratch database exists by then."""
+
+        def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+            self.stream, self.reads = stream, 0
+
+        def read(self, n: int = -1) -> bytes:
+            self.reads += 1
+            if self.reads > 1:
+                assert names[-1] in scratch_left()
+                raise KeyboardInterrupt
+            return self.stream.read(64)
+
+    class Engine:
+        def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+            self.inner = inner
+
+        def restore(self, spec, stream, overwrite=False):  # type: ignore[no-untyped-def]
+            return self.inner.restore(spec, Interrupting(stream), overwrite=overwrite)
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(dumps_mod, "get_engine", lambda name: Engine(real_engine(name)))
+    with pytest.raises(Interrupted):
+        run_verification(repo, snap, VerifyOptions(sandbox_dir=str(sandboxes)))
+    assert len(names) == 1
+    assert names[0] not in scratch_left()
+    assert list(sandboxes.iterdir()) == []
