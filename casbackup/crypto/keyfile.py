@@ -103,7 +103,7 @@ class KeyFileInfo:
 def decode_keyfile(data: bytes) -> tuple[dict[str, Any], KdfParams]:
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise FormatError("key file is not valid JSON") from None
     if not isinstance(doc, dict):
         raise FormatError("key file is not a JSON object")
@@ -113,9 +113,14 @@ def decode_keyfile(data: bytes) -> tuple[dict[str, Any], KdfParams]:
         raise UnsupportedFormat(f"key derivation {doc.get('kdf')!r} is not supported")
     try:
         kdf = KdfParams(int(doc["memory_kib"]), int(doc["iterations"]), int(doc["lanes"]))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise FormatError("key file has bad KDF parameters") from None
-    if not (8 <= kdf.memory_kib <= 4 << 20 and 1 <= kdf.iterations <= 100 and 1 <= kdf.lanes <= 64):
+    # Argon2 itself refuses less than 8 KiB of memory per lane.
+    if not (
+        1 <= kdf.lanes <= 64
+        and 8 * kdf.lanes <= kdf.memory_kib <= 4 << 20
+        and 1 <= kdf.iterations <= 100
+    ):
         raise FormatError("key file KDF parameters are out of range")
     return doc, kdf
 

@@ -36,6 +36,10 @@ class ChunkerParams:
     algorithm: str = "fastcdc2020"
 
     def validate(self) -> None:
+        sizes = (self.min_size, self.avg_size, self.max_size, self.normalization)
+        # A damaged config must be refused, not crash comparing a str with an int.
+        if not all(type(v) is int for v in sizes):
+            raise FormatError("chunker parameters must be integers")
         if self.algorithm != "fastcdc2020":
             raise UnsupportedFormat(f"chunker {self.algorithm!r} is not supported")
         if not (64 <= self.min_size <= 1 << 20 and 256 <= self.avg_size <= 4 << 20):
@@ -75,14 +79,14 @@ class RepoConfig:
     def decode(cls, data: bytes) -> RepoConfig:
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise FormatError("repository config is not valid JSON") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise FormatError(
                 "this is not a casbackup repository (config has no casbackup format marker)"
             )
         version = doc.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        if type(version) is not int or version > FORMAT_VERSION or version < 1:
             raise UnsupportedFormat(
                 f"repository format version {version!r} is not supported by this casbackup "
                 f"(it reads version {FORMAT_VERSION}); upgrade casbackup"
@@ -100,7 +104,7 @@ class RepoConfig:
                 version=version,
             )
             bytes.fromhex(config.id)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise FormatError("repository config is missing fields or has bad values") from None
         if len(config.id) != 64:
             raise FormatError("repository id must be 64 hex digits")

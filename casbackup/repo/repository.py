@@ -31,6 +31,7 @@ from casbackup.errors import (
     NotFound,
     RepositoryExists,
     RepositoryNotFound,
+    UnsupportedFormat,
     WrongPassword,
 )
 from casbackup.repo import codec
@@ -118,16 +119,24 @@ class Repository:
         keys = sorted(name for name, _ in backend.list("keys/"))
         if not keys:
             raise FormatError(f"repository at {backend.location} has no key files")
+        damaged: list[str] = []
         for name in keys:
             try:
                 data = backend.get(name)
                 key = unwrap_key(data, password, config.id_bytes)
             except WrongPassword:
                 continue
-            except FormatError:
-                continue  # a damaged key file must not hide a good one
+            except (FormatError, UnsupportedFormat) as exc:
+                damaged.append(f"{name}: {exc}")  # a damaged key file must not hide a good one
+                continue
             return cls(backend, config, key, name)
-        raise WrongPassword("wrong passphrase: no key file of this repository opens with it")
+        if len(damaged) == len(keys):
+            # Not the passphrase's fault: saying "wrong passphrase" would send users astray.
+            raise FormatError(f"no key file of this repository is readable ({damaged[0]})")
+        skipped = f" ({len(damaged)} damaged key files skipped)" if damaged else ""
+        raise WrongPassword(
+            f"wrong passphrase: no key file of this repository opens with it{skipped}"
+        )
 
     def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
         data = wrap_key(self.key, password, self.config.id_bytes, kdf)
@@ -293,7 +302,15 @@ class Repository:
 
     def _write_pack(self, packer: PackWriter) -> None:
         pack_id, data, entries = packer.finish(self.sealer)
-        self.backend.put(pack_name(pack_id), data)
+        try:
+            self.backend.put(pack_name(pack_id), data)
+        except BaseException:
+            # The pack never reached the store: its blobs must not count as present, or a
+            # later save in this process would skip them and a snapshot would name nothing.
+            with self._lock:
+                for e in entries:
+                    self._claimed.discard(e.id)
+            raise
         located = [
             (e.id, Location(pack_id, e.offset, e.stored_len, e.raw_len, e.kind)) for e in entries
         ]

@@ -107,7 +107,7 @@ class Snapshot:
             snap = cls(**doc, id=snapshot_id)
             bytes.fromhex(snap.tree)
             datetime.fromisoformat(snap.time)
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError) as exc:
             if isinstance(exc, FormatError):
                 raise
             raise FormatError(f"snapshot record is malformed: {exc}") from None

@@ -1,0 +1,143 @@
+"""Round trips of every encode/decode pair in the repository format."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from casbackup.crypto.envelope import Opener, Sealer
+from casbackup.errors import FormatError
+from casbackup.repo import codec
+from casbackup.repo.config import ChunkerParams, RepoConfig
+from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.index import Location, decode_index, encode_index
+from casbackup.repo.pack import (
+    PackEntry,
+    PackWriter,
+    decode_header,
+    encode_header,
+    parse_pack_tail,
+    read_header,
+)
+from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.tree import Node, NodeKind, decode_tree, encode_tree
+from casbackup.store.memory import MemoryBackend
+from tests.repo.strategies import (
+    U32,
+    blob_ids,
+    file_ids,
+    index_packs,
+    node_lists,
+    snapshots,
+)
+
+ROOT = bytes(range(32))
+
+
+@given(node_lists())
+def test_tree_round_trip(nodes: list[Node]) -> None:
+    assert decode_tree(encode_tree(nodes)) == nodes
+
+
+def test_tree_extremes_round_trip() -> None:
+    nodes = [
+        Node(name=b"\xff\xfe not utf-8", kind=NodeKind.FILE, mtime_ns=-(2**63), ctime_ns=2**63 - 1,
+             size=2**64 - 1, xattrs=((b"user.k", b"\0" * 70000), (b"", b""))),
+        Node(name=b"\n", kind=NodeKind.SYMLINK, link_target=b"../../\xff" * 1000),
+        Node(name=b"\xe2\x82", kind=NodeKind.DIR, subtree=BlobId(bytes(32)), mode=0o7777),
+    ]  # fmt: skip
+    nodes.sort(key=lambda n: n.name)
+    assert decode_tree(encode_tree(nodes)) == nodes
+
+
+@given(index_packs(), st.lists(file_ids, max_size=3))
+def test_index_round_trip(packs: dict, supersedes: list) -> None:  # type: ignore[type-arg]
+    decoded = decode_index(encode_index(packs, supersedes))
+    assert decoded.supersedes == tuple(supersedes)
+    assert decoded.packs == packs
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from([Kind.DATA, Kind.TREE]), blob_ids, U32, U32), max_size=20)
+)
+def test_pack_header_round_trip(items: list[tuple[Kind, BlobId, int, int]]) -> None:
+    entries, offset = [], 0
+    for kind, blob_id, stored, raw in items:
+        entries.append(PackEntry(kind, blob_id, offset, stored, raw))
+        offset += stored
+    assert decode_header(encode_header(entries)) == entries
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([Kind.DATA, Kind.TREE]), st.binary(max_size=3000)), max_size=12),
+       st.integers(0, 3000))  # fmt: skip
+def test_full_pack_round_trip(blobs: list[tuple[Kind, bytes]], padding: int) -> None:
+    sealer, opener = Sealer(ROOT), Opener(ROOT)
+    writer = PackWriter()
+    expected = []
+    for i, (kind, data) in enumerate(blobs):
+        blob_id = BlobId(i.to_bytes(32, "big"))
+        writer.add(kind, blob_id, sealer.seal(kind, blob_id, codec.compress(data, 3)), len(data))
+        expected.append((kind, blob_id, data))
+    pack_id, raw, entries = writer.finish(sealer)
+    header_len, parsed = parse_pack_tail(opener, raw, len(raw))
+    assert parsed == entries
+    # A short tail asks for more, and read_header does the second ranged read.
+    backend = MemoryBackend()
+    backend.put("p", raw)
+    assert read_header(backend.get, "p", len(raw), opener) == entries
+    tail = raw[len(raw) - min(len(raw), 4 + padding % (header_len + 5)) :]
+    if len(tail) >= header_len + 4:
+        assert parse_pack_tail(opener, tail, len(raw))[1] == entries
+    else:
+        with pytest.raises(FormatError) as info:
+            parse_pack_tail(opener, tail, len(raw))
+        assert getattr(info.value, "need", None) == header_len + 4
+    for entry, (kind, blob_id, data) in zip(parsed, expected, strict=True):
+        envelope = raw[entry.offset : entry.offset + entry.stored_len]
+        assert entry.kind == kind and entry.id == blob_id and entry.raw_len == len(data)
+        assert codec.decompress(opener.open(kind, blob_id, envelope)) == data
+
+
+@given(
+    st.builds(ChunkerParams, min_size=st.integers(64, 1 << 20), avg_size=st.integers(256, 4 << 20),
+              max_size=st.integers((1 << 20) + 1, 16 << 20), normalization=st.integers(0, 3)),
+    st.integers(1 << 20, 512 << 20), st.sampled_from(["zstd", "none"]), st.integers(-5, 22),
+)  # fmt: skip
+def test_config_round_trip(
+    chunker: ChunkerParams, pack_size: int, compression: str, level: int
+) -> None:
+    config = RepoConfig(chunker=chunker, pack_size=pack_size, compression=compression,
+                        compression_level=level)  # fmt: skip
+    assert RepoConfig.decode(config.encode()) == config
+
+
+@given(snapshots)
+def test_snapshot_round_trip(snap: Snapshot) -> None:
+    decoded = Snapshot.decode(snap.encode(), "abc")
+    assert decoded == snap.with_id("abc")
+
+
+@given(
+    st.binary(max_size=5000) | st.binary(max_size=500).map(lambda b: b * 20),
+    st.sampled_from([None, 1, 3, 19]),
+)
+def test_codec_round_trip(data: bytes, level: int | None) -> None:
+    packed = codec.compress(data, level)
+    assert codec.decompress(packed) == data
+    assert len(packed) <= len(data) + 1  # never grows by more than the codec byte
+
+
+def test_codec_skips_incompressible_large_data() -> None:
+    data = os.urandom(300_000)
+    assert codec.compress(data, 3)[0] == codec.CODEC_RAW
+    assert codec.compress(bytes(300_000), 3)[0] == codec.CODEC_ZSTD
+
+
+@given(file_ids, U32, U32, U32, st.sampled_from([Kind.DATA, Kind.TREE]))
+def test_location_round_trip(pack: str, offset: int, stored: int, raw: int, kind: Kind) -> None:
+    loc = Location(pack, offset, stored, raw, kind)  # type: ignore[arg-type]
+    assert Location.decode(loc.encode()) == loc

@@ -1,0 +1,118 @@
+"""The LMDB index is only a cache of the repository's index files, and repairable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.index import cache_root
+from casbackup.repo.repository import Repository
+from casbackup.testing.fixtures import open_repo, run_cli
+from casbackup.verify.check import CheckOptions, check
+from casbackup.verify.repair import repair_index
+
+
+def fill(repo: Repository, batches: int = 3, per_batch: int = 40) -> dict[BlobId, bytes]:
+    """Several flushes: several index files, each naming its own packs."""
+    blobs = {}
+    for b in range(batches):
+        for i in range(per_batch):
+            data = os.urandom(20_000) + bytes([b, i])
+            blobs[repo.save_blob(Kind.DATA, data)[0]] = data
+        repo.flush()
+    return blobs
+
+
+def all_load(repo: Repository, blobs: dict[BlobId, bytes]) -> None:
+    for blob_id, data in blobs.items():
+        assert repo.has_blob(blob_id)
+        assert repo.load_blob(blob_id, Kind.DATA) == data
+
+
+def cache_dir(repo: Repository) -> str:
+    return os.path.join(cache_root(), repo.config.id, "index")
+
+
+def test_deleted_cache_dir_is_rebuilt_on_open(repo_path: str) -> None:
+    with open_repo(repo_path) as repo:
+        blobs = fill(repo)
+        path = cache_dir(repo)
+    shutil.rmtree(path)
+    with open_repo(repo_path) as repo:
+        all_load(repo, blobs)
+        assert repo.cache.count() == len(blobs)
+    assert os.path.isdir(path)
+
+
+def test_garbage_cache_dir_is_rebuilt(repo_path: str) -> None:
+    with open_repo(repo_path) as repo:
+        blobs = fill(repo, batches=1)
+        path = cache_dir(repo)
+    shutil.rmtree(path)
+    os.makedirs(path)
+    with open(os.path.join(path, "data.mdb"), "wb") as f:
+        f.write(b"not an lmdb file" * 100)
+    with open_repo(repo_path) as repo:
+        all_load(repo, blobs)
+
+
+def test_deleted_index_file_triggers_rebuild_and_repair_recovers(repo_path: str) -> None:
+    with open_repo(repo_path) as repo:
+        blobs = fill(repo)
+        files = repo.index_files()
+        lost = {bid for bid, _ in repo.load_index_file(files[0]).blobs()}
+    os.remove(os.path.join(repo_path, "index", files[0]))
+    with open_repo(repo_path) as repo:
+        # The cache held the vanished file's entries; it must not keep trusting them.
+        assert repo.cache.known_files() == set(files[1:])
+        assert not any(repo.has_blob(b) for b in lost)
+        assert repo.cache.count() == len(blobs) - len(lost)
+        result = repair_index(repo)
+        assert result.packs_from_headers >= 1 and not result.packs_unreadable
+        all_load(repo, blobs)
+        assert check(repo, CheckOptions(read_data=True)).warnings == []
+
+
+def test_damaged_index_file_is_reported_and_repaired(repo_path: str) -> None:
+    with open_repo(repo_path) as repo:
+        blobs = fill(repo)
+        victim = repo.index_files()[1]
+    name = os.path.join(repo_path, "index", victim)
+    data = bytearray(open(name, "rb").read())
+    data[40] ^= 0x10
+    with open(name, "wb") as f:
+        f.write(data)
+    shutil.rmtree(os.path.join(cache_root()))  # force a read of every index file
+    with open_repo(repo_path) as repo:
+        warnings = repo.sync_index(rebuild=True)
+        assert len(warnings) == 1 and victim[:12] in warnings[0] and "repair index" in warnings[0]
+        report = check(repo, CheckOptions())
+        assert any(victim[:12] in e for e in report.errors)
+        result = repair_index(repo)
+        assert result.damaged_index_files == [victim]
+        assert result.packs_from_headers >= 1
+        assert repo.index_files() == [result.new_index]
+        all_load(repo, blobs)
+        report = check(repo, CheckOptions(read_data=True))
+        assert report.errors == [] and report.warnings == []
+
+
+@pytest.mark.parametrize("read_all", [False, True])
+def test_repair_index_cli(repo_path: str, read_all: bool) -> None:
+    with open_repo(repo_path) as repo:
+        blobs = fill(repo, batches=2)
+        victim = repo.index_files()[0]
+    with open(os.path.join(repo_path, "index", victim), "r+b") as f:
+        f.truncate(30)
+    args = ["repair", "index"] + (["--read-all-packs"] if read_all else [])
+    res = run_cli(*args, repo=repo_path)
+    assert res.code == 0, res.err
+    assert "index rebuilt" in res.out and "Traceback" not in res.err
+    if not read_all:
+        assert f"index file {victim[:12]} was damaged" in res.err
+    with open_repo(repo_path) as repo:
+        all_load(repo, blobs)
+    assert run_cli("check", "--read-data", repo=repo_path).code == 0

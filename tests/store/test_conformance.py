@@ -1,0 +1,195 @@
+"""Every backend keeps the semantics written in casbackup/store/base.py."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from casbackup.errors import CasError, NotFound, StorageError
+from casbackup.store.base import Backend
+from casbackup.store.local import TMP_MARK, LocalBackend
+from casbackup.store.memory import MemoryBackend
+
+
+@pytest.fixture(params=["local", "memory"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    b: Backend = (
+        LocalBackend(str(tmp_path / "store")) if request.param == "local" else MemoryBackend()
+    )
+    yield b
+    b.close()
+
+
+def test_put_get_round_trip(backend: Backend) -> None:
+    backend.put("data/ab/abc", b"hello world")
+    backend.put("config", memoryview(b"cfg"))
+    assert backend.get("data/ab/abc") == b"hello world"
+    assert backend.get("config") == b"cfg"
+    backend.put("empty", b"")
+    assert backend.get("empty") == b""
+    assert backend.stat("empty") == 0
+
+
+def test_ranged_get(backend: Backend) -> None:
+    backend.put("obj", bytes(range(100)))
+    assert backend.get("obj", 10, 5) == bytes(range(10, 15))
+    assert backend.get("obj", 0, 100) == bytes(range(100))
+    assert backend.get("obj", 100, 0) == b""
+    assert backend.get("obj", 90) == bytes(range(90, 100))
+    # Twice through any handle cache, and again after the object is replaced.
+    assert backend.get("obj", 95, 5) == bytes(range(95, 100))
+    backend.put("obj", b"x" * 100)
+    assert backend.get("obj", 95, 5) == b"xxxxx"
+
+
+@pytest.mark.parametrize(("offset", "length"), [(96, 5), (100, 1), (200, 10), (0, 101)])
+def test_ranged_get_past_end_raises(backend: Backend, offset: int, length: int) -> None:
+    backend.put("obj", bytes(100))
+    with pytest.raises(StorageError, match="obj"):
+        backend.get("obj", offset, length)
+
+
+def test_missing_raises_not_found(backend: Backend) -> None:
+    for call in (
+        lambda: backend.get("nope"),
+        lambda: backend.get("nope", 0, 1),
+        lambda: backend.stat("nope"),
+        lambda: backend.delete("nope"),
+    ):
+        with pytest.raises(NotFound, match="nope"):
+            call()
+    assert not backend.exists("nope")
+
+
+def test_delete(backend: Backend) -> None:
+    backend.put("snapshots/a", b"1")
+    backend.get("snapshots/a", 0, 1)  # may leave a cached handle behind
+    backend.delete("snapshots/a")
+    assert not backend.exists("snapshots/a")
+    with pytest.raises(NotFound):
+        backend.get("snapshots/a", 0, 1)
+    with pytest.raises(NotFound):
+        backend.delete("snapshots/a")
+
+
+def test_list_by_prefix(backend: Backend) -> None:
+    objects = {"config": 3, "keys/k1": 4, "data/00/p1": 10, "data/01/p2": 20, "data/01/p3": 0,
+               "index/i1": 5, "snapshots/s1": 6}  # fmt: skip
+    for name, size in objects.items():
+        backend.put(name, b"z" * size)
+    assert dict(backend.list("")) == objects
+    assert dict(backend.list("data/")) == {
+        k: v for k, v in objects.items() if k.startswith("data/")
+    }
+    assert dict(backend.list("data/01/")) == {"data/01/p2": 20, "data/01/p3": 0}
+    assert dict(backend.list("data/01/p2")) == {"data/01/p2": 20}
+    assert dict(backend.list("snap")) == {"snapshots/s1": 6}
+    assert list(backend.list("locks/")) == []
+
+
+def test_stat_and_exists(backend: Backend) -> None:
+    backend.put("keys/k", b"12345")
+    assert backend.stat("keys/k") == 5
+    assert backend.exists("keys/k")
+    assert not backend.exists("keys/other")
+
+
+def test_put_replaces(backend: Backend) -> None:
+    backend.put("config", b"old contents that are long")
+    backend.put("config", b"new")
+    assert backend.get("config") == b"new"
+    assert backend.stat("config") == 3
+    assert dict(backend.list("config")) == {"config": 3}
+
+
+def test_errors_are_casbackups_own(backend: Backend) -> None:
+    with pytest.raises(CasError):
+        backend.get("missing")
+
+
+# ------------------------------------------------------------------ LocalBackend only
+def test_local_list_never_shows_temp_files(tmp_path: Path) -> None:
+    b = LocalBackend(str(tmp_path))
+    b.put("data/ab/real", b"1")
+    (tmp_path / "data" / "ab" / f"real{TMP_MARK}123456").write_bytes(b"partial")
+    (tmp_path / f"config{TMP_MARK}abc").write_bytes(b"partial")
+    assert dict(b.list("")) == {"data/ab/real": 1}
+    assert sorted(b.list_temp_files()) == sorted(
+        [f"data/ab/real{TMP_MARK}123456", f"config{TMP_MARK}abc"]
+    )
+
+
+def test_local_crash_before_rename_leaves_no_partial_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = LocalBackend(str(tmp_path))
+    b.put("config", b"old")
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(StorageError, match="writing data/ab/new"):
+        b.put("data/ab/new", b"new data")
+    with pytest.raises(StorageError):
+        b.put("config", b"new config")
+    monkeypatch.undo()
+    assert not b.exists("data/ab/new")
+    assert b.get("config") == b"old"
+    assert list(b.list_temp_files()) == []  # the failed put cleaned up after itself
+
+
+def test_local_process_death_mid_write_leaves_only_a_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A death between write and rename (simulated by an exception no handler catches)."""
+
+    class Death(BaseException):
+        pass
+
+    b = LocalBackend(str(tmp_path))
+    real_write = os.write
+
+    def die_halfway(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise Death
+
+    monkeypatch.setattr(os, "write", die_halfway)
+    with pytest.raises(Death):
+        b.put("data/cd/pack", b"x" * 1000)
+    monkeypatch.undo()
+    assert not b.exists("data/cd/pack")
+    assert list(b.list("")) == []
+    assert len(list(b.list_temp_files())) == 1
+
+
+@pytest.mark.parametrize(("code", "text"), [(errno.ENOSPC, "no space left on device"),
+                                            (errno.EACCES, "permission denied"),
+                                            (errno.EROFS, "read-only file system")])  # fmt: skip
+def test_local_os_errors_become_one_line_storage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, text: str
+) -> None:
+    b = LocalBackend(str(tmp_path))
+
+    def fail(fd: int, data: bytes) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "write", fail)
+    with pytest.raises(StorageError) as info:
+        b.put("data/ef/pack", b"x" * 10)
+    monkeypatch.undo()
+    assert str(info.value) == f"writing data/ef/pack: {text}"
+    assert "\n" not in str(info.value)
+    assert list(b.list_temp_files()) == []
+
+
+def test_local_refuses_names_that_escape(tmp_path: Path) -> None:
+    b = LocalBackend(str(tmp_path / "repo"))
+    for name in ("../outside", "/etc/passwd", "data/../../x"):
+        with pytest.raises(StorageError, match="invalid object name"):
+            b.put(name, b"x")
+    assert sorted(os.listdir(tmp_path)) == []
