@@ -1,0 +1,140 @@
+"""Find which snapshots hold paths matching a pattern, reading only trees (never file data).
+
+Consecutive snapshots share most of their subtrees (same tree id = same contents), so the
+matches found below a subtree are remembered and reused instead of walking it again. A
+pattern with a ``/`` depends on where the subtree sits, so there the memo key includes
+the subtree's path; a basename pattern's matches depend on the tree alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from casbackup.archiver.excludes import Excluder
+from casbackup.errors import CasError, NotFound, UsageError
+from casbackup.repo.ids import BlobId
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.tree import Node, NodeKind
+
+# Remembered subtrees; beyond this the oldest are forgotten (walked again if met again).
+MEMO_ENTRIES = 200_000
+
+
+@dataclass(frozen=True)
+class FindOptions:
+    pattern: str
+    app: str | None = None
+    path: str = "/"  # search only below this absolute path of each snapshot
+    newest: int | None = None  # only the N most recent snapshots (after the app filter)
+
+
+@dataclass(frozen=True)
+class Match:
+    snapshot: Snapshot
+    path: bytes
+    node: Node
+
+
+@dataclass
+class FindStats:
+    snapshots: int = 0
+    trees_walked: int = 0
+    trees_reused: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+# One tree's relevant entries, in name order: (node, matched, what matched below it). Results
+# nest (not keys into the memo), so forgetting a memo entry never breaks a result in use.
+_Result = tuple[tuple[Node, bool, "_Result | None"], ...]
+
+
+class Finder:
+    def __init__(self, repo: Repository, options: FindOptions) -> None:
+        pattern = options.pattern.strip()
+        if not pattern or pattern.startswith("!"):
+            raise UsageError("give a pattern to look for (a name like '*.conf' or a path)")
+        self.repo = repo
+        self.options = options
+        self._excluder = Excluder([pattern])
+        self._path_dependent = "/" in pattern.rstrip("/")
+        self._memo: OrderedDict[object, _Result] = OrderedDict()
+        self.stats = FindStats()
+
+    def snapshots(self) -> list[Snapshot]:
+        snaps = self.repo.list_snapshots(warnings=self.stats.warnings)
+        if self.options.app is not None:
+            snaps = [s for s in snaps if s.app == self.options.app]
+        if self.options.newest is not None:
+            snaps = snaps[-self.options.newest :] if self.options.newest > 0 else []
+        return snaps
+
+    def run(self) -> Iterator[Match]:
+        """Matches, snapshot by snapshot (oldest first), in path order within each."""
+        base = os.fsencode(self.options.path.rstrip("/"))
+        for snap in self.snapshots():
+            self.stats.snapshots += 1
+            try:
+                node = self.repo.find_node(snap.root, self.options.path)
+            except NotFound:
+                continue  # this snapshot does not have the folder asked about
+            except CasError as exc:
+                self.stats.warnings.append(f"snapshot {snap.short_id}: {exc}")
+                continue
+            if node is not None:
+                if self._excluder.excluded(os.fsdecode(base)):
+                    yield Match(snap, base, node)
+                if node.kind != NodeKind.DIR or node.subtree is None:
+                    continue
+                tree = node.subtree
+            else:
+                tree = snap.root
+            result = self._search(tree, base, snap)
+            if result is not None:
+                for path, found in _expand(result, base):
+                    yield Match(snap, path, found)
+
+    def _key(self, tree: BlobId, prefix: bytes) -> object:
+        return (tree, prefix) if self._path_dependent else tree
+
+    def _search(self, tree: BlobId, prefix: bytes, snap: Snapshot) -> _Result | None:
+        """What matches in one tree and below; None when nothing does."""
+        key = (tree, prefix) if self._path_dependent else tree
+        known = self._memo.get(key)
+        if known is not None:
+            self._memo.move_to_end(key)
+            self.stats.trees_reused += 1
+            return known or None
+        try:
+            nodes = self.repo.load_tree(tree)
+        except CasError as exc:
+            shown = os.fsdecode(prefix) or "/"
+            self.stats.warnings.append(f"snapshot {snap.short_id}: {shown}: {exc}")
+            return None  # not memoised: the message names the snapshot it was met in
+        self.stats.trees_walked += 1
+        items = []
+        for node in nodes:
+            path = prefix + b"/" + node.name
+            matched = self._excluder.excluded(os.fsdecode(path))
+            child = None
+            if node.kind == NodeKind.DIR and node.subtree is not None:
+                child = self._search(node.subtree, path, snap)
+            if matched or child is not None:
+                items.append((node, matched, child))
+        result: _Result = tuple(items)
+        self._memo[key] = result
+        if len(self._memo) > MEMO_ENTRIES:
+            self._memo.popitem(last=False)
+        return result or None
+
+
+def _expand(result: _Result, prefix: bytes) -> Iterator[tuple[bytes, Node]]:
+    for node, matched, child in result:
+        path = prefix + b"/" + node.name
+        if matched:
+            yield path, node
+        if child is not None:
+            yield from _expand(child, path)

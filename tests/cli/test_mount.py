@@ -1,0 +1,256 @@
+"""`casbackup mount` through a real FUSE mount in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from casbackup.archiver.backup import BackupOptions, run_backup
+from casbackup.repo.pack import pack_name
+from casbackup.repo.snapshot import Snapshot
+from casbackup.testing.fixtures import make_repo, run_cli
+from casbackup.vfs import Vfs, snapshot_folder
+from tests.test_vfs import flip_byte, make_source
+
+
+def _fuse_missing() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt-get install fuse3)"
+    probe = subprocess.run(
+        [sys.executable, "-c", "from casbackup.vfs.fuse import check_fuse; check_fuse()"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        return probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "binding missing"
+    return None
+
+
+@pytest.fixture(scope="module")
+def fuse() -> None:
+    reason = _fuse_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"FUSE is required under CI: {reason}")
+    pytest.skip(f"FUSE is not available: {reason}")
+
+
+@contextmanager
+def mounted(repo: str, mountpoint: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    cmd = [sys.executable, "-m", "casbackup.cli.main", "-r", repo, "mount", str(mountpoint), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mountpoint):
+            if proc.poll() is not None:
+                pytest.fail(f"mount exited with {proc.returncode}: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                pytest.fail("the mount did not appear within 30 s")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+
+
+def unmount(proc: subprocess.Popen[bytes], mountpoint: Path) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
+    assert not os.path.ismount(mountpoint)
+    return err.decode()
+
+
+def snap_backup(repo, src: Path, app: str | None) -> Snapshot:  # type: ignore[no-untyped-def]
+    result = run_backup(repo, BackupOptions(paths=(str(src),), app=app, type="incremental"))
+    assert result.snapshot is not None
+    return result.snapshot
+
+
+def assert_same(expected: Path, actual: Path, *, check_inodes: bool = True) -> int:
+    """Every entry below ``expected`` exists below ``actual`` with the same metadata and bytes."""
+    compared = 0
+    links: dict[int, int] = {}  # inode in expected -> inode in actual
+    for dirpath, dirnames, filenames in os.walk(expected):
+        rel = Path(dirpath).relative_to(expected)
+        got = sorted(os.listdir(actual / rel))
+        assert got == sorted(dirnames + filenames), rel
+        for name in dirnames + filenames:
+            e, a = os.lstat(Path(dirpath) / name), os.lstat(actual / rel / name)
+            what = rel / name
+            assert stat.S_IFMT(e.st_mode) == stat.S_IFMT(a.st_mode), what
+            assert stat.S_IMODE(e.st_mode) == stat.S_IMODE(a.st_mode), what
+            assert (e.st_uid, e.st_gid) == (a.st_uid, a.st_gid), what
+            if stat.S_ISDIR(e.st_mode):
+                continue
+            assert e.st_mtime_ns == a.st_mtime_ns, what
+            assert (e.st_size, e.st_nlink) == (a.st_size, a.st_nlink), what
+            if stat.S_ISLNK(e.st_mode):
+                assert os.readlink(Path(dirpath) / name) == os.readlink(actual / rel / name)
+            if stat.S_ISREG(e.st_mode):
+                assert (Path(dirpath) / name).read_bytes() == (actual / rel / name).read_bytes()
+                if e.st_nlink > 1 and check_inodes:
+                    assert links.setdefault(e.st_ino, a.st_ino) == a.st_ino, f"{what}: hard link"
+            compared += 1
+    return compared
+
+
+def test_mount_shows_every_snapshot_faithfully(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    repo_path = str(tmp_path / "repo")
+    repo = make_repo(repo_path)
+    web, db, loose = tmp_path / "web", tmp_path / "db", tmp_path / "loose"
+    for i, src in enumerate((web, db, loose)):
+        src.mkdir()
+        make_source(src, seed=i)
+    expected: dict[str, tuple[Path, Path]] = {}  # mount folder -> (copy of the source, source)
+
+    def keep(app: str, snap: Snapshot, src: Path) -> None:
+        copy = tmp_path / f"expected-{snap.short_id}"
+        subprocess.run(["cp", "-a", str(src), str(copy)], check=True)
+        expected[f"{app}/{snapshot_folder(snap)}"] = (copy, src)
+
+    keep("web", snap_backup(repo, web, "web"), web)
+    keep("db", snap_backup(repo, db, "db"), db)
+    (web / "etc/new").write_bytes(b"listen = 9090\n")
+    os.replace(web / "etc/new", web / "etc/app.conf")
+    (web / "added.txt").write_bytes(b"added later\n" * 5000)
+    keep("web", snap_backup(repo, web, "web"), web)
+    loose_snap = snap_backup(repo, loose, None)
+    keep(loose_snap.host, loose_snap, loose)
+    repo.close()
+
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(repo_path, mp) as proc:
+        assert sorted(os.listdir(mp)) == sorted({key.split("/")[0] for key in expected})
+        compared = 0
+        for folder, (copy, src) in expected.items():
+            root = mp / folder / str(src).lstrip("/")
+            compared += assert_same(copy, root)
+        assert compared > 30
+        assert os.readlink(mp / "web/latest") == list(expected)[2].split("/")[1]
+
+        # Reads at random offsets, several files open at once.
+        big = mp / "web/latest" / str(web).lstrip("/") / "big.bin"
+        data = (web / "big.bin").read_bytes()
+        rng = random.Random(3)
+        fd = os.open(big, os.O_RDONLY)
+        try:
+            for _ in range(200):
+                off = rng.randrange(len(data))
+                n = rng.choice([1, 777, 4096, 70_000, 200_000])
+                assert os.pread(fd, n, off) == data[off : off + n]
+        finally:
+            os.close(fd)
+
+        # Writes are refused: the mount is read-only.
+        with pytest.raises(OSError) as info:
+            (mp / "web/latest" / str(web).lstrip("/") / "x").write_bytes(b"x")
+        assert info.value.errno == errno.EROFS
+
+        # cp -a out of the mount gives a faithful copy, hard links included.
+        out = tmp_path / "out"
+        subprocess.run(["cp", "-a", str(mp / "web/latest" / str(web).lstrip("/")), str(out)],
+                       check=True)  # fmt: skip
+        assert assert_same(web, out, check_inodes=False) > 5
+        assert_same(out, web, check_inodes=False)
+        first_web = expected[list(expected)[0]][0]
+        out_first = tmp_path / "out-first"
+        subprocess.run(["cp", "-a", str(mp / list(expected)[0] / str(web).lstrip("/")), str(out_first)],
+                       check=True)  # fmt: skip
+        assert assert_same(first_web, out_first) > 5
+        hard = os.stat(out_first / "etc/app.conf"), os.stat(out_first / "etc/app.conf.hard")
+        assert hard[0].st_ino == hard[1].st_ino
+        err = unmount(proc, mp)
+    assert "mounted at" in err and "unmounted" in err and "Traceback" not in err
+
+
+def test_damaged_chunk_gives_eio_and_is_logged(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    repo_path = str(tmp_path / "repo")
+    repo = make_repo(repo_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    files = make_source(src)
+    snap_backup(repo, src, "web")
+    vfs = Vfs(repo)
+    path = "/web/latest" + str(src / "big.bin")
+    node = vfs.lookup(path).node
+    offsets = vfs._chunk_offsets(vfs.lookup(path))
+    loc = repo.locate(node.content[4])
+    flip_byte(Path(repo_path), pack_name(loc.pack), loc.offset + loc.stored_len // 2)
+    repo.close()
+
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(repo_path, mp) as proc:
+        big = mp / "web/latest" / str(src / "big.bin").lstrip("/")
+        fd = os.open(big, os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as info:
+                os.pread(fd, 100, offsets[4] + 10)
+            assert info.value.errno == errno.EIO
+            assert os.pread(fd, 100, 0) == files["big.bin"][:100]  # the same file, a good chunk
+        finally:
+            os.close(fd)
+        leaf = mp / "web/latest" / str(src / "deep/a/b/c/leaf.txt").lstrip("/")
+        assert leaf.read_bytes() == files["deep/a/b/c/leaf.txt"]  # the mount still serves
+        assert len(os.listdir(big.parent)) == len(os.listdir(src))
+        err = unmount(proc, mp)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines and all("big.bin" in line for line in lines), err
+    assert "Traceback" not in err
+
+
+def test_app_filter(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    repo_path = str(tmp_path / "repo")
+    repo = make_repo(repo_path)
+    for app in ("web", "db"):
+        src = tmp_path / app
+        src.mkdir()
+        (src / "f").write_bytes(app.encode())
+        snap_backup(repo, src, app)
+    repo.close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(repo_path, mp, "--app", "db") as proc:
+        assert os.listdir(mp) == ["db"]
+        assert (mp / "db/latest" / str(tmp_path / "db/f").lstrip("/")).read_bytes() == b"db"
+        unmount(proc, mp)
+
+
+def test_clear_errors(tmp_path: Path, repo_path: str) -> None:
+    result = run_cli("mount", str(tmp_path / "missing"), repo=repo_path)
+    assert result.code == 32
+    assert (
+        result.err.strip() == f"error: mount point {tmp_path / 'missing'} is not an existing folder"
+    )
+    (tmp_path / "mp").mkdir()
+    no_fuse = {"PATH": str(tmp_path / "empty-bin")}
+    result = run_cli("mount", str(tmp_path / "mp"), repo=repo_path, env=no_fuse)
+    assert result.code == 32
+    assert (
+        result.err.strip()
+        == ("error: FUSE is not available: fusermount3 is not installed (install fuse3)")
+        or "/dev/fuse" in result.err
+    )
