@@ -291,6 +291,8 @@ class Backup:
                 )
                 if isinstance(node, Future):
                     self._finish_dirs(keep=0)
+                    if self._pending_dirs:  # an invariant, checked so a bug fails, never hangs
+                        raise RuntimeError("internal error: a folder was left unfinished")
                     node = node.result()
                 if node is not None:
                     nodes.append(node)

@@ -202,12 +202,21 @@ class Restorer:
             my_fd()
         assert node.subtree is not None
         try:
-            for child in self.repo.load_tree(node.subtree):
+            children = self.repo.load_tree(node.subtree)
+        except CasError as exc:
+            # A damaged listing loses this folder only; the rest of the snapshot is restored.
+            self._fail(rel_path, f"directory listing unreadable: {exc}")
+            children = []
+        try:
+            for child in children:
                 self._restore_node(
                     child, snap_path, rel_path, my_fd, forced=take and bool(self.includer)
                 )
-        except CasError as exc:
-            self._fail(rel_path, f"directory listing unreadable: {exc}")
+        except BaseException:
+            # Refusing to clobber or to follow a symlink stops the whole restore: no fd leaks.
+            if "fd" in state:
+                os.close(state.pop("fd"))
+            raise
         if "fd" in state:
             fd = state["fd"]
             self._drain(all_done=False)
@@ -367,7 +376,6 @@ class Restorer:
     def _fail(self, rel_path: bytes, message: str) -> None:
         with self._lock:
             self.result.errors.append(f"{os.fsdecode(rel_path)}: {message}")
-        self.reporter.warning(f"{os.fsdecode(rel_path)}: {message}")
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()

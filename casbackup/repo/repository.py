@@ -54,6 +54,7 @@ from casbackup.store.base import Backend
 # Flush a partial index during long backups so an interrupted run keeps its work (restic: 50k/10 min).
 INDEX_FLUSH_BLOBS = 50_000
 INDEX_FLUSH_SECONDS = 60
+INDEX_FLUSH_PACKS = 8  # also every 8 packs (128 MiB by default): a kill loses little work
 
 
 class Repository:
@@ -321,6 +322,7 @@ class Repository:
             self._pending_packs[pack_id] = located
             due = (
                 len(self._pending) >= INDEX_FLUSH_BLOBS
+                or len(self._pending_packs) >= INDEX_FLUSH_PACKS
                 or time.monotonic() - self._last_index_flush > INDEX_FLUSH_SECONDS
             )
         if due:

@@ -1,0 +1,145 @@
+"""A source tree with every awkward thing a file system can hold, and a way to compare two trees.
+
+Shared by the library round trip (tests/archiver) and the CLI round trip (tests/cli).
+Paths are bytes throughout so that non-UTF-8 names survive.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+
+SPARSE_SIZE = 50 * 1024 * 1024 + 5
+BIG_SIZE = 20 * 1024 * 1024
+DEEP_LEVELS = 100
+# Fixed timestamps with nanosecond parts that no file system rounds to by accident.
+MTIME_NS = 1_600_000_000_123_456_789
+
+
+def make_nasty_tree(root: bytes, *, big_size: int = BIG_SIZE, owners: bool = True) -> None:
+    """Fill ``root`` (which must exist) with the tree the round-trip tests restore."""
+    j = lambda *parts: os.path.join(root, *parts)  # noqa: E731
+    os.makedirs(j(b"empty dir"))
+    os.makedirs(j(b"sub", b"inner"))
+    os.makedirs(j(b"links-a"))
+    os.makedirs(j(b"links-b", b"deeper"))
+    _write(j("ünïcødé – файл 文件.txt".encode()), "grüße\n".encode() * 10)
+    _write(j(b"with spaces and  double  spaces"), b"spaces\n")
+    _write(j(b"new\nline"), b"a newline in the name\n")
+    _write(j(b"latin1-\xe9\xff\xfe"), b"not UTF-8\n")
+    _write(j(b"empty"), b"")
+    _write(j(b"sub", b"inner", b"small.bin"), os.urandom(3000))
+    rng = random.Random(42)
+    _write(j(b"big.bin"), rng.randbytes(big_size))
+    _write(j(b"compressible.txt"), b"the same line again and again\n" * 200_000)
+    with open(j(b"sparse.img"), "wb") as f:
+        f.seek(SPARSE_SIZE - 5)
+        f.write(b"tail!")
+    os.mkfifo(j(b"a fifo"))
+    # Symlinks: to a file, dangling, to a directory, absolute, with an odd target.
+    os.symlink(b"compressible.txt", j(b"link-to-file"))
+    os.symlink(b"does/not/exist", j(b"dangling"))
+    os.symlink(b"sub/inner", j(b"link-to-dir"))
+    os.symlink(b"/etc/passwd", j(b"absolute-link"))
+    os.symlink(b"latin1-\xe9\xff\xfe", j(b"link-non-utf8"))
+    # Three names for one inode, in three folders.
+    _write(j(b"links-a", b"one"), b"hard-linked content\n" * 100)
+    os.link(j(b"links-a", b"one"), j(b"links-b", b"two"))
+    os.link(j(b"links-a", b"one"), j(b"links-b", b"deeper", b"three"))
+    # Deep nesting.
+    deep = j(b"deep")
+    for level in range(DEEP_LEVELS):
+        deep = os.path.join(deep, b"d%03d" % level)
+    os.makedirs(deep)
+    _write(os.path.join(deep, b"bottom.txt"), b"the bottom\n")
+    # Modes: setuid, setgid, sticky, nothing at all.
+    modes = {b"setuid": 0o4755, b"setgid": 0o2750, b"no-perms": 0o000, b"odd": 0o641}
+    for name, mode in modes.items():
+        _write(j(name), name + b"\n")
+        os.chmod(j(name), mode)
+    os.makedirs(j(b"sticky"))
+    os.chmod(j(b"sticky"), 0o1777)
+    os.makedirs(j(b"setgid-dir"))
+    os.chmod(j(b"setgid-dir"), 0o2775)
+    if owners and os.geteuid() == 0:
+        os.chown(j(b"odd"), 1234, 5678)
+        os.chown(j(b"setgid-dir"), 4321, 8765)
+        os.chown(j(b"dangling"), 2222, 3333, follow_symlinks=False)
+    # Nanosecond mtimes on everything, children before their folders (creating a child
+    # changes its folder's mtime).
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for offset, name in enumerate(sorted(filenames + dirnames)):
+            os.utime(
+                os.path.join(dirpath, name),
+                ns=(MTIME_NS, MTIME_NS + offset * 1_000_003),
+                follow_symlinks=False,
+            )
+        os.utime(dirpath, ns=(MTIME_NS, MTIME_NS + 777_777_777))
+
+
+def _write(path: bytes, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def describe_tree(root: bytes, *, owners: bool = True) -> dict[bytes, tuple[object, ...]]:
+    """Everything restore must reproduce, per relative path (root itself excluded)."""
+    result: dict[bytes, tuple[object, ...]] = {}
+    inode_groups: dict[int, list[bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            kind = stat.S_IFMT(st.st_mode)
+            entry: list[object] = [kind, stat.S_IMODE(st.st_mode), st.st_mtime_ns]
+            if owners:
+                entry += [st.st_uid, st.st_gid]
+            if stat.S_ISREG(kind):
+                entry += [st.st_size, _digest(path)]
+                if st.st_nlink > 1:
+                    inode_groups.setdefault(st.st_ino, []).append(rel)
+            elif stat.S_ISLNK(kind):
+                entry.append(os.readlink(path))
+            result[rel] = tuple(entry)
+    # Hard links: which names share an inode (inode numbers themselves differ after restore).
+    for names in inode_groups.values():
+        group = tuple(sorted(names))
+        for name in names:
+            result[name] = (*result[name], ("linked", group))
+    return result
+
+
+def _digest(path: bytes) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def assert_same_tree(
+    expected: bytes, actual: bytes, *, owners: bool = True, root_meta: bool = True
+) -> None:
+    want = describe_tree(expected, owners=owners)
+    got = describe_tree(actual, owners=owners)
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    assert not missing and not extra, f"missing {missing[:5]}, extra {extra[:5]}"
+    diffs = [(p, want[p], got[p]) for p in sorted(want) if want[p] != got[p]]
+    assert not diffs, f"{len(diffs)} entries differ, first: {diffs[:3]}"
+    if not root_meta:
+        return  # restoring a folder's contents into a target leaves the target's own metadata
+    # The folder itself: its mode and mtime are restored too.
+    a, b = os.lstat(expected), os.lstat(actual)
+    assert (stat.S_IMODE(a.st_mode), a.st_mtime_ns) == (stat.S_IMODE(b.st_mode), b.st_mtime_ns)
+
+
+def assert_sparse(path: bytes) -> None:
+    st = os.stat(path)
+    assert st.st_size == SPARSE_SIZE
+    # Holes are kept per chunk: the chunk holding the data also holds some zeros.
+    assert st.st_blocks * 512 < SPARSE_SIZE / 10, f"sparse file takes {st.st_blocks * 512} bytes"
