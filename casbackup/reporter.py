@@ -5,6 +5,7 @@ The CLI renders it as a progress bar or JSON lines; the web service as job progr
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 
@@ -33,3 +34,19 @@ class Reporter:
 
 
 NULL_REPORTER = Reporter()
+
+
+class Throttle:
+    """Passes progress to a reporter at most a few times per second (hot loops call it freely)."""
+
+    def __init__(self, reporter: Reporter, progress: Progress, interval: float = 0.25) -> None:
+        self.reporter = reporter
+        self.progress = progress
+        self.interval = interval
+        self._last = 0.0
+
+    def __call__(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last > self.interval:
+            self._last = now
+            self.reporter.progress(self.progress)

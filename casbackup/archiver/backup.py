@@ -38,7 +38,7 @@ from casbackup.repo.ids import BlobId, Kind
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import BACKUP_TYPES, DatabaseRecord, Snapshot, Summary, now_utc
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
 
 RACE_MARGIN_NS = 2_000_000_000  # coarse file systems store times in 1-2 s steps
 MAX_RECORDED_ERRORS = 1000
@@ -142,7 +142,7 @@ class Backup:
         self.counters = _Counters()
         self.warnings: list[str] = []
         self._progress = Progress(phase="backup")
-        self._last_report = 0.0
+        self._report_progress = Throttle(reporter, self._progress)
         self._count_lock = threading.Lock()
         self._pending_dirs: deque[tuple[Future[Node | None], bytes, os.stat_result, list[Any]]] = (
             deque()
@@ -185,7 +185,7 @@ class Backup:
         self._pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="backup")
         try:
             root = self._archive_roots(paths, reference, db_records)
-            self._report(force=True)
+            self._report_progress(force=True)
         except KeyboardInterrupt:
             self._cancelled.set()
             self._shutdown()
@@ -504,7 +504,7 @@ class Backup:
             return None
         self._count_file(node, ref)
         self._progress.files_done += 1
-        self._report()
+        self._report_progress()
         return node
 
     def _count_file(self, node: Node, ref: Node | None) -> None:
@@ -617,12 +617,6 @@ class Backup:
             self.warnings.append(message)
         self._progress.errors += 1
         self.reporter.warning(message)
-
-    def _report(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_report > 0.25:
-            self._last_report = now
-            self.reporter.progress(self._progress)
 
 
 def _chain(

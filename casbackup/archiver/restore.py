@@ -17,7 +17,6 @@ import errno
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from casbackup.repo.ids import BlobId, Kind
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
 
 _ZERO = bytes(16 * 1024 * 1024)
 
@@ -76,7 +75,7 @@ class Restorer:
         self._lock = threading.Lock()
         self._hardlinks: dict[tuple[int, int], bytes] = {}  # key -> path relative to the target
         self._progress = Progress(phase="restore")
-        self._last = 0.0
+        self._report_progress = Throttle(reporter, self._progress)
         self._slots = threading.BoundedSemaphore(max(4, options.workers * 4))
         self._futures: list[Future[None]] = []
 
@@ -107,7 +106,7 @@ class Restorer:
         finally:
             pool.shutdown(wait=True)
             os.close(root_fd)
-        self._report(force=True)
+        self._report_progress(force=True)
         return self.result
 
     # ------------------------------------------------------------------ filters
@@ -322,7 +321,7 @@ class Restorer:
                 self.result.files += 1
                 self.result.bytes += offset
             self._progress.files_done += 1
-            self._report()
+            self._report_progress()
         except CasError as exc:
             self._fail(rel_path, str(exc))
         except OSError as exc:
@@ -376,12 +375,6 @@ class Restorer:
     def _fail(self, rel_path: bytes, message: str) -> None:
         with self._lock:
             self.result.errors.append(f"{os.fsdecode(rel_path)}: {message}")
-
-    def _report(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last > 0.25:
-            self._last = now
-            self.reporter.progress(self._progress)
 
 
 def restore(

@@ -12,7 +12,6 @@ the repository, this checks the bytes that reached the disk, which is what a rec
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,19 +20,9 @@ import blake3
 from casbackup.errors import CasError
 from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
-from casbackup.repo.tree import Node, NodeKind
+from casbackup.repo.tree import Node, NodeKind, kind_of_mode
 
 READ_SIZE = 1 << 20
-
-_KIND_OF_MODE = {
-    stat.S_IFREG: NodeKind.FILE,
-    stat.S_IFDIR: NodeKind.DIR,
-    stat.S_IFLNK: NodeKind.SYMLINK,
-    stat.S_IFIFO: NodeKind.FIFO,
-    stat.S_IFCHR: NodeKind.CHARDEV,
-    stat.S_IFBLK: NodeKind.BLOCKDEV,
-    stat.S_IFSOCK: NodeKind.SOCKET,
-}
 
 
 @dataclass
@@ -120,7 +109,7 @@ def _compare_node(
             return
         out.fail(shown, "is missing after restore")
         return
-    kind = _KIND_OF_MODE.get(stat.S_IFMT(st.st_mode))
+    kind = kind_of_mode(st.st_mode)
     if kind != node.kind:
         found = kind.name.lower() if kind else "unknown"
         out.fail(shown, f"restored as a {found}, the snapshot has a {node.kind.name.lower()}")
