@@ -151,7 +151,8 @@ def test_deleted_pack_is_found_without_read_data_and_repaired(setup, tmp_path) -
 def test_damaged_index_file_is_reported_and_repaired(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
     repo, src, snap = setup
     index_dir = Path(repo) / "index"
-    (victim,) = list(index_dir.iterdir())
+    # A backup may write several index files (one every few packs): damage one of them.
+    victim = sorted(index_dir.iterdir())[0]
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
