@@ -181,6 +181,11 @@ class Backup:
         self._reference = reference
         self._reuse = reuse
         self._reuse_start_ns = reuse.start_ns if reuse else 0
+        if reference is not None:
+            # The previous snapshot's size is a good estimate of this one's: it gives the
+            # progress line an ETA without a separate scan of the sources.
+            self._progress.files_total = reference.summary.files_total
+            self._progress.bytes_total = reference.summary.bytes_total
         db_records: list[DatabaseRecord] = []
         self._pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="backup")
         try:
@@ -446,6 +451,7 @@ class Backup:
                 self.counters.files_total += 1
                 self.counters.bytes_total += st.st_size
             self._progress.files_done += 1
+            self._progress.bytes_done += st.st_size  # processed, though not read
             return replace(meta, content=reuse.content, content_hash=reuse.content_hash)
         key = meta.hardlink_key
         if key is not None:

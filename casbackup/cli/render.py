@@ -56,7 +56,7 @@ class CliReporter(Reporter):
             return
         rate = progress.bytes_done / elapsed
         text = f"[{elapsed:6.1f}s] {progress.phase}: {progress.files_done} files, {human_bytes(progress.bytes_done)}"
-        if progress.bytes_total:
+        if progress.bytes_total and progress.bytes_done <= progress.bytes_total:
             pct = 100.0 * progress.bytes_done / max(progress.bytes_total, 1)
             left = (progress.bytes_total - progress.bytes_done) / rate if rate > 0 else 0
             text += f" / {human_bytes(progress.bytes_total)} ({pct:.0f}%, ETA {left:.0f}s)"

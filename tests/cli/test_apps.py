@@ -230,3 +230,41 @@ def test_db_restore_url_forms() -> None:
     ]:
         with pytest.raises(UsageError, match=text):
             _target_spec(url, base, "main", "postgresql")
+
+
+def test_auto_verify_after_backup(site: Path) -> None:
+    """--auto-verify proves the new snapshot restorable and records it; a flag overrides the config."""
+    out = cli(site, "backup", "--app", "notes", "--auto-verify")
+    assert out.code == 0, out.err
+    assert "verified OK" in out.out
+    snaps = json.loads(cli(site, "--json", "snapshots").out)
+    assert snaps[-1]["verification"]["ok"] is True
+    rows = {r["name"]: r for r in json.loads(cli(site, "--json", "apps").out)}
+    assert rows["notes"]["verification"] not in ("unknown", "not verified", None)
+
+    # Config asks for it: auto_verify on the application.
+    config = (site / "casbackup.toml").read_text()
+    (site / "casbackup.toml").write_text(
+        config.replace(
+            'required_files = ["main.py"]', 'required_files = ["main.py"]\nauto_verify = true'
+        )
+    )
+    out = cli(site, "backup", "--app", "notes")
+    assert out.code == 0 and "verified OK" in out.out, out.err
+    out = cli(site, "backup", "--app", "notes", "--no-auto-verify")
+    assert out.code == 0 and "verified" not in out.out, out.err
+    snaps = json.loads(cli(site, "--json", "snapshots").out)
+    assert [s["verification"] is not None for s in snaps] == [True, True, False]
+
+
+def test_auto_verify_failure_exits_28(site: Path) -> None:
+    """A required key file missing from the snapshot fails the automatic verification loudly."""
+    config = (site / "casbackup.toml").read_text()
+    (site / "casbackup.toml").write_text(
+        config.replace('["main.py"]', '["main.py", "missing.conf"]')
+    )
+    out = cli(site, "backup", "--app", "notes", "--auto-verify")
+    assert out.code == 28, out.out + out.err
+    assert "missing.conf" in out.err and "Traceback" not in out.err
+    snaps = json.loads(cli(site, "--json", "snapshots").out)
+    assert len(snaps) == 1 and snaps[0]["verification"]["ok"] is False  # saved, and marked failed
