@@ -8,6 +8,7 @@ import click
 
 from casbackup import __version__
 from casbackup.cli.context import GlobalOptions
+from casbackup.cli.memory import tune_allocator
 from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, CasError
 
 
@@ -100,6 +101,7 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_allocator()
     argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     try:
         code = cli.main(args=argv, prog_name="casbackup", standalone_mode=False)
