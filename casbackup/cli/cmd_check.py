@@ -91,14 +91,15 @@ def check(
 
 
 def parse_seconds(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|min|h|d)?\s*", text)
+    # "m" is minutes here, as restic and borg users type it: a check lasting months is no use.
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*", text)
     if not m or float(m.group(1)) <= 0:
         raise click.BadParameter(
-            f"{text!r}: use seconds or a number with s, min, h or d (e.g. 30min)"
+            f"{text!r}: use seconds or a number with s, m/min, h or d (e.g. 30m)"
         )
     return (
         float(m.group(1))
-        * {None: 1, "s": 1, "sec": 1, "min": 60, "h": 3600, "d": 86400}[m.group(2)]
+        * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[m.group(2)]
     )
 
 
