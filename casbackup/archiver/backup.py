@@ -17,13 +17,15 @@ from __future__ import annotations
 import errno
 import getpass
 import os
+import signal
 import socket
 import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -189,7 +191,10 @@ class Backup:
         db_records: list[DatabaseRecord] = []
         self._pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="backup")
         try:
-            root = self._archive_roots(paths, reference, db_records)
+            with self._deferred_sigint():
+                root = self._archive_roots(paths, reference, db_records)
+                if self._cancelled.is_set():  # files skipped after the request: no snapshot
+                    raise KeyboardInterrupt
             self._report_progress(force=True)
         except KeyboardInterrupt:
             self._cancelled.set()
@@ -230,6 +235,29 @@ class Backup:
             return BackupResult(None, reference, self.warnings, notes)
         saved = self.repo.save_snapshot(snap)
         return BackupResult(saved, reference, self.warnings, notes)
+
+    @contextmanager
+    def _deferred_sigint(self) -> Iterator[None]:
+        """Turn Ctrl-C into a request that the pipeline honours at a safe point.
+
+        An exception raised asynchronously could land between storing a pack and recording
+        it, leaving a pack no index names. Instead the first SIGINT sets the cancel flag,
+        which the walker and the workers check between files and chunks; a second Ctrl-C
+        interrupts at once.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(_signum: int, _frame: object) -> None:
+            self._cancelled.set()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _shutdown(self) -> None:
         if self._pool is not None:
