@@ -243,15 +243,19 @@ class Backup:
         An exception raised asynchronously could land between storing a pack and recording
         it, leaving a pack no index names. Instead the first SIGINT sets the cancel flag,
         which the walker and the workers check between files and chunks; a second Ctrl-C
-        interrupts at once.
+        exits at once, like a kill (the repository stays consistent).
         """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def request_stop(_signum: int, _frame: object) -> None:
+            if self._cancelled.is_set():
+                # Second Ctrl-C: leave now, as a kill would. Crash safety keeps the repository
+                # consistent; an exception here could strike inside a lock and hang.
+                os.write(2, b"error: interrupted twice; stopped at once\n")
+                os._exit(130)
             self._cancelled.set()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
         previous = signal.signal(signal.SIGINT, request_stop)
         try:
