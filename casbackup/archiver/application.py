@@ -24,6 +24,7 @@ from casbackup.errors import DatabaseError
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
 from casbackup.reporter import NULL_REPORTER, Reporter
+from casbackup.units import human_bytes
 
 # The dump's file name must be known before the dump starts (the tree entry is named then).
 DUMP_EXTENSIONS = {"sqlite": "sqlite", "postgresql": "pgdump", "mysql": "sql"}
@@ -138,15 +139,6 @@ def backup_options(
     )
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def dump_size_warnings(snapshot: Snapshot, earlier: list[Snapshot]) -> list[str]:
     """Warn about dumps under SHRINK_RATIO of the latest earlier dump of the same database.
 
@@ -160,8 +152,8 @@ def dump_size_warnings(snapshot: Snapshot, earlier: list[Snapshot]) -> list[str]
         prev_snap, prev = previous
         if prev.size > 0 and record.size < prev.size * SHRINK_RATIO:
             warnings.append(
-                f"database {record.name!r}: dump is {_human(record.size)}, less than half of the "
-                f"previous one ({_human(prev.size)} in snapshot {prev_snap.short_id}); "
+                f"database {record.name!r}: dump is {human_bytes(record.size)}, less than half of the "
+                f"previous one ({human_bytes(prev.size)} in snapshot {prev_snap.short_id}); "
                 "check that no data was lost"
             )
     return warnings

@@ -10,14 +10,7 @@ from typing import Any
 import click
 
 from casbackup.reporter import Progress, Reporter
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+from casbackup.units import human_bytes  # the commands import it from here too
 
 
 def emit_json(doc: Any) -> None:

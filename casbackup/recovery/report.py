@@ -11,15 +11,9 @@ import json
 import os
 from typing import Any
 
+from casbackup.units import human_bytes
+
 REPORT_VERSION = 1
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def report_paths(base: str) -> tuple[str, str]:
@@ -54,13 +48,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"- Snapshot: `{snap['id'][:8]}` taken {snap['time']} on {snap['host']} ({snap['type']})",
         "- Verification: " + (
             f"{'passed' if ver['ok'] else 'FAILED'} on {ver['time']} on {ver['host']} "
-            f"({ver['files_checked']} files, {_human(ver['bytes_checked'])})"
+            f"({ver['files_checked']} files, {human_bytes(ver['bytes_checked'])})"
             if ver else "none (recovered from an unverified snapshot)"
         ),
         f"- Target: `{doc['target']}`",
         f"- Started {doc['started']}, took {doc['duration_s']:.1f} s on {doc['host']}",
         f"- Re-check before restore: {doc['recheck']['files']} files, "
-        f"{_human(doc['recheck']['bytes'])}, {len(doc['recheck']['problems'])} problems",
+        f"{human_bytes(doc['recheck']['bytes'])}, {len(doc['recheck']['problems'])} problems",
         "",
         "## Files",
         "",
@@ -72,7 +66,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         ]
         for f in doc["files"]:
             lines.append(
-                f"| `{f['source']}` | `{f['target']}` | {f['files']} | {_human(f['bytes'])} "
+                f"| `{f['source']}` | `{f['target']}` | {f['files']} | {human_bytes(f['bytes'])} "
                 f"| `{(f.get('tree') or '')[:16]}` | {len(f['errors'])} |"
             )
     else:
@@ -85,7 +79,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             result = "ok" if d["ok"] else f"FAILED: {d['error']}"
             rows = sum(d["row_counts"].values())
             lines.append(
-                f"| {d['name']} | {d['engine']} | `{d['target']}` | {_human(d['dump_size'])} "
+                f"| {d['name']} | {d['engine']} | `{d['target']}` | {human_bytes(d['dump_size'])} "
                 f"| `{d['dump_blake3'][:16]}` | {len(d['row_counts'])} | {rows} | {result} |"
             )
     else:
@@ -96,7 +90,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
     manifest = doc["recheck"].get("manifest") or []
     if manifest:
         lines += ["", "## File hashes (BLAKE3)", ""]
-        lines += [f"- `{m['blake3']}` {_human(m['size'])} `{m['path']}`" for m in manifest[:200]]
+        lines += [
+            f"- `{m['blake3']}` {human_bytes(m['size'])} `{m['path']}`" for m in manifest[:200]
+        ]
         if len(manifest) > 200 or doc["recheck"].get("manifest_truncated"):
             lines.append("- … (the full list is in the JSON report)")
     return "\n".join(lines) + "\n"

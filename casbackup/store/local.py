@@ -162,13 +162,16 @@ class LocalBackend:
                     continue
                 yield name, size
 
-    def stat(self, name: str) -> int:
+    def _stat(self, name: str) -> os.stat_result:
         try:
-            return os.stat(self._path(name)).st_size
+            return os.stat(self._path(name))
         except FileNotFoundError:
             raise NotFound(f"{name} is missing from the repository") from None
         except OSError as exc:
             raise _storage_error(exc, f"reading {name}") from None
+
+    def stat(self, name: str) -> int:
+        return self._stat(name).st_size
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self._path(name))
@@ -179,12 +182,7 @@ class LocalBackend:
         Prune leaves recent unindexed packs and temp files alone: they may belong to a
         backup that is still writing.
         """
-        try:
-            return os.stat(self._path(name)).st_mtime
-        except FileNotFoundError:
-            raise NotFound(f"{name} is missing from the repository") from None
-        except OSError as exc:
-            raise _storage_error(exc, f"reading {name}") from None
+        return self._stat(name).st_mtime
 
     def list_temp_files(self) -> Iterator[str]:
         for dirpath, _dirs, filenames in os.walk(self.root):
