@@ -17,6 +17,7 @@ from casbackup.errors import CasError
 ALLOWED_SHARING = {
     "FormatError": "IntegrityError",
     "TransientStorageError": "StorageError",
+    "WorkerFailed": "CasError",  # a reader process died: fatal, like any unexpected fault
 }
 
 # restic's codes, which users' scripts already know.

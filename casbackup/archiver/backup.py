@@ -1,9 +1,11 @@
 """The backup pipeline: walk sources, reuse or read files, write trees and a snapshot.
 
-Threads: the caller's thread walks directories (stat is cheap and ordered); file
-contents are read, chunked, hashed, compressed and encrypted in a worker pool.
-pyfastcdc, BLAKE3, zstd and AES-GCM all release the GIL, so both cores work. At
-most ``max_inflight`` files are queued, so memory stays bounded whatever the tree.
+Processes: the caller's thread walks directories (stat is cheap and ordered) and
+keeps everything that needs one writer (packs, index, trees). File contents are
+read, chunked, hashed, compressed, encrypted and verified in reader processes
+(archiver/workers.py), small files in batches, so Python's per-file work runs on
+every core. A bounded number of files is in flight, so memory stays bounded
+whatever the tree.
 
 Change detection (incremental/differential): a file is reused from the parent's
 tree when size, mtime, ctime and inode match, every chunk is still indexed, and
@@ -14,7 +16,6 @@ unchanged forever).
 
 from __future__ import annotations
 
-import errno
 import getpass
 import os
 import signal
@@ -24,7 +25,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -33,7 +33,16 @@ import blake3
 
 from casbackup import __version__
 from casbackup.archiver.excludes import Excluder
+from casbackup.archiver.later import Later
 from casbackup.archiver.metadata import node_from_stat
+from casbackup.archiver.workers import (
+    BATCH_BYTES,
+    BATCH_FILES,
+    CancelFlag,
+    FileOutcome,
+    ReaderPool,
+    WorkerSetup,
+)
 from casbackup.chunking.chunker import Chunker
 from casbackup.errors import CasError, Interrupted, NotFound, UsageError
 from casbackup.repo.ids import BlobId, Kind
@@ -75,7 +84,7 @@ class BackupOptions:
     excludes: tuple[str, ...] = ()
     one_file_system: bool = False
     dry_run: bool = False
-    workers: int = 2
+    workers: int = 2  # reader processes
     streams: tuple[StreamSpec, ...] = ()
     app_definition: dict[str, Any] | None = None
     parent: str | None = None  # force a parent snapshot id
@@ -146,15 +155,19 @@ class Backup:
         self._progress = Progress(phase="backup")
         self._report_progress = Throttle(reporter, self._progress)
         self._count_lock = threading.Lock()
-        self._pending_dirs: deque[tuple[Future[Node | None], bytes, os.stat_result, list[Any]]] = (
+        self._pending_dirs: deque[tuple[Later[Node | None], bytes, os.stat_result, list[Any]]] = (
             deque()
         )
-        self._hardlinks: dict[tuple[int, int], Future[Node | None] | Node] = {}
+        self._hardlinks: dict[tuple[int, int], Later[Node | None] | Node] = {}
         self._uid_names: dict[int, str] = {}
         self._gid_names: dict[int, str] = {}
-        self._cancelled = threading.Event()
-        self._pool: ThreadPoolExecutor | None = None
-        self._slots = threading.BoundedSemaphore(max(4, options.workers * 8))
+        self._ready = threading.Condition()  # shared by every Later of this backup
+        self._cancelled = CancelFlag()
+        self._pool: ReaderPool | None = None
+        # Files in flight: two batches per reader keeps every reader fed.
+        self._slots = threading.BoundedSemaphore(2 * BATCH_FILES * max(1, options.workers))
+        self._batch: list[tuple[bytes, int, _Reading]] = []
+        self._batch_bytes = 0
         self._reuse_start_ns = 0
 
     # ------------------------------------------------------------------ entry
@@ -189,7 +202,7 @@ class Backup:
             self._progress.files_total = reference.summary.files_total
             self._progress.bytes_total = reference.summary.bytes_total
         db_records: list[DatabaseRecord] = []
-        self._pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="backup")
+        self._pool = self._start_readers()
         try:
             with self._deferred_sigint():
                 root = self._archive_roots(paths, reference, db_records)
@@ -197,9 +210,12 @@ class Backup:
                     raise KeyboardInterrupt
             self._report_progress(force=True)
         except KeyboardInterrupt:
+            failure = self._pool.failure if self._pool is not None else None
             self._cancelled.set()
             self._shutdown()
             self._keep_committed()
+            if failure is not None:  # a reader failed and stopped the others: say why
+                raise failure from None
             raise Interrupted(
                 "backup interrupted; the chunks stored so far are kept for the next run"
             ) from None
@@ -263,9 +279,28 @@ class Backup:
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    def _start_readers(self) -> ReaderPool:
+        repo = self.repo
+        setup = WorkerSetup(
+            id_key=repo.key.chunk_id_key,
+            encryption_root=repo.key.encryption_root,
+            chunker=repo.config.chunker,
+            chunker_seed=repo.key.chunker_seed,
+            compression_level=repo.compression_level,
+            verify=repo.verify_before_write,
+            dry_run=self.options.dry_run,
+            cache_path=None if self.options.dry_run else repo.cache.path,
+        )
+        store = repo.store_sealed_batch
+
+        def on_read(n: int) -> None:
+            self._progress.bytes_done += n
+
+        return ReaderPool(setup, max(1, self.options.workers), store, on_read, self._cancelled)
+
     def _shutdown(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.close()
             self._pool = None
 
     def _keep_committed(self) -> None:
@@ -326,7 +361,7 @@ class Backup:
                 node = self._archive_entry(
                     path, name, st, ref_nodes.get(name), reuse_nodes.get(name), st.st_dev
                 )
-                if isinstance(node, Future):
+                if isinstance(node, Later):
                     self._finish_dirs(keep=0)
                     if self._pending_dirs:  # an invariant, checked so a bug fails, never hangs
                         raise RuntimeError("internal error: a folder was left unfinished")
@@ -373,7 +408,7 @@ class Backup:
         ref: Node | None,
         reuse: Node | None,
         root_dev: int,
-    ) -> Node | Future[Node | None] | None:
+    ) -> Node | Later[Node | None] | None:
         if self._cancelled.is_set():
             raise KeyboardInterrupt
         mode = st.st_mode
@@ -398,7 +433,7 @@ class Backup:
         ref: Node | None,
         reuse: Node | None,
         root_dev: int,
-    ) -> Future[Node | None] | None:
+    ) -> Later[Node | None] | None:
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -412,7 +447,7 @@ class Backup:
             reuse_nodes = (
                 self._load_children(reuse.subtree) if reuse is not None and reuse.subtree else {}
             )
-        children: list[Node | Future[Node | None]] = []
+        children: list[Node | Later[Node | None]] = []
         for entry in entries:
             child_path = entry.path
             if self.excluder and self.excluder.excluded(os.fsdecode(child_path)):
@@ -441,7 +476,7 @@ class Backup:
         # Finishing this folder's tree waits for its files; do it later (in post-order,
         # from a queue) so the walker never stalls while workers drain, and workers never
         # starve while the walker waits at the end of each small folder.
-        done: Future[Node | None] = Future()
+        done: Later[Node | None] = Later(self._ready)
         self._pending_dirs.append((done, name, st, children))
         self._finish_dirs(keep=MAX_PENDING_DIRS)
         return done
@@ -453,16 +488,17 @@ class Backup:
         finished every sub-folder it holds has been finished already. Waits only while
         more than ``keep`` folders are queued (``keep=0`` finishes everything).
         """
+        self._send_batch()  # nothing may wait on files that were never handed out
         while self._pending_dirs:
             done, name, st, children = self._pending_dirs[0]
             block = len(self._pending_dirs) > keep
-            if not block and not all(c.done() for c in children if isinstance(c, Future)):
+            if not block and not all(c.done() for c in children if isinstance(c, Later)):
                 return
             self._pending_dirs.popleft()
             try:
                 nodes = []
                 for child in children:
-                    result = child.result() if isinstance(child, Future) else child
+                    result = child.result() if isinstance(child, Later) else child
                     if result is not None:
                         nodes.append(result)
                 with self._count_lock:
@@ -475,7 +511,7 @@ class Backup:
     # ------------------------------------------------------------------ files
     def _archive_file(
         self, path: bytes, name: bytes, st: os.stat_result, ref: Node | None, reuse: Node | None
-    ) -> Node | Future[Node | None]:
+    ) -> Node | Later[Node | None]:
         meta = self._meta(name, st)
         if reuse is not None and self._unchanged(reuse, st):
             with self._count_lock:
@@ -490,17 +526,39 @@ class Backup:
             earlier = self._hardlinks.get(key)
             if earlier is not None:
                 return self._link_to(earlier, meta, ref)
-        assert self._pool is not None
-        self._slots.acquire()
-        future = self._pool.submit(self._read_file, path, meta, ref)
-        future.add_done_callback(lambda _f: self._slots.release())
+        future: Later[Node | None] = Later(self._ready)
+        if not self._slots.acquire(blocking=False):
+            self._send_batch()  # the files we would wait for may be in the unsent batch
+            self._slots.acquire()
+        self._batch.append((path, st.st_size, _Reading(self, future, path, meta, ref)))
+        self._batch_bytes += st.st_size
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._send_batch()
         if key is not None:
             self._hardlinks[key] = future
         return future
 
+    def _send_batch(self) -> None:
+        if self._batch:
+            assert self._pool is not None
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._pool.submit(batch)
+
+    def _file_node(self, path: bytes, meta: Node, result: FileOutcome) -> Node:
+        with self._count_lock:
+            self.counters.bytes_read += result.size
+        if result.changed is not None:
+            self._warn(f"{os.fsdecode(path)}: file changed while it was read; stored as read")
+            after_meta = self._meta(meta.name, result.changed)
+            meta = replace(
+                after_meta, mtime_ns=min(result.changed.st_mtime_ns, result.first_mtime_ns)
+            )
+        content = tuple(BlobId(i) for i in result.ids)
+        return replace(meta, size=result.size, content=content, content_hash=result.digest)
+
     def _link_to(
-        self, earlier: Future[Node | None] | Node, meta: Node, ref: Node | None
-    ) -> Node | Future[Node | None]:
+        self, earlier: Later[Node | None] | Node, meta: Node, ref: Node | None
+    ) -> Node | Later[Node | None]:
         """A second name for an inode already read in this backup: share its content, read nothing."""
 
         def finish(first: Node | None) -> Node | None:
@@ -514,7 +572,7 @@ class Backup:
 
         if isinstance(earlier, Node):
             return finish(earlier)  # type: ignore[return-value]
-        linked: Future[Node | None] = Future()
+        linked: Later[Node | None] = Later(self._ready)
         earlier.add_done_callback(lambda f: _chain(f, linked, finish))
         return linked
 
@@ -532,19 +590,6 @@ class Backup:
             return False
         return all(self.repo.has_blob(c) for c in old.content)
 
-    def _read_file(self, path: bytes, meta: Node, ref: Node | None) -> Node | None:
-        if self._cancelled.is_set():
-            return None
-        try:
-            node = self._store_file(path, meta)
-        except OSError as exc:
-            self._error(path, exc)
-            return None
-        self._count_file(node, ref)
-        self._progress.files_done += 1
-        self._report_progress()
-        return node
-
     def _count_file(self, node: Node, ref: Node | None) -> None:
         """Classify a file that was read (or shares a read inode) against the reference."""
         with self._count_lock:
@@ -558,47 +603,12 @@ class Backup:
             else:
                 c.files_changed += 1
 
-    def _store_file(self, path: bytes, meta: Node) -> Node:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
-        try:
-            fd = os.open(path, flags)
-        except PermissionError:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # O_NOATIME needs ownership
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file any more")
-            small = before.st_size <= self.chunker.min_size
-            content, digest, size = self._store_stream(
-                f, self.chunker, small_size=before.st_size if small else None
-            )
-            after = os.fstat(fd)
-        if (after.st_size, after.st_mtime_ns) != (
-            before.st_size,
-            before.st_mtime_ns,
-        ) or size != before.st_size:
-            self._warn(f"{os.fsdecode(path)}: file changed while it was read; stored as read")
-            after_meta = self._meta(meta.name, after)
-            meta = replace(after_meta, mtime_ns=min(after.st_mtime_ns, before.st_mtime_ns))
-        return replace(meta, size=size, content=content, content_hash=digest)
-
-    def _store_stream(
-        self, reader: Any, chunker: Chunker, *, small_size: int | None = None
-    ) -> tuple[tuple[BlobId, ...], bytes, int]:
+    def _store_stream(self, reader: Any, chunker: Chunker) -> tuple[tuple[BlobId, ...], bytes, int]:
+        """Store a stream (a database dump) from this process."""
         hasher = blake3.blake3()
         ids: list[BlobId] = []
         size = 0
-        if small_size is not None:
-            # Fast path for files below the minimum chunk size: one read of exactly the
-            # expected size (+1 to notice growth), one chunk, no chunker set-up. Asking
-            # for min_size bytes instead would allocate 256 KiB per tiny file.
-            data = reader.read(small_size + 1)
-            pieces: Any = [data] if data else []
-            if len(data) > small_size:
-                rest = data + reader.read()
-                pieces = chunker.buffer(rest) if len(rest) > chunker.min_size else [rest]
-        else:
-            pieces = chunker.stream(reader)
+        pieces = chunker.stream(reader)
         for piece in pieces:
             if self._cancelled.is_set():
                 raise KeyboardInterrupt
@@ -657,8 +667,47 @@ class Backup:
         self.reporter.warning(message)
 
 
+class _Reading:
+    """One file handed to a reader: turns its outcome into the file's node.
+
+    Called on a receiver thread, with the outcome or the error that failed the read.
+    """
+
+    __slots__ = ("backup", "future", "path", "meta", "ref")
+
+    def __init__(
+        self,
+        backup: Backup,
+        future: Later[Node | None],
+        path: bytes,
+        meta: Node,
+        ref: Node | None,
+    ) -> None:
+        self.backup, self.future, self.path, self.meta, self.ref = backup, future, path, meta, ref
+
+    def __call__(self, result: FileOutcome | None, error: BaseException | None) -> None:
+        b = self.backup
+        b._slots.release()
+        node: Node | None = None
+        try:
+            if error is not None:
+                raise error
+            assert result is not None
+            if result.error is not None:
+                b._error(self.path, OSError(*result.error))
+            elif not result.cancelled:
+                node = b._file_node(self.path, self.meta, result)
+                b._count_file(node, self.ref)
+                b._progress.files_done += 1
+                b._report_progress()
+        except BaseException as exc:  # noqa: BLE001 - hand it to whoever waits for the file
+            self.future.set_exception(exc)
+            return
+        self.future.set_result(node)
+
+
 def _chain(
-    src: Future[Node | None], dst: Future[Node | None], fn: Callable[[Node | None], Node | None]
+    src: Later[Node | None], dst: Later[Node | None], fn: Callable[[Node | None], Node | None]
 ) -> None:
     try:
         dst.set_result(fn(src.result()))

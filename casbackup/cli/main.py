@@ -8,8 +8,8 @@ import click
 
 from casbackup import __version__
 from casbackup.cli.context import GlobalOptions
-from casbackup.cli.memory import tune_allocator
 from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, CasError
+from casbackup.memory import tune_allocator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -151,10 +151,12 @@ class IndexCache:
     LMDB is multi-process safe; write transactions are serialized by LMDB itself.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
+        """``readonly`` is for other processes looking blobs up while this one writes."""
         self.path = path
         try:
-            os.makedirs(path, exist_ok=True)
+            if not readonly:
+                os.makedirs(path, exist_ok=True)
             self.env = lmdb.open(
                 path,
                 map_size=1 << 38,
@@ -163,11 +165,12 @@ class IndexCache:
                 metasync=False,
                 sync=False,
                 readahead=False,
+                readonly=readonly,
             )
+            self.blobs = self.env.open_db(b"blobs", create=not readonly)
+            self.files = self.env.open_db(b"index-files", create=not readonly)
         except (OSError, lmdb.Error) as exc:
             raise StorageError(f"cannot open the index cache at {path}: {exc}") from None
-        self.blobs = self.env.open_db(b"blobs")
-        self.files = self.env.open_db(b"index-files")
         self._local = threading.local()
 
     def close(self) -> None:

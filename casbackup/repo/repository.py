@@ -286,20 +286,35 @@ class Repository:
                 raise IntegrityError(
                     "a blob failed verification before it was written (memory or software fault)"
                 )
+        return blob_id, self.store_sealed(kind, blob_id, envelope, len(data))
+
+    def store_sealed(self, kind: Kind, blob_id: BlobId, envelope: bytes, raw_len: int) -> bool:
+        """Add a blob sealed (and verified) elsewhere, e.g. by a reader process. Thread-safe.
+
+        Returns False when the repository already has it (another reader sealed it
+        first); the envelope is then dropped, so no blob is ever stored twice.
+        """
         full: PackWriter | None = None
         with self._lock:
-            if blob_id in self._claimed or blob_id in self._pending:
-                return blob_id, False
+            # Pending before the cache, under the lock: an index flush adds to the cache
+            # before it clears pending, so one of the two always sees a stored blob.
+            if blob_id in self._claimed or blob_id in self._pending or self.cache.contains(blob_id):
+                return False
             self._claimed.add(blob_id)
-            self._packer.add(kind, blob_id, envelope, len(data))
+            self._packer.add(kind, blob_id, envelope, raw_len)
             self.stats_blobs_added += 1
-            self.stats_bytes_added += len(data)
+            self.stats_bytes_added += raw_len
             self.stats_bytes_stored += len(envelope)
             if self._packer.size >= self.config.pack_size:
                 full, self._packer = self._packer, PackWriter()
         if full is not None:
             self._write_pack(full)
-        return blob_id, True
+        return True
+
+    def store_sealed_batch(self, blobs: Iterable[tuple[bytes, bytes, int]]) -> None:
+        """``store_sealed`` for the data blobs a reader process sends."""
+        for blob_id, envelope, raw_len in blobs:
+            self.store_sealed(Kind.DATA, BlobId(blob_id), envelope, raw_len)
 
     def _write_pack(self, packer: PackWriter) -> None:
         pack_id, data, entries = packer.finish(self.sealer)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from casbackup.archiver import backup as backup_module
+from casbackup.archiver import workers as workers_module
 from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.repo.repository import Repository
@@ -54,15 +55,15 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every path whose contents a backup reads (in any order)."""
+    """Every path whose contents a backup hands to its readers (in any order)."""
     seen: list[bytes] = []
-    original = backup_module.Backup._store_file
+    original = workers_module.ReaderPool.submit
 
-    def counting(self, path, meta):  # type: ignore[no-untyped-def]
-        seen.append(os.path.basename(path))
-        return original(self, path, meta)
+    def counting(self, batch):  # type: ignore[no-untyped-def]
+        seen.extend(os.path.basename(path) for path, _size, _done in batch)
+        return original(self, batch)
 
-    monkeypatch.setattr(backup_module.Backup, "_store_file", counting)
+    monkeypatch.setattr(workers_module.ReaderPool, "submit", counting)
     return seen
 
 

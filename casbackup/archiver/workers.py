@@ -1,0 +1,440 @@
+"""File readers in worker processes: open, read, chunk, hash, compress, encrypt, verify.
+
+Why processes: with threads, every file and chunk costs Python bytecode under one GIL
+(and AES-GCM in ``cryptography`` holds it too), so on many small files the second core
+mostly waited. Each worker process does the whole per-file job on its own interpreter
+and sends back only what the repository must record: sealed blobs and, per file, its
+chunk ids and content hash. The calling process keeps everything that needs one
+writer: deduplication across workers, packs, the index, trees and the snapshot.
+
+Safety:
+- Every worker draws a new encryption session (``Sealer``) after it starts. A session
+  copied from the parent by fork would repeat (key, nonce) pairs; never reuse one.
+- A worker skips chunks the LMDB index cache already holds (a read-only view, safe
+  across processes). Chunks sealed by two workers at once reach the parent twice; the
+  parent keeps the first (``Repository.store_sealed``), so nothing is stored twice.
+- Workers ignore SIGINT: the parent turns Ctrl-C into the shared cancel flag. A worker
+  whose parent died exits (its pipe breaks, or it notices its parent changed).
+
+Batches: small files travel in batches (one queue hand-off for many files); a message
+back carries the sealed blobs of up to ``FLUSH_BYTES`` so memory stays bounded for
+files of any size.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import multiprocessing
+import os
+import queue
+import signal
+import stat
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import blake3
+
+from casbackup.chunking.chunker import Chunker
+from casbackup.crypto.envelope import Opener, Sealer
+from casbackup.errors import CasError, IntegrityError
+from casbackup.memory import tune_allocator_single_thread
+from casbackup.repo import codec
+from casbackup.repo.config import ChunkerParams
+from casbackup.repo.ids import Kind
+from casbackup.repo.index import IndexCache
+
+FLUSH_BYTES = 4 << 20  # sealed bytes a worker gathers before sending them
+BATCH_FILES = 128  # small files per job batch
+BATCH_BYTES = 4 << 20  # bytes of file content per job batch
+PIPE_BYTES = 1 << 20
+_PR_SET_PDEATHSIG = 1
+_POLL_S = 1.0  # how often an idle worker checks that its parent is alive
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """Everything a worker needs; picklable so any start method works."""
+
+    id_key: bytes
+    encryption_root: bytes
+    chunker: ChunkerParams
+    chunker_seed: int
+    compression_level: int | None
+    verify: bool
+    dry_run: bool
+    cache_path: str | None  # LMDB index cache, looked up read-only; None: ask nothing
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What a worker learned reading one file."""
+
+    ids: tuple[bytes, ...] = ()
+    digest: bytes = b""
+    size: int = 0
+    changed: os.stat_result | None = None  # set when the file changed while it was read
+    first_mtime_ns: int = 0
+    error: tuple[int, str] | None = None  # (errno, message) when it could not be read
+    cancelled: bool = False
+
+
+Sealed = tuple[bytes, bytes, int]  # blob id, envelope, plaintext length
+OnRead = Callable[["FileOutcome | None", "BaseException | None"], None]
+
+
+class CancelFlag:
+    """A stop request shared with the reader processes.
+
+    Plain shared memory, no lock: ``set`` is safe inside a signal handler, and checking
+    it between chunks costs next to nothing.
+    """
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+
+class WorkerFailed(CasError):
+    """A worker process died or hit a fault it could not report as a file error."""
+
+
+# --------------------------------------------------------------------- the worker side
+class FileReader:
+    """The per-file job, run in a worker process."""
+
+    def __init__(self, setup: WorkerSetup, cancel: CancelFlag) -> None:
+        self.setup = setup
+        self.cancel = cancel
+        self.chunker = Chunker(setup.chunker, setup.chunker_seed)
+        self.sealer = Sealer(setup.encryption_root)  # a fresh session: see module docstring
+        self.opener = Opener(setup.encryption_root)
+        self.level = setup.compression_level
+        self.seen: set[bytes] = set()  # sealed by this reader already
+        self.sealed: list[Sealed] = []
+        self.sealed_bytes = 0
+        self.read_bytes = 0
+        self._cache: Any = None
+        if setup.cache_path is not None and not setup.dry_run:
+            try:
+                self._cache = IndexCache(setup.cache_path, readonly=True)
+            except CasError:
+                self._cache = None  # only an optimisation: the parent deduplicates anyway
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def take(self) -> tuple[list[Sealed], int]:
+        sealed, read = self.sealed, self.read_bytes
+        self.sealed, self.sealed_bytes, self.read_bytes = [], 0, 0
+        return sealed, read
+
+    def read_file(self, path: bytes, expected_size: int, flush: Callable[[], None]) -> FileOutcome:
+        if self.cancel.is_set():
+            return FileOutcome(cancelled=True)
+        try:
+            return self._read(path, expected_size, flush)
+        except _Cancelled:
+            return FileOutcome(cancelled=True)
+        except OSError as exc:
+            return FileOutcome(error=(exc.errno or 0, exc.strerror or str(exc)))
+
+    def _read(self, path: bytes, expected_size: int, flush: Callable[[], None]) -> FileOutcome:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
+        try:
+            fd = os.open(path, flags)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # O_NOATIME needs ownership
+        with open(fd, "rb", buffering=0) as f:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file any more")
+            min_size = self.chunker.min_size
+            if before.st_size <= min_size:
+                # One read of exactly the expected size (+1 to notice growth): no chunker
+                # set-up and no min-size buffer per tiny file.
+                data = f.read(before.st_size + 1)
+                if len(data) > before.st_size:
+                    data += f.read()
+                pieces: Any = (
+                    self.chunker.buffer(data) if len(data) > min_size else ([data] if data else [])
+                )
+            else:
+                pieces = self.chunker.stream(f)
+            ids, digest, size = self._store(pieces, flush)
+            after = os.fstat(fd)
+        changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+        if changed or size != before.st_size:
+            return FileOutcome(ids, digest, size, after, before.st_mtime_ns)
+        return FileOutcome(ids, digest, size)
+
+    def _store(
+        self, pieces: Any, flush: Callable[[], None]
+    ) -> tuple[tuple[bytes, ...], bytes, int]:
+        hasher = blake3.blake3()
+        ids: list[bytes] = []
+        size = 0
+        id_key = self.setup.id_key
+        for piece in pieces:
+            if self.cancel.is_set():
+                raise _Cancelled
+            hasher.update(piece)
+            n = len(piece)
+            size += n
+            self.read_bytes += n
+            blob_id = blake3.blake3(piece, key=id_key).digest()
+            ids.append(blob_id)
+            if self.setup.dry_run or blob_id in self.seen:
+                continue
+            if self._cache is not None and self._cache.contains(blob_id):
+                continue
+            envelope = self._seal(blob_id, piece)
+            self.seen.add(blob_id)
+            self.sealed.append((blob_id, envelope, n))
+            self.sealed_bytes += len(envelope)
+            if self.sealed_bytes >= FLUSH_BYTES:
+                flush()
+        return tuple(ids), hasher.digest(), size
+
+    def _seal(self, blob_id: bytes, piece: Any) -> bytes:
+        envelope = self.sealer.seal(Kind.DATA, blob_id, codec.compress(piece, self.level))
+        if self.setup.verify:
+            # Catch bad RAM and bugs before they reach the repository (restic does the same).
+            plain = codec.decompress(self.opener.open(Kind.DATA, blob_id, envelope))
+            if blake3.blake3(plain, key=self.setup.id_key).digest() != blob_id:
+                raise IntegrityError(
+                    "a blob failed verification before it was written (memory or software fault)"
+                )
+        return envelope
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _worker_main(
+    setup: WorkerSetup,
+    jobs: Any,
+    conn: Connection,
+    cancel: CancelFlag,
+    parent: int,
+    siblings: list[Connection],
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C (cancel flag)
+    _die_with_parent(parent)
+    for other in siblings:
+        other.close()  # else this process would keep another reader's pipe open
+    tune_allocator_single_thread()
+    reader = FileReader(setup, cancel)
+    outcomes: list[tuple[int, FileOutcome]] = []
+
+    def flush() -> None:
+        sealed, read = reader.take()
+        conn.send((sealed, outcomes[:], read))
+        outcomes.clear()
+
+    try:
+        while True:
+            try:
+                batch = jobs.get(timeout=_POLL_S)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    return  # orphaned: the backup is gone
+                continue
+            if batch is None:
+                break
+            for job_id, path, size in batch:
+                outcomes.append((job_id, reader.read_file(path, size, flush)))
+            flush()
+    except (BrokenPipeError, EOFError, KeyboardInterrupt):
+        return
+    except BaseException as exc:  # noqa: BLE001 - report any fault, then stop
+        kind = "integrity" if isinstance(exc, IntegrityError) else "fault"
+        detail = str(exc) if isinstance(exc, CasError) else traceback.format_exc(limit=5)
+        try:
+            conn.send(("error", kind, detail))
+        except OSError:
+            pass
+    finally:
+        reader.close()
+        conn.close()
+
+
+# --------------------------------------------------------------------- the parent side
+class ReaderPool:
+    """Hands file batches to worker processes and resolves one Future per file.
+
+    ``store`` is called (from receiver threads) with each batch of sealed blobs before
+    the outcomes of the files that produced them are resolved, so a file's result
+    never names a blob that is not yet in a pack or already indexed.
+    """
+
+    def __init__(
+        self,
+        setup: WorkerSetup,
+        workers: int,
+        store: Callable[[list[Sealed]], None],
+        on_read: Callable[[int], None],
+        cancel: CancelFlag,
+    ) -> None:
+        self._store = store
+        self._on_read = on_read
+        self._pending: dict[int, OnRead] = {}
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._failure: BaseException | None = None
+        ctx = multiprocessing.get_context(_start_method())
+        self.cancel = cancel
+        self._jobs = ctx.Queue()
+        self._procs: list[Any] = []
+        self._threads: list[threading.Thread] = []
+        receivers: list[Connection] = []  # our ends, closed in readers forked later
+        for _ in range(workers):
+            ours, theirs = ctx.Pipe(duplex=False)
+            _widen_pipe(theirs)
+            proc = ctx.Process(
+                target=_worker_main,
+                args=(setup, self._jobs, theirs, self.cancel, os.getpid(), [*receivers, ours]),
+                daemon=True,
+                name="casbackup-reader",
+            )
+            proc.start()
+            theirs.close()
+            receivers.append(ours)
+            self._procs.append(proc)
+            t = threading.Thread(target=self._receive, args=(ours, proc), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def submit(self, batch: list[tuple[bytes, int, OnRead]]) -> None:
+        """Queue files (path, expected size, callback); each callback runs exactly once."""
+        jobs = []
+        with self._lock:
+            failure = self._failure
+            if failure is None:
+                for path, size, on_done in batch:
+                    self._pending[self._next_id] = on_done
+                    jobs.append((self._next_id, path, size))
+                    self._next_id += 1
+        if failure is not None:
+            for _path, _size, on_done in batch:
+                on_done(None, failure)
+            return
+        self._jobs.put(jobs)
+
+    def _receive(self, conn: Connection, proc: Any) -> None:
+        try:
+            while True:
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    if self._closing:
+                        return
+                    raise WorkerFailed(
+                        f"a file reader process stopped unexpectedly (exit code {_exit(proc)})"
+                    ) from None
+                if msg[0] == "error":
+                    _, kind, detail = msg
+                    if kind == "integrity":
+                        raise IntegrityError(detail)
+                    raise WorkerFailed(f"a file reader process failed: {detail}")
+                sealed, outcomes, read = msg
+                if sealed:
+                    self._store(sealed)
+                if read:
+                    self._on_read(read)
+                with self._lock:
+                    callbacks = [self._pending.pop(job_id) for job_id, _ in outcomes]
+                for on_done, (_, outcome) in zip(callbacks, outcomes, strict=True):
+                    on_done(outcome, None)
+        except BaseException as exc:  # noqa: BLE001 - fail every waiting file with it
+            self._fail(exc)
+        finally:
+            conn.close()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What stopped the readers (a dead worker, a failed pack write), if anything."""
+        return self._failure
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = exc
+            pending, self._pending = self._pending, {}
+        self.cancel.set()
+        for on_done in pending.values():
+            on_done(None, exc)
+
+    _closing = False
+
+    def close(self) -> None:
+        """Stop the workers (after they finish what was queued) and reap them."""
+        self._closing = True
+        for _ in self._procs:
+            try:
+                self._jobs.put(None)
+            except (OSError, ValueError):
+                pass
+        for t in self._threads:
+            t.join()
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self._jobs.close()
+        self._jobs.join_thread()
+
+
+def _die_with_parent(parent: int) -> None:
+    """A reader must not outlive a killed backup (it would hold its pipes and stdout)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # Linux; elsewhere the poll below
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _widen_pipe(conn: Connection) -> None:
+    """Ask for a 1 MiB pipe buffer (Linux): 16x fewer reads, writes and wake-ups per message."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setsize is None:
+        return
+    try:
+        fcntl.fcntl(conn.fileno(), setsize, PIPE_BYTES)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size or not a pipe: the default works too
+
+
+def _exit(proc: Any) -> str:
+    proc.join(timeout=1)
+    code = proc.exitcode
+    if code is not None and code < 0:
+        return f"killed by signal {-code}"
+    return str(code)
+
+
+def _start_method() -> str:
+    # fork: nothing is imported again and nothing is pickled but the jobs. Safe here
+    # even with other threads (the lock refresher, a service's request threads): the
+    # child runs only _worker_main, which takes no lock another thread could have held
+    # at the fork (its Sealer, index cache and compressors are its own).
+    if "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return "spawn"
