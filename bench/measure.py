@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,9 @@ class Measurement:
     wall_s: float = 0.0  # perf_counter around the process
     user_s: float = 0.0
     sys_s: float = 0.0
-    max_rss_kib: int = 0
+    max_rss_kib: int = 0  # /usr/bin/time: the largest single process
+    tree_rss_kib: int = 0  # peak of RSS summed over the tool's processes (sampled)
+    tree_pss_kib: int = 0  # peak of PSS summed likewise: shared pages counted once
     returncode: int | None = None
     error: str = ""
     cold: bool = False  # the page cache was dropped just before
@@ -52,6 +55,79 @@ def drop_caches() -> bool:
         return False
 
 
+class TreeMemory:
+    """Samples the memory of a process and all its descendants, every ``interval`` s.
+
+    ``/usr/bin/time`` reports the largest single process; a tool with helper processes
+    (casbackup's readers) must be charged for all of them. RSS summed over processes
+    counts pages they share (forked, copy-on-write) once per process; PSS splits each
+    shared page between its sharers, so the PSS sum is the memory the tool really holds.
+    """
+
+    def __init__(self, root: int, interval: float = 0.1) -> None:
+        self.root = root
+        self.interval = interval
+        self.peak_rss_kib = 0
+        self.peak_pss_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        pids: list[int] = []
+        tick = 0
+        while not self._stop.is_set():
+            if tick % 5 == 0:  # listing /proc costs more than reading a few processes
+                pids = _descendants(self.root)
+            tick += 1
+            rss = pss = 0
+            for pid in pids:
+                r, p = _rss_pss_kib(pid)
+                rss, pss = rss + r, pss + p
+            self.peak_rss_kib = max(self.peak_rss_kib, rss)
+            self.peak_pss_kib = max(self.peak_pss_kib, pss)
+            self._stop.wait(self.interval)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (not ``root`` itself: that is /usr/bin/time)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _rss_pss_kib(pid: int) -> tuple[int, int]:
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss, pss
+
+
 def run_timed(cmd: Command, log_prefix: Path, timeout: float, cold: bool) -> Measurement:
     """Run ``cmd`` under ``/usr/bin/time``; stdout/stderr go to ``log_prefix``.{out,err}."""
     log_prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -64,21 +140,27 @@ def run_timed(cmd: Command, log_prefix: Path, timeout: float, cold: bool) -> Mea
     t0 = time.perf_counter()
     try:
         with open(out, "wb") as fo, open(err, "wb") as fe:
-            proc = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=fo,
-                stderr=fe,
-                env=env,
-                cwd=cmd.cwd,
-                timeout=timeout,
-            )
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env, cwd=cmd.cwd,
+                start_new_session=True,
+            )  # fmt: skip
+            memory = TreeMemory(popen.pid)
+            try:
+                popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(popen.pid, 9)  # the tool and its helpers, not only /usr/bin/time
+                popen.wait()
+                raise
+            finally:
+                memory.stop()
+            proc = subprocess.CompletedProcess(argv, popen.returncode)
     except subprocess.TimeoutExpired:
         return Measurement(False, time.perf_counter() - t0, error=f"timeout after {timeout:.0f} s")
     except OSError as e:
         return Measurement(False, error=f"could not start: {e}")
     wall = time.perf_counter() - t0
     m = Measurement(proc.returncode == 0, wall, returncode=proc.returncode, cold=cold)
+    m.tree_rss_kib, m.tree_pss_kib = memory.peak_rss_kib, memory.peak_pss_kib
     try:
         fields = tfile.read_text().strip().splitlines()[-1].split()
         m.user_s, m.sys_s, m.max_rss_kib = float(fields[1]), float(fields[2]), int(fields[3])

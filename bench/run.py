@@ -196,7 +196,7 @@ class Bench:
             log(
                 f"rep {rep} {tool:9} {report.SCENARIOS.get(scenario, scenario):36} "
                 f"{'' if record else '(setup) '}{status} {m.wall_s:7.2f} s "
-                f"{m.max_rss_kib / 1024:6.0f} MiB {m.error[:200]}"
+                f"{m.tree_pss_kib / 1024:6.0f} MiB PSS {m.error[:200]}"
             )
         if record:
             self.add(rep, tool, scenario, status, m, **extra)
@@ -254,7 +254,7 @@ class Bench:
         log(
             f"rep {rep} {name:9} {report.SCENARIOS.get(scenario, scenario):36} "
             f"{'' if record else '(setup) '}{status} {res.wall_s:7.2f} s "
-            f"{res.max_rss_kib / 1024:6.0f} MiB repo {extra.get('repo_bytes', 0) / 2**20:8.1f} MiB "
+            f"{res.tree_pss_kib / 1024:6.0f} MiB PSS repo {extra.get('repo_bytes', 0) / 2**20:8.1f} MiB "
             f"{res.error[:200]}"
         )
         if record:
@@ -327,7 +327,7 @@ class Bench:
                 m.error = f"restored tree differs ({len(diffs)}+): " + "; ".join(diffs[:5])
         log(
             f"rep {rep} {name:9} {report.SCENARIOS['5']:36} {status} {m.wall_s:7.2f} s "
-            f"{m.max_rss_kib / 1024:6.0f} MiB {m.error[:200] or 'verified identical'}"
+            f"{m.tree_pss_kib / 1024:6.0f} MiB PSS {m.error[:200] or 'verified identical'}"
         )
         self.add(rep, name, "5", status, m)
         if not (self.args.keep and rep == self.args.reps):

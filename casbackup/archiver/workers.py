@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import gc
 import multiprocessing
 import os
 import queue
@@ -41,7 +42,7 @@ from typing import Any
 
 import blake3
 
-from casbackup.chunking.chunker import Chunker
+from casbackup.chunking.chunker import Chunker, StreamCutter
 from casbackup.crypto.envelope import Opener, Sealer
 from casbackup.errors import CasError, IntegrityError
 from casbackup.memory import tune_allocator_single_thread
@@ -50,7 +51,7 @@ from casbackup.repo.config import ChunkerParams
 from casbackup.repo.ids import Kind
 from casbackup.repo.index import IndexCache
 
-FLUSH_BYTES = 4 << 20  # sealed bytes a worker gathers before sending them
+FLUSH_BYTES = 1 << 20  # sealed bytes a worker gathers before sending them
 BATCH_FILES = 128  # small files per job batch
 BATCH_BYTES = 4 << 20  # bytes of file content per job batch
 PIPE_BYTES = 1 << 20
@@ -118,6 +119,7 @@ class FileReader:
         self.setup = setup
         self.cancel = cancel
         self.chunker = Chunker(setup.chunker, setup.chunker_seed)
+        self.cutter = StreamCutter(self.chunker)
         self.sealer = Sealer(setup.encryption_root)  # a fresh session: see module docstring
         self.opener = Opener(setup.encryption_root)
         self.level = setup.compression_level
@@ -173,7 +175,7 @@ class FileReader:
                     self.chunker.buffer(data) if len(data) > min_size else ([data] if data else [])
                 )
             else:
-                pieces = self.chunker.stream(f)
+                pieces = self.cutter.chunks(f)
             ids, digest, size = self._store(pieces, flush)
             after = os.fstat(fd)
         changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
@@ -302,6 +304,17 @@ class ReaderPool:
         self._procs: list[Any] = []
         self._threads: list[threading.Thread] = []
         receivers: list[Connection] = []  # our ends, closed in readers forked later
+        # Objects that exist now are never collected in the readers: without this, the
+        # readers' first garbage collection would touch (and so copy) every inherited page.
+        gc.freeze()
+        try:
+            self._start(ctx, setup, workers, receivers)
+        finally:
+            gc.unfreeze()
+
+    def _start(
+        self, ctx: Any, setup: WorkerSetup, workers: int, receivers: list[Connection]
+    ) -> None:
         for _ in range(workers):
             ours, theirs = ctx.Pipe(duplex=False)
             _widen_pipe(theirs)

@@ -43,3 +43,49 @@ class Chunker:
         view = memoryview(data)
         for chunk in self._cdc().cut_buf(view):
             yield view[chunk.offset : chunk.offset + chunk.length]
+
+
+READ_BLOCK = 1 << 20
+
+
+class StreamCutter:
+    """Chunks one stream after another through a single reusable buffer.
+
+    pyfastcdc's own streaming allocates a fresh buffer of twice the maximum chunk size
+    for every stream (16 MiB by default): for tens of thousands of files that is an
+    mmap, page faults and an munmap per file. This keeps one buffer of max_size + 1 MiB
+    per reader. Every chunk that ends before the buffer's end is a cut the streaming
+    chunker would also make (a cut depends only on bytes from the chunk's start, at
+    most max_size of them); the chunk that ends at the buffer's end is held back and
+    cut again once more data is read behind it. Not thread-safe: one per thread.
+    """
+
+    def __init__(self, chunker: Chunker) -> None:
+        self._cdc = chunker._cdc()
+        self._buf = bytearray(chunker.params.max_size + READ_BLOCK)
+        self._view = memoryview(self._buf)
+
+    def chunks(self, reader: BinaryIO) -> Iterator[memoryview]:
+        """Yield chunks of ``reader``; each view is valid only until the next is requested."""
+        buf, view, cap = self._buf, self._view, len(self._buf)
+        end = 0
+        eof = False
+        while True:
+            while not eof and end < cap:
+                n = reader.readinto(view[end:])
+                if not n:
+                    eof = True
+                else:
+                    end += n
+            if end == 0:
+                return
+            cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(view[:end])]
+            if eof:
+                for offset, length in cuts:
+                    yield view[offset : offset + length]
+                return
+            for offset, length in cuts[:-1]:
+                yield view[offset : offset + length]
+            held = cuts[-1][0]
+            buf[: end - held] = view[held:end]  # same-size move: allowed with views out
+            end -= held

@@ -46,7 +46,7 @@ from casbackup.repo.index import (
     encode_index,
 )
 from casbackup.repo.lock import Lock
-from casbackup.repo.pack import PackWriter, pack_name
+from casbackup.repo.pack import PackWriter, UploadPackWriter, pack_name
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
 from casbackup.store.base import Backend
@@ -72,7 +72,7 @@ class Repository:
         self.verify_before_write = True
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
-        self._packer = PackWriter()
+        self._packer = self._new_packer()
         self._claimed: set[bytes] = set()  # in the open pack or a pack being written
         self._pending: dict[bytes, Location] = {}  # in stored packs, not yet in an index file
         self._pending_packs: dict[FileId, list[tuple[BlobId, Location]]] = {}
@@ -146,6 +146,8 @@ class Repository:
         return name
 
     def close(self) -> None:
+        with self._lock:
+            self._packer.abort()  # blobs never flushed: drop the pack's temp file
         if self._cache is not None:
             self._cache.close()
             self._cache = None
@@ -300,13 +302,21 @@ class Repository:
             # before it clears pending, so one of the two always sees a stored blob.
             if blob_id in self._claimed or blob_id in self._pending or self.cache.contains(blob_id):
                 return False
+            try:
+                self._packer.add(kind, blob_id, envelope, raw_len)
+            except BaseException:
+                # The open pack is unusable: none of its blobs may count as present.
+                for e in self._packer.entries:
+                    self._claimed.discard(e.id)
+                self._packer.abort()
+                self._packer = self._new_packer()
+                raise
             self._claimed.add(blob_id)
-            self._packer.add(kind, blob_id, envelope, raw_len)
             self.stats_blobs_added += 1
             self.stats_bytes_added += raw_len
             self.stats_bytes_stored += len(envelope)
             if self._packer.size >= self.config.pack_size:
-                full, self._packer = self._packer, PackWriter()
+                full, self._packer = self._packer, self._new_packer()
         if full is not None:
             self._write_pack(full)
         return True
@@ -316,15 +326,21 @@ class Repository:
         for blob_id, envelope, raw_len in blobs:
             self.store_sealed(Kind.DATA, BlobId(blob_id), envelope, raw_len)
 
-    def _write_pack(self, packer: PackWriter) -> None:
-        pack_id, data, entries = packer.finish(self.sealer)
+    def _new_packer(self) -> PackWriter | UploadPackWriter:
+        begin = getattr(self.backend, "begin_upload", None)
+        if begin is None:
+            return PackWriter()  # backends without streaming writes get the whole pack
+        return UploadPackWriter(lambda: begin("data"))
+
+    def _write_pack(self, packer: PackWriter | UploadPackWriter) -> None:
         try:
-            self.backend.put(pack_name(pack_id), data)
+            pack_id, entries = packer.store(self.backend, self.sealer)
         except BaseException:
+            packer.abort()
             # The pack never reached the store: its blobs must not count as present, or a
             # later save in this process would skip them and a snapshot would name nothing.
             with self._lock:
-                for e in entries:
+                for e in packer.entries:
                     self._claimed.discard(e.id)
             raise
         located = [
@@ -360,7 +376,7 @@ class Repository:
     def flush(self) -> None:
         """Store the open pack and an index file naming every stored pack."""
         with self._lock:
-            packer, self._packer = self._packer, PackWriter()
+            packer, self._packer = self._packer, self._new_packer()
         if packer.entries:
             self._write_pack(packer)
         self._flush_index()

@@ -82,6 +82,10 @@ class LocalBackend:
             raise _storage_error(exc, f"writing {name}") from None
         self._forget_fd(name)
 
+    def begin_upload(self, directory: str) -> LocalUpload:
+        """An object written piece by piece and named when done (packs: the name is a hash)."""
+        return LocalUpload(self, directory)
+
     def _open_fd(self, name: str) -> int:
         with self._fd_lock:
             fd = self._fds.get(name)
@@ -198,3 +202,59 @@ class LocalBackend:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+
+class LocalUpload:
+    """A file written in pieces under a temp name, then fsynced and renamed: ``put``'s
+    guarantees without holding the whole object in memory."""
+
+    def __init__(self, backend: LocalBackend, directory: str) -> None:
+        self._backend = backend
+        folder = backend._path(directory)
+        self._tmp = os.path.join(folder, f"upload{TMP_MARK}{os.urandom(6).hex()}")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise _storage_error(exc, f"writing to {directory}") from None
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._fd is not None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self.abort()
+            raise _storage_error(exc, "writing a pack") from None
+
+    def commit(self, name: str) -> None:
+        backend = self._backend
+        path = backend._path(name)
+        directory = os.path.dirname(path)
+        assert self._fd is not None
+        try:
+            if backend._durable:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            if directory not in backend._made_dirs:
+                os.makedirs(directory, exist_ok=True)
+                backend._made_dirs.add(directory)
+            os.replace(self._tmp, path)
+            if backend._durable:
+                fsync_dir(directory)
+        except OSError as exc:
+            self.abort()
+            raise _storage_error(exc, f"writing {name}") from None
+        backend._forget_fd(name)
+
+    def abort(self) -> None:
+        """Drop the temp file (a crash instead leaves it for ``prune`` to remove)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            os.unlink(self._tmp)
+        except OSError:
+            pass

@@ -46,9 +46,9 @@ def big_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
 
 
 def count_packs(repo: str) -> int:
-    """Complete packs (a kill can also leave ``<name>.tmp-<random>`` files, which are not packs)."""
+    """Complete packs (a kill can also leave ``data/upload.tmp-<random>``, which is not a pack)."""
     try:
-        folders = list(os.scandir(os.path.join(repo, "data")))
+        folders = [d for d in os.scandir(os.path.join(repo, "data")) if d.is_dir()]
         return sum(1 for d in folders for name in os.listdir(d.path) if ".tmp-" not in name)
     except FileNotFoundError:
         return 0

@@ -18,6 +18,7 @@ from casbackup.repo import repository as repository_module
 from casbackup.repo.ids import Kind
 from casbackup.repo.pack import pack_name
 from casbackup.repo.repository import Repository
+from casbackup.store.local import LocalBackend
 from casbackup.store.memory import MemoryBackend
 from casbackup.testing.faults import FaultScript, FaultyBackend, ProcessDeath
 from casbackup.testing.fixtures import make_repo, open_repo
@@ -209,3 +210,35 @@ def test_fault_script_basics() -> None:
     with pytest.raises(ProcessDeath):
         crashing.put("b", b"")
     assert not inner.exists("b")
+
+
+def test_a_pack_write_failing_midway_forgets_its_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs are written as blobs arrive: a failed write must not leave blobs counted as stored."""
+    repo = make_repo(str(tmp_path / "repo"))
+    first = os.urandom(10_000)
+    repo.save_blob(Kind.DATA, first)  # in the open pack, on disk in its temp file
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StorageError, match="no space left"):
+        repo.save_blob(Kind.DATA, os.urandom(10_000))
+    monkeypatch.setattr(os, "write", real_write)
+    assert not repo.has_blob(repo.blob_id(first))  # its pack is gone with the failure
+    assert repo.save_blob(Kind.DATA, first)[1] is True
+    repo.flush()
+    assert repo.load_blob(repo.blob_id(first)) == first
+    assert list(repo.backend.list_temp_files()) == []
+    assert_clean(repo)
+    repo.close()
+
+
+def test_closing_without_flush_leaves_no_temp_file(tmp_path: Path) -> None:
+    repo = make_repo(str(tmp_path / "repo"))
+    repo.save_blob(Kind.DATA, os.urandom(5000))
+    repo.close()
+    assert list(LocalBackend(str(tmp_path / "repo")).list_temp_files()) == []

@@ -193,3 +193,36 @@ def test_local_refuses_names_that_escape(tmp_path: Path) -> None:
         with pytest.raises(StorageError, match="invalid object name"):
             b.put(name, b"x")
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_local_upload_is_named_at_commit_and_invisible_before(tmp_path: Path) -> None:
+    b = LocalBackend(str(tmp_path))
+    up = b.begin_upload("data")
+    up.write(b"abc")
+    up.write(memoryview(b"defgh")[1:])
+    assert list(b.list("")) == []  # a pack being written is never listed
+    assert len(list(b.list_temp_files())) == 1
+    up.commit("data/12/pack")
+    assert b.get("data/12/pack") == b"abcefgh"
+    assert list(b.list_temp_files()) == []
+
+
+def test_local_upload_failures_leave_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = LocalBackend(str(tmp_path))
+    up = b.begin_upload("data")
+    up.write(b"first")
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StorageError, match="writing a pack: no space left on device"):
+        up.write(b"second")
+    monkeypatch.undo()
+    assert list(b.list_temp_files()) == []
+    aborted = b.begin_upload("data")
+    aborted.write(b"x")
+    aborted.abort()
+    assert list(b.list_temp_files()) == [] and list(b.list("")) == []
