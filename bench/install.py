@@ -25,6 +25,17 @@ BORG_BUILD_DEPS = [
 ]
 
 
+def compile_bytecode() -> None:
+    """Compile casbackup's modules, as ``pip install`` does for an installed package.
+
+    The working tree is installed editable; where PYTHONDONTWRITEBYTECODE is set (this
+    workplace sets it) every command would compile every module from source first,
+    about 0.2 s per run that no installed copy pays.
+    """
+    package = Path(__file__).resolve().parent.parent / "casbackup"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=False)
+
+
 def _log(msg: str) -> None:
     print(f"[setup] {msg}", file=sys.stderr, flush=True)
 

@@ -132,6 +132,7 @@ class Bench:
             if self.args.no_setup
             else install.setup(self.work)
         )
+        install.compile_bytecode()
         for name in self.args.tools:
             if name == "casbackup":
                 self.tools[name] = Casbackup()

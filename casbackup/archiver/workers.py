@@ -23,15 +23,12 @@ files of any size.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import gc
 import multiprocessing
 import os
 import queue
-import signal
 import stat
 import threading
 import traceback
@@ -42,10 +39,12 @@ from typing import Any
 
 import blake3
 
+from casbackup import procs
 from casbackup.chunking.chunker import Chunker, StreamCutter
 from casbackup.crypto.envelope import Opener, Sealer
 from casbackup.errors import CasError, IntegrityError
 from casbackup.memory import tune_allocator_single_thread
+from casbackup.procs import become_helper
 from casbackup.repo import codec
 from casbackup.repo.config import ChunkerParams
 from casbackup.repo.ids import Kind
@@ -55,7 +54,6 @@ FLUSH_BYTES = 1 << 20  # sealed bytes a worker gathers before sending them
 BATCH_FILES = 128  # small files per job batch
 BATCH_BYTES = 4 << 20  # bytes of file content per job batch
 PIPE_BYTES = 1 << 20
-_PR_SET_PDEATHSIG = 1
 _POLL_S = 1.0  # how often an idle worker checks that its parent is alive
 
 
@@ -235,8 +233,7 @@ def _worker_main(
     parent: int,
     siblings: list[Connection],
 ) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C (cancel flag)
-    _die_with_parent(parent)
+    become_helper(parent)
     for other in siblings:
         other.close()  # else this process would keep another reader's pipe open
     tune_allocator_single_thread()
@@ -298,7 +295,7 @@ class ReaderPool:
         self._lock = threading.Lock()
         self._next_id = 0
         self._failure: BaseException | None = None
-        ctx = multiprocessing.get_context(_start_method())
+        ctx = procs.context()
         self.cancel = cancel
         self._jobs = ctx.Queue()
         self._procs: list[Any] = []
@@ -413,17 +410,6 @@ class ReaderPool:
         self._jobs.join_thread()
 
 
-def _die_with_parent(parent: int) -> None:
-    """A reader must not outlive a killed backup (it would hold its pipes and stdout)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # Linux; elsewhere the poll below
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _widen_pipe(conn: Connection) -> None:
     """Ask for a 1 MiB pipe buffer (Linux): 16x fewer reads, writes and wake-ups per message."""
     setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
@@ -441,13 +427,3 @@ def _exit(proc: Any) -> str:
     if code is not None and code < 0:
         return f"killed by signal {-code}"
     return str(code)
-
-
-def _start_method() -> str:
-    # fork: nothing is imported again and nothing is pickled but the jobs. Safe here
-    # even with other threads (the lock refresher, a service's request threads): the
-    # child runs only _worker_main, which takes no lock another thread could have held
-    # at the fork (its Sealer, index cache and compressors are its own).
-    if "fork" in multiprocessing.get_all_start_methods():
-        return "fork"
-    return "spawn"

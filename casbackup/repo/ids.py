@@ -31,13 +31,20 @@ class Kind(IntEnum):
 BLOB_KINDS = (Kind.DATA, Kind.TREE)
 
 
+_hash_threads = True
+
+
+def single_threaded_hashing() -> None:
+    """For forked helper processes: BLAKE3's thread pool does not survive a fork (a pool
+    started in the parent would leave the child waiting for threads that do not exist)."""
+    global _hash_threads
+    _hash_threads = False
+
+
 def file_id(data: bytes | memoryview) -> FileId:
     """Name stored files by the hash of their bytes: damage at rest shows without the key."""
-    return FileId(
-        blake3.blake3(
-            data, max_threads=blake3.blake3.AUTO if len(data) > 1 << 22 else 1
-        ).hexdigest()
-    )
+    threads = blake3.blake3.AUTO if _hash_threads and len(data) > 1 << 22 else 1
+    return FileId(blake3.blake3(data, max_threads=threads).hexdigest())
 
 
 def parse_file_id(text: str) -> FileId:

@@ -7,12 +7,16 @@ before the snapshot trees are walked once to name every affected file.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from casbackup import procs
 from casbackup.errors import CasError, UsageError
 from casbackup.repo import codec
 from casbackup.repo.ids import BlobId, FileId, Kind, file_id
@@ -81,6 +85,7 @@ class CheckOptions:
     # Read the least recently verified packs first and stop starting new ones after this
     # many seconds; per-pack results are kept in the repository's check state.
     max_duration: float | None = None
+    workers: int = 2  # processes reading packs in parallel with read_data
 
 
 @dataclass
@@ -208,11 +213,16 @@ class Checker:
             phase="read data", files_total=len(chosen), bytes_total=sum(packs[p] for p in chosen)
         )
         started = time.monotonic()
+
+        def jobs() -> Iterator[tuple[FileId, int, list[tuple[bytes, Location]]]]:
+            for i, pack in enumerate(chosen):
+                if limit is not None and i and time.monotonic() - started >= limit:
+                    return  # at least one pack per run, so a tiny budget still makes progress
+                yield pack, packs[pack], self.indexed.get(pack, [])
+
         read: list[FileId] = []
-        for pack in chosen:
-            if limit is not None and read and time.monotonic() - started >= limit:
-                break  # at least one pack per run, so a tiny budget still makes progress
-            self._read_pack(pack, packs[pack])
+        for pack, verdict in _verify_all(self.repo, jobs(), self.options.workers):
+            self._apply(pack, verdict)
             read.append(pack)
             progress.files_done += 1
             progress.bytes_done += packs[pack]
@@ -226,42 +236,13 @@ class Checker:
         self.report.packs_never_verified = len(packs) - len(verdicts)
         self.report.oldest_verified = min((v.verified for v in verdicts), default=None)
 
-    def _read_pack(self, pack: FileId, size: int) -> None:
-        try:
-            data = self.repo.backend.get(pack_name(pack))
-        except CasError as exc:
-            self.report.errors.append(f"pack {pack[:12]} cannot be read: {exc}")
-            return
-        self.report.packs_read += 1
-        self.report.bytes_read += len(data)
-        bad = 0
-        if file_id(data) != pack:
-            self.report.errors.append(
-                f"pack {pack[:12]} does not match its name: its bytes were changed"
-            )
-        try:
-            entries: list[PackEntry] = parse_pack_tail(self.repo.opener, data, len(data))[1]
-        except CasError as exc:
-            entries = []
-            self.report.errors.append(
-                f"pack {pack[:12]} header is damaged ({exc}); checking blobs via the index"
-            )
-        if not entries:
-            entries = [PackEntry(loc.kind, BlobId(bid), loc.offset, loc.stored_len, loc.raw_len)
-                       for bid, loc in self.indexed.get(pack, [])]  # fmt: skip
-        view = memoryview(data)
-        for e in entries:
-            try:
-                plain = codec.decompress(
-                    self.repo.opener.open(e.kind, e.id, view[e.offset : e.offset + e.stored_len])
-                )
-                if self.repo.blob_id(plain) != e.id:
-                    raise CasError("content does not match its id")
-            except CasError as exc:
-                self._blob_damaged(e.id, pack, f"blob {e.id.hex()[:12]} {exc}")
-                bad += 1
-        if bad:
-            self.report.errors.append(f"pack {pack[:12]}: {bad} damaged blobs")
+    def _apply(self, pack: FileId, verdict: PackVerdict) -> None:
+        self.report.errors.extend(verdict.errors)
+        if verdict.bytes_read is not None:
+            self.report.packs_read += 1
+            self.report.bytes_read += verdict.bytes_read
+        for blob_id, why in verdict.damaged:
+            self._blob_damaged(blob_id, pack, why)
 
     # ------------------------------------------------------------------ snapshots
     def _check_snapshots(self) -> None:
@@ -323,6 +304,97 @@ class Checker:
         if loc.kind != Kind.TREE:
             raise CasError("index says this tree is a data blob")
         return self.repo.load_tree(tree_id)
+
+
+@dataclass
+class PackVerdict:
+    """What reading one pack found; computed in a helper process when there are several."""
+
+    bytes_read: int | None = None  # None: the pack could not be read at all
+    errors: list[str] = field(default_factory=list)
+    damaged: list[tuple[bytes, str]] = field(default_factory=list)  # (blob id, why)
+
+
+def verify_pack(
+    repo: Repository, pack: FileId, size: int, indexed: list[tuple[bytes, Location]]
+) -> PackVerdict:
+    """Read a whole pack: its name is the hash of its bytes, and every blob decrypts,
+    decompresses and hashes to its id. Falls back to the index's entries when the
+    pack's own header is damaged."""
+    verdict = PackVerdict()
+    try:
+        data = repo.backend.get(pack_name(pack))
+    except CasError as exc:
+        verdict.errors.append(f"pack {pack[:12]} cannot be read: {exc}")
+        return verdict
+    verdict.bytes_read = len(data)
+    if file_id(data) != pack:
+        verdict.errors.append(f"pack {pack[:12]} does not match its name: its bytes were changed")
+    try:
+        entries: list[PackEntry] = parse_pack_tail(repo.opener, data, len(data))[1]
+    except CasError as exc:
+        entries = []
+        verdict.errors.append(
+            f"pack {pack[:12]} header is damaged ({exc}); checking blobs via the index"
+        )
+    if not entries:
+        entries = [PackEntry(loc.kind, BlobId(bid), loc.offset, loc.stored_len, loc.raw_len)
+                   for bid, loc in indexed]  # fmt: skip
+    view = memoryview(data)
+    for e in entries:
+        try:
+            plain = codec.decompress(
+                repo.opener.open(e.kind, e.id, view[e.offset : e.offset + e.stored_len])
+            )
+            if repo.blob_id(plain) != e.id:
+                raise CasError("content does not match its id")
+        except CasError as exc:
+            verdict.damaged.append((e.id, f"blob {e.id.hex()[:12]} {exc}"))
+    if verdict.damaged:
+        verdict.errors.append(f"pack {pack[:12]}: {len(verdict.damaged)} damaged blobs")
+    return verdict
+
+
+_helper_repo: Repository | None = None  # set in each helper process (inherited by fork)
+
+
+def _helper_start(repo: Repository, parent: int) -> None:
+    global _helper_repo
+    procs.become_helper(parent)
+    _helper_repo = repo
+
+
+def _helper_verify(job: tuple[FileId, int, list[tuple[bytes, Location]]]) -> PackVerdict:
+    assert _helper_repo is not None
+    return verify_pack(_helper_repo, *job)
+
+
+def _verify_all(
+    repo: Repository,
+    jobs: Iterator[tuple[FileId, int, list[tuple[bytes, Location]]]],
+    workers: int,
+) -> Iterator[tuple[FileId, PackVerdict]]:
+    """Verify packs, in order, in ``workers`` helper processes (decryption and hashing
+    of a pack are CPU-bound; the GIL would leave a second core idle)."""
+    if workers <= 1:
+        for job in jobs:
+            yield job[0], verify_pack(repo, *job)
+        return
+    pool = procs.context().Pool(workers, _helper_start, (repo, os.getpid()))
+    try:
+        pending: deque[tuple[FileId, Any]] = deque()
+        for job in jobs:
+            pending.append((job[0], pool.apply_async(_helper_verify, (job,))))
+            if len(pending) > 2 * workers:  # bounded: a few packs in memory at a time
+                pack, result = pending.popleft()
+                yield pack, result.get()
+        while pending:
+            pack, result = pending.popleft()
+            yield pack, result.get()
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def check(

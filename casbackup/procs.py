@@ -1,0 +1,44 @@
+"""Helper processes: how casbackup starts them and keeps them from outliving their parent.
+
+Used by the backup's file readers (archiver/workers.py) and by ``check --read-data``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import multiprocessing
+import os
+import signal
+from typing import Any
+
+from casbackup.repo import ids
+
+_PR_SET_PDEATHSIG = 1
+
+
+def start_method() -> str:
+    # fork: nothing is imported again and nothing is pickled but the work. Safe here
+    # even with other threads (the lock refresher, a service's request threads): a child
+    # runs only its own loop, which takes no lock another thread could have held at the
+    # fork (its sealer, index cache, compressors and file handles are its own).
+    if "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return "spawn"
+
+
+def context() -> Any:
+    return multiprocessing.get_context(start_method())
+
+
+def become_helper(parent: int) -> None:
+    """First thing in a helper: leave Ctrl-C to the parent and die when it dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into a cancel
+    ids.single_threaded_hashing()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # Linux; elsewhere the parent check
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
