@@ -243,8 +243,17 @@ def results_md(meta: dict, records: list[dict]) -> str:
     )
 
 
+ANALYSIS_HEADING = "## What the numbers say"
+
+
 def write_results_md(path: Path, meta: dict, records: list[dict]) -> None:
-    path.write_text(results_md(meta, records))
+    """Rewrite the measured part; keep the hand-written analysis that follows it."""
+    analysis = ""
+    if path.exists():
+        old = path.read_text()
+        if ANALYSIS_HEADING in old:
+            analysis = "\n" + old[old.index(ANALYSIS_HEADING) :]
+    path.write_text(results_md(meta, records) + analysis)
 
 
 def main(argv: list[str] | None = None) -> int:
