@@ -81,7 +81,7 @@ class TreeMemory:
         pids: list[int] = []
         tick = 0
         while not self._stop.is_set():
-            if tick % 5 == 0:  # listing /proc costs more than reading a few processes
+            if tick % 5 == 0 or not pids:  # listing /proc costs more than reading a few
                 pids = _descendants(self.root)
             tick += 1
             rss = pss = 0

@@ -18,6 +18,7 @@ ALLOWED_SHARING = {
     "FormatError": "IntegrityError",
     "TransientStorageError": "StorageError",
     "WorkerFailed": "CasError",  # a reader process died: fatal, like any unexpected fault
+    "WriterFailed": "CasError",  # a restore writer process died: likewise
 }
 
 # restic's codes, which users' scripts already know.

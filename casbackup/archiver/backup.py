@@ -512,7 +512,6 @@ class Backup:
     def _archive_file(
         self, path: bytes, name: bytes, st: os.stat_result, ref: Node | None, reuse: Node | None
     ) -> Node | Later[Node | None]:
-        meta = self._meta(name, st)
         if reuse is not None and self._unchanged(reuse, st):
             with self._count_lock:
                 self.counters.files_unchanged += 1
@@ -520,7 +519,9 @@ class Backup:
                 self.counters.bytes_total += st.st_size
             self._progress.files_done += 1
             self._progress.bytes_done += st.st_size  # processed, though not read
-            return replace(meta, content=reuse.content, content_hash=reuse.content_hash)
+            return node_from_stat(name, st, self._uid_names, self._gid_names,
+                                  reuse.content, reuse.content_hash)  # fmt: skip
+        meta = self._meta(name, st)
         key = meta.hardlink_key
         if key is not None:
             earlier = self._hardlinks.get(key)
@@ -588,7 +589,7 @@ class Backup:
             return False
         if max(st.st_mtime_ns, st.st_ctime_ns) >= self._reuse_start_ns - RACE_MARGIN_NS:
             return False
-        return all(self.repo.has_blob(c) for c in old.content)
+        return self.repo.has_blobs(old.content)
 
     def _count_file(self, node: Node, ref: Node | None) -> None:
         """Classify a file that was read (or shares a read inode) against the reference."""

@@ -7,6 +7,7 @@ import os
 import pwd
 import stat
 
+from casbackup.repo.ids import BlobId
 from casbackup.repo.tree import Node, NodeKind, kind_of_mode
 
 
@@ -22,7 +23,12 @@ def _name(cache: dict[int, str], ident: int, lookup) -> str:  # type: ignore[no-
 
 
 def node_from_stat(
-    name: bytes, st: os.stat_result, users: dict[int, str], groups: dict[int, str]
+    name: bytes,
+    st: os.stat_result,
+    users: dict[int, str],
+    groups: dict[int, str],
+    content: tuple[BlobId, ...] = (),
+    content_hash: bytes = b"",
 ) -> Node:
     kind = kind_of_mode(st.st_mode) or NodeKind.FILE
     return Node(
@@ -40,4 +46,6 @@ def node_from_stat(
         device=st.st_dev,
         nlink=st.st_nlink,
         rdev=st.st_rdev if kind in (NodeKind.CHARDEV, NodeKind.BLOCKDEV) else 0,
+        content=content,
+        content_hash=content_hash,
     )

@@ -7,8 +7,9 @@ Never writes outside the target, whatever the repository says:
   followed: a directory that turns out to be a symlink stops the restore;
 - symlinks are created as links, never written through; ``--overwrite`` unlinks the
   old entry first, so it cannot write through a hard link or symlink either.
-File contents are written by worker threads on fds opened by the walking thread;
-directory metadata is applied after all of a directory's entries exist.
+File contents are written by writer processes (archiver/writers.py) on fds opened
+by the walking thread and passed to them; directory metadata is applied after all
+of a directory's entries exist.
 """
 
 from __future__ import annotations
@@ -18,20 +19,18 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import blake3
-
 from casbackup.archiver.excludes import Excluder
+from casbackup.archiver.writers import BlobReader, FileJob, WriterPool, Written, write_file
 from casbackup.errors import CasError, Interrupted, NotFound, RestoreError
-from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
-
-_ZERO = bytes(16 * 1024 * 1024)
+from casbackup.store.local import LocalBackend
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class RestoreOptions:
     includes: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
     overwrite: bool = False
-    workers: int = 2
+    workers: int = 2  # writer processes (threads for backends other than a local folder)
     owners: bool | None = None  # None: restore owners when running as root
     dry_run: bool = False
 
@@ -76,8 +75,13 @@ class Restorer:
         self._hardlinks: dict[tuple[int, int], bytes] = {}  # key -> path relative to the target
         self._progress = Progress(phase="restore")
         self._report_progress = Throttle(reporter, self._progress)
-        self._slots = threading.BoundedSemaphore(max(4, options.workers * 4))
-        self._futures: list[Future[None]] = []
+        self._slots = threading.BoundedSemaphore(max(4, options.workers * 16))
+        self._idle = threading.Condition()  # notified when the last file in flight is written
+        self._inflight = 0
+        self._failure: BaseException | None = None  # an unexpected fault in a writer thread
+        self._writers: WriterPool | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._reader = BlobReader(repo.backend, repo.key.encryption_root)
 
     def run(self) -> RestoreResult:
         opts = self.options
@@ -89,8 +93,7 @@ class Restorer:
         except OSError as exc:
             raise RestoreError(f"cannot use target {opts.target}: {exc.strerror}") from None
         self._root_fd = root_fd
-        pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="restore")
-        self._pool = pool
+        self._start_writers()
         try:
             if node is None or node.kind == NodeKind.DIR:
                 tree = self.snapshot.root if node is None else node.subtree
@@ -101,10 +104,9 @@ class Restorer:
                 self._restore_node(node, parent, b"", lambda: root_fd)
             self._drain(all_done=True)
         except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
             raise Interrupted("restore interrupted; the target holds a partial restore") from None
         finally:
-            pool.shutdown(wait=True)
+            self._stop_writers()
             os.close(root_fd)
         self._report_progress(force=True)
         return self.result
@@ -289,53 +291,75 @@ class Restorer:
         self._make(node, rel_path, dir_fd, create)
         if key is not None:
             self._hardlinks[key] = rel_path
-        self._slots.acquire()
-        future = self._pool.submit(self._write_file, holder["fd"], node, rel_path)
-        future.add_done_callback(lambda _f: self._slots.release())
-        self._futures.append(future)
-        if len(self._futures) > 256:
-            self._drain(all_done=False)
-
-    def _write_file(self, fd: int, node: Node, rel_path: bytes) -> None:
+        fd = holder["fd"]
         try:
-            hasher = blake3.blake3()
-            offset = 0
-            sparse = False
-            for chunk_id in node.content:
-                data = self.repo.load_blob(chunk_id, Kind.DATA)
-                hasher.update(data)
-                if len(data) >= 4096 and memoryview(_ZERO)[: len(data)] == data:
-                    sparse = True  # leave a hole: zero chunks cost no disk space
-                else:
-                    os.pwrite(fd, data, offset)
-                offset += len(data)
-                self._progress.bytes_done += len(data)
-            if sparse or offset != node.size:
-                os.ftruncate(fd, offset)
-            if node.content_hash and hasher.digest() != node.content_hash:
-                self._fail(
-                    rel_path, "restored content does not match the hash recorded at backup time"
-                )
-            self._apply_meta_fd(node, rel_path, fd, is_dir=False)
-            with self._lock:
-                self.result.files += 1
-                self.result.bytes += offset
-            self._progress.files_done += 1
-            self._report_progress()
+            chunks = [(chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len)
+                      for chunk_id, loc in zip(node.content, self.repo.locate_many(node.content), strict=True)]  # fmt: skip
         except CasError as exc:
-            self._fail(rel_path, str(exc))
-        except OSError as exc:
-            self._fail(rel_path, exc.strerror or str(exc))
-        finally:
             os.close(fd)
+            self._fail(rel_path, str(exc))
+            return
+        job = FileJob(tuple(chunks), node.size, node.content_hash, node.uid, node.gid,
+                      node.mode, node.mtime_ns, self.owners)  # fmt: skip
+        self._slots.acquire()
+        with self._idle:
+            self._inflight += 1
+        done = _Done(self, rel_path)
+        if self._writers is not None:
+            self._writers.submit(fd, job, done)  # closes our copy of fd
+        else:
+            assert self._threads is not None
+            future = self._threads.submit(write_file, fd, job, self._reader, self._add_bytes)
+            future.add_done_callback(done.from_future)
+
+    def _add_bytes(self, n: int) -> None:
+        self._progress.bytes_done += n
+
+    def _written(self, rel_path: bytes, written: Written) -> None:
+        """A file's outcome (on a writer's receiver thread or a writer thread)."""
+        try:
+            if written.error is not None:
+                self._fail(rel_path, written.error)
+            else:
+                with self._lock:
+                    self.result.files += 1
+                    self.result.bytes += written.bytes
+                    if written.warning is not None:
+                        self.result.warnings.append(f"{os.fsdecode(rel_path)}: {written.warning}")
+                if self._writers is not None:
+                    self._progress.bytes_done += written.bytes
+                self._progress.files_done += 1
+                self._report_progress()
+        finally:
+            self._slots.release()
+            with self._idle:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._idle.notify_all()
+
+    def _start_writers(self) -> None:
+        opts = self.options
+        backend = self.repo.backend
+        if isinstance(backend, LocalBackend) and opts.workers > 1 and not opts.dry_run:
+            self._writers = WriterPool(backend.root, self.repo.key.encryption_root, opts.workers)
+        else:
+            self._threads = ThreadPoolExecutor(opts.workers, thread_name_prefix="restore")
+
+    def _stop_writers(self) -> None:
+        if self._writers is not None:
+            self._writers.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
 
     def _drain(self, all_done: bool) -> None:
-        pending, self._futures = self._futures, []
-        for future in pending:
-            if all_done or future.done():
-                future.result()
-            else:
-                self._futures.append(future)
+        """Raise a writer's unexpected fault; with ``all_done``, wait for every file first."""
+        if all_done:
+            with self._idle:
+                while self._inflight:
+                    self._idle.wait()
+        failure = self._failure or (self._writers.failure if self._writers else None)
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------------ metadata
     def _apply_meta_fd(self, node: Node, rel_path: bytes, fd: int, *, is_dir: bool) -> None:
@@ -375,6 +399,26 @@ class Restorer:
     def _fail(self, rel_path: bytes, message: str) -> None:
         with self._lock:
             self.result.errors.append(f"{os.fsdecode(rel_path)}: {message}")
+
+
+class _Done:
+    """Called once with a file's outcome."""
+
+    __slots__ = ("restorer", "rel_path")
+
+    def __init__(self, restorer: Restorer, rel_path: bytes) -> None:
+        self.restorer, self.rel_path = restorer, rel_path
+
+    def __call__(self, written: Written) -> None:
+        self.restorer._written(self.rel_path, written)
+
+    def from_future(self, future) -> None:  # type: ignore[no-untyped-def]
+        try:
+            written = future.result()
+        except BaseException as exc:  # noqa: BLE001 - a bug in a writer: stop the restore
+            self.restorer._failure = exc
+            written = Written(error=f"not written: {exc}")
+        self(written)
 
 
 def restore(

@@ -54,6 +54,7 @@ FLUSH_BYTES = 1 << 20  # sealed bytes a worker gathers before sending them
 BATCH_FILES = 128  # small files per job batch
 BATCH_BYTES = 4 << 20  # bytes of file content per job batch
 PIPE_BYTES = 1 << 20
+PREFETCH_BYTES = 4 << 20  # per file: enough to start a big file, not to flood the cache
 _POLL_S = 1.0  # how often an idle worker checks that its parent is alive
 
 
@@ -153,11 +154,13 @@ class FileReader:
             return FileOutcome(error=(exc.errno or 0, exc.strerror or str(exc)))
 
     def _read(self, path: bytes, expected_size: int, flush: Callable[[], None]) -> FileOutcome:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
+        # O_NONBLOCK: a file swapped for a FIFO since the walk must not block the open
+        # (fstat below refuses it); it changes nothing for regular files.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            fd = os.open(path, flags)
+            fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
         except PermissionError:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # O_NOATIME needs ownership
+            fd = os.open(path, flags)  # O_NOATIME needs ownership
         with open(fd, "rb", buffering=0) as f:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
@@ -255,6 +258,8 @@ def _worker_main(
                 continue
             if batch is None:
                 break
+            if len(batch) > 1:
+                _prefetch(batch)
             for job_id, path, size in batch:
                 outcomes.append((job_id, reader.read_file(path, size, flush)))
             flush()
@@ -270,6 +275,27 @@ def _worker_main(
     finally:
         reader.close()
         conn.close()
+
+
+def _prefetch(batch: list[tuple[int, bytes, int]]) -> None:
+    """Ask the kernel to start reading a batch's files now, all at once.
+
+    Read one after another, small files cost a disk round trip each; told about the
+    whole batch first, the disk gets many requests at a time (cold cache: see bench/).
+    Only a hint: errors are ignored here and reported when the file is really read.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_NOATIME", 0)
+    for _job_id, path, size in batch:
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, min(size, PREFETCH_BYTES), os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------- the parent side

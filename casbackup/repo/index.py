@@ -185,9 +185,18 @@ class IndexCache:
             value = txn.get(blob_id)
         return None if value is None else Location.decode(value)
 
+    def get_many(self, blob_ids: list[bytes]) -> list[Location | None]:
+        with self.env.begin(db=self.blobs, buffers=False) as txn:
+            values = [txn.get(b) for b in blob_ids]
+        return [None if v is None else Location.decode(v) for v in values]
+
     def contains(self, blob_id: bytes) -> bool:
         with self.env.begin(db=self.blobs) as txn:
             return txn.get(blob_id) is not None
+
+    def contains_all(self, blob_ids: Iterable[bytes]) -> bool:
+        with self.env.begin(db=self.blobs) as txn:
+            return all(txn.get(b) is not None for b in blob_ids)
 
     def add_file(self, name: FileId, entries: Iterable[tuple[BlobId, Location]]) -> None:
         """Record an index file's entries and its name in one transaction."""

@@ -257,6 +257,22 @@ class Repository:
             return True
         return self.cache.contains(blob_id)
 
+    def has_blobs(self, blob_ids: Iterable[bytes]) -> bool:
+        """Whether every one is stored (one index transaction for all of them)."""
+        rest = [b for b in blob_ids if b not in self._claimed and b not in self._pending]
+        return not rest or self.cache.contains_all(rest)
+
+    def locate_many(self, blob_ids: Iterable[bytes]) -> list[Location]:
+        """``locate`` for several blobs with one index transaction (restore: a file's chunks)."""
+        ids = list(blob_ids)
+        if self._pending or self._claimed:
+            return [self.locate(b) for b in ids]  # blobs of this session: rare, take the slow way
+        found = self.cache.get_many(ids)
+        for blob_id, loc in zip(ids, found, strict=True):
+            if loc is None:
+                raise NotFound(f"blob {blob_id.hex()[:16]} is not in the index")
+        return found  # type: ignore[return-value]
+
     def locate(self, blob_id: bytes) -> Location:
         loc = self._pending.get(blob_id)
         if loc is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from casbackup.archiver import workers as workers_module
+from casbackup.archiver import writers as writers_module
 from casbackup.archiver.backup import BackupOptions, run_backup
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.crypto.envelope import HEADER
@@ -131,3 +132,32 @@ def test_dry_run_reads_everything_and_stores_nothing(tree: Path, tmp_path: Path)
     assert result.snapshot is None
     assert list(repo.backend.list("data/")) == []
     repo.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_restore_writers_round_trip_and_a_dead_writer_fails_clearly(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    repo = make_repo(str(tmp_path / "repo"))
+    snap = run_backup(repo, BackupOptions(paths=(str(tree),), type="full")).snapshot
+    assert snap is not None
+    out = tmp_path / "out"
+    result = restore(repo, snap, RestoreOptions(target=str(out), workers=workers))
+    assert not result.errors and result.files > 1000
+    assert_same_tree(tree, out / str(tree).lstrip("/"))
+    if workers == 1:
+        return  # threads: nothing to kill
+
+    original = writers_module.write_file
+
+    def dying(fd, job, reader, on_bytes):  # type: ignore[no-untyped-def]
+        if job.size == 3_000_000:
+            os._exit(9)  # as the OOM killer would
+        return original(fd, job, reader, on_bytes)
+
+    monkeypatch.setattr(writers_module, "write_file", dying)  # inherited by fork
+    with pytest.raises(writers_module.WriterFailed, match="stopped unexpectedly"):
+        restore(repo, snap, RestoreOptions(target=str(tmp_path / "again"), workers=2))
+    repo.close()
+    assert multiprocessing.active_children() == []
