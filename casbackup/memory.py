@@ -41,5 +41,5 @@ def tune_allocator_single_thread() -> None:
     """
     mallopt = _mallopt()
     if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, 8 << 20)
-        mallopt(_M_TRIM_THRESHOLD, 16 << 20)
+        mallopt(_M_MMAP_THRESHOLD, 4 << 20)
+        mallopt(_M_TRIM_THRESHOLD, 4 << 20)

@@ -10,6 +10,7 @@ import ctypes.util
 import multiprocessing
 import os
 import signal
+import threading
 from typing import Any
 
 from casbackup.repo import ids
@@ -29,6 +30,17 @@ def start_method() -> str:
 
 def context() -> Any:
     return multiprocessing.get_context(start_method())
+
+
+def reap(threads: list[threading.Thread], processes: list[Any]) -> None:
+    """Wait for receiver threads, then for their processes (killing any that hang)."""
+    for t in threads:
+        t.join()
+    for proc in processes:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def become_helper(parent: int) -> None:

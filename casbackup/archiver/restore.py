@@ -23,7 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from casbackup.archiver.excludes import Excluder
-from casbackup.archiver.writers import BlobReader, FileJob, WriterPool, Written, write_file
+from casbackup.archiver.writers import (
+    BlobReader,
+    FileJob,
+    WriterPool,
+    Written,
+    apply_metadata,
+    write_file,
+)
 from casbackup.errors import CasError, Interrupted, NotFound, RestoreError
 from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
@@ -364,10 +371,7 @@ class Restorer:
     # ------------------------------------------------------------------ metadata
     def _apply_meta_fd(self, node: Node, rel_path: bytes, fd: int, *, is_dir: bool) -> None:
         try:
-            if self.owners:
-                os.fchown(fd, node.uid, node.gid)
-            os.fchmod(fd, node.mode)  # after chown, which clears setuid/setgid
-            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+            apply_metadata(fd, node.uid, node.gid, node.mode, node.mtime_ns, owners=self.owners)
         except OSError as exc:
             with self._lock:
                 self.result.warnings.append(

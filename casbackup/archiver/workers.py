@@ -54,6 +54,7 @@ FLUSH_BYTES = 1 << 20  # sealed bytes a worker gathers before sending them
 BATCH_FILES = 128  # small files per job batch
 BATCH_BYTES = 4 << 20  # bytes of file content per job batch
 PIPE_BYTES = 1 << 20
+SEEN_MAX = 16384  # blob ids a reader remembers sealing (about 2 MiB)
 PREFETCH_BYTES = 4 << 20  # per file: enough to start a big file, not to flood the cache
 _POLL_S = 1.0  # how often an idle worker checks that its parent is alive
 
@@ -205,6 +206,8 @@ class FileReader:
             if self._cache is not None and self._cache.contains(blob_id):
                 continue
             envelope = self._seal(blob_id, piece)
+            if len(self.seen) >= SEEN_MAX:
+                self.seen.clear()  # bounded memory; the parent still drops any repeat
             self.seen.add(blob_id)
             self.sealed.append((blob_id, envelope, n))
             self.sealed_bytes += len(envelope)
@@ -425,13 +428,7 @@ class ReaderPool:
                 self._jobs.put(None)
             except (OSError, ValueError):
                 pass
-        for t in self._threads:
-            t.join()
-        for proc in self._procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        procs.reap(self._threads, self._procs)
         self._jobs.close()
         self._jobs.join_thread()
 

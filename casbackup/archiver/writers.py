@@ -26,10 +26,9 @@ import blake3
 
 from casbackup import procs
 from casbackup.crypto.envelope import Opener
-from casbackup.errors import CasError, IntegrityError
-from casbackup.repo import codec
+from casbackup.errors import CasError
 from casbackup.repo.ids import Kind
-from casbackup.repo.pack import pack_name
+from casbackup.repo.pack import open_blob, pack_name
 from casbackup.store.local import LocalBackend
 
 _ZERO = bytes(16 * 1024 * 1024)
@@ -66,17 +65,7 @@ class BlobReader:
     def read(self, chunk: Chunk) -> bytes:
         blob_id, pack, offset, stored_len, raw_len = chunk
         envelope = self.backend.get(pack_name(pack), offset, stored_len)
-        try:
-            data = codec.decompress(self.opener.open(Kind.DATA, blob_id, envelope))
-        except IntegrityError as exc:
-            raise IntegrityError(
-                f"blob {blob_id.hex()[:16]} in pack {pack[:12]} is damaged: {exc}"
-            ) from None
-        if len(data) != raw_len:
-            raise IntegrityError(
-                f"blob {blob_id.hex()[:16]} in pack {pack[:12]} has the wrong length"
-            )
-        return data
+        return open_blob(self.opener, Kind.DATA, blob_id, pack, envelope, raw_len)
 
 
 def write_file(
@@ -103,10 +92,7 @@ def write_file(
                 offset, "restored content does not match the hash recorded at backup time"
             )
         try:
-            if job.owners:
-                os.fchown(fd, job.uid, job.gid)
-            os.fchmod(fd, job.mode)  # after chown, which clears setuid/setgid
-            os.utime(fd, ns=(job.mtime_ns, job.mtime_ns))
+            apply_metadata(fd, job.uid, job.gid, job.mode, job.mtime_ns, owners=job.owners)
         except OSError as exc:
             return Written(offset, warning=f"metadata not fully restored: {exc.strerror}")
         return Written(offset)
@@ -116,6 +102,14 @@ def write_file(
         return Written(error=exc.strerror or str(exc))
     finally:
         os.close(fd)
+
+
+def apply_metadata(fd: int, uid: int, gid: int, mode: int, mtime_ns: int, *, owners: bool) -> None:
+    """Owner (when asked), mode and times of an open file or folder; raises OSError."""
+    if owners:
+        os.fchown(fd, uid, gid)
+    os.fchmod(fd, mode)  # after chown, which clears setuid/setgid
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
 
 
 # --------------------------------------------------------------------- processes
@@ -249,13 +243,7 @@ class WriterPool:
                     conn.send(None)
                 except OSError:
                     pass
-        for t in self._threads:
-            t.join()
-        for proc in self._procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        procs.reap(self._threads, self._procs)
         for sock in self._socks:
             sock.close()
         for conn in self._conns:

@@ -26,7 +26,7 @@ from typing import Any
 import blake3
 
 from casbackup.crypto.envelope import ZERO_ID, Opener, Sealer
-from casbackup.errors import FormatError
+from casbackup.errors import FormatError, IntegrityError
 from casbackup.repo import codec
 from casbackup.repo.ids import ID_SIZE, BlobId, FileId, Kind, file_id
 
@@ -125,6 +125,21 @@ class UploadPackWriter:
         if self._upload is not None:
             self._upload.abort()
             self._upload = None
+
+
+def open_blob(
+    opener: Opener, kind: Kind, blob_id: bytes, pack: str, envelope: bytes, raw_len: int
+) -> bytes:
+    """Decrypt and decompress one blob read from a pack; damage names the blob and pack."""
+    try:
+        data = codec.decompress(opener.open(kind, blob_id, envelope))
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"blob {blob_id.hex()[:16]} in pack {pack[:12]} is damaged: {exc}"
+        ) from None
+    if len(data) != raw_len:
+        raise IntegrityError(f"blob {blob_id.hex()[:16]} in pack {pack[:12]} has the wrong length")
+    return data
 
 
 def encode_header(entries: list[PackEntry]) -> bytes:

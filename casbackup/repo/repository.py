@@ -46,7 +46,7 @@ from casbackup.repo.index import (
     encode_index,
 )
 from casbackup.repo.lock import Lock
-from casbackup.repo.pack import PackWriter, UploadPackWriter, pack_name
+from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
 from casbackup.store.base import Backend
@@ -404,17 +404,7 @@ class Repository:
                 f"blob {blob_id.hex()[:16]} is a {loc.kind.name}, expected {kind.name}"
             )
         envelope = self.backend.get(pack_name(loc.pack), loc.offset, loc.stored_len)
-        try:
-            data = codec.decompress(self.opener.open(loc.kind, blob_id, envelope))
-        except IntegrityError as exc:
-            raise IntegrityError(
-                f"blob {blob_id.hex()[:16]} in pack {loc.pack[:12]} is damaged: {exc}"
-            ) from None
-        if len(data) != loc.raw_len:
-            raise IntegrityError(
-                f"blob {blob_id.hex()[:16]} in pack {loc.pack[:12]} has the wrong length"
-            )
-        return data
+        return open_blob(self.opener, loc.kind, blob_id, loc.pack, envelope, loc.raw_len)
 
     # ----------------------------------------------------------------- trees
     def save_tree(self, nodes: list[Node]) -> BlobId:

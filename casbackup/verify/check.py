@@ -7,6 +7,7 @@ before the snapshot trees are walked once to name every affected file.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import re
@@ -374,18 +375,29 @@ def _verify_all(
     jobs: Iterator[tuple[FileId, int, list[tuple[bytes, Location]]]],
     workers: int,
 ) -> Iterator[tuple[FileId, PackVerdict]]:
-    """Verify packs, in order, in ``workers`` helper processes (decryption and hashing
-    of a pack are CPU-bound; the GIL would leave a second core idle)."""
+    """Verify packs, in order, here and in ``workers - 1`` helper processes.
+
+    Decrypting and hashing a pack is CPU-bound and the GIL would leave other cores
+    idle. This process takes every ``workers``-th pack itself, so only ``workers - 1``
+    extra processes hold a pack in memory.
+    """
     if workers <= 1:
         for job in jobs:
             yield job[0], verify_pack(repo, *job)
         return
-    pool = procs.context().Pool(workers, _helper_start, (repo, os.getpid()))
+    gc.freeze()  # the index dicts stay shared with the helpers instead of being copied
+    try:
+        pool = procs.context().Pool(workers - 1, _helper_start, (repo, os.getpid()))
+    finally:
+        gc.unfreeze()
     try:
         pending: deque[tuple[FileId, Any]] = deque()
-        for job in jobs:
-            pending.append((job[0], pool.apply_async(_helper_verify, (job,))))
-            if len(pending) > 2 * workers:  # bounded: a few packs in memory at a time
+        for i, job in enumerate(jobs):
+            if i % workers == workers - 1:
+                pending.append((job[0], _Ready(verify_pack(repo, *job))))
+            else:
+                pending.append((job[0], pool.apply_async(_helper_verify, (job,))))
+            while pending and (len(pending) > workers or pending[0][1].ready()):
                 pack, result = pending.popleft()
                 yield pack, result.get()
         while pending:
@@ -395,6 +407,19 @@ def _verify_all(
     finally:
         pool.terminate()
         pool.join()
+
+
+class _Ready:
+    """A verdict computed in this process, shaped like a pool's AsyncResult."""
+
+    def __init__(self, verdict: PackVerdict) -> None:
+        self.verdict = verdict
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self) -> PackVerdict:
+        return self.verdict
 
 
 def check(
