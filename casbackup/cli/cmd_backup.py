@@ -49,7 +49,7 @@ from casbackup.repo.repository import Repository
     type=click.IntRange(1, 64),
     default=2,
     show_default=True,
-    help="File reader threads.",
+    help="Reader processes (read, chunk, compress, encrypt files).",
 )
 @click.option(
     "--auto-verify/--no-auto-verify",

@@ -26,6 +26,13 @@ from casbackup.verify.check import check as run_check
     callback=lambda ctx, param, value: parse_seconds(value) if value else None,
     help="Read data for at most DURATION (e.g. 600, 30min, 2h), least recently verified packs first.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Processes reading packs with --read-data (1: least memory, one core).",
+)
 @click.pass_context
 @with_repository(lock="shared")
 def check(
@@ -34,6 +41,7 @@ def check(
     read_data: bool,
     read_data_subset: str | None,
     max_duration: float | None,
+    workers: int,
 ) -> None:
     """Check the repository's structure and, optionally, its data."""
     opts = global_options(ctx)
@@ -43,6 +51,7 @@ def check(
         read_data=read_data or subset is not None or max_duration is not None,
         subset=subset,
         max_duration=max_duration,
+        workers=workers,
     )
     try:
         report = run_check(repo, options, reporter)

@@ -26,7 +26,13 @@ from casbackup.repo.repository import Repository
 @click.option("-e", "--exclude", "excludes", multiple=True, help="Skip paths matching PATTERN.")
 @click.option("--overwrite", is_flag=True, help="Replace files that exist in the target.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be restored.")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Writer processes (threads for non-local repositories).",
+)
 @click.pass_context
 @with_repository(lock="shared")
 def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: str | None, includes: tuple[str, ...],
