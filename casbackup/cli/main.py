@@ -11,8 +11,40 @@ from casbackup.cli.context import GlobalOptions
 from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, CasError
 from casbackup.memory import tune_allocator
 
+# Command name -> the cmd_*.py module that defines it. Modules are imported only when
+# their command runs (or for --help): importing all of them cost every command about
+# 0.1 s of start-up. tests/cli/test_lazy_commands.py keeps this in step with the modules.
+COMMAND_MODULES = {
+    "apps": "cmd_apps", "backup": "cmd_backup", "benchmark": "cmd_benchmark", "cat": "cmd_cat",
+    "check": "cmd_check", "config": "cmd_config", "db": "cmd_db", "diff": "cmd_diff",
+    "dump": "cmd_cat", "find": "cmd_find", "forget": "cmd_forget", "init": "cmd_init",
+    "key": "cmd_key", "ls": "cmd_ls", "mount": "cmd_mount", "prune": "cmd_prune",
+    "recover": "cmd_recover", "repair": "cmd_repair", "restore": "cmd_restore",
+    "snapshots": "cmd_snapshots", "stats": "cmd_stats", "unlock": "cmd_unlock",
+    "verify": "cmd_verify",
+}  # fmt: skip
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class _LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            import importlib
+
+            for command in importlib.import_module(f"casbackup.cli.{module}").COMMANDS:
+                self.add_command(command)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "-r",
     "--repo",
@@ -50,23 +82,6 @@ def cli(ctx: click.Context, repo: str | None, password_file: str | None, passwor
     ctx.obj = GlobalOptions(
         repo, password_file, password_command, json_mode, quiet, not no_progress, config_path
     )
-
-
-def _register() -> None:
-    """Every ``cmd_*.py`` module in this package contributes its ``COMMANDS``."""
-    import importlib
-    import pkgutil
-
-    import casbackup.cli as package
-
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-        if info.name.startswith("cmd_"):
-            module = importlib.import_module(f"casbackup.cli.{info.name}")
-            for command in module.COMMANDS:
-                cli.add_command(command)
-
-
-_register()
 
 
 _GLOBAL_FLAGS = {"--json", "-q", "--quiet", "--no-progress"}

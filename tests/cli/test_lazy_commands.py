@@ -1,0 +1,44 @@
+"""The CLI imports a command's module only when that command runs."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import casbackup.cli as package
+from casbackup.cli.main import COMMAND_MODULES
+
+
+def test_command_map_names_every_command_of_every_module() -> None:
+    found = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("cmd_"):
+            module = importlib.import_module(f"casbackup.cli.{info.name}")
+            for command in module.COMMANDS:
+                found[command.name] = info.name
+    assert found == COMMAND_MODULES
+
+
+def test_running_one_command_imports_only_its_module() -> None:
+    code = (
+        "import sys\n"
+        "from casbackup.cli.main import main\n"
+        "try:\n"
+        "    main(['init', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('casbackup.cli.cmd_')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "['casbackup.cli.cmd_init']"
+
+
+def test_top_level_help_lists_every_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = subprocess.run(
+        [sys.executable, "-m", "casbackup.cli.main", "--help"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    for name in COMMAND_MODULES:
+        assert f"  {name} " in out.stdout or f"  {name}\n" in out.stdout, name
