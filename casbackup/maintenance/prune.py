@@ -332,7 +332,8 @@ def _repack(
     reporter: Reporter,
 ) -> dict[FileId, list[tuple[BlobId, Location]]]:
     new_packs: dict[FileId, list[tuple[BlobId, Location]]] = {}
-    writer = PackWriter()
+    # Trees and data stay in separate packs, as the backup writes them (repo_format.md).
+    writers = {Kind.DATA: PackWriter(), Kind.TREE: PackWriter()}
     progress = Progress(
         phase="repacking", files_total=len(plan.repack), bytes_total=plan.bytes_rewritten
     )
@@ -354,15 +355,18 @@ def _repack(
                 raise IntegrityError(f"pack {use.pack[:12]} is shorter than its index says")
             if options.verify_copies:
                 _verify(repo, blob_id, loc, envelope, use.pack)
+            group = Kind.TREE if loc.kind == Kind.TREE else Kind.DATA
+            writer = writers[group]
             writer.add(loc.kind, blob_id, envelope, loc.raw_len)
             progress.bytes_done += loc.stored_len
             if writer.size >= repo.config.pack_size:
                 store(writer)
-                writer = PackWriter()
+                writers[group] = PackWriter()
         progress.files_done += 1
         reporter.progress(progress)
-    if writer.entries:
-        store(writer)
+    for writer in writers.values():
+        if writer.entries:
+            store(writer)
     return new_packs
 
 

@@ -72,7 +72,10 @@ class Repository:
         self.verify_before_write = True
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
-        self._packer = self._new_packer()
+        # Trees and data go to separate packs (as restic does): a backup compared with its
+        # parent reads every tree of it, and trees kept together cost a few sequential
+        # reads instead of one random read per folder across all the data packs.
+        self._packers = {Kind.DATA: self._new_packer(), Kind.TREE: self._new_packer()}
         self._claimed: set[bytes] = set()  # in the open pack or a pack being written
         self._pending: dict[bytes, Location] = {}  # in stored packs, not yet in an index file
         self._pending_packs: dict[FileId, list[tuple[BlobId, Location]]] = {}
@@ -147,7 +150,8 @@ class Repository:
 
     def close(self) -> None:
         with self._lock:
-            self._packer.abort()  # blobs never flushed: drop the pack's temp file
+            for packer in self._packers.values():
+                packer.abort()  # blobs never flushed: drop the pack's temp file
         if self._cache is not None:
             self._cache.close()
             self._cache = None
@@ -318,21 +322,23 @@ class Repository:
             # before it clears pending, so one of the two always sees a stored blob.
             if blob_id in self._claimed or blob_id in self._pending or self.cache.contains(blob_id):
                 return False
+            group = Kind.TREE if kind == Kind.TREE else Kind.DATA
+            packer = self._packers[group]
             try:
-                self._packer.add(kind, blob_id, envelope, raw_len)
+                packer.add(kind, blob_id, envelope, raw_len)
             except BaseException:
                 # The open pack is unusable: none of its blobs may count as present.
-                for e in self._packer.entries:
+                for e in packer.entries:
                     self._claimed.discard(e.id)
-                self._packer.abort()
-                self._packer = self._new_packer()
+                packer.abort()
+                self._packers[group] = self._new_packer()
                 raise
             self._claimed.add(blob_id)
             self.stats_blobs_added += 1
             self.stats_bytes_added += raw_len
             self.stats_bytes_stored += len(envelope)
-            if self._packer.size >= self.config.pack_size:
-                full, self._packer = self._packer, self._new_packer()
+            if packer.size >= self.config.pack_size:
+                full, self._packers[group] = packer, self._new_packer()
         if full is not None:
             self._write_pack(full)
         return True
@@ -392,9 +398,11 @@ class Repository:
     def flush(self) -> None:
         """Store the open pack and an index file naming every stored pack."""
         with self._lock:
-            packer, self._packer = self._packer, self._new_packer()
-        if packer.entries:
-            self._write_pack(packer)
+            packers = list(self._packers.values())
+            self._packers = {group: self._new_packer() for group in self._packers}
+        for packer in packers:
+            if packer.entries:
+                self._write_pack(packer)
         self._flush_index()
 
     def load_blob(self, blob_id: BlobId, kind: Kind | None = None) -> bytes:
