@@ -17,6 +17,7 @@ unchanged forever).
 from __future__ import annotations
 
 import getpass
+import operator
 import os
 import signal
 import socket
@@ -32,9 +33,10 @@ from typing import Any, Protocol
 import blake3
 
 from casbackup import __version__
+from casbackup.archiver.compare import Counts, SubtreeJob, file_unchanged
 from casbackup.archiver.excludes import Excluder
 from casbackup.archiver.later import Later
-from casbackup.archiver.metadata import node_from_stat
+from casbackup.archiver.metadata import node_from_stat, stat_matches
 from casbackup.archiver.workers import (
     BATCH_BYTES,
     BATCH_FILES,
@@ -50,8 +52,8 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import BACKUP_TYPES, DatabaseRecord, Snapshot, Summary, now_utc
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
+from casbackup.store.local import LocalBackend
 
-RACE_MARGIN_NS = 2_000_000_000  # coarse file systems store times in 1-2 s steps
 MAX_RECORDED_ERRORS = 1000
 MAX_PENDING_DIRS = 4096  # folders waiting for their files; bounds memory
 DATABASES_DIR = b".databases"
@@ -155,9 +157,7 @@ class Backup:
         self._progress = Progress(phase="backup")
         self._report_progress = Throttle(reporter, self._progress)
         self._count_lock = threading.Lock()
-        self._pending_dirs: deque[tuple[Later[Node | None], bytes, os.stat_result, list[Any]]] = (
-            deque()
-        )
+        self._pending_dirs: deque[_PendingDir] = deque()
         self._hardlinks: dict[tuple[int, int], Later[Node | None] | Node] = {}
         self._uid_names: dict[int, str] = {}
         self._gid_names: dict[int, str] = {}
@@ -169,6 +169,12 @@ class Backup:
         self._batch: list[tuple[bytes, int, _Reading]] = []
         self._batch_bytes = 0
         self._reuse_start_ns = 0
+        # Subtree comparison in the readers (archiver/compare.py): folders found unchanged,
+        # how many open comparisons cover the folder being walked, and its depth.
+        self._compare_subtrees = False
+        self._verdicts: dict[bytes, Counts] = {}
+        self._covered = 0
+        self._depth = 0
 
     # ------------------------------------------------------------------ entry
     def run(self) -> BackupResult:
@@ -290,13 +296,21 @@ class Backup:
             verify=repo.verify_before_write,
             dry_run=self.options.dry_run,
             cache_path=None if self.options.dry_run else repo.cache.path,
+            repo_root=repo.backend.root if isinstance(repo.backend, LocalBackend) else None,
+            excludes=tuple(self.options.excludes),
+            one_file_system=self.options.one_file_system,
+        )
+        # Worth it only with a parent to compare with and a reader to spare for it.
+        self._compare_subtrees = (
+            self._reuse is not None and setup.repo_root is not None and not self.options.dry_run
         )
         store = repo.store_sealed_batch
 
         def on_read(n: int) -> None:
             self._progress.bytes_done += n
 
-        return ReaderPool(setup, max(1, self.options.workers), store, on_read, self._cancelled)
+        with repo.cache.closed_for_fork():  # so each reader can open its own view of it
+            return ReaderPool(setup, max(1, self.options.workers), store, on_read, self._cancelled)
 
     def _shutdown(self) -> None:
         if self._pool is not None:
@@ -393,8 +407,16 @@ class Backup:
             return self.repo.blob_id(_encode(nodes))
         return self.repo.save_tree(nodes)
 
-    def _dir_node(self, name: bytes, st: os.stat_result, subtree: BlobId) -> Node:
-        return replace(self._meta(name, st), kind=NodeKind.DIR, size=0, subtree=subtree)
+    def _dir_node(
+        self, name: bytes, st: os.stat_result, subtree: BlobId, old: Node | None = None
+    ) -> Node:
+        if (
+            old is not None
+            and old.subtree == subtree
+            and stat_matches(old, st, self._uid_names, self._gid_names)
+        ):
+            return old  # lets the folder above reuse its tree too
+        return node_from_stat(name, st, self._uid_names, self._gid_names, subtree=subtree)
 
     def _meta(self, name: bytes, st: os.stat_result) -> Node:
         return node_from_stat(name, st, self._uid_names, self._gid_names)
@@ -416,14 +438,20 @@ class Backup:
             return self._archive_dir(path, name, st, ref, reuse, root_dev)
         if stat.S_ISREG(mode):
             return self._archive_file(path, name, st, ref, reuse)
-        node = self._meta(name, st)
+        target = b""
         if stat.S_ISLNK(mode):
             try:
-                node = replace(node, link_target=os.readlink(path))
+                target = os.readlink(path)
             except OSError as exc:
                 self._error(path, exc)
                 return None
-        return node
+        if (
+            reuse is not None
+            and reuse.link_target == target
+            and stat_matches(reuse, st, self._uid_names, self._gid_names)
+        ):
+            return reuse
+        return node_from_stat(name, st, self._uid_names, self._gid_names, link_target=target)
 
     def _archive_dir(
         self,
@@ -447,39 +475,159 @@ class Backup:
             reuse_nodes = (
                 self._load_children(reuse.subtree) if reuse is not None and reuse.subtree else {}
             )
+        listed = self._stat_entries(entries, root_dev)
+        compares = self._start_compares(listed, reuse_nodes, root_dev)
+        compared = bool(compares)  # ``compares`` empties as the walk takes the answers
         children: list[Node | Later[Node | None]] = []
-        for entry in entries:
-            child_path = entry.path
-            if self.excluder and self.excluder.excluded(os.fsdecode(child_path)):
-                continue
-            try:
-                child_st = entry.stat(follow_symlinks=False)
-            except OSError as exc:
-                self._error(child_path, exc)
-                continue
-            if (
-                self.options.one_file_system
-                and stat.S_ISDIR(child_st.st_mode)
-                and child_st.st_dev != root_dev
-            ):
-                continue
-            child = self._archive_entry(
-                child_path,
-                entry.name,
-                child_st,
-                ref_nodes.get(entry.name),
-                reuse_nodes.get(entry.name),
-                root_dev,
-            )
-            if child is not None:
-                children.append(child)
+        kept: list[tuple[int, bytes, os.stat_result, Node | None]] = []
+        self._depth += 1
+        try:
+            for entry, child_st in listed:
+                child_path, child_name = entry.path, entry.name
+                mode = child_st.st_mode
+                child_reuse = reuse_nodes.get(child_name)
+                if child_reuse is not None and stat.S_ISREG(mode):
+                    if self._unchanged_meta(child_reuse, child_st):
+                        # Unchanged: keep the parent's content unread. Whether its chunks are
+                        # all still indexed is asked once for the whole folder, below.
+                        kept.append(
+                            (len(children), child_path, child_st, ref_nodes.get(child_name))
+                        )
+                        children.append(self._kept_file(child_name, child_st, child_reuse))
+                        continue
+                elif child_reuse is not None and stat.S_ISDIR(mode):
+                    same = self._compared(child_path, child_st, child_reuse, compares)
+                    if same is not None:
+                        children.append(same)
+                        continue
+                child = self._archive_entry(
+                    child_path, child_name, child_st, ref_nodes.get(child_name), child_reuse,
+                    root_dev,
+                )  # fmt: skip
+                if child is not None:
+                    children.append(child)
+        finally:
+            self._depth -= 1
+            self._covered -= compared
+        if kept:
+            self._confirm_kept(kept, children)
         # Finishing this folder's tree waits for its files; do it later (in post-order,
         # from a queue) so the walker never stalls while workers drain, and workers never
         # starve while the walker waits at the end of each small folder.
         done: Later[Node | None] = Later(self._ready)
-        self._pending_dirs.append((done, name, st, children))
+        old = list(reuse_nodes.values()) if reuse is not None else None
+        self._pending_dirs.append(_PendingDir(done, name, st, children, reuse, old))
         self._finish_dirs(keep=MAX_PENDING_DIRS)
         return done
+
+    def _stat_entries(
+        self, entries: list[os.DirEntry[bytes]], root_dev: int
+    ) -> list[tuple[os.DirEntry[bytes], os.stat_result]]:
+        """The entries to archive with their lstat, after excludes and --one-file-system."""
+        excluder = self.excluder if self.excluder else None
+        one_fs = self.options.one_file_system
+        listed = []
+        for entry in entries:
+            if excluder is not None and excluder.excluded(os.fsdecode(entry.path)):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                self._error(entry.path, exc)
+                continue
+            if one_fs and stat.S_ISDIR(st.st_mode) and st.st_dev != root_dev:
+                continue
+            listed.append((entry, st))
+        return listed
+
+    def _start_compares(
+        self,
+        listed: list[tuple[os.DirEntry[bytes], os.stat_result]],
+        reuse_nodes: dict[bytes, Node],
+        root_dev: int,
+    ) -> dict[bytes, Later[dict[bytes, Counts]]]:
+        """Hand this folder's subfolders to the readers to compare with the parent's trees.
+
+        Not below a folder already compared (its answer covers every depth), and at the
+        top of a source only when it has enough subfolders to keep every reader busy;
+        otherwise the next level down is handed out instead.
+        """
+        if not self._compare_subtrees or self._covered or not reuse_nodes:
+            return {}
+        subdirs = [
+            (entry.path, old)
+            for entry, st in listed
+            if stat.S_ISDIR(st.st_mode)
+            and (old := reuse_nodes.get(entry.name)) is not None
+            and old.kind == NodeKind.DIR
+            and old.subtree is not None
+        ]
+        if not subdirs or (self._depth == 0 and len(subdirs) < 4 * self.options.workers):
+            return {}
+        assert self._pool is not None
+        compares: dict[bytes, Later[dict[bytes, Counts]]] = {}
+        for child_path, old in subdirs:
+            later: Later[dict[bytes, Counts]] = Later(self._ready)
+            job = SubtreeJob(child_path, old.subtree, self._reuse_start_ns, root_dev)  # type: ignore[arg-type]
+            self._pool.compare(job, _settle(later))
+            compares[child_path] = later
+        self._covered += 1
+        return compares
+
+    def _compared(
+        self,
+        path: bytes,
+        st: os.stat_result,
+        old: Node,
+        compares: dict[bytes, Later[dict[bytes, Counts]]],
+    ) -> Node | None:
+        """The folder's node when a reader found it unchanged, else None (walk it)."""
+        later = compares.pop(path, None)
+        if later is not None:
+            self._verdicts.update(later.result())
+        counts = self._verdicts.pop(path, None)
+        if counts is None or old.subtree is None:
+            return None
+        files, size, dirs = counts
+        with self._count_lock:
+            c = self.counters
+            c.files_unchanged += files
+            c.files_total += files
+            c.bytes_total += size
+            c.dirs += dirs
+        self._progress.files_done += files
+        self._progress.bytes_done += size  # processed, though not read
+        return self._dir_node(path.rsplit(b"/", 1)[-1], st, old.subtree, old)
+
+    def _kept_file(self, name: bytes, st: os.stat_result, old: Node) -> Node:
+        """The node of a file kept from the parent: the parent's own object when nothing
+        about the file changed, so its folder's tree can be reused as it is."""
+        if stat_matches(old, st, self._uid_names, self._gid_names):
+            return old
+        return node_from_stat(name, st, self._uid_names, self._gid_names,
+                              old.content, old.content_hash)  # fmt: skip
+
+    def _confirm_kept(
+        self,
+        kept: list[tuple[int, bytes, os.stat_result, Node | None]],
+        children: list[Node | Later[Node | None]],
+    ) -> None:
+        """Count the folder's kept files, or read those whose chunks are gone from the index."""
+        nodes = [children[i] for i, _, _, _ in kept]
+        if not self.repo.has_blobs([c for n in nodes for c in n.content]):  # type: ignore[union-attr]
+            for (i, path, st, ref), node in zip(kept, nodes, strict=True):
+                if not self.repo.has_blobs(node.content):  # type: ignore[union-attr]
+                    # A chunk was lost (repaired away): read the file again.
+                    children[i] = self._archive_file(path, node.name, st, ref, None)  # type: ignore[union-attr]
+            kept = [k for k, n in zip(kept, nodes, strict=True) if children[k[0]] is n]
+        size = sum(st.st_size for _, _, st, _ in kept)
+        with self._count_lock:
+            c = self.counters
+            c.files_unchanged += len(kept)
+            c.files_total += len(kept)
+            c.bytes_total += size
+        self._progress.files_done += len(kept)
+        self._progress.bytes_done += size  # processed, though not read
 
     def _finish_dirs(self, *, keep: int) -> None:
         """Write the trees of queued folders whose entries are all ready, oldest first.
@@ -490,23 +638,38 @@ class Backup:
         """
         self._send_batch()  # nothing may wait on files that were never handed out
         while self._pending_dirs:
-            done, name, st, children = self._pending_dirs[0]
+            pending = self._pending_dirs[0]
             block = len(self._pending_dirs) > keep
-            if not block and not all(c.done() for c in children if isinstance(c, Later)):
+            if not block and not all(c.done() for c in pending.children if isinstance(c, Later)):
                 return
             self._pending_dirs.popleft()
             try:
-                nodes = []
-                for child in children:
-                    result = child.result() if isinstance(child, Later) else child
-                    if result is not None:
-                        nodes.append(result)
-                with self._count_lock:
-                    self.counters.dirs += 1
-                done.set_result(self._dir_node(name, st, self._save_tree(nodes)))
+                pending.done.set_result(self._finish_dir(pending))
             except BaseException as exc:
-                done.set_exception(exc)
+                pending.done.set_exception(exc)
                 raise
+
+    def _finish_dir(self, pending: _PendingDir) -> Node:
+        nodes = []
+        for child in pending.children:
+            result = child.result() if isinstance(child, Later) else child
+            if result is not None:
+                nodes.append(result)
+        with self._count_lock:
+            self.counters.dirs += 1
+        old, old_nodes = pending.reuse, pending.reuse_nodes
+        if (
+            old is not None
+            and old.subtree is not None
+            and old_nodes is not None
+            and len(nodes) == len(old_nodes)
+            and all(map(operator.is_, nodes, old_nodes))
+            and (self.options.dry_run or self.repo.has_blobs((old.subtree,)))
+        ):
+            # Every entry is the parent's own node: this folder's tree is the parent's,
+            # byte for byte. Skip encoding, hashing and looking it up again.
+            return self._dir_node(pending.name, pending.st, old.subtree, old)
+        return self._dir_node(pending.name, pending.st, self._save_tree(nodes), old)
 
     # ------------------------------------------------------------------ files
     def _archive_file(
@@ -519,8 +682,7 @@ class Backup:
                 self.counters.bytes_total += st.st_size
             self._progress.files_done += 1
             self._progress.bytes_done += st.st_size  # processed, though not read
-            return node_from_stat(name, st, self._uid_names, self._gid_names,
-                                  reuse.content, reuse.content_hash)  # fmt: skip
+            return self._kept_file(name, st, reuse)
         meta = self._meta(name, st)
         key = meta.hardlink_key
         if key is not None:
@@ -578,18 +740,10 @@ class Backup:
         return linked
 
     def _unchanged(self, old: Node, st: os.stat_result) -> bool:
-        if old.kind != NodeKind.FILE or not old.content_hash:
-            return False
-        if (old.size, old.mtime_ns, old.ctime_ns, old.inode) != (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_ino,
-        ):
-            return False
-        if max(st.st_mtime_ns, st.st_ctime_ns) >= self._reuse_start_ns - RACE_MARGIN_NS:
-            return False
-        return self.repo.has_blobs(old.content)
+        return self._unchanged_meta(old, st) and self.repo.has_blobs(old.content)
+
+    def _unchanged_meta(self, old: Node, st: os.stat_result) -> bool:
+        return file_unchanged(old, st, self._reuse_start_ns)
 
     def _count_file(self, node: Node, ref: Node | None) -> None:
         """Classify a file that was read (or shares a read inode) against the reference."""
@@ -668,6 +822,18 @@ class Backup:
         self.reporter.warning(message)
 
 
+@dataclass
+class _PendingDir:
+    """A folder whose entries are listed, waiting for its files to be read."""
+
+    done: Later[Node | None]
+    name: bytes
+    st: os.stat_result
+    children: list[Node | Later[Node | None]]
+    reuse: Node | None  # the folder in the snapshot files are reused from
+    reuse_nodes: list[Node] | None  # that folder's entries, in order
+
+
 class _Reading:
     """One file handed to a reader: turns its outcome into the file's node.
 
@@ -705,6 +871,18 @@ class _Reading:
             self.future.set_exception(exc)
             return
         self.future.set_result(node)
+
+
+def _settle(later: Later[Any]) -> Callable[[Any, BaseException | None], None]:
+    """A reader callback that resolves ``later`` with the result or the error."""
+
+    def done(result: Any, error: BaseException | None) -> None:
+        if error is not None:
+            later.set_exception(error)
+        else:
+            later.set_result(result)
+
+    return done
 
 
 def _chain(

@@ -8,7 +8,11 @@ import pwd
 import stat
 
 from casbackup.repo.ids import BlobId
-from casbackup.repo.tree import Node, NodeKind, kind_of_mode
+from casbackup.repo.tree import Node, NodeKind, kind_of_mode, make_node
+
+_FILE = NodeKind.FILE
+_DEVICES = (NodeKind.CHARDEV, NodeKind.BLOCKDEV)
+_S_IMODE = stat.S_IMODE
 
 
 def _name(cache: dict[int, str], ident: int, lookup) -> str:  # type: ignore[no-untyped-def]
@@ -22,6 +26,16 @@ def _name(cache: dict[int, str], ident: int, lookup) -> str:  # type: ignore[no-
     return name
 
 
+def _user(users: dict[int, str], uid: int) -> str:
+    name = users.get(uid)
+    return name if name is not None else _name(users, uid, lambda i: pwd.getpwuid(i).pw_name)
+
+
+def _group(groups: dict[int, str], gid: int) -> str:
+    name = groups.get(gid)
+    return name if name is not None else _name(groups, gid, lambda i: grp.getgrgid(i).gr_name)
+
+
 def node_from_stat(
     name: bytes,
     st: os.stat_result,
@@ -29,23 +43,39 @@ def node_from_stat(
     groups: dict[int, str],
     content: tuple[BlobId, ...] = (),
     content_hash: bytes = b"",
+    subtree: BlobId | None = None,
+    link_target: bytes = b"",
 ) -> Node:
-    kind = kind_of_mode(st.st_mode) or NodeKind.FILE
-    return Node(
-        name=name,
-        kind=kind,
-        mode=stat.S_IMODE(st.st_mode),
-        uid=st.st_uid,
-        gid=st.st_gid,
-        user=_name(users, st.st_uid, lambda i: pwd.getpwuid(i).pw_name),
-        group=_name(groups, st.st_gid, lambda i: grp.getgrgid(i).gr_name),
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
-        size=st.st_size if kind == NodeKind.FILE else 0,
-        inode=st.st_ino,
-        device=st.st_dev,
-        nlink=st.st_nlink,
-        rdev=st.st_rdev if kind in (NodeKind.CHARDEV, NodeKind.BLOCKDEV) else 0,
-        content=content,
-        content_hash=content_hash,
+    kind = kind_of_mode(st.st_mode) or _FILE
+    return make_node(
+        name, kind, _S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns,
+        st.st_size if kind is _FILE else 0, st.st_ino, st.st_dev, st.st_nlink,
+        st.st_rdev if kind in _DEVICES else 0,
+        _user(users, st.st_uid), _group(groups, st.st_gid),
+        content, content_hash, subtree, link_target, (),
+    )  # fmt: skip
+
+
+def stat_matches(
+    node: Node, st: os.stat_result, users: dict[int, str], groups: dict[int, str]
+) -> bool:
+    """Whether ``node_from_stat`` would give ``node`` again (its content, subtree and link
+    target aside): the backup then keeps the parent's node object itself, and a folder
+    whose entries are all kept is the parent's tree, reused without encoding it again."""
+    kind = kind_of_mode(st.st_mode) or _FILE
+    return (
+        node.mtime_ns == st.st_mtime_ns
+        and node.ctime_ns == st.st_ctime_ns
+        and node.inode == st.st_ino
+        and node.kind is kind
+        and node.mode == _S_IMODE(st.st_mode)
+        and node.size == (st.st_size if kind is _FILE else 0)
+        and node.uid == st.st_uid
+        and node.gid == st.st_gid
+        and node.device == st.st_dev
+        and node.nlink == st.st_nlink
+        and node.rdev == (st.st_rdev if kind in _DEVICES else 0)
+        and node.user == _user(users, st.st_uid)
+        and node.group == _group(groups, st.st_gid)
+        and not node.xattrs
     )

@@ -40,6 +40,8 @@ from typing import Any
 import blake3
 
 from casbackup import procs
+from casbackup.archiver.compare import Counts, SubtreeComparer, SubtreeJob
+from casbackup.archiver.excludes import Excluder
 from casbackup.chunking.chunker import Chunker, StreamCutter
 from casbackup.crypto.envelope import Opener, Sealer
 from casbackup.errors import CasError, IntegrityError
@@ -71,6 +73,11 @@ class WorkerSetup:
     verify: bool
     dry_run: bool
     cache_path: str | None  # LMDB index cache, looked up read-only; None: ask nothing
+    # Comparing subtrees with the parent snapshot (archiver/compare.py) reads its trees
+    # straight from the packs: only for a repository in a local folder.
+    repo_root: str | None = None
+    excludes: tuple[str, ...] = ()
+    one_file_system: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class FileOutcome:
 
 Sealed = tuple[bytes, bytes, int]  # blob id, envelope, plaintext length
 OnRead = Callable[["FileOutcome | None", "BaseException | None"], None]
+OnCompared = Callable[["dict[bytes, Counts] | None", "BaseException | None"], None]
 
 
 class CancelFlag:
@@ -128,6 +136,7 @@ class FileReader:
         self.sealed_bytes = 0
         self.read_bytes = 0
         self._cache: Any = None
+        self._comparer: SubtreeComparer | None = None
         if setup.cache_path is not None and not setup.dry_run:
             try:
                 self._cache = IndexCache(setup.cache_path, readonly=True)
@@ -135,9 +144,22 @@ class FileReader:
                 self._cache = None  # only an optimisation: the parent deduplicates anyway
 
     def close(self) -> None:
+        if self._comparer is not None:
+            self._comparer.close()
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+
+    def compare(self, job: SubtreeJob) -> dict[bytes, Counts]:
+        """The folders found unchanged under ``job.path`` (see archiver/compare.py)."""
+        if self._cache is None or self.setup.repo_root is None:
+            return {}
+        if self._comparer is None:
+            self._comparer = SubtreeComparer(
+                self.setup.repo_root, self._cache, self.opener, self.setup.id_key,
+                Excluder(self.setup.excludes), self.setup.one_file_system, self.cancel,
+            )  # fmt: skip
+        return self._comparer.compare(job)
 
     def take(self) -> tuple[list[Sealed], int]:
         sealed, read = self.sealed, self.read_bytes
@@ -261,6 +283,9 @@ def _worker_main(
                 continue
             if batch is None:
                 break
+            if isinstance(batch, tuple):  # ("compare", job id, SubtreeJob)
+                conn.send(("compared", batch[1], reader.compare(batch[2])))
+                continue
             if len(batch) > 1:
                 _prefetch(batch)
             for job_id, path, size in batch:
@@ -320,7 +345,7 @@ class ReaderPool:
     ) -> None:
         self._store = store
         self._on_read = on_read
-        self._pending: dict[int, OnRead] = {}
+        self._pending: dict[int, Callable[..., None]] = {}
         self._lock = threading.Lock()
         self._next_id = 0
         self._failure: BaseException | None = None
@@ -374,6 +399,19 @@ class ReaderPool:
             return
         self._jobs.put(jobs)
 
+    def compare(self, job: SubtreeJob, on_done: OnCompared) -> None:
+        """Queue a subtree comparison; ``on_done`` runs exactly once, on a receiver thread."""
+        with self._lock:
+            failure = self._failure
+            if failure is None:
+                job_id = self._next_id
+                self._next_id += 1
+                self._pending[job_id] = on_done
+        if failure is not None:
+            on_done(None, failure)
+            return
+        self._jobs.put(("compare", job_id, job))
+
     def _receive(self, conn: Connection, proc: Any) -> None:
         try:
             while True:
@@ -390,6 +428,11 @@ class ReaderPool:
                     if kind == "integrity":
                         raise IntegrityError(detail)
                     raise WorkerFailed(f"a file reader process failed: {detail}")
+                if msg[0] == "compared":
+                    with self._lock:
+                        on_compared = self._pending.pop(msg[1])
+                    on_compared(msg[2], None)
+                    continue
                 sealed, outcomes, read = msg
                 if sealed:
                     self._store(sealed)

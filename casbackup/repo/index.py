@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lmdb
@@ -154,6 +154,11 @@ class IndexCache:
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         """``readonly`` is for other processes looking blobs up while this one writes."""
         self.path = path
+        self.readonly = readonly
+        self._open()
+
+    def _open(self) -> None:
+        path, readonly = self.path, self.readonly
         try:
             if not readonly:
                 os.makedirs(path, exist_ok=True)
@@ -171,10 +176,23 @@ class IndexCache:
             self.files = self.env.open_db(b"index-files", create=not readonly)
         except (OSError, lmdb.Error) as exc:
             raise StorageError(f"cannot open the index cache at {path}: {exc}") from None
-        self._local = threading.local()
 
     def close(self) -> None:
         self.env.close()
+
+    @contextmanager
+    def closed_for_fork(self) -> Iterator[None]:
+        """Close the environment while child processes that open their own view are forked.
+
+        py-lmdb refuses to open an environment twice in one process, and a forked child
+        inherits its parent's record that this one is open: the child's own read-only
+        open then fails. Closed across the fork, the record is gone in the child.
+        """
+        self.env.close()
+        try:
+            yield
+        finally:
+            self._open()
 
     def known_files(self) -> set[FileId]:
         with self.env.begin(db=self.files) as txn:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from casbackup.archiver import backup as backup_module
-from casbackup.archiver import workers as workers_module
 from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.repo.repository import Repository
@@ -18,53 +16,6 @@ from casbackup.testing.fixtures import open_repo
 from casbackup.verify.check import CheckOptions, check
 from casbackup.verify.repair import repair_index
 from tests.archiver.nasty import assert_same_tree
-
-STEP_NS = 100 * 1_000_000_000
-
-
-class Clock:
-    """Backup start times 100 s apart, in the future.
-
-    Without it every file a test just wrote would sit inside the race guard's margin
-    of the backup's start and be re-read every time; with it, tests decide which
-    files are "racy" by giving them a start time as mtime.
-    """
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.base = time.time_ns()
-
-    def peek(self) -> int:
-        """The start time the next backup will get."""
-        return self.base + (self.calls + 1) * STEP_NS
-
-    def now_utc(self) -> tuple[str, int]:
-        ns = self.peek()
-        self.calls += 1
-        from datetime import UTC, datetime
-
-        return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(), ns
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(backup_module, "now_utc", c.now_utc)
-    return c
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every path whose contents a backup hands to its readers (in any order)."""
-    seen: list[bytes] = []
-    original = workers_module.ReaderPool.submit
-
-    def counting(self, batch):  # type: ignore[no-untyped-def]
-        seen.extend(os.path.basename(path) for path, _size, _done in batch)
-        return original(self, batch)
-
-    monkeypatch.setattr(workers_module.ReaderPool, "submit", counting)
-    return seen
 
 
 def make_files(root: Path, n: int = 6) -> None:

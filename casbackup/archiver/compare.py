@@ -1,0 +1,205 @@
+"""Which folders are unchanged since the parent snapshot, decided in reader processes.
+
+An unchanged re-backup reads no file: its time is one stat per entry and one parent
+tree per folder, compared entry by entry. In one Python thread that kept a single
+core busy (about 35 us an entry, most of it decoding the parent's trees) while the
+other idled. So the walker hands whole subtrees to the reader processes, which list
+and compare them in parallel and answer with the folders whose every entry, to any
+depth, would be recorded exactly as the parent recorded it. The walker then keeps
+such a folder's node (and so its tree) without listing it again, and walks the rest
+itself as before.
+
+The rules are the walker's own (``file_unchanged``, ``stat_matches``): a verdict here
+only ever saves work, it never decides differently. Anything unusual (an unreadable
+folder, a damaged parent tree) simply means "not known to be unchanged": the walker
+then meets it and reports it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+
+from casbackup.archiver.excludes import Excluder
+from casbackup.archiver.metadata import stat_matches
+from casbackup.crypto.envelope import Opener
+from casbackup.errors import CasError
+from casbackup.repo.ids import Kind
+from casbackup.repo.index import IndexCache
+from casbackup.repo.pack import open_blob, pack_name
+from casbackup.repo.tree import Node, NodeKind, decode_tree
+
+RACE_MARGIN_NS = 2_000_000_000  # coarse file systems store times in 1-2 s steps
+
+
+def file_unchanged(old: Node, st: os.stat_result, reuse_start_ns: int) -> bool:
+    """The change test for a regular file, all but whether its chunks are still indexed.
+
+    Reused when size, mtime, ctime and inode match and neither time is within
+    RACE_MARGIN_NS of the parent's start (borg's guard: a file written while the parent
+    ran may have been read half-changed and would then look unchanged forever).
+    """
+    if old.kind != NodeKind.FILE or not old.content_hash:
+        return False
+    if (old.size, old.mtime_ns, old.ctime_ns, old.inode) != (
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+    ):
+        return False
+    return max(st.st_mtime_ns, st.st_ctime_ns) < reuse_start_ns - RACE_MARGIN_NS
+
+
+@dataclass(frozen=True)
+class SubtreeJob:
+    """Compare the folder at ``path`` with the parent's tree ``subtree``."""
+
+    path: bytes
+    subtree: bytes
+    reuse_start_ns: int
+    root_dev: int  # for --one-file-system
+
+
+# Per unchanged folder: (regular files, their bytes, folders including itself).
+Counts = tuple[int, int, int]
+
+
+class SubtreeComparer:
+    """Lists a subtree and compares it with the parent's trees (in a reader process)."""
+
+    def __init__(
+        self,
+        repo_root: str,
+        cache: IndexCache,
+        opener: Opener,
+        id_key: bytes,
+        excluder: Excluder,
+        one_file_system: bool,
+        cancel: Any,
+    ) -> None:
+        self.repo_root = repo_root
+        self.cache = cache
+        self.opener = opener
+        self.id_key = id_key
+        self.excluder = excluder if excluder else None
+        self.one_file_system = one_file_system
+        self.cancel = cancel
+        self.users: dict[int, str] = {}
+        self.groups: dict[int, str] = {}
+        self._fds: dict[str, int] = {}  # open packs, by name; few, as trees share packs
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def compare(self, job: SubtreeJob) -> dict[bytes, Counts]:
+        """The folders at or below ``job.path`` found unchanged, each outermost one only."""
+        found: dict[bytes, Counts] = {}
+        counts = self._compare(job.path, job.subtree, job, found)
+        if counts is not None:
+            found[job.path] = counts
+        return found
+
+    def _compare(
+        self, path: bytes, subtree: bytes, job: SubtreeJob, found: dict[bytes, Counts]
+    ) -> Counts | None:
+        """Counts when the folder is unchanged; otherwise None, noting unchanged subfolders."""
+        if self.cancel.is_set():
+            return None
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            old_nodes = self._load_tree(subtree)
+        except (OSError, CasError):
+            return None  # the walker meets it and reports it
+        old_by_name = {n.name: n for n in old_nodes}
+        same = True
+        kept = 0
+        files = size = dirs = 0
+        chunks: list[bytes] = [subtree]
+        unchanged_dirs: list[tuple[bytes, Counts]] = []
+        for entry in entries:
+            name = entry.name
+            child_path = entry.path
+            if self.excluder is not None and self.excluder.excluded(os.fsdecode(child_path)):
+                continue
+            old = old_by_name.get(name)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                same = False
+                continue
+            mode = st.st_mode
+            if self.one_file_system and stat.S_ISDIR(mode) and st.st_dev != job.root_dev:
+                continue
+            kept += 1
+            if old is None:
+                same = False
+                continue
+            if stat.S_ISDIR(mode):
+                sub = None
+                if old.kind == NodeKind.DIR and old.subtree is not None:
+                    sub = self._compare(child_path, old.subtree, job, found)
+                if sub is None:
+                    same = False
+                    continue
+                unchanged_dirs.append((child_path, sub))
+                if not stat_matches(old, st, self.users, self.groups):
+                    same = False  # the folder's own entry changed, not its contents
+            elif not same:
+                continue  # only subfolders can still be found unchanged
+            elif stat.S_ISREG(mode):
+                if not (
+                    file_unchanged(old, st, job.reuse_start_ns)
+                    and stat_matches(old, st, self.users, self.groups)
+                ):
+                    same = False
+                    continue
+                chunks.extend(old.content)
+                files += 1
+                size += st.st_size
+            else:
+                if stat.S_ISLNK(mode):
+                    try:
+                        if os.readlink(child_path) != old.link_target:
+                            same = False
+                            continue
+                    except OSError:
+                        same = False
+                        continue
+                elif old.link_target:
+                    same = False
+                    continue
+                if not stat_matches(old, st, self.users, self.groups):
+                    same = False
+        if same and kept == len(old_nodes) and self.cache.contains_all(chunks):
+            for _path, (f, b, d) in unchanged_dirs:
+                files, size, dirs = files + f, size + b, dirs + d
+            return files, size, dirs + 1
+        found.update(unchanged_dirs)  # the walker lists this folder but not those
+        return None
+
+    def _load_tree(self, tree_id: bytes) -> list[Node]:
+        loc = self.cache.get(tree_id)
+        if loc is None or loc.kind != Kind.TREE:
+            raise CasError("parent tree is not indexed")
+        name = pack_name(loc.pack)
+        fd = self._fds.get(name)
+        if fd is None:
+            if len(self._fds) >= 16:
+                self.close()
+            fd = os.open(os.path.join(self.repo_root, name), os.O_RDONLY)
+            self._fds[name] = fd
+        envelope = os.pread(fd, loc.stored_len, loc.offset)
+        if len(envelope) != loc.stored_len:
+            raise CasError("pack is truncated")
+        data = open_blob(self.opener, Kind.TREE, tree_id, loc.pack, envelope, loc.raw_len)
+        if blake3.blake3(data, key=self.id_key).digest() != tree_id:
+            raise CasError("parent tree does not match its id")
+        return decode_tree(data)
