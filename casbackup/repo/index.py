@@ -145,6 +145,9 @@ def cache_root() -> str:
     return os.path.join(base, "casbackup")
 
 
+ADD_BATCH = 1024  # index entries per LMDB write transaction (see add_file)
+
+
 class IndexCache:
     """blob id -> Location in LMDB, plus the set of index files it was built from.
 
@@ -217,11 +220,29 @@ class IndexCache:
             return all(txn.get(b) is not None for b in blob_ids)
 
     def add_file(self, name: FileId, entries: Iterable[tuple[BlobId, Location]]) -> None:
-        """Record an index file's entries and its name in one transaction."""
+        """Record an index file's entries, then its name.
+
+        Entries go in transactions of ADD_BATCH: LMDB copies every page a write
+        transaction touches into memory until it commits, and one transaction for an
+        index file of 50,000 blobs held about that many 4 KiB pages. The name goes in
+        with the last batch, so a crash in between only leaves entries that the next
+        sync adds again (putting an entry twice is harmless).
+        """
+        batch = []
+        for item in entries:
+            batch.append(item)
+            if len(batch) >= ADD_BATCH:
+                self._put(batch)
+                batch = []
+        self._put(batch, name)
+
+    def _put(self, entries: list[tuple[BlobId, Location]], name: FileId | None = None) -> None:
+        entries.sort(key=lambda e: e[0])  # neighbouring keys share pages: fewer touched
         with self.env.begin(write=True) as txn:
             for blob_id, loc in entries:
                 txn.put(blob_id, loc.encode(), db=self.blobs)
-            txn.put(name.encode(), b"", db=self.files)
+            if name is not None:
+                txn.put(name.encode(), b"", db=self.files)
 
     def clear(self) -> None:
         with self.env.begin(write=True) as txn:

@@ -116,3 +116,37 @@ def test_repair_index_cli(repo_path: str, read_all: bool) -> None:
     with open_repo(repo_path) as repo:
         all_load(repo, blobs)
     assert run_cli("check", "--read-data", repo=repo_path).code == 0
+
+
+def test_add_file_in_batches_names_the_file_only_once_all_entries_are_in(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch
+) -> None:
+    from casbackup.repo import index as index_module
+    from casbackup.repo.ids import FileId
+    from casbackup.repo.index import IndexCache, Location
+
+    monkeypatch.setattr(index_module, "ADD_BATCH", 10)
+    cache = IndexCache(str(tmp_path / "cache"))
+    entries = [
+        (BlobId(os.urandom(32)), Location("ab" * 32, i, 10, 20, Kind.DATA)) for i in range(35)
+    ]
+    cache.add_file(FileId("11" * 32), entries)
+    assert cache.known_files() == {"11" * 32}
+    assert cache.get_many([b for b, _ in entries]) == [loc for _, loc in entries]
+    # A crash between batches leaves entries but not the name: the next sync adds them again.
+    calls = []
+    real = cache._put
+
+    def dying(batch, name=None):  # type: ignore[no-untyped-def]
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise OSError("killed")
+        real(batch, name)
+
+    monkeypatch.setattr(cache, "_put", dying)
+    more = [(BlobId(os.urandom(32)), Location("cd" * 32, i, 10, 20, Kind.DATA)) for i in range(25)]
+    with pytest.raises(OSError):
+        cache.add_file(FileId("22" * 32), more)
+    assert cache.known_files() == {"11" * 32}
+    assert cache.contains_all([b for b, _ in more[:10]])
+    cache.close()
