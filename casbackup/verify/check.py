@@ -19,14 +19,14 @@ from typing import Any
 
 from casbackup import procs
 from casbackup.errors import CasError, UsageError
-from casbackup.repo import codec
-from casbackup.repo.ids import BlobId, FileId, Kind, file_id
+from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.index import Location
-from casbackup.repo.pack import PackEntry, pack_name, parse_pack_tail, read_header
+from casbackup.repo.pack import pack_name, read_header
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.verify.check_state import load_check_state, save_check_state
+from casbackup.verify.pack_scan import PackVerdict, verify_pack
 
 
 @dataclass(frozen=True)
@@ -307,55 +307,6 @@ class Checker:
         return self.repo.load_tree(tree_id)
 
 
-@dataclass
-class PackVerdict:
-    """What reading one pack found; computed in a helper process when there are several."""
-
-    bytes_read: int | None = None  # None: the pack could not be read at all
-    errors: list[str] = field(default_factory=list)
-    damaged: list[tuple[bytes, str]] = field(default_factory=list)  # (blob id, why)
-
-
-def verify_pack(
-    repo: Repository, pack: FileId, size: int, indexed: list[tuple[bytes, Location]]
-) -> PackVerdict:
-    """Read a whole pack: its name is the hash of its bytes, and every blob decrypts,
-    decompresses and hashes to its id. Falls back to the index's entries when the
-    pack's own header is damaged."""
-    verdict = PackVerdict()
-    try:
-        data = repo.backend.get(pack_name(pack))
-    except CasError as exc:
-        verdict.errors.append(f"pack {pack[:12]} cannot be read: {exc}")
-        return verdict
-    verdict.bytes_read = len(data)
-    if file_id(data) != pack:
-        verdict.errors.append(f"pack {pack[:12]} does not match its name: its bytes were changed")
-    try:
-        entries: list[PackEntry] = parse_pack_tail(repo.opener, data, len(data))[1]
-    except CasError as exc:
-        entries = []
-        verdict.errors.append(
-            f"pack {pack[:12]} header is damaged ({exc}); checking blobs via the index"
-        )
-    if not entries:
-        entries = [PackEntry(loc.kind, BlobId(bid), loc.offset, loc.stored_len, loc.raw_len)
-                   for bid, loc in indexed]  # fmt: skip
-    view = memoryview(data)
-    for e in entries:
-        try:
-            plain = codec.decompress(
-                repo.opener.open(e.kind, e.id, view[e.offset : e.offset + e.stored_len])
-            )
-            if repo.blob_id(plain) != e.id:
-                raise CasError("content does not match its id")
-        except CasError as exc:
-            verdict.damaged.append((e.id, f"blob {e.id.hex()[:12]} {exc}"))
-    if verdict.damaged:
-        verdict.errors.append(f"pack {pack[:12]}: {len(verdict.damaged)} damaged blobs")
-    return verdict
-
-
 _helper_repo: Repository | None = None  # set in each helper process (inherited by fork)
 
 
@@ -380,8 +331,9 @@ def _verify_all(
     Decrypting and hashing a pack is CPU-bound and the GIL would leave other cores
     idle. This process only hands out packs and collects verdicts: when it verified
     packs itself as well, its GIL-bound work delayed the pool's hand-offs and the
-    helper sat idle (measured: 1.6x slower). Each helper holds one pack (16 MiB) in
-    memory; ``--workers 1`` verifies here with no helper, for the smallest footprint.
+    helper sat idle (measured: 1.6x slower). Each helper holds about one blob in
+    memory (``pack_scan``); ``--workers 1`` verifies here with no helper, for the
+    smallest footprint.
     """
     if workers <= 1:
         for job in jobs:
