@@ -19,8 +19,8 @@ import blake3
 
 from casbackup.errors import CasError, NotFound, StorageError
 from casbackup.repo import codec
-from casbackup.repo.ids import BlobId, FileId, file_hasher
-from casbackup.repo.index import Location
+from casbackup.repo.ids import BlobId, FileId, Kind, file_hasher
+from casbackup.repo.index import iter_records
 from casbackup.repo.pack import PackEntry, pack_name, read_header
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend, LocalFiles
@@ -104,12 +104,10 @@ def _open_source(backend: Backend, name: str) -> _Source:
     return _RangedSource(backend, name)
 
 
-def verify_pack(
-    repo: Repository, pack: FileId, size: int, indexed: list[tuple[bytes, Location]]
-) -> PackVerdict:
+def verify_pack(repo: Repository, pack: FileId, size: int, indexed: bytes) -> PackVerdict:
     """Read a whole pack: its name is the hash of its bytes, and every blob decrypts,
     decompresses and hashes to its id. Falls back to the index's entries when the
-    pack's own header is damaged."""
+    pack's own header is damaged (``indexed``: the index's records of this pack)."""
     try:
         source = _open_source(repo.backend, pack_name(pack))
     except CasError as exc:
@@ -128,7 +126,7 @@ def _scan(
     repo: Repository,
     pack: FileId,
     size: int,
-    indexed: list[tuple[bytes, Location]],
+    indexed: bytes,
     source: _Source,
 ) -> PackVerdict:
     verdict = PackVerdict(bytes_read=size)
@@ -161,7 +159,7 @@ def _entries(
     repo: Repository,
     pack: FileId,
     size: int,
-    indexed: list[tuple[bytes, Location]],
+    indexed: bytes,
     source: _Source,
     verdict: PackVerdict,
 ) -> list[PackEntry]:
@@ -181,8 +179,8 @@ def _entries(
         )
     if entries:
         return entries
-    return [PackEntry(loc.kind, BlobId(bid), loc.offset, loc.stored_len, loc.raw_len)
-            for bid, loc in indexed]  # fmt: skip
+    return [PackEntry(Kind(kind), BlobId(bid), offset, stored_len, raw_len)
+            for kind, bid, offset, stored_len, raw_len in iter_records(indexed)]  # fmt: skip
 
 
 def _hash_range(source: _Source, hasher: blake3.blake3, start: int, end: int) -> int:
