@@ -1,8 +1,8 @@
 """Verifying one pack for ``check --read-data``, reading it front to back in pieces.
 
 A pack's name is the BLAKE3 of all its bytes, and every blob in it must decrypt,
-decompress and hash to its id. Reading the pack whole held up to 16 MiB per helper
-process; here the header comes first from a small read of the tail, then the file is
+decompress and hash to its id. Reading the pack whole would hold up to 16 MiB per
+helper process; instead the header comes first from a small read of the tail, then the file is
 read once in offset order, blob by blob (gaps and the header in bounded pieces), into
 one reused buffer. Every byte goes through one running hash exactly once and in
 order, so the name check covers the whole file as before, while a helper holds
@@ -29,8 +29,8 @@ from casbackup.store.base import Backend, LocalFiles
 # a blob is always read whole (it must be, to authenticate it), whatever its size.
 PIECE = 1 << 20
 
-# What reading one pack returns. Read errors end the pack ("cannot be read"); they are
-# told apart from a damaged header, which falls back to the index's entries.
+# Failures of reading itself: they end the pack ("cannot be read"), unlike a damaged
+# header, which falls back to the index's entries.
 _READ_ERRORS = (NotFound, StorageError)
 
 
