@@ -95,6 +95,8 @@ class Opener:
         nonce = b"\0\0\0\0" + counter.to_bytes(8, "big")
         aad = header + bytes((kind,)) + object_id
         try:
-            return self._aead(session).decrypt(nonce, bytes(envelope[HEADER.size :]), aad)
+            # A view, not a copy: AESGCM reads any buffer (a pack's blobs are read into one).
+            view = memoryview(envelope)[HEADER.size :]
+            return self._aead(session).decrypt(nonce, view, aad)
         except InvalidTag:
             raise IntegrityError("authentication failed (data damaged or not ours)") from None

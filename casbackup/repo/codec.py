@@ -55,11 +55,18 @@ def compress(data: bytes | memoryview, level: int | None) -> bytes:
 
 
 def decompress(data: bytes) -> bytes:
+    payload = decompress_view(data)
+    return payload if isinstance(payload, bytes) else bytes(payload)
+
+
+def decompress_view(data: bytes) -> bytes | memoryview:
+    """Like ``decompress``, but a raw payload comes back as a view, not a copy: a caller
+    that only hashes it (``check --read-data``) saves copying most of the data once."""
     if not data:
         raise FormatError("empty payload")
     codec = data[0]
     if codec == CODEC_RAW:
-        return data[1:]
+        return memoryview(data)[1:]
     if codec == CODEC_ZSTD:
         try:
             return _decompressor().decompress(

@@ -41,6 +41,12 @@ def single_threaded_hashing() -> None:
     _hash_threads = False
 
 
+def file_hasher() -> blake3.blake3:
+    """An incremental ``file_id``, for a file read in pieces; same threading rule as
+    ``file_id`` (threads only where the pool is safe, i.e. never in a forked helper)."""
+    return blake3.blake3(max_threads=blake3.blake3.AUTO if _hash_threads else 1)
+
+
 def file_id(data: bytes | memoryview) -> FileId:
     """Name stored files by the hash of their bytes: damage at rest shows without the key."""
     threads = blake3.blake3.AUTO if _hash_threads and len(data) > 1 << 22 else 1

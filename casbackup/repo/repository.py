@@ -42,6 +42,7 @@ from casbackup.repo.index import (
     Location,
     cache_root,
     decode_index,
+    decode_index_records,
     decode_supersedes,
     encode_index,
 )
@@ -208,6 +209,12 @@ class Repository:
     def load_index_file(self, fid: FileId):  # -> IndexFile
         data = self.get_encrypted(f"index/{fid}", Kind.INDEX)
         return decode_index(data)
+
+    def load_index_records(
+        self, fid: FileId
+    ) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]]]:
+        """An index file as (supersedes, [(pack, records)]): see ``decode_index_records``."""
+        return decode_index_records(self.get_encrypted(f"index/{fid}", Kind.INDEX))
 
     def sync_index(self, *, rebuild: bool = False) -> list[str]:
         """Bring the LMDB cache in line with the repository's index files.

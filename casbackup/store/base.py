@@ -17,12 +17,18 @@ tests/store check them):
   with ``prefix``; order is unspecified. Never yields temp files.
 - ``stat(name)``: the size, or ``NotFound``.
 Errors are casbackup's own: NotFound, StorageError, TransientStorageError.
+
+Optional (``LocalFiles``): a backend whose objects are local files may also offer
+``open_file(name)``, an unbuffered binary file of the object, so a reader that goes
+through a whole pack (``check --read-data``) opens it once and reads into its own
+buffer. A wrapper that changes what ``get`` returns (fault injection) must not forward
+it; readers fall back to ranged ``get``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 
 class Backend(Protocol):
@@ -41,3 +47,10 @@ class Backend(Protocol):
     def exists(self, name: str) -> bool: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class LocalFiles(Protocol):
+    def open_file(self, name: str) -> BinaryIO:
+        """The object as an unbuffered file the caller closes; a missing one raises NotFound."""
+        ...

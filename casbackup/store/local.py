@@ -13,6 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from casbackup.errors import NotFound, StorageError
 
@@ -135,6 +136,15 @@ class LocalBackend:
                 f"{name} is truncated: wanted {length} bytes at offset {offset}, got {len(data)}"
             )
         return data
+
+    def open_file(self, name: str) -> BinaryIO:
+        """The object as an unbuffered file (``LocalFiles``): the caller closes it."""
+        try:
+            return open(self._path(name), "rb", buffering=0)
+        except FileNotFoundError:
+            raise NotFound(f"{name} is missing from the repository") from None
+        except OSError as exc:
+            raise _storage_error(exc, f"reading {name}") from None
 
     def delete(self, name: str) -> None:
         self._forget_fd(name)

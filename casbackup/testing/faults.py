@@ -3,8 +3,8 @@
 Wraps any backend and, following a :class:`FaultScript`, fails the Nth put with a
 ``StorageError``, "kills the process" after N puts (raises :class:`ProcessDeath`, a
 ``BaseException`` so no ``except Exception`` handler in the code under test can swallow
-it, just as nothing runs after SIGKILL), flips a bit in what ``get`` returns for
-matching names (damage in transit or at rest), or makes matching objects look
+it, just as nothing runs after SIGKILL), flips one bit of matching objects as ``get``
+sees them (damage at rest: every read that covers the bit sees it), or makes matching objects look
 truncated (short ``stat``/``list`` sizes, short reads, ranged reads past the new end
 fail). Every call is counted, so tests can also assert how often something was read.
 """
@@ -33,7 +33,8 @@ class FaultScript:
     fail_puts_matching: str = "*"
     # After this many successful puts, every further put raises ProcessDeath.
     crash_after_puts: int | None = None
-    # Flip bit ``flip_bit`` (mod the length) of everything get returns for matching names.
+    # Flip bit ``flip_bit`` (mod the object's size) of matching objects: whole and ranged
+    # reads that cover it see it flipped, reads elsewhere in the object see clean bytes.
     flip_on_get: str | None = None
     flip_bit: int = 0
     # Matching objects look ``truncate_by`` bytes shorter than they are.
@@ -93,11 +94,19 @@ class FaultyBackend:
             data = self.inner.get(name, offset, length)
         pattern = self.script.flip_on_get
         if data and pattern is not None and fnmatch.fnmatchcase(name, pattern):
-            bit = self.script.flip_bit % (len(data) * 8)
-            damaged = bytearray(data)
-            damaged[bit // 8] ^= 1 << (bit % 8)
-            data = bytes(damaged)
+            data = self._flip(name, offset, data)
         return data
+
+    def _flip(self, name: str, offset: int, data: bytes) -> bytes:
+        # A position in the object, not in this read, so that reading a pack in pieces
+        # finds the same one damaged byte as reading it whole.
+        size = self._size(name, self.inner.stat(name))
+        bit = self.script.flip_bit % (size * 8) - offset * 8
+        if not 0 <= bit < len(data) * 8:
+            return data
+        damaged = bytearray(data)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        return bytes(damaged)
 
     def delete(self, name: str) -> None:
         self.counts["delete"] += 1

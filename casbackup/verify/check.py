@@ -12,21 +12,21 @@ import os
 import random
 import re
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from casbackup import procs
 from casbackup.errors import CasError, UsageError
-from casbackup.repo import codec
-from casbackup.repo.ids import BlobId, FileId, Kind, file_id
-from casbackup.repo.index import Location
-from casbackup.repo.pack import PackEntry, pack_name, parse_pack_tail, read_header
+from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.index import iter_records
+from casbackup.repo.pack import pack_name, read_header
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.verify.check_state import load_check_state, save_check_state
+from casbackup.verify.pack_scan import PackVerdict, verify_pack
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,15 @@ class Checker:
         self.options = options
         self.reporter = reporter
         self.report = CheckReport()
-        self.index: dict[bytes, Location] = {}
-        # Every pack the index files name, with all their entries: a blob stored twice (an
-        # interrupted run's pack later adopted) is in ``index`` once but in both packs here.
-        self.indexed: dict[FileId, list[tuple[bytes, Location]]] = defaultdict(list)
+        # Blob id -> the pack readers take it from, and which of those blobs are trees.
+        # Only these and ``indexed`` grow with the repository: no object per blob beyond
+        # its id (a Location per blob held 2.5x the memory).
+        self.index: dict[bytes, FileId] = {}
+        self.trees: set[bytes] = set()
+        # Every pack the index files name, with all their entries as index records (see
+        # ``iter_records``): a blob stored twice (an interrupted run's pack later adopted)
+        # is in ``index`` once but in both packs here.
+        self.indexed: dict[FileId, bytes] = {}
         self.damaged: dict[bytes, str] = {}  # blob id -> why
 
     def run(self) -> CheckReport:
@@ -140,21 +145,25 @@ class Checker:
         superseded: set[str] = set()
         for fid in files:
             try:
-                idx = self.repo.load_index_file(fid)
+                supersedes, sections = self.repo.load_index_records(fid)
             except CasError as exc:
                 self.report.errors.append(
                     f"index file {fid[:12]} is damaged: {exc} (run 'casbackup repair index')"
                 )
                 continue
-            loaded[fid] = idx
-            superseded.update(idx.supersedes)
-        for fid, idx in loaded.items():
+            loaded[fid] = sections
+            superseded.update(supersedes)
+        for fid, sections in loaded.items():
             if fid in superseded:
                 continue
-            for pack, entries in idx.packs.items():
-                self.indexed[pack].extend(entries)
-                for blob_id, loc in entries:
-                    self.index[blob_id] = loc
+            for pack, records in sections:
+                self.indexed[pack] = self.indexed.get(pack, b"") + records
+                for kind, blob_id, *_ in iter_records(records):
+                    self.index[blob_id] = pack
+                    if kind == Kind.TREE:
+                        self.trees.add(blob_id)
+                    else:
+                        self.trees.discard(blob_id)
 
     # ------------------------------------------------------------------ packs
     def _check_packs(self) -> dict[FileId, int]:
@@ -164,25 +173,21 @@ class Checker:
         by_pack = self.indexed
         self.report.packs = len(present)
         self.report.blobs = len(self.index)
-        for pack, entries in sorted(by_pack.items()):
+        for pack, records in sorted(by_pack.items()):
             if pack not in present:
-                self._pack_damaged(pack, "is missing", entries)
+                self._pack_damaged(pack, "is missing", records)
                 continue
             try:
                 header = read_header(
                     self.repo.backend.get, pack_name(pack), present[pack], self.repo.opener
                 )
             except CasError as exc:
-                self._pack_damaged(pack, f"has an unreadable header ({exc})", entries)
+                self._pack_damaged(pack, f"has an unreadable header ({exc})", records)
                 continue
             by_id = {e.id: e for e in header}
-            for blob_id, loc in entries:
+            for kind, blob_id, offset, stored_len, _raw in iter_records(records):
                 e = by_id.get(BlobId(blob_id))
-                if e is None or (e.offset, e.stored_len, e.kind) != (
-                    loc.offset,
-                    loc.stored_len,
-                    loc.kind,
-                ):
+                if e is None or (e.offset, e.stored_len, e.kind) != (offset, stored_len, kind):
                     self._blob_damaged(blob_id, pack, "index and pack header disagree")
         for pack in sorted(set(present) - set(by_pack)):
             self.report.warnings.append(
@@ -191,17 +196,18 @@ class Checker:
             )
         return {p: s for p, s in present.items() if p in by_pack}
 
-    def _pack_damaged(self, pack: FileId, why: str, entries: list[tuple[bytes, Location]]) -> None:
-        self.report.errors.append(f"pack {pack[:12]} {why}: {len(entries)} blobs affected")
+    def _pack_damaged(self, pack: FileId, why: str, records: bytes) -> None:
+        blob_ids = [blob_id for _, blob_id, *_ in iter_records(records)]
+        self.report.errors.append(f"pack {pack[:12]} {why}: {len(blob_ids)} blobs affected")
         self.report.damaged_packs.add(pack)
-        for blob_id, _ in entries:
-            if self.index[blob_id].pack == pack:  # a copy elsewhere is the one readers use
+        for blob_id in blob_ids:
+            if self.index[blob_id] == pack:  # a copy elsewhere is the one readers use
                 self.damaged[blob_id] = f"pack {pack[:12]} {why}"
 
     def _blob_damaged(self, blob_id: bytes, pack: str, why: str) -> None:
         self.report.damaged_packs.add(pack)
-        loc = self.index.get(blob_id)
-        if loc is None or loc.pack == pack:
+        home = self.index.get(blob_id)
+        if home is None or home == pack:
             self.damaged[blob_id] = f"pack {pack[:12]}: {why}"
 
     def _read_packs(self, packs: dict[FileId, int]) -> None:
@@ -215,11 +221,11 @@ class Checker:
         )
         started = time.monotonic()
 
-        def jobs() -> Iterator[tuple[FileId, int, list[tuple[bytes, Location]]]]:
+        def jobs() -> Iterator[tuple[FileId, int, bytes]]:
             for i, pack in enumerate(chosen):
                 if limit is not None and i and time.monotonic() - started >= limit:
                     return  # at least one pack per run, so a tiny budget still makes progress
-                yield pack, packs[pack], self.indexed.get(pack, [])
+                yield pack, packs[pack], self.indexed.get(pack, b"")
 
         read: list[FileId] = []
         for pack, verdict in _verify_all(self.repo, jobs(), self.options.workers):
@@ -299,61 +305,11 @@ class Checker:
     def _load_tree(self, tree_id: BlobId):  # type: ignore[no-untyped-def]
         if tree_id in self.damaged:
             raise CasError(self.damaged[tree_id])
-        loc = self.index.get(tree_id)
-        if loc is None:
+        if tree_id not in self.index:
             raise CasError("tree is not in the index")
-        if loc.kind != Kind.TREE:
+        if tree_id not in self.trees:
             raise CasError("index says this tree is a data blob")
         return self.repo.load_tree(tree_id)
-
-
-@dataclass
-class PackVerdict:
-    """What reading one pack found; computed in a helper process when there are several."""
-
-    bytes_read: int | None = None  # None: the pack could not be read at all
-    errors: list[str] = field(default_factory=list)
-    damaged: list[tuple[bytes, str]] = field(default_factory=list)  # (blob id, why)
-
-
-def verify_pack(
-    repo: Repository, pack: FileId, size: int, indexed: list[tuple[bytes, Location]]
-) -> PackVerdict:
-    """Read a whole pack: its name is the hash of its bytes, and every blob decrypts,
-    decompresses and hashes to its id. Falls back to the index's entries when the
-    pack's own header is damaged."""
-    verdict = PackVerdict()
-    try:
-        data = repo.backend.get(pack_name(pack))
-    except CasError as exc:
-        verdict.errors.append(f"pack {pack[:12]} cannot be read: {exc}")
-        return verdict
-    verdict.bytes_read = len(data)
-    if file_id(data) != pack:
-        verdict.errors.append(f"pack {pack[:12]} does not match its name: its bytes were changed")
-    try:
-        entries: list[PackEntry] = parse_pack_tail(repo.opener, data, len(data))[1]
-    except CasError as exc:
-        entries = []
-        verdict.errors.append(
-            f"pack {pack[:12]} header is damaged ({exc}); checking blobs via the index"
-        )
-    if not entries:
-        entries = [PackEntry(loc.kind, BlobId(bid), loc.offset, loc.stored_len, loc.raw_len)
-                   for bid, loc in indexed]  # fmt: skip
-    view = memoryview(data)
-    for e in entries:
-        try:
-            plain = codec.decompress(
-                repo.opener.open(e.kind, e.id, view[e.offset : e.offset + e.stored_len])
-            )
-            if repo.blob_id(plain) != e.id:
-                raise CasError("content does not match its id")
-        except CasError as exc:
-            verdict.damaged.append((e.id, f"blob {e.id.hex()[:12]} {exc}"))
-    if verdict.damaged:
-        verdict.errors.append(f"pack {pack[:12]}: {len(verdict.damaged)} damaged blobs")
-    return verdict
 
 
 _helper_repo: Repository | None = None  # set in each helper process (inherited by fork)
@@ -365,14 +321,14 @@ def _helper_start(repo: Repository, parent: int) -> None:
     _helper_repo = repo
 
 
-def _helper_verify(job: tuple[FileId, int, list[tuple[bytes, Location]]]) -> PackVerdict:
+def _helper_verify(job: tuple[FileId, int, bytes]) -> PackVerdict:
     assert _helper_repo is not None
     return verify_pack(_helper_repo, *job)
 
 
 def _verify_all(
     repo: Repository,
-    jobs: Iterator[tuple[FileId, int, list[tuple[bytes, Location]]]],
+    jobs: Iterator[tuple[FileId, int, bytes]],
     workers: int,
 ) -> Iterator[tuple[FileId, PackVerdict]]:
     """Verify packs, in order, in ``workers`` helper processes.
@@ -380,8 +336,9 @@ def _verify_all(
     Decrypting and hashing a pack is CPU-bound and the GIL would leave other cores
     idle. This process only hands out packs and collects verdicts: when it verified
     packs itself as well, its GIL-bound work delayed the pool's hand-offs and the
-    helper sat idle (measured: 1.6x slower). Each helper holds one pack (16 MiB) in
-    memory; ``--workers 1`` verifies here with no helper, for the smallest footprint.
+    helper sat idle (measured: 1.6x slower). Each helper holds about one blob in
+    memory (``pack_scan``); ``--workers 1`` verifies here with no helper, for the
+    smallest footprint.
     """
     if workers <= 1:
         for job in jobs:

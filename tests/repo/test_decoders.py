@@ -19,7 +19,7 @@ from casbackup.errors import FormatError, IntegrityError, UnsupportedFormat
 from casbackup.repo import codec
 from casbackup.repo.config import RepoConfig
 from casbackup.repo.ids import BlobId, Kind
-from casbackup.repo.index import decode_index, encode_index
+from casbackup.repo.index import decode_index, decode_index_records, encode_index, iter_records
 from casbackup.repo.pack import PackEntry, PackWriter, decode_header, encode_header, parse_pack_tail
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import decode_tree, encode_tree
@@ -37,6 +37,7 @@ def _pack_tail(data: bytes) -> object:
 DECODERS: dict[str, Callable[[bytes], object]] = {
     "tree": decode_tree,
     "index": decode_index,
+    "index_records": decode_index_records,
     "pack_header": decode_header,
     "pack_tail": _pack_tail,
     "config": RepoConfig.decode,
@@ -75,6 +76,7 @@ def _pack(blobs: list[bytes]) -> bytes:
 VALID: dict[str, st.SearchStrategy[bytes]] = {
     "tree": node_lists().map(encode_tree),
     "index": index_packs().map(encode_index),
+    "index_records": index_packs().map(encode_index),
     "pack_header": st.lists(
         st.builds(
             PackEntry, st.sampled_from([Kind.DATA, Kind.TREE]), blob_ids, st.just(0), U32, U32
@@ -145,3 +147,21 @@ def test_json_type_confusion(name: str, data: st.DataObject) -> None:
 def test_deeply_nested_json(name: str) -> None:
     decodes_or_refuses(DECODERS[name], b"[" * 100_000 + b"]" * 100_000)
     decodes_or_refuses(DECODERS[name], b'{"a":' * 50_000 + b"1" + b"}" * 50_000)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=index_packs().map(encode_index))
+def test_index_records_hold_what_decode_index_holds(data: bytes) -> None:
+    # check keeps index files as records; they must say exactly what the Locations say.
+    full = decode_index(data)
+    supersedes, sections = decode_index_records(data)
+    assert supersedes == full.supersedes
+    packs: dict[str, list[tuple[bytes, int, int, int, int]]] = {}
+    for pack, records in sections:
+        packs.setdefault(pack, []).extend(
+            (bid, off, stored, raw, kind) for kind, bid, off, stored, raw in iter_records(records)
+        )
+    assert packs == {
+        pack: [(bid, loc.offset, loc.stored_len, loc.raw_len, loc.kind) for bid, loc in entries]
+        for pack, entries in full.packs.items()
+    }

@@ -157,8 +157,8 @@ def test_bit_flipped_on_read_names_the_pack(source: Path, tmp_path: Path) -> Non
         )
         in_pack = {p.decode() for p, n in entries
                    if any(clean.locate(c).pack == loc.pack for c in n.content)}  # fmt: skip
-    # Bit (offset + 30) * 8 lands inside this chunk's envelope both in a ranged read of
-    # the chunk (modulo its length) and in a read of the whole pack.
+    # Bit (offset + 30) * 8 of the pack lies inside this chunk's envelope: a ranged read
+    # of the chunk, the pieces of a streaming check and a whole read all see it.
     script = FaultScript(flip_on_get=pack_name(loc.pack), flip_bit=(loc.offset + 30) * 8)
     with Repository.open(FaultyBackend(inner, script), b"correct horse battery staple") as repo:
         with pytest.raises(IntegrityError, match=loc.pack[:12]):
@@ -199,12 +199,14 @@ def test_fault_script_basics() -> None:
     faulty.put("t", b"123456")
     assert not inner.exists("x2") and faulty.puts == ["x1", "t"]
     assert faulty.get("x1") == b"\0\x02\0"
+    # The flip is a place in the object: ranged reads see it only where they cover it.
+    assert faulty.get("x1", 1, 2) == b"\x02\0" and faulty.get("x1", 2, 1) == b"\0"
     assert (
         faulty.get("t") == b"123" and faulty.stat("t") == 3 and dict(faulty.list("t")) == {"t": 3}
     )
     with pytest.raises(StorageError):
         faulty.get("t", 2, 2)
-    assert faulty.counts["get"] == 3 and faulty.gets["t"] == 2
+    assert faulty.counts["get"] == 5 and faulty.gets["t"] == 2
     crashing = FaultyBackend(inner, FaultScript(crash_after_puts=1))
     crashing.put("a", b"")
     with pytest.raises(ProcessDeath):
