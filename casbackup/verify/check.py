@@ -11,9 +11,10 @@ import gc
 import os
 import random
 import re
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,9 +134,18 @@ class Checker:
     def run(self) -> CheckReport:
         self._load_index()
         packs = self._check_packs()
-        if self.options.read_data:
-            self._read_packs(packs)
-        self._check_snapshots()
+        if not self.options.read_data:
+            self._apply_walk(self._walk_snapshots())
+            return self.report
+        # The snapshot walk (load every tree, look every chunk up) runs in a thread while
+        # the helpers read packs, where this process mostly waits: it cost ~1.2 s after
+        # the reading. Damage found by the reading is named by walking again.
+        walk = _Background(self._walk_snapshots)
+        self._read_packs(packs, walk.start)
+        found = walk.result()
+        if self.damaged:
+            found = self._walk_snapshots()
+        self._apply_walk(found)
         return self.report
 
     # ------------------------------------------------------------------ index
@@ -210,7 +220,8 @@ class Checker:
         if home is None or home == pack:
             self.damaged[blob_id] = f"pack {pack[:12]}: {why}"
 
-    def _read_packs(self, packs: dict[FileId, int]) -> None:
+    def _read_packs(self, packs: dict[FileId, int], on_started: Callable[[], None]) -> None:
+        """Read the chosen packs; ``on_started`` runs once the helper processes exist."""
         chosen = (self.options.subset or Subset()).choose(packs)
         state = load_check_state(self.repo, self.report.warnings)
         limit = self.options.max_duration
@@ -228,12 +239,13 @@ class Checker:
                 yield pack, packs[pack], self.indexed.get(pack, b"")
 
         read: list[FileId] = []
-        for pack, verdict in _verify_all(self.repo, jobs(), self.options.workers):
+        for pack, verdict in _verify_all(self.repo, jobs(), self.options.workers, on_started):
             self._apply(pack, verdict)
             read.append(pack)
             progress.files_done += 1
             progress.bytes_done += packs[pack]
             self.reporter.progress(progress)
+        on_started()  # no pack to read: the helpers never started
         state.record(read, self.report.damaged_packs, int(time.time()))
         try:
             save_check_state(self.repo, state, packs)
@@ -252,13 +264,19 @@ class Checker:
             self._blob_damaged(blob_id, pack, why)
 
     # ------------------------------------------------------------------ snapshots
-    def _check_snapshots(self) -> None:
+    def _apply_walk(self, walk: _Walk) -> None:
+        self.report.errors.extend(walk.errors)
+        self.report.snapshots = walk.snapshots
+        self.report.trees = walk.trees
+        self.report.affected.update(walk.affected)
+
+    def _walk_snapshots(self) -> _Walk:
+        """Walk every snapshot's trees: each must load, and each chunk be indexed."""
         seen_trees: set[bytes] = set()
         bad_trees: dict[bytes, str] = {}
         warnings: list[str] = []
         snaps = self.repo.list_snapshots(warnings=warnings)
-        self.report.errors.extend(warnings)
-        self.report.snapshots = len(snaps)
+        out = _Walk(errors=warnings, snapshots=len(snaps))
         for snap in snaps:
             affected: list[str] = []
             stack: list[tuple[BlobId, bytes]] = [(snap.root, b"")]
@@ -274,14 +292,14 @@ class Checker:
                     nodes = self._load_tree(tree_id)
                 except CasError as exc:
                     bad_trees[tree_id] = str(exc)
-                    self.report.errors.append(
+                    out.errors.append(
                         f"snapshot {snap.short_id}: tree of {prefix.decode(errors='replace') or '/'} is unreadable: {exc}"
                     )
                     affected.append(f"{prefix.decode(errors='replace') or '/'} (folder unreadable)")
                     continue
                 if fresh:
                     seen_trees.add(tree_id)
-                    self.report.trees += 1
+                    out.trees += 1
                 for node in nodes:
                     path = prefix + b"/" + node.name
                     if node.subtree is not None:
@@ -291,7 +309,7 @@ class Checker:
                     for chunk in node.content:
                         if chunk not in self.index:
                             if fresh:
-                                self.report.errors.append(
+                                out.errors.append(
                                     f"snapshot {snap.short_id}: {path.decode(errors='replace')} needs a chunk that is not in the index"
                                 )
                             affected.append(path.decode(errors="replace"))
@@ -300,7 +318,8 @@ class Checker:
                             affected.append(path.decode(errors="replace"))
                             break
             if affected:
-                self.report.affected[snap.id] = sorted(set(affected))
+                out.affected[snap.id] = sorted(set(affected))
+        return out
 
     def _load_tree(self, tree_id: BlobId):  # type: ignore[no-untyped-def]
         if tree_id in self.damaged:
@@ -310,6 +329,46 @@ class Checker:
         if tree_id not in self.trees:
             raise CasError("index says this tree is a data blob")
         return self.repo.load_tree(tree_id)
+
+
+@dataclass
+class _Walk:
+    """What walking the snapshots found."""
+
+    errors: list[str] = field(default_factory=list)
+    snapshots: int = 0
+    trees: int = 0
+    affected: dict[str, list[str]] = field(default_factory=dict)
+
+
+class _Background:
+    """Runs ``fn`` in a thread from ``start`` on; ``result`` returns or raises its outcome."""
+
+    def __init__(self, fn: Callable[[], _Walk]) -> None:
+        self._fn = fn
+        self._thread: threading.Thread | None = None
+        self._result: _Walk | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="check-walk", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = exc
+
+    def result(self) -> _Walk:
+        self.start()
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 _helper_repo: Repository | None = None  # set in each helper process (inherited by fork)
@@ -330,6 +389,7 @@ def _verify_all(
     repo: Repository,
     jobs: Iterator[tuple[FileId, int, bytes]],
     workers: int,
+    started: Callable[[], None],
 ) -> Iterator[tuple[FileId, PackVerdict]]:
     """Verify packs, in order, in ``workers`` helper processes.
 
@@ -341,6 +401,7 @@ def _verify_all(
     smallest footprint.
     """
     if workers <= 1:
+        started()
         for job in jobs:
             yield job[0], verify_pack(repo, *job)
         return
@@ -349,6 +410,7 @@ def _verify_all(
         pool = procs.context().Pool(workers, _helper_start, (repo, os.getpid()))
     finally:
         gc.unfreeze()
+    started()  # after the fork: no thread of ours may hold a lock a helper inherits
     try:
         pending: deque[tuple[FileId, Any]] = deque()
         for job in jobs:

@@ -53,3 +53,25 @@ def test_damage_is_found_the_same_with_any_number_of_workers(repo_path: str, wor
     assert any(f"pack {pack[:12]}: 1 damaged blobs" in e for e in report.errors)
     assert report.packs_read == len(packs)
     assert pack_name(pack) == packs[1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_walk_beside_the_reading_names_damaged_files_once(repo_path: str, workers: int) -> None:
+    """The snapshot walk runs while packs are read, before all damage is known: a file
+    whose chunk turns out damaged must still be named, and no error repeated."""
+    with open_repo(repo_path) as repo:
+        snap = repo.list_snapshots()[0]
+        src = snap.paths[0]
+        node = repo.find_node(snap.root, f"{src}/f3")
+        loc = repo.locate(node.content[0])
+        target = os.path.join(repo_path, pack_name(loc.pack))
+        with open(target, "r+b") as f:
+            f.seek(loc.offset + 40)
+            byte = f.read(1)
+            f.seek(loc.offset + 40)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        report = check(repo, CheckOptions(read_data=True, workers=workers))
+    assert not report.ok
+    assert len(report.errors) == len(set(report.errors)), report.errors
+    assert report.affected == {snap.id: [f"{src}/f3"]}
+    assert report.snapshots == 1 and report.trees > 0
