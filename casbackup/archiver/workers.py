@@ -295,7 +295,7 @@ def _worker_main(
         return
     except BaseException as exc:  # noqa: BLE001 - report any fault, then stop
         kind = "integrity" if isinstance(exc, IntegrityError) else "fault"
-        detail = str(exc) if isinstance(exc, CasError) else traceback.format_exc(limit=5)
+        detail = str(exc) if isinstance(exc, CasError) else _one_line(exc)
         try:
             conn.send(("error", kind, detail))
         except OSError:
@@ -303,6 +303,13 @@ def _worker_main(
     finally:
         reader.close()
         conn.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    """A bug in a reader, as one line for the user: what, and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def _prefetch(batch: list[tuple[int, bytes, int]]) -> None:

@@ -224,3 +224,20 @@ def test_readers_see_the_index_cache(repo, tmp_path, clock, monkeypatch) -> None
     result = backup(repo, src, type="incremental").snapshot
     assert result.summary.bytes_read > 0
     assert sealed == []  # every chunk was known to the readers' view of the index
+
+
+def test_a_bug_in_a_reader_is_reported_in_one_line(repo, tmp_path, clock, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    make_tree(src)
+    backup(repo, src, type="full")
+
+    def broken(self, job):  # type: ignore[no-untyped-def]
+        raise AttributeError("'NoneType' object has no attribute 'clear'")
+
+    monkeypatch.setattr(SubtreeComparer, "compare", broken)
+    with pytest.raises(WorkerFailed) as info:
+        backup(repo, src, type="incremental")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("a file reader process failed: AttributeError: ")
+    assert "test_compare.py:" in message
