@@ -173,6 +173,8 @@ class Backup:
         # how many open comparisons cover the folder being walked, and its depth.
         self._compare_subtrees = False
         self._verdicts: dict[bytes, Counts] = {}
+        self._compares: dict[bytes, Later[dict[bytes, Counts]]] = {}  # by path, unanswered
+        self._split: set[bytes] = set()  # folders whose subfolders were handed out instead
         self._covered = 0
         self._depth = 0
 
@@ -476,8 +478,7 @@ class Backup:
                 self._load_children(reuse.subtree) if reuse is not None and reuse.subtree else {}
             )
         listed = self._stat_entries(entries, root_dev)
-        compares = self._start_compares(listed, reuse_nodes, root_dev)
-        compared = bool(compares)  # ``compares`` empties as the walk takes the answers
+        self._start_compares(path, listed, reuse_nodes, root_dev)
         children: list[Node | Later[Node | None]] = []
         kept: list[tuple[int, bytes, os.stat_result, Node | None]] = []
         self._depth += 1
@@ -496,10 +497,22 @@ class Backup:
                         children.append(self._kept_file(child_name, child_st, child_reuse))
                         continue
                 elif child_reuse is not None and stat.S_ISDIR(mode):
-                    same = self._compared(child_path, child_st, child_reuse, compares)
+                    answered, same = self._compared(child_path, child_st, child_reuse)
                     if same is not None:
                         children.append(same)
                         continue
+                    # A reader compared this folder: what is unchanged below it is known.
+                    self._covered += answered
+                    try:
+                        child = self._archive_entry(
+                            child_path, child_name, child_st, ref_nodes.get(child_name),
+                            child_reuse, root_dev,
+                        )  # fmt: skip
+                    finally:
+                        self._covered -= answered
+                    if child is not None:
+                        children.append(child)
+                    continue
                 child = self._archive_entry(
                     child_path, child_name, child_st, ref_nodes.get(child_name), child_reuse,
                     root_dev,
@@ -508,7 +521,6 @@ class Backup:
                     children.append(child)
         finally:
             self._depth -= 1
-            self._covered -= compared
         if kept:
             self._confirm_kept(kept, children)
         # Finishing this folder's tree waits for its files; do it later (in post-order,
@@ -542,52 +554,101 @@ class Backup:
 
     def _start_compares(
         self,
+        path: bytes,
         listed: list[tuple[os.DirEntry[bytes], os.stat_result]],
         reuse_nodes: dict[bytes, Node],
         root_dev: int,
-    ) -> dict[bytes, Later[dict[bytes, Counts]]]:
+    ) -> None:
         """Hand this folder's subfolders to the readers to compare with the parent's trees.
 
-        Not below a folder already compared (its answer covers every depth), and at the
-        top of a source only when it has enough subfolders to keep every reader busy;
-        otherwise the next level down is handed out instead.
+        Not below a folder a reader already answered for (the answer covers every depth).
+        At the top of a source, the folders handed out are first split into their own
+        subfolders (a few levels down) until there are enough to keep every reader busy:
+        handing out a source's three top folders would leave readers idle behind the
+        biggest one.
         """
         if not self._compare_subtrees or self._covered or not reuse_nodes:
-            return {}
+            return
+        if path in self._split:
+            return  # its subfolders were handed out (or split) already
         subdirs = [
             (entry.path, old)
             for entry, st in listed
             if stat.S_ISDIR(st.st_mode)
             and (old := reuse_nodes.get(entry.name)) is not None
-            and old.kind == NodeKind.DIR
-            and old.subtree is not None
+            and entry.path not in self._compares
         ]
-        if not subdirs or (self._depth == 0 and len(subdirs) < 4 * self.options.workers):
-            return {}
+        if self._depth == 0:
+            subdirs = self._split_frontier(subdirs, root_dev)
         assert self._pool is not None
-        compares: dict[bytes, Later[dict[bytes, Counts]]] = {}
         for child_path, old in subdirs:
+            if old.kind != NodeKind.DIR or old.subtree is None:
+                continue
             later: Later[dict[bytes, Counts]] = Later(self._ready)
-            job = SubtreeJob(child_path, old.subtree, self._reuse_start_ns, root_dev)  # type: ignore[arg-type]
+            job = SubtreeJob(child_path, old.subtree, self._reuse_start_ns, root_dev)
             self._pool.compare(job, _settle(later))
-            compares[child_path] = later
-        self._covered += 1
-        return compares
+            self._compares[child_path] = later
 
-    def _compared(
-        self,
-        path: bytes,
-        st: os.stat_result,
-        old: Node,
-        compares: dict[bytes, Later[dict[bytes, Counts]]],
-    ) -> Node | None:
-        """The folder's node when a reader found it unchanged, else None (walk it)."""
-        later = compares.pop(path, None)
+    def _split_frontier(
+        self, frontier: list[tuple[bytes, Node]], root_dev: int
+    ) -> list[tuple[bytes, Node]]:
+        """Replace folders by their subfolders until there are 8 per reader (or 3 levels);
+        the walker lists the folders split here itself (they are few)."""
+        want = 8 * max(1, self.options.workers)
+        for _ in range(3):
+            if len(frontier) >= want:
+                break
+            deeper: list[tuple[bytes, Node]] = []
+            split = False
+            for path, old in frontier:
+                below = self._subfolders(path, old, root_dev)
+                if below is None:
+                    deeper.append((path, old))  # a leaf, or unreadable: hand it out whole
+                else:
+                    deeper.extend(below)
+                    self._split.add(path)
+                    split = True
+            if not split:
+                break
+            frontier = deeper
+        return frontier
+
+    def _subfolders(self, path: bytes, old: Node, root_dev: int) -> list[tuple[bytes, Node]] | None:
+        """``path``'s subfolders that the parent has too, as the walker will list them;
+        None when it has none (or cannot be listed): then it is handed out whole."""
+        if old.kind != NodeKind.DIR or old.subtree is None:
+            return None
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            olds = {n.name: n for n in self.repo.load_tree(old.subtree)}
+        except (OSError, CasError):
+            return None
+        out = []
+        for entry in entries:
+            if self.excluder and self.excluder.excluded(os.fsdecode(entry.path)):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            if self.options.one_file_system and st.st_dev != root_dev:
+                continue
+            sub = olds.get(entry.name)
+            if sub is not None:
+                out.append((entry.path, sub))
+        return out or None
+
+    def _compared(self, path: bytes, st: os.stat_result, old: Node) -> tuple[bool, Node | None]:
+        """(whether a reader answered for the folder, its node when found unchanged)."""
+        later = self._compares.pop(path, None)
         if later is not None:
             self._verdicts.update(later.result())
         counts = self._verdicts.pop(path, None)
         if counts is None or old.subtree is None:
-            return None
+            return later is not None or self._covered > 0, None
         files, size, dirs = counts
         with self._count_lock:
             c = self.counters
@@ -597,7 +658,7 @@ class Backup:
             c.dirs += dirs
         self._progress.files_done += files
         self._progress.bytes_done += size  # processed, though not read
-        return self._dir_node(path.rsplit(b"/", 1)[-1], st, old.subtree, old)
+        return True, self._dir_node(path.rsplit(b"/", 1)[-1], st, old.subtree, old)
 
     def _kept_file(self, name: bytes, st: os.stat_result, old: Node) -> Node:
         """The node of a file kept from the parent: the parent's own object when nothing

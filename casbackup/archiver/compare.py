@@ -18,22 +18,38 @@ then meets it and reports it.
 from __future__ import annotations
 
 import os
-import stat
+import struct
 from dataclasses import dataclass
+from stat import S_IMODE, S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any
 
 import blake3
 
 from casbackup.archiver.excludes import Excluder
-from casbackup.archiver.metadata import stat_matches
+from casbackup.archiver.metadata import group_name, user_name
 from casbackup.crypto.envelope import Opener
 from casbackup.errors import CasError
 from casbackup.repo.ids import Kind
 from casbackup.repo.index import IndexCache
 from casbackup.repo.pack import open_blob, pack_name
-from casbackup.repo.tree import Node, NodeKind, decode_tree
+from casbackup.repo.tree import (
+    FIXED,
+    Node,
+    NodeKind,
+    RawNode,
+    encode_owner,
+    kind_of_mode,
+    raw_nodes,
+)
 
 RACE_MARGIN_NS = 2_000_000_000  # coarse file systems store times in 1-2 s steps
+_pack_fixed = FIXED.pack
+_DIR, _FILE = int(NodeKind.DIR), int(NodeKind.FILE)
+_DEVICES = (NodeKind.CHARDEV, NodeKind.BLOCKDEV)
+
+
+def _split_ids(joined: list[bytes]) -> list[bytes]:
+    return [part[i : i + 32] for part in joined for i in range(0, len(part), 32)]
 
 
 def file_unchanged(old: Node, st: os.stat_result, reuse_start_ns: int) -> bool:
@@ -89,8 +105,8 @@ class SubtreeComparer:
         self.excluder = excluder if excluder else None
         self.one_file_system = one_file_system
         self.cancel = cancel
-        self.users: dict[int, str] = {}
-        self.groups: dict[int, str] = {}
+        self.users: dict[int, bytes] = {}  # uid -> name as a tree stores it
+        self.groups: dict[int, bytes] = {}
         self._fds: dict[str, int] = {}  # open packs, by name; few, as trees share packs
 
     def close(self) -> None:
@@ -109,7 +125,11 @@ class SubtreeComparer:
     def _compare(
         self, path: bytes, subtree: bytes, job: SubtreeJob, found: dict[bytes, Counts]
     ) -> Counts | None:
-        """Counts when the folder is unchanged; otherwise None, noting unchanged subfolders."""
+        """Counts when the folder is unchanged; otherwise None, noting unchanged subfolders.
+
+        Each entry is compared with the parent's node as stored (``raw_nodes``): what
+        the walker would encode for it (``node_from_stat``) must be those very bytes.
+        """
         if self.cancel.is_set():
             return None
         try:
@@ -118,74 +138,103 @@ class SubtreeComparer:
             old_nodes = self._load_tree(subtree)
         except (OSError, CasError):
             return None  # the walker meets it and reports it
-        old_by_name = {n.name: n for n in old_nodes}
         same = True
         kept = 0
         files = size = dirs = 0
         chunks: list[bytes] = [subtree]
         unchanged_dirs: list[tuple[bytes, Counts]] = []
+        racy = job.reuse_start_ns - RACE_MARGIN_NS
         for entry in entries:
-            name = entry.name
             child_path = entry.path
             if self.excluder is not None and self.excluder.excluded(os.fsdecode(child_path)):
                 continue
-            old = old_by_name.get(name)
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 same = False
                 continue
             mode = st.st_mode
-            if self.one_file_system and stat.S_ISDIR(mode) and st.st_dev != job.root_dev:
+            if self.one_file_system and S_ISDIR(mode) and st.st_dev != job.root_dev:
                 continue
             kept += 1
+            old = old_nodes.get(entry.name)
             if old is None:
                 same = False
                 continue
-            if stat.S_ISDIR(mode):
+            fixed, user, group, content, content_hash, old_subtree, target, n_xattrs = old
+            if S_ISDIR(mode):
                 sub = None
-                if old.kind == NodeKind.DIR and old.subtree is not None:
-                    sub = self._compare(child_path, old.subtree, job, found)
+                if fixed[0] == _DIR and len(old_subtree) == 32:
+                    sub = self._compare(child_path, old_subtree, job, found)
                 if sub is None:
                     same = False
                     continue
                 unchanged_dirs.append((child_path, sub))
-                if not stat_matches(old, st, self.users, self.groups):
+                if not self._same_meta(old, st):
                     same = False  # the folder's own entry changed, not its contents
             elif not same:
                 continue  # only subfolders can still be found unchanged
-            elif stat.S_ISREG(mode):
-                if not (
-                    file_unchanged(old, st, job.reuse_start_ns)
-                    and stat_matches(old, st, self.users, self.groups)
+            elif S_ISREG(mode):
+                # file_unchanged and stat_matches, on the stored bytes.
+                if (
+                    fixed[0] != _FILE
+                    or len(content_hash) != 32
+                    or max(st.st_mtime_ns, st.st_ctime_ns) >= racy
+                    or not self._same_meta(old, st)
                 ):
                     same = False
                     continue
-                chunks.extend(old.content)
+                chunks.append(content)
                 files += 1
                 size += st.st_size
             else:
-                if stat.S_ISLNK(mode):
+                if S_ISLNK(mode):
                     try:
-                        if os.readlink(child_path) != old.link_target:
+                        if os.readlink(child_path) != target:
                             same = False
                             continue
                     except OSError:
                         same = False
                         continue
-                elif old.link_target:
+                elif target:
                     same = False
                     continue
-                if not stat_matches(old, st, self.users, self.groups):
+                if not self._same_meta(old, st):
                     same = False
-        if same and kept == len(old_nodes) and self.cache.contains_all(chunks):
+        if same and kept == len(old_nodes) and self.cache.contains_all(_split_ids(chunks)):
             for _path, (f, b, d) in unchanged_dirs:
                 files, size, dirs = files + f, size + b, dirs + d
             return files, size, dirs + 1
         found.update(unchanged_dirs)  # the walker lists this folder but not those
         return None
 
-    def _load_tree(self, tree_id: bytes) -> list[Node]:
+    def _same_meta(self, old: RawNode, st: os.stat_result) -> bool:
+        """Whether ``node_from_stat`` would store the same metadata (``stat_matches``)."""
+        fixed, user, group, _, _, _, _, n_xattrs = old
+        mode = st.st_mode
+        kind = kind_of_mode(mode) or NodeKind.FILE
+        try:
+            again = _pack_fixed(
+                kind, S_IMODE(mode), st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns,
+                st.st_size if kind is NodeKind.FILE else 0, st.st_ino, st.st_dev, st.st_nlink,
+                st.st_rdev if kind in _DEVICES else 0,
+            )  # fmt: skip
+        except struct.error:
+            return False
+        return (
+            fixed == again
+            and not n_xattrs
+            and user == self._owner(self.users, st.st_uid, user_name)
+            and group == self._owner(self.groups, st.st_gid, group_name)
+        )
+
+    def _owner(self, cache: dict[int, bytes], ident: int, lookup: Any) -> bytes:
+        name = cache.get(ident)
+        if name is None:
+            name = cache[ident] = encode_owner(lookup({}, ident))
+        return name
+
+    def _load_tree(self, tree_id: bytes) -> dict[bytes, RawNode]:
         loc = self.cache.get(tree_id)
         if loc is None or loc.kind != Kind.TREE:
             raise CasError("parent tree is not indexed")
@@ -202,4 +251,4 @@ class SubtreeComparer:
         data = open_blob(self.opener, Kind.TREE, tree_id, loc.pack, envelope, loc.raw_len)
         if blake3.blake3(data, key=self.id_key).digest() != tree_id:
             raise CasError("parent tree does not match its id")
-        return decode_tree(data)
+        return raw_nodes(data)

@@ -26,12 +26,12 @@ def _name(cache: dict[int, str], ident: int, lookup) -> str:  # type: ignore[no-
     return name
 
 
-def _user(users: dict[int, str], uid: int) -> str:
+def user_name(users: dict[int, str], uid: int) -> str:
     name = users.get(uid)
     return name if name is not None else _name(users, uid, lambda i: pwd.getpwuid(i).pw_name)
 
 
-def _group(groups: dict[int, str], gid: int) -> str:
+def group_name(groups: dict[int, str], gid: int) -> str:
     name = groups.get(gid)
     return name if name is not None else _name(groups, gid, lambda i: grp.getgrgid(i).gr_name)
 
@@ -51,7 +51,7 @@ def node_from_stat(
         name, kind, _S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns,
         st.st_size if kind is _FILE else 0, st.st_ino, st.st_dev, st.st_nlink,
         st.st_rdev if kind in _DEVICES else 0,
-        _user(users, st.st_uid), _group(groups, st.st_gid),
+        user_name(users, st.st_uid), group_name(groups, st.st_gid),
         content, content_hash, subtree, link_target, (),
     )  # fmt: skip
 
@@ -75,7 +75,7 @@ def stat_matches(
         and node.device == st.st_dev
         and node.nlink == st.st_nlink
         and node.rdev == (st.st_rdev if kind in _DEVICES else 0)
-        and node.user == _user(users, st.st_uid)
-        and node.group == _group(groups, st.st_gid)
+        and node.user == user_name(users, st.st_uid)
+        and node.group == group_name(groups, st.st_gid)
         and not node.xattrs
     )

@@ -249,3 +249,75 @@ def _decode(data: bytes) -> list[Node]:
     if pos != end:
         raise FormatError("tree has trailing bytes")
     return nodes
+
+
+# A node's fields as stored, for comparing with a file system entry without decoding:
+# (fixed: the 65 bytes of kind..rdev, user, group, chunk ids (n x 32 bytes, joined),
+#  content hash, subtree id, link target, number of xattrs).
+RawNode = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, int]
+FIXED = _FIXED
+
+
+def encode_owner(name: str) -> bytes:
+    """A user or group name as a tree stores it."""
+    return name.encode("utf-8", "surrogateescape")[:255]
+
+
+def raw_nodes(data: bytes) -> dict[bytes, RawNode]:
+    """The nodes of an encoded tree by name, each field as its stored bytes.
+
+    For the backup's comparison with its parent (archiver/compare.py), which only asks
+    whether each entry would be encoded the same again: about 3x cheaper than
+    ``decode_tree``, and it checks no more than the format's framing (the tree came
+    from the repository, authenticated and hashed to its id).
+    """
+    try:
+        return _raw_nodes(data)
+    except (struct.error, IndexError):
+        raise FormatError("tree is truncated") from None
+
+
+def _raw_nodes(data: bytes) -> dict[bytes, RawNode]:
+    end = len(data)
+    if data[0] != TREE_VERSION:
+        raise FormatError(f"unknown tree version {data[0]}")
+    (count,) = _u32(data, 1)
+    if count > end:
+        raise FormatError("tree entry count is impossible")
+    pos = 5
+    out: dict[bytes, RawNode] = {}
+    for _ in range(count):
+        (n,) = _u16(data, pos)
+        name = data[pos + 2 : pos + 2 + n]
+        pos += 2 + n
+        fixed = data[pos : pos + _FIXED_LEN]
+        pos += _FIXED_LEN
+        n = data[pos]
+        user = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        n = data[pos]
+        group = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        (n,) = _u32(data, pos)
+        chunks = data[pos + 4 : pos + 4 + 32 * n]
+        pos += 4 + 32 * n
+        n = data[pos]
+        content_hash = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        n = data[pos]
+        subtree = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        (n,) = _u32(data, pos)
+        target = data[pos + 4 : pos + 4 + n]
+        pos += 4 + n
+        (n_xattrs,) = _u16(data, pos)
+        pos += 2
+        for _ in range(n_xattrs):
+            (n,) = _u16(data, pos)
+            pos += 2 + n
+            (n,) = _u32(data, pos)
+            pos += 4 + n
+        out[name] = (fixed, user, group, chunks, content_hash, subtree, target, n_xattrs)
+    if pos != end:
+        raise FormatError("tree is truncated" if pos > end else "tree has trailing bytes")
+    return out

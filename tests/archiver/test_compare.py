@@ -49,18 +49,18 @@ def compared(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     taken: list[bytes] = []
     original = Backup._compared
 
-    def counting(self, path, st, old, compares):  # type: ignore[no-untyped-def]
-        node = original(self, path, st, old, compares)
+    def counting(self, path, st, old):  # type: ignore[no-untyped-def]
+        answered, node = original(self, path, st, old)
         if node is not None:
             taken.append(os.path.relpath(path, self.options.paths[0].encode()))
-        return node
+        return answered, node
 
     monkeypatch.setattr(Backup, "_compared", counting)
     return taken
 
 
 def _walk_everything(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Backup, "_start_compares", lambda self, *a: {})
+    monkeypatch.setattr(Backup, "_start_compares", lambda self, *a: None)
 
 
 def _touch_old(path: Path) -> None:
@@ -112,9 +112,9 @@ def test_unchanged_tree_reads_nothing_and_compares_below_the_top(  # type: ignor
     reads.clear()
     again = backup(repo, src, type="incremental").snapshot
     assert reads == [] and again.tree == first.tree
-    # The top has fewer folders than would keep two readers busy: the level below is
-    # handed out, and every one of those folders is answered unchanged.
-    assert sorted(compared) == [f"{a}/{b}".encode() for a in "abc" for b in "xyz"]
+    # The top has fewer folders than would keep two readers busy (16): they are split,
+    # level by level, down to the nine deepest, and every one is answered unchanged.
+    assert sorted(compared) == [f"{a}/{b}/deep".encode() for a in "abc" for b in "xyz"]
     assert again.summary.files_unchanged == first.summary.files_total
 
 

@@ -22,7 +22,7 @@ from casbackup.repo.ids import BlobId, Kind
 from casbackup.repo.index import decode_index, decode_index_records, encode_index, iter_records
 from casbackup.repo.pack import PackEntry, PackWriter, decode_header, encode_header, parse_pack_tail
 from casbackup.repo.snapshot import Snapshot
-from casbackup.repo.tree import decode_tree, encode_tree
+from casbackup.repo.tree import decode_tree, encode_tree, raw_nodes
 from tests.repo.strategies import U32, blob_ids, index_packs, json_values, node_lists, snapshots
 
 OWN_ERRORS = (FormatError, IntegrityError, UnsupportedFormat)
@@ -36,6 +36,7 @@ def _pack_tail(data: bytes) -> object:
 
 DECODERS: dict[str, Callable[[bytes], object]] = {
     "tree": decode_tree,
+    "tree_raw": raw_nodes,
     "index": decode_index,
     "index_records": decode_index_records,
     "pack_header": decode_header,
@@ -75,6 +76,7 @@ def _pack(blobs: list[bytes]) -> bytes:
 # Valid encodings of every structure, to be damaged below.
 VALID: dict[str, st.SearchStrategy[bytes]] = {
     "tree": node_lists().map(encode_tree),
+    "tree_raw": node_lists().map(encode_tree),
     "index": index_packs().map(encode_index),
     "index_records": index_packs().map(encode_index),
     "pack_header": st.lists(

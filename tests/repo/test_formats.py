@@ -141,3 +141,19 @@ def test_codec_skips_incompressible_large_data() -> None:
 def test_location_round_trip(pack: str, offset: int, stored: int, raw: int, kind: Kind) -> None:
     loc = Location(pack, offset, stored, raw, kind)  # type: ignore[arg-type]
     assert Location.decode(loc.encode()) == loc
+
+
+@given(node_lists())
+def test_raw_nodes_hold_each_nodes_stored_fields(nodes: list[Node]) -> None:
+    from casbackup.repo.tree import FIXED, encode_owner, raw_nodes
+
+    raw = raw_nodes(encode_tree(nodes))
+    assert list(raw) == [n.name for n in nodes]
+    for n in nodes:
+        fixed, user, group, chunks, content_hash, subtree, target, n_xattrs = raw[n.name]
+        assert fixed == FIXED.pack(n.kind, n.mode, n.uid, n.gid, n.mtime_ns, n.ctime_ns, n.size,
+                                   n.inode, n.device, n.nlink, n.rdev)  # fmt: skip
+        assert (user, group) == (encode_owner(n.user), encode_owner(n.group))
+        assert chunks == b"".join(n.content) and content_hash == n.content_hash
+        assert subtree == (n.subtree or b"") and target == n.link_target
+        assert n_xattrs == len(n.xattrs)
