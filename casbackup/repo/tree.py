@@ -131,66 +131,82 @@ def encode_tree(nodes: list[Node]) -> bytes:
     return bytes(out)
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
+_KINDS = {int(k): k for k in NodeKind}
 
-    def take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise FormatError("tree is truncated")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
 
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int(_U16.unpack(self.take(2))[0])
-
-    def u32(self) -> int:
-        return int(_U32.unpack(self.take(4))[0])
+def _truncated() -> FormatError:
+    return FormatError("tree is truncated")
 
 
 def decode_tree(data: bytes) -> list[Node]:
-    r = _Reader(data)
-    version = r.u8()
+    # Offsets and unpack_from inline rather than a reader object: restore decodes every
+    # tree of a snapshot on its one walking thread, and a method call per field made
+    # decoding its largest cost. Every read is bounds-checked first, so malformed input
+    # raises FormatError and nothing else.
+    n = len(data)
+    if n < 1:
+        raise _truncated()
+    version = data[0]
     if version != TREE_VERSION:
         raise FormatError(f"unknown tree version {version}")
-    count = r.u32()
-    if count > len(data):  # each node takes far more than a byte
+    if n < 5:
+        raise _truncated()
+    count = _U32.unpack_from(data, 1)[0]
+    if count > n:  # each node takes far more than a byte
         raise FormatError("tree entry count is impossible")
+    pos = 5
     nodes: list[Node] = []
     previous = b""
     for _ in range(count):
-        name = r.take(r.u16())
+        if pos + 2 > n:
+            raise _truncated()
+        end = pos + 2 + _U16.unpack_from(data, pos)[0]
+        if end > n:
+            raise _truncated()
+        name = data[pos + 2 : end]
         if not valid_name(name):
             raise FormatError(f"tree holds an invalid name {name!r}")
         if nodes and name <= previous:
             raise FormatError("tree entries are not strictly sorted (duplicate or out of order)")
         previous = name
-        kind, mode, uid, gid, mtime, ctime, size, inode, device, nlink, rdev = _FIXED.unpack(
-            r.take(_FIXED.size)
+        pos = end + _FIXED.size
+        if pos + 1 > n:
+            raise _truncated()
+        kind_raw, mode, uid, gid, mtime, ctime, size, inode, device, nlink, rdev = (
+            _FIXED.unpack_from(data, end)
         )
-        try:
-            kind = NodeKind(kind)
-        except ValueError:
-            raise FormatError(f"unknown node kind {kind}") from None
-        user = r.take(r.u8()).decode("utf-8", "surrogateescape")
-        group = r.take(r.u8()).decode("utf-8", "surrogateescape")
-        n_chunks = r.u32()
-        if n_chunks * 32 > len(data):
+        kind = _KINDS.get(kind_raw)
+        if kind is None:
+            raise FormatError(f"unknown node kind {kind_raw}")
+        user, pos = _short(data, pos, n, 1)
+        group, pos = _short(data, pos, n, 4)
+        n_chunks = _U32.unpack_from(data, pos)[0]
+        pos += 4
+        if n_chunks * 32 > n:
             raise FormatError("chunk count is impossible")
-        content = tuple(BlobId(r.take(32)) for _ in range(n_chunks))
-        content_hash = r.take(r.u8())
-        subtree_raw = r.take(r.u8())
-        target = r.take(r.u32())
+        end = pos + 32 * n_chunks
+        if end + 1 > n:
+            raise _truncated()
+        content = tuple([BlobId(data[i : i + 32]) for i in range(pos, end, 32)])
+        content_hash, pos = _short(data, end, n, 1)
+        subtree_raw, pos = _short(data, pos, n, 4)
+        end = pos + 4 + _U32.unpack_from(data, pos)[0]
+        if end + 2 > n:
+            raise _truncated()
+        target = data[pos + 4 : end]
+        pos = end + 2
         xattrs = []
-        for _ in range(r.u16()):
-            key = r.take(r.u16())
-            xattrs.append((key, r.take(r.u32())))
+        for _ in range(_U16.unpack_from(data, end)[0]):
+            if pos + 2 > n:
+                raise _truncated()
+            end = pos + 2 + _U16.unpack_from(data, pos)[0]
+            if end + 4 > n:
+                raise _truncated()
+            key = data[pos + 2 : end]
+            pos = end + 4 + _U32.unpack_from(data, end)[0]
+            if pos > n:
+                raise _truncated()
+            xattrs.append((key, data[end + 4 : pos]))
         if kind == NodeKind.DIR and len(subtree_raw) != 32:
             raise FormatError(f"directory {name!r} has no subtree")
         if content_hash and len(content_hash) != 32:
@@ -200,12 +216,22 @@ def decode_tree(data: bytes) -> list[Node]:
         nodes.append(
             Node(
                 name=name, kind=kind, mode=mode, uid=uid, gid=gid, mtime_ns=mtime, ctime_ns=ctime,
-                size=size, inode=inode, device=device, nlink=nlink, rdev=rdev, user=user, group=group,
+                size=size, inode=inode, device=device, nlink=nlink, rdev=rdev,
+                user=user.decode("utf-8", "surrogateescape"),
+                group=group.decode("utf-8", "surrogateescape"),
                 content=content, content_hash=content_hash,
                 subtree=BlobId(subtree_raw) if subtree_raw else None,
                 link_target=target, xattrs=tuple(xattrs),
             )
         )  # fmt: skip
-    if r.pos != len(data):
+    if pos != n:
         raise FormatError("tree has trailing bytes")
     return nodes
+
+
+def _short(data: bytes, pos: int, n: int, after: int) -> tuple[bytes, int]:
+    """A field with a one-byte length at ``pos``; checks that ``after`` more bytes follow it."""
+    end = pos + 1 + data[pos]
+    if end + after > n:
+        raise _truncated()
+    return data[pos + 1 : end], end
