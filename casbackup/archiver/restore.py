@@ -72,7 +72,10 @@ class RestoreResult:
 # limit (one sendmsg carries at most 253 fds) bounds the folders held open for batches.
 _BATCH_FILES = 128
 _BATCH_BYTES = 4 << 20
-_BATCH_DIRS = 32
+_BATCH_DIRS = 16
+# Batches in flight: a few per writer keep each busy; the cap keeps the folder fds held
+# for them (at most _BATCH_DIRS each, plus the walk's own path) well below 1024.
+_MAX_IN_FLIGHT = 32
 _FILE_LOAD = 8192  # a file's cost to a writer beyond its bytes, for picking the least busy
 
 
@@ -129,9 +132,7 @@ class Restorer:
         self._hardlinks: dict[tuple[int, int], bytes] = {}  # key -> path relative to the target
         self._progress = Progress(phase="restore")
         self._report_progress = Throttle(reporter, self._progress)
-        # Batches in flight: enough to keep every writer busy, few enough to bound the
-        # folder fds held for them (at most _BATCH_DIRS each).
-        self._slots = threading.BoundedSemaphore(max(4, options.workers * 4))
+        self._slots = threading.BoundedSemaphore(min(max(4, options.workers * 4), _MAX_IN_FLIGHT))
         self._idle = threading.Condition()  # notified when the last batch in flight is back
         self._inflight = 0
         self._failure: BaseException | None = None  # stops the restore at the next check

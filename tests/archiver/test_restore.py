@@ -236,3 +236,24 @@ def test_ctrl_c_stops_the_restore_with_no_leftovers(
     assert multiprocessing.active_children() == []
     assert fds_into(tmp_path / "out") == []
     repo.close()
+
+
+def test_open_folders_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder's fd is held until its batches are back, but never one per folder of the tree."""
+    src = tmp_path / "src"
+    many_small_files(src, folders=1500, per_folder=1)
+    repo, snap = backed_up(tmp_path, src)
+    peak = {"open": 0}
+    original = restore_module.Restorer._queue
+
+    def counting(self: restore_module.Restorer, *args: object) -> None:
+        peak["open"] = max(peak["open"], len(self._open))
+        original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(restore_module.Restorer, "_queue", counting)
+    out = tmp_path / "out"
+    result = restore(repo, snap, RestoreOptions(target=str(out), workers=2))
+    assert result.errors == [] and result.files == 1500
+    assert 0 < peak["open"] <= (8 + 1) * restore_module._BATCH_DIRS + 10
+    assert_same_tree(os.fsencode(src), os.fsencode(restored(out, src)))
+    repo.close()
