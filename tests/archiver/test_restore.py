@@ -1,0 +1,259 @@
+"""Restore with writers that create the files: batches, folder metadata, refusals, faults."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from casbackup.archiver import restore as restore_module
+from casbackup.archiver.backup import BackupOptions, run_backup
+from casbackup.archiver.restore import RestoreOptions, RestoreResult, restore
+from casbackup.archiver.writers import WriterFailed
+from casbackup.errors import Interrupted, RestoreError
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
+from casbackup.reporter import Progress, Reporter
+from casbackup.testing.fixtures import make_repo
+from tests.archiver.nasty import MTIME_NS, assert_same_tree
+
+
+def backed_up(tmp_path: Path, src: Path) -> tuple[Repository, Snapshot]:
+    repo = make_repo(str(tmp_path / "repo"))
+    snap = run_backup(repo, BackupOptions(paths=(str(src),), type="full")).snapshot
+    assert snap is not None
+    return repo, snap
+
+
+def restored(out: Path, src: Path) -> Path:
+    return out / str(src).lstrip("/")
+
+
+def many_small_files(root: Path, folders: int, per_folder: int, seed: int = 5) -> None:
+    rng = random.Random(seed)
+    for d in range(folders):
+        folder = root / f"d{d // 30:02d}" / f"f{d:03d}"
+        folder.mkdir(parents=True)
+        for i in range(per_folder):
+            (folder / f"file{i}.txt").write_bytes(rng.randbytes(rng.randint(0, 3000)))
+
+
+def fds_into(target: Path) -> list[str]:
+    """This process's open fds on anything in ``target`` (folders held open, files)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            continue  # the fd listdir itself used
+        if where == str(target) or where.startswith(str(target) + "/"):
+            found.append(where)
+    return found
+
+
+@pytest.fixture
+def readonly_tree(tmp_path: Path) -> Iterator[Path]:
+    """A read-only folder holding more files than one batch, and fixed times everywhere."""
+    src = tmp_path / "src"
+    ro = src / "ro"
+    (ro / "inner").mkdir(parents=True)
+    rng = random.Random(3)
+    for i in range(300):
+        (ro / f"f{i:03d}").write_bytes(rng.randbytes(rng.randint(0, 5000)))
+    (ro / "inner" / "deep.txt").write_bytes(b"deep\n")
+    (ro / "big.bin").write_bytes(rng.randbytes(6_000_000))  # a batch of its own
+    (src / "after.txt").write_bytes(b"walked after the read-only folder\n")
+    for dirpath, dirnames, filenames in os.walk(src, topdown=False):
+        for offset, name in enumerate(sorted(dirnames + filenames)):
+            os.utime(os.path.join(dirpath, name), ns=(MTIME_NS, MTIME_NS + offset * 1_000_003))
+        os.utime(dirpath, ns=(MTIME_NS, MTIME_NS + 777_777_777))
+    os.chmod(ro / "inner", 0o500)
+    os.chmod(ro, 0o555)
+    yield src
+    os.chmod(ro, 0o755)
+    os.chmod(ro / "inner", 0o755)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_folder_metadata_waits_for_the_writers(
+    readonly_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Every folder's mode and mtime are applied once all its entries exist (also as root,
+    whom a read-only mode does not stop: the listing at that moment is checked)."""
+    repo, snap = backed_up(tmp_path, readonly_tree)
+    listed_at_meta: dict[str, list[str]] = {}
+    original = restore_module.apply_metadata
+
+    def spy(fd: int, *args: int, owners: bool) -> None:
+        listed_at_meta[os.readlink(f"/proc/self/fd/{fd}")] = sorted(os.listdir(fd))
+        original(fd, *args, owners=owners)
+
+    monkeypatch.setattr(restore_module, "apply_metadata", spy)  # folders only: files are
+    out = tmp_path / "out"  # finished in the writers, which use writers.apply_metadata
+    result = restore(repo, snap, RestoreOptions(target=str(out), workers=workers))
+    assert result.errors == [] and result.warnings == []
+    assert result.files == 303 and result.bytes > 6_000_000
+    try:
+        assert_same_tree(os.fsencode(readonly_tree), os.fsencode(restored(out, readonly_tree)))
+        assert len(listed_at_meta) == result.dirs
+        for folder, listing in listed_at_meta.items():
+            assert listing == sorted(os.listdir(folder)), folder
+    finally:
+        for ro in (restored(out, readonly_tree) / "ro", restored(out, readonly_tree) / "ro/inner"):
+            os.chmod(ro, 0o755)
+    repo.close()
+
+
+@pytest.mark.timeout(120)
+def test_many_small_files_in_many_folders(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    many_small_files(src, folders=300, per_folder=10)
+    repo, snap = backed_up(tmp_path, src)
+    out = tmp_path / "out"
+    result = restore(repo, snap, RestoreOptions(target=str(out), workers=2))
+    assert result.errors == [] and result.files == 3000
+    assert_same_tree(os.fsencode(src), os.fsencode(restored(out, src)))
+    assert fds_into(tmp_path / "out") == []
+    repo.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_existing_file_stops_the_restore_in_one_line(tmp_path: Path) -> None:
+    """The writer that meets the existing name reports it; the restore stops with the
+    same message as when the walking thread created files itself."""
+    src = tmp_path / "src"
+    many_small_files(src, folders=20, per_folder=20)
+    repo, snap = backed_up(tmp_path, src)
+    out = tmp_path / "out"
+    mine = restored(out, src) / "d00" / "f007" / "file11.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"mine")
+    with pytest.raises(RestoreError) as info:
+        restore(repo, snap, RestoreOptions(target=str(out), workers=2))
+    rel = os.path.relpath(mine, out)
+    assert str(info.value) == f"{rel} exists in the target (use --overwrite)"
+    assert mine.read_bytes() == b"mine"
+    assert fds_into(tmp_path / "out") == []
+    assert multiprocessing.active_children() == []
+    result = restore(repo, snap, RestoreOptions(target=str(out), workers=2, overwrite=True))
+    assert result.errors == []
+    assert_same_tree(os.fsencode(src), os.fsencode(restored(out, src)))
+    repo.close()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_symlinked_folder_refused_with_batches_in_flight(tmp_path: Path, overwrite: bool) -> None:
+    src = tmp_path / "src"
+    many_small_files(src, folders=40, per_folder=15)
+    (src / "zz").mkdir()
+    (src / "zz" / "planted").write_bytes(b"must not leave the target")
+    repo, snap = backed_up(tmp_path, src)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    restored(out, src).mkdir(parents=True)
+    (restored(out, src) / "zz").symlink_to(outside)
+    with pytest.raises(RestoreError, match="symlink is never followed"):
+        restore(repo, snap, RestoreOptions(target=str(out), workers=2, overwrite=overwrite))
+    assert os.listdir(outside) == []
+    assert (restored(out, src) / "zz").is_symlink()
+    assert multiprocessing.active_children() == []
+    repo.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hard_links_are_restored_as_links_among_batched_files(tmp_path: Path, workers: int) -> None:
+    src = tmp_path / "src"
+    many_small_files(src, folders=10, per_folder=40)
+    first = src / "d00" / "f003" / "linked"
+    first.write_bytes(b"one inode, three names\n")
+    os.link(first, src / "d00" / "f001" / "second")
+    os.link(first, src / "d00" / "f009" / "third")
+    repo, snap = backed_up(tmp_path, src)
+    out = tmp_path / "out"
+    result: RestoreResult = restore(repo, snap, RestoreOptions(target=str(out), workers=workers))
+    assert result.errors == [] and result.links == 2
+    assert_same_tree(os.fsencode(src), os.fsencode(restored(out, src)))  # checks link groups
+    names = [restored(out, src) / "d00" / f for f in ("f003/linked", "f001/second", "f009/third")]
+    assert len({os.stat(n).st_ino for n in names}) == 1
+    assert os.stat(names[0]).st_nlink == 3
+    repo.close()
+
+
+class KillAWriter(Reporter):
+    """Kills one writer process (as the OOM killer would) once files have been written."""
+
+    def __init__(self) -> None:
+        self.killed = False
+
+    def progress(self, progress: Progress) -> None:
+        if not self.killed and progress.files_done:
+            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+            self.killed = True
+
+
+@pytest.mark.timeout(60)
+def test_writer_killed_mid_restore_fails_cleanly(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    many_small_files(src, folders=100, per_folder=30)
+    repo, snap = backed_up(tmp_path, src)
+    reporter = KillAWriter()
+    with pytest.raises(WriterFailed) as info:
+        restore(repo, snap, RestoreOptions(target=str(tmp_path / "out"), workers=2), reporter)
+    assert reporter.killed
+    assert str(info.value) == "a restore writer process stopped unexpectedly"
+    assert multiprocessing.active_children() == []
+    assert fds_into(tmp_path / "out") == []
+    repo.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_the_restore_with_no_leftovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    src = tmp_path / "src"
+    many_small_files(src, folders=60, per_folder=20)
+    repo, snap = backed_up(tmp_path, src)
+    calls = {"n": 0}
+    original = Repository.load_tree
+
+    def interrupted(self: Repository, tree: bytes) -> object:
+        calls["n"] += 1
+        if calls["n"] == 40:  # batches are in flight by now
+            raise KeyboardInterrupt
+        return original(self, tree)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Repository, "load_tree", interrupted)
+    with pytest.raises(Interrupted, match="restore interrupted; the target holds a partial"):
+        restore(repo, snap, RestoreOptions(target=str(tmp_path / "out"), workers=workers))
+    assert multiprocessing.active_children() == []
+    assert fds_into(tmp_path / "out") == []
+    repo.close()
+
+
+def test_open_folders_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder's fd is held until its batches are back, but never one per folder of the tree."""
+    src = tmp_path / "src"
+    many_small_files(src, folders=1500, per_folder=1)
+    repo, snap = backed_up(tmp_path, src)
+    peak = {"open": 0}
+    original = restore_module.Restorer._queue
+
+    def counting(self: restore_module.Restorer, *args: object) -> None:
+        peak["open"] = max(peak["open"], len(self._open))
+        original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(restore_module.Restorer, "_queue", counting)
+    out = tmp_path / "out"
+    result = restore(repo, snap, RestoreOptions(target=str(out), workers=2))
+    assert result.errors == [] and result.files == 1500
+    assert 0 < peak["open"] <= (8 + 1) * restore_module._BATCH_DIRS + 10
+    assert_same_tree(os.fsencode(src), os.fsencode(restored(out, src)))
+    repo.close()
