@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import lmdb
 
 from casbackup.errors import FormatError, StorageError
+from casbackup.repo.bloom import BlobFilter
 from casbackup.repo.ids import BlobId, FileId, Kind
 
 INDEX_VERSION = 1
@@ -170,6 +171,10 @@ def cache_root() -> str:
 
 
 ADD_BATCH = 1024  # index entries per LMDB write transaction (see add_file)
+# From this many entries on, a Bloom filter (repo/bloom.py) answers most look-ups of
+# absent blobs; below it the LMDB pages stay cached and a filter probe would only add.
+FILTER_FROM = 1_000_000
+FILTER_FILE = "blob-filter"
 
 
 class IndexCache:
@@ -203,8 +208,46 @@ class IndexCache:
             self.files = self.env.open_db(b"index-files", create=not readonly)
         except (OSError, lmdb.Error) as exc:
             raise StorageError(f"cannot open the index cache at {path}: {exc}") from None
+        self._filter: BlobFilter | None = None
+        self._open_filter()
+
+    def _open_filter(self) -> None:
+        """Use the filter when it covers exactly LMDB's entries; (re)build it if we write."""
+        self._drop_filter()
+        entries = self.count()
+        if entries < FILTER_FROM:
+            return
+        path = os.path.join(self.path, FILTER_FILE)
+        try:
+            found = BlobFilter(path, writable=not self.readonly)
+        except (OSError, ValueError):
+            found = None
+        if found is not None and found.covered == entries and entries <= found.capacity:
+            self._filter = found
+            return
+        if found is not None:
+            found.close()
+        if not self.readonly:
+            self._build_filter(entries)
+
+    def _build_filter(self, entries: int) -> None:
+        """A new filter from every key in LMDB (once per doubling of the index)."""
+        try:
+            bloom = BlobFilter.create(os.path.join(self.path, FILTER_FILE), 2 * entries)
+        except OSError:
+            return  # only an optimisation: look-ups go to LMDB
+        with self.env.begin(db=self.blobs) as txn:
+            bloom.add(txn.cursor().iternext(keys=True, values=False))
+        bloom.set_covered(entries)
+        self._filter = bloom
+
+    def _drop_filter(self) -> None:
+        if self._filter is not None:
+            self._filter.close()
+            self._filter = None
 
     def close(self) -> None:
+        self._drop_filter()
         self.env.close()
 
     @contextmanager
@@ -215,6 +258,7 @@ class IndexCache:
         inherits its parent's record that this one is open: the child's own read-only
         open then fails. Closed across the fork, the record is gone in the child.
         """
+        self._drop_filter()
         self.env.close()
         try:
             yield
@@ -226,22 +270,30 @@ class IndexCache:
             return {FileId(k.decode()) for k, _ in txn.cursor()}
 
     def get(self, blob_id: bytes) -> Location | None:
+        if self._filter is not None and not self._filter.might_contain(blob_id):
+            return None
         with self.env.begin(db=self.blobs, buffers=False) as txn:
             value = txn.get(blob_id)
         return None if value is None else Location.decode(value)
 
     def get_many(self, blob_ids: list[bytes]) -> list[Location | None]:
+        maybe = self._filter.might_contain if self._filter is not None else None
         with self.env.begin(db=self.blobs, buffers=False) as txn:
-            values = [txn.get(b) for b in blob_ids]
+            values = [txn.get(b) if maybe is None or maybe(b) else None for b in blob_ids]
         return [None if v is None else Location.decode(v) for v in values]
 
     def contains(self, blob_id: bytes) -> bool:
+        if self._filter is not None and not self._filter.might_contain(blob_id):
+            return False
         with self.env.begin(db=self.blobs) as txn:
             return txn.get(blob_id) is not None
 
     def contains_all(self, blob_ids: Iterable[bytes]) -> bool:
+        ids = list(blob_ids)
+        if self._filter is not None and not all(map(self._filter.might_contain, ids)):
+            return False
         with self.env.begin(db=self.blobs) as txn:
-            return all(txn.get(b) is not None for b in blob_ids)
+            return all(txn.get(b) is not None for b in ids)
 
     def add_file(self, name: FileId, entries: Iterable[tuple[BlobId, Location]]) -> None:
         """Record an index file's entries, then its name.
@@ -259,9 +311,16 @@ class IndexCache:
                 self._put(batch)
                 batch = []
         self._put(batch, name)
+        entries_now = self.count()
+        if self._filter is not None and entries_now <= self._filter.capacity:
+            self._filter.set_covered(entries_now)
+        elif entries_now >= FILTER_FROM:
+            self._build_filter(entries_now)  # first time, or grown past its capacity
 
     def _put(self, entries: list[tuple[BlobId, Location]], name: FileId | None = None) -> None:
         entries.sort(key=lambda e: e[0])  # neighbouring keys share pages: fewer touched
+        if self._filter is not None:
+            self._filter.add(b for b, _ in entries)  # before the commit: never too little
         with self.env.begin(write=True) as txn:
             for blob_id, loc in entries:
                 txn.put(blob_id, loc.encode(), db=self.blobs)
@@ -269,6 +328,7 @@ class IndexCache:
                 txn.put(name.encode(), b"", db=self.files)
 
     def clear(self) -> None:
+        self._drop_filter()
         with self.env.begin(write=True) as txn:
             txn.drop(self.blobs, delete=False)
             txn.drop(self.files, delete=False)

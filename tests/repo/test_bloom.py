@@ -1,0 +1,126 @@
+"""The Bloom filter in front of a large index cache (repo/bloom.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from casbackup.repo import index as index_module
+from casbackup.repo.bloom import BlobFilter
+from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.index import FILTER_FILE, IndexCache, Location
+
+
+def _entries(n: int, pack: str = "ab" * 32) -> list[tuple[BlobId, Location]]:
+    return [(BlobId(os.urandom(32)), Location(pack, i, 10, 20, Kind.DATA)) for i in range(n)]
+
+
+def test_filter_never_forgets_an_id_and_rarely_says_maybe(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bloom = BlobFilter.create(str(tmp_path / "f"), 20_000)
+    ids = [os.urandom(32) for _ in range(20_000)]
+    bloom.add(ids)
+    assert all(bloom.might_contain(i) for i in ids)
+    false = sum(bloom.might_contain(os.urandom(32)) for _ in range(20_000))
+    assert false < 20_000 * 0.02  # about 1% at 10 bits per id
+    bloom.close()
+
+
+def test_filter_file_is_refused_when_damaged(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "f"
+    BlobFilter.create(str(path), 10).close()
+    data = bytearray(path.read_bytes())
+    data[0:4] = b"XXXX"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError):
+        BlobFilter(str(path), writable=False)
+    path.write_bytes(b"CBBF")  # truncated
+    with pytest.raises(ValueError):
+        BlobFilter(str(path), writable=False)
+
+
+@pytest.fixture
+def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "FILTER_FROM", 100)
+
+
+def test_cache_answers_through_the_filter_once_large(tmp_path, small_threshold) -> None:  # type: ignore[no-untyped-def]
+    cache = IndexCache(str(tmp_path / "c"))
+    first = _entries(50)
+    cache.add_file(FileId("11" * 32), first)
+    assert cache._filter is None  # below the threshold: LMDB alone
+    more = _entries(200)
+    cache.add_file(FileId("22" * 32), more)
+    assert cache._filter is not None and cache._filter.covered == 250
+    for blob_id, loc in first + more:
+        assert cache.contains(blob_id) and cache.get(blob_id) == loc
+    assert cache.contains_all([b for b, _ in first + more])
+    absent = BlobId(os.urandom(32))
+    assert not cache.contains(absent) and cache.get(absent) is None
+    assert cache.get_many([first[0][0], absent]) == [first[0][1], None]
+    cache.close()
+    reader = IndexCache(str(tmp_path / "c"), readonly=True)  # a reader process's view
+    assert reader._filter is not None and all(reader.contains(b) for b, _ in first)
+    reader.close()
+
+
+def test_a_reader_sees_ids_added_after_it_opened_the_filter(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Readers map the same file (MAP_SHARED): what the backup adds, they see at once."""
+    path = str(tmp_path / "f")
+    writer = BlobFilter.create(path, 1000)
+    reader = BlobFilter(path, writable=False)
+    ids = [os.urandom(32) for _ in range(50)]
+    writer.add(ids)
+    assert all(reader.might_contain(i) for i in ids)
+    writer.set_covered(50)
+    assert reader.covered == 50
+    reader.close()
+    writer.close()
+
+
+def test_stale_or_missing_filter_is_rebuilt_and_a_reader_goes_without(  # type: ignore[no-untyped-def]
+    tmp_path, small_threshold
+) -> None:
+    path = str(tmp_path / "c")
+    cache = IndexCache(path)
+    entries = _entries(300)
+    cache.add_file(FileId("11" * 32), entries)
+    cache.close()
+    # Entries added behind the filter's back (an older program, a crash): counts differ.
+    import lmdb
+
+    env = lmdb.open(path, max_dbs=4, subdir=True)
+    extra = _entries(3)
+    with env.begin(write=True, db=env.open_db(b"blobs")) as txn:
+        for blob_id, loc in extra:
+            txn.put(blob_id, loc.encode())
+    env.close()
+    reader = IndexCache(path, readonly=True)
+    assert reader._filter is None  # not covering every entry: not used
+    assert all(reader.contains(b) for b, _ in extra)
+    reader.close()
+    writer = IndexCache(path)
+    assert writer._filter is not None and writer._filter.covered == 303
+    assert all(writer.contains(b) for b, _ in entries + extra)
+    writer.close()
+    os.remove(os.path.join(path, FILTER_FILE))
+    writer = IndexCache(path)
+    assert writer._filter is not None and all(writer.contains(b) for b, _ in extra)
+    writer.clear()
+    assert writer._filter is None and not writer.contains(extra[0][0])
+    writer.close()
+
+
+def test_filter_grows_with_the_index(tmp_path, small_threshold, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from casbackup.repo import bloom
+
+    monkeypatch.setattr(bloom, "MIN_LOG2", 10)  # 1 Kibit: room for about 100 ids
+    cache = IndexCache(str(tmp_path / "c"))
+    everything = []
+    for i in range(6):
+        batch = _entries(150)
+        everything += batch
+        cache.add_file(FileId(f"{i:02d}" * 32), batch)
+        assert cache._filter is not None and cache._filter.capacity >= cache.count()
+    assert all(cache.contains(b) for b, _ in everything)
+    cache.close()
