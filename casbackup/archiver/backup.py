@@ -533,9 +533,12 @@ class Backup:
         return done
 
     def _stat_entries(
-        self, entries: list[os.DirEntry[bytes]], root_dev: int
+        self, entries: list[os.DirEntry[bytes]], root_dev: int, *, quiet: bool = False
     ) -> list[tuple[os.DirEntry[bytes], os.stat_result]]:
-        """The entries to archive with their lstat, after excludes and --one-file-system."""
+        """The entries to archive with their lstat, after excludes and --one-file-system.
+
+        ``quiet``: a look ahead; errors are reported when the walk itself gets there.
+        """
         excluder = self.excluder if self.excluder else None
         one_fs = self.options.one_file_system
         listed = []
@@ -545,7 +548,8 @@ class Backup:
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as exc:
-                self._error(entry.path, exc)
+                if not quiet:
+                    self._error(entry.path, exc)
                 continue
             if one_fs and stat.S_ISDIR(st.st_mode) and st.st_dev != root_dev:
                 continue
@@ -624,21 +628,11 @@ class Backup:
             olds = {n.name: n for n in self.repo.load_tree(old.subtree)}
         except (OSError, CasError):
             return None
-        out = []
-        for entry in entries:
-            if self.excluder and self.excluder.excluded(os.fsdecode(entry.path)):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                continue
-            if self.options.one_file_system and st.st_dev != root_dev:
-                continue
-            sub = olds.get(entry.name)
-            if sub is not None:
-                out.append((entry.path, sub))
+        out = [
+            (entry.path, sub)
+            for entry, st in self._stat_entries(entries, root_dev, quiet=True)
+            if stat.S_ISDIR(st.st_mode) and (sub := olds.get(entry.name)) is not None
+        ]
         return out or None
 
     def _compared(self, path: bytes, st: os.stat_result, old: Node) -> tuple[bool, Node | None]:
