@@ -9,10 +9,13 @@ depth, would be recorded exactly as the parent recorded it. The walker then keep
 such a folder's node (and so its tree) without listing it again, and walks the rest
 itself as before.
 
-The rules are the walker's own (``file_unchanged``, ``stat_matches``): a verdict here
-only ever saves work, it never decides differently. Anything unusual (an unreadable
-folder, a damaged parent tree) simply means "not known to be unchanged": the walker
-then meets it and reports it.
+The rules are the walker's own (``file_unchanged``, ``stat_matches``), applied to the
+parent's nodes as stored (``raw_nodes``, ``_same_meta``) instead of decoded ones: a
+verdict here only ever saves work, it never decides differently, and
+tests/archiver/test_compare.py checks that the trees come out identical. A change to
+what ``node_from_stat`` records must change ``_same_meta`` with it. Anything unusual
+(an unreadable folder, a damaged parent tree) simply means "not known to be
+unchanged": the walker then meets it and reports it.
 """
 
 from __future__ import annotations
