@@ -487,6 +487,7 @@ class Backup:
                 child_path, child_name = entry.path, entry.name
                 mode = child_st.st_mode
                 child_reuse = reuse_nodes.get(child_name)
+                answered = False  # a reader compared this folder: what is unchanged is known
                 if child_reuse is not None and stat.S_ISREG(mode):
                     if self._unchanged_meta(child_reuse, child_st):
                         # Unchanged: keep the parent's content unread. Whether its chunks are
@@ -501,22 +502,14 @@ class Backup:
                     if same is not None:
                         children.append(same)
                         continue
-                    # A reader compared this folder: what is unchanged below it is known.
-                    self._covered += answered
-                    try:
-                        child = self._archive_entry(
-                            child_path, child_name, child_st, ref_nodes.get(child_name),
-                            child_reuse, root_dev,
-                        )  # fmt: skip
-                    finally:
-                        self._covered -= answered
-                    if child is not None:
-                        children.append(child)
-                    continue
-                child = self._archive_entry(
-                    child_path, child_name, child_st, ref_nodes.get(child_name), child_reuse,
-                    root_dev,
-                )  # fmt: skip
+                self._covered += answered
+                try:
+                    child = self._archive_entry(
+                        child_path, child_name, child_st, ref_nodes.get(child_name), child_reuse,
+                        root_dev,
+                    )  # fmt: skip
+                finally:
+                    self._covered -= answered
                 if child is not None:
                     children.append(child)
         finally:
@@ -642,8 +635,12 @@ class Backup:
             self._verdicts.update(later.result())
         counts = self._verdicts.pop(path, None)
         if counts is None or old.subtree is None:
-            return later is not None or self._covered > 0, None
-        files, size, dirs = counts
+            return later is not None, None
+        self._count_kept(*counts)
+        return True, self._dir_node(path.rsplit(b"/", 1)[-1], st, old.subtree, old)
+
+    def _count_kept(self, files: int, size: int, dirs: int = 0) -> None:
+        """Count files (and folders) kept from the parent without reading them."""
         with self._count_lock:
             c = self.counters
             c.files_unchanged += files
@@ -652,7 +649,6 @@ class Backup:
             c.dirs += dirs
         self._progress.files_done += files
         self._progress.bytes_done += size  # processed, though not read
-        return True, self._dir_node(path.rsplit(b"/", 1)[-1], st, old.subtree, old)
 
     def _kept_file(self, name: bytes, st: os.stat_result, old: Node) -> Node:
         """The node of a file kept from the parent: the parent's own object when nothing
@@ -675,14 +671,7 @@ class Backup:
                     # A chunk was lost (repaired away): read the file again.
                     children[i] = self._archive_file(path, node.name, st, ref, None)  # type: ignore[union-attr]
             kept = [k for k, n in zip(kept, nodes, strict=True) if children[k[0]] is n]
-        size = sum(st.st_size for _, _, st, _ in kept)
-        with self._count_lock:
-            c = self.counters
-            c.files_unchanged += len(kept)
-            c.files_total += len(kept)
-            c.bytes_total += size
-        self._progress.files_done += len(kept)
-        self._progress.bytes_done += size  # processed, though not read
+        self._count_kept(len(kept), sum(st.st_size for _, _, st, _ in kept))
 
     def _finish_dirs(self, *, keep: int) -> None:
         """Write the trees of queued folders whose entries are all ready, oldest first.
@@ -731,12 +720,7 @@ class Backup:
         self, path: bytes, name: bytes, st: os.stat_result, ref: Node | None, reuse: Node | None
     ) -> Node | Later[Node | None]:
         if reuse is not None and self._unchanged(reuse, st):
-            with self._count_lock:
-                self.counters.files_unchanged += 1
-                self.counters.files_total += 1
-                self.counters.bytes_total += st.st_size
-            self._progress.files_done += 1
-            self._progress.bytes_done += st.st_size  # processed, though not read
+            self._count_kept(1, st.st_size)
             return self._kept_file(name, st, reuse)
         meta = self._meta(name, st)
         key = meta.hardlink_key

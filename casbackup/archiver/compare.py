@@ -44,6 +44,7 @@ from casbackup.repo.tree import (
     kind_of_mode,
     raw_nodes,
 )
+from casbackup.store.local import LocalBackend
 
 RACE_MARGIN_NS = 2_000_000_000  # coarse file systems store times in 1-2 s steps
 _pack_fixed = FIXED.pack
@@ -101,7 +102,7 @@ class SubtreeComparer:
         one_file_system: bool,
         cancel: Any,
     ) -> None:
-        self.repo_root = repo_root
+        self.packs = LocalBackend(repo_root)  # its own fds: a pread each, no reopening
         self.cache = cache
         self.opener = opener
         self.id_key = id_key
@@ -110,12 +111,9 @@ class SubtreeComparer:
         self.cancel = cancel
         self.users: dict[int, bytes] = {}  # uid -> name as a tree stores it
         self.groups: dict[int, bytes] = {}
-        self._fds: dict[str, int] = {}  # open packs, by name; few, as trees share packs
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self.packs.close()
 
     def compare(self, job: SubtreeJob) -> dict[bytes, Counts]:
         """The folders at or below ``job.path`` found unchanged, each outermost one only."""
@@ -241,16 +239,7 @@ class SubtreeComparer:
         loc = self.cache.get(tree_id)
         if loc is None or loc.kind != Kind.TREE:
             raise CasError("parent tree is not indexed")
-        name = pack_name(loc.pack)
-        fd = self._fds.get(name)
-        if fd is None:
-            if len(self._fds) >= 16:
-                self.close()
-            fd = os.open(os.path.join(self.repo_root, name), os.O_RDONLY)
-            self._fds[name] = fd
-        envelope = os.pread(fd, loc.stored_len, loc.offset)
-        if len(envelope) != loc.stored_len:
-            raise CasError("pack is truncated")
+        envelope = self.packs.get(pack_name(loc.pack), loc.offset, loc.stored_len)
         data = open_blob(self.opener, Kind.TREE, tree_id, loc.pack, envelope, loc.raw_len)
         if blake3.blake3(data, key=self.id_key).digest() != tree_id:
             raise CasError("parent tree does not match its id")
