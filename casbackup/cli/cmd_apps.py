@@ -16,7 +16,7 @@ from rich.table import Table
 
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, warn
+from casbackup.cli.render import emit_json, plural, warn
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 
@@ -87,7 +87,7 @@ def apps(repo: Repository, ctx: click.Context) -> None:
             r["verification"] or "-", str(r["snapshots"]), ", ".join(r["databases"]) or "-",
         )  # fmt: skip
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250).print(table)
-    click.echo(f"{len(rows)} applications")
+    click.echo(f"{plural(len(rows), 'application')}")
 
 
 COMMANDS = [apps]

@@ -6,7 +6,7 @@ import click
 
 from casbackup.cli.cmd_ls import long_line, node_doc
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, warn
+from casbackup.cli.render import emit_json, plural, warn
 from casbackup.repo.repository import Repository
 from casbackup.vfs.find import Finder, FindOptions
 
@@ -52,7 +52,7 @@ def find(repo: Repository, ctx: click.Context, pattern: str, app: str | None, pa
         stats = finder.stats
         click.echo(
             f"{found} match{'es' if found != 1 else ''} in {stats.snapshots} snapshot"
-            f"{'s' if stats.snapshots != 1 else ''} searched ({stats.trees_walked} folders read, "
+            f"{'s' if stats.snapshots != 1 else ''} searched ({plural(stats.trees_walked, 'folder')} read, "
             f"{stats.trees_reused} reused from earlier snapshots)",
             err=True,
         )

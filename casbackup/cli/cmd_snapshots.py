@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, warn
+from casbackup.cli.render import emit_json, human_bytes, plural, warn
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.verify.records import VerificationRecord, list_records, state_label
@@ -79,7 +79,7 @@ def snapshots(
             human_bytes(s.summary.bytes_total), str(s.summary.files_total), state_label(verified.get(s.id)), ",".join(s.tags), "\n".join(s.paths),
         )  # fmt: skip
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250).print(table)
-    click.echo(f"{len(snaps)} snapshots")
+    click.echo(f"{plural(len(snaps), 'snapshot')}")
 
 
 COMMANDS = [snapshots]

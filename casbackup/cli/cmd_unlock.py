@@ -6,6 +6,7 @@ from casbackup.cli.context import with_repository
 from casbackup.errors import NotFound
 from casbackup.repo.lock import list_locks
 from casbackup.repo.repository import Repository
+from casbackup.units import plural
 
 
 @click.command()
@@ -26,7 +27,7 @@ def unlock(repo: Repository, remove_all: bool) -> None:
                 pass
         else:
             click.echo(f"kept live {info.describe()}")
-    click.echo(f"{removed} locks removed")
+    click.echo(f"{plural(removed, 'lock')} removed")
 
 
 COMMANDS = [unlock]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from types import FrameType
 
 import click
 
 from casbackup import __version__
 from casbackup.cli.context import GlobalOptions
-from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, CasError
+from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, CasError
 from casbackup.memory import tune_allocator
 
 # Command name -> the cmd_*.py module that defines it. Modules are imported only when
@@ -115,35 +118,97 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
+# SIGTERM (systemd, docker stop, timeout) and SIGHUP (a closed terminal) stop a command the way
+# Ctrl-C does: through whatever SIGINT handler is in force (the backup's deferred cancel, or
+# KeyboardInterrupt), so what was stored is kept and indexed and the lock is released. The exit
+# code is 128 + the signal's number, as a shell reports a process killed by it: 130 for SIGINT,
+# 143 for SIGTERM, 129 for SIGHUP (README "Exit codes").
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_stopped_by: list[int] = []
+_main_pid = 0
+
+
+def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _main_pid:
+        # A forked helper inherited this handler: it must die of the signal as before (a
+        # pool's terminate() relies on that), never turn it into a cancel of its own.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if not _stopped_by:
+        _stopped_by.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler != signal.SIG_IGN:
+        raise KeyboardInterrupt
+
+
+def install_stop_signals() -> None:
+    """Make SIGTERM and SIGHUP behave like SIGINT in this process (see STOP_SIGNALS)."""
+    global _main_pid
+    _main_pid = os.getpid()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop_like_ctrl_c)
+
+
+def interrupted_exit_code() -> int:
+    """128 + the number of the signal that stopped the command (130 when it was Ctrl-C)."""
+    return 128 + _stopped_by[0] if _stopped_by else EXIT_INTERRUPTED
+
+
+def _interrupted(message: str) -> None:
+    if _stopped_by:
+        message += f" ({signal.Signals(_stopped_by[0]).name} received)"
+    _fail(message, interrupted_exit_code())
+
+
+def _fail(message: str, code: int) -> None:
+    from casbackup.cli.render import printable
+
+    # One line, whatever the message holds (a name with a newline or an escape sequence).
+    click.echo(f"error: {printable(message)}", err=True)
+    sys.exit(code)
+
+
+def _usage_message(exc: click.UsageError) -> str:
+    """click's usage error as one line, with where to find the right usage."""
+    text = " ".join(exc.format_message().split())
+    text = text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+    where = exc.ctx.command_path if exc.ctx is not None else "casbackup"
+    return f"{text.rstrip('.')} (see '{where} --help')"
+
+
 def main(argv: list[str] | None = None) -> None:
     tune_allocator()
+    install_stop_signals()
     argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     try:
         code = cli.main(args=argv, prog_name="casbackup", standalone_mode=False)
     except CasError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("error: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        if exc.exit_code == EXIT_INTERRUPTED:
+            _interrupted(str(exc))
+        _fail(str(exc), exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _interrupted("interrupted")
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # no command at all: the help is the most useful answer
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:
+        # The README promises one line starting with 'error:' and exit 2, not click's
+        # four-line Usage block ('--help' still shows the usage).
+        _fail(_usage_message(exc), EXIT_USAGE)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _fail(exc.format_message(), exc.exit_code)
     except BrokenPipeError:
         sys.exit(EXIT_FATAL)
     except MemoryError:
-        click.echo("error: out of memory", err=True)
-        sys.exit(EXIT_FATAL)
+        _fail("out of memory", EXIT_FATAL)
     except OSError as exc:
         # Anything the library did not translate: still one line, never a traceback.
-        click.echo(
-            f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}",
-            err=True,
-        )
-        sys.exit(EXIT_FATAL)
+        name = exc.filename
+        where = f": {os.fsdecode(name) if isinstance(name, str | bytes) else name}" if name else ""
+        _fail(f"{exc.strerror or exc}{where}", EXIT_FATAL)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from casbackup.crypto.keyfile import KdfParams, KeyFileInfo, keyfile_info
 from casbackup.errors import AmbiguousId, CasError, NotFound, UsageError
 from casbackup.repo.repository import Repository
+from casbackup.units import plural
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def _resolve(keys: list[KeyEntry], ref: str) -> KeyEntry:
     if not matches:
         raise NotFound(f"no key matches {ref!r} (see 'casbackup key list')")
     if len(matches) > 1:
-        raise AmbiguousId(f"{ref!r} matches {len(matches)} keys; give more digits")
+        raise AmbiguousId(f"{ref!r} matches {plural(len(matches), 'key')}; give more digits")
     return matches[0]
 
 

@@ -27,6 +27,7 @@ from casbackup.recovery.connection import connection_spec, describe
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
 from casbackup.repo.tree import Node, NodeKind
+from casbackup.units import plural
 from casbackup.verify.dumps import definition_specs
 from casbackup.verify.records import RecordSet, VerificationRecord, list_records
 
@@ -222,7 +223,9 @@ def _plan_databases(
             )
     if not options.databases:
         if snap.databases:
-            warnings.append(f"{len(snap.databases)} databases not recovered (--no-databases)")
+            warnings.append(
+                f"{plural(len(snap.databases), 'database')} not recovered (--no-databases)"
+            )
         return ()
     defined = definition_specs(snap.app_definition)
     out: list[DatabaseItem] = []
@@ -289,7 +292,7 @@ def _preflight(item: DatabaseItem) -> str | None:
         return None
     if counts:
         return (
-            f"database {spec.name!r}: {item.where} already exists and has {len(counts)} tables "
+            f"database {spec.name!r}: {item.where} already exists and has {plural(len(counts), 'table')} "
             "(use --overwrite-databases to replace it)"
         )
     return None

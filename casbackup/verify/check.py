@@ -26,6 +26,7 @@ from casbackup.repo.pack import pack_name, read_header
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.units import plural
 from casbackup.verify.check_state import load_check_state, save_check_state
 from casbackup.verify.pack_scan import PackVerdict, verify_pack
 
@@ -202,13 +203,15 @@ class Checker:
         for pack in sorted(set(present) - set(by_pack)):
             self.report.warnings.append(
                 f"pack {pack[:12]} is not in the index (left by an interrupted run; "
-                "'repair index' adopts it, 'prune' removes it)"
+                "'repair index' adopts it; 'prune' removes it once it is an hour old)"
             )
         return {p: s for p, s in present.items() if p in by_pack}
 
     def _pack_damaged(self, pack: FileId, why: str, records: bytes) -> None:
         blob_ids = [blob_id for _, blob_id, *_ in iter_records(records)]
-        self.report.errors.append(f"pack {pack[:12]} {why}: {len(blob_ids)} blobs affected")
+        self.report.errors.append(
+            f"pack {pack[:12]} {why}: {plural(len(blob_ids), 'blob')} affected"
+        )
         self.report.damaged_packs.add(pack)
         for blob_id in blob_ids:
             if self.index[blob_id] == pack:  # a copy elsewhere is the one readers use
