@@ -10,7 +10,7 @@ from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
 from casbackup.archiver.excludes import read_exclude_file
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, plural, reporter_for
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
 
@@ -182,7 +182,7 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
                 emit_json({"message_type": "error", "app": app.name, "message": str(exc),
                            "exit_code": exc.exit_code})  # fmt: skip
             else:
-                click.echo(f"error: {exc}", err=True)
+                click.echo(f"error: {printable(exc)}", err=True)
             continue
         partial += bool(outcome.result.warnings)
     if failed:

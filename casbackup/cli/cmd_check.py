@@ -6,7 +6,7 @@ from datetime import datetime
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, plural, reporter_for, warn
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for, warn
 from casbackup.errors import CheckFailed
 from casbackup.repo.repository import Repository
 from casbackup.verify.check import CheckOptions, Subset
@@ -69,11 +69,11 @@ def check(
         for w in report.warnings:
             warn(w)
         for e in report.errors:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {printable(e)}", err=True)
         for snap_id, paths in report.affected.items():
             click.echo(f"snapshot {snap_id[:8]}: {len(paths)} damaged files or folders:", err=True)
             for p in paths[:50]:
-                click.echo(f"  {p}", err=True)
+                click.echo(f"  {printable(p)}", err=True)
             if len(paths) > 50:
                 click.echo(f"  ... and {len(paths) - 50} more", err=True)
         read = (

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json
+from casbackup.cli.render import emit_json, printable
 from casbackup.maintenance.diff import ADDED, METADATA, MODIFIED, REMOVED, TYPE, diff_snapshots
 from casbackup.repo.repository import Repository
 
@@ -39,11 +40,12 @@ def diff(repo: Repository, ctx: click.Context, snapshot1: str, snapshot2: str, p
         click.echo(f"comparing snapshot {old.short_id} to {new.short_id}:")
     for change in changes:
         counts[change.code] += 1
-        shown = change.path.decode("utf-8", "replace") + ("/" if change.is_dir else "")
-        if opts.json:
-            emit_json({"message_type": "change", "path": shown, "modifier": change.code})
+        slash = "/" if change.is_dir else ""
+        if opts.json:  # the name as stored (bytes that are not UTF-8 as surrogate escapes)
+            path = os.fsdecode(change.path) + slash
+            emit_json({"message_type": "change", "path": path, "modifier": change.code})
         elif not opts.quiet:
-            click.echo(f"{change.code}    {shown}")
+            click.echo(f"{change.code}    {printable(change.path)}{slash}")
     summary = {_WORDS[code]: counts[code] for code in _WORDS}
     if opts.json:
         emit_json({"message_type": "statistics", "source_snapshot": old.id, "target_snapshot": new.id,

@@ -8,7 +8,7 @@ import click
 from casbackup.cli.cmd_prune import prune_option_decorators, run_prune
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, plural, warn
+from casbackup.cli.render import emit_json, plural, printable, warn
 from casbackup.errors import UsageError
 from casbackup.maintenance.forget import (
     ForgetPlan,
@@ -60,7 +60,7 @@ def _policy_lookup(
 def _render(plan: ForgetPlan, dry_run: bool) -> None:
     for group in plan.groups:
         kept = sum(v.keep for v in group.verdicts)
-        click.echo(f"{group.key}: keep {kept}, remove {len(group.verdicts) - kept}")
+        click.echo(f"{printable(group.key)}: keep {kept}, remove {len(group.verdicts) - kept}")
         for v in group.verdicts:
             when = v.snapshot.datetime.astimezone().strftime("%Y-%m-%d %H:%M")
             word = "keep  " if v.keep else "remove"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, plural, reporter_for
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for
 from casbackup.recovery.connection import split_assignment
 from casbackup.recovery.execute import RecoveryResult, recover
 from casbackup.recovery.plan import RecoverOptions, RecoveryPlan
@@ -34,16 +34,18 @@ def print_plan(plan: RecoveryPlan) -> None:
     )
     for f in plan.files:
         click.echo(
-            f"  files  {f.source} -> {f.target}  ({plural(f.files, 'file')}, {human_bytes(f.bytes)})"
+            printable(
+                f"  files  {f.source} -> {f.target}  ({plural(f.files, 'file')}, {human_bytes(f.bytes)})"
+            )
         )
     for d in plan.databases:
         mode = ", replacing what is there" if d.overwrite else ""
         click.echo(f"  db     {d.record.name} ({d.spec.engine}, dump {human_bytes(d.record.size)}, "
                    f"{plural(len(d.record.row_counts), 'table')}) -> {d.where}{mode}")  # fmt: skip
     for w in plan.warnings:
-        click.echo(f"  warning: {w}")
+        click.echo(f"  warning: {printable(w)}")
     for p in plan.problems:
-        click.echo(f"  problem: {p}")
+        click.echo(f"  problem: {printable(p)}")
     click.echo(f"  total {human_bytes(plan.bytes_total)}")
 
 
@@ -51,14 +53,14 @@ def print_result(result: RecoveryResult) -> None:
     doc = result.report or {}
     for f in doc.get("files", []):
         state = "ok" if not f["errors"] else f"{plural(len(f['errors']), 'error')}"
-        click.echo(f"restored {f['source']} -> {f['target']}: {plural(f['files'], 'file')}, "
-                   f"{human_bytes(f['bytes'])} ({state})")  # fmt: skip
+        click.echo(printable(f"restored {f['source']} -> {f['target']}: {plural(f['files'], 'file')}, "
+                   f"{human_bytes(f['bytes'])} ({state})"))  # fmt: skip
     for d in doc.get("databases", []):
         state = "ok" if d["ok"] else f"FAILED: {d['error']}"
         click.echo(f"loaded database {d['name']} into {d['target']}: "
                    f"{plural(sum(d['row_counts'].values()), 'row')} in {plural(len(d['row_counts']), 'table')} ({state})")  # fmt: skip
     for e in result.errors:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {printable(e)}", err=True)
     if result.report_files:
         click.echo(f"report: {result.report_files[0]} and {result.report_files[1]}")
 

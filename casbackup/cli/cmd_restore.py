@@ -5,7 +5,7 @@ import click
 from casbackup.archiver.restore import RestoreOptions
 from casbackup.archiver.restore import restore as run_restore
 from casbackup.cli.context import global_options, split_snapshot_path, with_repository
-from casbackup.cli.render import emit_json, human_bytes, plural, reporter_for, warn
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for, warn
 from casbackup.errors import RestoreError
 from casbackup.repo.repository import Repository
 
@@ -64,7 +64,7 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
                    f"from snapshot {snap.short_id} to {target}")  # fmt: skip
     if result.errors:
         for e in result.errors[:20]:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {printable(e)}", err=True)
         raise RestoreError(f"{plural(len(result.errors), 'file')} could not be restored correctly")
 
 

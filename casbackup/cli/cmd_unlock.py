@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import click
 
-from casbackup.cli.context import with_repository
+from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.render import emit_json, printable
 from casbackup.errors import NotFound
 from casbackup.repo.lock import list_locks
 from casbackup.repo.repository import Repository
@@ -13,21 +14,30 @@ from casbackup.units import plural
 @click.option(
     "--remove-all", is_flag=True, help="Remove every lock, including live ones (dangerous)."
 )
+@click.pass_context
 @with_repository(lock=None)
-def unlock(repo: Repository, remove_all: bool) -> None:
+def unlock(repo: Repository, ctx: click.Context, remove_all: bool) -> None:
     """Remove stale locks (dead processes on this host, or not refreshed for 30 minutes)."""
-    removed = 0
+    json_mode = global_options(ctx).json
+    removed: list[str] = []
+    kept: list[str] = []
     for info in list_locks(repo):
         if remove_all or info.is_stale():
             try:
                 repo.backend.delete(info.name)
-                removed += 1
-                click.echo(f"removed {info.describe()}")
+                removed.append(info.describe())
+                if not json_mode:
+                    click.echo(f"removed {printable(info.describe())}")
             except NotFound:
                 pass
         else:
-            click.echo(f"kept live {info.describe()}")
-    click.echo(f"{plural(removed, 'lock')} removed")
+            kept.append(info.describe())
+            if not json_mode:
+                click.echo(f"kept live {printable(info.describe())}")
+    if json_mode:
+        emit_json({"message_type": "unlock", "removed": removed, "kept": kept})
+    else:
+        click.echo(f"{plural(len(removed), 'lock')} removed")
 
 
 COMMANDS = [unlock]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, plural, reporter_for
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name
 from casbackup.errors import UsageError
 from casbackup.recovery.connection import connection_spec, split_assignment
@@ -81,7 +81,7 @@ def verify(
         for w in record.warnings:
             reporter.warning(w)
         for f in record.failures:
-            click.echo(f"FAILED {f.path}: {f.problem}", err=True)
+            click.echo(printable(f"FAILED {f.path}: {f.problem}"), err=True)
         for d in record.databases:
             state = "ok" if d.ok else "FAILED"
             click.echo(f"database {d.name} ({d.engine}): {state}, {plural(d.tables_compared, 'table')}, "

@@ -49,8 +49,20 @@ def printable(value: str | bytes | object) -> str:
     return "".join(_escape_char(ch) if _needs_escape(ch) else ch for ch in text)
 
 
+def cell(value: str | bytes | object) -> str:
+    """A table cell for rich: ``printable`` and with rich's markup (``[bold]``) escaped."""
+    from rich.markup import escape
+
+    return escape(printable(value))
+
+
 def emit_json(doc: Any) -> None:
     click.echo(json.dumps(doc, sort_keys=True, default=str))
+
+
+def emit_json_err(doc: Any) -> None:
+    """A JSON line on stderr (messages that are not the command's result)."""
+    click.echo(json.dumps(doc, sort_keys=True, default=str), err=True)
 
 
 def warn(message: str) -> None:
@@ -105,7 +117,7 @@ class CliReporter(Reporter):
 
     def warning(self, message: str) -> None:
         if self.json_mode:
-            click.echo(json.dumps({"message_type": "warning", "message": message}), err=True)
+            emit_json_err({"message_type": "warning", "message": message})
         elif not self.quiet:
             self.done()
             warn(message)

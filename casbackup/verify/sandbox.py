@@ -80,10 +80,18 @@ def required_files(snapshot: Snapshot, extra: tuple[str, ...] = ()) -> list[str]
 
 
 def _required_candidates(snapshot: Snapshot, wanted: str) -> list[str]:
-    """Absolute names are paths in the snapshot; relative ones are relative to any source."""
+    """Where a required file may be, as absolute paths in the snapshot.
+
+    ``/srv/app/manage.py`` is that path. A relative name is accepted both ways users write
+    it: relative to any source folder (``manage.py`` for source ``/srv/app``) and from the
+    snapshot's root (``srv/app/manage.py``); the file must exist at one of them. A name
+    with a ``..`` component matches nothing (the snapshot's definition is untrusted input).
+    """
+    if ".." in wanted.split("/"):
+        return []
     if wanted.startswith("/"):
         return [wanted]
-    return [src.rstrip("/") + "/" + wanted for src in snapshot.paths]
+    return [src.rstrip("/") + "/" + wanted for src in snapshot.paths] + ["/" + wanted]
 
 
 def remove_tree(path: str) -> None:
