@@ -58,9 +58,10 @@ class RestoreOptions:
 
 @dataclass
 class RestoreResult:
-    files: int = 0
+    files: int = 0  # regular files and special ones (fifos, devices, sockets)
     dirs: int = 0
-    links: int = 0
+    links: int = 0  # extra hard links
+    symlinks: int = 0
     bytes: int = 0
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -570,11 +571,17 @@ class Restorer:
                     f"{os.fsdecode(rel_path)}: metadata not fully restored: {exc}"
                 )
         with self._lock:
-            self.result.files += 1
+            if node.kind == NodeKind.SYMLINK:
+                self.result.symlinks += 1
+            else:
+                self.result.files += 1
 
     def _count(self, node: Node) -> None:
         with self._lock:
-            self.result.files += 1
+            if node.kind == NodeKind.SYMLINK:
+                self.result.symlinks += 1
+            else:
+                self.result.files += 1
             self.result.bytes += node.size
 
     def _fail(self, rel_path: bytes, message: str) -> None:

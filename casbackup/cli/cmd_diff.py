@@ -23,15 +23,18 @@ _WORDS = {
 @click.argument("snapshot1")
 @click.argument("snapshot2")
 @click.argument("path", required=False, default="/")
+@click.option("--app", help="With 'latest': the latest snapshot of this application.")
 @click.pass_context
 @with_repository(lock="shared")
-def diff(repo: Repository, ctx: click.Context, snapshot1: str, snapshot2: str, path: str) -> None:
+def diff(repo: Repository, ctx: click.Context, snapshot1: str, snapshot2: str, path: str,
+         app: str | None) -> None:  # fmt: skip
     """Show what changed from SNAPSHOT1 to SNAPSHOT2 (optionally below PATH).
 
     + added, - removed, M content modified, U metadata only (mode, owner, mtime), T type changed.
     """
     opts = global_options(ctx)
-    old, new = repo.resolve_snapshot(snapshot1), repo.resolve_snapshot(snapshot2)
+    old = repo.resolve_snapshot(snapshot1, app=app)
+    new = repo.resolve_snapshot(snapshot2, app=app)
     if not path.startswith("/"):
         path = "/" + path
     differ, changes = diff_snapshots(repo, old.root, new.root, path)

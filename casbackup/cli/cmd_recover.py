@@ -6,6 +6,7 @@ import click
 
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for
+from casbackup.errors import RecoveryError
 from casbackup.recovery.connection import split_assignment
 from casbackup.recovery.execute import RecoveryResult, recover
 from casbackup.recovery.plan import RecoverOptions, RecoveryPlan
@@ -112,6 +113,10 @@ def recover_cmd(
         else:
             print_plan(result.plan)
             click.echo("dry run: nothing was changed")
+        if result.plan.problems:  # the real run would refuse to start: say so in the exit code
+            raise RecoveryError(
+                f"the recovery cannot run as planned: {plural(len(result.plan.problems), 'problem')} (see above)"
+            )
         return
     if opts.json:
         emit_json({"message_type": "recover", **(result.report or {}),

@@ -53,14 +53,15 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
     if opts.json:
         emit_json({
             "message_type": "summary", "snapshot_id": snap.id, "target": target, "files": result.files,
-            "dirs": result.dirs, "hard_links": result.links, "bytes": result.bytes,
+            "dirs": result.dirs, "symlinks": result.symlinks, "hard_links": result.links, "bytes": result.bytes,
             "warnings": result.warnings, "errors": result.errors, "dry_run": dry_run,
         })  # fmt: skip
     else:
         for w in result.warnings:
             warn(w)
         verb = "would restore" if dry_run else "restored"
-        click.echo(f"{verb} {plural(result.files, 'file')}, {plural(result.dirs, 'folder')}, {human_bytes(result.bytes)} "
+        links = f"{plural(result.symlinks, 'symlink')}, " if result.symlinks else ""
+        click.echo(f"{verb} {plural(result.files, 'file')}, {links}{plural(result.dirs, 'folder')}, {human_bytes(result.bytes)} "
                    f"from snapshot {snap.short_id} to {target}")  # fmt: skip
     if result.errors:
         for e in result.errors[:20]:

@@ -6,25 +6,25 @@ import click
 
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, plural, reporter_for, warn
-from casbackup.errors import NotFound, UsageError
+from casbackup.errors import NotFound
 from casbackup.maintenance.stats import Stats, repository_stats, snapshot_stats
 from casbackup.repo.repository import Repository
 
 
 @click.command()
 @click.argument("snapshot", required=False)
-@click.option("--app", help="All snapshots of this application.")
+@click.option(
+    "--app", help="All snapshots of this application; with 'latest', its latest snapshot."
+)
 @click.pass_context
 @with_repository(lock="shared")
 def stats(repo: Repository, ctx: click.Context, snapshot: str | None, app: str | None) -> None:
     """Sizes, deduplication and compression of a snapshot, an application or the repository."""
     opts = global_options(ctx)
     warnings: list[str] = []
-    if snapshot and app:
-        raise UsageError("give a snapshot or --app, not both")
     if snapshot or app:
-        if snapshot:
-            snaps = [repo.resolve_snapshot(snapshot)]
+        if snapshot:  # 'latest' with --app is that application's latest, as everywhere
+            snaps = [repo.resolve_snapshot(snapshot, app=app)]
             scope = f"snapshot {snaps[0].short_id}"
         else:
             snaps = [s for s in repo.list_snapshots(warnings=warnings) if s.app == app]
