@@ -39,7 +39,10 @@ class _LazyGroup(click.Group):
         if module is not None and cmd_name not in self.commands:
             import importlib
 
+            from casbackup.cli.completion import attach_completers
+
             for command in importlib.import_module(f"casbackup.cli.{module}").COMMANDS:
+                attach_completers(command)  # --app and SNAPSHOT complete from config/repository
                 self.add_command(command)
         return super().get_command(ctx, cmd_name)
 
