@@ -153,7 +153,7 @@ def _run_app(repo: Repository, ctx: click.Context, options: BackupOptions) -> Ap
 def _raise_partial(result: BackupResult) -> None:
     if result.warnings:
         raise PartialBackup(
-            f"snapshot saved, but {plural(len(result.warnings), 'file')} or folders could not be read"
+            f"snapshot saved, but {plural(len(result.warnings), 'file or folder', 'files or folders')} could not be read"
         )
 
 

@@ -71,7 +71,10 @@ def check(
         for e in report.errors:
             click.echo(f"error: {printable(e)}", err=True)
         for snap_id, paths in report.affected.items():
-            click.echo(f"snapshot {snap_id[:8]}: {len(paths)} damaged files or folders:", err=True)
+            click.echo(
+                f"snapshot {snap_id[:8]}: {plural(len(paths), 'damaged file or folder', 'damaged files or folders')}:",
+                err=True,
+            )
             for p in paths[:50]:
                 click.echo(f"  {printable(p)}", err=True)
             if len(paths) > 50:

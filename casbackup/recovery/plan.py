@@ -119,7 +119,7 @@ def choose_snapshot(
         newer = [s for s in snaps if s.start_ns > snap.start_ns]
         if newer:
             warnings.append(
-                f"{len(newer)} newer snapshots are not verified (newest: "
+                f"{plural(len(newer), 'newer snapshot')} {'is' if len(newer) == 1 else 'are'} not verified (newest: "
                 f"{_describe_snap(newer[-1], latest.get(newer[-1].id))}); using the newest verified"
             )
     else:

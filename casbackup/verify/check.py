@@ -286,7 +286,7 @@ class Checker:
             while stack:
                 tree_id, prefix = stack.pop()
                 if tree_id in bad_trees:
-                    affected.append(f"{prefix.decode(errors='replace') or '/'} (folder unreadable)")
+                    affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
                     continue
                 fresh = tree_id not in seen_trees
                 if not fresh and not self.damaged:
@@ -296,9 +296,9 @@ class Checker:
                 except CasError as exc:
                     bad_trees[tree_id] = str(exc)
                     out.errors.append(
-                        f"snapshot {snap.short_id}: tree of {prefix.decode(errors='replace') or '/'} is unreadable: {exc}"
+                        f"snapshot {snap.short_id}: tree of {os.fsdecode(prefix) or '/'} is unreadable: {exc}"
                     )
-                    affected.append(f"{prefix.decode(errors='replace') or '/'} (folder unreadable)")
+                    affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
                     continue
                 if fresh:
                     seen_trees.add(tree_id)
@@ -313,12 +313,12 @@ class Checker:
                         if chunk not in self.index:
                             if fresh:
                                 out.errors.append(
-                                    f"snapshot {snap.short_id}: {path.decode(errors='replace')} needs a chunk that is not in the index"
+                                    f"snapshot {snap.short_id}: {os.fsdecode(path)} needs a chunk that is not in the index"
                                 )
-                            affected.append(path.decode(errors="replace"))
+                            affected.append(os.fsdecode(path))
                             break
                         if chunk in self.damaged:
-                            affected.append(path.decode(errors="replace"))
+                            affected.append(os.fsdecode(path))
                             break
             if affected:
                 out.affected[snap.id] = sorted(set(affected))
