@@ -75,12 +75,14 @@ class LocalBackend:
             os.replace(tmp, path)
             if self._durable:
                 fsync_dir(directory)
-        except OSError as exc:
+        except BaseException as exc:  # an OSError, or an interrupt (Ctrl-C, SIGTERM) mid-write
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise _storage_error(exc, f"writing {name}") from None
+            if isinstance(exc, OSError):
+                raise _storage_error(exc, f"writing {name}") from None
+            raise
         self._forget_fd(name)
 
     def begin_upload(self, directory: str) -> LocalUpload:
