@@ -4,6 +4,7 @@ import click
 
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, emit_json_err, printable
+from casbackup.cli.signals import native_stop_signals
 from casbackup.repo.repository import Repository
 from casbackup.vfs.core import Vfs
 from casbackup.vfs.fuse import check_fuse, check_mountpoint
@@ -59,7 +60,8 @@ def mount(
     vfs = Vfs(repo, app=app, on_warning=warn)
     if app is not None and not vfs.listdir("/"):
         warn(f"no snapshot of application {app!r} yet; the mount shows new ones as they appear")
-    fuse_mount(vfs, mountpoint, allow_other=allow_other, on_ready=ready, on_error=error)
+    with native_stop_signals():  # libfuse's own handlers unmount on SIGTERM/SIGHUP
+        fuse_mount(vfs, mountpoint, allow_other=allow_other, on_ready=ready, on_error=error)
     say("status", f"unmounted {mountpoint}")
 
 

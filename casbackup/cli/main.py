@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from types import FrameType
 
 import click
 
 from casbackup import __version__
 from casbackup.cli.context import GlobalOptions
+from casbackup.cli.signals import install_stop_signals, interrupted_exit_code, stopped_by
 from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, CasError
 from casbackup.memory import tune_allocator
 
@@ -121,48 +121,10 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
-# SIGTERM (systemd, docker stop, timeout) and SIGHUP (a closed terminal) stop a command the way
-# Ctrl-C does: through whatever SIGINT handler is in force (the backup's deferred cancel, or
-# KeyboardInterrupt), so what was stored is kept and indexed and the lock is released. The exit
-# code is 128 + the signal's number, as a shell reports a process killed by it: 130 for SIGINT,
-# 143 for SIGTERM, 129 for SIGHUP (README "Exit codes").
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-_stopped_by: list[int] = []
-_main_pid = 0
-
-
-def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
-    if os.getpid() != _main_pid:
-        # A forked helper inherited this handler: it must die of the signal as before (a
-        # pool's terminate() relies on that), never turn it into a cancel of its own.
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    if not _stopped_by:
-        _stopped_by.append(signum)
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):
-        handler(signal.SIGINT, frame)
-    elif handler != signal.SIG_IGN:
-        raise KeyboardInterrupt
-
-
-def install_stop_signals() -> None:
-    """Make SIGTERM and SIGHUP behave like SIGINT in this process (see STOP_SIGNALS)."""
-    global _main_pid
-    _main_pid = os.getpid()
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _stop_like_ctrl_c)
-
-
-def interrupted_exit_code() -> int:
-    """128 + the number of the signal that stopped the command (130 when it was Ctrl-C)."""
-    return 128 + _stopped_by[0] if _stopped_by else EXIT_INTERRUPTED
-
-
 def _interrupted(message: str) -> None:
-    if _stopped_by:
-        message += f" ({signal.Signals(_stopped_by[0]).name} received)"
+    signum = stopped_by()
+    if signum is not None:
+        message += f" ({signal.Signals(signum).name} received)"
     _fail(message, interrupted_exit_code())
 
 

@@ -14,6 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from casbackup.testing.fixtures import PASSWORD, CliResult, run_cli
 from tests.engines.conftest import (  # noqa: F401 - fixtures
     MY_USER,
@@ -76,9 +78,8 @@ def cli(config: Path, *args: str) -> CliResult:
     return run_cli(*args, env={"CASBACKUP_CONFIG": str(config), "SHOP_DB_PASSWORD": "unused"})
 
 
-def test_examples_casbackup_toml_end_to_end(
-    tmp_path: Path, pg_server: None, mariadb_server: None
-) -> None:  # noqa: F811
+@pytest.mark.usefixtures("pg_server", "mariadb_server")
+def test_examples_casbackup_toml_end_to_end(tmp_path: Path) -> None:
     doc = tomllib.loads((ROOT / "examples" / "casbackup.toml").read_text())
     root = tmp_path / "root"  # stands for "/" of the machine the example describes
 
