@@ -238,3 +238,22 @@ def test_sigterm_outside_a_backup_releases_the_lock(tmp_path) -> None:  # type: 
     assert proc.returncode == 143, err
     assert err.decode().strip().splitlines() == ["error: interrupted (SIGTERM received)"]
     assert os.listdir(os.path.join(repo, "locks")) == []
+
+
+def test_after_a_crash_messages_say_what_prune_really_does(big_tree, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """check and prune tell the truth about packs a crash left: prune keeps them for an hour."""
+    src, _total = big_tree
+    repo = init_repo(str(tmp_path / "repo"))
+    code, _ = interrupt(popen_cli("backup", str(src), repo=repo), repo, signal.SIGKILL, packs=5)
+    assert code == -signal.SIGKILL
+    left = count_unindexed_packs(repo)
+    assert left > 0
+    warnings = check_ok(repo)
+    assert warnings.count("'prune' removes it once it is an hour old") == left
+    assert "'prune' removes it)" not in warnings
+    plan = run_cli("prune", "--dry-run", repo=repo)
+    assert plan.code == 0, plan.err
+    recent = "1 recent one" if left == 1 else f"{left} recent ones"
+    assert f"{recent} kept until an hour old" in plan.out, plan.out
+    assert run_cli("prune", repo=repo).code == 0
+    assert count_unindexed_packs(repo) == left  # what the messages said: still there
