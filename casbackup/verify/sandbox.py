@@ -31,6 +31,7 @@ from casbackup.errors import CasError, Interrupted, VerificationFailed
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot, now_utc
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.units import plural
 from casbackup.verify.compare import Comparison, compare_tree
 from casbackup.verify.dumps import check_dump, definition_specs
 from casbackup.verify.records import DatabaseCheck, Failure, VerificationRecord, save_record
@@ -68,8 +69,8 @@ class VerifyResult:
             f"; and {len(failures) - MESSAGE_LIMIT} more" if len(failures) > MESSAGE_LIMIT else ""
         )
         raise VerificationFailed(
-            f"snapshot {self.snapshot.short_id} failed verification with {len(failures)} "
-            f"problems: {named}{more}"
+            f"snapshot {self.snapshot.short_id} failed verification with "
+            f"{plural(len(failures), 'problem')}: {named}{more}"
         )
 
 

@@ -96,7 +96,7 @@ def test_flipped_byte_is_found_by_read_data_and_named(setup, tmp_path) -> None: 
     bad = restore(repo, f"{snap}:{src}/alpha.bin", tmp_path / "alpha")
     assert bad.code == 26
     assert "alpha.bin" in bad.err and f"pack {pack[:12]}" in bad.err
-    assert bad.err.strip().splitlines()[-1] == "error: 1 files could not be restored correctly"
+    assert bad.err.strip().splitlines()[-1] == "error: 1 file could not be restored correctly"
     # A whole-folder restore gets everything else right and still fails loudly.
     whole = restore(repo, f"{snap}:{src}", tmp_path / "whole")
     assert whole.code == 26

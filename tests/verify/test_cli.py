@@ -30,7 +30,7 @@ def test_verify_damage_and_recover_choice(repo, repo_path: str, tmp_path: Path) 
     assert doc["snapshot_id"] == second.id and doc["ok"] is False and doc["sandbox"] is None
     assert [f["path"] for f in doc["failures"]] == [f"{app}/data/new.bin"]
     assert (
-        f"error: snapshot {second.short_id} failed verification with 1 problems: {app}/data/new.bin"
+        f"error: snapshot {second.short_id} failed verification with 1 problem: {app}/data/new.bin"
         in bad.err
     )
     assert list(sandboxes.iterdir()) == []
