@@ -121,6 +121,10 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
+# click >= 8.2 raises this for a bare 'casbackup' (8.1 prints the help itself).
+_NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def _interrupted(message: str) -> None:
     signum = stopped_by()
     if signum is not None:
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc), exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         _interrupted("interrupted")
-    except click.exceptions.NoArgsIsHelpError as exc:
+    except _NO_ARGS_IS_HELP as exc:
         exc.show()  # no command at all: the help is the most useful answer
         sys.exit(EXIT_USAGE)
     except click.UsageError as exc:
