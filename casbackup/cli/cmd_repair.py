@@ -36,7 +36,7 @@ def repair_index_cmd(repo: Repository, ctx: click.Context, read_all_packs: bool)
         warn(f"pack {text}: its blobs cannot be indexed")
     click.echo(
         f"index rebuilt: {plural(result.blobs, 'blob')} in {plural(result.packs_from_index + result.packs_from_headers, 'pack')} "
-        f"({result.packs_from_headers} read from pack headers), {result.index_files_removed} old index files replaced"
+        f"({result.packs_from_headers} read from pack headers), {plural(result.index_files_removed, 'old index file')} replaced"
     )
 
 

@@ -36,9 +36,21 @@ def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
 
+def _defaults_in_child() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def install_stop_signals() -> None:
-    """Make SIGTERM and SIGHUP behave like SIGINT in this process (see STOP_SIGNALS)."""
+    """Make SIGTERM and SIGHUP behave like SIGINT in this process (see STOP_SIGNALS).
+
+    Forked helpers get the default actions back at once (``register_at_fork``): a pool's
+    ``terminate()`` must kill them even while they are busy in C code, where a Python handler
+    would not run.
+    """
     global _main_pid
+    if not _main_pid:
+        os.register_at_fork(after_in_child=_defaults_in_child)
     _main_pid = os.getpid()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop_like_ctrl_c)
