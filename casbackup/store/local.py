@@ -75,7 +75,7 @@ class LocalBackend:
             os.replace(tmp, path)
             if self._durable:
                 fsync_dir(directory)
-        except BaseException as exc:  # an OSError, or an interrupt (Ctrl-C, SIGTERM) mid-write
+        except (OSError, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, SIGTERM, SIGHUP
             try:
                 os.unlink(tmp)
             except OSError:
