@@ -128,6 +128,8 @@ def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
                 with repo.locked(exclusive=lock == "exclusive", command=ctx.command_path):
                     return ctx.invoke(fn, repo, *args, **kwargs)
             finally:
+                for message in repo.alerts:  # rollback and tampering warnings: always shown
+                    click.echo(f"warning: {message}", err=True)
                 repo.close()
 
         return wrapper  # type: ignore[return-value]
