@@ -57,7 +57,7 @@ from casbackup.repo.repository import Repository
     help="Verify the new snapshot in a sandbox right away [default: the config's auto_verify].",
 )
 @click.pass_context
-@with_repository(lock="shared")
+@with_repository(lock="shared", writes=True)
 def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: str | None, all_apps: bool,
            backup_type: str | None, tags: tuple[str, ...], excludes: tuple[str, ...],
            exclude_files: tuple[str, ...], one_file_system: bool, dry_run: bool, parent: str | None,

@@ -53,7 +53,7 @@ def _default_sandbox(ctx: click.Context) -> str | None:
               help="Server for scratch databases, e.g. postgresql://postgres@127.0.0.1:5432 "
               "(default: the database's own server from the snapshot).")  # fmt: skip
 @click.pass_context
-@with_repository(lock="shared")
+@with_repository(lock="shared", writes=True)
 def verify(
     repo: Repository, ctx: click.Context, snapshot: str | None, app: str | None, latest: bool,
     sandbox: str | None, keep_sandbox: bool, db_servers: tuple[str, ...],

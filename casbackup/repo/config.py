@@ -144,6 +144,8 @@ class RepoConfig:
             )
         known = {"format", *(f for f in cls.__dataclass_fields__ if f != "mac")}
         if version >= 2:
+            if not isinstance(doc.get("mac"), str) or len(doc["mac"]) != 64:
+                raise ConfigTampered("the repository config has no valid MAC")
             known.add("mac")
             # Every stored field is covered by the MAC; an unknown one would be a field
             # this program ignores, so it cannot be "authenticated" in any useful sense.
@@ -167,8 +169,6 @@ class RepoConfig:
             raise FormatError("repository config is missing fields or has bad values") from None
         if len(config.id) != 64:
             raise FormatError("repository id must be 64 hex digits")
-        if version >= 2 and len(config.mac) != 64:
-            raise ConfigTampered("the repository config has no valid MAC")
         config.validate()
         return config
 
