@@ -27,6 +27,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.verify.check_state import load_check_state, save_check_state
+from casbackup.verify.metacheck import check_metadata
 from casbackup.verify.pack_scan import PackVerdict, verify_pack
 
 
@@ -132,6 +133,7 @@ class Checker:
         self.damaged: dict[bytes, str] = {}  # blob id -> why
 
     def run(self) -> CheckReport:
+        check_metadata(self.repo, self.report.errors, self.report.warnings)
         self._load_index()
         packs = self._check_packs()
         if not self.options.read_data:
