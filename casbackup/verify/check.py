@@ -22,6 +22,7 @@ from casbackup import procs
 from casbackup.errors import CasError, UsageError
 from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.index import iter_records
+from casbackup.repo.nodecheck import tree_problems
 from casbackup.repo.pack import pack_name, read_header
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
@@ -302,6 +303,10 @@ class Checker:
                 if fresh:
                     seen_trees.add(tree_id)
                     out.trees += 1
+                    for node, problem in tree_problems(self.repo.cache.get_many, nodes):
+                        path = (prefix + b"/" + node.name).decode(errors="replace")
+                        out.errors.append(f"snapshot {snap.short_id}: {path}: {problem}")
+                        affected.append(path)
                 for node in nodes:
                     path = prefix + b"/" + node.name
                     if node.subtree is not None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from casbackup.errors import CasError, IntegrityError, NotFound, UsageError
 from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
@@ -329,10 +330,8 @@ class Vfs:
             offsets = [0]
             for chunk_id in content:
                 offsets.append(offsets[-1] + self.repo.locate(chunk_id).raw_len)
-            if offsets[-1] != entry.node.size:
-                raise IntegrityError(
-                    f"chunks add up to {offsets[-1]} bytes, the file records {entry.node.size}"
-                )
+            sizes = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+            require_sound_file(entry.node, sizes, entry.path)  # size and hash (issue 12)
             return offsets
 
         return self._offsets.get_or_load(content, compute)
