@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from casbackup.crypto.keyfile import KdfParams, KeyFileInfo, keyfile_info
-from casbackup.errors import AmbiguousId, CasError, NotFound, UsageError
+from casbackup.crypto.keyfile import KdfLimit, KdfParams, KeyFileInfo, keyfile_info
+from casbackup.errors import AmbiguousId, CasError, FormatError, NotFound, UsageError
+from casbackup.repo.ids import file_id
+from casbackup.repo.keyring import MAX_KEYFILE_BYTES
 from casbackup.repo.repository import Repository
 
 
@@ -16,18 +18,28 @@ class KeyEntry:
     current: bool  # the key that opened this session
     info: KeyFileInfo | None  # None when the key file cannot be read
     problem: str = ""
+    over_limit: bool = False  # asks for more than KdfLimit: opening never tries it
 
 
 def list_keys(repo: Repository) -> list[KeyEntry]:
+    """Every key file with its cost; damaged ones (too large, not matching their name,
+    undecodable) are listed with their problem."""
+    limit = KdfLimit.from_env()
     entries = []
-    for name, _size in sorted(repo.backend.list("keys/")):
+    for name, size in sorted(repo.backend.list("keys/")):
         kid = name.rsplit("/", 1)[1]
         try:
-            info: KeyFileInfo | None = keyfile_info(repo.backend.get(name))
+            if size > MAX_KEYFILE_BYTES:
+                raise FormatError(f"{size} bytes: not a key file")
+            data = repo.backend.get(name)
+            if file_id(data) != kid:
+                raise FormatError("its content does not match its name")
+            info: KeyFileInfo | None = keyfile_info(data)
             problem = ""
         except CasError as exc:
             info, problem = None, str(exc)
-        entries.append(KeyEntry(kid, name == repo.key_name, info, problem))
+        over = info is not None and not limit.allows(info.kdf)
+        entries.append(KeyEntry(kid, name == repo.key_name, info, problem, over))
     return entries
 
 

@@ -8,10 +8,8 @@ renamed or damaged object is reported by name.
 
 from __future__ import annotations
 
-from casbackup.crypto.keyfile import KdfLimit, decode_keyfile
 from casbackup.errors import CasError
-from casbackup.repo.ids import file_id
-from casbackup.repo.keyring import MAX_KEYFILE_BYTES
+from casbackup.maintenance.keys import list_keys
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.verify.records import list_records
@@ -33,25 +31,17 @@ def check_metadata(repo: Repository, errors: list[str], warnings: list[str]) -> 
 
 def _check_keys(repo: Repository, errors: list[str], warnings: list[str]) -> None:
     try:
-        limit = KdfLimit.from_env()
-    except CasError:
-        limit = KdfLimit()
-    for name, size in sorted(repo.backend.list("keys/")):
-        if size > MAX_KEYFILE_BYTES:
-            errors.append(f"key file {name} is {size} bytes: not a key file")
-            continue
-        try:
-            data = repo.backend.get(name)
-            if file_id(data) != name.rsplit("/", 1)[1]:
-                errors.append(f"key file {name}: its content does not match its name")
-                continue
-            _doc, kdf = decode_keyfile(data)
-        except CasError as exc:
-            errors.append(f"key file {name} is damaged: {exc}")
-            continue
-        if not limit.allows(kdf):
+        keys = list_keys(repo)
+    except CasError as exc:  # a malformed CASBACKUP_KDF_LIMIT: opening already refused it
+        warnings.append(f"key files not checked: {exc}")
+        return
+    for key in keys:
+        if key.info is None:
+            errors.append(f"key file keys/{key.id} is damaged: {key.problem}")
+        elif key.over_limit:
             warnings.append(
-                f"key file {name} asks for {kdf.describe()}, above the limit: it is never tried"
+                f"key file keys/{key.id} asks for {key.info.kdf.describe()}, above the "
+                "limit: it is never tried"
             )
 
 

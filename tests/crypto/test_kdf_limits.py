@@ -166,3 +166,20 @@ def test_key_file_not_matching_its_name_is_damage() -> None:
     backend.delete(f"keys/{mine}")
     with pytest.raises(FormatError, match="does not match its name"):
         open_repo(backend, PASSWORD)
+
+
+def test_key_list_shows_each_cost(repo_path: str) -> None:
+    from casbackup.testing.fixtures import run_cli
+
+    with open_repo(repo_path) as repo:
+        repo.add_key(b"other", KdfParams(memory_kib=8192, iterations=12, lanes=1))
+    res = run_cli("key", "list", repo=repo_path)
+    assert res.code == 0, res.err
+    assert "Argon2id 8 MiB x 1 passes, 1 lanes" in res.out
+    assert "Argon2id 8 MiB x 12 passes, 1 lanes (over the limit: never tried)" in res.out
+    res = run_cli("--json", "key", "list", repo=repo_path)
+    docs = json.loads(res.out)
+    assert sorted(d["kdf_iterations"] for d in docs) == [1, 12]
+    assert sorted(d["over_limit"] for d in docs) == [False, True]
+    res = run_cli("check", repo=repo_path)
+    assert res.code == 0 and "above the limit" in res.err
