@@ -87,4 +87,5 @@ def change_password(
     old = repo.key_name.rsplit("/", 1)[1]
     repo.backend.delete(repo.key_name)
     repo.key_name = f"keys/{new}"
+    repo.remember_open()  # the new key file is the one to try first from now on
     return new, old

@@ -46,7 +46,12 @@ from casbackup.repo.index import (
     encode_index,
 )
 from casbackup.repo.keyring import KeyChoice, find_key
-from casbackup.repo.localstate import LocalState, remember_snapshot, screen_snapshots
+from casbackup.repo.localstate import (
+    LocalState,
+    StateDoc,
+    remember_snapshot,
+    screen_snapshots,
+)
 from casbackup.repo.lock import Lock
 from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
 from casbackup.repo.snapshot import Snapshot
@@ -180,7 +185,7 @@ class Repository:
         kid = self.key_name.rsplit("/", 1)[1]
         version = self.config.version
 
-        def change(doc):  # type: ignore[no-untyped-def]
+        def change(doc: StateDoc) -> bool:
             if doc.last_key == kid and doc.format_version >= version:
                 return False
             doc.last_key, doc.format_version = kid, max(doc.format_version, version)

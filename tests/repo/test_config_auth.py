@@ -147,7 +147,9 @@ def test_version_1_is_read_only_until_migrated(tmp_path, source: str) -> None:  
             repo.lock(exclusive=True)
     assert_one_error(run_cli("backup", source, repo=path), 21, "casbackup migrate")
     assert run_cli("snapshots", repo=path).code == 0
-    assert run_cli("check", repo=path).code == 0
+    res = run_cli("check", repo=path)
+    assert res.code == 0 and "not authenticated: run 'casbackup migrate'" in res.err
+    assert_one_error(run_cli("forget", "--keep-last", "1", repo=path), 21, "migrate")
     res = run_cli("migrate", "--dry-run", repo=path)
     assert res.code == 0 and "would upgrade" in res.out
     res = run_cli("migrate", repo=path)
