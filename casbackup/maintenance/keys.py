@@ -3,44 +3,17 @@ deletes one, never the last that opens the repository, nor (without force) the o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from casbackup.crypto.keyfile import KdfLimit, KdfParams, KeyFileInfo, keyfile_info
-from casbackup.errors import AmbiguousId, CasError, FormatError, NotFound, UsageError
-from casbackup.repo.ids import file_id
-from casbackup.repo.keyring import MAX_KEYFILE_BYTES
+from casbackup.crypto.keyfile import KdfParams
+from casbackup.errors import AmbiguousId, NotFound, UsageError
+from casbackup.repo.keyring import KeyEntry, list_key_files
 from casbackup.repo.repository import Repository
 
-
-@dataclass(frozen=True)
-class KeyEntry:
-    id: str  # the key file's id (its name under keys/)
-    current: bool  # the key that opened this session
-    info: KeyFileInfo | None  # None when the key file cannot be read
-    problem: str = ""
-    over_limit: bool = False  # asks for more than KdfLimit: opening never tries it
+__all__ = ["KeyEntry", "add_key", "change_password", "list_keys", "remove_key"]
 
 
 def list_keys(repo: Repository) -> list[KeyEntry]:
-    """Every key file with its cost; damaged ones (too large, not matching their name,
-    undecodable) are listed with their problem."""
-    limit = KdfLimit.from_env()
-    entries = []
-    for name, size in sorted(repo.backend.list("keys/")):
-        kid = name.rsplit("/", 1)[1]
-        try:
-            if size > MAX_KEYFILE_BYTES:
-                raise FormatError(f"{size} bytes: not a key file")
-            data = repo.backend.get(name)
-            if file_id(data) != kid:
-                raise FormatError("its content does not match its name")
-            info: KeyFileInfo | None = keyfile_info(data)
-            problem = ""
-        except CasError as exc:
-            info, problem = None, str(exc)
-        over = info is not None and not limit.allows(info.kdf)
-        entries.append(KeyEntry(kid, name == repo.key_name, info, problem, over))
-    return entries
+    """Every key file with its cost (see ``keyring.list_key_files``)."""
+    return list_key_files(repo.backend, repo.key_name)
 
 
 def add_key(repo: Repository, password: bytes, kdf: KdfParams = KdfParams()) -> str:

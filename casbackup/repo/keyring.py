@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from casbackup.crypto.keyfile import KdfLimit, unwrap_key
+from casbackup.crypto.keyfile import KdfLimit, KeyFileInfo, keyfile_info, unwrap_key
 from casbackup.crypto.keys import MasterKey
-from casbackup.errors import FormatError, UnsupportedFormat, UsageError, WrongPassword
+from casbackup.errors import CasError, FormatError, UnsupportedFormat, UsageError, WrongPassword
 from casbackup.repo.ids import file_id
 from casbackup.store.base import Backend
 
@@ -101,3 +101,36 @@ def find_key(
             f"{SELECT_ENV}=<id> to pick the key file (its name under keys/)"
         )
     raise WrongPassword(f"wrong passphrase: no key file of this repository opens with it{skipped}")
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    id: str  # the key file's id (its name under keys/)
+    current: bool  # the key that opened this session
+    info: KeyFileInfo | None  # None when the key file cannot be read
+    problem: str = ""
+    over_limit: bool = False  # asks for more than KdfLimit: opening never tries it
+
+
+def list_key_files(backend: Backend, current: str = "") -> list[KeyEntry]:
+    """Every key file with its cost, by name; damaged ones (too large, not matching their
+    name, undecodable) with their problem. ``current`` is "keys/<id>" of the open key.
+    UsageError if ``CASBACKUP_KDF_LIMIT`` is malformed."""
+    limit = KdfLimit.from_env()
+    entries = []
+    for name, size in sorted(backend.list("keys/")):
+        kid = name.rsplit("/", 1)[1]
+        info: KeyFileInfo | None = None
+        problem = ""
+        try:
+            if size > MAX_KEYFILE_BYTES:
+                raise FormatError(f"{size} bytes: not a key file")
+            data = backend.get(name)
+            if file_id(data) != kid:
+                raise FormatError("its content does not match its name")
+            info = keyfile_info(data)
+        except CasError as exc:
+            problem = str(exc)
+        over = info is not None and not limit.allows(info.kdf)
+        entries.append(KeyEntry(kid, name == current, info, problem, over))
+    return entries

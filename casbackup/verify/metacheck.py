@@ -9,7 +9,7 @@ renamed or damaged object is reported by name.
 from __future__ import annotations
 
 from casbackup.errors import CasError
-from casbackup.maintenance.keys import list_keys
+from casbackup.repo.keyring import list_key_files
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.verify.records import list_records
@@ -31,7 +31,7 @@ def check_metadata(repo: Repository, errors: list[str], warnings: list[str]) -> 
 
 def _check_keys(repo: Repository, errors: list[str], warnings: list[str]) -> None:
     try:
-        keys = list_keys(repo)
+        keys = list_key_files(repo.backend, repo.key_name)
     except CasError as exc:  # a malformed CASBACKUP_KDF_LIMIT: opening already refused it
         warnings.append(f"key files not checked: {exc}")
         return
