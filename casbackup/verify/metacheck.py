@@ -9,6 +9,7 @@ renamed or damaged object is reported by name.
 from __future__ import annotations
 
 from casbackup.errors import CasError
+from casbackup.repo.config import RepoConfig
 from casbackup.repo.keyring import list_key_files
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
@@ -17,6 +18,7 @@ from casbackup.verify.records import list_records
 
 def check_metadata(repo: Repository, errors: list[str], warnings: list[str]) -> None:
     """Append what is wrong to ``errors`` (damage) and ``warnings`` (worth a look)."""
+    _check_config(repo, errors)
     if not repo.config.authenticated:
         warnings.append(
             f"the repository config is format version {repo.config.version}, which is not "
@@ -27,6 +29,18 @@ def check_metadata(repo: Repository, errors: list[str], warnings: list[str]) -> 
     errors.extend(w for w in records.warnings if "is unreadable" in w)
     warnings.extend(w for w in records.warnings if "is unreadable" not in w)
     _check_duplicates(repo.list_snapshots(warnings=[]), errors)
+
+
+def _check_config(repo: Repository, errors: list[str]) -> None:
+    """The stored config, read again: still the one opened, still authenticated."""
+    try:
+        stored = RepoConfig.decode(repo.backend.get("config"))
+        stored.verify_mac(repo.key)
+    except CasError as exc:
+        errors.append(f"config: {exc}")
+        return
+    if stored != repo.config:
+        errors.append("config: it changed while this check ran")
 
 
 def _check_keys(repo: Repository, errors: list[str], warnings: list[str]) -> None:

@@ -230,3 +230,13 @@ def test_make_repo_fixture_stays_version_2() -> None:
 
     with make_repo(MemoryBackend()) as repo:
         assert repo.config.version == 2 and repo.config.mac
+
+
+def test_check_reads_the_config_again(repo_path: str) -> None:
+    from casbackup.verify.check import CheckOptions, check
+
+    with open_repo(repo_path) as repo:
+        assert check(repo, CheckOptions()).ok
+        _edit_config(repo_path, compression="none")  # changed after opening
+        report = check(repo, CheckOptions())
+        assert any(e.startswith("config:") and "MAC" in e for e in report.errors)
