@@ -1,5 +1,6 @@
 """``check``'s look at everything but packs, trees and index files: the config, key files,
-verification records, duplicate snapshot records and this client's rollback record.
+verification records and duplicate snapshot records. (What this client's rollback record
+notices reaches the user as the repository's alerts, printed by the CLI.)
 
 Hash-named objects are checked against their names when they are loaded
 (``Repository.get_encrypted``); here every one of them is loaded once, so a copied,
@@ -26,8 +27,8 @@ def check_metadata(repo: Repository, errors: list[str], warnings: list[str]) -> 
         )
     _check_keys(repo, errors, warnings)
     records = list_records(repo)
-    errors.extend(w for w in records.warnings if "is unreadable" in w)
-    warnings.extend(w for w in records.warnings if "is unreadable" not in w)
+    errors.extend(records.damaged)
+    warnings.extend(w for w in records.warnings if w not in records.damaged)
     _check_duplicates(repo.list_snapshots(warnings=[]), errors)
 
 

@@ -90,6 +90,7 @@ class RecordSet:
 
     records: list[VerificationRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # the warnings about unreadable records
 
     def latest_by_snapshot(self) -> dict[str, VerificationRecord]:
         latest: dict[str, VerificationRecord] = {}
@@ -174,7 +175,9 @@ def list_records(repo: Repository) -> RecordSet:
         try:
             result.records.append(load_record(repo, rid))
         except CasError as exc:
-            result.warnings.append(f"verification record {rid[:8]} is unreadable: {exc}")
+            message = f"verification record {rid[:8]} is unreadable: {exc}"
+            result.warnings.append(message)
+            result.damaged.append(message)
     result.records.sort(key=lambda r: (r.time, r.id))
     _screen(repo, result)
     return result
