@@ -217,7 +217,7 @@ def test_migration_killed_leaves_a_repository_that_opens(
     assert proc.returncode == -signal.SIGKILL
     with open_repo(path) as repo:
         assert repo.config.version == (2 if after else 1)
-    assert run_cli("unlock", "--remove-all", repo=path).code == 0  # the killed run's lock
+    # The killed run's lock names a dead process on this host: stale, so no unlock needed.
     res = run_cli("migrate", repo=path)
     assert res.code == 0, res.err
     assert run_cli("backup", source, repo=path).code == 0
