@@ -138,6 +138,9 @@ class LocalState:
             return StateDoc()
         try:
             data = os.read(fd, _MAX_BYTES + 1)
+        except OSError as exc:  # a folder in its place, an I/O error: start afresh
+            self.problem = f"{self.path}: {exc.strerror}"
+            return StateDoc()
         finally:
             os.close(fd)
         try:
@@ -192,7 +195,11 @@ class LocalState:
             os.unlink(tmp)
             raise
         os.close(fd)
-        os.replace(tmp, self.path)
+        try:
+            os.replace(tmp, self.path)
+        except OSError:
+            os.unlink(tmp)
+            raise
         dfd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)

@@ -70,3 +70,12 @@ def test_private_modes_and_root(tmp_path, monkeypatch) -> None:  # type: ignore[
     assert stat.S_IMODE(os.stat(state.path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(state.folder).st_mode) == 0o700
     assert not [n for n in os.listdir(state.folder) if ".tmp-" in n]
+
+
+def test_unusable_record_path_is_not_fatal(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    state = LocalState("r", str(tmp_path))
+    os.makedirs(state.path)  # a folder where the file should be
+    assert state.doc == StateDoc() and state.problem
+    state.update(lambda d: d.snapshots.add("x") or True)  # kept in memory, not fatal
+    assert state.doc.snapshots == {"x"} and "cannot save" in state.problem
+    assert not [n for n in os.listdir(state.folder) if ".tmp-" in n]
