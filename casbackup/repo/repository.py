@@ -35,7 +35,7 @@ from casbackup.errors import (
 )
 from casbackup.repo import codec
 from casbackup.repo.config import FORMAT_VERSION, RepoConfig
-from casbackup.repo.ids import BlobId, FileId, Kind, file_id
+from casbackup.repo.ids import BlobId, FileId, Kind, check_name, file_id
 from casbackup.repo.index import (
     IndexCache,
     Location,
@@ -62,18 +62,6 @@ from casbackup.store.base import Backend
 INDEX_FLUSH_BLOBS = 50_000
 INDEX_FLUSH_SECONDS = 60
 INDEX_FLUSH_PACKS = 8  # also every 8 packs (128 MiB by default): a kill loses little work
-
-# Objects named by the hash of their stored bytes (packs are checked by check --read-data;
-# keys by keyring.find_key): a mismatch means a copied, renamed or damaged object.
-HASH_NAMED = ("index/", "snapshots/", "verifications/", "checkstate/")
-
-
-def check_name(name: str, data: bytes) -> None:
-    """IntegrityError unless a hash-named object's bytes hash to its name."""
-    if name.startswith(HASH_NAMED) and file_id(data) != name.rsplit("/", 1)[1]:
-        raise IntegrityError(
-            f"{name}: its content does not match its name (copied, renamed or damaged)"
-        )
 
 
 class Repository:
