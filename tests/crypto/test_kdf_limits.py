@@ -14,6 +14,7 @@ from casbackup.crypto.keyfile import WEAK_KDF, KdfLimit, KdfParams, wrap_key
 from casbackup.crypto.keys import MasterKey
 from casbackup.errors import FormatError, UsageError, WrongPassword
 from casbackup.repo.ids import file_id
+from casbackup.store.base import Backend
 from casbackup.store.memory import MemoryBackend
 from casbackup.testing.fixtures import PASSWORD, make_repo, open_repo
 
@@ -32,7 +33,7 @@ def derives(monkeypatch: pytest.MonkeyPatch) -> list[KdfParams]:
     return calls
 
 
-def _plant(backend: MemoryBackend, kdf: KdfParams, *, before: str | None = None) -> str:
+def _plant(backend: Backend, kdf: KdfParams, *, before: str | None = None) -> str:
     """A key file for another passphrase, named by its hash; with ``before``, one whose name
     sorts before that id (so that trying key files in name order meets it first)."""
     repo_id = bytes.fromhex(json.loads(backend.get("config"))["id"])
@@ -183,3 +184,18 @@ def test_key_list_shows_each_cost(repo_path: str) -> None:
     assert sorted(d["over_limit"] for d in docs) == [False, True]
     res = run_cli("check", repo=repo_path)
     assert res.code == 0 and "above the limit" in res.err
+
+
+def test_cli_with_a_planted_costly_key_file_and_no_local_record(repo_path: str) -> None:
+    """A command on a new client still opens the repository, without running 4 GiB Argon2."""
+    from casbackup.store.local import LocalBackend
+    from casbackup.testing.fixtures import run_cli
+
+    backend = LocalBackend(repo_path)
+    mine = [n for n, _ in backend.list("keys/")][0].rsplit("/", 1)[1]
+    _plant(backend, KdfParams(memory_kib=4 << 20, iterations=100, lanes=4), before=mine)
+    shutil.rmtree(open_repo(repo_path).state.folder)
+    res = run_cli("snapshots", repo=repo_path, timeout=60)
+    assert res.code == 0, res.err
+    res = run_cli("snapshots", repo=repo_path, env={"CASBACKUP_PASSWORD": "wrong"}, timeout=60)
+    assert res.code == 12 and "1 damaged key files skipped" in res.err
