@@ -507,15 +507,19 @@ class Repository:
         if message not in self.alerts:
             self.alerts.append(message)
 
-    def list_snapshots(self, *, warnings: list[str] | None = None) -> list[Snapshot]:
+    def list_snapshots(
+        self, *, warnings: list[str] | None = None, include_forgotten: bool = False
+    ) -> list[Snapshot]:
         """All readable snapshots, oldest first. Unreadable ones are reported in ``warnings``.
 
-        Snapshots this client forgot are left out even if present again (``alerts``)."""
-        usable, alerts = screen_snapshots(self.state, self.snapshot_ids())
+        Snapshots this client forgot are left out even if present again (``alerts``),
+        unless ``include_forgotten`` (prune: data that anything present names is kept)."""
+        present = self.snapshot_ids()
+        usable, alerts = screen_snapshots(self.state, present)
         for message in alerts:
             self.alert(message)
         snaps = []
-        for fid in usable:
+        for fid in present if include_forgotten else usable:
             try:
                 snaps.append(self.load_snapshot(fid))
             except CasError as exc:

@@ -177,3 +177,23 @@ def test_check_reports_the_same_snapshot_stored_twice(
     assert any("same backup" in e and snap.short_id in e for e in report.errors)
     res = run_cli("check", repo=repo_path)
     assert res.code == 29 and "same backup" in res.err
+
+
+def test_prune_keeps_the_data_of_a_forgotten_snapshot_that_is_back(
+    repo: Repository, repo_path: str, source: str
+) -> None:
+    """Deleting data cannot be undone: a snapshot file present names data prune keeps
+    (the crash window between recording a forget and deleting the file is one way in)."""
+    from casbackup.maintenance.usage import find_used_blobs
+    from casbackup.reporter import NULL_REPORTER
+
+    old = _backup(repo, source)
+    _backup(repo, source)
+    with open(os.path.join(repo_path, "snapshots", old.id), "rb") as f:
+        saved = f.read()
+    repo.delete_snapshot(old.id)
+    _count, without = find_used_blobs(repo, NULL_REPORTER)
+    with open(os.path.join(repo_path, "snapshots", old.id), "wb") as f:
+        f.write(saved)
+    count, used = find_used_blobs(repo, NULL_REPORTER)
+    assert count == 2 and used > without
