@@ -103,7 +103,7 @@ class KdfLimit:
         if not text:
             return cls()
         parts = text.split(":")
-        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
             raise UsageError(f"{LIMIT_ENV}={text!r}: use MEMORY_MIB:PASSES:LANES, e.g. 4096:20:16")
         return cls(int(parts[0]) * 1024, int(parts[1]), int(parts[2]))
 

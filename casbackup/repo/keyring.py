@@ -44,7 +44,9 @@ class KeyChoice:
         if select and any(c not in "0123456789abcdef" for c in select):
             raise UsageError(f"{SELECT_ENV}={select!r} is not a key file id or prefix")
         tries_text = os.environ.get(TRIES_ENV, "").strip()
-        if tries_text and (not tries_text.isdigit() or int(tries_text) < 1):
+        if tries_text and (
+            not (tries_text.isascii() and tries_text.isdigit()) or int(tries_text) < 1
+        ):
             raise UsageError(f"{TRIES_ENV}={tries_text!r}: give a positive number")
         tries = int(tries_text) if tries_text else DEFAULT_MAX_TRIES
         return cls(preferred, select, tries, KdfLimit.from_env())

@@ -83,9 +83,15 @@ def test_only_costly_key_file_names_the_override(monkeypatch: pytest.MonkeyPatch
         open_repo(backend, "slow")  # over the 10-pass cap: skipped, so nothing opens
     monkeypatch.setenv("CASBACKUP_KDF_LIMIT", "1024:11:16")
     open_repo(backend, "slow").close()
-    monkeypatch.setenv("CASBACKUP_KDF_LIMIT", "lots")
-    with pytest.raises(UsageError, match="MEMORY_MIB:PASSES:LANES"):
-        open_repo(backend, "slow")
+    for bad in ("lots", "1024:11", "²:1:1", "0:1:1"):
+        monkeypatch.setenv("CASBACKUP_KDF_LIMIT", bad)
+        with pytest.raises(UsageError, match="MEMORY_MIB:PASSES:LANES"):
+            open_repo(backend, "slow")
+    monkeypatch.delenv("CASBACKUP_KDF_LIMIT")
+    for bad in ("0", "²", "x"):
+        monkeypatch.setenv("CASBACKUP_KEY_TRIES", bad)
+        with pytest.raises(UsageError, match="CASBACKUP_KEY_TRIES"):
+            open_repo(backend, "slow")
 
 
 def test_only_key_over_the_cap_is_reported_with_the_variable() -> None:
