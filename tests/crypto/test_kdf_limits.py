@@ -205,3 +205,19 @@ def test_cli_with_a_planted_costly_key_file_and_no_local_record(repo_path: str) 
     assert res.code == 0, res.err
     res = run_cli("snapshots", repo=repo_path, env={"CASBACKUP_PASSWORD": "wrong"}, timeout=60)
     assert res.code == 12 and "1 damaged key files skipped" in res.err
+
+
+def test_key_list_escapes_what_a_key_file_says(repo_path: str) -> None:
+    from casbackup.store.local import LocalBackend
+    from casbackup.testing.fixtures import run_cli
+
+    backend = LocalBackend(repo_path)
+    (name,) = [n for n, _ in backend.list("keys/")]
+    doc = json.loads(backend.get(name))
+    doc.update(user="\x1b]0;owned\x07\x1b[31mroot", host="h" * 500)
+    data = json.dumps(doc).encode()
+    backend.put(f"keys/{file_id(data)}", data)
+    res = run_cli("key", "list", repo=repo_path)
+    assert res.code == 0, res.err
+    assert "\x1b" not in res.out and "\x07" not in res.out
+    assert "\\x1b]0;owned\\x07\\x1b[31mroot@" in res.out and "h" * 500 not in res.out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import replace
@@ -93,6 +94,8 @@ def test_forgotten_snapshot_that_comes_back_is_ignored_and_loud(
     assert res.code == 0 and new.id not in res.out and "forgot are back" in res.err
     res = run_cli("check", repo=repo_path)
     assert "forgot are back" in res.err
+    res = run_cli("--json", "check", repo=repo_path)
+    assert "forgot are back" in json.loads(res.out.splitlines()[-1])["alerts"][0]
 
 
 def test_forget_command_records_what_it_forgot(repo_path: str, source: str) -> None:
