@@ -23,7 +23,7 @@ def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
         "XDG_STATE_HOME",
         "CASBACKUP_KDF_LIMIT",
         "CASBACKUP_KEY_TRIES",
-        "CASBACKUP_KEY_FILE",  # fmt: skip
+        "CASBACKUP_KEY_FILE",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CASBACKUP_PASSWORD", PASSWORD)
