@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import stat
 import tempfile
@@ -86,23 +85,64 @@ def _required_candidates(snapshot: Snapshot, wanted: str) -> list[str]:
     return [src.rstrip("/") + "/" + wanted for src in snapshot.paths]
 
 
-def remove_tree(path: str) -> None:
-    """Remove a restored tree even where restored folder modes forbid writing into it.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
-    Folders are opened up top-down before removal; symlinks are skipped because chmod
-    would follow them out of the sandbox.
+
+def remove_tree(path: str) -> None:
+    """Remove a restored tree, however deep, even where restored folder modes forbid writing.
+
+    Works through folder handles (`dir_fd`), one level open at a time, so neither PATH_MAX
+    nor the recursion limit nor the open-file limit bounds the depth it can remove (Python
+    3.11's `os.walk` and `shutil.rmtree` recurse per level). Folders are opened up before
+    they are entered; symlinks are never followed (they are unlinked like files), so nothing
+    outside the tree is touched.
     """
-    if not os.path.lexists(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
         return
     with contextlib.suppress(OSError):
         os.chmod(path, stat.S_IRWXU)
-    for dirpath, dirnames, _files in os.walk(path):
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
+    fd = os.open(path, _DIR_FLAGS)
+    # One entry per open level: (its name in the parent, its subfolders still to remove).
+    levels: list[tuple[str, list[str]]] = [("", _clear_files(fd))]
+    try:
+        while True:
+            name, pending = levels[-1]
+            if pending:
+                sub = pending.pop()
                 with contextlib.suppress(OSError):
-                    os.chmod(full, stat.S_IRWXU)
-    shutil.rmtree(path)
+                    os.chmod(sub, stat.S_IRWXU, dir_fd=fd)
+                child = os.open(sub, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                levels.append((sub, _clear_files(fd)))
+                continue
+            levels.pop()
+            if not levels:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every non-folder in the open folder; return the names of its subfolders."""
+    folders = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.name)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    return folders
 
 
 def run_verification(
