@@ -2,7 +2,10 @@
 
 Steps: restore the whole snapshot into a private folder; compare the folder with the snapshot
 (names, types, sizes, symlink targets, every file's BLAKE3 re-read from disk); check the
-application's required key files; load every database dump (see `dumps.py`). The outcome is
+application's required key files; load every database dump (see `dumps.py`). Every path a
+snapshot stores (dump paths, required files) is resolved inside the restored tree, never
+through a symlink; databases load only into servers the caller names (`--db-server`, the
+local config), never into one the snapshot names. The outcome is
 stored in the repository as a verification record (`records.py`) whether it passed or not;
 `VerifyResult.raise_if_failed()` turns a failed one into `VerificationFailed`.
 
@@ -31,7 +34,12 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot, now_utc
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.verify.compare import Comparison, compare_tree
-from casbackup.verify.dumps import check_dump, definition_specs
+from casbackup.verify.dumps import (
+    check_dump,
+    definition_specs,
+    resolve_in_tree,
+    stored_location,
+)
 from casbackup.verify.records import DatabaseCheck, Failure, VerificationRecord, save_record
 
 MESSAGE_LIMIT = 20  # failures named in the one-line error; the record has all of them
@@ -42,8 +50,11 @@ class VerifyOptions:
     sandbox_dir: str | None = None  # parent of the private sandbox; None: the system temp dir
     keep_sandbox: bool = False
     required_files: tuple[str, ...] = ()  # added to the definition's required_files
-    # engine -> server to create scratch databases on; default: the database's own server
+    # engine -> server to create scratch databases on (the command line's --db-server)
     db_servers: Mapping[str, DatabaseSpec] = field(default_factory=dict)
+    # name -> the local config's definition of the application's database: its server is the
+    # default for scratch databases. Never the snapshot's stored definition (see dumps.py).
+    databases: Mapping[str, DatabaseSpec] = field(default_factory=dict)
     workers: int = 2
     save: bool = True  # store the record in the repository
 
@@ -73,9 +84,15 @@ class VerifyResult:
 
 
 def required_files(snapshot: Snapshot, extra: tuple[str, ...] = ()) -> list[str]:
-    definition = snapshot.app_definition or {}
-    listed = (definition.get("verification") or {}).get("required_files") or []
-    return list(dict.fromkeys([*(str(p) for p in listed), *extra]))
+    """The files a verification must find: the stored definition's list, then `extra`.
+
+    Stored values are data from the repository: anything but a list of strings is ignored,
+    and each path is later resolved inside the restored tree (`resolve_in_tree`)."""
+    definition = snapshot.app_definition if isinstance(snapshot.app_definition, dict) else {}
+    section = definition.get("verification")
+    listed = section.get("required_files") if isinstance(section, dict) else None
+    stored = [p for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
+    return list(dict.fromkeys([*stored, *extra]))
 
 
 def _required_candidates(snapshot: Snapshot, wanted: str) -> list[str]:
@@ -83,6 +100,15 @@ def _required_candidates(snapshot: Snapshot, wanted: str) -> list[str]:
     if wanted.startswith("/"):
         return [wanted]
     return [src.rstrip("/") + "/" + wanted for src in snapshot.paths]
+
+
+def _required_present(files: str, candidates: list[str]) -> bool:
+    """Whether any candidate exists in the restored tree. Each is resolved inside the tree
+    without following symlinks (FormatError, naming it, for one that would leave it)."""
+    for candidate in candidates:
+        if os.path.lexists(resolve_in_tree(files, candidate)):
+            return True
+    return False
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -238,8 +264,12 @@ def _verify_in(
     )  # fmt: skip
     reporter.progress(progress)
     for wanted in required_files(snapshot, options.required_files):
-        candidates = _required_candidates(snapshot, wanted)
-        if not any(os.path.lexists(os.path.join(files, c.lstrip("/"))) for c in candidates):
+        try:
+            present = _required_present(files, _required_candidates(snapshot, wanted))
+        except CasError as exc:
+            comparison.fail(wanted, f"required file: {exc}")
+            continue
+        if not present:
             comparison.fail(wanted, "required file is missing from the snapshot")
     databases, warnings = _check_databases(snapshot, options, files, comparison, reporter)
     return comparison, databases, warnings
@@ -252,7 +282,7 @@ def _check_databases(
     comparison: Comparison,
     reporter: Reporter,
 ) -> tuple[list[DatabaseCheck], list[str]]:
-    defined = definition_specs(snapshot.app_definition)
+    stored = definition_specs(snapshot.app_definition)  # shown in messages, never followed
     checks: list[DatabaseCheck] = []
     warnings: list[str] = []
     for record in snapshot.databases:
@@ -264,11 +294,10 @@ def _check_databases(
             ))  # fmt: skip
             continue
         reporter.info(f"loading database dump {record.name} ({engine})")
-        server = options.db_servers.get(engine) or defined.get(record.name)
+        server = options.db_servers.get(engine) or options.databases.get(record.name)
         if server is not None and server.engine and canonical_engine_name(server.engine) != engine:
             server = None
-        dump_file = os.path.join(files, record.path.lstrip("/"))
-        outcome = check_dump(record, dump_file, server)
+        outcome = check_dump(record, files, server, stored_location(stored.get(record.name)))
         checks.append(outcome.check)
         warnings.extend(outcome.warnings)
     return checks, warnings

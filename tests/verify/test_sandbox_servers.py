@@ -50,7 +50,9 @@ def test_dumps_load_into_scratch_databases_that_are_dropped(  # type: ignore[no-
     names: list[str] = []
     real = dumps_mod.scratch_name
     monkeypatch.setattr(dumps_mod, "scratch_name", lambda: names.append(real()) or names[-1])
-    rec = run_verification(repo, snap).record
+    # The servers come from the local config's definitions (the caller), not from the snapshot.
+    local_config = VerifyOptions(databases={s.name: s for s in app_specs})
+    rec = run_verification(repo, snap, local_config).record
     assert rec.ok, rec.failures
     checks = {d.name: (d.engine, d.ok, d.tables_compared, d.rows_compared) for d in rec.databases}
     assert checks == {
@@ -75,7 +77,8 @@ def test_a_dump_that_does_not_load_fails_and_its_scratch_database_is_dropped(  #
         replace(r, row_counts={**r.row_counts, "public.items": 301}) if r.name == "pg" else r
         for r in snap.databases
     )
-    rec = run_verification(repo, replace(snap, databases=bad)).record
+    local_config = VerifyOptions(databases={s.name: s for s in app_specs})
+    rec = run_verification(repo, replace(snap, databases=bad), local_config).record
     assert not rec.ok
     assert [(f.path, f.problem) for f in rec.failures] == [
         ("database pg", "table public.items: 300 rows, 301 recorded")
@@ -139,7 +142,14 @@ def test_interrupted_load_drops_the_scratch_database(  # type: ignore[no-untyped
 
     monkeypatch.setattr(dumps_mod, "get_engine", lambda name: Engine(real_engine(name)))
     with pytest.raises(Interrupted):
-        run_verification(repo, snap, VerifyOptions(sandbox_dir=str(sandboxes)))
+        run_verification(
+            repo,
+            snap,
+            VerifyOptions(
+                sandbox_dir=str(sandboxes),
+                db_servers={engine: app_specs[0 if engine == "postgresql" else 1]},
+            ),
+        )
     assert len(names) == 1
     assert names[0] not in scratch_left()
     assert list(sandboxes.iterdir()) == []
