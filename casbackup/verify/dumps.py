@@ -100,6 +100,8 @@ def tree_path_parts(stored: str) -> list[str]:
     """The components of an absolute path stored in a snapshot record (a dump path, a required
     file): each must be a valid tree name (not empty, `.` or `..`; no NUL), so the path can
     only name something inside the snapshot's tree. FormatError otherwise, naming it."""
+    if not isinstance(stored, str):
+        raise FormatError(f"stored path {stored!r} is not a path; refused")
     parts = stored.split("/")
     if not stored.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts[1:]):
         raise FormatError(f"stored path {stored!r} is not a path inside the snapshot; refused")
