@@ -29,6 +29,7 @@ from casbackup.verify.check import CheckOptions, check
 from casbackup.verify.sandbox import VerifyOptions, remove_tree, run_verification
 from casbackup.vfs.core import Vfs
 from casbackup.vfs.find import Finder, FindOptions
+from tests.cli.test_mount import fuse, mounted  # noqa: F401 - fuse: fixture (skips without FUSE)
 
 DEPTH = 1_200  # well past sys.getrecursionlimit() (1,000)
 
@@ -141,6 +142,34 @@ def test_vfs_core_browses_to_the_bottom(repo: Repository, deep: Snapshot) -> Non
     bottom = leaf.rsplit("/", 1)[0]
     assert [e.name for e in vfs.listdir(bottom)] == ["leaf.txt"]
     assert vfs.getattr(leaf).size == 7
+
+
+@pytest.mark.usefixtures("fuse")
+def test_mount_reaches_the_bottom(repo: Repository, repo_path: str, deep: Snapshot, tmp_path: Path) -> None:  # fmt: skip
+    repo.close()
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with mounted(repo_path, mountpoint):
+        (group,) = os.listdir(mountpoint)
+        folder = next(n for n in os.listdir(mountpoint / group) if n != "latest")
+        fd = os.open(mountpoint / group / folder / "deep", os.O_RDONLY | os.O_DIRECTORY)
+        levels = 0
+        try:
+            while "d" in os.listdir(fd):  # one level at a time, through folder handles
+                child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                levels += 1
+            leaf = os.open("leaf.txt", os.O_RDONLY, dir_fd=fd)
+            try:
+                data = os.read(leaf, 100)
+            finally:
+                os.close(leaf)
+        finally:
+            os.close(fd)
+        with open(str(mountpoint / group / folder) + DEEP_LEAF, "rb") as f:
+            assert f.read() == b"bottom\n"
+    assert levels == DEPTH and data == b"bottom\n"
 
 
 @RESTORE_RECURSES
