@@ -27,9 +27,14 @@ from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, warn
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name, get_engine
-from casbackup.errors import NotFound, UsageError
+from casbackup.errors import FormatError, NotFound, UsageError
 from casbackup.repo.repository import Repository
-from casbackup.verify.dumps import definition_specs, stored_location
+from casbackup.verify.dumps import (
+    definition_specs,
+    record_problem,
+    stored_location,
+    tree_path_parts,
+)
 
 _SCHEMES = {
     "postgresql": "postgresql",
@@ -69,8 +74,12 @@ def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_na
         )
     record = next((d for d in snap.databases if d.name == db_name), None)
     if record is None:
-        have = ", ".join(d.name for d in snap.databases) or "none"
+        have = ", ".join(str(d.name) for d in snap.databases) or "none"
         raise NotFound(f"snapshot {snap.short_id} has no database {db_name!r} (it has: {have})")
+    malformed = record_problem(record)
+    if malformed is not None:
+        raise FormatError(f"snapshot {snap.short_id}: {malformed}")
+    tree_path_parts(record.path)  # a stored path with `..` names nothing in the tree: refused
     node = repo.find_node(snap.root, record.path)
     if node is None or not node.content and node.size:
         raise NotFound(f"snapshot {snap.short_id} records {record.path} but its tree lacks it")

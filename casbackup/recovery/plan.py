@@ -34,7 +34,12 @@ from casbackup.recovery.connection import connection_spec, describe
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.verify.dumps import definition_specs, stored_location, tree_path_parts
+from casbackup.verify.dumps import (
+    definition_specs,
+    record_problem,
+    stored_location,
+    tree_path_parts,
+)
 from casbackup.verify.records import RecordSet, VerificationRecord, list_records
 
 
@@ -240,7 +245,7 @@ def _plan_databases(
     warnings: list[str],
     problems: list[str],
 ) -> tuple[DatabaseItem, ...]:
-    names = {r.name for r in snap.databases}
+    names = {r.name for r in snap.databases if isinstance(r.name, str)}
     for name in options.db_into:
         if name not in names:
             known = ", ".join(sorted(names)) or "none"
@@ -254,6 +259,10 @@ def _plan_databases(
     stored = definition_specs(snap.app_definition)  # shown, never followed
     out: list[DatabaseItem] = []
     for record in snap.databases:
+        malformed = record_problem(record)
+        if malformed is not None:
+            problems.append(malformed)
+            continue
         engine = canonical_engine_name(record.engine)
         was = stored_location(stored.get(record.name))
         local = options.configured.get(record.name)

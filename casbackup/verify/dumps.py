@@ -96,6 +96,18 @@ def stored_location(spec: DatabaseSpec | None) -> str:
     return f"{spec.engine}://{spec.user + '@' if spec.user else ''}{where}/{spec.database or ''}"
 
 
+def record_problem(record: DatabaseRecord) -> str | None:
+    """Why a snapshot's database record cannot be used (fields of the wrong type: records
+    are data from the repository), or None. Readers skip such a record, naming it."""
+    fields_ok = (
+        isinstance(record.name, str) and record.name != ""
+        and isinstance(record.engine, str) and isinstance(record.path, str)
+        and isinstance(record.size, int) and isinstance(record.row_counts, dict)
+        and all(isinstance(k, str) and isinstance(v, int) for k, v in record.row_counts.items())
+    )  # fmt: skip
+    return None if fields_ok else f"database record {record.name!r} is malformed; skipped"
+
+
 def tree_path_parts(stored: str) -> list[str]:
     """The components of an absolute path stored in a snapshot record (a dump path, a required
     file): each must be a valid tree name (not empty, `.` or `..`; no NUL), so the path can

@@ -37,6 +37,7 @@ from casbackup.verify.compare import Comparison, compare_tree
 from casbackup.verify.dumps import (
     check_dump,
     definition_specs,
+    record_problem,
     resolve_in_tree,
     stored_location,
 )
@@ -286,6 +287,10 @@ def _check_databases(
     checks: list[DatabaseCheck] = []
     warnings: list[str] = []
     for record in snapshot.databases:
+        malformed = record_problem(record)
+        if malformed is not None:
+            checks.append(DatabaseCheck(str(record.name), "?", False, problem=malformed))
+            continue
         engine = canonical_engine_name(record.engine)
         if record.path in comparison.problems:
             checks.append(DatabaseCheck(

@@ -244,3 +244,22 @@ def test_db_restore_needs_a_local_target(  # type: ignore[no-untyped-def]
     assert res.code == 0, res.err
     assert into.exists() and not planted.exists()
     assert os.path.getsize(into) > 0
+
+
+def test_a_malformed_database_record_is_named_not_a_traceback(  # type: ignore[no-untyped-def]
+    repo: Repository, repo_path: str, tmp_path: Path
+) -> None:
+    bad = DatabaseRecord(["not", "a", "name"], "postgresql", "custom", "15",  # type: ignore[arg-type]
+                         "/.databases/x", "big", "rows")  # type: ignore[arg-type]  # fmt: skip
+    snap = forge(repo, databases=[bad], definition=None)
+    options = RecoverOptions(app="shop", target=str(tmp_path / "t"), dry_run=True,
+                             allow_unverified=True)  # fmt: skip
+    problems = recover(repo, options).plan.problems
+    assert any("malformed" in p for p in problems), problems
+    rec = run_verification(repo, snap, VerifyOptions(sandbox_dir=str(tmp_path / "sb"))).record
+    (check,) = rec.databases
+    assert not check.ok and "malformed" in check.problem and not rec.ok
+    repo.close()
+    res = run_cli("recover", "--app", "shop", "--target", str(tmp_path / "t"), "--dry-run",
+                  "--allow-unverified", repo=repo_path)  # fmt: skip
+    assert res.code == 0 and "malformed" in res.out and "Traceback" not in res.err
