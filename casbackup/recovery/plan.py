@@ -283,10 +283,9 @@ def _plan_databases(
         elif engine == "sqlite":
             # Inside the target, as the files are: where the local config's (else the
             # stored) path maps into a recovered source, else target/databases/NAME.sqlite.
-            original = (local.path if local is not None else None) or ""
-            if not original:
-                stored_spec = stored.get(record.name)
-                original = stored_spec.path or "" if stored_spec is not None else ""
+            source = local if local is not None and local.path else stored.get(record.name)
+            original = source.path if source is not None else None
+            original = original if isinstance(original, str) else ""
             mapped = _map_into_target(original, items) if original else None
             # A raw copy of the file restored with the sources is replaced by the dump,
             # which is the consistent one.
