@@ -211,7 +211,10 @@ def build_plan(
     target = os.path.abspath(options.target)
     problems: list[str] = []
     items: list[FileItem] = []
-    for source, name in _dest_names(snap.paths).items():
+    paths = tuple(p for p in snap.paths if isinstance(p, str))
+    if len(paths) != len(snap.paths):
+        warnings.append("the snapshot records source paths that are not text; they are skipped")
+    for source, name in _dest_names(paths).items():
         try:
             node = repo.find_node(snap.root, source)
         except CasError as exc:

@@ -10,8 +10,8 @@ without following symlinks (`resolve_in_tree`); one that leaves it is refused, n
 SQLite dumps are database files: the restored copy is opened read-only, must pass
 `PRAGMA integrity_check`, and its tables' row counts must equal the recorded ones. PostgreSQL
 and MySQL/MariaDB dumps are loaded into a scratch database with a unique name
-(`casb_verify_<hex>`) on a server the caller names (the caller chooses), counted, and dropped again in a `finally`, so neither a failed load nor
-Ctrl-C leaves the scratch database behind.
+(`casb_verify_<hex>`) on the server the caller names, counted, and dropped again in a
+`finally`, so neither a failed load nor Ctrl-C leaves the scratch database behind.
 
 MySQL's recorded counts are taken just before the dump, not in its snapshot (`DumpInfo.
 row_counts_consistent`), so for it a count mismatch is a warning: rows written in between are
@@ -92,8 +92,10 @@ def stored_location(spec: DatabaseSpec | None) -> str:
         return "not recorded"
     if spec.engine == "sqlite":
         return f"sqlite:{spec.path}"
-    where = f"{spec.host or 'localhost'}{':' + str(spec.port) if spec.port else ''}"
-    return f"{spec.engine}://{spec.user + '@' if spec.user else ''}{where}/{spec.database or ''}"
+    # Stored values may be of any JSON type: formatted, never concatenated.
+    port = f":{spec.port}" if spec.port else ""
+    user = f"{spec.user}@" if spec.user else ""
+    return f"{spec.engine}://{user}{spec.host or 'localhost'}{port}/{spec.database or ''}"
 
 
 def record_problem(record: DatabaseRecord) -> str | None:

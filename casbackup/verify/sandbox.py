@@ -2,12 +2,14 @@
 
 Steps: restore the whole snapshot into a private folder; compare the folder with the snapshot
 (names, types, sizes, symlink targets, every file's BLAKE3 re-read from disk); check the
-application's required key files; load every database dump (see `dumps.py`). Every path a
-snapshot stores (dump paths, required files) is resolved inside the restored tree, never
-through a symlink; databases load only into servers the caller names (`--db-server`, the
-local config), never into one the snapshot names. The outcome is
+application's required key files; load every database dump (see `dumps.py`). The outcome is
 stored in the repository as a verification record (`records.py`) whether it passed or not;
 `VerifyResult.raise_if_failed()` turns a failed one into `VerificationFailed`.
+
+A snapshot never steers a verification: every path it stores (dump paths, required files) is
+resolved inside the restored tree, never through a symlink, and refused (named) otherwise;
+dumps load only into servers the caller names (`--db-server`, the local config), never into
+one the snapshot's stored definition names.
 
 The sandbox is always a fresh `mkdtemp` folder (inside `sandbox_dir` when given, never
 `sandbox_dir` itself, so a user's folder is never emptied) and is removed in a `finally`:
@@ -100,7 +102,7 @@ def _required_candidates(snapshot: Snapshot, wanted: str) -> list[str]:
     """Absolute names are paths in the snapshot; relative ones are relative to any source."""
     if wanted.startswith("/"):
         return [wanted]
-    return [src.rstrip("/") + "/" + wanted for src in snapshot.paths]
+    return [src.rstrip("/") + "/" + wanted for src in snapshot.paths if isinstance(src, str)]
 
 
 def _required_present(files: str, candidates: list[str]) -> bool:
