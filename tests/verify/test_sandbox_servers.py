@@ -153,3 +153,27 @@ def test_interrupted_load_drops_the_scratch_database(  # type: ignore[no-untyped
     assert len(names) == 1
     assert names[0] not in scratch_left()
     assert list(sandboxes.iterdir()) == []
+
+
+def test_backup_auto_verify_loads_into_the_configured_server(  # type: ignore[no-untyped-def]
+    repo_path: str, tmp_path: Path, pg_database: str
+) -> None:
+    """backup --auto-verify gives the verification the config's servers (never the snapshot's)."""
+    from casbackup.testing.fixtures import run_cli
+    from tests.engines.conftest import PG_HOST, PG_PORT, PG_USER
+
+    psql("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1), (2);", pg_database)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "main.py").write_text("print('hi')\n")
+    config = tmp_path / "casbackup.toml"
+    config.write_text(
+        f'version = 1\n[[applications]]\nname = "shop"\nsources = ["{app}"]\n'
+        '[[applications.databases]]\nname = "pg"\nengine = "postgresql"\n'
+        f'host = "{PG_HOST}"\nport = {PG_PORT}\nuser = "{PG_USER}"\ndatabase = "{pg_database}"\n'
+    )
+    res = run_cli("--config", str(config), "backup", "--app", "shop", "--auto-verify",
+                  repo=repo_path)  # fmt: skip
+    assert res.code == 0, res.err
+    assert "verified OK" in res.out
+    assert not scratch_left()
