@@ -263,3 +263,27 @@ def test_a_malformed_database_record_is_named_not_a_traceback(  # type: ignore[n
     res = run_cli("recover", "--app", "shop", "--target", str(tmp_path / "t"), "--dry-run",
                   "--allow-unverified", repo=repo_path)  # fmt: skip
     assert res.code == 0 and "malformed" in res.out and "Traceback" not in res.err
+
+
+def test_recover_cli_plan_shows_the_stored_location_and_uses_the_config(  # type: ignore[no-untyped-def]
+    repo: Repository, repo_path: str, tmp_path: Path, listener: Listener, secret: Secret
+) -> None:
+    forge(repo, databases=[pg_record()], definition=hostile_definition(listener, secret),
+          dumps={"orders.pgdump": b"PGDMP"})  # fmt: skip
+    repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(
+        'version = 1\n[[applications]]\nname = "shop"\nsources = ["/srv/app"]\n'
+        '[[applications.databases]]\nname = "orders"\nengine = "postgresql"\n'
+        'host = "db.example.invalid"\nuser = "shop"\ndatabase = "orders_here"\n'
+    )
+    res = run_cli("--config", str(config), "recover", "--app", "shop", "--target",
+                  str(tmp_path / "t"), "--dry-run", "--allow-unverified", repo=repo_path)  # fmt: skip
+    assert res.code == 0, res.err
+    assert "-> postgresql://shop@db.example.invalid/orders_here" in res.out
+    assert (f"the snapshot says it lived at postgresql://postgres@127.0.0.1:{listener.port}/orders"
+            ": shown, not used") in res.out  # fmt: skip
+    assert "problem:" not in res.out
+    assert settled(listener) == 0
+    if secret.atime_works:
+        assert not secret.read()
