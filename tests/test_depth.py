@@ -144,6 +144,29 @@ def test_vfs_core_browses_to_the_bottom(repo: Repository, deep: Snapshot) -> Non
     assert vfs.getattr(leaf).size == 7
 
 
+def test_vfs_lookups_level_by_level_stay_linear(repo: Repository, deep: Snapshot) -> None:
+    """`cd` down without listing (as a file system does: each lookup after its parent's)."""
+    vfs = Vfs(repo)
+    (group,) = [e.name for e in vfs.listdir("/")]
+    folder = [e.name for e in vfs.listdir(f"/{group}") if e.name != "latest"][0]
+    looked_at = 0
+    real_get = vfs._entries.get
+
+    def counting_get(key):  # type: ignore[no-untyped-def]
+        nonlocal looked_at
+        looked_at += len(key)
+        return real_get(key)
+
+    vfs._entries.get = counting_get  # type: ignore[method-assign]
+    path = f"/{group}/{folder}/deep"
+    for _ in range(DEPTH):
+        path += "/d"
+        assert vfs.getattr(path).size == 0
+    assert vfs.read(path + "/leaf.txt", 0, 10) == b"bottom\n"
+    # Each lookup hashes its own key and its parent's: about DEPTH^2 in all, not DEPTH^3 / 6.
+    assert looked_at < 3 * DEPTH * DEPTH
+
+
 @pytest.mark.usefixtures("fuse")
 def test_mount_reaches_the_bottom(repo: Repository, repo_path: str, deep: Snapshot, tmp_path: Path) -> None:  # fmt: skip
     repo.close()
