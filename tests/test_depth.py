@@ -216,6 +216,23 @@ def test_recover_a_deep_snapshot(repo: Repository, deep: Snapshot, tmp_path: Pat
         assert f.read() == b"bottom\n"
 
 
+def test_verify_names_a_subtree_deeper_than_path_max_and_goes_on(repo: Repository, tmp_path: Path) -> None:  # fmt: skip
+    """A depth the OS refuses (PATH_MAX) fails that subtree, named; the rest is verified."""
+    tree = repo.save_tree([_file(repo, b"leaf.txt", b"x")])
+    for _ in range(400):  # 400 x 21 bytes: past PATH_MAX (4096)
+        tree = repo.save_tree([_dir(b"n" * 20, tree)])
+    root = repo.save_tree([_dir(b"deep", tree), _file(repo, b"top.txt", b"top\n")])
+    time, start_ns = now_utc()
+    snap = repo.save_snapshot(Snapshot(time=time, start_ns=start_ns, host="h", user="u",
+                                       paths=("/deep", "/top.txt"), tree=root.hex(), app="x"))  # fmt: skip
+    sandboxes = tmp_path / "sb"
+    record = run_verification(repo, snap, VerifyOptions(sandbox_dir=str(sandboxes))).record
+    assert not record.ok and record.files_checked == 1  # top.txt
+    assert len(record.failures) == 1
+    assert record.failures[0].path.startswith("/deep/" + "n" * 20 + "/")
+    assert list(sandboxes.iterdir()) == []
+
+
 def test_remove_tree_deeper_than_path_max_and_read_only(tmp_path: Path) -> None:
     top = tmp_path / "t"
     top.mkdir()
