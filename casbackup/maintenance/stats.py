@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from casbackup.errors import CasError
 from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.index import Location
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
@@ -133,7 +134,7 @@ def repository_stats(repo: Repository, warnings: list[str]) -> Stats:
         except CasError as exc:
             warnings.append(f"index file {fid[:12]} is unreadable: {exc}")
     superseded = {s for idx in loaded.values() for s in idx.supersedes}
-    blobs = {}
+    blobs: dict[BlobId, Location] = {}
     for fid, idx in loaded.items():
         if fid not in superseded:
             for blob_id, loc in idx.blobs():

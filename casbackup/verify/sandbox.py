@@ -257,7 +257,7 @@ def _verify_in(
             reporter.progress(progress)
 
     # The restore's messages are the precise ones (which blob, which pack): they come first.
-    known = {}
+    known: dict[str, str] = {}
     for message in restored_errors:
         rel, _, why = message.partition(": ")
         known.setdefault("/" + rel.lstrip("/"), why)
