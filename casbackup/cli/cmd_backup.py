@@ -122,10 +122,13 @@ def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, ena
     opts = global_options(ctx)
     config = load_cli_config(opts)
     sandbox = config.verification.sandbox_directory if config is not None else None
+    # Scratch databases go to the servers the local config names, never to a snapshot's.
+    app = config.app(result.snapshot.app) if config is not None and result.snapshot.app else None
+    databases = {d.name: d for d in app.databases} if app is not None else {}
     reporter = reporter_for(ctx)
     try:
         outcome = run_verification(
-            repo, result.snapshot, VerifyOptions(sandbox_dir=sandbox), reporter
+            repo, result.snapshot, VerifyOptions(sandbox_dir=sandbox, databases=databases), reporter
         )
     finally:
         reporter.done()

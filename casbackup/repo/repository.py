@@ -566,12 +566,25 @@ class Repository:
 
     # ----------------------------------------------------------------- walking
     def walk(self, tree_id: BlobId, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
-        """Depth-first (path, node) for every node below a tree; loads one tree at a time."""
-        for node in self.load_tree(tree_id):
-            path = prefix + b"/" + node.name
+        """Depth-first (path, node) for every node below a tree, each folder's node before its
+        contents, in name order; loads one tree at a time, when its folder is reached.
+
+        An explicit stack, not recursion: a snapshot may be any number of levels deep (anyone
+        who can write the backed-up folders chooses the depth), and Python's recursion limit
+        (about 1,000 frames) must not decide whether a snapshot can be read. Memory holds the
+        trees along one path from the root, as recursion would.
+        """
+        stack: list[tuple[Iterator[Node], bytes]] = [(iter(self.load_tree(tree_id)), prefix)]
+        while stack:
+            nodes, where = stack[-1]
+            node = next(nodes, None)
+            if node is None:
+                stack.pop()
+                continue
+            path = where + b"/" + node.name
             yield path, node
             if node.subtree is not None:
-                yield from self.walk(node.subtree, path)
+                stack.append((iter(self.load_tree(node.subtree)), path))
 
     def find_node(self, root: BlobId, path: str | bytes) -> Node | None:
         """The node at an absolute path in a snapshot, or None for the root itself."""
