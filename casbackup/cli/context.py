@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 
 import click
 
+from casbackup.cli.render import warn
 from casbackup.errors import CasError, RepositoryNotFound, UsageError, WrongPassword
 from casbackup.repo.repository import Repository
-from casbackup.store.base import Backend
+from casbackup.store.base import Backend, skipped_warnings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -128,6 +129,10 @@ def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
                 with repo.locked(exclusive=lock == "exclusive", command=ctx.command_path):
                     return ctx.invoke(fn, repo, *args, **kwargs)
             finally:
+                # Odd entries (symlinks, FIFOs, unknown names) the listings skipped: said
+                # once per run, so a planted entry is noticed without failing the command.
+                for line in skipped_warnings(repo.backend):
+                    warn(line)
                 repo.close()
 
         return wrapper  # type: ignore[return-value]

@@ -252,8 +252,8 @@ def plan_prune(
     for pack in sorted(set(present) - set(packs)):
         try:
             age = now - modified(pack_name(pack)) if modified else 0.0
-        except NotFound:
-            continue
+        except CasError:
+            continue  # gone, or replaced by something that is not a pack: left alone
         if modified is not None and age >= options.unindexed_margin:
             unindexed.append((pack, present[pack]))
         else:
@@ -264,8 +264,8 @@ def plan_prune(
             try:
                 if now - modified(name) >= options.unindexed_margin:
                     temp_files.append(name)
-            except (NotFound, OSError):
-                continue
+            except CasError:
+                continue  # gone, or not a regular file any more: never touched
 
     return PrunePlan(
         snapshots=snapshots, used_blobs=len(used), packs_total=len(present),
@@ -306,12 +306,12 @@ def execute_prune(
     remove_temp = getattr(repo.backend, "remove_temp", None)
     for name in plan.temp_files if remove_temp is not None else ():
         try:
-            remove_temp(name)
+            remove_temp(name)  # a regular temp file of this run's listing, never a link's target
             result.temp_files_deleted += 1
-        except FileNotFoundError:
+        except NotFound:
             continue
-        except OSError as exc:
-            result.warnings.append(f"could not remove temp file {name}: {exc.strerror or exc}")
+        except CasError as exc:
+            result.warnings.append(f"could not remove temp file {name}: {exc}")
     repo.sync_index()
     return result
 
