@@ -31,6 +31,7 @@ from casbackup.errors import (
     NotFound,
     RepositoryExists,
     RepositoryNotFound,
+    StorageError,
     UnsupportedFormat,
     WrongPassword,
 )
@@ -50,7 +51,7 @@ from casbackup.repo.lock import Lock
 from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
-from casbackup.store.base import Backend
+from casbackup.store.base import Backend, odd_entries
 
 # Flush a partial index during long backups so an interrupted run keeps its work (restic: 50k/10 min).
 INDEX_FLUSH_BLOBS = 50_000
@@ -99,7 +100,7 @@ class Repository:
     ) -> Repository:
         if backend.exists("config"):
             raise RepositoryExists(f"a repository already exists at {backend.location}")
-        if any(True for _ in backend.list("")):
+        if any(True for _ in backend.list("")) or odd_entries(backend):
             raise RepositoryExists(
                 f"{backend.location} is not empty; choose an empty or new folder"
             )
@@ -131,7 +132,7 @@ class Repository:
                 key = unwrap_key(data, password, config.id_bytes)
             except WrongPassword:
                 continue
-            except (FormatError, UnsupportedFormat) as exc:
+            except (FormatError, UnsupportedFormat, StorageError) as exc:  # also: over its cap
                 damaged.append(f"{name}: {exc}")  # a damaged key file must not hide a good one
                 continue
             return cls(backend, config, key, name)

@@ -227,3 +227,33 @@ def test_repository_files_are_private(tmp_path: Path) -> None:
             assert os.stat(os.path.join(dirpath, d)).st_mode & 0o077 == 0, d
         for f in filenames:
             assert os.stat(os.path.join(dirpath, f)).st_mode & 0o077 == 0, f
+
+
+def test_an_oversized_key_file_is_skipped_and_named(tmp_path: Path) -> None:
+    repo = backed_up_repo(tmp_path)
+    with open(os.path.join(repo, "keys", "0" * 64), "wb") as f:
+        f.truncate(64 * 1024 + 1)  # sorts first; one byte over the cap of a key file
+    res = run_cli("snapshots", repo=repo)
+    assert res.code == 0, res.err
+    res = run_cli("key", "list", "--json", repo=repo)
+    assert res.code == 0, res.err
+    assert f"keys/{'0' * 64} is damaged" in res.out
+
+
+def test_oversized_records_and_locks_do_not_fail_their_listings(tmp_path: Path) -> None:
+    repo = backed_up_repo(tmp_path)
+    for folder in ("verifications", "checkstate", "index"):
+        os.makedirs(os.path.join(repo, folder), exist_ok=True)
+        with open(os.path.join(repo, folder, "f" * 64), "wb") as f:
+            f.truncate(70 * 1024 * 1024)  # over every cap but the pack's
+    res = run_cli("snapshots", repo=repo)
+    assert res.code == 0, res.err
+    assert f"verifications/{'f' * 64} is damaged" in res.err, res.err
+    res = run_cli("check", repo=repo)
+    assert res.code == 29 and "index file ffffffffffff" in res.err, res.err
+    with open(os.path.join(repo, "locks", "e" * 32), "wb") as f:
+        f.truncate(1 << 20)
+    res = run_cli("backup", str(tmp_path / "src"), repo=repo)
+    assert res.code == 11 and "unreadable lock file" in res.err, res.err
+    res = run_cli("unlock", "--remove-all", repo=repo)
+    assert res.code == 0 and not os.path.exists(os.path.join(repo, "locks", "e" * 32))
