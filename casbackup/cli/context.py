@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from casbackup.cli.render import warn
+from casbackup.engines.base import SECRET_MAX
 from casbackup.engines.process import SECRET_PREFIX, StderrDrain
 from casbackup.errors import CasError, RepositoryNotFound, UsageError, WrongPassword
 from casbackup.repo.repository import Repository
@@ -55,11 +56,6 @@ def open_backend(location: str | None) -> Backend:
     from casbackup.store.local import LocalBackend
 
     return LocalBackend(location)
-
-
-#: The most a passphrase source may produce: far more than any passphrase, and a password
-#: file pointing at /dev/zero (or a command printing forever) fails at once, not at OOM.
-SECRET_MAX = 64 * 1024
 
 
 def _read_secret_file(path: str) -> bytes:

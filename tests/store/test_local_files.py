@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from casbackup.engines.base import DatabaseSpec
 from casbackup.engines.process import child_env, run_tool
 from casbackup.recovery.report import write_report
 from casbackup.repo.index import cache_root
@@ -147,3 +148,16 @@ def test_database_tools_never_see_casbackup_secrets(monkeypatch: pytest.MonkeyPa
     seen = json.loads(out)
     assert "CASBACKUP_PASSWORD" not in seen and "AWS_SECRET_ACCESS_KEY" not in seen
     assert seen["PATH"] == os.environ["PATH"]
+
+
+def test_database_password_file_is_capped(tmp_path: Path) -> None:
+    from casbackup.engines.base import resolve_password
+    from casbackup.errors import DatabaseError
+
+    spec = DatabaseSpec(name="db", engine="postgresql", password_file="/dev/zero")
+    with pytest.raises(DatabaseError, match="holds more than 64 KiB"):
+        resolve_password(spec)
+    binary = tmp_path / "pw"
+    binary.write_bytes(b"\xff\xfe")
+    with pytest.raises(DatabaseError, match="not UTF-8"):
+        resolve_password(DatabaseSpec(name="db", engine="postgresql", password_file=str(binary)))
