@@ -108,7 +108,11 @@ class LocalBackend:
                 return self._root_fd
             if create:
                 os.makedirs(self.root, mode=FOLDER_MODE, exist_ok=True)
-            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+            try:
+                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+            except NotADirectoryError:
+                # A file where the repository should be: there is no repository here.
+                raise FileNotFoundError(errno.ENOENT, "not a folder", self.root) from None
             return self._root_fd
 
     def _open_dir(self, folders: list[str], *, create: bool = False) -> int:
