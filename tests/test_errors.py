@@ -17,6 +17,7 @@ from casbackup.errors import CasError
 ALLOWED_SHARING = {
     "FormatError": "IntegrityError",
     "TransientStorageError": "StorageError",
+    "ObjectRefused": "StorageError",  # a damaged (non-regular or oversized) object: storage fault
     "WorkerFailed": "CasError",  # a reader process died: fatal, like any unexpected fault
     "WriterFailed": "CasError",  # a restore writer process died: likewise
 }
