@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from casbackup.errors import NotFound, StorageError
+from casbackup.errors import FormatError, NotFound, StorageError
 from casbackup.maintenance.prune import PruneOptions, prune
 from casbackup.store.local import LocalBackend
 from casbackup.store.memory import MemoryBackend
@@ -257,3 +257,28 @@ def test_oversized_records_and_locks_do_not_fail_their_listings(tmp_path: Path) 
     assert res.code == 11 and "unreadable lock file" in res.err, res.err
     res = run_cli("unlock", "--remove-all", repo=repo)
     assert res.code == 0 and not os.path.exists(os.path.join(repo, "locks", "e" * 32))
+
+
+def test_a_planted_pack_trailer_cannot_make_check_read_gigabytes(tmp_path: Path) -> None:
+    """A sparse 2 GiB pack whose trailer claims a 1 GiB header: refused before fetching it."""
+    import struct
+
+    from casbackup.repo.pack import read_header
+
+    root = tmp_path / "repo"
+    name = "data/ab/" + "ab" * 32
+    (root / "data" / "ab").mkdir(parents=True)
+    with open(root / name, "wb") as f:
+        f.truncate(2 << 30)
+        f.seek((2 << 30) - 4)
+        f.write(struct.pack("<I", 1 << 30))
+    b = LocalBackend(str(root))
+    asked: list[int] = []
+
+    def get(n: str, offset: int, length: int) -> bytes:
+        asked.append(length)
+        return b.get(n, offset, length)
+
+    with pytest.raises(FormatError, match="over the .* limit"):
+        read_header(get, name, 2 << 30, opener=None)  # type: ignore[arg-type]
+    assert max(asked) <= 64 * 1024
