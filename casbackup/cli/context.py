@@ -98,7 +98,13 @@ def _run_password_command(command: str) -> bytes:
     except OSError as exc:
         raise UsageError(f"password command {argv[0]!r} failed to start: {exc.strerror}") from None
     drain = StderrDrain(proc.stderr)  # type: ignore[arg-type]
-    timer = threading.Timer(60, proc.kill)  # a command that hangs fails, it never stalls us
+    expired = threading.Event()
+
+    def expire() -> None:  # a command that hangs fails; it never stalls us
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(60, expire)
     timer.start()
     try:
         assert proc.stdout is not None
@@ -115,6 +121,8 @@ def _run_password_command(command: str) -> bytes:
         proc.stdout.close()  # type: ignore[union-attr]
         proc.wait()
     err = drain.text()
+    if expired.is_set():
+        raise UsageError("password command did not finish within 60 seconds")
     if returncode != 0:
         detail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
         raise UsageError(f"password command exited with {returncode}: {detail[0]}")

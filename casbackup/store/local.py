@@ -56,7 +56,7 @@ def _storage_error(exc: OSError, what: str) -> StorageError:
     if exc.errno == errno.EROFS:
         return StorageError(f"{what}: read-only file system")
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-        return ObjectRefused(f"{what}: a symlink or file stands where a folder or object must be")
+        return ObjectRefused(f"{what}: a symlink or a file stands where a folder must be")
     return StorageError(f"{what}: {exc.strerror or exc}")
 
 
@@ -148,6 +148,10 @@ class LocalBackend:
             dfd = self._open_dir(folders)
             try:
                 fd = os.open(leaf, _READ_FLAGS, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise ObjectRefused(f"{name} is damaged: a symlink (never followed)") from None
+                raise
             finally:
                 os.close(dfd)
         except FileNotFoundError:

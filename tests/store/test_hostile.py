@@ -282,3 +282,12 @@ def test_a_planted_pack_trailer_cannot_make_check_read_gigabytes(tmp_path: Path)
     with pytest.raises(FormatError, match="over the .* limit"):
         read_header(get, name, 2 << 30, opener=None)  # type: ignore[arg-type]
     assert max(asked) <= 64 * 1024
+
+
+def test_a_config_that_is_not_a_regular_file_is_one_line_error(tmp_path: Path) -> None:
+    repo = backed_up_repo(tmp_path)
+    os.rename(os.path.join(repo, "config"), tmp_path / "config")
+    os.symlink("/dev/zero", os.path.join(repo, "config"))
+    res = run_cli("snapshots", repo=repo, timeout=60)
+    assert res.code == 25, res.err
+    assert res.err.strip().splitlines() == ["error: config is damaged: a symlink (never followed)"]
