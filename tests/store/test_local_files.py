@@ -161,3 +161,16 @@ def test_database_password_file_is_capped(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe")
     with pytest.raises(DatabaseError, match="not UTF-8"):
         resolve_password(DatabaseSpec(name="db", engine="postgresql", password_file=str(binary)))
+
+
+def test_blob_filter_file_is_private(tmp_path: Path) -> None:
+    from casbackup.repo.bloom import BlobFilter
+
+    old = os.umask(0o022)
+    try:
+        f = BlobFilter.create(str(tmp_path / "blob-filter"), 100)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "blob-filter").st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["blob-filter"]
+    del f
