@@ -32,6 +32,8 @@ from casbackup.repo.index import IndexFile, Location, encode_index
 from casbackup.repo.pack import PackWriter, pack_name
 from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.store.base import skipped_names
+from casbackup.store.names import TOP_FOLDERS
 
 # A pack no index names may belong to a backup whose index is not written yet; the
 # exclusive lock already excludes that, this margin also covers a stale-looking lock.
@@ -267,6 +269,7 @@ def plan_prune(
             except CasError:
                 continue  # gone, or not a regular file any more: never touched
 
+    _refuse_incomplete_listings(repo)
     return PrunePlan(
         snapshots=snapshots, used_blobs=len(used), packs_total=len(present),
         bytes_total=sum(present.values()), keep=tuple(keep), repack=tuple(repack),
@@ -274,6 +277,22 @@ def plan_prune(
         old_index_files=tuple(all_index_files), temp_files=tuple(temp_files),
         missing_packs=tuple(missing), duplicate_blobs=duplicates,
     )  # fmt: skip
+
+
+def _refuse_incomplete_listings(repo: Repository) -> None:
+    """What is used is known only if every snapshot and index file was listed: a folder
+    replaced by a symlink, or a snapshot under a planted link, would make data that a
+    snapshot needs look unused. Prune then deletes nothing (as for an unreadable snapshot)."""
+    blocking = [
+        name
+        for name in skipped_names(repo.backend)
+        if name in TOP_FOLDERS or name.startswith(("snapshots/", "index/"))
+    ]
+    if blocking:
+        raise IntegrityError(
+            f"{blocking[0]!r} in the repository is not a folder or object of its format; prune "
+            "cannot tell which data is used and deleted nothing (run 'casbackup check')"
+        )
 
 
 # ---------------------------------------------------------------------------- execute

@@ -73,6 +73,12 @@ def odd_entries(backend: Backend, prefix: str = "") -> list[tuple[str, str]]:
     return list(scan(prefix)) if scan is not None else []
 
 
+def skipped_names(backend: Backend) -> list[str]:
+    """The odd entries this run's listings skipped so far (kept for ``skipped_warnings``)."""
+    skipped = getattr(backend, "skipped", None)
+    return skipped.names() if isinstance(skipped, SkippedEntries) else []
+
+
 def skipped_warnings(backend: Backend) -> list[str]:
     """One-line warnings for the odd entries this run's listings skipped, then forgotten."""
     skipped = getattr(backend, "skipped", None)

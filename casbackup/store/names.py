@@ -138,6 +138,10 @@ class SkippedEntries:
             return
         self.entries[name] = why
 
+    def names(self) -> list[str]:
+        """The recorded names (without forgetting them)."""
+        return list(self.entries)
+
     def take(self) -> list[str]:
         """The recorded entries as one-line warnings, and forget them."""
         lines = [

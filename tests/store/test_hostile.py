@@ -291,3 +291,23 @@ def test_a_config_that_is_not_a_regular_file_is_one_line_error(tmp_path: Path) -
     res = run_cli("snapshots", repo=repo, timeout=60)
     assert res.code == 25, res.err
     assert res.err.strip().splitlines() == ["error: config is damaged: a symlink (never followed)"]
+
+
+def test_prune_deletes_nothing_when_snapshots_are_behind_a_link(tmp_path: Path) -> None:
+    """A snapshots folder moved and linked back (by a user or an attacker): listing skips it,
+    so every pack would look unused. Prune must refuse instead of deleting them all."""
+    repo = backed_up_repo(tmp_path)
+    packs_before = sorted(p.name for p in Path(repo, "data").rglob("*") if p.is_file())
+    os.rename(os.path.join(repo, "snapshots"), tmp_path / "snapshots")
+    os.symlink(tmp_path / "snapshots", os.path.join(repo, "snapshots"))
+    res = run_cli("prune", repo=repo)
+    assert res.code == 22, res.err
+    assert "'snapshots' in the repository is not a folder or object" in res.err
+    assert sorted(p.name for p in Path(repo, "data").rglob("*") if p.is_file()) == packs_before
+    Path(repo, "snapshots").unlink()
+    Path(repo, "snapshots").mkdir()
+    os.symlink(tmp_path / "snapshots" / os.listdir(tmp_path / "snapshots")[0],
+               Path(repo, "snapshots", HEX))  # fmt: skip
+    res = run_cli("prune", repo=repo)
+    assert res.code == 22 and f"'snapshots/{HEX}'" in res.err, res.err
+    assert sorted(p.name for p in Path(repo, "data").rglob("*") if p.is_file()) == packs_before
