@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 from casbackup.crypto.keyfile import KdfLimit, KeyFileInfo, keyfile_info, unwrap_key
 from casbackup.crypto.keys import MasterKey
-from casbackup.errors import CasError, FormatError, UnsupportedFormat, UsageError, WrongPassword
+from casbackup.errors import (
+    CasError,
+    FormatError,
+    StorageError,
+    UnsupportedFormat,
+    UsageError,
+    WrongPassword,
+)
 from casbackup.repo.ids import file_id
 from casbackup.store.base import Backend
 
@@ -87,7 +94,7 @@ def find_key(
         except WrongPassword:
             tried += 1  # only attempts that ran Argon2 count against the bound
             continue
-        except (FormatError, UnsupportedFormat) as exc:
+        except (FormatError, UnsupportedFormat, StorageError) as exc:  # StorageError: refused
             damaged.append(f"{name}: {exc}")  # a damaged key file must not hide a good one
             continue
         return key, name

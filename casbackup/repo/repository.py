@@ -56,7 +56,7 @@ from casbackup.repo.lock import Lock
 from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
-from casbackup.store.base import Backend
+from casbackup.store.base import Backend, odd_entries
 
 # Flush a partial index during long backups so an interrupted run keeps its work (restic: 50k/10 min).
 INDEX_FLUSH_BLOBS = 50_000
@@ -119,7 +119,7 @@ class Repository:
     ) -> Repository:
         if backend.exists("config"):
             raise RepositoryExists(f"a repository already exists at {backend.location}")
-        if any(True for _ in backend.list("")):
+        if any(True for _ in backend.list("")) or odd_entries(backend):
             raise RepositoryExists(
                 f"{backend.location} is not empty; choose an empty or new folder"
             )

@@ -88,8 +88,8 @@ def test_full_pack_round_trip(blobs: list[tuple[Kind, bytes]], padding: int) -> 
     assert parsed == entries
     # A short tail asks for more, and read_header does the second ranged read.
     backend = MemoryBackend()
-    backend.put("p", raw)
-    assert read_header(backend.get, "p", len(raw), opener) == entries
+    backend.put("data/00/" + "0" * 64, raw)
+    assert read_header(backend.get, "data/00/" + "0" * 64, len(raw), opener) == entries
     tail = raw[len(raw) - min(len(raw), 4 + padding % (header_len + 5)) :]
     if len(tail) >= header_len + 4:
         assert parse_pack_tail(opener, tail, len(raw))[1] == entries
