@@ -3,8 +3,8 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, printable
-from casbackup.errors import NotFound
+from casbackup.cli.render import emit_json, printable, warn
+from casbackup.errors import CasError, NotFound
 from casbackup.repo.lock import list_locks
 from casbackup.repo.repository import Repository
 from casbackup.units import plural
@@ -30,6 +30,8 @@ def unlock(repo: Repository, ctx: click.Context, remove_all: bool) -> None:
                     click.echo(f"removed {printable(info.describe())}")
             except NotFound:
                 pass
+            except CasError as exc:  # replaced meanwhile by something that is not a lock
+                warn(f"could not remove {info.name}: {exc}")
         else:
             kept.append(info.describe())
             if not json_mode:
