@@ -46,7 +46,9 @@ def print_plan(plan: RecoveryPlan) -> None:
         click.echo(f"  db     {d.record.name} ({d.spec.engine}, dump {human_bytes(d.record.size)}, "
                    f"{plural(len(d.record.row_counts), 'table')}) -> {d.where}{mode}")  # fmt: skip
         if d.stored != d.where:
-            click.echo(printable(f"         (the snapshot says it lived at {d.stored}: shown, not used)"))
+            click.echo(
+                printable(f"         (the snapshot says it lived at {d.stored}: shown, not used)")
+            )
     for w in plan.warnings:
         click.echo(f"  warning: {printable(w)}")
     for p in plan.problems:

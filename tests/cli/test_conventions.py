@@ -86,6 +86,7 @@ JSON_RUNS: dict[str, list[str]] = {
     "key add": ["key", "add", "--insecure-test-kdf", "--new-password-file", "PWFILE"],
     "key remove": ["key", "remove", "KEY"],
     "ls": ["ls", "latest", "--app", "notes"],
+    "migrate": ["migrate", "--dry-run"],
     "prune": ["prune", "--dry-run"],
     "recover": [
         "recover",
