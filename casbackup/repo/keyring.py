@@ -84,7 +84,7 @@ def find_key(
         if tried >= choice.max_tries:
             break
         if sizes[kid] > MAX_KEYFILE_BYTES:
-            damaged.append(_oversized(name, sizes[kid]))
+            damaged.append(f"{name}: {sizes[kid]} bytes, not a key file")
             continue
         try:
             data = backend.get(name)
@@ -112,11 +112,6 @@ def find_key(
     raise WrongPassword(f"wrong passphrase: no key file of this repository opens with it{skipped}")
 
 
-def _oversized(name: str, size: int) -> str:
-    # The same words as the backends' own cap (store/names.py), which may refuse it first.
-    return f"{name} is damaged: {size} bytes, more than the {MAX_KEYFILE_BYTES} a key file may have"
-
-
 @dataclass(frozen=True)
 class KeyEntry:
     id: str  # the key file's id (its name under keys/)
@@ -138,7 +133,7 @@ def list_key_files(backend: Backend, current: str = "") -> list[KeyEntry]:
         problem = ""
         try:
             if size > MAX_KEYFILE_BYTES:
-                raise FormatError(_oversized(name, size))
+                raise FormatError(f"{size} bytes: not a key file")
             data = backend.get(name)
             if file_id(data) != kid:
                 raise FormatError("its content does not match its name")
