@@ -32,6 +32,7 @@ from casbackup.archiver.targetfs import (
     make_writable,
     open_dir,
     put_back_mode,
+    refuse_dir,
     remove_entry,
 )
 from casbackup.archiver.writers import (
@@ -430,9 +431,11 @@ class Restorer:
                 self._link(group, folder, node, rel_path)
                 return
         if self.options.overwrite:
-            # Removed here, written new by the writer: never written through a link.
+            # The writer renames the verified file over the old entry (the old file stays
+            # whole until then, and a link there is replaced, never written through); a
+            # folder there is a conflict.
             try:
-                remove_entry(node.name, folder.fd)
+                refuse_dir(node.name, folder.fd)
             except TargetError as exc:
                 self._fail(rel_path, str(exc))
                 self._first_failed(key, str(exc))
@@ -549,7 +552,8 @@ class Restorer:
                            for chunk_id, loc in zip(node.content, locs, strict=True))  # fmt: skip
             temp = self._temp_prefix + b"%d" % next(self._temps)
             job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
-                          node.mtime_ns, self.owners, self._xattrs(node), temp)  # fmt: skip
+                          node.mtime_ns, self.owners, self._xattrs(node), temp,
+                          self.options.overwrite)  # fmt: skip
             items.append((slot, node.name, job))
             nodes.append(node)
             rel_paths.append(rel_path)

@@ -75,16 +75,24 @@ def put_back_mode(fd: int, mode: int | None) -> None:
             pass  # the folder stays writable: a safe leftover, and the restore reports failure
 
 
-def remove_entry(name: bytes, dir_fd: int) -> None:
-    """Remove what is at ``name`` (for --overwrite), never a folder; raises TargetError."""
+def refuse_dir(name: bytes, dir_fd: int) -> bool:
+    """Whether something is at ``name``; TargetError when it is a folder (--overwrite
+    replaces files, links and special files, never a folder and what it holds)."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        return
+        return False
     except OSError as exc:
         raise TargetError(f"cannot replace it: {exc.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         raise TargetError("is a directory in the target; not replacing it")
+    return True
+
+
+def remove_entry(name: bytes, dir_fd: int) -> None:
+    """Remove what is at ``name`` (for --overwrite), never a folder; raises TargetError."""
+    if not refuse_dir(name, dir_fd):
+        return
     try:
         os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:

@@ -58,6 +58,7 @@ class FileJob(NamedTuple):
     owners: bool
     xattrs: tuple[tuple[bytes, bytes], ...] = ()  # () also when --no-xattrs
     temp: bytes = b""  # the name the file is written under until its content is verified
+    replace: bool = False  # --overwrite: the verified file replaces what is at its name
 
 
 class Written(NamedTuple):
@@ -100,13 +101,14 @@ def write_file(
     the temporary file is removed and nothing is left under ``name``: a restored name
     always holds the content recorded at backup time.
     """
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        return Written(error="exists in the target", exists=True)  # before any work
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        return Written(error=f"cannot create: {exc.strerror}")
+    if not job.replace:
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            return Written(error="exists in the target", exists=True)  # before any work
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return Written(error=f"cannot create: {exc.strerror}")
     try:
         fd = create_file(dir_fd, job.temp)
     except FileExistsError:
@@ -136,7 +138,7 @@ def write_file(
         problems = apply_metadata(
             fd, job.uid, job.gid, job.mode, job.mtime_ns, owners=job.owners, xattrs=job.xattrs
         )
-        if not publish(dir_fd, job.temp, name):
+        if not publish(dir_fd, job.temp, name, replace=job.replace):
             return Written(error="exists in the target", exists=True)
         published = True
         return Written(offset, warning="; ".join(problems) or None)
@@ -160,16 +162,20 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def publish(dir_fd: int, temp: bytes, name: bytes) -> bool:
-    """Give the verified file ``temp`` its real ``name`` in the same folder, never replacing
-    an entry (False when ``name`` is taken: the caller removes ``temp``).
+def publish(dir_fd: int, temp: bytes, name: bytes, *, replace: bool = False) -> bool:
+    """Give the verified file ``temp`` its real ``name`` in the same folder; False when
+    ``name`` is taken and ``replace`` is off (the caller removes ``temp``).
 
-    A hard link then an unlink of the temporary name, because ``rename`` would silently
-    replace whatever is at ``name`` (``--overwrite`` removed the old entry beforehand; an
-    entry that appeared since is a conflict). File systems without hard links get a
-    rename after a check: not atomic against a racing creator, but still never through
-    a link (rename replaces the entry itself).
+    With ``replace`` (--overwrite) a rename: it swaps the directory entry itself, so the
+    old file stays whole until the new one is verified, and a link at ``name`` is
+    replaced, never written through (a folder there makes rename fail). Without it, a
+    hard link then an unlink of the temporary name, because rename would silently
+    replace an entry that appeared meanwhile. File systems without hard links get a
+    rename after a check: not atomic against a racing creator, still never through a link.
     """
+    if replace:
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return True
     try:
         os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except FileExistsError:
