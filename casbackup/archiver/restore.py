@@ -606,8 +606,8 @@ class Restorer:
             with self._lock:
                 self.result.files += 1
                 self.result.bytes += written.bytes
-            if written.warning is not None:
-                self._warn(rel_path, written.warning)
+            for warning in written.warnings:
+                self._warn(rel_path, warning)
             if self._writers is not None:
                 self._progress.bytes_done += written.bytes
             self._progress.files_done += 1

@@ -64,7 +64,7 @@ class FileJob(NamedTuple):
 class Written(NamedTuple):
     bytes: int = 0
     error: str | None = None  # the file is wrong, incomplete or missing: nothing under its name
-    warning: str | None = None  # content fine, metadata not fully applied ("; "-joined)
+    warnings: tuple[str, ...] = ()  # content fine; each piece of metadata not applied
     exists: bool = False  # the name was taken in the target: nothing written, restore stops
 
 
@@ -141,7 +141,7 @@ def write_file(
         if not publish(dir_fd, job.temp, name, replace=job.replace):
             return Written(error="exists in the target", exists=True)
         published = True
-        return Written(offset, warning="; ".join(problems) or None)
+        return Written(offset, warnings=tuple(problems))
     except CasError as exc:
         return Written(error=str(exc))
     except OSError as exc:
