@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
+from collections.abc import Mapping
 from typing import BinaryIO
 
 from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream, RestoreInfo, resolve_password
@@ -258,7 +259,12 @@ class PostgresEngine:
         return int(self._psql(spec, sql)[0])
 
     def restore(
-        self, spec: DatabaseSpec, stream: BinaryIO, *, overwrite: bool = False
+        self,
+        spec: DatabaseSpec,
+        stream: BinaryIO,
+        *,
+        overwrite: bool = False,
+        properties: Mapping[str, object] | None = None,  # none recorded: the dump has all
     ) -> RestoreInfo:
         """Load a custom dump with `pg_restore --single-transaction --exit-on-error`.
 
