@@ -4,15 +4,22 @@ Never writes outside the target, whatever the repository says:
 - names are validated by the tree decoder (no ``/``, NUL, ``.``, ``..``, no duplicates);
 - every file system call is relative to an open directory fd (``dir_fd``) and uses
   ``O_NOFOLLOW``, so a symlink (restored earlier or already in the target) is never
-  followed: a directory that turns out to be a symlink stops the restore;
-- symlinks are created as links, never written through; ``--overwrite`` unlinks the
-  old entry first, so it cannot write through a hard link or symlink either.
-The walking thread creates and opens the folders; regular files are created and
-written by writer processes (archiver/writers.py) in batches, by name relative to a
-folder fd that the walking thread opened and passed along, with ``O_EXCL |
-O_NOFOLLOW``. A folder's fd stays open, and its metadata waits, until every batch
-with files in it is back: creating entries changes a folder's mtime, and a read-only
-mode would stop the writers.
+  followed: a directory that turns out to be a symlink is refused, with its subtree;
+- symlinks are created as links, never written through; ``--overwrite`` replaces the
+  entry itself (unlink, or the writer's rename), so it cannot write through a hard link
+  or symlink either.
+The walking thread creates and opens the folders, on an explicit stack (any depth);
+regular files are written by writer processes (archiver/writers.py) in batches, under a
+temporary name in a folder fd that the walking thread opened and passed along, and
+given their real name once their content hash matches. A folder's fd stays open, and
+its metadata waits, until every batch with files in it is back: creating entries
+changes a folder's mtime, and a read-only mode would stop the writers. Folders of ours
+that an earlier restore left read-only are made writable first (targetfs.py).
+The first name of a hard-link group goes to a writer like any file; its other names
+wait and are linked once it is in place (never to a partial file).
+An entry that exists without ``--overwrite`` stops the restore; every other failure
+(a conflict ``--overwrite`` cannot resolve, a damaged pack, a full disk, a path the OS
+refuses) is listed by path in the result and the restore goes on with the rest.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ import itertools
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from casbackup.archiver.excludes import Excluder
+from casbackup.archiver.restore_state import Batch, BatchDone, Folder, Frame, LinkGroup
 from casbackup.archiver.targetfs import (
     TargetError,
     apply_nofollow,
@@ -90,76 +98,6 @@ _MAX_IN_FLIGHT = 32
 _FILE_LOAD = 8192  # a file's cost to a writer beyond its bytes, for picking the least busy
 
 
-class _Dir:
-    """A folder of the target being restored into.
-
-    Its fd stays open until the walk has left it (``walked``) and every batch with files
-    in it (and every hard link waiting for its first name) is back (``batches == 0``);
-    then its metadata is applied and the fd closed, on whichever thread sees the last.
-    """
-
-    __slots__ = ("fd", "node", "rel_path", "batches", "walked", "saved_mode")
-
-    def __init__(self, fd: int, node: Node | None, rel_path: bytes, saved_mode: int | None) -> None:
-        self.fd = fd
-        self.node = node  # None: the target itself, which run() opens and closes
-        self.rel_path = rel_path
-        self.batches = 0
-        self.walked = False
-        # The mode an existing folder had before the restore made it writable: put back
-        # if the restore does not get to apply the node's own mode.
-        self.saved_mode = saved_mode
-
-
-class _Frame:
-    """A folder on the walk's explicit stack (no recursion: any depth a tree holds)."""
-
-    __slots__ = ("children", "snap_path", "rel_path", "node", "take", "forced", "dir", "parent")
-
-    def __init__(
-        self,
-        children: Iterator[Node],
-        snap_path: bytes,
-        rel_path: bytes,
-        node: Node | None,
-        take: bool,
-        forced: bool,
-        folder: _Dir | None,
-        parent: _Frame | None,
-    ) -> None:
-        self.children = children
-        self.snap_path, self.rel_path, self.node = snap_path, rel_path, node
-        self.take = take  # restore the folder itself (else only what matches below it)
-        self.forced = forced  # an include matched above: everything below is taken
-        self.dir = folder  # None until created: --include makes only folders with matches
-        self.parent = parent
-
-
-class _Group:
-    """A hard-link group: its first name, written by a writer; the other names wait for it."""
-
-    __slots__ = ("source", "state", "waiting")
-
-    def __init__(self, source: bytes) -> None:
-        self.source = source  # path of the first name, relative to the target
-        self.state: str | None = None  # None: being written; "" done; else why it failed
-        self.waiting: list[tuple[_Dir, Node, bytes]] = []
-
-
-class _Batch:
-    """Files gathered for one message to a writer, and the folders they go in."""
-
-    __slots__ = ("dirs", "slots", "nodes", "rel_paths", "folders", "bytes")
-
-    def __init__(self) -> None:
-        self.dirs: list[_Dir] = []
-        self.slots: dict[int, int] = {}  # id(folder) -> its index in dirs
-        self.nodes: list[Node] = []
-        self.rel_paths: list[bytes] = []
-        self.folders: list[int] = []
-        self.bytes = 0
-
-
 class Restorer:
     def __init__(
         self,
@@ -177,16 +115,16 @@ class Restorer:
         self.owners = os.geteuid() == 0 if options.owners is None else options.owners
         self.result = RestoreResult()
         self._lock = threading.Lock()
-        self._groups: dict[tuple[int, int], _Group] = {}  # hard-link key -> its group
+        self._groups: dict[tuple[int, int], LinkGroup] = {}  # hard-link key -> its group
         self._progress = Progress(phase="restore")
         self._report_progress = Throttle(reporter, self._progress)
         self._slots = threading.BoundedSemaphore(min(max(4, options.workers * 4), _MAX_IN_FLIGHT))
         self._idle = threading.Condition()  # notified when the last batch in flight is back
         self._inflight = 0
         self._failure: BaseException | None = None  # stops the restore at the next check
-        self._batch = _Batch()
-        self._open: dict[int, _Dir] = {}  # id -> folder with an open fd (closed on failure)
-        self._outstanding: set[_Done] = set()  # batches sent, outcome not back: temp names
+        self._batch = Batch()
+        self._open: dict[int, Folder] = {}  # id -> folder with an open fd (closed on failure)
+        self._outstanding: set[BatchDone] = set()  # batches sent, outcome not back: temp names
         self._temp_prefix = b".casbackup-restore-%d-" % os.getpid()
         self._temps = itertools.count()
         self._writers: WriterPool | None = None
@@ -204,18 +142,18 @@ class Restorer:
         except OSError as exc:
             raise RestoreError(f"cannot use target {opts.target}: {exc.strerror}") from None
         self._root_fd = root_fd
-        root = _Dir(root_fd, None, b"", saved)
+        root = Folder(root_fd, None, b"", saved)
         self._start_writers()
         finished = False
         try:
             if node is None or node.kind == NodeKind.DIR:
                 tree = self.snapshot.root if node is None else node.subtree
                 assert tree is not None
-                top = _Frame(iter(()), prefix, b"", None, True, False, root, None)
+                top = Frame(iter(()), prefix, b"", None, True, False, root, None)
                 self._walk(top, self.repo.load_tree(tree))
             else:
                 parent = prefix.rsplit(b"/", 1)[0]
-                top = _Frame(iter(()), parent, b"", None, True, False, root, None)
+                top = Frame(iter(()), parent, b"", None, True, False, root, None)
                 self._walk(top, [node])
             self._flush()
             self._drain()
@@ -243,7 +181,7 @@ class Restorer:
         return False, is_dir
 
     # ------------------------------------------------------------------ walking
-    def _walk(self, top: _Frame, nodes: Iterable[Node]) -> None:
+    def _walk(self, top: Frame, nodes: Iterable[Node]) -> None:
         """Restore ``nodes`` into ``top``'s folder and everything below them, depth first,
         on an explicit stack: a tree thousands of folders deep needs no recursion."""
         top.children = iter(nodes)
@@ -260,7 +198,7 @@ class Restorer:
             if sub is not None:
                 stack.append(sub)
 
-    def _restore_node(self, node: Node, frame: _Frame) -> _Frame | None:
+    def _restore_node(self, node: Node, frame: Frame) -> Frame | None:
         """Restore one entry of ``frame``'s folder; a folder comes back as the frame to walk."""
         snap_path = frame.snap_path + b"/" + node.name
         rel_path = frame.rel_path + b"/" + node.name if frame.rel_path else node.name
@@ -306,10 +244,10 @@ class Restorer:
         return None
 
     def _enter_dir(
-        self, node: Node, snap_path: bytes, rel_path: bytes, parent: _Frame, take: bool
-    ) -> _Frame | None:
+        self, node: Node, snap_path: bytes, rel_path: bytes, parent: Frame, take: bool
+    ) -> Frame | None:
         assert node.subtree is not None
-        frame = _Frame(iter(()), snap_path, rel_path, node, take,
+        frame = Frame(iter(()), snap_path, rel_path, node, take,
                        take and bool(self.includer), None, parent)  # fmt: skip
         if take and not self.options.dry_run and self._dir_of(frame) is None:
             return None  # reported; nothing below it can be restored
@@ -320,11 +258,11 @@ class Restorer:
             self._fail(rel_path, f"directory listing unreadable: {exc}")
         return frame
 
-    def _dir_of(self, frame: _Frame) -> _Dir | None:
+    def _dir_of(self, frame: Frame) -> Folder | None:
         """The frame's folder in the target, created on first use (with the folders above
         it that do not exist yet); None when the OS refused one (reported by path)."""
         missing = []
-        up: _Frame | None = frame
+        up: Frame | None = frame
         while up is not None and up.dir is None:
             missing.append(up)
             up = up.parent
@@ -339,13 +277,13 @@ class Restorer:
                 for skipped in missing:
                     skipped.children = iter(())
                 return None
-            folder = _Dir(fd, pending.node, pending.rel_path, saved)
+            folder = Folder(fd, pending.node, pending.rel_path, saved)
             with self._lock:
                 self._open[id(folder)] = folder
             pending.dir = folder
         return frame.dir
 
-    def _leave(self, frame: _Frame) -> None:
+    def _leave(self, frame: Frame) -> None:
         """The walk is done with ``frame``: finish its folder now, or when its last batch is back."""
         folder = frame.dir
         if folder is None:
@@ -360,7 +298,7 @@ class Restorer:
             self._finish_dir(folder)
         self._raise_failure()
 
-    def _finish_dir(self, folder: _Dir) -> None:
+    def _finish_dir(self, folder: Folder) -> None:
         """All of a folder's entries exist: apply its metadata and close it."""
         if folder.node is None:
             return  # the target itself: run() closes it, and its metadata is the user's
@@ -389,7 +327,7 @@ class Restorer:
         for folder in left:
             put_back_mode(folder.fd, folder.saved_mode)
             os.close(folder.fd)
-        self._batch = _Batch()
+        self._batch = Batch()
 
     def _make(self, node: Node, rel_path: bytes, dir_fd: int, create: Callable[[], None]) -> bool:
         """Create an entry with ``create``; with --overwrite, replace what is there. False
@@ -415,13 +353,13 @@ class Restorer:
         return False
 
     # ------------------------------------------------------------------ files
-    def _restore_file(self, node: Node, rel_path: bytes, folder: _Dir) -> None:
+    def _restore_file(self, node: Node, rel_path: bytes, folder: Folder) -> None:
         key = node.hardlink_key
         if key is not None:
             with self._lock:
                 group = self._groups.get(key)
                 if group is None:
-                    self._groups[key] = _Group(rel_path)
+                    self._groups[key] = LinkGroup(rel_path)
                 elif group.state is None:
                     # The first name is still being written: link once it is in place.
                     group.waiting.append((folder, node, rel_path))
@@ -438,11 +376,11 @@ class Restorer:
                 refuse_dir(node.name, folder.fd)
             except TargetError as exc:
                 self._fail(rel_path, str(exc))
-                self._first_failed(key, str(exc))
+                self._first_settled(key, str(exc))
                 return
         self._queue(folder, node, rel_path)
 
-    def _link(self, group: _Group, folder: _Dir, node: Node, rel_path: bytes) -> None:
+    def _link(self, group: LinkGroup, folder: Folder, node: Node, rel_path: bytes) -> None:
         """Another name of a hard-link group whose first name is in place (or failed)."""
         if group.state:
             self._fail(rel_path, f"hard link not made: {os.fsdecode(group.source)} failed")
@@ -455,33 +393,25 @@ class Restorer:
                 lambda: os.link(source, node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False),
             )  # fmt: skip
         except RestoreError as exc:
-            self._stop(exc)  # the name was taken and --overwrite not given
+            self.stop(exc)  # the name was taken and --overwrite not given
             return
         with self._lock:
             self.result.links += 1
 
-    def _first_failed(self, key: tuple[int, int] | None, why: str) -> None:
-        """The first name of a hard-link group was not restored: its other names fail too."""
+    def _first_settled(self, key: tuple[int, int] | None, why: str = "") -> None:
+        """The first name of a hard-link group is in place (``why`` empty) or failed: its
+        other names that waited are linked to it, or reported."""
         if key is None:
             return
         with self._lock:
             group = self._groups[key]
-            group.state = why or "failed"
+            group.state = why
             waiting, group.waiting = group.waiting, []
         for folder, node, rel_path in waiting:
             self._link(group, folder, node, rel_path)
             self._release(folder)
 
-    def _first_done(self, key: tuple[int, int]) -> None:
-        with self._lock:
-            group = self._groups[key]
-            group.state = ""
-            waiting, group.waiting = group.waiting, []
-        for folder, node, rel_path in waiting:
-            self._link(group, folder, node, rel_path)
-            self._release(folder)
-
-    def _queue(self, folder: _Dir, node: Node, rel_path: bytes) -> None:
+    def _queue(self, folder: Folder, node: Node, rel_path: bytes) -> None:
         batch = self._batch
         slot = batch.slots.get(id(folder))
         if slot is None:
@@ -503,14 +433,14 @@ class Restorer:
     def _flush(self) -> None:
         """Send the gathered batch to a writer (waiting while too many are in flight)."""
         self._raise_failure()  # before taking the batch: on failure run() closes its folders
-        batch, self._batch = self._batch, _Batch()
+        batch, self._batch = self._batch, Batch()
         if not batch.dirs:
             return
         items, nodes, rel_paths = self._items(batch)
         self._slots.acquire()
         with self._idle:
             self._inflight += 1
-        done = _Done(self, batch.dirs, items, nodes, rel_paths)
+        done = BatchDone(self, batch.dirs, items, nodes, rel_paths)
         with self._lock:
             self._outstanding.add(done)
         dir_fds = [folder.fd for folder in batch.dirs]
@@ -524,7 +454,7 @@ class Restorer:
             )
             future.add_done_callback(done.from_future)
 
-    def _items(self, batch: _Batch) -> tuple[list[BatchItem], list[Node], list[bytes]]:
+    def _items(self, batch: Batch) -> tuple[list[BatchItem], list[Node], list[bytes]]:
         """The writer's items, and the nodes and paths of those items.
 
         Every chunk of the batch is located in one index transaction; if that fails, file
@@ -546,7 +476,7 @@ class Restorer:
                 )
             except CasError as exc:
                 self._fail(rel_path, str(exc))
-                self._first_failed(node.hardlink_key, str(exc))
+                self._first_settled(node.hardlink_key, str(exc))
                 continue
             chunks = tuple((chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len)
                            for chunk_id, loc in zip(node.content, locs, strict=True))  # fmt: skip
@@ -565,7 +495,7 @@ class Restorer:
     def _add_bytes(self, n: int) -> None:
         self._progress.bytes_done += n
 
-    def _batch_done(self, done: _Done, results: list[Written] | None) -> None:
+    def batch_done(self, done: BatchDone, results: list[Written] | None) -> None:
         """A batch's outcomes (on a writer's receiver thread or a writer thread); None when
         it was lost with its writer, whose failure then stops the restore."""
         try:
@@ -586,7 +516,7 @@ class Restorer:
                 if self._inflight == 0:
                     self._idle.notify_all()
 
-    def _release(self, folder: _Dir, finish: bool = True) -> None:
+    def _release(self, folder: Folder, finish: bool = True) -> None:
         """One batch or waiting link in ``folder`` is over: finish it if it was the last."""
         with self._lock:
             folder.batches -= 1
@@ -597,11 +527,11 @@ class Restorer:
     def _written(self, node: Node, rel_path: bytes, written: Written) -> None:
         key = node.hardlink_key
         if written.exists:
-            self._stop(RestoreError(_exists(rel_path)))
-            self._first_failed(key, "exists in the target")
+            self.stop(RestoreError(_exists(rel_path)))
+            self._first_settled(key, "exists in the target")
         elif written.error is not None:
             self._fail(rel_path, written.error)
-            self._first_failed(key, written.error)
+            self._first_settled(key, written.error or "failed")
         else:
             with self._lock:
                 self.result.files += 1
@@ -611,8 +541,7 @@ class Restorer:
             if self._writers is not None:
                 self._progress.bytes_done += written.bytes
             self._progress.files_done += 1
-            if key is not None:
-                self._first_done(key)
+            self._first_settled(key)
 
     def _start_writers(self) -> None:
         opts = self.options
@@ -635,7 +564,7 @@ class Restorer:
                 self._idle.wait()
         self._raise_failure()
 
-    def _stop(self, failure: BaseException) -> None:
+    def stop(self, failure: BaseException) -> None:
         with self._lock:
             if self._failure is None:
                 self._failure = failure
@@ -675,35 +604,6 @@ class Restorer:
 
 def _exists(rel_path: bytes) -> str:
     return f"{os.fsdecode(rel_path)} exists in the target (use --overwrite)"
-
-
-class _Done:
-    """Called once with a batch's outcomes; until then its temporary names may exist."""
-
-    __slots__ = ("restorer", "dirs", "items", "nodes", "rel_paths")
-
-    def __init__(
-        self,
-        restorer: Restorer,
-        dirs: list[_Dir],
-        items: list[BatchItem],
-        nodes: list[Node],
-        rel_paths: list[bytes],
-    ) -> None:
-        self.restorer, self.dirs, self.items = restorer, dirs, items
-        self.nodes, self.rel_paths = nodes, rel_paths
-
-    def __call__(self, results: list[Written] | None) -> None:
-        self.restorer._batch_done(self, results)
-
-    def from_future(self, future: Future[list[Written]]) -> None:
-        results: list[Written] | None = None
-        if not future.cancelled():  # cancelled: the restore stopped before this batch ran
-            try:
-                results = future.result()
-            except BaseException as exc:  # noqa: BLE001 - a bug in a writer: stop the restore
-                self.restorer._stop(exc)
-        self(results)
 
 
 def restore(
