@@ -214,7 +214,14 @@ def test_writer_killed_mid_restore_fails_cleanly(tmp_path: Path) -> None:
     assert str(info.value) == "a restore writer process stopped unexpectedly"
     assert multiprocessing.active_children() == []
     assert fds_into(tmp_path / "out") == []
+    assert temp_files(tmp_path / "out") == []  # the killed writer's are removed for it
     repo.close()
+
+
+def temp_files(target: Path) -> list[str]:
+    """Temporary names of restored files left anywhere in ``target``."""
+    return [os.path.join(d, n) for d, _, names in os.walk(target) for n in names
+            if n.startswith(".casbackup-restore-")]  # fmt: skip
 
 
 @pytest.mark.timeout(60)
@@ -239,6 +246,7 @@ def test_ctrl_c_stops_the_restore_with_no_leftovers(
         restore(repo, snap, RestoreOptions(target=str(tmp_path / "out"), workers=workers))
     assert multiprocessing.active_children() == []
     assert fds_into(tmp_path / "out") == []
+    assert temp_files(tmp_path / "out") == []
     repo.close()
 
 

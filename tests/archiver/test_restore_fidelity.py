@@ -7,6 +7,7 @@ depend on what the backup side records.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -320,3 +321,42 @@ def flatten(top: Path, name: bytes) -> None:
         except FileNotFoundError:
             return
         current, moved = top / f"level{moved}", moved + 1
+
+
+FD_LIMITED = """
+import json, resource, sys
+from casbackup.archiver.restore import RestoreOptions, restore
+from casbackup.testing.fixtures import open_repo
+repo = open_repo(sys.argv[1])
+snap = repo.load_snapshot(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (200, int(sys.argv[4])))
+result = restore(repo, snap, RestoreOptions(target=sys.argv[3], workers=2))
+print(json.dumps({"errors": result.errors, "dirs": result.dirs, "files": result.files}))
+"""
+
+
+@pytest.mark.parametrize("hard", [200, 4096])
+def test_deep_tree_under_a_low_fd_limit(
+    repo: Repository, repo_path: str, tmp_path: Path, hard: int
+) -> None:
+    """300 levels with a soft limit of 200 fds: the restore raises the soft limit to the
+    hard one; where it cannot, the level the OS refuses (EMFILE) is reported by path and
+    the rest of the snapshot is restored."""
+    node = dir_node(repo, b"d", [file_node(repo, b"bottom", b"x")])
+    for _ in range(299):
+        node = dir_node(repo, b"d", [node])
+    snap = snapshot_of(repo, [node, file_node(repo, b"zz", b"after")])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", FD_LIMITED, repo_path, snap.id, str(out), str(hard)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    if hard == 200:
+        (error,) = result["errors"]
+        assert error.startswith("d/d/") and error.endswith(
+            ": cannot open folder: Too many open files"
+        )
+        assert result["files"] == 1  # zz; the bottom file is below the refused level
+    else:
+        assert result == {"errors": [], "dirs": 300, "files": 2}
+    assert (out / "zz").read_bytes() == b"after"
