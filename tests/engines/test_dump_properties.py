@@ -158,3 +158,23 @@ def test_mariadb_recorded_names_never_reach_sql(my_database: str) -> None:
     spec = my_spec(my_database)
     with pytest.raises(DatabaseError, match="recorded charset"):
         MysqlEngine().restore(spec, io.BytesIO(b""), properties={"charset": "latin1; DROP"})
+
+
+@needs_root
+def test_recover_gives_the_sqlite_file_its_owner_and_mode(repo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from casbackup.recovery.execute import recover
+    from casbackup.recovery.plan import RecoverOptions
+    from casbackup.verify.sandbox import run_verification
+    from tests.verify.apps import backup, make_app
+
+    app, spec = make_app(tmp_path)
+    assert spec.path is not None
+    os.chown(spec.path, APP_UID, APP_GID)
+    os.chmod(spec.path, 0o664)
+    snap = backup(repo, app, [spec])
+    assert run_verification(repo, snap).ok
+    target = tmp_path / "rebuilt"
+    result = recover(repo, RecoverOptions(app="shop", target=str(target)))
+    assert result.ok, result.errors
+    st = os.stat(target / "databases" / "local.sqlite")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (APP_UID, APP_GID, 0o664)
