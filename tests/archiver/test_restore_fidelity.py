@@ -259,7 +259,6 @@ def test_interrupted_writer_leaves_no_temporary_files(repo: Repository, tmp_path
     from casbackup.archiver import writers
 
     snap = snapshot_of(repo, [file_node(repo, b"a", b"x" * 10), file_node(repo, b"b", b"y")])
-    real = writers.write_file
 
     def dies_after_creating(dir_fd, name, job, reader, on_bytes):  # type: ignore[no-untyped-def]
         os.close(writers.create_file(dir_fd, job.temp))
@@ -270,7 +269,6 @@ def test_interrupted_writer_leaves_no_temporary_files(repo: Repository, tmp_path
     with pytest.raises(RuntimeError, match="writer crashed"):
         restore(repo, snap, RestoreOptions(target=str(out), workers=1))
     assert os.listdir(out) == []
-    monkeypatch.setattr(writers, "write_file", real)
 
 
 # ------------------------------------------------------------------ depth
