@@ -23,6 +23,7 @@ local folder (and ``workers=1``) use threads in this process with the same
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
@@ -168,14 +169,18 @@ def publish(dir_fd: int, temp: bytes, name: bytes, *, replace: bool = False) -> 
 
     With ``replace`` (--overwrite) a rename: it swaps the directory entry itself, so the
     old file stays whole until the new one is verified, and a link at ``name`` is
-    replaced, never written through (a folder there makes rename fail). Without it, a
-    hard link then an unlink of the temporary name, because rename would silently
-    replace an entry that appeared meanwhile. File systems without hard links get a
-    rename after a check: not atomic against a racing creator, still never through a link.
+    replaced, never written through (a folder there makes rename fail). Without it,
+    ``renameat2(RENAME_NOREPLACE)``, else a hard link then an unlink of the temporary
+    name, because a plain rename would silently replace an entry that appeared meanwhile.
+    File systems with neither get a rename after a check: not atomic against a racing
+    creator, still never through a link.
     """
     if replace:
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         return True
+    done = _rename_noreplace(dir_fd, temp, name)
+    if done is not None:
+        return done
     try:
         os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except FileExistsError:
@@ -191,6 +196,28 @@ def publish(dir_fd: int, temp: bytes, name: bytes, *, replace: bool = False) -> 
             return True
     os.unlink(temp, dir_fd=dir_fd)
     return True
+
+
+# renameat2(RENAME_NOREPLACE) (Linux 3.15+, glibc 2.28+; os has no binding) does in one
+# step what link + unlink do in two; where libc or the file system lacks it, those two.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_RENAMEAT2 = getattr(_LIBC, "renameat2", None)
+_RENAME_NOREPLACE = 1
+_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+def _rename_noreplace(dir_fd: int, temp: bytes, name: bytes) -> bool | None:
+    """True: renamed; False: ``name`` is taken; None: not available here (use link)."""
+    if _RENAMEAT2 is None:
+        return None
+    if _RENAMEAT2(dir_fd, temp, dir_fd, name, _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    if err in _UNSUPPORTED:
+        return None
+    raise OSError(err, os.strerror(err))
 
 
 def discard(dir_fd: int, temp: bytes) -> None:
