@@ -39,6 +39,7 @@ from casbackup.crypto.envelope import Opener
 from casbackup.errors import CasError
 from casbackup.repo.ids import Kind
 from casbackup.repo.pack import open_blob, pack_name
+from casbackup.repo.tree import valid_name
 from casbackup.store.local import LocalBackend
 
 _ZERO = bytes(16 * 1024 * 1024)
@@ -102,6 +103,8 @@ def write_file(
     the temporary file is removed and nothing is left under ``name``: a restored name
     always holds the content recorded at backup time.
     """
+    if not valid_name(name):
+        return Written(error="invalid file name")
     if not job.replace:
         try:
             os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -241,8 +244,8 @@ def write_batch(
 def create_file(dir_fd: int, name: bytes) -> int:
     """A new, empty file directly in ``dir_fd``: never an existing entry, never through a link."""
     # The tree decoder already refuses such names; a writer checks again because it is
-    # the one that creates the file.
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+    # the one that creates the file (and, in write_file, gives it its name).
+    if not valid_name(name):
         raise OSError(errno.EINVAL, "invalid file name")
     return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
 
