@@ -67,3 +67,14 @@ def test_publish_with_replace_swaps_the_entry_itself(folder: int, tmp_path: Path
     (tmp_path / "d").mkdir()
     with pytest.raises(IsADirectoryError):
         writers.publish(folder, b"tmp", b"d", replace=True)  # a folder is never replaced
+
+
+@pytest.mark.parametrize("name", [b"../escape", b"a/b", b"..", b"", b"x\0y"])
+def test_a_writer_refuses_a_name_the_decoder_would(
+    folder: int, tmp_path: Path, name: bytes
+) -> None:
+    job = writers.FileJob((), 0, b"", 0, 0, 0o644, 0, False, (), b".casbackup-restore-t")
+    written = writers.write_file(folder, name, job, None, lambda n: None)  # type: ignore[arg-type]
+    assert written.error == "invalid file name"
+    assert sorted(os.listdir(tmp_path)) == ["tmp"]  # nothing created
+    assert not (tmp_path.parent / "escape").exists()
