@@ -127,7 +127,7 @@ def apply_nofollow(
         for key, value in xattrs:
             try:
                 os.setxattr(path, key, value, follow_symlinks=False)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in a (hostile) key
                 problems.append(xattr_problem(key, exc))
     try:
         os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)

@@ -286,7 +286,7 @@ def apply_metadata(
     for key, value in xattrs:
         try:
             os.setxattr(fd, key, value)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in a (hostile) key
             problems.append(xattr_problem(key, exc))
     try:
         os.utime(fd, ns=(mtime_ns, mtime_ns))
@@ -295,9 +295,12 @@ def apply_metadata(
     return problems
 
 
-def xattr_problem(key: bytes, exc: OSError) -> str:
+def xattr_problem(key: bytes, exc: OSError | ValueError) -> str:
     """The warning for an extended attribute the target refused (EPERM, ENOTSUP, ...)."""
-    return f"extended attribute {os.fsdecode(key)} not restored: {exc.strerror}"
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or "invalid name"
+    # One line whatever the key holds: control characters shown escaped.
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in os.fsdecode(key))
+    return f"extended attribute {shown} not restored: {reason}"
 
 
 # --------------------------------------------------------------------- processes

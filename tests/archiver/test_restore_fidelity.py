@@ -358,3 +358,19 @@ def test_deep_tree_under_a_low_fd_limit(
     else:
         assert result == {"errors": [], "dirs": 300, "files": 2}
     assert (out / "zz").read_bytes() == b"after"
+
+
+def test_hostile_xattr_keys_are_warnings_not_crashes(repo: Repository, tmp_path: Path) -> None:
+    bad = ((b"user.a\0b", b"1"), (b"", b"2"), (b"user.line\nbreak", b"3"), (b"user.ok", b"4"))
+    snap = snapshot_of(repo, [file_node(repo, b"f", b"data", xattrs=bad),
+                              symlink_node(b"l", b"f", xattrs=bad[:1]),
+                              dir_node(repo, b"d", [], xattrs=bad[:1])])  # fmt: skip
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        result = restore(repo, snap, RestoreOptions(target=str(out), workers=workers))
+        assert result.errors == []
+        assert (out / "f").read_bytes() == b"data" and os.getxattr(out / "f", "user.ok") == b"4"
+        assert "f: extended attribute user.a\\x00b not restored: invalid name" in result.warnings
+        assert "l: extended attribute user.a\\x00b not restored: invalid name" in result.warnings
+        assert "d: extended attribute user.a\\x00b not restored: invalid name" in result.warnings
+        assert all("\n" not in w for w in result.warnings)
