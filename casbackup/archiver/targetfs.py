@@ -131,7 +131,7 @@ def apply_nofollow(
                 problems.append(xattr_problem(key, exc))
     try:
         os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
-    except (OSError, NotImplementedError) as exc:
+    except (OSError, NotImplementedError, OverflowError) as exc:
         problems.append(f"times not restored: {_reason(exc)}")
     return problems
 

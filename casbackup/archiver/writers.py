@@ -290,8 +290,8 @@ def apply_metadata(
             problems.append(xattr_problem(key, exc))
     try:
         os.utime(fd, ns=(mtime_ns, mtime_ns))
-    except OSError as exc:
-        problems.append(f"times not restored: {exc.strerror}")
+    except (OSError, OverflowError) as exc:  # OverflowError: beyond what time_t holds
+        problems.append(f"times not restored: {getattr(exc, 'strerror', None) or exc}")
     return problems
 
 
