@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import resource
 import stat
 import threading
 from collections.abc import Callable, Iterable
@@ -41,6 +40,7 @@ from casbackup.archiver.targetfs import (
     make_writable,
     open_dir,
     put_back_mode,
+    raise_fd_limit,
     refuse_dir,
     remove_entry,
 )
@@ -96,7 +96,6 @@ _BATCH_DIRS = 16
 # Batches in flight: a few per writer keep each busy; the cap keeps the folder fds held
 # for them (at most _BATCH_DIRS each, plus the walk's own path) well below 1024.
 _MAX_IN_FLIGHT = 32
-_FD_LIMIT = 1 << 16  # the soft fd limit a restore asks for (see _more_fds)
 _FILE_LOAD = 8192  # a file's cost to a writer beyond its bytes, for picking the least busy
 
 
@@ -135,7 +134,7 @@ class Restorer:
 
     def run(self) -> RestoreResult:
         opts = self.options
-        _more_fds()
+        raise_fd_limit()  # a folder fd per level of the walk's path
         node = self.repo.find_node(self.snapshot.root, opts.subpath)
         prefix = os.fsencode(opts.subpath.rstrip("/")) if opts.subpath not in ("", "/") else b""
         try:
@@ -603,19 +602,6 @@ class Restorer:
     def _fail(self, rel_path: bytes, message: str) -> None:
         with self._lock:
             self.result.errors.append(f"{os.fsdecode(rel_path)}: {message}")
-
-
-def _more_fds() -> None:
-    """Each folder on the walk's path holds an fd until it is finished, so a deep tree needs
-    about one per level: raise the soft limit (often 1,024) towards the hard one, as Go
-    programs do at start. A level still refused (EMFILE) is reported by path."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = _FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, _FD_LIMIT)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (ValueError, OSError):
-            pass
 
 
 def _exists(rel_path: bytes) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
 from collections.abc import Sequence
 
@@ -138,3 +139,19 @@ def apply_nofollow(
 
 def _reason(exc: Exception) -> str:
     return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+_FD_LIMIT = 1 << 16  # the soft fd limit a restore asks for
+
+
+def raise_fd_limit() -> None:
+    """Each folder on the walk's path holds an fd until it is finished, so a deep tree needs
+    about one per level: raise the soft limit (often 1,024) towards the hard one, as Go
+    programs do at start. A level still refused (EMFILE) is reported by path."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, _FD_LIMIT)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass

@@ -9,6 +9,8 @@ from casbackup.cli.render import emit_json, human_bytes, reporter_for, warn
 from casbackup.errors import RestoreError
 from casbackup.repo.repository import Repository
 
+_SHOWN = 50  # warnings and errors printed one by one; --json has them all
+
 
 @click.command()
 @click.argument("ref", metavar="SNAPSHOT[:PATH]")
@@ -60,8 +62,11 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
             "warnings": result.warnings, "errors": result.errors, "dry_run": dry_run,
         })  # fmt: skip
     else:
-        for w in result.warnings:
+        # A restore as uid 0 of a user namespace warns for every owner: show the first ones.
+        for w in result.warnings[:_SHOWN]:
             warn(w)
+        if len(result.warnings) > _SHOWN:
+            warn(f"{len(result.warnings) - _SHOWN} more warnings (--json lists them all)")
         verb = "would restore" if dry_run else "restored"
         links = f"{result.symlinks} symlinks, " if result.symlinks else ""
         click.echo(f"{verb} {result.files} files, {links}{result.dirs} folders, {human_bytes(result.bytes)} "
@@ -69,11 +74,14 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
     if len(result.errors) == 1:
         raise RestoreError(result.errors[0])  # path: reason, on the one error line
     if result.errors:
-        # Each by path (the first 20: the rest are in --json), then the one-line summary.
-        for e in result.errors[:20]:
+        # Each by path (the first ones: all are in --json), then the one-line summary.
+        for e in result.errors[:_SHOWN]:
             click.echo(f"error: {e}", err=True)
+        shown = (
+            "listed above" if len(result.errors) <= _SHOWN else f"the first {_SHOWN} listed above"
+        )
         raise RestoreError(
-            f"{len(result.errors)} entries could not be restored (listed above); the rest was restored"
+            f"{len(result.errors)} entries could not be restored ({shown}); the rest was restored"
         )
 
 

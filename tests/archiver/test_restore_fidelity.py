@@ -374,3 +374,29 @@ def test_hostile_xattr_keys_are_warnings_not_crashes(repo: Repository, tmp_path:
         assert "l: extended attribute user.a\\x00b not restored: invalid name" in result.warnings
         assert "d: extended attribute user.a\\x00b not restored: invalid name" in result.warnings
         assert all("\n" not in w for w in result.warnings)
+
+
+# ------------------------------------------------------------------ the CLI's report
+def test_cli_lists_each_failed_entry_by_path_and_caps_warnings(
+    repo: Repository, repo_path: str, tmp_path: Path
+) -> None:
+    from casbackup.testing.fixtures import run_cli
+
+    files = [file_node(repo, b"f%02d" % i, b"x", xattrs=((b"user.a\0b", b"1"),)) for i in range(60)]
+    snap = snapshot_of(repo, [*files, file_node(repo, b"a", b"new"), file_node(repo, b"b", b"new")])
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "b").mkdir()
+    res = run_cli("restore", snap.id, "--target", str(out), "--overwrite", repo=repo_path)
+    assert res.code == 26, res.err
+    lines = res.err.strip().splitlines()
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert (
+        len(warnings) == 51 and warnings[-1] == "warning: 10 more warnings (--json lists them all)"
+    )
+    assert [line for line in lines if line.startswith("error: ")] == [
+        "error: a: is a directory in the target; not replacing it",
+        "error: b: is a directory in the target; not replacing it",
+        "error: 2 entries could not be restored (listed above); the rest was restored",
+    ]
+    assert (out / "f59").read_bytes() == b"x"
