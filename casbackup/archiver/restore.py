@@ -272,7 +272,9 @@ class Restorer:
             assert pending.parent is not None and pending.parent.dir is not None
             assert pending.node is not None
             try:
-                fd, saved = open_dir(pending.node.name, pending.parent.dir.fd)
+                fd, saved = open_dir(
+                    pending.node.name, pending.parent.dir.fd, replace=self.options.overwrite
+                )
             except TargetError as exc:
                 self._fail(pending.rel_path, str(exc))
                 # Skip the rest of every folder that was to hold it: nothing fits there.

@@ -27,12 +27,14 @@ class TargetError(Exception):
     """An entry of the target could not be made or replaced; ``str()`` is the reason."""
 
 
-def open_dir(name: bytes, parent_fd: int) -> tuple[int, int | None]:
+def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int, int | None]:
     """Create (0700) or reuse the folder ``name`` in ``parent_fd``; return its fd and, when
     an existing folder of ours had to be made writable for the restore, its old mode.
 
-    Raises TargetError: a symlink or file where the folder goes (never followed), or the
-    OS refused (permissions, ENAMETOOLONG, too many open files).
+    A symlink or file where the folder goes is never followed: with ``replace``
+    (--overwrite) it is removed (the entry itself) and the folder made; without, it is
+    refused. Raises TargetError for that refusal, or when the OS refused (permissions,
+    ENAMETOOLONG, too many open files).
     """
     try:
         os.mkdir(name, 0o700, dir_fd=parent_fd)
@@ -43,12 +45,15 @@ def open_dir(name: bytes, parent_fd: int) -> tuple[int, int | None]:
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise TargetError(f"cannot open folder: {exc.strerror}") from None
+        if not replace:
             raise TargetError(
                 "refusing to restore into it: it exists in the target and is not a "
-                "directory (a symlink is never followed)"
+                "directory (a symlink is never followed; --overwrite replaces it)"
             ) from None
-        raise TargetError(f"cannot open folder: {exc.strerror}") from None
+        remove_entry(name, parent_fd)
+        return open_dir(name, parent_fd)  # once: what is there now is ours or a folder
     try:
         return fd, make_writable(fd)
     except OSError as exc:
