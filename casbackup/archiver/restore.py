@@ -4,7 +4,8 @@ Never writes outside the target, whatever the repository says:
 - names are validated by the tree decoder (no ``/``, NUL, ``.``, ``..``, no duplicates);
 - every file system call is relative to an open directory fd (``dir_fd``) and uses
   ``O_NOFOLLOW``, so a symlink (restored earlier or already in the target) is never
-  followed: a directory that turns out to be a symlink is refused, with its subtree;
+  followed: a directory that turns out to be a symlink is refused with its subtree
+  (``--overwrite`` replaces the link itself by a real folder);
 - symlinks are created as links, never written through; ``--overwrite`` replaces the
   entry itself (unlink, or the writer's rename), so it cannot write through a hard link
   or symlink either.
