@@ -72,7 +72,8 @@ class DumpInfo:
     # What a restore needs beyond the bytes to give back what the application had, kept in
     # the snapshot's database record (repo_format.md): SQLite the live file's owner and
     # mode ("uid", "gid", "user", "group", "mode"), MySQL/MariaDB the database's default
-    # "charset" and "collation". Read back from a repository, so engines validate it.
+    # "charset" and "collation", PostgreSQL its "encoding", "collate" and "ctype". Read back
+    # from a repository, so engines validate it.
     properties: Mapping[str, object] = field(default_factory=dict)
 
 

@@ -18,9 +18,10 @@ import pytest
 from casbackup.engines import get_engine
 from casbackup.engines.base import DatabaseSpec
 from casbackup.engines.mysql import MysqlEngine
+from casbackup.engines.postgresql import PostgresEngine
 from casbackup.engines.sqlite import apply_file_properties
 from casbackup.errors import DatabaseError
-from tests.engines.conftest import mariadb, my_spec, read_in_pieces
+from tests.engines.conftest import mariadb, my_spec, pg_ident, pg_spec, psql, read_in_pieces, unique
 from tests.engines.test_backup_integration import (
     cli,
     db_entry,
@@ -178,3 +179,42 @@ def test_recover_gives_the_sqlite_file_its_owner_and_mode(repo, tmp_path: Path) 
     assert result.ok, result.errors
     st = os.stat(target / "databases" / "local.sqlite")
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (APP_UID, APP_GID, 0o664)
+
+
+def test_postgresql_encoding_and_locale_come_back(pg_server: None, pg_cleanup: list[str]) -> None:
+    """The same kind of loss as MariaDB's: a LATIN1 database came back as the server's UTF8."""
+    name = unique("casb_enc")
+    pg_cleanup.append(name)
+    psql(f"CREATE DATABASE {pg_ident(name)} TEMPLATE template0 ENCODING 'LATIN1' "
+         "LC_COLLATE 'C' LC_CTYPE 'C';")  # fmt: skip
+    psql("CREATE TABLE t (v text); INSERT INTO t VALUES ('café');", name)
+    spec = pg_spec(name)
+    data, props = dump(spec)
+    assert props == {"encoding": "LATIN1", "collate": "C", "ctype": "C"}
+    PostgresEngine().drop(spec)
+    info = PostgresEngine().restore(spec, io.BytesIO(data), properties=props)
+    assert info.warnings == ()
+    row = psql(f"SELECT pg_encoding_to_char(encoding), datcollate FROM pg_database "
+               f"WHERE datname = '{name}';").strip()  # fmt: skip
+    assert row == "LATIN1|C"
+    assert psql("SELECT v FROM t;", name).strip() == "café"
+
+
+def test_postgresql_locale_missing_here_is_a_warning(
+    pg_server: None, pg_cleanup: list[str]
+) -> None:
+    name = unique("casb_loc")
+    pg_cleanup.append(name)
+    psql(f"CREATE DATABASE {pg_ident(name)};")
+    psql("CREATE TABLE t (v int); INSERT INTO t VALUES (1);", name)
+    spec = pg_spec(name)
+    data, props = dump(spec)
+    PostgresEngine().drop(spec)
+    moved = {**props, "collate": "xx_NOWHERE.UTF-8", "ctype": "xx_NOWHERE.UTF-8"}
+    info = PostgresEngine().restore(spec, io.BytesIO(data), properties=moved)
+    (warning,) = info.warnings
+    assert "lacks the recorded locale" in warning
+    assert psql("SELECT v FROM t;", name).strip() == "1"
+    with pytest.raises(DatabaseError, match="recorded encoding"):
+        PostgresEngine().restore(pg_spec(unique("casb_x")), io.BytesIO(data),
+                                 properties={"encoding": "UTF8'; DROP"})  # fmt: skip
