@@ -56,6 +56,7 @@ from casbackup.archiver.writers import (
     write_batch,
 )
 from casbackup.errors import CasError, Interrupted, RestoreError
+from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
@@ -479,6 +480,7 @@ class Restorer:
                 locs = (
                     every[first:pos] if every is not None else self.repo.locate_many(node.content)
                 )
+                require_sound_file(node, [loc.raw_len for loc in locs])  # issue 12
             except CasError as exc:
                 self._fail(rel_path, str(exc))
                 self._first_settled(node.hardlink_key, str(exc))
