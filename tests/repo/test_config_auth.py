@@ -189,7 +189,7 @@ _KILL_AT_RENAME = """
 import os, signal
 _replace = os.replace
 def _kill_on_config(src, dst, *a, **k):
-    if str(dst).endswith("/config"):
+    if str(dst) == "config" or str(dst).endswith("/config"):  # by folder fd or by path
         if {after}:
             _replace(src, dst, *a, **k)
         os.kill(os.getpid(), signal.SIGKILL)
