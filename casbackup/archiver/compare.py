@@ -36,18 +36,18 @@ from casbackup.repo.ids import Kind
 from casbackup.repo.index import IndexCache
 from casbackup.repo.pack import open_blob, pack_name
 from casbackup.repo.tree import (
-    FIXED,
     Node,
     NodeKind,
     RawNode,
     encode_owner,
     kind_of_mode,
+    pack_fixed,
     raw_nodes,
 )
 from casbackup.store.local import LocalBackend
 
 RACE_MARGIN_NS = 2_000_000_000  # coarse file systems store times in 1-2 s steps
-_pack_fixed = FIXED.pack
+_pack_fixed = pack_fixed
 _DIR, _FILE = int(NodeKind.DIR), int(NodeKind.FILE)
 _DEVICES = (NodeKind.CHARDEV, NodeKind.BLOCKDEV)
 
@@ -162,7 +162,7 @@ class SubtreeComparer:
             if old is None:
                 same = False
                 continue
-            fixed, user, group, content, content_hash, old_subtree, target, n_xattrs = old
+            fixed, user, group, content, content_hash, old_subtree, target, _xattrs = old
             if S_ISDIR(mode):
                 sub = None
                 if fixed[0] == _DIR and len(old_subtree) == 32:
@@ -210,8 +210,13 @@ class SubtreeComparer:
         return None
 
     def _same_meta(self, old: RawNode, st: os.stat_result) -> bool:
-        """Whether ``node_from_stat`` would store the same metadata (``stat_matches``)."""
-        fixed, user, group, _, _, _, _, n_xattrs = old
+        """Whether ``node_from_stat`` would store the same metadata (``stat_matches``).
+
+        Extended attributes are not read: changing one changes the ctime, which is in
+        ``fixed``. (The walker hands out no comparison when the parent's attributes were
+        recorded under another ``--no-xattrs`` setting.)
+        """
+        fixed, user, group, _, _, _, _, _ = old
         mode = st.st_mode
         kind = kind_of_mode(mode) or NodeKind.FILE
         try:
@@ -224,7 +229,6 @@ class SubtreeComparer:
             return False
         return (
             fixed == again
-            and not n_xattrs
             and user == self._owner(self.users, st.st_uid, user_name)
             and group == self._owner(self.groups, st.st_gid, group_name)
         )
