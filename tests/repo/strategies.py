@@ -119,4 +119,6 @@ snapshots = st.builds(
     app_definition=st.none() | st.dictionaries(text, json_values, max_size=3),
     program_version=text,
     errors=st.lists(text, max_size=3).map(tuple),
+    xattrs=st.booleans(),
+    excluded_databases=st.lists(text, max_size=3).map(tuple),
 )
