@@ -169,11 +169,14 @@ def test_a_live_database_in_the_sources_is_left_to_its_dump(  # type: ignore[no-
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     conn.commit()
-    (src / "data" / "app.db-journal").write_bytes(b"stale")  # a rollback journal, too
+    # An empty rollback journal beside it (a non-empty one would be "hot" and block readers).
+    (src / "data" / "app.db-journal").write_bytes(b"")
     stop = threading.Event()
 
     def write() -> None:
-        while not stop.is_set():
+        # A busy application: a commit every 2 ms. (A writer committing back to back with
+        # no pause at all can starve SQLite's online backup, which retries while busy.)
+        while not stop.wait(0.002):
             conn.execute("INSERT INTO t (v) VALUES (?)", ("x" * 200,))
             conn.commit()
 
