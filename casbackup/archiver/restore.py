@@ -37,6 +37,7 @@ from casbackup.archiver.writers import (
 )
 from casbackup.errors import CasError, Interrupted, NotFound, RestoreError
 from casbackup.repo.ids import BlobId
+from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
@@ -455,6 +456,7 @@ class Restorer:
                 locs = (
                     every[first:pos] if every is not None else self.repo.locate_many(node.content)
                 )
+                require_sound_file(node, [loc.raw_len for loc in locs])  # issue 12
             except CasError as exc:
                 self._fail(rel_path, str(exc))
                 if fd >= 0:

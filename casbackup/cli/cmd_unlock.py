@@ -3,7 +3,8 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import with_repository
-from casbackup.errors import NotFound
+from casbackup.cli.render import warn
+from casbackup.errors import CasError, NotFound
 from casbackup.repo.lock import list_locks
 from casbackup.repo.repository import Repository
 
@@ -24,6 +25,8 @@ def unlock(repo: Repository, remove_all: bool) -> None:
                 click.echo(f"removed {info.describe()}")
             except NotFound:
                 pass
+            except CasError as exc:  # replaced meanwhile by something that is not a lock
+                warn(f"could not remove {info.name}: {exc}")
         else:
             click.echo(f"kept live {info.describe()}")
     click.echo(f"{removed} locks removed")

@@ -5,17 +5,22 @@ from __future__ import annotations
 import functools
 import getpass
 import os
+import shlex
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
 
+from casbackup.cli.render import warn
+from casbackup.engines.base import SECRET_MAX
+from casbackup.engines.process import SECRET_PREFIX, StderrDrain
 from casbackup.errors import CasError, RepositoryNotFound, UsageError, WrongPassword
 from casbackup.repo.repository import Repository
-from casbackup.store.base import Backend
+from casbackup.store.base import Backend, skipped_warnings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,27 +58,88 @@ def open_backend(location: str | None) -> Backend:
     return LocalBackend(location)
 
 
-def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
-    """The passphrase from, in order: --password-file, --password-command, the environment, a prompt."""
-    if opts.password_file:
-        try:
-            with open(opts.password_file, "rb") as f:
-                return f.read().rstrip(b"\r\n")
-        except OSError as exc:
+def _read_secret_file(path: str) -> bytes:
+    try:
+        # Not O_NONBLOCK: ``--password-file <(pass show x)`` is a pipe that must be waited for.
+        with open(path, "rb") as f:
+            data = f.read(SECRET_MAX + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read password file {path}: {exc.strerror}") from None
+    if len(data) > SECRET_MAX:
+        raise UsageError(
+            f"password file {path} holds more than {SECRET_MAX // 1024} KiB: not a passphrase"
+        )
+    return data.rstrip(b"\r\n")
+
+
+def password_command_env() -> dict[str, str]:
+    """Our environment without casbackup's own variables: the password command must not
+    see CASBACKUP_PASSWORD (or any other CASBACKUP_* secret) it is there to replace."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
+
+
+def _run_password_command(command: str) -> bytes:
+    """Run ``command`` split into words as a shell would (shlex), but never by a shell:
+    no expansion, redirection or second command. Its output is capped at SECRET_MAX."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise UsageError(f"password command cannot be split into words: {exc}") from None
+    if not argv:
+        raise UsageError("password command is empty")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=password_command_env(),
+        )
+    except OSError as exc:
+        raise UsageError(f"password command {argv[0]!r} failed to start: {exc.strerror}") from None
+    drain = StderrDrain(proc.stderr)  # type: ignore[arg-type]
+    expired = threading.Event()
+
+    def expire() -> None:  # a command that hangs fails; it never stalls us
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(60, expire)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        out = proc.stdout.read(SECRET_MAX + 1)
+        if len(out) > SECRET_MAX:
             raise UsageError(
-                f"cannot read password file {opts.password_file}: {exc.strerror}"
-            ) from None
-    if opts.password_command:
-        try:
-            out = subprocess.run(
-                opts.password_command, shell=True, capture_output=True, check=False, timeout=60
+                f"password command printed more than {SECRET_MAX // 1024} KiB: not a passphrase"
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise UsageError(f"password command failed: {exc}") from None
-        if out.returncode != 0:
-            detail = out.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise UsageError(f"password command exited with {out.returncode}: {detail[0]}")
-        return out.stdout.rstrip(b"\r\n")
+        returncode = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.wait()
+    err = drain.text()
+    if expired.is_set():
+        raise UsageError("password command did not finish within 60 seconds")
+    if returncode != 0:
+        detail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise UsageError(f"password command exited with {returncode}: {detail[0]}")
+    return out.rstrip(b"\r\n")
+
+
+def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
+    """The passphrase from, in order: --password-file, --password-command, the environment, a prompt.
+
+    Files and command output are capped at SECRET_MAX bytes; the command runs without a
+    shell and without casbackup's own environment variables (``password_command_env``).
+    Raises UsageError (one line) when the chosen source fails.
+    """
+    if opts.password_file:
+        return _read_secret_file(opts.password_file)
+    if opts.password_command:
+        return _run_password_command(opts.password_command)
     env = os.environ.get("CASBACKUP_PASSWORD")
     if env is not None:
         return env.encode()
@@ -113,8 +179,11 @@ def open_repository(opts: GlobalOptions) -> Repository:
         raise
 
 
-def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
-    """Open (and lock) the repository for a command, and always close it (borg's @with_repository)."""
+def with_repository(*, lock: str | None = "shared", writes: bool = False) -> Callable[[F], F]:
+    """Open (and lock) the repository for a command, and always close it (borg's @with_repository).
+
+    ``writes``: the command stores new objects, so it stops at once on a repository this
+    program may only read (a version 1 format: ``casbackup migrate``)."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -123,11 +192,19 @@ def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
             opts = global_options(ctx)
             repo = open_repository(opts)
             try:
+                if writes:
+                    repo.require_writable()
                 if lock is None:
                     return ctx.invoke(fn, repo, *args, **kwargs)
                 with repo.locked(exclusive=lock == "exclusive", command=ctx.command_path):
                     return ctx.invoke(fn, repo, *args, **kwargs)
             finally:
+                for message in repo.alerts:  # rollback and tampering warnings: always shown
+                    click.echo(f"warning: {message}", err=True)
+                # Odd entries (symlinks, FIFOs, unknown names) the listings skipped: said
+                # once per run, so a planted entry is noticed without failing the command.
+                for line in skipped_warnings(repo.backend):
+                    warn(line)
                 repo.close()
 
         return wrapper  # type: ignore[return-value]

@@ -100,6 +100,11 @@ class Engine(Protocol):
 # --- secrets ------------------------------------------------------------------------------
 
 
+#: The most a secret source (a password file, a password command's output) may hold: far
+#: more than any password, and /dev/zero or a runaway command fails at once, not at OOM.
+SECRET_MAX = 64 * 1024
+
+
 def resolve_password(spec: DatabaseSpec) -> str | None:
     """The password named by the spec, or None when it names none.
 
@@ -116,13 +121,24 @@ def resolve_password(spec: DatabaseSpec) -> str | None:
         return value
     if spec.password_file:
         try:
-            with open(spec.password_file, encoding="utf-8") as f:
-                text = f.read()
+            with open(spec.password_file, "rb") as f:
+                raw = f.read(SECRET_MAX + 1)  # /dev/zero or a huge file fails at once
         except OSError as e:
             raise DatabaseError(
                 f"database {spec.name!r}: cannot read password_file {spec.password_file}: "
                 f"{e.strerror}"
             ) from e
+        if len(raw) > SECRET_MAX:
+            raise DatabaseError(
+                f"database {spec.name!r}: password_file {spec.password_file} holds more than "
+                f"{SECRET_MAX // 1024} KiB: not a password"
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DatabaseError(
+                f"database {spec.name!r}: password_file {spec.password_file} is not UTF-8 text"
+            ) from None
         # Only the line terminator is stripped: spaces may be part of a password.
         return text[:-1] if text.endswith("\n") else text
     return None

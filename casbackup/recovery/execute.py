@@ -157,6 +157,7 @@ def _restore_database(
     node = repo.find_node(plan.snapshot.root, record.path)
     out: dict[str, Any] = {
         "name": record.name, "engine": db.spec.engine, "target": db.where,
+        "stored_location": db.stored,
         "dump_path": record.path, "dump_size": record.size,
         "dump_blake3": node.content_hash.hex() if node else "", "overwrite": db.overwrite,
         "expected_row_counts": dict(record.row_counts), "row_counts": {}, "ok": False, "error": "",
