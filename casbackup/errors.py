@@ -126,7 +126,8 @@ class TransientStorageError(StorageError):
 
 
 class RestoreError(CasError):
-    """Restoring would overwrite data, escape the target, or failed to write."""
+    """Restoring would overwrite data or escape the target, or some entries could not be
+    restored (each listed by path; the rest was)."""
 
     exit_code = 26
 

@@ -101,7 +101,11 @@ def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_na
         spec = replace(spec, password_env=db_password_env, password_file=db_password_file)
     reader = ChunkReader.for_node(repo, node, name=f"{record.path} in snapshot {snap.short_id}")
     with reader:
-        info = get_engine(engine_name).restore(spec, reader, overwrite=overwrite)
+        # Only when recorded: an engine plugin written before properties existed still works.
+        extra = {"properties": record.properties} if record.properties else {}
+        info = get_engine(engine_name).restore(spec, reader, overwrite=overwrite, **extra)
+    for w in info.warnings:
+        warn(w)
     mismatch = {t for t in {*record.row_counts, *info.row_counts}
                 if record.row_counts.get(t) != info.row_counts.get(t)}  # fmt: skip
     if mismatch:

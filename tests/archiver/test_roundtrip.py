@@ -76,11 +76,6 @@ def assert_recorded(repo, snap, src: bytes) -> None:  # type: ignore[no-untyped-
             assert dict(node(b"setgid").xattrs)[b"security.capability"] == CAPABILITY
 
 
-@pytest.mark.xfail(
-    reason="restoring extended attributes belongs to archiver/restore.py (restore fidelity, "
-    "issue 18 item 1, another branch); the backup side is asserted in the round trip above",
-    strict=False,
-)
 def test_nasty_tree_xattrs_round_trip(repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
     src = os.fsencode(tmp_path / "src")
     os.mkdir(src)
