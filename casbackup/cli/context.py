@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import getpass
-import os
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +11,8 @@ from typing import Any, TypeVar
 
 import click
 
-from casbackup.errors import CasError, RepositoryNotFound, UsageError, WrongPassword
+from casbackup import access
+from casbackup.errors import RepositoryNotFound, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend
 
@@ -39,51 +38,15 @@ def global_options(ctx: click.Context) -> GlobalOptions:
 
 
 def open_backend(location: str | None) -> Backend:
-    if not location:
-        raise UsageError(
-            "no repository given: use -r/--repo, set CASBACKUP_REPO, "
-            "or set [repository] location in the config file"
-        )
-    if location.startswith(("s3:", "sftp:", "rest:")):
-        raise UsageError(
-            f"storage {location.split(':', 1)[0]!r} is not available in this build; use a local path"
-        )
-    from casbackup.store.local import LocalBackend
-
-    return LocalBackend(location)
+    return access.open_backend(location)
 
 
 def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
     """The passphrase from, in order: --password-file, --password-command, the environment, a prompt."""
-    if opts.password_file:
-        try:
-            with open(opts.password_file, "rb") as f:
-                return f.read().rstrip(b"\r\n")
-        except OSError as exc:
-            raise UsageError(
-                f"cannot read password file {opts.password_file}: {exc.strerror}"
-            ) from None
-    if opts.password_command:
-        try:
-            out = subprocess.run(
-                opts.password_command, shell=True, capture_output=True, check=False, timeout=60
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise UsageError(f"password command failed: {exc}") from None
-        if out.returncode != 0:
-            detail = out.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise UsageError(f"password command exited with {out.returncode}: {detail[0]}")
-        return out.stdout.rstrip(b"\r\n")
-    env = os.environ.get("CASBACKUP_PASSWORD")
-    if env is not None:
-        return env.encode()
-    if opts.password_env:
-        named = os.environ.get(opts.password_env)
-        if named is None:
-            raise UsageError(
-                f"the config's repository.password_env names {opts.password_env}, which is not set"
-            )
-        return named.encode()
+    source = access.PasswordSource(opts.password_file, opts.password_command, opts.password_env)
+    password = access.read_password(source)
+    if password is not None:
+        return password
     if sys.stdin.isatty():
         first = getpass.getpass("enter passphrase for repository: ")
         if confirm and getpass.getpass("enter the passphrase again: ") != first:
@@ -103,14 +66,8 @@ def open_repository(opts: GlobalOptions) -> Repository:
         raise RepositoryNotFound(
             f"no repository at {opts.repo} (run 'casbackup init' to create one)"
         )
-    password = read_password(opts)
-    try:
-        return Repository.open(backend, password)
-    except WrongPassword:
-        raise
-    except CasError:
-        backend.close()
-        raise
+    backend.close()
+    return access.open_repository(opts.repo, read_password(opts))
 
 
 def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
@@ -135,11 +92,4 @@ def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
     return decorate
 
 
-def split_snapshot_path(ref: str) -> tuple[str, str]:
-    """``SNAPSHOT[:PATH]`` -> (snapshot ref, absolute path in the snapshot)."""
-    snap, sep, path = ref.partition(":")
-    if not snap:
-        raise UsageError(f"{ref!r}: give a snapshot id, prefix or 'latest' before the ':'")
-    if not sep or not path:
-        return snap, "/"
-    return snap, path if path.startswith("/") else "/" + path
+split_snapshot_path = access.split_snapshot_path
