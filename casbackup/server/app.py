@@ -20,6 +20,7 @@ ROUTER_MODULES = (
     "routes_system",
     "routes_auth",
     "routes_admin",
+    "routes_jobs",
 )
 
 

@@ -41,7 +41,15 @@ class Service:
 
     def start(self) -> None:
         """Start background parts (jobs, scheduler). Called from the app's lifespan."""
-        return
+        from casbackup.server.jobs import JobManager
+
+        self.jobs = JobManager(self)
+        self.jobs.recover_interrupted()
+        if self.settings.run_scheduler:
+            from casbackup.server.scheduler import Scheduler
+
+            self.scheduler = Scheduler(self)
+            self.scheduler.start()
 
     def stop(self) -> None:
         """Graceful stop: cancel running jobs (their state recorded), end event streams."""

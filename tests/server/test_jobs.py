@@ -1,0 +1,95 @@
+"""Jobs through the API: backups run in worker processes, one writer per repository."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.server.conftest import Env
+
+
+def wait_job(env: Env, job_id: int, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = env.client.get(f"/api/jobs/{job_id}", headers=env.h("admin")).json()
+        if doc["state"] not in ("queued", "running"):
+            return doc
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {doc}")
+
+
+def test_backup_via_the_seed_endpoint(env: Env) -> None:
+    r = env.client.post(
+        "/api/backup", json={"app_name": "shop", "backup_type": "full"}, headers=env.h("operator")
+    )
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] in ("queued", "running") and body["job"]["kind"] == "backup"
+    doc = wait_job(env, body["job_id"])
+    assert doc["state"] == "succeeded", doc
+    assert doc["snapshot_id"] and doc["result"]["summary"]["files_total"] == 2
+    assert doc["progress"] is None or "files_done" in doc["progress"]
+    apps = env.client.get("/api/applications", headers=env.h("viewer")).json()["applications"]
+    shop = next(a for a in apps if a["name"] == "shop")
+    assert shop["last_snapshot"]["id"] == doc["snapshot_id"] and shop["snapshots"] == 1
+
+
+def test_seed_defaults_and_unknown_application(env: Env) -> None:
+    r = env.client.post("/api/backup", json={}, headers=env.h("operator"))
+    assert r.status_code == 404 and "default" in r.json()["detail"]  # the seed's default app name
+    r = env.client.post("/api/backup", json={"app_name": "nope"}, headers=env.h("operator"))
+    assert r.status_code == 404
+    r = env.client.post(
+        "/api/backup", json={"app_name": "shop", "backup_type": "weekly"}, headers=env.h("operator")
+    )
+    assert r.status_code == 422
+
+
+def test_scoped_user_gets_404_for_other_apps_and_their_jobs(env: Env) -> None:
+    r = env.client.post("/api/backup", json={"app_name": "blog"}, headers=env.h("scoped"))
+    assert r.status_code == 404
+    job = env.client.post(
+        "/api/backup", json={"app_name": "blog"}, headers=env.h("operator")
+    ).json()
+    assert env.client.get(f"/api/jobs/{job['job_id']}", headers=env.h("scoped")).status_code == 404
+    assert all(
+        j["app"] == "shop" for j in env.client.get("/api/jobs", headers=env.h("scoped")).json()
+    )
+    wait_job(env, job["job_id"])
+
+
+def test_writers_on_one_repository_run_one_after_the_other(env: Env) -> None:
+    ids = [
+        env.client.post("/api/backup", json={"app_name": app}, headers=env.h("operator")).json()[
+            "job_id"
+        ]
+        for app in ("shop", "blog", "shop")
+    ]
+    states = [
+        env.client.get(f"/api/jobs/{i}", headers=env.h("viewer")).json()["state"] for i in ids
+    ]
+    assert states.count("running") <= 1 and "queued" in states
+    docs = [wait_job(env, i) for i in ids]
+    assert all(d["state"] == "succeeded" for d in docs), docs
+    spans = sorted((d["started_at"], d["finished_at"]) for d in docs)
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert end <= start  # never overlapping
+
+
+def test_cancel_queued_job_and_permissions(env: Env) -> None:
+    first = env.client.post(
+        "/api/backup", json={"app_name": "shop"}, headers=env.h("admin")
+    ).json()["job_id"]
+    second = env.client.post(
+        "/api/backup", json={"app_name": "blog"}, headers=env.h("admin")
+    ).json()["job_id"]
+    assert (
+        env.client.post(f"/api/jobs/{second}/cancel", headers=env.h("operator")).status_code == 403
+    )
+    assert env.client.post(f"/api/jobs/{second}/cancel", headers=env.h("viewer")).status_code == 403
+    r = env.client.post(f"/api/jobs/{second}/cancel", headers=env.h("admin"))
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert wait_job(env, first)["state"] == "succeeded"
+    r = env.client.post(f"/api/jobs/{second}/cancel", headers=env.h("admin"))
+    assert r.status_code == 400 and "already finished" in r.json()["detail"]
+    assert env.client.get("/api/jobs/999999", headers=env.h("admin")).status_code == 404
