@@ -21,6 +21,8 @@ ROUTER_MODULES = (
     "routes_auth",
     "routes_admin",
     "routes_jobs",
+    "routes_snapshots",
+    "routes_maintenance",
 )
 
 

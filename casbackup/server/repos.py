@@ -18,8 +18,9 @@ from typing import Any
 
 from casbackup import access
 from casbackup.config import AppConfig, Config, find_config_path, load_config
-from casbackup.errors import NotFound, UsageError
+from casbackup.errors import CasError, NotFound, UsageError
 from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
 from casbackup.server.settings import Settings
 
 DEFAULT = "default"
@@ -32,6 +33,7 @@ class RepoHandle:
     source: access.PasswordSource
     _repo: Repository | None = None
     _vfs: Any = None
+    _snaps: dict[str, Snapshot] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def password(self) -> bytes:
@@ -60,6 +62,28 @@ class RepoHandle:
 
                 self._vfs = Vfs(repo, refresh_seconds=5.0)
             return self._vfs
+
+    def snapshots(self, warnings: list[str]) -> list[Snapshot]:
+        """Every readable snapshot, oldest first. Snapshots never change once written, so each
+        is read and decrypted once; later calls only list the folder (1,000 snapshots: one
+        listing instead of 1,000 reads)."""
+        repo = self.repo()
+        ids = repo.snapshot_ids()
+        with self._lock:
+            known = dict(self._snaps)
+        current: dict[str, Snapshot] = {}
+        for fid in ids:
+            snap = known.get(fid)
+            if snap is None:
+                try:
+                    snap = repo.load_snapshot(fid)
+                except CasError as exc:
+                    warnings.append(f"snapshot {fid[:8]} is unreadable: {exc}")
+                    continue
+            current[fid] = snap
+        with self._lock:
+            self._snaps = current
+        return sorted(current.values(), key=lambda s: (s.start_ns, s.id))
 
     def refresh(self) -> None:
         """See what a worker process wrote: new index files and snapshots."""
@@ -118,6 +142,18 @@ class Registry:
             return self.handles[key]
         except KeyError:
             raise NotFound(f"no repository {key!r}") from None
+
+    def adopt(self, old: Registry) -> None:
+        """Keep ``old``'s open handles for locations that did not change (a config reload):
+        a repository's index cache must not be opened twice in one process."""
+        for key, handle in list(self.handles.items()):
+            previous = old.handles.get(key)
+            if previous is not None and previous.location == handle.location:
+                self.handles[key] = previous
+        kept = {id(h) for h in self.handles.values()}
+        for handle in old.handles.values():
+            if id(handle) not in kept:
+                handle.close()
 
     def close(self) -> None:
         for h in self.handles.values():

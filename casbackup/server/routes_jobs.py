@@ -76,6 +76,10 @@ class DisasterRecoveryRequest(BaseModel):
     allow_unverified: bool = False
 
 
+def job_started(doc: dict[str, Any], message: str) -> JobStarted:
+    return JobStarted(message=message, job_id=doc["id"], status=doc["state"], job=Job(**doc))
+
+
 def visible_job(request: Request, principal: Principal, job_id: int) -> dict[str, Any]:
     service = service_of(request)
     doc = service.jobs.get(job_id)
