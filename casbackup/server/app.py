@@ -23,6 +23,7 @@ ROUTER_MODULES = (
     "routes_jobs",
     "routes_snapshots",
     "routes_maintenance",
+    "dashboard",  # HTML pages at / (issue 13)
 )
 
 
@@ -109,6 +110,9 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     for name in ROUTER_MODULES:
         module = importlib.import_module(f"casbackup.server.{name}")
         app.include_router(module.router)
+    from casbackup.server.dashboard import mount_static
+
+    mount_static(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 
