@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# System packages the mount tests need (FUSE userspace). Installed when missing and we are
+# System packages the mount tests need (FUSE userspace) and the browser tests (Chromium). Installed when missing and we are
 # root with apt; otherwise those tests skip with a reason (and fail under CI=true).
 sysdeps:
 	@if ! command -v fusermount3 >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -24,6 +24,14 @@ sysdeps:
 		apt-get install -y -q fuse3 >/dev/null 2>&1 || \
 		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fuse3 >/dev/null 2>&1; } || \
 		echo "warning: could not install fuse3; mount tests will skip"; \
+	fi
+	@# The dashboard's browser tests drive the distribution's Chromium through Playwright
+	@# (never `playwright install`: it downloads a browser, and these machines are offline).
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and fonts (for the dashboard's browser tests)"; \
+		apt-get install -y -q chromium chromium-driver fonts-dejavu-core >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver fonts-dejavu-core >/dev/null 2>&1; } || \
+		echo "warning: could not install chromium; browser tests will skip"; \
 	fi
 
 demo: $(STAMP)

@@ -213,10 +213,13 @@ def test_login_backup_and_live_progress(browser: Any, site: Site, state: dict[st
     page.wait_for_url("**/jobs/*")
     job_id = int(page.url.rsplit("/", 1)[1])
     page.evaluate("window.__sameDocument = true")  # gone if the page reloads
-    state_el = page.get_by_test_id(f"job-state:{job_id}")
+    # running, with a progress line from the event stream (or already done on a fast machine)
     page.wait_for_function(
-        "id => ['running','succeeded'].includes("
-        "document.querySelector(`[data-job-state=\"${id}\"]`).textContent)", arg=job_id,
+        """id => {
+          const s = document.querySelector(`[data-job-state="${id}"]`).textContent;
+          const d = document.querySelector(`[data-job-progress="${id}"] .pdetail`);
+          return s === "succeeded" || (s === "running" && d && d.textContent.includes("files"));
+        }""", arg=job_id,
     )  # fmt: skip
     shoot(page, "job-running")
     state_el = page.get_by_test_id(f"job-state:{job_id}")
@@ -293,7 +296,7 @@ def test_verification_badge_turns_green(browser: Any, site: Site, state: dict[st
     expect(page.get_by_test_id(f"snapshot-badge:{state['snapshot'][:8]}")).to_contain_text(
         "verified"
     )
-    shoot(page, "overview-verified")
+    shoot(page, "application")
     page.context.close()
 
 

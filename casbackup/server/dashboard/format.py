@@ -74,6 +74,12 @@ def percent(done: Any, total: Any) -> int:
         return 0
 
 
+def mode(value: Any) -> str:
+    """Permission bits as the API sends them (``0o755``) shown as ``755``."""
+    text = str(value)
+    return text[2:] if text.startswith("0o") else text
+
+
 def safe_next(target: str) -> str:
     """Where to go after logging in: a path on this site only (no ``//host`` or scheme: an
     open redirect would let a link to our login page forward a user anywhere)."""
@@ -85,5 +91,5 @@ def safe_next(target: str) -> str:
 
 
 def install_filters(env: Environment) -> None:
-    env.filters.update(age=age, when=when, size=size, duration=duration)
+    env.filters.update(age=age, when=when, size=size, duration=duration, mode=mode)
     env.globals.update(percent=percent)

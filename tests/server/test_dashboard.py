@@ -1,0 +1,252 @@
+"""The dashboard's pages without a browser: who is offered what, login redirects, the snapshot
+browser's paging, file view and diff, job pages with plans, and the rules that keep pages
+offline and testable (no outside URL, CSP, every data-testid listed in testids.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.routing import APIRoute
+
+from casbackup.server.dashboard import charts, pages
+from casbackup.server.dashboard.format import age, mode, safe_next
+from casbackup.server.dashboard.testids import TESTIDS
+from casbackup.server.dashboard.views import day_strip
+from tests.server.conftest import PW, Env
+from tests.server.test_jobs import wait_job
+from tests.server.test_snapshots import backup
+
+TEMPLATES = Path(pages.__file__).resolve().parent.parent / "templates"
+STATIC = TEMPLATES.parent / "static"
+
+
+def login(env: Env, who: str) -> str:
+    """Log the test client in as ``who`` (its cookie replaces any other); returns the CSRF."""
+    r = env.client.post("/api/auth/login", json={"username": who, "password": PW})
+    assert r.status_code == 200, r.text
+    return str(r.json()["csrf_token"])
+
+
+def has(html: str, testid: str) -> bool:
+    return f'data-testid="{testid}"' in html
+
+
+def test_anonymous_pages_redirect_to_login_with_next(env: Env) -> None:
+    for path in (
+        "/",
+        "/apps/shop",
+        "/jobs",
+        "/jobs/1",
+        "/recovery",
+        "/admin",
+        "/snapshots/x?path=/a",
+    ):
+        r = env.client.get(path, follow_redirects=False)
+        assert r.status_code == 303, (path, r.status_code)
+        assert r.headers["location"].startswith("/login?next=%2F")
+    r = env.client.get("/login")
+    assert r.status_code == 200 and has(r.text, TESTIDS["login_form"])
+    assert "connect-src 'self'" in r.headers["content-security-policy"]
+    login(env, "viewer")
+    r = env.client.get("/login?next=/jobs", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/jobs"
+
+
+def test_login_next_never_leaves_the_site() -> None:
+    assert safe_next("/apps/shop?x=1") == "/apps/shop?x=1"
+    for bad in (
+        "//evil.example/",
+        "https://evil.example/",
+        "/\\evil",
+        "evil",
+        "/a\r\nSet-Cookie: x",
+    ):
+        assert safe_next(bad) == "/", bad
+
+
+def test_login_page_does_not_forward_offsite(env: Env) -> None:
+    html = env.client.get("/login?next=//evil.example/x").text
+    assert 'data-then="goto:/"' in html and "evil" not in html
+
+
+def test_each_role_is_offered_only_what_it_may_do(env: Env) -> None:
+    snap = backup(env, "shop")["snapshot_id"]
+    short = snap[:8]
+    login(env, "viewer")
+    app = env.client.get("/apps/shop").text
+    assert has(app, f"{TESTIDS['snapshot_row']}:{short}")
+    assert not has(app, TESTIDS["backup_button"]) and not has(app, f"verify-button:{short}")
+    assert not has(app, TESTIDS["forget_preview"]) and 'href="/admin"' not in app
+    browser = env.client.get(f"/snapshots/{snap}").text
+    assert not has(browser, TESTIDS["restore_button"]) and "/download?" not in browser
+    assert env.client.get("/admin").status_code == 403
+    assert env.client.get("/recovery").status_code == 403
+
+    login(env, "operator")
+    app = env.client.get("/apps/shop").text
+    assert has(app, TESTIDS["backup_button"]) and has(app, f"verify-button:{short}")
+    assert not has(app, TESTIDS["forget_preview"])  # forget is for admins
+    browser = env.client.get(f"/snapshots/{snap}").text
+    assert has(browser, TESTIDS["restore_button"]) and "/download?" in browser
+    assert env.client.get("/admin").status_code == 403
+
+    login(env, "admin")
+    app = env.client.get("/apps/shop").text
+    assert has(app, TESTIDS["forget_preview"])  # shop has a retention policy
+    assert 'href="/admin"' in app and 'href="/recovery"' in app
+    assert env.client.get("/admin").status_code == 200
+    assert env.client.get("/recovery").status_code == 200
+    blog = env.client.get("/apps/blog").text
+    assert not has(blog, TESTIDS["forget_preview"])  # blog has none: nothing to preview
+
+
+def test_app_scoped_user_sees_only_its_applications(env: Env) -> None:
+    blog_snap = backup(env, "blog")["snapshot_id"]
+    login(env, "scoped")
+    overview = env.client.get("/").text
+    assert has(overview, f"{TESTIDS['app_row']}:shop")
+    assert not has(overview, f"{TESTIDS['app_row']}:blog") and env.repo not in overview
+    assert env.client.get("/apps/blog").status_code == 404
+    assert env.client.get(f"/snapshots/{blog_snap}").status_code == 404
+
+
+def test_forms_carry_the_csrf_token_and_target_the_api(env: Env) -> None:
+    backup(env, "shop")
+    csrf = login(env, "admin")
+    for path in ("/apps/shop", "/admin", "/recovery"):
+        html = env.client.get(path).text
+        forms = re.findall(r"<form [^>]*data-api=\"([^\"]+)\"[^>]*>(.*?)</form>", html, re.S)
+        assert forms, path
+        for action, body in forms:
+            assert action.startswith("/api/"), action
+            assert f'name="csrf_token" value="{csrf}"' in body, (path, action)
+    # the dashboard has no write route of its own: every state change is the API's
+    for route in pages.router.routes:
+        assert isinstance(route, APIRoute) and route.methods <= {"GET", "HEAD"}, route
+    r = env.client.post("/api/backup", json={"app_name": "shop"})  # session, no token
+    assert r.status_code == 403
+
+
+def test_overview_badge_strip_and_sizes(env: Env) -> None:
+    snap = backup(env, "shop")["snapshot_id"]
+    login(env, "viewer")
+    html = env.client.get("/").text
+    badge = re.search(
+        r'<span class="badge (\w+)" data-testid="verify-badge:shop"[^>]*>([^<]*)<', html
+    )
+    assert badge and badge.groups() == ("bad", "never verified")
+    assert html.count('class="day ok"') == 1  # today, for shop only
+    r = env.client.post(f"/api/snapshots/{snap}/verify", headers=env.h("operator"))
+    assert wait_job(env, r.json()["job_id"])["state"] == "succeeded"
+    html = env.client.get("/").text
+    badge = re.search(
+        r'<span class="badge (\w+)" data-testid="verify-badge:shop"[^>]*>([^<]*)<', html
+    )
+    assert badge and badge.group(1) == "ok" and badge.group(2).startswith("proven restorable")
+    assert has(html, f"{TESTIDS['repo_health']}:default")
+
+
+def test_snapshot_browser_pages_large_folders(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    snap = backup(env, "shop")["snapshot_id"]
+    login(env, "operator")
+    folder = str(env.tmp / "shop")
+    monkeypatch.setattr(pages, "PAGE_SIZE", 1)
+    first = env.client.get(f"/snapshots/{snap}", params={"path": folder}).text
+    assert has(first, "entry:a.txt") and not has(first, "entry:sub") and "1 of 2" in first
+    second = env.client.get(f"/snapshots/{snap}", params={"path": folder, "offset": 1}).text
+    assert has(second, "entry:sub") and not has(second, "entry:a.txt")
+
+
+def test_file_view_download_link_and_diff(env: Env) -> None:
+    old = backup(env, "shop")["snapshot_id"]
+    (env.tmp / "shop" / "a.txt").write_text("changed\n")
+    (env.tmp / "shop" / "new.txt").write_text("new\n")
+    new = backup(env, "shop")["snapshot_id"]
+    login(env, "operator")
+    path = f"{env.tmp}/shop/a.txt"
+    html = env.client.get(f"/snapshots/{new}", params={"path": path}).text
+    assert has(html, TESTIDS["file_meta"]) and "8 bytes" in html
+    href = re.search(r'href="(/api/snapshots/[^"]+)" data-testid="download:a.txt"', html)
+    assert href
+    r = env.client.get(href.group(1).replace("&amp;", "&"))
+    assert r.status_code == 200 and r.content == b"changed\n"
+    html = env.client.get(
+        f"/snapshots/{new}", params={"path": f"{env.tmp}/shop", "against": old}
+    ).text
+    assert has(html, TESTIDS["diff_result"])
+    assert "1 added, 0 removed, 1 modified" in html
+    assert f"{env.tmp}/shop/new.txt" in html
+
+
+def test_job_pages_show_plans_with_their_run_buttons(env: Env) -> None:
+    backup(env, "shop")
+    backup(env, "shop")
+    csrf = login(env, "admin")
+    h = {"X-CSRF-Token": csrf}
+    r = env.client.post("/api/forget", json={"app_name": "shop", "dry_run": True}, headers=h)
+    job = wait_job(env, r.json()["job_id"])
+    html = env.client.get(f"/jobs/{job['id']}").text
+    assert has(html, TESTIDS["job_result"]) and "keep 1, remove 1" in html
+    assert has(html, TESTIDS["job_run_plan"])
+    r = env.client.post("/api/disaster-recovery", json={"app_name": "shop", "allow_unverified": True},
+                        headers=h)  # fmt: skip
+    job = wait_job(env, r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    html = env.client.get(f"/jobs/{job['id']}").text
+    assert "Run this recovery" in html and has(html, TESTIDS["job_run_plan"])
+    login(env, "viewer")  # a viewer sees the plan but is offered no button
+    html = env.client.get(f"/jobs/{job['id']}").text
+    assert has(html, TESTIDS["job_result"]) and not has(html, TESTIDS["job_run_plan"])
+
+
+def test_pages_load_nothing_from_another_host(env: Env) -> None:
+    backup(env, "shop")
+    login(env, "admin")
+    for path in ("/", "/apps/shop", "/jobs", "/jobs/1", "/recovery", "/admin", "/login"):
+        html = env.client.get(path).text
+        assert not re.search(r"(src|href|action)=\"(https?:)?//", html), path
+    for asset in STATIC.iterdir():
+        text = asset.read_text()
+        assert not re.search(r"https?://|url\(", text), asset.name
+        assert env.client.get(f"/static/{asset.name}").status_code == 200
+
+
+def test_every_testid_is_listed_and_used() -> None:
+    used: set[str] = set()
+    for template in TEMPLATES.glob("*.html"):
+        text = template.read_text()
+        # a testid is T.<key> (or a macro's ``testid`` argument, itself built from T.<key>)
+        literal = re.findall(r'data-testid="(?!\{\{ T\.|\{\{ testid \}\})([^"]*)"', text)
+        assert not literal, f"{template.name}: data-testid not from testids.py: {literal}"
+        for key in re.findall(r"\bT\.(\w+)", text):
+            assert key in TESTIDS, f"{template.name}: unknown testid {key}"
+            used.add(key)
+    for key in re.findall(r"TESTIDS\[\"(\w+)\"\]", Path(pages.__file__).read_text()):
+        used.add(key)
+    assert set(TESTIDS) == used, f"listed but unused: {set(TESTIDS) - used}"
+    assert len(set(TESTIDS.values())) == len(TESTIDS)
+
+
+def test_formatting_helpers() -> None:
+    now = dt.datetime(2026, 1, 2, 12, 0, tzinfo=dt.UTC)
+    assert age("2026-01-02T10:00:00+00:00", now) == "2 h ago"
+    assert age("2025-12-30T12:00:00Z", now) == "3 d ago"
+    assert age("2026-01-02T12:05:00+00:00", now) == "in 5 min"
+    assert age(None, now) == "never" and mode("0o755") == "755"
+    times = [dt.datetime(2026, 1, 2, 1, tzinfo=dt.UTC)]
+    strip = day_strip(times, [dt.datetime(2026, 1, 1, 3, tzinfo=dt.UTC)], now)
+    assert len(strip) == 30 and strip[-1] == ("2026-01-02", "ok") and strip[-2][1] == "failed"
+    assert {o for _, o in strip[:-2]} == {"none"}
+
+
+def test_chart_svg() -> None:
+    assert "no backups yet" in charts.chart([], title="t", label=str)
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    svg = charts.chart([(t, 1.0), (t + dt.timedelta(days=2), 3.0)], title="<x>", label=str)
+    assert "&lt;x&gt;" in svg and "<x>" not in svg and "<polyline" in svg
+    assert "2026-01-01" in svg and "2026-01-03" in svg
+    bars = charts.chart([(t, 2.0)], title="d", label=str, bars=True)
+    assert bars.count("<rect") == 1
