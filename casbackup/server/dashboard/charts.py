@@ -13,8 +13,10 @@ from html import escape
 
 from markupsafe import Markup
 
-W, H = 600, 180  # viewBox units
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 14, 28  # margins for the axis labels
+# viewBox units: narrow enough that 12-unit text stays legible when a phone scales the chart
+# down to ~340 px, wide enough for a desktop's half-width column
+W, H = 400, 160
+LEFT, RIGHT, TOP, BOTTOM = 64, 10, 12, 26  # margins for the axis labels
 
 
 def _y_ticks(top: float) -> list[float]:
