@@ -28,11 +28,33 @@ from casbackup.errors import UsageError
 @click.option("--no-scheduler", is_flag=True, help="Do not run scheduled backups and checks.")
 @click.option("--missed-runs", type=click.Choice(["once", "skip"]), default="once", show_default=True,
               help="Schedules missed while the service was down: run once at start-up, or skip.")  # fmt: skip
+@click.option(
+    "--timezone",
+    metavar="ZONE",
+    help="Time zone of the schedules, e.g. Europe/Berlin [default: the machine's].",
+)
+@click.option(
+    "--verify-schedule",
+    metavar="CRON",
+    help="Also verify each application's newest snapshot on this schedule.",
+)
+@click.option(
+    "--check-schedule",
+    metavar="CRON",
+    help="Also check each repository (--read-data-subset) on this schedule.",
+)
+@click.option(
+    "--check-subset",
+    default="1/7",
+    show_default=True,
+    help="The share of data each scheduled check reads.",
+)
 @click.pass_context
 def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str | None,
           tls_key: str | None, insecure_http: bool, trusted_proxies: tuple[str, ...],
           trusted_user_header: str | None, secure_cookies: bool | None, no_scheduler: bool,
-          missed_runs: str) -> None:  # fmt: skip
+          missed_runs: str, timezone: str | None, verify_schedule: str | None,
+          check_schedule: str | None, check_subset: str) -> None:  # fmt: skip
     """Run the web service: the API, background jobs and the scheduler.
 
     Reads the same config file as the other commands and serves every application and
@@ -71,7 +93,8 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
         password_command=opts.password_command, host=host, port=port, tls=bool(tls_cert),
         trusted_user_header=trusted_user_header, trusted_proxies=check_proxies(trusted_proxies),
         cookie_secure=secure_cookies if secure_cookies is not None else bool(tls_cert or trusted_proxies),
-        run_scheduler=not no_scheduler, missed_runs=missed_runs,
+        run_scheduler=not no_scheduler, missed_runs=missed_runs, timezone=_zone(timezone),
+        verify_schedule=verify_schedule, check_schedule=check_schedule, check_subset=_subset(check_subset),
     )  # fmt: skip
     import uvicorn
 
@@ -88,6 +111,27 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
         server_header=False, log_level="info" if not opts.quiet else "warning",
         timeout_graceful_shutdown=30,
     )  # fmt: skip
+
+
+def _zone(name: str | None) -> str | None:
+    if name is None:
+        return None
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except Exception:
+        raise UsageError(
+            f"--timezone {name!r} is not a known time zone (e.g. Europe/Berlin, UTC)"
+        ) from None
+    return name
+
+
+def _subset(text: str) -> str:
+    from casbackup.verify.check import Subset
+
+    Subset.parse(text)  # raises UsageError for a bad value
+    return text
 
 
 COMMANDS = [serve]

@@ -124,8 +124,13 @@ class Registry:
             own = getattr(app, "repository", None)
             if own is not None and own.location:
                 key = f"app:{app.name}"
-                self.handles[key] = RepoHandle(key, own.location, access.PasswordSource(
-                    own.password_file, own.password_command, own.password_env))  # fmt: skip
+                own_source = access.PasswordSource(
+                    own.password_file, own.password_command, own.password_env
+                )
+                # No password source of its own: the same one as the default repository.
+                self.handles[key] = RepoHandle(
+                    key, own.location, own_source if own_source.given else source
+                )
                 self.app_repo[app.name] = key
             else:
                 self.app_repo[app.name] = DEFAULT

@@ -158,6 +158,32 @@ def verifications(request: Request, app: str | None = Query(None, max_length=100
     return out
 
 
+class ScheduleOut(BaseModel):
+    key: str
+    kind: str
+    app: str | None
+    repository: str | None
+    schedule: str
+    timezone: str
+    last_run: str | None
+    next_run: str
+
+
+@router.get("/api/schedules", response_model=list[ScheduleOut])
+def schedules(
+    request: Request, principal: Principal = Depends(require("view"))
+) -> list[dict[str, Any]]:
+    """Every schedule with its last and next run (empty when the scheduler is off)."""
+    scheduler = service_of(request).scheduler
+    if scheduler is None:
+        return []
+    return [
+        s
+        for s in scheduler.overview()
+        if principal.sees(s["app"]) and (principal.apps is None or s["app"])
+    ]
+
+
 @router.post("/api/config/reload", status_code=204)
 def reload_config(request: Request, _p: Principal = Depends(require("config"))) -> None:
     """Read the config file again (applications, schedules, repositories). Running jobs go on

@@ -43,6 +43,10 @@ class Settings:
     run_scheduler: bool = True
     scheduler_tick_s: float = 30.0  # wall clock checked at least every minute (sleeping laptops)
     missed_runs: str = "once"  # once | skip: runs missed while the service was down
+    timezone: str | None = None  # IANA name for schedules; None: the machine's zone
+    verify_schedule: str | None = None  # restore drills: verify each app's newest snapshot
+    check_schedule: str | None = None  # check --read-data-subset of each repository
+    check_subset: str = "1/7"
     job_python: str = field(default=sys.executable)  # interpreter for job worker processes
     job_env: tuple[tuple[str, str], ...] = ()  # extra environment for workers (tests)
 

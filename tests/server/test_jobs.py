@@ -93,3 +93,52 @@ def test_cancel_queued_job_and_permissions(env: Env) -> None:
     r = env.client.post(f"/api/jobs/{second}/cancel", headers=env.h("admin"))
     assert r.status_code == 400 and "already finished" in r.json()["detail"]
     assert env.client.get("/api/jobs/999999", headers=env.h("admin")).status_code == 404
+
+
+def test_backups_in_two_repositories_overlap(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+    from tests.server.conftest import make_config
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_repo(str(tmp_path / "repo")).close()
+    make_repo(str(tmp_path / "blog-repo")).close()
+    config = make_config(tmp_path, str(tmp_path / "repo"),
+                         extra=f'[applications.repository]\nlocation = "{tmp_path / "blog-repo"}"\n')  # fmt: skip
+    for app in ("shop", "blog"):
+        for i in range(3):
+            (tmp_path / app / f"big{i}.bin").write_bytes(os.urandom(8 << 20))
+    settings = Settings(state_dir=tmp_path / "st", config_path=config, cheap_password_hashing=True,
+                        run_scheduler=False)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.accounts.add_user("op", "password-123", "operator")
+        token, _ = service.accounts.create_token("op")
+        h = {"Authorization": f"Bearer {token}"}
+        ids = [
+            client.post("/api/backup", json={"app_name": a}, headers=h).json()["job_id"]
+            for a in ("shop", "blog")
+        ]
+        docs = []
+        for job_id in ids:
+            while (doc := client.get(f"/api/jobs/{job_id}", headers=h).json())["state"] in (
+                "queued",
+                "running",
+            ):
+                time.sleep(0.05)
+            docs.append(doc)
+        assert [d["state"] for d in docs] == ["succeeded", "succeeded"], docs
+        assert [d["repository"] for d in docs] == ["default", "app:blog"]
+        (a0, a1), (b0, b1) = ((d["started_at"], d["finished_at"]) for d in docs)
+        assert a0 < b1 and b0 < a1  # the two ran at the same time
+        snaps = client.get("/api/snapshots", headers=h).json()
+        assert {(s["app"], s["repository"]) for s in snaps} == {
+            ("shop", "default"),
+            ("blog", "app:blog"),
+        }
