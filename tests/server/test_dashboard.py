@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from fastapi.routing import APIRoute
 
+from casbackup.repo.snapshot import Snapshot
 from casbackup.server.dashboard import charts, pages
 from casbackup.server.dashboard.format import age, mode, safe_next
 from casbackup.server.dashboard.testids import TESTIDS
-from casbackup.server.dashboard.views import day_strip
+from casbackup.server.dashboard.views import day_strip, overdue_reason
 from tests.server.conftest import PW, Env
 from tests.server.test_jobs import wait_job
 from tests.server.test_snapshots import backup
@@ -250,3 +251,46 @@ def test_chart_svg() -> None:
     assert "2026-01-01" in svg and "2026-01-03" in svg
     bars = charts.chart([(t, 2.0)], title="d", label=str, bars=True)
     assert bars.count("<rect") == 1
+
+
+def _snap(when: dt.datetime) -> Snapshot:
+    return Snapshot(time=when.isoformat(), start_ns=0, host="h", user="u", paths=("/x",),
+                    tree="00" * 32, app="shop")  # fmt: skip
+
+
+def test_overdue_rules() -> None:
+    now = dt.datetime(2026, 1, 2, 12, 0, tzinfo=dt.UTC)
+    fired = "2026-01-02T02:00:00+00:00"
+    nxt = "2026-01-03T02:00:00+00:00"
+    sched = {"last_run": fired, "next_run": nxt}
+    assert overdue_reason(None, None, now) is None  # not scheduled
+    assert overdue_reason({"last_run": None, "next_run": nxt}, None, now) is None  # first day
+    ok = _snap(dt.datetime(2026, 1, 2, 2, 0, 5, tzinfo=dt.UTC))
+    assert overdue_reason(sched, ok, now) is None
+    old = _snap(dt.datetime(2026, 1, 1, 2, 0, 5, tzinfo=dt.UTC))
+    assert "02:00 UTC did not succeed" in (overdue_reason(sched, old, now) or "")
+    assert overdue_reason(sched, None, now) is not None
+    # fired a moment ago: its backup may still be running
+    assert overdue_reason(sched, old, dt.datetime(2026, 1, 2, 2, 10, tzinfo=dt.UTC)) is None
+    # the service was down when the next run was due
+    late = {"last_run": "2026-01-01T02:00:00+00:00", "next_run": "2026-01-02T02:00:00+00:00"}
+    assert "did not start" in (overdue_reason(late, old, now) or "")
+
+
+def test_overview_shows_overdue_and_next_run(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    class FakeScheduler:
+        def overview(self) -> list[dict[str, object]]:
+            return [{"key": "backup:shop", "kind": "backup", "app": "shop",
+                     "last_run": "2020-01-01T02:00:00+00:00", "next_run": "2999-01-01T02:00:00+00:00"}]  # fmt: skip
+
+        def next_run_text(self, app: str) -> str | None:
+            return "2999-01-01T02:00:00+00:00" if app == "shop" else None
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(env.service, "scheduler", FakeScheduler())
+    login(env, "viewer")
+    html = env.client.get("/").text
+    assert has(html, f"{TESTIDS['overdue']}:shop") and not has(html, f"{TESTIDS['overdue']}:blog")
+    assert "2999-01-01 02:00 UTC" in html

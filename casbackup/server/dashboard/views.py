@@ -121,6 +121,9 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             if record.app:
                 records_by_app[record.app] = record
     since = now - dt.timedelta(days=STRIP_DAYS)
+    schedules: dict[str, dict[str, Any]] = {}
+    if service.scheduler is not None:
+        schedules = {e["app"]: e for e in service.scheduler.overview() if e["kind"] == "backup"}
     cards: list[AppCard] = []
     for row in apps:
         snaps = [s for s in snaps_by_repo.get(row.repository, []) if s.app == row.name]
@@ -136,7 +139,7 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             name=row.name, description=row.description, repository=row.repository,
             snapshots=len(snaps), last_snapshot=last, last_job=last_job,
             verification=records_by_app.get(row.name), schedule=row.schedule,
-            next_run=row.next_run, overdue=overdue_reason(service, row.name, last, now),
+            next_run=row.next_run, overdue=overdue_reason(schedules.get(row.name), last, now),
             protected_bytes=last.summary.bytes_total if last else 0,
             stored_bytes=sum(s.summary.bytes_stored for s in snaps),
             strip=day_strip([s.datetime for s in snaps if s.datetime >= since], failed, now),
@@ -156,24 +159,30 @@ def _repo_visible(service: Service, key: str, principal: Principal) -> bool:
     return any(k == key and principal.sees(a) for a, k in service.registry.app_repo.items())
 
 
-def overdue_reason(
-    service: Service, app: str, last: Snapshot | None, now: dt.datetime
-) -> str | None:
-    """Why ``app``'s scheduled backup is overdue, or None: the schedule fired (by the
-    scheduler's own reckoning) and no snapshot newer than that firing exists."""
-    scheduler = service.scheduler
-    if scheduler is None or not hasattr(scheduler, "previous_run"):
+OVERDUE_GRACE = dt.timedelta(minutes=30)  # a fired backup may be queued behind another
+
+
+def overdue_reason(schedule: dict[str, Any] | None, last: Snapshot | None,
+                   now: dt.datetime) -> str | None:  # fmt: skip
+    """Why an application's scheduled backup is overdue, or None.
+
+    ``schedule`` is its entry of ``Scheduler.overview()`` (``last_run``: when the scheduler
+    last fired it; ``next_run``). Overdue: the last firing is over ``OVERDUE_GRACE`` old and no
+    snapshot was started at or after it (the run failed, was cancelled, or never got a turn),
+    or the next firing is over ``OVERDUE_GRACE`` late (the service was not running then).
+    """
+    if schedule is None:
         return None
-    due = scheduler.previous_run(app, now)
-    if due is None:
-        return None
-    grace = dt.timedelta(minutes=30)  # a backup may still be running, or queued behind another
-    if now - due < grace:
-        return None
-    if last is None:
-        return f"scheduled for {due:%Y-%m-%d %H:%M} UTC; no backup yet"
-    if last.datetime < due:
-        return f"scheduled for {due:%Y-%m-%d %H:%M} UTC; last backup {last.datetime:%Y-%m-%d %H:%M}"
+    fired, due = parse_time(schedule.get("last_run")), parse_time(schedule.get("next_run"))
+    # the snapshot's time is when its backup started, a moment after the firing
+    if (
+        fired is not None
+        and now - fired > OVERDUE_GRACE
+        and (last is None or last.datetime < fired - dt.timedelta(minutes=1))
+    ):
+        return f"the run scheduled at {fired:%Y-%m-%d %H:%M} UTC did not succeed"
+    if due is not None and now - due > OVERDUE_GRACE:
+        return f"the run due at {due:%Y-%m-%d %H:%M} UTC did not start"
     return None
 
 
