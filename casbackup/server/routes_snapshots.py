@@ -114,6 +114,8 @@ class RestoreRequest(BaseModel):
     target: str | None = Field(None, max_length=200,
                                description="folder name inside the recovery directory")  # fmt: skip
     overwrite: bool = False
+    in_place: bool = Field(False, description="restore to the original place instead (admins: "
+                           "it writes outside the recovery directory); target is then ignored")  # fmt: skip
 
 
 def _doc(handle: RepoHandle, snap: Snapshot, verified: dict[str, Any]) -> dict[str, Any]:
@@ -393,12 +395,22 @@ def _tar_header(entry: Any, arcname: str, kind: bytes) -> bytes:
 def restore(snapshot_id: str, body: RestoreRequest, request: Request,
             principal: Principal = Depends(require("restore"))) -> JobStarted:  # fmt: skip
     """Restore the snapshot, or a folder or file of it, into a folder of the configured recovery
-    directory (``disaster_recovery.recovery_directory``), never elsewhere."""
+    directory (``disaster_recovery.recovery_directory``), or with ``in_place`` (admins only)
+    back where it was backed up from."""
     inner = _clean_path(body.path)
     handle, snap = find_snapshot(request, principal, snapshot_id)
-    target = recovery_target(
-        request, snap.app or "restore", body.target or f"restore-{snap.short_id}"
-    )
+    if body.in_place:
+        principal.check("recover", snap.app)
+        try:
+            kind = handle.vfs().lookup(_vfs_path(handle, snap, inner)).kind
+        except NotFound as exc:
+            raise HTTPException(404, f"{inner}: {exc}") from None
+        # a folder's contents go into that folder; a file goes into its parent folder
+        target = inner if kind == NodeKind.DIR else os.path.dirname(inner)
+    else:
+        target = recovery_target(
+            request, snap.app or "restore", body.target or f"restore-{snap.short_id}"
+        )
     doc = service_of(request).jobs.submit(
         "restore", app=snap.app, repo_key=handle.key, created_by=principal.actor,
         user_id=principal.user_id,

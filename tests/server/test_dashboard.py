@@ -294,3 +294,30 @@ def test_overview_shows_overdue_and_next_run(env: Env, monkeypatch: pytest.Monke
     html = env.client.get("/").text
     assert has(html, f"{TESTIDS['overdue']}:shop") and not has(html, f"{TESTIDS['overdue']}:blog")
     assert "2999-01-01 02:00 UTC" in html
+
+
+def test_restore_to_the_original_place_is_for_admins(env: Env) -> None:
+    snap = backup(env, "shop")["snapshot_id"]
+    source = env.tmp / "shop" / "a.txt"
+    source.write_text("damaged\n")
+    (env.tmp / "shop" / "sub" / "b.bin").unlink()
+    body = {"path": f"{env.tmp}/shop", "in_place": True, "overwrite": False}
+    r = env.client.post(f"/api/snapshots/{snap}/restore", json=body, headers=env.h("operator"))
+    assert r.status_code == 403
+    login(env, "operator")
+    assert not has(env.client.get(f"/snapshots/{snap}").text, TESTIDS["restore_in_place"])
+    login(env, "admin")
+    assert has(env.client.get(f"/snapshots/{snap}").text, TESTIDS["restore_in_place"])
+    r = env.client.post(f"/api/snapshots/{snap}/restore", json=body, headers=env.h("admin"))
+    job = wait_job(env, r.json()["job_id"])
+    # without overwrite an existing file is left alone and reported, the rest is restored
+    assert job["state"] == "failed" and "a.txt exists in the target" in job["error"], job
+    assert job["params"]["target"] == f"{env.tmp}/shop"
+    assert source.read_text() == "damaged\n"
+    assert len((env.tmp / "shop" / "sub" / "b.bin").read_bytes()) == 300_000  # missing: restored
+    file_body = {"path": str(source), "in_place": True, "overwrite": True}
+    r = env.client.post(f"/api/snapshots/{snap}/restore", json=file_body, headers=env.h("admin"))
+    job = wait_job(env, r.json()["job_id"])
+    assert job["state"] == "succeeded" and job["params"]["target"] == f"{env.tmp}/shop", job
+    assert source.read_text() == "hello\n"
+    assert not any((env.tmp / "recovery").glob("*"))  # nothing went to the recovery folder

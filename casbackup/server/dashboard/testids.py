@@ -45,6 +45,7 @@ TESTIDS: dict[str, str] = {
     "restore_form": "restore-form",  # :<path>
     "restore_target": "restore-target",
     "restore_overwrite": "restore-overwrite",
+    "restore_in_place": "restore-in-place",
     "restore_button": "restore-button",
     "diff_form": "diff-form",
     "diff_result": "diff-result",
