@@ -350,6 +350,7 @@ def test_admin_creates_a_token_shown_once(browser: Any, site: Site) -> None:
     token = shown.text_content()
     r = httpx.get(site.url + "/api/auth/me", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200 and r.json()["name"] == "ops"
+    shoot(page, "admin")
     page.reload()
     assert token not in page.content()  # listed by id only from now on
     page.context.close()
