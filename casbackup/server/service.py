@@ -42,7 +42,9 @@ class Service:
     def start(self) -> None:
         """Start background parts (jobs, scheduler). Called from the app's lifespan."""
         from casbackup.server.jobs import JobManager
+        from casbackup.server.metrics import Metrics
 
+        self.metrics = Metrics(self)
         self.jobs = JobManager(self)
         self.jobs.recover_interrupted()
         if self.settings.run_scheduler:
