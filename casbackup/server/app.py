@@ -45,24 +45,38 @@ class BodyLimit:
                     await _too_large(scope, receive, send, self.limit)
                     return
         seen = 0
+        over = False
+        started = False
 
         async def counted() -> dict[str, Any]:
-            nonlocal seen
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
             message: dict[str, Any] = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    # Pretend the client left: the app stops reading and its answer is dropped
+                    # below; the caller gets our 413 instead.
+                    over = True
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if over and not started:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
+            await self.app(scope, counted, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
             await _too_large(scope, receive, send, self.limit)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _too_large(scope: dict[str, Any], receive: Any, send: Any, limit: int) -> None:
@@ -109,7 +123,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
 
     for name in ROUTER_MODULES:
         module = importlib.import_module(f"casbackup.server.{name}")
-        app.include_router(module.router)
+        app.include_router(module.router, responses=errors.COMMON_RESPONSES)
     from casbackup.server.dashboard import mount_static
 
     mount_static(app)

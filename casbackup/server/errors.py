@@ -4,9 +4,11 @@ codes): a JSON body ``{"detail": message, "exit_code": n}``, never a traceback."
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from casbackup.errors import (
     AmbiguousId,
@@ -22,6 +24,28 @@ from casbackup.errors import (
 )
 
 log = logging.getLogger("casbackup.server")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer (except 422, FastAPI's validation errors): one line, no traceback."""
+
+    detail: str
+    exit_code: int | None = Field(None, description="the CLI's exit code for the same failure")
+
+
+_R = {"model": ErrorBody}
+# Documented on every route, so the schema says what a client can get back.
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {**_R, "description": "bad request (a value the library refused)"},
+    401: {**_R, "description": "not authenticated, or the token is unknown, expired or revoked"},
+    403: {**_R, "description": "the caller's role may not do this (or CSRF token missing)"},
+    404: {**_R, "description": "no such object, or one the caller may not see"},
+    409: {**_R, "description": "conflict: locked repository, ambiguous id, missing setting"},
+    413: {**_R, "description": "request body too large"},
+    429: {**_R, "description": "too many failed logins"},
+    500: {**_R, "description": "damaged repository data or an unexpected error"},
+    503: {**_R, "description": "the service cannot open its repository"},
+}
 
 # Most specific first: the first class an error is an instance of decides.
 STATUS: list[tuple[type[CasError], int]] = [
@@ -46,6 +70,14 @@ def status_for(exc: CasError) -> int:
 
 
 def install(app: FastAPI) -> None:
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # The same body shape as every other error (a string detail), headers kept.
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))  # fmt: skip
+
     @app.exception_handler(CasError)
     async def cas_error(_request: Request, exc: CasError) -> JSONResponse:
         return JSONResponse(

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -17,6 +17,7 @@ router = APIRouter(tags=["jobs"])
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 KEEPALIVE_S = 15.0
+JobId = Annotated[int, Path(ge=1, le=2**62, description="a job's id")]  # SQLite's INTEGER range
 
 
 class Job(BaseModel):
@@ -188,12 +189,14 @@ def list_jobs(
 
 
 @router.get("/api/jobs/{job_id}", response_model=Job)
-def get_job(job_id: int, request: Request, principal: Principal = Depends(require("view"))) -> Job:
+def get_job(
+    job_id: JobId, request: Request, principal: Principal = Depends(require("view"))
+) -> Job:
     return Job(**visible_job(request, principal, job_id))
 
 
 @router.get("/api/jobs/{job_id}/log", response_model=list[LogLine])
-def job_log(job_id: int, request: Request, after_id: int = Query(0, ge=0, le=2**62),
+def job_log(job_id: JobId, request: Request, after_id: int = Query(0, ge=0, le=2**62),
             principal: Principal = Depends(require("view"))) -> list[LogLine]:  # fmt: skip
     visible_job(request, principal, job_id)
     return [LogLine(**line) for line in service_of(request).jobs.log(job_id, after_id)]
@@ -201,7 +204,7 @@ def job_log(job_id: int, request: Request, after_id: int = Query(0, ge=0, le=2**
 
 @router.post("/api/jobs/{job_id}/cancel", response_model=Job)
 def cancel_job(
-    job_id: int, request: Request, principal: Principal = Depends(require("cancel"))
+    job_id: JobId, request: Request, principal: Principal = Depends(require("cancel"))
 ) -> Job:
     """Operators cancel their own jobs; admins any. A queued job is cancelled at once; a running
     one is asked to stop at a safe point (its state becomes ``cancelled`` when it has)."""

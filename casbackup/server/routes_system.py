@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from casbackup import __version__
@@ -98,6 +98,22 @@ def list_applications(request: Request, principal: Principal) -> Applications:
             rows.append(row)
     visible = [Application(**r) for r in rows if principal.sees(r["name"])]
     return Applications(applications=visible, count=len(visible), warnings=warnings)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics (text format)",
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}},
+)
+def metrics(request: Request, principal: Principal = Depends(require("view"))) -> Response:
+    """Per application: last successful backup time, bytes added, duration, files, snapshots,
+    last verification result and time; per repository: size; jobs by kind and state. Scrape
+    with a viewer token (``bearer_token`` in Prometheus)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    body = service_of(request).metrics.render(principal.apps)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/applications", response_model=Applications, summary="Configured applications")

@@ -35,14 +35,20 @@ class Service:
         self.jobs: Any = None  # JobManager, set by start()
         self.scheduler: Any = None
         self.metrics: Any = None
+        self._starts = 0  # lifespans nest when an app is mounted or wrapped (test clients do)
 
     def is_trusted_proxy(self, address: str) -> bool:
         return bool(self._proxies) and is_in(address, self._proxies)
 
     def start(self) -> None:
         """Start background parts (jobs, scheduler). Called from the app's lifespan."""
+        self._starts += 1
+        if self._starts > 1:
+            return
         from casbackup.server.jobs import JobManager
+        from casbackup.server.metrics import Metrics
 
+        self.metrics = Metrics(self)
         self.jobs = JobManager(self)
         self.jobs.recover_interrupted()
         if self.settings.run_scheduler:
@@ -53,6 +59,9 @@ class Service:
 
     def stop(self) -> None:
         """Graceful stop: cancel running jobs (their state recorded), end event streams."""
+        self._starts -= 1
+        if self._starts > 0:
+            return
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.jobs is not None:

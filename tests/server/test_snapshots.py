@@ -207,3 +207,20 @@ def test_recover_dry_run_returns_the_plan(env: Env, snap: str, tmp_path: Path) -
         ).status_code
         == 403
     )
+
+
+def test_metrics(env: Env, snap: str) -> None:
+    r = env.client.post(f"/api/snapshots/{snap}/verify", headers=env.h("operator"))
+    wait_job(env, r.json()["job_id"])
+    backup(env, "blog")
+    assert env.client.get("/metrics").status_code == 401
+    r = env.client.get("/metrics", headers=env.h("viewer"))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'casbackup_last_backup_timestamp_seconds{app="shop"}' in text
+    assert 'casbackup_last_verification_ok{app="shop"} 1.0' in text
+    assert 'casbackup_repository_size_bytes{repository="default"}' in text
+    assert 'casbackup_jobs{app="shop",kind="backup",state="succeeded"} 1.0' in text
+    assert 'casbackup_last_backup_files{app="shop"} 2.0' in text
+    scoped = env.client.get("/metrics", headers=env.h("scoped")).text
+    assert 'app="shop"' in scoped and 'app="blog"' not in scoped and "repository_size" not in scoped
