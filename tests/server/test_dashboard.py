@@ -321,3 +321,16 @@ def test_restore_to_the_original_place_is_for_admins(env: Env) -> None:
     assert job["state"] == "succeeded" and job["params"]["target"] == f"{env.tmp}/shop", job
     assert source.read_text() == "hello\n"
     assert not any((env.tmp / "recovery").glob("*"))  # nothing went to the recovery folder
+
+
+def test_refusals_and_missing_things_are_html_pages(env: Env) -> None:
+    login(env, "viewer")
+    r = env.client.get("/admin")
+    assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
+    assert has(r.text, TESTIDS["error_message"]) and "may not users" in r.text
+    r = env.client.get("/snapshots/0123456789abcdef")
+    assert r.status_code == 404 and has(r.text, TESTIDS["error_message"])
+    r = env.client.get("/jobs/999999")
+    assert r.status_code == 404 and "no job 999999" in r.text
+    r = env.client.get("/snapshots/x", params={"path": "/a/../b"})
+    assert r.status_code in (400, 404) and r.headers["content-type"].startswith("text/html")

@@ -10,16 +10,18 @@ what the API would answer to the same caller.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
-from casbackup.server import audit
+from casbackup.errors import CasError
+from casbackup.server import audit, errors
 from casbackup.server.auth import Principal, optional_user, require, service_of
 from casbackup.server.dashboard import charts, views
 from casbackup.server.dashboard.format import install_filters, safe_next
@@ -28,9 +30,38 @@ from casbackup.server.routes_jobs import visible_job
 from casbackup.server.routes_snapshots import browse, find_snapshot, list_snapshots, snapshot_detail
 from casbackup.server.routes_system import list_applications
 
-router = APIRouter(include_in_schema=False)  # HTML pages stay out of the OpenAPI schema
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 install_filters(templates.env)
+
+
+class PageRoute(APIRoute):
+    """A page's refusals and failures as an HTML page with the same status (403, 404, ...)
+    instead of the API's JSON body; redirects (the login page's 303) pass through."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPException as exc:
+                if exc.status_code < 400:
+                    raise
+                return _error(request, exc.status_code, str(exc.detail))
+            except CasError as exc:
+                return _error(request, errors.status_for(exc), str(exc))
+
+        return page_handler
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    p = getattr(request.state, "principal", None)
+    response = render(request, "error.html", p, status=status, message=message)
+    response.status_code = status
+    return response
+
+
+router = APIRouter(include_in_schema=False, route_class=PageRoute)  # pages stay out of the schema
 
 PAGE_SIZE = 1000  # folder entries on one page of the snapshot browser
 # Pages carry the session's CSRF token and private data: never cached, never framed, and

@@ -19,6 +19,7 @@ TESTIDS: dict[str, str] = {
     "login_password": "login-password",
     "login_submit": "login-submit",
     "form_error": "form-error",
+    "error_message": "error-message",
     # overview
     "app_row": "app-row",  # :<app>
     "app_link": "app-link",  # :<app>
