@@ -300,6 +300,46 @@ def test_verification_badge_turns_green(browser: Any, site: Site, state: dict[st
     page.context.close()
 
 
+def test_disaster_recovery_plan_run_and_report(browser: Any, site: Site) -> None:
+    """After the verification above: plan (dry run), then run it from the plan's page."""
+    from playwright.sync_api import expect
+
+    page = login(browser, site, "root")
+    page.get_by_role("link", name="Recovery").click()
+    page.get_by_test_id("recover-app").select_option("notes")
+    page.get_by_test_id("recover-plan-button").click()
+    page.wait_for_url("**/jobs/*")
+    plan_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{plan_id}")).to_have_text("succeeded", timeout=120_000)
+    expect(page.get_by_test_id("job-result")).to_contain_text("verified")
+    assert not (site.recovery / "notes").exists()  # a plan writes nothing
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_test_id("job-run-plan").click()
+    page.wait_for_url(lambda url: url.rstrip("/").split("/")[-1] != str(plan_id))
+    run_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{run_id}")).to_have_text("succeeded", timeout=180_000)
+    expect(page.get_by_test_id("job-result")).to_contain_text("Recovered")
+    expect(page.get_by_test_id("recovery-report")).to_contain_text(
+        "Recovery of notes: **SUCCEEDED**"
+    )
+    shoot(page, "recovery-report")
+    doc = site.api("GET", f"/api/jobs/{run_id}").json()
+    assert doc["params"]["dry_run"] is False and doc["result"]["report"]
+    restored = site.recovery / "notes"
+    config = [p for p in restored.rglob("config.ini")]
+    assert config and config[0].read_bytes() == (site.app / "config.ini").read_bytes()
+    page.context.close()
+
+
+def test_logout_ends_the_session(browser: Any, site: Site) -> None:
+    page = login(browser, site, "view")
+    page.get_by_test_id("logout").click()
+    page.wait_for_url("**/login")
+    page.goto(site.url + "/jobs")
+    assert "/login?next=%2Fjobs" in page.url
+    page.context.close()
+
+
 def test_viewer_is_offered_no_actions(browser: Any, site: Site, state: dict[str, Any]) -> None:
     page = login(browser, site, "view")
     page.get_by_test_id("app-link:notes").click()

@@ -80,6 +80,19 @@ def mode(value: Any) -> str:
     return text[2:] if text.startswith("0o") else text
 
 
+def report_text(doc: Any) -> str:
+    """A recovery report as the library renders it for people (the Markdown written beside
+    the recovered files); the JSON itself if it is not in the shape that renderer expects."""
+    import json
+
+    from casbackup.recovery.report import render_markdown
+
+    try:
+        return render_markdown(doc)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return json.dumps(doc, indent=2, sort_keys=True)
+
+
 def safe_next(target: str) -> str:
     """Where to go after logging in: a path on this site only (no ``//host`` or scheme: an
     open redirect would let a link to our login page forward a user anywhere)."""
@@ -91,5 +104,7 @@ def safe_next(target: str) -> str:
 
 
 def install_filters(env: Environment) -> None:
-    env.filters.update(age=age, when=when, size=size, duration=duration, mode=mode)
+    env.filters.update(
+        age=age, when=when, size=size, duration=duration, mode=mode, report_text=report_text
+    )
     env.globals.update(percent=percent)

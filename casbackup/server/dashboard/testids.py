@@ -63,6 +63,7 @@ TESTIDS: dict[str, str] = {
     "recover_form": "recover-form",
     "recover_app": "recover-app",
     "recover_plan_button": "recover-plan-button",
+    "recovery_report": "recovery-report",
     # admin
     "user_row": "user-row",  # :<name>
     "user_form": "user-form",
