@@ -109,7 +109,7 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
         app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
         proxy_headers=False,  # client addresses come from auth.client_address, which checks the peer
         server_header=False, log_level="info" if not opts.quiet else "warning",
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=10,  # open event streams; then jobs are cancelled
     )  # fmt: skip
 
 

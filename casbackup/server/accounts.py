@@ -147,6 +147,8 @@ class Accounts:
         if role is not None:
             if role not in ROLES:
                 raise UsageError(f"role {role!r}: choose one of {', '.join(ROLES)}")
+            if role != "admin":
+                self._keep_an_admin(user, "demote")
             self.db.execute("UPDATE users SET role = ? WHERE id = ?", (role, user.id))
         if apps is not False:
             value = _apps_json(apps or None)  # type: ignore[arg-type]
@@ -155,7 +157,19 @@ class Accounts:
 
     def remove_user(self, name: str) -> None:
         user = self.user(name)
+        self._keep_an_admin(user, "remove")
         self.db.execute("DELETE FROM users WHERE id = ?", (user.id,))
+
+    def _keep_an_admin(self, user: User, verb: str) -> None:
+        """Refuse to remove or demote the last admin: nobody could manage accounts after it
+        (except through the CLI on the server itself)."""
+        if user.role != "admin":
+            return
+        row = self.db.one("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+        if row is not None and int(row[0]) <= 1:
+            raise UsageError(
+                f"{user.name!r} is the last admin: add another admin before you {verb} it"
+            )
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user if the password matches, else None. Costs one Argon2 hash either way.

@@ -308,8 +308,6 @@ class JobManager:
                     pass  # the next read reopens or reports it
             doc = self.get(job_id)
             self.service.events.publish("job.finished", doc, row["app"])
-            if self.service.metrics is not None:
-                self.service.metrics.job_finished(doc)
             self._dispatch()
 
     def _execute(

@@ -128,9 +128,6 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ServiceCollector(service))  # type: ignore[arg-type]
 
-    def job_finished(self, doc: dict[str, Any]) -> None:
-        """Hook for jobs.py; counts come from the database at scrape time, so nothing to do."""
-
     def render(self, apps: frozenset[str] | None) -> bytes:
         from prometheus_client import generate_latest
 

@@ -13,6 +13,7 @@ from casbackup.server.auth import (
     Principal,
     client_address,
     current_user,
+    principal_for,
     service_of,
 )
 
@@ -47,16 +48,26 @@ def me_of(p: Principal) -> Me:
 )
 async def login(body: LoginRequest, request: Request, response: Response) -> Me:
     """Check a name and password; on success set the session cookie and return the CSRF token."""
+    return me_of(await log_in(request, response, body.username, body.password))
+
+
+async def log_in(request: Request, response: Response, username: str, password: str) -> Principal:
+    """Check a name and password, apply the rate limit, set the session cookie on ``response``.
+
+    For the JSON login above and for an HTML login form (the dashboard calls this too).
+    Raises HTTPException 401 (wrong name or password) or 429 (too many failures; Retry-After).
+    The audit middleware records the attempt under the name tried.
+    """
     service = service_of(request)
     address = client_address(request)
-    keys = [f"user:{body.username}", f"addr:{address}"]
-    request.state.audit_actor = body.username
+    keys = [f"user:{username}", f"addr:{address}"]
+    request.state.audit_actor = username
     request.state.audit_action = "login"
     wait = service.limiter.retry_after(keys)
     if wait > 0:
         raise HTTPException(429, "too many failed logins: try again later",
                             {"Retry-After": str(math.ceil(wait))})  # fmt: skip
-    user = await run_in_threadpool(service.accounts.authenticate, body.username, body.password)
+    user = await run_in_threadpool(service.accounts.authenticate, username, password)
     if user is None:
         service.limiter.failed(keys)
         raise HTTPException(401, "wrong user name or password")
@@ -66,11 +77,9 @@ async def login(body: LoginRequest, request: Request, response: Response) -> Me:
         SESSION_COOKIE, cookie, max_age=int(service.settings.session_ttl_s), httponly=True,
         samesite="strict", secure=service.settings.cookie_secure, path="/",
     )  # fmt: skip
-    from casbackup.server.auth import principal_for
-
     principal = principal_for(user, "session", csrf=csrf)
     request.state.principal = principal
-    return me_of(principal)
+    return principal
 
 
 @router.post("/api/auth/logout", status_code=204)

@@ -106,3 +106,16 @@ def test_parse_duration() -> None:
     for bad in ("", "0d", "d", "5x", "-1d", "1.5d"):
         with pytest.raises(UsageError):
             parse_duration(bad)
+
+
+def test_the_last_admin_cannot_be_removed_or_demoted(tmp_path: Path) -> None:
+    a = accounts(tmp_path)
+    a.add_user("root", "s3cret-pass", "admin")
+    with pytest.raises(UsageError, match="last admin"):
+        a.remove_user("root")
+    with pytest.raises(UsageError, match="last admin"):
+        a.update_user("root", role="viewer")
+    a.add_user("second", "s3cret-pass", "admin")
+    a.update_user("root", role="viewer")
+    with pytest.raises(UsageError, match="last admin"):
+        a.remove_user("second")

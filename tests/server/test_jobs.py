@@ -142,3 +142,76 @@ def test_backups_in_two_repositories_overlap(tmp_path, monkeypatch) -> None:  # 
             ("shop", "default"),
             ("blog", "app:blog"),
         }
+
+
+def test_webhook_with_an_app_scoped_token(env: Env) -> None:
+    accounts = env.service.accounts
+    accounts.add_user("ci", "password-123", "operator")
+    token, _ = accounts.create_token("ci", "shop-hook", apps=["shop"])
+    h = {"Authorization": f"Bearer {token}"}
+    r = env.client.post("/api/hooks/backup/shop?backup_type=full", headers=h)
+    assert r.status_code == 202, r.text
+    doc = wait_job(env, r.json()["job_id"])
+    assert (
+        doc["state"] == "succeeded"
+        and doc["trigger"] == "webhook"
+        and doc["params"]["backup_type"] == "full"
+    )
+    assert env.client.post("/api/hooks/backup/blog", headers=h).status_code == 404
+    assert env.client.post("/api/backup", json={"app_name": "blog"}, headers=h).status_code == 404
+    viewer_token, _ = accounts.create_token("viewer", "no-hooks")
+    r = env.client.post(
+        "/api/hooks/backup/shop", headers={"Authorization": f"Bearer {viewer_token}"}
+    )
+    assert r.status_code == 403
+
+
+def test_event_stream_shows_a_scoped_caller_only_its_applications(env: Env) -> None:
+    import json
+
+    blog = env.client.post("/api/backup", json={"app_name": "blog"}, headers=env.h("admin")).json()[
+        "job_id"
+    ]
+    shop = env.client.post("/api/backup", json={"app_name": "shop"}, headers=env.h("admin")).json()[
+        "job_id"
+    ]
+    wait_job(env, blog)
+    wait_job(env, shop)
+    seen: set[int] = set()
+    with env.client.stream(
+        "GET", "/api/events", headers={**env.h("scoped"), "Last-Event-ID": "0"}
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen.add(json.loads(line[6:])["id"])
+                if shop in seen:
+                    break
+    assert shop in seen and blog not in seen
+
+
+def test_config_reload_picks_up_a_new_application(env: Env) -> None:
+    from pathlib import Path
+
+    cfg = Path(env.config)
+    cfg.write_text(
+        cfg.read_text() + f'\n[[applications]]\nname = "wiki"\nsources = ["{env.tmp / "shop"}"]\n'
+    )
+
+    def names() -> list[str]:
+        apps = env.client.get("/api/applications", headers=env.h("viewer")).json()["applications"]
+        return [a["name"] for a in apps]
+
+    assert "wiki" not in names()
+    assert env.client.post("/api/config/reload", headers=env.h("operator")).status_code == 403
+    assert env.client.post("/api/config/reload", headers=env.h("admin")).status_code == 204
+    assert "wiki" in names()
+    doc = wait_job(
+        env,
+        env.client.post("/api/backup", json={"app_name": "wiki"}, headers=env.h("admin")).json()[
+            "job_id"
+        ],
+    )
+    assert doc["state"] == "succeeded", doc
+    cfg.write_text("this is not toml [")
+    r = env.client.post("/api/config/reload", headers=env.h("admin"))
+    assert r.status_code == 400 and "wiki" in names()  # a broken file changes nothing

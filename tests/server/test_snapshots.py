@@ -224,3 +224,24 @@ def test_metrics(env: Env, snap: str) -> None:
     assert 'casbackup_last_backup_files{app="shop"} 2.0' in text
     scoped = env.client.get("/metrics", headers=env.h("scoped")).text
     assert 'app="shop"' in scoped and 'app="blog"' not in scoped and "repository_size" not in scoped
+
+
+def test_recover_for_real_writes_files_and_a_report(env: Env, snap: str) -> None:
+    c = env.client
+    wait_job(
+        env, c.post(f"/api/snapshots/{snap}/verify", headers=env.h("operator")).json()["job_id"]
+    )
+    r = c.post(
+        "/api/disaster-recovery",
+        json={"app_name": "shop", "dry_run": False},
+        headers=env.h("admin"),
+    )
+    doc = wait_job(env, r.json()["job_id"])
+    assert doc["state"] == "succeeded", doc
+    report = doc["result"]["report"]
+    assert report and doc["result"]["report_files"]
+    restored = list((env.tmp / "recovery" / "shop").rglob("b.bin"))
+    assert (
+        len(restored) == 1
+        and restored[0].read_bytes() == (env.tmp / "shop" / "sub" / "b.bin").read_bytes()
+    )
