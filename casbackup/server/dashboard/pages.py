@@ -29,6 +29,7 @@ from casbackup.server.dashboard.testids import TESTIDS
 from casbackup.server.routes_jobs import visible_job
 from casbackup.server.routes_snapshots import browse, find_snapshot, list_snapshots, snapshot_detail
 from casbackup.server.routes_system import list_applications
+from casbackup.units import human_bytes
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 install_filters(templates.env)
@@ -140,8 +141,6 @@ def app_page(
         total += s["summary"]["bytes_stored"]
         growth.append((views.parse_time(s["time"]), total))
     durations = [(views.parse_time(s["time"]), s["summary"]["duration_s"]) for s in snaps]
-    from casbackup.units import human_bytes
-
     return render(
         request, "app.html", p, app=rows[0], cfg=cfg, snapshots=list(reversed(snaps)),
         jobs=service.jobs.list(app=app, limit=15, apps=p.apps), now=_now(), live=True,
