@@ -126,7 +126,13 @@ class Scoped:
 class Metrics:
     def __init__(self, service: Service) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ServiceCollector(service))  # type: ignore[arg-type]
+        self.collector = ServiceCollector(service)
+        self.registry.register(self.collector)  # type: ignore[arg-type]
+
+    def repo_size(self, key: str, handle: Any) -> int:
+        """Bytes stored in a repository (every file in it), cached as for the scrapes: the
+        dashboard's repository health shows the same number as the metric."""
+        return self.collector._repo_size(key, handle)
 
     def render(self, apps: frozenset[str] | None) -> bytes:
         from prometheus_client import generate_latest

@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from casbackup.repo.snapshot import Snapshot
 from casbackup.server.dashboard import charts, pages
 from casbackup.server.dashboard.format import age, mode, safe_next
+from casbackup.server.dashboard.format import size as size_text
 from casbackup.server.dashboard.testids import TESTIDS
 from casbackup.server.dashboard.views import day_strip, overdue_reason
 from tests.server.conftest import PW, Env
@@ -334,3 +335,14 @@ def test_refusals_and_missing_things_are_html_pages(env: Env) -> None:
     assert r.status_code == 404 and "no job 999999" in r.text
     r = env.client.get("/snapshots/x", params={"path": "/a/../b"})
     assert r.status_code in (400, 404) and r.headers["content-type"].startswith("text/html")
+
+
+def test_repository_size_only_for_unscoped_callers(env: Env) -> None:
+    backup(env, "shop")
+    size = sum(p.stat().st_size for p in Path(env.repo).rglob("*") if p.is_file())
+    login(env, "viewer")
+    html = env.client.get("/").text
+    shown = re.search(r"<dt>Size</dt><dd>([^<]+)</dd>", html)
+    assert shown and shown.group(1) == size_text(size)
+    login(env, "scoped")
+    assert "<dt>Size</dt>" not in env.client.get("/").text

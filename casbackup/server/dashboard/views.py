@@ -49,6 +49,7 @@ class RepoHealth:
     error: str | None
     locks: list[str]
     last_check: dict[str, Any] | None
+    size_bytes: int | None  # every file in the repository (None: unknown, or not shown)
     stored_bytes: int
     growth_30d: int
     snapshots: int
@@ -191,9 +192,13 @@ def repo_health(service: Service, key: str, handle: RepoHandle, snaps: list[Snap
     """Reachability, locks held, the newest check job, stored size and 30-day growth."""
     error = None
     locks: list[str] = []
+    size = None
     try:
         repo = handle.repo()
         locks = [info.describe() for info in list_locks(repo)]
+        # the whole repository's size is for unscoped callers only, as in /metrics
+        if principal.apps is None and service.metrics is not None:
+            size = service.metrics.repo_size(key, handle)
     except CasError as exc:
         error = str(exc)
     checks = [j for j in service.jobs.list(kind="check", limit=200, apps=None)
@@ -203,7 +208,7 @@ def repo_health(service: Service, key: str, handle: RepoHandle, snaps: list[Snap
     return RepoHealth(
         key=key, location=handle.location if principal.apps is None else None,
         reachable=error is None, error=error, locks=locks,
-        last_check=checks[0] if checks else None,
+        last_check=checks[0] if checks else None, size_bytes=size,
         stored_bytes=sum(s.summary.bytes_stored for s in visible),
         growth_30d=sum(s.summary.bytes_stored for s in visible if s.datetime >= since),
         snapshots=len(visible),
