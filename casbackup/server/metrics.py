@@ -127,11 +127,17 @@ class Metrics:
     def __init__(self, service: Service) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = ServiceCollector(service)
+        self._fingerprints: dict[str, object] = {}
         self.registry.register(self.collector)  # type: ignore[arg-type]
 
-    def repo_size(self, key: str, handle: Any) -> int:
-        """Bytes stored in a repository (every file in it), cached as for the scrapes: the
-        dashboard's repository health shows the same number as the metric."""
+    def repo_size(self, key: str, handle: Any, fingerprint: object = None) -> int:
+        """Bytes stored in a repository (every file in it), cached as for the scrapes, so the
+        dashboard's repository health shows the same number as the metric. A ``fingerprint``
+        that differs from the last call's (the dashboard passes its snapshot ids) measures
+        again at once: a size from before the backup just shown would contradict the page."""
+        if self._fingerprints.get(key, fingerprint) != fingerprint:
+            self.collector._sizes.pop(key, None)
+        self._fingerprints[key] = fingerprint
         return self.collector._repo_size(key, handle)
 
     def render(self, apps: frozenset[str] | None) -> bytes:

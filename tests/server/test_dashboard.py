@@ -338,7 +338,9 @@ def test_refusals_and_missing_things_are_html_pages(env: Env) -> None:
 
 
 def test_repository_size_only_for_unscoped_callers(env: Env) -> None:
-    backup(env, "shop")
+    login(env, "viewer")
+    env.client.get("/")  # measured before the backup ...
+    backup(env, "shop")  # ... and again after it, not five minutes later
     size = sum(p.stat().st_size for p in Path(env.repo).rglob("*") if p.is_file())
     login(env, "viewer")
     html = env.client.get("/").text

@@ -292,6 +292,7 @@ def test_verification_badge_turns_green(browser: Any, site: Site, state: dict[st
     page.goto(site.url + "/")
     expect(badge).to_have_class("badge ok")
     expect(badge).to_contain_text("proven restorable")
+    shoot(page, "overview-verified")
     page.get_by_test_id("app-link:notes").click()
     expect(page.get_by_test_id(f"snapshot-badge:{state['snapshot'][:8]}")).to_contain_text(
         "verified"

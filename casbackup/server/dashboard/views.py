@@ -198,7 +198,7 @@ def repo_health(service: Service, key: str, handle: RepoHandle, snaps: list[Snap
         locks = [info.describe() for info in list_locks(repo)]
         # the whole repository's size is for unscoped callers only, as in /metrics
         if principal.apps is None and service.metrics is not None:
-            size = service.metrics.repo_size(key, handle)
+            size = service.metrics.repo_size(key, handle, frozenset(s.id for s in snaps))
     except CasError as exc:
         error = str(exc)
     checks = [j for j in service.jobs.list(kind="check", limit=200, apps=None)
