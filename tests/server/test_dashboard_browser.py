@@ -218,7 +218,7 @@ def test_login_backup_and_live_progress(browser: Any, site: Site, state: dict[st
         """id => {
           const s = document.querySelector(`[data-job-state="${id}"]`).textContent;
           const d = document.querySelector(`[data-job-progress="${id}"] .pdetail`);
-          return s === "succeeded" || (s === "running" && d && d.textContent.includes("files"));
+          return s === "succeeded" || (s === "running" && d && d.textContent.includes(" file"));
         }""", arg=job_id,
     )  # fmt: skip
     shoot(page, "job-running")

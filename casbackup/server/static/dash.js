@@ -97,7 +97,8 @@
       else bar.removeAttribute("value"); // indeterminate while the total is unknown
       const files = p.files_total ? `${p.files_done}/${p.files_total}` : `${p.files_done}`;
       const bytes = p.bytes_total ? `${size(p.bytes_done)} of ${size(p.bytes_total)}` : size(p.bytes_done);
-      box.querySelector(".pdetail").textContent = `${p.phase || ""} · ${files} files · ${bytes}`;
+      const word = !p.files_total && p.files_done === 1 ? "file" : "files";
+      box.querySelector(".pdetail").textContent = `${p.phase || ""} · ${files} ${word} · ${bytes}`;
       const now = performance.now() / 1000;
       const prev = last.get(id);
       if (prev && now > prev.t && p.bytes_done >= prev.bytes) {
