@@ -13,7 +13,7 @@ from typing import Any
 from casbackup.config import Config
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
-from casbackup.verify.records import VerificationRecord, list_records
+from casbackup.verify.records import RecordSet, VerificationRecord, list_records
 
 
 def verification_doc(record: VerificationRecord | None) -> dict[str, Any] | None:
@@ -43,12 +43,14 @@ def application_rows(
     config: Config | None,
     warnings: list[str],
     snapshots: list[Snapshot] | None = None,
+    records: RecordSet | None = None,
 ) -> list[dict[str, Any]]:
     """Each application of the config, then each one only the repository knows (sorted), with
     its latest snapshot, snapshot count and the latest snapshot's verification state.
 
     ``repo`` may be None (no repository reachable): applications then come from the config
-    alone. Unreadable snapshots and records are reported in ``warnings``.
+    alone. Unreadable snapshots and records are reported in ``warnings``. ``snapshots`` and
+    ``records`` may be given when the caller already holds them (the service caches both).
     """
     latest: dict[str, Snapshot] = {}
     counts: dict[str, int] = {}
@@ -59,7 +61,7 @@ def application_rows(
             if snap.app:
                 latest[snap.app] = snap
                 counts[snap.app] = counts.get(snap.app, 0) + 1
-        records = list_records(repo)
+        records = records if records is not None else list_records(repo)
         warnings.extend(records.warnings)
         verified = records.latest_by_snapshot()
     configured = {a.name: a for a in config.applications} if config else {}

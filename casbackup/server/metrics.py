@@ -23,7 +23,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from casbackup.errors import CasError
-from casbackup.verify.records import list_records
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -74,7 +73,7 @@ class ServiceCollector:
                 continue
             try:
                 snaps = handle.snapshots([])
-                records = list_records(handle.repo()).records
+                records = handle.records().records
                 g["size"].add_metric([key], self._repo_size(key, handle))
                 g["up"].add_metric([key], 1)
             except CasError:

@@ -22,6 +22,8 @@ from casbackup.errors import CasError, NotFound, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.server.settings import Settings
+from casbackup.verify.records import RecordSet, VerificationRecord
+from casbackup.vfs.cache import WeightedLru
 
 DEFAULT = "default"
 
@@ -34,6 +36,11 @@ class RepoHandle:
     _repo: Repository | None = None
     _vfs: Any = None
     _snaps: dict[str, Snapshot] = field(default_factory=dict)
+    # Snapshots never change once written: their JSON documents and rendered folder listings
+    # are kept (bounded by bytes) so that a warm listing is a lookup, not a rebuild.
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _records: dict[str, VerificationRecord] = field(default_factory=dict)
+    listings: WeightedLru[bytes] = field(default_factory=lambda: WeightedLru(64 << 20, len))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def password(self) -> bytes:
@@ -83,7 +90,33 @@ class RepoHandle:
             current[fid] = snap
         with self._lock:
             self._snaps = current
+            for gone in set(self.docs) - set(current):
+                del self.docs[gone]
         return sorted(current.values(), key=lambda s: (s.start_ns, s.id))
+
+    def records(self) -> RecordSet:
+        """Every readable verification record, oldest first; each read once (they never change)."""
+        from casbackup.verify.records import DIRECTORY, load_record
+
+        repo = self.repo()
+        out = RecordSet()
+        with self._lock:
+            known = dict(self._records)
+        current: dict[str, VerificationRecord] = {}
+        for name, _size in repo.backend.list(DIRECTORY + "/"):
+            rid = name.rsplit("/", 1)[1]
+            record = known.get(rid)
+            if record is None:
+                try:
+                    record = load_record(repo, rid)
+                except CasError as exc:
+                    out.warnings.append(f"verification record {rid[:8]} is unreadable: {exc}")
+                    continue
+            current[rid] = record
+        with self._lock:
+            self._records = current
+        out.records = sorted(current.values(), key=lambda r: (r.time, r.id))
+        return out
 
     def refresh(self) -> None:
         """See what a worker process wrote: new index files and snapshots."""

@@ -12,7 +12,6 @@ from casbackup.errors import CasError
 from casbackup.server.auth import Principal, require, service_of
 from casbackup.server.repos import DEFAULT, Registry
 from casbackup.server.routes_jobs import JobStarted, job_started, require_configured_app
-from casbackup.verify.records import list_records
 
 router = APIRouter(tags=["maintenance"])
 
@@ -145,7 +144,7 @@ def verifications(request: Request, app: str | None = Query(None, max_length=100
     for handle in service_of(request).registry.handles.values():
         if not handle.location:
             continue
-        for r in list_records(handle.repo()).records:
+        for r in handle.records().records:
             if (
                 (app is not None and r.app != app)
                 or not principal.sees(r.app)

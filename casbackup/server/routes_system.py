@@ -80,12 +80,14 @@ def list_applications(request: Request, principal: Principal) -> Applications:
             registry.config,
             applications=tuple(a for a in registry.config.applications if registry.repo_key_for(a.name) == key),
         )  # fmt: skip
+        repo, snaps, records = None, None, None
         try:
-            repo = handle.repo() if handle.location else None
+            if handle.location:
+                repo, snaps, records = handle.repo(), handle.snapshots(warnings), handle.records()
         except CasError as exc:
             warnings.append(f"repository {key}: {exc}")
             repo = None
-        for row in application_rows(repo, config, warnings):
+        for row in application_rows(repo, config, warnings, snaps, records):
             if key != "default" and not row["in_config"]:
                 continue  # only the configured application lives in an app's own repository
             if registry.repo_key_for(row["name"]) != key:

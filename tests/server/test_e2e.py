@@ -250,3 +250,66 @@ def test_sigterm_cancels_running_jobs_and_records_it(site: dict[str, Any]) -> No
     finally:
         again.proc.send_signal(signal.SIGTERM)
         again.proc.wait(30)
+
+
+def _self_signed(tmp: Path) -> tuple[str, str]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))  # fmt: skip
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return str(cert_path), str(key_path)
+
+
+def _serve(site: dict[str, Any], *extra: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    port = free_port()
+    log = site["tmp"] / f"serve-{port}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "casbackup.cli.main", "--config", site["config"], "serve", "--listen",
+         f"0.0.0.0:{port}", "--state-dir", site["state"], "--no-scheduler", *extra],
+        env=site["env"], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return proc, port, log
+
+
+def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> httpx.Response:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            return httpx.get(url + "/healthz", timeout=1, verify=False)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError(log.read_text())
+
+
+def test_tls_on_a_public_address_and_the_insecure_http_warning(site: dict[str, Any]) -> None:
+    cert, key = _self_signed(site["tmp"])
+    proc, port, log = _serve(site, "--tls-cert", cert, "--tls-key", key)
+    try:
+        r = _wait_up(f"https://127.0.0.1:{port}", proc, log)
+        assert r.status_code == 200
+        login = httpx.post(f"https://127.0.0.1:{port}/api/auth/login", verify=False,
+                           json={"username": "root", "password": "root-password"})  # fmt: skip
+        assert login.status_code == 200 and "secure" in login.headers["set-cookie"].lower()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    proc, port, log = _serve(site, "--insecure-http")
+    try:
+        assert _wait_up(f"http://127.0.0.1:{port}", proc, log).status_code == 200
+        assert "warning: serving plain HTTP" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)

@@ -215,3 +215,90 @@ def test_config_reload_picks_up_a_new_application(env: Env) -> None:
     cfg.write_text("this is not toml [")
     r = env.client.post("/api/config/reload", headers=env.h("admin"))
     assert r.status_code == 400 and "wiki" in names()  # a broken file changes nothing
+
+
+def test_cancel_a_running_backup_keeps_the_repository_consistent(env: Env) -> None:
+    import os
+
+    from casbackup.testing.fixtures import run_cli
+
+    for i in range(40):
+        (env.tmp / "shop" / f"big{i}.bin").write_bytes(os.urandom(4 << 20))
+    job = env.client.post(
+        "/api/backup", json={"app_name": "shop"}, headers=env.h("operator")
+    ).json()["job_id"]
+    deadline = time.monotonic() + 60
+    while env.client.get(f"/api/jobs/{job}", headers=env.h("viewer")).json()["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert env.client.post(f"/api/jobs/{job}/cancel", headers=env.h("viewer")).status_code == 403
+    r = env.client.post(f"/api/jobs/{job}/cancel", headers=env.h("operator"))  # its own job
+    assert r.status_code == 200
+    doc = wait_job(env, job)
+    assert doc["state"] == "cancelled" and doc["exit_code"] == 130 and doc["snapshot_id"] is None, (
+        doc
+    )
+    log = env.client.get(f"/api/jobs/{job}/log", headers=env.h("viewer")).json()
+    assert any("cancel requested" in line["message"] for line in log)
+    res = run_cli(
+        "check",
+        "--read-data",
+        repo=env.repo,
+        env={"CASBACKUP_PASSWORD": os.environ["CASBACKUP_TEST_REPO_PASSWORD"]},
+    )
+    assert res.code == 0, res.err + res.out
+
+
+def test_job_log_and_audit_name_the_application(env: Env) -> None:
+    r = env.client.post(
+        "/api/backup",
+        json={"app_name": "blog", "backup_type": "incremental"},
+        headers=env.h("operator"),
+    )
+    job = r.json()["job_id"]
+    wait_job(env, job)
+    log = env.client.get(f"/api/jobs/{job}/log", headers=env.h("viewer")).json()
+    assert any("no parent snapshot" in line["message"] for line in log), log
+    assert (
+        env.client.get(
+            f"/api/jobs/{job}/log?after_id={log[-1]['id']}", headers=env.h("viewer")
+        ).json()
+        == []
+    )
+    audit = env.client.get("/api/audit?app=blog", headers=env.h("admin")).json()
+    assert [(a["action"], a["actor"].split(" ")[0], a["outcome"]) for a in audit] == [
+        ("backup", "operator", "success")
+    ]
+
+
+def test_schedules_and_next_runs_in_the_api(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+    from tests.server.conftest import make_config
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    make_repo(str(tmp_path / "repo")).close()
+    config = make_config(tmp_path, str(tmp_path / "repo"))
+    text = open(config).read().replace('name = "shop"\n', 'name = "shop"\nschedule = "0 3 * * *"\n')
+    open(config, "w").write(text)
+    settings = Settings(state_dir=tmp_path / "st", config_path=config, cheap_password_hashing=True,
+                        timezone="UTC")  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.accounts.add_user("v", "password-123", "viewer")
+        token, _ = service.accounts.create_token("v")
+        h = {"Authorization": f"Bearer {token}"}
+        schedules = client.get("/api/schedules", headers=h).json()
+        assert [(s["key"], s["schedule"]) for s in schedules] == [("backup:shop", "0 3 * * *")]
+        assert schedules[0]["next_run"].endswith("03:00:00+00:00")
+        apps = {
+            a["name"]: a for a in client.get("/api/applications", headers=h).json()["applications"]
+        }
+        assert (
+            apps["shop"]["next_run"] == schedules[0]["next_run"]
+            and apps["blog"]["next_run"] is None
+        )
