@@ -332,6 +332,30 @@ def test_disaster_recovery_plan_run_and_report(browser: Any, site: Site) -> None
     page.context.close()
 
 
+def test_jobs_list_and_cancel_a_waiting_job(
+    browser: Any, site: Site, state: dict[str, Any]
+) -> None:
+    """Two backups and a verify queued on one repository: the verify waits its turn (one
+    writer per repository), and is cancelled from its page."""
+    from playwright.sync_api import expect
+
+    ids = [site.api("POST", "/api/backup", json={"app_name": "notes", "backup_type": "full"}
+                    ).json()["job_id"] for _ in range(2)]  # fmt: skip
+    ids.append(site.api("POST", f"/api/snapshots/{state['snapshot']}/verify").json()["job_id"])
+    page = login(browser, site, "root")
+    page.get_by_role("link", name="Jobs").click()
+    for job_id in ids:
+        expect(page.get_by_test_id(f"job-row:{job_id}")).to_be_visible()
+    page.goto(f"{site.url}/jobs/{ids[-1]}")
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_test_id("job-cancel").click()
+    expect(page.get_by_test_id(f"job-state:{ids[-1]}")).to_have_text("cancelled", timeout=60_000)
+    assert site.wait_job(ids[-1])["state"] == "cancelled"
+    for job_id in ids[:2]:
+        assert site.wait_job(job_id)["state"] == "succeeded"
+    page.context.close()
+
+
 def test_logout_ends_the_session(browser: Any, site: Site) -> None:
     page = login(browser, site, "view")
     page.get_by_test_id("logout").click()

@@ -10,6 +10,7 @@ what the API would answer to the same caller.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,14 @@ def render(request: Request, name: str, p: Principal | None, **ctx: Any) -> Resp
     return response
 
 
+def api_doc(answer: Any) -> Any:
+    """What an API route function answered, as data: some routes build their JSON bytes
+    themselves (and cache them) for speed, others return the document."""
+    if isinstance(answer, Response):
+        return json.loads(bytes(answer.body))
+    return answer
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -133,8 +142,8 @@ def app_page(
     rows = [a for a in list_applications(request, p).applications if a.name == app]
     if not rows:
         raise HTTPException(404, f"no application {app!r}")
-    snaps = list_snapshots(request, app=app, tag=[], since=None, until=None, repository=None,
-                           principal=p)  # fmt: skip
+    snaps = api_doc(list_snapshots(request, app=app, tag=[], since=None, until=None,
+                                   repository=None, principal=p))  # fmt: skip
     cfg = service.registry.app(app)
     growth, total = [], 0
     for s in snaps:
@@ -160,27 +169,27 @@ def snapshot_page(
     against: str | None = Query(None, max_length=64),
     p: Principal = Depends(page("browse")),
 ) -> Response:
-    detail = snapshot_detail(snapshot_id, request, app=None, principal=p)
+    detail = api_doc(snapshot_detail(snapshot_id, request, app=None, principal=p))
     sid = detail["id"]
     file_entry = None
     try:
-        listing = browse(sid, request, path=path, offset=offset, limit=PAGE_SIZE, app=None,
-                         principal=p)  # fmt: skip
+        listing = api_doc(browse(sid, request, path=path, offset=offset, limit=PAGE_SIZE,
+                                 app=None, principal=p))  # fmt: skip
     except HTTPException as exc:
         # a file: show its metadata, found in its folder's listing
         parent, _, name = path.rstrip("/").rpartition("/")
         if exc.status_code != 404 or not name:
             raise
-        listing = browse(sid, request, path=parent or "/", offset=0, limit=10**5, app=None,
-                         principal=p)  # fmt: skip
+        listing = api_doc(browse(sid, request, path=parent or "/", offset=0, limit=10**5,
+                                 app=None, principal=p))  # fmt: skip
         found = [e for e in listing["entries"] if e["name"] == name]
         if not found:
             raise
         file_entry = found[0]
     diff = None
-    others = [s for s in list_snapshots(request, app=detail["app"], tag=[], since=None, until=None,
-                                        repository=detail["repository"], principal=p)
-              if s["id"] != sid and s["app"] == detail["app"]]  # fmt: skip
+    same_app = api_doc(list_snapshots(request, app=detail["app"], tag=[], since=None, until=None,
+                                      repository=detail["repository"], principal=p))  # fmt: skip
+    others = [s for s in same_app if s["id"] != sid and s["app"] == detail["app"]]
     if against:
         handle, other = find_snapshot(request, p, against)
         if handle.key != detail["repository"]:
