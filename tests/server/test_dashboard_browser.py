@@ -356,6 +356,35 @@ def test_jobs_list_and_cancel_a_waiting_job(
     page.context.close()
 
 
+def test_forget_preview_then_forget(browser: Any, site: Site) -> None:
+    """The retention policy (keep_last = 2; the newest verified snapshot is kept too) over the
+    four snapshots made so far: previewed as a plan, then executed from the plan's page; the
+    plan's removals are gone."""
+    from playwright.sync_api import expect
+
+    job = site.api("POST", "/api/backup", json={"app_name": "notes", "backup_type": "incremental"})
+    assert site.wait_job(job.json()["job_id"])["state"] == "succeeded"
+    page = login(browser, site, "root")
+    page.get_by_test_id("app-link:notes").click()
+    page.get_by_test_id("forget-preview").locator("button").click()
+    page.wait_for_url("**/jobs/*")
+    plan_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{plan_id}")).to_have_text("succeeded", timeout=60_000)
+    plan = site.api("GET", f"/api/jobs/{plan_id}").json()["result"]["plan"]
+    remove = {v["id"] for g in plan for v in g["remove"]}
+    keep = {v["id"] for g in plan for v in g["keep"]}
+    assert remove and len(keep) >= 2
+    before = {s["id"] for s in site.api("GET", "/api/snapshots").json()}
+    assert before == remove | keep  # a preview removes nothing
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_test_id("job-run-plan").click()
+    page.wait_for_url(lambda url: url.rstrip("/").split("/")[-1] != str(plan_id))
+    run_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{run_id}")).to_have_text("succeeded", timeout=60_000)
+    assert {s["id"] for s in site.api("GET", "/api/snapshots").json()} == keep
+    page.context.close()
+
+
 def test_logout_ends_the_session(browser: Any, site: Site) -> None:
     page = login(browser, site, "view")
     page.get_by_test_id("logout").click()
