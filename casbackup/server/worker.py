@@ -41,6 +41,7 @@ from casbackup.errors import (
     RestoreError,
     UsageError,
 )
+from casbackup.plan_docs import forget_plan_doc, prune_plan_doc, recovery_plan_doc
 from casbackup.repo.repository import Repository
 from casbackup.reporter import Progress, Reporter
 
@@ -164,15 +165,6 @@ def run_restore_job(job: Job) -> dict[str, Any]:
     return doc
 
 
-def _forget_plan_doc(plan: Any) -> list[dict[str, Any]]:
-    def entry(v: Any) -> dict[str, Any]:
-        return {"id": v.snapshot.id, "short_id": v.snapshot.short_id, "time": v.snapshot.time,
-                "reasons": list(v.reasons)}  # fmt: skip
-
-    return [{"group": str(g.key), "app": g.key.app, "keep": [entry(v) for v in g.verdicts if v.keep],
-             "remove": [entry(v) for v in g.verdicts if not v.keep]} for g in plan.groups]  # fmt: skip
-
-
 def run_forget_job(job: Job) -> dict[str, Any]:
     from casbackup.maintenance.forget import execute_forget, plan_forget, policy_from_retention
     from casbackup.verify.records import list_records
@@ -192,7 +184,7 @@ def run_forget_job(job: Job) -> dict[str, Any]:
         plan = plan_forget(snaps, lambda _key: policy, datetime.now(UTC), verified=verified)
         doc: dict[str, Any] = {
             "dry_run": bool(job.params.get("dry_run")),
-            "plan": _forget_plan_doc(plan),
+            "plan": forget_plan_doc(plan),
         }
         if not doc["dry_run"]:
             result = execute_forget(job.repo, plan)
@@ -208,13 +200,8 @@ def run_prune_job(job: Job) -> dict[str, Any]:
         plan = plan_prune(job.repo, options, job.reporter)
         doc: dict[str, Any] = {
             "dry_run": bool(job.params.get("dry_run")),
-            "plan": {"snapshots": plan.snapshots, "packs_total": plan.packs_total,
-                     "bytes_total": plan.bytes_total, "packs_keep": len(plan.keep),
-                     "packs_repack": len(plan.repack), "packs_delete": len(plan.delete),
-                     "packs_unindexed": len(plan.unindexed), "bytes_deleted": plan.bytes_deleted,
-                     "bytes_rewritten": plan.bytes_rewritten,
-                     "bytes_freed": plan.bytes_freed(job.repo.config.pack_size)},
-        }  # fmt: skip
+            "plan": prune_plan_doc(plan, job.repo.config.pack_size),
+        }
         if not doc["dry_run"] and not plan.empty:
             result = execute_prune(job.repo, plan, options, job.reporter)
             doc["result"] = {
@@ -239,15 +226,7 @@ def run_recover_job(job: Job) -> dict[str, Any]:
     plan = result.plan
     doc: dict[str, Any] = {
         "dry_run": options.dry_run,
-        "plan": {
-            "app": plan.app, "snapshot": plan.snapshot.id, "target": plan.target,
-            "verified": bool(plan.verification and plan.verification.ok),
-            "files": [{"source": f.source, "target": f.target, "kind": f.kind, "files": f.files,
-                       "bytes": f.bytes} for f in plan.files],
-            "databases": [{"name": d.record.name, "engine": d.spec.engine, "target": d.where}
-                          for d in plan.databases],
-            "warnings": list(plan.warnings), "problems": list(plan.problems),
-        },
+        "plan": recovery_plan_doc(plan),
         "report": result.report, "report_files": list(result.report_files or ()),
         "errors": result.errors,
     }  # fmt: skip
