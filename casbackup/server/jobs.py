@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from casbackup.errors import EXIT_INTERRUPTED, NotFound, UsageError
+from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, NotFound, UsageError
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -359,7 +359,18 @@ class JobManager:
         code = proc.wait()
         drain.join(5)
         if outcome is not None and outcome["t"] == "result":
-            return "succeeded", None, 0, outcome.get("result")
+            result = outcome.get("result")
+            if isinstance(result, dict) and result.get("partial"):
+                # The snapshot was saved without some unreadable files: done, but not clean
+                # (the CLI's exit code 3); the files are in the result's warnings and the log.
+                count = len(result.get("warnings") or ())
+                return (
+                    "succeeded",
+                    f"{count} files or folders could not be read",
+                    EXIT_PARTIAL,
+                    result,
+                )
+            return "succeeded", None, 0, result
         if outcome is not None:
             exit_code = int(outcome.get("exit_code") or 1)
             message = str(outcome.get("message"))

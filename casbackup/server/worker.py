@@ -37,7 +37,6 @@ from casbackup.errors import (
     CasError,
     CheckFailed,
     NotFound,
-    PartialBackup,
     RestoreError,
     UsageError,
 )
@@ -281,9 +280,6 @@ def main() -> int:
     except KeyboardInterrupt:
         emit({"t": "error", "message": "cancelled", "exit_code": EXIT_INTERRUPTED})
         return EXIT_INTERRUPTED
-    except PartialBackup as exc:
-        emit({"t": "error", "message": str(exc), "exit_code": exc.exit_code})
-        return exc.exit_code
     except CasError as exc:
         emit({"t": "error", "message": str(exc), "exit_code": exc.exit_code})
         return exc.exit_code
