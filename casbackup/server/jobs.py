@@ -322,11 +322,11 @@ class JobManager:
             "config": str(config) if config else None, "params": json.loads(row["params"]),
         }  # fmt: skip
         env = dict(os.environ) | dict(self.service.settings.job_env)
+        env["CASBACKUP_SERVICE_PID"] = str(os.getpid())  # the worker dies with us (worker.py)
         proc = subprocess.Popen(
             [self.service.settings.job_python, "-m", "casbackup.server.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             start_new_session=True,  # a Ctrl-C at the service's terminal is the service's to relay
-            preexec_fn=_die_with_parent,
         )  # fmt: skip
         running.proc = proc
         if running.cancel_requested or self._stopping:
@@ -415,15 +415,3 @@ def _drain(stream: Any, lines: list[str]) -> None:
         if text:
             lines.append(text)
             del lines[:-50]
-
-
-def _die_with_parent() -> None:
-    """In the worker before exec: die with the service (kill -9 included) rather than linger."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass

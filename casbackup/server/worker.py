@@ -261,7 +261,25 @@ OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {
 }
 
 
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when the service's job thread ends (kill -9 of the service
+    included): a worker must not go on writing after the service that records it is gone.
+    Done here rather than in a preexec_fn, which is unsafe in the service's threaded process."""
+    import ctypes
+    import ctypes.util
+
+    expected = os.environ.get("CASBACKUP_SERVICE_PID")
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if expected and os.getppid() != int(expected):  # the service died before prctl took effect
+        os._exit(EXIT_FATAL)
+
+
 def main() -> int:
+    die_with_parent()
     # The parent asks for a stop with SIGINT (the library's cancel mechanism) and SIGTERM.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
