@@ -264,14 +264,16 @@ class JobManager:
                     break
                 if chosen is None:
                     return
+                claimed = self.db.execute(
+                    "UPDATE jobs SET state='running', started_at=? WHERE id=? AND state='queued'",
+                    (time.time(), chosen["id"]),
+                )
+                if not claimed.rowcount:
+                    continue  # cancelled between the query and now: look again
                 if chosen["kind"] in WRITERS:
                     self._busy_repos.add(chosen["repo"])
                 running = Running(chosen["id"])
                 self._running[chosen["id"]] = running
-                self.db.execute(
-                    "UPDATE jobs SET state='running', started_at=? WHERE id=?",
-                    (time.time(), chosen["id"]),
-                )
                 thread = threading.Thread(
                     target=self._run, args=(running, dict(chosen)), name=f"job-{chosen['id']}",
                     daemon=True,
