@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from casbackup.errors import EXIT_INTERRUPTED, NotFound, UsageError
+from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, NotFound, UsageError
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -264,14 +264,16 @@ class JobManager:
                     break
                 if chosen is None:
                     return
+                claimed = self.db.execute(
+                    "UPDATE jobs SET state='running', started_at=? WHERE id=? AND state='queued'",
+                    (time.time(), chosen["id"]),
+                )
+                if not claimed.rowcount:
+                    continue  # cancelled between the query and now: look again
                 if chosen["kind"] in WRITERS:
                     self._busy_repos.add(chosen["repo"])
                 running = Running(chosen["id"])
                 self._running[chosen["id"]] = running
-                self.db.execute(
-                    "UPDATE jobs SET state='running', started_at=? WHERE id=?",
-                    (time.time(), chosen["id"]),
-                )
                 thread = threading.Thread(
                     target=self._run, args=(running, dict(chosen)), name=f"job-{chosen['id']}",
                     daemon=True,
@@ -322,11 +324,11 @@ class JobManager:
             "config": str(config) if config else None, "params": json.loads(row["params"]),
         }  # fmt: skip
         env = dict(os.environ) | dict(self.service.settings.job_env)
+        env["CASBACKUP_SERVICE_PID"] = str(os.getpid())  # the worker dies with us (worker.py)
         proc = subprocess.Popen(
             [self.service.settings.job_python, "-m", "casbackup.server.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             start_new_session=True,  # a Ctrl-C at the service's terminal is the service's to relay
-            preexec_fn=_die_with_parent,
         )  # fmt: skip
         running.proc = proc
         if running.cancel_requested or self._stopping:
@@ -359,7 +361,18 @@ class JobManager:
         code = proc.wait()
         drain.join(5)
         if outcome is not None and outcome["t"] == "result":
-            return "succeeded", None, 0, outcome.get("result")
+            result = outcome.get("result")
+            if isinstance(result, dict) and result.get("partial"):
+                # The snapshot was saved without some unreadable files: done, but not clean
+                # (the CLI's exit code 3); the files are in the result's warnings and the log.
+                count = len(result.get("warnings") or ())
+                return (
+                    "succeeded",
+                    f"{count} files or folders could not be read",
+                    EXIT_PARTIAL,
+                    result,
+                )
+            return "succeeded", None, 0, result
         if outcome is not None:
             exit_code = int(outcome.get("exit_code") or 1)
             message = str(outcome.get("message"))
@@ -404,15 +417,3 @@ def _drain(stream: Any, lines: list[str]) -> None:
         if text:
             lines.append(text)
             del lines[:-50]
-
-
-def _die_with_parent() -> None:
-    """In the worker before exec: die with the service (kill -9 included) rather than linger."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass

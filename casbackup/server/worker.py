@@ -37,10 +37,10 @@ from casbackup.errors import (
     CasError,
     CheckFailed,
     NotFound,
-    PartialBackup,
     RestoreError,
     UsageError,
 )
+from casbackup.plan_docs import forget_plan_doc, prune_plan_doc, recovery_plan_doc
 from casbackup.repo.repository import Repository
 from casbackup.reporter import Progress, Reporter
 
@@ -164,15 +164,6 @@ def run_restore_job(job: Job) -> dict[str, Any]:
     return doc
 
 
-def _forget_plan_doc(plan: Any) -> list[dict[str, Any]]:
-    def entry(v: Any) -> dict[str, Any]:
-        return {"id": v.snapshot.id, "short_id": v.snapshot.short_id, "time": v.snapshot.time,
-                "reasons": list(v.reasons)}  # fmt: skip
-
-    return [{"group": str(g.key), "app": g.key.app, "keep": [entry(v) for v in g.verdicts if v.keep],
-             "remove": [entry(v) for v in g.verdicts if not v.keep]} for g in plan.groups]  # fmt: skip
-
-
 def run_forget_job(job: Job) -> dict[str, Any]:
     from casbackup.maintenance.forget import execute_forget, plan_forget, policy_from_retention
     from casbackup.verify.records import list_records
@@ -192,7 +183,7 @@ def run_forget_job(job: Job) -> dict[str, Any]:
         plan = plan_forget(snaps, lambda _key: policy, datetime.now(UTC), verified=verified)
         doc: dict[str, Any] = {
             "dry_run": bool(job.params.get("dry_run")),
-            "plan": _forget_plan_doc(plan),
+            "plan": forget_plan_doc(plan),
         }
         if not doc["dry_run"]:
             result = execute_forget(job.repo, plan)
@@ -208,13 +199,8 @@ def run_prune_job(job: Job) -> dict[str, Any]:
         plan = plan_prune(job.repo, options, job.reporter)
         doc: dict[str, Any] = {
             "dry_run": bool(job.params.get("dry_run")),
-            "plan": {"snapshots": plan.snapshots, "packs_total": plan.packs_total,
-                     "bytes_total": plan.bytes_total, "packs_keep": len(plan.keep),
-                     "packs_repack": len(plan.repack), "packs_delete": len(plan.delete),
-                     "packs_unindexed": len(plan.unindexed), "bytes_deleted": plan.bytes_deleted,
-                     "bytes_rewritten": plan.bytes_rewritten,
-                     "bytes_freed": plan.bytes_freed(job.repo.config.pack_size)},
-        }  # fmt: skip
+            "plan": prune_plan_doc(plan, job.repo.config.pack_size),
+        }
         if not doc["dry_run"] and not plan.empty:
             result = execute_prune(job.repo, plan, options, job.reporter)
             doc["result"] = {
@@ -239,15 +225,7 @@ def run_recover_job(job: Job) -> dict[str, Any]:
     plan = result.plan
     doc: dict[str, Any] = {
         "dry_run": options.dry_run,
-        "plan": {
-            "app": plan.app, "snapshot": plan.snapshot.id, "target": plan.target,
-            "verified": bool(plan.verification and plan.verification.ok),
-            "files": [{"source": f.source, "target": f.target, "kind": f.kind, "files": f.files,
-                       "bytes": f.bytes} for f in plan.files],
-            "databases": [{"name": d.record.name, "engine": d.spec.engine, "target": d.where}
-                          for d in plan.databases],
-            "warnings": list(plan.warnings), "problems": list(plan.problems),
-        },
+        "plan": recovery_plan_doc(plan),
         "report": result.report, "report_files": list(result.report_files or ()),
         "errors": result.errors,
     }  # fmt: skip
@@ -283,7 +261,25 @@ OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {
 }
 
 
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when the service's job thread ends (kill -9 of the service
+    included): a worker must not go on writing after the service that records it is gone.
+    Done here rather than in a preexec_fn, which is unsafe in the service's threaded process."""
+    import ctypes
+    import ctypes.util
+
+    expected = os.environ.get("CASBACKUP_SERVICE_PID")
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if expected and os.getppid() != int(expected):  # the service died before prctl took effect
+        os._exit(EXIT_FATAL)
+
+
 def main() -> int:
+    die_with_parent()
     # The parent asks for a stop with SIGINT (the library's cancel mechanism) and SIGTERM.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -302,9 +298,6 @@ def main() -> int:
     except KeyboardInterrupt:
         emit({"t": "error", "message": "cancelled", "exit_code": EXIT_INTERRUPTED})
         return EXIT_INTERRUPTED
-    except PartialBackup as exc:
-        emit({"t": "error", "message": str(exc), "exit_code": exc.exit_code})
-        return exc.exit_code
     except CasError as exc:
         emit({"t": "error", "message": str(exc), "exit_code": exc.exit_code})
         return exc.exit_code

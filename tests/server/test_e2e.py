@@ -206,6 +206,20 @@ def _running(server: Server, job_id: int, timeout: float = 60) -> None:
     raise AssertionError("the job never ran")
 
 
+def _workers_of(service_pid: int) -> list[int]:
+    """Live worker processes started by this service (found by the variable it gives them)."""
+    mark = f"CASBACKUP_SERVICE_PID={service_pid}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def test_kill_during_a_job_marks_it_interrupted_and_the_repository_checks(
     site: dict[str, Any],
 ) -> None:
@@ -214,8 +228,13 @@ def test_kill_during_a_job_marks_it_interrupted_and_the_repository_checks(
     job_id = server.post("/api/backup", {"app_name": "notes"}).json()["job_id"]
     _running(server, job_id)
     time.sleep(0.5)
+    assert _workers_of(server.proc.pid), "no worker process found for the running job"
     server.proc.kill()  # no chance to clean up: the worker dies with it (PDEATHSIG)
     server.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while _workers_of(server.proc.pid):
+        assert time.monotonic() < deadline, "a worker outlived the killed service"
+        time.sleep(0.1)
     again = start(site, "second")
     try:
         doc = again.get(f"/api/jobs/{job_id}").json()

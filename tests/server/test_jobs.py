@@ -302,3 +302,87 @@ def test_schedules_and_next_runs_in_the_api(tmp_path, monkeypatch) -> None:  # t
             apps["shop"]["next_run"] == schedules[0]["next_run"]
             and apps["blog"]["next_run"] is None
         )
+
+
+def fake_worker_app(tmp_path, monkeypatch, script: str):  # type: ignore[no-untyped-def]
+    """An app whose "interpreter" for workers is a script that ignores its arguments: it lets
+    the tests speak the worker protocol badly or oddly on purpose."""
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+    from tests.server.conftest import make_config
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    make_repo(str(tmp_path / "repo")).close()
+    fake = tmp_path / "fake-python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys, json\nspec = json.loads(sys.stdin.readline())\n{script}\n"
+    )
+    fake.chmod(0o755)
+    settings = Settings(state_dir=tmp_path / "st", config_path=make_config(tmp_path, str(tmp_path / "repo")),
+                        cheap_password_hashing=True, run_scheduler=False, job_python=str(fake))  # fmt: skip
+    return TestClient(create_app(settings))
+
+
+def _run_one(client) -> dict:  # type: ignore[no-untyped-def]
+    service = client.app.state.service
+    service.accounts.add_user("op", "password-123", "admin")
+    token, _ = service.accounts.create_token("op")
+    h = {"Authorization": f"Bearer {token}"}
+    job = client.post("/api/backup", json={"app_name": "shop"}, headers=h).json()["job_id"]
+    while (doc := client.get(f"/api/jobs/{job}", headers=h).json())["state"] in (
+        "queued",
+        "running",
+    ):
+        time.sleep(0.05)
+    doc["log"] = client.get(f"/api/jobs/{job}/log", headers=h).json()
+    return doc
+
+
+def test_partial_backup_is_succeeded_with_exit_code_3(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    script = (
+        'print("not json at all")\n'
+        'print(json.dumps({"t": "warning", "message": "/srv/x: permission denied"}))\n'
+        'print(json.dumps({"t": "result", "result": {"snapshot_id": "ab" * 32, "partial": True,'
+        ' "warnings": ["/srv/x: permission denied"]}}))'
+    )
+    with fake_worker_app(tmp_path, monkeypatch, script) as client:
+        doc = _run_one(client)
+    assert (
+        doc["state"] == "succeeded" and doc["exit_code"] == 3 and doc["snapshot_id"] == "ab" * 32
+    ), doc
+    assert "1 files or folders could not be read" in doc["error"]
+    assert [(line["level"], line["message"]) for line in doc["log"]] == [
+        ("warning", "/srv/x: permission denied")
+    ]
+
+
+def test_a_worker_that_dies_without_a_result_fails_the_job(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    script = 'sys.stderr.write("Segmentation fault\\n"); sys.exit(139)'
+    with fake_worker_app(tmp_path, monkeypatch, script) as client:
+        doc = _run_one(client)
+    assert doc["state"] == "failed" and doc["exit_code"] == 139, doc
+    assert "ended without a result: Segmentation fault" in doc["error"]
+
+
+def test_the_password_reaches_the_worker_only_through_its_stdin(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from casbackup.testing.fixtures import PASSWORD
+
+    script = (
+        "import os\n"
+        'ok = base64.b64decode(spec["password_b64"]).decode() == os.environ["EXPECTED"]\n'
+        'leak = any(os.environ["EXPECTED"] in a for a in sys.argv)\n'
+        'print(json.dumps({"t": "result", "result": {"ok": ok, "leak": leak, "spec_keys": sorted(spec)}}))'
+    ).replace("import os", "import os, base64")
+    monkeypatch.setenv("EXPECTED", PASSWORD)
+    with fake_worker_app(tmp_path, monkeypatch, script) as client:
+        doc = _run_one(client)
+        row = client.app.state.service.db.one(
+            "SELECT params, result FROM jobs WHERE id=?", (doc["id"],)
+        )
+    assert doc["result"]["ok"] is True and doc["result"]["leak"] is False, doc
+    assert PASSWORD not in row[0] and PASSWORD not in row[1]
