@@ -348,3 +348,26 @@ def test_repository_size_only_for_unscoped_callers(env: Env) -> None:
     assert shown and shown.group(1) == size_text(size)
     login(env, "scoped")
     assert "<dt>Size</dt>" not in env.client.get("/").text
+
+
+def test_repository_actions_and_their_job_pages(env: Env) -> None:
+    backup(env, "shop")
+    login(env, "scoped")  # whole-repository jobs are refused to app-scoped accounts
+    html = env.client.get("/").text
+    assert not has(html, f"{TESTIDS['repo_check']}:default")
+    login(env, "operator")
+    html = env.client.get("/").text
+    assert has(html, f"{TESTIDS['repo_check']}:default")
+    assert not has(html, f"{TESTIDS['repo_prune']}:default")
+    csrf = login(env, "admin")
+    assert has(env.client.get("/").text, f"{TESTIDS['repo_prune']}:default")
+    h = {"X-CSRF-Token": csrf}
+    check = wait_job(env, env.client.post("/api/check", json={}, headers=h).json()["job_id"])
+    html = env.client.get(f"/jobs/{check['id']}").text
+    assert "no problems" in html
+    assert (
+        "Last check" in (page := env.client.get("/").text) and f'href="/jobs/{check["id"]}"' in page
+    )
+    prune = env.client.post("/api/prune", json={"dry_run": True}, headers=h).json()["job_id"]
+    html = env.client.get(f"/jobs/{wait_job(env, prune)['id']}").text
+    assert "Nothing to prune." in html and not has(html, TESTIDS["job_run_plan"])

@@ -28,6 +28,8 @@ TESTIDS: dict[str, str] = {
     "overdue": "overdue",  # :<app>
     "strip": "strip",  # :<app>
     "repo_health": "repo-health",  # :<repository>
+    "repo_check": "repo-check",  # :<repository>
+    "repo_prune": "repo-prune",  # :<repository>
     # application page
     "backup_form": "backup-form",
     "backup_type": "backup-type",
