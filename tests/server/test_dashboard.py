@@ -313,6 +313,8 @@ def test_restore_to_the_original_place_is_for_admins(env: Env) -> None:
     job = wait_job(env, r.json()["job_id"])
     # without overwrite an existing file is left alone and reported, the rest is restored
     assert job["state"] == "failed" and "a.txt exists in the target" in job["error"], job
+    page = env.client.get(f"/jobs/{job['id']}").text
+    assert "a.txt exists in the target" in page
     assert job["params"]["target"] == f"{env.tmp}/shop"
     assert source.read_text() == "damaged\n"
     assert len((env.tmp / "shop" / "sub" / "b.bin").read_bytes()) == 300_000  # missing: restored
