@@ -373,3 +373,24 @@ def test_repository_actions_and_their_job_pages(env: Env) -> None:
     prune = env.client.post("/api/prune", json={"dry_run": True}, headers=h).json()["job_id"]
     html = env.client.get(f"/jobs/{wait_job(env, prune)['id']}").text
     assert "Nothing to prune." in html and not has(html, TESTIDS["job_run_plan"])
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_browser_tests_skip_without_a_browser_but_fail_under_ci(ci: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, CI=ci, CASBACKUP_TEST_CHROMIUM=str(tmp_path / "no-chromium"))
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:randomly", "-p", "no:cacheprovider",
+         "tests/server/test_dashboard_browser.py"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert f"no browser at {tmp_path / 'no-chromium'}" in out, out
+    if ci:
+        assert run.returncode != 0 and "cannot run under CI" in out
+    else:
+        assert run.returncode == 0 and "skipped" in out.lower()

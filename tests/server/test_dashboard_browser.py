@@ -31,7 +31,8 @@ import pytest
 
 from casbackup.testing.fixtures import PASSWORD, run_cli
 
-CHROMIUM = "/usr/bin/chromium"
+# the distribution's Chromium (apt); another path for other systems, or to test the skip rule
+CHROMIUM = os.environ.get("CASBACKUP_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 PASSWORDS = {"root": "root-password-1", "ops": "ops-password-1", "view": "view-password-1"}
