@@ -120,7 +120,7 @@ def _zone(name: str | None) -> str | None:
 
     try:
         ZoneInfo(name)
-    except Exception:
+    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
         raise UsageError(
             f"--timezone {name!r} is not a known time zone (e.g. Europe/Berlin, UTC)"
         ) from None

@@ -137,10 +137,7 @@ def _audit(service: Service, request: Request, status: int) -> None:
     action = (
         getattr(request.state, "audit_action", None) or getattr(route, "name", None) or "unknown"
     )
-    try:
-        address = client_address(request)
-    except Exception:
-        address = None
+    address = client_address(request)
     record(service.db, AuditEntry(
         action=action, outcome=outcome_of(status),
         actor=principal.actor if principal else getattr(request.state, "audit_actor", None),

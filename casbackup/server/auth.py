@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException, Request
 
+from casbackup.errors import NotFound
 from casbackup.server.accounts import ROLES, User
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ def _authenticate(request: Request) -> Principal | None:
         if name:
             try:
                 user = accounts.user(name)
-            except Exception:
+            except NotFound:
                 raise HTTPException(
                     401, f"the proxy named user {name!r}, who has no account here"
                 ) from None

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, NotFound, UsageError
+from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, CasError, NotFound, UsageError
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -306,7 +306,7 @@ class JobManager:
             if row["kind"] in WRITERS or row["kind"] == "backup":
                 try:
                     self.service.registry.handle(row["repo"]).refresh()
-                except Exception:
+                except CasError:
                     pass  # the next read reopens or reports it
             doc = self.get(job_id)
             self.service.events.publish("job.finished", doc, row["app"])

@@ -115,10 +115,20 @@ def start_backup(request: Request, principal: Principal, app: str, backup_type: 
     "/api/backup", response_model=JobStarted, status_code=202, summary="Start a backup (seed)"
 )
 def backup(
-    body: BackupRequest, request: Request, principal: Principal = Depends(require("backup"))
+    request: Request,
+    body: BackupRequest | None = None,
+    principal: Principal = Depends(require("backup")),
 ) -> JobStarted:
-    """Queue a backup of ``app_name``; follow it with GET /api/jobs/{id} or /api/events."""
-    return start_backup(request, principal, body.app_name, body.backup_type, "api")
+    """Queue a backup of ``app_name``; follow it with GET /api/jobs/{id} or /api/events.
+
+    As in the seed, the body is optional (a full backup of ``default``). ``default`` names the
+    config's only application when there is exactly one and none is called ``default``."""
+    body = body or BackupRequest()
+    app = body.app_name
+    apps = service_of(request).registry.config.applications
+    if app == "default" and len(apps) == 1 and apps[0].name != "default":
+        app = apps[0].name
+    return start_backup(request, principal, app, body.backup_type, "api")
 
 
 @router.post(

@@ -293,10 +293,10 @@ def _local_zone() -> dt.tzinfo:
     if name:
         try:
             return ZoneInfo(name.lstrip(":"))
-        except Exception:
+        except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
             pass
     try:
         link = os.readlink("/etc/localtime")
         return ZoneInfo(link.split("zoneinfo/", 1)[1])
-    except (OSError, IndexError, Exception):
+    except (OSError, IndexError, KeyError, ValueError):
         return dt.UTC

@@ -64,3 +64,26 @@ def test_user_and_token_lifecycle(tmp_path: Path) -> None:
     assert res.code == 0, res.err
     assert run_cli("user", "remove", "alice", "--state-dir", st).code == 0
     assert_one_error(run_cli("user", "remove", "alice", "--state-dir", st), 23, "no user")
+
+
+def test_serve_refuses_a_bad_timezone_and_subset(tmp_path: Path) -> None:
+    st = str(tmp_path / "st")
+    run_cli(
+        "user",
+        "add",
+        "root",
+        "--role",
+        "admin",
+        "--password-stdin",
+        "--state-dir",
+        st,
+        input=b"long-enough\n",
+    )
+    res = run_cli("serve", "--state-dir", st, "--timezone", "Mars/Olympus")
+    assert_one_error(res, 2, "not a known time zone")
+    res = run_cli("serve", "--state-dir", st, "--check-subset", "lots")
+    assert_one_error(res, 2)
+    res = run_cli("serve", "--state-dir", st, "--trusted-user-header", "Remote-User")
+    assert_one_error(res, 2, "--trusted-proxy")
+    res = run_cli("serve", "--state-dir", st, "--trusted-proxy", "not-an-ip")
+    assert_one_error(res, 2, "not an address")

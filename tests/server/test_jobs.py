@@ -386,3 +386,37 @@ def test_the_password_reaches_the_worker_only_through_its_stdin(tmp_path, monkey
         )
     assert doc["result"]["ok"] is True and doc["result"]["leak"] is False, doc
     assert PASSWORD not in row[0] and PASSWORD not in row[1]
+
+
+def test_seed_backup_without_a_body_uses_the_only_application(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+
+    monkeypatch.setenv("CASBACKUP_PASSWORD", PASSWORD)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_repo(str(tmp_path / "repo")).close()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "x.txt").write_text("x")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[repository]\nlocation = "{tmp_path / "repo"}"\n[[applications]]\nname = "DemoApp"\n'
+                   f'sources = ["{tmp_path / "src"}"]\n')  # fmt: skip
+    settings = Settings(state_dir=tmp_path / "st", config_path=str(cfg), cheap_password_hashing=True,
+                        run_scheduler=False)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.accounts.add_user("op", "password-123", "operator")
+        token, _ = service.accounts.create_token("op")
+        h = {"Authorization": f"Bearer {token}"}
+        r = client.post("/api/backup", headers=h)  # the seed's clients send no body
+        assert r.status_code == 202, r.text
+        job = r.json()["job"]
+        assert job["app"] == "DemoApp" and job["params"]["backup_type"] == "full"
+        while (doc := client.get(f"/api/jobs/{job['id']}", headers=h).json())["state"] in (
+            "queued",
+            "running",
+        ):
+            time.sleep(0.05)
+        assert doc["state"] == "succeeded", doc

@@ -162,3 +162,44 @@ def test_restore_drills_and_bad_rules(tmp_path: Path, monkeypatch: pytest.Monkey
         Rule("61 * * * *", BERLIN)
     assert rotate_subset("1/7", utc(2026, 1, 1)) != rotate_subset("1/7", utc(2026, 1, 2))
     assert rotate_subset("10%", utc(2026, 1, 1)) == "10%"
+
+
+def test_a_scheduled_backup_runs_for_real_and_is_audited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_repo(str(tmp_path / "repo")).close()
+    config = Path(make_config(tmp_path, str(tmp_path / "repo")))
+    config.write_text(
+        config.read_text().replace('name = "blog"\n', 'name = "blog"\nschedule = "@hourly"\n')
+    )
+    settings = Settings(state_dir=tmp_path / "st", config_path=str(config), run_scheduler=False,
+                        cheap_password_hashing=True, timezone="UTC")  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        scheduler = Scheduler(service)
+        scheduler.tick(utc(2026, 6, 1, 9, 30))
+        assert scheduler.tick(utc(2026, 6, 1, 10, 0, 2)) == [
+            "backup:blog: started backup of blog (run)"
+        ]
+        deadline = time.monotonic() + 120
+        while (job := service.jobs.list()[0])["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert (
+            job["state"] == "succeeded"
+            and job["trigger"] == "scheduler"
+            and job["created_by"] == "scheduler"
+        )
+        assert job["snapshot_id"]
+        rows = service.db.query(
+            "SELECT actor, actor_kind, action, app FROM audit WHERE actor='scheduler'"
+        )
+        assert [tuple(r) for r in rows] == [("scheduler", "scheduler", "scheduled_backup", "blog")]
