@@ -17,7 +17,7 @@ from casbackup.repo.snapshot import Snapshot
 from casbackup.server.auth import Principal
 from casbackup.server.repos import RepoHandle
 from casbackup.server.service import Service
-from casbackup.verify.records import VerificationRecord, list_records
+from casbackup.verify.records import VerificationRecord
 
 STRIP_DAYS = 30
 
@@ -87,10 +87,11 @@ def repo_snapshots(handle: RepoHandle, warnings: list[str]) -> list[Snapshot]:
 
 
 def repo_records(handle: RepoHandle, warnings: list[str]) -> list[VerificationRecord]:
+    """Every readable verification record of a repository (the handle's cache, as the API's)."""
     if not handle.location:
         return []
     try:
-        records = list_records(handle.repo())
+        records = handle.records()
     except CasError as exc:
         warnings.append(f"repository {handle.key}: {exc}")
         return []
