@@ -54,19 +54,27 @@ def query(
     actor: str | None = None,
     app: str | None = None,
     apps: frozenset[str] | None = None,
+    outcome: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first; ``before_id`` pages backwards. ``apps`` limits to those applications."""
+    """Newest first; ``before_id`` pages backwards. ``actor``: a user name (their tokens'
+    entries included). ``apps`` limits to those applications; ``outcome`` to success |
+    failure | denied."""
     sql = "SELECT * FROM audit WHERE 1=1"
     params: list[Any] = []
     if before_id is not None:
         sql += " AND id < ?"
         params.append(before_id)
     if actor is not None:
-        sql += " AND actor = ?"
-        params.append(actor)
+        # a user's own entries and those of their tokens ("name (token id)")
+        sql += " AND (actor = ? OR actor LIKE ? ESCAPE '\\')"
+        escaped = actor.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params.extend((actor, escaped + " (token %"))
     if app is not None:
         sql += " AND app = ?"
         params.append(app)
+    if outcome is not None:
+        sql += " AND outcome = ?"
+        params.append(outcome)
     if apps is not None:
         sql += f" AND app IN ({','.join('?' * len(apps))})"
         params.extend(sorted(apps))

@@ -394,3 +394,28 @@ def test_browser_tests_skip_without_a_browser_but_fail_under_ci(ci: str, tmp_pat
         assert run.returncode != 0 and "cannot run under CI" in out
     else:
         assert run.returncode == 0 and "skipped" in out.lower()
+
+
+def test_audit_log_filters(env: Env) -> None:
+    env.client.post("/api/auth/login", json={"username": "viewer", "password": "wrong"})
+    for _ in range(3):
+        env.client.post("/api/backup", json={"app_name": "shop"}, headers=env.h("viewer"))
+    login(env, "admin")
+    denied = env.client.get("/admin", params={"outcome": "denied"}).text
+    rows = re.findall(r'<tr data-testid="audit-row" class="(\w+)">', denied)
+    assert len(rows) == 4 and set(rows) == {"denied"}  # 3 refused backups, 1 failed login
+    by_actor = env.client.get("/admin", params={"actor": "viewer", "outcome": "denied"}).text
+    assert len(re.findall(r'data-testid="audit-row"', by_actor)) == 4
+    success = env.client.get("/admin", params={"outcome": "success", "actor": "admin"}).text
+    assert len(re.findall(r'data-testid="audit-row"', success)) == 1  # this login
+    # a user's filter takes their tokens' entries, not another user's whose name matches a LIKE
+    env.service.accounts.add_user("viewerX", PW, "viewer")
+    env.service.accounts.add_user("v_ewer", PW, "viewer")
+    tok, _ = env.service.accounts.create_token("viewerX", "t")
+    env.client.post(
+        "/api/backup", json={"app_name": "shop"}, headers={"Authorization": f"Bearer {tok}"}
+    )
+    again = env.client.get("/admin", params={"actor": "viewer", "outcome": "denied"}).text
+    assert len(re.findall(r'data-testid="audit-row"', again)) == 4
+    like = env.client.get("/admin", params={"actor": "v_ewer", "outcome": "denied"}).text
+    assert len(re.findall(r'data-testid="audit-row"', like)) == 0

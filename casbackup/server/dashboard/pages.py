@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -200,7 +200,7 @@ def snapshot_page(
         request, "snapshot.html", p, snap=detail, listing=listing, file=file_entry,
         crumbs=views.crumbs(file_entry["path"] if file_entry else listing["path"]),
         others=list(reversed(others)), diff=diff, against=against, page_size=PAGE_SIZE,
-        recovery_dir=recovery_dir, quote=quote,
+        recovery_dir=recovery_dir,
     )  # fmt: skip
 
 
@@ -248,9 +248,7 @@ def admin_page(
 ) -> Response:
     service = service_of(request)
     rows = audit.query(service.db, limit=200, before_id=before_id, actor=actor or None,
-                       app=app or None)  # fmt: skip
-    if outcome:
-        rows = [r for r in rows if r["outcome"] == outcome]
+                       app=app or None, outcome=outcome or None)  # fmt: skip
     return render(
         request, "admin.html", p, users=service.accounts.users(),
         tokens=service.accounts.tokens(None), audit=rows, actor=actor or "", app=app or "",
