@@ -246,6 +246,7 @@ class LoginLimiter:
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        self.max_keys = 100_000
 
     def _recent(self, key: str, now: float) -> deque[float]:
         q = self._failures.setdefault(key, deque())
@@ -269,8 +270,16 @@ class LoginLimiter:
         with self._lock:
             for k in keys:
                 self._recent(k, now).append(now)
-            if len(self._failures) > 100_000:  # bounded memory under a spray of names
-                for k in [k for k, q in self._failures.items() if not q]:
+            if len(self._failures) > self.max_keys:  # bounded memory under a spray of names
+                for k in [
+                    k for k, q in self._failures.items() if not q or q[-1] <= now - self.window
+                ]:
+                    del self._failures[k]
+                # Still too many live keys: forget the oldest user names (insertion order)
+                # first; the per-address limit still holds for whoever sprays names.
+                excess = len(self._failures) - self.max_keys // 2
+                order = sorted(self._failures, key=lambda k: not k.startswith("user:"))
+                for k in order[: max(0, excess)]:
                     del self._failures[k]
 
     def succeeded(self, user_key: str) -> None:
