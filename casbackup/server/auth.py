@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyCookie, HTTPBearer
 
 from casbackup.errors import NotFound
 from casbackup.server.accounts import ROLES, User
@@ -186,7 +187,17 @@ async def _check_csrf(request: Request, principal: Principal) -> None:
         raise HTTPException(403, "missing or wrong CSRF token")
 
 
-async def current_user(request: Request) -> Principal:
+# Declared so that the OpenAPI schema says how to authenticate (the checks are ours, below).
+BEARER = HTTPBearer(auto_error=False, description="an API token: casbackup token create")
+COOKIE = APIKeyCookie(name=SESSION_COOKIE, auto_error=False,
+                      description="the browser session from POST /api/auth/login")  # fmt: skip
+
+
+async def current_user(
+    request: Request,
+    _bearer: Any = Security(BEARER),
+    _cookie: Any = Security(COOKIE),
+) -> Principal:
     """The authenticated caller (401 otherwise); stored on ``request.state.principal``."""
     principal = getattr(request.state, "principal", None)
     if principal is None:
@@ -214,7 +225,9 @@ def require(permission: str, app: str | None = None) -> Callable[..., Any]:
     if permission not in PERMISSIONS:
         raise ValueError(f"unknown permission {permission!r}")
 
-    async def dependency(request: Request) -> Principal:
+    async def dependency(
+        request: Request, _bearer: Any = Security(BEARER), _cookie: Any = Security(COOKIE)
+    ) -> Principal:
         principal = await current_user(request)
         name = None
         if app is not None:
