@@ -12,11 +12,18 @@ Modules (layering: this package is a face like ``cli/``; it never imports ``casb
 - ``audit.py``     the audit log (written by the middleware in ``app.py`` for every
                    state-changing request, by the login route, the scheduler and the CLI).
 - ``repos.py``     the config, and one read handle per repository (default + per-app ones).
-- ``events.py``    server-sent events fan-out; ``jobs.py`` background jobs (worker
-                   processes, one writer per repository); ``scheduler.py`` cron schedules.
+- ``events.py``    server-sent events fan-out (``GET /api/events``).
+- ``jobs.py``      background jobs: queue, one writer per repository, state in the database;
+                   each job runs in ``worker.py`` (``python -m casbackup.server.worker``), which
+                   calls the same library functions as the CLI and reports progress as JSON lines.
+- ``scheduler.py`` cron / interval schedules, missed runs, restore drills.
+- ``metrics.py``   ``/metrics`` (Prometheus), one registry per app.
 - ``service.py``   all of the above wired together: ``request.app.state.service``.
 - ``app.py``       ``create_app(settings)``; ``errors.py`` maps ``CasError`` to HTTP statuses.
-- ``routes_*.py``  routers by resource; request/response models beside their routes.
+- ``routes_*.py``  routers by resource (system, auth, admin, jobs, snapshots, maintenance);
+                   request/response models beside their routes. The seed's four endpoints:
+                   ``POST /api/backup``, ``POST /api/disaster-recovery`` (routes_jobs),
+                   ``GET /api/applications``, ``GET /api/system/status`` (routes_system).
 
 Authentication and permissions (for route authors, the dashboard included)::
 
@@ -32,7 +39,7 @@ Authentication and permissions (for route authors, the dashboard included)::
 
 ``Principal`` has ``name``, ``role``, ``apps`` (None = all), ``via`` (session/token/proxy),
 ``csrf`` (session callers), ``has(permission)``, ``sees(app)``, ``check(permission, app)``.
-Permissions: view, browse, backup, verify, check, restore, download, cancel, forget, prune,
+Permissions: view, browse, backup, verify, check, restore, download, cancel, cancel_any, forget, prune,
 recover, unlock, users, tokens, audit, config (see ``auth.PERMISSIONS``).
 
 Browser sessions: ``POST /api/auth/login`` (JSON ``{"username", "password"}``) sets the

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyCookie, HTTPBearer
 
 from casbackup.errors import NotFound
 from casbackup.server.accounts import ROLES, User
@@ -186,7 +187,17 @@ async def _check_csrf(request: Request, principal: Principal) -> None:
         raise HTTPException(403, "missing or wrong CSRF token")
 
 
-async def current_user(request: Request) -> Principal:
+# Declared so that the OpenAPI schema says how to authenticate (the checks are ours, below).
+BEARER = HTTPBearer(auto_error=False, description="an API token: casbackup token create")
+COOKIE = APIKeyCookie(name=SESSION_COOKIE, auto_error=False,
+                      description="the browser session from POST /api/auth/login")  # fmt: skip
+
+
+async def current_user(
+    request: Request,
+    _bearer: Any = Security(BEARER),
+    _cookie: Any = Security(COOKIE),
+) -> Principal:
     """The authenticated caller (401 otherwise); stored on ``request.state.principal``."""
     principal = getattr(request.state, "principal", None)
     if principal is None:
@@ -214,7 +225,9 @@ def require(permission: str, app: str | None = None) -> Callable[..., Any]:
     if permission not in PERMISSIONS:
         raise ValueError(f"unknown permission {permission!r}")
 
-    async def dependency(request: Request) -> Principal:
+    async def dependency(
+        request: Request, _bearer: Any = Security(BEARER), _cookie: Any = Security(COOKIE)
+    ) -> Principal:
         principal = await current_user(request)
         name = None
         if app is not None:
@@ -246,6 +259,7 @@ class LoginLimiter:
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        self.max_keys = 100_000
 
     def _recent(self, key: str, now: float) -> deque[float]:
         q = self._failures.setdefault(key, deque())
@@ -269,8 +283,16 @@ class LoginLimiter:
         with self._lock:
             for k in keys:
                 self._recent(k, now).append(now)
-            if len(self._failures) > 100_000:  # bounded memory under a spray of names
-                for k in [k for k, q in self._failures.items() if not q]:
+            if len(self._failures) > self.max_keys:  # bounded memory under a spray of names
+                for k in [
+                    k for k, q in self._failures.items() if not q or q[-1] <= now - self.window
+                ]:
+                    del self._failures[k]
+                # Still too many live keys: forget the oldest user names (insertion order)
+                # first; the per-address limit still holds for whoever sprays names.
+                excess = len(self._failures) - self.max_keys // 2
+                order = sorted(self._failures, key=lambda k: not k.startswith("user:"))
+                for k in order[: max(0, excess)]:
                     del self._failures[k]
 
     def succeeded(self, user_key: str) -> None:

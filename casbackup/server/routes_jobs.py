@@ -64,7 +64,7 @@ class BackupRequest(BaseModel):
 
 
 class DisasterRecoveryRequest(BaseModel):
-    app_name: str = Field(min_length=1, max_length=100)
+    app_name: str = Field("default", min_length=1, max_length=100)
     dry_run: bool = Field(True, description="only plan (the default): say what would be restored")
     snapshot: str | None = Field(
         None, max_length=64, description="id, prefix or 'latest'; default: newest verified"
@@ -124,11 +124,17 @@ def backup(
     As in the seed, the body is optional (a full backup of ``default``). ``default`` names the
     config's only application when there is exactly one and none is called ``default``."""
     body = body or BackupRequest()
-    app = body.app_name
+    return start_backup(
+        request, principal, seed_app(request, body.app_name), body.backup_type, "api"
+    )
+
+
+def seed_app(request: Request, name: str) -> str:
+    """The seed's ``default`` application: the config's only one, when it has exactly one."""
     apps = service_of(request).registry.config.applications
-    if app == "default" and len(apps) == 1 and apps[0].name != "default":
-        app = apps[0].name
-    return start_backup(request, principal, app, body.backup_type, "api")
+    if name == "default" and len(apps) == 1 and apps[0].name != "default":
+        return apps[0].name
+    return name
 
 
 @router.post(
@@ -163,11 +169,13 @@ def recovery_target(request: Request, app: str, name: str | None) -> str:
     "/api/disaster-recovery", response_model=JobStarted, status_code=202,
     summary="Recover an application (seed); a dry run returns the plan",
 )  # fmt: skip
-def disaster_recovery(body: DisasterRecoveryRequest, request: Request,
+def disaster_recovery(request: Request, body: DisasterRecoveryRequest | None = None,
                       principal: Principal = Depends(require("recover"))) -> JobStarted:  # fmt: skip
     """Rebuild ``app_name`` from its newest verified snapshot into a folder of the configured
     recovery directory. ``dry_run`` (the default) plans only; the job's result holds the plan,
-    and after a real run the recovery report."""
+    and after a real run the recovery report. The body is optional, as in the seed."""
+    body = body or DisasterRecoveryRequest()
+    body.app_name = seed_app(request, body.app_name)
     require_configured_app(request, principal, body.app_name)
     target = recovery_target(request, body.app_name, body.target)
     doc = service_of(request).jobs.submit(
@@ -219,11 +227,10 @@ def cancel_job(
     """Operators cancel their own jobs; admins any. A queued job is cancelled at once; a running
     one is asked to stop at a safe point (its state becomes ``cancelled`` when it has)."""
     service = service_of(request)
-    doc = visible_job(request, principal, job_id)
+    visible_job(request, principal, job_id)  # 404 for a job of an application out of scope
     row = service.db.one("SELECT created_by_user FROM jobs WHERE id=?", (job_id,))
-    if not principal.has("users") and (row is None or row[0] != principal.user_id):
+    if not principal.has("cancel_any") and (row is None or row[0] != principal.user_id):
         raise HTTPException(403, "operators may cancel only their own jobs")
-    del doc
     return Job(**service.jobs.cancel(job_id))
 
 

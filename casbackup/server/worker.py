@@ -236,17 +236,10 @@ def run_recover_job(job: Job) -> dict[str, Any]:
 
 
 def run_unlock_job(job: Job) -> dict[str, Any]:
-    from casbackup.repo.lock import list_locks
+    from casbackup.maintenance.unlock import remove_stale_locks
 
-    removed = []
-    for info in list_locks(job.repo):
-        if info.is_stale():
-            try:
-                job.repo.backend.delete(info.name)
-                removed.append(info.describe())
-            except NotFound:
-                pass
-    return {"removed": removed}
+    result = remove_stale_locks(job.repo)
+    return {"removed": result.removed, "kept": result.kept}
 
 
 OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {

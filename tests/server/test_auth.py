@@ -137,3 +137,17 @@ def test_every_state_change_is_audited(env: Env) -> None:
         ("admin", "success", 201), ("viewer", "denied", 403)}  # fmt: skip
     assert all(r["address"] == "testclient" for r in adds)
     assert "long-enough" not in str(rows)  # no secrets in the log
+
+
+def test_login_limiter_memory_is_bounded() -> None:
+    from casbackup.server.auth import LoginLimiter
+
+    now = [0.0]
+    limiter = LoginLimiter(5, 300, clock=lambda: now[0])
+    limiter.max_keys = 1000
+    for i in range(5000):
+        limiter.failed([f"user:spray{i}", "addr:10.0.0.9"])
+    assert len(limiter._failures) <= 1000
+    assert limiter.retry_after(["addr:10.0.0.9"]) > 0  # the sprayer's address stays locked out
+    now[0] += 301
+    assert limiter.retry_after(["addr:10.0.0.9"]) == 0

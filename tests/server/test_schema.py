@@ -32,6 +32,15 @@ CHECKS = [
 
 def test_schema_is_complete(env: Env) -> None:
     doc = env.client.get("/openapi.json").json()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"]["scheme"] == "bearer" and schemes["APIKeyCookie"]["in"] == "cookie"
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            public = path in ("/healthz", "/api/auth/login")
+            assert bool(op.get("security")) != public, (
+                method,
+                path,
+            )  # who needs a login is declared
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             assert op.get("summary") or op.get("description"), (method, path)

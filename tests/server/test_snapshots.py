@@ -245,3 +245,29 @@ def test_recover_for_real_writes_files_and_a_report(env: Env, snap: str) -> None
         len(restored) == 1
         and restored[0].read_bytes() == (env.tmp / "shop" / "sub" / "b.bin").read_bytes()
     )
+
+
+def test_unlock_job_removes_only_stale_locks(env: Env) -> None:
+    import json
+    import time as _time
+
+    from casbackup.repo.ids import Kind
+    from casbackup.repo.lock import list_locks
+    from casbackup.testing.fixtures import open_repo
+
+    repo = open_repo(env.repo)
+    live = repo.lock(command="someone alive")
+    try:
+        (info,) = list_locks(repo)
+        doc = json.loads(repo.get_encrypted(info.name, Kind.LOCK))
+        # The lock a process on another host left a day ago (written as the lock module does).
+        doc.update(host="elsewhere", pid=1, time=_time.time() - 86400, command="dead one")
+        repo.put_encrypted("locks/" + "f" * 64, Kind.LOCK, json.dumps(doc).encode())
+        r = env.client.post("/api/unlock", json={}, headers=env.h("admin"))
+        job = wait_job(env, r.json()["job_id"])
+        assert job["state"] == "succeeded", job
+        assert len(job["result"]["removed"]) == 1 and "dead one" in job["result"]["removed"][0]
+        assert [i.name for i in list_locks(repo)] == [info.name]  # the live one stays
+    finally:
+        live.release()
+        repo.close()
