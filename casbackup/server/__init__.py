@@ -39,7 +39,7 @@ Authentication and permissions (for route authors, the dashboard included)::
 
 ``Principal`` has ``name``, ``role``, ``apps`` (None = all), ``via`` (session/token/proxy),
 ``csrf`` (session callers), ``has(permission)``, ``sees(app)``, ``check(permission, app)``.
-Permissions: view, browse, backup, verify, check, restore, download, cancel, forget, prune,
+Permissions: view, browse, backup, verify, check, restore, download, cancel, cancel_any, forget, prune,
 recover, unlock, users, tokens, audit, config (see ``auth.PERMISSIONS``).
 
 Browser sessions: ``POST /api/auth/login`` (JSON ``{"username", "password"}``) sets the
