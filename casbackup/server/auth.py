@@ -48,7 +48,8 @@ PERMISSIONS: dict[str, str] = {
     "check": "operator",
     "restore": "operator",  # into the configured recovery folder
     "download": "operator",  # file contents
-    "cancel": "operator",  # own jobs; admins cancel any
+    "cancel": "operator",  # own jobs
+    "cancel_any": "admin",  # anyone's jobs (the scheduler's included)
     "forget": "admin",
     "prune": "admin",
     "recover": "admin",

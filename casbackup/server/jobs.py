@@ -380,7 +380,14 @@ class JobManager:
                 return "cancelled", message, exit_code, partial
             return "failed", message, exit_code, partial
         if running.cancel_requested:
-            return "cancelled", "cancelled", code, partial
+            # Stopped before the worker could answer (the signal came during its start-up):
+            # nothing was written yet; the exit code is the CLI's for an interruption.
+            return (
+                "cancelled",
+                "cancelled before the job's process was ready",
+                EXIT_INTERRUPTED,
+                partial,
+            )
         detail = stderr_lines[-1] if stderr_lines else f"exit status {code}"
         return "failed", f"the job's process ended without a result: {detail}", code, partial
 
