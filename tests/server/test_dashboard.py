@@ -419,3 +419,18 @@ def test_audit_log_filters(env: Env) -> None:
     assert len(re.findall(r'data-testid="audit-row"', again)) == 4
     like = env.client.get("/admin", params={"actor": "v_ewer", "outcome": "denied"}).text
     assert len(re.findall(r'data-testid="audit-row"', like)) == 0
+
+
+def test_cancel_is_offered_for_own_jobs_or_to_admins(env: Env) -> None:
+    mine = backup(env, "shop", who="operator")["id"]
+    theirs = backup(env, "shop", who="admin")["id"]
+    for job_id in (mine, theirs):  # shown as still running (the page only reads the row)
+        env.service.db.execute("UPDATE jobs SET state='running', finished_at=NULL WHERE id=?",
+                               (job_id,))  # fmt: skip
+    login(env, "operator")
+    assert has(env.client.get(f"/jobs/{mine}").text, TESTIDS["job_cancel"])
+    assert not has(env.client.get(f"/jobs/{theirs}").text, TESTIDS["job_cancel"])
+    login(env, "viewer")
+    assert not has(env.client.get(f"/jobs/{mine}").text, TESTIDS["job_cancel"])
+    login(env, "admin")
+    assert has(env.client.get(f"/jobs/{mine}").text, TESTIDS["job_cancel"])

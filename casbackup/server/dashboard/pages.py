@@ -223,7 +223,9 @@ def job_page(job_id: int, request: Request, p: Principal = Depends(page("view"))
     service = service_of(request)
     job = visible_job(request, p, job_id)
     row = service.db.one("SELECT created_by_user FROM jobs WHERE id=?", (job_id,))
-    may_cancel = p.has("cancel") and (p.has("users") or (row is not None and row[0] == p.user_id))
+    may_cancel = p.has("cancel") and (
+        p.has("cancel_any") or (row is not None and row[0] == p.user_id)
+    )
     return render(request, "job.html", p, job=job, log=service.jobs.log(job_id), live=True,
                   may_cancel=may_cancel, now=_now())  # fmt: skip
 
