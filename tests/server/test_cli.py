@@ -107,3 +107,5 @@ def test_cli_uses_an_applications_own_repository_like_the_service(tmp_path: Path
     assert [s["app"] for s in in_own] == ["blog"] and [s["app"] for s in in_main] == ["shop"]
     listed = json.loads(run_cli("--config", str(cfg), "--json", "snapshots", "--app", "blog").out)
     assert [s["app"] for s in listed] == ["blog"]
+    res = run_cli("--config", str(cfg), "backup", "--all")
+    assert_one_error(res, 2, "blog has its own repository", "--app NAME")
