@@ -57,10 +57,10 @@ def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
     )
 
 
-def open_repository(opts: GlobalOptions) -> Repository:
+def open_repository(opts: GlobalOptions, app: str | None = None) -> Repository:
     from casbackup.cli.config_support import apply_config_defaults
 
-    apply_config_defaults(opts)  # the config's [repository] fills in what was not given
+    apply_config_defaults(opts, app)  # the config's [repository] fills in what was not given
     backend = open_backend(opts.repo)
     if not backend.exists("config"):
         raise RepositoryNotFound(
@@ -78,7 +78,10 @@ def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
         @click.pass_context
         def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
             opts = global_options(ctx)
-            repo = open_repository(opts)
+            # A command's --app picks that application's own repository, if the config gives
+            # it one (as `casbackup serve` does).
+            app = kwargs.get("app") if isinstance(kwargs.get("app"), str) else None
+            repo = open_repository(opts, app)
             try:
                 if lock is None:
                     return ctx.invoke(fn, repo, *args, **kwargs)

@@ -87,3 +87,25 @@ def test_serve_refuses_a_bad_timezone_and_subset(tmp_path: Path) -> None:
     assert_one_error(res, 2, "--trusted-proxy")
     res = run_cli("serve", "--state-dir", st, "--trusted-proxy", "not-an-ip")
     assert_one_error(res, 2, "not an address")
+
+
+def test_cli_uses_an_applications_own_repository_like_the_service(tmp_path: Path) -> None:
+    from tests.cli.conftest import init_repo
+
+    main, own = init_repo(str(tmp_path / "main")), init_repo(str(tmp_path / "own"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.txt").write_text("x")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[repository]\nlocation = "{main}"\n'
+                   f'[[applications]]\nname = "blog"\nsources = ["{tmp_path / "src"}"]\n'
+                   f'[applications.repository]\nlocation = "{own}"\n'
+                   f'[[applications]]\nname = "shop"\nsources = ["{tmp_path / "src"}"]\n')  # fmt: skip
+    assert run_cli("--config", str(cfg), "backup", "--app", "blog", "-q").code == 0
+    assert run_cli("--config", str(cfg), "backup", "--app", "shop", "-q").code == 0
+    in_own = json.loads(run_cli("--json", "-r", own, "snapshots").out)
+    in_main = json.loads(run_cli("--json", "-r", main, "snapshots").out)
+    assert [s["app"] for s in in_own] == ["blog"] and [s["app"] for s in in_main] == ["shop"]
+    listed = json.loads(run_cli("--config", str(cfg), "--json", "snapshots", "--app", "blog").out)
+    assert [s["app"] for s in listed] == ["blog"]
+    res = run_cli("--config", str(cfg), "backup", "--all")
+    assert_one_error(res, 2, "blog has its own repository", "--app NAME")
