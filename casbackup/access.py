@@ -8,9 +8,13 @@ or prints: a prompt is the CLI's business, and happens only when ``read_password
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
+import threading
 from dataclasses import dataclass
 
+from casbackup.engines.base import SECRET_MAX
+from casbackup.engines.process import SECRET_PREFIX, StderrDrain
 from casbackup.errors import CasError, RepositoryNotFound, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend
@@ -50,29 +54,88 @@ def open_backend(location: str | None) -> Backend:
     return LocalBackend(location)
 
 
+def read_secret_file(path: str) -> bytes:
+    try:
+        # Not O_NONBLOCK: ``--password-file <(pass show x)`` is a pipe that must be waited for.
+        with open(path, "rb") as f:
+            data = f.read(SECRET_MAX + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read password file {path}: {exc.strerror}") from None
+    if len(data) > SECRET_MAX:
+        raise UsageError(
+            f"password file {path} holds more than {SECRET_MAX // 1024} KiB: not a passphrase"
+        )
+    return data.rstrip(b"\r\n")
+
+
+def password_command_env() -> dict[str, str]:
+    """Our environment without casbackup's own variables: the password command must not
+    see CASBACKUP_PASSWORD (or any other CASBACKUP_* secret) it is there to replace."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
+
+
+def run_password_command(command: str) -> bytes:
+    """Run ``command`` split into words as a shell would (shlex), but never by a shell:
+    no expansion, redirection or second command. Its output is capped at SECRET_MAX."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise UsageError(f"password command cannot be split into words: {exc}") from None
+    if not argv:
+        raise UsageError("password command is empty")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=password_command_env(),
+        )
+    except OSError as exc:
+        raise UsageError(f"password command {argv[0]!r} failed to start: {exc.strerror}") from None
+    drain = StderrDrain(proc.stderr)  # type: ignore[arg-type]
+    expired = threading.Event()
+
+    def expire() -> None:  # a command that hangs fails; it never stalls us
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(60, expire)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        out = proc.stdout.read(SECRET_MAX + 1)
+        if len(out) > SECRET_MAX:
+            raise UsageError(
+                f"password command printed more than {SECRET_MAX // 1024} KiB: not a passphrase"
+            )
+        returncode = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.wait()
+    err = drain.text()
+    if expired.is_set():
+        raise UsageError("password command did not finish within 60 seconds")
+    if returncode != 0:
+        detail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise UsageError(f"password command exited with {returncode}: {detail[0]}")
+    return out.rstrip(b"\r\n")
+
+
 def read_password(source: PasswordSource) -> bytes | None:
     """The passphrase from the source, or None when no source gives one (the caller may prompt).
 
     Raises UsageError when a named source fails (unreadable file, failing command, unset variable).
+    Files and command output are capped at SECRET_MAX bytes; the command runs without a shell
+    and without casbackup's own environment variables (``password_command_env``).
     """
     if source.file:
-        try:
-            with open(source.file, "rb") as f:
-                return f.read().rstrip(b"\r\n")
-        except OSError as exc:
-            raise UsageError(f"cannot read password file {source.file}: {exc.strerror}") from None
+        return read_secret_file(source.file)
     if source.command:
-        try:
-            out = subprocess.run(
-                source.command, shell=True, capture_output=True, check=False, timeout=60,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise UsageError(f"password command failed: {exc}") from None
-        if out.returncode != 0:
-            detail = out.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise UsageError(f"password command exited with {out.returncode}: {detail[0]}")
-        return out.stdout.rstrip(b"\r\n")
+        return run_password_command(source.command)
     env = os.environ.get("CASBACKUP_PASSWORD")
     if env is not None:
         return env.encode()
@@ -99,13 +162,3 @@ def open_repository(location: str | None, password: bytes) -> Repository:
     except CasError:
         backend.close()
         raise
-
-
-def split_snapshot_path(ref: str) -> tuple[str, str]:
-    """``SNAPSHOT[:PATH]`` -> (snapshot ref, absolute path in the snapshot)."""
-    snap, sep, path = ref.partition(":")
-    if not snap:
-        raise UsageError(f"{ref!r}: give a snapshot id, prefix or 'latest' before the ':'")
-    if not sep or not path:
-        return snap, "/"
-    return snap, path if path.startswith("/") else "/" + path

@@ -57,7 +57,8 @@ def recovery_plan_doc(plan: RecoveryPlan) -> dict[str, object]:
         "files": [{"source": f.source, "target": f.target, "kind": f.kind, "files": f.files,
                    "bytes": f.bytes} for f in plan.files],
         "databases": [{"name": d.record.name, "engine": d.spec.engine, "target": d.where,
-                       "dump_size": d.record.size, "overwrite": d.overwrite,
-                       "tables": len(d.record.row_counts)} for d in plan.databases],
+                       "stored_location": d.stored, "dump_size": d.record.size,
+                       "overwrite": d.overwrite, "tables": len(d.record.row_counts)}
+                      for d in plan.databases],
         "warnings": list(plan.warnings), "problems": list(plan.problems),
     }  # fmt: skip

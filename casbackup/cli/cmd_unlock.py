@@ -3,6 +3,7 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import with_repository
+from casbackup.cli.render import warn
 from casbackup.maintenance.unlock import remove_stale_locks
 from casbackup.repo.repository import Repository
 
@@ -17,6 +18,8 @@ def unlock(repo: Repository, remove_all: bool) -> None:
     result = remove_stale_locks(repo, remove_all=remove_all)
     for described in result.removed:
         click.echo(f"removed {described}")
+    for problem in result.failed:
+        warn(problem)
     for described in result.kept:
         click.echo(f"kept live {described}")
     click.echo(f"{len(result.removed)} locks removed")

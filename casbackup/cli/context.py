@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,9 +13,13 @@ from typing import Any, TypeVar
 import click
 
 from casbackup import access
-from casbackup.errors import RepositoryNotFound, UsageError
+from casbackup.access import password_command_env  # noqa: F401  (kept importable from here)
+from casbackup.access import read_secret_file as _read_secret_file
+from casbackup.access import run_password_command as _run_password_command
+from casbackup.cli.render import warn
+from casbackup.errors import CasError, RepositoryNotFound, UsageError, WrongPassword
 from casbackup.repo.repository import Repository
-from casbackup.store.base import Backend
+from casbackup.store.base import Backend, skipped_warnings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,11 +47,26 @@ def open_backend(location: str | None) -> Backend:
 
 
 def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
-    """The passphrase from, in order: --password-file, --password-command, the environment, a prompt."""
-    source = access.PasswordSource(opts.password_file, opts.password_command, opts.password_env)
-    password = access.read_password(source)
-    if password is not None:
-        return password
+    """The passphrase from, in order: --password-file, --password-command, the environment, a prompt.
+
+    Files and command output are capped at SECRET_MAX bytes; the command runs without a
+    shell and without casbackup's own environment variables (``password_command_env``).
+    Raises UsageError (one line) when the chosen source fails.
+    """
+    if opts.password_file:
+        return _read_secret_file(opts.password_file)
+    if opts.password_command:
+        return _run_password_command(opts.password_command)
+    env = os.environ.get("CASBACKUP_PASSWORD")
+    if env is not None:
+        return env.encode()
+    if opts.password_env:
+        named = os.environ.get(opts.password_env)
+        if named is None:
+            raise UsageError(
+                f"the config's repository.password_env names {opts.password_env}, which is not set"
+            )
+        return named.encode()
     if sys.stdin.isatty():
         first = getpass.getpass("enter passphrase for repository: ")
         if confirm and getpass.getpass("enter the passphrase again: ") != first:
@@ -66,12 +86,21 @@ def open_repository(opts: GlobalOptions, app: str | None = None) -> Repository:
         raise RepositoryNotFound(
             f"no repository at {opts.repo} (run 'casbackup init' to create one)"
         )
-    backend.close()
-    return access.open_repository(opts.repo, read_password(opts))
+    password = read_password(opts)
+    try:
+        return Repository.open(backend, password)
+    except WrongPassword:
+        raise
+    except CasError:
+        backend.close()
+        raise
 
 
-def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
-    """Open (and lock) the repository for a command, and always close it (borg's @with_repository)."""
+def with_repository(*, lock: str | None = "shared", writes: bool = False) -> Callable[[F], F]:
+    """Open (and lock) the repository for a command, and always close it (borg's @with_repository).
+
+    ``writes``: the command stores new objects, so it stops at once on a repository this
+    program may only read (a version 1 format: ``casbackup migrate``)."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -83,11 +112,19 @@ def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
             app = kwargs.get("app") if isinstance(kwargs.get("app"), str) else None
             repo = open_repository(opts, app)
             try:
+                if writes:
+                    repo.require_writable()
                 if lock is None:
                     return ctx.invoke(fn, repo, *args, **kwargs)
                 with repo.locked(exclusive=lock == "exclusive", command=ctx.command_path):
                     return ctx.invoke(fn, repo, *args, **kwargs)
             finally:
+                for message in repo.alerts:  # rollback and tampering warnings: always shown
+                    click.echo(f"warning: {message}", err=True)
+                # Odd entries (symlinks, FIFOs, unknown names) the listings skipped: said
+                # once per run, so a planted entry is noticed without failing the command.
+                for line in skipped_warnings(repo.backend):
+                    warn(line)
                 repo.close()
 
         return wrapper  # type: ignore[return-value]
@@ -95,4 +132,11 @@ def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
     return decorate
 
 
-split_snapshot_path = access.split_snapshot_path
+def split_snapshot_path(ref: str) -> tuple[str, str]:
+    """``SNAPSHOT[:PATH]`` -> (snapshot ref, absolute path in the snapshot)."""
+    snap, sep, path = ref.partition(":")
+    if not snap:
+        raise UsageError(f"{ref!r}: give a snapshot id, prefix or 'latest' before the ':'")
+    if not sep or not path:
+        return snap, "/"
+    return snap, path if path.startswith("/") else "/" + path

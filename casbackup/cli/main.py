@@ -22,6 +22,7 @@ COMMAND_MODULES = {
     "recover": "cmd_recover", "repair": "cmd_repair", "restore": "cmd_restore",
     "serve": "cmd_serve", "snapshots": "cmd_snapshots", "stats": "cmd_stats",
     "token": "cmd_token", "unlock": "cmd_unlock", "user": "cmd_user", "verify": "cmd_verify",
+    "migrate": "cmd_migrate",
 }  # fmt: skip
 
 

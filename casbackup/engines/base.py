@@ -69,6 +69,12 @@ class DumpInfo:
     file_extension: str
     size: int = 0
     row_counts_consistent: bool = False
+    # What a restore needs beyond the bytes to give back what the application had, kept in
+    # the snapshot's database record (repo_format.md): SQLite the live file's owner and
+    # mode ("uid", "gid", "user", "group", "mode"), MySQL/MariaDB the database's default
+    # "charset" and "collation", PostgreSQL its "encoding", "collate" and "ctype". Read back
+    # from a repository, so engines validate it.
+    properties: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class RestoreInfo:
     bytes_read: int
     row_counts: dict[str, int]
     server_version: str = ""
+    warnings: tuple[str, ...] = ()  # recorded properties the target refused (owner, ...)
 
 
 @runtime_checkable
@@ -87,7 +94,12 @@ class Engine(Protocol):
     def dump(self, spec: DatabaseSpec) -> DumpStream: ...
 
     def restore(
-        self, spec: DatabaseSpec, stream: BinaryIO, *, overwrite: bool = False
+        self,
+        spec: DatabaseSpec,
+        stream: BinaryIO,
+        *,
+        overwrite: bool = False,
+        properties: Mapping[str, object] | None = None,  # DumpInfo.properties of the dump
     ) -> RestoreInfo: ...
 
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]: ...
@@ -98,6 +110,11 @@ class Engine(Protocol):
 
 
 # --- secrets ------------------------------------------------------------------------------
+
+
+#: The most a secret source (a password file, a password command's output) may hold: far
+#: more than any password, and /dev/zero or a runaway command fails at once, not at OOM.
+SECRET_MAX = 64 * 1024
 
 
 def resolve_password(spec: DatabaseSpec) -> str | None:
@@ -116,13 +133,24 @@ def resolve_password(spec: DatabaseSpec) -> str | None:
         return value
     if spec.password_file:
         try:
-            with open(spec.password_file, encoding="utf-8") as f:
-                text = f.read()
+            with open(spec.password_file, "rb") as f:
+                raw = f.read(SECRET_MAX + 1)  # /dev/zero or a huge file fails at once
         except OSError as e:
             raise DatabaseError(
                 f"database {spec.name!r}: cannot read password_file {spec.password_file}: "
                 f"{e.strerror}"
             ) from e
+        if len(raw) > SECRET_MAX:
+            raise DatabaseError(
+                f"database {spec.name!r}: password_file {spec.password_file} holds more than "
+                f"{SECRET_MAX // 1024} KiB: not a password"
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DatabaseError(
+                f"database {spec.name!r}: password_file {spec.password_file} is not UTF-8 text"
+            ) from None
         # Only the line terminator is stripped: spaces may be part of a password.
         return text[:-1] if text.endswith("\n") else text
     return None

@@ -34,9 +34,30 @@ def find_tool(*names: str) -> str:
     )
 
 
+# What a database client tool may see of casbackup's environment: where to find programs
+# and libraries, who and where it runs, locale and time zone, TLS trust, and the tools' own
+# settings (PGHOST, PGSSLMODE, MYSQL_HOST, ...). Nothing else: casbackup's own secrets
+# (CASBACKUP_PASSWORD, ...) and the variables other databases' passwords live in
+# (``password_env``) never reach a child.
+_CHILD_KEEP = frozenset(
+    ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
+     "SSL_CERT_FILE", "SSL_CERT_DIR"]
+)  # fmt: skip
+_CHILD_KEEP_PREFIXES = ("LC_", "PG", "MYSQL_", "MARIADB_")
+#: Never passed on, whatever the lists above say.
+SECRET_PREFIX = "CASBACKUP_"
+
+
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a database client tool: the allowed part of ours, plus ``extra``
+    (the one password that tool needs, e.g. PGPASSWORD)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (k in _CHILD_KEEP or k.startswith(_CHILD_KEEP_PREFIXES))
+        and not k.startswith(SECRET_PREFIX)
+    }
     # English messages so the one-line error summaries are what users can search for.
-    env = dict(os.environ)
     env["LC_MESSAGES"] = "C"
     env.pop("LC_ALL", None)
     if extra:

@@ -32,6 +32,8 @@ from casbackup.repo.index import IndexFile, Location, encode_index
 from casbackup.repo.pack import PackWriter, pack_name
 from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.store.base import skipped_names
+from casbackup.store.names import TOP_FOLDERS
 
 # A pack no index names may belong to a backup whose index is not written yet; the
 # exclusive lock already excludes that, this margin also covers a stale-looking lock.
@@ -252,8 +254,8 @@ def plan_prune(
     for pack in sorted(set(present) - set(packs)):
         try:
             age = now - modified(pack_name(pack)) if modified else 0.0
-        except NotFound:
-            continue
+        except CasError:
+            continue  # gone, or replaced by something that is not a pack: left alone
         if modified is not None and age >= options.unindexed_margin:
             unindexed.append((pack, present[pack]))
         else:
@@ -264,9 +266,10 @@ def plan_prune(
             try:
                 if now - modified(name) >= options.unindexed_margin:
                     temp_files.append(name)
-            except (NotFound, OSError):
-                continue
+            except CasError:
+                continue  # gone, or not a regular file any more: never touched
 
+    _refuse_incomplete_listings(repo)
     return PrunePlan(
         snapshots=snapshots, used_blobs=len(used), packs_total=len(present),
         bytes_total=sum(present.values()), keep=tuple(keep), repack=tuple(repack),
@@ -274,6 +277,22 @@ def plan_prune(
         old_index_files=tuple(all_index_files), temp_files=tuple(temp_files),
         missing_packs=tuple(missing), duplicate_blobs=duplicates,
     )  # fmt: skip
+
+
+def _refuse_incomplete_listings(repo: Repository) -> None:
+    """What is used is known only if every snapshot and index file was listed: a folder
+    replaced by a symlink, or a snapshot under a planted link, would make data that a
+    snapshot needs look unused. Prune then deletes nothing (as for an unreadable snapshot)."""
+    blocking = [
+        name
+        for name in skipped_names(repo.backend)
+        if name in TOP_FOLDERS or name.startswith(("snapshots/", "index/"))
+    ]
+    if blocking:
+        raise IntegrityError(
+            f"{blocking[0]!r} in the repository is not a folder or object of its format; prune "
+            "cannot tell which data is used and deleted nothing (run 'casbackup check')"
+        )
 
 
 # ---------------------------------------------------------------------------- execute
@@ -306,12 +325,12 @@ def execute_prune(
     remove_temp = getattr(repo.backend, "remove_temp", None)
     for name in plan.temp_files if remove_temp is not None else ():
         try:
-            remove_temp(name)
+            remove_temp(name)  # a regular temp file of this run's listing, never a link's target
             result.temp_files_deleted += 1
-        except FileNotFoundError:
+        except NotFound:
             continue
-        except OSError as exc:
-            result.warnings.append(f"could not remove temp file {name}: {exc.strerror or exc}")
+        except CasError as exc:
+            result.warnings.append(f"could not remove temp file {name}: {exc}")
     repo.sync_index()
     return result
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from casbackup.errors import NotFound
+from casbackup.errors import CasError, NotFound
 from casbackup.repo.lock import list_locks
 from casbackup.repo.repository import Repository
 
@@ -18,6 +18,7 @@ from casbackup.repo.repository import Repository
 class UnlockResult:
     removed: list[str] = field(default_factory=list)  # descriptions of the removed locks
     kept: list[str] = field(default_factory=list)  # live locks left in place
+    failed: list[str] = field(default_factory=list)  # could not be removed, and why
 
 
 def remove_stale_locks(repo: Repository, *, remove_all: bool = False) -> UnlockResult:
@@ -28,6 +29,9 @@ def remove_stale_locks(repo: Repository, *, remove_all: bool = False) -> UnlockR
                 repo.backend.delete(info.name)
             except NotFound:
                 continue  # its owner released it meanwhile
+            except CasError as exc:  # replaced meanwhile by something that is not a lock
+                result.failed.append(f"could not remove {info.name}: {exc}")
+                continue
             result.removed.append(info.describe())
         else:
             result.kept.append(info.describe())

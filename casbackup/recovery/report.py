@@ -25,17 +25,39 @@ def report_paths(base: str) -> tuple[str, str]:
 
 
 def write_report(doc: dict[str, Any], base: str) -> tuple[str, str]:
+    """Write both reports, each atomically (a reader never sees half of one), 0600.
+
+    Each goes to a temp file of a random name in the report's folder, created with
+    O_EXCL|O_NOFOLLOW (a symlink or file planted under a predictable name is never
+    followed nor overwritten), fsynced, then renamed over the final name (which replaces
+    a planted symlink itself, never its target). Raises OSError.
+    """
     json_path, md_path = report_paths(base)
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(json_path))
+    if not os.path.isdir(folder):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
     for path, text in ((json_path, json.dumps(doc, indent=2, sort_keys=True) + "\n"),
                        (md_path, render_markdown(doc))):  # fmt: skip
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        _write_atomically(path, text.encode("utf-8"))
+    return json_path, md_path
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.urandom(6).hex()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # a reader never sees half a report
-    return json_path, md_path
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def render_markdown(doc: dict[str, Any]) -> str:

@@ -59,8 +59,11 @@ class BlobFilter:
     def create(cls, path: str, capacity: int) -> BlobFilter:
         """An empty filter for ``capacity`` ids, replacing any file at ``path``."""
         log2 = max(MIN_LOG2, (max(1, capacity) * BITS_PER_ID - 1).bit_length())
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
+        tmp = f"{path}.tmp-{os.urandom(6).hex()}"
+        # Private, as the rest of the index cache (repo/index.py CACHE_FILE_MODE), and a
+        # fresh name that no link planted beforehand can redirect.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(tmp, flags, 0o600), "wb") as f:
             f.write(HEADER.pack(MAGIC, VERSION, log2, 0))
             f.truncate(HEADER.size + (1 << log2) // 8)  # sparse zeros
         os.replace(tmp, path)

@@ -170,6 +170,41 @@ def cache_root() -> str:
     return os.path.join(base, "casbackup")
 
 
+# The cache lists which blobs (keyed ids) the repository holds and where: nobody else's
+# business, whatever the umask says (restic and borg keep their caches private too).
+CACHE_DIR_MODE = 0o700
+CACHE_FILE_MODE = 0o600
+
+
+def private_dirs(path: str) -> None:
+    """Create ``path`` and every missing folder from the cache root down, each 0700; tighten
+    the cache root, the folders below it and the files in ``path`` that an older version
+    left 0755/0644. Folders above the cache root (``~/.cache``) are not ours to change.
+    Raises OSError."""
+    root = os.path.abspath(cache_root())
+    path = os.path.abspath(path)
+    top = root if path == root or path.startswith(root + os.sep) else path
+    os.makedirs(os.path.dirname(top), exist_ok=True)
+    chain = [top]
+    for part in os.path.relpath(path, top).split(os.sep):
+        if part != ".":
+            chain.append(os.path.join(chain[-1], part))
+    for folder in chain:
+        try:
+            os.mkdir(folder, CACHE_DIR_MODE)
+        except FileExistsError:
+            _tighten(folder, CACHE_DIR_MODE)
+    for entry in os.scandir(path):
+        if entry.is_file(follow_symlinks=False):
+            _tighten(entry.path, CACHE_FILE_MODE)
+
+
+def _tighten(path: str, mode: int) -> None:
+    st = os.lstat(path)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o777 & ~mode:
+        os.chmod(path, mode, follow_symlinks=False)
+
+
 ADD_BATCH = 1024  # index entries per LMDB write transaction (see add_file)
 # From this many entries on, a Bloom filter (repo/bloom.py) answers most look-ups of
 # absent blobs; below it the LMDB pages stay cached and a filter probe would only add.
@@ -193,9 +228,10 @@ class IndexCache:
         path, readonly = self.path, self.readonly
         try:
             if not readonly:
-                os.makedirs(path, exist_ok=True)
+                private_dirs(path)
             self.env = lmdb.open(
                 path,
+                mode=CACHE_FILE_MODE,
                 map_size=1 << 38,
                 max_dbs=4,
                 subdir=True,

@@ -184,6 +184,9 @@ def parse_pack_tail(opener: Opener, tail: bytes, pack_size: int) -> tuple[int, l
     (header_len,) = _TRAILER.unpack_from(tail, len(tail) - _TRAILER.size)
     if header_len + _TRAILER.size > pack_size:
         raise FormatError("pack header length points before the start of the pack")
+    if header_len > MAX_HEADER_LEN:
+        # A planted trailer must not make a reader fetch gigabytes (repo_format.md "Limits").
+        raise FormatError(f"pack header length {header_len} is over the {MAX_HEADER_LEN} limit")
     if header_len + _TRAILER.size > len(tail):
         raise _NeedMore(header_len + _TRAILER.size)
     sealed = tail[len(tail) - _TRAILER.size - header_len : len(tail) - _TRAILER.size]
@@ -192,6 +195,10 @@ def parse_pack_tail(opener: Opener, tail: bytes, pack_size: int) -> tuple[int, l
     if entries and entries[-1].offset + entries[-1].stored_len != blobs_end:
         raise FormatError("pack header does not account for every byte of the pack")
     return header_len, entries
+
+
+#: A header decompresses to at most 64 MiB (repo/codec.py); stored, it adds the envelope.
+MAX_HEADER_LEN = 64 * 1024 * 1024 + 64 * 1024
 
 
 class _NeedMore(FormatError):

@@ -239,8 +239,10 @@ def run_unlock_job(job: Job) -> dict[str, Any]:
     from casbackup.maintenance.unlock import remove_stale_locks
 
     result = remove_stale_locks(job.repo)
-    return {"removed": result.removed, "kept": result.kept}
+    return {"removed": result.removed, "kept": result.kept, "failed": result.failed}
 
+
+WRITING_KINDS = frozenset({"backup", "verify", "forget", "prune"})  # they store new objects
 
 OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "backup": run_backup_job,
@@ -284,6 +286,8 @@ def main() -> int:
         config = load_config(spec["config"]) if spec.get("config") else Config()
         repo = access.open_repository(spec["location"], password)
         try:
+            if kind in WRITING_KINDS:
+                repo.require_writable()  # an old format this program may only read: migrate first
             job = Job(kind, repo, config, spec.get("app"), spec.get("params") or {}, PipeReporter())
             result = operation(job)
         finally:

@@ -18,6 +18,17 @@ tests/store check them):
 - ``stat(name)``: the size, or ``NotFound``.
 Errors are casbackup's own: NotFound, StorageError, TransientStorageError.
 
+Hostile storage (store/names.py, repo_format.md "Limits readers enforce"): every
+method accepts only names of the exact shape the format writes, in their exact folder
+(``data/<first two hex>/<64 hex>``, ``index/<64 hex>``, ``locks/<32 hex>``, ...), and
+raises ``StorageError`` for any other. ``list`` yields only such names of regular
+objects; every other entry it meets (a symlink, a FIFO, an unknown name or folder) is
+an *odd entry*: never followed, read or deleted, recorded in ``skipped`` (a
+``SkippedEntries``, shown as warnings) and enumerated by ``odd_entries(prefix)`` (for
+``check``). A whole-object ``get`` of an object over its kind's cap, or of anything
+that is not a regular file, raises ``ObjectRefused`` (a ``StorageError``) before a byte
+is read. ``delete`` removes only a regular object, never what a symlink points to.
+
 Optional (``LocalFiles``): a backend whose objects are local files may also offer
 ``open_file(name)``, an unbuffered binary file of the object, so a reader that goes
 through a whole pack (``check --read-data``) opens it once and reads into its own
@@ -29,6 +40,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol, runtime_checkable
+
+from casbackup.store.names import SkippedEntries
 
 
 class Backend(Protocol):
@@ -46,7 +59,30 @@ class Backend(Protocol):
 
     def exists(self, name: str) -> bool: ...
 
+    def odd_entries(self, prefix: str = "") -> Iterator[tuple[str, str]]: ...
+
     def close(self) -> None: ...
+
+    skipped: SkippedEntries
+
+
+def odd_entries(backend: Backend, prefix: str = "") -> list[tuple[str, str]]:
+    """(name, why) of the odd entries under ``prefix`` (none for a backend that cannot
+    hold any); a backend's own scan, for ``check`` to report them as damage."""
+    scan = getattr(backend, "odd_entries", None)
+    return list(scan(prefix)) if scan is not None else []
+
+
+def skipped_names(backend: Backend) -> list[str]:
+    """The odd entries this run's listings skipped so far (kept for ``skipped_warnings``)."""
+    skipped = getattr(backend, "skipped", None)
+    return skipped.names() if isinstance(skipped, SkippedEntries) else []
+
+
+def skipped_warnings(backend: Backend) -> list[str]:
+    """One-line warnings for the odd entries this run's listings skipped, then forgotten."""
+    skipped = getattr(backend, "skipped", None)
+    return skipped.take() if isinstance(skipped, SkippedEntries) else []
 
 
 @runtime_checkable

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from casbackup.errors import StorageError
 from casbackup.store.base import Backend
+from casbackup.store.names import SkippedEntries
 
 
 class ProcessDeath(BaseException):
@@ -55,6 +56,10 @@ class FaultyBackend:
     @property
     def location(self) -> str:
         return self.inner.location
+
+    @property
+    def skipped(self) -> SkippedEntries:
+        return self.inner.skipped
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         s = self.script
@@ -116,6 +121,10 @@ class FaultyBackend:
         self.counts["list"] += 1
         for name, size in self.inner.list(prefix):
             yield name, self._size(name, size)
+
+    def odd_entries(self, prefix: str = "") -> Iterator[tuple[str, str]]:
+        self.counts["odd_entries"] += 1
+        return self.inner.odd_entries(prefix)
 
     def stat(self, name: str) -> int:
         self.counts["stat"] += 1

@@ -191,27 +191,26 @@ def test_truncated_pack_is_reported_by_structural_check(source: Path) -> None:
 
 def test_fault_script_basics() -> None:
     inner = MemoryBackend()
-    faulty = FaultyBackend(inner, FaultScript(fail_puts=frozenset({2}), flip_on_get="x*", flip_bit=9,
-                                              truncate_on_get="t", truncate_by=3))  # fmt: skip
-    faulty.put("x1", b"\0\0\0")
+    x1, x2, t = "snapshots/" + "a1" * 32, "snapshots/" + "a2" * 32, "index/" + "b" * 64
+    faulty = FaultyBackend(inner, FaultScript(fail_puts=frozenset({2}), flip_on_get="snapshots/*", flip_bit=9,
+                                              truncate_on_get="index/*", truncate_by=3))  # fmt: skip
+    faulty.put(x1, b"\0\0\0")
     with pytest.raises(StorageError):
-        faulty.put("x2", b"a")
-    faulty.put("t", b"123456")
-    assert not inner.exists("x2") and faulty.puts == ["x1", "t"]
-    assert faulty.get("x1") == b"\0\x02\0"
+        faulty.put(x2, b"a")
+    faulty.put(t, b"123456")
+    assert not inner.exists(x2) and faulty.puts == [x1, t]
+    assert faulty.get(x1) == b"\0\x02\0"
     # The flip is a place in the object: ranged reads see it only where they cover it.
-    assert faulty.get("x1", 1, 2) == b"\x02\0" and faulty.get("x1", 2, 1) == b"\0"
-    assert (
-        faulty.get("t") == b"123" and faulty.stat("t") == 3 and dict(faulty.list("t")) == {"t": 3}
-    )
+    assert faulty.get(x1, 1, 2) == b"\x02\0" and faulty.get(x1, 2, 1) == b"\0"
+    assert faulty.get(t) == b"123" and faulty.stat(t) == 3 and dict(faulty.list(t)) == {t: 3}
     with pytest.raises(StorageError):
-        faulty.get("t", 2, 2)
-    assert faulty.counts["get"] == 5 and faulty.gets["t"] == 2
+        faulty.get(t, 2, 2)
+    assert faulty.counts["get"] == 5 and faulty.gets[t] == 2
     crashing = FaultyBackend(inner, FaultScript(crash_after_puts=1))
-    crashing.put("a", b"")
+    crashing.put("locks/" + "c" * 32, b"")
     with pytest.raises(ProcessDeath):
-        crashing.put("b", b"")
-    assert not inner.exists("b")
+        crashing.put("locks/" + "d" * 32, b"")
+    assert not inner.exists("locks/" + "d" * 32)
 
 
 def test_a_pack_write_failing_midway_forgets_its_blobs(

@@ -262,7 +262,9 @@ def test_unlock_job_removes_only_stale_locks(env: Env) -> None:
         doc = json.loads(repo.get_encrypted(info.name, Kind.LOCK))
         # The lock a process on another host left a day ago (written as the lock module does).
         doc.update(host="elsewhere", pid=1, time=_time.time() - 86400, command="dead one")
-        repo.put_encrypted("locks/" + "f" * 64, Kind.LOCK, json.dumps(doc).encode())
+        repo.put_encrypted(
+            "locks/" + "f" * 32, Kind.LOCK, json.dumps(doc).encode()
+        )  # as _write names them
         r = env.client.post("/api/unlock", json={}, headers=env.h("admin"))
         job = wait_job(env, r.json()["job_id"])
         assert job["state"] == "succeeded", job

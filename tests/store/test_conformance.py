@@ -14,6 +14,12 @@ from casbackup.store.base import Backend
 from casbackup.store.local import TMP_MARK, LocalBackend
 from casbackup.store.memory import MemoryBackend
 
+# Names of the shape the format writes (store/names.py): anything else is refused.
+P1, P2, P3 = "data/00/" + "00" * 32, "data/01/" + "01" * 32, "data/01/01" + "f" * 62
+REAL = "data/ab/" + "ab" * 32
+EMPTY, OBJ, NOPE = "index/" + "e" * 64, "snapshots/" + "0" * 64, "snapshots/" + "0e" * 32
+KEY, SNAP = "keys/" + "c" * 64, "snapshots/" + "a" * 64
+
 
 @pytest.fixture(params=["local", "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
@@ -25,77 +31,77 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 def test_put_get_round_trip(backend: Backend) -> None:
-    backend.put("data/ab/abc", b"hello world")
+    backend.put("data/ab/" + "ab" * 32, b"hello world")
     backend.put("config", memoryview(b"cfg"))
-    assert backend.get("data/ab/abc") == b"hello world"
+    assert backend.get("data/ab/" + "ab" * 32) == b"hello world"
     assert backend.get("config") == b"cfg"
-    backend.put("empty", b"")
-    assert backend.get("empty") == b""
-    assert backend.stat("empty") == 0
+    backend.put(EMPTY, b"")
+    assert backend.get(EMPTY) == b""
+    assert backend.stat(EMPTY) == 0
 
 
 def test_ranged_get(backend: Backend) -> None:
-    backend.put("obj", bytes(range(100)))
-    assert backend.get("obj", 10, 5) == bytes(range(10, 15))
-    assert backend.get("obj", 0, 100) == bytes(range(100))
-    assert backend.get("obj", 100, 0) == b""
-    assert backend.get("obj", 90) == bytes(range(90, 100))
+    backend.put(OBJ, bytes(range(100)))
+    assert backend.get(OBJ, 10, 5) == bytes(range(10, 15))
+    assert backend.get(OBJ, 0, 100) == bytes(range(100))
+    assert backend.get(OBJ, 100, 0) == b""
+    assert backend.get(OBJ, 90) == bytes(range(90, 100))
     # Twice through any handle cache, and again after the object is replaced.
-    assert backend.get("obj", 95, 5) == bytes(range(95, 100))
-    backend.put("obj", b"x" * 100)
-    assert backend.get("obj", 95, 5) == b"xxxxx"
+    assert backend.get(OBJ, 95, 5) == bytes(range(95, 100))
+    backend.put(OBJ, b"x" * 100)
+    assert backend.get(OBJ, 95, 5) == b"xxxxx"
 
 
 @pytest.mark.parametrize(("offset", "length"), [(96, 5), (100, 1), (200, 10), (0, 101)])
 def test_ranged_get_past_end_raises(backend: Backend, offset: int, length: int) -> None:
-    backend.put("obj", bytes(100))
-    with pytest.raises(StorageError, match="obj"):
-        backend.get("obj", offset, length)
+    backend.put(OBJ, bytes(100))
+    with pytest.raises(StorageError, match=OBJ):
+        backend.get(OBJ, offset, length)
 
 
 def test_missing_raises_not_found(backend: Backend) -> None:
     for call in (
-        lambda: backend.get("nope"),
-        lambda: backend.get("nope", 0, 1),
-        lambda: backend.stat("nope"),
-        lambda: backend.delete("nope"),
+        lambda: backend.get(NOPE),
+        lambda: backend.get(NOPE, 0, 1),
+        lambda: backend.stat(NOPE),
+        lambda: backend.delete(NOPE),
     ):
-        with pytest.raises(NotFound, match="nope"):
+        with pytest.raises(NotFound, match=NOPE):
             call()
-    assert not backend.exists("nope")
+    assert not backend.exists(NOPE)
 
 
 def test_delete(backend: Backend) -> None:
-    backend.put("snapshots/a", b"1")
-    backend.get("snapshots/a", 0, 1)  # may leave a cached handle behind
-    backend.delete("snapshots/a")
-    assert not backend.exists("snapshots/a")
+    backend.put(SNAP, b"1")
+    backend.get(SNAP, 0, 1)  # may leave a cached handle behind
+    backend.delete(SNAP)
+    assert not backend.exists(SNAP)
     with pytest.raises(NotFound):
-        backend.get("snapshots/a", 0, 1)
+        backend.get(SNAP, 0, 1)
     with pytest.raises(NotFound):
-        backend.delete("snapshots/a")
+        backend.delete(SNAP)
 
 
 def test_list_by_prefix(backend: Backend) -> None:
-    objects = {"config": 3, "keys/k1": 4, "data/00/p1": 10, "data/01/p2": 20, "data/01/p3": 0,
-               "index/i1": 5, "snapshots/s1": 6}  # fmt: skip
+    objects = {"config": 3, "keys/" + "1" * 64: 4, P1: 10, P2: 20, P3: 0,
+               "index/" + "1" * 64: 5, "snapshots/" + "5" * 64: 6}  # fmt: skip
     for name, size in objects.items():
         backend.put(name, b"z" * size)
     assert dict(backend.list("")) == objects
     assert dict(backend.list("data/")) == {
         k: v for k, v in objects.items() if k.startswith("data/")
     }
-    assert dict(backend.list("data/01/")) == {"data/01/p2": 20, "data/01/p3": 0}
-    assert dict(backend.list("data/01/p2")) == {"data/01/p2": 20}
-    assert dict(backend.list("snap")) == {"snapshots/s1": 6}
+    assert dict(backend.list("data/01/")) == {P2: 20, P3: 0}
+    assert dict(backend.list(P2)) == {P2: 20}
+    assert dict(backend.list("snap")) == {"snapshots/" + "5" * 64: 6}
     assert list(backend.list("locks/")) == []
 
 
 def test_stat_and_exists(backend: Backend) -> None:
-    backend.put("keys/k", b"12345")
-    assert backend.stat("keys/k") == 5
-    assert backend.exists("keys/k")
-    assert not backend.exists("keys/other")
+    backend.put(KEY, b"12345")
+    assert backend.stat(KEY) == 5
+    assert backend.exists(KEY)
+    assert not backend.exists("keys/" + "f" * 64)
 
 
 def test_put_replaces(backend: Backend) -> None:
@@ -114,12 +120,12 @@ def test_errors_are_casbackups_own(backend: Backend) -> None:
 # ------------------------------------------------------------------ LocalBackend only
 def test_local_list_never_shows_temp_files(tmp_path: Path) -> None:
     b = LocalBackend(str(tmp_path))
-    b.put("data/ab/real", b"1")
-    (tmp_path / "data" / "ab" / f"real{TMP_MARK}123456").write_bytes(b"partial")
-    (tmp_path / f"config{TMP_MARK}abc").write_bytes(b"partial")
-    assert dict(b.list("")) == {"data/ab/real": 1}
+    b.put(REAL, b"1")
+    (tmp_path / f"{REAL}{TMP_MARK}123456abcdef").write_bytes(b"partial")
+    (tmp_path / f"config{TMP_MARK}abcdefabcdef").write_bytes(b"partial")
+    assert dict(b.list("")) == {REAL: 1}
     assert sorted(b.list_temp_files()) == sorted(
-        [f"data/ab/real{TMP_MARK}123456", f"config{TMP_MARK}abc"]
+        [f"{REAL}{TMP_MARK}123456abcdef", f"config{TMP_MARK}abcdefabcdef"]
     )
 
 
@@ -129,16 +135,16 @@ def test_local_crash_before_rename_leaves_no_partial_object(
     b = LocalBackend(str(tmp_path))
     b.put("config", b"old")
 
-    def crash(src: str, dst: str) -> None:
+    def crash(src: str, dst: str, **kwargs: object) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(StorageError, match="writing data/ab/new"):
-        b.put("data/ab/new", b"new data")
+    with pytest.raises(StorageError, match="writing data/ab/abab"):
+        b.put("data/ab/" + "ab" * 32, b"new data")
     with pytest.raises(StorageError):
         b.put("config", b"new config")
     monkeypatch.undo()
-    assert not b.exists("data/ab/new")
+    assert not b.exists("data/ab/" + "ab" * 32)
     assert b.get("config") == b"old"
     assert list(b.list_temp_files()) == []  # the failed put cleaned up after itself
 
@@ -160,9 +166,9 @@ def test_local_process_death_mid_write_leaves_only_a_temp_file(
 
     monkeypatch.setattr(os, "write", die_halfway)
     with pytest.raises(Death):
-        b.put("data/cd/pack", b"x" * 1000)
+        b.put("data/cd/" + "cd" * 32, b"x" * 1000)
     monkeypatch.undo()
-    assert not b.exists("data/cd/pack")
+    assert not b.exists("data/cd/" + "cd" * 32)
     assert list(b.list("")) == []
     assert len(list(b.list_temp_files())) == 1
 
@@ -180,9 +186,9 @@ def test_local_os_errors_become_one_line_storage_errors(
 
     monkeypatch.setattr(os, "write", fail)
     with pytest.raises(StorageError) as info:
-        b.put("data/ef/pack", b"x" * 10)
+        b.put("data/ef/" + "ef" * 32, b"x" * 10)
     monkeypatch.undo()
-    assert str(info.value) == f"writing data/ef/pack: {text}"
+    assert str(info.value) == f"writing data/ef/{'ef' * 32}: {text}"
     assert "\n" not in str(info.value)
     assert list(b.list_temp_files()) == []
 
@@ -202,8 +208,8 @@ def test_local_upload_is_named_at_commit_and_invisible_before(tmp_path: Path) ->
     up.write(memoryview(b"defgh")[1:])
     assert list(b.list("")) == []  # a pack being written is never listed
     assert len(list(b.list_temp_files())) == 1
-    up.commit("data/12/pack")
-    assert b.get("data/12/pack") == b"abcefgh"
+    up.commit("data/12/" + "12" * 32)
+    assert b.get("data/12/" + "12" * 32) == b"abcefgh"
     assert list(b.list_temp_files()) == []
 
 
