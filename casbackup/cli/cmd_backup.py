@@ -180,6 +180,12 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
     assert config is not None
     if not config.applications:
         raise UsageError(f"{config.source}: the config lists no applications")
+    own = [a.name for a in config.applications if a.repository is not None]
+    if own:  # --all writes to one repository: those would land in the wrong one
+        raise UsageError(
+            f"{', '.join(own)} {'has its' if len(own) == 1 else 'have their'} own repository in "
+            "the config: back each of those up with --app NAME (or let casbackup serve do it)"
+        )
     failed: list[tuple[str, CasError]] = []
     partial = 0
     for app in config.applications:
