@@ -49,9 +49,16 @@ def open_backend(location: str | None) -> Backend:
             "no repository given: use -r/--repo, set CASBACKUP_REPO, "
             "or set [repository] location in the config file"
         )
-    if location.startswith(("s3:", "sftp:", "rest:")):
+    if location.startswith("s3:"):
+        from casbackup.store.retry import RetryingBackend
+        from casbackup.store.s3 import S3Backend
+
+        # Retries live in one wrapper (store/retry.py); the LMDB index cache stays local.
+        return RetryingBackend(S3Backend(location))
+    if location.startswith(("sftp:", "rest:")):
         raise UsageError(
-            f"storage {location.split(':', 1)[0]!r} is not available in this build; use a local path"
+            f"storage {location.split(':', 1)[0]!r} is not available in this build; "
+            "use a local path or s3:"
         )
     from casbackup.store.local import LocalBackend
 
