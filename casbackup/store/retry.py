@@ -16,12 +16,13 @@ are 128 random bits, so the object is ours and that too is success.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from casbackup.errors import NotFound, TransientStorageError
+from casbackup.errors import NotFound, TransientStorageError, UsageError
 from casbackup.store.base import Backend
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ class RetryingBackend:
         self.attempts = max(1, attempts)
         self.base, self.cap = base, cap
         self._sleep = sleep
+        self.fork_safe = getattr(inner, "fork_safe", True)
         self.retries = 0  # transient failures retried in this run (for logs and bench/)
         if hasattr(inner, "modified"):
             self.modified = lambda name: self._retry(lambda: inner.modified(name))  # type: ignore[attr-defined]
@@ -137,3 +139,22 @@ class RetryingBackend:
         if attr in ("requests",):
             return getattr(self.inner, attr)
         raise AttributeError(attr)
+
+
+def retry_settings() -> dict[str, float]:
+    """``attempts`` and ``base`` from CASBACKUP_S3_RETRIES (1-50 tries) and
+    CASBACKUP_S3_RETRY_BASE (seconds, 0-60); the defaults when unset. UsageError otherwise."""
+    out: dict[str, float] = {}
+    for var, key, low, high in (("CASBACKUP_S3_RETRIES", "attempts", 1, 50),
+                                ("CASBACKUP_S3_RETRY_BASE", "base", 0, 60)):  # fmt: skip
+        raw = os.environ.get(var)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise UsageError(f"{var}={raw!r} is not a number") from None
+        if not low <= value <= high:
+            raise UsageError(f"{var}={raw!r} is outside {low}..{high}")
+        out[key] = value
+    return out

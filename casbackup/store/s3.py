@@ -193,6 +193,10 @@ def classify(exc: BaseException, what: str) -> Exception:
 class S3Backend:
     """Objects as keys ``<prefix>/<name>`` in one bucket (see the module docstring)."""
 
+    #: obstore's runtime threads do not survive ``fork``: a forked helper that uses this
+    #: backend hangs (measured), so code that forks helpers reads in-process instead.
+    fork_safe = False
+
     def __init__(
         self,
         location: str,
