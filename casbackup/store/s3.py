@@ -50,6 +50,7 @@ T = TypeVar("T")
 _STATUS = re.compile(r"status code: (\d{3})|status: (\d{3})")
 #: Statuses that may succeed when asked again: timeout, throttling, server trouble.
 _TRANSIENT = {408, 429, 500, 502, 503, 504}
+_CODE = re.compile(r"<Code>([A-Za-z]{1,64})</Code>")
 _NO_BUCKET = re.compile(r"<Code>NoSuchBucket</Code>|NoSuchBucket")
 
 
@@ -82,7 +83,7 @@ def parse_location(location: str) -> S3Location:
             break
     host, _, path = rest.partition("/")
     bucket, _, prefix = path.partition("/")
-    prefix = prefix.strip("/")
+    prefix = prefix.rstrip("/")  # a trailing slash is harmless; "//" inside is not
     if not host or not _BUCKET.fullmatch(bucket):
         raise UsageError(
             f"bad S3 location {location!r}: expected s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]"
@@ -154,8 +155,8 @@ def credentials(settings: dict[str, str] | None = None) -> dict[str, str]:
             raise UsageError(f"S3 secret key file {path} holds more than 4 KiB: not a key")
         out["access_key_id"] = settings["s3_access_key_id"]
         out["secret_access_key"] = secret.decode("utf-8", "replace").strip()
-    region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or settings.get("s3_region")
-    out["region"] = region or out.get("region") or "us-east-1"
+    region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or out.get("region")
+    out["region"] = region or settings.get("s3_region") or "us-east-1"
     return out
 
 
@@ -184,10 +185,15 @@ def classify(exc: BaseException, what: str) -> Exception:
         return StorageError(f"{what}: access denied (check the S3 credentials and bucket policy)")
     if status == 416:
         return StorageError(f"{what}: range not satisfiable")
-    first = " ".join(text.split("\n", 1)[0].split())[:160]
+    code = _CODE.search(text)
+    if status is not None:
+        said = f"the server answered {status}" + (f" ({code.group(1)})" if code else "")
+    else:  # no answer: say what the transport said, without obstore's debug dump
+        said = " ".join(text.split("Debug source:", 1)[0].split())
+        said = re.sub(r"^Generic S3 error: ", "", said)[:160]
     if status is None or status in _TRANSIENT:
-        return TransientStorageError(f"{what}: {first}")
-    return StorageError(f"{what}: {first}")
+        return TransientStorageError(f"{what}: {said}")
+    return StorageError(f"{what}: {said}")
 
 
 class S3Backend:
