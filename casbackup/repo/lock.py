@@ -83,7 +83,8 @@ class Lock:
             "command": self.command,
         }
         name = f"locks/{os.urandom(16).hex()}"
-        self._repo.put_encrypted(name, Kind.LOCK, json.dumps(doc).encode())
+        # Create-only where the store offers it (repo_format.md "Object stores").
+        self._repo.put_encrypted(name, Kind.LOCK, json.dumps(doc).encode(), create_only=True)
         return name
 
     def acquire(self) -> Lock:

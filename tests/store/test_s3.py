@@ -224,3 +224,39 @@ def test_reads_survive_a_body_cut_midway(moto_endpoint: str, moto_location: str)
         assert proxy.faults >= 2
     finally:
         proxy.close()
+
+
+def test_locks_on_s3_are_written_create_only(
+    moto_location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock file goes through put_new (If-None-Match: *); an existing object under
+    the lock's name is never replaced (the name is forced here to show it)."""
+    from casbackup.errors import LockError
+    from casbackup.repo import lock as lock_module
+    from casbackup.testing.fixtures import make_repo
+
+    backend = RetryingBackend(S3Backend(moto_location))
+    repo = make_repo(backend)
+    made: list[str] = []
+    real_put_new = backend.put_new
+
+    def spy(name: str, data: bytes | memoryview) -> bool:
+        made.append(name)
+        return real_put_new(name, data)
+
+    backend.put_new = spy  # type: ignore[method-assign]
+    with repo.locked(command="test"):
+        assert len(made) == 1 and made[0].startswith("locks/")
+        assert [n for n, _ in backend.list("locks/")] == made
+    assert list(backend.list("locks/")) == []
+    taken = "locks/" + "9" * 32
+    backend.put(taken, b"someone else's")
+    urandom = lock_module.os.urandom
+    forced = bytes.fromhex("9" * 32)
+    monkeypatch.setattr(lock_module.os, "urandom", lambda n: forced if n == 16 else urandom(n))
+    with pytest.raises(StorageError, match="already exists"), repo.locked(command="t"):
+        pass
+    monkeypatch.setattr(lock_module.os, "urandom", urandom)
+    assert backend.get(taken) == b"someone else's"
+    assert LockError  # the conflict rules themselves are tested in tests/repo
+    repo.close()
