@@ -139,6 +139,7 @@ class FaultProxy:
         self.plan = plan
         self.count = 0
         self.faults = 0
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request
         self._lock = threading.Lock()
         proxy = self
 
@@ -151,6 +152,7 @@ class FaultProxy:
             def _any(self) -> None:
                 with proxy._lock:
                     proxy.count += 1
+                    proxy.seen.append((self.command, self.path))
                     fault = proxy.plan(proxy.count)
                     proxy.faults += fault is not None
                 length = int(self.headers.get("Content-Length") or 0)
