@@ -73,6 +73,11 @@ class UnsupportedFormat(CasError):
     exit_code = 21
 
 
+class MigrationRequired(UnsupportedFormat):
+    """The repository's format is older than this program writes: it may be read, but
+    storing anything new needs ``casbackup migrate`` first (repo_format.md "Migration")."""
+
+
 class WrongPassword(CasError):
     exit_code = EXIT_WRONG_PASSWORD
 
@@ -93,6 +98,11 @@ class FormatError(IntegrityError):
     Every decoder raises only this (or a subclass) on arbitrary input, never
     IndexError/struct.error/UnicodeDecodeError, so callers can report damage precisely.
     """
+
+
+class ConfigTampered(IntegrityError):
+    """The repository config does not carry a valid MAC under the master key (it was changed
+    by someone without the key), or it went back to an older, unauthenticated version."""
 
 
 class NotFound(CasError):
@@ -116,7 +126,8 @@ class TransientStorageError(StorageError):
 
 
 class RestoreError(CasError):
-    """Restoring would overwrite data, escape the target, or failed to write."""
+    """Restoring would overwrite data or escape the target, or some entries could not be
+    restored (each listed by path; the rest was)."""
 
     exit_code = 26
 

@@ -19,6 +19,11 @@ def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
         "CASBACKUP_PASSWORD_FILE",
         "CASBACKUP_PASSWORD_COMMAND",
         "CASBACKUP_CONFIG",
+        "CASBACKUP_STATE_DIR",
+        "XDG_STATE_HOME",
+        "CASBACKUP_KDF_LIMIT",
+        "CASBACKUP_KEY_TRIES",
+        "CASBACKUP_KEY_FILE",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CASBACKUP_PASSWORD", PASSWORD)

@@ -16,6 +16,8 @@ from casbackup.errors import CasError
 # a storage error to a script that checks the exit code.
 ALLOWED_SHARING = {
     "FormatError": "IntegrityError",
+    "ConfigTampered": "IntegrityError",  # a changed config is stored data failing authentication
+    "MigrationRequired": "UnsupportedFormat",  # a format this program does not write
     "TransientStorageError": "StorageError",
     "ObjectRefused": "StorageError",  # a damaged (non-regular or oversized) object: storage fault
     "WorkerFailed": "CasError",  # a reader process died: fatal, like any unexpected fault

@@ -839,7 +839,7 @@ class Backup:
                 DatabaseRecord(
                     name=spec.name, engine=info.engine, format=info.format, server_version=info.server_version,
                     path="/" + DATABASES_DIR.decode() + "/" + spec.filename, size=size,
-                    row_counts=dict(info.row_counts),
+                    row_counts=dict(info.row_counts), properties=dict(info.properties),
                 )
             )  # fmt: skip
         nodes.sort(key=lambda n: n.name)

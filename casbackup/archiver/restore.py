@@ -4,28 +4,47 @@ Never writes outside the target, whatever the repository says:
 - names are validated by the tree decoder (no ``/``, NUL, ``.``, ``..``, no duplicates);
 - every file system call is relative to an open directory fd (``dir_fd``) and uses
   ``O_NOFOLLOW``, so a symlink (restored earlier or already in the target) is never
-  followed: a directory that turns out to be a symlink stops the restore;
-- symlinks are created as links, never written through; ``--overwrite`` unlinks the
-  old entry first, so it cannot write through a hard link or symlink either.
-The walking thread creates and opens the folders; regular files are created and
-written by writer processes (archiver/writers.py) in batches, by name relative to a
-folder fd that the walking thread opened and passed along, with ``O_EXCL |
-O_NOFOLLOW``. A folder's fd stays open, and its metadata waits, until every batch
-with files in it is back: creating entries changes a folder's mtime, and a read-only
-mode would stop the writers.
+  followed: a directory that turns out to be a symlink is refused with its subtree
+  (``--overwrite`` replaces the link itself by a real folder);
+- symlinks are created as links, never written through; ``--overwrite`` replaces the
+  entry itself (unlink, or the writer's rename), so it cannot write through a hard link
+  or symlink either.
+The walking thread creates and opens the folders, on an explicit stack (any depth);
+regular files are written by writer processes (archiver/writers.py) in batches, under a
+temporary name in a folder fd that the walking thread opened and passed along, and
+given their real name once their content hash matches. A folder's fd stays open, and
+its metadata waits, until every batch with files in it is back: creating entries
+changes a folder's mtime, and a read-only mode would stop the writers. Folders of ours
+that an earlier restore left read-only are made writable first (targetfs.py).
+The first name of a hard-link group goes to a writer like any file; its other names
+wait and are linked once it is in place (never to a partial file).
+An entry that exists without ``--overwrite`` stops the restore; every other failure
+(a conflict ``--overwrite`` cannot resolve, a damaged pack, a full disk, a path the OS
+refuses) is listed by path in the result and the restore goes on with the rest.
 """
 
 from __future__ import annotations
 
-import errno
+import itertools
 import os
 import stat
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from casbackup.archiver.excludes import Excluder
+from casbackup.archiver.restore_state import Batch, BatchDone, Folder, Frame, LinkGroup
+from casbackup.archiver.targetfs import (
+    TargetError,
+    apply_nofollow,
+    make_writable,
+    open_dir,
+    put_back_mode,
+    raise_fd_limit,
+    refuse_dir,
+    remove_entry,
+)
 from casbackup.archiver.writers import (
     BatchItem,
     BlobReader,
@@ -33,10 +52,11 @@ from casbackup.archiver.writers import (
     WriterPool,
     Written,
     apply_metadata,
+    discard,
     write_batch,
 )
-from casbackup.errors import CasError, Interrupted, NotFound, RestoreError
-from casbackup.repo.ids import BlobId
+from casbackup.errors import CasError, Interrupted, RestoreError
+from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
@@ -54,13 +74,15 @@ class RestoreOptions:
     workers: int = 2  # writer processes (threads for backends other than a local folder)
     owners: bool | None = None  # None: restore owners when running as root
     dry_run: bool = False
+    xattrs: bool = True  # extended attributes (ACLs, capabilities): False for --no-xattrs
 
 
 @dataclass
 class RestoreResult:
-    files: int = 0
+    files: int = 0  # regular files, FIFOs and device nodes
+    symlinks: int = 0
     dirs: int = 0
-    links: int = 0
+    links: int = 0  # further names of hard-link groups
     bytes: int = 0
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -77,39 +99,6 @@ _BATCH_DIRS = 16
 # for them (at most _BATCH_DIRS each, plus the walk's own path) well below 1024.
 _MAX_IN_FLIGHT = 32
 _FILE_LOAD = 8192  # a file's cost to a writer beyond its bytes, for picking the least busy
-
-
-class _Dir:
-    """A folder of the target being restored into.
-
-    Its fd stays open until the walk has left it (``walked``) and every batch with files
-    in it is back (``batches == 0``); then its metadata is applied and the fd closed, on
-    whichever thread sees the second of the two.
-    """
-
-    __slots__ = ("fd", "node", "rel_path", "batches", "walked")
-
-    def __init__(self, fd: int, node: Node | None, rel_path: bytes) -> None:
-        self.fd = fd
-        self.node = node  # None: the target itself, which run() opens and closes
-        self.rel_path = rel_path
-        self.batches = 0
-        self.walked = False
-
-
-class _Batch:
-    """Files gathered for one message to a writer, and the folders they go in."""
-
-    __slots__ = ("dirs", "slots", "nodes", "rel_paths", "folders", "fds", "bytes")
-
-    def __init__(self) -> None:
-        self.dirs: list[_Dir] = []
-        self.slots: dict[int, int] = {}  # id(folder) -> its index in dirs
-        self.nodes: list[Node] = []
-        self.rel_paths: list[bytes] = []
-        self.folders: list[int] = []
-        self.fds: list[int] = []  # -1: the writer creates the file by name
-        self.bytes = 0
 
 
 class Restorer:
@@ -129,40 +118,47 @@ class Restorer:
         self.owners = os.geteuid() == 0 if options.owners is None else options.owners
         self.result = RestoreResult()
         self._lock = threading.Lock()
-        self._hardlinks: dict[tuple[int, int], bytes] = {}  # key -> path relative to the target
+        self._groups: dict[tuple[int, int], LinkGroup] = {}  # hard-link key -> its group
         self._progress = Progress(phase="restore")
         self._report_progress = Throttle(reporter, self._progress)
         self._slots = threading.BoundedSemaphore(min(max(4, options.workers * 4), _MAX_IN_FLIGHT))
         self._idle = threading.Condition()  # notified when the last batch in flight is back
         self._inflight = 0
         self._failure: BaseException | None = None  # stops the restore at the next check
-        self._batch = _Batch()
-        self._open: dict[int, _Dir] = {}  # id -> folder with an open fd (closed on failure)
+        self._batch = Batch()
+        self._open: dict[int, Folder] = {}  # id -> folder with an open fd (closed on failure)
+        self._outstanding: set[BatchDone] = set()  # batches sent, outcome not back: temp names
+        self._temp_prefix = b".casbackup-restore-%d-" % os.getpid()
+        self._temps = itertools.count()
         self._writers: WriterPool | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._reader = BlobReader(repo.backend, repo.key.encryption_root)
 
     def run(self) -> RestoreResult:
         opts = self.options
+        raise_fd_limit()  # a folder fd per level of the walk's path
         node = self.repo.find_node(self.snapshot.root, opts.subpath)
         prefix = os.fsencode(opts.subpath.rstrip("/")) if opts.subpath not in ("", "/") else b""
         try:
             os.makedirs(opts.target, exist_ok=True)
-            root_fd = os.open(opts.target, os.O_RDONLY | os.O_DIRECTORY)
+            root_fd = os.open(opts.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            saved = None if opts.dry_run else make_writable(root_fd)
         except OSError as exc:
             raise RestoreError(f"cannot use target {opts.target}: {exc.strerror}") from None
         self._root_fd = root_fd
-        root = _Dir(root_fd, None, b"")
+        root = Folder(root_fd, None, b"", saved)
         self._start_writers()
         finished = False
         try:
             if node is None or node.kind == NodeKind.DIR:
                 tree = self.snapshot.root if node is None else node.subtree
                 assert tree is not None
-                self._restore_tree(tree, prefix, b"", lambda: root)
+                top = Frame(iter(()), prefix, b"", None, True, False, root, None)
+                self._walk(top, self.repo.load_tree(tree))
             else:
                 parent = prefix.rsplit(b"/", 1)[0]
-                self._restore_node(node, parent, b"", lambda: root)
+                top = Frame(iter(()), parent, b"", None, True, False, root, None)
+                self._walk(top, [node])
             self._flush()
             self._drain()
             finished = True
@@ -171,6 +167,7 @@ class Restorer:
         finally:
             self._stop_writers(abort=not finished)
             self._close_open_dirs()  # only now: no writer can use their fds any more
+            put_back_mode(root_fd, saved)
             os.close(root_fd)
         self._report_progress(force=True)
         return self.result
@@ -188,127 +185,118 @@ class Restorer:
         return False, is_dir
 
     # ------------------------------------------------------------------ walking
-    def _restore_tree(
-        self, tree: BlobId, snap_prefix: bytes, rel: bytes, folder: Callable[[], _Dir]
-    ) -> None:
-        for node in self.repo.load_tree(tree):
-            self._restore_node(node, snap_prefix, rel, folder)
+    def _walk(self, top: Frame, nodes: Iterable[Node]) -> None:
+        """Restore ``nodes`` into ``top``'s folder and everything below them, depth first,
+        on an explicit stack: a tree thousands of folders deep needs no recursion."""
+        top.children = iter(nodes)
+        stack = [top]
+        while stack:
+            frame = stack[-1]
+            child = next(frame.children, None)
+            if child is None:
+                stack.pop()
+                if frame is not top:
+                    self._leave(frame)
+                continue
+            sub = self._restore_node(child, frame)
+            if sub is not None:
+                stack.append(sub)
 
-    def _restore_node(
-        self,
-        node: Node,
-        snap_prefix: bytes,
-        rel: bytes,
-        folder: Callable[[], _Dir],
-        forced: bool = False,
-    ) -> None:
-        snap_path = snap_prefix + b"/" + node.name
-        rel_path = rel + b"/" + node.name if rel else node.name
+    def _restore_node(self, node: Node, frame: Frame) -> Frame | None:
+        """Restore one entry of ``frame``'s folder; a folder comes back as the frame to walk."""
+        snap_path = frame.snap_path + b"/" + node.name
+        rel_path = frame.rel_path + b"/" + node.name if frame.rel_path else node.name
         take, descend = (
-            (True, True) if forced else self._wanted(snap_path, node.kind == NodeKind.DIR)
+            (True, True) if frame.forced else self._wanted(snap_path, node.kind == NodeKind.DIR)
         )
         if node.kind == NodeKind.DIR:
-            if not descend:
-                return
-            self._restore_dir(node, snap_path, rel_path, folder, take)
-            return
+            return self._enter_dir(node, snap_path, rel_path, frame, take) if descend else None
         if not take:
-            return
+            return None
         if self.options.dry_run:
             self._count(node)
-            return
+            return None
+        folder = self._dir_of(frame)
+        if folder is None:
+            return None  # the folder could not be made: reported, and its entries skipped
         if node.kind == NodeKind.FILE:
-            self._restore_file(node, rel_path, folder())
-            return
-        fd = folder().fd
+            self._restore_file(node, rel_path, folder)
+            return None
+        fd = folder.fd
         if node.kind == NodeKind.SYMLINK:
-            self._make(
+            made = self._make(
                 node, rel_path, fd, lambda: os.symlink(node.link_target, node.name, dir_fd=fd)
             )
-            self._apply_meta_nofollow(node, rel_path, fd)
         elif node.kind == NodeKind.FIFO:
-            self._make(node, rel_path, fd, lambda: os.mkfifo(node.name, 0o600, dir_fd=fd))
-            self._apply_meta_nofollow(node, rel_path, fd)
+            made = self._make(node, rel_path, fd, lambda: os.mkfifo(node.name, 0o600, dir_fd=fd))
         elif node.kind in (NodeKind.CHARDEV, NodeKind.BLOCKDEV):
             if not self.owners:
-                self.result.warnings.append(
-                    f"{os.fsdecode(rel_path)}: device node skipped (needs root)"
-                )
-                return
+                self._warn(rel_path, "device node skipped (needs root)")
+                return None
             kind_bits = stat.S_IFCHR if node.kind == NodeKind.CHARDEV else stat.S_IFBLK
-            self._make(
+            made = self._make(
                 node,
                 rel_path,
                 fd,
                 lambda: os.mknod(node.name, kind_bits | 0o600, node.rdev, dir_fd=fd),
             )
-            self._apply_meta_nofollow(node, rel_path, fd)
         else:
-            self.result.warnings.append(
-                f"{os.fsdecode(rel_path)}: {node.kind.name.lower()} not restored"
-            )
+            self._warn(rel_path, f"{node.kind.name.lower()} not restored")
+            return None
+        if made:
+            self._apply_meta_nofollow(node, rel_path, fd)
+        return None
 
-    def _restore_dir(
-        self,
-        node: Node,
-        snap_path: bytes,
-        rel_path: bytes,
-        parent: Callable[[], _Dir],
-        take: bool,
-    ) -> None:
-        state: dict[str, _Dir] = {}
-
-        def my_dir() -> _Dir:
-            # Created on first use, so --include restores only the folders that hold matches.
-            if "dir" not in state:
-                folder = _Dir(self._open_dir(node, rel_path, parent().fd), node, rel_path)
-                with self._lock:
-                    self._open[id(folder)] = folder
-                state["dir"] = folder
-            return state["dir"]
-
-        if take and not self.options.dry_run:
-            my_dir()
+    def _enter_dir(
+        self, node: Node, snap_path: bytes, rel_path: bytes, parent: Frame, take: bool
+    ) -> Frame | None:
         assert node.subtree is not None
+        frame = Frame(iter(()), snap_path, rel_path, node, take,
+                       take and bool(self.includer), None, parent)  # fmt: skip
+        if take and not self.options.dry_run and self._dir_of(frame) is None:
+            return None  # reported; nothing below it can be restored
         try:
-            children = self.repo.load_tree(node.subtree)
+            frame.children = iter(self.repo.load_tree(node.subtree))
         except CasError as exc:
             # A damaged listing loses this folder only; the rest of the snapshot is restored.
             self._fail(rel_path, f"directory listing unreadable: {exc}")
-            children = []
-        # On an exception (refusing to clobber or to follow a symlink stops the whole
-        # restore), run() closes the folders that are still open.
-        for child in children:
-            self._restore_node(
-                child, snap_path, rel_path, my_dir, forced=take and bool(self.includer)
-            )
-        if "dir" in state:
-            self._leave(state["dir"])
-        elif take:
+        return frame
+
+    def _dir_of(self, frame: Frame) -> Folder | None:
+        """The frame's folder in the target, created on first use (with the folders above
+        it that do not exist yet); None when the OS refused one (reported by path)."""
+        missing = []
+        up: Frame | None = frame
+        while up is not None and up.dir is None:
+            missing.append(up)
+            up = up.parent
+        for pending in reversed(missing):
+            assert pending.parent is not None and pending.parent.dir is not None
+            assert pending.node is not None
+            try:
+                fd, saved = open_dir(
+                    pending.node.name, pending.parent.dir.fd, replace=self.options.overwrite
+                )
+            except TargetError as exc:
+                self._fail(pending.rel_path, str(exc))
+                # Skip the rest of every folder that was to hold it: nothing fits there.
+                for skipped in missing:
+                    skipped.children = iter(())
+                return None
+            folder = Folder(fd, pending.node, pending.rel_path, saved)
             with self._lock:
-                self.result.dirs += 1
+                self._open[id(folder)] = folder
+            pending.dir = folder
+        return frame.dir
 
-    def _open_dir(self, node: Node, rel_path: bytes, parent_fd: int) -> int:
-        try:
-            os.mkdir(node.name, 0o700, dir_fd=parent_fd)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise RestoreError(f"cannot create {os.fsdecode(rel_path)}: {exc.strerror}") from None
-        try:
-            return os.open(
-                node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd
-            )
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise RestoreError(
-                    f"refusing to restore into {os.fsdecode(rel_path)}: it exists in the target and is not a "
-                    "directory (a symlink is never followed)"
-                ) from None
-            raise RestoreError(f"cannot open {os.fsdecode(rel_path)}: {exc.strerror}") from None
-
-    def _leave(self, folder: _Dir) -> None:
-        """The walk is done with ``folder``: finish it now, or when its last batch is back."""
+    def _leave(self, frame: Frame) -> None:
+        """The walk is done with ``frame``: finish its folder now, or when its last batch is back."""
+        folder = frame.dir
+        if folder is None:
+            if frame.take and frame.node is not None and self.options.dry_run:
+                with self._lock:
+                    self.result.dirs += 1
+            return
         with self._lock:
             folder.walked = True
             last = folder.batches == 0
@@ -316,81 +304,120 @@ class Restorer:
             self._finish_dir(folder)
         self._raise_failure()
 
-    def _finish_dir(self, folder: _Dir) -> None:
+    def _finish_dir(self, folder: Folder) -> None:
         """All of a folder's entries exist: apply its metadata and close it."""
         if folder.node is None:
             return  # the target itself: run() closes it, and its metadata is the user's
         with self._lock:
             if self._open.pop(id(folder), None) is None:
                 return  # closed already, after a failure
-        self._apply_meta_fd(folder.node, folder.rel_path, folder.fd, is_dir=True)
+        node = folder.node
+        for problem in apply_metadata(folder.fd, node.uid, node.gid, node.mode, node.mtime_ns,
+                                      owners=self.owners, xattrs=self._xattrs(node)):  # fmt: skip
+            self._warn(folder.rel_path, problem)
         os.close(folder.fd)
         with self._lock:
             self.result.dirs += 1
 
     def _close_open_dirs(self) -> None:
-        """After a failure: close what is left open (no metadata: the restore is partial)."""
+        """After the writers stopped: remove the temporary files of batches whose outcome
+        never came back; on a failure, close what is left open (no metadata: the restore
+        is partial) and put back the modes of folders made writable."""
+        with self._lock:
+            lost, self._outstanding = list(self._outstanding), set()
+        for done in lost:
+            for slot, _name, job in done.items:
+                discard(done.dirs[slot].fd, job.temp)
         with self._lock:
             left, self._open = list(self._open.values()), {}
         for folder in left:
+            put_back_mode(folder.fd, folder.saved_mode)
             os.close(folder.fd)
-        for fd in self._batch.fds:
-            if fd >= 0:
-                os.close(fd)
-        self._batch = _Batch()
+        self._batch = Batch()
 
-    def _make(self, node: Node, rel_path: bytes, dir_fd: int, create: Callable[[], None]) -> None:
+    def _make(self, node: Node, rel_path: bytes, dir_fd: int, create: Callable[[], None]) -> bool:
+        """Create an entry with ``create``; with --overwrite, replace what is there. False
+        when it could not be (reported by path); an existing entry without --overwrite
+        stops the restore (RestoreError)."""
         try:
             create()
+            return True
         except FileExistsError:
             if not self.options.overwrite:
                 raise RestoreError(_exists(rel_path)) from None
-            self._unlink(node, rel_path, dir_fd)
-            create()
-
-    def _unlink(self, node: Node, rel_path: bytes, dir_fd: int) -> None:
+        except OSError as exc:
+            self._fail(rel_path, f"cannot create: {exc.strerror}")
+            return False
         try:
-            st = os.stat(node.name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                raise RestoreError(
-                    f"{os.fsdecode(rel_path)} is a directory in the target; not replacing it"
-                )
-            os.unlink(node.name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
+            remove_entry(node.name, dir_fd)
+            create()
+            return True
+        except TargetError as exc:
+            self._fail(rel_path, str(exc))
+        except OSError as exc:
+            self._fail(rel_path, f"cannot create: {exc.strerror}")
+        return False
 
     # ------------------------------------------------------------------ files
-    def _restore_file(self, node: Node, rel_path: bytes, folder: _Dir) -> None:
+    def _restore_file(self, node: Node, rel_path: bytes, folder: Folder) -> None:
         key = node.hardlink_key
+        if key is not None:
+            with self._lock:
+                group = self._groups.get(key)
+                if group is None:
+                    self._groups[key] = LinkGroup(rel_path)
+                elif group.state is None:
+                    # The first name is still being written: link once it is in place.
+                    group.waiting.append((folder, node, rel_path))
+                    folder.batches += 1
+                    return
+            if group is not None:
+                self._link(group, folder, node, rel_path)
+                return
+        if self.options.overwrite:
+            # The writer renames the verified file over the old entry (the old file stays
+            # whole until then, and a link there is replaced, never written through); a
+            # folder there is a conflict.
+            try:
+                refuse_dir(node.name, folder.fd)
+            except TargetError as exc:
+                self._fail(rel_path, str(exc))
+                self._first_settled(key, str(exc))
+                return
+        self._queue(folder, node, rel_path)
+
+    def _link(self, group: LinkGroup, folder: Folder, node: Node, rel_path: bytes) -> None:
+        """Another name of a hard-link group whose first name is in place (or failed)."""
+        if group.state:
+            self._fail(rel_path, f"hard link not made: {os.fsdecode(group.source)} failed")
+            return
+        source = group.source
         dir_fd = folder.fd
-        if key is not None and key in self._hardlinks:
-            source = self._hardlinks[key]
+        try:
             self._make(
                 node, rel_path, dir_fd,
                 lambda: os.link(source, node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False),
             )  # fmt: skip
-            with self._lock:
-                self.result.links += 1
+        except RestoreError as exc:
+            self.stop(exc)  # the name was taken and --overwrite not given
             return
-        if self.options.overwrite:
-            # Removed here, created new by the writer (O_EXCL): never written through a link.
-            self._unlink(node, rel_path, dir_fd)
-        created = -1
-        if key is not None:
-            # The first name of a hard-link group is created here, so that its other names
-            # can be linked to it as soon as the walk reaches them.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            holder: dict[str, int] = {}
+        with self._lock:
+            self.result.links += 1
 
-            def create() -> None:
-                holder["fd"] = os.open(node.name, flags, 0o600, dir_fd=dir_fd)
+    def _first_settled(self, key: tuple[int, int] | None, why: str = "") -> None:
+        """The first name of a hard-link group is in place (``why`` empty) or failed: its
+        other names that waited are linked to it, or reported."""
+        if key is None:
+            return
+        with self._lock:
+            group = self._groups[key]
+            group.state = why
+            waiting, group.waiting = group.waiting, []
+        for folder, node, rel_path in waiting:
+            self._link(group, folder, node, rel_path)
+            self._release(folder)
 
-            self._make(node, rel_path, dir_fd, create)
-            self._hardlinks[key] = rel_path
-            created = holder["fd"]
-        self._queue(folder, node, rel_path, created)
-
-    def _queue(self, folder: _Dir, node: Node, rel_path: bytes, fd: int) -> None:
+    def _queue(self, folder: Folder, node: Node, rel_path: bytes) -> None:
         batch = self._batch
         slot = batch.slots.get(id(folder))
         if slot is None:
@@ -401,7 +428,6 @@ class Restorer:
         batch.folders.append(slot)
         batch.nodes.append(node)
         batch.rel_paths.append(rel_path)
-        batch.fds.append(fd)
         batch.bytes += node.size
         if (
             len(batch.nodes) >= _BATCH_FILES
@@ -412,29 +438,30 @@ class Restorer:
 
     def _flush(self) -> None:
         """Send the gathered batch to a writer (waiting while too many are in flight)."""
-        self._raise_failure()  # before taking the batch: on failure run() closes its fds
-        batch, self._batch = self._batch, _Batch()
+        self._raise_failure()  # before taking the batch: on failure run() closes its folders
+        batch, self._batch = self._batch, Batch()
         if not batch.dirs:
             return
-        items, file_fds, rel_paths = self._items(batch)
+        items, nodes, rel_paths = self._items(batch)
         self._slots.acquire()
         with self._idle:
             self._inflight += 1
-        done = _Done(self, batch.dirs, rel_paths)
+        done = BatchDone(self, batch.dirs, items, nodes, rel_paths)
+        with self._lock:
+            self._outstanding.add(done)
         dir_fds = [folder.fd for folder in batch.dirs]
         if self._writers is not None:
             load = batch.bytes + _FILE_LOAD * len(items)
-            self._writers.submit(dir_fds, items, file_fds, load, done)  # closes file_fds
+            self._writers.submit(dir_fds, items, load, done)
         else:
             assert self._threads is not None
-            done.file_fds = file_fds
             future = self._threads.submit(
-                write_batch, dir_fds, items, file_fds, self._reader, self._add_bytes
+                write_batch, dir_fds, items, self._reader, self._add_bytes
             )
             future.add_done_callback(done.from_future)
 
-    def _items(self, batch: _Batch) -> tuple[list[BatchItem], list[int], list[bytes]]:
-        """The writer's items, the fds of files created here, and the items' paths.
+    def _items(self, batch: Batch) -> tuple[list[BatchItem], list[Node], list[bytes]]:
+        """The writer's items, and the nodes and paths of those items.
 
         Every chunk of the batch is located in one index transaction; if that fails, file
         by file, and a file whose chunks are missing is reported and left out.
@@ -444,75 +471,84 @@ class Restorer:
         except CasError:
             every = None
         items: list[BatchItem] = []
-        file_fds: list[int] = []
+        nodes: list[Node] = []
         rel_paths: list[bytes] = []
         pos = 0
-        for node, rel_path, slot, fd in zip(
-            batch.nodes, batch.rel_paths, batch.folders, batch.fds, strict=True
-        ):
+        for node, rel_path, slot in zip(batch.nodes, batch.rel_paths, batch.folders, strict=True):
             first, pos = pos, pos + len(node.content)
             try:
                 locs = (
                     every[first:pos] if every is not None else self.repo.locate_many(node.content)
                 )
+                require_sound_file(node, [loc.raw_len for loc in locs])  # issue 12
             except CasError as exc:
                 self._fail(rel_path, str(exc))
-                if fd >= 0:
-                    os.close(fd)
+                self._first_settled(node.hardlink_key, str(exc))
                 continue
             chunks = tuple((chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len)
                            for chunk_id, loc in zip(node.content, locs, strict=True))  # fmt: skip
-            job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid,
-                          node.mode, node.mtime_ns, self.owners)  # fmt: skip
-            items.append((slot, None if fd >= 0 else node.name, job))
-            if fd >= 0:
-                file_fds.append(fd)
+            temp = self._temp_prefix + b"%d" % next(self._temps)
+            job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
+                          node.mtime_ns, self.owners, self._xattrs(node), temp,
+                          self.options.overwrite)  # fmt: skip
+            items.append((slot, node.name, job))
+            nodes.append(node)
             rel_paths.append(rel_path)
-        return items, file_fds, rel_paths
+        return items, nodes, rel_paths
+
+    def _xattrs(self, node: Node) -> tuple[tuple[bytes, bytes], ...]:
+        return node.xattrs if self.options.xattrs else ()
 
     def _add_bytes(self, n: int) -> None:
         self._progress.bytes_done += n
 
-    def _batch_done(
-        self, dirs: list[_Dir], rel_paths: list[bytes], results: list[Written] | None
-    ) -> None:
+    def batch_done(self, done: BatchDone, results: list[Written] | None) -> None:
         """A batch's outcomes (on a writer's receiver thread or a writer thread); None when
         it was lost with its writer, whose failure then stops the restore."""
         try:
             if results is not None:
-                for rel_path, written in zip(rel_paths, results, strict=True):
-                    self._written(rel_path, written)
+                with self._lock:
+                    self._outstanding.discard(done)
+                for node, rel_path, written in zip(
+                    done.nodes, done.rel_paths, results, strict=True
+                ):
+                    self._written(node, rel_path, written)
                 self._report_progress()
         finally:
-            last = []
-            with self._lock:
-                for folder in dirs:
-                    folder.batches -= 1
-                    if folder.walked and folder.batches == 0:
-                        last.append(folder)
-            if results is not None:
-                for folder in last:
-                    self._finish_dir(folder)
+            for folder in done.dirs:
+                self._release(folder, finish=results is not None)
             self._slots.release()
             with self._idle:
                 self._inflight -= 1
                 if self._inflight == 0:
                     self._idle.notify_all()
 
-    def _written(self, rel_path: bytes, written: Written) -> None:
+    def _release(self, folder: Folder, finish: bool = True) -> None:
+        """One batch or waiting link in ``folder`` is over: finish it if it was the last."""
+        with self._lock:
+            folder.batches -= 1
+            last = folder.walked and folder.batches == 0
+        if last and finish:
+            self._finish_dir(folder)
+
+    def _written(self, node: Node, rel_path: bytes, written: Written) -> None:
+        key = node.hardlink_key
         if written.exists:
-            self._stop(RestoreError(_exists(rel_path)))
+            self.stop(RestoreError(_exists(rel_path)))
+            self._first_settled(key, "exists in the target")
         elif written.error is not None:
             self._fail(rel_path, written.error)
+            self._first_settled(key, written.error or "failed")
         else:
             with self._lock:
                 self.result.files += 1
                 self.result.bytes += written.bytes
-                if written.warning is not None:
-                    self.result.warnings.append(f"{os.fsdecode(rel_path)}: {written.warning}")
+            for warning in written.warnings:
+                self._warn(rel_path, warning)
             if self._writers is not None:
                 self._progress.bytes_done += written.bytes
             self._progress.files_done += 1
+            self._first_settled(key)
 
     def _start_writers(self) -> None:
         opts = self.options
@@ -535,7 +571,7 @@ class Restorer:
                 self._idle.wait()
         self._raise_failure()
 
-    def _stop(self, failure: BaseException) -> None:
+    def stop(self, failure: BaseException) -> None:
         with self._lock:
             if self._failure is None:
                 self._failure = failure
@@ -546,36 +582,27 @@ class Restorer:
             raise failure
 
     # ------------------------------------------------------------------ metadata
-    def _apply_meta_fd(self, node: Node, rel_path: bytes, fd: int, *, is_dir: bool) -> None:
-        try:
-            apply_metadata(fd, node.uid, node.gid, node.mode, node.mtime_ns, owners=self.owners)
-        except OSError as exc:
-            with self._lock:
-                self.result.warnings.append(
-                    f"{os.fsdecode(rel_path)}: metadata not fully restored: {exc.strerror}"
-                )
-
     def _apply_meta_nofollow(self, node: Node, rel_path: bytes, dir_fd: int) -> None:
-        try:
-            if self.owners:
-                os.chown(node.name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
-            if node.kind != NodeKind.SYMLINK:
-                os.chmod(node.name, node.mode, dir_fd=dir_fd, follow_symlinks=False)
-            os.utime(
-                node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False
-            )
-        except (OSError, NotImplementedError) as exc:
-            with self._lock:
-                self.result.warnings.append(
-                    f"{os.fsdecode(rel_path)}: metadata not fully restored: {exc}"
-                )
+        problems = apply_nofollow(node, dir_fd, owners=self.owners, xattrs=self._xattrs(node))
+        for problem in problems:
+            self._warn(rel_path, problem)
         with self._lock:
-            self.result.files += 1
+            if node.kind == NodeKind.SYMLINK:
+                self.result.symlinks += 1
+            else:
+                self.result.files += 1
 
     def _count(self, node: Node) -> None:
         with self._lock:
-            self.result.files += 1
+            if node.kind == NodeKind.SYMLINK:
+                self.result.symlinks += 1
+            else:
+                self.result.files += 1
             self.result.bytes += node.size
+
+    def _warn(self, rel_path: bytes, message: str) -> None:
+        with self._lock:
+            self.result.warnings.append(f"{os.fsdecode(rel_path)}: {message}")
 
     def _fail(self, rel_path: bytes, message: str) -> None:
         with self._lock:
@@ -586,38 +613,19 @@ def _exists(rel_path: bytes) -> str:
     return f"{os.fsdecode(rel_path)} exists in the target (use --overwrite)"
 
 
-class _Done:
-    """Called once with a batch's outcomes."""
-
-    __slots__ = ("restorer", "dirs", "rel_paths", "file_fds")
-
-    def __init__(self, restorer: Restorer, dirs: list[_Dir], rel_paths: list[bytes]) -> None:
-        self.restorer, self.dirs, self.rel_paths = restorer, dirs, rel_paths
-        self.file_fds: list[int] = []  # threads only: closed here if the batch never runs
-
-    def __call__(self, results: list[Written] | None) -> None:
-        self.restorer._batch_done(self.dirs, self.rel_paths, results)
-
-    def from_future(self, future: Future[list[Written]]) -> None:
-        results: list[Written] | None = None
-        if future.cancelled():  # the restore stopped before this batch ran
-            for fd in self.file_fds:
-                os.close(fd)
-        else:
-            try:
-                results = future.result()
-            except BaseException as exc:  # noqa: BLE001 - a bug in a writer: stop the restore
-                self.restorer._stop(exc)
-        self(results)
-
-
 def restore(
     repo: Repository,
     snapshot: Snapshot,
     options: RestoreOptions,
     reporter: Reporter = NULL_REPORTER,
 ) -> RestoreResult:
-    try:
-        return Restorer(repo, snapshot, options, reporter).run()
-    except NotFound:
-        raise
+    """Restore ``options.subpath`` of ``snapshot`` into ``options.target``.
+
+    Entries that cannot be restored (a conflict in the target that --overwrite cannot
+    resolve, a damaged pack, a full disk, a path the OS refuses) are listed by path in
+    ``result.errors`` and the restore goes on with the rest; metadata that could not be
+    applied (owners, modes, times, extended attributes) is listed in ``result.warnings``.
+    Raises RestoreError when an entry exists in the target and ``overwrite`` is off,
+    Interrupted on Ctrl-C, CasError for a snapshot that cannot be read at all.
+    """
+    return Restorer(repo, snapshot, options, reporter).run()

@@ -20,6 +20,7 @@ import blake3
 
 from casbackup.errors import IntegrityError
 from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node
 
@@ -51,6 +52,7 @@ class ChunkReader(io.RawIOBase):
 
     @classmethod
     def for_node(cls, repo: Repository, node: Node, name: str = "file") -> ChunkReader:
+        require_sound_file(node, None, name)  # a node contradicting itself is never read
         return cls(repo, node.content, size=node.size, content_hash=node.content_hash, name=name)
 
     @property

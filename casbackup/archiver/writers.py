@@ -3,14 +3,16 @@
 The restoring thread resolves every folder itself (dir fds, O_NOFOLLOW: see restore.py).
 Files travel to a writer in batches: one message names up to a hundred or so files and
 carries the fds of the folders they go in (SCM_RIGHTS). The writer creates each file
-by name relative to its folder's fd with ``O_CREAT | O_EXCL | O_NOFOLLOW``, so it can
-make only new entries directly in folders the restoring thread has vetted, never follow
-a link and never touch an existing file: the security argument of restore.py is
-unchanged. (The first name of a hard-link group is created by the restoring thread and
-travels as an open fd, so that later names can be linked to it at once.) Writers read
-the blobs from packs, decrypt, decompress, write (leaving holes for zero chunks), check
-the whole file against the content hash recorded at backup time, and apply the file's
-metadata; the outcomes of a batch go back in one message.
+under a temporary name chosen by the restoring thread, relative to its folder's fd with
+``O_CREAT | O_EXCL | O_NOFOLLOW``, so it can make only new entries directly in folders
+the restoring thread has vetted, never follow a link and never touch an existing file:
+the security argument of restore.py is unchanged. Writers read the blobs from packs,
+decrypt, decompress, write (leaving holes for zero chunks), check the whole file against
+the content hash recorded at backup time, apply the file's metadata, and only then link
+the file to its real name (never replacing an entry) and drop the temporary name: a
+damaged pack or a full disk leaves nothing partial under a real name. The outcomes of a
+batch go back in one message. (Further names of a hard-link group are linked by the
+restoring thread once the first name is in place: restore.py.)
 
 Processes because decryption (AES-GCM in ``cryptography`` holds the GIL) and the
 per-chunk Python work otherwise keep one core idle; batches because creating a file and
@@ -21,6 +23,7 @@ local folder (and ``workers=1``) use threads in this process with the same
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
@@ -36,6 +39,7 @@ from casbackup.crypto.envelope import Opener
 from casbackup.errors import CasError
 from casbackup.repo.ids import Kind
 from casbackup.repo.pack import open_blob, pack_name
+from casbackup.repo.tree import valid_name
 from casbackup.store.local import LocalBackend
 
 _ZERO = bytes(16 * 1024 * 1024)
@@ -54,18 +58,20 @@ class FileJob(NamedTuple):
     mode: int
     mtime_ns: int
     owners: bool
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()  # () also when --no-xattrs
+    temp: bytes = b""  # the name the file is written under until its content is verified
+    replace: bool = False  # --overwrite: the verified file replaces what is at its name
 
 
 class Written(NamedTuple):
     bytes: int = 0
-    error: str | None = None  # the file is wrong, incomplete or missing
-    warning: str | None = None  # content fine, metadata not fully applied
+    error: str | None = None  # the file is wrong, incomplete or missing: nothing under its name
+    warnings: tuple[str, ...] = ()  # content fine; each piece of metadata not applied
     exists: bool = False  # the name was taken in the target: nothing written, restore stops
 
 
 # One file of a batch: (index of its folder among the batch's folder fds, name, job).
-# Name None: the restoring thread created the file and it comes as the batch's next file fd.
-BatchItem = tuple[int, bytes | None, FileJob]
+BatchItem = tuple[int, bytes, FileJob]
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -84,9 +90,36 @@ class BlobReader:
 
 
 def write_file(
-    fd: int, job: FileJob, reader: BlobReader, on_bytes: Callable[[int], None]
+    dir_fd: int,
+    name: bytes,
+    job: FileJob,
+    reader: BlobReader,
+    on_bytes: Callable[[int], None],
 ) -> Written:
-    """Fill ``fd`` with the file's content, verify it, apply metadata, close ``fd``."""
+    """Write the file under ``job.temp`` in ``dir_fd``, verify it, apply its metadata, and
+    only then give it its real ``name``.
+
+    Whatever fails (a damaged pack, a full disk, a hash mismatch, the name taken meanwhile),
+    the temporary file is removed and nothing is left under ``name``: a restored name
+    always holds the content recorded at backup time.
+    """
+    if not valid_name(name):
+        return Written(error="invalid file name")
+    if not job.replace:
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            return Written(error="exists in the target", exists=True)  # before any work
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return Written(error=f"cannot create: {exc.strerror}")
+    try:
+        fd = create_file(dir_fd, job.temp)
+    except FileExistsError:
+        return Written(error="a temporary file of this restore exists already")
+    except OSError as exc:
+        return Written(error=f"cannot create: {exc.strerror}")
+    published = False
     try:
         hasher = blake3.blake3()
         offset = 0
@@ -97,7 +130,7 @@ def write_file(
             if len(data) >= 4096 and memoryview(_ZERO)[: len(data)] == data:
                 sparse = True  # leave a hole: zero chunks cost no disk space
             else:
-                os.pwrite(fd, data, offset)
+                _pwrite_all(fd, data, offset)
             offset += len(data)
             on_bytes(len(data))
         if sparse or offset != job.size:
@@ -106,64 +139,168 @@ def write_file(
             return Written(
                 offset, "restored content does not match the hash recorded at backup time"
             )
-        try:
-            apply_metadata(fd, job.uid, job.gid, job.mode, job.mtime_ns, owners=job.owners)
-        except OSError as exc:
-            return Written(offset, warning=f"metadata not fully restored: {exc.strerror}")
-        return Written(offset)
+        problems = apply_metadata(
+            fd, job.uid, job.gid, job.mode, job.mtime_ns, owners=job.owners, xattrs=job.xattrs
+        )
+        if not publish(dir_fd, job.temp, name, replace=job.replace):
+            return Written(error="exists in the target", exists=True)
+        published = True
+        return Written(offset, warnings=tuple(problems))
     except CasError as exc:
         return Written(error=str(exc))
     except OSError as exc:
         return Written(error=exc.strerror or str(exc))
     finally:
         os.close(fd)
+        if not published:
+            discard(dir_fd, job.temp)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """pwrite may write less than asked (a signal, a nearly full disk): finish or raise."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[n:], offset + n
+
+
+def publish(dir_fd: int, temp: bytes, name: bytes, *, replace: bool = False) -> bool:
+    """Give the verified file ``temp`` its real ``name`` in the same folder; False when
+    ``name`` is taken and ``replace`` is off (the caller removes ``temp``).
+
+    With ``replace`` (--overwrite) a rename: it swaps the directory entry itself, so the
+    old file stays whole until the new one is verified, and a link at ``name`` is
+    replaced, never written through (a folder there makes rename fail). Without it,
+    ``renameat2(RENAME_NOREPLACE)``, else a hard link then an unlink of the temporary
+    name, because a plain rename would silently replace an entry that appeared meanwhile.
+    File systems with neither get a rename after a check: not atomic against a racing
+    creator, still never through a link.
+    """
+    if replace:
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return True
+    done = _rename_noreplace(dir_fd, temp, name)
+    if done is not None:
+        return done
+    try:
+        os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            return False
+        except FileNotFoundError:
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return True
+    os.unlink(temp, dir_fd=dir_fd)
+    return True
+
+
+# renameat2(RENAME_NOREPLACE) (Linux 3.15+, glibc 2.28+; os has no binding) does in one
+# step what link + unlink do in two; where libc or the file system lacks it, those two.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_RENAMEAT2 = getattr(_LIBC, "renameat2", None)
+_RENAME_NOREPLACE = 1
+_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+def _rename_noreplace(dir_fd: int, temp: bytes, name: bytes) -> bool | None:
+    """True: renamed; False: ``name`` is taken; None: not available here (use link)."""
+    if _RENAMEAT2 is None:
+        return None
+    if _RENAMEAT2(dir_fd, temp, dir_fd, name, _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    if err in _UNSUPPORTED:
+        return None
+    raise OSError(err, os.strerror(err))
+
+
+def discard(dir_fd: int, temp: bytes) -> None:
+    """Remove a temporary file if it is there (cleanup after a failure)."""
+    try:
+        os.unlink(temp, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def write_batch(
     dir_fds: Sequence[int],
     items: Sequence[BatchItem],
-    file_fds: Sequence[int],
     reader: BlobReader,
     on_bytes: Callable[[int], None],
 ) -> list[Written]:
-    """Create and fill each file; one outcome per item. Closes ``file_fds``, never ``dir_fds``."""
-    given = iter(file_fds)
-    results: list[Written] = []
-    try:
-        for folder, name, job in items:
-            if name is None:
-                fd = next(given)
-            else:
-                try:
-                    fd = create_file(dir_fds[folder], name)
-                except FileExistsError:
-                    results.append(Written(error="exists in the target", exists=True))
-                    continue
-                except OSError as exc:
-                    results.append(Written(error=f"cannot create: {exc.strerror}"))
-                    continue
-            results.append(write_file(fd, job, reader, on_bytes))
-    finally:
-        for fd in given:  # only after a fault above: the files not reached
-            os.close(fd)
-    return results
+    """Write each file (see ``write_file``); one outcome per item. Never closes ``dir_fds``."""
+    return [write_file(dir_fds[folder], name, job, reader, on_bytes) for folder, name, job in items]
 
 
 def create_file(dir_fd: int, name: bytes) -> int:
     """A new, empty file directly in ``dir_fd``: never an existing entry, never through a link."""
     # The tree decoder already refuses such names; a writer checks again because it is
-    # the one that creates the file.
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+    # the one that creates the file (and, in write_file, gives it its name).
+    if not valid_name(name):
         raise OSError(errno.EINVAL, "invalid file name")
     return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
 
 
-def apply_metadata(fd: int, uid: int, gid: int, mode: int, mtime_ns: int, *, owners: bool) -> None:
-    """Owner (when asked), mode and times of an open file or folder; raises OSError."""
+_SUID_SGID = 0o6000
+
+
+def apply_metadata(
+    fd: int,
+    uid: int,
+    gid: int,
+    mode: int,
+    mtime_ns: int,
+    *,
+    owners: bool,
+    xattrs: Sequence[tuple[bytes, bytes]] = (),
+) -> list[str]:
+    """Owner (when asked), mode, extended attributes and times of an open file or folder.
+
+    Each is applied on its own, so a refused ``chown`` (not root, or an owner not mapped
+    in a user namespace) loses neither mode nor times. Returns one message per thing
+    not applied; never raises for them. Order matters: ``chown`` first because it clears
+    setuid/setgid and ``security.capability``; when it is refused, setuid/setgid are left
+    out of the mode (they would grant the restoring user's rights, not the owner's);
+    the extended attributes after the mode, so that an ACL keeps its mask; times last.
+    """
+    problems: list[str] = []
     if owners:
-        os.fchown(fd, uid, gid)
-    os.fchmod(fd, mode)  # after chown, which clears setuid/setgid
-    os.utime(fd, ns=(mtime_ns, mtime_ns))
+        try:
+            os.fchown(fd, uid, gid)
+        except OSError as exc:
+            problems.append(f"owner {uid}:{gid} not restored: {exc.strerror}")
+            mode &= ~_SUID_SGID
+    try:
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        problems.append(f"mode {mode:o} not restored: {exc.strerror}")
+    for key, value in xattrs:
+        try:
+            os.setxattr(fd, key, value)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in a (hostile) key
+            problems.append(xattr_problem(key, exc))
+    try:
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+    except (OSError, OverflowError) as exc:  # OverflowError: beyond what time_t holds
+        problems.append(f"times not restored: {getattr(exc, 'strerror', None) or exc}")
+    return problems
+
+
+def xattr_problem(key: bytes, exc: OSError | ValueError) -> str:
+    """The warning for an extended attribute the target refused (EPERM, ENOTSUP, ...)."""
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or "invalid name"
+    # One line whatever the key holds: control characters shown escaped.
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in os.fsdecode(key))
+    return f"extended attribute {shown} not restored: {reason}"
 
 
 # --------------------------------------------------------------------- processes
@@ -180,12 +317,12 @@ def _writer_main(
             msg = conn.recv()
             if msg is None:
                 break
-            batch_id, n_dirs, n_files, items = msg
-            fds = _recv_fds(sock, n_dirs + n_files)
+            batch_id, n_dirs, items = msg
+            fds = _recv_fds(sock, n_dirs)
             try:
-                results = write_batch(fds[:n_dirs], items, fds[n_dirs:], reader, _ignore)
+                results = write_batch(fds, items, reader, _ignore)
             finally:
-                for fd in fds[:n_dirs]:
+                for fd in fds:
                     os.close(fd)
             conn.send((batch_id, results))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
@@ -261,31 +398,26 @@ class WriterPool:
         self,
         dir_fds: Sequence[int],
         items: Sequence[BatchItem],
-        file_fds: Sequence[int],
         load: int,
         on_done: OnBatch,
     ) -> None:
-        """Send a batch with copies of its fds. Closes ``file_fds`` here either way; the
-        caller keeps ``dir_fds`` open (and valid) until ``on_done`` has run."""
+        """Send a batch with copies of its folder fds; the caller keeps ``dir_fds`` open
+        (and valid) until ``on_done`` has run."""
+        with self._lock:
+            if self.failure is not None:
+                raise self.failure
+            batch_id = self._next
+            self._next += 1
+            self._pending[batch_id] = on_done
+            worker = min(range(len(self._load)), key=self._load.__getitem__)
+            self._load[worker] += load
+            self._owner[batch_id] = (worker, load)
         try:
-            with self._lock:
-                if self.failure is not None:
-                    raise self.failure
-                batch_id = self._next
-                self._next += 1
-                self._pending[batch_id] = on_done
-                worker = min(range(len(self._load)), key=self._load.__getitem__)
-                self._load[worker] += load
-                self._owner[batch_id] = (worker, load)
-            try:
-                with self._send_locks[worker]:
-                    self._conns[worker].send((batch_id, len(dir_fds), len(file_fds), items))
-                    socket.send_fds(self._socks[worker], [b"F"], [*dir_fds, *file_fds])
-            except OSError:
-                raise self.failure or WriterFailed(_DIED) from None
-        finally:
-            for fd in file_fds:
-                os.close(fd)
+            with self._send_locks[worker]:
+                self._conns[worker].send((batch_id, len(dir_fds), items))
+                socket.send_fds(self._socks[worker], [b"F"], list(dir_fds))
+        except OSError:
+            raise self.failure or WriterFailed(_DIED) from None
 
     def _receive(self, conn: Connection) -> None:
         try:

@@ -57,7 +57,7 @@ from casbackup.repo.repository import Repository
     help="Verify the new snapshot in a sandbox right away [default: the config's auto_verify].",
 )
 @click.pass_context
-@with_repository(lock="shared")
+@with_repository(lock="shared", writes=True)
 def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: str | None, all_apps: bool,
            backup_type: str | None, tags: tuple[str, ...], excludes: tuple[str, ...],
            exclude_files: tuple[str, ...], one_file_system: bool, dry_run: bool, parent: str | None,
@@ -122,10 +122,13 @@ def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, ena
     opts = global_options(ctx)
     config = load_cli_config(opts)
     sandbox = config.verification.sandbox_directory if config is not None else None
+    # Scratch databases go to the servers the local config names, never to a snapshot's.
+    app = config.app(result.snapshot.app) if config is not None and result.snapshot.app else None
+    databases = {d.name: d for d in app.databases} if app is not None else {}
     reporter = reporter_for(ctx)
     try:
         outcome = run_verification(
-            repo, result.snapshot, VerifyOptions(sandbox_dir=sandbox), reporter
+            repo, result.snapshot, VerifyOptions(sandbox_dir=sandbox, databases=databases), reporter
         )
     finally:
         reporter.done()

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import shutil
 import sys
 
 import click
 
+from casbackup.archiver.stream import ChunkReader
 from casbackup.cli.context import split_snapshot_path, with_repository
 from casbackup.errors import NotFound, UsageError
-from casbackup.repo.ids import Kind
+from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
 
@@ -24,9 +26,11 @@ def dump(repo: Repository, ref: str, app: str | None) -> None:
     node = repo.find_node(snap.root, path)
     if node is None or node.kind != NodeKind.FILE:
         raise NotFound(f"{path} is not a file in snapshot {snap.short_id}")
+    # Size against the chunks and the hash's presence before a byte is written; the
+    # content hash when the last byte is (ChunkReader raises IntegrityError, exit 22).
+    require_sound_file(node, [loc.raw_len for loc in repo.locate_many(node.content)], path)
     out = sys.stdout.buffer
-    for chunk_id in node.content:
-        out.write(repo.load_blob(chunk_id, Kind.DATA))
+    shutil.copyfileobj(ChunkReader.for_node(repo, node, name=path), out, 1 << 20)
     out.flush()
 
 

@@ -64,6 +64,7 @@ def check(
             "snapshots": report.snapshots, "trees": report.trees, "blobs": report.blobs, "packs": report.packs,
             "packs_read": report.packs_read, "bytes_read": report.bytes_read,
             "packs_never_verified": report.packs_never_verified, "oldest_verified": report.oldest_verified,
+            "alerts": list(repo.alerts),  # rollback warnings (also printed on stderr)
         })  # fmt: skip
     else:
         for w in report.warnings:

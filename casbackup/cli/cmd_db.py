@@ -1,14 +1,16 @@
 """`casbackup db restore`: load a database dump from a snapshot into a database.
 
 The dump streams from the repository straight into the engine's loader (no temporary file);
-the engine refuses a non-empty target unless --overwrite. Where it goes:
-- no --into: the database as configured (config file, else the definition stored in the
-  snapshot), i.e. back where it came from;
+the engine refuses a non-empty target unless --overwrite. Where it goes is decided on this
+machine only, never by the snapshot (whose stored definition anyone who can write the
+repository with the key may have forged; it is shown in the error, never followed):
+- no --into: the database as the config file defines it, i.e. back where it came from; with
+  no such definition, --into is required;
 - --into PATH for SQLite; --into postgresql://user@host:port/dbname or
   mysql://user@host:port/dbname (mariadb:// too; percent-encode odd names). A password in the
   URL is refused: it would sit in shell history and `ps`. The password comes from
   --db-password-env/--db-password-file, else the configured database's source, else the
-  tools' own PGPASSWORD/MYSQL_PWD.
+  tools' own PGPASSWORD/MYSQL_PWD (never a source the snapshot names).
 """
 
 from __future__ import annotations
@@ -25,9 +27,14 @@ from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, warn
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name, get_engine
-from casbackup.errors import NotFound, UsageError
+from casbackup.errors import FormatError, NotFound, UsageError
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import Snapshot
+from casbackup.verify.dumps import (
+    definition_specs,
+    record_problem,
+    stored_location,
+    tree_path_parts,
+)
 
 _SCHEMES = {
     "postgresql": "postgresql",
@@ -67,20 +74,38 @@ def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_na
         )
     record = next((d for d in snap.databases if d.name == db_name), None)
     if record is None:
-        have = ", ".join(d.name for d in snap.databases) or "none"
+        have = ", ".join(str(d.name) for d in snap.databases) or "none"
         raise NotFound(f"snapshot {snap.short_id} has no database {db_name!r} (it has: {have})")
+    malformed = record_problem(record)
+    if malformed is not None:
+        raise FormatError(f"snapshot {snap.short_id}: {malformed}")
+    tree_path_parts(record.path)  # a stored path with `..` names nothing in the tree: refused
     node = repo.find_node(snap.root, record.path)
     if node is None or not node.content and node.size:
         raise NotFound(f"snapshot {snap.short_id} records {record.path} but its tree lacks it")
     engine_name = canonical_engine_name(record.engine)
-    spec = _configured_spec(opts, snap, app, db_name, engine_name)
+    configured = _configured_spec(opts, app, db_name, engine_name)
     if into:
-        spec = _target_spec(into, spec, db_name, engine_name)
+        spec = _target_spec(into, configured or DatabaseSpec(name=db_name, engine=engine_name),
+                            db_name, engine_name)  # fmt: skip
+    elif configured is not None:
+        spec = configured
+    else:
+        stored = stored_location(definition_specs(snap.app_definition).get(db_name))
+        raise UsageError(
+            f"the config does not define database {db_name!r} of application {app!r}: say where "
+            f"it goes with --into (the snapshot says it lived at {stored}; a snapshot never "
+            "chooses where casbackup writes or connects)"
+        )
     if db_password_env or db_password_file:
         spec = replace(spec, password_env=db_password_env, password_file=db_password_file)
     reader = ChunkReader.for_node(repo, node, name=f"{record.path} in snapshot {snap.short_id}")
     with reader:
-        info = get_engine(engine_name).restore(spec, reader, overwrite=overwrite)
+        # Only when recorded: an engine plugin written before properties existed still works.
+        extra = {"properties": record.properties} if record.properties else {}
+        info = get_engine(engine_name).restore(spec, reader, overwrite=overwrite, **extra)
+    for w in info.warnings:
+        warn(w)
     mismatch = {t for t in {*record.row_counts, *info.row_counts}
                 if record.row_counts.get(t) != info.row_counts.get(t)}  # fmt: skip
     if mismatch:
@@ -100,21 +125,15 @@ def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_na
     )
 
 
-def _configured_spec(opts: Any, snap: Snapshot, app: str, name: str, engine: str) -> DatabaseSpec:
-    """The database as the config describes it, else as the snapshot recorded it."""
+def _configured_spec(opts: Any, app: str, name: str, engine: str) -> DatabaseSpec | None:
+    """The database as the local config defines it; None when it does not."""
     config = load_cli_config(opts)
     app_config = config.app(app) if config else None
     if app_config is not None:
         for spec in app_config.databases:
             if spec.name == name and canonical_engine_name(spec.engine) == engine:
                 return spec
-    for entry in (snap.app_definition or {}).get("databases", []):
-        if isinstance(entry, dict) and entry.get("name") == name:
-            fields = {k: entry.get(k) for k in ("path", "host", "port", "user", "database",
-                                                "password_env", "password_file")}  # fmt: skip
-            return DatabaseSpec(name=name, engine=engine, options=dict(entry.get("options") or {}),
-                                **fields)  # fmt: skip
-    return DatabaseSpec(name=name, engine=engine)
+    return None
 
 
 def _target_spec(into: str, base: DatabaseSpec, name: str, engine: str) -> DatabaseSpec:

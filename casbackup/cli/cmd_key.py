@@ -57,7 +57,10 @@ def key_list(repo: Repository, ctx: click.Context) -> None:
         emit_json([
             {"id": k.id, "current": k.current, "created": k.info.created if k.info else None,
              "host": k.info.host if k.info else None, "user": k.info.user if k.info else None,
-             "kdf_memory_kib": k.info.kdf.memory_kib if k.info else None, "problem": k.problem or None}
+             "kdf_memory_kib": k.info.kdf.memory_kib if k.info else None,
+             "kdf_iterations": k.info.kdf.iterations if k.info else None,
+             "kdf_lanes": k.info.kdf.lanes if k.info else None,
+             "over_limit": k.over_limit, "problem": k.problem or None}
             for k in keys
         ])  # fmt: skip
         return
@@ -66,8 +69,17 @@ def key_list(repo: Repository, ctx: click.Context) -> None:
         if k.info is None:
             click.echo(f"{mark} {k.id[:8]}  unreadable: {k.problem}")
             continue
-        created = k.info.created[:19].replace("T", " ")
-        click.echo(f"{mark} {k.id[:8]}  {created}  {k.info.user}@{k.info.host}")
+        created = _shown(k.info.created[:19].replace("T", " "))
+        who = _shown(f"{k.info.user}@{k.info.host}")
+        cost = k.info.kdf.describe() + (" (over the limit: never tried)" if k.over_limit else "")
+        click.echo(f"{mark} {k.id[:8]}  {created}  {who}  {cost}")
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """Key files are plaintext anyone with storage access can write: their user, host and
+    date never reach the terminal as raw control characters (or at any length)."""
+    safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    return safe + ("..." if len(text) > limit else "")
 
 
 @key.command(name="add")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, reporter_for
 from casbackup.recovery.connection import split_assignment
@@ -20,8 +21,9 @@ def plan_doc(plan: RecoveryPlan) -> dict[str, object]:
         "files": [{"source": f.source, "target": f.target, "kind": f.kind, "files": f.files,
                    "bytes": f.bytes} for f in plan.files],
         "databases": [{"name": d.record.name, "engine": d.spec.engine, "target": d.where,
-                       "dump_size": d.record.size, "overwrite": d.overwrite,
-                       "tables": len(d.record.row_counts)} for d in plan.databases],
+                       "stored_location": d.stored, "dump_size": d.record.size,
+                       "overwrite": d.overwrite, "tables": len(d.record.row_counts)}
+                      for d in plan.databases],
         "warnings": list(plan.warnings), "problems": list(plan.problems),
     }  # fmt: skip
 
@@ -38,6 +40,8 @@ def print_plan(plan: RecoveryPlan) -> None:
         mode = ", replacing what is there" if d.overwrite else ""
         click.echo(f"  db     {d.record.name} ({d.spec.engine}, dump {human_bytes(d.record.size)}, "
                    f"{len(d.record.row_counts)} tables) -> {d.where}{mode}")  # fmt: skip
+        if d.stored != d.where:
+            click.echo(f"         (the snapshot says it lived at {d.stored}: shown, not used)")
     for w in plan.warnings:
         click.echo(f"  warning: {w}")
     for p in plan.problems:
@@ -68,8 +72,9 @@ def print_result(result: RecoveryResult) -> None:
               "of the newest verified one.")  # fmt: skip
 @click.option("--databases/--no-databases", default=True, help="Load the databases (default).")
 @click.option("--db-into", "db_into", multiple=True, metavar="NAME=CONNECTION",
-              help="Load database NAME elsewhere: a URL (postgresql://user@host:port/db"
-              "?password_env=VAR), a database name on the same server, or an SQLite path.")  # fmt: skip
+              help="Load database NAME here: a URL (postgresql://user@host:port/db"
+              "?password_env=VAR), a database name on the config's server, or an SQLite path. "
+              "Needed for a server database the config does not define.")  # fmt: skip
 @click.option("--overwrite-databases", is_flag=True, help="Replace non-empty target databases.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option(
@@ -88,12 +93,17 @@ def recover_cmd(
     """Rebuild an application's files and databases from the repository alone.
 
     Uses the newest snapshot whose verification passed, re-checks its data, restores each
-    source folder to TARGET/<name> and each database to the server the snapshot names.
+    source folder to TARGET/<name>, each SQLite database inside TARGET and each server database
+    to the server the config file (or --db-into) names. What the snapshot stores about servers
+    and passwords is shown, never used.
     """
     opts = global_options(ctx)
+    config = load_cli_config(opts)
+    app_config = config.app(app) if config is not None else None
     options = RecoverOptions(
         app=app, target=target, snapshot=snapshot, databases=databases,
         db_into=dict(split_assignment(v) for v in db_into),
+        configured={d.name: d for d in app_config.databases} if app_config else {},
         overwrite_databases=overwrite_databases, dry_run=dry_run,
         allow_unverified=allow_unverified, report=report,
     )  # fmt: skip

@@ -9,6 +9,8 @@ from casbackup.cli.render import emit_json, human_bytes, reporter_for, warn
 from casbackup.errors import RestoreError
 from casbackup.repo.repository import Repository
 
+_SHOWN = 50  # warnings and errors printed one by one; --json has them all
+
 
 @click.command()
 @click.argument("ref", metavar="SNAPSHOT[:PATH]")
@@ -27,6 +29,9 @@ from casbackup.repo.repository import Repository
 @click.option("--overwrite", is_flag=True, help="Replace files that exist in the target.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be restored.")
 @click.option(
+    "--no-xattrs", is_flag=True, help="Do not restore extended attributes (ACLs, capabilities)."
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=2,
@@ -36,14 +41,14 @@ from casbackup.repo.repository import Repository
 @click.pass_context
 @with_repository(lock="shared")
 def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: str | None, includes: tuple[str, ...],
-            excludes: tuple[str, ...], overwrite: bool, dry_run: bool, workers: int) -> None:  # fmt: skip
+            excludes: tuple[str, ...], overwrite: bool, dry_run: bool, no_xattrs: bool, workers: int) -> None:  # fmt: skip
     """Restore a snapshot, a folder of it or one file (SNAPSHOT:PATH) into TARGET."""
     opts = global_options(ctx)
     snap_ref, path = split_snapshot_path(ref)
     snap = repo.resolve_snapshot(snap_ref, app=app)
     options = RestoreOptions(
         target=target, subpath=path, includes=includes, excludes=excludes, overwrite=overwrite,
-        workers=workers, dry_run=dry_run,
+        workers=workers, dry_run=dry_run, xattrs=not no_xattrs,
     )  # fmt: skip
     reporter = reporter_for(ctx)
     try:
@@ -53,19 +58,31 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
     if opts.json:
         emit_json({
             "message_type": "summary", "snapshot_id": snap.id, "target": target, "files": result.files,
-            "dirs": result.dirs, "hard_links": result.links, "bytes": result.bytes,
+            "symlinks": result.symlinks, "dirs": result.dirs, "hard_links": result.links, "bytes": result.bytes,
             "warnings": result.warnings, "errors": result.errors, "dry_run": dry_run,
         })  # fmt: skip
     else:
-        for w in result.warnings:
+        # A restore as uid 0 of a user namespace warns for every owner: show the first ones.
+        for w in result.warnings[:_SHOWN]:
             warn(w)
+        if len(result.warnings) > _SHOWN:
+            warn(f"{len(result.warnings) - _SHOWN} more warnings (--json lists them all)")
         verb = "would restore" if dry_run else "restored"
-        click.echo(f"{verb} {result.files} files, {result.dirs} folders, {human_bytes(result.bytes)} "
+        links = f"{result.symlinks} symlinks, " if result.symlinks else ""
+        click.echo(f"{verb} {result.files} files, {links}{result.dirs} folders, {human_bytes(result.bytes)} "
                    f"from snapshot {snap.short_id} to {target}")  # fmt: skip
+    if len(result.errors) == 1:
+        raise RestoreError(result.errors[0])  # path: reason, on the one error line
     if result.errors:
-        for e in result.errors[:20]:
+        # Each by path (the first ones: all are in --json), then the one-line summary.
+        for e in result.errors[:_SHOWN]:
             click.echo(f"error: {e}", err=True)
-        raise RestoreError(f"{len(result.errors)} files could not be restored correctly")
+        shown = (
+            "listed above" if len(result.errors) <= _SHOWN else f"the first {_SHOWN} listed above"
+        )
+        raise RestoreError(
+            f"{len(result.errors)} entries could not be restored ({shown}); the rest was restored"
+        )
 
 
 COMMANDS = [restore]

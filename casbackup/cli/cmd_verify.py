@@ -36,11 +36,19 @@ def _servers(values: tuple[str, ...]) -> dict[str, DatabaseSpec]:
     return out
 
 
-def _default_sandbox(ctx: click.Context) -> str | None:
+def _from_config(ctx: click.Context, app: str | None) -> tuple[str | None, dict[str, DatabaseSpec]]:
+    """(sandbox folder, the application's databases by name) from the local config, if any.
+
+    The config's definitions, not the snapshot's, say which server a dump may be loaded into.
+    """
     from casbackup.cli.config_support import load_cli_config
 
     config = load_cli_config(global_options(ctx))
-    return config.verification.sandbox_directory if config else None
+    if config is None:
+        return None, {}
+    app_config = config.app(app) if app else None
+    databases = {d.name: d for d in app_config.databases} if app_config else {}
+    return config.verification.sandbox_directory, databases
 
 
 @click.command()
@@ -51,9 +59,10 @@ def _default_sandbox(ctx: click.Context) -> str | None:
 @click.option("--keep-sandbox", is_flag=True, help="Leave the restored sandbox for inspection.")
 @click.option("--db-server", "db_servers", multiple=True, metavar="ENGINE=URL",
               help="Server for scratch databases, e.g. postgresql://postgres@127.0.0.1:5432 "
-              "(default: the database's own server from the snapshot).")  # fmt: skip
+              "(default: the database's server in the config file; never one a snapshot "
+              "names).")  # fmt: skip
 @click.pass_context
-@with_repository(lock="shared")
+@with_repository(lock="shared", writes=True)
 def verify(
     repo: Repository, ctx: click.Context, snapshot: str | None, app: str | None, latest: bool,
     sandbox: str | None, keep_sandbox: bool, db_servers: tuple[str, ...],
@@ -66,9 +75,11 @@ def verify(
     opts = global_options(ctx)
     servers = _servers(db_servers)
     snap = _pick(repo, snapshot, app, latest)
+    default_sandbox, configured = _from_config(ctx, snap.app)
     options = VerifyOptions(
-        sandbox_dir=sandbox or _default_sandbox(ctx), keep_sandbox=keep_sandbox, db_servers=servers
-    )
+        sandbox_dir=sandbox or default_sandbox, keep_sandbox=keep_sandbox, db_servers=servers,
+        databases=configured,
+    )  # fmt: skip
     reporter = reporter_for(ctx)
     try:
         result = run_verification(repo, snap, options, reporter)

@@ -191,8 +191,11 @@ def open_repository(opts: GlobalOptions) -> Repository:
         raise
 
 
-def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
-    """Open (and lock) the repository for a command, and always close it (borg's @with_repository)."""
+def with_repository(*, lock: str | None = "shared", writes: bool = False) -> Callable[[F], F]:
+    """Open (and lock) the repository for a command, and always close it (borg's @with_repository).
+
+    ``writes``: the command stores new objects, so it stops at once on a repository this
+    program may only read (a version 1 format: ``casbackup migrate``)."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -201,11 +204,15 @@ def with_repository(*, lock: str | None = "shared") -> Callable[[F], F]:
             opts = global_options(ctx)
             repo = open_repository(opts)
             try:
+                if writes:
+                    repo.require_writable()
                 if lock is None:
                     return ctx.invoke(fn, repo, *args, **kwargs)
                 with repo.locked(exclusive=lock == "exclusive", command=ctx.command_path):
                     return ctx.invoke(fn, repo, *args, **kwargs)
             finally:
+                for message in repo.alerts:  # rollback and tampering warnings: always shown
+                    click.echo(f"warning: {message}", err=True)
                 # Odd entries (symlinks, FIFOs, unknown names) the listings skipped: said
                 # once per run, so a planted entry is noticed without failing the command.
                 for line in skipped_warnings(repo.backend):

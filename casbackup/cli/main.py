@@ -22,6 +22,7 @@ COMMAND_MODULES = {
     "recover": "cmd_recover", "repair": "cmd_repair", "restore": "cmd_restore",
     "snapshots": "cmd_snapshots", "stats": "cmd_stats", "unlock": "cmd_unlock",
     "verify": "cmd_verify",
+    "migrate": "cmd_migrate",
 }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ SECRET_SIZE = 32
 _CTX_ENCRYPTION = "casbackup 2026-11-26 encryption root"
 _CTX_CHUNK_ID = "casbackup 2026-11-26 chunk id"
 _CTX_CHUNKER = "casbackup 2026-11-26 chunker seed"
+_CTX_CONFIG_MAC = "casbackup 2026-11-30 config mac"
 
 
 def _derive(context: str, secret: bytes) -> bytes:
@@ -45,6 +46,12 @@ class MasterKey:
     def chunk_id_key(self) -> bytes:
         """Keys BLAKE3 for chunk ids, so ids reveal nothing without the key."""
         return _derive(_CTX_CHUNK_ID, self.secret)
+
+    @property
+    def config_mac_key(self) -> bytes:
+        """Keys the BLAKE3 MAC over the plaintext config (repo/config.py): whoever can
+        write the storage but lacks the key cannot change how the repository is written."""
+        return _derive(_CTX_CONFIG_MAC, self.secret)
 
     @property
     def chunker_seed(self) -> int:

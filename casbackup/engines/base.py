@@ -69,6 +69,12 @@ class DumpInfo:
     file_extension: str
     size: int = 0
     row_counts_consistent: bool = False
+    # What a restore needs beyond the bytes to give back what the application had, kept in
+    # the snapshot's database record (repo_format.md): SQLite the live file's owner and
+    # mode ("uid", "gid", "user", "group", "mode"), MySQL/MariaDB the database's default
+    # "charset" and "collation", PostgreSQL its "encoding", "collate" and "ctype". Read back
+    # from a repository, so engines validate it.
+    properties: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class RestoreInfo:
     bytes_read: int
     row_counts: dict[str, int]
     server_version: str = ""
+    warnings: tuple[str, ...] = ()  # recorded properties the target refused (owner, ...)
 
 
 @runtime_checkable
@@ -87,7 +94,12 @@ class Engine(Protocol):
     def dump(self, spec: DatabaseSpec) -> DumpStream: ...
 
     def restore(
-        self, spec: DatabaseSpec, stream: BinaryIO, *, overwrite: bool = False
+        self,
+        spec: DatabaseSpec,
+        stream: BinaryIO,
+        *,
+        overwrite: bool = False,
+        properties: Mapping[str, object] | None = None,  # DumpInfo.properties of the dump
     ) -> RestoreInfo: ...
 
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]: ...

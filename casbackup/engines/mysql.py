@@ -23,7 +23,8 @@ verifier knows not to demand an exact match on a busy database.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import BinaryIO
 
@@ -168,8 +169,10 @@ class MysqlEngine:
                     f"database {spec.name!r}: dump has no '-- Dump completed' trailer (truncated)"
                 )
 
+        properties = self._defaults(spec, db)
+
         def make_info(size: int) -> DumpInfo:
-            return DumpInfo(self.name, "mysql-sql", version, counts, "sql", size, False)
+            return DumpInfo(self.name, "mysql-sql", version, counts, "sql", size, False, properties)
 
         with credentials_fd(spec) as fd:
             # `--` ends option parsing, so a database named "-x" cannot become an option.
@@ -183,6 +186,17 @@ class MysqlEngine:
                 pass_fds=[fd],
             )
 
+    def _defaults(self, spec: DatabaseSpec, db: str) -> dict[str, object]:
+        """The database's default character set and collation (the dump has no CREATE
+        DATABASE, so they would be lost: a restore applies them, see ``restore``)."""
+        sql = (
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM "
+            f"information_schema.schemata WHERE schema_name = {hex_literal(db)};"
+        )
+        rows = self._client(spec, sql)
+        charset, _, collation = rows[0].partition("\t") if rows else ("", "", "")
+        return {"charset": charset, "collation": collation} if charset else {}
+
     def _exists(self, spec: DatabaseSpec, db: str) -> bool:
         sql = (
             "SELECT COUNT(*) FROM information_schema.schemata "
@@ -191,9 +205,15 @@ class MysqlEngine:
         return self._client(spec, sql) == ["1"]
 
     def restore(
-        self, spec: DatabaseSpec, stream: BinaryIO, *, overwrite: bool = False
+        self,
+        spec: DatabaseSpec,
+        stream: BinaryIO,
+        *,
+        overwrite: bool = False,
+        properties: Mapping[str, object] | None = None,
     ) -> RestoreInfo:
-        """Pipe the dump into `mariadb`/`mysql`; create the database if missing.
+        """Pipe the dump into `mariadb`/`mysql`; create the database if missing, with the
+        default character set and collation recorded at dump time (``properties``).
 
         A non-empty database is refused unless `overwrite`, which drops and recreates it.
         Unlike pg_restore, a failed SQL load is not one transaction (DDL commits implicitly):
@@ -209,6 +229,10 @@ class MysqlEngine:
             if overwrite:
                 self._client(spec, f"DROP DATABASE {quote_ident(db)};")
         self._client(spec, f"CREATE DATABASE IF NOT EXISTS {quote_ident(db)};")
+        defaults = _charset_clause(properties or {})
+        if defaults:
+            # Before the load: tables the dump creates without their own take these.
+            self._client(spec, f"ALTER DATABASE {quote_ident(db)}{defaults};")
         with credentials_fd(spec) as fd:
             argv = [find_tool("mariadb", "mysql"), f"--defaults-extra-file=/dev/fd/{fd}",
                     "--binary-mode", "--default-character-set=utf8mb4",
@@ -219,3 +243,22 @@ class MysqlEngine:
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._client(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};")
+
+
+_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _charset_clause(properties: Mapping[str, object]) -> str:
+    """`` CHARACTER SET x COLLATE y`` from recorded properties; names come from a
+    repository, so anything but a plain identifier raises instead of reaching SQL."""
+    if not isinstance(properties, Mapping):
+        raise DatabaseError("the dump's recorded properties are malformed")
+    clause = ""
+    for key, keyword in (("charset", "CHARACTER SET"), ("collation", "COLLATE")):
+        value = properties.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
+            raise DatabaseError(f"the dump's recorded {key} {value!r} is not a valid name")
+        clause += f" {keyword} {value}"
+    return clause

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
+from collections.abc import Mapping
 from typing import BinaryIO
 
 from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream, RestoreInfo, resolve_password
@@ -223,8 +224,11 @@ class PostgresEngine:
             if not head.startswith(MAGIC):
                 raise DatabaseError(f"database {spec.name!r}: pg_dump output is not a custom dump")
 
+        properties = self._defaults(spec)
+
         def make_info(size: int) -> DumpInfo:
-            return DumpInfo(self.name, "pg-custom", server_version, counts, "pgdump", size, True)
+            return DumpInfo(self.name, "pg-custom", server_version, counts, "pgdump", size,
+                            True, properties)  # fmt: skip
 
         argv = [pg_dump, "--format=custom", "--compress=0", "--no-password",
                 f"--snapshot={snapshot}", "--dbname", conninfo(spec)]  # fmt: skip
@@ -236,6 +240,42 @@ class PostgresEngine:
             make_info=make_info,
             on_close=session.close,
         )
+
+    def _defaults(self, spec: DatabaseSpec) -> dict[str, object]:
+        """The database's encoding and locale: a dump without --create does not carry them,
+        and a database created with the server's defaults would sort and compare text
+        differently (or refuse the data)."""
+        rows = self._psql(spec, "SELECT pg_encoding_to_char(encoding), datcollate, datctype "
+                                "FROM pg_database WHERE datname = current_database();")  # fmt: skip
+        encoding, collate, ctype = (rows[0].split("|") + ["", "", ""])[:3] if rows else ("",) * 3
+        return {"encoding": encoding, "collate": collate, "ctype": ctype} if encoding else {}
+
+    def _create(
+        self, spec: DatabaseSpec, db: str, properties: Mapping[str, object]
+    ) -> tuple[str, ...]:
+        """CREATE DATABASE with the recorded encoding and locale; where this server lacks
+        the locale, with the encoding alone, else with its defaults (a warning each)."""
+        maint = self._maintenance(spec)
+        plain = f"CREATE DATABASE {quote_ident(db)}"
+        options = _create_options(properties)
+        if not options:
+            self._psql(spec, plain + ";", maint)
+            return ()
+        tries = [options, options[:1]] if len(options) > 1 else [options]
+        for clauses in tries:
+            try:
+                self._psql(spec, f"{plain} TEMPLATE template0 {' '.join(clauses)};", maint)
+                break
+            except DatabaseError:
+                continue
+        else:
+            self._psql(spec, plain + ";", maint)
+            return (f"database {spec.name!r}: created with the server's defaults: it refused "
+                    f"the recorded {' '.join(options)}",)  # fmt: skip
+        if clauses is not options:
+            return (f"database {spec.name!r}: this server lacks the recorded locale; created "
+                    f"with {clauses[0]} and the server's locale",)  # fmt: skip
+        return ()
 
     def _maintenance(self, spec: DatabaseSpec) -> str:
         return spec.options.get("maintenance_database", "postgres")
@@ -258,9 +298,15 @@ class PostgresEngine:
         return int(self._psql(spec, sql)[0])
 
     def restore(
-        self, spec: DatabaseSpec, stream: BinaryIO, *, overwrite: bool = False
+        self,
+        spec: DatabaseSpec,
+        stream: BinaryIO,
+        *,
+        overwrite: bool = False,
+        properties: Mapping[str, object] | None = None,
     ) -> RestoreInfo:
-        """Load a custom dump with `pg_restore --single-transaction --exit-on-error`.
+        """Load a custom dump with `pg_restore --single-transaction --exit-on-error`, into a
+        database created (when missing) with the recorded encoding and locale (``properties``).
 
         One transaction means a failed restore leaves the database empty, never half-loaded
         (borgmatic omits it; ANCHORS.md). The database is created when missing; an existing one
@@ -276,13 +322,14 @@ class PostgresEngine:
                 )
             if overwrite:
                 self._psql(spec, f"DROP DATABASE {quote_ident(db)};", maint)
+        warnings: tuple[str, ...] = ()
         if not self._exists(spec, db):
-            self._psql(spec, f"CREATE DATABASE {quote_ident(db)};", maint)
+            warnings = self._create(spec, db, properties or {})
         argv = [find_tool("pg_restore"), "--exit-on-error", "--single-transaction",
                 "--no-owner", "--no-password", "--dbname", conninfo(spec)]  # fmt: skip
         fed = feed_tool(argv, stream, what=f"restore of database {spec.name!r}", env=pg_env(spec))
         version = self._psql(spec, "SHOW server_version;")[0]
-        return RestoreInfo(self.name, db, fed, self.row_counts(spec), version)
+        return RestoreInfo(self.name, db, fed, self.row_counts(spec), version, warnings)
 
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]:
         _require_db(spec)
@@ -291,3 +338,25 @@ class PostgresEngine:
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._psql(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};", self._maintenance(spec))
+
+
+_ENCODING = re.compile(r"[A-Za-z0-9_]{1,32}")
+_LOCALE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def _create_options(properties: Mapping[str, object]) -> list[str]:
+    """``ENCODING 'x'``, ``LC_COLLATE 'y'``, ``LC_CTYPE 'z'`` from recorded properties
+    (encoding first); values come from a repository: anything but a plain name raises."""
+    if not isinstance(properties, Mapping):
+        raise DatabaseError("the dump's recorded properties are malformed")
+    out = []
+    for key, keyword, pattern in (("encoding", "ENCODING", _ENCODING),
+                                  ("collate", "LC_COLLATE", _LOCALE),
+                                  ("ctype", "LC_CTYPE", _LOCALE)):  # fmt: skip
+        value = properties.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise DatabaseError(f"the dump's recorded {key} {value!r} is not a valid name")
+        out.append(f"{keyword} {quote_literal(value)}")
+    return out

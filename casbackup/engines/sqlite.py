@@ -17,9 +17,13 @@ backed up as an empty database is one of the silent failures users reported).
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import sqlite3
+import stat
 import tempfile
+from collections.abc import Mapping
 from typing import BinaryIO
 
 from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream, RestoreInfo
@@ -144,18 +148,31 @@ class SqliteEngine:
             file_extension="sqlite",
             size=size,
             row_counts_consistent=True,
+            properties=file_properties(path),
         )
         return SqliteDumpStream(file, info)
 
     def restore(
-        self, spec: DatabaseSpec, stream: BinaryIO, *, overwrite: bool = False
+        self,
+        spec: DatabaseSpec,
+        stream: BinaryIO,
+        *,
+        overwrite: bool = False,
+        properties: Mapping[str, object] | None = None,
     ) -> RestoreInfo:
-        """Write the database beside the target, check it, then rename it into place.
+        """Write the database beside the target, check it, give it the live file's owner and
+        mode as the dump recorded them (``properties``; without them, those of the file it
+        replaces), then rename it into place.
 
         The rename is atomic, so a failed restore leaves the target as it was. Restoring over a
-        database that is in use is not supported: its users would keep the old file open.
+        database that is in use is not supported: its users would keep the old file open. An
+        owner that cannot be set (not root) is a warning in the result, and then the mode
+        goes without setuid/setgid bits.
         """
         path = _require_path(spec)
+        if not properties:
+            with contextlib.suppress(OSError):
+                properties = file_properties(path)
         if os.path.exists(path) and os.path.getsize(path) > 0 and not overwrite:
             raise DatabaseError(
                 f"database {spec.name!r}: {path} already exists and is not empty "
@@ -186,6 +203,7 @@ class SqliteEngine:
                 ) from e
             if result != "ok":
                 raise DatabaseError(f"database {spec.name!r}: integrity_check failed: {result}")
+            warnings = apply_file_properties(tmp, properties or {}, f"database {spec.name!r}")
             for suffix in _SIDE_FILES:
                 # A stale WAL of the old database would be replayed into the new one.
                 with contextlib.suppress(FileNotFoundError):
@@ -196,7 +214,7 @@ class SqliteEngine:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
             raise
-        return RestoreInfo(self.name, path, written, counts, sqlite3.sqlite_version)
+        return RestoreInfo(self.name, path, written, counts, sqlite3.sqlite_version, warnings)
 
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]:
         path = _require_path(spec)
@@ -216,6 +234,71 @@ class SqliteEngine:
         for p in (path, *(path + s for s in _SIDE_FILES)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+
+
+def file_properties(path: str) -> dict[str, object]:
+    """The live database file's owner (ids and names) and permission bits; raises OSError."""
+    st = os.stat(path)
+    return {
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "user": _lookup(pwd.getpwuid, st.st_uid),
+        "group": _lookup(grp.getgrgid, st.st_gid),
+        "mode": stat.S_IMODE(st.st_mode),
+    }
+
+
+def _lookup(fn: object, ident: int) -> str:
+    try:
+        return fn(ident)[0]  # type: ignore[operator,no-any-return]
+    except (KeyError, OverflowError):
+        return ""
+
+
+def _owner_id(
+    properties: Mapping[str, object], name_key: str, id_key: str, by_name: object
+) -> int | None:
+    """The owner to give: the recorded name where this machine knows it (a rebuilt machine
+    may number its users differently), else the recorded id; None when nothing valid."""
+    name = properties.get(name_key)
+    if isinstance(name, str) and name:
+        try:
+            return by_name(name)[2]  # type: ignore[operator,no-any-return]
+        except KeyError:
+            pass
+    ident = properties.get(id_key)
+    if isinstance(ident, int) and not isinstance(ident, bool) and 0 <= ident < 2**32 - 1:
+        return ident
+    return None
+
+
+def apply_file_properties(
+    path: str, properties: Mapping[str, object], what: str
+) -> tuple[str, ...]:
+    """Give ``path`` the recorded owner and mode; returns warnings for what was refused.
+
+    ``properties`` come from the repository: values of the wrong type or range are
+    ignored (the file keeps mkstemp's 0600, the safe default), never applied.
+    """
+    if not isinstance(properties, Mapping):
+        raise DatabaseError(f"{what}: the dump's recorded properties are malformed")
+    warnings: list[str] = []
+    mode = properties.get("mode")
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+        mode = None
+    uid = _owner_id(properties, "user", "uid", pwd.getpwnam)
+    gid = _owner_id(properties, "group", "gid", grp.getgrnam)
+    st = os.stat(path)
+    if (uid is not None and uid != st.st_uid) or (gid is not None and gid != st.st_gid):
+        try:
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+        except OSError as exc:
+            warnings.append(f"{what}: owner {uid}:{gid} of {path} not restored: {exc.strerror}")
+            if mode is not None:
+                mode &= ~0o6000
+    if mode is not None:
+        os.chmod(path, mode)  # after chown, which clears setuid/setgid
+    return tuple(warnings)
 
 
 def _check_magic(path: str) -> None:

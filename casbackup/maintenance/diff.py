@@ -59,53 +59,84 @@ class Differ:
         self.trees_loaded += 1
         return self.repo.load_tree(tree_id)
 
-    def _all(self, code: str, tree_id: BlobId | None, prefix: bytes, old: bool) -> Iterator[Change]:
+    # Each step below yields Changes and, where a folder must be gone into, the generator
+    # that goes into it; `_run` drives them on an explicit stack. Output order is that of a
+    # plain recursive walk, but no Python frame is spent per level: a snapshot may be any
+    # depth (anyone who writes the backed-up folders chooses it).
+    def _all(self, code: str, tree_id: BlobId | None, prefix: bytes, old: bool) -> _Steps:
         """Every entry below a folder that exists on one side only."""
         for node in self._load(tree_id):
             path = prefix + b"/" + node.name
             yield Change(code, path, node if old else None, None if old else node)
             if node.subtree is not None:
-                yield from self._all(code, node.subtree, path, old)
+                yield self._all(code, node.subtree, path, old)
 
-    def trees(
-        self, old: BlobId | None, new: BlobId | None, prefix: bytes = b""
-    ) -> Iterator[Change]:
+    def _trees(self, old: BlobId | None, new: BlobId | None, prefix: bytes) -> _Steps:
         if old == new:
             return  # same id: same entries all the way down
         a, b = self._load(old), self._load(new)
         i = j = 0
         while i < len(a) or j < len(b):
             if j >= len(b) or (i < len(a) and a[i].name < b[j].name):
-                yield from self._one_side(REMOVED, a[i], prefix, old=True)
+                yield self._one_side_steps(REMOVED, a[i], prefix, old=True)
                 i += 1
             elif i >= len(a) or b[j].name < a[i].name:
-                yield from self._one_side(ADDED, b[j], prefix, old=False)
+                yield self._one_side_steps(ADDED, b[j], prefix, old=False)
                 j += 1
             else:
-                yield from self.nodes(a[i], b[j], prefix + b"/" + a[i].name)
+                yield self._nodes(a[i], b[j], prefix + b"/" + a[i].name)
                 i += 1
                 j += 1
 
-    def _one_side(self, code: str, node: Node, prefix: bytes, *, old: bool) -> Iterator[Change]:
+    def _one_side_steps(self, code: str, node: Node, prefix: bytes, *, old: bool) -> _Steps:
         path = prefix + b"/" + node.name
         yield Change(code, path, node if old else None, None if old else node)
         if node.subtree is not None:
-            yield from self._all(code, node.subtree, path, old)
+            yield self._all(code, node.subtree, path, old)
 
-    def nodes(self, a: Node, b: Node, path: bytes) -> Iterator[Change]:
+    def _nodes(self, a: Node, b: Node, path: bytes) -> _Steps:
         if a.kind != b.kind:
             yield Change(TYPE, path, a, b)
             if a.subtree is not None:
-                yield from self._all(REMOVED, a.subtree, path, True)
+                yield self._all(REMOVED, a.subtree, path, True)
             if b.subtree is not None:
-                yield from self._all(ADDED, b.subtree, path, False)
+                yield self._all(ADDED, b.subtree, path, False)
             return
         if _content(a) != _content(b):
             yield Change(MODIFIED, path, a, b)
         elif _metadata(a) != _metadata(b):
             yield Change(METADATA, path, a, b)
         if a.kind == NodeKind.DIR:
-            yield from self.trees(a.subtree, b.subtree, path)
+            yield self._trees(a.subtree, b.subtree, path)
+
+    def trees(
+        self, old: BlobId | None, new: BlobId | None, prefix: bytes = b""
+    ) -> Iterator[Change]:
+        """The changes between two folders' trees, in path order."""
+        return _run(self._trees(old, new, prefix))
+
+    def _one_side(self, code: str, node: Node, prefix: bytes, *, old: bool) -> Iterator[Change]:
+        return _run(self._one_side_steps(code, node, prefix, old=old))
+
+    def nodes(self, a: Node, b: Node, path: bytes) -> Iterator[Change]:
+        """The changes between two entries at the same path (and below them), in path order."""
+        return _run(self._nodes(a, b, path))
+
+
+_Steps = Iterator["Change | _Steps"]
+
+
+def _run(steps: _Steps) -> Iterator[Change]:
+    """Drive nested steps depth-first on an explicit stack; yields the Changes in order."""
+    stack = [steps]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif isinstance(item, Change):
+            yield item
+        else:
+            stack.append(item)
 
 
 def diff_snapshots(

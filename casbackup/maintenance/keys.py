@@ -3,32 +3,17 @@ deletes one, never the last that opens the repository, nor (without force) the o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from casbackup.crypto.keyfile import KdfParams, KeyFileInfo, keyfile_info
-from casbackup.errors import AmbiguousId, CasError, NotFound, UsageError
+from casbackup.crypto.keyfile import KdfParams
+from casbackup.errors import AmbiguousId, NotFound, UsageError
+from casbackup.repo.keyring import KeyEntry, list_key_files
 from casbackup.repo.repository import Repository
 
-
-@dataclass(frozen=True)
-class KeyEntry:
-    id: str  # the key file's id (its name under keys/)
-    current: bool  # the key that opened this session
-    info: KeyFileInfo | None  # None when the key file cannot be read
-    problem: str = ""
+__all__ = ["KeyEntry", "add_key", "change_password", "list_keys", "remove_key"]
 
 
 def list_keys(repo: Repository) -> list[KeyEntry]:
-    entries = []
-    for name, _size in sorted(repo.backend.list("keys/")):
-        kid = name.rsplit("/", 1)[1]
-        try:
-            info: KeyFileInfo | None = keyfile_info(repo.backend.get(name))
-            problem = ""
-        except CasError as exc:
-            info, problem = None, str(exc)
-        entries.append(KeyEntry(kid, name == repo.key_name, info, problem))
-    return entries
+    """Every key file with its cost (see ``keyring.list_key_files``)."""
+    return list_key_files(repo.backend, repo.key_name)
 
 
 def add_key(repo: Repository, password: bytes, kdf: KdfParams = KdfParams()) -> str:
@@ -75,4 +60,5 @@ def change_password(
     old = repo.key_name.rsplit("/", 1)[1]
     repo.backend.delete(repo.key_name)
     repo.key_name = f"keys/{new}"
+    repo.remember_open()  # the new key file is the one to try first from now on
     return new, old

@@ -8,14 +8,15 @@ dedup ratio = logical / unique, compression ratio = unique / stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from casbackup.errors import CasError
 from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.index import Location
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
-from casbackup.repo.tree import NodeKind
+from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 
 
@@ -41,6 +42,16 @@ class Stats:
         return self.unique_bytes / self.stored_bytes if self.stored_bytes else 1.0
 
 
+@dataclass
+class _Frame:
+    """One folder being summed: its remaining entries and what they added up to so far."""
+
+    tree: BlobId
+    nodes: Iterator[Node]
+    logical: int = 0
+    files: int = 0
+
+
 def snapshot_stats(
     repo: Repository, snapshots: Sequence[Snapshot], reporter: Reporter = NULL_REPORTER
 ) -> Stats:
@@ -51,31 +62,52 @@ def snapshot_stats(
     totals = {"unique": 0, "stored": 0, "tree_stored": 0}
     progress = Progress(phase="walking snapshots", files_total=len(snapshots))
 
-    def visit(tree_id: BlobId) -> tuple[int, int]:
-        known = sizes.get(tree_id)
-        if known is not None:
-            return known
+    def open_tree(tree_id: BlobId) -> _Frame:
         loc = repo.locate(tree_id)
         totals["tree_stored"] += loc.stored_len
         packs.add(loc.pack)
-        logical = files = 0
-        for node in repo.load_tree(tree_id):
-            if node.kind == NodeKind.FILE:
-                logical += node.size
-                files += 1
-                for chunk in node.content:
-                    if chunk not in chunks:
-                        chunks.add(chunk)
-                        cloc = repo.locate(chunk)
-                        totals["unique"] += cloc.raw_len
-                        totals["stored"] += cloc.stored_len
-                        packs.add(cloc.pack)
-            if node.subtree is not None:
-                sub_logical, sub_files = visit(node.subtree)
-                logical += sub_logical
-                files += sub_files
-        sizes[tree_id] = (logical, files)
-        return logical, files
+        return _Frame(tree_id, iter(repo.load_tree(tree_id)))
+
+    def add_file(frame: _Frame, node: Node) -> None:
+        frame.logical += node.size
+        frame.files += 1
+        for chunk in node.content:
+            if chunk not in chunks:
+                chunks.add(chunk)
+                cloc = repo.locate(chunk)
+                totals["unique"] += cloc.raw_len
+                totals["stored"] += cloc.stored_len
+                packs.add(cloc.pack)
+
+    def visit(root: BlobId) -> tuple[int, int]:
+        """(logical bytes, files) below a tree: post-order on an explicit stack (no recursion:
+        a snapshot may be any depth), each distinct tree summed once."""
+        known = sizes.get(root)
+        if known is not None:
+            return known
+        stack = [open_tree(root)]
+        while stack:
+            frame = stack[-1]
+            descended = False
+            for node in frame.nodes:
+                if node.kind == NodeKind.FILE:
+                    add_file(frame, node)
+                if node.subtree is not None:
+                    below = sizes.get(node.subtree)
+                    if below is None:
+                        stack.append(open_tree(node.subtree))
+                        descended = True
+                        break  # this frame's iterator resumes after the child is summed
+                    frame.logical += below[0]
+                    frame.files += below[1]
+            if descended:
+                continue
+            stack.pop()
+            sizes[frame.tree] = (frame.logical, frame.files)
+            if stack:
+                stack[-1].logical += frame.logical
+                stack[-1].files += frame.files
+        return sizes[root]
 
     logical_total = files_total = 0
     for snap in snapshots:
@@ -102,7 +134,7 @@ def repository_stats(repo: Repository, warnings: list[str]) -> Stats:
         except CasError as exc:
             warnings.append(f"index file {fid[:12]} is unreadable: {exc}")
     superseded = {s for idx in loaded.values() for s in idx.supersedes}
-    blobs = {}
+    blobs: dict[BlobId, Location] = {}
     for fid, idx in loaded.items():
         if fid not in superseded:
             for blob_id, loc in idx.blobs():

@@ -26,7 +26,7 @@ def find_used_blobs(
     one visit.
     """
     warnings: list[str] = []
-    snapshots = repo.list_snapshots(warnings=warnings)
+    snapshots = repo.list_snapshots(warnings=warnings, include_forgotten=True)  # keep their data
     if warnings:
         raise IntegrityError(
             f"{warnings[0]}; prune cannot tell which data it needs "

@@ -4,7 +4,10 @@ CONNECTION is one of
 - `postgresql://[user@]host[:port]/database[?password_env=VAR&password_file=F&sslmode=...]`
   (also `postgres://`, `mysql://`, `mariadb://`);
 - `sqlite:///absolute/path.db`, or for an SQLite database simply a path;
-- a bare database name: the same server as the snapshot's definition, another database.
+- a bare database name: the server the local config names for that database, another database.
+
+Only the command line and the local config say where a database goes and where its password
+comes from; a snapshot's stored definition never does (see `plan.py`).
 
 A password inside the URL is refused: command lines are visible to every user of the machine
 (`ps`), and casbackup never takes secrets there. Name a variable or file instead.
@@ -41,7 +44,8 @@ def connection_spec(
 ) -> DatabaseSpec:
     """The spec for database `name` (of `engine`) given CONNECTION `text`.
 
-    `base` is the snapshot's definition of that database, if any: a bare name keeps its server.
+    `base` is the local config's definition of that database, if any (never the snapshot's):
+    a bare name keeps its server and password source.
     `need_database=False` is for servers only (verify's scratch databases get their own name).
     """
     engine = canonical_engine_name(engine)
@@ -52,7 +56,7 @@ def connection_spec(
             raise UsageError(f"{option} {name}={text}: give a URL such as {engine}://host/db")
         if base is None:
             raise UsageError(
-                f"{option} {name}={text}: the snapshot names no server for {name!r}; "
+                f"{option} {name}={text}: the config names no server for {name!r}; "
                 f"give a full URL such as {engine}://user@host:port/{text}"
             )
         return replace(base, name=name, engine=engine, database=text)

@@ -157,18 +157,26 @@ def _restore_database(
     node = repo.find_node(plan.snapshot.root, record.path)
     out: dict[str, Any] = {
         "name": record.name, "engine": db.spec.engine, "target": db.where,
+        "stored_location": db.stored,
         "dump_path": record.path, "dump_size": record.size,
         "dump_blake3": node.content_hash.hex() if node else "", "overwrite": db.overwrite,
         "expected_row_counts": dict(record.row_counts), "row_counts": {}, "ok": False, "error": "",
     }  # fmt: skip
     try:
         assert node is not None  # the re-check proved the dump is there
-        keep_mode = _mode_of(db.spec.path) if db.spec.engine == "sqlite" else None
+        # Snapshots from before dumps recorded the file's owner and mode: keep the mode of
+        # the raw copy restored with the files.
+        old_record = db.spec.engine == "sqlite" and not record.properties
+        keep_mode = _mode_of(db.spec.path) if old_record else None
+        extra = {"properties": record.properties} if record.properties else {}
         reader = ChunkReader.for_node(repo, node, name=record.path)
         try:
-            info = get_engine(db.spec.engine).restore(db.spec, reader, overwrite=db.overwrite)  # type: ignore[arg-type]
+            info = get_engine(db.spec.engine).restore(
+                db.spec, reader, overwrite=db.overwrite, **extra
+            )  # type: ignore[arg-type]
         finally:
             reader.close()
+        warnings.extend(info.warnings)
         if keep_mode is not None and db.spec.path:
             # The dump replaces the raw copy restored with the files: keep that copy's mode.
             os.chmod(db.spec.path, keep_mode)

@@ -2,12 +2,19 @@
 
 `choose_snapshot` picks the snapshot (the newest one whose newest verification passed, unless
 told otherwise); `build_plan` maps it onto the target: each source path of the snapshot goes to
-`target/<basename of the source>`, each database to the server its stored definition names (or
-`--db-into`). The plan is immutable; `--dry-run` prints it, `execute.recover` carries it out.
-Everything comes from the repository: the snapshot's `app_definition` replaces the config file.
+`target/<basename of the source>`, each database to where the caller says. The plan is
+immutable; `--dry-run` prints it, `execute.recover` carries it out.
 
-Keys of `app_definition` used: `databases[*]` (`name`, `engine`, `path`, `host`, `port`, `user`,
-`database`, `password_env`, `password_file`, `options`); every one may be missing.
+Where data and credentials go is decided only on this machine: the target folder and
+`--db-into` from the command line, and the local config's definition of the application's
+databases (`RecoverOptions.configured`). A snapshot is data that anyone who can write the
+repository with the key may have forged, so what it stores (`app_definition`'s hosts, ports,
+users, `password_env`/`password_file`, database paths) is shown in the plan and the report,
+never followed: no connection to a host only a snapshot names, no file read because a snapshot
+names it. Files go below the target under names checked to be single path components; an
+SQLite database goes inside the target (where its stored path maps into a recovered source,
+else `target/databases/<name>.sqlite`). Planning connects to nothing: a dry run changes
+nothing and talks to no server.
 """
 
 from __future__ import annotations
@@ -27,7 +34,12 @@ from casbackup.recovery.connection import connection_spec, describe
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.verify.dumps import definition_specs
+from casbackup.verify.dumps import (
+    definition_specs,
+    record_problem,
+    stored_location,
+    tree_path_parts,
+)
 from casbackup.verify.records import RecordSet, VerificationRecord, list_records
 
 
@@ -38,6 +50,8 @@ class RecoverOptions:
     snapshot: str | None = None  # id, prefix or "latest"; None: the newest verified
     databases: bool = True
     db_into: Mapping[str, str] = field(default_factory=dict)  # name -> CONNECTION
+    # name -> the local config's definition of the application's database (never a snapshot's)
+    configured: Mapping[str, DatabaseSpec] = field(default_factory=dict)
     overwrite_databases: bool = False
     dry_run: bool = False
     allow_unverified: bool = False
@@ -61,6 +75,7 @@ class DatabaseItem:
     spec: DatabaseSpec
     where: str  # readable target, no secrets
     overwrite: bool  # replace what is there (asked for, or the raw copy restored with the files)
+    stored: str = "not recorded"  # where the snapshot says it lived: shown, never used
 
 
 @dataclass(frozen=True)
@@ -136,13 +151,21 @@ def choose_snapshot(
     return snap, record, warnings
 
 
+def _component(name: str) -> str:
+    """`name` made one harmless path component: never empty, `.`, `..`, or holding `/` or NUL
+    (stored paths are data from the repository; joined as they are they could leave the
+    target)."""
+    name = name.replace("/", "_").replace("\0", "_")
+    return name if name not in ("", ".", "..") else "_" + name.replace(".", "_")
+
+
 def _dest_names(paths: tuple[str, ...]) -> dict[str, str]:
     """Source path -> name in the target; full paths where basenames would collide."""
-    base = {p: os.path.basename(p.rstrip("/")) or "root" for p in paths}
+    base = {p: _component(os.path.basename(p.rstrip("/")) or "root") for p in paths}
     counts: dict[str, int] = {}
     for name in base.values():
         counts[name] = counts.get(name, 0) + 1
-    return {p: n if counts[n] == 1 else p.strip("/").replace("/", "_") for p, n in base.items()}
+    return {p: n if counts[n] == 1 else _component(p.strip("/")) for p, n in base.items()}
 
 
 def _size_of(repo: Repository, node: Node) -> tuple[int, int]:
@@ -164,10 +187,19 @@ def _not_empty(path: str) -> bool:
 
 
 def _map_into_target(path: str, items: tuple[FileItem, ...]) -> str | None:
-    """Where an original path lands in the target, when it lies under a recovered source."""
+    """Where an original path lands in the target, when it lies under a recovered source.
+
+    The path may come from a snapshot: one with `.`/`..`/empty components is not mapped (it
+    could climb out of the target), nor is one that would replace a recovered folder.
+    """
+    parts = path.split("/")
+    if not path.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts[1:]):
+        return None
     for item in items:
         src = item.source.rstrip("/")
-        if path == src or path.startswith(src + "/"):
+        if path == src and item.kind == "file":
+            return item.target
+        if path.startswith(src + "/"):
             return item.target + path[len(src) :]
     return None
 
@@ -179,7 +211,10 @@ def build_plan(
     target = os.path.abspath(options.target)
     problems: list[str] = []
     items: list[FileItem] = []
-    for source, name in _dest_names(snap.paths).items():
+    paths = tuple(p for p in snap.paths if isinstance(p, str))
+    if len(paths) != len(snap.paths):
+        warnings.append("the snapshot records source paths that are not text; they are skipped")
+    for source, name in _dest_names(paths).items():
         try:
             node = repo.find_node(snap.root, source)
         except CasError as exc:
@@ -213,7 +248,7 @@ def _plan_databases(
     warnings: list[str],
     problems: list[str],
 ) -> tuple[DatabaseItem, ...]:
-    names = {r.name for r in snap.databases}
+    names = {r.name for r in snap.databases if isinstance(r.name, str)}
     for name in options.db_into:
         if name not in names:
             known = ", ".join(sorted(names)) or "none"
@@ -224,49 +259,74 @@ def _plan_databases(
         if snap.databases:
             warnings.append(f"{len(snap.databases)} databases not recovered (--no-databases)")
         return ()
-    defined = definition_specs(snap.app_definition)
+    stored = definition_specs(snap.app_definition)  # shown, never followed
     out: list[DatabaseItem] = []
     for record in snap.databases:
-        engine = canonical_engine_name(record.engine)
-        base = defined.get(record.name)
-        if record.name in options.db_into:
-            spec = connection_spec(record.name, engine, options.db_into[record.name], base)
-        elif base is None:
-            problems.append(
-                f"database {record.name!r}: the snapshot does not say where it lives; "
-                f"give --db-into {record.name}=CONNECTION"
-            )
+        malformed = record_problem(record)
+        if malformed is not None:
+            problems.append(malformed)
             continue
-        else:
-            spec = replace(base, engine=engine)
+        engine = canonical_engine_name(record.engine)
+        was = stored_location(stored.get(record.name))
+        local = options.configured.get(record.name)
+        if local is not None and canonical_engine_name(local.engine) != engine:
+            warnings.append(
+                f"database {record.name!r}: the config defines it as {local.engine}, the dump is "
+                f"{engine}; the config's definition is not used"
+            )
+            local = None
+        try:
+            tree_path_parts(record.path)
+        except CasError as exc:
+            problems.append(f"database {record.name!r}: {exc}")
+            continue
         replaces_raw = False
-        if engine == "sqlite" and record.name not in options.db_into:
-            original = spec.path or ""
+        if record.name in options.db_into:
+            spec = connection_spec(record.name, engine, options.db_into[record.name], local)
+        elif engine == "sqlite":
+            # Inside the target, as the files are: where the local config's (else the
+            # stored) path maps into a recovered source, else target/databases/NAME.sqlite.
+            source = local if local is not None and local.path else stored.get(record.name)
+            original = source.path if source is not None else None
+            original = original if isinstance(original, str) else ""
             mapped = _map_into_target(original, items) if original else None
+            # A raw copy of the file restored with the sources is replaced by the dump,
+            # which is the consistent one.
+            replaces_raw = mapped is not None
             if mapped is None:
-                mapped = os.path.join(target, "databases", f"{record.name}.sqlite")
+                mapped = os.path.join(target, "databases", f"{_component(record.name)}.sqlite")
                 warnings.append(
                     f"database {record.name!r} lived at {original or '?'} outside the recovered "
                     f"sources; it goes to {mapped} (use --db-into to choose)"
                 )
-            # A raw copy of the file restored with the sources is replaced by the dump,
-            # which is the consistent one.
-            replaces_raw = _map_into_target(original, items) is not None
-            spec = replace(spec, path=mapped)
+            spec = DatabaseSpec(name=record.name, engine="sqlite", path=mapped,
+                                options=dict(local.options) if local is not None else {})  # fmt: skip
+        elif local is not None:
+            spec = replace(local, engine=engine)
+        else:
+            problems.append(
+                f"database {record.name!r}: the config does not define it, so give "
+                f"--db-into {record.name}=CONNECTION (the snapshot says it lived at {was}; a "
+                "snapshot never chooses where casbackup connects or which secrets it reads)"
+            )
+            continue
         item = DatabaseItem(record, spec, describe(spec),
-                            options.overwrite_databases or replaces_raw)  # fmt: skip
-        problem = _preflight(item)
+                            options.overwrite_databases or replaces_raw, was)  # fmt: skip
+        problem = _preflight(item, connect=not options.dry_run)
         if problem:
             problems.append(problem)
         out.append(item)
     return tuple(out)
 
 
-def _preflight(item: DatabaseItem) -> str | None:
+def _preflight(item: DatabaseItem, *, connect: bool) -> str | None:
     """Why loading into this target would fail or be refused; None when it looks fine.
 
-    A server database that cannot be reached here is left to the load to report: it may not
-    exist yet (it is created on load) and the server's error says more than a guess would.
+    Every spec here comes from the command line or the local config, so reading its password
+    source is allowed. `connect=False` (a dry run) asks no server whether the target database
+    already holds tables: a dry run makes no connection. A server database that cannot be
+    reached here is left to the load to report: it may not exist yet (it is created on load)
+    and the server's error says more than a guess would.
     """
     spec = item.spec
     try:
@@ -282,6 +342,8 @@ def _preflight(item: DatabaseItem) -> str | None:
     if spec.engine == "sqlite":
         if spec.path and os.path.exists(spec.path) and os.path.getsize(spec.path) > 0:
             return f"database {spec.name!r}: {spec.path} already exists (use --overwrite-databases)"
+        return None
+    if not connect:
         return None
     try:
         counts = engine.row_counts(spec)

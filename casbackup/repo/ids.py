@@ -7,6 +7,8 @@ from typing import NewType
 
 import blake3
 
+from casbackup.errors import IntegrityError
+
 ID_SIZE = 32
 
 # A chunk or tree id: keyed BLAKE3 of the plaintext (raw 32 bytes).
@@ -57,3 +59,16 @@ def parse_file_id(text: str) -> FileId:
     if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
         raise ValueError(f"not a file id: {text!r}")
     return FileId(text)
+
+
+# Objects named by the hash of their stored bytes (packs are checked by check --read-data,
+# key files by keyring.find_key): a mismatch means a copied, renamed or damaged object.
+HASH_NAMED = ("index/", "snapshots/", "verifications/", "checkstate/")
+
+
+def check_name(name: str, data: bytes | memoryview) -> None:
+    """IntegrityError unless a hash-named object's bytes hash to its name."""
+    if name.startswith(HASH_NAMED) and file_id(data) != name.rsplit("/", 1)[1]:
+        raise IntegrityError(
+            f"{name}: its content does not match its name (copied, renamed or damaged)"
+        )

@@ -21,23 +21,21 @@ from contextlib import contextmanager
 import blake3
 
 from casbackup.crypto.envelope import ZERO_ID, Opener, Sealer
-from casbackup.crypto.keyfile import KdfParams, unwrap_key, wrap_key
+from casbackup.crypto.keyfile import KdfParams, wrap_key
 from casbackup.crypto.keys import MasterKey
 from casbackup.errors import (
     AmbiguousId,
     CasError,
-    FormatError,
+    ConfigTampered,
     IntegrityError,
+    MigrationRequired,
     NotFound,
     RepositoryExists,
     RepositoryNotFound,
-    StorageError,
-    UnsupportedFormat,
-    WrongPassword,
 )
 from casbackup.repo import codec
-from casbackup.repo.config import RepoConfig
-from casbackup.repo.ids import BlobId, FileId, Kind, file_id
+from casbackup.repo.config import FORMAT_VERSION, RepoConfig
+from casbackup.repo.ids import BlobId, FileId, Kind, check_name, file_id
 from casbackup.repo.index import (
     IndexCache,
     Location,
@@ -46,6 +44,13 @@ from casbackup.repo.index import (
     decode_index_records,
     decode_supersedes,
     encode_index,
+)
+from casbackup.repo.keyring import KeyChoice, find_key
+from casbackup.repo.localstate import (
+    LocalState,
+    StateDoc,
+    remember_snapshot,
+    screen_snapshots,
 )
 from casbackup.repo.lock import Lock
 from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
@@ -60,11 +65,25 @@ INDEX_FLUSH_PACKS = 8  # also every 8 packs (128 MiB by default): a kill loses l
 
 
 class Repository:
-    def __init__(self, backend: Backend, config: RepoConfig, key: MasterKey, key_name: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: RepoConfig,
+        key: MasterKey,
+        key_name: str,
+        state: LocalState | None = None,
+    ) -> None:
         self.backend = backend
         self.config = config
         self.key = key
         self.key_name = key_name
+        # This client's record of the repository (rollback and forgotten snapshots).
+        self.state = state if state is not None else LocalState(config.id)
+        # Loud warnings for the user (a rollback, a re-appearing snapshot); the CLI prints
+        # them once the command ends. Never fatal on their own.
+        self.alerts: list[str] = []
+        # A version 1 config is not authenticated: read, never write (MigrationRequired).
+        self.writable = config.authenticated
         self._id_key = key.chunk_id_key
         self.sealer = Sealer(key.encryption_root)
         self.opener = Opener(key.encryption_root)
@@ -106,15 +125,26 @@ class Repository:
             )
         config = config or RepoConfig()
         key = MasterKey.generate()
+        if config.authenticated:
+            config = config.sign(key)
         keyfile = wrap_key(key, password, config.id_bytes, kdf)
         key_name = f"keys/{file_id(keyfile)}"
         # Key first, config last: a folder with a config always has a key that opens it.
         backend.put(key_name, keyfile)
         backend.put("config", config.encode())
-        return cls(backend, config, key, key_name)
+        repo = cls(backend, config, key, key_name)
+        repo.remember_open()
+        return repo
 
     @classmethod
-    def open(cls, backend: Backend, password: bytes) -> Repository:
+    def open(
+        cls, backend: Backend, password: bytes, *, choice: KeyChoice | None = None
+    ) -> Repository:
+        """Open with a passphrase: find its key file (keyring.py), then authenticate the config.
+
+        Raises RepositoryNotFound, WrongPassword, FormatError (damaged key files or
+        config), ConfigTampered (the config's MAC fails, or its version went back below
+        one this client has seen), UnsupportedFormat (a newer format)."""
         try:
             raw = backend.get("config")
         except NotFound:
@@ -122,29 +152,48 @@ class Repository:
                 f"no repository at {backend.location} (run 'casbackup init' to create one)"
             ) from None
         config = RepoConfig.decode(raw)
-        keys = sorted(name for name, _ in backend.list("keys/"))
-        if not keys:
-            raise FormatError(f"repository at {backend.location} has no key files")
-        damaged: list[str] = []
-        for name in keys:
-            try:
-                data = backend.get(name)
-                key = unwrap_key(data, password, config.id_bytes)
-            except WrongPassword:
-                continue
-            except (FormatError, UnsupportedFormat, StorageError) as exc:  # also: over its cap
-                damaged.append(f"{name}: {exc}")  # a damaged key file must not hide a good one
-                continue
-            return cls(backend, config, key, name)
-        if len(damaged) == len(keys):
-            # Not the passphrase's fault: saying "wrong passphrase" would send users astray.
-            raise FormatError(f"no key file of this repository is readable ({damaged[0]})")
-        skipped = f" ({len(damaged)} damaged key files skipped)" if damaged else ""
-        raise WrongPassword(
-            f"wrong passphrase: no key file of this repository opens with it{skipped}"
-        )
+        state = LocalState(config.id)
+        if config.version < state.doc.format_version:
+            raise ConfigTampered(
+                f"the repository config is format version {config.version}, but this client "
+                f"has opened it as version {state.doc.format_version}: it was rolled back or "
+                f"replaced. If you restored an old copy on purpose, delete {state.path}"
+            )
+        choice = choice or KeyChoice.from_env()
+        if not choice.preferred:
+            choice = KeyChoice(state.doc.last_key, choice.select, choice.max_tries, choice.limit)
+        key, name = find_key(backend, config.id_bytes, password, choice)
+        config.verify_mac(key)
+        repo = cls(backend, config, key, name, state)
+        repo.remember_open()
+        return repo
+
+    def remember_open(self) -> None:
+        """Record the key file that opened the repository and the format version seen."""
+        kid = self.key_name.rsplit("/", 1)[1]
+        version = self.config.version
+
+        def change(doc: StateDoc) -> bool:
+            if doc.last_key == kid and doc.format_version >= version:
+                return False
+            doc.last_key, doc.format_version = kid, max(doc.format_version, version)
+            return True
+
+        self.state.update(change)
+        if self.state.problem:
+            self.alerts.append(self.state.problem)
+
+    def require_writable(self) -> None:
+        """MigrationRequired unless this program may write the repository's format."""
+        if not self.writable:
+            raise MigrationRequired(
+                f"repository format version {self.config.version} is read-only for this "
+                f"casbackup (it writes version {FORMAT_VERSION}); run 'casbackup migrate' "
+                "to upgrade it (older casbackup versions cannot open it afterwards)"
+            )
 
     def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
+        self.require_writable()
         data = wrap_key(self.key, password, self.config.id_bytes, kdf)
         name = f"keys/{file_id(data)}"
         self.backend.put(name, data)
@@ -166,6 +215,8 @@ class Repository:
         self.close()
 
     def lock(self, *, exclusive: bool = False, command: str = "") -> Lock:
+        if exclusive:
+            self.require_writable()  # exclusive = forget, prune, repair, key changes
         return Lock(self, exclusive, command).acquire()
 
     # ----------------------------------------------------------------- envelopes
@@ -183,13 +234,17 @@ class Repository:
             raise StorageError(f"writing {name}: an object with this name already exists")
 
     def get_encrypted(self, name: str, kind: Kind) -> bytes:
+        """Load and decrypt one object; a hash-named one must match its name (IntegrityError)."""
+        data = self.backend.get(name)
+        check_name(name, data)
         try:
-            return codec.decompress(self.opener.open(kind, ZERO_ID, self.backend.get(name)))
+            return codec.decompress(self.opener.open(kind, ZERO_ID, data))
         except IntegrityError as exc:
             raise IntegrityError(f"{name}: {exc}") from None
 
     def save_file_object(self, directory: str, kind: Kind, plaintext: bytes) -> FileId:
         """Store an encrypted object under ``directory/<file id>`` and return the id."""
+        self.require_writable()
         sealed = self.sealer.seal(kind, ZERO_ID, codec.compress(plaintext, 3))
         fid = file_id(sealed)
         self.backend.put(f"{directory}/{fid}", sealed)
@@ -316,6 +371,7 @@ class Repository:
         """Store a blob unless the repository has it. Thread-safe. Returns (id, added)."""
         if blob_id is None:
             blob_id = self.blob_id(data)
+        self.require_writable()
         if self.has_blob(blob_id):
             return blob_id, False
         payload = codec.compress(data, self.compression_level)
@@ -334,6 +390,7 @@ class Repository:
         Returns False when the repository already has it (another reader sealed it
         first); the envelope is then dropped, so no blob is ever stored twice.
         """
+        self.require_writable()
         full: PackWriter | None = None
         with self._lock:
             # Pending before the cache, under the lock: an index flush adds to the cache
@@ -446,6 +503,7 @@ class Repository:
     def save_snapshot(self, snap: Snapshot) -> Snapshot:
         self.flush()  # invariant: everything the snapshot names is indexed first
         fid = self.save_file_object("snapshots", Kind.SNAPSHOT, snap.encode())
+        remember_snapshot(self.state, fid)
         return snap.with_id(fid)
 
     def load_snapshot(self, fid: str) -> Snapshot:
@@ -454,10 +512,24 @@ class Repository:
     def snapshot_ids(self) -> list[FileId]:
         return sorted(FileId(name.rsplit("/", 1)[1]) for name, _ in self.backend.list("snapshots/"))
 
-    def list_snapshots(self, *, warnings: list[str] | None = None) -> list[Snapshot]:
-        """All readable snapshots, oldest first. Unreadable ones are reported in ``warnings``."""
+    def alert(self, message: str) -> None:
+        """A loud warning the user must see (once), collected for the CLI to print."""
+        if message not in self.alerts:
+            self.alerts.append(message)
+
+    def list_snapshots(
+        self, *, warnings: list[str] | None = None, include_forgotten: bool = False
+    ) -> list[Snapshot]:
+        """All readable snapshots, oldest first. Unreadable ones are reported in ``warnings``.
+
+        Snapshots this client forgot are left out even if present again (``alerts``),
+        unless ``include_forgotten`` (prune: data that anything present names is kept)."""
+        present = self.snapshot_ids()
+        usable, alerts = screen_snapshots(self.state, present)
+        for message in alerts:
+            self.alert(message)
         snaps = []
-        for fid in self.snapshot_ids():
+        for fid in present if include_forgotten else usable:
             try:
                 snaps.append(self.load_snapshot(fid))
             except CasError as exc:
@@ -468,6 +540,9 @@ class Repository:
         return snaps
 
     def delete_snapshot(self, fid: str) -> None:
+        """Forget a snapshot: recorded locally first, so it is never trusted again even if
+        its file comes back (a crash in between leaves it present but ignored here)."""
+        remember_snapshot(self.state, fid, forgotten=True)
         self.backend.delete(f"snapshots/{fid}")
 
     def resolve_snapshot(
@@ -492,16 +567,34 @@ class Repository:
             raise NotFound(f"no snapshot matches {ref!r}")
         if len(matches) > 1:
             raise AmbiguousId(f"{ref!r} matches {len(matches)} snapshots; give more digits")
+        if matches[0] in self.state.doc.forgotten:
+            self.alert(
+                f"snapshot {matches[0][:8]} was forgotten by this client and is back in the "
+                "repository (rolled back or tampered with); using it only because it was named"
+            )
         return self.load_snapshot(matches[0])
 
     # ----------------------------------------------------------------- walking
     def walk(self, tree_id: BlobId, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
-        """Depth-first (path, node) for every node below a tree; loads one tree at a time."""
-        for node in self.load_tree(tree_id):
-            path = prefix + b"/" + node.name
+        """Depth-first (path, node) for every node below a tree, each folder's node before its
+        contents, in name order; loads one tree at a time, when its folder is reached.
+
+        An explicit stack, not recursion: a snapshot may be any number of levels deep (anyone
+        who can write the backed-up folders chooses the depth), and Python's recursion limit
+        (about 1,000 frames) must not decide whether a snapshot can be read. Memory holds the
+        trees along one path from the root, as recursion would.
+        """
+        stack: list[tuple[Iterator[Node], bytes]] = [(iter(self.load_tree(tree_id)), prefix)]
+        while stack:
+            nodes, where = stack[-1]
+            node = next(nodes, None)
+            if node is None:
+                stack.pop()
+                continue
+            path = where + b"/" + node.name
             yield path, node
             if node.subtree is not None:
-                yield from self.walk(node.subtree, path)
+                stack.append((iter(self.load_tree(node.subtree)), path))
 
     def find_node(self, root: BlobId, path: str | bytes) -> Node | None:
         """The node at an absolute path in a snapshot, or None for the root itself."""

@@ -43,6 +43,8 @@ class DatabaseRecord:
     path: str  # where the dump sits in the snapshot tree, e.g. "/.databases/app.pgdump"
     size: int
     row_counts: dict[str, int] = field(default_factory=dict)
+    # What restore needs beyond the dump (engines/base.py DumpInfo.properties): untrusted.
+    properties: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,14 @@ from casbackup import procs
 from casbackup.errors import CasError, UsageError
 from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.index import iter_records
+from casbackup.repo.nodecheck import tree_problems
 from casbackup.repo.pack import pack_name, read_header
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.store.base import odd_entries, skipped_warnings
 from casbackup.verify.check_state import load_check_state, save_check_state
+from casbackup.verify.metacheck import check_metadata
 from casbackup.verify.pack_scan import PackVerdict, verify_pack
 
 
@@ -133,6 +135,7 @@ class Checker:
         self.damaged: dict[bytes, str] = {}  # blob id -> why
 
     def run(self) -> CheckReport:
+        check_metadata(self.repo, self.report.errors, self.report.warnings)
         self._odd_entries()
         self._load_index()
         packs = self._check_packs()
@@ -314,6 +317,10 @@ class Checker:
                 if fresh:
                     seen_trees.add(tree_id)
                     out.trees += 1
+                    for node, problem in tree_problems(self.repo.cache.get_many, nodes):
+                        path = (prefix + b"/" + node.name).decode(errors="replace")
+                        out.errors.append(f"snapshot {snap.short_id}: {path}: {problem}")
+                        affected.append(path)
                 for node in nodes:
                     path = prefix + b"/" + node.name
                     if node.subtree is not None:

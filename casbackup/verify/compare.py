@@ -19,6 +19,7 @@ import blake3
 
 from casbackup.errors import CasError
 from casbackup.repo.ids import BlobId
+from casbackup.repo.nodecheck import file_node_problem
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind, kind_of_mode
 
@@ -119,6 +120,10 @@ def _compare_node(
             out.fail(shown, "symlink target differs from the snapshot")
         return
     if node.kind != NodeKind.FILE:
+        return
+    problem = file_node_problem(node)  # a node contradicting itself proves nothing
+    if problem is not None:
+        out.fail(shown, problem)
         return
     if st.st_size != node.size:
         out.fail(shown, f"restored size {st.st_size} bytes, the snapshot records {node.size}")

@@ -1,11 +1,17 @@
 """Prove that each database dump of a snapshot loads, and holds the rows recorded at backup.
 
+Where a dump is loaded is decided here, never by the snapshot: the snapshot's stored application
+definition names the database's original host, port, user and password source, and all of it
+is only shown (`stored_location`). Scratch databases go to the server the caller names (the
+command line's `--db-server`, else the local config's definition of that database); with
+neither, the check fails and says so. A stored dump path is resolved inside the restored tree
+without following symlinks (`resolve_in_tree`); one that leaves it is refused, named.
+
 SQLite dumps are database files: the restored copy is opened read-only, must pass
 `PRAGMA integrity_check`, and its tables' row counts must equal the recorded ones. PostgreSQL
 and MySQL/MariaDB dumps are loaded into a scratch database with a unique name
-(`casb_verify_<hex>`) on a server the caller names (by default the one the application's
-definition names), counted, and dropped again in a `finally`, so neither a failed load nor
-Ctrl-C leaves the scratch database behind.
+(`casb_verify_<hex>`) on the server the caller names, counted, and dropped again in a
+`finally`, so neither a failed load nor Ctrl-C leaves the scratch database behind.
 
 MySQL's recorded counts are taken just before the dump, not in its snapshot (`DumpInfo.
 row_counts_consistent`), so for it a count mismatch is a warning: rows written in between are
@@ -14,15 +20,17 @@ legitimate. A missing table is a failure for every engine.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name, get_engine
-from casbackup.errors import CasError
+from casbackup.errors import CasError, FormatError
 from casbackup.repo.snapshot import DatabaseRecord
 from casbackup.verify.records import DatabaseCheck
 
@@ -60,13 +68,84 @@ def definition_spec(entry: Mapping[str, Any]) -> DatabaseSpec:
 
 
 def definition_specs(app_definition: Mapping[str, Any] | None) -> dict[str, DatabaseSpec]:
-    """Database name -> spec, from a snapshot's stored application definition."""
+    """Database name -> spec, from a snapshot's stored application definition.
+
+    For display only (`stored_location`): a snapshot is data someone with write access to the
+    repository may have forged, so nothing in it may choose a connection or a file to read.
+    Malformed entries are skipped.
+    """
     out: dict[str, DatabaseSpec] = {}
-    for entry in (app_definition or {}).get("databases") or ():
+    entries = app_definition.get("databases") if isinstance(app_definition, Mapping) else None
+    for entry in entries if isinstance(entries, list) else ():
         if isinstance(entry, Mapping) and entry.get("name"):
-            spec = definition_spec(entry)
+            try:
+                spec = definition_spec(entry)
+            except (TypeError, ValueError):
+                continue
             out[spec.name] = spec
     return out
+
+
+def stored_location(spec: DatabaseSpec | None) -> str:
+    """Where a snapshot says a database lived, as text to show (never a secret, never used)."""
+    if spec is None:
+        return "not recorded"
+    if spec.engine == "sqlite":
+        return f"sqlite:{spec.path}"
+    # Stored values may be of any JSON type: formatted, never concatenated.
+    port = f":{spec.port}" if spec.port else ""
+    user = f"{spec.user}@" if spec.user else ""
+    return f"{spec.engine}://{user}{spec.host or 'localhost'}{port}/{spec.database or ''}"
+
+
+def record_problem(record: DatabaseRecord) -> str | None:
+    """Why a snapshot's database record cannot be used (fields of the wrong type: records
+    are data from the repository), or None. Readers skip such a record, naming it."""
+    fields_ok = (
+        isinstance(record.name, str) and record.name != ""
+        and isinstance(record.engine, str) and isinstance(record.path, str)
+        and isinstance(record.size, int) and isinstance(record.row_counts, dict)
+        and all(isinstance(k, str) and isinstance(v, int) for k, v in record.row_counts.items())
+    )  # fmt: skip
+    return None if fields_ok else f"database record {record.name!r} is malformed; skipped"
+
+
+def tree_path_parts(stored: str) -> list[str]:
+    """The components of an absolute path stored in a snapshot record (a dump path, a required
+    file): each must be a valid tree name (not empty, `.` or `..`; no NUL), so the path can
+    only name something inside the snapshot's tree. FormatError otherwise, naming it."""
+    if not isinstance(stored, str):
+        raise FormatError(f"stored path {stored!r} is not a path; refused")
+    parts = stored.split("/")
+    if not stored.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts[1:]):
+        raise FormatError(f"stored path {stored!r} is not a path inside the snapshot; refused")
+    return parts[1:]
+
+
+def resolve_in_tree(root: str, stored: str) -> str:
+    """`stored` (a path in the snapshot) as a path below `root` (where the snapshot was
+    restored), reached without passing through a symlink: every component but the last must
+    be a real folder when it exists. The last is not followed (the caller lstat()s it).
+
+    FormatError when `stored` is no path inside the tree or a folder on the way is a symlink
+    (a restored symlink could point anywhere: following it would read outside the sandbox).
+    """
+    parts = tree_path_parts(stored)
+    path = root
+    for i, part in enumerate(parts):
+        path = os.path.join(path, part)
+        if i == len(parts) - 1:
+            break
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return os.path.join(path, *parts[i + 1 :])  # missing: nothing to follow
+        if not stat.S_ISDIR(mode):
+            raise FormatError(
+                f"stored path {stored!r} passes through {'/' + '/'.join(parts[: i + 1])}, "
+                "which is not a folder in the snapshot; refused"
+            )
+    return path
 
 
 def compare_counts(
@@ -84,9 +163,11 @@ def compare_counts(
 
 
 def check_dump(
-    record: DatabaseRecord, dump_file: str, server: DatabaseSpec | None
+    record: DatabaseRecord, files: str, server: DatabaseSpec | None, stored: str = "not recorded"
 ) -> DumpCheckResult:
-    """Load the restored dump file `dump_file`; never raises for what it finds."""
+    """Load the dump of `record` from the tree restored at `files`; never raises for what
+    it finds. `server` is where scratch databases go (chosen by the caller, never by the
+    snapshot); `stored` is where the snapshot says the database lived, for the message."""
     engine = canonical_engine_name(record.engine)
     expected = dict(record.row_counts)
     base = DatabaseCheck(
@@ -94,10 +175,13 @@ def check_dump(
     )
     warnings: list[str] = []
     try:
+        dump_file = resolve_in_tree(files, record.path)
+        if not stat.S_ISREG(os.lstat(dump_file).st_mode):
+            raise FormatError(f"dump {record.path} is not a regular file in the snapshot")
         if engine == "sqlite":
             found = _sqlite_counts(dump_file)
         else:
-            found = _load_into_scratch(record, engine, dump_file, server, warnings)
+            found = _load_into_scratch(record, engine, dump_file, server, stored, warnings)
     except CasError as exc:
         return DumpCheckResult(replace(base, problem=str(exc)), warnings)
     except (OSError, sqlite3.Error) as exc:
@@ -132,12 +216,14 @@ def _load_into_scratch(
     engine_name: str,
     dump_file: str,
     server: DatabaseSpec | None,
+    stored: str,
     warnings: list[str],
 ) -> dict[str, int]:
     if server is None:
         raise CasError(
-            f"no {engine_name} server to load the dump into: the snapshot's application "
-            "definition names none; give one with --db-server"
+            f"no {engine_name} server to load the dump into: give one with --db-server "
+            f"{engine_name}=URL or define database {record.name!r} in the config (the snapshot "
+            f"says it lived at {stored}; a snapshot never chooses where casbackup connects)"
         )
     engine = get_engine(engine_name)
     spec = replace(server, name=record.name, engine=engine_name, database=scratch_name())

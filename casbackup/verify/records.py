@@ -14,6 +14,7 @@ from typing import Any
 
 from casbackup.errors import CasError, FormatError, UnsupportedFormat
 from casbackup.repo.ids import Kind
+from casbackup.repo.localstate import SeenRecord, StateDoc
 from casbackup.repo.repository import Repository
 
 RECORD_VERSION = 1
@@ -89,6 +90,7 @@ class RecordSet:
 
     records: list[VerificationRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # the warnings about unreadable records
 
     def latest_by_snapshot(self) -> dict[str, VerificationRecord]:
         latest: dict[str, VerificationRecord] = {}
@@ -99,7 +101,64 @@ class RecordSet:
 
 def save_record(repo: Repository, record: VerificationRecord) -> VerificationRecord:
     fid = repo.save_file_object(DIRECTORY, Kind.VERIFICATION, record.encode())
-    return replace(record, id=fid)
+    saved = replace(record, id=fid)
+    _remember(repo, {saved.snapshot_id: saved})
+    return saved
+
+
+def _seen(record: VerificationRecord) -> SeenRecord:
+    return SeenRecord(record.id, record.time, record.ok)
+
+
+def _remember(repo: Repository, newest: dict[str, VerificationRecord]) -> None:
+    """Record, per snapshot, the newest verification record this client has seen."""
+
+    def change(doc: StateDoc) -> bool:
+        changed = False
+        for sid, record in newest.items():
+            old = doc.verifications.get(sid)
+            if old is None or _seen(record).newer_than(old):
+                doc.verifications[sid] = _seen(record)
+                changed = True
+        return changed
+
+    if any(
+        (old := repo.state.doc.verifications.get(sid)) is None or _seen(r).newer_than(old)
+        for sid, r in newest.items()
+    ):
+        repo.state.update(change)
+
+
+def _screen(repo: Repository, result: RecordSet) -> None:
+    """Notice a rollback: the newest record this client saw of a snapshot is gone.
+
+    The snapshot's state then becomes a failed verification (a stand-in record with the
+    missing one's id and time), so ``recover`` does not trust an older passing record
+    without ``--allow-unverified``, and ``forget`` does not count it as verified. A new
+    ``verify`` of the snapshot writes a newer record and clears this."""
+    present = {r.id for r in result.records}
+    newest = result.latest_by_snapshot()
+    for sid, seen in sorted(repo.state.doc.verifications.items()):
+        if seen.id in present:
+            continue
+        current = newest.get(sid)
+        if current is not None and _seen(current).newer_than(seen):
+            continue
+        message = (
+            f"the newest verification record this client saw for snapshot {sid[:8]} "
+            f"({seen.id[:8]}, {seen.time[:19]}, {'ok' if seen.ok else 'FAILED'}) is gone from "
+            "the repository (rolled back or deleted); older records of it are not trusted: "
+            "verify the snapshot again"
+        )
+        repo.alert(message)
+        result.warnings.append(message)
+        problem = "its newest verification record is missing from the repository"
+        result.records.append(
+            VerificationRecord(sid, None, seen.time, "", 0.0, False, 0, 0,
+                               failures=(Failure("", problem),), id=seen.id)
+        )  # fmt: skip
+    result.records.sort(key=lambda r: (r.time, r.id))
+    _remember(repo, {sid: r for sid, r in newest.items() if r.id in present})
 
 
 def load_record(repo: Repository, record_id: str) -> VerificationRecord:
@@ -116,8 +175,11 @@ def list_records(repo: Repository) -> RecordSet:
         try:
             result.records.append(load_record(repo, rid))
         except CasError as exc:
-            result.warnings.append(f"verification record {rid[:8]} is unreadable: {exc}")
+            message = f"verification record {rid[:8]} is unreadable: {exc}"
+            result.warnings.append(message)
+            result.damaged.append(message)
     result.records.sort(key=lambda r: (r.time, r.id))
+    _screen(repo, result)
     return result
 
 

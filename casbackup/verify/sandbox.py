@@ -6,6 +6,11 @@ application's required key files; load every database dump (see `dumps.py`). The
 stored in the repository as a verification record (`records.py`) whether it passed or not;
 `VerifyResult.raise_if_failed()` turns a failed one into `VerificationFailed`.
 
+A snapshot never steers a verification: every path it stores (dump paths, required files) is
+resolved inside the restored tree, never through a symlink, and refused (named) otherwise;
+dumps load only into servers the caller names (`--db-server`, the local config), never into
+one the snapshot's stored definition names.
+
 The sandbox is always a fresh `mkdtemp` folder (inside `sandbox_dir` when given, never
 `sandbox_dir` itself, so a user's folder is never emptied) and is removed in a `finally`:
 after success, failure and Ctrl-C alike, unless the caller asked to keep it. An interrupted
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import stat
 import tempfile
@@ -32,7 +36,13 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot, now_utc
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.verify.compare import Comparison, compare_tree
-from casbackup.verify.dumps import check_dump, definition_specs
+from casbackup.verify.dumps import (
+    check_dump,
+    definition_specs,
+    record_problem,
+    resolve_in_tree,
+    stored_location,
+)
 from casbackup.verify.records import DatabaseCheck, Failure, VerificationRecord, save_record
 
 MESSAGE_LIMIT = 20  # failures named in the one-line error; the record has all of them
@@ -43,8 +53,11 @@ class VerifyOptions:
     sandbox_dir: str | None = None  # parent of the private sandbox; None: the system temp dir
     keep_sandbox: bool = False
     required_files: tuple[str, ...] = ()  # added to the definition's required_files
-    # engine -> server to create scratch databases on; default: the database's own server
+    # engine -> server to create scratch databases on (the command line's --db-server)
     db_servers: Mapping[str, DatabaseSpec] = field(default_factory=dict)
+    # name -> the local config's definition of the application's database: its server is the
+    # default for scratch databases. Never the snapshot's stored definition (see dumps.py).
+    databases: Mapping[str, DatabaseSpec] = field(default_factory=dict)
     workers: int = 2
     save: bool = True  # store the record in the repository
 
@@ -74,35 +87,91 @@ class VerifyResult:
 
 
 def required_files(snapshot: Snapshot, extra: tuple[str, ...] = ()) -> list[str]:
-    definition = snapshot.app_definition or {}
-    listed = (definition.get("verification") or {}).get("required_files") or []
-    return list(dict.fromkeys([*(str(p) for p in listed), *extra]))
+    """The files a verification must find: the stored definition's list, then `extra`.
+
+    Stored values are data from the repository: anything but a list of strings is ignored,
+    and each path is later resolved inside the restored tree (`resolve_in_tree`)."""
+    definition = snapshot.app_definition if isinstance(snapshot.app_definition, dict) else {}
+    section = definition.get("verification")
+    listed = section.get("required_files") if isinstance(section, dict) else None
+    stored = [p for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
+    return list(dict.fromkeys([*stored, *extra]))
 
 
 def _required_candidates(snapshot: Snapshot, wanted: str) -> list[str]:
     """Absolute names are paths in the snapshot; relative ones are relative to any source."""
     if wanted.startswith("/"):
         return [wanted]
-    return [src.rstrip("/") + "/" + wanted for src in snapshot.paths]
+    return [src.rstrip("/") + "/" + wanted for src in snapshot.paths if isinstance(src, str)]
+
+
+def _required_present(files: str, candidates: list[str]) -> bool:
+    """Whether any candidate exists in the restored tree. Each is resolved inside the tree
+    without following symlinks (FormatError, naming it, for one that would leave it)."""
+    for candidate in candidates:
+        if os.path.lexists(resolve_in_tree(files, candidate)):
+            return True
+    return False
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 def remove_tree(path: str) -> None:
-    """Remove a restored tree even where restored folder modes forbid writing into it.
+    """Remove a restored tree, however deep, even where restored folder modes forbid writing.
 
-    Folders are opened up top-down before removal; symlinks are skipped because chmod
-    would follow them out of the sandbox.
+    Works through folder handles (`dir_fd`), one level open at a time, so neither PATH_MAX
+    nor the recursion limit nor the open-file limit bounds the depth it can remove (Python
+    3.11's `os.walk` and `shutil.rmtree` recurse per level). Folders are opened up before
+    they are entered; symlinks are never followed (they are unlinked like files), so nothing
+    outside the tree is touched.
     """
-    if not os.path.lexists(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
         return
     with contextlib.suppress(OSError):
         os.chmod(path, stat.S_IRWXU)
-    for dirpath, dirnames, _files in os.walk(path):
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
+    fd = os.open(path, _DIR_FLAGS)
+    # One entry per open level: (its name in the parent, its subfolders still to remove).
+    levels: list[tuple[str, list[str]]] = [("", _clear_files(fd))]
+    try:
+        while True:
+            name, pending = levels[-1]
+            if pending:
+                sub = pending.pop()
                 with contextlib.suppress(OSError):
-                    os.chmod(full, stat.S_IRWXU)
-    shutil.rmtree(path)
+                    os.chmod(sub, stat.S_IRWXU, dir_fd=fd)
+                child = os.open(sub, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                levels.append((sub, _clear_files(fd)))
+                continue
+            levels.pop()
+            if not levels:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every non-folder in the open folder; return the names of its subfolders."""
+    folders = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.name)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    return folders
 
 
 def run_verification(
@@ -188,7 +257,7 @@ def _verify_in(
             reporter.progress(progress)
 
     # The restore's messages are the precise ones (which blob, which pack): they come first.
-    known = {}
+    known: dict[str, str] = {}
     for message in restored_errors:
         rel, _, why = message.partition(": ")
         known.setdefault("/" + rel.lstrip("/"), why)
@@ -198,8 +267,12 @@ def _verify_in(
     )  # fmt: skip
     reporter.progress(progress)
     for wanted in required_files(snapshot, options.required_files):
-        candidates = _required_candidates(snapshot, wanted)
-        if not any(os.path.lexists(os.path.join(files, c.lstrip("/"))) for c in candidates):
+        try:
+            present = _required_present(files, _required_candidates(snapshot, wanted))
+        except CasError as exc:
+            comparison.fail(wanted, f"required file: {exc}")
+            continue
+        if not present:
             comparison.fail(wanted, "required file is missing from the snapshot")
     databases, warnings = _check_databases(snapshot, options, files, comparison, reporter)
     return comparison, databases, warnings
@@ -212,10 +285,14 @@ def _check_databases(
     comparison: Comparison,
     reporter: Reporter,
 ) -> tuple[list[DatabaseCheck], list[str]]:
-    defined = definition_specs(snapshot.app_definition)
+    stored = definition_specs(snapshot.app_definition)  # shown in messages, never followed
     checks: list[DatabaseCheck] = []
     warnings: list[str] = []
     for record in snapshot.databases:
+        malformed = record_problem(record)
+        if malformed is not None:
+            checks.append(DatabaseCheck(str(record.name), "?", False, problem=malformed))
+            continue
         engine = canonical_engine_name(record.engine)
         if record.path in comparison.problems:
             checks.append(DatabaseCheck(
@@ -224,11 +301,10 @@ def _check_databases(
             ))  # fmt: skip
             continue
         reporter.info(f"loading database dump {record.name} ({engine})")
-        server = options.db_servers.get(engine) or defined.get(record.name)
+        server = options.db_servers.get(engine) or options.databases.get(record.name)
         if server is not None and server.engine and canonical_engine_name(server.engine) != engine:
             server = None
-        dump_file = os.path.join(files, record.path.lstrip("/"))
-        outcome = check_dump(record, dump_file, server)
+        outcome = check_dump(record, files, server, stored_location(stored.get(record.name)))
         checks.append(outcome.check)
         warnings.extend(outcome.warnings)
     return checks, warnings

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from casbackup.errors import CasError, IntegrityError, NotFound, UsageError
 from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
@@ -259,21 +260,27 @@ class Vfs:
         entry = self._snapshot_entry(parts[0], folder, snap)
         if len(parts) == 2:
             return entry
-        cached = self._entries.get((snap.id, *parts[2:]))
+        key = (snap.id, *parts[2:])  # key[:m] is the entry of parts[2 : m + 1]
+        cached = self._entries.get(key)
         if cached is not None:
             return cached
-        for i, part in enumerate(parts[2:], start=3):
-            cached = self._entries.get((snap.id, *parts[2:i])) if i < len(parts) else None
+        # Start below the deepest remembered folder, looking from the parent up: a file
+        # system asks for a folder before its entries, so this is one step, not one per level
+        # (a path may be thousands of levels deep).
+        start = 2
+        for m in range(len(parts) - 2, 1, -1):
+            cached = self._entries.get(key[:m])
             if cached is not None:
-                entry = cached
-                continue
+                entry, start = cached, m + 1
+                break
+        for m in range(start, len(parts)):
             if entry.tree is None:
                 raise NotFound(f"{path}: {entry.path} is not a folder")
-            node = self._tree(entry.tree).by_name.get(os.fsencode(part))
+            node = self._tree(entry.tree).by_name.get(os.fsencode(parts[m]))
             if node is None:
                 raise NotFound(f"{path}: no such file or folder")
             entry = self._child(entry, node)
-            self._entries.put((snap.id, *parts[2:i]), entry)
+            self._entries.put(key[:m], entry)
         return entry
 
     def getattr(self, path: str) -> Stat:
@@ -329,10 +336,8 @@ class Vfs:
             offsets = [0]
             for chunk_id in content:
                 offsets.append(offsets[-1] + self.repo.locate(chunk_id).raw_len)
-            if offsets[-1] != entry.node.size:
-                raise IntegrityError(
-                    f"chunks add up to {offsets[-1]} bytes, the file records {entry.node.size}"
-                )
+            sizes = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+            require_sound_file(entry.node, sizes, entry.path)  # size and hash (issue 12)
             return offsets
 
         return self._offsets.get_or_load(content, compute)

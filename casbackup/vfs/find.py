@@ -100,9 +100,9 @@ class Finder:
     def _key(self, tree: BlobId, prefix: bytes) -> object:
         return (tree, prefix) if self._path_dependent else tree
 
-    def _search(self, tree: BlobId, prefix: bytes, snap: Snapshot) -> _Result | None:
-        """What matches in one tree and below; None when nothing does."""
-        key = (tree, prefix) if self._path_dependent else tree
+    def _open(self, tree: BlobId, prefix: bytes, snap: Snapshot) -> _Frame | _Result | None:
+        """A remembered result, None for an unreadable tree, or a frame to search it in."""
+        key = self._key(tree, prefix)
         known = self._memo.get(key)
         if known is not None:
             self._memo.move_to_end(key)
@@ -115,26 +115,78 @@ class Finder:
             self.stats.warnings.append(f"snapshot {snap.short_id}: {shown}: {exc}")
             return None  # not memoised: the message names the snapshot it was met in
         self.stats.trees_walked += 1
-        items = []
-        for node in nodes:
-            path = prefix + b"/" + node.name
-            matched = self._excluder.excluded(os.fsdecode(path))
-            child = None
-            if node.kind == NodeKind.DIR and node.subtree is not None:
-                child = self._search(node.subtree, path, snap)
-            if matched or child is not None:
-                items.append((node, matched, child))
-        result: _Result = tuple(items)
-        self._memo[key] = result
-        if len(self._memo) > MEMO_ENTRIES:
-            self._memo.popitem(last=False)
-        return result or None
+        return _Frame(key, prefix, iter(nodes))
+
+    def _search(self, tree: BlobId, prefix: bytes, snap: Snapshot) -> _Result | None:
+        """What matches in one tree and below; None when nothing does.
+
+        Post-order on an explicit stack of frames, not recursion: a snapshot may be any
+        number of levels deep.
+        """
+        opened = self._open(tree, prefix, snap)
+        if not isinstance(opened, _Frame):
+            return opened
+        stack = [opened]
+        result: _Result | None = None
+        while stack:
+            frame = stack[-1]
+            if frame.waiting is not None:  # the folder it went into is done: `result`
+                node, matched = frame.waiting
+                frame.waiting = None
+                if matched or result is not None:
+                    frame.items.append((node, matched, result))
+            descended = False
+            for node in frame.nodes:
+                path = frame.prefix + b"/" + node.name
+                matched = self._excluder.excluded(os.fsdecode(path))
+                child = None
+                if node.kind == NodeKind.DIR and node.subtree is not None:
+                    opened = self._open(node.subtree, path, snap)
+                    if isinstance(opened, _Frame):
+                        frame.waiting = (node, matched)
+                        stack.append(opened)
+                        descended = True
+                        break
+                    child = opened
+                if matched or child is not None:
+                    frame.items.append((node, matched, child))
+            if descended:
+                continue
+            stack.pop()
+            done: _Result = tuple(frame.items)
+            self._memo[frame.key] = done
+            if len(self._memo) > MEMO_ENTRIES:
+                self._memo.popitem(last=False)
+            result = done or None
+        return result
+
+
+@dataclass
+class _Frame:
+    """One tree being searched: its remaining entries, what matched so far, and the entry
+    whose folder is being searched below it (with whether the entry itself matched)."""
+
+    key: object
+    prefix: bytes
+    nodes: Iterator[Node]
+    items: list[tuple[Node, bool, _Result | None]] = field(default_factory=list)
+    waiting: tuple[Node, bool] | None = None
 
 
 def _expand(result: _Result, prefix: bytes) -> Iterator[tuple[bytes, Node]]:
-    for node, matched, child in result:
-        path = prefix + b"/" + node.name
+    """(path, node) of every match in a result, in path order (explicit stack, any depth)."""
+    stack: list[tuple[Iterator[tuple[Node, bool, _Result | None]], bytes]] = [
+        (iter(result), prefix)
+    ]
+    while stack:
+        entries, where = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        node, matched, child = entry
+        path = where + b"/" + node.name
         if matched:
             yield path, node
         if child is not None:
-            yield from _expand(child, path)
+            stack.append((iter(child), path))

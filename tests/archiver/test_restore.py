@@ -90,9 +90,9 @@ def test_folder_metadata_waits_for_the_writers(
     listed_at_meta: dict[str, list[str]] = {}
     original = restore_module.apply_metadata
 
-    def spy(fd: int, *args: int, owners: bool) -> None:
+    def spy(fd: int, *args: int, **kw: object) -> list[str]:
         listed_at_meta[os.readlink(f"/proc/self/fd/{fd}")] = sorted(os.listdir(fd))
-        original(fd, *args, owners=owners)
+        return original(fd, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(restore_module, "apply_metadata", spy)  # folders only: files are
     out = tmp_path / "out"  # finished in the writers, which use writers.apply_metadata
@@ -159,10 +159,18 @@ def test_symlinked_folder_refused_with_batches_in_flight(tmp_path: Path, overwri
     out = tmp_path / "out"
     restored(out, src).mkdir(parents=True)
     (restored(out, src) / "zz").symlink_to(outside)
-    with pytest.raises(RestoreError, match="symlink is never followed"):
-        restore(repo, snap, RestoreOptions(target=str(out), workers=2, overwrite=overwrite))
-    assert os.listdir(outside) == []
-    assert (restored(out, src) / "zz").is_symlink()
+    result = restore(repo, snap, RestoreOptions(target=str(out), workers=2, overwrite=overwrite))
+    assert os.listdir(outside) == []  # never followed, either way
+    if overwrite:  # the link itself is replaced by the folder
+        assert result.errors == [] and result.files == 40 * 15 + 1
+        assert not (restored(out, src) / "zz").is_symlink()
+        assert (restored(out, src) / "zz" / "planted").read_bytes() == b"must not leave the target"
+    else:  # the folder is refused by path; the rest of the snapshot is restored
+        rel = str(restored(out, src) / "zz").removeprefix(str(out) + "/")
+        assert len(result.errors) == 1 and result.errors[0].startswith(f"{rel}: ")
+        assert "symlink is never followed" in result.errors[0]
+        assert result.files == 40 * 15
+        assert (restored(out, src) / "zz").is_symlink()
     assert multiprocessing.active_children() == []
     repo.close()
 
@@ -210,7 +218,14 @@ def test_writer_killed_mid_restore_fails_cleanly(tmp_path: Path) -> None:
     assert str(info.value) == "a restore writer process stopped unexpectedly"
     assert multiprocessing.active_children() == []
     assert fds_into(tmp_path / "out") == []
+    assert temp_files(tmp_path / "out") == []  # the killed writer's are removed for it
     repo.close()
+
+
+def temp_files(target: Path) -> list[str]:
+    """Temporary names of restored files left anywhere in ``target``."""
+    return [os.path.join(d, n) for d, _, names in os.walk(target) for n in names
+            if n.startswith(".casbackup-restore-")]  # fmt: skip
 
 
 @pytest.mark.timeout(60)
@@ -235,6 +250,7 @@ def test_ctrl_c_stops_the_restore_with_no_leftovers(
         restore(repo, snap, RestoreOptions(target=str(tmp_path / "out"), workers=workers))
     assert multiprocessing.active_children() == []
     assert fds_into(tmp_path / "out") == []
+    assert temp_files(tmp_path / "out") == []
     repo.close()
 
 

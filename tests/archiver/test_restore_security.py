@@ -131,7 +131,10 @@ def test_cli_reports_a_hostile_tree_in_one_line(
     res = run_cli("restore", snap.id, "--target", str(arena.target), repo=repo_path)
     assert res.code == RestoreError.exit_code
     assert "Traceback" not in res.err
-    assert res.err.strip().splitlines()[-1] == "error: 1 files could not be restored correctly"
+    # One entry failed: the one error line names it and why.
+    assert res.err.strip().splitlines() == [
+        "error: d: directory listing unreadable: tree holds an invalid name b'..'"
+    ]
     snap = snapshot_of(repo, [file_node(repo, b"x\0y", b"evil")])
     res = run_cli("restore", snap.id, "--target", str(arena.target), repo=repo_path)
     assert res.code == FormatError.exit_code and len(res.err.strip().splitlines()) == 1, res.err
@@ -185,7 +188,7 @@ def test_symlink_from_an_earlier_restore_is_replaced_not_followed(
 
 @pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize("depth", [0, 2])
-def test_existing_symlink_where_a_directory_goes_is_refused(
+def test_existing_symlink_where_a_directory_goes_is_refused_or_replaced(
     repo: Repository, arena: Arena, overwrite: bool, depth: int
 ) -> None:
     parents = [b"p%d" % i for i in range(depth)]
@@ -197,11 +200,17 @@ def test_existing_symlink_where_a_directory_goes_is_refused(
     for parent in reversed(parents):
         node = dir_node(repo, parent, [node])
     snap = snapshot_of(repo, [node])
-    with pytest.raises(RestoreError, match="symlink is never followed") as info:
-        run(repo, snap, arena, overwrite=overwrite)
-    assert "/".join([*(p.decode() for p in parents), "d"]) in str(info.value)
+    result = run(repo, snap, arena, overwrite=overwrite)
+    if overwrite:  # the symlink itself is replaced by a real folder
+        assert result.errors == []
+        assert not (where / "d").is_symlink()
+        assert (where / "d" / "keep.txt").read_bytes() == b"overwritten!"
+    else:
+        (error,) = result.errors  # reported by path; nothing below it is restored
+        assert error.startswith("/".join([*(p.decode() for p in parents), "d"]) + ": ")
+        assert "symlink is never followed" in error
+        assert (where / "d").is_symlink()
     arena.assert_untouched()
-    assert (where / "d").is_symlink()
 
 
 def test_symlink_restored_earlier_in_the_same_tree_is_not_followed(
@@ -240,8 +249,18 @@ def test_hard_link_source_behind_a_swapped_directory_is_refused(
     same = {"inode": 77, "device": 1, "nlink": 2}
     snap = snapshot_of(repo, [dir_node(repo, b"d", [file_node(repo, b"keep.txt", b"overwritten!", **same)]),
                               file_node(repo, b"e", b"overwritten!", **same)])  # fmt: skip
-    with pytest.raises(RestoreError):
-        run(repo, snap, arena, overwrite=True)
+    result = run(repo, snap, arena)
+    (error,) = result.errors
+    assert error.startswith("d: ") and "symlink is never followed" in error
+    # 'd' is skipped whole, so 'e' is the group's first restored name: a file of its own.
+    assert (arena.target / "e").read_bytes() == b"overwritten!"
+    assert os.stat(arena.target / "e").st_nlink == 1
+    arena.assert_untouched()
+    # --overwrite replaces the link by a folder: the group is whole, inside the target.
+    result = run(repo, snap, arena, overwrite=True)
+    assert result.errors == [] and not (arena.target / "d").is_symlink()
+    keep, e = os.stat(arena.target / "d" / "keep.txt"), os.stat(arena.target / "e")
+    assert keep.st_ino == e.st_ino and keep.st_nlink == 2
     arena.assert_untouched()
 
 
@@ -283,6 +302,21 @@ def test_overwrite_never_replaces_a_directory_with_a_file(repo: Repository, aren
     (arena.target / "f").mkdir(parents=True)
     (arena.target / "f" / "inside").write_bytes(b"mine")
     snap = snapshot_of(repo, [file_node(repo, b"f", b"new")])
-    with pytest.raises(RestoreError, match="is a directory"):
-        run(repo, snap, arena, overwrite=True)
+    result = run(repo, snap, arena, overwrite=True)
+    assert result.errors == ["f: is a directory in the target; not replacing it"]
     assert (arena.target / "f" / "inside").read_bytes() == b"mine"
+
+
+def test_a_file_where_a_folder_goes_is_replaced_only_with_overwrite(
+    repo: Repository, arena: Arena
+) -> None:
+    arena.target.mkdir()
+    (arena.target / "d").write_bytes(b"mine")
+    snap = snapshot_of(repo, [dir_node(repo, b"d", [file_node(repo, b"f", b"new")])])
+    result = run(repo, snap, arena)
+    assert result.errors == ["d: refusing to restore into it: it exists in the target and is "
+                             "not a directory (a symlink is never followed; --overwrite replaces it)"]  # fmt: skip
+    assert (arena.target / "d").read_bytes() == b"mine"
+    result = run(repo, snap, arena, overwrite=True)
+    assert result.errors == [] and (arena.target / "d" / "f").read_bytes() == b"new"
+    arena.assert_untouched()

@@ -38,6 +38,7 @@ def test_passwd_replaces_the_current_key(repo, repo_path) -> None:  # type: igno
         open_repo(repo_path)
     assert open_repo(repo_path, "new pass").key_name == f"keys/{new}"
     assert old != new
+    assert repo.state.doc.last_key == new  # tried first from now on
 
 
 def test_a_damaged_key_does_not_count_as_a_way_in(repo, repo_path) -> None:  # type: ignore[no-untyped-def]

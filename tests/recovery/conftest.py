@@ -6,3 +6,4 @@ from tests.engines.conftest import (  # noqa: F401 - re-exported as fixtures
     pg_database,
     pg_server,
 )
+from tests.recovery.forged import listener, secret  # noqa: F401, E402 - fixtures for forged snapshots

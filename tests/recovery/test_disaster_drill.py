@@ -2,9 +2,10 @@
 
 An application with files, a config file, a symlink, an SQLite database inside its folder, a
 PostgreSQL and a MariaDB database. After the backup and `verify`, the folder is deleted and
-both server databases are dropped; `recover` runs from an empty folder with only the repository
-and its passphrase (no config file) and must bring back every file and every row, and say so
-in its report.
+both server databases are dropped; `recover` runs from an empty folder with only the repository,
+its passphrase and the operator's command line (no config file: where the server databases go
+and where their passwords come from is given with --db-server / --db-into, never taken from
+the snapshot) and must bring back every file and every row, and say so in its report.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from pathlib import Path
 
 from casbackup.testing.fixtures import run_cli
 from tests.engines.conftest import (
+    MY_HOST,
+    MY_PORT,
+    MY_USER,
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
     mariadb,
     my_spec,
     pg_copy,
@@ -71,7 +78,9 @@ def test_disaster_drill(  # type: ignore[no-untyped-def]
     expected_pg = {t: pg_copy(pg_database, t) for t in ("customers", "orders")}
     expected_my = mariadb("SELECT id, name FROM users ORDER BY id;", my_database)
 
-    verified = run_cli("verify", "--app", "shop", repo=repo_path, env=env)
+    servers = ("--db-server", f"postgresql=postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}",
+               "--db-server", f"mysql=mysql://{MY_USER}@{MY_HOST}:{MY_PORT}")  # fmt: skip
+    verified = run_cli("verify", "--app", "shop", *servers, repo=repo_path, env=env)
     assert verified.code == 0, verified.err
     assert f"snapshot {snap.short_id}: verified OK" in verified.out
     listing = run_cli("snapshots", repo=repo_path)
@@ -83,18 +92,22 @@ def test_disaster_drill(  # type: ignore[no-untyped-def]
     mariadb(f"DROP DATABASE `{my_database}`;")
 
     target = tmp_path / "rebuilt"
-    missing_pw = run_cli("recover", "--app", "shop", "--target", str(target), repo=repo_path,
-                         env={"CASBACKUP_CONFIG": ""})  # fmt: skip
+    recover = ("recover", "--app", "shop", "--target", str(target))
+    unplaced = run_cli(*recover, repo=repo_path, env=env)
+    assert unplaced.code == 30 and "--db-into pg=CONNECTION" in unplaced.err
+    assert "--db-into my=CONNECTION" in unplaced.err and not target.exists()
+    into = ("--db-into", f"pg=postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{pg_database}"
+            "?password_env=DRILL_PG_PASSWORD",
+            "--db-into", f"my=mysql://{MY_USER}@{MY_HOST}:{MY_PORT}/{my_database}")  # fmt: skip
+    missing_pw = run_cli(*recover, *into, repo=repo_path, env={"CASBACKUP_CONFIG": ""})
     assert missing_pw.code == 30 and "DRILL_PG_PASSWORD" in missing_pw.err
     assert not target.exists()
 
-    plan = run_cli(
-        "recover", "--app", "shop", "--target", str(target), "--dry-run", repo=repo_path, env=env
-    )
+    plan = run_cli(*recover, *into, "--dry-run", repo=repo_path, env=env)
     assert plan.code == 0, plan.err
     assert "dry run: nothing was changed" in plan.out and not target.exists()
 
-    done = run_cli("recover", "--app", "shop", "--target", str(target), repo=repo_path, env=env)
+    done = run_cli(*recover, *into, repo=repo_path, env=env)
     assert done.code == 0, done.err + done.out
 
     # Every file, the config file, the symlink; the SQLite file is the dump's consistent copy,
@@ -120,5 +133,5 @@ def test_disaster_drill(  # type: ignore[no-untyped-def]
     md = (target / "recovery-report.md").read_text()
     assert "SUCCEEDED" in md and f"| {PG_ROWS + 400} | ok |" in md
 
-    again = run_cli("recover", "--app", "shop", "--target", str(target), repo=repo_path, env=env)
+    again = run_cli(*recover, *into, repo=repo_path, env=env)
     assert again.code == 30 and "nothing was changed" in again.err

@@ -198,20 +198,24 @@ def test_a_sqlite_database_inside_the_sources_replaces_its_raw_copy(repo, tmp_pa
     assert result.plan.databases[0].overwrite
 
 
-def test_a_database_the_snapshot_cannot_place_needs_db_into(repo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_sqlite_database_without_a_stored_definition_goes_inside_the_target(
+    repo, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     app, db = make_app(tmp_path)
     snap = backup(repo, app, [db])
     run_verification(repo, snap)
-    # A definition without databases (an older program, or a hand-made snapshot).
+    # A definition without databases (an older program, or a hand-made snapshot): an SQLite
+    # database needs no outside location, it is rebuilt inside the target.
     from casbackup.recovery import plan as plan_mod
 
     real = plan_mod.definition_specs
     plan_mod.definition_specs = lambda d: {}  # type: ignore[assignment]
     try:
-        with pytest.raises(RecoveryError, match="--db-into local=CONNECTION"):
-            recover(repo, RecoverOptions(app="shop", target=str(tmp_path / "t")))
+        result = recover(repo, RecoverOptions(app="shop", target=str(tmp_path / "t")))
     finally:
         plan_mod.definition_specs = real  # type: ignore[assignment]
+    assert result.ok, result.errors
+    assert rows(tmp_path / "t" / "databases" / "local.sqlite") == 200
 
 
 def test_unknown_application_and_foreign_snapshot(repo, tmp_path: Path, shop) -> None:  # type: ignore[no-untyped-def]

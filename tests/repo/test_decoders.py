@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from casbackup.crypto.envelope import Opener, Sealer
+from casbackup.crypto.keys import MasterKey
 from casbackup.errors import FormatError, IntegrityError, UnsupportedFormat
 from casbackup.repo import codec
 from casbackup.repo.config import RepoConfig
@@ -86,7 +87,7 @@ VALID: dict[str, st.SearchStrategy[bytes]] = {
         max_size=6,
     ).map(encode_header),
     "pack_tail": st.lists(st.binary(max_size=200), max_size=4).map(_pack),
-    "config": st.just(RepoConfig().encode()),
+    "config": st.just(RepoConfig().sign(MasterKey(bytes(32))).encode()),
     "snapshot": snapshots.map(Snapshot.encode),
     "codec": st.binary(max_size=300).map(lambda b: codec.compress(b * 3, 3)),
     "envelope": st.binary(max_size=300).map(lambda b: Sealer(ROOT).seal(Kind.DATA, bytes(32), b)),
@@ -130,7 +131,10 @@ def _mutate_json(base: dict[str, Any], data: st.DataObject) -> bytes:
 
 
 JSON_DECODERS: dict[str, tuple[Callable[[bytes], object], st.SearchStrategy[dict[str, Any]]]] = {
-    "config": (RepoConfig.decode, st.just(json.loads(RepoConfig().encode()))),
+    "config": (
+        RepoConfig.decode,
+        st.just(json.loads(RepoConfig().sign(MasterKey(bytes(32))).encode())),
+    ),
     "snapshot": (Snapshot.decode, snapshots.map(lambda s: json.loads(s.encode()))),
 }
 

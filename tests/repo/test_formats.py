@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casbackup.crypto.envelope import Opener, Sealer
+from casbackup.crypto.keys import MasterKey
 from casbackup.errors import FormatError
 from casbackup.repo import codec
 from casbackup.repo.config import ChunkerParams, RepoConfig
@@ -105,14 +106,16 @@ def test_full_pack_round_trip(blobs: list[tuple[Kind, bytes]], padding: int) -> 
 @given(
     st.builds(ChunkerParams, min_size=st.integers(64, 1 << 20), avg_size=st.integers(256, 4 << 20),
               max_size=st.integers((1 << 20) + 1, 16 << 20), normalization=st.integers(0, 3)),
-    st.integers(1 << 20, 512 << 20), st.sampled_from(["zstd", "none"]), st.integers(-5, 22),
+    st.integers(1 << 20, 512 << 20), st.sampled_from(["zstd", "none"]), st.integers(-7, 22),
 )  # fmt: skip
 def test_config_round_trip(
     chunker: ChunkerParams, pack_size: int, compression: str, level: int
 ) -> None:
     config = RepoConfig(chunker=chunker, pack_size=pack_size, compression=compression,
-                        compression_level=level)  # fmt: skip
-    assert RepoConfig.decode(config.encode()) == config
+                        compression_level=level).sign(MasterKey(bytes(32)))  # fmt: skip
+    decoded = RepoConfig.decode(config.encode())
+    assert decoded == config
+    decoded.verify_mac(MasterKey(bytes(32)))
 
 
 @given(snapshots)

@@ -4,6 +4,7 @@ delete or read outside the repository, hang on a FIFO or allocate a planted size
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -237,7 +238,8 @@ def test_an_oversized_key_file_is_skipped_and_named(tmp_path: Path) -> None:
     assert res.code == 0, res.err
     res = run_cli("key", "list", "--json", repo=repo)
     assert res.code == 0, res.err
-    assert f"keys/{'0' * 64} is damaged" in res.out
+    planted = next(k for k in json.loads(res.out) if k["id"] == "0" * 64)
+    assert planted["problem"] == f"{64 * 1024 + 1} bytes: not a key file"
 
 
 def test_oversized_records_and_locks_do_not_fail_their_listings(tmp_path: Path) -> None:

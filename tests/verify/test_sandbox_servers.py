@@ -50,7 +50,9 @@ def test_dumps_load_into_scratch_databases_that_are_dropped(  # type: ignore[no-
     names: list[str] = []
     real = dumps_mod.scratch_name
     monkeypatch.setattr(dumps_mod, "scratch_name", lambda: names.append(real()) or names[-1])
-    rec = run_verification(repo, snap).record
+    # The servers come from the local config's definitions (the caller), not from the snapshot.
+    local_config = VerifyOptions(databases={s.name: s for s in app_specs})
+    rec = run_verification(repo, snap, local_config).record
     assert rec.ok, rec.failures
     checks = {d.name: (d.engine, d.ok, d.tables_compared, d.rows_compared) for d in rec.databases}
     assert checks == {
@@ -75,7 +77,8 @@ def test_a_dump_that_does_not_load_fails_and_its_scratch_database_is_dropped(  #
         replace(r, row_counts={**r.row_counts, "public.items": 301}) if r.name == "pg" else r
         for r in snap.databases
     )
-    rec = run_verification(repo, replace(snap, databases=bad)).record
+    local_config = VerifyOptions(databases={s.name: s for s in app_specs})
+    rec = run_verification(repo, replace(snap, databases=bad), local_config).record
     assert not rec.ok
     assert [(f.path, f.problem) for f in rec.failures] == [
         ("database pg", "table public.items: 300 rows, 301 recorded")
@@ -139,7 +142,38 @@ def test_interrupted_load_drops_the_scratch_database(  # type: ignore[no-untyped
 
     monkeypatch.setattr(dumps_mod, "get_engine", lambda name: Engine(real_engine(name)))
     with pytest.raises(Interrupted):
-        run_verification(repo, snap, VerifyOptions(sandbox_dir=str(sandboxes)))
+        run_verification(
+            repo,
+            snap,
+            VerifyOptions(
+                sandbox_dir=str(sandboxes),
+                db_servers={engine: app_specs[0 if engine == "postgresql" else 1]},
+            ),
+        )
     assert len(names) == 1
     assert names[0] not in scratch_left()
     assert list(sandboxes.iterdir()) == []
+
+
+def test_backup_auto_verify_loads_into_the_configured_server(  # type: ignore[no-untyped-def]
+    repo_path: str, tmp_path: Path, pg_database: str
+) -> None:
+    """backup --auto-verify gives the verification the config's servers (never the snapshot's)."""
+    from casbackup.testing.fixtures import run_cli
+    from tests.engines.conftest import PG_HOST, PG_PORT, PG_USER
+
+    psql("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1), (2);", pg_database)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "main.py").write_text("print('hi')\n")
+    config = tmp_path / "casbackup.toml"
+    config.write_text(
+        f'version = 1\n[[applications]]\nname = "shop"\nsources = ["{app}"]\n'
+        '[[applications.databases]]\nname = "pg"\nengine = "postgresql"\n'
+        f'host = "{PG_HOST}"\nport = {PG_PORT}\nuser = "{PG_USER}"\ndatabase = "{pg_database}"\n'
+    )
+    res = run_cli("--config", str(config), "backup", "--app", "shop", "--auto-verify",
+                  repo=repo_path)  # fmt: skip
+    assert res.code == 0, res.err
+    assert "verified OK" in res.out
+    assert not scratch_left()

@@ -1,0 +1,162 @@
+"""File system operations on the restore target, all relative to an open folder fd.
+
+Split from restore.py, which decides what to restore; this module knows how to touch
+the target without ever following a link (``O_NOFOLLOW``, ``follow_symlinks=False``,
+``dir_fd``) and how to get through folders that an earlier restore made read-only.
+Failures come back as ``TargetError`` carrying a one-line reason; the caller names the
+path and decides whether the restore goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import stat
+from collections.abc import Sequence
+
+from casbackup.archiver.writers import xattr_problem
+from casbackup.repo.tree import Node, NodeKind
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SUID_SGID = 0o6000
+_WRITABLE = stat.S_IWUSR | stat.S_IXUSR  # what creating and removing entries needs
+
+
+class TargetError(Exception):
+    """An entry of the target could not be made or replaced; ``str()`` is the reason."""
+
+
+def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int, int | None]:
+    """Create (0700) or reuse the folder ``name`` in ``parent_fd``; return its fd and, when
+    an existing folder of ours had to be made writable for the restore, its old mode.
+
+    A symlink or file where the folder goes is never followed: with ``replace``
+    (--overwrite) it is removed (the entry itself) and the folder made; without, it is
+    refused. Raises TargetError for that refusal, or when the OS refused (permissions,
+    ENAMETOOLONG, too many open files).
+    """
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise TargetError(f"cannot create folder: {exc.strerror}") from None
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise TargetError(f"cannot open folder: {exc.strerror}") from None
+        if not replace:
+            raise TargetError(
+                "refusing to restore into it: it exists in the target and is not a "
+                "directory (a symlink is never followed; --overwrite replaces it)"
+            ) from None
+        remove_entry(name, parent_fd)
+        return open_dir(name, parent_fd)  # once: what is there now is ours or a folder
+    try:
+        return fd, make_writable(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise TargetError(f"cannot make the folder writable: {exc.strerror}") from None
+
+
+def make_writable(fd: int) -> int | None:
+    """Give a folder we own (an earlier restore may have left it 0500) the owner's write
+    and search bits; return the mode to put back, or None when nothing was changed.
+    Folders of other users are left alone: their conflicts are reported by path."""
+    st = os.fstat(fd)
+    if st.st_mode & _WRITABLE == _WRITABLE or st.st_uid != os.geteuid():
+        return None
+    os.fchmod(fd, stat.S_IMODE(st.st_mode) | _WRITABLE)
+    return stat.S_IMODE(st.st_mode)
+
+
+def put_back_mode(fd: int, mode: int | None) -> None:
+    """Undo ``make_writable`` where the restore did not apply the node's own mode."""
+    if mode is not None:
+        try:
+            os.fchmod(fd, mode)
+        except OSError:
+            pass  # the folder stays writable: a safe leftover, and the restore reports failure
+
+
+def refuse_dir(name: bytes, dir_fd: int) -> bool:
+    """Whether something is at ``name``; TargetError when it is a folder (--overwrite
+    replaces files, links and special files, never a folder and what it holds)."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise TargetError(f"cannot replace it: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise TargetError("is a directory in the target; not replacing it")
+    return True
+
+
+def remove_entry(name: bytes, dir_fd: int) -> None:
+    """Remove what is at ``name`` (for --overwrite), never a folder; raises TargetError."""
+    if not refuse_dir(name, dir_fd):
+        return
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise TargetError(f"cannot replace it: {exc.strerror}") from None
+
+
+def apply_nofollow(
+    node: Node, dir_fd: int, *, owners: bool, xattrs: Sequence[tuple[bytes, bytes]]
+) -> list[str]:
+    """Owner, mode, extended attributes and times of a symlink, FIFO or device node, on
+    the entry itself (never what a symlink points to), each on its own like
+    ``writers.apply_metadata``; returns one message per thing not applied."""
+    problems: list[str] = []
+    mode = node.mode
+    if owners:
+        try:
+            os.chown(node.name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            problems.append(f"owner {node.uid}:{node.gid} not restored: {exc.strerror}")
+            mode &= ~_SUID_SGID
+    if node.kind != NodeKind.SYMLINK:  # a symlink's mode is not its own on Linux
+        try:
+            os.chmod(node.name, mode, dir_fd=dir_fd, follow_symlinks=False)
+        except (OSError, NotImplementedError) as exc:
+            problems.append(f"mode {mode:o} not restored: {_reason(exc)}")
+    if xattrs:
+        # lsetxattr has no dir_fd form; the folder's /proc link reaches the same folder
+        # (a magic link, resolved to the open fd), and only the last name is not followed.
+        path = os.fsencode(f"/proc/self/fd/{dir_fd}/") + node.name
+        for key, value in xattrs:
+            try:
+                os.setxattr(path, key, value, follow_symlinks=False)
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in a (hostile) key
+                problems.append(xattr_problem(key, exc))
+    try:
+        os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+    except (OSError, NotImplementedError, OverflowError) as exc:
+        problems.append(f"times not restored: {_reason(exc)}")
+    return problems
+
+
+def _reason(exc: Exception) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+_FD_LIMIT = 1 << 16  # the soft fd limit a restore asks for
+
+
+def raise_fd_limit() -> None:
+    """Each folder on the walk's path holds an fd until it is finished, so a deep tree needs
+    about one per level: raise the soft limit (often 1,024) towards the hard one, as Go
+    programs do at start. A level still refused (EMFILE) is reported by path."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, _FD_LIMIT)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass

@@ -1,0 +1,77 @@
+"""Upgrading a repository's format in place (``casbackup migrate``).
+
+Version 1 to 2 rewrites only ``config``: the same parameters, ``"version": 2`` and a MAC
+under the master key (repo/config.py). Order, each step durable before the next:
+
+1. take an exclusive lock (no backup or prune writes while the format changes);
+2. re-read ``config`` and refuse if it changed since the repository was opened;
+3. write the new config through the backend's ``put``: a temp name, fsync, rename over
+   ``config``, fsync of the folder. A kill before the rename leaves version 1 (and a temp
+   file that readers ignore and prune removes), a kill after it leaves version 2: the
+   repository opens either way, and running ``migrate`` again finishes the job;
+4. record version 2 in this client's local state, so a later version 1 config here is
+   reported as a rollback (ConfigTampered).
+
+Objects written by version 1 stay as they are: version 2 readers read them.
+Migrating authenticates what the version 1 config says, so ``MigrationPlan.unusual``
+names every parameter that differs from casbackup's defaults: a config changed by a
+storage attacker before the upgrade would otherwise become authenticated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from casbackup.errors import ConfigTampered
+from casbackup.repo.config import DUMP_CHUNKER, FORMAT_VERSION, ChunkerParams, RepoConfig
+from casbackup.repo.lock import Lock
+from casbackup.repo.repository import Repository
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    from_version: int
+    to_version: int
+    unusual: tuple[str, ...]  # parameters that differ from the defaults (to review)
+
+    @property
+    def needed(self) -> bool:
+        return self.from_version < self.to_version
+
+
+def plan_migration(repo: Repository) -> MigrationPlan:
+    """What ``migrate`` would do; reads nothing but the open repository's config."""
+    config = repo.config
+    unusual: list[str] = []
+    for name, value, default in (
+        ("chunker", config.chunker, ChunkerParams()),
+        ("dump_chunker", config.dump_chunker, DUMP_CHUNKER),
+        ("compression", config.compression, "zstd"),
+    ):
+        if value != default:
+            unusual.append(f"{name} is {value}, the default is {default}")
+    return MigrationPlan(config.version, max(config.version, FORMAT_VERSION), tuple(unusual))
+
+
+def migrate(repo: Repository) -> MigrationPlan:
+    """Upgrade the repository to ``FORMAT_VERSION`` (see the module docstring for the order).
+
+    Raises LockError when another process holds a lock, ConfigTampered when the stored
+    config changed since it was opened, StorageError when it cannot be written."""
+    plan = plan_migration(repo)
+    if not plan.needed:
+        return plan
+    lock = Lock(repo, True, "migrate").acquire()  # Repository.lock refuses a v1 repository
+    try:
+        current = RepoConfig.decode(repo.backend.get("config"))
+        if current != repo.config:
+            raise ConfigTampered("the repository config changed while migrating; run it again")
+        new = replace(repo.config, version=FORMAT_VERSION).sign(repo.key)
+        new.validate()
+        repo.backend.put("config", new.encode())
+        repo.config = new
+        repo.writable = True
+        repo.remember_open()
+    finally:
+        lock.release()
+    return plan
