@@ -32,6 +32,7 @@ from casbackup.errors import (
     NotFound,
     RepositoryExists,
     RepositoryNotFound,
+    StorageError,
 )
 from casbackup.repo import codec
 from casbackup.repo.config import FORMAT_VERSION, RepoConfig
