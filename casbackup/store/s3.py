@@ -326,7 +326,7 @@ class S3Backend:
     def _head(self, name: str) -> dict[str, Any]:
         import obstore
 
-        check_name(name) if not is_temp_name(name) else None
+        check_name(name)
         return dict(self._call(f"reading {name}", lambda: obstore.head(self._store, name)))
 
     def stat(self, name: str) -> int:
