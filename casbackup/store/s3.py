@@ -84,6 +84,11 @@ def parse_location(location: str) -> S3Location:
     host, _, path = rest.partition("/")
     bucket, _, prefix = path.partition("/")
     prefix = prefix.rstrip("/")  # a trailing slash is harmless; "//" inside is not
+    if "@" in host:  # secrets only by environment or file, never in a location
+        raise UsageError(
+            "bad S3 location: credentials in it are refused; use AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+        )
     if not host or not _BUCKET.fullmatch(bucket):
         raise UsageError(
             f"bad S3 location {location!r}: expected s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]"

@@ -28,7 +28,8 @@ def test_location_syntax_is_restics(text: str, want: S3Location) -> None:
 
 
 @pytest.mark.parametrize("text", ["s3:", "s3:http://host", "s3:http://host/Bad_Bucket/x",
-                                  "s3:http:///bkt", "s3:http://h/bkt/a/../b", "s3:http://h/bkt//x/y"])  # fmt: skip
+                                  "s3:http:///bkt", "s3:http://h/bkt/a/../b", "s3:http://h/bkt//x/y",
+                                  "s3:https://key:s3cr3t@host/bucket"])  # fmt: skip
 def test_bad_locations_are_one_line_usage_errors(text: str) -> None:
     with pytest.raises(UsageError, match="bad S3 location") as info:
         parse_location(text)
