@@ -45,9 +45,21 @@ def open_backend(location: str | None) -> Backend:
             "no repository given: use -r/--repo, set CASBACKUP_REPO, "
             "or set [repository] location in the config file"
         )
-    if location.startswith(("s3:", "sftp:", "rest:")):
+    if location.startswith("s3:"):
+        from casbackup.store.retry import RetryingBackend, retry_settings
+        from casbackup.store.s3 import S3Backend
+
+        # Retries live in one wrapper (store/retry.py); the LMDB index cache stays local.
+        tuning = retry_settings()
+        return RetryingBackend(
+            S3Backend(location),
+            attempts=int(tuning.get("attempts", 7)),
+            base=tuning.get("base", 0.25),
+        )
+    if location.startswith(("sftp:", "rest:")):
         raise UsageError(
-            f"storage {location.split(':', 1)[0]!r} is not available in this build; use a local path"
+            f"storage {location.split(':', 1)[0]!r} is not available in this build; "
+            "use a local path or s3:"
         )
     from casbackup.store.local import LocalBackend
 

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from casbackup.errors import CasError, LockError, NotFound
+from casbackup.errors import CasError, LockError, NotFound, StorageError
 from casbackup.repo.ids import Kind
 
 STALE_AFTER = 30 * 60
@@ -83,15 +83,18 @@ class Lock:
             "command": self.command,
         }
         name = name or f"locks/{os.urandom(16).hex()}"
-        self._repo.put_encrypted(name, Kind.LOCK, json.dumps(doc).encode())
+        # Create-only where the store offers it (repo_format.md "Object stores").
+        self._repo.put_encrypted(name, Kind.LOCK, json.dumps(doc).encode(), create_only=True)
         return name
 
     def acquire(self) -> Lock:
         # Named before it is written: an interrupt (Ctrl-C, SIGTERM) that lands after the
         # write but before this returns still finds and removes the file.
         self.name = f"locks/{os.urandom(16).hex()}"
+        written = False
         try:
             self._write(self.name)
+            written = True
             for info in list_locks(self._repo):
                 if info.name == self.name or info.is_stale():
                     continue
@@ -104,9 +107,13 @@ class Lock:
                 target=self._refresh_loop, name="lock-refresh", daemon=True
             )
             self._thread.start()
-        except BaseException:
+        except BaseException as exc:
             self._stop.set()
-            self._delete(self.name)
+            # A write that failed with a storage error left nothing of ours under the name
+            # (a create-only refusal means the object there is someone else's: never delete
+            # it); an interrupt during the write may have left our lock, so it is removed.
+            if written or not isinstance(exc, StorageError):
+                self._delete(self.name)
             self.name = None
             raise
         return self

@@ -32,6 +32,7 @@ from casbackup.errors import (
     NotFound,
     RepositoryExists,
     RepositoryNotFound,
+    StorageError,
 )
 from casbackup.repo import codec
 from casbackup.repo.config import FORMAT_VERSION, RepoConfig
@@ -221,8 +222,18 @@ class Repository:
         return Lock(self, exclusive, command).acquire()
 
     # ----------------------------------------------------------------- envelopes
-    def put_encrypted(self, name: str, kind: Kind, plaintext: bytes) -> None:
-        self.backend.put(name, self.sealer.seal(kind, ZERO_ID, codec.compress(plaintext, 3)))
+    def put_encrypted(
+        self, name: str, kind: Kind, plaintext: bytes, *, create_only: bool = False
+    ) -> None:
+        """Seal and store ``plaintext`` under ``name``. ``create_only`` (locks): where the
+        backend has create-only writes (S3's If-None-Match), an existing object is never
+        replaced and StorageError says so."""
+        sealed = self.sealer.seal(kind, ZERO_ID, codec.compress(plaintext, 3))
+        create = getattr(self.backend, "put_new", None) if create_only else None
+        if create is None:
+            self.backend.put(name, sealed)
+        elif not create(name, sealed):
+            raise StorageError(f"writing {name}: an object with this name already exists")
 
     def get_encrypted(self, name: str, kind: Kind) -> bytes:
         """Load and decrypt one object; a hash-named one must match its name (IntegrityError)."""

@@ -424,7 +424,9 @@ def _verify_all(
     memory (``pack_scan``); ``--workers 1`` verifies here with no helper, for the
     smallest footprint.
     """
-    if workers <= 1:
+    # Helpers are forked: a backend whose client runs its own threads (S3's obstore
+    # runtime) hangs in a forked child, so such a backend is read here.
+    if workers <= 1 or not getattr(repo.backend, "fork_safe", True):
         started()
         for job in jobs:
             yield job[0], verify_pack(repo, *job)

@@ -21,11 +21,18 @@ EMPTY, OBJ, NOPE = "index/" + "e" * 64, "snapshots/" + "0" * 64, "snapshots/" + 
 KEY, SNAP = "keys/" + "c" * 64, "snapshots/" + "a" * 64
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b: Backend = (
-        LocalBackend(str(tmp_path / "store")) if request.param == "local" else MemoryBackend()
-    )
+    b: Backend
+    if request.param == "local":
+        b = LocalBackend(str(tmp_path / "store"))
+    elif request.param == "memory":
+        b = MemoryBackend()
+    else:  # a fresh bucket on a real S3 server (moto) on 127.0.0.1, through the retry wrapper
+        from casbackup.store.retry import RetryingBackend
+        from casbackup.store.s3 import S3Backend
+
+        b = RetryingBackend(S3Backend(request.getfixturevalue("moto_location")))
     yield b
     b.close()
 

@@ -1,0 +1,132 @@
+"""S3 on loopback against SeaweedFS (``weed mini``): first backup and restore against a
+local folder, and the requests and bytes of an unchanged re-backup.
+
+    python -m bench.s3_bench [--mib 128] [--files 1500]
+
+Times are wall-clock of the real ``casbackup`` command. Requests and bytes are counted by
+a pass-through proxy (tests/store/conftest.py's FaultProxy with no faults), used only for
+the counted runs so its own cost never enters a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.corpus import CorpusSpec, build_corpus, compare_trees
+
+MiB = 1 << 20
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_weed(data: Path) -> tuple[subprocess.Popen[bytes], str]:
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    ports = [_free_port() for _ in range(11)]
+    data.mkdir(parents=True, exist_ok=True)
+    conf = data / "s3.json"
+    conf.write_text(
+        '{"identities": [{"name": "b", "credentials": [{"accessKey": "bench", '
+        '"secretKey": "bench-secret"}], "actions": ["Admin", "Read", "Write", "List"]}]}'
+    )
+    names = ["s3.port", "master.port", "volume.port", "filer.port", "webdav.port", "admin.port",
+             "master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc",
+             "admin.port.grpc"]  # fmt: skip
+    cmd = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", f"-s3.config={conf}"]
+    cmd += [f"-{n}={p}" for n, p in zip(names, ports, strict=True)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{ports[0]}"
+    import http.client
+
+    for _ in range(200):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=2)
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            return proc, endpoint
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("weed mini did not start")
+
+
+def run(repo: str, *args: str) -> float:
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "casbackup.cli.main", "-r", repo, *args],
+                         capture_output=True)  # fmt: skip
+    if res.returncode:
+        raise SystemExit(f"{args[0]} failed: {res.stderr.decode()}")
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=128)
+    ap.add_argument("--files", type=int, default=1500)
+    opts = ap.parse_args()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret",
+                      AWS_DEFAULT_REGION="us-east-1", CASBACKUP_PASSWORD="bench")  # fmt: skip
+    import boto3
+
+    from tests.store.conftest import FaultProxy
+
+    with tempfile.TemporaryDirectory(prefix="s3bench-") as tmp:
+        work = Path(tmp)
+        src = work / "src"
+        build_corpus(src, CorpusSpec(total_bytes=opts.mib * MiB, n_files=opts.files))
+        proc, endpoint = start_weed(work / "weed")
+        try:
+            bucket = f"b{uuid.uuid4().hex[:12]}"
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+                Bucket=bucket
+            )
+            repos = {"local": str(work / "repo"), "s3": f"s3:{endpoint}/{bucket}/repo"}
+            rows = []
+            for kind, repo in repos.items():
+                run(repo, "init")
+                t_backup = run(repo, "backup", str(src))
+                os.environ["CASBACKUP_CACHE_DIR"] = str(work / f"cache-{kind}")
+                t_restore = run(repo, "restore", "latest", "--target", str(work / f"r-{kind}"))
+                assert not compare_trees(src, work / f"r-{kind}" / src.relative_to("/"))
+                rows.append((kind, t_backup, t_restore))
+            proxy = FaultProxy(endpoint, lambda n: None)
+            counted = f"s3:{proxy.endpoint}/{bucket}/repo"
+            run(counted, "backup", str(src))
+            requests = proxy.count
+            kinds: dict[str, int] = {}
+            for method, path in proxy.seen:
+                rest = path.split("?", 1)[0].split("/")[3:]  # after /bucket/repo/
+                what = f"{method} {rest[0] if rest else '(bucket)'}"
+                if "list-type" in path:
+                    what = f"LIST {path.split('prefix=', 1)[-1][:30]}"
+                kinds[what] = kinds.get(what, 0) + 1
+            proxy.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    print(f"corpus: {opts.mib} MiB in {opts.files} files")
+    for kind, b, r in rows:
+        print(f"{kind:6} first backup {b:6.1f} s   restore {r:6.1f} s")
+    (_, lb, lr), (_, sb, sr) = rows
+    print(f"s3/local: backup {sb / lb:.2f}x, restore {sr / lr:.2f}x")
+    print(f"unchanged re-backup to S3: {requests} requests")
+    for what, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {n:5}  {what}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
