@@ -18,7 +18,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
 from casbackup.store.local import LocalBackend
 from casbackup.testing.faults import FaultScript, FaultyBackend, ProcessDeath
-from casbackup.testing.fixtures import PASSWORD, TEST_CONFIG_KW, make_repo, open_repo
+from casbackup.testing.fixtures import PASSWORD, make_repo, open_repo
 from casbackup.verify.check import CheckOptions, check
 
 
