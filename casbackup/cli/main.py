@@ -23,6 +23,7 @@ COMMAND_MODULES = {
     "snapshots": "cmd_snapshots", "stats": "cmd_stats", "unlock": "cmd_unlock",
     "verify": "cmd_verify",
     "migrate": "cmd_migrate",
+    "copy": "cmd_copy",
 }  # fmt: skip
 
 

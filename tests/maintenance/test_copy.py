@@ -219,3 +219,43 @@ def test_copied_from_must_be_an_id() -> None:
         snap.encode().replace(b'"version":1', b'"version":1,"copied_from":"' + b"a" * 64 + b'"')
     )
     assert good.copied_from == "a" * 64
+
+
+def test_cli_init_with_shared_params_then_copy_twice(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from casbackup.testing.fixtures import run_cli
+
+    data = _tree(tmp_path / "data", {"a.bin": os.urandom(200_000)})
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    pw = tmp_path / "src.pw"
+    pw.write_text(PASSWORD + "\n")
+    assert run_cli("init", "--insecure-test-kdf", repo=src).code == 0
+    assert run_cli("backup", data, repo=src).code == 0
+    r = run_cli(
+        "init", "--insecure-test-kdf", "--copy-chunker-params-from", src,
+        "--from-password-file", str(pw), repo=dst, env={"CASBACKUP_PASSWORD": "dest pass"},
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    env = {"CASBACKUP_PASSWORD": "dest pass"}
+    r = run_cli(
+        "--json", "copy", "--from-repo", src, "--from-password-file", str(pw), repo=dst, env=env
+    )
+    assert r.code == 0, r.err
+    assert '"shared_ids": true' in r.out and '"copied": [{"from"' in r.out
+    r = run_cli("copy", "--from-repo", src, "--from-password-file", str(pw), repo=dst, env=env)
+    assert r.code == 0 and "0 copied, 1 skipped; 0 blobs" in r.out, r.out + r.err
+    # A wrong source passphrase: one line, the wrong-passphrase exit code.
+    r = run_cli("copy", "--from-repo", src, repo=dst, env={**env, "CASBACKUP_FROM_PASSWORD": "no"})
+    assert r.code == 12 and len(r.err.strip().splitlines()) == 1, r.err
+    r = run_cli(
+        "copy",
+        "--from-repo",
+        str(tmp_path / "nowhere"),
+        repo=dst,
+        env={**env, "CASBACKUP_FROM_PASSWORD": "x"},
+    )
+    assert r.code == 10 and "--from-repo" in r.err, r.err
+    # The copy restores byte for byte from the destination.
+    out = tmp_path / "out"
+    r = run_cli("restore", "latest", "--target", str(out), repo=dst, env=env)
+    assert r.code == 0, r.err
+    assert (out / data.lstrip("/") / "a.bin").read_bytes() == (Path(data) / "a.bin").read_bytes()
