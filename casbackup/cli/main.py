@@ -24,6 +24,7 @@ COMMAND_MODULES = {
     "verify": "cmd_verify",
     "migrate": "cmd_migrate",
     "copy": "cmd_copy",
+    "plugins": "cmd_plugins",
 }  # fmt: skip
 
 
