@@ -259,3 +259,50 @@ def test_cli_init_with_shared_params_then_copy_twice(tmp_path) -> None:  # type:
     r = run_cli("restore", "latest", "--target", str(out), repo=dst, env=env)
     assert r.code == 0, r.err
     assert (out / data.lstrip("/") / "a.bin").read_bytes() == (Path(data) / "a.bin").read_bytes()
+
+
+def test_sigkilled_copy_process_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A real ``casbackup copy`` killed with SIGKILL once an index file is durable; the
+    rerun sends only the rest and the copy restores."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = _tree(tmp_path / "data", {f"f{i}.bin": os.urandom(1_500_000) for i in range(16)})
+    src_path, dst_path = str(tmp_path / "src"), str(tmp_path / "dst")
+    src = make_repo(src_path)
+    snap_id = _backup(src, data)
+    total = sum(len(s) for s in _reachable(src))
+    src.close()
+    make_repo(dst_path).close()
+    env = {**os.environ, "CASBACKUP_FROM_PASSWORD": PASSWORD}
+    cmd = [
+        sys.executable,
+        "-m",
+        "casbackup.cli.main",
+        "-r",
+        dst_path,
+        "copy",
+        "--from-repo",
+        src_path,
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    index_dir = Path(dst_path) / "index"
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if index_dir.is_dir() and any(".tmp-" not in p.name for p in index_dir.iterdir()):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the copy finished before an index was written"
+    dst = open_repo(dst_path)
+    assert dst.list_snapshots() == []
+    src = open_repo(src_path)
+    result = copy_snapshots(src, dst, CopyOptions())
+    assert len(result.copied) == 1 and 0 < result.blobs_sent < total
+    assert _contents(dst, result.copied[0][1]) == _contents(src, snap_id)
+    assert check(dst, CheckOptions(read_data=True)).ok
+    src.close()
+    dst.close()
