@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from casbackup.config.model import NotifierConfig
 from casbackup.notify import BackupNotice, Event, dispatch
 from casbackup.testing.fixtures import run_cli
@@ -158,3 +160,58 @@ def test_cli_backup_notifies_and_a_failing_notifier_does_not_fail_it(tmp_path: P
     assert kinds[:2] == ["start", "success"] and kinds[2] == "start", kinds
     assert events[1]["snapshot"] and events[1]["app"] == "shop"
     assert kinds[-1] in ("failure", "warning"), kinds
+
+
+def test_notice_reports_failure_and_verify_failure() -> None:
+    from casbackup.errors import VerificationFailed
+    from casbackup.repo.snapshot import Snapshot
+
+    snap = Snapshot(time="2026-01-01T00:00:00+00:00", start_ns=0, host="h", user="u",
+                    paths=("/",), tree="0" * 64, id="ef" * 32)  # fmt: skip
+    with http_receiver() as (url, rec):
+        notice = BackupNotice(
+            "shop", (NotifierConfig(type="webhook", url=url),), offline_mode=False
+        )
+        notice.failed(VerificationFailed("x.txt: hash differs"), snap, verification=True)
+        notice.failed(RuntimeError("dump failed"))
+    docs = [json.loads(b) for _m, _p, b in rec.requests]
+    assert [(d["event"], d["snapshot"]) for d in docs] == [
+        ("verify_failure", "ef" * 32),
+        ("failure", None),
+    ]
+    assert docs[0]["message"] == "x.txt: hash differs"
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('type = "webhook"\n', "needs 'url'"),
+        ('type = "webhook"\nurl = "http://x"\non = ["sucess"]\n', "unknown event 'sucess'"),
+        ('type = "email"\nhost = "h"\nsender = "a@b"\nto = ["c@d"]\npasword_env = "X"\n', "pasword_env"),
+        ('type = "email"\nhost = "h"\nsender = "a@b"\nto = ["c@d"]\npassword_env = "X"\n'
+         'password_file = "f"\n', "not both"),
+    ],
+)  # fmt: skip
+def test_config_refuses_bad_notifier_tables(tmp_path: Path, table: str, problem: str) -> None:
+    from casbackup.config import load_config
+    from casbackup.errors import ConfigError
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[[applications]]\nname = "a"\nsources = ["/x"]\n\n[[applications.notify]]\n{table}'
+    )
+    with pytest.raises(ConfigError, match=problem):
+        load_config(cfg)
+
+
+def test_config_reads_notifiers_with_defaults(tmp_path: Path) -> None:
+    from casbackup.config import load_config
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[[applications]]\nname = "a"\nsources = ["/x"]\n\n[[applications.notify]]\n'
+        'type = "healthchecks"\nurl = "http://127.0.0.1/p"\n\n[[applications.notify]]\n'
+        'type = "command"\ncommand = "true"\n'
+    )
+    app = load_config(cfg).applications[0]
+    assert app.notify[0].on == ALL and "start" not in app.notify[1].on
