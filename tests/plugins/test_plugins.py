@@ -16,6 +16,7 @@ from casbackup.testing.fixtures import run_cli
 ENTRY_POINTS = """\
 [casbackup.engines]
 echo = cbplug.engine:EchoEngine
+brokeneng = cbplug.broken:Thing
 
 [casbackup.notifiers]
 cloud = cbplug.cloud:CloudNotifier
@@ -100,6 +101,13 @@ def test_broken_plugin_is_reported_and_the_rest_work(plugin_path: Path) -> None:
     assert infos["echo"].enabled and infos["cloud"].enabled
     with pytest.raises(plugins.PluginError, match="broken.*failed to load"):
         plugins.load("notifier", "broken")
+    # The engine registry says the same in one line (exit 27), and still finds the rest.
+    from casbackup.engines.base import get_engine
+    from casbackup.errors import DatabaseError
+
+    with pytest.raises(DatabaseError, match="'brokeneng' failed to load: ModuleNotFoundError"):
+        get_engine("brokeneng")
+    assert type(get_engine("echo")).__name__ == "EchoEngine"
 
 
 def test_offline_mode_keeps_network_plugins_off_said_once(
