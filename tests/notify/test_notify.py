@@ -215,3 +215,36 @@ def test_config_reads_notifiers_with_defaults(tmp_path: Path) -> None:
     )
     app = load_config(cfg).applications[0]
     assert app.notify[0].on == ALL and "start" not in app.notify[1].on
+
+
+def test_server_backup_job_notifies(tmp_path: Path) -> None:
+    from casbackup.config import load_config
+    from casbackup.reporter import Reporter
+    from casbackup.server.worker import Job, run_backup_job
+    from casbackup.testing.fixtures import make_repo
+
+    class Collect(Reporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def warning(self, message: str) -> None:
+            self.lines.append(message)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f.txt").write_text("hello")
+    with http_receiver() as (url, rec):
+        notify = (
+            f'[[applications.notify]]\ntype = "webhook"\nurl = "{url}"\n\n'
+            '[[applications.notify]]\ntype = "webhook"\nurl = "http://127.0.0.1:9/down"\ntimeout = 2\n'
+        )
+        config = load_config(_config(tmp_path, data, notify))
+        repo = make_repo(str(tmp_path / "repo"))
+        reporter = Collect()
+        try:
+            result = run_backup_job(Job("backup", repo, config, "shop", {}, reporter))  # type: ignore[arg-type]
+        finally:
+            repo.close()
+    [doc] = [json.loads(b) for _m, _p, b in rec.requests]
+    assert doc["event"] == "success" and doc["snapshot"] == result["snapshot_id"]
+    assert any("127.0.0.1:9/down" in line for line in reporter.lines)
