@@ -92,8 +92,11 @@ def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> Co
         try:
             root = copier.tree(snap.root)
         except CasError as exc:
-            dst.flush()  # keep what was stored: a rerun then sends only the rest
-            raise type(exc)(f"copying snapshot {snap.short_id}: {exc}") from None
+            try:
+                dst.flush()  # keep what was stored: a rerun then sends only the rest
+            except CasError:
+                pass  # the original error is the one to report; unindexed packs are prune's
+            raise _naming(exc, f"copying snapshot {snap.short_id}: {exc}") from None
         record = replace(
             snap,
             tree=root.hex(),
@@ -108,6 +111,16 @@ def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> Co
         done[snap.id] = saved.id
         result.copied.append((snap.id, saved.id))
     return result
+
+
+def _naming(exc: CasError, message: str) -> CasError:
+    """The same kind of error (so the same exit code) with a message that names the snapshot."""
+    try:
+        return type(exc)(message)
+    except TypeError:  # a class with structured constructor fields
+        err = CasError(message)
+        err.exit_code = exc.exit_code
+        return err
 
 
 class _Copier:
