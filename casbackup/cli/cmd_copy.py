@@ -6,12 +6,8 @@ import os
 
 import click
 
-from casbackup.cli.context import (
-    _read_secret_file,
-    _run_password_command,
-    open_backend,
-    with_repository,
-)
+from casbackup.access import read_secret_file, run_password_command
+from casbackup.cli.context import open_backend, with_repository
 from casbackup.cli.render import emit_json, warn
 from casbackup.errors import CasError, RepositoryNotFound, UsageError
 from casbackup.maintenance.copy import CopyOptions, copy_snapshots
@@ -23,9 +19,9 @@ def source_password(password_file: str | None, password_command: str | None) -> 
     """The source's passphrase: --from-password-file, --from-password-command, or
     CASBACKUP_FROM_PASSWORD; never this repository's passphrase by accident."""
     if password_file:
-        return _read_secret_file(password_file)
+        return read_secret_file(password_file)
     if password_command:
-        return _run_password_command(password_command)
+        return run_password_command(password_command)
     env = os.environ.get("CASBACKUP_FROM_PASSWORD")
     if env is None:
         raise UsageError(
