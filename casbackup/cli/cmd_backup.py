@@ -10,7 +10,7 @@ from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
 from casbackup.archiver.excludes import read_exclude_file
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for, warn
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
 
@@ -93,9 +93,7 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
         assert config is not None
         options = backup_options(require_app(config, app), backup_type=backup_type, tags=tags,
                                  extra_excludes=tuple(patterns), parent=parent, **common)  # fmt: skip
-        outcome = _run_app(repo, ctx, options)
-        render_backup_result(ctx, outcome.result, dry_run, outcome.dump_warnings)
-        _auto_verify(repo, ctx, outcome.result, _wants_verify(auto_verify, config, app))
+        outcome = _notified_run(repo, ctx, config, app, options, auto_verify)
         _raise_partial(outcome.result)
         return
     if not paths:
@@ -157,6 +155,34 @@ def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, ena
     outcome.raise_if_failed()
 
 
+def _notified_run(repo: Repository, ctx: click.Context, config: Any, app: str,
+                  options: BackupOptions, auto_verify: bool | None) -> AppBackupResult:  # fmt: skip
+    """Back up one configured application (and verify it when asked), telling its notifiers
+    how it went (casbackup/notify/); a notifier's failure is a warning, never the result."""
+    from casbackup.errors import VerificationFailed
+    from casbackup.notify import BackupNotice
+
+    app_config = config.app(app)
+    notice = BackupNotice(app, app_config.notify if app_config else (),
+                          offline_mode=config.plugins.offline_mode, warn=warn)  # fmt: skip
+    if not options.dry_run:
+        notice.started()
+    outcome = None
+    try:
+        outcome = _run_app(repo, ctx, options)
+        render_backup_result(ctx, outcome.result, options.dry_run, outcome.dump_warnings)
+        _auto_verify(repo, ctx, outcome.result, _wants_verify(auto_verify, config, app))
+    except VerificationFailed as exc:
+        assert outcome is not None
+        notice.failed(exc, outcome.result.snapshot, verification=True)
+        raise
+    except CasError as exc:
+        notice.failed(exc)
+        raise
+    notice.finished(outcome.result.snapshot, outcome.result.warnings)
+    return outcome
+
+
 def _run_app(repo: Repository, ctx: click.Context, options: BackupOptions) -> AppBackupResult:
     reporter = reporter_for(ctx)
     try:
@@ -194,9 +220,7 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
         try:
             options = backup_options(app, backup_type=backup_type, tags=tags,
                                      extra_excludes=excludes, **common)  # fmt: skip
-            outcome = _run_app(repo, ctx, options)
-            render_backup_result(ctx, outcome.result, common["dry_run"], outcome.dump_warnings)
-            _auto_verify(repo, ctx, outcome.result, _wants_verify(auto_verify, config, app.name))
+            outcome = _notified_run(repo, ctx, config, app.name, options, auto_verify)
         except CasError as exc:
             failed.append((app.name, exc))
             if opts.json:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import click
 
@@ -31,6 +32,14 @@ from casbackup.repo.repository import Repository
     hidden=True,
     help="Weak key derivation, for test suites only.",
 )
+@click.option(
+    "--copy-chunker-params-from",
+    "params_from",
+    metavar="SRC",
+    help="Share SRC's chunker parameters and key material, so 'copy' dedups across.",
+)
+@click.option("--from-password-file", help="SRC's passphrase from FILE.")
+@click.option("--from-password-command", help="SRC's passphrase from a command's output.")
 @click.pass_context
 def init(
     ctx: click.Context,
@@ -38,6 +47,9 @@ def init(
     compression: str,
     compression_level: int,
     insecure_test_kdf: bool,
+    params_from: str | None,
+    from_password_file: str | None,
+    from_password_command: str | None,
 ) -> None:
     """Create a new, encrypted repository."""
     opts = global_options(ctx)
@@ -50,8 +62,22 @@ def init(
     config = RepoConfig(
         pack_size=pack_size << 20, compression=compression, compression_level=compression_level
     )
+    key = None
+    if params_from:
+        # Blob ids and cut points are keyed by the master secret (repo_format.md, "Copying
+        # between repositories"): sharing them means sharing the secret.
+        from casbackup.cli.cmd_copy import open_source
+
+        src = open_source(params_from, from_password_file, from_password_command)
+        try:
+            key = src.key
+            config = replace(
+                config, chunker=src.config.chunker, dump_chunker=src.config.dump_chunker
+            )
+        finally:
+            src.close()
     kdf = WEAK_KDF if insecure_test_kdf else KdfParams()
-    repo = Repository.init(backend, password, kdf=kdf, config=config)
+    repo = Repository.init(backend, password, kdf=kdf, config=config, key=key)
     repo.close()
     if opts.json:
         emit_json({"message_type": "initialized", "id": config.id, "repository": backend.location})

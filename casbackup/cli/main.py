@@ -26,6 +26,8 @@ COMMAND_MODULES = {
     "serve": "cmd_serve", "snapshots": "cmd_snapshots", "stats": "cmd_stats",
     "token": "cmd_token", "unlock": "cmd_unlock", "user": "cmd_user", "verify": "cmd_verify",
     "migrate": "cmd_migrate",
+    "copy": "cmd_copy",
+    "plugins": "cmd_plugins",
 }  # fmt: skip
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 from casbackup.config.fields import DB_NAME_RE, INLINE_PASSWORD, Ctx, Section, parse_database
 from casbackup.config.model import (
     BACKUP_TYPES,
+    NOTIFY_EVENTS,
     SNAPSHOT_PROVIDERS,
     AppConfig,
     AppVerification,
     Config,
     DisasterRecoveryConfig,
+    NotifierConfig,
     PluginsConfig,
     RepositoryConfig,
     RetentionConfig,
@@ -299,13 +301,14 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
     retention = ctx.attempt(lambda: parse_retention(sec.table("retention")), RetentionConfig())
     schedule = ctx.attempt(lambda: check_schedule(sec, sec.text("schedule")), None)
     repository = ctx.attempt(lambda: _app_repository(sec), None)
+    notify = ctx.attempt(lambda: tuple(parse_notifier(n) for n in sec.tables("notify")), ())
     ctx.attempt(sec.done, [])
     if len(ctx.problems) > before:
         return None
     return AppConfig(
         name=name, description=description, sources=sources, excludes=excludes,
         databases=databases, default_backup_type=backup_type, retention=retention,
-        schedule=schedule, verification=verification, repository=repository,
+        schedule=schedule, verification=verification, repository=repository, notify=notify,
     )  # fmt: skip
 
 
@@ -317,6 +320,49 @@ def _app_verification(sec: Section, auto_verify_default: bool) -> AppVerificatio
     )
     ver.done()
     return verification
+
+
+def parse_notifier(sec: Section) -> NotifierConfig:
+    """One ``[[applications.notify]]`` table; unknown keys are refused (typos)."""
+    kind = sec.text("type", required=True) or ""
+    on = sec.str_list("on") or (
+        ("start", "success", "warning", "failure", "verify_failure")
+        if kind == "healthchecks"
+        else NotifierConfig(type=kind).on
+    )
+    for event in on:
+        if event not in NOTIFY_EVENTS:
+            raise sec.error("on", f"unknown event {event!r} (expected: {', '.join(NOTIFY_EVENTS)})")
+    options = sec.raw("options") or {}
+    if not isinstance(options, dict):
+        raise sec.error("options", "must be a table")
+    password_env, password_file = sec.text("password_env"), sec.text("password_file")
+    if password_env and password_file:
+        raise sec.error("password_file", "give password_env or password_file, not both")
+    result = NotifierConfig(
+        type=kind,
+        on=on,
+        url=sec.text("url", default="") or "",
+        timeout=sec.integer("timeout", 10, minimum=1, maximum=600),
+        host=sec.text("host", default="") or "",
+        port=sec.integer("port", 587, minimum=1, maximum=65535),
+        starttls=sec.flag("starttls", True),
+        cafile=sec.ctx.resolve(c) if (c := sec.text("cafile")) else None,
+        sender=sec.text("sender", default="") or "",
+        to=sec.str_list("to"),
+        username=sec.text("username", default="") or "",
+        password_env=password_env,
+        password_file=sec.ctx.resolve(password_file) if password_file else None,
+        command=sec.text("command", default="") or "",
+        options=dict(options),
+    )
+    needs = {"webhook": ("url",), "healthchecks": ("url",), "email": ("host", "sender", "to"),
+             "command": ("command",)}.get(kind, ())  # fmt: skip
+    for key in needs:
+        if not getattr(result, key):
+            raise sec.error(None, f"a {kind} notifier needs {key!r}")
+    sec.done()
+    return result
 
 
 def _app_repository(sec: Section) -> RepositoryConfig | None:

@@ -59,6 +59,14 @@ required_files = ["config/settings.py"]      # must exist in the snapshot: relat
                                              # or absolute ("/srv/app/config/settings.py")
 auto_verify = true
 
+[[applications.notify]]                      # any number; a failing one never fails a backup
+type = "webhook"                             # webhook | healthchecks | email | command | a plugin
+url = "http://127.0.0.1:8080/hook"           # webhook, healthchecks (+ /start, /fail)
+on = ["warning", "failure", "verify_failure"] # default: success warning failure verify_failure
+# email: host, port (587), starttls (true), cafile, sender, to = [...], username,
+#        password_env or password_file;  command: command = "notify-send backup";
+# timeout = 10 (seconds); options = {...} for a plugin's own settings
+
 [[applications.databases]]
 name = "main"                                # file name in the snapshot: .databases/main.pgdump
 engine = "postgresql"                        # sqlite | postgresql | mysql (alias: mariadb)
@@ -120,6 +128,38 @@ class AppVerification:
     auto_verify: bool = False
 
 
+NOTIFY_EVENTS = ("start", "success", "warning", "failure", "verify_failure")
+BUILTIN_NOTIFIERS = ("webhook", "healthchecks", "email", "command")
+
+
+@dataclass(frozen=True)
+class NotifierConfig:
+    """One ``[[applications.notify]]`` table (casbackup/notify/). ``type`` names a plugin of
+    the ``casbackup.notifiers`` group; ``on`` the events it gets (default: all but start,
+    which only healthchecks wants by default). Secrets only by env or file."""
+
+    type: str
+    on: tuple[str, ...] = ("success", "warning", "failure", "verify_failure")
+    url: str = ""  # webhook, healthchecks
+    timeout: int = 10  # seconds
+    host: str = ""  # email: SMTP server
+    port: int = 587
+    starttls: bool = True
+    cafile: str | None = None  # email: CA bundle for STARTTLS (default: the system's)
+    sender: str = ""
+    to: tuple[str, ...] = ()
+    username: str = ""
+    password_env: str | None = None
+    password_file: str | None = None
+    command: str = ""  # command: split like a shell would, never run by one
+    options: dict[str, object] = field(default_factory=dict)  # third-party notifiers
+
+    @property
+    def label(self) -> str:
+        where = self.url or self.host or self.command.split(" ")[0]
+        return f"{self.type}({where})" if where else self.type
+
+
 @dataclass(frozen=True)
 class AppConfig:
     name: str
@@ -131,6 +171,7 @@ class AppConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     schedule: str | None = None
     verification: AppVerification = field(default_factory=AppVerification)
+    notify: tuple[NotifierConfig, ...] = ()
     # Its own repository (``[applications.repository]``); None: the top-level one.
     repository: RepositoryConfig | None = None
 

@@ -210,5 +210,10 @@ def get_engine(name: str) -> Engine:
 
     for ep in entry_points(group="casbackup.engines"):
         if ep.name == key:
-            return ep.load()()  # type: ignore[no-any-return]
+            try:
+                return ep.load()()  # type: ignore[no-any-return]
+            except Exception as exc:  # a broken plugin: one line, never a traceback
+                raise DatabaseError(
+                    f"database engine plugin {name!r} failed to load: {type(exc).__name__}: {exc}"
+                ) from None
     raise DatabaseError(f"unknown database engine {name!r} (known: {', '.join(engine_names())})")

@@ -118,7 +118,11 @@ class Repository:
         *,
         kdf: KdfParams = KdfParams(),
         config: RepoConfig | None = None,
+        key: MasterKey | None = None,
     ) -> Repository:
+        """Create a repository. ``key``: reuse another repository's master secret (``init
+        --copy-chunker-params-from``: same blob ids and chunker seed, so dedup carries
+        across a copy); by default a fresh random one."""
         if backend.exists("config"):
             raise RepositoryExists(f"a repository already exists at {backend.location}")
         if any(True for _ in backend.list("")) or odd_entries(backend):
@@ -126,7 +130,7 @@ class Repository:
                 f"{backend.location} is not empty; choose an empty or new folder"
             )
         config = config or RepoConfig()
-        key = MasterKey.generate()
+        key = key or MasterKey.generate()
         if config.authenticated:
             config = config.sign(key)
         keyfile = wrap_key(key, password, config.id_bytes, kdf)

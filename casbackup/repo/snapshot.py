@@ -66,6 +66,9 @@ class Snapshot:
     app_definition: dict[str, Any] | None = None
     program_version: str = ""
     errors: tuple[str, ...] = ()
+    # The source snapshot's id when this record was made by ``casbackup copy``: a second
+    # copy recognises it and skips that snapshot. None for a backup.
+    copied_from: str | None = None
     # Extended attributes (with ACLs and capabilities) were read for every entry; False in
     # records written before they were, or with --no-xattrs.
     xattrs: bool = False
@@ -93,6 +96,8 @@ class Snapshot:
     def encode(self) -> bytes:
         doc = asdict(self)
         doc.pop("id")
+        if doc["copied_from"] is None:
+            doc.pop("copied_from")  # backups' records stay as before, readable by older readers
         doc["version"] = SNAPSHOT_VERSION
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -120,6 +125,12 @@ class Snapshot:
             if isinstance(exc, FormatError):
                 raise
             raise FormatError(f"snapshot record is malformed: {exc}") from None
+        if snap.copied_from is not None and (
+            not isinstance(snap.copied_from, str)
+            or len(snap.copied_from) != 64
+            or any(c not in "0123456789abcdef" for c in snap.copied_from)
+        ):
+            raise FormatError("snapshot record has a bad copied_from id")
         if len(snap.tree) != 64 or snap.type not in BACKUP_TYPES:
             raise FormatError("snapshot record has a bad tree id or type")
         return snap

@@ -98,8 +98,20 @@ def run_backup_job(job: Job) -> dict[str, Any]:
     options = backup_options(
         _app(job), backup_type=job.params.get("backup_type"), tags=tuple(job.params.get("tags", ()))
     )
-    with job.repo.locked(command="serve: backup"):
-        outcome = backup_application(job.repo, options, job.reporter)
+    from casbackup.notify import BackupNotice
+
+    # The application's notifiers hear how it went; a failing one is a job warning only.
+    notice = BackupNotice(options.app or "", _app(job).notify,
+                          offline_mode=job.config.plugins.offline_mode,
+                          warn=job.reporter.warning)  # fmt: skip
+    notice.started()
+    try:
+        with job.repo.locked(command="serve: backup"):
+            outcome = backup_application(job.repo, options, job.reporter)
+    except Exception as exc:
+        notice.failed(exc)
+        raise
+    notice.finished(outcome.snapshot, outcome.result.warnings)
     snap = outcome.snapshot
     result: dict[str, Any] = {
         "snapshot_id": snap.id if snap else None,

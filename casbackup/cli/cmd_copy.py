@@ -1,0 +1,90 @@
+"""``casbackup copy``: copy snapshots from another repository into this one."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from casbackup.access import read_secret_file, run_password_command
+from casbackup.cli.context import open_backend, with_repository
+from casbackup.cli.render import emit_json, warn
+from casbackup.errors import CasError, RepositoryNotFound, UsageError
+from casbackup.maintenance.copy import CopyOptions, copy_snapshots
+from casbackup.repo.repository import Repository
+from casbackup.units import human_bytes
+
+
+def source_password(password_file: str | None, password_command: str | None) -> bytes:
+    """The source's passphrase: --from-password-file, --from-password-command, or
+    CASBACKUP_FROM_PASSWORD; never this repository's passphrase by accident."""
+    if password_file:
+        return read_secret_file(password_file)
+    if password_command:
+        return run_password_command(password_command)
+    env = os.environ.get("CASBACKUP_FROM_PASSWORD")
+    if env is None:
+        raise UsageError(
+            "no passphrase for --from-repo: use --from-password-file, --from-password-command "
+            "or CASBACKUP_FROM_PASSWORD"
+        )
+    return env.encode()
+
+
+def open_source(
+    location: str, password_file: str | None, password_command: str | None
+) -> Repository:
+    """Open the repository to copy from (one-line errors as for -r)."""
+    password = source_password(password_file, password_command)
+    backend = open_backend(location)
+    if not backend.exists("config"):
+        backend.close()
+        raise RepositoryNotFound(f"no repository at {location} (the --from-repo)")
+    try:
+        return Repository.open(backend, password)
+    except CasError:
+        backend.close()
+        raise
+
+
+@click.command()
+@click.option("--from-repo", required=True, help="Repository to copy from.")
+@click.option(
+    "--from-password-file", help="Its passphrase from FILE [env: CASBACKUP_FROM_PASSWORD]."
+)
+@click.option("--from-password-command", help="Its passphrase from a command's output.")
+@click.option("--app", help="Only snapshots of this application.")
+@click.option(
+    "--tag", "tags", multiple=True, help="Only snapshots with this tag (repeatable: all)."
+)
+@click.argument("snapshots", nargs=-1)
+@with_repository(lock="shared", writes=True)
+def copy(repo: Repository, from_repo: str, from_password_file: str | None,
+         from_password_command: str | None, app: str | None, tags: tuple[str, ...],
+         snapshots: tuple[str, ...]) -> None:  # fmt: skip
+    """Copy snapshots from another repository into this one (all, or those given)."""
+    src = open_source(from_repo, from_password_file, from_password_command)
+    try:
+        with src.locked(command="copy (source)"):
+            result = copy_snapshots(src, repo, CopyOptions(tuple(snapshots), app, tuple(tags)))
+    finally:
+        src.close()
+    for line in result.warnings:
+        warn(line)
+    if click.get_current_context().find_root().obj.json:
+        emit_json({"message_type": "summary", "copied": [{"from": s, "to": d} for s, d in result.copied],
+                   "skipped": result.skipped, "blobs_sent": result.blobs_sent,
+                   "bytes_sent": result.bytes_sent, "bytes_stored": result.bytes_stored,
+                   "shared_ids": result.shared_ids})  # fmt: skip
+        return
+    for s, d in result.copied:
+        click.echo(f"copied snapshot {s[:8]} as {d[:8]}")
+    for s in result.skipped:
+        click.echo(f"snapshot {s[:8]} was copied before: skipped")
+    click.echo(
+        f"{len(result.copied)} copied, {len(result.skipped)} skipped; {result.blobs_sent} blobs "
+        f"({human_bytes(result.bytes_sent)}) sent, {human_bytes(result.bytes_stored)} stored"
+    )
+
+
+COMMANDS = [copy]

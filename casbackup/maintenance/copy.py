@@ -1,0 +1,203 @@
+"""Copy snapshots from one repository into another (``casbackup copy``).
+
+Nothing is re-chunked: a copied file keeps the chunks the source cut. Blob ids are keyed
+(repo_format.md, Keys), so two repositories name the same plaintext alike only when they
+share the chunk-id key, i.e. the master secret (``init --copy-chunker-params-from``):
+
+- shared key: a blob the destination already has (by id) is neither read from the source
+  nor sent; trees are copied byte for byte and keep their ids;
+- different keys: every blob is read from the source, authenticated, re-hashed with the
+  destination's id key, and stored only if the destination lacks that id; trees are
+  re-encoded with the new ids.
+
+Write order as backup's: packs, index files (flushed as a backup flushes them, so an
+interrupted copy keeps what it stored and a rerun sends only the rest), then the snapshot
+record, which carries ``copied_from`` = the source snapshot id so a second copy skips it.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from casbackup.errors import CasError, IntegrityError
+from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.tree import Node, decode_tree, encode_tree
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    """Which source snapshots to copy: all, or those matching every given filter.
+
+    ``snapshots``: ids or unique prefixes (or ``latest``); ``app``/``tags`` as for forget."""
+
+    snapshots: tuple[str, ...] = ()
+    app: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class CopyResult:
+    copied: list[tuple[str, str]] = field(default_factory=list)  # (source id, new id)
+    skipped: list[str] = field(default_factory=list)  # source ids already copied
+    blobs_read: int = 0  # blobs fetched from the source
+    blobs_sent: int = 0  # blobs stored in the destination (trees included)
+    trees_sent: int = 0  # of which trees
+    bytes_sent: int = 0  # plaintext bytes of those blobs
+    bytes_stored: int = 0  # bytes they take in the destination's packs
+    shared_ids: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def shares_ids(src: Repository, dst: Repository) -> bool:
+    """Whether both repositories name blobs alike (same chunk-id key)."""
+    return hmac.compare_digest(src.key.chunk_id_key, dst.key.chunk_id_key)
+
+
+def select_snapshots(src: Repository, options: CopyOptions, warnings: list[str]) -> list[Snapshot]:
+    """The source snapshots the options name, oldest first. Raises NotFound/AmbiguousId."""
+    if options.snapshots:
+        chosen = {
+            s.id: s for s in (src.resolve_snapshot(r, app=options.app) for r in options.snapshots)
+        }
+        snaps = sorted(chosen.values(), key=lambda s: (s.start_ns, s.id))
+    else:
+        snaps = src.list_snapshots(warnings=warnings)
+    if options.app is not None:
+        snaps = [s for s in snaps if s.app == options.app]
+    if options.tags:
+        snaps = [s for s in snaps if set(options.tags) <= set(s.tags)]
+    return snaps
+
+
+def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> CopyResult:
+    """Copy the selected snapshots of ``src`` into ``dst``; both open, the caller locks them.
+
+    Raises IntegrityError naming the snapshot when a source blob or tree fails
+    authentication (that snapshot gets no record; ones copied before it stay), and the
+    storage errors of either side. Memory: one id map per copy run (64 bytes per blob
+    when the keys differ) and the trees along one path of the snapshot being copied."""
+    dst.require_writable()
+    result = CopyResult(shared_ids=shares_ids(src, dst))
+    present = dst.list_snapshots(warnings=result.warnings)
+    done = {s.copied_from: s.id for s in present if s.copied_from}
+    copier = _Copier(src, dst, result)
+    for snap in select_snapshots(src, options, result.warnings):
+        if snap.id in done:
+            result.skipped.append(snap.id)
+            continue
+        try:
+            root = copier.tree(snap.root)
+        except CasError as exc:
+            try:
+                dst.flush()  # keep what was stored: a rerun then sends only the rest
+            except CasError:
+                pass  # the original error is the one to report; unindexed packs are prune's
+            raise _naming(exc, f"copying snapshot {snap.short_id}: {exc}") from None
+        record = replace(
+            snap,
+            tree=root.hex(),
+            # Chains point at the copies of the parents when those were copied; a parent
+            # left behind is not in this repository, so the copy names none.
+            parent=done.get(snap.parent) if snap.parent else None,
+            base_full=done.get(snap.base_full) if snap.base_full else None,
+            copied_from=snap.id,
+            id="",
+        )
+        saved = dst.save_snapshot(record)  # flushes packs and index first
+        done[snap.id] = saved.id
+        result.copied.append((snap.id, saved.id))
+    return result
+
+
+def _naming(exc: CasError, message: str) -> CasError:
+    """The same kind of error (so the same exit code) with a message that names the snapshot."""
+    try:
+        return type(exc)(message)
+    except TypeError:  # a class with structured constructor fields
+        err = CasError(message)
+        err.exit_code = exc.exit_code
+        return err
+
+
+class _Copier:
+    """Translates source trees into destination trees, storing what the destination lacks."""
+
+    def __init__(self, src: Repository, dst: Repository, result: CopyResult) -> None:
+        self.src, self.dst, self.result = src, dst, result
+        self.shared = result.shared_ids
+        self.ids: dict[bytes, BlobId] = {}  # source blob id -> destination blob id
+
+    def _read(self, blob_id: BlobId, kind: Kind) -> bytes:
+        data = self.src.load_blob(blob_id, kind)  # authenticated against its id and kind
+        self.result.blobs_read += 1
+        if self.src.blob_id(data) != blob_id:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id in the source")
+        return data
+
+    def _store(self, kind: Kind, data: bytes, blob_id: BlobId | None) -> BlobId:
+        before = self.dst.stats_bytes_stored
+        new_id, added = self.dst.save_blob(kind, data, blob_id)
+        if added:
+            self.result.blobs_sent += 1
+            self.result.trees_sent += kind == Kind.TREE
+            self.result.bytes_sent += len(data)
+            self.result.bytes_stored += self.dst.stats_bytes_stored - before
+        return new_id
+
+    def chunk(self, blob_id: BlobId) -> BlobId:
+        known = self.ids.get(blob_id)
+        if known is not None:
+            return known
+        if self.shared and self.dst.has_blob(blob_id):
+            new_id = blob_id  # not read, not sent
+        else:
+            data = self._read(blob_id, Kind.DATA)
+            new_id = self._store(Kind.DATA, data, blob_id if self.shared else None)
+        self.ids[blob_id] = new_id
+        return new_id
+
+    def tree(self, root: BlobId) -> BlobId:
+        """The destination id of a source tree, storing it and everything below it.
+
+        Post-order with an explicit stack (a snapshot may be deeper than Python's
+        recursion limit): a tree is stored after every blob it names."""
+        stack: list[tuple[BlobId, bytes, Iterator[Node], list[Node]]] = []
+
+        def enter(tree_id: BlobId) -> None:
+            data = self._read(tree_id, Kind.TREE)
+            stack.append((tree_id, data, iter(decode_tree(data)), []))
+
+        enter(root)
+        finished: BlobId | None = None
+        while stack:
+            tree_id, data, nodes, out = stack[-1]
+            if finished is not None:  # a child tree just completed: patch its node
+                last = out[-1]
+                out[-1] = replace(last, subtree=finished)
+                finished = None
+            node = next(nodes, None)
+            if node is None:
+                stack.pop()
+                if tree_id in self.ids:
+                    finished = self.ids[tree_id]
+                elif self.shared:
+                    finished = self._store(Kind.TREE, data, tree_id)  # byte for byte
+                else:
+                    finished = self._store(Kind.TREE, encode_tree(out), None)
+                self.ids[tree_id] = finished
+                continue
+            if node.content:
+                node = replace(node, content=tuple(self.chunk(c) for c in node.content))
+            out.append(node)
+            if node.subtree is not None:
+                known = self.ids.get(node.subtree)
+                if known is not None:
+                    out[-1] = replace(node, subtree=known)
+                else:
+                    enter(node.subtree)
+        assert finished is not None
+        return finished

@@ -1,0 +1,141 @@
+"""Notifiers: tell someone how an application's backup went.
+
+Events (``Event.kind``): ``start``, ``success``, ``warning`` (saved, but some files could
+not be read), ``failure`` (no snapshot), ``verify_failure`` (saved, but the snapshot failed
+its verification). Each application lists its notifiers in the config
+(``[[applications.notify]]``, see ``casbackup/config/model.py``); a notifier gets the
+events its ``on`` list names.
+
+A notifier is a plugin of the ``casbackup.notifiers`` entry-point group (the built-ins,
+webhook, healthchecks, email and command, register there too): a class built from a
+``NotifierConfig`` with a ``send(event)`` method that raises on failure. ``dispatch``
+calls each one and never raises: a notifier that fails is logged and reported back as a
+warning, and never fails the backup.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from casbackup.config.model import NotifierConfig
+
+log = logging.getLogger("casbackup.notify")
+
+EVENT_KINDS = ("start", "success", "warning", "failure", "verify_failure")
+BODY_VERSION = 1
+MAX_LINES = 20  # warnings carried in a notification; the count says how many there were
+
+
+@dataclass(frozen=True)
+class Event:
+    """What happened to one application's backup. JSON shape: ``as_json`` (documented in
+    README "Notifications")."""
+
+    kind: str  # one of EVENT_KINDS
+    app: str
+    message: str = ""
+    snapshot: str | None = None  # the snapshot id (success, warning, verify_failure)
+    summary: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    host: str = field(default_factory=socket.gethostname)
+    time: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def as_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["warnings"] = list(self.warnings[:MAX_LINES])
+        doc["warnings_total"] = len(self.warnings)
+        doc["version"] = BODY_VERSION
+        doc["event"] = doc.pop("kind")
+        return doc
+
+    @property
+    def subject(self) -> str:
+        words = {
+            "start": "started",
+            "success": "succeeded",
+            "warning": "finished with warnings",
+            "failure": "FAILED",
+            "verify_failure": "FAILED verification",
+        }
+        return f"casbackup: backup of {self.app} on {self.host} {words.get(self.kind, self.kind)}"
+
+
+class Notifier(Protocol):
+    uses_network: bool
+
+    def __init__(self, config: NotifierConfig) -> None: ...
+
+    def send(self, event: Event) -> None:
+        """Deliver one event; raise anything on failure (``dispatch`` catches it)."""
+
+
+def dispatch(
+    notifiers: tuple[NotifierConfig, ...], event: Event, *, offline_mode: bool
+) -> list[str]:
+    """Send ``event`` to every notifier that wants it. Returns warnings (one per notifier
+    that failed or is off), never raises: a notification never fails a backup."""
+    from casbackup import plugins
+
+    warnings: list[str] = []
+    for cfg in notifiers:
+        if event.kind not in cfg.on:
+            continue
+        try:
+            cls = plugins.load("notifier", cfg.type, offline_mode=offline_mode)
+            cls(cfg).send(event)
+        except Exception as exc:  # noqa: BLE001 - any fault of a notifier is only reported
+            text = (
+                f"notifier {cfg.label} failed for event {event.kind}: {type(exc).__name__}: {exc}"
+            )
+            log.warning("%s", text)
+            warnings.append(text)
+    return warnings
+
+
+class BackupNotice:
+    """The notifications of one application's backup, for whoever runs it (CLI, server).
+
+    ``warn`` receives one line per notifier that failed; nothing here raises."""
+
+    def __init__(
+        self,
+        app: str,
+        notifiers: tuple[NotifierConfig, ...],
+        *,
+        offline_mode: bool,
+        warn: Any = None,
+    ) -> None:
+        self.app, self.notifiers, self.offline_mode = app, notifiers, offline_mode
+        self.warn = warn or (lambda _line: None)
+
+    def _send(self, event: Event) -> None:
+        if not self.notifiers:
+            return
+        for line in dispatch(self.notifiers, event, offline_mode=self.offline_mode):
+            self.warn(line)
+
+    def started(self) -> None:
+        self._send(Event("start", self.app, "backup started"))
+
+    def finished(self, snapshot: Any, warnings: list[str]) -> None:
+        """``snapshot``: the saved Snapshot (None for a dry run: nothing is sent)."""
+        if snapshot is None:
+            return
+        summary = asdict(snapshot.summary)
+        if warnings:
+            message = f"snapshot {snapshot.short_id} saved; {len(warnings)} files could not be read"
+            self._send(Event("warning", self.app, message, snapshot.id, summary, tuple(warnings)))
+        else:
+            message = f"snapshot {snapshot.short_id} saved"
+            self._send(Event("success", self.app, message, snapshot.id, summary))
+
+    def failed(
+        self, exc: BaseException, snapshot: Any = None, *, verification: bool = False
+    ) -> None:
+        kind = "verify_failure" if verification else "failure"
+        sid = snapshot.id if snapshot is not None else None
+        self._send(Event(kind, self.app, str(exc), sid))
