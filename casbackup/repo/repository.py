@@ -57,6 +57,7 @@ from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_na
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
 from casbackup.store.base import Backend, odd_entries
+from casbackup.units import plural
 
 # Flush a partial index during long backups so an interrupted run keeps its work (restic: 50k/10 min).
 INDEX_FLUSH_BLOBS = 50_000
@@ -108,6 +109,20 @@ class Repository:
         self.stats_bytes_stored = 0
 
     # ----------------------------------------------------------------- open/init
+    @staticmethod
+    def check_can_init(backend: Backend) -> None:
+        """Refuse a location that holds a repository or anything else.
+
+        Raises RepositoryExists (exit 20). `init` calls it again; callers call it first so
+        that nobody types a new passphrase twice only to learn the location is taken.
+        """
+        if backend.exists("config"):
+            raise RepositoryExists(f"a repository already exists at {backend.location}")
+        if any(True for _ in backend.list("")) or odd_entries(backend):
+            raise RepositoryExists(
+                f"{backend.location} is not empty; choose an empty or new folder"
+            )
+
     @classmethod
     def init(
         cls,
@@ -117,12 +132,7 @@ class Repository:
         kdf: KdfParams = KdfParams(),
         config: RepoConfig | None = None,
     ) -> Repository:
-        if backend.exists("config"):
-            raise RepositoryExists(f"a repository already exists at {backend.location}")
-        if any(True for _ in backend.list("")) or odd_entries(backend):
-            raise RepositoryExists(
-                f"{backend.location} is not empty; choose an empty or new folder"
-            )
+        cls.check_can_init(backend)
         config = config or RepoConfig()
         key = MasterKey.generate()
         if config.authenticated:
@@ -556,7 +566,9 @@ class Repository:
         if not matches:
             raise NotFound(f"no snapshot matches {ref!r}")
         if len(matches) > 1:
-            raise AmbiguousId(f"{ref!r} matches {len(matches)} snapshots; give more digits")
+            raise AmbiguousId(
+                f"{ref!r} matches {plural(len(matches), 'snapshot')}; give more digits"
+            )
         if matches[0] in self.state.doc.forgotten:
             self.alert(
                 f"snapshot {matches[0][:8]} was forgotten by this client and is back in the "
