@@ -56,6 +56,7 @@ def init(
     apply_config_defaults(opts)  # the config's [repository] names where and how, if -r/env do not
     backend = open_backend(opts.repo)
     _check_local_folder(backend.location)
+    Repository.check_can_init(backend)  # before asking for a passphrase twice
     password = read_password(opts, confirm=True)
     if not password:
         raise UsageError("an empty passphrase is not allowed")

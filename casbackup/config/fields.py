@@ -182,7 +182,14 @@ class Section:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise self.error(name, f"must be an array of tables, not {type_name(value)}")
+            # `[applications.shop]` is the natural first guess in TOML: say which header
+            # to write instead (the TOML header drops the array indices of the key path).
+            header = re.sub(r"\[\d+\]", "", self.path(name))
+            raise self.error(
+                name,
+                f"must be an array of tables, not {type_name(value)}: start each entry "
+                f"with its own [[{header}]] line",
+            )
         return [Section(self.ctx, v, f"{self.path(name)}[{i}]") for i, v in enumerate(value)]
 
     def done(self, *, ignore_unknown: bool = False) -> list[str]:

@@ -110,6 +110,20 @@ class Repository:
         self.stats_bytes_stored = 0
 
     # ----------------------------------------------------------------- open/init
+    @staticmethod
+    def check_can_init(backend: Backend) -> None:
+        """Refuse a location that holds a repository or anything else.
+
+        Raises RepositoryExists (exit 20). `init` calls it again; callers call it first so
+        that nobody types a new passphrase twice only to learn the location is taken.
+        """
+        if backend.exists("config"):
+            raise RepositoryExists(f"a repository already exists at {backend.location}")
+        if any(True for _ in backend.list("")) or odd_entries(backend):
+            raise RepositoryExists(
+                f"{backend.location} is not empty; choose an empty or new folder"
+            )
+
     @classmethod
     def init(
         cls,
@@ -123,12 +137,7 @@ class Repository:
         """Create a repository. ``key``: reuse another repository's master secret (``init
         --copy-chunker-params-from``: same blob ids and chunker seed, so dedup carries
         across a copy); by default a fresh random one."""
-        if backend.exists("config"):
-            raise RepositoryExists(f"a repository already exists at {backend.location}")
-        if any(True for _ in backend.list("")) or odd_entries(backend):
-            raise RepositoryExists(
-                f"{backend.location} is not empty; choose an empty or new folder"
-            )
+        cls.check_can_init(backend)
         config = config or RepoConfig()
         key = key or MasterKey.generate()
         if config.authenticated:

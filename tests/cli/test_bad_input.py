@@ -60,6 +60,10 @@ def test_init_refuses_existing_repository_and_nonempty_folder(backed_up, tmp_pat
     (other / "precious.txt").write_text("keep me")
     assert_one_error(run_cli("init", "--insecure-test-kdf", repo=str(other)), 20, "not empty")
     assert (other / "precious.txt").read_text() == "keep me"
+    # Refused before the passphrase is asked for: an unreadable source must not mask it.
+    no_pass = ("--password-file", str(tmp_path / "no-such-pass"))
+    assert_one_error(run_cli("init", *no_pass, repo=repo), 20, "already exists")
+    assert_one_error(run_cli("init", *no_pass, repo=str(other)), 20, "not empty")
 
 
 def test_empty_passphrase_is_refused_by_init(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -185,6 +185,11 @@ MALFORMED = [
      "must be true or false, not a string"),
     ('[[applications]]\nname = "a/b"\nsources = ["/x"]\n', "applications[0].name",
      "'a/b' is not a valid application name"),
+    ('[applications.shop]\nsources = ["/x"]\n', "applications",
+     "must be an array of tables, not a table: start each entry with its own "
+     "[[applications]] line"),
+    (APP + '[applications.databases.d]\nengine = "sqlite"\n', "applications[0].databases",
+     "start each entry with its own [[applications.databases]] line"),
 ]  # fmt: skip
 
 
