@@ -219,7 +219,7 @@ class S3Backend:
             from obstore.store import S3Store
         except ImportError:
             raise UsageError(
-                "S3 repositories need the obstore package: pip install 'casbackup[s3]'"
+                "S3 repositories need the obstore package (a dependency of casbackup): pip install obstore"
             ) from None
         self.where = parse_location(location)
         self.location = str(self.where)
