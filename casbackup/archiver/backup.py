@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import threading
 import time
 from collections import deque
@@ -350,7 +351,8 @@ class Backup:
                     raise UsageError("backing up / as a whole is not supported; name its folders")
         ref_root = reference.root if reference is not None else None
         reuse_root = self._reuse.root if self._reuse is not None else None
-        nodes = self._build_layout(b"", layout, ref_root, reuse_root)
+        with _walk_stack():
+            nodes = self._build_layout(b"", layout, ref_root, reuse_root)
         if self.options.streams:
             nodes.append(self._archive_streams(dbs))
             nodes.sort(key=lambda n: n.name)
@@ -464,6 +466,11 @@ class Backup:
         reuse: Node | None,
         root_dev: int,
     ) -> Later[Node | None] | None:
+        if self._depth >= MAX_WALK_DEPTH:
+            # Any local user can nest folders; past the bound the subtree is reported and
+            # the rest of the backup goes on (issue 12, kind 7).
+            self._error(path, OSError(f"nested deeper than {MAX_WALK_DEPTH} folders: not saved"))
+            return None
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -859,6 +866,27 @@ class Backup:
             self.warnings.append(message)
         self._progress.errors += 1
         self.reporter.warning(message)
+
+
+# The walk recurses two frames a folder level. Paths longer than PATH_MAX (4,096 bytes on
+# Linux) cannot be listed, and every level adds at least two bytes ("a/"), so no listable
+# folder is deeper than 2,048 levels; the bound makes that explicit for other systems.
+MAX_WALK_DEPTH = 2_048
+
+
+@contextmanager
+def _walk_stack() -> Iterator[None]:
+    """Room for ``MAX_WALK_DEPTH`` levels of the walk's recursion, for its duration.
+
+    Python 3.11+ runs Python-to-Python calls without growing the C stack, so a higher
+    limit costs only frame objects (a few hundred bytes each).
+    """
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, old + 3 * MAX_WALK_DEPTH))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 @dataclass
