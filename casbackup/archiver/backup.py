@@ -37,7 +37,12 @@ from casbackup import __version__
 from casbackup.archiver.compare import Counts, SubtreeJob, file_unchanged
 from casbackup.archiver.excludes import Excluder
 from casbackup.archiver.later import Later
-from casbackup.archiver.metadata import node_from_stat, stat_matches
+from casbackup.archiver.metadata import (
+    node_from_stat,
+    stat_matches,
+    stored_ns,
+    time_out_of_range,
+)
 from casbackup.archiver.workers import (
     BATCH_BYTES,
     BATCH_FILES,
@@ -553,6 +558,8 @@ class Backup:
                 continue
             if one_fs and stat.S_ISDIR(st.st_mode) and st.st_dev != root_dev:
                 continue
+            if not quiet and time_out_of_range(st):
+                self._note(f"{os.fsdecode(entry.path)}: a time outside 1677-2262 is stored clamped")
             listed.append((entry, st))
         return listed
 
@@ -760,7 +767,8 @@ class Backup:
             self._warn(f"{os.fsdecode(path)}: file changed while it was read; stored as read")
             after_meta = self._meta(meta.name, result.changed)
             meta = replace(
-                after_meta, mtime_ns=min(result.changed.st_mtime_ns, result.first_mtime_ns)
+                after_meta,
+                mtime_ns=stored_ns(min(result.changed.st_mtime_ns, result.first_mtime_ns)),
             )
         content = tuple(BlobId(i) for i in result.ids)
         return replace(meta, size=result.size, content=content, content_hash=result.digest)
@@ -860,6 +868,10 @@ class Backup:
         with self._count_lock:
             self.counters.errors += 1
         self._warn(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+
+    def _note(self, message: str) -> None:
+        """Said, not counted: the entry is saved (the run may exit 0); the log says how."""
+        self.reporter.warning(message)
 
     def _warn(self, message: str) -> None:
         with self._count_lock:
