@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from casbackup.testing.fixtures import run_cli
+from casbackup.verify.sandbox import remove_tree
 
 
 def _nest(top: Path, depth: int) -> Path:
@@ -51,7 +52,10 @@ def test_backup_below_the_depth_bound_names_the_subtree_and_saves_the_rest(
     (src / "deep").mkdir(parents=True)
     (src / "beside.txt").write_bytes(b"next to it\n")
     _nest(src / "deep", 2_100)  # 4,200 bytes of path: past PATH_MAX and the walk's bound
-    res = run_cli("backup", str(src), repo=repo_path)
+    try:
+        res = run_cli("backup", str(src), repo=repo_path)
+    finally:
+        remove_tree(str(src / "deep"))  # pytest's own clean-up recurses on depth
     assert "Traceback" not in res.err
     assert res.code == 3, res.err
     assert "deep/a/a/a" in res.err
