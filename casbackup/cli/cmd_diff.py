@@ -5,7 +5,7 @@ from collections import Counter
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json
+from casbackup.cli.render import emit_json, shown_name
 from casbackup.maintenance.diff import ADDED, METADATA, MODIFIED, REMOVED, TYPE, diff_snapshots
 from casbackup.repo.repository import Repository
 
@@ -43,7 +43,7 @@ def diff(repo: Repository, ctx: click.Context, snapshot1: str, snapshot2: str, p
         if opts.json:
             emit_json({"message_type": "change", "path": shown, "modifier": change.code})
         elif not opts.quiet:
-            click.echo(f"{change.code}    {shown}")
+            click.echo(f"{change.code}    {shown_name(shown)}")
     summary = {_WORDS[code]: counts[code] for code in _WORDS}
     if opts.json:
         emit_json({"message_type": "statistics", "source_snapshot": old.id, "target_snapshot": new.id,

@@ -8,6 +8,7 @@ import click
 
 from casbackup import __version__
 from casbackup.cli.context import GlobalOptions
+from casbackup.cli.render import shown
 from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, CasError
 from casbackup.memory import tune_allocator
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="casbackup", standalone_mode=False)
     except CasError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {shown(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
@@ -141,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         # Anything the library did not translate: still one line, never a traceback.
         click.echo(
-            f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}",
+            shown(
+                f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}"
+            ),
             err=True,
         )
         sys.exit(EXIT_FATAL)

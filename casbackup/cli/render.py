@@ -13,12 +13,42 @@ from casbackup.reporter import Progress, Reporter
 from casbackup.units import human_bytes  # the commands import it from here too
 
 
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: each control or format character (C0 but newline, DEL,
+    C1, bidi overrides) as ``\\xNN`` / ``\\uNNNN``, and each byte that was not UTF-8
+    (a surrogate from ``os.fsdecode``) as ``\\xNN``.
+
+    File names come from source trees and repositories that others control; printed raw,
+    an escape sequence in one retitles or rewrites the user's terminal (issue 12, kind 8).
+    JSON output needs none of this: ``json.dumps`` escapes them itself.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        o = ord(c)
+        if c.isprintable() or c == "\n":
+            out.append(c)
+        elif 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o <= 0xFF:
+            out.append(f"\\x{o:02x}")
+        else:
+            out.append(f"\\u{o:04x}")
+    return "".join(out)
+
+
+def shown_name(text: str) -> str:
+    """``shown`` for one name or path: a newline in it is escaped too (no forged lines)."""
+    return shown(text).replace("\n", "\\n")
+
+
 def emit_json(doc: Any) -> None:
     click.echo(json.dumps(doc, sort_keys=True, default=str))
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {shown(message)}", err=True)
 
 
 class CliReporter(Reporter):
