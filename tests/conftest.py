@@ -47,3 +47,21 @@ def repo(repo_path):  # type: ignore[no-untyped-def]
 
 def pytest_report_header() -> str:
     return f"CI={os.environ.get('CI', '')}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove this run's temp folders with a remover that has no depth limit.
+
+    Depth tests leave trees 1,000+ levels deep; pytest removes old runs' folders with
+    Python 3.11's recursive ``shutil.rmtree``, which raises RecursionError on them at
+    exit and leaves ``garbage-*`` folders behind in /tmp on every later run.
+    """
+    from casbackup.verify.sandbox import remove_tree
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    if basetemp is not None and not os.environ.get("CASBACKUP_KEEP_TEST_TMP"):
+        try:
+            remove_tree(str(basetemp))
+        except OSError:
+            pass  # a folder still in use: pytest's own cleanup tries again later

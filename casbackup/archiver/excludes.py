@@ -50,7 +50,17 @@ class _Rule:
 
 
 class Excluder:
-    def __init__(self, patterns: list[str] | tuple[str, ...]) -> None:
+    """Decides which paths a backup leaves out.
+
+    ``patterns``: the rules above, in order. ``exact``: absolute paths always left out,
+    whatever the patterns say (the database files an application dumps through its
+    engine: a ``!`` rule must not bring a live database file back into the walk).
+    """
+
+    def __init__(
+        self, patterns: list[str] | tuple[str, ...], exact: frozenset[str] = frozenset()
+    ) -> None:
+        self._exact = exact
         self.patterns = tuple(p for p in patterns if p.strip() and not p.lstrip().startswith("#"))
         rules = []
         for raw in self.patterns:
@@ -72,9 +82,11 @@ class Excluder:
         self._rules = tuple(rules)
 
     def __bool__(self) -> bool:
-        return bool(self._rules)
+        return bool(self._rules or self._exact)
 
     def excluded(self, path: str) -> bool:
+        if path in self._exact:
+            return True
         result = False
         for rule in self._rules:
             if rule.regex.search(path):

@@ -13,6 +13,7 @@ from casbackup.maintenance.prune import (
     execute_prune,
     plan_prune,
 )
+from casbackup.plan_docs import prune_plan_doc
 from casbackup.repo.repository import Repository
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -51,20 +52,6 @@ def prune_option_decorators(fn):  # type: ignore[no-untyped-def]
     return click.option("--max-unused", default="5%", show_default=True, metavar="PERCENT",
                         callback=_share_option,
                         help="Repack a pack when more than this share of it is unused.")(fn)  # fmt: skip
-
-
-def plan_doc(plan: PrunePlan, pack_size: int) -> dict[str, object]:
-    return {
-        "snapshots": plan.snapshots, "used_blobs": plan.used_blobs, "packs_total": plan.packs_total,
-        "bytes_total": plan.bytes_total, "packs_keep": len(plan.keep), "packs_repack": len(plan.repack),
-        "packs_delete": len(plan.delete), "packs_unindexed": len(plan.unindexed),
-        "packs_unindexed_recent": plan.unindexed_young, "index_files": len(plan.old_index_files),
-        "rewrite_index": plan.rewrite_index, "temp_files": len(plan.temp_files),
-        "missing_packs": list(plan.missing_packs), "duplicate_blobs": plan.duplicate_blobs,
-        "bytes_deleted": plan.bytes_deleted, "bytes_rewritten": plan.bytes_rewritten,
-        "unused_bytes_kept": plan.unused_bytes_kept, "bytes_freed": plan.bytes_freed(pack_size),
-        "repack": [u.pack for u in plan.repack], "delete": [u.pack for u in plan.delete],
-    }  # fmt: skip
 
 
 def render_plan(plan: PrunePlan, pack_size: int) -> None:
@@ -124,7 +111,11 @@ def run_prune(ctx: click.Context, repo: Repository, options: PruneOptions, dry_r
     finally:
         reporter.done()
     if opts.json:
-        doc = {"message_type": "prune", "dry_run": dry_run, **plan_doc(plan, repo.config.pack_size)}
+        doc = {
+            "message_type": "prune",
+            "dry_run": dry_run,
+            **prune_plan_doc(plan, repo.config.pack_size),
+        }
         if result is not None:
             doc["result"] = {**result.__dict__, "packs_written": len(result.packs_written)}
         emit_json(doc)

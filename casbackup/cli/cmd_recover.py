@@ -7,25 +7,11 @@ import click
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, reporter_for
+from casbackup.plan_docs import recovery_plan_doc
 from casbackup.recovery.connection import split_assignment
 from casbackup.recovery.execute import RecoveryResult, recover
 from casbackup.recovery.plan import RecoverOptions, RecoveryPlan
 from casbackup.repo.repository import Repository
-
-
-def plan_doc(plan: RecoveryPlan) -> dict[str, object]:
-    return {
-        "app": plan.app, "snapshot": plan.snapshot.id, "target": plan.target,
-        "verification": plan.verification.id if plan.verification else None,
-        "verified": bool(plan.verification and plan.verification.ok),
-        "files": [{"source": f.source, "target": f.target, "kind": f.kind, "files": f.files,
-                   "bytes": f.bytes} for f in plan.files],
-        "databases": [{"name": d.record.name, "engine": d.spec.engine, "target": d.where,
-                       "stored_location": d.stored, "dump_size": d.record.size,
-                       "overwrite": d.overwrite, "tables": len(d.record.row_counts)}
-                      for d in plan.databases],
-        "warnings": list(plan.warnings), "problems": list(plan.problems),
-    }  # fmt: skip
 
 
 def print_plan(plan: RecoveryPlan) -> None:
@@ -114,7 +100,7 @@ def recover_cmd(
         reporter.done()
     if dry_run:
         if opts.json:
-            emit_json({"message_type": "recover_plan", **plan_doc(result.plan)})
+            emit_json({"message_type": "recover_plan", **recovery_plan_doc(result.plan)})
         else:
             print_plan(result.plan)
             click.echo("dry run: nothing was changed")

@@ -1,30 +1,18 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
 from datetime import datetime
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from casbackup.catalog import snapshot_doc
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, warn
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
-from casbackup.verify.records import VerificationRecord, list_records, state_label
-
-
-def snapshot_doc(s: Snapshot, verification: VerificationRecord | None = None) -> dict:  # type: ignore[type-arg]
-    doc = asdict(s)
-    doc["short_id"] = s.short_id
-    doc.pop("app_definition", None)
-    doc["verification"] = (
-        {"ok": verification.ok, "time": verification.time, "record": verification.id}
-        if verification
-        else None
-    )
-    return doc
+from casbackup.verify.records import list_records, state_label
 
 
 @click.command()

@@ -4,8 +4,7 @@ import click
 
 from casbackup.cli.context import with_repository
 from casbackup.cli.render import warn
-from casbackup.errors import CasError, NotFound
-from casbackup.repo.lock import list_locks
+from casbackup.maintenance.unlock import remove_stale_locks
 from casbackup.repo.repository import Repository
 
 
@@ -16,20 +15,14 @@ from casbackup.repo.repository import Repository
 @with_repository(lock=None)
 def unlock(repo: Repository, remove_all: bool) -> None:
     """Remove stale locks (dead processes on this host, or not refreshed for 30 minutes)."""
-    removed = 0
-    for info in list_locks(repo):
-        if remove_all or info.is_stale():
-            try:
-                repo.backend.delete(info.name)
-                removed += 1
-                click.echo(f"removed {info.describe()}")
-            except NotFound:
-                pass
-            except CasError as exc:  # replaced meanwhile by something that is not a lock
-                warn(f"could not remove {info.name}: {exc}")
-        else:
-            click.echo(f"kept live {info.describe()}")
-    click.echo(f"{removed} locks removed")
+    result = remove_stale_locks(repo, remove_all=remove_all)
+    for described in result.removed:
+        click.echo(f"removed {described}")
+    for problem in result.failed:
+        warn(problem)
+    for described in result.kept:
+        click.echo(f"kept live {described}")
+    click.echo(f"{len(result.removed)} locks removed")
 
 
 COMMANDS = [unlock]

@@ -21,8 +21,8 @@ COMMAND_MODULES = {
     "dump": "cmd_cat", "find": "cmd_find", "forget": "cmd_forget", "init": "cmd_init",
     "key": "cmd_key", "ls": "cmd_ls", "mount": "cmd_mount", "prune": "cmd_prune",
     "recover": "cmd_recover", "repair": "cmd_repair", "restore": "cmd_restore",
-    "snapshots": "cmd_snapshots", "stats": "cmd_stats", "unlock": "cmd_unlock",
-    "verify": "cmd_verify",
+    "serve": "cmd_serve", "snapshots": "cmd_snapshots", "stats": "cmd_stats",
+    "token": "cmd_token", "unlock": "cmd_unlock", "user": "cmd_user", "verify": "cmd_verify",
     "migrate": "cmd_migrate",
 }  # fmt: skip
 

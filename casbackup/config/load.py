@@ -32,6 +32,10 @@ APP_NAME_RE = re.compile(r"^[A-Za-z0-9_][^\x00-\x1f\x7f/,:]{0,99}$")
 KEEP_WITHIN_RE = re.compile(r"^(\d+[ymwdh])+$")
 _CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+# The seed's "every N minutes" (and hours), kept as "@every Nm" / "@every Nh".
+_EVERY_RE = re.compile(
+    r"^(?:@every\s*(\d+)\s*([mh])|every\s+(\d+)\s+(minute|minutes|hour|hours))$", re.I
+)
 
 
 def find_config_path(explicit: str | None = None) -> Path | None:
@@ -209,12 +213,19 @@ def check_schedule(sec: Section, value: str | None) -> str | None:
     text = " ".join(value.split())
     if text in _CRON_MACROS:
         return text
+    every = _EVERY_RE.match(text)
+    if every is not None:
+        count = int(every.group(1) or every.group(3))
+        unit = (every.group(2) or every.group(4))[0].lower()
+        if count == 0:
+            raise sec.error("schedule", f"{value!r}: the interval must be at least 1")
+        return f"@every {count}{unit}"
     fields = text.split(" ")
     if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
         raise sec.error(
             "schedule",
             f"{value!r} is not a cron expression: give 5 fields (minute hour day month "
-            "weekday) or one of " + ", ".join(_CRON_MACROS),
+            "weekday), 'every N minutes', or one of " + ", ".join(_CRON_MACROS),
         )
     return text
 
@@ -267,9 +278,20 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig:
         retention=parse_retention(sec.table("retention")),
         schedule=check_schedule(sec, sec.text("schedule")),
         verification=verification,
+        repository=_app_repository(sec),
     )
     sec.done()
     return app
+
+
+def _app_repository(sec: Section) -> RepositoryConfig | None:
+    """An application's own ``[applications.repository]`` (used by ``casbackup serve``)."""
+    if not sec.has("repository"):
+        return None
+    repo = parse_repository(sec.table("repository"))
+    if not repo.location:
+        raise sec.error("repository", "an application's own repository needs a location")
+    return repo
 
 
 def _database(sec: Section) -> DatabaseSpec:

@@ -39,7 +39,10 @@ description = "Shop front and its PostgreSQL database"
 sources = ["/srv/webshop"]                   # at least one
 excludes = ["*.log", "cache/"]               # patterns, not resolved
 default_backup_type = "incremental"          # full | incremental | differential
-schedule = "0 2 * * *"                       # cron: 5 fields or @daily and friends
+schedule = "0 2 * * *"                       # cron: 5 fields, @daily and friends, "every 15 minutes"
+
+[applications.repository]                    # optional: this app's snapshots go elsewhere
+location = "/srv/backups/webshop-repo"       # (casbackup serve; same keys as [repository])
 
 [applications.retention]
 keep_last = 3
@@ -126,6 +129,8 @@ class AppConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     schedule: str | None = None
     verification: AppVerification = field(default_factory=AppVerification)
+    # Its own repository (``[applications.repository]``); None: the top-level one.
+    repository: RepositoryConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -208,3 +208,27 @@ def test_missing_and_undecodable_files(tmp_path: Path) -> None:
     bad.write_bytes(b'name = "caf\xe9"\n')
     with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 11\)"):
         load_config(bad)
+
+
+def test_every_n_minutes_schedule_and_app_repository(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from casbackup.config import load_config
+    from casbackup.errors import ConfigError
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[[applications]]\nname = "a"\nsources = ["/x"]\nschedule = "every 15 minutes"\n'
+        '[applications.repository]\nlocation = "other"\n'
+        '[[applications]]\nname = "b"\nsources = ["/y"]\nschedule = "@every 2h"\n'
+    )
+    config = load_config(cfg)
+    a, b = config.applications
+    assert a.schedule == "@every 15m" and b.schedule == "@every 2h"
+    assert a.repository is not None and a.repository.location == str(tmp_path / "other")
+    assert b.repository is None
+    cfg.write_text('[[applications]]\nname = "a"\nsources = ["/x"]\nschedule = "every 0 minutes"\n')
+    try:
+        load_config(cfg)
+    except ConfigError as exc:
+        assert "at least 1" in str(exc)
+    else:
+        raise AssertionError("an interval of 0 was accepted")
