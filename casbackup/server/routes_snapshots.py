@@ -8,7 +8,7 @@ import json
 import os
 import tarfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
@@ -19,6 +19,7 @@ from casbackup.catalog import snapshot_doc, verification_doc
 from casbackup.errors import AmbiguousId, NotFound
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import NodeKind
+from casbackup.server.archives import zip_stream
 from casbackup.server.auth import Principal, require, service_of
 from casbackup.server.repos import RepoHandle
 from casbackup.server.routes_jobs import JobStarted, job_started, recovery_target
@@ -328,7 +329,8 @@ def _disposition(name: str) -> str:
 @router.get(
     "/api/snapshots/{snapshot_id}/download",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}},
+    responses={200: {"content": {"application/octet-stream": {}, "application/x-tar": {},
+                                 "application/zip": {}}},
                206: {"description": "the requested byte range"}, 416: {"description": "bad range"}},
 )  # fmt: skip
 def download(
@@ -337,10 +339,14 @@ def download(
     path: str = Query(..., max_length=4096),
     app: str | None = Query(None, max_length=100),
     range_header: str | None = Header(None, alias="Range", max_length=200),
+    archive: Literal["tar", "zip"] = Query(
+        "tar", alias="format", description="a folder's archive format (files ignore it)"
+    ),
     principal: Principal = Depends(require("download")),
 ) -> StreamingResponse:
-    """A file's contents (Content-Length, ``Range`` for resuming), or a folder as one tar stream.
-    Only the chunks a read covers are fetched and decrypted; memory stays flat for any size."""
+    """A file's contents (Content-Length, ``Range`` for resuming), or a folder as one tar
+    (default) or zip (``format=zip``) stream. Only the chunks a read covers are fetched and
+    decrypted; memory stays flat for any size."""
     inner = _clean_path(path)
     handle, snap = find_snapshot(request, principal, snapshot_id, app)
     vfs = handle.vfs()
@@ -350,6 +356,9 @@ def download(
     except NotFound as exc:
         raise HTTPException(404, f"{inner}: {exc}") from None
     name = entry.name if inner != "/" else f"snapshot-{snap.short_id}"
+    if entry.kind == NodeKind.DIR and archive == "zip":
+        return StreamingResponse(zip_stream(vfs, full, name), media_type="application/zip",
+                                 headers={"Content-Disposition": _disposition(name + ".zip")})  # fmt: skip
     if entry.kind == NodeKind.DIR:
         return StreamingResponse(_tar_stream(vfs, full, name), media_type="application/x-tar",
                                  headers={"Content-Disposition": _disposition(name + ".tar")})  # fmt: skip
