@@ -330,3 +330,48 @@ def test_zip_uses_zip64_for_large_members(env: Env, snap: str, monkeypatch) -> N
         name_len, extra_len = struct.unpack_from("<HH", r.content, offset + 26)
         extra = r.content[offset + 30 + name_len : offset + 30 + name_len + extra_len]
         assert struct.unpack_from("<H", extra)[0] == 1
+
+
+def test_non_utf8_names_browse_and_download(env: Env) -> None:
+    """A folder and a file whose names hold b"\\xff": the listing gives each a path_b64 (the
+    exact bytes) beside a display name; browsing into the folder and downloading the file
+    with it work, and the tar keeps the original bytes."""
+    import base64
+
+    src = env.tmp / "shop"
+    odd_dir = os.path.join(os.fsencode(src), b"odd-\xff")
+    os.mkdir(odd_dir)
+    data = os.urandom(70_000)
+    with open(os.path.join(odd_dir, b"f\xffile"), "wb") as f:
+        f.write(data)
+    snap = str(backup(env, "shop")["snapshot_id"])
+    c, h = env.client, env.h("operator")
+    top = c.get(f"/api/snapshots/{snap}/tree", params={"path": str(src)}, headers=h)
+    assert top.status_code == 200, top.text
+    odd = next(e for e in top.json()["entries"] if e["name"].startswith("odd-"))
+    assert odd["name"] == "odd-\ufffd" and odd["type"] == "dir"
+    assert base64.urlsafe_b64decode(odd["path_b64"]) == odd_dir
+    plain = next(e for e in top.json()["entries"] if e["name"] == "a.txt")
+    assert plain["path_b64"] is None  # valid UTF-8: the plain path is exact
+    inside = c.get(f"/api/snapshots/{snap}/tree", params={"path_b64": odd["path_b64"]}, headers=h)
+    assert inside.status_code == 200, inside.text
+    assert inside.json()["path_b64"] == odd["path_b64"]
+    (entry,) = inside.json()["entries"]
+    assert base64.urlsafe_b64decode(entry["path_b64"]) == odd_dir + b"/f\xffile"
+    r = c.get(f"/api/snapshots/{snap}/download", params={"path_b64": entry["path_b64"]}, headers=h)
+    assert r.status_code == 200 and r.content == data
+    assert "filename*=UTF-8''f%EF%BF%BDile" in r.headers["content-disposition"]
+    r = c.get(f"/api/snapshots/{snap}/download", params={"path_b64": odd["path_b64"]}, headers=h)
+    with tarfile.open(
+        fileobj=io.BytesIO(r.content), encoding="utf-8", errors="surrogateescape"
+    ) as tar:
+        member = tar.extractfile(os.fsdecode(b"odd-\xff/f\xffile"))
+        assert member is not None and member.read() == data
+    for bad in ({"path_b64": "!!"}, {"path_b64": "Lw"}, {"path_b64": "Lw==", "path": "/"}):
+        assert c.get(f"/api/snapshots/{snap}/tree", params=bad, headers=h).status_code == 400
+    assert c.get(f"/api/snapshots/{snap}/download", headers=h).status_code == 400
+    traversal = base64.urlsafe_b64encode(b"/a/../etc").decode()
+    assert (
+        c.get(f"/api/snapshots/{snap}/tree", params={"path_b64": traversal}, headers=h).status_code
+        == 400
+    )
