@@ -16,7 +16,7 @@ from rich.table import Table
 from casbackup.catalog import application_rows
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, warn
+from casbackup.cli.render import cell, emit_json, plural, warn
 from casbackup.repo.repository import Repository
 
 
@@ -43,11 +43,12 @@ def apps(repo: Repository, ctx: click.Context) -> None:
                 if last else "-")  # fmt: skip
         name = r["name"] if r["in_config"] else f"{r['name']} (not in config)"
         table.add_row(
-            name, last["short_id"] if last else "never backed up", when, last["type"] if last else "-",
-            r["verification"] or "-", str(r["snapshots"]), ", ".join(r["databases"]) or "-",
+            cell(name), last["short_id"] if last else "never backed up", when,
+            cell(last["type"]) if last else "-", cell(r["verification"] or "-"), str(r["snapshots"]),
+            cell(", ".join(r["databases"]) or "-"),
         )  # fmt: skip
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250).print(table)
-    click.echo(f"{len(rows)} applications")
+    click.echo(f"{plural(len(rows), 'application')}")
 
 
 COMMANDS = [apps]

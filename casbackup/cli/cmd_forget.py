@@ -8,7 +8,7 @@ import click
 from casbackup.cli.cmd_prune import prune_option_decorators, run_prune
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, warn
+from casbackup.cli.render import emit_json, plural, printable, warn
 from casbackup.errors import UsageError
 from casbackup.maintenance.forget import (
     ForgetPlan,
@@ -60,7 +60,7 @@ def _policy_lookup(
 def _render(plan: ForgetPlan, dry_run: bool) -> None:
     for group in plan.groups:
         kept = sum(v.keep for v in group.verdicts)
-        click.echo(f"{group.key}: keep {kept}, remove {len(group.verdicts) - kept}")
+        click.echo(f"{printable(group.key)}: keep {kept}, remove {len(group.verdicts) - kept}")
         for v in group.verdicts:
             when = v.snapshot.datetime.astimezone().strftime("%Y-%m-%d %H:%M")
             word = "keep  " if v.keep else "remove"
@@ -160,9 +160,9 @@ def forget(repo: Repository, ctx: click.Context, app: str | None, use_all: bool,
     elif not opts.quiet:
         _render(plan, dry_run)
         if dry_run:
-            click.echo(f"dry run: would remove {len(plan.remove)} snapshots")
+            click.echo(f"dry run: would remove {plural(len(plan.remove), 'snapshot')}")
         else:
-            click.echo(f"removed {len(removed)} snapshots")
+            click.echo(f"removed {plural(len(removed), 'snapshot')}")
     if then_prune:
         run_prune(
             ctx, repo, PruneOptions(max_unused=max_unused, max_repack_size=max_repack_size), dry_run

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import getpass
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +13,6 @@ import click
 
 from casbackup import access
 from casbackup.access import password_command_env  # noqa: F401  (kept importable from here)
-from casbackup.access import read_secret_file as _read_secret_file
-from casbackup.access import run_password_command as _run_password_command
 from casbackup.cli.render import warn
 from casbackup.errors import CasError, RepositoryNotFound, UsageError, WrongPassword
 from casbackup.repo.repository import Repository
@@ -53,20 +50,10 @@ def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
     shell and without casbackup's own environment variables (``password_command_env``).
     Raises UsageError (one line) when the chosen source fails.
     """
-    if opts.password_file:
-        return _read_secret_file(opts.password_file)
-    if opts.password_command:
-        return _run_password_command(opts.password_command)
-    env = os.environ.get("CASBACKUP_PASSWORD")
-    if env is not None:
-        return env.encode()
-    if opts.password_env:
-        named = os.environ.get(opts.password_env)
-        if named is None:
-            raise UsageError(
-                f"the config's repository.password_env names {opts.password_env}, which is not set"
-            )
-        return named.encode()
+    source = access.PasswordSource(opts.password_file, opts.password_command, opts.password_env)
+    given = access.read_password(source)
+    if given is not None:
+        return given
     if sys.stdin.isatty():
         first = getpass.getpass("enter passphrase for repository: ")
         if confirm and getpass.getpass("enter the passphrase again: ") != first:

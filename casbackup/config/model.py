@@ -54,7 +54,9 @@ keep_within = "2d"                           # digits + y/m/w/d/h, e.g. "1y6m", 
 keep_tags = ["release"]
 
 [applications.verification]
-required_files = ["config/settings.py"]      # paths inside the snapshot that must exist
+required_files = ["config/settings.py"]      # must exist in the snapshot: relative to a source
+                                             # folder or to the snapshot root ("srv/app/x"),
+                                             # or absolute ("/srv/app/config/settings.py")
 auto_verify = true
 
 [[applications.databases]]
