@@ -13,6 +13,12 @@ between the two, another program) gets the filter rebuilt from LMDB's keys. Bits
 set before the entries are committed, so the filter may hold too much, never too
 little: a false "maybe" costs one look-up, a false "no" would store a chunk twice.
 
+Long-lived readers (the service, ``mount``) keep their map while backups in other processes
+write. A rebuild replaces the file (a new inode: the old map no longer sees new bits), and a
+writer without a filter adds entries the file does not cover; so the index cache confirms
+every "no" (only those: a "maybe" goes to LMDB anyway) against the file's identity and its
+covered count, reloading or asking LMDB when either changed (repo/index.py).
+
 Layout: magic ``CBBF`` | version u8 = 1 | log2 of the bit count u8 | 2 bytes zero |
 covered entries u64 little-endian | 16 bytes zero | the bits (bit ``h`` is bit
 ``h & 7`` of byte ``h >> 3``). Probes: the first 7 little-endian u32 of the blob id
@@ -46,6 +52,10 @@ class BlobFilter:
                 raise ValueError("not a blob filter: too short")
             access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
             self._map = mmap.mmap(fd, size, access=access)
+            st = os.fstat(fd)
+            # Which file this map is: another process that rebuilds the filter replaces the
+            # file (``create``), and a long-lived reader must notice (see ``is_current``).
+            self.identity = (st.st_dev, st.st_ino)
         finally:
             os.close(fd)
         magic, version, log2, _ = HEADER.unpack_from(self._map, 0)
@@ -91,6 +101,15 @@ class BlobFilter:
             if not bits[base + (h >> 3)] >> (h & 7) & 1:
                 return False
         return True
+
+    def is_current(self, path: str) -> bool:
+        """Whether ``path`` still names the file this filter maps (False once another
+        process replaced it by a rebuilt one, or removed it). One ``stat``."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.identity
 
     def close(self) -> None:
         self._map.close()

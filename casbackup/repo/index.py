@@ -305,28 +305,57 @@ class IndexCache:
         with self.env.begin(db=self.files) as txn:
             return {FileId(k.decode()) for k, _ in txn.cursor()}
 
+    def _absent(self, blob_id: bytes) -> bool:
+        """True when the filter proves ``blob_id`` is not in the index; False means "ask LMDB".
+
+        A "no" from a filter that another process has since replaced (a rebuild: new inode,
+        the old map misses every bit set after it) or that no longer covers every LMDB
+        entry (a writer without a filter, or one mid-way through adding) could be wrong:
+        storing a chunk twice, or a present blob reported missing. So a "no" is confirmed:
+        the file is the one mapped and its covered count is LMDB's (one ``stat`` and one
+        meta-page read, on negative answers only; a "maybe" costs nothing more). A
+        replaced file is reloaded; a count mismatch sends this look-up to LMDB.
+        """
+        bloom = self._filter
+        if bloom is None or bloom.might_contain(blob_id):
+            return False
+        if not bloom.is_current(os.path.join(self.path, FILTER_FILE)):
+            self._reload_filter()
+            bloom = self._filter
+            if bloom is None or bloom.might_contain(blob_id):
+                return False
+        return bloom.covered == self.count()
+
+    def _reload_filter(self) -> None:
+        """Map the filter file anew (``_open_filter``: used only if it covers LMDB exactly;
+        a writer rebuilds it otherwise, a reader then asks LMDB alone)."""
+        try:
+            self._open_filter()
+        except (OSError, lmdb.Error):
+            self._drop_filter()
+
     def get(self, blob_id: bytes) -> Location | None:
-        if self._filter is not None and not self._filter.might_contain(blob_id):
+        if self._absent(blob_id):
             return None
         with self.env.begin(db=self.blobs, buffers=False) as txn:
             value = txn.get(blob_id)
         return None if value is None else Location.decode(value)
 
     def get_many(self, blob_ids: list[bytes]) -> list[Location | None]:
-        maybe = self._filter.might_contain if self._filter is not None else None
+        absent = [self._absent(b) for b in blob_ids]
         with self.env.begin(db=self.blobs, buffers=False) as txn:
-            values = [txn.get(b) if maybe is None or maybe(b) else None for b in blob_ids]
+            values = [None if no else txn.get(b) for b, no in zip(blob_ids, absent, strict=True)]
         return [None if v is None else Location.decode(v) for v in values]
 
     def contains(self, blob_id: bytes) -> bool:
-        if self._filter is not None and not self._filter.might_contain(blob_id):
+        if self._absent(blob_id):
             return False
         with self.env.begin(db=self.blobs) as txn:
             return txn.get(blob_id) is not None
 
     def contains_all(self, blob_ids: Iterable[bytes]) -> bool:
         ids = list(blob_ids)
-        if self._filter is not None and not all(map(self._filter.might_contain, ids)):
+        if any(map(self._absent, ids)):
             return False
         with self.env.begin(db=self.blobs) as txn:
             return all(txn.get(b) is not None for b in ids)

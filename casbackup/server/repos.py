@@ -12,6 +12,7 @@ this process's view up to date.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from casbackup import access
 from casbackup.config import AppConfig, Config, find_config_path, load_config
 from casbackup.errors import CasError, NotFound, UsageError
+from casbackup.repo.localstate import screen_snapshots
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.server.settings import Settings
@@ -26,6 +28,8 @@ from casbackup.verify.records import RecordSet, VerificationRecord
 from casbackup.vfs.cache import WeightedLru
 
 DEFAULT = "default"
+
+log = logging.getLogger("casbackup.server")
 
 
 @dataclass
@@ -42,6 +46,7 @@ class RepoHandle:
     _records: dict[str, VerificationRecord] = field(default_factory=dict)
     listings: WeightedLru[bytes] = field(default_factory=lambda: WeightedLru(64 << 20, len))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _logged: set[str] = field(default_factory=set)
 
     def password(self) -> bytes:
         password = access.read_password(self.source)
@@ -75,9 +80,17 @@ class RepoHandle:
         is read and decrypted once; later calls only list the folder (1,000 snapshots: one
         listing instead of 1,000 reads)."""
         repo = self.repo()
-        ids = repo.snapshot_ids()
         with self._lock:
+            # The same screening as ``Repository.list_snapshots``: a snapshot this client
+            # forgot that is back (a rollback or a planted copy) is left out, and the
+            # repository's alerts say so. The record is re-read first: a worker process of
+            # this service (the same client) may have forgotten snapshots since.
+            repo.state.update(lambda _doc: False)
+            ids, alerts = screen_snapshots(repo.state, repo.snapshot_ids())
+            for message in alerts:
+                repo.alert(message)
             known = dict(self._snaps)
+        self._log_alerts(repo)
         current: dict[str, Snapshot] = {}
         for fid in ids:
             snap = known.get(fid)
@@ -93,6 +106,21 @@ class RepoHandle:
             for gone in set(self.docs) - set(current):
                 del self.docs[gone]
         return sorted(current.values(), key=lambda s: (s.start_ns, s.id))
+
+    def alerts(self) -> list[str]:
+        """The repository's rollback and tampering alerts (``Repository.alerts``: from the local
+        state record when it was opened, and from screening the snapshot listing, done here
+        too so that a status call sees a snapshot put back since the last listing). Each alert
+        is logged once per process. Raises the open's errors."""
+        self.snapshots([])
+        return list(self.repo().alerts)
+
+    def _log_alerts(self, repo: Repository) -> None:
+        with self._lock:
+            fresh = [a for a in repo.alerts if a not in self._logged]
+            self._logged.update(fresh)
+        for message in fresh:
+            log.warning("repository %s: %s", self.key, message)
 
     def records(self) -> RecordSet:
         """Every readable verification record, oldest first; each read once (they never change)."""

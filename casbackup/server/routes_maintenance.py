@@ -42,6 +42,11 @@ class RepositoryOut(BaseModel):
     applications: list[str]
     reachable: bool
     error: str | None = None
+    alerts: list[str] = Field(
+        default_factory=list,
+        description="rollback and tampering warnings from this client's record of the "
+        "repository (e.g. snapshots it forgot are back); empty when all is well",
+    )
 
 
 class VerificationOut(BaseModel):
@@ -126,10 +131,8 @@ def repositories(
         if principal.apps is not None and not apps:
             continue
         try:
-            handle.repo()
-            out.append(
-                RepositoryOut(key=key, location=handle.location, applications=apps, reachable=True)
-            )
+            out.append(RepositoryOut(key=key, location=handle.location, applications=apps,
+                                     reachable=True, alerts=handle.alerts()))  # fmt: skip
         except CasError as exc:
             out.append(RepositoryOut(key=key, location=handle.location, applications=apps,
                                      reachable=False, error=str(exc)))  # fmt: skip

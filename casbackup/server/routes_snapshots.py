@@ -3,12 +3,13 @@ and the jobs that act on one snapshot (restore, verify)."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
 import tarfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
@@ -19,6 +20,7 @@ from casbackup.catalog import snapshot_doc, verification_doc
 from casbackup.errors import AmbiguousId, NotFound
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import NodeKind
+from casbackup.server.archives import zip_stream
 from casbackup.server.auth import Principal, require, service_of
 from casbackup.server.repos import RepoHandle
 from casbackup.server.routes_jobs import JobStarted, job_started, recovery_target
@@ -87,9 +89,17 @@ class SnapshotDetail(SnapshotOut):
     verifications: list[VerificationRecordOut]
 
 
+B64_DOC = (
+    "the path's exact bytes, URL-safe base64 (RFC 4648 section 5, padded); only present when "
+    "the path is not valid UTF-8 (name and path then show U+FFFD for the odd bytes). Pass it "
+    "back as the path_b64 parameter of tree and download to reach that entry."
+)
+
+
 class TreeEntry(BaseModel):
-    name: str
-    path: str
+    name: str = Field(description="the name for display (invalid UTF-8 bytes as U+FFFD)")
+    path: str = Field(description="the path for display; use it as `path` when path_b64 is null")
+    path_b64: str | None = Field(None, description=B64_DOC)
     type: str = Field(description="file | dir | symlink | fifo | chardev | blockdev | socket")
     size: int
     mode: str = Field(description="permission bits, octal")
@@ -104,6 +114,7 @@ class TreeEntry(BaseModel):
 class TreeListing(BaseModel):
     snapshot_id: str
     path: str
+    path_b64: str | None = Field(None, description=B64_DOC)
     entries: list[TreeEntry]
     total: int
     offset: int
@@ -235,11 +246,50 @@ def _clean_path(path: str) -> str:
     return "/" + "/".join(parts)
 
 
+PATH_B64_QUERY = Query(
+    None, max_length=5464,  # 4096 bytes
+    description="instead of `path`: the path's exact bytes in URL-safe base64 (as `path_b64` "
+    "of a listing entry), for names that are not valid UTF-8",
+)  # fmt: skip
+
+
+def _request_path(path: str | None, path_b64: str | None) -> str:
+    """The snapshot path a request names, as a str (non-UTF-8 bytes surrogate-escaped, as
+    casbackup/vfs takes them), checked by ``_clean_path``. Raises 400 for both or bad base64."""
+    if path_b64 is None:
+        return _clean_path(path if path is not None else "/")
+    if path is not None:
+        raise HTTPException(400, "give path or path_b64, not both")
+    try:
+        raw = base64.urlsafe_b64decode(path_b64.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise HTTPException(400, "path_b64 is not URL-safe base64") from None
+    if base64.urlsafe_b64encode(raw).decode() != path_b64:
+        raise HTTPException(400, "path_b64 is not URL-safe base64 (padded)")
+    return _clean_path(os.fsdecode(raw))
+
+
+def _display(text: str) -> str:
+    """Surrogate-escaped bytes (not UTF-8) as U+FFFD: what JSON and headers can carry."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _path_b64(path: str) -> str | None:
+    """URL-safe base64 of a path's bytes, or None when the path is valid UTF-8."""
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        return base64.urlsafe_b64encode(raw).decode()
+
+
 def _entry_doc(entry: Any, inner: str) -> dict[str, Any]:
     n = entry.node
-    name = os.fsdecode(n.name).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    raw_name = os.fsdecode(n.name)
+    full = (inner.rstrip("/") + "/" + raw_name) if inner != "/" else "/" + raw_name
     return {
-        "name": name, "path": (inner.rstrip("/") + "/" + name) if inner != "/" else "/" + name,
+        "name": _display(raw_name), "path": _display(full), "path_b64": _path_b64(full),
         "type": KIND_NAMES.get(n.kind, "unknown"),
         "size": n.size if n.kind != NodeKind.SYMLINK else len(n.link_target),
         "mode": oct(n.mode & 0o7777), "mtime": _ns(n.mtime_ns), "uid": n.uid, "gid": n.gid,
@@ -263,14 +313,15 @@ def _vfs_path(handle: RepoHandle, snap: Snapshot, inner: str) -> str:
 def browse(
     snapshot_id: str,
     request: Request,
-    path: str = Query("/", max_length=4096),
+    path: str | None = Query(None, max_length=4096, description="default '/'"),
+    path_b64: str | None = PATH_B64_QUERY,
     offset: int = Query(0, ge=0, le=10**9),
     limit: int = Query(10_000, ge=1, le=100_000),
     app: str | None = Query(None, max_length=100),
     principal: Principal = Depends(require("browse")),
 ) -> Response:
     """Names and metadata of one folder of a snapshot (no contents)."""
-    inner = _clean_path(path)
+    inner = _request_path(path, path_b64)
     handle, snap = find_snapshot(request, principal, snapshot_id, app)
     key = (snap.id, inner, offset, limit)
     body = handle.listings.get(key)
@@ -279,9 +330,9 @@ def browse(
         try:
             entries = vfs.listdir(_vfs_path(handle, snap, inner))
         except NotFound as exc:
-            raise HTTPException(404, f"{inner}: {exc}") from None
+            raise HTTPException(404, f"{_display(inner)}: {exc}") from None
         page = entries[offset : offset + limit]
-        doc = {"snapshot_id": snap.id, "path": inner, "entries": [_entry_doc(e, inner) for e in page],
+        doc = {"snapshot_id": snap.id, "path": _display(inner), "path_b64": _path_b64(inner), "entries": [_entry_doc(e, inner) for e in page],
                "total": len(entries), "offset": offset}  # fmt: skip
         # Built to the schema's shape and returned as is: validating 10,000 entries again
         # through the response model doubled the time of a big folder (bench/server_api.py).
@@ -319,6 +370,7 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def _disposition(name: str) -> str:
+    name = _display(name)  # a header cannot carry bytes that are not UTF-8
     ascii_name = (
         name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_") or "download"
     )
@@ -328,33 +380,46 @@ def _disposition(name: str) -> str:
 @router.get(
     "/api/snapshots/{snapshot_id}/download",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}},
+    responses={200: {"content": {"application/octet-stream": {}, "application/x-tar": {},
+                                 "application/zip": {}}},
                206: {"description": "the requested byte range"}, 416: {"description": "bad range"}},
 )  # fmt: skip
 def download(
     snapshot_id: str,
     request: Request,
-    path: str = Query(..., max_length=4096),
+    path: str | None = Query(None, max_length=4096, description="required unless path_b64"),
+    path_b64: str | None = PATH_B64_QUERY,
     app: str | None = Query(None, max_length=100),
     range_header: str | None = Header(None, alias="Range", max_length=200),
+    archive: Literal["tar", "zip"] = Query(
+        "tar", alias="format", description="a folder's archive format (files ignore it)"
+    ),
     principal: Principal = Depends(require("download")),
 ) -> StreamingResponse:
-    """A file's contents (Content-Length, ``Range`` for resuming), or a folder as one tar stream.
-    Only the chunks a read covers are fetched and decrypted; memory stays flat for any size."""
-    inner = _clean_path(path)
+    """A file's contents (Content-Length, ``Range`` for resuming), or a folder as one tar
+    (default) or zip (``format=zip``) stream. Only the chunks a read covers are fetched and
+    decrypted; memory stays flat for any size."""
+    if path is None and path_b64 is None:
+        raise HTTPException(400, "give path or path_b64")
+    inner = _request_path(path, path_b64)
     handle, snap = find_snapshot(request, principal, snapshot_id, app)
     vfs = handle.vfs()
     full = _vfs_path(handle, snap, inner)
     try:
         entry = vfs.lookup(full)
     except NotFound as exc:
-        raise HTTPException(404, f"{inner}: {exc}") from None
+        raise HTTPException(404, f"{_display(inner)}: {exc}") from None
     name = entry.name if inner != "/" else f"snapshot-{snap.short_id}"
+    if entry.kind == NodeKind.DIR and archive == "zip":
+        return StreamingResponse(zip_stream(vfs, full, name), media_type="application/zip",
+                                 headers={"Content-Disposition": _disposition(name + ".zip")})  # fmt: skip
     if entry.kind == NodeKind.DIR:
         return StreamingResponse(_tar_stream(vfs, full, name), media_type="application/x-tar",
                                  headers={"Content-Disposition": _disposition(name + ".tar")})  # fmt: skip
     if entry.kind != NodeKind.FILE:
-        raise HTTPException(400, f"{inner} is a {KIND_NAMES.get(entry.kind)}, not a file or folder")
+        raise HTTPException(
+            400, f"{_display(inner)} is a {KIND_NAMES.get(entry.kind)}, not a file or folder"
+        )
     size = entry.node.size
     span = _parse_range(range_header, size)
     start, end = span or (0, size)

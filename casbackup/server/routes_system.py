@@ -52,6 +52,11 @@ class RepositoryStatus(BaseModel):
     location: str | None
     reachable: bool
     error: str | None = None
+    alerts: list[str] = Field(
+        default_factory=list,
+        description="rollback and tampering warnings from this client's record of the "
+        "repository (e.g. snapshots it forgot are back); empty when all is well",
+    )
 
 
 class SystemStatus(BaseModel):
@@ -125,6 +130,14 @@ def applications(request: Request, principal: Principal = Depends(require("view"
     return list_applications(request, principal)
 
 
+def _sees_repo(registry: Any, key: str, principal: Principal) -> bool:
+    """Whether the caller may see a repository's alerts: unscoped callers see every one, an
+    application-scoped caller those of repositories holding one of its applications."""
+    if principal.apps is None:
+        return True
+    return any(k == key and principal.sees(a) for a, k in registry.app_repo.items())
+
+
 @router.get("/api/system/status", response_model=SystemStatus, summary="Service status")
 def system_status(
     request: Request, principal: Principal = Depends(require("view"))
@@ -133,8 +146,10 @@ def system_status(
     repos = []
     for key, handle in service.registry.handles.items():
         try:
-            handle.repo()
-            repos.append(RepositoryStatus(key=key, location=handle.location, reachable=True))
+            alerts = handle.alerts() if _sees_repo(service.registry, key, principal) else []
+            repos.append(
+                RepositoryStatus(key=key, location=handle.location, reachable=True, alerts=alerts)
+            )
         except CasError as exc:
             repos.append(
                 RepositoryStatus(key=key, location=handle.location, reachable=False, error=str(exc))

@@ -124,3 +124,92 @@ def test_filter_grows_with_the_index(tmp_path, small_threshold, monkeypatch) -> 
         assert cache._filter is not None and cache._filter.capacity >= cache.count()
     assert all(cache.contains(b) for b, _ in everything)
     cache.close()
+
+
+# Another process's view of the same index cache (py-lmdb opens one environment once per
+# process): small thresholds so that a few hundred entries have a filter and outgrow it.
+_OTHER = """
+import os, sys
+from casbackup.repo import bloom, index
+from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.index import IndexCache, Location
+index.FILTER_FROM = int(sys.argv[2])
+bloom.MIN_LOG2 = 10
+cache = IndexCache(sys.argv[1])
+ids = [os.urandom(32) for _ in range(int(sys.argv[3]))]
+entries = [(BlobId(b), Location("cd" * 32, i, 10, 20, Kind.DATA)) for i, b in enumerate(ids)]
+# Two index files: past the filter's capacity the first rebuilds it (a new file), so the
+# second's bits exist only in the new file.
+cache.add_file(FileId("33" * 32), entries[:-50])
+cache.add_file(FileId("44" * 32), entries[-50:])
+cache.sync()
+cache.close()
+sys.stdout.write("\\n".join(b.hex() for b in ids))
+"""
+
+
+def _other_process_adds(path: str, entries: int, filter_from: int = 100) -> list[bytes]:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _OTHER, path, str(filter_from), str(entries)],
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    return [bytes.fromhex(line) for line in out.split()]
+
+
+@pytest.fixture
+def tiny_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from casbackup.repo import bloom
+
+    monkeypatch.setattr(index_module, "FILTER_FROM", 100)
+    monkeypatch.setattr(bloom, "MIN_LOG2", 10)
+
+
+@pytest.mark.parametrize("readonly", [True, False])
+def test_long_lived_reader_sees_blobs_after_another_process_rebuilt_the_filter(
+    tmp_path, tiny_filters, readonly: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """The issue's case: the service keeps its cache open; a backup in another process grows
+    the index past the filter's capacity and rebuilds the filter file. The reader's old map
+    must not answer "missing" for the blobs added since."""
+    path = str(tmp_path / "c")
+    writer = IndexCache(path)
+    first = _entries(150)
+    writer.add_file(FileId("11" * 32), first)
+    assert writer._filter is not None
+    old_capacity = writer._filter.capacity
+    writer.close()
+    reader = IndexCache(path, readonly=readonly)
+    assert reader._filter is not None
+    added = _other_process_adds(path, old_capacity + 100)  # past the filter's coverage
+    assert reader.contains(BlobId(added[-1]))  # added after the rebuild
+    assert all(reader.get(b) is not None for b in added)
+    assert reader.get_many([added[-1], first[0][0]]) == [
+        Location("cd" * 32, len(added) - 1, 10, 20, Kind.DATA),
+        first[0][1],
+    ]
+    assert reader.contains_all([b for b, _ in first] + added)
+    assert reader._filter is not None and reader._filter.covered == reader.count()  # reloaded
+    assert not reader.contains(BlobId(os.urandom(32)))
+    reader.close()
+
+
+def test_reader_asks_lmdb_when_another_writer_adds_without_the_filter(
+    tmp_path, tiny_filters
+) -> None:  # type: ignore[no-untyped-def]
+    """Same file, but entries it does not cover (a writer that keeps no filter): the covered
+    count no longer matches LMDB's, so a "no" from the filter is not trusted."""
+    path = str(tmp_path / "c")
+    writer = IndexCache(path)
+    writer.add_file(FileId("11" * 32), _entries(150))
+    writer.close()
+    reader = IndexCache(path, readonly=True)
+    assert reader._filter is not None
+    added = _other_process_adds(path, 60, filter_from=10**9)  # this writer keeps no filter
+    assert all(reader.contains(BlobId(b)) for b in added)
+    assert all(reader.get(b) is not None for b in added)
+    assert reader._filter is not None  # the same file, still used for what it covers
+    assert reader._filter.is_current(os.path.join(path, FILTER_FILE))
+    reader.close()

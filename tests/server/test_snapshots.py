@@ -4,6 +4,7 @@ check, forget and prune plans."""
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,104 @@ def test_unlock_job_removes_only_stale_locks(env: Env) -> None:
     finally:
         live.release()
         repo.close()
+
+
+def test_folder_downloads_as_zip(env: Env) -> None:
+    """``format=zip``: the same members as the tar, byte-identical contents, a symbolic link
+    kept as a link (Unix mode in the external attributes), streamed in several pieces."""
+    import stat
+    import zipfile
+
+    src = env.tmp / "shop"
+    (src / "link").symlink_to("sub/b.bin")
+    big = os.urandom(3 << 20)  # more than one read block
+    (src / "sub" / "big.bin").write_bytes(big)
+    snap = str(backup(env, "shop")["snapshot_id"])
+    with env.client.stream(
+        "GET", f"/api/snapshots/{snap}/download",
+        params={"path": str(src), "format": "zip"}, headers=env.h("operator"),
+    ) as r:  # fmt: skip
+        assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+        assert r.headers["content-disposition"].startswith('attachment; filename="shop.zip"')
+        pieces = list(r.iter_raw())
+    assert len(pieces) > 3  # streamed, not built whole first
+    with zipfile.ZipFile(io.BytesIO(b"".join(pieces))) as zf:
+        assert zf.testzip() is None  # every CRC matches
+        assert sorted(zf.namelist()) == [
+            "shop/", "shop/a.txt", "shop/link", "shop/sub/", "shop/sub/b.bin", "shop/sub/big.bin"
+        ]  # fmt: skip
+        assert zf.read("shop/sub/b.bin") == (src / "sub" / "b.bin").read_bytes()
+        assert zf.read("shop/sub/big.bin") == big
+        assert zf.read("shop/a.txt") == b"hello\n"
+        link = zf.getinfo("shop/link")
+        assert stat.S_ISLNK(link.external_attr >> 16) and zf.read(link) == b"sub/b.bin"
+        assert zf.getinfo("shop/sub/").is_dir()
+    bad = env.client.get(f"/api/snapshots/{snap}/download",
+                         params={"path": str(src), "format": "rar"}, headers=env.h("operator"))  # fmt: skip
+    assert bad.status_code in (400, 422)
+
+
+def test_zip_uses_zip64_for_large_members(env: Env, snap: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Members past zip's 4 GiB limit get ZIP64 records; the limit is lowered here so that the
+    fixture's 300 KB file counts as large."""
+    import struct
+    import zipfile
+
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 100_000)
+    src = env.tmp / "shop"
+    r = env.client.get(f"/api/snapshots/{snap}/download",
+                       params={"path": f"{src}/sub", "format": "zip"}, headers=env.h("operator"))  # fmt: skip
+    assert r.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        info = zf.getinfo("sub/b.bin")
+        assert zf.read(info) == (src / "sub" / "b.bin").read_bytes()
+        # the local header's extra field starts with the ZIP64 tag (0x0001)
+        offset = info.header_offset
+        name_len, extra_len = struct.unpack_from("<HH", r.content, offset + 26)
+        extra = r.content[offset + 30 + name_len : offset + 30 + name_len + extra_len]
+        assert struct.unpack_from("<H", extra)[0] == 1
+
+
+def test_non_utf8_names_browse_and_download(env: Env) -> None:
+    """A folder and a file whose names hold b"\\xff": the listing gives each a path_b64 (the
+    exact bytes) beside a display name; browsing into the folder and downloading the file
+    with it work, and the tar keeps the original bytes."""
+    import base64
+
+    src = env.tmp / "shop"
+    odd_dir = os.path.join(os.fsencode(src), b"odd-\xff")
+    os.mkdir(odd_dir)
+    data = os.urandom(70_000)
+    with open(os.path.join(odd_dir, b"f\xffile"), "wb") as f:
+        f.write(data)
+    snap = str(backup(env, "shop")["snapshot_id"])
+    c, h = env.client, env.h("operator")
+    top = c.get(f"/api/snapshots/{snap}/tree", params={"path": str(src)}, headers=h)
+    assert top.status_code == 200, top.text
+    odd = next(e for e in top.json()["entries"] if e["name"].startswith("odd-"))
+    assert odd["name"] == "odd-\ufffd" and odd["type"] == "dir"
+    assert base64.urlsafe_b64decode(odd["path_b64"]) == odd_dir
+    plain = next(e for e in top.json()["entries"] if e["name"] == "a.txt")
+    assert plain["path_b64"] is None  # valid UTF-8: the plain path is exact
+    inside = c.get(f"/api/snapshots/{snap}/tree", params={"path_b64": odd["path_b64"]}, headers=h)
+    assert inside.status_code == 200, inside.text
+    assert inside.json()["path_b64"] == odd["path_b64"]
+    (entry,) = inside.json()["entries"]
+    assert base64.urlsafe_b64decode(entry["path_b64"]) == odd_dir + b"/f\xffile"
+    r = c.get(f"/api/snapshots/{snap}/download", params={"path_b64": entry["path_b64"]}, headers=h)
+    assert r.status_code == 200 and r.content == data
+    assert "filename*=UTF-8''f%EF%BF%BDile" in r.headers["content-disposition"]
+    r = c.get(f"/api/snapshots/{snap}/download", params={"path_b64": odd["path_b64"]}, headers=h)
+    with tarfile.open(
+        fileobj=io.BytesIO(r.content), encoding="utf-8", errors="surrogateescape"
+    ) as tar:
+        member = tar.extractfile(os.fsdecode(b"odd-\xff/f\xffile"))
+        assert member is not None and member.read() == data
+    for bad in ({"path_b64": "!!"}, {"path_b64": "Lw"}, {"path_b64": "Lw==", "path": "/"}):
+        assert c.get(f"/api/snapshots/{snap}/tree", params=bad, headers=h).status_code == 400
+    assert c.get(f"/api/snapshots/{snap}/download", headers=h).status_code == 400
+    traversal = base64.urlsafe_b64encode(b"/a/../etc").decode()
+    assert (
+        c.get(f"/api/snapshots/{snap}/tree", params={"path_b64": traversal}, headers=h).status_code
+        == 400
+    )

@@ -173,14 +173,14 @@ def snapshot_page(
     sid = detail["id"]
     file_entry = None
     try:
-        listing = api_doc(browse(sid, request, path=path, offset=offset, limit=PAGE_SIZE,
+        listing = api_doc(browse(sid, request, path=path, path_b64=None, offset=offset, limit=PAGE_SIZE,
                                  app=None, principal=p))  # fmt: skip
     except HTTPException as exc:
         # a file: show its metadata, found in its folder's listing
         parent, _, name = path.rstrip("/").rpartition("/")
         if exc.status_code != 404 or not name:
             raise
-        listing = api_doc(browse(sid, request, path=parent or "/", offset=0, limit=10**5,
+        listing = api_doc(browse(sid, request, path=parent or "/", path_b64=None, offset=0, limit=10**5,
                                  app=None, principal=p))  # fmt: skip
         found = [e for e in listing["entries"] if e["name"] == name]
         if not found:

@@ -28,6 +28,7 @@ TESTIDS: dict[str, str] = {
     "overdue": "overdue",  # :<app>
     "strip": "strip",  # :<app>
     "repo_health": "repo-health",  # :<repository>
+    "repo_alert": "repo-alert",  # :<repository>, one per rollback / tampering alert
     "repo_check": "repo-check",  # :<repository>
     "repo_prune": "repo-prune",  # :<repository>
     # application page

@@ -53,6 +53,7 @@ class RepoHealth:
     stored_bytes: int
     growth_30d: int
     snapshots: int
+    alerts: list[str]  # rollback / tampering warnings (Repository.alerts)
 
 
 @dataclass
@@ -194,8 +195,10 @@ def repo_health(service: Service, key: str, handle: RepoHandle, snaps: list[Snap
     error = None
     locks: list[str] = []
     size = None
+    alerts: list[str] = []
     try:
         repo = handle.repo()
+        alerts = handle.alerts()
         locks = [info.describe() for info in list_locks(repo)]
         # the whole repository's size is for unscoped callers only, as in /metrics
         if principal.apps is None and service.metrics is not None:
@@ -212,7 +215,7 @@ def repo_health(service: Service, key: str, handle: RepoHandle, snaps: list[Snap
         last_check=checks[0] if checks else None, size_bytes=size,
         stored_bytes=sum(s.summary.bytes_stored for s in visible),
         growth_30d=sum(s.summary.bytes_stored for s in visible if s.datetime >= since),
-        snapshots=len(visible),
+        snapshots=len(visible), alerts=alerts,
     )  # fmt: skip
 
 
