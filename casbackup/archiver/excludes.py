@@ -50,7 +50,15 @@ class _Rule:
 
 
 class Excluder:
-    def __init__(self, patterns: list[str] | tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        patterns: list[str] | tuple[str, ...],
+        rename: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """`rename`: (read folder, original path) pairs: a source read from a file-system
+        snapshot is matched as if read at its original path, so ``/srv/app/cache`` still
+        excludes the snapshot's copy of that folder."""
+        self._rename = tuple((r.rstrip("/"), o.rstrip("/")) for r, o in rename)
         self.patterns = tuple(p for p in patterns if p.strip() and not p.lstrip().startswith("#"))
         rules = []
         for raw in self.patterns:
@@ -75,6 +83,10 @@ class Excluder:
         return bool(self._rules)
 
     def excluded(self, path: str) -> bool:
+        for read, original in self._rename:
+            if path == read or path.startswith(read + "/"):
+                path = original + path[len(read) :]
+                break
         result = False
         for rule in self._rules:
             if rule.regex.search(path):

@@ -77,6 +77,7 @@ class WorkerSetup:
     # straight from the packs: only for a repository in a local folder.
     repo_root: str | None = None
     excludes: tuple[str, ...] = ()
+    exclude_renames: tuple[tuple[str, str], ...] = ()  # read folder -> original path
     one_file_system: bool = False
 
 
@@ -157,7 +158,8 @@ class FileReader:
         if self._comparer is None:
             self._comparer = SubtreeComparer(
                 self.setup.repo_root, self._cache, self.opener, self.setup.id_key,
-                Excluder(self.setup.excludes), self.setup.one_file_system, self.cancel,
+                Excluder(self.setup.excludes, rename=self.setup.exclude_renames),
+                self.setup.one_file_system, self.cancel,
             )  # fmt: skip
         return self._comparer.compare(job)
 

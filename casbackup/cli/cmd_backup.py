@@ -80,7 +80,8 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
         )
         assert config is not None
         options = backup_options(require_app(config, app), backup_type=backup_type, tags=tags,
-                                 extra_excludes=tuple(patterns), parent=parent, **common)  # fmt: skip
+                                 extra_excludes=tuple(patterns), parent=parent,
+                                 snapshots=config.snapshots, **common)  # fmt: skip
         outcome = _run_app(repo, ctx, options)
         render_backup_result(ctx, outcome.result, dry_run, outcome.dump_warnings)
         _auto_verify(repo, ctx, outcome.result, _wants_verify(auto_verify, config, app))
@@ -175,7 +176,8 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
             click.echo(f"== {app.name}")
         try:
             options = backup_options(app, backup_type=backup_type, tags=tags,
-                                     extra_excludes=excludes, **common)  # fmt: skip
+                                     extra_excludes=excludes, snapshots=config.snapshots,
+                                     **common)  # fmt: skip
             outcome = _run_app(repo, ctx, options)
             render_backup_result(ctx, outcome.result, common["dry_run"], outcome.dump_warnings)
             _auto_verify(repo, ctx, outcome.result, _wants_verify(auto_verify, config, app.name))

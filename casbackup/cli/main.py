@@ -23,6 +23,7 @@ COMMAND_MODULES = {
     "snapshots": "cmd_snapshots", "stats": "cmd_stats", "unlock": "cmd_unlock",
     "verify": "cmd_verify",
     "migrate": "cmd_migrate",
+    "fs-snapshots": "cmd_fs_snapshots",
 }  # fmt: skip
 
 

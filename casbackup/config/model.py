@@ -24,9 +24,10 @@ generate_reports = true
 
 [snapshots]                                  # file-system snapshot provider
 enabled = false
-provider = "lvm"                             # lvm | btrfs | zfs
-auto_cleanup = true
-max_snapshots = 5
+provider = "lvm"                             # lvm | btrfs | zfs | auto
+auto_cleanup = true                          # remove leftovers of crashed runs first
+max_snapshots = 5                            # casbackup's snapshots per provider, at most
+lvm_snapshot_size = "1G"                     # or "20%ORIGIN"
 
 [plugins]
 enabled = false
@@ -40,6 +41,8 @@ sources = ["/srv/webshop"]                   # at least one
 excludes = ["*.log", "cache/"]               # patterns, not resolved
 default_backup_type = "incremental"          # full | incremental | differential
 schedule = "0 2 * * *"                       # cron: 5 fields or @daily and friends
+snapshot = "auto"                            # read sources from a file-system snapshot:
+                                             #   btrfs | zfs | lvm | auto | none
 
 [applications.retention]
 keep_last = 3
@@ -81,6 +84,7 @@ from casbackup.engines.base import DatabaseSpec
 
 BACKUP_TYPES = ("full", "incremental", "differential")
 SNAPSHOT_PROVIDERS = ("lvm", "btrfs", "zfs")
+APP_SNAPSHOT_CHOICES = (*SNAPSHOT_PROVIDERS, "auto", "none")
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class AppConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     schedule: str | None = None
     verification: AppVerification = field(default_factory=AppVerification)
+    snapshot: str | None = None  # file-system snapshot: lvm | btrfs | zfs | auto | none
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,7 @@ class SnapshotsConfig:
     provider: str | None = None
     auto_cleanup: bool = True
     max_snapshots: int = 5
+    lvm_snapshot_size: str = "1G"  # lvcreate --size, or --extents when it holds '%'
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,16 @@ class DatabaseRecord:
 
 
 @dataclass(frozen=True)
+class FsSnapshotRecord:
+    """A source read from a file-system snapshot (fssnap/) rather than live."""
+
+    source: str  # the source's own path, as it appears in the tree
+    provider: str  # btrfs | zfs | lvm
+    origin: str  # the subvolume, dataset or logical volume snapshotted
+    time: str  # ISO 8601 UTC, when the file-system snapshot was taken
+
+
+@dataclass(frozen=True)
 class Snapshot:
     time: str  # ISO 8601, UTC, when the backup started
     start_ns: int  # the same instant in ns: the race guard compares file times with it
@@ -66,6 +76,7 @@ class Snapshot:
     app_definition: dict[str, Any] | None = None
     program_version: str = ""
     errors: tuple[str, ...] = ()
+    fs_snapshots: tuple[FsSnapshotRecord, ...] = ()
     id: str = ""  # not stored: filled in from the file name when loaded
 
     @property
@@ -88,6 +99,8 @@ class Snapshot:
     def encode(self) -> bytes:
         doc = asdict(self)
         doc.pop("id")
+        if not doc["fs_snapshots"]:  # written only when used: older records stay byte-identical
+            doc.pop("fs_snapshots")
         doc["version"] = SNAPSHOT_VERSION
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -106,6 +119,7 @@ class Snapshot:
             doc["errors"] = tuple(doc.get("errors", ()))
             doc["summary"] = Summary(**doc.get("summary", {}))
             doc["databases"] = tuple(DatabaseRecord(**d) for d in doc.get("databases", ()))
+            doc["fs_snapshots"] = tuple(FsSnapshotRecord(**d) for d in doc.get("fs_snapshots", ()))
             snap = cls(**doc, id=snapshot_id)
             bytes.fromhex(snap.tree)
             datetime.fromisoformat(snap.time)

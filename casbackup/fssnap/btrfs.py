@@ -1,0 +1,103 @@
+"""Btrfs: a read-only snapshot of the subvolume that holds a source.
+
+A subvolume's top folder has inode 256 (BTRFS_FIRST_FREE_OBJECTID), so the subvolume of a
+path is its nearest ancestor with that inode. Snapshots go to ``.casbackup-fssnap/`` at the
+file system's mount point: a snapshot must stay on the same file system, and keeping them
+out of the subvolume itself keeps them out of the next snapshot of it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from casbackup.fssnap.base import (
+    Frozen,
+    Leftover,
+    NotThatFileSystem,
+    ProviderSettings,
+    Volume,
+    parse_name,
+    require_root,
+    run_tool,
+)
+from casbackup.fssnap.mounts import mount_of, mounts
+from casbackup.repo.snapshot import now_utc
+
+SUBVOLUME_ROOT_INODE = 256
+SNAP_DIR = ".casbackup-fssnap"
+
+
+class BtrfsProvider:
+    name = "btrfs"
+
+    def locate(self, path: str) -> Volume:
+        real = os.path.realpath(path)
+        mount = mount_of(real)
+        if mount is None or mount.fstype != "btrfs":
+            kind = mount.fstype if mount else "unknown"
+            raise NotThatFileSystem(f"{path} is not on a Btrfs file system (it is on {kind})")
+        top = mount.mount_point
+        current = real if os.path.isdir(real) else os.path.dirname(real)
+        while True:
+            try:
+                st = os.stat(current)
+            except OSError as exc:
+                raise NotThatFileSystem(f"cannot inspect {current}: {exc.strerror}") from None
+            if st.st_ino == SUBVOLUME_ROOT_INODE or current == top or current == "/":
+                return Volume(self.name, current, current)
+            current = os.path.dirname(current)
+
+    def supports(self, path: str) -> bool:
+        try:
+            self.locate(path)
+        except NotThatFileSystem:
+            return False
+        return True
+
+    def freeze(self, volume: Volume, snap_name: str, settings: ProviderSettings) -> Frozen:
+        require_root(self.name)
+        mount = mount_of(volume.root)
+        assert mount is not None
+        folder = os.path.join(mount.mount_point, SNAP_DIR)
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise NotThatFileSystem(f"cannot create {folder}: {exc.strerror}") from None
+        target = os.path.join(folder, snap_name)
+        time_text, _ = now_utc()
+        run_tool(["btrfs", "subvolume", "snapshot", "-r", volume.root, target], self.name)
+        return Frozen(volume, target, target, time_text)
+
+    def check(self, frozen: Frozen) -> None:
+        return None  # a Btrfs snapshot cannot fill up apart from the file system itself
+
+    def release(self, frozen: Frozen) -> None:
+        self._delete(frozen.handle)
+
+    def leftovers(self, paths: tuple[str, ...] | None) -> list[Leftover]:
+        if paths is None:
+            points = {m.mount_point for m in mounts() if m.fstype == "btrfs"}
+        else:
+            found = (mount_of(p) for p in paths)
+            points = {m.mount_point for m in found if m is not None and m.fstype == "btrfs"}
+        out = []
+        for point in sorted(points):
+            folder = os.path.join(point, SNAP_DIR)
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError:
+                continue
+            for name in names:
+                pid = parse_name(name)
+                if pid is not None:
+                    out.append(Leftover(self.name, os.path.join(folder, name), pid))
+        return out
+
+    def remove(self, leftover: Leftover) -> None:
+        self._delete(leftover.handle)
+
+    def _delete(self, path: str) -> None:
+        if os.path.lexists(path):
+            run_tool(["btrfs", "subvolume", "delete", path], self.name)

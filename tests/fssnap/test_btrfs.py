@@ -1,0 +1,230 @@
+"""Btrfs for real: a loop-file Btrfs, an application on a subvolume, the CLI in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from casbackup.fssnap.base import snapshot_name
+from casbackup.fssnap.btrfs import SNAP_DIR
+from tests.cli.conftest import assert_one_error
+from tests.fssnap.conftest import write_site
+
+BLOCK = 64 * 1024
+BLOCKS = 128  # an 8 MiB file, rewritten in place block by block
+
+
+def _subvolume(mnt: Path, name: str = "app") -> Path:
+    subprocess.run(["btrfs", "subvolume", "create", str(mnt / name)], check=True,
+                   capture_output=True)  # fmt: skip
+    return mnt / name
+
+
+def _block(version: int) -> bytes:
+    head = f"version {version:08d}\n".encode()
+    return (head * (BLOCK // len(head) + 1))[:BLOCK]
+
+
+def _ours(mnt: Path) -> list[str]:
+    folder = mnt / SNAP_DIR
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def _subvolumes(mnt: Path) -> str:
+    return subprocess.run(["btrfs", "subvolume", "list", str(mnt)], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+
+
+class Rewriter(threading.Thread):
+    """Rewrites live.bin in place, one version after another, then counter.txt."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.stop = threading.Event()
+        self.version = 0
+
+    def write_version(self, version: int) -> None:
+        with open(self.path / "live.bin", "r+b" if version else "wb") as f:
+            for _ in range(BLOCKS):
+                f.write(_block(version))
+        (self.path / "counter.txt").write_text(str(version))
+        self.version = version
+
+    def run(self) -> None:
+        version = self.version
+        while not self.stop.is_set():
+            version += 1
+            self.write_version(version)
+
+
+def test_rewritten_file_is_stored_as_at_snapshot_time_and_snapshot_is_removed(
+    btrfs_mount: Path, tmp_path: Path
+) -> None:
+    app = _subvolume(btrfs_mount)
+    (app / "conf").mkdir()
+    for i in range(300):  # enough files for the backup to overlap many rewrites
+        (app / "conf" / f"f{i:03d}.txt").write_text(f"setting {i}\n" * 50)
+    writer = Rewriter(app)
+    writer.write_version(0)
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    writer.start()
+    try:
+        first = writer.version
+        res = site.cli("backup", "--app", "webapp")
+        last = writer.version
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert res.code == 0, res.err
+    assert last > first, "the file was not rewritten during the backup"
+    stored = site.cli("cat", f"latest:{app}/live.bin", "--app", "webapp")
+    blob = stored.out.encode(errors="surrogateescape")
+    assert stored.code == 0, stored.err
+    assert len(blob) == BLOCK * BLOCKS
+    versions = [int(blob[i + 8 : i + 16]) for i in range(0, len(blob), BLOCK)]
+    # A snapshot is one instant: the writer was either between versions (one version) or
+    # part way through rewriting version v into v + 1 (blocks of v + 1, then blocks of v).
+    # A live read that races the writer sees later blocks from later rewrites instead.
+    low = versions[-1]
+    assert set(versions) <= {low, low + 1}, f"not one instant: {sorted(set(versions))}"
+    assert versions == sorted(versions, reverse=True), "not one instant: versions interleave"
+    assert first <= low <= last
+    counter = int(site.cli("cat", f"latest:{app}/counter.txt", "--app", "webapp").out)
+    # counter.txt is written after each complete version and before the next one starts.
+    if versions[0] == low + 1:
+        assert counter == low
+    else:
+        assert counter in (low - 1, low)
+    # the snapshot is gone; only the application's subvolume is left
+    assert _ours(btrfs_mount) == []
+    assert "casbackup-" not in _subvolumes(btrfs_mount)
+    # the record names the provider and time; paths are the originals
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    [record] = snap["fs_snapshots"]
+    assert record["provider"] == "btrfs" and record["source"] == str(app)
+    assert record["origin"] == str(app) and record["time"] >= snap["time"][:19]
+    listing = site.cli("ls", "latest", "--app", "webapp").out
+    assert f"{app}/live.bin" in listing and SNAP_DIR not in listing
+    target = tmp_path / "restored"
+    res = site.cli("restore", "latest", "--app", "webapp", "--target", str(target))
+    assert res.code == 0, res.err
+    assert (target / str(app).lstrip("/") / "conf" / "f007.txt").read_text() == "setting 7\n" * 50
+
+
+def test_live_read_without_snapshot_is_not_frozen(btrfs_mount: Path, tmp_path: Path) -> None:
+    """The same setup with snapshot = "none" reads live: it names no file-system snapshot."""
+    app = _subvolume(btrfs_mount)
+    (app / "a.txt").write_text("a")
+    site = write_site(tmp_path, [str(app)], "none")
+    assert site.cli("backup", "--app", "webapp").code == 0
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    assert snap["fs_snapshots"] == []
+
+
+def test_killed_backup_leaves_a_snapshot_the_next_run_removes(
+    btrfs_mount: Path, tmp_path: Path
+) -> None:
+    app = _subvolume(btrfs_mount)
+    (app / "data.txt").write_text("precious\n")
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    # The child stops inside the backup, after the snapshot was taken, and is killed there.
+    prelude = (
+        "import time, casbackup.archiver.application as a\n"
+        "def hang(*args, **kw):\n"
+        "    print('READY', flush=True)\n"
+        "    time.sleep(600)\n"
+        "a.run_backup = hang\n"
+    )
+    main = "from casbackup.cli.main import main; main()"
+    env = {**os.environ, "CASBACKUP_CONFIG": str(site.config)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", prelude + main, "backup", "--app", "webapp"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"READY", child.stderr.read()  # type: ignore[union-attr]
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    [leftover] = _ours(btrfs_mount)
+    assert leftover.startswith("casbackup-webapp-") and leftover.endswith(f"-{child.pid}")
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    assert f"removed leftover btrfs snapshot {btrfs_mount / SNAP_DIR / leftover}" in res.err
+    assert _ours(btrfs_mount) == []
+    assert site.cli("cat", f"latest:{app}/data.txt", "--app", "webapp").out == "precious\n"
+
+
+def test_cleanup_command_removes_only_dead_runs_snapshots(btrfs_mount: Path) -> None:
+    from casbackup.testing.fixtures import run_cli
+
+    app = _subvolume(btrfs_mount)
+    (btrfs_mount / SNAP_DIR).mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = {
+        "dead": snapshot_name("webapp", pid=dead.pid),
+        "alive": snapshot_name("webapp", pid=os.getpid()),
+        "user": "nightly-by-hand",
+    }
+    for name in names.values():
+        subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(app),
+                        str(btrfs_mount / SNAP_DIR / name)], check=True, capture_output=True)  # fmt: skip
+    res = run_cli("fs-snapshots", "cleanup", "--provider", "btrfs")
+    assert res.code == 0, res.err
+    assert f"removed btrfs snapshot {btrfs_mount / SNAP_DIR / names['dead']}" in res.out
+    assert "kept btrfs snapshot" in res.out
+    assert _ours(btrfs_mount) == sorted([names["alive"], names["user"]])
+
+
+def test_max_snapshots_is_never_exceeded(btrfs_mount: Path, tmp_path: Path) -> None:
+    app = _subvolume(btrfs_mount)
+    (app / "a.txt").write_text("a")
+    (btrfs_mount / SNAP_DIR).mkdir()
+    # three snapshots of runs still alive (this test's pid): max_snapshots = 3 is reached
+    for i in range(3):
+        name = snapshot_name(f"other{i}", pid=os.getpid())
+        subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(app),
+                        str(btrfs_mount / SNAP_DIR / name)], check=True, capture_output=True)  # fmt: skip
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    res = site.cli("backup", "--app", "webapp")
+    assert_one_error(res, 31, "max_snapshots = 3")
+    assert len(_ours(btrfs_mount)) == 3
+
+
+def test_source_not_on_btrfs_is_a_one_line_error(tmp_path: Path) -> None:
+    src = tmp_path / "plain"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    site = write_site(tmp_path, [str(src)], "btrfs")
+    res = site.cli("backup", "--app", "webapp")
+    assert_one_error(res, 31, f"{src} is not on a Btrfs file system")
+    assert json.loads(site.cli("--json", "snapshots").out) == []
+
+
+def test_auto_reads_a_plain_folder_live_and_says_so(tmp_path: Path) -> None:
+    src = tmp_path / "plain"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    site = write_site(tmp_path, [str(src)], "auto")
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    assert f"no file-system snapshot for {src}" in res.err
+
+
+def test_btrfs_tool_missing_is_a_one_line_error(btrfs_mount: Path, tmp_path: Path) -> None:
+    app = _subvolume(btrfs_mount)
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    empty = tmp_path / "emptybin"
+    empty.mkdir()
+    res = site.cli("backup", "--app", "webapp", env={"PATH": str(empty)})
+    assert_one_error(res, 31, "need the 'btrfs' command")
