@@ -134,8 +134,15 @@ class LvmProvider:
     def _unmount(self, mount_point: str | None) -> None:
         if mount_point is None:
             return
-        if os.path.ismount(mount_point):
+        if not os.path.isdir(mount_point):
+            return
+        # Not os.path.ismount: it misses a mount of the same device (a bind mount); umount
+        # itself knows, and "not mounted" is the answer when a crash came before the mount.
+        try:
             run_tool(["umount", mount_point], "lvm")
+        except ToolFailed as exc:
+            if "not mounted" not in str(exc):
+                raise
         _rmdir(mount_point)
 
 
