@@ -20,7 +20,7 @@ from casbackup.fssnap.base import (
     require_root,
     run_tool,
 )
-from casbackup.fssnap.mounts import mount_of, mounts
+from casbackup.fssnap.mounts import Mount, mount_of, mounts
 from casbackup.repo.snapshot import now_utc
 
 SUBVOLUME_ROOT_INODE = 256
@@ -31,6 +31,9 @@ class BtrfsProvider:
     name = "btrfs"
 
     def locate(self, path: str) -> Volume:
+        """The subvolume holding `path`. A snapshot leaves subvolumes nested in it empty, so
+        a source that holds one is refused (`NotThatFileSystem`) rather than backed up empty.
+        """
         real = os.path.realpath(path)
         mount = mount_of(real)
         if mount is None or mount.fstype != "btrfs":
@@ -44,15 +47,37 @@ class BtrfsProvider:
             except OSError as exc:
                 raise NotThatFileSystem(f"cannot inspect {current}: {exc.strerror}") from None
             if st.st_ino == SUBVOLUME_ROOT_INODE or current == top or current == "/":
-                return Volume(self.name, current, current)
+                break
             current = os.path.dirname(current)
+        for nested in self._nested(current, mount):
+            if nested == real or nested.startswith(real.rstrip("/") + "/"):
+                raise NotThatFileSystem(
+                    f"{path} holds the Btrfs subvolume {nested}, which a snapshot of {current} "
+                    "would leave empty; make it a source of its own application or set "
+                    'snapshot = "none"'
+                )
+        return Volume(self.name, current, current)
 
     def supports(self, path: str) -> bool:
-        try:
-            self.locate(path)
-        except NotThatFileSystem:
-            return False
-        return True
+        mount = mount_of(path)
+        return mount is not None and mount.fstype == "btrfs"
+
+    def _nested(self, subvolume: str, mount: Mount) -> list[str]:
+        """Subvolumes directly inside `subvolume`, as paths under this mount (not ours)."""
+        out = []
+        listing = run_tool(["btrfs", "subvolume", "list", "-o", subvolume], self.name)
+        for line in listing.splitlines():
+            _, sep, rel = line.partition(" path ")
+            if not sep:
+                continue
+            # paths are relative to the file system's top; the mount shows mount.root of it
+            inside = os.path.relpath("/" + rel, mount.root)
+            if inside.startswith(".."):
+                continue
+            full = os.path.normpath(os.path.join(mount.mount_point, inside))
+            if os.path.basename(os.path.dirname(full)) != SNAP_DIR:
+                out.append(full)
+        return out
 
     def freeze(self, volume: Volume, snap_name: str, settings: ProviderSettings) -> Frozen:
         require_root(self.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from casbackup.fssnap.btrfs import SNAP_DIR
 from tests.cli.conftest import assert_one_error
 from tests.fssnap.conftest import write_site
 
+MAIN = "from casbackup.cli.main import main; main()"
 BLOCK = 64 * 1024
 BLOCKS = 128  # an 8 MiB file, rewritten in place block by block
 
@@ -63,6 +65,22 @@ class Rewriter(threading.Thread):
             self.write_version(version)
 
 
+# Runs in the backup's process once the snapshots exist, before anything is read: it notes
+# what the frozen copy holds, so the test can compare the stored file with it afterwards.
+NOTE_FROZEN = (
+    "import hashlib, os, casbackup.archiver.application as a\n"
+    "_run = a.run_backup\n"
+    "def run(repo, options, reporter):\n"
+    "    for source, read in options.read_from:\n"
+    "        with open(os.path.join(read, 'live.bin'), 'rb') as f:\n"
+    "            digest = hashlib.sha256(f.read()).hexdigest()\n"
+    "        with open(os.environ['FROZEN_NOTE'], 'w') as f:\n"
+    "            f.write(digest)\n"
+    "    return _run(repo, options, reporter)\n"
+    "a.run_backup = run\n"
+)
+
+
 def test_rewritten_file_is_stored_as_at_snapshot_time_and_snapshot_is_removed(
     btrfs_mount: Path, tmp_path: Path
 ) -> None:
@@ -73,34 +91,30 @@ def test_rewritten_file_is_stored_as_at_snapshot_time_and_snapshot_is_removed(
     writer = Rewriter(app)
     writer.write_version(0)
     site = write_site(tmp_path, [str(app)], "btrfs")
+    note = tmp_path / "frozen.sha256"
+    env = {**os.environ, "CASBACKUP_CONFIG": str(site.config), "FROZEN_NOTE": str(note)}
     writer.start()
     try:
         first = writer.version
-        res = site.cli("backup", "--app", "webapp")
+        res = subprocess.run(
+            [sys.executable, "-c", NOTE_FROZEN + MAIN, "backup", "--app", "webapp"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
         last = writer.version
     finally:
         writer.stop.set()
         writer.join()
-    assert res.code == 0, res.err
-    assert last > first, "the file was not rewritten during the backup"
+    assert res.returncode == 0, res.stderr
+    assert "changed while it was read" not in res.stderr
+    assert last > first + 1, "the file was not rewritten during the backup"
     stored = site.cli("cat", f"latest:{app}/live.bin", "--app", "webapp")
     blob = stored.out.encode(errors="surrogateescape")
     assert stored.code == 0, stored.err
     assert len(blob) == BLOCK * BLOCKS
-    versions = [int(blob[i + 8 : i + 16]) for i in range(0, len(blob), BLOCK)]
-    # A snapshot is one instant: the writer was either between versions (one version) or
-    # part way through rewriting version v into v + 1 (blocks of v + 1, then blocks of v).
-    # A live read that races the writer sees later blocks from later rewrites instead.
-    low = versions[-1]
-    assert set(versions) <= {low, low + 1}, f"not one instant: {sorted(set(versions))}"
-    assert versions == sorted(versions, reverse=True), "not one instant: versions interleave"
-    assert first <= low <= last
-    counter = int(site.cli("cat", f"latest:{app}/counter.txt", "--app", "webapp").out)
-    # counter.txt is written after each complete version and before the next one starts.
-    if versions[0] == low + 1:
-        assert counter == low
-    else:
-        assert counter in (low - 1, low)
+    # byte for byte what the snapshot held when it was taken, though the live file was
+    # rewritten many times while the backup read it
+    assert hashlib.sha256(blob).hexdigest() == note.read_text()
+    assert blob != (app / "live.bin").read_bytes()
     # the snapshot is gone; only the application's subvolume is left
     assert _ours(btrfs_mount) == []
     assert "casbackup-" not in _subvolumes(btrfs_mount)
@@ -108,7 +122,8 @@ def test_rewritten_file_is_stored_as_at_snapshot_time_and_snapshot_is_removed(
     [snap] = json.loads(site.cli("--json", "snapshots").out)
     [record] = snap["fs_snapshots"]
     assert record["provider"] == "btrfs" and record["source"] == str(app)
-    assert record["origin"] == str(app) and record["time"] >= snap["time"][:19]
+    # taken before the backup started reading (the backup's own time)
+    assert record["origin"] == str(app) and record["time"] <= snap["time"]
     listing = site.cli("ls", "latest", "--app", "webapp").out
     assert f"{app}/live.bin" in listing and SNAP_DIR not in listing
     target = tmp_path / "restored"
@@ -228,3 +243,47 @@ def test_btrfs_tool_missing_is_a_one_line_error(btrfs_mount: Path, tmp_path: Pat
     empty.mkdir()
     res = site.cli("backup", "--app", "webapp", env={"PATH": str(empty)})
     assert_one_error(res, 31, "need the 'btrfs' command")
+
+
+def test_nested_subvolume_inside_a_source_is_refused(btrfs_mount: Path, tmp_path: Path) -> None:
+    """A snapshot leaves nested subvolumes empty: backing that up would lose their files."""
+    app = _subvolume(btrfs_mount)
+    (app / "uploads").mkdir()
+    nested = _subvolume(app / "uploads", "photos")
+    (nested / "cat.jpg").write_bytes(b"meow")
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    res = site.cli("backup", "--app", "webapp")
+    assert_one_error(res, 31, f"holds the Btrfs subvolume {nested}")
+    assert _ours(btrfs_mount) == []
+    # the nested subvolume on its own is fine
+    (tmp_path / "second").mkdir()
+    site = write_site(tmp_path / "second", [str(nested)], "btrfs")
+    assert site.cli("backup", "--app", "webapp").code == 0
+
+
+def test_top_level_source_two_sources_auto_and_excludes(btrfs_mount: Path, tmp_path: Path) -> None:
+    """The mount's top as a source (casbackup's snapshot folder is left out), a second
+    source on the same subvolume (one snapshot for both), "auto" choosing Btrfs, and an
+    absolute exclude that still matches although the files are read from the snapshot."""
+    (btrfs_mount / "etc").mkdir()
+    (btrfs_mount / "etc" / "app.conf").write_text("port = 80\n")
+    (btrfs_mount / "cache").mkdir()
+    (btrfs_mount / "cache" / "junk").write_text("junk")
+    site = write_site(tmp_path, [str(btrfs_mount), str(btrfs_mount / "etc")], "auto", extra="")
+    text = site.config.read_text().replace(
+        'default_backup_type = "full"',
+        f'default_backup_type = "full"\nexcludes = ["{btrfs_mount}/cache"]',
+    )
+    site.config.write_text(text)
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    assert res.err.count("btrfs snapshot of") == 1
+    listing = site.cli("ls", "latest", "--app", "webapp").out
+    assert f"{btrfs_mount}/etc/app.conf" in listing
+    assert "cache" not in listing and SNAP_DIR not in listing
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    assert {r["source"] for r in snap["fs_snapshots"]} == {
+        str(btrfs_mount),
+        str(btrfs_mount / "etc"),
+    }
+    assert _ours(btrfs_mount) == []
