@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# System packages the mount tests need (FUSE userspace). Installed when missing and we are
+# System packages the mount tests need (FUSE userspace) and the file-system snapshot tools. Installed when missing and we are
 # root with apt; otherwise those tests skip with a reason (and fail under CI=true).
 sysdeps:
 	@if ! command -v fusermount3 >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -25,6 +25,16 @@ sysdeps:
 		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fuse3 >/dev/null 2>&1; } || \
 		echo "warning: could not install fuse3; mount tests will skip"; \
 	fi
+	@# File-system snapshot tools (tests/fssnap): Btrfs for real, ZFS through zfs-fuse, lvm2.
+	@for pair in btrfs:btrfs-progs zfs:zfs-fuse lvcreate:lvm2; do \
+		tool=$${pair%%:*}; pkg=$${pair#*:}; \
+		if ! command -v $$tool >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing $$pkg (for file-system snapshots)"; \
+			apt-get install -y -q $$pkg >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$pkg >/dev/null 2>&1; } || \
+			echo "warning: could not install $$pkg; its snapshot tests will skip"; \
+		fi; \
+	done
 
 demo: $(STAMP)
 	$(BIN)/python sample_app/demo.py

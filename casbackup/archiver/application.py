@@ -209,7 +209,7 @@ def backup_application(
             # The snapshots exist from before the first file is read until after the last
             # dump: files and dumps describe the same moment as closely as the engines allow.
             with frozen_sources(
-                options.app, options.paths, options.fs_plan, reporter.info
+                options.app, options.paths, options.fs_plan, reporter.info, reporter.warning
             ) as frozen:
                 records = tuple(
                     FsSnapshotRecord(s.source, s.provider, s.origin, s.time) for s in frozen.sources

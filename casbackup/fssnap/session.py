@@ -125,7 +125,11 @@ def cleanup(
 
 @contextmanager
 def frozen_sources(
-    app: str, sources: tuple[str, ...], plan: FsSnapshotPlan, log: Callable[[str], None]
+    app: str,
+    sources: tuple[str, ...],
+    plan: FsSnapshotPlan,
+    log: Callable[[str], None],
+    warn: Callable[[str], None] | None = None,
 ) -> Iterator[FrozenSources]:
     """Snapshot what holds each source; yield where to read it; remove the snapshots after.
 
@@ -133,7 +137,9 @@ def frozen_sources(
     system (with "auto", such a source is read live and `log` says so), `ToolMissing`,
     `ToolFailed` (with the tool's stderr), or `SnapshotProviderError` when `max_snapshots`
     would be exceeded or the user is not root. Nothing taken is left behind on any error.
+    `log` gets each step; `warn` (default: `log`) a snapshot that could not be removed.
     """
+    warn = warn or log
     names = PROVIDERS if plan.provider == "auto" else (plan.provider,)
     providers = {n: get_provider(n) for n in names}
     paths = tuple(os.path.abspath(s) for s in sources)
@@ -148,7 +154,7 @@ def frozen_sources(
         for left in done.removed:
             log(f"removed leftover {left.provider} snapshot {left.handle} of a stopped run")
         for message in done.errors + done.unavailable:
-            log(f"warning: could not remove a leftover snapshot: {message}")
+            warn(f"could not remove a leftover snapshot: {message}")
     _check_limit(volumes, providers, plan.max_snapshots)
     state = FrozenSources()
     taken: dict[tuple[str, str], Frozen] = {}
@@ -169,12 +175,12 @@ def frozen_sources(
                 FrozenSource(path, read_path, volume.provider, volume.origin, frozen.time)
             )
             if volume.provider == "btrfs":
-                snap_dir = os.path.join(os.path.dirname(frozen.handle))
+                snap_dir = os.path.dirname(frozen.handle)
                 if snap_dir == path or snap_dir.startswith(path.rstrip("/") + "/"):
                     state.excludes.append(snap_dir)
         yield state
     finally:
-        _release(state, log)
+        _release(state, log, warn)
 
 
 def _locate(
@@ -203,7 +209,7 @@ def _check_limit(volumes: dict[str, Volume], providers: dict[str, Provider], lim
             )
 
 
-def _release(state: FrozenSources, log: Callable[[str], None]) -> None:
+def _release(state: FrozenSources, log: Callable[[str], None], warn: Callable[[str], None]) -> None:
     # Newest first: an LVM mount is unmounted before its volume goes, a clone before its origin.
     failures = []
     for provider, frozen in reversed(state.snapshots):
@@ -213,8 +219,8 @@ def _release(state: FrozenSources, log: Callable[[str], None]) -> None:
         except SnapshotProviderError as exc:
             failures.append(str(exc))
     for message in failures:
-        log(
-            f"warning: a snapshot could not be removed ({message}); "
+        warn(
+            f"a file-system snapshot could not be removed ({message}); "
             "'casbackup fs-snapshots cleanup' removes it"
         )
 
