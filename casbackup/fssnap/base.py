@@ -125,6 +125,11 @@ def parse_name(name: str) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether the casbackup run with this pid may still be running (its snapshot is in use).
+
+    A pid reused by an unrelated process would keep a leftover forever, so a live process
+    counts only when its command line mentions casbackup.
+    """
     if pid == os.getpid():
         return True
     try:
@@ -133,7 +138,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"casbackup" in f.read()
+    except OSError:
+        return True  # cannot tell: leave its snapshot alone
 
 
 def require_tool(tool: str, provider: str) -> str:

@@ -9,7 +9,9 @@ out of the subvolume itself keeps them out of the next snapshot of it.
 from __future__ import annotations
 
 import os
+import stat
 
+from casbackup.errors import SnapshotProviderError
 from casbackup.fssnap.base import (
     Frozen,
     Leftover,
@@ -90,6 +92,10 @@ class BtrfsProvider:
             pass
         except OSError as exc:
             raise NotThatFileSystem(f"cannot create {folder}: {exc.strerror}") from None
+        if not _trusted_folder(folder):
+            raise SnapshotProviderError(
+                f"{folder} is not a folder owned by root: refusing to put snapshots there"
+            )
         target = os.path.join(folder, snap_name)
         time_text, _ = now_utc()
         run_tool(["btrfs", "subvolume", "snapshot", "-r", volume.root, target], self.name)
@@ -110,19 +116,36 @@ class BtrfsProvider:
         out = []
         for point in sorted(points):
             folder = os.path.join(point, SNAP_DIR)
-            try:
-                names = sorted(os.listdir(folder))
-            except OSError:
-                continue
-            for name in names:
+            if not _trusted_folder(folder):
+                continue  # absent, or planted by someone else: nothing of ours in it
+            for name in sorted(os.listdir(folder)):
                 pid = parse_name(name)
-                if pid is not None:
-                    out.append(Leftover(self.name, os.path.join(folder, name), pid))
+                path = os.path.join(folder, name)
+                # only a subvolume (not a symlink to one elsewhere) is deleted
+                if pid is not None and _is_subvolume(path):
+                    out.append(Leftover(self.name, path, pid))
         return out
 
     def remove(self, leftover: Leftover) -> None:
         self._delete(leftover.handle)
 
     def _delete(self, path: str) -> None:
-        if os.path.lexists(path):
-            run_tool(["btrfs", "subvolume", "delete", path], self.name)
+        if not _is_subvolume(path):
+            return
+        run_tool(["btrfs", "subvolume", "delete", path], self.name)
+
+
+def _trusted_folder(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022
+
+
+def _is_subvolume(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_ino == SUBVOLUME_ROOT_INODE

@@ -179,41 +179,63 @@ def test_killed_backup_leaves_a_snapshot_the_next_run_removes(
     assert site.cli("cat", f"latest:{app}/data.txt", "--app", "webapp").out == "precious\n"
 
 
+def _casbackup_like_process() -> subprocess.Popen[bytes]:
+    """A live process whose command line names casbackup, as a running backup's does."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)  # casbackup"])
+
+
 def test_cleanup_command_removes_only_dead_runs_snapshots(btrfs_mount: Path) -> None:
     from casbackup.testing.fixtures import run_cli
 
     app = _subvolume(btrfs_mount)
-    (btrfs_mount / SNAP_DIR).mkdir()
+    (btrfs_mount / SNAP_DIR).mkdir(mode=0o700)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    names = {
-        "dead": snapshot_name("webapp", pid=dead.pid),
-        "alive": snapshot_name("webapp", pid=os.getpid()),
-        "user": "nightly-by-hand",
-    }
-    for name in names.values():
-        subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(app),
-                        str(btrfs_mount / SNAP_DIR / name)], check=True, capture_output=True)  # fmt: skip
-    res = run_cli("fs-snapshots", "cleanup", "--provider", "btrfs")
+    running = _casbackup_like_process()
+    reused = subprocess.Popen(["sleep", "120"])  # a pid now held by something else
+    try:
+        names = {
+            "dead": snapshot_name("webapp", pid=dead.pid),
+            "reused": snapshot_name("webapp", now=1, pid=reused.pid),
+            "alive": snapshot_name("webapp", pid=running.pid),
+            "user": "nightly-by-hand",
+        }
+        for name in names.values():
+            subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(app),
+                            str(btrfs_mount / SNAP_DIR / name)], check=True, capture_output=True)  # fmt: skip
+        # a symlink with one of our names must not lead cleanup to another subvolume
+        trap = snapshot_name("trap", pid=dead.pid)
+        os.symlink(app, btrfs_mount / SNAP_DIR / trap)
+        res = run_cli("fs-snapshots", "cleanup", "--provider", "btrfs")
+    finally:
+        running.kill()
+        reused.kill()
     assert res.code == 0, res.err
     assert f"removed btrfs snapshot {btrfs_mount / SNAP_DIR / names['dead']}" in res.out
-    assert "kept btrfs snapshot" in res.out
-    assert _ours(btrfs_mount) == sorted([names["alive"], names["user"]])
+    assert f"removed btrfs snapshot {btrfs_mount / SNAP_DIR / names['reused']}" in res.out
+    assert f"kept btrfs snapshot {btrfs_mount / SNAP_DIR / names['alive']}" in res.out
+    assert _ours(btrfs_mount) == sorted([names["alive"], names["user"], trap])
+    assert app.is_dir() and "app" in _subvolumes(btrfs_mount)
 
 
 def test_max_snapshots_is_never_exceeded(btrfs_mount: Path, tmp_path: Path) -> None:
     app = _subvolume(btrfs_mount)
     (app / "a.txt").write_text("a")
-    (btrfs_mount / SNAP_DIR).mkdir()
-    # three snapshots of runs still alive (this test's pid): max_snapshots = 3 is reached
-    for i in range(3):
-        name = snapshot_name(f"other{i}", pid=os.getpid())
-        subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(app),
-                        str(btrfs_mount / SNAP_DIR / name)], check=True, capture_output=True)  # fmt: skip
-    site = write_site(tmp_path, [str(app)], "btrfs")
-    res = site.cli("backup", "--app", "webapp")
+    (btrfs_mount / SNAP_DIR).mkdir(mode=0o700)
+    running = _casbackup_like_process()
+    try:
+        # three snapshots of a run still alive: max_snapshots = 3 is reached
+        for i in range(3):
+            name = snapshot_name(f"other{i}", pid=running.pid)
+            subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(app),
+                            str(btrfs_mount / SNAP_DIR / name)], check=True, capture_output=True)  # fmt: skip
+        site = write_site(tmp_path, [str(app)], "btrfs")
+        res = site.cli("backup", "--app", "webapp")
+    finally:
+        running.kill()
     assert_one_error(res, 31, "max_snapshots = 3")
     assert len(_ours(btrfs_mount)) == 3
+    assert json.loads(site.cli("--json", "snapshots").out) == []
 
 
 def test_source_not_on_btrfs_is_a_one_line_error(tmp_path: Path) -> None:

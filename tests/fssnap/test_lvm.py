@@ -279,3 +279,39 @@ def test_lvm_leftovers_of_dead_runs_are_removed(lvm: dict[str, Any]) -> None:
     assert [x.handle for x in done.alive] == [f"vg0/{alive}"]
     assert sorted(os.listdir(lvm["state"])) == sorted([alive, "home-before-upgrade"])
     assert f"lvremove -f vg0/{dead}" in _log(lvm)
+
+
+def test_database_dumps_run_while_the_snapshot_exists(
+    lvm: dict[str, Any], repo: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from casbackup.engines.base import DatabaseSpec
+
+    db_path = tmp_path / "shop.sqlite3"
+    with sqlite3.connect(db_path) as con:
+        con.execute("create table t (x)")
+        con.execute("insert into t values (1)")
+    real_get_engine = application.get_engine
+
+    class Noting:
+        def __init__(self, engine: Any) -> None:
+            self.engine = engine
+
+        def dump(self, spec: Any) -> Any:
+            with open(lvm["log"], "a") as f:  # the fakes log to the same file, in order
+                f.write(f"dump {spec.name}\n")
+            return self.engine.dump(spec)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.engine, name)
+
+    monkeypatch.setattr(application, "get_engine", lambda name: Noting(real_get_engine(name)))
+    app = AppConfig(
+        name="webapp", sources=(str(lvm["origin"]),), snapshot="lvm",
+        databases=(DatabaseSpec(name="shop", engine="sqlite", path=str(db_path)),),
+    )  # fmt: skip
+    outcome = backup_application(repo, backup_options(app, snapshots=SnapshotsConfig()))
+    assert outcome.snapshot is not None and [d.name for d in outcome.snapshot.databases] == ["shop"]
+    steps = [line.split()[0] for line in _log(lvm)]
+    assert steps.index("lvcreate") < steps.index("dump") < steps.index("lvremove")
