@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# System packages the mount tests need (FUSE userspace) and the file-system snapshot tools. Installed when missing and we are
+# System packages the mount tests need (FUSE userspace), attr/acl for the extended
+# attribute and ACL tests, and the file-system snapshot tools. Installed when missing and we are
 # root with apt; otherwise those tests skip with a reason (and fail under CI=true).
 sysdeps:
 	@if ! command -v fusermount3 >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -24,6 +25,12 @@ sysdeps:
 		apt-get install -y -q fuse3 >/dev/null 2>&1 || \
 		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fuse3 >/dev/null 2>&1; } || \
 		echo "warning: could not install fuse3; mount tests will skip"; \
+	fi
+	@if { ! command -v setfacl >/dev/null 2>&1 || ! command -v setfattr >/dev/null 2>&1; } && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing attr and acl (setfattr, setfacl: for the extended attribute tests)"; \
+		apt-get install -y -q attr acl >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q attr acl >/dev/null 2>&1; } || \
+		echo "warning: could not install attr and acl; ACL tests will skip"; \
 	fi
 	@# File-system snapshot tools (tests/fssnap): Btrfs for real, ZFS through zfs-fuse, lvm2.
 	@for pair in btrfs:btrfs-progs zfs:zfs-fuse lvcreate:lvm2; do \

@@ -58,12 +58,6 @@ def deep_snapshot(repo: Repository, leaf: bytes = b"bottom\n", app: str = "deep"
     return repo.save_snapshot(snap)
 
 
-# restore (archiver/restore.py) is made iterative on another branch; until it lands, these
-# two may stop with RecursionError there and nowhere else (any other failure still fails).
-RESTORE_RECURSES = pytest.mark.xfail(
-    raises=RecursionError, strict=False, reason="archiver/restore.py still recurses on depth"
-)
-
 DEEP_LEAF = "/deep" + "/d" * DEPTH + "/leaf.txt"
 DEEPEST_F = "/deep" + "/d" * (DEPTH - 1) + "/f"
 
@@ -195,7 +189,6 @@ def test_mount_reaches_the_bottom(repo: Repository, repo_path: str, deep: Snapsh
     assert levels == DEPTH and data == b"bottom\n"
 
 
-@RESTORE_RECURSES
 def test_verify_restores_and_removes_the_deep_sandbox(repo: Repository, deep: Snapshot, tmp_path: Path) -> None:  # fmt: skip
     sandboxes = tmp_path / "sandboxes"
     result = run_verification(repo, deep, VerifyOptions(sandbox_dir=str(sandboxes)))
@@ -204,7 +197,6 @@ def test_verify_restores_and_removes_the_deep_sandbox(repo: Repository, deep: Sn
     assert list(sandboxes.iterdir()) == []  # removed, however deep
 
 
-@RESTORE_RECURSES
 def test_recover_a_deep_snapshot(repo: Repository, deep: Snapshot, tmp_path: Path) -> None:
     assert run_verification(repo, deep).ok
     target = tmp_path / "target"

@@ -14,6 +14,7 @@ in the result, not a failure: shrinking can be legitimate.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -114,6 +115,16 @@ def app_definition(app: AppConfig) -> dict[str, Any]:
     }
 
 
+def database_files(app: AppConfig) -> tuple[str, ...]:
+    """The files of the application's file-based databases (SQLite), as absolute paths.
+
+    Their engine dumps them consistently; the backup leaves them (and their -wal, -shm,
+    -journal companions) out of the file walk, where a live database would be read while
+    it changes. A recovery restores them from the dump.
+    """
+    return tuple(sorted({os.path.abspath(db.path) for db in app.databases if db.path is not None}))
+
+
 def backup_options(
     app: AppConfig,
     *,
@@ -124,6 +135,7 @@ def backup_options(
     dry_run: bool = False,
     workers: int = 2,
     parent: str | None = None,
+    xattrs: bool = True,
     snapshots: SnapshotsConfig | None = None,
 ) -> BackupOptions:
     """The backup of an `AppConfig`: sources, excludes, databases and its definition.
@@ -143,6 +155,8 @@ def backup_options(
         streams=stream_specs(app.databases),
         app_definition=app_definition(app),
         parent=parent,
+        xattrs=xattrs,
+        database_files=database_files(app),
         fs_plan=fs_plan(app, snapshots or SnapshotsConfig()),
     )
 

@@ -36,7 +36,8 @@ from casbackup import __version__
 from casbackup.archiver.compare import Counts, SubtreeJob, file_unchanged
 from casbackup.archiver.excludes import Excluder
 from casbackup.archiver.later import Later
-from casbackup.archiver.metadata import node_from_stat, stat_matches
+from casbackup.archiver.metadata import Xattrs, node_from_stat, read_xattrs, stat_matches
+from casbackup.archiver.nesting import Level, drive
 from casbackup.archiver.workers import (
     BATCH_BYTES,
     BATCH_FILES,
@@ -100,6 +101,12 @@ class BackupOptions:
     streams: tuple[StreamSpec, ...] = ()
     app_definition: dict[str, Any] | None = None
     parent: str | None = None  # force a parent snapshot id
+    xattrs: bool = True  # record extended attributes, ACLs and capabilities (--no-xattrs: off)
+    # Database files that ``streams`` dump through their engine (absolute paths): left out
+    # of the walk with their -wal, -shm and -journal companions (a live file read while it
+    # changes is neither consistent nor needed; the dump restores the database).
+    database_files: tuple[str, ...] = ()
+
     # File-system snapshots (fssnap/): (source, folder to read it from); the tree records
     # the source's own path. `fs_snapshots` goes into the snapshot record; `before_save`
     # runs after everything was read and may raise to fail the backup (a full LVM snapshot).
@@ -109,8 +116,16 @@ class BackupOptions:
     fs_plan: FsSnapshotPlan | None = None  # applied by archiver/application.py
 
 
+# The files SQLite keeps beside a database while it is open (WAL mode, rollback journal).
+DATABASE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
 @dataclass
 class BackupResult:
+    """``warnings``: what could not be stored (files, folders, attributes): a partial
+    backup (exit 3). ``notes``: what the user should know though everything was stored
+    (a file that changed while it was read, database files left to their dumps)."""
+
     snapshot: Snapshot | None
     parent: Snapshot | None
     warnings: list[str] = field(default_factory=list)
@@ -171,7 +186,10 @@ class Backup:
         self.repo = repo
         self.options = options
         self.reporter = reporter
-        self.excluder = Excluder(list(options.excludes), rename=_renames(options.read_from))
+        self._database_files = _database_files(options)
+        self.excluder = Excluder(
+            list(options.excludes), exact=self._database_files, rename=_renames(options.read_from)
+        )
         self._read_from = {
             os.fsencode(os.path.abspath(a)): os.fsencode(b) for a, b in options.read_from
         }
@@ -179,6 +197,8 @@ class Backup:
         self.dump_chunker = Chunker(repo.config.dump_chunker, repo.key.chunker_seed)
         self.counters = _Counters()
         self.warnings: list[str] = []
+        self.notes: list[str] = []
+        self._keep_meta = True  # parent nodes may stand as they are (same --no-xattrs)
         self._progress = Progress(phase="backup")
         self._report_progress = Throttle(reporter, self._progress)
         self._count_lock = threading.Lock()
@@ -220,14 +240,25 @@ class Backup:
         opts = replace(opts, paths=paths)
         self.options = opts
         reference, reuse = choose_parent(self.repo, opts)
-        notes = []
+        notes = self.notes
         if opts.type != "full" and reuse is None:
             notes.append(
                 f"no {'full ' if opts.type == 'differential' else ''}parent snapshot: reading every file"
             )
             self.reporter.info(notes[-1])
+        excluded_dbs = tuple(sorted(p for p in opts.database_files if _inside(p, paths)))
+        if excluded_dbs:
+            notes.append(
+                "left out of the file walk, stored as database dumps instead (with their -wal, "
+                "-shm and -journal files): " + ", ".join(excluded_dbs)
+            )
+            self.reporter.info(notes[-1])
         self._reference = reference
         self._reuse = reuse
+        # A parent recorded without extended attributes (--no-xattrs, or made before they
+        # were recorded) cannot lend its nodes to a backup that records them, nor the
+        # reverse: ctime says the attributes are unchanged, not that they were recorded.
+        self._keep_meta = reuse is None or reuse.xattrs == opts.xattrs
         self._reuse_start_ns = reuse.start_ns if reuse else 0
         if reference is not None:
             # The previous snapshot's size is a good estimate of this one's: it gives the
@@ -279,6 +310,7 @@ class Backup:
             parent=parent_id, base_full=base_full, excludes=tuple(opts.excludes), summary=summary,
             databases=tuple(db_records), app_definition=opts.app_definition,
             program_version=__version__, errors=tuple(self.warnings[:MAX_RECORDED_ERRORS]),
+            xattrs=opts.xattrs, excluded_databases=excluded_dbs,
             fs_snapshots=tuple(opts.fs_snapshots),
         )  # fmt: skip
         if opts.before_save is not None:
@@ -328,12 +360,16 @@ class Backup:
             cache_path=None if self.options.dry_run else repo.cache.path,
             repo_root=repo.backend.root if isinstance(repo.backend, LocalBackend) else None,
             excludes=tuple(self.options.excludes),
+            exact_excludes=self._database_files,
             exclude_renames=_renames(self.options.read_from),
             one_file_system=self.options.one_file_system,
         )
         # Worth it only with a parent to compare with and a reader to spare for it.
         self._compare_subtrees = (
-            self._reuse is not None and setup.repo_root is not None and not self.options.dry_run
+            self._reuse is not None
+            and self._keep_meta
+            and setup.repo_root is not None
+            and not self.options.dry_run
         )
         store = repo.store_sealed_batch
 
@@ -379,7 +415,7 @@ class Backup:
                     raise UsageError("backing up / as a whole is not supported; name its folders")
         ref_root = reference.root if reference is not None else None
         reuse_root = self._reuse.root if self._reuse is not None else None
-        nodes = self._build_layout(b"", layout, ref_root, reuse_root)
+        nodes = drive(self._build_layout(b"", layout, ref_root, reuse_root))
         if self.options.streams:
             nodes.append(self._archive_streams(dbs))
             nodes.sort(key=lambda n: n.name)
@@ -391,7 +427,8 @@ class Backup:
         layout: dict[bytes, Any],
         ref_tree: BlobId | None,
         reuse_tree: BlobId | None,
-    ) -> list[Node]:
+    ) -> Level[list[Node]]:
+        """The nodes of the folders from / down to the sources (a level for ``drive``)."""
         ref_nodes = self._load_children(ref_tree)
         reuse_nodes = self._load_children(reuse_tree) if reuse_tree != ref_tree else ref_nodes
         nodes: list[Node] = []
@@ -413,7 +450,7 @@ class Backup:
                             f"cannot read source {os.fsdecode(path)} from its file-system "
                             f"snapshot {os.fsdecode(read)}: {exc.strerror}"
                         ) from None
-                node = self._archive_entry(
+                node = yield self._archive_entry(
                     read, name, st, ref_nodes.get(name), reuse_nodes.get(name), st.st_dev
                 )
                 if isinstance(node, Later):
@@ -425,12 +462,12 @@ class Backup:
                     nodes.append(node)
                 continue
             ref_child, reuse_child = ref_nodes.get(name), reuse_nodes.get(name)
-            children = self._build_layout(
+            children = yield self._build_layout(
                 path, sub,
                 ref_child.subtree if ref_child else None,
                 reuse_child.subtree if reuse_child else None,
             )  # fmt: skip
-            nodes.append(self._dir_node(name, st, self._save_tree(children)))
+            nodes.append(self._dir_node(path, name, st, self._save_tree(children)))
         return nodes
 
     def _load_children(self, tree: BlobId | None) -> dict[bytes, Node]:
@@ -440,7 +477,7 @@ class Backup:
             return {n.name: n for n in self.repo.load_tree(tree)}
         except CasError as exc:
             # A damaged parent tree only costs re-reading; never fail the backup for it.
-            self._warn(f"parent tree unreadable, re-reading its files: {exc}")
+            self._notice(f"parent tree unreadable, re-reading its files: {exc}")
             return {}
 
     def _save_tree(self, nodes: list[Node]) -> BlobId:
@@ -449,18 +486,39 @@ class Backup:
         return self.repo.save_tree(nodes)
 
     def _dir_node(
-        self, name: bytes, st: os.stat_result, subtree: BlobId, old: Node | None = None
+        self,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        subtree: BlobId,
+        old: Node | None = None,
     ) -> Node:
-        if (
-            old is not None
-            and old.subtree == subtree
-            and stat_matches(old, st, self._uid_names, self._gid_names)
-        ):
+        if old is not None and old.subtree == subtree and self._same_meta(old, st):
             return old  # lets the folder above reuse its tree too
-        return node_from_stat(name, st, self._uid_names, self._gid_names, subtree=subtree)
+        return node_from_stat(name, st, self._uid_names, self._gid_names, subtree=subtree,
+                              xattrs=self._xattrs(path))  # fmt: skip
 
-    def _meta(self, name: bytes, st: os.stat_result) -> Node:
-        return node_from_stat(name, st, self._uid_names, self._gid_names)
+    def _meta(self, path: bytes, name: bytes, st: os.stat_result) -> Node:
+        return node_from_stat(name, st, self._uid_names, self._gid_names,
+                              xattrs=self._xattrs(path))  # fmt: skip
+
+    def _same_meta(self, old: Node, st: os.stat_result) -> bool:
+        """Whether the parent's node for this entry can stand as it is (``stat_matches``)."""
+        return self._keep_meta and stat_matches(old, st, self._uid_names, self._gid_names)
+
+    def _xattrs(self, path: bytes) -> Xattrs:
+        """The entry's extended attributes (ACLs, capabilities), unless --no-xattrs;
+        each one that cannot be read is reported and left out."""
+        if not self.options.xattrs:
+            return ()
+        pairs, problems = read_xattrs(path)
+        for problem in problems:
+            self._problem(f"{os.fsdecode(path)}: {problem}")
+        return pairs
+
+    def _mount_point(self, st: os.stat_result, root_dev: int) -> bool:
+        """A folder on another file system than its source's, under --one-file-system."""
+        return self.options.one_file_system and st.st_dev != root_dev
 
     # ------------------------------------------------------------------ walking
     def _archive_entry(
@@ -471,12 +529,24 @@ class Backup:
         ref: Node | None,
         reuse: Node | None,
         root_dev: int,
+    ) -> Level[Node | Later[Node | None] | None]:
+        """One entry (a level for ``drive``: a folder's walk goes on below it)."""
+        if stat.S_ISDIR(st.st_mode):
+            return (yield self._archive_dir(path, name, st, ref, reuse, root_dev))
+        return self._archive_leaf(path, name, st, ref, reuse)
+
+    def _archive_leaf(
+        self,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        ref: Node | None,
+        reuse: Node | None,
     ) -> Node | Later[Node | None] | None:
+        """Anything but a folder: a file is handed to the readers, the rest recorded here."""
         if self._cancelled.is_set():
             raise KeyboardInterrupt
         mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            return self._archive_dir(path, name, st, ref, reuse, root_dev)
         if stat.S_ISREG(mode):
             return self._archive_file(path, name, st, ref, reuse)
         target = b""
@@ -486,13 +556,20 @@ class Backup:
             except OSError as exc:
                 self._error(path, exc)
                 return None
-        if (
-            reuse is not None
-            and reuse.link_target == target
-            and stat_matches(reuse, st, self._uid_names, self._gid_names)
-        ):
+        if reuse is not None and reuse.link_target == target and self._same_meta(reuse, st):
             return reuse
-        return node_from_stat(name, st, self._uid_names, self._gid_names, link_target=target)
+        return node_from_stat(name, st, self._uid_names, self._gid_names, link_target=target,
+                              xattrs=self._xattrs(path))  # fmt: skip
+
+    def _mount_point_node(
+        self, path: bytes, name: bytes, st: os.stat_result, old: Node | None
+    ) -> Node:
+        """A mount point under --one-file-system: an empty folder with the metadata seen
+        there, so that a restored system has its /proc, /sys, /dev, /run to mount on."""
+        with self._count_lock:
+            self.counters.dirs += 1
+        old = old if old is not None and old.kind == NodeKind.DIR else None
+        return self._dir_node(path, name, st, self._save_tree([]), old)
 
     def _archive_dir(
         self,
@@ -502,7 +579,10 @@ class Backup:
         ref: Node | None,
         reuse: Node | None,
         root_dev: int,
-    ) -> Later[Node | None] | None:
+    ) -> Level[Later[Node | None] | None]:
+        """A folder: its entries, each subfolder as a level below (see archiver/nesting.py)."""
+        if self._cancelled.is_set():
+            raise KeyboardInterrupt
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -516,7 +596,7 @@ class Backup:
             reuse_nodes = (
                 self._load_children(reuse.subtree) if reuse is not None and reuse.subtree else {}
             )
-        listed = self._stat_entries(entries, root_dev)
+        listed = self._stat_entries(entries)
         self._start_compares(path, listed, reuse_nodes, root_dev)
         children: list[Node | Later[Node | None]] = []
         kept: list[tuple[int, bytes, os.stat_result, Node | None]] = []
@@ -526,29 +606,42 @@ class Backup:
                 child_path, child_name = entry.path, entry.name
                 mode = child_st.st_mode
                 child_reuse = reuse_nodes.get(child_name)
-                answered = False  # a reader compared this folder: what is unchanged is known
-                if child_reuse is not None and stat.S_ISREG(mode):
-                    if self._unchanged_meta(child_reuse, child_st):
+                child: Node | Later[Node | None] | None
+                if not stat.S_ISDIR(mode):
+                    if (
+                        child_reuse is not None
+                        and stat.S_ISREG(mode)
+                        and self._unchanged_meta(child_reuse, child_st)
+                    ):
                         # Unchanged: keep the parent's content unread. Whether its chunks are
                         # all still indexed is asked once for the whole folder, below.
                         kept.append(
                             (len(children), child_path, child_st, ref_nodes.get(child_name))
                         )
-                        children.append(self._kept_file(child_name, child_st, child_reuse))
+                        children.append(
+                            self._kept_file(child_path, child_name, child_st, child_reuse)
+                        )
                         continue
-                elif child_reuse is not None and stat.S_ISDIR(mode):
-                    answered, same = self._compared(child_path, child_st, child_reuse)
-                    if same is not None:
-                        children.append(same)
-                        continue
-                self._covered += answered
-                try:
-                    child = self._archive_entry(
-                        child_path, child_name, child_st, ref_nodes.get(child_name), child_reuse,
-                        root_dev,
-                    )  # fmt: skip
-                finally:
-                    self._covered -= answered
+                    child = self._archive_leaf(
+                        child_path, child_name, child_st, ref_nodes.get(child_name), child_reuse
+                    )
+                elif self._mount_point(child_st, root_dev):
+                    child = self._mount_point_node(child_path, child_name, child_st, child_reuse)
+                else:
+                    answered = False  # a reader compared this folder: what is unchanged is known
+                    if child_reuse is not None:
+                        answered, same = self._compared(child_path, child_st, child_reuse)
+                        if same is not None:
+                            children.append(same)
+                            continue
+                    self._covered += answered
+                    try:
+                        child = yield self._archive_dir(
+                            child_path, child_name, child_st, ref_nodes.get(child_name),
+                            child_reuse, root_dev,
+                        )  # fmt: skip
+                    finally:
+                        self._covered -= answered
                 if child is not None:
                     children.append(child)
         finally:
@@ -560,19 +653,19 @@ class Backup:
         # starve while the walker waits at the end of each small folder.
         done: Later[Node | None] = Later(self._ready)
         old = list(reuse_nodes.values()) if reuse is not None else None
-        self._pending_dirs.append(_PendingDir(done, name, st, children, reuse, old))
+        self._pending_dirs.append(_PendingDir(done, path, name, st, children, reuse, old))
         self._finish_dirs(keep=MAX_PENDING_DIRS)
         return done
 
     def _stat_entries(
-        self, entries: list[os.DirEntry[bytes]], root_dev: int, *, quiet: bool = False
+        self, entries: list[os.DirEntry[bytes]], *, quiet: bool = False
     ) -> list[tuple[os.DirEntry[bytes], os.stat_result]]:
-        """The entries to archive with their lstat, after excludes and --one-file-system.
+        """The entries to archive with their lstat, after excludes (mount points stay:
+        the walk stores them as empty folders under --one-file-system).
 
         ``quiet``: a look ahead; errors are reported when the walk itself gets there.
         """
         excluder = self.excluder if self.excluder else None
-        one_fs = self.options.one_file_system
         listed = []
         for entry in entries:
             if excluder is not None and excluder.excluded(os.fsdecode(entry.path)):
@@ -582,8 +675,6 @@ class Backup:
             except OSError as exc:
                 if not quiet:
                     self._error(entry.path, exc)
-                continue
-            if one_fs and stat.S_ISDIR(st.st_mode) and st.st_dev != root_dev:
                 continue
             listed.append((entry, st))
         return listed
@@ -611,6 +702,7 @@ class Backup:
             (entry.path, old)
             for entry, st in listed
             if stat.S_ISDIR(st.st_mode)
+            and not self._mount_point(st, root_dev)
             and (old := reuse_nodes.get(entry.name)) is not None
             and entry.path not in self._compares
         ]
@@ -662,8 +754,10 @@ class Backup:
             return None
         out = [
             (entry.path, sub)
-            for entry, st in self._stat_entries(entries, root_dev, quiet=True)
-            if stat.S_ISDIR(st.st_mode) and (sub := olds.get(entry.name)) is not None
+            for entry, st in self._stat_entries(entries, quiet=True)
+            if stat.S_ISDIR(st.st_mode)
+            and not self._mount_point(st, root_dev)
+            and (sub := olds.get(entry.name)) is not None
         ]
         return out or None
 
@@ -676,7 +770,7 @@ class Backup:
         if counts is None or old.subtree is None:
             return later is not None, None
         self._count_kept(*counts)
-        return True, self._dir_node(path.rsplit(b"/", 1)[-1], st, old.subtree, old)
+        return True, self._dir_node(path, path.rsplit(b"/", 1)[-1], st, old.subtree, old)
 
     def _count_kept(self, files: int, size: int, dirs: int = 0) -> None:
         """Count files (and folders) kept from the parent without reading them."""
@@ -689,13 +783,13 @@ class Backup:
         self._progress.files_done += files
         self._progress.bytes_done += size  # processed, though not read
 
-    def _kept_file(self, name: bytes, st: os.stat_result, old: Node) -> Node:
+    def _kept_file(self, path: bytes, name: bytes, st: os.stat_result, old: Node) -> Node:
         """The node of a file kept from the parent: the parent's own object when nothing
         about the file changed, so its folder's tree can be reused as it is."""
-        if stat_matches(old, st, self._uid_names, self._gid_names):
+        if self._same_meta(old, st):
             return old
-        return node_from_stat(name, st, self._uid_names, self._gid_names,
-                              old.content, old.content_hash)  # fmt: skip
+        return node_from_stat(name, st, self._uid_names, self._gid_names, old.content,
+                              old.content_hash, xattrs=self._xattrs(path))  # fmt: skip
 
     def _confirm_kept(
         self,
@@ -751,8 +845,8 @@ class Backup:
         ):
             # Every entry is the parent's own node: this folder's tree is the parent's,
             # byte for byte. Skip encoding, hashing and looking it up again.
-            return self._dir_node(pending.name, pending.st, old.subtree, old)
-        return self._dir_node(pending.name, pending.st, self._save_tree(nodes), old)
+            return self._dir_node(pending.path, pending.name, pending.st, old.subtree, old)
+        return self._dir_node(pending.path, pending.name, pending.st, self._save_tree(nodes), old)
 
     # ------------------------------------------------------------------ files
     def _archive_file(
@@ -760,8 +854,8 @@ class Backup:
     ) -> Node | Later[Node | None]:
         if reuse is not None and self._unchanged(reuse, st):
             self._count_kept(1, st.st_size)
-            return self._kept_file(name, st, reuse)
-        meta = self._meta(name, st)
+            return self._kept_file(path, name, st, reuse)
+        meta = self._meta(path, name, st)
         key = meta.hardlink_key
         if key is not None:
             earlier = self._hardlinks.get(key)
@@ -789,8 +883,10 @@ class Backup:
         with self._count_lock:
             self.counters.bytes_read += result.size
         if result.changed is not None:
-            self._warn(f"{os.fsdecode(path)}: file changed while it was read; stored as read")
-            after_meta = self._meta(meta.name, result.changed)
+            # Stored as read, so not an error; the older mtime makes the next backup read it again.
+            self._notice(f"{os.fsdecode(path)}: file changed while it was read; stored as read")
+            after_meta = node_from_stat(meta.name, result.changed, self._uid_names,
+                                        self._gid_names, xattrs=meta.xattrs)  # fmt: skip
             meta = replace(
                 after_meta, mtime_ns=min(result.changed.st_mtime_ns, result.first_mtime_ns)
             )
@@ -889,14 +985,21 @@ class Backup:
 
     # ------------------------------------------------------------------ reporting
     def _error(self, path: bytes, exc: OSError) -> None:
+        self._problem(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+
+    def _problem(self, message: str) -> None:
+        """Something was not stored: the backup is partial (exit 3)."""
         with self._count_lock:
             self.counters.errors += 1
-        self._warn(f"{os.fsdecode(path)}: {exc.strerror or exc}")
-
-    def _warn(self, message: str) -> None:
-        with self._count_lock:
             self.warnings.append(message)
         self._progress.errors += 1
+        self.reporter.warning(message)
+
+    def _notice(self, message: str) -> None:
+        """Everything was stored, but the user should know (no effect on the exit code)."""
+        with self._count_lock:
+            if len(self.notes) < MAX_RECORDED_ERRORS:
+                self.notes.append(message)
         self.reporter.warning(message)
 
 
@@ -905,6 +1008,7 @@ class _PendingDir:
     """A folder whose entries are listed, waiting for its files to be read."""
 
     done: Later[Node | None]
+    path: bytes
     name: bytes
     st: os.stat_result
     children: list[Node | Later[Node | None]]
@@ -970,6 +1074,22 @@ def _chain(
         dst.set_result(fn(src.result()))
     except BaseException as exc:  # noqa: BLE001 - propagate whatever the first read raised
         dst.set_exception(exc)
+
+
+def _database_files(options: BackupOptions) -> frozenset[str]:
+    """Every path the walk leaves out for ``options.database_files``: each database file
+    and the companions SQLite keeps beside it."""
+    return frozenset(
+        os.path.abspath(path) + suffix
+        for path in options.database_files
+        for suffix in DATABASE_COMPANIONS
+    )
+
+
+def _inside(path: str, sources: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of ``sources`` or below one (absolute paths, no I/O)."""
+    path = os.path.abspath(path)
+    return any(path == s or path.startswith(s.rstrip("/") + "/") for s in sources)
 
 
 def _encode(nodes: list[Node]) -> bytes:

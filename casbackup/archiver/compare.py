@@ -30,24 +30,26 @@ import blake3
 
 from casbackup.archiver.excludes import Excluder
 from casbackup.archiver.metadata import group_name, user_name
+from casbackup.archiver.nesting import Level, drive
 from casbackup.crypto.envelope import Opener
 from casbackup.errors import CasError
 from casbackup.repo.ids import Kind
 from casbackup.repo.index import IndexCache
 from casbackup.repo.pack import open_blob, pack_name
 from casbackup.repo.tree import (
-    FIXED,
     Node,
     NodeKind,
     RawNode,
     encode_owner,
+    encode_tree,
     kind_of_mode,
+    pack_fixed,
     raw_nodes,
 )
 from casbackup.store.local import LocalBackend
 
 RACE_MARGIN_NS = 2_000_000_000  # coarse file systems store times in 1-2 s steps
-_pack_fixed = FIXED.pack
+_pack_fixed = pack_fixed
 _DIR, _FILE = int(NodeKind.DIR), int(NodeKind.FILE)
 _DEVICES = (NodeKind.CHARDEV, NodeKind.BLOCKDEV)
 
@@ -111,6 +113,8 @@ class SubtreeComparer:
         self.cancel = cancel
         self.users: dict[int, bytes] = {}  # uid -> name as a tree stores it
         self.groups: dict[int, bytes] = {}
+        # A mount point under --one-file-system is stored as a folder with this tree.
+        self.empty_tree = blake3.blake3(encode_tree([]), key=id_key).digest()
 
     def close(self) -> None:
         self.packs.close()
@@ -118,18 +122,19 @@ class SubtreeComparer:
     def compare(self, job: SubtreeJob) -> dict[bytes, Counts]:
         """The folders at or below ``job.path`` found unchanged, each outermost one only."""
         found: dict[bytes, Counts] = {}
-        counts = self._compare(job.path, job.subtree, job, found)
+        counts = drive(self._compare(job.path, job.subtree, job, found))
         if counts is not None:
             found[job.path] = counts
         return found
 
     def _compare(
         self, path: bytes, subtree: bytes, job: SubtreeJob, found: dict[bytes, Counts]
-    ) -> Counts | None:
+    ) -> Level[Counts | None]:
         """Counts when the folder is unchanged; otherwise None, noting unchanged subfolders.
 
         Each entry is compared with the parent's node as stored (``raw_nodes``): what
         the walker would encode for it (``node_from_stat``) must be those very bytes.
+        A level for ``drive`` (archiver/nesting.py): any depth, no recursion.
         """
         if self.cancel.is_set():
             return None
@@ -155,18 +160,28 @@ class SubtreeComparer:
                 same = False
                 continue
             mode = st.st_mode
-            if self.one_file_system and S_ISDIR(mode) and st.st_dev != job.root_dev:
-                continue
             kept += 1
             old = old_nodes.get(entry.name)
             if old is None:
                 same = False
                 continue
-            fixed, user, group, content, content_hash, old_subtree, target, n_xattrs = old
+            fixed, user, group, content, content_hash, old_subtree, target, _xattrs = old
+            if self.one_file_system and S_ISDIR(mode) and st.st_dev != job.root_dev:
+                # A mount point: the walker stores it as an empty folder.
+                if (
+                    fixed[0] != _DIR
+                    or old_subtree != self.empty_tree
+                    or not self._same_meta(old, st)
+                ):
+                    same = False
+                else:
+                    chunks.append(old_subtree)  # its (empty) tree must still be indexed
+                    dirs += 1
+                continue
             if S_ISDIR(mode):
                 sub = None
                 if fixed[0] == _DIR and len(old_subtree) == 32:
-                    sub = self._compare(child_path, old_subtree, job, found)
+                    sub = yield self._compare(child_path, old_subtree, job, found)
                 if sub is None:
                     same = False
                     continue
@@ -210,8 +225,13 @@ class SubtreeComparer:
         return None
 
     def _same_meta(self, old: RawNode, st: os.stat_result) -> bool:
-        """Whether ``node_from_stat`` would store the same metadata (``stat_matches``)."""
-        fixed, user, group, _, _, _, _, n_xattrs = old
+        """Whether ``node_from_stat`` would store the same metadata (``stat_matches``).
+
+        Extended attributes are not read: changing one changes the ctime, which is in
+        ``fixed``. (The walker hands out no comparison when the parent's attributes were
+        recorded under another ``--no-xattrs`` setting.)
+        """
+        fixed, user, group, _, _, _, _, _ = old
         mode = st.st_mode
         kind = kind_of_mode(mode) or NodeKind.FILE
         try:
@@ -224,7 +244,6 @@ class SubtreeComparer:
             return False
         return (
             fixed == again
-            and not n_xattrs
             and user == self._owner(self.users, st.st_uid, user_name)
             and group == self._owner(self.groups, st.st_gid, group_name)
         )

@@ -50,14 +50,23 @@ class _Rule:
 
 
 class Excluder:
+    """Decides which paths a backup leaves out.
+
+    ``patterns``: the rules above, in order. ``exact``: absolute paths always left out,
+    whatever the patterns say (the database files an application dumps through its
+    engine: a ``!`` rule must not bring a live database file back into the walk).
+    ``rename``: (read folder, original path) pairs: a source read from a file-system
+    snapshot is matched as if read at its original path, so ``/srv/app/cache`` still
+    excludes the snapshot's copy of that folder.
+    """
+
     def __init__(
         self,
         patterns: list[str] | tuple[str, ...],
+        exact: frozenset[str] = frozenset(),
         rename: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        """`rename`: (read folder, original path) pairs: a source read from a file-system
-        snapshot is matched as if read at its original path, so ``/srv/app/cache`` still
-        excludes the snapshot's copy of that folder."""
+        self._exact = exact
         self._rename = tuple((r.rstrip("/"), o.rstrip("/")) for r, o in rename)
         self.patterns = tuple(p for p in patterns if p.strip() and not p.lstrip().startswith("#"))
         rules = []
@@ -80,13 +89,15 @@ class Excluder:
         self._rules = tuple(rules)
 
     def __bool__(self) -> bool:
-        return bool(self._rules)
+        return bool(self._rules or self._exact)
 
     def excluded(self, path: str) -> bool:
         for read, original in self._rename:
             if path == read or path.startswith(read + "/"):
                 path = original + path[len(read) :]
                 break
+        if path in self._exact:
+            return True
         result = False
         for rule in self._rules:
             if rule.regex.search(path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -36,6 +37,44 @@ def group_name(groups: dict[int, str], gid: int) -> str:
     return name if name is not None else _name(groups, gid, lambda i: grp.getgrgid(i).gr_name)
 
 
+Xattrs = tuple[tuple[bytes, bytes], ...]
+# The file system keeps no attributes at all (or not on this kind of entry): nothing to
+# store, nothing to warn about.
+_NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def read_xattrs(path: bytes) -> tuple[Xattrs, list[str]]:
+    """Every extended attribute of ``path`` (not following a symlink), sorted by name.
+
+    That includes POSIX ACLs (``system.posix_acl_access``/``_default``) and file
+    capabilities (``security.capability``): the kernel presents both as attributes, and
+    setting the same bytes back restores them. Returns ``(pairs, problems)``: each
+    problem is one line naming an attribute that could not be read (or that the list
+    could not be had), for the caller to report; never raises ``OSError``.
+    """
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _NO_XATTRS or exc.errno == errno.ENOENT:
+            return (), []  # a file that vanished is reported by whoever reads it
+        return (), [f"extended attributes could not be listed: {exc.strerror or exc}"]
+    if not names:
+        return (), []
+    pairs = []
+    problems = []
+    for name in sorted(names):
+        try:
+            value = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                continue  # removed since it was listed
+            problems.append(f"extended attribute {name}: {exc.strerror or exc}")
+            continue
+        pairs.append((os.fsencode(name), value))
+    pairs.sort()
+    return tuple(pairs), problems
+
+
 def node_from_stat(
     name: bytes,
     st: os.stat_result,
@@ -45,6 +84,7 @@ def node_from_stat(
     content_hash: bytes = b"",
     subtree: BlobId | None = None,
     link_target: bytes = b"",
+    xattrs: Xattrs = (),
 ) -> Node:
     kind = kind_of_mode(st.st_mode) or _FILE
     return make_node(
@@ -52,7 +92,7 @@ def node_from_stat(
         st.st_size if kind is _FILE else 0, st.st_ino, st.st_dev, st.st_nlink,
         st.st_rdev if kind in _DEVICES else 0,
         user_name(users, st.st_uid), group_name(groups, st.st_gid),
-        content, content_hash, subtree, link_target, (),
+        content, content_hash, subtree, link_target, xattrs,
     )  # fmt: skip
 
 
@@ -61,7 +101,12 @@ def stat_matches(
 ) -> bool:
     """Whether ``node_from_stat`` would give ``node`` again (its content, subtree and link
     target aside): the backup then keeps the parent's node object itself, and a folder
-    whose entries are all kept is the parent's tree, reused without encoding it again."""
+    whose entries are all kept is the parent's tree, reused without encoding it again.
+
+    Extended attributes are not read again: setting or removing one changes the ctime.
+    The caller must not use this when the parent recorded attributes under another
+    ``--no-xattrs`` setting than this backup's.
+    """
     kind = kind_of_mode(st.st_mode) or _FILE
     return (
         node.mtime_ns == st.st_mtime_ns
@@ -77,5 +122,4 @@ def stat_matches(
         and node.rdev == (st.st_rdev if kind in _DEVICES else 0)
         and node.user == user_name(users, st.st_uid)
         and node.group == group_name(groups, st.st_gid)
-        and not node.xattrs
     )

@@ -77,6 +77,7 @@ class WorkerSetup:
     # straight from the packs: only for a repository in a local folder.
     repo_root: str | None = None
     excludes: tuple[str, ...] = ()
+    exact_excludes: frozenset[str] = frozenset()  # whole paths left out (database files)
     exclude_renames: tuple[tuple[str, str], ...] = ()  # read folder -> original path
     one_file_system: bool = False
 
@@ -158,7 +159,10 @@ class FileReader:
         if self._comparer is None:
             self._comparer = SubtreeComparer(
                 self.setup.repo_root, self._cache, self.opener, self.setup.id_key,
-                Excluder(self.setup.excludes, rename=self.setup.exclude_renames),
+                Excluder(
+                    self.setup.excludes, exact=self.setup.exact_excludes,
+                    rename=self.setup.exclude_renames,
+                ),
                 self.setup.one_file_system, self.cancel,
             )  # fmt: skip
         return self._comparer.compare(job)
@@ -204,8 +208,11 @@ class FileReader:
                 pieces = self.cutter.chunks(f)
             ids, digest, size = self._store(pieces, flush)
             after = os.fstat(fd)
-        changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
-        if changed or size != before.st_size:
+        # Changed while read: its size or times moved. Bytes read that differ from a size
+        # that did not move are not a change: /proc and /sys report 0 or 4096 for files
+        # whose content they make up as they are read; what was read is what is stored.
+        fields = ("st_size", "st_mtime_ns", "st_ctime_ns")
+        if any(getattr(after, f) != getattr(before, f) for f in fields):
             return FileOutcome(ids, digest, size, after, before.st_mtime_ns)
         return FileOutcome(ids, digest, size)
 

@@ -41,7 +41,17 @@ from casbackup.repo.repository import Repository
     type=click.Path(),
     help="Read exclude patterns from a file.",
 )
-@click.option("-x", "--one-file-system", is_flag=True, help="Do not cross file system boundaries.")
+@click.option(
+    "-x",
+    "--one-file-system",
+    is_flag=True,
+    help="Do not cross file system boundaries (mount points are kept as empty folders).",
+)
+@click.option(
+    "--no-xattrs",
+    is_flag=True,
+    help="Do not record extended attributes, POSIX ACLs and file capabilities.",
+)
 @click.option("-n", "--dry-run", is_flag=True, help="Read and chunk everything, store nothing.")
 @click.option("--parent", help="Use this snapshot as the parent instead of the latest one.")
 @click.option(
@@ -60,13 +70,15 @@ from casbackup.repo.repository import Repository
 @with_repository(lock="shared", writes=True)
 def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: str | None, all_apps: bool,
            backup_type: str | None, tags: tuple[str, ...], excludes: tuple[str, ...],
-           exclude_files: tuple[str, ...], one_file_system: bool, dry_run: bool, parent: str | None,
-           workers: int, auto_verify: bool | None) -> None:  # fmt: skip
+           exclude_files: tuple[str, ...], one_file_system: bool, no_xattrs: bool, dry_run: bool,
+           parent: str | None, workers: int, auto_verify: bool | None) -> None:  # fmt: skip
     """Back up PATHS, an application from the config (--app NAME), or all of them (--all)."""
     patterns = list(excludes)
     for f in exclude_files:
         patterns.extend(read_exclude_file(f))
-    common: dict[str, Any] = dict(one_file_system=one_file_system, dry_run=dry_run, workers=workers)
+    common: dict[str, Any] = dict(
+        one_file_system=one_file_system, dry_run=dry_run, workers=workers, xattrs=not no_xattrs
+    )
     if all_apps:
         if paths or app or parent:
             raise UsageError(

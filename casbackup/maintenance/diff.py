@@ -5,7 +5,8 @@ entries all the way down: the walk never descends into them. Entries are sorted 
 in every tree, so each level is one merge of two sorted lists.
 
 Change codes (restic's): ``+`` added, ``-`` removed, ``M`` content changed (file data
-or symlink target), ``U`` metadata only (mode, owner, mtime), ``T`` type changed.
+or symlink target), ``U`` metadata only (mode, owner, mtime, extended attributes with
+ACLs and capabilities), ``T`` type changed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Change:
 
 
 def _metadata(node: Node) -> tuple[object, ...]:
-    return (node.mode, node.uid, node.gid, node.user, node.group, node.mtime_ns)
+    return (node.mode, node.uid, node.gid, node.user, node.group, node.mtime_ns, node.xattrs)
 
 
 def _content(node: Node) -> tuple[object, ...]:

@@ -33,7 +33,7 @@ from casbackup.crypto.keys import MasterKey
 from casbackup.errors import ConfigTampered, FormatError, UnsupportedFormat
 
 FORMAT_NAME = "casbackup"
-FORMAT_VERSION = 2  # 2: config MAC, tree version 2 (repo_format.md "Format versions")
+FORMAT_VERSION = 2  # 2: config MAC, names checked (repo_format.md "Format versions")
 OLDEST_READABLE = 1
 
 # Ranges a config may hold (checked before anything uses them): zstd's levels (negative

@@ -76,6 +76,11 @@ class Snapshot:
     app_definition: dict[str, Any] | None = None
     program_version: str = ""
     errors: tuple[str, ...] = ()
+    # Extended attributes (with ACLs and capabilities) were read for every entry; False in
+    # records written before they were, or with --no-xattrs.
+    xattrs: bool = False
+    # Database files in the sources left out of the walk for their dumps (with companions).
+    excluded_databases: tuple[str, ...] = ()
     fs_snapshots: tuple[FsSnapshotRecord, ...] = ()
     id: str = ""  # not stored: filled in from the file name when loaded
 
@@ -117,6 +122,8 @@ class Snapshot:
             doc["tags"] = tuple(doc.get("tags", ()))
             doc["excludes"] = tuple(doc.get("excludes", ()))
             doc["errors"] = tuple(doc.get("errors", ()))
+            doc["xattrs"] = doc.get("xattrs", False) is True
+            doc["excluded_databases"] = tuple(str(p) for p in doc.get("excluded_databases", ()))
             doc["summary"] = Summary(**doc.get("summary", {}))
             doc["databases"] = tuple(DatabaseRecord(**d) for d in doc.get("databases", ()))
             doc["fs_snapshots"] = tuple(FsSnapshotRecord(**d) for d in doc.get("fs_snapshots", ()))

@@ -2,10 +2,10 @@
 
 Plaintext layout (integers big-endian)::
 
-    version[1]=1 | count[4] | count * node
+    version[1]=2 | count[4] | count * node
     node := name_len[2] name | kind[1] | mode[4] | uid[4] | gid[4]
-            | mtime_ns[8, signed] | ctime_ns[8, signed] | size[8] | inode[8] | device[8]
-            | nlink[4] | rdev[8]
+            | mtime_s[8, signed] mtime_nsec[4] | ctime_s[8, signed] ctime_nsec[4]
+            | size[8] | inode[8] | device[8] | nlink[4] | rdev[8]
             | user_len[1] user | group_len[1] group
             | n_chunks[4] n_chunks * chunk_id[32]      (files)
             | hash_len[1] content_hash                   (files: 32-byte BLAKE3 of the content, else 0)
@@ -16,6 +16,11 @@ Plaintext layout (integers big-endian)::
 Names are raw bytes (non-UTF-8 names round-trip), strictly increasing, and never
 empty, ``.``, ``..``, nor contain ``/`` or NUL: the decoder refuses anything else,
 which is the first line of defence for restore (see archiver/restore.py).
+
+Times are whole seconds (floor) plus nanoseconds in [0, 10**9): every time a file system
+can hold (before 1970, after 2262) is stored exactly. Version 1 stored each time as one
+signed 64-bit nanosecond count (about 1677..2262); it is still read, and its fixed part
+is widened to the version 2 layout as it is read, so callers only ever see one layout.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from enum import IntEnum
 from casbackup.errors import FormatError
 from casbackup.repo.ids import BlobId
 
-TREE_VERSION = 1
-_FIXED = struct.Struct(
-    ">BIIIqqQQQIQ"
-)  # kind mode uid gid mtime ctime size inode device nlink rdev = 65
+TREE_VERSION = 2
+# kind mode uid gid mtime(s, ns) ctime(s, ns) size inode device nlink rdev = 73 bytes
+_FIXED = struct.Struct(">BIIIqIqIQQQIQ")
+_FIXED_V1 = struct.Struct(">BIIIqqQQQIQ")  # as above with times as i64 ns = 65 bytes
+_NS = 1_000_000_000
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 
@@ -96,26 +102,41 @@ def valid_name(name: bytes) -> bool:
     return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
 
 
+def pack_fixed(
+    kind: int, mode: int, uid: int, gid: int, mtime_ns: int, ctime_ns: int, size: int,
+    inode: int, device: int, nlink: int, rdev: int,
+) -> bytes:  # fmt: skip
+    """A node's fixed part as version 2 stores it (73 bytes); times are integer ns.
+
+    Raises ``struct.error`` for a value outside its field (a time beyond about
+    +-292 billion years, a size over 2**64).
+    """
+    mtime_s, mtime_ns = divmod(mtime_ns, _NS)
+    ctime_s, ctime_ns = divmod(ctime_ns, _NS)
+    return _FIXED.pack(kind, mode, uid, gid, mtime_s, mtime_ns, ctime_s, ctime_ns, size, inode,
+                       device, nlink, rdev)  # fmt: skip
+
+
+def _widen_v1(fixed: bytes) -> bytes:
+    """A version 1 fixed part (65 bytes) in the version 2 layout; short input is kept
+    short so that the caller's length check reports the truncation."""
+    if len(fixed) != _FIXED_V1.size:
+        return fixed
+    return pack_fixed(*_FIXED_V1.unpack(fixed))
+
+
 def encode_tree(nodes: list[Node]) -> bytes:
-    """Encode nodes, which must already be sorted by name."""
+    """Encode nodes, which must already be sorted by name, as a version 2 tree.
+
+    Raises ``struct.error`` when a field is out of its range (see ``pack_fixed``).
+    """
     out = bytearray((TREE_VERSION,))
     out += _U32.pack(len(nodes))
     for n in nodes:
         out += _U16.pack(len(n.name))
         out += n.name
-        out += _FIXED.pack(
-            n.kind,
-            n.mode,
-            n.uid,
-            n.gid,
-            n.mtime_ns,
-            n.ctime_ns,
-            n.size,
-            n.inode,
-            n.device,
-            n.nlink,
-            n.rdev,
-        )
+        out += pack_fixed(n.kind, n.mode, n.uid, n.gid, n.mtime_ns, n.ctime_ns, n.size,
+                          n.inode, n.device, n.nlink, n.rdev)  # fmt: skip
         user = n.user.encode("utf-8", "surrogateescape")[:255]
         group = n.group.encode("utf-8", "surrogateescape")[:255]
         out += bytes((len(user),)) + user + bytes((len(group),)) + group
@@ -156,6 +177,7 @@ _u16 = _U16.unpack_from
 _u32 = _U32.unpack_from
 _fixed = _FIXED.unpack
 _FIXED_LEN = _FIXED.size
+_FIXED_LEN_V1 = _FIXED_V1.size
 
 
 def decode_tree(data: bytes) -> list[Node]:
@@ -176,11 +198,16 @@ _Stored = tuple[
 
 
 def _stored_nodes(data: bytes) -> Iterator[_Stored]:
-    """Each node's fields as stored: name, the 65 fixed bytes, user, group, chunk ids
-    (joined), content hash, subtree id, link target, xattrs. Checks only the framing."""
+    """Each node's fields as stored: name, the 73 fixed bytes (a version 1 tree's are
+    widened to that layout), user, group, chunk ids (joined), content hash, subtree id,
+    link target, xattrs. Checks only the framing."""
     end = len(data)
     version = data[0]
-    if version != TREE_VERSION:
+    if version == TREE_VERSION:
+        fixed_len = _FIXED_LEN
+    elif version == 1:
+        fixed_len = _FIXED_LEN_V1
+    else:
         raise FormatError(f"unknown tree version {version}")
     (count,) = _u32(data, 1)
     if count > end:  # each node takes far more than a byte
@@ -190,8 +217,10 @@ def _stored_nodes(data: bytes) -> Iterator[_Stored]:
         (n,) = _u16(data, pos)
         name = data[pos + 2 : pos + 2 + n]
         pos += 2 + n
-        fixed = data[pos : pos + _FIXED_LEN]
-        pos += _FIXED_LEN
+        fixed = data[pos : pos + fixed_len]
+        pos += fixed_len
+        if fixed_len != _FIXED_LEN:
+            fixed = _widen_v1(fixed)
         n = data[pos]
         user = data[pos + 1 : pos + 1 + n]
         pos += 1 + n
@@ -245,7 +274,10 @@ def _decode(data: bytes) -> list[Node]:
         if nodes and name <= previous:
             raise FormatError("tree entries are not strictly sorted (duplicate or out of order)")
         previous = name
-        kind, mode, uid, gid, mtime, ctime, size, inode, device, nlink, rdev = _fixed(fixed)
+        (kind, mode, uid, gid, mtime_s, mtime_ns, ctime_s, ctime_ns, size, inode, device, nlink,
+         rdev) = _fixed(fixed)  # fmt: skip
+        if mtime_ns >= _NS or ctime_ns >= _NS:
+            raise FormatError(f"{name!r} has a time with 10**9 nanoseconds or more")
         node_kind = _KINDS.get(kind)
         if node_kind is None:
             raise FormatError(f"unknown node kind {kind}")
@@ -257,8 +289,8 @@ def _decode(data: bytes) -> list[Node]:
             raise FormatError("mode has bits outside the permission bits")
         node = new(Node)
         node.__dict__.update(
-            name=name, kind=node_kind, mode=mode, uid=uid, gid=gid, mtime_ns=mtime,
-            ctime_ns=ctime, size=size, inode=inode, device=device, nlink=nlink, rdev=rdev,
+            name=name, kind=node_kind, mode=mode, uid=uid, gid=gid,
+            mtime_ns=mtime_s * _NS + mtime_ns, ctime_ns=ctime_s * _NS + ctime_ns, size=size, inode=inode, device=device, nlink=nlink, rdev=rdev,
             user=user.decode("utf-8", "surrogateescape"),
             group=group.decode("utf-8", "surrogateescape"),
             content=tuple([chunks[p : p + 32] for p in range(0, len(chunks), 32)]),
@@ -270,10 +302,9 @@ def _decode(data: bytes) -> list[Node]:
 
 
 # A node's fields as stored, for comparing with a file system entry without decoding:
-# (fixed: the 65 bytes of kind..rdev, user, group, chunk ids (n x 32 bytes, joined),
-#  content hash, subtree id, link target, number of xattrs).
-RawNode = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, int]
-FIXED = _FIXED
+# (fixed: the 73 bytes of kind..rdev as ``pack_fixed`` gives them, user, group, chunk
+#  ids (n x 32 bytes, joined), content hash, subtree id, link target, xattrs).
+RawNode = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, tuple[tuple[bytes, bytes], ...]]
 
 
 def encode_owner(name: str) -> bytes:
@@ -291,7 +322,7 @@ def raw_nodes(data: bytes) -> dict[bytes, RawNode]:
     """
     try:
         return {
-            name: (fixed, user, group, chunks, content_hash, subtree, target, len(xattrs))
+            name: (fixed, user, group, chunks, content_hash, subtree, target, xattrs)
             for name, fixed, user, group, chunks, content_hash, subtree, target, xattrs
             in _stored_nodes(data)
         }  # fmt: skip

@@ -6,15 +6,24 @@ Paths are bytes throughout so that non-UTF-8 names survive.
 
 from __future__ import annotations
 
+import base64
 import os
 import random
+import shutil
 import stat
+import subprocess
 
 SPARSE_SIZE = 50 * 1024 * 1024 + 5
 BIG_SIZE = 20 * 1024 * 1024
 DEEP_LEVELS = 100
 # Fixed timestamps with nanosecond parts that no file system rounds to by accident.
 MTIME_NS = 1_600_000_000_123_456_789
+# Outside 64-bit nanoseconds (after 2262-04-11), and before 1970 (negative).
+AFTER_2262_NS = 10_413_792_000 * 10**9 + 123_456_789  # 2300-01-01T00:00:00.123456789Z
+BEFORE_1970_NS = -315_619_200 * 10**9 + 987_654_321  # 1960-01-01T00:00:00.987654321Z
+BIG_XATTR = bytes(range(256)) * 12  # 3,072 bytes
+# `setcap cap_net_raw+ep` as the kernel stores it (VFS_CAP_REVISION_2).
+CAPABILITY = base64.b64decode("AQAAAgAgAAAAAAAAAAAAAAAAAAA=")
 
 
 def make_nasty_tree(root: bytes, *, big_size: int = BIG_SIZE, owners: bool = True) -> None:
@@ -66,6 +75,9 @@ def make_nasty_tree(root: bytes, *, big_size: int = BIG_SIZE, owners: bool = Tru
         os.chown(j(b"odd"), 1234, 5678)
         os.chown(j(b"setgid-dir"), 4321, 8765)
         os.chown(j(b"dangling"), 2222, 3333, follow_symlinks=False)
+    _write(j(b"from 2300"), b"after 2262\n")
+    _write(j(b"from 1960"), b"before 1970\n")
+    add_xattrs(root)
     # Nanosecond mtimes on everything, children before their folders (creating a child
     # changes its folder's mtime).
     for dirpath, dirnames, filenames in os.walk(root, topdown=False):
@@ -76,6 +88,34 @@ def make_nasty_tree(root: bytes, *, big_size: int = BIG_SIZE, owners: bool = Tru
                 follow_symlinks=False,
             )
         os.utime(dirpath, ns=(MTIME_NS, MTIME_NS + 777_777_777))
+    # Times a file system may refuse or clamp (then left as they are: still compared).
+    for name, ns in ((b"from 2300", AFTER_2262_NS), (b"from 1960", BEFORE_1970_NS)):
+        try:
+            os.utime(j(name), ns=(ns, ns))
+        except (OSError, OverflowError):
+            pass
+
+
+def add_xattrs(root: bytes) -> bool:
+    """Extended attributes, a POSIX ACL and (as root) a file capability on entries of the
+    nasty tree. False (and nothing set) where the file system keeps no user attributes."""
+    j = lambda *parts: os.path.join(root, *parts)  # noqa: E731
+    try:
+        os.setxattr(j(b"empty"), b"user.test", b"1")  # setfattr -n user.test -v 1 empty
+    except OSError:
+        return False
+    os.setxattr(j(b"sub", b"inner", b"small.bin"), b"user.big", BIG_XATTR)
+    os.setxattr(j(b"sub"), b"user.folder", b"on a folder")
+    os.setxattr(j(b"links-a", b"one"), b"user.hard", b"shared by three names")
+    if shutil.which("setfacl"):
+        subprocess.run(["setfacl", "-m", "u:nobody:r", j(b"odd")], check=True)
+        subprocess.run(["setfacl", "-d", "-m", "u:nobody:rx", j(b"sub", b"inner")], check=True)
+    if os.geteuid() == 0:
+        try:
+            os.setxattr(j(b"setgid"), b"security.capability", CAPABILITY)
+        except OSError:
+            pass  # a file system without capabilities
+    return True
 
 
 def _write(path: bytes, data: bytes) -> None:
@@ -83,8 +123,11 @@ def _write(path: bytes, data: bytes) -> None:
         f.write(data)
 
 
-def describe_tree(root: bytes, *, owners: bool = True) -> dict[bytes, tuple[object, ...]]:
-    """Everything restore must reproduce, per relative path (root itself excluded)."""
+def describe_tree(
+    root: bytes, *, owners: bool = True, xattrs: bool = False
+) -> dict[bytes, tuple[object, ...]]:
+    """Everything restore must reproduce, per relative path (root itself excluded);
+    with ``xattrs``, every entry's extended attributes too."""
     result: dict[bytes, tuple[object, ...]] = {}
     inode_groups: dict[int, list[bytes]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -102,6 +145,8 @@ def describe_tree(root: bytes, *, owners: bool = True) -> dict[bytes, tuple[obje
                     inode_groups.setdefault(st.st_ino, []).append(rel)
             elif stat.S_ISLNK(kind):
                 entry.append(os.readlink(path))
+            if xattrs:
+                entry.append(read_all_xattrs(path))
             result[rel] = tuple(entry)
     # Hard links: which names share an inode (inode numbers themselves differ after restore).
     for names in inode_groups.values():
@@ -109,6 +154,14 @@ def describe_tree(root: bytes, *, owners: bool = True) -> dict[bytes, tuple[obje
         for name in names:
             result[name] = (*result[name], ("linked", group))
     return result
+
+
+def read_all_xattrs(path: bytes) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    return {n: os.getxattr(path, n, follow_symlinks=False) for n in names}
 
 
 def _digest(path: bytes) -> str:
@@ -122,10 +175,15 @@ def _digest(path: bytes) -> str:
 
 
 def assert_same_tree(
-    expected: bytes, actual: bytes, *, owners: bool = True, root_meta: bool = True
+    expected: bytes,
+    actual: bytes,
+    *,
+    owners: bool = True,
+    root_meta: bool = True,
+    xattrs: bool = False,
 ) -> None:
-    want = describe_tree(expected, owners=owners)
-    got = describe_tree(actual, owners=owners)
+    want = describe_tree(expected, owners=owners, xattrs=xattrs)
+    got = describe_tree(actual, owners=owners, xattrs=xattrs)
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     assert not missing and not extra, f"missing {missing[:5]}, extra {extra[:5]}"

@@ -152,3 +152,69 @@ def test_chunk_reader_streams_and_checks(repo: Repository) -> None:
     short = ChunkReader(repo, ids[:2], size=len(data))
     with pytest.raises(IntegrityError, match="records"):
         short.read()
+
+
+def test_a_live_database_in_the_sources_is_left_to_its_dump(  # type: ignore[no-untyped-def]
+    repo: Repository, tmp_path: Path, reads
+) -> None:
+    """The seed's demo layout: the app's SQLite database (WAL mode, written to during the
+    backup) inside its folder. The walk leaves it and its companions out; the dump has it."""
+    import threading
+
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    (src / "main.py").write_text("print('hi')\n")
+    db = src / "data" / "app.db"
+    conn = sqlite3.connect(db, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.commit()
+    # An empty rollback journal beside it (a non-empty one would be "hot" and block readers).
+    (src / "data" / "app.db-journal").write_bytes(b"")
+    stop = threading.Event()
+
+    def write() -> None:
+        # A busy application: a commit every 2 ms. (A writer committing back to back with
+        # no pause at all can starve SQLite's online backup, which retries while busy.)
+        while not stop.wait(0.002):
+            conn.execute("INSERT INTO t (v) VALUES (?)", ("x" * 200,))
+            conn.commit()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        app = make_app(tmp_path, sources=(str(src),), databases=(
+            DatabaseSpec(name="main", engine="sqlite", path=str(db)),))  # fmt: skip
+        outcome = backup_application(repo, backup_options(app, backup_type="full"))
+    finally:
+        stop.set()
+        writer.join()
+    assert (src / "data" / "app.db-wal").exists()  # it was live in WAL mode
+    snap = outcome.snapshot
+    assert snap is not None
+    assert outcome.result.warnings == [] and snap.summary.errors == 0  # not "partial"
+    assert snap.excluded_databases == (str(db),)
+    said = [n for n in outcome.result.notes if str(db) in n]
+    assert len(said) == 1 and "database dumps" in said[0]
+    paths = {p.decode() for p, _ in repo.walk(snap.root)}
+    assert not any("app.db" in p for p in paths), sorted(p for p in paths if "app.db" in p)
+    assert any(p.endswith("/src/main.py") for p in paths)
+    assert not any(b"app.db" in r for r in reads)  # never even read
+    # The database comes back from its dump, consistent.
+    (record,) = snap.databases
+    node = repo.find_node(snap.root, record.path)
+    assert node is not None
+    restored = tmp_path / "restored.db"
+    with ChunkReader.for_node(repo, node) as reader:
+        restored.write_bytes(reader.read())
+    check = sqlite3.connect(restored)
+    assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert check.execute("SELECT count(*) FROM t").fetchone()[0] == record.row_counts["t"] > 0
+    check.close()
+    conn.close()
+
+
+def test_a_database_outside_the_sources_is_not_listed(repo: Repository, tmp_path: Path) -> None:
+    outcome = backup_application(repo, backup_options(make_app(tmp_path)))
+    assert outcome.snapshot is not None and outcome.snapshot.excluded_databases == ()
+    assert not any("database dumps" in n for n in outcome.result.notes)

@@ -12,6 +12,13 @@ from casbackup.repo.tree import Node, NodeKind, valid_name
 U32 = st.integers(0, 2**32 - 1)
 U64 = st.integers(0, 2**64 - 1)
 I64 = st.integers(-(2**63), 2**63 - 1)
+# Any time a tree can hold (version 2: i64 seconds + ns), so well past 64-bit nanoseconds,
+# with the 64-bit-nanosecond limits themselves drawn often.
+TIMES_NS = (
+    st.integers(-(2**63) * 10**9, 2**63 * 10**9 - 1)
+    | I64
+    | st.sampled_from([-(2**63) - 1, 2**63, -1, 0, 10**9 - 1, 10**9, -(10**9) - 1])
+)
 
 blob_ids = st.binary(min_size=32, max_size=32).map(BlobId)
 file_ids = st.binary(min_size=32, max_size=32).map(lambda b: FileId(b.hex()))
@@ -32,8 +39,8 @@ def nodes(draw: st.DrawFn, name: bytes | None = None) -> Node:
         mode=draw(st.integers(0, 0o7777)),
         uid=draw(U32),
         gid=draw(U32),
-        mtime_ns=draw(I64),
-        ctime_ns=draw(I64),
+        mtime_ns=draw(TIMES_NS),
+        ctime_ns=draw(TIMES_NS),
         size=draw(U64),
         inode=draw(U64),
         device=draw(U64),
@@ -112,4 +119,6 @@ snapshots = st.builds(
     app_definition=st.none() | st.dictionaries(text, json_values, max_size=3),
     program_version=text,
     errors=st.lists(text, max_size=3).map(tuple),
+    xattrs=st.booleans(),
+    excluded_databases=st.lists(text, max_size=3).map(tuple),
 )
