@@ -315,3 +315,31 @@ def test_database_dumps_run_while_the_snapshot_exists(
     assert outcome.snapshot is not None and [d.name for d in outcome.snapshot.databases] == ["shop"]
     steps = [line.split()[0] for line in _log(lvm)]
     assert steps.index("lvcreate") < steps.index("dump") < steps.index("lvremove")
+
+
+def test_database_file_inside_a_frozen_source_is_left_to_its_dump(
+    lvm: dict[str, Any], repo: Any
+) -> None:
+    """The walk leaves out a database file it dumps, matched by its original path although
+    the source is read from the snapshot's mount."""
+    import sqlite3
+
+    from casbackup.engines.base import DatabaseSpec
+
+    db_path = lvm["origin"] / "app.sqlite3"
+    with sqlite3.connect(db_path) as con:
+        con.execute("create table t (x)")
+    app = AppConfig(
+        name="webapp", sources=(str(lvm["origin"]),), snapshot="lvm",
+        excludes=(f"{lvm['origin']}/cache",),
+        databases=(DatabaseSpec(name="app", engine="sqlite", path=str(db_path)),),
+    )  # fmt: skip
+    (lvm["origin"] / "cache").mkdir()
+    (lvm["origin"] / "cache" / "junk").write_text("junk")
+    snap = backup_application(repo, backup_options(app, snapshots=SnapshotsConfig())).snapshot
+    assert snap is not None and snap.excluded_databases == (str(db_path),)
+    tree = snap.root
+    for part in lvm["origin"].parts[1:]:
+        tree = next(n for n in repo.load_tree(tree) if n.name == part.encode()).subtree
+    assert sorted(n.name for n in repo.load_tree(tree)) == [b"data.txt"]
+    _no_leftovers(lvm)
