@@ -20,7 +20,9 @@ from casbackup.errors import SnapshotProviderError
 
 NAME_PREFIX = "casbackup-"
 # app names may hold '.', '_' and '-' (config/load.py APP_NAME_RE allows more: cleaned below)
-_NAME_RE = re.compile(r"^casbackup-(?P<app>[A-Za-z0-9._-]*)-(?P<stamp>\d{8}T\d{6}Z)-(?P<pid>\d+)$")
+_NAME_RE = re.compile(
+    r"^casbackup-(?P<app>[A-Za-z0-9._-]*)-(?P<stamp>\d{8}T\d{6}Z)(\.\d+)?-(?P<pid>\d+)$"
+)
 TOOL_TIMEOUT_S = 300
 
 
@@ -112,10 +114,16 @@ class Provider(Protocol):
         ...
 
 
-def snapshot_name(app: str, now: float | None = None, pid: int | None = None) -> str:
+def snapshot_name(app: str, now: float | None = None, pid: int | None = None, seq: int = 0) -> str:
+    """``casbackup-<app>-<UTC time>[.<seq>]-<pid>``: `seq` tells apart the snapshots one run
+    takes of several volumes that share a pool, volume group or Btrfs file system."""
     stamp = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
     clean = re.sub(r"[^A-Za-z0-9._-]+", "_", app)[:60]
-    return f"{NAME_PREFIX}{clean}-{stamp:%Y%m%dT%H%M%SZ}-{pid if pid is not None else os.getpid()}"
+    suffix = f".{seq}" if seq else ""
+    return (
+        f"{NAME_PREFIX}{clean}-{stamp:%Y%m%dT%H%M%SZ}{suffix}-"
+        f"{pid if pid is not None else os.getpid()}"
+    )
 
 
 def parse_name(name: str) -> int | None:

@@ -11,6 +11,7 @@ next run (or `casbackup fs-snapshots cleanup`) removes them.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -158,13 +159,14 @@ def frozen_sources(
     _check_limit(volumes, providers, plan.max_snapshots)
     state = FrozenSources()
     taken: dict[tuple[str, str], Frozen] = {}
-    name = snapshot_name(app)
+    now = time.time()
     try:
         for path, volume in volumes.items():
             key = (volume.provider, volume.origin)
             frozen = taken.get(key)
             if frozen is None:
                 provider = providers[volume.provider]
+                name = snapshot_name(app, now, seq=len(taken))
                 frozen = provider.freeze(volume, name, plan.settings)
                 taken[key] = frozen
                 state.snapshots.append((provider, frozen))

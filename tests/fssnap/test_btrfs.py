@@ -330,3 +330,19 @@ def test_incremental_from_snapshots_reuses_unchanged_files(
     second = json.loads(site.cli("--json", "snapshots").out)[-1]["summary"]
     assert (second["files_unchanged"], second["files_changed"]) == (19, 1)
     assert second["bytes_read"] == len(b"changed")
+
+
+def test_two_subvolumes_of_one_file_system_get_two_snapshots(
+    btrfs_mount: Path, tmp_path: Path
+) -> None:
+    web, media = _subvolume(btrfs_mount, "web"), _subvolume(btrfs_mount, "media")
+    (web / "index.html").write_text("<h1>hi</h1>")
+    (media / "logo.svg").write_text("<svg/>")
+    site = write_site(tmp_path, [str(web), str(media)], "btrfs")
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    assert res.err.count("btrfs snapshot of") == 2
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    assert sorted(r["origin"] for r in snap["fs_snapshots"]) == [str(media), str(web)]
+    assert site.cli("cat", f"latest:{media}/logo.svg", "--app", "webapp").out == "<svg/>"
+    assert _ours(btrfs_mount) == []

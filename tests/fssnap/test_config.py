@@ -116,3 +116,9 @@ def test_mount_of_picks_the_longest_prefix_and_unescapes() -> None:
     assert mount_of("/srvx/a", info).fstype == "zfs"  # type: ignore[union-attr]
     assert mount_of("/srv/other", info).source == "/dev/sda1"  # type: ignore[union-attr]
     assert mount_of("/etc", info).fstype == "overlay"  # type: ignore[union-attr]
+
+
+def test_sequence_numbers_keep_names_ours() -> None:
+    first, second = snapshot_name("a", now=0, pid=7), snapshot_name("a", now=0, pid=7, seq=1)
+    assert first != second and second == "casbackup-a-19700101T000000Z.1-7"
+    assert parse_name(second) == 7
