@@ -16,32 +16,29 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# System packages the mount tests need (FUSE userspace), attr/acl for the extended
-# attribute and ACL tests, and the file-system snapshot tools. Installed when missing and we are
-# root with apt; otherwise those tests skip with a reason (and fail under CI=true).
+# System packages the tests need, each checked by a command or file it provides: FUSE userspace for
+# the mount tests, attr/acl for the extended-attribute and ACL tests, btrfs-progs, zfs-fuse
+# and lvm2 for the file-system snapshot tests (tests/fssnap), Chromium and fonts for
+# the dashboard's browser tests (driven through Playwright, never `playwright install`: that
+# downloads a browser, and these machines are offline). Missing ones are installed in one
+# apt-get run when we are root with apt; otherwise those tests skip with a reason (and fail
+# under CI=true).
+SYSDEPS := fusermount3:fuse3 setfattr:attr setfacl:acl chromium:chromium \
+	chromedriver:chromium-driver /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \
+	btrfs:btrfs-progs zfs:zfs-fuse lvcreate:lvm2
+
 sysdeps:
-	@if ! command -v fusermount3 >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing fuse3 (for casbackup mount)"; \
-		apt-get install -y -q fuse3 >/dev/null 2>&1 || \
-		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fuse3 >/dev/null 2>&1; } || \
-		echo "warning: could not install fuse3; mount tests will skip"; \
+	@missing=""; for pair in $(SYSDEPS); do \
+		probe="$${pair%%:*}"; \
+		case "$$probe" in /*) [ -e "$$probe" ];; *) command -v "$$probe" >/dev/null 2>&1;; esac || \
+			missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing system packages for the tests:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1; } || \
+		echo "warning: could not install$$missing; the tests that need them will skip"; \
 	fi
-	@if { ! command -v setfacl >/dev/null 2>&1 || ! command -v setfattr >/dev/null 2>&1; } && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing attr and acl (setfattr, setfacl: for the extended attribute tests)"; \
-		apt-get install -y -q attr acl >/dev/null 2>&1 || \
-		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q attr acl >/dev/null 2>&1; } || \
-		echo "warning: could not install attr and acl; ACL tests will skip"; \
-	fi
-	@# File-system snapshot tools (tests/fssnap): Btrfs for real, ZFS through zfs-fuse, lvm2.
-	@for pair in btrfs:btrfs-progs zfs:zfs-fuse lvcreate:lvm2; do \
-		tool=$${pair%%:*}; pkg=$${pair#*:}; \
-		if ! command -v $$tool >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing $$pkg (for file-system snapshots)"; \
-			apt-get install -y -q $$pkg >/dev/null 2>&1 || \
-			{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$pkg >/dev/null 2>&1; } || \
-			echo "warning: could not install $$pkg; its snapshot tests will skip"; \
-		fi; \
-	done
 
 demo: $(STAMP)
 	$(BIN)/python sample_app/demo.py

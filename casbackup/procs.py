@@ -46,6 +46,7 @@ def reap(threads: list[threading.Thread], processes: list[Any]) -> None:
 def become_helper(parent: int) -> None:
     """First thing in a helper: leave Ctrl-C to the parent and die when it dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into a cancel
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and a closed terminal too (cli/signals.py)
     ids.single_threaded_hashing()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

@@ -1,13 +1,30 @@
-"""Human-readable sizes, shared by the CLI, reports and warnings (below every layer that prints)."""
+"""Human-readable sizes and counts, shared by the CLI, reports and warnings (below every layer
+that prints)."""
 
 from __future__ import annotations
 
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
 
 def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'; binary units, one decimal above bytes."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    """1536 -> '1.5 KiB', 3481 -> '3.4 KiB', 1023.7 -> '1.0 KiB', -2048 -> '-2.0 KiB'.
+
+    Binary units; whole bytes below 1 KiB, one decimal above. A value is rounded before its
+    unit is chosen, so nothing prints as '1024 B' or '1024.0 KiB'.
+    """
+    size = abs(float(n))
+    sign = "-" if n < 0 and round(size) else ""
+    if round(size) < 1024:
+        return f"{sign}{round(size)} B"
+    for unit in _UNITS:
         size /= 1024
-    return f"{n} B"
+        if round(size, 1) < 1024 or unit == _UNITS[-1]:
+            return f"{sign}{size:.1f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``1 file``, ``2 files``, ``0 files``; ``plural_form`` for irregular words (``match``)."""
+    if count == 1:
+        return f"{count} {singular}"
+    return f"{count} {plural_form or singular + 's'}"

@@ -304,9 +304,10 @@ class Backup:
             base_full = reuse.id
         elif opts.type == "incremental" and reuse is not None:
             base_full = reuse.id if reuse.type == "full" else reuse.base_full
+        # Without a parent to reuse from every file was read: record what was done ("full").
         snap = Snapshot(
             time=time_text, start_ns=start_ns, host=socket.gethostname(), user=getpass.getuser(),
-            paths=paths, tree=root.hex(), type=opts.type, app=opts.app, tags=tuple(opts.tags),
+            paths=paths, tree=root.hex(), type=opts.type if reuse else "full", app=opts.app, tags=tuple(opts.tags),
             parent=parent_id, base_full=base_full, excludes=tuple(opts.excludes), summary=summary,
             databases=tuple(db_records), app_definition=opts.app_definition,
             program_version=__version__, errors=tuple(self.warnings[:MAX_RECORDED_ERRORS]),

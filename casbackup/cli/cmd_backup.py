@@ -10,7 +10,7 @@ from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
 from casbackup.archiver.excludes import read_exclude_file
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, reporter_for
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
 
@@ -153,7 +153,7 @@ def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, ena
     elif not opts.quiet:
         state = "verified OK" if record.ok else "FAILED verification"
         click.echo(
-            f"snapshot {result.snapshot.short_id} {state}: {record.files_checked} files checked"
+            f"snapshot {result.snapshot.short_id} {state}: {plural(record.files_checked, 'file')} checked"
         )
     outcome.raise_if_failed()
 
@@ -169,7 +169,7 @@ def _run_app(repo: Repository, ctx: click.Context, options: BackupOptions) -> Ap
 def _raise_partial(result: BackupResult) -> None:
     if result.warnings:
         raise PartialBackup(
-            f"snapshot saved, but {len(result.warnings)} files or folders could not be read"
+            f"snapshot saved, but {plural(len(result.warnings), 'file or folder', 'files or folders')} could not be read"
         )
 
 
@@ -181,6 +181,12 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
     assert config is not None
     if not config.applications:
         raise UsageError(f"{config.source}: the config lists no applications")
+    own = [a.name for a in config.applications if a.repository is not None]
+    if own:  # --all writes to one repository: those would land in the wrong one
+        raise UsageError(
+            f"{', '.join(own)} {'has its' if len(own) == 1 else 'have their'} own repository in "
+            "the config: back each of those up with --app NAME (or let casbackup serve do it)"
+        )
     failed: list[tuple[str, CasError]] = []
     partial = 0
     for app in config.applications:
@@ -199,19 +205,21 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
                 emit_json({"message_type": "error", "app": app.name, "message": str(exc),
                            "exit_code": exc.exit_code})  # fmt: skip
             else:
-                click.echo(f"error: {exc}", err=True)
+                click.echo(f"error: {printable(exc)}", err=True)
             continue
         partial += bool(outcome.result.warnings)
     if failed:
         codes = {exc.exit_code for _, exc in failed}
         err = CasError(
-            f"{len(failed)} of {len(config.applications)} applications failed: "
+            f"{len(failed)} of {plural(len(config.applications), 'application')} failed: "
             + ", ".join(name for name, _ in failed)
         )
         err.exit_code = codes.pop() if len(codes) == 1 else EXIT_FATAL
         raise err
     if partial:
-        raise PartialBackup(f"{partial} applications were saved with files that could not be read")
+        raise PartialBackup(
+            f"{plural(partial, 'application')} were saved with files that could not be read"
+        )
 
 
 def render_backup_result(ctx: click.Context, result: BackupResult, dry_run: bool,
@@ -248,13 +256,13 @@ def render_backup_result(ctx: click.Context, result: BackupResult, dry_run: bool
         rows = sum(db.row_counts.values())
         click.echo(
             f"Database {db.name}: {db.engine} {db.server_version}, {db.format}, "
-            f"{human_bytes(db.size)}, {len(db.row_counts)} tables, {rows} rows"
+            f"{human_bytes(db.size)}, {plural(len(db.row_counts), 'table')}, {plural(rows, 'row')}"
         )
     click.echo(
         f"Added to the repository: {human_bytes(s.bytes_added)} ({human_bytes(s.bytes_stored)} stored)"
     )
     click.echo(
-        f"processed {s.files_total} files, {human_bytes(s.bytes_total)} in {s.duration_s:.1f}s (read {human_bytes(s.bytes_read)})"
+        f"processed {plural(s.files_total, 'file')}, {human_bytes(s.bytes_total)} in {s.duration_s:.1f}s (read {human_bytes(s.bytes_read)})"
     )
     parent = f", parent {snap.parent[:8]}" if snap.parent else ""
     app = f" of {snap.app}" if snap.app else ""

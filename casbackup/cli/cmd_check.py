@@ -6,7 +6,7 @@ from datetime import datetime
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, reporter_for, warn
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for, warn
 from casbackup.errors import CheckFailed
 from casbackup.repo.repository import Repository
 from casbackup.verify.check import CheckOptions, Subset
@@ -70,20 +70,23 @@ def check(
         for w in report.warnings:
             warn(w)
         for e in report.errors:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {printable(e)}", err=True)
         for snap_id, paths in report.affected.items():
-            click.echo(f"snapshot {snap_id[:8]}: {len(paths)} damaged files or folders:", err=True)
+            click.echo(
+                f"snapshot {snap_id[:8]}: {plural(len(paths), 'damaged file or folder', 'damaged files or folders')}:",
+                err=True,
+            )
             for p in paths[:50]:
-                click.echo(f"  {p}", err=True)
+                click.echo(f"  {printable(p)}", err=True)
             if len(paths) > 50:
                 click.echo(f"  ... and {len(paths) - 50} more", err=True)
         read = (
-            f", read {report.packs_read} packs ({human_bytes(report.bytes_read)})"
+            f", read {plural(report.packs_read, 'pack')} ({human_bytes(report.bytes_read)})"
             if report.packs_read
             else ""
         )
         click.echo(
-            f"checked {report.snapshots} snapshots, {report.trees} trees, {report.blobs} blobs in {report.packs} packs{read}"
+            f"checked {plural(report.snapshots, 'snapshot')}, {plural(report.trees, 'tree')}, {plural(report.blobs, 'blob')} in {plural(report.packs, 'pack')}{read}"
         )
         if max_duration is not None and report.packs_never_verified is not None:
             oldest = (
@@ -92,10 +95,10 @@ def check(
                 else "never"
             )
             click.echo(
-                f"{report.packs_never_verified} packs not verified yet; oldest verification: {oldest}"
+                f"{plural(report.packs_never_verified, 'pack')} not verified yet; oldest verification: {oldest}"
             )
     if not report.ok:
-        raise CheckFailed(f"the repository has {len(report.errors)} problems (see above)")
+        raise CheckFailed(f"the repository has {plural(len(report.errors), 'problem')} (see above)")
     if not opts.json:
         click.echo("no errors were found")
 

@@ -8,7 +8,7 @@ import click
 
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options
-from casbackup.cli.render import emit_json
+from casbackup.cli.render import emit_json, plural
 from casbackup.config import describe
 
 
@@ -51,7 +51,7 @@ def check(ctx: click.Context) -> None:
             click.echo(f"  required files: {', '.join(required)}")
     for warning in doc["warnings"]:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"config OK: {len(doc['applications'])} applications")
+    click.echo(f"config OK: {plural(len(doc['applications']), 'application')}")
 
 
 def _secret(source: Any) -> str:

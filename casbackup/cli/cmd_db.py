@@ -25,7 +25,7 @@ import click
 from casbackup.archiver.stream import ChunkReader
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, warn
+from casbackup.cli.render import emit_json, human_bytes, plural, warn
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name, get_engine
 from casbackup.errors import FormatError, NotFound, UsageError
 from casbackup.repo.repository import Repository
@@ -110,7 +110,7 @@ def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_na
                 if record.row_counts.get(t) != info.row_counts.get(t)}  # fmt: skip
     if mismatch:
         warn(
-            f"row counts differ from the backup's in {len(mismatch)} tables: {', '.join(sorted(mismatch)[:5])}"
+            f"row counts differ from the backup's in {plural(len(mismatch), 'table')}: {', '.join(sorted(mismatch)[:5])}"
         )
     if opts.json:
         emit_json({"message_type": "db_restore", "snapshot_id": snap.id, "app": app, "database": db_name,
@@ -121,7 +121,7 @@ def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_na
     rows = sum(info.row_counts.values())
     click.echo(
         f"restored database {db_name} ({engine_name}) from snapshot {snap.short_id} into {info.target}: "
-        f"{human_bytes(info.bytes_read)}, {len(info.row_counts)} tables, {rows} rows"
+        f"{human_bytes(info.bytes_read)}, {plural(len(info.row_counts), 'table')}, {plural(rows, 'row')}"
     )
 
 

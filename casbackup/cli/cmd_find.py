@@ -6,7 +6,7 @@ import click
 
 from casbackup.cli.cmd_ls import long_line, node_doc
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, warn
+from casbackup.cli.render import emit_json, plural, printable, warn
 from casbackup.repo.repository import Repository
 from casbackup.vfs.find import Finder, FindOptions
 
@@ -43,7 +43,7 @@ def find(repo: Repository, ctx: click.Context, pattern: str, app: str | None, pa
         if snap.id != current:
             current = snap.id
             when = datetime.fromisoformat(snap.time).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-            what = f"app {snap.app}" if snap.app else f"host {snap.host}"
+            what = printable(f"app {snap.app}" if snap.app else f"host {snap.host}")
             click.echo(f"{'' if found == 1 else chr(10)}snapshot {snap.short_id} ({what}, {when}):")
         click.echo("  " + long_line(match.path, match.node))
     for message in finder.stats.warnings:
@@ -52,7 +52,7 @@ def find(repo: Repository, ctx: click.Context, pattern: str, app: str | None, pa
         stats = finder.stats
         click.echo(
             f"{found} match{'es' if found != 1 else ''} in {stats.snapshots} snapshot"
-            f"{'s' if stats.snapshots != 1 else ''} searched ({stats.trees_walked} folders read, "
+            f"{'s' if stats.snapshots != 1 else ''} searched ({plural(stats.trees_walked, 'folder')} read, "
             f"{stats.trees_reused} reused from earlier snapshots)",
             err=True,
         )

@@ -8,7 +8,7 @@ import click
 from casbackup.cli.cmd_prune import prune_option_decorators, run_prune
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, warn
+from casbackup.cli.render import emit_json, plural, printable, warn
 from casbackup.errors import UsageError
 from casbackup.maintenance.forget import (
     ForgetPlan,
@@ -20,9 +20,9 @@ from casbackup.maintenance.prune import PruneOptions
 from casbackup.maintenance.retention import (
     GroupKey,
     RetentionPolicy,
-    format_duration,
     parse_duration,
 )
+from casbackup.plan_docs import forget_plan_doc
 from casbackup.repo.repository import Repository
 from casbackup.verify.records import list_records
 
@@ -60,34 +60,11 @@ def _policy_lookup(
 def _render(plan: ForgetPlan, dry_run: bool) -> None:
     for group in plan.groups:
         kept = sum(v.keep for v in group.verdicts)
-        click.echo(f"{group.key}: keep {kept}, remove {len(group.verdicts) - kept}")
+        click.echo(f"{printable(group.key)}: keep {kept}, remove {len(group.verdicts) - kept}")
         for v in group.verdicts:
             when = v.snapshot.datetime.astimezone().strftime("%Y-%m-%d %H:%M")
             word = "keep  " if v.keep else "remove"
             click.echo(f"  {word} {v.snapshot.short_id}  {when}  {', '.join(v.reasons)}")
-
-
-def _policy_doc(policy: RetentionPolicy) -> dict[str, object]:
-    doc: dict[str, object] = {k: v for k, v in vars(policy).items() if v and k != "keep_tags"}
-    if policy.keep_within is not None:
-        doc["keep_within"] = format_duration(policy.keep_within)
-    if policy.keep_tags:
-        doc["keep_tags"] = sorted(policy.keep_tags)
-    return doc
-
-
-def _group_doc(plan: ForgetPlan) -> list[dict[str, object]]:
-    def entry(v):  # type: ignore[no-untyped-def]
-        return {"id": v.snapshot.id, "short_id": v.snapshot.short_id, "time": v.snapshot.time,
-                "reasons": list(v.reasons)}  # fmt: skip
-
-    return [
-        {"group": str(g.key), "app": g.key.app, "host": g.key.host, "paths": list(g.key.paths),
-         "policy": None if g.policy is None else _policy_doc(g.policy),
-         "keep": [entry(v) for v in g.verdicts if v.keep],
-         "remove": [entry(v) for v in g.verdicts if not v.keep]}
-        for g in plan.groups
-    ]  # fmt: skip
 
 
 @click.command()
@@ -178,14 +155,14 @@ def forget(repo: Repository, ctx: click.Context, app: str | None, use_all: bool,
     plan = plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified)
     removed = [] if dry_run else execute_forget(repo, plan).removed
     if opts.json:
-        emit_json({"message_type": "forget", "dry_run": dry_run, "groups": _group_doc(plan),
+        emit_json({"message_type": "forget", "dry_run": dry_run, "groups": forget_plan_doc(plan),
                    "removed": removed})  # fmt: skip
     elif not opts.quiet:
         _render(plan, dry_run)
         if dry_run:
-            click.echo(f"dry run: would remove {len(plan.remove)} snapshots")
+            click.echo(f"dry run: would remove {plural(len(plan.remove), 'snapshot')}")
         else:
-            click.echo(f"removed {len(removed)} snapshots")
+            click.echo(f"removed {plural(len(removed), 'snapshot')}")
     if then_prune:
         run_prune(
             ctx, repo, PruneOptions(max_unused=max_unused, max_repack_size=max_repack_size), dry_run

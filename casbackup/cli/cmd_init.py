@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import os
+
 import click
 
 from casbackup.cli.config_support import apply_config_defaults
 from casbackup.cli.context import global_options, open_backend, read_password
 from casbackup.cli.render import emit_json
 from casbackup.crypto.keyfile import WEAK_KDF, KdfParams
-from casbackup.errors import UsageError
+from casbackup.errors import StorageError, UsageError
 from casbackup.repo.config import RepoConfig
 from casbackup.repo.repository import Repository
 
@@ -41,6 +43,7 @@ def init(
     opts = global_options(ctx)
     apply_config_defaults(opts)  # the config's [repository] names where and how, if -r/env do not
     backend = open_backend(opts.repo)
+    _check_local_folder(backend.location)
     password = read_password(opts, confirm=True)
     if not password:
         raise UsageError("an empty passphrase is not allowed")
@@ -57,6 +60,21 @@ def init(
         click.echo(
             "Keep the passphrase safe: without it the data cannot be read by anyone, including you."
         )
+
+
+def _check_local_folder(location: str) -> None:
+    """Name the path and the problem when a local repository folder cannot be made there
+    (rather than ``writing keys/<hex>: Not a directory`` once a passphrase was typed)."""
+    if not os.path.isabs(location):
+        return  # not a local path
+    probe = location
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.lexists(probe) or os.path.isdir(probe):
+        return
+    if probe == location:
+        raise StorageError(f"{location} is a file, not a folder: give a new or empty folder")
+    raise StorageError(f"{location} cannot be created: {probe} is a file, not a folder")
 
 
 COMMANDS = [init]

@@ -7,7 +7,7 @@ import sys
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json
+from casbackup.cli.render import emit_json, printable
 from casbackup.crypto.keyfile import WEAK_KDF, KdfParams
 from casbackup.errors import UsageError
 from casbackup.maintenance.keys import add_key, change_password, list_keys, remove_key
@@ -67,7 +67,7 @@ def key_list(repo: Repository, ctx: click.Context) -> None:
     for k in keys:
         mark = "*" if k.current else " "
         if k.info is None:
-            click.echo(f"{mark} {k.id[:8]}  unreadable: {k.problem}")
+            click.echo(printable(f"{mark} {k.id[:8]}  unreadable: {k.problem}"))
             continue
         created = _shown(k.info.created[:19].replace("T", " "))
         who = _shown(f"{k.info.user}@{k.info.host}")

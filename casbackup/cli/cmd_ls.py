@@ -7,7 +7,7 @@ from datetime import datetime
 import click
 
 from casbackup.cli.context import global_options, split_snapshot_path, with_repository
-from casbackup.cli.render import emit_json
+from casbackup.cli.render import emit_json, printable
 from casbackup.errors import NotFound
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
@@ -32,13 +32,14 @@ def node_doc(path: bytes, node: Node) -> dict:  # type: ignore[type-arg]
 
 
 def long_line(path: bytes, node: Node) -> str:
+    """``ls -l``'s line for a node; names escaped for the terminal (``printable``)."""
     perms = stat.filemode(node.mode)[1:]
     when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-    owner = node.user or str(node.uid)
-    group = node.group or str(node.gid)
-    text = f"{_TYPE_CHAR[node.kind]}{perms} {owner:>8} {group:>8} {node.size:>12} {when} {os.fsdecode(path)}"
+    owner = printable(node.user or str(node.uid))
+    group = printable(node.group or str(node.gid))
+    text = f"{_TYPE_CHAR[node.kind]}{perms} {owner:>8} {group:>8} {node.size:>12} {when} {printable(path)}"
     if node.kind == NodeKind.SYMLINK:
-        text += f" -> {os.fsdecode(node.link_target)}"
+        text += f" -> {printable(node.link_target)}"
     return text
 
 
@@ -86,7 +87,7 @@ def ls(
         elif long_format:
             click.echo(long_line(p, n))
         else:
-            click.echo(os.fsdecode(p))
+            click.echo(printable(p))
 
 
 COMMANDS = [ls]

@@ -3,6 +3,8 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.render import emit_json, emit_json_err, printable
+from casbackup.cli.signals import native_stop_signals
 from casbackup.repo.repository import Repository
 from casbackup.vfs.core import Vfs
 from casbackup.vfs.fuse import check_fuse, check_mountpoint
@@ -34,28 +36,33 @@ def mount(
     Runs in the foreground until Ctrl-C, SIGTERM or 'fusermount3 -u MOUNTPOINT'. The shared
     lock it holds keeps prune from removing data while the mount is in use.
     """
-    quiet = global_options(ctx).quiet
+    opts = global_options(ctx)
+
+    def say(kind: str, message: str) -> None:
+        # With --json every line is JSON: the status (mounted, unmounted) on stdout for the
+        # script that waits for it, warnings and errors on stderr as everywhere else.
+        if opts.json:
+            emit = emit_json if kind == "status" else emit_json_err
+            emit({"message_type": kind, "message": message, "mountpoint": mountpoint})
+        elif kind != "status" or not opts.quiet:
+            click.echo(f"{kind}: {printable(message)}" if kind != "status" else message, err=True)
 
     def warn(message: str) -> None:
-        click.echo(f"warning: {message}", err=True)
+        say("warning", message)
 
     def error(message: str) -> None:
-        click.echo(f"error: {message}", err=True)
+        say("error", message)
 
     def ready() -> None:
-        if not quiet:
-            click.echo(
-                f"mounted at {mountpoint} (read-only); press Ctrl-C or run "
-                f"'fusermount3 -u {mountpoint}' to unmount",
-                err=True,
-            )
+        say("status", f"mounted at {mountpoint} (read-only); press Ctrl-C or run "
+            f"'fusermount3 -u {mountpoint}' to unmount")  # fmt: skip
 
     vfs = Vfs(repo, app=app, on_warning=warn)
     if app is not None and not vfs.listdir("/"):
         warn(f"no snapshot of application {app!r} yet; the mount shows new ones as they appear")
-    fuse_mount(vfs, mountpoint, allow_other=allow_other, on_ready=ready, on_error=error)
-    if not quiet:
-        click.echo(f"unmounted {mountpoint}", err=True)
+    with native_stop_signals():  # libfuse's own handlers unmount on SIGTERM/SIGHUP
+        fuse_mount(vfs, mountpoint, allow_other=allow_other, on_ready=ready, on_error=error)
+    say("status", f"unmounted {mountpoint}")
 
 
 COMMANDS = [mount]

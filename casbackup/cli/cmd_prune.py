@@ -5,14 +5,16 @@ import re
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, reporter_for, warn
+from casbackup.cli.render import emit_json, human_bytes, plural, reporter_for, warn
 from casbackup.maintenance.prune import (
+    UNINDEXED_MARGIN_S,
     PruneOptions,
     PrunePlan,
     PruneResult,
     execute_prune,
     plan_prune,
 )
+from casbackup.plan_docs import prune_plan_doc
 from casbackup.repo.repository import Repository
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -53,59 +55,75 @@ def prune_option_decorators(fn):  # type: ignore[no-untyped-def]
                         help="Repack a pack when more than this share of it is unused.")(fn)  # fmt: skip
 
 
-def plan_doc(plan: PrunePlan, pack_size: int) -> dict[str, object]:
-    return {
-        "snapshots": plan.snapshots, "used_blobs": plan.used_blobs, "packs_total": plan.packs_total,
-        "bytes_total": plan.bytes_total, "packs_keep": len(plan.keep), "packs_repack": len(plan.repack),
-        "packs_delete": len(plan.delete), "packs_unindexed": len(plan.unindexed),
-        "packs_unindexed_recent": plan.unindexed_young, "index_files": len(plan.old_index_files),
-        "rewrite_index": plan.rewrite_index, "temp_files": len(plan.temp_files),
-        "missing_packs": list(plan.missing_packs), "duplicate_blobs": plan.duplicate_blobs,
-        "bytes_deleted": plan.bytes_deleted, "bytes_rewritten": plan.bytes_rewritten,
-        "unused_bytes_kept": plan.unused_bytes_kept, "bytes_freed": plan.bytes_freed(pack_size),
-        "repack": [u.pack for u in plan.repack], "delete": [u.pack for u in plan.delete],
-    }  # fmt: skip
+def _packs(n: int) -> str:
+    """A right-aligned count for the plan's table: '     1 pack ', '    12 packs'."""
+    return f"{n:6} {'pack' if n == 1 else 'packs'}"
+
+
+def freed_range(plan: PrunePlan, pack_size: int) -> tuple[int, int]:
+    """(at least, at most) bytes the repository shrinks by.
+
+    The plan's own estimate counts repacked blobs at their uncompressed size with full
+    headers, so it is a lower bound and can be below zero for small repositories (the
+    repacked data is really written compressed). At most, everything deleted goes and the
+    rewritten data takes no new room.
+    """
+    upper = plan.bytes_deleted + (
+        sum(s for _, s in plan.old_index_files) if plan.rewrite_index else 0
+    )
+    return max(plan.bytes_freed(pack_size), 0), upper
 
 
 def render_plan(plan: PrunePlan, pack_size: int) -> None:
-    click.echo(f"{plan.snapshots} snapshots use {plan.used_blobs} blobs")
-    click.echo(f"{plan.packs_total} packs, {human_bytes(plan.bytes_total)}:")
+    click.echo(f"{plural(plan.snapshots, 'snapshot')} use {plural(plan.used_blobs, 'blob')}")
+    click.echo(f"{plural(plan.packs_total, 'pack')}, {human_bytes(plan.bytes_total)}:")
     click.echo(
-        f"  keep     {len(plan.keep):6} packs ({human_bytes(plan.unused_bytes_kept)} unused in them)"
+        f"  keep   {_packs(len(plan.keep))} ({human_bytes(plan.unused_bytes_kept)} unused in them)"
     )
     click.echo(
-        f"  repack   {len(plan.repack):6} packs ({human_bytes(sum(u.size for u in plan.repack))}, "
-        f"rewriting {human_bytes(plan.bytes_rewritten)} in {plan.blobs_rewritten} blobs)"
+        f"  repack {_packs(len(plan.repack))} ({human_bytes(sum(u.size for u in plan.repack))}, "
+        f"rewriting {human_bytes(plan.bytes_rewritten)} in {plural(plan.blobs_rewritten, 'blob')})"
     )
     click.echo(
-        f"  delete   {len(plan.delete):6} packs ({human_bytes(sum(u.size for u in plan.delete))}) no longer used"
+        f"  delete {_packs(len(plan.delete))} ({human_bytes(sum(u.size for u in plan.delete))}) no longer used"
     )
     if plan.unindexed or plan.unindexed_young:
         click.echo(
-            f"  delete   {len(plan.unindexed):6} packs left by interrupted runs "
-            f"({human_bytes(sum(s for _, s in plan.unindexed))}); {plan.unindexed_young} recent ones kept"
+            f"  delete {_packs(len(plan.unindexed))} left by interrupted runs "
+            f"({human_bytes(sum(s for _, s in plan.unindexed))}); "
+            f"{plural(plan.unindexed_young, 'recent one')} kept until "
+            f"{_margin()} old"
         )
     if plan.missing_packs:
         warn(
-            f"{len(plan.missing_packs)} packs named by the index are missing; no snapshot needs them"
+            f"{plural(len(plan.missing_packs), 'pack')} named by the index are missing; no snapshot needs them"
         )
     if plan.duplicate_blobs:
-        click.echo(f"{plan.duplicate_blobs} blobs are stored twice; one copy of each goes")
+        click.echo(f"{plural(plan.duplicate_blobs, 'blob')} stored twice; one copy of each goes")
     if plan.rewrite_index:
-        click.echo(f"index: {len(plan.old_index_files)} files replaced by 1")
+        click.echo(f"index: {plural(len(plan.old_index_files), 'file')} replaced by 1")
     if plan.temp_files:
-        click.echo(f"{len(plan.temp_files)} stale temp files")
-    click.echo(f"space to free: about {human_bytes(max(plan.bytes_freed(pack_size), 0))}")
+        click.echo(f"{plural(len(plan.temp_files), 'stale temp file')}")
+    low, high = freed_range(plan, pack_size)
+    if human_bytes(low) == human_bytes(high):
+        click.echo(f"space to free: {human_bytes(high)}")
+    else:
+        click.echo(f"space to free: {human_bytes(low)} to {human_bytes(high)}")
     # fmt: skip
+
+
+def _margin() -> str:
+    hours = UNINDEXED_MARGIN_S / 3600
+    return "an hour" if hours == 1 else f"{hours:g} hours"
 
 
 def render_result(result: PruneResult) -> None:
     for w in result.warnings:
         warn(w)
     click.echo(
-        f"wrote {len(result.packs_written)} packs ({human_bytes(result.bytes_written)}), deleted "
-        f"{result.packs_deleted} packs ({human_bytes(result.bytes_deleted)}) and "
-        f"{result.index_files_deleted} index files"
+        f"wrote {plural(len(result.packs_written), 'pack')} ({human_bytes(result.bytes_written)}), deleted "
+        f"{plural(result.packs_deleted, 'pack')} ({human_bytes(result.bytes_deleted)}) and "
+        f"{plural(result.index_files_deleted, 'index file')}"
     )
 
 
@@ -124,7 +142,11 @@ def run_prune(ctx: click.Context, repo: Repository, options: PruneOptions, dry_r
     finally:
         reporter.done()
     if opts.json:
-        doc = {"message_type": "prune", "dry_run": dry_run, **plan_doc(plan, repo.config.pack_size)}
+        doc = {
+            "message_type": "prune",
+            "dry_run": dry_run,
+            **prune_plan_doc(plan, repo.config.pack_size),
+        }
         if result is not None:
             doc["result"] = {**result.__dict__, "packs_written": len(result.packs_written)}
         emit_json(doc)

@@ -6,26 +6,13 @@ import click
 
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, reporter_for
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for
+from casbackup.errors import RecoveryError
+from casbackup.plan_docs import recovery_plan_doc
 from casbackup.recovery.connection import split_assignment
 from casbackup.recovery.execute import RecoveryResult, recover
 from casbackup.recovery.plan import RecoverOptions, RecoveryPlan
 from casbackup.repo.repository import Repository
-
-
-def plan_doc(plan: RecoveryPlan) -> dict[str, object]:
-    return {
-        "app": plan.app, "snapshot": plan.snapshot.id, "target": plan.target,
-        "verification": plan.verification.id if plan.verification else None,
-        "verified": bool(plan.verification and plan.verification.ok),
-        "files": [{"source": f.source, "target": f.target, "kind": f.kind, "files": f.files,
-                   "bytes": f.bytes} for f in plan.files],
-        "databases": [{"name": d.record.name, "engine": d.spec.engine, "target": d.where,
-                       "stored_location": d.stored, "dump_size": d.record.size,
-                       "overwrite": d.overwrite, "tables": len(d.record.row_counts)}
-                      for d in plan.databases],
-        "warnings": list(plan.warnings), "problems": list(plan.problems),
-    }  # fmt: skip
 
 
 def print_plan(plan: RecoveryPlan) -> None:
@@ -35,32 +22,38 @@ def print_plan(plan: RecoveryPlan) -> None:
         f"recover {plan.app!r} from snapshot {snap.short_id} ({snap.time[:19]} UTC, {state})"
     )
     for f in plan.files:
-        click.echo(f"  files  {f.source} -> {f.target}  ({f.files} files, {human_bytes(f.bytes)})")
+        click.echo(
+            printable(
+                f"  files  {f.source} -> {f.target}  ({plural(f.files, 'file')}, {human_bytes(f.bytes)})"
+            )
+        )
     for d in plan.databases:
         mode = ", replacing what is there" if d.overwrite else ""
         click.echo(f"  db     {d.record.name} ({d.spec.engine}, dump {human_bytes(d.record.size)}, "
-                   f"{len(d.record.row_counts)} tables) -> {d.where}{mode}")  # fmt: skip
+                   f"{plural(len(d.record.row_counts), 'table')}) -> {d.where}{mode}")  # fmt: skip
         if d.stored != d.where:
-            click.echo(f"         (the snapshot says it lived at {d.stored}: shown, not used)")
+            click.echo(
+                printable(f"         (the snapshot says it lived at {d.stored}: shown, not used)")
+            )
     for w in plan.warnings:
-        click.echo(f"  warning: {w}")
+        click.echo(f"  warning: {printable(w)}")
     for p in plan.problems:
-        click.echo(f"  problem: {p}")
+        click.echo(f"  problem: {printable(p)}")
     click.echo(f"  total {human_bytes(plan.bytes_total)}")
 
 
 def print_result(result: RecoveryResult) -> None:
     doc = result.report or {}
     for f in doc.get("files", []):
-        state = "ok" if not f["errors"] else f"{len(f['errors'])} errors"
-        click.echo(f"restored {f['source']} -> {f['target']}: {f['files']} files, "
-                   f"{human_bytes(f['bytes'])} ({state})")  # fmt: skip
+        state = "ok" if not f["errors"] else f"{plural(len(f['errors']), 'error')}"
+        click.echo(printable(f"restored {f['source']} -> {f['target']}: {plural(f['files'], 'file')}, "
+                   f"{human_bytes(f['bytes'])} ({state})"))  # fmt: skip
     for d in doc.get("databases", []):
         state = "ok" if d["ok"] else f"FAILED: {d['error']}"
         click.echo(f"loaded database {d['name']} into {d['target']}: "
-                   f"{sum(d['row_counts'].values())} rows in {len(d['row_counts'])} tables ({state})")  # fmt: skip
+                   f"{plural(sum(d['row_counts'].values()), 'row')} in {plural(len(d['row_counts']), 'table')} ({state})")  # fmt: skip
     for e in result.errors:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {printable(e)}", err=True)
     if result.report_files:
         click.echo(f"report: {result.report_files[0]} and {result.report_files[1]}")
 
@@ -114,10 +107,14 @@ def recover_cmd(
         reporter.done()
     if dry_run:
         if opts.json:
-            emit_json({"message_type": "recover_plan", **plan_doc(result.plan)})
+            emit_json({"message_type": "recover_plan", **recovery_plan_doc(result.plan)})
         else:
             print_plan(result.plan)
             click.echo("dry run: nothing was changed")
+        if result.plan.problems:  # the real run would refuse to start: say so in the exit code
+            raise RecoveryError(
+                f"the recovery cannot run as planned: {plural(len(result.plan.problems), 'problem')} (see above)"
+            )
         return
     if opts.json:
         emit_json({"message_type": "recover", **(result.report or {}),

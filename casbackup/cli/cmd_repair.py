@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, reporter_for, warn
+from casbackup.cli.render import emit_json, plural, reporter_for, warn
 from casbackup.repo.repository import Repository
 from casbackup.verify.repair import repair_index
 
@@ -35,8 +35,8 @@ def repair_index_cmd(repo: Repository, ctx: click.Context, read_all_packs: bool)
     for text in result.packs_unreadable:
         warn(f"pack {text}: its blobs cannot be indexed")
     click.echo(
-        f"index rebuilt: {result.blobs} blobs in {result.packs_from_index + result.packs_from_headers} packs "
-        f"({result.packs_from_headers} read from pack headers), {result.index_files_removed} old index files replaced"
+        f"index rebuilt: {plural(result.blobs, 'blob')} in {plural(result.packs_from_index + result.packs_from_headers, 'pack')} "
+        f"({result.packs_from_headers} read from pack headers), {plural(result.index_files_removed, 'old index file')} replaced"
     )
 
 

@@ -5,7 +5,7 @@ import click
 from casbackup.archiver.restore import RestoreOptions
 from casbackup.archiver.restore import restore as run_restore
 from casbackup.cli.context import global_options, split_snapshot_path, with_repository
-from casbackup.cli.render import emit_json, human_bytes, reporter_for, warn
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for, warn
 from casbackup.errors import RestoreError
 from casbackup.repo.repository import Repository
 
@@ -66,17 +66,17 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
         for w in result.warnings[:_SHOWN]:
             warn(w)
         if len(result.warnings) > _SHOWN:
-            warn(f"{len(result.warnings) - _SHOWN} more warnings (--json lists them all)")
+            warn(f"{plural(len(result.warnings) - _SHOWN, 'more warning')} (--json lists them all)")
         verb = "would restore" if dry_run else "restored"
-        links = f"{result.symlinks} symlinks, " if result.symlinks else ""
-        click.echo(f"{verb} {result.files} files, {links}{result.dirs} folders, {human_bytes(result.bytes)} "
+        links = f"{plural(result.symlinks, 'symlink')}, " if result.symlinks else ""
+        click.echo(f"{verb} {plural(result.files, 'file')}, {links}{plural(result.dirs, 'folder')}, {human_bytes(result.bytes)} "
                    f"from snapshot {snap.short_id} to {target}")  # fmt: skip
     if len(result.errors) == 1:
         raise RestoreError(result.errors[0])  # path: reason, on the one error line
     if result.errors:
         # Each by path (the first ones: all are in --json), then the one-line summary.
         for e in result.errors[:_SHOWN]:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {printable(e)}", err=True)
         shown = (
             "listed above" if len(result.errors) <= _SHOWN else f"the first {_SHOWN} listed above"
         )

@@ -1,30 +1,18 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
 from datetime import datetime
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from casbackup.catalog import snapshot_doc
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, warn
+from casbackup.cli.render import cell, emit_json, human_bytes, plural, warn
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
-from casbackup.verify.records import VerificationRecord, list_records, state_label
-
-
-def snapshot_doc(s: Snapshot, verification: VerificationRecord | None = None) -> dict:  # type: ignore[type-arg]
-    doc = asdict(s)
-    doc["short_id"] = s.short_id
-    doc.pop("app_definition", None)
-    doc["verification"] = (
-        {"ok": verification.ok, "time": verification.time, "record": verification.id}
-        if verification
-        else None
-    )
-    return doc
+from casbackup.verify.records import list_records, state_label
 
 
 @click.command()
@@ -75,11 +63,12 @@ def snapshots(
     for s in snaps:
         when = datetime.fromisoformat(s.time).astimezone().strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
-            s.short_id, when, s.app or "-", s.type, s.parent[:8] if s.parent else "-",
-            human_bytes(s.summary.bytes_total), str(s.summary.files_total), state_label(verified.get(s.id)), ",".join(s.tags), "\n".join(s.paths),
+            s.short_id, when, cell(s.app or "-"), cell(s.type), cell(s.parent[:8] if s.parent else "-"),
+            human_bytes(s.summary.bytes_total), str(s.summary.files_total), state_label(verified.get(s.id)),
+            cell(",".join(s.tags)), "\n".join(cell(p) for p in s.paths),
         )  # fmt: skip
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250).print(table)
-    click.echo(f"{len(snaps)} snapshots")
+    click.echo(f"{plural(len(snaps), 'snapshot')}")
 
 
 COMMANDS = [snapshots]

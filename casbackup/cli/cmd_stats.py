@@ -5,32 +5,32 @@ from dataclasses import asdict
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, reporter_for, warn
-from casbackup.errors import NotFound, UsageError
+from casbackup.cli.render import emit_json, human_bytes, plural, reporter_for, warn
+from casbackup.errors import NotFound
 from casbackup.maintenance.stats import Stats, repository_stats, snapshot_stats
 from casbackup.repo.repository import Repository
 
 
 @click.command()
 @click.argument("snapshot", required=False)
-@click.option("--app", help="All snapshots of this application.")
+@click.option(
+    "--app", help="All snapshots of this application; with 'latest', its latest snapshot."
+)
 @click.pass_context
 @with_repository(lock="shared")
 def stats(repo: Repository, ctx: click.Context, snapshot: str | None, app: str | None) -> None:
     """Sizes, deduplication and compression of a snapshot, an application or the repository."""
     opts = global_options(ctx)
     warnings: list[str] = []
-    if snapshot and app:
-        raise UsageError("give a snapshot or --app, not both")
     if snapshot or app:
-        if snapshot:
-            snaps = [repo.resolve_snapshot(snapshot)]
+        if snapshot:  # 'latest' with --app is that application's latest, as everywhere
+            snaps = [repo.resolve_snapshot(snapshot, app=app)]
             scope = f"snapshot {snaps[0].short_id}"
         else:
             snaps = [s for s in repo.list_snapshots(warnings=warnings) if s.app == app]
             if not snaps:
                 raise NotFound(f"no snapshot of application {app!r} in the repository")
-            scope = f"application {app} ({len(snaps)} snapshots)"
+            scope = f"application {app} ({plural(len(snaps), 'snapshot')})"
         reporter = reporter_for(ctx)
         try:
             result = snapshot_stats(repo, snaps, reporter)
@@ -55,8 +55,8 @@ def render(scope: str, s: Stats) -> None:
         ("Snapshots", str(s.snapshots)),
         ("Files", str(s.files)),
         ("Logical size", human_bytes(s.logical_bytes)),
-        ("Unique size", f"{human_bytes(s.unique_bytes)} in {s.chunks} chunks"),
-        ("Stored size", f"{human_bytes(s.stored_bytes)} (+ {human_bytes(s.tree_stored_bytes)} in {s.trees} trees)"),
+        ("Unique size", f"{human_bytes(s.unique_bytes)} in {plural(s.chunks, 'chunk')}"),
+        ("Stored size", f"{human_bytes(s.stored_bytes)} (+ {human_bytes(s.tree_stored_bytes)} in {plural(s.trees, 'tree')})"),
         ("Dedup ratio", f"{s.dedup_ratio:.2f}x"),
         ("Compression ratio", f"{s.compression_ratio:.2f}x"),
         ("Packs", str(s.packs)),

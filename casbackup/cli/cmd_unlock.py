@@ -2,34 +2,33 @@ from __future__ import annotations
 
 import click
 
-from casbackup.cli.context import with_repository
-from casbackup.cli.render import warn
-from casbackup.errors import CasError, NotFound
-from casbackup.repo.lock import list_locks
+from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.render import emit_json, printable, warn
+from casbackup.maintenance.unlock import remove_stale_locks
 from casbackup.repo.repository import Repository
+from casbackup.units import plural
 
 
 @click.command()
 @click.option(
     "--remove-all", is_flag=True, help="Remove every lock, including live ones (dangerous)."
 )
+@click.pass_context
 @with_repository(lock=None)
-def unlock(repo: Repository, remove_all: bool) -> None:
+def unlock(repo: Repository, ctx: click.Context, remove_all: bool) -> None:
     """Remove stale locks (dead processes on this host, or not refreshed for 30 minutes)."""
-    removed = 0
-    for info in list_locks(repo):
-        if remove_all or info.is_stale():
-            try:
-                repo.backend.delete(info.name)
-                removed += 1
-                click.echo(f"removed {info.describe()}")
-            except NotFound:
-                pass
-            except CasError as exc:  # replaced meanwhile by something that is not a lock
-                warn(f"could not remove {info.name}: {exc}")
-        else:
-            click.echo(f"kept live {info.describe()}")
-    click.echo(f"{removed} locks removed")
+    result = remove_stale_locks(repo, remove_all=remove_all)
+    if global_options(ctx).json:
+        emit_json({"message_type": "unlock", "removed": list(result.removed),
+                   "kept": list(result.kept), "failed": list(result.failed)})  # fmt: skip
+        return
+    for described in result.removed:
+        click.echo(f"removed {printable(described)}")
+    for problem in result.failed:
+        warn(problem)
+    for described in result.kept:
+        click.echo(f"kept live {printable(described)}")
+    click.echo(f"{plural(len(result.removed), 'lock')} removed")
 
 
 COMMANDS = [unlock]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, reporter_for
+from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name
 from casbackup.errors import UsageError
 from casbackup.recovery.connection import connection_spec, split_assignment
@@ -92,19 +92,21 @@ def verify(
         for w in record.warnings:
             reporter.warning(w)
         for f in record.failures:
-            click.echo(f"FAILED {f.path}: {f.problem}", err=True)
+            click.echo(printable(f"FAILED {f.path}: {f.problem}"), err=True)
         for d in record.databases:
             state = "ok" if d.ok else "FAILED"
-            click.echo(f"database {d.name} ({d.engine}): {state}, {d.tables_compared} tables, "
-                       f"{d.rows_compared} rows compared")  # fmt: skip
+            click.echo(f"database {d.name} ({d.engine}): {state}, {plural(d.tables_compared, 'table')}, "
+                       f"{plural(d.rows_compared, 'row')} compared")  # fmt: skip
         if result.sandbox:
             click.echo(f"sandbox kept at {result.sandbox}")
         verdict = (
-            "verified OK" if record.ok else f"FAILED verification ({len(record.failures)} problems)"
+            "verified OK"
+            if record.ok
+            else f"FAILED verification ({plural(len(record.failures), 'problem')})"
         )
         click.echo(
-            f"snapshot {snap.short_id}: {verdict}: {record.files_checked} files, "
-            f"{human_bytes(record.bytes_checked)}, {len(record.databases)} databases "
+            f"snapshot {snap.short_id}: {verdict}: {plural(record.files_checked, 'file')}, "
+            f"{human_bytes(record.bytes_checked)}, {plural(len(record.databases), 'database')} "
             f"in {record.duration_s:.1f}s (record {record.id[:8]})"
         )
     result.raise_if_failed()

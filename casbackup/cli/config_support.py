@@ -45,11 +45,12 @@ def require_app(config: Config, name: str) -> AppConfig:
     return app
 
 
-def apply_config_defaults(opts: GlobalOptions) -> None:
+def apply_config_defaults(opts: GlobalOptions, app: str | None = None) -> None:
     """Fill the repository location and password source from the config when not given.
 
     The config is read only when something is missing, so `-r REPO` with a password in the
-    environment never depends on (or fails because of) a config file.
+    environment never depends on (or fails because of) a config file. With ``app``, an
+    application that names its own ``[applications.repository]`` uses that one.
     """
     need_repo = not opts.repo
     need_password = not (
@@ -62,7 +63,13 @@ def apply_config_defaults(opts: GlobalOptions) -> None:
     if config is None:
         return
     repo = config.repository
-    if need_repo and repo.location:
+    app_config = config.app(app) if app else None
+    own = app_config.repository if app_config is not None else None
+    if need_repo and own is not None:
+        opts.repo = own.location
+        if own.password_file or own.password_command or own.password_env:
+            repo = own
+    if need_repo and repo.location and not opts.repo:
         opts.repo = repo.location
     if need_password:
         opts.password_file = repo.password_file

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import functools
 import getpass
-import os
-import shlex
-import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
 
+from casbackup import access
+from casbackup.access import password_command_env  # noqa: F401  (kept importable from here)
 from casbackup.cli.render import warn
-from casbackup.engines.base import SECRET_MAX
-from casbackup.engines.process import SECRET_PREFIX, StderrDrain
 from casbackup.errors import CasError, RepositoryNotFound, UsageError, WrongPassword
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend, skipped_warnings
@@ -44,89 +40,7 @@ def global_options(ctx: click.Context) -> GlobalOptions:
 
 
 def open_backend(location: str | None) -> Backend:
-    if not location:
-        raise UsageError(
-            "no repository given: use -r/--repo, set CASBACKUP_REPO, "
-            "or set [repository] location in the config file"
-        )
-    if location.startswith(("s3:", "sftp:", "rest:")):
-        raise UsageError(
-            f"storage {location.split(':', 1)[0]!r} is not available in this build; use a local path"
-        )
-    from casbackup.store.local import LocalBackend
-
-    return LocalBackend(location)
-
-
-def _read_secret_file(path: str) -> bytes:
-    try:
-        # Not O_NONBLOCK: ``--password-file <(pass show x)`` is a pipe that must be waited for.
-        with open(path, "rb") as f:
-            data = f.read(SECRET_MAX + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read password file {path}: {exc.strerror}") from None
-    if len(data) > SECRET_MAX:
-        raise UsageError(
-            f"password file {path} holds more than {SECRET_MAX // 1024} KiB: not a passphrase"
-        )
-    return data.rstrip(b"\r\n")
-
-
-def password_command_env() -> dict[str, str]:
-    """Our environment without casbackup's own variables: the password command must not
-    see CASBACKUP_PASSWORD (or any other CASBACKUP_* secret) it is there to replace."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
-
-
-def _run_password_command(command: str) -> bytes:
-    """Run ``command`` split into words as a shell would (shlex), but never by a shell:
-    no expansion, redirection or second command. Its output is capped at SECRET_MAX."""
-    try:
-        argv = shlex.split(command)
-    except ValueError as exc:
-        raise UsageError(f"password command cannot be split into words: {exc}") from None
-    if not argv:
-        raise UsageError("password command is empty")
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=password_command_env(),
-        )
-    except OSError as exc:
-        raise UsageError(f"password command {argv[0]!r} failed to start: {exc.strerror}") from None
-    drain = StderrDrain(proc.stderr)  # type: ignore[arg-type]
-    expired = threading.Event()
-
-    def expire() -> None:  # a command that hangs fails; it never stalls us
-        expired.set()
-        proc.kill()
-
-    timer = threading.Timer(60, expire)
-    timer.start()
-    try:
-        assert proc.stdout is not None
-        out = proc.stdout.read(SECRET_MAX + 1)
-        if len(out) > SECRET_MAX:
-            raise UsageError(
-                f"password command printed more than {SECRET_MAX // 1024} KiB: not a passphrase"
-            )
-        returncode = proc.wait()
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.wait()
-    err = drain.text()
-    if expired.is_set():
-        raise UsageError("password command did not finish within 60 seconds")
-    if returncode != 0:
-        detail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise UsageError(f"password command exited with {returncode}: {detail[0]}")
-    return out.rstrip(b"\r\n")
+    return access.open_backend(location)
 
 
 def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
@@ -136,20 +50,10 @@ def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
     shell and without casbackup's own environment variables (``password_command_env``).
     Raises UsageError (one line) when the chosen source fails.
     """
-    if opts.password_file:
-        return _read_secret_file(opts.password_file)
-    if opts.password_command:
-        return _run_password_command(opts.password_command)
-    env = os.environ.get("CASBACKUP_PASSWORD")
-    if env is not None:
-        return env.encode()
-    if opts.password_env:
-        named = os.environ.get(opts.password_env)
-        if named is None:
-            raise UsageError(
-                f"the config's repository.password_env names {opts.password_env}, which is not set"
-            )
-        return named.encode()
+    source = access.PasswordSource(opts.password_file, opts.password_command, opts.password_env)
+    given = access.read_password(source)
+    if given is not None:
+        return given
     if sys.stdin.isatty():
         first = getpass.getpass("enter passphrase for repository: ")
         if confirm and getpass.getpass("enter the passphrase again: ") != first:
@@ -160,10 +64,10 @@ def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
     )
 
 
-def open_repository(opts: GlobalOptions) -> Repository:
+def open_repository(opts: GlobalOptions, app: str | None = None) -> Repository:
     from casbackup.cli.config_support import apply_config_defaults
 
-    apply_config_defaults(opts)  # the config's [repository] fills in what was not given
+    apply_config_defaults(opts, app)  # the config's [repository] fills in what was not given
     backend = open_backend(opts.repo)
     if not backend.exists("config"):
         raise RepositoryNotFound(
@@ -190,7 +94,10 @@ def with_repository(*, lock: str | None = "shared", writes: bool = False) -> Cal
         @click.pass_context
         def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
             opts = global_options(ctx)
-            repo = open_repository(opts)
+            # A command's --app picks that application's own repository, if the config gives
+            # it one (as `casbackup serve` does).
+            app = kwargs.get("app") if isinstance(kwargs.get("app"), str) else None
+            repo = open_repository(opts, app)
             try:
                 if writes:
                     repo.require_writable()

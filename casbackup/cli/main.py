@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import click
 
 from casbackup import __version__
 from casbackup.cli.context import GlobalOptions
-from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, CasError
+from casbackup.cli.signals import install_stop_signals, interrupted_exit_code, stopped_by
+from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, CasError
 from casbackup.memory import tune_allocator
 
 # Command name -> the cmd_*.py module that defines it. Modules are imported only when
@@ -20,8 +23,8 @@ COMMAND_MODULES = {
     "dump": "cmd_cat", "find": "cmd_find", "forget": "cmd_forget", "init": "cmd_init",
     "key": "cmd_key", "ls": "cmd_ls", "mount": "cmd_mount", "prune": "cmd_prune",
     "recover": "cmd_recover", "repair": "cmd_repair", "restore": "cmd_restore",
-    "snapshots": "cmd_snapshots", "stats": "cmd_stats", "unlock": "cmd_unlock",
-    "verify": "cmd_verify",
+    "serve": "cmd_serve", "snapshots": "cmd_snapshots", "stats": "cmd_stats",
+    "token": "cmd_token", "unlock": "cmd_unlock", "user": "cmd_user", "verify": "cmd_verify",
     "migrate": "cmd_migrate",
     "fs-snapshots": "cmd_fs_snapshots",
 }  # fmt: skip
@@ -38,7 +41,10 @@ class _LazyGroup(click.Group):
         if module is not None and cmd_name not in self.commands:
             import importlib
 
+            from casbackup.cli.completion import attach_completers
+
             for command in importlib.import_module(f"casbackup.cli.{module}").COMMANDS:
+                attach_completers(command)  # --app and SNAPSHOT complete from config/repository
                 self.add_command(command)
         return super().get_command(ctx, cmd_name)
 
@@ -117,35 +123,63 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
+# click >= 8.2 raises this for a bare 'casbackup' (8.1 prints the help itself).
+_NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _interrupted(message: str) -> None:
+    signum = stopped_by()
+    if signum is not None:
+        message += f" ({signal.Signals(signum).name} received)"
+    _fail(message, interrupted_exit_code())
+
+
+def _fail(message: str, code: int) -> None:
+    from casbackup.cli.render import printable
+
+    # One line, whatever the message holds (a name with a newline or an escape sequence).
+    click.echo(f"error: {printable(message)}", err=True)
+    sys.exit(code)
+
+
+def _usage_message(exc: click.UsageError) -> str:
+    """click's usage error as one line, with where to find the right usage."""
+    text = " ".join(exc.format_message().split())
+    text = text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+    where = exc.ctx.command_path if exc.ctx is not None else "casbackup"
+    return f"{text.rstrip('.')} (see '{where} --help')"
+
+
 def main(argv: list[str] | None = None) -> None:
     tune_allocator()
+    install_stop_signals()
     argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     try:
         code = cli.main(args=argv, prog_name="casbackup", standalone_mode=False)
     except CasError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("error: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        if exc.exit_code == EXIT_INTERRUPTED:
+            _interrupted(str(exc))
+        _fail(str(exc), exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _interrupted("interrupted")
+    except _NO_ARGS_IS_HELP as exc:
+        exc.show()  # no command at all: the help is the most useful answer
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:
+        # The README promises one line starting with 'error:' and exit 2, not click's
+        # four-line Usage block ('--help' still shows the usage).
+        _fail(_usage_message(exc), EXIT_USAGE)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _fail(exc.format_message(), exc.exit_code)
     except BrokenPipeError:
         sys.exit(EXIT_FATAL)
     except MemoryError:
-        click.echo("error: out of memory", err=True)
-        sys.exit(EXIT_FATAL)
+        _fail("out of memory", EXIT_FATAL)
     except OSError as exc:
         # Anything the library did not translate: still one line, never a traceback.
-        click.echo(
-            f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}",
-            err=True,
-        )
-        sys.exit(EXIT_FATAL)
+        name = exc.filename
+        where = f": {os.fsdecode(name) if isinstance(name, str | bytes) else name}" if name else ""
+        _fail(f"{exc.strerror or exc}{where}", EXIT_FATAL)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -5,20 +5,69 @@ from __future__ import annotations
 import json
 import sys
 import time
+import unicodedata
 from typing import Any
 
 import click
 
 from casbackup.reporter import Progress, Reporter
-from casbackup.units import human_bytes  # the commands import it from here too
+from casbackup.units import human_bytes, plural  # the commands import them from here too
+
+# Characters that change what a terminal shows rather than being shown: line breaks, escape
+# sequences (ESC, CSI), bidirectional overrides that reorder a line, and the like.
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if ch in "\n\t\r":
+        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}[ch]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _needs_escape(ch: str) -> bool:
+    return ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")
+
+
+def printable(value: str | bytes | object) -> str:
+    """A name or message as a terminal should show it: one line, no control sequences.
+
+    Bytes are decoded as UTF-8 with invalid bytes shown as ``\\xNN`` (as are the
+    surrogate escapes ``os.fsdecode`` makes of them); control characters (``\\n``,
+    ``\\x1b``, C1 codes), line separators and bidirectional overrides are shown escaped too,
+    so a hostile file name cannot move the cursor, recolour or rewrite the terminal, or
+    fake another line. Everything else, including non-ASCII letters, is shown as is.
+    Text only: ``--json`` output carries names raw (JSON escapes them itself).
+    """
+    text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+    if text.isprintable() and text.isascii():
+        return text  # the common case, fast
+    return "".join(_escape_char(ch) if _needs_escape(ch) else ch for ch in text)
+
+
+def cell(value: str | bytes | object) -> str:
+    """A table cell for rich: ``printable`` and with rich's markup (``[bold]``) escaped."""
+    from rich.markup import escape
+
+    return escape(printable(value))
 
 
 def emit_json(doc: Any) -> None:
     click.echo(json.dumps(doc, sort_keys=True, default=str))
 
 
+def emit_json_err(doc: Any) -> None:
+    """A JSON line on stderr (messages that are not the command's result)."""
+    click.echo(json.dumps(doc, sort_keys=True, default=str), err=True)
+
+
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    """One line on stderr; names in ``message`` are escaped for the terminal (``printable``)."""
+    click.echo(f"warning: {printable(message)}", err=True)
 
 
 class CliReporter(Reporter):
@@ -48,14 +97,14 @@ class CliReporter(Reporter):
         if not self.live:
             return
         rate = progress.bytes_done / elapsed
-        text = f"[{elapsed:6.1f}s] {progress.phase}: {progress.files_done} files, {human_bytes(progress.bytes_done)}"
+        text = f"[{elapsed:6.1f}s] {progress.phase}: {plural(progress.files_done, 'file')}, {human_bytes(progress.bytes_done)}"
         if progress.bytes_total and progress.bytes_done <= progress.bytes_total:
             pct = 100.0 * progress.bytes_done / max(progress.bytes_total, 1)
             left = (progress.bytes_total - progress.bytes_done) / rate if rate > 0 else 0
             text += f" / {human_bytes(progress.bytes_total)} ({pct:.0f}%, ETA {left:.0f}s)"
         text += f", {human_bytes(rate)}/s"
         if progress.errors:
-            text += f", {progress.errors} errors"
+            text += f", {plural(progress.errors, 'error')}"
         pad = max(0, self._width - len(text))
         self._width = len(text)
         sys.stderr.write("\r" + text + " " * pad)
@@ -68,7 +117,7 @@ class CliReporter(Reporter):
 
     def warning(self, message: str) -> None:
         if self.json_mode:
-            click.echo(json.dumps({"message_type": "warning", "message": message}), err=True)
+            emit_json_err({"message_type": "warning", "message": message})
         elif not self.quiet:
             self.done()
             warn(message)
@@ -76,7 +125,7 @@ class CliReporter(Reporter):
     def info(self, message: str) -> None:
         if not self.quiet and not self.json_mode:
             self.done()
-            click.echo(message, err=True)
+            click.echo(printable(message), err=True)
 
 
 def reporter_for(ctx: click.Context) -> CliReporter:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from casbackup.engines.base import ALIASES, DatabaseSpec, canonical_engine_name, engine_names
 from casbackup.errors import ConfigError
+
+T = TypeVar("T")
 
 DB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -47,9 +49,37 @@ class Ctx:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.base = path.parent
+        # Problems found so far. Validation goes on past one (``attempt``), so a user fixes
+        # the whole file in one round instead of one error per run.
+        self.problems: list[ConfigError] = []
 
     def error(self, key: str | None, message: str) -> ConfigError:
         return ConfigError(message, path=str(self.path), key=key or None)
+
+    def attempt(self, parse: Callable[[], T], default: T) -> T:
+        """``parse()``, or ``default`` after recording the ConfigError it raised."""
+        try:
+            return parse()
+        except ConfigError as exc:
+            self.problems.append(exc)
+            return default
+
+    def raise_problems(self) -> None:
+        """Raise one ConfigError naming every recorded problem (in file order), if any.
+
+        One problem keeps its own message; several become ``N problems: key: what; ...``,
+        one line, as every error of the CLI is.
+        """
+        problems, self.problems = self.problems, []
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            prefix = f"{self.path}: "
+            details = [str(e)[len(prefix):] if str(e).startswith(prefix) else str(e)
+                       for e in problems]  # fmt: skip
+            raise ConfigError(
+                f"{len(details)} problems: " + "; ".join(details), path=str(self.path)
+            )
 
     def resolve(self, value: str) -> str:
         p = Path(value).expanduser()
@@ -159,10 +189,13 @@ class Section:
         """Refuse keys nobody read (typos); with `ignore_unknown`, return them instead."""
         unknown = [k for k in self.data if k not in self.used]
         if unknown and not ignore_unknown:
-            name = unknown[0]
-            close = difflib.get_close_matches(name, sorted(self.used), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise self.error(name, f"unknown key{hint}")
+            errors = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, sorted(self.used), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                errors.append(self.error(name, f"unknown key{hint}"))
+            self.ctx.problems.extend(errors[:-1])  # every typo is reported, not the first
+            raise errors[-1]
         return [self.path(k) for k in unknown]
 
 

@@ -35,7 +35,15 @@ from casbackup.config.load import (
     parse_snapshots,
     parse_verification,
 )
-from casbackup.config.model import AppConfig, AppVerification, Config
+from casbackup.config.model import (
+    AppConfig,
+    AppVerification,
+    Config,
+    DisasterRecoveryConfig,
+    PluginsConfig,
+    SnapshotsConfig,
+    VerificationConfig,
+)
 from casbackup.engines.base import DatabaseSpec
 from casbackup.errors import ConfigError
 
@@ -66,38 +74,52 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
     )
     warnings += backup.done(ignore_unknown=True)
 
-    verification = parse_verification(top.table("verification"))
-    recovery = parse_recovery(top.table("disaster_recovery"))
-    snapshots = parse_snapshots(
-        Section(ctx, top.raw("snapshots") or {}, "snapshots", {"type": "provider"})
+    # Each section, application and database is checked even after another failed: the
+    # caller reports every problem at once (Ctx.raise_problems).
+    verification = ctx.attempt(
+        lambda: parse_verification(top.table("verification")), VerificationConfig()
     )
-    plugins_sec = top.table("plugins")
-    plugins_sec.raw("disabled_reason")  # informational in the old system
-    plugins = parse_plugins(plugins_sec)
+    recovery = ctx.attempt(
+        lambda: parse_recovery(top.table("disaster_recovery")), DisasterRecoveryConfig()
+    )
+    snapshots = ctx.attempt(lambda: parse_snapshots(
+        Section(ctx, top.raw("snapshots") or {}, "snapshots", {"type": "provider"})
+    ), SnapshotsConfig())  # fmt: skip
+
+    def plugins_section() -> PluginsConfig:
+        plugins_sec = top.table("plugins")
+        plugins_sec.raw("disabled_reason")  # informational in the old system
+        return parse_plugins(plugins_sec)
+
+    plugins = ctx.attempt(plugins_section, PluginsConfig())
 
     raw_apps = top.raw("applications") or []
     if not isinstance(raw_apps, list):
         raise top.error("applications", "must be an array of objects")
-    apps: list[AppConfig] = []
-    for i, raw in enumerate(raw_apps):
+
+    def one_app(i: int, raw: object) -> AppConfig:
         sec = Section(ctx, raw, f"applications[{i}]", _APP_RENAME)
         name = check_app_name(sec, sec.text("name", required=True) or "")
         if sec.has("sources"):
             sources = sec.str_list("sources", required=True)
         else:
             sources = (sec.text("source", required=True) or "",)
-        apps.append(
-            AppConfig(
-                name=name,
-                sources=tuple(ctx.resolve(s) for s in sources),
-                description=sec.text("description", default="") or "",
-                excludes=sec.str_list("excludes"),
-                default_backup_type=backup_type,
-                verification=AppVerification(auto_verify=verification.auto_verify),
-                snapshot=check_app_snapshot(sec, sec.text("snapshot")),
-            )
+        app = AppConfig(
+            name=name,
+            sources=tuple(ctx.resolve(s) for s in sources),
+            description=sec.text("description", default="") or "",
+            excludes=sec.str_list("excludes"),
+            default_backup_type=backup_type,
+            verification=AppVerification(auto_verify=verification.auto_verify),
+            snapshot=check_app_snapshot(sec, sec.text("snapshot")),
         )
-        warnings += sec.done(ignore_unknown=True)
+        warnings.extend(sec.done(ignore_unknown=True))
+        return app
+
+    parsed = [ctx.attempt(lambda i=i, raw=raw: one_app(i, raw), None)
+              for i, raw in enumerate(raw_apps)]  # fmt: skip
+    apps: list[AppConfig] = [a for a in parsed if a is not None]
+    ctx.raise_problems()  # databases name their applications: those must be right first
     check_unique_apps(tuple(apps), ctx)
 
     attached = _attach_databases(top, ctx, apps, warnings)
@@ -124,13 +146,16 @@ def _attach_databases(
         raise top.error("databases", "must be an array of objects")
     for i, raw in enumerate(raw_list):
         sec = Section(ctx, raw, f"databases[{i}]", _DB_RENAME)
-        owner = sec.text("application")
-        spec = parse_database(sec, name="db")
+        owner = ctx.attempt(lambda s=sec: s.text("application"), None)
+        parsed = ctx.attempt(lambda s=sec: parse_database(s, name="db"), None)
+        if parsed is None:
+            continue
         warnings += [f"{k}: ignored (not used by casbackup)" for k in sec.done(ignore_unknown=True)]
-        spec = replace(spec, name=_derive_name(spec))
+        spec = replace(parsed, name=_derive_name(parsed))
         if owner is not None:
             if owner not in attached:
-                raise sec.error("application", f"no application named {owner!r}")
+                ctx.problems.append(sec.error("application", f"no application named {owner!r}"))
+                continue
             targets = [owner]
         else:
             targets = _owners(spec, apps)

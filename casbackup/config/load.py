@@ -34,6 +34,10 @@ KEEP_WITHIN_RE = re.compile(r"^(\d+[ymwdh])+$")
 LVM_SIZE_RE = re.compile(r"^(\d+(\.\d+)?[bBsSkKmMgGtTpPeE]?|\d{1,3}%(ORIGIN|FREE|VG|PVS))$")
 _CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+# The seed's "every N minutes" (and hours), kept as "@every Nm" / "@every Nh".
+_EVERY_RE = re.compile(
+    r"^(?:@every\s*(\d+)\s*([mh])|every\s+(\d+)\s+(minute|minutes|hour|hours))$", re.I
+)
 
 
 def find_config_path(explicit: str | None = None) -> Path | None:
@@ -71,36 +75,57 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except UnicodeDecodeError as e:
         raise ConfigError(f"not UTF-8 text (byte {e.start})", path=str(file)) from None
     ctx = Ctx(file)
-    if file.suffix.lower() == ".json" or text.lstrip().startswith("{"):
-        from casbackup.config.legacy import load_legacy
-
-        return load_legacy(text, ctx)
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"invalid TOML: {e}", path=str(file)) from None
-    return parse_toml(data, ctx)
+        if file.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+            from casbackup.config.legacy import load_legacy
+
+            config = load_legacy(text, ctx)
+        else:
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"invalid TOML: {e}", path=str(file)) from None
+            config = parse_toml(data, ctx)
+    except ConfigError as exc:  # one that stopped the parse: reported with those before it
+        ctx.problems.append(exc)
+        ctx.raise_problems()
+    ctx.raise_problems()
+    return config
 
 
 def parse_toml(data: dict[str, object], ctx: Ctx) -> Config:
+    """Validate a parsed TOML config. Each section, application and database is checked even
+    after another failed (``Ctx.attempt``); the caller raises them all (``Ctx.raise_problems``).
+    """
     top = Section(ctx, data, "")
     version = top.integer("version", 1, minimum=1)
     if version != 1:
         raise top.error("version", f"unsupported config version {version} (this casbackup: 1)")
-    verification = parse_verification(top.table("verification"))
-    apps = tuple(parse_app(sec, verification.auto_verify) for sec in top.tables("applications"))
-    check_unique_apps(apps, ctx)
+    verification = ctx.attempt(
+        lambda: parse_verification(top.table("verification")), VerificationConfig()
+    )
+    sections = ctx.attempt(lambda: top.tables("applications"), [])
+    parsed = [ctx.attempt(lambda s=sec: parse_app(s, verification.auto_verify), None)
+              for sec in sections]  # fmt: skip
+    apps = tuple(a for a in parsed if a is not None)
+    if len(apps) == len(parsed):  # indexes in the message are only right when all parsed
+        ctx.attempt(lambda: check_unique_apps(apps, ctx), None)
     config = Config(
-        repository=parse_repository(top.table("repository")),
+        repository=ctx.attempt(
+            lambda: parse_repository(top.table("repository")), RepositoryConfig()
+        ),
         applications=apps,
         verification=verification,
-        disaster_recovery=parse_recovery(top.table("disaster_recovery")),
-        snapshots=parse_snapshots(top.table("snapshots")),
-        plugins=parse_plugins(top.table("plugins")),
+        disaster_recovery=ctx.attempt(
+            lambda: parse_recovery(top.table("disaster_recovery")), DisasterRecoveryConfig()
+        ),
+        snapshots=ctx.attempt(lambda: parse_snapshots(top.table("snapshots")), SnapshotsConfig()),
+        plugins=ctx.attempt(lambda: parse_plugins(top.table("plugins")), PluginsConfig()),
         source=ctx.path,
         layout="toml",
     )
-    top.done()
+    ctx.attempt(top.done, [])
+    ctx.raise_problems()
     return config
 
 
@@ -218,12 +243,19 @@ def check_schedule(sec: Section, value: str | None) -> str | None:
     text = " ".join(value.split())
     if text in _CRON_MACROS:
         return text
+    every = _EVERY_RE.match(text)
+    if every is not None:
+        count = int(every.group(1) or every.group(3))
+        unit = (every.group(2) or every.group(4))[0].lower()
+        if count == 0:
+            raise sec.error("schedule", f"{value!r}: the interval must be at least 1")
+        return f"@every {count}{unit}"
     fields = text.split(" ")
     if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
         raise sec.error(
             "schedule",
             f"{value!r} is not a cron expression: give 5 fields (minute hour day month "
-            "weekday) or one of " + ", ".join(_CRON_MACROS),
+            "weekday), 'every N minutes', or one of " + ", ".join(_CRON_MACROS),
         )
     return text
 
@@ -246,40 +278,66 @@ def check_app_name(sec: Section, name: str) -> str:
     return name
 
 
-def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig:
-    name = check_app_name(sec, sec.text("name", required=True) or "")
-    sources = tuple(sec.ctx.resolve(s) for s in sec.str_list("sources", required=True))
-    databases = tuple(_database(d) for d in sec.tables("databases"))
+def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
+    """One application; None (with its problems recorded in ``sec.ctx``) when it is invalid."""
+    ctx = sec.ctx
+    before = len(ctx.problems)
+    name = ctx.attempt(lambda: check_app_name(sec, sec.text("name", required=True) or ""), "")
+    sources = ctx.attempt(
+        lambda: tuple(ctx.resolve(s) for s in sec.str_list("sources", required=True)), ()
+    )
+    parsed = [ctx.attempt(lambda d=d: _database(d), None)
+              for d in ctx.attempt(lambda: sec.tables("databases"), [])]  # fmt: skip
+    databases = tuple(d for d in parsed if d is not None)
     seen: dict[str, int] = {}
-    for i, db in enumerate(databases):
+    for i, db in enumerate(databases if len(databases) == len(parsed) else ()):
         if db.name in seen:
-            raise sec.ctx.error(
+            ctx.problems.append(ctx.error(
                 f"{sec.key}.databases[{i}].name",
                 f"duplicate database name {db.name!r} (also databases[{seen[db.name]}])",
-            )
+            ))  # fmt: skip
         seen[db.name] = i
+    verification = ctx.attempt(
+        lambda: _app_verification(sec, auto_verify_default), AppVerification()
+    )
+    description = ctx.attempt(lambda: sec.text("description", default="") or "", "")
+    excludes = ctx.attempt(lambda: sec.str_list("excludes"), ())
+    backup_type = ctx.attempt(lambda: check_backup_type(
+        sec, "default_backup_type", sec.text("default_backup_type") or "incremental"
+    ), "incremental")  # fmt: skip
+    retention = ctx.attempt(lambda: parse_retention(sec.table("retention")), RetentionConfig())
+    schedule = ctx.attempt(lambda: check_schedule(sec, sec.text("schedule")), None)
+    repository = ctx.attempt(lambda: _app_repository(sec), None)
+    snapshot = ctx.attempt(lambda: check_app_snapshot(sec, sec.text("snapshot")), None)
+    ctx.attempt(sec.done, [])
+    if len(ctx.problems) > before:
+        return None
+    return AppConfig(
+        name=name, description=description, sources=sources, excludes=excludes,
+        databases=databases, default_backup_type=backup_type, retention=retention,
+        schedule=schedule, verification=verification, repository=repository,
+        snapshot=snapshot,
+    )  # fmt: skip
+
+
+def _app_verification(sec: Section, auto_verify_default: bool) -> AppVerification:
     ver = sec.table("verification")
     verification = AppVerification(
         required_files=ver.str_list("required_files"),
         auto_verify=ver.flag("auto_verify", auto_verify_default),
     )
     ver.done()
-    app = AppConfig(
-        name=name,
-        description=sec.text("description", default="") or "",
-        sources=sources,
-        excludes=sec.str_list("excludes"),
-        databases=databases,
-        default_backup_type=check_backup_type(
-            sec, "default_backup_type", sec.text("default_backup_type") or "incremental"
-        ),
-        retention=parse_retention(sec.table("retention")),
-        schedule=check_schedule(sec, sec.text("schedule")),
-        verification=verification,
-        snapshot=check_app_snapshot(sec, sec.text("snapshot")),
-    )
-    sec.done()
-    return app
+    return verification
+
+
+def _app_repository(sec: Section) -> RepositoryConfig | None:
+    """An application's own ``[applications.repository]`` (used by ``casbackup serve``)."""
+    if not sec.has("repository"):
+        return None
+    repo = parse_repository(sec.table("repository"))
+    if not repo.location:
+        raise sec.error("repository", "an application's own repository needs a location")
+    return repo
 
 
 def check_app_snapshot(sec: Section, value: str | None) -> str | None:

@@ -40,9 +40,12 @@ description = "Shop front and its PostgreSQL database"
 sources = ["/srv/webshop"]                   # at least one
 excludes = ["*.log", "cache/"]               # patterns, not resolved
 default_backup_type = "incremental"          # full | incremental | differential
-schedule = "0 2 * * *"                       # cron: 5 fields or @daily and friends
+schedule = "0 2 * * *"                       # cron: 5 fields, @daily and friends, "every 15 minutes"
 snapshot = "auto"                            # read sources from a file-system snapshot:
                                              #   btrfs | zfs | lvm | auto | none
+
+[applications.repository]                    # optional: this app's snapshots go elsewhere
+location = "/srv/backups/webshop-repo"       # (casbackup serve; same keys as [repository])
 
 [applications.retention]
 keep_last = 3
@@ -54,7 +57,9 @@ keep_within = "2d"                           # digits + y/m/w/d/h, e.g. "1y6m", 
 keep_tags = ["release"]
 
 [applications.verification]
-required_files = ["config/settings.py"]      # paths inside the snapshot that must exist
+required_files = ["config/settings.py"]      # must exist in the snapshot: relative to a source
+                                             # folder or to the snapshot root ("srv/app/x"),
+                                             # or absolute ("/srv/app/config/settings.py")
 auto_verify = true
 
 [[applications.databases]]
@@ -130,6 +135,8 @@ class AppConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     schedule: str | None = None
     verification: AppVerification = field(default_factory=AppVerification)
+    # Its own repository (``[applications.repository]``); None: the top-level one.
+    repository: RepositoryConfig | None = None
     snapshot: str | None = None  # file-system snapshot: lvm | btrfs | zfs | auto | none
 
 

@@ -7,6 +7,7 @@ from casbackup.crypto.keyfile import KdfParams
 from casbackup.errors import AmbiguousId, NotFound, UsageError
 from casbackup.repo.keyring import KeyEntry, list_key_files
 from casbackup.repo.repository import Repository
+from casbackup.units import plural
 
 __all__ = ["KeyEntry", "add_key", "change_password", "list_keys", "remove_key"]
 
@@ -28,7 +29,7 @@ def _resolve(keys: list[KeyEntry], ref: str) -> KeyEntry:
     if not matches:
         raise NotFound(f"no key matches {ref!r} (see 'casbackup key list')")
     if len(matches) > 1:
-        raise AmbiguousId(f"{ref!r} matches {len(matches)} keys; give more digits")
+        raise AmbiguousId(f"{ref!r} matches {plural(len(matches), 'key')}; give more digits")
     return matches[0]
 
 

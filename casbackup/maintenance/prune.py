@@ -34,6 +34,7 @@ from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.store.base import skipped_names
 from casbackup.store.names import TOP_FOLDERS
+from casbackup.units import plural
 
 # A pack no index names may belong to a backup whose index is not written yet; the
 # exclusive lock already excludes that, this margin also covers a stale-looking lock.
@@ -198,7 +199,7 @@ def plan_prune(
     not_indexed = [b for b in used if b not in copies]
     if not_indexed:
         raise IntegrityError(
-            f"{len(not_indexed)} blobs that snapshots need are not in the index; "
+            f"{plural(len(not_indexed), 'blob')} that snapshots need are not in the index; "
             "run 'casbackup repair index' (and 'check') before pruning"
         )
     missing = sorted(p for p in packs if p not in present)
@@ -206,7 +207,7 @@ def plan_prune(
         needed = [b for b in packs[pack] if b in used and all(p in missing for p in copies[b])]
         if needed:
             raise IntegrityError(
-                f"pack {pack[:12]} is missing but holds {len(needed)} blobs that snapshots need; "
+                f"pack {pack[:12]} is missing but holds {plural(len(needed), 'blob')} that snapshots need; "
                 "run 'casbackup check' to see what is affected"
             )
 

@@ -34,6 +34,7 @@ from casbackup.recovery.connection import connection_spec, describe
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
 from casbackup.repo.tree import Node, NodeKind
+from casbackup.units import plural
 from casbackup.verify.dumps import (
     definition_specs,
     record_problem,
@@ -133,7 +134,7 @@ def choose_snapshot(
         newer = [s for s in snaps if s.start_ns > snap.start_ns]
         if newer:
             warnings.append(
-                f"{len(newer)} newer snapshots are not verified (newest: "
+                f"{plural(len(newer), 'newer snapshot')} {'is' if len(newer) == 1 else 'are'} not verified (newest: "
                 f"{_describe_snap(newer[-1], latest.get(newer[-1].id))}); using the newest verified"
             )
     else:
@@ -257,7 +258,9 @@ def _plan_databases(
             )
     if not options.databases:
         if snap.databases:
-            warnings.append(f"{len(snap.databases)} databases not recovered (--no-databases)")
+            warnings.append(
+                f"{plural(len(snap.databases), 'database')} not recovered (--no-databases)"
+            )
         return ()
     stored = definition_specs(snap.app_definition)  # shown, never followed
     out: list[DatabaseItem] = []
@@ -351,7 +354,7 @@ def _preflight(item: DatabaseItem, *, connect: bool) -> str | None:
         return None
     if counts:
         return (
-            f"database {spec.name!r}: {item.where} already exists and has {len(counts)} tables "
+            f"database {spec.name!r}: {item.where} already exists and has {plural(len(counts), 'table')} "
             "(use --overwrite-databases to replace it)"
         )
     return None

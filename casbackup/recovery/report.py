@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from casbackup.units import human_bytes
+from casbackup.units import human_bytes, plural
 
 REPORT_VERSION = 1
 
@@ -70,13 +70,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"- Snapshot: `{snap['id'][:8]}` taken {snap['time']} on {snap['host']} ({snap['type']})",
         "- Verification: " + (
             f"{'passed' if ver['ok'] else 'FAILED'} on {ver['time']} on {ver['host']} "
-            f"({ver['files_checked']} files, {human_bytes(ver['bytes_checked'])})"
+            f"({plural(ver['files_checked'], 'file')}, {human_bytes(ver['bytes_checked'])})"
             if ver else "none (recovered from an unverified snapshot)"
         ),
         f"- Target: `{doc['target']}`",
         f"- Started {doc['started']}, took {doc['duration_s']:.1f} s on {doc['host']}",
-        f"- Re-check before restore: {doc['recheck']['files']} files, "
-        f"{human_bytes(doc['recheck']['bytes'])}, {len(doc['recheck']['problems'])} problems",
+        f"- Re-check before restore: {plural(doc['recheck']['files'], 'file')}, "
+        f"{human_bytes(doc['recheck']['bytes'])}, {plural(len(doc['recheck']['problems']), 'problem')}",
         "",
         "## Files",
         "",

@@ -73,7 +73,7 @@ class Lock:
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
 
-    def _write(self) -> str:
+    def _write(self, name: str | None = None) -> str:
         doc = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -82,13 +82,16 @@ class Lock:
             "exclusive": self.exclusive,
             "command": self.command,
         }
-        name = f"locks/{os.urandom(16).hex()}"
+        name = name or f"locks/{os.urandom(16).hex()}"
         self._repo.put_encrypted(name, Kind.LOCK, json.dumps(doc).encode())
         return name
 
     def acquire(self) -> Lock:
-        self.name = self._write()
+        # Named before it is written: an interrupt (Ctrl-C, SIGTERM) that lands after the
+        # write but before this returns still finds and removes the file.
+        self.name = f"locks/{os.urandom(16).hex()}"
         try:
+            self._write(self.name)
             for info in list_locks(self._repo):
                 if info.name == self.name or info.is_stale():
                     continue
@@ -97,12 +100,15 @@ class Lock:
                         f"repository is locked: {info.describe()}; "
                         "wait for it to finish, or run 'casbackup unlock' if it is gone"
                     )
+            self._thread = threading.Thread(
+                target=self._refresh_loop, name="lock-refresh", daemon=True
+            )
+            self._thread.start()
         except BaseException:
+            self._stop.set()
             self._delete(self.name)
             self.name = None
             raise
-        self._thread = threading.Thread(target=self._refresh_loop, name="lock-refresh", daemon=True)
-        self._thread.start()
         return self
 
     def _refresh_loop(self) -> None:

@@ -57,6 +57,7 @@ from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_na
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
 from casbackup.store.base import Backend, odd_entries
+from casbackup.units import plural
 
 # Flush a partial index during long backups so an interrupted run keeps its work (restic: 50k/10 min).
 INDEX_FLUSH_BLOBS = 50_000
@@ -556,7 +557,9 @@ class Repository:
         if not matches:
             raise NotFound(f"no snapshot matches {ref!r}")
         if len(matches) > 1:
-            raise AmbiguousId(f"{ref!r} matches {len(matches)} snapshots; give more digits")
+            raise AmbiguousId(
+                f"{ref!r} matches {plural(len(matches), 'snapshot')}; give more digits"
+            )
         if matches[0] in self.state.doc.forgotten:
             self.alert(
                 f"snapshot {matches[0][:8]} was forgotten by this client and is back in the "

@@ -208,13 +208,15 @@ class LocalBackend:
             os.replace(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
             if self._durable:
                 os.fsync(dfd)
-        except OSError as exc:
+        except (OSError, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, SIGTERM, SIGHUP
             if dfd is not None:
                 try:
                     os.unlink(tmp, dir_fd=dfd)
                 except OSError:
                     pass
-            raise _storage_error(exc, f"writing {name}") from None
+            if isinstance(exc, OSError):
+                raise _storage_error(exc, f"writing {name}") from None
+            raise
         finally:
             if dfd is not None:
                 os.close(dfd)

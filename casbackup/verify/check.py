@@ -28,6 +28,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.store.base import odd_entries, skipped_warnings
+from casbackup.units import plural
 from casbackup.verify.check_state import load_check_state, save_check_state
 from casbackup.verify.metacheck import check_metadata
 from casbackup.verify.pack_scan import PackVerdict, verify_pack
@@ -219,13 +220,15 @@ class Checker:
         for pack in sorted(set(present) - set(by_pack)):
             self.report.warnings.append(
                 f"pack {pack[:12]} is not in the index (left by an interrupted run; "
-                "'repair index' adopts it, 'prune' removes it)"
+                "'repair index' adopts it; 'prune' removes it once it is an hour old)"
             )
         return {p: s for p, s in present.items() if p in by_pack}
 
     def _pack_damaged(self, pack: FileId, why: str, records: bytes) -> None:
         blob_ids = [blob_id for _, blob_id, *_ in iter_records(records)]
-        self.report.errors.append(f"pack {pack[:12]} {why}: {len(blob_ids)} blobs affected")
+        self.report.errors.append(
+            f"pack {pack[:12]} {why}: {plural(len(blob_ids), 'blob')} affected"
+        )
         self.report.damaged_packs.add(pack)
         for blob_id in blob_ids:
             if self.index[blob_id] == pack:  # a copy elsewhere is the one readers use
@@ -300,7 +303,7 @@ class Checker:
             while stack:
                 tree_id, prefix = stack.pop()
                 if tree_id in bad_trees:
-                    affected.append(f"{prefix.decode(errors='replace') or '/'} (folder unreadable)")
+                    affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
                     continue
                 fresh = tree_id not in seen_trees
                 if not fresh and not self.damaged:
@@ -310,9 +313,9 @@ class Checker:
                 except CasError as exc:
                     bad_trees[tree_id] = str(exc)
                     out.errors.append(
-                        f"snapshot {snap.short_id}: tree of {prefix.decode(errors='replace') or '/'} is unreadable: {exc}"
+                        f"snapshot {snap.short_id}: tree of {os.fsdecode(prefix) or '/'} is unreadable: {exc}"
                     )
-                    affected.append(f"{prefix.decode(errors='replace') or '/'} (folder unreadable)")
+                    affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
                     continue
                 if fresh:
                     seen_trees.add(tree_id)
@@ -331,12 +334,12 @@ class Checker:
                         if chunk not in self.index:
                             if fresh:
                                 out.errors.append(
-                                    f"snapshot {snap.short_id}: {path.decode(errors='replace')} needs a chunk that is not in the index"
+                                    f"snapshot {snap.short_id}: {os.fsdecode(path)} needs a chunk that is not in the index"
                                 )
-                            affected.append(path.decode(errors="replace"))
+                            affected.append(os.fsdecode(path))
                             break
                         if chunk in self.damaged:
-                            affected.append(path.decode(errors="replace"))
+                            affected.append(os.fsdecode(path))
                             break
             if affected:
                 out.affected[snap.id] = sorted(set(affected))

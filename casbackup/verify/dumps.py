@@ -32,6 +32,7 @@ from typing import Any
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name, get_engine
 from casbackup.errors import CasError, FormatError
 from casbackup.repo.snapshot import DatabaseRecord
+from casbackup.units import plural
 from casbackup.verify.records import DatabaseCheck
 
 SCRATCH_PREFIX = "casb_verify_"
@@ -155,7 +156,7 @@ def compare_counts(
     structural = [f"table {t} is missing" for t in sorted(set(expected) - set(found))]
     structural += [f"table {t} was not in the backup" for t in sorted(set(found) - set(expected))]
     counts = [
-        f"table {t}: {found[t]} rows, {expected[t]} recorded"
+        f"table {t}: {plural(found[t], 'row')}, {expected[t]} recorded"
         for t in sorted(set(expected) & set(found))
         if expected[t] != found[t]
     ]

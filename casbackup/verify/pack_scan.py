@@ -24,6 +24,7 @@ from casbackup.repo.index import iter_records
 from casbackup.repo.pack import PackEntry, pack_name, read_header
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend, LocalFiles
+from casbackup.units import plural
 
 # Gaps between blobs and the header/trailer are read in pieces of at most this size;
 # a blob is always read whole (it must be, to authenticate it), whatever its size.
@@ -151,7 +152,7 @@ def _scan(
             0, f"pack {pack[:12]} does not match its name: its bytes were changed"
         )
     if verdict.damaged:
-        verdict.errors.append(f"pack {pack[:12]}: {len(verdict.damaged)} damaged blobs")
+        verdict.errors.append(f"pack {pack[:12]}: {plural(len(verdict.damaged), 'damaged blob')}")
     return verdict
 
 

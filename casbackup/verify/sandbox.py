@@ -35,6 +35,7 @@ from casbackup.errors import CasError, Interrupted, VerificationFailed
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot, now_utc
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.units import plural
 from casbackup.verify.compare import Comparison, compare_tree
 from casbackup.verify.dumps import (
     check_dump,
@@ -81,8 +82,8 @@ class VerifyResult:
             f"; and {len(failures) - MESSAGE_LIMIT} more" if len(failures) > MESSAGE_LIMIT else ""
         )
         raise VerificationFailed(
-            f"snapshot {self.snapshot.short_id} failed verification with {len(failures)} "
-            f"problems: {named}{more}"
+            f"snapshot {self.snapshot.short_id} failed verification with "
+            f"{plural(len(failures), 'problem')}: {named}{more}"
         )
 
 
@@ -99,10 +100,17 @@ def required_files(snapshot: Snapshot, extra: tuple[str, ...] = ()) -> list[str]
 
 
 def _required_candidates(snapshot: Snapshot, wanted: str) -> list[str]:
-    """Absolute names are paths in the snapshot; relative ones are relative to any source."""
+    """Where a required file may be, as absolute paths in the snapshot.
+
+    ``/srv/app/manage.py`` is that path. A relative name is accepted both ways users write
+    it: relative to any source folder (``manage.py`` for source ``/srv/app``) and from the
+    snapshot's root (``srv/app/manage.py``); the file must exist at one of them. Each is
+    resolved inside the restored tree by ``_required_present`` (the definition is untrusted).
+    """
     if wanted.startswith("/"):
         return [wanted]
-    return [src.rstrip("/") + "/" + wanted for src in snapshot.paths if isinstance(src, str)]
+    sources = [src for src in snapshot.paths if isinstance(src, str)]
+    return [src.rstrip("/") + "/" + wanted for src in sources] + ["/" + wanted]
 
 
 def _required_present(files: str, candidates: list[str]) -> bool:

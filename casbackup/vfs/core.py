@@ -239,6 +239,20 @@ class Vfs:
 
         return self._trees.get_or_load(tree_id, load)
 
+    def snapshot_path(self, snapshot_id: str) -> str:
+        """The folder of a snapshot in this file system (``/<group>/<folder>``).
+
+        Raises NotFound for a snapshot this view does not hold (after one refresh).
+        """
+        for fresh in (False, True):
+            if fresh:
+                self.refresh()
+            for name, group in self._groups.items():
+                for folder, snap in group.snapshots.items():
+                    if snap.id == snapshot_id:
+                        return f"/{name}/{folder}"
+        raise NotFound(f"no snapshot {snapshot_id[:8]} in this view")
+
     # ----------------------------------------------------------------- operations
     def lookup(self, path: str) -> Entry:
         """The entry at ``path`` (``/``-separated, absolute); NotFound if there is none."""

@@ -81,7 +81,9 @@ def test_no_parent_falls_back_to_reading_everything(repo, tmp_path, clock, reads
     src = tmp_path / "src"
     make_files(src, 4)
     if kind == "differential":
+        first = backup(repo, src, "full").snapshot
         backup(repo, src, "incremental")  # an incremental is no base for a differential
+        repo.delete_snapshot(first.id)
         reads.clear()
     result = backup(repo, src, kind)
     assert result.snapshot.parent is None and result.snapshot.base_full is None
@@ -89,6 +91,8 @@ def test_no_parent_falls_back_to_reading_everything(repo, tmp_path, clock, reads
     if kind == "differential":
         assert "no full parent" in result.notes[0]
     assert sorted(reads) == [b"f0", b"f1", b"f2", b"f3"]
+    # Every file was read: the snapshot records what was done, not what was asked.
+    assert result.snapshot.type == "full"
 
 
 # ---------------------------------------------------------------------- change detection

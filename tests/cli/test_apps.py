@@ -183,7 +183,7 @@ def test_db_restore_sqlite(site: Path, tmp_path: Path) -> None:
         str(target),
     )
     assert out.code == 0, out.err
-    assert "1 tables, 2000 rows" in out.out
+    assert "1 table, 2000 rows" in out.out
     conn = sqlite3.connect(target)
     assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 2000
     conn.close()

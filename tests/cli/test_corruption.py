@@ -84,7 +84,7 @@ def test_flipped_byte_is_found_by_read_data_and_named(setup, tmp_path) -> None: 
     no_traceback(res)
     assert res.code == 29, res.err
     assert f"pack {pack[:12]}" in res.err
-    assert f"snapshot {snap[:8]}: 1 damaged files or folders" in res.err
+    assert f"snapshot {snap[:8]}: 1 damaged file or folder" in res.err
     assert f"  {src}/alpha.bin" in res.err
     assert "beta.bin" not in res.err
     assert res.err.strip().endswith("problems (see above)")

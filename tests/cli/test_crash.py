@@ -187,3 +187,73 @@ def test_ctrl_c_exits_130_and_keeps_the_stored_chunks(big_tree, tmp_path) -> Non
     assert summary["bytes_added"] <= total - committed + TREE_SLACK
     check_ok(repo, "--read-data")
     restore_exact(repo, src, tmp_path / "restored")
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"]
+)
+def test_sigterm_and_sighup_stop_like_ctrl_c(big_tree, tmp_path, sig, code) -> None:  # type: ignore[no-untyped-def]
+    """What systemd, docker stop and timeout send (SIGTERM) and a closed terminal (SIGHUP):
+    a clean stop through the cancel path, exit 128 + the signal's number."""
+    src, total = big_tree
+    repo = init_repo(str(tmp_path / "repo"))
+    proc = popen_cli("-q", "backup", str(src), repo=repo)
+    got, err = interrupt(proc, repo, sig, packs=20)
+    assert got == code, err
+    assert "Traceback" not in err and "Terminated" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "interrupted" in lines[0] and signal.Signals(sig).name in lines[0]
+    assert os.listdir(os.path.join(repo, "locks")) == []  # the lock was released
+    assert count_unindexed_packs(repo) == 0  # what was stored was indexed on the way out
+    assert check_ok(repo) == ""
+    committed = committed_data_bytes(repo)
+    assert committed >= 15 << 20
+    summary = backup_summary(repo, src)
+    assert summary["bytes_added"] <= total - committed + TREE_SLACK  # reused what was stored
+    check_ok(repo, "--read-data")
+
+
+def test_sigterm_outside_a_backup_releases_the_lock(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A command without its own cancel path (here: check) stops the same way, even when the
+    signal lands while its lock file is being written (that once left the lock, or its temp
+    file, behind)."""
+    repo = init_repo(str(tmp_path / "repo"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(4 << 20))
+    assert run_cli("backup", str(src), repo=repo).code == 0
+    # A check that sleeps in its first progress report: it holds the lock when the signal comes.
+    prelude = (
+        "import time, casbackup.cli.render as r\n"
+        "r.CliReporter.progress = lambda self, p: time.sleep(30)"
+    )
+    proc = popen_cli("check", "--read-data", repo=repo, prelude=prelude)
+    started = time.monotonic()
+    while not os.listdir(os.path.join(repo, "locks")) and time.monotonic() - started < 30:
+        time.sleep(0.01)
+    assert os.listdir(os.path.join(repo, "locks")), "check never took its lock"
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.decode().strip().splitlines() == ["error: interrupted (SIGTERM received)"]
+    assert os.listdir(os.path.join(repo, "locks")) == []
+
+
+def test_after_a_crash_messages_say_what_prune_really_does(big_tree, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """check and prune tell the truth about packs a crash left: prune keeps them for an hour."""
+    src, _total = big_tree
+    repo = init_repo(str(tmp_path / "repo"))
+    code, _ = interrupt(popen_cli("backup", str(src), repo=repo), repo, signal.SIGKILL, packs=5)
+    assert code == -signal.SIGKILL
+    left = count_unindexed_packs(repo)
+    assert left > 0
+    warnings = check_ok(repo)
+    assert warnings.count("'prune' removes it once it is an hour old") == left
+    assert "'prune' removes it)" not in warnings
+    plan = run_cli("prune", "--dry-run", repo=repo)
+    assert plan.code == 0, plan.err
+    recent = "1 recent one" if left == 1 else f"{left} recent ones"
+    assert f"{recent} kept until an hour old" in plan.out, plan.out
+    assert run_cli("prune", repo=repo).code == 0
+    assert count_unindexed_packs(repo) == left  # what the messages said: still there

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import shutil
@@ -237,6 +238,27 @@ def test_app_filter(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
         assert os.listdir(mp) == ["db"]
         assert (mp / "db/latest" / str(tmp_path / "db/f").lstrip("/")).read_bytes() == b"db"
         unmount(proc, mp)
+
+
+def test_mount_json_status(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With --json the mount's status lines are JSON (stdout), its warnings too (stderr)."""
+    repo_path = str(tmp_path / "repo")
+    make_repo(repo_path).close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(repo_path, mp, "--json", "--app", "none-yet") as proc:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
+    status = [json.loads(line) for line in out.decode().splitlines()]
+    assert [d["message_type"] for d in status] == ["status", "status"]
+    assert status[0]["message"].startswith(f"mounted at {mp}") and status[0]["mountpoint"] == str(
+        mp
+    )
+    assert status[1]["message"] == f"unmounted {mp}"
+    warnings = [json.loads(line) for line in err.decode().splitlines()]
+    assert [d["message_type"] for d in warnings] == ["warning"]
+    assert "no snapshot of application 'none-yet'" in warnings[0]["message"]
 
 
 def test_clear_errors(tmp_path: Path, repo_path: str) -> None:

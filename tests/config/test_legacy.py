@@ -102,3 +102,21 @@ def test_bad_json_has_line_and_column(tmp_path: Path) -> None:
     path.write_text('{\n  "applications": [\n    {"name": "A",}\n  ]\n}\n')
     with pytest.raises(ConfigError, match=r"c.json: invalid JSON at line 3, column 18: "):
         load_config(path)
+
+
+def test_every_legacy_problem_is_reported_at_once(tmp_path: Path) -> None:
+    data = {
+        "verification": {"enabled": "yes"},
+        "applications": [
+            {"name": "bad/name", "source": "/srv/a"},
+            {"name": "ok", "sources": []},
+        ],
+        "databases": [{"type": "oracle", "database": "x"}],
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, data))
+    message = str(info.value)
+    assert "3 problems" in message, message
+    assert "verification.enabled: must be true or false" in message
+    assert "applications[0].name: 'bad/name' is not a valid application name" in message
+    assert "applications[1].sources: must list at least one entry" in message

@@ -208,3 +208,105 @@ def test_missing_and_undecodable_files(tmp_path: Path) -> None:
     bad.write_bytes(b'name = "caf\xe9"\n')
     with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 11\)"):
         load_config(bad)
+
+
+ALL_WRONG = """
+version = 1
+[repository]
+location = "/tmp/x"
+pasword_file = "y"
+
+[[applications]]
+name = "a/b"
+sources = ["/srv"]
+schedule = "nope"
+typo_key = 1
+
+[[applications]]
+name = "ok"
+sources = []
+default_backup_type = "weekly"
+
+[[applications.databases]]
+name = "d"
+engine = "oracle"
+
+[[applications.databases]]
+name = "e"
+engine = "sqlite"
+
+[snapshots]
+enabled = true
+"""
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, ALL_WRONG)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 9 problems: "), message
+    assert "\n" not in message  # one line, as every CLI error
+    for fragment in (
+        "applications[0].name: 'a/b' is not a valid application name",
+        "applications[0].schedule: 'nope' is not a cron expression",
+        "applications[0].typo_key: unknown key",
+        "applications[1].sources: must list at least one entry",
+        "applications[1].default_backup_type: unknown backup type 'weekly'",
+        "applications[1].databases[0].engine: unknown engine 'oracle'",
+        "applications[1].databases[1]: missing required key 'path'",
+        "repository.pasword_file: unknown key (did you mean 'password_file'?)",
+        "snapshots: snapshots are enabled but no 'provider' is given",
+    ):
+        assert fragment in message, fragment
+    # In the order of the file's sections as checked, each once.
+    assert message.count("unknown engine") == 1
+
+
+def test_several_unknown_keys_in_one_table_are_all_named(tmp_path: Path) -> None:
+    path = write(tmp_path, '[repository]\nlocaton = "r"\npasword_env = "X"\n')
+    with pytest.raises(ConfigError, match="2 problems") as info:
+        load_config(path)
+    assert "repository.locaton: unknown key (did you mean 'location'?)" in str(info.value)
+    assert "repository.pasword_env: unknown key" in str(info.value)
+
+
+def test_one_problem_keeps_its_own_message(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[applications]]\nname = "x"\nsources = ["s"]\nschedule = "bad"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: applications[0].schedule: 'bad' is not a cron")
+
+
+def test_config_check_lists_every_problem_on_one_line(tmp_path: Path) -> None:
+    from casbackup.testing.fixtures import run_cli
+
+    path = write(tmp_path, ALL_WRONG)
+    res = run_cli("--config", str(path), "config", "check")
+    assert res.code == 2
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: 9 problems: ")
+
+
+def test_every_n_minutes_schedule_and_app_repository(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from casbackup.config import load_config
+    from casbackup.errors import ConfigError
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[[applications]]\nname = "a"\nsources = ["/x"]\nschedule = "every 15 minutes"\n'
+        '[applications.repository]\nlocation = "other"\n'
+        '[[applications]]\nname = "b"\nsources = ["/y"]\nschedule = "@every 2h"\n'
+    )
+    config = load_config(cfg)
+    a, b = config.applications
+    assert a.schedule == "@every 15m" and b.schedule == "@every 2h"
+    assert a.repository is not None and a.repository.location == str(tmp_path / "other")
+    assert b.repository is None
+    cfg.write_text('[[applications]]\nname = "a"\nsources = ["/x"]\nschedule = "every 0 minutes"\n')
+    try:
+        load_config(cfg)
+    except ConfigError as exc:
+        assert "at least 1" in str(exc)
+    else:
+        raise AssertionError("an interval of 0 was accepted")

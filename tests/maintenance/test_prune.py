@@ -260,4 +260,4 @@ def test_prune_cli_plan_and_bad_options(tmp_path) -> None:  # type: ignore[no-un
     assert run_cli("check", "--read-data", repo=path).code == 0
     for bad in (["--max-unused", "150%"], ["--max-repack-size", "lots"]):
         res = run_cli("prune", *bad, repo=path)
-        assert res.code == 2 and "Invalid value" in res.err
+        assert res.code == 2 and "invalid value" in res.err

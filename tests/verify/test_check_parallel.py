@@ -50,7 +50,7 @@ def test_damage_is_found_the_same_with_any_number_of_workers(repo_path: str, wor
     assert not report.ok
     pack = packs[1].rsplit("/", 1)[1]
     assert any(f"pack {pack[:12]} does not match its name" in e for e in report.errors)
-    assert any(f"pack {pack[:12]}: 1 damaged blobs" in e for e in report.errors)
+    assert any(f"pack {pack[:12]}: 1 damaged blob" in e for e in report.errors)
     assert report.packs_read == len(packs)
     assert pack_name(pack) == packs[1]
 

@@ -110,6 +110,6 @@ def test_cli_max_duration(tmp_path) -> None:  # type: ignore[no-untyped-def]
     doc = json.loads(res.out.splitlines()[-1])
     assert doc["ok"] and doc["packs_never_verified"] == 0 and doc["packs_read"] >= 1
     res = run_cli("check", "--max-duration", "soon", repo=path)
-    assert res.code == 2 and "Invalid value" in res.err
+    assert res.code == 2 and "invalid value" in res.err
     res = run_cli("check", "--read-data-subset", "1/2", repo=path)
     assert res.code == 0, res.err

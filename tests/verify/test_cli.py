@@ -22,7 +22,7 @@ def test_verify_damage_and_recover_choice(repo, repo_path: str, tmp_path: Path) 
     ok = run_cli("verify", first.short_id, "--sandbox", str(sandboxes), repo=repo_path)
     assert ok.code == 0, ok.err
     assert f"snapshot {first.short_id}: verified OK: 5 files" in ok.out
-    assert "database local (sqlite): ok, 1 tables, 200 rows compared" in ok.out
+    assert "database local (sqlite): ok, 1 table, 200 rows compared" in ok.out
 
     bad = run_cli("--json", "verify", "--app", "shop", "--sandbox", str(sandboxes), repo=repo_path)
     assert bad.code == 28
@@ -30,7 +30,7 @@ def test_verify_damage_and_recover_choice(repo, repo_path: str, tmp_path: Path) 
     assert doc["snapshot_id"] == second.id and doc["ok"] is False and doc["sandbox"] is None
     assert [f["path"] for f in doc["failures"]] == [f"{app}/data/new.bin"]
     assert (
-        f"error: snapshot {second.short_id} failed verification with 1 problems: {app}/data/new.bin"
+        f"error: snapshot {second.short_id} failed verification with 1 problem: {app}/data/new.bin"
         in bad.err
     )
     assert list(sandboxes.iterdir()) == []

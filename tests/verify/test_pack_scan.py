@@ -147,7 +147,7 @@ def test_a_blob_larger_than_a_read_piece(
         victim = [e for e in header if e.stored_len > 4 * pack_scan.PIECE][3]
         flip(copy, pack, victim.offset + victim.stored_len - 20)
         verdict = verify_pack(repo, pack, size, records)
-    assert verdict.errors == [name_error(pack), f"pack {pack[:12]}: 1 damaged blobs"]
+    assert verdict.errors == [name_error(pack), f"pack {pack[:12]}: 1 damaged blob"]
     assert [bid for bid, _ in verdict.damaged] == [victim.id]
     assert verdict.damaged[0][1].startswith(f"blob {victim.id.hex()[:12]} authentication failed")
 
@@ -164,7 +164,7 @@ def test_truncated_pack_checks_what_survives(copy: str, ranged: bool) -> None:
     assert verdict.bytes_read == cut
     assert verdict.errors[0] == name_error(pack)
     assert "header is damaged" in verdict.errors[1]
-    assert verdict.errors[2] == f"pack {pack[:12]}: {len(lost)} damaged blobs"
+    assert verdict.errors[2] == f"pack {pack[:12]}: {len(lost)} damaged blob{'s' * (len(lost) > 1)}"
     assert [bid for bid, _ in verdict.damaged] == lost
 
 
@@ -232,5 +232,5 @@ def test_check_finds_the_same_damage_streaming(copy: str) -> None:
     with opened(copy, False) as repo:
         report = check(repo, CheckOptions(read_data=True, workers=2))
     assert name_error(pack) in report.errors
-    assert f"pack {pack[:12]}: 1 damaged blobs" in report.errors
+    assert f"pack {pack[:12]}: 1 damaged blob" in report.errors
     assert report.damaged_packs == {pack}

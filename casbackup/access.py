@@ -1,0 +1,164 @@
+"""Opening a repository from a location and a password source: what the CLI and the service share.
+
+The CLI (``cli/context.py``) and the web service (``server/repos.py``) both call these, so that
+"where is the repository and how do I get its passphrase" has one answer. Nothing here prompts
+or prints: a prompt is the CLI's business, and happens only when ``read_password`` returns None.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import threading
+from dataclasses import dataclass
+
+from casbackup.engines.base import SECRET_MAX
+from casbackup.engines.process import SECRET_PREFIX, StderrDrain
+from casbackup.errors import CasError, RepositoryNotFound, UsageError
+from casbackup.repo.repository import Repository
+from casbackup.store.base import Backend
+
+
+@dataclass(frozen=True)
+class PasswordSource:
+    """Where a passphrase comes from, in the CLI's order of precedence.
+
+    ``file`` and ``command`` come from options or the config; ``env_name`` names a variable
+    (the config's ``password_env``); ``CASBACKUP_PASSWORD`` is always consulted after file and
+    command and before ``env_name``.
+    """
+
+    file: str | None = None
+    command: str | None = None
+    env_name: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return bool(self.file or self.command or self.env_name)
+
+
+def open_backend(location: str | None) -> Backend:
+    """The storage backend for a repository location. Raises UsageError for unknown kinds."""
+    if not location:
+        raise UsageError(
+            "no repository given: use -r/--repo, set CASBACKUP_REPO, "
+            "or set [repository] location in the config file"
+        )
+    if location.startswith(("s3:", "sftp:", "rest:")):
+        raise UsageError(
+            f"storage {location.split(':', 1)[0]!r} is not available in this build; use a local path"
+        )
+    from casbackup.store.local import LocalBackend
+
+    return LocalBackend(location)
+
+
+def read_secret_file(path: str) -> bytes:
+    try:
+        # Not O_NONBLOCK: ``--password-file <(pass show x)`` is a pipe that must be waited for.
+        with open(path, "rb") as f:
+            data = f.read(SECRET_MAX + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read password file {path}: {exc.strerror}") from None
+    if len(data) > SECRET_MAX:
+        raise UsageError(
+            f"password file {path} holds more than {SECRET_MAX // 1024} KiB: not a passphrase"
+        )
+    return data.rstrip(b"\r\n")
+
+
+def password_command_env() -> dict[str, str]:
+    """Our environment without casbackup's own variables: the password command must not
+    see CASBACKUP_PASSWORD (or any other CASBACKUP_* secret) it is there to replace."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
+
+
+def run_password_command(command: str) -> bytes:
+    """Run ``command`` split into words as a shell would (shlex), but never by a shell:
+    no expansion, redirection or second command. Its output is capped at SECRET_MAX."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise UsageError(f"password command cannot be split into words: {exc}") from None
+    if not argv:
+        raise UsageError("password command is empty")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=password_command_env(),
+        )
+    except OSError as exc:
+        raise UsageError(f"password command {argv[0]!r} failed to start: {exc.strerror}") from None
+    drain = StderrDrain(proc.stderr)  # type: ignore[arg-type]
+    expired = threading.Event()
+
+    def expire() -> None:  # a command that hangs fails; it never stalls us
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(60, expire)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        out = proc.stdout.read(SECRET_MAX + 1)
+        if len(out) > SECRET_MAX:
+            raise UsageError(
+                f"password command printed more than {SECRET_MAX // 1024} KiB: not a passphrase"
+            )
+        returncode = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.wait()
+    err = drain.text()
+    if expired.is_set():
+        raise UsageError("password command did not finish within 60 seconds")
+    if returncode != 0:
+        detail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise UsageError(f"password command exited with {returncode}: {detail[0]}")
+    return out.rstrip(b"\r\n")
+
+
+def read_password(source: PasswordSource) -> bytes | None:
+    """The passphrase from the source, or None when no source gives one (the caller may prompt).
+
+    Raises UsageError when a named source fails (unreadable file, failing command, unset variable).
+    Files and command output are capped at SECRET_MAX bytes; the command runs without a shell
+    and without casbackup's own environment variables (``password_command_env``).
+    """
+    if source.file:
+        return read_secret_file(source.file)
+    if source.command:
+        return run_password_command(source.command)
+    env = os.environ.get("CASBACKUP_PASSWORD")
+    if env is not None:
+        return env.encode()
+    if source.env_name:
+        named = os.environ.get(source.env_name)
+        if named is None:
+            raise UsageError(
+                f"the config's repository.password_env names {source.env_name}, which is not set"
+            )
+        return named.encode()
+    return None
+
+
+def open_repository(location: str | None, password: bytes) -> Repository:
+    """Open the repository at ``location``. Raises RepositoryNotFound, WrongPassword, ..."""
+    backend = open_backend(location)
+    if not backend.exists("config"):
+        backend.close()
+        raise RepositoryNotFound(
+            f"no repository at {location} (run 'casbackup init' to create one)"
+        )
+    try:
+        return Repository.open(backend, password)
+    except CasError:
+        backend.close()
+        raise

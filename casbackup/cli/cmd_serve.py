@@ -1,0 +1,137 @@
+"""`casbackup serve`: the web service (FastAPI under uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from casbackup.cli.cmd_user import state_dir_option
+from casbackup.cli.context import global_options
+from casbackup.errors import UsageError
+
+
+@click.command()
+@click.option("--listen", default="127.0.0.1:8001", show_default=True, metavar="HOST:PORT",
+              help="Address to listen on.")  # fmt: skip
+@state_dir_option
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="TLS certificate (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="TLS private key (PEM).")
+@click.option("--insecure-http", is_flag=True,
+              help="Allow plain HTTP on a non-loopback address (behind a TLS proxy on the same host).")  # fmt: skip
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDR[/BITS]",
+              help="A reverse proxy whose X-Forwarded-For and user header are believed (repeatable).")  # fmt: skip
+@click.option("--trusted-user-header", metavar="NAME",
+              help="Header naming the logged-in user, set by a trusted SSO proxy (e.g. Remote-User).")  # fmt: skip
+@click.option("--secure-cookies/--no-secure-cookies", default=None,
+              help="Mark the session cookie Secure [default: on with --tls-cert or --trusted-proxy].")  # fmt: skip
+@click.option("--no-scheduler", is_flag=True, help="Do not run scheduled backups and checks.")
+@click.option("--missed-runs", type=click.Choice(["once", "skip"]), default="once", show_default=True,
+              help="Schedules missed while the service was down: run once at start-up, or skip.")  # fmt: skip
+@click.option(
+    "--timezone",
+    metavar="ZONE",
+    help="Time zone of the schedules, e.g. Europe/Berlin [default: the machine's].",
+)
+@click.option(
+    "--verify-schedule",
+    metavar="CRON",
+    help="Also verify each application's newest snapshot on this schedule.",
+)
+@click.option(
+    "--check-schedule",
+    metavar="CRON",
+    help="Also check each repository (--read-data-subset) on this schedule.",
+)
+@click.option(
+    "--check-subset",
+    default="1/7",
+    show_default=True,
+    help="The share of data each scheduled check reads.",
+)
+@click.pass_context
+def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str | None,
+          tls_key: str | None, insecure_http: bool, trusted_proxies: tuple[str, ...],
+          trusted_user_header: str | None, secure_cookies: bool | None, no_scheduler: bool,
+          missed_runs: str, timezone: str | None, verify_schedule: str | None,
+          check_schedule: str | None, check_subset: str) -> None:  # fmt: skip
+    """Run the web service: the API, background jobs and the scheduler.
+
+    Reads the same config file as the other commands and serves every application and
+    repository in it. Stop it with SIGTERM or Ctrl-C: running jobs are cancelled cleanly.
+    """
+    from casbackup.server.accounts import Accounts
+    from casbackup.server.settings import Settings, check_proxies, is_loopback, parse_listen
+    from casbackup.server.statedb import StateDB, default_state_dir
+
+    opts = global_options(ctx)
+    host, port = parse_listen(listen)
+    if bool(tls_cert) != bool(tls_key):
+        raise UsageError("give both --tls-cert and --tls-key")
+    if not is_loopback(host) and not tls_cert:
+        if not insecure_http:
+            raise UsageError(
+                f"{host} is not a loopback address: give --tls-cert/--tls-key, or --insecure-http "
+                "when a TLS-terminating proxy in front of this service is the only way in"
+            )
+        click.echo(f"warning: serving plain HTTP on {host}:{port}; passwords and tokens cross "
+                   "the network unencrypted unless a TLS proxy is the only way in", err=True)  # fmt: skip
+    if trusted_user_header and not trusted_proxies:
+        raise UsageError("--trusted-user-header needs --trusted-proxy (who may set it)")
+    state = Path(state_dir or default_state_dir())
+    db = StateDB(state)
+    try:
+        if Accounts(db).count_users() == 0:
+            raise UsageError(
+                f"no users in {state}: add the first admin with "
+                f"'casbackup user add NAME --role admin --state-dir {state}', then start again"
+            )
+    finally:
+        db.close()
+    settings = Settings(
+        state_dir=state, config_path=opts.config, repo=opts.repo, password_file=opts.password_file,
+        password_command=opts.password_command, host=host, port=port, tls=bool(tls_cert),
+        trusted_user_header=trusted_user_header, trusted_proxies=check_proxies(trusted_proxies),
+        cookie_secure=secure_cookies if secure_cookies is not None else bool(tls_cert or trusted_proxies),
+        run_scheduler=not no_scheduler, missed_runs=missed_runs, timezone=_zone(timezone),
+        verify_schedule=verify_schedule, check_schedule=check_schedule, check_subset=_subset(check_subset),
+    )  # fmt: skip
+    import uvicorn
+
+    from casbackup.server.app import create_app
+
+    app = create_app(settings)
+    click.echo(
+        f"casbackup serving on {'https' if tls_cert else 'http'}://{listen} (state in {state})",
+        err=True,
+    )
+    uvicorn.run(
+        app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
+        proxy_headers=False,  # client addresses come from auth.client_address, which checks the peer
+        server_header=False, log_level="info" if not opts.quiet else "warning",
+        timeout_graceful_shutdown=10,  # open event streams; then jobs are cancelled
+    )  # fmt: skip
+
+
+def _zone(name: str | None) -> str | None:
+    if name is None:
+        return None
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        raise UsageError(
+            f"--timezone {name!r} is not a known time zone (e.g. Europe/Berlin, UTC)"
+        ) from None
+    return name
+
+
+def _subset(text: str) -> str:
+    from casbackup.verify.check import Subset
+
+    Subset.parse(text)  # raises UsageError for a bad value
+    return text
+
+
+COMMANDS = [serve]

@@ -1,0 +1,110 @@
+"""Jinja filters for the dashboard: ages, sizes, durations, and the login page's safe ``next``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from jinja2 import Environment
+
+from casbackup.units import human_bytes
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        t = value
+    elif isinstance(value, int | float):
+        t = dt.datetime.fromtimestamp(value, dt.UTC)
+    else:
+        try:
+            t = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def age(value: Any, now: dt.datetime | None = None) -> str:
+    """ "2 h ago", "3 d ago", "in 5 min" (for a future time); "never" for None."""
+    t = _time(value)
+    if t is None:
+        return "never"
+    now = now or dt.datetime.now(dt.UTC)
+    seconds = (now - t).total_seconds()
+    future = seconds < 0
+    s = abs(seconds)
+    if s < 60:
+        text = "just now" if not future else "in under a minute"
+        return text
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            n = int(s // size)
+            return f"in {n} {unit}" if future else f"{n} {unit} ago"
+    return "just now"
+
+
+def when(value: Any) -> str:
+    """A time as ``YYYY-MM-DD HH:MM UTC``."""
+    t = _time(value)
+    return "—" if t is None else t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def size(value: Any) -> str:
+    if value is None:
+        return "—"
+    return human_bytes(float(value))
+
+
+def duration(value: Any) -> str:
+    if value is None:
+        return "—"
+    s = float(value)
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60)} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+
+
+def percent(done: Any, total: Any) -> int:
+    try:
+        return max(0, min(100, int(float(done) * 100 / float(total)))) if total else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def mode(value: Any) -> str:
+    """Permission bits as the API sends them (``0o755``) shown as ``755``."""
+    text = str(value)
+    return text[2:] if text.startswith("0o") else text
+
+
+def report_text(doc: Any) -> str:
+    """A recovery report as the library renders it for people (the Markdown written beside
+    the recovered files); the JSON itself if it is not in the shape that renderer expects."""
+    import json
+
+    from casbackup.recovery.report import render_markdown
+
+    try:
+        return render_markdown(doc)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return json.dumps(doc, indent=2, sort_keys=True)
+
+
+def safe_next(target: str) -> str:
+    """Where to go after logging in: a path on this site only (no ``//host`` or scheme: an
+    open redirect would let a link to our login page forward a user anywhere)."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    if any(ord(c) < 32 for c in target):
+        return "/"
+    return target
+
+
+def install_filters(env: Environment) -> None:
+    env.filters.update(
+        age=age, when=when, size=size, duration=duration, mode=mode, report_text=report_text
+    )
+    env.globals.update(percent=percent)

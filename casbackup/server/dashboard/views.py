@@ -1,0 +1,258 @@
+"""What the dashboard's pages show, assembled from the same service and library calls the API
+uses (``list_applications``, the job manager, verification records, lock listings). No
+repository logic lives here beyond reading those results and summarising them for a page.
+
+Times are UTC throughout; ``now`` is passed in so tests can fix it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from casbackup.errors import CasError
+from casbackup.repo.lock import list_locks
+from casbackup.repo.snapshot import Snapshot
+from casbackup.server.auth import Principal
+from casbackup.server.repos import RepoHandle
+from casbackup.server.service import Service
+from casbackup.verify.records import VerificationRecord
+
+STRIP_DAYS = 30
+
+
+@dataclass
+class AppCard:
+    """One application on the overview."""
+
+    name: str
+    description: str
+    repository: str
+    snapshots: int
+    last_snapshot: Snapshot | None
+    last_job: dict[str, Any] | None  # the newest backup job, any outcome
+    verification: VerificationRecord | None  # the newest verification of any of its snapshots
+    schedule: str | None
+    next_run: str | None
+    overdue: str | None  # why it is overdue, or None
+    protected_bytes: int  # logical size of the newest snapshot
+    stored_bytes: int  # what its snapshots added to the repository, summed
+    strip: list[tuple[str, str]] = field(default_factory=list)  # (day, ok|failed|none)
+
+
+@dataclass
+class RepoHealth:
+    key: str
+    location: str | None
+    reachable: bool
+    error: str | None
+    locks: list[str]
+    last_check: dict[str, Any] | None
+    size_bytes: int | None  # every file in the repository (None: unknown, or not shown)
+    stored_bytes: int
+    growth_30d: int
+    snapshots: int
+
+
+@dataclass
+class Overview:
+    apps: list[AppCard]
+    repos: list[RepoHealth]
+    warnings: list[str]
+    running: int
+    queued: int
+
+
+def parse_time(text: str | None) -> dt.datetime | None:
+    """An ISO 8601 time as an aware UTC datetime (None for None or garbage)."""
+    if not text:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def repo_snapshots(handle: RepoHandle, warnings: list[str]) -> list[Snapshot]:
+    """Every readable snapshot of a repository, oldest first ([] when it cannot be opened)."""
+    if not handle.location:
+        return []
+    try:
+        return handle.snapshots(warnings)
+    except CasError as exc:
+        warnings.append(f"repository {handle.key}: {exc}")
+        return []
+
+
+def repo_records(handle: RepoHandle, warnings: list[str]) -> list[VerificationRecord]:
+    """Every readable verification record of a repository (the handle's cache, as the API's)."""
+    if not handle.location:
+        return []
+    try:
+        records = handle.records()
+    except CasError as exc:
+        warnings.append(f"repository {handle.key}: {exc}")
+        return []
+    warnings.extend(records.warnings)
+    return list(records.records)
+
+
+def day_strip(
+    ok_times: list[dt.datetime], failed_times: list[dt.datetime], now: dt.datetime
+) -> list[tuple[str, str]]:
+    """The last ``STRIP_DAYS`` days, oldest first: ``ok`` when a backup succeeded that day,
+    ``failed`` when only failures happened, ``none`` when nothing ran."""
+    today = now.astimezone(dt.UTC).date()
+    days = [today - dt.timedelta(days=i) for i in range(STRIP_DAYS - 1, -1, -1)]
+    ok = {t.astimezone(dt.UTC).date() for t in ok_times}
+    failed = {t.astimezone(dt.UTC).date() for t in failed_times}
+    return [(d.isoformat(), "ok" if d in ok else "failed" if d in failed else "none") for d in days]
+
+
+def overview(service: Service, principal: Principal, apps: list[Any], warnings: list[str],
+             now: dt.datetime) -> Overview:  # fmt: skip
+    """The overview page: ``apps`` are the API's application rows (``list_applications``)."""
+    registry = service.registry
+    snaps_by_repo: dict[str, list[Snapshot]] = {}
+    records_by_app: dict[str, VerificationRecord] = {}
+    for key, handle in registry.handles.items():
+        snaps_by_repo[key] = repo_snapshots(handle, warnings)
+        for record in sorted(repo_records(handle, warnings), key=lambda r: r.time):
+            if record.app:
+                records_by_app[record.app] = record
+    since = now - dt.timedelta(days=STRIP_DAYS)
+    schedules: dict[str, dict[str, Any]] = {}
+    if service.scheduler is not None:
+        schedules = {e["app"]: e for e in service.scheduler.overview() if e["kind"] == "backup"}
+    cards: list[AppCard] = []
+    for row in apps:
+        snaps = [s for s in snaps_by_repo.get(row.repository, []) if s.app == row.name]
+        jobs = service.jobs.list(kind="backup", app=row.name, limit=500, apps=None)
+        last_job = jobs[0] if jobs else None
+        failed = [
+            t for j in jobs
+            if j["state"] in ("failed", "interrupted")
+            and (t := parse_time(j["finished_at"] or j["created_at"])) and t >= since
+        ]  # fmt: skip
+        last = snaps[-1] if snaps else None
+        cards.append(AppCard(
+            name=row.name, description=row.description, repository=row.repository,
+            snapshots=len(snaps), last_snapshot=last, last_job=last_job,
+            verification=records_by_app.get(row.name), schedule=row.schedule,
+            next_run=row.next_run, overdue=overdue_reason(schedules.get(row.name), last, now),
+            protected_bytes=last.summary.bytes_total if last else 0,
+            stored_bytes=sum(s.summary.bytes_stored for s in snaps),
+            strip=day_strip([s.datetime for s in snaps if s.datetime >= since], failed, now),
+        ))  # fmt: skip
+    repos = [
+        repo_health(service, key, handle, snaps_by_repo.get(key, []), principal, now)
+        for key, handle in registry.handles.items()
+        if handle.location and _repo_visible(service, key, principal)
+    ]
+    counts = service.jobs.counts()
+    return Overview(cards, repos, warnings, counts.get("running", 0), counts.get("queued", 0))
+
+
+def _repo_visible(service: Service, key: str, principal: Principal) -> bool:
+    if principal.apps is None:
+        return True
+    return any(k == key and principal.sees(a) for a, k in service.registry.app_repo.items())
+
+
+OVERDUE_GRACE = dt.timedelta(minutes=30)  # a fired backup may be queued behind another
+
+
+def overdue_reason(schedule: dict[str, Any] | None, last: Snapshot | None,
+                   now: dt.datetime) -> str | None:  # fmt: skip
+    """Why an application's scheduled backup is overdue, or None.
+
+    ``schedule`` is its entry of ``Scheduler.overview()`` (``last_run``: when the scheduler
+    last fired it; ``next_run``). Overdue: the last firing is over ``OVERDUE_GRACE`` old and no
+    snapshot was started at or after it (the run failed, was cancelled, or never got a turn),
+    or the next firing is over ``OVERDUE_GRACE`` late (the service was not running then).
+    """
+    if schedule is None:
+        return None
+    fired, due = parse_time(schedule.get("last_run")), parse_time(schedule.get("next_run"))
+    # the snapshot's time is when its backup started, a moment after the firing
+    if (
+        fired is not None
+        and now - fired > OVERDUE_GRACE
+        and (last is None or last.datetime < fired - dt.timedelta(minutes=1))
+    ):
+        return f"the run scheduled at {fired:%Y-%m-%d %H:%M} UTC did not succeed"
+    if due is not None and now - due > OVERDUE_GRACE:
+        return f"the run due at {due:%Y-%m-%d %H:%M} UTC did not start"
+    return None
+
+
+def repo_health(service: Service, key: str, handle: RepoHandle, snaps: list[Snapshot],
+                principal: Principal, now: dt.datetime) -> RepoHealth:  # fmt: skip
+    """Reachability, locks held, the newest check job, stored size and 30-day growth."""
+    error = None
+    locks: list[str] = []
+    size = None
+    try:
+        repo = handle.repo()
+        locks = [info.describe() for info in list_locks(repo)]
+        # the whole repository's size is for unscoped callers only, as in /metrics
+        if principal.apps is None and service.metrics is not None:
+            size = service.metrics.repo_size(key, handle, frozenset(s.id for s in snaps))
+    except CasError as exc:
+        error = str(exc)
+    checks = [j for j in service.jobs.list(kind="check", limit=200, apps=None)
+              if j["repository"] == key and j["state"] not in ("queued", "running")]  # fmt: skip
+    since = now - dt.timedelta(days=STRIP_DAYS)
+    visible = [s for s in snaps if principal.apps is None or principal.sees(s.app)]
+    return RepoHealth(
+        key=key, location=handle.location if principal.apps is None else None,
+        reachable=error is None, error=error, locks=locks,
+        last_check=checks[0] if checks else None, size_bytes=size,
+        stored_bytes=sum(s.summary.bytes_stored for s in visible),
+        growth_30d=sum(s.summary.bytes_stored for s in visible if s.datetime >= since),
+        snapshots=len(visible),
+    )  # fmt: skip
+
+
+def crumbs(path: str) -> list[tuple[str, str]]:
+    """``/a/b`` -> [("/", "/"), ("a", "/a"), ("b", "/a/b")] for the browser's breadcrumb."""
+    out = [("/", "/")]
+    acc = ""
+    for part in [p for p in path.split("/") if p]:
+        acc += "/" + part
+        out.append((part, acc))
+    return out
+
+
+DIFF_LIMIT = 1000  # changes shown on a page; the CLI's ``diff`` lists them all
+
+
+@dataclass
+class DiffView:
+    other: Snapshot
+    changes: list[tuple[str, str]]  # (code, path)
+    counts: dict[str, int]
+    truncated: bool
+
+
+def snapshot_diff(handle: RepoHandle, other: Snapshot, snapshot_id: str, path: str) -> DiffView:
+    """What changed from ``other`` to this snapshot below ``path`` (the library's
+    ``diff_snapshots``, which skips equal subtrees); at most ``DIFF_LIMIT`` changes listed."""
+    from casbackup.maintenance.diff import diff_snapshots
+
+    repo = handle.repo()
+    this = repo.resolve_snapshot(snapshot_id)
+    _differ, changes = diff_snapshots(repo, other.root, this.root, path)
+    shown: list[tuple[str, str]] = []
+    counts: dict[str, int] = {}
+    truncated = False
+    for change in changes:
+        counts[change.code] = counts.get(change.code, 0) + 1
+        if len(shown) < DIFF_LIMIT:
+            text = change.path.decode("utf-8", "replace") + ("/" if change.is_dir else "")
+            shown.append((change.code, text))
+        else:
+            truncated = True
+    return DiffView(other, shown, counts, truncated)

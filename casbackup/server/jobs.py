@@ -1,0 +1,426 @@
+"""Background jobs: queued, run in worker processes, recorded in the state database.
+
+States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``cancelled``; a job that was
+running (or waiting) when the service stopped without finishing it becomes ``interrupted`` at
+the next start, never ``succeeded`` and never dropped.
+
+Concurrency: jobs that write to a repository (``WRITERS``) run one at a time per repository, in
+the order they were submitted; the others wait in the queue, visible through the API. Jobs on
+different repositories run in parallel, and read-only jobs do not wait. The repository's own
+locks still apply inside each worker, so a CLI run at the same time is kept out the usual way.
+
+Each job is a thread here that starts ``python -m casbackup.server.worker``, feeds it the job
+(password over the pipe), and turns its JSON lines into progress rows, log rows and events.
+Cancelling sends the worker SIGINT: the library's own cancel mechanism, which stops a backup
+at a safe point and keeps what it committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, CasError, NotFound, UsageError
+
+if TYPE_CHECKING:
+    from casbackup.server.service import Service
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+FINISHED = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+KINDS = ("backup", "verify", "check", "restore", "forget", "prune", "recover", "unlock")
+WRITERS = frozenset({"backup", "verify", "forget", "prune", "unlock"})
+PROGRESS_INTERVAL_S = 1.0  # progress rows written to the database at most this often
+LOG_LIMIT = 2000  # log lines kept per job: a run with a million unreadable files stays bounded
+CANCEL_GRACE_S = 30.0  # after SIGINT, how long a worker may take before it is killed
+
+
+@dataclass
+class Running:
+    job_id: int
+    proc: subprocess.Popen[bytes] | None = None
+    cancel_requested: bool = False
+
+
+def _now_iso(t: float | None) -> str | None:
+    import datetime as dt
+
+    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
+
+
+def job_doc(row: Any) -> dict[str, Any]:
+    """A job row as the API returns it."""
+    started, finished = row["started_at"], row["finished_at"]
+    duration = None
+    if started is not None:
+        duration = round((finished or time.time()) - started, 3)
+    return {
+        "id": row["id"], "kind": row["kind"], "app": row["app"], "repository": row["repo"],
+        "state": row["state"], "params": json.loads(row["params"]),
+        "created_by": row["created_by"], "trigger": row["trigger"],
+        "created_at": _now_iso(row["created_at"]), "started_at": _now_iso(started),
+        "finished_at": _now_iso(finished), "duration_s": duration,
+        "progress": json.loads(row["progress"]) if row["progress"] else None,
+        "result": json.loads(row["result"]) if row["result"] else None,
+        "error": row["error"], "exit_code": row["exit_code"], "snapshot_id": row["snapshot_id"],
+    }  # fmt: skip
+
+
+class JobManager:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.db = service.db
+        self._lock = threading.Lock()
+        self._running: dict[int, Running] = {}
+        self._busy_repos: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._last_progress: dict[int, float] = {}
+
+    # ----------------------------------------------------------------- lifecycle
+    def recover_interrupted(self) -> int:
+        """At start-up: jobs left queued or running by a previous process become interrupted."""
+        now = time.time()
+        cur = self.db.execute(
+            "UPDATE jobs SET state='interrupted', finished_at=?, error=COALESCE(error, "
+            "'the service stopped before this job finished') WHERE state IN ('queued','running')",
+            (now,),
+        )
+        return cur.rowcount
+
+    def shutdown(self, timeout: float = CANCEL_GRACE_S) -> None:
+        """Cancel running jobs (recorded as cancelled) and mark queued ones interrupted."""
+        with self._lock:
+            self._stopping = True
+            running = list(self._running.values())
+        for r in running:
+            self._signal(r, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        for t in list(self._threads):
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            leftovers = list(self._running.values())
+        for r in leftovers:
+            self._signal(r, signal.SIGKILL)
+        for t in list(self._threads):
+            t.join(5)
+        self.db.execute(
+            "UPDATE jobs SET state='interrupted', finished_at=?, error='the service stopped "
+            "before this job started' WHERE state='queued'",
+            (time.time(),),
+        )
+
+    # ----------------------------------------------------------------- submit
+    def submit(
+        self,
+        kind: str,
+        *,
+        app: str | None,
+        params: dict[str, Any],
+        created_by: str | None,
+        user_id: int | None = None,
+        trigger: str = "api",
+        repo_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a job; it starts as soon as its repository allows. Returns the job document."""
+        if kind not in KINDS:
+            raise UsageError(f"unknown job kind {kind!r}")
+        registry = self.service.registry
+        repo = repo_key or registry.repo_key_for(app)
+        registry.handle(repo)  # raises NotFound for an unknown repository
+        with self._lock:
+            if self._stopping:
+                raise UsageError("the service is stopping: no new jobs")
+        cur = self.db.execute(
+            "INSERT INTO jobs (kind, app, repo, params, state, created_by, created_by_user,"
+            " created_at, trigger) VALUES (?,?,?,?,?,?,?,?,?)",
+            (kind, app, repo, json.dumps(params, sort_keys=True), "queued", created_by, user_id,
+             time.time(), trigger),
+        )  # fmt: skip
+        job_id = int(cur.lastrowid or 0)
+        doc = self.get(job_id)
+        self.service.events.publish("job.created", doc, app)
+        self._dispatch()
+        return doc
+
+    def active_for(self, kind: str, app: str) -> dict[str, Any] | None:
+        """A queued or running job of this kind for this app (the scheduler never starts a
+        second run of one application)."""
+        row = self.db.one(
+            "SELECT * FROM jobs WHERE kind=? AND app=? AND state IN ('queued','running') LIMIT 1",
+            (kind, app),
+        )
+        return None if row is None else job_doc(row)
+
+    # ----------------------------------------------------------------- queries
+    def get(self, job_id: int) -> dict[str, Any]:
+        row = self.db.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return job_doc(row)
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        app: str | None = None,
+        kind: str | None = None,
+        apps: frozenset[str] | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM jobs WHERE 1=1", []
+        for column, value in (("state", state), ("app", app), ("kind", kind)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if before_id is not None:
+            sql += " AND id < ?"
+            params.append(before_id)
+        if apps is not None:  # app-scoped callers: only their applications' jobs
+            sql += f" AND app IN ({','.join('?' * len(apps))})"
+            params.extend(sorted(apps))
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        return [job_doc(r) for r in self.db.query(sql, tuple(params))]
+
+    def log(self, job_id: int, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        self.get(job_id)
+        rows = self.db.query(
+            "SELECT id, time, level, message FROM job_log WHERE job_id=? AND id>? ORDER BY id LIMIT ?",
+            (job_id, after_id, limit),
+        )
+        return [{"id": r["id"], "time": _now_iso(r["time"]), "level": r["level"], "message": r["message"]}
+                for r in rows]  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.query("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {state: 0 for state in STATES} | {r[0]: r[1] for r in rows}
+
+    def counts_by_app(self) -> list[tuple[str | None, str, str, int]]:
+        """(app, kind, state, count) for the metrics."""
+        rows = self.db.query(
+            "SELECT app, kind, state, COUNT(*) FROM jobs GROUP BY app, kind, state"
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # ----------------------------------------------------------------- cancel
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        """Cancel a queued job at once, or ask a running one to stop (state follows)."""
+        doc = self.get(job_id)
+        if doc["state"] == "queued":
+            cur = self.db.execute(
+                "UPDATE jobs SET state='cancelled', finished_at=?, error='cancelled before it started'"
+                " WHERE id=? AND state='queued'",
+                (time.time(), job_id),
+            )
+            if cur.rowcount:
+                doc = self.get(job_id)
+                self.service.events.publish("job.finished", doc, doc["app"])
+                return doc
+        with self._lock:
+            r = self._running.get(job_id)
+        if r is None:
+            doc = self.get(job_id)
+            if doc["state"] in FINISHED:
+                raise UsageError(f"job {job_id} has already finished ({doc['state']})")
+            return doc
+        r.cancel_requested = True
+        self._signal(r, signal.SIGINT)
+        self._log(job_id, "info", "cancel requested")
+        return self.get(job_id)
+
+    def _signal(self, r: Running, sig: int) -> None:
+        if r.proc is not None and r.proc.poll() is None:
+            try:
+                r.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    # ----------------------------------------------------------------- running
+    def _dispatch(self) -> None:
+        """Start every queued job whose repository is free (writers) or any (readers)."""
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                rows = self.db.query("SELECT * FROM jobs WHERE state='queued' ORDER BY id")
+                chosen = None
+                blocked: set[str] = set(self._busy_repos)
+                for row in rows:
+                    if row["id"] in self._running:
+                        continue
+                    if row["kind"] in WRITERS:
+                        if row["repo"] in blocked:
+                            continue
+                        blocked.add(row["repo"])  # later writers wait behind this one (FIFO)
+                    chosen = row
+                    break
+                if chosen is None:
+                    return
+                claimed = self.db.execute(
+                    "UPDATE jobs SET state='running', started_at=? WHERE id=? AND state='queued'",
+                    (time.time(), chosen["id"]),
+                )
+                if not claimed.rowcount:
+                    continue  # cancelled between the query and now: look again
+                if chosen["kind"] in WRITERS:
+                    self._busy_repos.add(chosen["repo"])
+                running = Running(chosen["id"])
+                self._running[chosen["id"]] = running
+                thread = threading.Thread(
+                    target=self._run, args=(running, dict(chosen)), name=f"job-{chosen['id']}",
+                    daemon=True,
+                )  # fmt: skip
+                self._threads = [t for t in self._threads if t.is_alive()]
+                self._threads.append(thread)
+            self.service.events.publish("job.started", self.get(chosen["id"]), chosen["app"])
+            thread.start()
+
+    def _run(self, running: Running, row: dict[str, Any]) -> None:
+        job_id = row["id"]
+        state, error, exit_code, result = "failed", None, None, None
+        try:
+            state, error, exit_code, result = self._execute(running, row)
+        except Exception as exc:  # the job fails; the service goes on
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            snapshot_id = (result or {}).get("snapshot_id") if row["kind"] == "backup" else None
+            self.db.execute(
+                "UPDATE jobs SET state=?, finished_at=?, error=?, exit_code=?, result=?, snapshot_id=?"
+                " WHERE id=?",
+                (state, time.time(), error, exit_code,
+                 None if result is None else json.dumps(result, default=str), snapshot_id, job_id),
+            )  # fmt: skip
+            with self._lock:
+                self._running.pop(job_id, None)
+                if row["kind"] in WRITERS:
+                    self._busy_repos.discard(row["repo"])
+                self._last_progress.pop(job_id, None)
+            if row["kind"] in WRITERS or row["kind"] == "backup":
+                try:
+                    self.service.registry.handle(row["repo"]).refresh()
+                except CasError:
+                    pass  # the next read reopens or reports it
+            doc = self.get(job_id)
+            self.service.events.publish("job.finished", doc, row["app"])
+            self._dispatch()
+
+    def _execute(
+        self, running: Running, row: dict[str, Any]
+    ) -> tuple[str, str | None, int | None, Any]:
+        handle = self.service.registry.handle(row["repo"])
+        password = handle.password()
+        config = self.service.registry.config.source
+        spec = {
+            "kind": row["kind"], "location": handle.location, "app": row["app"],
+            "password_b64": base64.b64encode(password).decode(),
+            "config": str(config) if config else None, "params": json.loads(row["params"]),
+        }  # fmt: skip
+        env = dict(os.environ) | dict(self.service.settings.job_env)
+        env["CASBACKUP_SERVICE_PID"] = str(os.getpid())  # the worker dies with us (worker.py)
+        proc = subprocess.Popen(
+            [self.service.settings.job_python, "-m", "casbackup.server.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            start_new_session=True,  # a Ctrl-C at the service's terminal is the service's to relay
+        )  # fmt: skip
+        running.proc = proc
+        if running.cancel_requested or self._stopping:
+            self._signal(running, signal.SIGINT)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        try:
+            proc.stdin.write((json.dumps(spec) + "\n").encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        stderr_lines: list[str] = []
+        drain = threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True)
+        drain.start()
+        outcome: dict[str, Any] | None = None
+        partial: Any = None
+        for raw in proc.stdout:
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                continue  # a library printing by mistake must not break the protocol
+            t = msg.pop("t", None)
+            if t == "progress":
+                self._progress(row, msg)
+            elif t in ("info", "warning"):
+                self._log(row["id"], t, str(msg.get("message", "")))
+            elif t == "partial_result":
+                partial = msg.get("result")
+            elif t in ("result", "error"):
+                outcome = {"t": t, **msg}
+        code = proc.wait()
+        drain.join(5)
+        if outcome is not None and outcome["t"] == "result":
+            result = outcome.get("result")
+            if isinstance(result, dict) and result.get("partial"):
+                # The snapshot was saved without some unreadable files: done, but not clean
+                # (the CLI's exit code 3); the files are in the result's warnings and the log.
+                count = len(result.get("warnings") or ())
+                return (
+                    "succeeded",
+                    f"{count} files or folders could not be read",
+                    EXIT_PARTIAL,
+                    result,
+                )
+            return "succeeded", None, 0, result
+        if outcome is not None:
+            exit_code = int(outcome.get("exit_code") or 1)
+            message = str(outcome.get("message"))
+            if exit_code == EXIT_INTERRUPTED or running.cancel_requested:
+                return "cancelled", message, exit_code, partial
+            return "failed", message, exit_code, partial
+        if running.cancel_requested:
+            # Stopped before the worker could answer (the signal came during its start-up):
+            # nothing was written yet; the exit code is the CLI's for an interruption.
+            return (
+                "cancelled",
+                "cancelled before the job's process was ready",
+                EXIT_INTERRUPTED,
+                partial,
+            )
+        detail = stderr_lines[-1] if stderr_lines else f"exit status {code}"
+        return "failed", f"the job's process ended without a result: {detail}", code, partial
+
+    def _progress(self, row: dict[str, Any], progress: dict[str, Any]) -> None:
+        job_id = row["id"]
+        now = time.monotonic()
+        self.service.events.publish("job.progress", {"id": job_id, "app": row["app"], "kind": row["kind"],
+                                                     "progress": progress}, row["app"])  # fmt: skip
+        if now - self._last_progress.get(job_id, 0.0) >= PROGRESS_INTERVAL_S:
+            self._last_progress[job_id] = now
+            self.db.execute("UPDATE jobs SET progress=? WHERE id=?", (json.dumps(progress), job_id))
+
+    def _log(self, job_id: int, level: str, message: str) -> None:
+        row = self.db.one("SELECT COUNT(*) FROM job_log WHERE job_id=?", (job_id,))
+        count = int(row[0]) if row else 0
+        if count > LOG_LIMIT:
+            return
+        if count == LOG_LIMIT:
+            level, message = "warning", "log truncated: further lines are not kept"
+        self.db.execute(
+            "INSERT INTO job_log (job_id, time, level, message) VALUES (?,?,?,?)",
+            (job_id, time.time(), level, message[:2000]),
+        )
+        app_row = self.db.one("SELECT app FROM jobs WHERE id=?", (job_id,))
+        self.service.events.publish(
+            "job.log", {"id": job_id, "level": level, "message": message[:2000]},
+            app_row[0] if app_row else None,
+        )  # fmt: skip
+
+
+def _drain(stream: Any, lines: list[str]) -> None:
+    for raw in stream:
+        text = raw.decode(errors="replace").rstrip()
+        if text:
+            lines.append(text)
+            del lines[:-50]

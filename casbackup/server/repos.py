@@ -1,0 +1,198 @@
+"""The repositories the service serves, and which application lives in which.
+
+The config's top-level ``[repository]`` is the default (``-r``/``CASBACKUP_REPO`` override its
+location, as for the CLI); an application may name its own ``[applications.repository]``. Each
+distinct location is one `RepoHandle`, keyed ``default`` or ``app:<name>``.
+
+The service process holds one open `Repository` per location for reads (listings, browsing,
+downloads): the repository's LMDB index cache must not be opened twice in one process. Jobs run
+in worker processes that open their own (see jobs.py); after a job writes, ``refresh`` brings
+this process's view up to date.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from casbackup import access
+from casbackup.config import AppConfig, Config, find_config_path, load_config
+from casbackup.errors import CasError, NotFound, UsageError
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
+from casbackup.server.settings import Settings
+from casbackup.verify.records import RecordSet, VerificationRecord
+from casbackup.vfs.cache import WeightedLru
+
+DEFAULT = "default"
+
+
+@dataclass
+class RepoHandle:
+    key: str
+    location: str | None
+    source: access.PasswordSource
+    _repo: Repository | None = None
+    _vfs: Any = None
+    _snaps: dict[str, Snapshot] = field(default_factory=dict)
+    # Snapshots never change once written: their JSON documents and rendered folder listings
+    # are kept (bounded by bytes) so that a warm listing is a lookup, not a rebuild.
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _records: dict[str, VerificationRecord] = field(default_factory=dict)
+    listings: WeightedLru[bytes] = field(default_factory=lambda: WeightedLru(64 << 20, len))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def password(self) -> bytes:
+        password = access.read_password(self.source)
+        if password is None:
+            raise UsageError(
+                f"no passphrase for repository {self.location}: set CASBACKUP_PASSWORD, "
+                "--password-file, or the config's [repository] password_file/password_env/"
+                "password_command"
+            )
+        return password
+
+    def repo(self) -> Repository:
+        """The service's read handle, opened on first use (raises the open's errors)."""
+        with self._lock:
+            if self._repo is None:
+                self._repo = access.open_repository(self.location, self.password())
+            return self._repo
+
+    def vfs(self) -> Any:
+        """The file-system view used for browsing and downloads (casbackup/vfs)."""
+        repo = self.repo()
+        with self._lock:
+            if self._vfs is None:
+                from casbackup.vfs import Vfs
+
+                self._vfs = Vfs(repo, refresh_seconds=5.0)
+            return self._vfs
+
+    def snapshots(self, warnings: list[str]) -> list[Snapshot]:
+        """Every readable snapshot, oldest first. Snapshots never change once written, so each
+        is read and decrypted once; later calls only list the folder (1,000 snapshots: one
+        listing instead of 1,000 reads)."""
+        repo = self.repo()
+        ids = repo.snapshot_ids()
+        with self._lock:
+            known = dict(self._snaps)
+        current: dict[str, Snapshot] = {}
+        for fid in ids:
+            snap = known.get(fid)
+            if snap is None:
+                try:
+                    snap = repo.load_snapshot(fid)
+                except CasError as exc:
+                    warnings.append(f"snapshot {fid[:8]} is unreadable: {exc}")
+                    continue
+            current[fid] = snap
+        with self._lock:
+            self._snaps = current
+            for gone in set(self.docs) - set(current):
+                del self.docs[gone]
+        return sorted(current.values(), key=lambda s: (s.start_ns, s.id))
+
+    def records(self) -> RecordSet:
+        """Every readable verification record, oldest first; each read once (they never change)."""
+        from casbackup.verify.records import DIRECTORY, load_record
+
+        repo = self.repo()
+        out = RecordSet()
+        with self._lock:
+            known = dict(self._records)
+        current: dict[str, VerificationRecord] = {}
+        for name, _size in repo.backend.list(DIRECTORY + "/"):
+            rid = name.rsplit("/", 1)[1]
+            record = known.get(rid)
+            if record is None:
+                try:
+                    record = load_record(repo, rid)
+                except CasError as exc:
+                    out.warnings.append(f"verification record {rid[:8]} is unreadable: {exc}")
+                    continue
+            current[rid] = record
+        with self._lock:
+            self._records = current
+        out.records = sorted(current.values(), key=lambda r: (r.time, r.id))
+        return out
+
+    def refresh(self) -> None:
+        """See what a worker process wrote: new index files and snapshots."""
+        with self._lock:
+            repo, vfs = self._repo, self._vfs
+        if repo is not None:
+            repo.sync_index()
+        if vfs is not None:
+            vfs.refresh()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._repo is not None:
+                self._repo.close()
+            self._repo = None
+            self._vfs = None
+
+
+class Registry:
+    """The loaded config and a handle per repository location."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        path = find_config_path(settings.config_path)
+        if settings.config_path and path is None:
+            raise UsageError(f"config file {settings.config_path} not found")
+        self.config: Config = load_config(path) if path is not None else Config()
+        top = self.config.repository
+        cli_source = access.PasswordSource(settings.password_file, settings.password_command)
+        source = cli_source if cli_source.given else access.PasswordSource(
+            top.password_file, top.password_command, top.password_env
+        )  # fmt: skip
+        self.handles: dict[str, RepoHandle] = {
+            DEFAULT: RepoHandle(DEFAULT, settings.repo or top.location, source)
+        }
+        self.app_repo: dict[str, str] = {}
+        for app in self.config.applications:
+            own = getattr(app, "repository", None)
+            if own is not None and own.location:
+                key = f"app:{app.name}"
+                own_source = access.PasswordSource(
+                    own.password_file, own.password_command, own.password_env
+                )
+                # No password source of its own: the same one as the default repository.
+                self.handles[key] = RepoHandle(
+                    key, own.location, own_source if own_source.given else source
+                )
+                self.app_repo[app.name] = key
+            else:
+                self.app_repo[app.name] = DEFAULT
+
+    def app(self, name: str) -> AppConfig | None:
+        return self.config.app(name)
+
+    def repo_key_for(self, app: str | None) -> str:
+        """The repository an application's snapshots live in (the default for unknown apps)."""
+        return self.app_repo.get(app or "", DEFAULT)
+
+    def handle(self, key: str) -> RepoHandle:
+        try:
+            return self.handles[key]
+        except KeyError:
+            raise NotFound(f"no repository {key!r}") from None
+
+    def adopt(self, old: Registry) -> None:
+        """Keep ``old``'s open handles for locations that did not change (a config reload):
+        a repository's index cache must not be opened twice in one process."""
+        for key, handle in list(self.handles.items()):
+            previous = old.handles.get(key)
+            if previous is not None and previous.location == handle.location:
+                self.handles[key] = previous
+        kept = {id(h) for h in self.handles.values()}
+        for handle in old.handles.values():
+            if id(handle) not in kept:
+                handle.close()
+
+    def close(self) -> None:
+        for h in self.handles.values():
+            h.close()

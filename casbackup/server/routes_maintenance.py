@@ -1,0 +1,195 @@
+"""Repository maintenance as jobs: check, forget and prune (plan, then execute), unlock; the
+repositories list, verification records and config reload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from casbackup.errors import CasError
+from casbackup.server.auth import Principal, require, service_of
+from casbackup.server.repos import DEFAULT, Registry
+from casbackup.server.routes_jobs import JobStarted, job_started, require_configured_app
+
+router = APIRouter(tags=["maintenance"])
+
+
+class CheckRequest(BaseModel):
+    repository: str = Field(DEFAULT, max_length=120)
+    read_data: bool = False
+    read_data_subset: str | None = Field(None, max_length=20, description="e.g. 10%, 1/7, 2G")
+
+
+class ForgetRequest(BaseModel):
+    app_name: str = Field(min_length=1, max_length=100)
+    dry_run: bool = Field(True, description="plan only (the default); false: plan and execute")
+
+
+class RepositoryRequest(BaseModel):
+    repository: str = Field(DEFAULT, max_length=120)
+    dry_run: bool = Field(True, description="plan only (the default); false: plan and execute")
+
+
+class UnlockRequest(BaseModel):
+    repository: str = Field(DEFAULT, max_length=120)
+
+
+class RepositoryOut(BaseModel):
+    key: str
+    location: str | None
+    applications: list[str]
+    reachable: bool
+    error: str | None = None
+
+
+class VerificationOut(BaseModel):
+    id: str
+    snapshot_id: str
+    app: str | None
+    ok: bool
+    time: str
+    duration_s: float
+    files_checked: int
+    bytes_checked: int
+    failures: list[dict[str, Any]]
+    warnings: list[str]
+
+
+def _repo_job(request: Request, principal: Principal, kind: str, repository: str,
+              params: dict[str, Any]) -> JobStarted:  # fmt: skip
+    service = service_of(request)
+    if principal.apps is not None:
+        # A whole-repository job touches every application in it: not for app-scoped callers.
+        raise HTTPException(
+            403, f"{kind} concerns a whole repository; your access is limited to some applications"
+        )
+    service.registry.handle(repository)
+    doc = service.jobs.submit(kind, app=None, repo_key=repository, params=params,
+                              created_by=principal.actor, user_id=principal.user_id)  # fmt: skip
+    return job_started(doc, f"{kind} of repository {repository} queued")
+
+
+@router.post("/api/check", response_model=JobStarted, status_code=202)
+def check(
+    body: CheckRequest, request: Request, principal: Principal = Depends(require("check"))
+) -> JobStarted:
+    """Check a repository's structure; with ``read_data``/``read_data_subset`` its data too."""
+    if body.read_data_subset:
+        from casbackup.verify.check import Subset
+
+        Subset.parse(body.read_data_subset)  # a bad value is the caller's 400 now, not a failed job
+    return _repo_job(request, principal, "check", body.repository,
+                     {"read_data": body.read_data, "read_data_subset": body.read_data_subset})  # fmt: skip
+
+
+@router.post("/api/forget", response_model=JobStarted, status_code=202)
+def forget(
+    body: ForgetRequest, request: Request, principal: Principal = Depends(require("forget"))
+) -> JobStarted:
+    """Apply the application's retention from the config. ``dry_run`` (default) returns the plan
+    in the job's result: each snapshot kept or removed, and why; run again with ``dry_run:
+    false`` to execute (the plan is recomputed under the repository's exclusive lock)."""
+    require_configured_app(request, principal, body.app_name)
+    doc = service_of(request).jobs.submit(
+        "forget", app=body.app_name, params={"dry_run": body.dry_run}, created_by=principal.actor,
+        user_id=principal.user_id,
+    )  # fmt: skip
+    return job_started(doc, f"forget {'plan ' if body.dry_run else ''}for {body.app_name} queued")
+
+
+@router.post("/api/prune", response_model=JobStarted, status_code=202)
+def prune(
+    body: RepositoryRequest, request: Request, principal: Principal = Depends(require("prune"))
+) -> JobStarted:
+    """Reclaim space no snapshot needs. ``dry_run`` (default) returns the plan only."""
+    return _repo_job(request, principal, "prune", body.repository, {"dry_run": body.dry_run})
+
+
+@router.post("/api/unlock", response_model=JobStarted, status_code=202)
+def unlock(
+    body: UnlockRequest, request: Request, principal: Principal = Depends(require("unlock"))
+) -> JobStarted:
+    """Remove stale locks (dead processes on this host, or not refreshed for 30 minutes)."""
+    return _repo_job(request, principal, "unlock", body.repository, {})
+
+
+@router.get("/api/repositories", response_model=list[RepositoryOut])
+def repositories(
+    request: Request, principal: Principal = Depends(require("view"))
+) -> list[RepositoryOut]:
+    registry = service_of(request).registry
+    out = []
+    for key, handle in registry.handles.items():
+        apps = [a for a, k in registry.app_repo.items() if k == key and principal.sees(a)]
+        if principal.apps is not None and not apps:
+            continue
+        try:
+            handle.repo()
+            out.append(
+                RepositoryOut(key=key, location=handle.location, applications=apps, reachable=True)
+            )
+        except CasError as exc:
+            out.append(RepositoryOut(key=key, location=handle.location, applications=apps,
+                                     reachable=False, error=str(exc)))  # fmt: skip
+    return out
+
+
+@router.get("/api/verifications", response_model=list[VerificationOut])
+def verifications(request: Request, app: str | None = Query(None, max_length=100),
+                  principal: Principal = Depends(require("view"))) -> list[dict[str, Any]]:  # fmt: skip
+    """Verification records stored in the repositories, newest first."""
+    out: list[dict[str, Any]] = []
+    for handle in service_of(request).registry.handles.values():
+        if not handle.location:
+            continue
+        for r in handle.records().records:
+            if (
+                (app is not None and r.app != app)
+                or not principal.sees(r.app)
+                or (principal.apps is not None and r.app is None)
+            ):
+                continue
+            d = r.to_dict()
+            out.append(d)
+    out.sort(key=lambda d: d["time"], reverse=True)
+    return out
+
+
+class ScheduleOut(BaseModel):
+    key: str
+    kind: str
+    app: str | None
+    repository: str | None
+    schedule: str
+    timezone: str
+    last_run: str | None
+    next_run: str
+
+
+@router.get("/api/schedules", response_model=list[ScheduleOut])
+def schedules(
+    request: Request, principal: Principal = Depends(require("view"))
+) -> list[dict[str, Any]]:
+    """Every schedule with its last and next run (empty when the scheduler is off)."""
+    scheduler = service_of(request).scheduler
+    if scheduler is None:
+        return []
+    return [
+        s
+        for s in scheduler.overview()
+        if principal.sees(s["app"]) and (principal.apps is None or s["app"])
+    ]
+
+
+@router.post("/api/config/reload", status_code=204)
+def reload_config(request: Request, _p: Principal = Depends(require("config"))) -> None:
+    """Read the config file again (applications, schedules, repositories). Running jobs go on
+    with what they started with."""
+    service = service_of(request)
+    fresh = Registry(service.settings)  # parse first: a broken file changes nothing
+    fresh.adopt(service.registry)
+    service.registry = fresh
+    if service.scheduler is not None:
+        service.scheduler.reload()

@@ -1,0 +1,302 @@
+"""The scheduler: each application's ``schedule`` starts its backup on time, in one time zone.
+
+Why our own (issue 19): APScheduler 3 limits concurrency per job, not per repository, and only
+notices missed runs with a persistent job store; APScheduler 4 is an alpha. This is small:
+
+- Rules: cron (5 fields, via cronsim, which applies cron's DST rules: a time skipped by the
+  spring change runs at the first valid minute after it, a time repeated in autumn runs once),
+  ``@daily`` and friends, and the seed's interval (``@every 15m``, counted from the last run).
+- State: the last fire time of each schedule is kept in the state database, so a restart knows
+  what it missed. A schedule seen for the first time starts counting from now.
+- Clock: the wall clock is read on every tick, at least every ``tick_s`` (30 s) seconds, never
+  derived from a sleep: a laptop or VM that slept notices the time jump at its next tick.
+- Missed runs (the fire time passed more than ``GRACE_S`` ago: the service was down or the
+  machine asleep): ``once`` (default) runs one backup now however many were missed; ``skip``
+  runs none. Either way the schedule moves on to its next time from now.
+- Never two runs of one application at once: a fire while the application's previous backup is
+  still queued or running is skipped (and logged). Per-repository serialisation is jobs.py's.
+- Optional restore drills: ``verify_schedule`` verifies each application's newest snapshot,
+  ``check_schedule`` runs ``check --read-data-subset`` on each repository.
+
+Tests drive ``tick(now)`` with a fake clock and a recording ``submit``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from casbackup.errors import CasError, ConfigError
+
+if TYPE_CHECKING:
+    from casbackup.server.service import Service
+
+log = logging.getLogger("casbackup.server.scheduler")
+
+GRACE_S = 90.0  # a fire noticed later than this after its time counts as missed
+MACROS = {
+    "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
+}  # fmt: skip
+_EVERY = re.compile(r"^@every (\d+)([mh])$")
+
+
+class Rule:
+    """When a schedule fires: ``next_after(t)`` is the first fire time strictly after ``t``."""
+
+    def __init__(self, expr: str, tz: dt.tzinfo) -> None:
+        self.expr = expr
+        self.tz = tz
+        every = _EVERY.match(expr)
+        self.interval: dt.timedelta | None = None
+        self.cron: str | None = None
+        if every is not None:
+            n = int(every.group(1))
+            self.interval = (
+                dt.timedelta(minutes=n) if every.group(2) == "m" else dt.timedelta(hours=n)
+            )
+        else:
+            self.cron = MACROS.get(expr, expr)
+            try:
+                self.next_after(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+            except Exception as exc:  # cronsim's own error: a bad field
+                raise ConfigError(f"schedule {expr!r}: {exc}") from None
+
+    def next_after(self, t: dt.datetime) -> dt.datetime:
+        if self.interval is not None:
+            return t + self.interval
+        from cronsim import CronSim
+
+        assert self.cron is not None
+        # cronsim works in the schedule's zone; the next minute boundary after t is its start.
+        local = t.astimezone(self.tz).replace(second=0, microsecond=0)
+        for fire in CronSim(self.cron, local):
+            if fire.astimezone(dt.UTC) > t:
+                return fire.astimezone(dt.UTC)
+        raise ConfigError(f"schedule {self.expr!r} never fires")  # pragma: no cover
+
+
+@dataclass
+class Entry:
+    key: str  # backup:<app> | verify:<repo> | check:<repo>
+    kind: str
+    app: str | None
+    repo: str | None
+    rule: Rule
+
+
+Submit = Callable[..., Any]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        service: Service,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        submit: Submit | None = None,
+    ) -> None:
+        self.service = service
+        settings = service.settings
+        self.tz: dt.tzinfo = ZoneInfo(settings.timezone) if settings.timezone else _local_zone()
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._submit = submit
+        self.policy = settings.missed_runs
+        self.tick_s = min(settings.scheduler_tick_s, 60.0)
+        self.errors: list[str] = []
+        self.entries: list[Entry] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.reload()
+
+    # ----------------------------------------------------------------- configuration
+    def reload(self) -> None:
+        """Read the schedules from the (current) config; bad ones are reported, not fatal."""
+        entries, errors = [], []
+        registry = self.service.registry
+        for app in registry.config.applications:
+            if not app.schedule:
+                continue
+            try:
+                entries.append(Entry(f"backup:{app.name}", "backup", app.name, registry.repo_key_for(app.name),
+                                     Rule(app.schedule, self.tz)))  # fmt: skip
+            except CasError as exc:
+                errors.append(f"application {app.name}: {exc}")
+        settings = self.service.settings
+        for kind, expr in (
+            ("verify", settings.verify_schedule),
+            ("check", settings.check_schedule),
+        ):
+            if not expr:
+                continue
+            for key in registry.handles:
+                try:
+                    entries.append(Entry(f"{kind}:{key}", kind, None, key, Rule(expr, self.tz)))
+                except CasError as exc:
+                    errors.append(f"{kind} schedule: {exc}")
+        for e in errors:
+            log.warning("%s", e)
+        with self._lock:
+            self.entries, self.errors = entries, errors
+
+    # ----------------------------------------------------------------- state
+    def _last(self, key: str) -> dt.datetime | None:
+        row = self.service.db.one("SELECT last_fire FROM schedule_state WHERE key=?", (key,))
+        if row is None or row[0] is None:
+            return None
+        return dt.datetime.fromtimestamp(row[0], dt.UTC)
+
+    def _set_last(self, key: str, when: dt.datetime, job: int | None = None) -> None:
+        self.service.db.execute(
+            "INSERT INTO schedule_state (key, last_fire, last_job) VALUES (?,?,?) ON CONFLICT(key)"
+            " DO UPDATE SET last_fire=excluded.last_fire, last_job=COALESCE(excluded.last_job, last_job)",
+            (key, when.timestamp(), job),
+        )
+
+    def next_run(self, entry: Entry) -> dt.datetime:
+        last = self._last(entry.key)
+        return entry.rule.next_after(last if last is not None else self.clock())
+
+    def next_run_text(self, app: str) -> str | None:
+        with self._lock:
+            entry = next((e for e in self.entries if e.key == f"backup:{app}"), None)
+        return None if entry is None else self.next_run(entry).isoformat()
+
+    def overview(self) -> list[dict[str, Any]]:
+        with self._lock:
+            entries = list(self.entries)
+        out = []
+        for e in entries:
+            last = self._last(e.key)
+            out.append({"key": e.key, "kind": e.kind, "app": e.app, "repository": e.repo,
+                        "schedule": e.rule.expr, "timezone": str(self.tz),
+                        "last_run": last.isoformat() if last else None,
+                        "next_run": self.next_run(e).isoformat()})  # fmt: skip
+        return out
+
+    # ----------------------------------------------------------------- firing
+    def tick(self, now: dt.datetime | None = None) -> list[str]:
+        """Fire what is due at ``now`` (default: the clock). Returns what it did, for tests/logs."""
+        now = now or self.clock()
+        done: list[str] = []
+        with self._lock:
+            entries = list(self.entries)
+        for e in entries:
+            last = self._last(e.key)
+            if last is None:
+                self._set_last(e.key, now)  # first sight: count from now, do not fire at once
+                continue
+            due = e.rule.next_after(last)
+            if due > now:
+                continue
+            # Every fire time up to now is consumed by this one tick: the next starts after now.
+            latest = due
+            while (following := e.rule.next_after(latest)) <= now:
+                latest = following
+            missed = (now - due).total_seconds() > GRACE_S
+            if missed and self.policy == "skip":
+                self._set_last(e.key, latest)
+                done.append(f"{e.key}: skipped missed run of {due.isoformat()}")
+                continue
+            job = self._fire(e, done, missed, now)
+            self._set_last(e.key, now if e.rule.interval is not None else latest, job)
+        return done
+
+    def _fire(self, e: Entry, done: list[str], missed: bool, now: dt.datetime) -> int | None:
+        jobs = self.service.jobs
+        what = "missed run" if missed else "run"
+        submit = self._submit or (jobs.submit if jobs is not None else None)
+        if submit is None:
+            return None
+        apps = (
+            [e.app]
+            if e.kind == "backup"
+            else self._apps_of(e.repo)
+            if e.kind == "verify"
+            else [None]
+        )
+        job_id = None
+        for app in apps:
+            if app is not None and jobs is not None and jobs.active_for(e.kind, app) is not None:
+                done.append(f"{e.key}: {app} is still running; this {what} is skipped")
+                continue
+            params: dict[str, Any] = {}
+            if e.kind == "backup":
+                cfg = self.service.registry.app(app or "")
+                params = {"backup_type": cfg.default_backup_type if cfg else "incremental"}
+            elif e.kind == "verify":
+                params = {"snapshot": "latest"}
+            elif e.kind == "check":
+                params = {
+                    "read_data_subset": rotate_subset(self.service.settings.check_subset, now)
+                }
+            try:
+                doc = submit(e.kind, app=app, params=params, created_by="scheduler", trigger="scheduler",
+                             repo_key=e.repo)  # fmt: skip
+            except CasError as exc:
+                done.append(f"{e.key}: could not start: {exc}")
+                continue
+            job_id = doc["id"] if isinstance(doc, dict) else None
+            from casbackup.server.audit import AuditEntry, record
+
+            record(self.service.db, AuditEntry(action=f"scheduled_{e.kind}", outcome="success", app=app,
+                                               actor="scheduler", actor_kind="scheduler",
+                                               detail=f"job {job_id} ({what})"))  # fmt: skip
+            done.append(f"{e.key}: started {e.kind}{' of ' + app if app else ''} ({what})")
+        return job_id
+
+    def _apps_of(self, repo: str | None) -> list[str | None]:
+        registry = self.service.registry
+        return [a for a, k in registry.app_repo.items() if k == repo]
+
+    # ----------------------------------------------------------------- thread
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for line in self.tick():
+                    log.info("%s", line)
+            except Exception:  # one bad tick must not end scheduling
+                log.exception("scheduler tick failed")
+            self._stop.wait(self.tick_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+def rotate_subset(subset: str, now: dt.datetime) -> str:
+    """``1/7`` becomes ``n/7`` with n moving on each day, so seven nightly checks read every
+    pack once; other forms (``10%``, ``2G``, ``3/7``) are used as given."""
+    m = re.fullmatch(r"1/(\d+)", subset.strip())
+    if m is None:
+        return subset
+    parts = int(m.group(1))
+    return f"{now.date().toordinal() % parts + 1}/{parts}"
+
+
+def _local_zone() -> dt.tzinfo:
+    import os
+
+    name = os.environ.get("TZ")
+    if name:
+        try:
+            return ZoneInfo(name.lstrip(":"))
+        except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
+            pass
+    try:
+        link = os.readlink("/etc/localtime")
+        return ZoneInfo(link.split("zoneinfo/", 1)[1])
+    except (OSError, IndexError, KeyError, ValueError):
+        return dt.UTC

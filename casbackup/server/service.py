@@ -1,0 +1,71 @@
+"""The service's parts, wired together once per app instance (``app.state.service``).
+
+Routes reach everything through this object; nothing is a module-level global, so several app
+instances (tests) never share state, metrics registries included.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Any
+
+from casbackup.server.accounts import Accounts, make_hasher
+from casbackup.server.auth import LoginLimiter, is_in
+from casbackup.server.events import EventBus
+from casbackup.server.repos import Registry
+from casbackup.server.settings import Settings
+from casbackup.server.statedb import StateDB
+
+
+class Service:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.started_at = clock()
+        self.db = StateDB(settings.state_dir)
+        self.accounts = Accounts(self.db, make_hasher(cheap=settings.cheap_password_hashing))
+        self.registry = Registry(settings)
+        self.events = EventBus()
+        self.limiter = LoginLimiter(settings.login_max_failures, settings.login_window_s)
+        self._proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = (
+            settings.proxy_networks()
+        )
+        self.jobs: Any = None  # JobManager, set by start()
+        self.scheduler: Any = None
+        self.metrics: Any = None
+        self._starts = 0  # lifespans nest when an app is mounted or wrapped (test clients do)
+
+    def is_trusted_proxy(self, address: str) -> bool:
+        return bool(self._proxies) and is_in(address, self._proxies)
+
+    def start(self) -> None:
+        """Start background parts (jobs, scheduler). Called from the app's lifespan."""
+        self._starts += 1
+        if self._starts > 1:
+            return
+        from casbackup.server.jobs import JobManager
+        from casbackup.server.metrics import Metrics
+
+        self.metrics = Metrics(self)
+        self.jobs = JobManager(self)
+        self.jobs.recover_interrupted()
+        if self.settings.run_scheduler:
+            from casbackup.server.scheduler import Scheduler
+
+            self.scheduler = Scheduler(self)
+            self.scheduler.start()
+
+    def stop(self) -> None:
+        """Graceful stop: cancel running jobs (their state recorded), end event streams."""
+        self._starts -= 1
+        if self._starts > 0:
+            return
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.jobs is not None:
+            self.jobs.shutdown()
+        self.events.close()
+        self.registry.close()
+        self.db.close()

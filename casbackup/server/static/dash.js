@@ -1,0 +1,177 @@
+// casbackup dashboard: forms go to the JSON API; jobs update live from /api/events.
+// No framework, no build step: this file is shipped as is.
+"use strict";
+
+(function () {
+  const csrf = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+
+  // ------------------------------------------------------------------ forms -> API
+  // <form data-api="/api/x" [data-method="DELETE"] [data-then="job|reload|stay|token|goto:/p"]
+  //       [data-confirm="text"]>; fields become a JSON object. data-type="bool" -> true/false,
+  // "list" -> comma-separated list (null when empty), "int" -> number; data-optional -> null
+  // when empty. The CSRF token travels in the X-CSRF-Token header, as the API expects.
+  function formBody(form) {
+    const body = {};
+    for (const el of form.elements) {
+      if (!el.name || el.name === "csrf_token" || el.disabled) continue;
+      if ((el.type === "radio") && !el.checked) continue;
+      const type = el.dataset.type;
+      let value = el.value;
+      if (el.type === "checkbox") value = el.checked;
+      else if (type === "bool") value = value === "true";
+      else if (type === "int") value = value === "" ? null : Number(value);
+      else if (type === "list") {
+        const items = value.split(",").map((s) => s.trim()).filter(Boolean);
+        value = items.length ? items : null;
+      } else if (el.hasAttribute("data-optional") && value === "") value = null;
+      body[el.name] = value;
+    }
+    return body;
+  }
+
+  function showError(form, text) {
+    const box = form.querySelector(".error");
+    if (box) { box.textContent = text; box.hidden = false; } else { window.alert(text); }
+  }
+
+  async function submit(event) {
+    const form = event.target.closest("form[data-api]");
+    if (!form) return;
+    event.preventDefault();
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+    const method = (form.dataset.method || "POST").toUpperCase();
+    const buttons = form.querySelectorAll("button");
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      const init = { method, credentials: "same-origin",
+                     headers: { "X-CSRF-Token": csrf(), "Accept": "application/json" } };
+      if (method !== "DELETE") {
+        init.headers["Content-Type"] = "application/json";
+        init.body = JSON.stringify(formBody(form));
+      }
+      const response = await fetch(form.dataset.api, init);
+      let data = null;
+      try { data = await response.json(); } catch (e) { data = null; }
+      if (!response.ok) {
+        let detail = data && data.detail;
+        if (Array.isArray(detail)) detail = detail.map((d) => `${(d.loc || []).slice(-1)[0]}: ${d.msg}`).join("; ");
+        showError(form, detail || `${response.status} ${response.statusText}`);
+        return;
+      }
+      const then = form.dataset.then || "reload";
+      if (then === "job" && data && data.job_id) window.location.assign(`/jobs/${data.job_id}`);
+      else if (then.startsWith("goto:")) window.location.assign(then.slice(5) || "/");
+      else if (then === "token" && data && data.token) {
+        const out = form.querySelector("[data-token-out]");
+        out.querySelector("code").textContent = data.token;
+        out.hidden = false;
+      } else if (then === "stay") { /* the event stream updates the page */ }
+      else window.location.reload();
+    } catch (e) {
+      showError(form, `the service did not answer: ${e}`);
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+  document.addEventListener("submit", submit);
+
+  // ------------------------------------------------------------------ live jobs
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  function size(n) {
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+  }
+  function eta(seconds) {
+    if (!isFinite(seconds) || seconds < 0) return "";
+    if (seconds < 60) return `${Math.round(seconds)} s left`;
+    if (seconds < 3600) return `${Math.round(seconds / 60)} min left`;
+    return `${(seconds / 3600).toFixed(1)} h left`;
+  }
+  const last = new Map(); // job id -> {t, bytes} for the rate
+
+  function showProgress(id, p) {
+    document.querySelectorAll(`[data-job-progress="${id}"]`).forEach((box) => {
+      const bar = box.querySelector("progress");
+      if (p.bytes_total) bar.value = Math.min(100, (100 * p.bytes_done) / p.bytes_total);
+      else bar.removeAttribute("value"); // indeterminate while the total is unknown
+      const files = p.files_total ? `${p.files_done}/${p.files_total}` : `${p.files_done}`;
+      const bytes = p.bytes_total ? `${size(p.bytes_done)} of ${size(p.bytes_total)}` : size(p.bytes_done);
+      const word = !p.files_total && p.files_done === 1 ? "file" : "files";
+      box.querySelector(".pdetail").textContent = `${p.phase || ""} · ${files} ${word} · ${bytes}`;
+      const now = performance.now() / 1000;
+      const prev = last.get(id);
+      if (prev && now > prev.t && p.bytes_done >= prev.bytes) {
+        const rate = (p.bytes_done - prev.bytes) / (now - prev.t);
+        const left = p.bytes_total ? (p.bytes_total - p.bytes_done) / rate : NaN;
+        box.querySelector(".rate").textContent = `${size(rate)}/s ${rate > 0 ? eta(left) : ""}`;
+      }
+      if (!prev || now - prev.t > 2) last.set(id, { t: now, bytes: p.bytes_done });
+    });
+  }
+
+  function showState(job) {
+    document.querySelectorAll(`[data-job-state="${job.id}"]`).forEach((el) => {
+      el.textContent = job.state;
+      el.className = `state ${job.state}`;
+    });
+    if (job.state === "succeeded") {
+      document.querySelectorAll(`[data-job-progress="${job.id}"] progress`).forEach((bar) => { bar.value = 100; });
+    }
+  }
+
+  function appendLog(data) {
+    document.querySelectorAll(`[data-job-log="${data.id}"]`).forEach((pre) => {
+      pre.append(`${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC ${data.level}: ${data.message}\n`);
+    });
+  }
+
+  // After a job ends, swap in the page's fresh <main> (result, badges) without a reload.
+  async function refreshMain() {
+    const response = await fetch(window.location.href, { credentials: "same-origin" });
+    if (!response.ok) return;
+    const doc = new DOMParser().parseFromString(await response.text(), "text/html");
+    const fresh = doc.querySelector("main");
+    if (fresh) document.querySelector("main").replaceWith(fresh);
+  }
+
+  function watched(id) {
+    const page = document.querySelector("[data-job-page]");
+    return page && page.dataset.jobPage === String(id);
+  }
+
+  function listen() {
+    if (!document.body.dataset.live || !window.EventSource) return;
+    const source = new EventSource("/api/events");
+    let pending = null;
+    const refreshSoon = () => {
+      if (pending) return;
+      pending = setTimeout(() => { pending = null; refreshMain(); }, 300);
+    };
+    source.addEventListener("job.progress", (e) => {
+      const d = JSON.parse(e.data);
+      if (d.progress) showProgress(d.id, d.progress);
+    });
+    source.addEventListener("job.started", (e) => showState(JSON.parse(e.data)));
+    source.addEventListener("job.log", (e) => appendLog(JSON.parse(e.data)));
+    source.addEventListener("job.finished", (e) => {
+      const job = JSON.parse(e.data);
+      showState(job);
+      if (watched(job.id) || !document.querySelector("[data-job-page]")) refreshSoon();
+    });
+    source.addEventListener("job.created", () => {
+      if (!document.querySelector("[data-job-page]")) refreshSoon();
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    listen();
+    // A job that finished between rendering and the stream connecting: catch up once.
+    const page = document.querySelector("[data-job-page]");
+    if (page && page.dataset.final === "0") {
+      fetch(`/api/jobs/${page.dataset.jobPage}`, { credentials: "same-origin" })
+        .then((r) => (r.ok ? r.json() : null))
+        .then((job) => { if (job && !["queued", "running"].includes(job.state)) refreshMain(); });
+    }
+  });
+})();

@@ -1,0 +1,314 @@
+"""One job, run in its own process: ``python -m casbackup.server.worker`` (started by jobs.py).
+
+Why a process per job: the backup pipeline's cancel mechanism is the one the CLI uses (the first
+SIGINT sets its cancel flag and the run stops at a safe point, keeping what it committed), and it
+needs the main thread of a process; the repository's LMDB index cache must not be opened twice
+in one process; and a job that crashes or is killed cannot take the service down with it.
+
+Protocol: the parent writes one JSON document to stdin::
+
+    {"kind": "backup", "location": "...", "password_b64": "...", "config": "/etc/casbackup.toml",
+     "app": "shop", "params": {...}}
+
+and reads JSON lines from stdout: ``{"t": "progress", ...Progress fields}``, ``{"t": "info" |
+"warning", "message": ...}``, then exactly one ``{"t": "result", "result": {...}}`` or ``{"t":
+"error", "message": ..., "exit_code": n}``. The password travels only through the pipe, never on
+a command line, in the environment or in the job record. Nothing here imports FastAPI or the CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from casbackup import access
+from casbackup.config import Config, load_config
+from casbackup.errors import (
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    CasError,
+    CheckFailed,
+    NotFound,
+    RestoreError,
+    UsageError,
+)
+from casbackup.plan_docs import forget_plan_doc, prune_plan_doc, recovery_plan_doc
+from casbackup.repo.repository import Repository
+from casbackup.reporter import Progress, Reporter
+
+_out_lock = threading.Lock()
+
+
+def emit(doc: dict[str, Any]) -> None:
+    line = json.dumps(doc, default=str, separators=(",", ":")) + "\n"
+    with _out_lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+class PipeReporter(Reporter):
+    """Progress, warnings and notes as JSON lines for the parent (throttled by the library)."""
+
+    def progress(self, progress: Progress) -> None:
+        emit({"t": "progress", **dataclasses.asdict(progress)})
+
+    def warning(self, message: str) -> None:
+        emit({"t": "warning", "message": message})
+
+    def info(self, message: str) -> None:
+        emit({"t": "info", "message": message})
+
+
+@dataclasses.dataclass
+class Job:
+    kind: str
+    repo: Repository
+    config: Config
+    app: str | None
+    params: dict[str, Any]
+    reporter: PipeReporter
+
+
+def _app(job: Job) -> Any:
+    app = job.config.app(job.app or "")
+    if app is None:
+        raise NotFound(f"no application {job.app!r} in the config")
+    return app
+
+
+def _snapshot(job: Job) -> Any:
+    ref = job.params.get("snapshot") or "latest"
+    snap = job.repo.resolve_snapshot(ref, app=job.app)
+    if job.app and snap.app != job.app:
+        raise NotFound(f"snapshot {snap.short_id} is not a snapshot of application {job.app!r}")
+    return snap
+
+
+def run_backup_job(job: Job) -> dict[str, Any]:
+    from casbackup.archiver.application import backup_application, backup_options
+
+    options = backup_options(
+        _app(job),
+        backup_type=job.params.get("backup_type"),
+        tags=tuple(job.params.get("tags", ())),
+        snapshots=job.config.snapshots,  # file-system snapshots apply to scheduled runs too
+    )
+    with job.repo.locked(command="serve: backup"):
+        outcome = backup_application(job.repo, options, job.reporter)
+    snap = outcome.snapshot
+    result: dict[str, Any] = {
+        "snapshot_id": snap.id if snap else None,
+        "warnings": outcome.result.warnings,
+        "notes": outcome.result.notes,
+        "dump_warnings": outcome.dump_warnings,
+    }
+    if snap is not None:
+        result.update(type=snap.type, parent=snap.parent, summary=dataclasses.asdict(snap.summary))
+    if outcome.result.warnings:
+        result["partial"] = True
+    return result
+
+
+def run_verify_job(job: Job) -> dict[str, Any]:
+    from casbackup.verify.sandbox import VerifyOptions, run_verification
+
+    with job.repo.locked(command="serve: verify"):
+        snap = _snapshot(job)
+        options = VerifyOptions(sandbox_dir=job.config.verification.sandbox_directory)
+        outcome = run_verification(job.repo, snap, options, job.reporter)
+    result = {"snapshot_id": snap.id, **outcome.record.to_dict()}
+    outcome.raise_if_failed()
+    return result
+
+
+def run_check_job(job: Job) -> dict[str, Any]:
+    from casbackup.verify.check import CheckOptions, Subset, check
+
+    subset_text = job.params.get("read_data_subset")
+    subset = Subset.parse(subset_text) if subset_text else None
+    options = CheckOptions(
+        read_data=bool(job.params.get("read_data")) or subset is not None, subset=subset
+    )
+    with job.repo.locked(command="serve: check"):
+        report = check(job.repo, options, job.reporter)
+    doc = {
+        "ok": report.ok, "errors": report.errors, "warnings": report.warnings,
+        "damaged_packs": sorted(report.damaged_packs), "affected": report.affected,
+        "snapshots": report.snapshots, "trees": report.trees, "blobs": report.blobs,
+        "packs": report.packs, "packs_read": report.packs_read, "bytes_read": report.bytes_read,
+    }  # fmt: skip
+    if not report.ok:
+        emit({"t": "partial_result", "result": doc})
+        raise CheckFailed(f"the repository has {len(report.errors)} problems: {report.errors[0]}")
+    return doc
+
+
+def run_restore_job(job: Job) -> dict[str, Any]:
+    from casbackup.archiver.restore import RestoreOptions, restore
+
+    target = job.params["target"]
+    with job.repo.locked(command="serve: restore"):
+        snap = _snapshot(job)
+        options = RestoreOptions(target=target, subpath=job.params.get("path") or "/",
+                                 overwrite=bool(job.params.get("overwrite")))  # fmt: skip
+        result = restore(job.repo, snap, options, job.reporter)
+    doc = {"snapshot_id": snap.id, "target": target, **dataclasses.asdict(result)}
+    if result.errors:
+        emit({"t": "partial_result", "result": doc})
+        raise RestoreError(f"{len(result.errors)} files could not be restored: {result.errors[0]}")
+    return doc
+
+
+def run_forget_job(job: Job) -> dict[str, Any]:
+    from casbackup.maintenance.forget import execute_forget, plan_forget, policy_from_retention
+    from casbackup.verify.records import list_records
+
+    app = _app(job)
+    policy = policy_from_retention(app.retention)
+    if app.retention.is_empty:
+        raise UsageError(
+            f"application {app.name!r} has no retention in the config: nothing to forget"
+        )
+    with job.repo.locked(exclusive=True, command="serve: forget"):
+        warnings: list[str] = []
+        snaps = [s for s in job.repo.list_snapshots(warnings=warnings) if s.app == app.name]
+        if warnings:
+            raise UsageError(f"{warnings[0]}; forget will not decide without every snapshot")
+        verified = {sid for sid, r in list_records(job.repo).latest_by_snapshot().items() if r.ok}
+        plan = plan_forget(snaps, lambda _key: policy, datetime.now(UTC), verified=verified)
+        doc: dict[str, Any] = {
+            "dry_run": bool(job.params.get("dry_run")),
+            "plan": forget_plan_doc(plan),
+        }
+        if not doc["dry_run"]:
+            result = execute_forget(job.repo, plan)
+            doc.update(removed=result.removed, already_gone=result.already_gone)
+    return doc
+
+
+def run_prune_job(job: Job) -> dict[str, Any]:
+    from casbackup.maintenance.prune import PruneOptions, execute_prune, plan_prune
+
+    options = PruneOptions()
+    with job.repo.locked(exclusive=True, command="serve: prune"):
+        plan = plan_prune(job.repo, options, job.reporter)
+        doc: dict[str, Any] = {
+            "dry_run": bool(job.params.get("dry_run")),
+            "plan": prune_plan_doc(plan, job.repo.config.pack_size),
+        }
+        if not doc["dry_run"] and not plan.empty:
+            result = execute_prune(job.repo, plan, options, job.reporter)
+            doc["result"] = {
+                **dataclasses.asdict(result),
+                "packs_written": len(result.packs_written),
+            }
+    return doc
+
+
+def run_recover_job(job: Job) -> dict[str, Any]:
+    from casbackup.recovery.execute import recover
+    from casbackup.recovery.plan import RecoverOptions
+
+    p = job.params
+    options = RecoverOptions(
+        app=job.app or "", target=p["target"], snapshot=p.get("snapshot"),
+        databases=bool(p.get("databases", True)), dry_run=bool(p.get("dry_run")),
+        allow_unverified=bool(p.get("allow_unverified")),
+    )  # fmt: skip
+    with job.repo.locked(command="serve: recover"):
+        result = recover(job.repo, options, job.reporter)
+    plan = result.plan
+    doc: dict[str, Any] = {
+        "dry_run": options.dry_run,
+        "plan": recovery_plan_doc(plan),
+        "report": result.report, "report_files": list(result.report_files or ()),
+        "errors": result.errors,
+    }  # fmt: skip
+    if result.errors:
+        emit({"t": "partial_result", "result": doc})
+    result.raise_if_failed()
+    return doc
+
+
+def run_unlock_job(job: Job) -> dict[str, Any]:
+    from casbackup.maintenance.unlock import remove_stale_locks
+
+    result = remove_stale_locks(job.repo)
+    return {"removed": result.removed, "kept": result.kept, "failed": result.failed}
+
+
+WRITING_KINDS = frozenset({"backup", "verify", "forget", "prune"})  # they store new objects
+
+OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {
+    "backup": run_backup_job,
+    "verify": run_verify_job,
+    "check": run_check_job,
+    "restore": run_restore_job,
+    "forget": run_forget_job,
+    "prune": run_prune_job,
+    "recover": run_recover_job,
+    "unlock": run_unlock_job,
+}
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when the service's job thread ends (kill -9 of the service
+    included): a worker must not go on writing after the service that records it is gone.
+    Done here rather than in a preexec_fn, which is unsafe in the service's threaded process."""
+    import ctypes
+    import ctypes.util
+
+    expected = os.environ.get("CASBACKUP_SERVICE_PID")
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if expected and os.getppid() != int(expected):  # the service died before prctl took effect
+        os._exit(EXIT_FATAL)
+
+
+def main() -> int:
+    die_with_parent()
+    # The parent asks for a stop with SIGINT (the library's cancel mechanism) and SIGTERM.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        spec = json.loads(sys.stdin.readline())
+        sys.stdin.close()
+        kind = spec["kind"]
+        operation = OPERATIONS[kind]
+        password = base64.b64decode(spec["password_b64"])
+        config = load_config(spec["config"]) if spec.get("config") else Config()
+        repo = access.open_repository(spec["location"], password)
+        try:
+            if kind in WRITING_KINDS:
+                repo.require_writable()  # an old format this program may only read: migrate first
+            job = Job(kind, repo, config, spec.get("app"), spec.get("params") or {}, PipeReporter())
+            result = operation(job)
+        finally:
+            repo.close()
+    except KeyboardInterrupt:
+        emit({"t": "error", "message": "cancelled", "exit_code": EXIT_INTERRUPTED})
+        return EXIT_INTERRUPTED
+    except CasError as exc:
+        emit({"t": "error", "message": str(exc), "exit_code": exc.exit_code})
+        return exc.exit_code
+    except (OSError, MemoryError, ValueError, KeyError) as exc:
+        emit({"t": "error", "message": f"{type(exc).__name__}: {exc}", "exit_code": EXIT_FATAL})
+        return EXIT_FATAL
+    emit({"t": "result", "result": result})
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)  # no interpreter teardown races with helper processes

@@ -1,0 +1,182 @@
+"""Every shipped example config works end to end: backup, then verify, with its paths redirected
+into a temporary copy (and its database servers pointed at this machine's test servers).
+
+`examples/casbackup.toml` writes `required_files` from the snapshot's root and
+`sample_app/casbackup.toml` relative to the source folder: verification accepts both.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casbackup.testing.fixtures import PASSWORD, CliResult, run_cli
+from tests.engines.conftest import (  # noqa: F401 - fixtures
+    MY_USER,
+    PG_USER,
+    mariadb,
+    mariadb_server,
+    pg_server,
+    psql,
+    unique,
+)
+
+ROOT = Path(__file__).parents[2]
+SHIPPED = sorted([ROOT / "examples" / "casbackup.toml", ROOT / "sample_app" / "casbackup.toml"])
+
+
+def test_every_shipped_config_is_covered_here() -> None:
+    found = sorted(p for p in [*ROOT.glob("examples/*.toml"), *ROOT.glob("sample_app/*.toml")])
+    assert found == SHIPPED
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def dump_toml(doc: dict[str, Any]) -> str:
+    """Enough TOML for the example's shape: scalars, tables, arrays of tables (two deep)."""
+    out: list[str] = []
+
+    def table(prefix: str, data: dict[str, Any], header: str | None) -> None:
+        if header:
+            out.append(header)
+        for k, v in data.items():
+            if not isinstance(v, dict) and not (
+                isinstance(v, list) and v and isinstance(v[0], dict)
+            ):
+                out.append(f"{k} = {toml_value(v)}")
+        for k, v in data.items():
+            name = f"{prefix}{k}"
+            if isinstance(v, dict):
+                table(f"{name}.", v, f"[{name}]")
+            elif isinstance(v, list) and v and isinstance(v[0], dict):
+                for item in v:
+                    table(f"{name}.", item, f"[[{name}]]")
+
+    table("", doc, None)
+    return "\n".join(out) + "\n"
+
+
+def cli(config: Path, *args: str) -> CliResult:
+    return run_cli(*args, env={"CASBACKUP_CONFIG": str(config), "SHOP_DB_PASSWORD": "unused"})
+
+
+@pytest.mark.usefixtures("pg_server", "mariadb_server")
+def test_examples_casbackup_toml_end_to_end(tmp_path: Path) -> None:
+    doc = tomllib.loads((ROOT / "examples" / "casbackup.toml").read_text())
+    root = tmp_path / "root"  # stands for "/" of the machine the example describes
+
+    def moved(path: str) -> str:
+        return str(root / path.lstrip("/"))
+
+    (tmp_path / "repo.pass").write_text(PASSWORD + "\n")
+    doc["repository"] = {
+        "location": str(tmp_path / "repo"),
+        "password_file": str(tmp_path / "repo.pass"),
+    }
+    doc["verification"]["sandbox_directory"] = str(tmp_path / "sandbox")
+    doc["disaster_recovery"]["recovery_directory"] = str(tmp_path / "recovery")
+    made_pg: list[str] = []
+    made_my: list[str] = []
+    for app in doc["applications"]:
+        app["sources"] = [moved(s) for s in app["sources"]]
+        for source in app["sources"]:
+            Path(source).mkdir(parents=True, exist_ok=True)
+            (Path(source) / "README").write_text(f"{app['name']}\n")
+        required = app.get("verification", {}).get("required_files", [])
+        for name in required:  # written from the snapshot's root, as the example does
+            assert not name.startswith("/")
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text("required\n")
+        if required:
+            app["verification"]["required_files"] = [str(root / n).lstrip("/") for n in required]
+        for db in app.get("databases", []):
+            if db["engine"] == "sqlite":
+                db["path"] = moved(db["path"])
+                Path(db["path"]).parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(db["path"])
+                conn.execute("CREATE TABLE pages (id INTEGER PRIMARY KEY, body TEXT)")
+                conn.executemany("INSERT INTO pages (body) VALUES (?)", [("p",)] * 50)
+                conn.commit()
+                conn.close()
+            elif db["engine"] == "postgresql":
+                name = unique("casb_example")
+                psql(f"CREATE DATABASE {name};")
+                psql("CREATE TABLE orders (id serial PRIMARY KEY, total int);"
+                     "INSERT INTO orders (total) SELECT g FROM generate_series(1, 40) g;", name)  # fmt: skip
+                made_pg.append(name)
+                db.update(user=PG_USER, database=name)
+            else:
+                name = unique("casb_example")
+                mariadb(f"CREATE DATABASE {name};")
+                mariadb("CREATE TABLE tickets (id INT PRIMARY KEY, title TEXT);"
+                        "INSERT INTO tickets VALUES (1, 'a'), (2, 'b');", name)  # fmt: skip
+                made_my.append(name)
+                db.update(user=MY_USER, database=name)
+                db.pop("password_file", None)  # the test server's root has no password
+    config = tmp_path / "casbackup.toml"
+    config.write_text(dump_toml(doc))
+    try:
+        checked = cli(config, "config", "check")
+        assert checked.code == 0, checked.err
+        init = run_cli("init", "--insecure-test-kdf", repo=str(tmp_path / "repo"))
+        assert init.code == 0, init.err
+        backup = cli(config, "backup", "--all")
+        assert backup.code == 0, backup.out + backup.err
+        for app in doc["applications"]:
+            verify = cli(config, "verify", "--app", app["name"])
+            assert verify.code == 0, (app["name"], verify.out, verify.err)
+            assert "verified OK" in verify.out
+    finally:
+        for name in made_pg:
+            psql(f"DROP DATABASE IF EXISTS {name};")
+        for name in made_my:
+            mariadb(f"DROP DATABASE IF EXISTS {name};")
+
+
+def test_sample_app_config_end_to_end(tmp_path: Path) -> None:
+    site = tmp_path / "sample_app"
+    shutil.copytree(
+        ROOT / "sample_app", site, ignore=shutil.ignore_patterns("demo-repo", "*.sqlite3*")
+    )
+    made = run_cli_py(site / "make_db.py")
+    assert made == 0
+    config = site / "casbackup.toml"
+    env = {
+        "CASBACKUP_CONFIG": str(config),
+        "CASBACKUP_DEMO_PASSWORD": PASSWORD,
+    }
+    init = run_cli("init", "--insecure-test-kdf", env=env)
+    assert init.code == 0, init.err
+    assert (site / "demo-repo" / "config").exists()  # the redirected copy, not the real folder
+    backup = run_cli("backup", "--app", "notes", env=env)
+    assert backup.code == 0, backup.out + backup.err
+    verify = run_cli("verify", "--app", "notes", env=env)
+    assert verify.code == 0, verify.out + verify.err
+    assert "verified OK" in verify.out
+
+
+def run_cli_py(script: Path) -> int:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, check=False
+    ).returncode

@@ -1,0 +1,153 @@
+"""Authentication over HTTP: tokens, sessions with CSRF, proxy header, rate limits, scopes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from casbackup.server.app import create_app
+from casbackup.server.auth import SESSION_COOKIE
+from casbackup.server.settings import Settings
+from tests.server.conftest import PW, Env
+
+
+def test_anonymous_is_refused_but_health_answers(env: Env) -> None:
+    c = env.client
+    assert c.get("/healthz").json()["status"] == "ok"
+    r = c.get("/api/applications")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+def test_bearer_token_and_bad_tokens(env: Env) -> None:
+    c = env.client
+    assert c.get("/api/applications", headers=env.h("viewer")).status_code == 200
+    for bad in ("Bearer nope", "Basic abc", "Bearer ", "Bearer cbt_000000000000_" + "A" * 43):
+        r = c.get("/api/applications", headers={"Authorization": bad})
+        assert r.status_code == 401, bad
+        assert "Traceback" not in r.text
+
+
+def test_revoked_and_expired_tokens_answer_401(env: Env) -> None:
+    accounts = env.service.accounts
+    text, tok = accounts.create_token("viewer", "short", expires_in_s=0.001)
+    r = env.client.get("/api/applications", headers={"Authorization": f"Bearer {text}"})
+    assert r.status_code == 401 and "expired" in r.json()["detail"]
+    text, tok = accounts.create_token("viewer", "revoke-me")
+    h = {"Authorization": f"Bearer {text}"}
+    assert env.client.get("/api/applications", headers=h).status_code == 200
+    r = env.client.delete(f"/api/tokens/{tok.id}", headers=env.h("admin"))
+    assert r.status_code == 200 and r.json()["revoked_at"]
+    assert env.client.get("/api/applications", headers=h).status_code == 401
+
+
+def test_session_cookie_flags_and_csrf(env: Env) -> None:
+    c = env.client
+    r = c.post("/api/auth/login", json={"username": "admin", "password": PW})
+    assert r.status_code == 200, r.text
+    csrf = r.json()["csrf_token"]
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert c.get("/api/auth/me").json()["name"] == "admin"
+    body = {"name": "dora", "password": "long-enough", "role": "viewer"}
+    assert c.post("/api/users", json=body).status_code == 403  # no CSRF token
+    assert c.post("/api/users", json=body, headers={"X-CSRF-Token": "wrong"}).status_code == 403
+    assert c.post("/api/users", json=body, headers={"X-CSRF-Token": csrf}).status_code == 201
+    assert c.post("/api/auth/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+    c.cookies.clear()
+    assert c.get("/api/auth/me").status_code == 401
+
+
+def test_logout_ends_the_session_server_side(env: Env) -> None:
+    c = env.client
+    r = c.post("/api/auth/login", json={"username": "viewer", "password": PW})
+    cookie = c.cookies.get(SESSION_COOKIE)
+    c.post("/api/auth/logout", headers={"X-CSRF-Token": r.json()["csrf_token"]})
+    c.cookies.clear()
+    r = c.get("/api/auth/me", cookies={SESSION_COOKIE: cookie or ""})
+    assert r.status_code == 401
+
+
+def test_login_rate_limit_per_user(env: Env) -> None:
+    c = env.client
+    for _ in range(env.settings.login_max_failures):
+        assert (
+            c.post(
+                "/api/auth/login", json={"username": "viewer", "password": "nope-nope"}
+            ).status_code
+            == 401
+        )
+    r = c.post("/api/auth/login", json={"username": "viewer", "password": PW})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    audit = c.get("/api/audit", headers=env.h("admin")).json()
+    logins = [a for a in audit if a["action"] == "login"]
+    assert len(logins) == env.settings.login_max_failures + 1
+    assert all(a["outcome"] == "denied" and a["actor"] == "viewer" for a in logins)
+
+
+def test_login_rate_limit_per_address(env: Env) -> None:
+    c = env.client
+    for i in range(env.settings.login_max_failures):
+        c.post("/api/auth/login", json={"username": f"user{i}", "password": "nope-nope"})
+    assert c.post("/api/auth/login", json={"username": "admin", "password": PW}).status_code == 429
+
+
+def test_app_scoped_user_sees_only_its_applications(env: Env) -> None:
+    names = [
+        a["name"]
+        for a in env.client.get("/api/applications", headers=env.h("scoped")).json()["applications"]
+    ]
+    assert names == ["shop"]
+    names = [
+        a["name"]
+        for a in env.client.get("/api/applications", headers=env.h("viewer")).json()["applications"]
+    ]
+    assert names == ["shop", "blog"]
+
+
+def test_trusted_user_header_only_from_the_proxy(env: Env, tmp_path: Path) -> None:
+    settings = Settings(
+        state_dir=env.settings.state_dir, config_path=env.config, cheap_password_hashing=True,
+        run_scheduler=False, trusted_user_header="Remote-User", trusted_proxies=("10.0.0.1",),
+    )  # fmt: skip
+    with TestClient(create_app(settings), client=("10.0.0.1", 5000)) as proxied:
+        assert (
+            proxied.get("/api/auth/me", headers={"Remote-User": "viewer"}).json()["via"] == "proxy"
+        )
+        assert proxied.get("/api/auth/me", headers={"Remote-User": "ghost"}).status_code == 401
+    with TestClient(create_app(settings), client=("10.0.0.2", 5000)) as direct:
+        assert direct.get("/api/auth/me", headers={"Remote-User": "admin"}).status_code == 401
+
+
+def test_every_state_change_is_audited(env: Env) -> None:
+    c = env.client
+    c.post(
+        "/api/users",
+        json={"name": "erin", "password": "long-enough", "role": "viewer"},
+        headers=env.h("admin"),
+    )
+    c.post(
+        "/api/users",
+        json={"name": "fred", "password": "long-enough", "role": "viewer"},
+        headers=env.h("viewer"),
+    )
+    rows = c.get("/api/audit", headers=env.h("admin")).json()
+    adds = [r for r in rows if r["action"] == "add_user"]
+    assert {(r["actor"].split(" ")[0], r["outcome"], r["status"]) for r in adds} == {
+        ("admin", "success", 201), ("viewer", "denied", 403)}  # fmt: skip
+    assert all(r["address"] == "testclient" for r in adds)
+    assert "long-enough" not in str(rows)  # no secrets in the log
+
+
+def test_login_limiter_memory_is_bounded() -> None:
+    from casbackup.server.auth import LoginLimiter
+
+    now = [0.0]
+    limiter = LoginLimiter(5, 300, clock=lambda: now[0])
+    limiter.max_keys = 1000
+    for i in range(5000):
+        limiter.failed([f"user:spray{i}", "addr:10.0.0.9"])
+    assert len(limiter._failures) <= 1000
+    assert limiter.retry_after(["addr:10.0.0.9"]) > 0  # the sprayer's address stays locked out
+    now[0] += 301
+    assert limiter.retry_after(["addr:10.0.0.9"]) == 0

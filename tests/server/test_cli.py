@@ -1,0 +1,111 @@
+"""`casbackup serve`, `user` and `token` on the command line (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from casbackup.testing.fixtures import run_cli
+from tests.cli.conftest import assert_one_error
+
+
+def test_serve_refuses_an_empty_state_dir_and_says_how_to_add_an_admin(tmp_path: Path) -> None:
+    res = run_cli("serve", "--state-dir", str(tmp_path / "st"))
+    assert_one_error(res, 2, "no users", "casbackup user add NAME --role admin")
+
+
+def test_serve_refuses_plain_http_on_a_public_address(tmp_path: Path) -> None:
+    res = run_cli("serve", "--listen", "0.0.0.0:8001", "--state-dir", str(tmp_path))
+    assert_one_error(res, 2, "not a loopback address", "--insecure-http")
+    res = run_cli("serve", "--listen", "nonsense", "--state-dir", str(tmp_path))
+    assert_one_error(res, 2, "HOST:PORT")
+    res = run_cli("serve", "--tls-cert", "x.pem", "--state-dir", str(tmp_path))
+    assert_one_error(res, 2, "both --tls-cert and --tls-key")
+
+
+def test_user_and_token_lifecycle(tmp_path: Path) -> None:
+    st = str(tmp_path / "st")
+    res = run_cli("user", "add", "alice", "--role", "operator", "--app", "shop", "--password-stdin",
+                  "--state-dir", st, input=b"long-enough\n")  # fmt: skip
+    assert res.code == 0, res.err
+    res = run_cli("user", "add", "alice", "--role", "operator", "--password-stdin", "--state-dir", st,
+                  input=b"long-enough\n")  # fmt: skip
+    assert_one_error(res, 2, "already exists")
+    res = run_cli(
+        "user",
+        "add",
+        "bob",
+        "--role",
+        "admin",
+        "--password-stdin",
+        "--state-dir",
+        st,
+        input=b"short\n",
+    )
+    assert_one_error(res, 2, "at least 8")
+    res = run_cli("--json", "user", "list", "--state-dir", st)
+    assert json.loads(res.out) == [{"name": "alice", "role": "operator", "apps": ["shop"]}]
+    res = run_cli(
+        "--json", "token", "create", "--user", "alice", "--expires", "90d", "--state-dir", st
+    )
+    doc = json.loads(res.out)
+    assert doc["token"].startswith("cbt_") and doc["expires_at"]
+    res = run_cli("token", "list", "--state-dir", st)
+    assert doc["id"] in res.out and doc["token"] not in res.out
+    assert run_cli("token", "revoke", doc["id"], "--state-dir", st).code == 0
+    assert "revoked" in run_cli("token", "list", "--state-dir", st).out
+    res = run_cli("token", "create", "--user", "alice", "--expires", "soon", "--state-dir", st)
+    assert_one_error(res, 2, "not a duration")
+    res = run_cli("token", "revoke", "nope", "--state-dir", st)
+    assert_one_error(res, 23, "no token")
+    res = run_cli(
+        "user", "passwd", "alice", "--password-stdin", "--state-dir", st, input=b"another-one\n"
+    )
+    assert res.code == 0, res.err
+    assert run_cli("user", "remove", "alice", "--state-dir", st).code == 0
+    assert_one_error(run_cli("user", "remove", "alice", "--state-dir", st), 23, "no user")
+
+
+def test_serve_refuses_a_bad_timezone_and_subset(tmp_path: Path) -> None:
+    st = str(tmp_path / "st")
+    run_cli(
+        "user",
+        "add",
+        "root",
+        "--role",
+        "admin",
+        "--password-stdin",
+        "--state-dir",
+        st,
+        input=b"long-enough\n",
+    )
+    res = run_cli("serve", "--state-dir", st, "--timezone", "Mars/Olympus")
+    assert_one_error(res, 2, "not a known time zone")
+    res = run_cli("serve", "--state-dir", st, "--check-subset", "lots")
+    assert_one_error(res, 2)
+    res = run_cli("serve", "--state-dir", st, "--trusted-user-header", "Remote-User")
+    assert_one_error(res, 2, "--trusted-proxy")
+    res = run_cli("serve", "--state-dir", st, "--trusted-proxy", "not-an-ip")
+    assert_one_error(res, 2, "not an address")
+
+
+def test_cli_uses_an_applications_own_repository_like_the_service(tmp_path: Path) -> None:
+    from tests.cli.conftest import init_repo
+
+    main, own = init_repo(str(tmp_path / "main")), init_repo(str(tmp_path / "own"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.txt").write_text("x")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[repository]\nlocation = "{main}"\n'
+                   f'[[applications]]\nname = "blog"\nsources = ["{tmp_path / "src"}"]\n'
+                   f'[applications.repository]\nlocation = "{own}"\n'
+                   f'[[applications]]\nname = "shop"\nsources = ["{tmp_path / "src"}"]\n')  # fmt: skip
+    assert run_cli("--config", str(cfg), "backup", "--app", "blog", "-q").code == 0
+    assert run_cli("--config", str(cfg), "backup", "--app", "shop", "-q").code == 0
+    in_own = json.loads(run_cli("--json", "-r", own, "snapshots").out)
+    in_main = json.loads(run_cli("--json", "-r", main, "snapshots").out)
+    assert [s["app"] for s in in_own] == ["blog"] and [s["app"] for s in in_main] == ["shop"]
+    listed = json.loads(run_cli("--config", str(cfg), "--json", "snapshots", "--app", "blog").out)
+    assert [s["app"] for s in listed] == ["blog"]
+    res = run_cli("--config", str(cfg), "backup", "--all")
+    assert_one_error(res, 2, "blog has its own repository", "--app NAME")

@@ -1,0 +1,436 @@
+"""The dashboard's pages without a browser: who is offered what, login redirects, the snapshot
+browser's paging, file view and diff, job pages with plans, and the rules that keep pages
+offline and testable (no outside URL, CSP, every data-testid listed in testids.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.routing import APIRoute
+
+from casbackup.repo.snapshot import Snapshot
+from casbackup.server.dashboard import charts, pages
+from casbackup.server.dashboard.format import age, mode, safe_next
+from casbackup.server.dashboard.format import size as size_text
+from casbackup.server.dashboard.testids import TESTIDS
+from casbackup.server.dashboard.views import day_strip, overdue_reason
+from tests.server.conftest import PW, Env
+from tests.server.test_jobs import wait_job
+from tests.server.test_snapshots import backup
+
+TEMPLATES = Path(pages.__file__).resolve().parent.parent / "templates"
+STATIC = TEMPLATES.parent / "static"
+
+
+def login(env: Env, who: str) -> str:
+    """Log the test client in as ``who`` (its cookie replaces any other); returns the CSRF."""
+    r = env.client.post("/api/auth/login", json={"username": who, "password": PW})
+    assert r.status_code == 200, r.text
+    return str(r.json()["csrf_token"])
+
+
+def has(html: str, testid: str) -> bool:
+    return f'data-testid="{testid}"' in html
+
+
+def test_anonymous_pages_redirect_to_login_with_next(env: Env) -> None:
+    for path in (
+        "/",
+        "/apps/shop",
+        "/jobs",
+        "/jobs/1",
+        "/recovery",
+        "/admin",
+        "/snapshots/x?path=/a",
+    ):
+        r = env.client.get(path, follow_redirects=False)
+        assert r.status_code == 303, (path, r.status_code)
+        assert r.headers["location"].startswith("/login?next=%2F")
+    r = env.client.get("/login")
+    assert r.status_code == 200 and has(r.text, TESTIDS["login_form"])
+    assert "connect-src 'self'" in r.headers["content-security-policy"]
+    login(env, "viewer")
+    r = env.client.get("/login?next=/jobs", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/jobs"
+
+
+def test_login_next_never_leaves_the_site() -> None:
+    assert safe_next("/apps/shop?x=1") == "/apps/shop?x=1"
+    for bad in (
+        "//evil.example/",
+        "https://evil.example/",
+        "/\\evil",
+        "evil",
+        "/a\r\nSet-Cookie: x",
+    ):
+        assert safe_next(bad) == "/", bad
+
+
+def test_login_page_does_not_forward_offsite(env: Env) -> None:
+    html = env.client.get("/login?next=//evil.example/x").text
+    assert 'data-then="goto:/"' in html and "evil" not in html
+
+
+def test_each_role_is_offered_only_what_it_may_do(env: Env) -> None:
+    snap = backup(env, "shop")["snapshot_id"]
+    short = snap[:8]
+    login(env, "viewer")
+    app = env.client.get("/apps/shop").text
+    assert has(app, f"{TESTIDS['snapshot_row']}:{short}")
+    assert not has(app, TESTIDS["backup_button"]) and not has(app, f"verify-button:{short}")
+    assert not has(app, TESTIDS["forget_preview"]) and 'href="/admin"' not in app
+    browser = env.client.get(f"/snapshots/{snap}").text
+    assert not has(browser, TESTIDS["restore_button"]) and "/download?" not in browser
+    assert env.client.get("/admin").status_code == 403
+    assert env.client.get("/recovery").status_code == 403
+
+    login(env, "operator")
+    app = env.client.get("/apps/shop").text
+    assert has(app, TESTIDS["backup_button"]) and has(app, f"verify-button:{short}")
+    assert not has(app, TESTIDS["forget_preview"])  # forget is for admins
+    browser = env.client.get(f"/snapshots/{snap}").text
+    assert has(browser, TESTIDS["restore_button"]) and "/download?" in browser
+    assert env.client.get("/admin").status_code == 403
+
+    login(env, "admin")
+    app = env.client.get("/apps/shop").text
+    assert has(app, TESTIDS["forget_preview"])  # shop has a retention policy
+    assert 'href="/admin"' in app and 'href="/recovery"' in app
+    assert env.client.get("/admin").status_code == 200
+    assert env.client.get("/recovery").status_code == 200
+    blog = env.client.get("/apps/blog").text
+    assert not has(blog, TESTIDS["forget_preview"])  # blog has none: nothing to preview
+
+
+def test_app_scoped_user_sees_only_its_applications(env: Env) -> None:
+    blog_snap = backup(env, "blog")["snapshot_id"]
+    login(env, "scoped")
+    overview = env.client.get("/").text
+    assert has(overview, f"{TESTIDS['app_row']}:shop")
+    assert not has(overview, f"{TESTIDS['app_row']}:blog") and env.repo not in overview
+    assert env.client.get("/apps/blog").status_code == 404
+    assert env.client.get(f"/snapshots/{blog_snap}").status_code == 404
+
+
+def test_forms_carry_the_csrf_token_and_target_the_api(env: Env) -> None:
+    backup(env, "shop")
+    csrf = login(env, "admin")
+    for path in ("/apps/shop", "/admin", "/recovery"):
+        html = env.client.get(path).text
+        forms = re.findall(r"<form [^>]*data-api=\"([^\"]+)\"[^>]*>(.*?)</form>", html, re.S)
+        assert forms, path
+        for action, body in forms:
+            assert action.startswith("/api/"), action
+            assert f'name="csrf_token" value="{csrf}"' in body, (path, action)
+    # the dashboard has no write route of its own: every state change is the API's
+    for route in pages.router.routes:
+        assert isinstance(route, APIRoute) and route.methods <= {"GET", "HEAD"}, route
+    r = env.client.post("/api/backup", json={"app_name": "shop"})  # session, no token
+    assert r.status_code == 403
+
+
+def test_overview_badge_strip_and_sizes(env: Env) -> None:
+    snap = backup(env, "shop")["snapshot_id"]
+    login(env, "viewer")
+    html = env.client.get("/").text
+    badge = re.search(
+        r'<span class="badge (\w+)" data-testid="verify-badge:shop"[^>]*>([^<]*)<', html
+    )
+    assert badge and badge.groups() == ("bad", "never verified")
+    assert html.count('class="day ok"') == 1  # today, for shop only
+    r = env.client.post(f"/api/snapshots/{snap}/verify", headers=env.h("operator"))
+    assert wait_job(env, r.json()["job_id"])["state"] == "succeeded"
+    html = env.client.get("/").text
+    badge = re.search(
+        r'<span class="badge (\w+)" data-testid="verify-badge:shop"[^>]*>([^<]*)<', html
+    )
+    assert badge and badge.group(1) == "ok" and badge.group(2).startswith("proven restorable")
+    assert has(html, f"{TESTIDS['repo_health']}:default")
+
+
+def test_snapshot_browser_pages_large_folders(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    snap = backup(env, "shop")["snapshot_id"]
+    login(env, "operator")
+    folder = str(env.tmp / "shop")
+    monkeypatch.setattr(pages, "PAGE_SIZE", 1)
+    first = env.client.get(f"/snapshots/{snap}", params={"path": folder}).text
+    assert has(first, "entry:a.txt") and not has(first, "entry:sub") and "1 of 2" in first
+    second = env.client.get(f"/snapshots/{snap}", params={"path": folder, "offset": 1}).text
+    assert has(second, "entry:sub") and not has(second, "entry:a.txt")
+
+
+def test_file_view_download_link_and_diff(env: Env) -> None:
+    old = backup(env, "shop")["snapshot_id"]
+    (env.tmp / "shop" / "a.txt").write_text("changed\n")
+    (env.tmp / "shop" / "new.txt").write_text("new\n")
+    new = backup(env, "shop")["snapshot_id"]
+    login(env, "operator")
+    path = f"{env.tmp}/shop/a.txt"
+    html = env.client.get(f"/snapshots/{new}", params={"path": path}).text
+    assert has(html, TESTIDS["file_meta"]) and "8 bytes" in html
+    href = re.search(r'href="(/api/snapshots/[^"]+)" data-testid="download:a.txt"', html)
+    assert href
+    r = env.client.get(href.group(1).replace("&amp;", "&"))
+    assert r.status_code == 200 and r.content == b"changed\n"
+    html = env.client.get(
+        f"/snapshots/{new}", params={"path": f"{env.tmp}/shop", "against": old}
+    ).text
+    assert has(html, TESTIDS["diff_result"])
+    assert "1 added, 0 removed, 1 modified" in html
+    assert f"{env.tmp}/shop/new.txt" in html
+
+
+def test_job_pages_show_plans_with_their_run_buttons(env: Env) -> None:
+    backup(env, "shop")
+    backup(env, "shop")
+    csrf = login(env, "admin")
+    h = {"X-CSRF-Token": csrf}
+    r = env.client.post("/api/forget", json={"app_name": "shop", "dry_run": True}, headers=h)
+    job = wait_job(env, r.json()["job_id"])
+    html = env.client.get(f"/jobs/{job['id']}").text
+    assert has(html, TESTIDS["job_result"]) and "keep 1, remove 1" in html
+    assert has(html, TESTIDS["job_run_plan"])
+    r = env.client.post("/api/disaster-recovery", json={"app_name": "shop", "allow_unverified": True},
+                        headers=h)  # fmt: skip
+    job = wait_job(env, r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    html = env.client.get(f"/jobs/{job['id']}").text
+    assert "Run this recovery" in html and has(html, TESTIDS["job_run_plan"])
+    login(env, "viewer")  # a viewer sees the plan but is offered no button
+    html = env.client.get(f"/jobs/{job['id']}").text
+    assert has(html, TESTIDS["job_result"]) and not has(html, TESTIDS["job_run_plan"])
+
+
+def test_pages_load_nothing_from_another_host(env: Env) -> None:
+    backup(env, "shop")
+    login(env, "admin")
+    for path in ("/", "/apps/shop", "/jobs", "/jobs/1", "/recovery", "/admin", "/login"):
+        html = env.client.get(path).text
+        assert not re.search(r"(src|href|action)=\"(https?:)?//", html), path
+    for asset in STATIC.iterdir():
+        text = asset.read_text()
+        assert not re.search(r"https?://|url\(", text), asset.name
+        assert env.client.get(f"/static/{asset.name}").status_code == 200
+
+
+def test_every_testid_is_listed_and_used() -> None:
+    used: set[str] = set()
+    for template in TEMPLATES.glob("*.html"):
+        text = template.read_text()
+        # a testid is T.<key> (or a macro's ``testid`` argument, itself built from T.<key>)
+        literal = re.findall(r'data-testid="(?!\{\{ T\.|\{\{ testid \}\})([^"]*)"', text)
+        assert not literal, f"{template.name}: data-testid not from testids.py: {literal}"
+        for key in re.findall(r"\bT\.(\w+)", text):
+            assert key in TESTIDS, f"{template.name}: unknown testid {key}"
+            used.add(key)
+    for key in re.findall(r"TESTIDS\[\"(\w+)\"\]", Path(pages.__file__).read_text()):
+        used.add(key)
+    assert set(TESTIDS) == used, f"listed but unused: {set(TESTIDS) - used}"
+    assert len(set(TESTIDS.values())) == len(TESTIDS)
+
+
+def test_formatting_helpers() -> None:
+    now = dt.datetime(2026, 1, 2, 12, 0, tzinfo=dt.UTC)
+    assert age("2026-01-02T10:00:00+00:00", now) == "2 h ago"
+    assert age("2025-12-30T12:00:00Z", now) == "3 d ago"
+    assert age("2026-01-02T12:05:00+00:00", now) == "in 5 min"
+    assert age(None, now) == "never" and mode("0o755") == "755"
+    times = [dt.datetime(2026, 1, 2, 1, tzinfo=dt.UTC)]
+    strip = day_strip(times, [dt.datetime(2026, 1, 1, 3, tzinfo=dt.UTC)], now)
+    assert len(strip) == 30 and strip[-1] == ("2026-01-02", "ok") and strip[-2][1] == "failed"
+    assert {o for _, o in strip[:-2]} == {"none"}
+
+
+def test_chart_svg() -> None:
+    assert "no backups yet" in charts.chart([], title="t", label=str)
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    svg = charts.chart([(t, 1.0), (t + dt.timedelta(days=2), 3.0)], title="<x>", label=str)
+    assert "&lt;x&gt;" in svg and "<x>" not in svg and "<polyline" in svg
+    assert "2026-01-01" in svg and "2026-01-03" in svg
+    bars = charts.chart([(t, 2.0)], title="d", label=str, bars=True)
+    assert bars.count("<rect") == 1
+
+
+def _snap(when: dt.datetime) -> Snapshot:
+    return Snapshot(time=when.isoformat(), start_ns=0, host="h", user="u", paths=("/x",),
+                    tree="00" * 32, app="shop")  # fmt: skip
+
+
+def test_overdue_rules() -> None:
+    now = dt.datetime(2026, 1, 2, 12, 0, tzinfo=dt.UTC)
+    fired = "2026-01-02T02:00:00+00:00"
+    nxt = "2026-01-03T02:00:00+00:00"
+    sched = {"last_run": fired, "next_run": nxt}
+    assert overdue_reason(None, None, now) is None  # not scheduled
+    assert overdue_reason({"last_run": None, "next_run": nxt}, None, now) is None  # first day
+    ok = _snap(dt.datetime(2026, 1, 2, 2, 0, 5, tzinfo=dt.UTC))
+    assert overdue_reason(sched, ok, now) is None
+    old = _snap(dt.datetime(2026, 1, 1, 2, 0, 5, tzinfo=dt.UTC))
+    assert "02:00 UTC did not succeed" in (overdue_reason(sched, old, now) or "")
+    assert overdue_reason(sched, None, now) is not None
+    # fired a moment ago: its backup may still be running
+    assert overdue_reason(sched, old, dt.datetime(2026, 1, 2, 2, 10, tzinfo=dt.UTC)) is None
+    # the service was down when the next run was due
+    late = {"last_run": "2026-01-01T02:00:00+00:00", "next_run": "2026-01-02T02:00:00+00:00"}
+    assert "did not start" in (overdue_reason(late, old, now) or "")
+
+
+def test_overview_shows_overdue_and_next_run(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    class FakeScheduler:
+        def overview(self) -> list[dict[str, object]]:
+            return [{"key": "backup:shop", "kind": "backup", "app": "shop",
+                     "last_run": "2020-01-01T02:00:00+00:00", "next_run": "2999-01-01T02:00:00+00:00"}]  # fmt: skip
+
+        def next_run_text(self, app: str) -> str | None:
+            return "2999-01-01T02:00:00+00:00" if app == "shop" else None
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(env.service, "scheduler", FakeScheduler())
+    login(env, "viewer")
+    html = env.client.get("/").text
+    assert has(html, f"{TESTIDS['overdue']}:shop") and not has(html, f"{TESTIDS['overdue']}:blog")
+    assert "2999-01-01 02:00 UTC" in html
+
+
+def test_restore_to_the_original_place_is_for_admins(env: Env) -> None:
+    snap = backup(env, "shop")["snapshot_id"]
+    source = env.tmp / "shop" / "a.txt"
+    source.write_text("damaged\n")
+    (env.tmp / "shop" / "sub" / "b.bin").unlink()
+    body = {"path": f"{env.tmp}/shop", "in_place": True, "overwrite": False}
+    r = env.client.post(f"/api/snapshots/{snap}/restore", json=body, headers=env.h("operator"))
+    assert r.status_code == 403
+    login(env, "operator")
+    assert not has(env.client.get(f"/snapshots/{snap}").text, TESTIDS["restore_in_place"])
+    login(env, "admin")
+    assert has(env.client.get(f"/snapshots/{snap}").text, TESTIDS["restore_in_place"])
+    r = env.client.post(f"/api/snapshots/{snap}/restore", json=body, headers=env.h("admin"))
+    job = wait_job(env, r.json()["job_id"])
+    # without overwrite an existing file is left alone and reported, the rest is restored
+    assert job["state"] == "failed" and "a.txt exists in the target" in job["error"], job
+    page = env.client.get(f"/jobs/{job['id']}").text
+    assert "a.txt exists in the target" in page
+    assert job["params"]["target"] == f"{env.tmp}/shop"
+    assert source.read_text() == "damaged\n"
+    assert len((env.tmp / "shop" / "sub" / "b.bin").read_bytes()) == 300_000  # missing: restored
+    file_body = {"path": str(source), "in_place": True, "overwrite": True}
+    r = env.client.post(f"/api/snapshots/{snap}/restore", json=file_body, headers=env.h("admin"))
+    job = wait_job(env, r.json()["job_id"])
+    assert job["state"] == "succeeded" and job["params"]["target"] == f"{env.tmp}/shop", job
+    assert source.read_text() == "hello\n"
+    assert not any((env.tmp / "recovery").glob("*"))  # nothing went to the recovery folder
+
+
+def test_refusals_and_missing_things_are_html_pages(env: Env) -> None:
+    login(env, "viewer")
+    r = env.client.get("/admin")
+    assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
+    assert has(r.text, TESTIDS["error_message"]) and "may not users" in r.text
+    r = env.client.get("/snapshots/0123456789abcdef")
+    assert r.status_code == 404 and has(r.text, TESTIDS["error_message"])
+    r = env.client.get("/jobs/999999")
+    assert r.status_code == 404 and "no job 999999" in r.text
+    r = env.client.get("/snapshots/x", params={"path": "/a/../b"})
+    assert r.status_code in (400, 404) and r.headers["content-type"].startswith("text/html")
+
+
+def test_repository_size_only_for_unscoped_callers(env: Env) -> None:
+    login(env, "viewer")
+    env.client.get("/")  # measured before the backup ...
+    backup(env, "shop")  # ... and again after it, not five minutes later
+    size = sum(p.stat().st_size for p in Path(env.repo).rglob("*") if p.is_file())
+    login(env, "viewer")
+    html = env.client.get("/").text
+    shown = re.search(r"<dt>Size</dt><dd>([^<]+)</dd>", html)
+    assert shown and shown.group(1) == size_text(size)
+    login(env, "scoped")
+    assert "<dt>Size</dt>" not in env.client.get("/").text
+
+
+def test_repository_actions_and_their_job_pages(env: Env) -> None:
+    backup(env, "shop")
+    login(env, "scoped")  # whole-repository jobs are refused to app-scoped accounts
+    html = env.client.get("/").text
+    assert not has(html, f"{TESTIDS['repo_check']}:default")
+    login(env, "operator")
+    html = env.client.get("/").text
+    assert has(html, f"{TESTIDS['repo_check']}:default")
+    assert not has(html, f"{TESTIDS['repo_prune']}:default")
+    csrf = login(env, "admin")
+    assert has(env.client.get("/").text, f"{TESTIDS['repo_prune']}:default")
+    h = {"X-CSRF-Token": csrf}
+    check = wait_job(env, env.client.post("/api/check", json={}, headers=h).json()["job_id"])
+    html = env.client.get(f"/jobs/{check['id']}").text
+    assert "no problems" in html
+    assert (
+        "Last check" in (page := env.client.get("/").text) and f'href="/jobs/{check["id"]}"' in page
+    )
+    prune = env.client.post("/api/prune", json={"dry_run": True}, headers=h).json()["job_id"]
+    html = env.client.get(f"/jobs/{wait_job(env, prune)['id']}").text
+    assert "Nothing to prune." in html and not has(html, TESTIDS["job_run_plan"])
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_browser_tests_skip_without_a_browser_but_fail_under_ci(ci: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, CI=ci, CASBACKUP_TEST_CHROMIUM=str(tmp_path / "no-chromium"))
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:randomly", "-p", "no:cacheprovider",
+         "tests/server/test_dashboard_browser.py"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert f"no browser at {tmp_path / 'no-chromium'}" in out, out
+    if ci:
+        assert run.returncode != 0 and "cannot run under CI" in out
+    else:
+        assert run.returncode == 0 and "skipped" in out.lower()
+
+
+def test_audit_log_filters(env: Env) -> None:
+    env.client.post("/api/auth/login", json={"username": "viewer", "password": "wrong"})
+    for _ in range(3):
+        env.client.post("/api/backup", json={"app_name": "shop"}, headers=env.h("viewer"))
+    login(env, "admin")
+    denied = env.client.get("/admin", params={"outcome": "denied"}).text
+    rows = re.findall(r'<tr data-testid="audit-row" class="(\w+)">', denied)
+    assert len(rows) == 4 and set(rows) == {"denied"}  # 3 refused backups, 1 failed login
+    by_actor = env.client.get("/admin", params={"actor": "viewer", "outcome": "denied"}).text
+    assert len(re.findall(r'data-testid="audit-row"', by_actor)) == 4
+    success = env.client.get("/admin", params={"outcome": "success", "actor": "admin"}).text
+    assert len(re.findall(r'data-testid="audit-row"', success)) == 1  # this login
+    # a user's filter takes their tokens' entries, not another user's whose name matches a LIKE
+    env.service.accounts.add_user("viewerX", PW, "viewer")
+    env.service.accounts.add_user("v_ewer", PW, "viewer")
+    tok, _ = env.service.accounts.create_token("viewerX", "t")
+    env.client.post(
+        "/api/backup", json={"app_name": "shop"}, headers={"Authorization": f"Bearer {tok}"}
+    )
+    again = env.client.get("/admin", params={"actor": "viewer", "outcome": "denied"}).text
+    assert len(re.findall(r'data-testid="audit-row"', again)) == 4
+    like = env.client.get("/admin", params={"actor": "v_ewer", "outcome": "denied"}).text
+    assert len(re.findall(r'data-testid="audit-row"', like)) == 0
+
+
+def test_cancel_is_offered_for_own_jobs_or_to_admins(env: Env) -> None:
+    mine = backup(env, "shop", who="operator")["id"]
+    theirs = backup(env, "shop", who="admin")["id"]
+    for job_id in (mine, theirs):  # shown as still running (the page only reads the row)
+        env.service.db.execute("UPDATE jobs SET state='running', finished_at=NULL WHERE id=?",
+                               (job_id,))  # fmt: skip
+    login(env, "operator")
+    assert has(env.client.get(f"/jobs/{mine}").text, TESTIDS["job_cancel"])
+    assert not has(env.client.get(f"/jobs/{theirs}").text, TESTIDS["job_cancel"])
+    login(env, "viewer")
+    assert not has(env.client.get(f"/jobs/{mine}").text, TESTIDS["job_cancel"])
+    login(env, "admin")
+    assert has(env.client.get(f"/jobs/{mine}").text, TESTIDS["job_cancel"])

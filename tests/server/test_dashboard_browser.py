@@ -1,0 +1,451 @@
+"""The dashboard in a real headless Chromium against a real ``casbackup serve`` subprocess.
+
+One service (its own state dir, repository and config, accounts made with the CLI) serves the
+whole module; the tests run in file order and each builds on the state the previous one left
+(a snapshot, then a restore of it, ...), as a user would. Assertions look at persistent state
+(job rows through the API, files on disk), found through ``data-testid`` names (testids.py).
+
+Screenshots of the overview, the snapshot browser and a running job, at 1280x800 and 390x844,
+go to ``test-artifacts/dashboard/`` (gitignored).
+
+Needs ``chromium`` (apt) and the ``playwright`` package (never ``playwright install``); without
+them the tests skip with that reason, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from casbackup.testing.fixtures import PASSWORD, run_cli
+
+# the distribution's Chromium (apt); another path for other systems, or to test the skip rule
+CHROMIUM = os.environ.get("CASBACKUP_TEST_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+PASSWORDS = {"root": "root-password-1", "ops": "ops-password-1", "view": "view-password-1"}
+
+
+def _browser_missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install playwright)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no browser at {CHROMIUM} (apt-get install chromium fonts-dejavu-core)"
+    return None
+
+
+_missing = _browser_missing()
+if _missing and os.environ.get("CI", "").lower() == "true":
+    raise RuntimeError(f"browser tests cannot run under CI: {_missing}")
+pytestmark = [
+    pytest.mark.skipif(_missing is not None, reason=_missing or ""),
+    pytest.mark.timeout(300),
+]
+
+
+@dataclass
+class Site:
+    url: str
+    tmp: Path
+    app: Path  # the application's source folder
+    recovery: Path
+    token: str  # admin API token, for seeding and for reading state
+    proc: subprocess.Popen[bytes]
+
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
+
+    def wait_job(self, job_id: int, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            doc = self.api("GET", f"/api/jobs/{job_id}").json()
+            if doc["state"] not in ("queued", "running"):
+                return doc
+            time.sleep(0.2)
+        raise AssertionError(doc)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str, state: Path, password: str | None = None) -> str:
+    res = run_cli(*args, "--state-dir", str(state),
+                  input=None if password is None else password.encode() + b"\n")  # fmt: skip
+    assert res.code == 0, res.err
+    return res.out
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("dash")
+    repo = tmp / "repo"
+    res = run_cli("init", "--insecure-test-kdf", "--pack-size", "1", repo=str(repo))
+    assert res.code == 0, res.err
+    app = tmp / "app"
+    (app / "docs" / "deep").mkdir(parents=True)
+    (app / "config.ini").write_text("[main]\nname = notes\n")
+    (app / "docs" / "readme.txt").write_text("read me\n" * 100)
+    (app / "docs" / "deep" / "data.bin").write_bytes(os.urandom(200_000))
+    config = tmp / "casbackup.toml"
+    config.write_text(f"""
+[repository]
+location = "{repo}"
+
+[verification]
+sandbox_directory = "{tmp / "sandbox"}"
+
+[disaster_recovery]
+recovery_directory = "{tmp / "recovery"}"
+
+[[applications]]
+name = "notes"
+description = "The notes service"
+sources = ["{app}"]
+
+[applications.retention]
+keep_last = 2
+""")
+    state = tmp / "state"
+    for name, role in (("root", "admin"), ("ops", "operator"), ("view", "viewer")):
+        _cli("user", "add", name, "--role", role, "--password-stdin", state=state,
+             password=PASSWORDS[name])  # fmt: skip
+    token = json.loads(_cli("--json", "token", "create", "--user", "root", state=state))["token"]
+    env = dict(os.environ, CASBACKUP_PASSWORD=PASSWORD, XDG_CACHE_HOME=str(tmp / "cache"))
+    port = _free_port()
+    log = tmp / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "casbackup.cli.main", "--config", str(config), "serve",
+         "--listen", f"127.0.0.1:{port}", "--state-dir", str(state), "--no-scheduler"],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(log.read_text())
+        time.sleep(0.1)
+    try:
+        yield Site(url, tmp, app, tmp / "recovery", token, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                               args=["--no-sandbox", "--disable-dev-shm-usage"])  # fmt: skip
+        yield b
+        b.close()
+
+
+def login(browser: Any, site: Site, user: str) -> Any:
+    """A new browser context logged in as ``user`` through the login form; returns its page."""
+    context = browser.new_context(viewport=SIZES["desktop"], accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(site.url + "/")  # anonymous: sent to the login page
+    assert "/login" in page.url
+    page.get_by_test_id("login-user").fill(user)
+    page.get_by_test_id("login-password").fill(PASSWORDS[user])
+    page.get_by_test_id("login-submit").click()
+    page.get_by_test_id("nav-user").wait_for()
+    assert page.url.rstrip("/") == site.url
+    return page
+
+
+def shoot(page: Any, name: str) -> None:
+    """Screenshots at desktop and phone width; fails if the page is wider than the window
+    (something overflows instead of wrapping or scrolling inside its own box)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for label, size in SIZES.items():
+        page.set_viewport_size(size)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{label}.png"), full_page=True)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{name} at {label} is {overflow}px wider than the window"
+    page.set_viewport_size(SIZES["desktop"])
+
+
+@pytest.fixture(scope="module")
+def state() -> dict[str, Any]:
+    """What the ordered tests hand on to each other."""
+    return {}
+
+
+def test_login_backup_and_live_progress(browser: Any, site: Site, state: dict[str, Any]) -> None:
+    big = site.app / "big"
+    big.mkdir()
+    for i in range(12):  # large enough that the job is seen running
+        (big / f"blob{i}.bin").write_bytes(os.urandom(4 << 20))
+    page = login(browser, site, "ops")
+    page.get_by_test_id("app-link:notes").click()
+    page.get_by_test_id("backup-type").select_option("full")
+    page.get_by_test_id("backup-button").click()
+    page.wait_for_url("**/jobs/*")
+    job_id = int(page.url.rsplit("/", 1)[1])
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+    # running, with a progress line from the event stream (or already done on a fast machine)
+    page.wait_for_function(
+        """id => {
+          const s = document.querySelector(`[data-job-state="${id}"]`).textContent;
+          const d = document.querySelector(`[data-job-progress="${id}"] .pdetail`);
+          return s === "succeeded" || (s === "running" && d && d.textContent.includes(" file"));
+        }""", arg=job_id,
+    )  # fmt: skip
+    shoot(page, "job-running")
+    state_el = page.get_by_test_id(f"job-state:{job_id}")
+    from playwright.sync_api import expect
+
+    expect(state_el).to_have_text("succeeded", timeout=180_000)
+    assert page.evaluate("window.__sameDocument") is True
+    expect(page.get_by_test_id("job-result")).to_be_visible()
+    doc = site.api("GET", f"/api/jobs/{job_id}").json()
+    assert doc["state"] == "succeeded" and doc["kind"] == "backup"
+    assert doc["params"]["backup_type"] == "full" and doc["created_by"] == "ops"
+    state["snapshot"] = doc["snapshot_id"]
+    page.context.close()
+
+
+def test_browse_descend_and_download(browser: Any, site: Site, state: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = login(browser, site, "ops")
+    short = state["snapshot"][:8]
+    page.get_by_test_id("app-link:notes").click()
+    page.get_by_test_id(f"snapshot-link:{short}").click()
+    for part in site.app.parts[1:]:  # from / down to the application's folder, by clicking
+        page.get_by_test_id(f"entry-link:{part}").click()
+    page.get_by_test_id("entry-link:docs").click()
+    expect(page.get_by_test_id("entry:deep")).to_be_visible()
+    shoot(page, "snapshot-browser")
+    page.get_by_test_id("entry-link:deep").click()
+    page.get_by_test_id("entry-link:data.bin").click()
+    expect(page.get_by_test_id("file-meta")).to_contain_text("200000 bytes")
+    with page.expect_download() as info:
+        page.get_by_test_id("download:data.bin").click()
+    got = Path(info.value.path()).read_bytes()
+    assert got == (site.app / "docs" / "deep" / "data.bin").read_bytes()
+    page.context.close()
+
+
+def test_restore_a_folder(browser: Any, site: Site, state: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = login(browser, site, "ops")
+    folder = f"{site.app}/docs"
+    page.goto(f"{site.url}/snapshots/{state['snapshot']}?path={folder}")
+    page.get_by_test_id("restore-target").fill("docs-back")
+    page.once("dialog", lambda d: d.accept())  # the confirmation
+    page.get_by_test_id("restore-button").click()
+    page.wait_for_url("**/jobs/*")
+    job_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{job_id}")).to_have_text("succeeded", timeout=120_000)
+    target = site.recovery / "docs-back"
+    found = {p.name: p for p in target.rglob("*") if p.is_file()}
+    assert set(found) == {"readme.txt", "data.bin"}, sorted(target.rglob("*"))
+    assert found["data.bin"].read_bytes() == (site.app / "docs" / "deep" / "data.bin").read_bytes()
+    page.context.close()
+
+
+def test_verification_badge_turns_green(browser: Any, site: Site, state: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = login(browser, site, "ops")
+    badge = page.get_by_test_id("verify-badge:notes")
+    expect(badge).to_have_class("badge bad")
+    expect(badge).to_have_text("never verified")
+    shoot(page, "overview")
+    page.get_by_test_id("app-link:notes").click()
+    page.get_by_test_id(f"verify-button:{state['snapshot'][:8]}").click()
+    page.wait_for_url("**/jobs/*")
+    job_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{job_id}")).to_have_text("succeeded", timeout=180_000)
+    page.goto(site.url + "/")
+    expect(badge).to_have_class("badge ok")
+    expect(badge).to_contain_text("proven restorable")
+    shoot(page, "overview-verified")
+    page.get_by_test_id("app-link:notes").click()
+    expect(page.get_by_test_id(f"snapshot-badge:{state['snapshot'][:8]}")).to_contain_text(
+        "verified"
+    )
+    shoot(page, "application")
+    page.context.close()
+
+
+def test_disaster_recovery_plan_run_and_report(browser: Any, site: Site) -> None:
+    """After the verification above: plan (dry run), then run it from the plan's page."""
+    from playwright.sync_api import expect
+
+    page = login(browser, site, "root")
+    page.get_by_role("link", name="Recovery").click()
+    page.get_by_test_id("recover-app").select_option("notes")
+    page.get_by_test_id("recover-plan-button").click()
+    page.wait_for_url("**/jobs/*")
+    plan_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{plan_id}")).to_have_text("succeeded", timeout=120_000)
+    expect(page.get_by_test_id("job-result")).to_contain_text("verified")
+    assert not (site.recovery / "notes").exists()  # a plan writes nothing
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_test_id("job-run-plan").click()
+    page.wait_for_url(lambda url: url.rstrip("/").split("/")[-1] != str(plan_id))
+    run_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{run_id}")).to_have_text("succeeded", timeout=180_000)
+    expect(page.get_by_test_id("job-result")).to_contain_text("Recovered")
+    expect(page.get_by_test_id("recovery-report")).to_contain_text(
+        "Recovery of notes: **SUCCEEDED**"
+    )
+    shoot(page, "recovery-report")
+    doc = site.api("GET", f"/api/jobs/{run_id}").json()
+    assert doc["params"]["dry_run"] is False and doc["result"]["report"]
+    restored = site.recovery / "notes"
+    config = [p for p in restored.rglob("config.ini")]
+    assert config and config[0].read_bytes() == (site.app / "config.ini").read_bytes()
+    page.context.close()
+
+
+def test_jobs_list_and_cancel_a_waiting_job(
+    browser: Any, site: Site, state: dict[str, Any]
+) -> None:
+    """Two backups and a verify queued on one repository: the verify waits its turn (one
+    writer per repository), and is cancelled from its page."""
+    from playwright.sync_api import expect
+
+    ids = [site.api("POST", "/api/backup", json={"app_name": "notes", "backup_type": "full"}
+                    ).json()["job_id"] for _ in range(2)]  # fmt: skip
+    ids.append(site.api("POST", f"/api/snapshots/{state['snapshot']}/verify").json()["job_id"])
+    page = login(browser, site, "root")
+    page.get_by_role("link", name="Jobs").click()
+    for job_id in ids:
+        expect(page.get_by_test_id(f"job-row:{job_id}")).to_be_visible()
+    page.goto(f"{site.url}/jobs/{ids[-1]}")
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_test_id("job-cancel").click()
+    expect(page.get_by_test_id(f"job-state:{ids[-1]}")).to_have_text("cancelled", timeout=60_000)
+    assert site.wait_job(ids[-1])["state"] == "cancelled"
+    for job_id in ids[:2]:
+        assert site.wait_job(job_id)["state"] == "succeeded"
+    page.context.close()
+
+
+def test_forget_preview_then_forget(browser: Any, site: Site) -> None:
+    """The retention policy (keep_last = 2; the newest verified snapshot is kept too) over the
+    four snapshots made so far: previewed as a plan, then executed from the plan's page; the
+    plan's removals are gone."""
+    from playwright.sync_api import expect
+
+    job = site.api("POST", "/api/backup", json={"app_name": "notes", "backup_type": "incremental"})
+    assert site.wait_job(job.json()["job_id"])["state"] == "succeeded"
+    page = login(browser, site, "root")
+    page.get_by_test_id("app-link:notes").click()
+    page.get_by_test_id("forget-preview").locator("button").click()
+    page.wait_for_url("**/jobs/*")
+    plan_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{plan_id}")).to_have_text("succeeded", timeout=60_000)
+    plan = site.api("GET", f"/api/jobs/{plan_id}").json()["result"]["plan"]
+    remove = {v["id"] for g in plan for v in g["remove"]}
+    keep = {v["id"] for g in plan for v in g["keep"]}
+    assert remove and len(keep) >= 2
+    before = {s["id"] for s in site.api("GET", "/api/snapshots").json()}
+    assert before == remove | keep  # a preview removes nothing
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_test_id("job-run-plan").click()
+    page.wait_for_url(lambda url: url.rstrip("/").split("/")[-1] != str(plan_id))
+    run_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{run_id}")).to_have_text("succeeded", timeout=60_000)
+    assert {s["id"] for s in site.api("GET", "/api/snapshots").json()} == keep
+    page.context.close()
+
+
+def test_logout_ends_the_session(browser: Any, site: Site) -> None:
+    page = login(browser, site, "view")
+    page.get_by_test_id("logout").click()
+    page.wait_for_url("**/login")
+    page.goto(site.url + "/jobs")
+    assert "/login?next=%2Fjobs" in page.url
+    page.context.close()
+
+
+def test_viewer_is_offered_no_actions(browser: Any, site: Site, state: dict[str, Any]) -> None:
+    page = login(browser, site, "view")
+    page.get_by_test_id("app-link:notes").click()
+    page.get_by_test_id(f"snapshot-row:{state['snapshot'][:8]}").wait_for()
+    assert page.get_by_test_id("backup-button").count() == 0
+    assert page.get_by_test_id(f"verify-button:{state['snapshot'][:8]}").count() == 0
+    assert page.get_by_test_id("forget-preview").count() == 0
+    page.goto(f"{site.url}/snapshots/{state['snapshot']}?path={site.app}")
+    page.get_by_test_id("entry:config.ini").wait_for()
+    assert page.get_by_test_id("restore-button").count() == 0
+    assert page.get_by_test_id("download:config.ini").count() == 0
+    assert page.get_by_role("link", name="Admin").count() == 0
+    page.context.close()
+
+
+def test_forged_posts_are_refused(browser: Any, site: Site) -> None:
+    before = len(site.api("GET", "/api/jobs").json())
+    # the viewer's own session, with its valid CSRF token: the role forbids it
+    page = login(browser, site, "view")
+    csrf = page.evaluate("document.querySelector('meta[name=csrf-token]').content")
+    r = page.request.post(site.url + "/api/backup", data={"app_name": "notes"},
+                          headers={"X-CSRF-Token": csrf})  # fmt: skip
+    assert r.status == 403
+    page.context.close()
+    # an operator's session cookie without the CSRF token (what another site's form can send)
+    page = login(browser, site, "ops")
+    r = page.request.post(site.url + "/api/backup", data={"app_name": "notes"})
+    assert r.status == 403 and "CSRF" in r.text()
+    r = page.request.post(site.url + "/api/backup", form={"app_name": "notes", "csrf_token": "x"})
+    assert r.status == 403
+    page.context.close()
+    assert len(site.api("GET", "/api/jobs").json()) == before  # nothing was started
+    denied = [a for a in site.api("GET", "/api/audit").json() if a["outcome"] == "denied"]
+    assert len(denied) >= 3
+
+
+def test_admin_creates_a_token_shown_once(browser: Any, site: Site) -> None:
+    from playwright.sync_api import expect
+
+    page = login(browser, site, "root")
+    page.get_by_role("link", name="Admin").click()
+    form = page.get_by_test_id("token-form")
+    form.locator("select[name=user]").select_option("ops")
+    form.locator("input[name=name]").fill("ci")
+    form.locator("button[type=submit]").click()
+    shown = page.get_by_test_id("token-shown")
+    expect(shown).not_to_be_empty()
+    token = shown.text_content()
+    r = httpx.get(site.url + "/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and r.json()["name"] == "ops"
+    shoot(page, "admin")
+    page.reload()
+    assert token not in page.content()  # listed by id only from now on
+    page.context.close()

@@ -1,0 +1,421 @@
+"""Jobs through the API: backups run in worker processes, one writer per repository."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.server.conftest import Env
+
+
+def wait_job(env: Env, job_id: int, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = env.client.get(f"/api/jobs/{job_id}", headers=env.h("admin")).json()
+        if doc["state"] not in ("queued", "running"):
+            return doc
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {doc}")
+
+
+def test_backup_via_the_seed_endpoint(env: Env) -> None:
+    r = env.client.post(
+        "/api/backup", json={"app_name": "shop", "backup_type": "full"}, headers=env.h("operator")
+    )
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] in ("queued", "running") and body["job"]["kind"] == "backup"
+    doc = wait_job(env, body["job_id"])
+    assert doc["state"] == "succeeded", doc
+    assert doc["snapshot_id"] and doc["result"]["summary"]["files_total"] == 2
+    assert doc["progress"] is None or "files_done" in doc["progress"]
+    apps = env.client.get("/api/applications", headers=env.h("viewer")).json()["applications"]
+    shop = next(a for a in apps if a["name"] == "shop")
+    assert shop["last_snapshot"]["id"] == doc["snapshot_id"] and shop["snapshots"] == 1
+
+
+def test_seed_defaults_and_unknown_application(env: Env) -> None:
+    r = env.client.post("/api/backup", json={}, headers=env.h("operator"))
+    assert r.status_code == 404 and "default" in r.json()["detail"]  # the seed's default app name
+    r = env.client.post("/api/backup", json={"app_name": "nope"}, headers=env.h("operator"))
+    assert r.status_code == 404
+    r = env.client.post(
+        "/api/backup", json={"app_name": "shop", "backup_type": "weekly"}, headers=env.h("operator")
+    )
+    assert r.status_code == 422
+
+
+def test_scoped_user_gets_404_for_other_apps_and_their_jobs(env: Env) -> None:
+    r = env.client.post("/api/backup", json={"app_name": "blog"}, headers=env.h("scoped"))
+    assert r.status_code == 404
+    job = env.client.post(
+        "/api/backup", json={"app_name": "blog"}, headers=env.h("operator")
+    ).json()
+    assert env.client.get(f"/api/jobs/{job['job_id']}", headers=env.h("scoped")).status_code == 404
+    assert all(
+        j["app"] == "shop" for j in env.client.get("/api/jobs", headers=env.h("scoped")).json()
+    )
+    wait_job(env, job["job_id"])
+
+
+def test_writers_on_one_repository_run_one_after_the_other(env: Env) -> None:
+    ids = [
+        env.client.post("/api/backup", json={"app_name": app}, headers=env.h("operator")).json()[
+            "job_id"
+        ]
+        for app in ("shop", "blog", "shop")
+    ]
+    states = [
+        env.client.get(f"/api/jobs/{i}", headers=env.h("viewer")).json()["state"] for i in ids
+    ]
+    assert states.count("running") <= 1 and "queued" in states
+    docs = [wait_job(env, i) for i in ids]
+    assert all(d["state"] == "succeeded" for d in docs), docs
+    spans = sorted((d["started_at"], d["finished_at"]) for d in docs)
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert end <= start  # never overlapping
+
+
+def test_cancel_queued_job_and_permissions(env: Env) -> None:
+    first = env.client.post(
+        "/api/backup", json={"app_name": "shop"}, headers=env.h("admin")
+    ).json()["job_id"]
+    second = env.client.post(
+        "/api/backup", json={"app_name": "blog"}, headers=env.h("admin")
+    ).json()["job_id"]
+    assert (
+        env.client.post(f"/api/jobs/{second}/cancel", headers=env.h("operator")).status_code == 403
+    )
+    assert env.client.post(f"/api/jobs/{second}/cancel", headers=env.h("viewer")).status_code == 403
+    r = env.client.post(f"/api/jobs/{second}/cancel", headers=env.h("admin"))
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert wait_job(env, first)["state"] == "succeeded"
+    r = env.client.post(f"/api/jobs/{second}/cancel", headers=env.h("admin"))
+    assert r.status_code == 400 and "already finished" in r.json()["detail"]
+    assert env.client.get("/api/jobs/999999", headers=env.h("admin")).status_code == 404
+
+
+def test_backups_in_two_repositories_overlap(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+    from tests.server.conftest import make_config
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_repo(str(tmp_path / "repo")).close()
+    make_repo(str(tmp_path / "blog-repo")).close()
+    config = make_config(tmp_path, str(tmp_path / "repo"),
+                         extra=f'[applications.repository]\nlocation = "{tmp_path / "blog-repo"}"\n')  # fmt: skip
+    for app in ("shop", "blog"):
+        for i in range(3):
+            (tmp_path / app / f"big{i}.bin").write_bytes(os.urandom(8 << 20))
+    settings = Settings(state_dir=tmp_path / "st", config_path=config, cheap_password_hashing=True,
+                        run_scheduler=False)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.accounts.add_user("op", "password-123", "operator")
+        token, _ = service.accounts.create_token("op")
+        h = {"Authorization": f"Bearer {token}"}
+        ids = [
+            client.post("/api/backup", json={"app_name": a}, headers=h).json()["job_id"]
+            for a in ("shop", "blog")
+        ]
+        docs = []
+        for job_id in ids:
+            while (doc := client.get(f"/api/jobs/{job_id}", headers=h).json())["state"] in (
+                "queued",
+                "running",
+            ):
+                time.sleep(0.05)
+            docs.append(doc)
+        assert [d["state"] for d in docs] == ["succeeded", "succeeded"], docs
+        assert [d["repository"] for d in docs] == ["default", "app:blog"]
+        (a0, a1), (b0, b1) = ((d["started_at"], d["finished_at"]) for d in docs)
+        assert a0 < b1 and b0 < a1  # the two ran at the same time
+        snaps = client.get("/api/snapshots", headers=h).json()
+        assert {(s["app"], s["repository"]) for s in snaps} == {
+            ("shop", "default"),
+            ("blog", "app:blog"),
+        }
+
+
+def test_webhook_with_an_app_scoped_token(env: Env) -> None:
+    accounts = env.service.accounts
+    accounts.add_user("ci", "password-123", "operator")
+    token, _ = accounts.create_token("ci", "shop-hook", apps=["shop"])
+    h = {"Authorization": f"Bearer {token}"}
+    r = env.client.post("/api/hooks/backup/shop?backup_type=full", headers=h)
+    assert r.status_code == 202, r.text
+    doc = wait_job(env, r.json()["job_id"])
+    assert (
+        doc["state"] == "succeeded"
+        and doc["trigger"] == "webhook"
+        and doc["params"]["backup_type"] == "full"
+    )
+    assert env.client.post("/api/hooks/backup/blog", headers=h).status_code == 404
+    assert env.client.post("/api/backup", json={"app_name": "blog"}, headers=h).status_code == 404
+    viewer_token, _ = accounts.create_token("viewer", "no-hooks")
+    r = env.client.post(
+        "/api/hooks/backup/shop", headers={"Authorization": f"Bearer {viewer_token}"}
+    )
+    assert r.status_code == 403
+
+
+def test_event_stream_shows_a_scoped_caller_only_its_applications(env: Env) -> None:
+    import json
+
+    blog = env.client.post("/api/backup", json={"app_name": "blog"}, headers=env.h("admin")).json()[
+        "job_id"
+    ]
+    shop = env.client.post("/api/backup", json={"app_name": "shop"}, headers=env.h("admin")).json()[
+        "job_id"
+    ]
+    wait_job(env, blog)
+    wait_job(env, shop)
+    seen: set[int] = set()
+    with env.client.stream(
+        "GET", "/api/events", headers={**env.h("scoped"), "Last-Event-ID": "0"}
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen.add(json.loads(line[6:])["id"])
+                if shop in seen:
+                    break
+    assert shop in seen and blog not in seen
+
+
+def test_config_reload_picks_up_a_new_application(env: Env) -> None:
+    from pathlib import Path
+
+    cfg = Path(env.config)
+    cfg.write_text(
+        cfg.read_text() + f'\n[[applications]]\nname = "wiki"\nsources = ["{env.tmp / "shop"}"]\n'
+    )
+
+    def names() -> list[str]:
+        apps = env.client.get("/api/applications", headers=env.h("viewer")).json()["applications"]
+        return [a["name"] for a in apps]
+
+    assert "wiki" not in names()
+    assert env.client.post("/api/config/reload", headers=env.h("operator")).status_code == 403
+    assert env.client.post("/api/config/reload", headers=env.h("admin")).status_code == 204
+    assert "wiki" in names()
+    doc = wait_job(
+        env,
+        env.client.post("/api/backup", json={"app_name": "wiki"}, headers=env.h("admin")).json()[
+            "job_id"
+        ],
+    )
+    assert doc["state"] == "succeeded", doc
+    cfg.write_text("this is not toml [")
+    r = env.client.post("/api/config/reload", headers=env.h("admin"))
+    assert r.status_code == 400 and "wiki" in names()  # a broken file changes nothing
+
+
+def test_cancel_a_running_backup_keeps_the_repository_consistent(env: Env) -> None:
+    import os
+
+    from casbackup.testing.fixtures import run_cli
+
+    for i in range(40):
+        (env.tmp / "shop" / f"big{i}.bin").write_bytes(os.urandom(4 << 20))
+    job = env.client.post(
+        "/api/backup", json={"app_name": "shop"}, headers=env.h("operator")
+    ).json()["job_id"]
+    deadline = time.monotonic() + 60
+    while not env.client.get(f"/api/jobs/{job}", headers=env.h("viewer")).json()["progress"]:
+        assert time.monotonic() < deadline  # the worker is up and backing up
+        time.sleep(0.02)
+    assert env.client.post(f"/api/jobs/{job}/cancel", headers=env.h("viewer")).status_code == 403
+    r = env.client.post(f"/api/jobs/{job}/cancel", headers=env.h("operator"))  # its own job
+    assert r.status_code == 200
+    doc = wait_job(env, job)
+    assert doc["state"] == "cancelled" and doc["exit_code"] == 130 and doc["snapshot_id"] is None, (
+        doc
+    )
+    log = env.client.get(f"/api/jobs/{job}/log", headers=env.h("viewer")).json()
+    assert any("cancel requested" in line["message"] for line in log)
+    res = run_cli(
+        "check",
+        "--read-data",
+        repo=env.repo,
+        env={"CASBACKUP_PASSWORD": os.environ["CASBACKUP_TEST_REPO_PASSWORD"]},
+    )
+    assert res.code == 0, res.err + res.out
+
+
+def test_job_log_and_audit_name_the_application(env: Env) -> None:
+    r = env.client.post(
+        "/api/backup",
+        json={"app_name": "blog", "backup_type": "incremental"},
+        headers=env.h("operator"),
+    )
+    job = r.json()["job_id"]
+    wait_job(env, job)
+    log = env.client.get(f"/api/jobs/{job}/log", headers=env.h("viewer")).json()
+    assert any("no parent snapshot" in line["message"] for line in log), log
+    assert (
+        env.client.get(
+            f"/api/jobs/{job}/log?after_id={log[-1]['id']}", headers=env.h("viewer")
+        ).json()
+        == []
+    )
+    audit = env.client.get("/api/audit?app=blog", headers=env.h("admin")).json()
+    assert [(a["action"], a["actor"].split(" ")[0], a["outcome"]) for a in audit] == [
+        ("backup", "operator", "success")
+    ]
+
+
+def test_schedules_and_next_runs_in_the_api(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+    from tests.server.conftest import make_config
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    make_repo(str(tmp_path / "repo")).close()
+    config = make_config(tmp_path, str(tmp_path / "repo"))
+    text = open(config).read().replace('name = "shop"\n', 'name = "shop"\nschedule = "0 3 * * *"\n')
+    open(config, "w").write(text)
+    settings = Settings(state_dir=tmp_path / "st", config_path=config, cheap_password_hashing=True,
+                        timezone="UTC")  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.accounts.add_user("v", "password-123", "viewer")
+        token, _ = service.accounts.create_token("v")
+        h = {"Authorization": f"Bearer {token}"}
+        schedules = client.get("/api/schedules", headers=h).json()
+        assert [(s["key"], s["schedule"]) for s in schedules] == [("backup:shop", "0 3 * * *")]
+        assert schedules[0]["next_run"].endswith("03:00:00+00:00")
+        apps = {
+            a["name"]: a for a in client.get("/api/applications", headers=h).json()["applications"]
+        }
+        assert (
+            apps["shop"]["next_run"] == schedules[0]["next_run"]
+            and apps["blog"]["next_run"] is None
+        )
+
+
+def fake_worker_app(tmp_path, monkeypatch, script: str):  # type: ignore[no-untyped-def]
+    """An app whose "interpreter" for workers is a script that ignores its arguments: it lets
+    the tests speak the worker protocol badly or oddly on purpose."""
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+    from tests.server.conftest import make_config
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    make_repo(str(tmp_path / "repo")).close()
+    fake = tmp_path / "fake-python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys, json\nspec = json.loads(sys.stdin.readline())\n{script}\n"
+    )
+    fake.chmod(0o755)
+    settings = Settings(state_dir=tmp_path / "st", config_path=make_config(tmp_path, str(tmp_path / "repo")),
+                        cheap_password_hashing=True, run_scheduler=False, job_python=str(fake))  # fmt: skip
+    return TestClient(create_app(settings))
+
+
+def _run_one(client) -> dict:  # type: ignore[no-untyped-def]
+    service = client.app.state.service
+    service.accounts.add_user("op", "password-123", "admin")
+    token, _ = service.accounts.create_token("op")
+    h = {"Authorization": f"Bearer {token}"}
+    job = client.post("/api/backup", json={"app_name": "shop"}, headers=h).json()["job_id"]
+    while (doc := client.get(f"/api/jobs/{job}", headers=h).json())["state"] in (
+        "queued",
+        "running",
+    ):
+        time.sleep(0.05)
+    doc["log"] = client.get(f"/api/jobs/{job}/log", headers=h).json()
+    return doc
+
+
+def test_partial_backup_is_succeeded_with_exit_code_3(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    script = (
+        'print("not json at all")\n'
+        'print(json.dumps({"t": "warning", "message": "/srv/x: permission denied"}))\n'
+        'print(json.dumps({"t": "result", "result": {"snapshot_id": "ab" * 32, "partial": True,'
+        ' "warnings": ["/srv/x: permission denied"]}}))'
+    )
+    with fake_worker_app(tmp_path, monkeypatch, script) as client:
+        doc = _run_one(client)
+    assert (
+        doc["state"] == "succeeded" and doc["exit_code"] == 3 and doc["snapshot_id"] == "ab" * 32
+    ), doc
+    assert "1 files or folders could not be read" in doc["error"]
+    assert [(line["level"], line["message"]) for line in doc["log"]] == [
+        ("warning", "/srv/x: permission denied")
+    ]
+
+
+def test_a_worker_that_dies_without_a_result_fails_the_job(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    script = 'sys.stderr.write("Segmentation fault\\n"); sys.exit(139)'
+    with fake_worker_app(tmp_path, monkeypatch, script) as client:
+        doc = _run_one(client)
+    assert doc["state"] == "failed" and doc["exit_code"] == 139, doc
+    assert "ended without a result: Segmentation fault" in doc["error"]
+
+
+def test_the_password_reaches_the_worker_only_through_its_stdin(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from casbackup.testing.fixtures import PASSWORD
+
+    script = (
+        "import os\n"
+        'ok = base64.b64decode(spec["password_b64"]).decode() == os.environ["EXPECTED"]\n'
+        'leak = any(os.environ["EXPECTED"] in a for a in sys.argv)\n'
+        'print(json.dumps({"t": "result", "result": {"ok": ok, "leak": leak, "spec_keys": sorted(spec)}}))'
+    ).replace("import os", "import os, base64")
+    monkeypatch.setenv("EXPECTED", PASSWORD)
+    with fake_worker_app(tmp_path, monkeypatch, script) as client:
+        doc = _run_one(client)
+        row = client.app.state.service.db.one(
+            "SELECT params, result FROM jobs WHERE id=?", (doc["id"],)
+        )
+    assert doc["result"]["ok"] is True and doc["result"]["leak"] is False, doc
+    assert PASSWORD not in row[0] and PASSWORD not in row[1]
+
+
+def test_seed_backup_without_a_body_uses_the_only_application(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+
+    monkeypatch.setenv("CASBACKUP_PASSWORD", PASSWORD)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_repo(str(tmp_path / "repo")).close()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "x.txt").write_text("x")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[repository]\nlocation = "{tmp_path / "repo"}"\n[[applications]]\nname = "DemoApp"\n'
+                   f'sources = ["{tmp_path / "src"}"]\n')  # fmt: skip
+    settings = Settings(state_dir=tmp_path / "st", config_path=str(cfg), cheap_password_hashing=True,
+                        run_scheduler=False)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.accounts.add_user("op", "password-123", "operator")
+        token, _ = service.accounts.create_token("op")
+        h = {"Authorization": f"Bearer {token}"}
+        r = client.post("/api/backup", headers=h)  # the seed's clients send no body
+        assert r.status_code == 202, r.text
+        job = r.json()["job"]
+        assert job["app"] == "DemoApp" and job["params"]["backup_type"] == "full"
+        while (doc := client.get(f"/api/jobs/{job['id']}", headers=h).json())["state"] in (
+            "queued",
+            "running",
+        ):
+            time.sleep(0.05)
+        assert doc["state"] == "succeeded", doc

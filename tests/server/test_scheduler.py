@@ -1,0 +1,205 @@
+"""The scheduler under a fake clock: cron and interval rules, missed runs, DST, one run per app."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from casbackup.errors import ConfigError
+from casbackup.server.scheduler import Rule, Scheduler, rotate_subset
+from casbackup.server.service import Service
+from casbackup.server.settings import Settings
+from casbackup.testing.fixtures import PASSWORD, make_repo
+from tests.server.conftest import make_config
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def utc(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+def berlin(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=BERLIN).astimezone(dt.UTC)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None, dict[str, Any]]] = []
+
+    def __call__(
+        self, kind: str, *, app: str | None, params: dict[str, Any], **kw: Any
+    ) -> dict[str, Any]:
+        self.calls.append((kind, app, params))
+        return {"id": len(self.calls)}
+
+
+def make(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedules: dict[str, str], **kw: Any
+) -> tuple[Scheduler, Recorder]:
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    repo = str(tmp_path / "repo")
+    make_repo(repo).close()
+    config = Path(make_config(tmp_path, repo))
+    text = config.read_text()
+    for app, expr in schedules.items():
+        text = text.replace(f'name = "{app}"\n', f'name = "{app}"\nschedule = "{expr}"\n')
+    config.write_text(text)
+    settings = Settings(state_dir=tmp_path / "st", config_path=str(config), run_scheduler=False,
+                        timezone="Europe/Berlin", **kw)  # fmt: skip
+    service = Service(settings)
+    rec = Recorder()
+    return Scheduler(service, submit=rec, clock=lambda: utc(2026, 1, 1)), rec
+
+
+def test_cron_fires_on_time_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    assert s.tick(berlin(2026, 1, 10, 12, 0)) == []  # first sight: counts from now
+    assert s.tick(berlin(2026, 1, 11, 2, 29)) == []
+    assert s.tick(berlin(2026, 1, 11, 2, 30, 20)) == ["backup:shop: started backup of shop (run)"]
+    assert s.tick(berlin(2026, 1, 11, 2, 31)) == []  # never twice for one time
+    assert rec.calls == [("backup", "shop", {"backup_type": "incremental"})]
+    assert s.next_run_text("shop") == berlin(2026, 1, 12, 2, 30).isoformat()
+
+
+def test_interval_schedule_counts_from_the_last_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s, rec = make(tmp_path, monkeypatch, {"blog": "every 15 minutes"})
+    t0 = utc(2026, 5, 1, 10, 0)
+    s.tick(t0)
+    assert s.tick(t0 + dt.timedelta(minutes=14)) == []
+    assert len(s.tick(t0 + dt.timedelta(minutes=15, seconds=5))) == 1
+    assert s.tick(t0 + dt.timedelta(minutes=29)) == []
+    assert len(s.tick(t0 + dt.timedelta(minutes=30, seconds=10))) == 1
+    assert [c[1] for c in rec.calls] == ["blog", "blog"]
+
+
+def test_missed_runs_run_once_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, rec = make(tmp_path, monkeypatch, {"shop": "0 * * * *"})
+    s.tick(utc(2026, 2, 1, 0, 30))
+    # Down (or asleep) for 5 hours: five fire times passed; one run, then back on schedule.
+    assert s.tick(utc(2026, 2, 1, 5, 40)) == ["backup:shop: started backup of shop (missed run)"]
+    assert s.tick(utc(2026, 2, 1, 5, 59)) == []
+    assert len(s.tick(utc(2026, 2, 1, 6, 0, 30))) == 1
+    assert len(rec.calls) == 2
+
+
+def test_missed_runs_skip_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, rec = make(tmp_path, monkeypatch, {"shop": "@hourly"}, missed_runs="skip")
+    s.tick(utc(2026, 2, 1, 0, 30))
+    assert "skipped missed run" in s.tick(utc(2026, 2, 1, 5, 40))[0]
+    assert rec.calls == []
+    assert len(s.tick(utc(2026, 2, 1, 6, 0, 10))) == 1
+
+
+def test_state_survives_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, rec = make(tmp_path, monkeypatch, {"shop": "@daily"})
+    s.tick(berlin(2026, 3, 1, 12, 0))
+    again = Scheduler(s.service, submit=rec)
+    assert again.tick(berlin(2026, 3, 3, 9, 0)) == [
+        "backup:shop: started backup of shop (missed run)"
+    ]
+
+
+def test_dst_spring_forward_and_fall_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    # 2026-03-29: clocks jump from 02:00 to 03:00 in Berlin; 02:30 does not exist that day.
+    s.tick(berlin(2026, 3, 28, 12, 0))
+    minute = berlin(2026, 3, 28, 12, 1)
+    fired = []
+    while minute < berlin(2026, 3, 30, 12, 0):
+        if s.tick(minute):
+            fired.append(minute.astimezone(BERLIN).strftime("%m-%d %H:%M"))
+        minute += dt.timedelta(minutes=1)
+    assert fired == [
+        "03-29 03:00",
+        "03-30 02:30",
+    ]  # the skipped time runs at the first valid minute
+    # 2026-10-25: 02:00-03:00 happens twice; the job runs once.
+    s.tick(utc(2026, 10, 24, 10, 0))
+    minute, fired = utc(2026, 10, 24, 10, 1), []
+    while minute < utc(2026, 10, 26, 10, 0):
+        if s.tick(minute):
+            fired.append(minute.isoformat())
+        minute += dt.timedelta(minutes=1)
+    assert fired == [
+        berlin(2026, 10, 25, 2, 30).isoformat(),
+        berlin(2026, 10, 26, 2, 30).isoformat(),
+    ]
+
+
+def test_a_running_backup_is_never_started_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s, rec = make(tmp_path, monkeypatch, {"shop": "every 1 minutes"})
+
+    class Busy:
+        def active_for(self, kind: str, app: str) -> dict[str, Any]:
+            return {"id": 1}
+
+    s.service.jobs = Busy()
+    s.tick(utc(2026, 1, 1, 0, 0))
+    assert "still running" in s.tick(utc(2026, 1, 1, 0, 1, 5))[0]
+    assert rec.calls == []
+
+
+def test_restore_drills_and_bad_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, rec = make(
+        tmp_path, monkeypatch, {}, verify_schedule="0 3 * * 0", check_schedule="0 4 * * *"
+    )
+    assert sorted(e.key for e in s.entries) == ["check:default", "verify:default"]
+    s.tick(berlin(2026, 1, 4, 2, 0))
+    s.tick(berlin(2026, 1, 4, 3, 0, 30))  # a Sunday
+    assert [(k, a) for k, a, _ in rec.calls] == [("verify", "shop"), ("verify", "blog")]
+    s.tick(berlin(2026, 1, 4, 4, 0, 30))
+    assert rec.calls[-1][0] == "check" and rec.calls[-1][2]["read_data_subset"].endswith("/7")
+    with pytest.raises(ConfigError):
+        Rule("61 * * * *", BERLIN)
+    assert rotate_subset("1/7", utc(2026, 1, 1)) != rotate_subset("1/7", utc(2026, 1, 2))
+    assert rotate_subset("10%", utc(2026, 1, 1)) == "10%"
+
+
+def test_a_scheduled_backup_runs_for_real_and_is_audited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_repo(str(tmp_path / "repo")).close()
+    config = Path(make_config(tmp_path, str(tmp_path / "repo")))
+    config.write_text(
+        config.read_text().replace('name = "blog"\n', 'name = "blog"\nschedule = "@hourly"\n')
+    )
+    settings = Settings(state_dir=tmp_path / "st", config_path=str(config), run_scheduler=False,
+                        cheap_password_hashing=True, timezone="UTC")  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        scheduler = Scheduler(service)
+        scheduler.tick(utc(2026, 6, 1, 9, 30))
+        assert scheduler.tick(utc(2026, 6, 1, 10, 0, 2)) == [
+            "backup:blog: started backup of blog (run)"
+        ]
+        deadline = time.monotonic() + 120
+        while (job := service.jobs.list()[0])["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert (
+            job["state"] == "succeeded"
+            and job["trigger"] == "scheduler"
+            and job["created_by"] == "scheduler"
+        )
+        assert job["snapshot_id"]
+        rows = service.db.query(
+            "SELECT actor, actor_kind, action, app FROM audit WHERE actor='scheduler'"
+        )
+        assert [tuple(r) for r in rows] == [("scheduler", "scheduler", "scheduled_backup", "blog")]

@@ -1,0 +1,275 @@
+"""Snapshots through the API: list, detail, browse, download (Range, tar), restore, verify,
+check, forget and prune plans."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.server.conftest import Env
+from tests.server.test_jobs import wait_job
+
+
+def backup(env: Env, app: str, who: str = "operator") -> dict[str, Any]:
+    r = env.client.post("/api/backup", json={"app_name": app}, headers=env.h(who))
+    assert r.status_code == 202, r.text
+    doc = wait_job(env, r.json()["job_id"])
+    assert doc["state"] == "succeeded", doc
+    return doc
+
+
+@pytest.fixture
+def snap(env: Env) -> str:
+    return str(backup(env, "shop")["snapshot_id"])
+
+
+def test_list_filter_and_detail(env: Env, snap: str) -> None:
+    backup(env, "blog")
+    c, h = env.client, env.h("viewer")
+    all_snaps = c.get("/api/snapshots", headers=h).json()
+    assert {s["app"] for s in all_snaps} == {"shop", "blog"}
+    assert [s["id"] for s in c.get("/api/snapshots?app=shop", headers=h).json()] == [snap]
+    assert c.get("/api/snapshots?tag=nope", headers=h).json() == []
+    assert c.get("/api/snapshots?since=2999-01-01T00:00:00", headers=h).json() == []
+    assert len(c.get("/api/snapshots?until=2999-01-01T00:00:00Z", headers=h).json()) == 2
+    assert [s["app"] for s in c.get("/api/snapshots", headers=env.h("scoped")).json()] == ["shop"]
+    d = c.get(f"/api/snapshots/{snap[:10]}", headers=h).json()
+    assert d["id"] == snap and d["summary"]["files_total"] == 2 and d["verifications"] == []
+    latest = c.get("/api/snapshots/latest?app=shop", headers=h).json()
+    assert latest["id"] == snap
+    blog = next(s["id"] for s in all_snaps if s["app"] == "blog")
+    assert c.get(f"/api/snapshots/{blog}", headers=env.h("scoped")).status_code == 404
+    assert c.get("/api/snapshots/zzzz", headers=h).status_code == 404
+
+
+def test_browse_and_download_byte_identical(env: Env, snap: str) -> None:
+    c = env.client
+    src = env.tmp / "shop"
+    top = c.get(f"/api/snapshots/{snap}/tree", headers=env.h("viewer")).json()
+    assert [e["name"] for e in top["entries"]] == [src.parts[1]]
+    listing = c.get(
+        f"/api/snapshots/{snap}/tree", params={"path": f"{src}/sub"}, headers=env.h("viewer")
+    ).json()
+    assert [(e["name"], e["type"], e["size"]) for e in listing["entries"]] == [
+        ("b.bin", "file", 300_000)
+    ]
+    path = f"{src}/sub/b.bin"
+    assert (
+        c.get(
+            f"/api/snapshots/{snap}/download", params={"path": path}, headers=env.h("viewer")
+        ).status_code
+        == 403
+    )
+    r = c.get(f"/api/snapshots/{snap}/download", params={"path": path}, headers=env.h("operator"))
+    data = (src / "sub" / "b.bin").read_bytes()
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["content-length"] == str(len(data)) and r.headers["accept-ranges"] == "bytes"
+    assert "b.bin" in r.headers["content-disposition"]
+    r = c.get(f"/api/snapshots/{snap}/download", params={"path": path},
+              headers={**env.h("operator"), "Range": "bytes=1000-1999"})  # fmt: skip
+    assert r.status_code == 206 and r.content == data[1000:2000]
+    assert r.headers["content-range"] == f"bytes 1000-1999/{len(data)}"
+    r = c.get(f"/api/snapshots/{snap}/download", params={"path": path},
+              headers={**env.h("operator"), "Range": "bytes=-10"})  # fmt: skip
+    assert r.status_code == 206 and r.content == data[-10:]
+    for bad in ("bytes=999999999-", "bytes=5-2", "bytes=x-y"):
+        r = c.get(f"/api/snapshots/{snap}/download", params={"path": path},
+                  headers={**env.h("operator"), "Range": bad})  # fmt: skip
+        assert r.status_code == 416, bad
+
+
+def test_folder_downloads_as_tar(env: Env, snap: str) -> None:
+    src = env.tmp / "shop"
+    r = env.client.get(
+        f"/api/snapshots/{snap}/download", params={"path": str(src)}, headers=env.h("operator")
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        names = sorted(tar.getnames())
+        assert names == ["shop", "shop/a.txt", "shop/sub", "shop/sub/b.bin"]
+        member = tar.extractfile("shop/sub/b.bin")
+        assert member is not None and member.read() == (src / "sub" / "b.bin").read_bytes()
+
+
+def test_path_traversal_and_missing_paths(env: Env, snap: str) -> None:
+    c, h = env.client, env.h("operator")
+    for bad in ("/../../etc/passwd", "../x", f"{env.tmp}/shop/../blog"):
+        for route in ("tree", "download"):
+            r = c.get(f"/api/snapshots/{snap}/{route}", params={"path": bad}, headers=h)
+            assert r.status_code == 400 and "'..'" in r.json()["detail"], (route, bad)
+    r = c.get(f"/api/snapshots/{snap}/download", params={"path": "/no/such/file"}, headers=h)
+    assert r.status_code == 404 and "Traceback" not in r.text
+    r = c.get(f"/api/snapshots/{snap}/tree", params={"path": f"{env.tmp}/shop/a.txt"}, headers=h)
+    assert r.status_code == 404
+
+
+def test_restore_goes_into_the_recovery_directory(env: Env, snap: str) -> None:
+    c = env.client
+    r = c.post(
+        f"/api/snapshots/{snap}/restore",
+        json={"path": f"{env.tmp}/shop/sub"},
+        headers=env.h("operator"),
+    )
+    assert r.status_code == 202, r.text
+    doc = wait_job(env, r.json()["job_id"])
+    assert doc["state"] == "succeeded", doc
+    restored = list((env.tmp / "recovery").rglob("b.bin"))
+    assert (
+        len(restored) == 1
+        and restored[0].read_bytes() == (env.tmp / "shop" / "sub" / "b.bin").read_bytes()
+    )
+    for bad in ("../elsewhere", "/tmp/x", ".hidden"):
+        r = c.post(
+            f"/api/snapshots/{snap}/restore", json={"target": bad}, headers=env.h("operator")
+        )
+        assert r.status_code == 400, bad
+    assert (
+        c.post(f"/api/snapshots/{snap}/restore", json={}, headers=env.h("viewer")).status_code
+        == 403
+    )
+
+
+def test_verify_then_detail_shows_it(env: Env, snap: str) -> None:
+    r = env.client.post(f"/api/snapshots/{snap}/verify", headers=env.h("operator"))
+    doc = wait_job(env, r.json()["job_id"])
+    assert doc["state"] == "succeeded" and doc["result"]["ok"] is True, doc
+    d = env.client.get(f"/api/snapshots/{snap}", headers=env.h("viewer")).json()
+    assert d["verification"]["ok"] is True and len(d["verifications"]) == 1
+    assert (
+        env.client.get("/api/verifications?app=shop", headers=env.h("viewer")).json()[0]["ok"]
+        is True
+    )
+
+
+def test_check_forget_and_prune_plans(env: Env, snap: str) -> None:
+    second = backup(env, "shop")["snapshot_id"]
+    c = env.client
+    doc = wait_job(
+        env,
+        c.post("/api/check", json={"read_data": True}, headers=env.h("operator")).json()["job_id"],
+    )
+    assert doc["state"] == "succeeded" and doc["result"]["ok"], doc
+    assert (
+        c.post(
+            "/api/check", json={"read_data_subset": "lots"}, headers=env.h("operator")
+        ).status_code
+        == 400
+    )
+    assert (
+        c.post("/api/forget", json={"app_name": "shop"}, headers=env.h("operator")).status_code
+        == 403
+    )
+    plan = wait_job(
+        env,
+        c.post("/api/forget", json={"app_name": "shop"}, headers=env.h("admin")).json()["job_id"],
+    )
+    group = plan["result"]["plan"][0]
+    assert [k["id"] for k in group["keep"]] == [second] and [x["id"] for x in group["remove"]] == [
+        snap
+    ]
+    assert len(c.get("/api/snapshots?app=shop", headers=env.h("viewer")).json()) == 2  # a plan only
+    done = wait_job(env, c.post("/api/forget", json={"app_name": "shop", "dry_run": False},
+                                headers=env.h("admin")).json()["job_id"])  # fmt: skip
+    assert done["result"]["removed"] == [snap]
+    assert [s["id"] for s in c.get("/api/snapshots?app=shop", headers=env.h("viewer")).json()] == [
+        second
+    ]
+    pruned = wait_job(
+        env, c.post("/api/prune", json={"dry_run": False}, headers=env.h("admin")).json()["job_id"]
+    )
+    assert pruned["state"] == "succeeded", pruned
+    doc = wait_job(
+        env, c.post("/api/check", json={"read_data": True}, headers=env.h("admin")).json()["job_id"]
+    )
+    assert doc["state"] == "succeeded", doc
+    assert c.post("/api/prune", json={}, headers=env.h("scoped")).status_code == 403
+
+
+def test_recover_dry_run_returns_the_plan(env: Env, snap: str, tmp_path: Path) -> None:
+    c = env.client
+    r = c.post(
+        "/api/disaster-recovery",
+        json={"app_name": "shop", "allow_unverified": True},
+        headers=env.h("admin"),
+    )
+    doc = wait_job(env, r.json()["job_id"])
+    assert doc["state"] == "succeeded", doc
+    plan = doc["result"]["plan"]
+    assert doc["result"]["dry_run"] and plan["snapshot"] == snap and plan["files"]
+    assert not (env.tmp / "recovery" / "shop").exists()
+    assert (
+        c.post(
+            "/api/disaster-recovery", json={"app_name": "shop"}, headers=env.h("operator")
+        ).status_code
+        == 403
+    )
+
+
+def test_metrics(env: Env, snap: str) -> None:
+    r = env.client.post(f"/api/snapshots/{snap}/verify", headers=env.h("operator"))
+    wait_job(env, r.json()["job_id"])
+    backup(env, "blog")
+    assert env.client.get("/metrics").status_code == 401
+    r = env.client.get("/metrics", headers=env.h("viewer"))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'casbackup_last_backup_timestamp_seconds{app="shop"}' in text
+    assert 'casbackup_last_verification_ok{app="shop"} 1.0' in text
+    assert 'casbackup_repository_size_bytes{repository="default"}' in text
+    assert 'casbackup_jobs{app="shop",kind="backup",state="succeeded"} 1.0' in text
+    assert 'casbackup_last_backup_files{app="shop"} 2.0' in text
+    scoped = env.client.get("/metrics", headers=env.h("scoped")).text
+    assert 'app="shop"' in scoped and 'app="blog"' not in scoped and "repository_size" not in scoped
+
+
+def test_recover_for_real_writes_files_and_a_report(env: Env, snap: str) -> None:
+    c = env.client
+    wait_job(
+        env, c.post(f"/api/snapshots/{snap}/verify", headers=env.h("operator")).json()["job_id"]
+    )
+    r = c.post(
+        "/api/disaster-recovery",
+        json={"app_name": "shop", "dry_run": False},
+        headers=env.h("admin"),
+    )
+    doc = wait_job(env, r.json()["job_id"])
+    assert doc["state"] == "succeeded", doc
+    report = doc["result"]["report"]
+    assert report and doc["result"]["report_files"]
+    restored = list((env.tmp / "recovery" / "shop").rglob("b.bin"))
+    assert (
+        len(restored) == 1
+        and restored[0].read_bytes() == (env.tmp / "shop" / "sub" / "b.bin").read_bytes()
+    )
+
+
+def test_unlock_job_removes_only_stale_locks(env: Env) -> None:
+    import json
+    import time as _time
+
+    from casbackup.repo.ids import Kind
+    from casbackup.repo.lock import list_locks
+    from casbackup.testing.fixtures import open_repo
+
+    repo = open_repo(env.repo)
+    live = repo.lock(command="someone alive")
+    try:
+        (info,) = list_locks(repo)
+        doc = json.loads(repo.get_encrypted(info.name, Kind.LOCK))
+        # The lock a process on another host left a day ago (written as the lock module does).
+        doc.update(host="elsewhere", pid=1, time=_time.time() - 86400, command="dead one")
+        repo.put_encrypted(
+            "locks/" + "f" * 32, Kind.LOCK, json.dumps(doc).encode()
+        )  # as _write names them
+        r = env.client.post("/api/unlock", json={}, headers=env.h("admin"))
+        job = wait_job(env, r.json()["job_id"])
+        assert job["state"] == "succeeded", job
+        assert len(job["result"]["removed"]) == 1 and "dead one" in job["result"]["removed"][0]
+        assert [i.name for i in list_locks(repo)] == [info.name]  # the live one stays
+    finally:
+        live.release()
+        repo.close()
