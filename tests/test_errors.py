@@ -22,6 +22,12 @@ ALLOWED_SHARING = {
     "ObjectRefused": "StorageError",  # a damaged (non-regular or oversized) object: storage fault
     "WorkerFailed": "CasError",  # a reader process died: fatal, like any unexpected fault
     "WriterFailed": "CasError",  # a restore writer process died: likewise
+    # file-system snapshots (fssnap/): one code, "the snapshot provider failed"; the message
+    # says which way (not that file system, tool missing or failing, snapshot filled up)
+    "NotThatFileSystem": "SnapshotProviderError",
+    "ToolMissing": "SnapshotProviderError",
+    "ToolFailed": "SnapshotProviderError",
+    "SnapshotInvalid": "SnapshotProviderError",
 }
 
 # restic's codes, which users' scripts already know.

@@ -15,15 +15,17 @@ in the result, not a failure: shrinking can be legitimate.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from casbackup.archiver.backup import BackupOptions, BackupResult, StreamSpec, run_backup
-from casbackup.config.model import AppConfig
+from casbackup.config.model import AppConfig, SnapshotsConfig
 from casbackup.engines.base import DatabaseSpec, DumpStream, canonical_engine_name, get_engine
 from casbackup.errors import DatabaseError
+from casbackup.fssnap.base import ProviderSettings
+from casbackup.fssnap.session import FsSnapshotPlan, frozen_sources
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import DatabaseRecord, Snapshot
+from casbackup.repo.snapshot import DatabaseRecord, FsSnapshotRecord, Snapshot
 from casbackup.reporter import NULL_REPORTER, Reporter
 from casbackup.units import human_bytes
 
@@ -134,8 +136,13 @@ def backup_options(
     workers: int = 2,
     parent: str | None = None,
     xattrs: bool = True,
+    snapshots: SnapshotsConfig | None = None,
 ) -> BackupOptions:
-    """The backup of an `AppConfig`: sources, excludes, databases and its definition."""
+    """The backup of an `AppConfig`: sources, excludes, databases and its definition.
+
+    `snapshots` is the config's `[snapshots]` section: with it (or the application's own
+    `snapshot` setting) the sources are read from file-system snapshots (see fs_plan).
+    """
     return BackupOptions(
         paths=tuple(app.sources),
         type=backup_type or app.default_backup_type,
@@ -150,6 +157,26 @@ def backup_options(
         parent=parent,
         xattrs=xattrs,
         database_files=database_files(app),
+        fs_plan=fs_plan(app, snapshots or SnapshotsConfig()),
+    )
+
+
+def fs_plan(app: AppConfig, snapshots: SnapshotsConfig) -> FsSnapshotPlan | None:
+    """Which file-system snapshots the application's backup takes, or None for none.
+
+    The application's `snapshot` ("btrfs", "zfs", "lvm", "auto" or "none") wins; without
+    it, the `[snapshots]` section's provider applies when the section is enabled.
+    """
+    choice = app.snapshot
+    if choice is None and snapshots.enabled:
+        choice = snapshots.provider
+    if choice is None or choice == "none":
+        return None
+    return FsSnapshotPlan(
+        provider=choice,
+        auto_cleanup=snapshots.auto_cleanup,
+        max_snapshots=snapshots.max_snapshots,
+        settings=ProviderSettings(lvm_snapshot_size=snapshots.lvm_snapshot_size),
     )
 
 
@@ -190,7 +217,25 @@ def backup_application(
     assert options.app is not None
     earlier = [s for s in repo.list_snapshots(warnings=[]) if s.app == options.app]
     try:
-        result = run_backup(repo, options, reporter)
+        if options.fs_plan is None:
+            result = run_backup(repo, options, reporter)
+        else:
+            # The snapshots exist from before the first file is read until after the last
+            # dump: files and dumps describe the same moment as closely as the engines allow.
+            with frozen_sources(
+                options.app, options.paths, options.fs_plan, reporter.info, reporter.warning
+            ) as frozen:
+                records = tuple(
+                    FsSnapshotRecord(s.source, s.provider, s.origin, s.time) for s in frozen.sources
+                )
+                frozen_options = replace(
+                    options,
+                    read_from=frozen.read_from,
+                    excludes=(*options.excludes, *frozen.excludes),
+                    fs_snapshots=records,
+                    before_save=frozen.check,
+                )
+                result = run_backup(repo, frozen_options, reporter)
     except DatabaseError as exc:
         raise DatabaseError(
             f"backup of application {options.app!r} failed, no snapshot was saved: {exc}"

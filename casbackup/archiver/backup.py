@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import blake3
 
@@ -50,10 +50,20 @@ from casbackup.chunking.chunker import Chunker
 from casbackup.errors import CasError, Interrupted, NotFound, UsageError
 from casbackup.repo.ids import BlobId, Kind
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import BACKUP_TYPES, DatabaseRecord, Snapshot, Summary, now_utc
+from casbackup.repo.snapshot import (
+    BACKUP_TYPES,
+    DatabaseRecord,
+    FsSnapshotRecord,
+    Snapshot,
+    Summary,
+    now_utc,
+)
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
 from casbackup.store.local import LocalBackend
+
+if TYPE_CHECKING:
+    from casbackup.fssnap.session import FsSnapshotPlan
 
 MAX_RECORDED_ERRORS = 1000
 MAX_PENDING_DIRS = 4096  # folders waiting for their files; bounds memory
@@ -96,6 +106,14 @@ class BackupOptions:
     # of the walk with their -wal, -shm and -journal companions (a live file read while it
     # changes is neither consistent nor needed; the dump restores the database).
     database_files: tuple[str, ...] = ()
+
+    # File-system snapshots (fssnap/): (source, folder to read it from); the tree records
+    # the source's own path. `fs_snapshots` goes into the snapshot record; `before_save`
+    # runs after everything was read and may raise to fail the backup (a full LVM snapshot).
+    read_from: tuple[tuple[str, str], ...] = ()
+    fs_snapshots: tuple[FsSnapshotRecord, ...] = ()
+    before_save: Callable[[], None] | None = None
+    fs_plan: FsSnapshotPlan | None = None  # applied by archiver/application.py
 
 
 # The files SQLite keeps beside a database while it is open (WAL mode, rollback journal).
@@ -154,6 +172,11 @@ def _same_group(snap: Snapshot, options: BackupOptions) -> bool:
     )
 
 
+def _renames(read_from: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """(read folder, original path) pairs, so excludes match the paths users wrote."""
+    return tuple((read, os.path.abspath(source)) for source, read in read_from)
+
+
 class Backup:
     def __init__(
         self, repo: Repository, options: BackupOptions, reporter: Reporter = NULL_REPORTER
@@ -164,7 +187,12 @@ class Backup:
         self.options = options
         self.reporter = reporter
         self._database_files = _database_files(options)
-        self.excluder = Excluder(list(options.excludes), exact=self._database_files)
+        self.excluder = Excluder(
+            list(options.excludes), exact=self._database_files, rename=_renames(options.read_from)
+        )
+        self._read_from = {
+            os.fsencode(os.path.abspath(a)): os.fsencode(b) for a, b in options.read_from
+        }
         self.chunker = Chunker(repo.config.chunker, repo.key.chunker_seed)
         self.dump_chunker = Chunker(repo.config.dump_chunker, repo.key.chunker_seed)
         self.counters = _Counters()
@@ -284,7 +312,10 @@ class Backup:
             databases=tuple(db_records), app_definition=opts.app_definition,
             program_version=__version__, errors=tuple(self.warnings[:MAX_RECORDED_ERRORS]),
             xattrs=opts.xattrs, excluded_databases=excluded_dbs,
+            fs_snapshots=tuple(opts.fs_snapshots),
         )  # fmt: skip
+        if opts.before_save is not None:
+            opts.before_save()
         if opts.dry_run:
             return BackupResult(None, reference, self.warnings, notes)
         saved = self.repo.save_snapshot(snap)
@@ -331,6 +362,7 @@ class Backup:
             repo_root=repo.backend.root if isinstance(repo.backend, LocalBackend) else None,
             excludes=tuple(self.options.excludes),
             exact_excludes=self._database_files,
+            exclude_renames=_renames(self.options.read_from),
             one_file_system=self.options.one_file_system,
         )
         # Worth it only with a parent to compare with and a reader to spare for it.
@@ -409,8 +441,18 @@ class Backup:
             except OSError as exc:
                 raise NotFound(f"cannot read source {os.fsdecode(path)}: {exc.strerror}") from None
             if sub is None:
+                # Read from a file-system snapshot when there is one; names stay the source's.
+                read = self._read_from.get(path, path)
+                if read != path:
+                    try:
+                        st = os.lstat(read)
+                    except OSError as exc:
+                        raise NotFound(
+                            f"cannot read source {os.fsdecode(path)} from its file-system "
+                            f"snapshot {os.fsdecode(read)}: {exc.strerror}"
+                        ) from None
                 node = yield self._archive_entry(
-                    path, name, st, ref_nodes.get(name), reuse_nodes.get(name), st.st_dev
+                    read, name, st, ref_nodes.get(name), reuse_nodes.get(name), st.st_dev
                 )
                 if isinstance(node, Later):
                     self._finish_dirs(keep=0)

@@ -55,12 +55,19 @@ class Excluder:
     ``patterns``: the rules above, in order. ``exact``: absolute paths always left out,
     whatever the patterns say (the database files an application dumps through its
     engine: a ``!`` rule must not bring a live database file back into the walk).
+    ``rename``: (read folder, original path) pairs: a source read from a file-system
+    snapshot is matched as if read at its original path, so ``/srv/app/cache`` still
+    excludes the snapshot's copy of that folder.
     """
 
     def __init__(
-        self, patterns: list[str] | tuple[str, ...], exact: frozenset[str] = frozenset()
+        self,
+        patterns: list[str] | tuple[str, ...],
+        exact: frozenset[str] = frozenset(),
+        rename: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._exact = exact
+        self._rename = tuple((r.rstrip("/"), o.rstrip("/")) for r, o in rename)
         self.patterns = tuple(p for p in patterns if p.strip() and not p.lstrip().startswith("#"))
         rules = []
         for raw in self.patterns:
@@ -85,6 +92,10 @@ class Excluder:
         return bool(self._rules or self._exact)
 
     def excluded(self, path: str) -> bool:
+        for read, original in self._rename:
+            if path == read or path.startswith(read + "/"):
+                path = original + path[len(read) :]
+                break
         if path in self._exact:
             return True
         result = False

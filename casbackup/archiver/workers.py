@@ -78,6 +78,7 @@ class WorkerSetup:
     repo_root: str | None = None
     excludes: tuple[str, ...] = ()
     exact_excludes: frozenset[str] = frozenset()  # whole paths left out (database files)
+    exclude_renames: tuple[tuple[str, str], ...] = ()  # read folder -> original path
     one_file_system: bool = False
 
 
@@ -158,7 +159,10 @@ class FileReader:
         if self._comparer is None:
             self._comparer = SubtreeComparer(
                 self.setup.repo_root, self._cache, self.opener, self.setup.id_key,
-                Excluder(self.setup.excludes, exact=self.setup.exact_excludes),
+                Excluder(
+                    self.setup.excludes, exact=self.setup.exact_excludes,
+                    rename=self.setup.exclude_renames,
+                ),
                 self.setup.one_file_system, self.cancel,
             )  # fmt: skip
         return self._comparer.compare(job)

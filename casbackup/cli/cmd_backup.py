@@ -92,7 +92,8 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
         )
         assert config is not None
         options = backup_options(require_app(config, app), backup_type=backup_type, tags=tags,
-                                 extra_excludes=tuple(patterns), parent=parent, **common)  # fmt: skip
+                                 extra_excludes=tuple(patterns), parent=parent,
+                                 snapshots=config.snapshots, **common)  # fmt: skip
         outcome = _notified_run(repo, ctx, config, app, options, auto_verify)
         _raise_partial(outcome.result)
         return
@@ -219,7 +220,8 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
             click.echo(f"== {app.name}")
         try:
             options = backup_options(app, backup_type=backup_type, tags=tags,
-                                     extra_excludes=excludes, **common)  # fmt: skip
+                                     extra_excludes=excludes, snapshots=config.snapshots,
+                                     **common)  # fmt: skip
             outcome = _notified_run(repo, ctx, config, app.name, options, auto_verify)
         except CasError as exc:
             failed.append((app.name, exc))

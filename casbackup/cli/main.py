@@ -28,6 +28,7 @@ COMMAND_MODULES = {
     "migrate": "cmd_migrate",
     "copy": "cmd_copy",
     "plugins": "cmd_plugins",
+    "fs-snapshots": "cmd_fs_snapshots",
 }  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from casbackup.config.fields import Ctx, Section, parse_database
 from casbackup.config.load import (
     check_app_name,
+    check_app_snapshot,
     check_backup_type,
     check_unique_apps,
     parse_plugins,
@@ -110,6 +111,7 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
             excludes=sec.str_list("excludes"),
             default_backup_type=backup_type,
             verification=AppVerification(auto_verify=verification.auto_verify),
+            snapshot=check_app_snapshot(sec, sec.text("snapshot")),
         )
         warnings.extend(sec.done(ignore_unknown=True))
         return app

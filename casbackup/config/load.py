@@ -10,6 +10,7 @@ from pathlib import Path
 
 from casbackup.config.fields import DB_NAME_RE, INLINE_PASSWORD, Ctx, Section, parse_database
 from casbackup.config.model import (
+    APP_SNAPSHOT_CHOICES,
     BACKUP_TYPES,
     NOTIFY_EVENTS,
     SNAPSHOT_PROVIDERS,
@@ -32,6 +33,7 @@ LOCAL_NAME = "casbackup.toml"
 # App names become tags and appear in `--app NAME`: no separators, no control characters.
 APP_NAME_RE = re.compile(r"^[A-Za-z0-9_][^\x00-\x1f\x7f/,:]{0,99}$")
 KEEP_WITHIN_RE = re.compile(r"^(\d+[ymwdh])+$")
+LVM_SIZE_RE = re.compile(r"^(\d+(\.\d+)?[bBsSkKmMgGtTpPeE]?|\d{1,3}%(ORIGIN|FREE|VG|PVS))$")
 _CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 # The seed's "every N minutes" (and hours), kept as "@every Nm" / "@every Nh".
@@ -185,16 +187,23 @@ def parse_recovery(sec: Section) -> DisasterRecoveryConfig:
 
 def parse_snapshots(sec: Section) -> SnapshotsConfig:
     provider = sec.text("provider")
-    if provider is not None and provider not in SNAPSHOT_PROVIDERS:
+    if provider is not None and provider not in (*SNAPSHOT_PROVIDERS, "auto"):
         raise sec.error(
             "provider", f"unknown provider {provider!r}: expected one of "
-            f"{', '.join(SNAPSHOT_PROVIDERS)}"
+            f"{', '.join(SNAPSHOT_PROVIDERS)}, auto"
         )  # fmt: skip
+    size = sec.text("lvm_snapshot_size") or "1G"
+    if not LVM_SIZE_RE.match(size):
+        raise sec.error(
+            "lvm_snapshot_size",
+            f"{size!r} is not an LVM size: use e.g. '1G', '500M' or '20%ORIGIN'",
+        )
     result = SnapshotsConfig(
         enabled=sec.flag("enabled", False),
         provider=provider,
         auto_cleanup=sec.flag("auto_cleanup", True),
         max_snapshots=sec.integer("max_snapshots", 5, minimum=1),
+        lvm_snapshot_size=size,
     )
     if result.enabled and provider is None:
         raise sec.error(None, "snapshots are enabled but no 'provider' is given")
@@ -302,6 +311,7 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
     schedule = ctx.attempt(lambda: check_schedule(sec, sec.text("schedule")), None)
     repository = ctx.attempt(lambda: _app_repository(sec), None)
     notify = ctx.attempt(lambda: tuple(parse_notifier(n) for n in sec.tables("notify")), ())
+    snapshot = ctx.attempt(lambda: check_app_snapshot(sec, sec.text("snapshot")), None)
     ctx.attempt(sec.done, [])
     if len(ctx.problems) > before:
         return None
@@ -309,6 +319,7 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
         name=name, description=description, sources=sources, excludes=excludes,
         databases=databases, default_backup_type=backup_type, retention=retention,
         schedule=schedule, verification=verification, repository=repository, notify=notify,
+        snapshot=snapshot,
     )  # fmt: skip
 
 
@@ -373,6 +384,16 @@ def _app_repository(sec: Section) -> RepositoryConfig | None:
     if not repo.location:
         raise sec.error("repository", "an application's own repository needs a location")
     return repo
+
+
+def check_app_snapshot(sec: Section, value: str | None) -> str | None:
+    """An application's `snapshot` setting: a provider, "auto" or "none" (or unset)."""
+    if value is not None and value not in APP_SNAPSHOT_CHOICES:
+        raise sec.error(
+            "snapshot",
+            f"unknown snapshot {value!r}: expected one of {', '.join(APP_SNAPSHOT_CHOICES)}",
+        )
+    return value
 
 
 def _database(sec: Section) -> DatabaseSpec:

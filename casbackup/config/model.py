@@ -24,9 +24,10 @@ generate_reports = true
 
 [snapshots]                                  # file-system snapshot provider
 enabled = false
-provider = "lvm"                             # lvm | btrfs | zfs
-auto_cleanup = true
-max_snapshots = 5
+provider = "lvm"                             # lvm | btrfs | zfs | auto
+auto_cleanup = true                          # remove leftovers of crashed runs first
+max_snapshots = 5                            # casbackup's snapshots per provider, at most
+lvm_snapshot_size = "1G"                     # or "20%ORIGIN"
 
 [plugins]
 enabled = false
@@ -40,6 +41,8 @@ sources = ["/srv/webshop"]                   # at least one
 excludes = ["*.log", "cache/"]               # patterns, not resolved
 default_backup_type = "incremental"          # full | incremental | differential
 schedule = "0 2 * * *"                       # cron: 5 fields, @daily and friends, "every 15 minutes"
+snapshot = "auto"                            # read sources from a file-system snapshot:
+                                             #   btrfs | zfs | lvm | auto | none
 
 [applications.repository]                    # optional: this app's snapshots go elsewhere
 location = "/srv/backups/webshop-repo"       # (casbackup serve; same keys as [repository])
@@ -94,6 +97,7 @@ from casbackup.engines.base import DatabaseSpec
 
 BACKUP_TYPES = ("full", "incremental", "differential")
 SNAPSHOT_PROVIDERS = ("lvm", "btrfs", "zfs")
+APP_SNAPSHOT_CHOICES = (*SNAPSHOT_PROVIDERS, "auto", "none")
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ class AppConfig:
     notify: tuple[NotifierConfig, ...] = ()
     # Its own repository (``[applications.repository]``); None: the top-level one.
     repository: RepositoryConfig | None = None
+    snapshot: str | None = None  # file-system snapshot: lvm | btrfs | zfs | auto | none
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,7 @@ class SnapshotsConfig:
     provider: str | None = None
     auto_cleanup: bool = True
     max_snapshots: int = 5
+    lvm_snapshot_size: str = "1G"  # lvcreate --size, or --extents when it holds '%'
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,16 @@ class DatabaseRecord:
 
 
 @dataclass(frozen=True)
+class FsSnapshotRecord:
+    """A source read from a file-system snapshot (fssnap/) rather than live."""
+
+    source: str  # the source's own path, as it appears in the tree
+    provider: str  # btrfs | zfs | lvm
+    origin: str  # the subvolume, dataset or logical volume snapshotted
+    time: str  # ISO 8601 UTC, when the file-system snapshot was taken
+
+
+@dataclass(frozen=True)
 class Snapshot:
     time: str  # ISO 8601, UTC, when the backup started
     start_ns: int  # the same instant in ns: the race guard compares file times with it
@@ -74,6 +84,7 @@ class Snapshot:
     xattrs: bool = False
     # Database files in the sources left out of the walk for their dumps (with companions).
     excluded_databases: tuple[str, ...] = ()
+    fs_snapshots: tuple[FsSnapshotRecord, ...] = ()
     id: str = ""  # not stored: filled in from the file name when loaded
 
     @property
@@ -98,6 +109,8 @@ class Snapshot:
         doc.pop("id")
         if doc["copied_from"] is None:
             doc.pop("copied_from")  # backups' records stay as before, readable by older readers
+        if not doc["fs_snapshots"]:  # written only when used: older records stay byte-identical
+            doc.pop("fs_snapshots")
         doc["version"] = SNAPSHOT_VERSION
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -118,6 +131,7 @@ class Snapshot:
             doc["excluded_databases"] = tuple(str(p) for p in doc.get("excluded_databases", ()))
             doc["summary"] = Summary(**doc.get("summary", {}))
             doc["databases"] = tuple(DatabaseRecord(**d) for d in doc.get("databases", ()))
+            doc["fs_snapshots"] = tuple(FsSnapshotRecord(**d) for d in doc.get("fs_snapshots", ()))
             snap = cls(**doc, id=snapshot_id)
             bytes.fromhex(snap.tree)
             datetime.fromisoformat(snap.time)

@@ -96,7 +96,10 @@ def run_backup_job(job: Job) -> dict[str, Any]:
     from casbackup.archiver.application import backup_application, backup_options
 
     options = backup_options(
-        _app(job), backup_type=job.params.get("backup_type"), tags=tuple(job.params.get("tags", ()))
+        _app(job),
+        backup_type=job.params.get("backup_type"),
+        tags=tuple(job.params.get("tags", ())),
+        snapshots=job.config.snapshots,  # file-system snapshots apply to scheduled runs too
     )
     from casbackup.notify import BackupNotice
 

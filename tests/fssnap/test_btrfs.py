@@ -1,0 +1,348 @@
+"""Btrfs for real: a loop-file Btrfs, an application on a subvolume, the CLI in subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from casbackup.fssnap.base import snapshot_name
+from casbackup.fssnap.btrfs import SNAP_DIR
+from tests.cli.conftest import assert_one_error
+from tests.fssnap.conftest import write_site
+
+MAIN = "from casbackup.cli.main import main; main()"
+BLOCK = 64 * 1024
+BLOCKS = 128  # an 8 MiB file, rewritten in place block by block
+
+
+def _subvolume(mnt: Path, name: str = "app") -> Path:
+    subprocess.run(["btrfs", "subvolume", "create", str(mnt / name)], check=True,
+                   capture_output=True)  # fmt: skip
+    return mnt / name
+
+
+def _block(version: int) -> bytes:
+    head = f"version {version:08d}\n".encode()
+    return (head * (BLOCK // len(head) + 1))[:BLOCK]
+
+
+def _ours(mnt: Path) -> list[str]:
+    folder = mnt / SNAP_DIR
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def _subvolumes(mnt: Path) -> str:
+    return subprocess.run(["btrfs", "subvolume", "list", str(mnt)], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+
+
+class Rewriter(threading.Thread):
+    """Rewrites live.bin in place, one version after another, then counter.txt."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.stop = threading.Event()
+        self.version = 0
+
+    def write_version(self, version: int) -> None:
+        with open(self.path / "live.bin", "r+b" if version else "wb") as f:
+            for _ in range(BLOCKS):
+                f.write(_block(version))
+        (self.path / "counter.txt").write_text(str(version))
+        self.version = version
+
+    def run(self) -> None:
+        version = self.version
+        while not self.stop.is_set():
+            version += 1
+            self.write_version(version)
+
+
+# Runs in the backup's process once the snapshots exist, before anything is read: it notes
+# what the frozen copy holds, so the test can compare the stored file with it afterwards.
+NOTE_FROZEN = (
+    "import hashlib, os, casbackup.archiver.application as a\n"
+    "_run = a.run_backup\n"
+    "def run(repo, options, reporter):\n"
+    "    for source, read in options.read_from:\n"
+    "        with open(os.path.join(read, 'live.bin'), 'rb') as f:\n"
+    "            digest = hashlib.sha256(f.read()).hexdigest()\n"
+    "        with open(os.environ['FROZEN_NOTE'], 'w') as f:\n"
+    "            f.write(digest)\n"
+    "    return _run(repo, options, reporter)\n"
+    "a.run_backup = run\n"
+)
+
+
+def test_rewritten_file_is_stored_as_at_snapshot_time_and_snapshot_is_removed(
+    btrfs_mount: Path, tmp_path: Path
+) -> None:
+    app = _subvolume(btrfs_mount)
+    (app / "conf").mkdir()
+    for i in range(300):  # enough files for the backup to overlap many rewrites
+        (app / "conf" / f"f{i:03d}.txt").write_text(f"setting {i}\n" * 50)
+    writer = Rewriter(app)
+    writer.write_version(0)
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    note = tmp_path / "frozen.sha256"
+    env = {**os.environ, "CASBACKUP_CONFIG": str(site.config), "FROZEN_NOTE": str(note)}
+    writer.start()
+    try:
+        first = writer.version
+        res = subprocess.run(
+            [sys.executable, "-c", NOTE_FROZEN + MAIN, "backup", "--app", "webapp"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        last = writer.version
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert res.returncode == 0, res.stderr
+    assert "changed while it was read" not in res.stderr
+    assert last > first + 1, "the file was not rewritten during the backup"
+    stored = site.cli("cat", f"latest:{app}/live.bin", "--app", "webapp")
+    blob = stored.out.encode(errors="surrogateescape")
+    assert stored.code == 0, stored.err
+    assert len(blob) == BLOCK * BLOCKS
+    # byte for byte what the snapshot held when it was taken, though the live file was
+    # rewritten many times while the backup read it
+    assert hashlib.sha256(blob).hexdigest() == note.read_text()
+    assert blob != (app / "live.bin").read_bytes()
+    # the snapshot is gone; only the application's subvolume is left
+    assert _ours(btrfs_mount) == []
+    assert "casbackup-" not in _subvolumes(btrfs_mount)
+    # the record names the provider and time; paths are the originals
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    [record] = snap["fs_snapshots"]
+    assert record["provider"] == "btrfs" and record["source"] == str(app)
+    # taken before the backup started reading (the backup's own time)
+    assert record["origin"] == str(app) and record["time"] <= snap["time"]
+    listing = site.cli("ls", "latest", "--app", "webapp").out
+    assert f"{app}/live.bin" in listing and SNAP_DIR not in listing
+    target = tmp_path / "restored"
+    res = site.cli("restore", "latest", "--app", "webapp", "--target", str(target))
+    assert res.code == 0, res.err
+    assert (target / str(app).lstrip("/") / "conf" / "f007.txt").read_text() == "setting 7\n" * 50
+
+
+def test_live_read_without_snapshot_is_not_frozen(btrfs_mount: Path, tmp_path: Path) -> None:
+    """The same setup with snapshot = "none" reads live: it names no file-system snapshot."""
+    app = _subvolume(btrfs_mount)
+    (app / "a.txt").write_text("a")
+    site = write_site(tmp_path, [str(app)], "none")
+    assert site.cli("backup", "--app", "webapp").code == 0
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    assert snap["fs_snapshots"] == []
+
+
+def test_killed_backup_leaves_a_snapshot_the_next_run_removes(
+    btrfs_mount: Path, tmp_path: Path
+) -> None:
+    app = _subvolume(btrfs_mount)
+    (app / "data.txt").write_text("precious\n")
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    # The child stops inside the backup, after the snapshot was taken, and is killed there.
+    prelude = (
+        "import time, casbackup.archiver.application as a\n"
+        "def hang(*args, **kw):\n"
+        "    print('READY', flush=True)\n"
+        "    time.sleep(600)\n"
+        "a.run_backup = hang\n"
+    )
+    main = "from casbackup.cli.main import main; main()"
+    env = {**os.environ, "CASBACKUP_CONFIG": str(site.config)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", prelude + main, "backup", "--app", "webapp"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"READY", child.stderr.read()  # type: ignore[union-attr]
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    [leftover] = _ours(btrfs_mount)
+    assert leftover.startswith("casbackup-webapp-") and leftover.endswith(f"-{child.pid}")
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    assert f"removed leftover btrfs snapshot {btrfs_mount / SNAP_DIR / leftover}" in res.err
+    assert _ours(btrfs_mount) == []
+    assert site.cli("cat", f"latest:{app}/data.txt", "--app", "webapp").out == "precious\n"
+
+
+def _casbackup_like_process() -> subprocess.Popen[bytes]:
+    """A live process whose command line names casbackup, as a running backup's does."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)  # casbackup"])
+
+
+def test_cleanup_command_removes_only_dead_runs_snapshots(btrfs_mount: Path) -> None:
+    from casbackup.testing.fixtures import run_cli
+
+    app = _subvolume(btrfs_mount)
+    (btrfs_mount / SNAP_DIR).mkdir(mode=0o700)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    running = _casbackup_like_process()
+    reused = subprocess.Popen(["sleep", "120"])  # a pid now held by something else
+    try:
+        names = {
+            "dead": snapshot_name("webapp", pid=dead.pid),
+            "reused": snapshot_name("webapp", now=1, pid=reused.pid),
+            "alive": snapshot_name("webapp", pid=running.pid),
+            "user": "nightly-by-hand",
+        }
+        for name in names.values():
+            subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(app),
+                            str(btrfs_mount / SNAP_DIR / name)], check=True, capture_output=True)  # fmt: skip
+        # a symlink with one of our names must not lead cleanup to another subvolume
+        trap = snapshot_name("trap", pid=dead.pid)
+        os.symlink(app, btrfs_mount / SNAP_DIR / trap)
+        res = run_cli("fs-snapshots", "cleanup", "--provider", "btrfs")
+    finally:
+        running.kill()
+        reused.kill()
+    assert res.code == 0, res.err
+    assert f"removed btrfs snapshot {btrfs_mount / SNAP_DIR / names['dead']}" in res.out
+    assert f"removed btrfs snapshot {btrfs_mount / SNAP_DIR / names['reused']}" in res.out
+    assert f"kept btrfs snapshot {btrfs_mount / SNAP_DIR / names['alive']}" in res.out
+    assert _ours(btrfs_mount) == sorted([names["alive"], names["user"], trap])
+    assert app.is_dir() and "app" in _subvolumes(btrfs_mount)
+
+
+def test_max_snapshots_is_never_exceeded(btrfs_mount: Path, tmp_path: Path) -> None:
+    app = _subvolume(btrfs_mount)
+    (app / "a.txt").write_text("a")
+    (btrfs_mount / SNAP_DIR).mkdir(mode=0o700)
+    running = _casbackup_like_process()
+    try:
+        # three snapshots of a run still alive: max_snapshots = 3 is reached
+        for i in range(3):
+            name = snapshot_name(f"other{i}", pid=running.pid)
+            subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(app),
+                            str(btrfs_mount / SNAP_DIR / name)], check=True, capture_output=True)  # fmt: skip
+        site = write_site(tmp_path, [str(app)], "btrfs")
+        res = site.cli("backup", "--app", "webapp")
+    finally:
+        running.kill()
+    assert_one_error(res, 31, "max_snapshots = 3")
+    assert len(_ours(btrfs_mount)) == 3
+    assert json.loads(site.cli("--json", "snapshots").out) == []
+
+
+def test_source_not_on_btrfs_is_a_one_line_error(tmp_path: Path) -> None:
+    src = tmp_path / "plain"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    site = write_site(tmp_path, [str(src)], "btrfs")
+    res = site.cli("backup", "--app", "webapp")
+    assert_one_error(res, 31, f"{src} is not on a Btrfs file system")
+    assert json.loads(site.cli("--json", "snapshots").out) == []
+
+
+def test_auto_reads_a_plain_folder_live_and_says_so(tmp_path: Path) -> None:
+    src = tmp_path / "plain"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    site = write_site(tmp_path, [str(src)], "auto")
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    assert f"no file-system snapshot for {src}" in res.err
+
+
+def test_btrfs_tool_missing_is_a_one_line_error(btrfs_mount: Path, tmp_path: Path) -> None:
+    app = _subvolume(btrfs_mount)
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    empty = tmp_path / "emptybin"
+    empty.mkdir()
+    res = site.cli("backup", "--app", "webapp", env={"PATH": str(empty)})
+    assert_one_error(res, 31, "need the 'btrfs' command")
+
+
+def test_nested_subvolume_inside_a_source_is_refused(btrfs_mount: Path, tmp_path: Path) -> None:
+    """A snapshot leaves nested subvolumes empty: backing that up would lose their files."""
+    app = _subvolume(btrfs_mount)
+    (app / "uploads").mkdir()
+    nested = _subvolume(app / "uploads", "photos")
+    (nested / "cat.jpg").write_bytes(b"meow")
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    res = site.cli("backup", "--app", "webapp")
+    assert_one_error(res, 31, f"holds the Btrfs subvolume {nested}")
+    assert _ours(btrfs_mount) == []
+    # the nested subvolume on its own is fine
+    (tmp_path / "second").mkdir()
+    site = write_site(tmp_path / "second", [str(nested)], "btrfs")
+    assert site.cli("backup", "--app", "webapp").code == 0
+
+
+def test_top_level_source_two_sources_auto_and_excludes(btrfs_mount: Path, tmp_path: Path) -> None:
+    """The mount's top as a source (casbackup's snapshot folder is left out), a second
+    source on the same subvolume (one snapshot for both), "auto" choosing Btrfs, and an
+    absolute exclude that still matches although the files are read from the snapshot."""
+    (btrfs_mount / "etc").mkdir()
+    (btrfs_mount / "etc" / "app.conf").write_text("port = 80\n")
+    (btrfs_mount / "cache").mkdir()
+    (btrfs_mount / "cache" / "junk").write_text("junk")
+    site = write_site(tmp_path, [str(btrfs_mount), str(btrfs_mount / "etc")], "auto", extra="")
+    text = site.config.read_text().replace(
+        'default_backup_type = "full"',
+        f'default_backup_type = "full"\nexcludes = ["{btrfs_mount}/cache"]',
+    )
+    site.config.write_text(text)
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    assert res.err.count("btrfs snapshot of") == 1
+    listing = site.cli("ls", "latest", "--app", "webapp").out
+    assert f"{btrfs_mount}/etc/app.conf" in listing
+    assert "cache" not in listing and SNAP_DIR not in listing
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    assert {r["source"] for r in snap["fs_snapshots"]} == {
+        str(btrfs_mount),
+        str(btrfs_mount / "etc"),
+    }
+    assert _ours(btrfs_mount) == []
+
+
+def test_incremental_from_snapshots_reuses_unchanged_files(
+    btrfs_mount: Path, tmp_path: Path
+) -> None:
+    """Each run reads another snapshot folder; unchanged files are still not read again."""
+    app = _subvolume(btrfs_mount)
+    for i in range(20):
+        (app / f"f{i}.bin").write_bytes(os.urandom(50_000))
+    time.sleep(2.1)  # past the race guard's margin: files this fresh are read again anyway
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    text = site.config.read_text().replace('"full"', '"incremental"')
+    site.config.write_text(text)
+    assert site.cli("backup", "--app", "webapp").code == 0
+    (app / "f3.bin").write_bytes(b"changed")
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    second = json.loads(site.cli("--json", "snapshots").out)[-1]["summary"]
+    assert (second["files_unchanged"], second["files_changed"]) == (19, 1)
+    assert second["bytes_read"] == len(b"changed")
+
+
+def test_two_subvolumes_of_one_file_system_get_two_snapshots(
+    btrfs_mount: Path, tmp_path: Path
+) -> None:
+    web, media = _subvolume(btrfs_mount, "web"), _subvolume(btrfs_mount, "media")
+    (web / "index.html").write_text("<h1>hi</h1>")
+    (media / "logo.svg").write_text("<svg/>")
+    site = write_site(tmp_path, [str(web), str(media)], "btrfs")
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    assert res.err.count("btrfs snapshot of") == 2
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    assert sorted(r["origin"] for r in snap["fs_snapshots"]) == [str(media), str(web)]
+    assert site.cli("cat", f"latest:{media}/logo.svg", "--app", "webapp").out == "<svg/>"
+    assert _ours(btrfs_mount) == []
