@@ -532,6 +532,16 @@ class Repository:
         if message not in self.alerts:
             self.alerts.append(message)
 
+    def usable_snapshot_ids(self, present: list[str] | None = None) -> list[str]:
+        """The snapshot ids present (``snapshot_ids()`` unless given) less those this client
+        forgot itself and that came back; each such finding becomes an ``alert``."""
+        if present is None:
+            present = self.snapshot_ids()
+        usable, alerts = screen_snapshots(self.state, present)
+        for message in alerts:
+            self.alert(message)
+        return usable
+
     def list_snapshots(
         self, *, warnings: list[str] | None = None, include_forgotten: bool = False
     ) -> list[Snapshot]:
@@ -540,9 +550,7 @@ class Repository:
         Snapshots this client forgot are left out even if present again (``alerts``),
         unless ``include_forgotten`` (prune: data that anything present names is kept)."""
         present = self.snapshot_ids()
-        usable, alerts = screen_snapshots(self.state, present)
-        for message in alerts:
-            self.alert(message)
+        usable = self.usable_snapshot_ids(present)
         snaps = []
         for fid in present if include_forgotten else usable:
             try:

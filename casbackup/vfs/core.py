@@ -162,7 +162,12 @@ class Vfs:
     def refresh(self) -> None:
         """Pick up snapshots added or removed since the last look (new ones are read once)."""
         with self._layout_lock:
-            ids = self.repo.snapshot_ids()
+            # Snapshots this client forgot that came back are not shown (a rollback: the
+            # repository's alerts say so once).
+            seen = len(self.repo.alerts)
+            ids = self.repo.usable_snapshot_ids()
+            for message in self.repo.alerts[seen:]:
+                self.on_warning(message)
             new = [fid for fid in ids if fid not in self._known]
             known = {fid: self._known[fid] for fid in ids if fid in self._known}
             for fid in new:

@@ -18,6 +18,7 @@ from casbackup.repo.snapshot import Snapshot
 from casbackup.testing.fixtures import open_repo, run_cli
 from casbackup.verify.check import CheckOptions, check
 from casbackup.verify.records import VerificationRecord, list_records, save_record
+from casbackup.vfs.core import Vfs, snapshot_folder
 
 
 def _backup(repo: Repository, source: str, app: str = "shop") -> Snapshot:
@@ -90,6 +91,13 @@ def test_forgotten_snapshot_that_comes_back_is_ignored_and_loud(
     assert [s.id for s in repo.list_snapshots(warnings=[])] == [old.id]
     assert repo.resolve_snapshot("latest", app="shop").id == old.id
     assert any("forgot are back" in a for a in repo.alerts)
+    # The mount's view (vfs) leaves it out too, and says so once.
+    said: list[str] = []
+    with open_repo(repo_path) as fresh:
+        vfs = Vfs(fresh, on_warning=said.append)
+        folders = sorted(e.name for e in vfs.listdir("/shop"))
+    assert folders == sorted(["latest", snapshot_folder(old)])
+    assert any("forgot are back" in m for m in said)
     res = run_cli("snapshots", "--json", repo=repo_path)
     assert res.code == 0 and new.id not in res.out and "forgot are back" in res.err
     res = run_cli("check", repo=repo_path)
