@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -10,6 +11,7 @@ import click
 
 from casbackup import __version__
 from casbackup.cli.context import GlobalOptions
+from casbackup.cli.render import emit_json_err, warn
 from casbackup.cli.signals import install_stop_signals, interrupted_exit_code, stopped_by
 from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, CasError
 from casbackup.memory import tune_allocator
@@ -92,6 +94,31 @@ def cli(ctx: click.Context, repo: str | None, password_file: str | None, passwor
     ctx.obj = GlobalOptions(
         repo, password_file, password_command, json_mode, quiet, not no_progress, config_path
     )
+    _route_library_log(json_mode, quiet)
+
+
+class _LogToWarnings(logging.Handler):
+    """The library's log records (plugins switched off, ...) as the CLI's own warning lines:
+    ``warning: ...`` on stderr, or a JSON line under --json (stderr stays JSON there)."""
+
+    def __init__(self, json_mode: bool) -> None:
+        super().__init__(logging.WARNING)
+        self.json_mode = json_mode
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if self.json_mode:
+            emit_json_err({"message_type": "warning", "message": message})
+        else:
+            warn(message)
+
+
+def _route_library_log(json_mode: bool, quiet: bool) -> None:
+    root = logging.getLogger("casbackup")
+    for handler in [h for h in root.handlers if isinstance(h, _LogToWarnings)]:
+        root.removeHandler(handler)
+    if not quiet:
+        root.addHandler(_LogToWarnings(json_mode))  # so Python's bare last-resort one never prints
 
 
 _GLOBAL_FLAGS = {"--json", "-q", "--quiet", "--no-progress"}

@@ -67,6 +67,9 @@ JSON_RUNS: dict[str, list[str]] = {
     "benchmark": ["benchmark", "--size", "4", "--threads", "1"],
     "check": ["check"],
     "config check": ["config", "check"],
+    "fs-snapshots list": ["fs-snapshots", "list"],
+    "fs-snapshots cleanup": ["fs-snapshots", "cleanup", "--dry-run"],
+    "plugins list": ["plugins", "list"],
     "db restore": [
         "db",
         "restore",
@@ -82,6 +85,11 @@ JSON_RUNS: dict[str, list[str]] = {
     "find": ["find", "*.py"],
     "forget": ["forget", "--app", "notes", "--keep-last", "5"],
     "init": ["init", "--insecure-test-kdf", "-r", "T/other-repo"],
+    "copy": [
+        "copy",
+        "--from-repo",
+        "T/other-repo",
+    ],  # after init; CASBACKUP_FROM_PASSWORD: see the walk
     "key list": ["key", "list"],
     "key add": ["key", "add", "--insecure-test-kdf", "--new-password-file", "PWFILE"],
     "key remove": ["key", "remove", "KEY"],
@@ -132,7 +140,8 @@ def test_every_command_prints_json_with_json(site: Path, tmp_path: Path) -> None
             args = ["key", "remove", next(k["id"] for k in keys if not k.get("current"))]
         args = [a.replace("T/", f"{work}/").replace("PWFILE", str(work / "pw")).replace("SNAP", snap)
                 for a in args]  # fmt: skip
-        res = cli_in(site, "--json", *args)
+        env = {"CASBACKUP_FROM_PASSWORD": PASSWORD} if name == "copy" else {}
+        res = cli_in(site, "--json", *args, **env)
         assert res.code == 0, (name, res.code, res.err)
         assert "Traceback" not in res.err
         assert res.out.strip(), name
