@@ -87,6 +87,30 @@ def encode_index(
     return b"".join(parts)
 
 
+def encode_record(blob_id: bytes, loc: Location) -> bytes:
+    """One blob's record as an index file stores it (``iter_records`` reads it back)."""
+    return _BLOB.pack(loc.kind, blob_id, loc.offset, loc.stored_len, loc.raw_len)
+
+
+def encode_index_records(
+    sections: Iterable[tuple[FileId, bytes]], supersedes: Iterable[FileId] = ()
+) -> bytes:
+    """``encode_index`` from (pack, records) as ``decode_index_records`` gives them: no
+    object per blob. Each ``records`` is a whole number of records (ValueError if not)."""
+    sup = list(supersedes)
+    secs = list(sections)
+    parts = [bytes((INDEX_VERSION,)), _U32.pack(len(sup))]
+    parts.extend(bytes.fromhex(s) for s in sup)
+    parts.append(_U32.pack(len(secs)))
+    for pack_id, records in secs:
+        if len(records) % _BLOB.size:
+            raise ValueError("index records must be whole records")
+        parts.append(bytes.fromhex(pack_id))
+        parts.append(_U32.pack(len(records) // _BLOB.size))
+        parts.append(bytes(records))
+    return b"".join(parts)
+
+
 def decode_supersedes(data: bytes) -> tuple[FileId, ...]:
     """Only the supersedes list: lets readers skip replaced files without parsing them."""
     try:
