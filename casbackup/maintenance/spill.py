@@ -27,7 +27,9 @@ from casbackup.errors import StorageError
 from casbackup.repo.index import cache_root, private_dirs
 
 ID_BUCKETS = 256  # by an id's first byte
-_FLUSH_AT = 64 * 1024  # bytes buffered per bucket before they are appended to its file
+_FLUSH_AT = (
+    16 * 1024
+)  # bytes buffered per bucket before they are appended to its file (4 MiB in all)
 
 
 class RecordSpill:
