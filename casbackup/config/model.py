@@ -70,7 +70,7 @@ auto_verify = true
 [[applications.notify]]                      # any number; a failing one never fails a backup
 type = "webhook"                             # webhook | healthchecks | email | command | a plugin
 url = "http://127.0.0.1:8080/hook"           # webhook, healthchecks (+ /start, /fail)
-on = ["warning", "failure", "verify_failure"] # default: success warning failure verify_failure
+on = ["warning", "failure", "verify_failure"] # default: all but start (overdue: serve)
 # email: host, port (587), starttls (true), cafile, sender, to = [...], username,
 #        password_env or password_file;  command: command = "notify-send backup";
 # timeout = 10 (seconds); options = {...} for a plugin's own settings
@@ -150,7 +150,7 @@ class AppVerification:
     auto_verify: bool = False
 
 
-NOTIFY_EVENTS = ("start", "success", "warning", "failure", "verify_failure")
+NOTIFY_EVENTS = ("start", "success", "warning", "failure", "verify_failure", "overdue")
 BUILTIN_NOTIFIERS = ("webhook", "healthchecks", "email", "command")
 
 
@@ -161,7 +161,7 @@ class NotifierConfig:
     which only healthchecks wants by default). Secrets only by env or file."""
 
     type: str
-    on: tuple[str, ...] = ("success", "warning", "failure", "verify_failure")
+    on: tuple[str, ...] = ("success", "warning", "failure", "verify_failure", "overdue")
     url: str = ""  # webhook, healthchecks
     timeout: int = 10  # seconds
     host: str = ""  # email: SMTP server
