@@ -526,6 +526,13 @@ class Repository:
         Raises IntegrityError, NotFound, StorageError."""
         cache = self._tree_cache
         data = cache.get(tree_id) if cache is not None else None
+        if data is None and cache is not None:
+            loc = self.locate(tree_id)
+            try:  # a cold cache: the tree's whole pack at once, when it is small
+                if cache.fill_from_pack(self.backend, loc.pack):
+                    data = cache.get(tree_id)
+            except CasError:
+                data = None  # read just this tree below; its own errors are the ones to report
         if data is None:
             data = self.load_blob(tree_id, Kind.TREE)
             if self.blob_id(data) != tree_id:

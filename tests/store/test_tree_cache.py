@@ -10,8 +10,12 @@ import blake3
 import pytest
 
 from casbackup.crypto.envelope import Opener, Sealer
+from casbackup.repo.ids import Kind
+from casbackup.repo.pack import pack_name
+from casbackup.repo.tree import Node, NodeKind
 from casbackup.repo.treecache import TreeCache, cap_bytes
-from casbackup.testing.fixtures import run_cli
+from casbackup.store.memory import MemoryBackend
+from casbackup.testing.fixtures import make_repo, open_repo, run_cli
 from tests.store.conftest import FaultProxy, make_bucket
 
 ROOT = b"r" * 32
@@ -148,9 +152,76 @@ def test_unchanged_rebackup_on_s3_reads_no_trees(
 
         requests, pack_reads = backup("cache-a")
         assert pack_reads == 0 and requests <= 30, (requests, proxy.seen[-requests:])
-        cold, cold_reads = backup("cache-b")  # a new client: reads the trees once
-        assert cold_reads >= 6, cold_reads
+        # A new client: each tree pack is read whole once (not 67 tree reads).
+        cold, cold_reads = backup("cache-b")
+        assert 1 <= cold_reads <= 2 and cold <= 36, (cold, cold_reads)
         warm, warm_reads = backup("cache-b")
         assert warm_reads == 0 and warm <= 30
     finally:
         proxy.close()
+
+
+class RemoteMemory(MemoryBackend):
+    """A memory store that says it is remote (so the repository caches trees), and
+    counts whole and ranged reads of packs."""
+
+    remote = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pack_reads: list[tuple[str, int, int | None]] = []
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if name.startswith("data/"):
+            self.pack_reads.append((name, offset, length))
+        return super().get(name, offset, length)
+
+
+def folder_trees(repo, n: int) -> list[bytes]:  # type: ignore[no-untyped-def]
+    ids = []
+    for i in range(n):
+        leaf = repo.save_tree([])
+        ids.append(repo.save_tree([Node(name=b"d%d" % i, kind=NodeKind.DIR, subtree=leaf)]))
+    repo.flush()
+    return ids
+
+
+def test_cold_cache_reads_each_small_tree_pack_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CASBACKUP_CACHE_DIR", str(tmp_path / "writer"))
+    backend = RemoteMemory()
+    with make_repo(backend) as repo:
+        ids = folder_trees(repo, 40)
+    monkeypatch.setenv("CASBACKUP_CACHE_DIR", str(tmp_path / "reader"))  # a new client
+    backend.pack_reads.clear()
+    repo = open_repo(backend)
+    trees = [repo.load_tree(t) for t in ids]
+    assert [t[0].name for t in trees] == [b"d%d" % i for i in range(40)]
+    whole = [r for r in backend.pack_reads if r[2] is None]
+    assert len(whole) == len(backend.pack_reads) == 1  # one pack, read whole once
+    # A damaged tree pack: the prefetch fails, each tree is read alone and checked.
+    monkeypatch.setenv("CASBACKUP_CACHE_DIR", str(tmp_path / "third"))
+    [name] = [n for n, _ in backend.list("data/")]
+    original = backend.get(name)
+    backend.put(name, original[:-40] + bytes(40))  # the trailer and header tail zeroed
+    backend.pack_reads.clear()
+    again = open_repo(backend)
+    assert again.load_tree(ids[0])[0].name == b"d0"
+    assert [r[2] is None for r in backend.pack_reads] == [True, False]
+    assert pack_name(repo.locate(ids[0]).pack) == name and repo.locate(ids[0]).kind == Kind.TREE
+
+
+def test_data_packs_are_never_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trees and data share no pack, but a pack with any data blob is not read whole."""
+    monkeypatch.setenv("CASBACKUP_CACHE_DIR", str(tmp_path / "c"))
+    backend = RemoteMemory()
+    with make_repo(backend) as repo:
+        cache = repo._tree_cache
+        assert cache is not None
+        repo.save_blob(Kind.DATA, b"some file content")
+        repo.flush()
+        [name] = [n for n, _ in backend.list("data/")]
+        assert cache.fill_from_pack(backend, name.rsplit("/", 1)[1]) == 0
+        assert cache.fill_from_pack(backend, name.rsplit("/", 1)[1]) == 0  # asked once
+        assert [r[2] for r in backend.pack_reads] == [None]
