@@ -84,6 +84,7 @@ class TreeCache:
         self._written = 0  # bytes this process added; eviction runs when the total may be over
         self._total: int | None = None  # measured on the first eviction check
         self._packs_read: set[str] = set()  # packs fill_from_pack has read (once each)
+        self._folders: set[str] = set()  # entry folders known to exist
         self.hits = 0
         self.misses = 0
 
@@ -123,21 +124,25 @@ class TreeCache:
         if self.cap <= 0 or len(plaintext) > ENTRY_MAX // 2:
             return
         path = self._path(blob_id)
-        if os.path.exists(path):
-            return
-        sealed = self._sealer.seal(Kind.TREE, blob_id, codec.compress(plaintext, 3))
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        folder = os.path.dirname(path)
         try:
-            os.makedirs(os.path.dirname(path), mode=CACHE_DIR_MODE, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, CACHE_FILE_MODE)
-            try:
-                os.write(fd, sealed)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)  # readers see a whole entry or none
+            if folder not in self._folders:
+                os.makedirs(folder, mode=CACHE_DIR_MODE, exist_ok=True)
+                self._folders.add(folder)
+            # Straight to its name, no temp file and rename (a backup writes every tree it
+            # saves here, on its critical path): a reader that meets a half-written entry
+            # fails to authenticate it and treats it as a miss.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, CACHE_FILE_MODE)
         except OSError:
-            self._remove(tmp)
+            return  # there already (FileExistsError), or the cache cannot be written
+        try:
+            sealed = self._sealer.seal(Kind.TREE, blob_id, codec.compress(plaintext, 3))
+            os.write(fd, sealed)
+        except OSError:
+            self._remove(path)
             return
+        finally:
+            os.close(fd)
         with self._lock:
             self._written += len(sealed)
             due = self._total is None or self._total + self._written > self.cap
