@@ -155,11 +155,12 @@ class _Window:
     """The reads for positions [start, end) of a feed: envelopes by blob id, plaintexts of
     blobs needed again later in the window, and how many more times each is needed."""
 
-    __slots__ = ("start", "end", "where", "pending", "uses", "plain")
+    __slots__ = ("start", "end", "where", "ranges", "pending", "uses", "plain")
 
     def __init__(self, start: int, end: int) -> None:
         self.start, self.end = start, end
         self.where: dict[bytes, tuple[int, int, int]] = {}  # blob id -> (range, from, to)
+        self.ranges: list[ReadRange] = []
         # per range: its read (a Future with a pool; the range itself, read when first
         # needed, without one), replaced by its bytes or error once known
         self.pending: list[Future[bytes | CasError] | ReadRange | bytes | CasError] = []
@@ -174,7 +175,12 @@ class _Window:
         elif isinstance(got, ReadRange):
             got = self.pending[index] = reader.fetch_range(got)
         if isinstance(got, CasError):
-            raise got
+            if len(self.ranges[index].blobs) == 1:
+                raise got
+            # A merged range failed (a truncated pack, a hole the store refuses): read
+            # this blob alone, so that damage fails only the files that need it.
+            start = self.ranges[index].start
+            return memoryview(reader.fetch_envelope(self.ranges[index].pack, start + lo, hi - lo))
         return memoryview(got)[lo:hi]
 
     def cancel(self) -> None:
@@ -274,6 +280,7 @@ class ChunkFeed:
         for number, rng in enumerate(plan_ranges(chunks, reader.gap, reader.max_range)):
             for blob_id, _pack, offset, length, _raw in rng.blobs:
                 window.where[blob_id] = (number, offset - rng.start, offset - rng.start + length)
+            window.ranges.append(rng)
             if reader.pool is not None:
                 window.pending.append(reader.pool.submit(reader.fetch_range, rng))
             else:
