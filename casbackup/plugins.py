@@ -56,7 +56,11 @@ BUILTIN: dict[str, dict[str, str]] = {
         "postgresql": "casbackup.engines.postgresql:PostgresEngine",
         "mysql": "casbackup.engines.mysql:MysqlEngine",
     },
-    "snapshot_provider": {},
+    "snapshot_provider": {
+        "btrfs": "casbackup.fssnap.btrfs:BtrfsProvider",
+        "lvm": "casbackup.fssnap.lvm:LvmProvider",
+        "zfs": "casbackup.fssnap.zfs:ZfsProvider",
+    },
     "notifier": {
         "webhook": "casbackup.notify.http:WebhookNotifier",
         "healthchecks": "casbackup.notify.http:HealthchecksNotifier",
