@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 
 all: test
 
+# No `pip install --upgrade pip` first: the venv's own pip (23+) installs all of this, and the
+# upgrade cost a download and an install on every fresh clone (CI).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
