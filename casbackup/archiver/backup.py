@@ -34,6 +34,7 @@ import blake3
 
 from casbackup import __version__
 from casbackup.archiver.compare import Counts, SubtreeJob, file_unchanged
+from casbackup.archiver.delta_bases import BaseFinder
 from casbackup.archiver.excludes import Excluder
 from casbackup.archiver.later import Later
 from casbackup.archiver.metadata import Xattrs, node_from_stat, read_xattrs, stat_matches
@@ -933,8 +934,11 @@ class Backup:
             else:
                 c.files_changed += 1
 
-    def _store_stream(self, reader: Any, chunker: Chunker) -> tuple[tuple[BlobId, ...], bytes, int]:
-        """Store a stream (a database dump) from this process."""
+    def _store_stream(
+        self, reader: Any, chunker: Chunker, bases: BaseFinder | None = None
+    ) -> tuple[tuple[BlobId, ...], bytes, int]:
+        """Store a stream (a database dump) from this process; with ``bases`` (the parent's
+        version of the stream), a new chunk is stored as a delta of its counterpart there."""
         hasher = blake3.blake3()
         ids: list[BlobId] = []
         size = 0
@@ -943,11 +947,21 @@ class Backup:
             if self._cancelled.is_set():
                 raise KeyboardInterrupt
             hasher.update(piece)
-            size += len(piece)
             if self.options.dry_run:
                 ids.append(self.repo.blob_id(piece))
-            else:
+            elif bases is None:
                 ids.append(self.repo.save_blob(Kind.DATA, piece)[0])
+            else:
+                blob_id = self.repo.blob_id(piece)
+                if not self.repo.has_blob(blob_id):
+                    base = bases.base_for(size, len(piece))
+                    if base is not None:
+                        self.repo.save_data_delta(piece, base, blob_id=blob_id)
+                    else:
+                        self.repo.save_blob(Kind.DATA, piece, blob_id)
+                bases.seen(blob_id, size, len(piece))
+                ids.append(blob_id)
+            size += len(piece)
             self._progress.bytes_done += len(piece)
         with self._count_lock:
             self.counters.bytes_read += size
@@ -960,9 +974,10 @@ class Backup:
         nodes = []
         for spec in self.options.streams:
             self.reporter.info(f"dumping database {spec.name} ({spec.engine})")
+            bases = self._stream_bases(spec.filename)
             source = spec.open()
             try:
-                content, digest, size = self._store_stream(source, self.dump_chunker)
+                content, digest, size = self._store_stream(source, self.dump_chunker, bases)
                 info = source.finish()
             finally:
                 source.close()
@@ -983,6 +998,21 @@ class Backup:
             name=DATABASES_DIR, kind=NodeKind.DIR, mode=0o700, uid=os.getuid(), gid=os.getgid(),
             mtime_ns=now_ns, ctime_ns=now_ns, subtree=self._save_tree(nodes),
         )  # fmt: skip
+
+    def _stream_bases(self, filename: str) -> BaseFinder | None:
+        """The parent's version of /.databases/<filename> as delta bases (format 3 only)."""
+        parent = self._reference
+        if parent is None or self.options.dry_run or not self.repo.deltas_allowed:
+            return None
+        try:
+            node = self.repo.find_node(
+                parent.root, b"/" + DATABASES_DIR + b"/" + os.fsencode(filename)
+            )
+        except CasError:
+            return None  # a new database, or a parent tree that cannot be read: full chunks
+        if node is None or node.kind != NodeKind.FILE:
+            return None
+        return BaseFinder.for_content(self.repo, node.content)
 
     # ------------------------------------------------------------------ reporting
     def _error(self, path: bytes, exc: OSError) -> None:

@@ -48,6 +48,7 @@ from casbackup.archiver.targetfs import (
 from casbackup.archiver.writers import (
     BatchItem,
     BlobReader,
+    Chunk,
     FileJob,
     WriterPool,
     Written,
@@ -56,6 +57,9 @@ from casbackup.archiver.writers import (
     write_batch,
 )
 from casbackup.errors import CasError, Interrupted, RestoreError
+from casbackup.repo import delta
+from casbackup.repo.ids import Kind
+from casbackup.repo.index import Location
 from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
@@ -485,8 +489,13 @@ class Restorer:
                 self._fail(rel_path, str(exc))
                 self._first_settled(node.hardlink_key, str(exc))
                 continue
-            chunks = tuple((chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len)
-                           for chunk_id, loc in zip(node.content, locs, strict=True))  # fmt: skip
+            try:
+                chunks = tuple(_chunk(self.repo, chunk_id, loc)
+                               for chunk_id, loc in zip(node.content, locs, strict=True))  # fmt: skip
+            except CasError as exc:
+                self._fail(rel_path, str(exc))
+                self._first_settled(node.hardlink_key, str(exc))
+                continue
             temp = self._temp_prefix + b"%d" % next(self._temps)
             job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
                           node.mtime_ns, self.owners, self._xattrs(node), temp,
@@ -629,3 +638,12 @@ def restore(
     Interrupted on Ctrl-C, CasError for a snapshot that cannot be read at all.
     """
     return Restorer(repo, snapshot, options, reporter).run()
+
+
+def _chunk(repo: Repository, chunk_id: bytes, loc: Location) -> Chunk:
+    """A writer's chunk; a DELTA carries its chain of locations down to its full base
+    (repo/delta.py; NotFound or IntegrityError when a base is missing or the chain too deep)."""
+    if loc.kind == Kind.DELTA:
+        chain = tuple(delta.chain_of(repo.locate, chunk_id, loc))
+        return (chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len, chain)
+    return (chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len)

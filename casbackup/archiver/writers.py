@@ -37,6 +37,7 @@ import blake3
 from casbackup import procs
 from casbackup.crypto.envelope import Opener
 from casbackup.errors import CasError
+from casbackup.repo import delta
 from casbackup.repo.ids import Kind
 from casbackup.repo.pack import open_blob, pack_name
 from casbackup.repo.tree import valid_name
@@ -44,7 +45,9 @@ from casbackup.store.local import LocalBackend
 
 _ZERO = bytes(16 * 1024 * 1024)
 
-Chunk = tuple[bytes, str, int, int, int]  # blob id, pack id, offset, stored length, raw length
+# blob id, pack id, offset, stored length, raw length; a DELTA chunk (repo/delta.py) adds
+# its chain: ((id, Location), ...) from itself down to its full base.
+Chunk = tuple[bytes, str, int, int, int] | tuple[bytes, str, int, int, int, tuple[Any, ...]]
 
 
 # NamedTuples, not dataclasses: a batch pickles a hundred of them, and a tuple pickles
@@ -84,9 +87,14 @@ class BlobReader:
         self.opener = Opener(encryption_root)
 
     def read(self, chunk: Chunk) -> bytes:
-        blob_id, pack, offset, stored_len, raw_len = chunk
+        if len(chunk) == 6:
+            return delta.resolve_chain(self._fetch, self.opener, list(chunk[5]))
+        blob_id, pack, offset, stored_len, raw_len = chunk[:5]
         envelope = self.backend.get(pack_name(pack), offset, stored_len)
         return open_blob(self.opener, Kind.DATA, blob_id, pack, envelope, raw_len)
+
+    def _fetch(self, loc: Any) -> bytes:
+        return self.backend.get(pack_name(loc.pack), loc.offset, loc.stored_len)
 
 
 def write_file(

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 from casbackup.errors import CasError, IntegrityError, NotFound
 from casbackup.maintenance.usage import find_used_blobs
-from casbackup.repo import codec
+from casbackup.repo import codec, delta
+from casbackup.repo.delta import close_over_bases
 from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.index import IndexFile, Location, encode_index
 from casbackup.repo.pack import PackWriter, pack_name
@@ -189,12 +190,17 @@ def plan_prune(
     # Every copy of every blob, per pack (a pack can appear in several index files).
     packs: dict[FileId, dict[BlobId, Location]] = defaultdict(dict)
     copies: dict[BlobId, list[FileId]] = defaultdict(list)
+    bases: dict[bytes, BlobId] = {}
     for idx in live_index.values():
         for pack, entries in idx.packs.items():
             for blob_id, loc in entries:
                 if blob_id not in packs[pack]:
                     packs[pack][blob_id] = loc
                     copies[blob_id].append(pack)
+                if loc.base is not None:
+                    bases[blob_id] = loc.base
+    # A used delta keeps its whole chain of bases (repo/delta.py), wherever they are.
+    used = close_over_bases(used, bases.get)
 
     not_indexed = [b for b in used if b not in copies]
     if not_indexed:
@@ -362,7 +368,8 @@ def _repack(
         pack_id, data, written = w.finish(repo.sealer)
         repo.backend.put(pack_name(pack_id), data)  # durable before the index names it
         new_packs[pack_id] = [
-            (e.id, Location(pack_id, e.offset, e.stored_len, e.raw_len, e.kind)) for e in written
+            (e.id, Location(pack_id, e.offset, e.stored_len, e.raw_len, e.kind, e.base))
+            for e in written
         ]
         result.packs_written.append(pack_id)
         result.bytes_written += len(data)
@@ -377,7 +384,7 @@ def _repack(
                 _verify(repo, blob_id, loc, envelope, use.pack)
             group = Kind.TREE if loc.kind == Kind.TREE else Kind.DATA
             writer = writers[group]
-            writer.add(loc.kind, blob_id, envelope, loc.raw_len)
+            writer.add(loc.kind, blob_id, envelope, loc.raw_len, loc.base)
             progress.bytes_done += loc.stored_len
             if writer.size >= repo.config.pack_size:
                 store(writer)
@@ -391,9 +398,17 @@ def _repack(
 
 
 def _verify(repo: Repository, blob_id: BlobId, loc: Location, envelope: bytes, pack: str) -> None:
-    """A damaged blob must not be copied into a new pack as if it were good."""
+    """A damaged blob must not be copied into a new pack as if it were good (a delta is
+    applied to its base, itself resolved and checked, before it is copied)."""
     try:
-        plain = codec.decompress(repo.opener.open(loc.kind, blob_id, envelope))
+        if loc.kind == Kind.DELTA:
+            payload = delta.open_delta(repo.opener, blob_id, envelope)
+            if loc.base is None or delta.delta_base(payload) != loc.base:
+                raise IntegrityError("its base is not the one the index names")
+            base = repo.load_blob(loc.base, Kind.DATA)
+            plain = delta.apply_delta(payload, base, loc.raw_len)
+        else:
+            plain = codec.decompress(repo.opener.open(loc.kind, blob_id, envelope))
     except CasError as exc:
         raise IntegrityError(
             f"blob {blob_id.hex()[:16]} in pack {pack[:12]} is damaged ({exc}); "

@@ -20,6 +20,7 @@ from typing import Any
 
 from casbackup import procs
 from casbackup.errors import CasError, UsageError
+from casbackup.repo.delta import damage_through_bases
 from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.index import iter_records
 from casbackup.repo.nodecheck import tree_problems
@@ -134,12 +135,15 @@ class Checker:
         # is in ``index`` once but in both packs here.
         self.indexed: dict[FileId, bytes] = {}
         self.damaged: dict[bytes, str] = {}  # blob id -> why
+        self.bases: dict[bytes, bytes] = {}  # delta blob id -> its base (repo/delta.py)
+        self._packs_read: list[FileId] = []
 
     def run(self) -> CheckReport:
         check_metadata(self.repo, self.report.errors, self.report.warnings)
         self._odd_entries()
         self._load_index()
         packs = self._check_packs()
+        self._damage_through_bases()
         if not self.options.read_data:
             self._apply_walk(self._walk_snapshots())
             skipped_warnings(self.repo.backend)  # reported above as errors, once
@@ -149,6 +153,8 @@ class Checker:
         # the reading. Damage found by the reading is named by walking again.
         walk = _Background(self._walk_snapshots)
         self._read_packs(packs, walk.start)
+        self._verify_deltas()
+        self._damage_through_bases()
         found = walk.result()
         if self.damaged:
             found = self._walk_snapshots()
@@ -173,17 +179,18 @@ class Checker:
         superseded: set[str] = set()
         for fid in files:
             try:
-                supersedes, sections = self.repo.load_index_records(fid)
+                supersedes, sections, bases = self.repo.load_index_with_bases(fid)
             except CasError as exc:
                 self.report.errors.append(
                     f"index file {fid[:12]} is damaged: {exc} (run 'casbackup repair index')"
                 )
                 continue
-            loaded[fid] = sections
+            loaded[fid] = sections, bases
             superseded.update(supersedes)
-        for fid, sections in loaded.items():
+        for fid, (sections, bases) in loaded.items():
             if fid in superseded:
                 continue
+            self.bases.update(bases)
             for pack, records in sections:
                 self.indexed[pack] = self.indexed.get(pack, b"") + records
                 for kind, blob_id, *_ in iter_records(records):
@@ -258,7 +265,7 @@ class Checker:
                     return  # at least one pack per run, so a tiny budget still makes progress
                 yield pack, packs[pack], self.indexed.get(pack, b"")
 
-        read: list[FileId] = []
+        read = self._packs_read
         for pack, verdict in _verify_all(self.repo, jobs(), self.options.workers, on_started):
             self._apply(pack, verdict)
             read.append(pack)
@@ -282,6 +289,32 @@ class Checker:
             self.report.bytes_read += verdict.bytes_read
         for blob_id, why in verdict.damaged:
             self._blob_damaged(blob_id, pack, why)
+
+    # ------------------------------------------------------------------ deltas
+    def _verify_deltas(self) -> None:
+        """--read-data: resolve every delta in a pack that was read through its chain of
+        bases; the full plaintext must hash to the delta's id (repo/delta.py)."""
+        read = set(self._packs_read)
+        for blob_id in sorted(self.bases):
+            pack = self.index.get(blob_id)
+            if pack is None or pack not in read or blob_id in self.damaged:
+                continue
+            try:
+                self.repo.load_blob(BlobId(blob_id), Kind.DATA)
+            except CasError as exc:
+                self.report.errors.append(f"delta blob {blob_id.hex()[:12]}: {exc}")
+                self._blob_damaged(blob_id, pack, f"cannot be resolved ({exc})")
+
+    def _damage_through_bases(self) -> None:
+        """A delta whose base is missing or damaged cannot be read either: name it, so the
+        walk names every file that needs it, in every snapshot."""
+        found = damage_through_bases(self.bases, self.index.__contains__, self.damaged)
+        for i, (blob_id, why) in enumerate(sorted(found.items())):
+            if i < 20:
+                self.report.errors.append(why)
+            self.damaged[blob_id] = why
+        if len(found) > 20:
+            self.report.errors.append(f"... and {plural(len(found) - 20, 'more delta blob')}")
 
     # ------------------------------------------------------------------ snapshots
     def _apply_walk(self, walk: _Walk) -> None:

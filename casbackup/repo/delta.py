@@ -1,0 +1,220 @@
+"""Delta blobs (format version 3): a data blob stored as a difference to another blob.
+
+A DELTA blob's id is the keyed hash of the full plaintext it decodes to, exactly like a
+DATA blob's: trees, dedup and every content list are unchanged, and a reader that
+locates an id and finds kind DELTA resolves it here. Its envelope (kind DELTA, the id
+as associated data, like every blob) holds::
+
+    version[1]=1 | base_id[32] | zstd frame
+
+The frame is the target compressed with zstd using the base's full plaintext as a raw
+content dictionary ("patch-from"): whatever the target shares with the base costs a few
+bytes. The base is itself DATA or DELTA; the chain from a delta down to its full (DATA)
+base is at most ``MAX_DEPTH`` deltas long, so reading any blob costs at most
+``MAX_DEPTH + 1`` blob reads and holds two plaintexts at a time. The index and pack
+header name every delta's base too (repo/index.py, repo/pack.py), so prune and check
+know the graph without decrypting anything.
+
+Pure functions only: readers with or without a Repository (restore's pack readers)
+share ``resolve_chain``; prune and check share ``close_over_bases`` and
+``damage_through_bases``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import zstandard
+
+from casbackup.crypto.envelope import Opener
+from casbackup.errors import FormatError, IntegrityError
+from casbackup.repo import codec
+from casbackup.repo.ids import ID_SIZE, BlobId, Kind
+
+DELTA_VERSION = 1
+# The longest chain of deltas above a full blob. Measured with bench/dump_dedup.py
+# (repo_format.md "Delta blobs"): each level costs one more blob read and one more
+# decompression on every read, while a full blob every N nights costs a whole chunk.
+MAX_DEPTH = 8
+# A delta is kept only when it is at most this share of the target's length: beyond
+# it the target shares little with its base and a full blob ends the chain instead.
+MAX_SHARE = 0.5
+# zstd's window must reach back over the whole base: bases are at most one chunk
+# (16 MiB, the largest chunker max_size), so 2^25 covers base plus target.
+_WINDOW_LOG = 25
+_MAX_PLAIN = codec._MAX_DECOMPRESSED
+
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dec = getattr(_local, "plain", None)
+    if dec is None:
+        dec = _local.plain = zstandard.ZstdDecompressor(max_window_size=1 << _WINDOW_LOG)
+    return dec
+
+
+def encode_delta(
+    base_id: bytes, base: bytes | memoryview, target: bytes | memoryview, level: int
+) -> bytes:
+    """The plaintext of a DELTA envelope turning ``base`` into ``target`` (zstd ``level``)."""
+    dictionary = zstandard.ZstdCompressionDict(
+        bytes(base), dict_type=zstandard.DICT_TYPE_RAWCONTENT
+    )
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level,
+        source_size=len(target),
+        window_log=_WINDOW_LOG,
+        write_content_size=True,
+        enable_ldm=len(base) > 1 << 20,
+    )
+    frame = zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(
+        target
+    )
+    return bytes((DELTA_VERSION,)) + bytes(base_id) + frame
+
+
+def delta_base(payload: bytes | memoryview) -> BlobId:
+    """The base id a DELTA plaintext names (FormatError when it is malformed)."""
+    if len(payload) < 1 + ID_SIZE or payload[0] != DELTA_VERSION:
+        raise FormatError("delta blob is malformed or of an unknown version")
+    return BlobId(bytes(payload[1 : 1 + ID_SIZE]))
+
+
+def apply_delta(payload: bytes | memoryview, base: bytes, raw_len: int) -> bytes:
+    """The full plaintext: ``payload`` (a DELTA plaintext) applied to ``base``.
+
+    Raises FormatError (malformed), IntegrityError (wrong length)."""
+    delta_base(payload)
+    dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    try:
+        dec = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=1 << _WINDOW_LOG)
+        out = dec.decompress(memoryview(payload)[1 + ID_SIZE :], max_output_size=_MAX_PLAIN)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"damaged delta payload: {exc}") from None
+    if len(out) != raw_len:
+        raise IntegrityError("a delta blob decodes to the wrong length")
+    return out
+
+
+def open_delta(opener: Opener, blob_id: bytes, envelope: bytes | memoryview) -> bytes:
+    """Decrypt a DELTA envelope into its plaintext (IntegrityError when it fails)."""
+    return opener.open(Kind.DELTA, blob_id, envelope)
+
+
+def resolve_chain(
+    fetch_envelope: Callable[[Any], bytes],
+    opener: Opener,
+    chain: list[tuple[bytes, Any]],
+    *,
+    hash_id: Callable[[bytes], bytes] | None = None,
+) -> bytes:
+    """The full plaintext of ``chain[0]``.
+
+    ``chain``: (blob id, location) pairs from the wanted blob down to its full base,
+    each a delta of the next (locations: anything with ``kind``, ``raw_len``, ``base``,
+    ``pack``; ``fetch_envelope(location)`` returns its stored bytes). At most
+    ``MAX_DEPTH + 1`` long. Resolved bottom-up holding two plaintexts at a time; each
+    level's base id (inside its authenticated payload) must be the next link, and with
+    ``hash_id`` every resolved plaintext must hash to its id. Raises IntegrityError or
+    FormatError naming the blob that failed.
+    """
+    if not chain or len(chain) > MAX_DEPTH + 1:
+        raise IntegrityError(f"a delta chain of {len(chain)} blobs is over the depth limit")
+    bottom_id, bottom = chain[-1]
+    if bottom.kind != Kind.DATA:
+        raise IntegrityError(f"blob {bottom_id.hex()[:16]} ends a delta chain but is not data")
+    from casbackup.repo.pack import open_blob  # pack imports nothing of ours: no cycle
+
+    plain = open_blob(
+        opener, Kind.DATA, bottom_id, bottom.pack, fetch_envelope(bottom), bottom.raw_len
+    )
+    _check(hash_id, bottom_id, plain)
+    below = bottom_id
+    for blob_id, loc in reversed(chain[:-1]):
+        if loc.kind != Kind.DELTA:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} is inside a delta chain but no delta")
+        try:
+            payload = open_delta(opener, blob_id, fetch_envelope(loc))
+            if delta_base(payload) != below or loc.base != below:
+                raise IntegrityError("its base is not the one the index names")
+            plain = apply_delta(payload, plain, loc.raw_len)
+        except (IntegrityError, FormatError) as exc:
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:16]} in pack {loc.pack[:12]} is damaged: {exc}"
+            ) from None
+        _check(hash_id, blob_id, plain)
+        below = blob_id
+    return plain
+
+
+def _check(hash_id: Callable[[bytes], bytes] | None, blob_id: bytes, plain: bytes) -> None:
+    if hash_id is not None and hash_id(plain) != blob_id:
+        raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
+
+
+def chain_of(locate: Callable[[bytes], Any], blob_id: bytes, loc: Any) -> list[tuple[bytes, Any]]:
+    """(id, location) from ``blob_id`` down to its full base, following each ``base``.
+
+    ``locate(id)`` returns a location or raises NotFound. IntegrityError when the chain
+    is longer than ``MAX_DEPTH`` (a hostile or damaged index could even make a loop)."""
+    chain = [(blob_id, loc)]
+    while loc.kind == Kind.DELTA:
+        if len(chain) > MAX_DEPTH:
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:16]}: its delta chain is longer than {MAX_DEPTH}"
+            )
+        base = loc.base
+        if base is None:
+            raise IntegrityError(f"delta blob {chain[-1][0].hex()[:16]} names no base")
+        loc = locate(base)
+        chain.append((base, loc))
+    return chain
+
+
+def close_over_bases(used: set[bytes], base_of: Callable[[bytes], bytes | None]) -> set[bytes]:
+    """Add to ``used`` (in place, and return it) every base of every delta it holds.
+
+    ``base_of(id)``: the base of a delta blob, None for a full one. The walk stops at
+    blobs already in the set, so each blob is visited once; a loop cannot run forever."""
+    for blob_id in list(used):
+        base = base_of(blob_id)
+        while base is not None and base not in used:
+            used.add(base)
+            base = base_of(base)
+    return used
+
+
+def damage_through_bases(
+    bases: Mapping[bytes, bytes],
+    indexed: Callable[[bytes], bool],
+    damaged: dict[bytes, str],
+) -> dict[bytes, str]:
+    """Deltas that cannot be resolved: {delta id: why}, for ``check``.
+
+    ``bases``: {delta id: base id} of every delta in the index; ``indexed(id)``: whether
+    a blob is in the index; ``damaged``: blobs already known damaged. A delta whose chain
+    reaches a missing or damaged blob, is longer than ``MAX_DEPTH`` or loops is damaged
+    too; the result is added to ``damaged`` by the caller."""
+    verdict: dict[bytes, str] = {}
+    for delta in bases:
+        link, depth, why = delta, 0, None
+        seen: set[bytes] = set()
+        while link in bases:
+            seen.add(link)
+            link = bases[link]
+            depth += 1
+            if link in damaged:
+                why = f"its base {link.hex()[:12]} is damaged ({damaged[link]})"
+                break
+            if not indexed(link):
+                why = f"its base {link.hex()[:12]} is missing"
+                break
+            if depth > MAX_DEPTH or link in seen:
+                why = f"its delta chain is longer than {MAX_DEPTH} or loops"
+                break
+        if why is not None:
+            verdict[delta] = f"delta blob {delta.hex()[:12]} cannot be read: {why}"
+    return verdict
