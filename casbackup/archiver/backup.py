@@ -954,9 +954,9 @@ class Backup:
             else:
                 blob_id = self.repo.blob_id(piece)
                 if not self.repo.has_blob(blob_id):
-                    base = bases.base_for(size, len(piece))
+                    base = bases.choose(self._load_data, piece, size)
                     if base is not None:
-                        self.repo.save_data_delta(piece, base, blob_id=blob_id)
+                        self.repo.save_data_delta(piece, base[0], base[1], blob_id)
                     else:
                         self.repo.save_blob(Kind.DATA, piece, blob_id)
                 bases.seen(blob_id, size, len(piece))
@@ -998,6 +998,9 @@ class Backup:
             name=DATABASES_DIR, kind=NodeKind.DIR, mode=0o700, uid=os.getuid(), gid=os.getgid(),
             mtime_ns=now_ns, ctime_ns=now_ns, subtree=self._save_tree(nodes),
         )  # fmt: skip
+
+    def _load_data(self, blob_id: BlobId) -> bytes:
+        return self.repo.load_blob(blob_id, Kind.DATA)
 
     def _stream_bases(self, filename: str) -> BaseFinder | None:
         """The parent's version of /.databases/<filename> as delta bases (format 3 only)."""

@@ -8,17 +8,22 @@ of the parent's), the next expected base is the parent's next chunk, so boundari
 shifted by inserted or removed bytes do not lead it astray.
 
 Memory: one offset and one id per chunk of the parent's version of the stream (its
-content list, which the parent's tree already holds), no chunk data.
+content list, which the parent's tree already holds), and the last three base chunks.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from casbackup.errors import CasError
 from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
+
+# Bytes compared at the start of a chunk to tell an aligned base (a chunk starts at a
+# content-defined boundary, so the same boundary gives the same first bytes).
+_PREFIX = 64
+_KEEP = 3
 
 
 class BaseFinder:
@@ -34,6 +39,7 @@ class BaseFinder:
         for i, blob_id in enumerate(self._ids):
             self._where.setdefault(blob_id, i)
         self._drift = 0  # parent offset minus this stream's offset, at the last known match
+        self._recent: list[tuple[int, bytes]] = []  # (chunk index, plaintext), newest last
 
     @classmethod
     def for_content(cls, repo: Repository, content: Sequence[BlobId]) -> BaseFinder | None:
@@ -53,11 +59,50 @@ class BaseFinder:
         if i is not None:
             self._drift = self._starts[i + 1] - (offset + length)
 
-    def base_for(self, offset: int, length: int) -> BlobId | None:
-        """The parent's chunk covering the middle of the new chunk at ``offset``; assumes
-        the new chunk ends where that one ends (content-defined boundaries mostly stay)."""
+    def choose(
+        self, load: Callable[[BlobId], bytes], piece: bytes | memoryview, offset: int
+    ) -> tuple[BlobId, bytes] | None:
+        """(base id, base plaintext) for the new chunk ``piece`` at ``offset``, or None.
+
+        The candidate is the parent's chunk under the middle of the new chunk (offsets
+        corrected by the drift seen so far). Chunk boundaries are content-defined, so an
+        aligned base starts with the same bytes as the new chunk: when the candidate does
+        not, its neighbours are tried, and the one that does fixes the drift exactly.
+        ``load(id)`` returns a chunk's plaintext (CasError when it cannot)."""
+        length = len(piece)
         middle = offset + self._drift + length // 2
         i = bisect.bisect_right(self._starts, middle) - 1
         i = min(max(i, 0), len(self._ids) - 1)
-        self._drift = self._starts[i + 1] - (offset + length)
-        return self._ids[i]
+        head = bytes(piece[:_PREFIX])
+        first: tuple[int, bytes] | None = None
+        for j in (i, i + 1, i - 1):
+            if not 0 <= j < len(self._ids):
+                continue
+            plain = self._load(load, j)
+            if plain is None:
+                continue
+            if plain[:_PREFIX] == head:
+                self._drift = self._starts[j] - offset
+                return self._ids[j], plain
+            if first is None:
+                first = (j, plain)
+        if first is None:
+            return None
+        j, plain = first
+        self._drift = self._starts[j + 1] - (offset + length)  # assume the ends line up
+        return self._ids[j], plain
+
+    def _load(self, load: Callable[[BlobId], bytes], j: int) -> bytes | None:
+        """Chunk ``j``'s plaintext; the last few are kept (the next choice usually wants a
+        neighbour): at most ``_KEEP`` chunks in memory."""
+        for k, plain in self._recent:
+            if k == j:
+                return plain
+        try:
+            plain = load(self._ids[j])
+        except CasError:
+            return None
+        self._recent.append((j, plain))
+        if len(self._recent) > _KEEP:
+            self._recent.pop(0)
+        return plain

@@ -38,8 +38,9 @@ DELTA_VERSION = 1
 # (repo_format.md "Delta blobs"): each level costs one more blob read and one more
 # decompression on every read, while a full blob every N nights costs a whole chunk.
 MAX_DEPTH = 8
-# A delta is kept only when it is at most this share of the target's length: beyond
-# it the target shares little with its base and a full blob ends the chain instead.
+# A delta is kept only when it is at most this share of the target compressed on its
+# own: beyond it the target shares little with its base, and a full blob (which starts
+# a new chain) costs little more.
 MAX_SHARE = 0.5
 # zstd's window must reach back over the whole base: bases are at most one chunk
 # (16 MiB, the largest chunker max_size), so 2^25 covers base plus target.

@@ -561,7 +561,7 @@ class Repository:
     ) -> tuple[BlobId, bool]:
         """``save_blob(Kind.DATA, data)``, stored as a DELTA against ``base_id`` when that
         pays: the base is stored, its chain leaves room (``delta.MAX_DEPTH``) and the delta
-        is at most ``delta.MAX_SHARE`` of the data. ``base``: the base's plaintext when the
+        is at most ``delta.MAX_SHARE`` of the data compressed on its own. ``base``: the base's plaintext when the
         caller has it (else it is loaded); ``blob_id``: ``data``'s id when known. Verified
         before it is written: the delta applied to the base must give ``data`` back.
         Returns (id, added)."""
@@ -577,8 +577,12 @@ class Repository:
             base = self.load_blob(base_id, Kind.DATA)
         level = self.compression_level if self.compression_level is not None else 3
         payload = delta.encode_delta(base_id, base, data, level)
-        if len(payload) > delta.MAX_SHARE * len(data):
-            return self.save_blob(Kind.DATA, data, blob_id)
+        if len(payload) > len(data) // 16:
+            # Rarely worth it (the base shares little): compare with the chunk compressed
+            # on its own, and keep the delta only when it is clearly smaller.
+            alone = codec.compress(data, self.compression_level)
+            if len(payload) > delta.MAX_SHARE * len(alone):
+                return self.save_blob(Kind.DATA, data, blob_id)
         envelope = self.sealer.seal(Kind.DELTA, blob_id, payload)
         if self.verify_before_write:
             plain = delta.apply_delta(
