@@ -38,6 +38,7 @@ from casbackup.archiver.stream import ChunkReader
 from casbackup.crypto.keyfile import WEAK_KDF
 from casbackup.engines import DumpInfo, get_engine
 from casbackup.engines.base import DatabaseSpec
+from casbackup.repo import delta
 from casbackup.repo.config import DUMP_CHUNKER, ChunkerParams, RepoConfig
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
@@ -222,6 +223,7 @@ def main() -> None:
         "--all-chunkers", action="store_true", help="every chunker, not only the current one"
     )
     args = parser.parse_args()
+    delta.MAX_DEPTH = args.max_depth
     rows = args.mb * 1_000_000 // ROW_BYTES
     chunkers = (
         CHUNKERS if args.all_chunkers else {k: v for k, v in CHUNKERS.items() if "current" in k}

@@ -8,7 +8,7 @@ of the parent's), the next expected base is the parent's next chunk, so boundari
 shifted by inserted or removed bytes do not lead it astray.
 
 Memory: one offset and one id per chunk of the parent's version of the stream (its
-content list, which the parent's tree already holds), and the last three base chunks.
+content list, which the parent's tree already holds), and the last four base chunks.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from casbackup.repo.repository import Repository
 # Bytes compared at the start of a chunk to tell an aligned base (a chunk starts at a
 # content-defined boundary, so the same boundary gives the same first bytes).
 _PREFIX = 64
-_KEEP = 3
+_KEEP = 4
 
 
 class BaseFinder:
@@ -67,15 +67,15 @@ class BaseFinder:
         The candidate is the parent's chunk under the middle of the new chunk (offsets
         corrected by the drift seen so far). Chunk boundaries are content-defined, so an
         aligned base starts with the same bytes as the new chunk: when the candidate does
-        not, its neighbours are tried, and the one that does fixes the drift exactly.
+        not, its neighbours and the chunk at the same offset without drift are tried, and
+        the one that does fixes the drift exactly. When none does, the first candidate is
+        the base and the drift is left alone.
         ``load(id)`` returns a chunk's plaintext (CasError when it cannot)."""
-        length = len(piece)
-        middle = offset + self._drift + length // 2
-        i = bisect.bisect_right(self._starts, middle) - 1
-        i = min(max(i, 0), len(self._ids) - 1)
+        i = self._under(offset + self._drift + len(piece) // 2)
+        same = self._under(offset + len(piece) // 2)  # no drift: right for in-place changes
         head = bytes(piece[:_PREFIX])
         first: tuple[int, bytes] | None = None
-        for j in (i, i + 1, i - 1):
+        for j in dict.fromkeys((i, i + 1, i - 1, same)):
             if not 0 <= j < len(self._ids):
                 continue
             plain = self._load(load, j)
@@ -88,9 +88,14 @@ class BaseFinder:
                 first = (j, plain)
         if first is None:
             return None
-        j, plain = first
-        self._drift = self._starts[j + 1] - (offset + length)  # assume the ends line up
-        return self._ids[j], plain
+        # No candidate lines up (a boundary moved): the drift stays as it was, so one
+        # odd chunk cannot lead every later choice astray.
+        return self._ids[first[0]], first[1]
+
+    def _under(self, position: int) -> int:
+        """The parent chunk holding byte ``position`` (clamped to the first and last)."""
+        i = bisect.bisect_right(self._starts, position) - 1
+        return min(max(i, 0), len(self._ids) - 1)
 
     def _load(self, load: Callable[[BlobId], bytes], j: int) -> bytes | None:
         """Chunk ``j``'s plaintext; the last few are kept (the next choice usually wants a
