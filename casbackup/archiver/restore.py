@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from casbackup.archiver.excludes import Excluder
+from casbackup.archiver.readplan import LOCAL_GAP, REMOTE_GAP, BlobReader, Chain
 from casbackup.archiver.restore_state import Batch, BatchDone, Folder, Frame, LinkGroup
 from casbackup.archiver.targetfs import (
     TargetError,
@@ -47,8 +48,6 @@ from casbackup.archiver.targetfs import (
 )
 from casbackup.archiver.writers import (
     BatchItem,
-    BlobReader,
-    Chunk,
     FileJob,
     WriterPool,
     Written,
@@ -103,6 +102,8 @@ _BATCH_DIRS = 16
 # for them (at most _BATCH_DIRS each, plus the walk's own path) well below 1024.
 _MAX_IN_FLIGHT = 32
 _FILE_LOAD = 8192  # a file's cost to a writer beyond its bytes, for picking the least busy
+# Ranged reads in flight from an object store (threads, shared by the writing threads).
+_REMOTE_READERS = 8
 
 
 class Restorer:
@@ -136,7 +137,8 @@ class Restorer:
         self._temps = itertools.count()
         self._writers: WriterPool | None = None
         self._threads: ThreadPoolExecutor | None = None
-        self._reader = BlobReader(repo.backend, repo.key.encryption_root)
+        self._fetchers: ThreadPoolExecutor | None = None  # ranged reads, for the threads
+        self._reader: BlobReader | None = None
 
     def run(self) -> RestoreResult:
         opts = self.options
@@ -458,7 +460,7 @@ class Restorer:
             load = batch.bytes + _FILE_LOAD * len(items)
             self._writers.submit(dir_fds, items, load, done)
         else:
-            assert self._threads is not None
+            assert self._threads is not None and self._reader is not None
             future = self._threads.submit(
                 write_batch, dir_fds, items, self._reader, self._add_bytes
             )
@@ -489,21 +491,32 @@ class Restorer:
                 self._fail(rel_path, str(exc))
                 self._first_settled(node.hardlink_key, str(exc))
                 continue
+            chunks = tuple((chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len)
+                           for chunk_id, loc in zip(node.content, locs, strict=True))  # fmt: skip
             try:
-                chunks = tuple(_chunk(self.repo, chunk_id, loc)
-                               for chunk_id, loc in zip(node.content, locs, strict=True))  # fmt: skip
-            except CasError as exc:
+                chains = tuple((i, self._chain(chunks[i], loc))
+                               for i, loc in enumerate(locs) if loc.kind != Kind.DATA)  # fmt: skip
+            except CasError as exc:  # a delta whose base is missing or whose chain is too deep
                 self._fail(rel_path, str(exc))
                 self._first_settled(node.hardlink_key, str(exc))
                 continue
             temp = self._temp_prefix + b"%d" % next(self._temps)
             job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
                           node.mtime_ns, self.owners, self._xattrs(node), temp,
-                          self.options.overwrite)  # fmt: skip
+                          self.options.overwrite, chains)  # fmt: skip
             items.append((slot, node.name, job))
             nodes.append(node)
             rel_paths.append(rel_path)
         return items, nodes, rel_paths
+
+    def _chain(self, chunk: tuple[bytes, str, int, int, int], loc: Location) -> Chain:
+        """The located blobs that rebuild a chunk not stored whole (a DELTA blob), itself
+        first and its full base last (``delta.chain_of``: at most ``delta.MAX_DEPTH`` deltas).
+        Raises NotFound or IntegrityError when a base is missing or the chain too deep;
+        a TREE where data is expected comes back alone and the writer refuses it."""
+        if loc.kind != Kind.DELTA:
+            return (chunk,)
+        return tuple(delta.located_chain(self.repo.locate, chunk[0], loc))
 
     def _xattrs(self, node: Node) -> tuple[tuple[bytes, bytes], ...]:
         return node.xattrs if self.options.xattrs else ()
@@ -564,14 +577,27 @@ class Restorer:
         backend = self.repo.backend
         if isinstance(backend, LocalBackend) and opts.workers > 1 and not opts.dry_run:
             self._writers = WriterPool(backend.root, self.repo.key.encryption_root, opts.workers)
-        else:
-            self._threads = ThreadPoolExecutor(opts.workers, thread_name_prefix="restore")
+            return
+        self._threads = ThreadPoolExecutor(opts.workers, thread_name_prefix="restore")
+        # Ranged reads run in their own threads, ahead of the writing; an object store gets
+        # several requests in flight (its client releases the GIL while it waits).
+        local = isinstance(backend, LocalBackend)
+        fetchers = max(1, opts.workers) if local else _REMOTE_READERS
+        self._fetchers = ThreadPoolExecutor(fetchers, thread_name_prefix="restore-read")
+        self._reader = BlobReader(
+            backend,
+            self.repo.key.encryption_root,
+            gap=LOCAL_GAP if local else REMOTE_GAP,
+            pool=self._fetchers,
+        )
 
     def _stop_writers(self, abort: bool) -> None:
         if self._writers is not None:
             self._writers.close(abort=abort)
         if self._threads is not None:
             self._threads.shutdown(wait=True, cancel_futures=True)
+        if self._fetchers is not None:
+            self._fetchers.shutdown(wait=True, cancel_futures=True)
 
     def _drain(self) -> None:
         """Wait for every batch in flight, then raise what stopped the restore, if anything."""
@@ -638,12 +664,3 @@ def restore(
     Interrupted on Ctrl-C, CasError for a snapshot that cannot be read at all.
     """
     return Restorer(repo, snapshot, options, reporter).run()
-
-
-def _chunk(repo: Repository, chunk_id: bytes, loc: Location) -> Chunk:
-    """A writer's chunk; a DELTA carries its chain of locations down to its full base
-    (repo/delta.py; NotFound or IntegrityError when a base is missing or the chain too deep)."""
-    if loc.kind == Kind.DELTA:
-        chain = tuple(delta.chain_of(repo.locate, chunk_id, loc))
-        return (chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len, chain)
-    return (chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len)

@@ -23,7 +23,7 @@ share ``resolve_chain``; prune and check share ``close_over_bases`` and
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zstandard
@@ -106,49 +106,57 @@ def open_delta(opener: Opener, blob_id: bytes, envelope: bytes | memoryview) -> 
 
 
 def resolve_chain(
-    fetch_envelope: Callable[[Any], bytes],
+    fetch_envelope: Callable[[str, int, int], bytes],
     opener: Opener,
-    chain: list[tuple[bytes, Any]],
+    chain: Sequence[tuple[bytes, str, int, int, int]],
     *,
     hash_id: Callable[[bytes], bytes] | None = None,
 ) -> bytes:
     """The full plaintext of ``chain[0]``.
 
-    ``chain``: (blob id, location) pairs from the wanted blob down to its full base,
-    each a delta of the next (locations: anything with ``kind``, ``raw_len``, ``base``,
-    ``pack``; ``fetch_envelope(location)`` returns its stored bytes). At most
-    ``MAX_DEPTH + 1`` long. Resolved bottom-up holding two plaintexts at a time; each
-    level's base id (inside its authenticated payload) must be the next link, and with
-    ``hash_id`` every resolved plaintext must hash to its id. Raises IntegrityError or
-    FormatError naming the blob that failed.
+    ``chain``: (blob id, pack id, offset, stored length, raw length) of each blob from the
+    wanted one down to its full base, each a delta of the next; ``fetch_envelope(pack,
+    offset, length)`` returns stored bytes. At most ``MAX_DEPTH + 1`` long. The last is
+    opened as DATA and the others as DELTA: the envelope's authentication binds the kind
+    and id, so a chain that lies about them fails. Resolved bottom-up holding two
+    plaintexts at a time; each delta's base id (inside its authenticated payload) must be
+    the next link, each plaintext its raw length, and with ``hash_id`` hash to its id.
+    Raises IntegrityError or FormatError naming the blob and pack that failed.
     """
     if not chain or len(chain) > MAX_DEPTH + 1:
         raise IntegrityError(f"a delta chain of {len(chain)} blobs is over the depth limit")
-    bottom_id, bottom = chain[-1]
-    if bottom.kind != Kind.DATA:
-        raise IntegrityError(f"blob {bottom_id.hex()[:16]} ends a delta chain but is not data")
     from casbackup.repo.pack import open_blob  # pack imports nothing of ours: no cycle
 
+    bottom_id, pack, offset, stored_len, raw_len = chain[-1]
     plain = open_blob(
-        opener, Kind.DATA, bottom_id, bottom.pack, fetch_envelope(bottom), bottom.raw_len
+        opener, Kind.DATA, bottom_id, pack, fetch_envelope(pack, offset, stored_len), raw_len
     )
     _check(hash_id, bottom_id, plain)
     below = bottom_id
-    for blob_id, loc in reversed(chain[:-1]):
-        if loc.kind != Kind.DELTA:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} is inside a delta chain but no delta")
+    for blob_id, pack, offset, stored_len, raw_len in reversed(chain[:-1]):
         try:
-            payload = open_delta(opener, blob_id, fetch_envelope(loc))
-            if delta_base(payload) != below or loc.base != below:
-                raise IntegrityError("its base is not the one the index names")
-            plain = apply_delta(payload, plain, loc.raw_len)
+            payload = open_delta(opener, blob_id, fetch_envelope(pack, offset, stored_len))
+            if delta_base(payload) != below:
+                raise IntegrityError("its base is not the next blob of its chain")
+            plain = apply_delta(payload, plain, raw_len)
         except (IntegrityError, FormatError) as exc:
             raise IntegrityError(
-                f"blob {blob_id.hex()[:16]} in pack {loc.pack[:12]} is damaged: {exc}"
+                f"blob {blob_id.hex()[:16]} in pack {pack[:12]} is damaged: {exc}"
             ) from None
         _check(hash_id, blob_id, plain)
         below = blob_id
     return plain
+
+
+def located_chain(
+    locate: Callable[[bytes], Any], blob_id: bytes, loc: Any
+) -> list[tuple[bytes, str, int, int, int]]:
+    """``chain_of`` in the shape ``resolve_chain`` takes (and restore's writers carry).
+    Each link's base must be the one its index entry names (IntegrityError)."""
+    return [
+        (link_id, link.pack, link.offset, link.stored_len, link.raw_len)
+        for link_id, link in chain_of(locate, blob_id, loc)
+    ]
 
 
 def _check(hash_id: Callable[[bytes], bytes] | None, blob_id: bytes, plain: bytes) -> None:
@@ -160,7 +168,8 @@ def chain_of(locate: Callable[[bytes], Any], blob_id: bytes, loc: Any) -> list[t
     """(id, location) from ``blob_id`` down to its full base, following each ``base``.
 
     ``locate(id)`` returns a location or raises NotFound. IntegrityError when the chain
-    is longer than ``MAX_DEPTH`` (a hostile or damaged index could even make a loop)."""
+    is longer than ``MAX_DEPTH`` (a hostile or damaged index could even make a loop) or
+    does not end in a DATA blob. A DATA blob's chain is itself alone."""
     chain = [(blob_id, loc)]
     while loc.kind == Kind.DELTA:
         if len(chain) > MAX_DEPTH:
@@ -172,6 +181,10 @@ def chain_of(locate: Callable[[bytes], Any], blob_id: bytes, loc: Any) -> list[t
             raise IntegrityError(f"delta blob {chain[-1][0].hex()[:16]} names no base")
         loc = locate(base)
         chain.append((base, loc))
+    if loc.kind != Kind.DATA:
+        raise IntegrityError(
+            f"blob {blob_id.hex()[:16]}: its delta chain ends in a {loc.kind.name}"
+        )
     return chain
 
 

@@ -527,12 +527,12 @@ class Repository:
 
     def load_delta(self, blob_id: BlobId, loc: Location) -> bytes:
         """Resolve a DELTA blob located at ``loc`` (see ``load_blob``)."""
-        chain = delta.chain_of(self.locate, blob_id, loc)
+        chain = delta.located_chain(self.locate, blob_id, loc)
         return delta.resolve_chain(self.fetch_envelope, self.opener, chain, hash_id=self.blob_id)
 
-    def fetch_envelope(self, loc: Location) -> bytes:
-        """The stored bytes of the blob at ``loc`` (one ranged read)."""
-        return self.backend.get(pack_name(loc.pack), loc.offset, loc.stored_len)
+    def fetch_envelope(self, pack: str, offset: int, length: int) -> bytes:
+        """Stored bytes of a pack (one ranged read), for ``delta.resolve_chain``."""
+        return self.backend.get(pack_name(pack), offset, length)
 
     @property
     def deltas_allowed(self) -> bool:

@@ -139,20 +139,19 @@ def test_resolve_chain_checks_every_link() -> None:
         "top": put(Kind.DELTA, ids["top"], delta.encode_delta(ids["mid"], mid, top, 3), len(top), ids["mid"]),
     }  # fmt: skip
 
-    def fetch(loc: Location) -> bytes:
-        return store[loc.offset]
+    def fetch(pack: str, offset: int, length: int) -> bytes:
+        return store[offset]
 
-    chain = [(ids[n], locs[n]) for n in ("top", "mid", "base")]
+    by_id = {v: k for k, v in ids.items()}
+    chain = delta.located_chain(lambda b: locs[by_id[b]], ids["top"], locs["top"])
+    assert [c[0] for c in chain] == [ids["top"], ids["mid"], ids["base"]]
     assert delta.resolve_chain(fetch, opener, chain) == top
-    assert (
-        delta.chain_of(lambda b: locs[{v: k for k, v in ids.items()}[b]], ids["top"], locs["top"])
-        == chain
-    )
-    with pytest.raises(IntegrityError):  # the index names another base than the payload
-        wrong = Location(locs["mid"].pack, 1, 0, len(mid), Kind.DELTA, ids["top"])
-        delta.resolve_chain(fetch, opener, [chain[0], (ids["mid"], wrong), chain[2]])
+    with pytest.raises(IntegrityError):  # a link skipped: the payload names another base
+        delta.resolve_chain(fetch, opener, [chain[0], chain[2]])
     with pytest.raises(IntegrityError):  # a chain that does not end in data
         delta.resolve_chain(fetch, opener, chain[:2])
+    with pytest.raises(IntegrityError):  # a raw length that does not match
+        delta.resolve_chain(fetch, opener, [(*chain[0][:4], len(top) + 1), *chain[1:]])
     with pytest.raises(IntegrityError):  # the hash check catches a wrong id
         delta.resolve_chain(fetch, opener, chain, hash_id=lambda data: b"\x00" * 32)
 
