@@ -16,14 +16,14 @@ header name every delta's base too (repo/index.py, repo/pack.py), so prune and c
 know the graph without decrypting anything.
 
 Pure functions only: readers with or without a Repository (restore's pack readers)
-share ``resolve_chain``; prune and check share ``close_over_bases`` and
-``damage_through_bases``.
+share ``resolve_chain``; prune closes its used set with ``close_over_spilled_bases``;
+check follows each delta's bases through the index cache (verify/check.py).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import zstandard
@@ -188,47 +188,40 @@ def chain_of(locate: Callable[[bytes], Any], blob_id: bytes, loc: Any) -> list[t
     return chain
 
 
-def close_over_bases(used: set[bytes], base_of: Callable[[bytes], bytes | None]) -> set[bytes]:
-    """Add to ``used`` (in place, and return it) every base of every delta it holds.
+def close_over_spilled_bases(
+    used_bucket: Callable[[int], frozenset[bytes]],
+    add: Callable[[bytes], None],
+    pairs: Callable[[int], Iterable[tuple[bytes, bytes]]],
+    buckets: int,
+    scratch: Callable[[], Any],
+) -> None:
+    """Close a used set over bases, for ``prune``: every base of every used delta
+    (transitively) is added with ``add``.
 
-    ``base_of(id)``: the base of a delta blob, None for a full one. The walk stops at
-    blobs already in the set, so each blob is visited once; a loop cannot run forever."""
-    for blob_id in list(used):
-        base = base_of(blob_id)
-        while base is not None and base not in used:
-            used.add(base)
-            base = base_of(base)
-    return used
-
-
-def damage_through_bases(
-    bases: Mapping[bytes, bytes],
-    indexed: Callable[[bytes], bool],
-    damaged: dict[bytes, str],
-) -> dict[bytes, str]:
-    """Deltas that cannot be resolved: {delta id: why}, for ``check``.
-
-    ``bases``: {delta id: base id} of every delta in the index; ``indexed(id)``: whether
-    a blob is in the index; ``damaged``: blobs already known damaged. A delta whose chain
-    reaches a missing or damaged blob, is longer than ``MAX_DEPTH`` or loops is damaged
-    too; the result is added to ``damaged`` by the caller."""
-    verdict: dict[bytes, str] = {}
-    for delta in bases:
-        link, depth, why = delta, 0, None
-        seen: set[bytes] = set()
-        while link in bases:
-            seen.add(link)
-            link = bases[link]
-            depth += 1
-            if link in damaged:
-                why = f"its base {link.hex()[:12]} is damaged ({damaged[link]})"
-                break
-            if not indexed(link):
-                why = f"its base {link.hex()[:12]} is missing"
-                break
-            if depth > MAX_DEPTH or link in seen:
-                why = f"its delta chain is longer than {MAX_DEPTH} or loops"
-                break
-        if why is not None:
-            verdict[delta] = f"delta blob {delta.hex()[:12]} cannot be read: {why}"
-    return verdict
+    The set and the {delta: base} pairs are both split into ``buckets`` by the id's first
+    byte (``used_bucket(b)``: the used ids of bucket b; ``pairs(b)``: the pairs whose delta
+    is in bucket b), so memory holds one bucket at a time. Each round collects the bases
+    of used deltas into ``scratch()`` (``add(bucket, id)``, ``records(bucket)``, ``close()``,
+    like prune's RecordSpill), then adds those not yet used; a chain of n deltas takes n
+    rounds. A loop in a hostile index ends too (nothing new is added). Raises
+    IntegrityError if chains are still growing after ``MAX_DEPTH + 1`` rounds."""
+    for _ in range(MAX_DEPTH + 2):
+        found = scratch()
+        try:
+            for b in range(buckets):
+                used = used_bucket(b)
+                for blob_id, base in pairs(b):
+                    if blob_id in used:
+                        found.add(base[0], base)
+            new = 0
+            for b in range(buckets):
+                used = used_bucket(b)
+                for base in set(found.records(b)):
+                    if base not in used:
+                        add(bytes(base))
+                        new += 1
+        finally:
+            found.close()
+        if not new:
+            return
+    raise IntegrityError(f"delta chains in the index are longer than {MAX_DEPTH}")

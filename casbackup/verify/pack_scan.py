@@ -43,6 +43,8 @@ class PackVerdict:
     bytes_read: int | None = None  # None: the pack could not be read at all
     errors: list[str] = field(default_factory=list)
     damaged: list[tuple[bytes, str]] = field(default_factory=list)  # (blob id, why)
+    # DELTA blobs that authenticated: ``check`` resolves each through its bases.
+    deltas: list[bytes] = field(default_factory=list)
 
 
 class _Source(Protocol):
@@ -147,6 +149,8 @@ def _scan(
         why = _blob_fault(repo, e, envelope)
         if why is not None:
             verdict.damaged.append((e.id, f"blob {e.id.hex()[:12]} {why}"))
+        elif e.kind == Kind.DELTA:
+            verdict.deltas.append(e.id)
     _hash_range(source, hasher, hashed, size)  # the header and its length
     if hasher.hexdigest() != pack:
         verdict.errors.insert(
@@ -197,7 +201,7 @@ def _hash_range(source: _Source, hasher: blake3.blake3, start: int, end: int) ->
 def _blob_fault(repo: Repository, e: PackEntry, envelope: memoryview) -> str | None:
     """Why one blob is damaged, or None when it decrypts and hashes to its id. A DELTA
     blob is only authenticated and parsed here: ``check`` resolves it against its bases
-    afterwards (verify/check.py ``_verify_deltas``), where the index is at hand."""
+    afterwards (``PackVerdict.deltas``, verify/check.py ``_verify_deltas``)."""
     try:
         if e.kind == Kind.DELTA:
             delta_base(repo.opener.open(e.kind, e.id, envelope))

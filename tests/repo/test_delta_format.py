@@ -162,14 +162,37 @@ def test_chain_of_refuses_loops_and_overlong_chains() -> None:
         delta.chain_of(loop.__getitem__, A, loop[A])
 
 
-def test_closure_and_damage_through_bases() -> None:
+class _Scratch:
+    """An in-memory stand-in for prune's RecordSpill."""
+
+    def __init__(self) -> None:
+        self.data: dict[int, list[bytes]] = {}
+
+    def add(self, bucket: int, record: bytes) -> None:
+        self.data.setdefault(bucket, []).append(record)
+
+    def records(self, bucket: int) -> list[bytes]:
+        return self.data.get(bucket, [])
+
+    def close(self) -> None:
+        self.data = {}
+
+
+def _closure(used: set[bytes], bases: dict[bytes, bytes]) -> set[bytes]:
+    delta.close_over_spilled_bases(
+        lambda b: frozenset(i for i in used if i[0] == b),
+        used.add,
+        lambda b: [(d, base) for d, base in bases.items() if d[0] == b],
+        256,
+        _Scratch,
+    )
+    return used
+
+
+def test_prune_closure_over_bases() -> None:
     D = BlobId(b"\x04" * 32)
     bases = {B: A, C: B}
-    assert delta.close_over_bases({C}, bases.get) == {A, B, C}
-    assert delta.close_over_bases({D}, bases.get) == {D}
-    found = delta.damage_through_bases(bases, {A, B, C}.__contains__, {A: "pack gone"})
-    assert set(found) == {B, C} and "pack gone" in found[C]
-    found = delta.damage_through_bases(bases, {B, C}.__contains__, {})
-    assert set(found) == {B, C} and "is missing" in found[B]
-    loop = {A: B, B: A}
-    assert set(delta.damage_through_bases(loop, lambda b: True, {})) == {A, B}
+    assert _closure({C}, bases) == {A, B, C}  # two rounds: C -> B -> A
+    assert _closure({D}, bases) == {D}
+    assert _closure({A}, bases) == {A}  # a base keeps nothing above it
+    assert _closure({A}, {A: B, B: A}) == {A, B}  # a loop ends
