@@ -15,6 +15,7 @@ in the result, not a failure: shrinking can be legitimate.
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,15 +62,27 @@ def _opener(spec: DatabaseSpec) -> Any:
 
 
 def stream_specs(databases: tuple[DatabaseSpec, ...]) -> tuple[StreamSpec, ...]:
-    return tuple(
-        StreamSpec(
-            name=db.name,
-            filename=dump_filename(db),
-            engine=canonical_engine_name(db.engine),
-            open=_opener(db),
-        )
-        for db in databases
-    )
+    """One stream per database, each preceded by the files its engine keeps beside the dump
+    (`extra_dumps`: PostgreSQL's cluster globals), which get no database record of their own.
+
+    DatabaseError when two files would get the same name in /.databases/ (a tree cannot hold
+    both)."""
+    specs: list[StreamSpec] = []
+    for db in databases:
+        engine = canonical_engine_name(db.engine)
+        extra = getattr(get_engine(engine), "extra_dumps", None)
+        for filename, opener in extra(db) if extra is not None else ():
+            specs.append(StreamSpec(db.name, filename, engine, opener, record=False))
+        specs.append(StreamSpec(db.name, dump_filename(db), engine, _opener(db)))
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.filename in seen:
+            raise DatabaseError(
+                f"database {spec.name!r}: two dumps would both be stored as "
+                f"/.databases/{spec.filename}: rename one of the databases"
+            )
+        seen.add(spec.filename)
+    return tuple(specs)
 
 
 def database_definition(spec: DatabaseSpec) -> dict[str, Any]:
@@ -244,3 +257,36 @@ def backup_application(
     for message in warnings:
         reporter.warning(message)
     return AppBackupResult(options.app, result, warnings)
+
+
+def restore_companions(
+    repo: Repository, snapshot: Snapshot, record: DatabaseRecord, spec: DatabaseSpec
+) -> tuple[list[str], list[str]]:
+    """Before a dump is loaded: apply what its engine kept beside it (PostgreSQL's cluster
+    globals, named by the record's properties "globals"). Returns (info lines, warnings).
+
+    Never fatal: a missing or refused globals file is a warning, and the dump still loads
+    (its privileges pass then names what could not be granted). Raises DatabaseError only
+    for a record naming something that is no file name (an untrusted record)."""
+    from casbackup.archiver.stream import ChunkReader
+    from casbackup.engines.pg_globals import recorded_globals
+
+    engine_name = canonical_engine_name(record.engine)
+    engine = get_engine(engine_name)
+    restore_globals = getattr(engine, "restore_globals", None)
+    name = recorded_globals(record.properties) if engine_name == "postgresql" else None
+    if name is None or restore_globals is None:
+        return [], []
+    path = posixpath.join(posixpath.dirname(record.path), name)
+    node = repo.find_node(snapshot.root, path)
+    if node is None:
+        return [], [f"database {record.name!r}: snapshot records {path} but its tree lacks it; "
+                    "roles were not restored"]  # fmt: skip
+    reader = ChunkReader.for_node(repo, node, name=f"{path} in snapshot {snapshot.short_id}")
+    try:
+        summary, warnings = restore_globals(spec, reader)
+    except DatabaseError as exc:
+        return [], [f"database {record.name!r}: roles from the backup not restored: {exc}"]
+    finally:
+        reader.close()
+    return [summary], list(warnings)

@@ -86,6 +86,9 @@ class StreamSpec:
     filename: str  # file name under /.databases/
     engine: str
     open: Callable[[], DumpSource]
+    # False for a file stored beside a dump whose own record names it (PostgreSQL globals):
+    # stored and checked like a dump, but no database record of its own.
+    record: bool = True
 
 
 @dataclass(frozen=True)
@@ -971,6 +974,8 @@ class Backup:
                 Node(name=name, kind=NodeKind.FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(),
                      mtime_ns=now_ns, ctime_ns=now_ns, size=size, content=content, content_hash=digest)
             )  # fmt: skip
+            if not spec.record:
+                continue
             records.append(
                 DatabaseRecord(
                     name=spec.name, engine=info.engine, format=info.format, server_version=info.server_version,
