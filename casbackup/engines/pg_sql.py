@@ -218,10 +218,13 @@ def referenced_roles(statements: Iterable[str]) -> set[str]:
         words = [t if not q else "" for t, q in toks]
         if not words or words[0] not in ("grant", "revoke", "alter"):
             continue
+        verb = words[0]  # ALTER DEFAULT PRIVILEGES ... GRANT|REVOKE: the later word counts
         for i, word in enumerate(words):
+            if word in ("grant", "revoke") and verb == "alter":
+                verb = word
             if word == "for" and i + 1 < len(words) and words[i + 1] in ("role", "user"):
                 roles.update(_role_list(toks, i + 2))
-            elif word == "to" and words[0] == "grant" or word == "from" and words[0] == "revoke":
+            elif word == "to" and verb == "grant" or word == "from" and verb == "revoke":
                 roles.update(_role_list(toks, i + 1))
             elif word == "granted" and i + 1 < len(words) and words[i + 1] == "by":
                 roles.update(_role_list(toks, i + 2))
