@@ -283,9 +283,6 @@ class PostgresEngine:
         try:
             properties = self._defaults(spec)
             properties["dump_tool"] = tool_record("pg_dump", self.version_text("pg_dump"))
-            if globals_enabled(spec):
-                # Streamed just before this dump (extra_dumps), beside it in the snapshot.
-                properties["globals"] = globals_file_name(spec.name)
         except BaseException:
             session.close()
             raise
@@ -310,7 +307,7 @@ class PostgresEngine:
         options.globals is on (the dump's record names them, see `dump`)."""
         if not globals_enabled(spec):
             return ()
-        return ((globals_file_name(spec.name), lambda: self.dump_globals(spec)),)
+        return (("globals", globals_file_name(spec.name), lambda: self.dump_globals(spec)),)
 
     def dump_globals(self, spec: DatabaseSpec) -> DumpStream:
         """`pg_dumpall --globals-only` of the database's server, as a stream."""

@@ -245,10 +245,7 @@ def _load_into_scratch(
     spec = replace(server, name=record.name, engine=engine_name, database=scratch_name())
     try:
         with open(dump_file, "rb") as stream:
-            # Recorded properties (encoding, tool versions) only when there are some: an
-            # engine plugin written before they existed still loads.
-            extra = {"properties": record.properties} if record.properties else {}
-            info = engine.restore(spec, stream, overwrite=False, **extra)
+            info = engine.restore(spec, stream, overwrite=False)
         warnings.extend(info.warnings)
         return dict(info.row_counts)
     finally:

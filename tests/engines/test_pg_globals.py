@@ -8,6 +8,7 @@ existing roles alone; verify flags a dump whose privileges name roles the snapsh
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,16 @@ from casbackup.engines.postgresql import PostgresEngine, check_option, globals_e
 from casbackup.errors import DatabaseError
 from casbackup.repo.snapshot import DatabaseRecord
 from casbackup.verify.dumps import check_dump
-from tests.engines.conftest import pg_ident, pg_spec, psql, read_in_pieces, unique
+from tests.engines.conftest import (
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    pg_ident,
+    pg_spec,
+    psql,
+    read_in_pieces,
+    unique,
+)
 
 
 @pytest.fixture
@@ -100,7 +110,7 @@ def test_grant_to_missing_role_loads_the_data_and_names_the_grant(
     role = make_role(roles)
     granting_db(pg_database, role)
     data, props = dump(pg_spec(pg_database))
-    assert props["globals"] == "pgtest.globals.sql"
+    assert "globals" not in props  # named by whoever stores the file (the backup)
     psql(f"DROP OWNED BY {pg_ident(role)}; DROP ROLE {pg_ident(role)};", pg_database)
     target = unique("casb_pg_rebuilt")
     pg_cleanup.append(target)
@@ -208,6 +218,7 @@ def test_verify_flags_roles_the_snapshot_does_not_hold(
     (files / ".databases").mkdir(parents=True)
     (files / ".databases" / "pgtest.pgdump").write_bytes(data)
     (files / ".databases" / "pgtest.globals.sql").write_bytes(b"CREATE ROLE someone_else;\n")
+    props["globals"] = "pgtest.globals.sql"  # as the backup records it
     record = DatabaseRecord("pgtest", "postgresql", "pg-custom", "15", "/.databases/pgtest.pgdump",
                             len(data), {"public.t": 50}, props)  # fmt: skip
     server = pg_spec("unused")
@@ -270,3 +281,62 @@ def test_statements_reach_the_server_only_as_literals() -> None:
     # The statement's quote is doubled twice: once in EXECUTE's literal, once in DO's.
     assert "EXECUTE ''SELECT '''':USER''''''" in script
     assert "PASSWORD '...'" in short("ALTER ROLE a WITH LOGIN PASSWORD 'SCRAM-SHA-256$x'")
+
+
+# --- end to end through the CLI ------------------------------------------------------------
+
+
+def test_db_restore_on_a_rebuilt_server_brings_roles_back_first(
+    roles: list[str], pg_database: str, tmp_path: Path
+) -> None:
+    from tests.engines.test_backup_integration import cli, db_entry, write_config
+
+    role = make_role(roles, password="app secret")
+    granting_db(pg_database, role)
+    entry = db_entry("orders", "postgresql", host=PG_HOST, port=PG_PORT, user=PG_USER,
+                     database=pg_database)  # fmt: skip
+    config = write_config(tmp_path, {"shop": entry})
+    backup = cli(config, "--json", "backup", "--app", "shop")
+    assert backup.code == 0, backup.err
+    listing = cli(config, "ls", "latest").out
+    assert "/.databases/orders.globals.sql" in listing and "/.databases/orders.pgdump" in listing
+    records = json.loads(backup.out.strip().splitlines()[-1])["databases"]
+    assert [d["name"] for d in records] == ["orders"]  # the globals get no record of their own
+    assert records[0]["properties"]["globals"] == "orders.globals.sql"
+
+    # The server is rebuilt: the database and the role are gone.
+    PostgresEngine().drop(pg_spec(pg_database))
+    psql(f"DROP ROLE {pg_ident(role)};")
+    without = cli(config, "db", "restore", "latest", "--app", "shop", "--database", "orders",
+                  "--no-globals")  # fmt: skip
+    assert without.code == 0, without.err  # before issue 16: exit 27, nothing restored
+    assert f"privilege not restored: GRANT SELECT,UPDATE ON TABLE public.t TO {role}" in without.err
+    assert psql("SELECT count(*) FROM t;", pg_database).strip() == "50"
+
+    PostgresEngine().drop(pg_spec(pg_database))
+    out = cli(config, "db", "restore", "latest", "--app", "shop", "--database", "orders")
+    assert out.code == 0, out.err
+    assert "warning" not in out.err and "roles from the backup: " in out.err
+    assert f"{role}=rw/" in grants(pg_database, "t")  # the role is back, and its GRANT with it
+    assert psql(f"SELECT rolcanlogin FROM pg_roles WHERE rolname = '{role}';").strip() == "t"
+
+
+def test_db_restore_of_a_record_without_the_new_fields(
+    pg_database: str, pg_cleanup: list[str], tmp_path: Path
+) -> None:
+    """Records written before globals and tool versions existed still restore, silently."""
+    from casbackup.repo.snapshot import Snapshot
+
+    psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);", pg_database)
+    data, props = dump(pg_spec(pg_database))
+    old = {k: v for k, v in props.items() if k in ("encoding", "collate", "ctype")}
+    target = unique("casb_pg_oldrec")
+    pg_cleanup.append(target)
+    info = PostgresEngine().restore(pg_spec(target), io.BytesIO(data), properties=old)
+    assert info.row_counts == {"public.t": 2} and info.warnings == ()
+    record = {"name": "x", "engine": "postgresql", "format": "pg-custom", "server_version": "15",
+              "path": "/.databases/x.pgdump", "size": 1, "row_counts": {}, "properties": old}  # fmt: skip
+    doc = {"version": 1, "time": "2026-01-01T00:00:00+00:00", "start_ns": 0, "host": "h",
+           "user": "u", "paths": [], "tree": "0" * 64, "databases": [record]}  # fmt: skip
+    snap = Snapshot.decode(json.dumps(doc).encode())
+    assert snap.databases[0].properties == old
