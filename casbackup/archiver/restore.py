@@ -10,7 +10,8 @@ Never writes outside the target, whatever the repository says:
   entry itself (unlink, or the writer's rename), so it cannot write through a hard link
   or symlink either.
 The walking thread creates and opens the folders, on an explicit stack (any depth);
-regular files are written by writer processes (archiver/writers.py) in batches, under a
+regular files are sent (restore_files.py) to writer processes (archiver/writers.py),
+which read their chunks per pack (readplan.py), in batches, under a
 temporary name in a folder fd that the walking thread opened and passed along, and
 given their real name once their content hash matches. A folder's fd stays open, and
 its metadata waits, until every batch with files in it is back: creating entries
@@ -25,16 +26,17 @@ refuses) is listed by path in the result and the restore goes on with the rest.
 
 from __future__ import annotations
 
-import itertools
 import os
 import stat
-import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 
 from casbackup.archiver.excludes import Excluder
-from casbackup.archiver.restore_state import Batch, BatchDone, Folder, Frame, LinkGroup
+from casbackup.archiver.restore_files import (
+    FileSender,
+    RestoreOptions,
+    RestoreResult,
+)
+from casbackup.archiver.restore_state import Batch, Folder, Frame
 from casbackup.archiver.targetfs import (
     TargetError,
     apply_nofollow,
@@ -42,66 +44,21 @@ from casbackup.archiver.targetfs import (
     open_dir,
     put_back_mode,
     raise_fd_limit,
-    refuse_dir,
-    remove_entry,
 )
-from casbackup.archiver.writers import (
-    BatchItem,
-    BlobReader,
-    FileJob,
-    WriterPool,
-    Written,
-    apply_metadata,
-    discard,
-    write_batch,
-)
+from casbackup.archiver.writers import apply_metadata, discard
 from casbackup.errors import CasError, Interrupted, RestoreError
-from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
-from casbackup.store.local import LocalBackend
+from casbackup.reporter import NULL_REPORTER, Reporter
+
+__all__ = ["RestoreOptions", "RestoreResult", "Restorer", "restore"]
 
 
-@dataclass(frozen=True)
-class RestoreOptions:
-    target: str
-    subpath: str = "/"
-    includes: tuple[str, ...] = ()
-    excludes: tuple[str, ...] = ()
-    overwrite: bool = False
-    workers: int = 2  # writer processes (threads for backends other than a local folder)
-    owners: bool | None = None  # None: restore owners when running as root
-    dry_run: bool = False
-    xattrs: bool = True  # extended attributes (ACLs, capabilities): False for --no-xattrs
+class Restorer(FileSender):
+    """The tree side of a restore: walks the snapshot, makes folders, links, special
+    files, and hands regular files to FileSender (restore_files.py)."""
 
-
-@dataclass
-class RestoreResult:
-    files: int = 0  # regular files, FIFOs and device nodes
-    symlinks: int = 0
-    dirs: int = 0
-    links: int = 0  # further names of hard-link groups
-    bytes: int = 0
-    warnings: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
-# A batch closes at whichever limit comes first. Many small files per message spread its
-# cost (pickling, sendmsg, a wake-up on each side) that per file was the bottleneck; the
-# byte limit lets a big file go nearly alone so that both writers stay busy; the folder
-# limit (one sendmsg carries at most 253 fds) bounds the folders held open for batches.
-_BATCH_FILES = 128
-_BATCH_BYTES = 4 << 20
-_BATCH_DIRS = 16
-# Batches in flight: a few per writer keep each busy; the cap keeps the folder fds held
-# for them (at most _BATCH_DIRS each, plus the walk's own path) well below 1024.
-_MAX_IN_FLIGHT = 32
-_FILE_LOAD = 8192  # a file's cost to a writer beyond its bytes, for picking the least busy
-
-
-class Restorer:
     def __init__(
         self,
         repo: Repository,
@@ -109,30 +66,11 @@ class Restorer:
         options: RestoreOptions,
         reporter: Reporter = NULL_REPORTER,
     ) -> None:
-        self.repo = repo
+        super().__init__(repo, options, reporter)
         self.snapshot = snapshot
-        self.options = options
-        self.reporter = reporter
         self.includer = Excluder(list(options.includes))
         self.excluder = Excluder(list(options.excludes))
-        self.owners = os.geteuid() == 0 if options.owners is None else options.owners
-        self.result = RestoreResult()
-        self._lock = threading.Lock()
-        self._groups: dict[tuple[int, int], LinkGroup] = {}  # hard-link key -> its group
-        self._progress = Progress(phase="restore")
-        self._report_progress = Throttle(reporter, self._progress)
-        self._slots = threading.BoundedSemaphore(min(max(4, options.workers * 4), _MAX_IN_FLIGHT))
-        self._idle = threading.Condition()  # notified when the last batch in flight is back
-        self._inflight = 0
-        self._failure: BaseException | None = None  # stops the restore at the next check
-        self._batch = Batch()
         self._open: dict[int, Folder] = {}  # id -> folder with an open fd (closed on failure)
-        self._outstanding: set[BatchDone] = set()  # batches sent, outcome not back: temp names
-        self._temp_prefix = b".casbackup-restore-%d-" % os.getpid()
-        self._temps = itertools.count()
-        self._writers: WriterPool | None = None
-        self._threads: ThreadPoolExecutor | None = None
-        self._reader = BlobReader(repo.backend, repo.key.encryption_root)
 
     def run(self) -> RestoreResult:
         opts = self.options
@@ -335,252 +273,6 @@ class Restorer:
             os.close(folder.fd)
         self._batch = Batch()
 
-    def _make(self, node: Node, rel_path: bytes, dir_fd: int, create: Callable[[], None]) -> bool:
-        """Create an entry with ``create``; with --overwrite, replace what is there. False
-        when it could not be (reported by path); an existing entry without --overwrite
-        stops the restore (RestoreError)."""
-        try:
-            create()
-            return True
-        except FileExistsError:
-            if not self.options.overwrite:
-                raise RestoreError(_exists(rel_path)) from None
-        except OSError as exc:
-            self._fail(rel_path, f"cannot create: {exc.strerror}")
-            return False
-        try:
-            remove_entry(node.name, dir_fd)
-            create()
-            return True
-        except TargetError as exc:
-            self._fail(rel_path, str(exc))
-        except OSError as exc:
-            self._fail(rel_path, f"cannot create: {exc.strerror}")
-        return False
-
-    # ------------------------------------------------------------------ files
-    def _restore_file(self, node: Node, rel_path: bytes, folder: Folder) -> None:
-        key = node.hardlink_key
-        if key is not None:
-            with self._lock:
-                group = self._groups.get(key)
-                if group is None:
-                    self._groups[key] = LinkGroup(rel_path)
-                elif group.state is None:
-                    # The first name is still being written: link once it is in place.
-                    group.waiting.append((folder, node, rel_path))
-                    folder.batches += 1
-                    return
-            if group is not None:
-                self._link(group, folder, node, rel_path)
-                return
-        if self.options.overwrite:
-            # The writer renames the verified file over the old entry (the old file stays
-            # whole until then, and a link there is replaced, never written through); a
-            # folder there is a conflict.
-            try:
-                refuse_dir(node.name, folder.fd)
-            except TargetError as exc:
-                self._fail(rel_path, str(exc))
-                self._first_settled(key, str(exc))
-                return
-        self._queue(folder, node, rel_path)
-
-    def _link(self, group: LinkGroup, folder: Folder, node: Node, rel_path: bytes) -> None:
-        """Another name of a hard-link group whose first name is in place (or failed)."""
-        if group.state:
-            self._fail(rel_path, f"hard link not made: {os.fsdecode(group.source)} failed")
-            return
-        source = group.source
-        dir_fd = folder.fd
-        try:
-            self._make(
-                node, rel_path, dir_fd,
-                lambda: os.link(source, node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False),
-            )  # fmt: skip
-        except RestoreError as exc:
-            self.stop(exc)  # the name was taken and --overwrite not given
-            return
-        with self._lock:
-            self.result.links += 1
-
-    def _first_settled(self, key: tuple[int, int] | None, why: str = "") -> None:
-        """The first name of a hard-link group is in place (``why`` empty) or failed: its
-        other names that waited are linked to it, or reported."""
-        if key is None:
-            return
-        with self._lock:
-            group = self._groups[key]
-            group.state = why
-            waiting, group.waiting = group.waiting, []
-        for folder, node, rel_path in waiting:
-            self._link(group, folder, node, rel_path)
-            self._release(folder)
-
-    def _queue(self, folder: Folder, node: Node, rel_path: bytes) -> None:
-        batch = self._batch
-        slot = batch.slots.get(id(folder))
-        if slot is None:
-            slot = batch.slots[id(folder)] = len(batch.dirs)
-            batch.dirs.append(folder)
-            with self._lock:
-                folder.batches += 1
-        batch.folders.append(slot)
-        batch.nodes.append(node)
-        batch.rel_paths.append(rel_path)
-        batch.bytes += node.size
-        if (
-            len(batch.nodes) >= _BATCH_FILES
-            or batch.bytes >= _BATCH_BYTES
-            or len(batch.dirs) >= _BATCH_DIRS
-        ):
-            self._flush()
-
-    def _flush(self) -> None:
-        """Send the gathered batch to a writer (waiting while too many are in flight)."""
-        self._raise_failure()  # before taking the batch: on failure run() closes its folders
-        batch, self._batch = self._batch, Batch()
-        if not batch.dirs:
-            return
-        items, nodes, rel_paths = self._items(batch)
-        self._slots.acquire()
-        with self._idle:
-            self._inflight += 1
-        done = BatchDone(self, batch.dirs, items, nodes, rel_paths)
-        with self._lock:
-            self._outstanding.add(done)
-        dir_fds = [folder.fd for folder in batch.dirs]
-        if self._writers is not None:
-            load = batch.bytes + _FILE_LOAD * len(items)
-            self._writers.submit(dir_fds, items, load, done)
-        else:
-            assert self._threads is not None
-            future = self._threads.submit(
-                write_batch, dir_fds, items, self._reader, self._add_bytes
-            )
-            future.add_done_callback(done.from_future)
-
-    def _items(self, batch: Batch) -> tuple[list[BatchItem], list[Node], list[bytes]]:
-        """The writer's items, and the nodes and paths of those items.
-
-        Every chunk of the batch is located in one index transaction; if that fails, file
-        by file, and a file whose chunks are missing is reported and left out.
-        """
-        try:
-            every = self.repo.locate_many([c for node in batch.nodes for c in node.content])
-        except CasError:
-            every = None
-        items: list[BatchItem] = []
-        nodes: list[Node] = []
-        rel_paths: list[bytes] = []
-        pos = 0
-        for node, rel_path, slot in zip(batch.nodes, batch.rel_paths, batch.folders, strict=True):
-            first, pos = pos, pos + len(node.content)
-            try:
-                locs = (
-                    every[first:pos] if every is not None else self.repo.locate_many(node.content)
-                )
-                require_sound_file(node, [loc.raw_len for loc in locs])  # issue 12
-            except CasError as exc:
-                self._fail(rel_path, str(exc))
-                self._first_settled(node.hardlink_key, str(exc))
-                continue
-            chunks = tuple((chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len)
-                           for chunk_id, loc in zip(node.content, locs, strict=True))  # fmt: skip
-            temp = self._temp_prefix + b"%d" % next(self._temps)
-            job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
-                          node.mtime_ns, self.owners, self._xattrs(node), temp,
-                          self.options.overwrite)  # fmt: skip
-            items.append((slot, node.name, job))
-            nodes.append(node)
-            rel_paths.append(rel_path)
-        return items, nodes, rel_paths
-
-    def _xattrs(self, node: Node) -> tuple[tuple[bytes, bytes], ...]:
-        return node.xattrs if self.options.xattrs else ()
-
-    def _add_bytes(self, n: int) -> None:
-        self._progress.bytes_done += n
-
-    def batch_done(self, done: BatchDone, results: list[Written] | None) -> None:
-        """A batch's outcomes (on a writer's receiver thread or a writer thread); None when
-        it was lost with its writer, whose failure then stops the restore."""
-        try:
-            if results is not None:
-                with self._lock:
-                    self._outstanding.discard(done)
-                for node, rel_path, written in zip(
-                    done.nodes, done.rel_paths, results, strict=True
-                ):
-                    self._written(node, rel_path, written)
-                self._report_progress()
-        finally:
-            for folder in done.dirs:
-                self._release(folder, finish=results is not None)
-            self._slots.release()
-            with self._idle:
-                self._inflight -= 1
-                if self._inflight == 0:
-                    self._idle.notify_all()
-
-    def _release(self, folder: Folder, finish: bool = True) -> None:
-        """One batch or waiting link in ``folder`` is over: finish it if it was the last."""
-        with self._lock:
-            folder.batches -= 1
-            last = folder.walked and folder.batches == 0
-        if last and finish:
-            self._finish_dir(folder)
-
-    def _written(self, node: Node, rel_path: bytes, written: Written) -> None:
-        key = node.hardlink_key
-        if written.exists:
-            self.stop(RestoreError(_exists(rel_path)))
-            self._first_settled(key, "exists in the target")
-        elif written.error is not None:
-            self._fail(rel_path, written.error)
-            self._first_settled(key, written.error or "failed")
-        else:
-            with self._lock:
-                self.result.files += 1
-                self.result.bytes += written.bytes
-            for warning in written.warnings:
-                self._warn(rel_path, warning)
-            if self._writers is not None:
-                self._progress.bytes_done += written.bytes
-            self._progress.files_done += 1
-            self._first_settled(key)
-
-    def _start_writers(self) -> None:
-        opts = self.options
-        backend = self.repo.backend
-        if isinstance(backend, LocalBackend) and opts.workers > 1 and not opts.dry_run:
-            self._writers = WriterPool(backend.root, self.repo.key.encryption_root, opts.workers)
-        else:
-            self._threads = ThreadPoolExecutor(opts.workers, thread_name_prefix="restore")
-
-    def _stop_writers(self, abort: bool) -> None:
-        if self._writers is not None:
-            self._writers.close(abort=abort)
-        if self._threads is not None:
-            self._threads.shutdown(wait=True, cancel_futures=True)
-
-    def _drain(self) -> None:
-        """Wait for every batch in flight, then raise what stopped the restore, if anything."""
-        with self._idle:
-            while self._inflight:
-                self._idle.wait()
-        self._raise_failure()
-
-    def stop(self, failure: BaseException) -> None:
-        with self._lock:
-            if self._failure is None:
-                self._failure = failure
-
-    def _raise_failure(self) -> None:
-        failure = self._failure or (self._writers.failure if self._writers else None)
-        if failure is not None:
-            raise failure
-
     # ------------------------------------------------------------------ metadata
     def _apply_meta_nofollow(self, node: Node, rel_path: bytes, dir_fd: int) -> None:
         problems = apply_nofollow(node, dir_fd, owners=self.owners, xattrs=self._xattrs(node))
@@ -591,26 +283,6 @@ class Restorer:
                 self.result.symlinks += 1
             else:
                 self.result.files += 1
-
-    def _count(self, node: Node) -> None:
-        with self._lock:
-            if node.kind == NodeKind.SYMLINK:
-                self.result.symlinks += 1
-            else:
-                self.result.files += 1
-            self.result.bytes += node.size
-
-    def _warn(self, rel_path: bytes, message: str) -> None:
-        with self._lock:
-            self.result.warnings.append(f"{os.fsdecode(rel_path)}: {message}")
-
-    def _fail(self, rel_path: bytes, message: str) -> None:
-        with self._lock:
-            self.result.errors.append(f"{os.fsdecode(rel_path)}: {message}")
-
-
-def _exists(rel_path: bytes) -> str:
-    return f"{os.fsdecode(rel_path)} exists in the target (use --overwrite)"
 
 
 def restore(

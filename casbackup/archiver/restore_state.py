@@ -11,7 +11,7 @@ from casbackup.archiver.writers import BatchItem, Written
 from casbackup.repo.tree import Node
 
 if TYPE_CHECKING:
-    from casbackup.archiver.restore import Restorer
+    from casbackup.archiver.restore_files import FileSender
 
 
 class Folder:
@@ -91,7 +91,7 @@ class BatchDone:
 
     def __init__(
         self,
-        restorer: Restorer,
+        restorer: FileSender,
         dirs: list[Folder],
         items: list[BatchItem],
         nodes: list[Node],

@@ -28,23 +28,20 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 import blake3
 
 from casbackup import procs
-from casbackup.crypto.envelope import Opener
+from casbackup.archiver.readplan import LOCAL_GAP, BlobReader, Chain, Chunk, ChunkFeed
 from casbackup.errors import CasError
-from casbackup.repo.ids import Kind
-from casbackup.repo.pack import open_blob, pack_name
 from casbackup.repo.tree import valid_name
 from casbackup.store.local import LocalBackend
 
 _ZERO = bytes(16 * 1024 * 1024)
-
-Chunk = tuple[bytes, str, int, int, int]  # blob id, pack id, offset, stored length, raw length
 
 
 # NamedTuples, not dataclasses: a batch pickles a hundred of them, and a tuple pickles
@@ -61,6 +58,9 @@ class FileJob(NamedTuple):
     xattrs: tuple[tuple[bytes, bytes], ...] = ()  # () also when --no-xattrs
     temp: bytes = b""  # the name the file is written under until its content is verified
     replace: bool = False  # --overwrite: the verified file replaces what is at its name
+    # (index in ``chunks``, chain) for each chunk not stored whole (index kind other than
+    # DATA, e.g. a delta blob): rebuilt from its chain, never read by the ranged path
+    chains: tuple[tuple[int, Chain], ...] = ()
 
 
 class Written(NamedTuple):
@@ -76,28 +76,17 @@ BatchItem = tuple[int, bytes, FileJob]
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class BlobReader:
-    """Reads located blobs from packs; one per thread or process."""
-
-    def __init__(self, backend: Any, encryption_root: bytes) -> None:
-        self.backend = backend
-        self.opener = Opener(encryption_root)
-
-    def read(self, chunk: Chunk) -> bytes:
-        blob_id, pack, offset, stored_len, raw_len = chunk
-        envelope = self.backend.get(pack_name(pack), offset, stored_len)
-        return open_blob(self.opener, Kind.DATA, blob_id, pack, envelope, raw_len)
-
-
 def write_file(
     dir_fd: int,
     name: bytes,
     job: FileJob,
-    reader: BlobReader,
+    chunks: Iterable[bytes],
     on_bytes: Callable[[int], None],
 ) -> Written:
     """Write the file under ``job.temp`` in ``dir_fd``, verify it, apply its metadata, and
-    only then give it its real ``name``.
+    only then give it its real ``name``. ``chunks``: the plaintexts of ``job.chunks`` in
+    order (readplan.ChunkFeed.file), iterated only once the temporary file exists; reading
+    one may raise CasError, which fails this file only.
 
     Whatever fails (a damaged pack, a full disk, a hash mismatch, the name taken meanwhile),
     the temporary file is removed and nothing is left under ``name``: a restored name
@@ -124,8 +113,7 @@ def write_file(
         hasher = blake3.blake3()
         offset = 0
         sparse = False
-        for chunk in job.chunks:
-            data = reader.read(chunk)
+        for data in chunks:
             hasher.update(data)
             if len(data) >= 4096 and memoryview(_ZERO)[: len(data)] == data:
                 sparse = True  # leave a hole: zero chunks cost no disk space
@@ -237,8 +225,18 @@ def write_batch(
     reader: BlobReader,
     on_bytes: Callable[[int], None],
 ) -> list[Written]:
-    """Write each file (see ``write_file``); one outcome per item. Never closes ``dir_fds``."""
-    return [write_file(dir_fds[folder], name, job, reader, on_bytes) for folder, name, job in items]
+    """Write each file (see ``write_file``); one outcome per item. Never closes ``dir_fds``.
+
+    The batch's chunks are read per pack, a window at a time (readplan.ChunkFeed).
+    """
+    feed = ChunkFeed(reader, [job for _, _, job in items])
+    try:
+        return [
+            write_file(dir_fds[folder], name, job, feed.file(i), on_bytes)
+            for i, (folder, name, job) in enumerate(items)
+        ]
+    finally:
+        feed.close()
 
 
 def create_file(dir_fd: int, name: bytes) -> int:
@@ -310,7 +308,10 @@ def _writer_main(
     procs.become_helper(parent)
     for other in inherited:
         other.close()  # the parent's ends of this and earlier writers' sockets
-    reader = BlobReader(LocalBackend(root), encryption_root)  # its own fds and locks
+    # Its own fds and locks; one thread reads the next window's ranges while this one
+    # decrypts and writes, so the disk and the CPU work side by side.
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+    reader = BlobReader(LocalBackend(root), encryption_root, gap=LOCAL_GAP, pool=ahead)
     sock = _fd_socket(conn)
     try:
         while True:
@@ -328,6 +329,7 @@ def _writer_main(
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass
     finally:
+        ahead.shutdown(wait=True, cancel_futures=True)
         reader.backend.close()
         sock.close()
         conn.close()

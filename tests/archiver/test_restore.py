@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from casbackup.archiver import restore as restore_module
+from casbackup.archiver import restore_files
 from casbackup.archiver.backup import BackupOptions, run_backup
 from casbackup.archiver.restore import RestoreOptions, RestoreResult, restore
 from casbackup.archiver.writers import WriterFailed
@@ -270,6 +271,6 @@ def test_open_folders_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     out = tmp_path / "out"
     result = restore(repo, snap, RestoreOptions(target=str(out), workers=2))
     assert result.errors == [] and result.files == 1500
-    assert 0 < peak["open"] <= (8 + 1) * restore_module._BATCH_DIRS + 10
+    assert 0 < peak["open"] <= (8 + 1) * restore_files._BATCH_DIRS + 10
     assert_same_tree(os.fsencode(src), os.fsencode(restored(out, src)))
     repo.close()

@@ -1,0 +1,146 @@
+"""What a backup is asked to do and what it returns, and which snapshot it builds on.
+
+Plain data (options, result, counters) and the choice of the parent snapshot, shared
+by the walk (archiver/walk.py), the reader hand-off (archiver/reading.py) and the
+backup itself (archiver/backup.py).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import FsSnapshotRecord, Snapshot
+
+if TYPE_CHECKING:
+    from casbackup.fssnap.session import FsSnapshotPlan
+
+
+class DumpSource(Protocol):
+    """A byte stream to store as a file in the snapshot (a database dump)."""
+
+    def readinto(self, buffer: Any) -> int: ...
+
+    def finish(self) -> Any: ...  # returns engines.base.DumpInfo or raises DatabaseError
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str  # logical database name
+    filename: str  # file name under /.databases/
+    engine: str
+    open: Callable[[], DumpSource]
+    # False for a file stored beside a dump whose own record names it (PostgreSQL globals):
+    # stored and checked like a dump, but no database record of its own.
+    record: bool = True
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    paths: tuple[str, ...]
+    type: str = "incremental"
+    app: str | None = None
+    tags: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    one_file_system: bool = False
+    dry_run: bool = False
+    workers: int = 2  # reader processes
+    streams: tuple[StreamSpec, ...] = ()
+    app_definition: dict[str, Any] | None = None
+    parent: str | None = None  # force a parent snapshot id
+    xattrs: bool = True  # record extended attributes, ACLs and capabilities (--no-xattrs: off)
+    # Database files that ``streams`` dump through their engine (absolute paths): left out
+    # of the walk with their -wal, -shm and -journal companions (a live file read while it
+    # changes is neither consistent nor needed; the dump restores the database).
+    database_files: tuple[str, ...] = ()
+
+    # File-system snapshots (fssnap/): (source, folder to read it from); the tree records
+    # the source's own path. `fs_snapshots` goes into the snapshot record; `before_save`
+    # runs after everything was read and may raise to fail the backup (a full LVM snapshot).
+    read_from: tuple[tuple[str, str], ...] = ()
+    fs_snapshots: tuple[FsSnapshotRecord, ...] = ()
+    before_save: Callable[[], None] | None = None
+    fs_plan: FsSnapshotPlan | None = None  # applied by archiver/application.py
+
+
+# The files SQLite keeps beside a database while it is open (WAL mode, rollback journal).
+DATABASE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+@dataclass
+class BackupResult:
+    """``warnings``: what could not be stored (files, folders, attributes): a partial
+    backup (exit 3). ``notes``: what the user should know though everything was stored
+    (a file that changed while it was read, database files left to their dumps)."""
+
+    snapshot: Snapshot | None
+    parent: Snapshot | None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Counters:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    files_total: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    errors: int = 0
+
+
+def choose_parent(
+    repo: Repository, options: BackupOptions
+) -> tuple[Snapshot | None, Snapshot | None]:
+    """Return (reference, reuse_source): the latest of the group, and what files may be reused from."""
+    if options.parent:
+        forced = repo.resolve_snapshot(options.parent)
+        return forced, forced
+    group = [s for s in repo.list_snapshots(warnings=[]) if _same_group(s, options)]
+    latest = group[-1] if group else None
+    if options.type == "full":
+        return latest, None
+    if options.type == "incremental":
+        return latest, latest
+    fulls = [s for s in group if s.type == "full"]
+    base = fulls[-1] if fulls else None
+    return base, base
+
+
+def _same_group(snap: Snapshot, options: BackupOptions) -> bool:
+    if options.app is not None:
+        return snap.app == options.app
+    return (
+        snap.app is None
+        and snap.host == socket.gethostname()
+        and sorted(snap.paths) == sorted(options.paths)
+    )
+
+
+def exclude_renames(read_from: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """(read folder, original path) pairs, so excludes match the paths users wrote."""
+    return tuple((read, os.path.abspath(source)) for source, read in read_from)
+
+
+def database_paths(options: BackupOptions) -> frozenset[str]:
+    """Every path the walk leaves out for ``options.database_files``: each database file
+    and the companions SQLite keeps beside it."""
+    return frozenset(
+        os.path.abspath(path) + suffix
+        for path in options.database_files
+        for suffix in DATABASE_COMPANIONS
+    )
+
+
+def inside(path: str, sources: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of ``sources`` or below one (absolute paths, no I/O)."""
+    path = os.path.abspath(path)
+    return any(path == s or path.startswith(s.rstrip("/") + "/") for s in sources)
