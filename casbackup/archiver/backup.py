@@ -297,6 +297,8 @@ class Backup(Walker, FileReading):
                 Node(name=name, kind=NodeKind.FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(),
                      mtime_ns=now_ns, ctime_ns=now_ns, size=size, content=content, content_hash=digest)
             )  # fmt: skip
+            if not spec.record:
+                continue
             records.append(
                 DatabaseRecord(
                     name=spec.name, engine=info.engine, format=info.format, server_version=info.server_version,

@@ -520,11 +520,12 @@ class Repository:
             self._tree_cache.put(tree_id, data)  # the next backup compares with it
         return tree_id
 
-    def load_tree(self, tree_id: BlobId) -> list[Node]:
+    def load_tree(self, tree_id: BlobId, *, cached: bool = True) -> list[Node]:
         """A tree's nodes, from the local tree cache (repo/treecache.py: remote stores
         only; entries authenticated and checked against the id) or the repository.
+        ``cached=False`` reads the repository's copy (``check`` verifies that one).
         Raises IntegrityError, NotFound, StorageError."""
-        cache = self._tree_cache
+        cache = self._tree_cache if cached else None
         data = cache.get(tree_id) if cache is not None else None
         if data is None and cache is not None:
             loc = self.locate(tree_id)

@@ -378,7 +378,7 @@ class Checker:
             raise CasError("tree is not in the index")
         if loc.kind != Kind.TREE:
             raise CasError("index says this tree is a data blob")
-        return self.repo.load_tree(tree_id)
+        return self.repo.load_tree(tree_id, cached=False)  # the repository's copy, not a cache's
 
 
 @dataclass
