@@ -392,3 +392,12 @@ def test_repair_index_rebuilds_bases_from_pack_headers(  # type: ignore[no-untyp
         assert result.packs_from_headers > 0
         assert read_dump(again, snaps[DEPTH]) == expected
         assert check(again, CheckOptions(read_data=True, workers=1)).ok
+
+
+def test_an_unchanged_dump_adds_only_the_root_tree(repo: Repository, tmp_path: Path) -> None:
+    app, db = make_app(tmp_path, rows=ROWS)
+    first = backup(repo, app, [db])
+    again = backup(repo, app, [db])
+    assert again.summary.bytes_stored < 2_000  # the root tree; the dump's folder dedups
+    a, b = dump_node(repo, first), dump_node(repo, again)
+    assert (a.content, a.mtime_ns) == (b.content, b.mtime_ns)
