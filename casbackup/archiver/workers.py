@@ -348,7 +348,9 @@ class ReaderPool:
 
     ``store`` is called (from receiver threads) with each batch of sealed blobs before
     the outcomes of the files that produced them are resolved, so a file's result
-    never names a blob that is not yet in a pack or already indexed.
+    never names a blob that is not yet in a pack or already indexed. ``settle``, when
+    given, receives each answer's callbacks and outcomes in one call (instead of one
+    call per file); a failure still calls each callback with the error.
     """
 
     def __init__(
@@ -358,8 +360,10 @@ class ReaderPool:
         store: Callable[[list[Sealed]], None],
         on_read: Callable[[int], None],
         cancel: CancelFlag,
+        settle: Callable[[list[OnRead], list[FileOutcome]], None] | None = None,
     ) -> None:
         self._store = store
+        self._settle = settle
         self._on_read = on_read
         self._pending: dict[int, Callable[..., None]] = {}
         self._lock = threading.Lock()
@@ -456,6 +460,9 @@ class ReaderPool:
                     self._on_read(read)
                 with self._lock:
                     callbacks = [self._pending.pop(job_id) for job_id, _ in outcomes]
+                if self._settle is not None:
+                    self._settle(callbacks, [outcome for _, outcome in outcomes])
+                    continue
                 for on_done, (_, outcome) in zip(callbacks, outcomes, strict=True):
                     on_done(outcome, None)
         except BaseException as exc:  # noqa: BLE001 - fail every waiting file with it
