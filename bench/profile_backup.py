@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--again", action="store_true")
+    ap.add_argument(
+        "--plain", action="store_true", help="no profiler: only the CPU of this process and readers"
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cb-prof-") as tmp:
         root = Path(tmp)
@@ -70,22 +73,27 @@ def main(argv: list[str] | None = None) -> int:
         out = root / "profiles"
         out.mkdir()
         backend = LocalBackend(str(root / "repo"))
-        repo = Repository.init(backend, PASSWORD, kdf=KdfParams(memory_kib=1024, iterations=1, lanes=1))
+        repo = Repository.init(
+            backend, PASSWORD, kdf=KdfParams(memory_kib=1024, iterations=1, lanes=1)
+        )
         options = BackupOptions(paths=(str(args.corpus),), workers=args.workers, type="full")
         if args.again:
             run_backup(repo, options)
             options = BackupOptions(paths=(str(args.corpus),), workers=args.workers)
-        workers._worker_main = _profiled(workers._worker_main, out, "reader")  # type: ignore[assignment]
-        receive = workers.ReaderPool._receive
-        workers.ReaderPool._receive = _profiled(receive, out, "receiver")  # type: ignore[method-assign]
+        if not args.plain:
+            workers._worker_main = _profiled(workers._worker_main, out, "reader")  # type: ignore[assignment]
+            receive = workers.ReaderPool._receive
+            workers.ReaderPool._receive = _profiled(receive, out, "receiver")  # type: ignore[method-assign]
         cpu0 = os.times()
         prof = cProfile.Profile(time.thread_time)
-        prof.enable()
+        if not args.plain:
+            prof.enable()
         result = run_backup(repo, options)
         prof.disable()
         cpu1 = os.times()
         repo.close()
-        prof.dump_stats(out / "walker.prof")
+        if not args.plain:
+            prof.dump_stats(out / "walker.prof")
         total = 0.0
         for path in sorted(out.iterdir()):
             total += _report(path, args.top)
