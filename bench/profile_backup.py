@@ -80,16 +80,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.again:
             run_backup(repo, options)
             options = BackupOptions(paths=(str(args.corpus),), workers=args.workers)
+        receive = workers.ReaderPool._receive
+        receivers: list[float] = []
         if not args.plain:
             workers._worker_main = _profiled(workers._worker_main, out, "reader")  # type: ignore[assignment]
-            receive = workers.ReaderPool._receive
             workers.ReaderPool._receive = _profiled(receive, out, "receiver")  # type: ignore[method-assign]
+        else:
+
+            def timed(*a, **k):  # type: ignore[no-untyped-def]
+                t0 = time.thread_time()
+                try:
+                    return receive(*a, **k)
+                finally:
+                    receivers.append(time.thread_time() - t0)
+
+            workers.ReaderPool._receive = timed  # type: ignore[method-assign]
+        walker0 = time.thread_time()
         cpu0 = os.times()
         prof = cProfile.Profile(time.thread_time)
         if not args.plain:
             prof.enable()
         result = run_backup(repo, options)
         prof.disable()
+        walker = time.thread_time() - walker0
         cpu1 = os.times()
         repo.close()
         if not args.plain:
@@ -103,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary = result.snapshot.summary if result.snapshot else None
         print(f"\nprofiled CPU (sum of the above): {total:.2f} s")
+        if args.plain:
+            print(f"walker thread {walker:.2f} s, receiver threads {sum(receivers):.2f} s")
         print(f"process CPU {process:.2f} s, reaped readers {children:.2f} s; {summary}")
     return 0
 
