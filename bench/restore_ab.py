@@ -54,6 +54,11 @@ def wrap(cls):
     cls.get = get
 wrap(LocalBackend)
 wrap(S3Backend)
+import os
+if os.environ.get("BENCH_GAP"):  # --gaps: one hole size for every backend
+    from casbackup.archiver import restore_files, writers
+    gap = int(os.environ["BENCH_GAP"])
+    restore_files.LOCAL_GAP = restore_files.REMOTE_GAP = writers.LOCAL_GAP = gap
 from casbackup.cli.main import main
 try:
     main(sys.argv[1:])
@@ -65,11 +70,16 @@ finally:
 """
 
 
-def casbackup(code: str | None, repo: str, *args: str, counted: bool = False) -> dict[str, float]:
+def casbackup(
+    code: str | None, repo: str, *args: str, counted: bool = False, gap: int | None = None
+) -> dict[str, float]:
     """Run one casbackup command with ``code`` first on PYTHONPATH; its costs."""
     env = dict(os.environ)
     if code:
         env["PYTHONPATH"] = os.path.abspath(code)
+    if gap is not None:
+        env["BENCH_GAP"] = str(gap)
+        counted = True
     argv = ["-r", repo, *args]
     cmd = [sys.executable, "-c", _COUNTED, *argv] if counted else [
         sys.executable, "-m", "casbackup.cli.main", *argv]  # fmt: skip
@@ -114,6 +124,8 @@ def main() -> int:
     ap.add_argument("--cold", action="store_true", help="drop the page cache before each restore")
     ap.add_argument("--no-restic", action="store_true")
     ap.add_argument("--no-s3", action="store_true")
+    ap.add_argument("--gaps", default="", help="comma-separated hole sizes (bytes) to compare "
+                    "on the last --code, counted runs only")  # fmt: skip
     opts = ap.parse_args()
     codes = opts.code or ["."]
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret",
@@ -170,6 +182,18 @@ def main() -> int:
                     cmd = [restic, "-r", str(work / "restic"), "restore", "latest",
                            "--target", str(target)]  # fmt: skip
                     rows.setdefault("restic local", []).append(timed(cmd, dict(os.environ)))
+            gaps = [int(g) for g in opts.gaps.split(",") if g]
+            for rep in range(opts.reps if gaps else 0):
+                for gap in gaps if rep % 2 == 0 else gaps[::-1]:
+                    for kind, repo in repos.items():
+                        os.environ["CASBACKUP_CACHE_DIR"] = str(work / f"cache-{kind}")
+                        target = work / "out"
+                        shutil.rmtree(target, ignore_errors=True)
+                        if opts.cold:
+                            drop_caches()
+                        got = casbackup(codes[-1], repo, "restore", "latest", "--target",
+                                        str(target), gap=gap)  # fmt: skip
+                        rows.setdefault(f"gap {gap} {kind}", []).append(got)
             counted: dict[str, dict[str, float]] = {}
             for code in codes:
                 for kind, repo in repos.items():
@@ -192,7 +216,7 @@ def main() -> int:
     best: dict[str, dict[str, float]] = {}
     for name, runs in rows.items():
         run = best[name] = min(runs, key=lambda r: r["wall"])
-        extra = counted.get(name, {})
+        extra = counted.get(name, run)
         reads = (f"  files: {extra['requests']:5.0f} gets {extra['mib_read']:6.1f} MiB, "
                  f"trees: {extra['walk_requests']:5.0f} gets {extra['walk_mib']:5.1f} MiB"
                  if "requests" in extra else "")  # fmt: skip

@@ -1,17 +1,21 @@
 """S3 on loopback against SeaweedFS (``weed mini``): first backup and restore against a
-local folder, and the requests and bytes of an unchanged re-backup.
+local folder, and the requests and bytes of each scenario (init, first backup, unchanged
+re-backup with this client's caches, the same from a new client with empty caches, about 1%
+changed, restore).
 
     python -m bench.s3_bench [--mib 128] [--files 1500]
 
-Times are wall-clock of the real ``casbackup`` command. Requests and bytes are counted by
-a pass-through proxy (tests/store/conftest.py's FaultProxy with no faults), used only for
-the counted runs so its own cost never enters a timing.
+Times are wall-clock and CPU (user+sys of the child, from getrusage) of the real
+``casbackup`` command, run directly against the server. Requests and bytes are counted by a
+pass-through proxy (tests/store/conftest.py's FaultProxy with no faults), used only for the
+counted runs so its own cost never enters a timing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -63,13 +67,30 @@ def start_weed(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("weed mini did not start")
 
 
-def run(repo: str, *args: str) -> float:
+def run(repo: str, *args: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+sys) of one ``casbackup`` command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "casbackup.cli.main", "-r", repo, *args],
                          capture_output=True)  # fmt: skip
+    wall = time.perf_counter() - start
     if res.returncode:
         raise SystemExit(f"{args[0]} failed: {res.stderr.decode()}")
-    return time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu
+
+
+def kinds_of(seen: list[tuple[str, str]]) -> dict[str, int]:
+    """Requests by method and top-level folder of the repository (LIST by prefix)."""
+    kinds: dict[str, int] = {}
+    for method, path in seen:
+        rest = path.split("?", 1)[0].split("/")[3:]  # after /bucket/repo/
+        what = f"{method} {rest[0] if rest else '(bucket)'}"
+        if "list-type" in path:
+            what = f"LIST {path.split('prefix=', 1)[-1][:30]}"
+        kinds[what] = kinds.get(what, 0) + 1
+    return kinds
 
 
 def main() -> int:
@@ -81,12 +102,15 @@ def main() -> int:
                       AWS_DEFAULT_REGION="us-east-1", CASBACKUP_PASSWORD="bench")  # fmt: skip
     import boto3
 
+    from bench.corpus import mutate_corpus
     from tests.store.conftest import FaultProxy
 
+    spec = CorpusSpec(total_bytes=opts.mib * MiB, n_files=opts.files)
+    counted: list[tuple[str, int, int, int, dict[str, int]]] = []
     with tempfile.TemporaryDirectory(prefix="s3bench-") as tmp:
         work = Path(tmp)
         src = work / "src"
-        build_corpus(src, CorpusSpec(total_bytes=opts.mib * MiB, n_files=opts.files))
+        build_corpus(src, spec)
         proc, endpoint = start_weed(work / "weed")
         try:
             bucket = f"b{uuid.uuid4().hex[:12]}"
@@ -96,35 +120,47 @@ def main() -> int:
             repos = {"local": str(work / "repo"), "s3": f"s3:{endpoint}/{bucket}/repo"}
             rows = []
             for kind, repo in repos.items():
-                run(repo, "init")
-                t_backup = run(repo, "backup", str(src))
                 os.environ["CASBACKUP_CACHE_DIR"] = str(work / f"cache-{kind}")
-                t_restore = run(repo, "restore", "latest", "--target", str(work / f"r-{kind}"))
+                run(repo, "init")
+                backup = run(repo, "backup", str(src))
+                os.environ["CASBACKUP_CACHE_DIR"] = str(work / f"cache-{kind}-restore")
+                restore = run(repo, "restore", "latest", "--target", str(work / f"r-{kind}"))
                 assert not compare_trees(src, work / f"r-{kind}" / src.relative_to("/"))
-                rows.append((kind, t_backup, t_restore))
+                rows.append((kind, backup, restore))
             proxy = FaultProxy(endpoint, lambda n: None)
-            counted = f"s3:{proxy.endpoint}/{bucket}/repo"
-            run(counted, "backup", str(src))
-            requests = proxy.count
-            kinds: dict[str, int] = {}
-            for method, path in proxy.seen:
-                rest = path.split("?", 1)[0].split("/")[3:]  # after /bucket/repo/
-                what = f"{method} {rest[0] if rest else '(bucket)'}"
-                if "list-type" in path:
-                    what = f"LIST {path.split('prefix=', 1)[-1][:30]}"
-                kinds[what] = kinds.get(what, 0) + 1
+            repo = f"s3:{proxy.endpoint}/{bucket}/counted"
+
+            def count(name: str, *args: str, cache: str = "client") -> None:
+                os.environ["CASBACKUP_CACHE_DIR"] = str(work / f"cache-{cache}")
+                n0, up0, down0, seen0 = (proxy.count, proxy.bytes_up, proxy.bytes_down,
+                                         len(proxy.seen))  # fmt: skip
+                run(repo, *args)
+                counted.append((name, proxy.count - n0, proxy.bytes_up - up0,
+                                proxy.bytes_down - down0, kinds_of(proxy.seen[seen0:])))  # fmt: skip
+
+            count("init", "init")
+            count("first backup", "backup", str(src))
+            count("unchanged re-backup", "backup", str(src))
+            count("unchanged, new client (empty caches)", "backup", str(src), cache="new")
+            mutate_corpus(src, spec)
+            count("about 1% changed", "backup", str(src))
+            count("restore latest", "restore", "latest", "--target", str(work / "r-counted"))
             proxy.close()
         finally:
             proc.terminate()
             proc.wait(10)
     print(f"corpus: {opts.mib} MiB in {opts.files} files")
-    for kind, b, r in rows:
-        print(f"{kind:6} first backup {b:6.1f} s   restore {r:6.1f} s")
-    (_, lb, lr), (_, sb, sr) = rows
-    print(f"s3/local: backup {sb / lb:.2f}x, restore {sr / lr:.2f}x")
-    print(f"unchanged re-backup to S3: {requests} requests")
-    for what, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
-        print(f"  {n:5}  {what}")
+    for kind, (bw, bc), (rw, rc) in rows:
+        print(f"{kind:6} first backup {bw:6.1f} s ({bc:6.1f} s CPU)   "
+              f"restore {rw:6.1f} s ({rc:6.1f} s CPU)")  # fmt: skip
+    (_, (lbw, lbc), (lrw, lrc)), (_, (sbw, sbc), (srw, src_)) = rows
+    print(f"s3/local: backup {sbw / lbw:.2f}x wall {sbc / lbc:.2f}x CPU, "
+          f"restore {srw / lrw:.2f}x wall {src_ / lrc:.2f}x CPU")  # fmt: skip
+    print("requests and bytes per scenario (through a counting proxy):")
+    for name, n, up, down, kinds in counted:
+        print(f"  {name:40} {n:6} requests  {up / MiB:9.2f} MiB up  {down / MiB:9.2f} MiB down")
+        top = sorted(kinds.items(), key=lambda kv: -kv[1])[:6]
+        print("      " + ", ".join(f"{what}: {k}" for what, k in top))
     return 0
 
 

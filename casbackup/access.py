@@ -8,6 +8,7 @@ or prints: a prompt is the CLI's business, and happens only when ``read_password
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import threading
@@ -18,6 +19,9 @@ from casbackup.engines.process import SECRET_PREFIX, StderrDrain
 from casbackup.errors import CasError, RepositoryNotFound, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend
+
+#: A location scheme as URLs spell them (``s3``, ``my+proto``); ``C`` of ``C:\\`` is not one here.
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{1,31}")
 
 
 @dataclass(frozen=True)
@@ -38,32 +42,29 @@ class PasswordSource:
         return bool(self.file or self.command or self.env_name)
 
 
-def open_backend(location: str | None) -> Backend:
-    """The storage backend for a repository location. Raises UsageError for unknown kinds."""
+def open_backend(location: str | None, settings: dict[str, str] | None = None) -> Backend:
+    """The storage backend for a repository location. ``settings``: the config's
+    [repository] S3 keys (RepositoryConfig.s3_settings), used by s3: locations only.
+    Raises UsageError for unknown kinds and bad settings."""
     if not location:
         raise UsageError(
             "no repository given: use -r/--repo, set CASBACKUP_REPO, "
             "or set [repository] location in the config file"
         )
-    if location.startswith("s3:"):
-        from casbackup.store.retry import RetryingBackend, retry_settings
-        from casbackup.store.s3 import S3Backend
+    from casbackup import plugins
 
-        # Retries live in one wrapper (store/retry.py); the LMDB index cache stays local.
-        tuning = retry_settings()
-        return RetryingBackend(
-            S3Backend(location),
-            attempts=int(tuning.get("attempts", 7)),
-            base=tuning.get("base", 0.25),
-        )
-    if location.startswith(("sftp:", "rest:")):
+    # Backends are plugins by location scheme; anything else is a local folder.
+    scheme, sep, _rest = location.partition(":")
+    if sep and _SCHEME.fullmatch(scheme) and scheme != "local" and plugins.has("backend", scheme):
+        opener = plugins.load("backend", scheme)
+    elif sep and scheme in ("sftp", "rest"):
         raise UsageError(
-            f"storage {location.split(':', 1)[0]!r} is not available in this build; "
-            "use a local path or s3:"
+            f"storage {scheme!r} is not available in this build; use a local path or s3:"
         )
-    from casbackup.store.local import LocalBackend
-
-    return LocalBackend(location)
+    else:
+        opener = plugins.load("backend", "local")
+    backend = opener(location, settings or {})
+    return backend  # type: ignore[no-any-return]
 
 
 def read_secret_file(path: str) -> bytes:
@@ -161,9 +162,12 @@ def read_password(source: PasswordSource) -> bytes | None:
     return None
 
 
-def open_repository(location: str | None, password: bytes) -> Repository:
-    """Open the repository at ``location``. Raises RepositoryNotFound, WrongPassword, ..."""
-    backend = open_backend(location)
+def open_repository(
+    location: str | None, password: bytes, settings: dict[str, str] | None = None
+) -> Repository:
+    """Open the repository at ``location`` (``settings`` as for ``open_backend``).
+    Raises RepositoryNotFound, WrongPassword, ..."""
+    backend = open_backend(location, settings)
     if not backend.exists("config"):
         backend.close()
         raise RepositoryNotFound(

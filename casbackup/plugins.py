@@ -14,6 +14,20 @@ declares network use beyond the configured repository and databases, and with th
 config's ``plugins.offline_mode = true`` (the default) such a plugin stays off; that is
 logged once per process. A plugin that fails to import is reported with its error and
 the others keep working: discovery never raises for one plugin's fault.
+
+The config's ``plugins.enabled`` (default false, the seed's setting) says whether plugins
+from other packages are used at all: when false, only casbackup's own are, and the others
+are listed as off without being imported. The policy (``enabled``, ``offline_mode``) is
+process-wide: ``configure`` sets it (the CLI and the service, from the config they load);
+until then it is read once from the config file ``find_config_path`` finds (or the
+defaults when there is none or it does not parse: the command that needs it says why).
+
+Backends are opened by location scheme (``access.open_backend``): a backend entry point
+names a callable ``(location: str, settings: dict[str, str]) -> Backend``.
+
+``BUILTIN`` repeats casbackup's own entry points from pyproject.toml (a test keeps them
+equal): an installation whose metadata predates one (an editable install not reinstalled)
+still finds it, and another package can never take over a built-in name.
 """
 
 from __future__ import annotations
@@ -23,7 +37,8 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from casbackup.errors import UsageError
+from casbackup import __version__
+from casbackup.errors import CasError, UsageError
 
 log = logging.getLogger("casbackup.plugins")
 
@@ -34,7 +49,64 @@ GROUPS: dict[str, str] = {
     "notifier": "casbackup.notifiers",
 }
 OWN_PACKAGE = "casbackup"
+BUILTIN: dict[str, dict[str, str]] = {
+    "backend": {"local": "casbackup.store.local:open_local", "s3": "casbackup.store.s3:open_s3"},
+    "engine": {
+        "sqlite": "casbackup.engines.sqlite:SqliteEngine",
+        "postgresql": "casbackup.engines.postgresql:PostgresEngine",
+        "mysql": "casbackup.engines.mysql:MysqlEngine",
+    },
+    "snapshot_provider": {},
+    "notifier": {
+        "webhook": "casbackup.notify.http:WebhookNotifier",
+        "healthchecks": "casbackup.notify.http:HealthchecksNotifier",
+        "email": "casbackup.notify.mail:EmailNotifier",
+        "command": "casbackup.notify.command:CommandNotifier",
+    },
+}
+OFF_BY_CONFIG = "plugins.enabled is false: only casbackup's own plugins are used"
 _said_offline: set[tuple[str, str]] = set()  # (kind, name) already logged as off
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which plugins may run: other packages' at all (``enabled``), network users not
+    (``offline_mode``). The defaults are the config's."""
+
+    enabled: bool = False
+    offline_mode: bool = True
+
+
+_policy: Policy | None = None
+_config_path: str | None = None
+
+
+def configure(*, enabled: bool, offline_mode: bool) -> None:
+    """Set the process-wide policy (from the config's [plugins])."""
+    global _policy
+    _policy = Policy(enabled, offline_mode)
+
+
+def use_config_path(path: str | None) -> None:
+    """The config file a lazily read policy comes from (the CLI's --config); forgets
+    a policy read from another file."""
+    global _config_path, _policy
+    _config_path, _policy = path, None
+
+
+def policy() -> Policy:
+    """The policy set by ``configure``, else read once from the config file."""
+    global _policy
+    if _policy is None:
+        try:
+            from casbackup.config.load import find_config_path, load_config
+
+            path = find_config_path(_config_path)
+            cfg = load_config(path).plugins if path is not None else None
+        except CasError:  # a bad config: the command that reads it reports it
+            cfg = None
+        _policy = Policy(cfg.enabled, cfg.offline_mode) if cfg is not None else Policy()
+    return _policy
 
 
 # A plugin that is unknown, failed to load, or is off (offline mode): the user asked for
@@ -72,19 +144,30 @@ class PluginInfo:
 
 
 def _entry_points(kind: str) -> list[EntryPoint]:
-    found: dict[str, EntryPoint] = {}
-    for ep in entry_points(group=GROUPS[kind]):
+    group = GROUPS[kind]
+    # Built-in names first and always: another package cannot take one over.
+    found: dict[str, EntryPoint] = {
+        name: EntryPoint(name, value, group) for name, value in BUILTIN[kind].items()
+    }
+    for ep in entry_points(group=group):
         # The first distribution on sys.path wins a name, as importlib's own lookup does;
         # the same dist seen twice (an editable install) is one plugin.
         found.setdefault(ep.name, ep)
     return sorted(found.values(), key=lambda ep: ep.name)
 
 
-def _describe(kind: str, ep: EntryPoint, offline_mode: bool) -> tuple[PluginInfo, Any]:
-    dist = ep.dist
-    package = dist.metadata["Name"] if dist is not None else ""
-    version = dist.version if dist is not None else ""
-    base = {"kind": kind, "name": ep.name, "package": package or "", "version": version or ""}
+def _describe(
+    kind: str, ep: EntryPoint, offline_mode: bool, enabled: bool = True
+) -> tuple[PluginInfo, Any]:
+    if BUILTIN[kind].get(ep.name) == ep.value:
+        package, version = OWN_PACKAGE, __version__
+    else:
+        dist = ep.dist
+        package = (dist.metadata["Name"] or "") if dist is not None else ""
+        version = (dist.version or "") if dist is not None else ""
+    base = {"kind": kind, "name": ep.name, "package": package, "version": version}
+    if not enabled and package != OWN_PACKAGE:  # not even imported
+        return PluginInfo(**base, target=ep.value, enabled=False, reason=OFF_BY_CONFIG), None
     try:
         obj = ep.load()
     except Exception as exc:  # a broken plugin must not take the others down
@@ -101,29 +184,47 @@ def _describe(kind: str, ep: EntryPoint, offline_mode: bool) -> tuple[PluginInfo
 
 
 def discover(
-    *, offline_mode: bool = True, kinds: tuple[str, ...] = tuple(GROUPS)
+    *,
+    offline_mode: bool | None = None,
+    enabled: bool | None = None,
+    kinds: tuple[str, ...] = tuple(GROUPS),
 ) -> list[PluginInfo]:
-    """Every plugin of the given kinds, loaded to learn whether it works and what it declares.
+    """Every plugin of the given kinds, loaded to learn whether it works and what it declares
+    (``offline_mode``/``enabled``: None takes the ``policy()``'s).
 
     Never raises for a plugin's own fault; each one that is off says why in ``reason``."""
+    rules = policy()
+    offline = rules.offline_mode if offline_mode is None else offline_mode
+    others = rules.enabled if enabled is None else enabled
     infos: list[PluginInfo] = []
     for kind in kinds:
         for ep in _entry_points(kind):
-            info, _obj = _describe(kind, ep, offline_mode)
+            info, _obj = _describe(kind, ep, offline, others)
             _log_off(info)
             infos.append(info)
     return infos
 
 
-def load(kind: str, name: str, *, offline_mode: bool = True) -> Any:
-    """The object a plugin's entry point names. Raises PluginError (one line: unknown
-    name with the known ones, failed import, or off because of offline mode)."""
+def has(kind: str, name: str) -> bool:
+    """Whether a plugin of ``kind`` is named ``name`` (enabled or not), without loading it."""
+    return any(ep.name == name for ep in _entry_points(kind))
+
+
+def load(
+    kind: str, name: str, *, offline_mode: bool | None = None, enabled: bool | None = None
+) -> Any:
+    """The object a plugin's entry point names (``offline_mode``/``enabled``: None takes
+    the ``policy()``'s). Raises PluginError (one line: unknown name with the known ones,
+    failed import, or off because of offline mode or ``plugins.enabled``)."""
     if kind not in GROUPS:
         raise PluginError(f"unknown plugin kind {kind!r}")
+    rules = policy()
+    offline = rules.offline_mode if offline_mode is None else offline_mode
+    others = rules.enabled if enabled is None else enabled
     eps = _entry_points(kind)
     for ep in eps:
         if ep.name == name:
-            info, obj = _describe(kind, ep, offline_mode)
+            info, obj = _describe(kind, ep, offline, others)
             _log_off(info)
             if not info.enabled:
                 raise PluginError(f"{kind} plugin {name!r} ({info.package}) is off: {info.reason}")
@@ -133,7 +234,8 @@ def load(kind: str, name: str, *, offline_mode: bool = True) -> Any:
 
 
 def _log_off(info: PluginInfo) -> None:
-    if info.enabled or (info.kind, info.name) in _said_offline:
+    # Off by the user's own plugins.enabled = false: listed, never warned about.
+    if info.enabled or info.reason == OFF_BY_CONFIG or (info.kind, info.name) in _said_offline:
         return
     _said_offline.add((info.kind, info.name))
     log.warning("%s plugin %r from %s is off: %s", info.kind, info.name, info.package, info.reason)

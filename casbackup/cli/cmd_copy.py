@@ -32,11 +32,15 @@ def source_password(password_file: str | None, password_command: str | None) -> 
 
 
 def open_source(
-    location: str, password_file: str | None, password_command: str | None
+    location: str,
+    password_file: str | None,
+    password_command: str | None,
+    settings: dict[str, str] | None = None,
 ) -> Repository:
-    """Open the repository to copy from (one-line errors as for -r)."""
+    """Open the repository to copy from (one-line errors as for -r; ``settings``: the
+    config's S3 keys, used when it is an s3: location)."""
     password = source_password(password_file, password_command)
-    backend = open_backend(location)
+    backend = open_backend(location, settings)
     if not backend.exists("config"):
         backend.close()
         raise RepositoryNotFound(f"no repository at {location} (the --from-repo)")
@@ -63,7 +67,8 @@ def copy(repo: Repository, from_repo: str, from_password_file: str | None,
          from_password_command: str | None, app: str | None, tags: tuple[str, ...],
          snapshots: tuple[str, ...]) -> None:  # fmt: skip
     """Copy snapshots from another repository into this one (all, or those given)."""
-    src = open_source(from_repo, from_password_file, from_password_command)
+    settings = click.get_current_context().find_root().obj.s3_settings
+    src = open_source(from_repo, from_password_file, from_password_command, settings)
     try:
         with src.locked(command="copy (source)"):
             result = copy_snapshots(src, repo, CopyOptions(tuple(snapshots), app, tuple(tags)))

@@ -54,7 +54,7 @@ def init(
     """Create a new, encrypted repository."""
     opts = global_options(ctx)
     apply_config_defaults(opts)  # the config's [repository] names where and how, if -r/env do not
-    backend = open_backend(opts.repo)
+    backend = open_backend(opts.repo, opts.s3_settings)
     _check_local_folder(backend.location)
     Repository.check_can_init(backend)  # before asking for a passphrase twice
     password = read_password(opts, confirm=True)

@@ -101,7 +101,9 @@ def render_plan(plan: PrunePlan, pack_size: int) -> None:
     if plan.duplicate_blobs:
         click.echo(f"{plural(plan.duplicate_blobs, 'blob')} stored twice; one copy of each goes")
     if plan.rewrite_index:
-        click.echo(f"index: {plural(len(plan.old_index_files), 'file')} replaced by 1")
+        click.echo(
+            f"index: {plural(len(plan.old_index_files), 'file')} replaced by {plan.new_index_files}"
+        )
     if plan.temp_files:
         click.echo(f"{plural(len(plan.temp_files), 'stale temp file')}")
     low, high = freed_range(plan, pack_size)

@@ -32,6 +32,10 @@ def load_cli_config(opts: GlobalOptions, *, required: bool = False, why: str = "
     key = path.absolute()
     if key not in _loaded:
         _loaded[key] = load_config(key)
+        from casbackup import plugins
+
+        settings = _loaded[key].plugins
+        plugins.configure(enabled=settings.enabled, offline_mode=settings.offline_mode)
     return _loaded[key]
 
 
@@ -57,7 +61,11 @@ def apply_config_defaults(opts: GlobalOptions, app: str | None = None) -> None:
         opts.password_file or opts.password_command or opts.password_env
         or "CASBACKUP_PASSWORD" in os.environ
     )  # fmt: skip
-    if not (need_repo or need_password):
+    # An s3: location without the AWS variables may find its credentials in the config.
+    need_s3 = (need_repo or (opts.repo or "").startswith("s3:")) and not (
+        os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")
+    )
+    if not (need_repo or need_password or need_s3):
         return
     config = load_cli_config(opts)
     if config is None:
@@ -71,6 +79,12 @@ def apply_config_defaults(opts: GlobalOptions, app: str | None = None) -> None:
             repo = own
     if need_repo and repo.location and not opts.repo:
         opts.repo = repo.location
+    if need_s3:
+        # The S3 keys of the section the location came from (an application's own
+        # repository when it has them, else the top [repository]).
+        opts.s3_settings = (own.s3_settings() if own is not None else {}) or (
+            config.repository.s3_settings()
+        )
     if need_password:
         opts.password_file = repo.password_file
         opts.password_command = repo.password_command

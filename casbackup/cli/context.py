@@ -31,6 +31,7 @@ class GlobalOptions:
     progress: bool
     config: str | None = None
     password_env: str | None = None  # a variable named by the config file's [repository]
+    s3_settings: dict[str, str] | None = None  # the config's [repository] S3 keys
 
 
 def global_options(ctx: click.Context) -> GlobalOptions:
@@ -39,8 +40,8 @@ def global_options(ctx: click.Context) -> GlobalOptions:
     return obj
 
 
-def open_backend(location: str | None) -> Backend:
-    return access.open_backend(location)
+def open_backend(location: str | None, settings: dict[str, str] | None = None) -> Backend:
+    return access.open_backend(location, settings)
 
 
 def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
@@ -68,7 +69,7 @@ def open_repository(opts: GlobalOptions, app: str | None = None) -> Repository:
     from casbackup.cli.config_support import apply_config_defaults
 
     apply_config_defaults(opts, app)  # the config's [repository] fills in what was not given
-    backend = open_backend(opts.repo)
+    backend = open_backend(opts.repo, opts.s3_settings)
     if not backend.exists("config"):
         raise RepositoryNotFound(
             f"no repository at {opts.repo} (run 'casbackup init' to create one)"

@@ -95,6 +95,9 @@ def cli(ctx: click.Context, repo: str | None, password_file: str | None, passwor
         repo, password_file, password_command, json_mode, quiet, not no_progress, config_path
     )
     _route_library_log(json_mode, quiet)
+    from casbackup import plugins
+
+    plugins.use_config_path(config_path)  # [plugins] of the config this command uses
 
 
 class _LogToWarnings(logging.Handler):

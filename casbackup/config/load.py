@@ -8,7 +8,14 @@ import shlex
 import tomllib
 from pathlib import Path
 
-from casbackup.config.fields import DB_NAME_RE, INLINE_PASSWORD, Ctx, Section, parse_database
+from casbackup.config.fields import (
+    DB_NAME_RE,
+    ENV_NAME_RE,
+    INLINE_PASSWORD,
+    Ctx,
+    Section,
+    parse_database,
+)
 from casbackup.config.model import (
     APP_SNAPSHOT_CHOICES,
     BACKUP_TYPES,
@@ -151,13 +158,51 @@ def parse_repository(sec: Section) -> RepositoryConfig:
                 raise sec.error("password_command", "must not be empty")
         except ValueError as e:
             raise sec.error("password_command", f"cannot be split into words: {e}") from None
+    s3 = _s3_settings(sec)
     sec.done()
     return RepositoryConfig(
         location=sec.ctx.resolve_location(location) if location else None,
         password_env=env,
         password_file=sec.ctx.resolve(file) if file else None,
         password_command=command,
+        **s3,
     )
+
+
+def _s3_settings(sec: Section) -> dict[str, str | None]:
+    """The [repository] section's S3 keys, checked: a secret only by file or variable."""
+    if sec.has("s3_secret_access_key"):
+        raise sec.error(
+            "s3_secret_access_key",
+            "secrets are not kept in the config: use s3_secret_access_key_file or "
+            "s3_secret_access_key_env (or AWS_SECRET_ACCESS_KEY)",
+        )
+    key_id = sec.text("s3_access_key_id")
+    secret_file, secret_env = (
+        sec.text("s3_secret_access_key_file"),
+        sec.text("s3_secret_access_key_env"),
+    )
+    if secret_file and secret_env:
+        raise sec.error("s3_secret_access_key_env",
+                        "give s3_secret_access_key_file or s3_secret_access_key_env, not both")  # fmt: skip
+    if secret_env is not None and not ENV_NAME_RE.match(secret_env):
+        raise sec.error(
+            "s3_secret_access_key_env", f"{secret_env!r} is not an environment variable name"
+        )
+    if bool(key_id) != bool(secret_file or secret_env):
+        missing = "s3_secret_access_key_file" if key_id else "s3_access_key_id"
+        raise sec.error(missing, "S3 credentials need both s3_access_key_id and a secret key "
+                        "(s3_secret_access_key_file or s3_secret_access_key_env)")  # fmt: skip
+    addressing = sec.text("s3_addressing")
+    if addressing is not None and addressing not in ("path", "virtual"):
+        raise sec.error("s3_addressing", f"must be 'path' or 'virtual', not {addressing!r}")
+    return {
+        "s3_access_key_id": key_id,
+        "s3_secret_access_key_file": sec.ctx.resolve(secret_file) if secret_file else None,
+        "s3_secret_access_key_env": secret_env,
+        "s3_region": sec.text("s3_region"),
+        "s3_addressing": addressing,
+    }
 
 
 def parse_verification(sec: Section) -> VerificationConfig:

@@ -8,6 +8,11 @@ location = "/srv/backups/repo"               # a path (relative to this file's f
 password_file = "/etc/casbackup/repo.pass"   # at most one of: password_env, password_file,
 # password_env = "CASBACKUP_PASSWORD"        #   password_command (split like a shell would,
 # password_command = "pass show backup"      #   never run by one)
+# s3_access_key_id = "backup-writer"         # s3: locations only, when AWS_ACCESS_KEY_ID /
+# s3_secret_access_key_file = "/etc/casbackup/s3.secret"  # AWS_PROFILE are not set; or
+# s3_secret_access_key_env = "S3_SECRET"     #   a variable's name (never the key inline)
+# s3_region = "us-east-1"
+# s3_addressing = "path"                     # or "virtual" (virtual-hosted buckets)
 
 [verification]                               # every section below is optional
 enabled = true
@@ -65,7 +70,7 @@ auto_verify = true
 [[applications.notify]]                      # any number; a failing one never fails a backup
 type = "webhook"                             # webhook | healthchecks | email | command | a plugin
 url = "http://127.0.0.1:8080/hook"           # webhook, healthchecks (+ /start, /fail)
-on = ["warning", "failure", "verify_failure"] # default: success warning failure verify_failure
+on = ["warning", "failure", "verify_failure"] # default: all but start (overdue: serve)
 # email: host, port (587), starttls (true), cafile, sender, to = [...], username,
 #        password_env or password_file;  command: command = "notify-send backup";
 # timeout = 10 (seconds); options = {...} for a plugin's own settings
@@ -106,6 +111,19 @@ class RepositoryConfig:
     password_env: str | None = None
     password_file: str | None = None
     password_command: str | None = None
+    # S3 (store/s3.py): the AWS_* variables and AWS_PROFILE come first; the secret key
+    # only by file or by a variable's name, as for passwords.
+    s3_access_key_id: str | None = None
+    s3_secret_access_key_file: str | None = None
+    s3_secret_access_key_env: str | None = None
+    s3_region: str | None = None
+    s3_addressing: str | None = None  # "path" (default) or "virtual"
+
+    def s3_settings(self) -> dict[str, str]:
+        """The S3 keys that are set, as store/s3.py's ``settings`` (name -> value)."""
+        keys = ("s3_access_key_id", "s3_secret_access_key_file", "s3_secret_access_key_env",
+                "s3_region", "s3_addressing")  # fmt: skip
+        return {k: v for k in keys if (v := getattr(self, k))}
 
 
 @dataclass(frozen=True)
@@ -132,7 +150,7 @@ class AppVerification:
     auto_verify: bool = False
 
 
-NOTIFY_EVENTS = ("start", "success", "warning", "failure", "verify_failure")
+NOTIFY_EVENTS = ("start", "success", "warning", "failure", "verify_failure", "overdue")
 BUILTIN_NOTIFIERS = ("webhook", "healthchecks", "email", "command")
 
 
@@ -143,7 +161,7 @@ class NotifierConfig:
     which only healthchecks wants by default). Secrets only by env or file."""
 
     type: str
-    on: tuple[str, ...] = ("success", "warning", "failure", "verify_failure")
+    on: tuple[str, ...] = ("success", "warning", "failure", "verify_failure", "overdue")
     url: str = ""  # webhook, healthchecks
     timeout: int = 10  # seconds
     host: str = ""  # email: SMTP server

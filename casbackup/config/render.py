@@ -41,10 +41,21 @@ def _secret_source(env: str | None, file: str | None, command: str | None = None
 
 
 def _repository(repo: RepositoryConfig) -> dict[str, Any]:
-    return {
+    out = {
         "location": mask_url(repo.location) if repo.location else None,
         "password": _secret_source(repo.password_env, repo.password_file, repo.password_command),
     }
+    if repo.s3_access_key_id:
+        out["s3_credentials"] = {
+            "access_key_id": repo.s3_access_key_id,
+            "secret_access_key": _secret_source(
+                repo.s3_secret_access_key_env, repo.s3_secret_access_key_file
+            ),
+        }
+    for key in ("s3_region", "s3_addressing"):
+        if getattr(repo, key):
+            out[key] = getattr(repo, key)
+    return out
 
 
 def _database(spec: DatabaseSpec) -> dict[str, Any]:

@@ -206,14 +206,18 @@ def get_engine(name: str) -> Engine:
         module, _, attr = _BUILTIN[key].partition(":")
         cls = getattr(importlib.import_module(module), attr)
         return cls()  # type: ignore[no-any-return]
-    from importlib.metadata import entry_points
+    from casbackup import plugins
 
-    for ep in entry_points(group="casbackup.engines"):
-        if ep.name == key:
-            try:
-                return ep.load()()  # type: ignore[no-any-return]
-            except Exception as exc:  # a broken plugin: one line, never a traceback
-                raise DatabaseError(
-                    f"database engine plugin {name!r} failed to load: {type(exc).__name__}: {exc}"
-                ) from None
+    if plugins.has("engine", key):
+        # Through the plugin registry: plugins.enabled and offline_mode apply.
+        try:
+            cls = plugins.load("engine", key)
+        except plugins.PluginError as exc:
+            raise DatabaseError(f"database {exc}") from None
+        try:
+            return cls()  # type: ignore[no-any-return]
+        except Exception as exc:  # a broken plugin: one line, never a traceback
+            raise DatabaseError(
+                f"database engine plugin {name!r} failed to start: {type(exc).__name__}: {exc}"
+            ) from None
     raise DatabaseError(f"unknown database engine {name!r} (known: {', '.join(engine_names())})")

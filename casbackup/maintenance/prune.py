@@ -6,29 +6,38 @@ into keep / repack / delete. Execute (:func:`execute_prune`), in this order:
 
 1. repack: copy the used blobs of partly used packs, envelopes as they are (no
    re-encryption), into new packs; each is durable before the next step;
-2. write ONE index file naming every kept pack and every new pack, whose
-   ``supersedes`` lists every old index file;
+2. write the new index naming every kept pack and every new pack, in files of at most
+   INDEX_FILE_BLOBS entries; only the last one, written when all others are durable,
+   has a ``supersedes`` list, naming every old index file;
 3. delete the old index files;
 4. delete unused and repacked packs (and unindexed packs older than a margin);
 5. delete stray temp files older than the margin.
 
 An interruption anywhere leaves a consistent repository: before 2 the new packs are
-merely unindexed; between 2 and 3 readers ignore the superseded index files; after 3
-every pack that is still to be deleted is named by no index. Running prune again
+merely unindexed; during 2 the new files only repeat entries of durable packs while the
+old ones stay in force; between 2 and 3 readers ignore the superseded index files; after
+3 every pack that is still to be deleted is named by no index. Running prune again
 finishes the job. Prune must run under the repository's exclusive lock.
+
+Memory does not grow with the number of blobs: the used ids and the index entries go to
+temporary files split by the ids' first byte (``spill.py``), and every pass over them
+loads one such bucket (about 20,000 entries with 5 million blobs); per pack a few
+integers are held.
 """
 
 from __future__ import annotations
 
+import struct
 import time
-from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from casbackup.errors import CasError, IntegrityError, NotFound
-from casbackup.maintenance.usage import find_used_blobs
+from casbackup.maintenance.spill import ID_BUCKETS, IdSet, RecordSpill
+from casbackup.maintenance.usage import collect_used_blobs
 from casbackup.repo import codec
 from casbackup.repo.ids import BlobId, FileId, Kind
-from casbackup.repo.index import IndexFile, Location, encode_index
+from casbackup.repo.index import RECORD_SIZE, Location, encode_index_records, encode_record
 from casbackup.repo.pack import PackWriter, pack_name
 from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
@@ -44,6 +53,9 @@ _HEADER_ENTRY = 41
 _INDEX_OVERHEAD = 25 + 16 + 1 + 1 + 4 + 4
 _INDEX_PACK = 36
 _INDEX_BLOB = 45
+# Entries per index file prune writes: each file is read whole (about 4.5 MiB here), so
+# one file of 5 million entries would cost every reader 225 MiB at once.
+INDEX_FILE_BLOBS = 100_000
 
 
 @dataclass(frozen=True)
@@ -57,18 +69,14 @@ class PruneOptions:
 
 @dataclass(frozen=True)
 class PackUse:
+    """One pack's share of used and unused blobs (counts and stored bytes)."""
+
     pack: FileId
     size: int  # the pack file's size
-    used: tuple[tuple[BlobId, Location], ...]
-    unused: tuple[tuple[BlobId, Location], ...]
-
-    @property
-    def used_bytes(self) -> int:
-        return sum(loc.stored_len for _, loc in self.used)
-
-    @property
-    def unused_bytes(self) -> int:
-        return sum(loc.stored_len for _, loc in self.unused)
+    used_blobs: int
+    used_bytes: int
+    unused_blobs: int
+    unused_bytes: int
 
     @property
     def unused_share(self) -> float:
@@ -78,7 +86,11 @@ class PackUse:
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """What prune will do. Immutable; printed by ``prune --dry-run``."""
+    """What prune will do. Immutable; printed by ``prune --dry-run``.
+
+    ``work`` holds the plan's temporary files (the index entries, per id bucket, and the
+    used ids) that ``execute_prune`` reads; ``close`` removes them (collecting the plan
+    does too)."""
 
     snapshots: int
     used_blobs: int
@@ -93,12 +105,26 @@ class PrunePlan:
     temp_files: tuple[str, ...]
     missing_packs: tuple[FileId, ...]  # named by the index but gone; no used blob in them
     duplicate_blobs: int  # used blobs stored in more than one pack
+    work: _Work | None = field(default=None, repr=False, compare=False)
 
     @property
     def rewrite_index(self) -> bool:
         return bool(
-            self.repack or self.delete or self.missing_packs or len(self.old_index_files) > 1
+            self.repack
+            or self.delete
+            or self.missing_packs
+            or len(self.old_index_files) > self.new_index_files
         )
+
+    @property
+    def index_blobs(self) -> int:
+        """Entries the new index will hold: every blob of kept packs, the repacked ones."""
+        return sum(p.used_blobs + p.unused_blobs for p in self.keep) + self.blobs_rewritten
+
+    @property
+    def new_index_files(self) -> int:
+        """How many index files the new index takes (INDEX_FILE_BLOBS entries each)."""
+        return max(1, -(-self.index_blobs // INDEX_FILE_BLOBS))
 
     @property
     def bytes_rewritten(self) -> int:
@@ -106,7 +132,7 @@ class PrunePlan:
 
     @property
     def blobs_rewritten(self) -> int:
-        return sum(len(p.used) for p in self.repack)
+        return sum(p.used_blobs for p in self.repack)
 
     @property
     def bytes_deleted(self) -> int:
@@ -128,11 +154,10 @@ class PrunePlan:
     def new_index_estimate(self) -> int:
         if not self.rewrite_index:
             return 0
-        blobs = sum(len(p.used) + len(p.unused) for p in self.keep) + self.blobs_rewritten
         packs = len(self.keep) + max(1, len(self.repack))
         return (
-            _INDEX_OVERHEAD + 32 * len(self.old_index_files) + packs * _INDEX_PACK
-            + blobs * _INDEX_BLOB
+            self.new_index_files * _INDEX_OVERHEAD + 32 * len(self.old_index_files)
+            + packs * _INDEX_PACK + self.index_blobs * _INDEX_BLOB
         )  # fmt: skip
 
     def bytes_freed(self, pack_size: int) -> int:
@@ -148,12 +173,18 @@ class PrunePlan:
     def empty(self) -> bool:
         return not (self.rewrite_index or self.unindexed or self.temp_files)
 
+    def close(self) -> None:
+        """Remove the plan's temporary files (``execute_prune`` needs them: call it after)."""
+        if self.work is not None:
+            self.work.close()
+
 
 @dataclass
 class PruneResult:
     packs_written: list[FileId] = field(default_factory=list)
     bytes_written: int = 0
-    new_index: FileId | None = None
+    new_index: FileId | None = None  # the last new index file: the one that supersedes
+    index_files_written: int = 0
     index_files_deleted: int = 0
     packs_deleted: int = 0
     bytes_deleted: int = 0
@@ -162,78 +193,169 @@ class PruneResult:
 
 
 # ---------------------------------------------------------------------------- plan
-def _read_index(repo: Repository) -> tuple[dict[FileId, IndexFile], list[tuple[FileId, int]]]:
-    """Every readable, non-superseded index file. A damaged one stops prune: its packs
-    would otherwise look unindexed, and their blobs unused."""
-    listed = [(FileId(n.rsplit("/", 1)[1]), s) for n, s in repo.backend.list("index/")]
-    loaded: dict[FileId, IndexFile] = {}
-    for fid, _size in sorted(listed):
-        try:
-            loaded[fid] = repo.load_index_file(fid)
-        except CasError as exc:
-            raise IntegrityError(
-                f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index' first"
-            ) from None
-    superseded = {s for idx in loaded.values() for s in idx.supersedes}
-    return {f: i for f, i in loaded.items() if f not in superseded}, sorted(listed)
+# Every index entry, spilled by its blob id's first byte: the pack's number in
+# ``_Work.packs``, then the entry's record exactly as the index file holds it.
+_ENTRY = struct.Struct(">IB32sIII")
+_PACK_NO = struct.Struct(">I")
+PACK_GROUPS = 64  # the entries the new index keeps, spilled by pack number modulo this
+
+
+class _Work:
+    """What planning learned that executing needs, in temporary files (see spill.py).
+
+    Memory is a few integers per pack and one id bucket at a time; nothing per blob."""
+
+    def __init__(self) -> None:
+        self.used = IdSet()
+        self.entries = RecordSpill(_ENTRY.size, ID_BUCKETS, folder=None)
+        self.packs: list[FileId] = []  # pack number -> id
+        self.numbers: dict[FileId, int] = {}
+        self.blobs: list[int] = []  # per pack number: entries (each blob once per pack)
+        self.bytes: list[int] = []  # their stored bytes
+        self.used_copies: list[int] = []  # stored bytes of used blobs, counting every copy
+        self.present: list[bool] = []
+
+    def close(self) -> None:
+        self.used.close()
+        self.entries.close()
+
+    def number(self, pack: FileId) -> int:
+        n = self.numbers.get(pack)
+        if n is None:
+            n = self.numbers[pack] = len(self.packs)
+            self.packs.append(pack)
+        return n
+
+    def add_section(self, pack: FileId, records: bytes) -> None:
+        prefix = _PACK_NO.pack(self.number(pack))
+        add = self.entries.add
+        for i in range(0, len(records), RECORD_SIZE):
+            add(records[i + 1], prefix + records[i : i + RECORD_SIZE])
+
+    def copies(self, bucket: int) -> dict[bytes, dict[int, bytes]]:
+        """Blob id -> {pack number: its entry} for the blobs of one id bucket (a pack
+        named by several index files counts its blob once)."""
+        found: dict[bytes, dict[int, bytes]] = {}
+        data = self.entries.read(bucket)
+        size = _ENTRY.size
+        for i in range(0, len(data), size):
+            entry = data[i : i + size]
+            (n,) = _PACK_NO.unpack_from(entry)
+            found.setdefault(entry[5:37], {}).setdefault(n, entry)
+        return found
+
+    def chosen(self, candidates: Iterable[int]) -> int:
+        """The copy of a used blob stored twice that counts as used: the pack used most
+        otherwise, so the other copy can go with its pack rather than force a repack."""
+        return max(candidates, key=lambda n: (self.used_copies[n], self.packs[n]))
+
+
+def _live_index_files(repo: Repository) -> tuple[list[FileId], list[tuple[FileId, int]]]:
+    """(readable index files no other one supersedes, every index file with its size).
+    A damaged one stops prune: its packs would otherwise look unindexed, and their
+    blobs unused. One file in memory at a time."""
+    listed = sorted((FileId(n.rsplit("/", 1)[1]), s) for n, s in repo.backend.list("index/"))
+    superseded: set[str] = set()
+    for fid, _size in listed:
+        superseded.update(_load_sections(repo, fid)[0])
+    return [f for f, _ in listed if f not in superseded], listed
+
+
+def _load_sections(
+    repo: Repository, fid: FileId
+) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]]]:
+    try:
+        return repo.load_index_records(fid)
+    except CasError as exc:
+        raise IntegrityError(
+            f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index' first"
+        ) from None
 
 
 def plan_prune(
     repo: Repository, options: PruneOptions = PruneOptions(), reporter: Reporter = NULL_REPORTER
 ) -> PrunePlan:
+    """Plan a prune (read-only). Raises IntegrityError when anything needed is unreadable
+    or missing: prune then deletes nothing. Close the plan (or execute it) when done."""
+    work = _Work()
+    try:
+        return _plan(repo, options, reporter, work)
+    except BaseException:
+        work.close()
+        raise
+
+
+def _plan(repo: Repository, options: PruneOptions, reporter: Reporter, work: _Work) -> PrunePlan:
     now = time.time()
-    snapshots, used = find_used_blobs(repo, reporter, options.keep_trees)
-    live_index, all_index_files = _read_index(repo)
+    snapshots = collect_used_blobs(repo, work.used, reporter, options.keep_trees)
+    # Blobs that used blobs depend on join ``work.used`` here (deltas' base chains).
+    live, all_index_files = _live_index_files(repo)
     present = {FileId(n.rsplit("/", 1)[1]): s for n, s in repo.backend.list("data/")}
+    for fid in live:
+        for pack, records in _load_sections(repo, fid)[1]:
+            work.add_section(pack, records)
+    count = len(work.packs)
+    work.blobs, work.bytes, work.used_copies = [0] * count, [0] * count, [0] * count
+    work.present = [p in present for p in work.packs]
 
-    # Every copy of every blob, per pack (a pack can appear in several index files).
-    packs: dict[FileId, dict[BlobId, Location]] = defaultdict(dict)
-    copies: dict[BlobId, list[FileId]] = defaultdict(list)
-    for idx in live_index.values():
-        for pack, entries in idx.packs.items():
-            for blob_id, loc in entries:
-                if blob_id not in packs[pack]:
-                    packs[pack][blob_id] = loc
-                    copies[blob_id].append(pack)
-
-    not_indexed = [b for b in used if b not in copies]
+    # Pass 1, one id bucket at a time: per pack, its blobs and how much of it is used.
+    not_indexed = used_total = 0
+    for bucket in range(ID_BUCKETS):
+        used = work.used.bucket(bucket)
+        used_total += len(used)
+        copies = work.copies(bucket)
+        not_indexed += sum(1 for b in used if b not in copies)
+        for blob_id, where in copies.items():
+            is_used = blob_id in used
+            for n, entry in where.items():
+                stored = _ENTRY.unpack(entry)[4]
+                work.blobs[n] += 1
+                work.bytes[n] += stored
+                if is_used:
+                    work.used_copies[n] += stored
     if not_indexed:
         raise IntegrityError(
-            f"{plural(len(not_indexed), 'blob')} that snapshots need are not in the index; "
+            f"{plural(not_indexed, 'blob')} that snapshots need are not in the index; "
             "run 'casbackup repair index' (and 'check') before pruning"
         )
-    missing = sorted(p for p in packs if p not in present)
+
+    # Pass 2: which copy of each used blob counts (see ``_Work.chosen``).
+    chosen_blobs, chosen_bytes, needed = [0] * count, [0] * count, [0] * count
+    duplicates = 0
+    for bucket in range(ID_BUCKETS):
+        used = work.used.bucket(bucket)
+        for blob_id, where in work.copies(bucket).items():
+            if blob_id not in used:
+                continue
+            candidates = [n for n in where if work.present[n]]
+            if not candidates:
+                for n in where:
+                    needed[n] += 1
+                continue
+            if len(candidates) > 1:
+                duplicates += 1
+            n = work.chosen(candidates)
+            chosen_blobs[n] += 1
+            chosen_bytes[n] += _ENTRY.unpack(where[n])[4]
+    missing = sorted(p for p, here in zip(work.packs, work.present, strict=True) if not here)
     for pack in missing:
-        needed = [b for b in packs[pack] if b in used and all(p in missing for p in copies[b])]
-        if needed:
+        if needed[work.numbers[pack]]:
             raise IntegrityError(
-                f"pack {pack[:12]} is missing but holds {plural(len(needed), 'blob')} that snapshots need; "
+                f"pack {pack[:12]} is missing but holds "
+                f"{plural(needed[work.numbers[pack]], 'blob')} that snapshots need; "
                 "run 'casbackup check' to see what is affected"
             )
 
-    # A used blob stored twice counts as used in one pack only: the pack that is the most
-    # used otherwise, so the other copy can go with its pack rather than force a repack.
-    chosen: dict[BlobId, FileId] = {}
-    used_bytes: dict[FileId, int] = defaultdict(int)
-    for blob_id in used:
-        for pack in copies[blob_id]:
-            used_bytes[pack] += packs[pack][blob_id].stored_len
-    duplicates = 0
-    for blob_id in used:
-        candidates = [p for p in copies[blob_id] if p in present]
-        if len(candidates) > 1:
-            duplicates += 1
-        chosen[blob_id] = max(candidates, key=lambda p: (used_bytes[p], p))
-
     keep, repack_candidates, delete = [], [], []
-    for pack in sorted(p for p in packs if p in present):
-        entries = packs[pack]
-        in_use = tuple((b, loc) for b, loc in entries.items() if chosen.get(b) == pack)
-        unused = tuple((b, loc) for b, loc in entries.items() if chosen.get(b) != pack)
-        use = PackUse(pack, present[pack], in_use, unused)
-        if not in_use:
+    for pack in sorted(p for p in work.packs if p in present):
+        n = work.numbers[pack]
+        use = PackUse(
+            pack, present[pack], chosen_blobs[n], chosen_bytes[n],
+            work.blobs[n] - chosen_blobs[n], work.bytes[n] - chosen_bytes[n],
+        )  # fmt: skip
+        if not use.used_blobs:
             delete.append(use)
-        elif unused and use.unused_share > options.max_unused:
+        elif use.unused_blobs and use.unused_share > options.max_unused:
             repack_candidates.append(use)
         else:
             keep.append(use)
@@ -252,7 +374,7 @@ def plan_prune(
 
     modified = getattr(repo.backend, "modified", None)
     unindexed, young = [], 0
-    for pack in sorted(set(present) - set(packs)):
+    for pack in sorted(set(present) - set(work.numbers)):
         try:
             age = now - modified(pack_name(pack)) if modified else 0.0
         except CasError:
@@ -272,11 +394,11 @@ def plan_prune(
 
     _refuse_incomplete_listings(repo)
     return PrunePlan(
-        snapshots=snapshots, used_blobs=len(used), packs_total=len(present),
+        snapshots=snapshots, used_blobs=used_total, packs_total=len(present),
         bytes_total=sum(present.values()), keep=tuple(keep), repack=tuple(repack),
         delete=tuple(delete), unindexed=tuple(unindexed), unindexed_young=young,
         old_index_files=tuple(all_index_files), temp_files=tuple(temp_files),
-        missing_packs=tuple(missing), duplicate_blobs=duplicates,
+        missing_packs=tuple(missing), duplicate_blobs=duplicates, work=work,
     )  # fmt: skip
 
 
@@ -303,17 +425,18 @@ def execute_prune(
     options: PruneOptions = PruneOptions(),
     reporter: Reporter = NULL_REPORTER,
 ) -> PruneResult:
+    """Carry ``plan`` out in the crash-safe order (module docstring); closes the plan."""
     result = PruneResult()
-    if plan.rewrite_index:
-        new_packs = _repack(repo, plan, options, result, reporter)
-        entries = {u.pack: [*u.used, *u.unused] for u in plan.keep}
-        entries.update(new_packs)
-        result.new_index = repo.save_file_object(
-            "index", Kind.INDEX, encode_index(entries, [f for f, _ in plan.old_index_files])
-        )
-        for fid, _size in plan.old_index_files:
-            _delete(repo, f"index/{fid}")
-            result.index_files_deleted += 1
+    try:
+        if plan.rewrite_index:
+            if plan.work is None:
+                raise ValueError("this plan's temporary files are gone (closed)")
+            _rewrite_index(repo, plan, plan.work, options, result, reporter)
+            for fid, _size in plan.old_index_files:
+                _delete(repo, f"index/{fid}")
+                result.index_files_deleted += 1
+    finally:
+        plan.close()
     doomed = [(u.pack, u.size) for u in (*plan.delete, *plan.repack)] if plan.rewrite_index else []
     doomed += list(plan.unindexed)
     progress = Progress(phase="deleting packs", files_total=len(doomed))
@@ -344,50 +467,143 @@ def _delete(repo: Repository, name: str) -> bool:
     return True
 
 
-def _repack(
+class _IndexWriter:
+    """Writes the new index as files of at most INDEX_FILE_BLOBS entries.
+
+    Every file but the last supersedes nothing: until the last one is durable the old
+    files stay in force, and the new ones only repeat entries of durable packs (readers
+    take a blob named twice from either). The last one supersedes every old file."""
+
+    def __init__(self, repo: Repository, supersedes: list[FileId], result: PruneResult) -> None:
+        self.repo = repo
+        self.supersedes = supersedes
+        self.result = result
+        self.sections: list[tuple[FileId, bytes]] = []
+        self.blobs = 0
+
+    def add(self, pack: FileId, records: bytes) -> None:
+        n = len(records) // RECORD_SIZE
+        if self.sections and self.blobs + n > INDEX_FILE_BLOBS:
+            self._write(())
+        self.sections.append((pack, records))
+        self.blobs += n
+
+    def _write(self, supersedes: Iterable[FileId]) -> FileId:
+        fid = self.repo.save_file_object(
+            "index", Kind.INDEX, encode_index_records(self.sections, supersedes)
+        )
+        self.sections, self.blobs = [], 0
+        self.result.index_files_written += 1
+        return fid
+
+    def finish(self) -> None:
+        self.result.new_index = self._write(self.supersedes)
+
+
+def _rewrite_index(
     repo: Repository,
     plan: PrunePlan,
+    work: _Work,
     options: PruneOptions,
     result: PruneResult,
     reporter: Reporter,
-) -> dict[FileId, list[tuple[BlobId, Location]]]:
-    new_packs: dict[FileId, list[tuple[BlobId, Location]]] = {}
-    # Trees and data stay in separate packs, as the backup writes them (repo_format.md).
-    writers = {Kind.DATA: PackWriter(), Kind.TREE: PackWriter()}
-    progress = Progress(
-        phase="repacking", files_total=len(plan.repack), bytes_total=plan.bytes_rewritten
-    )
+) -> None:
+    """Steps 1 and 2: repack, then the new index (its last file supersedes the old)."""
+    keep = {work.numbers[u.pack] for u in plan.keep}
+    repack = {work.numbers[u.pack] for u in plan.repack}
+    # Pass 3 over the id buckets: the entries the new index keeps (every entry of a kept
+    # pack) and the blobs to copy (the chosen copy in a repacked pack), by pack group.
+    kept = RecordSpill(_ENTRY.size, PACK_GROUPS)
+    try:
+        for bucket in range(ID_BUCKETS):
+            used = work.used.bucket(bucket)
+            for blob_id, where in work.copies(bucket).items():
+                chosen = None
+                if blob_id in used:
+                    chosen = work.chosen(n for n in where if work.present[n])
+                for n, entry in where.items():
+                    if n in keep or (n in repack and n == chosen):
+                        kept.add(n % PACK_GROUPS, entry)
+        writer = _IndexWriter(repo, [f for f, _ in plan.old_index_files], result)
+        copier = _Copier(repo, options, result, writer, plan, reporter)
+        for group in range(PACK_GROUPS):
+            by_pack: dict[int, bytearray] = {}
+            for entry in kept.records(group):
+                by_pack.setdefault(_PACK_NO.unpack_from(entry)[0], bytearray()).extend(entry)
+            for n in sorted(by_pack, key=lambda n: work.packs[n]):
+                entries = bytes(by_pack.pop(n))
+                if n in keep:
+                    records = b"".join(
+                        entries[i + 4 : i + _ENTRY.size]
+                        for i in range(0, len(entries), _ENTRY.size)
+                    )
+                    writer.add(work.packs[n], records)
+                else:
+                    copier.copy(work.packs[n], entries)
+        copier.finish()
+        writer.finish()
+    finally:
+        kept.close()
 
-    def store(w: PackWriter) -> None:
-        pack_id, data, written = w.finish(repo.sealer)
-        repo.backend.put(pack_name(pack_id), data)  # durable before the index names it
-        new_packs[pack_id] = [
-            (e.id, Location(pack_id, e.offset, e.stored_len, e.raw_len, e.kind)) for e in written
-        ]
-        result.packs_written.append(pack_id)
-        result.bytes_written += len(data)
 
-    for use in plan.repack:
-        data = repo.backend.get(pack_name(use.pack))
-        for blob_id, loc in use.used:
-            envelope = data[loc.offset : loc.offset + loc.stored_len]
-            if len(envelope) != loc.stored_len:
-                raise IntegrityError(f"pack {use.pack[:12]} is shorter than its index says")
-            if options.verify_copies:
-                _verify(repo, blob_id, loc, envelope, use.pack)
+class _Copier:
+    """Step 1: copies used blob envelopes of repacked packs, unchanged, into new packs;
+    each new pack is durable before the index writer names it."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        options: PruneOptions,
+        result: PruneResult,
+        writer: _IndexWriter,
+        plan: PrunePlan,
+        reporter: Reporter,
+    ) -> None:
+        self.repo, self.options, self.result, self.writer = repo, options, result, writer
+        self.reporter = reporter
+        # Trees and data stay in separate packs, as the backup writes them (repo_format.md).
+        self.writers = {Kind.DATA: PackWriter(), Kind.TREE: PackWriter()}
+        self.progress = Progress(
+            phase="repacking", files_total=len(plan.repack), bytes_total=plan.bytes_rewritten
+        )
+
+    def _store(self, w: PackWriter) -> None:
+        pack_id, data, written = w.finish(self.repo.sealer)
+        self.repo.backend.put(pack_name(pack_id), data)  # durable before the index names it
+        self.writer.add(
+            pack_id,
+            b"".join(
+                encode_record(e.id, Location(pack_id, e.offset, e.stored_len, e.raw_len, e.kind))
+                for e in written
+            ),
+        )
+        self.result.packs_written.append(pack_id)
+        self.result.bytes_written += len(data)
+
+    def copy(self, pack: FileId, entries: bytes) -> None:
+        data = self.repo.backend.get(pack_name(pack))
+        for i in range(0, len(entries), _ENTRY.size):
+            _n, kind, blob_id, offset, stored_len, raw_len = _ENTRY.unpack_from(entries, i)
+            loc = Location(pack, offset, stored_len, raw_len, Kind(kind))
+            envelope = data[offset : offset + stored_len]
+            if len(envelope) != stored_len:
+                raise IntegrityError(f"pack {pack[:12]} is shorter than its index says")
+            if self.options.verify_copies:
+                _verify(self.repo, BlobId(blob_id), loc, envelope, pack)
             group = Kind.TREE if loc.kind == Kind.TREE else Kind.DATA
-            writer = writers[group]
-            writer.add(loc.kind, blob_id, envelope, loc.raw_len)
-            progress.bytes_done += loc.stored_len
-            if writer.size >= repo.config.pack_size:
-                store(writer)
-                writers[group] = PackWriter()
-        progress.files_done += 1
-        reporter.progress(progress)
-    for writer in writers.values():
-        if writer.entries:
-            store(writer)
-    return new_packs
+            writer = self.writers[group]
+            writer.add(loc.kind, BlobId(blob_id), envelope, raw_len)
+            self.progress.bytes_done += stored_len
+            if writer.size >= self.repo.config.pack_size:
+                self._store(writer)
+                self.writers[group] = PackWriter()
+        self.progress.files_done += 1
+        self.reporter.progress(self.progress)
+
+    def finish(self) -> None:
+        for writer in self.writers.values():
+            if writer.entries:
+                self._store(writer)
 
 
 def _verify(repo: Repository, blob_id: BlobId, loc: Location, envelope: bytes, pack: str) -> None:

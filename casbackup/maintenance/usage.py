@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from casbackup.errors import CasError, IntegrityError
+from casbackup.maintenance.spill import IdSet
 from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
@@ -19,11 +20,31 @@ def find_used_blobs(
     reporter: Reporter = NULL_REPORTER,
     extra_trees: Iterable[BlobId] = (),
 ) -> tuple[int, set[BlobId]]:
-    """(number of snapshots, ids of every tree and data blob they reach).
+    """``collect_used_blobs`` as a Python set, for small repositories and tests (prune
+    itself keeps the ids in an ``IdSet``: a set of 5 million ids costs about 400 MiB)."""
+    used = IdSet()
+    try:
+        count = collect_used_blobs(repo, used, reporter, extra_trees)
+        return count, {BlobId(b) for b in used}
+    finally:
+        used.close()
 
-    ``extra_trees`` are more roots to keep (for records that name trees, not snapshots).
-    Shared subtrees are walked once, so unchanged folders across a year of dailies cost
-    one visit.
+
+def collect_used_blobs(
+    repo: Repository,
+    into: IdSet,
+    reporter: Reporter = NULL_REPORTER,
+    extra_trees: Iterable[BlobId] = (),
+    extra_ids: Iterable[bytes] = (),
+) -> int:
+    """Add to ``into`` the id of every tree and data blob a snapshot reaches; return the
+    number of snapshots.
+
+    ``extra_trees`` are more roots to keep (for records that name trees, not snapshots);
+    ``extra_ids`` more blobs to keep as they are (nothing below them is walked). Shared
+    subtrees are walked once, so unchanged folders across a year of dailies cost one
+    visit; the trees walked are the one set held in memory (chunk ids go to ``into``,
+    on disk). Raises IntegrityError when a snapshot or a tree cannot be read.
     """
     warnings: list[str] = []
     snapshots = repo.list_snapshots(warnings=warnings, include_forgotten=True)  # keep their data
@@ -32,8 +53,8 @@ def find_used_blobs(
             f"{warnings[0]}; prune cannot tell which data it needs "
             "(run 'casbackup check', or forget the damaged snapshot)"
         )
-    used: set[BlobId] = set()
-    walked: set[BlobId] = set()  # apart from ``used``: a chunk id must never stop a tree walk
+    into.update(extra_ids)
+    walked: set[bytes] = set()  # apart from ``into``: a chunk id must never stop a tree walk
     stack: list[BlobId] = [s.root for s in snapshots]
     stack.extend(extra_trees)
     progress = Progress(phase="finding used data", files_total=len(snapshots))
@@ -49,12 +70,12 @@ def find_used_blobs(
                 "run 'casbackup check'"
             ) from None
         walked.add(tree_id)
-        used.add(tree_id)
+        into.add(tree_id)
         for node in nodes:
-            used.update(node.content)
+            into.update(node.content)
             if node.subtree is not None and node.subtree not in walked:
                 stack.append(node.subtree)
-        progress.files_done = len(used)
-        if len(used) % 256 == 0:
+        progress.files_done = len(walked)
+        if len(walked) % 256 == 0:
             reporter.progress(progress)
-    return len(snapshots), used
+    return len(snapshots)

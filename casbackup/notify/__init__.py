@@ -2,7 +2,8 @@
 
 Events (``Event.kind``): ``start``, ``success``, ``warning`` (saved, but some files could
 not be read), ``failure`` (no snapshot), ``verify_failure`` (saved, but the snapshot failed
-its verification). Each application lists its notifiers in the config
+its verification), ``overdue`` (a scheduled backup did not succeed before its schedule's
+next fire time: the service's scheduler sends it, server/scheduler.py). Each application lists its notifiers in the config
 (``[[applications.notify]]``, see ``casbackup/config/model.py``); a notifier gets the
 events its ``on`` list names.
 
@@ -25,7 +26,7 @@ from casbackup.config.model import NotifierConfig
 
 log = logging.getLogger("casbackup.notify")
 
-EVENT_KINDS = ("start", "success", "warning", "failure", "verify_failure")
+EVENT_KINDS = ("start", "success", "warning", "failure", "verify_failure", "overdue")
 BODY_VERSION = 1
 MAX_LINES = 20  # warnings carried in a notification; the count says how many there were
 
@@ -60,6 +61,7 @@ class Event:
             "warning": "finished with warnings",
             "failure": "FAILED",
             "verify_failure": "FAILED verification",
+            "overdue": "is OVERDUE",
         }
         return f"casbackup: backup of {self.app} on {self.host} {words.get(self.kind, self.kind)}"
 

@@ -51,8 +51,11 @@ class HealthchecksNotifier:
 
     def send(self, event: Event) -> None:
         base = self.config.url.rstrip("/")
-        suffix = {"start": "/start", "failure": "/fail", "verify_failure": "/fail"}.get(
-            event.kind, ""
-        )
+        suffix = {
+            "start": "/start",
+            "failure": "/fail",
+            "verify_failure": "/fail",
+            "overdue": "/fail",
+        }.get(event.kind, "")
         text = "\n".join([event.subject, event.message, *event.warnings[:20]]).strip()
         _request(base + suffix, text.encode(), "text/plain; charset=utf-8", self.config.timeout)

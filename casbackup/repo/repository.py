@@ -57,6 +57,7 @@ from casbackup.repo.lock import Lock
 from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
+from casbackup.repo.treecache import TreeCache, cap_bytes
 from casbackup.store.base import Backend, odd_entries
 from casbackup.units import plural
 
@@ -105,6 +106,13 @@ class Repository:
         self._last_index_flush = time.monotonic()
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
+        self._tree_cache: TreeCache | None = None
+        if getattr(backend, "remote", False) and cap_bytes() > 0:
+            # A tree read from a remote store is a request; from this cache, a file read.
+            self._tree_cache = TreeCache(
+                os.path.join(cache_root(), config.id, "trees"),
+                self.sealer, self.opener, self.blob_id, cap_bytes(),
+            )  # fmt: skip
         self.stats_blobs_added = 0
         self.stats_bytes_added = 0
         self.stats_bytes_stored = 0
@@ -506,12 +514,31 @@ class Repository:
 
     # ----------------------------------------------------------------- trees
     def save_tree(self, nodes: list[Node]) -> BlobId:
-        return self.save_blob(Kind.TREE, encode_tree(nodes))[0]
+        data = encode_tree(nodes)
+        tree_id = self.save_blob(Kind.TREE, data)[0]
+        if self._tree_cache is not None:
+            self._tree_cache.put(tree_id, data)  # the next backup compares with it
+        return tree_id
 
     def load_tree(self, tree_id: BlobId) -> list[Node]:
-        data = self.load_blob(tree_id, Kind.TREE)
-        if self.blob_id(data) != tree_id:
-            raise IntegrityError(f"tree {tree_id.hex()[:16]} does not match its id")
+        """A tree's nodes, from the local tree cache (repo/treecache.py: remote stores
+        only; entries authenticated and checked against the id) or the repository.
+        Raises IntegrityError, NotFound, StorageError."""
+        cache = self._tree_cache
+        data = cache.get(tree_id) if cache is not None else None
+        if data is None and cache is not None:
+            loc = self.locate(tree_id)
+            try:  # a cold cache: the tree's whole pack at once, when it is small
+                if cache.fill_from_pack(self.backend, loc.pack):
+                    data = cache.get(tree_id)
+            except CasError:
+                data = None  # read just this tree below; its own errors are the ones to report
+        if data is None:
+            data = self.load_blob(tree_id, Kind.TREE)
+            if self.blob_id(data) != tree_id:
+                raise IntegrityError(f"tree {tree_id.hex()[:16]} does not match its id")
+            if cache is not None:
+                cache.put(tree_id, data)
         return decode_tree(data)
 
     # ----------------------------------------------------------------- snapshots

@@ -320,7 +320,7 @@ class JobManager:
         config = self.service.registry.config.source
         spec = {
             "kind": row["kind"], "location": handle.location, "app": row["app"],
-            "password_b64": base64.b64encode(password).decode(),
+            "password_b64": base64.b64encode(password).decode(), "s3": handle.s3,
             "config": str(config) if config else None, "params": json.loads(row["params"]),
         }  # fmt: skip
         env = dict(os.environ) | dict(self.service.settings.job_env)

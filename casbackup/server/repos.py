@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from casbackup import access
+from casbackup import access, plugins
 from casbackup.config import AppConfig, Config, find_config_path, load_config
 from casbackup.errors import CasError, NotFound, UsageError
 from casbackup.repo.localstate import screen_snapshots
@@ -37,6 +37,7 @@ class RepoHandle:
     key: str
     location: str | None
     source: access.PasswordSource
+    s3: dict[str, str] = field(default_factory=dict)  # the config's S3 keys for s3: locations
     _repo: Repository | None = None
     _vfs: Any = None
     _snaps: dict[str, Snapshot] = field(default_factory=dict)
@@ -62,7 +63,7 @@ class RepoHandle:
         """The service's read handle, opened on first use (raises the open's errors)."""
         with self._lock:
             if self._repo is None:
-                self._repo = access.open_repository(self.location, self.password())
+                self._repo = access.open_repository(self.location, self.password(), self.s3 or None)
             return self._repo
 
     def vfs(self) -> Any:
@@ -172,13 +173,16 @@ class Registry:
         if settings.config_path and path is None:
             raise UsageError(f"config file {settings.config_path} not found")
         self.config: Config = load_config(path) if path is not None else Config()
+        plugins.configure(
+            enabled=self.config.plugins.enabled, offline_mode=self.config.plugins.offline_mode
+        )
         top = self.config.repository
         cli_source = access.PasswordSource(settings.password_file, settings.password_command)
         source = cli_source if cli_source.given else access.PasswordSource(
             top.password_file, top.password_command, top.password_env
         )  # fmt: skip
         self.handles: dict[str, RepoHandle] = {
-            DEFAULT: RepoHandle(DEFAULT, settings.repo or top.location, source)
+            DEFAULT: RepoHandle(DEFAULT, settings.repo or top.location, source, top.s3_settings())
         }
         self.app_repo: dict[str, str] = {}
         for app in self.config.applications:
@@ -190,8 +194,9 @@ class Registry:
                 )
                 # No password source of its own: the same one as the default repository.
                 self.handles[key] = RepoHandle(
-                    key, own.location, own_source if own_source.given else source
-                )
+                    key, own.location, own_source if own_source.given else source,
+                    own.s3_settings() or top.s3_settings(),
+                )  # fmt: skip
                 self.app_repo[app.name] = key
             else:
                 self.app_repo[app.name] = DEFAULT

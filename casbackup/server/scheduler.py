@@ -15,6 +15,13 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
   runs none. Either way the schedule moves on to its next time from now.
 - Never two runs of one application at once: a fire while the application's previous backup is
   still queued or running is skipped (and logged). Per-repository serialisation is jobs.py's.
+- Overdue: a scheduled backup is on time when a backup of its application succeeded after its
+  fire time and before the schedule's next fire time. One that did not (it failed, is still
+  running, was skipped as missed or because the previous run was still going) sends the
+  application's notifiers the ``overdue`` event once, from the tick that notices it, in a
+  thread of its own (a slow SMTP server never delays a schedule). The fire time waited for
+  is kept in ``schedule_state`` under ``due:<key>``, the last one reported under
+  ``overdue:<key>``; a schedule seen for the first time waits for nothing.
 - Optional restore drills: ``verify_schedule`` verifies each application's newest snapshot,
   ``check_schedule`` runs ``check --read-data-subset`` on each repository.
 
@@ -114,6 +121,8 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.overdue: list[str] = []  # what was reported overdue (tests, logs)
+        self.notify_threads: list[threading.Thread] = []
         self.reload()
 
     # ----------------------------------------------------------------- configuration
@@ -193,6 +202,8 @@ class Scheduler:
             if last is None:
                 self._set_last(e.key, now)  # first sight: count from now, do not fire at once
                 continue
+            if e.kind == "backup":
+                self._check_overdue(e, now)  # before a new fire moves what is waited for
             due = e.rule.next_after(last)
             if due > now:
                 continue
@@ -201,6 +212,8 @@ class Scheduler:
             while (following := e.rule.next_after(latest)) <= now:
                 latest = following
             missed = (now - due).total_seconds() > GRACE_S
+            if e.kind == "backup":
+                self._set_last(f"due:{e.key}", due)  # this run must succeed before the next
             if missed and self.policy == "skip":
                 self._set_last(e.key, latest)
                 done.append(f"{e.key}: skipped missed run of {due.isoformat()}")
@@ -208,6 +221,44 @@ class Scheduler:
             job = self._fire(e, done, missed, now)
             self._set_last(e.key, now if e.rule.interval is not None else latest, job)
         return done
+
+    # ----------------------------------------------------------------- overdue
+    def _check_overdue(self, e: Entry, now: dt.datetime) -> None:
+        """Send ``overdue`` once when the run due at ``due:<key>`` has not succeeded by the
+        schedule's next fire time."""
+        due = self._last(f"due:{e.key}")
+        if due is None or now < e.rule.next_after(due):
+            return
+        reported = self._last(f"overdue:{e.key}")
+        if reported is not None and reported >= due:
+            return
+        succeeded = self.service.db.one(
+            "SELECT 1 FROM jobs WHERE kind='backup' AND app=? AND state='succeeded'"
+            " AND finished_at >= ? LIMIT 1",
+            (e.app, due.timestamp() - GRACE_S),
+        )
+        self._set_last(f"overdue:{e.key}", due)
+        if succeeded is not None:
+            return
+        message = (
+            f"the scheduled backup of {e.app} due at {due.isoformat()} has not succeeded "
+            f"(schedule {e.rule.expr!r})"
+        )
+        log.warning("%s", message)
+        self.overdue.append(message)
+        cfg = self.service.registry.app(e.app or "")
+        if cfg is None or not any("overdue" in n.on for n in cfg.notify):
+            return
+        from casbackup.notify import Event, dispatch
+
+        event = Event("overdue", e.app or "", message)
+        offline = self.service.registry.config.plugins.offline_mode
+        worker = threading.Thread(
+            target=dispatch, args=(cfg.notify, event), kwargs={"offline_mode": offline},
+            name=f"notify-overdue-{e.app}", daemon=True,
+        )  # fmt: skip
+        worker.start()
+        self.notify_threads = [t for t in self.notify_threads if t.is_alive()] + [worker]
 
     def _fire(self, e: Entry, done: list[str], missed: bool, now: dt.datetime) -> int | None:
         jobs = self.service.jobs

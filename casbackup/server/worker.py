@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from casbackup import access
+from casbackup import access, plugins
 from casbackup.config import Config, load_config
 from casbackup.errors import (
     EXIT_FATAL,
@@ -299,7 +299,8 @@ def main() -> int:
         operation = OPERATIONS[kind]
         password = base64.b64decode(spec["password_b64"])
         config = load_config(spec["config"]) if spec.get("config") else Config()
-        repo = access.open_repository(spec["location"], password)
+        plugins.configure(enabled=config.plugins.enabled, offline_mode=config.plugins.offline_mode)
+        repo = access.open_repository(spec["location"], password, spec.get("s3") or None)
         try:
             if kind in WRITING_KINDS:
                 repo.require_writable()  # an old format this program may only read: migrate first

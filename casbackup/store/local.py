@@ -499,3 +499,8 @@ class LocalUpload:
             except OSError:
                 pass
             self._close_dir()
+
+
+def open_local(location: str, settings: dict[str, str] | None = None) -> LocalBackend:
+    """The ``local`` backend plugin (plugins.py): a folder; ``settings`` are not used."""
+    return LocalBackend(location)

@@ -52,6 +52,7 @@ class RetryingBackend:
         self.base, self.cap = base, cap
         self._sleep = sleep
         self.fork_safe = getattr(inner, "fork_safe", True)
+        self.remote = getattr(inner, "remote", False)
         self.retries = 0  # transient failures retried in this run (for logs and bench/)
         if hasattr(inner, "modified"):
             self.modified = lambda name: self._retry(lambda: inner.modified(name))  # type: ignore[attr-defined]

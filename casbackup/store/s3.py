@@ -130,9 +130,10 @@ def _profile_credentials(profile: str) -> dict[str, str]:
 
 def credentials(settings: dict[str, str] | None = None) -> dict[str, str]:
     """obstore S3 config keys for credentials and region: the AWS_* variables first, then
-    AWS_PROFILE's files, then the config file's repository section (``settings``: only
-    ``s3_region``, ``s3_access_key_id`` and ``s3_secret_access_key_file``; a secret is
-    never written in the config itself)."""
+    AWS_PROFILE's files, then the config file's repository section (``settings``:
+    ``s3_region``, ``s3_access_key_id`` with ``s3_secret_access_key_file`` or
+    ``s3_secret_access_key_env``; a secret is never written in the config itself).
+    Raises UsageError (one line) for an unreadable file, an unset variable, a bad profile."""
     settings = settings or {}
     env = os.environ
     out: dict[str, str] = {}
@@ -149,6 +150,14 @@ def credentials(settings: dict[str, str] | None = None) -> dict[str, str]:
             out["token"] = found["aws_session_token"]
         if found.get("region"):
             out["region"] = found["region"]
+    elif settings.get("s3_access_key_id") and settings.get("s3_secret_access_key_env"):
+        name = settings["s3_secret_access_key_env"]
+        if not env.get(name):
+            raise UsageError(
+                f"the config's repository.s3_secret_access_key_env names {name}, which is not set"
+            )
+        out["access_key_id"] = settings["s3_access_key_id"]
+        out["secret_access_key"] = env[name].strip()
     elif settings.get("s3_access_key_id") and settings.get("s3_secret_access_key_file"):
         path = settings["s3_secret_access_key_file"]
         try:
@@ -207,6 +216,8 @@ class S3Backend:
     #: obstore's runtime threads do not survive ``fork``: a forked helper that uses this
     #: backend hangs (measured), so code that forks helpers reads in-process instead.
     fork_safe = False
+    #: Every request crosses a network: the repository keeps trees in a local cache.
+    remote = True
 
     def __init__(
         self,
@@ -399,3 +410,20 @@ class S3Backend:
 
 
 __all__ = ["ObjectRefused", "S3Backend", "S3Location", "classify", "credentials", "parse_location"]
+
+
+def open_s3(location: str, settings: dict[str, str] | None = None) -> Any:
+    """The ``s3`` backend plugin (plugins.py): an S3Backend inside the one retry wrapper
+    (store/retry.py). Raises UsageError for a bad location or settings."""
+    from casbackup.store.retry import RetryingBackend, retry_settings
+
+    tuning = retry_settings()
+    return RetryingBackend(
+        S3Backend(location, settings=settings),
+        attempts=int(tuning.get("attempts", 7)),
+        base=tuning.get("base", 0.25),
+    )
+
+
+# Its network use is the configured repository's own: offline mode keeps it on.
+open_s3.uses_network = False  # type: ignore[attr-defined]

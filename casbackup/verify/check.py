@@ -21,7 +21,7 @@ from typing import Any
 from casbackup import procs
 from casbackup.errors import CasError, UsageError
 from casbackup.repo.ids import BlobId, FileId, Kind
-from casbackup.repo.index import iter_records
+from casbackup.repo.index import RECORD_SIZE, Location, decode_index_records, iter_records
 from casbackup.repo.nodecheck import tree_problems
 from casbackup.repo.pack import pack_name, read_header
 from casbackup.repo.repository import Repository
@@ -124,21 +124,22 @@ class Checker:
         self.options = options
         self.reporter = reporter
         self.report = CheckReport()
-        # Blob id -> the pack readers take it from, and which of those blobs are trees.
-        # Only these and ``indexed`` grow with the repository: no object per blob beyond
-        # its id (a Location per blob held 2.5x the memory).
-        self.index: dict[bytes, FileId] = {}
-        self.trees: set[bytes] = set()
-        # Every pack the index files name, with all their entries as index records (see
-        # ``iter_records``): a blob stored twice (an interrupted run's pack later adopted)
-        # is in ``index`` once but in both packs here.
-        self.indexed: dict[FileId, bytes] = {}
-        self.damaged: dict[bytes, str] = {}  # blob id -> why
+        # Nothing here grows with the number of blobs: index files are read one at a time
+        # and each blob's home pack and kind come from the LMDB index cache (which
+        # ``sync_index`` derives from the same files) when the walk needs them. Held are
+        # the packs the index names, and what is damaged:
+        self.indexed: set[FileId] = set()
+        # A pack missing or with an unreadable header: every blob whose home it is
+        # (the copy readers use, per the index cache) is damaged; (why, blobs named).
+        self.bad_packs: dict[FileId, tuple[str, int]] = {}
+        self.damaged: dict[bytes, str] = {}  # one blob -> why
+        # The index's records of packs whose header is unreadable: ``--read-data`` checks
+        # their blobs through them (pack_scan falls back to the index).
+        self.fallback: dict[FileId, bytes] = {}
 
     def run(self) -> CheckReport:
         check_metadata(self.repo, self.report.errors, self.report.warnings)
         self._odd_entries()
-        self._load_index()
         packs = self._check_packs()
         if not self.options.read_data:
             self._apply_walk(self._walk_snapshots())
@@ -167,41 +168,51 @@ class Checker:
             )
 
     # ------------------------------------------------------------------ index
-    def _load_index(self) -> None:
-        files = self.repo.index_files()
-        loaded = {}
+    def _live_index_files(self) -> list[FileId]:
+        """The readable index files no other one supersedes; damaged ones are errors.
+
+        Only each file's supersedes list is kept (files are decrypted again, one at a time,
+        by ``_sections``): memory stays that of one index file."""
+        readable: list[FileId] = []
         superseded: set[str] = set()
-        for fid in files:
+        for fid in self.repo.index_files():
             try:
-                supersedes, sections = self.repo.load_index_records(fid)
+                data = self.repo.get_encrypted(f"index/{fid}", Kind.INDEX)
+                supersedes, _ = decode_index_records(data)
             except CasError as exc:
                 self.report.errors.append(
                     f"index file {fid[:12]} is damaged: {exc} (run 'casbackup repair index')"
                 )
                 continue
-            loaded[fid] = sections
+            del data
+            readable.append(fid)
             superseded.update(supersedes)
-        for fid, sections in loaded.items():
-            if fid in superseded:
+        return [fid for fid in readable if fid not in superseded]
+
+    def _sections(self, files: list[FileId]) -> Iterator[tuple[FileId, bytes]]:
+        """Every (pack, index records) of ``files``, one index file in memory at a time."""
+        for fid in files:
+            try:
+                _, sections = self.repo.load_index_records(fid)
+            except CasError as exc:  # read a moment ago: changed or gone since
+                self.report.errors.append(
+                    f"index file {fid[:12]} is damaged: {exc} (run 'casbackup repair index')"
+                )
                 continue
-            for pack, records in sections:
-                self.indexed[pack] = self.indexed.get(pack, b"") + records
-                for kind, blob_id, *_ in iter_records(records):
-                    self.index[blob_id] = pack
-                    if kind == Kind.TREE:
-                        self.trees.add(blob_id)
-                    else:
-                        self.trees.discard(blob_id)
+            yield from sections
 
     # ------------------------------------------------------------------ packs
     def _check_packs(self) -> dict[FileId, int]:
+        """Every index entry against its pack's header; returns the indexed packs present."""
         present = {
             FileId(name.rsplit("/", 1)[1]): size for name, size in self.repo.backend.list("data/")
         }
-        by_pack = self.indexed
         self.report.packs = len(present)
-        self.report.blobs = len(self.index)
-        for pack, records in sorted(by_pack.items()):
+        for pack, records in self._sections(self._live_index_files()):
+            self.indexed.add(pack)
+            if pack in self.bad_packs:
+                self._pack_damaged(pack, self.bad_packs[pack][0], records)
+                continue
             if pack not in present:
                 self._pack_damaged(pack, "is missing", records)
                 continue
@@ -217,28 +228,37 @@ class Checker:
                 e = by_id.get(BlobId(blob_id))
                 if e is None or (e.offset, e.stored_len, e.kind) != (offset, stored_len, kind):
                     self._blob_damaged(blob_id, pack, "index and pack header disagree")
-        for pack in sorted(set(present) - set(by_pack)):
+            del header, by_id
+        for pack, (why, blobs) in sorted(self.bad_packs.items()):
+            self.report.errors.append(f"pack {pack[:12]} {why}: {plural(blobs, 'blob')} affected")
+            self.report.damaged_packs.add(pack)
+        self.report.blobs = self.repo.cache.count()
+        for pack in sorted(set(present) - self.indexed):
             self.report.warnings.append(
                 f"pack {pack[:12]} is not in the index (left by an interrupted run; "
                 "'repair index' adopts it; 'prune' removes it once it is an hour old)"
             )
-        return {p: s for p, s in present.items() if p in by_pack}
+        return {p: s for p, s in present.items() if p in self.indexed}
 
     def _pack_damaged(self, pack: FileId, why: str, records: bytes) -> None:
-        blob_ids = [blob_id for _, blob_id, *_ in iter_records(records)]
-        self.report.errors.append(
-            f"pack {pack[:12]} {why}: {plural(len(blob_ids), 'blob')} affected"
-        )
-        self.report.damaged_packs.add(pack)
-        for blob_id in blob_ids:
-            if self.index[blob_id] == pack:  # a copy elsewhere is the one readers use
-                self.damaged[blob_id] = f"pack {pack[:12]} {why}"
+        """Every blob of ``pack`` is lost; those stored elsewhere too are read from there."""
+        _, blobs = self.bad_packs.get(pack, (why, 0))
+        self.bad_packs[pack] = (why, blobs + len(records) // RECORD_SIZE)
+        if why.startswith("has an unreadable header"):
+            self.fallback[pack] = self.fallback.get(pack, b"") + records
 
     def _blob_damaged(self, blob_id: bytes, pack: str, why: str) -> None:
         self.report.damaged_packs.add(pack)
-        home = self.index.get(blob_id)
-        if home is None or home == pack:
+        home = self.repo.cache.get(blob_id)
+        if home is None or home.pack == pack:  # a copy elsewhere is the one readers use
             self.damaged[blob_id] = f"pack {pack[:12]}: {why}"
+
+    def _damage(self, blob_id: bytes, loc: Location | None) -> str | None:
+        """Why the copy of a blob that readers use (``loc``, from the index cache) is lost."""
+        why = self.damaged.get(blob_id)
+        if why is None and loc is not None and loc.pack in self.bad_packs:
+            why = f"pack {loc.pack[:12]} {self.bad_packs[loc.pack][0]}"
+        return why
 
     def _read_packs(self, packs: dict[FileId, int], on_started: Callable[[], None]) -> None:
         """Read the chosen packs; ``on_started`` runs once the helper processes exist."""
@@ -256,7 +276,7 @@ class Checker:
             for i, pack in enumerate(chosen):
                 if limit is not None and i and time.monotonic() - started >= limit:
                     return  # at least one pack per run, so a tiny budget still makes progress
-                yield pack, packs[pack], self.indexed.get(pack, b"")
+                yield pack, packs[pack], self.fallback.get(pack, b"")
 
         read: list[FileId] = []
         for pack, verdict in _verify_all(self.repo, jobs(), self.options.workers, on_started):
@@ -306,7 +326,7 @@ class Checker:
                     affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
                     continue
                 fresh = tree_id not in seen_trees
-                if not fresh and not self.damaged:
+                if not fresh and not self.damaged and not self.bad_packs:
                     continue  # an unchanged subtree already checked under another snapshot
                 try:
                     nodes = self._load_tree(tree_id)
@@ -317,28 +337,32 @@ class Checker:
                     )
                     affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
                     continue
+                files = [n for n in nodes if n.kind == NodeKind.FILE]
+                found = self.repo.cache.get_many([c for n in files for c in n.content])
                 if fresh:
                     seen_trees.add(tree_id)
                     out.trees += 1
-                    for node, problem in tree_problems(self.repo.cache.get_many, nodes):
+                    for node, problem in tree_problems(lambda _ids, f=found: f, nodes):
                         path = (prefix + b"/" + node.name).decode(errors="replace")
                         out.errors.append(f"snapshot {snap.short_id}: {path}: {problem}")
                         affected.append(path)
                 for node in nodes:
-                    path = prefix + b"/" + node.name
                     if node.subtree is not None:
-                        stack.append((node.subtree, path))
-                    if node.kind != NodeKind.FILE:
-                        continue
-                    for chunk in node.content:
-                        if chunk not in self.index:
+                        stack.append((node.subtree, prefix + b"/" + node.name))
+                pos = 0
+                for node in files:
+                    path = prefix + b"/" + node.name
+                    locs = found[pos : pos + len(node.content)]
+                    pos += len(node.content)
+                    for chunk, loc in zip(node.content, locs, strict=True):
+                        if loc is None:
                             if fresh:
                                 out.errors.append(
                                     f"snapshot {snap.short_id}: {os.fsdecode(path)} needs a chunk that is not in the index"
                                 )
                             affected.append(os.fsdecode(path))
                             break
-                        if chunk in self.damaged:
+                        if self._damage(chunk, loc) is not None:
                             affected.append(os.fsdecode(path))
                             break
             if affected:
@@ -346,11 +370,13 @@ class Checker:
         return out
 
     def _load_tree(self, tree_id: BlobId):  # type: ignore[no-untyped-def]
-        if tree_id in self.damaged:
-            raise CasError(self.damaged[tree_id])
-        if tree_id not in self.index:
+        loc = self.repo.cache.get(tree_id)
+        why = self._damage(tree_id, loc)
+        if why is not None:
+            raise CasError(why)
+        if loc is None:
             raise CasError("tree is not in the index")
-        if tree_id not in self.trees:
+        if loc.kind != Kind.TREE:
             raise CasError("index says this tree is a data blob")
         return self.repo.load_tree(tree_id)
 
@@ -431,7 +457,7 @@ def _verify_all(
         for job in jobs:
             yield job[0], verify_pack(repo, *job)
         return
-    gc.freeze()  # the index dicts stay shared with the helpers instead of being copied
+    gc.freeze()  # what this process holds stays shared with the helpers instead of copied
     try:
         pool = procs.context().Pool(workers, _helper_start, (repo, os.getpid()))
     finally:

@@ -137,6 +137,22 @@ def test_a_damaged_blob_fails_only_the_files_that_need_it(counted, tmp_path: Pat
     assert sorted(os.listdir(tmp_path / "out")) == ["also", "good"]
 
 
+def test_a_truncated_pack_fails_only_the_blobs_past_its_end(counted, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The merged range fails as a whole; each of its blobs is then read alone."""
+    repo, backend = counted
+    first = file_node(repo, b"first", os.urandom(3000))
+    last = file_node(repo, b"last", os.urandom(3000))
+    snap = snapshot_of(repo, [first, last])
+    loc = repo.locate(last.content[0])
+    assert repo.locate(first.content[0]).pack == loc.pack
+    name = f"data/{loc.pack[:2]}/{loc.pack}"
+    backend.objects[name] = backend.objects[name][: loc.offset + 10]
+    result = restore(repo, snap, RestoreOptions(target=str(tmp_path / "out")))
+    (error,) = result.errors
+    assert error.startswith("last: ") and "truncated" in error
+    assert os.listdir(tmp_path / "out") == ["first"]
+
+
 def test_an_unsupported_blob_kind_fails_its_file_cleanly(counted, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
     """A chunk whose index kind is not DATA (a delta blob) takes the chain path; without a

@@ -248,3 +248,97 @@ def test_server_backup_job_notifies(tmp_path: Path) -> None:
     [doc] = [json.loads(b) for _m, _p, b in rec.requests]
     assert doc["event"] == "success" and doc["snapshot"] == result["snapshot_id"]
     assert any("127.0.0.1:9/down" in line for line in reporter.lines)
+
+
+def test_overdue_scheduled_backup_notifies_once_per_missed_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's scheduler: a run due at 11:00 that has not succeeded by the next fire
+    time (12:00) sends ``overdue`` once, by webhook and email, only to notifiers whose ``on``
+    lists it; a run that succeeded in time sends nothing; a restart does not send it again."""
+    import datetime as dt
+    import time
+
+    from casbackup.server.scheduler import Scheduler
+    from casbackup.server.service import Service
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+    from tests.server.conftest import make_config
+
+    def utc(h: int, m: int = 0, s: int = 0) -> dt.datetime:
+        return dt.datetime(2026, 3, 2, h, m, s, tzinfo=dt.UTC)
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    monkeypatch.setenv("SMTP_PW", "s3cret")
+    repo = str(tmp_path / "repo")
+    make_repo(repo).close()
+    with (
+        http_receiver() as (url, rec),
+        http_receiver() as (other_url, other),
+        smtp_receiver(tmp_path, "backup", "s3cret") as (port, ca, box),
+    ):
+        extra = (
+            f'\n[[applications.notify]]\ntype = "webhook"\nurl = "{url}"\n'
+            f'\n[[applications.notify]]\ntype = "webhook"\nurl = "{other_url}"\non = ["failure"]\n'
+            f'\n[[applications.notify]]\ntype = "email"\nhost = "127.0.0.1"\nport = {port}\n'
+            f'cafile = "{ca}"\nsender = "b@example.org"\nto = ["ops@example.org"]\n'
+            'username = "backup"\npassword_env = "SMTP_PW"\non = ["overdue"]\n'
+            "\n[plugins]\noffline_mode = false\n"
+        )
+        config = Path(make_config(tmp_path, repo, extra))
+        text = config.read_text().replace(
+            'name = "blog"\n', 'name = "blog"\nschedule = "0 * * * *"\n'
+        )
+        config.write_text(text)
+        settings = Settings(state_dir=tmp_path / "st", config_path=str(config),
+                            run_scheduler=False, timezone="UTC")  # fmt: skip
+        service = Service(settings)
+        fired: list[str | None] = []
+
+        def submit(kind: str, *, app: str | None, **kw: object) -> dict[str, int]:
+            fired.append(app)
+            return {"id": len(fired)}
+
+        def scheduler() -> Scheduler:
+            return Scheduler(service, submit=submit, clock=lambda: utc(10))
+
+        def wait_sent(s: Scheduler) -> None:
+            for t in s.notify_threads:
+                t.join(30)
+
+        s = scheduler()
+        s.tick(utc(10, 0, 30))  # first sight: nothing is waited for
+        s.tick(utc(11, 0, 10))  # fires the 11:00 run (it never succeeds)
+        s.tick(utc(11, 30))
+        assert fired == ["blog"] and s.overdue == []
+        s.tick(utc(12, 0, 10))  # the next fire time: 11:00's run is overdue
+        wait_sent(s)
+        assert len(s.overdue) == 1 and "due at 2026-03-02T11:00:00+00:00" in s.overdue[0]
+        [doc] = [json.loads(body) for _m, _p, body in rec.requests]
+        assert doc["event"] == "overdue" and doc["app"] == "blog" and doc["snapshot"] is None
+        assert other.requests == []  # its on = ["failure"]
+        [(_sender, _rcpts, content, _tls)] = box.messages
+        assert b"OVERDUE" in content and b"blog" in content
+        s.tick(utc(12, 30))
+        # The 12:00 run succeeds at 12:20: nothing is overdue at 13:00.
+        service.db.execute(
+            "INSERT INTO jobs (kind, app, repo, params, state, created_at, finished_at)"
+            " VALUES ('backup', 'blog', 'default', '{}', 'succeeded', ?, ?)",
+            (utc(12, 0, 10).timestamp(), utc(12, 20).timestamp()),
+        )
+        s.tick(utc(13, 0, 10))
+        wait_sent(s)
+        assert len(s.overdue) == 1 and len(rec.requests) == 1
+        # A restarted service does not report the 11:00 run again; 13:00's (no success
+        # before 14:00) is reported by the new one.
+        again = scheduler()
+        again.tick(utc(13, 30))
+        assert again.overdue == []
+        again.tick(utc(14, 0, 10))
+        wait_sent(again)
+        assert len(again.overdue) == 1 and len(rec.requests) == 2
+        deadline = time.monotonic() + 10
+        while len(box.messages) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(box.messages) == 2
+        service.stop()

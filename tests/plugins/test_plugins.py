@@ -14,6 +14,10 @@ from casbackup import plugins
 from casbackup.testing.fixtures import run_cli
 
 ENTRY_POINTS = """\
+[casbackup.backends]
+cbfolder = cbplug.store:open_folder
+cbbroken = cbplug.broken:Thing
+
 [casbackup.engines]
 echo = cbplug.engine:EchoEngine
 brokeneng = cbplug.broken:Thing
@@ -51,6 +55,21 @@ def make_plugin_package(root: Path) -> Path:
             """
         )
     )
+    (pkg / "store.py").write_text(
+        textwrap.dedent(
+            """
+            from casbackup.store.local import LocalBackend
+
+            OPENED = []
+
+            def open_folder(location, settings):
+                # cbfolder:/some/path is a local folder under another scheme.
+                OPENED.append(location)
+                backend = LocalBackend(location.removeprefix("cbfolder:"))
+                return backend
+            """
+        )
+    )
     (pkg / "broken.py").write_text("import cbplug_missing_dependency\n")
     info = root / "thirdparty_cb-1.2.3.dist-info"
     info.mkdir()
@@ -64,7 +83,9 @@ def make_plugin_package(root: Path) -> Path:
 def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = make_plugin_package(tmp_path / "site")
     monkeypatch.syspath_prepend(str(root))
+    plugins.configure(enabled=True, offline_mode=True)
     yield root
+    plugins.use_config_path(None)  # back to the lazily read policy
     for name in [m for m in sys.modules if m.startswith("cbplug")]:
         del sys.modules[name]
 
@@ -105,7 +126,7 @@ def test_broken_plugin_is_reported_and_the_rest_work(plugin_path: Path) -> None:
     from casbackup.engines.base import get_engine
     from casbackup.errors import DatabaseError
 
-    with pytest.raises(DatabaseError, match="'brokeneng' failed to load: ModuleNotFoundError"):
+    with pytest.raises(DatabaseError, match="'brokeneng'.*failed to load: ModuleNotFoundError"):
         get_engine("brokeneng")
     assert type(get_engine("echo")).__name__ == "EchoEngine"
 
@@ -133,7 +154,9 @@ def test_unknown_plugin_names_the_installed_ones() -> None:
 def test_cli_lists_plugins_with_config_offline_mode(tmp_path: Path) -> None:
     root = make_plugin_package(tmp_path / "site")
     env = {"PYTHONPATH": str(root)}
-    r = run_cli("--json", "plugins", "list", env=env)
+    on = tmp_path / "on.toml"
+    on.write_text("[plugins]\nenabled = true\n")
+    r = run_cli("--json", "--config", str(on), "plugins", "list", env=env)
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     listed = {p["name"]: p for p in doc["plugins"]}
@@ -142,11 +165,69 @@ def test_cli_lists_plugins_with_config_offline_mode(tmp_path: Path) -> None:
     assert not listed["cloud"]["enabled"] and "offline_mode" in listed["cloud"]["reason"]
     assert not listed["broken"]["enabled"] and "failed to load" in listed["broken"]["reason"]
     assert listed["sqlite"]["builtin"] and listed["local"]["kind"] == "backend"
+    assert listed["s3"]["builtin"] and listed["s3"]["enabled"]  # no network beyond the repo
     config = tmp_path / "casbackup.toml"
-    config.write_text("[plugins]\noffline_mode = false\n")
+    config.write_text("[plugins]\nenabled = true\noffline_mode = false\n")
     r = run_cli("--config", str(config), "plugins", "list", "--kind", "notifier", env=env)
     assert r.code == 0, r.err
     lines = {line.split()[1]: line for line in r.out.splitlines()}
     assert lines["cloud"].endswith("enabled") and "1.2.3" in lines["cloud"]
     assert "disabled: failed to load" in lines["broken"]
     assert "echo" not in lines
+
+
+def test_builtin_table_matches_pyproject() -> None:
+    import tomllib
+
+    declared = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    eps = declared["project"]["entry-points"]
+    for kind, group in plugins.GROUPS.items():
+        assert eps.get(group, {}) == plugins.BUILTIN[kind], kind
+
+
+def test_plugins_enabled_false_uses_only_our_own(
+    tmp_path: Path, plugin_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plugins.configure(enabled=False, offline_mode=False)
+    with caplog.at_level("WARNING", logger="casbackup.plugins"):
+        infos = _by_name(plugins.discover())
+    assert not infos["echo"].enabled and "plugins.enabled is false" in infos["echo"].reason
+    assert "cbplug.engine" not in sys.modules  # listed, never imported
+    assert infos["sqlite"].enabled and infos["webhook"].enabled and infos["s3"].enabled
+    assert not caplog.records  # the user's own choice: no warning
+    from casbackup.engines.base import get_engine
+    from casbackup.errors import DatabaseError
+
+    with pytest.raises(DatabaseError, match="plugins.enabled is false"):
+        get_engine("echo")
+    assert type(get_engine("sqlite")).__name__ == "SqliteEngine"
+
+
+def test_backend_plugin_by_scheme_is_used_by_the_cli(tmp_path: Path) -> None:
+    """A third-party backend serves its scheme for every command; a broken one is listed
+    with its error and the rest (local, s3, the fixture's) keep working; with
+    plugins.enabled = false its scheme is refused in one line."""
+    root = make_plugin_package(tmp_path / "site")
+    on = tmp_path / "on.toml"
+    on.write_text("[plugins]\nenabled = true\n")
+    env = {"PYTHONPATH": str(root), "CASBACKUP_CONFIG": str(on)}
+    folder = tmp_path / "plugged"
+    repo = f"cbfolder:{folder}"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("through a plugin\n")
+    for args in (("init", "--insecure-test-kdf"), ("backup", str(src)), ("check", "--read-data")):
+        res = run_cli(*args, repo=repo, env=env)
+        assert res.code == 0, (args, res.err)
+    assert (folder / "config").is_file()  # the plugin's store, not a folder named "cbfolder:..."
+    listed = json.loads(run_cli("--json", "plugins", "list", "--kind", "backend", env=env).out)
+    by_name = {p["name"]: p for p in listed["plugins"]}
+    assert "failed to load" in by_name["cbbroken"]["reason"]
+    assert by_name["cbfolder"]["enabled"] and by_name["cbfolder"]["package"] == "thirdparty-cb"
+    off = tmp_path / "off.toml"
+    off.write_text("[plugins]\nenabled = false\n")
+    res = run_cli("snapshots", repo=repo, env={**env, "CASBACKUP_CONFIG": str(off)})
+    assert res.code == 2 and "plugins.enabled is false" in res.err, res.err
+    assert res.err.strip().count("\n") == 0
+    local = run_cli("init", "--insecure-test-kdf", repo=str(tmp_path / "plain"), env=env)
+    assert local.code == 0, local.err

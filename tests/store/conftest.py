@@ -140,6 +140,8 @@ class FaultProxy:
         self.count = 0
         self.faults = 0
         self.seen: list[tuple[str, str]] = []  # (method, path) of every request
+        self.bytes_up = 0  # request bodies passed upstream (bench/ reports them)
+        self.bytes_down = 0  # response bodies passed back
         self._lock = threading.Lock()
         proxy = self
 
@@ -174,6 +176,9 @@ class FaultProxy:
                 resp = conn.getresponse()
                 data = resp.read()
                 conn.close()
+                with proxy._lock:
+                    proxy.bytes_up += len(body)
+                    proxy.bytes_down += len(data) if self.command != "HEAD" else 0
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):

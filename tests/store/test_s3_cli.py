@@ -139,3 +139,63 @@ def test_faults_that_never_stop_fail_in_one_line_and_leave_the_repo_consistent(
     ok("check", "--read-data", repo=direct)
     snaps = json.loads(ok("--json", "snapshots", repo=direct))
     assert [s["id"] for s in snaps] == [good]
+
+
+def test_credentials_from_the_config_file(
+    seaweed_endpoint: str, s3_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No AWS_* variables: the config's [repository] names the key id and where the secret
+    is (a file, or a variable's name); SeaweedFS checks the signature, so a wrong secret
+    fails in one line and the right one works."""
+    bucket = make_bucket(seaweed_endpoint)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    secret = tmp_path / "s3.secret"
+    secret.write_text("casbackup-test-secret\n")
+    config = tmp_path / "casbackup.toml"
+
+    def write_config(secret_line: str) -> None:
+        config.write_text(
+            f'[repository]\nlocation = "s3:{seaweed_endpoint}/{bucket}/cfg"\n'
+            f's3_access_key_id = "casbackup-test"\n{secret_line}\ns3_region = "us-east-1"\n'
+        )
+
+    env = {"CASBACKUP_CONFIG": str(config)}
+    write_config('s3_secret_access_key_env = "MY_S3_SECRET"')
+    wrong = run_cli("init", env={**env, "MY_S3_SECRET": "not-the-secret"})
+    assert wrong.code == 25 and "access denied" in wrong.err, wrong.err
+    assert wrong.err.strip().count("\n") == 0
+    unset = run_cli("init", env=env)
+    assert unset.code == 2 and "MY_S3_SECRET, which is not set" in unset.err, unset.err
+
+    write_config(f's3_secret_access_key_file = "{secret}"')
+    src = tmp_path / "src"
+    make_tree(src, 7, files=6)
+    assert run_cli("init", env=env).code == 0
+    snap = summary(run_cli("--json", "backup", str(src), env=env).out)["snapshot_id"]
+    # -r given on the command line: the config still supplies the S3 credentials.
+    res = run_cli("restore", snap, "--target", str(tmp_path / "r"),
+                  repo=f"s3:{seaweed_endpoint}/{bucket}/cfg", env=env)  # fmt: skip
+    assert res.code == 0, res.err
+    assert_same(src, tmp_path / "r" / src.relative_to("/"))
+    shown = run_cli("--json", "config", "check", env=env)
+    assert "casbackup-test-secret" not in shown.out and "s3_credentials" in shown.out, shown
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        ('s3_access_key_id = "k"\ns3_secret_access_key = "inline"', "not kept in the config"),
+        ('s3_access_key_id = "k"\ns3_secret_access_key_file = "/f"\n'
+         's3_secret_access_key_env = "E"', "not both"),
+        ('s3_access_key_id = "k"', "need both"),
+        ('s3_secret_access_key_env = "E"', "need both"),
+        ('s3_access_key_id = "k"\ns3_secret_access_key_env = "1bad"', "not an environment"),
+        ('s3_addressing = "sideways"', "'path' or 'virtual'"),
+    ],
+)  # fmt: skip
+def test_config_refuses_bad_s3_settings(tmp_path: Path, lines: str, problem: str) -> None:
+    config = tmp_path / "casbackup.toml"
+    config.write_text(f'[repository]\nlocation = "s3:http://127.0.0.1:1/bucket/x"\n{lines}\n')
+    res = run_cli("snapshots", env={"CASBACKUP_CONFIG": str(config)})
+    assert res.code == 2 and problem in res.err and "Traceback" not in res.err, res.err
