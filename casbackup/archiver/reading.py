@@ -187,7 +187,10 @@ class FileReading:
             c.files_changed += changed
             c.files_unchanged += unchanged
             self._progress.files_done += files
-        self._report_progress()
+        try:
+            self._report_progress()
+        except BaseException as exc:  # noqa: BLE001 - every file of the batch must be settled
+            settled = [(later, None, error or exc) for later, _, error in settled]
         settle_all(self._ready, settled)
 
     def _link_to(
