@@ -47,7 +47,7 @@ from casbackup.archiver.compare import Counts
 from casbackup.archiver.delta_bases import BaseFinder
 from casbackup.archiver.excludes import Excluder
 from casbackup.archiver.later import Later
-from casbackup.archiver.reading import FileReading
+from casbackup.archiver.reading import FileReading, InFlight
 from casbackup.archiver.walk import MAX_PENDING_DIRS, PendingDir, Walker
 from casbackup.archiver.workers import BATCH_FILES, CancelFlag, ReaderPool
 from casbackup.chunking.chunker import Chunker
@@ -113,7 +113,7 @@ class Backup(Walker, FileReading):
         self._cancelled = CancelFlag()
         self._pool: ReaderPool | None = None
         # Files in flight: two batches per reader keeps every reader fed.
-        self._slots = threading.BoundedSemaphore(2 * BATCH_FILES * max(1, options.workers))
+        self._slots = InFlight(2 * BATCH_FILES * max(1, options.workers))
         self._batch = []  # typed on FileReading
         self._batch_bytes = 0
         self._reuse_start_ns = 0
