@@ -56,7 +56,11 @@ BUILTIN: dict[str, dict[str, str]] = {
         "postgresql": "casbackup.engines.postgresql:PostgresEngine",
         "mysql": "casbackup.engines.mysql:MysqlEngine",
     },
-    "snapshot_provider": {},
+    "snapshot_provider": {
+        "btrfs": "casbackup.fssnap.btrfs:BtrfsProvider",
+        "lvm": "casbackup.fssnap.lvm:LvmProvider",
+        "zfs": "casbackup.fssnap.zfs:ZfsProvider",
+    },
     "notifier": {
         "webhook": "casbackup.notify.http:WebhookNotifier",
         "healthchecks": "casbackup.notify.http:HealthchecksNotifier",
@@ -206,8 +210,9 @@ def discover(
 
 
 def has(kind: str, name: str) -> bool:
-    """Whether a plugin of ``kind`` is named ``name`` (enabled or not), without loading it."""
-    return any(ep.name == name for ep in _entry_points(kind))
+    """Whether a plugin of ``kind`` is named ``name`` (enabled or not), without loading it.
+    A built-in name is answered without scanning the installed distributions."""
+    return name in BUILTIN[kind] or any(ep.name == name for ep in _entry_points(kind))
 
 
 def load(
@@ -218,6 +223,20 @@ def load(
     failed import, or off because of offline mode or ``plugins.enabled``)."""
     if kind not in GROUPS:
         raise PluginError(f"unknown plugin kind {kind!r}")
+    if name in BUILTIN[kind] and offline_mode is None:
+        # Our own, and no caller's policy to apply: every command opens its backend this
+        # way, so neither the installed distributions nor the config are read for it,
+        # unless the plugin declares network use (then offline mode decides).
+        ep = EntryPoint(name, BUILTIN[kind][name], GROUPS[kind])
+        try:
+            obj = ep.load()
+        except Exception as exc:  # an installation missing one of its own modules
+            raise PluginError(
+                f"{kind} plugin {name!r} (casbackup) is off: failed to load: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        if not getattr(obj, "uses_network", False):
+            return obj
     rules = policy()
     offline = rules.offline_mode if offline_mode is None else offline_mode
     others = rules.enabled if enabled is None else enabled

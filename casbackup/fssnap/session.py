@@ -28,9 +28,7 @@ from casbackup.fssnap.base import (
     pid_alive,
     snapshot_name,
 )
-from casbackup.fssnap.btrfs import SNAP_DIR, BtrfsProvider
-from casbackup.fssnap.lvm import LvmProvider
-from casbackup.fssnap.zfs import ZfsProvider
+from casbackup.fssnap.btrfs import SNAP_DIR
 
 PROVIDERS = ("btrfs", "zfs", "lvm")
 CHOICES = (*PROVIDERS, "auto", "none")
@@ -72,13 +70,16 @@ class FrozenSources:
 
 
 def get_provider(name: str) -> Provider:
-    if name == "btrfs":
-        return BtrfsProvider()
-    if name == "zfs":
-        return ZfsProvider()
-    if name == "lvm":
-        return LvmProvider()
-    raise UsageError(f"unknown snapshot provider {name!r}: expected one of {', '.join(CHOICES)}")
+    """The provider named ``name``, through the plugin registry (casbackup.plugins: the
+    built-in btrfs, zfs and lvm register as ``casbackup.snapshot_providers`` entry points).
+    Raises UsageError for an unknown name, or a plugin that is off or fails to load."""
+    from casbackup import plugins
+
+    if not plugins.has("snapshot_provider", name):
+        raise UsageError(
+            f"unknown snapshot provider {name!r}: expected one of {', '.join(CHOICES)}"
+        )
+    return plugins.load("snapshot_provider", name)()  # type: ignore[no-any-return]
 
 
 @dataclass

@@ -100,6 +100,9 @@ class JobManager:
             self._stopping = True
             running = list(self._running.values())
         for r in running:
+            # A cancel like the API's: a worker that dies of the signal before it can answer
+            # (still importing, say) is then recorded cancelled, not failed.
+            r.cancel_requested = True
             self._signal(r, signal.SIGINT)
         deadline = time.monotonic() + timeout
         for t in list(self._threads):

@@ -12,6 +12,7 @@ import pytest
 from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
 from casbackup.testing.fixtures import open_repo
 from casbackup.verify.check import CheckOptions, check
 from casbackup.verify.repair import repair_index
@@ -121,7 +122,26 @@ def test_only_changed_files_are_read_and_counts_are_exact(repo, tmp_path, clock,
     s3 = backup(repo, src, "full").snapshot
     assert len(reads) == 6
     assert (s3.summary.files_new, s3.summary.files_changed, s3.summary.files_unchanged) == (0, 0, 6)
-    assert s3.summary.bytes_added == 0  # deduplicated
+    # Deduplicated: the source's tree is s2's, byte for byte, and nothing but trees was added.
+    # Trees, not zero: a snapshot records the folders from / down to the source too, and
+    # /tmp's times move whenever any other process makes or removes a file in it (this
+    # assertion used to be `bytes_added == 0` and failed under load for that reason).
+    assert repo.find_node(s3.root, str(src)).subtree == repo.find_node(s2.root, str(src)).subtree
+    data2, trees2 = _blob_ids(repo, s2)
+    data3, trees3 = _blob_ids(repo, s3)
+    assert data3 <= data2
+    assert s3.summary.blobs_added <= len(trees3 - trees2)
+
+
+def _blob_ids(repo: Repository, snap: Snapshot) -> tuple[set[bytes], set[bytes]]:
+    """(file content blob ids, tree ids) of a snapshot, its root tree included."""
+    data: set[bytes] = set()
+    trees: set[bytes] = {snap.root}
+    for _path, node in repo.walk(snap.root):
+        data.update(node.content or ())
+        if node.subtree is not None:
+            trees.add(node.subtree)
+    return data, trees
 
 
 def test_hard_links_counted_like_other_files(repo, tmp_path, clock, reads) -> None:  # type: ignore[no-untyped-def]

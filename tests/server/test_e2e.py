@@ -228,7 +228,11 @@ def test_kill_during_a_job_marks_it_interrupted_and_the_repository_checks(
     job_id = server.post("/api/backup", {"app_name": "notes"}).json()["job_id"]
     _running(server, job_id)
     time.sleep(0.5)
-    assert _workers_of(server.proc.pid), "no worker process found for the running job"
+    # "running" is recorded before the worker is spawned: under load, wait for it to exist.
+    deadline = time.monotonic() + 30
+    while not _workers_of(server.proc.pid):
+        assert time.monotonic() < deadline, "no worker process found for the running job"
+        time.sleep(0.05)
     server.proc.kill()  # no chance to clean up: the worker dies with it (PDEATHSIG)
     server.proc.wait(10)
     deadline = time.monotonic() + 10
