@@ -14,13 +14,21 @@ in the result, not a failure: shrinking can be legitimate.
 
 from __future__ import annotations
 
+import io
 import os
+import posixpath
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from casbackup.archiver.backup import BackupOptions, BackupResult, StreamSpec, run_backup
 from casbackup.config.model import AppConfig, SnapshotsConfig
-from casbackup.engines.base import DatabaseSpec, DumpStream, canonical_engine_name, get_engine
+from casbackup.engines.base import (
+    DatabaseSpec,
+    DumpInfo,
+    DumpStream,
+    canonical_engine_name,
+    get_engine,
+)
 from casbackup.errors import DatabaseError
 from casbackup.fssnap.base import ProviderSettings
 from casbackup.fssnap.session import FsSnapshotPlan, frozen_sources
@@ -53,23 +61,64 @@ def dump_filename(spec: DatabaseSpec) -> str:
     return f"{spec.name}.{ext}"
 
 
-def _opener(spec: DatabaseSpec) -> Any:
+def _opener(spec: DatabaseSpec, claims: dict[str, str] | None = None) -> Any:
     def open_dump() -> DumpStream:
-        return get_engine(spec.engine).dump(spec)
+        stream = get_engine(spec.engine).dump(spec)
+        return _ClaimingDump(stream, claims) if claims else stream
 
     return open_dump
 
 
+class _ClaimingDump(io.RawIOBase):
+    """A dump whose info's properties also name the files stored beside it (``claims``,
+    property -> file name). The claim is added here, where those files are stored, so a
+    record never names a file its snapshot does not hold."""
+
+    def __init__(self, inner: DumpStream, claims: dict[str, str]) -> None:
+        super().__init__()
+        self._inner = inner
+        self._claims = claims
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        return self._inner.readinto(b)  # type: ignore[no-any-return]
+
+    def finish(self) -> DumpInfo:
+        info = self._inner.finish()
+        return replace(info, properties={**info.properties, **self._claims})
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
 def stream_specs(databases: tuple[DatabaseSpec, ...]) -> tuple[StreamSpec, ...]:
-    return tuple(
-        StreamSpec(
-            name=db.name,
-            filename=dump_filename(db),
-            engine=canonical_engine_name(db.engine),
-            open=_opener(db),
-        )
-        for db in databases
-    )
+    """One stream per database, each preceded by the files its engine keeps beside the dump
+    (`extra_dumps`: PostgreSQL's cluster globals), which get no database record of their own:
+    the dump's record names them (its properties, e.g. "globals": "main.globals.sql").
+
+    DatabaseError when two files would get the same name in /.databases/ (a tree cannot hold
+    both)."""
+    specs: list[StreamSpec] = []
+    for db in databases:
+        engine = canonical_engine_name(db.engine)
+        extra = getattr(get_engine(engine), "extra_dumps", None)
+        claims: dict[str, str] = {}
+        for key, filename, opener in extra(db) if extra is not None else ():
+            specs.append(StreamSpec(db.name, filename, engine, opener, record=False))
+            claims[key] = filename
+        specs.append(StreamSpec(db.name, dump_filename(db), engine, _opener(db, claims)))
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.filename in seen:
+            raise DatabaseError(
+                f"database {spec.name!r}: two dumps would both be stored as "
+                f"/.databases/{spec.filename}: rename one of the databases"
+            )
+        seen.add(spec.filename)
+    return tuple(specs)
 
 
 def database_definition(spec: DatabaseSpec) -> dict[str, Any]:
@@ -244,3 +293,40 @@ def backup_application(
     for message in warnings:
         reporter.warning(message)
     return AppBackupResult(options.app, result, warnings)
+
+
+def restore_companions(
+    repo: Repository, snapshot: Snapshot, record: DatabaseRecord, spec: DatabaseSpec
+) -> tuple[list[str], list[str]]:
+    """Before a dump is loaded: apply what its engine kept beside it (PostgreSQL's cluster
+    globals, named by the record's properties "globals"). Returns (info lines, warnings).
+
+    Never fatal: a missing or refused globals file is a warning, and the dump still loads
+    (its privileges pass then names what could not be granted). Raises DatabaseError only
+    for a record naming something that is no file name (an untrusted record)."""
+    from casbackup.archiver.stream import ChunkReader
+    from casbackup.engines.pg_globals import recorded_globals
+    from casbackup.errors import NotFound
+
+    engine_name = canonical_engine_name(record.engine)
+    engine = get_engine(engine_name)
+    restore_globals = getattr(engine, "restore_globals", None)
+    name = recorded_globals(record.properties) if engine_name == "postgresql" else None
+    if name is None or restore_globals is None:
+        return [], []
+    path = posixpath.join(posixpath.dirname(record.path), name)
+    try:
+        node = repo.find_node(snapshot.root, path)
+    except NotFound:
+        node = None
+    if node is None:
+        return [], [f"database {record.name!r}: snapshot records {path} but its tree lacks it; "
+                    "roles were not restored"]  # fmt: skip
+    reader = ChunkReader.for_node(repo, node, name=f"{path} in snapshot {snapshot.short_id}")
+    try:
+        summary, warnings = restore_globals(spec, reader)
+    except DatabaseError as exc:
+        return [], [f"database {record.name!r}: roles from the backup not restored: {exc}"]
+    finally:
+        reader.close()
+    return [summary], list(warnings)

@@ -36,6 +36,9 @@ class StreamSpec:
     filename: str  # file name under /.databases/
     engine: str
     open: Callable[[], DumpSource]
+    # False for a file stored beside a dump whose own record names it (PostgreSQL globals):
+    # stored and checked like a dump, but no database record of its own.
+    record: bool = True
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,8 @@ class ChunkFeed:
     ``jobs``: the batch's files in the order they are written (each with ``chunks`` and
     ``chains``, see writers.FileJob). ``file(i)`` yields file ``i``'s chunks in order; a
     file may be left early (an error): the next ``file`` call skips what it left.
-    At most two windows are held: the one being written and the one read ahead.
+    At most two windows are held: the one being written and the one read ahead, each
+    at most ``window_bytes`` stored and twice that decompressed (plus one blob).
     """
 
     def __init__(self, reader: BlobReader, jobs: Sequence[Any]) -> None:
@@ -268,15 +269,21 @@ class ChunkFeed:
         flat, chains = self._flat, self._chains
         chunks: list[Chunk] = []
         uses: dict[bytes, int] = {}
-        stored = 0
+        stored = raw = 0
+        # Plaintexts are kept while needed again in the window: their total is capped
+        # too (highly compressible blobs would otherwise make a window huge in memory).
+        raw_cap = 2 * reader.window_bytes
         pos = start
-        while pos < len(flat) and (stored < reader.window_bytes or pos == start):
+        while pos < len(flat) and (
+            (stored < reader.window_bytes and raw < raw_cap) or pos == start
+        ):
             if pos not in chains:
                 chunk = flat[pos]
                 seen = uses.get(chunk[0], 0)
                 if not seen:
                     chunks.append(chunk)
                     stored += chunk[3]
+                    raw += chunk[4]
                 uses[chunk[0]] = seen + 1
             pos += 1
         window = _Window(start, pos)

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import click
 
+from casbackup.archiver.application import restore_companions
 from casbackup.archiver.stream import ChunkReader
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
@@ -61,11 +62,21 @@ def db_group() -> None:
     "--db-password-env", metavar="VAR", help="Environment variable with the password for --into."
 )
 @click.option("--db-password-file", metavar="FILE", help="File with the password for --into.")
+@click.option(
+    "--no-globals", is_flag=True,
+    help="PostgreSQL: do not create the roles kept with the dump (they must exist already).",
+)  # fmt: skip
 @click.pass_context
 @with_repository(lock="shared")
 def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_name: str, into: str | None,
-            overwrite: bool, db_password_env: str | None, db_password_file: str | None) -> None:  # fmt: skip
-    """Load database DATABASE of application APP from SNAPSHOT ('latest', an id or a prefix)."""
+            overwrite: bool, db_password_env: str | None, db_password_file: str | None,
+            no_globals: bool) -> None:  # fmt: skip
+    """Load database DATABASE of application APP from SNAPSHOT ('latest', an id or a prefix).
+
+    PostgreSQL: the roles kept with the dump (options.globals) that the server lacks are
+    created first (existing ones are left as they are); privileges that still cannot be
+    granted are warnings naming each, and the data loads. A pg_restore older than the
+    pg_dump that made the dump is a warning, as is an older MariaDB/MySQL client."""
     opts = global_options(ctx)
     snap = repo.resolve_snapshot(snapshot, app=app)
     if snap.app != app:
@@ -99,6 +110,14 @@ def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_na
         )
     if db_password_env or db_password_file:
         spec = replace(spec, password_env=db_password_env, password_file=db_password_file)
+    notes: list[str] = []
+    if not no_globals:
+        notes, globals_warnings = restore_companions(repo, snap, record, spec)
+        for w in globals_warnings:
+            warn(w)
+        if not opts.json:
+            for line in notes:
+                click.echo(line, err=True)
     reader = ChunkReader.for_node(repo, node, name=f"{record.path} in snapshot {snap.short_id}")
     with reader:
         # Only when recorded: an engine plugin written before properties existed still works.
@@ -116,7 +135,8 @@ def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_na
         emit_json({"message_type": "db_restore", "snapshot_id": snap.id, "app": app, "database": db_name,
                    "engine": engine_name, "target": info.target, "bytes": info.bytes_read,
                    "row_counts": info.row_counts, "expected_row_counts": record.row_counts,
-                   "row_counts_match": not mismatch})  # fmt: skip
+                   "row_counts_match": not mismatch, "globals": notes,
+                   "warnings": list(info.warnings)})  # fmt: skip
         return
     rows = sum(info.row_counts.values())
     click.echo(

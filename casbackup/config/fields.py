@@ -289,4 +289,16 @@ def _options(sec: Section, engine: str) -> dict[str, str]:
             out[key] = str(value)
         else:
             raise table.error(key, f"must be a string, integer or boolean, not {type_name(value)}")
+        problem = _option_problem(engine, key, out[key])
+        if problem:
+            raise table.error(key, problem)
     return out
+
+
+def _option_problem(engine: str, key: str, value: str) -> str | None:
+    """The engine's own check of an option's value (`check_option` in its module), if any."""
+    module = {"postgresql": "postgresql", "mysql": "mysql"}.get(engine)
+    if module is None:
+        return None
+    check = getattr(importlib.import_module(f"casbackup.engines.{module}"), "check_option", None)
+    return check(key, value) if callable(check) else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -221,3 +222,54 @@ def get_engine(name: str) -> Engine:
                 f"database engine plugin {name!r} failed to start: {type(exc).__name__}: {exc}"
             ) from None
     raise DatabaseError(f"unknown database engine {name!r} (known: {', '.join(engine_names())})")
+
+
+# --- tool versions ---------------------------------------------------------------------------
+
+
+def parse_tool_version(text: str) -> tuple[str, str]:
+    """(product, version) from a client tool's `--version` line: "pg_restore (PostgreSQL)
+    15.20 (Debian ...)" gives ("PostgreSQL", "15.20"); "mariadb-dump  Ver 10.19 Distrib
+    10.11.19-MariaDB, ..." gives ("MariaDB", "10.11.19"); MySQL's "mysqldump  Ver 8.0.36 for
+    Linux" gives ("MySQL", "8.0.36"). ("", "") when the line says neither."""
+    product = "PostgreSQL" if "PostgreSQL" in text else "MariaDB" if "MariaDB" in text else ""
+    m = re.search(r"Distrib\s+(\d+(?:\.\d+)+)", text) or re.search(
+        r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*)", text) or re.search(r"\bVer\s+(\d+(?:\.\d+)+)", text)  # fmt: skip
+    if m and not product and "Ver" in text:
+        product = "MySQL"
+    return (product, m.group(1)) if m else ("", "")
+
+
+def tool_record(name: str, version_text: str) -> dict[str, str]:
+    """What DumpInfo.properties["dump_tool"] holds: the tool, its product and version."""
+    product, version = parse_tool_version(version_text)
+    return {"name": name, "product": product, "version": version}
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:4])
+
+
+def older_tool_warning(
+    what: str, properties: Mapping[str, object] | None, tool: str, version_text: str
+) -> str | None:
+    """One warning line when the restoring `tool` is older than the tool that made the dump
+    (recorded in properties["dump_tool"]), else None. Records without the field (made before
+    it existed), or naming another product, compare as nothing; malformed ones too (the
+    record is untrusted, and this is advice, not a check)."""
+    recorded = properties.get("dump_tool") if isinstance(properties, Mapping) else None
+    if not isinstance(recorded, Mapping):
+        return None
+    name, product, version = (recorded.get(k) for k in ("name", "product", "version"))
+    if not all(isinstance(v, str) and 0 < len(v) <= 64 for v in (name, product, version)):
+        return None
+    assert isinstance(version, str)
+    here_product, here = parse_tool_version(version_text)
+    if here_product != product or not re.fullmatch(r"\d+(\.\d+){0,5}", version) or not here:
+        return None
+    if _version_key(here) >= _version_key(version):
+        return None
+    return (
+        f"{what}: dumped by {name} {version} ({product}), restoring with the older {tool} "
+        f"{here}: objects it does not know may fail to load; a client at least as new is safer"
+    )

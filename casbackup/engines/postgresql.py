@@ -12,6 +12,18 @@ snapshot (`pg_export_snapshot()`), counts every table's rows in it, and stays op
 `pg_dump --snapshot=ID` dumps that very snapshot. The counts therefore describe exactly the data
 in the dump, which is what verification compares against after a restore.
 
+Cluster globals and privileges (roles, memberships, tablespaces; GRANTs applied after the
+data, each failure a warning): see pg_globals.py. Options, in the config's `options` table:
+- `globals` (true/false, default true): keep `pg_dumpall --globals-only` with the dump as
+  `/.databases/<name>.globals.sql`; `db restore` and `recover` create the roles it names
+  that the server lacks before loading the dump.
+- `allow_empty`: record a database without tables instead of refusing it.
+- `maintenance_database` (default postgres): where CREATE/DROP DATABASE and globals run.
+- `sslmode`, `connect_timeout`: passed to libpq.
+
+Each dump records the server's version and the pg_dump that made it (properties
+"dump_tool"); a restore with an older pg_restore warns.
+
 Credentials: the password reaches the children only as `PGPASSWORD` in their environment, never
 argv (visible in `ps`); `--no-password` makes a missing password fail instead of prompting.
 Connection parameters go in a libpq conninfo string whose values are quoted, so a database
@@ -23,10 +35,27 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
-from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream, RestoreInfo, resolve_password
+from casbackup.engines.base import (
+    DatabaseSpec,
+    DumpInfo,
+    DumpStream,
+    RestoreInfo,
+    older_tool_warning,
+    resolve_password,
+    tool_record,
+)
+from casbackup.engines.pg_globals import (
+    AclPass,
+    apply_acls,
+    apply_globals,
+    dump_globals,
+    dump_roles,
+    globals_file_name,
+    utf8_env,
+)
 from casbackup.engines.process import (
     ProcessDumpStream,
     StderrDrain,
@@ -40,7 +69,10 @@ from casbackup.engines.process import (
 from casbackup.errors import DatabaseError
 
 MAGIC = b"PGDMP"
-KNOWN_OPTIONS = frozenset({"allow_empty", "maintenance_database", "sslmode", "connect_timeout"})
+KNOWN_OPTIONS = frozenset(
+    {"allow_empty", "maintenance_database", "sslmode", "connect_timeout", "globals"}
+)
+_BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # Row counts as (hex of schema.table, count) so that any name survives psql's text output.
 _COUNT_SQL = """SELECT encode(convert_to(n.nspname || '.' || c.relname, 'UTF8'), 'hex'),
  (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I',
@@ -84,6 +116,22 @@ def pg_env(spec: DatabaseSpec) -> dict[str, str]:
     if password is not None:
         env["PGPASSWORD"] = password
     return env
+
+
+def check_option(key: str, value: str) -> str | None:
+    """Why an option's value is wrong (for config validation), else None."""
+    if key in ("globals", "allow_empty") and value.strip().lower() not in _BOOLEANS:
+        return f"must be true or false, not {value!r}"
+    return None
+
+
+def globals_enabled(spec: DatabaseSpec) -> bool:
+    """options.globals, default on; a value that is no boolean fails (a typo must not turn
+    the roles' backup off silently)."""
+    problem = check_option("globals", spec.options.get("globals", "true"))
+    if problem:
+        raise DatabaseError(f"database {spec.name!r}: options.globals {problem}")
+    return spec.option_bool("globals", True)
 
 
 def _major(version_num: int) -> int:
@@ -174,14 +222,22 @@ class PostgresEngine:
         for tool in ("pg_dump", "pg_restore", "psql"):
             find_tool(tool)
 
+    def _psql_argv(self, spec: DatabaseSpec, dbname: str | None = None) -> list[str]:
+        return [find_tool("psql"), "-X", "-q", "-A", "-t", "--no-password",
+                "-d", conninfo(spec, dbname)]  # fmt: skip
+
     def _psql(self, spec: DatabaseSpec, sql: str, dbname: str | None = None) -> list[str]:
-        argv = [find_tool("psql"), "-X", "-q", "-A", "-t", "--no-password",
-                "-v", "ON_ERROR_STOP=1", "-d", conninfo(spec, dbname)]  # fmt: skip
+        argv = [*self._psql_argv(spec, dbname), "-v", "ON_ERROR_STOP=1"]
         out = run_tool(argv, what=f"database {spec.name!r}", input=sql.encode(), env=pg_env(spec))
         return [ln for ln in out.decode("utf-8", "replace").splitlines() if ln]
 
+    def version_text(self, tool: str) -> str:
+        """The first line of `tool --version` ("pg_dump (PostgreSQL) 15.20 ...")."""
+        out = run_tool([find_tool(tool), "--version"], what=tool).decode("utf-8", "replace")
+        return (out.strip().splitlines() or [""])[0]
+
     def client_version(self, tool: str = "pg_dump") -> int:
-        out = run_tool([find_tool(tool), "--version"], what=tool).decode()
+        out = self.version_text(tool)
         m = re.search(r"(\d+)(?:\.(\d+))?", out)
         if not m:
             raise DatabaseError(f"cannot parse the version of {tool}: {out.strip()!r}")
@@ -224,7 +280,12 @@ class PostgresEngine:
             if not head.startswith(MAGIC):
                 raise DatabaseError(f"database {spec.name!r}: pg_dump output is not a custom dump")
 
-        properties = self._defaults(spec)
+        try:
+            properties = self._defaults(spec)
+            properties["dump_tool"] = tool_record("pg_dump", self.version_text("pg_dump"))
+        except BaseException:
+            session.close()
+            raise
 
         def make_info(size: int) -> DumpInfo:
             return DumpInfo(self.name, "pg-custom", server_version, counts, "pgdump", size,
@@ -240,6 +301,44 @@ class PostgresEngine:
             make_info=make_info,
             on_close=session.close,
         )
+
+    def extra_dumps(self, spec: DatabaseSpec) -> tuple[tuple[str, Callable[[], DumpStream]], ...]:
+        """Files stored beside the dump, as (file name, opener): the cluster globals when
+        options.globals is on (the dump's record names them, see `dump`)."""
+        if not globals_enabled(spec):
+            return ()
+        return (("globals", globals_file_name(spec.name), lambda: self.dump_globals(spec)),)
+
+    def dump_globals(self, spec: DatabaseSpec) -> DumpStream:
+        """`pg_dumpall --globals-only` of the database's server, as a stream."""
+        maint = self._maintenance(spec)
+        rows = self._psql(spec, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user; "
+                                "SHOW server_version;", maint)  # fmt: skip
+        superuser, version = rows[0] == "t", rows[-1]
+        return dump_globals(spec, conninfo(spec, maint), pg_env(spec), superuser, version)
+
+    def restore_globals(self, spec: DatabaseSpec, stream: BinaryIO) -> tuple[str, list[str]]:
+        """Create the roles of a globals file that this server lacks, apply memberships and
+        tablespaces: (a one-line summary, a warning per statement the server refused).
+
+        Roles that exist are left untouched: not an error, and never altered."""
+        maint = self._maintenance(spec)
+        sql = "SELECT encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles;"
+        existing = {
+            bytes.fromhex(h).decode("utf-8", "replace") for h in self._psql(spec, sql, maint)
+        }
+        made, kept, warnings = apply_globals(
+            spec, stream, self._psql_argv(spec, maint), pg_env(spec), existing
+        )
+        summary = (f"database {spec.name!r}: roles from the backup: {made} created, {kept} "
+                   "already here (left as they are)")  # fmt: skip
+        return summary, warnings
+
+    def dump_roles(self, spec: DatabaseSpec, dump_file: str) -> set[str]:
+        """The roles a custom dump file's privileges name (verify compares them with the
+        roles the snapshot holds)."""
+        return dump_roles(find_tool("pg_restore"), dump_file, utf8_env(pg_env(spec)),
+                          f"dump of database {spec.name!r}")  # fmt: skip
 
     def _defaults(self, spec: DatabaseSpec) -> dict[str, object]:
         """The database's encoding and locale: a dump without --create does not carry them,
@@ -305,12 +404,16 @@ class PostgresEngine:
         overwrite: bool = False,
         properties: Mapping[str, object] | None = None,
     ) -> RestoreInfo:
-        """Load a custom dump with `pg_restore --single-transaction --exit-on-error`, into a
-        database created (when missing) with the recorded encoding and locale (``properties``).
+        """Load a custom dump with `pg_restore --single-transaction --exit-on-error
+        --no-privileges`, into a database created (when missing) with the recorded encoding
+        and locale (``properties``), then apply its privileges statement by statement.
 
         One transaction means a failed restore leaves the database empty, never half-loaded
         (borgmatic omits it; ANCHORS.md). The database is created when missing; an existing one
         with objects in it is refused unless `overwrite`, which drops and recreates it.
+        Privileges come after the data, in their own pass (pg_globals.AclPass): a GRANT to a
+        role this server lacks is a warning naming it, not a failed restore. A pg_restore
+        older than the recorded pg_dump is a warning too.
         """
         db = _require_db(spec)
         maint = self._maintenance(spec)
@@ -322,14 +425,29 @@ class PostgresEngine:
                 )
             if overwrite:
                 self._psql(spec, f"DROP DATABASE {quote_ident(db)};", maint)
-        warnings: tuple[str, ...] = ()
+        warnings: list[str] = []
+        older = older_tool_warning(f"database {spec.name!r}", properties, "pg_restore",
+                                   self.version_text("pg_restore"))  # fmt: skip
+        if older:
+            warnings.append(older)
         if not self._exists(spec, db):
-            warnings = self._create(spec, db, properties or {})
+            warnings.extend(self._create(spec, db, properties or {}))
         argv = [find_tool("pg_restore"), "--exit-on-error", "--single-transaction",
-                "--no-owner", "--no-password", "--dbname", conninfo(spec)]  # fmt: skip
-        fed = feed_tool(argv, stream, what=f"restore of database {spec.name!r}", env=pg_env(spec))
+                "--no-owner", "--no-privileges", "--no-password", "--dbname", conninfo(spec)]  # fmt: skip
+        env = pg_env(spec)
+        acls = AclPass(f"restore of database {spec.name!r}", env)
+        try:
+            fed = feed_tool(argv, acls.tee(stream), what=f"restore of database {spec.name!r}",
+                            env=env)  # fmt: skip
+            try:
+                statements, encoding = acls.statements()
+                warnings.extend(apply_acls(spec, statements, encoding, self._psql_argv(spec), env))
+            except DatabaseError as exc:  # the data is in: say what is missing, keep it
+                warnings.append(f"database {spec.name!r}: privileges not restored: {exc}")
+        finally:
+            acls.close()
         version = self._psql(spec, "SHOW server_version;")[0]
-        return RestoreInfo(self.name, db, fed, self.row_counts(spec), version, warnings)
+        return RestoreInfo(self.name, db, fed, self.row_counts(spec), version, tuple(warnings))
 
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]:
         _require_db(spec)

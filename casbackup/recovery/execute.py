@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casbackup import __version__
+from casbackup.archiver.application import restore_companions
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.archiver.stream import ChunkReader
 from casbackup.engines.base import get_engine
@@ -28,7 +29,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import now_utc
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Reporter
-from casbackup.verify.dumps import STRICT_COUNT_ENGINES, compare_counts
+from casbackup.verify.dumps import compare_counts, strict_counts
 
 REPORT_NAME = "recovery-report"
 
@@ -169,6 +170,12 @@ def _restore_database(
         old_record = db.spec.engine == "sqlite" and not record.properties
         keep_mode = _mode_of(db.spec.path) if old_record else None
         extra = {"properties": record.properties} if record.properties else {}
+        # Roles first (PostgreSQL globals): the dump's privileges name them.
+        notes, globals_warnings = restore_companions(repo, plan.snapshot, record, db.spec)
+        for line in notes:
+            reporter.info(line)
+        out["globals"] = notes
+        warnings.extend(globals_warnings)
         reader = ChunkReader.for_node(repo, node, name=record.path)
         try:
             info = get_engine(db.spec.engine).restore(
@@ -182,7 +189,7 @@ def _restore_database(
             os.chmod(db.spec.path, keep_mode)
         out["row_counts"] = dict(info.row_counts)
         structural, counts = compare_counts(record.row_counts, info.row_counts)
-        if counts and db.spec.engine not in STRICT_COUNT_ENGINES:
+        if counts and not strict_counts(db.spec.engine, record):
             warnings.extend(
                 f"database {record.name}: {c} (counted just before the dump)" for c in counts
             )

@@ -13,14 +13,21 @@ and MySQL/MariaDB dumps are loaded into a scratch database with a unique name
 (`casb_verify_<hex>`) on the server the caller names, counted, and dropped again in a
 `finally`, so neither a failed load nor Ctrl-C leaves the scratch database behind.
 
-MySQL's recorded counts are taken just before the dump, not in its snapshot (`DumpInfo.
-row_counts_consistent`), so for it a count mismatch is a warning: rows written in between are
-legitimate. A missing table is a failure for every engine.
+MySQL's recorded counts are taken in the dump's own snapshot when the engine could hold the
+tables still while the dump began (properties "row_counts_consistent", see engines/mysql.py);
+older records, and dumps where it could not, have counts taken just before the dump, so for
+them a count mismatch is a warning: rows written in between are legitimate. A missing table is
+a failure for every engine.
+
+PostgreSQL: the roles a dump's privileges name must be in the globals kept with it
+(engines/pg_globals.py); those that are not are flagged, by name: on a rebuilt server those
+privileges would be lost (the check loads on a server where the roles may well exist).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import secrets
 import sqlite3
 import stat
@@ -149,6 +156,12 @@ def resolve_in_tree(root: str, stored: str) -> str:
     return path
 
 
+def strict_counts(engine: str, record: DatabaseRecord) -> bool:
+    """Whether the recorded counts describe exactly the dump (a mismatch is then damage)."""
+    props = record.properties if isinstance(record.properties, dict) else {}
+    return engine in STRICT_COUNT_ENGINES or props.get("row_counts_consistent") is True
+
+
 def compare_counts(
     expected: Mapping[str, int], found: Mapping[str, int]
 ) -> tuple[list[str], list[str]]:
@@ -183,12 +196,14 @@ def check_dump(
             found = _sqlite_counts(dump_file)
         else:
             found = _load_into_scratch(record, engine, dump_file, server, stored, warnings)
+            if engine == "postgresql":
+                warnings.extend(_role_gaps(record, files, dump_file, server))
     except CasError as exc:
         return DumpCheckResult(replace(base, problem=str(exc)), warnings)
     except (OSError, sqlite3.Error) as exc:
         return DumpCheckResult(replace(base, problem=f"dump does not load: {exc}"), warnings)
     structural, counts = compare_counts(expected, found)
-    if counts and engine not in STRICT_COUNT_ENGINES:
+    if counts and not strict_counts(engine, record):
         warnings.extend(
             f"database {record.name}: {c} (counted just before the dump)" for c in counts
         )
@@ -231,9 +246,41 @@ def _load_into_scratch(
     try:
         with open(dump_file, "rb") as stream:
             info = engine.restore(spec, stream, overwrite=False)
+        warnings.extend(info.warnings)
         return dict(info.row_counts)
     finally:
         _drop(engine, spec, warnings)
+
+
+def _role_gaps(
+    record: DatabaseRecord, files: str, dump_file: str, server: DatabaseSpec | None
+) -> list[str]:
+    """A warning naming the roles the dump's privileges need that the snapshot's globals do
+    not create (all of them when no globals were kept)."""
+    from casbackup.engines.pg_globals import globals_roles, recorded_globals
+
+    engine = get_engine("postgresql")
+    spec = server or DatabaseSpec(name=record.name, engine="postgresql")
+    needed = engine.dump_roles(replace(spec, name=record.name), dump_file)  # type: ignore[attr-defined]
+    if not needed:
+        return []
+    name = recorded_globals(record.properties)
+    held: set[str] = set()
+    if name is not None:
+        path = resolve_in_tree(files, posixpath.join(posixpath.dirname(record.path), name))
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise FormatError(f"globals file {name} of {record.path} is not a regular file")
+        with open(path, "rb") as f:
+            held = globals_roles(f, f"globals file {name}")
+    missing = sorted(needed - held)
+    if not missing:
+        return []
+    where = f"the globals kept with it ({name})" if name else "the snapshot (no globals kept)"
+    return [
+        f"database {record.name}: its privileges name {plural(len(missing), 'role')} that "
+        f"{where} do not hold: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; "
+        "a restore on a rebuilt server would not grant them (keep options.globals on)"
+    ]
 
 
 def _drop(engine: Any, spec: DatabaseSpec, warnings: list[str]) -> None:

@@ -42,8 +42,11 @@ class Place:
             subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(path)], check=True)
 
     def restore(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # Config and cache in nobody's home: the suite's are under root's 0700 tmp folder.
         env = {**os.environ, "CASBACKUP_PASSWORD": PASSWORD, "HOME": str(self.home),
-               "CASBACKUP_CACHE_DIR": str(self.home / "cache")}  # fmt: skip
+               "CASBACKUP_CACHE_DIR": str(self.home / "cache"),
+               "XDG_CONFIG_HOME": str(self.home / "config"),
+               "XDG_CACHE_HOME": str(self.home / "xdg-cache")}  # fmt: skip
         return subprocess.run(
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
              sys.executable, "-m", "casbackup.cli.main", "-r", self.repo_path, "restore", *args,

@@ -230,3 +230,24 @@ def test_the_feed_holds_at_most_two_windows_and_skips_abandoned_files(counted) -
     # nothing of file a was read for file b, and no get was over the range cap
     assert all(length <= 2000 for _, _, length in backend.gets)
     assert len(backend.gets) <= 20 + 2
+
+
+def test_a_window_is_capped_in_plaintext_too(counted) -> None:  # type: ignore[no-untyped-def]
+    """Blobs that compress a thousandfold, each needed twice: the window closes on their
+    plaintext size, not only on the stored bytes, so the kept plaintexts stay bounded."""
+    repo, backend = counted
+    blobs = [bytes([i]) * 50_000 for i in range(40)]
+    node = file_node(repo, b"z", b"".join(b + b for b in blobs), chunk=50_000)
+    snapshot_of(repo, [node])
+    locs = repo.locate_many(node.content)
+    chunks = tuple((c, x.pack, x.offset, x.stored_len, x.raw_len)
+                   for c, x in zip(node.content, locs, strict=True))  # fmt: skip
+    assert sum(x.stored_len for x in locs) < 20_000  # the stored cap alone would take all
+    reader = BlobReader(backend, repo.key.encryption_root, window_bytes=100_000)
+    feed = ChunkFeed(reader, [FileJob(chunks, node.size, b"", 0, 0, 0o644, 0, False)])
+    out = []
+    for data in feed.file(0):
+        out.append(data)
+        window = feed._windows[0]
+        assert window.end - window.start <= 8  # 4 distinct blobs (200,000 bytes), twice each
+    assert b"".join(out) == b"".join(b + b for b in blobs)

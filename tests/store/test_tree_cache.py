@@ -225,3 +225,28 @@ def test_data_packs_are_never_read_whole(tmp_path: Path, monkeypatch: pytest.Mon
         assert cache.fill_from_pack(backend, name.rsplit("/", 1)[1]) == 0
         assert cache.fill_from_pack(backend, name.rsplit("/", 1)[1]) == 0  # asked once
         assert [r[2] for r in backend.pack_reads] == [None]
+
+
+def test_check_reads_the_repositorys_trees_not_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tree pack damaged in the store is found by check even when every tree is cached."""
+    from casbackup.verify.check import CheckOptions, check
+
+    monkeypatch.setenv("CASBACKUP_CACHE_DIR", str(tmp_path / "c"))
+    backend = RemoteMemory()
+    with make_repo(backend) as repo:
+        ids = folder_trees(repo, 3)
+        from casbackup.repo.snapshot import Snapshot
+
+        repo.save_snapshot(Snapshot(time="2026-01-01T00:00:00Z", start_ns=0, host="h", user="u",
+                                    paths=("/x",), tree=ids[0].hex()))  # fmt: skip
+    repo = open_repo(backend)
+    assert repo.load_tree(ids[0])  # cached now
+    assert check(repo, CheckOptions()).ok
+    [name] = [n for n, _ in backend.list("data/")]
+    data = bytearray(backend.get(name))
+    data[40] ^= 1  # inside the first blob's envelope
+    backend.put(name, bytes(data))
+    assert repo.load_tree(ids[0])  # the cache still answers the backup's reads
+    assert not check(open_repo(backend), CheckOptions()).ok
