@@ -244,7 +244,9 @@ class Backup(Walker, FileReading):
                 # Crash safety keeps the repository consistent; an exception here could strike
                 # inside a lock and hang.
                 name = signal.Signals(signum).name
-                os.write(2, f"error: interrupted twice ({name} received); stopped at once\n".encode())
+                os.write(
+                    2, f"error: interrupted twice ({name} received); stopped at once\n".encode()
+                )
                 os._exit(128 + signum)
             self._cancelled.set()
 

@@ -57,4 +57,6 @@ def test_second_signal_exits_with_its_own_number(
     assert proc.returncode == code, text
     assert "Traceback" not in text
     lines = text.strip().splitlines()
-    assert lines == [f"error: interrupted twice ({signal.Signals(second).name} received); stopped at once"]
+    assert lines == [
+        f"error: interrupted twice ({signal.Signals(second).name} received); stopped at once"
+    ]
