@@ -127,6 +127,7 @@ def test_dry_runs_and_reads_need_no_lock_on_a_read_only_medium(
     runs["ls"] = ["ls", "latest"]
     runs["diff"] = ["diff", "latest", "latest"]
     runs["stats"] = ["stats", "latest"]
+    runs["check"] = ["check", "--read-data"]
     runs["restore (real)"] = ["restore", "latest", "--target", str(root / "restored-real")]
     for name, args in runs.items():
         res = cli(root, *args)
