@@ -219,6 +219,8 @@ def main() -> None:
     parser.add_argument("--engines", default="sqlite,postgresql,mysql")
     parser.add_argument("--nights", type=int, default=0,
                         help="then this many nights of 1%% random in-place changes")  # fmt: skip
+    parser.add_argument("--max-depth", type=int, default=delta.MAX_DEPTH,
+                        help="longest delta chain (repo/delta.py MAX_DEPTH)")  # fmt: skip
     parser.add_argument(
         "--all-chunkers", action="store_true", help="every chunker, not only the current one"
     )

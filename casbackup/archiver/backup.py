@@ -305,7 +305,10 @@ class Backup(Walker, FileReading):
         nodes = []
         for spec in self.options.streams:
             self.reporter.info(f"dumping database {spec.name} ({spec.engine})")
-            bases = self._stream_bases(spec.filename)
+            before = self._parent_stream(spec.filename)
+            bases = None
+            if before is not None and self.repo.deltas_allowed:
+                bases = BaseFinder.for_content(self.repo, before.content)
             source = spec.open()
             try:
                 content, digest, size = self._store_stream(source, self.dump_chunker, bases)
@@ -313,9 +316,14 @@ class Backup(Walker, FileReading):
             finally:
                 source.close()
             name = os.fsencode(spec.filename)
+            # An identical dump keeps the parent's times: its node, and the folder's tree of
+            # dump nodes (a 100 MB dump's lists 1,600 chunk ids, ~50 kB), then dedup whole.
+            same = before is not None and (before.content, before.content_hash) == (content, digest)
+            mtime = before.mtime_ns if same else now_ns  # type: ignore[union-attr]
+            ctime = before.ctime_ns if same else now_ns  # type: ignore[union-attr]
             nodes.append(
                 Node(name=name, kind=NodeKind.FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(),
-                     mtime_ns=now_ns, ctime_ns=now_ns, size=size, content=content, content_hash=digest)
+                     mtime_ns=mtime, ctime_ns=ctime, size=size, content=content, content_hash=digest)
             )  # fmt: skip
             if not spec.record:
                 continue
@@ -335,10 +343,11 @@ class Backup(Walker, FileReading):
     def _load_data(self, blob_id: BlobId) -> bytes:
         return self.repo.load_blob(blob_id, Kind.DATA)
 
-    def _stream_bases(self, filename: str) -> BaseFinder | None:
-        """The parent's version of /.databases/<filename> as delta bases (format 3 only)."""
+    def _parent_stream(self, filename: str) -> Node | None:
+        """The parent snapshot's node of /.databases/<filename> (delta bases, and the times
+        an identical dump keeps), or None."""
         parent = self._reference
-        if parent is None or self.options.dry_run or not self.repo.deltas_allowed:
+        if parent is None or self.options.dry_run:
             return None
         try:
             node = self.repo.find_node(
@@ -348,7 +357,7 @@ class Backup(Walker, FileReading):
             return None  # a new database, or a parent tree that cannot be read: full chunks
         if node is None or node.kind != NodeKind.FILE:
             return None
-        return BaseFinder.for_content(self.repo, node.content)
+        return node
 
     # ------------------------------------------------------------------ reporting
     def _error(self, path: bytes, exc: OSError) -> None:

@@ -59,6 +59,7 @@ from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_na
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
 from casbackup.repo.treecache import TreeCache, cap_bytes
+from casbackup.repo.uploader import PackUploader
 from casbackup.store.base import Backend, odd_entries
 from casbackup.units import plural
 
@@ -107,6 +108,10 @@ class Repository:
         self._last_index_flush = time.monotonic()
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
+        # Remote stores: full packs are stored in the background (repo/uploader.py).
+        self._uploader = (
+            PackUploader(self._write_pack) if getattr(backend, "remote", False) else None
+        )
         self._tree_cache: TreeCache | None = None
         if getattr(backend, "remote", False) and cap_bytes() > 0:
             # A tree read from a remote store is a request; from this cache, a file read.
@@ -224,6 +229,8 @@ class Repository:
         return name
 
     def close(self) -> None:
+        if self._uploader is not None:
+            self._uploader.close()
         with self._lock:
             for packer in self._packers.values():
                 packer.abort()  # blobs never flushed: drop the pack's temp file
@@ -453,7 +460,10 @@ class Repository:
             if packer.size >= self.config.pack_size:
                 full, self._packers[group] = packer, self._new_packer()
         if full is not None:
-            self._write_pack(full)
+            if self._uploader is not None:
+                self._uploader.submit(full)  # a remote PUT: the caller goes on collecting
+            else:
+                self._write_pack(full)
         return True
 
     def store_sealed_batch(self, blobs: Iterable[tuple[bytes, bytes, int]]) -> None:
@@ -511,6 +521,8 @@ class Repository:
 
     def flush(self) -> None:
         """Store the open pack and an index file naming every stored pack."""
+        if self._uploader is not None:
+            self._uploader.wait()  # packs first, then the index that names them
         with self._lock:
             packers = list(self._packers.values())
             self._packers = {group: self._new_packer() for group in self._packers}

@@ -351,3 +351,53 @@ def test_sigkill_during_a_prune_repacking_bases(  # type: ignore[no-untyped-def]
         assert check(again, CheckOptions(read_data=True, workers=1)).ok
         for s in snaps[2:]:
             assert read_dump(again, s) == expected[s.id]
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-secret", "shared-secret"])
+def test_copy_stores_a_delta_resolved(
+    repo: Repository, chained, tmp_path: Path, shared: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """A copy never depends on bases it did not copy: deltas arrive as full chunks."""
+    from casbackup.crypto.keyfile import WEAK_KDF
+    from casbackup.maintenance.copy import CopyOptions, copy_snapshots
+    from casbackup.store.local import LocalBackend
+    from casbackup.testing.fixtures import PASSWORD
+
+    _, _, snaps = chained
+    deepest = snaps[DEPTH]
+    expected = read_dump(repo, deepest)
+    dst = Repository.init(LocalBackend(str(tmp_path / "dst")), PASSWORD.encode(), kdf=WEAK_KDF,
+                          config=RepoConfig(**TEST_CONFIG_KW),
+                          key=repo.key if shared else None)  # fmt: skip
+    copy_snapshots(repo, dst, CopyOptions(snapshots=(deepest.id,)))
+    (copied,) = dst.list_snapshots()
+    assert read_dump(dst, copied) == expected
+    assert {dst.locate(c).kind for c in dump_node(dst, copied).content} == {Kind.DATA}
+    assert check(dst, CheckOptions(read_data=True, workers=1)).ok
+    dst.close()
+
+
+def test_repair_index_rebuilds_bases_from_pack_headers(  # type: ignore[no-untyped-def]
+    repo: Repository, repo_path: str, chained
+) -> None:
+    from casbackup.verify.repair import repair_index
+
+    _, _, snaps = chained
+    expected = read_dump(repo, snaps[DEPTH])
+    for name in os.listdir(os.path.join(repo_path, "index")):
+        os.remove(os.path.join(repo_path, "index", name))
+    repo.close()
+    with open_repo(repo_path) as again:
+        result = repair_index(again)
+        assert result.packs_from_headers > 0
+        assert read_dump(again, snaps[DEPTH]) == expected
+        assert check(again, CheckOptions(read_data=True, workers=1)).ok
+
+
+def test_an_unchanged_dump_adds_only_the_root_tree(repo: Repository, tmp_path: Path) -> None:
+    app, db = make_app(tmp_path, rows=ROWS)
+    first = backup(repo, app, [db])
+    again = backup(repo, app, [db])
+    assert again.summary.bytes_stored < 2_000  # the root tree; the dump's folder dedups
+    a, b = dump_node(repo, first), dump_node(repo, again)
+    assert (a.content, a.mtime_ns) == (b.content, b.mtime_ns)
