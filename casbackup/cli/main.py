@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         _interrupted("interrupted")
     except _NO_ARGS_IS_HELP as exc:
+        if _json_errors:  # a script asked for JSON: the usage error, not the help text
+            where = exc.ctx.command_path if exc.ctx is not None else "casbackup"
+            _fail(f"missing command (see '{where} --help')", EXIT_USAGE, "usage_error")
         exc.show()  # no command at all: the help is the most useful answer
         sys.exit(EXIT_USAGE)
     except click.UsageError as exc:

@@ -40,7 +40,13 @@ def test_usage_error_is_json_for_every_command(command: str, tmp_path: Path) -> 
 
 
 def test_global_usage_errors_are_json() -> None:
-    for args in (["--json", "no-such-command"], ["no-such-command", "--json"], ["--json"]):
+    for args in (
+        ["--json", "no-such-command"],
+        ["no-such-command", "--json"],
+        ["--json"],
+        ["--json", "key"],
+        ["fs-snapshots", "--json"],
+    ):
         res = run_cli(*args)
         assert res.code == 2, (args, res.err)
         assert the_error(res)["kind"] == "usage_error"
