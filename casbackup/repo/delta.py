@@ -22,7 +22,6 @@ check follows each delta's bases through the index cache (verify/check.py).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -46,15 +45,6 @@ MAX_SHARE = 0.5
 # (16 MiB, the largest chunker max_size), so 2^25 covers base plus target.
 _WINDOW_LOG = 25
 _MAX_PLAIN = codec._MAX_DECOMPRESSED
-
-_local = threading.local()
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    dec = getattr(_local, "plain", None)
-    if dec is None:
-        dec = _local.plain = zstandard.ZstdDecompressor(max_window_size=1 << _WINDOW_LOG)
-    return dec
 
 
 def encode_delta(
