@@ -1,23 +1,30 @@
 """How much a second nightly backup of a database adds, per engine and dump chunker.
 
-For SQLite, PostgreSQL and MariaDB: fill a table to a dump of about --mb MB, then take four
+For SQLite, PostgreSQL and MariaDB: fill a table to a dump of about --mb MB, then take five
 dumps with the real engines: the original, again unchanged, after updating 1% of the rows in one
-block (clustered: recent rows), and after updating 1% spread evenly (scattered). Each dump
-sequence is then backed up, in order, by the real backup pipeline into a fresh repository per
-chunker setting; the table shows what each backup added (plaintext bytes of new chunks, and
-bytes stored after compression and encryption).
+block (clustered: recent rows, values grow), after updating 1% spread evenly (scattered,
+values grow), and after rewriting 1% of the rows picked at random with values of the same
+length (in place: SQLite's pages change where they are). Each dump is backed up, in order, by
+the real backup pipeline into one repository per chunker setting and format: version 2 (no
+delta blobs, the behaviour before issue 16) and version 3 (new dump chunks stored as deltas of
+the parent's, repo/delta.py). The table shows what each backup stored (after compression and
+encryption) and its CPU time. ``--nights N`` then adds N nights of 1% random in-place changes
+and reports the repository's size against the first night's, and the CPU time to read back
+the first and the last night's dump.
 
-The dumps are taken once and kept in a temporary folder so every chunker sees the same bytes
-(the backup reads them from those files instead of the tool's pipe; the chunking, dedup and
+Each dump is taken once, written to a temporary file and backed up into every repository
+from it (the backup reads the file instead of the tool's pipe; the chunking, dedup and
 storage path is the same).
 
     .venv/bin/python bench/dump_dedup.py [--mb 100] [--engines sqlite,postgresql,mysql]
+        [--nights 30] [--all-chunkers]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -27,11 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casbackup.archiver.backup import BackupOptions, StreamSpec, run_backup
+from casbackup.archiver.stream import ChunkReader
 from casbackup.crypto.keyfile import WEAK_KDF
 from casbackup.engines import DumpInfo, get_engine
 from casbackup.engines.base import DatabaseSpec
+from casbackup.repo import delta
 from casbackup.repo.config import DUMP_CHUNKER, ChunkerParams, RepoConfig
 from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
 from casbackup.store.local import LocalBackend
 
 KIB = 1024
@@ -42,7 +52,7 @@ CHUNKERS = {
     "64K/128K/2M": ChunkerParams(min_size=64 * KIB, avg_size=128 * KIB, max_size=2048 * KIB),
     "256K/768K/8M (files)": ChunkerParams(),
 }
-STEPS = ("first", "unchanged", "1% clustered", "1% scattered")
+STEPS = ("first", "unchanged", "1% clustered", "1% scattered", "1% random in place")
 ROW_BYTES = 85  # a row's share of the dump, roughly: sizes the table for --mb
 
 
@@ -105,6 +115,20 @@ class Subject:
         else:
             my_sql(sql.replace("body || ' edited'", "CONCAT(body, ' edited')"), self.name)
 
+    def change_in_place(self, where: str) -> None:
+        """Rewrite each chosen row's body with a value of the same length (upper case)."""
+        flip = "CASE WHEN body = lower(body) THEN upper(body) ELSE lower(body) END"
+        sql = f"UPDATE t SET body = {flip} WHERE {where};"
+        if self.engine == "sqlite":
+            conn = sqlite3.connect(self.spec.path or "")
+            conn.execute(sql)
+            conn.commit()
+            conn.close()
+        elif self.engine == "postgresql":
+            pg_sql(sql, self.name)
+        else:
+            my_sql(sql, self.name)
+
     def dump_to(self, path: Path) -> DumpInfo:
         with get_engine(self.engine).dump(self.spec) as stream, open(path, "wb") as out:
             while data := stream.read(1 << 20):
@@ -136,64 +160,134 @@ class FileDump:
         self._f.close()
 
 
-def measure(dumps: list[FileDump], params: ChunkerParams, work: Path) -> list[tuple[int, int]]:
-    repo_dir = tempfile.mkdtemp(dir=work, prefix="repo-")
-    repo = Repository.init(LocalBackend(repo_dir), b"bench", kdf=WEAK_KDF,
-                           config=RepoConfig(dump_chunker=params))  # fmt: skip
-    empty = work / "empty-source"
-    empty.mkdir(exist_ok=True)
-    added = []
-    try:
-        for dump in dumps:
-            spec = StreamSpec("bench", "bench.dump", dump.info.engine, dump.open)
-            opts = BackupOptions(paths=(str(empty),), app="bench", streams=(spec,))
-            snap = run_backup(repo, opts).snapshot
-            assert snap is not None
-            added.append((snap.summary.bytes_added, snap.summary.bytes_stored))
-    finally:
-        repo.close()
-    return added
+MODES = {"no deltas (format 2)": 2, "deltas (format 3)": 3}
+
+
+def random_rows(seed: int) -> str:
+    """About 1% of the ids, spread at random (a hash of id and seed), as SQL."""
+    return f"((id * 2654435761 + {seed * 40503}) % 1000003) % 100 = 0"
+
+
+class Run:
+    """One repository (a chunker and a format version) receiving every dump in order."""
+
+    def __init__(self, params: ChunkerParams, version: int, work: Path) -> None:
+        repo_dir = tempfile.mkdtemp(dir=work, prefix="repo-")
+        self.repo = Repository.init(LocalBackend(repo_dir), b"bench", kdf=WEAK_KDF,
+                                    config=RepoConfig(dump_chunker=params, version=version))  # fmt: skip
+        self.dir = repo_dir
+        self.empty = work / "empty-source"
+        self.empty.mkdir(exist_ok=True)
+        self.snaps: list[Snapshot] = []
+
+    def backup(self, dump: FileDump) -> tuple[int, float]:
+        """Back the dump up; return (bytes stored, CPU seconds of this process)."""
+        spec = StreamSpec("bench", "bench.dump", dump.info.engine, dump.open)
+        opts = BackupOptions(paths=(str(self.empty),), app="bench", streams=(spec,))
+        cpu = _cpu()
+        snap = run_backup(self.repo, opts).snapshot
+        cpu = _cpu() - cpu
+        assert snap is not None
+        self.snaps.append(snap)
+        return snap.summary.bytes_stored, cpu
+
+    def restore_cpu(self, snap: Snapshot) -> float:
+        """CPU seconds to read the snapshot's dump back (ChunkReader, as db restore does)."""
+        node = self.repo.find_node(snap.root, "/.databases/bench.dump")
+        assert node is not None
+        cpu = _cpu()
+        with ChunkReader(self.repo, node.content, size=node.size,
+                         content_hash=node.content_hash) as reader:  # fmt: skip
+            while reader.read(1 << 20):
+                pass
+        return _cpu() - cpu
+
+    def size(self) -> int:
+        return sum(
+            os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(self.dir) for f in fs
+        )
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=100, help="approximate dump size in MB")
     parser.add_argument("--engines", default="sqlite,postgresql,mysql")
+    parser.add_argument("--nights", type=int, default=0,
+                        help="then this many nights of 1%% random in-place changes")  # fmt: skip
+    parser.add_argument("--max-depth", type=int, default=delta.MAX_DEPTH,
+                        help="longest delta chain (repo/delta.py MAX_DEPTH)")  # fmt: skip
+    parser.add_argument(
+        "--all-chunkers", action="store_true", help="every chunker, not only the current one"
+    )
     args = parser.parse_args()
+    delta.MAX_DEPTH = args.max_depth
     rows = args.mb * 1_000_000 // ROW_BYTES
+    chunkers = (
+        CHUNKERS if args.all_chunkers else {k: v for k, v in CHUNKERS.items() if "current" in k}
+    )
     with tempfile.TemporaryDirectory(prefix="casb-dump-dedup-") as tmp:
         work = Path(tmp)
         os.environ["CASBACKUP_CACHE_DIR"] = str(work / "cache")
-        print(
-            f"{'engine':<11} {'chunker':<24} {'dump MB':>8} " + " ".join(f"{s:>18}" for s in STEPS)
-        )
+        os.environ.setdefault("CASBACKUP_STATE_DIR", str(work / "state"))
+        print(f"{'engine':<11} {'chunker / format':<44} {'dump MB':>8} "
+              + " ".join(f"{s:>19}" for s in STEPS))  # fmt: skip
         for engine in args.engines.split(","):
             subject = Subject(engine, rows, work)
             t0 = time.monotonic()
             subject.create()
-            dumps = []
+            runs = {(label, mode): Run(params, version, work)
+                    for label, params in chunkers.items() for mode, version in MODES.items()}  # fmt: skip
+            cells: dict[tuple[str, str], list[tuple[int, float]]] = {key: [] for key in runs}
+            size = 0.0
             try:
                 for i, step in enumerate(STEPS):
                     if step == "1% clustered":  # the newest 1% of rows, as an app edits recent data
                         subject.change(f"id > {rows - rows // 100}")
                     elif step == "1% scattered":
                         subject.change("id % 100 = 37")
+                    elif step == "1% random in place":
+                        subject.change_in_place(random_rows(0))
                     path = work / f"{engine}-{i}.dump"
-                    dumps.append(FileDump(path, subject.dump_to(path)))
+                    dump = FileDump(path, subject.dump_to(path))
+                    size = size or path.stat().st_size / 1e6
+                    for key, run in runs.items():
+                        cells[key].append(run.backup(dump))
+                    path.unlink()
+                print(f"# {engine}: {rows} rows, dumps and backups in {time.monotonic() - t0:.0f}s",
+                      file=sys.stderr)  # fmt: skip
+                for (label, mode), row in cells.items():
+                    text = " ".join(f"{a / 1e6:>8.3f} ({c:>6.2f}s)" for a, c in row)
+                    print(f"{engine:<11} {label + ' ' + mode:<44} {size:>8.1f} {text}", flush=True)
+                for night in range(1, args.nights + 1):
+                    subject.change_in_place(random_rows(night))
+                    path = work / f"{engine}-night.dump"
+                    dump = FileDump(path, subject.dump_to(path))
+                    stored = [run.backup(dump)[0] for run in runs.values()]
+                    path.unlink()
+                    print(f"# night {night}: stored " + ", ".join(f"{b / 1e6:.3f} MB" for b in stored),
+                          file=sys.stderr)  # fmt: skip
+                if args.nights:
+                    for (label, mode), run in runs.items():
+                        first, last = run.restore_cpu(run.snaps[0]), run.restore_cpu(run.snaps[-1])
+                        print(f"{engine:<11} {label + ' ' + mode:<44} after {args.nights} more nights: "
+                              f"repository {run.size() / 1e6:.1f} MB = "
+                              f"{run.size() / cells[(label, mode)][0][0]:.2f}x the first night's "
+                              f"{cells[(label, mode)][0][0] / 1e6:.1f} MB stored; reading the first "
+                              f"night's dump {first:.2f}s CPU, the last night's {last:.2f}s CPU",
+                              flush=True)  # fmt: skip
             finally:
                 subject.drop()
-            size = dumps[0].path.stat().st_size / 1e6
-            print(
-                f"# {engine}: {rows} rows, dumps taken in {time.monotonic() - t0:.0f}s",
-                file=sys.stderr,
-            )
-            for label, params in CHUNKERS.items():
-                cells = measure(dumps, params, work)
-                text = " ".join(f"{a / 1e6:>8.2f} ({s / 1e6:>6.2f})" for a, s in cells)
-                print(f"{engine:<11} {label:<24} {size:>8.1f} {text}", flush=True)
-            for d in dumps:
-                d.path.unlink()
-        print("cells: MB added (MB stored after zstd + encryption) by each backup, in order")
+                for run in runs.values():
+                    run.repo.close()
+        print(
+            "cells: MB stored (after zstd + encryption) by each backup, in order, and the "
+            "backup's CPU time (user+sys of this process)"
+        )
 
 
 if __name__ == "__main__":

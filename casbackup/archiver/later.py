@@ -63,3 +63,29 @@ class Later(Generic[T]):
                 self._callbacks.append(fn)
                 return
         fn(self)
+
+
+def settle_all(
+    cond: threading.Condition, items: list[tuple[Later[T], T | None, BaseException | None]]
+) -> None:
+    """Settle many Laters sharing ``cond`` (value, or error when not None) at once.
+
+    One lock round and one wake-up for a whole batch of files instead of one each: the
+    receiver threads settle every file of a small-files backup, under the walker's GIL.
+    Callbacks run after the lock is released, on this thread. Raises RuntimeError if
+    one was settled already (a bug).
+    """
+    pending: list[tuple[Later[T], list[Callable[[Later[T]], None]]]] = []
+    with cond:
+        for later, value, error in items:
+            if later._done:
+                raise RuntimeError("a result was settled twice")
+            later._value, later._error = value, error
+            later._done = True
+            if later._callbacks is not None:
+                pending.append((later, later._callbacks))
+                later._callbacks = None
+        cond.notify_all()
+    for later, fns in pending:
+        for fn in fns:
+            fn(later)

@@ -12,10 +12,10 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from casbackup.archiver.backup_options import exclude_renames
-from casbackup.archiver.later import Later
+from casbackup.archiver.later import Later, settle_all
 from casbackup.archiver.metadata import node_from_stat
 from casbackup.archiver.workers import (
     BATCH_BYTES,
@@ -25,10 +25,11 @@ from casbackup.archiver.workers import (
     ReaderPool,
     WorkerSetup,
 )
-from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.store.local import LocalBackend
+
+_NEW = object.__new__
 
 if TYPE_CHECKING:
     from casbackup.archiver.backup_options import BackupOptions, Counters
@@ -51,7 +52,7 @@ class FileReading:
     _ready: threading.Condition
     _cancelled: CancelFlag
     _pool: ReaderPool | None
-    _slots: threading.BoundedSemaphore
+    _slots: InFlight
     _batch: list[tuple[bytes, int, _Reading]]
     _batch_bytes: int
     _database_files: frozenset[str]
@@ -87,7 +88,10 @@ class FileReading:
             self._progress.bytes_done += n
 
         with repo.cache.closed_for_fork():  # so each reader can open its own view of it
-            return ReaderPool(setup, max(1, self.options.workers), store, on_read, self._cancelled)
+            return ReaderPool(
+                setup, max(1, self.options.workers), store, on_read, self._cancelled,
+                settle=settle_readings,
+            )  # fmt: skip
 
     def _shutdown(self) -> None:
         if self._pool is not None:
@@ -108,9 +112,6 @@ class FileReading:
             if earlier is not None:
                 return self._link_to(earlier, meta, ref)
         future: Later[Node | None] = Later(self._ready)
-        if not self._slots.acquire(blocking=False):
-            self._send_batch()  # the files we would wait for may be in the unsent batch
-            self._slots.acquire()
         self._batch.append((path, st.st_size, _Reading(self, future, path, meta, ref)))
         self._batch_bytes += st.st_size
         if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
@@ -123,11 +124,11 @@ class FileReading:
         if self._batch:
             assert self._pool is not None
             batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._slots.take(len(batch))  # waits while too many files are in flight
             self._pool.submit(batch)
 
     def _file_node(self, path: bytes, meta: Node, result: FileOutcome) -> Node:
-        with self._count_lock:
-            self.counters.bytes_read += result.size
+        """The node of a file read: ``meta`` with the content the reader found."""
         if result.changed is not None:
             # Stored as read, so not an error; the older mtime makes the next backup read it again.
             self._notice(f"{os.fsdecode(path)}: file changed while it was read; stored as read")
@@ -136,8 +137,61 @@ class FileReading:
             meta = replace(
                 after_meta, mtime_ns=min(result.changed.st_mtime_ns, result.first_mtime_ns)
             )
-        content = tuple(BlobId(i) for i in result.ids)
-        return replace(meta, size=result.size, content=content, content_hash=result.digest)
+        # ``dataclasses.replace`` costs about 15 us a node (it goes through ``__init__``
+        # and its frozen ``__setattr__``); copying the fields is what it would do.
+        node: Node = _NEW(Node)
+        fields = node.__dict__
+        fields.update(meta.__dict__)
+        fields["size"] = result.size
+        fields["content"] = tuple(result.ids)  # BlobId is bytes (a NewType)
+        fields["content_hash"] = result.digest
+        return node
+
+    def _settle_readings(self, readings: list[_Reading], outcomes: list[FileOutcome]) -> None:
+        """Turn a reader's answer for a batch of files into their nodes (receiver thread).
+
+        One slot release, one counters update, one progress report and one wake-up of
+        the walker per batch: per file they were most of a receiver thread's time on
+        small files, and the receivers share the walker's GIL.
+        """
+        self._slots.give(len(readings))
+        settled: list[tuple[Later[Node | None], Node | None, BaseException | None]] = []
+        files = size = read = new = changed = unchanged = 0
+        for reading, result in zip(readings, outcomes, strict=True):
+            node: Node | None = None
+            try:
+                if result.error is not None:
+                    self._error(reading.path, OSError(*result.error))
+                elif not result.cancelled:
+                    node = self._file_node(reading.path, reading.meta, result)
+                    read += result.size
+                    files += 1
+                    size += node.size
+                    ref = reading.ref
+                    if ref is None or ref.kind != NodeKind.FILE:
+                        new += 1
+                    elif ref.content_hash == node.content_hash and ref.size == node.size:
+                        unchanged += 1
+                    else:
+                        changed += 1
+            except BaseException as exc:  # noqa: BLE001 - hand it to whoever waits for the file
+                settled.append((reading.future, None, exc))
+                continue
+            settled.append((reading.future, node, None))
+        with self._count_lock:
+            c = self.counters
+            c.bytes_read += read
+            c.files_total += files
+            c.bytes_total += size
+            c.files_new += new
+            c.files_changed += changed
+            c.files_unchanged += unchanged
+            self._progress.files_done += files
+        try:
+            self._report_progress()
+        except BaseException as exc:  # noqa: BLE001 - every file of the batch must be settled
+            settled = [(later, None, error or exc) for later, _, error in settled]
+        settle_all(self._ready, settled)
 
     def _link_to(
         self, earlier: Later[Node | None] | Node, meta: Node, ref: Node | None
@@ -173,6 +227,35 @@ class FileReading:
                 c.files_changed += 1
 
 
+class InFlight:
+    """How many files are handed to the readers and not answered yet, kept under a limit.
+
+    Counted per batch, not per file: a ``threading.Semaphore`` costs a Python-level
+    lock round per file on both sides, under the walker's GIL.
+    """
+
+    __slots__ = ("_cond", "_count", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._count = 0
+        self.limit = limit
+
+    def take(self, n: int) -> None:
+        """Count ``n`` more files, first waiting while that would pass the limit (a batch
+        bigger than the limit goes alone)."""
+        with self._cond:
+            while self._count and self._count + n > self.limit:
+                self._cond.wait()
+            self._count += n
+
+    def give(self, n: int) -> None:
+        """``n`` files were answered."""
+        with self._cond:
+            self._count -= n
+            self._cond.notify()
+
+
 class _Reading:
     """One file handed to a reader: turns its outcome into the file's node.
 
@@ -192,24 +275,17 @@ class _Reading:
         self.backup, self.future, self.path, self.meta, self.ref = backup, future, path, meta, ref
 
     def __call__(self, result: FileOutcome | None, error: BaseException | None) -> None:
-        b = self.backup
-        b._slots.release()
-        node: Node | None = None
-        try:
-            if error is not None:
-                raise error
-            assert result is not None
-            if result.error is not None:
-                b._error(self.path, OSError(*result.error))
-            elif not result.cancelled:
-                node = b._file_node(self.path, self.meta, result)
-                b._count_file(node, self.ref)
-                b._progress.files_done += 1
-                b._report_progress()
-        except BaseException as exc:  # noqa: BLE001 - hand it to whoever waits for the file
-            self.future.set_exception(exc)
+        if error is None and result is not None:
+            self.backup._settle_readings([self], [result])
             return
-        self.future.set_result(node)
+        self.backup._slots.give(1)
+        self.future.set_exception(error or RuntimeError("a reader answered nothing"))
+
+
+def settle_readings(readings: list[Any], outcomes: list[FileOutcome]) -> None:
+    """``ReaderPool``'s batch hook: settle a reader's answer for files this module handed out."""
+    if readings:
+        readings[0].backup._settle_readings(readings, outcomes)
 
 
 def _chain(

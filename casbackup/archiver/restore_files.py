@@ -24,6 +24,7 @@ from casbackup.archiver.restore_state import Batch, BatchDone, Folder, LinkGroup
 from casbackup.archiver.targetfs import TargetError, refuse_dir, remove_entry
 from casbackup.archiver.writers import BatchItem, FileJob, WriterPool, Written, write_batch
 from casbackup.errors import CasError, RestoreError
+from casbackup.repo import delta
 from casbackup.repo.ids import Kind
 from casbackup.repo.index import Location
 from casbackup.repo.nodecheck import require_sound_file
@@ -258,8 +259,13 @@ class FileSender(ABC):
                 continue
             chunks = tuple((chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len)
                            for chunk_id, loc in zip(node.content, locs, strict=True))  # fmt: skip
-            chains = tuple((i, self._chain(chunks[i], loc))
-                           for i, loc in enumerate(locs) if loc.kind != Kind.DATA)  # fmt: skip
+            try:
+                chains = tuple((i, self._chain(chunks[i], loc))
+                               for i, loc in enumerate(locs) if loc.kind != Kind.DATA)  # fmt: skip
+            except CasError as exc:  # a delta whose base is missing or whose chain is too deep
+                self._fail(rel_path, str(exc))
+                self._first_settled(node.hardlink_key, str(exc))
+                continue
             temp = self._temp_prefix + b"%d" % next(self._temps)
             job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
                           node.mtime_ns, self.owners, self._xattrs(node), temp,
@@ -270,12 +276,13 @@ class FileSender(ABC):
         return items, nodes, rel_paths
 
     def _chain(self, chunk: Chunk, loc: Location) -> Chain:
-        """The located blobs that rebuild a chunk not stored whole (index kind other than
-        DATA), itself first. Hook for delta blobs (issue 16): the chain below the blob is
-        the delta module's to find; until then a chain of the blob alone, which the
-        writer refuses cleanly ("unsupported blob kind") unless it can resolve it."""
-        del loc  # its kind made it a chain; the rest of the chain is found from the blob
-        return (chunk,)
+        """The located blobs that rebuild a chunk not stored whole (a DELTA blob), itself
+        first and its full base last (``delta.chain_of``: at most ``delta.MAX_DEPTH`` deltas).
+        Raises NotFound or IntegrityError when a base is missing or the chain too deep;
+        a TREE where data is expected comes back alone and the writer refuses it."""
+        if loc.kind != Kind.DELTA:
+            return (chunk,)
+        return tuple(delta.located_chain(self.repo.locate, chunk[0], loc))
 
     def _xattrs(self, node: Node) -> tuple[tuple[bytes, bytes], ...]:
         return node.xattrs if self.options.xattrs else ()

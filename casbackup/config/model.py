@@ -83,7 +83,9 @@ port = 5432
 user = "shop"
 database = "shop"
 password_env = "SHOP_DB_PASSWORD"            # or password_file; inline passwords are refused
-options = { sslmode = "prefer" }             # engine-specific, see casbackup/engines
+options = { sslmode = "prefer" }             # engine-specific, see casbackup/engines; e.g.
+                                             # postgresql: globals = false (roles not kept),
+                                             # mysql: consistent_counts = false (no lock)
 ```
 
 Relative paths (repository location, sources, sqlite paths, password files, sandbox, recovery

@@ -1,8 +1,8 @@
 """MySQL/MariaDB helpers for counts taken in the dump's own snapshot (see mysql.py).
 
 `TableLock` is a `mariadb`/`mysql` client session kept open, fed statements one batch at a
-time, that holds `LOCK TABLES ... READ` until `close()` (closing its stdin ends the session,
-and the server releases the locks with it). `MarkerDumpStream` is the dump tool's stdout that
+time, that holds what it took (`LOCK TABLES ... READ`, an open consistent snapshot) until
+`close()` (closing its stdin ends the session; the server releases everything with it). `MarkerDumpStream` is the dump tool's stdout that
 calls back once the output shows one of the given markers: the moment the lock may go.
 """
 
@@ -27,10 +27,9 @@ _CLOSE_WAIT = 10.0  # seconds the client may take to exit after its stdin closed
 
 
 class TableLock:
-    """A client session for `query()` until `close()`; `counts` is set by the caller."""
+    """A client session for `query()` until `close()`."""
 
     def __init__(self, argv: Sequence[str], *, pass_fds: Sequence[int], what: str) -> None:
-        self.counts: dict[str, int] = {}
         self._what = what
         self._closed = False
         try:

@@ -17,15 +17,17 @@ Credentials (user, password, host, port) go in an option file that is an anonymo
 
 Row counts describe exactly the dump's snapshot (option `consistent_counts`, default on): a
 client session takes `LOCK TABLES ... READ` on every base table of the database (writers
-wait; readers do not), counts the rows, and keeps the lock until the dump tool's output shows
-that its `--single-transaction` snapshot exists (the tool starts its transaction before it
-writes any table: the first "Table structure" comment proves it). No write can commit between
-the counts and that snapshot, so they see the same rows. Writers are held for that moment
-only (the tool's start-up, a few milliseconds to a second), and `lock_wait_timeout` bounds how
-long the lock itself may wait for long transactions. When the lock cannot be had (no LOCK
-TABLES privilege, a timeout, a table dropped meanwhile) or `consistent_counts = false`, the
-counts are taken just before the dump, as before, and the record says so
-(properties "row_counts_consistent": false): a verifier then tolerates count drift.
+wait; readers do not), a second session then opens a consistent snapshot, and the lock is
+kept until the dump tool's output shows that its `--single-transaction` snapshot exists too
+(the tool starts its transaction before it writes any table: the first "Table structure"
+comment proves it). No write can commit between the two snapshots, so they hold the same
+rows; the second session counts them after the dump, lock long gone. Writers are held for
+the tool's start-up only, not for the counting (measured: 40-50 ms with 200k rows, 71-74 ms
+with 1.5M rows), and `lock_wait_timeout` (seconds, default 60) bounds how long the lock itself
+may wait for long transactions. When the lock cannot be had (no LOCK TABLES privilege, a
+timeout, a table dropped meanwhile) or `consistent_counts = false`, the counts are taken just
+before the dump, as before, and the record says so (properties "row_counts_consistent":
+false): a verifier then tolerates count drift.
 
 Routines, triggers, events and views round-trip: `--routines --events --triggers`, and the
 tool writes views after every table (with placeholder tables first, so views over views load
@@ -184,26 +186,39 @@ class MysqlEngine:
         out = run_tool([find_tool(*tools), "--version"], what=tools[0])
         return (out.decode("utf-8", "replace").strip().splitlines() or [""])[0]
 
-    def _locked_counts(self, spec: DatabaseSpec, db: str, tables: list[str]) -> TableLock | None:
-        """A session holding READ locks on `tables`, with their counts; None when the lock
-        could not be had (the caller then counts without it)."""
+    def _session(self, spec: DatabaseSpec) -> TableLock:
+        with credentials_fd(spec) as fd:
+            argv = [find_tool("mariadb", "mysql"), f"--defaults-extra-file=/dev/fd/{fd}",
+                    "--batch", "--skip-column-names", "--unbuffered",
+                    "--default-character-set=utf8mb4"]  # fmt: skip
+            return TableLock(argv, pass_fds=[fd], what=f"database {spec.name!r}")
+
+    def _hold(
+        self, spec: DatabaseSpec, db: str, tables: list[str]
+    ) -> tuple[TableLock, TableLock] | None:
+        """(a session holding READ locks on `tables`, a session whose consistent snapshot
+        was taken under them); None when the lock could not be had (the caller then counts
+        without it). The counts are taken later in the second session's snapshot, after
+        the lock is gone: writers wait only for the dump tool to start, whatever the size."""
         timeout = spec.options.get("lock_wait_timeout", "60")
         if check_option("lock_wait_timeout", timeout):
             raise DatabaseError(f"database {spec.name!r}: options.lock_wait_timeout "
                                 f"{check_option('lock_wait_timeout', timeout)}")  # fmt: skip
         locks = ", ".join(f"{quote_ident(db)}.{quote_ident(t)} READ" for t in tables)
-        with credentials_fd(spec) as fd:
-            argv = [find_tool("mariadb", "mysql"), f"--defaults-extra-file=/dev/fd/{fd}",
-                    "--batch", "--skip-column-names", "--unbuffered",
-                    "--default-character-set=utf8mb4"]  # fmt: skip
-            session = TableLock(argv, pass_fds=[fd], what=f"database {spec.name!r}")
+        lock = self._session(spec)
         try:
-            session.query(f"SET SESSION lock_wait_timeout = {int(timeout)}; LOCK TABLES {locks};")
-            session.counts = _parse_counts(session.query(_count_sql(db, tables) + ";"))
+            lock.query(f"SET SESSION lock_wait_timeout = {int(timeout)}; LOCK TABLES {locks};")
         except DatabaseError:
-            session.close()
+            lock.close()
             return None
-        return session
+        try:
+            snapshot = self._session(spec)
+            snapshot.query("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; "
+                           "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY;")  # fmt: skip
+        except BaseException:
+            lock.close()
+            raise
+        return lock, snapshot
 
     def dump(self, spec: DatabaseSpec) -> DumpStream:
         db = _require_db(spec)
@@ -226,10 +241,10 @@ class MysqlEngine:
                 "dump (set options.allow_empty = true if that is expected)"
             )
         # From here to the tool's first table, writers to these tables wait (see above).
-        lock = None
+        held = None
         if tables and spec.option_bool("consistent_counts", True):
-            lock = self._locked_counts(spec, db, tables)
-        counts = lock.counts if lock is not None else self.row_counts(spec)
+            held = self._hold(spec, db, tables)
+        lock, snapshot = held if held is not None else (None, None)
 
         def validate(head: bytes, tail: bytes, size: int) -> None:
             # The trailer is the last thing the tool writes: without it the dump is cut short.
@@ -239,10 +254,27 @@ class MysqlEngine:
                 )
 
         def make_info(size: int) -> DumpInfo:
-            # Consistent only when the lock was held until the tool's snapshot existed.
-            exact = lock is not None and stream.released_at_marker
+            # Exact only when the lock was held until the tool's snapshot existed: the
+            # counting session's snapshot then holds the same rows as the dump.
+            counts, exact = None, False
+            if snapshot is not None:
+                try:
+                    if stream.released_at_marker:
+                        counts = _parse_counts(snapshot.query(_count_sql(db, tables) + ";"))
+                        exact = True
+                except DatabaseError:
+                    pass  # counted below, outside the snapshot, and said so
+                finally:
+                    snapshot.close()
+            if counts is None:
+                counts = self.row_counts(spec)
             props = {**properties, "row_counts_consistent": exact}
             return DumpInfo(self.name, "mysql-sql", version, counts, "sql", size, exact, props)
+
+        def release() -> None:
+            for session in (lock, snapshot):
+                if session is not None:
+                    session.close()
 
         with credentials_fd(spec) as fd:
             # `--` ends option parsing, so a database named "-x" cannot become an option.
@@ -256,7 +288,7 @@ class MysqlEngine:
                 pass_fds=[fd],
                 markers=SNAPSHOT_MARKERS,
                 on_marker=lock.close if lock is not None else None,
-                on_close=lock.close if lock is not None else None,
+                on_close=release,
             )
             return stream
 

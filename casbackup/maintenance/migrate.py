@@ -13,6 +13,12 @@ under the master key (repo/config.py). Order, each step durable before the next:
    reported as a rollback (ConfigTampered).
 
 Objects written by version 1 stay as they are: version 2 readers read them.
+
+Version 2 to 3 (delta blobs, repo/delta.py) is the same single step: the config with
+``"version": 3`` and its MAC. Nothing stored changes: version 3 readers read every
+version 2 object; from then on backups may write DELTA blobs, which version 2 readers
+cannot read, and they refuse the version 3 config (exit 21) before reading anything.
+A version 1 repository goes straight to 3.
 Migrating authenticates what the version 1 config says, so ``MigrationPlan.unusual``
 names every parameter that differs from casbackup's defaults: a config changed by a
 storage attacker before the upgrade would otherwise become authenticated.
@@ -40,13 +46,20 @@ class MigrationPlan:
 
 
 def plan_migration(repo: Repository) -> MigrationPlan:
-    """What ``migrate`` would do; reads nothing but the open repository's config."""
+    """What ``migrate`` would do; reads nothing but the open repository's config.
+
+    ``unusual`` is only filled for a version 1 config (a version 2 one is authenticated
+    already: nothing new becomes trusted by the upgrade)."""
     config = repo.config
     unusual: list[str] = []
     for name, value, default in (
-        ("chunker", config.chunker, ChunkerParams()),
-        ("dump_chunker", config.dump_chunker, DUMP_CHUNKER),
-        ("compression", config.compression, "zstd"),
+        ()
+        if config.authenticated
+        else (
+            ("chunker", config.chunker, ChunkerParams()),
+            ("dump_chunker", config.dump_chunker, DUMP_CHUNKER),
+            ("compression", config.compression, "zstd"),
+        )
     ):
         if value != default:
             unusual.append(f"{name} is {value}, the default is {default}")

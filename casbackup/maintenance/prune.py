@@ -35,9 +35,15 @@ from dataclasses import dataclass, field
 from casbackup.errors import CasError, IntegrityError, NotFound
 from casbackup.maintenance.spill import ID_BUCKETS, IdSet, RecordSpill
 from casbackup.maintenance.usage import collect_used_blobs
-from casbackup.repo import codec
+from casbackup.repo import codec, delta
 from casbackup.repo.ids import BlobId, FileId, Kind
-from casbackup.repo.index import RECORD_SIZE, Location, encode_index_records, encode_record
+from casbackup.repo.index import (
+    RECORD_SIZE,
+    Location,
+    encode_index_records,
+    encode_record,
+    iter_records,
+)
 from casbackup.repo.pack import PackWriter, pack_name
 from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
@@ -208,6 +214,10 @@ class _Work:
     def __init__(self) -> None:
         self.used = IdSet()
         self.entries = RecordSpill(_ENTRY.size, ID_BUCKETS, folder=None)
+        # Every delta blob's base (delta id[32] | base id[32]), by the delta's first byte,
+        # from the index files: the used set is closed over them, and copied deltas and
+        # the new index name them (repo/delta.py).
+        self.bases = RecordSpill(64, ID_BUCKETS, folder=None)
         self.packs: list[FileId] = []  # pack number -> id
         self.numbers: dict[FileId, int] = {}
         self.blobs: list[int] = []  # per pack number: entries (each blob once per pack)
@@ -218,6 +228,19 @@ class _Work:
     def close(self) -> None:
         self.used.close()
         self.entries.close()
+        self.bases.close()
+
+    def bases_of(self, ids: Iterable[bytes]) -> dict[bytes, bytes]:
+        """{delta id: base id} for ``ids`` (reads only the buckets they fall in)."""
+        wanted: dict[int, set[bytes]] = {}
+        for blob_id in ids:
+            wanted.setdefault(blob_id[0], set()).add(bytes(blob_id))
+        found: dict[bytes, bytes] = {}
+        for bucket, want in wanted.items():
+            for record in self.bases.records(bucket):
+                if record[:32] in want:
+                    found[bytes(record[:32])] = bytes(record[32:])
+        return found
 
     def number(self, pack: FileId) -> int:
         n = self.numbers.get(pack)
@@ -263,9 +286,9 @@ def _live_index_files(repo: Repository) -> tuple[list[FileId], list[tuple[FileId
 
 def _load_sections(
     repo: Repository, fid: FileId
-) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]]]:
+) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]], dict[BlobId, BlobId]]:
     try:
-        return repo.load_index_records(fid)
+        return repo.load_index_with_bases(fid)
     except CasError as exc:
         raise IntegrityError(
             f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index' first"
@@ -288,12 +311,22 @@ def plan_prune(
 def _plan(repo: Repository, options: PruneOptions, reporter: Reporter, work: _Work) -> PrunePlan:
     now = time.time()
     snapshots = collect_used_blobs(repo, work.used, reporter, options.keep_trees)
-    # Blobs that used blobs depend on join ``work.used`` here (deltas' base chains).
     live, all_index_files = _live_index_files(repo)
     present = {FileId(n.rsplit("/", 1)[1]): s for n, s in repo.backend.list("data/")}
     for fid in live:
-        for pack, records in _load_sections(repo, fid)[1]:
+        _, sections, bases = _load_sections(repo, fid)
+        for pack, records in sections:
             work.add_section(pack, records)
+        for blob_id, base in bases.items():
+            work.bases.add(blob_id[0], blob_id + base)
+    # A used delta keeps its whole chain of bases alive (repo/delta.py).
+    delta.close_over_spilled_bases(
+        work.used.bucket,
+        work.used.add,
+        lambda b: ((r[:32], r[32:]) for r in work.bases.records(b)),
+        ID_BUCKETS,
+        lambda: RecordSpill(32, ID_BUCKETS),
+    )
     count = len(work.packs)
     work.blobs, work.bytes, work.used_copies = [0] * count, [0] * count, [0] * count
     work.present = [p in present for p in work.packs]
@@ -474,8 +507,11 @@ class _IndexWriter:
     files stay in force, and the new ones only repeat entries of durable packs (readers
     take a blob named twice from either). The last one supersedes every old file."""
 
-    def __init__(self, repo: Repository, supersedes: list[FileId], result: PruneResult) -> None:
+    def __init__(
+        self, repo: Repository, supersedes: list[FileId], result: PruneResult, bases: _Work
+    ) -> None:
         self.repo = repo
+        self.bases = bases
         self.supersedes = supersedes
         self.result = result
         self.sections: list[tuple[FileId, bytes]] = []
@@ -489,8 +525,15 @@ class _IndexWriter:
         self.blobs += n
 
     def _write(self, supersedes: Iterable[FileId]) -> FileId:
+        deltas = [
+            blob_id
+            for _, records in self.sections
+            for kind, blob_id, *_ in iter_records(records)
+            if kind == Kind.DELTA
+        ]
+        bases = self.bases.bases_of(deltas) if deltas else None
         fid = self.repo.save_file_object(
-            "index", Kind.INDEX, encode_index_records(self.sections, supersedes)
+            "index", Kind.INDEX, encode_index_records(self.sections, supersedes, bases)
         )
         self.sections, self.blobs = [], 0
         self.result.index_files_written += 1
@@ -524,8 +567,8 @@ def _rewrite_index(
                 for n, entry in where.items():
                     if n in keep or (n in repack and n == chosen):
                         kept.add(n % PACK_GROUPS, entry)
-        writer = _IndexWriter(repo, [f for f, _ in plan.old_index_files], result)
-        copier = _Copier(repo, options, result, writer, plan, reporter)
+        writer = _IndexWriter(repo, [f for f, _ in plan.old_index_files], result, work)
+        copier = _Copier(repo, options, result, writer, plan, reporter, work)
         for group in range(PACK_GROUPS):
             by_pack: dict[int, bytearray] = {}
             for entry in kept.records(group):
@@ -558,9 +601,11 @@ class _Copier:
         writer: _IndexWriter,
         plan: PrunePlan,
         reporter: Reporter,
+        work: _Work,
     ) -> None:
         self.repo, self.options, self.result, self.writer = repo, options, result, writer
         self.reporter = reporter
+        self.work = work
         # Trees and data stay in separate packs, as the backup writes them (repo_format.md).
         self.writers = {Kind.DATA: PackWriter(), Kind.TREE: PackWriter()}
         self.progress = Progress(
@@ -582,9 +627,15 @@ class _Copier:
 
     def copy(self, pack: FileId, entries: bytes) -> None:
         data = self.repo.backend.get(pack_name(pack))
-        for i in range(0, len(entries), _ENTRY.size):
-            _n, kind, blob_id, offset, stored_len, raw_len = _ENTRY.unpack_from(entries, i)
-            loc = Location(pack, offset, stored_len, raw_len, Kind(kind))
+        records = [_ENTRY.unpack_from(entries, i) for i in range(0, len(entries), _ENTRY.size)]
+        bases = self.work.bases_of(r[2] for r in records if r[1] == Kind.DELTA)
+        for _n, kind, blob_id, offset, stored_len, raw_len in records:
+            base = bases.get(blob_id) if kind == Kind.DELTA else None
+            if kind == Kind.DELTA and base is None:
+                raise IntegrityError(f"delta blob {blob_id.hex()[:16]} has no base in the index")
+            loc = Location(
+                pack, offset, stored_len, raw_len, Kind(kind), BlobId(base) if base else None
+            )
             envelope = data[offset : offset + stored_len]
             if len(envelope) != stored_len:
                 raise IntegrityError(f"pack {pack[:12]} is shorter than its index says")
@@ -592,7 +643,7 @@ class _Copier:
                 _verify(self.repo, BlobId(blob_id), loc, envelope, pack)
             group = Kind.TREE if loc.kind == Kind.TREE else Kind.DATA
             writer = self.writers[group]
-            writer.add(loc.kind, BlobId(blob_id), envelope, raw_len)
+            writer.add(loc.kind, BlobId(blob_id), envelope, raw_len, loc.base)
             self.progress.bytes_done += stored_len
             if writer.size >= self.repo.config.pack_size:
                 self._store(writer)
@@ -607,9 +658,16 @@ class _Copier:
 
 
 def _verify(repo: Repository, blob_id: BlobId, loc: Location, envelope: bytes, pack: str) -> None:
-    """A damaged blob must not be copied into a new pack as if it were good."""
+    """A damaged blob must not be copied into a new pack as if it were good (a delta is
+    applied to its base, itself resolved and checked, before it is copied)."""
     try:
-        plain = codec.decompress(repo.opener.open(loc.kind, blob_id, envelope))
+        if loc.kind == Kind.DELTA:
+            payload = delta.open_delta(repo.opener, blob_id, envelope)
+            if loc.base is None or delta.delta_base(payload) != loc.base:
+                raise IntegrityError("its base is not the one the index names")
+            plain = delta.apply_delta(payload, repo.load_blob(loc.base, Kind.DATA), loc.raw_len)
+        else:
+            plain = codec.decompress(repo.opener.open(loc.kind, blob_id, envelope))
     except CasError as exc:
         raise IntegrityError(
             f"blob {blob_id.hex()[:16]} in pack {pack[:12]} is damaged ({exc}); "

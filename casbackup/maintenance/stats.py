@@ -139,7 +139,7 @@ def repository_stats(repo: Repository, warnings: list[str]) -> Stats:
         if fid not in superseded:
             for blob_id, loc in idx.blobs():
                 blobs.setdefault(blob_id, loc)
-    data = [loc for loc in blobs.values() if loc.kind == Kind.DATA]
+    data = [loc for loc in blobs.values() if loc.kind in (Kind.DATA, Kind.DELTA)]
     trees = [loc for loc in blobs.values() if loc.kind == Kind.TREE]
     return Stats(
         snapshots=len(snapshots),

@@ -17,6 +17,8 @@ of the canonical JSON of every other field (sorted keys, no spaces). The config 
 read before the key (its id binds the key files), so ``decode`` parses and range-checks
 it, and ``verify_mac`` is called as soon as a key file has opened. Version 1 configs
 have no MAC: they are read, never written to (``casbackup migrate`` upgrades them).
+Version 3 is version 2 plus DELTA blobs (repo/delta.py): a version 2 repository is
+read and written as it is (no deltas) until ``casbackup migrate`` raises it to 3.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from casbackup.crypto.keys import MasterKey
 from casbackup.errors import ConfigTampered, FormatError, UnsupportedFormat
 
 FORMAT_NAME = "casbackup"
-FORMAT_VERSION = 2  # 2: config MAC, names checked (repo_format.md "Format versions")
+# 2: config MAC, names checked; 3: delta blobs (repo_format.md "Format versions")
+FORMAT_VERSION = 3
 OLDEST_READABLE = 1
 
 # Ranges a config may hold (checked before anything uses them): zstd's levels (negative

@@ -28,9 +28,13 @@ class Kind(IntEnum):
     LOCK = 6
     VERIFICATION = 7
     CHECK_STATE = 8
+    # A data blob stored as a difference to another blob (its base): repo/delta.py.
+    # Its id is the keyed hash of the full plaintext it decodes to, as for DATA.
+    DELTA = 9
 
 
-BLOB_KINDS = (Kind.DATA, Kind.TREE)
+# Kinds stored as blobs in packs (DELTA only from format version 3 on).
+BLOB_KINDS = (Kind.DATA, Kind.TREE, Kind.DELTA)
 
 
 _hash_threads = True

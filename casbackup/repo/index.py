@@ -8,6 +8,11 @@ whose plaintext, after the codec byte, is::
     n_packs[4] | n_packs * (pack_id[32] | n_blobs[4] | n_blobs * blob)
     blob := kind[1] | id[32] | offset[4] | stored_len[4] | raw_len[4]
 
+Version 2 (written only when the file names a DELTA blob, format version 3) is the same
+followed by the base of every DELTA blob the file names, in record order::
+
+    n_bases[4] | n_bases * (delta_id[32] | base_id[32])
+
 All integers big-endian. Index files are written only after every pack they name
 is durable. Readers ignore an index file named in another present file's
 supersedes list (prune writes the replacement first, then deletes the old ones).
@@ -34,11 +39,15 @@ from casbackup.repo.bloom import BlobFilter
 from casbackup.repo.ids import BlobId, FileId, Kind
 
 INDEX_VERSION = 1
+INDEX_VERSION_DELTAS = 2  # adds the bases section (repo_format.md "Delta blobs")
 _U32 = struct.Struct(">I")
 _BLOB = struct.Struct(">B32sIII")  # 45 bytes
+_BASE = struct.Struct(">32s32s")  # delta id, base id
 RECORD_SIZE = _BLOB.size  # one blob's record in an index file (``iter_records``)
-_LOCATION = struct.Struct(">32sIIIB")  # pack[32] offset stored raw kind = 45 bytes
+# pack[32] offset stored raw kind = 45 bytes; a DELTA's entry is followed by its base[32].
+_LOCATION = struct.Struct(">32sIIIB")
 _PACK_KINDS = bytes((Kind.DATA, Kind.TREE))
+_PACK_KINDS_V2 = bytes((Kind.DATA, Kind.TREE, Kind.DELTA))
 
 
 @dataclass(frozen=True)
@@ -46,18 +55,25 @@ class Location:
     pack: FileId
     offset: int
     stored_len: int
-    raw_len: int
+    raw_len: int  # a DELTA's raw_len is the length of the full plaintext it decodes to
     kind: Kind
+    base: BlobId | None = None  # the blob a DELTA is a difference to (None otherwise)
 
     def encode(self) -> bytes:
-        return _LOCATION.pack(
+        head = _LOCATION.pack(
             bytes.fromhex(self.pack), self.offset, self.stored_len, self.raw_len, self.kind
         )
+        return head if self.base is None else head + self.base
 
     @classmethod
     def decode(cls, data: bytes) -> Location:
-        pack, offset, stored, raw, kind = _LOCATION.unpack(data)
-        return cls(FileId(pack.hex()), offset, stored, raw, Kind(kind))
+        pack, offset, stored, raw, kind = _LOCATION.unpack_from(data)
+        base = None
+        if kind == Kind.DELTA:
+            if len(data) != _LOCATION.size + 32:
+                raise FormatError("index cache entry of a delta blob has no base")
+            base = BlobId(bytes(data[_LOCATION.size :]))
+        return cls(FileId(pack.hex()), offset, stored, raw, Kind(kind), base)
 
 
 @dataclass(frozen=True)
@@ -73,8 +89,18 @@ class IndexFile:
 def encode_index(
     packs: dict[FileId, list[tuple[BlobId, Location]]], supersedes: Iterable[FileId] = ()
 ) -> bytes:
+    """An index file's plaintext: version 1, or version 2 when a DELTA blob is named."""
     sup = list(supersedes)
-    parts = [bytes((INDEX_VERSION,)), _U32.pack(len(sup))]
+    bases = [
+        (blob_id, loc.base)
+        for entries in packs.values()
+        for blob_id, loc in entries
+        if loc.kind == Kind.DELTA
+    ]
+    if any(base is None for _, base in bases):
+        raise ValueError("a delta blob's location must name its base")
+    version = INDEX_VERSION_DELTAS if bases else INDEX_VERSION
+    parts = [bytes((version,)), _U32.pack(len(sup))]
     parts.extend(bytes.fromhex(s) for s in sup)
     parts.append(_U32.pack(len(packs)))
     for pack_id, entries in packs.items():
@@ -84,6 +110,9 @@ def encode_index(
             _BLOB.pack(loc.kind, blob_id, loc.offset, loc.stored_len, loc.raw_len)
             for blob_id, loc in entries
         )
+    if bases:
+        parts.append(_U32.pack(len(bases)))
+        parts.extend(_BASE.pack(d, b) for d, b in bases)
     return b"".join(parts)
 
 
@@ -93,13 +122,28 @@ def encode_record(blob_id: bytes, loc: Location) -> bytes:
 
 
 def encode_index_records(
-    sections: Iterable[tuple[FileId, bytes]], supersedes: Iterable[FileId] = ()
+    sections: Iterable[tuple[FileId, bytes]],
+    supersedes: Iterable[FileId] = (),
+    bases: dict[bytes, bytes] | None = None,
 ) -> bytes:
     """``encode_index`` from (pack, records) as ``decode_index_records`` gives them: no
-    object per blob. Each ``records`` is a whole number of records (ValueError if not)."""
+    object per blob. Each ``records`` is a whole number of records (ValueError if not).
+    ``bases``: {delta id: base id} holding (at least) every DELTA record's base; the file
+    is version 2 when there is one (ValueError when a DELTA record's base is missing)."""
     sup = list(supersedes)
     secs = list(sections)
-    parts = [bytes((INDEX_VERSION,)), _U32.pack(len(sup))]
+    pairs: dict[bytes, bytes] = {}
+    for _, records in secs:
+        for kind, blob_id, *_ in _BLOB.iter_unpack(
+            bytes(records[: len(records) - len(records) % _BLOB.size])
+        ):
+            if kind == Kind.DELTA:
+                base = (bases or {}).get(blob_id)
+                if base is None:
+                    raise ValueError("a delta blob's record needs its base")
+                pairs[blob_id] = base
+    version = INDEX_VERSION_DELTAS if pairs else INDEX_VERSION
+    parts = [bytes((version,)), _U32.pack(len(sup))]
     parts.extend(bytes.fromhex(s) for s in sup)
     parts.append(_U32.pack(len(secs)))
     for pack_id, records in secs:
@@ -108,13 +152,16 @@ def encode_index_records(
         parts.append(bytes.fromhex(pack_id))
         parts.append(_U32.pack(len(records) // _BLOB.size))
         parts.append(bytes(records))
+    if pairs:
+        parts.append(_U32.pack(len(pairs)))
+        parts.extend(_BASE.pack(d, b) for d, b in pairs.items())
     return b"".join(parts)
 
 
 def decode_supersedes(data: bytes) -> tuple[FileId, ...]:
     """Only the supersedes list: lets readers skip replaced files without parsing them."""
     try:
-        if data[0] != INDEX_VERSION:
+        if data[0] not in (INDEX_VERSION, INDEX_VERSION_DELTAS):
             raise FormatError(f"unknown index version {data[0]}")
         (n_sup,) = _U32.unpack_from(data, 1)
     except (IndexError, struct.error):
@@ -125,12 +172,13 @@ def decode_supersedes(data: bytes) -> tuple[FileId, ...]:
 
 
 def decode_index(data: bytes) -> IndexFile:
-    supersedes, sections = _decode_sections(data)
+    supersedes, sections, bases = _decode_sections(data)
     packs: dict[FileId, list[tuple[BlobId, Location]]] = {}
     for pack, records in sections:
         entries = packs.setdefault(pack, [])
         for kind, blob_id, offset, stored, raw in _BLOB.iter_unpack(records):
-            entries.append((BlobId(blob_id), Location(pack, offset, stored, raw, Kind(kind))))
+            base = bases.get(blob_id) if kind == Kind.DELTA else None
+            entries.append((BlobId(blob_id), Location(pack, offset, stored, raw, Kind(kind), base)))
     return IndexFile(supersedes, packs)
 
 
@@ -141,6 +189,15 @@ def decode_index_records(data: bytes) -> tuple[tuple[FileId, ...], list[tuple[Fi
     holds every pack's entries at once; as bytes they take 45 bytes a blob instead of
     about 300 as tuples of Locations.
     """
+    supersedes, sections, _ = _decode_sections(data)
+    return supersedes, sections
+
+
+def decode_index_with_bases(
+    data: bytes,
+) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]], dict[BlobId, BlobId]]:
+    """``decode_index_records`` plus {delta id: base id} of every DELTA blob it names
+    (empty for a version 1 file). Raises FormatError."""
     return _decode_sections(data)
 
 
@@ -149,11 +206,16 @@ def iter_records(records: bytes) -> Iterator[tuple[int, bytes, int, int, int]]:
     return _BLOB.iter_unpack(records)
 
 
-def _decode_sections(data: bytes) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]]]:
-    """Check an index file's structure; return (supersedes, [(pack, its blob records)])."""
+def _decode_sections(
+    data: bytes,
+) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]], dict[BlobId, BlobId]]:
+    """Check an index file's structure; return (supersedes, [(pack, its blob records)],
+    {delta id: base id})."""
+    bases: dict[BlobId, BlobId] = {}
     try:
-        if data[0] != INDEX_VERSION:
-            raise FormatError(f"unknown index version {data[0]}")
+        version = data[0]
+        if version not in (INDEX_VERSION, INDEX_VERSION_DELTAS):
+            raise FormatError(f"unknown index version {version}")
         pos = 1
         (n_sup,) = _U32.unpack_from(data, pos)
         pos += 4
@@ -176,17 +238,37 @@ def _decode_sections(data: bytes) -> tuple[tuple[FileId, ...], list[tuple[FileId
                 raise FormatError("index file is truncated")
             sections.append((pack, data[pos : pos + n_blobs * _BLOB.size]))
             pos += n_blobs * _BLOB.size
+        if version == INDEX_VERSION_DELTAS:
+            (n_bases,) = _U32.unpack_from(data, pos)
+            pos += 4
+            if pos + n_bases * _BASE.size != len(data):
+                raise FormatError("index file's delta bases are truncated or have trailing bytes")
+            for delta, base in _BASE.iter_unpack(data[pos:]):
+                bases[BlobId(delta)] = BlobId(base)
+            pos = len(data)
         if pos != len(data):
             raise FormatError("index file has trailing bytes")
     except (IndexError, struct.error, ValueError) as exc:
         if isinstance(exc, FormatError):
             raise
         raise FormatError(f"index file is malformed: {exc}") from None
+    allowed = _PACK_KINDS_V2 if version == INDEX_VERSION_DELTAS else _PACK_KINDS
+    deltas: set[bytes] = set()
     for _, records in sections:
-        # Every record's first byte is its kind: only DATA and TREE may be in a pack.
-        if records[:: _BLOB.size].translate(None, _PACK_KINDS):
+        # Every record's first byte is its kind: only DATA and TREE (and, in version 2,
+        # DELTA) may be in a pack.
+        if records[:: _BLOB.size].translate(None, allowed):
             raise FormatError("index names a blob of a kind that cannot be in a pack")
-    return supersedes, sections
+        if version == INDEX_VERSION_DELTAS:
+            for kind, blob_id, *_ in _BLOB.iter_unpack(records):
+                if kind == Kind.DELTA:
+                    base = bases.get(blob_id)
+                    if base is None or base == blob_id:
+                        raise FormatError("index names a delta blob without a valid base")
+                    deltas.add(blob_id)
+    if len(deltas) != len(bases):
+        raise FormatError("index file's delta bases do not match its delta blobs")
+    return supersedes, sections, bases
 
 
 def cache_root() -> str:

@@ -4,12 +4,17 @@ Layout::
 
     blob_1 || blob_2 || ... || blob_n || header_envelope || header_len[4, u32 LE]
 
-Each blob is an envelope (kind DATA or TREE, aad bound to its id), so one blob can
+Each blob is an envelope (kind DATA, TREE or DELTA, aad bound to its id), so one blob can
 be fetched with a ranged read and a pack can be repacked without re-encrypting.
 The header envelope (kind PACK_HEADER, object id all zero) holds, after the codec
 byte::
 
     version[1]=1 | count[4, u32 BE] | count * (kind[1] | id[32] | stored_len[4] | raw_len[4])
+
+Header version 2 (written only when the pack holds a DELTA blob, format version 3)
+appends the base of each DELTA entry, in entry order::
+
+    n_bases[4, u32 BE] | n_bases * (delta_id[32] | base_id[32])
 
 Offsets are implicit: blob i starts where blob i-1 ended, blob 1 at 0. The header
 lets ``repair index`` rebuild the index from packs alone. A pack's name is
@@ -31,6 +36,9 @@ from casbackup.repo import codec
 from casbackup.repo.ids import ID_SIZE, BlobId, FileId, Kind, file_id
 
 HEADER_VERSION = 1
+HEADER_VERSION_DELTAS = 2
+_BASE = struct.Struct(">32s32s")
+_U32 = struct.Struct(">I")
 _COUNT = struct.Struct(">BI")
 _ENTRY = struct.Struct(">B32sII")  # kind[1] id[32] stored_len[4] raw_len[4] = 41 bytes
 _TRAILER = struct.Struct("<I")
@@ -47,6 +55,7 @@ class PackEntry:
     offset: int
     stored_len: int
     raw_len: int
+    base: BlobId | None = None  # a DELTA's base blob
 
 
 class PackWriter:
@@ -56,8 +65,17 @@ class PackWriter:
         self.buffer = bytearray()
         self.entries: list[PackEntry] = []
 
-    def add(self, kind: Kind, blob_id: BlobId, envelope: bytes, raw_len: int) -> None:
-        self.entries.append(PackEntry(kind, blob_id, len(self.buffer), len(envelope), raw_len))
+    def add(
+        self,
+        kind: Kind,
+        blob_id: BlobId,
+        envelope: bytes,
+        raw_len: int,
+        base: BlobId | None = None,
+    ) -> None:
+        self.entries.append(
+            PackEntry(kind, blob_id, len(self.buffer), len(envelope), raw_len, base)
+        )
         self.buffer += envelope
 
     @property
@@ -102,12 +120,19 @@ class UploadPackWriter:
         self.entries: list[PackEntry] = []
         self.size = 0
 
-    def add(self, kind: Kind, blob_id: BlobId, envelope: bytes, raw_len: int) -> None:
+    def add(
+        self,
+        kind: Kind,
+        blob_id: BlobId,
+        envelope: bytes,
+        raw_len: int,
+        base: BlobId | None = None,
+    ) -> None:
         if self._upload is None:
             self._upload = self._begin()  # no temp file for a pack that gets nothing
         self._upload.write(envelope)
         self._hasher.update(envelope)
-        self.entries.append(PackEntry(kind, blob_id, self.size, len(envelope), raw_len))
+        self.entries.append(PackEntry(kind, blob_id, self.size, len(envelope), raw_len, base))
         self.size += len(envelope)
 
     def store(self, backend: Any, sealer: Sealer) -> tuple[FileId, list[PackEntry]]:
@@ -143,8 +168,16 @@ def open_blob(
 
 
 def encode_header(entries: list[PackEntry]) -> bytes:
-    parts = [_COUNT.pack(HEADER_VERSION, len(entries))]
+    """A pack header's plaintext: version 1, or 2 when a DELTA entry needs its base."""
+    deltas = [e for e in entries if e.kind == Kind.DELTA]
+    if any(e.base is None for e in deltas):
+        raise ValueError("a delta blob's pack entry must name its base")
+    version = HEADER_VERSION_DELTAS if deltas else HEADER_VERSION
+    parts = [_COUNT.pack(version, len(entries))]
     parts.extend(_ENTRY.pack(e.kind, e.id, e.stored_len, e.raw_len) for e in entries)
+    if deltas:
+        parts.append(_U32.pack(len(deltas)))
+        parts.extend(_BASE.pack(e.id, e.base) for e in deltas)
     return b"".join(parts)
 
 
@@ -152,9 +185,19 @@ def decode_header(data: bytes) -> list[PackEntry]:
     if len(data) < _COUNT.size:
         raise FormatError("pack header is too short")
     version, count = _COUNT.unpack_from(data, 0)
-    if version != HEADER_VERSION:
+    if version not in (HEADER_VERSION, HEADER_VERSION_DELTAS):
         raise FormatError(f"unknown pack header version {version}")
-    if len(data) != _COUNT.size + count * _ENTRY.size:
+    end = _COUNT.size + count * _ENTRY.size
+    bases: dict[bytes, BlobId] = {}
+    if version == HEADER_VERSION_DELTAS:
+        if len(data) < end + _U32.size:
+            raise FormatError("pack header length does not match its entry count")
+        (n_bases,) = _U32.unpack_from(data, end)
+        if len(data) != end + _U32.size + n_bases * _BASE.size:
+            raise FormatError("pack header length does not match its entry count")
+        for delta, base in _BASE.iter_unpack(data[end + _U32.size :]):
+            bases[delta] = BlobId(base)
+    elif len(data) != end:
         raise FormatError("pack header length does not match its entry count")
     entries = []
     offset = 0
@@ -166,10 +209,16 @@ def decode_header(data: bytes) -> list[PackEntry]:
             kind = Kind(kind)
         except ValueError:
             raise FormatError(f"unknown blob kind {kind} in pack header") from None
-        if kind not in (Kind.DATA, Kind.TREE):
+        allowed = (Kind.DATA, Kind.TREE, Kind.DELTA) if bases else (Kind.DATA, Kind.TREE)
+        if kind not in allowed:
             raise FormatError(f"blob kind {kind} cannot be in a pack")
-        entries.append(PackEntry(kind, BlobId(blob_id), offset, stored_len, raw_len))
+        base = bases.get(blob_id) if kind == Kind.DELTA else None
+        if kind == Kind.DELTA and (base is None or base == blob_id):
+            raise FormatError("pack header names a delta blob without a valid base")
+        entries.append(PackEntry(kind, BlobId(blob_id), offset, stored_len, raw_len, base))
         offset += stored_len
+    if len(bases) != len({e.id for e in entries if e.kind == Kind.DELTA}):
+        raise FormatError("pack header's delta bases do not match its delta blobs")
     return entries
 
 

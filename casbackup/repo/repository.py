@@ -34,7 +34,7 @@ from casbackup.errors import (
     RepositoryNotFound,
     StorageError,
 )
-from casbackup.repo import codec
+from casbackup.repo import codec, delta
 from casbackup.repo.config import FORMAT_VERSION, RepoConfig
 from casbackup.repo.ids import BlobId, FileId, Kind, check_name, file_id
 from casbackup.repo.index import (
@@ -43,6 +43,7 @@ from casbackup.repo.index import (
     cache_root,
     decode_index,
     decode_index_records,
+    decode_index_with_bases,
     decode_supersedes,
     encode_index,
 )
@@ -58,6 +59,7 @@ from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_na
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
 from casbackup.repo.treecache import TreeCache, cap_bytes
+from casbackup.repo.uploader import PackUploader
 from casbackup.store.base import Backend, odd_entries
 from casbackup.units import plural
 
@@ -106,6 +108,10 @@ class Repository:
         self._last_index_flush = time.monotonic()
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
+        # Remote stores: full packs are stored in the background (repo/uploader.py).
+        self._uploader = (
+            PackUploader(self._write_pack) if getattr(backend, "remote", False) else None
+        )
         self._tree_cache: TreeCache | None = None
         if getattr(backend, "remote", False) and cap_bytes() > 0:
             # A tree read from a remote store is a request; from this cache, a file read.
@@ -223,6 +229,8 @@ class Repository:
         return name
 
     def close(self) -> None:
+        if self._uploader is not None:
+            self._uploader.close()
         with self._lock:
             for packer in self._packers.values():
                 packer.abort()  # blobs never flushed: drop the pack's temp file
@@ -304,6 +312,12 @@ class Repository:
     ) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]]]:
         """An index file as (supersedes, [(pack, records)]): see ``decode_index_records``."""
         return decode_index_records(self.get_encrypted(f"index/{fid}", Kind.INDEX))
+
+    def load_index_with_bases(
+        self, fid: FileId
+    ) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]], dict[BlobId, BlobId]]:
+        """``load_index_records`` plus {delta id: base id} (``decode_index_with_bases``)."""
+        return decode_index_with_bases(self.get_encrypted(f"index/{fid}", Kind.INDEX))
 
     def sync_index(self, *, rebuild: bool = False) -> list[str]:
         """Bring the LMDB cache in line with the repository's index files.
@@ -407,11 +421,19 @@ class Repository:
                 )
         return blob_id, self.store_sealed(kind, blob_id, envelope, len(data))
 
-    def store_sealed(self, kind: Kind, blob_id: BlobId, envelope: bytes, raw_len: int) -> bool:
+    def store_sealed(
+        self,
+        kind: Kind,
+        blob_id: BlobId,
+        envelope: bytes,
+        raw_len: int,
+        base: BlobId | None = None,
+    ) -> bool:
         """Add a blob sealed (and verified) elsewhere, e.g. by a reader process. Thread-safe.
 
         Returns False when the repository already has it (another reader sealed it
         first); the envelope is then dropped, so no blob is ever stored twice.
+        ``base``: a DELTA blob's base (repo/delta.py), which must be stored already.
         """
         self.require_writable()
         full: PackWriter | None = None
@@ -423,7 +445,7 @@ class Repository:
             group = Kind.TREE if kind == Kind.TREE else Kind.DATA
             packer = self._packers[group]
             try:
-                packer.add(kind, blob_id, envelope, raw_len)
+                packer.add(kind, blob_id, envelope, raw_len, base)
             except BaseException:
                 # The open pack is unusable: none of its blobs may count as present.
                 for e in packer.entries:
@@ -438,7 +460,10 @@ class Repository:
             if packer.size >= self.config.pack_size:
                 full, self._packers[group] = packer, self._new_packer()
         if full is not None:
-            self._write_pack(full)
+            if self._uploader is not None:
+                self._uploader.submit(full)  # a remote PUT: the caller goes on collecting
+            else:
+                self._write_pack(full)
         return True
 
     def store_sealed_batch(self, blobs: Iterable[tuple[bytes, bytes, int]]) -> None:
@@ -464,7 +489,8 @@ class Repository:
                     self._claimed.discard(e.id)
             raise
         located = [
-            (e.id, Location(pack_id, e.offset, e.stored_len, e.raw_len, e.kind)) for e in entries
+            (e.id, Location(pack_id, e.offset, e.stored_len, e.raw_len, e.kind, e.base))
+            for e in entries
         ]
         with self._lock:
             for blob_id, loc in located:
@@ -495,6 +521,8 @@ class Repository:
 
     def flush(self) -> None:
         """Store the open pack and an index file naming every stored pack."""
+        if self._uploader is not None:
+            self._uploader.wait()  # packs first, then the index that names them
         with self._lock:
             packers = list(self._packers.values())
             self._packers = {group: self._new_packer() for group in self._packers}
@@ -504,13 +532,88 @@ class Repository:
         self._flush_index()
 
     def load_blob(self, blob_id: BlobId, kind: Kind | None = None) -> bytes:
+        """A blob's full plaintext. ``kind`` DATA also accepts a DELTA blob (resolved through
+        its chain of bases, at most ``delta.MAX_DEPTH`` deep, two plaintexts in memory at a
+        time, each level checked against its id). Raises NotFound, IntegrityError."""
         loc = self.locate(blob_id)
-        if kind is not None and loc.kind != kind:
+        if kind is not None and loc.kind != kind and (kind, loc.kind) != (Kind.DATA, Kind.DELTA):
             raise IntegrityError(
                 f"blob {blob_id.hex()[:16]} is a {loc.kind.name}, expected {kind.name}"
             )
+        if loc.kind == Kind.DELTA:
+            return self.load_delta(blob_id, loc)
         envelope = self.backend.get(pack_name(loc.pack), loc.offset, loc.stored_len)
         return open_blob(self.opener, loc.kind, blob_id, loc.pack, envelope, loc.raw_len)
+
+    def load_delta(self, blob_id: BlobId, loc: Location) -> bytes:
+        """Resolve a DELTA blob located at ``loc`` (see ``load_blob``)."""
+        chain = delta.located_chain(self.locate, blob_id, loc)
+        return delta.resolve_chain(self.fetch_envelope, self.opener, chain, hash_id=self.blob_id)
+
+    def fetch_envelope(self, pack: str, offset: int, length: int) -> bytes:
+        """Stored bytes of a pack (one ranged read), for ``delta.resolve_chain``."""
+        return self.backend.get(pack_name(pack), offset, length)
+
+    @property
+    def deltas_allowed(self) -> bool:
+        """Whether this repository's format holds DELTA blobs (version 3 and later)."""
+        return self.config.version >= 3 and self.writable
+
+    def delta_depth(self, blob_id: bytes) -> int | None:
+        """How many deltas lie above the full blob ``blob_id`` resolves from (0: a full
+        blob), or None when it is not stored as data."""
+        if blob_id in self._claimed:
+            return None  # in a pack not yet stored: locating it would force a flush
+        try:
+            loc = self.locate(blob_id)
+            if loc.kind not in (Kind.DATA, Kind.DELTA):
+                return None
+            return len(delta.chain_of(self.locate, blob_id, loc)) - 1
+        except (NotFound, IntegrityError):
+            return None
+
+    def save_data_delta(
+        self,
+        data: bytes | memoryview,
+        base_id: BlobId,
+        base: bytes | None = None,
+        blob_id: BlobId | None = None,
+    ) -> tuple[BlobId, bool]:
+        """``save_blob(Kind.DATA, data)``, stored as a DELTA against ``base_id`` when that
+        pays: the base is stored, its chain leaves room (``delta.MAX_DEPTH``) and the delta
+        is at most ``delta.MAX_SHARE`` of the data compressed on its own. ``base``: the base's plaintext when the
+        caller has it (else it is loaded); ``blob_id``: ``data``'s id when known. Verified
+        before it is written: the delta applied to the base must give ``data`` back.
+        Returns (id, added)."""
+        if blob_id is None:
+            blob_id = self.blob_id(data)
+        self.require_writable()
+        if self.has_blob(blob_id):
+            return blob_id, False
+        depth = self.delta_depth(base_id) if self.deltas_allowed and base_id != blob_id else None
+        if depth is None or depth >= delta.MAX_DEPTH:
+            return self.save_blob(Kind.DATA, data, blob_id)
+        if base is None:
+            base = self.load_blob(base_id, Kind.DATA)
+        level = self.compression_level if self.compression_level is not None else 3
+        payload = delta.encode_delta(base_id, base, data, level)
+        if len(payload) > len(data) // 16:
+            # Rarely worth it (the base shares little): compare with the chunk compressed
+            # on its own, and keep the delta only when it is clearly smaller.
+            alone = codec.compress(data, self.compression_level)
+            if len(payload) > delta.MAX_SHARE * len(alone):
+                return self.save_blob(Kind.DATA, data, blob_id)
+        envelope = self.sealer.seal(Kind.DELTA, blob_id, payload)
+        if self.verify_before_write:
+            plain = delta.apply_delta(
+                delta.open_delta(self.opener, blob_id, envelope), bytes(base), len(data)
+            )
+            if self.blob_id(plain) != blob_id:
+                raise IntegrityError(
+                    "a delta blob failed verification before it was written (memory or "
+                    "software fault)"
+                )
+        return blob_id, self.store_sealed(Kind.DELTA, blob_id, envelope, len(data), base_id)
 
     # ----------------------------------------------------------------- trees
     def save_tree(self, nodes: list[Node]) -> BlobId:

@@ -20,6 +20,7 @@ from typing import Any
 
 from casbackup import procs
 from casbackup.errors import CasError, UsageError
+from casbackup.repo import delta
 from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.index import RECORD_SIZE, Location, decode_index_records, iter_records
 from casbackup.repo.nodecheck import tree_problems
@@ -136,6 +137,8 @@ class Checker:
         # The index's records of packs whose header is unreadable: ``--read-data`` checks
         # their blobs through them (pack_scan falls back to the index).
         self.fallback: dict[FileId, bytes] = {}
+        # Delta blobs (repo/delta.py) whose chain of bases was found broken, reported once.
+        self._broken_chains: set[bytes] = set()
 
     def run(self) -> CheckReport:
         check_metadata(self.repo, self.report.errors, self.report.warnings)
@@ -260,6 +263,49 @@ class Checker:
             why = f"pack {loc.pack[:12]} {self.bad_packs[loc.pack][0]}"
         return why
 
+    def _chain_damage(self, blob_id: bytes, loc: Location) -> str | None:
+        """Why a DELTA blob cannot be resolved (a base missing from the index, damaged, or
+        a chain too deep or looping), or None. Follows the index cache's bases: at most
+        ``delta.MAX_DEPTH`` look-ups, nothing held. A broken chain becomes damage of the
+        delta (``self.damaged``), so every later snapshot naming it is walked too."""
+        why = None
+        link = loc
+        for _ in range(delta.MAX_DEPTH + 1):
+            if link.kind != Kind.DELTA:
+                break
+            base = link.base
+            link = self.repo.cache.get(base) if base is not None else None
+            if link is None:
+                why = f"its base {base.hex()[:12] if base else '?'} is missing from the index"
+                break
+            damage = self._damage(base, link)  # type: ignore[arg-type]
+            if damage is not None:
+                why = f"its base {base.hex()[:12]} is damaged ({damage})"  # type: ignore[union-attr]
+                break
+        else:
+            why = f"its delta chain is longer than {delta.MAX_DEPTH} or loops"
+        if why is None and link is not None and link.kind != Kind.DATA:
+            why = f"its delta chain ends in a {link.kind.name} blob"
+        if why is not None:
+            why = f"delta blob {blob_id.hex()[:12]} cannot be read: {why}"
+            self.damaged[blob_id] = why
+            if blob_id not in self._broken_chains:
+                self._broken_chains.add(blob_id)
+                self.report.errors.append(why)
+        return why
+
+    def _verify_deltas(self, pack: FileId, deltas: list[bytes]) -> None:
+        """--read-data: resolve each delta of a pack just read through its chain of bases;
+        the full plaintext must hash to the delta's id (``Repository.load_blob``)."""
+        for blob_id in deltas:
+            if blob_id in self.damaged:
+                continue
+            try:
+                self.repo.load_blob(BlobId(blob_id), Kind.DATA)
+            except CasError as exc:
+                self.report.errors.append(f"delta blob {blob_id.hex()[:12]}: {exc}")
+                self._blob_damaged(blob_id, pack, f"cannot be resolved ({exc})")
+
     def _read_packs(self, packs: dict[FileId, int], on_started: Callable[[], None]) -> None:
         """Read the chosen packs; ``on_started`` runs once the helper processes exist."""
         chosen = (self.options.subset or Subset()).choose(packs)
@@ -302,6 +348,7 @@ class Checker:
             self.report.bytes_read += verdict.bytes_read
         for blob_id, why in verdict.damaged:
             self._blob_damaged(blob_id, pack, why)
+        self._verify_deltas(pack, verdict.deltas)
 
     # ------------------------------------------------------------------ snapshots
     def _apply_walk(self, walk: _Walk) -> None:
@@ -362,7 +409,9 @@ class Checker:
                                 )
                             affected.append(os.fsdecode(path))
                             break
-                        if self._damage(chunk, loc) is not None:
+                        if self._damage(chunk, loc) is not None or (
+                            loc.kind == Kind.DELTA and self._chain_damage(chunk, loc) is not None
+                        ):
                             affected.append(os.fsdecode(path))
                             break
             if affected:

@@ -56,7 +56,8 @@ def repair_index(
             result.packs_unreadable.append(f"{pack[:12]}: {exc}")
             continue
         packs[pack] = [
-            (e.id, Location(pack, e.offset, e.stored_len, e.raw_len, Kind(e.kind))) for e in header
+            (e.id, Location(pack, e.offset, e.stored_len, e.raw_len, Kind(e.kind), e.base))
+            for e in header
         ]
         result.packs_from_headers += 1
         progress.files_done += 1

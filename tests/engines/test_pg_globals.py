@@ -340,3 +340,55 @@ def test_db_restore_of_a_record_without_the_new_fields(
            "user": "u", "paths": [], "tree": "0" * 64, "databases": [record]}  # fmt: skip
     snap = Snapshot.decode(json.dumps(doc).encode())
     assert snap.databases[0].properties == old
+
+
+def test_recover_restores_roles_before_the_dump(  # type: ignore[no-untyped-def]
+    repo, roles: list[str], pg_database: str, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from casbackup.archiver.application import stream_specs
+    from casbackup.archiver.backup import BackupOptions, run_backup
+    from casbackup.recovery.execute import recover
+    from casbackup.recovery.plan import RecoverOptions
+    from tests.verify.apps import definition
+
+    role = make_role(roles)
+    granting_db(pg_database, role)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.ini").write_text("[db]\n")
+    spec = replace(pg_spec(pg_database), name="orders")
+    options = BackupOptions(paths=(str(app),), type="full", app="shop",
+                            streams=stream_specs((spec,)),
+                            app_definition=definition("shop", app, [spec], []))  # fmt: skip
+    assert run_backup(repo, options).snapshot is not None
+
+    PostgresEngine().drop(spec)
+    psql(f"DROP ROLE {pg_ident(role)};")
+    result = recover(repo, RecoverOptions(app="shop", target=str(tmp_path / "rebuilt"),
+                                          configured={"orders": spec}, allow_unverified=True))  # fmt: skip
+
+    assert result.ok, result.errors
+    assert result.report is not None
+    [db] = result.report["databases"]
+    assert db["ok"] and db["row_counts"] == {"public.t": 50}
+    assert db["globals"] and " created, " in db["globals"][0]  # other tests share the server
+    assert not [w for w in result.report["warnings"] if role in w]
+    assert f"{role}=rw/" in grants(pg_database, "t")
+
+
+def test_a_user_that_cannot_read_passwords_still_keeps_the_roles(
+    pg_server: None, roles: list[str]
+) -> None:
+    user = make_role(roles)
+    psql(f"ALTER ROLE {pg_ident(user)} LOGIN;")
+    spec = pg_spec("postgres", user=user)
+    stream = PostgresEngine().dump_globals(spec)
+    try:
+        data = read_in_pieces(stream)
+        info = stream.finish()
+    finally:
+        stream.close()
+    assert info.properties == {"passwords": False}  # --no-role-passwords: pg_authid is closed
+    assert f"CREATE ROLE {user};" in data.decode() and "PASSWORD" not in data.decode()

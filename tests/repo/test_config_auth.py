@@ -15,7 +15,7 @@ from casbackup.crypto.keys import MasterKey
 from casbackup.errors import ConfigTampered, FormatError, MigrationRequired, UnsupportedFormat
 from casbackup.maintenance.migrate import migrate, plan_migration
 from casbackup.repo import config as config_module
-from casbackup.repo.config import RepoConfig
+from casbackup.repo.config import FORMAT_VERSION, RepoConfig
 from casbackup.repo.ids import Kind
 from casbackup.repo.repository import Repository
 from casbackup.store.local import LocalBackend
@@ -54,7 +54,7 @@ def source(tmp_path) -> str:  # type: ignore[no-untyped-def]
 def test_new_repository_is_version_2_with_a_mac(repo_path: str) -> None:
     with open(os.path.join(repo_path, "config")) as f:
         doc = json.load(f)
-    assert doc["version"] == 2 and len(doc["mac"]) == 64
+    assert doc["version"] == FORMAT_VERSION and len(doc["mac"]) == 64
     with open_repo(repo_path) as repo:
         assert repo.writable
 
@@ -154,10 +154,10 @@ def test_version_1_is_read_only_until_migrated(tmp_path, source: str) -> None:  
     assert res.code == 0 and "would upgrade" in res.out
     res = run_cli("migrate", repo=path)
     assert res.code == 0, res.err
-    assert "from format version 1 to 2" in res.out
+    assert f"from format version 1 to {FORMAT_VERSION}" in res.out
     assert run_cli("backup", source, repo=path).code == 0
     assert run_cli("check", repo=path).code == 0
-    assert "already at format version 2" in run_cli("migrate", repo=path).out
+    assert f"already at format version {FORMAT_VERSION}" in run_cli("migrate", repo=path).out
 
 
 def test_migrate_names_unusual_parameters(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -216,7 +216,7 @@ def test_migration_killed_leaves_a_repository_that_opens(
     )
     assert proc.returncode == -signal.SIGKILL
     with open_repo(path) as repo:
-        assert repo.config.version == (2 if after else 1)
+        assert repo.config.version == (FORMAT_VERSION if after else 1)
     # The killed run's lock names a dead process on this host: stale, so no unlock needed.
     res = run_cli("migrate", repo=path)
     assert res.code == 0, res.err
@@ -225,11 +225,11 @@ def test_migration_killed_leaves_a_repository_that_opens(
     assert res.code == 0, res.err
 
 
-def test_make_repo_fixture_stays_version_2() -> None:
+def test_make_repo_fixture_is_the_current_version() -> None:
     from casbackup.store.memory import MemoryBackend
 
     with make_repo(MemoryBackend()) as repo:
-        assert repo.config.version == 2 and repo.config.mac
+        assert repo.config.version == FORMAT_VERSION and repo.config.mac
 
 
 def test_check_reads_the_config_again(repo_path: str) -> None:

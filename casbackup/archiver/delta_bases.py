@@ -1,0 +1,113 @@
+"""Which stored chunk a new chunk of a stream is stored as a delta against (issue 16).
+
+A database dump changes a little everywhere between nights: its new chunks are mostly
+the parent snapshot's chunks at about the same offset, with a few bytes changed. For
+each new chunk this picks the parent version's chunk that covers the same bytes,
+following the parent's chunk sequence: after a chunk that is unchanged (its id is one
+of the parent's), the next expected base is the parent's next chunk, so boundaries
+shifted by inserted or removed bytes do not lead it astray.
+
+Memory: one offset and one id per chunk of the parent's version of the stream (its
+content list, which the parent's tree already holds), and the last four base chunks.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+
+from casbackup.errors import CasError
+from casbackup.repo.ids import BlobId
+from casbackup.repo.repository import Repository
+
+# Bytes compared at the start of a chunk to tell an aligned base (a chunk starts at a
+# content-defined boundary, so the same boundary gives the same first bytes).
+_PREFIX = 64
+_KEEP = 4
+
+
+class BaseFinder:
+    """Bases for the new chunks of one stream, from its version in the parent snapshot."""
+
+    def __init__(self, content: Sequence[BlobId], sizes: Sequence[int]) -> None:
+        """``content``: the parent version's chunk ids, ``sizes`` their lengths (bytes)."""
+        self._ids = list(content)
+        self._starts = [0]
+        for size in sizes:
+            self._starts.append(self._starts[-1] + size)
+        self._where: dict[bytes, int] = {}
+        for i, blob_id in enumerate(self._ids):
+            self._where.setdefault(blob_id, i)
+        self._drift = 0  # parent offset minus this stream's offset, at the last known match
+        self._recent: list[tuple[int, bytes]] = []  # (chunk index, plaintext), newest last
+
+    @classmethod
+    def for_content(cls, repo: Repository, content: Sequence[BlobId]) -> BaseFinder | None:
+        """A finder for the parent version ``content``; None when it has no usable chunk
+        (empty, or a chunk no longer in the index)."""
+        if not content:
+            return None
+        try:
+            sizes = [loc.raw_len for loc in repo.locate_many(list(content))]
+        except CasError:
+            return None
+        return cls(content, sizes)
+
+    def seen(self, blob_id: bytes, offset: int, length: int) -> None:
+        """Record the chunk at ``offset`` of the new stream (stored or found unchanged)."""
+        i = self._where.get(blob_id)
+        if i is not None:
+            self._drift = self._starts[i + 1] - (offset + length)
+
+    def choose(
+        self, load: Callable[[BlobId], bytes], piece: bytes | memoryview, offset: int
+    ) -> tuple[BlobId, bytes] | None:
+        """(base id, base plaintext) for the new chunk ``piece`` at ``offset``, or None.
+
+        The candidate is the parent's chunk under the middle of the new chunk (offsets
+        corrected by the drift seen so far). Chunk boundaries are content-defined, so an
+        aligned base starts with the same bytes as the new chunk: when the candidate does
+        not, its neighbours and the chunk at the same offset without drift are tried, and
+        the one that does fixes the drift exactly. When none does, the first candidate is
+        the base and the drift is left alone.
+        ``load(id)`` returns a chunk's plaintext (CasError when it cannot)."""
+        i = self._under(offset + self._drift + len(piece) // 2)
+        same = self._under(offset + len(piece) // 2)  # no drift: right for in-place changes
+        head = bytes(piece[:_PREFIX])
+        first: tuple[int, bytes] | None = None
+        for j in dict.fromkeys((i, i + 1, i - 1, same)):
+            if not 0 <= j < len(self._ids):
+                continue
+            plain = self._load(load, j)
+            if plain is None:
+                continue
+            if plain[:_PREFIX] == head:
+                self._drift = self._starts[j] - offset
+                return self._ids[j], plain
+            if first is None:
+                first = (j, plain)
+        if first is None:
+            return None
+        # No candidate lines up (a boundary moved): the drift stays as it was, so one
+        # odd chunk cannot lead every later choice astray.
+        return self._ids[first[0]], first[1]
+
+    def _under(self, position: int) -> int:
+        """The parent chunk holding byte ``position`` (clamped to the first and last)."""
+        i = bisect.bisect_right(self._starts, position) - 1
+        return min(max(i, 0), len(self._ids) - 1)
+
+    def _load(self, load: Callable[[BlobId], bytes], j: int) -> bytes | None:
+        """Chunk ``j``'s plaintext; the last few are kept (the next choice usually wants a
+        neighbour): at most ``_KEEP`` chunks in memory."""
+        for k, plain in self._recent:
+            if k == j:
+                return plain
+        try:
+            plain = load(self._ids[j])
+        except CasError:
+            return None
+        self._recent.append((j, plain))
+        if len(self._recent) > _KEEP:
+            self._recent.pop(0)
+        return plain

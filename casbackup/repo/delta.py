@@ -1,0 +1,217 @@
+"""Delta blobs (format version 3): a data blob stored as a difference to another blob.
+
+A DELTA blob's id is the keyed hash of the full plaintext it decodes to, exactly like a
+DATA blob's: trees, dedup and every content list are unchanged, and a reader that
+locates an id and finds kind DELTA resolves it here. Its envelope (kind DELTA, the id
+as associated data, like every blob) holds::
+
+    version[1]=1 | base_id[32] | zstd frame
+
+The frame is the target compressed with zstd using the base's full plaintext as a raw
+content dictionary ("patch-from"): whatever the target shares with the base costs a few
+bytes. The base is itself DATA or DELTA; the chain from a delta down to its full (DATA)
+base is at most ``MAX_DEPTH`` deltas long, so reading any blob costs at most
+``MAX_DEPTH + 1`` blob reads and holds two plaintexts at a time. The index and pack
+header name every delta's base too (repo/index.py, repo/pack.py), so prune and check
+know the graph without decrypting anything.
+
+Pure functions only: readers with or without a Repository (restore's pack readers)
+share ``resolve_chain``; prune closes its used set with ``close_over_spilled_bases``;
+check follows each delta's bases through the index cache (verify/check.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import zstandard
+
+from casbackup.crypto.envelope import Opener
+from casbackup.errors import FormatError, IntegrityError
+from casbackup.repo import codec
+from casbackup.repo.ids import ID_SIZE, BlobId, Kind
+
+DELTA_VERSION = 1
+# The longest chain of deltas above a full blob. Measured with bench/dump_dedup.py
+# (repo_format.md "Delta blobs"): each level costs one more blob read and one more
+# decompression on every read, while a full blob every N nights costs a whole chunk.
+MAX_DEPTH = 8
+# A delta is kept only when it is at most this share of the target compressed on its
+# own: beyond it the target shares little with its base, and a full blob (which starts
+# a new chain) costs little more.
+MAX_SHARE = 0.5
+# zstd's window must reach back over the whole base: bases are at most one chunk
+# (16 MiB, the largest chunker max_size), so 2^25 covers base plus target.
+_WINDOW_LOG = 25
+_MAX_PLAIN = codec._MAX_DECOMPRESSED
+
+
+def encode_delta(
+    base_id: bytes, base: bytes | memoryview, target: bytes | memoryview, level: int
+) -> bytes:
+    """The plaintext of a DELTA envelope turning ``base`` into ``target`` (zstd ``level``)."""
+    dictionary = zstandard.ZstdCompressionDict(
+        bytes(base), dict_type=zstandard.DICT_TYPE_RAWCONTENT
+    )
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level,
+        source_size=len(target),
+        window_log=_WINDOW_LOG,
+        write_content_size=True,
+        enable_ldm=len(base) > 1 << 20,
+    )
+    frame = zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(
+        target
+    )
+    return bytes((DELTA_VERSION,)) + bytes(base_id) + frame
+
+
+def delta_base(payload: bytes | memoryview) -> BlobId:
+    """The base id a DELTA plaintext names (FormatError when it is malformed)."""
+    if len(payload) < 1 + ID_SIZE or payload[0] != DELTA_VERSION:
+        raise FormatError("delta blob is malformed or of an unknown version")
+    return BlobId(bytes(payload[1 : 1 + ID_SIZE]))
+
+
+def apply_delta(payload: bytes | memoryview, base: bytes, raw_len: int) -> bytes:
+    """The full plaintext: ``payload`` (a DELTA plaintext) applied to ``base``.
+
+    Raises FormatError (malformed), IntegrityError (wrong length)."""
+    delta_base(payload)
+    dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    try:
+        dec = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=1 << _WINDOW_LOG)
+        out = dec.decompress(memoryview(payload)[1 + ID_SIZE :], max_output_size=_MAX_PLAIN)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"damaged delta payload: {exc}") from None
+    if len(out) != raw_len:
+        raise IntegrityError("a delta blob decodes to the wrong length")
+    return out
+
+
+def open_delta(opener: Opener, blob_id: bytes, envelope: bytes | memoryview) -> bytes:
+    """Decrypt a DELTA envelope into its plaintext (IntegrityError when it fails)."""
+    return opener.open(Kind.DELTA, blob_id, envelope)
+
+
+def resolve_chain(
+    fetch_envelope: Callable[[str, int, int], bytes],
+    opener: Opener,
+    chain: Sequence[tuple[bytes, str, int, int, int]],
+    *,
+    hash_id: Callable[[bytes], bytes] | None = None,
+) -> bytes:
+    """The full plaintext of ``chain[0]``.
+
+    ``chain``: (blob id, pack id, offset, stored length, raw length) of each blob from the
+    wanted one down to its full base, each a delta of the next; ``fetch_envelope(pack,
+    offset, length)`` returns stored bytes. At most ``MAX_DEPTH + 1`` long. The last is
+    opened as DATA and the others as DELTA: the envelope's authentication binds the kind
+    and id, so a chain that lies about them fails. Resolved bottom-up holding two
+    plaintexts at a time; each delta's base id (inside its authenticated payload) must be
+    the next link, each plaintext its raw length, and with ``hash_id`` hash to its id.
+    Raises IntegrityError or FormatError naming the blob and pack that failed.
+    """
+    if not chain or len(chain) > MAX_DEPTH + 1:
+        raise IntegrityError(f"a delta chain of {len(chain)} blobs is over the depth limit")
+    from casbackup.repo.pack import open_blob  # pack imports nothing of ours: no cycle
+
+    bottom_id, pack, offset, stored_len, raw_len = chain[-1]
+    plain = open_blob(
+        opener, Kind.DATA, bottom_id, pack, fetch_envelope(pack, offset, stored_len), raw_len
+    )
+    _check(hash_id, bottom_id, plain)
+    below = bottom_id
+    for blob_id, pack, offset, stored_len, raw_len in reversed(chain[:-1]):
+        try:
+            payload = open_delta(opener, blob_id, fetch_envelope(pack, offset, stored_len))
+            if delta_base(payload) != below:
+                raise IntegrityError("its base is not the next blob of its chain")
+            plain = apply_delta(payload, plain, raw_len)
+        except (IntegrityError, FormatError) as exc:
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:16]} in pack {pack[:12]} is damaged: {exc}"
+            ) from None
+        _check(hash_id, blob_id, plain)
+        below = blob_id
+    return plain
+
+
+def located_chain(
+    locate: Callable[[bytes], Any], blob_id: bytes, loc: Any
+) -> list[tuple[bytes, str, int, int, int]]:
+    """``chain_of`` in the shape ``resolve_chain`` takes (and restore's writers carry).
+    Each link's base must be the one its index entry names (IntegrityError)."""
+    return [
+        (link_id, link.pack, link.offset, link.stored_len, link.raw_len)
+        for link_id, link in chain_of(locate, blob_id, loc)
+    ]
+
+
+def _check(hash_id: Callable[[bytes], bytes] | None, blob_id: bytes, plain: bytes) -> None:
+    if hash_id is not None and hash_id(plain) != blob_id:
+        raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
+
+
+def chain_of(locate: Callable[[bytes], Any], blob_id: bytes, loc: Any) -> list[tuple[bytes, Any]]:
+    """(id, location) from ``blob_id`` down to its full base, following each ``base``.
+
+    ``locate(id)`` returns a location or raises NotFound. IntegrityError when the chain
+    is longer than ``MAX_DEPTH`` (a hostile or damaged index could even make a loop) or
+    does not end in a DATA blob. A DATA blob's chain is itself alone."""
+    chain = [(blob_id, loc)]
+    while loc.kind == Kind.DELTA:
+        if len(chain) > MAX_DEPTH:
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:16]}: its delta chain is longer than {MAX_DEPTH}"
+            )
+        base = loc.base
+        if base is None:
+            raise IntegrityError(f"delta blob {chain[-1][0].hex()[:16]} names no base")
+        loc = locate(base)
+        chain.append((base, loc))
+    if loc.kind != Kind.DATA:
+        raise IntegrityError(
+            f"blob {blob_id.hex()[:16]}: its delta chain ends in a {loc.kind.name}"
+        )
+    return chain
+
+
+def close_over_spilled_bases(
+    used_bucket: Callable[[int], frozenset[bytes]],
+    add: Callable[[bytes], None],
+    pairs: Callable[[int], Iterable[tuple[bytes, bytes]]],
+    buckets: int,
+    scratch: Callable[[], Any],
+) -> None:
+    """Close a used set over bases, for ``prune``: every base of every used delta
+    (transitively) is added with ``add``.
+
+    The set and the {delta: base} pairs are both split into ``buckets`` by the id's first
+    byte (``used_bucket(b)``: the used ids of bucket b; ``pairs(b)``: the pairs whose delta
+    is in bucket b), so memory holds one bucket at a time. Each round collects the bases
+    of used deltas into ``scratch()`` (``add(bucket, id)``, ``records(bucket)``, ``close()``,
+    like prune's RecordSpill), then adds those not yet used; a chain of n deltas takes n
+    rounds. A loop in a hostile index ends too (nothing new is added). Raises
+    IntegrityError if chains are still growing after ``MAX_DEPTH + 1`` rounds."""
+    for _ in range(MAX_DEPTH + 2):
+        found = scratch()
+        try:
+            for b in range(buckets):
+                used = used_bucket(b)
+                for blob_id, base in pairs(b):
+                    if blob_id in used:
+                        found.add(base[0], base)
+            new = 0
+            for b in range(buckets):
+                used = used_bucket(b)
+                for base in set(found.records(b)):
+                    if base not in used:
+                        add(bytes(base))
+                        new += 1
+        finally:
+            found.close()
+        if not new:
+            return
+    raise IntegrityError(f"delta chains in the index are longer than {MAX_DEPTH}")

@@ -1,0 +1,81 @@
+"""The background pack uploader for remote stores (repo/uploader.py)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from casbackup.errors import StorageError
+from casbackup.repo.uploader import PackUploader
+
+
+class Packer:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_packs_are_stored_in_order_and_wait_returns_when_all_are() -> None:
+    stored: list[int] = []
+    gate = threading.Event()
+
+    def write(p: Packer) -> None:
+        gate.wait(5)
+        stored.append(p.n)
+
+    up = PackUploader(write, depth=1)
+    up.submit(Packer(1))  # taken by the thread, blocked on the gate
+    up.submit(Packer(2))  # waiting in the queue
+    blocked = threading.Thread(target=up.submit, args=(Packer(3),))
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()  # depth 1: the third waits (memory stays bounded)
+    gate.set()
+    blocked.join(5)
+    up.wait()
+    assert stored == [1, 2, 3]
+    up.close()
+
+
+def test_a_failure_surfaces_and_later_packs_are_aborted_never_stored() -> None:
+    stored: list[int] = []
+
+    def write(p: Packer) -> None:
+        if p.n == 1:
+            raise StorageError("writing data/x: the server answered 403")
+        stored.append(p.n)
+
+    up = PackUploader(write)
+    up.submit(Packer(1))
+    with pytest.raises(StorageError, match="403"):
+        up.wait()
+    late = Packer(2)
+    with pytest.raises(StorageError):
+        up.submit(late)
+    assert late.aborted and stored == []
+    up.close()
+
+
+def test_close_aborts_what_waits() -> None:
+    gate = threading.Event()
+    stored: list[int] = []
+
+    def write(p: Packer) -> None:
+        gate.wait(5)
+        stored.append(p.n)
+
+    up = PackUploader(write)
+    up.submit(Packer(1))
+    waiting = Packer(2)
+    up.submit(waiting)
+    closer = threading.Thread(target=up.close)
+    closer.start()
+    while not up._closing:  # close has begun before the first write ends
+        threading.Event().wait(0.01)
+    gate.set()
+    closer.join(5)
+    assert not closer.is_alive() and waiting.aborted and stored == [1]
