@@ -22,7 +22,13 @@ from casbackup import procs
 from casbackup.errors import CasError, UsageError
 from casbackup.repo import delta
 from casbackup.repo.ids import BlobId, FileId, Kind
-from casbackup.repo.index import RECORD_SIZE, Location, decode_index_records, iter_records
+from casbackup.repo.index import (
+    RECORD_SIZE,
+    Location,
+    decode_index_records,
+    decode_supersedes,
+    iter_records,
+)
 from casbackup.repo.nodecheck import tree_problems
 from casbackup.repo.pack import pack_name, read_header
 from casbackup.repo.repository import Repository
@@ -181,7 +187,8 @@ class Checker:
         for fid in self.repo.index_files():
             try:
                 data = self.repo.get_encrypted(f"index/{fid}", Kind.INDEX)
-                supersedes, _ = decode_index_records(data)
+                decode_index_records(data)  # the whole structure, so a damaged file is named
+                supersedes = decode_supersedes(data)
             except CasError as exc:
                 self.report.errors.append(
                     f"index file {fid[:12]} is damaged: {exc} (run 'casbackup repair index')"
