@@ -105,6 +105,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     out = {
         "wall": wall,
         "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "sys": after.ru_stime - before.ru_stime,
         "pss_mib": memory.peak_pss_kib / 1024,
     }
     for line in err.decode().splitlines():
@@ -221,7 +222,7 @@ def main() -> int:
                  f"trees: {extra['walk_requests']:5.0f} gets {extra['walk_mib']:5.1f} MiB"
                  if "requests" in extra else "")  # fmt: skip
         walls = " ".join(f"{r['wall']:.2f}" for r in runs)
-        print(f"{name:40} wall {run['wall']:6.2f} s  cpu {run['cpu']:6.2f} s  "
+        print(f"{name:40} wall {run['wall']:6.2f} s  cpu {run['cpu']:6.2f} s (sys {run['sys']:5.2f})  "
               f"pss {run['pss_mib']:6.0f} MiB{reads}   (walls {walls})")  # fmt: skip
     for code in codes:
         local, s3 = best.get(f"{code} local"), best.get(f"{code} s3")

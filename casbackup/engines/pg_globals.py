@@ -159,13 +159,12 @@ def apply_globals(
     skip |= {i for i, s in enumerate(statements) if role_of(s) in existing_roles}
     if not any(s.lower().startswith("create role") for s in statements) and statements:
         raise DatabaseError(f"{what}: the file holds no roles; not a globals dump")
-    todo = [s for i, s in enumerate(statements) if i not in skip]
-    failures = run_guarded(psql_argv, todo, utf8_env(env), what)
+    todo = [i for i in range(len(statements)) if i not in skip]
+    failures = run_guarded(psql_argv, [statements[i] for i in todo], utf8_env(env), what)
     warnings = [f"database {spec.name!r}: global not applied: {f.describe()}" for f in failures]
     kept = len([n for n in created if n in existing_roles])
-    failed = {f.statement for f in failures}
-    made = len([n for n, i in created.items() if n not in existing_roles and
-                statements[i] not in failed])  # fmt: skip
+    failed = {todo[f.index] for f in failures}
+    made = len([n for n, i in created.items() if n not in existing_roles and i not in failed])
     return made, kept, warnings
 
 

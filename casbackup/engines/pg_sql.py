@@ -32,8 +32,10 @@ _SKIP_PREFIXES = ("SET ", "SELECT pg_catalog.set_config(")
 
 @dataclass(frozen=True)
 class Failure:
-    """A statement the server refused: its first words (to name it) and the server's error."""
+    """A statement the server refused: its index in the list run, the statement as it is
+    named (`short`) and the server's error."""
 
+    index: int
     statement: str
     error: str
 
@@ -162,7 +164,8 @@ def parse_failures(stderr: str, statements: Sequence[str]) -> list[Failure]:
     for line in stderr.splitlines():
         m = _FAILED.search(line)
         if m and int(m.group(1)) < len(statements):
-            out.append(Failure(short(statements[int(m.group(1))]), m.group(2).strip()))
+            index = int(m.group(1))
+            out.append(Failure(index, short(statements[index]), m.group(2).strip()))
     return out
 
 
