@@ -26,6 +26,7 @@ def snapshot_doc(s: Snapshot, verification: VerificationRecord | None = None) ->
     """A snapshot as JSON: every stored field except the application definition."""
     doc = asdict(s)
     doc["short_id"] = s.short_id
+    doc["protected_bytes"] = s.protected_bytes  # files + database dumps
     doc.pop("app_definition", None)
     doc["verification"] = verification_doc(verification)
     return doc

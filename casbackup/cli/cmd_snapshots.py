@@ -64,7 +64,7 @@ def snapshots(
         when = datetime.fromisoformat(s.time).astimezone().strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
             s.short_id, when, cell(s.app or "-"), cell(s.type), cell(s.parent[:8] if s.parent else "-"),
-            human_bytes(s.summary.bytes_total), str(s.summary.files_total), state_label(verified.get(s.id)),
+            human_bytes(s.protected_bytes), str(s.summary.files_total), state_label(verified.get(s.id)),
             cell(",".join(s.tags)), "\n".join(cell(p) for p in s.paths),
         )  # fmt: skip
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250).print(table)

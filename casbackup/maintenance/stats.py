@@ -1,6 +1,6 @@
 """``stats``: how big the backups are, how much deduplication and compression save.
 
-- logical size: the files' sizes as the snapshots record them, counted in every snapshot;
+- logical size: the files' and database dumps' sizes as the snapshots record them, counted in every snapshot;
 - unique size: the raw bytes of the distinct chunks those files need;
 - stored size: what those chunks take in packs (compressed, encrypted, with envelopes).
 dedup ratio = logical / unique, compression ratio = unique / stored.
@@ -144,7 +144,7 @@ def repository_stats(repo: Repository, warnings: list[str]) -> Stats:
     return Stats(
         snapshots=len(snapshots),
         files=sum(s.summary.files_total for s in snapshots),
-        logical_bytes=sum(s.summary.bytes_total for s in snapshots),
+        logical_bytes=sum(s.protected_bytes for s in snapshots),
         chunks=len(data), unique_bytes=sum(loc.raw_len for loc in data),
         stored_bytes=sum(loc.stored_len for loc in data), trees=len(trees),
         tree_stored_bytes=sum(loc.stored_len for loc in trees),

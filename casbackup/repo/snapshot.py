@@ -92,6 +92,15 @@ class Snapshot:
         return self.id[:8]
 
     @property
+    def protected_bytes(self) -> int:
+        """Bytes this snapshot protects: its files' sizes plus its database dumps' sizes.
+
+        ``summary.bytes_total`` counts only the file walk; an application whose data lives in
+        a database would otherwise show 0 B in listings and statistics.
+        """
+        return self.summary.bytes_total + sum(max(db.size, 0) for db in self.databases)
+
+    @property
     def root(self) -> BlobId:
         return BlobId(bytes.fromhex(self.tree))
 

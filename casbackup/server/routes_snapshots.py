@@ -67,6 +67,7 @@ class SnapshotOut(BaseModel):
     tags: list[str]
     parent: str | None
     summary: Summary
+    protected_bytes: int  # files' plus database dumps' sizes
     verification: Verification | None
 
 

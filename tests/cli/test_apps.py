@@ -268,3 +268,18 @@ def test_auto_verify_failure_exits_28(site: Path) -> None:
     assert "missing.conf" in out.err and "Traceback" not in out.err
     snaps = json.loads(cli(site, "--json", "snapshots").out)
     assert len(snaps) == 1 and snaps[0]["verification"]["ok"] is False  # saved, and marked failed
+
+
+def test_a_database_dump_counts_in_the_snapshot_size_and_the_repository_stats(site: Path) -> None:
+    """An application whose data is mostly a database must not be listed as 0 B protected."""
+    assert cli(site, "backup", "--app", "notes").code == 0
+    snaps = json.loads(cli(site, "--json", "snapshots").out)
+    (snap,) = snaps
+    dump = sum(db["size"] for db in snap["databases"])
+    assert dump > 100_000  # 2000 notes of ~250 bytes
+    assert snap["protected_bytes"] == snap["summary"]["bytes_total"] + dump
+    table = cli(site, "snapshots").out
+    assert "0 B" not in table
+    stats = json.loads(cli(site, "--json", "stats").out.splitlines()[-1])
+    assert stats["logical_bytes"] == snap["protected_bytes"]
+    assert stats["dedup_ratio"] > 0

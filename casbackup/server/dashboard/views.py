@@ -143,7 +143,7 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             snapshots=len(snaps), last_snapshot=last, last_job=last_job,
             verification=records_by_app.get(row.name), schedule=row.schedule,
             next_run=row.next_run, overdue=overdue_reason(schedules.get(row.name), last, now),
-            protected_bytes=last.summary.bytes_total if last else 0,
+            protected_bytes=last.protected_bytes if last else 0,
             stored_bytes=sum(s.summary.bytes_stored for s in snaps),
             strip=day_strip([s.datetime for s in snaps if s.datetime >= since], failed, now),
         ))  # fmt: skip
