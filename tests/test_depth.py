@@ -78,6 +78,7 @@ def test_walk_lists_every_level_in_order(repo: Repository, deep: Snapshot) -> No
     assert paths[DEPTH + 2] == DEEPEST_F.encode()
 
 
+@pytest.mark.slow
 def test_ls_find_stats_diff_and_check_on_the_cli(repo: Repository, repo_path: str, deep: Snapshot) -> None:  # fmt: skip
     second = deep_snapshot(repo, leaf=b"changed\n")
     repo.close()

@@ -237,12 +237,17 @@ class Backup(Walker, FileReading):
             yield
             return
 
-        def request_stop(_signum: int, _frame: object) -> None:
+        def request_stop(signum: int, _frame: object) -> None:
             if self._cancelled.is_set():
-                # Second Ctrl-C: leave now, as a kill would. Crash safety keeps the repository
-                # consistent; an exception here could strike inside a lock and hang.
-                os.write(2, b"error: interrupted twice; stopped at once\n")
-                os._exit(130)
+                # Second Ctrl-C (or SIGTERM, SIGHUP: cli/signals.py passes their number): leave
+                # now, as a kill would, with 128 + that signal's number as a shell reports it.
+                # Crash safety keeps the repository consistent; an exception here could strike
+                # inside a lock and hang.
+                name = signal.Signals(signum).name
+                os.write(
+                    2, f"error: interrupted twice ({name} received); stopped at once\n".encode()
+                )
+                os._exit(128 + signum)
             self._cancelled.set()
 
         previous = signal.signal(signal.SIGINT, request_stop)

@@ -16,7 +16,7 @@ from casbackup.repo.tree import NodeKind
 @click.command(name="dump")
 @click.argument("ref", metavar="SNAPSHOT:PATH")
 @click.option("--app", help="With 'latest': the latest snapshot of this application.")
-@with_repository(lock="shared")
+@with_repository(lock="shared", reads_only=True)
 def dump(repo: Repository, ref: str, app: str | None) -> None:
     """Write one file of a snapshot (a database dump too) to standard output."""
     snap_ref, path = split_snapshot_path(ref)

@@ -34,7 +34,7 @@ from casbackup.verify.check import check as run_check
     help="Processes reading packs with --read-data (1: least memory, one core).",
 )
 @click.pass_context
-@with_repository(lock="shared")
+@with_repository(lock="shared", reads_only=True)  # its check-state note is optional
 def check(
     repo: Repository,
     ctx: click.Context,

@@ -8,7 +8,7 @@ import click
 
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options
-from casbackup.cli.render import emit_json, plural
+from casbackup.cli.render import emit_json, plural, warn
 from casbackup.config import describe
 
 
@@ -50,7 +50,7 @@ def check(ctx: click.Context) -> None:
         if required:
             click.echo(f"  required files: {', '.join(required)}")
     for warning in doc["warnings"]:
-        click.echo(f"warning: {warning}", err=True)
+        warn(warning)
     click.echo(f"config OK: {plural(len(doc['applications']), 'application')}")
 
 

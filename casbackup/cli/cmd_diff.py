@@ -25,7 +25,7 @@ _WORDS = {
 @click.argument("path", required=False, default="/")
 @click.option("--app", help="With 'latest': the latest snapshot of this application.")
 @click.pass_context
-@with_repository(lock="shared")
+@with_repository(lock="shared", reads_only=True)
 def diff(repo: Repository, ctx: click.Context, snapshot1: str, snapshot2: str, path: str,
          app: str | None) -> None:  # fmt: skip
     """Show what changed from SNAPSHOT1 to SNAPSHOT2 (optionally below PATH).

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import os
 import stat
-from datetime import datetime
 
 import click
 
 from casbackup.cli.context import global_options, split_snapshot_path, with_repository
 from casbackup.cli.render import emit_json, printable
 from casbackup.errors import NotFound
+from casbackup.nstime import display_ns, iso_ns
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
 
@@ -22,7 +22,7 @@ def node_doc(path: bytes, node: Node) -> dict:  # type: ignore[type-arg]
     doc = {
         "path": os.fsdecode(path), "name": os.fsdecode(node.name), "type": node.kind.name.lower(),
         "mode": node.mode, "size": node.size, "uid": node.uid, "gid": node.gid, "user": node.user,
-        "group": node.group, "mtime": datetime.fromtimestamp(node.mtime_ns / 1e9).astimezone().isoformat(),
+        "group": node.group, "mtime": iso_ns(node.mtime_ns), "mtime_ns": node.mtime_ns,
     }  # fmt: skip
     if node.kind == NodeKind.SYMLINK:
         doc["link_target"] = os.fsdecode(node.link_target)
@@ -34,7 +34,7 @@ def node_doc(path: bytes, node: Node) -> dict:  # type: ignore[type-arg]
 def long_line(path: bytes, node: Node) -> str:
     """``ls -l``'s line for a node; names escaped for the terminal (``printable``)."""
     perms = stat.filemode(node.mode)[1:]
-    when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+    when = display_ns(node.mtime_ns)  # integers only: a float rounds and loses nanoseconds
     owner = printable(node.user or str(node.uid))
     group = printable(node.group or str(node.gid))
     text = f"{_TYPE_CHAR[node.kind]}{perms} {owner:>8} {group:>8} {node.size:>12} {when} {printable(path)}"

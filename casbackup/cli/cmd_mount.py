@@ -27,7 +27,7 @@ def _checked(mountpoint: str) -> str:
     help="Let other users see the mount (with their permissions checked).",
 )
 @click.pass_context
-@with_repository(lock="shared")
+@with_repository(lock="shared", reads_only=True)
 def mount(
     repo: Repository, ctx: click.Context, mountpoint: str, app: str | None, allow_other: bool
 ) -> None:

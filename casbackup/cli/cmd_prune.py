@@ -75,7 +75,8 @@ def freed_range(plan: PrunePlan, pack_size: int) -> tuple[int, int]:
 
 
 def render_plan(plan: PrunePlan, pack_size: int) -> None:
-    click.echo(f"{plural(plan.snapshots, 'snapshot')} use {plural(plan.used_blobs, 'blob')}")
+    uses = "uses" if plan.snapshots == 1 else "use"
+    click.echo(f"{plural(plan.snapshots, 'snapshot')} {uses} {plural(plan.used_blobs, 'blob')}")
     click.echo(f"{plural(plan.packs_total, 'pack')}, {human_bytes(plan.bytes_total)}:")
     click.echo(
         f"  keep   {_packs(len(plan.keep))} ({human_bytes(plan.unused_bytes_kept)} unused in them)"

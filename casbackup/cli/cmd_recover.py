@@ -77,7 +77,7 @@ def print_result(result: RecoveryResult) -> None:
     "--report", metavar="FILE", help="Write FILE.json and FILE.md (default: in the target)."
 )
 @click.pass_context
-@with_repository(lock="shared")
+@with_repository(lock="shared", reads_only=True)
 def recover_cmd(
     repo: Repository, ctx: click.Context, app: str, target: str, snapshot: str | None,
     databases: bool, db_into: tuple[str, ...], overwrite_databases: bool, dry_run: bool,

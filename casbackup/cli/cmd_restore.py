@@ -5,7 +5,14 @@ import click
 from casbackup.archiver.restore import RestoreOptions
 from casbackup.archiver.restore import restore as run_restore
 from casbackup.cli.context import global_options, split_snapshot_path, with_repository
-from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for, warn
+from casbackup.cli.render import (
+    emit_json,
+    error_item,
+    human_bytes,
+    plural,
+    reporter_for,
+    warn,
+)
 from casbackup.errors import RestoreError
 from casbackup.repo.repository import Repository
 
@@ -39,7 +46,7 @@ _SHOWN = 50  # warnings and errors printed one by one; --json has them all
     help="Writer processes (threads for non-local repositories).",
 )
 @click.pass_context
-@with_repository(lock="shared")
+@with_repository(lock="shared", reads_only=True)
 def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: str | None, includes: tuple[str, ...],
             excludes: tuple[str, ...], overwrite: bool, dry_run: bool, no_xattrs: bool, workers: int) -> None:  # fmt: skip
     """Restore a snapshot, a folder of it or one file (SNAPSHOT:PATH) into TARGET."""
@@ -76,7 +83,7 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
     if result.errors:
         # Each by path (the first ones: all are in --json), then the one-line summary.
         for e in result.errors[:_SHOWN]:
-            click.echo(f"error: {printable(e)}", err=True)
+            error_item(e)
         shown = (
             "listed above" if len(result.errors) <= _SHOWN else f"the first {_SHOWN} listed above"
         )

@@ -17,7 +17,7 @@ from casbackup.repo.repository import Repository
     "--app", help="All snapshots of this application; with 'latest', its latest snapshot."
 )
 @click.pass_context
-@with_repository(lock="shared")
+@with_repository(lock="shared", reads_only=True)
 def stats(repo: Repository, ctx: click.Context, snapshot: str | None, app: str | None) -> None:
     """Sizes, deduplication and compression of a snapshot, an application or the repository."""
     opts = global_options(ctx)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -14,7 +15,13 @@ import click
 from casbackup import access
 from casbackup.access import password_command_env  # noqa: F401  (kept importable from here)
 from casbackup.cli.render import warn
-from casbackup.errors import CasError, RepositoryNotFound, UsageError, WrongPassword
+from casbackup.errors import (
+    CasError,
+    RepositoryNotFound,
+    StorageError,
+    UsageError,
+    WrongPassword,
+)
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend, skipped_warnings
 
@@ -84,11 +91,21 @@ def open_repository(opts: GlobalOptions, app: str | None = None) -> Repository:
         raise
 
 
-def with_repository(*, lock: str | None = "shared", writes: bool = False) -> Callable[[F], F]:
+def with_repository(
+    *, lock: str | None = "shared", writes: bool = False, reads_only: bool = False
+) -> Callable[[F], F]:
     """Open (and lock) the repository for a command, and always close it (borg's @with_repository).
 
+    ``lock``: "shared", "exclusive" or None (the command locks itself, or needs none).
     ``writes``: the command stores new objects, so it stops at once on a repository this
-    program may only read (a version 1 format: ``casbackup migrate``)."""
+    program may only read (a version 1 format: ``casbackup migrate``).
+    ``reads_only``: the command never changes the repository.
+
+    A dry run (the command's ``dry_run`` parameter is True) only reads: it takes a shared lock
+    at most (so it runs beside a backup, and a dry prune or forget does not wait for one) and
+    is not refused by ``writes``. A command that only reads goes on without a lock where the
+    lock cannot be written (a read-only medium, a folder the user may not write), with a
+    warning that says so."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -98,17 +115,19 @@ def with_repository(*, lock: str | None = "shared", writes: bool = False) -> Cal
             # A command's --app picks that application's own repository, if the config gives
             # it one (as `casbackup serve` does).
             app = kwargs.get("app") if isinstance(kwargs.get("app"), str) else None
+            dry_run = kwargs.get("dry_run") is True
             repo = open_repository(opts, app)
             try:
-                if writes:
+                if writes and not dry_run:
                     repo.require_writable()
                 if lock is None:
                     return ctx.invoke(fn, repo, *args, **kwargs)
-                with repo.locked(exclusive=lock == "exclusive", command=ctx.command_path):
+                level = "shared" if dry_run else lock
+                with _locked(repo, level, ctx.command_path, reads_only=reads_only or dry_run):
                     return ctx.invoke(fn, repo, *args, **kwargs)
             finally:
                 for message in repo.alerts:  # rollback and tampering warnings: always shown
-                    click.echo(f"warning: {message}", err=True)
+                    warn(message)
                 # Odd entries (symlinks, FIFOs, unknown names) the listings skipped: said
                 # once per run, so a planted entry is noticed without failing the command.
                 for line in skipped_warnings(repo.backend):
@@ -118,6 +137,27 @@ def with_repository(*, lock: str | None = "shared", writes: bool = False) -> Cal
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+@contextlib.contextmanager
+def _locked(repo: Repository, level: str, command: str, *, reads_only: bool) -> Iterator[None]:
+    """``repo.locked`` at ``level``; for a command that only reads, no lock where none can be
+    written (StorageError: read-only file system, permission denied), with a warning."""
+    held = None
+    try:
+        held = repo.lock(exclusive=level == "exclusive", command=command)
+    except StorageError as exc:
+        if not reads_only or level == "exclusive":
+            raise
+        warn(
+            f"no lock taken ({exc}): reading without one; a prune running meanwhile "
+            "elsewhere could make this command fail"
+        )
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.release()
 
 
 def split_snapshot_path(ref: str) -> tuple[str, str]:

@@ -133,6 +133,12 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
     Options are moved in front of the command name; nothing after ``--`` is touched.
     """
+    front, rest = split_global_options(argv)
+    return front + rest
+
+
+def split_global_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` as (the global options wherever they stand before ``--``, everything else)."""
     front: list[str] = []
     rest: list[str] = []
     i = 0
@@ -152,25 +158,53 @@ def hoist_global_options(argv: list[str]) -> list[str]:
         else:
             rest.append(arg)
         i += 1
-    return front + rest
+    return front, rest
 
 
 # click >= 8.2 raises this for a bare 'casbackup' (8.1 prints the help itself).
 _NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+# Set by main() from the command line: whether failures are reported as JSON (--json). Read
+# from argv rather than click's context, so usage errors (no context yet) are JSON too.
+_json_errors = False
+
+
+def error_kind(exc: BaseException) -> str:
+    """A failure's ``kind`` in its --json error object: the error class in snake case
+    (``RepositoryNotFound`` -> ``repository_not_found``), ``usage_error`` for click's usage
+    errors, ``interrupted``, ``out_of_memory`` or ``os_error`` (README "Exit codes")."""
+    if isinstance(exc, click.UsageError):
+        return "usage_error"
+    if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, MemoryError):
+        return "out_of_memory"
+    if isinstance(exc, CasError):
+        name = type(exc).__name__
+        return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+    if isinstance(exc, OSError):
+        return "os_error"
+    return "error"
+
+
 def _interrupted(message: str) -> None:
     signum = stopped_by()
     if signum is not None:
         message += f" ({signal.Signals(signum).name} received)"
-    _fail(message, interrupted_exit_code())
+    _fail(message, interrupted_exit_code(), "interrupted")
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, kind: str) -> None:
     from casbackup.cli.render import printable
 
-    # One line, whatever the message holds (a name with a newline or an escape sequence).
-    click.echo(f"error: {printable(message)}", err=True)
+    if _json_errors:
+        # Under --json a failure is one JSON object on stderr (README "Exit codes"), like the
+        # warnings and progress lines there: a script parses stderr, never plain text.
+        emit_json_err({"message_type": "error", "error": message, "exit_code": code, "kind": kind})
+    else:
+        # One line, whatever the message holds (a name with a newline or an escape sequence).
+        click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -183,35 +217,41 @@ def _usage_message(exc: click.UsageError) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _json_errors
     tune_allocator()
     install_stop_signals()
-    argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+    front, rest = split_global_options(list(sys.argv[1:] if argv is None else argv))
+    _json_errors = "--json" in front
+    argv = front + rest
     try:
         code = cli.main(args=argv, prog_name="casbackup", standalone_mode=False)
     except CasError as exc:
         if exc.exit_code == EXIT_INTERRUPTED:
             _interrupted(str(exc))
-        _fail(str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code, error_kind(exc))
     except (click.exceptions.Abort, KeyboardInterrupt):
         _interrupted("interrupted")
     except _NO_ARGS_IS_HELP as exc:
+        if _json_errors:  # a script asked for JSON: the usage error, not the help text
+            where = exc.ctx.command_path if exc.ctx is not None else "casbackup"
+            _fail(f"missing command (see '{where} --help')", EXIT_USAGE, "usage_error")
         exc.show()  # no command at all: the help is the most useful answer
         sys.exit(EXIT_USAGE)
     except click.UsageError as exc:
         # The README promises one line starting with 'error:' and exit 2, not click's
         # four-line Usage block ('--help' still shows the usage).
-        _fail(_usage_message(exc), EXIT_USAGE)
+        _fail(_usage_message(exc), EXIT_USAGE, "usage_error")
     except click.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code)
+        _fail(exc.format_message(), exc.exit_code, "error")
     except BrokenPipeError:
         sys.exit(EXIT_FATAL)
     except MemoryError:
-        _fail("out of memory", EXIT_FATAL)
+        _fail("out of memory", EXIT_FATAL, "out_of_memory")
     except OSError as exc:
         # Anything the library did not translate: still one line, never a traceback.
         name = exc.filename
         where = f": {os.fsdecode(name) if isinstance(name, str | bytes) else name}" if name else ""
-        _fail(f"{exc.strerror or exc}{where}", EXIT_FATAL)
+        _fail(f"{exc.strerror or exc}{where}", EXIT_FATAL, "os_error")
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -65,9 +65,31 @@ def emit_json_err(doc: Any) -> None:
     click.echo(json.dumps(doc, sort_keys=True, default=str), err=True)
 
 
+def json_mode() -> bool:
+    """Whether the running command was given ``--json`` (False outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return bool(getattr(obj, "json", False))
+
+
 def warn(message: str) -> None:
-    """One line on stderr; names in ``message`` are escaped for the terminal (``printable``)."""
+    """One line on stderr; names in ``message`` are escaped for the terminal (``printable``).
+
+    Under ``--json`` the line is a JSON object instead (``{"message_type": "warning",
+    "message": ...}``), so that stderr stays JSON for scripts."""
+    if json_mode():
+        emit_json_err({"message_type": "warning", "message": message})
+        return
     click.echo(f"warning: {printable(message)}", err=True)
+
+
+def error_item(message: str) -> None:
+    """One of several errors a command lists before its final one-line failure: ``error: ...``
+    on stderr, or a JSON line ``{"message_type": "error_item", "message": ...}`` under --json."""
+    if json_mode():
+        emit_json_err({"message_type": "error_item", "message": message})
+        return
+    click.echo(f"error: {printable(message)}", err=True)
 
 
 class CliReporter(Reporter):

@@ -31,7 +31,9 @@ def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
         _stopped_by.append(signum)
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
-        handler(signal.SIGINT, frame)
+        # The signal's own number, so that a handler that gives up at once (a backup's second
+        # stop) exits 128 + this signal's number: 143 for a second SIGTERM, not 130.
+        handler(signum, frame)
     elif handler != signal.SIG_IGN:
         raise KeyboardInterrupt
 

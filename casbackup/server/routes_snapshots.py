@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from casbackup.catalog import snapshot_doc, verification_doc
 from casbackup.errors import AmbiguousId, NotFound
+from casbackup.nstime import iso_ns
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import NodeKind
 from casbackup.server.archives import zip_stream
@@ -299,10 +300,8 @@ def _entry_doc(entry: Any, inner: str) -> dict[str, Any]:
 
 
 def _ns(ns: int) -> str:
-    try:
-        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat()
-    except (OverflowError, OSError, ValueError):  # a time the platform cannot show
-        return dt.datetime.fromtimestamp(0, dt.UTC).isoformat()
+    # Exact (integers, never a float), any i64 seconds: '@<s>.<ns>' outside years 1..9999.
+    return iso_ns(ns, local=False)
 
 
 def _vfs_path(handle: RepoHandle, snap: Snapshot, inner: str) -> str:

@@ -128,6 +128,7 @@ def test_the_json_walk_covers_every_command() -> None:
     assert every_command_path() - NOT_JSON - NOT_WALKED_YET == set(JSON_RUNS)
 
 
+@pytest.mark.slow
 def test_every_command_prints_json_with_json(site: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -238,6 +239,7 @@ def test_completion_commands_and_options(shell: str) -> None:
     assert values(shell, res.out) == ["--overwrite"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_of_apps_and_snapshot_ids(shell: str, site: Path) -> None:
     env = {"CASBACKUP_CONFIG": str(site / "casbackup.toml"), "CASBACKUP_PASSWORD": PASSWORD}

@@ -192,6 +192,7 @@ def test_ctrl_c_exits_130_and_keeps_the_stored_chunks(big_tree, tmp_path) -> Non
 @pytest.mark.parametrize(
     ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"]
 )
+@pytest.mark.slow
 def test_sigterm_and_sighup_stop_like_ctrl_c(big_tree, tmp_path, sig, code) -> None:  # type: ignore[no-untyped-def]
     """What systemd, docker stop and timeout send (SIGTERM) and a closed terminal (SIGHUP):
     a clean stop through the cancel path, exit 128 + the signal's number."""
@@ -214,6 +215,7 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(big_tree, tmp_path, sig, code) -> N
     check_ok(repo, "--read-data")
 
 
+@pytest.mark.slow
 def test_sigterm_outside_a_backup_releases_the_lock(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A command without its own cancel path (here: check) stops the same way, even when the
     signal lands while its lock file is being written (that once left the lock, or its temp
@@ -240,6 +242,7 @@ def test_sigterm_outside_a_backup_releases_the_lock(tmp_path) -> None:  # type: 
     assert os.listdir(os.path.join(repo, "locks")) == []
 
 
+@pytest.mark.slow
 def test_after_a_crash_messages_say_what_prune_really_does(big_tree, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """check and prune tell the truth about packs a crash left: prune keeps them for an hour."""
     src, _total = big_tree

@@ -78,6 +78,7 @@ def cli(config: Path, *args: str) -> CliResult:
     return run_cli(*args, env={"CASBACKUP_CONFIG": str(config), "SHOP_DB_PASSWORD": "unused"})
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("pg_server", "mariadb_server")
 def test_examples_casbackup_toml_end_to_end(tmp_path: Path) -> None:
     doc = tomllib.loads((ROOT / "examples" / "casbackup.toml").read_text())

@@ -120,6 +120,7 @@ def _no_raw_controls(text: str) -> None:
     assert "fake line" not in text.replace("\\nfake line", "")  # never on a line of its own
 
 
+@pytest.mark.slow
 def test_ls_find_diff_escape_names_and_json_keeps_them_raw(evil_repo: tuple[str, Path]) -> None:
     repo, src = evil_repo
     shown = printable(EVIL)
@@ -146,6 +147,7 @@ def test_ls_find_diff_escape_names_and_json_keeps_them_raw(evil_repo: tuple[str,
     )
 
 
+@pytest.mark.slow
 def test_restore_and_check_messages_escape_names(
     evil_repo: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -211,6 +213,7 @@ def test_the_margin_is_the_hour_the_messages_name() -> None:
     assert UNINDEXED_MARGIN_S == 3600
 
 
+@pytest.mark.slow
 def test_prune_states_a_range_that_holds_what_it_frees(tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
     assert run_cli("init", "--insecure-test-kdf", "--pack-size", "1", repo=repo).code == 0

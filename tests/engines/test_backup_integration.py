@@ -14,6 +14,8 @@ import stat
 from pathlib import Path
 from urllib.parse import quote
 
+import pytest
+
 from casbackup.engines.mysql import MysqlEngine
 from casbackup.engines.postgresql import PostgresEngine
 from casbackup.testing.fixtures import CliResult, run_cli
@@ -102,6 +104,7 @@ def make_sqlite(path: Path) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 def test_app_with_three_databases_round_trip(
     tmp_path: Path, pg_database: str, my_database: str, pg_cleanup: list[str]
 ) -> None:
@@ -237,6 +240,7 @@ def fake_dump_tool(tmp_path: Path) -> dict[str, str]:
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
+@pytest.mark.slow
 def test_failing_dumps_exit_27_and_leave_no_snapshot(
     tmp_path: Path, pg_server: None, my_database: str, nasty_user: tuple[str, str],  # noqa: F811
 ) -> None:  # fmt: skip

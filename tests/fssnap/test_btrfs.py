@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from casbackup.fssnap.base import snapshot_name
 from casbackup.fssnap.btrfs import SNAP_DIR
 from tests.cli.conftest import assert_one_error
@@ -82,6 +84,7 @@ NOTE_FROZEN = (
 )
 
 
+@pytest.mark.slow
 def test_rewritten_file_is_stored_as_at_snapshot_time_and_snapshot_is_removed(
     btrfs_mount: Path, tmp_path: Path
 ) -> None:

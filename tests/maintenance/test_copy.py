@@ -221,6 +221,7 @@ def test_copied_from_must_be_an_id() -> None:
     assert good.copied_from == "a" * 64
 
 
+@pytest.mark.slow
 def test_cli_init_with_shared_params_then_copy_twice(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from casbackup.testing.fixtures import run_cli
 

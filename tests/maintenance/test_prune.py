@@ -36,6 +36,7 @@ def assert_clean(repo, *, read_data: bool = True) -> None:  # type: ignore[no-un
     assert report.ok, report.errors
 
 
+@pytest.mark.slow
 def test_a_year_of_dailies_forget_prune_restore(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "repo")
     repo = make_repo(path)

@@ -17,6 +17,8 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from casbackup.testing.fixtures import run_cli
 from tests.engines.conftest import (
     MY_HOST,
@@ -53,6 +55,7 @@ def _fill(pg_db: str, my_db: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_disaster_drill(  # type: ignore[no-untyped-def]
     repo,
     repo_path: str,

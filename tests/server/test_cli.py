@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from casbackup.testing.fixtures import run_cli
 from tests.cli.conftest import assert_one_error
 
@@ -23,6 +25,7 @@ def test_serve_refuses_plain_http_on_a_public_address(tmp_path: Path) -> None:
     assert_one_error(res, 2, "both --tls-cert and --tls-key")
 
 
+@pytest.mark.slow
 def test_user_and_token_lifecycle(tmp_path: Path) -> None:
     st = str(tmp_path / "st")
     res = run_cli("user", "add", "alice", "--role", "operator", "--app", "shop", "--password-stdin",
@@ -89,6 +92,7 @@ def test_serve_refuses_a_bad_timezone_and_subset(tmp_path: Path) -> None:
     assert_one_error(res, 2, "not an address")
 
 
+@pytest.mark.slow
 def test_cli_uses_an_applications_own_repository_like_the_service(tmp_path: Path) -> None:
     from tests.cli.conftest import init_repo
 

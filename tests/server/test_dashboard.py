@@ -375,6 +375,7 @@ def test_repository_actions_and_their_job_pages(env: Env) -> None:
     assert "Nothing to prune." in html and not has(html, TESTIDS["job_run_plan"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ci", ["", "true"])
 def test_browser_tests_skip_without_a_browser_but_fail_under_ci(ci: str, tmp_path: Path) -> None:
     import os

@@ -52,6 +52,7 @@ _missing = _browser_missing()
 if _missing and os.environ.get("CI", "").lower() == "true":
     raise RuntimeError(f"browser tests cannot run under CI: {_missing}")
 pytestmark = [
+    pytest.mark.slow,  # a browser and a server per module: minutes under load
     pytest.mark.skipif(_missing is not None, reason=_missing or ""),
     pytest.mark.timeout(300),
 ]

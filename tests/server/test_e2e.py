@@ -155,6 +155,7 @@ def follow_events(
     raise AssertionError(seen)
 
 
+@pytest.mark.slow
 def test_backup_follow_browse_download_verify_recover(site: dict[str, Any], server: Server) -> None:
     r = server.post("/api/backup", {"app_name": "notes", "backup_type": "full"})
     assert r.status_code == 202, r.text
@@ -220,6 +221,7 @@ def _workers_of(service_pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_kill_during_a_job_marks_it_interrupted_and_the_repository_checks(
     site: dict[str, Any],
 ) -> None:
@@ -254,6 +256,7 @@ def test_kill_during_a_job_marks_it_interrupted_and_the_repository_checks(
         again.proc.wait(30)
 
 
+@pytest.mark.slow
 def test_sigterm_cancels_running_jobs_and_records_it(site: dict[str, Any]) -> None:
     _grow_sources(site, 150)
     server = start(site, "term")
@@ -317,6 +320,7 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> httpx.Respon
     raise AssertionError(log.read_text())
 
 
+@pytest.mark.slow
 def test_tls_on_a_public_address_and_the_insecure_http_warning(site: dict[str, Any]) -> None:
     cert, key = _self_signed(site["tmp"])
     proc, port, log = _serve(site, "--tls-cert", cert, "--tls-key", key)

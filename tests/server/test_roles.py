@@ -176,6 +176,7 @@ def call(env: Env, who: str | None, method: str, path: str, world: dict[str, Any
     return r.status_code
 
 
+@pytest.mark.slow
 def test_role_matrix(env: Env, world: dict[str, Any]) -> None:
     results: list[str] = []
     for (method, path), (rule, about_app) in sorted(RULES.items()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import (
@@ -59,6 +60,7 @@ def check_operation(env: Env, operation: Any, who: str) -> None:
     run()
 
 
+@pytest.mark.slow
 def test_api_conforms_to_its_schema(env: Env) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", env.client.app)
     tested = []

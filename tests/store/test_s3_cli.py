@@ -51,6 +51,7 @@ def seaweed_location(seaweed_endpoint: str, s3_env: None) -> str:
     return f"s3:{seaweed_endpoint}/{make_bucket(seaweed_endpoint)}/backups/main"
 
 
+@pytest.mark.slow
 def test_full_round_trip_on_seaweedfs(seaweed_location: str, tmp_path: Path) -> None:
     repo = seaweed_location
     src = tmp_path / "src"
@@ -86,6 +87,7 @@ def test_permanent_failures_are_one_line(moto_endpoint: str, s3_env: None, tmp_p
     assert bad.code == 2 and "bad S3 location" in bad.err and "Traceback" not in bad.err
 
 
+@pytest.mark.slow
 def test_backup_and_restore_survive_transient_faults(
     moto_endpoint: str, s3_env: None, tmp_path: Path
 ) -> None:
@@ -113,6 +115,7 @@ def test_backup_and_restore_survive_transient_faults(
         proxy.close()
 
 
+@pytest.mark.slow
 def test_faults_that_never_stop_fail_in_one_line_and_leave_the_repo_consistent(
     moto_endpoint: str, s3_env: None, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ def shared_repo(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("moto_location"))
 
 
+@pytest.mark.slow
 def test_two_clients_back_up_at_once_three_times(shared_repo: str, tmp_path: Path) -> None:
     repo = shared_repo
     ok("init", "--pack-size", "4", repo=repo)
