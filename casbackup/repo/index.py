@@ -28,6 +28,7 @@ import ctypes
 import ctypes.util
 import os
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -385,6 +386,11 @@ class IndexCache:
         """``readonly`` is for other processes looking blobs up while this one writes."""
         self.path = path
         self.readonly = readonly
+        # Held while the map's address range is released, and while the environment is
+        # closed or opened: madvise on a range that was unmapped and reused by another
+        # allocation would zero that memory.
+        self._map_lock = threading.Lock()
+        self._ranges: list[tuple[int, int]] = []
         self._open()
 
     def _open(self) -> None:
@@ -408,7 +414,8 @@ class IndexCache:
         except (OSError, lmdb.Error) as exc:
             raise StorageError(f"cannot open the index cache at {path}: {exc}") from None
         self._visits = 0
-        self._ranges = mapped_ranges(os.path.join(path, "data.mdb"))
+        with self._map_lock:
+            self._ranges = mapped_ranges(os.path.join(path, "data.mdb"))
         self._page_size = int(self.env.stat()["psize"])
         self._filter: BlobFilter | None = None
         self._open_filter()
@@ -417,16 +424,24 @@ class IndexCache:
         """Drop the LMDB map's pages from this process's resident memory (see the class
         docstring); a no-op where ``madvise`` or /proc is missing. Never raises."""
         self._visits = 0
-        if _madvise is None or not self._ranges:
+        if _madvise is None:
             return
-        try:
-            # Only the part of the map the file fills: the rest (map_size is 256 GiB) has no
-            # pages, and walking its page tables cost 85 us a call against 2 us.
-            used = (self.env.info()["last_pgno"] + 1) * self._page_size
-        except lmdb.Error:
-            return
-        for start, end in self._ranges:
-            _madvise(start, min(end - start, used), _MADV_DONTNEED)
+        with self._map_lock:
+            if not self._ranges:
+                return
+            try:
+                # Only the part of the map the file fills: the rest (map_size is 256 GiB) has
+                # no pages, and walking its page tables cost 85 us a call against 2 us.
+                used = (self.env.info()["last_pgno"] + 1) * self._page_size
+            except lmdb.Error:
+                return
+            for start, end in self._ranges:
+                _madvise(start, min(end - start, used), _MADV_DONTNEED)
+
+    def _close_env(self) -> None:
+        with self._map_lock:
+            self._ranges = []
+            self.env.close()
 
     def _visited(self, pages: int) -> None:
         self._visits += pages
@@ -479,7 +494,7 @@ class IndexCache:
 
     def close(self) -> None:
         self._drop_filter()
-        self.env.close()
+        self._close_env()
 
     @contextmanager
     def closed_for_fork(self) -> Iterator[None]:
@@ -490,7 +505,7 @@ class IndexCache:
         open then fails. Closed across the fork, the record is gone in the child.
         """
         self._drop_filter()
-        self.env.close()
+        self._close_env()
         try:
             yield
         finally:
