@@ -17,7 +17,7 @@ the caller reads the repository instead. The cache can be deleted at any time.
 
 Filling: a miss on a client with a cold cache (a new machine, after eviction) would read
 the parent's trees one ranged GET each (215 for the bench corpus). Trees are kept in packs
-of their own (repository.py), so ``fill_from_pack`` reads the missed tree's whole pack
+of their own (blobstore.py), so ``fill_from_pack`` reads the missed tree's whole pack
 once when it is small (at most PREFETCH_MAX; one HEAD and one GET), authenticates it
 (its name is its hash, its header and every blob are sealed) and caches every tree in it.
 

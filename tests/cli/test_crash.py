@@ -154,7 +154,7 @@ def test_sigkill_after_an_index_flush_keeps_the_flushed_chunks(big_tree, tmp_pat
     """
     src, total = big_tree
     repo = init_repo(str(tmp_path / "repo"))
-    prelude = "import casbackup.repo.repository as r; r.INDEX_FLUSH_SECONDS = 0.05"
+    prelude = "import casbackup.repo.blobstore as r; r.INDEX_FLUSH_SECONDS = 0.05"
     proc = popen_cli("backup", str(src), repo=repo, prelude=prelude)
     rc, _ = interrupt(proc, repo, signal.SIGKILL, packs=20, index_files=2)
     assert rc == -signal.SIGKILL

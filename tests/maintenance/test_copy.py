@@ -11,7 +11,7 @@ from casbackup.archiver.backup import BackupOptions, run_backup
 from casbackup.crypto.keyfile import WEAK_KDF
 from casbackup.errors import IntegrityError
 from casbackup.maintenance.copy import CopyOptions, copy_snapshots
-from casbackup.repo import repository as repository_module
+from casbackup.repo import blobstore as repository_module
 from casbackup.repo.config import RepoConfig
 from casbackup.repo.ids import Kind
 from casbackup.repo.repository import Repository

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casbackup.maintenance import prune as prune_mod
+from casbackup.maintenance import pruneplan as prune_mod
 from casbackup.maintenance import spill
 from casbackup.maintenance.prune import PruneOptions, plan_prune, prune
 from casbackup.maintenance.spill import IdSet, RecordSpill

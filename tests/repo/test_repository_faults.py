@@ -14,7 +14,7 @@ import pytest
 from casbackup.archiver.backup import BackupOptions, run_backup
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.errors import IntegrityError, StorageError
-from casbackup.repo import repository as repository_module
+from casbackup.repo import blobstore as repository_module
 from casbackup.repo.ids import Kind
 from casbackup.repo.pack import pack_name
 from casbackup.repo.repository import Repository

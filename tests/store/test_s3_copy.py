@@ -12,7 +12,7 @@ import pytest
 from casbackup import access
 from casbackup.crypto.keyfile import WEAK_KDF
 from casbackup.maintenance.copy import CopyOptions, copy_snapshots
-from casbackup.repo import repository as repository_module
+from casbackup.repo import blobstore as repository_module
 from casbackup.repo.config import RepoConfig
 from casbackup.repo.repository import Repository
 from casbackup.testing.faults import FaultScript, FaultyBackend, ProcessDeath

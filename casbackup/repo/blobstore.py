@@ -1,0 +1,489 @@
+"""Blob storage below the repository: envelopes, the index, packs and their uploads.
+
+``BlobStore`` holds the state every repository operation shares (backend, keys, the open
+packs, blobs stored but not yet indexed, the LMDB index cache) and implements the first two
+steps of the write order (repository.py): blobs go into packs that are stored before an
+index file names them. ``SnapshotStore`` (snapshotstore.py) and ``Repository``
+(repository.py) build on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+
+import blake3
+
+from casbackup.crypto.envelope import ZERO_ID, Opener, Sealer
+from casbackup.crypto.keys import MasterKey
+from casbackup.errors import CasError, IntegrityError, MigrationRequired, NotFound, StorageError
+from casbackup.repo import codec, delta
+from casbackup.repo.config import FORMAT_VERSION, RepoConfig
+from casbackup.repo.ids import BlobId, FileId, Kind, check_name, file_id
+from casbackup.repo.index import (
+    IndexCache,
+    Location,
+    cache_root,
+    decode_index,
+    decode_index_records,
+    decode_index_with_bases,
+    decode_supersedes,
+    encode_index,
+)
+from casbackup.repo.localstate import LocalState
+from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
+from casbackup.repo.treecache import TreeCache, cap_bytes
+from casbackup.repo.uploader import PackUploader
+from casbackup.store.base import Backend
+
+# Flush a partial index during long backups so an interrupted run keeps its work (restic: 50k/10 min).
+INDEX_FLUSH_BLOBS = 50_000
+INDEX_FLUSH_SECONDS = 60
+INDEX_FLUSH_PACKS = 8  # also every 8 packs (128 MiB by default): a kill loses little work
+
+
+class BlobStore:
+    """Encrypted objects, the index and blobs in packs (thread-safe where each method says).
+
+    Not used on its own: ``Repository`` (repository.py) is the class callers open."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: RepoConfig,
+        key: MasterKey,
+        key_name: str,
+        state: LocalState | None = None,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.key = key
+        self.key_name = key_name
+        # This client's record of the repository (rollback and forgotten snapshots).
+        self.state = state if state is not None else LocalState(config.id)
+        # Loud warnings for the user (a rollback, a re-appearing snapshot); the CLI prints
+        # them once the command ends. Never fatal on their own.
+        self.alerts: list[str] = []
+        # A version 1 config is not authenticated: read, never write (MigrationRequired).
+        self.writable = config.authenticated
+        self._id_key = key.chunk_id_key
+        self.sealer = Sealer(key.encryption_root)
+        self.opener = Opener(key.encryption_root)
+        self.compression_level: int | None = (
+            config.compression_level if config.compression == "zstd" else None
+        )
+        self.verify_before_write = True
+        self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        # Trees and data go to separate packs (as restic does): a backup compared with its
+        # parent reads every tree of it, and trees kept together cost a few sequential
+        # reads instead of one random read per folder across all the data packs.
+        self._packers = {Kind.DATA: self._new_packer(), Kind.TREE: self._new_packer()}
+        self._claimed: set[bytes] = set()  # in the open pack or a pack being written
+        self._pending: dict[bytes, Location] = {}  # in stored packs, not yet in an index file
+        self._pending_packs: dict[FileId, list[tuple[BlobId, Location]]] = {}
+        self._last_index_flush = time.monotonic()
+        self._cache: IndexCache | None = None
+        self._cache_lock = threading.Lock()
+        # Remote stores: full packs are stored in the background (repo/uploader.py).
+        self._uploader = (
+            PackUploader(self._write_pack) if getattr(backend, "remote", False) else None
+        )
+        self._tree_cache: TreeCache | None = None
+        if getattr(backend, "remote", False) and cap_bytes() > 0:
+            # A tree read from a remote store is a request; from this cache, a file read.
+            self._tree_cache = TreeCache(
+                os.path.join(cache_root(), config.id, "trees"),
+                self.sealer, self.opener, self.blob_id, cap_bytes(),
+            )  # fmt: skip
+        self.stats_blobs_added = 0
+        self.stats_bytes_added = 0
+        self.stats_bytes_stored = 0
+
+    def require_writable(self) -> None:
+        """MigrationRequired unless this program may write the repository's format."""
+        if not self.writable:
+            raise MigrationRequired(
+                f"repository format version {self.config.version} is read-only for this "
+                f"casbackup (it writes version {FORMAT_VERSION}); run 'casbackup migrate' "
+                "to upgrade it (older casbackup versions cannot open it afterwards)"
+            )
+
+    def close(self) -> None:
+        if self._uploader is not None:
+            self._uploader.close()
+        with self._lock:
+            for packer in self._packers.values():
+                packer.abort()  # blobs never flushed: drop the pack's temp file
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+        self.backend.close()
+
+    # ----------------------------------------------------------------- envelopes
+    def put_encrypted(
+        self, name: str, kind: Kind, plaintext: bytes, *, create_only: bool = False
+    ) -> None:
+        """Seal and store ``plaintext`` under ``name``. ``create_only`` (locks): where the
+        backend has create-only writes (S3's If-None-Match), an existing object is never
+        replaced and StorageError says so."""
+        sealed = self.sealer.seal(kind, ZERO_ID, codec.compress(plaintext, 3))
+        create = getattr(self.backend, "put_new", None) if create_only else None
+        if create is None:
+            self.backend.put(name, sealed)
+        elif not create(name, sealed):
+            raise StorageError(f"writing {name}: an object with this name already exists")
+
+    def get_encrypted(self, name: str, kind: Kind) -> bytes:
+        """Load and decrypt one object; a hash-named one must match its name (IntegrityError)."""
+        data = self.backend.get(name)
+        check_name(name, data)
+        try:
+            return codec.decompress(self.opener.open(kind, ZERO_ID, data))
+        except IntegrityError as exc:
+            raise IntegrityError(f"{name}: {exc}") from None
+
+    def save_file_object(self, directory: str, kind: Kind, plaintext: bytes) -> FileId:
+        """Store an encrypted object under ``directory/<file id>`` and return the id."""
+        self.require_writable()
+        sealed = self.sealer.seal(kind, ZERO_ID, codec.compress(plaintext, 3))
+        fid = file_id(sealed)
+        self.backend.put(f"{directory}/{fid}", sealed)
+        return fid
+
+    # ----------------------------------------------------------------- index
+    @property
+    def cache(self) -> IndexCache:
+        if self._cache is None:
+            with self._cache_lock:  # LMDB must not be opened twice in one process
+                if self._cache is None:
+                    self._open_cache()
+        assert self._cache is not None
+        return self._cache
+
+    def _open_cache(self) -> None:
+        path = os.path.join(cache_root(), self.config.id, "index")
+        try:
+            self._cache = IndexCache(path)
+        except CasError:
+            shutil.rmtree(path, ignore_errors=True)  # a damaged cache is only a cache
+            self._cache = IndexCache(path)
+        self.sync_index()
+
+    def index_files(self) -> list[FileId]:
+        return sorted(FileId(name.rsplit("/", 1)[1]) for name, _ in self.backend.list("index/"))
+
+    def load_index_file(self, fid: FileId):  # -> IndexFile
+        data = self.get_encrypted(f"index/{fid}", Kind.INDEX)
+        return decode_index(data)
+
+    def load_index_records(
+        self, fid: FileId
+    ) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]]]:
+        """An index file as (supersedes, [(pack, records)]): see ``decode_index_records``."""
+        return decode_index_records(self.get_encrypted(f"index/{fid}", Kind.INDEX))
+
+    def load_index_with_bases(
+        self, fid: FileId
+    ) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]], dict[BlobId, BlobId]]:
+        """``load_index_records`` plus {delta id: base id} (``decode_index_with_bases``)."""
+        return decode_index_with_bases(self.get_encrypted(f"index/{fid}", Kind.INDEX))
+
+    def sync_index(self, *, rebuild: bool = False) -> list[str]:
+        """Bring the LMDB cache in line with the repository's index files.
+
+        Returns warnings (damaged index files that were skipped).
+        """
+        cache = self._cache if self._cache is not None else self.cache
+        present = set(self.index_files())
+        known = cache.known_files()
+        if rebuild or not known <= present:
+            cache.clear()  # an index file vanished (prune): rebuild rather than guess
+            known = set()
+        missing = present - known
+        if not missing:
+            return []
+        warnings: list[str] = []
+        # Two passes keep memory bounded by one index file: first learn which files are
+        # superseded (a replacement was written but the old one not yet deleted), then
+        # load the others one at a time.
+        candidates = sorted(present if not known else missing)
+        superseded: set[FileId] = set()
+        readable: list[FileId] = []
+        for fid in candidates:
+            try:
+                superseded.update(decode_supersedes(self.get_encrypted(f"index/{fid}", Kind.INDEX)))
+            except CasError as exc:
+                warnings.append(
+                    f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index'"
+                )
+                continue
+            readable.append(fid)
+        if known and superseded & known:
+            # A new index file replaces ones the cache holds (prune, repair): their entries
+            # may name packs that are about to go, so start again from the present files.
+            return self.sync_index(rebuild=True)
+        for fid in readable:
+            if fid in superseded:
+                continue
+            try:
+                idx = self.load_index_file(fid)
+            except CasError as exc:
+                warnings.append(
+                    f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index'"
+                )
+                continue
+            cache.add_file(fid, idx.blobs())
+        return warnings
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        if blob_id in self._claimed or blob_id in self._pending:
+            return True
+        return self.cache.contains(blob_id)
+
+    def has_blobs(self, blob_ids: Iterable[bytes]) -> bool:
+        """Whether every one is stored (one index transaction for all of them)."""
+        rest = [b for b in blob_ids if b not in self._claimed and b not in self._pending]
+        return not rest or self.cache.contains_all(rest)
+
+    def locate_many(self, blob_ids: Iterable[bytes]) -> list[Location]:
+        """``locate`` for several blobs with one index transaction (restore: a file's chunks)."""
+        ids = list(blob_ids)
+        if self._pending or self._claimed:
+            return [self.locate(b) for b in ids]  # blobs of this session: rare, take the slow way
+        found = self.cache.get_many(ids)
+        for blob_id, loc in zip(ids, found, strict=True):
+            if loc is None:
+                raise NotFound(f"blob {blob_id.hex()[:16]} is not in the index")
+        return found  # type: ignore[return-value]
+
+    def locate(self, blob_id: bytes) -> Location:
+        loc = self._pending.get(blob_id)
+        if loc is None:
+            loc = self.cache.get(blob_id)
+        if loc is None:
+            if blob_id in self._claimed:
+                self.flush()
+                return self.locate(blob_id)
+            raise NotFound(f"blob {blob_id.hex()[:16]} is not in the index")
+        return loc
+
+    # ----------------------------------------------------------------- blobs
+    def blob_id(self, data: bytes | memoryview) -> BlobId:
+        return BlobId(blake3.blake3(data, key=self._id_key).digest())
+
+    def save_blob(
+        self, kind: Kind, data: bytes | memoryview, blob_id: BlobId | None = None
+    ) -> tuple[BlobId, bool]:
+        """Store a blob unless the repository has it. Thread-safe. Returns (id, added)."""
+        if blob_id is None:
+            blob_id = self.blob_id(data)
+        self.require_writable()
+        if self.has_blob(blob_id):
+            return blob_id, False
+        payload = codec.compress(data, self.compression_level)
+        envelope = self.sealer.seal(kind, blob_id, payload)
+        if self.verify_before_write:
+            # Catch bad RAM and bugs before they reach the repository (restic does the same).
+            if self.blob_id(codec.decompress(self.opener.open(kind, blob_id, envelope))) != blob_id:
+                raise IntegrityError(
+                    "a blob failed verification before it was written (memory or software fault)"
+                )
+        return blob_id, self.store_sealed(kind, blob_id, envelope, len(data))
+
+    def store_sealed(
+        self,
+        kind: Kind,
+        blob_id: BlobId,
+        envelope: bytes,
+        raw_len: int,
+        base: BlobId | None = None,
+    ) -> bool:
+        """Add a blob sealed (and verified) elsewhere, e.g. by a reader process. Thread-safe.
+
+        Returns False when the repository already has it (another reader sealed it
+        first); the envelope is then dropped, so no blob is ever stored twice.
+        ``base``: a DELTA blob's base (repo/delta.py), which must be stored already.
+        """
+        self.require_writable()
+        full: PackWriter | None = None
+        with self._lock:
+            # Pending before the cache, under the lock: an index flush adds to the cache
+            # before it clears pending, so one of the two always sees a stored blob.
+            if blob_id in self._claimed or blob_id in self._pending or self.cache.contains(blob_id):
+                return False
+            group = Kind.TREE if kind == Kind.TREE else Kind.DATA
+            packer = self._packers[group]
+            try:
+                packer.add(kind, blob_id, envelope, raw_len, base)
+            except BaseException:
+                # The open pack is unusable: none of its blobs may count as present.
+                for e in packer.entries:
+                    self._claimed.discard(e.id)
+                packer.abort()
+                self._packers[group] = self._new_packer()
+                raise
+            self._claimed.add(blob_id)
+            self.stats_blobs_added += 1
+            self.stats_bytes_added += raw_len
+            self.stats_bytes_stored += len(envelope)
+            if packer.size >= self.config.pack_size:
+                full, self._packers[group] = packer, self._new_packer()
+        if full is not None:
+            if self._uploader is not None:
+                self._uploader.submit(full)  # a remote PUT: the caller goes on collecting
+            else:
+                self._write_pack(full)
+        return True
+
+    def store_sealed_batch(self, blobs: Iterable[tuple[bytes, bytes, int]]) -> None:
+        """``store_sealed`` for the data blobs a reader process sends."""
+        for blob_id, envelope, raw_len in blobs:
+            self.store_sealed(Kind.DATA, BlobId(blob_id), envelope, raw_len)
+
+    def _new_packer(self) -> PackWriter | UploadPackWriter:
+        begin = getattr(self.backend, "begin_upload", None)
+        if begin is None:
+            return PackWriter()  # backends without streaming writes get the whole pack
+        return UploadPackWriter(lambda: begin("data"))
+
+    def _write_pack(self, packer: PackWriter | UploadPackWriter) -> None:
+        try:
+            pack_id, entries = packer.store(self.backend, self.sealer)
+        except BaseException:
+            packer.abort()
+            # The pack never reached the store: its blobs must not count as present, or a
+            # later save in this process would skip them and a snapshot would name nothing.
+            with self._lock:
+                for e in packer.entries:
+                    self._claimed.discard(e.id)
+            raise
+        located = [
+            (e.id, Location(pack_id, e.offset, e.stored_len, e.raw_len, e.kind, e.base))
+            for e in entries
+        ]
+        with self._lock:
+            for blob_id, loc in located:
+                self._pending[blob_id] = loc
+                self._claimed.discard(blob_id)
+            self._pending_packs[pack_id] = located
+            due = (
+                len(self._pending) >= INDEX_FLUSH_BLOBS
+                or len(self._pending_packs) >= INDEX_FLUSH_PACKS
+                or time.monotonic() - self._last_index_flush > INDEX_FLUSH_SECONDS
+            )
+        if due:
+            self._flush_index()
+
+    def _flush_index(self) -> None:
+        with self._index_lock:
+            with self._lock:
+                packs, self._pending_packs = self._pending_packs, {}
+            if not packs:
+                return
+            fid = self.save_file_object("index", Kind.INDEX, encode_index(packs))
+            entries = [item for located in packs.values() for item in located]
+            self.cache.add_file(fid, entries)
+            with self._lock:
+                for blob_id, _loc in entries:
+                    self._pending.pop(blob_id, None)
+                self._last_index_flush = time.monotonic()
+
+    def flush(self) -> None:
+        """Store the open pack and an index file naming every stored pack."""
+        if self._uploader is not None:
+            self._uploader.wait()  # packs first, then the index that names them
+        with self._lock:
+            packers = list(self._packers.values())
+            self._packers = {group: self._new_packer() for group in self._packers}
+        for packer in packers:
+            if packer.entries:
+                self._write_pack(packer)
+        self._flush_index()
+
+    def load_blob(self, blob_id: BlobId, kind: Kind | None = None) -> bytes:
+        """A blob's full plaintext. ``kind`` DATA also accepts a DELTA blob (resolved through
+        its chain of bases, at most ``delta.MAX_DEPTH`` deep, two plaintexts in memory at a
+        time, each level checked against its id). Raises NotFound, IntegrityError."""
+        loc = self.locate(blob_id)
+        if kind is not None and loc.kind != kind and (kind, loc.kind) != (Kind.DATA, Kind.DELTA):
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:16]} is a {loc.kind.name}, expected {kind.name}"
+            )
+        if loc.kind == Kind.DELTA:
+            return self.load_delta(blob_id, loc)
+        envelope = self.backend.get(pack_name(loc.pack), loc.offset, loc.stored_len)
+        return open_blob(self.opener, loc.kind, blob_id, loc.pack, envelope, loc.raw_len)
+
+    def load_delta(self, blob_id: BlobId, loc: Location) -> bytes:
+        """Resolve a DELTA blob located at ``loc`` (see ``load_blob``)."""
+        chain = delta.located_chain(self.locate, blob_id, loc)
+        return delta.resolve_chain(self.fetch_envelope, self.opener, chain, hash_id=self.blob_id)
+
+    def fetch_envelope(self, pack: str, offset: int, length: int) -> bytes:
+        """Stored bytes of a pack (one ranged read), for ``delta.resolve_chain``."""
+        return self.backend.get(pack_name(pack), offset, length)
+
+    @property
+    def deltas_allowed(self) -> bool:
+        """Whether this repository's format holds DELTA blobs (version 3 and later)."""
+        return self.config.version >= 3 and self.writable
+
+    def delta_depth(self, blob_id: bytes) -> int | None:
+        """How many deltas lie above the full blob ``blob_id`` resolves from (0: a full
+        blob), or None when it is not stored as data."""
+        if blob_id in self._claimed:
+            return None  # in a pack not yet stored: locating it would force a flush
+        try:
+            loc = self.locate(blob_id)
+            if loc.kind not in (Kind.DATA, Kind.DELTA):
+                return None
+            return len(delta.chain_of(self.locate, blob_id, loc)) - 1
+        except (NotFound, IntegrityError):
+            return None
+
+    def save_data_delta(
+        self,
+        data: bytes | memoryview,
+        base_id: BlobId,
+        base: bytes | None = None,
+        blob_id: BlobId | None = None,
+    ) -> tuple[BlobId, bool]:
+        """``save_blob(Kind.DATA, data)``, stored as a DELTA against ``base_id`` when that
+        pays: the base is stored, its chain leaves room (``delta.MAX_DEPTH``) and the delta
+        is at most ``delta.MAX_SHARE`` of the data compressed on its own. ``base``: the base's plaintext when the
+        caller has it (else it is loaded); ``blob_id``: ``data``'s id when known. Verified
+        before it is written: the delta applied to the base must give ``data`` back.
+        Returns (id, added)."""
+        if blob_id is None:
+            blob_id = self.blob_id(data)
+        self.require_writable()
+        if self.has_blob(blob_id):
+            return blob_id, False
+        depth = self.delta_depth(base_id) if self.deltas_allowed and base_id != blob_id else None
+        if depth is None or depth >= delta.MAX_DEPTH:
+            return self.save_blob(Kind.DATA, data, blob_id)
+        if base is None:
+            base = self.load_blob(base_id, Kind.DATA)
+        level = self.compression_level if self.compression_level is not None else 3
+        payload = delta.encode_delta(base_id, base, data, level)
+        if len(payload) > len(data) // 16:
+            # Rarely worth it (the base shares little): compare with the chunk compressed
+            # on its own, and keep the delta only when it is clearly smaller.
+            alone = codec.compress(data, self.compression_level)
+            if len(payload) > delta.MAX_SHARE * len(alone):
+                return self.save_blob(Kind.DATA, data, blob_id)
+        envelope = self.sealer.seal(Kind.DELTA, blob_id, payload)
+        if self.verify_before_write:
+            plain = delta.apply_delta(
+                delta.open_delta(self.opener, blob_id, envelope), bytes(base), len(data)
+            )
+            if self.blob_id(plain) != blob_id:
+                raise IntegrityError(
+                    "a delta blob failed verification before it was written (memory or "
+                    "software fault)"
+                )
+        return blob_id, self.store_sealed(Kind.DELTA, blob_id, envelope, len(data), base_id)

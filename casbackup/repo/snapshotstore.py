@@ -1,0 +1,179 @@
+"""Trees and snapshots on top of blob storage: save, load, list, resolve and walk them.
+
+The last step of the write order (repository.py): ``save_snapshot`` flushes every pack and
+index file first, so a snapshot only ever names indexed blobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from casbackup.errors import AmbiguousId, CasError, IntegrityError, NotFound
+from casbackup.repo.blobstore import BlobStore
+from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.localstate import remember_snapshot, screen_snapshots
+from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.tree import Node, decode_tree, encode_tree
+from casbackup.units import plural
+
+
+class SnapshotStore(BlobStore):
+    """Trees and snapshots (and this client's screening of them, repo/localstate.py).
+
+    Not used on its own: ``Repository`` (repository.py) is the class callers open."""
+
+    # ----------------------------------------------------------------- trees
+    def save_tree(self, nodes: list[Node]) -> BlobId:
+        data = encode_tree(nodes)
+        tree_id = self.save_blob(Kind.TREE, data)[0]
+        if self._tree_cache is not None:
+            self._tree_cache.put(tree_id, data)  # the next backup compares with it
+        return tree_id
+
+    def load_tree(self, tree_id: BlobId, *, cached: bool = True) -> list[Node]:
+        """A tree's nodes, from the local tree cache (repo/treecache.py: remote stores
+        only; entries authenticated and checked against the id) or the repository.
+        ``cached=False`` reads the repository's copy (``check`` verifies that one).
+        Raises IntegrityError, NotFound, StorageError."""
+        cache = self._tree_cache if cached else None
+        data = cache.get(tree_id) if cache is not None else None
+        if data is None and cache is not None:
+            loc = self.locate(tree_id)
+            try:  # a cold cache: the tree's whole pack at once, when it is small
+                if cache.fill_from_pack(self.backend, loc.pack):
+                    data = cache.get(tree_id)
+            except CasError:
+                data = None  # read just this tree below; its own errors are the ones to report
+        if data is None:
+            data = self.load_blob(tree_id, Kind.TREE)
+            if self.blob_id(data) != tree_id:
+                raise IntegrityError(f"tree {tree_id.hex()[:16]} does not match its id")
+            if cache is not None:
+                cache.put(tree_id, data)
+        return decode_tree(data)
+
+    # ----------------------------------------------------------------- snapshots
+    def save_snapshot(self, snap: Snapshot) -> Snapshot:
+        self.flush()  # invariant: everything the snapshot names is indexed first
+        fid = self.save_file_object("snapshots", Kind.SNAPSHOT, snap.encode())
+        remember_snapshot(self.state, fid)
+        return snap.with_id(fid)
+
+    def load_snapshot(self, fid: str) -> Snapshot:
+        return Snapshot.decode(self.get_encrypted(f"snapshots/{fid}", Kind.SNAPSHOT), fid)
+
+    def snapshot_ids(self) -> list[FileId]:
+        return sorted(FileId(name.rsplit("/", 1)[1]) for name, _ in self.backend.list("snapshots/"))
+
+    def alert(self, message: str) -> None:
+        """A loud warning the user must see (once), collected for the CLI to print."""
+        if message not in self.alerts:
+            self.alerts.append(message)
+
+    def usable_snapshot_ids(self, present: list[str] | None = None) -> list[str]:
+        """The snapshot ids present (``snapshot_ids()`` unless given) less those this client
+        forgot itself and that came back; each such finding becomes an ``alert``."""
+        if present is None:
+            present = self.snapshot_ids()
+        usable, alerts = screen_snapshots(self.state, present)
+        for message in alerts:
+            self.alert(message)
+        return usable
+
+    def list_snapshots(
+        self, *, warnings: list[str] | None = None, include_forgotten: bool = False
+    ) -> list[Snapshot]:
+        """All readable snapshots, oldest first. Unreadable ones are reported in ``warnings``.
+
+        Snapshots this client forgot are left out even if present again (``alerts``),
+        unless ``include_forgotten`` (prune: data that anything present names is kept)."""
+        present = self.snapshot_ids()
+        usable = self.usable_snapshot_ids(present)
+        snaps = []
+        for fid in present if include_forgotten else usable:
+            try:
+                snaps.append(self.load_snapshot(fid))
+            except CasError as exc:
+                if warnings is None:
+                    raise
+                warnings.append(f"snapshot {fid[:8]} is unreadable: {exc}")
+        snaps.sort(key=lambda s: (s.start_ns, s.id))
+        return snaps
+
+    def delete_snapshot(self, fid: str) -> None:
+        """Forget a snapshot: recorded locally first, so it is never trusted again even if
+        its file comes back (a crash in between leaves it present but ignored here)."""
+        remember_snapshot(self.state, fid, forgotten=True)
+        self.backend.delete(f"snapshots/{fid}")
+
+    def resolve_snapshot(
+        self, ref: str, *, app: str | None = None, paths: Iterable[str] | None = None
+    ) -> Snapshot:
+        if ref == "latest":
+            snaps = [s for s in self.list_snapshots(warnings=[]) if app is None or s.app == app]
+            if paths is not None:
+                wanted = tuple(sorted(paths))
+                snaps = [s for s in snaps if tuple(sorted(s.paths)) == wanted]
+            if not snaps:
+                what = f" of application {app!r}" if app else ""
+                raise NotFound(f"no snapshot{what} in the repository")
+            return snaps[-1]
+        ref = ref.lower()
+        if not ref or any(c not in "0123456789abcdef" for c in ref):
+            raise NotFound(
+                f"{ref!r} is not a snapshot id (give an id, a unique prefix, or 'latest')"
+            )
+        matches = [fid for fid in self.snapshot_ids() if fid.startswith(ref)]
+        if not matches:
+            raise NotFound(f"no snapshot matches {ref!r}")
+        if len(matches) > 1:
+            raise AmbiguousId(
+                f"{ref!r} matches {plural(len(matches), 'snapshot')}; give more digits"
+            )
+        if matches[0] in self.state.doc.forgotten:
+            self.alert(
+                f"snapshot {matches[0][:8]} was forgotten by this client and is back in the "
+                "repository (rolled back or tampered with); using it only because it was named"
+            )
+        return self.load_snapshot(matches[0])
+
+    # ----------------------------------------------------------------- walking
+    def walk(self, tree_id: BlobId, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
+        """Depth-first (path, node) for every node below a tree, each folder's node before its
+        contents, in name order; loads one tree at a time, when its folder is reached.
+
+        An explicit stack, not recursion: a snapshot may be any number of levels deep (anyone
+        who can write the backed-up folders chooses the depth), and Python's recursion limit
+        (about 1,000 frames) must not decide whether a snapshot can be read. Memory holds the
+        trees along one path from the root, as recursion would.
+        """
+        stack: list[tuple[Iterator[Node], bytes]] = [(iter(self.load_tree(tree_id)), prefix)]
+        while stack:
+            nodes, where = stack[-1]
+            node = next(nodes, None)
+            if node is None:
+                stack.pop()
+                continue
+            path = where + b"/" + node.name
+            yield path, node
+            if node.subtree is not None:
+                stack.append((iter(self.load_tree(node.subtree)), path))
+
+    def find_node(self, root: BlobId, path: str | bytes) -> Node | None:
+        """The node at an absolute path in a snapshot, or None for the root itself."""
+        raw = path.encode("utf-8", "surrogateescape") if isinstance(path, str) else path
+        parts = [p for p in raw.split(b"/") if p and p != b"."]
+        tree: BlobId | None = root
+        node: Node | None = None
+        for i, part in enumerate(parts):
+            if tree is None:
+                raise NotFound(f"{path!r} does not exist in the snapshot")
+            for candidate in self.load_tree(tree):
+                if candidate.name == part:
+                    node = candidate
+                    break
+            else:
+                shown = b"/" + b"/".join(parts[: i + 1])
+                raise NotFound(f"{shown.decode('utf-8', 'replace')} does not exist in the snapshot")
+            tree = node.subtree
+        return node
