@@ -192,7 +192,9 @@ def classify(exc: BaseException, what: str) -> Exception:
     text = str(exc)
     status = status_of(exc)
     if _NO_BUCKET.search(text):
-        return StorageError(f"{what}: no such bucket")
+        return StorageError(
+            f"{what}: no such bucket (casbackup does not create buckets: create it first)"
+        )
     if isinstance(exc, oe.NotFoundError | FileNotFoundError) or status == 404:
         return NotFound(f"{what}: missing from the repository")
     if isinstance(exc, oe.PermissionDeniedError | oe.UnauthenticatedError) or status in (401, 403):
