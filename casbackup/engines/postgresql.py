@@ -32,9 +32,7 @@ named `my-db "x"` or `a=b` is never parsed as anything else.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import subprocess
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
@@ -57,14 +55,12 @@ from casbackup.engines.pg_globals import (
     utf8_env,
 )
 from casbackup.engines.process import (
+    ClientSession,
     ProcessDumpStream,
-    StderrDrain,
     child_env,
-    describe_exit,
     feed_tool,
     find_tool,
     run_tool,
-    summarize,
 )
 from casbackup.errors import DatabaseError
 
@@ -81,7 +77,6 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND NOT c.relispartition
 ORDER BY 1;"""
-_END = "__casbackup_end__"
 
 
 def quote_ident(name: str) -> str:
@@ -145,66 +140,17 @@ def _require_db(spec: DatabaseSpec) -> str:
     return spec.database
 
 
-class _SnapshotSession:
-    """A psql session holding an exported snapshot open until `close()`."""
+class _SnapshotSession(ClientSession):
+    """A psql session holding an exported snapshot open until `close()` (EOF on its
+    stdin ends psql, which rolls the transaction back)."""
 
     def __init__(self, psql: str, spec: DatabaseSpec, env: dict[str, str]) -> None:
-        self._proc = subprocess.Popen(
-            [
-                psql,
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "--no-password",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                conninfo(spec),
-            ],  # fmt: skip
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        self._drain = StderrDrain(self._proc.stderr)  # type: ignore[arg-type]
-        self._what = f"database {spec.name!r}"
-
-    def query(self, sql: str) -> list[str]:
-        """Send SQL, return its output lines; psql flushes after each statement."""
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        try:
-            self._proc.stdin.write(f"{sql}\n\\echo {_END}\n".encode())
-            self._proc.stdin.flush()
-        except BrokenPipeError:
-            pass
-        lines: list[str] = []
-        while True:
-            raw = self._proc.stdout.readline()
-            if not raw:
-                code = self._proc.wait()
-                self.close()
-                raise DatabaseError(
-                    f"{self._what}: {describe_exit('psql', code)}: {summarize(self._drain.text())}"
-                )
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if line == _END:
-                return lines
-            if line:
-                lines.append(line)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            if self._proc.stdin is not None:
-                self._proc.stdin.close()  # EOF ends psql, which rolls the transaction back
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        for pipe in (self._proc.stdout, self._proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        argv = [psql, "-X", "-q", "-A", "-t", "--no-password", "-v", "ON_ERROR_STOP=1",
+                "-d", conninfo(spec)]  # fmt: skip
+        super().__init__(
+            argv, what=f"database {spec.name!r}", tool="psql", end_sql="\\echo {end}",
+            env=env, keep_blank=False,
+        )  # fmt: skip
 
 
 def _parse_counts(lines: list[str]) -> dict[str, int]:

@@ -101,6 +101,30 @@ class StderrDrain:
         return bytes(self._buf)
 
 
+def spawn_tool(
+    argv: Sequence[str],
+    *,
+    what: str,
+    stdin: int,
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+) -> subprocess.Popen[bytes]:
+    """Start a database tool with piped stdout and stderr, ``stdin`` as given (a
+    ``subprocess`` constant) and ``env`` (``child_env()`` when None). Raises DatabaseError
+    ("install the client tools") when the program does not exist."""
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env) if env is not None else child_env(),
+            pass_fds=tuple(pass_fds),
+        )
+    except FileNotFoundError as e:
+        raise DatabaseError(f"{what}: {argv[0]} not found: install the client tools") from e
+
+
 def describe_exit(tool: str, returncode: int) -> str:
     if returncode < 0:
         return f"{tool} was killed by signal {-returncode}"
@@ -223,17 +247,9 @@ class ProcessDumpStream(DumpStream):
         self._eof = False
         self._finished = False
         try:
-            self._proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(env) if env is not None else child_env(),
-                pass_fds=tuple(pass_fds),
+            self._proc = spawn_tool(
+                argv, what=what, stdin=subprocess.DEVNULL, env=env, pass_fds=pass_fds
             )
-        except FileNotFoundError as e:
-            self._release()
-            raise DatabaseError(f"{what}: {argv[0]} not found: install the client tools") from e
         except BaseException:
             self._release()
             raise
@@ -315,3 +331,85 @@ class ProcessDumpStream(DumpStream):
                 proc.stderr.close()
         self._release()
         super().close()
+
+
+_SESSION_END = "__casbackup_end__"
+_SESSION_CLOSE_WAIT = 10.0  # seconds a client may take to exit after its stdin closed
+
+
+class ClientSession:
+    """A database client (psql, mariadb/mysql) kept open and fed SQL one batch at a time,
+    so that what a statement took (a lock, an exported snapshot, an open transaction)
+    lasts until `close()`: closing its stdin ends the session, and the server releases
+    everything with the connection.
+
+    ``end_sql`` makes the client print ``_SESSION_END`` on a line of its own after a batch
+    (``{end}`` in it is replaced): the client flushes per statement, so that line says the
+    batch's output is complete. ``tool`` names the client in errors. ``keep_blank``: keep
+    empty output lines (psql's ``-A -t`` prints them between statements; they say nothing).
+    Raises DatabaseError when the client cannot start.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        what: str,
+        tool: str,
+        end_sql: str,
+        env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
+        keep_blank: bool = True,
+    ) -> None:
+        self._what = what
+        self._tool = tool
+        self._end_sql = end_sql.format(end=_SESSION_END)
+        self._keep_blank = keep_blank
+        self._closed = False
+        self._proc = spawn_tool(argv, what=what, stdin=subprocess.PIPE, env=env, pass_fds=pass_fds)
+        self._drain = StderrDrain(self._proc.stderr)  # type: ignore[arg-type]
+
+    def query(self, sql: str) -> list[str]:
+        """Run `sql` (one or more statements); its output lines. DatabaseError when the
+        client exits (it stops at the first error), with the server's message."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            self._proc.stdin.write(f"{sql}\n{self._end_sql}\n".encode())
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the client is gone: reading below reports why
+        lines: list[str] = []
+        while True:
+            raw = self._proc.stdout.readline()
+            if not raw:
+                code = self._proc.wait()
+                self.close()
+                raise DatabaseError(
+                    f"{self._what}: {describe_exit(self._tool, code)}: "
+                    f"{summarize(self._drain.text())}"
+                )
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line == _SESSION_END:
+                return lines
+            if line or self._keep_blank:
+                lines.append(line)
+
+    def close(self) -> None:
+        """End the session (releasing what it holds); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        except (OSError, ValueError):
+            pass  # already broken: the wait below still ends the client
+        try:
+            self._proc.wait(timeout=_SESSION_CLOSE_WAIT)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()  # the server drops the locks with the connection
+            self._proc.wait()
+        self._drain.text()
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()
