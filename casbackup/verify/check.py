@@ -7,6 +7,7 @@ before the snapshot trees are walked once to name every affected file.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import random
@@ -332,12 +333,18 @@ class Checker:
                 yield pack, packs[pack], self.fallback.get(pack, b"")
 
         read: list[FileId] = []
-        for pack, verdict in _verify_all(self.repo, jobs(), self.options.workers, on_started):
-            self._apply(pack, verdict)
-            read.append(pack)
-            progress.files_done += 1
-            progress.bytes_done += packs[pack]
-            self.reporter.progress(progress)
+        # closing(): an exception here (Ctrl-C, SIGTERM in a progress report) must shut the
+        # helper pool down now, while its handler threads run. Left to the garbage collector,
+        # the generator's pool.terminate() ran at interpreter exit, after the pool's daemon
+        # threads had stopped, and waited forever for a queue lock an idle helper holds.
+        verdicts = _verify_all(self.repo, jobs(), self.options.workers, on_started)
+        with contextlib.closing(verdicts):
+            for pack, verdict in verdicts:
+                self._apply(pack, verdict)
+                read.append(pack)
+                progress.files_done += 1
+                progress.bytes_done += packs[pack]
+                self.reporter.progress(progress)
         on_started()  # no pack to read: the helpers never started
         state.record(read, self.report.damaged_packs, int(time.time()))
         try:

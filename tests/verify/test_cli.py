@@ -29,9 +29,10 @@ def test_verify_damage_and_recover_choice(repo, repo_path: str, tmp_path: Path) 
     doc = json.loads(bad.out.splitlines()[-1])
     assert doc["snapshot_id"] == second.id and doc["ok"] is False and doc["sandbox"] is None
     assert [f["path"] for f in doc["failures"]] == [f"{app}/data/new.bin"]
-    assert (
-        f"error: snapshot {second.short_id} failed verification with 1 problem: {app}/data/new.bin"
-        in bad.err
+    err = json.loads(bad.err.splitlines()[-1])  # under --json the error line is JSON too
+    assert err["message_type"] == "error" and err["exit_code"] == 28
+    assert err["error"].startswith(
+        f"snapshot {second.short_id} failed verification with 1 problem: {app}/data/new.bin"
     )
     assert list(sandboxes.iterdir()) == []
 
