@@ -154,6 +154,16 @@ def test_resolve_chain_checks_every_link() -> None:
         delta.resolve_chain(fetch, opener, [(*chain[0][:4], len(top) + 1), *chain[1:]])
     with pytest.raises(IntegrityError):  # the hash check catches a wrong id
         delta.resolve_chain(fetch, opener, chain, hash_id=lambda data: b"\x00" * 32)
+    real = {base: ids["base"], mid: ids["mid"], top: ids["top"]}
+    assert delta.resolve_chain(fetch, opener, chain, hash_id=real.__getitem__) == top
+    # Only the result is hashed when it matches; when it does not, the error names the
+    # first link whose plaintext does not match its id (here the middle one).
+    lying = {**real, mid: BlobId(os.urandom(32)), top: BlobId(os.urandom(32))}
+    with pytest.raises(IntegrityError, match=f"blob {ids['mid'].hex()[:16]} does not match"):
+        delta.resolve_chain(fetch, opener, chain, hash_id=lying.__getitem__)
+    hashed: list[bytes] = []
+    delta.resolve_chain(fetch, opener, chain, hash_id=lambda d: hashed.append(d) or real[d])
+    assert hashed == [top]
 
 
 def test_chain_of_refuses_loops_and_overlong_chains() -> None:
