@@ -252,6 +252,16 @@ def test_chart_svg() -> None:
     assert "2026-01-01" in svg and "2026-01-03" in svg
     bars = charts.chart([(t, 2.0)], title="d", label=str, bars=True)
     assert bars.count("<rect") == 1
+    # bars at the first and last times stay inside the plot, clear of the y-axis labels
+    many = [(t + dt.timedelta(hours=h), 1.0 + h) for h in range(5)]
+    svg = charts.chart(many, title="d", label=str, bars=True)
+    spans = [
+        (float(m.group(1)), float(m.group(1)) + float(m.group(2)))
+        for m in re.finditer(r'<rect class="bar" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', svg)
+    ]
+    assert len(spans) == 5
+    assert min(a for a, _ in spans) >= charts.LEFT
+    assert max(b for _, b in spans) <= charts.W - charts.RIGHT
 
 
 def _snap(when: dt.datetime) -> Snapshot:
