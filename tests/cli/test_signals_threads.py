@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -169,3 +170,32 @@ def test_sigterm_stops_a_sleeping_check_every_time(tmp_path) -> None:  # type: i
         assert proc.returncode == 143, (run, err)
         assert time.monotonic() - sent < 10, run
         assert os.listdir(os.path.join(repo, "locks")) == [], run
+
+
+def test_obstore_runtime_threads_leave_stop_signals_to_the_main_thread() -> None:
+    """obstore's tokio threads, started by the first S3 backend, block them too (a request
+    to a closed port makes sure the runtime runs)."""
+    pytest.importorskip("obstore")
+    script = (
+        "import os\n"
+        "from casbackup.store.s3 import S3Backend\n"
+        "b = S3Backend('s3:http://127.0.0.1:9/bucket', timeout_seconds=2)\n"
+        "try:\n"
+        "    b.exists('config')\n"
+        "except Exception:\n"
+        "    pass\n"
+        "print(os.getpid())\n"
+        "input()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        names = threads_of(pid)
+        assert any(name.startswith("tokio") for name in names.values()), names
+        assert_masks(pid, helpers=0)
+    finally:
+        proc.kill()
+        proc.wait()
