@@ -252,6 +252,16 @@ def test_chart_svg() -> None:
     assert "2026-01-01" in svg and "2026-01-03" in svg
     bars = charts.chart([(t, 2.0)], title="d", label=str, bars=True)
     assert bars.count("<rect") == 1
+    # bars at the first and last times stay inside the plot, clear of the y-axis labels
+    many = [(t + dt.timedelta(hours=h), 1.0 + h) for h in range(5)]
+    svg = charts.chart(many, title="d", label=str, bars=True)
+    spans = [
+        (float(m.group(1)), float(m.group(1)) + float(m.group(2)))
+        for m in re.finditer(r'<rect class="bar" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', svg)
+    ]
+    assert len(spans) == 5
+    assert min(a for a, _ in spans) >= charts.LEFT
+    assert max(b for _, b in spans) <= charts.W - charts.RIGHT
 
 
 def _snap(when: dt.datetime) -> Snapshot:
@@ -435,3 +445,18 @@ def test_cancel_is_offered_for_own_jobs_or_to_admins(env: Env) -> None:
     assert not has(env.client.get(f"/jobs/{mine}").text, TESTIDS["job_cancel"])
     login(env, "admin")
     assert has(env.client.get(f"/jobs/{mine}").text, TESTIDS["job_cancel"])
+
+
+def test_app_page_shows_what_each_snapshot_stored_not_its_raw_new_bytes(env: Env) -> None:
+    """With compression and database deltas the raw size of new chunks says little about the
+    repository's growth: the snapshots table shows what was stored, the raw size as a tooltip."""
+    snap = backup(env, "shop")["snapshot_id"]
+    doc = env.client.get(f"/api/snapshots/{snap}", headers=env.h("viewer")).json()
+    login(env, "viewer")
+    html = env.client.get("/apps/shop").text
+    row = html[html.index(f'data-testid="{TESTIDS["snapshot_row"]}:{snap[:8]}"') :]
+    row = row[: row.index("</tr>")]
+    stored, added = doc["summary"]["bytes_stored"], doc["summary"]["bytes_added"]
+    assert f">{size_text(stored)}</td>" in row
+    assert f'title="{size_text(added)} of new data before compression and deltas"' in row
+    assert ">Stored</th>" in html

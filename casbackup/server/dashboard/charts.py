@@ -47,10 +47,13 @@ def chart(
     top = max(v for _, v in points) or 1.0
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
 
+    width = max(min(pw / max(len(points), 1) * 0.6, 24), 2) if bars else 0.0
+    inset = width / 2  # a bar at either end stays inside the plot, off the axis labels
+
     def x(t: dt.datetime) -> float:
         if len(points) == 1:
             return LEFT + pw / 2
-        return LEFT + (t.timestamp() - t0) / span * pw
+        return LEFT + inset + (t.timestamp() - t0) / span * (pw - 2 * inset)
 
     def y(v: float) -> float:
         return TOP + ph - v / top * ph
@@ -64,7 +67,6 @@ def chart(
         parts.append(f'<text class="axis" x="{LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">'
                      f"{escape(label(tick))}</text>")  # fmt: skip
     if bars:
-        width = max(min(pw / max(len(points), 1) * 0.6, 24), 2)
         for t, v in points:
             parts.append(f'<rect class="bar" x="{x(t) - width / 2:.1f}" y="{y(v):.1f}" '
                          f'width="{width:.1f}" height="{TOP + ph - y(v):.1f}">'
