@@ -13,7 +13,10 @@ so that they inherit the blocked mask.
 A process forked from a thread inherits that thread's mask: helper processes unblock the stop
 signals again (``unblock_stop_signals`` in ``procs.become_helper`` and after every fork), so a
 pool's ``terminate()`` still kills them. Threads that start programs (``subprocess``) must not
-block them: an exec'd program keeps the mask, and would then ignore SIGTERM.
+block them: an exec'd program keeps the mask, and would then ignore SIGTERM. That is why the
+service's job threads (server/jobs.py, which run ``casbackup`` children), its scheduler thread
+(which starts job threads) and the notify threads (which may run a command) stay as they are:
+the service's main thread is uvicorn's loop, which wakes every 0.1 s to check for a stop anyway.
 """
 
 from __future__ import annotations
