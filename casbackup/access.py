@@ -19,6 +19,7 @@ from casbackup.engines.process import SECRET_PREFIX, StderrDrain
 from casbackup.errors import CasError, RepositoryNotFound, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend
+from casbackup.threadsig import quiet_thread
 
 #: A location scheme as URLs spell them (``s3``, ``my+proto``); ``C`` of ``C:\\`` is not one here.
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]{1,31}")
@@ -108,12 +109,16 @@ def run_password_command(command: str) -> bytes:
         raise UsageError(f"password command {argv[0]!r} failed to start: {exc.strerror}") from None
     drain = StderrDrain(proc.stderr)  # type: ignore[arg-type]
     expired = threading.Event()
+    finished = threading.Event()
 
     def expire() -> None:  # a command that hangs fails; it never stalls us
-        expired.set()
-        proc.kill()
+        if not finished.wait(60):
+            expired.set()
+            proc.kill()
 
-    timer = threading.Timer(60, expire)
+    # Not a threading.Timer: our threads block the stop signals (threadsig.py), so that a
+    # Ctrl-C reaches the main thread reading the command's output.
+    timer = quiet_thread(expire, name="password-timeout")
     timer.start()
     try:
         assert proc.stdout is not None
@@ -124,7 +129,7 @@ def run_password_command(command: str) -> bytes:
             )
         returncode = proc.wait()
     finally:
-        timer.cancel()
+        finished.set()
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()  # type: ignore[union-attr]

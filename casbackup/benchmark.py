@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from pyfastcdc import FastCDC
 
 from casbackup.errors import UsageError
+from casbackup.threadsig import quiet_thread
 
 MiB = 1 << 20
 MB = 1_000_000
@@ -182,7 +183,8 @@ def _run_threads(factory: _WorkerFactory, threads: int, units: int) -> tuple[flo
             barrier.abort()
             finished.abort()
 
-    pool = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(threads)]
+    # Quiet threads: a Ctrl-C must reach the main thread waiting at the barrier (threadsig.py).
+    pool = [quiet_thread(body, (i,)) for i in range(threads)]
     for thread in pool:
         thread.start()
     try:

@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from casbackup.repo import ids
+from casbackup.threadsig import unblock_stop_signals
 
 _PR_SET_PDEATHSIG = 1
 
@@ -47,6 +48,9 @@ def become_helper(parent: int) -> None:
     """First thing in a helper: leave Ctrl-C to the parent and die when it dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into a cancel
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and a closed terminal too (cli/signals.py)
+    # Forked from a thread that blocks the stop signals (a pool's handler, or the main thread
+    # while it starts a pool): take them back, so that terminate()'s SIGTERM kills us.
+    unblock_stop_signals()
     ids.single_threaded_hashing()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

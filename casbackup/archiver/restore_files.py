@@ -32,6 +32,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
 from casbackup.store.local import LocalBackend
+from casbackup.threadsig import block_stop_signals
 
 
 @dataclass(frozen=True)
@@ -344,12 +345,16 @@ class FileSender(ABC):
         if isinstance(backend, LocalBackend) and opts.workers > 1 and not opts.dry_run:
             self._writers = WriterPool(backend.root, self.repo.key.encryption_root, opts.workers)
             return
-        self._threads = ThreadPoolExecutor(opts.workers, thread_name_prefix="restore")
+        self._threads = ThreadPoolExecutor(
+            opts.workers, thread_name_prefix="restore", initializer=block_stop_signals
+        )
         # Ranged reads run in their own threads, ahead of the writing; an object store gets
         # several requests in flight (its client releases the GIL while it waits).
         local = isinstance(backend, LocalBackend)
         fetchers = max(1, opts.workers) if local else _REMOTE_READERS
-        self._fetchers = ThreadPoolExecutor(fetchers, thread_name_prefix="restore-read")
+        self._fetchers = ThreadPoolExecutor(
+            fetchers, thread_name_prefix="restore-read", initializer=block_stop_signals
+        )
         self._reader = BlobReader(
             backend,
             self.repo.key.encryption_root,

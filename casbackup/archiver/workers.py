@@ -51,6 +51,7 @@ from casbackup.repo import codec
 from casbackup.repo.config import ChunkerParams
 from casbackup.repo.ids import Kind
 from casbackup.repo.index import IndexCache
+from casbackup.threadsig import quiet_thread, stop_signals_blocked
 
 FLUSH_BYTES = 1 << 20  # sealed bytes a worker gathers before sending them
 BATCH_FILES = 128  # small files per job batch
@@ -422,7 +423,7 @@ class ReaderPool:
             theirs.close()
             receivers.append(ours)
             self._procs.append(proc)
-            t = threading.Thread(target=self._receive, args=(ours, proc), daemon=True)
+            t = quiet_thread(self._receive, (ours, proc))
             t.start()
             self._threads.append(t)
 
@@ -440,7 +441,7 @@ class ReaderPool:
             for _path, _size, on_done in batch:
                 on_done(None, failure)
             return
-        self._jobs.put(jobs)
+        self._put(jobs)
 
     def compare(self, job: SubtreeJob, on_done: OnCompared) -> None:
         """Queue a subtree comparison; ``on_done`` runs exactly once, on a receiver thread."""
@@ -453,7 +454,13 @@ class ReaderPool:
         if failure is not None:
             on_done(None, failure)
             return
-        self._jobs.put(("compare", job_id, job))
+        self._put(("compare", job_id, job))
+
+    def _put(self, item: Any) -> None:
+        # The queue's first put starts its feeder thread, which inherits this thread's mask:
+        # blocked, so that the stop signals keep going to the main thread (threadsig.py).
+        with stop_signals_blocked():
+            self._jobs.put(item)
 
     def _receive(self, conn: Connection, proc: Any) -> None:
         try:
@@ -514,7 +521,7 @@ class ReaderPool:
         self._closing = True
         for _ in self._procs:
             try:
-                self._jobs.put(None)
+                self._put(None)
             except (OSError, ValueError):
                 pass
         procs.reap(self._threads, self._procs)

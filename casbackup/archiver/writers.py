@@ -40,6 +40,7 @@ from casbackup.archiver.readplan import LOCAL_GAP, BlobReader, Chain, Chunk, Chu
 from casbackup.errors import CasError
 from casbackup.repo.tree import valid_name
 from casbackup.store.local import LocalBackend
+from casbackup.threadsig import block_stop_signals, quiet_thread
 
 _ZERO = bytes(16 * 1024 * 1024)
 
@@ -310,7 +311,7 @@ def _writer_main(
         other.close()  # the parent's ends of this and earlier writers' sockets
     # Its own fds and locks; one thread reads the next window's ranges while this one
     # decrypts and writes, so the disk and the CPU work side by side.
-    ahead = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="read-ahead", initializer=block_stop_signals)
     reader = BlobReader(LocalBackend(root), encryption_root, gap=LOCAL_GAP, pool=ahead)
     sock = _fd_socket(conn)
     try:
@@ -392,7 +393,7 @@ class WriterPool:
             self._socks.append(_fd_socket(ours))
             self._send_locks.append(threading.Lock())
         for conn in self._conns:
-            t = threading.Thread(target=self._receive, args=(conn,), daemon=True)
+            t = quiet_thread(self._receive, (conn,))
             t.start()
             self._threads.append(t)
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 from casbackup.errors import EXIT_INTERRUPTED
+from casbackup.threadsig import unblock_stop_signals
 
 # SIGTERM (systemd, docker stop, timeout) and SIGHUP (a closed terminal) stop a command the way
 # Ctrl-C does: through whatever SIGINT handler is in force (the backup's deferred cancel, or
@@ -41,6 +42,9 @@ def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
 def _defaults_in_child() -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
+    # A child forked by a thread that blocks the stop signals (casbackup/threadsig.py) would
+    # keep them blocked: give it the mask the main thread has.
+    unblock_stop_signals()
 
 
 def install_stop_signals() -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import BinaryIO
 
 from casbackup.engines.base import DumpInfo, DumpStream
 from casbackup.errors import DatabaseError
+from casbackup.threadsig import quiet_thread
 
 STDERR_KEEP = 64 * 1024  # bytes of a tool's stderr kept for the error message
 _TAIL_KEEP = 4096  # bytes of a dump's end kept to check its trailer
@@ -81,7 +81,7 @@ class StderrDrain:
     def __init__(self, pipe: BinaryIO | None) -> None:
         self._buf = bytearray()
         self._pipe = pipe
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = quiet_thread(self._run)
         if pipe is not None:
             self._thread.start()
 

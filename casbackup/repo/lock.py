@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from casbackup.errors import CasError, LockError, NotFound, StorageError
 from casbackup.repo.ids import Kind
+from casbackup.threadsig import quiet_thread
 
 STALE_AFTER = 30 * 60
 REFRESH_EVERY = 5 * 60
@@ -103,9 +104,7 @@ class Lock:
                         f"repository is locked: {info.describe()}; "
                         "wait for it to finish, or run 'casbackup unlock' if it is gone"
                     )
-            self._thread = threading.Thread(
-                target=self._refresh_loop, name="lock-refresh", daemon=True
-            )
+            self._thread = quiet_thread(self._refresh_loop, name="lock-refresh")
             self._thread.start()
         except BaseException as exc:
             self._stop.set()

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from casbackup.threadsig import quiet_thread
+
 
 class PackUploader:
     """Calls ``write(packer)`` for each submitted packer in one background thread."""
@@ -40,7 +42,7 @@ class PackUploader:
             raise self._error
         with self._start_lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="pack-upload", daemon=True)
+                self._thread = quiet_thread(self._run, name="pack-upload")
                 self._thread.start()
         self._queue.put(packer)
 

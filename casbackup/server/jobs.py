@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, CasError, NotFound, UsageError
+from casbackup.threadsig import quiet_thread
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -343,7 +344,7 @@ class JobManager:
         except BrokenPipeError:
             pass
         stderr_lines: list[str] = []
-        drain = threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True)
+        drain = quiet_thread(_drain, (proc.stderr, stderr_lines))
         drain.start()
         outcome: dict[str, Any] | None = None
         partial: Any = None

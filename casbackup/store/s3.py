@@ -29,6 +29,7 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,6 +44,7 @@ from casbackup.store.names import (
     is_temp_name,
     rule_for,
 )
+from casbackup.threadsig import quiet_thread
 
 T = TypeVar("T")
 
@@ -212,6 +214,35 @@ def classify(exc: BaseException, what: str) -> Exception:
     return StorageError(f"{what}: {said}")
 
 
+_runtime_lock = threading.Lock()
+_runtime_started = False
+
+
+def _start_runtime_quietly() -> None:
+    """Start obstore's (process-wide, tokio) runtime from a thread that blocks the stop
+    signals, once: its worker threads inherit that mask, so that SIGINT/SIGTERM/SIGHUP keep
+    going to our main thread (casbackup/threadsig.py). Started from the main thread instead,
+    they would take such signals, and a main thread waiting would not wake. Best effort: a
+    failure here leaves the runtime to start at the first request, as before."""
+    global _runtime_started
+    import obstore
+    from obstore.store import MemoryStore
+
+    def start() -> None:
+        try:
+            obstore.put(MemoryStore(), "start", b"")  # any call builds the runtime
+        except Exception:
+            pass  # the first real request starts it, with the caller's mask
+
+    with _runtime_lock:
+        if _runtime_started:
+            return
+        thread = quiet_thread(start, name="obstore-start")
+        thread.start()
+        thread.join()
+        _runtime_started = True
+
+
 class S3Backend:
     """Objects as keys ``<prefix>/<name>`` in one bucket (see the module docstring)."""
 
@@ -253,6 +284,7 @@ class S3Backend:
             "timeout": timedelta(seconds=timeout_seconds),
         }
         retry = {"max_retries": 0, "retry_timeout": timedelta(seconds=timeout_seconds)}
+        _start_runtime_quietly()
         try:
             self._store = S3Store(
                 self.where.bucket,

@@ -36,6 +36,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.store.base import odd_entries, skipped_warnings
+from casbackup.threadsig import quiet_thread, stop_signals_blocked
 from casbackup.units import plural
 from casbackup.verify.check_state import load_check_state, save_check_state
 from casbackup.verify.metacheck import check_metadata
@@ -465,7 +466,7 @@ class _Background:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="check-walk", daemon=True)
+            self._thread = quiet_thread(self._run, name="check-walk")
             self._thread.start()
 
     def _run(self) -> None:
@@ -522,7 +523,10 @@ def _verify_all(
         return
     gc.freeze()  # what this process holds stays shared with the helpers instead of copied
     try:
-        pool = procs.context().Pool(workers, _helper_start, (repo, os.getpid()))
+        # The pool's handler threads inherit this thread's mask: blocked, so that a stop
+        # signal reaches the main thread waiting in result.get() (casbackup/threadsig.py).
+        with stop_signals_blocked():
+            pool = procs.context().Pool(workers, _helper_start, (repo, os.getpid()))
     finally:
         gc.unfreeze()
     started()  # after the fork: no thread of ours may hold a lock a helper inherits
