@@ -45,11 +45,11 @@ def _shallow_chains(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(delta, "MAX_DEPTH", DEPTH)
 
 
-def change_rows(db: DatabaseSpec, seed: int, share: float = 0.01) -> None:
-    """Update ``share`` of the rows in place, scattered, keeping each value's length."""
+def change_rows(db: DatabaseSpec, seed: int, share: float = 0.01, rows: int = ROWS) -> None:
+    """Update ``share`` of the ``rows`` in place, scattered, keeping each value's length."""
     rng = random.Random(seed)
     conn = sqlite3.connect(db.path)  # type: ignore[arg-type]
-    for i in rng.sample(range(1, ROWS + 1), int(ROWS * share)):
+    for i in rng.sample(range(1, rows + 1), int(rows * share)):
         item = f"item {i}"
         conn.execute("UPDATE orders SET item = ? WHERE id = ?", (item[::-1], i))
     conn.commit()
@@ -106,7 +106,9 @@ def test_chains_reach_the_limit_then_start_again(repo: Repository, chained) -> N
     # Each changed night costs far less than the first one did.
     first = sum(repo.locate(c).stored_len for c in dump_node(repo, snaps[0]).content)
     second = {c for c in dump_node(repo, snaps[1]).content} - set(dump_node(repo, snaps[0]).content)
-    assert sum(repo.locate(c).stored_len for c in second) < first / 5
+    # (at this size, ~90 kB, chunk boundaries vary with each repository's key: a fifth was
+    # flaky, one in eight runs stored ~40%; without deltas a 1% scattered change stores ~all)
+    assert sum(repo.locate(c).stored_len for c in second) < first / 2
 
 
 def test_every_reader_round_trips_a_chain_at_the_limit(  # type: ignore[no-untyped-def]
@@ -291,9 +293,11 @@ backup(repo, __import__("pathlib").Path(sys.argv[4]),
 def test_sigkill_during_a_backup_writing_deltas(
     repo: Repository, repo_path: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    app, db = make_app(tmp_path, rows=ROWS)
+    # Three times the rows: enough changed chunks that the third delta, where the child is
+    # killed, exists whatever chunk boundaries this repository's key gives.
+    app, db = make_app(tmp_path, rows=3 * ROWS)
     first = backup(repo, app, [db])
-    change_rows(db, 1, share=0.05)
+    change_rows(db, 1, share=0.05, rows=3 * ROWS)
     proc = subprocess.run(
         [sys.executable, "-c", _KILL_BACKUP, repo_path, db.path, "2", str(app)],  # type: ignore[list-item]
         env=dict(os.environ), cwd=str(Path(__file__).parents[2]), timeout=120,
