@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from casbackup.testing.fixtures import PASSWORD, run_cli
+from tests.server.test_e2e import _workers_of
 
 # the distribution's Chromium (apt); another path for other systems, or to test the skip rule
 CHROMIUM = os.environ.get("CASBACKUP_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -344,14 +345,28 @@ def test_jobs_list_and_cancel_a_waiting_job(
     ids = [site.api("POST", "/api/backup", json={"app_name": "notes", "backup_type": "full"}
                     ).json()["job_id"] for _ in range(2)]  # fmt: skip
     ids.append(site.api("POST", f"/api/snapshots/{state['snapshot']}/verify").json()["job_id"])
-    page = login(browser, site, "root")
-    page.get_by_role("link", name="Jobs").click()
-    for job_id in ids:
-        expect(page.get_by_test_id(f"job-row:{job_id}")).to_be_visible()
-    page.goto(f"{site.url}/jobs/{ids[-1]}")
-    page.once("dialog", lambda d: d.accept())
-    page.get_by_test_id("job-cancel").click()
-    expect(page.get_by_test_id(f"job-state:{ids[-1]}")).to_have_text("cancelled", timeout=60_000)
+    # Freeze the running backup's worker so the verify is still waiting when it is cancelled
+    # (on an idle machine both small backups used to finish before the click).
+    deadline = time.monotonic() + 30
+    while not (workers := _workers_of(site.proc.pid)):
+        assert time.monotonic() < deadline, "no worker process found for the running backup"
+        time.sleep(0.02)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        assert site.api("GET", f"/api/jobs/{ids[-1]}").json()["state"] == "queued"
+        page = login(browser, site, "root")
+        page.get_by_role("link", name="Jobs").click()
+        for job_id in ids:
+            expect(page.get_by_test_id(f"job-row:{job_id}")).to_be_visible()
+        page.goto(f"{site.url}/jobs/{ids[-1]}")
+        page.once("dialog", lambda d: d.accept())
+        page.get_by_test_id("job-cancel").click()
+        cancelled = page.get_by_test_id(f"job-state:{ids[-1]}")
+        expect(cancelled).to_have_text("cancelled", timeout=60_000)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
     assert site.wait_job(ids[-1])["state"] == "cancelled"
     for job_id in ids[:2]:
         assert site.wait_job(job_id)["state"] == "succeeded"

@@ -229,12 +229,15 @@ def test_kill_during_a_job_marks_it_interrupted_and_the_repository_checks(
     server = start(site, "first")
     job_id = server.post("/api/backup", {"app_name": "notes"}).json()["job_id"]
     _running(server, job_id)
-    time.sleep(0.5)
     # "running" is recorded before the worker is spawned: under load, wait for it to exist.
     deadline = time.monotonic() + 30
-    while not _workers_of(server.proc.pid):
+    while not (workers := _workers_of(server.proc.pid)):
         assert time.monotonic() < deadline, "no worker process found for the running job"
-        time.sleep(0.05)
+        time.sleep(0.02)
+    time.sleep(0.3)  # let it write some packs, then freeze it mid-backup: the kill must
+    for pid in workers:  # land before the backup could finish, however fast the machine
+        os.kill(pid, signal.SIGSTOP)
+    assert server.get(f"/api/jobs/{job_id}").json()["state"] == "running"
     server.proc.kill()  # no chance to clean up: the worker dies with it (PDEATHSIG)
     server.proc.wait(10)
     deadline = time.monotonic() + 10
@@ -262,8 +265,20 @@ def test_sigterm_cancels_running_jobs_and_records_it(site: dict[str, Any]) -> No
     server = start(site, "term")
     job_id = server.post("/api/backup", {"app_name": "notes"}).json()["job_id"]
     _running(server, job_id)
-    time.sleep(0.5)
+    # Freeze the worker so the backup cannot finish before the stop reaches it (on an idle
+    # machine 150 MiB took less than the old fixed 0.5 s wait): the service's SIGINT to it
+    # stays pending until it is continued, then cancels the backup.
+    deadline = time.monotonic() + 30
+    while not (workers := _workers_of(server.proc.pid)):
+        assert time.monotonic() < deadline, "no worker process found for the running job"
+        time.sleep(0.02)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    assert server.get(f"/api/jobs/{job_id}").json()["state"] == "running"
     server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the service asks its workers to stop (SIGINT), then waits for them
+    for pid in workers:
+        os.kill(pid, signal.SIGCONT)
     # uvicorn re-raises SIGTERM after its graceful shutdown (systemd counts that as a clean stop)
     assert server.proc.wait(60) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in server.log.read_text()
