@@ -103,8 +103,9 @@ class Subject:
                    "INSERT INTO t SELECT seq, seq * 31 % 1000, CONCAT(MD5(seq), ' ', MD5(seq * 7), ' note') "
                    f"FROM seq_1_to_{n};", self.name)  # fmt: skip
 
-    def change(self, where: str) -> None:
-        sql = f"UPDATE t SET body = body || ' edited', k = k + 1 WHERE {where};"
+    def _update(self, sql: str, mysql_sql: str | None = None) -> None:
+        """Run one UPDATE on this database, whatever its engine (MariaDB may need its own
+        spelling of the statement)."""
         if self.engine == "sqlite":
             conn = sqlite3.connect(self.spec.path or "")
             conn.execute(sql)
@@ -113,21 +114,16 @@ class Subject:
         elif self.engine == "postgresql":
             pg_sql(sql, self.name)
         else:
-            my_sql(sql.replace("body || ' edited'", "CONCAT(body, ' edited')"), self.name)
+            my_sql(mysql_sql or sql, self.name)
+
+    def change(self, where: str) -> None:
+        sql = f"UPDATE t SET body = body || ' edited', k = k + 1 WHERE {where};"
+        self._update(sql, sql.replace("body || ' edited'", "CONCAT(body, ' edited')"))
 
     def change_in_place(self, where: str) -> None:
         """Rewrite each chosen row's body with a value of the same length (upper case)."""
         flip = "CASE WHEN body = lower(body) THEN upper(body) ELSE lower(body) END"
-        sql = f"UPDATE t SET body = {flip} WHERE {where};"
-        if self.engine == "sqlite":
-            conn = sqlite3.connect(self.spec.path or "")
-            conn.execute(sql)
-            conn.commit()
-            conn.close()
-        elif self.engine == "postgresql":
-            pg_sql(sql, self.name)
-        else:
-            my_sql(sql, self.name)
+        self._update(f"UPDATE t SET body = {flip} WHERE {where};")
 
     def dump_to(self, path: Path) -> DumpInfo:
         with get_engine(self.engine).dump(self.spec) as stream, open(path, "wb") as out:
