@@ -67,6 +67,27 @@ def encode_delta(
     return bytes((DELTA_VERSION,)) + bytes(base_id) + frame
 
 
+def choose_base(stored_lens: Sequence[int]) -> int | None:
+    """Where in a chain a new chunk's base is, the chain being its counterpart's in the
+    parent snapshot (``stored_lens``: each link's stored length, the counterpart first and
+    its full base last): the counterpart (0) while the chain is under ``MAX_DEPTH``; at
+    the limit the full blob at the bottom (the last index: the new delta holds every change
+    since it, one level deep) when the deltas above it, one more night added, come to at
+    most ``MAX_SHARE`` of it; else None (a full blob, a new chain).
+
+    Index-only, so a backup loads no base it will not use. Over 30 nights of 1% random
+    changes to a SQLite database this stores one full copy where chains that always
+    restart full stored three (bench/DUMPS.md). Which base a writer picks is not format:
+    readers follow whatever chain a delta names, at most ``MAX_DEPTH`` deep."""
+    depth = len(stored_lens) - 1
+    if depth < MAX_DEPTH:
+        return 0
+    deltas = sum(stored_lens[:-1])
+    if deltas + deltas // max(depth, 1) <= MAX_SHARE * stored_lens[-1]:
+        return depth
+    return None
+
+
 def delta_base(payload: bytes | memoryview) -> BlobId:
     """The base id a DELTA plaintext names (FormatError when it is malformed)."""
     if len(payload) < 1 + ID_SIZE or payload[0] != DELTA_VERSION:
