@@ -511,7 +511,8 @@ class BlobStore:
         if base is None:
             base = self.load_blob(base_id, Kind.DATA)
         level = self.compression_level if self.compression_level is not None else 3
-        payload = delta.encode_delta(base_id, base, data, level)
+        dictionary = delta.base_dictionary(base)
+        payload = delta.encode_delta(base_id, dictionary, data, level)
         if len(payload) > len(data) // 16:
             # Rarely worth it (the base shares little): compare with the chunk compressed
             # on its own, and keep the delta only when it is clearly smaller.
@@ -525,7 +526,7 @@ class BlobStore:
             # the base every reader resolves, itself checked against its id on load) for a
             # memcmp instead of a keyed hash (~17 us a 100 kB chunk).
             plain = delta.apply_delta(
-                delta.open_delta(self.opener, blob_id, envelope), base, len(data)
+                delta.open_delta(self.opener, blob_id, envelope), dictionary, len(data)
             )
             if plain != (data if isinstance(data, bytes) else bytes(data)):
                 raise IntegrityError(
