@@ -34,6 +34,7 @@ from casbackup.config.load import (
     parse_recovery,
     parse_snapshots,
     parse_verification,
+    snapshots_section,
 )
 from casbackup.config.model import (
     AppConfig,
@@ -82,9 +83,7 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
     recovery = ctx.attempt(
         lambda: parse_recovery(top.table("disaster_recovery")), DisasterRecoveryConfig()
     )
-    snapshots = ctx.attempt(lambda: parse_snapshots(
-        Section(ctx, top.raw("snapshots") or {}, "snapshots", {"type": "provider"})
-    ), SnapshotsConfig())  # fmt: skip
+    snapshots = ctx.attempt(lambda: parse_snapshots(snapshots_section(top)), SnapshotsConfig())
 
     def plugins_section() -> PluginsConfig:
         plugins_sec = top.table("plugins")

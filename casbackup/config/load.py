@@ -128,7 +128,7 @@ def parse_toml(data: dict[str, object], ctx: Ctx) -> Config:
         disaster_recovery=ctx.attempt(
             lambda: parse_recovery(top.table("disaster_recovery")), DisasterRecoveryConfig()
         ),
-        snapshots=ctx.attempt(lambda: parse_snapshots(top.table("snapshots")), SnapshotsConfig()),
+        snapshots=ctx.attempt(lambda: parse_snapshots(snapshots_section(top)), SnapshotsConfig()),
         plugins=ctx.attempt(lambda: parse_plugins(top.table("plugins")), PluginsConfig()),
         source=ctx.path,
         layout="toml",
@@ -228,6 +228,13 @@ def parse_recovery(sec: Section) -> DisasterRecoveryConfig:
     )
     sec.done()
     return result
+
+
+def snapshots_section(top: Section) -> Section:
+    """`[snapshots]`, where the seed's `type` is another name for `provider` (in the legacy
+    JSON and in TOML alike: a section copied from the seed's config keeps working)."""
+    value = top.raw("snapshots")
+    return Section(top.ctx, {} if value is None else value, "snapshots", {"type": "provider"})
 
 
 def parse_snapshots(sec: Section) -> SnapshotsConfig:
