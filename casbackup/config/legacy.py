@@ -119,7 +119,8 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
               for i, raw in enumerate(raw_apps)]  # fmt: skip
     apps: list[AppConfig] = [a for a in parsed if a is not None]
     ctx.raise_problems()  # databases name their applications: those must be right first
-    check_unique_apps(tuple(apps), ctx)
+    check_unique_apps([a.name for a in apps], ctx)
+    ctx.raise_problems()
 
     attached = _attach_databases(top, ctx, apps, warnings)
     apps = [replace(app, databases=_unique_names(attached[app.name])) for app in apps]
