@@ -585,3 +585,11 @@ def test_concurrent_backups_never_exceed_max_snapshots(btrfs_mount: Path, tmp_pa
     [refused] = [err for (_out, err), run in zip(done, runs, strict=True) if run.returncode == 31]
     assert "over max_snapshots = 1" in refused
     assert _ours(btrfs_mount) == []
+
+
+def test_cleanup_as_another_user_is_a_one_line_error(tmp_path: Path) -> None:
+    """It said "0 snapshots removed" (exit 0) though it could remove nothing."""
+    res = subprocess.run([sys.executable, "-c", NOT_ROOT + MAIN, "fs-snapshots", "cleanup"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (res.returncode, res.stdout) == (31, "")
+    assert res.stderr == "error: removing file-system snapshots needs root; run it as root\n"
