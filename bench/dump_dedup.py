@@ -156,7 +156,7 @@ class FileDump:
         self._f.close()
 
 
-MODES = {"no deltas (format 2)": 2, "deltas (format 3)": 3}
+MODES = {"no deltas (format 2)": 2, "deltas (format 3)": 3, "+ tree deltas (format 4)": 4}
 
 
 def random_rows(seed: int) -> str:
