@@ -260,7 +260,7 @@ def main() -> None:
                 for (label, mode), row in cells.items():
                     text = " ".join(f"{a / 1e6:>8.3f} ({c:>6.2f}s)" for a, c in row)
                     print(f"{engine:<11} {label + ' ' + mode:<44} {size:>8.1f} {text}", flush=True)
-                for (label, mode), row in cells.items():  # the <= 10 kB bar, to the byte
+                for (_label, mode), row in cells.items():  # the <= 10 kB bar, to the byte
                     print(f"# {engine} {mode}: unchanged night stored {row[1][0]:,} bytes",
                           file=sys.stderr)  # fmt: skip
                 for night in range(1, args.nights + 1):
