@@ -412,3 +412,47 @@ def test_a_cold_tree_cache_reads_a_tree_pack_with_deltas_once(
     for tree in ids:  # every tree, resolved, is now in the cache
         assert repo._tree_cache.get(tree) is not None
     repo.close()
+
+
+_KILL_PRUNE = """
+import os, signal, sys
+from casbackup.maintenance.prune import PruneOptions, prune
+from casbackup.testing.fixtures import open_repo
+repo = open_repo(sys.argv[1])
+real_put, real_delete = repo.backend.put, repo.backend.delete
+where = sys.argv[2]
+def put(name, data):
+    real_put(name, data)
+    if where == "repack" and name.startswith("data/"):
+        os.kill(os.getpid(), signal.SIGKILL)  # a new pack stored, nothing indexed
+    if where == "index" and name.startswith("index/"):
+        os.kill(os.getpid(), signal.SIGKILL)  # the new index written, old packs all there
+def delete(name):
+    if where == "delete" and name.startswith("data/"):
+        os.kill(os.getpid(), signal.SIGKILL)  # before the first old pack goes
+    real_delete(name)
+repo.backend.put, repo.backend.delete = put, delete
+prune(repo, PruneOptions(max_unused=0.0))
+"""
+
+
+@pytest.mark.parametrize("where", ["repack", "index", "delete"])
+def test_sigkill_during_a_prune_repacking_base_trees(  # type: ignore[no-untyped-def]
+    repo: Repository, repo_path: str, chained, tmp_path: Path, where: str
+) -> None:
+    src, snaps, states = chained
+    for s in snaps[:2]:
+        repo.delete_snapshot(s.id)
+    repo.close()
+    proc = subprocess.run([sys.executable, "-c", _KILL_PRUNE, repo_path, where],
+                          env=dict(os.environ), timeout=120)  # fmt: skip
+    assert proc.returncode == -9
+    with open_repo(repo_path) as again:
+        report = check(again, CheckOptions(read_data=True, workers=1))
+        assert report.ok, report.errors
+        prune(again, PruneOptions(max_unused=0.0))
+        assert check(again, CheckOptions(read_data=True, workers=1)).ok
+        for i, s in enumerate(snaps[2:], start=2):
+            target = tmp_path / f"r-{i}"
+            assert not restore(again, s, RestoreOptions(target=str(target))).errors
+            assert contents(Path(str(target) + str(src)) / "big") == states[i]
