@@ -17,10 +17,12 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from casbackup.archiver.backup import BackupOptions, BackupResult, StreamSpec, run_backup
+from casbackup.archiver.excludes import Excluder
 from casbackup.config.model import AppConfig, SnapshotsConfig
 from casbackup.engines.base import (
     DatabaseSpec,
@@ -272,7 +274,12 @@ def backup_application(
             # The snapshots exist from before the first file is read until after the last
             # dump: files and dumps describe the same moment as closely as the engines allow.
             with frozen_sources(
-                options.app, options.paths, options.fs_plan, reporter.info, reporter.warning
+                options.app,
+                options.paths,
+                options.fs_plan,
+                reporter.info,
+                reporter.warning,
+                left_out=_left_out_by(options),
             ) as frozen:
                 records = tuple(
                     FsSnapshotRecord(s.source, s.provider, s.origin, s.time) for s in frozen.sources
@@ -293,6 +300,14 @@ def backup_application(
     for message in warnings:
         reporter.warning(message)
     return AppBackupResult(options.app, result, warnings)
+
+
+def _left_out_by(options: BackupOptions) -> Callable[[str], bool]:
+    """Whether the walk leaves a path out whatever it holds: a file system mounted inside a
+    frozen source is then no reason to refuse the snapshot (fssnap/session.py)."""
+    if options.one_file_system:
+        return lambda _path: True
+    return Excluder(list(options.excludes)).excluded
 
 
 def restore_companions(
