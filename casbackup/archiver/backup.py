@@ -285,9 +285,10 @@ class Backup(Walker, FileReading):
             else:
                 blob_id = self.repo.blob_id(piece)
                 if not self.repo.has_blob(blob_id):
-                    base = bases.choose(self._load_data, piece, size)
-                    if base is not None:
-                        self.repo.save_data_delta(piece, base[0], base[1], blob_id)
+                    base = bases.choose(self.repo.delta_base_for, piece, size)
+                    if base is not None and base.plain is not None:
+                        self.repo.save_data_delta(piece, base.id, base.plain, blob_id,
+                                                  depth=base.depth, full_len=base.full_len)  # fmt: skip
                     else:
                         self.repo.save_blob(Kind.DATA, piece, blob_id)
                 bases.seen(blob_id, size, len(piece))
@@ -339,9 +340,6 @@ class Backup(Walker, FileReading):
             name=DATABASES_DIR, kind=NodeKind.DIR, mode=0o700, uid=os.getuid(), gid=os.getgid(),
             mtime_ns=now_ns, ctime_ns=now_ns, subtree=self._save_tree(nodes),
         )  # fmt: skip
-
-    def _load_data(self, blob_id: BlobId) -> bytes:
-        return self.repo.load_blob(blob_id, Kind.DATA)
 
     def _parent_stream(self, filename: str) -> Node | None:
         """The parent snapshot's node of /.databases/<filename> (delta bases, and the times

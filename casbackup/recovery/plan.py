@@ -54,6 +54,9 @@ class RecoverOptions:
     # name -> the local config's definition of the application's database (never a snapshot's)
     configured: Mapping[str, DatabaseSpec] = field(default_factory=dict)
     overwrite_databases: bool = False
+    # PostgreSQL: create the roles kept with each dump (its globals) before loading it; off
+    # when the target server's roles are managed elsewhere (as `db restore --no-globals`)
+    globals: bool = True
     dry_run: bool = False
     allow_unverified: bool = False
     report: str | None = None  # FILE: FILE.json and FILE.md; None: in the target
