@@ -125,6 +125,7 @@ class Backup(Walker, FileReading):
         self._split: set[bytes] = set()  # folders whose subfolders were handed out instead
         self._covered = 0
         self._depth = 0
+        self._root_dev: int | None = None
 
     # ------------------------------------------------------------------ entry
     def run(self) -> BackupResult:
