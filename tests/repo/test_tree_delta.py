@@ -158,6 +158,11 @@ def test_every_tree_reader_round_trips_a_chain_at_the_limit(  # type: ignore[no-
     report = check(repo, CheckOptions(read_data=True, workers=2))
     assert report.ok, report.errors
     assert report.trees >= len(snaps)
+    # verify: restored into a sandbox and compared with the snapshot's trees
+    from casbackup.verify.sandbox import VerifyOptions, verify_snapshot
+
+    rec = verify_snapshot(repo, deepest, VerifyOptions(sandbox_dir=str(tmp_path))).record
+    assert rec.ok
     # stats count tree deltas as trees
     stats = repository_stats(repo, [])
     assert stats.trees >= len({tree_of(repo, s, src / "big") for s in snaps})
