@@ -284,7 +284,8 @@ def test_restore_a_folder(browser: Any, site: Site, state: dict[str, Any]) -> No
     folder = f"{site.app}/docs"
     page.goto(f"{site.url}/snapshots/{state['snapshot']}?path={folder}")
     page.get_by_test_id("restore-target").fill("docs-back")
-    page.once("dialog", lambda d: d.accept())  # the confirmation
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.accept()))  # the confirmation
     page.get_by_test_id("restore-button").click()
     page.wait_for_url("**/jobs/*")
     job_id = int(page.url.rsplit("/", 1)[1])
@@ -293,6 +294,36 @@ def test_restore_a_folder(browser: Any, site: Site, state: dict[str, Any]) -> No
     found = {p.name: p for p in target.rglob("*") if p.is_file()}
     assert set(found) == {"readme.txt", "data.bin"}, sorted(target.rglob("*"))
     assert found["data.bin"].read_bytes() == (site.app / "docs" / "deep" / "data.bin").read_bytes()
+    # the confirmation says where it goes and what happens to files already there
+    assert f"Into: {site.recovery}/docs-back" in asked[0], asked
+    assert "Files already there: left as they are" in asked[0], asked
+    page.context.close()
+
+
+def test_restore_in_place_overwriting(browser: Any, site: Site, state: dict[str, Any]) -> None:
+    """An admin puts a damaged folder back where it was, choosing to overwrite."""
+    from playwright.sync_api import expect
+
+    docs = site.app / "docs"
+    readme, data = docs / "readme.txt", docs / "deep" / "data.bin"
+    good_readme, good_data = readme.read_bytes(), data.read_bytes()
+    readme.write_text("damaged\n")
+    data.unlink()
+    page = login(browser, site, "root")
+    page.goto(f"{site.url}/snapshots/{state['snapshot']}?path={docs}")
+    page.get_by_test_id("restore-in-place").check()
+    page.get_by_test_id("restore-overwrite").check()
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
+    page.get_by_test_id("restore-button").click()
+    page.wait_for_url("**/jobs/*")
+    job_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{job_id}")).to_have_text("succeeded", timeout=120_000)
+    assert f"Into its original place: {docs}" in asked[0], asked
+    assert "Files already there: OVERWRITTEN" in asked[0], asked
+    assert readme.read_bytes() == good_readme and data.read_bytes() == good_data
+    doc = site.api("GET", f"/api/jobs/{job_id}").json()
+    assert doc["params"]["overwrite"] is True and doc["params"]["target"] == str(docs)
     page.context.close()
 
 

@@ -34,11 +34,20 @@
     if (box) { box.textContent = text; box.hidden = false; } else { window.alert(text); }
   }
 
+  // The question, then what the chosen options will do (a checked option's data-say; {target}
+  // is the value of the form's target field): the user confirms the choice, not just "OK".
+  function confirmText(form) {
+    const target = form.elements.target ? form.elements.target.value : "";
+    const said = [...form.querySelectorAll("input[data-say]:checked")]
+      .map((el) => el.dataset.say.replace("{target}", target));
+    return [form.dataset.confirm, ...said].join("\n");
+  }
+
   async function submit(event) {
     const form = event.target.closest("form[data-api]");
     if (!form) return;
     event.preventDefault();
-    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+    if (form.dataset.confirm && !window.confirm(confirmText(form))) return;
     const method = (form.dataset.method || "POST").toUpperCase();
     const buttons = form.querySelectorAll("button");
     buttons.forEach((b) => { b.disabled = true; });
