@@ -270,7 +270,7 @@ class FileSender(ABC):
             temp = self._temp_prefix + b"%d" % next(self._temps)
             job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
                           node.mtime_ns, self.owners, self._xattrs(node), temp,
-                          self.options.overwrite, chains)  # fmt: skip
+                          self.options.overwrite, chains, self.exact_acls)  # fmt: skip
             items.append((slot, node.name, job))
             nodes.append(node)
             rel_paths.append(rel_path)
@@ -287,6 +287,11 @@ class FileSender(ABC):
 
     def _xattrs(self, node: Node) -> tuple[tuple[bytes, bytes], ...]:
         return node.xattrs if self.options.xattrs else ()
+
+    # Whether an entry's recorded attributes are all it had (the snapshot recorded them and
+    # they are being restored): then ACLs inherited in the target are removed. Set by the
+    # subclass, which knows the snapshot.
+    exact_acls = False
 
     def _add_bytes(self, n: int) -> None:
         self._progress.bytes_done += n
