@@ -93,7 +93,7 @@ class Walker:
         if self.options.streams:
             nodes.append(self._archive_streams(dbs))
             nodes.sort(key=lambda n: n.name)
-        return self._save_tree(nodes)
+        return self._save_tree(nodes, ref_root)
 
     def _build_layout(
         self,
@@ -146,7 +146,8 @@ class Walker:
                 ref_child.subtree if ref_child else None,
                 reuse_child.subtree if reuse_child else None,
             )  # fmt: skip
-            nodes.append(self._dir_node(path, name, st, self._save_tree(children)))
+            base = ref_child.subtree if ref_child else None
+            nodes.append(self._dir_node(path, name, st, self._save_tree(children, base)))
         return nodes
 
     def _whole_root(self) -> dict[bytes, Any]:
@@ -171,10 +172,12 @@ class Walker:
             self._notice(f"parent tree unreadable, re-reading its files: {exc}")
             return {}
 
-    def _save_tree(self, nodes: list[Node]) -> BlobId:
+    def _save_tree(self, nodes: list[Node], base: BlobId | None = None) -> BlobId:
+        """Store a folder's tree; ``base``: the parent snapshot's tree of the same folder
+        (a large tree is stored as a delta of it, repo/snapshotstore.py)."""
         if self.options.dry_run:
             return self.repo.blob_id(_encode(nodes))
-        return self.repo.save_tree(nodes)
+        return self.repo.save_tree(nodes, base)
 
     def _dir_node(
         self,
@@ -537,7 +540,8 @@ class Walker:
             # Every entry is the parent's own node: this folder's tree is the parent's,
             # byte for byte. Skip encoding, hashing and looking it up again.
             return self._dir_node(pending.path, pending.name, pending.st, old.subtree, old)
-        return self._dir_node(pending.path, pending.name, pending.st, self._save_tree(nodes), old)
+        tree = self._save_tree(nodes, old.subtree if old is not None else None)
+        return self._dir_node(pending.path, pending.name, pending.st, tree, old)
 
     def _unchanged(self, old: Node, st: os.stat_result) -> bool:
         return self._unchanged_meta(old, st) and self.repo.has_blobs(old.content)
