@@ -284,8 +284,10 @@ class Restorer(FileSender):
         with self._lock:
             if node.kind == NodeKind.SYMLINK:
                 self.result.symlinks += 1
-            else:
+            elif node.kind == NodeKind.FILE:
                 self.result.files += 1
+            else:
+                self.result.specials += 1
 
 
 def restore(

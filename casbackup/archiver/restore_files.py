@@ -50,8 +50,9 @@ class RestoreOptions:
 
 @dataclass
 class RestoreResult:
-    files: int = 0  # regular files, FIFOs and device nodes
+    files: int = 0  # regular files
     symlinks: int = 0
+    specials: int = 0  # FIFOs and device nodes
     dirs: int = 0
     links: int = 0  # further names of hard-link groups
     bytes: int = 0
@@ -396,8 +397,10 @@ class FileSender(ABC):
         with self._lock:
             if node.kind == NodeKind.SYMLINK:
                 self.result.symlinks += 1
-            else:
+            elif node.kind == NodeKind.FILE:
                 self.result.files += 1
+            else:
+                self.result.specials += 1
             self.result.bytes += node.size
 
     def _warn(self, rel_path: bytes, message: str) -> None:
