@@ -70,6 +70,21 @@ def encode_delta(
         write_content_size=True,
         enable_ldm=base_len > 1 << 20,
     )
+    # The level's tables are sized for the target alone; a base over ~1 MiB outgrows them
+    # and its matches are lost (a 2.3 MB base with a few rows changed gave a 114 kB delta
+    # instead of 3 kB, an 8 MB base 644 kB instead of 11 kB): one hash entry per 8 bytes
+    # of base keeps them (measured with zstd 1.5.7 at level 3).
+    hash_log = max(base_len - 1, 1).bit_length() - 3
+    if hash_log > params.hash_log:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level,
+            source_size=len(target),
+            window_log=_WINDOW_LOG,
+            write_content_size=True,
+            enable_ldm=base_len > 1 << 20,
+            hash_log=hash_log,
+            chain_log=max(params.chain_log, hash_log - 1),
+        )
     frame = zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(
         target
     )
