@@ -23,7 +23,7 @@ from casbackup.crypto.keys import MasterKey
 from casbackup.errors import CasError, IntegrityError, MigrationRequired, NotFound, StorageError
 from casbackup.repo import codec, delta
 from casbackup.repo.config import FORMAT_VERSION, RepoConfig
-from casbackup.repo.ids import BlobId, FileId, Kind, check_name, file_id
+from casbackup.repo.ids import FULL_KIND, BlobId, FileId, Kind, check_name, file_id, pack_group
 from casbackup.repo.index import (
     IndexCache,
     Location,
@@ -316,7 +316,7 @@ class BlobStore:
             # before it clears pending, so one of the two always sees a stored blob.
             if blob_id in self._claimed or blob_id in self._pending or self.cache.contains(blob_id):
                 return False
-            group = Kind.TREE if kind == Kind.TREE else Kind.DATA
+            group = pack_group(kind)
             packer = self._packers[group]
             try:
                 packer.add(kind, blob_id, envelope, raw_len, base)
@@ -406,23 +406,30 @@ class BlobStore:
         self._flush_index()
 
     def load_blob(self, blob_id: BlobId, kind: Kind | None = None) -> bytes:
-        """A blob's full plaintext. ``kind`` DATA also accepts a DELTA blob (resolved through
-        its chain of bases, at most ``delta.MAX_DEPTH`` deep, two plaintexts in memory at a
-        time, each level checked against its id). Raises NotFound, IntegrityError."""
+        """A blob's full plaintext. ``kind`` DATA also accepts a DELTA blob and TREE a
+        TREE_DELTA (resolved through its chain of bases, at most ``delta.MAX_DEPTH`` deep,
+        two plaintexts in memory at a time, the result checked against its id). Raises
+        NotFound, IntegrityError."""
         loc = self.locate(blob_id)
-        if kind is not None and loc.kind != kind and (kind, loc.kind) != (Kind.DATA, Kind.DELTA):
+        if kind is not None and loc.kind != kind and FULL_KIND.get(loc.kind) != kind:
             raise IntegrityError(
                 f"blob {blob_id.hex()[:16]} is a {loc.kind.name}, expected {kind.name}"
             )
-        if loc.kind == Kind.DELTA:
+        if loc.kind in FULL_KIND:
             return self.load_delta(blob_id, loc)
         envelope = self.backend.get(pack_name(loc.pack), loc.offset, loc.stored_len)
         return open_blob(self.opener, loc.kind, blob_id, loc.pack, envelope, loc.raw_len)
 
     def load_delta(self, blob_id: BlobId, loc: Location) -> bytes:
-        """Resolve a DELTA blob located at ``loc`` (see ``load_blob``)."""
+        """Resolve a DELTA or TREE_DELTA blob located at ``loc`` (see ``load_blob``)."""
         chain = delta.located_chain(self.locate, blob_id, loc)
-        return delta.resolve_chain(self.fetch_envelope, self.opener, chain, hash_id=self.blob_id)
+        return delta.resolve_chain(
+            self.fetch_envelope,
+            self.opener,
+            chain,
+            hash_id=self.blob_id,
+            kind=FULL_KIND.get(loc.kind, Kind.DATA),
+        )
 
     def fetch_envelope(self, pack: str, offset: int, length: int) -> bytes:
         """Stored bytes of a pack (one ranged read), for ``delta.resolve_chain``."""

@@ -460,3 +460,25 @@ def test_app_page_shows_what_each_snapshot_stored_not_its_raw_new_bytes(env: Env
     assert f">{size_text(stored)}</td>" in row
     assert f'title="{size_text(added)} of new data before compression and deltas"' in row
     assert ">Stored</th>" in html
+
+
+def test_every_template_and_asset_ships_in_the_package() -> None:
+    """The dashboard is used offline: every template and asset must be package data (a file
+    the globs miss works in a checkout and is missing from an installed wheel)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(pages.__file__).resolve().parents[3]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = data["package-data"]["casbackup.server"]
+    server = TEMPLATES.parent
+    files = [p.relative_to(server).as_posix() for d in (TEMPLATES, STATIC) for p in d.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]  # fmt: skip
+    assert len(files) >= 14
+
+    def matches(name: str, glob: str) -> bool:  # as setuptools globs: "*" stops at a "/"
+        parts, pattern = name.split("/"), glob.split("/")
+        return len(parts) == len(pattern) and all(map(fnmatch.fnmatchcase, parts, pattern))
+
+    missed = [f for f in files if not any(matches(f, g) for g in globs)]
+    assert not missed, f"not in [tool.setuptools.package-data]: {missed}"
