@@ -9,10 +9,11 @@ the real backup pipeline into one repository per chunker setting and format: ver
 delta blobs, the behaviour before issue 16), version 3 (new dump chunks stored as deltas of
 the parent's, repo/delta.py) and version 4 (also trees over 4 KiB as deltas of the parent's:
 the dump's node lists every chunk id, repo/snapshotstore.py). The table shows what each
-backup stored (after compression and encryption) and its CPU time. ``--nights N`` then adds N nights of 1% random in-place changes
-and reports the repository's size against the first night's, and the CPU time to read back
-the first and the last night's dump, and the floor: the rows those nights changed, each
-night's compressed on its own, added to the first night's size.
+backup stored (after compression and encryption) and its CPU time. ``--nights N`` then
+adds N nights of 1% random in-place changes and reports the repository's size against the
+first night's, and the CPU time to read back the first and the last night's dump, and the
+floor: the rows those nights changed, each night's compressed on its own, added to the
+first night's size.
 
 Each dump is taken once, written to a temporary file and backed up into every repository
 from it (the backup reads the file instead of the tool's pipe; the chunking, dedup and

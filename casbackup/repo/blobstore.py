@@ -227,6 +227,7 @@ class BlobStore:
             # A new index file replaces ones the cache holds (prune, repair): their entries
             # may name packs that are about to go, so start again from the present files.
             return self.sync_index(rebuild=True)
+        packs = _PackCheck(self.backend)
         for fid in readable:
             if fid in superseded:
                 continue
@@ -237,7 +238,28 @@ class BlobStore:
                     f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index'"
                 )
                 continue
-            cache.add_file(fid, idx.blobs())
+            gone = packs.missing(idx.packs)
+            if gone and known:
+                # Perhaps an old file a known one supersedes (put back beside it): only a
+                # sync from every present file knows.
+                return self.sync_index(rebuild=True)
+            if gone:
+                # An index file naming packs that are not there: an index rolled back to
+                # files a prune replaced (or packs deleted). Its other entries are used;
+                # these count as absent, so a backup stores their blobs again instead of
+                # naming data that is gone.
+                message = (
+                    f"index file {fid[:12]} names {len(gone)} missing pack(s) "
+                    f"({', '.join(sorted(g[:12] for g in gone)[:3])}): a rolled-back or damaged"
+                    " index; their blobs count as absent (run 'casbackup check', then"
+                    " 'casbackup repair index')"
+                )
+                warnings.append(message)
+                if message not in self.alerts:
+                    self.alerts.append(message)
+            cache.add_file(
+                fid, (e for pack, es in idx.packs.items() if pack not in gone for e in es)
+            )
         return warnings
 
     def has_blob(self, blob_id: bytes) -> bool:
@@ -553,3 +575,25 @@ class DeltaBase:
     plain: bytes | None
     depth: int
     full_len: int
+
+
+class _PackCheck:
+    """Whether the packs an index file names exist, asked once per sync: a stat per pack
+    while few are asked (a night's new index file), one listing of ``data/`` beyond that
+    (a cache built from scratch), so a sync costs at most one more listing."""
+
+    STATS = 64  # packs stat'ed one by one before listing them all is cheaper
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.listed: set[str] | None = None
+        self.stats = 0
+
+    def missing(self, packs: Iterable[FileId]) -> set[FileId]:
+        wanted = list(packs)
+        if self.listed is None and self.stats + len(wanted) > self.STATS:
+            self.listed = {name.rsplit("/", 1)[1] for name, _size in self.backend.list("data/")}
+        if self.listed is not None:
+            return {p for p in wanted if p not in self.listed}
+        self.stats += len(wanted)
+        return {p for p in wanted if not self.backend.exists(pack_name(p))}

@@ -181,8 +181,8 @@ def resolve_chain(
     ``chain``: (blob id, pack id, offset, stored length, raw length) of each blob from the
     wanted one down to its full base, each a delta of the next; ``fetch_envelope(pack,
     offset, length)`` returns stored bytes. At most ``MAX_DEPTH + 1`` long. The last is
-    opened as ``kind`` and the others as its delta kind (DELTA, TREE_DELTA): the envelope's authentication binds the kind
-    and id, so a chain that lies about them fails. Resolved bottom-up holding two
+    opened as ``kind`` and the others as its delta kind (DELTA, TREE_DELTA): the
+    envelope's authentication binds the kind and id, so a chain that lies about them fails. Resolved bottom-up holding two
     plaintexts at a time; each delta's base id (inside its authenticated payload) must be
     the next link and each plaintext its raw length. With ``hash_id`` the result must hash
     to ``chain[0]``'s id; when it does not, the chain is resolved again checking every

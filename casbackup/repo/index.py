@@ -9,7 +9,8 @@ whose plaintext, after the codec byte, is::
     blob := kind[1] | id[32] | offset[4] | stored_len[4] | raw_len[4]
 
 Version 2 (written only when the file names a DELTA blob, format version 3) is the same
-followed by the base of every DELTA (and, format 4, TREE_DELTA) blob the file names, in record order::
+followed by the base of every DELTA (and, format 4, TREE_DELTA) blob the file names, in
+record order::
 
     n_bases[4] | n_bases * (delta_id[32] | base_id[32])
 

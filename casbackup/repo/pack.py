@@ -4,8 +4,8 @@ Layout::
 
     blob_1 || blob_2 || ... || blob_n || header_envelope || header_len[4, u32 LE]
 
-Each blob is an envelope (kind DATA, TREE, DELTA or TREE_DELTA, aad bound to its id), so one blob can
-be fetched with a ranged read and a pack can be repacked without re-encrypting.
+Each blob is an envelope (kind DATA, TREE, DELTA or TREE_DELTA, aad bound to its id), so
+one blob can be fetched with a ranged read and a pack can be repacked without re-encrypting.
 The header envelope (kind PACK_HEADER, object id all zero) holds, after the codec
 byte::
 

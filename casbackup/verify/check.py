@@ -273,10 +273,11 @@ class Checker:
         return why
 
     def _chain_damage(self, blob_id: bytes, loc: Location) -> str | None:
-        """Why a DELTA or TREE_DELTA blob cannot be resolved (a base missing from the index, damaged, or
-        a chain too deep or looping), or None. Follows the index cache's bases: at most
-        ``delta.MAX_DEPTH`` look-ups, nothing held. A broken chain becomes damage of the
-        delta (``self.damaged``), so every later snapshot naming it is walked too."""
+        """Why a DELTA or TREE_DELTA blob cannot be resolved (a base missing from the index,
+        damaged, or a chain too deep, looping or mixing kinds), or None. Follows the index
+        cache's bases: at most ``delta.MAX_DEPTH`` look-ups, nothing held. A broken chain
+        becomes damage of the delta (``self.damaged``), so every later snapshot naming it
+        is walked too."""
         why = None
         link = loc
         for _ in range(delta.MAX_DEPTH + 1):

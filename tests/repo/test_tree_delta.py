@@ -158,6 +158,11 @@ def test_every_tree_reader_round_trips_a_chain_at_the_limit(  # type: ignore[no-
     report = check(repo, CheckOptions(read_data=True, workers=2))
     assert report.ok, report.errors
     assert report.trees >= len(snaps)
+    # verify: restored into a sandbox and compared with the snapshot's trees
+    from casbackup.verify.sandbox import VerifyOptions, verify_snapshot
+
+    rec = verify_snapshot(repo, deepest, VerifyOptions(sandbox_dir=str(tmp_path))).record
+    assert rec.ok
     # stats count tree deltas as trees
     stats = repository_stats(repo, [])
     assert stats.trees >= len({tree_of(repo, s, src / "big") for s in snaps})
@@ -456,3 +461,25 @@ def test_sigkill_during_a_prune_repacking_base_trees(  # type: ignore[no-untyped
             target = tmp_path / f"r-{i}"
             assert not restore(again, s, RestoreOptions(target=str(target))).errors
             assert contents(Path(str(target) + str(src)) / "big") == states[i]
+
+
+def test_repair_index_rebuilds_tree_delta_bases_from_pack_headers(  # type: ignore[no-untyped-def]
+    repo: Repository, repo_path: str, chained
+) -> None:
+    from casbackup.verify.repair import repair_index
+
+    src, snaps, states = chained
+    trees = [tree_of(repo, s, src / "big") for s in snaps]
+    bases = [repo.locate(t).base for t in trees]
+    for name in os.listdir(os.path.join(repo_path, "index")):
+        os.remove(os.path.join(repo_path, "index", name))
+    repo.close()
+    with open_repo(repo_path) as again:
+        assert repair_index(again).packs_from_headers > 0
+        assert [again.locate(t).base for t in trees] == bases
+        assert [again.locate(t).kind for t in trees] == [Kind.TREE] + [Kind.TREE_DELTA] * 4
+        for tree, state in zip(trees, states, strict=True):
+            assert [n.name for n in again.load_tree(tree, cached=False)] == sorted(
+                name.encode() for name in state
+            )
+        assert check(again, CheckOptions(read_data=True, workers=1)).ok
