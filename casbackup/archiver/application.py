@@ -31,9 +31,9 @@ from casbackup.engines.base import (
     canonical_engine_name,
     get_engine,
 )
-from casbackup.errors import DatabaseError
-from casbackup.fssnap.base import ProviderSettings
-from casbackup.fssnap.session import FsSnapshotPlan, frozen_sources
+from casbackup.errors import DatabaseError, SnapshotProviderError
+from casbackup.fssnap.base import ProviderSettings, SnapshotInvalid
+from casbackup.fssnap.session import FrozenSources, FsSnapshotPlan, frozen_sources
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, FsSnapshotRecord, Snapshot
 from casbackup.reporter import NULL_REPORTER, Reporter
@@ -291,7 +291,11 @@ def backup_application(
                     fs_snapshots=records,
                     before_save=frozen.check,
                 )
-                result = run_backup(repo, frozen_options, reporter)
+                try:
+                    result = run_backup(repo, frozen_options, reporter)
+                except Exception:
+                    _blame_a_full_snapshot(frozen)
+                    raise
     except DatabaseError as exc:
         raise DatabaseError(
             f"backup of application {options.app!r} failed, no snapshot was saved: {exc}"
@@ -300,6 +304,17 @@ def backup_application(
     for message in warnings:
         reporter.warning(message)
     return AppBackupResult(options.app, result, warnings)
+
+
+def _blame_a_full_snapshot(frozen: FrozenSources) -> None:
+    """A backup that failed reading from an LVM snapshot that filled up (every read of it
+    fails: "cannot read source ... Input/output error") fails for that reason, said so."""
+    try:
+        frozen.check()
+    except SnapshotInvalid:
+        raise
+    except SnapshotProviderError:
+        pass  # cannot tell (lvs failed): the backup's own error stands
 
 
 def _left_out_by(options: BackupOptions) -> Callable[[str], bool]:

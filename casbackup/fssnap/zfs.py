@@ -38,13 +38,16 @@ class ZfsProvider:
     def locate(self, path: str) -> Volume:
         real = os.path.realpath(path)
         listing = run_tool(
-            ["zfs", "list", "-H", "-t", "filesystem", "-o", "name,mountpoint"], "zfs"
+            ["zfs", "list", "-H", "-t", "filesystem", "-o", "name,mountpoint,mounted"], "zfs"
         )
         best: tuple[str, str] | None = None
         for row in _lines(listing):
-            if len(row) != 2 or not row[1].startswith("/"):
-                continue  # "legacy", "none", "-": not mounted where zfs says
-            name, mp = row
+            # "legacy", "none", "-": not mounted where zfs says; and a dataset that is not
+            # mounted now (canmount=noauto, a key not loaded) holds nothing of the folder
+            # at its mountpoint, which belongs to the dataset above it
+            if len(row) != 3 or not row[1].startswith("/") or row[2] != "yes":
+                continue
+            name, mp, _mounted = row
             mp = mp.rstrip("/") or "/"
             inside = real == mp or real.startswith(mp.rstrip("/") + "/")
             if inside and (best is None or len(mp) > len(best[1])):

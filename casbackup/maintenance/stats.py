@@ -164,7 +164,7 @@ def repository_stats(repo: Repository, warnings: list[str]) -> Stats:
                 blobs.setdefault(blob_id, loc)
     data = [loc for loc in blobs.values() if loc.kind in (Kind.DATA, Kind.DELTA)]
     deltas = sum(1 for loc in data if loc.kind == Kind.DELTA)
-    trees = [loc for loc in blobs.values() if loc.kind == Kind.TREE]
+    trees = [loc for loc in blobs.values() if loc.kind in (Kind.TREE, Kind.TREE_DELTA)]
     return Stats(
         snapshots=len(snapshots),
         files=sum(s.summary.files_total for s in snapshots),

@@ -23,7 +23,7 @@ from casbackup.crypto.keys import MasterKey
 from casbackup.errors import CasError, IntegrityError, MigrationRequired, NotFound, StorageError
 from casbackup.repo import codec, delta
 from casbackup.repo.config import FORMAT_VERSION, RepoConfig
-from casbackup.repo.ids import BlobId, FileId, Kind, check_name, file_id
+from casbackup.repo.ids import FULL_KIND, BlobId, FileId, Kind, check_name, file_id, pack_group
 from casbackup.repo.index import (
     IndexCache,
     Location,
@@ -227,6 +227,7 @@ class BlobStore:
             # A new index file replaces ones the cache holds (prune, repair): their entries
             # may name packs that are about to go, so start again from the present files.
             return self.sync_index(rebuild=True)
+        packs = _PackCheck(self.backend)
         for fid in readable:
             if fid in superseded:
                 continue
@@ -237,7 +238,28 @@ class BlobStore:
                     f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index'"
                 )
                 continue
-            cache.add_file(fid, idx.blobs())
+            gone = packs.missing(idx.packs)
+            if gone and known:
+                # Perhaps an old file a known one supersedes (put back beside it): only a
+                # sync from every present file knows.
+                return self.sync_index(rebuild=True)
+            if gone:
+                # An index file naming packs that are not there: an index rolled back to
+                # files a prune replaced (or packs deleted). Its other entries are used;
+                # these count as absent, so a backup stores their blobs again instead of
+                # naming data that is gone.
+                message = (
+                    f"index file {fid[:12]} names {len(gone)} missing pack(s) "
+                    f"({', '.join(sorted(g[:12] for g in gone)[:3])}): a rolled-back or damaged"
+                    " index; their blobs count as absent (run 'casbackup check', then"
+                    " 'casbackup repair index')"
+                )
+                warnings.append(message)
+                if message not in self.alerts:
+                    self.alerts.append(message)
+            cache.add_file(
+                fid, (e for pack, es in idx.packs.items() if pack not in gone for e in es)
+            )
         return warnings
 
     def has_blob(self, blob_id: bytes) -> bool:
@@ -316,7 +338,7 @@ class BlobStore:
             # before it clears pending, so one of the two always sees a stored blob.
             if blob_id in self._claimed or blob_id in self._pending or self.cache.contains(blob_id):
                 return False
-            group = Kind.TREE if kind == Kind.TREE else Kind.DATA
+            group = pack_group(kind)
             packer = self._packers[group]
             try:
                 packer.add(kind, blob_id, envelope, raw_len, base)
@@ -406,23 +428,30 @@ class BlobStore:
         self._flush_index()
 
     def load_blob(self, blob_id: BlobId, kind: Kind | None = None) -> bytes:
-        """A blob's full plaintext. ``kind`` DATA also accepts a DELTA blob (resolved through
-        its chain of bases, at most ``delta.MAX_DEPTH`` deep, two plaintexts in memory at a
-        time, each level checked against its id). Raises NotFound, IntegrityError."""
+        """A blob's full plaintext. ``kind`` DATA also accepts a DELTA blob and TREE a
+        TREE_DELTA (resolved through its chain of bases, at most ``delta.MAX_DEPTH`` deep,
+        two plaintexts in memory at a time, the result checked against its id). Raises
+        NotFound, IntegrityError."""
         loc = self.locate(blob_id)
-        if kind is not None and loc.kind != kind and (kind, loc.kind) != (Kind.DATA, Kind.DELTA):
+        if kind is not None and loc.kind != kind and FULL_KIND.get(loc.kind) != kind:
             raise IntegrityError(
                 f"blob {blob_id.hex()[:16]} is a {loc.kind.name}, expected {kind.name}"
             )
-        if loc.kind == Kind.DELTA:
+        if loc.kind in FULL_KIND:
             return self.load_delta(blob_id, loc)
         envelope = self.backend.get(pack_name(loc.pack), loc.offset, loc.stored_len)
         return open_blob(self.opener, loc.kind, blob_id, loc.pack, envelope, loc.raw_len)
 
     def load_delta(self, blob_id: BlobId, loc: Location) -> bytes:
-        """Resolve a DELTA blob located at ``loc`` (see ``load_blob``)."""
+        """Resolve a DELTA or TREE_DELTA blob located at ``loc`` (see ``load_blob``)."""
         chain = delta.located_chain(self.locate, blob_id, loc)
-        return delta.resolve_chain(self.fetch_envelope, self.opener, chain, hash_id=self.blob_id)
+        return delta.resolve_chain(
+            self.fetch_envelope,
+            self.opener,
+            chain,
+            hash_id=self.blob_id,
+            kind=FULL_KIND.get(loc.kind, Kind.DATA),
+        )
 
     def fetch_envelope(self, pack: str, offset: int, length: int) -> bytes:
         """Stored bytes of a pack (one ranged read), for ``delta.resolve_chain``."""
@@ -546,3 +575,25 @@ class DeltaBase:
     plain: bytes | None
     depth: int
     full_len: int
+
+
+class _PackCheck:
+    """Whether the packs an index file names exist, asked once per sync: a stat per pack
+    while few are asked (a night's new index file), one listing of ``data/`` beyond that
+    (a cache built from scratch), so a sync costs at most one more listing."""
+
+    STATS = 64  # packs stat'ed one by one before listing them all is cheaper
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.listed: set[str] | None = None
+        self.stats = 0
+
+    def missing(self, packs: Iterable[FileId]) -> set[FileId]:
+        wanted = list(packs)
+        if self.listed is None and self.stats + len(wanted) > self.STATS:
+            self.listed = {name.rsplit("/", 1)[1] for name, _size in self.backend.list("data/")}
+        if self.listed is not None:
+            return {p for p in wanted if p not in self.listed}
+        self.stats += len(wanted)
+        return {p for p in wanted if not self.backend.exists(pack_name(p))}

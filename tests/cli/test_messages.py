@@ -240,6 +240,33 @@ def test_a_first_backup_is_recorded_as_full(tmp_path: Path) -> None:
     assert "saved (full)" in first.out and "saved (incremental" in second.out
 
 
+def test_the_configs_password_command_is_not_run_by_a_shell(tmp_path: Path) -> None:
+    """The config's password_command, as documented: split into words, never run by a shell
+    (through a shell, '$(...)' would run and '>' would send the passphrase into a file)."""
+    import subprocess
+    import sys
+
+    repo = str(tmp_path / "repo")
+    assert run_cli("init", "--insecure-test-kdf", repo=repo).code == 0
+    script = tmp_path / "pw.py"
+    seen = tmp_path / "argv.json"
+    script.write_text(f"import json, sys\nopen({str(seen)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+                      f"print({PASSWORD!r})\n")  # fmt: skip
+    marker = tmp_path / "marker"
+    command = f"{sys.executable} {script} '$(touch {marker})' > {marker}"
+    (tmp_path / "c.toml").write_text(
+        f"version = 1\n[repository]\nlocation = {json.dumps(repo)}\n"
+        f"password_command = {json.dumps(command)}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CASBACKUP_PASSWORD"}
+    res = subprocess.run([sys.executable, "-m", "casbackup.cli.main", "snapshots"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**env, "CASBACKUP_CONFIG": str(tmp_path / "c.toml")})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert not marker.exists()
+    assert json.loads(seen.read_text()) == [f"$(touch {marker})", ">", str(marker)]
+
+
 def test_init_on_a_regular_file_names_the_path_and_the_problem(tmp_path: Path) -> None:
     file = tmp_path / "afile"
     file.write_text("not a folder")

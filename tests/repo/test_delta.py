@@ -24,7 +24,7 @@ from casbackup.recovery.execute import recover
 from casbackup.recovery.plan import RecoverOptions
 from casbackup.repo import config as config_module
 from casbackup.repo import delta
-from casbackup.repo.config import RepoConfig
+from casbackup.repo.config import FORMAT_VERSION, RepoConfig
 from casbackup.repo.ids import Kind
 from casbackup.repo.pack import pack_name
 from casbackup.repo.repository import Repository
@@ -308,13 +308,13 @@ def test_a_version_2_repository_writes_no_delta_until_migrate(tmp_path: Path) ->
     assert not repo.deltas_allowed
     assert {repo.locate(c).kind for c in dump_node(repo, snaps[1]).content} == {Kind.DATA}
     migrate(repo)
-    assert repo.config.version == 3 and repo.deltas_allowed
+    assert repo.config.version == FORMAT_VERSION and repo.deltas_allowed
     change_rows(db, 7)
     snap = backup(repo, app, [db])
     assert Kind.DELTA in {repo.locate(c).kind for c in dump_node(repo, snap).content}
     repo.close()
     with open_repo(path) as again:
-        assert again.config.version == 3
+        assert again.config.version == FORMAT_VERSION
         assert check(again, CheckOptions(read_data=True, workers=1)).ok
         read_dump(again, snap)
 
