@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -350,15 +352,42 @@ def _check_limit(volumes: dict[str, Volume], providers: dict[str, Provider], lim
             )
 
 
+@contextmanager
+def _stops_deferred() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP wait until the snapshots are removed (a second Ctrl-C of
+    an impatient user landed inside the removal and left a snapshot behind), then take
+    effect as they would have. Removal takes a fraction of a second; SIGKILL still works."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def note(signum: int, _frame: object) -> None:
+        got.append(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not None:  # None: set outside Python, left alone
+            previous[signum] = signal.signal(signum, note)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if got:
+        signal.raise_signal(got[0])
+
+
 def _release(state: FrozenSources, log: Callable[[str], None], warn: Callable[[str], None]) -> None:
     # Newest first: an LVM mount is unmounted before its volume goes, a clone before its origin.
     failures = []
-    for provider, frozen in reversed(state.snapshots):
-        try:
-            provider.release(frozen)
-            log(f"{provider.name} snapshot {frozen.handle} removed")
-        except SnapshotProviderError as exc:
-            failures.append(str(exc))
+    with _stops_deferred():
+        for provider, frozen in reversed(state.snapshots):
+            try:
+                provider.release(frozen)
+                log(f"{provider.name} snapshot {frozen.handle} removed")
+            except SnapshotProviderError as exc:
+                failures.append(str(exc))
     for message in failures:
         warn(
             f"a file-system snapshot could not be removed ({message}); "

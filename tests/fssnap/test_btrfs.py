@@ -593,3 +593,32 @@ def test_cleanup_as_another_user_is_a_one_line_error(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert (res.returncode, res.stdout) == (31, "")
     assert res.stderr == "error: removing file-system snapshots needs root; run it as root\n"
+
+
+# A second Ctrl-C (or SIGTERM) that lands while the snapshot is being removed.
+STOP_DURING_RELEASE = (
+    "import os, signal, casbackup.fssnap.btrfs as b\n"
+    "_release = b.BtrfsProvider.release\n"
+    "def release(self, frozen):\n"
+    "    os.kill(os.getpid(), signal.SIG{sig})\n"
+    "    return _release(self, frozen)\n"
+    "b.BtrfsProvider.release = release\n"
+)
+
+
+@pytest.mark.parametrize(("sig", "code"), [("INT", 130), ("TERM", 143)])
+def test_a_stop_during_removal_waits_for_it(
+    btrfs_mount: Path, tmp_path: Path, sig: str, code: int
+) -> None:
+    """It interrupted the removal and left the snapshot behind; now it takes effect after."""
+    app = _subvolume(btrfs_mount)
+    (app / "a.txt").write_text("a")
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    env = {**os.environ, "CASBACKUP_CONFIG": str(site.config)}
+    res = subprocess.run(
+        [sys.executable, "-c", STOP_DURING_RELEASE.format(sig=sig) + MAIN, "backup", "--app",
+         "webapp"], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == code, res.stderr
+    assert "btrfs snapshot" in res.stderr and "removed" in res.stderr
+    assert _ours(btrfs_mount) == []
