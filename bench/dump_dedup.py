@@ -20,7 +20,7 @@ from it (the backup reads the file instead of the tool's pipe; the chunking, ded
 storage path is the same).
 
     .venv/bin/python bench/dump_dedup.py [--mb 100] [--engines sqlite,postgresql,mysql]
-        [--nights 30] [--all-chunkers]
+        [--nights 30] [--all-chunkers | --chunkers 64K/128K/2M,256K/768K/8M]
 """
 
 from __future__ import annotations
@@ -242,11 +242,21 @@ def main() -> None:
     parser.add_argument(
         "--all-chunkers", action="store_true", help="every chunker, not only the current one"
     )
+    parser.add_argument("--chunkers", default="",
+                        help="these chunkers (comma-separated, as the table names them)")  # fmt: skip
     args = parser.parse_args()
     delta.MAX_DEPTH = args.max_depth
     rows = args.mb * 1_000_000 // ROW_BYTES
     chunkers = (
-        CHUNKERS if args.all_chunkers else {k: v for k, v in CHUNKERS.items() if "current" in k}
+        CHUNKERS
+        if args.all_chunkers
+        else {
+            k: v
+            for k, v in CHUNKERS.items()
+            if any(k.startswith(name) for name in args.chunkers.split(",") if name)
+        }
+        if args.chunkers
+        else {k: v for k, v in CHUNKERS.items() if "current" in k}
     )
     with tempfile.TemporaryDirectory(prefix="casb-dump-dedup-") as tmp:
         work = Path(tmp)
