@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import blake3
 
@@ -226,6 +226,10 @@ class BlobStore:
             # A new index file replaces ones the cache holds (prune, repair): their entries
             # may name packs that are about to go, so start again from the present files.
             return self.sync_index(rebuild=True)
+        if not known:
+            # From nothing: sorted and appended (IndexCache.rebuild), linear in the entries.
+            cache.rebuild(self._readable_index_files(readable, superseded, warnings))
+            return warnings
         for fid in readable:
             if fid in superseded:
                 continue
@@ -238,6 +242,23 @@ class BlobStore:
                 continue
             cache.add_file(fid, idx.blobs())
         return warnings
+
+    def _readable_index_files(
+        self, files: list[FileId], superseded: set[FileId], warnings: list[str]
+    ) -> Iterator[tuple[FileId, list[tuple[FileId, bytes]], dict[BlobId, BlobId]]]:
+        """(fid, sections, bases) of each of ``files`` not superseded, one at a time; an
+        unreadable one is a warning."""
+        for fid in files:
+            if fid in superseded:
+                continue
+            try:
+                _, sections, bases = self.load_index_with_bases(fid)
+            except CasError as exc:
+                warnings.append(
+                    f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index'"
+                )
+                continue
+            yield fid, sections, bases
 
     def has_blob(self, blob_id: bytes) -> bool:
         if blob_id in self._claimed or blob_id in self._pending:
