@@ -6,18 +6,21 @@ block (clustered: recent rows, values grow), after updating 1% spread evenly (sc
 values grow), and after rewriting 1% of the rows picked at random with values of the same
 length (in place: SQLite's pages change where they are). Each dump is backed up, in order, by
 the real backup pipeline into one repository per chunker setting and format: version 2 (no
-delta blobs, the behaviour before issue 16) and version 3 (new dump chunks stored as deltas of
-the parent's, repo/delta.py). The table shows what each backup stored (after compression and
-encryption) and its CPU time. ``--nights N`` then adds N nights of 1% random in-place changes
-and reports the repository's size against the first night's, and the CPU time to read back
-the first and the last night's dump.
+delta blobs, the behaviour before issue 16), version 3 (new dump chunks stored as deltas of
+the parent's, repo/delta.py) and version 4 (also trees over 4 KiB as deltas of the parent's:
+the dump's node lists every chunk id, repo/snapshotstore.py). The table shows what each
+backup stored (after compression and encryption) and its CPU time. ``--nights N`` then
+adds N nights of 1% random in-place changes and reports the repository's size against the
+first night's, and the CPU time to read back the first and the last night's dump, and the
+floor: the rows those nights changed, each night's compressed on its own, added to the
+first night's size.
 
 Each dump is taken once, written to a temporary file and backed up into every repository
 from it (the backup reads the file instead of the tool's pipe; the chunking, dedup and
 storage path is the same).
 
     .venv/bin/python bench/dump_dedup.py [--mb 100] [--engines sqlite,postgresql,mysql]
-        [--nights 30] [--all-chunkers]
+        [--nights 30] [--all-chunkers | --chunkers 64K/128K/2M,256K/768K/8M]
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import zstandard
 
 from casbackup.archiver.backup import BackupOptions, StreamSpec, run_backup
 from casbackup.archiver.stream import ChunkReader
@@ -125,6 +130,23 @@ class Subject:
         flip = "CASE WHEN body = lower(body) THEN upper(body) ELSE lower(body) END"
         self._update(f"UPDATE t SET body = {flip} WHERE {where};")
 
+    def changed_rows(self, where: str) -> bytes:
+        """The rows ``where`` selects, as text lines (id, k, body): the floor of what a
+        night that changed them must store is these, compressed."""
+        sql = f"SELECT id, k, body FROM t WHERE {where} ORDER BY id"
+        if self.engine == "sqlite":
+            conn = sqlite3.connect(self.spec.path or "")
+            rows = conn.execute(sql).fetchall()
+            conn.close()
+            return "".join(f"{i}\t{k}\t{body}\n" for i, k, body in rows).encode()
+        if self.engine == "postgresql":
+            argv = ["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", self.name,
+                    "-c", f"COPY ({sql}) TO STDOUT"]  # fmt: skip
+        else:
+            argv = ["mariadb", "-h", "127.0.0.1", "-u", "root", "-N", "-B",
+                    f"--database={self.name}", "-e", sql]  # fmt: skip
+        return subprocess.run(argv, capture_output=True, check=True).stdout
+
     def dump_to(self, path: Path) -> DumpInfo:
         with get_engine(self.engine).dump(self.spec) as stream, open(path, "wb") as out:
             while data := stream.read(1 << 20):
@@ -156,7 +178,7 @@ class FileDump:
         self._f.close()
 
 
-MODES = {"no deltas (format 2)": 2, "deltas (format 3)": 3}
+MODES = {"no deltas (format 2)": 2, "deltas (format 3)": 3, "+ tree deltas (format 4)": 4}
 
 
 def random_rows(seed: int) -> str:
@@ -220,11 +242,21 @@ def main() -> None:
     parser.add_argument(
         "--all-chunkers", action="store_true", help="every chunker, not only the current one"
     )
+    parser.add_argument("--chunkers", default="",
+                        help="these chunkers (comma-separated, as the table names them)")  # fmt: skip
     args = parser.parse_args()
     delta.MAX_DEPTH = args.max_depth
     rows = args.mb * 1_000_000 // ROW_BYTES
     chunkers = (
-        CHUNKERS if args.all_chunkers else {k: v for k, v in CHUNKERS.items() if "current" in k}
+        CHUNKERS
+        if args.all_chunkers
+        else {
+            k: v
+            for k, v in CHUNKERS.items()
+            if any(k.startswith(name) for name in args.chunkers.split(",") if name)
+        }
+        if args.chunkers
+        else {k: v for k, v in CHUNKERS.items() if "current" in k}
     )
     with tempfile.TemporaryDirectory(prefix="casb-dump-dedup-") as tmp:
         work = Path(tmp)
@@ -259,8 +291,14 @@ def main() -> None:
                 for (label, mode), row in cells.items():
                     text = " ".join(f"{a / 1e6:>8.3f} ({c:>6.2f}s)" for a, c in row)
                     print(f"{engine:<11} {label + ' ' + mode:<44} {size:>8.1f} {text}", flush=True)
+                for (_label, mode), row in cells.items():  # the <= 10 kB bar, to the byte
+                    print(f"# {engine} {mode}: unchanged night stored {row[1][0]:,} bytes",
+                          file=sys.stderr)  # fmt: skip
+                floor = 0
                 for night in range(1, args.nights + 1):
                     subject.change_in_place(random_rows(night))
+                    floor += len(zstandard.ZstdCompressor(level=3).compress(
+                        subject.changed_rows(random_rows(night))))  # fmt: skip
                     path = work / f"{engine}-night.dump"
                     dump = FileDump(path, subject.dump_to(path))
                     stored = [run.backup(dump)[0] for run in runs.values()]
@@ -268,6 +306,11 @@ def main() -> None:
                     print(f"# night {night}: stored " + ", ".join(f"{b / 1e6:.3f} MB" for b in stored),
                           file=sys.stderr)  # fmt: skip
                 if args.nights:
+                    stored_first = min(cells[key][0][0] for key in cells)
+                    print(f"{engine:<11} floor: the rows changed in the {args.nights} nights, "
+                          f"each night's compressed alone (zstd 3): {floor / 1e6:.1f} MB; with "
+                          f"the first night's {stored_first / 1e6:.1f} MB, a repository of at least "
+                          f"{(stored_first + floor) / stored_first:.2f}x the first night's", flush=True)  # fmt: skip
                     for (label, mode), run in runs.items():
                         first, last = run.restore_cpu(run.snaps[0]), run.restore_cpu(run.snaps[-1])
                         print(f"{engine:<11} {label + ' ' + mode:<44} after {args.nights} more nights: "

@@ -12,11 +12,12 @@ import re
 import shlex
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from casbackup.engines.base import SECRET_MAX
 from casbackup.engines.process import SECRET_PREFIX, StderrDrain
-from casbackup.errors import CasError, RepositoryNotFound, UsageError
+from casbackup.errors import RepositoryNotFound, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend
 from casbackup.threadsig import quiet_thread
@@ -168,18 +169,22 @@ def read_password(source: PasswordSource) -> bytes | None:
 
 
 def open_repository(
-    location: str | None, password: bytes, settings: dict[str, str] | None = None
+    location: str | None,
+    password: bytes | Callable[[], bytes],
+    settings: dict[str, str] | None = None,
 ) -> Repository:
     """Open the repository at ``location`` (``settings`` as for ``open_backend``).
+
+    ``password`` may be a function, called only once the repository is known to exist (the
+    CLI's prompt: nobody is asked for a passphrase of a repository that is not there).
     Raises RepositoryNotFound, WrongPassword, ..."""
     backend = open_backend(location, settings)
-    if not backend.exists("config"):
-        backend.close()
-        raise RepositoryNotFound(
-            f"no repository at {location} (run 'casbackup init' to create one)"
-        )
     try:
-        return Repository.open(backend, password)
-    except CasError:
+        if not backend.exists("config"):
+            raise RepositoryNotFound(
+                f"no repository at {location} (run 'casbackup init' to create one)"
+            )
+        return Repository.open(backend, password() if callable(password) else password)
+    except BaseException:  # a wrong passphrase, a damaged config, Ctrl-C at the prompt
         backend.close()
         raise

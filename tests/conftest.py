@@ -13,6 +13,9 @@ REAL_HOME = os.path.expanduser("~")
 REAL_CACHE = os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.join(REAL_HOME, ".cache"), "casbackup"
 )
+REAL_STATE = os.environ.get("CASBACKUP_STATE_DIR") or os.path.join(
+    os.environ.get("XDG_STATE_HOME") or os.path.join(REAL_HOME, ".local", "state"), "casbackup"
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,6 +29,8 @@ def _isolate_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
         mp.setenv("CASBACKUP_CACHE_DIR", str(home / "cache"))
         mp.setenv("XDG_CACHE_HOME", str(home / "xdg-cache"))
         mp.setenv("XDG_CONFIG_HOME", str(home / "config"))
+        for var in ("CASBACKUP_STATE_DIR", "XDG_STATE_HOME"):  # local state: under the home
+            mp.delenv(var, raising=False)
         yield
 
 

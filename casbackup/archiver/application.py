@@ -17,10 +17,12 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from casbackup.archiver.backup import BackupOptions, BackupResult, StreamSpec, run_backup
+from casbackup.archiver.excludes import Excluder
 from casbackup.config.model import AppConfig, SnapshotsConfig
 from casbackup.engines.base import (
     DatabaseSpec,
@@ -29,9 +31,9 @@ from casbackup.engines.base import (
     canonical_engine_name,
     get_engine,
 )
-from casbackup.errors import DatabaseError
-from casbackup.fssnap.base import ProviderSettings
-from casbackup.fssnap.session import FsSnapshotPlan, frozen_sources
+from casbackup.errors import DatabaseError, SnapshotProviderError
+from casbackup.fssnap.base import ProviderSettings, SnapshotInvalid
+from casbackup.fssnap.session import FrozenSources, FsSnapshotPlan, frozen_sources
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, FsSnapshotRecord, Snapshot
 from casbackup.reporter import NULL_REPORTER, Reporter
@@ -272,7 +274,12 @@ def backup_application(
             # The snapshots exist from before the first file is read until after the last
             # dump: files and dumps describe the same moment as closely as the engines allow.
             with frozen_sources(
-                options.app, options.paths, options.fs_plan, reporter.info, reporter.warning
+                options.app,
+                options.paths,
+                options.fs_plan,
+                reporter.info,
+                reporter.warning,
+                left_out=_left_out_by(options),
             ) as frozen:
                 records = tuple(
                     FsSnapshotRecord(s.source, s.provider, s.origin, s.time) for s in frozen.sources
@@ -284,7 +291,11 @@ def backup_application(
                     fs_snapshots=records,
                     before_save=frozen.check,
                 )
-                result = run_backup(repo, frozen_options, reporter)
+                try:
+                    result = run_backup(repo, frozen_options, reporter)
+                except Exception:
+                    _blame_a_full_snapshot(frozen)
+                    raise
     except DatabaseError as exc:
         raise DatabaseError(
             f"backup of application {options.app!r} failed, no snapshot was saved: {exc}"
@@ -293,6 +304,25 @@ def backup_application(
     for message in warnings:
         reporter.warning(message)
     return AppBackupResult(options.app, result, warnings)
+
+
+def _blame_a_full_snapshot(frozen: FrozenSources) -> None:
+    """A backup that failed reading from an LVM snapshot that filled up (every read of it
+    fails: "cannot read source ... Input/output error") fails for that reason, said so."""
+    try:
+        frozen.check()
+    except SnapshotInvalid:
+        raise
+    except SnapshotProviderError:
+        pass  # cannot tell (lvs failed): the backup's own error stands
+
+
+def _left_out_by(options: BackupOptions) -> Callable[[str], bool]:
+    """Whether the walk leaves a path out whatever it holds: a file system mounted inside a
+    frozen source is then no reason to refuse the snapshot (fssnap/session.py)."""
+    if options.one_file_system:
+        return lambda _path: True
+    return Excluder(list(options.excludes)).excluded
 
 
 def restore_companions(

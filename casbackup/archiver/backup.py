@@ -125,6 +125,7 @@ class Backup(Walker, FileReading):
         self._split: set[bytes] = set()  # folders whose subfolders were handed out instead
         self._covered = 0
         self._depth = 0
+        self._root_dev: int | None = None
 
     # ------------------------------------------------------------------ entry
     def run(self) -> BackupResult:
@@ -285,9 +286,10 @@ class Backup(Walker, FileReading):
             else:
                 blob_id = self.repo.blob_id(piece)
                 if not self.repo.has_blob(blob_id):
-                    base = bases.choose(self._load_data, piece, size)
-                    if base is not None:
-                        self.repo.save_data_delta(piece, base[0], base[1], blob_id)
+                    base = bases.choose(self.repo.delta_base_for, piece, size)
+                    if base is not None and base.plain is not None:
+                        self.repo.save_data_delta(piece, base.id, base.plain, blob_id,
+                                                  depth=base.depth, full_len=base.full_len)  # fmt: skip
                     else:
                         self.repo.save_blob(Kind.DATA, piece, blob_id)
                 bases.seen(blob_id, size, len(piece))
@@ -337,11 +339,19 @@ class Backup(Walker, FileReading):
         nodes.sort(key=lambda n: n.name)
         return Node(
             name=DATABASES_DIR, kind=NodeKind.DIR, mode=0o700, uid=os.getuid(), gid=os.getgid(),
-            mtime_ns=now_ns, ctime_ns=now_ns, subtree=self._save_tree(nodes),
+            mtime_ns=now_ns, ctime_ns=now_ns, subtree=self._save_tree(nodes, self._parent_streams()),
         )  # fmt: skip
 
-    def _load_data(self, blob_id: BlobId) -> bytes:
-        return self.repo.load_blob(blob_id, Kind.DATA)
+    def _parent_streams(self) -> BlobId | None:
+        """The parent snapshot's tree of /.databases (the base of this one's), or None."""
+        parent = self._reference
+        if parent is None or self.options.dry_run:
+            return None
+        try:
+            node = self.repo.find_node(parent.root, b"/" + DATABASES_DIR)
+        except CasError:
+            return None
+        return node.subtree if node is not None and node.kind == NodeKind.DIR else None
 
     def _parent_stream(self, filename: str) -> Node | None:
         """The parent snapshot's node of /.databases/<filename> (delta bases, and the times

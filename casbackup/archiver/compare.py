@@ -33,6 +33,7 @@ from casbackup.archiver.metadata import group_name, user_name
 from casbackup.archiver.nesting import Level, drive
 from casbackup.crypto.envelope import Opener
 from casbackup.errors import CasError
+from casbackup.repo import delta
 from casbackup.repo.ids import Kind
 from casbackup.repo.index import IndexCache
 from casbackup.repo.pack import open_blob, pack_name
@@ -254,12 +255,26 @@ class SubtreeComparer:
             name = cache[ident] = encode_owner(lookup({}, ident))
         return name
 
+    def _locate(self, blob_id: bytes):  # type: ignore[no-untyped-def]
+        loc = self.cache.get(blob_id)
+        if loc is None:
+            raise CasError("a parent tree's base is not indexed")
+        return loc
+
+    def _fetch(self, pack: str, offset: int, length: int) -> bytes:
+        return self.packs.get(pack_name(pack), offset, length)
+
     def _load_tree(self, tree_id: bytes) -> dict[bytes, RawNode]:
         loc = self.cache.get(tree_id)
-        if loc is None or loc.kind != Kind.TREE:
+        if loc is None or loc.kind not in (Kind.TREE, Kind.TREE_DELTA):
             raise CasError("parent tree is not indexed")
-        envelope = self.packs.get(pack_name(loc.pack), loc.offset, loc.stored_len)
-        data = open_blob(self.opener, Kind.TREE, tree_id, loc.pack, envelope, loc.raw_len)
+        if loc.kind == Kind.TREE_DELTA:  # stored as a delta of an older tree: its chain
+            chain = delta.located_chain(self._locate, tree_id, loc)
+            fetch = self._fetch
+            data = delta.resolve_chain(fetch, self.opener, chain, kind=Kind.TREE)
+        else:
+            envelope = self.packs.get(pack_name(loc.pack), loc.offset, loc.stored_len)
+            data = open_blob(self.opener, Kind.TREE, tree_id, loc.pack, envelope, loc.raw_len)
         if blake3.blake3(data, key=self.id_key).digest() != tree_id:
             raise CasError("parent tree does not match its id")
         return raw_nodes(data)

@@ -17,6 +17,7 @@ import bisect
 from collections.abc import Callable, Sequence
 
 from casbackup.errors import CasError
+from casbackup.repo.blobstore import DeltaBase
 from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
 
@@ -39,7 +40,7 @@ class BaseFinder:
         for i, blob_id in enumerate(self._ids):
             self._where.setdefault(blob_id, i)
         self._drift = 0  # parent offset minus this stream's offset, at the last known match
-        self._recent: list[tuple[int, bytes]] = []  # (chunk index, plaintext), newest last
+        self._recent: list[tuple[int, DeltaBase]] = []  # (chunk index, its base), newest last
 
     @classmethod
     def for_content(cls, repo: Repository, content: Sequence[BlobId]) -> BaseFinder | None:
@@ -60,9 +61,9 @@ class BaseFinder:
             self._drift = self._starts[i + 1] - (offset + length)
 
     def choose(
-        self, load: Callable[[BlobId], bytes], piece: bytes | memoryview, offset: int
-    ) -> tuple[BlobId, bytes] | None:
-        """(base id, base plaintext) for the new chunk ``piece`` at ``offset``, or None.
+        self, load: Callable[[BlobId], DeltaBase | None], piece: bytes | memoryview, offset: int
+    ) -> DeltaBase | None:
+        """The base for the new chunk ``piece`` at ``offset``, or None.
 
         The candidate is the parent's chunk under the middle of the new chunk (offsets
         corrected by the drift seen so far). Chunk boundaries are content-defined, so an
@@ -70,44 +71,46 @@ class BaseFinder:
         not, its neighbours and the chunk at the same offset without drift are tried, and
         the one that does fixes the drift exactly. When none does, the first candidate is
         the base and the drift is left alone.
-        ``load(id)`` returns a chunk's plaintext (CasError when it cannot)."""
+        ``load(id)`` is ``Repository.delta_base_for``: which base a parent chunk leads to,
+        its plaintext loaded (None when it cannot be used). A candidate whose answer is
+        "store full" (its chain is at the limit, ``plain`` None) is returned as it is,
+        nothing loaded."""
         i = self._under(offset + self._drift + len(piece) // 2)
         same = self._under(offset + len(piece) // 2)  # no drift: right for in-place changes
         head = bytes(piece[:_PREFIX])
-        first: tuple[int, bytes] | None = None
+        first: DeltaBase | None = None
         for j in dict.fromkeys((i, i + 1, i - 1, same)):
             if not 0 <= j < len(self._ids):
                 continue
-            plain = self._load(load, j)
-            if plain is None:
+            found = self._load(load, j)
+            if found is None:
                 continue
-            if plain[:_PREFIX] == head:
+            if found.plain is None:
+                return found if first is None else first
+            if found.plain[:_PREFIX] == head:
                 self._drift = self._starts[j] - offset
-                return self._ids[j], plain
+                return found
             if first is None:
-                first = (j, plain)
-        if first is None:
-            return None
+                first = found
         # No candidate lines up (a boundary moved): the drift stays as it was, so one
         # odd chunk cannot lead every later choice astray.
-        return self._ids[first[0]], first[1]
+        return first
 
     def _under(self, position: int) -> int:
         """The parent chunk holding byte ``position`` (clamped to the first and last)."""
         i = bisect.bisect_right(self._starts, position) - 1
         return min(max(i, 0), len(self._ids) - 1)
 
-    def _load(self, load: Callable[[BlobId], bytes], j: int) -> bytes | None:
-        """Chunk ``j``'s plaintext; the last few are kept (the next choice usually wants a
-        neighbour): at most ``_KEEP`` chunks in memory."""
-        for k, plain in self._recent:
+    def _load(self, load: Callable[[BlobId], DeltaBase | None], j: int) -> DeltaBase | None:
+        """What parent chunk ``j`` leads to; the last few are kept (the next choice usually
+        wants a neighbour): at most ``_KEEP`` plaintexts in memory."""
+        for k, found in self._recent:
             if k == j:
-                return plain
-        try:
-            plain = load(self._ids[j])
-        except CasError:
+                return found
+        found = load(self._ids[j])
+        if found is None:
             return None
-        self._recent.append((j, plain))
+        self._recent.append((j, found))
         if len(self._recent) > _KEEP:
             self._recent.pop(0)
-        return plain
+        return found

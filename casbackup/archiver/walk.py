@@ -24,7 +24,7 @@ from casbackup.archiver.compare import Counts, SubtreeJob, file_unchanged
 from casbackup.archiver.later import Later
 from casbackup.archiver.metadata import Xattrs, node_from_stat, read_xattrs, stat_matches
 from casbackup.archiver.nesting import Level, drive
-from casbackup.errors import CasError, NotFound, UsageError
+from casbackup.errors import CasError, NotFound
 from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
@@ -64,6 +64,7 @@ class Walker:
     _split: set[bytes]
     _covered: int
     _depth: int
+    _root_dev: int | None  # the device of / when / itself is a source, else None
 
     # ------------------------------------------------------------------ roots
     def _archive_roots(
@@ -84,14 +85,15 @@ class Walker:
                 if parts:
                     node[parts[-1]] = None
                 else:
-                    raise UsageError("backing up / as a whole is not supported; name its folders")
+                    layout = self._whole_root()  # "/": every other path is inside it
+                    break
         ref_root = reference.root if reference is not None else None
         reuse_root = self._reuse.root if self._reuse is not None else None
         nodes = drive(self._build_layout(b"", layout, ref_root, reuse_root))
         if self.options.streams:
             nodes.append(self._archive_streams(dbs))
             nodes.sort(key=lambda n: n.name)
-        return self._save_tree(nodes)
+        return self._save_tree(nodes, ref_root)
 
     def _build_layout(
         self,
@@ -111,6 +113,10 @@ class Walker:
                 st = os.lstat(path)
             except OSError as exc:
                 raise NotFound(f"cannot read source {os.fsdecode(path)}: {exc.strerror}") from None
+            if (sub is None and self._root_dev is not None and stat.S_ISDIR(st.st_mode)
+                    and self._mount_point(st, self._root_dev)):  # fmt: skip
+                nodes.append(self._mount_point_node(path, name, st, reuse_nodes.get(name)))
+                continue  # "/" under -x: its /proc, /sys, /dev, /run as empty folders
             if sub is None:
                 # Read from a file-system snapshot when there is one; names stay the source's.
                 read = self._read_from.get(path, path)
@@ -122,8 +128,9 @@ class Walker:
                             f"cannot read source {os.fsdecode(path)} from its file-system "
                             f"snapshot {os.fsdecode(read)}: {exc.strerror}"
                         ) from None
+                root_dev = st.st_dev if self._root_dev is None else self._root_dev
                 node = yield self._archive_entry(
-                    read, name, st, ref_nodes.get(name), reuse_nodes.get(name), st.st_dev
+                    read, name, st, ref_nodes.get(name), reuse_nodes.get(name), root_dev
                 )
                 if isinstance(node, Later):
                     self._finish_dirs(keep=0)
@@ -139,8 +146,21 @@ class Walker:
                 ref_child.subtree if ref_child else None,
                 reuse_child.subtree if reuse_child else None,
             )  # fmt: skip
-            nodes.append(self._dir_node(path, name, st, self._save_tree(children)))
+            base = ref_child.subtree if ref_child else None
+            nodes.append(self._dir_node(path, name, st, self._save_tree(children, base)))
         return nodes
+
+    def _whole_root(self) -> dict[bytes, Any]:
+        """``backup /``: the entries of / as the sources (after excludes), all judged by the
+        file system of / itself, so that under --one-file-system the mount points among and
+        below them are kept as empty folders (a restored system needs its /proc to boot)."""
+        try:
+            with os.scandir(b"/") as it:
+                entries = sorted(it, key=lambda e: e.name)
+            self._root_dev = os.lstat(b"/").st_dev
+        except OSError as exc:
+            raise NotFound(f"cannot read source /: {exc.strerror}") from None
+        return {entry.name: None for entry, _ in self._stat_entries(entries)}
 
     def _load_children(self, tree: BlobId | None) -> dict[bytes, Node]:
         if tree is None:
@@ -152,10 +172,12 @@ class Walker:
             self._notice(f"parent tree unreadable, re-reading its files: {exc}")
             return {}
 
-    def _save_tree(self, nodes: list[Node]) -> BlobId:
+    def _save_tree(self, nodes: list[Node], base: BlobId | None = None) -> BlobId:
+        """Store a folder's tree; ``base``: the parent snapshot's tree of the same folder
+        (a large tree is stored as a delta of it, repo/snapshotstore.py)."""
         if self.options.dry_run:
             return self.repo.blob_id(_encode(nodes))
-        return self.repo.save_tree(nodes)
+        return self.repo.save_tree(nodes, base)
 
     def _dir_node(
         self,
@@ -518,7 +540,8 @@ class Walker:
             # Every entry is the parent's own node: this folder's tree is the parent's,
             # byte for byte. Skip encoding, hashing and looking it up again.
             return self._dir_node(pending.path, pending.name, pending.st, old.subtree, old)
-        return self._dir_node(pending.path, pending.name, pending.st, self._save_tree(nodes), old)
+        tree = self._save_tree(nodes, old.subtree if old is not None else None)
+        return self._dir_node(pending.path, pending.name, pending.st, tree, old)
 
     def _unchanged(self, old: Node, st: os.stat_result) -> bool:
         return self._unchanged_meta(old, st) and self.repo.has_blobs(old.content)

@@ -242,7 +242,8 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
         raise err
     if partial:
         raise PartialBackup(
-            f"{plural(partial, 'application')} were saved with files that could not be read"
+            f"{plural(partial, 'application')} {'was' if partial == 1 else 'were'} saved "
+            "with files that could not be read"
         )
 
 

@@ -12,7 +12,7 @@ from casbackup.cli.render import emit_json, warn
 from casbackup.errors import CasError, RepositoryNotFound, UsageError
 from casbackup.maintenance.copy import CopyOptions, copy_snapshots
 from casbackup.repo.repository import Repository
-from casbackup.units import human_bytes
+from casbackup.units import human_bytes, plural
 
 
 def source_password(password_file: str | None, password_command: str | None) -> bytes:
@@ -87,7 +87,8 @@ def copy(repo: Repository, from_repo: str, from_password_file: str | None,
     for s in result.skipped:
         click.echo(f"snapshot {s[:8]} was copied before: skipped")
     click.echo(
-        f"{len(result.copied)} copied, {len(result.skipped)} skipped; {result.blobs_sent} blobs "
+        f"{len(result.copied)} copied, {len(result.skipped)} skipped; "
+        f"{plural(result.blobs_sent, 'blob')} "
         f"({human_bytes(result.bytes_sent)}) sent, {human_bytes(result.bytes_stored)} stored"
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from casbackup.cli.context import global_options
@@ -62,6 +64,9 @@ def list_cmd(ctx: click.Context, providers: tuple[str, ...]) -> None:
 @click.pass_context
 def cleanup_cmd(ctx: click.Context, providers: tuple[str, ...], dry_run: bool) -> None:
     """Remove the snapshots that crashed or killed backups left behind (found by name)."""
+    if os.geteuid() != 0 and not dry_run:
+        # Nothing could be removed: without this the user read "0 snapshots removed".
+        raise SnapshotProviderError("removing file-system snapshots needs root; run it as root")
     done = cleanup(providers or PROVIDERS, None, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     # A provider named on the command line must answer; the others are looked at in passing.

@@ -69,6 +69,10 @@ def print_result(result: RecoveryResult) -> None:
               "?password_env=VAR), a database name on the config's server, or an SQLite path. "
               "Needed for a server database the config does not define.")  # fmt: skip
 @click.option("--overwrite-databases", is_flag=True, help="Replace non-empty target databases.")
+@click.option(
+    "--no-globals", is_flag=True,
+    help="PostgreSQL: do not create the roles kept with the dumps (they must exist already).",
+)  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option(
     "--allow-unverified", is_flag=True, help="Accept a snapshot without a passing verification."
@@ -80,7 +84,8 @@ def print_result(result: RecoveryResult) -> None:
 @with_repository(lock="shared", reads_only=True)
 def recover_cmd(
     repo: Repository, ctx: click.Context, app: str, target: str, snapshot: str | None,
-    databases: bool, db_into: tuple[str, ...], overwrite_databases: bool, dry_run: bool,
+    databases: bool, db_into: tuple[str, ...], overwrite_databases: bool, no_globals: bool,
+    dry_run: bool,
     allow_unverified: bool, report: str | None,
 ) -> None:  # fmt: skip
     """Rebuild an application's files and databases from the repository alone.
@@ -97,7 +102,7 @@ def recover_cmd(
         app=app, target=target, snapshot=snapshot, databases=databases,
         db_into=dict(split_assignment(v) for v in db_into),
         configured={d.name: d for d in app_config.databases} if app_config else {},
-        overwrite_databases=overwrite_databases, dry_run=dry_run,
+        overwrite_databases=overwrite_databases, globals=not no_globals, dry_run=dry_run,
         allow_unverified=allow_unverified, report=report,
     )  # fmt: skip
     reporter = reporter_for(ctx)

@@ -8,6 +8,7 @@ import click
 
 from casbackup.cli.cmd_user import state_dir_option
 from casbackup.cli.context import global_options
+from casbackup.cli.render import emit_json_err, warn
 from casbackup.errors import UsageError
 
 
@@ -74,8 +75,8 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
                 f"{host} is not a loopback address: give --tls-cert/--tls-key, or --insecure-http "
                 "when a TLS-terminating proxy in front of this service is the only way in"
             )
-        click.echo(f"warning: serving plain HTTP on {host}:{port}; passwords and tokens cross "
-                   "the network unencrypted unless a TLS proxy is the only way in", err=True)  # fmt: skip
+        warn(f"serving plain HTTP on {host}:{port}; passwords and tokens cross "
+             "the network unencrypted unless a TLS proxy is the only way in")  # fmt: skip
     if trusted_user_header and not trusted_proxies:
         raise UsageError("--trusted-user-header needs --trusted-proxy (who may set it)")
     state = Path(state_dir or default_state_dir())
@@ -101,10 +102,11 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
     from casbackup.server.app import create_app
 
     app = create_app(settings)
-    click.echo(
-        f"casbackup serving on {'https' if tls_cert else 'http'}://{listen} (state in {state})",
-        err=True,
-    )
+    url = f"{'https' if tls_cert else 'http'}://{listen}"
+    if opts.json:  # stderr stays JSON for scripts (uvicorn's own log lines are its own text)
+        emit_json_err({"message_type": "serving", "url": url, "state_dir": str(state)})
+    else:
+        click.echo(f"casbackup serving on {url} (state in {state})", err=True)
     uvicorn.run(
         app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
         proxy_headers=False,  # client addresses come from auth.client_address, which checks the peer

@@ -55,8 +55,10 @@ def render(scope: str, s: Stats) -> None:
         ("Snapshots", str(s.snapshots)),
         ("Files", str(s.files)),
         ("Logical size", human_bytes(s.logical_bytes)),
-        ("Unique size", f"{human_bytes(s.unique_bytes)} in {plural(s.chunks, 'chunk')}"),
-        ("Stored size", f"{human_bytes(s.stored_bytes)} (+ {human_bytes(s.tree_stored_bytes)} in {plural(s.trees, 'tree')})"),
+        ("Unique size", f"{human_bytes(s.unique_bytes)} in {plural(s.chunks, 'chunk')}"
+                        + (f" ({s.delta_chunks} stored as deltas)" if s.delta_chunks else "")),
+        ("Stored size", f"{human_bytes(s.stored_bytes)} (+ {human_bytes(s.tree_stored_bytes)} in {plural(s.trees, 'tree')})"
+                        + (f", with {plural(s.bases, 'delta base')} of older snapshots" if s.bases else "")),
         ("Dedup ratio", f"{s.dedup_ratio:.2f}x"),
         ("Compression ratio", f"{s.compression_ratio:.2f}x"),
         ("Packs", str(s.packs)),

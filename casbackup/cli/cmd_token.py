@@ -6,7 +6,7 @@ import datetime as dt
 
 import click
 
-from casbackup.cli.cmd_user import cli_audit, open_accounts, state_dir_option
+from casbackup.cli.cmd_user import cli_audit, done, open_accounts, state_dir_option
 from casbackup.cli.context import global_options
 from casbackup.cli.render import emit_json
 
@@ -81,7 +81,7 @@ def token_revoke(token_id: str, state_dir: str | None) -> None:
     accounts = open_accounts(state_dir)
     accounts.revoke_token(token_id)
     cli_audit(accounts, "token_revoke", f"token {token_id}")
-    click.echo(f"token {token_id} revoked")
+    done({"message_type": "token_revoked", "id": token_id}, f"token {token_id} revoked")
 
 
 COMMANDS = [token]

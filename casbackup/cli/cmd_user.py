@@ -8,7 +8,7 @@ import sys
 import click
 
 from casbackup.cli.context import global_options
-from casbackup.cli.render import emit_json
+from casbackup.cli.render import emit_json, json_mode
 from casbackup.errors import UsageError
 
 STATE_DIR_HELP = (
@@ -48,6 +48,14 @@ def read_new_password(from_stdin: bool) -> str:
     return first
 
 
+def done(doc: dict[str, object], text: str) -> None:
+    """What a state-changing account command did: ``text``, or under --json one JSON object."""
+    if json_mode():
+        emit_json(doc)
+    else:
+        click.echo(text)
+
+
 @click.group()
 def user() -> None:
     """Accounts of the web service (casbackup serve)."""
@@ -69,7 +77,10 @@ def user_add(
     password = read_new_password(password_stdin)
     u = accounts.add_user(name, password, role, list(apps) or None)
     cli_audit(accounts, "user_add", f"user {u.name} role {u.role}")
-    click.echo(f"user {u.name} added ({u.role}{', apps ' + ', '.join(u.apps) if u.apps else ''})")
+    done(
+        {"message_type": "user_added", "name": u.name, "role": u.role, "apps": u.apps},
+        f"user {u.name} added ({u.role}{', apps ' + ', '.join(u.apps) if u.apps else ''})",
+    )
 
 
 @user.command("list")
@@ -97,7 +108,7 @@ def user_passwd(name: str, password_stdin: bool, state_dir: str | None) -> None:
     accounts.user(name)  # fail before asking for a password
     accounts.set_password(name, read_new_password(password_stdin))
     cli_audit(accounts, "user_passwd", f"user {name}")
-    click.echo(f"password of {name} changed")
+    done({"message_type": "password_changed", "name": name}, f"password of {name} changed")
 
 
 @user.command("remove")
@@ -108,7 +119,7 @@ def user_remove(name: str, state_dir: str | None) -> None:
     accounts = open_accounts(state_dir)
     accounts.remove_user(name)
     cli_audit(accounts, "user_remove", f"user {name}")
-    click.echo(f"user {name} removed")
+    done({"message_type": "user_removed", "name": name}, f"user {name} removed")
 
 
 COMMANDS = [user]

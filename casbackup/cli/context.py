@@ -16,11 +16,8 @@ from casbackup import access
 from casbackup.access import password_command_env  # noqa: F401  (kept importable from here)
 from casbackup.cli.render import warn
 from casbackup.errors import (
-    CasError,
-    RepositoryNotFound,
     StorageError,
     UsageError,
-    WrongPassword,
 )
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend, skipped_warnings
@@ -76,19 +73,7 @@ def open_repository(opts: GlobalOptions, app: str | None = None) -> Repository:
     from casbackup.cli.config_support import apply_config_defaults
 
     apply_config_defaults(opts, app)  # the config's [repository] fills in what was not given
-    backend = open_backend(opts.repo, opts.s3_settings)
-    if not backend.exists("config"):
-        raise RepositoryNotFound(
-            f"no repository at {opts.repo} (run 'casbackup init' to create one)"
-        )
-    password = read_password(opts)
-    try:
-        return Repository.open(backend, password)
-    except WrongPassword:
-        raise
-    except CasError:
-        backend.close()
-        raise
+    return access.open_repository(opts.repo, lambda: read_password(opts), opts.s3_settings)
 
 
 def with_repository(

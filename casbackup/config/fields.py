@@ -123,6 +123,12 @@ class Section:
         self.used.add(name)
         return self.data.get(name)
 
+    def note(self, name: str | None, message: str) -> None:
+        """Record a problem with one key and go on: the caller carries on with a default, so
+        the other keys of the same table are checked too (``Ctx.raise_problems`` raises them
+        all at the end). For a value the caller cannot do without, raise ``error`` instead."""
+        self.ctx.problems.append(self.error(name, message))
+
     def text(self, name: str, *, required: bool = False, default: str | None = None) -> str | None:
         value = self.raw(name)
         if value is None:
@@ -130,6 +136,9 @@ class Section:
                 raise self.error(None, f"missing required key {name!r}")
             return default
         if not isinstance(value, str):
+            if not required:
+                self.note(name, f"must be a string, not {type_name(value)}")
+                return default
             raise self.error(name, f"must be a string, not {type_name(value)}")
         if required and not value.strip():
             raise self.error(name, "must not be empty")
@@ -142,10 +151,12 @@ class Section:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(name, f"must be an integer, not {type_name(value)}")
+            self.note(name, f"must be an integer, not {type_name(value)}")
+            return default
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            raise self.error(name, f"must be {bound}, not {value}")
+            self.note(name, f"must be {bound}, not {value}")
+            return default
         return value
 
     def flag(self, name: str, default: bool) -> bool:
@@ -153,7 +164,8 @@ class Section:
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise self.error(name, f"must be true or false, not {type_name(value)}")
+            self.note(name, f"must be true or false, not {type_name(value)}")
+            return default
         return value
 
     def str_list(self, name: str, *, required: bool = False) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ from casbackup.config.load import (
     parse_recovery,
     parse_snapshots,
     parse_verification,
+    snapshots_section,
 )
 from casbackup.config.model import (
     AppConfig,
@@ -82,9 +83,7 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
     recovery = ctx.attempt(
         lambda: parse_recovery(top.table("disaster_recovery")), DisasterRecoveryConfig()
     )
-    snapshots = ctx.attempt(lambda: parse_snapshots(
-        Section(ctx, top.raw("snapshots") or {}, "snapshots", {"type": "provider"})
-    ), SnapshotsConfig())  # fmt: skip
+    snapshots = ctx.attempt(lambda: parse_snapshots(snapshots_section(top)), SnapshotsConfig())
 
     def plugins_section() -> PluginsConfig:
         plugins_sec = top.table("plugins")
@@ -120,7 +119,8 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
               for i, raw in enumerate(raw_apps)]  # fmt: skip
     apps: list[AppConfig] = [a for a in parsed if a is not None]
     ctx.raise_problems()  # databases name their applications: those must be right first
-    check_unique_apps(tuple(apps), ctx)
+    check_unique_apps([a.name for a in apps], ctx)
+    ctx.raise_problems()
 
     attached = _attach_databases(top, ctx, apps, warnings)
     apps = [replace(app, databases=_unique_names(attached[app.name])) for app in apps]

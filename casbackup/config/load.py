@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import shlex
@@ -117,8 +118,7 @@ def parse_toml(data: dict[str, object], ctx: Ctx) -> Config:
     parsed = [ctx.attempt(lambda s=sec: parse_app(s, verification.auto_verify), None)
               for sec in sections]  # fmt: skip
     apps = tuple(a for a in parsed if a is not None)
-    if len(apps) == len(parsed):  # indexes in the message are only right when all parsed
-        ctx.attempt(lambda: check_unique_apps(apps, ctx), None)
+    check_unique_apps([sec.data.get("name") for sec in sections], ctx)
     config = Config(
         repository=ctx.attempt(
             lambda: parse_repository(top.table("repository")), RepositoryConfig()
@@ -128,7 +128,7 @@ def parse_toml(data: dict[str, object], ctx: Ctx) -> Config:
         disaster_recovery=ctx.attempt(
             lambda: parse_recovery(top.table("disaster_recovery")), DisasterRecoveryConfig()
         ),
-        snapshots=ctx.attempt(lambda: parse_snapshots(top.table("snapshots")), SnapshotsConfig()),
+        snapshots=ctx.attempt(lambda: parse_snapshots(snapshots_section(top)), SnapshotsConfig()),
         plugins=ctx.attempt(lambda: parse_plugins(top.table("plugins")), PluginsConfig()),
         source=ctx.path,
         layout="toml",
@@ -230,6 +230,13 @@ def parse_recovery(sec: Section) -> DisasterRecoveryConfig:
     return result
 
 
+def snapshots_section(top: Section) -> Section:
+    """`[snapshots]`, where the seed's `type` is another name for `provider` (in the legacy
+    JSON and in TOML alike: a section copied from the seed's config keeps working)."""
+    value = top.raw("snapshots")
+    return Section(top.ctx, {} if value is None else value, "snapshots", {"type": "provider"})
+
+
 def parse_snapshots(sec: Section) -> SnapshotsConfig:
     provider = sec.text("provider")
     if provider is not None and provider not in (*SNAPSHOT_PROVIDERS, "auto"):
@@ -270,10 +277,11 @@ def parse_plugins(sec: Section) -> PluginsConfig:
 def parse_retention(sec: Section) -> RetentionConfig:
     within = sec.text("keep_within")
     if within is not None and not KEEP_WITHIN_RE.match(within):
-        raise sec.error(
+        sec.note(
             "keep_within",
             f"{within!r} is not a duration: use digits followed by y, m, w, d or h (e.g. '1y6m')",
         )
+        within = None
     result = RetentionConfig(
         **{k: sec.integer(k, 0) for k in ("keep_last", "keep_hourly", "keep_daily",
                                           "keep_weekly", "keep_monthly", "keep_yearly")},
@@ -304,6 +312,12 @@ def check_schedule(sec: Section, value: str | None) -> str | None:
             f"{value!r} is not a cron expression: give 5 fields (minute hour day month "
             "weekday), 'every N minutes', or one of " + ", ".join(_CRON_MACROS),
         )
+    from cronsim import CronSim, CronSimError
+
+    try:  # the scheduler's own parser: a field out of range is found here, not at `serve`
+        CronSim(text, dt.datetime(2000, 1, 1))
+    except CronSimError as e:
+        raise sec.error("schedule", f"{value!r} is not a cron expression: {e}") from None
     return text
 
 
@@ -447,15 +461,19 @@ def _database(sec: Section) -> DatabaseSpec:
     return spec
 
 
-def check_unique_apps(apps: tuple[AppConfig, ...], ctx: Ctx) -> None:
+def check_unique_apps(names: list[object], ctx: Ctx) -> None:
+    """Two applications of one name. ``names`` are as written, one per entry in file order
+    (so a duplicate is found also beside an application with other problems)."""
     seen: dict[str, int] = {}
-    for i, app in enumerate(apps):
-        if app.name in seen:
-            raise ctx.error(
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            ctx.problems.append(ctx.error(
                 f"applications[{i}].name",
-                f"duplicate application name {app.name!r} (also applications[{seen[app.name]}])",
-            )
-        seen[app.name] = i
+                f"duplicate application name {name!r} (also applications[{seen[name]}])",
+            ))  # fmt: skip
+        seen[name] = i
 
 
 __all__ = ["DB_NAME_RE", "find_config_path", "load_config", "parse_toml"]

@@ -118,7 +118,13 @@ class BtrfsProvider:
             folder = os.path.join(point, SNAP_DIR)
             if not _trusted_folder(folder):
                 continue  # absent, or planted by someone else: nothing of ours in it
-            for name in sorted(os.listdir(folder)):
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError as exc:
+                raise SnapshotProviderError(
+                    f"cannot list {folder}: {exc.strerror} (btrfs snapshots need root)"
+                ) from None
+            for name in names:
                 pid = parse_name(name)
                 path = os.path.join(folder, name)
                 # only a subvolume (not a symlink to one elsewhere) is deleted

@@ -15,15 +15,16 @@ from casbackup.fssnap.base import (
     Leftover,
     NotThatFileSystem,
     ProviderSettings,
-    ToolMissing,
     Volume,
     parse_name,
     require_root,
     run_tool,
 )
+from casbackup.fssnap.mounts import mount_of
 from casbackup.repo.snapshot import now_utc
 
 CLONE_ROOT = "/run/casbackup-fssnap"
+ZFS_TYPES = ("zfs", "fuse.zfs")  # OpenZFS, zfs-fuse (as /proc/self/mountinfo names them)
 BUSY_RETRIES = 8
 
 
@@ -37,13 +38,16 @@ class ZfsProvider:
     def locate(self, path: str) -> Volume:
         real = os.path.realpath(path)
         listing = run_tool(
-            ["zfs", "list", "-H", "-t", "filesystem", "-o", "name,mountpoint"], "zfs"
+            ["zfs", "list", "-H", "-t", "filesystem", "-o", "name,mountpoint,mounted"], "zfs"
         )
         best: tuple[str, str] | None = None
         for row in _lines(listing):
-            if len(row) != 2 or not row[1].startswith("/"):
-                continue  # "legacy", "none", "-": not mounted where zfs says
-            name, mp = row
+            # "legacy", "none", "-": not mounted where zfs says; and a dataset that is not
+            # mounted now (canmount=noauto, a key not loaded) holds nothing of the folder
+            # at its mountpoint, which belongs to the dataset above it
+            if len(row) != 3 or not row[1].startswith("/") or row[2] != "yes":
+                continue
+            name, mp, _mounted = row
             mp = mp.rstrip("/") or "/"
             inside = real == mp or real.startswith(mp.rstrip("/") + "/")
             if inside and (best is None or len(mp) > len(best[1])):
@@ -53,13 +57,10 @@ class ZfsProvider:
         return Volume(self.name, best[0], best[1])
 
     def supports(self, path: str) -> bool:
-        try:
-            self.locate(path)
-        except (NotThatFileSystem, ToolMissing):
-            return False
-        except Exception:  # noqa: BLE001 - a failing zfs (no pool, no module) means "no"
-            return False
-        return True
+        # From the mount table, not `zfs list`: that needs the zfs-fuse daemon (and root to
+        # reach it), and a backup as another user must hear "need root", not "no ZFS here".
+        mount = mount_of(path)
+        return mount is not None and mount.fstype in ZFS_TYPES
 
     def freeze(self, volume: Volume, snap_name: str, settings: ProviderSettings) -> Frozen:
         require_root(self.name)

@@ -18,7 +18,9 @@ Version 2 to 3 (delta blobs, repo/delta.py) is the same single step: the config 
 ``"version": 3`` and its MAC. Nothing stored changes: version 3 readers read every
 version 2 object; from then on backups may write DELTA blobs, which version 2 readers
 cannot read, and they refuse the version 3 config (exit 21) before reading anything.
-A version 1 repository goes straight to 3.
+Version 3 to 4 (TREE_DELTA blobs: trees stored as deltas of the parent snapshot's tree)
+is the same step again; version 3 readers refuse the version 4 config. A version 1 or 2
+repository goes straight to the current version.
 Migrating authenticates what the version 1 config says, so ``MigrationPlan.unusual``
 names every parameter that differs from casbackup's defaults: a config changed by a
 storage attacker before the upgrade would otherwise become authenticated.

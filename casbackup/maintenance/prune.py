@@ -46,7 +46,7 @@ from casbackup.maintenance.pruneplan import (  # noqa: F401
 )
 from casbackup.maintenance.spill import ID_BUCKETS, RecordSpill
 from casbackup.repo import codec, delta
-from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.ids import DELTA_KINDS, FULL_KIND, BlobId, FileId, Kind, pack_group
 from casbackup.repo.index import (
     RECORD_SIZE,
     Location,
@@ -153,7 +153,7 @@ class _IndexWriter:
             blob_id
             for _, records in self.sections
             for kind, blob_id, *_ in iter_records(records)
-            if kind == Kind.DELTA
+            if kind in DELTA_KINDS
         ]
         bases = self.bases.bases_of(deltas) if deltas else None
         fid = self.repo.save_file_object(
@@ -255,10 +255,10 @@ class _Copier:
     def copy(self, pack: FileId, entries: bytes) -> None:
         data = self.repo.backend.get(pack_name(pack))
         records = [_ENTRY.unpack_from(entries, i) for i in range(0, len(entries), _ENTRY.size)]
-        bases = self.work.bases_of(r[2] for r in records if r[1] == Kind.DELTA)
+        bases = self.work.bases_of(r[2] for r in records if r[1] in DELTA_KINDS)
         for _n, kind, blob_id, offset, stored_len, raw_len in records:
-            base = bases.get(blob_id) if kind == Kind.DELTA else None
-            if kind == Kind.DELTA and base is None:
+            base = bases.get(blob_id) if kind in DELTA_KINDS else None
+            if kind in DELTA_KINDS and base is None:
                 raise IntegrityError(f"delta blob {blob_id.hex()[:16]} has no base in the index")
             loc = Location(
                 pack, offset, stored_len, raw_len, Kind(kind), BlobId(base) if base else None
@@ -268,7 +268,7 @@ class _Copier:
                 raise IntegrityError(f"pack {pack[:12]} is shorter than its index says")
             if self.options.verify_copies:
                 _verify(self.repo, BlobId(blob_id), loc, envelope, pack)
-            group = Kind.TREE if loc.kind == Kind.TREE else Kind.DATA
+            group = pack_group(loc.kind)  # a tree delta stays in a tree pack
             writer = self.writers[group]
             writer.add(loc.kind, BlobId(blob_id), envelope, raw_len, loc.base)
             self.progress.bytes_done += stored_len
@@ -288,11 +288,12 @@ def _verify(repo: Repository, blob_id: BlobId, loc: Location, envelope: bytes, p
     """A damaged blob must not be copied into a new pack as if it were good (a delta is
     applied to its base, itself resolved and checked, before it is copied)."""
     try:
-        if loc.kind == Kind.DELTA:
-            payload = delta.open_delta(repo.opener, blob_id, envelope)
+        if loc.kind in FULL_KIND:
+            payload = delta.open_delta(repo.opener, blob_id, envelope, loc.kind)
             if loc.base is None or delta.delta_base(payload) != loc.base:
                 raise IntegrityError("its base is not the one the index names")
-            plain = delta.apply_delta(payload, repo.load_blob(loc.base, Kind.DATA), loc.raw_len)
+            base = repo.load_blob(loc.base, FULL_KIND[loc.kind])
+            plain = delta.apply_delta(payload, base, loc.raw_len)
         else:
             plain = codec.decompress(repo.opener.open(loc.kind, blob_id, envelope))
     except CasError as exc:

@@ -2,7 +2,10 @@
 
 - logical size: the files' and database dumps' sizes as the snapshots record them, counted in every snapshot;
 - unique size: the raw bytes of the distinct chunks those files need;
-- stored size: what those chunks take in packs (compressed, encrypted, with envelopes).
+- stored size: what those chunks take in packs (compressed, encrypted, with envelopes), plus
+  the delta bases they need (repo/delta.py): a chunk stored as a delta is readable only with
+  its chain of bases, so a snapshot's stored size counts the bases it would keep alive. The
+  compression ratio therefore includes what delta compression saves.
 dedup ratio = logical / unique, compression ratio = unique / stored.
 """
 
@@ -32,6 +35,8 @@ class Stats:
     tree_stored_bytes: int
     packs: int  # packs holding any of those blobs
     repository_bytes: int | None = None  # every stored object (whole-repository stats only)
+    delta_chunks: int = 0  # of ``chunks``, those stored as a delta
+    bases: int = 0  # delta bases needed that no file of these snapshots uses (in stored_bytes)
 
     @property
     def dedup_ratio(self) -> float:
@@ -58,8 +63,9 @@ def snapshot_stats(
     """Walk the snapshots; a subtree seen before adds its (memoized) logical size only."""
     sizes: dict[BlobId, tuple[int, int]] = {}  # tree -> (logical bytes, files) below it
     chunks: set[BlobId] = set()
+    bases: set[BlobId] = set()  # stored only as bases: counted in "stored", not in "unique"
     packs: set[FileId] = set()
-    totals = {"unique": 0, "stored": 0, "tree_stored": 0}
+    totals = {"unique": 0, "stored": 0, "tree_stored": 0, "deltas": 0}
     progress = Progress(phase="walking snapshots", files_total=len(snapshots))
 
     def open_tree(tree_id: BlobId) -> _Frame:
@@ -76,8 +82,24 @@ def snapshot_stats(
                 chunks.add(chunk)
                 cloc = repo.locate(chunk)
                 totals["unique"] += cloc.raw_len
-                totals["stored"] += cloc.stored_len
+                if chunk in bases:  # counted as another chunk's base before: stored already
+                    bases.discard(chunk)
+                else:
+                    totals["stored"] += cloc.stored_len
                 packs.add(cloc.pack)
+                if cloc.base is not None:
+                    totals["deltas"] += 1
+                    add_bases(cloc.base)
+
+    def add_bases(base: BlobId | None) -> None:
+        """Count a delta's chain of bases once each (a chain is at most MAX_DEPTH long; a
+        loop in a damaged repository ends at the first blob seen again)."""
+        while base is not None and base not in chunks and base not in bases:
+            bases.add(base)
+            bloc = repo.locate(base)
+            totals["stored"] += bloc.stored_len
+            packs.add(bloc.pack)
+            base = bloc.base
 
     def visit(root: BlobId) -> tuple[int, int]:
         """(logical bytes, files) below a tree: post-order on an explicit stack (no recursion:
@@ -120,6 +142,7 @@ def snapshot_stats(
         snapshots=len(snapshots), files=files_total, logical_bytes=logical_total,
         chunks=len(chunks), unique_bytes=totals["unique"], stored_bytes=totals["stored"],
         trees=len(sizes), tree_stored_bytes=totals["tree_stored"], packs=len(packs),
+        delta_chunks=totals["deltas"], bases=len(bases),
     )  # fmt: skip
 
 
@@ -140,7 +163,8 @@ def repository_stats(repo: Repository, warnings: list[str]) -> Stats:
             for blob_id, loc in idx.blobs():
                 blobs.setdefault(blob_id, loc)
     data = [loc for loc in blobs.values() if loc.kind in (Kind.DATA, Kind.DELTA)]
-    trees = [loc for loc in blobs.values() if loc.kind == Kind.TREE]
+    deltas = sum(1 for loc in data if loc.kind == Kind.DELTA)
+    trees = [loc for loc in blobs.values() if loc.kind in (Kind.TREE, Kind.TREE_DELTA)]
     return Stats(
         snapshots=len(snapshots),
         files=sum(s.summary.files_total for s in snapshots),
@@ -148,6 +172,7 @@ def repository_stats(repo: Repository, warnings: list[str]) -> Stats:
         chunks=len(data), unique_bytes=sum(loc.raw_len for loc in data),
         stored_bytes=sum(loc.stored_len for loc in data), trees=len(trees),
         tree_stored_bytes=sum(loc.stored_len for loc in trees),
+        delta_chunks=deltas,
         packs=sum(1 for _ in repo.backend.list("data/")),
         repository_bytes=sum(size for _, size in repo.backend.list("")),
     )  # fmt: skip

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from casbackup.config.model import NotifierConfig
+from casbackup.units import plural
 
 log = logging.getLogger("casbackup.notify")
 
@@ -129,7 +130,8 @@ class BackupNotice:
             return
         summary = asdict(snapshot.summary)
         if warnings:
-            message = f"snapshot {snapshot.short_id} saved; {len(warnings)} files could not be read"
+            what = plural(len(warnings), "file or folder", "files or folders")
+            message = f"snapshot {snapshot.short_id} saved; {what} could not be read"
             self._send(Event("warning", self.app, message, snapshot.id, summary, tuple(warnings)))
         else:
             message = f"snapshot {snapshot.short_id} saved"

@@ -84,7 +84,9 @@ def recover(
             for item in plan.files:
                 files.append(_restore_files(repo, plan, item, options, reporter, errors, warnings))
             for db in plan.databases:
-                databases.append(_restore_database(repo, plan, db, reporter, errors, warnings))
+                databases.append(
+                    _restore_database(repo, plan, db, options, reporter, errors, warnings)
+                )
     except KeyboardInterrupt:
         interrupted = True
         errors.append("recovery interrupted; the target holds a partial recovery")
@@ -148,6 +150,7 @@ def _restore_database(
     repo: Repository,
     plan: RecoveryPlan,
     db: DatabaseItem,
+    options: RecoverOptions,
     reporter: Reporter,
     errors: list[str],
     warnings: list[str],
@@ -171,7 +174,11 @@ def _restore_database(
         keep_mode = _mode_of(db.spec.path) if old_record else None
         extra = {"properties": record.properties} if record.properties else {}
         # Roles first (PostgreSQL globals): the dump's privileges name them.
-        notes, globals_warnings = restore_companions(repo, plan.snapshot, record, db.spec)
+        notes, globals_warnings = (
+            restore_companions(repo, plan.snapshot, record, db.spec)
+            if options.globals
+            else ([], [])
+        )
         for line in notes:
             reporter.info(line)
         out["globals"] = notes

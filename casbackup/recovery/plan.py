@@ -29,7 +29,7 @@ from casbackup.engines.base import (
     get_engine,
     resolve_password,
 )
-from casbackup.errors import CasError, RecoveryError, UsageError
+from casbackup.errors import CasError, RecoveryError, UnverifiedSnapshot, UsageError
 from casbackup.recovery.connection import connection_spec, describe
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
@@ -54,6 +54,9 @@ class RecoverOptions:
     # name -> the local config's definition of the application's database (never a snapshot's)
     configured: Mapping[str, DatabaseSpec] = field(default_factory=dict)
     overwrite_databases: bool = False
+    # PostgreSQL: create the roles kept with each dump (its globals) before loading it; off
+    # when the target server's roles are managed elsewhere (as `db restore --no-globals`)
+    globals: bool = True
     dry_run: bool = False
     allow_unverified: bool = False
     report: str | None = None  # FILE: FILE.json and FILE.md; None: in the target
@@ -142,11 +145,10 @@ def choose_snapshot(
     record = latest.get(snap.id)
     if record is None or not record.ok:
         if not options.allow_unverified:
-            raise RecoveryError(
+            raise UnverifiedSnapshot(
                 f"refusing to recover {options.app!r} from snapshot "
-                f"{_describe_snap(snap, record)}; {newest_verified}. Run 'casbackup verify "
-                f"{snap.short_id}' first, name a verified one with --snapshot, or pass "
-                "--allow-unverified"
+                f"{_describe_snap(snap, record)}; {newest_verified}",
+                snap.short_id,
             )
         warnings.append(f"recovering from snapshot {_describe_snap(snap, record)} as asked")
     return snap, record, warnings

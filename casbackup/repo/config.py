@@ -19,6 +19,8 @@ it, and ``verify_mac`` is called as soon as a key file has opened. Version 1 con
 have no MAC: they are read, never written to (``casbackup migrate`` upgrades them).
 Version 3 is version 2 plus DELTA blobs (repo/delta.py): a version 2 repository is
 read and written as it is (no deltas) until ``casbackup migrate`` raises it to 3.
+Version 4 is version 3 plus TREE_DELTA blobs (trees stored as deltas, repo/delta.py); a
+version 3 repository is read and written as it is (no tree deltas) until ``migrate``.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from casbackup.crypto.keys import MasterKey
 from casbackup.errors import ConfigTampered, FormatError, UnsupportedFormat
 
 FORMAT_NAME = "casbackup"
-# 2: config MAC, names checked; 3: delta blobs (repo_format.md "Format versions")
-FORMAT_VERSION = 3
+# 2: config MAC, names checked; 3: delta blobs; 4: tree delta blobs
+# (repo_format.md "Format versions")
+FORMAT_VERSION = 4
 OLDEST_READABLE = 1
 
 # Ranges a config may hold (checked before anything uses them): zstd's levels (negative

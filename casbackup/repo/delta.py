@@ -15,6 +15,12 @@ base is at most ``MAX_DEPTH`` deltas long, so reading any blob costs at most
 header name every delta's base too (repo/index.py, repo/pack.py), so prune and check
 know the graph without decrypting anything.
 
+TREE_DELTA blobs (format version 4) are the same for trees: a tree stored as the
+difference to another tree (the parent snapshot's tree of the same folder), in the same
+envelope layout, its chain of TREE_DELTA blobs ending in a TREE, at most ``MAX_DEPTH``
+deltas deep. A chain never mixes the two: a DELTA's bases are DELTA or DATA, a
+TREE_DELTA's are TREE_DELTA or TREE.
+
 Pure functions only: readers with or without a Repository (restore's pack readers)
 share ``resolve_chain``; prune closes its used set with ``close_over_spilled_bases``;
 check follows each delta's bases through the index cache (verify/check.py).
@@ -30,7 +36,7 @@ import zstandard
 from casbackup.crypto.envelope import Opener
 from casbackup.errors import FormatError, IntegrityError
 from casbackup.repo import codec
-from casbackup.repo.ids import ID_SIZE, BlobId, Kind
+from casbackup.repo.ids import DELTA_KINDS, DELTA_OF, FULL_KIND, ID_SIZE, BlobId, Kind
 
 DELTA_VERSION = 1
 # The longest chain of deltas above a full blob. Measured with bench/dump_dedup.py
@@ -45,26 +51,87 @@ MAX_SHARE = 0.5
 # (16 MiB, the largest chunker max_size), so 2^25 covers base plus target.
 _WINDOW_LOG = 25
 _MAX_PLAIN = codec._MAX_DECOMPRESSED
+# The largest base plus target a delta can span (zstd's window).
+MAX_SPAN = 1 << _WINDOW_LOG
+# ``encode_delta(wide=True)``'s largest match table: 2^23 entries (32 MiB); a 15 MB base
+# (an 80,000-file folder's tree) needs 2^21, 5.7 MB 2^20, 1.9 MB 2^18.
+WIDE_HASH_LOG = 23
+
+
+def base_dictionary(base: bytes | memoryview) -> zstandard.ZstdCompressionDict:
+    """``base`` as the raw-content dictionary deltas against it are built and applied with
+    (made once when a writer does both: ~12 us a 100 kB base)."""
+    return zstandard.ZstdCompressionDict(bytes(base), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
 def encode_delta(
-    base_id: bytes, base: bytes | memoryview, target: bytes | memoryview, level: int
+    base_id: bytes,
+    base: bytes | memoryview | zstandard.ZstdCompressionDict,
+    target: bytes | memoryview,
+    level: int,
+    *,
+    wide: bool = False,
 ) -> bytes:
-    """The plaintext of a DELTA envelope turning ``base`` into ``target`` (zstd ``level``)."""
-    dictionary = zstandard.ZstdCompressionDict(
-        bytes(base), dict_type=zstandard.DICT_TYPE_RAWCONTENT
-    )
+    """The plaintext of a DELTA envelope turning ``base`` (its plaintext, or
+    ``base_dictionary`` of it) into ``target`` (zstd ``level``).
+
+    ``wide``: size zstd's match table to the base (trees, TREE_DELTA): an eighth as many
+    entries as the base has bytes. At the level's own table (2^17 entries at level 3)
+    zstd finds only part of a base of a few MB: the tree of a 10,000-file folder with
+    one file changed (1.9 MB) gave a 370 kB delta at level 3 and 0.3-0.9 kB with 2^18 to
+    2^23 entries; 2^19 is the one used (bench/DUMPS.md "Tree deltas")."""
+    dictionary = base if isinstance(base, zstandard.ZstdCompressionDict) else base_dictionary(base)
+    base_len = len(dictionary)
+    extra = {"hash_log": min(max(base_len.bit_length() - 2, 17), WIDE_HASH_LOG)} if wide else {}
     params = zstandard.ZstdCompressionParameters.from_level(
         level,
         source_size=len(target),
         window_log=_WINDOW_LOG,
         write_content_size=True,
-        enable_ldm=len(base) > 1 << 20,
+        enable_ldm=base_len > 1 << 20,
+        **extra,
     )
+    # Data chunks too: the level's tables are sized for the target alone, and a base over
+    # ~1 MiB outgrows them (a 2.3 MB base with a few rows changed gave a 114 kB delta
+    # instead of 3 kB, an 8 MB one 644 kB instead of 11 kB; the files chunker's chunks
+    # reach 8 MiB). One entry per 8 bytes of base keeps the matches at a fraction of
+    # ``wide``'s CPU (zstd 1.5.7, level 3); up to 1 MiB (the dump chunker) nothing changes.
+    hash_log = max(base_len - 1, 1).bit_length() - 3
+    if not wide and hash_log > params.hash_log:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level,
+            source_size=len(target),
+            window_log=_WINDOW_LOG,
+            write_content_size=True,
+            enable_ldm=base_len > 1 << 20,
+            hash_log=hash_log,
+            chain_log=max(params.chain_log, hash_log - 1),
+        )
     frame = zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(
         target
     )
     return bytes((DELTA_VERSION,)) + bytes(base_id) + frame
+
+
+def choose_base(stored_lens: Sequence[int]) -> int | None:
+    """Where in a chain a new chunk's base is, the chain being its counterpart's in the
+    parent snapshot (``stored_lens``: each link's stored length, the counterpart first and
+    its full base last): the counterpart (0) while the chain is under ``MAX_DEPTH``; at
+    the limit the full blob at the bottom (the last index: the new delta holds every change
+    since it, one level deep) when the deltas above it, one more night added, come to at
+    most ``MAX_SHARE`` of it; else None (a full blob, a new chain).
+
+    Index-only, so a backup loads no base it will not use. Over 30 nights of 1% random
+    changes to a SQLite database this stores one full copy where chains that always
+    restart full stored three (bench/DUMPS.md). Which base a writer picks is not format:
+    readers follow whatever chain a delta names, at most ``MAX_DEPTH`` deep."""
+    depth = len(stored_lens) - 1
+    if depth < MAX_DEPTH:
+        return 0
+    deltas = sum(stored_lens[:-1])
+    if deltas + deltas // max(depth, 1) <= MAX_SHARE * stored_lens[-1]:
+        return depth
+    return None
 
 
 def delta_base(payload: bytes | memoryview) -> BlobId:
@@ -74,12 +141,15 @@ def delta_base(payload: bytes | memoryview) -> BlobId:
     return BlobId(bytes(payload[1 : 1 + ID_SIZE]))
 
 
-def apply_delta(payload: bytes | memoryview, base: bytes, raw_len: int) -> bytes:
-    """The full plaintext: ``payload`` (a DELTA plaintext) applied to ``base``.
+def apply_delta(
+    payload: bytes | memoryview, base: bytes | zstandard.ZstdCompressionDict, raw_len: int
+) -> bytes:
+    """The full plaintext: ``payload`` (a DELTA plaintext) applied to ``base`` (its
+    plaintext, or ``base_dictionary`` of it).
 
     Raises FormatError (malformed), IntegrityError (wrong length)."""
     delta_base(payload)
-    dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    dictionary = base if isinstance(base, zstandard.ZstdCompressionDict) else base_dictionary(base)
     try:
         dec = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=1 << _WINDOW_LOG)
         out = dec.decompress(memoryview(payload)[1 + ID_SIZE :], max_output_size=_MAX_PLAIN)
@@ -90,9 +160,12 @@ def apply_delta(payload: bytes | memoryview, base: bytes, raw_len: int) -> bytes
     return out
 
 
-def open_delta(opener: Opener, blob_id: bytes, envelope: bytes | memoryview) -> bytes:
-    """Decrypt a DELTA envelope into its plaintext (IntegrityError when it fails)."""
-    return opener.open(Kind.DELTA, blob_id, envelope)
+def open_delta(
+    opener: Opener, blob_id: bytes, envelope: bytes | memoryview, kind: Kind = Kind.DELTA
+) -> bytes:
+    """Decrypt a DELTA (or ``kind`` TREE_DELTA) envelope into its plaintext
+    (IntegrityError when it fails)."""
+    return opener.open(kind, blob_id, envelope)
 
 
 def resolve_chain(
@@ -101,28 +174,30 @@ def resolve_chain(
     chain: Sequence[tuple[bytes, str, int, int, int]],
     *,
     hash_id: Callable[[bytes], bytes] | None = None,
+    kind: Kind = Kind.DATA,
 ) -> bytes:
-    """The full plaintext of ``chain[0]``.
+    """The full plaintext of ``chain[0]``, a blob of ``kind`` (DATA, or TREE for a tree's
+    chain of TREE_DELTA blobs).
 
     ``chain``: (blob id, pack id, offset, stored length, raw length) of each blob from the
     wanted one down to its full base, each a delta of the next; ``fetch_envelope(pack,
     offset, length)`` returns stored bytes. At most ``MAX_DEPTH + 1`` long. The last is
-    opened as DATA and the others as DELTA: the envelope's authentication binds the kind
-    and id, so a chain that lies about them fails. Resolved bottom-up holding two
+    opened as ``kind`` and the others as its delta kind (DELTA, TREE_DELTA): the
+    envelope's authentication binds the kind and id, so a chain that lies about them fails. Resolved bottom-up holding two
     plaintexts at a time; each delta's base id (inside its authenticated payload) must be
     the next link and each plaintext its raw length. With ``hash_id`` the result must hash
     to ``chain[0]``'s id; when it does not, the chain is resolved again checking every
     link's hash, so the error names the first damaged blob.
     Raises IntegrityError or FormatError naming the blob and pack that failed.
     """
-    plain = _resolve(fetch_envelope, opener, chain, None)
+    plain = _resolve(fetch_envelope, opener, chain, None, kind)
     if hash_id is not None and hash_id(plain) != chain[0][0]:
         # Only the result needs its hash: every link below it is authenticated and only
         # serves as the next one's dictionary, and a wrong link cannot decode to the right
         # result. Hashing each link (one keyed hash per level per chunk read) cost a
         # SQLite night's backup ~0.1 s of ~0.8 s at depth 8 (bench/DUMPS.md, "Backup CPU
         # night after night"); it is done only here, to name the damaged link.
-        _resolve(fetch_envelope, opener, chain, hash_id)
+        _resolve(fetch_envelope, opener, chain, hash_id, kind)
         _check(hash_id, chain[0][0], plain)
     return plain
 
@@ -132,6 +207,7 @@ def _resolve(
     opener: Opener,
     chain: Sequence[tuple[bytes, str, int, int, int]],
     hash_id: Callable[[bytes], bytes] | None,
+    kind: Kind = Kind.DATA,
 ) -> bytes:
     """``resolve_chain`` without its final hash check; with ``hash_id`` every link's."""
     if not chain or len(chain) > MAX_DEPTH + 1:
@@ -140,13 +216,16 @@ def _resolve(
 
     bottom_id, pack, offset, stored_len, raw_len = chain[-1]
     plain = open_blob(
-        opener, Kind.DATA, bottom_id, pack, fetch_envelope(pack, offset, stored_len), raw_len
+        opener, kind, bottom_id, pack, fetch_envelope(pack, offset, stored_len), raw_len
     )
+    delta_kind = DELTA_OF[kind]
     _check(hash_id, bottom_id, plain)
     below = bottom_id
     for blob_id, pack, offset, stored_len, raw_len in reversed(chain[:-1]):
         try:
-            payload = open_delta(opener, blob_id, fetch_envelope(pack, offset, stored_len))
+            payload = open_delta(
+                opener, blob_id, fetch_envelope(pack, offset, stored_len), delta_kind
+            )
             if delta_base(payload) != below:
                 raise IntegrityError("its base is not the next blob of its chain")
             plain = apply_delta(payload, plain, raw_len)
@@ -179,10 +258,14 @@ def chain_of(locate: Callable[[bytes], Any], blob_id: bytes, loc: Any) -> list[t
     """(id, location) from ``blob_id`` down to its full base, following each ``base``.
 
     ``locate(id)`` returns a location or raises NotFound. IntegrityError when the chain
-    is longer than ``MAX_DEPTH`` (a hostile or damaged index could even make a loop) or
-    does not end in a DATA blob. A DATA blob's chain is itself alone."""
+    is longer than ``MAX_DEPTH`` (a hostile or damaged index could even make a loop),
+    mixes kinds or does not end in the full kind of its first delta (DATA below DELTA,
+    TREE below TREE_DELTA). A full blob's chain is itself alone."""
     chain = [(blob_id, loc)]
-    while loc.kind == Kind.DELTA:
+    top = loc.kind
+    while loc.kind in DELTA_KINDS:
+        if loc.kind != top:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]}: its delta chain mixes kinds")
         if len(chain) > MAX_DEPTH:
             raise IntegrityError(
                 f"blob {blob_id.hex()[:16]}: its delta chain is longer than {MAX_DEPTH}"
@@ -192,7 +275,7 @@ def chain_of(locate: Callable[[bytes], Any], blob_id: bytes, loc: Any) -> list[t
             raise IntegrityError(f"delta blob {chain[-1][0].hex()[:16]} names no base")
         loc = locate(base)
         chain.append((base, loc))
-    if loc.kind != Kind.DATA:
+    if loc.kind != FULL_KIND.get(top, top):
         raise IntegrityError(
             f"blob {blob_id.hex()[:16]}: its delta chain ends in a {loc.kind.name}"
         )

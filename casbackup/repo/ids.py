@@ -31,10 +31,21 @@ class Kind(IntEnum):
     # A data blob stored as a difference to another blob (its base): repo/delta.py.
     # Its id is the keyed hash of the full plaintext it decodes to, as for DATA.
     DELTA = 9
+    # A tree stored as a difference to another tree (format version 4): repo/delta.py.
+    TREE_DELTA = 10
 
 
-# Kinds stored as blobs in packs (DELTA only from format version 3 on).
-BLOB_KINDS = (Kind.DATA, Kind.TREE, Kind.DELTA)
+# Kinds stored as blobs in packs (DELTA only from format version 3 on, TREE_DELTA from 4).
+BLOB_KINDS = (Kind.DATA, Kind.TREE, Kind.DELTA, Kind.TREE_DELTA)
+# Kinds stored as a difference to a base, and the full kind each resolves to.
+DELTA_KINDS = (Kind.DELTA, Kind.TREE_DELTA)
+FULL_KIND = {Kind.DELTA: Kind.DATA, Kind.TREE_DELTA: Kind.TREE}
+DELTA_OF = {Kind.DATA: Kind.DELTA, Kind.TREE: Kind.TREE_DELTA}
+
+
+def pack_group(kind: int) -> Kind:
+    """The pack a blob of ``kind`` goes to: TREE for trees and tree deltas, else DATA."""
+    return Kind.TREE if kind in (Kind.TREE, Kind.TREE_DELTA) else Kind.DATA
 
 
 _hash_threads = True

@@ -9,7 +9,8 @@ whose plaintext, after the codec byte, is::
     blob := kind[1] | id[32] | offset[4] | stored_len[4] | raw_len[4]
 
 Version 2 (written only when the file names a DELTA blob, format version 3) is the same
-followed by the base of every DELTA blob the file names, in record order::
+followed by the base of every DELTA (and, format 4, TREE_DELTA) blob the file names, in
+record order::
 
     n_bases[4] | n_bases * (delta_id[32] | base_id[32])
 
@@ -37,7 +38,7 @@ import lmdb
 
 from casbackup.errors import FormatError, StorageError
 from casbackup.repo.bloom import BlobFilter
-from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.ids import DELTA_KINDS, BlobId, FileId, Kind
 
 INDEX_VERSION = 1
 INDEX_VERSION_DELTAS = 2  # adds the bases section (repo_format.md "Delta blobs")
@@ -48,7 +49,7 @@ RECORD_SIZE = _BLOB.size  # one blob's record in an index file (``iter_records``
 # pack[32] offset stored raw kind = 45 bytes; a DELTA's entry is followed by its base[32].
 _LOCATION = struct.Struct(">32sIIIB")
 _PACK_KINDS = bytes((Kind.DATA, Kind.TREE))
-_PACK_KINDS_V2 = bytes((Kind.DATA, Kind.TREE, Kind.DELTA))
+_PACK_KINDS_V2 = bytes((Kind.DATA, Kind.TREE, Kind.DELTA, Kind.TREE_DELTA))
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Location:
     def decode(cls, data: bytes) -> Location:
         pack, offset, stored, raw, kind = _LOCATION.unpack_from(data)
         base = None
-        if kind == Kind.DELTA:
+        if kind in DELTA_KINDS:
             if len(data) != _LOCATION.size + 32:
                 raise FormatError("index cache entry of a delta blob has no base")
             base = BlobId(bytes(data[_LOCATION.size :]))
@@ -96,7 +97,7 @@ def encode_index(
         (blob_id, loc.base)
         for entries in packs.values()
         for blob_id, loc in entries
-        if loc.kind == Kind.DELTA
+        if loc.kind in DELTA_KINDS
     ]
     if any(base is None for _, base in bases):
         raise ValueError("a delta blob's location must name its base")
@@ -138,7 +139,7 @@ def encode_index_records(
         for kind, blob_id, *_ in _BLOB.iter_unpack(
             bytes(records[: len(records) - len(records) % _BLOB.size])
         ):
-            if kind == Kind.DELTA:
+            if kind in DELTA_KINDS:
                 base = (bases or {}).get(blob_id)
                 if base is None:
                     raise ValueError("a delta blob's record needs its base")
@@ -178,7 +179,7 @@ def decode_index(data: bytes) -> IndexFile:
     for pack, records in sections:
         entries = packs.setdefault(pack, [])
         for kind, blob_id, offset, stored, raw in _BLOB.iter_unpack(records):
-            base = bases.get(blob_id) if kind == Kind.DELTA else None
+            base = bases.get(blob_id) if kind in DELTA_KINDS else None
             entries.append((BlobId(blob_id), Location(pack, offset, stored, raw, Kind(kind), base)))
     return IndexFile(supersedes, packs)
 
@@ -257,12 +258,12 @@ def _decode_sections(
     deltas: set[bytes] = set()
     for _, records in sections:
         # Every record's first byte is its kind: only DATA and TREE (and, in version 2,
-        # DELTA) may be in a pack.
+        # DELTA and TREE_DELTA) may be in a pack.
         if records[:: _BLOB.size].translate(None, allowed):
             raise FormatError("index names a blob of a kind that cannot be in a pack")
         if version == INDEX_VERSION_DELTAS:
             for kind, blob_id, *_ in _BLOB.iter_unpack(records):
-                if kind == Kind.DELTA:
+                if kind in DELTA_KINDS:
                     base = bases.get(blob_id)
                     if base is None or base == blob_id:
                         raise FormatError("index names a delta blob without a valid base")

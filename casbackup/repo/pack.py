@@ -4,15 +4,15 @@ Layout::
 
     blob_1 || blob_2 || ... || blob_n || header_envelope || header_len[4, u32 LE]
 
-Each blob is an envelope (kind DATA, TREE or DELTA, aad bound to its id), so one blob can
-be fetched with a ranged read and a pack can be repacked without re-encrypting.
+Each blob is an envelope (kind DATA, TREE, DELTA or TREE_DELTA, aad bound to its id), so
+one blob can be fetched with a ranged read and a pack can be repacked without re-encrypting.
 The header envelope (kind PACK_HEADER, object id all zero) holds, after the codec
 byte::
 
     version[1]=1 | count[4, u32 BE] | count * (kind[1] | id[32] | stored_len[4] | raw_len[4])
 
 Header version 2 (written only when the pack holds a DELTA blob, format version 3)
-appends the base of each DELTA entry, in entry order::
+appends the base of each DELTA and TREE_DELTA entry (format 4), in entry order::
 
     n_bases[4, u32 BE] | n_bases * (delta_id[32] | base_id[32])
 
@@ -33,7 +33,7 @@ import blake3
 from casbackup.crypto.envelope import ZERO_ID, Opener, Sealer
 from casbackup.errors import FormatError, IntegrityError
 from casbackup.repo import codec
-from casbackup.repo.ids import ID_SIZE, BlobId, FileId, Kind, file_id
+from casbackup.repo.ids import BLOB_KINDS, DELTA_KINDS, ID_SIZE, BlobId, FileId, Kind, file_id
 
 HEADER_VERSION = 1
 HEADER_VERSION_DELTAS = 2
@@ -168,8 +168,9 @@ def open_blob(
 
 
 def encode_header(entries: list[PackEntry]) -> bytes:
-    """A pack header's plaintext: version 1, or 2 when a DELTA entry needs its base."""
-    deltas = [e for e in entries if e.kind == Kind.DELTA]
+    """A pack header's plaintext: version 1, or 2 when a DELTA or TREE_DELTA entry needs
+    its base."""
+    deltas = [e for e in entries if e.kind in DELTA_KINDS]
     if any(e.base is None for e in deltas):
         raise ValueError("a delta blob's pack entry must name its base")
     version = HEADER_VERSION_DELTAS if deltas else HEADER_VERSION
@@ -209,15 +210,15 @@ def decode_header(data: bytes) -> list[PackEntry]:
             kind = Kind(kind)
         except ValueError:
             raise FormatError(f"unknown blob kind {kind} in pack header") from None
-        allowed = (Kind.DATA, Kind.TREE, Kind.DELTA) if bases else (Kind.DATA, Kind.TREE)
+        allowed = BLOB_KINDS if bases else (Kind.DATA, Kind.TREE)
         if kind not in allowed:
             raise FormatError(f"blob kind {kind} cannot be in a pack")
-        base = bases.get(blob_id) if kind == Kind.DELTA else None
-        if kind == Kind.DELTA and (base is None or base == blob_id):
+        base = bases.get(blob_id) if kind in DELTA_KINDS else None
+        if kind in DELTA_KINDS and (base is None or base == blob_id):
             raise FormatError("pack header names a delta blob without a valid base")
         entries.append(PackEntry(kind, BlobId(blob_id), offset, stored_len, raw_len, base))
         offset += stored_len
-    if len(bases) != len({e.id for e in entries if e.kind == Kind.DELTA}):
+    if len(bases) != len({e.id for e in entries if e.kind in DELTA_KINDS}):
         raise FormatError("pack header's delta bases do not match its delta blobs")
     return entries
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from casbackup.errors import AmbiguousId, CasError, IntegrityError, NotFound
+from casbackup.repo import codec, delta
 from casbackup.repo.blobstore import BlobStore
 from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.localstate import remember_snapshot, screen_snapshots
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
 from casbackup.units import plural
+
+# A tree at most this long (encoded) is always stored whole: a delta saves little on it
+# and costs every reader a chain. 4 KiB is a folder of about 30 files, or one file of
+# about 120 chunks (repo_format.md "Tree deltas").
+TREE_DELTA_MIN = 4096
 
 
 class SnapshotStore(BlobStore):
@@ -23,12 +29,94 @@ class SnapshotStore(BlobStore):
     Not used on its own: ``Repository`` (repository.py) is the class callers open."""
 
     # ----------------------------------------------------------------- trees
-    def save_tree(self, nodes: list[Node]) -> BlobId:
+    def save_tree(self, nodes: list[Node], base: BlobId | None = None) -> BlobId:
+        """Store a tree unless the repository has it; return its id. ``base``: the parent
+        snapshot's tree of the same folder, if any: a tree over ``TREE_DELTA_MIN`` bytes
+        is then stored as a TREE_DELTA against it when that pays (``save_tree_delta``)."""
         data = encode_tree(nodes)
-        tree_id = self.save_blob(Kind.TREE, data)[0]
+        if base is not None and len(data) > TREE_DELTA_MIN and self.tree_deltas_allowed:
+            tree_id = self.save_tree_delta(data, base)[0]
+        else:
+            tree_id = self.save_blob(Kind.TREE, data)[0]
         if self._tree_cache is not None:
             self._tree_cache.put(tree_id, data)  # the next backup compares with it
         return tree_id
+
+    @property
+    def tree_deltas_allowed(self) -> bool:
+        """Whether this repository's format holds TREE_DELTA blobs (version 4 and later)."""
+        return self.config.version >= 4 and self.writable
+
+    def tree_chain(self, tree_id: bytes) -> list[bytes] | None:
+        """The ids from ``tree_id`` down to the full TREE it resolves from (one id: stored
+        whole), or None when it is not a stored tree (or is in a pack not yet stored)."""
+        if tree_id in self._claimed:
+            return None
+        try:
+            loc = self.locate(tree_id)
+            if loc.kind not in (Kind.TREE, Kind.TREE_DELTA):
+                return None
+            return [link for link, _ in delta.chain_of(self.locate, tree_id, loc)]
+        except (NotFound, IntegrityError):
+            return None
+
+    def tree_depth(self, tree_id: bytes) -> int | None:
+        """How many TREE_DELTA blobs lie above the full TREE ``tree_id`` resolves from (0:
+        stored whole), or None when it is not a stored tree."""
+        chain = self.tree_chain(tree_id)
+        return None if chain is None else len(chain) - 1
+
+    def save_tree_delta(self, data: bytes, base_id: BlobId) -> tuple[BlobId, bool]:
+        """``save_blob(Kind.TREE, data)``, stored as a TREE_DELTA against the tree
+        ``base_id`` when that pays: the base is a stored tree that can be read, and the
+        delta is at most ``delta.MAX_SHARE`` of the tree compressed on its own. When the
+        base's chain is full (``delta.MAX_DEPTH`` deltas), the delta is made against the
+        full tree at its bottom instead (a chain of one: every change since that tree,
+        still small for a folder that changes a little each night, where a full copy of a
+        10,000-file folder's tree is ~780 kB). Verified before it is written: the delta
+        applied to its base must give ``data`` back. Returns (id, added)."""
+        blob_id = self.blob_id(data)
+        self.require_writable()
+        if self.has_blob(blob_id):
+            return blob_id, False
+        chain = self.tree_chain(base_id) if base_id != blob_id else None
+        if chain is None or len(data) > delta.MAX_SPAN // 2:
+            return self.save_blob(Kind.TREE, data, blob_id)
+        if len(chain) > delta.MAX_DEPTH:
+            base_id = BlobId(chain[-1])
+        try:
+            base = self._tree_bytes(base_id)
+        except CasError:
+            return self.save_blob(Kind.TREE, data, blob_id)  # check reports a damaged base
+        if len(base) + len(data) > delta.MAX_SPAN:
+            return self.save_blob(Kind.TREE, data, blob_id)
+        level = self.compression_level if self.compression_level is not None else 3
+        payload = delta.encode_delta(base_id, base, data, level, wide=True)
+        if len(payload) > len(data) // 16 and len(payload) > delta.MAX_SHARE * len(
+            codec.compress(data, self.compression_level)
+        ):
+            return self.save_blob(Kind.TREE, data, blob_id)
+        envelope = self.sealer.seal(Kind.TREE_DELTA, blob_id, payload)
+        if self.verify_before_write:
+            opened = delta.open_delta(self.opener, blob_id, envelope, Kind.TREE_DELTA)
+            if self.blob_id(delta.apply_delta(opened, base, len(data))) != blob_id:
+                raise IntegrityError(
+                    "a tree delta failed verification before it was written (memory or "
+                    "software fault)"
+                )
+        added = self.store_sealed(Kind.TREE_DELTA, blob_id, envelope, len(data), base_id)
+        return blob_id, added
+
+    def _tree_bytes(self, tree_id: BlobId) -> bytes:
+        """A tree's plaintext checked against its id: from the tree cache, else the
+        repository (resolving a TREE_DELTA's chain)."""
+        cache = self._tree_cache
+        data = cache.get(tree_id) if cache is not None else None
+        if data is None:
+            data = self.load_blob(tree_id, Kind.TREE)
+            if self.blob_id(data) != tree_id:
+                raise IntegrityError(f"tree {tree_id.hex()[:16]} does not match its id")
+        return data
 
     def load_tree(self, tree_id: BlobId, *, cached: bool = True) -> list[Node]:
         """A tree's nodes, from the local tree cache (repo/treecache.py: remote stores

@@ -166,10 +166,12 @@ class TreeCache:
         data = backend.get(name)
         check_name(name, data)  # a pack's name is its hash
         entries = parse_pack_tail(self._opener, data, len(data))[1]
-        if any(e.kind != Kind.TREE for e in entries):
+        if any(e.kind not in (Kind.TREE, Kind.TREE_DELTA) for e in entries):
             return 0  # not a tree pack: reading one tree at a time is cheaper
         cached = 0
         for e in entries:
+            if e.kind != Kind.TREE:
+                continue  # a tree delta is resolved (and then cached) when it is read
             envelope = data[e.offset : e.offset + e.stored_len]
             tree = open_blob(self._opener, Kind.TREE, e.id, pack, envelope, e.raw_len)
             if self._hash_id(tree) == e.id:

@@ -1,6 +1,7 @@
 """The web service: ``casbackup serve`` (FastAPI under uvicorn).
 
-Modules (layering: this package is a face like ``cli/``; it never imports ``casbackup.cli``):
+Modules (layering: this package is a face beside the command line; it never imports from ``cli/``,
+tests/server/test_layering.py checks it):
 
 - ``settings.py``  every option in one frozen ``Settings`` (built by ``cli/cmd_serve.py``).
 - ``statedb.py``   the service's SQLite database in ``--state-dir`` (schema versioned by

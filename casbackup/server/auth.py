@@ -236,11 +236,28 @@ def require(permission: str, app: str | None = None) -> Callable[..., Any]:
             principal.check_app(name)
             request.state.audit_app = name
         if not principal.has(permission):
+            # The audit names the application a refused request was about, as for one that
+            # was allowed: from the JSON body's app_name (POST /api/backup, forget, ...).
+            if name is None:
+                request.state.audit_app = await _body_app(request)
             raise HTTPException(403, f"your role ({principal.role}) may not {permission}")
         return principal
 
     dependency.permission = permission  # type: ignore[attr-defined]  # read by the role-matrix test
     return dependency
+
+
+async def _body_app(request: Request) -> str | None:
+    """``app_name`` from a JSON request body, if it has one that is a short string (FastAPI
+    has read the body before the dependencies run, so this reads what is cached)."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return None
+    try:
+        body = await request.json()
+    except ValueError:  # malformed JSON or not UTF-8: the route answers 422 for it
+        return None
+    app = body.get("app_name") if isinstance(body, dict) else None
+    return app if isinstance(app, str) and 0 < len(app) <= 100 else None
 
 
 class LoginLimiter:

@@ -41,6 +41,7 @@ from casbackup.store.names import (
     SkippedEntries,
     check_name,
     check_size,
+    is_folder,
     is_temp_name,
     rule_for,
 )
@@ -430,17 +431,23 @@ class S3Backend:
         for name, size in self._keys(prefix):
             if rule_for(name) is not None:
                 yield name, size
-            elif not is_temp_name(name):
+            elif not is_temp_name(name) and not _folder_marker(name, size):
                 self.skipped.add(name, "is not a name the repository format uses")
 
     def odd_entries(self, prefix: str = "") -> Iterator[tuple[str, str]]:
         """(name, why) of every key under ``prefix`` whose name the format never writes."""
-        for name, _size in self._keys(prefix):
-            if rule_for(name) is None and not is_temp_name(name):
+        for name, size in self._keys(prefix):
+            if rule_for(name) is None and not is_temp_name(name) and not _folder_marker(name, size):
                 yield name, "is not a name the repository format uses"
 
     def close(self) -> None:
         pass
+
+
+def _folder_marker(name: str, size: int) -> bool:
+    """An empty ``index/`` (listed as ``index``) or ``PREFIX/`` key: the "folder" that S3
+    consoles and some tools create. It holds nothing and is never read: not an odd entry."""
+    return size == 0 and (name == "" or is_folder(name))
 
 
 __all__ = ["ObjectRefused", "S3Backend", "S3Location", "classify", "credentials", "parse_location"]

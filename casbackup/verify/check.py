@@ -25,7 +25,7 @@ from casbackup import procs
 from casbackup.errors import CasError, UsageError
 from casbackup.maintenance.spill import ID_BUCKETS, RecordSpill
 from casbackup.repo import delta
-from casbackup.repo.ids import BlobId, FileId, Kind
+from casbackup.repo.ids import FULL_KIND, BlobId, FileId, Kind
 from casbackup.repo.index import (
     RECORD_SIZE,
     Location,
@@ -286,14 +286,15 @@ class Checker:
         return why
 
     def _chain_damage(self, blob_id: bytes, loc: Location) -> str | None:
-        """Why a DELTA blob cannot be resolved (a base missing from the index, damaged, or
-        a chain too deep or looping), or None. Follows the index cache's bases: at most
-        ``delta.MAX_DEPTH`` look-ups, nothing held. A broken chain becomes damage of the
-        delta (``self.damaged``), so every later snapshot naming it is walked too."""
+        """Why a DELTA or TREE_DELTA blob cannot be resolved (a base missing from the index,
+        damaged, or a chain too deep, looping or mixing kinds), or None. Follows the index
+        cache's bases: at most ``delta.MAX_DEPTH`` look-ups, nothing held. A broken chain
+        becomes damage of the delta (``self.damaged``), so every later snapshot naming it
+        is walked too."""
         why = None
         link = loc
         for _ in range(delta.MAX_DEPTH + 1):
-            if link.kind != Kind.DELTA:
+            if link.kind != loc.kind:
                 break
             base = link.base
             link = self.repo.cache.get(base) if base is not None else None
@@ -306,7 +307,7 @@ class Checker:
                 break
         else:
             why = f"its delta chain is longer than {delta.MAX_DEPTH} or loops"
-        if why is None and link is not None and link.kind != Kind.DATA:
+        if why is None and link is not None and link.kind != FULL_KIND[loc.kind]:
             why = f"its delta chain ends in a {link.kind.name} blob"
         if why is not None:
             why = f"delta blob {blob_id.hex()[:12]} cannot be read: {why}"
@@ -323,7 +324,7 @@ class Checker:
             if blob_id in self.damaged:
                 continue
             try:
-                self.repo.load_blob(BlobId(blob_id), Kind.DATA)
+                self.repo.load_blob(BlobId(blob_id))  # a DELTA or a TREE_DELTA
             except CasError as exc:
                 self.report.errors.append(f"delta blob {blob_id.hex()[:12]}: {exc}")
                 self._blob_damaged(blob_id, pack, f"cannot be resolved ({exc})")
@@ -552,8 +553,12 @@ class Checker:
             raise CasError(why)
         if loc is None:
             raise CasError("tree is not in the index")
-        if loc.kind != Kind.TREE:
+        if loc.kind not in (Kind.TREE, Kind.TREE_DELTA):
             raise CasError("index says this tree is a data blob")
+        if loc.kind == Kind.TREE_DELTA:
+            why = self._chain_damage(tree_id, loc)  # a base missing or damaged, named
+            if why is not None:
+                raise CasError(why)
         return self.repo.load_tree(tree_id, cached=False)  # the repository's copy, not a cache's
 
 

@@ -149,7 +149,7 @@ def _scan(
         why = _blob_fault(repo, e, envelope)
         if why is not None:
             verdict.damaged.append((e.id, f"blob {e.id.hex()[:12]} {why}"))
-        elif e.kind == Kind.DELTA:
+        elif e.kind in (Kind.DELTA, Kind.TREE_DELTA):
             verdict.deltas.append(e.id)
     _hash_range(source, hasher, hashed, size)  # the header and its length
     if hasher.hexdigest() != pack:
@@ -203,7 +203,7 @@ def _blob_fault(repo: Repository, e: PackEntry, envelope: memoryview) -> str | N
     blob is only authenticated and parsed here: ``check`` resolves it against its bases
     afterwards (``PackVerdict.deltas``, verify/check.py ``_verify_deltas``)."""
     try:
-        if e.kind == Kind.DELTA:
+        if e.kind in (Kind.DELTA, Kind.TREE_DELTA):
             delta_base(repo.opener.open(e.kind, e.id, envelope))
             return None
         plain = codec.decompress_view(repo.opener.open(e.kind, e.id, envelope))

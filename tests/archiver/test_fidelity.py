@@ -259,6 +259,26 @@ def test_mount_points_are_kept_as_empty_folders_under_one_file_system(  # type: 
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+def test_backup_of_slash_under_one_file_system_keeps_proc_as_an_empty_folder(  # type: ignore[no-untyped-def]
+    repo, clock
+) -> None:
+    """The issue's ``backup -x /`` (it was refused: "backing up / as a whole is not
+    supported"). Everything of / but /proc is excluded here, to keep the test small."""
+    if not os.path.ismount("/proc") or os.lstat("/proc").st_dev == os.lstat("/").st_dev:
+        pytest.skip("/proc is not a mount point here")
+    excludes = tuple(f"/{name}" for name in os.listdir("/") if name != "proc")
+    st = os.lstat("/proc")
+    for kind in ("full", "incremental"):
+        result = backup(repo, "/", type=kind, one_file_system=True, excludes=excludes)
+        assert result.warnings == []
+        snap = result.snapshot
+        assert snap is not None and snap.paths == ("/",)
+        assert [n.name for n in repo.load_tree(snap.root)] == [b"proc"]
+        proc = node_at(repo, snap, "/proc")
+        assert proc.kind == NodeKind.DIR and repo.load_tree(proc.subtree) == []  # type: ignore[arg-type]
+        assert (proc.mode, proc.uid, proc.mtime_ns) == (0o555, st.st_uid, st.st_mtime_ns)
+
+
 def _make_deep(top: Path, levels: int) -> Path:
     """``top`` and ``levels`` folders ``d`` below it, one inside the other (os.makedirs
     and Path.mkdir(parents=True) recurse, and fail at this depth themselves)."""

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from casbackup.repo.index import cache_root
-from tests.conftest import REAL_CACHE, REAL_HOME
+from casbackup.repo.localstate import state_root
+from tests.conftest import REAL_CACHE, REAL_HOME, REAL_STATE
 
 ROOT = Path(__file__).parents[2]
 
@@ -22,9 +23,22 @@ def module_cache_root() -> str:
     return cache_root()
 
 
+@pytest.fixture(scope="module")
+def module_state_root() -> str:
+    """Where a module-scoped fixture keeps the local state (snapshots this client has seen)."""
+    return state_root()
+
+
 def test_module_fixtures_do_not_use_the_real_cache(module_cache_root: str) -> None:
     real = os.path.realpath(REAL_CACHE)
     for where in (module_cache_root, cache_root()):
+        assert not os.path.realpath(where).startswith(real), where
+        assert not os.path.realpath(where).startswith(os.path.realpath(REAL_HOME) + os.sep), where
+
+
+def test_module_fixtures_do_not_use_the_real_state_folder(module_state_root: str) -> None:
+    real = os.path.realpath(REAL_STATE)
+    for where in (module_state_root, state_root()):
         assert not os.path.realpath(where).startswith(real), where
         assert not os.path.realpath(where).startswith(os.path.realpath(REAL_HOME) + os.sep), where
 

@@ -60,9 +60,10 @@ def test_every_command_fails_in_json_on_a_missing_repository(tmp_path: Path) -> 
     kinds = {}
     for name, args in JSON_RUNS.items():
         args = [a.replace("T/", f"{tmp_path}/t/").replace("PWFILE", str(tmp_path / "pw"))
-                .replace("SNAP", "0" * 64).replace("KEY", "0" * 64) for a in args]  # fmt: skip
+                .replace("SNAP", "0" * 64).replace("KEY", "0" * 64)
+                .replace("ST", f"{tmp_path}/a-file/st") for a in args]  # fmt: skip
+        (tmp_path / "a-file").write_text("")  # the accounts' state folder cannot be made in it
         if name == "init":
-            (tmp_path / "a-file").write_text("")
             args = ["init", "--insecure-test-kdf", "-r", str(tmp_path / "a-file" / "repo")]
         if name.startswith("fs-snapshots"):  # reads neither repository nor config
             args = [*args, "--provider", "nfs"]

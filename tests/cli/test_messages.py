@@ -14,7 +14,7 @@ import pytest
 from casbackup.cli.render import printable
 from casbackup.maintenance.prune import UNINDEXED_MARGIN_S
 from casbackup.repo.pack import pack_name
-from casbackup.testing.fixtures import open_repo, run_cli
+from casbackup.testing.fixtures import PASSWORD, open_repo, run_cli
 from casbackup.units import human_bytes, plural
 from tests.cli.conftest import assert_one_error
 
@@ -78,11 +78,55 @@ def test_no_message_says_1_files(tmp_path: Path) -> None:
     snaps = run_cli("snapshots", repo=repo)
     check = run_cli("check", repo=repo)
     unlock = run_cli("unlock", repo=repo)
+    other = str(tmp_path / "other")
+    assert run_cli("init", "--insecure-test-kdf", repo=other).code == 0
+    more = [
+        run_cli(*args, repo=repo, env={"CASBACKUP_FROM_PASSWORD": PASSWORD})
+        for args in (["copy", "-r", other, "--from-repo", repo], ["forget", "--keep-last", "1"],
+                     ["prune"], ["stats"], ["repair", "index"], ["check", "--read-data"],
+                     ["find", "only"], ["verify", "latest"])
+    ]  # fmt: skip
+    assert all(r.code == 0 for r in more), [r.err for r in more]
     text = backup.out + restore.out + snaps.out + check.out + unlock.out
-    assert not re.search(r"\b1 (files|folders|snapshots|packs|blobs|trees|locks)\b", text), text
+    text += "".join(r.out + r.err for r in more)
+    words = "files|folders|snapshots|packs|blobs|trees|locks|chunks|matches|applications|entries"
+    assert not re.search(rf"\b1 ({words})\b", text), text
     assert "1 snapshot\n" in snaps.out
     assert "checked 1 snapshot," in check.out
     assert "processed 1 file," in backup.out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops root's read-anything capabilities")
+def test_one_partial_application_was_saved(tmp_path: Path) -> None:
+    """``backup --all`` with one application whose files could not all be read."""
+    import subprocess
+    import sys
+
+    from tests.cli.test_bad_input import _drop_dac_capabilities
+
+    repo = str(tmp_path / "repo")
+    assert run_cli("init", "--insecure-test-kdf", repo=repo).code == 0
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fine").write_text("fine")
+    (src / "secret").write_text("secret")
+    (src / "secret").chmod(0)
+    (tmp_path / "c.toml").write_text(
+        f'version = 1\n[repository]\nlocation = "{repo}"\n'
+        f'[[applications]]\nname = "one"\nsources = ["{src}"]\n'
+    )
+    env = {
+        **os.environ,
+        "CASBACKUP_CONFIG": str(tmp_path / "c.toml"),
+        "CASBACKUP_PASSWORD": PASSWORD,
+    }
+    res = subprocess.run([sys.executable, "-m", "casbackup.cli.main", "backup", "--all"],
+                         capture_output=True, text=True, env=env, preexec_fn=_drop_dac_capabilities,
+                         timeout=120)  # fmt: skip
+    assert res.returncode == 3, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: 1 application was saved with files that could not be read"
+    )
 
 
 # ------------------------------------------------------------------ terminal escaping
@@ -194,6 +238,33 @@ def test_a_first_backup_is_recorded_as_full(tmp_path: Path) -> None:
     snaps = json.loads(run_cli("--json", "snapshots", repo=repo).out)
     assert [s["type"] for s in snaps] == ["full", "incremental"]
     assert "saved (full)" in first.out and "saved (incremental" in second.out
+
+
+def test_the_configs_password_command_is_not_run_by_a_shell(tmp_path: Path) -> None:
+    """The config's password_command, as documented: split into words, never run by a shell
+    (through a shell, '$(...)' would run and '>' would send the passphrase into a file)."""
+    import subprocess
+    import sys
+
+    repo = str(tmp_path / "repo")
+    assert run_cli("init", "--insecure-test-kdf", repo=repo).code == 0
+    script = tmp_path / "pw.py"
+    seen = tmp_path / "argv.json"
+    script.write_text(f"import json, sys\nopen({str(seen)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+                      f"print({PASSWORD!r})\n")  # fmt: skip
+    marker = tmp_path / "marker"
+    command = f"{sys.executable} {script} '$(touch {marker})' > {marker}"
+    (tmp_path / "c.toml").write_text(
+        f"version = 1\n[repository]\nlocation = {json.dumps(repo)}\n"
+        f"password_command = {json.dumps(command)}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CASBACKUP_PASSWORD"}
+    res = subprocess.run([sys.executable, "-m", "casbackup.cli.main", "snapshots"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**env, "CASBACKUP_CONFIG": str(tmp_path / "c.toml")})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert not marker.exists()
+    assert json.loads(seen.read_text()) == [f"$(touch {marker})", ">", str(marker)]
 
 
 def test_init_on_a_regular_file_names_the_path_and_the_problem(tmp_path: Path) -> None:

@@ -153,6 +153,8 @@ MALFORMED = [
      "applications[0].retention.keep_within", "'7 days' is not a duration"),
     (APP + 'schedule = "every night"\n', "applications[0].schedule",
      "'every night' is not a cron expression"),
+    (APP + 'schedule = "99 * * * *"\n', "applications[0].schedule",  # what serve would refuse
+     "'99 * * * *' is not a cron expression: Bad minute"),
     (DB + 'engine = "oracle"\n', "applications[0].databases[0].engine",
      "unknown engine 'oracle': expected one of mysql, postgresql, sqlite"),
     (DB + 'engine = "postgresql"\ndatabase = "x"\npassword = "hunter2"\n',
@@ -266,6 +268,47 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         assert fragment in message, fragment
     # In the order of the file's sections as checked, each once.
     assert message.count("unknown engine") == 1
+
+
+def test_problems_in_one_table_and_beside_a_broken_application_are_all_reported(
+    tmp_path: Path,
+) -> None:
+    """Validation goes on past a key's problem inside its table too, and a duplicate name
+    is found even when the other entry of that name has problems of its own."""
+    path = write(
+        tmp_path,
+        """
+[verification]
+auto_verify = "yes"
+cleanup_hours = -2
+
+[[applications]]
+name = "shop"
+sources = []
+[applications.retention]
+keep_within = "forever"
+keep_last = -1
+keep_daily = "7"
+
+[[applications]]
+name = "shop"
+sources = ["/srv/shop"]
+""",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 7 problems: "), message
+    for fragment in (
+        "verification.auto_verify: must be true or false, not a string",
+        "verification.cleanup_hours: must be >= 0, not -2",
+        "applications[0].sources: must list at least one entry",
+        "applications[0].retention.keep_within: 'forever' is not a duration",
+        "applications[0].retention.keep_last: must be >= 0, not -1",
+        "applications[0].retention.keep_daily: must be an integer, not a string",
+        "applications[1].name: duplicate application name 'shop' (also applications[0])",
+    ):
+        assert fragment in message, fragment
 
 
 def test_several_unknown_keys_in_one_table_are_all_named(tmp_path: Path) -> None:

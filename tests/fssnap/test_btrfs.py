@@ -349,3 +349,276 @@ def test_two_subvolumes_of_one_file_system_get_two_snapshots(
     assert sorted(r["origin"] for r in snap["fs_snapshots"]) == [str(media), str(web)]
     assert site.cli("cat", f"latest:{media}/logo.svg", "--app", "webapp").out == "<svg/>"
     assert _ours(btrfs_mount) == []
+
+
+def _mount_ext4(tmp_path: Path, where: Path) -> None:
+    image = tmp_path / "other.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True, capture_output=True)
+    where.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(where)], check=True,
+                   capture_output=True)  # fmt: skip
+
+
+def _umount(where: Path) -> None:
+    for _ in range(20):
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.2)
+
+
+def test_other_file_system_mounted_inside_a_source_is_refused(
+    btrfs_mount: Path, tmp_path: Path
+) -> None:
+    """A snapshot shows an empty folder where another file system is mounted: without the
+    refusal its files were silently missing from the backup (a live read has them)."""
+    app = _subvolume(btrfs_mount)
+    (app / "index.html").write_text("<h1>hi</h1>")
+    uploads = app / "uploads"
+    _mount_ext4(tmp_path, uploads)
+    try:
+        (uploads / "cat.jpg").write_bytes(b"meow")
+        site = write_site(tmp_path, [str(app)], "auto")
+        res = site.cli("backup", "--app", "webapp")
+        assert_one_error(res, 31, f"{app} holds {uploads}, where another file system (ext4 ")
+        assert _ours(btrfs_mount) == [] and json.loads(site.cli("--json", "snapshots").out) == []
+        # excluded, it is no reason to refuse; a tmpfs inside is left out with a log line
+        text = site.config.read_text().replace(
+            'default_backup_type = "full"', 'default_backup_type = "full"\nexcludes = ["uploads"]'
+        )
+        site.config.write_text(text)
+        (app / "run").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(app / "run")], check=True)
+        try:
+            res = site.cli("backup", "--app", "webapp")
+        finally:
+            _umount(app / "run")
+        assert res.code == 0, res.err
+        assert f"not in the snapshot of {app}, so not backed up: {app}/run (tmpfs)" in res.err
+        assert site.cli("cat", f"latest:{app}/index.html", "--app", "webapp").out == "<h1>hi</h1>"
+        assert _ours(btrfs_mount) == []
+    finally:
+        _umount(uploads)
+
+
+def test_source_inside_a_live_source_gets_no_snapshot_of_its_own(
+    btrfs_mount: Path, tmp_path: Path
+) -> None:
+    """The walk reads a source inside another as part of it: here the outer folder is read
+    live, so a snapshot of the inner one would be taken for nothing and its record would
+    claim a frozen read that never happened."""
+    app = _subvolume(btrfs_mount)
+    (app / "a.txt").write_text("a")
+    outer = btrfs_mount.parent  # a plain folder holding the Btrfs mount
+    site = write_site(tmp_path, [str(outer), str(app)], "auto")
+    text = site.config.read_text().replace(
+        'default_backup_type = "full"',
+        f'default_backup_type = "full"\nexcludes = ["{outer}/*.img"]',
+    )
+    site.config.write_text(text)
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    assert "btrfs snapshot of" not in res.err
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    assert snap["fs_snapshots"] == []
+    assert site.cli("cat", f"latest:{app}/a.txt", "--app", "webapp").out == "a"
+
+
+NOT_ROOT = "import os\nos.geteuid = lambda: 1000\n"
+
+
+@pytest.mark.parametrize("choice", ["btrfs", "auto"])
+def test_not_root_is_a_one_line_error_before_any_tool_runs(
+    btrfs_mount: Path, tmp_path: Path, choice: str
+) -> None:
+    """As another user, `btrfs subvolume list` answered "Operation not permitted" in its
+    own words (and zfs "connect: Permission denied"): the user must hear "need root"."""
+    app = _subvolume(btrfs_mount)
+    site = write_site(tmp_path, [str(app)], choice)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "btrfs"
+    fake.write_text(f'#!/bin/sh\necho "btrfs $*" >> {tmp_path}/ran\nexit 1\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "CASBACKUP_CONFIG": str(site.config),
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", NOT_ROOT + MAIN, "backup", "--app", "webapp"],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 31, res.stderr
+    assert res.stderr == "error: btrfs snapshots need root; run the backup as root\n"
+    assert not (tmp_path / "ran").exists()
+
+
+def test_unreadable_snapshot_folder_is_a_provider_error(
+    btrfs_mount: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fs-snapshots list` as another user failed with exit 1 and a bare "Permission denied"."""
+    from casbackup.errors import SnapshotProviderError
+    from casbackup.fssnap.btrfs import BtrfsProvider
+
+    (btrfs_mount / SNAP_DIR).mkdir(mode=0o700)
+    real_listdir = os.listdir
+
+    def denied(path: str) -> list[str]:
+        if str(path).endswith(SNAP_DIR):
+            raise PermissionError(13, "Permission denied")
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", denied)
+    with pytest.raises(SnapshotProviderError, match="Permission denied .btrfs snapshots need root"):
+        BtrfsProvider().leftovers((str(btrfs_mount),))
+
+
+def test_sigterm_during_the_backup_removes_the_snapshot(btrfs_mount: Path, tmp_path: Path) -> None:
+    """A cancelled backup (SIGTERM: systemd, the service's cancel) removes its snapshot."""
+    app = _subvolume(btrfs_mount)
+    (app / "data.txt").write_text("x\n")
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    prelude = (
+        "import time, casbackup.archiver.application as a\n"
+        "def hang(*args, **kw):\n"
+        "    print('READY', flush=True)\n"
+        "    time.sleep(600)\n"
+        "a.run_backup = hang\n"
+    )
+    env = {**os.environ, "CASBACKUP_CONFIG": str(site.config)}
+    child = subprocess.Popen([sys.executable, "-c", prelude + MAIN, "backup", "--app", "webapp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == b"READY"
+        assert len(_ours(btrfs_mount)) == 1
+        child.send_signal(signal.SIGTERM)
+        _out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 143, err
+    assert b"btrfs snapshot" in err and b"removed" in err
+    assert _ours(btrfs_mount) == []
+    assert "casbackup-" not in _subvolumes(btrfs_mount)
+
+
+def test_scheduled_backup_job_reads_from_a_snapshot(btrfs_mount: Path, tmp_path: Path) -> None:
+    """The service's backup job (scheduled runs) freezes the sources as `backup --app` does."""
+    from casbackup.config import load_config
+    from casbackup.reporter import Reporter
+    from casbackup.server.worker import Job, run_backup_job
+    from casbackup.testing.fixtures import open_repo
+
+    class Collect(Reporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, message: str) -> None:
+            self.lines.append(message)
+
+    app = _subvolume(btrfs_mount)
+    (app / "a.txt").write_text("a")
+    # the [snapshots] section, not the application, asks for them
+    site = write_site(tmp_path, [str(app)], "none", extra='enabled = true\nprovider = "auto"\n')
+    site.config.write_text(site.config.read_text().replace('snapshot = "none"\n', ""))
+    repo = open_repo(site.repo)
+    reporter = Collect()
+    try:
+        run_backup_job(Job("backup", repo, load_config(site.config), "webapp", {}, reporter))  # type: ignore[arg-type]
+    finally:
+        repo.close()
+    assert any(line.startswith(f"btrfs snapshot of {app} taken") for line in reporter.lines)
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    assert [r["provider"] for r in snap["fs_snapshots"]] == ["btrfs"]
+    assert _ours(btrfs_mount) == []
+
+
+def test_mount_shows_the_original_paths(btrfs_mount: Path, tmp_path: Path) -> None:
+    from tests.cli.test_mount import _fuse_missing, mounted
+    from tests.fssnap.conftest import unavailable
+
+    reason = _fuse_missing()
+    if reason is not None:
+        unavailable(f"FUSE is not available: {reason}")
+    app = _subvolume(btrfs_mount)
+    (app / "a.txt").write_text("frozen")
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    assert site.cli("backup", "--app", "webapp").code == 0
+    point = tmp_path / "fuse"
+    point.mkdir()
+    with mounted(site.repo, point):
+        [folder] = [n for n in os.listdir(point / "webapp") if n != "latest"]
+        inside = point / "webapp" / folder
+        assert (inside / str(app).lstrip("/") / "a.txt").read_text() == "frozen"
+        found = [str(p) for p in inside.rglob("*")]
+    assert not any(SNAP_DIR in p for p in found)
+
+
+# Both runs take a moment before their snapshot exists and keep it a moment: without one
+# lock around counting and taking, both counted none and took one each (max_snapshots = 1).
+SLOW_FREEZE = (
+    "import time, casbackup.archiver.application as a, casbackup.fssnap.btrfs as b\n"
+    "_freeze, _run = b.BtrfsProvider.freeze, a.run_backup\n"
+    "def freeze(self, *args):\n"
+    "    time.sleep(1.5)\n"
+    "    return _freeze(self, *args)\n"
+    "def run(*args, **kw):\n"
+    "    time.sleep(2)\n"
+    "    return _run(*args, **kw)\n"
+    "b.BtrfsProvider.freeze, a.run_backup = freeze, run\n"
+)
+
+
+def test_concurrent_backups_never_exceed_max_snapshots(btrfs_mount: Path, tmp_path: Path) -> None:
+    app = _subvolume(btrfs_mount)
+    (app / "a.txt").write_text("a")
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    site.config.write_text(
+        site.config.read_text().replace("max_snapshots = 3", "max_snapshots = 1")
+    )
+    env = {**os.environ, "CASBACKUP_CONFIG": str(site.config)}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", SLOW_FREEZE + MAIN, "backup", "--app", "webapp"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]  # fmt: skip
+    done = [run.communicate(timeout=120) for run in runs]
+    codes = sorted(run.returncode for run in runs)
+    assert codes == [0, 31], done
+    [refused] = [err for (_out, err), run in zip(done, runs, strict=True) if run.returncode == 31]
+    assert "over max_snapshots = 1" in refused
+    assert _ours(btrfs_mount) == []
+
+
+def test_cleanup_as_another_user_is_a_one_line_error(tmp_path: Path) -> None:
+    """It said "0 snapshots removed" (exit 0) though it could remove nothing."""
+    res = subprocess.run([sys.executable, "-c", NOT_ROOT + MAIN, "fs-snapshots", "cleanup"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (res.returncode, res.stdout) == (31, "")
+    assert res.stderr == "error: removing file-system snapshots needs root; run it as root\n"
+
+
+# A second Ctrl-C (or SIGTERM) that lands while the snapshot is being removed.
+STOP_DURING_RELEASE = (
+    "import os, signal, casbackup.fssnap.btrfs as b\n"
+    "_release = b.BtrfsProvider.release\n"
+    "def release(self, frozen):\n"
+    "    os.kill(os.getpid(), signal.SIG{sig})\n"
+    "    return _release(self, frozen)\n"
+    "b.BtrfsProvider.release = release\n"
+)
+
+
+@pytest.mark.parametrize(("sig", "code"), [("INT", 130), ("TERM", 143)])
+def test_a_stop_during_removal_waits_for_it(
+    btrfs_mount: Path, tmp_path: Path, sig: str, code: int
+) -> None:
+    """It interrupted the removal and left the snapshot behind; now it takes effect after."""
+    app = _subvolume(btrfs_mount)
+    (app / "a.txt").write_text("a")
+    site = write_site(tmp_path, [str(app)], "btrfs")
+    env = {**os.environ, "CASBACKUP_CONFIG": str(site.config)}
+    res = subprocess.run(
+        [sys.executable, "-c", STOP_DURING_RELEASE.format(sig=sig) + MAIN, "backup", "--app",
+         "webapp"], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == code, res.stderr
+    assert "btrfs snapshot" in res.stderr and "removed" in res.stderr
+    assert _ours(btrfs_mount) == []

@@ -37,6 +37,18 @@ def test_toml_snapshot_settings(tmp_path: Path) -> None:
     assert cfg.applications[0].snapshot == "btrfs"  # type: ignore[attr-defined]
 
 
+def test_toml_takes_the_seeds_type_for_provider(tmp_path: Path) -> None:
+    """The seed's section says `type`: copied into a TOML config it failed with "snapshots
+    are enabled but no 'provider' is given"."""
+    cfg = _load(tmp_path, '[snapshots]\nenabled = true\ntype = "btrfs"\n' + APP)
+    assert cfg.snapshots.provider == "btrfs"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="given twice"):
+        _load(tmp_path, '[snapshots]\ntype = "btrfs"\nprovider = "zfs"\n' + APP)
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, '[snapshots]\ntype = "vss"\n' + APP)
+    assert exc.value.key == "snapshots.type"
+
+
 @pytest.mark.parametrize(
     ("text", "key", "fragment"),
     [

@@ -207,6 +207,30 @@ def test_lvm_snapshot_that_fills_up_fails_the_backup(
     _no_leftovers(lvm)
 
 
+def test_lvm_full_snapshot_is_named_as_the_cause_of_a_failed_read(
+    lvm: dict[str, Any], repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot that filled up fails every read: the backup failed with "cannot read
+    source ... Input/output error", which did not say why."""
+    from casbackup.errors import NotFound
+
+    def unreadable() -> None:
+        raise NotFound(f"cannot read source {lvm['origin']}: Input/output error")
+
+    monkeypatch.setenv("FAKE_FULL", "1")
+    _change_live_then(monkeypatch, unreadable)
+    options = backup_options(_app(lvm["origin"]), snapshots=SnapshotsConfig())
+    with pytest.raises(SnapshotProviderError, match="filled up during the backup"):
+        backup_application(repo, options)
+    assert _log(lvm)[-1].startswith("lvremove -f vg0/casbackup-webapp-")
+    _no_leftovers(lvm)
+    # a failure while the snapshot is fine keeps its own message
+    monkeypatch.delenv("FAKE_FULL")
+    with pytest.raises(NotFound, match="Input/output error"):
+        backup_application(repo, options)
+    _no_leftovers(lvm)
+
+
 def test_lvm_not_enough_extents(
     lvm: dict[str, Any], repo: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -96,6 +96,28 @@ def test_zfs_killed_backup_leftovers_are_removed_by_the_next_run(
     assert zfs_names("snapshot") == [] and zfs_names("filesystem") == []
 
 
+def test_zfs_dataset_not_mounted_is_not_the_one_read(
+    zfs_pool: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A dataset that is not mounted (canmount=noauto) still lists its mountpoint: the
+    folder there belongs to the dataset above. The snapshot was taken of the unmounted one,
+    and the backup stored its (empty) contents instead of the folder's files."""
+    pool, mnt = zfs_pool
+    subprocess.run(["zfs", "create", "-o", "canmount=noauto", f"{pool}/off"], check=True,
+                   capture_output=True)  # fmt: skip
+    folder = mnt / "off"
+    folder.mkdir(exist_ok=True)
+    (folder / "data.txt").write_text("on the pool's top dataset\n")
+    site = write_site(tmp_path, [str(folder)], "zfs")
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 0, res.err
+    [snap] = json.loads(site.cli("--json", "snapshots").out)
+    assert [r["origin"] for r in snap["fs_snapshots"]] == [pool]
+    stored = site.cli("cat", f"latest:{folder}/data.txt", "--app", "webapp")
+    assert stored.out == "on the pool's top dataset\n", stored.err
+    assert zfs_names("snapshot") == [] and zfs_names("filesystem") == []
+
+
 def test_zfs_source_elsewhere_is_a_one_line_error(
     zfs_pool: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -111,7 +133,8 @@ echo "zfs $*" >> "$FAKE_LOG"
 case "$1" in
 list)
     case "$*" in
-    *"-t filesystem -o name,mountpoint"*) printf 'tank\t/tank-none\ntank/app\t%s\n' "$FAKE_MNT" ;;
+    *"-t filesystem -o name,mountpoint,mounted"*)
+        printf 'tank\t/tank-none\tyes\ntank/app\t%s\tyes\n' "$FAKE_MNT" ;;
     *"-t filesystem -o name"*) printf 'tank\ntank/app\n' ;;
     *"-t snapshot"*) ls "$FAKE_MNT/.zfs/snapshot" 2>/dev/null | sed 's/^/tank\/app@/' ;;
     esac ;;

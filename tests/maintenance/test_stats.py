@@ -41,3 +41,31 @@ def test_dedup_and_compression_are_measured(repo, repo_path, tmp_path) -> None: 
     assert run_cli("stats", "--app", "nope", repo=repo_path).code == 23
     latest = run_cli("stats", "latest", "--app", "app", repo=repo_path)  # as everywhere else
     assert latest.code == 0 and "Stats of the snapshot " in latest.out, latest.err
+
+
+def test_a_snapshot_of_deltas_counts_the_bases_it_keeps_alive(repo, repo_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A night stored as deltas needs the older nights' chunks to be read: its stored size
+    counts them (otherwise ``stats latest`` showed ~60 KiB for a 7 MiB database whose
+    restore needs ~4 MiB), each base once, and says how many chunks are deltas."""
+    from tests.repo.test_delta import change_rows
+    from tests.verify.apps import backup, make_app
+
+    app, db = make_app(tmp_path, rows=20_000)
+    first = backup(repo, app, [db])
+    change_rows(db, 1)
+    second = backup(repo, app, [db])
+    one, two = snapshot_stats(repo, [first]), snapshot_stats(repo, [second])
+    assert one.delta_chunks == 0 and one.bases == 0
+    assert two.delta_chunks > 0 and two.bases > 0
+    # Every base of the second night is a chunk of the first: restoring it costs about what
+    # keeping the first night costs, and the compression ratio cannot run away.
+    assert two.stored_bytes >= 0.9 * one.stored_bytes
+    assert two.compression_ratio < 2 * one.compression_ratio
+    both = snapshot_stats(repo, [first, second])
+    assert both.bases == 0  # the bases are the first night's own chunks: counted once
+    assert both.stored_bytes < one.stored_bytes + two.stored_bytes
+    assert both.delta_chunks == two.delta_chunks
+
+    res = run_cli("stats", second.short_id, repo=repo_path)
+    assert res.code == 0, res.err
+    assert "stored as deltas" in res.out and "delta bases of older snapshots" in res.out

@@ -24,7 +24,7 @@ from casbackup.recovery.execute import recover
 from casbackup.recovery.plan import RecoverOptions
 from casbackup.repo import config as config_module
 from casbackup.repo import delta
-from casbackup.repo.config import RepoConfig
+from casbackup.repo.config import FORMAT_VERSION, RepoConfig
 from casbackup.repo.ids import Kind
 from casbackup.repo.pack import pack_name
 from casbackup.repo.repository import Repository
@@ -87,28 +87,84 @@ def read_dump(repo: Repository, snap: Snapshot) -> bytes:
 
 @pytest.fixture
 def chained(repo: Repository, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Five nights: the dump's chunks go full, 1, 2, 3 deltas deep, then full again."""
+    """Five nights: the dump's chunks go full, 1, 2, 3 deltas deep, then (the chains full)
+    deltas of the full chunks at their bottom, one deep."""
     app, db = make_app(tmp_path, rows=ROWS)
     snaps = nights(repo, app, db, DEPTH + 2)
     return app, db, snaps
 
 
-def test_chains_reach_the_limit_then_start_again(repo: Repository, chained) -> None:  # type: ignore[no-untyped-def]
+def test_chains_reach_the_limit_then_restart_on_their_full_base(repo: Repository, chained) -> None:  # type: ignore[no-untyped-def]
     _, _, snaps = chained
     seen = [depths(repo, s) for s in snaps]
     assert len(seen[0]) >= 2
     assert max(seen[0]) == 0
     assert max(seen[DEPTH]) == DEPTH  # the limit is reached ...
     assert max(max(d) for d in seen) == DEPTH  # ... never passed
-    assert 0 in seen[DEPTH + 1]  # and a full blob starts the next chain
     kinds = {repo.locate(c).kind for c in dump_node(repo, snaps[DEPTH]).content}
     assert Kind.DELTA in kinds
+    # The night after the limit: a chunk whose counterpart's chain is full is a delta of
+    # the full blob at the bottom of that chain (one level deep), not a full copy.
+    parent = dump_node(repo, snaps[DEPTH]).content
+    roots = {delta.chain_of(repo.locate, c, repo.locate(c))[-1][0] for c in parent
+             if repo.delta_depth(c) == DEPTH}  # fmt: skip
+    restarted = [c for c in dump_node(repo, snaps[DEPTH + 1]).content
+                 if c not in parent and repo.locate(c).base in roots]  # fmt: skip
+    assert restarted and all(repo.delta_depth(c) == 1 for c in restarted)
     # Each changed night costs far less than the first one did.
     first = sum(repo.locate(c).stored_len for c in dump_node(repo, snaps[0]).content)
     second = {c for c in dump_node(repo, snaps[1]).content} - set(dump_node(repo, snaps[0]).content)
     # (at this size, ~90 kB, chunk boundaries vary with each repository's key: a fifth was
     # flaky, one in eight runs stored ~40%; without deltas a 1% scattered change stores ~all)
     assert sum(repo.locate(c).stored_len for c in second) < first / 2
+    restart = set(dump_node(repo, snaps[DEPTH + 1]).content) - set(parent)
+    assert sum(repo.locate(c).stored_len for c in restart) < first / 2
+
+
+def test_a_full_chain_not_worth_restarting_stores_full_loading_no_base(  # type: ignore[no-untyped-def]
+    repo: Repository, chained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, db, snaps = chained
+    full = snaps[-1]
+    for n in range(DEPTH):  # on until the restarted chains are full again
+        if max(depths(repo, full)) == DEPTH:
+            break
+        change_rows(db, 50 + n)
+        full = backup(repo, app, [db])
+    assert max(depths(repo, full)) == DEPTH
+    monkeypatch.setattr(delta, "MAX_SHARE", 0.0)  # a restart never pays
+    at_limit = [c for c in dump_node(repo, full).content if repo.delta_depth(c) == DEPTH]
+    chains = {c: [link for link, _ in delta.chain_of(repo.locate, c, repo.locate(c))]
+              for c in at_limit}  # fmt: skip
+    loaded: list[bytes] = []
+    real = delta.resolve_chain
+
+    def counting(fetch, opener, chain, **kw):  # type: ignore[no-untyped-def]
+        loaded.append(chain[0][0])
+        return real(fetch, opener, chain, **kw)
+
+    monkeypatch.setattr(delta, "resolve_chain", counting)
+    change_rows(db, 60)
+    snap = backup(repo, app, [db])
+    monkeypatch.setattr(delta, "resolve_chain", real)
+    new = [c for c in dump_node(repo, snap).content if c not in dump_node(repo, full).content]
+    bases = {repo.locate(c).base for c in new}
+    # No new chunk builds on a full chain or its bottom, and no link of one was loaded
+    # (chunks whose counterpart had room still became deltas of it).
+    assert at_limit and Kind.DATA in {repo.locate(c).kind for c in new}
+    for c, links in chains.items():
+        assert not set(links) & bases, c.hex()[:16]
+        assert not set(links) & set(loaded), c.hex()[:16]
+    assert read_dump(repo, snap)
+
+
+def test_choose_base() -> None:
+    deep = [100] * delta.MAX_DEPTH + [10_000]
+    assert delta.choose_base([10_000]) == 0  # a full counterpart
+    assert delta.choose_base([100, 10_000]) == 0  # a chain with room: the counterpart
+    assert delta.choose_base(deep) == delta.MAX_DEPTH  # at the limit: its full base
+    big = [2_000] * delta.MAX_DEPTH + [10_000]
+    assert delta.choose_base(big) is None  # the changes add up: store full
 
 
 def test_every_reader_round_trips_a_chain_at_the_limit(  # type: ignore[no-untyped-def]
@@ -117,6 +173,12 @@ def test_every_reader_round_trips_a_chain_at_the_limit(  # type: ignore[no-untyp
     _, db, snaps = chained
     deepest = snaps[DEPTH]
     expected = read_dump(repo, deepest)  # ChunkReader (db restore, dump)
+    # and the night after the limit, whose chains restarted on their full bases
+    restarted = snaps[DEPTH + 1]
+    again = restore(repo, restarted, RestoreOptions(target=str(tmp_path / "restarted")))
+    assert not again.errors
+    got = (tmp_path / "restarted" / ".databases" / "local.sqlite").read_bytes()
+    assert got == read_dump(repo, restarted)
     node = dump_node(repo, deepest)
     # restore: writer processes and threads read the chain from packs themselves
     for workers in (1, 2):
@@ -246,13 +308,13 @@ def test_a_version_2_repository_writes_no_delta_until_migrate(tmp_path: Path) ->
     assert not repo.deltas_allowed
     assert {repo.locate(c).kind for c in dump_node(repo, snaps[1]).content} == {Kind.DATA}
     migrate(repo)
-    assert repo.config.version == 3 and repo.deltas_allowed
+    assert repo.config.version == FORMAT_VERSION and repo.deltas_allowed
     change_rows(db, 7)
     snap = backup(repo, app, [db])
     assert Kind.DELTA in {repo.locate(c).kind for c in dump_node(repo, snap).content}
     repo.close()
     with open_repo(path) as again:
-        assert again.config.version == 3
+        assert again.config.version == FORMAT_VERSION
         assert check(again, CheckOptions(read_data=True, workers=1)).ok
         read_dump(again, snap)
 

@@ -4,6 +4,7 @@ the cache entry's base, the delta payload, and what readers refuse."""
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 
@@ -206,3 +207,18 @@ def test_prune_closure_over_bases() -> None:
     assert _closure({D}, bases) == {D}
     assert _closure({A}, bases) == {A}  # a base keeps nothing above it
     assert _closure({A}, {A: B, B: A}) == {A, B}  # a loop ends
+
+
+@pytest.mark.parametrize("mb", [1, 3, 9])
+def test_a_large_base_keeps_its_matches(mb: int) -> None:
+    """Chunks of the files chunker reach 8 MiB: a few changed bytes stay a small delta."""
+    rng = random.Random(mb)
+    rows = b"".join(b"%08d %032x %s\n" % (i, rng.getrandbits(128), b"note" * (i % 5))
+                    for i in range(mb * 16_000))  # fmt: skip
+    base = rows[: mb * 1_000_000]
+    target = bytearray(base)
+    for pos in rng.sample(range(len(base) - 8), 40):
+        target[pos : pos + 8] = b"CHANGED!"
+    payload = delta.encode_delta(b"\0" * 32, base, bytes(target), 3)
+    assert len(payload) < 4_000, len(payload)  # 40 changes; before: 100x that at 3 MB
+    assert delta.apply_delta(payload, base, len(target)) == target

@@ -208,3 +208,68 @@ def test_prune_keeps_the_data_of_a_forgotten_snapshot_that_is_back(
         f.write(saved)
     count, used = find_used_blobs(repo, NULL_REPORTER)
     assert count == 2 and used > without
+
+
+def _rolled_back_after_prune(repo_path: str, source: str, keep_new: bool = False) -> None:
+    """Two backups, forget the first, prune (repacks, replaces the index); then the storage
+    attacker puts the old index files back and deletes the new one (or, ``keep_new``,
+    leaves it: the old ones then come back beside the file that superseded them)."""
+    os.makedirs(os.path.join(source, "gone"))
+    for i in range(40):  # in the first snapshot only: prune repacks or deletes their packs
+        with open(os.path.join(source, "gone", f"f{i}"), "wb") as f:
+            f.write(os.urandom(20_000))
+    with open(os.path.join(source, "kept"), "wb") as f:
+        f.write(os.urandom(300_000))
+    assert run_cli("backup", source, repo=repo_path).code == 0
+    moved = os.path.join(os.path.dirname(source), "gone-for-now")
+    os.rename(os.path.join(source, "gone"), moved)
+    assert run_cli("backup", source, repo=repo_path).code == 0
+    index = os.path.join(repo_path, "index")
+    old = {n: open(os.path.join(index, n), "rb").read() for n in os.listdir(index)}
+    assert run_cli("forget", "--keep-last", "1", repo=repo_path).code == 0
+    res = run_cli("prune", repo=repo_path)
+    assert res.code == 0, res.err
+    assert not set(os.listdir(index)) & set(old)  # prune replaced every index file
+    for name in os.listdir(index) if not keep_new else ():
+        os.unlink(os.path.join(index, name))
+    for name, data in old.items():
+        with open(os.path.join(index, name), "wb") as f:
+            f.write(data)
+    os.rename(moved, os.path.join(source, "gone"))  # the same files are backed up again
+
+
+@pytest.mark.parametrize("client", ["same", "new"])
+def test_rolled_back_index_never_makes_a_backup_skip_data(
+    repo_path: str, source: str, client: str
+) -> None:
+    """A rolled-back index names packs prune deleted: a backup that trusted it stored
+    nothing for those files, exited 0 and left a snapshot naming missing data."""
+    _rolled_back_after_prune(repo_path, source)
+    if client == "new":  # no index cache and no local record: the index is built afresh
+        with open_repo(repo_path) as repo:
+            state, cache = repo.state.folder, os.path.dirname(repo.cache.path)
+        shutil.rmtree(state)
+        shutil.rmtree(cache)
+    res = run_cli("backup", source, repo=repo_path)
+    assert res.code == 0, res.err
+    assert "missing pack" in res.err and "rolled-back" in res.err, res.err
+    res = run_cli("check", "--read-data", repo=repo_path)
+    errors = [line for line in res.err.splitlines() if line.startswith("error: ")]
+    assert res.code == 29 and errors[-1].startswith("error: the repository has"), res.err
+    # The stale index is reported; every snapshot's data is there.
+    assert all(" is missing: " in e and e.startswith("error: pack ") for e in errors[:-1]), res.err
+    assert run_cli("repair", "index", repo=repo_path).code == 0
+    res = run_cli("check", "--read-data", repo=repo_path)
+    assert res.code == 0, res.err
+    res = run_cli("restore", "latest", "--target", source + "-restored", repo=repo_path)
+    assert res.code == 0, res.err
+
+
+def test_old_index_files_put_back_beside_their_replacement_stay_superseded(
+    repo_path: str, source: str
+) -> None:
+    _rolled_back_after_prune(repo_path, source, keep_new=True)
+    res = run_cli("backup", source, repo=repo_path)
+    assert res.code == 0 and "missing pack" not in res.err, res.err
+    res = run_cli("check", "--read-data", repo=repo_path)
+    assert res.code == 0, res.err

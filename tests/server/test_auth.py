@@ -151,3 +151,24 @@ def test_login_limiter_memory_is_bounded() -> None:
     assert limiter.retry_after(["addr:10.0.0.9"]) > 0  # the sprayer's address stays locked out
     now[0] += 301
     assert limiter.retry_after(["addr:10.0.0.9"]) == 0
+
+
+def test_a_refused_request_is_audited_with_its_application(env: Env) -> None:
+    """Who tried what on which application, also when the role check refused it."""
+    c = env.client
+    assert (
+        c.post("/api/backup", json={"app_name": "shop"}, headers=env.h("viewer")).status_code == 403
+    )
+    assert (
+        c.post("/api/forget", json={"app_name": "blog"}, headers=env.h("operator")).status_code
+        == 403
+    )
+    r = c.post(
+        "/api/backup", content=b"{", headers={**env.h("viewer"), "Content-Type": "application/json"}
+    )
+    assert r.status_code in (403, 422)
+    rows = c.get("/api/audit", headers=env.h("admin")).json()
+    denied = [
+        (r["actor"].split(" ")[0], r["action"], r["app"]) for r in rows if r["outcome"] == "denied"
+    ]
+    assert ("viewer", "backup", "shop") in denied and ("operator", "forget", "blog") in denied

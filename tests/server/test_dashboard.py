@@ -5,6 +5,7 @@ offline and testable (no outside URL, CSP, every data-testid listed in testids.p
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -460,3 +461,65 @@ def test_app_page_shows_what_each_snapshot_stored_not_its_raw_new_bytes(env: Env
     assert f">{size_text(stored)}</td>" in row
     assert f'title="{size_text(added)} of new data before compression and deltas"' in row
     assert ">Stored</th>" in html
+
+
+def test_every_template_and_asset_ships_in_the_package() -> None:
+    """The dashboard is used offline: every template and asset must be package data (a file
+    the globs miss works in a checkout and is missing from an installed wheel)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(pages.__file__).resolve().parents[3]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = data["package-data"]["casbackup.server"]
+    server = TEMPLATES.parent
+    files = [p.relative_to(server).as_posix() for d in (TEMPLATES, STATIC) for p in d.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]  # fmt: skip
+    assert len(files) >= 14
+
+    def matches(name: str, glob: str) -> bool:  # as setuptools globs: "*" stops at a "/"
+        parts, pattern = name.split("/"), glob.split("/")
+        return len(parts) == len(pattern) and all(map(fnmatch.fnmatchcase, parts, pattern))
+
+    missed = [f for f in files if not any(matches(f, g) for g in globs)]
+    assert not missed, f"not in [tool.setuptools.package-data]: {missed}"
+
+
+def test_names_that_are_not_utf8_browse_and_download(env: Env) -> None:
+    """A file and a folder whose names are not UTF-8: the browser reaches them by the API's
+    ``path_b64`` (their display path, with U+FFFD, names nothing), downloads the exact bytes,
+    and offers no restore form it could not fill (the restore API takes UTF-8 paths)."""
+    shop = env.tmp / "shop"
+    (Path(os.fsdecode(bytes(shop) + b"/bad-\xff.bin"))).write_bytes(b"odd bytes\n")
+    folder = Path(os.fsdecode(bytes(shop) + b"/dir-\xfe"))
+    folder.mkdir()
+    (folder / "inner.txt").write_text("inner\n")
+    snap = backup(env, "shop")["snapshot_id"]
+    login(env, "admin")
+
+    def follow(html: str, testid: str) -> str:
+        href = re.search(rf'href="([^"]+)" data-testid="{re.escape(testid)}"', html)
+        assert href, testid
+        return href.group(1).replace("&amp;", "&")
+
+    top = env.client.get(f"/snapshots/{snap}", params={"path": str(shop)}).text
+    link = follow(top, "entry-link:bad-\ufffd.bin")
+    assert "path_b64=" in link
+    page = env.client.get(link)
+    assert page.status_code == 200 and "10 bytes" in page.text, page.text[-500:]
+    got = env.client.get(follow(page.text, "download:bad-\ufffd.bin"))
+    assert got.status_code == 200 and got.content == b"odd bytes\n"
+    assert has(page.text, TESTIDS["file_meta"]) and not has(page.text, TESTIDS["restore_button"])
+    assert "not valid UTF-8" in page.text
+
+    inside = env.client.get(follow(top, "entry-link:dir-\ufffd"))
+    assert inside.status_code == 200 and has(inside.text, "entry:inner.txt")
+    crumb = re.findall(r'<a href="(/snapshots/[^"]+)">dir-\ufffd</a>', inside.text)
+    assert crumb and "path_b64=" in crumb[0]
+    inner = env.client.get(follow(inside.text, "entry-link:inner.txt"))
+    assert inner.status_code == 200 and "6 bytes" in inner.text
+    assert env.client.get(follow(inner.text, "download:inner.txt")).content == b"inner\n"
+    # the folder's tar by path_b64, and ".." back up to the application's folder
+    assert env.client.get(follow(top, "download:dir-\ufffd")).status_code == 200
+    up = re.search(r'<a href="([^"]+)">\.\.</a>', inside.text)
+    assert up and env.client.get(up.group(1).replace("&amp;", "&")).text.count("entry-link:a.txt")

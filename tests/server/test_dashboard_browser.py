@@ -37,6 +37,7 @@ CHROMIUM = os.environ.get("CASBACKUP_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 PASSWORDS = {"root": "root-password-1", "ops": "ops-password-1", "view": "view-password-1"}
+LONG_APP = "customer-relationship-management-with-a-long-name"
 
 
 def _browser_missing() -> str | None:
@@ -106,6 +107,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     (app / "config.ini").write_text("[main]\nname = notes\n")
     (app / "docs" / "readme.txt").write_text("read me\n" * 100)
     (app / "docs" / "deep" / "data.bin").write_bytes(os.urandom(200_000))
+    (tmp / LONG_APP).mkdir()  # a long name in selects, headings and cards: they must still fit
     config = tmp / "casbackup.toml"
     config.write_text(f"""
 [repository]
@@ -124,6 +126,10 @@ sources = ["{app}"]
 
 [applications.retention]
 keep_last = 2
+
+[[applications]]
+name = "{LONG_APP}"
+sources = ["{tmp / LONG_APP}"]
 """)
     state = tmp / "state"
     for name, role in (("root", "admin"), ("ops", "operator"), ("view", "viewer")):
@@ -186,15 +192,26 @@ def login(browser: Any, site: Site, user: str) -> Any:
     return page
 
 
+# Boxes in <main> whose content is wider than the box: a table that scrolls sideways hides its
+# last columns (a button, a badge) off screen. Logs and reports wrap, so none is exempt.
+CUT_OFF = """() => [...document.querySelectorAll("main *")]
+  .filter((e) => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1
+                 && getComputedStyle(e).overflowX !== "visible")
+  .map((e) => `${e.tagName}.${e.className}: ${e.scrollWidth}px in ${e.clientWidth}px`)"""
+
+
 def shoot(page: Any, name: str) -> None:
     """Screenshots at desktop and phone width; fails if the page is wider than the window
-    (something overflows instead of wrapping or scrolling inside its own box)."""
+    (something overflows instead of wrapping) or a box must be scrolled sideways to see all
+    of it (a table's last column cut off)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for label, size in SIZES.items():
         page.set_viewport_size(size)
         page.screenshot(path=str(ARTIFACTS / f"{name}-{label}.png"), full_page=True)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{name} at {label} is {overflow}px wider than the window"
+        cut = page.evaluate(CUT_OFF)
+        assert not cut, f"{name} at {label}: content cut off, scrolls sideways: {cut}"
     page.set_viewport_size(SIZES["desktop"])
 
 
@@ -267,7 +284,8 @@ def test_restore_a_folder(browser: Any, site: Site, state: dict[str, Any]) -> No
     folder = f"{site.app}/docs"
     page.goto(f"{site.url}/snapshots/{state['snapshot']}?path={folder}")
     page.get_by_test_id("restore-target").fill("docs-back")
-    page.once("dialog", lambda d: d.accept())  # the confirmation
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.accept()))  # the confirmation
     page.get_by_test_id("restore-button").click()
     page.wait_for_url("**/jobs/*")
     job_id = int(page.url.rsplit("/", 1)[1])
@@ -276,6 +294,36 @@ def test_restore_a_folder(browser: Any, site: Site, state: dict[str, Any]) -> No
     found = {p.name: p for p in target.rglob("*") if p.is_file()}
     assert set(found) == {"readme.txt", "data.bin"}, sorted(target.rglob("*"))
     assert found["data.bin"].read_bytes() == (site.app / "docs" / "deep" / "data.bin").read_bytes()
+    # the confirmation says where it goes and what happens to files already there
+    assert f"Into: {site.recovery}/docs-back" in asked[0], asked
+    assert "Files already there: left as they are" in asked[0], asked
+    page.context.close()
+
+
+def test_restore_in_place_overwriting(browser: Any, site: Site, state: dict[str, Any]) -> None:
+    """An admin puts a damaged folder back where it was, choosing to overwrite."""
+    from playwright.sync_api import expect
+
+    docs = site.app / "docs"
+    readme, data = docs / "readme.txt", docs / "deep" / "data.bin"
+    good_readme, good_data = readme.read_bytes(), data.read_bytes()
+    readme.write_text("damaged\n")
+    data.unlink()
+    page = login(browser, site, "root")
+    page.goto(f"{site.url}/snapshots/{state['snapshot']}?path={docs}")
+    page.get_by_test_id("restore-in-place").check()
+    page.get_by_test_id("restore-overwrite").check()
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
+    page.get_by_test_id("restore-button").click()
+    page.wait_for_url("**/jobs/*")
+    job_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.get_by_test_id(f"job-state:{job_id}")).to_have_text("succeeded", timeout=120_000)
+    assert f"Into its original place: {docs}" in asked[0], asked
+    assert "Files already there: OVERWRITTEN" in asked[0], asked
+    assert readme.read_bytes() == good_readme and data.read_bytes() == good_data
+    doc = site.api("GET", f"/api/jobs/{job_id}").json()
+    assert doc["params"]["overwrite"] is True and doc["params"]["target"] == str(docs)
     page.context.close()
 
 
@@ -310,6 +358,7 @@ def test_disaster_recovery_plan_run_and_report(browser: Any, site: Site) -> None
 
     page = login(browser, site, "root")
     page.get_by_role("link", name="Recovery").click()
+    shoot(page, "recovery")
     page.get_by_test_id("recover-app").select_option("notes")
     page.get_by_test_id("recover-plan-button").click()
     page.wait_for_url("**/jobs/*")
@@ -333,6 +382,41 @@ def test_disaster_recovery_plan_run_and_report(browser: Any, site: Site) -> None
     config = [p for p in restored.rglob("config.ini")]
     assert config and config[0].read_bytes() == (site.app / "config.ini").read_bytes()
     page.context.close()
+
+
+def rate_and_time_left(page: Any, site: Site, job_id: int) -> None:
+    """The running job's page shows a rate and the time left from its progress events. The
+    job's worker is frozen here, so the events are played by the test (two, a second apart,
+    as a backup with a reference snapshot sends them: totals known)."""
+    from playwright.sync_api import expect
+
+    sent = []
+
+    def events(route: Any) -> None:
+        done = (1 + 2 * len(sent)) << 20
+        progress = {"phase": "backup", "files_done": len(sent) + 1, "files_total": 20,
+                    "bytes_done": done, "bytes_total": 100 << 20}  # fmt: skip
+        sent.append(done)
+        body = (
+            "retry: 1000\nevent: job.progress\ndata: "
+            + json.dumps({"id": job_id, "app": "notes", "kind": "backup", "progress": progress})
+            + "\n\n"
+        )
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    page.route("**/api/events", events)
+    page.goto(f"{site.url}/jobs/{job_id}")
+    expect(page.get_by_test_id(f"job-progress:{job_id}")).to_contain_text("of 100.0 MiB")
+    rate = page.get_by_test_id(f"job-rate:{job_id}")
+    expect(rate).to_contain_text("/s", timeout=10_000)
+    expect(rate).to_contain_text(" left", timeout=10_000)
+    page.wait_for_function("() => document.querySelector('[data-job-elapsed]')")
+    first = page.locator("[data-job-elapsed]").text_content()
+    page.wait_for_function(  # the running job's duration counts up without a reload
+        "t => document.querySelector('[data-job-elapsed]').textContent !== t", arg=first
+    )
+    shoot(page, "job-running-rate")
+    page.unroute("**/api/events")
 
 
 def test_jobs_list_and_cancel_a_waiting_job(
@@ -359,6 +443,8 @@ def test_jobs_list_and_cancel_a_waiting_job(
         page.get_by_role("link", name="Jobs").click()
         for job_id in ids:
             expect(page.get_by_test_id(f"job-row:{job_id}")).to_be_visible()
+        shoot(page, "jobs")
+        rate_and_time_left(page, site, ids[0])
         page.goto(f"{site.url}/jobs/{ids[-1]}")
         page.once("dialog", lambda d: d.accept())
         page.get_by_test_id("job-cancel").click()
@@ -413,6 +499,21 @@ def test_logout_ends_the_session(browser: Any, site: Site) -> None:
 
 def test_viewer_is_offered_no_actions(browser: Any, site: Site, state: dict[str, Any]) -> None:
     page = login(browser, site, "view")
+    # no page offers a viewer a form that changes state (logging out aside), nor a download
+    jobs = [j["id"] for j in site.api("GET", "/api/jobs").json()]
+    kinds = {j["kind"]: j["id"] for j in site.api("GET", "/api/jobs").json()}
+    snap = state["snapshot"]
+    for path in ["/", "/apps/notes", f"/apps/{LONG_APP}", "/jobs", f"/snapshots/{snap}",
+                 f"/snapshots/{snap}?path={site.app}/docs", f"/snapshots/{snap}?path={site.app}/config.ini",
+                 *(f"/jobs/{i}" for i in kinds.values())]:  # fmt: skip
+        page.goto(site.url + path)
+        page.get_by_test_id("nav-user").wait_for()
+        offered = page.evaluate("""() => [...document.querySelectorAll(
+            'form[data-api]:not([data-api="/api/auth/logout"]), form[method=post], a[download], a[href^="/api/"]')]
+            .map((e) => e.outerHTML.slice(0, 120))""")
+        assert offered == [], (path, offered)
+    assert len(jobs) >= 5 and {"backup", "verify", "restore", "recover", "forget"} <= set(kinds)
+    page.goto(site.url + "/")
     page.get_by_test_id("app-link:notes").click()
     page.get_by_test_id(f"snapshot-row:{state['snapshot'][:8]}").wait_for()
     assert page.get_by_test_id("backup-button").count() == 0
@@ -464,4 +565,13 @@ def test_admin_creates_a_token_shown_once(browser: Any, site: Site) -> None:
     shoot(page, "admin")
     page.reload()
     assert token not in page.content()  # listed by id only from now on
+    # roles: make ops a viewer from the users table, then an operator again
+    for role in ("viewer", "operator"):
+        form = page.get_by_test_id("user-role:ops")
+        form.locator("select").select_option(role)
+        page.once("dialog", lambda d: d.accept())
+        form.locator("button").click()
+        expect(page.get_by_test_id("user-role:ops").locator("select")).to_have_value(role)
+        users = {u["name"]: u["role"] for u in site.api("GET", "/api/users").json()}
+        assert users["ops"] == role
     page.context.close()

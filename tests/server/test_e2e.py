@@ -198,13 +198,21 @@ def _grow_sources(site: dict[str, Any], mib: int) -> None:
         (big / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
 
 
-def _running(server: Server, job_id: int, timeout: float = 60) -> None:
+def _backing_up(server: Server, job_id: int, timeout: float = 60) -> list[int]:
+    """Wait until the job's worker reports progress, and return the service's worker processes.
+
+    Not merely "running" or "the worker exists": a worker frozen while Python still imports
+    has not yet asked to die with the service (PR_SET_PDEATHSIG) nor installed its stop
+    handling, so a kill -9 of the service left it stopped forever (seen under load). Its
+    first progress line comes after both."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.get(f"/api/jobs/{job_id}").json()["state"] == "running":
-            return
-        time.sleep(0.05)
-    raise AssertionError("the job never ran")
+        doc = server.get(f"/api/jobs/{job_id}").json()
+        assert doc["state"] in ("queued", "running"), doc
+        if doc["progress"] is not None and (workers := _workers_of(server.proc.pid)):
+            return workers
+        time.sleep(0.02)
+    raise AssertionError("the job's worker never reported progress")
 
 
 def _workers_of(service_pid: int) -> list[int]:
@@ -228,21 +236,20 @@ def test_kill_during_a_job_marks_it_interrupted_and_the_repository_checks(
     _grow_sources(site, 150)
     server = start(site, "first")
     job_id = server.post("/api/backup", {"app_name": "notes"}).json()["job_id"]
-    _running(server, job_id)
-    # "running" is recorded before the worker is spawned: under load, wait for it to exist.
-    deadline = time.monotonic() + 30
-    while not (workers := _workers_of(server.proc.pid)):
-        assert time.monotonic() < deadline, "no worker process found for the running job"
-        time.sleep(0.02)
-    time.sleep(0.3)  # let it write some packs, then freeze it mid-backup: the kill must
-    for pid in workers:  # land before the backup could finish, however fast the machine
+    workers = _backing_up(server, job_id)
+    # Freeze it mid-backup: the kill must land before the backup could finish, however fast
+    # the machine.
+    for pid in workers:
         os.kill(pid, signal.SIGSTOP)
     assert server.get(f"/api/jobs/{job_id}").json()["state"] == "running"
     server.proc.kill()  # no chance to clean up: the worker dies with it (PDEATHSIG)
     server.proc.wait(10)
     deadline = time.monotonic() + 10
-    while _workers_of(server.proc.pid):
-        assert time.monotonic() < deadline, "a worker outlived the killed service"
+    while left := _workers_of(server.proc.pid):
+        if time.monotonic() > deadline:
+            for pid in left:  # not left behind, stopped, for the rest of the suite
+                os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"workers {left} outlived the killed service")
         time.sleep(0.1)
     again = start(site, "second")
     try:
@@ -264,14 +271,10 @@ def test_sigterm_cancels_running_jobs_and_records_it(site: dict[str, Any]) -> No
     _grow_sources(site, 150)
     server = start(site, "term")
     job_id = server.post("/api/backup", {"app_name": "notes"}).json()["job_id"]
-    _running(server, job_id)
+    workers = _backing_up(server, job_id)
     # Freeze the worker so the backup cannot finish before the stop reaches it (on an idle
     # machine 150 MiB took less than the old fixed 0.5 s wait): the service's SIGINT to it
     # stays pending until it is continued, then cancels the backup.
-    deadline = time.monotonic() + 30
-    while not (workers := _workers_of(server.proc.pid)):
-        assert time.monotonic() < deadline, "no worker process found for the running job"
-        time.sleep(0.02)
     for pid in workers:
         os.kill(pid, signal.SIGSTOP)
     assert server.get(f"/api/jobs/{job_id}").json()["state"] == "running"

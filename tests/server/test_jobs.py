@@ -387,7 +387,13 @@ def test_the_password_reaches_the_worker_only_through_its_stdin(tmp_path, monkey
     assert PASSWORD not in row[0] and PASSWORD not in row[1]
 
 
-def test_seed_backup_without_a_body_uses_the_only_application(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_seeds_json_config_and_bodyless_backup(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A seed operator's setup as it is: config_phase3.json (no repository in it: -r /
+    CASBACKUP_REPO gives one) and a client that POSTs /api/backup with no body."""
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
     from fastapi.testclient import TestClient
 
     from casbackup.server.app import create_app
@@ -397,18 +403,25 @@ def test_seed_backup_without_a_body_uses_the_only_application(tmp_path, monkeypa
     monkeypatch.setenv("CASBACKUP_PASSWORD", PASSWORD)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     make_repo(str(tmp_path / "repo")).close()
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "x.txt").write_text("x")
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[repository]\nlocation = "{tmp_path / "repo"}"\n[[applications]]\nname = "DemoApp"\n'
-                   f'sources = ["{tmp_path / "src"}"]\n')  # fmt: skip
-    settings = Settings(state_dir=tmp_path / "st", config_path=str(cfg), cheap_password_hashing=True,
+    seed = Path(__file__).parents[1] / "config" / "data" / "config_phase3.json"
+    shutil.copy(seed, tmp_path / "config_phase3.json")
+    (tmp_path / "demo_app").mkdir()
+    (tmp_path / "demo_app" / "app.py").write_text("print('demo')\n")
+    db = sqlite3.connect(tmp_path / "demo_app" / "database.sqlite3")
+    db.execute("CREATE TABLE t (x)")
+    db.execute("INSERT INTO t VALUES (1)")
+    db.commit()
+    db.close()
+    settings = Settings(state_dir=tmp_path / "st", config_path=str(tmp_path / "config_phase3.json"),
+                        repo=str(tmp_path / "repo"), cheap_password_hashing=True,
                         run_scheduler=False)  # fmt: skip
     with TestClient(create_app(settings)) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         service.accounts.add_user("op", "password-123", "operator")
         token, _ = service.accounts.create_token("op")
         h = {"Authorization": f"Bearer {token}"}
+        apps = client.get("/api/applications", headers=h).json()["applications"]
+        assert [(a["name"], a["databases"]) for a in apps] == [("DemoApp", ["database"])]
         r = client.post("/api/backup", headers=h)  # the seed's clients send no body
         assert r.status_code == 202, r.text
         job = r.json()["job"]
@@ -419,6 +432,10 @@ def test_seed_backup_without_a_body_uses_the_only_application(tmp_path, monkeypa
         ):
             time.sleep(0.05)
         assert doc["state"] == "succeeded", doc
+        detail = client.get(f"/api/snapshots/{doc['snapshot_id']}", headers=h).json()
+        assert detail["app"] == "DemoApp" and detail["databases"][0]["name"] == "database"
+        status = client.get("/api/system/status", headers=h).json()
+        assert status["repositories"][0]["location"] == str(tmp_path / "repo")
 
 
 def test_stopping_the_service_cancels_a_job_whose_worker_is_still_starting(

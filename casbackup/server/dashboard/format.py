@@ -107,4 +107,6 @@ def install_filters(env: Environment) -> None:
     env.filters.update(
         age=age, when=when, size=size, duration=duration, mode=mode, report_text=report_text
     )
-    env.globals.update(percent=percent)
+    from casbackup.server.dashboard.views import path_query
+
+    env.globals.update(percent=percent, path_query=path_query)

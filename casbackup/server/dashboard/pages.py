@@ -9,8 +9,10 @@ what the API would answer to the same caller.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
+import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -164,28 +166,40 @@ def app_page(
 def snapshot_page(
     snapshot_id: str,
     request: Request,
-    path: str = Query("/", max_length=4096),
+    path: str | None = Query(None, max_length=4096),
+    path_b64: str | None = Query(None, max_length=5464),  # a path that is not UTF-8
     offset: int = Query(0, ge=0, le=10**9),
     against: str | None = Query(None, max_length=64),
     p: Principal = Depends(page("browse")),
 ) -> Response:
     detail = api_doc(snapshot_detail(snapshot_id, request, app=None, principal=p))
     sid = detail["id"]
+
+    def listing_of(raw: bytes, offset: int, limit: int) -> dict[str, Any]:
+        try:
+            named = {"path": raw.decode("utf-8"), "path_b64": None}
+        except UnicodeDecodeError:
+            named = {"path": None, "path_b64": base64.urlsafe_b64encode(raw).decode()}
+        return api_doc(browse(sid, request, **named, offset=offset, limit=limit, app=None,  # type: ignore[arg-type]
+                              principal=p))  # fmt: skip
+
     file_entry = None
     try:
-        listing = api_doc(browse(sid, request, path=path, path_b64=None, offset=offset, limit=PAGE_SIZE,
-                                 app=None, principal=p))  # fmt: skip
+        listing = api_doc(browse(sid, request, path=path, path_b64=path_b64, offset=offset,
+                                 limit=PAGE_SIZE, app=None, principal=p))  # fmt: skip
     except HTTPException as exc:
         # a file: show its metadata, found in its folder's listing
-        parent, _, name = path.rstrip("/").rpartition("/")
+        raw = views.raw_path(path or "", path_b64).rstrip(b"/")
+        parent, _, name = raw.rpartition(b"/")
         if exc.status_code != 404 or not name:
             raise
-        listing = api_doc(browse(sid, request, path=parent or "/", path_b64=None, offset=0, limit=10**5,
-                                 app=None, principal=p))  # fmt: skip
-        found = [e for e in listing["entries"] if e["name"] == name]
+        listing = listing_of(parent or b"/", 0, 10**5)
+        found = [e for e in listing["entries"] if views.raw_path(e["path"], e["path_b64"]) == raw]
         if not found:
             raise
         file_entry = found[0]
+    here = file_entry or listing  # what the page shows: its path, exact bytes
+    here_raw = views.raw_path(here["path"], here["path_b64"])
     diff = None
     same_app = api_doc(list_snapshots(request, app=detail["app"], tag=[], since=None, until=None,
                                       repository=detail["repository"], principal=p))  # fmt: skip
@@ -194,13 +208,12 @@ def snapshot_page(
         handle, other = find_snapshot(request, p, against)
         if handle.key != detail["repository"]:
             raise HTTPException(400, "the two snapshots are in different repositories")
-        diff = views.snapshot_diff(handle, other, sid, listing["path"] if not file_entry else path)
+        diff = views.snapshot_diff(handle, other, sid, os.fsdecode(here_raw))
     recovery_dir = service_of(request).registry.config.disaster_recovery.recovery_directory
     return render(
         request, "snapshot.html", p, snap=detail, listing=listing, file=file_entry,
-        crumbs=views.crumbs(file_entry["path"] if file_entry else listing["path"]),
-        others=list(reversed(others)), diff=diff, against=against, page_size=PAGE_SIZE,
-        recovery_dir=recovery_dir,
+        crumbs=views.crumbs(here_raw), here=here, others=list(reversed(others)), diff=diff,
+        against=against, page_size=PAGE_SIZE, recovery_dir=recovery_dir,
     )  # fmt: skip
 
 

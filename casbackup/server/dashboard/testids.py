@@ -58,6 +58,7 @@ TESTIDS: dict[str, str] = {
     "job_row": "job-row",  # :<id>
     "job_state": "job-state",  # :<id>
     "job_progress": "job-progress",  # :<id>
+    "job_rate": "job-rate",  # :<id>; rate and time left, from the event stream
     "job_cancel": "job-cancel",
     "job_log": "job-log",
     "job_result": "job-result",
@@ -69,6 +70,7 @@ TESTIDS: dict[str, str] = {
     "recovery_report": "recovery-report",
     # admin
     "user_row": "user-row",  # :<name>
+    "user_role": "user-role",  # :<name>, the form that changes a role
     "user_form": "user-form",
     "token_form": "token-form",
     "token_shown": "token-shown",

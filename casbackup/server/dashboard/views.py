@@ -7,9 +7,11 @@ Times are UTC throughout; ``now`` is passed in so tests can fix it.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from casbackup.errors import CasError
 from casbackup.repo.lock import list_locks
@@ -219,13 +221,35 @@ def repo_health(service: Service, key: str, handle: RepoHandle, snaps: list[Snap
     )  # fmt: skip
 
 
-def crumbs(path: str) -> list[tuple[str, str]]:
-    """``/a/b`` -> [("/", "/"), ("a", "/a"), ("b", "/a/b")] for the browser's breadcrumb."""
-    out = [("/", "/")]
-    acc = ""
-    for part in [p for p in path.split("/") if p]:
-        acc += "/" + part
-        out.append((part, acc))
+def path_query(path: str, path_b64: str | None = None) -> str:
+    """The query naming a snapshot path for the browser and the API: ``path=...``, or
+    ``path_b64=...`` when the path is not valid UTF-8 (the API's entries give ``path_b64``
+    then; their ``path`` shows U+FFFD and names nothing)."""
+    if path_b64:
+        return urlencode({"path_b64": path_b64})
+    return urlencode({"path": path})
+
+
+def raw_path(path: str, path_b64: str | None) -> bytes:
+    """The exact bytes of a path given as the API gives it (``path_b64`` wins)."""
+    if path_b64:
+        return base64.urlsafe_b64decode(path_b64.encode("ascii"))
+    return path.encode("utf-8", "surrogateescape")
+
+
+def crumbs(raw: bytes) -> list[tuple[str, str]]:
+    """``b"/a/b"`` -> [("/", "path=%2F"), ("a", "path=%2Fa"), ("b", "path=%2Fa%2Fb")]: the
+    breadcrumb's names and queries (a part that is not UTF-8 shows U+FFFD; its links go by
+    ``path_b64``)."""
+    out = [("/", path_query("/"))]
+    acc = b""
+    for part in [p for p in raw.split(b"/") if p]:
+        acc += b"/" + part
+        try:
+            query = path_query(acc.decode("utf-8"))
+        except UnicodeDecodeError:
+            query = path_query("", base64.urlsafe_b64encode(acc).decode())
+        out.append((part.decode("utf-8", "replace"), query))
     return out
 
 

@@ -34,11 +34,20 @@
     if (box) { box.textContent = text; box.hidden = false; } else { window.alert(text); }
   }
 
+  // The question, then what the chosen options will do (a checked option's data-say; {target}
+  // is the value of the form's target field): the user confirms the choice, not just "OK".
+  function confirmText(form) {
+    const target = form.elements.target ? form.elements.target.value : "";
+    const said = [...form.querySelectorAll("input[data-say]:checked")]
+      .map((el) => el.dataset.say.replace("{target}", target));
+    return [form.dataset.confirm, ...said].join("\n");
+  }
+
   async function submit(event) {
     const form = event.target.closest("form[data-api]");
     if (!form) return;
     event.preventDefault();
-    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+    if (form.dataset.confirm && !window.confirm(confirmText(form))) return;
     const method = (form.dataset.method || "POST").toUpperCase();
     const buttons = form.querySelectorAll("button");
     buttons.forEach((b) => { b.disabled = true; });
@@ -88,9 +97,22 @@
     if (seconds < 3600) return `${Math.round(seconds / 60)} min left`;
     return `${(seconds / 3600).toFixed(1)} h left`;
   }
-  const last = new Map(); // job id -> {t, bytes} for the rate
+  // The rate: over the last few seconds of progress events, or, until two events are that far
+  // apart, the average since the job started (its elapsed time as the server rendered it,
+  // counted on from the page's load: no comparison of the two machines' clocks).
+  const loaded = performance.now() / 1000;
+  const last = new Map(); // job id -> {t, bytes}: the sample the rate is measured from
+
+  function elapsedOf(box) {
+    const at = parseFloat(box.dataset.elapsed);
+    const since = parseFloat(box.dataset.renderedAt || loaded); // set when <main> is swapped in
+    return isFinite(at) ? at + performance.now() / 1000 - since : NaN;
+  }
 
   function showProgress(id, p) {
+    const now = performance.now() / 1000;
+    const prev = last.get(id);
+    if (!prev || p.bytes_done < prev.bytes) last.set(id, { t: now, bytes: p.bytes_done });
     document.querySelectorAll(`[data-job-progress="${id}"]`).forEach((box) => {
       const bar = box.querySelector("progress");
       if (p.bytes_total) bar.value = Math.min(100, (100 * p.bytes_done) / p.bytes_total);
@@ -99,15 +121,28 @@
       const bytes = p.bytes_total ? `${size(p.bytes_done)} of ${size(p.bytes_total)}` : size(p.bytes_done);
       const word = !p.files_total && p.files_done === 1 ? "file" : "files";
       box.querySelector(".pdetail").textContent = `${p.phase || ""} · ${files} ${word} · ${bytes}`;
-      const now = performance.now() / 1000;
-      const prev = last.get(id);
-      if (prev && now > prev.t && p.bytes_done >= prev.bytes) {
-        const rate = (p.bytes_done - prev.bytes) / (now - prev.t);
-        const left = p.bytes_total ? (p.bytes_total - p.bytes_done) / rate : NaN;
-        box.querySelector(".rate").textContent = `${size(rate)}/s ${rate > 0 ? eta(left) : ""}`;
+      let rate = NaN;
+      if (prev && now - prev.t >= 1 && p.bytes_done >= prev.bytes) rate = (p.bytes_done - prev.bytes) / (now - prev.t);
+      else if (elapsedOf(box) >= 0.5) rate = p.bytes_done / elapsedOf(box);
+      if (isFinite(rate)) {
+        const left = p.bytes_total && rate > 0 ? (p.bytes_total - p.bytes_done) / rate : NaN;
+        box.querySelector(".rate").textContent = `${size(rate)}/s${isFinite(left) ? " · " + eta(left) : ""}`;
       }
-      if (!prev || now - prev.t > 2) last.set(id, { t: now, bytes: p.bytes_done });
     });
+    if (prev && now - prev.t > 5) last.set(id, { t: now, bytes: p.bytes_done });
+  }
+
+  // A running job's duration counts up (from the elapsed time the page was rendered with).
+  function tick() {
+    document.querySelectorAll("[data-job-elapsed]").forEach((el) => {
+      const seconds = elapsedOf(el);
+      if (isFinite(seconds)) el.textContent = duration(seconds);
+    });
+  }
+  function duration(s) {
+    if (s < 60) return `${s.toFixed(1)} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${Math.floor(s % 60)} s`;
+    return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
   }
 
   function showState(job) {
@@ -115,6 +150,9 @@
       el.textContent = job.state;
       el.className = `state ${job.state}`;
     });
+    if (job.state !== "running") {
+      document.querySelectorAll(`[data-job-elapsed="${job.id}"]`).forEach((el) => { el.removeAttribute("data-job-elapsed"); });
+    }
     if (job.state === "succeeded") {
       document.querySelectorAll(`[data-job-progress="${job.id}"] progress`).forEach((bar) => { bar.value = 100; });
     }
@@ -132,7 +170,10 @@
     if (!response.ok) return;
     const doc = new DOMParser().parseFromString(await response.text(), "text/html");
     const fresh = doc.querySelector("main");
-    if (fresh) document.querySelector("main").replaceWith(fresh);
+    if (!fresh) return;
+    const now = String(performance.now() / 1000);
+    fresh.querySelectorAll("[data-elapsed]").forEach((el) => { el.dataset.renderedAt = now; });
+    document.querySelector("main").replaceWith(fresh);
   }
 
   function watched(id) {
@@ -152,7 +193,11 @@
       const d = JSON.parse(e.data);
       if (d.progress) showProgress(d.id, d.progress);
     });
-    source.addEventListener("job.started", (e) => showState(JSON.parse(e.data)));
+    source.addEventListener("job.started", (e) => {
+      const job = JSON.parse(e.data);
+      showState(job);
+      if (watched(job.id)) refreshSoon(); // its start time, duration and cancel button
+    });
     source.addEventListener("job.log", (e) => appendLog(JSON.parse(e.data)));
     source.addEventListener("job.finished", (e) => {
       const job = JSON.parse(e.data);
@@ -166,6 +211,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     listen();
+    if (document.body.dataset.live) window.setInterval(tick, 1000);
     // A job that finished between rendering and the stream connecting: catch up once.
     const page = document.querySelector("[data-job-page]");
     if (page && page.dataset.final === "0") {
