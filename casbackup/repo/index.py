@@ -715,7 +715,7 @@ class IndexCache:
                     if i + 1 < len(recs) and recs[i + 1][:32] == key:
                         continue  # a later file names it too: that one wins
                     value = rec[step:]
-                    if value[-1] == Kind.DELTA:
+                    if value[-1] in DELTA_KINDS:
                         base = base_of.get(key)
                         if base is None:
                             raise FormatError("index names a delta blob without a base")
