@@ -154,6 +154,21 @@ class RecoveryError(CasError):
     exit_code = 30
 
 
+class UnverifiedSnapshot(RecoveryError):
+    """Recovery refused: the snapshot it would use is not verified (and that was not allowed).
+
+    ``reason`` says what was found; the message adds what to do in the command line's words,
+    and the web service says it in the API's (``snapshot``, ``allow_unverified``)."""
+
+    def __init__(self, reason: str, snapshot: str) -> None:
+        super().__init__(
+            f"{reason}. Run 'casbackup verify {snapshot}' first, name a verified one with "
+            "--snapshot, or pass --allow-unverified"
+        )
+        self.reason = reason
+        self.snapshot = snapshot
+
+
 class SnapshotProviderError(CasError):
     exit_code = 31
 

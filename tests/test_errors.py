@@ -18,6 +18,7 @@ ALLOWED_SHARING = {
     "FormatError": "IntegrityError",
     "ConfigTampered": "IntegrityError",  # a changed config is stored data failing authentication
     "MigrationRequired": "UnsupportedFormat",  # a format this program does not write
+    "UnverifiedSnapshot": "RecoveryError",  # the refusal to recover from an unverified one
     "TransientStorageError": "StorageError",
     "ObjectRefused": "StorageError",  # a damaged (non-regular or oversized) object: storage fault
     "WorkerFailed": "CasError",  # a reader process died: fatal, like any unexpected fault

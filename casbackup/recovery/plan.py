@@ -29,7 +29,7 @@ from casbackup.engines.base import (
     get_engine,
     resolve_password,
 )
-from casbackup.errors import CasError, RecoveryError, UsageError
+from casbackup.errors import CasError, RecoveryError, UnverifiedSnapshot, UsageError
 from casbackup.recovery.connection import connection_spec, describe
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
@@ -145,11 +145,10 @@ def choose_snapshot(
     record = latest.get(snap.id)
     if record is None or not record.ok:
         if not options.allow_unverified:
-            raise RecoveryError(
+            raise UnverifiedSnapshot(
                 f"refusing to recover {options.app!r} from snapshot "
-                f"{_describe_snap(snap, record)}; {newest_verified}. Run 'casbackup verify "
-                f"{snap.short_id}' first, name a verified one with --snapshot, or pass "
-                "--allow-unverified"
+                f"{_describe_snap(snap, record)}; {newest_verified}",
+                snap.short_id,
             )
         warnings.append(f"recovering from snapshot {_describe_snap(snap, record)} as asked")
     return snap, record, warnings

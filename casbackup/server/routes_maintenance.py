@@ -97,6 +97,11 @@ def forget(
     in the job's result: each snapshot kept or removed, and why; run again with ``dry_run:
     false`` to execute (the plan is recomputed under the repository's exclusive lock)."""
     require_configured_app(request, principal, body.app_name)
+    app = service_of(request).registry.app(body.app_name)
+    if app is not None and app.retention.is_empty:  # the caller's 400 now, not a failed job
+        raise HTTPException(
+            400, f"application {body.app_name!r} has no retention in the config: nothing to forget"
+        )
     doc = service_of(request).jobs.submit(
         "forget", app=body.app_name, params={"dry_run": body.dry_run}, created_by=principal.actor,
         user_id=principal.user_id,

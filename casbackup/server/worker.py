@@ -37,7 +37,9 @@ from casbackup.errors import (
     CasError,
     CheckFailed,
     NotFound,
+    RecoveryError,
     RestoreError,
+    UnverifiedSnapshot,
     UsageError,
 )
 from casbackup.plan_docs import forget_plan_doc, prune_plan_doc, recovery_plan_doc
@@ -236,7 +238,13 @@ def run_recover_job(job: Job) -> dict[str, Any]:
         allow_unverified=bool(p.get("allow_unverified")),
     )  # fmt: skip
     with job.repo.locked(command="serve: recover"):
-        result = recover(job.repo, options, job.reporter)
+        try:
+            result = recover(job.repo, options, job.reporter)
+        except UnverifiedSnapshot as exc:  # what to do, in the API's words, not the CLI's
+            raise RecoveryError(
+                f"{exc.reason}: verify snapshot {exc.snapshot} first, name a verified one in "
+                "'snapshot', or set 'allow_unverified'"
+            ) from None
     plan = result.plan
     doc: dict[str, Any] = {
         "dry_run": options.dry_run,

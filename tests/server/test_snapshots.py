@@ -210,6 +210,24 @@ def test_recover_dry_run_returns_the_plan(env: Env, snap: str, tmp_path: Path) -
     )
 
 
+def test_recover_of_an_unverified_snapshot_says_what_to_do_in_the_apis_words(
+    env: Env, snap: str
+) -> None:
+    r = env.client.post("/api/disaster-recovery", json={"app_name": "shop"}, headers=env.h("admin"))
+    doc = wait_job(env, r.json()["job_id"])
+    assert doc["state"] == "failed" and doc["exit_code"] == 30, doc
+    error = doc["error"]
+    assert "never verified" in error and f"verify snapshot {snap[:8]}" in error, error
+    assert "'allow_unverified'" in error and "--" not in error, error  # no CLI options
+
+
+def test_forget_without_retention_is_refused_at_once(env: Env, snap: str) -> None:
+    before = len(env.client.get("/api/jobs", headers=env.h("admin")).json())
+    r = env.client.post("/api/forget", json={"app_name": "blog"}, headers=env.h("admin"))
+    assert r.status_code == 400 and "no retention" in r.json()["detail"], r.text
+    assert len(env.client.get("/api/jobs", headers=env.h("admin")).json()) == before  # no job
+
+
 def test_metrics(env: Env, snap: str) -> None:
     r = env.client.post(f"/api/snapshots/{snap}/verify", headers=env.h("operator"))
     wait_job(env, r.json()["job_id"])
