@@ -36,6 +36,7 @@ from casbackup.crypto.keys import MasterKey
 from casbackup.errors import FormatError, UnsupportedFormat, UsageError, WrongPassword
 
 KEYFILE_VERSION = 1
+WRAPPED_LEN = 32 + 16  # the master secret and its AES-GCM tag
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,14 @@ def decode_keyfile(data: bytes) -> tuple[dict[str, Any], KdfParams]:
         and 1 <= kdf.iterations <= 100
     ):
         raise FormatError("key file KDF parameters are out of range")
+    # Checked here, not only when unwrapping: `key list` and `check` name a malformed file,
+    # and no Argon2 runs for one that could never open.
+    salt = _unb64(doc.get("salt"), "salt")
+    nonce = _unb64(doc.get("nonce"), "nonce")
+    wrapped = _unb64(doc.get("wrapped"), "wrapped")
+    if not 8 <= len(salt) <= 64 or len(nonce) != 12 or len(wrapped) != WRAPPED_LEN:
+        raise FormatError("key file salt, nonce or wrapped key has the wrong size")
+    doc.update(salt=salt, nonce=nonce, wrapped=wrapped)
     return doc, kdf
 
 
@@ -200,14 +209,9 @@ def unwrap_key(
             f"key file asks for {kdf.describe()}, above the limit of {limit.describe()}"
             f"; if you chose that cost, set {LIMIT_ENV}=MEMORY_MIB:PASSES:LANES"
         )
-    salt = _unb64(doc.get("salt"), "salt")
-    nonce = _unb64(doc.get("nonce"), "nonce")
-    wrapped = _unb64(doc.get("wrapped"), "wrapped")
-    if len(salt) < 8 or len(nonce) != 12:
-        raise FormatError("key file salt or nonce has the wrong size")
-    kek = kdf.derive(passphrase, salt)
+    kek = kdf.derive(passphrase, doc["salt"])
     try:
-        secret = AESGCM(kek).decrypt(nonce, wrapped, repo_id)
+        secret = AESGCM(kek).decrypt(doc["nonce"], doc["wrapped"], repo_id)
     except InvalidTag:
         raise WrongPassword(
             "wrong passphrase: no key file of this repository opens with it"

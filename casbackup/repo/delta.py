@@ -53,8 +53,8 @@ _WINDOW_LOG = 25
 _MAX_PLAIN = codec._MAX_DECOMPRESSED
 # The largest base plus target a delta can span (zstd's window).
 MAX_SPAN = 1 << _WINDOW_LOG
-# ``encode_delta(wide=True)``'s largest match table: 2^23 entries (32 MiB) find the
-# matches in a 15 MB base (an 80,000-file folder's tree).
+# ``encode_delta(wide=True)``'s largest match table: 2^23 entries (32 MiB); a 15 MB base
+# (an 80,000-file folder's tree) needs 2^21, 5.7 MB 2^20, 1.9 MB 2^18.
 WIDE_HASH_LOG = 23
 
 
@@ -75,13 +75,14 @@ def encode_delta(
     """The plaintext of a DELTA envelope turning ``base`` (its plaintext, or
     ``base_dictionary`` of it) into ``target`` (zstd ``level``).
 
-    ``wide``: size zstd's match table to the base (trees, TREE_DELTA). At the level's own
-    table (2^17 entries at level 3) zstd finds only part of a base of a few MB: the
-    tree of a 10,000-file folder with one file changed (1.9 MB) gave a 370 kB delta at
-    level 3 and 0.9 kB with 2^22 entries (bench/DUMPS.md "Tree deltas")."""
+    ``wide``: size zstd's match table to the base (trees, TREE_DELTA): an eighth as many
+    entries as the base has bytes. At the level's own table (2^17 entries at level 3)
+    zstd finds only part of a base of a few MB: the tree of a 10,000-file folder with
+    one file changed (1.9 MB) gave a 370 kB delta at level 3 and 0.3-0.9 kB with 2^18 to
+    2^23 entries; 2^19 is the one used (bench/DUMPS.md "Tree deltas")."""
     dictionary = base if isinstance(base, zstandard.ZstdCompressionDict) else base_dictionary(base)
     base_len = len(dictionary)
-    extra = {"hash_log": min(max(base_len.bit_length() + 1, 17), WIDE_HASH_LOG)} if wide else {}
+    extra = {"hash_log": min(max(base_len.bit_length() - 2, 17), WIDE_HASH_LOG)} if wide else {}
     params = zstandard.ZstdCompressionParameters.from_level(
         level,
         source_size=len(target),
@@ -93,8 +94,8 @@ def encode_delta(
     # Data chunks too: the level's tables are sized for the target alone, and a base over
     # ~1 MiB outgrows them (a 2.3 MB base with a few rows changed gave a 114 kB delta
     # instead of 3 kB, an 8 MB one 644 kB instead of 11 kB; the files chunker's chunks
-    # reach 8 MiB). One entry per 8 bytes of base keeps the matches at a fraction of
-    # ``wide``'s CPU (zstd 1.5.7, level 3); up to 1 MiB (the dump chunker) nothing changes.
+    # reach 8 MiB). One entry per 4-8 bytes of base keeps them (zstd 1.5.7, level 3), as
+    # for ``wide``; up to 1 MiB (the dump chunker's largest) nothing changes.
     hash_log = max(base_len - 1, 1).bit_length() - 3
     if not wide and hash_log > params.hash_log:
         params = zstandard.ZstdCompressionParameters.from_level(

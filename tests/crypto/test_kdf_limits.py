@@ -221,3 +221,38 @@ def test_key_list_escapes_what_a_key_file_says(repo_path: str) -> None:
     assert res.code == 0, res.err
     assert "\x1b" not in res.out and "\x07" not in res.out
     assert "\\x1b]0;owned\\x07\\x1b[31mroot@" in res.out and "h" * 500 not in res.out
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"nonce": "AAAA"}, "wrong size"),
+        ({"salt": "!!!"}, "not base64"),
+        ({"wrapped": "AAAAAAAA"}, "wrong size"),
+        ({"salt": None}, "not a string"),
+    ],
+    ids=["nonce", "salt-b64", "wrapped", "salt-missing"],
+)
+def test_malformed_key_file_is_named_and_never_derived(
+    repo_path: str, derives: list[KdfParams], change: dict[str, object], problem: str
+) -> None:
+    """A planted key file whose salt, nonce or wrapped key cannot be right: key list and
+    check named it as a good key file and opening ran Argon2 for it."""
+    from casbackup.store.local import LocalBackend
+    from casbackup.testing.fixtures import run_cli
+
+    backend = LocalBackend(repo_path)
+    (name,) = [n for n, _ in backend.list("keys/")]
+    doc = json.loads(backend.get(name))
+    doc.update(change)
+    data = json.dumps(doc).encode()
+    backend.put(f"keys/{file_id(data)}", data)
+    derives.clear()
+    with pytest.raises(WrongPassword, match="1 damaged key files skipped"):
+        open_repo(repo_path, "wrong")
+    assert len(derives) == 1  # only the real key file
+    res = run_cli("--json", "key", "list", repo=repo_path)
+    planted = next(k for k in json.loads(res.out) if k["id"] == file_id(data))
+    assert problem in planted["problem"]
+    res = run_cli("check", repo=repo_path)
+    assert res.code == 29 and f"keys/{file_id(data)} is damaged" in res.err, res.err

@@ -622,3 +622,14 @@ def test_a_stop_during_removal_waits_for_it(
     assert res.returncode == code, res.stderr
     assert "btrfs snapshot" in res.stderr and "removed" in res.stderr
     assert _ours(btrfs_mount) == []
+
+
+def test_missing_source_fails_before_any_snapshot(btrfs_mount: Path, tmp_path: Path) -> None:
+    """It snapshotted the other sources (and the file system's top, holding the missing
+    one) and only then failed with "does not exist"."""
+    app = _subvolume(btrfs_mount)
+    missing = btrfs_mount / "missing"
+    site = write_site(tmp_path, [str(app), str(missing)], "btrfs")
+    res = site.cli("backup", "--app", "webapp")
+    assert_one_error(res, 23, f"source {missing} does not exist")
+    assert "snapshot" not in res.err
