@@ -68,6 +68,7 @@ class Restorer(FileSender):
     ) -> None:
         super().__init__(repo, options, reporter)
         self.snapshot = snapshot
+        self.exact_acls = options.xattrs and snapshot.xattrs
         self.includer = Excluder(list(options.includes))
         self.excluder = Excluder(list(options.excludes))
         self._open: dict[int, Folder] = {}  # id -> folder with an open fd (closed on failure)
@@ -251,7 +252,8 @@ class Restorer(FileSender):
                 return  # closed already, after a failure
         node = folder.node
         for problem in apply_metadata(folder.fd, node.uid, node.gid, node.mode, node.mtime_ns,
-                                      owners=self.owners, xattrs=self._xattrs(node)):  # fmt: skip
+                                      owners=self.owners, xattrs=self._xattrs(node),
+                                      exact_acls=self.exact_acls):  # fmt: skip
             self._warn(folder.rel_path, problem)
         os.close(folder.fd)
         with self._lock:
@@ -275,14 +277,17 @@ class Restorer(FileSender):
 
     # ------------------------------------------------------------------ metadata
     def _apply_meta_nofollow(self, node: Node, rel_path: bytes, dir_fd: int) -> None:
-        problems = apply_nofollow(node, dir_fd, owners=self.owners, xattrs=self._xattrs(node))
+        problems = apply_nofollow(node, dir_fd, owners=self.owners, xattrs=self._xattrs(node),
+                                  exact_acls=self.exact_acls)  # fmt: skip
         for problem in problems:
             self._warn(rel_path, problem)
         with self._lock:
             if node.kind == NodeKind.SYMLINK:
                 self.result.symlinks += 1
-            else:
+            elif node.kind == NodeKind.FILE:
                 self.result.files += 1
+            else:
+                self.result.specials += 1
 
 
 def restore(

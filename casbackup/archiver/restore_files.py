@@ -50,8 +50,9 @@ class RestoreOptions:
 
 @dataclass
 class RestoreResult:
-    files: int = 0  # regular files, FIFOs and device nodes
+    files: int = 0  # regular files
     symlinks: int = 0
+    specials: int = 0  # FIFOs and device nodes
     dirs: int = 0
     links: int = 0  # further names of hard-link groups
     bytes: int = 0
@@ -270,7 +271,7 @@ class FileSender(ABC):
             temp = self._temp_prefix + b"%d" % next(self._temps)
             job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
                           node.mtime_ns, self.owners, self._xattrs(node), temp,
-                          self.options.overwrite, chains)  # fmt: skip
+                          self.options.overwrite, chains, self.exact_acls)  # fmt: skip
             items.append((slot, node.name, job))
             nodes.append(node)
             rel_paths.append(rel_path)
@@ -287,6 +288,11 @@ class FileSender(ABC):
 
     def _xattrs(self, node: Node) -> tuple[tuple[bytes, bytes], ...]:
         return node.xattrs if self.options.xattrs else ()
+
+    # Whether an entry's recorded attributes are all it had (the snapshot recorded them and
+    # they are being restored): then ACLs inherited in the target are removed. Set by the
+    # subclass, which knows the snapshot.
+    exact_acls = False
 
     def _add_bytes(self, n: int) -> None:
         self._progress.bytes_done += n
@@ -391,8 +397,10 @@ class FileSender(ABC):
         with self._lock:
             if node.kind == NodeKind.SYMLINK:
                 self.result.symlinks += 1
-            else:
+            elif node.kind == NodeKind.FILE:
                 self.result.files += 1
+            else:
+                self.result.specials += 1
             self.result.bytes += node.size
 
     def _warn(self, rel_path: bytes, message: str) -> None:

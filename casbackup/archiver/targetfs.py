@@ -15,7 +15,7 @@ import resource
 import stat
 from collections.abc import Sequence
 
-from casbackup.archiver.writers import xattr_problem
+from casbackup.archiver.writers import drop_inherited_acls, xattr_problem
 from casbackup.repo.tree import Node, NodeKind
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -108,7 +108,12 @@ def remove_entry(name: bytes, dir_fd: int) -> None:
 
 
 def apply_nofollow(
-    node: Node, dir_fd: int, *, owners: bool, xattrs: Sequence[tuple[bytes, bytes]]
+    node: Node,
+    dir_fd: int,
+    *,
+    owners: bool,
+    xattrs: Sequence[tuple[bytes, bytes]],
+    exact_acls: bool = False,
 ) -> list[str]:
     """Owner, mode, extended attributes and times of a symlink, FIFO or device node, on
     the entry itself (never what a symlink points to), each on its own like
@@ -121,15 +126,17 @@ def apply_nofollow(
         except OSError as exc:
             problems.append(f"owner {node.uid}:{node.gid} not restored: {exc.strerror}")
             mode &= ~_SUID_SGID
+    # lsetxattr has no dir_fd form; the folder's /proc link reaches the same folder
+    # (a magic link, resolved to the open fd), and only the last name is not followed.
+    path = os.fsencode(f"/proc/self/fd/{dir_fd}/") + node.name
+    if exact_acls and node.kind != NodeKind.SYMLINK:  # a FIFO or device node inherits too
+        problems += drop_inherited_acls(path, xattrs)
     if node.kind != NodeKind.SYMLINK:  # a symlink's mode is not its own on Linux
         try:
             os.chmod(node.name, mode, dir_fd=dir_fd, follow_symlinks=False)
         except (OSError, NotImplementedError) as exc:
             problems.append(f"mode {mode:o} not restored: {_reason(exc)}")
     if xattrs:
-        # lsetxattr has no dir_fd form; the folder's /proc link reaches the same folder
-        # (a magic link, resolved to the open fd), and only the last name is not followed.
-        path = os.fsencode(f"/proc/self/fd/{dir_fd}/") + node.name
         for key, value in xattrs:
             try:
                 os.setxattr(path, key, value, follow_symlinks=False)

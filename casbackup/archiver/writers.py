@@ -62,6 +62,7 @@ class FileJob(NamedTuple):
     # (index in ``chunks``, chain) for each chunk not stored whole (index kind other than
     # DATA, e.g. a delta blob): rebuilt from its chain, never read by the ranged path
     chains: tuple[tuple[int, Chain], ...] = ()
+    exact_acls: bool = False  # drop ACLs the new file inherited (see drop_inherited_acls)
 
 
 class Written(NamedTuple):
@@ -128,9 +129,8 @@ def write_file(
             return Written(
                 offset, "restored content does not match the hash recorded at backup time"
             )
-        problems = apply_metadata(
-            fd, job.uid, job.gid, job.mode, job.mtime_ns, owners=job.owners, xattrs=job.xattrs
-        )
+        problems = apply_metadata(fd, job.uid, job.gid, job.mode, job.mtime_ns, owners=job.owners,
+                                  xattrs=job.xattrs, exact_acls=job.exact_acls)  # fmt: skip
         if not publish(dir_fd, job.temp, name, replace=job.replace):
             return Written(error="exists in the target", exists=True)
         published = True
@@ -261,8 +261,11 @@ def apply_metadata(
     *,
     owners: bool,
     xattrs: Sequence[tuple[bytes, bytes]] = (),
+    exact_acls: bool = False,
 ) -> list[str]:
-    """Owner (when asked), mode, extended attributes and times of an open file or folder.
+    """Owner (when asked), mode, extended attributes and times of an open file or folder;
+    with ``exact_acls``, ACLs it has but ``xattrs`` lacks are removed first
+    (``drop_inherited_acls``).
 
     Each is applied on its own, so a refused ``chown`` (not root, or an owner not mapped
     in a user namespace) loses neither mode nor times. Returns one message per thing
@@ -278,6 +281,8 @@ def apply_metadata(
         except OSError as exc:
             problems.append(f"owner {uid}:{gid} not restored: {exc.strerror}")
             mode &= ~_SUID_SGID
+    if exact_acls:
+        problems += drop_inherited_acls(fd, xattrs)
     try:
         os.fchmod(fd, mode)
     except OSError as exc:
@@ -291,6 +296,32 @@ def apply_metadata(
         os.utime(fd, ns=(mtime_ns, mtime_ns))
     except (OSError, OverflowError) as exc:  # OverflowError: beyond what time_t holds
         problems.append(f"times not restored: {getattr(exc, 'strerror', None) or exc}")
+    return problems
+
+
+ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
+
+
+def drop_inherited_acls(target: int | bytes, recorded: Sequence[tuple[bytes, bytes]]) -> list[str]:
+    """Remove the POSIX ACLs that ``target`` (an fd, or a path whose last name is not
+    followed) has and ``recorded`` lacks. A new entry inherits its folder's default ACL:
+    restored into a folder that has one (the snapshot's own, on a second restore with
+    --overwrite, or the target's), a file that had no ACL would come back with one. Used
+    only when the snapshot recorded the entry's attributes, so that none means none."""
+    keep = {name for name, _ in recorded}
+    follow = isinstance(target, int)  # an fd is the entry itself: no name to follow
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError:
+        return []  # no attributes here at all: nothing was inherited either
+    problems = []
+    for name in ACL_XATTRS:
+        if name in keep or os.fsdecode(name) not in names:
+            continue
+        try:
+            os.removexattr(target, name, follow_symlinks=follow)
+        except OSError as exc:
+            problems.append(f"inherited ACL {os.fsdecode(name)} not removed: {exc.strerror}")
     return problems
 
 

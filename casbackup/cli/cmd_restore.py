@@ -65,7 +65,7 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
     if opts.json:
         emit_json({
             "message_type": "summary", "snapshot_id": snap.id, "target": target, "files": result.files,
-            "symlinks": result.symlinks, "dirs": result.dirs, "hard_links": result.links, "bytes": result.bytes,
+            "symlinks": result.symlinks, "specials": result.specials, "dirs": result.dirs, "hard_links": result.links, "bytes": result.bytes,
             "warnings": result.warnings, "errors": result.errors, "dry_run": dry_run,
         })  # fmt: skip
     else:
@@ -76,6 +76,8 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
             warn(f"{plural(len(result.warnings) - _SHOWN, 'more warning')} (--json lists them all)")
         verb = "would restore" if dry_run else "restored"
         links = f"{plural(result.symlinks, 'symlink')}, " if result.symlinks else ""
+        if result.specials:  # FIFOs, device nodes
+            links += f"{plural(result.specials, 'special file')}, "
         click.echo(f"{verb} {plural(result.files, 'file')}, {links}{plural(result.dirs, 'folder')}, {human_bytes(result.bytes)} "
                    f"from snapshot {snap.short_id} to {target}")  # fmt: skip
     if len(result.errors) == 1:

@@ -179,8 +179,13 @@ class SqliteEngine:
                 "(use overwrite to replace it)"
             )
         folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".casbackup-restore-", dir=folder)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".casbackup-restore-", dir=folder)
+        except OSError as e:
+            raise DatabaseError(
+                f"database {spec.name!r}: cannot write {path}: {_write_problem(e)}"
+            ) from None
         try:
             written = 0
             with os.fdopen(fd, "wb") as out:
@@ -209,10 +214,14 @@ class SqliteEngine:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path + suffix)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             for leftover in (tmp, *(tmp + s for s in _SIDE_FILES)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
+            if isinstance(exc, OSError):  # a full disk, say: named by the target, not the temp
+                raise DatabaseError(
+                    f"database {spec.name!r}: cannot write {path}: {_write_problem(exc)}"
+                ) from None
             raise
         return RestoreInfo(self.name, path, written, counts, sqlite3.sqlite_version, warnings)
 
@@ -234,6 +243,18 @@ class SqliteEngine:
         for p in (path, *(path + s for s in _SIDE_FILES)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+
+
+def _write_problem(exc: OSError) -> str:
+    """Why the restored file could not be written: a file where a folder of its path goes
+    is named as such (makedirs says 'File exists', mkstemp 'Not a directory')."""
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        node = os.path.abspath(exc.filename) if isinstance(exc.filename, str) else ""
+        while node and node != os.path.dirname(node):
+            if os.path.lexists(node) and not os.path.isdir(node):
+                return f"{node} is a file, not a folder"
+            node = os.path.dirname(node)
+    return exc.strerror or str(exc)
 
 
 def file_properties(path: str) -> dict[str, object]:

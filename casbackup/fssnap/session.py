@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
-from casbackup.errors import SnapshotProviderError, UsageError
+from casbackup.errors import NotFound, SnapshotProviderError, UsageError
 from casbackup.fssnap.base import (
     Frozen,
     Leftover,
@@ -173,6 +173,9 @@ def frozen_sources(
     # record would claim a frozen read that never happened; it is recorded with the one it
     # is read with (_add_nested).
     given = tuple(os.path.abspath(s) for s in sources)
+    for path in given:  # as the backup says it, but before any snapshot is taken for nothing
+        if not os.path.lexists(path):
+            raise NotFound(f"source {path} does not exist")
     paths = tuple(p for p in given if not any(_strictly_inside(p, q) for q in given))
     volumes: dict[str, Volume] = {}
     for path in paths:
@@ -245,6 +248,11 @@ def _locate(
         if provider.supports(path):
             require_root(provider.name)
             return provider.locate(path)
+    if os.geteuid() != 0 and "lvm" in providers:
+        # lvs answers only root: whether an LVM volume holds the source cannot be known
+        log(f"no file-system snapshot for {path}: its file system supports none that can be "
+            "found without root (LVM needs it to be asked); reading it live")  # fmt: skip
+        return None
     log(f"no file-system snapshot for {path}: its file system supports none; reading it live")
     return None
 

@@ -136,7 +136,7 @@ def _restore_files(
             RestoreOptions(target=item.restore_into, subpath=item.source, workers=options.workers),
             reporter,
         )  # fmt: skip
-        out.update(files=res.files, dirs=res.dirs, links=res.links, symlinks=res.symlinks, bytes=res.bytes,
+        out.update(files=res.files, dirs=res.dirs, links=res.links, symlinks=res.symlinks, specials=res.specials, bytes=res.bytes,
                    errors=res.errors, warnings=res.warnings)  # fmt: skip
     except CasError as exc:
         out["errors"] = [str(exc)]

@@ -94,8 +94,8 @@ def encode_delta(
     # Data chunks too: the level's tables are sized for the target alone, and a base over
     # ~1 MiB outgrows them (a 2.3 MB base with a few rows changed gave a 114 kB delta
     # instead of 3 kB, an 8 MB one 644 kB instead of 11 kB; the files chunker's chunks
-    # reach 8 MiB). One entry per 8 bytes of base keeps the matches at a fraction of
-    # ``wide``'s CPU (zstd 1.5.7, level 3); up to 1 MiB (the dump chunker) nothing changes.
+    # reach 8 MiB). One entry per 4-8 bytes of base keeps them (zstd 1.5.7, level 3), as
+    # for ``wide``; up to 1 MiB (the dump chunker's largest) nothing changes.
     hash_log = max(base_len - 1, 1).bit_length() - 3
     if not wide and hash_log > params.hash_log:
         params = zstandard.ZstdCompressionParameters.from_level(

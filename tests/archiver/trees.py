@@ -33,8 +33,10 @@ def symlink_node(name: bytes, target: bytes, **kw: object) -> Node:
     return Node(name=name, kind=NodeKind.SYMLINK, link_target=target, **kw)  # type: ignore[arg-type]
 
 
-def snapshot_of(repo: Repository, nodes: list[Node]) -> Snapshot:
+def snapshot_of(repo: Repository, nodes: list[Node], **kw: object) -> Snapshot:
+    """A saved snapshot of ``nodes``; ``kw`` sets other fields (``xattrs=True``: a snapshot
+    that recorded every entry's attributes)."""
     time_text, start_ns = now_utc()
     snap = Snapshot(time=time_text, start_ns=start_ns, host="h", user="u", paths=("/",),
-                    tree=tree_of(repo, nodes).hex())  # fmt: skip
+                    tree=tree_of(repo, nodes).hex(), **kw)  # type: ignore[arg-type]  # fmt: skip
     return repo.save_snapshot(snap)

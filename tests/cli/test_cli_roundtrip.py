@@ -40,7 +40,7 @@ def test_nasty_tree_round_trip_through_the_cli(cli_repo, tmp_path) -> None:  # t
     assert res.code == 0, res.err
     assert res.err == ""
     restored = os.fsencode(target) + src
-    assert_same_tree(src, restored)
+    assert_same_tree(src, restored, xattrs=True)
     assert_sparse(os.path.join(restored, b"sparse.img"))
 
     # A second restore into the same place refuses to clobber; --overwrite replaces.
@@ -50,7 +50,7 @@ def test_nasty_tree_round_trip_through_the_cli(cli_repo, tmp_path) -> None:  # t
         f.write(b"local edit")
     res = run_cli("restore", snap_id, "--target", str(target), "--overwrite", repo=cli_repo)
     assert res.code == 0, res.err
-    assert_same_tree(src, restored)
+    assert_same_tree(src, restored, xattrs=True)
 
     # SNAPSHOT:PATH of one folder restores its contents into the target.
     sub = tmp_path / "sub-restore"

@@ -328,16 +328,17 @@ def test_restore_counts_symlinks_apart_from_files(tmp_path: Path) -> None:
     (src / "file").write_text("x")
     os.symlink("file", src / "link1")
     os.symlink("nowhere", src / "link2")
+    os.mkfifo(src / "pipe")  # a FIFO is no file either
     assert run_cli("backup", str(src), repo=repo).code == 0
     ref = f"latest:{src}"
     res = run_cli("restore", ref, "--target", str(tmp_path / "t"), repo=repo)
     assert res.code == 0, res.err
-    assert "restored 1 file, 2 symlinks, 0 folders," in res.out, res.out
+    assert "restored 1 file, 2 symlinks, 1 special file, 0 folders," in res.out, res.out
     doc = json.loads(
         run_cli(
             "--json", "restore", ref, "--target", str(tmp_path / "t2"), repo=repo
         ).out.splitlines()[-1]
     )
-    assert (doc["files"], doc["symlinks"]) == (1, 2)
+    assert (doc["files"], doc["symlinks"], doc["specials"]) == (1, 2, 1)
     dry = run_cli("restore", ref, "--target", str(tmp_path / "t3"), "--dry-run", repo=repo)
-    assert "would restore 1 file, 2 symlinks" in dry.out
+    assert "would restore 1 file, 2 symlinks, 1 special file," in dry.out

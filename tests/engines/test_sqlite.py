@@ -176,3 +176,37 @@ def test_restore_of_garbage_leaves_target_untouched(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="not an SQLite 3 database"):
         SqliteEngine().restore(spec_for(target), io.BytesIO(b"garbage" * 1000))
     assert os.listdir(tmp_path) == []
+
+
+def test_restore_names_the_target_when_it_cannot_be_written(tmp_path: Path) -> None:
+    """Not 'File exists: <a parent>' nor the temporary file's name: the target and why."""
+    (tmp_path / "afile").write_text("a file where a folder goes")
+    for target in (tmp_path / "afile" / "x.db", tmp_path / "afile" / "sub" / "x.db"):
+        with pytest.raises(DatabaseError) as info:
+            SqliteEngine().restore(spec_for(target), io.BytesIO(b"SQLite format 3\0"))
+        assert str(info.value) == (
+            f"database 'bank': cannot write {target}: {tmp_path / 'afile'} is a file, not a folder"
+        )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_restore_onto_a_full_disk_names_the_target_and_leaves_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "bank.db"
+    make_bank(db)
+    with SqliteEngine().dump(spec_for(db)) as stream:
+        data = stream.read()
+        stream.finish()
+    small = tmp_path / "small"
+    small.mkdir()
+    size = max(64 * 1024, len(data) // 2 // 4096 * 4096)  # room for half the database
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        target = small / "restored.db"
+        with pytest.raises(DatabaseError) as info:
+            SqliteEngine().restore(spec_for(target), io.BytesIO(data))
+        assert str(info.value) == f"database 'bank': cannot write {target}: No space left on device"
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

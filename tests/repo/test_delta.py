@@ -226,6 +226,9 @@ def test_prune_after_forgetting_the_snapshots_that_hold_the_bases(  # type: igno
 ) -> None:
     _, _, snaps = chained
     expected = {s.id: read_dump(repo, s) for s in snaps[2:]}
+    # The night after the limit restarted its chains on the first night's full chunks:
+    # forgetting that night leaves them used only through those deltas.
+    assert _restarted_on(repo, snaps[DEPTH + 1], snaps[0])
     for s in snaps[:2]:
         repo.delete_snapshot(s.id)
     bases = {loc.base for s in snaps[2:] for c in dump_node(repo, s).content
@@ -242,6 +245,12 @@ def test_prune_after_forgetting_the_snapshots_that_hold_the_bases(  # type: igno
             target = tmp_path / f"r-{s.short_id}"
             assert not restore(fresh, s, RestoreOptions(target=str(target))).errors
             assert (target / ".databases" / "local.sqlite").read_bytes() == expected[s.id]
+
+
+def _restarted_on(repo: Repository, snap: Snapshot, first: Snapshot) -> list[bytes]:
+    """``snap``'s dump chunks that are deltas of one of ``first``'s full chunks."""
+    full = {c for c in dump_node(repo, first).content if repo.locate(c).kind == Kind.DATA}
+    return [c for c in dump_node(repo, snap).content if repo.locate(c).base in full]
 
 
 def _full_base(repo: Repository, snap: Snapshot) -> bytes:
@@ -404,6 +413,7 @@ def test_sigkill_during_a_prune_repacking_bases(  # type: ignore[no-untyped-def]
 ) -> None:
     _, _, snaps = chained
     expected = {s.id: read_dump(repo, s) for s in snaps[2:]}
+    assert _restarted_on(repo, snaps[DEPTH + 1], snaps[0])
     for s in snaps[:2]:
         repo.delete_snapshot(s.id)
     repo.close()

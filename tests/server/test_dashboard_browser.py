@@ -385,9 +385,9 @@ def test_disaster_recovery_plan_run_and_report(browser: Any, site: Site) -> None
 
 
 def rate_and_time_left(page: Any, site: Site, job_id: int) -> None:
-    """The running job's page shows a rate and the time left from its progress events. The
-    job's worker is frozen here, so the events are played by the test (two, a second apart,
-    as a backup with a reference snapshot sends them: totals known)."""
+    """The running job's page shows a rate and the time left from its progress events, and
+    appends its log lines. The job's worker is frozen here, so the events are played by the
+    test (two, a second apart, as a backup with a reference snapshot sends them: totals known)."""
     from playwright.sync_api import expect
 
     sent = []
@@ -397,16 +397,16 @@ def rate_and_time_left(page: Any, site: Site, job_id: int) -> None:
         progress = {"phase": "backup", "files_done": len(sent) + 1, "files_total": 20,
                     "bytes_done": done, "bytes_total": 100 << 20}  # fmt: skip
         sent.append(done)
-        body = (
-            "retry: 1000\nevent: job.progress\ndata: "
-            + json.dumps({"id": job_id, "app": "notes", "kind": "backup", "progress": progress})
-            + "\n\n"
-        )
+        event = {"id": job_id, "app": "notes", "kind": "backup", "progress": progress}
+        line = {"id": job_id, "level": "warning", "message": f"played log line {len(sent)}"}
+        body = (f"retry: 1000\nevent: job.progress\ndata: {json.dumps(event)}\n\n"
+                f"event: job.log\ndata: {json.dumps(line)}\n\n")  # fmt: skip
         route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
 
     page.route("**/api/events", events)
     page.goto(f"{site.url}/jobs/{job_id}")
     expect(page.get_by_test_id(f"job-progress:{job_id}")).to_contain_text("of 100.0 MiB")
+    expect(page.get_by_test_id("job-log")).to_contain_text("warning: played log line 1")
     rate = page.get_by_test_id(f"job-rate:{job_id}")
     expect(rate).to_contain_text("/s", timeout=10_000)
     expect(rate).to_contain_text(" left", timeout=10_000)
