@@ -263,6 +263,16 @@ def test_chart_svg() -> None:
     assert len(spans) == 5
     assert min(a for a, _ in spans) >= charts.LEFT
     assert max(b for _, b in spans) <= charts.W - charts.RIGHT
+    # two runs a minute apart among runs days apart: bars side by side, not on top of each other
+    close = [(t, 3.0), (t + dt.timedelta(minutes=1), 1.0), (t + dt.timedelta(days=9), 2.0)]
+    svg = charts.chart(close, title="d", label=str, bars=True)
+    spans = sorted(
+        (float(m.group(1)), float(m.group(1)) + float(m.group(2)))
+        for m in re.finditer(r'<rect class="bar" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', svg)
+    )
+    assert len(spans) == 3 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), (
+        spans
+    )
 
 
 def _snap(when: dt.datetime) -> Snapshot:
