@@ -248,6 +248,11 @@ def _locate(
         if provider.supports(path):
             require_root(provider.name)
             return provider.locate(path)
+    if os.geteuid() != 0 and "lvm" in providers:
+        # lvs answers only root: whether an LVM volume holds the source cannot be known
+        log(f"no file-system snapshot for {path}: its file system supports none that can be "
+            "found without root (LVM needs it to be asked); reading it live")  # fmt: skip
+        return None
     log(f"no file-system snapshot for {path}: its file system supports none; reading it live")
     return None
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from casbackup import __version__
@@ -107,18 +107,6 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.state.service = service
     errors.install(app)
 
-    @app.middleware("http")
-    async def audit_and_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        if request.method not in SAFE_METHODS:
-            _audit(service, request, response.status_code)
-        return response
-
     import importlib
 
     for name in ROUTER_MODULES:
@@ -127,8 +115,51 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     from casbackup.server.dashboard import mount_static
 
     mount_static(app)
+    app.add_middleware(AuditAndHeaders, service=service)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
+class AuditAndHeaders:
+    """Security headers on every answer (unless a route set its own), and an audit entry for
+    every state-changing request once its status is known.
+
+    Pure ASGI rather than ``@app.middleware("http")``: that wrapper runs each request through
+    an extra task and memory stream, a good part of a small request's CPU (what 50 dashboards
+    polling a job cost the service while it runs a backup: bench/server_api.py)."""
+
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            if scope["method"] not in SAFE_METHODS:
+                _audit(self.service, Request(scope), status)
 
 
 def _audit(service: Service, request: Request, status: int) -> None:

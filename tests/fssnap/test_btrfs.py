@@ -262,6 +262,19 @@ def test_auto_reads_a_plain_folder_live_and_says_so(tmp_path: Path) -> None:
     assert f"no file-system snapshot for {src}" in res.err
 
 
+def test_auto_as_another_user_says_lvm_could_not_be_asked(tmp_path: Path) -> None:
+    """`lvs` refuses other users: "supports none" was not known, only assumed."""
+    src = tmp_path / "plain"
+    src.mkdir()
+    site = write_site(tmp_path, [str(src)], "auto")
+    env = {**os.environ, "CASBACKUP_CONFIG": str(site.config)}
+    res = subprocess.run([sys.executable, "-c", NOT_ROOT + MAIN, "backup", "--app", "webapp"],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"no file-system snapshot for {src}: " in res.stderr
+    assert "(LVM needs it to be asked); reading it live" in res.stderr
+
+
 def test_btrfs_tool_missing_is_a_one_line_error(btrfs_mount: Path, tmp_path: Path) -> None:
     app = _subvolume(btrfs_mount)
     site = write_site(tmp_path, [str(app)], "btrfs")

@@ -179,6 +179,9 @@ def test_every_reader_round_trips_a_chain_at_the_limit(  # type: ignore[no-untyp
     assert not again.errors
     got = (tmp_path / "restarted" / ".databases" / "local.sqlite").read_bytes()
     assert got == read_dump(repo, restarted)
+    assert _restarted_on(repo, restarted, snaps[0])  # (the shape this part is about)
+    restarted_path = f"/shop/{snapshot_folder(restarted)}{DUMP}"
+    assert Vfs(repo).read(restarted_path, 0, len(got) + 10) == got  # mount
     node = dump_node(repo, deepest)
     # restore: writer processes and threads read the chain from packs themselves
     for workers in (1, 2):
@@ -226,6 +229,9 @@ def test_prune_after_forgetting_the_snapshots_that_hold_the_bases(  # type: igno
 ) -> None:
     _, _, snaps = chained
     expected = {s.id: read_dump(repo, s) for s in snaps[2:]}
+    # The night after the limit restarted its chains on the first night's full chunks:
+    # forgetting that night leaves them used only through those deltas.
+    assert _restarted_on(repo, snaps[DEPTH + 1], snaps[0])
     for s in snaps[:2]:
         repo.delete_snapshot(s.id)
     bases = {loc.base for s in snaps[2:] for c in dump_node(repo, s).content
@@ -242,6 +248,12 @@ def test_prune_after_forgetting_the_snapshots_that_hold_the_bases(  # type: igno
             target = tmp_path / f"r-{s.short_id}"
             assert not restore(fresh, s, RestoreOptions(target=str(target))).errors
             assert (target / ".databases" / "local.sqlite").read_bytes() == expected[s.id]
+
+
+def _restarted_on(repo: Repository, snap: Snapshot, first: Snapshot) -> list[bytes]:
+    """``snap``'s dump chunks that are deltas of one of ``first``'s full chunks."""
+    full = {c for c in dump_node(repo, first).content if repo.locate(c).kind == Kind.DATA}
+    return [c for c in dump_node(repo, snap).content if repo.locate(c).base in full]
 
 
 def _full_base(repo: Repository, snap: Snapshot) -> bytes:
@@ -404,6 +416,7 @@ def test_sigkill_during_a_prune_repacking_bases(  # type: ignore[no-untyped-def]
 ) -> None:
     _, _, snaps = chained
     expected = {s.id: read_dump(repo, s) for s in snaps[2:]}
+    assert _restarted_on(repo, snaps[DEPTH + 1], snaps[0])
     for s in snaps[:2]:
         repo.delete_snapshot(s.id)
     repo.close()
