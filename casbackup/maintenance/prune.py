@@ -187,7 +187,10 @@ def _rewrite_index(
             for blob_id, where in work.copies(bucket).items():
                 chosen = None
                 if blob_id in used:
-                    chosen = work.chosen(n for n in where if work.present[n])
+                    if len(where) == 1:
+                        (chosen,) = where  # present: the plan refused a used blob's lost pack
+                    else:
+                        chosen = work.chosen(n for n in where if work.present[n])
                 for n, entry in where.items():
                     if n in keep or (n in repack and n == chosen):
                         kept.add(n % PACK_GROUPS, entry)

@@ -331,7 +331,7 @@ def _plan(repo: Repository, options: PruneOptions, reporter: Reporter, work: _Wo
                 continue
             if len(candidates) > 1:
                 duplicates += 1
-            n = work.chosen(candidates)
+            n = candidates[0] if len(candidates) == 1 else work.chosen(candidates)
             chosen_blobs[n] += 1
             chosen_bytes[n] += _ENTRY.unpack(where[n])[4]
     missing = sorted(p for p, here in zip(work.packs, work.present, strict=True) if not here)

@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import blake3
@@ -228,6 +228,10 @@ class BlobStore:
             # may name packs that are about to go, so start again from the present files.
             return self.sync_index(rebuild=True)
         packs = _PackCheck(self.backend)
+        if not known:
+            # From nothing: sorted and appended (IndexCache.rebuild), linear in the entries.
+            cache.rebuild(self._readable_index_files(readable, superseded, packs, warnings))
+            return warnings
         for fid in readable:
             if fid in superseded:
                 continue
@@ -244,23 +248,51 @@ class BlobStore:
                 # sync from every present file knows.
                 return self.sync_index(rebuild=True)
             if gone:
-                # An index file naming packs that are not there: an index rolled back to
-                # files a prune replaced (or packs deleted). Its other entries are used;
-                # these count as absent, so a backup stores their blobs again instead of
-                # naming data that is gone.
-                message = (
-                    f"index file {fid[:12]} names {len(gone)} missing pack(s) "
-                    f"({', '.join(sorted(g[:12] for g in gone)[:3])}): a rolled-back or damaged"
-                    " index; their blobs count as absent (run 'casbackup check', then"
-                    " 'casbackup repair index')"
-                )
-                warnings.append(message)
-                if message not in self.alerts:
-                    self.alerts.append(message)
+                self._missing_packs(fid, gone, warnings)
             cache.add_file(
                 fid, (e for pack, es in idx.packs.items() if pack not in gone for e in es)
             )
         return warnings
+
+    def _missing_packs(self, fid: FileId, gone: set[FileId], warnings: list[str]) -> None:
+        """An index file naming packs that are not there: an index rolled back to files a
+        prune replaced (or packs deleted). Its other entries are used; these count as
+        absent, so a backup stores their blobs again instead of naming data that is gone."""
+        message = (
+            f"index file {fid[:12]} names {len(gone)} missing pack(s) "
+            f"({', '.join(sorted(g[:12] for g in gone)[:3])}): a rolled-back or damaged"
+            " index; their blobs count as absent (run 'casbackup check', then"
+            " 'casbackup repair index')"
+        )
+        warnings.append(message)
+        if message not in self.alerts:
+            self.alerts.append(message)
+
+    def _readable_index_files(
+        self,
+        files: list[FileId],
+        superseded: set[FileId],
+        packs: _PackCheck,
+        warnings: list[str],
+    ) -> Iterator[tuple[FileId, list[tuple[FileId, bytes]], dict[BlobId, BlobId]]]:
+        """(fid, sections, bases) of each of ``files`` not superseded, one at a time,
+        without the sections of missing packs (``_missing_packs``); an unreadable file is
+        a warning."""
+        for fid in files:
+            if fid in superseded:
+                continue
+            try:
+                _, sections, bases = self.load_index_with_bases(fid)
+            except CasError as exc:
+                warnings.append(
+                    f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index'"
+                )
+                continue
+            gone = packs.missing(pack for pack, _ in sections)
+            if gone:
+                self._missing_packs(fid, gone, warnings)
+                sections = [(pack, records) for pack, records in sections if pack not in gone]
+            yield fid, sections, bases
 
     def has_blob(self, blob_id: bytes) -> bool:
         if blob_id in self._claimed or blob_id in self._pending:

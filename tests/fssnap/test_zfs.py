@@ -56,9 +56,11 @@ def kill_inside_backup(config: Path) -> int:
     return child.pid
 
 
-def zfs_names(kind: str) -> list[str]:
-    out = subprocess.run(["zfs", "list", "-H", "-t", kind, "-o", "name"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+def zfs_names(kind: str, pool: str) -> list[str]:
+    """casbackup's snapshots or clones in this test's pool (another run of these tests may
+    have its own pool at the same time, on the same zfs-fuse daemon)."""
+    out = subprocess.run(["zfs", "list", "-H", "-r", "-t", kind, "-o", "name", pool],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
     return [n for n in out.split() if "casbackup-" in n]
 
 
@@ -73,7 +75,7 @@ def test_zfs_backup_reads_the_snapshot_and_removes_it(
     assert (mnt / "data.txt").read_text() == "changed after the snapshot\n"
     stored = site.cli("cat", f"latest:{mnt}/data.txt", "--app", "webapp")
     assert stored.out == "as at snapshot time\n"
-    assert zfs_names("snapshot") == [] and zfs_names("filesystem") == []
+    assert zfs_names("snapshot", pool) == [] and zfs_names("filesystem", pool) == []
     [snap] = json.loads(site.cli("--json", "snapshots").out)
     [record] = snap["fs_snapshots"]
     assert (record["provider"], record["origin"], record["source"]) == ("zfs", pool, str(mnt))
@@ -87,13 +89,13 @@ def test_zfs_killed_backup_leftovers_are_removed_by_the_next_run(
     (mnt / "data.txt").write_text("x\n")
     site = write_site(tmp_path, [str(mnt)], "zfs")
     pid = kill_inside_backup(site.config)
-    [snap] = zfs_names("snapshot")
+    [snap] = zfs_names("snapshot", pool)
     assert snap.startswith(f"{pool}@casbackup-webapp-") and snap.endswith(f"-{pid}")
-    assert len(zfs_names("filesystem")) == 1  # the clone it was read through
+    assert len(zfs_names("filesystem", pool)) == 1  # the clone it was read through
     res = site.cli("backup", "--app", "webapp")
     assert res.code == 0, res.err
     assert f"removed leftover zfs snapshot {snap}" in res.err
-    assert zfs_names("snapshot") == [] and zfs_names("filesystem") == []
+    assert zfs_names("snapshot", pool) == [] and zfs_names("filesystem", pool) == []
 
 
 def test_zfs_dataset_not_mounted_is_not_the_one_read(
@@ -115,7 +117,7 @@ def test_zfs_dataset_not_mounted_is_not_the_one_read(
     assert [r["origin"] for r in snap["fs_snapshots"]] == [pool]
     stored = site.cli("cat", f"latest:{folder}/data.txt", "--app", "webapp")
     assert stored.out == "on the pool's top dataset\n", stored.err
-    assert zfs_names("snapshot") == [] and zfs_names("filesystem") == []
+    assert zfs_names("snapshot", pool) == [] and zfs_names("filesystem", pool) == []
 
 
 def test_zfs_source_elsewhere_is_a_one_line_error(

@@ -150,3 +150,83 @@ def test_add_file_in_batches_names_the_file_only_once_all_entries_are_in(  # typ
     assert cache.known_files() == {"11" * 32}
     assert cache.contains_all(sorted(b for b, _ in more)[:10])  # batches go in key order
     cache.close()
+
+
+def _records(entries) -> bytes:  # type: ignore[no-untyped-def]
+    from casbackup.repo.index import encode_record
+
+    return b"".join(encode_record(b, loc) for b, loc in entries)
+
+
+def test_rebuild_matches_adding_file_after_file(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The sorted, appended rebuild (``IndexCache.rebuild``) holds what ``add_file`` file
+    after file would: every entry, a blob named twice at the later file's location, a delta
+    with its base, the file names; and a crash before the last bucket names no file."""
+    from casbackup.repo.ids import FileId
+    from casbackup.repo.index import IndexCache, Location
+
+    pack_a, pack_b = FileId("aa" * 32), FileId("bb" * 32)
+    first = [
+        (BlobId(os.urandom(32)), Location(pack_a, i * 50, 50, 60, Kind.DATA)) for i in range(600)
+    ]
+    twice = first[7][0]
+    base = first[3][0]
+    delta_id = BlobId(bytes([first[3][0][0]]) + os.urandom(31))  # same bucket as its base
+    second = [
+        (twice, Location(pack_b, 0, 50, 60, Kind.DATA)),
+        (delta_id, Location(pack_b, 50, 30, 60, Kind.DELTA, base)),
+        *[(BlobId(os.urandom(32)), Location(pack_b, 80 + i, 1, 2, Kind.TREE)) for i in range(300)],
+    ]
+    files = [
+        (FileId("01" * 32), [(pack_a, _records(first))], {}),
+        (FileId("02" * 32), [(pack_b, _records(second))], {delta_id: base}),
+    ]
+    slow = IndexCache(str(tmp_path / "slow"))
+    fast = IndexCache(str(tmp_path / "fast"))
+    slow.add_file(files[0][0], first)
+    slow.add_file(files[1][0], second)
+    fast.add_file(FileId("99" * 32), second[:5])  # stale entries and name: replaced
+    fast.rebuild(iter(files))
+    ids = sorted({b for b, _ in first + second})
+    assert fast.count() == slow.count() == len(ids)
+    assert fast.get_many(ids) == slow.get_many(ids)
+    assert fast.get(twice) == second[0][1] and fast.get(delta_id).base == base  # type: ignore[union-attr]
+    assert fast.known_files() == slow.known_files() == {"01" * 32, "02" * 32}
+
+    # Killed before the last bucket's transaction: entries, but no file named.
+    from casbackup.maintenance import spill
+
+    real = spill.RecordSpill.read
+
+    def dying(self, bucket):  # type: ignore[no-untyped-def]
+        if bucket == spill.ID_BUCKETS - 1 and self.record_size != 64:
+            raise OSError("killed")
+        return real(self, bucket)
+
+    monkeypatch.setattr(spill.RecordSpill, "read", dying)
+    with pytest.raises(OSError):
+        fast.rebuild(iter(files))
+    assert fast.known_files() == set()
+    slow.close()
+    fast.close()
+
+
+def test_raw_values_dense_and_sparse(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``raw_values`` scans a dense range and looks sparse ids up: both give exactly the
+    present ids' stored values."""
+    from casbackup.repo.ids import FileId
+    from casbackup.repo.index import IndexCache, Location
+
+    cache = IndexCache(str(tmp_path / "c"))
+    entries = [
+        (BlobId(os.urandom(32)), Location(FileId("ab" * 32), i, 10, 20 + i, Kind.DATA))
+        for i in range(2000)
+    ]
+    cache.add_file(FileId("11" * 32), entries)
+    absent = [os.urandom(32) for _ in range(5)]
+    present = {bytes(b): loc for b, loc in entries}
+    for ids in (sorted(present), sorted(list(present)[:3] + absent), sorted(absent)):
+        got = cache.raw_values(ids)
+        assert set(got) == {i for i in ids if i in present}
+        assert all(Location.decode(v) == present[k] for k, v in got.items())
+    cache.close()
