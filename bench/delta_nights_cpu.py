@@ -4,7 +4,8 @@ A table dumped to about --mb MB (bench/dump_dedup.py's SQLite subject): the firs
 one night of 1% scattered changes (values grow), then --nights nights of 1% random
 in-place changes. Each night's dump is backed up into a format 2 and a format 3
 repository; in format 3 the parent's chunks are the delta bases, one level deeper each
-night until ``delta.MAX_DEPTH`` (then a full copy starts new chains). Prints, per night,
+night until ``delta.MAX_DEPTH`` (then a delta of each chain's bottom blob, or a full copy:
+repo/delta.py choose_base). Prints, per night,
 what each backup stored and its CPU time (user+sys of this process, as dump_dedup.py).
 
     .venv/bin/python bench/delta_nights_cpu.py [--mb 100] [--nights 9]

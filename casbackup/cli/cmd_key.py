@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from casbackup.access import read_secret_file
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, printable
 from casbackup.crypto.keyfile import WEAK_KDF, KdfParams
@@ -17,11 +18,7 @@ from casbackup.repo.repository import Repository
 def read_new_password(path: str | None) -> bytes:
     """--new-password-file, then CASBACKUP_NEW_PASSWORD, then a prompt asked twice."""
     if path:
-        try:
-            with open(path, "rb") as f:
-                password = f.read().rstrip(b"\r\n")
-        except OSError as exc:
-            raise UsageError(f"cannot read new password file {path}: {exc.strerror}") from None
+        password = read_secret_file(path)  # capped: /dev/zero is refused, not read whole
     elif os.environ.get("CASBACKUP_NEW_PASSWORD") is not None:
         password = os.environ["CASBACKUP_NEW_PASSWORD"].encode()
     elif sys.stdin.isatty():

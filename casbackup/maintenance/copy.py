@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from casbackup.errors import CasError, IntegrityError
 from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.nodecheck import file_node_problem
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
@@ -190,6 +191,9 @@ class _Copier:
                     finished = self._store(Kind.TREE, encode_tree(out), None)
                 self.ids[tree_id] = finished
                 continue
+            problem = file_node_problem(node)  # copied as is, it would be damage there too
+            if problem is not None:
+                raise IntegrityError(f"file {node.name.decode(errors='replace')!r}: {problem}")
             if node.content:
                 node = replace(node, content=tuple(self.chunk(c) for c in node.content))
             out.append(node)

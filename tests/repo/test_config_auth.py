@@ -84,8 +84,9 @@ def test_issue_example_tiny_chunks_and_no_compression_is_refused(
         {"dump_chunker": {"avg_size": 8192}},
         {"id_hash": "blake3-keyed", "mac": "0" * 64},
         {"mac": None},
+        {"version": 2},
     ],
-    ids=["pack_size", "level", "dump_chunker", "mac", "no-mac"],
+    ids=["pack_size", "level", "dump_chunker", "mac", "no-mac", "version"],
 )
 def test_every_parameter_is_authenticated(repo_path: str, change: dict[str, object]) -> None:
     _edit_config(repo_path, **change)
@@ -240,3 +241,20 @@ def test_check_reads_the_config_again(repo_path: str) -> None:
         _edit_config(repo_path, compression="none")  # changed after opening
         report = check(repo, CheckOptions())
         assert any(e.startswith("config:") and "MAC" in e for e in report.errors)
+
+
+def test_deeply_nested_config_and_key_file_are_one_line(repo_path: str) -> None:
+    """Kind 7 in the plaintext objects (no key needed to plant them): 30,000 nested JSON
+    arrays must not reach the recursion limit as a traceback."""
+    import blake3
+
+    from tests.cli.conftest import assert_one_error as one_error
+
+    nested = b"[" * 30_000 + b"]" * 30_000
+    with open(os.path.join(repo_path, "keys", blake3.blake3(nested).hexdigest()), "wb") as f:
+        f.write(nested)
+    res = run_cli("key", "list", repo=repo_path)
+    assert res.code == 0 and "key file is not valid JSON" in res.out, res.err
+    with open(os.path.join(repo_path, "config"), "wb") as f:
+        f.write(nested)
+    one_error(run_cli("snapshots", repo=repo_path), 22, "config is not valid JSON")

@@ -179,6 +179,9 @@ def test_every_reader_round_trips_a_chain_at_the_limit(  # type: ignore[no-untyp
     assert not again.errors
     got = (tmp_path / "restarted" / ".databases" / "local.sqlite").read_bytes()
     assert got == read_dump(repo, restarted)
+    assert _restarted_on(repo, restarted, snaps[0])  # (the shape this part is about)
+    restarted_path = f"/shop/{snapshot_folder(restarted)}{DUMP}"
+    assert Vfs(repo).read(restarted_path, 0, len(got) + 10) == got  # mount
     node = dump_node(repo, deepest)
     # restore: writer processes and threads read the chain from packs themselves
     for workers in (1, 2):

@@ -17,7 +17,7 @@ from casbackup.repo.nodecheck import EMPTY_HASH, file_node_problem
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot, now_utc
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.testing.fixtures import run_cli
+from casbackup.testing.fixtures import PASSWORD, run_cli
 from casbackup.verify.check import CheckOptions, check
 from casbackup.verify.sandbox import VerifyOptions, run_verification
 from casbackup.vfs import Vfs, snapshot_folder
@@ -130,3 +130,18 @@ def test_real_backups_pass_the_rule(repo: Repository, tmp_path) -> None:  # type
     assert snap is not None
     report = check(repo, CheckOptions())
     assert report.ok, report.errors
+
+
+def test_copy_refuses_instead_of_spreading_it(forged, tmp_path, repo_path: str) -> None:  # type: ignore[no-untyped-def]
+    """copy wrote the forged node into the destination unchanged, exit 0."""
+    from casbackup.testing.fixtures import make_repo
+
+    repo, snap = forged
+    repo.close()
+    dst = str(tmp_path / "dst")
+    make_repo(dst).close()
+    res = run_cli("copy", "--from-repo", repo_path, repo=dst,
+                  env={"CASBACKUP_FROM_PASSWORD": PASSWORD})  # fmt: skip
+    assert res.code == 22, (res.code, res.err)
+    assert f"copying snapshot {snap.short_id}" in res.err and "'huge'" in res.err, res.err
+    assert run_cli("snapshots", "--json", repo=dst).out.strip() == "[]"

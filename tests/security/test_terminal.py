@@ -73,3 +73,26 @@ def test_errors_and_warnings_escape_names(hostile_repo: tuple[str, Path], tmp_pa
     assert again.code != 0
     assert "esc\\x1b]0;PWNED" in again.err
     assert _raw_controls(again.err) == []
+
+
+def test_fields_of_a_forged_snapshot_are_escaped(repo_path: str, tmp_path: Path) -> None:
+    """Host, user, app, tags and paths come from the snapshot record (forged by whoever
+    holds the key): snapshots, apps and forget print them escaped."""
+    from dataclasses import replace
+
+    from casbackup.testing.fixtures import open_repo
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"1")
+    assert run_cli("backup", str(src), repo=repo_path).code == 0
+    with open_repo(repo_path) as repo:
+        (snap,) = repo.list_snapshots()
+        repo.save_snapshot(replace(snap, host="h" + HOSTILE, user="u" + HOSTILE, app="a" + HOSTILE,
+                                   tags=("t" + HOSTILE,), paths=("/p" + HOSTILE,)))  # fmt: skip
+    for args in (("snapshots",), ("snapshots", "--group-by", "host"), ("apps",),
+                 ("forget", "--keep-last", "5", "--dry-run"), ("check",)):  # fmt: skip
+        res = run_cli(*args, repo=repo_path)
+        assert "Traceback" not in res.err, (args, res.err)
+        assert _raw_controls(res.out + res.err) == [], args
+    assert "esc\\x1b]0;PWNED\\x07" in run_cli("snapshots", repo=repo_path).out

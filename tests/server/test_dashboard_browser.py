@@ -488,6 +488,27 @@ def test_forget_preview_then_forget(browser: Any, site: Site) -> None:
     page.context.close()
 
 
+def test_compare_two_snapshots(browser: Any, site: Site, state: dict[str, Any]) -> None:
+    """The newest snapshot against the first, below the application's folder: the answer
+    opens in view (under a folder listing it could be far down the page)."""
+    from playwright.sync_api import expect
+
+    snaps = [s for s in site.api("GET", "/api/snapshots").json() if s["app"] == "notes"]
+    newest = max(snaps, key=lambda s: s["time"])["id"]
+    assert newest != state["snapshot"]
+    page = login(browser, site, "ops")
+    page.set_viewport_size(SIZES["phone"])
+    page.goto(f"{site.url}/snapshots/{newest}?path={site.app}")
+    form = page.get_by_test_id("diff-form")
+    form.locator("select").select_option(state["snapshot"])
+    form.locator("button[type=submit]").click()
+    result = page.get_by_test_id("diff-result")
+    expect(result).to_contain_text(f"From {state['snapshot'][:8]} to {newest[:8]}")
+    expect(result).to_be_in_viewport()
+    expect(result).to_contain_text(f"{site.app}/docs/")  # restored in place since: its mtime
+    page.context.close()
+
+
 def test_logout_ends_the_session(browser: Any, site: Site) -> None:
     page = login(browser, site, "view")
     page.get_by_test_id("logout").click()

@@ -316,3 +316,51 @@ def test_prune_deletes_nothing_when_snapshots_are_behind_a_link(tmp_path: Path) 
     res = run_cli("prune", repo=repo)
     assert res.code == 22 and f"'snapshots/{HEX}'" in res.err, res.err
     assert sorted(p.name for p in Path(repo, "data").rglob("*") if p.is_file()) == packs_before
+
+
+def test_planted_symlinks_under_locks_index_and_verifications(tmp_path: Path) -> None:
+    """The same rules in every folder: a lock-shaped file behind a linked ``locks/`` (unlock,
+    backup, prune), an index entry linked to a file outside (repair index), and a linked
+    ``verifications/`` (verify writes its record there): nothing outside is read,
+    written or deleted, and each command fails in one line or goes on."""
+    repo = backed_up_repo(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    lock = outside / ("ab" * 16)
+    lock.write_text("precious")
+    os.utime(lock, (OLD, OLD))
+    entry = outside / HEX
+    entry.write_text("precious")
+    os.rmdir(os.path.join(repo, "locks"))
+    os.symlink(outside, os.path.join(repo, "locks"))
+    os.symlink(entry, os.path.join(repo, "index", HEX))
+    res = run_cli("unlock", "--remove-all", repo=repo)
+    assert res.code == 0 and "skipped 'locks'" in res.err, res.err
+    for args in (["backup", str(tmp_path / "src")], ["prune"]):
+        res = run_cli(*args, repo=repo)
+        assert res.code == 25 and "Traceback" not in res.err, (args, res.err)
+        assert "a symlink or a file stands where a folder must be" in res.err, res.err
+    os.unlink(os.path.join(repo, "locks"))
+    os.mkdir(os.path.join(repo, "locks"), 0o700)
+    res = run_cli("repair", "index", repo=repo)
+    assert res.code == 0 and f"skipped 'index/{HEX}'" in res.err, res.err
+    assert os.path.islink(os.path.join(repo, "index", HEX))
+    os.makedirs(os.path.join(repo, "verifications"), exist_ok=True)
+    os.rmdir(os.path.join(repo, "verifications"))
+    os.symlink(outside, os.path.join(repo, "verifications"))
+    res = run_cli("verify", "latest", repo=repo)
+    assert res.code != 0 and "Traceback" not in res.err
+    assert "verifications/" in res.err and "stands where a folder must be" in res.err, res.err
+    assert sorted(p.name for p in outside.iterdir()) == sorted([lock.name, entry.name])
+    assert lock.read_text() == "precious" and entry.read_text() == "precious"
+
+
+def test_an_oversized_config_is_one_line_and_read_no_further(tmp_path: Path) -> None:
+    repo = backed_up_repo(tmp_path)
+    with open(os.path.join(repo, "config"), "ab") as f:
+        f.truncate(4 << 30)  # sparse: reading it whole would take 4 GiB
+    res = run_cli("snapshots", repo=repo, timeout=60)
+    assert res.code == 25, res.err
+    assert res.err.strip().splitlines() == [
+        f"error: config is damaged: {4 << 30} bytes, more than the 65536 a config may have"
+    ]

@@ -94,6 +94,20 @@ def test_password_file_on_dev_zero_fails_fast_with_one_line(tmp_path: Path) -> N
     assert run_cli("snapshots", "--password-file", str(ok), repo=repo).code == 0
 
 
+@pytest.mark.parametrize("command", [("key", "add"), ("key", "passwd")])
+def test_new_password_file_on_dev_zero_fails_fast(tmp_path: Path, command: tuple[str, str]) -> None:
+    """``--new-password-file /dev/zero`` was read whole: the command grew until the OOM
+    killer stopped it (exit 137)."""
+    repo = init_repo(str(tmp_path / "repo"))
+    res = run_cli(*command, "--new-password-file", "/dev/zero", repo=repo, timeout=60)
+    assert_one_error(res, 2, "password file /dev/zero holds more than 64 KiB")
+    ok = tmp_path / "new"
+    ok.write_text("a new passphrase\n")
+    assert run_cli("key", "add", "--new-password-file", str(ok), repo=repo).code == 0
+    res = run_cli("snapshots", repo=repo, env={"CASBACKUP_PASSWORD": "a new passphrase"})
+    assert res.code == 0, res.err
+
+
 def _password_script(tmp_path: Path) -> Path:
     script = tmp_path / "secret.py"
     script.write_text(
