@@ -271,7 +271,8 @@ class FileSender(ABC):
             temp = self._temp_prefix + b"%d" % next(self._temps)
             job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
                           node.mtime_ns, self.owners, self._xattrs(node), temp,
-                          self.options.overwrite, chains, self.exact_acls)  # fmt: skip
+                          self.options.overwrite, chains,
+                          self.exact_acls and batch.dirs[slot].inherits)  # fmt: skip
             items.append((slot, node.name, job))
             nodes.append(node)
             rel_paths.append(rel_path)

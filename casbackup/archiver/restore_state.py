@@ -3,6 +3,7 @@ batches for the writers (restore.py explains the order of events they protect)."
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
@@ -14,6 +15,14 @@ if TYPE_CHECKING:
     from casbackup.archiver.restore_files import FileSender
 
 
+def has_default_acl(fd: int) -> bool:
+    try:
+        os.getxattr(fd, "system.posix_acl_default")
+    except OSError:  # ENODATA, or a file system without ACLs
+        return False
+    return True
+
+
 class Folder:
     """A folder of the target being restored into.
 
@@ -22,10 +31,14 @@ class Folder:
     then its metadata is applied and the fd closed, on whichever thread sees the last.
     """
 
-    __slots__ = ("fd", "node", "rel_path", "batches", "walked", "saved_mode")
+    __slots__ = ("fd", "node", "rel_path", "batches", "walked", "saved_mode", "inherits")
 
     def __init__(self, fd: int, node: Node | None, rel_path: bytes, saved_mode: int | None) -> None:
         self.fd = fd
+        # Whether it has a default ACL, which new files in it inherit (asked once per
+        # folder, so that files are checked for inherited ACLs only where there can be any).
+        # Its own recorded attributes are applied after its entries, so this holds until then.
+        self.inherits = has_default_acl(fd)
         self.node = node  # None: the target itself, which run() opens and closes
         self.rel_path = rel_path
         self.batches = 0

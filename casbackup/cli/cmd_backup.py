@@ -132,12 +132,7 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
 def _wants_verify(flag: bool | None, config: Any, app_name: str) -> bool:
     if flag is not None:
         return flag
-    app = config.app(app_name) if config is not None else None
-    if app is not None and app.verification.auto_verify:
-        return True
-    return bool(
-        config is not None and config.verification.enabled and config.verification.auto_verify
-    )
+    return config is not None and config.auto_verify(app_name)
 
 
 def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, enabled: bool) -> None:

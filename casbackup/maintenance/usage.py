@@ -69,6 +69,8 @@ def collect_used_blobs(
                 f"tree {tree_id.hex()[:16]} cannot be read ({exc}); prune needs every tree: "
                 "run 'casbackup check'"
             ) from None
+        finally:
+            repo.cache.release_pages()  # the look-ups' index pages (see check's _load_tree)
         walked.add(tree_id)
         into.add(tree_id)
         for node in nodes:

@@ -263,6 +263,16 @@ def test_chart_svg() -> None:
     assert len(spans) == 5
     assert min(a for a, _ in spans) >= charts.LEFT
     assert max(b for _, b in spans) <= charts.W - charts.RIGHT
+    # two runs a minute apart among runs days apart: bars side by side, not on top of each other
+    close = [(t, 3.0), (t + dt.timedelta(minutes=1), 1.0), (t + dt.timedelta(days=9), 2.0)]
+    svg = charts.chart(close, title="d", label=str, bars=True)
+    spans = sorted(
+        (float(m.group(1)), float(m.group(1)) + float(m.group(2)))
+        for m in re.finditer(r'<rect class="bar" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', svg)
+    )
+    assert len(spans) == 3 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), (
+        spans
+    )
 
 
 def _snap(when: dt.datetime) -> Snapshot:
@@ -341,7 +351,8 @@ def test_refusals_and_missing_things_are_html_pages(env: Env) -> None:
     login(env, "viewer")
     r = env.client.get("/admin")
     assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
-    assert has(r.text, TESTIDS["error_message"]) and "may not users" in r.text
+    assert has(r.text, TESTIDS["error_message"])
+    assert "may manage users, tokens and the audit log; yours is a viewer." in r.text
     r = env.client.get("/snapshots/0123456789abcdef")
     assert r.status_code == 404 and has(r.text, TESTIDS["error_message"])
     r = env.client.get("/jobs/999999")

@@ -32,7 +32,8 @@ def chart(
     testid: str = "chart",
 ) -> Markup:
     """An SVG of ``points`` (time, value), oldest first: a line (or bars) with four y grid
-    lines labelled by ``label`` and the first and last dates under the x axis."""
+    lines labelled by ``label`` and the first and last dates under the x axis. Bars (one per
+    backup) are evenly spaced in time order; the line follows the time axis."""
     head = (
         f'<svg class="chart" data-testid="{escape(testid)}" viewBox="0 0 {W} {H}" width="100%" '
         f'role="img" aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">'
@@ -67,8 +68,12 @@ def chart(
         parts.append(f'<text class="axis" x="{LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">'
                      f"{escape(label(tick))}</text>")  # fmt: skip
     if bars:
-        for t, v in points:
-            parts.append(f'<rect class="bar" x="{x(t) - width / 2:.1f}" y="{y(v):.1f}" '
+        # one bar per backup, evenly spaced: two runs a minute apart among nightly ones would
+        # sit on top of each other on a time axis
+        step = (pw - 2 * inset) / (len(points) - 1) if len(points) > 1 else 0.0
+        for i, (t, v) in enumerate(points):
+            xx = LEFT + inset + i * step if len(points) > 1 else x(t)
+            parts.append(f'<rect class="bar" x="{xx - width / 2:.1f}" y="{y(v):.1f}" '
                          f'width="{width:.1f}" height="{TOP + ph - y(v):.1f}">'
                          f"<title>{t:%Y-%m-%d %H:%M}: {escape(label(v))}</title></rect>")  # fmt: skip
     else:

@@ -78,14 +78,25 @@ HEADERS = {
 }
 
 
+# What a page's permission lets a role do, for the page that refuses it (the API's own message
+# names the permission: "your role (viewer) may not users").
+PAGE_PURPOSE = {"users": "manage users, tokens and the audit log",
+                "recover": "run disaster recoveries", "browse": "browse snapshots"}  # fmt: skip
+
+
 def page(permission: str, app: str | None = None) -> Callable[..., Any]:
-    """``require(permission, app)`` for a page: 401 becomes a redirect to the login page."""
+    """``require(permission, app)`` for a page: 401 becomes a redirect to the login page, a
+    role's 403 says what the page is for."""
     inner = require(permission, app)
 
     async def dependency(request: Request) -> Principal:
         try:
             return await inner(request)  # type: ignore[no-any-return]
         except HTTPException as exc:
+            principal = getattr(request.state, "principal", None)
+            if exc.status_code == 403 and permission in PAGE_PURPOSE and principal is not None:
+                raise HTTPException(403, f"This page is for accounts that may "
+                                    f"{PAGE_PURPOSE[permission]}; yours is a {principal.role}.") from None  # fmt: skip
             if exc.status_code != 401:
                 raise
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
