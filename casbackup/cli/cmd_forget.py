@@ -11,7 +11,9 @@ from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, warn
 from casbackup.errors import UsageError
 from casbackup.maintenance.forget import (
+    ForgetGroup,
     ForgetPlan,
+    Verdict,
     execute_forget,
     plan_forget,
     policy_from_retention,
@@ -20,6 +22,7 @@ from casbackup.maintenance.prune import PruneOptions
 from casbackup.maintenance.retention import (
     GroupKey,
     RetentionPolicy,
+    group_key,
     parse_duration,
 )
 from casbackup.plan_docs import forget_plan_doc
@@ -57,6 +60,21 @@ def _policy_lookup(
     return lambda key: flags
 
 
+def _named_plan(repo: Repository, refs: tuple[str, ...], app: str | None) -> ForgetPlan:
+    """The snapshots named on the command line, every one resolved before any is removed
+    (a typo in the third id removes nothing)."""
+    chosen = {}
+    for ref in refs:
+        snap = repo.resolve_snapshot(ref, app=app)
+        chosen[snap.id] = snap
+    groups: dict[GroupKey, list[Verdict]] = {}
+    for snap in sorted(chosen.values(), key=lambda s: s.datetime, reverse=True):
+        groups.setdefault(group_key(snap), []).append(
+            Verdict(snap, False, ("named on the command line",))
+        )
+    return ForgetPlan(tuple(ForgetGroup(k, None, tuple(v)) for k, v in groups.items()))
+
+
 def _render(plan: ForgetPlan, dry_run: bool) -> None:
     for group in plan.groups:
         kept = sum(v.keep for v in group.verdicts)
@@ -68,6 +86,7 @@ def _render(plan: ForgetPlan, dry_run: bool) -> None:
 
 
 @click.command()
+@click.argument("snapshot_refs", nargs=-1, metavar="[SNAPSHOT]...")
 @click.option(
     "--app",
     help="Only this application's snapshots (its config retention unless --keep-* is given).",
@@ -130,11 +149,13 @@ def _render(plan: ForgetPlan, dry_run: bool) -> None:
 @prune_option_decorators
 @click.pass_context
 @with_repository(lock="exclusive")
-def forget(repo: Repository, ctx: click.Context, app: str | None, use_all: bool, keep_last: int,
+def forget(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...], app: str | None,
+           use_all: bool, keep_last: int,
            keep_hourly: int, keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
            keep_within: str | None, keep_tags: tuple[str, ...], dry_run: bool, then_prune: bool,
            max_unused: float, max_repack_size: int | None) -> None:  # fmt: skip
-    """Remove snapshots according to a retention policy (say why each is kept or removed)."""
+    """Remove snapshots according to a retention policy (say why each is kept or removed),
+    or the SNAPSHOTs named (ids, unique prefixes, or 'latest' with --app)."""
     opts = global_options(ctx)
     if use_all and app is not None:
         raise UsageError("give either --app or --all, not both")
@@ -143,16 +164,12 @@ def forget(repo: Repository, ctx: click.Context, app: str | None, use_all: bool,
         keep_monthly=keep_monthly, keep_yearly=keep_yearly,
         keep_within=parse_duration(keep_within) if keep_within else None, keep_tags=frozenset(keep_tags),
     )  # fmt: skip
-    policy_for = _policy_lookup(ctx, flags, app, use_all)
-    warnings: list[str] = []
-    snaps = [s for s in repo.list_snapshots(warnings=warnings) if app is None or s.app == app]
-    if warnings:
-        raise UsageError(f"{warnings[0]}; forget will not decide without every snapshot of a group")
-    records = list_records(repo)
-    for w in records.warnings:
-        warn(w)
-    verified = {sid for sid, r in records.latest_by_snapshot().items() if r.ok}
-    plan = plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified)
+    if snapshot_refs:
+        if use_all or not flags.is_empty():
+            raise UsageError("give either SNAPSHOT ids or a keep rule (--keep-*, --all), not both")
+        plan = _named_plan(repo, snapshot_refs, app)
+    else:
+        plan = _planned(ctx, repo, flags, app, use_all)
     removed = [] if dry_run else execute_forget(repo, plan).removed
     if opts.json:
         emit_json({"message_type": "forget", "dry_run": dry_run, "groups": forget_plan_doc(plan),
@@ -167,6 +184,22 @@ def forget(repo: Repository, ctx: click.Context, app: str | None, use_all: bool,
         run_prune(
             ctx, repo, PruneOptions(max_unused=max_unused, max_repack_size=max_repack_size), dry_run
         )
+
+
+def _planned(
+    ctx: click.Context, repo: Repository, flags: RetentionPolicy, app: str | None, use_all: bool
+) -> ForgetPlan:
+    """The plan of a retention policy: the flags', or the config's."""
+    policy_for = _policy_lookup(ctx, flags, app, use_all)
+    warnings: list[str] = []
+    snaps = [s for s in repo.list_snapshots(warnings=warnings) if app is None or s.app == app]
+    if warnings:
+        raise UsageError(f"{warnings[0]}; forget will not decide without every snapshot of a group")
+    records = list_records(repo)
+    for w in records.warnings:
+        warn(w)
+    verified = {sid for sid, r in records.latest_by_snapshot().items() if r.ok}
+    return plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified)
 
 
 COMMANDS = [forget]
