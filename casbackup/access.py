@@ -139,8 +139,9 @@ def run_password_command(command: str) -> bytes:
     if expired.is_set():
         raise UsageError("password command did not finish within 60 seconds")
     if returncode != 0:
-        detail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise UsageError(f"password command exited with {returncode}: {detail[0]}")
+        detail = err.decode(errors="replace").strip().splitlines()[-1:]
+        said = f": {detail[0]}" if detail else " (and wrote nothing on stderr)"
+        raise UsageError(f"password command exited with {returncode}{said}")
     return out.rstrip(b"\r\n")
 
 

@@ -11,13 +11,29 @@ from casbackup.archiver.excludes import read_exclude_file
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for, warn
+from casbackup.config.load import APP_NAME_RE
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
 
 
+def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The same rule as a config's application names: a name that the config would refuse
+    ('', '..', 'a/b', a newline) would otherwise be stored in the snapshot for good."""
+    if value is not None and (not APP_NAME_RE.match(value) or value != value.strip()):
+        raise UsageError(
+            f"--app '{printable(value)}' is not a valid application name: start with a letter, "
+            "digit or '_', at most 100 characters, no '/', ',', ':' or control characters"
+        )
+    return value
+
+
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path())
-@click.option("--app", help="Application name; without PATHS, back up the app from the config.")
+@click.option(
+    "--app",
+    callback=_app_name,
+    help="Application name; without PATHS, back up the app from the config.",
+)
 @click.option("--all", "all_apps", is_flag=True, help="Back up every application in the config.")
 @click.option(
     "--type",
@@ -116,12 +132,7 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
 def _wants_verify(flag: bool | None, config: Any, app_name: str) -> bool:
     if flag is not None:
         return flag
-    app = config.app(app_name) if config is not None else None
-    if app is not None and app.verification.auto_verify:
-        return True
-    return bool(
-        config is not None and config.verification.enabled and config.verification.auto_verify
-    )
+    return config is not None and config.auto_verify(app_name)
 
 
 def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, enabled: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import click
@@ -9,7 +10,7 @@ import click
 from casbackup.cli.cmd_user import state_dir_option
 from casbackup.cli.context import global_options
 from casbackup.cli.render import emit_json_err, warn
-from casbackup.errors import UsageError
+from casbackup.errors import CasError, UsageError
 
 
 @click.command()
@@ -102,17 +103,48 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
     from casbackup.server.app import create_app
 
     app = create_app(settings)
+    # Before anything starts: the one service of this state folder (LockError, exit 11), and
+    # the address bound, so that a port in use is one line and exit 1, not uvicorn's exit 3
+    # (which means "some files could not be read" to scripts) after a start-up and shutdown.
+    app.state.service.claim_state_dir()
+    sock = _bind(host, port)
     url = f"{'https' if tls_cert else 'http'}://{listen}"
     if opts.json:  # stderr stays JSON for scripts (uvicorn's own log lines are its own text)
         emit_json_err({"message_type": "serving", "url": url, "state_dir": str(state)})
     else:
         click.echo(f"casbackup serving on {url} (state in {state})", err=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
         proxy_headers=False,  # client addresses come from auth.client_address, which checks the peer
         server_header=False, log_level="info" if not opts.quiet else "warning",
         timeout_graceful_shutdown=10,  # open event streams; then jobs are cancelled
     )  # fmt: skip
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the stop signal after its graceful shutdown
+        pass  # a clean stop, exit 0 (as uvicorn.run does)
+    if not server.started:
+        raise CasError("the service did not start (see the messages above)")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or CasError with the system's reason in one line."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CasError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise CasError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 def _zone(name: str | None) -> str | None:

@@ -60,7 +60,8 @@ def find_config_path(explicit: str | None = None) -> Path | None:
         if given:
             path = Path(given).expanduser()
             if not path.is_file():
-                raise ConfigError(f"config file named by {origin} does not exist", path=str(path))
+                what = "is not a file" if path.exists() else "does not exist"
+                raise ConfigError(f"config file named by {origin} {what}", path=str(path))
             return path
     local = Path.cwd() / LOCAL_NAME
     if local.is_file():

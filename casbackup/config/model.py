@@ -251,3 +251,12 @@ class Config:
             if app.name == name:
                 return app
         return None
+
+    def auto_verify(self, app_name: str) -> bool:
+        """Verify each new snapshot of ``app_name`` right after its backup? (the application's
+        ``verification.auto_verify``, or the top-level one when verification is enabled);
+        the CLI's backup and the service's backup job both ask this."""
+        app = self.app(app_name)
+        if app is not None and app.verification.auto_verify:
+            return True
+        return bool(self.verification.enabled and self.verification.auto_verify)

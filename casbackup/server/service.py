@@ -16,7 +16,7 @@ from casbackup.server.auth import LoginLimiter, is_in
 from casbackup.server.events import EventBus
 from casbackup.server.repos import Registry
 from casbackup.server.settings import Settings
-from casbackup.server.statedb import StateDB
+from casbackup.server.statedb import InstanceLock, StateDB
 
 
 class Service:
@@ -36,15 +36,30 @@ class Service:
         self.scheduler: Any = None
         self.metrics: Any = None
         self._starts = 0  # lifespans nest when an app is mounted or wrapped (test clients do)
+        self._instance_lock: InstanceLock | None = None
 
     def is_trusted_proxy(self, address: str) -> bool:
         return bool(self._proxies) and is_in(address, self._proxies)
+
+    def claim_state_dir(self) -> None:
+        """Become the one service of this state folder, until ``stop``; raises LockError if
+        another process already is. Two services on one folder would each take the other's
+        running jobs for interrupted at start-up, both run its queued jobs and both fire its
+        schedules. Idempotent; ``start`` claims too, ``casbackup serve`` earlier (one line,
+        before it listens)."""
+        if self._instance_lock is None:
+            self._instance_lock = InstanceLock.acquire(self.settings.state_dir)
 
     def start(self) -> None:
         """Start background parts (jobs, scheduler). Called from the app's lifespan."""
         self._starts += 1
         if self._starts > 1:
             return
+        try:
+            self.claim_state_dir()
+        except BaseException:
+            self._starts -= 1
+            raise
         from casbackup.server.jobs import JobManager
         from casbackup.server.metrics import Metrics
 
@@ -69,3 +84,6 @@ class Service:
         self.events.close()
         self.registry.close()
         self.db.close()
+        if self._instance_lock is not None:
+            self._instance_lock.release()
+            self._instance_lock = None

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from casbackup.errors import ConfigError, UnsupportedFormat
+from casbackup.errors import ConfigError, LockError, UnsupportedFormat
 
 STATE_FILE = "state.sqlite3"
 
@@ -107,6 +107,45 @@ MIGRATIONS: list[str] = [
     );
     """,
 ]
+
+
+class InstanceLock:
+    """An exclusive ``flock`` on ``serve.lock`` in the state folder, held by the one running
+    service. The kernel drops it when the process ends, however it ends (kill -9 included),
+    so it is never stale. The file records the holder's pid, for the message."""
+
+    NAME = "serve.lock"
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, state_dir: str | os.PathLike[str]) -> InstanceLock:
+        import fcntl
+
+        path = Path(state_dir) / cls.NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise LockError(
+                f"another casbackup serve{who} uses the state folder {state_dir}: stop it "
+                "first, or give this one its own --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
 
 
 class StateDB:

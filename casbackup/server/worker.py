@@ -116,7 +116,6 @@ def run_backup_job(job: Job) -> dict[str, Any]:
     except Exception as exc:
         notice.failed(exc)
         raise
-    notice.finished(outcome.snapshot, outcome.result.warnings)
     snap = outcome.snapshot
     result: dict[str, Any] = {
         "snapshot_id": snap.id if snap else None,
@@ -128,16 +127,41 @@ def run_backup_job(job: Job) -> dict[str, Any]:
         result.update(type=snap.type, parent=snap.parent, summary=dataclasses.asdict(snap.summary))
     if outcome.result.warnings:
         result["partial"] = True
+    if snap is not None and job.config.auto_verify(snap.app or ""):
+        # As `casbackup backup` does: the config's auto_verify proves the new snapshot
+        # restorable at once (what recover, by default, asks of a snapshot).
+        from casbackup.verify.sandbox import run_verification
+
+        with job.repo.locked(command="serve: verify"):
+            verified = run_verification(job.repo, snap, _verify_options(job), job.reporter)
+        result["verification"] = verified.record.to_dict()
+        if not verified.record.ok:
+            emit({"t": "partial_result", "result": result})
+            try:
+                verified.raise_if_failed()
+            except CasError as exc:
+                notice.failed(exc, snap, verification=True)
+                raise
+    notice.finished(outcome.snapshot, outcome.result.warnings)
     return result
 
 
+def _verify_options(job: Job) -> Any:
+    """The sandbox and, for an application's dumps, the database servers its config names
+    (never a snapshot's): what `casbackup verify` takes from the config."""
+    from casbackup.verify.sandbox import VerifyOptions
+
+    app = job.config.app(job.app or "")
+    databases = {d.name: d for d in app.databases} if app is not None else {}
+    return VerifyOptions(sandbox_dir=job.config.verification.sandbox_directory, databases=databases)
+
+
 def run_verify_job(job: Job) -> dict[str, Any]:
-    from casbackup.verify.sandbox import VerifyOptions, run_verification
+    from casbackup.verify.sandbox import run_verification
 
     with job.repo.locked(command="serve: verify"):
         snap = _snapshot(job)
-        options = VerifyOptions(sandbox_dir=job.config.verification.sandbox_directory)
-        outcome = run_verification(job.repo, snap, options, job.reporter)
+        outcome = run_verification(job.repo, snap, _verify_options(job), job.reporter)
     result = {"snapshot_id": snap.id, **outcome.record.to_dict()}
     outcome.raise_if_failed()
     return result

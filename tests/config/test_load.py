@@ -124,6 +124,9 @@ def test_find_config_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("CASBACKUP_CONFIG", str(tmp_path / "gone.toml"))
     with pytest.raises(ConfigError, match="named by CASBACKUP_CONFIG does not exist"):
         find_config_path(None)
+    # A folder given by mistake exists: saying "does not exist" sends the user looking for it.
+    with pytest.raises(ConfigError, match="config file named by --config is not a file"):
+        find_config_path(str(tmp_path))
 
 
 APP = '[[applications]]\nname = "a"\nsources = ["/x"]\n'

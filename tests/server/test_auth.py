@@ -106,10 +106,14 @@ def test_app_scoped_user_sees_only_its_applications(env: Env) -> None:
 
 
 def test_trusted_user_header_only_from_the_proxy(env: Env, tmp_path: Path) -> None:
+    # Its own state folder: one service per folder (env's app holds its own).
     settings = Settings(
-        state_dir=env.settings.state_dir, config_path=env.config, cheap_password_hashing=True,
+        state_dir=tmp_path / "proxied", config_path=env.config, cheap_password_hashing=True,
         run_scheduler=False, trusted_user_header="Remote-User", trusted_proxies=("10.0.0.1",),
     )  # fmt: skip
+    accounts = create_app(settings).state.service.accounts
+    for name in ("viewer", "admin"):
+        accounts.add_user(name, "password-123", name)
     with TestClient(create_app(settings), client=("10.0.0.1", 5000)) as proxied:
         assert (
             proxied.get("/api/auth/me", headers={"Remote-User": "viewer"}).json()["via"] == "proxy"

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from casbackup.errors import LockError
+from casbackup.server.app import create_app
 from casbackup.testing.fixtures import run_cli
 from tests.cli.conftest import assert_one_error
+from tests.server.conftest import Env
 
 
 def test_serve_refuses_an_empty_state_dir_and_says_how_to_add_an_admin(tmp_path: Path) -> None:
@@ -113,3 +119,38 @@ def test_cli_uses_an_applications_own_repository_like_the_service(tmp_path: Path
     assert [s["app"] for s in listed] == ["blog"]
     res = run_cli("--config", str(cfg), "backup", "--all")
     assert_one_error(res, 2, "blog has its own repository", "--app NAME")
+
+
+def test_a_second_serve_on_one_state_folder_is_refused_before_it_touches_anything(
+    env: Env,
+) -> None:
+    """A service runs (env's app holds the folder); a second `serve` on the same state folder
+    must not start: at start-up it would take the first one's running and queued jobs for
+    interrupted, then run the queued ones and the schedules a second time."""
+    service = env.service
+    service.db.execute(
+        "INSERT INTO jobs (kind, app, repo, state, params, created_at) "
+        "VALUES ('backup', 'shop', 'default', 'running', '{}', 0)"
+    )
+    before = [tuple(r) for r in service.db.query("SELECT id, state, error FROM jobs")]
+    res = run_cli("--config", env.config, "serve", "--listen", "127.0.0.1:1",
+                  "--state-dir", str(env.settings.state_dir))  # fmt: skip
+    assert_one_error(res, 11, "another casbackup serve", f"(pid {os.getpid()})")
+    assert [tuple(r) for r in service.db.query("SELECT id, state, error FROM jobs")] == before
+    with pytest.raises(LockError):  # an app in this process is refused the same way
+        with TestClient(create_app(env.settings)):
+            pass
+
+
+def test_serve_on_an_address_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    st = str(tmp_path / "st")
+    res = run_cli("user", "add", "root", "--role", "admin", "--password-stdin", "--state-dir", st,
+                  input=b"root-password\n")  # fmt: skip
+    assert res.code == 0, res.err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run_cli("serve", "--listen", f"127.0.0.1:{port}", "--state-dir", st, "--no-scheduler")
+    assert_one_error(res, 1, f"cannot listen on 127.0.0.1:{port}", "in use")
+    assert "Application startup" not in res.err  # refused before anything started

@@ -466,3 +466,45 @@ def test_stopping_the_service_cancels_a_job_whose_worker_is_still_starting(
     finally:
         db.close()
     assert row is not None and (row[0], row[1]) == ("cancelled", 130), tuple(row or ())
+
+
+def test_auto_verify_in_the_config_verifies_the_services_backups_too(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The seed's config has auto_verify: a backup through the API is verified at once, as with
+    `casbackup backup`, so that recover (verified snapshots only, by default) can use it."""
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+    from tests.server.conftest import make_config
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_repo(str(tmp_path / "repo")).close()
+    config = make_config(tmp_path, str(tmp_path / "repo"),
+                         extra="\n[applications.verification]\nauto_verify = true\n")  # fmt: skip
+    settings = Settings(state_dir=tmp_path / "st", config_path=config, cheap_password_hashing=True,
+                        run_scheduler=False)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.accounts.add_user("root", "password-123", "admin")
+        h = {"Authorization": f"Bearer {service.accounts.create_token('root')[0]}"}
+
+        def run(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            job_id = client.post(path, json=body, headers=h).json()["job_id"]
+            while (doc := client.get(f"/api/jobs/{job_id}", headers=h).json())["state"] in (
+                "queued",
+                "running",
+            ):
+                time.sleep(0.05)
+            return doc  # type: ignore[no-any-return]
+
+        blog = run("/api/backup", {"app_name": "blog"})  # auto_verify = true
+        assert blog["state"] == "succeeded" and blog["result"]["verification"]["ok"], blog
+        shop = run("/api/backup", {"app_name": "shop"})  # not asked
+        assert shop["state"] == "succeeded" and "verification" not in shop["result"], shop
+        detail = client.get(f"/api/snapshots/{blog['snapshot_id']}", headers=h).json()
+        assert detail["verification"] is not None
+        plan = run("/api/disaster-recovery", {"app_name": "blog"})  # no allow_unverified
+        assert plan["state"] == "succeeded", plan
+        assert plan["result"]["plan"]["snapshot"] == blog["snapshot_id"]
