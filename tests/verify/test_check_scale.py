@@ -1,0 +1,77 @@
+"""check at scale (issue 17): chunks are resolved bucket by bucket against the index cache's
+sorted ranges, never by one look-up per chunk; damage is still named file by file."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from casbackup.repo.ids import Kind
+from casbackup.repo.index import IndexCache, iter_records
+from casbackup.testing import synth_index
+from casbackup.testing.fixtures import open_repo
+from casbackup.verify.check import CheckOptions, check
+
+
+def _no_lookup_per_chunk(self, blob_ids):  # type: ignore[no-untyped-def]
+    raise AssertionError(f"check looked {len(blob_ids)} chunks up one by one")
+
+
+def test_check_resolves_chunks_by_bucket_and_names_a_lost_pack(  # type: ignore[no-untyped-def]
+    repo_path, monkeypatch
+) -> None:
+    with open_repo(repo_path) as repo:
+        synth_index.fill(repo, 25_000, packs=True)  # 3 data packs, one snapshot
+    monkeypatch.setattr(IndexCache, "get_many", _no_lookup_per_chunk)
+    with open_repo(repo_path) as repo:
+        report = check(repo, CheckOptions())
+        assert report.ok, report.errors
+        assert report.snapshots == 1 and report.trees > 1
+        # Lose a data pack the snapshot uses wholly (synth pack 2: see synth_index.pack_use).
+        data_packs = []
+        for fid in repo.index_files():
+            for pack, records in repo.load_index_records(fid)[1]:
+                if next(iter_records(records))[0] == Kind.DATA:
+                    data_packs.append(pack)
+    victim = sorted(data_packs)[0]
+    os.remove(os.path.join(repo_path, "data", victim[:2], victim))
+    with open_repo(repo_path) as repo:
+        report = check(repo, CheckOptions())
+    assert any(victim[:12] in e and "is missing" in e for e in report.errors), report.errors
+    (paths,) = report.affected.values()
+    assert paths and all(p.startswith("/d") for p in paths)
+
+
+@pytest.mark.parametrize("lost", ["chunk", "size"])
+def test_check_names_a_missing_chunk_or_a_wrong_size_without_lookups(  # type: ignore[no-untyped-def]
+    repo_path, monkeypatch, lost
+) -> None:
+    """A chunk gone from the index, or a file whose chunks do not add up to its size: found
+    by the bucket pass, named by the second walk (the messages of before)."""
+    from casbackup.repo.index import Location
+
+    with open_repo(repo_path) as repo:
+        synth_index.fill(repo, 25_000, packs=True)
+        snap = repo.list_snapshots()[0]
+        top = repo.load_tree(snap.root)
+        files = repo.load_tree(top[0].subtree)
+        chunk = files[3].content[5]
+        with repo.cache.env.begin(write=True) as txn:
+            if lost == "chunk":
+                txn.delete(chunk, db=repo.cache.blobs)
+            else:  # a chunk 1 byte longer than the tree's size allows
+                loc = repo.cache.get(chunk)
+                assert loc is not None
+                bigger = Location(loc.pack, loc.offset, loc.stored_len, loc.raw_len + 1, loc.kind)
+                txn.put(chunk, bigger.encode(), db=repo.cache.blobs)
+        monkeypatch.setattr(IndexCache, "get_many", _no_lookup_per_chunk)
+        # The cache still names every index file: check reads it as it is.
+        report = check(repo, CheckOptions())
+    name = files[3].name.decode()
+    if lost == "chunk":
+        assert any(name in e and "not in the index" in e for e in report.errors), report.errors
+    else:
+        assert any(name in e and "chunks hold" in e for e in report.errors), report.errors
+    (paths,) = report.affected.values()
+    assert [p for p in paths if p.endswith(name)]
