@@ -29,3 +29,15 @@ def test_a_file_added_to_required_files_is_required_of_an_older_snapshot(site: P
     (site / "app" / "app.conf").write_text("x = 1\n")
     assert cli(site, "-q", "backup", "--app", "notes").code == 0
     assert cli(site, "verify", "--app", "notes").code == 0
+
+
+def test_backup_of_paths_with_auto_verify_checks_the_configs_required_files(site: Path) -> None:  # noqa: F811
+    """`backup PATHS --app NAME` records no definition: the config's list is all there is."""
+    ok = cli(site, "-q", "backup", str(site / "app"), "--app", "notes", "--auto-verify")
+    assert ok.code == 0, ok.err  # main.py, required by the config, is there
+    (site / "casbackup.toml").write_text(
+        CONFIG.replace('required_files = ["main.py"]', 'required_files = ["main.py", "app.conf"]')
+    )
+    bad = cli(site, "-q", "backup", str(site / "app"), "--app", "notes", "--auto-verify")
+    assert bad.code == 28, (bad.out, bad.err)
+    assert "app.conf: required file is missing from the snapshot" in bad.err
