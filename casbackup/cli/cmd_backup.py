@@ -148,11 +148,13 @@ def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, ena
     # Scratch databases go to the servers the local config names, never to a snapshot's.
     app = config.app(result.snapshot.app) if config is not None and result.snapshot.app else None
     databases = {d.name: d for d in app.databases} if app is not None else {}
+    # The config's required files too, as 'verify' checks them (a backup of PATHS --app NAME
+    # records no definition of the application).
+    required = tuple(app.verification.required_files) if app is not None else ()
+    options = VerifyOptions(sandbox_dir=sandbox, databases=databases, required_files=required)
     reporter = reporter_for(ctx)
     try:
-        outcome = run_verification(
-            repo, result.snapshot, VerifyOptions(sandbox_dir=sandbox, databases=databases), reporter
-        )
+        outcome = run_verification(repo, result.snapshot, options, reporter)
     finally:
         reporter.done()
     record = outcome.record

@@ -36,19 +36,25 @@ def _servers(values: tuple[str, ...]) -> dict[str, DatabaseSpec]:
     return out
 
 
-def _from_config(ctx: click.Context, app: str | None) -> tuple[str | None, dict[str, DatabaseSpec]]:
-    """(sandbox folder, the application's databases by name) from the local config, if any.
+def _from_config(
+    ctx: click.Context, app: str | None
+) -> tuple[str | None, dict[str, DatabaseSpec], tuple[str, ...]]:
+    """(sandbox folder, the application's databases by name, its required files) from the
+    local config, if any.
 
     The config's definitions, not the snapshot's, say which server a dump may be loaded into.
+    Its required files are checked on top of those the snapshot recorded at backup time: a
+    file added to the config is required of the snapshots verified from then on.
     """
     from casbackup.cli.config_support import load_cli_config
 
     config = load_cli_config(global_options(ctx))
     if config is None:
-        return None, {}
+        return None, {}, ()
     app_config = config.app(app) if app else None
     databases = {d.name: d for d in app_config.databases} if app_config else {}
-    return config.verification.sandbox_directory, databases
+    required = tuple(app_config.verification.required_files) if app_config else ()
+    return config.verification.sandbox_directory, databases, required
 
 
 @click.command()
@@ -75,10 +81,10 @@ def verify(
     opts = global_options(ctx)
     servers = _servers(db_servers)
     snap = _pick(repo, snapshot, app, latest)
-    default_sandbox, configured = _from_config(ctx, snap.app)
+    default_sandbox, configured, required = _from_config(ctx, snap.app)
     options = VerifyOptions(
         sandbox_dir=sandbox or default_sandbox, keep_sandbox=keep_sandbox, db_servers=servers,
-        databases=configured,
+        databases=configured, required_files=required,
     )  # fmt: skip
     reporter = reporter_for(ctx)
     try:

@@ -360,10 +360,12 @@ class LocalBackend:
         except FileNotFoundError:
             return
         except OSError as exc:
-            if base:
+            if base and exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 yield "odd", base, "is a symlink or a file, not a folder"
                 return
-            raise _storage_error(exc, f"listing {self.location}") from None
+            # A folder we may not open (EACCES) or cannot read is no proof of an empty one:
+            # listing 'snapshots' as empty would say "0 snapshots", exit 0.
+            raise _storage_error(exc, f"listing {base or self.location}") from None
         yield from self._scan_dir(base, top, prefix)
 
     def _scan_dir(self, rel: str, fd: int, prefix: str) -> Iterator[tuple[str, str, int | str]]:
