@@ -144,14 +144,9 @@ def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, ena
 
     opts = global_options(ctx)
     config = load_cli_config(opts)
-    sandbox = config.verification.sandbox_directory if config is not None else None
-    # Scratch databases go to the servers the local config names, never to a snapshot's.
-    app = config.app(result.snapshot.app) if config is not None and result.snapshot.app else None
-    databases = {d.name: d for d in app.databases} if app is not None else {}
-    # The config's required files too, as 'verify' checks them (a backup of PATHS --app NAME
-    # records no definition of the application).
-    required = tuple(app.verification.required_files) if app is not None else ()
-    options = VerifyOptions(sandbox_dir=sandbox, databases=databases, required_files=required)
+    # The config's sandbox, databases' servers and required files, as 'verify' uses them (a
+    # backup of PATHS --app NAME records no definition of the application).
+    options = VerifyOptions.from_config(config, result.snapshot.app)
     reporter = reporter_for(ctx)
     try:
         outcome = run_verification(repo, result.snapshot, options, reporter)

@@ -154,13 +154,11 @@ def run_backup_job(job: Job) -> dict[str, Any]:
 
 
 def _verify_options(job: Job) -> Any:
-    """The sandbox and, for an application's dumps, the database servers its config names
-    (never a snapshot's): what `casbackup verify` takes from the config."""
+    """What `casbackup verify` takes from the config: the sandbox and, for the snapshot's
+    application, its databases' servers (never a snapshot's) and its required files."""
     from casbackup.verify.sandbox import VerifyOptions
 
-    app = job.config.app(job.app or "")
-    databases = {d.name: d for d in app.databases} if app is not None else {}
-    return VerifyOptions(sandbox_dir=job.config.verification.sandbox_directory, databases=databases)
+    return VerifyOptions.from_config(job.config, job.app)
 
 
 def run_verify_job(job: Job) -> dict[str, Any]:
