@@ -131,6 +131,8 @@ def _locked(repo: Repository, level: str, command: str, *, reads_only: bool) -> 
     held = None
     try:
         held = repo.lock(exclusive=level == "exclusive", command=command)
+        for description in held.removed:
+            warn(f"removed a stale lock: {description}")
     except StorageError as exc:
         if not reads_only or level == "exclusive":
             raise

@@ -6,8 +6,9 @@ file first, then lists the others: if a conflicting live lock exists it deletes
 its own and fails, so two racing processes can both fail but never both win.
 
 A lock is stale when it was not refreshed for STALE_AFTER seconds, or when it was
-taken on this host by a process that no longer exists. Stale locks are ignored
-(and reported); ``casbackup unlock`` removes them.
+taken on this host by a process that no longer exists (a backup killed with SIGKILL).
+Stale locks are ignored; an exclusive lock removes them as it is taken (``removed``
+says which, for a one-line note), and ``casbackup unlock`` removes them too.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Lock:
         self.exclusive = exclusive
         self.command = command
         self.name: str | None = None
+        self.removed: list[str] = []  # stale locks this exclusive lock removed (describe())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
@@ -97,7 +99,13 @@ class Lock:
             self._write(self.name)
             written = True
             for info in list_locks(self._repo):
-                if info.name == self.name or info.is_stale():
+                if info.name == self.name:
+                    continue
+                if info.is_stale():
+                    # Ignored either way; an exclusive lock also clears it away, so a killed
+                    # backup's lock does not stay until someone runs 'casbackup unlock'.
+                    if self.exclusive and self._remove_stale(info.name):
+                        self.removed.append(info.describe())
                     continue
                 if self.exclusive or info.exclusive:
                     raise LockError(
@@ -128,6 +136,13 @@ class Lock:
                     continue
                 old, self.name = self.name, new
             self._delete(old)
+
+    def _remove_stale(self, name: str) -> bool:
+        try:
+            self._repo.backend.delete(name)
+        except CasError:  # released meanwhile (NotFound), or not a lock's file: left alone
+            return False
+        return True
 
     def _delete(self, name: str) -> None:
         try:
