@@ -10,10 +10,11 @@ from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
 from casbackup.archiver.excludes import read_exclude_file
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for, warn
+from casbackup.cli.render import emit_json, plural, printable, reporter_for, warn
 from casbackup.config.load import APP_NAME_RE
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import saved_lines
 
 
 def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -143,14 +144,9 @@ def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, ena
 
     opts = global_options(ctx)
     config = load_cli_config(opts)
-    sandbox = config.verification.sandbox_directory if config is not None else None
-    # Scratch databases go to the servers the local config names, never to a snapshot's.
-    app = config.app(result.snapshot.app) if config is not None and result.snapshot.app else None
-    databases = {d.name: d for d in app.databases} if app is not None else {}
-    # The config's required files too, as 'verify' checks them (a backup of PATHS --app NAME
-    # records no definition of the application).
-    required = tuple(app.verification.required_files) if app is not None else ()
-    options = VerifyOptions(sandbox_dir=sandbox, databases=databases, required_files=required)
+    # The config's sandbox, databases' servers and required files, as 'verify' uses them (a
+    # backup of PATHS --app NAME records no definition of the application).
+    options = VerifyOptions.from_config(config, result.snapshot.app)
     reporter = reporter_for(ctx)
     try:
         outcome = run_verification(repo, result.snapshot, options, reporter)
@@ -282,29 +278,11 @@ def render_backup_result(ctx: click.Context, result: BackupResult, dry_run: bool
     if snap is None:
         click.echo("dry run: nothing was stored")
         return
-    s = snap.summary
     if opts.quiet:
         click.echo(snap.id)
         return
-    click.echo(
-        f"Files:  {s.files_new:>8} new, {s.files_changed:>8} changed, {s.files_unchanged:>8} unchanged"
-    )
-    click.echo(f"Dirs:   {s.dirs:>8}")
-    for db in snap.databases:
-        rows = sum(db.row_counts.values())
-        click.echo(
-            f"Database {db.name}: {db.engine} {db.server_version}, {db.format}, "
-            f"{human_bytes(db.size)}, {plural(len(db.row_counts), 'table')}, {plural(rows, 'row')}"
-        )
-    click.echo(
-        f"Added to the repository: {human_bytes(s.bytes_added)} ({human_bytes(s.bytes_stored)} stored)"
-    )
-    click.echo(
-        f"processed {plural(s.files_total, 'file')}, {human_bytes(s.bytes_total)} in {s.duration_s:.1f}s (read {human_bytes(s.bytes_read)})"
-    )
-    parent = f", parent {snap.parent[:8]}" if snap.parent else ""
-    app = f" of {snap.app}" if snap.app else ""
-    click.echo(f"snapshot {snap.short_id}{app} saved ({snap.type}{parent})")
+    for line in saved_lines(snap):
+        click.echo(line)
 
 
 COMMANDS = [backup]

@@ -36,27 +36,6 @@ def _servers(values: tuple[str, ...]) -> dict[str, DatabaseSpec]:
     return out
 
 
-def _from_config(
-    ctx: click.Context, app: str | None
-) -> tuple[str | None, dict[str, DatabaseSpec], tuple[str, ...]]:
-    """(sandbox folder, the application's databases by name, its required files) from the
-    local config, if any.
-
-    The config's definitions, not the snapshot's, say which server a dump may be loaded into.
-    Its required files are checked on top of those the snapshot recorded at backup time: a
-    file added to the config is required of the snapshots verified from then on.
-    """
-    from casbackup.cli.config_support import load_cli_config
-
-    config = load_cli_config(global_options(ctx))
-    if config is None:
-        return None, {}, ()
-    app_config = config.app(app) if app else None
-    databases = {d.name: d for d in app_config.databases} if app_config else {}
-    required = tuple(app_config.verification.required_files) if app_config else ()
-    return config.verification.sandbox_directory, databases, required
-
-
 @click.command()
 @click.argument("snapshot", required=False)
 @click.option("--app", help="Verify a snapshot of this application (its newest by default).")
@@ -81,10 +60,11 @@ def verify(
     opts = global_options(ctx)
     servers = _servers(db_servers)
     snap = _pick(repo, snapshot, app, latest)
-    default_sandbox, configured, required = _from_config(ctx, snap.app)
-    options = VerifyOptions(
-        sandbox_dir=sandbox or default_sandbox, keep_sandbox=keep_sandbox, db_servers=servers,
-        databases=configured, required_files=required,
+    from casbackup.cli.config_support import load_cli_config
+
+    options = VerifyOptions.from_config(
+        load_cli_config(opts), snap.app, sandbox_dir=sandbox, keep_sandbox=keep_sandbox,
+        db_servers=servers,
     )  # fmt: skip
     reporter = reporter_for(ctx)
     try:

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from casbackup.units import plural
+
 STATE_VERSION = 1
 _FILE = "state.json"
 _MAX_BYTES = 64 << 20  # a state file is ids only; anything bigger is not ours
@@ -228,12 +230,12 @@ def screen_snapshots(state: LocalState, present: list[str]) -> tuple[list[str], 
     alerts = []
     if back:
         alerts.append(
-            f"{len(back)} snapshots this client forgot are back in the repository "
+            f"{plural(len(back), 'snapshot')} this client forgot {'is' if len(back) == 1 else 'are'} back in the repository "
             f"({_short(back)}): the repository was rolled back or tampered with; they are ignored"
         )
     if gone:
         alerts.append(
-            f"{len(gone)} snapshots this client saw before are gone ({_short(gone)}) and were "
+            f"{plural(len(gone), 'snapshot')} this client saw before {'is' if len(gone) == 1 else 'are'} gone ({_short(gone)}) and {'was' if len(gone) == 1 else 'were'} "
             "not forgotten here: another client forgot them, or the repository was rolled back"
         )
     fresh = listed - doc.forgotten - doc.snapshots

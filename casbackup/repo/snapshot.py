@@ -167,3 +167,33 @@ def now_utc() -> tuple[str, int]:
 
     ns = time.time_ns()
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(), ns
+
+
+def saved_lines(snap: Snapshot) -> list[str]:
+    """What a finished backup says, one string a line (no newlines): counts of new, changed
+    and unchanged files, each database dump, what the repository gained, and the snapshot's
+    id, type and parent. The CLI prints them; the service writes them to the job's log."""
+    from casbackup.units import human_bytes, plural
+
+    s = snap.summary
+    lines = [
+        f"Files:  {s.files_new:>8} new, {s.files_changed:>8} changed, {s.files_unchanged:>8} unchanged",
+        f"Dirs:   {s.dirs:>8}",
+    ]
+    for db in snap.databases:
+        rows = sum(db.row_counts.values())
+        lines.append(
+            f"Database {db.name}: {db.engine} {db.server_version}, {db.format}, "
+            f"{human_bytes(db.size)}, {plural(len(db.row_counts), 'table')}, {plural(rows, 'row')}"
+        )
+    lines.append(
+        f"Added to the repository: {human_bytes(s.bytes_added)} ({human_bytes(s.bytes_stored)} stored)"
+    )
+    lines.append(
+        f"processed {plural(s.files_total, 'file')}, {human_bytes(s.bytes_total)} in "
+        f"{s.duration_s:.1f}s (read {human_bytes(s.bytes_read)})"
+    )
+    parent = f", parent {snap.parent[:8]}" if snap.parent else ""
+    app = f" of {snap.app}" if snap.app else ""
+    lines.append(f"snapshot {snap.short_id}{app} saved ({snap.type}{parent})")
+    return lines

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, CasError, NotFound, UsageError
 from casbackup.threadsig import quiet_thread
+from casbackup.units import plural
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -372,7 +373,7 @@ class JobManager:
                 count = len(result.get("warnings") or ())
                 return (
                     "succeeded",
-                    f"{count} files or folders could not be read",
+                    f"{plural(count, 'file or folder', 'files or folders')} could not be read",
                     EXIT_PARTIAL,
                     result,
                 )

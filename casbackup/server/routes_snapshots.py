@@ -370,9 +370,15 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def _disposition(name: str) -> str:
+    """A Content-Disposition value for a stored name (untrusted: any byte but / and NUL).
+
+    RFC 6266: ``filename`` is a quoted string of printable ASCII (a control character such as
+    a newline in a header is refused by the HTTP server, which reset the connection), so
+    everything else there becomes ``_``; ``filename*`` (RFC 8187) carries the exact name,
+    percent-encoded."""
     name = _display(name)  # a header cannot carry bytes that are not UTF-8
     ascii_name = (
-        name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_") or "download"
+        "".join(c if " " <= c <= "~" and c not in '"\\?' else "_" for c in name) or "download"
     )
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 

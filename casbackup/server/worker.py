@@ -45,6 +45,7 @@ from casbackup.errors import (
 from casbackup.plan_docs import forget_plan_doc, prune_plan_doc, recovery_plan_doc
 from casbackup.repo.repository import Repository
 from casbackup.reporter import Progress, Reporter
+from casbackup.units import plural
 
 _out_lock = threading.Lock()
 
@@ -110,6 +111,7 @@ def run_backup_job(job: Job) -> dict[str, Any]:
                           offline_mode=job.config.plugins.offline_mode,
                           warn=job.reporter.warning)  # fmt: skip
     notice.started()
+    job.reporter.info(f"backing up {options.app} ({options.type})")
     try:
         with job.repo.locked(command="serve: backup"):
             outcome = backup_application(job.repo, options, job.reporter)
@@ -117,6 +119,11 @@ def run_backup_job(job: Job) -> dict[str, Any]:
         notice.failed(exc)
         raise
     snap = outcome.snapshot
+    if snap is not None:  # the job's log says what the CLI prints at the end of a backup
+        from casbackup.repo.snapshot import saved_lines
+
+        for line in saved_lines(snap):
+            job.reporter.info(" ".join(line.split()))  # the log has no columns to align
     result: dict[str, Any] = {
         "snapshot_id": snap.id if snap else None,
         "warnings": outcome.result.warnings,
@@ -147,13 +154,11 @@ def run_backup_job(job: Job) -> dict[str, Any]:
 
 
 def _verify_options(job: Job) -> Any:
-    """The sandbox and, for an application's dumps, the database servers its config names
-    (never a snapshot's): what `casbackup verify` takes from the config."""
+    """What `casbackup verify` takes from the config: the sandbox and, for the snapshot's
+    application, its databases' servers (never a snapshot's) and its required files."""
     from casbackup.verify.sandbox import VerifyOptions
 
-    app = job.config.app(job.app or "")
-    databases = {d.name: d for d in app.databases} if app is not None else {}
-    return VerifyOptions(sandbox_dir=job.config.verification.sandbox_directory, databases=databases)
+    return VerifyOptions.from_config(job.config, job.app)
 
 
 def run_verify_job(job: Job) -> dict[str, Any]:
@@ -201,7 +206,9 @@ def run_restore_job(job: Job) -> dict[str, Any]:
     doc = {"snapshot_id": snap.id, "target": target, **dataclasses.asdict(result)}
     if result.errors:
         emit({"t": "partial_result", "result": doc})
-        raise RestoreError(f"{len(result.errors)} files could not be restored: {result.errors[0]}")
+        raise RestoreError(
+            f"{plural(len(result.errors), 'file')} could not be restored: {result.errors[0]}"
+        )
     return doc
 
 

@@ -26,7 +26,8 @@ import stat
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from casbackup import __version__
 from casbackup.archiver.restore import RestoreOptions, restore
@@ -46,6 +47,9 @@ from casbackup.verify.dumps import (
 )
 from casbackup.verify.records import DatabaseCheck, Failure, VerificationRecord, save_record
 
+if TYPE_CHECKING:
+    from casbackup.config.model import Config
+
 MESSAGE_LIMIT = 20  # failures named in the one-line error; the record has all of them
 
 
@@ -61,6 +65,23 @@ class VerifyOptions:
     databases: Mapping[str, DatabaseSpec] = field(default_factory=dict)
     workers: int = 2
     save: bool = True  # store the record in the repository
+
+    @classmethod
+    def from_config(cls, config: Config | None, app: str | None, **overrides: Any) -> VerifyOptions:
+        """What the local config says about verifying a snapshot of application ``app``: its
+        sandbox folder, the application's databases by name (their servers take the scratch
+        databases: never a snapshot's) and its required files, checked on top of those the
+        snapshot recorded at backup time (a file added to the config is required of every
+        snapshot verified from then on). ``overrides`` (e.g. ``sandbox_dir`` from the command
+        line, when not None) win. One rule for ``verify``, ``backup --auto-verify`` and the
+        service's verify jobs."""
+        app_config = config.app(app) if config is not None and app else None
+        options = cls(
+            sandbox_dir=config.verification.sandbox_directory if config is not None else None,
+            databases={d.name: d for d in app_config.databases} if app_config else {},
+            required_files=(tuple(app_config.verification.required_files) if app_config else ()),
+        )
+        return replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass

@@ -90,20 +90,20 @@ def test_forgotten_snapshot_that_comes_back_is_ignored_and_loud(
         f.write(saved)
     assert [s.id for s in repo.list_snapshots(warnings=[])] == [old.id]
     assert repo.resolve_snapshot("latest", app="shop").id == old.id
-    assert any("forgot are back" in a for a in repo.alerts)
+    assert any("back in the repository" in a for a in repo.alerts)
     # The mount's view (vfs) leaves it out too, and says so once.
     said: list[str] = []
     with open_repo(repo_path) as fresh:
         vfs = Vfs(fresh, on_warning=said.append)
         folders = sorted(e.name for e in vfs.listdir("/shop"))
     assert folders == sorted(["latest", snapshot_folder(old)])
-    assert any("forgot are back" in m for m in said)
+    assert any("back in the repository" in m for m in said)
     res = run_cli("snapshots", "--json", repo=repo_path)
-    assert res.code == 0 and new.id not in res.out and "forgot are back" in res.err
+    assert res.code == 0 and new.id not in res.out and "back in the repository" in res.err
     res = run_cli("check", repo=repo_path)
-    assert "forgot are back" in res.err
+    assert "back in the repository" in res.err
     res = run_cli("--json", "check", repo=repo_path)
-    assert "forgot are back" in json.loads(res.out.splitlines()[-1])["alerts"][0]
+    assert "back in the repository" in json.loads(res.out.splitlines()[-1])["alerts"][0]
 
 
 def test_forget_command_records_what_it_forgot(repo_path: str, source: str) -> None:
@@ -119,7 +119,7 @@ def test_forget_command_records_what_it_forgot(repo_path: str, source: str) -> N
         with open(os.path.join(repo_path, "snapshots", name), "wb") as f:
             f.write(data)
     res = run_cli("snapshots", "--json", repo=repo_path)
-    assert "forgot are back" in res.err
+    assert "back in the repository" in res.err
     with open_repo(repo_path) as repo:
         assert len(repo.list_snapshots(warnings=[])) == 1
 
@@ -133,7 +133,7 @@ def test_snapshots_seen_and_gone_are_a_warning(
     os.unlink(os.path.join(repo_path, "snapshots", snap.id))  # not by this client
     with open_repo(repo_path) as again:
         again.list_snapshots()
-        assert any("saw before are gone" in a for a in again.alerts)
+        assert any("saw before is gone" in a for a in again.alerts)
     with open_repo(repo_path) as third:  # said once; the record follows the listing
         third.list_snapshots()
         assert not third.alerts

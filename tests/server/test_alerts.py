@@ -46,25 +46,25 @@ def test_rollback_alert_in_api_dashboard_and_log(
     c = env.client
     status = c.get("/api/system/status", headers=env.h("viewer")).json()
     (default,) = [r for r in status["repositories"] if r["key"] == "default"]
-    assert any("forgot are back" in a and back[:8] in a for a in default["alerts"]), default
+    assert any("back in the repository" in a and back[:8] in a for a in default["alerts"]), default
     repos = c.get("/api/repositories", headers=env.h("viewer")).json()
-    assert any("forgot are back" in a for a in repos[0]["alerts"])
+    assert any("back in the repository" in a for a in repos[0]["alerts"])
     # The forgotten snapshot stays ignored: neither listed nor "latest".
     listed = [s["id"] for s in c.get("/api/snapshots?app=shop", headers=env.h("viewer")).json()]
     assert listed == [kept]
     assert c.get("/api/snapshots/latest?app=shop", headers=env.h("viewer")).json()["id"] == kept
     # Logged once, however many calls see it.
     c.get("/api/system/status", headers=env.h("viewer"))
-    logged = [r for r in caplog.records if "forgot are back" in r.getMessage()]
+    logged = [r for r in caplog.records if "back in the repository" in r.getMessage()]
     assert len(logged) == 1
     # The dashboard's overview shows it on the repository's card.
     r = c.post("/api/auth/login", json={"username": "viewer", "password": PW})
     assert r.status_code == 200
     html = c.get("/").text
-    assert 'data-testid="repo-alert:default"' in html and "forgot are back" in html
+    assert 'data-testid="repo-alert:default"' in html and "back in the repository" in html
 
 
 def test_scoped_caller_sees_alerts_of_its_repository_only(env: Env) -> None:
     _forget_and_put_back(env)
     status = env.client.get("/api/system/status", headers=env.h("scoped")).json()
-    assert any("forgot are back" in a for a in status["repositories"][0]["alerts"])
+    assert any("back in the repository" in a for a in status["repositories"][0]["alerts"])

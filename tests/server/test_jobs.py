@@ -257,8 +257,15 @@ def test_job_log_and_audit_name_the_application(env: Env) -> None:
     )
     job = r.json()["job_id"]
     wait_job(env, job)
+    doc = env.client.get(f"/api/jobs/{job}", headers=env.h("viewer")).json()
     log = env.client.get(f"/api/jobs/{job}/log", headers=env.h("viewer")).json()
     assert any("no parent snapshot" in line["message"] for line in log), log
+    # The log tells the whole run, as the CLI prints it (it held only the note above).
+    said = [line["message"] for line in log]
+    assert said[0] == "backing up blog (incremental)", said
+    assert said[-1] == f"snapshot {doc['snapshot_id'][:8]} of blog saved (full)", said
+    assert any(m.startswith("Files: ") and " new, " in m for m in said), said
+    assert any(m.startswith("Added to the repository: ") for m in said), said
     assert (
         env.client.get(
             f"/api/jobs/{job}/log?after_id={log[-1]['id']}", headers=env.h("viewer")
@@ -354,7 +361,7 @@ def test_partial_backup_is_succeeded_with_exit_code_3(tmp_path, monkeypatch) -> 
     assert (
         doc["state"] == "succeeded" and doc["exit_code"] == 3 and doc["snapshot_id"] == "ab" * 32
     ), doc
-    assert "1 files or folders could not be read" in doc["error"]
+    assert "1 file or folder could not be read" in doc["error"]
     assert [(line["level"], line["message"]) for line in doc["log"]] == [
         ("warning", "/srv/x: permission denied")
     ]

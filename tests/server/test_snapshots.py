@@ -393,3 +393,30 @@ def test_non_utf8_names_browse_and_download(env: Env) -> None:
         c.get(f"/api/snapshots/{snap}/tree", params={"path_b64": traversal}, headers=h).status_code
         == 400
     )
+
+
+def test_names_with_control_characters_download(env: Env) -> None:
+    """A stored name may hold a newline, a tab, quotes or a backslash (anything but / and NUL):
+    the download's Content-Disposition keeps its quoted filename printable ASCII (a newline
+    there made the HTTP server drop the connection) and carries the exact name in filename*."""
+    import re
+    from urllib.parse import unquote
+
+    from casbackup.server.routes_snapshots import _disposition
+
+    src = env.tmp / "shop"
+    name = 'new\nline\t"q"\\b\x7f.txt'
+    data = os.urandom(5_000)
+    (src / name).write_bytes(data)
+    snap = str(backup(env, "shop")["snapshot_id"])
+    r = env.client.get(f"/api/snapshots/{snap}/download", params={"path": f"{src}/{name}"},
+                       headers=env.h("operator"))  # fmt: skip
+    assert r.status_code == 200 and r.content == data
+    header = r.headers["content-disposition"]
+    assert all(" " <= c <= "~" for c in header), header
+    quoted = re.search(r'filename="([^"]*)"', header)
+    assert quoted is not None and quoted.group(1) == "new_line__q__b_.txt"
+    assert unquote(header.split("filename*=UTF-8''")[1]) == name
+    for hostile in ("\r\nSet-Cookie: x=1", "\x00", "é.txt", ""):
+        value = _disposition(hostile)
+        assert all(" " <= c <= "~" for c in value) and "\r" not in value and "\n" not in value
