@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from casbackup.errors import CasError, IntegrityError, NotFound
+from casbackup.errors import CasError, IntegrityError, NotFound, StorageError
 from casbackup.maintenance import pruneplan
 
 # Re-exported: the CLI, the server and tests import the planning names from here.
@@ -296,6 +296,11 @@ def _verify(repo: Repository, blob_id: BlobId, loc: Location, envelope: bytes, p
             plain = delta.apply_delta(payload, base, loc.raw_len)
         else:
             plain = codec.decompress(repo.opener.open(loc.kind, blob_id, envelope))
+    except StorageError as exc:  # a base the store cannot read (permissions, I/O): not damage
+        raise StorageError(
+            f"blob {blob_id.hex()[:16]} in pack {pack[:12]} could not be checked ({exc}); "
+            "prune stopped before deleting anything"
+        ) from None
     except CasError as exc:
         raise IntegrityError(
             f"blob {blob_id.hex()[:16]} in pack {pack[:12]} is damaged ({exc}); "

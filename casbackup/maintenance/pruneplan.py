@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from casbackup.errors import CasError, IntegrityError
+from casbackup.errors import CasError, IntegrityError, StorageError
 from casbackup.maintenance.spill import ID_BUCKETS, IdSet, RecordSpill
 from casbackup.maintenance.usage import collect_used_blobs
 from casbackup.repo import delta
@@ -253,6 +253,10 @@ def _load_sections(
 ) -> tuple[tuple[FileId, ...], list[tuple[FileId, bytes]], dict[BlobId, BlobId]]:
     try:
         return repo.load_index_with_bases(fid)
+    except StorageError as exc:  # permissions, I/O: not damage, and no repair would help
+        raise StorageError(
+            f"index file {fid[:12]} cannot be read ({exc}); prune deleted nothing"
+        ) from None
     except CasError as exc:
         raise IntegrityError(
             f"index file {fid[:12]} is unreadable ({exc}); run 'casbackup repair index' first"
@@ -262,8 +266,8 @@ def _load_sections(
 def plan_prune(
     repo: Repository, options: PruneOptions = PruneOptions(), reporter: Reporter = NULL_REPORTER
 ) -> PrunePlan:
-    """Plan a prune (read-only). Raises IntegrityError when anything needed is unreadable
-    or missing: prune then deletes nothing. Close the plan (or execute it) when done."""
+    """Plan a prune (read-only). Raises IntegrityError when anything needed is damaged or
+    missing, StorageError when the store cannot read it: prune then deletes nothing. Close the plan (or execute it) when done."""
     work = _Work()
     try:
         return _plan(repo, options, reporter, work)

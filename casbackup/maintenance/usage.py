@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from casbackup.errors import CasError, IntegrityError
+from casbackup.errors import CasError, IntegrityError, StorageError
 from casbackup.maintenance.spill import IdSet
 from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
@@ -44,15 +44,25 @@ def collect_used_blobs(
     ``extra_ids`` more blobs to keep as they are (nothing below them is walked). Shared
     subtrees are walked once, so unchanged folders across a year of dailies cost one
     visit; the trees walked are the one set held in memory (chunk ids go to ``into``,
-    on disk). Raises IntegrityError when a snapshot or a tree cannot be read.
+    on disk). Raises IntegrityError when a snapshot or a tree is damaged, StorageError
+    when the store cannot read one (permissions, I/O).
     """
-    warnings: list[str] = []
-    snapshots = repo.list_snapshots(warnings=warnings, include_forgotten=True)  # keep their data
-    if warnings:
-        raise IntegrityError(
-            f"{warnings[0]}; prune cannot tell which data it needs "
-            "(run 'casbackup check', or forget the damaged snapshot)"
-        )
+    present = repo.snapshot_ids()
+    repo.usable_snapshot_ids(present)  # alerts for snapshots that came back; their data is kept
+    snapshots = []
+    for fid in present:
+        try:
+            snapshots.append(repo.load_snapshot(fid))
+        except StorageError as exc:  # permissions, I/O: nothing says the snapshot is damaged
+            raise StorageError(
+                f"snapshot {fid[:8]} cannot be read ({exc}); prune needs every snapshot "
+                "and deleted nothing"
+            ) from None
+        except CasError as exc:
+            raise IntegrityError(
+                f"snapshot {fid[:8]} is unreadable: {exc}; prune cannot tell which data it "
+                "needs (run 'casbackup check', or forget the damaged snapshot)"
+            ) from None
     into.update(extra_ids)
     walked: set[bytes] = set()  # apart from ``into``: a chunk id must never stop a tree walk
     stack: list[BlobId] = [s.root for s in snapshots]
@@ -64,6 +74,11 @@ def collect_used_blobs(
             continue
         try:
             nodes = repo.load_tree(tree_id)
+        except StorageError as exc:
+            raise StorageError(
+                f"tree {tree_id.hex()[:16]} cannot be read ({exc}); prune needs every tree "
+                "and deleted nothing"
+            ) from None
         except CasError as exc:
             raise IntegrityError(
                 f"tree {tree_id.hex()[:16]} cannot be read ({exc}); prune needs every tree: "
