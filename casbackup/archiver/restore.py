@@ -79,6 +79,12 @@ class Restorer(FileSender):
         self._files_wanted = 0  # names of regular files the walk met that are to be restored
         self._counting = False  # the target took no more: the walk only counts what is left
         self._included = False  # an --include pattern matched something
+        # With several --include patterns, those that matched nothing yet (each warned of)
+        self._unmatched = (
+            {p: Excluder([p]) for p in self.includer.patterns if not p.lstrip().startswith("!")}
+            if len(self.includer.patterns) > 1
+            else {}
+        )
 
     def run(self) -> RestoreResult:
         opts = self.options
@@ -136,6 +142,8 @@ class Restorer(FileSender):
                     pass
             where = f"{opts.subpath} in the snapshot" if prefix else "the snapshot"
             raise NotFound(f"nothing in {where} matches --include {' '.join(opts.includes)}")
+        for pattern in self._unmatched:
+            self.result.warnings.append(f"--include {pattern} matched nothing")
         self._report_progress(force=True)
         return self.result
 
@@ -151,6 +159,13 @@ class Restorer(FileSender):
             self._included = True
             return True, True
         return False, is_dir
+
+    def _match_each(self, snap_path: bytes) -> None:
+        """Note the --include patterns that match this entry (to warn of those that never do)."""
+        text = os.fsdecode(snap_path)
+        for pattern, one in list(self._unmatched.items()):
+            if one.excluded(text):
+                del self._unmatched[pattern]
 
     # ------------------------------------------------------------------ walking
     def _walk(self, top: Frame, nodes: Iterable[Node]) -> None:
@@ -181,6 +196,8 @@ class Restorer(FileSender):
         take, descend = (
             (True, True) if frame.forced else self._wanted(snap_path, node.kind == NodeKind.DIR)
         )
+        if self._unmatched and take:
+            self._match_each(snap_path)
         if node.kind == NodeKind.DIR:
             return self._enter_dir(node, snap_path, rel_path, frame, take) if descend else None
         if not take:

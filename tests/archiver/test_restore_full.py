@@ -189,3 +189,17 @@ def test_cli_restore_into_a_real_full_file_system(
     assert "takes no more data (No space left on device)" in lines[0]
     restored = _check_nothing_partial(small_tmpfs, src, contents)
     assert f"{restored} of {FILES} files restored, {FILES - restored} not restored" in lines[0]
+
+
+def test_each_include_that_matches_nothing_is_a_warning(
+    snapshot: tuple[Repository, Snapshot, Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    repo, snap, src, _contents = snapshot
+    # d1/file001 lies under d1, which an include matched first: it counts as matched too.
+    options = RestoreOptions(target=str(tmp_path / "out"), includes=("nope", "d1", "file001", "x*"))
+    result = restore(repo, snap, options)
+    assert result.warnings == ["--include nope matched nothing", "--include x* matched nothing"]
+    assert result.files == sum(1 for i in range(FILES) if i % 7 == 1)
+    cli = run_cli("restore", snap.id, "-t", str(tmp_path / "t"), "-i", "d1", "-i", "nope",
+                  repo=repo.backend.root)  # fmt: skip
+    assert cli.code == 0 and "--include nope matched nothing" in cli.err, cli
