@@ -19,9 +19,12 @@ changes a folder's mtime, and a read-only mode would stop the writers. Folders o
 that an earlier restore left read-only are made writable first (targetfs.py).
 The first name of a hard-link group goes to a writer like any file; its other names
 wait and are linked once it is in place (never to a partial file).
-An entry that exists without ``--overwrite`` stops the restore; every other failure
-(a conflict ``--overwrite`` cannot resolve, a damaged pack, a full disk, a path the OS
-refuses) is listed by path in the result and the restore goes on with the rest.
+An entry that exists without ``--overwrite`` stops the restore, and so does a target
+that takes no more data (full, over quota, read-only: writers.TARGET_FULL): nothing more
+is written, the rest of the walk only counts the files left out, and one error says how
+far it got. Every other failure (a conflict ``--overwrite`` cannot resolve, a damaged
+pack, a path the OS refuses) is listed by path in the result and the restore goes on
+with the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from casbackup.archiver.restore_files import (
     FileSender,
     RestoreOptions,
     RestoreResult,
+    TargetFull,
 )
 from casbackup.archiver.restore_state import Batch, Folder, Frame
 from casbackup.archiver.targetfs import (
@@ -45,8 +49,8 @@ from casbackup.archiver.targetfs import (
     put_back_mode,
     raise_fd_limit,
 )
-from casbackup.archiver.writers import apply_metadata, discard
-from casbackup.errors import CasError, Interrupted, RestoreError
+from casbackup.archiver.writers import TARGET_FULL, apply_metadata, discard
+from casbackup.errors import CasError, Interrupted, NotFound, RestoreError
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
@@ -72,12 +76,22 @@ class Restorer(FileSender):
         self.includer = Excluder(list(options.includes))
         self.excluder = Excluder(list(options.excludes))
         self._open: dict[int, Folder] = {}  # id -> folder with an open fd (closed on failure)
+        self._files_wanted = 0  # names of regular files the walk met that are to be restored
+        self._counting = False  # the target took no more: the walk only counts what is left
+        self._included = False  # an --include pattern matched something
+        # With several --include patterns, those that matched nothing yet (each warned of)
+        self._unmatched = (
+            {p: Excluder([p]) for p in self.includer.patterns if not p.lstrip().startswith("!")}
+            if len(self.includer.patterns) > 1
+            else {}
+        )
 
     def run(self) -> RestoreResult:
         opts = self.options
         raise_fd_limit()  # a folder fd per level of the walk's path
         node = self.repo.find_node(self.snapshot.root, opts.subpath)
         prefix = os.fsencode(opts.subpath.rstrip("/")) if opts.subpath not in ("", "/") else b""
+        created = not os.path.lexists(opts.target)
         try:
             os.makedirs(opts.target, exist_ok=True)
             root_fd = os.open(opts.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -88,6 +102,7 @@ class Restorer(FileSender):
         root = Folder(root_fd, None, b"", saved)
         self._start_writers()
         finished = False
+        full: TargetFull | None = None
         try:
             if node is None or node.kind == NodeKind.DIR:
                 tree = self.snapshot.root if node is None else node.subtree
@@ -98,9 +113,12 @@ class Restorer(FileSender):
                 parent = prefix.rsplit(b"/", 1)[0]
                 top = Frame(iter(()), parent, b"", None, True, False, root, None)
                 self._walk(top, [node])
-            self._flush()
+            if not self._counting:
+                self._flush()
             self._drain()
             finished = True
+        except TargetFull as exc:
+            full = exc
         except KeyboardInterrupt:
             raise Interrupted("restore interrupted; the target holds a partial restore") from None
         finally:
@@ -108,6 +126,24 @@ class Restorer(FileSender):
             self._close_open_dirs()  # only now: no writer can use their fds any more
             put_back_mode(root_fd, saved)
             os.close(root_fd)
+        if full is not None:
+            done = self.result.files + self.result.links
+            raise RestoreError(
+                f"restore stopped: the target {opts.target} takes no more data ({full}): "
+                f"{done:,} of {self._files_wanted:,} files restored, "
+                f"{self._files_wanted - done:,} not restored; nothing partial is left "
+                "under a real name"
+            )
+        if self.includer and not self._included:
+            if created:
+                try:
+                    os.rmdir(opts.target)  # made for this restore, and nothing went in it
+                except OSError:
+                    pass
+            where = f"{opts.subpath} in the snapshot" if prefix else "the snapshot"
+            raise NotFound(f"nothing in {where} matches --include {' '.join(opts.includes)}")
+        for pattern in self._unmatched:
+            self.result.warnings.append(f"--include {pattern} matched nothing")
         self._report_progress(force=True)
         return self.result
 
@@ -120,8 +156,16 @@ class Restorer(FileSender):
         if not self.includer:
             return True, True
         if self.includer.excluded(text):  # an include pattern matches: take everything below too
+            self._included = True
             return True, True
         return False, is_dir
+
+    def _match_each(self, snap_path: bytes) -> None:
+        """Note the --include patterns that match this entry (to warn of those that never do)."""
+        text = os.fsdecode(snap_path)
+        for pattern, one in list(self._unmatched.items()):
+            if one.excluded(text):
+                del self._unmatched[pattern]
 
     # ------------------------------------------------------------------ walking
     def _walk(self, top: Frame, nodes: Iterable[Node]) -> None:
@@ -132,12 +176,16 @@ class Restorer(FileSender):
         while stack:
             frame = stack[-1]
             child = next(frame.children, None)
-            if child is None:
-                stack.pop()
-                if frame is not top:
-                    self._leave(frame)
+            try:
+                if child is None:
+                    stack.pop()
+                    if frame is not top:
+                        self._leave(frame)
+                    continue
+                sub = self._restore_node(child, frame)
+            except TargetFull:
+                self._counting = True  # run() raises it once the files left are counted
                 continue
-            sub = self._restore_node(child, frame)
             if sub is not None:
                 stack.append(sub)
 
@@ -148,12 +196,18 @@ class Restorer(FileSender):
         take, descend = (
             (True, True) if frame.forced else self._wanted(snap_path, node.kind == NodeKind.DIR)
         )
+        if self._unmatched and take:
+            self._match_each(snap_path)
         if node.kind == NodeKind.DIR:
             return self._enter_dir(node, snap_path, rel_path, frame, take) if descend else None
         if not take:
             return None
         if self.options.dry_run:
             self._count(node)
+            return None
+        if node.kind == NodeKind.FILE:
+            self._files_wanted += 1
+        if self._counting:
             return None
         folder = self._dir_of(frame)
         if folder is None:
@@ -192,8 +246,12 @@ class Restorer(FileSender):
         assert node.subtree is not None
         frame = Frame(iter(()), snap_path, rel_path, node, take,
                        take and bool(self.includer), None, parent)  # fmt: skip
-        if take and not self.options.dry_run and self._dir_of(frame) is None:
-            return None  # reported; nothing below it can be restored
+        if take and not self.options.dry_run and not self._counting:
+            try:
+                if self._dir_of(frame) is None:
+                    return None  # reported; nothing below it can be restored
+            except TargetFull:
+                self._counting = True  # the walk goes on, counting the files left out
         try:
             frame.children = iter(self.repo.load_tree(node.subtree))
         except CasError as exc:
@@ -217,6 +275,9 @@ class Restorer(FileSender):
                     pending.node.name, pending.parent.dir.fd, replace=self.options.overwrite
                 )
             except TargetError as exc:
+                if exc.errno in TARGET_FULL:
+                    self.stop(TargetFull(os.strerror(exc.errno)))
+                    raise TargetFull(os.strerror(exc.errno)) from None
                 self._fail(pending.rel_path, str(exc))
                 # Skip the rest of every folder that was to hold it: nothing fits there.
                 for skipped in missing:
@@ -230,6 +291,8 @@ class Restorer(FileSender):
 
     def _leave(self, frame: Frame) -> None:
         """The walk is done with ``frame``: finish its folder now, or when its last batch is back."""
+        if self._counting:
+            return  # its folder is closed, without metadata, once the writers stopped
         folder = frame.dir
         if folder is None:
             if frame.take and frame.node is not None and self.options.dry_run:

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from casbackup.archiver.readplan import LOCAL_GAP, REMOTE_GAP, BlobReader, Chain, Chunk
 from casbackup.archiver.restore_state import Batch, BatchDone, Folder, LinkGroup
 from casbackup.archiver.targetfs import TargetError, refuse_dir, remove_entry
-from casbackup.archiver.writers import BatchItem, FileJob, WriterPool, Written, write_batch
+from casbackup.archiver.writers import (
+    TARGET_FULL,
+    BatchItem,
+    FileJob,
+    WriterPool,
+    Written,
+    write_batch,
+)
 from casbackup.errors import CasError, RestoreError
 from casbackup.repo import delta
 from casbackup.repo.ids import Kind
@@ -33,6 +40,11 @@ from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
 from casbackup.store.local import LocalBackend
 from casbackup.threadsig import block_stop_signals
+
+
+class TargetFull(RestoreError):
+    """The target took no more data (full, over quota, read-only): the restore stops at
+    once instead of failing every file the same way; ``str()`` is the OS's reason."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,7 @@ class FileSender(ABC):
             if not self.options.overwrite:
                 raise RestoreError(_exists(rel_path)) from None
         except OSError as exc:
-            self._fail(rel_path, f"cannot create: {exc.strerror}")
+            self._os_failed(rel_path, exc)
             return False
         try:
             remove_entry(node.name, dir_fd)
@@ -129,8 +141,16 @@ class FileSender(ABC):
         except TargetError as exc:
             self._fail(rel_path, str(exc))
         except OSError as exc:
-            self._fail(rel_path, f"cannot create: {exc.strerror}")
+            self._os_failed(rel_path, exc)
         return False
+
+    def _os_failed(self, rel_path: bytes, exc: OSError) -> None:
+        """An entry the OS would not create: reported by path, or, when the target takes
+        no more, the restore stops (TargetFull)."""
+        if exc.errno in TARGET_FULL:
+            self.stop(TargetFull(exc.strerror or str(exc)))
+        else:
+            self._fail(rel_path, f"cannot create: {exc.strerror}")
 
     # ------------------------------------------------------------------ files
     def _restore_file(self, node: Node, rel_path: bytes, folder: Folder) -> None:
@@ -230,7 +250,7 @@ class FileSender(ABC):
         else:
             assert self._threads is not None and self._reader is not None
             future = self._threads.submit(
-                write_batch, dir_fds, items, self._reader, self._add_bytes
+                write_batch, dir_fds, items, self._reader, self._add_bytes, self._stopping
             )
             future.add_done_callback(done.from_future)
 
@@ -332,6 +352,9 @@ class FileSender(ABC):
         if written.exists:
             self.stop(RestoreError(_exists(rel_path)))
             self._first_settled(key, "exists in the target")
+        elif written.full:  # not listed by path: the restore stops and says why, once
+            self.stop(TargetFull(written.error or "the target takes no more data"))
+            self._first_settled(key, "not written")
         elif written.error is not None:
             self._fail(rel_path, written.error)
             self._first_settled(key, written.error or "failed")
@@ -388,6 +411,10 @@ class FileSender(ABC):
         with self._lock:
             if self._failure is None:
                 self._failure = failure
+
+    def _stopping(self) -> bool:
+        """Whether the restore is stopping: writer threads then write no further file."""
+        return self._failure is not None
 
     def _raise_failure(self) -> None:
         failure = self._failure or (self._writers.failure if self._writers else None)

@@ -24,7 +24,12 @@ _WRITABLE = stat.S_IWUSR | stat.S_IXUSR  # what creating and removing entries ne
 
 
 class TargetError(Exception):
-    """An entry of the target could not be made or replaced; ``str()`` is the reason."""
+    """An entry of the target could not be made or replaced; ``str()`` is the reason,
+    ``errno`` the OS's error number when the OS refused (None for a conflict)."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.errno = code
 
 
 def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int, int | None]:
@@ -41,12 +46,12 @@ def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int
     except FileExistsError:
         pass
     except OSError as exc:
-        raise TargetError(f"cannot create folder: {exc.strerror}") from None
+        raise TargetError(f"cannot create folder: {exc.strerror}", exc.errno) from None
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise TargetError(f"cannot open folder: {exc.strerror}") from None
+            raise TargetError(f"cannot open folder: {exc.strerror}", exc.errno) from None
         if not replace:
             raise TargetError(
                 "refusing to restore into it: it exists in the target and is not a "
@@ -58,7 +63,7 @@ def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int
         return fd, make_writable(fd)
     except OSError as exc:
         os.close(fd)
-        raise TargetError(f"cannot make the folder writable: {exc.strerror}") from None
+        raise TargetError(f"cannot make the folder writable: {exc.strerror}", exc.errno) from None
 
 
 def make_writable(fd: int) -> int | None:

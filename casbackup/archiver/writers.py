@@ -70,6 +70,14 @@ class Written(NamedTuple):
     error: str | None = None  # the file is wrong, incomplete or missing: nothing under its name
     warnings: tuple[str, ...] = ()  # content fine; each piece of metadata not applied
     exists: bool = False  # the name was taken in the target: nothing written, restore stops
+    full: bool = False  # the target takes no more (TARGET_FULL): nothing written, restore stops
+
+
+# The target file system is full, over quota or read-only: every further file would fail
+# the same way, so the writers stop writing and the restore stops (restore.py).
+TARGET_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# A file of a batch left unwritten because the target took no more.
+NOT_WRITTEN = Written(error="not written: the target takes no more data", full=True)
 
 
 # One file of a batch: (index of its folder among the batch's folder fds, name, job).
@@ -109,7 +117,7 @@ def write_file(
     except FileExistsError:
         return Written(error="a temporary file of this restore exists already")
     except OSError as exc:
-        return Written(error=f"cannot create: {exc.strerror}")
+        return Written(error=f"cannot create: {exc.strerror}", full=exc.errno in TARGET_FULL)
     published = False
     try:
         hasher = blake3.blake3()
@@ -138,7 +146,7 @@ def write_file(
     except CasError as exc:
         return Written(error=str(exc))
     except OSError as exc:
-        return Written(error=exc.strerror or str(exc))
+        return Written(error=exc.strerror or str(exc), full=exc.errno in TARGET_FULL)
     finally:
         os.close(fd)
         if not published:
@@ -225,17 +233,26 @@ def write_batch(
     items: Sequence[BatchItem],
     reader: BlobReader,
     on_bytes: Callable[[int], None],
+    halted: Callable[[], bool] = lambda: False,
 ) -> list[Written]:
     """Write each file (see ``write_file``); one outcome per item. Never closes ``dir_fds``.
 
-    The batch's chunks are read per pack, a window at a time (readplan.ChunkFeed).
+    The batch's chunks are read per pack, a window at a time (readplan.ChunkFeed). Once
+    the target takes no more (a file came back ``full``) or ``halted()`` says the restore
+    is stopping, the remaining files are not even created: NOT_WRITTEN.
     """
     feed = ChunkFeed(reader, [job for _, _, job in items])
+    results: list[Written] = []
+    full = False
     try:
-        return [
-            write_file(dir_fds[folder], name, job, feed.file(i), on_bytes)
-            for i, (folder, name, job) in enumerate(items)
-        ]
+        for i, (folder, name, job) in enumerate(items):
+            if full or halted():
+                results.append(NOT_WRITTEN)
+                continue
+            written = write_file(dir_fds[folder], name, job, feed.file(i), on_bytes)
+            full = written.full
+            results.append(written)
+        return results
     finally:
         feed.close()
 
@@ -345,6 +362,7 @@ def _writer_main(
     ahead = ThreadPoolExecutor(1, thread_name_prefix="read-ahead", initializer=block_stop_signals)
     reader = BlobReader(LocalBackend(root), encryption_root, gap=LOCAL_GAP, pool=ahead)
     sock = _fd_socket(conn)
+    full = False  # the target took no more: later batches are not written either
     try:
         while True:
             msg = conn.recv()
@@ -353,7 +371,11 @@ def _writer_main(
             batch_id, n_dirs, items = msg
             fds = _recv_fds(sock, n_dirs)
             try:
-                results = write_batch(fds, items, reader, _ignore)
+                if full:
+                    results = [NOT_WRITTEN] * len(items)
+                else:
+                    results = write_batch(fds, items, reader, _ignore)
+                    full = any(w.full for w in results)
             finally:
                 for fd in fds:
                     os.close(fd)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from casbackup.archiver.restore import RestoreOptions, restore
+from casbackup.errors import RestoreError
 from casbackup.repo.pack import pack_name
 from casbackup.repo.repository import Repository
 from casbackup.store.local import LocalBackend
@@ -292,10 +293,11 @@ def test_full_disk_leaves_nothing_partial(
     small = mounted("tmpfs", "size=1m")
     snap = snapshot_of(repo, [file_node(repo, b"huge", os.urandom(3_000_000), chunk=500_000),
                               file_node(repo, b"tiny", b"fits")])  # fmt: skip
-    result = restore(repo, snap, RestoreOptions(target=str(small), workers=workers))
-    assert result.errors == ["huge: No space left on device"]
-    assert sorted(os.listdir(small)) == ["tiny"]  # no temporary file left either
-    assert (small / "tiny").read_bytes() == b"fits"
+    # The disk is full: the restore stops at once (tiny, after huge, is not even tried),
+    # with one error, and no temporary file is left.
+    with pytest.raises(RestoreError, match=r"\(No space left on device\): 0 of 2 files restored"):
+        restore(repo, snap, RestoreOptions(target=str(small), workers=workers))
+    assert os.listdir(small) == []
 
 
 def test_interrupted_writer_leaves_no_temporary_files(repo: Repository, tmp_path: Path,
@@ -370,6 +372,7 @@ def flatten(top: Path, name: bytes) -> None:
 FD_LIMITED = """
 import json, resource, sys
 from casbackup.archiver.restore import RestoreOptions, restore
+from casbackup.errors import RestoreError
 from casbackup.testing.fixtures import open_repo
 repo = open_repo(sys.argv[1])
 snap = repo.load_snapshot(sys.argv[2])
