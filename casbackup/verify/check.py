@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casbackup import procs
-from casbackup.errors import CasError, UsageError
+from casbackup.errors import CasError, StorageError, UsageError
 from casbackup.maintenance.spill import ID_BUCKETS, RecordSpill
 from casbackup.repo import delta
 from casbackup.repo.ids import FULL_KIND, BlobId, FileId, Kind
@@ -205,9 +205,7 @@ class Checker:
                 decode_index_records(data)  # the whole structure, so a damaged file is named
                 supersedes = decode_supersedes(data)
             except CasError as exc:
-                self.report.errors.append(
-                    f"index file {fid[:12]} is damaged: {exc} (run 'casbackup repair index')"
-                )
+                self.report.errors.append(_index_error(fid, exc))
                 continue
             del data
             readable.append(fid)
@@ -220,9 +218,7 @@ class Checker:
             try:
                 _, sections = self.repo.load_index_records(fid)
             except CasError as exc:  # read a moment ago: changed or gone since
-                self.report.errors.append(
-                    f"index file {fid[:12]} is damaged: {exc} (run 'casbackup repair index')"
-                )
+                self.report.errors.append(_index_error(fid, exc))
                 continue
             yield from sections
 
@@ -569,6 +565,14 @@ class Checker:
             # 486 trees between releases every 256 visits took a 5M-entry check to 382 MiB
             # of PSS (50-72 MiB with a colder file). A release is ~2 us a tree.
             self.repo.cache.release_pages()
+
+
+def _index_error(fid: FileId, exc: CasError) -> str:
+    """An index file that could not be used. One the store cannot read (permissions, I/O)
+    is not called damaged: rebuilding the index would not help, fixing the storage would."""
+    if isinstance(exc, StorageError):
+        return f"index file {fid[:12]} cannot be read: {exc} (fix the storage; the file may well be intact)"
+    return f"index file {fid[:12]} is damaged: {exc} (run 'casbackup repair index')"
 
 
 @dataclass
