@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from casbackup.errors import CasError
+from casbackup.errors import CasError, StorageError
 from casbackup.repo.ids import BlobId
 from casbackup.repo.nodecheck import file_node_problem
 from casbackup.repo.repository import Repository
@@ -71,6 +71,8 @@ def compare_tree(
         shown = os.fsdecode(prefix) or "/"
         try:
             nodes = repo.load_tree(tree_id)
+        except StorageError:
+            raise  # the store failed (permissions, I/O): that says nothing of the snapshot
         except CasError as exc:
             out.fail(shown, f"folder listing is unreadable: {exc}")
             continue

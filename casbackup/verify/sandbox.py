@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from casbackup import __version__
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name
-from casbackup.errors import CasError, Interrupted, VerificationFailed
+from casbackup.errors import CasError, Interrupted, StorageError, VerificationFailed
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot, now_utc
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
@@ -271,6 +271,8 @@ def _verify_in(
         restored_errors = result.errors
     except Interrupted:
         raise KeyboardInterrupt from None
+    except StorageError:
+        raise  # the store failed (permissions, I/O): nothing was verified, nothing failed
     except CasError as exc:
         # A restore that stops (an unreadable root tree) leaves whatever it wrote; the
         # comparison below names everything that is missing because of it.

@@ -1,16 +1,21 @@
-"""`check` does not call an index file damaged, nor advise 'repair index', when the store
-merely cannot read it (permission denied, I/O error): rebuilding would not help, fixing the
-storage would. Damage is still damage. (As root chmod 000 stops nothing, so the backend
-refuses the read here, as ``os.open`` would.)"""
+"""A file the store cannot read (permission denied, I/O error) is not damage: `check` does
+not call such an index file damaged nor advise 'repair index' (fixing the storage would
+help, rebuilding would not), and `verify` stops with exit 25 instead of recording the
+snapshot as FAILED (exit 28). Damage is still damage. As root chmod 000 stops nothing, so
+the backend refuses the read here, as ``os.open`` would."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
+import sys
 
 from casbackup.archiver.backup import BackupOptions, run_backup
+from casbackup.repo.pack import pack_name
 from casbackup.store.local import LocalBackend, _storage_error
-from casbackup.testing.fixtures import make_repo
+from casbackup.testing.fixtures import PASSWORD, make_repo, run_cli
 from casbackup.verify.check import CheckOptions, check
 
 
@@ -54,3 +59,37 @@ def test_a_damaged_index_file_still_is(tmp_path) -> None:  # type: ignore[no-unt
     report = check(repo, CheckOptions())
     assert any("is damaged" in e and "repair index" in e for e in report.errors), report.errors
     repo.close()
+
+
+_PRELUDE = """
+import errno, os
+from casbackup.store import local
+_real = local.LocalBackend._open_object
+def _open_object(self, name):
+    if name == os.environ["REFUSE"]:
+        raise local._storage_error(OSError(errno.EACCES, "Permission denied"), f"reading {name}")
+    return _real(self, name)
+local.LocalBackend._open_object = _open_object
+from casbackup.cli.main import main
+main()
+"""
+
+
+def test_verify_with_an_unreadable_tree_pack_exits_25_and_records_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The snapshot was not verified at all: no FAILED record (exit 28) for a permission."""
+    repo = _repo_with_backup(tmp_path)
+    snap = repo.list_snapshots()[-1]
+    name = pack_name(repo.locate(snap.root).pack)
+    repo.close()
+    root = str(tmp_path / "repo")
+    env = dict(os.environ, CASBACKUP_PASSWORD=PASSWORD, REFUSE=name)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PRELUDE, "-r", root, "verify", snap.short_id,
+         "--sandbox", str(tmp_path)],
+        capture_output=True, env=env, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 25, (proc.returncode, proc.stderr)
+    assert "permission denied" in proc.stderr and name in proc.stderr, proc.stderr
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("casbackup-verify")]
+    listing = run_cli("--json", "snapshots", repo=root)
+    assert [s["verification"] for s in json.loads(listing.out)] == [None], listing.out
