@@ -82,31 +82,29 @@ def encode_delta(
     2^23 entries; 2^19 is the one used (bench/DUMPS.md "Tree deltas")."""
     dictionary = base if isinstance(base, zstandard.ZstdCompressionDict) else base_dictionary(base)
     base_len = len(dictionary)
-    extra = {"hash_log": min(max(base_len.bit_length() - 2, 17), WIDE_HASH_LOG)} if wide else {}
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level,
-        source_size=len(target),
-        window_log=_WINDOW_LOG,
-        write_content_size=True,
-        enable_ldm=base_len > 1 << 20,
-        **extra,
-    )
-    # Data chunks too: the level's tables are sized for the target alone, and a base over
-    # ~1 MiB outgrows them (a 2.3 MB base with a few rows changed gave a 114 kB delta
-    # instead of 3 kB, an 8 MB one 644 kB instead of 11 kB; the files chunker's chunks
-    # reach 8 MiB). One entry per 4-8 bytes of base keeps them (zstd 1.5.7, level 3), as
-    # for ``wide``; up to 1 MiB (the dump chunker's largest) nothing changes.
-    hash_log = max(base_len - 1, 1).bit_length() - 3
-    if not wide and hash_log > params.hash_log:
-        params = zstandard.ZstdCompressionParameters.from_level(
+
+    def parameters(**tables: int) -> zstandard.ZstdCompressionParameters:
+        return zstandard.ZstdCompressionParameters.from_level(
             level,
             source_size=len(target),
             window_log=_WINDOW_LOG,
             write_content_size=True,
             enable_ldm=base_len > 1 << 20,
-            hash_log=hash_log,
-            chain_log=max(params.chain_log, hash_log - 1),
+            **tables,
         )
+
+    if wide:
+        params = parameters(hash_log=min(max(base_len.bit_length() - 2, 17), WIDE_HASH_LOG))
+    else:
+        params = parameters()
+        # Data chunks too: the level's tables are sized for the target alone, and a base
+        # over ~1 MiB outgrows them (a 2.3 MB base with a few rows changed gave a 114 kB
+        # delta instead of 3 kB, an 8 MB one 644 kB instead of 11 kB; the files chunker's
+        # chunks reach 8 MiB). One entry per 4-8 bytes of base keeps them (zstd 1.5.7, level
+        # 3); up to 1 MiB (the dump chunker's largest) nothing changes.
+        hash_log = max(base_len - 1, 1).bit_length() - 3
+        if hash_log > params.hash_log:
+            params = parameters(hash_log=hash_log, chain_log=max(params.chain_log, hash_log - 1))
     frame = zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(
         target
     )

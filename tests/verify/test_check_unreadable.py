@@ -61,18 +61,8 @@ def test_a_damaged_index_file_still_is(tmp_path) -> None:  # type: ignore[no-unt
     repo.close()
 
 
-_PRELUDE = """
-import errno, os
-from casbackup.store import local
-_real = local.LocalBackend._open_object
-def _open_object(self, name):
-    if name == os.environ["REFUSE"]:
-        raise local._storage_error(OSError(errno.EACCES, "Permission denied"), f"reading {name}")
-    return _real(self, name)
-local.LocalBackend._open_object = _open_object
-from casbackup.cli.main import main
-main()
-"""
+# The CLI with one object refused as by a permission denied (shared with prune's tests).
+from tests.maintenance.test_prune_unreadable import _PRELUDE  # noqa: E402
 
 
 def test_verify_with_an_unreadable_tree_pack_exits_25_and_records_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
