@@ -7,7 +7,7 @@ import click
 
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for, warn
-from casbackup.errors import CheckFailed
+from casbackup.errors import CheckFailed, StorageError
 from casbackup.repo.repository import Repository
 from casbackup.verify.check import CheckOptions, Subset
 from casbackup.verify.check import check as run_check
@@ -62,7 +62,7 @@ def check(
             "message_type": "check", "ok": report.ok, "errors": report.errors, "warnings": report.warnings,
             "damaged_packs": sorted(report.damaged_packs), "affected": report.affected,
             "snapshots": report.snapshots, "trees": report.trees, "blobs": report.blobs, "packs": report.packs,
-            "packs_read": report.packs_read, "bytes_read": report.bytes_read,
+            "storage_errors": report.storage_errors, "packs_read": report.packs_read, "bytes_read": report.bytes_read,
             "packs_never_verified": report.packs_never_verified, "oldest_verified": report.oldest_verified,
             "alerts": list(repo.alerts),  # rollback warnings (also printed on stderr)
         })  # fmt: skip
@@ -97,6 +97,11 @@ def check(
             click.echo(
                 f"{plural(report.packs_never_verified, 'pack')} not verified yet; oldest verification: {oldest}"
             )
+    if not report.ok and not report.damaged:  # only storage errors: fix the storage first
+        raise StorageError(
+            f"the repository could not be fully read: {plural(len(report.errors), 'storage error')} "
+            "(see above), no damage found in what was read"
+        )
     if not report.ok:
         raise CheckFailed(f"the repository has {plural(len(report.errors), 'problem')} (see above)")
     if not opts.json:

@@ -132,10 +132,19 @@ class CheckReport:
     # repository has never been verified, and the oldest verification time (unix s).
     packs_never_verified: int | None = None
     oldest_verified: int | None = None
+    # How many of ``errors`` are the store refusing a read (permission denied, I/O error)
+    # or follow from one (a tree in a pack that could not be read): not damage.
+    storage_errors: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    @property
+    def damaged(self) -> bool:
+        """Whether anything found is damage (``check`` exits 29), not only storage errors
+        (exit 25: fixing the storage may well be all it takes)."""
+        return len(self.errors) > self.storage_errors
 
 
 class Checker:
@@ -154,6 +163,7 @@ class Checker:
         # A pack missing or with an unreadable header: every blob whose home it is
         # (the copy readers use, per the index cache) is damaged; (why, blobs named).
         self.bad_packs: dict[FileId, tuple[str, int]] = {}
+        self.unreadable_packs: set[FileId] = set()  # bad_packs the store refused to read
         self.damaged: dict[bytes, str] = {}  # one blob -> why
         # The index's records of packs whose header is unreadable: ``--read-data`` checks
         # their blobs through them (pack_scan falls back to the index).
@@ -205,12 +215,17 @@ class Checker:
                 decode_index_records(data)  # the whole structure, so a damaged file is named
                 supersedes = decode_supersedes(data)
             except CasError as exc:
-                self.report.errors.append(_index_error(fid, exc))
+                self._index_failed(fid, exc)
                 continue
             del data
             readable.append(fid)
             superseded.update(supersedes)
         return [fid for fid in readable if fid not in superseded]
+
+    def _index_failed(self, fid: FileId, exc: CasError) -> None:
+        self.report.errors.append(_index_error(fid, exc))
+        if isinstance(exc, StorageError):
+            self.report.storage_errors += 1
 
     def _sections(self, files: list[FileId]) -> Iterator[tuple[FileId, bytes]]:
         """Every (pack, index records) of ``files``, one index file in memory at a time."""
@@ -218,7 +233,7 @@ class Checker:
             try:
                 _, sections = self.repo.load_index_records(fid)
             except CasError as exc:  # read a moment ago: changed or gone since
-                self.report.errors.append(_index_error(fid, exc))
+                self._index_failed(fid, exc)
                 continue
             yield from sections
 
@@ -242,6 +257,8 @@ class Checker:
                     self.repo.backend.get, pack_name(pack), present[pack], self.repo.opener
                 )
             except CasError as exc:
+                if isinstance(exc, StorageError):
+                    self.unreadable_packs.add(pack)
                 self._pack_damaged(pack, f"has an unreadable header ({exc})", records)
                 continue
             by_id = {e.id: e for e in header}
@@ -253,6 +270,8 @@ class Checker:
         for pack, (why, blobs) in sorted(self.bad_packs.items()):
             self.report.errors.append(f"pack {pack[:12]} {why}: {plural(blobs, 'blob')} affected")
             self.report.damaged_packs.add(pack)
+            if pack in self.unreadable_packs:
+                self.report.storage_errors += 1
         self.report.blobs = self.repo.cache.count()
         for pack in sorted(set(present) - self.indexed):
             self.report.warnings.append(
@@ -368,6 +387,8 @@ class Checker:
 
     def _apply(self, pack: FileId, verdict: PackVerdict) -> None:
         self.report.errors.extend(verdict.errors)
+        if verdict.unreadable:
+            self.report.storage_errors += len(verdict.errors)
         if verdict.bytes_read is not None:
             self.report.packs_read += 1
             self.report.bytes_read += verdict.bytes_read
@@ -378,6 +399,7 @@ class Checker:
     # ------------------------------------------------------------------ snapshots
     def _apply_walk(self, walk: _Walk) -> None:
         self.report.errors.extend(walk.errors)
+        self.report.storage_errors += walk.storage_errors
         self.report.snapshots = walk.snapshots
         self.report.trees = walk.trees
         self.report.affected.update(walk.affected)
@@ -505,6 +527,8 @@ class Checker:
                     out.errors.append(
                         f"snapshot {snap.short_id}: tree of {os.fsdecode(prefix) or '/'} is unreadable: {exc}"
                     )
+                    if isinstance(exc, StorageError):  # its pack could not be read
+                        out.storage_errors += 1
                     affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
                     continue
                 files = [n for n in nodes if n.kind == NodeKind.FILE]
@@ -546,6 +570,12 @@ class Checker:
         loc = self.repo.cache.get(tree_id)
         why = self._damage(tree_id, loc)
         if why is not None:
+            if (
+                tree_id not in self.damaged
+                and loc is not None
+                and loc.pack in self.unreadable_packs
+            ):
+                raise StorageError(why)  # not damage: the store refused to read its pack
             raise CasError(why)
         if loc is None:
             raise CasError("tree is not in the index")
@@ -583,6 +613,7 @@ class _Walk:
     snapshots: int = 0
     trees: int = 0
     affected: dict[str, list[str]] = field(default_factory=dict)
+    storage_errors: int = 0  # of errors, those a storage error caused (CheckReport's)
 
 
 class _Background:

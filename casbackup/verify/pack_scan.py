@@ -36,6 +36,11 @@ PIECE = 1 << 20
 _READ_ERRORS = (NotFound, StorageError)
 
 
+class _Truncated(StorageError):
+    """A pack file shorter than its header says: damage, though reading stops as for a
+    storage error."""
+
+
 @dataclass
 class PackVerdict:
     """What reading one pack found; computed in a helper process when there are several."""
@@ -45,6 +50,8 @@ class PackVerdict:
     damaged: list[tuple[bytes, str]] = field(default_factory=list)  # (blob id, why)
     # DELTA blobs that authenticated: ``check`` resolves each through its bases.
     deltas: list[bytes] = field(default_factory=list)
+    # The store refused to read the pack (permission denied, I/O error): not damage.
+    unreadable: bool = False
 
 
 class _Source(Protocol):
@@ -79,7 +86,7 @@ class _FileSource:
         except OSError as exc:
             raise StorageError(f"reading {self._name}: {exc.strerror or exc}") from None
         if got != length:
-            raise StorageError(
+            raise _Truncated(
                 f"{self._name} is truncated: wanted {length} bytes at offset {offset}, got {got}"
             )
         return view
@@ -115,15 +122,22 @@ def verify_pack(repo: Repository, pack: FileId, size: int, indexed: bytes) -> Pa
     try:
         source = _open_source(repo.backend, pack_name(pack))
     except CasError as exc:
-        return PackVerdict(errors=[f"pack {pack[:12]} cannot be read: {exc}"])
+        return _unreadable(pack, exc)
     try:
         return _scan(repo, pack, size, indexed, source)
     except _READ_ERRORS as exc:
         # Failing midway is failing to read the pack: what was found so far is dropped
         # so the verdict is the same as when the first read fails.
-        return PackVerdict(errors=[f"pack {pack[:12]} cannot be read: {exc}"])
+        return _unreadable(pack, exc)
     finally:
         source.close()
+
+
+def _unreadable(pack: FileId, exc: CasError) -> PackVerdict:
+    """A pack that could not be read: damage when missing or cut short, a storage error
+    when the store refused (permission denied, I/O error)."""
+    storage = isinstance(exc, StorageError) and not isinstance(exc, _Truncated)
+    return PackVerdict(errors=[f"pack {pack[:12]} cannot be read: {exc}"], unreadable=storage)
 
 
 def _scan(

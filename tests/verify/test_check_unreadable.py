@@ -15,7 +15,7 @@ import sys
 from casbackup.archiver.backup import BackupOptions, run_backup
 from casbackup.repo.pack import pack_name
 from casbackup.store.local import LocalBackend, _storage_error
-from casbackup.testing.fixtures import PASSWORD, make_repo, run_cli
+from casbackup.testing.fixtures import PASSWORD, make_repo, open_repo, run_cli
 from casbackup.verify.check import CheckOptions, check
 
 
@@ -83,3 +83,51 @@ def test_verify_with_an_unreadable_tree_pack_exits_25_and_records_nothing(tmp_pa
     assert not [p for p in os.listdir(tmp_path) if p.startswith("casbackup-verify")]
     listing = run_cli("--json", "snapshots", repo=root)
     assert [s["verification"] for s in json.loads(listing.out)] == [None], listing.out
+
+
+def _check_refusing(
+    root: str, name: str, *args: str, json_mode: bool = False
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CASBACKUP_PASSWORD=PASSWORD, REFUSE=name)
+    front = ["--json"] if json_mode else []
+    return subprocess.run([sys.executable, "-c", _PRELUDE, "-r", root, *front, "check", *args],
+                          capture_output=True, env=env, text=True, timeout=120)  # fmt: skip
+
+
+def test_check_with_only_storage_errors_exits_25(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An unreadable index file, tree pack or data pack (with and without --read-data):
+    each is reported, and the exit is the storage code 25, not damage (29)."""
+    repo = _repo_with_backup(tmp_path)
+    snap = repo.list_snapshots()[-1]
+    tree = pack_name(repo.locate(snap.root).pack)
+    data = pack_name(repo.locate(repo.find_node(snap.root, str(tmp_path / "src" / "a")).content[0]).pack)  # fmt: skip
+    index = f"index/{repo.index_files()[0]}"
+    repo.close()
+    root = str(tmp_path / "repo")
+    for name, args in [(index, ()), (tree, ()), (data, ()), (data, ("--read-data",)),
+                       (tree, ("--read-data",))]:  # fmt: skip
+        proc = _check_refusing(root, name, *args)
+        assert proc.returncode == 25, (name, args, proc.returncode, proc.stderr)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: the repository could not be fully read:"), last
+        assert "permission denied" in proc.stderr and name in proc.stderr, proc.stderr
+    proc = _check_refusing(root, tree, json_mode=True)
+    assert proc.returncode == 25, proc.stderr
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not doc["ok"] and doc["storage_errors"] == len(doc["errors"]) == 2, doc
+    assert json.loads(proc.stderr.strip().splitlines()[-1])["kind"] == "storage_error"
+
+
+def test_check_with_damage_besides_storage_errors_exits_29(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    repo = _repo_with_backup(tmp_path)
+    tree = pack_name(repo.locate(repo.list_snapshots()[-1].root).pack)
+    repo.close()
+    root = tmp_path / "repo"
+    (root / "planted").write_bytes(b"not an object")  # damage: no object of the format
+    proc = _check_refusing(str(root), tree)
+    assert proc.returncode == 29, (proc.returncode, proc.stderr)
+    assert "permission denied" in proc.stderr and "planted" in proc.stderr, proc.stderr
+    reopened = open_repo(str(root))
+    report = check(reopened, CheckOptions())
+    reopened.close()
+    assert report.damaged and report.storage_errors == 0, report
