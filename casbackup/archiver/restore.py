@@ -38,6 +38,7 @@ from casbackup.archiver.restore_files import (
     FileSender,
     RestoreOptions,
     RestoreResult,
+    RestoreStopped,
     TargetFull,
 )
 from casbackup.archiver.restore_state import Batch, Folder, Frame
@@ -55,6 +56,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Reporter
+from casbackup.units import plural
 
 __all__ = ["RestoreOptions", "RestoreResult", "Restorer", "restore"]
 
@@ -128,11 +130,18 @@ class Restorer(FileSender):
             os.close(root_fd)
         if full is not None:
             done = self.result.files + self.result.links
-            raise RestoreError(
+            failed = len(self.result.errors)
+            before = (
+                f"; before that, {plural(failed, 'entry', 'entries')} could not be restored"
+                if failed
+                else ""
+            )
+            raise RestoreStopped(
                 f"restore stopped: the target {opts.target} takes no more data ({full}): "
                 f"{done:,} of {self._files_wanted:,} files restored, "
                 f"{self._files_wanted - done:,} not restored; nothing partial is left "
-                "under a real name"
+                f"under a real name{before}",
+                self.result,
             )
         if self.includer and not self._included:
             if created:

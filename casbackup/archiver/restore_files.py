@@ -47,6 +47,16 @@ class TargetFull(RestoreError):
     once instead of failing every file the same way; ``str()`` is the OS's reason."""
 
 
+class RestoreStopped(RestoreError):
+    """The restore stopped (the target took no more data) after writing part of it:
+    ``result`` holds what was done, ``result.errors`` each entry that failed before by
+    path, so they are still reported (the CLI lists them before the one-line stop)."""
+
+    def __init__(self, message: str, result: RestoreResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass(frozen=True)
 class RestoreOptions:
     target: str

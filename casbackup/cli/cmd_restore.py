@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from casbackup.archiver.restore import RestoreOptions
+from casbackup.archiver.restore import RestoreOptions, RestoreStopped
 from casbackup.archiver.restore import restore as run_restore
 from casbackup.cli.context import global_options, split_snapshot_path, with_repository
 from casbackup.cli.render import (
@@ -58,8 +58,11 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
         workers=workers, dry_run=dry_run, xattrs=not no_xattrs,
     )  # fmt: skip
     reporter = reporter_for(ctx)
+    stopped: RestoreStopped | None = None
     try:
         result = run_restore(repo, snap, options, reporter)
+    except RestoreStopped as exc:  # the target took no more: what failed before still shows
+        stopped, result = exc, exc.result
     finally:
         reporter.done()
     if opts.json:
@@ -67,8 +70,9 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
             "message_type": "summary", "snapshot_id": snap.id, "target": target, "files": result.files,
             "symlinks": result.symlinks, "specials": result.specials, "dirs": result.dirs, "hard_links": result.links, "bytes": result.bytes,
             "warnings": result.warnings, "errors": result.errors, "dry_run": dry_run,
+            "stopped": stopped.message if stopped else None,
         })  # fmt: skip
-    else:
+    elif stopped is None:  # stopped: the final line has the counts
         # A restore as uid 0 of a user namespace warns for every owner: show the first ones.
         for w in result.warnings[:_SHOWN]:
             warn(w)
@@ -80,7 +84,7 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
             links += f"{plural(result.specials, 'special file')}, "
         click.echo(f"{verb} {plural(result.files, 'file')}, {links}{plural(result.dirs, 'folder')}, {human_bytes(result.bytes)} "
                    f"from snapshot {snap.short_id} to {target}")  # fmt: skip
-    if len(result.errors) == 1:
+    if len(result.errors) == 1 and stopped is None:
         raise RestoreError(result.errors[0])  # path: reason, on the one error line
     if result.errors:
         # Each by path (the first ones: all are in --json), then the one-line summary.
@@ -89,9 +93,13 @@ def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: st
         shown = (
             "listed above" if len(result.errors) <= _SHOWN else f"the first {_SHOWN} listed above"
         )
+        if stopped is not None:
+            raise RestoreError(f"{stopped.message} ({shown})")
         raise RestoreError(
             f"{len(result.errors)} entries could not be restored ({shown}); the rest was restored"
         )
+    if stopped is not None:
+        raise RestoreError(stopped.message)
 
 
 COMMANDS = [restore]

@@ -5,6 +5,7 @@ matches nothing is an error, as a SNAPSHOT:PATH that does not exist is."""
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import random
@@ -18,12 +19,13 @@ import pytest
 from casbackup.archiver import restore as restore_module
 from casbackup.archiver import writers
 from casbackup.archiver.backup import BackupOptions, run_backup
-from casbackup.archiver.restore import RestoreOptions, restore
+from casbackup.archiver.restore import RestoreOptions, RestoreStopped, restore
 from casbackup.archiver.targetfs import TargetError
 from casbackup.errors import NotFound, RestoreError
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
-from casbackup.testing.fixtures import make_repo, run_cli
+from casbackup.testing.fixtures import make_repo, open_repo, run_cli
+from tests.archiver.test_restore_fidelity import damage_chunk
 
 FILES = 300  # more than two batches (128 files each)
 
@@ -159,6 +161,50 @@ def test_cli_include_matching_nothing_exits_like_a_missing_path(
     assert "restored" not in nothing.out
 
 
+def _damage_first_file(repo: Repository, snap: Snapshot, src: Path) -> str:
+    """Damage the one chunk of d0/file000 (the first file the walk sends): it fails by
+    path before the target fills. Its name, relative to the target."""
+    node = repo.find_node(snap.root, f"{src}/d0/file000")
+    assert node is not None and len(node.content) == 1
+    damage_chunk(repo, repo.backend.root, node.content[0])
+    return f"{str(src).lstrip('/')}/d0/file000"
+
+
+@pytest.mark.parametrize("workers", [2, 1], ids=["processes", "threads"])
+def test_errors_before_a_full_target_are_still_reported(
+    snapshot: tuple[Repository, Snapshot, Path, dict[str, bytes]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+) -> None:
+    repo, snap, src, contents = snapshot
+    damaged = _damage_first_file(repo, snap, src)
+    room = multiprocessing.Value("q", 20 * 1500)
+    real = writers._pwrite_all
+
+    def pwrite_until_full(fd: int, data: bytes, offset: int) -> None:
+        with room.get_lock():
+            if room.value < len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            room.value -= len(data)
+        real(fd, data, offset)
+
+    monkeypatch.setattr(writers, "_pwrite_all", pwrite_until_full)
+    reopened = open_repo(repo.backend.root)
+    try:
+        with pytest.raises(RestoreStopped) as failed:
+            restore(reopened, snap, RestoreOptions(target=str(tmp_path / "out"), workers=workers))
+    finally:
+        reopened.close()
+    message = str(failed.value)
+    assert "takes no more data (No space left on device)" in message, message
+    assert message.endswith("; before that, 1 entry could not be restored"), message
+    errors = failed.value.result.errors
+    assert len(errors) == 1 and errors[0].startswith(f"{damaged}: "), errors
+    restored = _check_nothing_partial(tmp_path / "out", src, contents)
+    assert failed.value.result.files == restored
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MB file system (needs root and the right to mount: skipped elsewhere)."""
@@ -189,6 +235,37 @@ def test_cli_restore_into_a_real_full_file_system(
     assert "takes no more data (No space left on device)" in lines[0]
     restored = _check_nothing_partial(small_tmpfs, src, contents)
     assert f"{restored} of {FILES} files restored, {FILES - restored} not restored" in lines[0]
+
+
+def test_cli_full_file_system_still_lists_the_errors_before(
+    snapshot: tuple[Repository, Snapshot, Path, dict[str, bytes]],
+    small_tmpfs: Path,
+) -> None:
+    repo, snap, src, contents = snapshot
+    damaged = _damage_first_file(repo, snap, src)
+    repo.close()
+    res = run_cli("restore", snap.id, "-t", str(small_tmpfs / "text"), repo=repo.backend.root)
+    assert res.code == RestoreError.exit_code, res
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 2, res.err
+    assert lines[0].startswith(f"error: {damaged}: "), lines
+    assert "takes no more data (No space left on device)" in lines[1], lines
+    assert lines[1].endswith("; before that, 1 entry could not be restored (listed above)")
+    for name in os.listdir(small_tmpfs):  # room for the second run
+        subprocess.run(["rm", "-rf", str(small_tmpfs / name)], check=True)
+    res = run_cli("--json", "restore", snap.id, "-t", str(small_tmpfs / "json"),
+                  repo=repo.backend.root)  # fmt: skip
+    assert res.code == RestoreError.exit_code, res
+    docs = [json.loads(line) for line in res.out.splitlines()]
+    (summary,) = [d for d in docs if d["message_type"] == "summary"]
+    assert len(summary["errors"]) == 1 and summary["errors"][0].startswith(f"{damaged}: ")
+    assert "takes no more data" in summary["stopped"]
+    restored = _check_nothing_partial(small_tmpfs / "json", src, contents)
+    assert summary["files"] == restored
+    err = [json.loads(line) for line in res.err.strip().splitlines()]
+    assert [e["message_type"] for e in err] == ["error_item", "error"], err
+    assert err[0]["message"] == summary["errors"][0]
+    assert err[1]["exit_code"] == RestoreError.exit_code and "listed above" in err[1]["error"]
 
 
 def test_each_include_that_matches_nothing_is_a_warning(
