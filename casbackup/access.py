@@ -156,14 +156,17 @@ def read_password(source: PasswordSource) -> bytes | None:
         return read_secret_file(source.file)
     if source.command:
         return run_password_command(source.command)
+    # Set but empty is not set (as restic reads RESTIC_PASSWORD): `CASBACKUP_PASSWORD= cmd`
+    # or a blank line in an environment file falls through, never tried as a passphrase.
     env = os.environ.get("CASBACKUP_PASSWORD")
-    if env is not None:
+    if env:
         return env.encode()
     if source.env_name:
         named = os.environ.get(source.env_name)
-        if named is None:
+        if not named:
+            state = "not set" if named is None else "empty"
             raise UsageError(
-                f"the config's repository.password_env names {source.env_name}, which is not set"
+                f"the config's repository.password_env names {source.env_name}, which is {state}"
             )
         return named.encode()
     return None

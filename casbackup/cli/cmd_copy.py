@@ -23,7 +23,7 @@ def source_password(password_file: str | None, password_command: str | None) -> 
     if password_command:
         return run_password_command(password_command)
     env = os.environ.get("CASBACKUP_FROM_PASSWORD")
-    if env is None:
+    if not env:  # set but empty counts as not set, as CASBACKUP_PASSWORD
         raise UsageError(
             "no passphrase for --from-repo: use --from-password-file, --from-password-command "
             "or CASBACKUP_FROM_PASSWORD"

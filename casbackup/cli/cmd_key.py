@@ -19,7 +19,7 @@ def read_new_password(path: str | None) -> bytes:
     """--new-password-file, then CASBACKUP_NEW_PASSWORD, then a prompt asked twice."""
     if path:
         password = read_secret_file(path)  # capped: /dev/zero is refused, not read whole
-    elif os.environ.get("CASBACKUP_NEW_PASSWORD") is not None:
+    elif os.environ.get("CASBACKUP_NEW_PASSWORD"):  # set but empty counts as not set
         password = os.environ["CASBACKUP_NEW_PASSWORD"].encode()
     elif sys.stdin.isatty():
         first = getpass.getpass("enter the new passphrase: ")

@@ -63,15 +63,14 @@ def _packs(n: int) -> str:
 def freed_range(plan: PrunePlan, pack_size: int) -> tuple[int, int]:
     """(at least, at most) bytes the repository shrinks by.
 
-    The plan's own estimate counts repacked blobs at their uncompressed size with full
-    headers, so it is a lower bound and can be below zero for small repositories (the
-    repacked data is really written compressed). At most, everything deleted goes and the
-    rewritten data takes no new room.
+    The plan's own estimate counts the new headers and index uncompressed (each capped at
+    what it replaces), so it is a lower bound, never below zero. At most, everything deleted
+    goes and the rewritten data takes no new room.
     """
     upper = plan.bytes_deleted + (
         sum(s for _, s in plan.old_index_files) if plan.rewrite_index else 0
     )
-    return max(plan.bytes_freed(pack_size), 0), upper
+    return plan.bytes_freed(pack_size), upper
 
 
 def render_plan(plan: PrunePlan, pack_size: int) -> None:

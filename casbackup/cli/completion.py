@@ -62,7 +62,7 @@ def _config_apps(opts: GlobalOptions) -> list[str]:
 def _can_read_password(opts: GlobalOptions) -> bool:
     return bool(
         opts.password_file or opts.password_command or opts.password_env
-        or "CASBACKUP_PASSWORD" in os.environ
+        or os.environ.get("CASBACKUP_PASSWORD")
     )  # fmt: skip
 
 

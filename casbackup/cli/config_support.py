@@ -59,7 +59,7 @@ def apply_config_defaults(opts: GlobalOptions, app: str | None = None) -> None:
     need_repo = not opts.repo
     need_password = not (
         opts.password_file or opts.password_command or opts.password_env
-        or "CASBACKUP_PASSWORD" in os.environ
+        or os.environ.get("CASBACKUP_PASSWORD")
     )  # fmt: skip
     # An s3: location without the AWS variables may find its credentials in the config.
     need_s3 = (need_repo or (opts.repo or "").startswith("s3:")) and not (

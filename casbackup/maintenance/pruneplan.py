@@ -127,31 +127,45 @@ class PrunePlan:
         return sum(p.unused_bytes for p in self.keep)
 
     def new_pack_estimate(self, pack_size: int) -> int:
-        """Bytes the repacked blobs will take, headers included (uncompressed, so an upper bound)."""
+        """Bytes the repacked blobs will take, headers included (an upper bound).
+
+        Headers are counted uncompressed, but the old packs' headers are compressed: for
+        small blobs that alone made the estimate larger than the packs it replaces (a
+        negative ``bytes_freed``). The blobs are copied as stored, so they never take more
+        than they took in their old packs less the unused blobs: the estimate is capped there.
+        """
         if not self.repack:
             return 0
         packs = max(1, -(-self.bytes_rewritten // max(pack_size, 1)))
-        return (
-            self.bytes_rewritten + packs * _HEADER_OVERHEAD + self.blobs_rewritten * _HEADER_ENTRY
+        headers = packs * _HEADER_OVERHEAD + self.blobs_rewritten * _HEADER_ENTRY
+        return min(
+            self.bytes_rewritten + headers, sum(p.size - p.unused_bytes for p in self.repack)
         )
 
     def new_index_estimate(self) -> int:
+        """Bytes of the new index (an upper bound). Entries are counted uncompressed while the
+        old index files are compressed, so the estimate is capped at the old files' total
+        plus the list of files it supersedes: the new index names no blob they do not."""
         if not self.rewrite_index:
             return 0
         packs = len(self.keep) + max(1, len(self.repack))
-        return (
-            self.new_index_files * _INDEX_OVERHEAD + 32 * len(self.old_index_files)
+        supersedes = 32 * len(self.old_index_files)
+        estimate = (
+            self.new_index_files * _INDEX_OVERHEAD + supersedes
             + packs * _INDEX_PACK + self.index_blobs * _INDEX_BLOB
         )  # fmt: skip
+        return min(estimate, sum(s for _, s in self.old_index_files) + supersedes)
 
     def bytes_freed(self, pack_size: int) -> int:
-        """Expected shrinkage of the repository: packs and index files removed minus written."""
+        """Expected shrinkage of the repository (a lower bound, never below zero): packs and
+        index files removed minus written. Only a plan that merely merges index files can
+        grow the repository, by their supersedes list (32 bytes a file): that counts as 0."""
         index_freed = (
             sum(s for _, s in self.old_index_files) - self.new_index_estimate()
             if self.rewrite_index
             else 0
         )
-        return self.bytes_deleted - self.new_pack_estimate(pack_size) + index_freed
+        return max(self.bytes_deleted - self.new_pack_estimate(pack_size) + index_freed, 0)
 
     @property
     def empty(self) -> bool:
