@@ -32,6 +32,11 @@ def repair_index_cmd(repo: Repository, ctx: click.Context, read_all_packs: bool)
         return
     for fid in result.damaged_index_files:
         warn(f"index file {fid[:12]} was damaged and is replaced")
+    for fid in result.unreadable_index_files:
+        warn(
+            f"index file {fid[:12]} could not be read; it is replaced "
+            "(its packs were indexed from their headers)"
+        )
     for text in result.packs_unreadable:
         warn(f"pack {text}: its blobs cannot be indexed")
     click.echo(

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from casbackup.errors import CasError, NotFound
+from casbackup.errors import CasError, NotFound, StorageError
 from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.index import Location, encode_index
 from casbackup.repo.pack import pack_name, read_header
 from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.store.names import ObjectRefused
 
 
 @dataclass
@@ -24,7 +25,10 @@ class RepairResult:
     packs_from_headers: int = 0
     packs_unreadable: list[str] = field(default_factory=list)
     index_files_removed: int = 0
-    damaged_index_files: list[str] = field(default_factory=list)
+    damaged_index_files: list[str] = field(default_factory=list)  # decrypted or decoded wrong
+    # The store would not give them (permission denied, I/O error): not damage. Their packs
+    # are read from the pack headers like any other pack no index names.
+    unreadable_index_files: list[str] = field(default_factory=list)
     blobs: int = 0
     new_index: str | None = None
 
@@ -40,6 +44,13 @@ def repair_index(
         for fid in old_files:
             try:
                 idx = repo.load_index_file(fid)
+            except StorageError as exc:
+                # Not a regular file, or over its size cap, is damage; the rest is the store.
+                damaged = isinstance(exc, ObjectRefused)
+                (result.damaged_index_files if damaged else result.unreadable_index_files).append(
+                    fid
+                )
+                continue
             except CasError:
                 result.damaged_index_files.append(fid)
                 continue
