@@ -71,9 +71,11 @@ def check(
             warn(w)
         for e in report.errors:
             click.echo(f"error: {printable(e)}", err=True)
+        # Only storage errors: what they cover was not read, not found damaged.
+        what = "damaged" if report.damaged else "unreadable"
         for snap_id, paths in report.affected.items():
             click.echo(
-                f"snapshot {snap_id[:8]}: {plural(len(paths), 'damaged file or folder', 'damaged files or folders')}:",
+                f"snapshot {snap_id[:8]}: {plural(len(paths), f'{what} file or folder', f'{what} files or folders')}:",
                 err=True,
             )
             for p in paths[:50]:

@@ -413,7 +413,7 @@ class Checker:
         chunks those descents were page faults, 9x the time of 1 million). Only when
         something is wrong are the snapshots walked again to name it (``_name_damage``)."""
         warnings: list[str] = []
-        snaps = self.repo.list_snapshots(warnings=warnings)
+        snaps, storage = self._snapshots(warnings)
         refs = RecordSpill(32 + _FILE_NO.size, ID_BUCKETS)
         try:
             trees, unreadable, remaining, suspect = self._collect(snaps, refs)
@@ -428,10 +428,28 @@ class Checker:
             and not self.damaged
             and not self.bad_packs
         ):
-            return _Walk(errors=warnings, snapshots=len(snaps), trees=trees)
+            return _Walk(errors=warnings, snapshots=len(snaps), trees=trees, storage_errors=storage)
         return self._name_damage(
-            snaps, _Walk(errors=warnings, snapshots=len(snaps)), bad, remaining
+            snaps,
+            _Walk(errors=warnings, snapshots=len(snaps), storage_errors=storage),
+            bad,
+            remaining,
         )
+
+    def _snapshots(self, errors: list[str]) -> tuple[list[Any], int]:
+        """Every usable snapshot, oldest first, as ``list_snapshots``: each unreadable one
+        is an error in ``errors``; returns them and how many of those errors the store
+        refusing the read caused (storage errors, not damage)."""
+        snaps = []
+        storage = 0
+        for fid in self.repo.usable_snapshot_ids(self.repo.snapshot_ids()):
+            try:
+                snaps.append(self.repo.load_snapshot(fid))
+            except CasError as exc:
+                errors.append(f"snapshot {fid[:8]} is unreadable: {exc}")
+                storage += isinstance(exc, StorageError)
+        snaps.sort(key=lambda s: (s.start_ns, s.id))
+        return snaps, storage
 
     def _collect(self, snaps: list[Any], refs: RecordSpill) -> tuple[int, bool, array[int], bool]:
         """Load every tree once; spill (chunk id, file number) of every file of every tree;

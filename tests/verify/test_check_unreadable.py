@@ -95,22 +95,24 @@ def _check_refusing(
 
 
 def test_check_with_only_storage_errors_exits_25(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """An unreadable index file, tree pack or data pack (with and without --read-data):
+    """An unreadable index file, snapshot, tree pack or data pack (with and without --read-data):
     each is reported, and the exit is the storage code 25, not damage (29)."""
     repo = _repo_with_backup(tmp_path)
     snap = repo.list_snapshots()[-1]
     tree = pack_name(repo.locate(snap.root).pack)
     data = pack_name(repo.locate(repo.find_node(snap.root, str(tmp_path / "src" / "a")).content[0]).pack)  # fmt: skip
     index = f"index/{repo.index_files()[0]}"
+    snapshot = f"snapshots/{snap.id}"
     repo.close()
     root = str(tmp_path / "repo")
-    for name, args in [(index, ()), (tree, ()), (data, ()), (data, ("--read-data",)),
+    for name, args in [(index, ()), (snapshot, ()), (tree, ()), (data, ()), (data, ("--read-data",)),
                        (tree, ("--read-data",))]:  # fmt: skip
         proc = _check_refusing(root, name, *args)
         assert proc.returncode == 25, (name, args, proc.returncode, proc.stderr)
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: the repository could not be fully read:"), last
         assert "permission denied" in proc.stderr and name in proc.stderr, proc.stderr
+        assert "damaged file" not in proc.stderr, proc.stderr  # not read is not damaged
     proc = _check_refusing(root, tree, json_mode=True)
     assert proc.returncode == 25, proc.stderr
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
