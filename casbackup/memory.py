@@ -10,19 +10,15 @@ where the C library is not glibc.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
 def _mallopt():  # type: ignore[no-untyped-def]
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return None
+    from casbackup import libc
+
+    return libc.function("mallopt")
 
 
 def tune_allocator() -> None:

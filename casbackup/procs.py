@@ -5,14 +5,13 @@ Used by the backup's file readers (archiver/workers.py) and by ``check --read-da
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import signal
 import threading
 from typing import Any
 
+from casbackup import libc
 from casbackup.repo import ids
 from casbackup.threadsig import unblock_stop_signals
 
@@ -52,10 +51,8 @@ def become_helper(parent: int) -> None:
     # while it starts a pool): take them back, so that terminate()'s SIGTERM kills us.
     unblock_stop_signals()
     ids.single_threaded_hashing()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # Linux; elsewhere the parent check
-    except (OSError, AttributeError):
-        pass
+    prctl = libc.function("prctl")
+    if prctl is not None:  # Linux; elsewhere the parent check below
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)

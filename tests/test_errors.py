@@ -23,6 +23,9 @@ ALLOWED_SHARING = {
     "ObjectRefused": "StorageError",  # a damaged (non-regular or oversized) object: storage fault
     "WorkerFailed": "CasError",  # a reader process died: fatal, like any unexpected fault
     "WriterFailed": "CasError",  # a restore writer process died: likewise
+    # a restore that stopped because the target takes no more data: some entries not restored
+    "TargetFull": "RestoreError",
+    "RestoreStopped": "RestoreError",
     # file-system snapshots (fssnap/): one code, "the snapshot provider failed"; the message
     # says which way (not that file system, tool missing or failing, snapshot filled up)
     "NotThatFileSystem": "SnapshotProviderError",

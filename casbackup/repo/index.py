@@ -26,7 +26,6 @@ brought up to date (or rebuilt) whenever the repository's index/ listing differs
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 import threading
@@ -337,10 +336,10 @@ _MADV_DONTNEED = 4
 
 def _libc_madvise():  # type: ignore[no-untyped-def]
     """libc's ``madvise`` through ctypes, or None where there is none (not Linux)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.madvise
-    except (OSError, AttributeError):
+    from casbackup import libc
+
+    fn = libc.function("madvise")
+    if fn is None:
         return None
     fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     fn.restype = ctypes.c_int

@@ -314,15 +314,12 @@ def die_with_parent() -> None:
     """Ask Linux to kill this process when the service's job thread ends (kill -9 of the service
     included): a worker must not go on writing after the service that records it is gone.
     Done here rather than in a preexec_fn, which is unsafe in the service's threaded process."""
-    import ctypes
-    import ctypes.util
+    from casbackup import libc
 
     expected = os.environ.get("CASBACKUP_SERVICE_PID")
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    prctl = libc.function("prctl")
+    if prctl is not None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if expected and os.getppid() != int(expected):  # the service died before prctl took effect
         os._exit(EXIT_FATAL)
 

@@ -139,7 +139,7 @@ def test_a_forgotten_snapshot_put_back_stays_forgotten(bucket: Bucket, tmp_path:
     bucket.put(f"snapshots/{old}", saved)  # the bucket is rolled back
     res = run_cli("--json", "snapshots", repo=bucket.location, timeout=300)
     assert res.code == 0 and [d["id"] for d in json.loads(res.out)] == [new], res.err
-    assert "forgot are back" in res.err
+    assert "back in the repository" in res.err
 
 
 def test_a_rolled_back_index_never_makes_a_backup_skip_data(bucket: Bucket, tmp_path: Path) -> None:
