@@ -37,8 +37,9 @@ def test_wrong_passphrase(backed_up) -> None:  # type: ignore[no-untyped-def]
     repo, _ = backed_up
     res = run_cli("snapshots", repo=repo, env={"CASBACKUP_PASSWORD": "not it"})
     assert_one_error(res, 12, "wrong passphrase")
+    # An empty CASBACKUP_PASSWORD counts as unset (as restic does), so it is 'no passphrase'.
     res = run_cli("snapshots", repo=repo, env={"CASBACKUP_PASSWORD": ""})
-    assert_one_error(res, 12, "wrong passphrase")
+    assert_one_error(res, 2, "no passphrase")
 
 
 def test_no_repository(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -69,6 +70,14 @@ def test_init_refuses_existing_repository_and_nonempty_folder(backed_up, tmp_pat
 def test_empty_passphrase_is_refused_by_init(tmp_path) -> None:  # type: ignore[no-untyped-def]
     res = run_cli(
         "init", "--insecure-test-kdf", repo=str(tmp_path / "r"), env={"CASBACKUP_PASSWORD": ""}
+    )
+    assert_one_error(res, 2, "no passphrase")
+    assert not (tmp_path / "r" / "config").exists()
+    empty = tmp_path / "empty-passphrase"
+    empty.write_text("\n")
+    res = run_cli(
+        "init", "--insecure-test-kdf", "--password-file", str(empty), repo=str(tmp_path / "r"),
+        env={"CASBACKUP_PASSWORD": ""},
     )
     assert_one_error(res, 2, "empty passphrase")
     assert not (tmp_path / "r" / "config").exists()
