@@ -76,7 +76,11 @@ def test_empty_passphrase_is_refused_by_init(tmp_path) -> None:  # type: ignore[
     empty = tmp_path / "empty-passphrase"
     empty.write_text("\n")
     res = run_cli(
-        "init", "--insecure-test-kdf", "--password-file", str(empty), repo=str(tmp_path / "r"),
+        "init",
+        "--insecure-test-kdf",
+        "--password-file",
+        str(empty),
+        repo=str(tmp_path / "r"),
         env={"CASBACKUP_PASSWORD": ""},
     )
     assert_one_error(res, 2, "empty passphrase")
