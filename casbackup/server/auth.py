@@ -12,7 +12,8 @@
 
 Roles are ordered viewer < operator < admin; ``PERMISSIONS`` gives the lowest role for each
 permission (deny by default: an unknown permission name is a programming error, raised at
-import time of the route that asks for it).
+import time of the route that asks for it). A caller limited to some applications never has
+a ``SERVICE_WIDE`` permission, whatever its role.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ PERMISSIONS: dict[str, str] = {
     "config": "admin",
 }
 
+# Permissions over the whole service or a whole repository. A caller limited to some
+# applications never has them, whatever its role: with "tokens" or "users" a token scoped to
+# one application could mint an unscoped one (or an admin limited to 'shop' make a new admin
+# of everything), and the audit log, the config, check, prune and unlock concern every
+# application.
+SERVICE_WIDE = frozenset({"users", "tokens", "audit", "config", "check", "prune", "unlock"})
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -77,8 +85,23 @@ class Principal:
     def actor(self) -> str:
         return f"{self.name} (token {self.token_id})" if self.token_id else self.name
 
-    def has(self, permission: str) -> bool:
+    def role_has(self, permission: str) -> bool:
+        """Does the caller's role reach ``permission`` (its application scope aside)?"""
         return ROLES.index(self.role) >= ROLES.index(PERMISSIONS[permission])
+
+    def has(self, permission: str) -> bool:
+        if permission in SERVICE_WIDE and self.apps is not None:
+            return False
+        return self.role_has(permission)
+
+    def refusal(self, permission: str) -> str:
+        """Why ``has(permission)`` is False, as the 403's one line."""
+        if self.role_has(permission):
+            return (
+                f"{permission} concerns the whole service or a whole repository; "
+                "your access is limited to some applications"
+            )
+        return f"your role ({self.role}) may not {permission}"
 
     def sees(self, app: str | None) -> bool:
         """May this caller see application ``app``? (``None``: not about one application.)"""
@@ -92,7 +115,7 @@ class Principal:
     def check(self, permission: str, app: str | None = None) -> None:
         self.check_app(app)
         if not self.has(permission):
-            raise HTTPException(403, f"your role ({self.role}) may not {permission}")
+            raise HTTPException(403, self.refusal(permission))
 
 
 def _scope(
@@ -240,7 +263,7 @@ def require(permission: str, app: str | None = None) -> Callable[..., Any]:
             # was allowed: from the JSON body's app_name (POST /api/backup, forget, ...).
             if name is None:
                 request.state.audit_app = await _body_app(request)
-            raise HTTPException(403, f"your role ({principal.role}) may not {permission}")
+            raise HTTPException(403, principal.refusal(permission))
         return principal
 
     dependency.permission = permission  # type: ignore[attr-defined]  # read by the role-matrix test

@@ -95,8 +95,10 @@ def page(permission: str, app: str | None = None) -> Callable[..., Any]:
         except HTTPException as exc:
             principal = getattr(request.state, "principal", None)
             if exc.status_code == 403 and permission in PAGE_PURPOSE and principal is not None:
+                yours = (f"yours is a {principal.role}" if not principal.role_has(permission)
+                         else "yours is limited to some applications")  # fmt: skip
                 raise HTTPException(403, f"This page is for accounts that may "
-                                    f"{PAGE_PURPOSE[permission]}; yours is a {principal.role}.") from None  # fmt: skip
+                                    f"{PAGE_PURPOSE[permission]}; {yours}.") from None  # fmt: skip
             if exc.status_code != 401:
                 raise
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
