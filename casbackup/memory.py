@@ -10,6 +10,10 @@ where the C library is not glibc.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
@@ -21,10 +25,19 @@ def _mallopt():  # type: ignore[no-untyped-def]
     return libc.function("mallopt")
 
 
+_MMAP_THRESHOLD = 1 << 20  # what tune_allocator sets
+_HEAP_THRESHOLD = 32 << 20  # while deltas are built (large_buffers_in_heap)
+_heap_users = 0
+_tuned = False
+_heap_lock = threading.Lock()
+
+
 def tune_allocator() -> None:
+    global _tuned
     mallopt = _mallopt()
     if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        _tuned = True
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
         mallopt(_M_TRIM_THRESHOLD, 1 << 20)
         mallopt(_M_ARENA_MAX, 2)
 
@@ -39,3 +52,33 @@ def tune_allocator_single_thread() -> None:
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, 4 << 20)
         mallopt(_M_TRIM_THRESHOLD, 4 << 20)
+
+
+@contextmanager
+def large_buffers_in_heap() -> Iterator[None]:
+    """While delta blobs are built in this process (archiver/delta_bases.py): serve
+    allocations up to 32 MiB from the heap instead of mmap.
+
+    Each delta copies its chunk and its base (1-8 MiB with the files chunker) and makes
+    zstd contexts and output buffers of that order; mmap-ing each one costs a page fault
+    per 4 KiB touched. Measured on a night of 1% in-place changes to a 99 MB SQLite file
+    (``--delta-files``): 325,000 page faults, system time 0.68 s of a 1.19 s backup; with
+    this, 0.35 s of 0.85 s, peak RSS unchanged (104 MB). Nests, and works across threads:
+    the default comes back when the last user leaves. Only where tune_allocator ran (the
+    CLI, the service): elsewhere the allocator is left as it is."""
+    global _heap_users
+    mallopt = _mallopt() if _tuned else None
+    if mallopt is None:
+        yield
+        return
+    with _heap_lock:
+        _heap_users += 1
+        if _heap_users == 1:
+            mallopt(_M_MMAP_THRESHOLD, _HEAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        with _heap_lock:
+            _heap_users -= 1
+            if _heap_users == 0:
+                mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)

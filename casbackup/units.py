@@ -3,6 +3,8 @@ that prints)."""
 
 from __future__ import annotations
 
+import re
+
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
@@ -28,3 +30,19 @@ def plural(count: int, singular: str, plural_form: str | None = None) -> str:
     if count == 1:
         return f"{count} {singular}"
     return f"{count} {plural_form or singular + 's'}"
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """A size as users write it, in bytes: '500M', '2G', '1.5GiB', '64k', '4096'.
+
+    Binary units (K = 1024), case-insensitive, an optional 'B' or 'iB' after the unit.
+    Raises ValueError (with a message that gives examples) for anything else.
+    """
+    m = _SIZE.fullmatch(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])

@@ -188,11 +188,13 @@ def backup_options(
     parent: str | None = None,
     xattrs: bool = True,
     snapshots: SnapshotsConfig | None = None,
+    delta_files: int | None = None,
 ) -> BackupOptions:
     """The backup of an `AppConfig`: sources, excludes, databases and its definition.
 
     `snapshots` is the config's `[snapshots]` section: with it (or the application's own
     `snapshot` setting) the sources are read from file-system snapshots (see fs_plan).
+    `delta_files` (bytes; 0 off) overrides the application's own `delta_files` setting.
     """
     return BackupOptions(
         paths=tuple(app.sources),
@@ -209,6 +211,7 @@ def backup_options(
         xattrs=xattrs,
         database_files=database_files(app),
         fs_plan=fs_plan(app, snapshots or SnapshotsConfig()),
+        delta_files=app.delta_files if delta_files is None else delta_files,
     )
 
 

@@ -28,8 +28,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-import blake3
-
 from casbackup import __version__
 from casbackup.archiver.backup_options import (
     DATABASE_COMPANIONS,
@@ -44,7 +42,7 @@ from casbackup.archiver.backup_options import (
     inside,
 )
 from casbackup.archiver.compare import Counts
-from casbackup.archiver.delta_bases import BaseFinder
+from casbackup.archiver.delta_bases import BaseFinder, Stopped, store_chunks
 from casbackup.archiver.excludes import Excluder
 from casbackup.archiver.later import Later
 from casbackup.archiver.reading import FileReading, InFlight
@@ -52,7 +50,7 @@ from casbackup.archiver.walk import MAX_PENDING_DIRS, PendingDir, Walker
 from casbackup.archiver.workers import BATCH_FILES, CancelFlag, ReaderPool
 from casbackup.chunking.chunker import Chunker
 from casbackup.errors import CasError, Interrupted, NotFound, UsageError
-from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import BACKUP_TYPES, DatabaseRecord, Snapshot, Summary, now_utc
 from casbackup.repo.tree import Node, NodeKind
@@ -112,6 +110,11 @@ class Backup(Walker, FileReading):
         self._ready = threading.Condition()  # shared by every Later of this backup
         self._cancelled = CancelFlag()
         self._pool: ReaderPool | None = None
+        self._deltas = None  # typed on FileReading: started on the first --delta-files file
+        # --delta-files: only where DELTA blobs can be written (format 3 on, not a dry run).
+        self._delta_threshold = (
+            options.delta_files if repo.deltas_allowed and not options.dry_run else 0
+        )
         # Files in flight: two batches per reader keeps every reader fed.
         self._slots = InFlight(2 * BATCH_FILES * max(1, options.workers))
         self._batch = []  # typed on FileReading
@@ -155,6 +158,12 @@ class Backup(Walker, FileReading):
             notes.append(
                 "left out of the file walk, stored as database dumps instead (with their -wal, "
                 "-shm and -journal files): " + ", ".join(excluded_dbs)
+            )
+            self.reporter.info(notes[-1])
+        if opts.delta_files and not self.repo.deltas_allowed:
+            notes.append(
+                f"--delta-files needs repository format 3 or later (this one is "
+                f"{self.repo.config.version}; 'casbackup migrate' upgrades it): files stored whole"
             )
             self.reporter.info(notes[-1])
         self._reference = reference
@@ -271,34 +280,20 @@ class Backup(Walker, FileReading):
     ) -> tuple[tuple[BlobId, ...], bytes, int]:
         """Store a stream (a database dump) from this process; with ``bases`` (the parent's
         version of the stream), a new chunk is stored as a delta of its counterpart there."""
-        hasher = blake3.blake3()
-        ids: list[BlobId] = []
-        size = 0
-        pieces = chunker.stream(reader)
-        for piece in pieces:
-            if self._cancelled.is_set():
-                raise KeyboardInterrupt
-            hasher.update(piece)
-            if self.options.dry_run:
-                ids.append(self.repo.blob_id(piece))
-            elif bases is None:
-                ids.append(self.repo.save_blob(Kind.DATA, piece)[0])
-            else:
-                blob_id = self.repo.blob_id(piece)
-                if not self.repo.has_blob(blob_id):
-                    base = bases.choose(self.repo.delta_base_for, piece, size)
-                    if base is not None and base.plain is not None:
-                        self.repo.save_data_delta(piece, base.id, base.plain, blob_id,
-                                                  depth=base.depth, full_len=base.full_len)  # fmt: skip
-                    else:
-                        self.repo.save_blob(Kind.DATA, piece, blob_id)
-                bases.seen(blob_id, size, len(piece))
-                ids.append(blob_id)
-            size += len(piece)
-            self._progress.bytes_done += len(piece)
+
+        def on_bytes(n: int) -> None:
+            self._progress.bytes_done += n
+
+        try:
+            ids, digest, size = store_chunks(
+                self.repo, chunker.stream(reader), bases, dry_run=self.options.dry_run,
+                stopped=self._cancelled.is_set, on_bytes=on_bytes,
+            )  # fmt: skip
+        except Stopped:
+            raise KeyboardInterrupt from None
         with self._count_lock:
             self.counters.bytes_read += size
-        return tuple(ids), hasher.digest(), size
+        return ids, digest, size
 
     # ------------------------------------------------------------------ streams
     def _archive_streams(self, records: list[DatabaseRecord]) -> Node:

@@ -59,6 +59,9 @@ class BackupOptions:
     # of the walk with their -wal, -shm and -journal companions (a live file read while it
     # changes is neither consistent nor needed; the dump restores the database).
     database_files: tuple[str, ...] = ()
+    # --delta-files SIZE (archiver/delta_files.py): a changed file of at least this many
+    # bytes is stored as deltas of its version in the parent snapshot; 0: off.
+    delta_files: int = 0
 
     # File-system snapshots (fssnap/): (source, folder to read it from); the tree records
     # the source's own path. `fs_snapshots` goes into the snapshot record; `before_save`

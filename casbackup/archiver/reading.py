@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from casbackup.archiver.backup_options import exclude_renames
+from casbackup.archiver.delta_files import DeltaFileReader, wants_delta
 from casbackup.archiver.later import Later, settle_all
 from casbackup.archiver.metadata import node_from_stat
 from casbackup.archiver.workers import (
@@ -25,6 +26,7 @@ from casbackup.archiver.workers import (
     ReaderPool,
     WorkerSetup,
 )
+from casbackup.chunking.chunker import Chunker
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.store.local import LocalBackend
@@ -57,6 +59,8 @@ class FileReading:
     _batch_bytes: int
     _database_files: frozenset[str]
     _compare_subtrees: bool
+    _deltas: DeltaFileReader | None
+    _delta_threshold: int
 
     def _start_readers(self) -> ReaderPool:
         repo = self.repo
@@ -94,6 +98,9 @@ class FileReading:
             )  # fmt: skip
 
     def _shutdown(self) -> None:
+        if self._deltas is not None:
+            self._deltas.close()
+            self._deltas = None
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -112,13 +119,30 @@ class FileReading:
             if earlier is not None:
                 return self._link_to(earlier, meta, ref)
         future: Later[Node | None] = Later(self._ready)
-        self._batch.append((path, st.st_size, _Reading(self, future, path, meta, ref)))
-        self._batch_bytes += st.st_size
-        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
-            self._send_batch()
+        reading = _Reading(self, future, path, meta, ref)
+        if ref is not None and wants_delta(self._delta_threshold, st.st_size, ref):
+            self._delta_reader().submit(path, ref, reading)
+        else:
+            self._batch.append((path, st.st_size, reading))
+            self._batch_bytes += st.st_size
+            if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+                self._send_batch()
         if key is not None:
             self._hardlinks[key] = future
         return future
+
+    def _delta_reader(self) -> DeltaFileReader:
+        """The thread that stores large changed files as deltas (``--delta-files``),
+        started on the first such file. Takes a slot per file, as a batch does."""
+        self._slots.take(1)
+        if self._deltas is None:
+
+            def on_bytes(n: int) -> None:
+                self._progress.bytes_done += n
+
+            chunker = Chunker(self.repo.config.chunker, self.repo.key.chunker_seed)
+            self._deltas = DeltaFileReader(self.repo, chunker, self._cancelled, on_bytes)
+        return self._deltas
 
     def _send_batch(self) -> None:
         if self._batch:

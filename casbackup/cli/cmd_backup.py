@@ -7,6 +7,7 @@ import click
 
 from casbackup.archiver.application import AppBackupResult, backup_application, backup_options
 from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
+from casbackup.archiver.delta_files import MIN_DELTA_FILE_SIZE
 from casbackup.archiver.excludes import read_exclude_file
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
@@ -15,6 +16,7 @@ from casbackup.config.load import APP_NAME_RE
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import saved_lines
+from casbackup.units import parse_size
 
 
 def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -69,6 +71,14 @@ def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     is_flag=True,
     help="Do not record extended attributes, POSIX ACLs and file capabilities.",
 )
+@click.option(
+    "--delta-files",
+    metavar="SIZE",
+    callback=lambda ctx, param, value: _delta_files(value),
+    help="Store a changed file of at least SIZE (e.g. 64M) as deltas of its version in the "
+    "parent snapshot, so a database file or disk image changed here and there costs what "
+    "changed; 0: off [default: the app's delta_files, else off].",
+)
 @click.option("-n", "--dry-run", is_flag=True, help="Read and chunk everything, store nothing.")
 @click.option("--parent", help="Use this snapshot as the parent instead of the latest one.")
 @click.option(
@@ -87,14 +97,19 @@ def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @with_repository(lock="shared", writes=True)
 def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: str | None, all_apps: bool,
            backup_type: str | None, tags: tuple[str, ...], excludes: tuple[str, ...],
-           exclude_files: tuple[str, ...], one_file_system: bool, no_xattrs: bool, dry_run: bool,
-           parent: str | None, workers: int, auto_verify: bool | None) -> None:  # fmt: skip
+           exclude_files: tuple[str, ...], one_file_system: bool, no_xattrs: bool,
+           delta_files: int | None, dry_run: bool, parent: str | None, workers: int,
+           auto_verify: bool | None) -> None:  # fmt: skip
     """Back up PATHS, an application from the config (--app NAME), or all of them (--all)."""
     patterns = list(excludes)
     for f in exclude_files:
         patterns.extend(read_exclude_file(f))
     common: dict[str, Any] = dict(
-        one_file_system=one_file_system, dry_run=dry_run, workers=workers, xattrs=not no_xattrs
+        one_file_system=one_file_system,
+        dry_run=dry_run,
+        workers=workers,
+        xattrs=not no_xattrs,
+        delta_files=delta_files,
     )
     if all_apps:
         if paths or app or parent:
@@ -116,6 +131,7 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
         return
     if not paths:
         raise UsageError("nothing to back up: give one or more paths, --app NAME or --all")
+    common["delta_files"] = delta_files or 0
     options = BackupOptions(
         paths=paths, type=backup_type or "incremental", app=app, tags=tags, excludes=tuple(patterns),
         parent=parent, **common,
@@ -128,6 +144,19 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
     render_backup_result(ctx, result, dry_run)
     _auto_verify(repo, ctx, result, bool(auto_verify))
     _raise_partial(result)
+
+
+def _delta_files(value: str | None) -> int | None:
+    """--delta-files SIZE in bytes (0: off), None when not given; at least 1 MiB."""
+    if value is None:
+        return None
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if 0 < size < MIN_DELTA_FILE_SIZE:
+        raise click.BadParameter(f"{value!r} is too small: give 1M or more, or 0 for off")
+    return size
 
 
 def _wants_verify(flag: bool | None, config: Any, app_name: str) -> bool:

@@ -4,6 +4,7 @@ import re
 
 import click
 
+from casbackup import units
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, plural, reporter_for, warn
 from casbackup.maintenance.prune import (
@@ -17,14 +18,13 @@ from casbackup.maintenance.prune import (
 from casbackup.plan_docs import prune_plan_doc
 from casbackup.repo.repository import Repository
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
 
 def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a size (e.g. 500M, 2G)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    """``units.parse_size`` as a click option's error."""
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def parse_share(text: str) -> float:

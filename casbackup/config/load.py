@@ -16,10 +16,12 @@ from casbackup.config.fields import (
     Ctx,
     Section,
     parse_database,
+    type_name,
 )
 from casbackup.config.model import (
     APP_SNAPSHOT_CHOICES,
     BACKUP_TYPES,
+    MIN_DELTA_FILE_SIZE,
     NOTIFY_EVENTS,
     SNAPSHOT_PROVIDERS,
     AppConfig,
@@ -35,6 +37,7 @@ from casbackup.config.model import (
 )
 from casbackup.engines.base import DatabaseSpec
 from casbackup.errors import ConfigError
+from casbackup.units import parse_size
 
 ENV_VAR = "CASBACKUP_CONFIG"
 LOCAL_NAME = "casbackup.toml"
@@ -372,6 +375,7 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
     repository = ctx.attempt(lambda: _app_repository(sec), None)
     notify = ctx.attempt(lambda: tuple(parse_notifier(n) for n in sec.tables("notify")), ())
     snapshot = ctx.attempt(lambda: check_app_snapshot(sec, sec.text("snapshot")), None)
+    delta_files = ctx.attempt(lambda: _delta_files(sec), 0)
     ctx.attempt(sec.done, [])
     if len(ctx.problems) > before:
         return None
@@ -379,8 +383,24 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
         name=name, description=description, sources=sources, excludes=excludes,
         databases=databases, default_backup_type=backup_type, retention=retention,
         schedule=schedule, verification=verification, repository=repository, notify=notify,
-        snapshot=snapshot,
+        snapshot=snapshot, delta_files=delta_files,
     )  # fmt: skip
+
+
+def _delta_files(sec: Section) -> int:
+    """``delta_files``: a size ("64M", or bytes as an integer); 0 or "0" is off."""
+    value = sec.raw("delta_files")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise sec.error("delta_files", f'must be a size such as "64M", not {type_name(value)}')
+    try:
+        size = value if isinstance(value, int) else parse_size(value)
+    except ValueError as exc:
+        raise sec.error("delta_files", str(exc)) from None
+    if 0 < size < MIN_DELTA_FILE_SIZE or size < 0:
+        raise sec.error("delta_files", f'{value!r} is too small: give "1M" or more, or "0" for off')
+    return size
 
 
 def _app_verification(sec: Section, auto_verify_default: bool) -> AppVerification:

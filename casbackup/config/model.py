@@ -48,6 +48,8 @@ default_backup_type = "incremental"          # full | incremental | differential
 schedule = "0 2 * * *"                       # cron: 5 fields, @daily and friends, "every 15 minutes"
 snapshot = "auto"                            # read sources from a file-system snapshot:
                                              #   btrfs | zfs | lvm | auto | none
+delta_files = "64M"                          # a changed file this big or bigger is stored as
+                                             #   deltas of its previous version; "0": off
 
 [applications.repository]                    # optional: this app's snapshots go elsewhere
 location = "/srv/backups/webshop-repo"       # (casbackup serve; same keys as [repository])
@@ -199,6 +201,13 @@ class AppConfig:
     # Its own repository (``[applications.repository]``); None: the top-level one.
     repository: RepositoryConfig | None = None
     snapshot: str | None = None  # file-system snapshot: lvm | btrfs | zfs | auto | none
+    # Bytes: a changed file at least this big is stored as deltas (archiver/delta_files.py).
+    delta_files: int = 0
+
+
+# The smallest delta_files size (--delta-files): below a few chunks a delta saves little,
+# and reading many smaller files on the backup's one delta thread would slow it down.
+MIN_DELTA_FILE_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
