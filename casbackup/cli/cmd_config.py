@@ -8,7 +8,7 @@ import click
 
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options
-from casbackup.cli.render import emit_json, plural, warn
+from casbackup.cli.render import emit_json, human_bytes, plural, warn
 from casbackup.config import describe
 
 
@@ -44,6 +44,10 @@ def check(ctx: click.Context) -> None:
         )
         for db in app["databases"]:
             click.echo(f"  database {db['name']} ({db['engine']}): {_where(db)}")
+        if app["delta_files"]:
+            click.echo(
+                f"  changed files of {human_bytes(app['delta_files'])} or more: stored as deltas"
+            )
         rules = {k: v for k, v in app["retention"].items() if v}
         click.echo(f"  retention: {', '.join(f'{k}={v}' for k, v in rules.items()) or 'keep all'}")
         required = app["verification"]["required_files"]

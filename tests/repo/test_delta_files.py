@@ -285,6 +285,12 @@ def test_the_cli_option_and_the_config_key(repo_path: str, tmp_path: Path) -> No
     assert parse_config_text(app + "delta_files = 2097152\n").applications[0].delta_files == 2 << 20
     assert parse_config_text(app + 'delta_files = "0"\n').applications[0].delta_files == 0
     assert parse_config_text(app).applications[0].delta_files == 0
+    parse_config_text(app + 'delta_files = "64M"\n')
+    shown = subprocess.run(
+        [sys.executable, "-m", "casbackup.cli.main", "--config", str(tmp_path / "casbackup.toml"),
+         "config", "check"], capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert "changed files of 64.0 MiB or more: stored as deltas" in shown.stdout, shown.stderr
     for bad, why in (
         ('"10k"', "too small"),
         ('"big"', "is not a size"),
