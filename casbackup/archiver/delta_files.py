@@ -103,10 +103,8 @@ class DeltaFileReader:
         if self.cancel.is_set():
             return FileOutcome(cancelled=True)
         try:
-            fd = os.open(path, _OPEN_NOATIME)
-        except PermissionError:
-            fd = os.open(path, _OPEN)  # O_NOATIME needs ownership
-        except OSError as exc:
+            fd = _open(path)
+        except OSError as exc:  # either attempt: a file that cannot be read is the file's error
             return FileOutcome(error=(exc.errno or 0, exc.strerror or str(exc)))
         try:
             return self._store(fd, earlier)
@@ -137,3 +135,11 @@ class DeltaFileReader:
         ):
             return FileOutcome(ids, digest, size, after, before.st_mtime_ns)
         return FileOutcome(ids, digest, size)
+
+
+def _open(path: bytes) -> int:
+    """``path`` opened for reading, without updating its access time where allowed."""
+    try:
+        return os.open(path, _OPEN_NOATIME)
+    except PermissionError:
+        return os.open(path, _OPEN)  # O_NOATIME needs ownership

@@ -8,6 +8,7 @@ place. Chains are lowered to depth 3 so a few backups reach the limit.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import subprocess
@@ -24,6 +25,7 @@ from casbackup.archiver.workers import CancelFlag
 from casbackup.chunking.chunker import Chunker
 from casbackup.config import load_config
 from casbackup.config.model import Config
+from casbackup.errors import NotFound
 from casbackup.maintenance.prune import PruneOptions, prune
 from casbackup.repo import delta
 from casbackup.repo.config import RepoConfig
@@ -237,6 +239,38 @@ def test_a_file_gone_or_swapped_for_a_fifo_is_a_read_error_not_a_crash(
     reader.submit(os.fsencode(data), earlier, lambda o, e: outcomes.append(o or e))
     reader.close()
     assert outcomes[-1].cancelled  # type: ignore[attr-defined]
+
+
+def test_a_file_this_user_may_not_read_is_a_read_error_not_a_failed_backup(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large changed file of mode 000 seen by a user without CAP_DAC_OVERRIDE: both opens
+    (with O_NOATIME, then without) fail with EACCES. The readers report it as the file's
+    error (exit 3); the delta thread let the second open's error fail the whole backup."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = src / "orders.db"
+    write_records(data)
+    (src / "notes.txt").write_text("kept\n")
+    run(repo, src)
+    change_in_place(data, 1)
+    (src / "notes.txt").write_text("changed\n")
+    real_open = os.open
+    locked = os.fsencode(data)
+
+    def no_access(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if isinstance(path, (str, bytes)) and os.fsencode(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_access)
+    result = run_backup(repo, BackupOptions(paths=(str(src),), app="shop", delta_files=THRESHOLD))
+    monkeypatch.undo()
+    assert result.warnings == [f"{data}: Permission denied"]
+    assert result.snapshot is not None and result.snapshot.summary.errors == 1
+    with pytest.raises(NotFound):
+        repo.find_node(result.snapshot.root, str(data))
+    assert read_file(repo, node_of(repo, result.snapshot, src / "notes.txt")) == b"changed\n"
 
 
 def test_a_version_2_repository_stores_the_file_whole_and_says_why(tmp_path: Path) -> None:
