@@ -151,8 +151,8 @@ def store_chunks(
     (``BlobStore.save_data_delta``, on one of ``ENCODERS`` threads), else in full.
     ``dry_run``: ids only, nothing stored. ``stopped`` is asked before each chunk (raises
     ``Stopped``); ``on_bytes(n)`` is told each chunk's length, for progress. Every delta
-    is stored before this returns. Raises what the repository raises (CasError) and what
-    reading ``pieces`` raises (OSError)."""
+    is stored before this returns. Raises what the repository raises (CasError), before
+    what reading ``pieces`` raises (OSError) when both happen."""
     hasher = blake3.blake3()
     ids: list[BlobId] = []
     size = 0
@@ -172,26 +172,39 @@ def store_chunks(
         ) as pool,
     ):
         waiting: deque[tuple[BlobId, Future[tuple[BlobId, bool]]]] = deque()
-        for piece in pieces:
-            if stopped():
-                raise Stopped
-            hasher.update(piece)
-            blob_id = repo.blob_id(piece)
-            if not repo.has_blob(blob_id) and all(blob_id != w for w, _ in waiting):
-                base = bases.choose(repo.delta_base_for, piece, size)
-                if base is not None and base.plain is not None:
-                    if len(waiting) >= IN_FLIGHT:
-                        waiting.popleft()[1].result()  # raises what storing it raised
-                    # ``piece`` is a view into the chunker's buffer: the thread gets a copy.
-                    job = pool.submit(repo.save_data_delta, bytes(piece), base.id, base.plain,
-                                      blob_id, depth=base.depth, full_len=base.full_len)  # fmt: skip
-                    waiting.append((blob_id, job))
-                else:
-                    repo.save_blob(Kind.DATA, piece, blob_id)
-            bases.seen(blob_id, size, len(piece))
-            ids.append(blob_id)
-            size += len(piece)
-            on_bytes(len(piece))
+        try:
+            for piece in pieces:
+                if stopped():
+                    raise Stopped
+                hasher.update(piece)
+                blob_id = repo.blob_id(piece)
+                if not repo.has_blob(blob_id) and all(blob_id != w for w, _ in waiting):
+                    base = bases.choose(repo.delta_base_for, piece, size)
+                    if base is not None and base.plain is not None:
+                        if len(waiting) >= IN_FLIGHT:
+                            waiting.popleft()[1].result()  # raises what storing it raised
+                        # ``piece`` is a view into the chunker's buffer: the thread gets a copy.
+                        job = pool.submit(
+                            repo.save_data_delta, bytes(piece), base.id, base.plain, blob_id,
+                            depth=base.depth, full_len=base.full_len,
+                        )  # fmt: skip
+                        waiting.append((blob_id, job))
+                    else:
+                        repo.save_blob(Kind.DATA, piece, blob_id)
+                bases.seen(blob_id, size, len(piece))
+                ids.append(blob_id)
+                size += len(piece)
+                on_bytes(len(piece))
+        except (OSError, Stopped) as ended:
+            # The stream ended early: a read error (--delta-files reports it as that file's
+            # and the backup goes on) or a stop. A delta in flight that failed to store is
+            # the repository's error, which must fail the backup instead: a pack that could
+            # not be written takes other files' chunks with it.
+            for _, job in waiting:
+                failure = job.exception()
+                if failure is not None:
+                    raise failure from ended
+            raise
         while waiting:
             waiting.popleft()[1].result()
     return tuple(ids), hasher.digest(), size

@@ -13,16 +13,19 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
+from casbackup.archiver import delta_files
 from casbackup.archiver.backup import BackupOptions, run_backup
 from casbackup.archiver.delta_files import DeltaFileReader, wants_delta
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.archiver.stream import ChunkReader
 from casbackup.archiver.workers import CancelFlag
-from casbackup.chunking.chunker import Chunker
+from casbackup.chunking.chunker import Chunker, StreamCutter
 from casbackup.config import load_config
 from casbackup.config.model import Config
 from casbackup.errors import NotFound
@@ -359,6 +362,38 @@ def test_a_repository_error_while_storing_deltas_fails_the_backup_cleanly(
     assert Kind.DELTA in {
         repo.locate(c).kind for c in node_of(repo, second, src / "orders.db").content
     }
+
+
+def test_a_delta_that_failed_to_store_fails_the_backup_when_the_file_then_fails_to_read(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack write failing under an encoder thread, then a read error (EIO) in the same
+    file before that delta was waited for: the read error used to end the file as one
+    unreadable file (a snapshot saved, exit 3) and the repository's error was dropped,
+    though a failed pack takes the other blobs added to it, other files' too, with it."""
+    from casbackup.errors import StorageError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_records(src / "orders.db")
+    first = run(repo, src)
+    change_in_place(src / "orders.db", 1, share=0.2)  # every chunk changed: each one a delta
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise StorageError("no space left on device")
+
+    class BadSector(StreamCutter):
+        def chunks(self, reader: BinaryIO) -> Iterator[memoryview]:
+            for i, piece in enumerate(super().chunks(reader)):
+                if i == 3:  # fewer deltas than IN_FLIGHT submitted: none waited for yet
+                    raise OSError(errno.EIO, "Input/output error")
+                yield piece
+
+    monkeypatch.setattr(Repository, "save_data_delta", full_disk)
+    monkeypatch.setattr(delta_files, "StreamCutter", BadSector)
+    with pytest.raises(StorageError, match="no space left"):
+        run_backup(repo, BackupOptions(paths=(str(src),), app="shop", delta_files=THRESHOLD))
+    assert [s.id for s in repo.list_snapshots()] == [first.id]
 
 
 _KILL_BACKUP = """
