@@ -156,7 +156,7 @@ def store_chunks(
     hasher = blake3.blake3()
     ids: list[BlobId] = []
     size = 0
-    if bases is None:
+    if bases is None or dry_run:  # a dry run stores nothing, deltas included
         for piece in pieces:
             if stopped():
                 raise Stopped

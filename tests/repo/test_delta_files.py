@@ -21,6 +21,7 @@ import pytest
 
 from casbackup.archiver import delta_files
 from casbackup.archiver.backup import BackupOptions, run_backup
+from casbackup.archiver.delta_bases import BaseFinder, store_chunks
 from casbackup.archiver.delta_files import DeltaFileReader, wants_delta
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.archiver.stream import ChunkReader
@@ -274,6 +275,24 @@ def test_a_file_this_user_may_not_read_is_a_read_error_not_a_failed_backup(
     with pytest.raises(NotFound):
         repo.find_node(result.snapshot.root, str(data))
     assert read_file(repo, node_of(repo, result.snapshot, src / "notes.txt")) == b"changed\n"
+
+
+def test_a_dry_run_with_bases_stores_nothing(repo: Repository, tmp_path: Path) -> None:
+    """store_chunks' ``dry_run`` (ids only, nothing stored) held only without bases: with
+    the parent's version as bases it stored every new chunk, as deltas or whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = src / "orders.db"
+    write_records(data)
+    earlier = node_of(repo, run(repo, src), data)
+    change_in_place(data, 1)
+    chunker = Chunker(repo.config.chunker, repo.key.chunker_seed)
+    bases = BaseFinder.for_content(repo, earlier.content)
+    added = repo.stats_blobs_added
+    with open(data, "rb") as f:
+        ids, _, size = store_chunks(repo, chunker.stream(f), bases, dry_run=True)
+    assert repo.stats_blobs_added == added
+    assert size == data.stat().st_size and not repo.has_blobs(ids)
 
 
 def test_a_version_2_repository_stores_the_file_whole_and_says_why(tmp_path: Path) -> None:
