@@ -44,16 +44,20 @@ _OPEN_NOATIME = _OPEN | getattr(os, "O_NOATIME", 0)
 Done = Callable[[FileOutcome | None, BaseException | None], None]
 
 
-def wants_delta(threshold: int, size: int, earlier: Node | None) -> bool:
-    """Whether a changed file of ``size`` bytes whose parent node is ``earlier`` is
-    stored as deltas: the option is on (``threshold`` > 0), the file is at least that
-    big, and the parent's node at the same path is a file with content."""
+def wants_delta(threshold: int, size: int, mtime_ns: int, earlier: Node | None) -> bool:
+    """Whether a file of ``size`` bytes modified at ``mtime_ns`` whose parent node is
+    ``earlier`` is stored as deltas: the option is on (``threshold`` > 0), the file is at
+    least that big, the parent's node at the same path is a file with content, and the
+    file looks changed (its size or mtime moved). A file that looks unchanged but is read
+    anyway (``--type full``, a ctime or inode that moved) goes to the readers, which read
+    it in parallel with others and find its chunks stored."""
     return (
         threshold > 0
         and size >= threshold
         and earlier is not None
         and earlier.kind == NodeKind.FILE
         and bool(earlier.content)
+        and (earlier.size, earlier.mtime_ns) != (size, mtime_ns)
     )
 
 

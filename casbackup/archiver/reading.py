@@ -120,7 +120,7 @@ class FileReading:
                 return self._link_to(earlier, meta, ref)
         future: Later[Node | None] = Later(self._ready)
         reading = _Reading(self, future, path, meta, ref)
-        if ref is not None and wants_delta(self._delta_threshold, st.st_size, ref):
+        if ref is not None and wants_delta(self._delta_threshold, st.st_size, st.st_mtime_ns, ref):
             self._delta_reader().submit(path, ref, reading)
         else:
             self._batch.append((path, st.st_size, reading))

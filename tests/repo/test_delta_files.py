@@ -206,17 +206,48 @@ def test_damage_to_a_base_names_the_file_in_every_snapshot_built_on_it(  # type:
 
 
 def test_a_new_unchanged_or_small_file_is_read_as_always(repo: Repository, tmp_path: Path) -> None:
-    earlier = Node(name=b"f", kind=NodeKind.FILE, mode=0o600, uid=0, gid=0, mtime_ns=0,
+    earlier = Node(name=b"f", kind=NodeKind.FILE, mode=0o600, uid=0, gid=0, mtime_ns=7,
                    ctime_ns=0, size=5 << 20, content=(b"x" * 32,), content_hash=b"")  # fmt: skip
-    assert wants_delta(THRESHOLD, 2 << 20, earlier)
-    assert not wants_delta(0, 2 << 20, earlier)  # off
-    assert not wants_delta(THRESHOLD, THRESHOLD - 1, earlier)  # smaller than the threshold
-    assert not wants_delta(THRESHOLD, 2 << 20, None)  # new: no earlier version
+    assert wants_delta(THRESHOLD, 2 << 20, 9, earlier)
+    assert wants_delta(THRESHOLD, 5 << 20, 9, earlier)  # same size, newer mtime
+    assert wants_delta(THRESHOLD, 2 << 20, 7, earlier)  # same mtime, other size
+    assert not wants_delta(THRESHOLD, 5 << 20, 7, earlier)  # looks unchanged: the readers
+    assert not wants_delta(0, 2 << 20, 9, earlier)  # off
+    assert not wants_delta(THRESHOLD, THRESHOLD - 1, 9, earlier)  # smaller than the threshold
+    assert not wants_delta(THRESHOLD, 2 << 20, 9, None)  # new: no earlier version
     empty = Node(name=b"f", kind=NodeKind.FILE, mode=0o600, uid=0, gid=0, mtime_ns=0,
                  ctime_ns=0, size=0, content=(), content_hash=b"")  # fmt: skip
-    assert not wants_delta(THRESHOLD, 2 << 20, empty)
+    assert not wants_delta(THRESHOLD, 2 << 20, 9, empty)
     folder = Node(name=b"f", kind=NodeKind.DIR, mode=0o700, uid=0, gid=0, mtime_ns=0, ctime_ns=0)
-    assert not wants_delta(THRESHOLD, 2 << 20, folder)
+    assert not wants_delta(THRESHOLD, 2 << 20, 9, folder)
+
+
+def test_a_full_backup_reads_unchanged_large_files_through_the_readers(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write_records(src / "orders.db")
+    write_records(src / "copy.db")
+    run(repo, src)
+    change_in_place(src / "orders.db", 1)
+    handed: list[bytes] = []
+    real = DeltaFileReader.submit
+
+    def submit(self: DeltaFileReader, path: bytes, *args: object) -> None:
+        handed.append(path)
+        real(self, path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DeltaFileReader, "submit", submit)
+    result = run_backup(
+        repo, BackupOptions(paths=(str(src),), type="full", app="shop", delta_files=THRESHOLD)
+    )
+    assert result.snapshot is not None and not result.warnings
+    assert handed == [os.fsencode(src / "orders.db")]  # the changed one only
+    assert (
+        read_file(repo, node_of(repo, result.snapshot, src / "copy.db"))
+        == (src / "copy.db").read_bytes()
+    )
 
 
 def test_a_file_gone_or_swapped_for_a_fifo_is_a_read_error_not_a_crash(
