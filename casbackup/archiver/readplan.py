@@ -159,7 +159,7 @@ class _Window:
     """The reads for positions [start, end) of a feed: envelopes by blob id, plaintexts of
     blobs needed again later in the window, and how many more times each is needed."""
 
-    __slots__ = ("start", "end", "where", "ranges", "pending", "uses", "plain")
+    __slots__ = ("start", "end", "where", "ranges", "pending", "uses", "plain", "chains")
 
     def __init__(self, start: int, end: int) -> None:
         self.start, self.end = start, end
@@ -170,6 +170,8 @@ class _Window:
         self.pending: list[Future[bytes | CasError] | ReadRange | bytes | CasError] = []
         self.uses: dict[bytes, int] = {}
         self.plain: dict[bytes, bytes] = {}
+        # position -> its chain being resolved on the pool (blobs stored as deltas)
+        self.chains: dict[int, Future[bytes]] = {}
 
     def envelope(self, blob_id: bytes, reader: BlobReader) -> memoryview:
         index, lo, hi = self.where[blob_id]
@@ -191,6 +193,8 @@ class _Window:
         for got in self.pending:
             if isinstance(got, Future):
                 got.cancel()
+        for job in self.chains.values():
+            job.cancel()
 
 
 class ChunkFeed:
@@ -234,7 +238,10 @@ class ChunkFeed:
         window = self._window_at(pos)
         chain = self._chains.get(pos)
         if chain is not None:
-            return self.reader.read_chain(chain)
+            job = window.chains.pop(pos, None)
+            if job is None or job.cancel():  # not started: resolve it here
+                return self.reader.read_chain(chain)
+            return job.result()  # raises what resolving it raised
         blob_id, pack, _offset, _stored, raw_len = self._flat[pos]
         left = window.uses[blob_id] - 1
         data = window.plain.get(blob_id)
@@ -273,6 +280,7 @@ class ChunkFeed:
         # Plaintexts are kept while needed again in the window: their total is capped
         # too (highly compressible blobs would otherwise make a window huge in memory).
         raw_cap = 2 * reader.window_bytes
+        chained: list[int] = []
         pos = start
         while pos < len(flat) and (
             (stored < reader.window_bytes and raw < raw_cap) or pos == start
@@ -285,9 +293,18 @@ class ChunkFeed:
                     stored += chunk[3]
                     raw += chunk[4]
                 uses[chunk[0]] = seen + 1
+            else:
+                # A delta's chain is resolved whole on the pool (every link read and
+                # decompressed there), several at once and ahead of the writing: its
+                # plaintext counts against the window's cap.
+                raw += chains[pos][0][4]
+                chained.append(pos)
             pos += 1
         window = _Window(start, pos)
         window.uses = uses
+        if reader.pool is not None:
+            for at in chained:
+                window.chains[at] = reader.pool.submit(reader.read_chain, chains[at])
         for number, rng in enumerate(plan_ranges(chunks, reader.gap, reader.max_range)):
             for blob_id, _pack, offset, length, _raw in rng.blobs:
                 window.where[blob_id] = (number, offset - rng.start, offset - rng.start + length)

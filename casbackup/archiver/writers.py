@@ -38,6 +38,7 @@ import blake3
 from casbackup import procs
 from casbackup.archiver.readplan import LOCAL_GAP, BlobReader, Chain, Chunk, ChunkFeed
 from casbackup.errors import CasError
+from casbackup.memory import large_buffers_in_heap
 from casbackup.repo.tree import valid_name
 from casbackup.store.local import LocalBackend
 from casbackup.threadsig import block_stop_signals, quiet_thread
@@ -357,9 +358,10 @@ def _writer_main(
     procs.become_helper(parent)
     for other in inherited:
         other.close()  # the parent's ends of this and earlier writers' sockets
-    # Its own fds and locks; one thread reads the next window's ranges while this one
-    # decrypts and writes, so the disk and the CPU work side by side.
-    ahead = ThreadPoolExecutor(1, thread_name_prefix="read-ahead", initializer=block_stop_signals)
+    # Its own fds and locks; threads read the next window's ranges while this one
+    # decrypts and writes, so the disk and the CPU work side by side, and resolve delta
+    # chains (a zstd decompression per link, outside the GIL) two at a time.
+    ahead = ThreadPoolExecutor(2, thread_name_prefix="read-ahead", initializer=block_stop_signals)
     reader = BlobReader(LocalBackend(root), encryption_root, gap=LOCAL_GAP, pool=ahead)
     sock = _fd_socket(conn)
     full = False  # the target took no more: later batches are not written either
@@ -373,6 +375,12 @@ def _writer_main(
             try:
                 if full:
                     results = [NOT_WRITTEN] * len(items)
+                elif any(job.chains for _, _, job in items):
+                    # Delta chains: a buffer of a chunk's size per link, and zstd's; see
+                    # memory.large_buffers_in_heap.
+                    with large_buffers_in_heap():
+                        results = write_batch(fds, items, reader, _ignore)
+                    full = any(w.full for w in results)
                 else:
                     results = write_batch(fds, items, reader, _ignore)
                     full = any(w.full for w in results)

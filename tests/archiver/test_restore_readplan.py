@@ -251,3 +251,46 @@ def test_a_window_is_capped_in_plaintext_too(counted) -> None:  # type: ignore[n
         window = feed._windows[0]
         assert window.end - window.start <= 8  # 4 distinct blobs (200,000 bytes), twice each
     assert b"".join(out) == b"".join(b + b for b in blobs)
+
+
+def test_chains_are_resolved_ahead_on_the_pool_within_the_window_cap(  # type: ignore[no-untyped-def]
+    counted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blobs stored as deltas: each chain is resolved on the read-ahead pool, several at once
+    and before the writer asks, its plaintext counted against the window's cap; a chain that
+    fails to resolve fails its own chunk when the writer gets there."""
+    repo, backend = counted
+    pieces = [os.urandom(1000) for _ in range(30)]
+    node = file_node(repo, b"c", b"".join(pieces), chunk=1000)
+    snapshot_of(repo, [node])
+    locs = repo.locate_many(node.content)
+    chunks = tuple((c, x.pack, x.offset, x.stored_len, x.raw_len)
+                   for c, x in zip(node.content, locs, strict=True))  # fmt: skip
+    threads: list[str] = []
+    broken = chunks[17][0]
+
+    def resolve(fetch, opener, chain):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        blob_id, pack, offset, stored, raw = chain[0]
+        if blob_id == broken:
+            raise readplan.IntegrityError("a base of this delta is damaged")
+        return readplan.open_blob(
+            opener, Kind.DATA, blob_id, pack, fetch(pack, offset, stored), raw
+        )
+
+    monkeypatch.setattr(readplan, "_chain_resolver", lambda: resolve)
+    chains = tuple((i, (c,)) for i, c in enumerate(chunks))
+    job = FileJob(chunks, node.size, b"", 0, 0, 0o644, 0, False, chains=chains)
+    with ThreadPoolExecutor(2, thread_name_prefix="ahead") as pool:
+        reader = BlobReader(backend, repo.key.encryption_root, gap=0, pool=pool, window_bytes=3000)
+        feed = ChunkFeed(reader, [job])
+        got = []
+        with pytest.raises(readplan.IntegrityError, match="damaged"):
+            for data in feed.file(0):
+                got.append(data)
+                assert all(w.end - w.start <= 6 for w in feed._windows)  # 2 x 3000 bytes
+        feed.close()
+    assert got == pieces[:17]
+    # The pool resolves ahead; a chain it has not started yet the writer resolves itself.
+    assert any(name.startswith("ahead") for name in threads)
+    assert len(threads) >= 18  # every chain up to the broken one, and perhaps some after it
