@@ -57,3 +57,20 @@ def run_cli(*args: str, repo: str | None = None, env: dict[str, str] | None = No
     return CliResult(
         proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
     )
+
+
+def flip_stored_byte(
+    repo_path: str, pack: str, offset: int, stored_len: int, mask: int = 0x01
+) -> None:
+    """Damage one stored blob as bit rot would: XOR ``mask`` into the byte in the middle of
+    its ``stored_len`` bytes at ``offset`` of pack ``pack`` (a pack id's hex) in the local
+    repository at ``repo_path``. Packs are stored read-only; this makes the pack writable."""
+    from casbackup.repo.pack import pack_name
+
+    path = os.path.join(repo_path, pack_name(pack))
+    os.chmod(path, 0o600)
+    with open(path, "r+b") as f:
+        f.seek(offset + stored_len // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ mask]))

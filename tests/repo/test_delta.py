@@ -29,7 +29,7 @@ from casbackup.repo.ids import Kind
 from casbackup.repo.pack import pack_name
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
-from casbackup.testing.fixtures import TEST_CONFIG_KW, open_repo
+from casbackup.testing.fixtures import TEST_CONFIG_KW, flip_stored_byte, open_repo
 from casbackup.verify.check import CheckOptions, check
 from casbackup.verify.sandbox import VerifyOptions, verify_snapshot
 from casbackup.vfs import Vfs, snapshot_folder
@@ -277,13 +277,7 @@ def test_a_damaged_base_names_every_dependent_file_in_every_snapshot(  # type: i
     ]  # fmt: skip
     assert len(dependents) >= DEPTH + 1  # the base night and every delta night above it
     loc = repo.locate(base)
-    pack = os.path.join(repo_path, pack_name(loc.pack))
-    os.chmod(pack, 0o600)
-    with open(pack, "r+b") as f:
-        f.seek(loc.offset + loc.stored_len // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x01]))
+    flip_stored_byte(repo_path, loc.pack, loc.offset, loc.stored_len, 0x01)
     report = check(repo, CheckOptions(read_data=True, workers=1))
     assert not report.ok
     for s in dependents:

@@ -38,7 +38,13 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.store.local import LocalBackend
-from casbackup.testing.fixtures import PASSWORD, TEST_CONFIG_KW, WEAK_KDF, open_repo
+from casbackup.testing.fixtures import (
+    PASSWORD,
+    TEST_CONFIG_KW,
+    WEAK_KDF,
+    flip_stored_byte,
+    open_repo,
+)
 from casbackup.verify.check import CheckOptions, check
 from casbackup.vfs import Vfs, snapshot_folder
 
@@ -185,20 +191,12 @@ def test_prune_after_forgetting_the_nights_that_hold_the_bases(  # type: ignore[
 def test_damage_to_a_base_names_the_file_in_every_snapshot_built_on_it(  # type: ignore[no-untyped-def]
     repo: Repository, repo_path: str, nights
 ) -> None:
-    from casbackup.repo.pack import pack_name
-
     data, snaps, _ = nights
     first = node_of(repo, snaps[0], data)
     base = next(c for c in first.content if repo.locate(c).kind == Kind.DATA
                 and any(repo.locate(d).base == c for d in node_of(repo, snaps[1], data).content))  # fmt: skip
     loc = repo.locate(base)
-    pack = os.path.join(repo_path, pack_name(loc.pack))
-    os.chmod(pack, 0o600)
-    with open(pack, "r+b") as f:
-        f.seek(loc.offset + loc.stored_len // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x01]))
+    flip_stored_byte(repo_path, loc.pack, loc.offset, loc.stored_len, 0x01)
     report = check(repo, CheckOptions(read_data=True, workers=1))
     assert not report.ok
     for s in snaps[:2]:

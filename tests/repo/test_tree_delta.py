@@ -32,7 +32,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.snapshotstore import TREE_DELTA_MIN
 from casbackup.repo.tree import raw_nodes
-from casbackup.testing.fixtures import TEST_CONFIG_KW, open_repo, run_cli
+from casbackup.testing.fixtures import TEST_CONFIG_KW, flip_stored_byte, open_repo, run_cli
 from casbackup.verify.check import CheckOptions, check
 from casbackup.vfs import Vfs, snapshot_folder
 
@@ -248,13 +248,7 @@ def test_a_damaged_base_tree_is_named_by_check_in_every_snapshot(  # type: ignor
     src, snaps, _ = chained
     full = tree_of(repo, snaps[0], src / "big")
     loc = repo.locate(full)
-    pack = os.path.join(repo_path, pack_name(loc.pack))
-    os.chmod(pack, 0o600)
-    with open(pack, "r+b") as f:
-        f.seek(loc.offset + loc.stored_len // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x01]))
+    flip_stored_byte(repo_path, loc.pack, loc.offset, loc.stored_len, 0x01)
     folder = f"{src}/big (folder unreadable)"
     for read_data in (False, True):
         report = check(repo, CheckOptions(read_data=read_data, workers=1))

@@ -10,9 +10,9 @@ from typing import Any
 from casbackup.archiver.backup import BackupOptions, StreamSpec, run_backup
 from casbackup.engines.base import DatabaseSpec, DumpStream, get_engine
 from casbackup.repo.ids import Kind
-from casbackup.repo.pack import pack_name
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
+from casbackup.testing.fixtures import flip_stored_byte
 
 EXTENSIONS = {"sqlite": "sqlite", "postgresql": "pgdump", "mysql": "sql"}
 
@@ -84,10 +84,4 @@ def corrupt_file(repo: Repository, repo_path: str, snap: Snapshot, path: str) ->
     assert node is not None and node.content
     loc = repo.locate(node.content[0])
     assert loc.kind == Kind.DATA
-    pack = os.path.join(repo_path, pack_name(loc.pack))
-    os.chmod(pack, 0o600)
-    with open(pack, "r+b") as f:
-        f.seek(loc.offset + loc.stored_len // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x40]))
+    flip_stored_byte(repo_path, loc.pack, loc.offset, loc.stored_len, 0x40)
