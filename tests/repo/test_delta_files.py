@@ -68,6 +68,15 @@ def write_records(path: Path) -> None:
             f.write(f"{i:08d} ".encode() + body[: RECORD - 10].ljust(RECORD - 10) + b"\n")
 
 
+def source(tmp_path: Path) -> tuple[Path, Path]:
+    """A source folder holding one file of records: (folder, file)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = src / "orders.db"
+    write_records(data)
+    return src, data
+
+
 def change_in_place(path: Path, seed: int, share: float = 0.01) -> None:
     """Rewrite ``share`` of the records at random, each keeping its length and place."""
     rng = random.Random(seed)
@@ -102,10 +111,7 @@ def read_file(repo: Repository, node: Node) -> bytes:
 def nights(repo: Repository, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A first backup, then DEPTH + 2 backups each after a 1% in-place change: the file's
     chunks go full, 1, 2, 3 deltas deep, then restart on their full bases."""
-    src = tmp_path / "src"
-    src.mkdir()
-    data = src / "orders.db"
-    write_records(data)
+    src, data = source(tmp_path)
     (src / "small.txt").write_text("small files are read by the readers as always\n")
     snaps, versions = [run(repo, src)], [data.read_bytes()]
     for n in range(1, DEPTH + 3):
@@ -136,10 +142,7 @@ def test_a_changed_large_file_costs_what_changed_through_chains_at_the_limit(  #
 def test_without_the_option_the_same_change_stores_the_file_again(
     repo: Repository, tmp_path: Path
 ) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    data = src / "orders.db"
-    write_records(data)
+    src, data = source(tmp_path)
     first = run(repo, src, delta_files=0)
     change_in_place(data, 1)
     second = run(repo, src, delta_files=0)
@@ -223,9 +226,7 @@ def test_a_new_unchanged_or_small_file_is_read_as_always(repo: Repository, tmp_p
 def test_a_full_backup_reads_unchanged_large_files_through_the_readers(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    write_records(src / "orders.db")
+    src, _ = source(tmp_path)
     write_records(src / "copy.db")
     run(repo, src)
     change_in_place(src / "orders.db", 1)
@@ -251,10 +252,7 @@ def test_a_full_backup_reads_unchanged_large_files_through_the_readers(
 def test_a_file_gone_or_swapped_for_a_fifo_is_a_read_error_not_a_crash(
     repo: Repository, tmp_path: Path
 ) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    data = src / "orders.db"
-    write_records(data)
+    src, data = source(tmp_path)
     earlier = node_of(repo, run(repo, src), data)
     outcomes: list[object] = []
     reader = DeltaFileReader(repo, Chunker(repo.config.chunker, repo.key.chunker_seed),
@@ -280,10 +278,7 @@ def test_a_file_this_user_may_not_read_is_a_read_error_not_a_failed_backup(
     """A large changed file of mode 000 seen by a user without CAP_DAC_OVERRIDE: both opens
     (with O_NOATIME, then without) fail with EACCES. The readers report it as the file's
     error (exit 3); the delta thread let the second open's error fail the whole backup."""
-    src = tmp_path / "src"
-    src.mkdir()
-    data = src / "orders.db"
-    write_records(data)
+    src, data = source(tmp_path)
     (src / "notes.txt").write_text("kept\n")
     run(repo, src)
     change_in_place(data, 1)
@@ -309,10 +304,7 @@ def test_a_file_this_user_may_not_read_is_a_read_error_not_a_failed_backup(
 def test_a_dry_run_with_bases_stores_nothing(repo: Repository, tmp_path: Path) -> None:
     """store_chunks' ``dry_run`` (ids only, nothing stored) held only without bases: with
     the parent's version as bases it stored every new chunk, as deltas or whole."""
-    src = tmp_path / "src"
-    src.mkdir()
-    data = src / "orders.db"
-    write_records(data)
+    src, data = source(tmp_path)
     earlier = node_of(repo, run(repo, src), data)
     change_in_place(data, 1)
     chunker = Chunker(repo.config.chunker, repo.key.chunker_seed)
@@ -328,9 +320,7 @@ def test_a_version_2_repository_stores_the_file_whole_and_says_why(tmp_path: Pat
     path = str(tmp_path / "v2")
     repo = Repository.init(LocalBackend(path), PASSWORD.encode(), kdf=WEAK_KDF,
                            config=RepoConfig(**TEST_CONFIG_KW, version=2))  # fmt: skip
-    src = tmp_path / "src"
-    src.mkdir()
-    write_records(src / "orders.db")
+    src, _ = source(tmp_path)
     run(repo, src)
     change_in_place(src / "orders.db", 1)
     result = run_backup(repo, BackupOptions(paths=(str(src),), delta_files=THRESHOLD))
@@ -339,9 +329,7 @@ def test_a_version_2_repository_stores_the_file_whole_and_says_why(tmp_path: Pat
 
 
 def test_the_cli_option_and_the_config_key(repo_path: str, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    write_records(src / "orders.db")
+    src, _ = source(tmp_path)
     env = dict(os.environ, CASBACKUP_PASSWORD=PASSWORD)
     base = [sys.executable, "-m", "casbackup.cli.main", "-r", repo_path, "backup", str(src)]
     for bad, why in (("10k", "too small"), ("lots", "is not a size"), ("-5M", "is not a size")):
@@ -391,9 +379,7 @@ def test_a_repository_error_while_storing_deltas_fails_the_backup_cleanly(
 ) -> None:
     from casbackup.errors import StorageError
 
-    src = tmp_path / "src"
-    src.mkdir()
-    write_records(src / "orders.db")
+    src, _ = source(tmp_path)
     first = run(repo, src)
     change_in_place(src / "orders.db", 1)
 
@@ -421,9 +407,7 @@ def test_a_delta_that_failed_to_store_fails_the_backup_when_the_file_then_fails_
     though a failed pack takes the other blobs added to it, other files' too, with it."""
     from casbackup.errors import StorageError
 
-    src = tmp_path / "src"
-    src.mkdir()
-    write_records(src / "orders.db")
+    src, _ = source(tmp_path)
     first = run(repo, src)
     change_in_place(src / "orders.db", 1, share=0.2)  # every chunk changed: each one a delta
 
@@ -468,10 +452,7 @@ run_backup(repo, BackupOptions(paths=(sys.argv[2],), app="shop", delta_files=1 <
 def test_sigkill_during_a_backup_writing_file_deltas(
     repo: Repository, repo_path: str, tmp_path: Path
 ) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    data = src / "orders.db"
-    write_records(data)
+    src, data = source(tmp_path)
     first = run(repo, src)
     change_in_place(data, 1, share=0.05)
     repo.close()
