@@ -26,7 +26,7 @@ import stat
 from collections.abc import Callable
 
 from casbackup.archiver.delta_bases import BaseFinder, Stopped, store_chunks
-from casbackup.archiver.workers import CancelFlag, FileOutcome
+from casbackup.archiver.workers import CancelFlag, FileOutcome, open_for_reading, read_outcome
 from casbackup.chunking.chunker import Chunker, StreamCutter
 from casbackup.config.model import MIN_DELTA_FILE_SIZE
 from casbackup.repo.repository import Repository
@@ -36,8 +36,6 @@ from casbackup.threadsig import quiet_thread
 __all__ = ["MIN_DELTA_FILE_SIZE", "DeltaFileReader", "wants_delta"]
 
 QUEUE_FILES = 2
-_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-_OPEN_NOATIME = _OPEN | getattr(os, "O_NOATIME", 0)
 
 # Called with the file's outcome, or the error that must fail the backup (a file's
 # ``reading._Reading`` is one).
@@ -107,7 +105,7 @@ class DeltaFileReader:
         if self.cancel.is_set():
             return FileOutcome(cancelled=True)
         try:
-            fd = _open(path)
+            fd = open_for_reading(path)
         except OSError as exc:  # either attempt: a file that cannot be read is the file's error
             return FileOutcome(error=(exc.errno or 0, exc.strerror or str(exc)))
         try:
@@ -131,19 +129,4 @@ class DeltaFileReader:
                 self.repo, self._cutter.chunks(f), bases,
                 stopped=self.cancel.is_set, on_bytes=self.on_bytes,
             )  # fmt: skip
-        after = os.fstat(fd)
-        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-            before.st_size,
-            before.st_mtime_ns,
-            before.st_ctime_ns,
-        ):
-            return FileOutcome(ids, digest, size, after, before.st_mtime_ns)
-        return FileOutcome(ids, digest, size)
-
-
-def _open(path: bytes) -> int:
-    """``path`` opened for reading, without updating its access time where allowed."""
-    try:
-        return os.open(path, _OPEN_NOATIME)
-    except PermissionError:
-        return os.open(path, _OPEN)  # O_NOATIME needs ownership
+        return read_outcome(ids, digest, size, before, os.fstat(fd))

@@ -186,12 +186,7 @@ class FileReader:
             return FileOutcome(error=(exc.errno or 0, exc.strerror or str(exc)))
 
     def _read(self, path: bytes, expected_size: int, flush: Callable[[], None]) -> FileOutcome:
-        # O_NONBLOCK: a file swapped for a FIFO since the walk must not block the open
-        # (fstat below refuses it); it changes nothing for regular files.
-        try:
-            fd = os.open(path, _OPEN_NOATIME)
-        except PermissionError:
-            fd = os.open(path, _OPEN)  # O_NOATIME needs ownership
+        fd = open_for_reading(path)
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
@@ -213,16 +208,7 @@ class FileReader:
             after = os.fstat(fd)
         finally:
             os.close(fd)
-        # Changed while read: its size or times moved. Bytes read that differ from a size
-        # that did not move are not a change: /proc and /sys report 0 or 4096 for files
-        # whose content they make up as they are read; what was read is what is stored.
-        if (
-            after.st_size != before.st_size
-            or after.st_mtime_ns != before.st_mtime_ns
-            or after.st_ctime_ns != before.st_ctime_ns
-        ):
-            return FileOutcome(ids, digest, size, after, before.st_mtime_ns)
-        return FileOutcome(ids, digest, size)
+        return read_outcome(ids, digest, size, before, after)
 
     def _store(
         self, pieces: Any, flush: Callable[[], None]
@@ -276,6 +262,33 @@ class FileReader:
 
 class _Cancelled(Exception):
     pass
+
+
+def open_for_reading(path: bytes) -> int:
+    """``path`` opened read-only without following a symlink, and without updating its
+    access time where that is allowed (O_NOATIME needs ownership). O_NONBLOCK: a file
+    swapped for a FIFO since the walk must not block the open (the caller's fstat refuses
+    it); it changes nothing for regular files. Raises OSError."""
+    try:
+        return os.open(path, _OPEN_NOATIME)
+    except PermissionError:
+        return os.open(path, _OPEN)
+
+
+def read_outcome(
+    ids: tuple[bytes, ...], digest: bytes, size: int, before: os.stat_result, after: os.stat_result
+) -> FileOutcome:
+    """A file read between the fstat results ``before`` and ``after``: changed while read
+    when its size or times moved. Bytes read that differ from a size that did not move are
+    not a change: /proc and /sys report 0 or 4096 for files whose content they make up as
+    they are read; what was read is what is stored."""
+    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    ):
+        return FileOutcome(ids, digest, size, after, before.st_mtime_ns)
+    return FileOutcome(ids, digest, size)
 
 
 def _read_rest(fd: int) -> bytes:
