@@ -25,21 +25,25 @@ def _mallopt():  # type: ignore[no-untyped-def]
     return libc.function("mallopt")
 
 
-_MMAP_THRESHOLD = 1 << 20  # what tune_allocator sets
-_TRIM_THRESHOLD = 1 << 20
 _HEAP_THRESHOLD = 32 << 20  # while deltas are built (large_buffers_in_heap)
 _heap_users = 0
-_tuned = False
 _heap_lock = threading.Lock()
+# The (mmap, trim) thresholds this process set last, which large_buffers_in_heap puts
+# back; None: never tuned (the C library's own defaults, left alone).
+_thresholds: tuple[int, int] | None = None
+
+
+def _set_thresholds(mallopt, mmap: int, trim: int) -> None:  # type: ignore[no-untyped-def]
+    global _thresholds
+    mallopt(_M_MMAP_THRESHOLD, mmap)
+    mallopt(_M_TRIM_THRESHOLD, trim)
+    _thresholds = (mmap, trim)
 
 
 def tune_allocator() -> None:
-    global _tuned
     mallopt = _mallopt()
     if mallopt is not None:
-        _tuned = True
-        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        _set_thresholds(mallopt, 1 << 20, 1 << 20)
         mallopt(_M_ARENA_MAX, 2)
 
 
@@ -51,8 +55,7 @@ def tune_allocator_single_thread() -> None:
     """
     mallopt = _mallopt()
     if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, 4 << 20)
-        mallopt(_M_TRIM_THRESHOLD, 4 << 20)
+        _set_thresholds(mallopt, 4 << 20, 4 << 20)
 
 
 @contextmanager
@@ -69,10 +72,11 @@ def large_buffers_in_heap() -> Iterator[None]:
     s of 0.80-0.96 s; with the trim threshold too, 0.12-0.30 s of 0.70-0.95 s, peak RSS
     104-113 MB (was 103-104). A night of the same database's dump (64 KiB chunks): 1.22-1.56
     s -> 1.17-1.24 s with the trim threshold raised. Nests, and works across threads: the
-    defaults come back when the last user leaves. Only where tune_allocator ran (the CLI,
-    the service): elsewhere the allocator is left as it is."""
+    thresholds this process had (tune_allocator's, or a reader's) come back when the last
+    user leaves. Only where one of the tune_allocator functions ran (the CLI, the service,
+    their helper processes): elsewhere the allocator is left as it is."""
     global _heap_users
-    mallopt = _mallopt() if _tuned else None
+    mallopt = _mallopt() if _thresholds is not None else None
     if mallopt is None:
         yield
         return
@@ -86,6 +90,5 @@ def large_buffers_in_heap() -> Iterator[None]:
     finally:
         with _heap_lock:
             _heap_users -= 1
-            if _heap_users == 0:
-                mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-                mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+            if _heap_users == 0 and _thresholds is not None:
+                _set_thresholds(mallopt, *_thresholds)

@@ -121,6 +121,7 @@ class FileReading:
         future: Later[Node | None] = Later(self._ready)
         reading = _Reading(self, future, path, meta, ref)
         if ref is not None and wants_delta(self._delta_threshold, st.st_size, st.st_mtime_ns, ref):
+            self._slots.take(1)  # one file in flight, as a batch takes one per file
             self._delta_reader().submit(path, ref, reading)
         else:
             self._batch.append((path, st.st_size, reading))
@@ -133,8 +134,7 @@ class FileReading:
 
     def _delta_reader(self) -> DeltaFileReader:
         """The thread that stores large changed files as deltas (``--delta-files``),
-        started on the first such file. Takes a slot per file, as a batch does."""
-        self._slots.take(1)
+        started on the first such file."""
         if self._deltas is None:
 
             def on_bytes(n: int) -> None:

@@ -30,6 +30,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
@@ -375,14 +376,12 @@ def _writer_main(
             try:
                 if full:
                     results = [NOT_WRITTEN] * len(items)
-                elif any(job.chains for _, _, job in items):
+                else:
                     # Delta chains: a buffer of a chunk's size per link, and zstd's; see
                     # memory.large_buffers_in_heap.
-                    with large_buffers_in_heap():
+                    chained = any(job.chains for _, _, job in items)
+                    with large_buffers_in_heap() if chained else nullcontext():
                         results = write_batch(fds, items, reader, _ignore)
-                    full = any(w.full for w in results)
-                else:
-                    results = write_batch(fds, items, reader, _ignore)
                     full = any(w.full for w in results)
             finally:
                 for fd in fds:

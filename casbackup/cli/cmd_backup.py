@@ -7,16 +7,15 @@ import click
 
 from casbackup.archiver.application import AppBackupResult, backup_application, backup_options
 from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
-from casbackup.archiver.delta_files import MIN_DELTA_FILE_SIZE
 from casbackup.archiver.excludes import read_exclude_file
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, reporter_for, warn
 from casbackup.config.load import APP_NAME_RE
+from casbackup.config.model import delta_files_size
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import saved_lines
-from casbackup.units import parse_size
 
 
 def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -151,12 +150,9 @@ def _delta_files(value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        size = parse_size(value)
+        return delta_files_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    if 0 < size < MIN_DELTA_FILE_SIZE:
-        raise click.BadParameter(f"{value!r} is too small: give 1M or more, or 0 for off")
-    return size
 
 
 def _wants_verify(flag: bool | None, config: Any, app_name: str) -> bool:

@@ -21,7 +21,6 @@ from casbackup.config.fields import (
 from casbackup.config.model import (
     APP_SNAPSHOT_CHOICES,
     BACKUP_TYPES,
-    MIN_DELTA_FILE_SIZE,
     NOTIFY_EVENTS,
     SNAPSHOT_PROVIDERS,
     AppConfig,
@@ -34,10 +33,10 @@ from casbackup.config.model import (
     RetentionConfig,
     SnapshotsConfig,
     VerificationConfig,
+    delta_files_size,
 )
 from casbackup.engines.base import DatabaseSpec
 from casbackup.errors import ConfigError
-from casbackup.units import parse_size
 
 ENV_VAR = "CASBACKUP_CONFIG"
 LOCAL_NAME = "casbackup.toml"
@@ -395,12 +394,9 @@ def _delta_files(sec: Section) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise sec.error("delta_files", f'must be a size such as "64M", not {type_name(value)}')
     try:
-        size = value if isinstance(value, int) else parse_size(value)
+        return delta_files_size(value)
     except ValueError as exc:
         raise sec.error("delta_files", str(exc)) from None
-    if 0 < size < MIN_DELTA_FILE_SIZE or size < 0:
-        raise sec.error("delta_files", f'{value!r} is too small: give "1M" or more, or "0" for off')
-    return size
 
 
 def _app_verification(sec: Section, auto_verify_default: bool) -> AppVerification:

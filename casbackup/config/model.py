@@ -103,6 +103,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casbackup.engines.base import DatabaseSpec
+from casbackup.units import parse_size
 
 BACKUP_TYPES = ("full", "incremental", "differential")
 SNAPSHOT_PROVIDERS = ("lvm", "btrfs", "zfs")
@@ -208,6 +209,18 @@ class AppConfig:
 # The smallest delta_files size (--delta-files): below a few chunks a delta saves little,
 # and reading many smaller files on the backup's one delta thread would slow it down.
 MIN_DELTA_FILE_SIZE = 1 << 20
+
+
+def delta_files_size(value: int | str) -> int:
+    """A ``delta_files`` setting or ``--delta-files`` value in bytes: a size as
+    ``units.parse_size`` reads it ("64M") or a whole number of bytes; 0 is off. Raises
+    ValueError (a one-line message) for anything else and for sizes under 1 MiB."""
+    size = value if isinstance(value, int) else parse_size(value)
+    if size < 0:
+        raise ValueError(f"{value!r} is not a size (e.g. 64M, or 0 for off)")
+    if 0 < size < MIN_DELTA_FILE_SIZE:
+        raise ValueError(f"{value!r} is too small: give 1M or more, or 0 for off")
+    return size
 
 
 @dataclass(frozen=True)
