@@ -22,7 +22,7 @@ import blake3
 
 from casbackup.errors import CasError
 from casbackup.memory import large_buffers_in_heap
-from casbackup.repo.blobstore import DeltaBase
+from casbackup.repo.deltastore import DeltaBase
 from casbackup.repo.ids import BlobId, Kind
 from casbackup.repo.repository import Repository
 from casbackup.threadsig import block_stop_signals

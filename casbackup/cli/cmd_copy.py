@@ -79,6 +79,7 @@ def copy(repo: Repository, from_repo: str, from_password_file: str | None,
     if click.get_current_context().find_root().obj.json:
         emit_json({"message_type": "summary", "copied": [{"from": s, "to": d} for s, d in result.copied],
                    "skipped": result.skipped, "blobs_sent": result.blobs_sent,
+                   "deltas_sent": result.deltas_sent,
                    "bytes_sent": result.bytes_sent, "bytes_stored": result.bytes_stored,
                    "shared_ids": result.shared_ids})  # fmt: skip
         return
@@ -90,6 +91,7 @@ def copy(repo: Repository, from_repo: str, from_password_file: str | None,
         f"{len(result.copied)} copied, {len(result.skipped)} skipped; "
         f"{plural(result.blobs_sent, 'blob')} "
         f"({human_bytes(result.bytes_sent)}) sent, {human_bytes(result.bytes_stored)} stored"
+        + (f" ({plural(result.deltas_sent, 'chunk')} as deltas)" if result.deltas_sent else "")
     )
 
 

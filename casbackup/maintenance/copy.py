@@ -10,9 +10,19 @@ share the chunk-id key, i.e. the master secret (``init --copy-chunker-params-fro
   destination's id key, and stored only if the destination lacks that id; trees are
   re-encoded with the new ids.
 
+Delta chunks (repo/delta.py) stay deltas: the base is copied first (it is a chunk like
+any other, copied once), and the chunk is stored as a delta of the base's copy, so a
+repository of nightly database dumps does not grow back to a full copy a night when it is
+copied off-site. The destination bounds its own chains: a chunk whose base's copy is
+already ``MAX_DEPTH`` deep there (a destination that had the base in another chain), or a
+destination without delta blobs (format 2), gets the chunk whole.
+
 Write order as backup's: packs, index files (flushed as a backup flushes them, so an
 interrupted copy keeps what it stored and a rerun sends only the rest), then the snapshot
 record, which carries ``copied_from`` = the source snapshot id so a second copy skips it.
+A delta is always stored after its base, in the same group of packs, which a repository
+writes in order (repo/uploader.py): an index never names a delta whose base's pack is
+missing.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from casbackup.errors import CasError, IntegrityError
-from casbackup.repo.ids import BlobId, Kind
+from casbackup.repo import delta
+from casbackup.repo.ids import ID_SIZE, BlobId, Kind
+from casbackup.repo.index import Location
 from casbackup.repo.nodecheck import file_node_problem
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
@@ -47,6 +59,7 @@ class CopyResult:
     blobs_read: int = 0  # blobs fetched from the source
     blobs_sent: int = 0  # blobs stored in the destination (trees included)
     trees_sent: int = 0  # of which trees
+    deltas_sent: int = 0  # of which source delta chunks stored against their base's copy
     bytes_sent: int = 0  # plaintext bytes of those blobs
     bytes_stored: int = 0  # bytes they take in the destination's packs
     shared_ids: bool = False
@@ -131,6 +144,9 @@ class _Copier:
         self.src, self.dst, self.result = src, dst, result
         self.shared = result.shared_ids
         self.ids: dict[bytes, BlobId] = {}  # source blob id -> destination blob id
+        # Depth of the delta chain of each chunk this copy stored (0: whole): blobs in packs
+        # not yet stored cannot be located, and the next night's deltas chain on them.
+        self.depths: dict[bytes, int] = {}
 
     def _read(self, blob_id: BlobId, kind: Kind) -> bytes:
         data = self.src.load_blob(blob_id, kind)  # authenticated against its id and kind
@@ -147,6 +163,8 @@ class _Copier:
             self.result.trees_sent += kind == Kind.TREE
             self.result.bytes_sent += len(data)
             self.result.bytes_stored += self.dst.stats_bytes_stored - before
+            if kind == Kind.DATA:
+                self.depths[new_id] = 0  # the next night's delta may chain on it
         return new_id
 
     def chunk(self, blob_id: BlobId) -> BlobId:
@@ -156,9 +174,59 @@ class _Copier:
         if self.shared and self.dst.has_blob(blob_id):
             new_id = blob_id  # not read, not sent
         else:
-            data = self._read(blob_id, Kind.DATA)
-            new_id = self._store(Kind.DATA, data, blob_id if self.shared else None)
+            loc = self.src.locate(blob_id)
+            if loc.kind == Kind.DELTA:
+                new_id = self._delta_chunk(blob_id, loc)
+            else:
+                data = self._read(blob_id, Kind.DATA)
+                new_id = self._store(Kind.DATA, data, blob_id if self.shared else None)
         self.ids[blob_id] = new_id
+        return new_id
+
+    def _delta_chunk(self, blob_id: BlobId, loc: Location) -> BlobId:
+        """Copy a source DELTA chunk: its base first (``chunk``: recursion at most
+        ``MAX_DEPTH`` deep, the chain's length being checked before), then the chunk as a
+        delta of the base's copy when the destination's chain leaves room.
+
+        The chunk is resolved here from its base's plaintext and checked against its id, as
+        every copied blob is; the destination stores the source's delta frame under its own
+        base id and decodes it before writing (``save_encoded_delta``). Raises IntegrityError (a damaged or lying chain) and the
+        storage errors of either side."""
+        links = delta.located_chain(self.src.locate, blob_id, loc)  # too deep or a loop: refused
+        base_src = BlobId(links[1][0])
+        base_dst = self.chunk(base_src)
+        base = delta.resolve_chain(
+            self.src.fetch_envelope, self.src.opener, links[1:], hash_id=self.src.blob_id
+        )
+        envelope = self.src.fetch_envelope(loc.pack, loc.offset, loc.stored_len)
+        try:
+            payload = delta.open_delta(self.src.opener, blob_id, envelope)
+            if delta.delta_base(payload) != base_src:
+                raise IntegrityError("its base is not the one the index names")
+            data = delta.apply_delta(payload, base, loc.raw_len)
+        except CasError as exc:  # damaged or malformed: IntegrityError, FormatError
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} in the source: {exc}") from None
+        self.result.blobs_read += 1
+        if self.src.blob_id(data) != blob_id:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id in the source")
+        new_id = blob_id if self.shared else self.dst.blob_id(data)
+        depth = self.depths.get(base_dst)
+        if depth is None:
+            depth = self.dst.delta_depth(base_dst)
+        before, deltas = self.dst.stats_bytes_stored, self.dst.stats_deltas_added
+        # The source's zstd frame turns the same base plaintext into the same bytes: it is
+        # kept, with the base's id here in its header, instead of compressing again.
+        frame = memoryview(payload)[1 + ID_SIZE :]
+        _, added = self.dst.save_encoded_delta(data, base_dst, base, frame, new_id, depth=depth)
+        if added:
+            self.result.blobs_sent += 1
+            self.result.bytes_sent += len(data)
+            self.result.bytes_stored += self.dst.stats_bytes_stored - before
+            if self.dst.stats_deltas_added > deltas and depth is not None:
+                self.result.deltas_sent += 1
+                self.depths[new_id] = depth + 1
+            else:
+                self.depths[new_id] = 0  # stored whole: it did not pay, or no room
         return new_id
 
     def tree(self, root: BlobId) -> BlobId:

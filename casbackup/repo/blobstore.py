@@ -14,7 +14,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import blake3
 
@@ -23,6 +22,7 @@ from casbackup.crypto.keys import MasterKey
 from casbackup.errors import CasError, IntegrityError, MigrationRequired, NotFound, StorageError
 from casbackup.repo import codec, delta
 from casbackup.repo.config import FORMAT_VERSION, RepoConfig
+from casbackup.repo.deltastore import DeltaWriting
 from casbackup.repo.ids import FULL_KIND, BlobId, FileId, Kind, check_name, file_id, pack_group
 from casbackup.repo.index import (
     IndexCache,
@@ -46,7 +46,7 @@ INDEX_FLUSH_SECONDS = 60
 INDEX_FLUSH_PACKS = 8  # also every 8 packs (128 MiB by default): a kill loses little work
 
 
-class BlobStore:
+class BlobStore(DeltaWriting):
     """Encrypted objects, the index and blobs in packs (thread-safe where each method says).
 
     Not used on its own: ``Repository`` (repository.py) is the class callers open."""
@@ -103,6 +103,7 @@ class BlobStore:
         self.stats_blobs_added = 0
         self.stats_bytes_added = 0
         self.stats_bytes_stored = 0
+        self.stats_deltas_added = 0  # of the blobs added, DELTA blobs
 
     def require_writable(self) -> None:
         """MigrationRequired unless this program may write the repository's format."""
@@ -361,7 +362,9 @@ class BlobStore:
 
         Returns False when the repository already has it (another reader sealed it
         first); the envelope is then dropped, so no blob is ever stored twice.
-        ``base``: a DELTA blob's base (repo/delta.py), which must be stored already.
+        ``base``: a DELTA blob's base (repo/delta.py), which must be stored already, or
+        added before it in this process (its pack is then stored first: packs of one group
+        are stored in order, repo/uploader.py).
         """
         self.require_writable()
         full: PackWriter | None = None
@@ -383,6 +386,7 @@ class BlobStore:
                 raise
             self._claimed.add(blob_id)
             self.stats_blobs_added += 1
+            self.stats_deltas_added += kind == Kind.DELTA
             self.stats_bytes_added += raw_len
             self.stats_bytes_stored += len(envelope)
             if packer.size >= self.config.pack_size:
@@ -488,125 +492,6 @@ class BlobStore:
     def fetch_envelope(self, pack: str, offset: int, length: int) -> bytes:
         """Stored bytes of a pack (one ranged read), for ``delta.resolve_chain``."""
         return self.backend.get(pack_name(pack), offset, length)
-
-    @property
-    def deltas_allowed(self) -> bool:
-        """Whether this repository's format holds DELTA blobs (version 3 and later)."""
-        return self.config.version >= 3 and self.writable
-
-    def delta_depth(self, blob_id: bytes) -> int | None:
-        """How many deltas lie above the full blob ``blob_id`` resolves from (0: a full
-        blob), or None when it is not stored as data."""
-        if blob_id in self._claimed:
-            return None  # in a pack not yet stored: locating it would force a flush
-        try:
-            loc = self.locate(blob_id)
-            if loc.kind not in (Kind.DATA, Kind.DELTA):
-                return None
-            return len(delta.chain_of(self.locate, blob_id, loc)) - 1
-        except (NotFound, IntegrityError):
-            return None
-
-    def delta_base_for(self, counterpart: BlobId) -> DeltaBase | None:
-        """The base to store a new chunk against, whose counterpart (the same bytes in the
-        parent snapshot's version of the stream) is ``counterpart``; None when the
-        counterpart is not stored as data here (missing, damaged, in a pack not yet stored).
-
-        The choice needs only the index (``delta.choose_base``): the counterpart itself
-        while its chain leaves room, else the full blob at the bottom of its chain when a
-        delta against it is likely worth it (so a full chain costs one more delta instead
-        of a full copy), else no base (``DeltaBase.plain`` None: store the chunk full and
-        start a new chain, without loading anything). The chosen base is resolved through
-        its own chain and checked against its id (``resolve_chain``)."""
-        if counterpart in self._claimed:
-            return None  # in a pack not yet stored: locating it would force a flush
-        try:
-            loc = self.locate(counterpart)
-            if loc.kind not in (Kind.DATA, Kind.DELTA):
-                return None
-            chain = delta.chain_of(self.locate, counterpart, loc)
-            at = delta.choose_base([link.stored_len for _, link in chain])
-            if at is None:
-                return DeltaBase(chain[-1][0], None, len(chain) - 1, 0)
-            links = [
-                (link_id, link.pack, link.offset, link.stored_len, link.raw_len)
-                for link_id, link in chain[at:]
-            ]
-            plain = delta.resolve_chain(
-                self.fetch_envelope, self.opener, links, hash_id=self.blob_id
-            )
-        except CasError:  # missing, damaged, unreadable: the chunk is stored full
-            return None
-        return DeltaBase(links[0][0], plain, len(links) - 1, chain[-1][1].stored_len)
-
-    def save_data_delta(
-        self,
-        data: bytes | memoryview,
-        base_id: BlobId,
-        base: bytes | None = None,
-        blob_id: BlobId | None = None,
-        *,
-        depth: int | None = None,
-        full_len: int = 0,
-    ) -> tuple[BlobId, bool]:
-        """``save_blob(Kind.DATA, data)``, stored as a DELTA against ``base_id`` when that
-        pays: the base is stored, its chain leaves room (``delta.MAX_DEPTH``) and the delta
-        is at most ``delta.MAX_SHARE`` of the data compressed on its own. ``base``: the
-        base's plaintext when the caller has it (else it is loaded); ``depth``: the base's
-        depth when the caller resolved it (``delta_base_for``; else looked up);
-        ``full_len``: the stored length of the full blob at the bottom of the base's chain,
-        when known, which stands in for the data compressed on its own (else it is
-        compressed to compare); ``blob_id``: ``data``'s id when known. Verified before it is
-        written: the delta applied to the base must give ``data`` back. Returns (id, added)."""
-        if blob_id is None:
-            blob_id = self.blob_id(data)
-        self.require_writable()
-        if self.has_blob(blob_id):
-            return blob_id, False
-        if not self.deltas_allowed or base_id == blob_id:
-            depth = None
-        elif depth is None:
-            depth = self.delta_depth(base_id)
-        if depth is None or depth >= delta.MAX_DEPTH:
-            return self.save_blob(Kind.DATA, data, blob_id)
-        if base is None:
-            base = self.load_blob(base_id, Kind.DATA)
-        level = self.compression_level if self.compression_level is not None else 3
-        dictionary = delta.base_dictionary(base)
-        payload = delta.encode_delta(base_id, dictionary, data, level)
-        if len(payload) > len(data) // 16:
-            # Rarely worth it (the base shares little): compare with the chunk compressed
-            # on its own, and keep the delta only when it is clearly smaller.
-            alone = full_len or len(codec.compress(data, self.compression_level))
-            if len(payload) > delta.MAX_SHARE * alone:
-                return self.save_blob(Kind.DATA, data, blob_id)
-        envelope = self.sealer.seal(Kind.DELTA, blob_id, payload)
-        if self.verify_before_write:
-            # The decoded bytes are compared with the chunk itself rather than hashed: the
-            # same guarantee (what is written decodes to the chunk whose id this is, with
-            # the base every reader resolves, itself checked against its id on load) for a
-            # memcmp instead of a keyed hash (~17 us a 100 kB chunk).
-            plain = delta.apply_delta(
-                delta.open_delta(self.opener, blob_id, envelope), dictionary, len(data)
-            )
-            if plain != (data if isinstance(data, bytes) else bytes(data)):
-                raise IntegrityError(
-                    "a delta blob failed verification before it was written (memory or "
-                    "software fault)"
-                )
-        return blob_id, self.store_sealed(Kind.DELTA, blob_id, envelope, len(data), base_id)
-
-
-@dataclass(frozen=True)
-class DeltaBase:
-    """What ``BlobStore.delta_base_for`` chose: the base's id, its plaintext (None: store
-    the new chunk full, a new chain), its depth, and the stored length of the full blob at
-    the bottom of its chain (0 when not known)."""
-
-    id: BlobId
-    plain: bytes | None
-    depth: int
-    full_len: int
 
 
 class _PackCheck:

@@ -426,30 +426,6 @@ def test_sigkill_during_a_prune_repacking_bases(  # type: ignore[no-untyped-def]
             assert read_dump(again, s) == expected[s.id]
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["own-secret", "shared-secret"])
-def test_copy_stores_a_delta_resolved(
-    repo: Repository, chained, tmp_path: Path, shared: bool
-) -> None:  # type: ignore[no-untyped-def]
-    """A copy never depends on bases it did not copy: deltas arrive as full chunks."""
-    from casbackup.crypto.keyfile import WEAK_KDF
-    from casbackup.maintenance.copy import CopyOptions, copy_snapshots
-    from casbackup.store.local import LocalBackend
-    from casbackup.testing.fixtures import PASSWORD
-
-    _, _, snaps = chained
-    deepest = snaps[DEPTH]
-    expected = read_dump(repo, deepest)
-    dst = Repository.init(LocalBackend(str(tmp_path / "dst")), PASSWORD.encode(), kdf=WEAK_KDF,
-                          config=RepoConfig(**TEST_CONFIG_KW),
-                          key=repo.key if shared else None)  # fmt: skip
-    copy_snapshots(repo, dst, CopyOptions(snapshots=(deepest.id,)))
-    (copied,) = dst.list_snapshots()
-    assert read_dump(dst, copied) == expected
-    assert {dst.locate(c).kind for c in dump_node(dst, copied).content} == {Kind.DATA}
-    assert check(dst, CheckOptions(read_data=True, workers=1)).ok
-    dst.close()
-
-
 def test_repair_index_rebuilds_bases_from_pack_headers(  # type: ignore[no-untyped-def]
     repo: Repository, repo_path: str, chained
 ) -> None:

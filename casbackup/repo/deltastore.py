@@ -1,0 +1,203 @@
+"""Writing delta blobs (issue 16): the part of ``BlobStore`` that chooses a base for a new
+chunk and stores the chunk as a DELTA of it (repo/delta.py holds the format itself).
+
+A mixin, kept apart so that blobstore.py stays about storing and locating blobs: it uses
+the store's ``locate``, ``load_blob``, ``save_blob``, ``store_sealed``, ``fetch_envelope``,
+``sealer``, ``opener`` and ``_claimed`` (the ids of blobs in packs not yet stored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import zstandard
+
+from casbackup.errors import CasError, IntegrityError, NotFound
+from casbackup.repo import codec, delta
+from casbackup.repo.ids import BlobId, Kind
+
+if TYPE_CHECKING:
+    from casbackup.crypto.envelope import Opener, Sealer
+    from casbackup.repo.config import RepoConfig
+    from casbackup.repo.index import Location
+
+
+@dataclass(frozen=True)
+class DeltaBase:
+    """What ``BlobStore.delta_base_for`` chose: the base's id, its plaintext (None: store
+    the new chunk full, a new chain), its depth, and the stored length of the full blob at
+    the bottom of its chain (0 when not known)."""
+
+    id: BlobId
+    plain: bytes | None
+    depth: int
+    full_len: int
+
+
+class DeltaWriting:
+    """Storing DATA chunks as DELTA blobs; mixed into ``BlobStore``."""
+
+    if TYPE_CHECKING:  # what the mixin uses of BlobStore
+        config: RepoConfig
+        writable: bool
+        sealer: Sealer
+        opener: Opener
+        compression_level: int | None
+        verify_before_write: bool
+        _claimed: set[bytes]
+
+        def require_writable(self) -> None: ...
+        def locate(self, blob_id: bytes) -> Location: ...
+        def has_blob(self, blob_id: bytes) -> bool: ...
+        def blob_id(self, data: bytes | memoryview) -> BlobId: ...
+        def load_blob(self, blob_id: BlobId, kind: Kind | None = None) -> bytes: ...
+        def fetch_envelope(self, pack: str, offset: int, length: int) -> bytes: ...
+        def save_blob(
+            self, kind: Kind, data: bytes | memoryview, blob_id: BlobId | None = None
+        ) -> tuple[BlobId, bool]: ...
+        def store_sealed(
+            self, kind: Kind, blob_id: BlobId, envelope: bytes, raw_len: int,
+            base: BlobId | None = None,
+        ) -> bool: ...  # fmt: skip
+
+    @property
+    def deltas_allowed(self) -> bool:
+        """Whether this repository's format holds DELTA blobs (version 3 and later)."""
+        return self.config.version >= 3 and self.writable
+
+    def delta_depth(self, blob_id: bytes) -> int | None:
+        """How many deltas lie above the full blob ``blob_id`` resolves from (0: a full
+        blob), or None when it is not stored as data."""
+        if blob_id in self._claimed:
+            return None  # in a pack not yet stored: locating it would force a flush
+        try:
+            loc = self.locate(blob_id)
+            if loc.kind not in (Kind.DATA, Kind.DELTA):
+                return None
+            return len(delta.chain_of(self.locate, blob_id, loc)) - 1
+        except (NotFound, IntegrityError):
+            return None
+
+    def delta_base_for(self, counterpart: BlobId) -> DeltaBase | None:
+        """The base to store a new chunk against, whose counterpart (the same bytes in the
+        parent snapshot's version of the stream) is ``counterpart``; None when the
+        counterpart is not stored as data here (missing, damaged, in a pack not yet stored).
+
+        The choice needs only the index (``delta.choose_base``): the counterpart itself
+        while its chain leaves room, else the full blob at the bottom of its chain when a
+        delta against it is likely worth it (so a full chain costs one more delta instead
+        of a full copy), else no base (``DeltaBase.plain`` None: store the chunk full and
+        start a new chain, without loading anything). The chosen base is resolved through
+        its own chain and checked against its id (``resolve_chain``)."""
+        if counterpart in self._claimed:
+            return None  # in a pack not yet stored: locating it would force a flush
+        try:
+            loc = self.locate(counterpart)
+            if loc.kind not in (Kind.DATA, Kind.DELTA):
+                return None
+            chain = delta.chain_of(self.locate, counterpart, loc)
+            at = delta.choose_base([link.stored_len for _, link in chain])
+            if at is None:
+                return DeltaBase(chain[-1][0], None, len(chain) - 1, 0)
+            links = [
+                (link_id, link.pack, link.offset, link.stored_len, link.raw_len)
+                for link_id, link in chain[at:]
+            ]
+            plain = delta.resolve_chain(
+                self.fetch_envelope, self.opener, links, hash_id=self.blob_id
+            )
+        except CasError:  # missing, damaged, unreadable: the chunk is stored full
+            return None
+        return DeltaBase(links[0][0], plain, len(links) - 1, chain[-1][1].stored_len)
+
+    def save_data_delta(
+        self,
+        data: bytes | memoryview,
+        base_id: BlobId,
+        base: bytes | None = None,
+        blob_id: BlobId | None = None,
+        *,
+        depth: int | None = None,
+        full_len: int = 0,
+    ) -> tuple[BlobId, bool]:
+        """``save_blob(Kind.DATA, data)``, stored as a DELTA against ``base_id`` when that
+        pays: the base is stored, its chain leaves room (``delta.MAX_DEPTH``) and the delta
+        is at most ``delta.MAX_SHARE`` of the data compressed on its own. ``base``: the
+        base's plaintext when the caller has it (else it is loaded); ``depth``: the base's
+        depth when the caller resolved it (``delta_base_for``; else looked up);
+        ``full_len``: the stored length of the full blob at the bottom of the base's chain,
+        when known, which stands in for the data compressed on its own (else it is
+        compressed to compare); ``blob_id``: ``data``'s id when known. Verified before it is
+        written: the delta applied to the base must give ``data`` back. Returns (id, added)."""
+        if blob_id is None:
+            blob_id = self.blob_id(data)
+        self.require_writable()
+        if self.has_blob(blob_id):
+            return blob_id, False
+        if not self.deltas_allowed or base_id == blob_id:
+            depth = None
+        elif depth is None:
+            depth = self.delta_depth(base_id)
+        if depth is None or depth >= delta.MAX_DEPTH:
+            return self.save_blob(Kind.DATA, data, blob_id)
+        if base is None:
+            base = self.load_blob(base_id, Kind.DATA)
+        level = self.compression_level if self.compression_level is not None else 3
+        dictionary = delta.base_dictionary(base)
+        payload = delta.encode_delta(base_id, dictionary, data, level)
+        if len(payload) > len(data) // 16:
+            # Rarely worth it (the base shares little): compare with the chunk compressed
+            # on its own, and keep the delta only when it is clearly smaller.
+            alone = full_len or len(codec.compress(data, self.compression_level))
+            if len(payload) > delta.MAX_SHARE * alone:
+                return self.save_blob(Kind.DATA, data, blob_id)
+        return blob_id, self._store_delta(blob_id, payload, data, base_id, dictionary)
+
+    def save_encoded_delta(
+        self,
+        data: bytes,
+        base_id: BlobId,
+        base: bytes,
+        frame: bytes | memoryview,
+        blob_id: BlobId,
+        *,
+        depth: int | None,
+    ) -> tuple[BlobId, bool]:
+        """``save_data_delta`` for a delta already encoded (``copy``: the source's zstd
+        ``frame``, which turns ``base``, the plaintext of ``base_id``, into ``data``, whose
+        id here is ``blob_id``), so nothing is compressed again. Stored as DATA instead when
+        deltas are not allowed here or ``depth`` (the base's, None: unknown) leaves no room.
+        Verified before it is written like every delta. Returns (id, added)."""
+        self.require_writable()
+        if self.has_blob(blob_id):
+            return blob_id, False
+        if not self.deltas_allowed or depth is None or depth >= delta.MAX_DEPTH:
+            return self.save_blob(Kind.DATA, data, blob_id)
+        payload = bytes((delta.DELTA_VERSION,)) + bytes(base_id) + bytes(frame)
+        return blob_id, self._store_delta(blob_id, payload, data, base_id, base)
+
+    def _store_delta(
+        self,
+        blob_id: BlobId,
+        payload: bytes,
+        data: bytes | memoryview,
+        base_id: BlobId,
+        base: bytes | zstandard.ZstdCompressionDict,
+    ) -> bool:
+        """Seal a DELTA plaintext, check that it gives ``data`` back, store it."""
+        envelope = self.sealer.seal(Kind.DELTA, blob_id, payload)
+        if self.verify_before_write:
+            # The decoded bytes are compared with the chunk itself rather than hashed: the
+            # same guarantee (what is written decodes to the chunk whose id this is, with
+            # the base every reader resolves, itself checked against its id on load) for a
+            # memcmp instead of a keyed hash (~17 us a 100 kB chunk).
+            plain = delta.apply_delta(
+                delta.open_delta(self.opener, blob_id, envelope), base, len(data)
+            )
+            if plain != (data if isinstance(data, bytes) else bytes(data)):
+                raise IntegrityError(
+                    "a delta blob failed verification before it was written (memory or "
+                    "software fault)"
+                )
+        return self.store_sealed(Kind.DELTA, blob_id, envelope, len(data), base_id)
