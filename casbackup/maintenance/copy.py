@@ -15,7 +15,10 @@ any other, copied once), and the chunk is stored as a delta of the base's copy, 
 repository of nightly database dumps does not grow back to a full copy a night when it is
 copied off-site. The destination bounds its own chains: a chunk whose base's copy is
 already ``MAX_DEPTH`` deep there (a destination that had the base in another chain), or a
-destination without delta blobs (format 2), gets the chunk whole.
+destination without delta blobs (format 2), gets the chunk whole. A tree stored as a
+TREE_DELTA goes as a delta of its base's copy when that base was copied (an earlier
+snapshot's tree of the same folder; the destination re-encodes it, since trees are
+re-encoded anyway when the secrets differ), else whole.
 
 Write order as backup's: packs, index files (flushed as a backup flushes them, so an
 interrupted copy keeps what it stored and a rerun sends only the rest), then the snapshot
@@ -229,6 +232,27 @@ class _Copier:
                 self.depths[new_id] = 0  # stored whole: it did not pay, or no room
         return new_id
 
+    def _tree(self, tree_id: BlobId, data: bytes) -> BlobId:
+        """Store one tree (``data``: its destination bytes), as a TREE_DELTA of its base's
+        copy when it is one in the source and that base was copied (an earlier snapshot's
+        tree of the same folder) or, with the same ids, is in the destination already."""
+        loc = self.src.locate(tree_id)
+        base = None
+        if loc.kind == Kind.TREE_DELTA and loc.base is not None:
+            base = self.ids.get(loc.base)
+            if base is None and self.shared and self.dst.has_blob(loc.base):
+                base = BlobId(loc.base)
+        if base is None or not self.dst.tree_deltas_allowed:
+            return self._store(Kind.TREE, data, tree_id if self.shared else None)
+        before = self.dst.stats_bytes_stored
+        new_id, added = self.dst.save_tree_delta(data, base)  # whole when a delta does not pay
+        if added:
+            self.result.blobs_sent += 1
+            self.result.trees_sent += 1
+            self.result.bytes_sent += len(data)
+            self.result.bytes_stored += self.dst.stats_bytes_stored - before
+        return new_id
+
     def tree(self, root: BlobId) -> BlobId:
         """The destination id of a source tree, storing it and everything below it.
 
@@ -253,10 +277,8 @@ class _Copier:
                 stack.pop()
                 if tree_id in self.ids:
                     finished = self.ids[tree_id]
-                elif self.shared:
-                    finished = self._store(Kind.TREE, data, tree_id)  # byte for byte
-                else:
-                    finished = self._store(Kind.TREE, encode_tree(out), None)
+                else:  # byte for byte with the same ids, else re-encoded with the new ones
+                    finished = self._tree(tree_id, data if self.shared else encode_tree(out))
                 self.ids[tree_id] = finished
                 continue
             problem = file_node_problem(node)  # copied as is, it would be damage there too

@@ -164,3 +164,35 @@ def test_forgetting_the_night_that_holds_the_bases_then_pruning_keeps_every_copy
         assert read_dump(dst, copy) == expected[original.id]
     assert check(dst, CheckOptions(read_data=True, workers=1)).ok
     dst.close()
+
+
+@SHARED
+def test_copy_keeps_tree_deltas_of_copied_base_trees(
+    repo: Repository, tmp_path: Path, shared: bool
+) -> None:
+    """A large folder changed a little each night: its trees are TREE_DELTA blobs in the
+    source and stay deltas of the previous night's copied tree in the destination."""
+    from casbackup.archiver.restore import RestoreOptions, restore
+    from tests.repo.test_tree_delta import backup, change, contents, make_source, tree_of
+
+    src = make_source(tmp_path)
+    snaps, states = [], []
+    for night in range(DEPTH + 2):
+        if night:
+            change(src, night)
+        snaps.append(backup(repo, src))
+        states.append(contents(src / "big"))
+    assert repo.locate(tree_of(repo, snaps[1], src / "big")).kind == Kind.TREE_DELTA
+    dst = new_repo(tmp_path / "dst", repo, shared=shared)
+    result = copy_snapshots(repo, dst, CopyOptions())
+    copies = copied(dst, snaps)
+    kinds = [dst.locate(tree_of(dst, c, src / "big")).kind for c in copies]
+    assert kinds[0] == Kind.TREE and Kind.TREE_DELTA in kinds[1:]
+    whole = dst.locate(tree_of(dst, copies[0], src / "big")).stored_len
+    assert result.bytes_stored < whole * len(snaps)  # not a whole tree a night
+    for i, copy in enumerate(copies):
+        target = tmp_path / f"night-{i}"
+        assert not restore(dst, copy, RestoreOptions(target=str(target))).errors
+        assert contents(Path(str(target) + str(src)) / "big") == states[i]
+    assert check(dst, CheckOptions(read_data=True, workers=1)).ok
+    dst.close()
