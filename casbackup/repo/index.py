@@ -331,6 +331,15 @@ FILTER_FILE = "blob-filter"
 # each releasing every 256, 72 us every 64, 92 us every 16, on a busy 2-core machine).
 # A release itself costs about 2 us (the map's page tables up to the file's end).
 RELEASE_EVERY = 256
+# A cache file up to this size is treated whole. Its pages are never released: a window
+# of RELEASE_EVERY random visits maps about that much anyway (fault-around, above), so
+# releasing bounded nothing and cost a re-fault of every page after it (an unchanged
+# re-backup of the 1 GiB bench corpus, 11 MiB cache, 73,652 look-ups in the readers'
+# comparison: 279 releases of about 1.4 ms each, and the faults after them, were a
+# quarter of the comparison's CPU time, bench/RESULTS.md). And it is read ahead when
+# opened: LMDB maps it with readahead off, so on a cold cache every page a look-up met
+# was a 4 KiB read of its own, one after another.
+WHOLE_FILE_BYTES = 32 << 20
 _MADV_DONTNEED = 4
 
 
@@ -366,6 +375,23 @@ def mapped_ranges(file_path: str) -> list[tuple[int, int]]:
     return ranges
 
 
+def _read_ahead_small(file_path: str) -> None:
+    """Start reading ``file_path`` into the page cache in the background when it is at most
+    ``WHOLE_FILE_BYTES`` (one sequential read ahead instead of a random one per page
+    later). Only a hint: never raises, never waits for the disk."""
+    try:
+        fd = os.open(file_path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        if os.fstat(fd).st_size <= WHOLE_FILE_BYTES:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except (OSError, AttributeError):  # AttributeError: no posix_fadvise (macOS)
+        pass
+    finally:
+        os.close(fd)
+
+
 class IndexCache:
     """blob id -> Location in LMDB, plus the set of index files it was built from.
 
@@ -379,7 +405,8 @@ class IndexCache:
     not ours to hold: every ``RELEASE_EVERY`` page visits the map's pages are dropped
     from this process (``madvise(MADV_DONTNEED)``; LMDB maps read-only without
     ``writemap``, so nothing can be lost, and the next visit finds the page in the page
-    cache again). Look-ups answered by the Bloom filter visit no page.
+    cache again). Look-ups answered by the Bloom filter visit no page. A cache whose
+    used part is at most ``WHOLE_FILE_BYTES`` is left mapped whole.
     """
 
     def __init__(self, path: str, *, readonly: bool = False) -> None:
@@ -414,6 +441,8 @@ class IndexCache:
         except (OSError, lmdb.Error) as exc:
             raise StorageError(f"cannot open the index cache at {path}: {exc}") from None
         self._visits = 0
+        if not readonly:  # the readers open theirs after this one: once is enough
+            _read_ahead_small(os.path.join(path, "data.mdb"))
         with self._map_lock:
             self._ranges = mapped_ranges(os.path.join(path, "data.mdb"))
         self._page_size = int(self.env.stat()["psize"])
@@ -422,7 +451,8 @@ class IndexCache:
 
     def release_pages(self) -> None:
         """Drop the LMDB map's pages from this process's resident memory (see the class
-        docstring); a no-op where ``madvise`` or /proc is missing. Never raises."""
+        docstring); a no-op where ``madvise`` or /proc is missing, or for a cache of at most
+        ``WHOLE_FILE_BYTES``. Never raises."""
         self._visits = 0
         if _madvise is None:
             return
@@ -435,6 +465,8 @@ class IndexCache:
                 used = (self.env.info()["last_pgno"] + 1) * self._page_size
             except lmdb.Error:
                 return
+            if used <= WHOLE_FILE_BYTES:
+                return  # a small cache: all of it mapped costs less than releasing it
             for start, end in self._ranges:
                 _madvise(start, min(end - start, used), _MADV_DONTNEED)
 

@@ -230,3 +230,54 @@ def test_raw_values_dense_and_sparse(tmp_path) -> None:  # type: ignore[no-untyp
         assert set(got) == {i for i in ids if i in present}
         assert all(Location.decode(v) == present[k] for k, v in got.items())
     cache.close()
+
+
+def _mapped_kib(file_path: str) -> int:
+    """This process's resident KiB of its mappings of ``file_path`` (/proc/self/smaps)."""
+    real, total, inside = os.path.realpath(file_path), 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):  # a mapping's header line
+                inside = line.rstrip("\n").endswith(real)
+            elif inside and first == "Rss:":
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+@pytest.mark.parametrize("whole", [True, False])
+def test_small_cache_stays_mapped_large_one_is_released(tmp_path, monkeypatch, whole) -> None:  # type: ignore[no-untyped-def]
+    """Pages are released only from a cache larger than WHOLE_FILE_BYTES: releasing a small
+    one bounds nothing (a window of look-ups maps most of it) and costs the re-faults."""
+    from casbackup.repo import index as index_module
+    from casbackup.repo.ids import FileId
+    from casbackup.repo.index import IndexCache, Location
+
+    if not whole:
+        monkeypatch.setattr(index_module, "WHOLE_FILE_BYTES", 0)  # as if it were large
+    cache = IndexCache(str(tmp_path / "c"))
+    entries = [
+        (BlobId(os.urandom(32)), Location(FileId("ab" * 32), i, 10, 20, Kind.DATA))
+        for i in range(5000)
+    ]
+    cache.add_file(FileId("11" * 32), entries)
+    data = str(tmp_path / "c" / "data.mdb")
+    assert cache.get_many([b for b, _ in entries[:500]])[0] is not None
+    before = _mapped_kib(data)
+    cache.release_pages()
+    after = _mapped_kib(data)
+    cache.close()
+    assert before > 0
+    if whole:
+        assert after == before
+    else:
+        assert after == 0
+
+
+def test_read_ahead_is_only_a_hint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from casbackup.repo.index import _read_ahead_small
+
+    _read_ahead_small(str(tmp_path / "missing"))  # nothing to read: no error
+    (tmp_path / "f").write_bytes(b"x" * 10_000)
+    _read_ahead_small(str(tmp_path / "f"))
