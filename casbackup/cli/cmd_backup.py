@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
-from casbackup.archiver.excludes import read_exclude_file
+from casbackup.archiver.excludes import Excluder, read_exclude_file
+from casbackup.archiver.warm import warming
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, reporter_for, warn
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
@@ -34,6 +36,23 @@ def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
             "digit or '_', at most 100 characters, no '/', ',', ':' or control characters"
         )
     return value
+
+
+def _warm_sources(params: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
+    """Warm the metadata of the PATHS given while the repository is opened (archiver/warm.py).
+
+    Sources from the config (--app, --all) are known only later: not warmed."""
+    paths = params.get("paths")
+    if not paths:
+        return contextlib.nullcontext()
+    patterns = list(params.get("excludes") or ())
+    try:
+        for f in params.get("exclude_files") or ():
+            patterns.extend(read_exclude_file(f))
+    except CasError:
+        return contextlib.nullcontext()  # the command says why, once it runs
+    one_fs = bool(params.get("one_file_system"))
+    return warming(paths, excluder=Excluder(patterns), one_file_system=one_fs)
 
 
 @click.command()
@@ -100,7 +119,7 @@ def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="Verify the new snapshot in a sandbox right away [default: the config's auto_verify].",
 )
 @click.pass_context
-@with_repository(lock="shared", writes=True)
+@with_repository(lock="shared", writes=True, prepare=_warm_sources)
 def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: str | None, all_apps: bool,
            backup_type: str | None, tags: tuple[str, ...], excludes: tuple[str, ...],
            exclude_files: tuple[str, ...], one_file_system: bool, no_xattrs: bool,

@@ -77,7 +77,11 @@ def open_repository(opts: GlobalOptions, app: str | None = None) -> Repository:
 
 
 def with_repository(
-    *, lock: str | None = "shared", writes: bool = False, reads_only: bool = False
+    *,
+    lock: str | None = "shared",
+    writes: bool = False,
+    reads_only: bool = False,
+    prepare: Callable[[dict[str, Any]], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> Callable[[F], F]:
     """Open (and lock) the repository for a command, and always close it (borg's @with_repository).
 
@@ -85,6 +89,9 @@ def with_repository(
     ``writes``: the command stores new objects, so it stops at once on a repository this
     program may only read (a version 1 format: ``casbackup migrate``).
     ``reads_only``: the command never changes the repository.
+    ``prepare``: called with the command's parameters before the repository is opened; the
+    context manager it returns is held until the command ends (a backup warms its sources'
+    metadata meanwhile: the passphrase's key derivation takes a tenth of a second).
 
     A dry run (the command's ``dry_run`` parameter is True) only reads: it takes a shared lock
     at most (so it runs beside a backup, and a dry prune or forget does not wait for one) and
@@ -101,23 +108,26 @@ def with_repository(
             # it one (as `casbackup serve` does).
             app = kwargs.get("app") if isinstance(kwargs.get("app"), str) else None
             dry_run = kwargs.get("dry_run") is True
-            repo = open_repository(opts, app)
-            try:
-                if writes and not dry_run:
-                    repo.require_writable()
-                if lock is None:
-                    return ctx.invoke(fn, repo, *args, **kwargs)
-                level = "shared" if dry_run else lock
-                with _locked(repo, level, ctx.command_path, reads_only=reads_only or dry_run):
-                    return ctx.invoke(fn, repo, *args, **kwargs)
-            finally:
-                for message in repo.alerts:  # rollback and tampering warnings: always shown
-                    warn(message)
-                # Odd entries (symlinks, FIFOs, unknown names) the listings skipped: said
-                # once per run, so a planted entry is noticed without failing the command.
-                for line in skipped_warnings(repo.backend):
-                    warn(line)
-                repo.close()
+            with contextlib.ExitStack() as stack:
+                if prepare is not None:
+                    stack.enter_context(prepare(kwargs))
+                repo = open_repository(opts, app)
+                try:
+                    if writes and not dry_run:
+                        repo.require_writable()
+                    if lock is None:
+                        return ctx.invoke(fn, repo, *args, **kwargs)
+                    level = "shared" if dry_run else lock
+                    with _locked(repo, level, ctx.command_path, reads_only=reads_only or dry_run):
+                        return ctx.invoke(fn, repo, *args, **kwargs)
+                finally:
+                    for message in repo.alerts:  # rollback and tampering warnings: always shown
+                        warn(message)
+                    # Odd entries (symlinks, FIFOs, unknown names) the listings skipped: said
+                    # once per run, so a planted entry is noticed without failing the command.
+                    for line in skipped_warnings(repo.backend):
+                        warn(line)
+                    repo.close()
 
         return wrapper  # type: ignore[return-value]
 

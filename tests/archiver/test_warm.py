@@ -1,0 +1,105 @@
+"""The source warmer (archiver/warm.py) lists and stats what the walk will, and no more."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from casbackup.archiver import warm
+from casbackup.archiver.excludes import Excluder
+from casbackup.archiver.warm import SourceWarmer, warming
+
+
+def make_tree(root: Path, folders: int = 6, files: int = 5) -> int:
+    """Folders of files (one nested level); the number of entries below ``root``."""
+    count = 0
+    for d in range(folders):
+        sub = root / f"d{d}" / "inner"
+        sub.mkdir(parents=True)
+        count += 2
+        for f in range(files):
+            (sub / f"f{f}").write_bytes(b"x")
+            (root / f"d{d}" / f"g{f}").write_bytes(b"y")
+            count += 2
+    (root / "link").symlink_to("d0")  # not followed: a symlink to a folder is an entry
+    return count + 1
+
+
+def finish(warmer: SourceWarmer) -> None:
+    """Wait for the warmer's threads to end by themselves."""
+    for thread in list(warmer._threads):
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def never_warm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe that always finds the caches cold (a test tree is always in memory)."""
+    monkeypatch.setattr(warm, "WARM_S_PER_ENTRY", 0.0)
+    monkeypatch.setattr(warm, "PROBE_ENTRIES", 5)
+
+
+def test_visits_every_entry_once(tmp_path: Path, never_warm: None) -> None:
+    total = make_tree(tmp_path)
+    warmer = SourceWarmer([str(tmp_path)], threads=3)
+    warmer.start()
+    finish(warmer)
+    assert warmer.entries == total
+    assert not warmer.warm
+
+
+def test_excluded_folders_are_not_entered(tmp_path: Path, never_warm: None) -> None:
+    total = make_tree(tmp_path)
+    warmer = SourceWarmer([str(tmp_path)], excluder=Excluder([str(tmp_path / "d1")]))
+    warmer.start()
+    finish(warmer)
+    assert warmer.entries == total - 11  # d1 is listed in its parent, never itself
+
+
+def test_warm_caches_stop_it_after_the_probe(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(warm, "WARM_S_PER_ENTRY", 1.0)  # anything counts as fast
+    monkeypatch.setattr(warm, "PROBE_ENTRIES", 5)
+    total = make_tree(tmp_path)
+    warmer = SourceWarmer([str(tmp_path)])
+    warmer.start()
+    finish(warmer)
+    assert warmer.warm
+    assert len(warmer._threads) == 1  # the others were never started
+    assert 5 <= warmer.entries < total
+
+
+def test_missing_and_unreadable_sources_are_ignored(tmp_path: Path, never_warm: None) -> None:
+    (tmp_path / "file").write_bytes(b"z")
+    with warming([str(tmp_path / "missing"), str(tmp_path / "file")]) as warmer:
+        finish(warmer)
+    assert warmer.entries == 0
+
+
+def test_stop_ends_the_threads(tmp_path: Path, never_warm: None, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    make_tree(tmp_path, folders=30)
+    entered, gate = threading.Event(), threading.Event()
+    real = warm.SourceWarmer._visit
+
+    def slow(self, folder, device):  # type: ignore[no-untyped-def]
+        entered.set()
+        gate.wait(5)
+        return real(self, folder, device)
+
+    monkeypatch.setattr(warm.SourceWarmer, "_visit", slow)
+    with warming([os.fspath(tmp_path)]) as warmer:
+        assert entered.wait(5)  # listing the source itself when the block ends
+    gate.set()
+    finish(warmer)
+    assert warmer.entries == 31  # the source's own entries; none of its folders entered
+
+
+def test_it_stops_after_max_entries(tmp_path: Path, never_warm: None, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(warm, "MAX_ENTRIES", 20)
+    total = make_tree(tmp_path, folders=10)
+    warmer = SourceWarmer([str(tmp_path)], threads=1)
+    warmer.start()
+    finish(warmer)
+    assert 20 <= warmer.entries < total
