@@ -6,10 +6,11 @@ Each run starts from the same repository: a first backup of the corpus made once
 B (hard-linked per run: repository files are never changed in place; the index cache and
 the local state are copied). Scenario 3 backs up the unchanged corpus again; scenario 4
 backs it up after bench/corpus.py's 1 % mutation (made after every scenario 3 run, and
-undone at the end). The page cache is dropped before every timed run, A and B alternate,
-and each run is measured as bench/run.py measures it (wall, user+sys CPU of the process
-tree, peak PSS summed over it). ``--nice`` runs the timed commands at that priority, so
-a busy machine's other work disturbs them less (root only); it says so in the output.
+undone at the end). The page cache is dropped before every timed run (unless ``--warm``),
+A and B alternate, and each run is measured as bench/run.py measures it (wall, user+sys
+CPU of the process tree, peak PSS summed over it). ``--nice`` runs the timed commands at
+that priority, so a busy machine's other work disturbs them less (root only); it says so
+in the output.
 """
 
 from __future__ import annotations
@@ -64,14 +65,19 @@ def fresh_copy(base: Path, run: Path) -> None:
     shutil.copytree(base / "home", run / "home", symlinks=True)
 
 
-def one_run(tree: Path, base: Path, work: Path, src: Path, nice: int | None) -> Measurement:
+def one_run(
+    tree: Path, base: Path, work: Path, src: Path, nice: int | None, cold: bool
+) -> Measurement:
     run = work / "run"
     fresh_copy(base, run)
+    if not cold:  # the repository copy, the corpus and the program read once, untimed
+        subprocess.run(["cat", *map(str, (run / "repo").rglob("*"))], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)  # fmt: skip
     argv = backup_argv(run / "repo", src, "incremental")
     if nice is not None:
         argv = ["nice", "-n", str(nice), *argv]
     cmd = Command(argv, env_for(tree, run / "home"))
-    m = run_timed(cmd, work / "logs" / "last", timeout=600, cold=True)
+    m = run_timed(cmd, work / "logs" / "last", timeout=600, cold=cold)
     if not m.ok:
         raise SystemExit(f"backup failed in {tree}: {m.error}")
     return m
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/rebackup-ab"))
     ap.add_argument("--corpus", type=Path, default=None, help="default: built under --work")
     ap.add_argument("--nice", type=int, default=None, help="niceness of the timed commands")
+    ap.add_argument("--warm", action="store_true", help="keep the page cache (default: drop it)")
     args = ap.parse_args(argv)
     if not drop_caches():
         raise SystemExit("the page cache cannot be dropped (root only): cold runs impossible")
@@ -98,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     base = prepare(work, src, trees["B"])
     scenarios = [s for s in args.scenarios.split(",") if s in ("3", "4")]
     results: dict[tuple[str, str], list[Measurement]] = {}
-    print(f"corpus {src}, nice {args.nice}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"corpus {src}, nice {args.nice}, {'warm' if args.warm else 'cold'}, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     undo, mutation = work / "undo", None
     try:
         for scenario in scenarios:
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 mutation = corpus.mutate_corpus(src, spec, undo)
             for rep in range(args.reps):
                 for side in ("A", "B") if rep % 2 == 0 else ("B", "A"):
-                    m = one_run(trees[side], base, work, src, args.nice)
+                    m = one_run(trees[side], base, work, src, args.nice, not args.warm)
                     results.setdefault((scenario, side), []).append(m)
                     print(f"scenario {scenario} rep {rep} {side}: wall {m.wall_s:5.2f} s  "
                           f"cpu {m.cpu_s:5.2f} s  pss {m.tree_pss_kib / 1024:4.0f} MiB  "
