@@ -69,15 +69,22 @@ class DeltaWriting:
     def delta_depth(self, blob_id: bytes) -> int | None:
         """How many deltas lie above the full blob ``blob_id`` resolves from (0: a full
         blob), or None when it is not stored as data."""
-        if blob_id in self._claimed:
-            return None  # in a pack not yet stored: locating it would force a flush
         try:
-            loc = self.locate(blob_id)
-            if loc.kind not in (Kind.DATA, Kind.DELTA):
-                return None
-            return len(delta.chain_of(self.locate, blob_id, loc)) - 1
+            chain = self._data_chain(blob_id)
         except (NotFound, IntegrityError):
             return None
+        return None if chain is None else len(chain) - 1
+
+    def _data_chain(self, blob_id: bytes) -> list[tuple[bytes, Location]] | None:
+        """(id, location) from ``blob_id`` down to its full DATA blob (``delta.chain_of``),
+        or None when it is not stored as data or is in a pack not yet stored (locating it
+        would force a flush). Raises NotFound, IntegrityError (a chain too deep, a loop)."""
+        if blob_id in self._claimed:
+            return None
+        loc = self.locate(blob_id)
+        if loc.kind not in (Kind.DATA, Kind.DELTA):
+            return None
+        return delta.chain_of(self.locate, blob_id, loc)
 
     def delta_base_for(self, counterpart: BlobId) -> DeltaBase | None:
         """The base to store a new chunk against, whose counterpart (the same bytes in the
@@ -90,13 +97,10 @@ class DeltaWriting:
         of a full copy), else no base (``DeltaBase.plain`` None: store the chunk full and
         start a new chain, without loading anything). The chosen base is resolved through
         its own chain and checked against its id (``resolve_chain``)."""
-        if counterpart in self._claimed:
-            return None  # in a pack not yet stored: locating it would force a flush
         try:
-            loc = self.locate(counterpart)
-            if loc.kind not in (Kind.DATA, Kind.DELTA):
+            chain = self._data_chain(counterpart)
+            if chain is None:
                 return None
-            chain = delta.chain_of(self.locate, counterpart, loc)
             at = delta.choose_base([link.stored_len for _, link in chain])
             if at is None:
                 return DeltaBase(chain[-1][0], None, len(chain) - 1, 0)

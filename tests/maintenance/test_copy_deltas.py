@@ -32,11 +32,16 @@ def _shallow_chains(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(delta, "MAX_DEPTH", DEPTH)
 
 
+def six_nights(repo: Repository, root: Path) -> list[Snapshot]:
+    """Six nights of 1% scattered row changes to an app's SQLite database: its dump's
+    chains reach the limit (DEPTH) and restart."""
+    app, db = make_app(root, rows=ROWS)
+    return nights(repo, app, db, DEPTH + 3)
+
+
 @pytest.fixture
 def chained(repo: Repository, tmp_path: Path) -> list[Snapshot]:
-    """Six nights of 1% scattered row changes: chains reach the limit and restart."""
-    app, db = make_app(tmp_path, rows=ROWS)
-    return nights(repo, app, db, DEPTH + 3)
+    return six_nights(repo, tmp_path)
 
 
 def new_repo(
@@ -173,15 +178,9 @@ def test_copy_keeps_tree_deltas_of_copied_base_trees(
     """A large folder changed a little each night: its trees are TREE_DELTA blobs in the
     source and stay deltas of the previous night's copied tree in the destination."""
     from casbackup.archiver.restore import RestoreOptions, restore
-    from tests.repo.test_tree_delta import backup, change, contents, make_source, tree_of
+    from tests.repo.test_tree_delta import contents, folder_nights, tree_of
 
-    src = make_source(tmp_path)
-    snaps, states = [], []
-    for night in range(DEPTH + 2):
-        if night:
-            change(src, night)
-        snaps.append(backup(repo, src))
-        states.append(contents(src / "big"))
+    src, snaps, states = folder_nights(repo, tmp_path, DEPTH + 2)
     assert repo.locate(tree_of(repo, snaps[1], src / "big")).kind == Kind.TREE_DELTA
     dst = new_repo(tmp_path / "dst", repo, shared=shared)
     result = copy_snapshots(repo, dst, CopyOptions())

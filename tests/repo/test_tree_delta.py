@@ -77,19 +77,26 @@ def contents(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-@pytest.fixture
-def chained(repo: Repository, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """DEPTH + 2 nights, one file of big/ changed each: big's tree goes full, 1, 2, 3
-    deltas deep, then (the chain full) 1 deep again against the full tree at its bottom.
-    Returns the source, the snapshots and what big/ held at each."""
-    src = make_source(tmp_path)
+def folder_nights(
+    repo: Repository, root: Path, count: int
+) -> tuple[Path, list[Snapshot], list[dict[str, bytes]]]:
+    """``count`` nights, one file of big/ changed each (from the second): the source, the
+    snapshots and what big/ held at each."""
+    src = make_source(root)
     snaps, states = [], []
-    for night in range(DEPTH + 2):
+    for night in range(count):
         if night:
             change(src, night)
         snaps.append(backup(repo, src))
         states.append(contents(src / "big"))
     return src, snaps, states
+
+
+@pytest.fixture
+def chained(repo: Repository, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """DEPTH + 2 nights: big's tree goes full, 1, 2, 3 deltas deep, then (the chain full)
+    1 deep again against the full tree at its bottom (``folder_nights``)."""
+    return folder_nights(repo, tmp_path, DEPTH + 2)
 
 
 def test_a_large_changed_folder_is_stored_as_tree_deltas_up_to_the_limit(  # type: ignore[no-untyped-def]

@@ -12,13 +12,11 @@ from casbackup.maintenance.copy import CopyOptions, copy_snapshots
 from casbackup.repo import blobstore, delta
 from casbackup.repo.ids import Kind
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import Snapshot
 from casbackup.testing.faults import FaultScript, FaultyBackend, ProcessDeath
 from casbackup.testing.fixtures import PASSWORD, make_repo, open_repo
 from casbackup.verify.check import CheckOptions, check
-from tests.maintenance.test_copy_deltas import chunk_kinds, copied
-from tests.repo.test_delta import DEPTH, ROWS, nights, read_dump
-from tests.verify.apps import make_app
+from tests.maintenance.test_copy_deltas import chunk_kinds, copied, six_nights
+from tests.repo.test_delta import DEPTH, read_dump
 
 
 @pytest.fixture(autouse=True)
@@ -26,16 +24,9 @@ def _shallow_chains(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(delta, "MAX_DEPTH", DEPTH)
 
 
-@pytest.fixture
-def chained(repo: Repository, tmp_path: Path) -> list[Snapshot]:
-    app, db = make_app(tmp_path, rows=ROWS)
-    return nights(repo, app, db, DEPTH + 3)
-
-
 @pytest.mark.parametrize("crash_after_puts", [3, 6, 9])
 def test_a_copy_of_deltas_into_s3_killed_midway_leaves_no_delta_without_its_base(
     repo: Repository,
-    chained: list[Snapshot],
     tmp_path: Path,
     moto_location: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -44,6 +35,7 @@ def test_a_copy_of_deltas_into_s3_killed_midway_leaves_no_delta_without_its_base
     """Packs go up one after the other (the upload thread) with small packs and frequent
     index files: whenever the copy dies, every delta the destination's index names has its
     base, check passes, and a rerun finishes with every night readable."""
+    chained = six_nights(repo, tmp_path)
     monkeypatch.setattr(blobstore, "INDEX_FLUSH_PACKS", 1)
     expected = {s.id: read_dump(repo, s) for s in chained}
     make_repo(access.open_backend(moto_location)).close()  # 1 MiB packs
