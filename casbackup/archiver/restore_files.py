@@ -330,7 +330,8 @@ class FileSender(ABC):
 
     def batch_done(self, done: BatchDone, results: list[Written] | None) -> None:
         """A batch's outcomes (on a writer's receiver thread or a writer thread); None when
-        it was lost with its writer, whose failure then stops the restore."""
+        it was lost with its writer, whose failure then stops the restore (its folders then
+        stay open for ``_close_open_dirs``)."""
         try:
             if results is not None:
                 with self._lock:
@@ -341,20 +342,26 @@ class FileSender(ABC):
                     self._written(node, rel_path, written)
                 self._report_progress()
         finally:
-            for folder in done.dirs:
-                self._release(folder, finish=results is not None)
+            # A lost batch keeps its folders: a writer killed mid-file can have left a
+            # temporary name in any of them, which _close_open_dirs removes through the
+            # folder's fd once the writers are stopped. Released, the folder could reach
+            # zero batches and be finished and closed by another batch or by the walk
+            # (found under load: a temporary file left in the target).
+            if results is not None:
+                for folder in done.dirs:
+                    self._release(folder)
             self._slots.release()
             with self._idle:
                 self._inflight -= 1
                 if self._inflight == 0:
                     self._idle.notify_all()
 
-    def _release(self, folder: Folder, finish: bool = True) -> None:
+    def _release(self, folder: Folder) -> None:
         """One batch or waiting link in ``folder`` is over: finish it if it was the last."""
         with self._lock:
             folder.batches -= 1
             last = folder.walked and folder.batches == 0
-        if last and finish:
+        if last:
             self._finish_dir(folder)
 
     def _written(self, node: Node, rel_path: bytes, written: Written) -> None:

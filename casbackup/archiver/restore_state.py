@@ -28,7 +28,9 @@ class Folder:
 
     Its fd stays open until the walk has left it (``walked``) and every batch with files
     in it (and every hard link waiting for its first name) is back (``batches == 0``);
-    then its metadata is applied and the fd closed, on whichever thread sees the last.
+    then its metadata is applied and the fd closed, on whichever thread sees the last. A
+    batch lost with its writer never counts as back: the folder stays open until the
+    restore's cleanup has removed the temporary files that batch may have left in it.
     """
 
     __slots__ = ("fd", "node", "rel_path", "batches", "walked", "saved_mode", "inherits")

@@ -6,13 +6,14 @@ import multiprocessing
 import os
 import random
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from casbackup.archiver import restore as restore_module
-from casbackup.archiver import restore_files
+from casbackup.archiver import restore_files, writers
 from casbackup.archiver.backup import BackupOptions, run_backup
 from casbackup.archiver.restore import RestoreOptions, RestoreResult, restore
 from casbackup.archiver.writers import WriterFailed
@@ -221,6 +222,56 @@ def test_writer_killed_mid_restore_fails_cleanly(tmp_path: Path) -> None:
     assert fds_into(tmp_path / "out") == []
     assert temp_files(tmp_path / "out") == []  # the killed writer's are removed for it
     repo.close()
+
+
+@pytest.mark.timeout(60)
+def test_killed_writers_temp_file_removed_when_another_batch_finishes_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order of events that left a temporary file behind under load, forced: writer A's
+    batch into folder ``a`` is back; writer B dies just after creating a temporary file in
+    ``a``; only then does A's batch release ``a``. The folder must stay open until the
+    restore removes B's temporary file, not be finished (and closed) by A's batch."""
+    src = tmp_path / "src"
+    for folder, count in (("a", 200), ("b", 100)):  # batches: a/0-127, then a/128- and b/
+        (src / folder).mkdir(parents=True)
+        for i in range(count):
+            (src / folder / f"{folder}{i:03d}").write_bytes(b"%d" % i * 50)
+    repo, snap = backed_up(tmp_path, src)
+    first_back = tmp_path / "first-batch-back"  # the writers are forked: they see files
+    real_write = writers.write_file
+
+    def killed_mid_file(dir_fd: int, name: bytes, job: writers.FileJob, *args: object) -> object:
+        if name == b"a130":  # in the second batch, in the folder the first batch wrote into
+            writers.create_file(dir_fd, job.temp)
+            until(first_back.exists)
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+        return real_write(dir_fd, name, job, *args)  # type: ignore[arg-type]
+
+    real_done = restore_files.FileSender.batch_done
+
+    def after_the_death(self: restore_files.FileSender, done: object, results: object) -> None:
+        if results is not None and b"a000" in [n.name for n in done.nodes]:  # type: ignore[attr-defined]
+            first_back.touch()
+            until(lambda: self._writers is not None and self._writers.failure is not None)
+        real_done(self, done, results)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writers, "write_file", killed_mid_file)
+    monkeypatch.setattr(restore_files.FileSender, "batch_done", after_the_death)
+    with pytest.raises(WriterFailed):
+        restore(repo, snap, RestoreOptions(target=str(tmp_path / "out"), workers=2))
+    assert first_back.exists()  # the events came in the order this test is about
+    assert multiprocessing.active_children() == []
+    assert fds_into(tmp_path / "out") == []
+    assert temp_files(tmp_path / "out") == []
+    repo.close()
+
+
+def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def temp_files(target: Path) -> list[str]:
