@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 
 from casbackup.crypto.keyfile import WEAK_KDF
+from casbackup.crypto.keys import MasterKey
 from casbackup.repo.config import ChunkerParams, RepoConfig
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend
@@ -22,10 +23,14 @@ TEST_CONFIG_KW = {
 }
 
 
-def make_repo(path_or_backend: str | Backend, password: str = PASSWORD) -> Repository:
+def make_repo(
+    path_or_backend: str | Backend, password: str = PASSWORD, *, key: MasterKey | None = None
+) -> Repository:
+    """A test repository (tiny packs, weak KDF). ``key``: a fixed master key for tests whose
+    sizes depend on chunk boundaries, which the key seeds; by default a random one."""
     backend = LocalBackend(path_or_backend) if isinstance(path_or_backend, str) else path_or_backend
     return Repository.init(
-        backend, password.encode(), kdf=WEAK_KDF, config=RepoConfig(**TEST_CONFIG_KW)
+        backend, password.encode(), kdf=WEAK_KDF, config=RepoConfig(**TEST_CONFIG_KW), key=key
     )
 
 
