@@ -1,9 +1,12 @@
 """The dashboard in a real headless Chromium against a real ``casbackup serve`` subprocess.
 
 One service (its own state dir, repository and config, accounts made with the CLI) serves the
-whole module; the tests run in file order and each builds on the state the previous one left
-(a snapshot, then a restore of it, ...), as a user would. Assertions look at persistent state
-(job rows through the API, files on disk), found through ``data-testid`` names (testids.py).
+whole module. What a test needs beyond its own UI flow (a snapshot, a verified snapshot, jobs
+of every kind) is seeded through the API by module fixtures, never left by an earlier test:
+a test that fails (a page slow under load) fails alone, and the tests still pass when split
+across xdist workers. Browser contexts are closed after each test, failed or not. Assertions
+look at persistent state (job rows through the API, files on disk), found through
+``data-testid`` names (testids.py).
 
 Screenshots of the overview, the snapshot browser and a running job, at 1280x800 and 390x844,
 go to ``test-artifacts/dashboard/`` (gitignored).
@@ -107,6 +110,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     (app / "config.ini").write_text("[main]\nname = notes\n")
     (app / "docs" / "readme.txt").write_text("read me\n" * 100)
     (app / "docs" / "deep" / "data.bin").write_bytes(os.urandom(200_000))
+    # Large enough that a backup is seen running (test 1) and that its worker is still there
+    # to be frozen (the cancel test), whichever test runs first.
+    (app / "big").mkdir()
+    for i in range(12):
+        (app / "big" / f"blob{i}.bin").write_bytes(os.urandom(4 << 20))
     (tmp / LONG_APP).mkdir()  # a long name in selects, headings and cards: they must still fit
     config = tmp / "casbackup.toml"
     config.write_text(f"""
@@ -156,8 +164,13 @@ sources = ["{tmp / LONG_APP}"]
             proc.kill()
             raise AssertionError(log.read_text())
         time.sleep(0.1)
+    site = Site(url, tmp, app, tmp / "recovery", token, proc)
+    # The first page opens the repository and compiles its templates: done here, on the
+    # fixture's time, not inside a test's 30 s wait for an element.
+    for path in ("/api/applications", "/", "/apps/notes", "/jobs"):
+        assert site.api("GET", path).status_code == 200, path
     try:
-        yield Site(url, tmp, app, tmp / "recovery", token, proc)
+        yield site
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -177,9 +190,26 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+_CONTEXTS: list[Any] = []  # opened by login(): closed after each test, whatever its outcome
+
+
+@pytest.fixture(autouse=True)
+def _close_contexts() -> Iterator[None]:
+    """A test that fails before its ``page.context.close()`` must not leave its context (an
+    open event stream, timers) running into the next tests."""
+    yield
+    while _CONTEXTS:
+        context = _CONTEXTS.pop()
+        try:
+            context.close()
+        except Exception:  # noqa: BLE001 - closed already, or the browser is gone
+            pass
+
+
 def login(browser: Any, site: Site, user: str) -> Any:
     """A new browser context logged in as ``user`` through the login form; returns its page."""
     context = browser.new_context(viewport=SIZES["desktop"], accept_downloads=True)
+    _CONTEXTS.append(context)
     page = context.new_page()
     page.set_default_timeout(30_000)
     page.goto(site.url + "/")  # anonymous: sent to the login page
@@ -215,17 +245,47 @@ def shoot(page: Any, name: str) -> None:
     page.set_viewport_size(SIZES["desktop"])
 
 
+def _done(site: Site, answer: httpx.Response) -> dict[str, Any]:
+    """The finished job of an API call that queued one (it must succeed)."""
+    assert answer.status_code == 202, answer.text
+    doc = site.wait_job(answer.json()["job_id"])
+    assert doc["state"] == "succeeded", doc
+    return doc
+
+
 @pytest.fixture(scope="module")
-def state() -> dict[str, Any]:
-    """What the ordered tests hand on to each other."""
-    return {}
+def snapshot(site: Site) -> str:
+    """A snapshot of the notes application, made through the API (the UI's backup form has
+    its own test)."""
+    body = {"app_name": "notes", "backup_type": "full"}
+    return str(_done(site, site.api("POST", "/api/backup", json=body))["snapshot_id"])
 
 
-def test_login_backup_and_live_progress(browser: Any, site: Site, state: dict[str, Any]) -> None:
-    big = site.app / "big"
-    big.mkdir()
-    for i in range(12):  # large enough that the job is seen running
-        (big / f"blob{i}.bin").write_bytes(os.urandom(4 << 20))
+@pytest.fixture(scope="module")
+def verified(site: Site, snapshot: str) -> str:
+    """``snapshot``, proven restorable (verified through the API unless a test has already
+    verified it through the UI): disaster recovery starts from it, retention keeps it."""
+    if site.api("GET", f"/api/snapshots/{snapshot}").json().get("verification") is None:
+        _done(site, site.api("POST", f"/api/snapshots/{snapshot}/verify"))
+    return snapshot
+
+
+@pytest.fixture(scope="module")
+def jobs_of_every_kind(site: Site, verified: str) -> None:
+    """At least one finished job of each kind a page shows (seeded where none is yet)."""
+    kinds = {j["kind"] for j in site.api("GET", "/api/jobs").json() if j["state"] == "succeeded"}
+    seeds = {
+        "restore": (f"/api/snapshots/{verified}/restore",
+                    {"path": f"{site.app}/config.ini", "target": "seeded-restore"}),
+        "recover": ("/api/disaster-recovery", {"app_name": "notes", "target": "seeded-plan"}),
+        "forget": ("/api/forget", {"app_name": "notes"}),  # a plan: removes nothing
+    }  # fmt: skip
+    for kind, (path, body) in seeds.items():
+        if kind not in kinds:
+            _done(site, site.api("POST", path, json=body))
+
+
+def test_login_backup_and_live_progress(browser: Any, site: Site) -> None:
     page = login(browser, site, "ops")
     page.get_by_test_id("app-link:notes").click()
     page.get_by_test_id("backup-type").select_option("full")
@@ -251,15 +311,15 @@ def test_login_backup_and_live_progress(browser: Any, site: Site, state: dict[st
     doc = site.api("GET", f"/api/jobs/{job_id}").json()
     assert doc["state"] == "succeeded" and doc["kind"] == "backup"
     assert doc["params"]["backup_type"] == "full" and doc["created_by"] == "ops"
-    state["snapshot"] = doc["snapshot_id"]
+    assert doc["snapshot_id"]
     page.context.close()
 
 
-def test_browse_descend_and_download(browser: Any, site: Site, state: dict[str, Any]) -> None:
+def test_browse_descend_and_download(browser: Any, site: Site, snapshot: str) -> None:
     from playwright.sync_api import expect
 
     page = login(browser, site, "ops")
-    short = state["snapshot"][:8]
+    short = snapshot[:8]
     page.get_by_test_id("app-link:notes").click()
     page.get_by_test_id(f"snapshot-link:{short}").click()
     for part in site.app.parts[1:]:  # from / down to the application's folder, by clicking
@@ -277,12 +337,12 @@ def test_browse_descend_and_download(browser: Any, site: Site, state: dict[str, 
     page.context.close()
 
 
-def test_restore_a_folder(browser: Any, site: Site, state: dict[str, Any]) -> None:
+def test_restore_a_folder(browser: Any, site: Site, snapshot: str) -> None:
     from playwright.sync_api import expect
 
     page = login(browser, site, "ops")
     folder = f"{site.app}/docs"
-    page.goto(f"{site.url}/snapshots/{state['snapshot']}?path={folder}")
+    page.goto(f"{site.url}/snapshots/{snapshot}?path={folder}")
     page.get_by_test_id("restore-target").fill("docs-back")
     asked: list[str] = []
     page.once("dialog", lambda d: (asked.append(d.message), d.accept()))  # the confirmation
@@ -300,7 +360,7 @@ def test_restore_a_folder(browser: Any, site: Site, state: dict[str, Any]) -> No
     page.context.close()
 
 
-def test_restore_in_place_overwriting(browser: Any, site: Site, state: dict[str, Any]) -> None:
+def test_restore_in_place_overwriting(browser: Any, site: Site, snapshot: str) -> None:
     """An admin puts a damaged folder back where it was, choosing to overwrite."""
     from playwright.sync_api import expect
 
@@ -310,7 +370,7 @@ def test_restore_in_place_overwriting(browser: Any, site: Site, state: dict[str,
     readme.write_text("damaged\n")
     data.unlink()
     page = login(browser, site, "root")
-    page.goto(f"{site.url}/snapshots/{state['snapshot']}?path={docs}")
+    page.goto(f"{site.url}/snapshots/{snapshot}?path={docs}")
     page.get_by_test_id("restore-in-place").check()
     page.get_by_test_id("restore-overwrite").check()
     asked: list[str] = []
@@ -327,7 +387,7 @@ def test_restore_in_place_overwriting(browser: Any, site: Site, state: dict[str,
     page.context.close()
 
 
-def test_verification_badge_turns_green(browser: Any, site: Site, state: dict[str, Any]) -> None:
+def test_verification_badge_turns_green(browser: Any, site: Site, snapshot: str) -> None:
     from playwright.sync_api import expect
 
     page = login(browser, site, "ops")
@@ -336,7 +396,7 @@ def test_verification_badge_turns_green(browser: Any, site: Site, state: dict[st
     expect(badge).to_have_text("never verified")
     shoot(page, "overview")
     page.get_by_test_id("app-link:notes").click()
-    page.get_by_test_id(f"verify-button:{state['snapshot'][:8]}").click()
+    page.get_by_test_id(f"verify-button:{snapshot[:8]}").click()
     page.wait_for_url("**/jobs/*")
     job_id = int(page.url.rsplit("/", 1)[1])
     expect(page.get_by_test_id(f"job-state:{job_id}")).to_have_text("succeeded", timeout=180_000)
@@ -345,15 +405,13 @@ def test_verification_badge_turns_green(browser: Any, site: Site, state: dict[st
     expect(badge).to_contain_text("proven restorable")
     shoot(page, "overview-verified")
     page.get_by_test_id("app-link:notes").click()
-    expect(page.get_by_test_id(f"snapshot-badge:{state['snapshot'][:8]}")).to_contain_text(
-        "verified"
-    )
+    expect(page.get_by_test_id(f"snapshot-badge:{snapshot[:8]}")).to_contain_text("verified")
     shoot(page, "application")
     page.context.close()
 
 
-def test_disaster_recovery_plan_run_and_report(browser: Any, site: Site) -> None:
-    """After the verification above: plan (dry run), then run it from the plan's page."""
+def test_disaster_recovery_plan_run_and_report(browser: Any, site: Site, verified: str) -> None:
+    """From the verified snapshot: plan (dry run), then run it from the plan's page."""
     from playwright.sync_api import expect
 
     page = login(browser, site, "root")
@@ -419,16 +477,14 @@ def rate_and_time_left(page: Any, site: Site, job_id: int) -> None:
     page.unroute("**/api/events")
 
 
-def test_jobs_list_and_cancel_a_waiting_job(
-    browser: Any, site: Site, state: dict[str, Any]
-) -> None:
+def test_jobs_list_and_cancel_a_waiting_job(browser: Any, site: Site, snapshot: str) -> None:
     """Two backups and a verify queued on one repository: the verify waits its turn (one
     writer per repository), and is cancelled from its page."""
     from playwright.sync_api import expect
 
     ids = [site.api("POST", "/api/backup", json={"app_name": "notes", "backup_type": "full"}
                     ).json()["job_id"] for _ in range(2)]  # fmt: skip
-    ids.append(site.api("POST", f"/api/snapshots/{state['snapshot']}/verify").json()["job_id"])
+    ids.append(site.api("POST", f"/api/snapshots/{snapshot}/verify").json()["job_id"])
     # Freeze the running backup's worker so the verify is still waiting when it is cancelled
     # (on an idle machine both small backups used to finish before the click).
     deadline = time.monotonic() + 30
@@ -459,14 +515,17 @@ def test_jobs_list_and_cancel_a_waiting_job(
     page.context.close()
 
 
-def test_forget_preview_then_forget(browser: Any, site: Site) -> None:
-    """The retention policy (keep_last = 2; the newest verified snapshot is kept too) over the
-    four snapshots made so far: previewed as a plan, then executed from the plan's page; the
-    plan's removals are gone."""
+def test_forget_preview_then_forget(browser: Any, site: Site, verified: str) -> None:
+    """The retention policy (keep_last = 2; the newest verified snapshot is kept too) over at
+    least four snapshots, the verified one oldest: previewed as a plan, then executed from the
+    plan's page; the plan's removals are gone, the verified snapshot is kept."""
     from playwright.sync_api import expect
 
-    job = site.api("POST", "/api/backup", json={"app_name": "notes", "backup_type": "incremental"})
-    assert site.wait_job(job.json()["job_id"])["state"] == "succeeded"
+    while True:  # the earlier tests' snapshots, and more if they did not get to make them
+        body = {"app_name": "notes", "backup_type": "incremental"}
+        _done(site, site.api("POST", "/api/backup", json=body))
+        if sum(s["app"] == "notes" for s in site.api("GET", "/api/snapshots").json()) >= 4:
+            break
     page = login(browser, site, "root")
     page.get_by_test_id("app-link:notes").click()
     page.get_by_test_id("forget-preview").locator("button").click()
@@ -485,27 +544,34 @@ def test_forget_preview_then_forget(browser: Any, site: Site) -> None:
     run_id = int(page.url.rsplit("/", 1)[1])
     expect(page.get_by_test_id(f"job-state:{run_id}")).to_have_text("succeeded", timeout=60_000)
     assert {s["id"] for s in site.api("GET", "/api/snapshots").json()} == keep
+    assert verified in keep
     page.context.close()
 
 
-def test_compare_two_snapshots(browser: Any, site: Site, state: dict[str, Any]) -> None:
-    """The newest snapshot against the first, below the application's folder: the answer
-    opens in view (under a folder listing it could be far down the page)."""
+def test_compare_two_snapshots(browser: Any, site: Site, snapshot: str) -> None:
+    """A newer snapshot, with a file added to docs/, against the first, below the
+    application's folder: the answer opens in view (under a folder listing it could be far
+    down the page)."""
     from playwright.sync_api import expect
 
-    snaps = [s for s in site.api("GET", "/api/snapshots").json() if s["app"] == "notes"]
-    newest = max(snaps, key=lambda s: s["time"])["id"]
-    assert newest != state["snapshot"]
+    added = site.app / "docs" / "added-since.txt"
+    added.write_text("new\n")
+    try:
+        body = {"app_name": "notes", "backup_type": "incremental"}
+        newest = _done(site, site.api("POST", "/api/backup", json=body))["snapshot_id"]
+    finally:
+        added.unlink()
+    assert newest != snapshot
     page = login(browser, site, "ops")
     page.set_viewport_size(SIZES["phone"])
     page.goto(f"{site.url}/snapshots/{newest}?path={site.app}")
     form = page.get_by_test_id("diff-form")
-    form.locator("select").select_option(state["snapshot"])
+    form.locator("select").select_option(snapshot)
     form.locator("button[type=submit]").click()
     result = page.get_by_test_id("diff-result")
-    expect(result).to_contain_text(f"From {state['snapshot'][:8]} to {newest[:8]}")
+    expect(result).to_contain_text(f"From {snapshot[:8]} to {newest[:8]}")
     expect(result).to_be_in_viewport()
-    expect(result).to_contain_text(f"{site.app}/docs/")  # restored in place since: its mtime
+    expect(result).to_contain_text(f"{site.app}/docs/added-since.txt")
     page.context.close()
 
 
@@ -518,12 +584,14 @@ def test_logout_ends_the_session(browser: Any, site: Site) -> None:
     page.context.close()
 
 
-def test_viewer_is_offered_no_actions(browser: Any, site: Site, state: dict[str, Any]) -> None:
+def test_viewer_is_offered_no_actions(
+    browser: Any, site: Site, snapshot: str, jobs_of_every_kind: None
+) -> None:
     page = login(browser, site, "view")
     # no page offers a viewer a form that changes state (logging out aside), nor a download
     jobs = [j["id"] for j in site.api("GET", "/api/jobs").json()]
     kinds = {j["kind"]: j["id"] for j in site.api("GET", "/api/jobs").json()}
-    snap = state["snapshot"]
+    snap = snapshot
     for path in ["/", "/apps/notes", f"/apps/{LONG_APP}", "/jobs", f"/snapshots/{snap}",
                  f"/snapshots/{snap}?path={site.app}/docs", f"/snapshots/{snap}?path={site.app}/config.ini",
                  *(f"/jobs/{i}" for i in kinds.values())]:  # fmt: skip
@@ -536,11 +604,11 @@ def test_viewer_is_offered_no_actions(browser: Any, site: Site, state: dict[str,
     assert len(jobs) >= 5 and {"backup", "verify", "restore", "recover", "forget"} <= set(kinds)
     page.goto(site.url + "/")
     page.get_by_test_id("app-link:notes").click()
-    page.get_by_test_id(f"snapshot-row:{state['snapshot'][:8]}").wait_for()
+    page.get_by_test_id(f"snapshot-row:{snapshot[:8]}").wait_for()
     assert page.get_by_test_id("backup-button").count() == 0
-    assert page.get_by_test_id(f"verify-button:{state['snapshot'][:8]}").count() == 0
+    assert page.get_by_test_id(f"verify-button:{snapshot[:8]}").count() == 0
     assert page.get_by_test_id("forget-preview").count() == 0
-    page.goto(f"{site.url}/snapshots/{state['snapshot']}?path={site.app}")
+    page.goto(f"{site.url}/snapshots/{snapshot}?path={site.app}")
     page.get_by_test_id("entry:config.ini").wait_for()
     assert page.get_by_test_id("restore-button").count() == 0
     assert page.get_by_test_id("download:config.ini").count() == 0
@@ -586,12 +654,21 @@ def test_admin_creates_a_token_shown_once(browser: Any, site: Site) -> None:
     shoot(page, "admin")
     page.reload()
     assert token not in page.content()  # listed by id only from now on
+
     # roles: make ops a viewer from the users table, then an operator again
+    # (The select shows the choice before anything is sent: the test waits for the PATCH's
+    # answer and the reload it leads to, then reads the page the server rendered. Asserting
+    # on the select at once raced the request under load: 'viewer' == 'operator'.)
+    def patched(response: Any) -> bool:
+        return response.request.method == "PATCH" and response.url.endswith("/api/users/ops")
+
     for role in ("viewer", "operator"):
         form = page.get_by_test_id("user-role:ops")
         form.locator("select").select_option(role)
         page.once("dialog", lambda d: d.accept())
-        form.locator("button").click()
+        with page.expect_navigation(), page.expect_response(patched) as answer:
+            form.locator("button").click()
+        assert answer.value.ok, answer.value.text()
         expect(page.get_by_test_id("user-role:ops").locator("select")).to_have_value(role)
         users = {u["name"]: u["role"] for u in site.api("GET", "/api/users").json()}
         assert users["ops"] == role
