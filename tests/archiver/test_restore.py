@@ -268,6 +268,7 @@ def test_killed_writers_temp_file_removed_when_another_batch_finishes_its_folder
 
 
 def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    """Wait for ``condition`` (polled every 10 ms); AssertionError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
