@@ -171,7 +171,7 @@ def test_a_live_database_in_the_sources_is_left_to_its_dump(  # type: ignore[no-
     conn.commit()
     # An empty rollback journal beside it (a non-empty one would be "hot" and block readers).
     (src / "data" / "app.db-journal").write_bytes(b"")
-    stop = threading.Event()
+    stop, writing = threading.Event(), threading.Event()
 
     def write() -> None:
         # A busy application: a commit every 2 ms. (A writer committing back to back with
@@ -179,10 +179,14 @@ def test_a_live_database_in_the_sources_is_left_to_its_dump(  # type: ignore[no-
         while not stop.wait(0.002):
             conn.execute("INSERT INTO t (v) VALUES (?)", ("x" * 200,))
             conn.commit()
+            writing.set()
 
     writer = threading.Thread(target=write)
     writer.start()
     try:
+        # Under load the thread may not have committed a row before the dump is taken (a
+        # dump of 0 rows was seen once): the backup starts once the application is writing.
+        assert writing.wait(30)
         app = make_app(tmp_path, sources=(str(src),), databases=(
             DatabaseSpec(name="main", engine="sqlite", path=str(db)),))  # fmt: skip
         outcome = backup_application(repo, backup_options(app, backup_type="full"))
