@@ -30,7 +30,6 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
@@ -365,28 +364,14 @@ def _writer_main(
     ahead = ThreadPoolExecutor(2, thread_name_prefix="read-ahead", initializer=block_stop_signals)
     reader = BlobReader(LocalBackend(root), encryption_root, gap=LOCAL_GAP, pool=ahead)
     sock = _fd_socket(conn)
-    full = False  # the target took no more: later batches are not written either
+    # Every buffer a batch needs (ranges of up to readplan.MAX_RANGE read from packs, their
+    # decrypted and decompressed blobs, delta chains) comes from the heap and is reused
+    # by the next, instead of a fresh mmap per buffer that costs a page fault per 4 KiB
+    # touched (memory.large_buffers_in_heap). Measured on the bench corpus (991 MiB,
+    # 59,700 files): 250,000 page faults per restore with mmap'd buffers, 78,000 without.
     try:
-        while True:
-            msg = conn.recv()
-            if msg is None:
-                break
-            batch_id, n_dirs, items = msg
-            fds = _recv_fds(sock, n_dirs)
-            try:
-                if full:
-                    results = [NOT_WRITTEN] * len(items)
-                else:
-                    # Delta chains: a buffer of a chunk's size per link, and zstd's; see
-                    # memory.large_buffers_in_heap.
-                    chained = any(job.chains for _, _, job in items)
-                    with large_buffers_in_heap() if chained else nullcontext():
-                        results = write_batch(fds, items, reader, _ignore)
-                    full = any(w.full for w in results)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            conn.send((batch_id, results))
+        with large_buffers_in_heap():
+            _serve(conn, sock, reader)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass
     finally:
@@ -394,6 +379,28 @@ def _writer_main(
         reader.backend.close()
         sock.close()
         conn.close()
+
+
+def _serve(conn: Connection, sock: socket.socket, reader: BlobReader) -> None:
+    """A writer's loop: write each batch received on ``conn`` and send back its outcomes,
+    until the parent sends None (or goes away: EOFError, BrokenPipeError)."""
+    full = False  # the target took no more: later batches are not written either
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        batch_id, n_dirs, items = msg
+        fds = _recv_fds(sock, n_dirs)
+        try:
+            if full:
+                results = [NOT_WRITTEN] * len(items)
+            else:
+                results = write_batch(fds, items, reader, _ignore)
+                full = any(w.full for w in results)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        conn.send((batch_id, results))
 
 
 def _recv_fds(sock: socket.socket, count: int) -> list[int]:
