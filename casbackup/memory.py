@@ -73,10 +73,10 @@ def large_buffers_in_heap() -> Iterator[None]:
     s of 0.80-0.96 s; with the trim threshold too, 0.12-0.30 s of 0.70-0.95 s, peak RSS
     104-113 MB (was 103-104). A night of the same database's dump (64 KiB chunks): 1.22-1.56
     s -> 1.17-1.24 s with the trim threshold raised. A restore's writers read packs in
-    ranges of up to 4 MiB: cold restore of the bench corpus, 249,000 -> 78,000 page faults,
-    CPU 9.9 -> 9.3 s (medians of 5, interleaved, bench/RESULTS.md). Nests, and works across threads: the
-    thresholds this process had (tune_allocator's, or a reader's) come back when the last
-    user leaves. Only where one of the tune_allocator functions ran (the CLI, the service,
+    ranges of up to 4 MiB: a cold restore of the bench corpus made 249,000 page faults,
+    78,000 with the heap, CPU 9.9 -> 9.3 s (medians of 5; bench/RESULTS.md, issue 17).
+    Nests, and works across threads: the thresholds this process had (tune_allocator's, or
+    a reader's) come back when the last user leaves. Only where one of the tune_allocator functions ran (the CLI, the service,
     their helper processes): elsewhere the allocator is left as it is."""
     global _heap_users
     mallopt = _mallopt() if _thresholds is not None else None
