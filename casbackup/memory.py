@@ -58,12 +58,32 @@ def tune_allocator_single_thread() -> None:
         _set_thresholds(mallopt, 4 << 20, 4 << 20)
 
 
+# A restore writer's largest buffers: a pack range (readplan.MAX_RANGE, 4 MiB) and the
+# blobs in it, decrypted and decompressed.
+_WRITER_THRESHOLD = 8 << 20
+
+
+def tune_allocator_writer() -> None:
+    """For a restore's writer process (archiver/writers.py): buffers up to 8 MiB come from
+    the heap, and up to 8 MiB of freed heap is kept for the next.
+
+    A writer reads packs in ranges of up to 4 MiB, then decrypts and decompresses the
+    blobs in them. With the CLI's 1 MiB mmap threshold (tune_allocator) every range was
+    a new mmap, touched page by page and unmapped after use: a cold restore of the bench
+    corpus (991 MiB, 59,700 files) made 249,000 page faults, 78,000 with its buffers in
+    the heap, CPU 9.9 -> 9.3 s (medians of 5; bench/RESULTS.md, issue 17). 8 MiB and not
+    large_buffers_in_heap's 32 MiB: the freed heap a writer keeps between batches shows in
+    the restore's peak memory (2 writers)."""
+    mallopt = _mallopt()
+    if mallopt is not None:
+        _set_thresholds(mallopt, _WRITER_THRESHOLD, _WRITER_THRESHOLD)
+
+
 @contextmanager
 def large_buffers_in_heap() -> Iterator[None]:
-    """While delta blobs are built in this process (archiver/delta_bases.py), and for the
-    whole life of a restore's writer process (archiver/writers.py): serve allocations up
-    to 32 MiB from the heap instead of mmap, and keep up to 32 MiB of freed heap instead
-    of trimming it back after each.
+    """While delta blobs are built in this process (archiver/delta_bases.py): serve
+    allocations up to 32 MiB from the heap instead of mmap, and keep up to 32 MiB of
+    freed heap instead of trimming it back after each.
 
     Each delta copies its chunk and its base (1-8 MiB with the files chunker) and makes
     zstd contexts and output buffers of that order; mmap-ing each one, or trimming the heap
@@ -72,11 +92,9 @@ def large_buffers_in_heap() -> Iterator[None]:
     faults, system time 0.68 s of a 1.19 s backup; with the mmap threshold raised 0.29-0.32
     s of 0.80-0.96 s; with the trim threshold too, 0.12-0.30 s of 0.70-0.95 s, peak RSS
     104-113 MB (was 103-104). A night of the same database's dump (64 KiB chunks): 1.22-1.56
-    s -> 1.17-1.24 s with the trim threshold raised. A restore's writers read packs in
-    ranges of up to 4 MiB: a cold restore of the bench corpus made 249,000 page faults,
-    78,000 with the heap, CPU 9.9 -> 9.3 s (medians of 5; bench/RESULTS.md, issue 17).
-    Nests, and works across threads: the thresholds this process had (tune_allocator's, or
-    a reader's) come back when the last user leaves. Only where one of the tune_allocator functions ran (the CLI, the service,
+    s -> 1.17-1.24 s with the trim threshold raised. Nests, and works across threads: the
+    thresholds this process had (tune_allocator's, or a reader's) come back when the last
+    user leaves. Only where one of the tune_allocator functions ran (the CLI, the service,
     their helper processes): elsewhere the allocator is left as it is."""
     global _heap_users
     mallopt = _mallopt() if _thresholds is not None else None

@@ -30,6 +30,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
@@ -38,7 +39,7 @@ import blake3
 from casbackup import procs
 from casbackup.archiver.readplan import LOCAL_GAP, BlobReader, Chain, Chunk, ChunkFeed
 from casbackup.errors import CasError
-from casbackup.memory import large_buffers_in_heap
+from casbackup.memory import large_buffers_in_heap, tune_allocator_writer
 from casbackup.repo.tree import valid_name
 from casbackup.store.local import LocalBackend
 from casbackup.threadsig import block_stop_signals, quiet_thread
@@ -356,6 +357,10 @@ def _writer_main(
     conn: Connection, root: str, encryption_root: bytes, parent: int, inherited: list[Connection]
 ) -> None:
     procs.become_helper(parent)
+    # Pack ranges of up to readplan.MAX_RANGE and the blobs decrypted and decompressed
+    # from them: from a heap that keeps them for the next, not one fresh mmap each (a page
+    # fault per 4 KiB touched). See memory.tune_allocator_writer.
+    tune_allocator_writer()
     for other in inherited:
         other.close()  # the parent's ends of this and earlier writers' sockets
     # Its own fds and locks; threads read the next window's ranges while this one
@@ -364,14 +369,28 @@ def _writer_main(
     ahead = ThreadPoolExecutor(2, thread_name_prefix="read-ahead", initializer=block_stop_signals)
     reader = BlobReader(LocalBackend(root), encryption_root, gap=LOCAL_GAP, pool=ahead)
     sock = _fd_socket(conn)
-    # Every buffer a batch needs (ranges of up to readplan.MAX_RANGE read from packs, their
-    # decrypted and decompressed blobs, delta chains) comes from the heap and is reused
-    # by the next, instead of a fresh mmap per buffer that costs a page fault per 4 KiB
-    # touched (memory.large_buffers_in_heap). Measured on the bench corpus (991 MiB,
-    # 59,700 files): 250,000 page faults per restore with mmap'd buffers, 78,000 without.
+    full = False  # the target took no more: later batches are not written either
     try:
-        with large_buffers_in_heap():
-            _serve(conn, sock, reader)
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                break
+            batch_id, n_dirs, items = msg
+            fds = _recv_fds(sock, n_dirs)
+            try:
+                if full:
+                    results = [NOT_WRITTEN] * len(items)
+                else:
+                    # Delta chains: a buffer of a chunk's size per link, and zstd's; see
+                    # memory.large_buffers_in_heap.
+                    chained = any(job.chains for _, _, job in items)
+                    with large_buffers_in_heap() if chained else nullcontext():
+                        results = write_batch(fds, items, reader, _ignore)
+                    full = any(w.full for w in results)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            conn.send((batch_id, results))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass
     finally:
@@ -379,28 +398,6 @@ def _writer_main(
         reader.backend.close()
         sock.close()
         conn.close()
-
-
-def _serve(conn: Connection, sock: socket.socket, reader: BlobReader) -> None:
-    """A writer's loop: write each batch received on ``conn`` and send back its outcomes,
-    until the parent sends None (or goes away: EOFError, BrokenPipeError)."""
-    full = False  # the target took no more: later batches are not written either
-    while True:
-        msg = conn.recv()
-        if msg is None:
-            return
-        batch_id, n_dirs, items = msg
-        fds = _recv_fds(sock, n_dirs)
-        try:
-            if full:
-                results = [NOT_WRITTEN] * len(items)
-            else:
-                results = write_batch(fds, items, reader, _ignore)
-                full = any(w.full for w in results)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        conn.send((batch_id, results))
 
 
 def _recv_fds(sock: socket.socket, count: int) -> list[int]:
