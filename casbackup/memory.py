@@ -69,11 +69,11 @@ def tune_allocator_writer() -> None:
 
     A writer reads packs in ranges of up to 4 MiB, then decrypts and decompresses the
     blobs in them. With the CLI's 1 MiB mmap threshold (tune_allocator) every range was
-    a new mmap, touched page by page and unmapped after use: a cold restore of the bench
-    corpus (991 MiB, 59,700 files) made 249,000 page faults, 78,000 with its buffers in
-    the heap, CPU 9.9 -> 9.3 s (medians of 5; bench/RESULTS.md, issue 17). 8 MiB and not
-    large_buffers_in_heap's 32 MiB: the freed heap a writer keeps between batches shows in
-    the restore's peak memory (2 writers)."""
+    a new mmap, touched page by page and unmapped after use. Cold restore of the bench
+    corpus (991 MiB, 59,700 files; bench/RESULTS.md, issue 17): 249,000 page faults, CPU
+    8.93 s, peak PSS 93 MiB; with 8 MiB thresholds 96,000, 8.47 s, 97 MiB; with
+    large_buffers_in_heap's 32 MiB 78,000, 7.98 s, but 120 MiB (the freed heap each of
+    the 2 writers keeps between batches)."""
     mallopt = _mallopt()
     if mallopt is not None:
         _set_thresholds(mallopt, _WRITER_THRESHOLD, _WRITER_THRESHOLD)

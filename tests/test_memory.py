@@ -55,6 +55,18 @@ def test_a_reader_process_gets_its_own_thresholds_back(monkeypatch: pytest.Monke
     assert calls[-2:] == [(MMAP, 4 << 20), (TRIM, 4 << 20)]  # not the parent's 1 MiB
 
 
+def test_a_restore_writer_keeps_8_mib_buffers_in_the_heap_and_gets_them_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = recorded(monkeypatch)
+    monkeypatch.setattr(memory, "_thresholds", (1 << 20, 1 << 20))  # forked from the CLI
+    memory.tune_allocator_writer()
+    assert calls == [(MMAP, 8 << 20), (TRIM, 8 << 20)]
+    with memory.large_buffers_in_heap():  # a batch with delta chains
+        pass
+    assert calls[-2:] == [(MMAP, 8 << 20), (TRIM, 8 << 20)]  # the writer's, not the CLI's
+
+
 def test_nothing_is_changed_where_the_allocator_was_not_tuned(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
