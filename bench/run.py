@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import shutil
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,6 +43,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 ALL_SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "floors"]
 TOOL_SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8"]
 DEDUP_SIZE = 200 * corpus.MiB
+RECENTLY_DELETED_S = 65  # see Bench.restore
 DEDUP_INSERT_AT = 1 * corpus.MiB
 SCANDIR_WALK = """
 import os, sys
@@ -101,6 +103,7 @@ class Bench:
         self.n_index = args.index_chunks or (500_000 if args.quick else 5_000_000)
         self.tools: dict[str, Tool] = {}
         self.unavailable: dict[str, str] = {}
+        self.deleted_at = -float("inf")  # time.monotonic() of the last restored tree deleted
         self.meta: dict = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "argv": sys.argv[1:],
@@ -316,7 +319,17 @@ class Bench:
 
     def restore(self, rep: int, name: str, repo: Repo) -> None:
         target = self.work / "restore" / name
-        shutil.rmtree(target, ignore_errors=True)
+        self.remove_restored(target)
+        # ext4 without a journal (this VM's root file system) skips, when it creates a
+        # file, every inode freed in about the last minute, one buffer look-up each: a
+        # restore of the corpus right after another was deleted took 15-18 s of system time
+        # instead of 3.8 s (bench/RESULTS.md, "Issue 17: restore"), whichever tool ran.
+        # Restored trees are deleted at the end of a repetition, and a restore never starts
+        # within RECENTLY_DELETED_S of a deletion.
+        wait = self.deleted_at + RECENTLY_DELETED_S - time.monotonic()
+        if wait > 0:
+            log(f"waiting {wait:.0f} s: inodes freed less than {RECENTLY_DELETED_S} s ago")
+            time.sleep(wait)
         target.mkdir(parents=True)
         cmd = self.tools[name].restore(repo, target)
         m = run_timed(cmd, self.logs / f"rep{rep}-5-{name}", self.args.timeout, self.cold)
@@ -331,8 +344,12 @@ class Bench:
             f"{m.tree_pss_kib / 1024:6.0f} MiB PSS {m.error[:200] or 'verified identical'}"
         )
         self.add(rep, name, "5", status, m)
-        if not (self.args.keep and rep == self.args.reps):
+
+    def remove_restored(self, target: Path) -> None:
+        """Delete a restored tree, noting when (see ``restore``)."""
+        if target.exists():
             shutil.rmtree(target, ignore_errors=True)
+            self.deleted_at = time.monotonic()
 
     def dedup(self, rep: int, name: str) -> None:
         """7: back up a 200 MiB random file, insert 100 bytes at 1 MiB, back up again."""
@@ -384,6 +401,7 @@ class Bench:
             return
         for r in repos.values():
             shutil.rmtree(r.root, ignore_errors=True)
+        self.remove_restored(self.work / "restore")
 
     # ------------------------------------------------------------------ driver
 
