@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import shutil
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -43,7 +42,6 @@ BENCH_DIR = Path(__file__).resolve().parent
 ALL_SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "floors"]
 TOOL_SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8"]
 DEDUP_SIZE = 200 * corpus.MiB
-RECENTLY_DELETED_S = 65  # see Bench.restore
 DEDUP_INSERT_AT = 1 * corpus.MiB
 SCANDIR_WALK = """
 import os, sys
@@ -103,7 +101,6 @@ class Bench:
         self.n_index = args.index_chunks or (500_000 if args.quick else 5_000_000)
         self.tools: dict[str, Tool] = {}
         self.unavailable: dict[str, str] = {}
-        self.deleted_at = -float("inf")  # time.monotonic() of the last restored tree deleted
         self.meta: dict = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "argv": sys.argv[1:],
@@ -121,6 +118,13 @@ class Bench:
 
     def setup(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
+        self.restored_root = self.work / "restore"
+        if self.restored_root.exists():  # an earlier run's (see restore)
+            shutil.rmtree(self.restored_root, ignore_errors=True)
+            note = ("restored trees of an earlier run were deleted at the start: the first "
+                    "restores may pay for the inodes freed (see Bench.restore)")  # fmt: skip
+            self.meta["notes"].append(note)
+            log(note)
         self.cold = drop_caches()
         self.meta["cold"] = self.cold
         if not self.cold:
@@ -318,18 +322,14 @@ class Bench:
         self.cleanup(rep, repos)
 
     def restore(self, rep: int, name: str, repo: Repo) -> None:
-        target = self.work / "restore" / name
-        self.remove_restored(target)
-        # ext4 without a journal (this VM's root file system) skips, when it creates a
-        # file, every inode freed in about the last minute, one buffer look-up each: a
-        # restore of the corpus right after another was deleted took 15-18 s of system time
-        # instead of 3.8 s (bench/RESULTS.md, "Issue 17: restore"), whichever tool ran.
-        # Restored trees are deleted at the end of a repetition, and a restore never starts
-        # within RECENTLY_DELETED_S of a deletion.
-        wait = self.deleted_at + RECENTLY_DELETED_S - time.monotonic()
-        if wait > 0:
-            log(f"waiting {wait:.0f} s: inodes freed less than {RECENTLY_DELETED_S} s ago")
-            time.sleep(wait)
+        # Every restored tree is kept until the run ends (restored_root): ext4 without a
+        # journal (this VM's root file system) skips, when it creates a file, every inode
+        # freed in the last 60 s (360 s while its inode table block is dirty, which a
+        # restore makes it), one buffer look-up each. A restore of the corpus after the
+        # previous one was deleted took 15-18 s of system time instead of 3.8 s
+        # (bench/RESULTS.md, "Issue 17: restore"), whichever tool ran; a 65 s pause was not
+        # enough (2026-12-02: 7.5 s of CPU on the first repetition, 14-16 s on the next).
+        target = self.restored_root / f"rep{rep}" / name
         target.mkdir(parents=True)
         cmd = self.tools[name].restore(repo, target)
         m = run_timed(cmd, self.logs / f"rep{rep}-5-{name}", self.args.timeout, self.cold)
@@ -344,12 +344,6 @@ class Bench:
             f"{m.tree_pss_kib / 1024:6.0f} MiB PSS {m.error[:200] or 'verified identical'}"
         )
         self.add(rep, name, "5", status, m)
-
-    def remove_restored(self, target: Path) -> None:
-        """Delete a restored tree, noting when (see ``restore``)."""
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-            self.deleted_at = time.monotonic()
 
     def dedup(self, rep: int, name: str) -> None:
         """7: back up a 200 MiB random file, insert 100 bytes at 1 MiB, back up again."""
@@ -401,7 +395,6 @@ class Bench:
             return
         for r in repos.values():
             shutil.rmtree(r.root, ignore_errors=True)
-        self.remove_restored(self.work / "restore")
 
     # ------------------------------------------------------------------ driver
 
@@ -431,6 +424,8 @@ class Bench:
                     self.small_files(rep, t)
             if "9" in self.sel and "casbackup" in self.tools:
                 self.scale(rep)
+        if not self.args.keep:
+            shutil.rmtree(self.restored_root, ignore_errors=True)
         self.finish()
 
     def finish(self) -> None:
