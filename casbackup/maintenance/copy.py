@@ -162,13 +162,18 @@ class _Copier:
         before = self.dst.stats_bytes_stored
         new_id, added = self.dst.save_blob(kind, data, blob_id)
         if added:
-            self.result.blobs_sent += 1
-            self.result.trees_sent += kind == Kind.TREE
-            self.result.bytes_sent += len(data)
-            self.result.bytes_stored += self.dst.stats_bytes_stored - before
+            self._sent(len(data), before, tree=kind == Kind.TREE)
             if kind == Kind.DATA:
                 self.depths[new_id] = 0  # the next night's delta may chain on it
         return new_id
+
+    def _sent(self, length: int, stored_before: int, *, tree: bool = False) -> None:
+        """Count one blob of ``length`` plaintext bytes added to the destination, whose
+        ``stats_bytes_stored`` was ``stored_before`` before it."""
+        self.result.blobs_sent += 1
+        self.result.trees_sent += tree
+        self.result.bytes_sent += length
+        self.result.bytes_stored += self.dst.stats_bytes_stored - stored_before
 
     def chunk(self, blob_id: BlobId) -> BlobId:
         known = self.ids.get(blob_id)
@@ -193,8 +198,8 @@ class _Copier:
 
         The chunk is resolved here from its base's plaintext and checked against its id, as
         every copied blob is; the destination stores the source's delta frame under its own
-        base id and decodes it before writing (``save_encoded_delta``). Raises IntegrityError (a damaged or lying chain) and the
-        storage errors of either side."""
+        base id and decodes it before writing (``save_encoded_delta``). Raises
+        IntegrityError (a damaged or lying chain) and the storage errors of either side."""
         links = delta.located_chain(self.src.locate, blob_id, loc)  # too deep or a loop: refused
         base_src = BlobId(links[1][0])
         base_dst = self.chunk(base_src)
@@ -222,9 +227,7 @@ class _Copier:
         frame = memoryview(payload)[1 + ID_SIZE :]
         _, added = self.dst.save_encoded_delta(data, base_dst, base, frame, new_id, depth=depth)
         if added:
-            self.result.blobs_sent += 1
-            self.result.bytes_sent += len(data)
-            self.result.bytes_stored += self.dst.stats_bytes_stored - before
+            self._sent(len(data), before)
             if self.dst.stats_deltas_added > deltas and depth is not None:
                 self.result.deltas_sent += 1
                 self.depths[new_id] = depth + 1
@@ -247,10 +250,7 @@ class _Copier:
         before = self.dst.stats_bytes_stored
         new_id, added = self.dst.save_tree_delta(data, base)  # whole when a delta does not pay
         if added:
-            self.result.blobs_sent += 1
-            self.result.trees_sent += 1
-            self.result.bytes_sent += len(data)
-            self.result.bytes_stored += self.dst.stats_bytes_stored - before
+            self._sent(len(data), before, tree=True)
         return new_id
 
     def tree(self, root: BlobId) -> BlobId:
