@@ -39,20 +39,41 @@ def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 def _warm_sources(params: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
-    """Warm the metadata of the PATHS given while the repository is opened (archiver/warm.py).
-
-    Sources from the config (--app, --all) are known only later: not warmed."""
+    """Warm the metadata of what the backup will read while the repository is opened
+    (archiver/warm.py): the PATHS given, or the sources of the application of --app
+    without PATHS (the nightly case). Not --all (one application after another: only the
+    first would gain), nor an application read from file-system snapshots (the live
+    folders are not what it reads)."""
     paths = params.get("paths")
-    if not paths:
-        return contextlib.nullcontext()
     patterns = list(params.get("excludes") or ())
     try:
+        if not paths and params.get("app") and not params.get("all_apps"):
+            sources = _app_sources(params["app"])
+            if sources is None:
+                return contextlib.nullcontext()
+            paths, app_excludes = sources
+            patterns[:0] = app_excludes
+        if not paths:
+            return contextlib.nullcontext()
         for f in params.get("exclude_files") or ():
             patterns.extend(read_exclude_file(f))
     except CasError:
         return contextlib.nullcontext()  # the command says why, once it runs
     one_fs = bool(params.get("one_file_system"))
     return warming(paths, excluder=Excluder(patterns), one_file_system=one_fs)
+
+
+def _app_sources(name: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(sources, excludes) of application ``name`` in the config; None when there is no
+    such application or it is read from file-system snapshots. Raises ConfigError."""
+    from casbackup.archiver.application import fs_plan
+    from casbackup.cli.config_support import load_cli_config
+
+    config = load_cli_config(global_options(click.get_current_context()))
+    app = next((a for a in config.applications if a.name == name), None) if config else None
+    if config is None or app is None or fs_plan(app, config.snapshots) is not None:
+        return None
+    return tuple(app.sources), tuple(app.excludes)
 
 
 @click.command()

@@ -103,3 +103,51 @@ def test_it_stops_after_max_entries(tmp_path: Path, never_warm: None, monkeypatc
     warmer.start()
     finish(warmer)
     assert 20 <= warmer.entries < total
+
+
+def _config(tmp_path: Path, app_lines: str) -> Path:
+    cfg = tmp_path / "casbackup.toml"
+    cfg.write_text(f'[[applications]]\nname = "site"\n{app_lines}\n')
+    return cfg
+
+
+@pytest.mark.parametrize("snapshot", [None, "btrfs"])
+def test_an_app_backup_warms_its_sources_unless_read_from_fs_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snapshot: str | None
+) -> None:
+    """The nightly `backup --app NAME` warms the application's sources with its excludes,
+    as a backup of PATHS does; an application read from file-system snapshots is not
+    warmed (the live folders are not what it reads)."""
+    import contextlib
+
+    from click.testing import CliRunner
+
+    from casbackup.cli import cmd_backup
+    from casbackup.cli.main import cli
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+
+    src = tmp_path / "src"
+    (src / "keep").mkdir(parents=True)
+    (src / "keep" / "a.txt").write_text("a")
+    make_repo(str(tmp_path / "repo")).close()
+    lines = f'sources = ["{src}"]\nexcludes = ["*.tmp"]'
+    if snapshot:
+        lines += f'\nsnapshot = "{snapshot}"'
+    cfg = _config(tmp_path, lines)
+    seen: list[tuple[tuple[str, ...], object]] = []
+
+    def recording(paths, *, excluder=None, one_file_system=False):  # type: ignore[no-untyped-def]
+        seen.append((tuple(paths), excluder))
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(cmd_backup, "warming", recording)
+    monkeypatch.setenv("CASBACKUP_PASSWORD", PASSWORD)
+    args = ["-r", str(tmp_path / "repo"), "--config", str(cfg), "-q", "backup", "--app", "site"]
+    result = CliRunner().invoke(cli, args)
+    if snapshot:
+        assert seen == []
+        return
+    assert result.exit_code == 0, result.output
+    ((paths, excluder),) = seen
+    assert paths == (str(src),)
+    assert excluder.excluded(str(src / "x.tmp")) and not excluder.excluded(str(src / "keep"))  # type: ignore[attr-defined]
