@@ -150,6 +150,9 @@ class _Copier:
         # Depth of the delta chain of each chunk this copy stored (0: whole): blobs in packs
         # not yet stored cannot be located, and the next night's deltas chain on them.
         self.depths: dict[bytes, int] = {}
+        # The source chunk read last and its plaintext: a delta's base, when ``chunk`` has
+        # just copied it, is not resolved a second time.
+        self._last: tuple[bytes, bytes] | None = None
 
     def _read(self, blob_id: BlobId, kind: Kind) -> bytes:
         data = self.src.load_blob(blob_id, kind)  # authenticated against its id and kind
@@ -187,6 +190,7 @@ class _Copier:
                 new_id = self._delta_chunk(blob_id, loc)
             else:
                 data = self._read(blob_id, Kind.DATA)
+                self._last = (blob_id, data)
                 new_id = self._store(Kind.DATA, data, blob_id if self.shared else None)
         self.ids[blob_id] = new_id
         return new_id
@@ -202,10 +206,14 @@ class _Copier:
         IntegrityError (a damaged or lying chain) and the storage errors of either side."""
         links = delta.located_chain(self.src.locate, blob_id, loc)  # too deep or a loop: refused
         base_src = BlobId(links[1][0])
+        self._last = None
         base_dst = self.chunk(base_src)
-        base = delta.resolve_chain(
-            self.src.fetch_envelope, self.src.opener, links[1:], hash_id=self.src.blob_id
-        )
+        if self._last is not None and self._last[0] == base_src:
+            base = self._last[1]  # copied just now: read and checked there
+        else:
+            base = delta.resolve_chain(
+                self.src.fetch_envelope, self.src.opener, links[1:], hash_id=self.src.blob_id
+            )
         envelope = self.src.fetch_envelope(loc.pack, loc.offset, loc.stored_len)
         try:
             payload = delta.open_delta(self.src.opener, blob_id, envelope)
@@ -217,6 +225,7 @@ class _Copier:
         self.result.blobs_read += 1
         if self.src.blob_id(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id in the source")
+        self._last = (blob_id, data)
         new_id = blob_id if self.shared else self.dst.blob_id(data)
         depth = self.depths.get(base_dst)
         if depth is None:

@@ -245,7 +245,10 @@ def _mapped_kib(file_path: str) -> int:
     return total
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/smaps"),
+    reason="counts resident pages in /proc/self/smaps, which only Linux has",
+)
 @pytest.mark.parametrize("whole", [True, False])
 def test_small_cache_stays_mapped_large_one_is_released(tmp_path, monkeypatch, whole) -> None:  # type: ignore[no-untyped-def]
     """Pages are released only from a cache larger than WHOLE_FILE_BYTES: releasing a small
