@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -159,7 +161,12 @@ class AuditAndHeaders:
             await self.app(scope, receive, send_with_headers)
         finally:
             if scope["method"] not in SAFE_METHODS:
-                _audit(self.service, Request(scope), status)
+                # The entry is written on a thread: the state database's lock may be held by
+                # another writer for up to its busy timeout, and the event loop serves every
+                # other request meanwhile. Shielded, so that a request cancelled by its
+                # client's disconnect is still recorded.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_audit, self.service, Request(scope), status)
 
 
 def _audit(service: Service, request: Request, status: int) -> None:

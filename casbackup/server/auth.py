@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyCookie, HTTPBearer
 
 from casbackup.errors import NotFound
@@ -225,7 +226,10 @@ async def current_user(
     """The authenticated caller (401 otherwise); stored on ``request.state.principal``."""
     principal = getattr(request.state, "principal", None)
     if principal is None:
-        principal = _authenticate(request)
+        # A token or session check reads (and once a minute writes) the state database, whose
+        # lock another writer (a job's progress, `casbackup user add`) may hold for up to its
+        # busy timeout: on a thread, so that the event loop serves everyone else meanwhile.
+        principal = await run_in_threadpool(_authenticate, request)
         if principal is None:
             raise HTTPException(
                 401, "log in or send 'Authorization: Bearer TOKEN'", {"WWW-Authenticate": "Bearer"}

@@ -72,7 +72,9 @@ async def log_in(request: Request, response: Response, username: str, password: 
         service.limiter.failed(keys)
         raise HTTPException(401, "wrong user name or password")
     service.limiter.succeeded(keys[0])
-    cookie, csrf = service.accounts.create_session(user, service.settings.session_ttl_s, address)
+    cookie, csrf = await run_in_threadpool(
+        service.accounts.create_session, user, service.settings.session_ttl_s, address
+    )
     response.set_cookie(
         SESSION_COOKIE, cookie, max_age=int(service.settings.session_ttl_s), httponly=True,
         samesite="strict", secure=service.settings.cookie_secure, path="/",
@@ -89,7 +91,7 @@ async def logout(
     """End this browser session."""
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
-        service_of(request).accounts.end_session(cookie)
+        await run_in_threadpool(service_of(request).accounts.end_session, cookie)
     response.delete_cookie(SESSION_COOKIE, path="/")
 
 
