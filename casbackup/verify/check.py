@@ -12,10 +12,7 @@ import gc
 import os
 import random
 import re
-import struct
-import threading
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +20,6 @@ from typing import Any
 
 from casbackup import procs
 from casbackup.errors import CasError, StorageError, UsageError
-from casbackup.maintenance.spill import ID_BUCKETS, RecordSpill
 from casbackup.repo import delta
 from casbackup.repo.ids import FULL_KIND, BlobId, FileId, Kind
 from casbackup.repo.index import (
@@ -33,27 +29,16 @@ from casbackup.repo.index import (
     decode_supersedes,
     iter_records,
 )
-from casbackup.repo.nodecheck import file_node_problem
 from casbackup.repo.pack import pack_name, read_header
 from casbackup.repo.repository import Repository
-from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.store.base import odd_entries, skipped_warnings
-from casbackup.threadsig import quiet_thread, stop_signals_blocked
+from casbackup.threadsig import stop_signals_blocked
 from casbackup.units import plural
 from casbackup.verify.check_state import load_check_state, save_check_state
+from casbackup.verify.check_walk import BackgroundWalk, SnapshotWalk, WalkResult
 from casbackup.verify.metacheck import check_metadata
 from casbackup.verify.pack_scan import PackVerdict, verify_pack
-
-_FILE_NO = struct.Struct(">Q")  # a file's number in the walk, after its chunk id
-# Where an index cache value (``Location.encode``: pack, offset, stored, raw, kind) holds
-# the raw length and the kind.
-_RAW_LEN = struct.Struct(">I")
-_RAW_LEN_AT = 40
-_KIND_AT = 44
-# A file's recorded size as ``_collect`` holds it (a signed 64-bit slot): no sum of chunk
-# sizes comes near it, so a forged size of 2**64-1 still disagrees with its chunks.
-_SIZE_CAP = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -147,7 +132,7 @@ class CheckReport:
         return len(self.errors) > self.storage_errors
 
 
-class Checker:
+class Checker(SnapshotWalk):
     def __init__(
         self, repo: Repository, options: CheckOptions, reporter: Reporter = NULL_REPORTER
     ) -> None:
@@ -182,7 +167,7 @@ class Checker:
         # The snapshot walk (load every tree, look every chunk up) runs in a thread while
         # the helpers read packs, where this process mostly waits: it cost ~1.2 s after
         # the reading. Damage found by the reading is named by walking again.
-        walk = _Background(self._walk_snapshots)
+        walk = BackgroundWalk(self._walk_snapshots)
         self._read_packs(packs, walk.start)
         found = walk.result()
         if self.damaged:
@@ -396,223 +381,12 @@ class Checker:
             self._blob_damaged(blob_id, pack, why)
         self._verify_deltas(pack, verdict.deltas)
 
-    # ------------------------------------------------------------------ snapshots
-    def _apply_walk(self, walk: _Walk) -> None:
+    def _apply_walk(self, walk: WalkResult) -> None:
         self.report.errors.extend(walk.errors)
         self.report.storage_errors += walk.storage_errors
         self.report.snapshots = walk.snapshots
         self.report.trees = walk.trees
         self.report.affected.update(walk.affected)
-
-    def _walk_snapshots(self) -> _Walk:
-        """Walk every snapshot's trees: each must load, and each chunk be indexed.
-
-        In time linear in the repository: the walk spills every (chunk, file) reference
-        by the chunk's first byte; each bucket is then resolved against a sorted range of
-        the index cache (``_resolve``), not one B-tree descent per chunk (at 5 million
-        chunks those descents were page faults, 9x the time of 1 million). Only when
-        something is wrong are the snapshots walked again to name it (``_name_damage``)."""
-        warnings: list[str] = []
-        snaps, storage = self._snapshots(warnings)
-        refs = RecordSpill(32 + _FILE_NO.size, ID_BUCKETS)
-        try:
-            trees, unreadable, remaining, suspect = self._collect(snaps, refs)
-            bad = self._resolve(refs, remaining)
-        finally:
-            refs.close()
-        if (
-            not unreadable
-            and not suspect
-            and not bad
-            and not any(remaining)
-            and not self.damaged
-            and not self.bad_packs
-        ):
-            return _Walk(errors=warnings, snapshots=len(snaps), trees=trees, storage_errors=storage)
-        return self._name_damage(
-            snaps,
-            _Walk(errors=warnings, snapshots=len(snaps), storage_errors=storage),
-            bad,
-            remaining,
-        )
-
-    def _snapshots(self, errors: list[str]) -> tuple[list[Any], int]:
-        """Every usable snapshot, oldest first, as ``list_snapshots``: each unreadable one
-        is an error in ``errors``; returns them and how many of those errors the store
-        refusing the read caused (storage errors, not damage)."""
-        snaps = []
-        storage = 0
-        for fid in self.repo.usable_snapshot_ids(self.repo.snapshot_ids()):
-            try:
-                snaps.append(self.repo.load_snapshot(fid))
-            except CasError as exc:
-                errors.append(f"snapshot {fid[:8]} is unreadable: {exc}")
-                storage += isinstance(exc, StorageError)
-        snaps.sort(key=lambda s: (s.start_ns, s.id))
-        return snaps, storage
-
-    def _collect(self, snaps: list[Any], refs: RecordSpill) -> tuple[int, bool, array[int], bool]:
-        """Load every tree once; spill (chunk id, file number) of every file of every tree;
-        returns (trees, whether one was unreadable, per file number its recorded size,
-        whether a file node is wrong by itself). File numbers follow the walk's order,
-        which ``_name_damage`` repeats."""
-        seen: set[bytes] = set()
-        unreadable: set[bytes] = set()
-        remaining: array[int] = array("q")
-        suspect = False
-        add = refs.add
-        for snap in snaps:
-            stack: list[BlobId] = [snap.root]
-            while stack:
-                tree_id = stack.pop()
-                if tree_id in seen or tree_id in unreadable:
-                    continue
-                try:
-                    nodes = self._load_tree(tree_id)
-                except CasError:
-                    unreadable.add(tree_id)
-                    continue
-                seen.add(tree_id)
-                for node in nodes:
-                    if node.kind == NodeKind.FILE:
-                        tag = _FILE_NO.pack(len(remaining))
-                        remaining.append(min(node.size, _SIZE_CAP))
-                        for chunk in node.content:
-                            add(chunk[0], chunk + tag)
-                        if not suspect and file_node_problem(node) is not None:
-                            suspect = True
-                    if node.subtree is not None:
-                        stack.append(node.subtree)
-        return len(seen), bool(unreadable), remaining, suspect
-
-    def _resolve(self, refs: RecordSpill, remaining: array[int]) -> dict[bytes, str | None]:
-        """Bucket by bucket: every referenced chunk's location from the index cache; each
-        file's recorded size less its chunks' raw sizes goes to ``remaining`` (0 when they
-        agree). Returns {chunk: why it is damaged, or None when it is not in the index}."""
-        bad: dict[bytes, str | None] = {}
-        bad_packs = {bytes.fromhex(p) for p in self.bad_packs}
-        size = refs.record_size
-        for bucket in range(ID_BUCKETS):
-            data = refs.read(bucket)
-            if not data:
-                continue
-            ids = sorted({data[i : i + 32] for i in range(0, len(data), size)})
-            found = self.repo.cache.raw_values(ids)
-            for blob_id in ids:
-                value = found.get(blob_id)
-                if value is None:
-                    bad[blob_id] = None
-                    continue
-                why = self.damaged.get(blob_id)
-                if why is None and bad_packs and value[:32] in bad_packs:
-                    why = self._damage(blob_id, Location.decode(value))
-                if why is None and value[_KIND_AT] == Kind.DELTA:
-                    why = self._chain_damage(blob_id, Location.decode(value))
-                if why is not None:
-                    bad[blob_id] = why
-            del ids
-            for i in range(0, len(data), size):
-                value = found.get(data[i : i + 32])
-                if value is not None:
-                    (f,) = _FILE_NO.unpack_from(data, i + 32)
-                    remaining[f] -= _RAW_LEN.unpack_from(value, _RAW_LEN_AT)[0]
-        return bad
-
-    def _name_damage(
-        self, snaps: list[Any], out: _Walk, bad: dict[bytes, str | None], remaining: array[int]
-    ) -> _Walk:
-        """Walk again, naming each unreadable folder, each wrong file node and each file
-        that needs a chunk missing from the index or damaged (``bad``, from ``_resolve``;
-        ``remaining``: per file number, its recorded size less its chunks' sizes)."""
-        seen_trees: set[bytes] = set()
-        bad_trees: dict[bytes, str] = {}
-        file_no = 0
-        for snap in snaps:
-            affected: list[str] = []
-            stack: list[tuple[BlobId, bytes]] = [(snap.root, b"")]
-            while stack:
-                tree_id, prefix = stack.pop()
-                if tree_id in bad_trees:
-                    affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
-                    continue
-                fresh = tree_id not in seen_trees
-                if not fresh and not self.damaged and not self.bad_packs:
-                    continue  # an unchanged subtree already checked under another snapshot
-                try:
-                    nodes = self._load_tree(tree_id)
-                except CasError as exc:
-                    bad_trees[tree_id] = str(exc)
-                    out.errors.append(
-                        f"snapshot {snap.short_id}: tree of {os.fsdecode(prefix) or '/'} is unreadable: {exc}"
-                    )
-                    if isinstance(exc, StorageError):  # its pack could not be read
-                        out.storage_errors += 1
-                    affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
-                    continue
-                files = [n for n in nodes if n.kind == NodeKind.FILE]
-                if fresh:
-                    seen_trees.add(tree_id)
-                    out.trees += 1
-                    for node in files:
-                        known = not any(bad.get(c, "") is None for c in node.content)
-                        chunks_hold = (
-                            min(node.size, _SIZE_CAP) - remaining[file_no] if known else None
-                        )
-                        file_no += 1
-                        problem = file_node_problem(
-                            node, None if chunks_hold is None else [chunks_hold]
-                        )
-                        if problem is not None:
-                            path = (prefix + b"/" + node.name).decode(errors="replace")
-                            out.errors.append(f"snapshot {snap.short_id}: {path}: {problem}")
-                            affected.append(path)
-                for node in nodes:
-                    if node.subtree is not None:
-                        stack.append((node.subtree, prefix + b"/" + node.name))
-                for node in files:
-                    path = prefix + b"/" + node.name
-                    for chunk in node.content:
-                        if chunk not in bad:
-                            continue
-                        if bad[chunk] is None and fresh:
-                            out.errors.append(
-                                f"snapshot {snap.short_id}: {os.fsdecode(path)} needs a chunk that is not in the index"
-                            )
-                        affected.append(os.fsdecode(path))
-                        break
-            if affected:
-                out.affected[snap.id] = sorted(set(affected))
-        return out
-
-    def _load_tree(self, tree_id: BlobId):  # type: ignore[no-untyped-def]
-        loc = self.repo.cache.get(tree_id)
-        why = self._damage(tree_id, loc)
-        if why is not None:
-            if (
-                tree_id not in self.damaged
-                and loc is not None
-                and loc.pack in self.unreadable_packs
-            ):
-                raise StorageError(why)  # not damage: the store refused to read its pack
-            raise CasError(why)
-        if loc is None:
-            raise CasError("tree is not in the index")
-        if loc.kind not in (Kind.TREE, Kind.TREE_DELTA):
-            raise CasError("index says this tree is a data blob")
-        if loc.kind == Kind.TREE_DELTA:
-            why = self._chain_damage(tree_id, loc)  # a base missing or damaged, named
-            if why is not None:
-                raise CasError(why)
-        try:
-            return self.repo.load_tree(
-                tree_id, cached=False
-            )  # the repository's copy, not a cache's
-        finally:
-            # Each tree costs two random look-ups (here and in load_blob). With the cache's
-            # file warm in the page cache, a fault maps whole large folios around the leaf:
-            # 486 trees between releases every 256 visits took a 5M-entry check to 382 MiB
-            # of PSS (50-72 MiB with a colder file). A release is ~2 us a tree.
-            self.repo.cache.release_pages()
 
 
 def _index_error(fid: FileId, exc: CasError) -> str:
@@ -621,47 +395,6 @@ def _index_error(fid: FileId, exc: CasError) -> str:
     if isinstance(exc, StorageError):
         return f"index file {fid[:12]} cannot be read: {exc} (fix the storage; the file may well be intact)"
     return f"index file {fid[:12]} is damaged: {exc} (run 'casbackup repair index')"
-
-
-@dataclass
-class _Walk:
-    """What walking the snapshots found."""
-
-    errors: list[str] = field(default_factory=list)
-    snapshots: int = 0
-    trees: int = 0
-    affected: dict[str, list[str]] = field(default_factory=dict)
-    storage_errors: int = 0  # of errors, those a storage error caused (CheckReport's)
-
-
-class _Background:
-    """Runs ``fn`` in a thread from ``start`` on; ``result`` returns or raises its outcome."""
-
-    def __init__(self, fn: Callable[[], _Walk]) -> None:
-        self._fn = fn
-        self._thread: threading.Thread | None = None
-        self._result: _Walk | None = None
-        self._error: BaseException | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = quiet_thread(self._run, name="check-walk")
-            self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._result = self._fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            self._error = exc
-
-    def result(self) -> _Walk:
-        self.start()
-        assert self._thread is not None
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
 
 
 _helper_repo: Repository | None = None  # set in each helper process (inherited by fork)
