@@ -22,7 +22,8 @@ re-encoded anyway when the secrets differ), else whole.
 
 Write order as backup's: packs, index files (flushed as a backup flushes them, so an
 interrupted copy keeps what it stored and a rerun sends only the rest), then the snapshot
-record, which carries ``copied_from`` = the source snapshot id so a second copy skips it.
+record, which carries ``copied_from`` = the source snapshot id so a second copy skips it
+(and a copy back into the source skips it too: it is a copy of a snapshot there).
 A delta is always stored after its base, in the same group of packs, which a repository
 writes in order (repo/uploader.py): an index never names a delta whose base's pack is
 missing.
@@ -101,8 +102,14 @@ def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> Co
     result = CopyResult(shared_ids=shares_ids(src, dst))
     present = dst.list_snapshots(warnings=result.warnings)
     done = {s.copied_from: s.id for s in present if s.copied_from}
+    # A source snapshot that is a copy of one of these (an off-site copy copied back) is
+    # that snapshot: copying it would add a second record of the same backup, and the
+    # next copy the other way a third.
+    here = {s.id for s in present}
     copier = _Copier(src, dst, result)
     for snap in select_snapshots(src, options, result.warnings):
+        if snap.copied_from in here:
+            done[snap.id] = snap.copied_from  # a later copy's parent is that one
         if snap.id in done:
             result.skipped.append(snap.id)
             continue
