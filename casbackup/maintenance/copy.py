@@ -8,7 +8,10 @@ share the chunk-id key, i.e. the master secret (``init --copy-chunker-params-fro
   nor sent; trees are copied byte for byte and keep their ids;
 - different keys: every blob is read from the source, authenticated, re-hashed with the
   destination's id key, and stored only if the destination lacks that id; trees are
-  re-encoded with the new ids.
+  re-encoded with the new ids. A snapshot whose parent was copied before (a nightly
+  copy) first maps the parent's ids to those of its copy by walking both trees
+  (``_Copier.learn``): its unchanged chunks are not read again, and its large trees stay
+  deltas of the parent's copies.
 
 Delta chunks (repo/delta.py) stay deltas: the base is copied first (it is a chunk like
 any other, copied once), and the chunk is stored as a delta of the base's copy, so a
@@ -114,6 +117,9 @@ def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> Co
             result.skipped.append(snap.id)
             continue
         try:
+            parent_copy = done.get(snap.parent) if snap.parent else None
+            if parent_copy is not None and not copier.shared:
+                copier.learn(snap.parent, parent_copy)
             root = copier.tree(snap.root)
         except CasError as exc:
             try:
@@ -160,6 +166,51 @@ class _Copier:
         # The source chunk read last and its plaintext: a delta's base, when ``chunk`` has
         # just copied it, is not resolved a second time.
         self._last: tuple[bytes, bytes] | None = None
+
+    def learn(self, src_snapshot: str, dst_snapshot: str) -> None:
+        """Map the ids of a source snapshot's trees and chunks to those of its copy here
+        (``dst_snapshot``, made by an earlier copy run), walking both trees side by side.
+
+        With different secrets nothing else tells a destination id from a source one
+        without reading the blob: a nightly copy re-read every unchanged chunk of the new
+        night and stored its large trees whole (a TREE_DELTA's base, the parent's tree,
+        was unknown). A copy has its source's shape, so a tree whose entries match by
+        name, kind and chunk count maps entry by entry; one that does not is left alone
+        (its blobs are read as before). Only trees are read (both authenticated); a mapped
+        id names a blob this repository holds."""
+        try:
+            pairs = [(self.src.load_snapshot(src_snapshot).root,
+                      self.dst.load_snapshot(dst_snapshot).root)]  # fmt: skip
+        except CasError:
+            return  # a parent that cannot be read is only a lost shortcut
+        while pairs:
+            src_tree, dst_tree = pairs.pop()
+            if src_tree in self.ids or not self.dst.has_blob(dst_tree):
+                continue
+            try:
+                theirs = decode_tree(self._read(src_tree, Kind.TREE))
+                ours = self.dst.load_tree(dst_tree)
+            except CasError:
+                continue
+            if [(n.name, n.kind, len(n.content)) for n in theirs] != [
+                (n.name, n.kind, len(n.content)) for n in ours
+            ]:
+                continue
+            chunks = [
+                (a, b)
+                for s, d in zip(theirs, ours, strict=True)
+                for a, b in zip(s.content, d.content, strict=True)
+            ]
+            if not self.dst.has_blobs(b for _, b in chunks):
+                continue
+            self.ids[src_tree] = dst_tree
+            for a, b in chunks:
+                self.ids.setdefault(a, b)
+            pairs.extend(
+                (s.subtree, d.subtree)
+                for s, d in zip(theirs, ours, strict=True)
+                if s.subtree is not None and d.subtree is not None
+            )
 
     def _read(self, blob_id: BlobId, kind: Kind) -> bytes:
         data = self.src.load_blob(blob_id, kind)  # authenticated against its id and kind

@@ -248,3 +248,31 @@ def test_copying_the_copies_back_adds_no_second_snapshot(
     assert [src_id for src_id, _ in forth.copied] == [second.id]
     assert len(dst.list_snapshots()) == 2
     dst.close()
+
+
+# ----------------------------------------------------------------- nightly copies
+@SHARED
+def test_a_nightly_copy_keeps_tree_deltas_against_the_night_copied_the_run_before(
+    repo: Repository, tmp_path: Path, shared: bool
+) -> None:
+    """``copy`` run each night after the backup (one new snapshot a run): the large
+    folder's tree stays a TREE_DELTA of the previous night's copy, which an earlier run
+    stored, not a whole tree a night, and the unchanged files are not read again."""
+    from tests.repo.test_tree_delta import folder_nights, tree_of
+
+    src, snaps, _ = folder_nights(repo, tmp_path, DEPTH)
+    dst = new_repo(tmp_path / "dst", repo, shared=shared)
+    sent = []
+    for snap in snaps:
+        sent.append(copy_snapshots(repo, dst, CopyOptions(snapshots=(snap.id,))))
+    copies = copied(dst, snaps)
+    kinds = [dst.locate(tree_of(dst, c, src / "big")).kind for c in copies]
+    assert kinds == [Kind.TREE] + [Kind.TREE_DELTA] * (len(snaps) - 1)
+    whole = dst.locate(tree_of(dst, copies[0], src / "big")).stored_len
+    assert all(r.bytes_stored < whole / 4 for r in sent[1:]), [r.bytes_stored for r in sent]
+    # Nor are the unchanged files' chunks read again (trees only, and the changed file).
+    assert all(r.blobs_read < sent[0].blobs_read / 2 for r in sent[1:]), [
+        r.blobs_read for r in sent
+    ]
+    assert check(dst, CheckOptions(read_data=True, workers=1)).ok
+    dst.close()
