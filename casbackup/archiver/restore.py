@@ -60,6 +60,9 @@ from casbackup.units import plural
 
 __all__ = ["RestoreOptions", "RestoreResult", "Restorer", "restore"]
 
+_DIR = NodeKind.DIR
+_FILE = NodeKind.FILE
+
 
 class Restorer(FileSender):
     """The tree side of a restore: walks the snapshot, makes folders, links, special
@@ -77,6 +80,7 @@ class Restorer(FileSender):
         self.exact_acls = options.xattrs and snapshot.xattrs
         self.includer = Excluder(list(options.includes))
         self.excluder = Excluder(list(options.excludes))
+        self._filtered = bool(self.includer) or bool(self.excluder)  # else every entry is taken
         self._open: dict[int, Folder] = {}  # id -> folder with an open fd (closed on failure)
         self._files_wanted = 0  # names of regular files the walk met that are to be restored
         self._counting = False  # the target took no more: the walk only counts what is left
@@ -200,28 +204,35 @@ class Restorer(FileSender):
 
     def _restore_node(self, node: Node, frame: Frame) -> Frame | None:
         """Restore one entry of ``frame``'s folder; a folder comes back as the frame to walk."""
-        snap_path = frame.snap_path + b"/" + node.name
-        rel_path = frame.rel_path + b"/" + node.name if frame.rel_path else node.name
-        take, descend = (
-            (True, True) if frame.forced else self._wanted(snap_path, node.kind == NodeKind.DIR)
-        )
+        # Once per entry of the snapshot: the common case (no filters, a file in a folder
+        # made already) takes no call beyond _restore_file.
+        name = node.name
+        kind = node.kind
+        snap_path = frame.snap_path + b"/" + name
+        rel_path = frame.rel_path + b"/" + name if frame.rel_path else name
+        if frame.forced or not self._filtered:
+            take = descend = True
+        else:
+            take, descend = self._wanted(snap_path, kind == _DIR)
         if self._unmatched and take:
             self._match_each(snap_path)
-        if node.kind == NodeKind.DIR:
+        if kind == _DIR:
             return self._enter_dir(node, snap_path, rel_path, frame, take) if descend else None
         if not take:
             return None
         if self.options.dry_run:
             self._count(node)
             return None
-        if node.kind == NodeKind.FILE:
+        if kind == _FILE:
             self._files_wanted += 1
         if self._counting:
             return None
-        folder = self._dir_of(frame)
+        folder = frame.dir
         if folder is None:
-            return None  # the folder could not be made: reported, and its entries skipped
-        if node.kind == NodeKind.FILE:
+            folder = self._dir_of(frame)
+            if folder is None:
+                return None  # the folder could not be made: reported, and its entries skipped
+        if kind == _FILE:
             self._restore_file(node, rel_path, folder)
             return None
         fd = folder.fd
@@ -279,9 +290,10 @@ class Restorer(FileSender):
         for pending in reversed(missing):
             assert pending.parent is not None and pending.parent.dir is not None
             assert pending.node is not None
+            parent = pending.parent.dir
             try:
-                fd, saved = open_dir(
-                    pending.node.name, pending.parent.dir.fd, replace=self.options.overwrite
+                fd, saved, created = open_dir(
+                    pending.node.name, parent.fd, replace=self.options.overwrite
                 )
             except TargetError as exc:
                 if exc.errno in TARGET_FULL:
@@ -292,7 +304,9 @@ class Restorer(FileSender):
                 for skipped in missing:
                     skipped.children = iter(())
                 return None
-            folder = Folder(fd, pending.node, pending.rel_path, saved)
+            # A folder made just now in one without a default ACL has none either.
+            folder = Folder(fd, pending.node, pending.rel_path, saved, created=created,
+                            inherits=None if parent.inherits or not created else False)  # fmt: skip
             with self._lock:
                 self._open[id(folder)] = folder
             pending.dir = folder

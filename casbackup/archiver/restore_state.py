@@ -33,14 +33,30 @@ class Folder:
     restore's cleanup has removed the temporary files that batch may have left in it.
     """
 
-    __slots__ = ("fd", "node", "rel_path", "batches", "walked", "saved_mode", "inherits")
+    __slots__ = (
+        "fd", "node", "rel_path", "batches", "walked", "saved_mode", "inherits", "created"
+    )  # fmt: skip
 
-    def __init__(self, fd: int, node: Node | None, rel_path: bytes, saved_mode: int | None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        node: Node | None,
+        rel_path: bytes,
+        saved_mode: int | None,
+        *,
+        created: bool = False,
+        inherits: bool | None = None,
+    ) -> None:
         self.fd = fd
         # Whether it has a default ACL, which new files in it inherit (asked once per
         # folder, so that files are checked for inherited ACLs only where there can be any).
         # Its own recorded attributes are applied after its entries, so this holds until then.
-        self.inherits = has_default_acl(fd)
+        # ``inherits`` False: the caller knows (a folder it just made in a folder without
+        # one), and the getxattr is saved.
+        self.inherits = has_default_acl(fd) if inherits is None else inherits
+        # Made by this restore (open_dir): no entry of its names can exist but the restore's
+        # own, so the writers skip their check that a file's name is free (``FileJob.fresh``).
+        self.created = created
         self.node = node  # None: the target itself, which run() opens and closes
         self.rel_path = rel_path
         self.batches = 0

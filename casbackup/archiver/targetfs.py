@@ -32,19 +32,22 @@ class TargetError(Exception):
         self.errno = code
 
 
-def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int, int | None]:
-    """Create (0700) or reuse the folder ``name`` in ``parent_fd``; return its fd and, when
-    an existing folder of ours had to be made writable for the restore, its old mode.
+def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int, int | None, bool]:
+    """Create (0700) or reuse the folder ``name`` in ``parent_fd``; return its fd, the old
+    mode when an existing folder of ours had to be made writable for the restore, and
+    whether this call made the folder (then nothing else of the target is in it, and it
+    has a default ACL only if its parent has one).
 
     A symlink or file where the folder goes is never followed: with ``replace``
     (--overwrite) it is removed (the entry itself) and the folder made; without, it is
     refused. Raises TargetError for that refusal, or when the OS refused (permissions,
     ENAMETOOLONG, too many open files).
     """
+    created = True
     try:
         os.mkdir(name, 0o700, dir_fd=parent_fd)
     except FileExistsError:
-        pass
+        created = False
     except OSError as exc:
         raise TargetError(f"cannot create folder: {exc.strerror}", exc.errno) from None
     try:
@@ -60,7 +63,7 @@ def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int
         remove_entry(name, parent_fd)
         return open_dir(name, parent_fd)  # once: what is there now is ours or a folder
     try:
-        return fd, make_writable(fd)
+        return fd, make_writable(fd), created
     except OSError as exc:
         os.close(fd)
         raise TargetError(f"cannot make the folder writable: {exc.strerror}", exc.errno) from None
