@@ -7,10 +7,12 @@ with restic's restore of the same corpus beside them.
 Every ``--code`` folder is put first on PYTHONPATH for its restores, so two checkouts of
 casbackup restore the same repositories back to back (the backups are made once, by this
 tree). Per restore: wall time, CPU (user+sys of the command and every helper process it
-waited for), peak PSS summed over the process tree (bench/measure.py's TreeMemory), and,
-in a separate counted run, the requests and bytes read from packs (a counter patched into
-the backends' ``get`` in the restoring process and its forked writers). ``--cold`` drops
-the page cache before each timed restore (root only), as bench/run.py does.
+waited for), the CPU of the restoring process's walking thread (``Restorer.run``: trees,
+folders, batches; with medians and ranges), peak PSS summed over the process tree
+(bench/measure.py's TreeMemory), and, in a separate counted run, the requests and bytes
+read from packs (a counter patched into the backends' ``get`` in the restoring process and
+its forked writers). ``--cold`` drops the page cache before each timed restore (root
+only), as bench/run.py does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +72,31 @@ finally:
     print("COUNTED", *counts[:], file=sys.stderr)
 """
 
+# Run inside the restoring process for the timed runs: the CPU time of the thread that walks
+# the snapshot (trees, folders, batches for the writers), which on 2 cores competes with
+# the writers; printed for the parent to collect. Restorer.run is that thread's whole part.
+_MAIN_CPU = """
+import sys, time
+from casbackup.archiver import restore
+real = restore.Restorer.run
+spent = []
+def run(self):
+    start = time.thread_time()
+    try:
+        return real(self)
+    finally:
+        spent.append(time.thread_time() - start)
+restore.Restorer.run = run
+from casbackup.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    if exc.code:
+        raise
+finally:
+    print("MAINCPU", sum(spent), file=sys.stderr)
+"""
+
 
 def casbackup(
     code: str | None, repo: str, *args: str, counted: bool = False, gap: int | None = None
@@ -81,8 +109,7 @@ def casbackup(
         env["BENCH_GAP"] = str(gap)
         counted = True
     argv = ["-r", repo, *args]
-    cmd = [sys.executable, "-c", _COUNTED, *argv] if counted else [
-        sys.executable, "-m", "casbackup.cli.main", *argv]  # fmt: skip
+    cmd = [sys.executable, "-c", _COUNTED if counted else _MAIN_CPU, *argv]
     return timed(cmd, env)
 
 
@@ -109,6 +136,8 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
         "pss_mib": memory.peak_pss_kib / 1024,
     }
     for line in err.decode().splitlines():
+        if line.startswith("MAINCPU "):
+            out["main_cpu"] = float(line.split()[1])
         if line.startswith("COUNTED "):
             n, b, walk_n, walk_b = map(int, line.split()[1:])
             out["requests"], out["mib_read"] = n, b / MiB
@@ -234,6 +263,11 @@ def main() -> int:
         walls = " ".join(f"{r['wall']:.2f}" for r in runs)
         print(f"{name:40} wall {run['wall']:6.2f} s  cpu {run['cpu']:6.2f} s (sys {run['sys']:5.2f})  "
               f"pss {run['pss_mib']:6.0f} MiB{reads}   (walls {walls})")  # fmt: skip
+        if "main_cpu" in runs[0]:  # every run: medians and ranges, the spread on a shared VM
+            for key in ("main_cpu", "cpu", "wall"):
+                values = sorted(r[key] for r in runs)
+                print(f"{'':40} {key:8} median {statistics.median(values):6.2f} s "
+                      f"({values[0]:.2f}-{values[-1]:.2f})")  # fmt: skip
     for code in codes:
         local, s3 = best.get(f"{code} local"), best.get(f"{code} s3")
         if local and s3:

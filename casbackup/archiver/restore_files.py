@@ -33,7 +33,7 @@ from casbackup.archiver.writers import (
 from casbackup.errors import CasError, RestoreError
 from casbackup.repo import delta
 from casbackup.repo.ids import Kind
-from casbackup.repo.index import Location
+from casbackup.repo.index import Location, chunk_location
 from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
@@ -271,7 +271,7 @@ class FileSender(ABC):
         by file, and a file whose chunks are missing is reported and left out.
         """
         try:
-            every = self.repo.locate_many([c for node in batch.nodes for c in node.content])
+            every = self.repo.locate_values([c for node in batch.nodes for c in node.content])
         except CasError:
             every = None
         items: list[BatchItem] = []
@@ -289,20 +289,28 @@ class FileSender(ABC):
             content = node.content
             first, pos = pos, pos + len(content)
             try:
-                locs = every[first:pos] if every is not None else self.repo.locate_many(content)
-                chunks = tuple([(chunk_id, loc.pack, loc.offset, loc.stored_len, loc.raw_len)
-                                for chunk_id, loc in zip(content, locs, strict=True)])  # fmt: skip
+                values = (
+                    every[first:pos]
+                    if every is not None
+                    else self.repo.locate_values(list(content))
+                )
+                found: list[Chunk] = []
+                whole = True
+                for chunk_id, value in zip(content, values, strict=True):
+                    chunk, kind = chunk_location(chunk_id, value)
+                    found.append(chunk)
+                    whole = whole and kind == data
+                chunks = tuple(found)
+                sizes = [chunk[4] for chunk in chunks]
                 # issue 12: what file_node_problem accepts at a glance, else its full say
-                if (len(node.content_hash) != 32 or not chunks
-                        or sum([chunk[4] for chunk in chunks]) != node.size):  # fmt: skip
-                    require_sound_file(node, [loc.raw_len for loc in locs])
+                if len(node.content_hash) != 32 or not chunks or sum(sizes) != node.size:
+                    require_sound_file(node, sizes)
                 chains: tuple[tuple[int, Chain], ...] = ()
-                for loc in locs:
-                    if loc.kind != data:  # a chunk not stored whole (a delta): its chain
-                        # (CasError: its base is missing or its chain too deep)
-                        chains = tuple((i, self._chain(chunks[i], located))
-                                       for i, located in enumerate(locs) if located.kind != data)  # fmt: skip
-                        break
+                if not whole:  # a chunk not stored whole (a delta) is rebuilt from its chain
+                    # (CasError: its base is missing or its chain too deep)
+                    locs = [Location.decode(value) for value in values]
+                    chains = tuple((i, self._chain(chunks[i], loc))
+                                   for i, loc in enumerate(locs) if loc.kind != data)  # fmt: skip
             except CasError as exc:
                 self._fail(rel_path, str(exc))
                 self._first_settled(node.hardlink_key, str(exc))

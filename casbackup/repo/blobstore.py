@@ -316,6 +316,18 @@ class BlobStore(DeltaWriting):
                 raise NotFound(f"blob {blob_id.hex()[:16]} is not in the index")
         return found  # type: ignore[return-value]
 
+    def locate_values(self, blob_ids: list[bytes]) -> list[bytes]:
+        """``locate_many`` as the index cache's stored values (``index.chunk_location``,
+        ``Location.decode``), for callers that locate many chunks and need few of a
+        Location's fields. Raises NotFound."""
+        if self._pending or self._claimed:
+            return [self.locate(b).encode() for b in blob_ids]
+        found = self.cache.get_many_values(blob_ids)
+        for blob_id, value in zip(blob_ids, found, strict=True):
+            if value is None:
+                raise NotFound(f"blob {blob_id.hex()[:16]} is not in the index")
+        return found  # type: ignore[return-value]
+
     def locate(self, blob_id: bytes) -> Location:
         loc = self._pending.get(blob_id)
         if loc is None:

@@ -165,10 +165,10 @@ def test_an_unsupported_blob_kind_fails_its_file_cleanly(counted, tmp_path: Path
 
     def relabel(ids):  # type: ignore[no-untyped-def]
         locs = real(ids)
-        return [Location(loc.pack, loc.offset, loc.stored_len, loc.raw_len, Kind.TREE)
-                if blob == odd.content[0] else loc for blob, loc in zip(list(ids), locs, strict=True)]  # fmt: skip
+        return [Location(loc.pack, loc.offset, loc.stored_len, loc.raw_len, Kind.TREE).encode()
+                if blob == odd.content[0] else loc.encode() for blob, loc in zip(list(ids), locs, strict=True)]  # fmt: skip
 
-    monkeypatch.setattr(repo, "locate_many", relabel)
+    monkeypatch.setattr(repo, "locate_values", relabel)  # the restore's look-up of chunks
     monkeypatch.setattr(readplan, "_chain_resolver", lambda: None)
     result = restore(repo, snap, RestoreOptions(target=str(tmp_path / "out")))
     (error,) = result.errors
@@ -184,8 +184,8 @@ def test_a_chain_resolver_rebuilds_blobs_not_stored_whole(counted, tmp_path: Pat
     node = file_node(repo, b"d", data)
     snap = snapshot_of(repo, [node])
     real = repo.locate_many
-    monkeypatch.setattr(repo, "locate_many", lambda ids: [
-        Location(x.pack, x.offset, x.stored_len, x.raw_len, Kind.TREE) for x in real(ids)])  # fmt: skip
+    monkeypatch.setattr(repo, "locate_values", lambda ids: [
+        Location(x.pack, x.offset, x.stored_len, x.raw_len, Kind.TREE).encode() for x in real(ids)])  # fmt: skip
     seen: list[tuple[readplan.Chunk, ...]] = []
 
     def resolve(fetch, opener, chain):  # type: ignore[no-untyped-def]

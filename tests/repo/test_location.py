@@ -4,15 +4,18 @@ behaviour as a Location made the ordinary way, and the pack names it shares stay
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casbackup.errors import FormatError
+from casbackup.errors import FormatError, NotFound
 from casbackup.repo import index as index_module
 from casbackup.repo.ids import BlobId, FileId, Kind
-from casbackup.repo.index import Location
+from casbackup.repo.index import Location, chunk_location
+from casbackup.testing.fixtures import make_repo
 
 from .strategies import U32, blob_ids, file_ids
 
@@ -63,3 +66,27 @@ def test_damaged_values_still_fail() -> None:
     delta = Location(FileId("cd" * 32), 0, 1, 1, Kind.DELTA, BlobId(bytes(32))).encode()
     with pytest.raises(FormatError, match="no base"):
         Location.decode(delta[:-32])
+
+
+@given(file_ids, U32, U32, U32, blob_ids)
+@settings(deadline=None)
+def test_chunk_location_reads_what_decode_reads(
+    pack: FileId, offset: int, stored: int, raw: int, chunk: BlobId
+) -> None:
+    loc = Location(pack, offset, stored, raw, Kind.DATA)
+    assert chunk_location(chunk, loc.encode()) == ((chunk, pack, offset, stored, raw), Kind.DATA)
+
+
+def test_locate_values_are_the_locations_stored(tmp_path: Path) -> None:
+    repo = make_repo(str(tmp_path / "repo"))
+    try:
+        ids = [repo.save_blob(Kind.DATA, os.urandom(100 + i))[0] for i in range(5)]
+        pending = repo.locate_values(ids)  # before the flush: this session's blobs
+        repo.flush()
+        stored = repo.locate_values(ids[::-1])
+        assert [Location.decode(v) for v in stored] == repo.locate_many(ids[::-1])
+        assert pending == stored[::-1]
+        with pytest.raises(NotFound):
+            repo.locate_values([*ids, BlobId(bytes(32))])
+    finally:
+        repo.close()
