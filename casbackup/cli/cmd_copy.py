@@ -72,6 +72,12 @@ def copy(repo: Repository, from_repo: str, from_password_file: str | None,
     try:
         with src.locked(command="copy (source)"):
             result = copy_snapshots(src, repo, CopyOptions(tuple(snapshots), app, tuple(tags)))
+    except CasError:
+        # The source's own loud warnings (packs its index names are missing, a rollback)
+        # say why the copy failed; the destination's are printed by with_repository.
+        for message in src.alerts:
+            warn(f"source: {message}")
+        raise
     finally:
         src.close()
     for line in result.warnings:

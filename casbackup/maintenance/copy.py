@@ -140,6 +140,9 @@ def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> Co
         saved = dst.save_snapshot(record)  # flushes packs and index first
         done[snap.id] = saved.id
         result.copied.append((snap.id, saved.id))
+    # The source's loud warnings (a rollback, packs its index names that are missing) are
+    # the user's to see as the destination's are.
+    result.warnings.extend(f"source: {message}" for message in src.alerts)
     return result
 
 

@@ -276,3 +276,31 @@ def test_a_nightly_copy_keeps_tree_deltas_against_the_night_copied_the_run_befor
     ]
     assert check(dst, CheckOptions(read_data=True, workers=1)).ok
     dst.close()
+
+
+def test_a_source_missing_a_pack_says_so_before_the_one_line_error(tmp_path: Path) -> None:
+    """The source's index names a pack that is gone: the copy stops on the first blob it
+    needs from it (exit 23, one error line), after the source's warning that says why."""
+    from casbackup.archiver.backup import BackupOptions, run_backup
+    from casbackup.testing.fixtures import run_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.bin").write_bytes(os.urandom(300_000))
+    src_path, dst_path = str(tmp_path / "src"), str(tmp_path / "dst")
+    src = make_repo(src_path)
+    assert run_backup(src, BackupOptions(paths=(str(data),), workers=1)).snapshot is not None
+    src.close()
+    packs = sorted((Path(src_path) / "data").glob("*/*"), key=lambda p: -p.stat().st_size)
+    packs[0].parent.chmod(0o755)
+    packs[0].unlink()  # the data pack
+    make_repo(dst_path).close()
+    env = {"CASBACKUP_FROM_PASSWORD": PASSWORD, "HOME": str(tmp_path / "home"),
+           "CASBACKUP_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    r = run_cli("copy", "--from-repo", src_path, repo=dst_path, env=env)
+    assert r.code == 23, r.err
+    lines = r.err.strip().splitlines()
+    assert lines[-1].startswith("error: copying snapshot"), r.err
+    assert any(line.startswith("warning: source: ") and "missing pack" in line
+               for line in lines[:-1]), r.err  # fmt: skip
+    assert "Traceback" not in r.err
