@@ -196,22 +196,41 @@ def backup_options(
     `snapshot` setting) the sources are read from file-system snapshots (see fs_plan).
     `delta_files` (bytes; 0 off) overrides the application's own `delta_files` setting.
     """
-    return BackupOptions(
-        paths=tuple(app.sources),
+    return replace(
+        source_options(
+            app, extra_excludes=extra_excludes, one_file_system=one_file_system, snapshots=snapshots
+        ),  # fmt: skip
         type=backup_type or app.default_backup_type,
-        app=app.name,
         tags=tags,
-        excludes=(*app.excludes, *extra_excludes),
-        one_file_system=one_file_system,
         dry_run=dry_run,
         workers=workers,
         streams=stream_specs(app.databases),
         app_definition=app_definition(app),
         parent=parent,
         xattrs=xattrs,
+        delta_files=app.delta_files if delta_files is None else delta_files,
+    )
+
+
+def source_options(
+    app: AppConfig,
+    *,
+    extra_excludes: tuple[str, ...] = (),
+    one_file_system: bool = False,
+    snapshots: SnapshotsConfig | None = None,
+) -> BackupOptions:
+    """What the backup of an `AppConfig` reads from its file systems, and nothing else: its
+    sources, its excludes then `extra_excludes`, the database files it dumps instead of
+    reading, and its file-system snapshots (see fs_plan). `backup_options` builds on this;
+    so does the source warmer (archiver/warm.py `warmer_for`), which runs before the
+    repository is opened and so must not start the databases' engines."""
+    return BackupOptions(
+        paths=tuple(app.sources),
+        app=app.name,
+        excludes=(*app.excludes, *extra_excludes),
+        one_file_system=one_file_system,
         database_files=database_files(app),
         fs_plan=fs_plan(app, snapshots or SnapshotsConfig()),
-        delta_files=app.delta_files if delta_files is None else delta_files,
     )
 
 

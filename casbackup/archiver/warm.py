@@ -11,6 +11,11 @@ When the first entries come back at memory speed the caches are warm already, an
 warmer stops (it then cost a few milliseconds); it also stops after MAX_ENTRIES. It never
 reports errors (the walk does), and it follows the walk's rules for what is left out:
 excludes and --one-file-system.
+
+``warmer_for`` derives a warmer from a backup's ``BackupOptions`` (the one description of
+what a backup reads, for PATHS and for an application alike), and ``WarmAhead`` warms
+backups run one after another (``backup --all``): each next one's sources while the one
+before it is backed up.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
+from casbackup.archiver.backup_options import BackupOptions, database_paths
 from casbackup.archiver.excludes import Excluder
 from casbackup.threadsig import quiet_thread
 
@@ -45,9 +51,10 @@ class SourceWarmer:
     """Threads that list and stat the trees under ``paths`` once (see the module docstring).
 
     ``excluder``: the paths the backup leaves out are not visited. ``one_file_system``:
-    folders on another device than their source's are not entered. ``start`` returns at
-    once; ``stop`` asks the threads to end and waits for them briefly (a thread waiting on
-    a slow file system ends when its call returns).
+    folders on another device than their source's are not entered. ``max_entries``: stop
+    after listing about this many entries (None: MAX_ENTRIES). ``start`` returns at once;
+    ``stop`` asks the threads to end and waits for them briefly (a thread waiting on a slow
+    file system ends when its call returns).
     """
 
     def __init__(
@@ -57,10 +64,12 @@ class SourceWarmer:
         excluder: Excluder | None = None,
         one_file_system: bool = False,
         threads: int = THREADS,
+        max_entries: int | None = None,
     ) -> None:
         self._excluder = excluder if excluder else None
         self._one_file_system = one_file_system
         self._want_threads = max(1, threads)
+        self._max_entries = max_entries
         self._cond = threading.Condition()
         self._todo: list[tuple[bytes, int]] = []  # (folder, its source's device): a stack
         self._busy = 0
@@ -94,6 +103,15 @@ class SourceWarmer:
         thread.start()
 
     def _run(self, probe: bool) -> None:
+        try:
+            self._warm(probe)
+        except Exception:  # never the backup's business: it reads and reports for itself
+            with self._cond:
+                self._stopped = True
+                self._cond.notify_all()
+
+    def _warm(self, probe: bool) -> None:
+        limit = MAX_ENTRIES if self._max_entries is None else self._max_entries
         if probe:
             self._push_roots()
             started = time.monotonic()
@@ -111,7 +129,7 @@ class SourceWarmer:
             with self._cond:
                 self.entries += listed
                 self._busy -= 1
-                if self.entries >= MAX_ENTRIES:
+                if self.entries >= limit:
                     self._stopped = True
                 # Reversed: the stack then gives the first name first, as the walk goes.
                 self._todo.extend((path, device) for path in reversed(below))
@@ -173,3 +191,92 @@ def warming(
         yield warmer
     finally:
         warmer.stop()
+
+
+def warmer_for(options: BackupOptions, *, max_entries: int | None = None) -> SourceWarmer | None:
+    """A warmer, not started, for what the backup that ``options`` describe walks: its
+    paths, leaving out what its walk leaves out (its excludes, and the database files it
+    dumps through their engine) and keeping to its ``one_file_system`` rule, as
+    archiver/backup.py's ``Backup`` does. None for a backup read from file-system snapshots
+    (``fs_plan`` or ``read_from`` set): the live folders are not what it reads."""
+    if options.fs_plan is not None or options.read_from or not options.paths:
+        return None
+    excluder = Excluder(list(options.excludes), exact=database_paths(options))
+    return SourceWarmer(
+        options.paths,
+        excluder=excluder,
+        one_file_system=options.one_file_system,
+        max_entries=max_entries,
+    )
+
+
+class WarmAhead:
+    """Warming for backups run one after another, each described by its ``BackupOptions``
+    (None: not warmed): ``start`` warms the first one's sources (while the repository is
+    opened), and ``begin(k)``, called as backup k starts, warms backup k + 1's while k is
+    backed up. Only one backup ahead, and the warmers running at a time list at most
+    MAX_ENTRIES entries together: what a later backup's warming reads must not push out of
+    the kernel's caches what the running backup is about to read.
+
+    Never raises: warming only saves time, so a warmer that cannot be set up or started
+    is skipped.
+    """
+
+    def __init__(self, backups: Sequence[BackupOptions | None]) -> None:
+        self._backups = list(backups)
+        self._warmers: dict[int, SourceWarmer] = {}  # by backup index: started, not stopped
+        self.started: list[int] = []  # indexes of the backups warmed, in order (for tests)
+
+    def start(self) -> None:
+        """Warm the first backup's sources."""
+        self._warm(0)
+
+    def begin(self, index: int) -> None:
+        """Backup ``index`` starts now: stop the warmers of the backups before it, keep its
+        own (or start it, if it had none yet) and start the next backup's."""
+        for k in [k for k in self._warmers if k < index]:
+            self._warmers.pop(k).stop(wait_s=0.0)  # their backups are done
+        self._warm(index)
+        self._warm(index + 1)
+
+    def stop(self, wait_s: float = 0.5) -> None:
+        """Stop every warmer; wait up to ``wait_s`` seconds in all for their threads."""
+        warmers = list(self._warmers.values())
+        self._warmers.clear()
+        for warmer in warmers:  # all asked first, then waited for within one deadline
+            warmer.stop(wait_s=0.0)
+        deadline = time.monotonic() + wait_s
+        for warmer in warmers:
+            warmer.stop(wait_s=max(0.0, deadline - time.monotonic()))
+
+    def _warm(self, index: int) -> None:
+        if index in self._warmers or index in self.started or index >= len(self._backups):
+            return
+        options = self._backups[index]
+        if options is None:
+            return
+        # Entries listed by the warmers still running count against this one's MAX_ENTRIES.
+        budget = MAX_ENTRIES - sum(w.entries for w in self._warmers.values())
+        if budget <= 0:
+            return
+        try:
+            warmer = warmer_for(options, max_entries=budget)
+            if warmer is None:
+                return
+            warmer.start()
+        except Exception:  # e.g. an exclude pattern that does not compile: the backup says so
+            return
+        self._warmers[index] = warmer
+        self.started.append(index)
+
+
+@contextlib.contextmanager
+def warming_ahead(backups: Sequence[BackupOptions | None]) -> Iterator[WarmAhead]:
+    """A ``WarmAhead`` over ``backups``, started (the first backup's sources are being
+    warmed) and stopped when the block ends."""
+    ahead = WarmAhead(backups)
+    ahead.start()
+    try:
+        yield ahead
+    finally:
+        ahead.stop()

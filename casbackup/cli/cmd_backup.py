@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
-from casbackup.archiver.excludes import Excluder, read_exclude_file
-from casbackup.archiver.warm import warming
-from casbackup.cli.context import global_options, with_repository
+from casbackup.archiver.excludes import read_exclude_file
+from casbackup.archiver.warm import WarmAhead, warming_ahead
+from casbackup.cli.context import PREPARED, global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, reporter_for, warn
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
@@ -40,40 +40,41 @@ def _app_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 def _warm_sources(params: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
     """Warm the metadata of what the backup will read while the repository is opened
-    (archiver/warm.py): the PATHS given, or the sources of the application of --app
-    without PATHS (the nightly case). Not --all (one application after another: only the
-    first would gain), nor an application read from file-system snapshots (the live
-    folders are not what it reads)."""
-    paths = params.get("paths")
-    patterns = list(params.get("excludes") or ())
+    (archiver/warm.py): the PATHS given; without PATHS, the sources of the application of
+    --app (the nightly case), or with --all the first application's, and each next one's
+    while the one before it is backed up (``_backup_all`` tells the ``WarmAhead``). Not an
+    application read from file-system snapshots (the live folders are not what it reads).
+    Warming only saves time: whatever goes wrong here is left for the command to say."""
     try:
-        if not paths and params.get("app") and not params.get("all_apps"):
-            sources = _app_sources(params["app"])
-            if sources is None:
-                return contextlib.nullcontext()
-            paths, app_excludes = sources
-            patterns[:0] = app_excludes
-        if not paths:
-            return contextlib.nullcontext()
-        for f in params.get("exclude_files") or ():
-            patterns.extend(read_exclude_file(f))
-    except CasError:
-        return contextlib.nullcontext()  # the command says why, once it runs
+        backups = _backups_to_warm(params)
+    except Exception:
+        return contextlib.nullcontext()
+    return warming_ahead(backups) if backups else contextlib.nullcontext()
+
+
+def _backups_to_warm(params: dict[str, Any]) -> list[BackupOptions | None]:
+    """What each backup the command runs reads, in the order it runs them (see
+    archiver/application.py ``source_options``). Raises CasError (a config or exclude file
+    that cannot be read)."""
+    patterns = list(params.get("excludes") or ())
+    for f in params.get("exclude_files") or ():
+        patterns.extend(read_exclude_file(f))
     one_fs = bool(params.get("one_file_system"))
-    return warming(paths, excluder=Excluder(patterns), one_file_system=one_fs)
-
-
-def _app_sources(name: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """(sources, excludes) of application ``name`` in the config; None when there is no
-    such application or it is read from file-system snapshots. Raises ConfigError."""
-    from casbackup.archiver.application import fs_plan
+    if params.get("paths"):
+        return [BackupOptions(paths=tuple(params["paths"]), excludes=tuple(patterns),
+                              one_file_system=one_fs)]  # fmt: skip
+    if not params.get("app") and not params.get("all_apps"):
+        return []
+    from casbackup.archiver.application import source_options
     from casbackup.cli.config_support import load_cli_config
 
     config = load_cli_config(global_options(click.get_current_context()))
-    app = next((a for a in config.applications if a.name == name), None) if config else None
-    if config is None or app is None or fs_plan(app, config.snapshots) is not None:
-        return None
-    return tuple(app.sources), tuple(app.excludes)
+    if config is None:
+        return []
+    apps = config.applications if params.get("all_apps") else [config.app(params["app"])]
+    return [source_options(app, extra_excludes=tuple(patterns), one_file_system=one_fs,
+                           snapshots=config.snapshots) if app is not None else None
+            for app in apps]  # fmt: skip
 
 
 @click.command()
@@ -307,9 +308,12 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
         )
     failed: list[tuple[str, CasError]] = []
     partial = 0
-    for app in config.applications:
+    ahead = ctx.meta.get(PREPARED)  # from _warm_sources: in the same order as here
+    for index, app in enumerate(config.applications):
         if not opts.json and not opts.quiet:
             click.echo(f"== {app.name}")
+        if isinstance(ahead, WarmAhead):
+            ahead.begin(index)
         try:
             options = backup_options(app, backup_type=backup_type, tags=tags,
                                      extra_excludes=excludes, snapshots=config.snapshots,

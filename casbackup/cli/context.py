@@ -23,6 +23,8 @@ from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend, skipped_warnings
 
 F = TypeVar("F", bound=Callable[..., Any])
+# ctx.meta key: what with_repository's ``prepare`` context manager gave, for the command.
+PREPARED = "casbackup.prepared"
 
 
 @dataclass
@@ -91,7 +93,8 @@ def with_repository(
     ``reads_only``: the command never changes the repository.
     ``prepare``: called with the command's parameters before the repository is opened; the
     context manager it returns is held until the command ends (a backup warms its sources'
-    metadata meanwhile: the passphrase's key derivation takes a tenth of a second).
+    metadata meanwhile: the passphrase's key derivation takes a tenth of a second), and
+    what it gives is in ``ctx.meta[PREPARED]`` for the command.
 
     A dry run (the command's ``dry_run`` parameter is True) only reads: it takes a shared lock
     at most (so it runs beside a backup, and a dry prune or forget does not wait for one) and
@@ -110,7 +113,7 @@ def with_repository(
             dry_run = kwargs.get("dry_run") is True
             with contextlib.ExitStack() as stack:
                 if prepare is not None:
-                    stack.enter_context(prepare(kwargs))
+                    ctx.meta[PREPARED] = stack.enter_context(prepare(kwargs))
                 repo = open_repository(opts, app)
                 try:
                     if writes and not dry_run:

@@ -19,6 +19,7 @@ a command line, in the environment or in the job record. Nothing here imports Fa
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,6 +27,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -324,6 +326,27 @@ def die_with_parent() -> None:
         os._exit(EXIT_FATAL)
 
 
+def _warming(kind: str, config: Config, app_name: str | None) -> AbstractContextManager[Any]:
+    """For a backup job, its application's sources warmed while the key is derived and
+    the repository opened, and on during the backup (archiver/warm.py), as `casbackup
+    backup --app NAME` warms them: the scheduled nightly backups come this way. Not an
+    application read from file-system snapshots. Warming only saves time: whatever goes
+    wrong here is left for the job itself to meet and report."""
+    if kind != "backup":
+        return contextlib.nullcontext()
+    try:
+        from casbackup.archiver.application import source_options
+        from casbackup.archiver.warm import warming_ahead
+
+        app = config.app(app_name or "")
+        if app is None:
+            return contextlib.nullcontext()
+        # The same description of what the backup reads as run_backup_job's backup_options.
+        return warming_ahead([source_options(app, snapshots=config.snapshots)])
+    except Exception:
+        return contextlib.nullcontext()
+
+
 def main() -> int:
     die_with_parent()
     # The parent asks for a stop with SIGINT (the library's cancel mechanism) and SIGTERM.
@@ -336,14 +359,16 @@ def main() -> int:
         password = base64.b64decode(spec["password_b64"])
         config = load_config(spec["config"]) if spec.get("config") else Config()
         plugins.configure(enabled=config.plugins.enabled, offline_mode=config.plugins.offline_mode)
-        repo = access.open_repository(spec["location"], password, spec.get("s3") or None)
-        try:
-            if kind in WRITING_KINDS:
-                repo.require_writable()  # an old format this program may only read: migrate first
-            job = Job(kind, repo, config, spec.get("app"), spec.get("params") or {}, PipeReporter())
-            result = operation(job)
-        finally:
-            repo.close()
+        with _warming(kind, config, spec.get("app")):
+            repo = access.open_repository(spec["location"], password, spec.get("s3") or None)
+            try:
+                if kind in WRITING_KINDS:
+                    repo.require_writable()  # an old format this program may only read
+                job = Job(kind, repo, config, spec.get("app"), spec.get("params") or {},
+                          PipeReporter())  # fmt: skip
+                result = operation(job)
+            finally:
+                repo.close()
     except KeyboardInterrupt:
         emit({"t": "error", "message": "cancelled", "exit_code": EXIT_INTERRUPTED})
         return EXIT_INTERRUPTED

@@ -105,49 +105,78 @@ def test_it_stops_after_max_entries(tmp_path: Path, never_warm: None, monkeypatc
     assert 20 <= warmer.entries < total
 
 
-def _config(tmp_path: Path, app_lines: str) -> Path:
-    cfg = tmp_path / "casbackup.toml"
-    cfg.write_text(f'[[applications]]\nname = "site"\n{app_lines}\n')
-    return cfg
+def test_warmer_for_leaves_out_what_the_backup_leaves_out(tmp_path: Path) -> None:
+    """Its excludes and the database files it dumps through their engine (with SQLite's
+    companions), and its one_file_system rule."""
+    from casbackup.archiver.backup_options import BackupOptions
+
+    db = str(tmp_path / "app" / "notes.db")
+    options = BackupOptions(paths=(str(tmp_path / "app"),), excludes=("*.tmp", "!keep.tmp"),
+                            database_files=(db,), one_file_system=True)  # fmt: skip
+    warmer = warm.warmer_for(options, max_entries=7)
+    assert warmer is not None and warmer._roots == [os.fsencode(tmp_path / "app")]
+    excluded = warmer._excluder.excluded  # type: ignore[union-attr]
+    assert excluded(str(tmp_path / "app" / "a.tmp")) and not excluded(
+        str(tmp_path / "app" / "keep.tmp")
+    )
+    assert excluded(db) and excluded(db + "-wal") and not excluded(str(tmp_path / "app" / "x"))
+    assert warmer._one_file_system and warmer._max_entries == 7
 
 
-@pytest.mark.parametrize("snapshot", [None, "btrfs"])
-def test_an_app_backup_warms_its_sources_unless_read_from_fs_snapshots(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snapshot: str | None
+def test_warmer_for_a_backup_read_from_fs_snapshots_is_none(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from casbackup.archiver.application import source_options
+    from casbackup.config.model import AppConfig
+
+    app = AppConfig(name="site", sources=(str(tmp_path),))
+    assert warm.warmer_for(source_options(app)) is not None
+    assert warm.warmer_for(source_options(replace(app, snapshot="lvm"))) is None
+    read_from = replace(source_options(app), read_from=((str(tmp_path), "/snap"),))
+    assert warm.warmer_for(read_from) is None
+
+
+def test_warm_ahead_warms_one_backup_ahead_within_one_budget(
+    tmp_path: Path, never_warm: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The nightly `backup --app NAME` warms the application's sources with its excludes,
-    as a backup of PATHS does; an application read from file-system snapshots is not
-    warmed (the live folders are not what it reads)."""
-    import contextlib
+    """start: the first backup; begin(k): k's own (kept, or started), k + 1's, and the
+    warmers of backups before k stopped. The warmers running share MAX_ENTRIES."""
+    from casbackup.archiver.backup_options import BackupOptions
 
-    from click.testing import CliRunner
+    monkeypatch.setattr(warm, "MAX_ENTRIES", 1000)
+    sources = []
+    for name in "abcd":
+        make_tree(tmp_path / name)
+        sources.append(BackupOptions(paths=(str(tmp_path / name),)))
+    ahead = warm.WarmAhead([sources[0], None, sources[2], sources[3]])
+    ahead.start()
+    assert ahead.started == [0]
+    first = ahead._warmers[0]
+    finish(first)
+    ahead.begin(0)  # the next one is not warmed (None)
+    assert ahead.started == [0] and list(ahead._warmers) == [0]
+    ahead.begin(1)
+    assert ahead.started == [0, 2] and list(ahead._warmers) == [2]
+    assert first._stopped
+    assert ahead._warmers[2]._max_entries == 1000  # the first one's entries no longer count
+    finish(ahead._warmers[2])
+    ahead.begin(2)
+    assert ahead.started == [0, 2, 3]
+    assert ahead._warmers[3]._max_entries == 1000 - ahead._warmers[2].entries
+    ahead.begin(3)
+    assert list(ahead._warmers) == [3]
+    ahead.stop()
+    assert ahead._warmers == {}
 
-    from casbackup.cli import cmd_backup
-    from casbackup.cli.main import cli
-    from casbackup.testing.fixtures import PASSWORD, make_repo
 
-    src = tmp_path / "src"
-    (src / "keep").mkdir(parents=True)
-    (src / "keep" / "a.txt").write_text("a")
-    make_repo(str(tmp_path / "repo")).close()
-    lines = f'sources = ["{src}"]\nexcludes = ["*.tmp"]'
-    if snapshot:
-        lines += f'\nsnapshot = "{snapshot}"'
-    cfg = _config(tmp_path, lines)
-    seen: list[tuple[tuple[str, ...], object]] = []
+def test_warm_ahead_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from casbackup.archiver.backup_options import BackupOptions
 
-    def recording(paths, *, excluder=None, one_file_system=False):  # type: ignore[no-untyped-def]
-        seen.append((tuple(paths), excluder))
-        return contextlib.nullcontext()
+    def boom(*_a: object, **_k: object) -> None:
+        raise RuntimeError("no")
 
-    monkeypatch.setattr(cmd_backup, "warming", recording)
-    monkeypatch.setenv("CASBACKUP_PASSWORD", PASSWORD)
-    args = ["-r", str(tmp_path / "repo"), "--config", str(cfg), "-q", "backup", "--app", "site"]
-    result = CliRunner().invoke(cli, args)
-    if snapshot:
-        assert seen == []
-        return
-    assert result.exit_code == 0, result.output
-    ((paths, excluder),) = seen
-    assert paths == (str(src),)
-    assert excluder.excluded(str(src / "x.tmp")) and not excluder.excluded(str(src / "keep"))  # type: ignore[attr-defined]
+    monkeypatch.setattr(warm.SourceWarmer, "start", boom)
+    with warm.warming_ahead([BackupOptions(paths=(str(tmp_path),))] * 3) as ahead:
+        ahead.begin(0)
+        ahead.begin(1)
+    assert ahead.started == []
