@@ -21,6 +21,7 @@ before it is backed up.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 import threading
@@ -35,6 +36,8 @@ from casbackup.threadsig import quiet_thread
 # by this warmer alone: 1.0-1.3 s with 4 threads, 1.0 s with 8, for about the same CPU
 # (0.8-1.1 s: mostly the kernel building its inodes, which the walk then need not); a
 # single-threaded stat walk took 2.3 s (shared 2-core VM, load average about 9).
+log = logging.getLogger("casbackup.archiver.warm")
+
 THREADS = 4
 PROBE_ENTRIES = 2000  # entries one thread visits before deciding whether warming pays
 # At most this much time per entry over the probe and the caches count as warm. Measured
@@ -106,6 +109,7 @@ class SourceWarmer:
         try:
             self._warm(probe)
         except Exception:  # never the backup's business: it reads and reports for itself
+            log.debug("the source warmer stopped early", exc_info=True)
             with self._cond:
                 self._stopped = True
                 self._cond.notify_all()
@@ -265,6 +269,7 @@ class WarmAhead:
                 return
             warmer.start()
         except Exception:  # e.g. an exclude pattern that does not compile: the backup says so
+            log.debug("sources of backup %d not warmed", index, exc_info=True)
             return
         self._warmers[index] = warmer
         self.started.append(index)

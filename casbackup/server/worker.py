@@ -22,6 +22,7 @@ import base64
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -48,6 +49,8 @@ from casbackup.plan_docs import forget_plan_doc, prune_plan_doc, recovery_plan_d
 from casbackup.repo.repository import Repository
 from casbackup.reporter import Progress, Reporter
 from casbackup.units import plural
+
+log = logging.getLogger("casbackup.server.worker")
 
 _out_lock = threading.Lock()
 
@@ -344,6 +347,7 @@ def _warming(kind: str, config: Config, app_name: str | None) -> AbstractContext
         # The same description of what the backup reads as run_backup_job's backup_options.
         return warming_ahead([source_options(app, snapshots=config.snapshots)])
     except Exception:
+        log.debug("the job's sources are not warmed", exc_info=True)
         return contextlib.nullcontext()
 
 

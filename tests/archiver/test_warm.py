@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -169,14 +170,39 @@ def test_warm_ahead_warms_one_backup_ahead_within_one_budget(
     assert ahead._warmers == {}
 
 
-def test_warm_ahead_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warm_ahead_never_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from casbackup.archiver.backup_options import BackupOptions
 
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("no")
 
     monkeypatch.setattr(warm.SourceWarmer, "start", boom)
-    with warm.warming_ahead([BackupOptions(paths=(str(tmp_path),))] * 3) as ahead:
-        ahead.begin(0)
-        ahead.begin(1)
+    with caplog.at_level("DEBUG", logger="casbackup.archiver.warm"):
+        with warm.warming_ahead([BackupOptions(paths=(str(tmp_path),))] * 3) as ahead:
+            ahead.begin(0)
+            ahead.begin(1)
     assert ahead.started == []
+    # Swallowed, but not silently: a debug record with the traceback says why.
+    failures = [r for r in caplog.records if r.exc_info and "not warmed" in r.getMessage()]
+    assert failures and all(r.levelname == "DEBUG" for r in failures)
+
+
+def test_a_warmer_thread_that_fails_stops_and_logs_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom(*_a: object, **_k: object) -> None:
+        raise RuntimeError("visit failed")
+
+    (tmp_path / "d").mkdir()
+    monkeypatch.setattr(warm, "WARM_S_PER_ENTRY", 0.0)
+    monkeypatch.setattr(warm.SourceWarmer, "_visit", boom)
+    with caplog.at_level("DEBUG", logger="casbackup.archiver.warm"):
+        warmer = warm.SourceWarmer([str(tmp_path)])
+        warmer.start()
+        deadline = time.monotonic() + 10
+        while any(t.is_alive() for t in warmer._threads) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the thread ends on its own once its first visit raised
+        warmer.stop()
+    assert any(r.exc_info and "stopped early" in r.getMessage() for r in caplog.records)
