@@ -35,7 +35,7 @@ from casbackup.crypto.envelope import Opener
 from casbackup.errors import CasError
 from casbackup.repo import delta
 from casbackup.repo.ids import Kind
-from casbackup.repo.index import IndexCache
+from casbackup.repo.indexcache import IndexCache
 from casbackup.repo.pack import open_blob, pack_name
 from casbackup.repo.tree import (
     Node,

@@ -50,7 +50,7 @@ from casbackup.procs import become_helper
 from casbackup.repo import codec
 from casbackup.repo.config import ChunkerParams
 from casbackup.repo.ids import Kind
-from casbackup.repo.index import IndexCache
+from casbackup.repo.indexcache import IndexCache
 from casbackup.threadsig import quiet_thread, stop_signals_blocked
 
 FLUSH_BYTES = 1 << 20  # sealed bytes a worker gathers before sending them

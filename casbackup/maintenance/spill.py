@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 
 from casbackup.errors import StorageError
-from casbackup.repo.index import cache_root, private_dirs
+from casbackup.repo.indexcache import cache_root, private_dirs
 
 ID_BUCKETS = 256  # by an id's first byte
 _FLUSH_AT = (

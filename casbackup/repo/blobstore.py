@@ -25,15 +25,14 @@ from casbackup.repo.config import FORMAT_VERSION, RepoConfig
 from casbackup.repo.deltastore import DeltaWriting
 from casbackup.repo.ids import FULL_KIND, BlobId, FileId, Kind, check_name, file_id, pack_group
 from casbackup.repo.index import (
-    IndexCache,
     Location,
-    cache_root,
     decode_index,
     decode_index_records,
     decode_index_with_bases,
     decode_supersedes,
     encode_index,
 )
+from casbackup.repo.indexcache import IndexCache, cache_root
 from casbackup.repo.localstate import LocalState
 from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
 from casbackup.repo.treecache import TreeCache, cap_bytes

@@ -17,7 +17,7 @@ Long-lived readers (the service, ``mount``) keep their map while backups in othe
 write. A rebuild replaces the file (a new inode: the old map no longer sees new bits), and a
 writer without a filter adds entries the file does not cover; so the index cache confirms
 every "no" (only those: a "maybe" goes to LMDB anyway) against the file's identity and its
-covered count, reloading or asking LMDB when either changed (repo/index.py).
+covered count, reloading or asking LMDB when either changed (repo/indexcache.py).
 
 Layout: magic ``CBBF`` | version u8 = 1 | log2 of the bit count u8 | 2 bytes zero |
 covered entries u64 little-endian | 16 bytes zero | the bits (bit ``h`` is bit
@@ -70,7 +70,7 @@ class BlobFilter:
         """An empty filter for ``capacity`` ids, replacing any file at ``path``."""
         log2 = max(MIN_LOG2, (max(1, capacity) * BITS_PER_ID - 1).bit_length())
         tmp = f"{path}.tmp-{os.urandom(6).hex()}"
-        # Private, as the rest of the index cache (repo/index.py CACHE_FILE_MODE), and a
+        # Private, as the rest of the index cache (repo/indexcache.py CACHE_FILE_MODE), and a
         # fresh name that no link planted beforehand can redirect.
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         with os.fdopen(os.open(tmp, flags, 0o600), "wb") as f:

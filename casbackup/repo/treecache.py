@@ -37,7 +37,7 @@ from casbackup.crypto.envelope import Opener, Sealer
 from casbackup.errors import CasError
 from casbackup.repo import codec
 from casbackup.repo.ids import Kind, check_name
-from casbackup.repo.index import CACHE_DIR_MODE, CACHE_FILE_MODE
+from casbackup.repo.indexcache import CACHE_DIR_MODE, CACHE_FILE_MODE
 from casbackup.repo.pack import open_blob, pack_name, parse_pack_tail
 
 DEFAULT_MIB = 256

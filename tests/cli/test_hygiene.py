@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from casbackup.repo.index import cache_root
+from casbackup.repo.indexcache import cache_root
 from casbackup.repo.localstate import state_root
 from tests.conftest import REAL_CACHE, REAL_HOME, REAL_STATE
 

@@ -6,10 +6,11 @@ import os
 
 import pytest
 
-from casbackup.repo import index as index_module
+from casbackup.repo import indexcache as index_module
 from casbackup.repo.bloom import BlobFilter
 from casbackup.repo.ids import BlobId, FileId, Kind
-from casbackup.repo.index import FILTER_FILE, IndexCache, Location
+from casbackup.repo.index import Location
+from casbackup.repo.indexcache import FILTER_FILE, IndexCache
 
 
 def _entries(n: int, pack: str = "ab" * 32) -> list[tuple[BlobId, Location]]:
@@ -132,7 +133,8 @@ _OTHER = """
 import os, sys
 from casbackup.repo import bloom, index
 from casbackup.repo.ids import BlobId, FileId, Kind
-from casbackup.repo.index import IndexCache, Location
+from casbackup.repo.index import Location
+from casbackup.repo.indexcache import IndexCache
 index.FILTER_FROM = int(sys.argv[2])
 bloom.MIN_LOG2 = 10
 cache = IndexCache(sys.argv[1])

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from casbackup.repo.ids import BlobId, Kind
-from casbackup.repo.index import cache_root
+from casbackup.repo.indexcache import cache_root
 from casbackup.repo.repository import Repository
 from casbackup.testing.fixtures import open_repo, run_cli
 from casbackup.verify.check import CheckOptions, check
@@ -121,9 +121,10 @@ def test_repair_index_cli(repo_path: str, read_all: bool) -> None:
 def test_add_file_in_batches_names_the_file_only_once_all_entries_are_in(  # type: ignore[no-untyped-def]
     tmp_path, monkeypatch
 ) -> None:
-    from casbackup.repo import index as index_module
+    from casbackup.repo import indexcache as index_module
     from casbackup.repo.ids import FileId
-    from casbackup.repo.index import IndexCache, Location
+    from casbackup.repo.index import Location
+    from casbackup.repo.indexcache import IndexCache
 
     monkeypatch.setattr(index_module, "ADD_BATCH", 10)
     cache = IndexCache(str(tmp_path / "cache"))
@@ -163,7 +164,8 @@ def test_rebuild_matches_adding_file_after_file(tmp_path, monkeypatch) -> None: 
     after file would: every entry, a blob named twice at the later file's location, a delta
     with its base, the file names; and a crash before the last bucket names no file."""
     from casbackup.repo.ids import FileId
-    from casbackup.repo.index import IndexCache, Location
+    from casbackup.repo.index import Location
+    from casbackup.repo.indexcache import IndexCache
 
     pack_a, pack_b = FileId("aa" * 32), FileId("bb" * 32)
     first = [
@@ -215,7 +217,8 @@ def test_raw_values_dense_and_sparse(tmp_path) -> None:  # type: ignore[no-untyp
     """``raw_values`` scans a dense range and looks sparse ids up: both give exactly the
     present ids' stored values."""
     from casbackup.repo.ids import FileId
-    from casbackup.repo.index import IndexCache, Location
+    from casbackup.repo.index import Location
+    from casbackup.repo.indexcache import IndexCache
 
     cache = IndexCache(str(tmp_path / "c"))
     entries = [
@@ -253,9 +256,10 @@ def _mapped_kib(file_path: str) -> int:
 def test_small_cache_stays_mapped_large_one_is_released(tmp_path, monkeypatch, whole) -> None:  # type: ignore[no-untyped-def]
     """Pages are released only from a cache larger than WHOLE_FILE_BYTES: releasing a small
     one bounds nothing (a window of look-ups maps most of it) and costs the re-faults."""
-    from casbackup.repo import index as index_module
+    from casbackup.repo import indexcache as index_module
     from casbackup.repo.ids import FileId
-    from casbackup.repo.index import IndexCache, Location
+    from casbackup.repo.index import Location
+    from casbackup.repo.indexcache import IndexCache
 
     if not whole:
         monkeypatch.setattr(index_module, "WHOLE_FILE_BYTES", 0)  # as if it were large
@@ -279,7 +283,7 @@ def test_small_cache_stays_mapped_large_one_is_released(tmp_path, monkeypatch, w
 
 
 def test_read_ahead_is_only_a_hint(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from casbackup.repo.index import _read_ahead_small
+    from casbackup.repo.indexcache import _read_ahead_small
 
     _read_ahead_small(str(tmp_path / "missing"))  # nothing to read: no error
     (tmp_path / "f").write_bytes(b"x" * 10_000)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from casbackup.repo.ids import BlobId, Kind
-from casbackup.repo.index import cache_root
+from casbackup.repo.indexcache import cache_root
 from casbackup.repo.repository import Repository
 from casbackup.store.memory import MemoryBackend
 from casbackup.testing.fixtures import make_repo, open_repo

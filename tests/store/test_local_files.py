@@ -15,7 +15,7 @@ import pytest
 from casbackup.engines.base import DatabaseSpec
 from casbackup.engines.process import child_env, run_tool
 from casbackup.recovery.report import write_report
-from casbackup.repo.index import cache_root
+from casbackup.repo.indexcache import cache_root
 from casbackup.testing.fixtures import PASSWORD, make_repo, run_cli
 from tests.cli.conftest import assert_one_error, init_repo
 

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from casbackup.repo.ids import Kind
-from casbackup.repo.index import IndexCache, iter_records
+from casbackup.repo.index import iter_records
+from casbackup.repo.indexcache import IndexCache
 from casbackup.testing import synth_index
 from casbackup.testing.fixtures import open_repo
 from casbackup.verify.check import CheckOptions, check
