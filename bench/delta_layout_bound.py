@@ -74,6 +74,24 @@ def smallest_repository(
     return full + cover(0, versions - 2, versions - 1, depth)
 
 
+def restart_on_bottom(
+    versions: int, full: float, rows: float, overhead: float, depth: int
+) -> float:
+    """MB of the layout today's writers make (repo_format.md "When deltas are written"): each
+    night a delta of the night before until the chain is ``depth`` deep, then a delta of the
+    chain's bottom version (stored whole), one level deep, spanning every night since it, if
+    that delta costs at most half a whole version; otherwise a whole version."""
+    total, bottom, tip_depth = full, 0, 0
+    for night in range(1, versions):
+        if tip_depth < depth:
+            total, tip_depth = total + overhead + rows, tip_depth + 1
+        elif overhead + rows * (night - bottom) <= full / 2:
+            total, tip_depth = total + overhead + rows * (night - bottom), 1
+        else:
+            total, bottom, tip_depth = total + full, night, 0
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--versions", type=int, default=31, help="night 0 and 30 more")
@@ -90,6 +108,19 @@ def main() -> None:
     for overhead in (float(o) for o in args.overheads.split(",")):
         cells = [
             smallest_repository(args.versions, args.full, args.rows, overhead, d) / args.full
+            for d in depths
+        ]
+        print(f"| {overhead:g} | " + " | ".join(f"{c:.2f}x" for c in cells) + " |")
+    print()
+    print(
+        "| today's writers (restart on the bottom blob) | "
+        + " | ".join(f"depth <= {d}" for d in depths)
+        + " |"
+    )
+    print("|---|" + "---|" * len(depths))
+    for overhead in (float(o) for o in args.overheads.split(",")):
+        cells = [
+            restart_on_bottom(args.versions, args.full, args.rows, overhead, d) / args.full
             for d in depths
         ]
         print(f"| {overhead:g} | " + " | ".join(f"{c:.2f}x" for c in cells) + " |")

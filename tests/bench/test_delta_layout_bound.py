@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from bench.delta_layout_bound import smallest_repository
+from bench.delta_layout_bound import restart_on_bottom, smallest_repository
 
 
 def brute_force(versions: int, full: float, rows: float, overhead: float, depth: int) -> float:
@@ -45,3 +45,31 @@ def test_one_unbounded_chain_is_the_floor() -> None:
     assert smallest_repository(13, 10.4, 0.127, 0.0, 12) == pytest.approx(10.4 + 12 * 0.127)
     # One level less and a chain cannot hold them all: dearer than the floor.
     assert smallest_repository(13, 10.4, 0.127, 0.0, 11) > 10.4 + 12 * 0.127 + 0.01
+
+
+@pytest.mark.parametrize(("versions", "depth", "overhead"), [(6, 1, 0.3), (6, 2, 0.0), (9, 3, 0.1)])
+def test_todays_layout_is_never_below_the_minimum(
+    versions: int, depth: int, overhead: float
+) -> None:
+    today = restart_on_bottom(versions, 3.0, 1.0, overhead, depth)
+    best = smallest_repository(versions, 3.0, 1.0, overhead, depth)
+    assert today >= best - 1e-9
+    assert today == pytest.approx(brute_force_forward_policy(versions, 3.0, 1.0, overhead, depth))
+
+
+def brute_force_forward_policy(
+    versions: int, full: float, rows: float, overhead: float, depth: int
+) -> float:
+    """The restart-on-bottom rule written out night by night, as the docstring says it."""
+    total, bottom, chain = full, 0, [0]
+    for night in range(1, versions):
+        if len(chain) - 1 < depth:
+            total += overhead + rows
+            chain.append(night)
+        elif overhead + rows * (night - bottom) <= full / 2:
+            total += overhead + rows * (night - bottom)
+            chain = [bottom, night]
+        else:
+            total += full
+            bottom, chain = night, [night]
+    return total
