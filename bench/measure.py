@@ -9,6 +9,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.slowdisk import SlowDisk
 
 TIME_BIN = "/usr/bin/time"
 DROP_FAILED_NOTE = "page cache could not be dropped: warm runs"
@@ -128,8 +132,11 @@ def _rss_pss_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def run_timed(cmd: Command, log_prefix: Path, timeout: float, cold: bool) -> Measurement:
-    """Run ``cmd`` under ``/usr/bin/time``; stdout/stderr go to ``log_prefix``.{out,err}."""
+def run_timed(
+    cmd: Command, log_prefix: Path, timeout: float, cold: bool, slow: SlowDisk | None = None
+) -> Measurement:
+    """Run ``cmd`` under ``/usr/bin/time``; stdout/stderr go to ``log_prefix``.{out,err}.
+    ``slow``: run it (and all it starts) under that read cap (bench/slowdisk.py)."""
     log_prefix.parent.mkdir(parents=True, exist_ok=True)
     tfile = log_prefix.with_suffix(".time")
     out, err = log_prefix.with_suffix(".out"), log_prefix.with_suffix(".err")
@@ -142,7 +149,7 @@ def run_timed(cmd: Command, log_prefix: Path, timeout: float, cold: bool) -> Mea
         with open(out, "wb") as fo, open(err, "wb") as fe:
             popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env, cwd=cmd.cwd,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=slow.enter if slow is not None else None,
             )  # fmt: skip
             memory = TreeMemory(popen.pid)
             try:

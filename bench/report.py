@@ -211,6 +211,8 @@ def render(meta: dict, records: list[dict]) -> str:
     if t := floors_table(records, tools):
         parts.append(t)
     notes = list(meta.get("notes", []))
+    if meta.get("slow_disk"):
+        notes.insert(0, f"slow disk (bench/slowdisk.py): {meta['slow_disk']}")
     parts.append(
         "Cells: median (min–max) over "
         f"{meta['reps']} repetition(s); ratios are of medians; targets from issue 3 are "

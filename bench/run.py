@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import corpus, install, report
+from bench import corpus, install, report, slowdisk
 from bench.measure import (
     DROP_FAILED_NOTE,
     Command,
@@ -58,6 +58,14 @@ print(walk(sys.argv[1]))
 """
 
 
+def _slow_disk_spec(text: str) -> str:
+    try:
+        slowdisk.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -76,6 +84,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=7200, help="per step, seconds")
     ap.add_argument("--write-results", action="store_true", help="rewrite bench/RESULTS.md")
     ap.add_argument("--no-setup", action="store_true", help="do not apt-get/pip install anything")
+    ap.add_argument("--slow-disk", nargs="?", const=slowdisk.DEFAULT, default=None,
+                    type=_slow_disk_spec,
+                    metavar="IOPS:MIB_S",
+                    help="cap every timed step's reads from the work folder's disk (bench/"
+                         f"slowdisk.py; default {slowdisk.DEFAULT}, a cloud volume's baseline)")  # fmt: skip
     args = ap.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -101,6 +114,7 @@ class Bench:
         self.n_index = args.index_chunks or (500_000 if args.quick else 5_000_000)
         self.tools: dict[str, Tool] = {}
         self.unavailable: dict[str, str] = {}
+        self.slow: slowdisk.SlowDisk | None = None  # --slow-disk: set up with the tools
         self.meta: dict = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "argv": sys.argv[1:],
@@ -154,6 +168,10 @@ class Bench:
         versions["python (harness)"] = sys.version.split()[0]
         self.meta["versions"] = versions
         self.meta["machine"] = machine_info(self.work)
+        if self.args.slow_disk:
+            self.slow = slowdisk.set_up(self.work, self.args.slow_disk)
+            self.meta["slow_disk"] = self.slow.describe()
+            log(f"slow disk: {self.slow.describe()}")
         for n, v in versions.items():
             log(f"{n}: {v}")
 
@@ -199,7 +217,9 @@ class Bench:
             status = "skipped"
         else:
             tag = f"rep{rep}-{scenario}-{tool}" + ("" if record else "-setup")
-            m = run_timed(cmd, self.logs / tag, self.args.timeout, cold=cold and self.cold)
+            m = run_timed(
+                cmd, self.logs / tag, self.args.timeout, cold=cold and self.cold, slow=self.slow
+            )
             status = "ok" if m.ok else "failed"
             log(
                 f"rep {rep} {tool:9} {report.SCENARIOS.get(scenario, scenario):36} "
@@ -445,7 +465,11 @@ def log(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    Bench(parse_args(argv)).run()
+    try:
+        Bench(parse_args(argv)).run()
+    except slowdisk.SlowDiskError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
