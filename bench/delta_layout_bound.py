@@ -101,29 +101,19 @@ def main() -> None:
     parser.add_argument("--overheads", default="0.3,0.15,0.05,0")
     args = parser.parse_args()
     depths = [int(d) for d in args.depths.split(",")]
-    print(
-        "| MB a delta costs beyond its rows | " + " | ".join(f"depth <= {d}" for d in depths) + " |"
-    )
-    print("|---|" + "---|" * len(depths))
-    for overhead in (float(o) for o in args.overheads.split(",")):
-        cells = [
-            smallest_repository(args.versions, args.full, args.rows, overhead, d) / args.full
-            for d in depths
-        ]
-        print(f"| {overhead:g} | " + " | ".join(f"{c:.2f}x" for c in cells) + " |")
-    print()
-    print(
-        "| today's writers (restart on the bottom blob) | "
-        + " | ".join(f"depth <= {d}" for d in depths)
-        + " |"
-    )
-    print("|---|" + "---|" * len(depths))
-    for overhead in (float(o) for o in args.overheads.split(",")):
-        cells = [
-            restart_on_bottom(args.versions, args.full, args.rows, overhead, d) / args.full
-            for d in depths
-        ]
-        print(f"| {overhead:g} | " + " | ".join(f"{c:.2f}x" for c in cells) + " |")
+    overheads = [float(o) for o in args.overheads.split(",")]
+    for title, layout in (
+        ("the best layout: MB a delta costs beyond its rows", smallest_repository),
+        ("today's writers (restart on the bottom blob)", restart_on_bottom),
+    ):
+        print(f"| {title} | " + " | ".join(f"depth <= {d}" for d in depths) + " |")
+        print("|---|" + "---|" * len(depths))
+        for overhead in overheads:
+            cells = [
+                layout(args.versions, args.full, args.rows, overhead, d) / args.full for d in depths
+            ]
+            print(f"| {overhead:g} | " + " | ".join(f"{c:.2f}x" for c in cells) + " |")
+        print()
 
 
 if __name__ == "__main__":
