@@ -23,7 +23,6 @@ nights be at most 1.5x the first night's (issue 16's bar)? See bench/DUMPS.md
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import cache
 
 INF = float("inf")
@@ -70,7 +69,6 @@ def smallest_repository(
                     best = min(best, head + between + rest)
         return best
 
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * versions * versions))
     return full + cover(0, versions - 2, versions - 1, depth)
 
 

@@ -131,11 +131,11 @@ def test_filter_grows_with_the_index(tmp_path, small_threshold, monkeypatch) -> 
 # process): small thresholds so that a few hundred entries have a filter and outgrow it.
 _OTHER = """
 import os, sys
-from casbackup.repo import bloom, index
+from casbackup.repo import bloom, indexcache
 from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.index import Location
 from casbackup.repo.indexcache import IndexCache
-index.FILTER_FROM = int(sys.argv[2])
+indexcache.FILTER_FROM = int(sys.argv[2])
 bloom.MIN_LOG2 = 10
 cache = IndexCache(sys.argv[1])
 ids = [os.urandom(32) for _ in range(int(sys.argv[3]))]
