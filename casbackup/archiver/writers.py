@@ -27,6 +27,7 @@ import ctypes
 import errno
 import os
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ import blake3
 
 from casbackup import procs
 from casbackup.archiver.readplan import LOCAL_GAP, BlobReader, Chain, Chunk, ChunkFeed
+from casbackup.archiver.unnamed import create_unnamed, link_unnamed, unnamed_files
 from casbackup.errors import CasError
 from casbackup.memory import large_buffers_in_heap, tune_allocator_writer
 from casbackup.repo.tree import valid_name
@@ -106,7 +108,9 @@ def write_file(
 
     Whatever fails (a damaged pack, a full disk, a hash mismatch, the name taken meanwhile),
     the temporary file is removed and nothing is left under ``name``: a restored name
-    always holds the content recorded at backup time.
+    always holds the content recorded at backup time. Where the target and this process
+    allow it (``unnamed_files``) and ``job.replace`` is off, the file has no temporary
+    name at all: it is created unnamed and linked to ``name`` once verified.
     """
     if not valid_name(name):
         return Written(error="invalid file name")
@@ -118,8 +122,11 @@ def write_file(
             pass
         except OSError as exc:
             return Written(error=f"cannot create: {exc.strerror}")
+    # Without --overwrite, an unnamed file (O_TMPFILE) where this process can link one:
+    # nothing of it is visible until it is whole and verified, and a crash leaves nothing.
+    unnamed = not job.replace and unnamed_files(dir_fd, job.temp)
     try:
-        fd = create_file(dir_fd, job.temp)
+        fd = create_unnamed(dir_fd, job.mode) if unnamed else create_file(dir_fd, job.temp)
     except FileExistsError:
         return Written(error="a temporary file of this restore exists already")
     except OSError as exc:
@@ -143,11 +150,16 @@ def write_file(
             return Written(
                 offset, "restored content does not match the hash recorded at backup time"
             )
+        # What the new file already has (owner, mode) is not set again (apply_metadata).
         problems = apply_metadata(fd, job.uid, job.gid, job.mode, job.mtime_ns, owners=job.owners,
-                                  xattrs=job.xattrs, exact_acls=job.exact_acls)  # fmt: skip
-        if not publish(dir_fd, job.temp, name, replace=job.replace):
+                                  xattrs=job.xattrs, exact_acls=job.exact_acls,
+                                  have=os.fstat(fd))  # fmt: skip
+        if unnamed:
+            published = link_unnamed(fd, dir_fd, name)
+        else:
+            published = publish(dir_fd, job.temp, name, replace=job.replace)
+        if not published:
             return Written(error="exists in the target", exists=True)
-        published = True
         return Written(offset, warnings=tuple(problems))
     except CasError as exc:
         return Written(error=str(exc))
@@ -155,7 +167,7 @@ def write_file(
         return Written(error=exc.strerror or str(exc), full=exc.errno in TARGET_FULL)
     finally:
         os.close(fd)
-        if not published:
+        if not published and not unnamed:
             discard(dir_fd, job.temp)
 
 
@@ -285,6 +297,7 @@ def apply_metadata(
     owners: bool,
     xattrs: Sequence[tuple[bytes, bytes]] = (),
     exact_acls: bool = False,
+    have: os.stat_result | None = None,
 ) -> list[str]:
     """Owner (when asked), mode, extended attributes and times of an open file or folder;
     with ``exact_acls``, ACLs it has but ``xattrs`` lacks are removed first
@@ -296,20 +309,29 @@ def apply_metadata(
     setuid/setgid and ``security.capability``; when it is refused, setuid/setgid are left
     out of the mode (they would grant the restoring user's rights, not the owner's);
     the extended attributes after the mode, so that an ACL keeps its mask; times last.
+
+    ``have``: the entry's status when it is a file this restore has just created (no
+    setuid/setgid bit, no extended attribute of its own yet): its owner is not set again
+    when it is the one wanted, nor its mode (for a root restore of root's files, or a
+    file created with its own mode, two system calls and two inode updates a file).
+    Skipping them changes nothing: a chown to the same owner would only clear bits and a
+    capability the new file does not have, and a chmod to the same mode (ACL mask
+    included: it is the group bits) nothing at all.
     """
     problems: list[str] = []
-    if owners:
+    if owners and (have is None or (have.st_uid, have.st_gid) != (uid, gid)):
         try:
             os.fchown(fd, uid, gid)
         except OSError as exc:
             problems.append(f"owner {uid}:{gid} not restored: {exc.strerror}")
             mode &= ~_SUID_SGID
     if exact_acls:
-        problems += drop_inherited_acls(fd, xattrs)
-    try:
-        os.fchmod(fd, mode)
-    except OSError as exc:
-        problems.append(f"mode {mode:o} not restored: {exc.strerror}")
+        problems += drop_inherited_acls(fd, xattrs)  # leaves the mode bits as they are
+    if have is None or stat.S_IMODE(have.st_mode) != mode & 0o7777:
+        try:
+            os.fchmod(fd, mode)
+        except OSError as exc:
+            problems.append(f"mode {mode:o} not restored: {exc.strerror}")
     for key, value in xattrs:
         try:
             os.setxattr(fd, key, value)
