@@ -3,15 +3,17 @@
 The restoring thread resolves every folder itself (dir fds, O_NOFOLLOW: see restore.py).
 Files travel to a writer in batches: one message names up to a hundred or so files and
 carries the fds of the folders they go in (SCM_RIGHTS). The writer creates each file
-under a temporary name chosen by the restoring thread, relative to its folder's fd with
-``O_CREAT | O_EXCL | O_NOFOLLOW``, so it can make only new entries directly in folders
-the restoring thread has vetted, never follow a link and never touch an existing file:
-the security argument of restore.py is unchanged. Writers read the blobs from packs,
-decrypt, decompress, write (leaving holes for zero chunks), check the whole file against
-the content hash recorded at backup time, apply the file's metadata, and only then link
-the file to its real name (never replacing an entry) and drop the temporary name: a
-damaged pack or a full disk leaves nothing partial under a real name. The outcomes of a
-batch go back in one message. (Further names of a hard-link group are linked by the
+relative to its folder's fd, either with no name at all (O_TMPFILE, archiver/unnamed.py:
+the common case) or under a temporary name chosen by the restoring thread with
+``O_CREAT | O_EXCL | O_NOFOLLOW`` (--overwrite, or where unnamed files cannot be linked),
+so it can make only new entries directly in folders the restoring thread has vetted,
+never follow a link and never touch an existing file: the security argument of
+restore.py is unchanged. Writers read the blobs from packs, decrypt, decompress, write
+(leaving holes for zero chunks), check the whole file against the content hash recorded
+at backup time, apply the file's metadata, and only then link the file to its real name
+(never replacing an entry) and drop the temporary name, if it had one: a damaged pack or
+a full disk leaves nothing partial under a real name. The outcomes of a batch go back in
+one message. (Further names of a hard-link group are linked by the
 restoring thread once the first name is in place: restore.py.)
 
 Processes because decryption (AES-GCM in ``cryptography`` holds the GIL) and the
