@@ -41,7 +41,7 @@ import blake3
 
 from casbackup import procs
 from casbackup.archiver.readplan import LOCAL_GAP, BlobReader, Chain, Chunk, ChunkFeed
-from casbackup.archiver.unnamed import create_unnamed, link_unnamed, unnamed_files
+from casbackup.archiver.unnamed import create_unnamed, link_flag, link_unnamed, not_supported_here
 from casbackup.errors import CasError
 from casbackup.memory import large_buffers_in_heap, tune_allocator_writer
 from casbackup.repo.tree import valid_name
@@ -111,7 +111,7 @@ def write_file(
     Whatever fails (a damaged pack, a full disk, a hash mismatch, the name taken meanwhile),
     the temporary file is removed and nothing is left under ``name``: a restored name
     always holds the content recorded at backup time. Where the target and this process
-    allow it (``unnamed_files``) and ``job.replace`` is off, the file has no temporary
+    allow it (``link_flag``) and ``job.replace`` is off, the file has no temporary
     name at all: it is created unnamed and linked to ``name`` once verified.
     """
     if not valid_name(name):
@@ -126,9 +126,21 @@ def write_file(
             return Written(error=f"cannot create: {exc.strerror}")
     # Without --overwrite, an unnamed file (O_TMPFILE) where this process can link one:
     # nothing of it is visible until it is whole and verified, and a crash leaves nothing.
-    unnamed = not job.replace and unnamed_files(dir_fd, job.temp)
+    flag = 0 if job.replace else link_flag(dir_fd, job.temp)
+    unnamed = flag != 0
     try:
-        fd = create_unnamed(dir_fd, job.mode) if unnamed else create_file(dir_fd, job.temp)
+        if unnamed:
+            try:
+                fd = create_unnamed(dir_fd, job.mode)
+            except OSError as exc:
+                if not not_supported_here(exc):
+                    raise
+                # Another file system than the probe's at this folder's device (an
+                # overlay, a FUSE layer): a temporary name here.
+                unnamed = False
+                fd = create_file(dir_fd, job.temp)
+        else:
+            fd = create_file(dir_fd, job.temp)
     except FileExistsError:
         return Written(error="a temporary file of this restore exists already")
     except OSError as exc:
@@ -157,7 +169,7 @@ def write_file(
                                   xattrs=job.xattrs, exact_acls=job.exact_acls,
                                   have=os.fstat(fd))  # fmt: skip
         if unnamed:
-            published = link_unnamed(fd, dir_fd, name)
+            published = link_unnamed(fd, dir_fd, name, flag)
         else:
             published = publish(dir_fd, job.temp, name, replace=job.replace)
         if not published:

@@ -12,12 +12,16 @@ import ctypes
 import errno
 import os
 import pickle
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,7 +137,7 @@ def test_an_owner_and_mode_the_new_file_has_are_not_set_again(
     st = os.stat(tmp_path / "name")
     assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_mtime_ns == 10**18
     assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
-    if not unnamed._link_flag:  # a temporary name: made 0600
+    if not unnamed._link_flags.get(os.stat(tmp_path).st_dev):  # a temporary name: made 0600
         assert chmods == [1]
     else:
         assert chmods == []
@@ -183,15 +187,73 @@ def test_each_way_of_linking_and_temporary_names_when_none_works(
         return real(fd, path, dir_fd, name, flags)  # type: ignore[misc]
 
     monkeypatch.setattr(unnamed, "_LINKAT", linkat)
-    monkeypatch.setattr(unnamed, "_link_flag", None)
+    monkeypatch.setattr(unnamed, "_link_flags", {})
     renames = _count(monkeypatch, "rename")
     assert _write(tmp_path, _job()).error is None
-    assert unnamed._link_flag == (0 if len(refused) == 2 else AT_SYMLINK_FOLLOW)
+    flag = unnamed._link_flags[os.stat(tmp_path).st_dev]
+    assert flag == (0 if len(refused) == 2 else AT_SYMLINK_FOLLOW)
     assert (tmp_path / "name").read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["name"]
     written = _write(tmp_path, _job())
     assert written.exists and os.listdir(tmp_path) == ["name"]
     assert renames == []  # renameat2 through ctypes, else link: never a replacing rename
+
+
+@pytest.fixture
+def other_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another file system than ``tmp_path`` (tmpfs /dev/shm)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system (/dev/shm) here")
+    folder = Path(tempfile.mkdtemp(dir=shm))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _without_unnamed_files_on(monkeypatch: pytest.MonkeyPatch, device: int) -> None:
+    """open(O_TMPFILE) in a folder of ``device`` fails as on vfat or NFS (EOPNOTSUPP)."""
+    real = os.open
+
+    def fake_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE and dir_fd is not None:
+            if os.fstat(dir_fd).st_dev == device:
+                raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        return real(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", fake_open)
+
+
+@needs_unnamed
+def test_a_target_spanning_file_systems_uses_temporary_names_where_needed(
+    tmp_path: Path, other_file_system: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore target may hold a mount point of a file system without O_TMPFILE (a
+    recovery onto / with /boot on vfat): each file system is probed on its own, and files
+    there are written under temporary names, not refused."""
+    other = os.stat(other_file_system).st_dev
+    monkeypatch.setattr(unnamed, "_link_flags", {})
+    _without_unnamed_files_on(monkeypatch, other)
+    for folder in (tmp_path, other_file_system):
+        written = _write(folder, _job())
+        assert written.error is None, (folder, written.error)
+        assert (folder / "name").read_bytes() == b"new"
+        assert os.listdir(folder) == ["name"]
+    assert unnamed._link_flags[os.stat(tmp_path).st_dev] != 0
+    assert unnamed._link_flags[other] == 0
+
+
+@needs_unnamed
+def test_a_folder_that_refuses_unnamed_files_after_the_probe_gets_a_temporary_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe said yes for this device, but this folder refuses O_TMPFILE (a layer the
+    device number does not tell apart): that file is written under a temporary name."""
+    device = os.stat(tmp_path).st_dev
+    monkeypatch.setattr(unnamed, "_link_flags", {device: AT_SYMLINK_FOLLOW})
+    _without_unnamed_files_on(monkeypatch, device)
+    written = _write(tmp_path, _job())
+    assert written.error is None, written.error
+    assert (tmp_path / "name").read_bytes() == b"new" and os.listdir(tmp_path) == ["name"]
 
 
 def ctypes_set_errno(value: int) -> None:
