@@ -4,11 +4,12 @@ On a machine shared with other work, wall time says little; the CPU time (user+s
 backup and every reader process it reaped) and the peak RSS of the biggest process do. Each
 repetition alternates A and B, so drift in the machine's speed hits both alike.
 
-    python -m bench.ab_backup CORPUS --a /path/to/old/tree --b . [--reps 3] [--workers 2]
+    python -m bench.ab_backup CORPUS --a /path/to/old/tree --b . [--reps 3] [--workers 2] [--cold]
 
 Per side and repetition: a first backup into a fresh repository, then an unchanged
-re-backup (page cache warm: this measures CPU, not the disk). Prints one line per step
-and the medians.
+re-backup (page cache warm: this measures CPU, not the disk; ``--cold``: the page cache is
+dropped before each backup, as bench/run.py does, so the wall time includes the disk).
+Prints one line per step and the medians with their ranges.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.measure import drop_caches
 
 PASSWORD = "bench-passphrase-not-secret"
 
@@ -48,13 +51,19 @@ def run(tree: Path, workdir: Path, args: list[str]) -> tuple[float, float, float
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def one_side(tree: Path, corpus: Path, workers: int) -> dict[str, tuple[float, float, float]]:
+def one_side(
+    tree: Path, corpus: Path, workers: int, cold: bool = False
+) -> dict[str, tuple[float, float, float]]:
     with tempfile.TemporaryDirectory(prefix="cb-ab-") as tmp:
         work = Path(tmp)
         run(tree, work, ["init"])
+        if cold and not drop_caches():
+            raise SystemExit("--cold needs root (writing /proc/sys/vm/drop_caches)")
         first = run(
             tree, work, ["backup", "--type", "full", "--workers", str(workers), str(corpus)]
         )
+        if cold:
+            drop_caches()
         again = run(
             tree, work, ["backup", "--type", "incremental", "--workers", str(workers), str(corpus)]
         )
@@ -70,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--b", type=Path, required=True, help="source tree B")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before each backup")
     args = ap.parse_args(argv)
     results: dict[str, dict[str, list[tuple[float, float, float]]]] = {"A": {}, "B": {}}
     for rep in range(args.reps):
@@ -81,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("A", args.a),
             )
         ):
-            got = one_side(tree.resolve(), args.corpus.resolve(), args.workers)
+            got = one_side(tree.resolve(), args.corpus.resolve(), args.workers, args.cold)
             for step, value in got.items():
                 results[side].setdefault(step, []).append(value)
                 wall, cpu, rss = value
@@ -92,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         line = [f"  {step:9}"]
         for side in ("A", "B"):
             vals = results[side][step]
+            walls, cpus = [v[0] for v in vals], [v[1] for v in vals]
             line.append(
-                f"{side}: wall {statistics.median(v[0] for v in vals):6.2f}  "
-                f"cpu {statistics.median(v[1] for v in vals):6.2f}  "
-                f"rss {statistics.median(v[2] for v in vals):5.0f}"
+                f"{side}: wall {statistics.median(walls):6.2f} ({min(walls):.2f}-{max(walls):.2f})"
+                f"  cpu {statistics.median(cpus):6.2f} ({min(cpus):.2f}-{max(cpus):.2f})"
+                f"  rss {statistics.median(v[2] for v in vals):5.0f}"
             )
         print("  ".join(line))
     return 0
