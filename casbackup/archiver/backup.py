@@ -147,6 +147,8 @@ class Backup(Walker, FileReading):
         opts = replace(opts, paths=paths)
         self.options = opts
         reference, reuse = choose_parent(self.repo, opts)
+        if opts.on_parent_chosen is not None:
+            opts.on_parent_chosen(reuse is not None)
         notes = self.notes
         if opts.type != "full" and reuse is None:
             notes.append(

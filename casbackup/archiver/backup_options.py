@@ -62,6 +62,10 @@ class BackupOptions:
     # --delta-files SIZE (archiver/delta_files.py): a changed file of at least this many
     # bytes is stored as deltas of its version in the parent snapshot; 0: off.
     delta_files: int = 0
+    # Called once before the walk with whether a parent snapshot's files are reused (True)
+    # or every file is read (False): the CLI then stops warming the sources' metadata,
+    # which only a walk that compares with a parent waits for (archiver/warm.py).
+    on_parent_chosen: Callable[[bool], None] | None = None
 
     # File-system snapshots (fssnap/): (source, folder to read it from); the tree records
     # the source's own path. `fs_snapshots` goes into the snapshot record; `before_save`

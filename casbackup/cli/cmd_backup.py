@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -176,6 +177,7 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
         options = backup_options(require_app(config, app), backup_type=backup_type, tags=tags,
                                  extra_excludes=tuple(patterns), parent=parent,
                                  snapshots=config.snapshots, **common)  # fmt: skip
+        options = replace(options, on_parent_chosen=_stop_warming_for_first(ctx))
         outcome = _notified_run(repo, ctx, config, app, options, auto_verify)
         _raise_partial(outcome.result)
         return
@@ -184,7 +186,7 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
     common["delta_files"] = delta_files or 0
     options = BackupOptions(
         paths=paths, type=backup_type or "incremental", app=app, tags=tags, excludes=tuple(patterns),
-        parent=parent, **common,
+        parent=parent, on_parent_chosen=_stop_warming_for_first(ctx), **common,
     )  # fmt: skip
     reporter = reporter_for(ctx)
     try:
@@ -194,6 +196,25 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
     render_backup_result(ctx, result, dry_run)
     _auto_verify(repo, ctx, result, bool(auto_verify))
     _raise_partial(result)
+
+
+def _stop_warming_for_first(ctx: click.Context) -> Callable[[bool], None]:
+    """For one backup (PATHS or --app): stop warming its sources' metadata as soon as it
+    turns out to read every file (no parent snapshot to reuse files from).
+
+    The warmer pays off for a walk that compares with a parent and reads few files. A
+    walk that reads every file stats each entry itself just ahead of the readers, and the
+    warmer's second listing and stat of every entry is CPU taken from a backup that is
+    bound by it (bench/RESULTS.md, "first backup wall time"). What it warmed while the
+    key was derived and the repository opened is kept.
+    """
+
+    def chosen(reuses_parent: bool) -> None:
+        ahead = ctx.meta.get(PREPARED)
+        if not reuses_parent and isinstance(ahead, WarmAhead):
+            ahead.stop(wait_s=0.0)
+
+    return chosen
 
 
 def _delta_files(value: str | None) -> int | None:

@@ -179,3 +179,36 @@ def test_a_warmer_that_fails_never_fails_the_backup(
     result = backup(tmp_path, cfg, *args)
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output and "warmer broken" not in result.output
+
+
+@pytest.mark.parametrize("how", ["paths", "app"])
+def test_a_first_backup_stops_warming_before_its_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A backup that reads every file (no parent snapshot) stops the warmer as soon as it
+    knows: its walk stats every entry itself, and warming again costs the CPU it is bound
+    by. A backup with a parent keeps the warmer running while it walks."""
+    from casbackup.archiver.walk import Walker
+
+    cfg = make_site(tmp_path, {"site": ()})
+    seen: list[str] = []
+    real_stop, real_roots = warm.SourceWarmer.stop, Walker._archive_roots
+
+    def stop(self: warm.SourceWarmer, wait_s: float = 0.5) -> None:
+        seen.append("stop")
+        real_stop(self, wait_s)
+
+    def archive_roots(self, *args):  # type: ignore[no-untyped-def]
+        seen.append("walk")
+        return real_roots(self, *args)
+
+    monkeypatch.setattr(warm.SourceWarmer, "stop", stop)
+    monkeypatch.setattr(Walker, "_archive_roots", archive_roots)
+    args = ("--app", "site") if how == "app" else (str(tmp_path / "site"),)
+    first = backup(tmp_path, cfg, *args)
+    assert first.exit_code == 0, first.output
+    assert "walk" in seen and seen.index("stop") < seen.index("walk")
+    seen.clear()
+    again = backup(tmp_path, cfg, *args)
+    assert again.exit_code == 0, again.output
+    assert "stop" in seen and seen.index("walk") < seen.index("stop")  # at the command's end
