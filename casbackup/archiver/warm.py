@@ -26,7 +26,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from casbackup.archiver.backup_options import BackupOptions, database_paths
 from casbackup.archiver.excludes import Excluder
@@ -242,6 +242,20 @@ class WarmAhead:
             self._warmers.pop(k).stop(wait_s=0.0)  # their backups are done
         self._warm(index)
         self._warm(index + 1)
+
+    def parent_chosen(self, index: int) -> Callable[[bool], None]:
+        """For backup ``index``'s ``BackupOptions.on_parent_chosen``: when it reads every
+        file (no parent snapshot to reuse files from), its own warmer stops; the next
+        backup's goes on. Such a walk stats every entry itself just ahead of the readers,
+        so a second listing only costs CPU that a first backup is bound by (bench/RESULTS.md
+        "Issue 17: first backup wall time"); what was warmed before is kept."""
+
+        def chosen(reuses_parent: bool) -> None:
+            warmer = None if reuses_parent else self._warmers.pop(index, None)
+            if warmer is not None:
+                warmer.stop(wait_s=0.0)
+
+        return chosen
 
     def stop(self, wait_s: float = 0.5) -> None:
         """Stop every warmer; wait up to ``wait_s`` seconds in all for their threads."""

@@ -198,23 +198,11 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
     _raise_partial(result)
 
 
-def _stop_warming_for_first(ctx: click.Context) -> Callable[[bool], None]:
-    """For one backup (PATHS or --app): stop warming its sources' metadata as soon as it
-    turns out to read every file (no parent snapshot to reuse files from).
-
-    The warmer pays off for a walk that compares with a parent and reads few files. A
-    walk that reads every file stats each entry itself just ahead of the readers, and the
-    warmer's second listing and stat of every entry is CPU taken from a backup that is
-    bound by it (bench/RESULTS.md, "first backup wall time"). What it warmed while the
-    key was derived and the repository opened is kept.
-    """
-
-    def chosen(reuses_parent: bool) -> None:
-        ahead = ctx.meta.get(PREPARED)
-        if not reuses_parent and isinstance(ahead, WarmAhead):
-            ahead.stop(wait_s=0.0)
-
-    return chosen
+def _stop_warming_for_first(ctx: click.Context, index: int = 0) -> Callable[[bool], None] | None:
+    """For the command's backup ``index`` (PATHS, --app, each of --all): its warmer stops
+    as soon as it turns out to read every file (``WarmAhead.parent_chosen``)."""
+    ahead = ctx.meta.get(PREPARED)
+    return ahead.parent_chosen(index) if isinstance(ahead, WarmAhead) else None
 
 
 def _delta_files(value: str | None) -> int | None:
@@ -339,6 +327,7 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
             options = backup_options(app, backup_type=backup_type, tags=tags,
                                      extra_excludes=excludes, snapshots=config.snapshots,
                                      **common)  # fmt: skip
+            options = replace(options, on_parent_chosen=_stop_warming_for_first(ctx, index))
             outcome = _notified_run(repo, ctx, config, app.name, options, auto_verify)
         except CasError as exc:
             failed.append((app.name, exc))

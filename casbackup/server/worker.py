@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from casbackup import access, plugins
 from casbackup.config import Config, load_config
@@ -49,6 +49,9 @@ from casbackup.plan_docs import forget_plan_doc, prune_plan_doc, recovery_plan_d
 from casbackup.repo.repository import Repository
 from casbackup.reporter import Progress, Reporter
 from casbackup.units import plural
+
+if TYPE_CHECKING:
+    from casbackup.archiver.warm import WarmAhead
 
 log = logging.getLogger("casbackup.server.worker")
 
@@ -83,6 +86,7 @@ class Job:
     app: str | None
     params: dict[str, Any]
     reporter: PipeReporter
+    warm: WarmAhead | None = None  # a backup job's sources being warmed (``_warming``)
 
 
 def _app(job: Job) -> Any:
@@ -109,6 +113,8 @@ def run_backup_job(job: Job) -> dict[str, Any]:
         tags=tuple(job.params.get("tags", ())),
         snapshots=job.config.snapshots,  # file-system snapshots apply to scheduled runs too
     )
+    if job.warm is not None:  # a first backup stops warming before it walks, as the CLI's
+        options = dataclasses.replace(options, on_parent_chosen=job.warm.parent_chosen(0))
     from casbackup.notify import BackupNotice
 
     # The application's notifiers hear how it went; a failing one is a job warning only.
@@ -363,13 +369,13 @@ def main() -> int:
         password = base64.b64decode(spec["password_b64"])
         config = load_config(spec["config"]) if spec.get("config") else Config()
         plugins.configure(enabled=config.plugins.enabled, offline_mode=config.plugins.offline_mode)
-        with _warming(kind, config, spec.get("app")):
+        with _warming(kind, config, spec.get("app")) as ahead:
             repo = access.open_repository(spec["location"], password, spec.get("s3") or None)
             try:
                 if kind in WRITING_KINDS:
                     repo.require_writable()  # an old format this program may only read
                 job = Job(kind, repo, config, spec.get("app"), spec.get("params") or {},
-                          PipeReporter())  # fmt: skip
+                          PipeReporter(), ahead)  # fmt: skip
                 result = operation(job)
             finally:
                 repo.close()

@@ -30,10 +30,13 @@ def make_tree(root: Path, folders: int = 6, files: int = 5) -> int:
 
 
 def finish(warmer: SourceWarmer) -> None:
-    """Wait for the warmer's threads to end by themselves."""
-    for thread in list(warmer._threads):
-        thread.join(10)
-        assert not thread.is_alive()
+    """Wait for the warmer's threads to end by themselves, those the probe thread starts
+    while it runs included (listed again after each join: a list taken before the probe
+    ended missed them, and the test went on while they still counted entries)."""
+    deadline = time.monotonic() + 10
+    while alive := [t for t in list(warmer._threads) if t.is_alive()]:
+        alive[0].join(max(0.0, deadline - time.monotonic()))
+        assert time.monotonic() < deadline, "a warmer thread did not end"
 
 
 @pytest.fixture

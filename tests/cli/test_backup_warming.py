@@ -212,3 +212,39 @@ def test_a_first_backup_stops_warming_before_its_walk(
     again = backup(tmp_path, cfg, *args)
     assert again.exit_code == 0, again.output
     assert "stop" in seen and seen.index("walk") < seen.index("stop")  # at the command's end
+
+
+def test_backup_all_stops_each_first_backups_own_warmer_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --all, an application's first backup stops its own warmer before its walk
+    (as PATHS and --app do), while the next application's warmer goes on; a later run,
+    which has parents, keeps each warmer until that application's backup is done."""
+    from casbackup.archiver.walk import Walker
+
+    cfg = make_site(tmp_path, {"one": (), "two": ()})
+    seen: list[tuple[str, str]] = []
+    real_stop, real_roots = warm.SourceWarmer.stop, Walker._archive_roots
+
+    def stop(self: warm.SourceWarmer, wait_s: float = 0.5) -> None:
+        seen.append(("stop", os.fsdecode(self._roots[0]).rsplit("/", 1)[1]))
+        real_stop(self, wait_s)
+
+    def archive_roots(self, *args):  # type: ignore[no-untyped-def]
+        seen.append(("walk", os.path.basename(self.options.paths[0])))
+        return real_roots(self, *args)
+
+    monkeypatch.setattr(warm.SourceWarmer, "stop", stop)
+    monkeypatch.setattr(Walker, "_archive_roots", archive_roots)
+    first = backup(tmp_path, cfg, "--all")
+    assert first.exit_code == 0, first.output
+    walks = [app for kind, app in seen if kind == "walk"]
+    assert walks == ["one", "two"]
+    for app in walks:  # each app's own warmer stopped before its walk
+        assert seen.index(("stop", app)) < seen.index(("walk", app))
+    # "two"'s warmer was not stopped by "one"'s first backup: only once "two" itself began.
+    assert seen.index(("walk", "one")) < seen.index(("stop", "two"))
+    seen.clear()
+    again = backup(tmp_path, cfg, "--all")
+    assert again.exit_code == 0, again.output
+    assert seen.index(("walk", "one")) < seen.index(("stop", "one"))  # kept while it walked

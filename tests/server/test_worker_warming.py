@@ -146,3 +146,33 @@ def test_a_warmer_that_fails_never_fails_a_backup_job(
             r.levelname == "DEBUG" and r.exc_info and "warmer broken" in str(r.exc_info[1])
             for r in caplog.records
         )
+
+
+def test_a_first_backup_job_stops_warming_before_its_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any, started: list[Any]
+) -> None:
+    """A service job that reads every file (the application's first backup) stops its
+    warmer before the walk, as `casbackup backup --app` does; the next job, with a parent,
+    keeps it while it walks."""
+    from casbackup.archiver.walk import Walker
+
+    seen: list[str] = []
+    real_stop, real_roots = warm.SourceWarmer.stop, Walker._archive_roots
+
+    def stop(self: warm.SourceWarmer, wait_s: float = 0.5) -> None:
+        seen.append("stop")
+        real_stop(self, wait_s)
+
+    def archive_roots(self, *args):  # type: ignore[no-untyped-def]
+        seen.append("walk")
+        return real_roots(self, *args)
+
+    monkeypatch.setattr(warm.SourceWarmer, "stop", stop)
+    monkeypatch.setattr(Walker, "_archive_roots", archive_roots)
+    cfg = site(tmp_path)
+    for first in (True, False):
+        seen.clear()
+        code, lines = run_worker(tmp_path, cfg, monkeypatch, capsys)
+        assert code == 0 and lines[-1]["t"] == "result", lines
+        assert "walk" in seen and "stop" in seen
+        assert (seen.index("stop") < seen.index("walk")) is first, seen
