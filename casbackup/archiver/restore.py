@@ -101,7 +101,7 @@ class Restorer(FileSender):
         try:
             os.makedirs(opts.target, exist_ok=True)
             root_fd = os.open(opts.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            saved = None if opts.dry_run else make_writable(root_fd)
+            saved = None if opts.dry_run else make_writable(root_fd, os.fstat(root_fd))
         except OSError as exc:
             raise RestoreError(f"cannot use target {opts.target}: {exc.strerror}") from None
         self._root_fd = root_fd

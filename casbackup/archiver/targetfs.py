@@ -36,7 +36,8 @@ def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int
     """Create (0700) or reuse the folder ``name`` in ``parent_fd``; return its fd, the old
     mode when an existing folder of ours had to be made writable for the restore, and
     whether this call made the folder (then nothing else of the target is in it, and it
-    has a default ACL only if its parent has one).
+    has a default ACL only if its parent has one); a folder of another owner found at the
+    name after the mkdir does not count as made.
 
     A symlink or file where the folder goes is never followed: with ``replace``
     (--overwrite) it is removed (the entry itself) and the folder made; without, it is
@@ -63,17 +64,23 @@ def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int
         remove_entry(name, parent_fd)
         return open_dir(name, parent_fd)  # once: what is there now is ours or a folder
     try:
-        return fd, make_writable(fd), created
+        st = os.fstat(fd)
+        # The mkdir and the open go by name: in a folder others can write to, what was
+        # opened may be a folder put there between the two (with its own entries and a
+        # default ACL). Nobody but root can make a folder owned by this user, so one of
+        # someone else's is never taken for the one made here.
+        created = created and st.st_uid == os.geteuid()
+        return fd, make_writable(fd, st), created
     except OSError as exc:
         os.close(fd)
         raise TargetError(f"cannot make the folder writable: {exc.strerror}", exc.errno) from None
 
 
-def make_writable(fd: int) -> int | None:
+def make_writable(fd: int, st: os.stat_result) -> int | None:
     """Give a folder we own (an earlier restore may have left it 0500) the owner's write
     and search bits; return the mode to put back, or None when nothing was changed.
-    Folders of other users are left alone: their conflicts are reported by path."""
-    st = os.fstat(fd)
+    ``st`` is the folder's ``fstat``. Folders of other users are left alone: their
+    conflicts are reported by path."""
     if st.st_mode & _WRITABLE == _WRITABLE or st.st_uid != os.geteuid():
         return None
     os.fchmod(fd, stat.S_IMODE(st.st_mode) | _WRITABLE)

@@ -5,11 +5,13 @@ Neither may change what is restored or what is refused."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from casbackup.archiver import restore_files, restore_state, writers
+from casbackup.archiver import restore_files, restore_state, targetfs, writers
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.archiver.writers import FileJob
 from tests.archiver.nasty import assert_same_tree
@@ -101,3 +103,41 @@ def test_jobs_cross_to_the_writer_processes_as_tuples_and_back() -> None:
     assert back == job and type(back) is FileJob and back.fresh is True
     with pytest.raises(ValueError):
         writers._job(tuple(job)[:-1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setfacl"), reason="root, setfacl")
+def test_a_folder_swapped_in_after_the_mkdir_is_not_taken_for_the_one_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the restore's mkdir and its open by name, someone who can write to the
+    target puts their own folder there, with a default ACL that grants them the files
+    made in it. The restore must not take it for the empty folder without a default ACL
+    it made: the inherited ACL goes (exact ACLs), as it does in any folder it did not
+    make. Before, ``open_dir`` said "created" for whatever it opened, the default-ACL
+    question was skipped and each restored file kept an ACL entry for the other user."""
+    src = tmp_path / "src"
+    (src / "made").mkdir(parents=True)
+    (src / "made" / "a.txt").write_bytes(b"a")
+    (src / "made" / "a.txt").chmod(0o640)
+    repo, snap = backed_up(tmp_path, src)
+    out = tmp_path / "out"
+    real_mkdir = targetfs.os.mkdir
+
+    def mkdir_then_swap(name, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        real_mkdir(name, mode, dir_fd=dir_fd)
+        if name == b"made":
+            os.rmdir(name, dir_fd=dir_fd)
+            real_mkdir(name, 0o777, dir_fd=dir_fd)
+            theirs = f"/proc/{os.getpid()}/fd/{dir_fd}/made"  # for setfacl too
+            os.chown(theirs, 65534, 65534)
+            subprocess.run(["setfacl", "-d", "-m", "u:65534:rwx,m::rwx", theirs], check=True)
+
+    monkeypatch.setattr(targetfs.os, "mkdir", mkdir_then_swap)
+    seen = _jobs_seen(monkeypatch)
+    result = restore(repo, snap, RestoreOptions(target=str(out), workers=1))
+    repo.close()
+    assert result.errors == []
+    assert seen == {b"a.txt": False}
+    a = restored(out, src) / "made" / "a.txt"
+    assert a.read_bytes() == b"a"
+    assert "system.posix_acl_access" not in os.listxattr(a)
