@@ -49,6 +49,7 @@ from casbackup.archiver.targetfs import (
     open_dir,
     put_back_mode,
     raise_fd_limit,
+    remove_stale_temps,
 )
 from casbackup.archiver.writers import TARGET_FULL, apply_metadata, discard
 from casbackup.errors import CasError, Interrupted, NotFound, RestoreError
@@ -105,6 +106,8 @@ class Restorer(FileSender):
         except OSError as exc:
             raise RestoreError(f"cannot use target {opts.target}: {exc.strerror}") from None
         self._root_fd = root_fd
+        if not created and not opts.dry_run:
+            remove_stale_temps(root_fd)  # what restores killed outright left (a resume)
         root = Folder(root_fd, None, b"", saved)
         self._start_writers()
         finished = False
@@ -304,6 +307,8 @@ class Restorer(FileSender):
                 for skipped in missing:
                     skipped.children = iter(())
                 return None
+            if not created:  # a folder made just now holds nothing of an earlier restore
+                remove_stale_temps(fd)
             # A folder made just now in one without a default ACL has none either.
             folder = Folder(fd, pending.node, pending.rel_path, saved, created=created,
                             inherits=None if parent.inherits or not created else False)  # fmt: skip

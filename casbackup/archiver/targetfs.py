@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import resource
 import stat
 from collections.abc import Sequence
@@ -74,6 +75,58 @@ def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int
     except OSError as exc:
         os.close(fd)
         raise TargetError(f"cannot make the folder writable: {exc.strerror}", exc.errno) from None
+
+
+# A restore's temporary names: ``.casbackup-restore-<pid>-<n>`` (restore_files.py), where
+# pid is the restoring process's.
+_TEMP_NAME = re.compile(r"\.casbackup-restore-([0-9]{1,10})-[0-9]+\Z")
+
+
+def remove_stale_temps(dir_fd: int) -> int:
+    """Remove the temporary files that restores killed outright (SIGKILL, a crash, a
+    power cut) left in this folder: those whose restoring process no longer exists.
+    Returns how many were removed; never raises.
+
+    A restore with --overwrite, or into a file system without unnamed files, writes each
+    file under a temporary name first; killed outright, nobody is left to remove them, and
+    a resume (a second restore) would otherwise leave them in the target for good. A
+    temporary file of a restore that is still running (its process exists, this one's
+    included) is left alone; one of a restore running in another PID namespace looks dead
+    and is removed: that restore then reports the file as not restored, nothing more.
+    """
+    removed = 0
+    me = os.getpid()
+    try:
+        names = os.listdir(dir_fd)
+    except OSError:
+        return 0
+    for name in names:
+        match = _TEMP_NAME.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == me or _alive(pid):
+            continue
+        try:
+            if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                continue  # not something a restore makes under that name
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            continue
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process id: never a reason to remove anything
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists (EPERM: another user's), or cannot tell
+    return True
 
 
 def make_writable(fd: int, st: os.stat_result) -> int | None:

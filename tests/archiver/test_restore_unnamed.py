@@ -56,7 +56,8 @@ _KILLED_MID_FILE = textwrap.dedent("""
     writers._pwrite_all = pwrite_then_die
     with open(sys.argv[2], "rb") as f:
         snap = pickle.load(f)
-    restore(open_repo(sys.argv[1]), snap, RestoreOptions(target=sys.argv[3], workers=2))
+    restore(open_repo(sys.argv[1]), snap,
+            RestoreOptions(target=sys.argv[3], workers=2, overwrite=sys.argv[4:] == ["overwrite"]))
 """)
 
 
@@ -275,3 +276,46 @@ def test_a_snapshot_restores_whole_with_owners_and_modes(tmp_path: Path) -> None
     assert result.errors == [] and result.warnings == []
     assert_same_tree(os.fsencode(src), os.fsencode(restored(out, src)))
     repo.close()
+
+
+@pytest.mark.timeout(120)
+def test_temporary_files_of_a_restore_killed_outright_are_removed_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """--overwrite writes each file under a temporary name (a rename replaces an entry in
+    one step): killed outright, the restore leaves its half-written temporary files, and
+    before, the resume (a second restore, complete and without errors) left them in the
+    target for good. A temporary name of a live process, or that is not a regular file,
+    or not quite a restore's, stays."""
+    src = tmp_path / "src"
+    for d in range(3):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(30):
+            (src / f"d{d}" / f"f{i:02d}").write_bytes(os.urandom(3000 + 97 * i))
+    repo, snap = backed_up(tmp_path, src)
+    (tmp_path / "snap").write_bytes(pickle.dumps(snap))
+    repo.close()
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_FILE, str(tmp_path / "repo"),
+                           str(tmp_path / "snap"), str(out), "overwrite"], start_new_session=True,
+                          cwd=os.getcwd(), capture_output=True, timeout=100)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    left = temp_files(out)
+    assert left  # what the kill left: the half-written files, under temporary names
+    folder = Path(left[0]).parent
+    kept = [f".casbackup-restore-{os.getpid()}-999999", ".casbackup-restore-1-2",  # live processes
+            ".casbackup-restore-notes", ".casbackup-restore-4x-1"]  # fmt: skip
+    for name in kept:
+        (folder / name).write_bytes(b"not ours to remove")
+    (folder / ".casbackup-restore-999999999-7").mkdir()  # not a file a restore makes
+    with open_repo(str(tmp_path / "repo")) as again:
+        result = restore(again, snap, RestoreOptions(target=str(out), overwrite=True))
+    assert result.errors == []
+    assert sorted(os.path.basename(p) for p in temp_files(out)) == sorted(kept)
+    assert (folder / ".casbackup-restore-999999999-7").is_dir()
+    as_restored = folder.stat()  # its times, before the test takes its own names out again
+    for name in kept:
+        (folder / name).unlink()
+    (folder / ".casbackup-restore-999999999-7").rmdir()
+    os.utime(folder, ns=(as_restored.st_atime_ns, as_restored.st_mtime_ns))
+    assert_same_tree(os.fsencode(src), os.fsencode(restored(out, src)))
