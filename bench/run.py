@@ -201,6 +201,13 @@ class Bench:
 
     # ------------------------------------------------------------------ steps
 
+    def timed(self, cmd: Command, tag: str, cold: bool = True) -> Measurement:
+        """Every timed command of the run goes through here: its log under ``tag``, the page
+        cache dropped first (``cold`` and the machine allows it), the --slow-disk cap."""
+        return run_timed(
+            cmd, self.logs / tag, self.args.timeout, cold=cold and self.cold, slow=self.slow
+        )
+
     def step(
         self,
         rep: int,
@@ -217,9 +224,7 @@ class Bench:
             status = "skipped"
         else:
             tag = f"rep{rep}-{scenario}-{tool}" + ("" if record else "-setup")
-            m = run_timed(
-                cmd, self.logs / tag, self.args.timeout, cold=cold and self.cold, slow=self.slow
-            )
+            m = self.timed(cmd, tag, cold=cold)
             status = "ok" if m.ok else "failed"
             log(
                 f"rep {rep} {tool:9} {report.SCENARIOS.get(scenario, scenario):36} "
@@ -266,7 +271,7 @@ class Bench:
         tool = self.tools[name]
         before = dir_size(repo.path)[0]
         m = tool.backup(repo, src)
-        res = run_timed(m, self.logs / f"rep{rep}-{scenario}-{name}", self.args.timeout, self.cold)
+        res = self.timed(m, f"rep{rep}-{scenario}-{name}")
         status, extra = ("ok" if res.ok else "failed"), dict(more)
         if res.ok:
             repo.backups += 1
@@ -352,7 +357,7 @@ class Bench:
         target = self.restored_root / f"rep{rep}" / name
         target.mkdir(parents=True)
         cmd = self.tools[name].restore(repo, target)
-        m = run_timed(cmd, self.logs / f"rep{rep}-5-{name}", self.args.timeout, self.cold)
+        m = self.timed(cmd, f"rep{rep}-5-{name}")
         status = "ok" if m.ok else "failed"
         if m.ok:
             diffs = corpus.compare_trees(self.corpus_dir, locate_restore(target, self.corpus_dir))
