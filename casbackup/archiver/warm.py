@@ -102,8 +102,12 @@ class SourceWarmer:
         with self._cond:
             if self._stopped:
                 return
+            # Started under the lock: ``stop`` (another thread, at any time since a first
+            # backup stops its warmer before its walk) joins every listed thread, and
+            # joining one not started yet raises RuntimeError. start() returns once the
+            # thread runs, before it asks for this lock, so holding it here cannot deadlock.
             self._threads.append(thread)
-        thread.start()
+            thread.start()
 
     def _run(self, probe: bool) -> None:
         try:
@@ -252,8 +256,11 @@ class WarmAhead:
 
         def chosen(reuses_parent: bool) -> None:
             warmer = None if reuses_parent else self._warmers.pop(index, None)
-            if warmer is not None:
-                warmer.stop(wait_s=0.0)
+            try:
+                if warmer is not None:
+                    warmer.stop(wait_s=0.0)
+            except Exception:  # called inside the backup: warming never fails one
+                log.debug("the warmer of backup %d did not stop cleanly", index, exc_info=True)
 
         return chosen
 

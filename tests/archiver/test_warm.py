@@ -209,3 +209,32 @@ def test_a_warmer_thread_that_fails_stops_and_logs_why(
             time.sleep(0.01)  # the thread ends on its own once its first visit raised
         warmer.stop()
     assert any(r.exc_info and "stopped early" in r.getMessage() for r in caplog.records)
+
+
+def test_stop_while_a_thread_is_being_started_never_raises(
+    tmp_path: Path, never_warm: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() from the backup's thread while the probe thread is starting the others: a
+    thread listed but not started yet made join() raise 'cannot join thread before it is
+    started', and `backup --all` failed with exit 1 (seen in CI once a first backup began
+    to stop its warmer before its walk)."""
+    make_tree(tmp_path / "src")
+    in_window = threading.Event()
+
+    class SlowStart(threading.Thread):
+        def start(self) -> None:
+            in_window.set()  # listed in the warmer's threads, not running yet
+            time.sleep(0.3)
+            super().start()
+
+    def slow_thread(target, args=(), kwargs=None, *, name=None, daemon=True):  # type: ignore[no-untyped-def]
+        return SlowStart(target=target, args=args, kwargs=kwargs, name=name, daemon=daemon)
+
+    monkeypatch.setattr(warm, "quiet_thread", slow_thread)
+    warmer = SourceWarmer([str(tmp_path / "src")])
+    starter = threading.Thread(target=warmer.start)
+    starter.start()
+    assert in_window.wait(10)
+    warmer.stop()  # raised RuntimeError before
+    starter.join(10)
+    finish(warmer)
