@@ -84,6 +84,9 @@ class JobManager:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._last_progress: dict[int, float] = {}
+        # A job's latest progress the interval kept out of the database: written with the
+        # job's end, so a finished job never shows an early "1/5256 files".
+        self._unsaved_progress: dict[int, dict[str, Any]] = {}
 
     # ----------------------------------------------------------------- lifecycle
     def recover_interrupted(self) -> int:
@@ -297,11 +300,13 @@ class JobManager:
             error = f"{type(exc).__name__}: {exc}"
         finally:
             snapshot_id = (result or {}).get("snapshot_id") if row["kind"] == "backup" else None
+            unsaved = self._unsaved_progress.pop(job_id, None)
             self.db.execute(
-                "UPDATE jobs SET state=?, finished_at=?, error=?, exit_code=?, result=?, snapshot_id=?"
-                " WHERE id=?",
+                "UPDATE jobs SET state=?, finished_at=?, error=?, exit_code=?, result=?, snapshot_id=?,"
+                " progress=COALESCE(?, progress) WHERE id=?",
                 (state, time.time(), error, exit_code,
-                 None if result is None else json.dumps(result, default=str), snapshot_id, job_id),
+                 None if result is None else json.dumps(result, default=str), snapshot_id,
+                 None if unsaved is None else json.dumps(unsaved), job_id),
             )  # fmt: skip
             with self._lock:
                 self._running.pop(job_id, None)
@@ -403,7 +408,10 @@ class JobManager:
                                                      "progress": progress}, row["app"])  # fmt: skip
         if now - self._last_progress.get(job_id, 0.0) >= PROGRESS_INTERVAL_S:
             self._last_progress[job_id] = now
+            self._unsaved_progress.pop(job_id, None)
             self.db.execute("UPDATE jobs SET progress=? WHERE id=?", (json.dumps(progress), job_id))
+        else:
+            self._unsaved_progress[job_id] = progress
 
     def _log(self, job_id: int, level: str, message: str) -> None:
         row = self.db.one("SELECT COUNT(*) FROM job_log WHERE job_id=?", (job_id,))

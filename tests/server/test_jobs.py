@@ -515,3 +515,22 @@ def test_auto_verify_in_the_config_verifies_the_services_backups_too(tmp_path, m
         plan = run("/api/disaster-recovery", {"app_name": "blog"})  # no allow_unverified
         assert plan["state"] == "succeeded", plan
         assert plan["result"]["plan"]["snapshot"] == blog["snapshot_id"]
+
+
+def test_a_finished_job_shows_its_last_progress(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Progress reaches the database at most once a second; the last report of a job that
+    ends within that second was dropped, and a finished backup showed "1/5256 files" for
+    good (seen in the dashboard). The last report is written with the job's end."""
+    script = (
+        "import time\n"
+        "for done in (1, 2, 3):\n"
+        '    print(json.dumps({"t": "progress", "phase": "backup", "files_done": done,'
+        ' "files_total": 3, "bytes_done": done, "bytes_total": 3, "current": "", "errors": 0}),'
+        " flush=True)\n"
+        "    time.sleep(0.05)\n"
+        'print(json.dumps({"t": "result", "result": {"snapshot_id": "ab" * 32}}))'
+    )
+    with fake_worker_app(tmp_path, monkeypatch, script) as client:
+        doc = _run_one(client)
+    assert doc["state"] == "succeeded", doc
+    assert doc["progress"]["files_done"] == 3 and doc["progress"]["bytes_done"] == 3, doc
