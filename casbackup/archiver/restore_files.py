@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from casbackup.archiver.readplan import LOCAL_GAP, REMOTE_GAP, BlobReader, Chain, Chunk
 from casbackup.archiver.restore_state import Batch, BatchDone, Folder, LinkGroup
-from casbackup.archiver.targetfs import TargetError, refuse_dir, remove_entry
+from casbackup.archiver.targetfs import TargetError, refuse_dir, remove_entry, temp_prefix
 from casbackup.archiver.writers import (
     TARGET_FULL,
     BatchItem,
@@ -119,7 +119,7 @@ class FileSender(ABC):
         self._failure: BaseException | None = None  # stops the restore at the next check
         self._batch = Batch()
         self._outstanding: set[BatchDone] = set()  # batches sent, outcome not back: temp names
-        self._temp_prefix = b".casbackup-restore-%d-" % os.getpid()
+        self._temp_prefix = temp_prefix(os.getpid())
         self._temps = itertools.count()
         self._writers: WriterPool | None = None
         self._threads: ThreadPoolExecutor | None = None

@@ -77,9 +77,15 @@ def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int
         raise TargetError(f"cannot make the folder writable: {exc.strerror}", exc.errno) from None
 
 
-# A restore's temporary names: ``.casbackup-restore-<pid>-<n>`` (restore_files.py), where
-# pid is the restoring process's.
+# A restore's temporary names: ``.casbackup-restore-<pid>-<n>``, pid the restoring
+# process's (``temp_prefix``; restore_files.py counts n), so that ``remove_stale_temps``
+# can tell a dead restore's leftovers from everything else.
 _TEMP_NAME = re.compile(r"\.casbackup-restore-([0-9]{1,10})-[0-9]+\Z")
+
+
+def temp_prefix(pid: int) -> bytes:
+    """The start of every temporary name of the restore run by process ``pid``."""
+    return b".casbackup-restore-%d-" % pid
 
 
 def remove_stale_temps(dir_fd: int) -> int:

@@ -319,3 +319,13 @@ def test_temporary_files_of_a_restore_killed_outright_are_removed_by_the_next(
     (folder / ".casbackup-restore-999999999-7").rmdir()
     os.utime(folder, ns=(as_restored.st_atime_ns, as_restored.st_mtime_ns))
     assert_same_tree(os.fsencode(src), os.fsencode(restored(out, src)))
+
+
+def test_the_sweeper_knows_every_temporary_name_a_restore_writes() -> None:
+    """remove_stale_temps matches what restore_files.py names its temporary files."""
+    from casbackup.archiver import targetfs
+
+    for pid, n in ((1, 0), (os.getpid(), 7), (4_194_304, 123_456)):
+        name = (targetfs.temp_prefix(pid) + b"%d" % n).decode()
+        match = targetfs._TEMP_NAME.match(name)
+        assert match is not None and int(match.group(1)) == pid
