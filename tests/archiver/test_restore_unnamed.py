@@ -61,6 +61,29 @@ _KILLED_MID_FILE = textwrap.dedent("""
 """)
 
 
+def _killed_restore(
+    tmp_path: Path, *, folders: int, files: int, overwrite: bool = False
+) -> tuple[Path, Any, Path]:
+    """A tree of ``folders`` x ``files`` random files backed up, then restored by
+    ``_KILLED_MID_FILE`` (killed outright mid-file) into ``tmp_path/out``: (source, snapshot,
+    target)."""
+    src = tmp_path / "src"
+    for d in range(folders):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(files):
+            (src / f"d{d}" / f"f{i:02d}").write_bytes(os.urandom(3000 + 97 * i))
+    repo, snap = backed_up(tmp_path, src)
+    (tmp_path / "snap").write_bytes(pickle.dumps(snap))
+    repo.close()
+    out = tmp_path / "out"
+    argv = [sys.executable, "-c", _KILLED_MID_FILE, str(tmp_path / "repo"), str(tmp_path / "snap"),
+            str(out), *(["overwrite"] if overwrite else [])]  # fmt: skip
+    proc = subprocess.run(argv, start_new_session=True, cwd=os.getcwd(), capture_output=True,
+                          timeout=100)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    return src, snap, out
+
+
 def _files(root: Path) -> dict[str, Path]:
     return {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()}
 
@@ -74,19 +97,7 @@ def test_a_restore_killed_mid_file_leaves_only_whole_files_and_no_temporary_ones
     name in the target holds its whole file, no temporary file is left (before: the half
     written files stayed under ``.casbackup-restore-*`` names, nobody left to remove them),
     and a second restore with --overwrite completes the tree."""
-    src = tmp_path / "src"
-    for d in range(4):
-        (src / f"d{d}").mkdir(parents=True)
-        for i in range(40):
-            (src / f"d{d}" / f"f{i:02d}").write_bytes(os.urandom(3000 + 97 * i))
-    repo, snap = backed_up(tmp_path, src)
-    (tmp_path / "snap").write_bytes(pickle.dumps(snap))
-    repo.close()
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_FILE, str(tmp_path / "repo"),
-                           str(tmp_path / "snap"), str(out)], start_new_session=True, cwd=os.getcwd(),
-                          capture_output=True, timeout=100)  # fmt: skip
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    src, snap, out = _killed_restore(tmp_path, folders=4, files=40)
     assert temp_files(out) == []
     there = _files(restored(out, src))
     assert len(there) < 160  # killed before the end
@@ -287,19 +298,7 @@ def test_temporary_files_of_a_restore_killed_outright_are_removed_by_the_next(
     before, the resume (a second restore, complete and without errors) left them in the
     target for good. A temporary name of a live process, or that is not a regular file,
     or not quite a restore's, stays."""
-    src = tmp_path / "src"
-    for d in range(3):
-        (src / f"d{d}").mkdir(parents=True)
-        for i in range(30):
-            (src / f"d{d}" / f"f{i:02d}").write_bytes(os.urandom(3000 + 97 * i))
-    repo, snap = backed_up(tmp_path, src)
-    (tmp_path / "snap").write_bytes(pickle.dumps(snap))
-    repo.close()
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_FILE, str(tmp_path / "repo"),
-                           str(tmp_path / "snap"), str(out), "overwrite"], start_new_session=True,
-                          cwd=os.getcwd(), capture_output=True, timeout=100)  # fmt: skip
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    src, snap, out = _killed_restore(tmp_path, folders=3, files=30, overwrite=True)
     left = temp_files(out)
     assert left  # what the kill left: the half-written files, under temporary names
     folder = Path(left[0]).parent

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,3 +239,25 @@ def test_stop_while_a_thread_is_being_started_never_raises(
     warmer.stop()  # raised RuntimeError before
     starter.join(10)
     finish(warmer)
+
+
+def record_stops_and_walks(monkeypatch: pytest.MonkeyPatch, *, names: bool = False) -> list[Any]:
+    """What a backup command does with its warmers, in order: "stop" when a warmer is asked
+    to stop, "walk" when a backup's walk starts; with ``names``, ("stop", name of the
+    warmer's first source) and ("walk", name of the backup's first path)."""
+    from casbackup.archiver.walk import Walker
+
+    seen: list[Any] = []
+    real_stop, real_roots = warm.SourceWarmer.stop, Walker._archive_roots
+
+    def stop(self: warm.SourceWarmer, wait_s: float = 0.5) -> None:
+        seen.append(("stop", os.path.basename(os.fsdecode(self._roots[0]))) if names else "stop")
+        real_stop(self, wait_s)
+
+    def archive_roots(self, *args):  # type: ignore[no-untyped-def]
+        seen.append(("walk", os.path.basename(self.options.paths[0])) if names else "walk")
+        return real_roots(self, *args)
+
+    monkeypatch.setattr(warm.SourceWarmer, "stop", stop)
+    monkeypatch.setattr(Walker, "_archive_roots", archive_roots)
+    return seen

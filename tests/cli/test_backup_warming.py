@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from casbackup.archiver import application, warm
 from casbackup.cli.main import cli
 from casbackup.testing.fixtures import PASSWORD, make_repo
+from tests.archiver.test_warm import record_stops_and_walks
 
 
 def app_block(name: str, src: Path, *lines: str) -> str:
@@ -188,22 +189,8 @@ def test_a_first_backup_stops_warming_before_its_walk(
     """A backup that reads every file (no parent snapshot) stops the warmer as soon as it
     knows: its walk stats every entry itself, and warming again costs the CPU it is bound
     by. A backup with a parent keeps the warmer running while it walks."""
-    from casbackup.archiver.walk import Walker
-
     cfg = make_site(tmp_path, {"site": ()})
-    seen: list[str] = []
-    real_stop, real_roots = warm.SourceWarmer.stop, Walker._archive_roots
-
-    def stop(self: warm.SourceWarmer, wait_s: float = 0.5) -> None:
-        seen.append("stop")
-        real_stop(self, wait_s)
-
-    def archive_roots(self, *args):  # type: ignore[no-untyped-def]
-        seen.append("walk")
-        return real_roots(self, *args)
-
-    monkeypatch.setattr(warm.SourceWarmer, "stop", stop)
-    monkeypatch.setattr(Walker, "_archive_roots", archive_roots)
+    seen = record_stops_and_walks(monkeypatch)
     args = ("--app", "site") if how == "app" else (str(tmp_path / "site"),)
     first = backup(tmp_path, cfg, *args)
     assert first.exit_code == 0, first.output
@@ -220,22 +207,8 @@ def test_backup_all_stops_each_first_backups_own_warmer_only(
     """With --all, an application's first backup stops its own warmer before its walk
     (as PATHS and --app do), while the next application's warmer goes on; a later run,
     which has parents, keeps each warmer until that application's backup is done."""
-    from casbackup.archiver.walk import Walker
-
     cfg = make_site(tmp_path, {"one": (), "two": ()})
-    seen: list[tuple[str, str]] = []
-    real_stop, real_roots = warm.SourceWarmer.stop, Walker._archive_roots
-
-    def stop(self: warm.SourceWarmer, wait_s: float = 0.5) -> None:
-        seen.append(("stop", os.fsdecode(self._roots[0]).rsplit("/", 1)[1]))
-        real_stop(self, wait_s)
-
-    def archive_roots(self, *args):  # type: ignore[no-untyped-def]
-        seen.append(("walk", os.path.basename(self.options.paths[0])))
-        return real_roots(self, *args)
-
-    monkeypatch.setattr(warm.SourceWarmer, "stop", stop)
-    monkeypatch.setattr(Walker, "_archive_roots", archive_roots)
+    seen = record_stops_and_walks(monkeypatch, names=True)
     first = backup(tmp_path, cfg, "--all")
     assert first.exit_code == 0, first.output
     walks = [app for kind, app in seen if kind == "walk"]

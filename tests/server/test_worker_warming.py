@@ -17,6 +17,7 @@ import pytest
 from casbackup.archiver import warm
 from casbackup.server import worker
 from casbackup.testing.fixtures import PASSWORD, make_repo, open_repo
+from tests.archiver.test_warm import record_stops_and_walks
 
 
 def site(tmp_path: Path, *lines: str) -> Path:
@@ -154,21 +155,7 @@ def test_a_first_backup_job_stops_warming_before_its_walk(
     """A service job that reads every file (the application's first backup) stops its
     warmer before the walk, as `casbackup backup --app` does; the next job, with a parent,
     keeps it while it walks."""
-    from casbackup.archiver.walk import Walker
-
-    seen: list[str] = []
-    real_stop, real_roots = warm.SourceWarmer.stop, Walker._archive_roots
-
-    def stop(self: warm.SourceWarmer, wait_s: float = 0.5) -> None:
-        seen.append("stop")
-        real_stop(self, wait_s)
-
-    def archive_roots(self, *args):  # type: ignore[no-untyped-def]
-        seen.append("walk")
-        return real_roots(self, *args)
-
-    monkeypatch.setattr(warm.SourceWarmer, "stop", stop)
-    monkeypatch.setattr(Walker, "_archive_roots", archive_roots)
+    seen = record_stops_and_walks(monkeypatch)
     cfg = site(tmp_path)
     for first in (True, False):
         seen.clear()
