@@ -33,7 +33,9 @@ named `my-db "x"` or `a=b` is never parsed as anything else.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import BinaryIO
 
 from casbackup.engines.base import (
@@ -356,28 +358,48 @@ class PostgresEngine:
 
         One transaction means a failed restore leaves the database empty, never half-loaded
         (borgmatic omits it; ANCHORS.md). The database is created when missing; an existing one
-        with objects in it is refused unless `overwrite`, which drops and recreates it.
+        with objects in it is refused unless `overwrite`, which loads the dump into a new
+        database (casbackup_restore_<hex>) and only then drops the old one and renames the new
+        one in its place: a failed load leaves the old data as it was (a SIGKILLed restore
+        may leave the temporary database behind, never a dropped old one).
         Privileges come after the data, in their own pass (pg_globals.AclPass): a GRANT to a
         role this server lacks is a warning naming it, not a failed restore. A pg_restore
         older than the recorded pg_dump is a warning too.
         """
         db = _require_db(spec)
-        maint = self._maintenance(spec)
+        replace_old = False
         if self._exists(spec, db):
             if self._table_count(spec) and not overwrite:
                 raise DatabaseError(
                     f"database {spec.name!r}: {db} already exists and is not empty "
                     "(use overwrite to replace it)"
                 )
-            if overwrite:
-                self._psql(spec, f"DROP DATABASE {quote_ident(db)};", maint)
+            replace_old = overwrite
         warnings: list[str] = []
         older = older_tool_warning(f"database {spec.name!r}", properties, "pg_restore",
                                    self.version_text("pg_restore"))  # fmt: skip
         if older:
             warnings.append(older)
-        if not self._exists(spec, db):
-            warnings.extend(self._create(spec, db, properties or {}))
+        # An existing database is replaced only once its successor is loaded: the dump goes
+        # into a new database under a temporary name, which takes the old one's place after
+        # the load (a broken stream or a killed restore leaves the old data as it was).
+        load = replace(spec, database=_temporary_name()) if replace_old else spec
+        target = _require_db(load)
+        if not self._exists(load, target):
+            warnings.extend(self._create(load, target, properties or {}))
+        try:
+            fed = self._load(load, stream, warnings)
+            if replace_old:
+                self._swap(spec, target, db)
+        except BaseException:
+            if replace_old:
+                self._drop_quietly(spec, target)
+            raise
+        version = self._psql(spec, "SHOW server_version;")[0]
+        return RestoreInfo(self.name, db, fed, self.row_counts(spec), version, tuple(warnings))
+
+    def _load(self, spec: DatabaseSpec, stream: BinaryIO, warnings: list[str]) -> int:
+        """pg_restore the dump into spec's database, then its privileges (warnings)."""
         argv = [find_tool("pg_restore"), "--exit-on-error", "--single-transaction",
                 "--no-owner", "--no-privileges", "--no-password", "--dbname", conninfo(spec)]  # fmt: skip
         env = pg_env(spec)
@@ -392,8 +414,26 @@ class PostgresEngine:
                 warnings.append(f"database {spec.name!r}: privileges not restored: {exc}")
         finally:
             acls.close()
-        version = self._psql(spec, "SHOW server_version;")[0]
-        return RestoreInfo(self.name, db, fed, self.row_counts(spec), version, tuple(warnings))
+        return fed
+
+    def _swap(self, spec: DatabaseSpec, loaded: str, db: str) -> None:
+        """Drop `db` and give `loaded` its name. A `db` that cannot be dropped (sessions
+        still connected) fails the restore with the server's reason; it is left as it was."""
+        maint = self._maintenance(spec)
+        self._psql(spec, f"DROP DATABASE {quote_ident(db)};", maint)
+        try:
+            self._psql(spec, f"ALTER DATABASE {quote_ident(loaded)} RENAME TO {quote_ident(db)};",
+                       maint)  # fmt: skip
+        except DatabaseError as exc:
+            raise DatabaseError(f"database {spec.name!r}: the restored data is in database "
+                                f"{loaded}, which could not be renamed to {db}: {exc}") from None  # fmt: skip
+
+    def _drop_quietly(self, spec: DatabaseSpec, db: str) -> None:
+        try:
+            if self._exists(spec, db):
+                self._psql(spec, f"DROP DATABASE {quote_ident(db)};", self._maintenance(spec))
+        except DatabaseError:
+            pass  # the restore's own error is what the user needs; a temporary may stay
 
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]:
         _require_db(spec)
@@ -402,6 +442,11 @@ class PostgresEngine:
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._psql(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};", self._maintenance(spec))
+
+
+def _temporary_name() -> str:
+    """The name a replacing restore loads into before it takes the old database's place."""
+    return f"casbackup_restore_{secrets.token_hex(6)}"
 
 
 _ENCODING = re.compile(r"[A-Za-z0-9_]{1,32}")
