@@ -119,7 +119,7 @@ class FileSender(ABC):
         self._failure: BaseException | None = None  # stops the restore at the next check
         self._batch = Batch()
         self._outstanding: set[BatchDone] = set()  # batches sent, outcome not back: temp names
-        self._temp_prefix = temp_prefix(os.getpid())
+        self._temp_prefix = temp_prefix()
         self._temps = itertools.count()
         self._writers: WriterPool | None = None
         self._threads: ThreadPoolExecutor | None = None

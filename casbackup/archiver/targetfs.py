@@ -77,27 +77,41 @@ def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int
         raise TargetError(f"cannot make the folder writable: {exc.strerror}", exc.errno) from None
 
 
-# A restore's temporary names: ``.casbackup-restore-<pid>-<n>``, pid the restoring
-# process's (``temp_prefix``; restore_files.py counts n), so that ``remove_stale_temps``
-# can tell a dead restore's leftovers from everything else.
-_TEMP_NAME = re.compile(r"\.casbackup-restore-([0-9]{1,10})-[0-9]+\Z")
+# A restore's temporary names: ``.casbackup-restore-<pid>-<token>-<n>``, pid the restoring
+# process's and token drawn once per process (``temp_prefix``; restore_files.py counts n),
+# so that ``remove_stale_temps`` can tell a dead restore's leftovers from everything else,
+# also when a new process has the dead one's pid (a container's or a rescue system's
+# restore, run again after a power cut, often gets the same small pid). Versions before
+# the token wrote ``.casbackup-restore-<pid>-<n>``; their leftovers are matched too.
+_TEMP_NAME = re.compile(r"\.casbackup-restore-([0-9]{1,10})-(?:([0-9a-f]{8})-)?[0-9]+\Z")
+_TOKEN: tuple[int, str] | None = None  # (pid, token) of this process
 
 
-def temp_prefix(pid: int) -> bytes:
-    """The start of every temporary name of the restore run by process ``pid``."""
-    return b".casbackup-restore-%d-" % pid
+def _process_token() -> str:
+    """This process's token (a forked child draws its own: its pid differs anyway)."""
+    global _TOKEN
+    pid = os.getpid()
+    if _TOKEN is None or _TOKEN[0] != pid:
+        _TOKEN = (pid, os.urandom(4).hex())
+    return _TOKEN[1]
+
+
+def temp_prefix() -> bytes:
+    """The start of every temporary name of this process's restores."""
+    return b".casbackup-restore-%d-%s-" % (os.getpid(), _process_token().encode())
 
 
 def remove_stale_temps(dir_fd: int) -> int:
     """Remove the temporary files that restores killed outright (SIGKILL, a crash, a
-    power cut) left in this folder: those whose restoring process no longer exists.
-    Returns how many were removed; never raises.
+    power cut) left in this folder: those whose restoring process no longer exists, and
+    those of an earlier process that had this process's pid (another token, or a name
+    without one). Returns how many were removed; never raises.
 
     A restore with --overwrite, or into a file system without unnamed files, writes each
     file under a temporary name first; killed outright, nobody is left to remove them, and
     a resume (a second restore) would otherwise leave them in the target for good. A
-    temporary file of a restore that is still running (its process exists, this one's
-    included) is left alone; one of a restore running in another PID namespace looks dead
+    temporary file of a restore that is still running (another live process, or this
+    one) is left alone; one of a restore running in another PID namespace looks dead
     and is removed: that restore then reports the file as not restored, nothing more.
     """
     removed = 0
@@ -111,7 +125,10 @@ def remove_stale_temps(dir_fd: int) -> int:
         if match is None:
             continue
         pid = int(match.group(1))
-        if pid == me or _alive(pid):
+        if pid == me:
+            if match.group(2) == _process_token():
+                continue  # this process's own restore
+        elif _alive(pid):
             continue
         try:
             if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):

@@ -48,7 +48,12 @@ from casbackup.repo.tree import valid_name
 from casbackup.store.local import LocalBackend
 from casbackup.threadsig import block_stop_signals, quiet_thread
 
+# A run of at least this many zero bytes inside a chunk is left as a hole (one file
+# system block: a shorter run could not free any space).
+HOLE_MIN = 4096
 _ZERO = bytes(16 * 1024 * 1024)
+_ZERO_VIEW = memoryview(_ZERO)
+_ZERO_RUN = bytes(HOLE_MIN)
 
 
 # NamedTuples, not dataclasses: a batch pickles a hundred of them, and a tuple pickles
@@ -152,10 +157,16 @@ def write_file(
         sparse = False
         for data in chunks:
             hasher.update(data)
-            if len(data) >= 4096 and memoryview(_ZERO)[: len(data)] == data:
-                sparse = True  # leave a hole: zero chunks cost no disk space
-            else:
+            extents = data_extents(data)
+            if extents is None:
                 _pwrite_all(fd, data, offset)
+            else:
+                # Runs of zeros are left as holes: the file is new, so what is not written
+                # reads as zeros, and a sparse source comes back no bigger on disk.
+                sparse = True
+                view = memoryview(data)
+                for start, end in extents:
+                    _pwrite_all(fd, view[start:end], offset + start)
             offset += len(data)
             on_bytes(len(data))
         if sparse or offset != job.size:
@@ -185,7 +196,50 @@ def write_file(
             discard(dir_fd, job.temp)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def data_extents(data: bytes) -> list[tuple[int, int]] | None:
+    """The parts of ``data`` to write when its runs of ``HOLE_MIN`` or more zero bytes
+    are left as holes: ``(start, end)`` byte ranges in order, ``[]`` for all zeros, None
+    when ``data`` has no such run (write it whole: the common case, one ``find``).
+
+    Restore makes holes by content, not by the source's layout (the repository does not
+    record where the source's holes were, as restic and borg do not): a source that held
+    allocated zeros comes back sparse, which reads the same.
+    """
+    n = len(data)
+    first = data.find(_ZERO_RUN) if n >= HOLE_MIN else -1
+    if first < 0:
+        return None
+    extents: list[tuple[int, int]] = []
+    pos = 0
+    while first >= 0:
+        end = _zero_run_end(data, first + HOLE_MIN, n)
+        if first > pos:
+            extents.append((pos, first))
+        pos = end
+        first = data.find(_ZERO_RUN, end) if end < n else -1
+    if pos < n:
+        extents.append((pos, n))
+    return extents
+
+
+def _zero_run_end(data: bytes, pos: int, n: int) -> int:
+    """The end of the run of zero bytes that reaches ``pos`` (the first non-zero byte at
+    or after ``pos``, or ``n``): whole spans compared at once (``startswith`` is a
+    memcmp), doubling while they match and halving once they do not, so a run of any
+    length costs a few dozen comparisons."""
+    step = HOLE_MIN
+    while pos < n and step:
+        k = min(step, n - pos)
+        if data.startswith(_ZERO_VIEW[:k], pos):
+            pos += k
+            if k == step and step < len(_ZERO):
+                step *= 2
+        else:
+            step = k // 2
+    return pos
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """pwrite may write less than asked (a signal, a nearly full disk): finish or raise."""
     view = memoryview(data)
     while view:

@@ -33,7 +33,9 @@ named `my-db "x"` or `a=b` is never parsed as anything else.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import BinaryIO
 
 from casbackup.engines.base import (
@@ -53,6 +55,12 @@ from casbackup.engines.pg_globals import (
     dump_roles,
     globals_file_name,
     utf8_env,
+)
+from casbackup.engines.pg_owners import (
+    capped,
+    database_statements,
+    owner_statements,
+    toc_script,
 )
 from casbackup.engines.process import (
     ClientSession,
@@ -356,44 +364,95 @@ class PostgresEngine:
 
         One transaction means a failed restore leaves the database empty, never half-loaded
         (borgmatic omits it; ANCHORS.md). The database is created when missing; an existing one
-        with objects in it is refused unless `overwrite`, which drops and recreates it.
+        with objects in it is refused unless `overwrite`, which loads the dump into a new
+        database (casbackup_restore_<hex>) and only then drops the old one and renames the new
+        one in its place: a failed load leaves the old data as it was (a SIGKILLed restore
+        may leave the temporary database behind, never a dropped old one).
         Privileges come after the data, in their own pass (pg_globals.AclPass): a GRANT to a
         role this server lacks is a warning naming it, not a failed restore. A pg_restore
         older than the recorded pg_dump is a warning too.
         """
         db = _require_db(spec)
-        maint = self._maintenance(spec)
+        replace_old = False
         if self._exists(spec, db):
             if self._table_count(spec) and not overwrite:
                 raise DatabaseError(
                     f"database {spec.name!r}: {db} already exists and is not empty "
                     "(use overwrite to replace it)"
                 )
-            if overwrite:
-                self._psql(spec, f"DROP DATABASE {quote_ident(db)};", maint)
+            replace_old = overwrite
         warnings: list[str] = []
         older = older_tool_warning(f"database {spec.name!r}", properties, "pg_restore",
                                    self.version_text("pg_restore"))  # fmt: skip
         if older:
             warnings.append(older)
-        if not self._exists(spec, db):
-            warnings.extend(self._create(spec, db, properties or {}))
+        # An existing database is replaced only once its successor is loaded: the dump goes
+        # into a new database under a temporary name, which takes the old one's place after
+        # the load (a broken stream or a killed restore leaves the old data as it was).
+        load = replace(spec, database=_temporary_name()) if replace_old else spec
+        target = _require_db(load)
+        created = not self._exists(load, target)
+        if created:
+            warnings.extend(self._create(load, target, properties or {}))
+        try:
+            fed = self._load(load, stream, warnings, created)
+            if replace_old:
+                self._swap(spec, target, db)
+        except BaseException:
+            if replace_old:
+                self._drop_quietly(spec, target)
+            raise
+        version = self._psql(spec, "SHOW server_version;")[0]
+        return RestoreInfo(self.name, db, fed, self.row_counts(spec), version, tuple(warnings))
+
+    def _load(
+        self, spec: DatabaseSpec, stream: BinaryIO, warnings: list[str], created: bool
+    ) -> int:
+        """pg_restore the dump into spec's database, then its owners, privileges and (for a
+        database this restore `created`) the database's own properties: pg_owners.py. What
+        the server refuses of those is a warning each."""
         argv = [find_tool("pg_restore"), "--exit-on-error", "--single-transaction",
                 "--no-owner", "--no-privileges", "--no-password", "--dbname", conninfo(spec)]  # fmt: skip
         env = pg_env(spec)
-        acls = AclPass(f"restore of database {spec.name!r}", env)
+        what = f"restore of database {spec.name!r}"
+        acls = AclPass(what, env)
         try:
-            fed = feed_tool(argv, acls.tee(stream), what=f"restore of database {spec.name!r}",
-                            env=env)  # fmt: skip
+            fed = feed_tool(argv, acls.tee(stream), what=what, env=env)
+            psql_argv = self._psql_argv(spec)
             try:
                 statements, encoding = acls.statements()
-                warnings.extend(apply_acls(spec, statements, encoding, self._psql_argv(spec), env))
+                toc = toc_script(env, acls.prefix_path, acls.scratch_path("all.list"), what)
+                own = apply_acls(spec, owner_statements(toc), encoding, psql_argv, env, "owner")
+                warnings.extend(capped(own, f"database {spec.name!r}"))
+                warnings.extend(apply_acls(spec, statements, encoding, psql_argv, env))
+                if created:
+                    props = database_statements(toc, _require_db(spec), encoding)
+                    warnings.extend(apply_acls(spec, props, encoding, psql_argv, env,
+                                               "database property"))  # fmt: skip
             except DatabaseError as exc:  # the data is in: say what is missing, keep it
                 warnings.append(f"database {spec.name!r}: privileges not restored: {exc}")
         finally:
             acls.close()
-        version = self._psql(spec, "SHOW server_version;")[0]
-        return RestoreInfo(self.name, db, fed, self.row_counts(spec), version, tuple(warnings))
+        return fed
+
+    def _swap(self, spec: DatabaseSpec, loaded: str, db: str) -> None:
+        """Drop `db` and give `loaded` its name. A `db` that cannot be dropped (sessions
+        still connected) fails the restore with the server's reason; it is left as it was."""
+        maint = self._maintenance(spec)
+        self._psql(spec, f"DROP DATABASE {quote_ident(db)};", maint)
+        try:
+            self._psql(spec, f"ALTER DATABASE {quote_ident(loaded)} RENAME TO {quote_ident(db)};",
+                       maint)  # fmt: skip
+        except DatabaseError as exc:
+            raise DatabaseError(f"database {spec.name!r}: the restored data is in database "
+                                f"{loaded}, which could not be renamed to {db}: {exc}") from None  # fmt: skip
+
+    def _drop_quietly(self, spec: DatabaseSpec, db: str) -> None:
+        try:
+            if self._exists(spec, db):
+                self._psql(spec, f"DROP DATABASE {quote_ident(db)};", self._maintenance(spec))
+        except DatabaseError:
+            pass  # the restore's own error is what the user needs; a temporary may stay
 
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]:
         _require_db(spec)
@@ -402,6 +461,11 @@ class PostgresEngine:
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._psql(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};", self._maintenance(spec))
+
+
+def _temporary_name() -> str:
+    """The name a replacing restore loads into before it takes the old database's place."""
+    return f"casbackup_restore_{secrets.token_hex(6)}"
 
 
 _ENCODING = re.compile(r"[A-Za-z0-9_]{1,32}")

@@ -199,5 +199,5 @@ def assert_same_tree(
 def assert_sparse(path: bytes) -> None:
     st = os.stat(path)
     assert st.st_size == SPARSE_SIZE
-    # Holes are kept per chunk: the chunk holding the data also holds some zeros.
-    assert st.st_blocks * 512 < SPARSE_SIZE / 10, f"sparse file takes {st.st_blocks * 512} bytes"
+    # Runs of zeros are holes, inside the chunk that holds the data too: a block or two.
+    assert st.st_blocks * 512 <= 64 * 1024, f"sparse file takes {st.st_blocks * 512} bytes"

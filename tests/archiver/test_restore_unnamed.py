@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from casbackup.archiver import unnamed, writers
+from casbackup.archiver import targetfs, unnamed, writers
 from casbackup.archiver.restore import restore
 from casbackup.archiver.restore_files import RestoreOptions
 from casbackup.archiver.writers import FileJob
@@ -302,7 +302,8 @@ def test_temporary_files_of_a_restore_killed_outright_are_removed_by_the_next(
     left = temp_files(out)
     assert left  # what the kill left: the half-written files, under temporary names
     folder = Path(left[0]).parent
-    kept = [f".casbackup-restore-{os.getpid()}-999999", ".casbackup-restore-1-2",  # live processes
+    ours = (targetfs.temp_prefix() + b"999999").decode()  # this process's own restore
+    kept = [ours, ".casbackup-restore-1-2", ".casbackup-restore-1-0123abcd-2",  # live processes
             ".casbackup-restore-notes", ".casbackup-restore-4x-1"]  # fmt: skip
     for name in kept:
         (folder / name).write_bytes(b"not ours to remove")
@@ -322,9 +323,34 @@ def test_temporary_files_of_a_restore_killed_outright_are_removed_by_the_next(
 
 def test_the_sweeper_knows_every_temporary_name_a_restore_writes() -> None:
     """remove_stale_temps matches what restore_files.py names its temporary files."""
-    from casbackup.archiver import targetfs
-
-    for pid, n in ((1, 0), (os.getpid(), 7), (4_194_304, 123_456)):
-        name = (targetfs.temp_prefix(pid) + b"%d" % n).decode()
+    for n in (0, 7, 123_456):
+        name = (targetfs.temp_prefix() + b"%d" % n).decode()
         match = targetfs._TEMP_NAME.match(name)
-        assert match is not None and int(match.group(1)) == pid
+        assert match is not None and int(match.group(1)) == os.getpid()
+        assert match.group(2) == targetfs._process_token()
+
+
+@needs_unnamed
+@pytest.mark.timeout(120)
+def test_leftovers_of_an_earlier_process_with_this_pid_are_removed_not_collided_with(
+    tmp_path: Path,
+) -> None:
+    """A restore killed outright, run again by a process that got the same pid (a
+    container's entrypoint, a rescue system booted again after a power cut): before, the
+    sweeper took the leftovers for this restore's own and kept them for good, and every
+    file whose temporary name was one of them failed with 'a temporary file of this
+    restore exists already'. Leftovers of this pid under another token (or under the names
+    of versions before the token) are a dead restore's."""
+    src, snap, out = _killed_restore(tmp_path, folders=3, files=30, overwrite=True)
+    left = temp_files(out)
+    assert left
+    me = os.getpid()
+    for folder in {Path(p).parent for p in left}:
+        for n in range(40):  # the counter of the next restore starts at 0
+            for name in (f".casbackup-restore-{me}-{n}", f".casbackup-restore-{me}-89abcdef-{n}"):
+                (folder / name).write_bytes(b"left by an earlier process with this pid")
+    with open_repo(str(tmp_path / "repo")) as again:
+        result = restore(again, snap, RestoreOptions(target=str(out), overwrite=True))
+    assert result.errors == []
+    assert temp_files(out) == []
+    assert_same_tree(os.fsencode(src), os.fsencode(restored(out, src)))

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from casbackup.engines import get_engine
+from casbackup.engines import get_engine, postgresql
 from casbackup.engines.base import DatabaseSpec
 from casbackup.engines.postgresql import PostgresEngine, conninfo
 from casbackup.errors import DatabaseError
@@ -230,3 +230,45 @@ def test_bad_dump_fails_restore_and_leaves_nothing(pg_cleanup: list[str]) -> Non
     with pytest.raises(DatabaseError, match="pg_restore exited with status 1"):
         engine.restore(pg_spec(target), io.BytesIO(b"PGDMP this is not a dump"))
     assert engine.row_counts(pg_spec(target)) == {}
+
+
+class _BrokenAfter(io.RawIOBase):
+    """A dump that reads fine for `good` bytes, then fails as a damaged repository does."""
+
+    def __init__(self, data: bytes, good: int) -> None:
+        super().__init__()
+        self._data, self._pos, self._good = data, 0, good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._pos >= self._good:
+            raise OSError("pack 3f2a: authentication failed")
+        n = min(len(b), self._good - self._pos, 4096)
+        b[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+def test_overwrite_that_fails_keeps_the_existing_database(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--overwrite replaces a database only once the new one is loaded: a dump that breaks
+    mid-stream (a damaged pack, a killed restore) leaves the old data as it was. It used to
+    DROP the database first, so a failed load left an empty one (found by killing
+    `db restore --overwrite` mid-load: the live table was gone)."""
+    psql("CREATE TABLE t (id int PRIMARY KEY, s text);"
+         "INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series(1, 2000) g;", pg_database)  # fmt: skip
+    data, _ = dump_bytes(pg_spec(pg_database))
+    psql("CREATE TABLE precious (v text); INSERT INTO precious VALUES ('keep me');", pg_database)
+    temporary = unique("casb_tmp")
+    monkeypatch.setattr(postgresql, "_temporary_name", lambda: temporary)
+    engine = PostgresEngine()
+    with pytest.raises((DatabaseError, OSError)):
+        engine.restore(pg_spec(pg_database), _BrokenAfter(data, len(data) // 2), overwrite=True)
+    assert psql("SELECT v FROM precious;", pg_database).strip() == "keep me"
+    assert not psql(f"SELECT 1 FROM pg_database WHERE datname = '{temporary}';")  # dropped
+    # And a whole dump still replaces it.
+    engine.restore(pg_spec(pg_database), io.BytesIO(data), overwrite=True)
+    assert engine.row_counts(pg_spec(pg_database)) == {"public.t": 2000}
