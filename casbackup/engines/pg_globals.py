@@ -197,6 +197,16 @@ class AclPass:
                 env=env,
             )
 
+    @property
+    def prefix_path(self) -> str:
+        """The dump's first bytes (its table of contents), complete once `statements()`
+        returned; removed by `close()`."""
+        return self._prefix_path
+
+    def scratch_path(self, name: str) -> str:
+        """A private path for a file of the caller's, removed by `close()`."""
+        return os.path.join(self._dir.name, name)
+
     def tee(self, stream: BinaryIO) -> BinaryIO:
         return _TeeReader(stream, self._feed)  # type: ignore[return-value]
 
@@ -278,17 +288,19 @@ class _TeeReader:
 
 def apply_acls(
     spec: DatabaseSpec, statements: list[str], encoding: str, psql_argv: list[str],
-    env: dict[str, str],
+    env: dict[str, str], kind: str = "privilege",
 ) -> list[str]:  # fmt: skip
-    """Apply privilege statements to the restored database; a warning per refused one."""
+    """Apply privilege statements (or others of a dump, `kind` naming them) to the restored
+    database; a warning per refused one. `statements` are latin-1 text of the bytes in the
+    dump's `encoding` (AclPass.statements)."""
     if not statements:
         return []
-    what = f"privileges of database {spec.name!r}"
+    what = f"{kind}s of database {spec.name!r}"
     failures = run_guarded(
         psql_argv, statements, {**env, "PGCLIENTENCODING": encoding}, what, "latin-1"
     )
     return [
-        f"database {spec.name!r}: privilege not restored: "
+        f"database {spec.name!r}: {kind} not restored: "
         f"{_readable(f.statement, encoding)}: {f.error}"
         for f in failures
     ]

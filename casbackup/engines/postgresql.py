@@ -56,6 +56,12 @@ from casbackup.engines.pg_globals import (
     globals_file_name,
     utf8_env,
 )
+from casbackup.engines.pg_owners import (
+    capped,
+    database_statements,
+    owner_statements,
+    toc_script,
+)
 from casbackup.engines.process import (
     ClientSession,
     ProcessDumpStream,
@@ -385,10 +391,11 @@ class PostgresEngine:
         # the load (a broken stream or a killed restore leaves the old data as it was).
         load = replace(spec, database=_temporary_name()) if replace_old else spec
         target = _require_db(load)
-        if not self._exists(load, target):
+        created = not self._exists(load, target)
+        if created:
             warnings.extend(self._create(load, target, properties or {}))
         try:
-            fed = self._load(load, stream, warnings)
+            fed = self._load(load, stream, warnings, created)
             if replace_old:
                 self._swap(spec, target, db)
         except BaseException:
@@ -398,18 +405,30 @@ class PostgresEngine:
         version = self._psql(spec, "SHOW server_version;")[0]
         return RestoreInfo(self.name, db, fed, self.row_counts(spec), version, tuple(warnings))
 
-    def _load(self, spec: DatabaseSpec, stream: BinaryIO, warnings: list[str]) -> int:
-        """pg_restore the dump into spec's database, then its privileges (warnings)."""
+    def _load(
+        self, spec: DatabaseSpec, stream: BinaryIO, warnings: list[str], created: bool
+    ) -> int:
+        """pg_restore the dump into spec's database, then its owners, privileges and (for a
+        database this restore `created`) the database's own properties: pg_owners.py. What
+        the server refuses of those is a warning each."""
         argv = [find_tool("pg_restore"), "--exit-on-error", "--single-transaction",
                 "--no-owner", "--no-privileges", "--no-password", "--dbname", conninfo(spec)]  # fmt: skip
         env = pg_env(spec)
-        acls = AclPass(f"restore of database {spec.name!r}", env)
+        what = f"restore of database {spec.name!r}"
+        acls = AclPass(what, env)
         try:
-            fed = feed_tool(argv, acls.tee(stream), what=f"restore of database {spec.name!r}",
-                            env=env)  # fmt: skip
+            fed = feed_tool(argv, acls.tee(stream), what=what, env=env)
+            psql_argv = self._psql_argv(spec)
             try:
                 statements, encoding = acls.statements()
-                warnings.extend(apply_acls(spec, statements, encoding, self._psql_argv(spec), env))
+                toc = toc_script(env, acls.prefix_path, acls.scratch_path("all.list"), what)
+                own = apply_acls(spec, owner_statements(toc), encoding, psql_argv, env, "owner")
+                warnings.extend(capped(own, f"database {spec.name!r}"))
+                warnings.extend(apply_acls(spec, statements, encoding, psql_argv, env))
+                if created:
+                    props = database_statements(toc, _require_db(spec), encoding)
+                    warnings.extend(apply_acls(spec, props, encoding, psql_argv, env,
+                                               "database property"))  # fmt: skip
             except DatabaseError as exc:  # the data is in: say what is missing, keep it
                 warnings.append(f"database {spec.name!r}: privileges not restored: {exc}")
         finally:
