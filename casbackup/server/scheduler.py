@@ -9,7 +9,8 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
 - State: the last fire time of each schedule is kept in the state database, so a restart knows
   what it missed. A schedule seen for the first time starts counting from now.
 - Clock: the wall clock is read on every tick, at least every ``tick_s`` (30 s) seconds, never
-  derived from a sleep: a laptop or VM that slept notices the time jump at its next tick.
+  derived from a sleep: a laptop or VM that slept notices the time jump at its next tick. A
+  clock set back before a schedule's last fire (it ran ahead) counts from now, with a warning.
 - Missed runs (the fire time passed more than ``GRACE_S`` ago: the service was down or the
   machine asleep): ``once`` (default) runs one backup now however many were missed; ``skip``
   runs none. Either way the schedule moves on to its next time from now.
@@ -202,6 +203,8 @@ class Scheduler:
             if last is None:
                 self._set_last(e.key, now)  # first sight: count from now, do not fire at once
                 continue
+            if last.timestamp() > now.timestamp() + GRACE_S:
+                last = self._clock_went_back(e, last, now)
             if e.kind == "backup":
                 self._check_overdue(e, now)  # before a new fire moves what is waited for
             due = e.rule.next_after(last)
@@ -221,6 +224,26 @@ class Scheduler:
             job = self._fire(e, done, missed, now)
             self._set_last(e.key, now if e.rule.interval is not None else latest, job)
         return done
+
+    def _clock_went_back(self, e: Entry, last: dt.datetime, now: dt.datetime) -> dt.datetime:
+        """The last fire is in the future: the clock was set back (NTP after a clock that ran
+        ahead, a VM restored with an old time). Counting from that fire would stop the
+        schedule, unseen, until the clock reaches it again (a year, for a clock that was a
+        year ahead), so it counts from now; unless the fire is the one the clock is about to
+        reach again (set back an hour just after the nightly run), which is not run twice.
+        The overdue markers written under the wrong clock go too."""
+        if e.rule.next_after(now) >= last:
+            return last
+        log.warning(
+            "%s: the clock went back to %s, before this schedule's last run (%s); it counts "
+            "from now", e.key, now.isoformat(), last.isoformat(),
+        )  # fmt: skip
+        self.service.db.execute(
+            "DELETE FROM schedule_state WHERE key IN (?,?) AND last_fire > ?",
+            (f"due:{e.key}", f"overdue:{e.key}", now.timestamp()),
+        )
+        self._set_last(e.key, now)
+        return now
 
     # ----------------------------------------------------------------- overdue
     def _check_overdue(self, e: Entry, now: dt.datetime) -> None:

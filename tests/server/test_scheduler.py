@@ -203,3 +203,41 @@ def test_a_scheduled_backup_runs_for_real_and_is_audited(
             "SELECT actor, actor_kind, action, app FROM audit WHERE actor='scheduler'"
         )
         assert [tuple(r) for r in rows] == [("scheduler", "scheduler", "scheduled_backup", "blog")]
+
+
+def test_a_clock_set_back_does_not_stop_the_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A machine whose clock ran a year ahead (a bad RTC, a VM restored with the wrong time)
+    # fires there; NTP then sets it right. The schedule must go on from the real time, not
+    # wait (silently: nothing is overdue for a clock that has not reached it) for a year.
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *", "blog": "every 15 minutes"})
+    s.tick(berlin(2026, 1, 10, 12, 0))
+    s.tick(berlin(2027, 1, 10, 12, 0))  # the wrong clock: one missed run each
+    assert len(rec.calls) == 2
+    minute, fired = berlin(2026, 1, 10, 12, 1), []  # set right
+    while minute < berlin(2026, 1, 12, 12, 0):
+        fired += [line.split(":", 2)[1] + minute.astimezone(BERLIN).strftime(" %d %H:%M")
+                  for line in s.tick(minute)]  # fmt: skip
+        minute += dt.timedelta(minutes=1)
+    shop = [f for f in fired if f.startswith("shop")]
+    assert shop == ["shop 11 02:30", "shop 12 02:30"]
+    assert len([f for f in fired if f.startswith("blog")]) == 2 * 24 * 4 - 1
+    assert "went back" in caplog.text
+    # None of these runs succeeded (the recorder runs nothing): each is reported overdue,
+    # not held back by the reports made under the wrong clock.
+    assert any("due at 2026-01-11T01:30:00+00:00" in m for m in s.overdue)
+
+
+def test_a_clock_set_back_an_hour_does_not_repeat_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NTP steps the clock back an hour just after the nightly run: that night's run is done.
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    s.tick(berlin(2026, 1, 10, 12, 0))
+    assert len(s.tick(berlin(2026, 1, 11, 2, 30, 10))) == 1
+    minute = berlin(2026, 1, 11, 1, 45)  # stepped back from 02:45
+    while minute < berlin(2026, 1, 12, 3, 0):
+        s.tick(minute)
+        minute += dt.timedelta(minutes=1)
+    assert len(rec.calls) == 2  # 11th and 12th, never the 11th twice
