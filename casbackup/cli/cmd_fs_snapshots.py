@@ -49,7 +49,7 @@ def list_cmd(ctx: click.Context, providers: tuple[str, ...]) -> None:
             _warn(ctx, str(exc))
             continue
         for left in found:
-            state = "running" if pid_alive(left.pid) else "leftover"
+            state = "running" if pid_alive(left.pid, left.name) else "leftover"
             rows.append({"provider": left.provider, "snapshot": left.handle, "state": state})
     if global_options(ctx).json:
         emit_json({"message_type": "fs_snapshots", "snapshots": rows})

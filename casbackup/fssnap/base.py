@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,6 +74,7 @@ class Leftover:
     provider: str
     handle: str
     pid: int
+    name: str = ""  # the snapshot name (snapshot_name) the handle holds
 
 
 @dataclass(frozen=True)
@@ -132,14 +134,37 @@ def parse_name(name: str) -> int | None:
     return int(m.group("pid")) if m else None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether the casbackup run with this pid may still be running (its snapshot is in use).
+# Names of the snapshots this process has taken and not yet released (session.py).
+_held: set[str] = set()
+_held_mutex = threading.Lock()
+
+
+def hold(name: str) -> None:
+    """Record that this process takes (or took) the snapshot ``name``: it is in use."""
+    with _held_mutex:
+        _held.add(name)
+
+
+def let_go(name: str) -> None:
+    """Record that this process is done with the snapshot ``name``."""
+    with _held_mutex:
+        _held.discard(name)
+
+
+def pid_alive(pid: int, name: str = "") -> bool:
+    """Whether the casbackup run with this pid may still be running (its snapshot
+    ``name`` is in use).
 
     A pid reused by an unrelated process would keep a leftover forever, so a live process
-    counts only when its command line mentions casbackup.
+    counts only when its command line mentions casbackup; and a snapshot with this
+    process's own pid that this process did not take is an earlier process's (a
+    container's entrypoint, run again after a kill, gets the same pid).
     """
     if pid == os.getpid():
-        return True
+        if not name:
+            return True
+        with _held_mutex:
+            return name in _held
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

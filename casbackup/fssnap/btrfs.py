@@ -129,7 +129,7 @@ class BtrfsProvider:
                 path = os.path.join(folder, name)
                 # only a subvolume (not a symlink to one elsewhere) is deleted
                 if pid is not None and _is_subvolume(path):
-                    out.append(Leftover(self.name, path, pid))
+                    out.append(Leftover(self.name, path, pid, name))
         return out
 
     def remove(self, leftover: Leftover) -> None:

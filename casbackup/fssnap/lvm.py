@@ -124,7 +124,8 @@ class LvmProvider:
         for row in lvs("-o", "lv_name,vg_name"):
             pid = parse_name(str(row.get("lv_name", "")))
             if pid is not None:
-                out.append(Leftover(self.name, f"{row.get('vg_name')}/{row['lv_name']}", pid))
+                lv = str(row["lv_name"])
+                out.append(Leftover(self.name, f"{row.get('vg_name')}/{lv}", pid, lv))
         return out
 
     def remove(self, leftover: Leftover) -> None:

@@ -28,6 +28,8 @@ from casbackup.fssnap.base import (
     ProviderSettings,
     ToolMissing,
     Volume,
+    hold,
+    let_go,
     pid_alive,
     require_root,
     snapshot_name,
@@ -75,6 +77,7 @@ class FrozenSources:
     sources: list[FrozenSource] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)  # casbackup's own snapshot folders
     snapshots: list[tuple[Provider, Frozen]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # held by this process (base.hold)
 
     @property
     def read_from(self) -> tuple[tuple[str, str], ...]:
@@ -130,7 +133,7 @@ def cleanup(
             result.unavailable.append(str(exc))
             continue
         for left in found:
-            if pid_alive(left.pid):
+            if pid_alive(left.pid, left.name):
                 result.alive.append(left)
                 continue
             try:
@@ -221,6 +224,8 @@ def _freeze_all(
         if frozen is None:
             provider = providers[volume.provider]
             name = snapshot_name(app, now, seq=len(taken))
+            hold(name)  # before it exists: a cleanup in another thread must not take it
+            state.names.append(name)
             frozen = provider.freeze(volume, name, plan.settings)
             taken[key] = frozen
             state.snapshots.append((provider, frozen))
@@ -396,6 +401,8 @@ def _release(state: FrozenSources, log: Callable[[str], None], warn: Callable[[s
                 log(f"{provider.name} snapshot {frozen.handle} removed")
             except SnapshotProviderError as exc:
                 failures.append(str(exc))
+    for name in state.names:
+        let_go(name)  # removed, or left for 'fs-snapshots cleanup' to remove
     for message in failures:
         warn(
             f"a file-system snapshot could not be removed ({message}); "

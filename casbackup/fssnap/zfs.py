@@ -99,14 +99,16 @@ class ZfsProvider:
         out = []
         clones = run_tool(["zfs", "list", "-H", "-t", "filesystem", "-o", "name"], self.name)
         for row in _lines(clones):
-            pid = parse_name(row[0].rsplit("/", 1)[-1])
+            name = row[0].rsplit("/", 1)[-1]
+            pid = parse_name(name)
             if pid is not None and "/" in row[0]:
-                out.append(Leftover(self.name, row[0], pid))
+                out.append(Leftover(self.name, row[0], pid, name))
         snaps = run_tool(["zfs", "list", "-H", "-t", "snapshot", "-o", "name"], self.name)
         for row in _lines(snaps):
-            pid = parse_name(row[0].partition("@")[2])
+            name = row[0].partition("@")[2]
+            pid = parse_name(name)
             if pid is not None:
-                out.append(Leftover(self.name, row[0], pid))
+                out.append(Leftover(self.name, row[0], pid, name))
         return out
 
     def remove(self, leftover: Leftover) -> None:

@@ -6,7 +6,11 @@ file first, then lists the others: if a conflicting live lock exists it deletes
 its own and fails, so two racing processes can both fail but never both win.
 
 A lock is stale when it was not refreshed for STALE_AFTER seconds, or when it was
-taken on this host by a process that no longer exists (a backup killed with SIGKILL).
+taken on this host by a process that no longer exists (a backup killed with SIGKILL):
+it ran in an earlier boot, its pid is gone or now another process's (the lock records
+its process's boot, pid namespace and start: casbackup/liveness.py), or it is this
+process's own pid while this process does not hold it. A lock of another pid namespace
+(a container sharing the host name) counts as another host's.
 Stale locks are ignored; an exclusive lock removes them as it is taken (``removed``
 says which, for a one-line note), and ``casbackup unlock`` removes them too.
 """
@@ -21,12 +25,19 @@ import threading
 import time
 from dataclasses import dataclass
 
+from casbackup import liveness
 from casbackup.errors import CasError, LockError, NotFound, StorageError
 from casbackup.repo.ids import Kind
 from casbackup.threadsig import quiet_thread
 
 STALE_AFTER = 30 * 60
 REFRESH_EVERY = 5 * 60
+
+
+# Names of the locks this process holds (written and not yet deleted): a lock with this
+# process's pid and host that is not among them is an earlier process's.
+_held: set[str] = set()
+_held_mutex = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -38,29 +49,28 @@ class LockInfo:
     time: float
     exclusive: bool
     command: str
+    # Which process had the pid (boot, pid namespace, start); unknown from older versions.
+    who: liveness.ProcessId = liveness.ProcessId(None, None, None)
 
     def is_stale(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         if now - self.time > STALE_AFTER:
             return True
-        if self.host == socket.gethostname() and not _pid_alive(self.pid):
-            return True
-        return False
+        if self.host != socket.gethostname():
+            return False
+        with _held_mutex:
+            if self.name in _held:
+                return False
+        ended = liveness.gone(self.pid, self.who)
+        if ended is None:
+            return False  # another pid namespace: its pid means nothing here
+        # This process's own pid, but not a lock it holds: an earlier process's.
+        return ended or self.pid == os.getpid()
 
     def describe(self) -> str:
         kind = "exclusive" if self.exclusive else "shared"
         age = int(time.time() - self.time)
         return f"{kind} lock by {self.user}@{self.host} pid {self.pid} ({self.command}), {age}s old"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Lock:
@@ -77,7 +87,7 @@ class Lock:
         self._mutex = threading.Lock()
 
     def _write(self, name: str | None = None) -> str:
-        doc = {
+        doc: dict[str, object] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "user": getpass.getuser(),
@@ -85,9 +95,19 @@ class Lock:
             "exclusive": self.exclusive,
             "command": self.command,
         }
+        me = liveness.this_process()
+        doc.update({k: v for k, v in (("boot", me.boot), ("pidns", me.pidns), ("start", me.start))
+                    if v is not None})  # fmt: skip
         name = name or f"locks/{os.urandom(16).hex()}"
-        # Create-only where the store offers it (repo_format.md "Object stores").
-        self._repo.put_encrypted(name, Kind.LOCK, json.dumps(doc).encode(), create_only=True)
+        with _held_mutex:
+            _held.add(name)  # before it exists: another lock of this process may list it
+        try:
+            # Create-only where the store offers it (repo_format.md "Object stores").
+            self._repo.put_encrypted(name, Kind.LOCK, json.dumps(doc).encode(), create_only=True)
+        except BaseException:
+            with _held_mutex:
+                _held.discard(name)  # an interrupted write's file is deleted by the caller
+            raise
         return name
 
     def acquire(self) -> Lock:
@@ -149,6 +169,8 @@ class Lock:
             self._repo.backend.delete(name)
         except (NotFound, CasError):
             pass
+        with _held_mutex:
+            _held.discard(name)
 
     def release(self) -> None:
         self._stop.set()
@@ -172,7 +194,7 @@ def list_locks(repo) -> list[LockInfo]:
             locks.append(
                 LockInfo(
                     name, str(doc["host"]), int(doc["pid"]), str(doc["user"]), float(doc["time"]),
-                    bool(doc["exclusive"]), str(doc.get("command", "")),
+                    bool(doc["exclusive"]), str(doc.get("command", "")), _who(doc),
                 )
             )  # fmt: skip
         except NotFound:
@@ -181,3 +203,14 @@ def list_locks(repo) -> list[LockInfo]:
             # Unreadable lock: treat as a live exclusive lock of unknown owner; unlock can remove it.
             locks.append(LockInfo(name, "?", 0, "?", time.time(), True, "unreadable lock file"))
     return locks
+
+
+def _who(doc: dict[str, object]) -> liveness.ProcessId:
+    """The lock's process beyond its pid; a part absent (an older version's lock) or of
+    the wrong type is unknown."""
+    boot, pidns, start = doc.get("boot"), doc.get("pidns"), doc.get("start")
+    return liveness.ProcessId(
+        boot if isinstance(boot, str) and boot else None,
+        pidns if isinstance(pidns, str) and pidns else None,
+        start if isinstance(start, int) and not isinstance(start, bool) and start >= 0 else None,
+    )

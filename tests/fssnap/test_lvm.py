@@ -294,12 +294,23 @@ def test_lvm_needs_root(lvm: dict[str, Any], repo: Any, monkeypatch: pytest.Monk
 
 
 def test_lvm_leftovers_of_dead_runs_are_removed(lvm: dict[str, Any]) -> None:
+    """A snapshot of a dead pid goes, one this process holds stays; and one with this
+    process's pid that it did not take is an earlier process's (a container's entrypoint
+    killed mid-backup and run again gets the same pid): before, it counted as in use and
+    stayed for good, filling its volume group's free space."""
+    from casbackup.fssnap.base import hold, let_go
+
     dead = snapshot_name("webapp", pid=2**22 + 17)  # above Linux's pid_max: never alive
     alive = snapshot_name("webapp")
-    for name in (dead, alive, "home-before-upgrade"):
+    earlier = snapshot_name("webapp", now=1)  # this pid, taken in 1970: not by this process
+    for name in (dead, alive, earlier, "home-before-upgrade"):
         (lvm["state"] / name).mkdir()
-    done = cleanup(("lvm",))
-    assert [x.handle for x in done.removed] == [f"vg0/{dead}"]
+    hold(alive)
+    try:
+        done = cleanup(("lvm",))
+    finally:
+        let_go(alive)
+    assert sorted(x.handle for x in done.removed) == sorted([f"vg0/{dead}", f"vg0/{earlier}"])
     assert [x.handle for x in done.alive] == [f"vg0/{alive}"]
     assert sorted(os.listdir(lvm["state"])) == sorted([alive, "home-before-upgrade"])
     assert f"lvremove -f vg0/{dead}" in _log(lvm)

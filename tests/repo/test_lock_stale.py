@@ -111,3 +111,70 @@ def test_a_shared_lock_leaves_stale_locks_alone(tmp_path) -> None:  # type: igno
         assert name in {i.name for i in list_locks(repo)}
     assert [i.name for i in list_locks(repo)] == [name]
     repo.close()
+
+
+def _local_lock(repo, *, pid: int, extra: dict[str, object], exclusive: bool = True) -> str:  # type: ignore[no-untyped-def]
+    """A recent lock of this host, as process ``pid`` wrote it, with ``extra`` fields
+    (boot, pidns, start: none of them from versions before these fields)."""
+    import socket
+
+    doc: dict[str, object] = {
+        "host": socket.gethostname(), "pid": pid, "user": "root", "time": time.time() - 5,
+        "exclusive": exclusive, "command": "casbackup prune", **extra,
+    }  # fmt: skip
+    name = f"locks/{os.urandom(16).hex()}"
+    repo.put_encrypted(name, Kind.LOCK, json.dumps(doc).encode(), create_only=True)
+    return name
+
+
+def test_a_lock_left_by_an_earlier_process_with_this_pid_is_stale(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A prune killed outright in a container, run again: the new process often gets the
+    same pid (the entrypoint's), and the killed one's lock, 'held by a live pid', refused
+    every backup and prune for 30 minutes ('repository is locked: exclusive lock by ...
+    pid N'). Also for locks of versions before the process fields (pid alone)."""
+    from casbackup import liveness
+
+    me = liveness.this_process()
+    earlier = {"boot": me.boot, "pidns": me.pidns, "start": (me.start or 0) + 1}
+    repo = make_repo(str(tmp_path / "repo"))
+    for extra in (earlier, {}):
+        name = _local_lock(repo, pid=os.getpid(), extra=extra)
+        with repo.locked(command="backup"):  # a shared lock ignores it
+            pass
+        held = repo.lock(exclusive=True, command="prune")  # an exclusive one removes it
+        assert [i.name for i in list_locks(repo)] == [held.name]
+        assert len(held.removed) == 1 and f"pid {os.getpid()}" in held.removed[0]
+        held.release()
+        assert name not in {i.name for i in list_locks(repo)}
+    repo.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/1/stat"), reason="no /proc: start times unknown")
+def test_a_lock_is_judged_by_which_process_had_its_pid(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """pid 1 exists. As the lock's pid it is stale when pid 1 started at another time, or
+    the lock is from another boot; live (it excludes) when it is pid 1's own; and a lock of
+    another pid namespace (a container with the same host name) is judged by its age
+    only, even when that pid does not exist here."""
+    from casbackup import liveness
+
+    me = liveness.this_process()
+    real = liveness.start_ticks(1)
+    if real is None or me.boot is None or me.pidns is None:
+        pytest.skip("process identities cannot be read here")
+    repo = make_repo(str(tmp_path / "repo"))
+    for stale in ({"boot": me.boot, "pidns": me.pidns, "start": real + 1},
+                  {"boot": "another-boot", "pidns": me.pidns, "start": real}):  # fmt: skip
+        _local_lock(repo, pid=1, extra=stale)
+        held = repo.lock(exclusive=True, command="prune")
+        assert len(held.removed) == 1
+        held.release()
+    for live in ({"boot": me.boot, "pidns": me.pidns, "start": real},
+                 {"boot": me.boot, "pidns": "pid:[1]", "start": 5},
+                 {"boot": me.boot, "pidns": "pid:[1]"}):  # fmt: skip
+        pid = 1 if live["pidns"] == me.pidns else 2**22 + 12345  # no such pid here
+        name = _local_lock(repo, pid=pid, extra=live)
+        with pytest.raises(LockError, match=f"pid {pid}"):
+            repo.lock(exclusive=True, command="prune")
+        assert name in {i.name for i in list_locks(repo)}
+        repo.backend.delete(name)
+    repo.close()
