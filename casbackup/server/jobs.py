@@ -13,6 +13,10 @@ Each job is a thread here that starts ``python -m casbackup.server.worker``, fee
 (password over the pipe), and turns its JSON lines into progress rows, log rows and events.
 Cancelling sends the worker SIGINT: the library's own cancel mechanism, which stops a backup
 at a safe point and keeps what it committed.
+
+A failed backup's notifiers hear of it from the worker (``BackupNotice``), or from here when
+the worker could not tell them: it failed before the backup began, it died, or the service did
+(told at the next start, ``recover_interrupted``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, CasError, NotFound, UsageError
+from casbackup.notify import Event, dispatch
 from casbackup.threadsig import quiet_thread
 from casbackup.units import plural
 
@@ -48,6 +53,7 @@ class Running:
     job_id: int
     proc: subprocess.Popen[bytes] | None = None
     cancel_requested: bool = False
+    notified: bool = False  # the worker told the application's notifiers of a failure
 
 
 def _now_iso(t: float | None) -> str | None:
@@ -87,17 +93,51 @@ class JobManager:
         # A job's latest progress the interval kept out of the database: written with the
         # job's end, so a finished job never shows an early "1/5256 files".
         self._unsaved_progress: dict[int, dict[str, Any]] = {}
+        self.notify_threads: list[threading.Thread] = []  # failures told from here (tests join)
 
     # ----------------------------------------------------------------- lifecycle
     def recover_interrupted(self) -> int:
         """At start-up: jobs left queued or running by a previous process become interrupted."""
         now = time.time()
+        lost = self.db.query(
+            "SELECT id, app FROM jobs WHERE kind='backup' AND state IN ('queued','running')"
+            " ORDER BY id"
+        )
         cur = self.db.execute(
             "UPDATE jobs SET state='interrupted', finished_at=?, error=COALESCE(error, "
             "'the service stopped before this job finished') WHERE state IN ('queued','running')",
             (now,),
         )
+        # A backup lost to a crash or a power cut is a failure its notifiers hear of now, not
+        # only (if they listen for it) as 'overdue' at the schedule's next fire time.
+        self._notify_failures(
+            [(r["app"], f"the service stopped before this backup finished (job {r['id']})")
+             for r in lost]
+        )  # fmt: skip
         return cur.rowcount
+
+    def _notify_failures(self, failures: list[tuple[str | None, str]]) -> None:
+        """Send ``failure`` to each (app, message)'s notifiers, in order, in a thread of its own
+        (a slow SMTP server never holds up a job or the start-up). For the failures the worker
+        could not report: it never got to the backup (the repository unreachable, say), it
+        died, or the service did."""
+        registry = self.service.registry
+        sends = [
+            (cfg.notify, Event("failure", app, message))
+            for app, message in failures
+            if app and (cfg := registry.app(app)) is not None and cfg.notify
+        ]
+        if not sends:
+            return
+        offline = registry.config.plugins.offline_mode
+
+        def send() -> None:
+            for notifiers, event in sends:
+                dispatch(notifiers, event, offline_mode=offline)
+
+        worker = threading.Thread(target=send, name="notify-failure", daemon=True)
+        worker.start()
+        self.notify_threads = [t for t in self.notify_threads if t.is_alive()] + [worker]
 
     def shutdown(self, timeout: float = CANCEL_GRACE_S) -> None:
         """Cancel running jobs (recorded as cancelled) and mark queued ones interrupted."""
@@ -318,6 +358,8 @@ class JobManager:
                     self.service.registry.handle(row["repo"]).refresh()
                 except CasError:
                     pass  # the next read reopens or reports it
+            if row["kind"] == "backup" and state == "failed" and not running.notified:
+                self._notify_failures([(row["app"], error or "the backup failed")])
             doc = self.get(job_id)
             self.service.events.publish("job.finished", doc, row["app"])
             self._dispatch()
@@ -364,6 +406,8 @@ class JobManager:
                 self._progress(row, msg)
             elif t in ("info", "warning"):
                 self._log(row["id"], t, str(msg.get("message", "")))
+            elif t == "notified":
+                running.notified = True
             elif t == "partial_result":
                 partial = msg.get("result")
             elif t in ("result", "error"):

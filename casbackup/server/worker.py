@@ -11,7 +11,7 @@ Protocol: the parent writes one JSON document to stdin::
      "app": "shop", "params": {...}}
 
 and reads JSON lines from stdout: ``{"t": "progress", ...Progress fields}``, ``{"t": "info" |
-"warning", "message": ...}``, then exactly one ``{"t": "result", "result": {...}}`` or ``{"t":
+"warning", "message": ...}``, ``{"t": "notified"}`` (a backup's notifiers heard of its failure), then exactly one ``{"t": "result", "result": {...}}`` or ``{"t":
 "error", "message": ..., "exit_code": n}``. The password travels only through the pipe, never on
 a command line, in the environment or in the job record. Nothing here imports FastAPI or the CLI.
 """
@@ -128,6 +128,7 @@ def run_backup_job(job: Job) -> dict[str, Any]:
             outcome = backup_application(job.repo, options, job.reporter)
     except Exception as exc:
         notice.failed(exc)
+        emit({"t": "notified"})  # the service need not tell them again (jobs.py)
         raise
     snap = outcome.snapshot
     if snap is not None:  # the job's log says what the CLI prints at the end of a backup
@@ -159,6 +160,7 @@ def run_backup_job(job: Job) -> dict[str, Any]:
                 verified.raise_if_failed()
             except CasError as exc:
                 notice.failed(exc, snap, verification=True)
+                emit({"t": "notified"})
                 raise
     notice.finished(outcome.snapshot, outcome.result.warnings)
     return result

@@ -534,3 +534,95 @@ def test_a_finished_job_shows_its_last_progress(tmp_path, monkeypatch) -> None: 
         doc = _run_one(client)
     assert doc["state"] == "succeeded", doc
     assert doc["progress"]["files_done"] == 3 and doc["progress"]["bytes_done"] == 3, doc
+
+
+def _notified_app(tmp_path, monkeypatch, repo: str):  # type: ignore[no-untyped-def]
+    """An app whose 'shop' tells a command notifier about failures (the events land, one JSON
+    document a line, in tmp_path/events), as the config's own example subscribes."""
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.testing.fixtures import PASSWORD
+    from tests.server.conftest import make_config
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    events = tmp_path / "events"
+    config = make_config(tmp_path, repo)
+    text = (
+        open(config)
+        .read()
+        .replace(
+            "[applications.retention]",
+            f'[[applications.notify]]\ntype = "command"\ncommand = "sh -c \'cat >> {events}; '
+            f'echo >> {events}\'"\non = ["warning", "failure", "verify_failure"]\n\n'
+            "[applications.retention]",
+        )
+    )
+    open(config, "w").write(text)
+    settings = Settings(state_dir=tmp_path / "st", config_path=config, cheap_password_hashing=True,
+                        run_scheduler=False)  # fmt: skip
+    return settings, lambda: TestClient(create_app(settings)), events
+
+
+def _events(client, path) -> list[dict]:  # type: ignore[no-untyped-def]
+    import json
+
+    for t in getattr(client.app.state.service.jobs, "notify_threads", ()):
+        t.join(30)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_backup_that_cannot_open_its_repository_notifies_a_failure(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The nightly backup's disk is not mounted: the job fails before the backup begins, where
+    # the worker's notifications did not reach; nobody was told (a real serve: the command
+    # notifier's file stayed empty while every scheduled run failed).
+    settings, app, events = _notified_app(tmp_path, monkeypatch, str(tmp_path / "unmounted"))
+    with app() as client:
+        doc = _run_one(client)
+        assert doc["state"] == "failed" and "no repository" in doc["error"], doc
+        got = _events(client, events)
+    assert [(e["event"], e["app"]) for e in got] == [("failure", "shop")]
+    assert "no repository" in got[0]["message"]
+
+
+def test_a_failure_the_worker_reported_is_notified_once(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from casbackup.testing.fixtures import make_repo
+
+    make_repo(str(tmp_path / "repo")).close()
+    settings, app, events = _notified_app(tmp_path, monkeypatch, str(tmp_path / "repo"))
+    shutil.rmtree(tmp_path / "shop")  # the application's only source is gone: no snapshot
+    with app() as client:
+        doc = _run_one(client)
+        assert doc["state"] == "failed", doc
+        got = _events(client, events)
+    assert [(e["event"], e["app"]) for e in got] == [("failure", "shop")]
+
+
+def test_a_backup_lost_to_a_crashed_service_is_notified_at_start_up(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from casbackup.server.statedb import StateDB
+    from casbackup.testing.fixtures import make_repo
+
+    make_repo(str(tmp_path / "repo")).close()
+    settings, app, events = _notified_app(tmp_path, monkeypatch, str(tmp_path / "repo"))
+    db = StateDB(settings.state_dir)  # what a service killed during the nightly run leaves
+    for state in ("running", "queued"):
+        db.execute(
+            "INSERT INTO jobs (kind, app, repo, params, state, created_by, created_at, trigger)"
+            " VALUES ('backup', 'shop', 'default', ?, ?, 'scheduler', 1, 'scheduler')",
+            (json.dumps({}), state),
+        )
+    db.close()
+    with app() as client:
+        got = _events(client, events)
+        states = [j["state"] for j in client.app.state.service.jobs.list()]
+    assert states == ["interrupted", "interrupted"]
+    assert [(e["event"], e["app"]) for e in got] == [("failure", "shop")] * 2
+    assert "the service stopped before this backup finished" in got[0]["message"]
