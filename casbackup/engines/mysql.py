@@ -355,7 +355,7 @@ class MysqlEngine:
         client = self.version_text("mariadb", "mysql")
         older = older_tool_warning(f"database {spec.name!r}", properties, "client", client)
         if self._exists(spec, db):
-            if self._tables(spec, db, "'BASE TABLE','VIEW','SEQUENCE'") and not overwrite:
+            if self._has_content(spec, db) and not overwrite:
                 raise DatabaseError(
                     f"database {spec.name!r}: {db} already exists and is not empty "
                     "(use overwrite to replace it)"
@@ -374,6 +374,16 @@ class MysqlEngine:
             fed = feed_tool(argv, stream, what=f"restore of database {spec.name!r}", pass_fds=[fd])
         return RestoreInfo(self.name, db, fed, self.row_counts(spec), self.server_version(spec),
                            (older,) if older else ())  # fmt: skip
+
+    def _has_content(self, spec: DatabaseSpec, db: str) -> bool:
+        """Whether `db` holds anything a restore would replace: tables, views, sequences,
+        and routines and events too (the dump drops those of the same name first)."""
+        if self._tables(spec, db, "'BASE TABLE','VIEW','SEQUENCE'"):
+            return True
+        sql = (f"SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = "
+               f"{hex_literal(db)} UNION ALL SELECT COUNT(*) FROM information_schema.events "
+               f"WHERE event_schema = {hex_literal(db)};")  # fmt: skip
+        return any(line.strip() not in ("", "0") for line in self._client(spec, sql))
 
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)

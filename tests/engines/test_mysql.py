@@ -241,3 +241,28 @@ def test_bad_dump_fails_restore(my_cleanup: list[str]) -> None:
     my_cleanup.append(target)
     with pytest.raises(DatabaseError, match="mariadb exited with status 1: .*syntax"):
         MysqlEngine().restore(my_spec(target), io.BytesIO(b"CREATE TABLE t (id INT);\nNOT SQL;"))
+
+
+def test_restore_counts_routines_and_events_as_content(
+    my_database: str, my_cleanup: list[str]
+) -> None:
+    """A database holding only routines or events is not empty: the dump's `DROP PROCEDURE
+    IF EXISTS` replaced a live procedure of the same name without --overwrite (found with
+    `db restore --into` an existing database that held one procedure)."""
+    source = unique("casb_src")
+    my_cleanup.append(source)
+    mariadb(f"CREATE DATABASE {my_ident(source)};")
+    mariadb("CREATE TABLE t (id INT PRIMARY KEY); CREATE PROCEDURE p() SELECT 'backed up';"
+            "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DISABLE DO SELECT 1;", source)  # fmt: skip
+    data, _ = dump_bytes(my_spec(source))
+    engine = MysqlEngine()
+    for sql in ("CREATE PROCEDURE p() SELECT 'live';",
+                "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DISABLE DO SELECT 'live';"):  # fmt: skip
+        mariadb("DROP PROCEDURE IF EXISTS p; DROP EVENT IF EXISTS e;" + sql, my_database)
+        with pytest.raises(DatabaseError, match="already exists and is not empty"):
+            engine.restore(my_spec(my_database), io.BytesIO(data))
+        kept = mariadb("SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema ="
+                       " DATABASE() AND routine_definition LIKE '%live%' UNION ALL SELECT"
+                       " COUNT(*) FROM information_schema.events WHERE event_schema = DATABASE()"
+                       " AND event_definition LIKE '%live%';", my_database).split()  # fmt: skip
+        assert sorted(kept) == ["0", "1"]
