@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from casbackup.engines import get_engine
+from casbackup.engines import get_engine, mysql
 from casbackup.engines.base import DatabaseSpec, DumpInfo
 from casbackup.engines.mysql import MysqlEngine, option_file_text
 from casbackup.errors import DatabaseError
-from tests.engines.conftest import mariadb, my_ident, my_spec, read_in_pieces, unique
+from tests.engines.conftest import BrokenAfter, mariadb, my_ident, my_spec, read_in_pieces, unique
 
 SCHEMA = """
 CREATE TABLE people (
@@ -266,3 +266,31 @@ def test_restore_counts_routines_and_events_as_content(
                        " COUNT(*) FROM information_schema.events WHERE event_schema = DATABASE()"
                        " AND event_definition LIKE '%live%';", my_database).split()  # fmt: skip
         assert sorted(kept) == ["0", "1"]
+
+
+def test_overwrite_that_fails_keeps_the_existing_database(
+    my_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--overwrite replaces a database only once the new one is loaded: it used to DROP the
+    database first, so a dump that broke mid-stream (a damaged pack, a killed restore) left a
+    half-loaded database where the user's data had been."""
+    mariadb("CREATE TABLE t (id INT PRIMARY KEY, s TEXT);"
+            "INSERT INTO t SELECT seq, REPEAT('x', 500) FROM seq_1_to_4000;"
+            "CREATE TRIGGER t_bi BEFORE INSERT ON t FOR EACH ROW SET NEW.s = UPPER(NEW.s);"
+            "CREATE VIEW v AS SELECT id FROM t;", my_database)  # fmt: skip
+    data, _ = dump_bytes(my_spec(my_database))
+    mariadb("CREATE TABLE precious (v TEXT); INSERT INTO precious VALUES ('keep me');", my_database)
+    temporary = unique("casb_tmp")
+    monkeypatch.setattr(mysql, "_temporary_name", lambda: temporary)
+    engine = MysqlEngine()
+    with pytest.raises((DatabaseError, OSError)):
+        engine.restore(my_spec(my_database), BrokenAfter(data, len(data) // 2), overwrite=True)
+    assert mariadb("SELECT v FROM precious;", my_database).strip() == "keep me"
+    assert engine.row_counts(my_spec(my_database))["t"] == 4000
+    assert not mariadb(f"SHOW DATABASES LIKE '{temporary}';")  # dropped
+    # A whole dump replaces it, trigger and view included, and leaves no temporary behind.
+    engine.restore(my_spec(my_database), io.BytesIO(data), overwrite=True)
+    assert engine.row_counts(my_spec(my_database)) == {"t": 4000}
+    assert "t_bi" in mariadb("SHOW TRIGGERS", my_database)
+    assert mariadb("SELECT COUNT(*) FROM v", my_database).strip() == "4000"
+    assert not mariadb(f"SHOW DATABASES LIKE '{temporary}';")
