@@ -241,3 +241,64 @@ def test_a_clock_set_back_an_hour_does_not_repeat_a_run(
         s.tick(minute)
         minute += dt.timedelta(minutes=1)
     assert len(rec.calls) == 2  # 11th and 12th, never the 11th twice
+
+
+def _lost(s: Scheduler, job: int, state: str, error: str, at: dt.datetime) -> None:
+    """Job ``job`` (the scheduler's last for 'shop') as the service's stop left it."""
+    s.service.db.execute(
+        "INSERT INTO jobs (id, kind, app, repo, params, state, created_by, created_at, trigger,"
+        " finished_at, error) VALUES (?, 'backup', 'shop', 'default', '{}', ?, 'scheduler', ?,"
+        " 'scheduler', ?, ?)",
+        (job, state, at.timestamp(), at.timestamp() + 60, error),
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "error"),
+    [
+        ("interrupted", "the service stopped before this job finished"),  # killed, power cut
+        ("cancelled", "the service stopped during this job"),  # SIGTERM: reboot, upgrade
+    ],
+)
+def test_a_scheduled_backup_the_service_stop_cut_short_runs_again_once_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str, error: str
+) -> None:
+    # The nightly run starts at 02:30; the machine reboots at 02:35 and is back at 02:40. Runs
+    # missed while the service was down run once at start-up; this one was lost the same way
+    # and must not wait a day (it did: the next run was the next night).
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    s.tick(berlin(2026, 1, 10, 12, 0))
+    assert len(s.tick(berlin(2026, 1, 11, 2, 30, 10))) == 1
+    _lost(s, 1, state, error, berlin(2026, 1, 11, 2, 30, 10))
+    again = Scheduler(s.service, submit=rec)
+    assert again.tick(berlin(2026, 1, 11, 2, 40)) == [
+        "backup:shop: started backup of shop (rerun of job 1, cut short by the service's stop)"
+    ]
+    assert again.tick(berlin(2026, 1, 11, 2, 41)) == []
+    _lost(s, 2, state, error, berlin(2026, 1, 11, 2, 40))  # and again: no loop of reruns
+    assert Scheduler(s.service, submit=rec).tick(berlin(2026, 1, 11, 2, 50)) == []
+    assert len(rec.calls) == 2
+    assert s.next_run_text("shop") == berlin(2026, 1, 12, 2, 30).isoformat()
+
+
+def test_a_backup_cancelled_by_a_user_or_run_since_is_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    s.tick(berlin(2026, 1, 10, 12, 0))
+    s.tick(berlin(2026, 1, 11, 2, 30, 10))
+    _lost(s, 1, "cancelled", "cancelled", berlin(2026, 1, 11, 2, 30, 10))
+    assert Scheduler(s.service, submit=rec).tick(berlin(2026, 1, 11, 2, 40)) == []
+    s.service.db.execute("UPDATE jobs SET state='interrupted' WHERE id=1")
+    s.service.db.execute(
+        "INSERT INTO jobs (id, kind, app, repo, params, state, created_at, finished_at)"
+        " VALUES (2, 'backup', 'shop', 'default', '{}', 'succeeded', ?, ?)",
+        (berlin(2026, 1, 11, 2, 33).timestamp(), berlin(2026, 1, 11, 2, 34).timestamp()),
+    )
+    assert Scheduler(s.service, submit=rec).tick(berlin(2026, 1, 11, 2, 40)) == []
+    skip, rec2 = make(tmp_path / "skip", monkeypatch, {"shop": "30 2 * * *"}, missed_runs="skip")
+    skip.tick(berlin(2026, 1, 10, 12, 0))
+    skip.tick(berlin(2026, 1, 11, 2, 30, 10))
+    _lost(skip, 1, "interrupted", "the service stopped", berlin(2026, 1, 11, 2, 30, 10))
+    assert Scheduler(skip.service, submit=rec2).tick(berlin(2026, 1, 11, 2, 40)) == []
+    assert len(rec.calls) == 1 and len(rec2.calls) == 1
