@@ -88,6 +88,7 @@ password_env = "SHOP_DB_PASSWORD"            # or password_file; inline password
 options = { sslmode = "prefer" }             # engine-specific, see casbackup/engines; e.g.
                                              # postgresql: globals = false (roles not kept),
                                              # mysql: consistent_counts = false (no lock)
+                                             # mysql: check_privileges = false (see mysql.py)
 ```
 
 Relative paths (repository location, sources, sqlite paths, password files, sandbox, recovery

@@ -32,6 +32,9 @@ false): a verifier then tolerates count drift.
 Routines, triggers, events and views round-trip: `--routines --events --triggers`, and the
 tool writes views after every table (with placeholder tables first, so views over views load
 in any order).
+The tool dumps only the triggers and routines the user can see, in silence: a user whose grants
+(SHOW GRANTS) hide some is refused before the dump, naming the grant (my_grants.py;
+`check_privileges = false` skips this, for a database known to have none).
 
 Each dump records the dump tool's version (properties "dump_tool"); a restore with an older
 client of the same product (MariaDB or MySQL) warns.
@@ -54,13 +57,15 @@ from casbackup.engines.base import (
     resolve_password,
     tool_record,
 )
+from casbackup.engines.my_grants import hidden_kinds
 from casbackup.engines.my_session import MarkerDumpStream, TableLock
 from casbackup.engines.process import feed_tool, find_tool, run_tool
 from casbackup.errors import DatabaseError
 
 KNOWN_OPTIONS = frozenset(
-    {"allow_empty", "socket", "ssl_mode", "consistent_counts", "lock_wait_timeout"}
-)
+    {"allow_empty", "socket", "ssl_mode", "consistent_counts", "lock_wait_timeout",
+     "check_privileges"}
+)  # fmt: skip
 _BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # The tool writes these only after its consistent snapshot exists (see the module docstring).
 SNAPSHOT_MARKERS = (b"-- Table structure for table ", b"-- Temporary table structure for view ")
@@ -139,7 +144,9 @@ def _require_db(spec: DatabaseSpec) -> str:
 
 def check_option(key: str, value: str) -> str | None:
     """Why an option's value is wrong (for config validation), else None."""
-    if key in ("allow_empty", "consistent_counts") and value.strip().lower() not in _BOOLEANS:
+    if key in ("allow_empty", "consistent_counts", "check_privileges") and (
+        value.strip().lower() not in _BOOLEANS
+    ):
         return f"must be true or false, not {value!r}"
     if key == "lock_wait_timeout" and not (value.isdigit() and 1 <= int(value) <= 86400):
         return f"must be a number of seconds from 1 to 86400, not {value!r}"
@@ -240,6 +247,7 @@ class MysqlEngine:
                 f"database {spec.name!r}: {db} has no tables; refusing to record an empty "
                 "dump (set options.allow_empty = true if that is expected)"
             )
+        self._check_visible(spec, db, tables)
         # From here to the tool's first table, writers to these tables wait (see above).
         held = None
         if tables and spec.option_bool("consistent_counts", True):
@@ -291,6 +299,24 @@ class MysqlEngine:
                 on_close=release,
             )
             return stream
+
+    def _check_visible(self, spec: DatabaseSpec, db: str, tables: list[str]) -> None:
+        """Refuse to dump when the user may not see all of the database's triggers or
+        routines (my_grants.py): the dump tool would leave them out without a word.
+        options.check_privileges = false skips this (a database known to have none)."""
+        value = spec.options.get("check_privileges", "true")
+        if check_option("check_privileges", value):
+            raise DatabaseError(f"database {spec.name!r}: options.check_privileges "
+                                f"{check_option('check_privileges', value)}")  # fmt: skip
+        if not spec.option_bool("check_privileges", True):
+            return
+        hidden = hidden_kinds(self._client(spec, "SHOW GRANTS;"), db, tables)
+        if hidden:
+            raise DatabaseError(
+                f"database {spec.name!r}: the backup user may not see all of {db}'s "
+                f"{' and '.join(hidden)}, which the dump would leave out without a word: grant "
+                "that, or set options.check_privileges = false if the database has none"
+            )
 
     def _defaults(self, spec: DatabaseSpec, db: str) -> dict[str, object]:
         """The database's default character set and collation (the dump has no CREATE

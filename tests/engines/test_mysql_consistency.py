@@ -82,13 +82,14 @@ def test_without_the_lock_counts_are_marked_inexact(my_database: str) -> None:
 
 @pytest.fixture
 def plain_user(mariadb_server: None, my_database: str) -> object:
-    """A user that may read the database but not LOCK TABLES it."""
+    """A user that may read the database (routines too: mysql.proc) but not LOCK TABLES it."""
     user = unique("casb_nolock")
     mariadb(
         f"CREATE USER '{user}'@'%' IDENTIFIED BY ''; CREATE USER '{user}'@'localhost' "
         f"IDENTIFIED BY ''; GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON `{my_database}`.* TO "
         f"'{user}'@'%'; GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON `{my_database}`.* TO "
-        f"'{user}'@'localhost';"
+        f"'{user}'@'localhost'; GRANT SELECT ON mysql.proc TO '{user}'@'%';"
+        f"GRANT SELECT ON mysql.proc TO '{user}'@'localhost';"
     )
     yield user
     mariadb(f"DROP USER IF EXISTS '{user}'@'%'; DROP USER IF EXISTS '{user}'@'localhost';")
