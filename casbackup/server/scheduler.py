@@ -262,10 +262,12 @@ class Scheduler:
         reported = self._last(f"overdue:{e.key}")
         if reported is not None and reported >= due:
             return
+        # Not after now: a success dated in the future (the clock ran ahead then) proves
+        # nothing about the runs due before that date.
         succeeded = self.service.db.one(
             "SELECT 1 FROM jobs WHERE kind='backup' AND app=? AND state='succeeded'"
-            " AND finished_at >= ? LIMIT 1",
-            (e.app, due.timestamp() - GRACE_S),
+            " AND finished_at >= ? AND finished_at <= ? LIMIT 1",
+            (e.app, due.timestamp() - GRACE_S, now.timestamp()),
         )
         self._set_last(f"overdue:{e.key}", due)
         if succeeded is not None:
@@ -313,8 +315,8 @@ class Scheduler:
             return
         since = self.service.db.one(
             "SELECT 1 FROM jobs WHERE kind='backup' AND app=? AND state='succeeded'"
-            " AND finished_at >= ? LIMIT 1",
-            (e.app, row["created_at"]),
+            " AND finished_at >= ? AND finished_at <= ? LIMIT 1",
+            (e.app, row["created_at"], now.timestamp()),
         )
         if since is not None:
             return

@@ -302,3 +302,24 @@ def test_a_backup_cancelled_by_a_user_or_run_since_is_not_run_again(
     _lost(skip, 1, "interrupted", "the service stopped", berlin(2026, 1, 11, 2, 30, 10))
     assert Scheduler(skip.service, submit=rec2).tick(berlin(2026, 1, 11, 2, 40)) == []
     assert len(rec.calls) == 1 and len(rec2.calls) == 1
+
+
+def test_a_success_dated_in_the_future_does_not_hide_overdue_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A backup that succeeded while the clock ran a year ahead is dated then. Once the clock
+    # is set right it must not count as the success of every run due before that date: the
+    # nightly runs that fail from then on are overdue (they were not: no overdue for a year).
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    s.service.db.execute(
+        "INSERT INTO jobs (kind, app, repo, params, state, created_at, finished_at)"
+        " VALUES ('backup', 'shop', 'default', '{}', 'succeeded', ?, ?)",
+        (berlin(2027, 1, 11, 2, 30).timestamp(), berlin(2027, 1, 11, 2, 31).timestamp()),
+    )
+    s.tick(berlin(2026, 1, 10, 12, 0))
+    s.tick(berlin(2026, 1, 11, 2, 30, 10))  # fired; the recorder runs nothing: no success
+    s.tick(berlin(2026, 1, 12, 2, 30, 10))
+    assert s.overdue == [
+        "the scheduled backup of shop due at 2026-01-11T01:30:00+00:00 has not succeeded "
+        "(schedule '30 2 * * *')"
+    ]
