@@ -37,7 +37,7 @@ import datetime as dt
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -405,17 +405,26 @@ def rotate_subset(subset: str, now: dt.datetime) -> str:
     return f"{now.date().toordinal() % parts + 1}/{parts}"
 
 
-def _local_zone() -> dt.tzinfo:
+def _local_zone(
+    env: Mapping[str, str] | None = None, localtime: str = "/etc/localtime"
+) -> dt.tzinfo:
+    """The machine's zone: ``TZ``, else ``/etc/localtime`` (a symlink into zoneinfo names its
+    zone; a copy or a bind mount, as containers often get it, is read as it is), else UTC."""
     import os
 
-    name = os.environ.get("TZ")
+    name = (os.environ if env is None else env).get("TZ")
     if name:
         try:
             return ZoneInfo(name.lstrip(":"))
         except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
             pass
     try:
-        link = os.readlink("/etc/localtime")
+        link = os.readlink(localtime)
         return ZoneInfo(link.split("zoneinfo/", 1)[1])
     except (OSError, IndexError, KeyError, ValueError):
+        pass
+    try:
+        with open(localtime, "rb") as f:
+            return ZoneInfo.from_file(f, key=localtime)
+    except (OSError, ValueError):
         return dt.UTC

@@ -323,3 +323,27 @@ def test_a_success_dated_in_the_future_does_not_hide_overdue_runs(
         "the scheduled backup of shop due at 2026-01-11T01:30:00+00:00 has not succeeded "
         "(schedule '30 2 * * *')"
     ]
+
+
+def test_the_machines_zone_from_a_copied_localtime(tmp_path: Path) -> None:
+    # Containers often get the host's zone as a copy or bind mount of /etc/localtime
+    # (`-v /etc/localtime:/etc/localtime:ro`), not a symlink into zoneinfo: the schedules ran
+    # in UTC then, an hour or more off the times the user wrote, with no word said.
+    import zoneinfo
+
+    from casbackup.server.scheduler import _local_zone
+
+    source = next((Path(p) / "Europe" / "Berlin" for p in zoneinfo.TZPATH
+                   if (Path(p) / "Europe" / "Berlin").is_file()), None)  # fmt: skip
+    if source is None:
+        pytest.skip("no system zoneinfo files")
+    copy = tmp_path / "localtime"
+    copy.write_bytes(source.read_bytes())
+    zone = _local_zone(env={}, localtime=str(copy))
+    assert zone.utcoffset(dt.datetime(2026, 1, 10, 12, 0)) == dt.timedelta(hours=1)
+    assert zone.utcoffset(dt.datetime(2026, 7, 10, 12, 0)) == dt.timedelta(hours=2)
+    assert str(zone) == str(copy)
+    assert _local_zone(env={}, localtime=str(tmp_path / "none")) == dt.UTC
+    assert str(_local_zone(env={"TZ": "Europe/Berlin"}, localtime=str(tmp_path / "none"))) == (
+        "Europe/Berlin"
+    )
