@@ -17,7 +17,7 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
   backup that the service's stop cut short (killed, or SIGTERM) runs again once at start-up
   unless one succeeded since.
 - Never two runs of one application at once: a fire while the application's previous backup is
-  still queued or running is skipped (and logged). Per-repository serialisation is jobs.py's.
+  still queued or running is skipped (and logged); nor two scheduled checks of one repository. Per-repository serialisation is jobs.py's.
 - Overdue: a scheduled backup is on time when a backup of its application succeeded after its
   fire time and before the schedule's next fire time. One that did not (it failed, is still
   running, was skipped as missed or because the previous run was still going) sends the
@@ -345,6 +345,10 @@ class Scheduler:
         for app in apps:
             if app is not None and jobs is not None and jobs.active_for(e.kind, app) is not None:
                 done.append(f"{e.key}: {app} is still running; this {what} is skipped")
+                continue
+            if app is None and jobs is not None and jobs.active_on(e.kind, e.repo) is not None:
+                # A check has no application: one at a time per repository all the same.
+                done.append(f"{e.key}: the last {e.kind} is still running; this {what} is skipped")
                 continue
             params: dict[str, Any] = {}
             if e.kind == "backup":

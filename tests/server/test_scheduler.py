@@ -347,3 +347,27 @@ def test_the_machines_zone_from_a_copied_localtime(tmp_path: Path) -> None:
     assert str(_local_zone(env={"TZ": "Europe/Berlin"}, localtime=str(tmp_path / "none"))) == (
         "Europe/Berlin"
     )
+
+
+def test_a_scheduled_check_still_running_is_not_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A check reads its subset of every pack: on a large repository longer than its hourly
+    # schedule. Checks are readers and run side by side, so each fire started one more (the
+    # one-run-at-a-time rule only looked at applications, and a check has none).
+    from casbackup.server.jobs import JobManager
+
+    s, rec = make(tmp_path, monkeypatch, {}, check_schedule="@hourly", verify_schedule="@hourly")
+    s.service.jobs = JobManager(s.service)
+    s.tick(utc(2026, 1, 1, 0, 30))
+    s.tick(utc(2026, 1, 1, 1, 0, 10))
+    assert sorted(c[0] for c in rec.calls) == ["check", "verify", "verify"]
+    for kind, app in (("check", None), ("verify", "shop"), ("verify", "blog")):
+        s.service.db.execute(
+            "INSERT INTO jobs (kind, app, repo, params, state, created_at) VALUES"
+            " (?, ?, 'default', '{}', 'running', 0)",
+            (kind, app),
+        )
+    done = s.tick(utc(2026, 1, 1, 2, 0, 10))
+    assert sorted(c[0] for c in rec.calls) == ["check", "verify", "verify"], done
+    assert any("check:default" in line and "still running" in line for line in done), done
