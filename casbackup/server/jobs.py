@@ -208,6 +208,14 @@ class JobManager:
         )
         return None if row is None else job_doc(row)
 
+    def active_on(self, kind: str, repo: str | None) -> dict[str, Any] | None:
+        """A queued or running job of this kind on this repository (scheduled checks)."""
+        row = self.db.one(
+            "SELECT * FROM jobs WHERE kind=? AND repo=? AND state IN ('queued','running') LIMIT 1",
+            (kind, repo),
+        )
+        return None if row is None else job_doc(row)
+
     # ----------------------------------------------------------------- queries
     def get(self, job_id: int) -> dict[str, Any]:
         row = self.db.one("SELECT * FROM jobs WHERE id = ?", (job_id,))

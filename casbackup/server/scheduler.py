@@ -17,7 +17,7 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
   backup that the service's stop cut short (killed, or SIGTERM) runs again once at start-up
   unless one succeeded since.
 - Never two runs of one application at once: a fire while the application's previous backup is
-  still queued or running is skipped (and logged). Per-repository serialisation is jobs.py's.
+  still queued or running is skipped (and logged); nor two scheduled checks of one repository. Per-repository serialisation is jobs.py's.
 - Overdue: a scheduled backup is on time when a backup of its application succeeded after its
   fire time and before the schedule's next fire time. One that did not (it failed, is still
   running, was skipped as missed or because the previous run was still going) sends the
@@ -37,7 +37,7 @@ import datetime as dt
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -262,10 +262,12 @@ class Scheduler:
         reported = self._last(f"overdue:{e.key}")
         if reported is not None and reported >= due:
             return
+        # Not after now: a success dated in the future (the clock ran ahead then) proves
+        # nothing about the runs due before that date.
         succeeded = self.service.db.one(
             "SELECT 1 FROM jobs WHERE kind='backup' AND app=? AND state='succeeded'"
-            " AND finished_at >= ? LIMIT 1",
-            (e.app, due.timestamp() - GRACE_S),
+            " AND finished_at >= ? AND finished_at <= ? LIMIT 1",
+            (e.app, due.timestamp() - GRACE_S, now.timestamp()),
         )
         self._set_last(f"overdue:{e.key}", due)
         if succeeded is not None:
@@ -313,8 +315,8 @@ class Scheduler:
             return
         since = self.service.db.one(
             "SELECT 1 FROM jobs WHERE kind='backup' AND app=? AND state='succeeded'"
-            " AND finished_at >= ? LIMIT 1",
-            (e.app, row["created_at"]),
+            " AND finished_at >= ? AND finished_at <= ? LIMIT 1",
+            (e.app, row["created_at"], now.timestamp()),
         )
         if since is not None:
             return
@@ -343,6 +345,10 @@ class Scheduler:
         for app in apps:
             if app is not None and jobs is not None and jobs.active_for(e.kind, app) is not None:
                 done.append(f"{e.key}: {app} is still running; this {what} is skipped")
+                continue
+            if app is None and jobs is not None and jobs.active_on(e.kind, e.repo) is not None:
+                # A check has no application: one at a time per repository all the same.
+                done.append(f"{e.key}: the last {e.kind} is still running; this {what} is skipped")
                 continue
             params: dict[str, Any] = {}
             if e.kind == "backup":
@@ -403,17 +409,26 @@ def rotate_subset(subset: str, now: dt.datetime) -> str:
     return f"{now.date().toordinal() % parts + 1}/{parts}"
 
 
-def _local_zone() -> dt.tzinfo:
+def _local_zone(
+    env: Mapping[str, str] | None = None, localtime: str = "/etc/localtime"
+) -> dt.tzinfo:
+    """The machine's zone: ``TZ``, else ``/etc/localtime`` (a symlink into zoneinfo names its
+    zone; a copy or a bind mount, as containers often get it, is read as it is), else UTC."""
     import os
 
-    name = os.environ.get("TZ")
+    name = (os.environ if env is None else env).get("TZ")
     if name:
         try:
             return ZoneInfo(name.lstrip(":"))
         except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
             pass
     try:
-        link = os.readlink("/etc/localtime")
+        link = os.readlink(localtime)
         return ZoneInfo(link.split("zoneinfo/", 1)[1])
     except (OSError, IndexError, KeyError, ValueError):
+        pass
+    try:
+        with open(localtime, "rb") as f:
+            return ZoneInfo.from_file(f, key=localtime)
+    except (OSError, ValueError):
         return dt.UTC

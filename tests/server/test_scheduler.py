@@ -302,3 +302,72 @@ def test_a_backup_cancelled_by_a_user_or_run_since_is_not_run_again(
     _lost(skip, 1, "interrupted", "the service stopped", berlin(2026, 1, 11, 2, 30, 10))
     assert Scheduler(skip.service, submit=rec2).tick(berlin(2026, 1, 11, 2, 40)) == []
     assert len(rec.calls) == 1 and len(rec2.calls) == 1
+
+
+def test_a_success_dated_in_the_future_does_not_hide_overdue_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A backup that succeeded while the clock ran a year ahead is dated then. Once the clock
+    # is set right it must not count as the success of every run due before that date: the
+    # nightly runs that fail from then on are overdue (they were not: no overdue for a year).
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    s.service.db.execute(
+        "INSERT INTO jobs (kind, app, repo, params, state, created_at, finished_at)"
+        " VALUES ('backup', 'shop', 'default', '{}', 'succeeded', ?, ?)",
+        (berlin(2027, 1, 11, 2, 30).timestamp(), berlin(2027, 1, 11, 2, 31).timestamp()),
+    )
+    s.tick(berlin(2026, 1, 10, 12, 0))
+    s.tick(berlin(2026, 1, 11, 2, 30, 10))  # fired; the recorder runs nothing: no success
+    s.tick(berlin(2026, 1, 12, 2, 30, 10))
+    assert s.overdue == [
+        "the scheduled backup of shop due at 2026-01-11T01:30:00+00:00 has not succeeded "
+        "(schedule '30 2 * * *')"
+    ]
+
+
+def test_the_machines_zone_from_a_copied_localtime(tmp_path: Path) -> None:
+    # Containers often get the host's zone as a copy or bind mount of /etc/localtime
+    # (`-v /etc/localtime:/etc/localtime:ro`), not a symlink into zoneinfo: the schedules ran
+    # in UTC then, an hour or more off the times the user wrote, with no word said.
+    import zoneinfo
+
+    from casbackup.server.scheduler import _local_zone
+
+    source = next((Path(p) / "Europe" / "Berlin" for p in zoneinfo.TZPATH
+                   if (Path(p) / "Europe" / "Berlin").is_file()), None)  # fmt: skip
+    if source is None:
+        pytest.skip("no system zoneinfo files")
+    copy = tmp_path / "localtime"
+    copy.write_bytes(source.read_bytes())
+    zone = _local_zone(env={}, localtime=str(copy))
+    assert zone.utcoffset(dt.datetime(2026, 1, 10, 12, 0)) == dt.timedelta(hours=1)
+    assert zone.utcoffset(dt.datetime(2026, 7, 10, 12, 0)) == dt.timedelta(hours=2)
+    assert str(zone) == str(copy)
+    assert _local_zone(env={}, localtime=str(tmp_path / "none")) == dt.UTC
+    assert str(_local_zone(env={"TZ": "Europe/Berlin"}, localtime=str(tmp_path / "none"))) == (
+        "Europe/Berlin"
+    )
+
+
+def test_a_scheduled_check_still_running_is_not_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A check reads its subset of every pack: on a large repository longer than its hourly
+    # schedule. Checks are readers and run side by side, so each fire started one more (the
+    # one-run-at-a-time rule only looked at applications, and a check has none).
+    from casbackup.server.jobs import JobManager
+
+    s, rec = make(tmp_path, monkeypatch, {}, check_schedule="@hourly", verify_schedule="@hourly")
+    s.service.jobs = JobManager(s.service)
+    s.tick(utc(2026, 1, 1, 0, 30))
+    s.tick(utc(2026, 1, 1, 1, 0, 10))
+    assert sorted(c[0] for c in rec.calls) == ["check", "verify", "verify"]
+    for kind, app in (("check", None), ("verify", "shop"), ("verify", "blog")):
+        s.service.db.execute(
+            "INSERT INTO jobs (kind, app, repo, params, state, created_at) VALUES"
+            " (?, ?, 'default', '{}', 'running', 0)",
+            (kind, app),
+        )
+    done = s.tick(utc(2026, 1, 1, 2, 0, 10))
+    assert sorted(c[0] for c in rec.calls) == ["check", "verify", "verify"], done
+    assert any("check:default" in line and "still running" in line for line in done), done
