@@ -46,6 +46,8 @@ WRITERS = frozenset({"backup", "verify", "forget", "prune", "unlock"})
 PROGRESS_INTERVAL_S = 1.0  # progress rows written to the database at most this often
 LOG_LIMIT = 2000  # log lines kept per job: a run with a million unreadable files stays bounded
 CANCEL_GRACE_S = 30.0  # after SIGINT, how long a worker may take before it is killed
+# The error of a job the service's own stop cancelled (not a user): the scheduler reruns it.
+STOPPED_DURING = "the service stopped during this job"
 
 
 @dataclass
@@ -203,6 +205,14 @@ class JobManager:
         row = self.db.one(
             "SELECT * FROM jobs WHERE kind=? AND app=? AND state IN ('queued','running') LIMIT 1",
             (kind, app),
+        )
+        return None if row is None else job_doc(row)
+
+    def active_on(self, kind: str, repo: str | None) -> dict[str, Any] | None:
+        """A queued or running job of this kind on this repository (scheduled checks)."""
+        row = self.db.one(
+            "SELECT * FROM jobs WHERE kind=? AND repo=? AND state IN ('queued','running') LIMIT 1",
+            (kind, repo),
         )
         return None if row is None else job_doc(row)
 
@@ -431,19 +441,23 @@ class JobManager:
             exit_code = int(outcome.get("exit_code") or 1)
             message = str(outcome.get("message"))
             if exit_code == EXIT_INTERRUPTED or running.cancel_requested:
-                return "cancelled", message, exit_code, partial
+                return "cancelled", self._cancelled(message), exit_code, partial
             return "failed", message, exit_code, partial
         if running.cancel_requested:
             # Stopped before the worker could answer (the signal came during its start-up):
             # nothing was written yet; the exit code is the CLI's for an interruption.
             return (
                 "cancelled",
-                "cancelled before the job's process was ready",
+                self._cancelled("cancelled before the job's process was ready"),
                 EXIT_INTERRUPTED,
                 partial,
             )
         detail = stderr_lines[-1] if stderr_lines else f"exit status {code}"
         return "failed", f"the job's process ended without a result: {detail}", code, partial
+
+    def _cancelled(self, message: str) -> str:
+        """A cancelled job's error: the service's stop says so (``STOPPED_DURING``)."""
+        return f"{STOPPED_DURING} ({message})" if self._stopping else message
 
     def _progress(self, row: dict[str, Any], progress: dict[str, Any]) -> None:
         job_id = row["id"]

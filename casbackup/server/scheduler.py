@@ -13,9 +13,11 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
   clock set back before a schedule's last fire (it ran ahead) counts from now, with a warning.
 - Missed runs (the fire time passed more than ``GRACE_S`` ago: the service was down or the
   machine asleep): ``once`` (default) runs one backup now however many were missed; ``skip``
-  runs none. Either way the schedule moves on to its next time from now.
+  runs none. Either way the schedule moves on to its next time from now. Under ``once``, a
+  backup that the service's stop cut short (killed, or SIGTERM) runs again once at start-up
+  unless one succeeded since.
 - Never two runs of one application at once: a fire while the application's previous backup is
-  still queued or running is skipped (and logged). Per-repository serialisation is jobs.py's.
+  still queued or running is skipped (and logged); nor two scheduled checks of one repository. Per-repository serialisation is jobs.py's.
 - Overdue: a scheduled backup is on time when a backup of its application succeeded after its
   fire time and before the schedule's next fire time. One that did not (it failed, is still
   running, was skipped as missed or because the previous run was still going) sends the
@@ -35,12 +37,13 @@ import datetime as dt
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from casbackup.errors import CasError, ConfigError
+from casbackup.server.jobs import STOPPED_DURING
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -124,6 +127,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self.overdue: list[str] = []  # what was reported overdue (tests, logs)
         self.notify_threads: list[threading.Thread] = []
+        self._first_tick = True  # the start-up tick also reruns backups the stop cut short
         self.reload()
 
     # ----------------------------------------------------------------- configuration
@@ -198,6 +202,7 @@ class Scheduler:
         done: list[str] = []
         with self._lock:
             entries = list(self.entries)
+        starting, self._first_tick = self._first_tick, False
         for e in entries:
             last = self._last(e.key)
             if last is None:
@@ -209,6 +214,8 @@ class Scheduler:
                 self._check_overdue(e, now)  # before a new fire moves what is waited for
             due = e.rule.next_after(last)
             if due > now:
+                if starting and e.kind == "backup" and self.policy == "once":
+                    self._rerun_cut_short(e, last, now, done)
                 continue
             # Every fire time up to now is consumed by this one tick: the next starts after now.
             latest = due
@@ -255,10 +262,12 @@ class Scheduler:
         reported = self._last(f"overdue:{e.key}")
         if reported is not None and reported >= due:
             return
+        # Not after now: a success dated in the future (the clock ran ahead then) proves
+        # nothing about the runs due before that date.
         succeeded = self.service.db.one(
             "SELECT 1 FROM jobs WHERE kind='backup' AND app=? AND state='succeeded'"
-            " AND finished_at >= ? LIMIT 1",
-            (e.app, due.timestamp() - GRACE_S),
+            " AND finished_at >= ? AND finished_at <= ? LIMIT 1",
+            (e.app, due.timestamp() - GRACE_S, now.timestamp()),
         )
         self._set_last(f"overdue:{e.key}", due)
         if succeeded is not None:
@@ -283,9 +292,45 @@ class Scheduler:
         worker.start()
         self.notify_threads = [t for t in self.notify_threads if t.is_alive()] + [worker]
 
-    def _fire(self, e: Entry, done: list[str], missed: bool, now: dt.datetime) -> int | None:
+    def _rerun_cut_short(
+        self, e: Entry, last: dt.datetime, now: dt.datetime, done: list[str]
+    ) -> None:
+        """At start-up: the schedule's last backup was cut short by the service's stop
+        (killed: ``interrupted``; SIGTERM: ``cancelled`` with jobs.STOPPED_DURING) and nothing
+        succeeded since. It was lost the way a missed run is, and runs again once now rather
+        than at the next fire time; once per fire time, so a backup that brings the service
+        down is not rerun at every restart."""
+        row = self.service.db.one(
+            "SELECT j.id, j.state, j.error, j.created_at FROM schedule_state s"
+            " JOIN jobs j ON j.id = s.last_job WHERE s.key = ?",
+            (e.key,),
+        )
+        if row is None or not (
+            row["state"] == "interrupted"
+            or (row["state"] == "cancelled" and str(row["error"]).startswith(STOPPED_DURING))
+        ):
+            return
+        retried = self._last(f"retried:{e.key}")
+        if retried is not None and retried >= last:
+            return
+        since = self.service.db.one(
+            "SELECT 1 FROM jobs WHERE kind='backup' AND app=? AND state='succeeded'"
+            " AND finished_at >= ? AND finished_at <= ? LIMIT 1",
+            (e.app, row["created_at"], now.timestamp()),
+        )
+        if since is not None:
+            return
+        self._set_last(f"retried:{e.key}", last)
+        job = self._fire(e, done, False, now,
+                         what=f"rerun of job {row['id']}, cut short by the service's stop")  # fmt: skip
+        if job is not None:
+            self._set_last(e.key, last, job)
+
+    def _fire(
+        self, e: Entry, done: list[str], missed: bool, now: dt.datetime, what: str = ""
+    ) -> int | None:
         jobs = self.service.jobs
-        what = "missed run" if missed else "run"
+        what = what or ("missed run" if missed else "run")
         submit = self._submit or (jobs.submit if jobs is not None else None)
         if submit is None:
             return None
@@ -300,6 +345,10 @@ class Scheduler:
         for app in apps:
             if app is not None and jobs is not None and jobs.active_for(e.kind, app) is not None:
                 done.append(f"{e.key}: {app} is still running; this {what} is skipped")
+                continue
+            if app is None and jobs is not None and jobs.active_on(e.kind, e.repo) is not None:
+                # A check has no application: one at a time per repository all the same.
+                done.append(f"{e.key}: the last {e.kind} is still running; this {what} is skipped")
                 continue
             params: dict[str, Any] = {}
             if e.kind == "backup":
@@ -360,17 +409,26 @@ def rotate_subset(subset: str, now: dt.datetime) -> str:
     return f"{now.date().toordinal() % parts + 1}/{parts}"
 
 
-def _local_zone() -> dt.tzinfo:
+def _local_zone(
+    env: Mapping[str, str] | None = None, localtime: str = "/etc/localtime"
+) -> dt.tzinfo:
+    """The machine's zone: ``TZ``, else ``/etc/localtime`` (a symlink into zoneinfo names its
+    zone; a copy or a bind mount, as containers often get it, is read as it is), else UTC."""
     import os
 
-    name = os.environ.get("TZ")
+    name = (os.environ if env is None else env).get("TZ")
     if name:
         try:
             return ZoneInfo(name.lstrip(":"))
         except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
             pass
     try:
-        link = os.readlink("/etc/localtime")
+        link = os.readlink(localtime)
         return ZoneInfo(link.split("zoneinfo/", 1)[1])
     except (OSError, IndexError, KeyError, ValueError):
+        pass
+    try:
+        with open(localtime, "rb") as f:
+            return ZoneInfo.from_file(f, key=localtime)
+    except (OSError, ValueError):
         return dt.UTC

@@ -473,6 +473,8 @@ def test_stopping_the_service_cancels_a_job_whose_worker_is_still_starting(
     finally:
         db.close()
     assert row is not None and (row[0], row[1]) == ("cancelled", 130), tuple(row or ())
+    # The service's stop, not a user, cancelled it: the scheduler reruns such a backup.
+    assert row[2].startswith("the service stopped during this job"), row[2]
 
 
 def test_auto_verify_in_the_config_verifies_the_services_backups_too(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -241,3 +241,133 @@ def test_a_clock_set_back_an_hour_does_not_repeat_a_run(
         s.tick(minute)
         minute += dt.timedelta(minutes=1)
     assert len(rec.calls) == 2  # 11th and 12th, never the 11th twice
+
+
+def _lost(s: Scheduler, job: int, state: str, error: str, at: dt.datetime) -> None:
+    """Job ``job`` (the scheduler's last for 'shop') as the service's stop left it."""
+    s.service.db.execute(
+        "INSERT INTO jobs (id, kind, app, repo, params, state, created_by, created_at, trigger,"
+        " finished_at, error) VALUES (?, 'backup', 'shop', 'default', '{}', ?, 'scheduler', ?,"
+        " 'scheduler', ?, ?)",
+        (job, state, at.timestamp(), at.timestamp() + 60, error),
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "error"),
+    [
+        ("interrupted", "the service stopped before this job finished"),  # killed, power cut
+        ("cancelled", "the service stopped during this job"),  # SIGTERM: reboot, upgrade
+    ],
+)
+def test_a_scheduled_backup_the_service_stop_cut_short_runs_again_once_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str, error: str
+) -> None:
+    # The nightly run starts at 02:30; the machine reboots at 02:35 and is back at 02:40. Runs
+    # missed while the service was down run once at start-up; this one was lost the same way
+    # and must not wait a day (it did: the next run was the next night).
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    s.tick(berlin(2026, 1, 10, 12, 0))
+    assert len(s.tick(berlin(2026, 1, 11, 2, 30, 10))) == 1
+    _lost(s, 1, state, error, berlin(2026, 1, 11, 2, 30, 10))
+    again = Scheduler(s.service, submit=rec)
+    assert again.tick(berlin(2026, 1, 11, 2, 40)) == [
+        "backup:shop: started backup of shop (rerun of job 1, cut short by the service's stop)"
+    ]
+    assert again.tick(berlin(2026, 1, 11, 2, 41)) == []
+    _lost(s, 2, state, error, berlin(2026, 1, 11, 2, 40))  # and again: no loop of reruns
+    assert Scheduler(s.service, submit=rec).tick(berlin(2026, 1, 11, 2, 50)) == []
+    assert len(rec.calls) == 2
+    assert s.next_run_text("shop") == berlin(2026, 1, 12, 2, 30).isoformat()
+
+
+def test_a_backup_cancelled_by_a_user_or_run_since_is_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    s.tick(berlin(2026, 1, 10, 12, 0))
+    s.tick(berlin(2026, 1, 11, 2, 30, 10))
+    _lost(s, 1, "cancelled", "cancelled", berlin(2026, 1, 11, 2, 30, 10))
+    assert Scheduler(s.service, submit=rec).tick(berlin(2026, 1, 11, 2, 40)) == []
+    s.service.db.execute("UPDATE jobs SET state='interrupted' WHERE id=1")
+    s.service.db.execute(
+        "INSERT INTO jobs (id, kind, app, repo, params, state, created_at, finished_at)"
+        " VALUES (2, 'backup', 'shop', 'default', '{}', 'succeeded', ?, ?)",
+        (berlin(2026, 1, 11, 2, 33).timestamp(), berlin(2026, 1, 11, 2, 34).timestamp()),
+    )
+    assert Scheduler(s.service, submit=rec).tick(berlin(2026, 1, 11, 2, 40)) == []
+    skip, rec2 = make(tmp_path / "skip", monkeypatch, {"shop": "30 2 * * *"}, missed_runs="skip")
+    skip.tick(berlin(2026, 1, 10, 12, 0))
+    skip.tick(berlin(2026, 1, 11, 2, 30, 10))
+    _lost(skip, 1, "interrupted", "the service stopped", berlin(2026, 1, 11, 2, 30, 10))
+    assert Scheduler(skip.service, submit=rec2).tick(berlin(2026, 1, 11, 2, 40)) == []
+    assert len(rec.calls) == 1 and len(rec2.calls) == 1
+
+
+def test_a_success_dated_in_the_future_does_not_hide_overdue_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A backup that succeeded while the clock ran a year ahead is dated then. Once the clock
+    # is set right it must not count as the success of every run due before that date: the
+    # nightly runs that fail from then on are overdue (they were not: no overdue for a year).
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    s.service.db.execute(
+        "INSERT INTO jobs (kind, app, repo, params, state, created_at, finished_at)"
+        " VALUES ('backup', 'shop', 'default', '{}', 'succeeded', ?, ?)",
+        (berlin(2027, 1, 11, 2, 30).timestamp(), berlin(2027, 1, 11, 2, 31).timestamp()),
+    )
+    s.tick(berlin(2026, 1, 10, 12, 0))
+    s.tick(berlin(2026, 1, 11, 2, 30, 10))  # fired; the recorder runs nothing: no success
+    s.tick(berlin(2026, 1, 12, 2, 30, 10))
+    assert s.overdue == [
+        "the scheduled backup of shop due at 2026-01-11T01:30:00+00:00 has not succeeded "
+        "(schedule '30 2 * * *')"
+    ]
+
+
+def test_the_machines_zone_from_a_copied_localtime(tmp_path: Path) -> None:
+    # Containers often get the host's zone as a copy or bind mount of /etc/localtime
+    # (`-v /etc/localtime:/etc/localtime:ro`), not a symlink into zoneinfo: the schedules ran
+    # in UTC then, an hour or more off the times the user wrote, with no word said.
+    import zoneinfo
+
+    from casbackup.server.scheduler import _local_zone
+
+    source = next((Path(p) / "Europe" / "Berlin" for p in zoneinfo.TZPATH
+                   if (Path(p) / "Europe" / "Berlin").is_file()), None)  # fmt: skip
+    if source is None:
+        pytest.skip("no system zoneinfo files")
+    copy = tmp_path / "localtime"
+    copy.write_bytes(source.read_bytes())
+    zone = _local_zone(env={}, localtime=str(copy))
+    assert zone.utcoffset(dt.datetime(2026, 1, 10, 12, 0)) == dt.timedelta(hours=1)
+    assert zone.utcoffset(dt.datetime(2026, 7, 10, 12, 0)) == dt.timedelta(hours=2)
+    assert str(zone) == str(copy)
+    assert _local_zone(env={}, localtime=str(tmp_path / "none")) == dt.UTC
+    assert str(_local_zone(env={"TZ": "Europe/Berlin"}, localtime=str(tmp_path / "none"))) == (
+        "Europe/Berlin"
+    )
+
+
+def test_a_scheduled_check_still_running_is_not_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A check reads its subset of every pack: on a large repository longer than its hourly
+    # schedule. Checks are readers and run side by side, so each fire started one more (the
+    # one-run-at-a-time rule only looked at applications, and a check has none).
+    from casbackup.server.jobs import JobManager
+
+    s, rec = make(tmp_path, monkeypatch, {}, check_schedule="@hourly", verify_schedule="@hourly")
+    s.service.jobs = JobManager(s.service)
+    s.tick(utc(2026, 1, 1, 0, 30))
+    s.tick(utc(2026, 1, 1, 1, 0, 10))
+    assert sorted(c[0] for c in rec.calls) == ["check", "verify", "verify"]
+    for kind, app in (("check", None), ("verify", "shop"), ("verify", "blog")):
+        s.service.db.execute(
+            "INSERT INTO jobs (kind, app, repo, params, state, created_at) VALUES"
+            " (?, ?, 'default', '{}', 'running', 0)",
+            (kind, app),
+        )
+    done = s.tick(utc(2026, 1, 1, 2, 0, 10))
+    assert sorted(c[0] for c in rec.calls) == ["check", "verify", "verify"], done
+    assert any("check:default" in line and "still running" in line for line in done), done
