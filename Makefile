@@ -19,7 +19,8 @@ setup: $(STAMP)
 
 # System packages the tests need, each checked by a command or file it provides: FUSE userspace for
 # the mount tests, attr/acl for the extended-attribute and ACL tests, btrfs-progs, zfs-fuse
-# and lvm2 for the file-system snapshot tests (tests/fssnap), zsh and fish for the shell
+# and lvm2 for the file-system snapshot tests (tests/fssnap), xfsprogs for restores onto XFS
+# (tests/cli/test_restore_xfs.py), zsh and fish for the shell
 # completion tests, Chromium and fonts for the dashboard's browser tests (driven through
 # Playwright, never `playwright install`: that downloads a browser, and these machines are
 # offline). Missing ones are installed in one
@@ -27,7 +28,7 @@ setup: $(STAMP)
 # under CI=true).
 SYSDEPS := fusermount3:fuse3 setfattr:attr setfacl:acl chromium:chromium \
 	chromedriver:chromium-driver /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \
-	btrfs:btrfs-progs zfs:zfs-fuse lvcreate:lvm2 zsh:zsh fish:fish
+	btrfs:btrfs-progs zfs:zfs-fuse lvcreate:lvm2 mkfs.xfs:xfsprogs zsh:zsh fish:fish
 
 sysdeps:
 	@missing=""; for pair in $(SYSDEPS); do \

@@ -41,6 +41,12 @@ Xattrs = tuple[tuple[bytes, bytes], ...]
 # The file system keeps no attributes at all (or not on this kind of entry): nothing to
 # store, nothing to warn about.
 _NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+# XFS's own copies of an entry's POSIX ACLs, which it lists (to root) beside
+# system.posix_acl_access/_default, in its on-disk layout. The ACL is recorded once, as
+# the system.* attribute; stored too, the copy came back on other file systems as a
+# meaningless trusted.* attribute on every file with an ACL (GlusterFS skips it as well).
+FS_INTERNAL_XATTRS = frozenset({b"trusted.SGI_ACL_FILE", b"trusted.SGI_ACL_DEFAULT"})
+_FS_INTERNAL = frozenset(os.fsdecode(name) for name in FS_INTERNAL_XATTRS)
 
 
 def read_xattrs(path: bytes) -> tuple[Xattrs, list[str]]:
@@ -48,7 +54,8 @@ def read_xattrs(path: bytes) -> tuple[Xattrs, list[str]]:
 
     That includes POSIX ACLs (``system.posix_acl_access``/``_default``) and file
     capabilities (``security.capability``): the kernel presents both as attributes, and
-    setting the same bytes back restores them. Returns ``(pairs, problems)``: each
+    setting the same bytes back restores them. A file system's internal copies of the
+    ACLs (``FS_INTERNAL_XATTRS``) are left out. Returns ``(pairs, problems)``: each
     problem is one line naming an attribute that could not be read (or that the list
     could not be had), for the caller to report; never raises ``OSError``.
     """
@@ -63,6 +70,8 @@ def read_xattrs(path: bytes) -> tuple[Xattrs, list[str]]:
     pairs = []
     problems = []
     for name in sorted(names):
+        if name in _FS_INTERNAL:
+            continue
         try:
             value = os.getxattr(path, name, follow_symlinks=False)
         except OSError as exc:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from casbackup.archiver.metadata import FS_INTERNAL_XATTRS
 from casbackup.archiver.readplan import LOCAL_GAP, REMOTE_GAP, BlobReader, Chain, Chunk
 from casbackup.archiver.restore_state import Batch, BatchDone, Folder, LinkGroup
 from casbackup.archiver.targetfs import TargetError, refuse_dir, remove_entry, temp_prefix
@@ -317,7 +318,7 @@ class FileSender(ABC):
                 continue
             folder = dirs[slot]
             job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
-                          node.mtime_ns, owners, node.xattrs if xattrs else (),
+                          node.mtime_ns, owners, self._xattrs(node) if xattrs else (),
                           prefix + b"%d" % next(temps), replace, chains,
                           exact_acls and folder.inherits, folder.created)  # fmt: skip
             items.append((slot, node.name, job))
@@ -335,7 +336,13 @@ class FileSender(ABC):
         return tuple(delta.located_chain(self.repo.locate, chunk[0], loc))
 
     def _xattrs(self, node: Node) -> tuple[tuple[bytes, bytes], ...]:
-        return node.xattrs if self.options.xattrs else ()
+        if not self.options.xattrs or not node.xattrs:
+            return ()
+        # Snapshots taken on XFS before read_xattrs left them out hold its internal copies
+        # of the ACLs: not set again (the system.* ACL attributes are).
+        if any(name in FS_INTERNAL_XATTRS for name, _ in node.xattrs):
+            return tuple(pair for pair in node.xattrs if pair[0] not in FS_INTERNAL_XATTRS)
+        return node.xattrs
 
     # Whether an entry's recorded attributes are all it had (the snapshot recorded them and
     # they are being restored): then ACLs inherited in the target are removed. Set by the

@@ -51,6 +51,9 @@ from casbackup.threadsig import block_stop_signals, quiet_thread
 # A run of at least this many zero bytes inside a chunk is left as a hole (one file
 # system block: a shorter run could not free any space).
 HOLE_MIN = 4096
+# A file of at least this size gets its recorded size before its content is written
+# (see write_file); smaller ones are written in one or two calls anyway.
+PRESIZE_MIN = 64 * 1024
 _ZERO = bytes(16 * 1024 * 1024)
 _ZERO_VIEW = memoryview(_ZERO)
 _ZERO_RUN = bytes(HOLE_MIN)
@@ -155,6 +158,13 @@ def write_file(
         hasher = blake3.blake3()
         offset = 0
         sparse = False
+        presized = job.size >= PRESIZE_MIN
+        if presized:
+            # Its final size first, so that no write past a hole extends the file: XFS gives
+            # an extending write blocks beyond the end in advance, and a later write beyond
+            # those keeps them inside the file, allocated (a sparse 256 MiB image with 8 MiB
+            # of data at its start came back 8.3 MB bigger on XFS; 20 kB with this).
+            os.ftruncate(fd, job.size)
         for data in chunks:
             hasher.update(data)
             extents = data_extents(data)
@@ -169,7 +179,7 @@ def write_file(
                     _pwrite_all(fd, view[start:end], offset + start)
             offset += len(data)
             on_bytes(len(data))
-        if sparse or offset != job.size:
+        if offset != job.size or (sparse and not presized):
             os.ftruncate(fd, offset)
         if job.content_hash and hasher.digest() != job.content_hash:
             return Written(

@@ -157,11 +157,19 @@ def describe_tree(
 
 
 def read_all_xattrs(path: bytes) -> dict[str, bytes]:
+    """Every extended attribute but a file system's internal copies of the ACLs (XFS lists
+    those beside the system.* ACL attributes, which are compared)."""
+    from casbackup.archiver.metadata import FS_INTERNAL_XATTRS
+
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return {}
-    return {n: os.getxattr(path, n, follow_symlinks=False) for n in names}
+    return {
+        n: os.getxattr(path, n, follow_symlinks=False)
+        for n in names
+        if os.fsencode(n) not in FS_INTERNAL_XATTRS
+    }
 
 
 def _digest(path: bytes) -> str:

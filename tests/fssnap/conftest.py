@@ -15,13 +15,7 @@ from pathlib import Path
 import pytest
 
 from casbackup.testing.fixtures import PASSWORD, CliResult, run_cli
-
-
-def unavailable(reason: str) -> None:
-    """Skip with the reason; under CI the machine is meant to have it, so fail."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required under CI: {reason}")
-    pytest.skip(reason)
+from tests.loopfs import loop_mount, unavailable
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,33 +51,10 @@ def write_site(tmp: Path, sources: list[str], snapshot: str, extra: str = "") ->
 @pytest.fixture
 def btrfs_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh Btrfs on a loop file, mounted; unmounted and deleted afterwards."""
-    if os.geteuid() != 0:
-        unavailable("Btrfs tests need root (loop devices and mount)")
-    for tool in ("mkfs.btrfs", "btrfs", "mount", "losetup"):
-        if shutil.which(tool) is None:
-            unavailable(f"'{tool}' is not installed (make sysdeps installs btrfs-progs)")
-    with open("/proc/filesystems") as f:
-        if "btrfs" not in f.read():
-            unavailable("the kernel has no Btrfs (not in /proc/filesystems)")
-    base = tmp_path_factory.mktemp("btrfs")
-    image, mnt = base / "fs.img", base / "mnt"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(320 * 1024 * 1024)
-    made = _run("mkfs.btrfs", "-q", str(image))
-    if made.returncode != 0:
-        unavailable(f"mkfs.btrfs failed: {made.stderr.strip()}")
-    mounted = _run("mount", "-o", "loop", str(image), str(mnt))
-    if mounted.returncode != 0:
-        unavailable(f"cannot mount a loop device: {mounted.stderr.strip()}")
-    try:
+    with loop_mount("btrfs", tmp_path_factory.mktemp("btrfs"), "btrfs-progs") as mnt:
+        if shutil.which("btrfs") is None:
+            unavailable("'btrfs' is not installed (make sysdeps installs btrfs-progs)")
         yield mnt
-    finally:
-        for _ in range(20):
-            if _run("umount", str(mnt)).returncode == 0:
-                break
-            time.sleep(0.2)
-        image.unlink(missing_ok=True)
 
 
 @pytest.fixture
