@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -38,6 +40,8 @@ from casbackup.units import plural
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
+
+log = logging.getLogger("casbackup.server.jobs")
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
@@ -96,6 +100,7 @@ class JobManager:
         # job's end, so a finished job never shows an early "1/5256 files".
         self._unsaved_progress: dict[int, dict[str, Any]] = {}
         self.notify_threads: list[threading.Thread] = []  # failures told from here (tests join)
+        self._unsaved_ends: dict[int, tuple[Any, ...]] = {}  # job ends the database refused
 
     # ----------------------------------------------------------------- lifecycle
     def recover_interrupted(self) -> int:
@@ -202,10 +207,14 @@ class JobManager:
     def active_for(self, kind: str, app: str) -> dict[str, Any] | None:
         """A queued or running job of this kind for this app (the scheduler never starts a
         second run of one application)."""
-        row = self.db.one(
-            "SELECT * FROM jobs WHERE kind=? AND app=? AND state IN ('queued','running') LIMIT 1",
+        self._retry_unsaved_ends()
+        with self._lock:
+            ended = set(self._unsaved_ends)
+        rows = self.db.query(
+            "SELECT * FROM jobs WHERE kind=? AND app=? AND state IN ('queued','running')",
             (kind, app),
         )
+        row = next((r for r in rows if r["id"] not in ended), None)
         return None if row is None else job_doc(row)
 
     def active_on(self, kind: str, repo: str | None) -> dict[str, Any] | None:
@@ -304,6 +313,7 @@ class JobManager:
     # ----------------------------------------------------------------- running
     def _dispatch(self) -> None:
         """Start every queued job whose repository is free (writers) or any (readers)."""
+        self._retry_unsaved_ends()
         while True:
             with self._lock:
                 if self._stopping:
@@ -351,13 +361,9 @@ class JobManager:
         finally:
             snapshot_id = (result or {}).get("snapshot_id") if row["kind"] == "backup" else None
             unsaved = self._unsaved_progress.pop(job_id, None)
-            self.db.execute(
-                "UPDATE jobs SET state=?, finished_at=?, error=?, exit_code=?, result=?, snapshot_id=?,"
-                " progress=COALESCE(?, progress) WHERE id=?",
-                (state, time.time(), error, exit_code,
-                 None if result is None else json.dumps(result, default=str), snapshot_id,
-                 None if unsaved is None else json.dumps(unsaved), job_id),
-            )  # fmt: skip
+            self._record_end(job_id, (state, time.time(), error, exit_code,
+                             None if result is None else json.dumps(result, default=str),
+                             snapshot_id, None if unsaved is None else json.dumps(unsaved)))  # fmt: skip
             with self._lock:
                 self._running.pop(job_id, None)
                 if row["kind"] in WRITERS:
@@ -454,6 +460,30 @@ class JobManager:
             )
         detail = stderr_lines[-1] if stderr_lines else f"exit status {code}"
         return "failed", f"the job's process ended without a result: {detail}", code, partial
+
+    def _record_end(self, job_id: int, values: tuple[Any, ...]) -> None:
+        """Write a job's end. When the state database cannot (its disk full), the end is kept
+        and written again at the next dispatch; the job's thread still frees its repository,
+        so later jobs run and the scheduler does not take the job for still running."""
+        try:
+            self.db.execute(
+                "UPDATE jobs SET state=?, finished_at=?, error=?, exit_code=?, result=?,"
+                " snapshot_id=?, progress=COALESCE(?, progress) WHERE id=?",
+                (*values, job_id),
+            )
+        except sqlite3.Error:
+            log.exception("job %d: its end could not be recorded; trying again later", job_id)
+            with self._lock:
+                self._unsaved_ends[job_id] = values
+            return
+        with self._lock:
+            self._unsaved_ends.pop(job_id, None)
+
+    def _retry_unsaved_ends(self) -> None:
+        with self._lock:
+            pending = list(self._unsaved_ends.items())
+        for job_id, values in pending:
+            self._record_end(job_id, values)
 
     def _cancelled(self, message: str) -> str:
         """A cancelled job's error: the service's stop says so (``STOPPED_DURING``)."""

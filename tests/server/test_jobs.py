@@ -628,3 +628,43 @@ def test_a_backup_lost_to_a_crashed_service_is_notified_at_start_up(tmp_path, mo
     assert states == ["interrupted", "interrupted"]
     assert [(e["event"], e["app"]) for e in got] == [("failure", "shop")] * 2
     assert "the service stopped before this backup finished" in got[0]["message"]
+
+
+def test_a_job_end_the_state_database_could_not_record_blocks_nothing(
+    tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # The state folder's disk is full (the repository on the same disk filled it): recording
+    # a job's end failed inside the job's thread, which died before it freed its repository.
+    # Every later job of that repository stayed queued and every scheduled backup of the
+    # application was skipped as 'still running', until the service was restarted.
+    import sqlite3
+
+    script = 'print(json.dumps({"t": "result", "result": {"snapshot_id": None}}))'
+    with fake_worker_app(tmp_path, monkeypatch, script) as client:
+        service = client.app.state.service
+        real = service.db.execute
+        failures = []
+
+        def full_disk(sql, params=()):  # type: ignore[no-untyped-def]
+            if sql.startswith("UPDATE jobs SET state=?, finished_at=?") and not failures:
+                failures.append(sql)
+                raise sqlite3.OperationalError("database or disk is full")
+            return real(sql, params)
+
+        monkeypatch.setattr(service.db, "execute", full_disk)
+        first = service.jobs.submit("backup", app="shop", params={}, created_by="t")["id"]
+        deadline = time.monotonic() + 60
+        while not failures:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        settle = time.monotonic() + 5
+        while first in service.jobs._running and time.monotonic() < settle:
+            time.sleep(0.05)
+        assert service.jobs.active_for("backup", "shop") is None  # the scheduler may fire
+        second = service.jobs.submit("backup", app="shop", params={}, created_by="t")["id"]
+        while service.jobs.get(second)["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, service.jobs.get(second)
+            time.sleep(0.05)
+        # Once the database writes again, the first job's end is recorded too.
+        assert service.jobs.get(first)["state"] == "succeeded"
+        assert service.jobs.get(second)["state"] == "succeeded"
