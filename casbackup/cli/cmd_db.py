@@ -7,10 +7,13 @@ repository with the key may have forged; it is shown in the error, never followe
 - no --into: the database as the config file defines it, i.e. back where it came from; with
   no such definition, --into is required;
 - --into PATH for SQLite; --into postgresql://user@host:port/dbname or
-  mysql://user@host:port/dbname (mariadb:// too; percent-encode odd names). A password in the
-  URL is refused: it would sit in shell history and `ps`. The password comes from
-  --db-password-env/--db-password-file, else the configured database's source, else the
-  tools' own PGPASSWORD/MYSQL_PWD (never a source the snapshot names).
+  mysql://user@host:port/dbname (mariadb:// too; percent-encode odd names), with the engine's
+  options as query parameters (?sslmode=require) over the config's, and ?password_env=VAR or
+  ?password_file=F. A password in the URL is refused: it would sit in shell history and `ps`;
+  so is an unknown parameter (a mistyped sslmode must not fall back to no TLS). The password
+  comes from --db-password-env/--db-password-file, else the URL's, else the configured
+  database's source, else the tools' own PGPASSWORD/MYSQL_PWD (never a source the snapshot
+  names).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import click
 
@@ -27,7 +30,7 @@ from casbackup.archiver.stream import ChunkReader
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, plural, warn
-from casbackup.engines.base import DatabaseSpec, canonical_engine_name, get_engine
+from casbackup.engines.base import DatabaseSpec, canonical_engine_name, engine_options, get_engine
 from casbackup.errors import FormatError, NotFound, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.verify.dumps import (
@@ -183,10 +186,23 @@ def _target_spec(into: str, base: DatabaseSpec, name: str, engine: str) -> Datab
         port = url.port
     except ValueError:
         raise UsageError(f"--into: bad port in {into!r}") from None
+    query = dict(parse_qsl(url.query, keep_blank_values=True))
+    password_env, password_file = query.pop("password_env", None), query.pop("password_file", None)
+    if "password" in query:
+        raise UsageError("--into: never put a password on the command line (ps, shell history): "
+                         "use ?password_env=VAR, --db-password-env or --db-password-file")  # fmt: skip
+    known = engine_options(engine) or frozenset()
+    unknown = sorted(k for k in query if k not in known)
+    if unknown:
+        raise UsageError(f"--into: unknown parameter {unknown[0]!r} for {engine} (known: "
+                         f"password_env, password_file, {', '.join(sorted(known))})")  # fmt: skip
+    if password_env or password_file:
+        base = replace(base, password_env=password_env, password_file=password_file)
     return DatabaseSpec(
         name=name, engine=engine, host=url.hostname or base.host, port=port or (None if url.hostname else base.port),
         user=unquote(url.username) if url.username else base.user, database=database,
-        password_env=base.password_env, password_file=base.password_file, options=base.options,
+        password_env=base.password_env, password_file=base.password_file,
+        options={**base.options, **query},
     )  # fmt: skip
 
 

@@ -13,7 +13,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from casbackup.engines.base import ALIASES, DatabaseSpec, canonical_engine_name, engine_names
+from casbackup.engines.base import (
+    ALIASES,
+    DatabaseSpec,
+    canonical_engine_name,
+    engine_names,
+    engine_options,
+)
 from casbackup.errors import ConfigError
 
 T = TypeVar("T")
@@ -216,15 +222,6 @@ class Section:
             self.ctx.problems.extend(errors[:-1])  # every typo is reported, not the first
             raise errors[-1]
         return [self.path(k) for k in unknown]
-
-
-def engine_options(engine: str) -> frozenset[str] | None:
-    """The option names an engine knows, or None for a plugin that does not say."""
-    module = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql"}.get(engine)
-    if module is None:
-        return None
-    known = getattr(importlib.import_module(f"casbackup.engines.{module}"), "KNOWN_OPTIONS", None)
-    return known if isinstance(known, frozenset) else None
 
 
 def parse_database(sec: Section, name: str | None = None) -> DatabaseSpec:

@@ -199,6 +199,16 @@ def _plugin_names() -> list[str]:
     return [ep.name for ep in entry_points(group="casbackup.engines")]
 
 
+def engine_options(engine: str) -> frozenset[str] | None:
+    """The option names a built-in engine knows (its module's KNOWN_OPTIONS), or None for a
+    plugin, which does not say."""
+    module = _BUILTIN.get(canonical_engine_name(engine), "").partition(":")[0]
+    if not module:
+        return None
+    known = getattr(importlib.import_module(module), "KNOWN_OPTIONS", None)
+    return known if isinstance(known, frozenset) else None
+
+
 def get_engine(name: str) -> Engine:
     key = canonical_engine_name(name)
     if key in _registered:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from casbackup.engines.base import DatabaseSpec, canonical_engine_name
+from casbackup.engines.base import DatabaseSpec, canonical_engine_name, engine_options
 from casbackup.errors import UsageError
 
 _SCHEMES = {"postgresql", "postgres", "mysql", "mariadb", "sqlite", "sqlite3"}
@@ -78,7 +78,17 @@ def connection_spec(
         if not path:
             raise UsageError(f"{option} {name}: sqlite URL has no path")
         return DatabaseSpec(name=name, engine="sqlite", path=path)
-    query = dict(parse_qsl(url.query))
+    query = dict(parse_qsl(url.query, keep_blank_values=True))
+    if "password" in query:
+        raise UsageError(
+            f"{option} {name}: never put a password on the command line; "
+            "use ?password_env=VARIABLE (or password_file=FILE) instead"
+        )
+    known = {"password_env", "password_file", *(engine_options(engine) or ())}
+    unknown = sorted(k for k in query if k not in known)
+    if unknown:
+        raise UsageError(f"{option} {name}: unknown parameter {unknown[0]!r} for {engine} "
+                         f"(known: {', '.join(sorted(known))})")  # fmt: skip
     database = unquote(url.path.lstrip("/"))
     if not database and need_database:
         raise UsageError(f"{option} {name}: the URL names no database ({engine}://host/DATABASE)")

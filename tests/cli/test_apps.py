@@ -232,6 +232,30 @@ def test_db_restore_url_forms() -> None:
             _target_spec(url, base, "main", "postgresql")
 
 
+def test_db_restore_url_query_is_applied_or_refused() -> None:
+    """`--into URL?sslmode=require` was ignored without a word, and the restore went over a
+    connection without TLS (found on a server without SSL: exit 0); `?password_env=` (the
+    form recover's --db-into takes) was ignored too. Known options apply, over the
+    config's; a password or an unknown parameter is refused."""
+    from casbackup.cli.cmd_db import _target_spec
+    from casbackup.engines.base import DatabaseSpec
+    from casbackup.errors import UsageError
+
+    base = DatabaseSpec("main", "postgresql", host="db1", user="app", password_env="PW",
+                        options={"sslmode": "prefer", "globals": "false"})  # fmt: skip
+    url = "postgresql://u@h/db?sslmode=require&password_env=OTHER"
+    spec = _target_spec(url, base, "main", "postgresql")
+    assert spec.options == {"sslmode": "require", "globals": "false"}
+    assert (spec.password_env, spec.password_file) == ("OTHER", None)
+    spec = _target_spec("mysql://u@h/db?password_file=/run/pw&ssl_mode=REQUIRED",
+                        DatabaseSpec("main", "mysql"), "main", "mysql")  # fmt: skip
+    assert spec.options == {"ssl_mode": "REQUIRED"} and spec.password_file == "/run/pw"
+    for bad, text in [("password=secret", "never put a password"),
+                      ("sslmod=require", "unknown parameter 'sslmod'")]:  # fmt: skip
+        with pytest.raises(UsageError, match=text):
+            _target_spec(f"postgresql://u@h/db?{bad}", base, "main", "postgresql")
+
+
 def test_auto_verify_after_backup(site: Path) -> None:
     """--auto-verify proves the new snapshot restorable and records it; a flag overrides the config."""
     out = cli(site, "backup", "--app", "notes", "--auto-verify")

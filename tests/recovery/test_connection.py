@@ -37,6 +37,9 @@ def test_sqlite_paths() -> None:
     ("engine", "text", "message"),
     [
         ("postgresql", "postgresql://u:secret@h/db", "never put a password"),
+        ("postgresql", "postgresql://u@h/db?password=secret", "never put a password"),
+        ("postgresql", "postgresql://u@h/db?sslmod=require", "unknown parameter 'sslmod'"),
+        ("mysql", "mysql://u@h/db?sslmode=require", "unknown parameter 'sslmode'"),
         ("postgresql", "mysql://h/db", "cannot go into mysql"),
         ("postgresql", "ftp://h/db", "unknown scheme"),
         ("postgresql", "postgresql://h", "names no database"),
