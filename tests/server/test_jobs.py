@@ -668,3 +668,40 @@ def test_a_job_end_the_state_database_could_not_record_blocks_nothing(
         # Once the database writes again, the first job's end is recorded too.
         assert service.jobs.get(first)["state"] == "succeeded"
         assert service.jobs.get(second)["state"] == "succeeded"
+
+
+def test_a_failed_restore_drill_is_notified(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # --verify-schedule / --check-schedule exist to find out before the day of a restore;
+    # a drill that failed (a snapshot that no longer restores, packs damaged on disk) showed
+    # only as a failed job on the dashboard: the notifiers heard nothing.
+    import os
+
+    from casbackup.testing.fixtures import make_repo
+
+    repo = str(tmp_path / "repo")
+    make_repo(repo).close()
+    settings, app, events = _notified_app(tmp_path, monkeypatch, repo)
+    with app() as client:
+        jobs = client.app.state.service.jobs
+        backup = jobs.submit("backup", app="shop", params={}, created_by="t")["id"]
+        while jobs.get(backup)["state"] in ("queued", "running"):
+            time.sleep(0.05)
+        assert jobs.get(backup)["state"] == "succeeded"
+        for folder, _dirs, files in os.walk(os.path.join(repo, "data")):
+            for name in files:  # every pack damaged
+                with open(os.path.join(folder, name), "r+b") as f:
+                    f.seek(100)
+                    f.write(b"\0" * 64)
+        ids = [
+            jobs.submit("verify", app="shop", params={"snapshot": "latest"}, created_by="scheduler",
+                        trigger="scheduler")["id"],
+            jobs.submit("check", app=None, params={"read_data": True}, created_by="scheduler",
+                        trigger="scheduler", repo_key="default")["id"],
+        ]  # fmt: skip
+        for job in ids:
+            while jobs.get(job)["state"] in ("queued", "running"):
+                time.sleep(0.05)
+        assert [jobs.get(j)["state"] for j in ids] == ["failed", "failed"]
+        got = _events(client, events)
+    assert [(e["event"], e["app"]) for e in got] == [("verify_failure", "shop")] * 2, got
+    assert got[1]["message"].startswith("the check of repository default failed: ")
