@@ -44,8 +44,10 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import BinaryIO
 
 from casbackup.engines.base import (
@@ -59,7 +61,7 @@ from casbackup.engines.base import (
 )
 from casbackup.engines.my_grants import hidden_kinds
 from casbackup.engines.my_session import MarkerDumpStream, TableLock
-from casbackup.engines.process import feed_tool, find_tool, run_tool
+from casbackup.engines.process import ProcessDumpStream, feed_tool, find_tool, run_tool
 from casbackup.errors import DatabaseError
 
 KNOWN_OPTIONS = frozenset(
@@ -347,37 +349,111 @@ class MysqlEngine:
         """Pipe the dump into `mariadb`/`mysql`; create the database if missing, with the
         default character set and collation recorded at dump time (``properties``).
 
-        A non-empty database is refused unless `overwrite`, which drops and recreates it.
         Unlike pg_restore, a failed SQL load is not one transaction (DDL commits implicitly):
-        a failure leaves a partial database and is reported as an error.
+        a failure leaves a partial database and is reported as an error. A database with
+        content is refused unless `overwrite`; then the dump loads into a new database
+        (casbackup_restore_<hex>) first, and only once it is whole is the old database
+        dropped and the new one copied into its name (MariaDB cannot rename a database):
+        a dump that breaks mid-stream leaves the old data as it was.
         """
         db = _require_db(spec)
         client = self.version_text("mariadb", "mysql")
         older = older_tool_warning(f"database {spec.name!r}", properties, "client", client)
-        if self._exists(spec, db):
-            if self._tables(spec, db, "'BASE TABLE','VIEW','SEQUENCE'") and not overwrite:
+        replace_old = False
+        if self._exists(spec, db) and self._has_content(spec, db):
+            if not overwrite:
                 raise DatabaseError(
                     f"database {spec.name!r}: {db} already exists and is not empty "
                     "(use overwrite to replace it)"
                 )
-            if overwrite:
-                self._client(spec, f"DROP DATABASE {quote_ident(db)};")
-        self._client(spec, f"CREATE DATABASE IF NOT EXISTS {quote_ident(db)};")
+            replace_old = True
         defaults = _charset_clause(properties or {})
+        load = replace(spec, database=_temporary_name()) if replace_old else spec
+        try:
+            fed = self._load(load, stream, defaults)
+        except BaseException:
+            if replace_old:
+                self._drop_quietly(load)
+            raise
+        if replace_old:
+            self._replace(spec, _require_db(load), defaults)
+        return RestoreInfo(self.name, db, fed, self.row_counts(spec), self.server_version(spec),
+                           (older,) if older else ())  # fmt: skip
+
+    def _create(self, spec: DatabaseSpec, defaults: str) -> None:
+        db = quote_ident(_require_db(spec))
+        self._client(spec, f"CREATE DATABASE IF NOT EXISTS {db};")
         if defaults:
             # Before the load: tables the dump creates without their own take these.
-            self._client(spec, f"ALTER DATABASE {quote_ident(db)}{defaults};")
+            self._client(spec, f"ALTER DATABASE {db}{defaults};")
+
+    def _load(self, spec: DatabaseSpec, stream: BinaryIO, defaults: str) -> int:
+        """Create spec's database (if missing) and feed the dump into it; bytes fed."""
+        self._create(spec, defaults)
         with credentials_fd(spec) as fd:
             argv = [find_tool("mariadb", "mysql"), f"--defaults-extra-file=/dev/fd/{fd}",
                     "--binary-mode", "--default-character-set=utf8mb4",
-                    f"--database={db}"]  # fmt: skip
-            fed = feed_tool(argv, stream, what=f"restore of database {spec.name!r}", pass_fds=[fd])
-        return RestoreInfo(self.name, db, fed, self.row_counts(spec), self.server_version(spec),
-                           (older,) if older else ())  # fmt: skip
+                    f"--database={_require_db(spec)}"]  # fmt: skip
+            return feed_tool(argv, stream, what=f"restore of database {spec.name!r}",
+                             pass_fds=[fd])  # fmt: skip
+
+    def _replace(self, spec: DatabaseSpec, loaded: str, defaults: str) -> None:
+        """Drop spec's database and copy database `loaded` (whole) into its name, then drop
+        `loaded`. A copy that fails names `loaded`, which still holds the restored data."""
+        db = _require_db(spec)
+        try:
+            self._client(spec, f"DROP DATABASE {quote_ident(db)};")
+        except BaseException:
+            self._drop_quietly(replace(spec, database=loaded))  # the old one stands
+            raise
+        try:
+            with credentials_fd(spec) as fd:
+                argv = [find_tool("mariadb-dump", "mysqldump"),
+                        f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, "--", loaded]  # fmt: skip
+
+                def validate(head: bytes, tail: bytes, size: int) -> None:
+                    if _TRAILER not in tail:
+                        raise DatabaseError(f"the copy of {loaded} has no trailer (truncated)")
+
+                def make_info(size: int) -> DumpInfo:
+                    return DumpInfo(self.name, "mysql-sql", "", {}, "sql", size)
+
+                copy = ProcessDumpStream(argv, what=f"copy of database {loaded}", env=None,
+                                         validate=validate, make_info=make_info, pass_fds=[fd])  # fmt: skip
+            with copy:
+                self._load(spec, copy, defaults)
+                copy.finish()
+        except DatabaseError as exc:
+            raise DatabaseError(
+                f"database {spec.name!r}: the restored data is in database {loaded}, which "
+                f"could not be copied into {db}: {exc}"
+            ) from None
+        self._drop_quietly(replace(spec, database=loaded))
+
+    def _drop_quietly(self, spec: DatabaseSpec) -> None:
+        try:
+            self.drop(spec)
+        except DatabaseError:
+            pass  # the restore's own error is what the user needs; a temporary may stay
+
+    def _has_content(self, spec: DatabaseSpec, db: str) -> bool:
+        """Whether `db` holds anything a restore would replace: tables, views, sequences,
+        and routines and events too (the dump drops those of the same name first)."""
+        if self._tables(spec, db, "'BASE TABLE','VIEW','SEQUENCE'"):
+            return True
+        sql = (f"SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = "
+               f"{hex_literal(db)} UNION ALL SELECT COUNT(*) FROM information_schema.events "
+               f"WHERE event_schema = {hex_literal(db)};")  # fmt: skip
+        return any(line.strip() not in ("", "0") for line in self._client(spec, sql))
 
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._client(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};")
+
+
+def _temporary_name() -> str:
+    """The database a replacing restore loads into before the old one is dropped."""
+    return f"casbackup_restore_{secrets.token_hex(6)}"
 
 
 def _count_sql(db: str, tables: list[str]) -> str:

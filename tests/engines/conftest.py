@@ -6,6 +6,7 @@ silently skipped every database test would be a green run that proved nothing.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -150,3 +151,22 @@ def read_in_pieces(stream: object, piece: int = 997) -> bytes:
     while n := stream.readinto(buf):  # type: ignore[attr-defined]
         out.write(buf[:n])
     return out.getvalue()
+
+
+class BrokenAfter(io.RawIOBase):
+    """A dump that reads fine for `good` bytes, then fails as a damaged repository does."""
+
+    def __init__(self, data: bytes, good: int) -> None:
+        super().__init__()
+        self._data, self._pos, self._good = data, 0, good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._pos >= self._good:
+            raise OSError("pack 3f2a: authentication failed")
+        n = min(len(b), self._good - self._pos, 4096)
+        b[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from casbackup.engines import get_engine
+from casbackup.engines import get_engine, mysql
 from casbackup.engines.base import DatabaseSpec, DumpInfo
 from casbackup.engines.mysql import MysqlEngine, option_file_text
 from casbackup.errors import DatabaseError
-from tests.engines.conftest import mariadb, my_ident, my_spec, read_in_pieces, unique
+from tests.engines.conftest import BrokenAfter, mariadb, my_ident, my_spec, read_in_pieces, unique
 
 SCHEMA = """
 CREATE TABLE people (
@@ -241,3 +241,56 @@ def test_bad_dump_fails_restore(my_cleanup: list[str]) -> None:
     my_cleanup.append(target)
     with pytest.raises(DatabaseError, match="mariadb exited with status 1: .*syntax"):
         MysqlEngine().restore(my_spec(target), io.BytesIO(b"CREATE TABLE t (id INT);\nNOT SQL;"))
+
+
+def test_restore_counts_routines_and_events_as_content(
+    my_database: str, my_cleanup: list[str]
+) -> None:
+    """A database holding only routines or events is not empty: the dump's `DROP PROCEDURE
+    IF EXISTS` replaced a live procedure of the same name without --overwrite (found with
+    `db restore --into` an existing database that held one procedure)."""
+    source = unique("casb_src")
+    my_cleanup.append(source)
+    mariadb(f"CREATE DATABASE {my_ident(source)};")
+    mariadb("CREATE TABLE t (id INT PRIMARY KEY); CREATE PROCEDURE p() SELECT 'backed up';"
+            "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DISABLE DO SELECT 1;", source)  # fmt: skip
+    data, _ = dump_bytes(my_spec(source))
+    engine = MysqlEngine()
+    for sql in ("CREATE PROCEDURE p() SELECT 'live';",
+                "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DISABLE DO SELECT 'live';"):  # fmt: skip
+        mariadb("DROP PROCEDURE IF EXISTS p; DROP EVENT IF EXISTS e;" + sql, my_database)
+        with pytest.raises(DatabaseError, match="already exists and is not empty"):
+            engine.restore(my_spec(my_database), io.BytesIO(data))
+        kept = mariadb("SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema ="
+                       " DATABASE() AND routine_definition LIKE '%live%' UNION ALL SELECT"
+                       " COUNT(*) FROM information_schema.events WHERE event_schema = DATABASE()"
+                       " AND event_definition LIKE '%live%';", my_database).split()  # fmt: skip
+        assert sorted(kept) == ["0", "1"]
+
+
+def test_overwrite_that_fails_keeps_the_existing_database(
+    my_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--overwrite replaces a database only once the new one is loaded: it used to DROP the
+    database first, so a dump that broke mid-stream (a damaged pack, a killed restore) left a
+    half-loaded database where the user's data had been."""
+    mariadb("CREATE TABLE t (id INT PRIMARY KEY, s TEXT);"
+            "INSERT INTO t SELECT seq, REPEAT('x', 500) FROM seq_1_to_4000;"
+            "CREATE TRIGGER t_bi BEFORE INSERT ON t FOR EACH ROW SET NEW.s = UPPER(NEW.s);"
+            "CREATE VIEW v AS SELECT id FROM t;", my_database)  # fmt: skip
+    data, _ = dump_bytes(my_spec(my_database))
+    mariadb("CREATE TABLE precious (v TEXT); INSERT INTO precious VALUES ('keep me');", my_database)
+    temporary = unique("casb_tmp")
+    monkeypatch.setattr(mysql, "_temporary_name", lambda: temporary)
+    engine = MysqlEngine()
+    with pytest.raises((DatabaseError, OSError)):
+        engine.restore(my_spec(my_database), BrokenAfter(data, len(data) // 2), overwrite=True)
+    assert mariadb("SELECT v FROM precious;", my_database).strip() == "keep me"
+    assert engine.row_counts(my_spec(my_database))["t"] == 4000
+    assert not mariadb(f"SHOW DATABASES LIKE '{temporary}';")  # dropped
+    # A whole dump replaces it, trigger and view included, and leaves no temporary behind.
+    engine.restore(my_spec(my_database), io.BytesIO(data), overwrite=True)
+    assert engine.row_counts(my_spec(my_database)) == {"t": 4000}
+    assert "t_bi" in mariadb("SHOW TRIGGERS", my_database)
+    assert mariadb("SELECT COUNT(*) FROM v", my_database).strip() == "4000"
+    assert not mariadb(f"SHOW DATABASES LIKE '{temporary}';")

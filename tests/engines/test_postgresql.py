@@ -14,6 +14,7 @@ from casbackup.engines.base import DatabaseSpec
 from casbackup.engines.postgresql import PostgresEngine, conninfo
 from casbackup.errors import DatabaseError
 from tests.engines.conftest import (
+    BrokenAfter,
     pg_copy,
     pg_ident,
     pg_spec,
@@ -232,25 +233,6 @@ def test_bad_dump_fails_restore_and_leaves_nothing(pg_cleanup: list[str]) -> Non
     assert engine.row_counts(pg_spec(target)) == {}
 
 
-class _BrokenAfter(io.RawIOBase):
-    """A dump that reads fine for `good` bytes, then fails as a damaged repository does."""
-
-    def __init__(self, data: bytes, good: int) -> None:
-        super().__init__()
-        self._data, self._pos, self._good = data, 0, good
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._pos >= self._good:
-            raise OSError("pack 3f2a: authentication failed")
-        n = min(len(b), self._good - self._pos, 4096)
-        b[:n] = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-
 def test_overwrite_that_fails_keeps_the_existing_database(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,7 +248,7 @@ def test_overwrite_that_fails_keeps_the_existing_database(
     monkeypatch.setattr(postgresql, "_temporary_name", lambda: temporary)
     engine = PostgresEngine()
     with pytest.raises((DatabaseError, OSError)):
-        engine.restore(pg_spec(pg_database), _BrokenAfter(data, len(data) // 2), overwrite=True)
+        engine.restore(pg_spec(pg_database), BrokenAfter(data, len(data) // 2), overwrite=True)
     assert psql("SELECT v FROM precious;", pg_database).strip() == "keep me"
     assert not psql(f"SELECT 1 FROM pg_database WHERE datname = '{temporary}';")  # dropped
     # And a whole dump still replaces it.
