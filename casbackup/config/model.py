@@ -72,7 +72,7 @@ auto_verify = true
 [[applications.notify]]                      # any number; a failing one never fails a backup
 type = "webhook"                             # webhook | healthchecks | email | command | a plugin
 url = "http://127.0.0.1:8080/hook"           # webhook, healthchecks (+ /start, /fail)
-on = ["warning", "failure", "verify_failure"] # default: all but start (overdue: serve)
+on = ["warning", "failure", "verify_failure", "overdue"]  # default: all but start (overdue: serve)
 # email: host, port (587), starttls (true), cafile, sender, to = [...], username,
 #        password_env or password_file;  command: command = "notify-send backup";
 # timeout = 10 (seconds); options = {...} for a plugin's own settings

@@ -16,7 +16,8 @@ at a safe point and keeps what it committed.
 
 A failed backup's notifiers hear of it from the worker (``BackupNotice``), or from here when
 the worker could not tell them: it failed before the backup began, it died, or the service did
-(told at the next start, ``recover_interrupted``).
+(told at the next start, ``recover_interrupted``). A failed verify or check (the restore
+drills) is ``verify_failure`` to the notifiers of the applications it concerns.
 """
 
 from __future__ import annotations
@@ -118,20 +119,38 @@ class JobManager:
         # A backup lost to a crash or a power cut is a failure its notifiers hear of now, not
         # only (if they listen for it) as 'overdue' at the schedule's next fire time.
         self._notify_failures(
-            [(r["app"], f"the service stopped before this backup finished (job {r['id']})")
-             for r in lost]
+            [(r["app"], "failure",
+              f"the service stopped before this backup finished (job {r['id']})") for r in lost]
         )  # fmt: skip
         return cur.rowcount
 
-    def _notify_failures(self, failures: list[tuple[str | None, str]]) -> None:
-        """Send ``failure`` to each (app, message)'s notifiers, in order, in a thread of its own
-        (a slow SMTP server never holds up a job or the start-up). For the failures the worker
-        could not report: it never got to the backup (the repository unreachable, say), it
-        died, or the service did."""
+    def _failures_to_tell(
+        self, row: dict[str, Any], error: str | None, notified: bool
+    ) -> list[tuple[str | None, str, str]]:
+        """(app, event, message) for a failed job: a backup the worker did not report (it
+        never got to the backup, say the repository unreachable, or it died), and the
+        restore drills: a verification that failed is its application's ``verify_failure``,
+        a check that failed that of every application in the repository."""
+        kind, what = row["kind"], error or f"the {row['kind']} failed"
+        if kind == "backup" and not notified:
+            return [(row["app"], "failure", what)]
+        if kind == "verify" and row["app"]:
+            return [
+                (row["app"], "verify_failure", f"the verification of {row['app']} failed: {what}")
+            ]
+        if kind == "check":
+            message = f"the check of repository {row['repo']} failed: {what}"
+            apps = [a for a, k in self.service.registry.app_repo.items() if k == row["repo"]]
+            return [(a, "verify_failure", message) for a in apps]
+        return []
+
+    def _notify_failures(self, failures: list[tuple[str | None, str, str]]) -> None:
+        """Send each (app, event, message) to the application's notifiers, in order, in a
+        thread of its own (a slow SMTP server never holds up a job or the start-up)."""
         registry = self.service.registry
         sends = [
-            (cfg.notify, Event("failure", app, message))
-            for app, message in failures
+            (cfg.notify, Event(event, app, message))
+            for app, event, message in failures
             if app and (cfg := registry.app(app)) is not None and cfg.notify
         ]
         if not sends:
@@ -374,8 +393,8 @@ class JobManager:
                     self.service.registry.handle(row["repo"]).refresh()
                 except CasError:
                     pass  # the next read reopens or reports it
-            if row["kind"] == "backup" and state == "failed" and not running.notified:
-                self._notify_failures([(row["app"], error or "the backup failed")])
+            if state == "failed":
+                self._notify_failures(self._failures_to_tell(row, error, running.notified))
             doc = self.get(job_id)
             self.service.events.publish("job.finished", doc, row["app"])
             self._dispatch()

@@ -226,7 +226,7 @@ class Scheduler:
                 self._set_last(f"due:{e.key}", due)  # this run must succeed before the next
             if missed and self.policy == "skip":
                 self._set_last(e.key, latest)
-                done.append(f"{e.key}: skipped missed run of {due.isoformat()}")
+                _note(done, f"{e.key}: skipped missed run of {due.isoformat()}")
                 continue
             job = self._fire(e, done, missed, now)
             self._set_last(e.key, now if e.rule.interval is not None else latest, job)
@@ -344,11 +344,16 @@ class Scheduler:
         job_id = None
         for app in apps:
             if app is not None and jobs is not None and jobs.active_for(e.kind, app) is not None:
-                done.append(f"{e.key}: {app} is still running; this {what} is skipped")
+                _note(
+                    done,
+                    f"{e.key}: {app} is still running; this {what} is skipped",
+                    logging.WARNING,
+                )
                 continue
             if app is None and jobs is not None and jobs.active_on(e.kind, e.repo) is not None:
                 # A check has no application: one at a time per repository all the same.
-                done.append(f"{e.key}: the last {e.kind} is still running; this {what} is skipped")
+                _note(done, f"{e.key}: the last {e.kind} is still running; this {what} is skipped",
+                      logging.WARNING)  # fmt: skip
                 continue
             params: dict[str, Any] = {}
             if e.kind == "backup":
@@ -364,7 +369,7 @@ class Scheduler:
                 doc = submit(e.kind, app=app, params=params, created_by="scheduler", trigger="scheduler",
                              repo_key=e.repo)  # fmt: skip
             except CasError as exc:
-                done.append(f"{e.key}: could not start: {exc}")
+                _note(done, f"{e.key}: could not start: {exc}", logging.WARNING)
                 continue
             job_id = doc["id"] if isinstance(doc, dict) else None
             from casbackup.server.audit import AuditEntry, record
@@ -372,7 +377,7 @@ class Scheduler:
             record(self.service.db, AuditEntry(action=f"scheduled_{e.kind}", outcome="success", app=app,
                                                actor="scheduler", actor_kind="scheduler",
                                                detail=f"job {job_id} ({what})"))  # fmt: skip
-            done.append(f"{e.key}: started {e.kind}{' of ' + app if app else ''} ({what})")
+            _note(done, f"{e.key}: started {e.kind}{' of ' + app if app else ''} ({what})")
         return job_id
 
     def _apps_of(self, repo: str | None) -> list[str | None]:
@@ -387,8 +392,7 @@ class Scheduler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                for line in self.tick():
-                    log.info("%s", line)
+                self.tick()  # it logs what it does
             except Exception:  # one bad tick must not end scheduling
                 log.exception("scheduler tick failed")
             self._stop.wait(self.tick_s)
@@ -397,6 +401,13 @@ class Scheduler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+
+
+def _note(done: list[str], line: str, level: int = logging.INFO) -> None:
+    """What a tick did, for its caller and the log: a run that did not happen is a warning
+    (``casbackup serve`` shows warnings, not info lines)."""
+    done.append(line)
+    log.log(level, "%s", line)
 
 
 def rotate_subset(subset: str, now: dt.datetime) -> str:

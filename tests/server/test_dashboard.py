@@ -318,6 +318,32 @@ def test_overview_shows_overdue_and_next_run(env: Env, monkeypatch: pytest.Monke
     assert "2999-01-01 02:00 UTC" in html
 
 
+def test_a_snapshot_dated_in_the_future_does_not_hide_an_overdue_run(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A snapshot taken while the clock ran years ahead sorts last; once the clock is right it
+    # must not stand for the run scheduled yesterday (the card said nothing was overdue).
+    from casbackup.server.dashboard import views
+
+    class FakeScheduler:
+        def overview(self) -> list[dict[str, object]]:
+            return [{"key": "backup:shop", "kind": "backup", "app": "shop",
+                     "last_run": "2026-01-01T02:00:00+00:00", "next_run": "2999-01-01T02:00:00+00:00"}]  # fmt: skip
+
+        def next_run_text(self, app: str) -> str | None:
+            return None
+
+        def stop(self) -> None:
+            pass
+
+    snaps = [_snap(dt.datetime(2025, 12, 31, 2, 0, tzinfo=dt.UTC)),
+             _snap(dt.datetime(2998, 1, 1, 2, 0, tzinfo=dt.UTC))]  # fmt: skip
+    monkeypatch.setattr(views, "repo_snapshots", lambda handle, warnings: snaps)
+    monkeypatch.setattr(env.service, "scheduler", FakeScheduler())
+    login(env, "viewer")
+    assert has(env.client.get("/").text, f"{TESTIDS['overdue']}:shop")
+
+
 def test_restore_to_the_original_place_is_for_admins(env: Env) -> None:
     snap = backup(env, "shop")["snapshot_id"]
     source = env.tmp / "shop" / "a.txt"

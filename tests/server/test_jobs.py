@@ -551,14 +551,16 @@ def _notified_app(tmp_path, monkeypatch, repo: str):  # type: ignore[no-untyped-
     monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     events = tmp_path / "events"
+    events.mkdir()
     config = make_config(tmp_path, repo)
     text = (
         open(config)
         .read()
         .replace(
             "[applications.retention]",
-            f'[[applications.notify]]\ntype = "command"\ncommand = "sh -c \'cat >> {events}; '
-            f'echo >> {events}\'"\non = ["warning", "failure", "verify_failure"]\n\n'
+            # one file per event: notifications of two jobs may be sent at the same time
+            f'[[applications.notify]]\ntype = "command"\ncommand = "sh -c \'cat > '
+            f'$(mktemp -p {events})\'"\non = ["warning", "failure", "verify_failure"]\n\n'
             "[applications.retention]",
         )
     )
@@ -573,9 +575,8 @@ def _events(client, path) -> list[dict]:  # type: ignore[no-untyped-def]
 
     for t in getattr(client.app.state.service.jobs, "notify_threads", ()):
         t.join(30)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    got = [json.loads(f.read_text()) for f in path.iterdir()]
+    return sorted(got, key=lambda e: e["time"])
 
 
 def test_a_backup_that_cannot_open_its_repository_notifies_a_failure(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -668,3 +669,44 @@ def test_a_job_end_the_state_database_could_not_record_blocks_nothing(
         # Once the database writes again, the first job's end is recorded too.
         assert service.jobs.get(first)["state"] == "succeeded"
         assert service.jobs.get(second)["state"] == "succeeded"
+
+
+def test_a_failed_restore_drill_is_notified(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # --verify-schedule / --check-schedule exist to find out before the day of a restore;
+    # a drill that failed (a snapshot that no longer restores, packs damaged on disk) showed
+    # only as a failed job on the dashboard: the notifiers heard nothing.
+    import os
+
+    from casbackup.testing.fixtures import make_repo
+
+    repo = str(tmp_path / "repo")
+    make_repo(repo).close()
+    settings, app, events = _notified_app(tmp_path, monkeypatch, repo)
+    with app() as client:
+        jobs = client.app.state.service.jobs
+        backup = jobs.submit("backup", app="shop", params={}, created_by="t")["id"]
+        while jobs.get(backup)["state"] in ("queued", "running"):
+            time.sleep(0.05)
+        assert jobs.get(backup)["state"] == "succeeded"
+        for folder, _dirs, files in os.walk(os.path.join(repo, "data")):
+            for name in files:  # every pack damaged
+                with open(os.path.join(folder, name), "r+b") as f:
+                    f.seek(100)
+                    f.write(b"\0" * 64)
+        ids = [
+            jobs.submit("verify", app="shop", params={"snapshot": "latest"}, created_by="scheduler",
+                        trigger="scheduler")["id"],
+            jobs.submit("check", app=None, params={"read_data": True}, created_by="scheduler",
+                        trigger="scheduler", repo_key="default")["id"],
+        ]  # fmt: skip
+        for job in ids:
+            while jobs.get(job)["state"] in ("queued", "running"):
+                time.sleep(0.05)
+        assert [jobs.get(j)["state"] for j in ids] == ["failed", "failed"]
+        got = _events(client, events)
+    assert [(e["event"], e["app"]) for e in got] == [("verify_failure", "shop")] * 2, got
+    # the check reads while the verification runs: either may end first
+    assert sorted(e["message"].split(" failed: ")[0] for e in got) == [
+        "the check of repository default",
+        "the verification of shop",
+    ]

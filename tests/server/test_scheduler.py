@@ -134,7 +134,7 @@ def test_dst_spring_forward_and_fall_back(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_a_running_backup_is_never_started_twice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     s, rec = make(tmp_path, monkeypatch, {"shop": "every 1 minutes"})
 
@@ -146,6 +146,9 @@ def test_a_running_backup_is_never_started_twice(
     s.tick(utc(2026, 1, 1, 0, 0))
     assert "still running" in s.tick(utc(2026, 1, 1, 0, 1, 5))[0]
     assert rec.calls == []
+    # A run that did not happen is a warning in the service's log (serve shows warnings; its
+    # info lines were nowhere to be seen), not only a line the scheduler thread logs at info.
+    assert [r.levelname for r in caplog.records if "still running" in r.getMessage()] == ["WARNING"]
 
 
 def test_restore_drills_and_bad_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -144,7 +144,11 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             name=row.name, description=row.description, repository=row.repository,
             snapshots=len(snaps), last_snapshot=last, last_job=last_job,
             verification=records_by_app.get(row.name), schedule=row.schedule,
-            next_run=row.next_run, overdue=overdue_reason(schedules.get(row.name), last, now),
+            next_run=row.next_run,
+            # a snapshot dated after now (taken while the clock ran ahead) proves no run
+            overdue=overdue_reason(schedules.get(row.name),
+                                   next((s for s in reversed(snaps) if s.datetime <= now), None),
+                                   now),
             protected_bytes=last.protected_bytes if last else 0,
             stored_bytes=sum(s.summary.bytes_stored for s in snaps),
             strip=day_strip([s.datetime for s in snaps if s.datetime >= since], failed, now),
