@@ -9,6 +9,8 @@ Flags, and why:
 - `--routines --events --triggers`: the whole database, not only its tables.
 - `--hex-blob`: binary columns survive any client character set.
 - `--no-tablespaces`: MySQL 8 needs the PROCESS privilege otherwise; tablespaces are not data.
+- `--max-allowed-packet=1G` (the most there is): the tool's own default (24 MiB) failed the
+  dump of any row larger than that, however much the server allows.
 - no `--databases`: the dump has no CREATE DATABASE/USE, so it loads into any database name
   (a scratch database for verification, or `--into` another name).
 
@@ -75,7 +77,7 @@ _TRAILER = b"-- Dump completed"
 DUMP_FLAGS = (
     "--single-transaction", "--quick", "--routines", "--events", "--triggers",
     "--skip-dump-date", "--hex-blob", "--order-by-primary", "--no-tablespaces",
-    "--default-character-set=utf8mb4",
+    "--default-character-set=utf8mb4", "--max-allowed-packet=1G",
 )  # fmt: skip
 
 
@@ -393,7 +395,7 @@ class MysqlEngine:
         with credentials_fd(spec) as fd:
             argv = [find_tool("mariadb", "mysql"), f"--defaults-extra-file=/dev/fd/{fd}",
                     "--binary-mode", "--default-character-set=utf8mb4",
-                    f"--database={_require_db(spec)}"]  # fmt: skip
+                    "--max-allowed-packet=1G", f"--database={_require_db(spec)}"]  # fmt: skip
             return feed_tool(argv, stream, what=f"restore of database {spec.name!r}",
                              pass_fds=[fd])  # fmt: skip
 
