@@ -17,6 +17,7 @@ import stat
 from collections.abc import Sequence
 
 from casbackup.archiver.writers import drop_inherited_acls, xattr_problem
+from casbackup.liveness import pid_exists
 from casbackup.repo.tree import Node, NodeKind
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -128,7 +129,7 @@ def remove_stale_temps(dir_fd: int) -> int:
         if pid == me:
             if match.group(2) == _process_token():
                 continue  # this process's own restore
-        elif _alive(pid):
+        elif pid_exists(pid):
             continue
         try:
             if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
@@ -138,18 +139,6 @@ def remove_stale_temps(dir_fd: int) -> int:
             continue
         removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return True  # not a process id: never a reason to remove anything
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists (EPERM: another user's), or cannot tell
-    return True
 
 
 def make_writable(fd: int, st: os.stat_result) -> int | None:
