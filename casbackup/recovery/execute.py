@@ -22,7 +22,14 @@ from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.archiver.stream import ChunkReader
 from casbackup.engines.base import get_engine
 from casbackup.errors import CasError, Interrupted, RecoveryError
-from casbackup.recovery.plan import DatabaseItem, FileItem, RecoverOptions, RecoveryPlan, build_plan
+from casbackup.recovery.plan import (
+    DatabaseItem,
+    FileItem,
+    RecoverOptions,
+    RecoveryPlan,
+    build_plan,
+    older_verified,
+)
 from casbackup.recovery.recheck import Recheck, recheck
 from casbackup.recovery.report import write_report
 from casbackup.repo.repository import Repository
@@ -62,7 +69,8 @@ def recover(
     if options.dry_run:
         return RecoveryResult(plan, errors=list(plan.problems))
     if plan.problems:
-        raise RecoveryError("nothing was changed: " + "; ".join(plan.problems))
+        advice = f"; {plan.fallback}" if plan.fallback else ""
+        raise RecoveryError("nothing was changed: " + "; ".join(plan.problems) + advice)
     started, _ = now_utc()
     clock = time.monotonic()
     report_base = options.report or f"{plan.target}/{REPORT_NAME}"
@@ -76,8 +84,10 @@ def recover(
         reporter.info(f"re-checking snapshot {plan.snapshot.short_id} before restoring")
         check = recheck(repo, plan, reporter)
         if check.problems:
+            fallback = older_verified(repo, plan.snapshot)
             errors.append(
                 f"snapshot {plan.snapshot.short_id} failed the re-check; nothing was restored"
+                + (f"; {fallback}" if fallback else "")
             )
             errors.extend(check.problems)
         else:

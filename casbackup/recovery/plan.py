@@ -29,7 +29,7 @@ from casbackup.engines.base import (
     get_engine,
     resolve_password,
 )
-from casbackup.errors import CasError, RecoveryError, UnverifiedSnapshot, UsageError
+from casbackup.errors import CasError, NotFound, RecoveryError, UnverifiedSnapshot, UsageError
 from casbackup.recovery.connection import connection_spec, describe
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
@@ -92,6 +92,9 @@ class RecoveryPlan:
     databases: tuple[DatabaseItem, ...]
     warnings: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()  # what stops the recovery before it starts
+    # When the chosen snapshot turns out damaged: the next older snapshot whose newest
+    # verification passed, as advice ("... recover it with --snapshot ID"); "" when none.
+    fallback: str = ""
 
     @property
     def bytes_total(self) -> int:
@@ -107,6 +110,26 @@ def _describe_snap(snap: Snapshot, record: VerificationRecord | None) -> str:
         else "verified"
     )
     return f"{snap.short_id} ({snap.time[:19].replace('T', ' ')} UTC, {state})"
+
+
+def older_verified(repo: Repository, snap: Snapshot, records: RecordSet | None = None) -> str:
+    """Advice naming the newest snapshot of `snap`'s application older than `snap` whose
+    newest verification passed ("" when there is none): what a user can recover instead
+    when `snap` turns out damaged."""
+    latest = (records or list_records(repo)).latest_by_snapshot()
+    older = [
+        s
+        for s in repo.list_snapshots(warnings=[])
+        if s.app == snap.app and s.start_ns < snap.start_ns and s.id != snap.id
+        and latest.get(s.id) is not None and latest[s.id].ok
+    ]  # fmt: skip
+    if not older:
+        return ""
+    best = older[-1]
+    return (
+        f"the next older verified snapshot is {_describe_snap(best, latest[best.id])}: "
+        f"recover it with --snapshot {best.short_id}"
+    )
 
 
 def choose_snapshot(
@@ -210,9 +233,19 @@ def _map_into_target(path: str, items: tuple[FileItem, ...]) -> str | None:
 def build_plan(
     repo: Repository, options: RecoverOptions, records: RecordSet | None = None
 ) -> RecoveryPlan:
+    """The plan for `options`; connects to no server in a dry run.
+
+    What would make the recovery fail or harm the target is in `problems` (``recover``
+    refuses to start then): a target that is not empty, a database that cannot be reached
+    or already holds tables, and a snapshot whose folder listings cannot be read (damaged
+    packs, a missing index): a source that cannot be read is never silently left out.
+    Raises UnverifiedSnapshot, RecoveryError, UsageError (a --db-into naming no database).
+    """
+    records = records or list_records(repo)
     snap, record, warnings = choose_snapshot(repo, options, records)
     target = os.path.abspath(options.target)
     problems: list[str] = []
+    damaged = False
     items: list[FileItem] = []
     paths = tuple(p for p in snap.paths if isinstance(p, str))
     if len(paths) != len(snap.paths):
@@ -220,8 +253,23 @@ def build_plan(
     for source, name in _dest_names(paths).items():
         try:
             node = repo.find_node(snap.root, source)
+            # Every folder listing below the source is read now (the sizes need them): a
+            # damaged one stops the plan here, named, rather than the restore half-way.
+            files, size = _size_of(repo, node) if node is not None else (0, 0)
         except CasError as exc:
-            warnings.append(f"source {source} is not in the snapshot: {exc}")
+            # Damage (a damaged pack, a missing index), not an absent source: the recovery
+            # would leave this source out, so it must not start (it used to be a warning,
+            # and a recovery that restored nothing reported success).
+            hint = (
+                " ('casbackup check' says what is lost; 'casbackup repair index' rebuilds a "
+                "lost index from the packs)"
+                if isinstance(exc, NotFound)
+                else ""
+            )
+            problems.append(
+                f"source {source} cannot be read from snapshot {snap.short_id}: {exc}{hint}"
+            )
+            damaged = True
             continue
         if node is None or node.kind not in (NodeKind.DIR, NodeKind.FILE):
             warnings.append(f"source {source} is not a folder or file in the snapshot; skipped")
@@ -232,15 +280,15 @@ def build_plan(
                 f"{source} will be restored as {os.path.join(target, os.fsdecode(node.name))}"
             )
             dest = os.path.join(target, os.fsdecode(node.name))
-        files, size = _size_of(repo, node)
         kind = "dir" if node.kind == NodeKind.DIR else "file"
         into = dest if kind == "dir" else target
         items.append(FileItem(source, dest, into, kind, files, size))
         if _not_empty(dest):
             problems.append(f"{dest} already exists in the target and is not empty")
     databases = _plan_databases(snap, options, target, tuple(items), warnings, problems)
+    fallback = older_verified(repo, snap, records) if damaged else ""
     return RecoveryPlan(options.app, snap, record, target, tuple(items), databases,
-                        tuple(warnings), tuple(problems))  # fmt: skip
+                        tuple(warnings), tuple(problems), fallback)  # fmt: skip
 
 
 def _plan_databases(
