@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from casbackup import __version__
 from casbackup.archiver.application import restore_companions
 from casbackup.archiver.restore import RestoreOptions, restore
+from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.archiver.stream import ChunkReader
 from casbackup.engines.base import get_engine
 from casbackup.errors import CasError, Interrupted, RecoveryError
@@ -31,7 +33,7 @@ from casbackup.recovery.plan import (
     older_verified,
 )
 from casbackup.recovery.recheck import Recheck, recheck
-from casbackup.recovery.report import write_report
+from casbackup.recovery.report import report_paths, write_report
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import now_utc
 from casbackup.repo.tree import NodeKind
@@ -114,11 +116,41 @@ def recover(
                     "manifest_truncated": check.manifest_truncated},
         "files": files, "databases": databases, "warnings": warnings, "errors": errors,
     }  # fmt: skip
-    paths = write_report(doc, report_base)
+    paths = _write_report(doc, report_base, errors)
     result = RecoveryResult(plan, doc, paths, errors)
     if interrupted:
         raise Interrupted(f"recovery interrupted; report: {paths[0]}")
     return result
+
+
+def _write_report(doc: dict[str, Any], base: str, errors: list[str]) -> tuple[str, str] | None:
+    """Write the report at `base`; where that fails (the target is full or read-only, the
+    folder cannot be made), write it to the temp folder instead, naming why in `errors` and
+    in the report, so the operator always learns what is back. None when neither worked:
+    the result (printed by the caller) is then the only account."""
+    try:
+        return write_report(doc, base)
+    except OSError as exc:
+        problem = (
+            f"the report could not be written to {report_paths(base)[0]}: {exc.strerror or exc}"
+        )
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    app = str(doc["app"]).replace("/", "_")
+    short = str(doc["snapshot"]["id"])[:8]
+    doc["ok"] = False
+    try:
+        # A fresh folder of our own (mkdtemp: 0700, a new name), never a planted one.
+        folder = tempfile.mkdtemp(prefix=f"casbackup-recovery-{app}-{short}-{stamp}-")
+    except OSError as exc:
+        errors.append(f"{problem}, nor to the temp folder: {exc.strerror or exc}")
+        return None
+    fallback = os.path.join(folder, REPORT_NAME)
+    errors.append(f"{problem}; it is at {fallback}.json instead")
+    try:
+        return write_report(doc, fallback)
+    except OSError as exc:
+        errors[-1] = f"{problem}, nor to {fallback}.json: {exc.strerror or exc}"
+        return None
 
 
 def _restore_files(
@@ -148,6 +180,13 @@ def _restore_files(
         )  # fmt: skip
         out.update(files=res.files, dirs=res.dirs, links=res.links, symlinks=res.symlinks, specials=res.specials, bytes=res.bytes,
                    errors=res.errors, warnings=res.warnings)  # fmt: skip
+    except RestoreStopped as exc:
+        # The target took no more data: what was restored before still counts, and each
+        # entry that failed before the stop is listed, then the stop itself.
+        res = exc.result
+        out.update(files=res.files, dirs=res.dirs, links=res.links, symlinks=res.symlinks,
+                   specials=res.specials, bytes=res.bytes, errors=[*res.errors, str(exc)],
+                   warnings=res.warnings)  # fmt: skip
     except CasError as exc:
         out["errors"] = [str(exc)]
     out["duration_s"] = round(time.monotonic() - clock, 3)

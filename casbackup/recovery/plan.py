@@ -34,7 +34,7 @@ from casbackup.recovery.connection import connection_spec, describe
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.units import plural
+from casbackup.units import human_bytes, plural
 from casbackup.verify.dumps import (
     definition_specs,
     record_problem,
@@ -206,6 +206,45 @@ def _size_of(repo: Repository, node: Node) -> tuple[int, int]:
     return files, size
 
 
+def _target_problem(target: str) -> str | None:
+    """Why nothing can be written at `target` (a folder that may not exist yet), checked on
+    its nearest existing ancestor; None when it looks writable. Without this a read-only
+    target was found out only after the re-check had read every byte of the snapshot."""
+    where = target
+    while not os.path.lexists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        return f"the target {target} cannot be made: {where} is not a folder"
+    try:
+        read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        return f"the target {target} is on a read-only file system"
+    if not os.access(where, os.W_OK | os.X_OK):
+        return f"the target {target} cannot be written: no permission to write in {where}"
+    return None
+
+
+def _space_warning(target: str, needed: int) -> str | None:
+    """A warning when the target's file system has less free space than the files' size
+    (not a refusal: files with holes and a file system that compresses need less)."""
+    where = target
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free >= needed:
+        return None
+    return (
+        f"the target's file system has {human_bytes(free)} free and the files and SQLite "
+        f"databases take {human_bytes(needed)}: the recovery will likely stop when it is full"
+    )
+
+
 def _not_empty(path: str) -> bool:
     if os.path.isdir(path) and not os.path.islink(path):
         return bool(os.listdir(path))
@@ -245,6 +284,9 @@ def build_plan(
     snap, record, warnings = choose_snapshot(repo, options, records)
     target = os.path.abspath(options.target)
     problems: list[str] = []
+    unwritable = _target_problem(target)
+    if unwritable:
+        problems.append(unwritable)
     damaged = False
     items: list[FileItem] = []
     paths = tuple(p for p in snap.paths if isinstance(p, str))
@@ -286,6 +328,14 @@ def build_plan(
         if _not_empty(dest):
             problems.append(f"{dest} already exists in the target and is not empty")
     databases = _plan_databases(snap, options, target, tuple(items), warnings, problems)
+    local_bytes = sum(f.bytes for f in items) + sum(
+        d.record.size
+        for d in databases
+        if d.spec.engine == "sqlite" and (d.spec.path or "").startswith(target + "/")
+    )
+    short = None if unwritable else _space_warning(target, local_bytes)
+    if short:
+        warnings.append(short)
     fallback = older_verified(repo, snap, records) if damaged else ""
     return RecoveryPlan(options.app, snap, record, target, tuple(items), databases,
                         tuple(warnings), tuple(problems), fallback)  # fmt: skip
