@@ -5,6 +5,10 @@ or database is not empty; the re-check runs before the first byte is restored, a
 snapshot stops the recovery with the target untouched (except for the report). After that,
 each part (one source folder, one database) is restored on its own: one failing part does not
 stop the others, and the report says exactly which parts are back.
+
+Between the re-check and the first byte, a journal goes into the target (`journal.py`); it is
+removed when the recovery succeeded. A rerun after a kill, a crash or a failed part finds it
+and restores what the earlier run began again instead of refusing a target that is not empty.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.archiver.stream import ChunkReader
 from casbackup.engines.base import get_engine
 from casbackup.errors import CasError, Interrupted, RecoveryError
+from casbackup.recovery.journal import Journal, remove_journal, write_journal
 from casbackup.recovery.plan import (
     DatabaseItem,
     FileItem,
@@ -92,7 +97,7 @@ def recover(
                 + (f"; {fallback}" if fallback else "")
             )
             errors.extend(check.problems)
-        else:
+        elif _journal_started(plan, started, errors):
             for item in plan.files:
                 files.append(_restore_files(repo, plan, item, options, reporter, errors, warnings))
             for db in plan.databases:
@@ -118,9 +123,27 @@ def recover(
     }  # fmt: skip
     paths = _write_report(doc, report_base, errors)
     result = RecoveryResult(plan, doc, paths, errors)
+    if not errors:
+        remove_journal(plan.target)  # finished: a rerun is a new recovery
     if interrupted:
         raise Interrupted(f"recovery interrupted; report: {paths[0]}")
     return result
+
+
+def _journal_started(plan: RecoveryPlan, started: str, errors: list[str]) -> bool:
+    """Write the journal before the first byte goes to the target (see journal.py); False,
+    with the error, when it cannot be written (then nothing is)."""
+    journal = Journal(plan.app, plan.snapshot.id, started,
+                      tuple(f.target for f in plan.files), tuple(d.where for d in plan.databases))  # fmt: skip
+    try:
+        write_journal(plan.target, journal)
+    except OSError as exc:
+        errors.append(
+            f"nothing was restored: the target {plan.target} cannot be written: "
+            f"{exc.strerror or exc}"
+        )
+        return False
+    return True
 
 
 def _write_report(doc: dict[str, Any], base: str, errors: list[str]) -> tuple[str, str] | None:
@@ -175,7 +198,8 @@ def _restore_files(
     try:
         res = restore(
             repo, plan.snapshot,
-            RestoreOptions(target=item.restore_into, subpath=item.source, workers=options.workers),
+            RestoreOptions(target=item.restore_into, subpath=item.source, workers=options.workers,
+                           overwrite=item.resumed),
             reporter,
         )  # fmt: skip
         out.update(files=res.files, dirs=res.dirs, links=res.links, symlinks=res.symlinks, specials=res.specials, bytes=res.bytes,

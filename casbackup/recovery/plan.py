@@ -31,6 +31,7 @@ from casbackup.engines.base import (
 )
 from casbackup.errors import CasError, NotFound, RecoveryError, UnverifiedSnapshot, UsageError
 from casbackup.recovery.connection import connection_spec, describe
+from casbackup.recovery.journal import Journal, journal_path, read_journal
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
 from casbackup.repo.tree import Node, NodeKind
@@ -71,6 +72,9 @@ class FileItem:
     kind: str  # "dir" or "file"
     files: int
     bytes: int
+    # Left half-restored by an interrupted recovery of this snapshot (its journal says so):
+    # restored again, replacing what is there.
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,6 +249,36 @@ def _space_warning(target: str, needed: int) -> str | None:
     )
 
 
+def _resumable(
+    journal: Journal | None,
+    app: str,
+    snap: Snapshot,
+    target: str,
+    warnings: list[str],
+    problems: list[str],
+) -> Journal:
+    """What an unfinished recovery left in `target` that this one may take over: all of its
+    parts when it recovered the same application from the same snapshot; nothing (and a
+    problem saying what to do) when it recovered another; nothing when there is no journal."""
+    none = Journal(app, snap.id, "", (), ())
+    if journal is None:
+        return none
+    where = journal_path(target)
+    if journal.app != app or journal.snapshot != snap.id:
+        problems.append(
+            f"the target holds an unfinished recovery of {journal.app!r} from snapshot "
+            f"{journal.snapshot[:8]} (started {journal.started[:19]}): finish it with "
+            f"--app {journal.app} --snapshot {journal.snapshot[:8]}, or remove what it wrote "
+            f"and {where}"
+        )
+        return none
+    warnings.append(
+        f"the target holds an unfinished recovery of this snapshot (started "
+        f"{journal.started[:19]}, see {where}): what it wrote is restored again"
+    )
+    return journal
+
+
 def _not_empty(path: str) -> bool:
     if os.path.isdir(path) and not os.path.islink(path):
         return bool(os.listdir(path))
@@ -287,6 +321,7 @@ def build_plan(
     unwritable = _target_problem(target)
     if unwritable:
         problems.append(unwritable)
+    resumed = _resumable(read_journal(target), options.app, snap, target, warnings, problems)
     damaged = False
     items: list[FileItem] = []
     paths = tuple(p for p in snap.paths if isinstance(p, str))
@@ -324,10 +359,16 @@ def build_plan(
             dest = os.path.join(target, os.fsdecode(node.name))
         kind = "dir" if node.kind == NodeKind.DIR else "file"
         into = dest if kind == "dir" else target
-        items.append(FileItem(source, dest, into, kind, files, size))
-        if _not_empty(dest):
-            problems.append(f"{dest} already exists in the target and is not empty")
-    databases = _plan_databases(snap, options, target, tuple(items), warnings, problems)
+        again = dest in resumed.files
+        items.append(FileItem(source, dest, into, kind, files, size, again))
+        if _not_empty(dest) and not again:
+            problems.append(
+                f"{dest} already exists in the target and is not empty (remove it, or "
+                "choose another --target)"
+            )
+    databases = _plan_databases(
+        snap, options, target, tuple(items), resumed.databases, warnings, problems
+    )
     local_bytes = sum(f.bytes for f in items) + sum(
         d.record.size
         for d in databases
@@ -346,6 +387,7 @@ def _plan_databases(
     options: RecoverOptions,
     target: str,
     items: tuple[FileItem, ...],
+    resumed: tuple[str, ...],
     warnings: list[str],
     problems: list[str],
 ) -> tuple[DatabaseItem, ...]:
@@ -413,8 +455,10 @@ def _plan_databases(
                 "snapshot never chooses where casbackup connects or which secrets it reads)"
             )
             continue
-        item = DatabaseItem(record, spec, describe(spec),
-                            options.overwrite_databases or replaces_raw, was)  # fmt: skip
+        where = describe(spec)
+        # A database an interrupted run of this recovery began to load is replaced too.
+        replace_it = options.overwrite_databases or replaces_raw or where in resumed
+        item = DatabaseItem(record, spec, where, replace_it, was)
         problem = _preflight(item, connect=not options.dry_run)
         if problem:
             problems.append(problem)

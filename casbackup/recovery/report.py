@@ -40,9 +40,9 @@ def write_report(doc: dict[str, Any], base: str) -> tuple[str, str]:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
     if not os.path.isdir(folder):
         os.makedirs(folder, mode=0o700, exist_ok=True)
-    _write_atomically(json_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    write_atomically(json_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     try:
-        _write_atomically(md_path, render_markdown(doc).encode("utf-8"))
+        write_atomically(md_path, render_markdown(doc).encode("utf-8"))
     except OSError:
         # Both or neither: a lone JSON would outlive the fallback report that says why
         # the pair could not be written here.
@@ -54,7 +54,9 @@ def write_report(doc: dict[str, Any], base: str) -> tuple[str, str]:
     return json_path, md_path
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes) -> None:
+    """Write `data` to `path` through a fresh temp name (O_EXCL|O_NOFOLLOW), fsynced, then
+    renamed over `path`; mode 0600. Raises OSError (leaving no temp file)."""
     tmp = f"{path}.tmp-{os.urandom(6).hex()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600)
