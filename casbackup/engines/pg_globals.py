@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream
+from casbackup.engines.pg_restrict import StableKeyStream
 from casbackup.engines.pg_sql import (
     MAX_SCRIPT,
     Failure,
@@ -87,7 +88,9 @@ def utf8_env(env: dict[str, str]) -> dict[str, str]:
 def dump_globals(
     spec: DatabaseSpec, conninfo: str, env: dict[str, str], superuser: bool, server_version: str
 ) -> DumpStream:
-    """`pg_dumpall --globals-only` as a stream (finish() checks its head and trailer).
+    """`pg_dumpall --globals-only` as a stream (finish() checks its head and trailer), its
+    `\\restrict` key derived from its content (pg_restrict.py): unchanged globals give an
+    identical file.
 
     `superuser` says whether role passwords can be read (pg_authid); without it the roles
     are dumped with --no-role-passwords rather than failing the backup."""
@@ -105,8 +108,10 @@ def dump_globals(
         return DumpInfo("postgresql", GLOBALS_FORMAT, server_version, {}, "sql", size, True,
                         {"passwords": superuser})  # fmt: skip
 
-    return ProcessDumpStream(argv, what=f"globals of database {spec.name!r}", env=utf8_env(env),
-                             validate=validate, make_info=make_info)  # fmt: skip
+    what = f"globals of database {spec.name!r}"
+    # The tool's random \restrict key would make every night's file new: pg_restrict.py.
+    return StableKeyStream(ProcessDumpStream(argv, what=what, env=utf8_env(env),
+                                             validate=validate, make_info=make_info), what)  # fmt: skip
 
 
 def read_script(stream: BinaryIO, what: str, encoding: str = "utf-8") -> str:
