@@ -303,7 +303,10 @@ class Backup(Walker, FileReading):
         _, now_ns = now_utc()
         nodes = []
         for spec in self.options.streams:
-            self.reporter.info(f"dumping database {spec.name} ({spec.engine})")
+            # A database can give several streams (PostgreSQL: its cluster globals first):
+            # each line says which one, or the log shows the same line twice.
+            what = "database" if spec.record else "server globals for database"
+            self.reporter.info(f"dumping {what} {spec.name} ({spec.engine})")
             before = self._parent_stream(spec.filename)
             bases = None
             if before is not None and self.repo.deltas_allowed:

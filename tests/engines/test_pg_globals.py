@@ -405,3 +405,22 @@ def test_a_user_that_cannot_read_passwords_still_keeps_the_roles(
         stream.close()
     assert info.properties == {"passwords": False}  # --no-role-passwords: pg_authid is closed
     assert f"CREATE ROLE {user};" in data.decode() and "PASSWORD" not in data.decode()
+
+
+def test_backup_log_names_the_globals_and_the_dump_once_each(
+    pg_database: str, tmp_path: Path
+) -> None:
+    """Found on a real `serve`: the job log said 'dumping database orders (postgresql)' twice,
+    once for the globals and once for the dump, as if the dump had been taken twice."""
+    from tests.engines.test_backup_integration import cli, db_entry, write_config
+
+    psql("CREATE TABLE t (id int PRIMARY KEY);", pg_database)
+    entry = db_entry("orders", "postgresql", host=PG_HOST, port=PG_PORT, user=PG_USER,
+                     database=pg_database)  # fmt: skip
+    out = cli(write_config(tmp_path, {"shop": entry}), "backup", "--app", "shop")
+    assert out.code == 0, out.err
+    lines = [line for line in (out.out + out.err).splitlines() if "dumping " in line]
+    assert lines == [
+        "dumping server globals for database orders (postgresql)",
+        "dumping database orders (postgresql)",
+    ], lines

@@ -212,7 +212,8 @@ def test_pages_load_nothing_from_another_host(env: Env) -> None:
         html = env.client.get(path).text
         assert not re.search(r"(src|href|action)=\"(https?:)?//", html), path
     for asset in STATIC.iterdir():
-        text = asset.read_text()
+        # An SVG names its XML namespace by URI; that is an identifier, never fetched.
+        text = asset.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")
         assert not re.search(r"https?://|url\(", text), asset.name
         assert env.client.get(f"/static/{asset.name}").status_code == 200
 

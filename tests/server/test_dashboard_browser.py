@@ -584,6 +584,31 @@ def test_logout_ends_the_session(browser: Any, site: Site) -> None:
     page.context.close()
 
 
+def test_pages_load_every_asset_they_ask_for(
+    browser: Any, site: Site, snapshot: str, jobs_of_every_kind: None
+) -> None:
+    """Every request a page makes is answered, the icon included (a browser asks for
+    /favicon.ico on every page that names none), and no script fails.
+    Found on a real `serve`: each page load logged 'GET /favicon.ico 404'."""
+    page = login(browser, site, "root")
+    failed: list[str] = []
+    page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.status} {r.url}"))
+    page.on("pageerror", lambda e: failed.append(f"script error: {e}"))
+    kinds = {j["kind"]: j["id"] for j in site.api("GET", "/api/jobs").json()}
+    for path in ["/", "/apps/notes", "/jobs", f"/snapshots/{snapshot}", "/recovery", "/admin",
+                 *(f"/jobs/{i}" for i in kinds.values())]:  # fmt: skip
+        page.goto(site.url + path)
+        page.get_by_test_id("nav-user").wait_for()
+        page.wait_for_load_state("load")
+        # The browser's own favicon fetch is invisible to page events: ask for it as it would.
+        icon = page.evaluate("document.querySelector('link[rel~=icon]')?.href ?? null")
+        answer = page.request.get(icon or site.url + "/favicon.ico")
+        assert answer.status == 200 and answer.headers["content-type"].startswith("image/"), (
+            path, icon, answer.status)  # fmt: skip
+    assert failed == []
+    page.context.close()
+
+
 def test_viewer_is_offered_no_actions(
     browser: Any, site: Site, snapshot: str, jobs_of_every_kind: None
 ) -> None:
