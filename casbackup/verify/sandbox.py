@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from casbackup import __version__
 from casbackup.archiver.restore import RestoreOptions, restore
+from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name
 from casbackup.errors import CasError, Interrupted, StorageError, VerificationFailed
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot, now_utc
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
-from casbackup.units import plural
+from casbackup.units import human_bytes, plural
 from casbackup.verify.compare import Comparison, compare_tree
 from casbackup.verify.dumps import (
     check_dump,
@@ -273,6 +274,15 @@ def _verify_in(
         raise KeyboardInterrupt from None
     except StorageError:
         raise  # the store failed (permissions, I/O): nothing was verified, nothing failed
+    except RestoreStopped as exc:
+        # The sandbox took no more data (full, over quota): this machine's limit, not the
+        # snapshot's fault. Recorded as a failure it would override an earlier pass and
+        # make recover skip a sound snapshot, so nothing is recorded.
+        raise StorageError(
+            f"snapshot {snapshot.short_id} could not be verified, nothing was recorded: "
+            f"{exc} (the snapshot holds {human_bytes(snapshot.summary.bytes_total)}: give "
+            "--sandbox a folder with room for it)"
+        ) from None
     except CasError as exc:
         # A restore that stops (an unreadable root tree) leaves whatever it wrote; the
         # comparison below names everything that is missing because of it.
