@@ -46,3 +46,38 @@ def parse_size(text: str) -> int:
     if not m:
         raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G)")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+
+
+_RUN_TIME_UNITS = {"d": 86400, "h": 3600, "m": 60, "min": 60, "s": 1}
+_RUN_TIME_PART = re.compile(r"(\d+)\s*(d|h|min|m|s)", re.IGNORECASE)
+
+
+def parse_run_time(value: int | str) -> int:
+    """A run time as users write it, in whole seconds: '6h', '90min', '1h30m', '2d', '45s',
+    or a number of seconds (an integer or digits). Units d, h, m or min (minutes), s; 0 is
+    allowed (callers read it as "no limit"). Raises ValueError with examples for anything
+    else, negative values included."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a run time (e.g. 6h, 90min, 1h30m)")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value!r} is not a run time (e.g. 6h, 90min, 1h30m)")
+        return value
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    parts = _RUN_TIME_PART.findall(text)
+    if not parts or _RUN_TIME_PART.sub("", text).strip():
+        raise ValueError(f"{value!r} is not a run time (e.g. 6h, 90min, 1h30m)")
+    return sum(int(n) * _RUN_TIME_UNITS[unit.lower()] for n, unit in parts)
+
+
+def format_run_time(seconds: float) -> str:
+    """Whole seconds as ``parse_run_time`` reads them back: 21600 -> '6h', 5400 -> '1h30m',
+    45 -> '45s', 0 -> '0s'."""
+    left, out = int(seconds), ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size:
+            out += f"{left // size}{unit}"
+            left %= size
+    return out or "0s"

@@ -51,12 +51,20 @@ from casbackup.errors import CasError, UsageError
     show_default=True,
     help="The share of data each scheduled check reads.",
 )
+@click.option(
+    "--max-run-time",
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="Stop and fail a backup, verify, check, forget or prune job running longer than "
+    "this (e.g. 6h, 90min; 0: no limit); an application's max_run_time overrides it.",
+)
 @click.pass_context
 def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str | None,
           tls_key: str | None, insecure_http: bool, trusted_proxies: tuple[str, ...],
           trusted_user_header: str | None, secure_cookies: bool | None, no_scheduler: bool,
           missed_runs: str, timezone: str | None, verify_schedule: str | None,
-          check_schedule: str | None, check_subset: str) -> None:  # fmt: skip
+          check_schedule: str | None, check_subset: str, max_run_time: str) -> None:  # fmt: skip
     """Run the web service: the API, background jobs and the scheduler.
 
     Reads the same config file as the other commands and serves every application and
@@ -68,6 +76,7 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
 
     opts = global_options(ctx)
     host, port = parse_listen(listen)
+    run_time = _run_time(max_run_time)
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("give both --tls-cert and --tls-key")
     if not is_loopback(host) and not tls_cert:
@@ -97,6 +106,7 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
         cookie_secure=secure_cookies if secure_cookies is not None else bool(tls_cert or trusted_proxies),
         run_scheduler=not no_scheduler, missed_runs=missed_runs, timezone=_zone(timezone),
         verify_schedule=verify_schedule, check_schedule=check_schedule, check_subset=_subset(check_subset),
+        max_run_time_s=run_time,
     )  # fmt: skip
     import uvicorn
 
@@ -159,6 +169,15 @@ def _zone(name: str | None) -> str | None:
             f"--timezone {name!r} is not a known time zone (e.g. Europe/Berlin, UTC)"
         ) from None
     return name
+
+
+def _run_time(text: str) -> int:
+    from casbackup.units import parse_run_time
+
+    try:
+        return parse_run_time(text)
+    except ValueError as exc:
+        raise UsageError(f"--max-run-time: {exc}") from None
 
 
 def _subset(text: str) -> str:

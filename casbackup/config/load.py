@@ -37,6 +37,7 @@ from casbackup.config.model import (
 )
 from casbackup.engines.base import DatabaseSpec
 from casbackup.errors import ConfigError
+from casbackup.units import parse_run_time
 
 ENV_VAR = "CASBACKUP_CONFIG"
 LOCAL_NAME = "casbackup.toml"
@@ -375,6 +376,7 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
     notify = ctx.attempt(lambda: tuple(parse_notifier(n) for n in sec.tables("notify")), ())
     snapshot = ctx.attempt(lambda: check_app_snapshot(sec, sec.text("snapshot")), None)
     delta_files = ctx.attempt(lambda: _delta_files(sec), 0)
+    max_run_time = ctx.attempt(lambda: _max_run_time(sec), None)
     ctx.attempt(sec.done, [])
     if len(ctx.problems) > before:
         return None
@@ -382,7 +384,7 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
         name=name, description=description, sources=sources, excludes=excludes,
         databases=databases, default_backup_type=backup_type, retention=retention,
         schedule=schedule, verification=verification, repository=repository, notify=notify,
-        snapshot=snapshot, delta_files=delta_files,
+        snapshot=snapshot, delta_files=delta_files, max_run_time=max_run_time,
     )  # fmt: skip
 
 
@@ -397,6 +399,19 @@ def _delta_files(sec: Section) -> int:
         return delta_files_size(value)
     except ValueError as exc:
         raise sec.error("delta_files", str(exc)) from None
+
+
+def _max_run_time(sec: Section) -> int | None:
+    """``max_run_time``: a run time ("6h", "90min", or seconds as an integer); 0 is no limit."""
+    value = sec.raw("max_run_time")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise sec.error("max_run_time", f'must be a run time such as "6h", not {type_name(value)}')
+    try:
+        return parse_run_time(value)
+    except ValueError as exc:
+        raise sec.error("max_run_time", str(exc)) from None
 
 
 def _app_verification(sec: Section, auto_verify_default: bool) -> AppVerification:

@@ -50,6 +50,10 @@ snapshot = "auto"                            # read sources from a file-system s
                                              #   btrfs | zfs | lvm | auto | none
 delta_files = "64M"                          # a changed file this big or bigger is stored as
                                              #   deltas of its previous version; "0": off
+max_run_time = "6h"                          # casbackup serve stops this app's backup, verify
+                                             #   or forget job after this long and reports it
+                                             #   failed (d/h/m/s; 0: no limit; default: serve's
+                                             #   --max-run-time, 24h)
 
 [applications.repository]                    # optional: this app's snapshots go elsewhere
 location = "/srv/backups/webshop-repo"       # (casbackup serve; same keys as [repository])
@@ -205,6 +209,9 @@ class AppConfig:
     snapshot: str | None = None  # file-system snapshot: lvm | btrfs | zfs | auto | none
     # Bytes: a changed file at least this big is stored as deltas (archiver/delta_files.py).
     delta_files: int = 0
+    # Seconds a job of this application may run in `casbackup serve` before it is stopped
+    # (server/jobs.py); None: the service's --max-run-time; 0: no limit.
+    max_run_time: int | None = None
 
 
 # The smallest delta_files size (--delta-files): below a few chunks a delta saves little,

@@ -47,6 +47,11 @@ class Settings:
     verify_schedule: str | None = None  # restore drills: verify each app's newest snapshot
     check_schedule: str | None = None  # check --read-data-subset of each repository
     check_subset: str = "1/7"
+    # Seconds a job that holds its repository's queue or its schedule (jobs.TIMED) may run
+    # before it is stopped and failed: a dump blocked on a lock or a source on a dead NFS
+    # mount must not stop every later run. An application's max_run_time overrides it; 0:
+    # no limit.
+    max_run_time_s: int = 24 * 3600
     job_python: str = field(default=sys.executable)  # interpreter for job worker processes
     job_env: tuple[tuple[str, str], ...] = ()  # extra environment for workers (tests)
 

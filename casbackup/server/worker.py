@@ -14,6 +14,11 @@ and reads JSON lines from stdout: ``{"t": "progress", ...Progress fields}``, ``{
 "warning", "message": ...}``, ``{"t": "notified"}`` (a backup's notifiers heard of its failure), then exactly one ``{"t": "result", "result": {...}}`` or ``{"t":
 "error", "message": ..., "exit_code": n}``. The password travels only through the pipe, never on
 a command line, in the environment or in the job record. Nothing here imports FastAPI or the CLI.
+
+Stdin stays open: before the service stops a job (a cancel, its stop, the job's maximum run
+time) it writes ``{"stop": reason}``, then signals the worker's process group. A failure the
+stop causes (a database tool ended by the signal) is then not reported to the application's
+notifiers as the backup's own: the service tells them what really happened (jobs.py).
 """
 
 from __future__ import annotations
@@ -56,6 +61,53 @@ if TYPE_CHECKING:
 log = logging.getLogger("casbackup.server.worker")
 
 _out_lock = threading.Lock()
+_stop_asked = threading.Event()  # the service sent {"stop": ...}: it is stopping this job
+STOP_LINE_WAIT_S = 1.0  # a failure waits this long for a stop line already on its way
+
+
+def _read_spec() -> tuple[dict[str, Any], tuple[int, bytes] | None]:
+    """The job from stdin's first line, and (stdin's fd, what was read after the line) for
+    ``_read_stop``; None when stdin is no file (tests). Straight from the fd, never through
+    ``sys.stdin``: the stop reader would hold sys.stdin's lock while it waits, and a helper
+    process forked meanwhile closes its sys.stdin first thing (multiprocessing), which then
+    waited for that lock forever (a backup hung at its start)."""
+    try:
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return json.loads(sys.stdin.readline()), None
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    return json.loads(line), (fd, rest)
+
+
+def _read_stop(fd: int, data: bytes) -> None:
+    """Wait for the service's ``{"stop": reason}`` on stdin (after the spec)."""
+    while True:
+        while b"\n" in data:
+            line, _, data = data.partition(b"\n")
+            try:
+                if "stop" in json.loads(line):
+                    _stop_asked.set()
+            except (ValueError, TypeError):
+                continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            return
+        if not chunk:
+            return
+        data += chunk
+
+
+def stop_asked(wait: float = STOP_LINE_WAIT_S) -> bool:
+    """Did the service ask this job to stop? A failure caused by the stop's signal can come
+    before the reader thread has read the line, written before the signal: wait a little."""
+    return _stop_asked.wait(wait)
 
 
 def emit(doc: dict[str, Any]) -> None:
@@ -127,6 +179,8 @@ def run_backup_job(job: Job) -> dict[str, Any]:
         with job.repo.locked(command="serve: backup"):
             outcome = backup_application(job.repo, options, job.reporter)
     except Exception as exc:
+        if stop_asked():
+            raise  # the service tells the notifiers why it stopped the backup
         notice.failed(exc)
         emit({"t": "notified"})  # the service need not tell them again (jobs.py)
         raise
@@ -159,6 +213,8 @@ def run_backup_job(job: Job) -> dict[str, Any]:
             try:
                 verified.raise_if_failed()
             except CasError as exc:
+                if stop_asked():
+                    raise
                 notice.failed(exc, snap, verification=True)
                 emit({"t": "notified"})
                 raise
@@ -370,8 +426,10 @@ def main() -> int:
     # The parent asks for a stop with SIGINT (the library's cancel mechanism) and SIGTERM.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        spec = json.loads(sys.stdin.readline())
-        sys.stdin.close()
+        spec, stdin = _read_spec()
+        if stdin is not None:
+            threading.Thread(target=_read_stop, args=stdin, name="stop-reader",
+                             daemon=True).start()  # fmt: skip
         kind = spec["kind"]
         operation = OPERATIONS[kind]
         password = base64.b64decode(spec["password_b64"])
@@ -391,6 +449,10 @@ def main() -> int:
         emit({"t": "error", "message": "cancelled", "exit_code": EXIT_INTERRUPTED})
         return EXIT_INTERRUPTED
     except CasError as exc:
+        if stop_asked():
+            # What the stop's signal did (a dump tool ended by it): a cancel, as for the CLI.
+            emit({"t": "error", "message": f"cancelled ({exc})", "exit_code": EXIT_INTERRUPTED})
+            return EXIT_INTERRUPTED
         emit({"t": "error", "message": str(exc), "exit_code": exc.exit_code})
         return exc.exit_code
     except (OSError, MemoryError, ValueError, KeyError) as exc:
