@@ -6,8 +6,11 @@ the next start, never ``succeeded`` and never dropped.
 
 Concurrency: jobs that write to a repository (``WRITERS``) run one at a time per repository, in
 the order they were submitted; the others wait in the queue, visible through the API. Jobs on
-different repositories run in parallel, and read-only jobs do not wait. The repository's own
-locks still apply inside each worker, so a CLI run at the same time is kept out the usual way.
+different repositories run in parallel, and read-only jobs do not wait. "Per repository" is
+by the repository's identity (its id, ``RepoHandle.identity``), not by the key or spelling
+of its location: two configured locations of one repository share one queue, so a prune
+never starts beside a backup there and fails on its lock. The repository's own locks still
+apply inside each worker, so a CLI run at the same time is kept out the usual way.
 
 Each job is a thread here that starts ``python -m casbackup.server.worker``, feeds it the job
 (password over the pipe), and turns its JSON lines into progress rows, log rows and events.
@@ -76,6 +79,7 @@ class Running:
     timed_out: str | None = None  # why it was stopped for running too long (the job's error)
     stop_sent: bool = False  # its one SIGINT: a second would make the worker exit at once
     by_service: bool = False  # the service's stop cancelled it, not a user
+    queue: str | None = None  # the repository identity it holds (a writer), see _dispatch
     killed: bool = False  # it did not stop within CANCEL_GRACE_S of the SIGINT
     timer: threading.Timer | None = None  # the maximum run time's
 
@@ -110,7 +114,8 @@ class JobManager:
         self.db = service.db
         self._lock = threading.Lock()
         self._running: dict[int, Running] = {}
-        self._busy_repos: set[str] = set()
+        self._busy_repos: set[str] = set()  # identities of repositories a writer holds
+        self._queues: dict[str, str] = {}  # repository key -> identity, learned by submit
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._last_progress: dict[int, float] = {}
@@ -198,11 +203,12 @@ class JobManager:
         if kind not in KINDS:
             raise UsageError(f"unknown job kind {kind!r}")
         registry = self.service.registry
-        repo = repo_key or registry.repo_key_for(app)
-        registry.handle(repo)  # raises NotFound for an unknown repository
+        repo = registry.key(repo_key or registry.repo_key_for(app))  # NotFound if unknown
+        identity = registry.handle(repo).identity()  # may read the storage: not under the lock
         with self._lock:
             if self._stopping:
                 raise UsageError("the service is stopping: no new jobs")
+            self._queues[repo] = identity
         cur = self.db.execute(
             "INSERT INTO jobs (kind, app, repo, params, state, created_by, created_by_user,"
             " created_at, trigger) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -387,9 +393,10 @@ class JobManager:
                     if row["id"] in self._running:
                         continue
                     if row["kind"] in WRITERS:
-                        if row["repo"] in blocked:
+                        if self._queue_of(row["repo"]) in blocked:
                             continue
-                        blocked.add(row["repo"])  # later writers wait behind this one (FIFO)
+                        # Later writers wait behind this one (FIFO).
+                        blocked.add(self._queue_of(row["repo"]))
                     chosen = row
                     break
                 if chosen is None:
@@ -400,9 +407,10 @@ class JobManager:
                 )
                 if not claimed.rowcount:
                     continue  # cancelled between the query and now: look again
-                if chosen["kind"] in WRITERS:
-                    self._busy_repos.add(chosen["repo"])
                 running = Running(chosen["id"])
+                if chosen["kind"] in WRITERS:
+                    running.queue = self._queue_of(chosen["repo"])
+                    self._busy_repos.add(running.queue)
                 self._running[chosen["id"]] = running
                 thread = threading.Thread(
                     target=self._run, args=(running, dict(chosen)), name=f"job-{chosen['id']}",
@@ -413,6 +421,10 @@ class JobManager:
             self.service.events.publish("job.started", self.get(chosen["id"]), chosen["app"])
             thread.start()
 
+    def _queue_of(self, repo: str) -> str:
+        """The queue of jobs on repository key ``repo``: its identity, as submit learned it."""
+        return self._queues.get(repo, repo)
+
     def _run(self, running: Running, row: dict[str, Any]) -> None:
         job_id = row["id"]
         state, error, exit_code, result = "failed", None, None, None
@@ -421,6 +433,13 @@ class JobManager:
         except Exception as exc:  # the job fails; the service goes on
             error = f"{type(exc).__name__}: {exc}"
         finally:
+            # Notifications first: whoever sees the job's end can find them under way.
+            if state == "failed":
+                self.notices.failures(row, error, notified=running.notified)
+            elif state == "cancelled" and running.by_service and row["kind"] == "backup":
+                # Sent by ``shutdown`` once every job has ended (or at the next start).
+                self.notices.owe(job_id, f"the service stopped during this backup of {row['app']} "
+                                 f"(job {job_id}): it was cancelled and no snapshot was saved")  # fmt: skip
             snapshot_id = (result or {}).get("snapshot_id") if row["kind"] == "backup" else None
             unsaved = self._unsaved_progress.pop(job_id, None)
             self._record_end(job_id, (state, time.time(), error, exit_code,
@@ -428,20 +447,14 @@ class JobManager:
                              snapshot_id, None if unsaved is None else json.dumps(unsaved)))  # fmt: skip
             with self._lock:
                 self._running.pop(job_id, None)
-                if row["kind"] in WRITERS:
-                    self._busy_repos.discard(row["repo"])
+                if running.queue is not None:
+                    self._busy_repos.discard(running.queue)
                 self._last_progress.pop(job_id, None)
             if row["kind"] in WRITERS or row["kind"] == "backup":
                 try:
                     self.service.registry.handle(row["repo"]).refresh()
                 except CasError:
                     pass  # the next read reopens or reports it
-            if state == "failed":
-                self.notices.failures(row, error, notified=running.notified)
-            elif state == "cancelled" and running.by_service and row["kind"] == "backup":
-                # Sent by ``shutdown`` once every job has ended (or at the next start).
-                self.notices.owe(job_id, f"the service stopped during this backup of {row['app']} "
-                          f"(job {job_id}): it was cancelled and no snapshot was saved")  # fmt: skip
             doc = self.get(job_id)
             self.service.events.publish("job.finished", doc, row["app"])
             self._dispatch()
