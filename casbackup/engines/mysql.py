@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -60,6 +59,14 @@ from casbackup.engines.base import (
     older_tool_warning,
     resolve_password,
     tool_record,
+)
+from casbackup.engines.claims import (
+    MY_DEAD_SQL,
+    Claim,
+    my_claim_sql,
+    my_dead,
+    swept_warning,
+    temporary_name,
 )
 from casbackup.engines.my_grants import hidden_kinds
 from casbackup.engines.my_session import MarkerDumpStream, TableLock
@@ -351,36 +358,73 @@ class MysqlEngine:
         """Pipe the dump into `mariadb`/`mysql`; create the database if missing, with the
         default character set and collation recorded at dump time (``properties``).
 
-        Unlike pg_restore, a failed SQL load is not one transaction (DDL commits implicitly):
-        a failure leaves a partial database and is reported as an error. A database with
-        content is refused unless `overwrite`; then the dump loads into a new database
-        (casbackup_restore_<hex>) first, and only once it is whole is the old database
-        dropped and the new one copied into its name (MariaDB cannot rename a database):
-        a dump that breaks mid-stream leaves the old data as it was.
+        Unlike pg_restore, a SQL load is not one transaction (DDL commits implicitly), so a
+        load never runs where a failure would leave a half-loaded database behind (claims.py):
+        a missing database is created, marked as being loaded (a table named after the
+        restore's claim) and dropped again when the load fails; an existing one, empty or
+        (with `overwrite`; refused otherwise) not, is replaced only once the dump has loaded
+        whole into a temporary database: the old one is then dropped and the temporary
+        copied into its name (MariaDB cannot rename a database). A restore that was killed
+        leaves the marked or temporary database behind; the next restore onto the server
+        removes it (a warning names it).
         """
         db = _require_db(spec)
         client = self.version_text("mariadb", "mysql")
         older = older_tool_warning(f"database {spec.name!r}", properties, "client", client)
-        replace_old = False
-        if self._exists(spec, db) and self._has_content(spec, db):
-            if not overwrite:
+        defaults = _charset_clause(properties or {})
+        temp = temporary_name()
+        with self._claim(spec, temp):
+            warnings = self._sweep(spec)
+            exists = self._exists(spec, db)
+            if exists and self._has_content(spec, db) and not overwrite:
                 raise DatabaseError(
                     f"database {spec.name!r}: {db} already exists and is not empty "
                     "(use overwrite to replace it)"
                 )
-            replace_old = True
-        defaults = _charset_clause(properties or {})
-        load = replace(spec, database=_temporary_name()) if replace_old else spec
-        try:
-            fed = self._load(load, stream, defaults)
-        except BaseException:
-            if replace_old:
-                self._drop_quietly(load)
-            raise
-        if replace_old:
-            self._replace(spec, _require_db(load), defaults)
+            if not exists:
+                fed = self._load_new(spec, stream, defaults, temp)
+            else:
+                load = replace(spec, database=temp)
+                try:
+                    fed = self._load(load, stream, defaults)
+                except BaseException:
+                    self._drop_quietly(load)
+                    raise
+                self._replace(spec, temp, defaults)
+        warnings += [older] if older else []
         return RestoreInfo(self.name, db, fed, self.row_counts(spec), self.server_version(spec),
-                           (older,) if older else ())  # fmt: skip
+                           tuple(warnings))  # fmt: skip
+
+    def _claim(self, spec: DatabaseSpec, temp: str) -> Claim:
+        """Hold the lock of temporary `temp` (claims.py) in a session of its own."""
+        return Claim(temp, lambda: self._session(spec), my_claim_sql(temp),
+                     f"database {spec.name!r}")  # fmt: skip
+
+    def _sweep(self, spec: DatabaseSpec) -> list[str]:
+        """Drop what restores that were killed left behind (claims.py); a warning each."""
+        warnings = []
+        for name, kind in my_dead(self._client(spec, MY_DEAD_SQL)):
+            try:
+                self.drop(replace(spec, database=name))
+                warnings.append(swept_warning(f"database {spec.name!r}", name, kind, None))
+            except DatabaseError as exc:
+                warnings.append(swept_warning(f"database {spec.name!r}", name, kind, exc))
+        return warnings
+
+    def _load_new(self, spec: DatabaseSpec, stream: BinaryIO, defaults: str, mark: str) -> int:
+        """Create spec's database marked by table `mark` while it loads; drop it when the
+        load fails (it did not exist: dropping it leaves the server as it was)."""
+        db = quote_ident(_require_db(spec))
+        self._client(spec, f"CREATE DATABASE {db};")  # fails when another made it meanwhile
+        try:
+            self._client(spec, f"CREATE TABLE {db}.{quote_ident(mark)} (id INT) "
+                               "COMMENT 'casbackup: a restore is loading this database';")  # fmt: skip
+            fed = self._load(spec, stream, defaults)
+            self._client(spec, f"DROP TABLE {db}.{quote_ident(mark)};")
+        except BaseException:
+            self._drop_quietly(spec)
+            raise
+        return fed
 
     def _create(self, spec: DatabaseSpec, defaults: str) -> None:
         db = quote_ident(_require_db(spec))
@@ -451,11 +495,6 @@ class MysqlEngine:
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._client(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};")
-
-
-def _temporary_name() -> str:
-    """The database a replacing restore loads into before the old one is dropped."""
-    return f"casbackup_restore_{secrets.token_hex(6)}"
 
 
 def _count_sql(db: str, tables: list[str]) -> str:

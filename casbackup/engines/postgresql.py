@@ -33,7 +33,6 @@ named `my-db "x"` or `a=b` is never parsed as anything else.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import BinaryIO
@@ -46,6 +45,14 @@ from casbackup.engines.base import (
     older_tool_warning,
     resolve_password,
     tool_record,
+)
+from casbackup.engines.claims import (
+    PG_CANDIDATES_SQL,
+    Claim,
+    pg_claim_sql,
+    pg_dead,
+    swept_warning,
+    temporary_name,
 )
 from casbackup.engines.pg_globals import (
     AclPass,
@@ -362,48 +369,62 @@ class PostgresEngine:
         --no-privileges`, into a database created (when missing) with the recorded encoding
         and locale (``properties``), then apply its privileges statement by statement.
 
-        One transaction means a failed restore leaves the database empty, never half-loaded
-        (borgmatic omits it; ANCHORS.md). The database is created when missing; an existing one
-        with objects in it is refused unless `overwrite`, which loads the dump into a new
-        database (casbackup_restore_<hex>) and only then drops the old one and renames the new
-        one in its place: a failed load leaves the old data as it was (a SIGKILLed restore
-        may leave the temporary database behind, never a dropped old one).
+        One transaction means a failed restore into an existing empty database leaves it
+        empty, never half-loaded (borgmatic omits it; ANCHORS.md). A database this restore
+        makes (a missing one; with `overwrite`, the replacement of one with objects in it,
+        which is refused otherwise) is loaded under a temporary name (claims.py) and renamed
+        into place once loaded, after the old one is dropped: a failed restore drops the
+        temporary and leaves the server as it was; one that was killed leaves the temporary,
+        which the next restore onto the server removes (a warning names it).
         Privileges come after the data, in their own pass (pg_globals.AclPass): a GRANT to a
         role this server lacks is a warning naming it, not a failed restore. A pg_restore
         older than the recorded pg_dump is a warning too.
         """
         db = _require_db(spec)
-        replace_old = False
-        if self._exists(spec, db):
-            if self._table_count(spec) and not overwrite:
+        temp = temporary_name()
+        with self._claim(spec, temp):
+            warnings = self._sweep(spec)
+            exists = self._exists(spec, db)
+            if exists and self._table_count(spec) and not overwrite:
                 raise DatabaseError(
                     f"database {spec.name!r}: {db} already exists and is not empty "
                     "(use overwrite to replace it)"
                 )
-            replace_old = overwrite
-        warnings: list[str] = []
-        older = older_tool_warning(f"database {spec.name!r}", properties, "pg_restore",
-                                   self.version_text("pg_restore"))  # fmt: skip
-        if older:
-            warnings.append(older)
-        # An existing database is replaced only once its successor is loaded: the dump goes
-        # into a new database under a temporary name, which takes the old one's place after
-        # the load (a broken stream or a killed restore leaves the old data as it was).
-        load = replace(spec, database=_temporary_name()) if replace_old else spec
-        target = _require_db(load)
-        created = not self._exists(load, target)
-        if created:
-            warnings.extend(self._create(load, target, properties or {}))
-        try:
-            fed = self._load(load, stream, warnings, created)
-            if replace_old:
-                self._swap(spec, target, db)
-        except BaseException:
-            if replace_old:
-                self._drop_quietly(spec, target)
-            raise
+            older = older_tool_warning(f"database {spec.name!r}", properties, "pg_restore",
+                                       self.version_text("pg_restore"))  # fmt: skip
+            if older:
+                warnings.append(older)
+            if exists and not overwrite:  # empty: one transaction, nothing to undo
+                fed = self._load(spec, stream, warnings, False)
+            else:
+                load = replace(spec, database=temp)
+                warnings.extend(self._create(load, temp, properties or {}))
+                try:
+                    fed = self._load(load, stream, warnings, True)
+                except BaseException:
+                    self._drop_quietly(spec, temp)
+                    raise
+                self._swap(spec, temp, db, drop_old=exists)
         version = self._psql(spec, "SHOW server_version;")[0]
         return RestoreInfo(self.name, db, fed, self.row_counts(spec), version, tuple(warnings))
+
+    def _claim(self, spec: DatabaseSpec, temp: str) -> Claim:
+        """Hold the lock of temporary `temp` (claims.py) in a session of its own."""
+        maint = replace(spec, database=self._maintenance(spec))
+        return Claim(temp, lambda: _SnapshotSession(find_tool("psql"), maint, pg_env(spec)),
+                     pg_claim_sql(temp), f"database {spec.name!r}")  # fmt: skip
+
+    def _sweep(self, spec: DatabaseSpec) -> list[str]:
+        """Drop the temporaries of restores that were killed (claims.py); a warning each."""
+        what, maint = f"database {spec.name!r}", self._maintenance(spec)
+        warnings = []
+        for name in pg_dead(self._psql(spec, PG_CANDIDATES_SQL, maint)):
+            try:
+                self._psql(spec, f"DROP DATABASE IF EXISTS {quote_ident(name)};", maint)
+                warnings.append(swept_warning(what, name, "temporary", None))
+            except DatabaseError as exc:
+                warnings.append(swept_warning(what, name, "temporary", exc))
+        return warnings
 
     def _load(
         self, spec: DatabaseSpec, stream: BinaryIO, warnings: list[str], created: bool
@@ -435,15 +456,26 @@ class PostgresEngine:
             acls.close()
         return fed
 
-    def _swap(self, spec: DatabaseSpec, loaded: str, db: str) -> None:
-        """Drop `db` and give `loaded` its name. A `db` that cannot be dropped (sessions
-        still connected) fails the restore with the server's reason; it is left as it was."""
+    def _swap(self, spec: DatabaseSpec, loaded: str, db: str, *, drop_old: bool) -> None:
+        """Give `loaded` the name `db`, after dropping `db` when `drop_old`. A `db` that
+        cannot be dropped (sessions still connected), or that another restore created
+        meanwhile, fails the restore with the server's reason; it is left as it was, and
+        `loaded` is dropped. Once the old one is dropped, `loaded` is kept whatever happens:
+        it holds the only copy of the data on the server (a later restore removes it)."""
         maint = self._maintenance(spec)
-        self._psql(spec, f"DROP DATABASE {quote_ident(db)};", maint)
+        try:
+            if drop_old:
+                self._psql(spec, f"DROP DATABASE {quote_ident(db)};", maint)
+        except BaseException:
+            self._drop_quietly(spec, loaded)
+            raise
         try:
             self._psql(spec, f"ALTER DATABASE {quote_ident(loaded)} RENAME TO {quote_ident(db)};",
                        maint)  # fmt: skip
         except DatabaseError as exc:
+            if not drop_old:
+                self._drop_quietly(spec, loaded)
+                raise
             raise DatabaseError(f"database {spec.name!r}: the restored data is in database "
                                 f"{loaded}, which could not be renamed to {db}: {exc}") from None  # fmt: skip
 
@@ -461,11 +493,6 @@ class PostgresEngine:
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._psql(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};", self._maintenance(spec))
-
-
-def _temporary_name() -> str:
-    """The name a replacing restore loads into before it takes the old database's place."""
-    return f"casbackup_restore_{secrets.token_hex(6)}"
 
 
 _ENCODING = re.compile(r"[A-Za-z0-9_]{1,32}")

@@ -12,6 +12,7 @@ import pytest
 
 from casbackup.engines import get_engine, mysql
 from casbackup.engines.base import DatabaseSpec, DumpInfo
+from casbackup.engines.claims import temporary_name
 from casbackup.engines.mysql import MysqlEngine, option_file_text
 from casbackup.errors import DatabaseError
 from tests.engines.conftest import BrokenAfter, mariadb, my_ident, my_spec, read_in_pieces, unique
@@ -280,8 +281,8 @@ def test_overwrite_that_fails_keeps_the_existing_database(
             "CREATE VIEW v AS SELECT id FROM t;", my_database)  # fmt: skip
     data, _ = dump_bytes(my_spec(my_database))
     mariadb("CREATE TABLE precious (v TEXT); INSERT INTO precious VALUES ('keep me');", my_database)
-    temporary = unique("casb_tmp")
-    monkeypatch.setattr(mysql, "_temporary_name", lambda: temporary)
+    temporary = temporary_name()
+    monkeypatch.setattr(mysql, "temporary_name", lambda: temporary)
     engine = MysqlEngine()
     with pytest.raises((DatabaseError, OSError)):
         engine.restore(my_spec(my_database), BrokenAfter(data, len(data) // 2), overwrite=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from casbackup.engines import postgresql
 from casbackup.engines.base import DatabaseSpec
 from casbackup.errors import Interrupted
 from casbackup.verify import dumps as dumps_mod
@@ -20,8 +22,12 @@ from tests.engines.conftest import (
 from tests.verify.apps import backup, make_app
 
 
-def scratch_left() -> list[str]:
-    pg = psql("SELECT datname FROM pg_database WHERE datname LIKE 'casb\\_verify\\_%';").split()
+def scratch_left(temporaries: Sequence[str] = ()) -> list[str]:
+    """Scratch databases on both servers, and those of `temporaries` on PostgreSQL."""
+    also = "".join(f" OR datname = '{t}'" for t in temporaries)
+    pg = psql(
+        f"SELECT datname FROM pg_database WHERE datname LIKE 'casb\\_verify\\_%'{also};"
+    ).split()
     my = mariadb("SHOW DATABASES LIKE 'casb\\_verify\\_%';").split()
     return pg + my
 
@@ -116,6 +122,13 @@ def test_interrupted_load_drops_the_scratch_database(  # type: ignore[no-untyped
     names: list[str] = []
     real_name, real_engine = dumps_mod.scratch_name, dumps_mod.get_engine
     monkeypatch.setattr(dumps_mod, "scratch_name", lambda: names.append(real_name()) or names[-1])
+    # A PostgreSQL restore loads into a temporary database renamed to the scratch name once
+    # loaded (engines/claims.py): during the load, that temporary is what exists.
+    temps: list[str] = []
+    real_temp = postgresql.temporary_name
+    monkeypatch.setattr(
+        postgresql, "temporary_name", lambda: temps.append(real_temp()) or temps[-1]
+    )
 
     class Interrupting:
         """Feeds a few bytes of the dump, then Ctrl-C: the scratch database exists by then."""
@@ -126,7 +139,8 @@ def test_interrupted_load_drops_the_scratch_database(  # type: ignore[no-untyped
         def read(self, n: int = -1) -> bytes:
             self.reads += 1
             if self.reads > 1:
-                assert names[-1] in scratch_left()
+                loading = temps[-1] if engine == "postgresql" else names[-1]
+                assert loading in scratch_left(temps)
                 raise KeyboardInterrupt
             return self.stream.read(64)
 
@@ -151,7 +165,7 @@ def test_interrupted_load_drops_the_scratch_database(  # type: ignore[no-untyped
             ),
         )
     assert len(names) == 1
-    assert names[0] not in scratch_left()
+    assert not set(names + temps) & set(scratch_left(temps))
     assert list(sandboxes.iterdir()) == []
 
 
