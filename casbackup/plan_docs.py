@@ -61,4 +61,5 @@ def recovery_plan_doc(plan: RecoveryPlan) -> dict[str, object]:
                        "overwrite": d.overwrite, "tables": len(d.record.row_counts)}
                       for d in plan.databases],
         "warnings": list(plan.warnings), "problems": list(plan.problems),
+        "fallback": plan.fallback,
     }  # fmt: skip

@@ -61,6 +61,7 @@ def check(
         emit_json({
             "message_type": "check", "ok": report.ok, "errors": report.errors, "warnings": report.warnings,
             "damaged_packs": sorted(report.damaged_packs), "affected": report.affected,
+            "repairable_packs": report.repairable_packs,
             "snapshots": report.snapshots, "trees": report.trees, "blobs": report.blobs, "packs": report.packs,
             "storage_errors": report.storage_errors, "packs_read": report.packs_read, "bytes_read": report.bytes_read,
             "packs_never_verified": report.packs_never_verified, "oldest_verified": report.oldest_verified,
@@ -82,6 +83,13 @@ def check(
                 click.echo(f"  {printable(p)}", err=True)
             if len(paths) > 50:
                 click.echo(f"  ... and {len(paths) - 50} more", err=True)
+        if report.repairable_packs:
+            ids = " ".join(p[:12] for p in report.repairable_packs)
+            click.echo(
+                "to keep the intact blobs of the damaged packs and let the next backup store "
+                f"the damaged ones again: casbackup repair packs {ids}",
+                err=True,
+            )
         read = (
             f", read {plural(report.packs_read, 'pack')} ({human_bytes(report.bytes_read)})"
             if report.packs_read

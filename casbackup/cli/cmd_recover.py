@@ -39,6 +39,8 @@ def print_plan(plan: RecoveryPlan) -> None:
         click.echo(f"  warning: {printable(w)}")
     for p in plan.problems:
         click.echo(f"  problem: {printable(p)}")
+    if plan.fallback:
+        click.echo(f"  advice: {printable(plan.fallback)}")
     click.echo(f"  total {human_bytes(plan.bytes_total)}")
 
 

@@ -5,6 +5,10 @@ or database is not empty; the re-check runs before the first byte is restored, a
 snapshot stops the recovery with the target untouched (except for the report). After that,
 each part (one source folder, one database) is restored on its own: one failing part does not
 stop the others, and the report says exactly which parts are back.
+
+Between the re-check and the first byte, a journal goes into the target (`journal.py`); it is
+removed when the recovery succeeded. A rerun after a kill, a crash or a failed part finds it
+and restores what the earlier run began again instead of refusing a target that is not empty.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +24,21 @@ from typing import Any
 from casbackup import __version__
 from casbackup.archiver.application import restore_companions
 from casbackup.archiver.restore import RestoreOptions, restore
+from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.archiver.stream import ChunkReader
 from casbackup.engines.base import get_engine
 from casbackup.errors import CasError, Interrupted, RecoveryError
-from casbackup.recovery.plan import DatabaseItem, FileItem, RecoverOptions, RecoveryPlan, build_plan
+from casbackup.recovery.journal import Journal, remove_journal, write_journal
+from casbackup.recovery.plan import (
+    DatabaseItem,
+    FileItem,
+    RecoverOptions,
+    RecoveryPlan,
+    build_plan,
+    older_verified,
+)
 from casbackup.recovery.recheck import Recheck, recheck
-from casbackup.recovery.report import write_report
+from casbackup.recovery.report import report_paths, write_report
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import now_utc
 from casbackup.repo.tree import NodeKind
@@ -62,7 +76,8 @@ def recover(
     if options.dry_run:
         return RecoveryResult(plan, errors=list(plan.problems))
     if plan.problems:
-        raise RecoveryError("nothing was changed: " + "; ".join(plan.problems))
+        advice = f"; {plan.fallback}" if plan.fallback else ""
+        raise RecoveryError("nothing was changed: " + "; ".join(plan.problems) + advice)
     started, _ = now_utc()
     clock = time.monotonic()
     report_base = options.report or f"{plan.target}/{REPORT_NAME}"
@@ -76,11 +91,13 @@ def recover(
         reporter.info(f"re-checking snapshot {plan.snapshot.short_id} before restoring")
         check = recheck(repo, plan, reporter)
         if check.problems:
+            fallback = older_verified(repo, plan.snapshot)
             errors.append(
                 f"snapshot {plan.snapshot.short_id} failed the re-check; nothing was restored"
+                + (f"; {fallback}" if fallback else "")
             )
             errors.extend(check.problems)
-        else:
+        elif _journal_started(plan, started, errors):
             for item in plan.files:
                 files.append(_restore_files(repo, plan, item, options, reporter, errors, warnings))
             for db in plan.databases:
@@ -104,11 +121,59 @@ def recover(
                     "manifest_truncated": check.manifest_truncated},
         "files": files, "databases": databases, "warnings": warnings, "errors": errors,
     }  # fmt: skip
-    paths = write_report(doc, report_base)
+    paths = _write_report(doc, report_base, errors)
     result = RecoveryResult(plan, doc, paths, errors)
+    if not errors:
+        remove_journal(plan.target)  # finished: a rerun is a new recovery
     if interrupted:
         raise Interrupted(f"recovery interrupted; report: {paths[0]}")
     return result
+
+
+def _journal_started(plan: RecoveryPlan, started: str, errors: list[str]) -> bool:
+    """Write the journal before the first byte goes to the target (see journal.py); False,
+    with the error, when it cannot be written (then nothing is)."""
+    journal = Journal(plan.app, plan.snapshot.id, started,
+                      tuple(f.target for f in plan.files), tuple(d.where for d in plan.databases))  # fmt: skip
+    try:
+        write_journal(plan.target, journal)
+    except OSError as exc:
+        errors.append(
+            f"nothing was restored: the target {plan.target} cannot be written: "
+            f"{exc.strerror or exc}"
+        )
+        return False
+    return True
+
+
+def _write_report(doc: dict[str, Any], base: str, errors: list[str]) -> tuple[str, str] | None:
+    """Write the report at `base`; where that fails (the target is full or read-only, the
+    folder cannot be made), write it to the temp folder instead, naming why in `errors` and
+    in the report, so the operator always learns what is back. None when neither worked:
+    the result (printed by the caller) is then the only account."""
+    try:
+        return write_report(doc, base)
+    except OSError as exc:
+        problem = (
+            f"the report could not be written to {report_paths(base)[0]}: {exc.strerror or exc}"
+        )
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    app = str(doc["app"]).replace("/", "_")
+    short = str(doc["snapshot"]["id"])[:8]
+    doc["ok"] = False
+    try:
+        # A fresh folder of our own (mkdtemp: 0700, a new name), never a planted one.
+        folder = tempfile.mkdtemp(prefix=f"casbackup-recovery-{app}-{short}-{stamp}-")
+    except OSError as exc:
+        errors.append(f"{problem}, nor to the temp folder: {exc.strerror or exc}")
+        return None
+    fallback = os.path.join(folder, REPORT_NAME)
+    errors.append(f"{problem}; it is at {fallback}.json instead")
+    try:
+        return write_report(doc, fallback)
+    except OSError as exc:
+        errors[-1] = f"{problem}, nor to {fallback}.json: {exc.strerror or exc}"
+        return None
 
 
 def _restore_files(
@@ -133,11 +198,19 @@ def _restore_files(
     try:
         res = restore(
             repo, plan.snapshot,
-            RestoreOptions(target=item.restore_into, subpath=item.source, workers=options.workers),
+            RestoreOptions(target=item.restore_into, subpath=item.source, workers=options.workers,
+                           overwrite=item.resumed),
             reporter,
         )  # fmt: skip
         out.update(files=res.files, dirs=res.dirs, links=res.links, symlinks=res.symlinks, specials=res.specials, bytes=res.bytes,
                    errors=res.errors, warnings=res.warnings)  # fmt: skip
+    except RestoreStopped as exc:
+        # The target took no more data: what was restored before still counts, and each
+        # entry that failed before the stop is listed, then the stop itself.
+        res = exc.result
+        out.update(files=res.files, dirs=res.dirs, links=res.links, symlinks=res.symlinks,
+                   specials=res.specials, bytes=res.bytes, errors=[*res.errors, str(exc)],
+                   warnings=res.warnings)  # fmt: skip
     except CasError as exc:
         out["errors"] = [str(exc)]
     out["duration_s"] = round(time.monotonic() - clock, 3)

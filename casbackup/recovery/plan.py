@@ -29,12 +29,13 @@ from casbackup.engines.base import (
     get_engine,
     resolve_password,
 )
-from casbackup.errors import CasError, RecoveryError, UnverifiedSnapshot, UsageError
+from casbackup.errors import CasError, NotFound, RecoveryError, UnverifiedSnapshot, UsageError
 from casbackup.recovery.connection import connection_spec, describe
+from casbackup.recovery.journal import Journal, journal_path, read_journal
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.units import plural
+from casbackup.units import human_bytes, plural
 from casbackup.verify.dumps import (
     definition_specs,
     record_problem,
@@ -71,6 +72,9 @@ class FileItem:
     kind: str  # "dir" or "file"
     files: int
     bytes: int
+    # Left half-restored by an interrupted recovery of this snapshot (its journal says so):
+    # restored again, replacing what is there.
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,9 @@ class RecoveryPlan:
     databases: tuple[DatabaseItem, ...]
     warnings: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()  # what stops the recovery before it starts
+    # When the chosen snapshot turns out damaged: the next older snapshot whose newest
+    # verification passed, as advice ("... recover it with --snapshot ID"); "" when none.
+    fallback: str = ""
 
     @property
     def bytes_total(self) -> int:
@@ -107,6 +114,26 @@ def _describe_snap(snap: Snapshot, record: VerificationRecord | None) -> str:
         else "verified"
     )
     return f"{snap.short_id} ({snap.time[:19].replace('T', ' ')} UTC, {state})"
+
+
+def older_verified(repo: Repository, snap: Snapshot, records: RecordSet | None = None) -> str:
+    """Advice naming the newest snapshot of `snap`'s application older than `snap` whose
+    newest verification passed ("" when there is none): what a user can recover instead
+    when `snap` turns out damaged."""
+    latest = (records or list_records(repo)).latest_by_snapshot()
+    older = [
+        s
+        for s in repo.list_snapshots(warnings=[])
+        if s.app == snap.app and s.start_ns < snap.start_ns and s.id != snap.id
+        and latest.get(s.id) is not None and latest[s.id].ok
+    ]  # fmt: skip
+    if not older:
+        return ""
+    best = older[-1]
+    return (
+        f"the next older verified snapshot is {_describe_snap(best, latest[best.id])}: "
+        f"recover it with --snapshot {best.short_id}"
+    )
 
 
 def choose_snapshot(
@@ -183,6 +210,75 @@ def _size_of(repo: Repository, node: Node) -> tuple[int, int]:
     return files, size
 
 
+def _target_problem(target: str) -> str | None:
+    """Why nothing can be written at `target` (a folder that may not exist yet), checked on
+    its nearest existing ancestor; None when it looks writable. Without this a read-only
+    target was found out only after the re-check had read every byte of the snapshot."""
+    where = target
+    while not os.path.lexists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        return f"the target {target} cannot be made: {where} is not a folder"
+    try:
+        read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        return f"the target {target} is on a read-only file system"
+    if not os.access(where, os.W_OK | os.X_OK):
+        return f"the target {target} cannot be written: no permission to write in {where}"
+    return None
+
+
+def _space_warning(target: str, needed: int) -> str | None:
+    """A warning when the target's file system has less free space than the files' size
+    (not a refusal: files with holes and a file system that compresses need less)."""
+    where = target
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free >= needed:
+        return None
+    return (
+        f"the target's file system has {human_bytes(free)} free and the files and SQLite "
+        f"databases take {human_bytes(needed)}: the recovery will likely stop when it is full"
+    )
+
+
+def _resumable(
+    journal: Journal | None,
+    app: str,
+    snap: Snapshot,
+    target: str,
+    warnings: list[str],
+    problems: list[str],
+) -> Journal:
+    """What an unfinished recovery left in `target` that this one may take over: all of its
+    parts when it recovered the same application from the same snapshot; nothing (and a
+    problem saying what to do) when it recovered another; nothing when there is no journal."""
+    none = Journal(app, snap.id, "", (), ())
+    if journal is None:
+        return none
+    where = journal_path(target)
+    if journal.app != app or journal.snapshot != snap.id:
+        problems.append(
+            f"the target holds an unfinished recovery of {journal.app!r} from snapshot "
+            f"{journal.snapshot[:8]} (started {journal.started[:19]}): finish it with "
+            f"--app {journal.app} --snapshot {journal.snapshot[:8]}, or remove what it wrote "
+            f"and {where}"
+        )
+        return none
+    warnings.append(
+        f"the target holds an unfinished recovery of this snapshot (started "
+        f"{journal.started[:19]}, see {where}): what it wrote is restored again"
+    )
+    return journal
+
+
 def _not_empty(path: str) -> bool:
     if os.path.isdir(path) and not os.path.islink(path):
         return bool(os.listdir(path))
@@ -210,9 +306,23 @@ def _map_into_target(path: str, items: tuple[FileItem, ...]) -> str | None:
 def build_plan(
     repo: Repository, options: RecoverOptions, records: RecordSet | None = None
 ) -> RecoveryPlan:
+    """The plan for `options`; connects to no server in a dry run.
+
+    What would make the recovery fail or harm the target is in `problems` (``recover``
+    refuses to start then): a target that is not empty, a database that cannot be reached
+    or already holds tables, and a snapshot whose folder listings cannot be read (damaged
+    packs, a missing index): a source that cannot be read is never silently left out.
+    Raises UnverifiedSnapshot, RecoveryError, UsageError (a --db-into naming no database).
+    """
+    records = records or list_records(repo)
     snap, record, warnings = choose_snapshot(repo, options, records)
     target = os.path.abspath(options.target)
     problems: list[str] = []
+    unwritable = _target_problem(target)
+    if unwritable:
+        problems.append(unwritable)
+    resumed = _resumable(read_journal(target), options.app, snap, target, warnings, problems)
+    damaged = False
     items: list[FileItem] = []
     paths = tuple(p for p in snap.paths if isinstance(p, str))
     if len(paths) != len(snap.paths):
@@ -220,8 +330,23 @@ def build_plan(
     for source, name in _dest_names(paths).items():
         try:
             node = repo.find_node(snap.root, source)
+            # Every folder listing below the source is read now (the sizes need them): a
+            # damaged one stops the plan here, named, rather than the restore half-way.
+            files, size = _size_of(repo, node) if node is not None else (0, 0)
         except CasError as exc:
-            warnings.append(f"source {source} is not in the snapshot: {exc}")
+            # Damage (a damaged pack, a missing index), not an absent source: the recovery
+            # would leave this source out, so it must not start (it used to be a warning,
+            # and a recovery that restored nothing reported success).
+            hint = (
+                " ('casbackup check' says what is lost; 'casbackup repair index' rebuilds a "
+                "lost index from the packs)"
+                if isinstance(exc, NotFound)
+                else ""
+            )
+            problems.append(
+                f"source {source} cannot be read from snapshot {snap.short_id}: {exc}{hint}"
+            )
+            damaged = True
             continue
         if node is None or node.kind not in (NodeKind.DIR, NodeKind.FILE):
             warnings.append(f"source {source} is not a folder or file in the snapshot; skipped")
@@ -232,15 +357,29 @@ def build_plan(
                 f"{source} will be restored as {os.path.join(target, os.fsdecode(node.name))}"
             )
             dest = os.path.join(target, os.fsdecode(node.name))
-        files, size = _size_of(repo, node)
         kind = "dir" if node.kind == NodeKind.DIR else "file"
         into = dest if kind == "dir" else target
-        items.append(FileItem(source, dest, into, kind, files, size))
-        if _not_empty(dest):
-            problems.append(f"{dest} already exists in the target and is not empty")
-    databases = _plan_databases(snap, options, target, tuple(items), warnings, problems)
+        again = dest in resumed.files
+        items.append(FileItem(source, dest, into, kind, files, size, again))
+        if _not_empty(dest) and not again:
+            problems.append(
+                f"{dest} already exists in the target and is not empty (remove it, or "
+                "choose another --target)"
+            )
+    databases = _plan_databases(
+        snap, options, target, tuple(items), resumed.databases, warnings, problems
+    )
+    local_bytes = sum(f.bytes for f in items) + sum(
+        d.record.size
+        for d in databases
+        if d.spec.engine == "sqlite" and (d.spec.path or "").startswith(target + "/")
+    )
+    short = None if unwritable else _space_warning(target, local_bytes)
+    if short:
+        warnings.append(short)
+    fallback = older_verified(repo, snap, records) if damaged else ""
     return RecoveryPlan(options.app, snap, record, target, tuple(items), databases,
-                        tuple(warnings), tuple(problems))  # fmt: skip
+                        tuple(warnings), tuple(problems), fallback)  # fmt: skip
 
 
 def _plan_databases(
@@ -248,6 +387,7 @@ def _plan_databases(
     options: RecoverOptions,
     target: str,
     items: tuple[FileItem, ...],
+    resumed: tuple[str, ...],
     warnings: list[str],
     problems: list[str],
 ) -> tuple[DatabaseItem, ...]:
@@ -315,8 +455,10 @@ def _plan_databases(
                 "snapshot never chooses where casbackup connects or which secrets it reads)"
             )
             continue
-        item = DatabaseItem(record, spec, describe(spec),
-                            options.overwrite_databases or replaces_raw, was)  # fmt: skip
+        where = describe(spec)
+        # A database an interrupted run of this recovery began to load is replaced too.
+        replace_it = options.overwrite_databases or replaces_raw or where in resumed
+        item = DatabaseItem(record, spec, where, replace_it, was)
         problem = _preflight(item, connect=not options.dry_run)
         if problem:
             problems.append(problem)

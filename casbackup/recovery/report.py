@@ -7,6 +7,7 @@ the operator learns what is and is not back.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any
@@ -30,19 +31,32 @@ def write_report(doc: dict[str, Any], base: str) -> tuple[str, str]:
     Each goes to a temp file of a random name in the report's folder, created with
     O_EXCL|O_NOFOLLOW (a symlink or file planted under a predictable name is never
     followed nor overwritten), fsynced, then renamed over the final name (which replaces
-    a planted symlink itself, never its target). Raises OSError.
+    a planted symlink itself, never its target). Raises OSError (and leaves no JSON
+    without its Markdown).
     """
     json_path, md_path = report_paths(base)
     folder = os.path.dirname(os.path.abspath(json_path))
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
     if not os.path.isdir(folder):
         os.makedirs(folder, mode=0o700, exist_ok=True)
-    for path, text in ((json_path, json.dumps(doc, indent=2, sort_keys=True) + "\n"),
-                       (md_path, render_markdown(doc))):  # fmt: skip
-        _write_atomically(path, text.encode("utf-8"))
+    write_atomically(json_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    try:
+        write_atomically(md_path, render_markdown(doc).encode("utf-8"))
+    except OSError:
+        # Both or neither: a lone JSON would outlive the fallback report that says why
+        # the pair could not be written here.
+        try:
+            os.unlink(json_path)
+        except OSError:
+            pass
+        raise
     return json_path, md_path
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes) -> None:
+    """Write `data` to `path` through a fresh temp name (O_EXCL|O_NOFOLLOW), fsynced, then
+    renamed over `path`; mode 0600. Raises OSError (leaving no temp file)."""
     tmp = f"{path}.tmp-{os.urandom(6).hex()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600)

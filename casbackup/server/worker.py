@@ -241,6 +241,9 @@ def run_verify_job(job: Job) -> dict[str, Any]:
     return result
 
 
+AFFECTED_KEPT = 200  # per snapshot, the damaged paths a check job's result keeps
+
+
 def run_check_job(job: Job) -> dict[str, Any]:
     from casbackup.verify.check import CheckOptions, Subset, check
 
@@ -253,7 +256,10 @@ def run_check_job(job: Job) -> dict[str, Any]:
         report = check(job.repo, options, job.reporter)
     doc = {
         "ok": report.ok, "errors": report.errors, "warnings": report.warnings,
-        "damaged_packs": sorted(report.damaged_packs), "affected": report.affected,
+        "damaged_packs": sorted(report.damaged_packs), "repairable_packs": report.repairable_packs,
+        # Bounded: the job's result is kept in the state database (the CLI lists them all).
+        "affected": {s: paths[:AFFECTED_KEPT] for s, paths in report.affected.items()},
+        "affected_counts": {s: len(paths) for s, paths in report.affected.items()},
         "snapshots": report.snapshots, "trees": report.trees, "blobs": report.blobs,
         "packs": report.packs, "packs_read": report.packs_read, "bytes_read": report.bytes_read,
     }  # fmt: skip

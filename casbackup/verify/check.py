@@ -106,6 +106,8 @@ class CheckReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     damaged_packs: set[str] = field(default_factory=set)
+    # Of damaged_packs, those the store refused to read (not damage: repair would not help).
+    unreadable_packs: set[str] = field(default_factory=set)
     affected: dict[str, list[str]] = field(default_factory=dict)  # snapshot id -> paths
     snapshots: int = 0
     trees: int = 0
@@ -124,6 +126,11 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    @property
+    def repairable_packs(self) -> list[str]:
+        """Damaged (or missing) packs that ``repair packs`` salvages, sorted."""
+        return sorted(self.damaged_packs - self.unreadable_packs)
 
     @property
     def damaged(self) -> bool:
@@ -257,6 +264,7 @@ class Checker(SnapshotWalk):
             self.report.damaged_packs.add(pack)
             if pack in self.unreadable_packs:
                 self.report.storage_errors += 1
+                self.report.unreadable_packs.add(pack)
         self.report.blobs = self.repo.cache.count()
         for pack in sorted(set(present) - self.indexed):
             self.report.warnings.append(
@@ -374,6 +382,7 @@ class Checker(SnapshotWalk):
         self.report.errors.extend(verdict.errors)
         if verdict.unreadable:
             self.report.storage_errors += len(verdict.errors)
+            self.report.unreadable_packs.add(pack)
         if verdict.bytes_read is not None:
             self.report.packs_read += 1
             self.report.bytes_read += verdict.bytes_read

@@ -34,6 +34,13 @@ _KIND_AT = 44
 # A file's recorded size as ``_collect`` holds it (a signed 64-bit slot): no sum of chunk
 # sizes comes near it, so a forged size of 2**64-1 still disagrees with its chunks.
 _SIZE_CAP = 1 << 62
+# A folder whose tree cannot be read, as ``_name_damage`` keeps it relative to the tree.
+_UNREADABLE = b" (folder unreadable)"
+
+
+def _display(path: bytes) -> str:
+    """A path relative to a snapshot's root as check prints it ('/' for the root)."""
+    return os.fsdecode(b"/" + path if path.startswith(_UNREADABLE) else path)
 
 
 @dataclass
@@ -212,65 +219,77 @@ class SnapshotWalk:
     ) -> WalkResult:
         """Walk again, naming each unreadable folder, each wrong file node and each file
         that needs a chunk missing from the index or damaged (``bad``, from ``_resolve``;
-        ``remaining``: per file number, its recorded size less its chunks' sizes)."""
-        seen_trees: set[bytes] = set()
-        bad_trees: dict[bytes, str] = {}
+        ``remaining``: per file number, its recorded size less its chunks' sizes), under
+        every snapshot that holds it.
+
+        Each tree is loaded once; what is wrong below it is kept as paths relative to it
+        (``findings``), so a later snapshot sharing the subtree names the same files under
+        its own paths without loading it again. Fresh trees are visited in ``_collect``'s
+        order, which file numbers follow."""
+        findings: dict[bytes, tuple[bytes, ...]] = {}  # tree id -> affected paths below it
         file_no = 0
         for snap in snaps:
-            affected: list[str] = []
-            stack: list[tuple[BlobId, bytes]] = [(snap.root, b"")]
-            while stack:
-                tree_id, prefix = stack.pop()
-                if tree_id in bad_trees:
-                    affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
+            # ("enter", tree, path) loads a tree the first time; ("exit", tree, children)
+            # combines its own findings with its children's, once they are all known.
+            own: dict[bytes, list[bytes]] = {}
+            work: list[tuple[str, BlobId, Any]] = [("enter", snap.root, b"")]
+            while work:
+                op, tree_id, arg = work.pop()
+                if op == "exit":
+                    found = own.pop(tree_id)
+                    for name, sub in arg:
+                        found.extend(b"/" + name + p for p in findings.get(sub, ()))
+                    findings[tree_id] = tuple(found)
                     continue
-                fresh = tree_id not in seen_trees
-                if not fresh and not self.damaged and not self.bad_packs:
-                    continue  # an unchanged subtree already checked under another snapshot
+                if tree_id in findings or tree_id in own:
+                    continue  # known already (or, in a forged cycle, being walked)
+                prefix = arg
                 try:
                     nodes = self._load_tree(tree_id)
                 except CasError as exc:
-                    bad_trees[tree_id] = str(exc)
                     out.errors.append(
                         f"snapshot {snap.short_id}: tree of {os.fsdecode(prefix) or '/'} is unreadable: {exc}"
                     )
                     if isinstance(exc, StorageError):  # its pack could not be read
                         out.storage_errors += 1
-                    affected.append(f"{os.fsdecode(prefix) or '/'} (folder unreadable)")
+                    findings[tree_id] = (_UNREADABLE,)
                     continue
-                files = [n for n in nodes if n.kind == NodeKind.FILE]
-                if fresh:
-                    seen_trees.add(tree_id)
-                    out.trees += 1
-                    for node in files:
-                        known = not any(bad.get(c, "") is None for c in node.content)
-                        chunks_hold = (
-                            min(node.size, _SIZE_CAP) - remaining[file_no] if known else None
-                        )
-                        file_no += 1
-                        problem = file_node_problem(
-                            node, None if chunks_hold is None else [chunks_hold]
-                        )
-                        if problem is not None:
-                            path = (prefix + b"/" + node.name).decode(errors="replace")
-                            out.errors.append(f"snapshot {snap.short_id}: {path}: {problem}")
-                            affected.append(path)
+                out.trees += 1
+                found: list[bytes] = []
+                own[tree_id] = found
                 for node in nodes:
-                    if node.subtree is not None:
-                        stack.append((node.subtree, prefix + b"/" + node.name))
-                for node in files:
+                    if node.kind != NodeKind.FILE:
+                        continue
+                    known = not any(bad.get(c, "") is None for c in node.content)
+                    chunks_hold = min(node.size, _SIZE_CAP) - remaining[file_no] if known else None
+                    file_no += 1
                     path = prefix + b"/" + node.name
+                    problem = file_node_problem(
+                        node, None if chunks_hold is None else [chunks_hold]
+                    )
+                    if problem is not None:
+                        out.errors.append(
+                            f"snapshot {snap.short_id}: {path.decode(errors='replace')}: {problem}"
+                        )
+                    flagged = problem is not None
                     for chunk in node.content:
                         if chunk not in bad:
                             continue
-                        if bad[chunk] is None and fresh:
+                        if bad[chunk] is None:
                             out.errors.append(
                                 f"snapshot {snap.short_id}: {os.fsdecode(path)} needs a chunk that is not in the index"
                             )
-                        affected.append(os.fsdecode(path))
+                        flagged = True
                         break
-            if affected:
-                out.affected[snap.id] = sorted(set(affected))
+                    if flagged:
+                        found.append(b"/" + node.name)
+                children = [(n.name, n.subtree) for n in nodes if n.subtree is not None]
+                work.append(("exit", tree_id, children))
+                for name, sub in children:
+                    work.append(("enter", sub, prefix + b"/" + name))
+            paths = findings.get(snap.root, ())
+            if paths:
+                out.affected[snap.id] = sorted({_display(p) for p in paths})
         return out
 
     def _load_tree(self, tree_id: BlobId):  # type: ignore[no-untyped-def]

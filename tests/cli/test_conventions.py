@@ -110,6 +110,7 @@ JSON_RUNS: dict[str, list[str]] = {
         "--dry-run",
     ],
     "repair index": ["repair", "index"],
+    "repair packs": ["repair", "packs", "PACK", "--dry-run"],  # PACK: one of the site's packs
     "restore": ["restore", "latest", "--app", "notes", "--target", "T/restored"],
     "snapshots": ["snapshots"],
     "stats": ["stats", "latest", "--app", "notes"],
@@ -160,6 +161,9 @@ def test_every_command_prints_json_with_json(site: Path, tmp_path: Path) -> None
             bob = ["user", "add", "bob", "--role", "viewer", "--password-stdin",
                    "--state-dir", f"{work}/st"]  # fmt: skip
             assert cli_in(site, *bob, input=b"a long password\n").code == 0
+        if name == "repair packs":
+            pack = next(p.name for p in (site / "repo" / "data").rglob("*") if p.is_file())
+            args = [a.replace("PACK", pack) for a in args]
         args = [a.replace("T/", f"{work}/").replace("PWFILE", str(work / "pw")).replace("SNAP", snap)
                 .replace("ST", f"{work}/st") for a in args]  # fmt: skip
         if name == "token revoke":

@@ -401,6 +401,35 @@ def test_repository_size_only_for_unscoped_callers(env: Env) -> None:
     assert "<dt>Size</dt>" not in env.client.get("/").text
 
 
+def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> None:
+    """Found on a real `serve`: a check job that found a damaged pack showed only 'pack X:
+    1 damaged blob', not which files of which snapshots, nor what to do (the CLI says both)."""
+    from casbackup.testing.fixtures import flip_stored_byte, open_repo
+
+    backup(env, "shop")
+    backup(env, "shop")
+    repo = open_repo(env.repo)
+    try:
+        snap = repo.load_snapshot(repo.snapshot_ids()[-1])
+        path = str(env.tmp / "shop" / "sub" / "b.bin")
+        node = repo.find_node(snap.root, path)
+        assert node is not None
+        loc = repo.locate(node.content[0])
+    finally:
+        repo.close()
+    flip_stored_byte(env.repo, loc.pack, loc.offset, loc.stored_len, 0x40)
+    csrf = login(env, "admin")
+    job = env.client.post("/api/check", json={"read_data": True}, headers={"X-CSRF-Token": csrf})
+    check = wait_job(env, job.json()["job_id"])
+    assert check["state"] == "failed"
+    html = env.client.get(f"/jobs/{check['id']}").text
+    for snap_id in check["result"]["affected"]:
+        assert has(html, f"{TESTIDS['check_affected']}:{snap_id[:8]}")
+    assert len(check["result"]["affected"]) == 2 and html.count(f"<li>{path}</li>") == 2
+    assert has(html, TESTIDS["check_repair_hint"])
+    assert f"casbackup repair packs {loc.pack[:12]}" in html
+
+
 def test_repository_actions_and_their_job_pages(env: Env) -> None:
     backup(env, "shop")
     login(env, "scoped")  # whole-repository jobs are refused to app-scoped accounts

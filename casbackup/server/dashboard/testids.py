@@ -63,6 +63,8 @@ TESTIDS: dict[str, str] = {
     "job_log": "job-log",
     "job_result": "job-result",
     "job_run_plan": "job-run-plan",
+    "check_affected": "check-affected",  # :<snapshot id, 8 digits>
+    "check_repair_hint": "check-repair-hint",
     # disaster recovery
     "recover_form": "recover-form",
     "recover_app": "recover-app",

@@ -1,0 +1,78 @@
+"""The journal of a recovery in progress: how a rerun knows what an interrupted one left.
+
+A recovery that is killed (SIGKILL, a power cut) half-way leaves part of its files and
+databases in the target. Without a record, a rerun could not tell them from a user's data
+and refused the target as not empty: the operator had to find and delete the pieces by hand
+on the worst day. So, once the re-check has passed and before the first byte is written,
+`recover` writes ``<target>/.casbackup-recovery-journal.json`` (app, snapshot, and every
+folder, file and database it is about to write); it removes the journal only when the
+recovery succeeded. A rerun of the same application from the same snapshot onto that
+target takes those parts as its own and restores them again, replacing what is there; a
+rerun from another snapshot is refused, naming the one the journal holds (mixing two
+snapshots' files in one folder would be a state no backup ever had).
+
+The journal is in the target, on this machine: whoever can write it can write the target's
+data anyway. It is read as data all the same: anything malformed is no journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from casbackup.recovery.report import write_atomically
+
+JOURNAL_NAME = ".casbackup-recovery-journal.json"
+JOURNAL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Journal:
+    app: str
+    snapshot: str  # full snapshot id
+    started: str  # ISO 8601 UTC
+    files: tuple[str, ...]  # absolute target paths of the file items
+    databases: tuple[str, ...]  # DatabaseItem.where of each database
+
+    def encode(self) -> bytes:
+        doc = {"version": JOURNAL_VERSION, "app": self.app, "snapshot": self.snapshot,
+               "started": self.started, "files": list(self.files),
+               "databases": list(self.databases)}  # fmt: skip
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def journal_path(target: str) -> str:
+    return os.path.join(target, JOURNAL_NAME)
+
+
+def read_journal(target: str) -> Journal | None:
+    """The journal an interrupted recovery left in `target`; None when there is none or it
+    cannot be read as one (never raises)."""
+    try:
+        with open(journal_path(target), "rb") as f:
+            doc = json.loads(f.read(1 << 20))
+        if not isinstance(doc, dict) or doc.get("version") != JOURNAL_VERSION:
+            return None
+        app, snapshot, started = doc["app"], doc["snapshot"], doc["started"]
+        files, databases = doc["files"], doc["databases"]
+        if not isinstance(files, list) or not isinstance(databases, list):
+            return None
+        if not all(isinstance(t, str) for t in (app, snapshot, started, *files, *databases)):
+            return None
+        return Journal(app, snapshot, started, tuple(files), tuple(databases))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_journal(target: str, journal: Journal) -> None:
+    """Write the journal (atomically, 0600), making the target folder. Raises OSError."""
+    os.makedirs(target, exist_ok=True)
+    write_atomically(journal_path(target), journal.encode())
+
+
+def remove_journal(target: str) -> None:
+    try:
+        os.unlink(journal_path(target))
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,140 @@
+"""Running recover again after an interrupted (or failed) recovery of the same snapshot.
+
+The rerun takes over what the earlier run wrote (its journal in the target says which parts)
+and restores it again; a target holding a user's data, or another snapshot's unfinished
+recovery, is still refused, saying what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casbackup.errors import Interrupted, RecoveryError
+from casbackup.recovery import execute
+from casbackup.recovery.execute import recover
+from casbackup.recovery.journal import JOURNAL_NAME, read_journal
+from casbackup.recovery.plan import RecoverOptions, build_plan
+from casbackup.verify.sandbox import run_verification
+from tests.recovery.test_recover import tree
+from tests.verify.apps import backup, make_app
+
+
+def rows(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM orders").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def shop(repo, tmp_path: Path):  # type: ignore[no-untyped-def]
+    app, db = make_app(tmp_path)
+    snap = backup(repo, app, [db])
+    assert run_verification(repo, snap).ok
+    return app, snap
+
+
+def interrupt_while_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next recovery stops (as Ctrl-C or a kill would) once it starts on the database,
+    after writing part of it."""
+
+    def killed(repo: Any, plan: Any, db: Any, *args: Any) -> None:
+        os.makedirs(os.path.dirname(db.spec.path), exist_ok=True)
+        Path(db.spec.path).write_bytes(b"half a database")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(execute, "_restore_database", killed)
+
+
+def test_a_rerun_finishes_an_interrupted_recovery(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, shop, monkeypatch
+) -> None:
+    app, snap = shop
+    target = tmp_path / "t"
+    options = RecoverOptions(app="shop", target=str(target))
+    with monkeypatch.context() as patch:
+        interrupt_while_loading(patch)
+        with pytest.raises(Interrupted):
+            recover(repo, options)
+    journal = read_journal(str(target))
+    assert journal is not None and journal.snapshot == snap.id
+    assert journal.files == (str(target / "app"),)
+    assert journal.databases == (f"sqlite:{target}/databases/local.sqlite",)
+    # What a kill in the middle of the files leaves: some of them are not there yet.
+    (target / "app" / "data" / "blob.bin").unlink()
+    plan = build_plan(repo, RecoverOptions(app="shop", target=str(target), dry_run=True))
+    assert plan.problems == ()
+    assert [f.resumed for f in plan.files] == [True] and plan.databases[0].overwrite
+    assert any("unfinished recovery of this snapshot" in w for w in plan.warnings)
+
+    result = recover(repo, options)
+    assert result.ok, result.errors
+    assert tree(target / "app") == tree(app)
+    assert rows(target / "databases" / "local.sqlite") == 200
+    assert not (target / JOURNAL_NAME).exists()  # finished: a rerun is a new recovery
+    with pytest.raises(RecoveryError, match="already exists in the target and is not empty"):
+        recover(repo, options)
+
+
+def test_a_failed_recovery_can_be_run_again(repo, tmp_path: Path, shop, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    target = tmp_path / "t"
+    options = RecoverOptions(app="shop", target=str(target))
+
+    def failed(repo: Any, plan: Any, db: Any, options: Any, reporter: Any, errors: list[str],
+               warnings: list[str]) -> dict[str, Any]:  # fmt: skip
+        errors.append("database local: the server went away")
+        return {"name": "local", "ok": False, "error": "the server went away", "row_counts": {},
+                "engine": "sqlite", "target": db.where, "dump_size": 0, "dump_blake3": ""}  # fmt: skip
+
+    with monkeypatch.context() as patch:
+        patch.setattr(execute, "_restore_database", failed)
+        assert not recover(repo, options).ok
+    assert (target / JOURNAL_NAME).exists()  # kept: the recovery is not finished
+    result = recover(repo, options)
+    assert result.ok and rows(target / "databases" / "local.sqlite") == 200
+
+
+def test_another_snapshots_unfinished_recovery_is_refused(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, shop, monkeypatch
+) -> None:
+    app, first = shop
+    target = tmp_path / "t"
+    with monkeypatch.context() as patch:
+        interrupt_while_loading(patch)
+        with pytest.raises(Interrupted):
+            recover(repo, RecoverOptions(app="shop", target=str(target)))
+    (app / "data" / "later.txt").write_text("later\n")
+    second = backup(repo, app, [])
+    assert run_verification(repo, second).ok
+    with pytest.raises(RecoveryError) as exc:
+        recover(repo, RecoverOptions(app="shop", target=str(target)))
+    msg = str(exc.value)
+    assert f"unfinished recovery of 'shop' from snapshot {first.short_id}" in msg
+    assert f"--snapshot {first.short_id}" in msg and str(target / JOURNAL_NAME) in msg
+    assert not (target / "app" / "data" / "later.txt").exists()
+    # As told: finish the first one.
+    result = recover(repo, RecoverOptions(app="shop", target=str(target), snapshot=first.id))
+    assert result.ok and not (target / JOURNAL_NAME).exists()
+
+
+def test_a_users_data_is_still_refused_and_the_message_says_what_to_do(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, shop
+) -> None:
+    target = tmp_path / "t"
+    (target / "app").mkdir(parents=True)
+    (target / "app" / "precious").write_text("keep me")
+    # A journal that is not one (damaged, or not ours) gives no right to replace anything.
+    (target / JOURNAL_NAME).write_text("{not json")
+    with pytest.raises(RecoveryError) as exc:
+        recover(repo, RecoverOptions(app="shop", target=str(target)))
+    assert (
+        "already exists in the target and is not empty (remove it, or choose another --target)"
+        in str(exc.value)
+    )
+    assert (target / "app" / "precious").read_text() == "keep me"
