@@ -67,6 +67,30 @@ def open_backend(location: str | None, settings: dict[str, str] | None = None) -
     return backend  # type: ignore[no-any-return]
 
 
+def canonical_location(location: str) -> str:
+    """``location`` spelled one way, to tell whether two configured locations are the same
+    repository: a folder by its real path (symlinks, ``./``, ``..`` and trailing slashes
+    resolved, as the local backend opens it), an ``s3:`` location with https implied, the
+    host in lower case and default ports and trailing slashes dropped. Other schemes (and
+    malformed S3 locations, which fail when opened) are returned as given. Touches no
+    storage: two spellings that only the storage knows to be one (two mounts of one NFS
+    export) are told apart by the repository's id instead (server/repos.py)."""
+    scheme, sep, _rest = location.partition(":")
+    if not (sep and _SCHEME.fullmatch(scheme)) or scheme == "local":
+        return os.path.realpath(location)
+    if scheme != "s3":
+        return location
+    from casbackup.store.s3 import parse_location
+
+    try:
+        parsed = parse_location(location)
+    except UsageError:
+        return location
+    proto, _, host = parsed.endpoint.partition("://")
+    host = host.lower().removesuffix({"https": ":443", "http": ":80"}.get(proto, "\0"))
+    return f"s3:{proto}://{host}/{parsed.bucket}/{parsed.prefix}".rstrip("/")
+
+
 def read_secret_file(path: str) -> bytes:
     from casbackup.engines.base import SECRET_MAX  # the engines only when a secret is read
 

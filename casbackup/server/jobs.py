@@ -6,8 +6,11 @@ the next start, never ``succeeded`` and never dropped.
 
 Concurrency: jobs that write to a repository (``WRITERS``) run one at a time per repository, in
 the order they were submitted; the others wait in the queue, visible through the API. Jobs on
-different repositories run in parallel, and read-only jobs do not wait. The repository's own
-locks still apply inside each worker, so a CLI run at the same time is kept out the usual way.
+different repositories run in parallel, and read-only jobs do not wait. "Per repository" is
+by the repository's identity (its id, ``RepoHandle.identity``), not by the key or spelling
+of its location: two configured locations of one repository share one queue, so a prune
+never starts beside a backup there and fails on its lock. The repository's own locks still
+apply inside each worker, so a CLI run at the same time is kept out the usual way.
 
 Each job is a thread here that starts ``python -m casbackup.server.worker``, feeds it the job
 (password over the pipe), and turns its JSON lines into progress rows, log rows and events.
@@ -22,10 +25,9 @@ Maximum run time: a job that holds its repository's queue or its schedule (``TIM
 stopped after its application's ``max_run_time`` (else the service's ``--max-run-time``,
 24 h) and recorded failed with the reason: a hung backup must not skip every later run.
 
-A failed backup's notifiers hear of it from the worker (``BackupNotice``), or from here when
-the worker could not tell them: it failed before the backup began, it died, or the service did
-(told at the next start, ``recover_interrupted``). A failed verify or check (the restore
-drills) is ``verify_failure`` to the notifiers of the applications it concerns.
+A failed backup's notifiers hear of it from the worker (``BackupNotice``), or from here
+(notices.py) when the worker could not tell them; so do those of a backup the service's stop
+cut short, during the stop or at the next start.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, CasError, NotFound, UsageError
-from casbackup.notify import Event, dispatch
+from casbackup.server.notices import Notices
 from casbackup.threadsig import quiet_thread
 from casbackup.units import format_run_time, plural
 
@@ -65,6 +67,7 @@ LOG_LIMIT = 2000  # log lines kept per job: a run with a million unreadable file
 CANCEL_GRACE_S = 30.0  # after SIGINT, how long a worker may take before it is killed
 # The error of a job the service's own stop cancelled (not a user): the scheduler reruns it.
 STOPPED_DURING = "the service stopped during this job"
+NOTIFY_AT_STOP_S = 20.0  # how long a stop waits for the notifiers of the backups it cut short
 
 
 @dataclass
@@ -75,6 +78,8 @@ class Running:
     notified: bool = False  # the worker told the application's notifiers of a failure
     timed_out: str | None = None  # why it was stopped for running too long (the job's error)
     stop_sent: bool = False  # its one SIGINT: a second would make the worker exit at once
+    by_service: bool = False  # the service's stop cancelled it, not a user
+    queue: str | None = None  # the repository identity it holds (a writer), see _dispatch
     killed: bool = False  # it did not stop within CANCEL_GRACE_S of the SIGINT
     timer: threading.Timer | None = None  # the maximum run time's
 
@@ -109,19 +114,27 @@ class JobManager:
         self.db = service.db
         self._lock = threading.Lock()
         self._running: dict[int, Running] = {}
-        self._busy_repos: set[str] = set()
+        self._busy_repos: set[str] = set()  # identities of repositories a writer holds
+        self._queues: dict[str, str] = {}  # repository key -> identity, learned by submit
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._last_progress: dict[int, float] = {}
         # A job's latest progress the interval kept out of the database: written with the
         # job's end, so a finished job never shows an early "1/5256 files".
         self._unsaved_progress: dict[int, dict[str, Any]] = {}
-        self.notify_threads: list[threading.Thread] = []  # failures told from here (tests join)
+        self.notices = Notices(service)
         self._unsaved_ends: dict[int, tuple[Any, ...]] = {}  # job ends the database refused
+
+    @property
+    def notify_threads(self) -> list[threading.Thread]:
+        """The threads sending notifications from the service (tests join them)."""
+        return self.notices.threads
 
     # ----------------------------------------------------------------- lifecycle
     def recover_interrupted(self) -> int:
-        """At start-up: jobs left queued or running by a previous process become interrupted."""
+        """At start-up: jobs left queued or running by a previous process become interrupted;
+        the notifications owed for lost backups are sent (once: a notifier that fails now is
+        not asked again at every start)."""
         now = time.time()
         lost = self.db.query(
             "SELECT id, app FROM jobs WHERE kind='backup' AND state IN ('queued','running')"
@@ -134,52 +147,12 @@ class JobManager:
         )
         # A backup lost to a crash or a power cut is a failure its notifiers hear of now, not
         # only (if they listen for it) as 'overdue' at the schedule's next fire time.
-        self._notify_failures(
-            [(r["app"], "failure",
-              f"the service stopped before this backup finished (job {r['id']})") for r in lost]
-        )  # fmt: skip
+        for r in lost:
+            self.notices.owe(
+                r["id"], f"the service stopped before this backup finished (job {r['id']})"
+            )
+        self.notices.send_owed(only_if_delivered=False)
         return cur.rowcount
-
-    def _failures_to_tell(
-        self, row: dict[str, Any], error: str | None, notified: bool
-    ) -> list[tuple[str | None, str, str]]:
-        """(app, event, message) for a failed job: a backup the worker did not report (it
-        never got to the backup, say the repository unreachable, or it died), and the
-        restore drills: a verification that failed is its application's ``verify_failure``,
-        a check that failed that of every application in the repository."""
-        kind, what = row["kind"], error or f"the {row['kind']} failed"
-        if kind == "backup" and not notified:
-            return [(row["app"], "failure", what)]
-        if kind == "verify" and row["app"]:
-            return [
-                (row["app"], "verify_failure", f"the verification of {row['app']} failed: {what}")
-            ]
-        if kind == "check":
-            message = f"the check of repository {row['repo']} failed: {what}"
-            apps = [a for a, k in self.service.registry.app_repo.items() if k == row["repo"]]
-            return [(a, "verify_failure", message) for a in apps]
-        return []
-
-    def _notify_failures(self, failures: list[tuple[str | None, str, str]]) -> None:
-        """Send each (app, event, message) to the application's notifiers, in order, in a
-        thread of its own (a slow SMTP server never holds up a job or the start-up)."""
-        registry = self.service.registry
-        sends = [
-            (cfg.notify, Event(event, app, message))
-            for app, event, message in failures
-            if app and (cfg := registry.app(app)) is not None and cfg.notify
-        ]
-        if not sends:
-            return
-        offline = registry.config.plugins.offline_mode
-
-        def send() -> None:
-            for notifiers, event in sends:
-                dispatch(notifiers, event, offline_mode=offline)
-
-        worker = threading.Thread(target=send, name="notify-failure", daemon=True)
-        worker.start()
-        self.notify_threads = [t for t in self.notify_threads if t.is_alive()] + [worker]
 
     def shutdown(self, timeout: float = CANCEL_GRACE_S) -> None:
         """Cancel running jobs (recorded as cancelled) and mark queued ones interrupted."""
@@ -189,6 +162,7 @@ class JobManager:
         for r in running:
             # A cancel like the API's: a worker that dies of the signal before it can answer
             # (still importing, say) is then recorded cancelled, not failed.
+            r.by_service = not r.cancel_requested  # a user's cancel stays the user's
             r.cancel_requested = True
             self._stop(r, "the service is stopping")
         deadline = time.monotonic() + timeout
@@ -200,11 +174,18 @@ class JobManager:
             self._signal(r, signal.SIGKILL)
         for t in list(self._threads):
             t.join(5)
+        waiting = self.db.query(
+            "SELECT id, app FROM jobs WHERE kind='backup' AND state='queued' ORDER BY id"
+        )
         self.db.execute(
             "UPDATE jobs SET state='interrupted', finished_at=?, error='the service stopped "
             "before this job started' WHERE state='queued'",
             (time.time(),),
         )
+        for row in waiting:
+            self.notices.owe(row["id"], f"the service stopped before this backup of {row['app']} "
+                      f"started (job {row['id']}): it did not run")  # fmt: skip
+        self.notices.send_owed(only_if_delivered=True, wait=NOTIFY_AT_STOP_S)
 
     # ----------------------------------------------------------------- submit
     def submit(
@@ -222,11 +203,12 @@ class JobManager:
         if kind not in KINDS:
             raise UsageError(f"unknown job kind {kind!r}")
         registry = self.service.registry
-        repo = repo_key or registry.repo_key_for(app)
-        registry.handle(repo)  # raises NotFound for an unknown repository
+        repo = registry.key(repo_key or registry.repo_key_for(app))  # NotFound if unknown
+        identity = registry.handle(repo).identity()  # may read the storage: not under the lock
         with self._lock:
             if self._stopping:
                 raise UsageError("the service is stopping: no new jobs")
+            self._queues[repo] = identity
         cur = self.db.execute(
             "INSERT INTO jobs (kind, app, repo, params, state, created_by, created_by_user,"
             " created_at, trigger) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -411,9 +393,10 @@ class JobManager:
                     if row["id"] in self._running:
                         continue
                     if row["kind"] in WRITERS:
-                        if row["repo"] in blocked:
+                        if self._queue_of(row["repo"]) in blocked:
                             continue
-                        blocked.add(row["repo"])  # later writers wait behind this one (FIFO)
+                        # Later writers wait behind this one (FIFO).
+                        blocked.add(self._queue_of(row["repo"]))
                     chosen = row
                     break
                 if chosen is None:
@@ -424,9 +407,10 @@ class JobManager:
                 )
                 if not claimed.rowcount:
                     continue  # cancelled between the query and now: look again
-                if chosen["kind"] in WRITERS:
-                    self._busy_repos.add(chosen["repo"])
                 running = Running(chosen["id"])
+                if chosen["kind"] in WRITERS:
+                    running.queue = self._queue_of(chosen["repo"])
+                    self._busy_repos.add(running.queue)
                 self._running[chosen["id"]] = running
                 thread = threading.Thread(
                     target=self._run, args=(running, dict(chosen)), name=f"job-{chosen['id']}",
@@ -437,6 +421,10 @@ class JobManager:
             self.service.events.publish("job.started", self.get(chosen["id"]), chosen["app"])
             thread.start()
 
+    def _queue_of(self, repo: str) -> str:
+        """The queue of jobs on repository key ``repo``: its identity, as submit learned it."""
+        return self._queues.get(repo, repo)
+
     def _run(self, running: Running, row: dict[str, Any]) -> None:
         job_id = row["id"]
         state, error, exit_code, result = "failed", None, None, None
@@ -445,6 +433,13 @@ class JobManager:
         except Exception as exc:  # the job fails; the service goes on
             error = f"{type(exc).__name__}: {exc}"
         finally:
+            # Notifications first: whoever sees the job's end can find them under way.
+            if state == "failed":
+                self.notices.failures(row, error, notified=running.notified)
+            elif state == "cancelled" and running.by_service and row["kind"] == "backup":
+                # Sent by ``shutdown`` once every job has ended (or at the next start).
+                self.notices.owe(job_id, f"the service stopped during this backup of {row['app']} "
+                                 f"(job {job_id}): it was cancelled and no snapshot was saved")  # fmt: skip
             snapshot_id = (result or {}).get("snapshot_id") if row["kind"] == "backup" else None
             unsaved = self._unsaved_progress.pop(job_id, None)
             self._record_end(job_id, (state, time.time(), error, exit_code,
@@ -452,16 +447,14 @@ class JobManager:
                              snapshot_id, None if unsaved is None else json.dumps(unsaved)))  # fmt: skip
             with self._lock:
                 self._running.pop(job_id, None)
-                if row["kind"] in WRITERS:
-                    self._busy_repos.discard(row["repo"])
+                if running.queue is not None:
+                    self._busy_repos.discard(running.queue)
                 self._last_progress.pop(job_id, None)
             if row["kind"] in WRITERS or row["kind"] == "backup":
                 try:
                     self.service.registry.handle(row["repo"]).refresh()
                 except CasError:
                     pass  # the next read reopens or reports it
-            if state == "failed":
-                self._notify_failures(self._failures_to_tell(row, error, running.notified))
             doc = self.get(job_id)
             self.service.events.publish("job.finished", doc, row["app"])
             self._dispatch()

@@ -2,7 +2,12 @@
 
 The config's top-level ``[repository]`` is the default (``-r``/``CASBACKUP_REPO`` override its
 location, as for the CLI); an application may name its own ``[applications.repository]``. Each
-distinct location is one `RepoHandle`, keyed ``default`` or ``app:<name>``.
+distinct location is one `RepoHandle`, keyed ``default`` or ``app:<name>``. Distinct means
+by ``access.canonical_location``: an application's repository spelled through a symlink, with
+``./`` or a trailing slash, or an S3 bucket written another way is the handle it names again
+(``app:<name>`` stays a name for it), so its jobs share that repository's queue. Two
+locations that only the storage knows to be one (two mounts of one NFS export) have two
+handles with one ``identity``: the repository's id, which the job queue goes by (jobs.py).
 
 The service process holds one open `Repository` per location for reads (listings, browsing,
 downloads): the repository's LMDB index cache must not be opened twice in one process. Jobs run
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +54,29 @@ class RepoHandle:
     listings: WeightedLru[bytes] = field(default_factory=lambda: WeightedLru(64 << 20, len))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _logged: set[str] = field(default_factory=set)
+    _identity: str | None = None
+
+    def identity(self) -> str:
+        """What the repository is, for the job queue: ``id:<its id>`` from its plaintext
+        config (read once), or ``at:<canonical location>`` while that cannot be read (not
+        there yet, or unreachable: tried again next time). Reads the storage; never raises."""
+        with self._lock:
+            if self._identity is not None:
+                return self._identity
+        from casbackup.repo.config import RepoConfig
+
+        try:
+            backend = access.open_backend(self.location, self.s3 or None)
+            try:
+                found = "id:" + RepoConfig.decode(backend.get("config")).id
+            finally:
+                with suppress(Exception):
+                    backend.close()
+        except Exception:  # the repository is not readable now: its place stands for it
+            return "at:" + access.canonical_location(self.location or "")
+        with self._lock:
+            self._identity = found
+        return found
 
     def password(self) -> bytes:
         password = access.read_password(self.source)
@@ -185,10 +214,21 @@ class Registry:
             DEFAULT: RepoHandle(DEFAULT, settings.repo or top.location, source, top.s3_settings())
         }
         self.app_repo: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}  # app:<name> of a location another key has
+        places: dict[str, str] = {}
+        if self.handles[DEFAULT].location:
+            places[access.canonical_location(self.handles[DEFAULT].location or "")] = DEFAULT
         for app in self.config.applications:
             own = getattr(app, "repository", None)
             if own is not None and own.location:
                 key = f"app:{app.name}"
+                place = access.canonical_location(own.location)
+                if place in places:  # one repository, one handle and one job queue
+                    self.app_repo[app.name] = self.aliases[key] = places[place]
+                    log.info("application %s: its repository %s is repository %s",
+                             app.name, own.location, places[place])  # fmt: skip
+                    continue
+                places[place] = key
                 own_source = access.PasswordSource(
                     own.password_file, own.password_command, own.password_env
                 )
@@ -208,11 +248,16 @@ class Registry:
         """The repository an application's snapshots live in (the default for unknown apps)."""
         return self.app_repo.get(app or "", DEFAULT)
 
+    def key(self, key: str) -> str:
+        """The handle's key for ``key``, which may be an alias (``app:<name>`` of a location
+        another key has); raises NotFound for an unknown one."""
+        key = self.aliases.get(key, key)
+        if key not in self.handles:
+            raise NotFound(f"no repository {key!r}")
+        return key
+
     def handle(self, key: str) -> RepoHandle:
-        try:
-            return self.handles[key]
-        except KeyError:
-            raise NotFound(f"no repository {key!r}") from None
+        return self.handles[self.key(key)]
 
     def adopt(self, old: Registry) -> None:
         """Keep ``old``'s open handles for locations that did not change (a config reload):

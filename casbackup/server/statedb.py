@@ -106,6 +106,12 @@ MIGRATIONS: list[str] = [
         last_job INTEGER
     );
     """,
+    # 1 -> 2: a failure notification owed to a backup's application (jobs.py): kept until it
+    # is delivered, so that a backup the service's stop cut short is told at the next start
+    # when no notifier could be reached during the stop.
+    """
+    ALTER TABLE jobs ADD COLUMN notice TEXT;
+    """,
 ]
 
 
