@@ -90,6 +90,13 @@ def check(
                 f"the damaged ones again: casbackup repair packs {ids}",
                 err=True,
             )
+        elif report.affected and report.damaged:
+            click.echo(
+                "what these need is not in the repository: a backup stores again what the "
+                "sources still hold; then 'casbackup repair snapshots' leaves out the rest "
+                "(so that check passes and prune can run)",
+                err=True,
+            )
         read = (
             f", read {plural(report.packs_read, 'pack')} ({human_bytes(report.bytes_read)})"
             if report.packs_read

@@ -3,14 +3,14 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, plural, reporter_for, warn
+from casbackup.cli.render import emit_json, plural, printable, reporter_for, warn
 from casbackup.repo.repository import Repository
 from casbackup.verify.repair import repair_index
 
 
 @click.group()
 def repair() -> None:
-    """Repair the repository's index, or salvage damaged packs."""
+    """Repair the repository's index, salvage damaged packs, rewrite damaged snapshots."""
 
 
 @repair.command(name="index")
@@ -95,6 +95,49 @@ def repair_packs_cmd(
             "still hold the same data are stored again, and every snapshot that needs them "
             "is whole again ('casbackup check' then names what no source holds any more)"
         )
+
+
+@repair.command(name="snapshots")
+@click.argument("snapshots", nargs=-1)
+@click.option(
+    "--dry-run", "-n", is_flag=True, help="Report what would be left out; change nothing."
+)
+@click.pass_context
+@with_repository(lock="exclusive")
+def repair_snapshots_cmd(
+    repo: Repository, ctx: click.Context, snapshots: tuple[str, ...], dry_run: bool
+) -> None:
+    """Rewrite snapshots (all, or those given) that name data the repository no longer
+    has: damaged files are left out, unreadable folders kept empty, tagged 'repaired'."""
+    from casbackup.verify.repair_snapshots import repair_snapshots
+
+    opts = global_options(ctx)
+    reporter = reporter_for(ctx)
+    ids = [repo.resolve_snapshot(s).id for s in snapshots] or None
+    try:
+        result = repair_snapshots(repo, ids, dry_run=dry_run, reporter=reporter)
+    finally:
+        reporter.done()
+    if opts.json:
+        emit_json({
+            "message_type": "repair_snapshots", "dry_run": dry_run, "checked": result.checked,
+            "repaired": [{"snapshot": r.old, "new": r.new, "app": r.app, "time": r.time,
+                          "removed": r.removed} for r in result.repaired],
+        })  # fmt: skip
+        return
+    for r in result.repaired:
+        new = "" if r.new is None else f" -> new snapshot {r.new[:8]}"
+        app = f"{r.app}, " if r.app else ""
+        click.echo(
+            f"snapshot {r.old[:8]} ({app}{r.time[:19]}): "
+            f"{plural(len(r.removed), 'entry', 'entries')} left out{new}"
+        )
+        for path in r.removed[:20]:
+            click.echo(f"  {printable(path)}")
+        if len(r.removed) > 20:
+            click.echo(f"  ... and {len(r.removed) - 20} more")
+    done = "would be repaired (dry run: nothing changed)" if dry_run else "repaired"
+    click.echo(f"{len(result.repaired)} of {plural(result.checked, 'snapshot')} {done}")
 
 
 COMMANDS = [repair]

@@ -34,9 +34,9 @@ false): a verifier then tolerates count drift.
 Routines, triggers, events and views round-trip: `--routines --events --triggers`, and the
 tool writes views after every table (with placeholder tables first, so views over views load
 in any order).
-The tool dumps only the triggers and routines the user can see, in silence: a user whose grants
-(SHOW GRANTS) hide some is refused before the dump, naming the grant (my_grants.py;
-`check_privileges = false` skips this, for a database known to have none).
+The tool dumps only the tables, views, triggers and routines the user can see, in silence: a
+user whose grants (SHOW GRANTS) may hide some is refused before the dump, naming the exact
+GRANT (my_grants.py; `check_privileges = false` skips this, for a database known to have none).
 
 Each dump records the dump tool's version (properties "dump_tool"); a restore with an older
 client of the same product (MariaDB or MySQL) warns.
@@ -68,7 +68,7 @@ from casbackup.engines.claims import (
     swept_warning,
     temporary_name,
 )
-from casbackup.engines.my_grants import hidden_kinds
+from casbackup.engines.my_grants import dump_advice, hidden_kinds
 from casbackup.engines.my_session import MarkerDumpStream, TableLock
 from casbackup.engines.process import ProcessDumpStream, feed_tool, find_tool, run_tool
 from casbackup.errors import DatabaseError
@@ -258,7 +258,7 @@ class MysqlEngine:
                 f"database {spec.name!r}: {db} has no tables; refusing to record an empty "
                 "dump (set options.allow_empty = true if that is expected)"
             )
-        self._check_visible(spec, db, tables)
+        user = self._check_visible(spec, db, tables, version)
         # From here to the tool's first table, writers to these tables wait (see above).
         held = None
         if tables and spec.option_bool("consistent_counts", True):
@@ -308,26 +308,34 @@ class MysqlEngine:
                 markers=SNAPSHOT_MARKERS,
                 on_marker=lock.close if lock is not None else None,
                 on_close=release,
+                advise=lambda err: dump_advice(err, db, user, version),
             )
             return stream
 
-    def _check_visible(self, spec: DatabaseSpec, db: str, tables: list[str]) -> None:
-        """Refuse to dump when the user may not see all of the database's triggers or
-        routines (my_grants.py): the dump tool would leave them out without a word.
-        options.check_privileges = false skips this (a database known to have none)."""
+    def _check_visible(self, spec: DatabaseSpec, db: str, tables: list[str], version: str) -> str:
+        """Refuse to dump when the user may not see all of the database's tables, triggers
+        or routines (my_grants.py): the dump tool would leave them out without a word. The
+        message names the exact GRANT. options.check_privileges = false skips this (the
+        database has none the user cannot see, e.g. every routine is the user's own).
+        Returns the user's CURRENT_USER() ("" when not checked)."""
         value = spec.options.get("check_privileges", "true")
         if check_option("check_privileges", value):
             raise DatabaseError(f"database {spec.name!r}: options.check_privileges "
                                 f"{check_option('check_privileges', value)}")  # fmt: skip
         if not spec.option_bool("check_privileges", True):
-            return
-        hidden = hidden_kinds(self._client(spec, "SHOW GRANTS;"), db, tables)
+            return ""
+        # One session: CURRENT_USER() is the account SHOW GRANTS describes.
+        lines = self._client(spec, "SHOW GRANTS; SELECT CURRENT_USER();")
+        user = lines.pop() if lines else ""
+        hidden = hidden_kinds(lines, db, tables, user=user, server_version=version)
         if hidden:
             raise DatabaseError(
-                f"database {spec.name!r}: the backup user may not see all of {db}'s "
-                f"{' and '.join(hidden)}, which the dump would leave out without a word: grant "
-                "that, or set options.check_privileges = false if the database has none"
+                f"database {spec.name!r}: user {user} may not see {db}'s "
+                f"{' nor its '.join(h.what for h in hidden)}, which the dump would leave out "
+                f"without a word: run {'; '.join(h.grant for h in hidden)} (or, if {db} has "
+                "none it cannot see, set options.check_privileges = false)"
             )
+        return user
 
     def _defaults(self, spec: DatabaseSpec, db: str) -> dict[str, object]:
         """The database's default character set and collation (the dump has no CREATE

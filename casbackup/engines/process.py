@@ -221,7 +221,9 @@ class ProcessDumpStream(DumpStream):
 
     `validate(head, tail, size)` raises DatabaseError when the bytes do not look like a complete
     dump; `make_info(size)` builds the metadata once everything checked out. `on_close` releases
-    whatever the engine held for the dump (PostgreSQL's snapshot-exporting session).
+    whatever the engine held for the dump (PostgreSQL's snapshot-exporting session). `advise`
+    reads the stderr of a tool that failed and returns what the user should do about it (the
+    GRANT a refused statement needs), added to the message, or None.
     """
 
     def __init__(
@@ -234,8 +236,10 @@ class ProcessDumpStream(DumpStream):
         make_info: Callable[[int], DumpInfo],
         pass_fds: Sequence[int] = (),
         on_close: Callable[[], None] | None = None,
+        advise: Callable[[bytes], str | None] | None = None,
     ) -> None:
         super().__init__()
+        self._advise = advise
         self._tool = os.path.basename(argv[0])
         self._what = what
         self._validate = validate
@@ -300,8 +304,10 @@ class ProcessDumpStream(DumpStream):
         err = self._drain.text()
         if returncode != 0:
             self.close()
+            advice = self._advise(err) if self._advise is not None else None
             raise DatabaseError(
                 f"{self._what}: {describe_exit(self._tool, returncode)}: {summarize(err)}"
+                + (f"; {advice}" if advice else "")
             )
         try:
             if self._size == 0:

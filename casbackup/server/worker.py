@@ -261,6 +261,7 @@ def run_check_job(job: Job) -> dict[str, Any]:
         # Bounded: the job's result is kept in the state database (the CLI lists them all).
         "affected": {s: paths[:AFFECTED_KEPT] for s, paths in report.affected.items()},
         "affected_counts": {s: len(paths) for s, paths in report.affected.items()},
+        "storage_errors": report.storage_errors,
         "snapshots": report.snapshots, "trees": report.trees, "blobs": report.blobs,
         "packs": report.packs, "packs_read": report.packs_read, "bytes_read": report.bytes_read,
     }  # fmt: skip

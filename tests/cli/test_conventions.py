@@ -111,6 +111,7 @@ JSON_RUNS: dict[str, list[str]] = {
     ],
     "repair index": ["repair", "index"],
     "repair packs": ["repair", "packs", "PACK", "--dry-run"],  # PACK: one of the site's packs
+    "repair snapshots": ["repair", "snapshots", "--dry-run"],
     "restore": ["restore", "latest", "--app", "notes", "--target", "T/restored"],
     "snapshots": ["snapshots"],
     "stats": ["stats", "latest", "--app", "notes"],
