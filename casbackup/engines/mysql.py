@@ -62,6 +62,7 @@ from casbackup.engines.base import (
 )
 from casbackup.engines.claims import (
     MY_DEAD_SQL,
+    TEMP_NAME,
     Claim,
     my_claim_sql,
     my_dead,
@@ -253,6 +254,13 @@ class MysqlEngine:
             os.path.basename(dump_tool), self.version_text("mariadb-dump", "mysqldump")
         )
         tables = self._tables(spec, db)
+        marks = [t for t in tables if TEMP_NAME.fullmatch(t)]
+        if marks:  # a restore's marker (claims.py): the data is half loaded, now or for good
+            raise DatabaseError(
+                f"database {spec.name!r}: {db} is half loaded by a restore (table {marks[0]} "
+                "marks it: the restore runs, or was killed and the next restore removes it); "
+                "not backed up"
+            )
         if not tables and not spec.option_bool("allow_empty"):
             raise DatabaseError(
                 f"database {spec.name!r}: {db} has no tables; refusing to record an empty "
