@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 import click
 
@@ -9,7 +9,7 @@ from casbackup.cli.cmd_prune import prune_option_decorators, run_prune
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, warn
-from casbackup.errors import UsageError
+from casbackup.errors import CasError, UsageError
 from casbackup.maintenance.forget import (
     ForgetGroup,
     ForgetPlan,
@@ -199,7 +199,19 @@ def _planned(
     for w in records.warnings:
         warn(w)
     verified = {sid for sid, r in records.latest_by_snapshot().items() if r.ok}
-    return plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified)
+    return plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified, tz=_zone(ctx))
+
+
+def _zone(ctx: click.Context) -> tzinfo:
+    """Retention's calendar: the config's ``timezone``, else the machine's zone, resolved as
+    ``casbackup serve`` resolves it (casbackup/timezones.py), so both count the same days."""
+    from casbackup.timezones import zone
+
+    try:
+        config = load_cli_config(global_options(ctx))
+    except CasError:  # a policy given in flags does not need the config: the machine's zone
+        config = None
+    return zone(config.timezone if config is not None else None)
 
 
 COMMANDS = [forget]

@@ -33,7 +33,8 @@ from casbackup.errors import CasError, UsageError
 @click.option(
     "--timezone",
     metavar="ZONE",
-    help="Time zone of the schedules, e.g. Europe/Berlin [default: the machine's].",
+    help="Time zone of the schedules and of retention's days, e.g. Europe/Berlin "
+    "[default: the config's timezone, else the machine's].",
 )
 @click.option(
     "--verify-schedule",
@@ -160,15 +161,12 @@ def _bind(host: str, port: int) -> socket.socket:
 def _zone(name: str | None) -> str | None:
     if name is None:
         return None
-    from zoneinfo import ZoneInfo
+    from casbackup.timezones import check_zone
 
     try:
-        ZoneInfo(name)
-    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
-        raise UsageError(
-            f"--timezone {name!r} is not a known time zone (e.g. Europe/Berlin, UTC)"
-        ) from None
-    return name
+        return check_zone(name)
+    except UsageError as exc:
+        raise UsageError(f"--timezone {exc}") from None
 
 
 def _run_time(text: str) -> int:

@@ -36,7 +36,8 @@ from casbackup.config.model import (
     delta_files_size,
 )
 from casbackup.engines.base import DatabaseSpec
-from casbackup.errors import ConfigError
+from casbackup.errors import ConfigError, UsageError
+from casbackup.timezones import check_zone
 from casbackup.units import parse_run_time
 
 ENV_VAR = "CASBACKUP_CONFIG"
@@ -136,10 +137,21 @@ def parse_toml(data: dict[str, object], ctx: Ctx) -> Config:
         plugins=ctx.attempt(lambda: parse_plugins(top.table("plugins")), PluginsConfig()),
         source=ctx.path,
         layout="toml",
+        timezone=ctx.attempt(lambda: _timezone(top), None),
     )
     ctx.attempt(top.done, [])
     ctx.raise_problems()
     return config
+
+
+def _timezone(top: Section) -> str | None:
+    name = top.text("timezone")
+    if name is None:
+        return None
+    try:
+        return check_zone(name)
+    except UsageError as exc:
+        raise top.error("timezone", str(exc)) from None
 
 
 def parse_repository(sec: Section) -> RepositoryConfig:

@@ -2,6 +2,9 @@
 
 ```toml
 version = 1                                  # optional; the only layout so far
+timezone = "Europe/Berlin"                   # optional: the calendar of schedules (serve) and
+                                             #   of retention's days and weeks (forget);
+                                             #   default: the machine's zone
 
 [repository]
 location = "/srv/backups/repo"               # a path (relative to this file's folder) or URL
@@ -275,6 +278,9 @@ class Config:
     source: Path | None = None  # the file this was read from
     layout: str = "toml"  # "toml" or "legacy-json"
     warnings: tuple[str, ...] = ()  # things read but not used (legacy keys), for `config check`
+    # IANA name: the calendar of schedules and retention (casbackup/timezones.py); None: the
+    # machine's zone. `serve --timezone` overrides it.
+    timezone: str | None = None
 
     def app(self, name: str) -> AppConfig | None:
         for app in self.applications:

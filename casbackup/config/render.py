@@ -89,6 +89,7 @@ def describe(config: Config) -> dict[str, Any]:
     return {
         "source": str(config.source) if config.source else None,
         "layout": config.layout,
+        "timezone": config.timezone,
         "repository": _repository(config.repository),
         "applications": apps,
         "verification": dataclasses.asdict(config.verification),

@@ -37,13 +37,13 @@ import datetime as dt
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from casbackup.errors import CasError, ConfigError
 from casbackup.server.jobs import STOPPED_DURING
+from casbackup.timezones import machine_zone as _local_zone  # noqa: F401 (tests import it here)
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -115,7 +115,7 @@ class Scheduler:
     ) -> None:
         self.service = service
         settings = service.settings
-        self.tz: dt.tzinfo = ZoneInfo(settings.timezone) if settings.timezone else _local_zone()
+        self.tz: dt.tzinfo = service.zone()
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._submit = submit
         self.policy = settings.missed_runs
@@ -135,6 +135,7 @@ class Scheduler:
         """Read the schedules from the (current) config; bad ones are reported, not fatal."""
         entries, errors = [], []
         registry = self.service.registry
+        self.tz = self.service.zone()  # the config's timezone may have changed
         for app in registry.config.applications:
             if not app.schedule:
                 continue
@@ -363,7 +364,9 @@ class Scheduler:
                 params = {"snapshot": "latest"}
             elif e.kind == "check":
                 params = {
-                    "read_data_subset": rotate_subset(self.service.settings.check_subset, now)
+                    "read_data_subset": rotate_subset(
+                        self.service.settings.check_subset, now.astimezone(self.tz)
+                    )
                 }
             try:
                 doc = submit(e.kind, app=app, params=params, created_by="scheduler", trigger="scheduler",
@@ -418,28 +421,3 @@ def rotate_subset(subset: str, now: dt.datetime) -> str:
         return subset
     parts = int(m.group(1))
     return f"{now.date().toordinal() % parts + 1}/{parts}"
-
-
-def _local_zone(
-    env: Mapping[str, str] | None = None, localtime: str = "/etc/localtime"
-) -> dt.tzinfo:
-    """The machine's zone: ``TZ``, else ``/etc/localtime`` (a symlink into zoneinfo names its
-    zone; a copy or a bind mount, as containers often get it, is read as it is), else UTC."""
-    import os
-
-    name = (os.environ if env is None else env).get("TZ")
-    if name:
-        try:
-            return ZoneInfo(name.lstrip(":"))
-        except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
-            pass
-    try:
-        link = os.readlink(localtime)
-        return ZoneInfo(link.split("zoneinfo/", 1)[1])
-    except (OSError, IndexError, KeyError, ValueError):
-        pass
-    try:
-        with open(localtime, "rb") as f:
-            return ZoneInfo.from_file(f, key=localtime)
-    except (OSError, ValueError):
-        return dt.UTC

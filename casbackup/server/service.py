@@ -6,6 +6,7 @@ instances (tests) never share state, metrics registries included.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import time
 from collections.abc import Callable
@@ -37,6 +38,17 @@ class Service:
         self.metrics: Any = None
         self._starts = 0  # lifespans nest when an app is mounted or wrapped (test clients do)
         self._instance_lock: InstanceLock | None = None
+
+    def zone_name(self) -> str | None:
+        """The zone the user gave schedules and retention: ``--timezone``, else the config's
+        ``timezone``; None: the machine's (casbackup/timezones.py)."""
+        return self.settings.timezone or self.registry.config.timezone
+
+    def zone(self) -> dt.tzinfo:
+        """The zone of the schedules and of the forget jobs' calendar (``zone_name``)."""
+        from casbackup.timezones import zone
+
+        return zone(self.zone_name())
 
     def is_trusted_proxy(self, address: str) -> bool:
         return bool(self._proxies) and is_in(address, self._proxies)

@@ -139,6 +139,7 @@ class Job:
     params: dict[str, Any]
     reporter: PipeReporter
     warm: WarmAhead | None = None  # a backup job's sources being warmed (``_warming``)
+    timezone: str | None = None  # the service's zone (timezones.py); None: the machine's
 
 
 def _app(job: Job) -> Any:
@@ -290,6 +291,7 @@ def run_restore_job(job: Job) -> dict[str, Any]:
 
 def run_forget_job(job: Job) -> dict[str, Any]:
     from casbackup.maintenance.forget import execute_forget, plan_forget, policy_from_retention
+    from casbackup.timezones import zone
     from casbackup.verify.records import list_records
 
     app = _app(job)
@@ -304,7 +306,8 @@ def run_forget_job(job: Job) -> dict[str, Any]:
         if warnings:
             raise UsageError(f"{warnings[0]}; forget will not decide without every snapshot")
         verified = {sid for sid, r in list_records(job.repo).latest_by_snapshot().items() if r.ok}
-        plan = plan_forget(snaps, lambda _key: policy, datetime.now(UTC), verified=verified)
+        plan = plan_forget(snaps, lambda _key: policy, datetime.now(UTC), verified=verified,
+                           tz=zone(job.timezone))  # fmt: skip
         doc: dict[str, Any] = {
             "dry_run": bool(job.params.get("dry_run")),
             "plan": forget_plan_doc(plan),
@@ -470,7 +473,7 @@ def main() -> int:
                 if kind in WRITING_KINDS:
                     repo.require_writable()  # an old format this program may only read
                 job = Job(kind, repo, config, spec.get("app"), spec.get("params") or {},
-                          PipeReporter(), ahead)  # fmt: skip
+                          PipeReporter(), ahead, spec.get("timezone"))  # fmt: skip
                 result = operation(job)
             finally:
                 repo.close()
