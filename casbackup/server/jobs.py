@@ -57,8 +57,12 @@ log = logging.getLogger("casbackup.server.jobs")
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
-KINDS = ("backup", "verify", "check", "restore", "forget", "prune", "recover", "unlock")
-WRITERS = frozenset({"backup", "verify", "forget", "prune", "unlock"})
+KINDS = ("backup", "verify", "check", "restore", "forget", "prune", "recover", "unlock", "repair")
+WRITERS = frozenset({"backup", "verify", "forget", "prune", "unlock", "repair"})
+# Writers that take the repository's exclusive lock: they start only when no job of any kind
+# runs on the repository, and jobs queued after them wait (a reader's shared lock would make
+# them fail at once, and theirs would fail the reader).
+EXCLUSIVE = frozenset({"forget", "prune", "repair"})
 # Jobs with a maximum run time: the writers hold their repository's queue, a check its
 # schedule (never two at once). A restore or recover holds neither, and a person watches it.
 TIMED = WRITERS | {"check"}
@@ -80,6 +84,8 @@ class Running:
     stop_sent: bool = False  # its one SIGINT: a second would make the worker exit at once
     by_service: bool = False  # the service's stop cancelled it, not a user
     queue: str | None = None  # the repository identity it holds (a writer), see _dispatch
+    repo_queue: str | None = None  # the repository identity it runs on (any job)
+    exclusive: bool = False  # it takes the repository's exclusive lock (EXCLUSIVE)
     killed: bool = False  # it did not stop within CANCEL_GRACE_S of the SIGINT
     timer: threading.Timer | None = None  # the maximum run time's
 
@@ -389,14 +395,24 @@ class JobManager:
                 rows = self.db.query("SELECT * FROM jobs WHERE state='queued' ORDER BY id")
                 chosen = None
                 blocked: set[str] = set(self._busy_repos)
+                in_use = {r.repo_queue for r in self._running.values()}
+                # No job starts on a repository an exclusive job holds or waits for.
+                held = {r.repo_queue for r in self._running.values() if r.exclusive}
                 for row in rows:
                     if row["id"] in self._running:
                         continue
-                    if row["kind"] in WRITERS:
-                        if self._queue_of(row["repo"]) in blocked:
+                    queue = self._queue_of(row["repo"])
+                    if queue in held:
+                        continue
+                    if row["kind"] in EXCLUSIVE:
+                        held.add(queue)  # whether it starts now or waits: later jobs wait
+                        if queue in blocked or queue in in_use:
+                            continue
+                    elif row["kind"] in WRITERS:
+                        if queue in blocked:
                             continue
                         # Later writers wait behind this one (FIFO).
-                        blocked.add(self._queue_of(row["repo"]))
+                        blocked.add(queue)
                     chosen = row
                     break
                 if chosen is None:
@@ -408,6 +424,8 @@ class JobManager:
                 if not claimed.rowcount:
                     continue  # cancelled between the query and now: look again
                 running = Running(chosen["id"])
+                running.repo_queue = self._queue_of(chosen["repo"])
+                running.exclusive = chosen["kind"] in EXCLUSIVE
                 if chosen["kind"] in WRITERS:
                     running.queue = self._queue_of(chosen["repo"])
                     self._busy_repos.add(running.queue)
