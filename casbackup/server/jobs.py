@@ -440,6 +440,8 @@ class JobManager:
                 # Sent by ``shutdown`` once every job has ended (or at the next start).
                 self.notices.owe(job_id, f"the service stopped during this backup of {row['app']} "
                                  f"(job {job_id}): it was cancelled and no snapshot was saved")  # fmt: skip
+                if not self._stopping:  # the worker heard the stop first; or only it was told
+                    self.notices.send_owed(only_if_delivered=True)
             snapshot_id = (result or {}).get("snapshot_id") if row["kind"] == "backup" else None
             unsaved = self._unsaved_progress.pop(job_id, None)
             self._record_end(job_id, (state, time.time(), error, exit_code,
@@ -542,6 +544,18 @@ class JobManager:
                     result,
                 )
             return "succeeded", None, 0, result
+        # A SIGTERM from outside (systemd stops every process of the unit at once, the worker
+        # maybe before the service): the service's stop, not a failure nor a user's. The
+        # worker says so; or it died of it (still starting), or left at once (its pipeline had
+        # already stopped when the signal came: the library's "interrupted twice").
+        outside = (outcome or {}).get("stopped_by") or (
+            outcome is None and code in (-signal.SIGTERM, 128 + signal.SIGTERM)
+        )
+        if outside and not running.cancel_requested:
+            running.by_service = running.cancel_requested = True
+            if outcome is None:
+                outcome = {"t": "error", "exit_code": EXIT_INTERRUPTED,
+                           "message": "stopped by SIGTERM from outside the service"}  # fmt: skip
         killed = (
             f"; it did not stop within {CANCEL_GRACE_S:.0f} s and was killed with its child "
             "processes" if running.killed else ""
@@ -550,19 +564,24 @@ class JobManager:
             # Not the user's cancel: a failure, which the application's notifiers hear of.
             return "failed", running.timed_out + killed, EXIT_INTERRUPTED, partial
         if running.killed and running.cancel_requested:
-            return "cancelled", self._cancelled("cancelled" + killed), EXIT_INTERRUPTED, partial
+            return (
+                "cancelled",
+                self._cancelled("cancelled" + killed, running),
+                EXIT_INTERRUPTED,
+                partial,
+            )
         if outcome is not None:
             exit_code = int(outcome.get("exit_code") or 1)
             message = str(outcome.get("message"))
             if exit_code == EXIT_INTERRUPTED or running.cancel_requested:
-                return "cancelled", self._cancelled(message), exit_code, partial
+                return "cancelled", self._cancelled(message, running), exit_code, partial
             return "failed", message, exit_code, partial
         if running.cancel_requested:
             # Stopped before the worker could answer (the signal came during its start-up):
             # nothing was written yet; the exit code is the CLI's for an interruption.
             return (
                 "cancelled",
-                self._cancelled("cancelled before the job's process was ready"),
+                self._cancelled("cancelled before the job's process was ready", running),
                 EXIT_INTERRUPTED,
                 partial,
             )
@@ -593,9 +612,10 @@ class JobManager:
         for job_id, values in pending:
             self._record_end(job_id, values)
 
-    def _cancelled(self, message: str) -> str:
+    def _cancelled(self, message: str, running: Running) -> str:
         """A cancelled job's error: the service's stop says so (``STOPPED_DURING``)."""
-        return f"{STOPPED_DURING} ({message})" if self._stopping else message
+        stopped = self._stopping or running.by_service
+        return f"{STOPPED_DURING} ({message})" if stopped else message
 
     def _progress(self, row: dict[str, Any], progress: dict[str, Any]) -> None:
         job_id = row["id"]
