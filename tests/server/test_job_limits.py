@@ -207,9 +207,9 @@ def test_a_job_that_ignores_the_stop_is_killed_with_its_children(
     """A source on a dead NFS mount: the process cannot be interrupted (here it ignores
     SIGINT), nor can the helper it started. After the maximum run time and the grace
     period both are killed; the job fails with the reason and the repository is free."""
-    import casbackup.server.jobs as jobs
+    import casbackup.server.running as running
 
-    monkeypatch.setattr(jobs, "CANCEL_GRACE_S", 1.0)
+    monkeypatch.setattr(running, "CANCEL_GRACE_S", 1.0)
     pids = tmp_path / "pids"
     script = (
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
@@ -245,7 +245,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_restore_has_no_maximum_run_time(tmp_path: Path, service_env: None) -> None:
-    from casbackup.server.jobs import TIMED
+    from casbackup.server.running import TIMED
 
     assert "restore" not in TIMED and "recover" not in TIMED
     assert {"backup", "verify", "check", "forget", "prune"} <= TIMED
