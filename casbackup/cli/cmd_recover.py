@@ -127,7 +127,9 @@ def recover_cmd(
         emit_json({"message_type": "recover", **(result.report or {}),
                    "report_files": list(result.report_files or ())})  # fmt: skip
     else:
-        for w in result.plan.warnings:
+        # The report's warnings: the plan's and those of the run itself (an owner role the
+        # server lacks, an attribute the target refused), which used to be in the report only.
+        for w in (result.report or {}).get("warnings", result.plan.warnings):
             reporter.warning(w)
         print_result(result)
     result.raise_if_failed()

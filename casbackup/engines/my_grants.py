@@ -48,9 +48,10 @@ TABLE_LISTING = frozenset(
 
 @dataclass(frozen=True)
 class Hidden:
-    """Objects of one kind the user may not see (`what`), and the statement an
-    administrator runs so that it does (`grant`)."""
+    """Objects of one `kind` the user may not see (`what`, words for a message), and the
+    statement an administrator runs so that it does (`grant`)."""
 
+    kind: str  # "tables", "triggers" or "routines"
     what: str
     grant: str
 
@@ -136,15 +137,17 @@ def hidden_kinds(
     hidden = []
     unlisted = "ALL" not in wide and not wide & TABLE_LISTING
     if unlisted:
-        hidden.append(Hidden("tables and views it holds no grant on",
+        hidden.append(Hidden("tables", "tables and views it holds no grant on",
                              f"GRANT SELECT, SHOW VIEW ON {_ident(db)}.* TO {to}"))  # fmt: skip
     if "ALL" not in wide and "TRIGGER" not in wide:
         # An unlisted table's triggers are hidden too, whatever `tables` (the listed ones) say.
         if unlisted or any(not table_privs.get(t, set()) & {"ALL", "TRIGGER"} for t in tables):
-            hidden.append(Hidden("triggers", f"GRANT TRIGGER ON {_ident(db)}.* TO {to}"))
+            hidden.append(
+                Hidden("triggers", "triggers", f"GRANT TRIGGER ON {_ident(db)}.* TO {to}")
+            )
     routines_listed = "ALL" in wide or bool(wide & _ROUTINE_LISTING)
     if not (routines_listed or proc_select or global_privs & {"SELECT", "SHOW_ROUTINE"}):
-        hidden.append(Hidden("stored procedures and functions it did not define",
+        hidden.append(Hidden("routines", "stored procedures and functions it did not define",
                              routine_grant(db, user, server_version)))  # fmt: skip
     return hidden
 

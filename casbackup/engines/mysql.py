@@ -36,7 +36,8 @@ tool writes views after every table (with placeholder tables first, so views ove
 in any order).
 The tool dumps only the tables, views, triggers and routines the user can see, in silence: a
 user whose grants (SHOW GRANTS) may hide some is refused before the dump, naming the exact
-GRANT (my_grants.py; `check_privileges = false` skips this, for a database known to have none).
+GRANT (my_grants.py; `check_privileges = false` skips this, for a database known to have none;
+`own_routines = true` skips it for routines, when every routine is the backup user's own).
 
 Each dump records the dump tool's version (properties "dump_tool"); a restore with an older
 client of the same product (MariaDB or MySQL) warns.
@@ -76,7 +77,7 @@ from casbackup.errors import DatabaseError
 
 KNOWN_OPTIONS = frozenset(
     {"allow_empty", "socket", "ssl_mode", "consistent_counts", "lock_wait_timeout",
-     "check_privileges"}
+     "check_privileges", "own_routines"}
 )  # fmt: skip
 _BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # The tool writes these only after its consistent snapshot exists (see the module docstring).
@@ -156,7 +157,7 @@ def _require_db(spec: DatabaseSpec) -> str:
 
 def check_option(key: str, value: str) -> str | None:
     """Why an option's value is wrong (for config validation), else None."""
-    if key in ("allow_empty", "consistent_counts", "check_privileges") and (
+    if key in ("allow_empty", "consistent_counts", "check_privileges", "own_routines") and (
         value.strip().lower() not in _BOOLEANS
     ):
         return f"must be true or false, not {value!r}"
@@ -324,24 +325,30 @@ class MysqlEngine:
         """Refuse to dump when the user may not see all of the database's tables, triggers
         or routines (my_grants.py): the dump tool would leave them out without a word. The
         message names the exact GRANT. options.check_privileges = false skips this (the
-        database has none the user cannot see, e.g. every routine is the user's own).
+        database has none the user cannot see); options.own_routines = true skips the
+        routines alone (every routine is the user's own: it sees them as their definer,
+        and the server hides whether any other exists, so only the user can say).
         Returns the user's CURRENT_USER() ("" when not checked)."""
-        value = spec.options.get("check_privileges", "true")
-        if check_option("check_privileges", value):
-            raise DatabaseError(f"database {spec.name!r}: options.check_privileges "
-                                f"{check_option('check_privileges', value)}")  # fmt: skip
+        for key, default in (("check_privileges", "true"), ("own_routines", "false")):
+            problem = check_option(key, spec.options.get(key, default))
+            if problem:
+                raise DatabaseError(f"database {spec.name!r}: options.{key} {problem}")
         if not spec.option_bool("check_privileges", True):
             return ""
         # One session: CURRENT_USER() is the account SHOW GRANTS describes.
         lines = self._client(spec, "SHOW GRANTS; SELECT CURRENT_USER();")
         user = lines.pop() if lines else ""
         hidden = hidden_kinds(lines, db, tables, user=user, server_version=version)
+        if spec.option_bool("own_routines"):
+            hidden = [h for h in hidden if h.kind != "routines"]
         if hidden:
+            own = (f"if every routine of {db} is its own, set options.own_routines = true; "
+                   if any(h.kind == "routines" for h in hidden) else "")  # fmt: skip
             raise DatabaseError(
                 f"database {spec.name!r}: user {user} may not see {db}'s "
                 f"{' nor its '.join(h.what for h in hidden)}, which the dump would leave out "
-                f"without a word: run {'; '.join(h.grant for h in hidden)} (or, if {db} has "
-                "none it cannot see, set options.check_privileges = false)"
+                f"without a word: run {'; '.join(h.grant for h in hidden)} (or, {own}if {db} "
+                "has none it cannot see, set options.check_privileges = false)"
             )
         return user
 

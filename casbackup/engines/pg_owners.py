@@ -70,7 +70,10 @@ def owner_statements(text: str) -> list[str]:
     for _name, kind, body in _blocks(text):
         if kind.startswith("DATABASE"):
             continue
-        lines = [ln for ln in body.splitlines() if ln.strip() and not ln.startswith("SET ")]
+        # Comments too: the dump's last entry ends with "-- PostgreSQL database dump
+        # complete", which hid its owner (the last object of every dump kept the owner of
+        # whoever restored it, without a warning).
+        lines = [ln for ln in body.splitlines() if ln.strip() and not ln.startswith(("SET ", "--"))]
         if lines and _OWNER.fullmatch(lines[-1]):
             out.append(lines[-1][:-1])
     return out

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import itertools
 import os
 import pwd
+import re
 import sqlite3
 import stat
 import tempfile
@@ -28,10 +30,66 @@ from typing import BinaryIO
 
 from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream, RestoreInfo
 from casbackup.errors import DatabaseError
+from casbackup.liveness import pid_exists
 
 MAGIC = b"SQLite format 3\x00"
 KNOWN_OPTIONS = frozenset({"allow_empty", "temp_dir", "busy_timeout"})
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+# A restore writes the database beside its target as ``.casbackup-sqlite-<pid>-<token>-<n>``
+# (pid and a token drawn once per process, n counting), which SQLite may give side files.
+# A restore killed outright (SIGKILL, a power cut) leaves them, a whole database's size; the
+# next restore into the folder removes those of processes that are gone (`_sweep`). The
+# token tells this process's own from an earlier process that had the same pid. The file
+# restore's temporaries (archiver/targetfs.py) end in digits: neither sweep takes the other's.
+_TEMP = re.compile(
+    r"\.casbackup-sqlite-([0-9]{1,10})-([0-9a-f]{8})-[0-9]+(?:-wal|-shm|-journal)?\Z"
+)
+_TOKEN: tuple[int, str] | None = None  # (pid, token) of this process
+_COUNTER = itertools.count()
+
+
+def _token() -> str:
+    """This process's token (a forked child draws its own)."""
+    global _TOKEN
+    if _TOKEN is None or _TOKEN[0] != os.getpid():
+        _TOKEN = (os.getpid(), os.urandom(4).hex())
+    return _TOKEN[1]
+
+
+def _temporary(folder: str) -> tuple[int, str]:
+    """A new private file (0600) for a restore into `folder`: (fd, path)."""
+    while True:
+        path = os.path.join(folder, f".casbackup-sqlite-{os.getpid()}-{_token()}-{next(_COUNTER)}")
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+        except FileExistsError:
+            continue
+
+
+def _sweep(folder: str, what: str) -> list[str]:
+    """Remove what restores into `folder` that were killed left there; a warning each.
+    Never raises: a leftover that cannot be removed stays, as it did."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for name in sorted(names):
+        m = _TEMP.match(name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if (m.group(2) == _token()) if pid == os.getpid() else pid_exists(pid):
+            continue  # a restore that is still running
+        path = os.path.join(folder, name)
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.unlink(path)
+                removed.append(name)
+        except OSError:
+            continue
+    return [f"{what}: removed {name} from {folder}, left by a restore that was killed"
+            for name in removed if not name.endswith(_SIDE_FILES)]  # fmt: skip
 
 
 def quote_ident(name: str) -> str:
@@ -179,9 +237,10 @@ class SqliteEngine:
                 "(use overwrite to replace it)"
             )
         folder = os.path.dirname(os.path.abspath(path))
+        swept = _sweep(folder, f"database {spec.name!r}")
         try:
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".casbackup-restore-", dir=folder)
+            fd, tmp = _temporary(folder)
         except OSError as e:
             raise DatabaseError(
                 f"database {spec.name!r}: cannot write {path}: {_write_problem(e)}"
@@ -223,7 +282,8 @@ class SqliteEngine:
                     f"database {spec.name!r}: cannot write {path}: {_write_problem(exc)}"
                 ) from None
             raise
-        return RestoreInfo(self.name, path, written, counts, sqlite3.sqlite_version, warnings)
+        return RestoreInfo(self.name, path, written, counts, sqlite3.sqlite_version,
+                           (*swept, *warnings))  # fmt: skip
 
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]:
         path = _require_path(spec)

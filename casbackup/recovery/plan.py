@@ -170,6 +170,16 @@ def choose_snapshot(
     else:
         snap = snaps[-1]
     record = latest.get(snap.id)
+    if records.damaged:
+        # A record cannot be read, so which snapshot it was about is unknown: it may have
+        # been a newer, failed verification of the very snapshot chosen (the storage is
+        # untrusted, and a damaged record is what an attacker or bit rot leaves).
+        warnings.extend(records.damaged)
+        warnings.append(
+            f"{plural(len(records.damaged), 'verification record')} cannot be read, so the "
+            f"verification state of snapshot {snap.short_id} may be out of date; 'casbackup "
+            f"verify {snap.short_id}' settles it"
+        )
     if record is None or not record.ok:
         if not options.allow_unverified:
             raise UnverifiedSnapshot(

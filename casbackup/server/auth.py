@@ -56,6 +56,7 @@ PERMISSIONS: dict[str, str] = {
     "prune": "admin",
     "recover": "admin",
     "unlock": "admin",
+    "repair": "admin",  # repair packs / repair snapshots
     "users": "admin",
     "tokens": "admin",
     "audit": "admin",
@@ -67,7 +68,9 @@ PERMISSIONS: dict[str, str] = {
 # one application could mint an unscoped one (or an admin limited to 'shop' make a new admin
 # of everything), and the audit log, the config, check, prune and unlock concern every
 # application.
-SERVICE_WIDE = frozenset({"users", "tokens", "audit", "config", "check", "prune", "unlock"})
+SERVICE_WIDE = frozenset(
+    {"users", "tokens", "audit", "config", "check", "prune", "unlock", "repair"}
+)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,11 @@ log = logging.getLogger("casbackup.server.jobs")
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
-KINDS = ("backup", "verify", "check", "restore", "forget", "prune", "recover", "unlock")
+KINDS = ("backup", "verify", "check", "restore", "forget", "prune", "recover", "unlock", "repair")
+# Writers that take the repository's exclusive lock: they start only when no job of any kind
+# runs on the repository, and jobs queued after them wait (a reader's shared lock would make
+# them fail at once, and theirs would fail the reader).
+EXCLUSIVE = frozenset({"forget", "prune", "repair"})
 PROGRESS_INTERVAL_S = 1.0  # progress rows written to the database at most this often
 LOG_LIMIT = 2000  # log lines kept per job: a run with a million unreadable files stays bounded
 # The error of a job the service's own stop cancelled (not a user): the scheduler reruns it.
@@ -305,14 +309,24 @@ class JobManager:
                 rows = self.db.query("SELECT * FROM jobs WHERE state='queued' ORDER BY id")
                 chosen = None
                 blocked: set[str] = set(self._busy_repos)
+                in_use = {r.repo_queue for r in self._running.values()}
+                # No job starts on a repository an exclusive job holds or waits for.
+                held = {r.repo_queue for r in self._running.values() if r.exclusive}
                 for row in rows:
                     if row["id"] in self._running:
                         continue
-                    if row["kind"] in WRITERS:
-                        if self._queue_of(row["repo"]) in blocked:
+                    queue = self._queue_of(row["repo"])
+                    if queue in held:
+                        continue
+                    if row["kind"] in EXCLUSIVE:
+                        held.add(queue)  # whether it starts now or waits: later jobs wait
+                        if queue in blocked or queue in in_use:
+                            continue
+                    elif row["kind"] in WRITERS:
+                        if queue in blocked:
                             continue
                         # Later writers wait behind this one (FIFO).
-                        blocked.add(self._queue_of(row["repo"]))
+                        blocked.add(queue)
                     chosen = row
                     break
                 if chosen is None:
@@ -324,6 +338,8 @@ class JobManager:
                 if not claimed.rowcount:
                     continue  # cancelled between the query and now: look again
                 running = Running(chosen["id"])
+                running.repo_queue = self._queue_of(chosen["repo"])
+                running.exclusive = chosen["kind"] in EXCLUSIVE
                 if chosen["kind"] in WRITERS:
                     running.queue = self._queue_of(chosen["repo"])
                     self._busy_repos.add(running.queue)

@@ -1,9 +1,9 @@
-"""Repository maintenance as jobs: check, forget and prune (plan, then execute), unlock; the
+"""Repository maintenance as jobs: check, forget and prune (plan, then execute), unlock, repair; the
 repositories list, verification records and config reload."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -30,6 +30,16 @@ class ForgetRequest(BaseModel):
 class RepositoryRequest(BaseModel):
     repository: str = Field(DEFAULT, max_length=120)
     dry_run: bool = Field(True, description="plan only (the default); false: plan and execute")
+
+
+class RepairRequest(BaseModel):
+    repository: str = Field(DEFAULT, max_length=120)
+    what: Literal["packs", "snapshots"]
+    packs: list[str] = Field(
+        default_factory=list, max_length=1000,
+        description="what: packs: pack ids or unique prefixes, as a failed check names them",
+    )  # fmt: skip
+    dry_run: bool = Field(True, description="report only (the default); false: repair")
 
 
 class UnlockRequest(BaseModel):
@@ -123,6 +133,26 @@ def unlock(
 ) -> JobStarted:
     """Remove stale locks (dead processes on this host, or not refreshed for 30 minutes)."""
     return _repo_job(request, principal, "unlock", body.repository, {})
+
+
+@router.post("/api/repair", response_model=JobStarted, status_code=202)
+def repair(
+    body: RepairRequest, request: Request, principal: Principal = Depends(require("repair"))
+) -> JobStarted:
+    """``what: packs``: keep the intact blobs of damaged packs and drop the damaged ones from
+    the index, so that the next backup stores them again. ``what: snapshots``: rewrite the
+    snapshots that name data the repository no longer has, leaving it out. ``dry_run``
+    (default) reports only; the job's result lists what was (or would be) done."""
+    if body.what == "packs":
+        if not body.packs:
+            raise HTTPException(
+                400, "name the damaged packs to repair (as a failed check lists them)"
+            )
+        for name in body.packs:
+            if len(name) < 4 or len(name) > 64 or any(c not in "0123456789abcdef" for c in name):
+                raise HTTPException(400, f"{name[:70]!r} is not a pack id (4 to 64 hex digits)")
+    params = {"what": body.what, "packs": body.packs, "dry_run": body.dry_run}
+    return _repo_job(request, principal, "repair", body.repository, params)
 
 
 @router.get("/api/repositories", response_model=list[RepositoryOut])

@@ -28,7 +28,7 @@ from typing import Any
 from casbackup.units import format_run_time
 
 CANCEL_GRACE_S = 30.0  # after SIGINT, how long a worker may take before it is killed
-WRITERS = frozenset({"backup", "verify", "forget", "prune", "unlock"})
+WRITERS = frozenset({"backup", "verify", "forget", "prune", "unlock", "repair"})
 # Jobs with a maximum run time: the writers hold their repository's queue, a check its
 # schedule (never two at once). A restore or recover holds neither, and a person watches it.
 TIMED = WRITERS | {"check"}
@@ -46,6 +46,8 @@ class Running:
     stop_sent: bool = False  # its one SIGINT: a second would make the worker exit at once
     by_service: bool = False  # the service's stop cancelled it, not a user
     queue: str | None = None  # the repository identity it holds (a writer), see jobs.py
+    repo_queue: str | None = None  # the repository identity it runs on (any job)
+    exclusive: bool = False  # it takes the repository's exclusive lock (jobs.EXCLUSIVE)
     killed: bool = False  # it did not stop within CANCEL_GRACE_S of the SIGINT
     timer: threading.Timer | None = None  # the maximum run time's
     _lock: threading.Lock = field(default_factory=threading.Lock)

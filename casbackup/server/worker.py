@@ -401,7 +401,34 @@ def run_unlock_job(job: Job) -> dict[str, Any]:
     return {"removed": result.removed, "kept": result.kept, "failed": result.failed}
 
 
-WRITING_KINDS = frozenset({"backup", "verify", "forget", "prune"})  # they store new objects
+def run_repair_job(job: Job) -> dict[str, Any]:
+    """``repair packs`` or ``repair snapshots`` (params: what, packs, dry_run), as the CLI."""
+    from casbackup.verify.repair_packs import repair_packs, resolve_packs
+    from casbackup.verify.repair_snapshots import repair_snapshots
+
+    dry_run = bool(job.params.get("dry_run"))
+    with job.repo.locked(exclusive=True, command="serve: repair"):
+        if job.params.get("what") == "packs":
+            packs = resolve_packs(job.repo, list(job.params.get("packs") or []))
+            result = repair_packs(job.repo, packs, dry_run=dry_run, reporter=job.reporter)
+            return {
+                "what": "packs", "dry_run": dry_run,
+                "packs": [{"pack": p.pack, "missing": p.missing, "salvaged": p.salvaged,
+                           "dropped": len(p.dropped)} for p in result.packs],
+                "packs_written": len(result.packs_written), "packs_deleted": result.packs_deleted,
+            }  # fmt: skip
+        done = repair_snapshots(job.repo, dry_run=dry_run, reporter=job.reporter)
+        return {
+            "what": "snapshots", "dry_run": dry_run, "checked": done.checked,
+            "repaired": [{"snapshot": r.old, "new": r.new, "app": r.app, "time": r.time,
+                          "removed": r.removed[:AFFECTED_KEPT], "removed_count": len(r.removed)}
+                         for r in done.repaired],
+        }  # fmt: skip
+
+
+WRITING_KINDS = frozenset(
+    {"backup", "verify", "forget", "prune", "repair"}
+)  # they store new objects
 
 OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "backup": run_backup_job,
@@ -412,6 +439,7 @@ OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "prune": run_prune_job,
     "recover": run_recover_job,
     "unlock": run_unlock_job,
+    "repair": run_repair_job,
 }
 
 

@@ -227,6 +227,36 @@ def _sqlite_counts(path: str) -> dict[str, int]:
     return get_engine("sqlite").row_counts(DatabaseSpec(name="verify", engine="sqlite", path=path))
 
 
+def no_server_message(engine_name: str, name: str, stored: str) -> str:
+    return (
+        f"no {engine_name} server to load the dump into: give one with --db-server "
+        f"{engine_name}=URL or define database {name!r} in the config (the snapshot "
+        f"says it lived at {stored}; a snapshot never chooses where casbackup connects)"
+    )
+
+
+def server_problem(record: DatabaseRecord, server: DatabaseSpec | None, stored: str) -> str | None:
+    """Why the dump of `record` cannot be loaded here whatever it holds (no scratch server
+    named, the engine's tools missing, the server unreachable or refusing this user), or
+    None: an SQLite dump needs no server. Asks the server to drop a scratch database that
+    cannot exist (a random name), which proves the connection and the right to drop the
+    scratch database afterwards, and changes nothing."""
+    engine_name = canonical_engine_name(record.engine)
+    if engine_name == "sqlite":
+        return None
+    if server is None:
+        return no_server_message(engine_name, record.name, stored)
+    try:
+        engine = get_engine(engine_name)
+        engine.check_available()
+        probe = f"{SCRATCH_PREFIX}probe_{secrets.token_hex(6)}"  # never created
+        engine.drop(replace(server, name=record.name, engine=engine_name, database=probe))
+    except CasError as exc:
+        text = str(exc).removeprefix(f"database {record.name!r}: ")  # the caller names it
+        return f"the {engine_name} server for scratch databases cannot be used: {text}"
+    return None
+
+
 def _load_into_scratch(
     record: DatabaseRecord,
     engine_name: str,
@@ -236,11 +266,7 @@ def _load_into_scratch(
     warnings: list[str],
 ) -> dict[str, int]:
     if server is None:
-        raise CasError(
-            f"no {engine_name} server to load the dump into: give one with --db-server "
-            f"{engine_name}=URL or define database {record.name!r} in the config (the snapshot "
-            f"says it lived at {stored}; a snapshot never chooses where casbackup connects)"
-        )
+        raise CasError(no_server_message(engine_name, record.name, stored))
     engine = get_engine(engine_name)
     spec = replace(server, name=record.name, engine=engine_name, database=scratch_name())
     try:

@@ -4,7 +4,11 @@ Steps: restore the whole snapshot into a private folder; compare the folder with
 (names, types, sizes, symlink targets, every file's BLAKE3 re-read from disk); check the
 application's required key files; load every database dump (see `dumps.py`). The outcome is
 stored in the repository as a verification record (`records.py`) whether it passed or not;
-`VerifyResult.raise_if_failed()` turns a failed one into `VerificationFailed`.
+`VerifyResult.raise_if_failed()` turns a failed one into `VerificationFailed`. What this
+machine lacks is no finding about the snapshot and is never recorded (a failed record would
+override an earlier pass, and recover would pass over a sound snapshot): a server for scratch
+databases that is not named or cannot be used stops the verification before it starts
+(DatabaseError), a sandbox that runs out of room stops it as a storage error.
 
 A snapshot never steers a verification: every path it stores (dump paths, required files) is
 resolved inside the restored tree, never through a symlink, and refused (named) otherwise;
@@ -31,18 +35,26 @@ from typing import TYPE_CHECKING, Any
 
 from casbackup import __version__
 from casbackup.archiver.restore import RestoreOptions, restore
+from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name
-from casbackup.errors import CasError, Interrupted, StorageError, VerificationFailed
+from casbackup.errors import (
+    CasError,
+    DatabaseError,
+    Interrupted,
+    StorageError,
+    VerificationFailed,
+)
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import Snapshot, now_utc
+from casbackup.repo.snapshot import DatabaseRecord, Snapshot, now_utc
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
-from casbackup.units import plural
+from casbackup.units import human_bytes, plural
 from casbackup.verify.compare import Comparison, compare_tree
 from casbackup.verify.dumps import (
     check_dump,
     definition_specs,
     record_problem,
     resolve_in_tree,
+    server_problem,
     stored_location,
 )
 from casbackup.verify.records import DatabaseCheck, Failure, VerificationRecord, save_record
@@ -209,9 +221,20 @@ def run_verification(
     options: VerifyOptions = VerifyOptions(),
     reporter: Reporter = NULL_REPORTER,
 ) -> VerifyResult:
-    """Verify; store and return the record. Findings never raise here (see raise_if_failed)."""
+    """Verify; store and return the record. Findings never raise here (see raise_if_failed);
+    what keeps this machine from verifying does, and stores nothing: DatabaseError (no
+    usable scratch server for a dump), StorageError (the store or the sandbox failed),
+    Interrupted."""
     started, _ = now_utc()
     clock = time.monotonic()
+    unusable = _unusable_servers(snapshot, options)
+    if unusable:
+        # This machine cannot load a dump, whatever the dump holds: recorded as a failure
+        # it would override an earlier pass and make recover skip a sound snapshot.
+        raise DatabaseError(
+            f"snapshot {snapshot.short_id} could not be verified, nothing was recorded: "
+            + "; ".join(unusable)
+        )
     if options.sandbox_dir:
         os.makedirs(options.sandbox_dir, exist_ok=True)
     sandbox = tempfile.mkdtemp(prefix="casbackup-verify-", dir=options.sandbox_dir or None)
@@ -273,6 +296,15 @@ def _verify_in(
         raise KeyboardInterrupt from None
     except StorageError:
         raise  # the store failed (permissions, I/O): nothing was verified, nothing failed
+    except RestoreStopped as exc:
+        # The sandbox took no more data (full, over quota): this machine's limit, not the
+        # snapshot's fault. Recorded as a failure it would override an earlier pass and
+        # make recover skip a sound snapshot, so nothing is recorded.
+        raise StorageError(
+            f"snapshot {snapshot.short_id} could not be verified, nothing was recorded: "
+            f"{exc} (the snapshot holds {human_bytes(snapshot.summary.bytes_total)}: give "
+            "--sandbox a folder with room for it)"
+        ) from None
     except CasError as exc:
         # A restore that stops (an unreadable root tree) leaves whatever it wrote; the
         # comparison below names everything that is missing because of it.
@@ -309,6 +341,31 @@ def _verify_in(
     return comparison, databases, warnings
 
 
+def _server_for(record: DatabaseRecord, options: VerifyOptions) -> DatabaseSpec | None:
+    """Where the scratch database for `record`'s dump goes: the command line's server for
+    its engine, else the local config's definition of the database (of the same engine)."""
+    engine = canonical_engine_name(record.engine)
+    server = options.db_servers.get(engine) or options.databases.get(record.name)
+    if server is not None and server.engine and canonical_engine_name(server.engine) != engine:
+        return None
+    return server
+
+
+def _unusable_servers(snapshot: Snapshot, options: VerifyOptions) -> list[str]:
+    """'database NAME: why' for each dump of `snapshot` that no usable server here could
+    load (see dumps.server_problem); malformed records are left to the check itself."""
+    stored = definition_specs(snapshot.app_definition)
+    out = []
+    for record in snapshot.databases:
+        if record_problem(record) is not None:
+            continue
+        where = stored_location(stored.get(record.name))
+        problem = server_problem(record, _server_for(record, options), where)
+        if problem is not None:
+            out.append(f"database {record.name!r}: {problem}")
+    return out
+
+
 def _check_databases(
     snapshot: Snapshot,
     options: VerifyOptions,
@@ -332,9 +389,7 @@ def _check_databases(
             ))  # fmt: skip
             continue
         reporter.info(f"loading database dump {record.name} ({engine})")
-        server = options.db_servers.get(engine) or options.databases.get(record.name)
-        if server is not None and server.engine and canonical_engine_name(server.engine) != engine:
-            server = None
+        server = _server_for(record, options)
         outcome = check_dump(record, files, server, stored_location(stored.get(record.name)))
         checks.append(outcome.check)
         warnings.extend(outcome.warnings)

@@ -244,3 +244,33 @@ def test_the_check_refuses_exactly_what_the_tool_would_miss(
         assert truth == WHOLE and all(o in data for o in OBJECTS)
     finally:
         mariadb(f"DROP USER IF EXISTS '{user}'@'%';")
+
+
+def test_a_definer_without_a_listing_grant_can_say_its_routines_are_its_own(
+    my_database: str,
+) -> None:
+    """The definer of every routine sees them all, but the server hides whether any other
+    exists, so the check cannot know; options.own_routines = true says so, and only the
+    routine check is skipped (a missing TRIGGER still refuses)."""
+    user = unique("casb_def")
+    mariadb(
+        f"CREATE USER '{user}'@'%'; GRANT {LIMITED} ON {my_ident(my_database)}.* TO '{user}'@'%';"
+    )
+    try:
+        mariadb("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1);"
+                "CREATE TRIGGER t_bi BEFORE INSERT ON t FOR EACH ROW SET NEW.id = NEW.id + 0;"
+                f"CREATE DEFINER = '{user}'@'%' PROCEDURE p() SELECT 1;", my_database)  # fmt: skip
+        with pytest.raises(DatabaseError, match="set options.own_routines = true") as exc:
+            dump(my_spec(my_database, user=user))
+        assert "triggers nor its stored procedures" in str(exc.value)
+        own = my_spec(my_database, user=user, options={"own_routines": "true"})
+        with pytest.raises(DatabaseError, match="may not see .*'s triggers, which") as exc:
+            dump(own)
+        assert "own_routines" not in str(exc.value)
+        mariadb(f"GRANT TRIGGER ON {my_ident(my_database)}.* TO '{user}'@'%';")
+        data = dump(own)
+        assert b"t_bi" in data and b"PROCEDURE `p`" in data
+        with pytest.raises(DatabaseError, match="own_routines must be true or false"):
+            dump(my_spec(my_database, user=user, options={"own_routines": "mine"}))
+    finally:
+        mariadb(f"DROP USER IF EXISTS '{user}'@'%';")

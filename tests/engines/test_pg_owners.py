@@ -148,6 +148,17 @@ def test_owner_statements_are_each_entrys_last_statement_only() -> None:
     ]
 
 
+def test_the_last_entrys_owner_is_found_before_the_dumps_closing_comment() -> None:
+    """Found by recovering a database whose only table was owned by a role the target
+    server lacked: no warning, and the table silently belonged to the restoring user."""
+    text = (
+        "--\n-- Name: t; Type: TABLE; Schema: public; Owner: gone\n--\n\n"
+        "CREATE TABLE public.t (\n    id integer\n);\n\n\nALTER TABLE public.t OWNER TO gone;\n\n"
+        "--\n-- PostgreSQL database dump complete\n--\n\n"
+    )
+    assert owner_statements(text) == ["ALTER TABLE public.t OWNER TO gone"]
+
+
 def test_database_statements_name_the_database_restored_into() -> None:
     text = (
         "--\n-- Name: shop; Type: DATABASE; Schema: -; Owner: o\n--\n\n"

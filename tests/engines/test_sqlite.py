@@ -210,3 +210,60 @@ def test_restore_onto_a_full_disk_names_the_target_and_leaves_nothing(tmp_path: 
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+_KILLED_CHILD = r"""
+import io, sys, time
+from casbackup.engines.base import DatabaseSpec
+from casbackup.engines.sqlite import SqliteEngine
+
+data = open(sys.argv[1], "rb").read()
+
+class Half(io.RawIOBase):
+    pos = 0
+    def readable(self):
+        return True
+    def readinto(self, b):
+        if self.pos >= len(data) // 2:
+            print("HALF", flush=True)
+            time.sleep(3600)
+        n = min(len(b), 4096, len(data) // 2 - self.pos)
+        b[:n] = data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+SqliteEngine().restore(DatabaseSpec(name="lite", engine="sqlite", path=sys.argv[2]), Half())
+"""
+
+
+def test_a_killed_restore_leaves_a_copy_that_the_next_restore_removes(tmp_path: Path) -> None:
+    """SIGKILLed mid-write, a restore left its temporary copy of the database beside the
+    target for good (a whole database's size, under a random name nobody swept)."""
+    source = tmp_path / "bank.db"
+    make_bank(source)
+    with SqliteEngine().dump(spec_for(source)) as stream:
+        data = read_in_pieces(stream)
+        stream.finish()
+    dump = tmp_path / "bank.dump"
+    dump.write_bytes(data)
+    target_dir = tmp_path / "live"
+    target_dir.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_CHILD, str(dump), str(target_dir / "bank.db")],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdout is not None and child.stdout.readline() == b"HALF\n"
+    # While it runs, another restore into the folder leaves its file alone.
+    SqliteEngine().restore(spec_for(target_dir / "other.db"), io.BytesIO(data))
+    left = [p.name for p in target_dir.iterdir() if p.name.startswith(".casbackup-")]
+    assert len(left) == 1
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    assert [p.name for p in target_dir.iterdir() if p.name.startswith(".casbackup-")] == left
+    info = SqliteEngine().restore(spec_for(target_dir / "bank.db"), io.BytesIO(data))
+    assert not [p for p in target_dir.iterdir() if p.name.startswith(".casbackup-")]
+    assert (
+        f"database 'bank': removed {left[0]} from {target_dir}, left by a restore that was killed"
+        in info.warnings
+    )

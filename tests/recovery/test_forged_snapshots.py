@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from casbackup.engines.base import DatabaseSpec
-from casbackup.errors import RecoveryError
+from casbackup.errors import DatabaseError, RecoveryError
 from casbackup.recovery.execute import recover
 from casbackup.recovery.plan import RecoverOptions, _dest_names
 from casbackup.repo.repository import Repository
@@ -116,12 +116,12 @@ def test_verify_loads_no_dump_into_a_server_the_snapshot_names(  # type: ignore[
 ) -> None:
     snap = forge(repo, databases=[pg_record()], definition=hostile_definition(listener, secret),
                  dumps={"orders.pgdump": b"PGDMP"})  # fmt: skip
-    rec = run_verification(repo, snap, VerifyOptions(sandbox_dir=str(tmp_path / "sb"))).record
+    with pytest.raises(DatabaseError) as exc:
+        run_verification(repo, snap, VerifyOptions(sandbox_dir=str(tmp_path / "sb")))
     assert settled(listener) == 0 and not secret.read()
-    (check,) = rec.databases
-    assert not check.ok and not rec.ok
-    assert "no postgresql server" in check.problem and "--db-server" in check.problem
-    assert f"127.0.0.1:{listener.port}" in check.problem  # shown, not used
+    problem = str(exc.value)  # no server here: nothing verified, nothing recorded
+    assert "no postgresql server" in problem and "--db-server" in problem
+    assert f"127.0.0.1:{listener.port}" in problem  # shown, not used
 
 
 def test_verify_cli_uses_the_config_server_not_the_snapshots(  # type: ignore[no-untyped-def]
@@ -142,7 +142,8 @@ def test_verify_cli_uses_the_config_server_not_the_snapshots(  # type: ignore[no
         assert settled(local) >= 1  # the configured server was tried (and is no PostgreSQL)
     finally:
         local.close()
-    assert res.code == 28 and "database orders" in res.err
+    # The configured server is no PostgreSQL: nothing verified, nothing recorded (27).
+    assert res.code == 27 and "database 'orders': the postgresql server" in res.err
     assert settled(listener) == 0
     if secret.atime_works:
         assert not secret.read()

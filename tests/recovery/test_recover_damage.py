@@ -18,7 +18,7 @@ from casbackup.recovery.plan import RecoverOptions, build_plan
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.testing.fixtures import flip_stored_byte, open_repo
-from casbackup.verify.sandbox import run_verification
+from casbackup.verify.sandbox import VerifyOptions, run_verification
 from tests.verify.apps import backup, corrupt_file, make_app
 
 
@@ -100,3 +100,29 @@ def test_no_advice_without_an_older_verified_snapshot(  # type: ignore[no-untype
     with pytest.raises(RecoveryError) as exc:
         recover(open_repo(repo_path), RecoverOptions(app="shop", target=str(tmp_path / "t")))
     assert "cannot be read" in str(exc.value) and "--snapshot" not in str(exc.value)
+
+
+def test_an_unreadable_verification_record_is_said(  # type: ignore[no-untyped-def]
+    repo, repo_path: str, tmp_path: Path, two, monkeypatch
+) -> None:
+    """The newest verification of the chosen snapshot failed, and that record was damaged
+    afterwards: a machine that never saw it (a rebuilt one) trusts the older passing record,
+    so the plan must at least say that a record could not be read."""
+    app, _first, second = two
+    failed = run_verification(repo, second, VerifyOptions(required_files=("no/such/file",)))
+    assert not failed.ok
+    path = Path(repo_path) / "verifications" / failed.record.id
+    os.chmod(path, 0o600)
+    path.write_bytes(path.read_bytes()[:-5])  # truncated: unreadable
+    # A machine that never saw the record (else it notices the record is gone: records.py).
+    monkeypatch.setenv("CASBACKUP_STATE_DIR", str(tmp_path / "rebuilt-state"))
+    plan = build_plan(open_repo(repo_path), RecoverOptions(app="shop", target=str(tmp_path / "t")))
+    assert plan.snapshot.id == second.id
+    assert any(
+        f"verification record {failed.record.id[:8]} is unreadable" in w for w in plan.warnings
+    )
+    assert any(
+        f"verification state of snapshot {second.short_id} may be out of date" in w
+        and f"casbackup verify {second.short_id}" in w
+        for w in plan.warnings
+    ), plan.warnings

@@ -428,6 +428,51 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     assert len(check["result"]["affected"]) == 2 and html.count(f"<li>{path}</li>") == 2
     assert has(html, TESTIDS["check_repair_hint"])
     assert f"casbackup repair packs {loc.pack[:12]}" in html
+    assert has(html, f"{TESTIDS['repair_button']}:packs")  # an admin may do it from here
+    login(env, "operator")
+    assert not has(env.client.get(f"/jobs/{check['id']}").text, f"{TESTIDS['repair_button']}:packs")
+
+    # The button's request: the damaged blob leaves the index, the intact ones stay.
+    csrf = login(env, "admin")
+    h = {"X-CSRF-Token": csrf}
+    body = {"what": "packs", "packs": check["result"]["repairable_packs"], "dry_run": False}
+    repair = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])
+    assert repair["state"] == "succeeded", repair
+    assert repair["result"]["packs"][0]["dropped"] == 1 and repair["result"]["packs_deleted"] == 1
+    assert "1 damaged blob dropped" in env.client.get(f"/jobs/{repair['id']}").text
+    # Now the data is missing (the source changed since): check offers repair snapshots.
+    Path(path).write_bytes(os.urandom(300_000))
+    backup(env, "shop")
+    again = wait_job(env, env.client.post("/api/check", json={}, headers=h).json()["job_id"])
+    assert again["state"] == "failed" and again["result"]["repairable_packs"] == []
+    html = env.client.get(f"/jobs/{again['id']}").text
+    assert "casbackup repair snapshots" in html and has(
+        html, f"{TESTIDS['repair_button']}:snapshots"
+    )
+    body = {"what": "snapshots", "dry_run": False}
+    fixed = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])
+    assert fixed["state"] == "succeeded" and len(fixed["result"]["repaired"]) == 2, fixed
+    assert path in env.client.get(f"/jobs/{fixed['id']}").text
+    final = wait_job(env, env.client.post("/api/check", json={}, headers=h).json()["job_id"])
+    assert final["state"] == "succeeded", final
+
+
+def test_repair_is_for_admins_of_the_whole_repository(env: Env) -> None:
+    backup(env, "shop")
+    body = {"what": "snapshots"}
+    for who in ("viewer", "operator", "scoped"):
+        assert env.client.post("/api/repair", json=body, headers=env.h(who)).status_code == 403
+    for bad in ({"what": "packs"}, {"what": "packs", "packs": ["zz99"]},
+                {"what": "packs", "packs": ["ab"]}, {"what": "everything"}):  # fmt: skip
+        r = env.client.post("/api/repair", json=bad, headers=env.h("admin"))
+        assert r.status_code in (400, 422), (bad, r.status_code)
+    r = env.client.post("/api/repair", json=body, headers=env.h("admin"))
+    done = wait_job(env, r.json()["job_id"])
+    assert (
+        done["state"] == "succeeded"
+        and done["result"]["repaired"] == []
+        and done["result"]["dry_run"]
+    )
 
 
 def test_repository_actions_and_their_job_pages(env: Env) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.server.conftest import Env
@@ -710,3 +712,39 @@ def test_a_failed_restore_drill_is_notified(tmp_path, monkeypatch) -> None:  # t
         "the check of repository default",
         "the verification of shop",
     ]
+
+
+def test_an_exclusive_job_waits_for_the_readers_of_its_repository(env: Env) -> None:
+    """Found on a real `serve`: 'Repair packs' clicked while a check still ran failed at once
+    ('repository is locked: shared lock ... (serve: check)'); prune and forget the same way,
+    and a check started during a prune failed too. Readers (check, restore, recover) run
+    side by side, but a job that takes the exclusive lock now waits until they are done,
+    and readers queued after it wait for it."""
+    import signal
+
+    first = env.client.post("/api/backup", json={"app_name": "shop"}, headers=env.h("admin"))
+    assert wait_job(env, first.json()["job_id"])["state"] == "succeeded"
+    check = env.client.post("/api/check", json={"read_data": True}, headers=env.h("admin"))
+    check_id = check.json()["job_id"]
+    jobs = env.service.jobs
+    locks = Path(env.repo) / "locks"
+    deadline = time.monotonic() + 60
+    while not any(locks.iterdir()):  # the check's worker holds its shared lock
+        assert time.monotonic() < deadline, "the check never took its lock"
+        time.sleep(0.02)
+    proc = jobs._running[check_id].proc
+    os.killpg(proc.pid, signal.SIGSTOP)  # the check stays running, lock held
+    try:
+        prune = env.client.post("/api/prune", json={"dry_run": False}, headers=env.h("admin"))
+        prune_id = prune.json()["job_id"]
+        later = env.client.post("/api/check", json={}, headers=env.h("admin")).json()["job_id"]
+        time.sleep(1.0)
+        states = {i: env.client.get(f"/api/jobs/{i}", headers=env.h("admin")).json()["state"]
+                  for i in (prune_id, later)}  # fmt: skip
+        assert states == {prune_id: "queued", later: "queued"}, states
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+    docs = [wait_job(env, i) for i in (check_id, prune_id, later)]
+    assert [d["state"] for d in docs] == ["succeeded"] * 3, docs
+    assert docs[0]["finished_at"] <= docs[1]["started_at"]  # prune after the check
+    assert docs[1]["finished_at"] <= docs[2]["started_at"]  # the later check after prune

@@ -55,6 +55,7 @@ RULES: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/api/forget"): ("forget", True),
     ("POST", "/api/prune"): ("prune", False),
     ("POST", "/api/unlock"): ("unlock", False),
+    ("POST", "/api/repair"): ("repair", False),
     ("GET", "/api/repositories"): ("view", False),
     ("GET", "/api/verifications"): ("view", False),
     ("GET", "/api/schedules"): ("view", False),

@@ -10,8 +10,9 @@ import pytest
 
 from casbackup.engines import postgresql
 from casbackup.engines.base import DatabaseSpec
-from casbackup.errors import Interrupted
+from casbackup.errors import DatabaseError, Interrupted
 from casbackup.verify import dumps as dumps_mod
+from casbackup.verify.records import list_records
 from casbackup.verify.sandbox import VerifyOptions, run_verification
 from tests.engines.conftest import (
     mariadb,
@@ -92,23 +93,37 @@ def test_a_dump_that_does_not_load_fails_and_its_scratch_database_is_dropped(  #
     assert len(names) == 2 and not set(names) & set(scratch_left())
 
 
-def test_no_server_for_a_dump_is_a_failure_not_a_pass(repo, tmp_path: Path, app_specs) -> None:  # type: ignore[no-untyped-def]
+def test_no_server_for_a_dump_is_never_a_pass_nor_a_recorded_failure(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, app_specs
+) -> None:
+    """This machine lacking a server says nothing about the snapshot: no record either way
+    (a failed one would override the snapshot's earlier pass, and recover skip it)."""
     app, _local = make_app(tmp_path)
     snap = backup(repo, app, app_specs[:1])
-    snap = replace(snap, app_definition={"name": "shop"})  # a definition without databases
-    rec = run_verification(repo, snap).record
-    assert not rec.ok
-    assert "no postgresql server" in rec.databases[0].problem
+    passed = run_verification(repo, snap, VerifyOptions(databases={"pg": app_specs[0]})).record
+    assert passed.ok
+    bare = replace(snap, app_definition={"name": "shop"})  # a definition without databases
+    with pytest.raises(DatabaseError) as exc:
+        run_verification(repo, bare)
+    assert exc.value.exit_code == 27
+    assert str(exc.value).startswith(
+        f"snapshot {snap.short_id} could not be verified, nothing was recorded: "
+        "database 'pg': no postgresql server to load the dump into: give one with --db-server"
+    )
+    assert [r.id for r in list_records(repo).records] == [passed.id]
 
 
-def test_an_unreachable_scratch_server_fails_cleanly(repo, tmp_path: Path, app_specs) -> None:  # type: ignore[no-untyped-def]
+def test_an_unreachable_scratch_server_records_nothing(repo, tmp_path: Path, app_specs) -> None:  # type: ignore[no-untyped-def]
     app, _local = make_app(tmp_path)
     snap = backup(repo, app, app_specs[:1])
     nowhere = DatabaseSpec(name="x", engine="postgresql", host="127.0.0.1", port=1,
                            user="postgres", options={"connect_timeout": "2"})  # fmt: skip
-    rec = run_verification(repo, snap, VerifyOptions(db_servers={"postgresql": nowhere})).record
-    assert not rec.ok and not rec.databases[0].ok
-    assert rec.databases[0].problem
+    with pytest.raises(DatabaseError) as exc:
+        run_verification(repo, snap, VerifyOptions(db_servers={"postgresql": nowhere}))
+    assert "database 'pg': the postgresql server for scratch databases cannot be used: " in str(
+        exc.value
+    )
+    assert list_records(repo).records == []
 
 
 @pytest.mark.parametrize("engine", ["postgresql", "mysql"])

@@ -65,6 +65,7 @@ TESTIDS: dict[str, str] = {
     "job_run_plan": "job-run-plan",
     "check_affected": "check-affected",  # :<snapshot id, 8 digits>
     "check_repair_hint": "check-repair-hint",
+    "repair_button": "repair-button",  # :packs | :snapshots
     # disaster recovery
     "recover_form": "recover-form",
     "recover_app": "recover-app",

@@ -1,0 +1,53 @@
+"""A sandbox that runs out of room is this machine's limit, not a failed snapshot.
+
+Recorded as a failed verification it would override the snapshot's earlier pass, and recover
+would pass over a sound snapshot; so nothing is recorded and the error says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from casbackup.errors import StorageError
+from casbackup.verify.records import latest_verification, list_records
+from casbackup.verify.sandbox import VerifyOptions, run_verification
+from tests.verify.apps import backup, make_app
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MB file system (needs root and the right to mount: skipped elsewhere)."""
+    where = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    where.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+                       check=True, capture_output=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("cannot mount a tmpfs here")
+    yield where
+    subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_full_sandbox_records_nothing(repo, tmp_path: Path, small_tmpfs: Path) -> None:  # type: ignore[no-untyped-def]
+    app, db = make_app(tmp_path)
+    for i in range(20):  # 2 MB: more than the sandbox's file system holds
+        (app / "data" / f"big{i:02d}.bin").write_bytes(os.urandom(100_000))
+    snap = backup(repo, app, [db])
+    passed = run_verification(repo, snap).record
+    assert passed.ok
+    with pytest.raises(StorageError) as exc:
+        run_verification(repo, snap, VerifyOptions(sandbox_dir=str(small_tmpfs)))
+    msg = str(exc.value)
+    assert exc.value.exit_code == 25
+    assert msg.startswith(f"snapshot {snap.short_id} could not be verified, nothing was recorded: ")
+    assert "takes no more data (No space left on device)" in msg and "--sandbox" in msg
+    assert [r.id for r in list_records(repo).records] == [passed.id]
+    latest = latest_verification(repo, snap.id)
+    assert latest is not None and latest.ok  # still verified: recover still uses it
+    assert os.listdir(small_tmpfs) == []  # the sandbox is gone
