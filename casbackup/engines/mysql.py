@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import BinaryIO
@@ -434,15 +434,21 @@ class MysqlEngine:
                 warnings.append(swept_warning(f"database {spec.name!r}", name, kind, exc))
         return warnings
 
-    def _load_new(self, spec: DatabaseSpec, stream: BinaryIO, defaults: str, mark: str) -> int:
-        """Create spec's database marked by table `mark` while it loads; drop it when the
-        load fails (it did not exist: dropping it leaves the server as it was)."""
+    def _load_new(
+        self, spec: DatabaseSpec, stream: BinaryIO, defaults: str, mark: str,
+        finish: Callable[[], object] | None = None,
+    ) -> int:  # fmt: skip
+        """Create spec's database marked by table `mark` while it loads (and `finish()`,
+        which checks the stream, runs); drop it when that fails (it did not exist: dropping
+        it leaves the server as it was)."""
         db = quote_ident(_require_db(spec))
         self._client(spec, f"CREATE DATABASE {db};")  # fails when another made it meanwhile
         try:
             self._client(spec, f"CREATE TABLE {db}.{quote_ident(mark)} (id INT) "
                                "COMMENT 'casbackup: a restore is loading this database';")  # fmt: skip
             fed = self._load(spec, stream, defaults)
+            if finish is not None:
+                finish()
             self._client(spec, f"DROP TABLE {db}.{quote_ident(mark)};")
         except BaseException:
             self._drop_quietly(spec)
@@ -468,7 +474,9 @@ class MysqlEngine:
 
     def _replace(self, spec: DatabaseSpec, loaded: str, defaults: str) -> None:
         """Drop spec's database and copy database `loaded` (whole) into its name, then drop
-        `loaded`. A copy that fails names `loaded`, which still holds the restored data."""
+        `loaded`. A copy that fails names `loaded`, which still holds the restored data (until
+        the next restore onto the server removes it), and leaves no half copy under the
+        database's name; one that is killed leaves it marked, for the next restore to remove."""
         db = _require_db(spec)
         try:
             self._client(spec, f"DROP DATABASE {quote_ident(db)};")
@@ -490,8 +498,8 @@ class MysqlEngine:
                 copy = ProcessDumpStream(argv, what=f"copy of database {loaded}", env=None,
                                          validate=validate, make_info=make_info, pass_fds=[fd])  # fmt: skip
             with copy:
-                self._load(spec, copy, defaults)
-                copy.finish()
+                # Marked while it fills, like a new database: never left half copied.
+                self._load_new(spec, copy, defaults, loaded, finish=copy.finish)
         except DatabaseError as exc:
             raise DatabaseError(
                 f"database {spec.name!r}: the restored data is in database {loaded}, which "

@@ -282,3 +282,40 @@ def test_my_dead_reads_rows() -> None:
     rows = [f"{b'casbackup_restore_0123456789ab'.hex()}\ttemporary",
             f"{b'shop'.hex()}\tnew", "zz\tnew", f"{b'x'.hex()}\tother"]  # fmt: skip
     assert my_dead(rows) == [("casbackup_restore_0123456789ab", "temporary"), ("shop", "new")]
+
+
+def test_my_a_failed_copy_into_place_leaves_no_half_database(
+    my_database: str, my_cleanup: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MariaDB cannot rename a database: --overwrite drops the old one and copies the loaded
+    temporary into its name. A copy that broke left a half copy there, looking like the
+    user's database; now it leaves none, and the temporary holds the data as the message
+    says (the next restore onto the server removes it)."""
+    from casbackup.engines import mysql
+
+    data, _ = my_dump(my_database, tmp_path)
+
+    class BreakingCopy(mysql.ProcessDumpStream):
+        seen = 0
+
+        def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+            n = super().readinto(b)
+            self.seen += n
+            if self.seen > len(data) // 2:
+                raise DatabaseError("the copy broke")
+            return n
+
+    monkeypatch.setattr(mysql, "ProcessDumpStream", BreakingCopy)
+    with pytest.raises(
+        DatabaseError, match=r"the restored data is in database (casbackup_restore_\w+)"
+    ) as exc:
+        MysqlEngine().restore(my_spec(my_database), io.BytesIO(data), overwrite=True)
+    temp = str(exc.value).split("in database ", 1)[1].split(",", 1)[0]
+    my_cleanup.append(temp)
+    assert not my_exists(my_database)  # no half copy under the user's name
+    assert MysqlEngine().row_counts(my_spec(temp)) == my.EXPECTED
+    monkeypatch.undo()
+    again = unique("casb_again")
+    my_cleanup.append(again)
+    info = MysqlEngine().restore(my_spec(again), io.BytesIO(data))
+    assert not my_exists(temp) and any(temp in w for w in info.warnings)
