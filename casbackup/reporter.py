@@ -18,6 +18,9 @@ class Progress:
     bytes_total: int | None = None
     current: str = ""
     errors: int = 0
+    # What files_done/files_total count, singular: most phases count files, but check's read
+    # data and prune's phases count packs, stats and repair snapshots count snapshots.
+    unit: str = "file"
 
 
 class Reporter:

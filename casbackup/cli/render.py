@@ -113,13 +113,13 @@ class CliReporter(Reporter):
                     "message_type": "status", "phase": progress.phase, "files_done": progress.files_done,
                     "files_total": progress.files_total, "bytes_done": progress.bytes_done,
                     "bytes_total": progress.bytes_total, "seconds_elapsed": round(elapsed, 1),
-                    "errors": progress.errors,
+                    "errors": progress.errors, "unit": progress.unit,
                 })  # fmt: skip
             return
         if not self.live:
             return
         rate = progress.bytes_done / elapsed
-        text = f"[{elapsed:6.1f}s] {progress.phase}: {plural(progress.files_done, 'file')}, {human_bytes(progress.bytes_done)}"
+        text = f"[{elapsed:6.1f}s] {progress.phase}: {plural(progress.files_done, progress.unit)}, {human_bytes(progress.bytes_done)}"
         if progress.bytes_total and progress.bytes_done <= progress.bytes_total:
             pct = 100.0 * progress.bytes_done / max(progress.bytes_total, 1)
             left = (progress.bytes_total - progress.bytes_done) / rate if rate > 0 else 0

@@ -96,7 +96,7 @@ def execute_prune(
         plan.close()
     doomed = [(u.pack, u.size) for u in (*plan.delete, *plan.repack)] if plan.rewrite_index else []
     doomed += list(plan.unindexed)
-    progress = Progress(phase="deleting packs", files_total=len(doomed))
+    progress = Progress(phase="deleting packs", files_total=len(doomed), unit="pack")
     for pack, size in doomed:
         if _delete(repo, pack_name(pack)):
             result.packs_deleted += 1
@@ -236,7 +236,10 @@ class _Copier:
         # Trees and data stay in separate packs, as the backup writes them (repo_format.md).
         self.writers = {Kind.DATA: PackWriter(), Kind.TREE: PackWriter()}
         self.progress = Progress(
-            phase="repacking", files_total=len(plan.repack), bytes_total=plan.bytes_rewritten
+            phase="repacking",
+            files_total=len(plan.repack),
+            bytes_total=plan.bytes_rewritten,
+            unit="pack",
         )
 
     def _store(self, w: PackWriter) -> None:

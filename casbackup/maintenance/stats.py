@@ -66,7 +66,7 @@ def snapshot_stats(
     bases: set[BlobId] = set()  # stored only as bases: counted in "stored", not in "unique"
     packs: set[FileId] = set()
     totals = {"unique": 0, "stored": 0, "tree_stored": 0, "deltas": 0}
-    progress = Progress(phase="walking snapshots", files_total=len(snapshots))
+    progress = Progress(phase="walking snapshots", files_total=len(snapshots), unit="snapshot")
 
     def open_tree(tree_id: BlobId) -> _Frame:
         loc = repo.locate(tree_id)

@@ -67,7 +67,7 @@ def collect_used_blobs(
     walked: set[bytes] = set()  # apart from ``into``: a chunk id must never stop a tree walk
     stack: list[BlobId] = [s.root for s in snapshots]
     stack.extend(extra_trees)
-    progress = Progress(phase="finding used data", files_total=len(snapshots))
+    progress = Progress(phase="finding used data", files_total=len(snapshots), unit="snapshot")
     while stack:
         tree_id = stack.pop()
         if tree_id in walked:

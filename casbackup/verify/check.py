@@ -345,7 +345,10 @@ class Checker(SnapshotWalk):
         if limit is not None:
             chosen = state.order(chosen)
         progress = Progress(
-            phase="read data", files_total=len(chosen), bytes_total=sum(packs[p] for p in chosen)
+            phase="read data",
+            files_total=len(chosen),
+            bytes_total=sum(packs[p] for p in chosen),
+            unit="pack",
         )
         started = time.monotonic()
 

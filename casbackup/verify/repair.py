@@ -59,7 +59,7 @@ def repair_index(
                     packs[pack] = entries
     result.packs_from_index = len(packs)
     missing = sorted(set(present) - set(packs))
-    progress = Progress(phase="reading pack headers", files_total=len(missing))
+    progress = Progress(phase="reading pack headers", files_total=len(missing), unit="pack")
     for pack in missing:
         try:
             header = read_header(repo.backend.get, pack_name(pack), present[pack], repo.opener)

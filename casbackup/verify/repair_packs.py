@@ -144,7 +144,7 @@ def repair_packs(
                     entries[pack][blob_id] = (kind, offset, stored, raw)
             else:
                 kept_sections.append((pack, records))
-    progress = Progress(phase="salvaging packs", files_total=len(packs))
+    progress = Progress(phase="salvaging packs", files_total=len(packs), unit="pack")
     writers: dict[Kind, PackWriter] = {Kind.DATA: PackWriter(), Kind.TREE: PackWriter()}
     new_sections: list[tuple[FileId, bytes]] = []
 

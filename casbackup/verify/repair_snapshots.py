@@ -85,7 +85,7 @@ def repair_snapshots(
     ids = snapshot_ids if snapshot_ids is not None else repo.usable_snapshot_ids()
     snaps = [repo.load_snapshot(fid) for fid in ids]
     walker = _TreeRepair(repo, dry_run)
-    progress = Progress(phase="repairing snapshots", files_total=len(snaps))
+    progress = Progress(phase="repairing snapshots", files_total=len(snaps), unit="snapshot")
     existing = {(s.start_ns, s.app, s.tree): s.id for s in snaps if REPAIRED_TAG in s.tags}
     for snap in sorted(snaps, key=lambda s: (s.start_ns, s.id)):
         result.checked += 1

@@ -119,7 +119,8 @@
       else bar.removeAttribute("value"); // indeterminate while the total is unknown
       const files = p.files_total ? `${p.files_done}/${p.files_total}` : `${p.files_done}`;
       const bytes = p.bytes_total ? `${size(p.bytes_done)} of ${size(p.bytes_total)}` : size(p.bytes_done);
-      const word = !p.files_total && p.files_done === 1 ? "file" : "files";
+      const unit = p.unit || "file";  // what files_done counts: file, pack or snapshot
+      const word = !p.files_total && p.files_done === 1 ? unit : unit + "s";
       box.querySelector(".pdetail").textContent = `${p.phase || ""} · ${files} ${word} · ${bytes}`;
       let rate = NaN;
       if (prev && now - prev.t >= 1 && p.bytes_done >= prev.bytes) rate = (p.bytes_done - prev.bytes) / (now - prev.t);
