@@ -235,9 +235,17 @@ def run_verification(
             f"snapshot {snapshot.short_id} could not be verified, nothing was recorded: "
             + "; ".join(unusable)
         )
-    if options.sandbox_dir:
-        os.makedirs(options.sandbox_dir, exist_ok=True)
-    sandbox = tempfile.mkdtemp(prefix="casbackup-verify-", dir=options.sandbox_dir or None)
+    try:
+        if options.sandbox_dir:
+            os.makedirs(options.sandbox_dir, exist_ok=True)
+        sandbox = tempfile.mkdtemp(prefix="casbackup-verify-", dir=options.sandbox_dir or None)
+    except OSError as exc:
+        where = options.sandbox_dir or tempfile.gettempdir()
+        raise StorageError(
+            f"snapshot {snapshot.short_id} could not be verified, nothing was recorded: the "
+            f"sandbox cannot be made in {where}: {exc.strerror or exc} (give --sandbox a "
+            "folder this user can write)"
+        ) from None
     try:
         found = _verify_in(repo, snapshot, options, reporter, sandbox)
     except KeyboardInterrupt:

@@ -51,3 +51,21 @@ def test_a_full_sandbox_records_nothing(repo, tmp_path: Path, small_tmpfs: Path)
     latest = latest_verification(repo, snap.id)
     assert latest is not None and latest.ok  # still verified: recover still uses it
     assert os.listdir(small_tmpfs) == []  # the sandbox is gone
+
+
+def test_a_sandbox_that_cannot_be_made_is_one_line_and_records_nothing(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path
+) -> None:
+    """Found with --sandbox on a read-only file system: 'error: Read-only file system:
+    /mnt/ro/sb', exit 1, naming neither the snapshot nor what to do."""
+    app, db = make_app(tmp_path)
+    snap = backup(repo, app, [db])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StorageError) as exc:
+        run_verification(repo, snap, VerifyOptions(sandbox_dir=str(tmp_path / "afile" / "sb")))
+    assert str(exc.value) == (
+        f"snapshot {snap.short_id} could not be verified, nothing was recorded: the sandbox "
+        f"cannot be made in {tmp_path / 'afile' / 'sb'}: Not a directory (give --sandbox a "
+        "folder this user can write)"
+    )
+    assert list_records(repo).records == []
