@@ -15,15 +15,8 @@ apply inside each worker, so a CLI run at the same time is kept out the usual wa
 Each job is a thread here that starts ``python -m casbackup.server.worker``, feeds it the job
 (password over the pipe), and turns its JSON lines into progress rows, log rows and events.
 Stopping a job (a user's cancel, the service's stop, or its maximum run time) is what Ctrl-C
-does to ``casbackup backup`` at a terminal: one SIGINT to the worker's process group, the
-worker and the database tools it runs alike, so a dump blocked on a table lock ends too. The
-worker stops at a safe point and keeps what it committed; one that has not ended
-``CANCEL_GRACE_S`` later is killed with its group (its repository lock is then a dead
-process's, which the next locker ignores or removes: repo/lock.py).
-
-Maximum run time: a job that holds its repository's queue or its schedule (``TIMED``) is
-stopped after its application's ``max_run_time`` (else the service's ``--max-run-time``,
-24 h) and recorded failed with the reason: a hung backup must not skip every later run.
+does to ``casbackup backup`` at a terminal, to the worker and its database tools alike:
+running.py.
 
 A failed backup's notifiers hear of it from the worker (``BackupNotice``), or from here
 (notices.py) when the worker could not tell them; so do those of a backup the service's stop
@@ -33,7 +26,6 @@ cut short, during the stop or at the next start.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import os
@@ -42,13 +34,14 @@ import sqlite3
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import casbackup.server.running as running_mod
 from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, CasError, NotFound, UsageError
 from casbackup.server.notices import Notices
+from casbackup.server.running import WRITERS, Log, Running, max_run_time
 from casbackup.threadsig import quiet_thread
-from casbackup.units import format_run_time, plural
+from casbackup.units import plural
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -58,36 +51,15 @@ log = logging.getLogger("casbackup.server.jobs")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 KINDS = ("backup", "verify", "check", "restore", "forget", "prune", "recover", "unlock", "repair")
-WRITERS = frozenset({"backup", "verify", "forget", "prune", "unlock", "repair"})
 # Writers that take the repository's exclusive lock: they start only when no job of any kind
 # runs on the repository, and jobs queued after them wait (a reader's shared lock would make
 # them fail at once, and theirs would fail the reader).
 EXCLUSIVE = frozenset({"forget", "prune", "repair"})
-# Jobs with a maximum run time: the writers hold their repository's queue, a check its
-# schedule (never two at once). A restore or recover holds neither, and a person watches it.
-TIMED = WRITERS | {"check"}
 PROGRESS_INTERVAL_S = 1.0  # progress rows written to the database at most this often
 LOG_LIMIT = 2000  # log lines kept per job: a run with a million unreadable files stays bounded
-CANCEL_GRACE_S = 30.0  # after SIGINT, how long a worker may take before it is killed
 # The error of a job the service's own stop cancelled (not a user): the scheduler reruns it.
 STOPPED_DURING = "the service stopped during this job"
 NOTIFY_AT_STOP_S = 20.0  # how long a stop waits for the notifiers of the backups it cut short
-
-
-@dataclass
-class Running:
-    job_id: int
-    proc: subprocess.Popen[bytes] | None = None
-    cancel_requested: bool = False
-    notified: bool = False  # the worker told the application's notifiers of a failure
-    timed_out: str | None = None  # why it was stopped for running too long (the job's error)
-    stop_sent: bool = False  # its one SIGINT: a second would make the worker exit at once
-    by_service: bool = False  # the service's stop cancelled it, not a user
-    queue: str | None = None  # the repository identity it holds (a writer), see _dispatch
-    repo_queue: str | None = None  # the repository identity it runs on (any job)
-    exclusive: bool = False  # it takes the repository's exclusive lock (EXCLUSIVE)
-    killed: bool = False  # it did not stop within CANCEL_GRACE_S of the SIGINT
-    timer: threading.Timer | None = None  # the maximum run time's
 
 
 def _now_iso(t: float | None) -> str | None:
@@ -160,7 +132,7 @@ class JobManager:
         self.notices.send_owed(only_if_delivered=False)
         return cur.rowcount
 
-    def shutdown(self, timeout: float = CANCEL_GRACE_S) -> None:
+    def shutdown(self, timeout: float | None = None) -> None:
         """Cancel running jobs (recorded as cancelled) and mark queued ones interrupted."""
         with self._lock:
             self._stopping = True
@@ -170,14 +142,14 @@ class JobManager:
             # (still importing, say) is then recorded cancelled, not failed.
             r.by_service = not r.cancel_requested  # a user's cancel stays the user's
             r.cancel_requested = True
-            self._stop(r, "the service is stopping")
-        deadline = time.monotonic() + timeout
+            r.stop("the service is stopping", self._logger(r.job_id))
+        deadline = time.monotonic() + (running_mod.CANCEL_GRACE_S if timeout is None else timeout)
         for t in list(self._threads):
             t.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             leftovers = list(self._running.values())
         for r in leftovers:
-            self._signal(r, signal.SIGKILL)
+            r.signal(signal.SIGKILL)
         for t in list(self._threads):
             t.join(5)
         waiting = self.db.query(
@@ -322,67 +294,9 @@ class JobManager:
                 raise UsageError(f"job {job_id} has already finished ({doc['state']})")
             return doc
         r.cancel_requested = True
-        self._stop(r, "cancelled")
+        r.stop("cancelled", self._logger(job_id))
         self._log(job_id, "info", "cancel requested")
         return self.get(job_id)
-
-    def _stop(self, r: Running, reason: str) -> None:
-        """Stop a running job (see the module's docstring): the worker is told why on its
-        stdin first, so that it does not report the failure the stop causes (a database tool
-        ended by the signal) to its notifiers as a failure of its own; then one SIGINT to its
-        process group, and SIGKILL to the group if it is still there CANCEL_GRACE_S later.
-        Does nothing before the worker has its job (``_execute`` calls this again then)."""
-        with self._lock:
-            if r.proc is None or r.stop_sent:
-                return
-            r.stop_sent = True
-        try:
-            assert r.proc.stdin is not None
-            r.proc.stdin.write((json.dumps({"stop": reason}) + "\n").encode())
-            r.proc.stdin.flush()
-        except (OSError, ValueError):
-            pass  # the worker has ended or closed its stdin: the signal still applies
-        self._signal(r, signal.SIGINT)
-        kill = threading.Timer(CANCEL_GRACE_S, self._kill, (r,))
-        kill.daemon = True
-        kill.start()
-
-    def _kill(self, r: Running) -> None:
-        if r.proc is not None and r.proc.poll() is None:
-            r.killed = True
-            self._log(r.job_id, "warning", f"it did not stop within {CANCEL_GRACE_S:.0f} s "
-                      "of the signal: killed with its child processes")  # fmt: skip
-            self._signal(r, signal.SIGKILL)
-
-    def _time_out(self, r: Running, limit: int, source: str) -> None:
-        """The job ran longer than its maximum run time: stopped, to be recorded failed."""
-        if r.proc is None or r.proc.poll() is not None:
-            return
-        r.timed_out = (
-            f"stopped after running longer than its maximum run time of "
-            f"{format_run_time(limit)} ({source})"
-        )
-        self._log(r.job_id, "warning", r.timed_out)
-        self._stop(r, r.timed_out)
-
-    def _limit(self, row: dict[str, Any]) -> tuple[int, str] | None:
-        """The job's maximum run time in seconds and where it was set, or None (no limit)."""
-        if row["kind"] not in TIMED:
-            return None
-        cfg = self.service.registry.app(row["app"]) if row["app"] else None
-        if cfg is not None and cfg.max_run_time is not None:
-            limit, source = cfg.max_run_time, f"max_run_time of application {cfg.name!r}"
-        else:
-            limit, source = self.service.settings.max_run_time_s, "casbackup serve --max-run-time"
-        return (limit, source) if limit > 0 else None
-
-    def _signal(self, r: Running, sig: int) -> None:
-        """Signal the worker's process group (it leads one: ``start_new_session``)."""
-        if r.proc is not None and r.proc.poll() is None:
-            try:
-                os.killpg(r.proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     # ----------------------------------------------------------------- running
     def _dispatch(self) -> None:
@@ -458,6 +372,8 @@ class JobManager:
                 # Sent by ``shutdown`` once every job has ended (or at the next start).
                 self.notices.owe(job_id, f"the service stopped during this backup of {row['app']} "
                                  f"(job {job_id}): it was cancelled and no snapshot was saved")  # fmt: skip
+                if not self._stopping:  # the worker heard the stop first; or only it was told
+                    self.notices.send_owed(only_if_delivered=True)
             snapshot_id = (result or {}).get("snapshot_id") if row["kind"] == "backup" else None
             unsaved = self._unsaved_progress.pop(job_id, None)
             self._record_end(job_id, (state, time.time(), error, exit_code,
@@ -497,27 +413,21 @@ class JobManager:
             start_new_session=True,  # a Ctrl-C at the service's terminal is the service's to relay
         )  # fmt: skip
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        try:  # stdin stays open: a stop's reason comes that way (``_stop``)
+        try:  # stdin stays open: a stop's reason comes that way (running.py)
             proc.stdin.write((json.dumps(spec) + "\n").encode())
             proc.stdin.flush()
         except OSError:
             pass
-        with self._lock:
-            running.proc = proc
+        running.started(proc)
+        log = self._logger(row["id"])
         if running.cancel_requested or self._stopping:
-            self._stop(running, "the service is stopping" if self._stopping else "cancelled")
-        limit = self._limit(row)
-        if limit is not None:
-            running.timer = threading.Timer(limit[0], self._time_out, (running, *limit))
-            running.timer.daemon = True
-            running.timer.start()
+            running.stop("the service is stopping" if self._stopping else "cancelled", log)
+        app = self.service.registry.app(row["app"]) if row["app"] else None
+        running.limit(max_run_time(row, app, self.service.settings.max_run_time_s), log)
         try:
             return self._follow(running, row, proc)
         finally:
-            if running.timer is not None:
-                running.timer.cancel()
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
+            running.ended()
 
     def _follow(
         self, running: Running, row: dict[str, Any], proc: subprocess.Popen[bytes]
@@ -560,27 +470,41 @@ class JobManager:
                     result,
                 )
             return "succeeded", None, 0, result
-        killed = (
-            f"; it did not stop within {CANCEL_GRACE_S:.0f} s and was killed with its child "
-            "processes" if running.killed else ""
-        )  # fmt: skip
+        # A SIGTERM from outside (systemd stops every process of the unit at once, the worker
+        # maybe before the service): the service's stop, not a failure nor a user's. The
+        # worker says so; or it died of it (still starting), or left at once (its pipeline had
+        # already stopped when the signal came: the library's "interrupted twice").
+        outside = (outcome or {}).get("stopped_by") or (
+            outcome is None and code in (-signal.SIGTERM, 128 + signal.SIGTERM)
+        )
+        if outside and not running.cancel_requested:
+            running.by_service = running.cancel_requested = True
+            if outcome is None:
+                outcome = {"t": "error", "exit_code": EXIT_INTERRUPTED,
+                           "message": "stopped by SIGTERM from outside the service"}  # fmt: skip
+        killed = running.killed_text()
         if running.timed_out is not None and not running.cancel_requested:
             # Not the user's cancel: a failure, which the application's notifiers hear of.
             return "failed", running.timed_out + killed, EXIT_INTERRUPTED, partial
         if running.killed and running.cancel_requested:
-            return "cancelled", self._cancelled("cancelled" + killed), EXIT_INTERRUPTED, partial
+            return (
+                "cancelled",
+                self._cancelled("cancelled" + killed, running),
+                EXIT_INTERRUPTED,
+                partial,
+            )
         if outcome is not None:
             exit_code = int(outcome.get("exit_code") or 1)
             message = str(outcome.get("message"))
             if exit_code == EXIT_INTERRUPTED or running.cancel_requested:
-                return "cancelled", self._cancelled(message), exit_code, partial
+                return "cancelled", self._cancelled(message, running), exit_code, partial
             return "failed", message, exit_code, partial
         if running.cancel_requested:
             # Stopped before the worker could answer (the signal came during its start-up):
             # nothing was written yet; the exit code is the CLI's for an interruption.
             return (
                 "cancelled",
-                self._cancelled("cancelled before the job's process was ready"),
+                self._cancelled("cancelled before the job's process was ready", running),
                 EXIT_INTERRUPTED,
                 partial,
             )
@@ -611,9 +535,10 @@ class JobManager:
         for job_id, values in pending:
             self._record_end(job_id, values)
 
-    def _cancelled(self, message: str) -> str:
+    def _cancelled(self, message: str, running: Running) -> str:
         """A cancelled job's error: the service's stop says so (``STOPPED_DURING``)."""
-        return f"{STOPPED_DURING} ({message})" if self._stopping else message
+        stopped = self._stopping or running.by_service
+        return f"{STOPPED_DURING} ({message})" if stopped else message
 
     def _progress(self, row: dict[str, Any], progress: dict[str, Any]) -> None:
         job_id = row["id"]
@@ -626,6 +551,10 @@ class JobManager:
             self.db.execute("UPDATE jobs SET progress=? WHERE id=?", (json.dumps(progress), job_id))
         else:
             self._unsaved_progress[job_id] = progress
+
+    def _logger(self, job_id: int) -> Log:
+        """The job's log as running.py writes to it."""
+        return lambda level, message: self._log(job_id, level, message)
 
     def _log(self, job_id: int, level: str, message: str) -> None:
         row = self.db.one("SELECT COUNT(*) FROM job_log WHERE job_id=?", (job_id,))

@@ -33,6 +33,8 @@ class Notices:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.threads: list[threading.Thread] = []  # the sending threads (tests join them)
+        self._lock = threading.Lock()
+        self._sending: set[int] = set()  # owed notices being sent: one sender each
 
     def _started(self, worker: threading.Thread) -> None:
         worker.start()
@@ -97,13 +99,20 @@ class Notices:
 
         def send() -> None:
             for job_id, notifiers, event in sends:
-                warnings = dispatch(notifiers, event, offline_mode=offline)
-                if warnings and only_if_delivered:
-                    continue
+                with self._lock:
+                    if job_id in self._sending:
+                        continue  # another sender has it (a job's end, then the stop)
+                    self._sending.add(job_id)
                 try:
+                    warnings = dispatch(notifiers, event, offline_mode=offline)
+                    if warnings and only_if_delivered:
+                        continue
                     db.execute("UPDATE jobs SET notice=NULL WHERE id=?", (job_id,))
                 except Exception:  # the stop closed the database: told again at the next start
                     log.debug("job %d: its notice stays owed", job_id, exc_info=True)
+                finally:
+                    with self._lock:
+                        self._sending.discard(job_id)
 
         worker = threading.Thread(target=send, name="notify-owed", daemon=True)
         self._started(worker)

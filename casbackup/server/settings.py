@@ -47,7 +47,7 @@ class Settings:
     verify_schedule: str | None = None  # restore drills: verify each app's newest snapshot
     check_schedule: str | None = None  # check --read-data-subset of each repository
     check_subset: str = "1/7"
-    # Seconds a job that holds its repository's queue or its schedule (jobs.TIMED) may run
+    # Seconds a job that holds its repository's queue or its schedule (running.TIMED) may run
     # before it is stopped and failed: a dump blocked on a lock or a source on a dead NFS
     # mount must not stop every later run. An application's max_run_time overrides it; 0:
     # no limit.

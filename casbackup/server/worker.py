@@ -104,6 +104,32 @@ def _read_stop(fd: int, data: bytes) -> None:
         data += chunk
 
 
+_outside_stop: list[str] = []  # a SIGTERM came, which the service never sends
+
+
+def _stopped_from_outside(signum: int, frame: Any) -> None:
+    """SIGTERM, which the service never sends (it stops a job with SIGINT): systemd stopping
+    the unit signals every process in it at once, this worker and its database tools too,
+    maybe before the service has begun to stop. A stop all the same: passed to the SIGINT
+    handler in force (the backup's deferred cancel), as the CLI does, and named in the
+    result, so that the service records the job as its stop's and tells the notifiers."""
+    _outside_stop.append(signal.Signals(signum).name)
+    _stop_asked.set()
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):  # default_int_handler raises KeyboardInterrupt itself
+        handler(signum, frame)
+        return
+    raise KeyboardInterrupt
+
+
+def _stopped(message: str) -> dict[str, Any]:
+    """The error line of a job that a stop ended."""
+    doc: dict[str, Any] = {"t": "error", "message": message, "exit_code": EXIT_INTERRUPTED}
+    if _outside_stop:
+        doc["stopped_by"] = _outside_stop[0]
+    return doc
+
+
 def stop_asked(wait: float = STOP_LINE_WAIT_S) -> bool:
     """Did the service ask this job to stop? A failure caused by the stop's signal can come
     before the reader thread has read the line, written before the signal: wait a little."""
@@ -455,8 +481,9 @@ def _warming(kind: str, config: Config, app_name: str | None) -> AbstractContext
 
 def main() -> int:
     die_with_parent()
-    # The parent asks for a stop with SIGINT (the library's cancel mechanism) and SIGTERM.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The service asks for a stop with SIGINT (the library's cancel mechanism); SIGTERM comes
+    # from outside it.
+    signal.signal(signal.SIGTERM, _stopped_from_outside)
     try:
         spec, stdin = _read_spec()
         if stdin is not None:
@@ -478,12 +505,12 @@ def main() -> int:
             finally:
                 repo.close()
     except KeyboardInterrupt:
-        emit({"t": "error", "message": "cancelled", "exit_code": EXIT_INTERRUPTED})
+        emit(_stopped("cancelled"))
         return EXIT_INTERRUPTED
     except CasError as exc:
         if stop_asked():
             # What the stop's signal did (a dump tool ended by it): a cancel, as for the CLI.
-            emit({"t": "error", "message": f"cancelled ({exc})", "exit_code": EXIT_INTERRUPTED})
+            emit(_stopped(f"cancelled ({exc})"))
             return EXIT_INTERRUPTED
         emit({"t": "error", "message": str(exc), "exit_code": exc.exit_code})
         return exc.exit_code

@@ -183,7 +183,7 @@ def test_a_cancel_stops_a_backup_hung_on_a_locked_table(
             assert client.post(f"/api/jobs/{job['job_id']}/cancel", headers=h).status_code == 200
             # Well before CANCEL_GRACE_S: the dump tool heard the cancel as the worker did.
             doc = _wait(client, h, job["job_id"], timeout=15)
-            assert doc["state"] == "cancelled" and doc["exit_code"] == 130, doc
+            assert doc["state"] == "cancelled" and doc["exit_code"] == 130, str(doc)
             assert "killed" not in doc["error"], doc
             assert _events(client, tmp_path / "events") == []  # the user asked for it
     finally:
@@ -207,9 +207,9 @@ def test_a_job_that_ignores_the_stop_is_killed_with_its_children(
     """A source on a dead NFS mount: the process cannot be interrupted (here it ignores
     SIGINT), nor can the helper it started. After the maximum run time and the grace
     period both are killed; the job fails with the reason and the repository is free."""
-    import casbackup.server.jobs as jobs
+    import casbackup.server.running as running
 
-    monkeypatch.setattr(jobs, "CANCEL_GRACE_S", 1.0)
+    monkeypatch.setattr(running, "CANCEL_GRACE_S", 1.0)
     pids = tmp_path / "pids"
     script = (
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
@@ -245,7 +245,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_restore_has_no_maximum_run_time(tmp_path: Path, service_env: None) -> None:
-    from casbackup.server.jobs import TIMED
+    from casbackup.server.running import TIMED
 
     assert "restore" not in TIMED and "recover" not in TIMED
     assert {"backup", "verify", "check", "forget", "prune"} <= TIMED
@@ -271,3 +271,37 @@ def test_max_run_time_in_the_config(tmp_path: Path) -> None:
 def test_serve_refuses_a_bad_max_run_time(tmp_path: Path) -> None:
     res = run_cli("serve", "--max-run-time", "soon", "--state-dir", str(tmp_path / "st"))
     assert res.code == 2 and "--max-run-time: 'soon' is not a run time" in res.err, res.err
+
+
+def test_systemds_sigterm_to_the_worker_is_the_services_stop(
+    tmp_path: Path, service_env: None, pg_database: str
+) -> None:
+    """systemd stops a unit by sending SIGTERM to every process in it at once: the worker and
+    its dump tool may hear it before the service begins to stop (it waits for open event
+    streams first). That was a plain 'cancelled' job (no rerun at the next start) whose
+    notifiers heard 'backup interrupted' from the worker; now it is the service's stop."""
+    import os
+    import signal
+
+    from casbackup.server.jobs import STOPPED_DURING
+
+    holder = _locked_table(pg_database)
+    try:
+        with _client(tmp_path, _pg_app(pg_database, None)) as client:
+            h = _headers(client)
+            job = client.post("/api/backup", json={"app_name": "shop"}, headers=h).json()["job_id"]
+            _wait_for(lambda: _waiting(pg_database) > 0, what="the backup never reached the lock")
+            worker = client.app.state.service.jobs._running[job].proc  # type: ignore[attr-defined]
+            os.killpg(worker.pid, signal.SIGTERM)  # the worker and psql, not the service
+            doc = _wait(client, h, job, timeout=30)
+            assert doc["state"] == "cancelled" and doc["exit_code"] == 130, str(doc)
+            assert doc["error"].startswith(STOPPED_DURING), doc
+            got = _events(client, tmp_path / "events")
+        assert [(e["event"], e["message"]) for e in got] == [(
+            "failure",
+            f"the service stopped during this backup of shop (job {job}): it was cancelled "
+            "and no snapshot was saved",
+        )]  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()

@@ -129,3 +129,31 @@ def test_a_backup_the_user_cancelled_is_not_a_failure_at_the_stop(
         client.app.state.service.jobs.cancel(job)  # type: ignore[attr-defined]
     assert _told(tmp_path) == []
     assert [r[1] for r in _rows(tmp_path)] == ["cancelled"]
+
+
+def test_a_worker_killed_by_systemds_sigterm_is_the_services_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd's SIGTERM reaches a worker still starting (no handler yet): it dies of it
+    before the service begins to stop. Not 'failed: ended without a result' but the stop's,
+    rerun at the next start and told at once."""
+    from casbackup.server.jobs import STOPPED_DURING
+
+    settings = _settings(tmp_path, monkeypatch)
+    (tmp_path / "online").touch()
+    fake = Path(settings.job_python)
+    fake.write_text(
+        fake.read_text().replace(
+            "time.sleep(120)", "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)"
+        )
+    )
+    with TestClient(create_app(settings)) as client:
+        (job,) = _start_backups(client, tmp_path, 1)
+        jobs = client.app.state.service.jobs  # type: ignore[attr-defined]
+        while (doc := jobs.get(job))["state"] in ("queued", "running"):
+            time.sleep(0.05)
+        assert doc["state"] == "cancelled" and doc["exit_code"] == 130, doc
+        assert doc["error"] == f"{STOPPED_DURING} (stopped by SIGTERM from outside the service)"
+        for t in jobs.notify_threads:
+            t.join(30)
+        assert _told(tmp_path) == [("failure", CUT)]  # at once: the service was not stopping
