@@ -27,12 +27,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream
+from casbackup.engines.leftovers import is_stale, process_tag
 from casbackup.engines.pg_restrict import StableKeyStream
 from casbackup.engines.pg_sql import (
     MAX_SCRIPT,
@@ -176,6 +179,38 @@ def apply_globals(
 # --- the privileges pass ----------------------------------------------------------------------
 
 
+# The privileges pass's private folder in the temp folder: ``casb-acl-<pid>-<token>-<random>``
+# (leftovers.py). It holds the dump's first bytes (up to ACL_PREFIX_MAX, data included): a
+# restore killed outright leaves it, and the next one removes it.
+_ACL_FOLDER = re.compile(r"casb-acl-([0-9]{1,10})-([0-9a-f]{8})-[A-Za-z0-9_]+\Z")
+
+
+def sweep_acl_folders() -> int:
+    """Remove the privileges-pass folders of restores that were killed (this user's only,
+    real folders only); how many. Never raises."""
+    top, removed = tempfile.gettempdir(), 0
+    try:
+        names = os.listdir(top)
+    except OSError:
+        return 0
+    for name in names:
+        m = _ACL_FOLDER.match(name)
+        if m is None or not is_stale(int(m.group(1)), m.group(2)):
+            continue
+        path = os.path.join(top, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            # rmtree works through file descriptors here (avoids_symlink_attacks): a link
+            # planted inside cannot make it remove anything outside the folder.
+            shutil.rmtree(path)
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 class AclPass:
     """Reads the ACL entries of a custom dump while the dump streams into `pg_restore`.
 
@@ -187,7 +222,8 @@ class AclPass:
     def __init__(self, what: str, env: dict[str, str]) -> None:
         self._what = what
         self._env = env
-        self._dir = tempfile.TemporaryDirectory(prefix="casb-acl-")
+        sweep_acl_folders()
+        self._dir = tempfile.TemporaryDirectory(prefix=f"casb-acl-{process_tag()}-")
         self._prefix_path = os.path.join(self._dir.name, "prefix.dump")
         self._list_path = os.path.join(self._dir.name, "toc.list")
         self._prefix = open(self._prefix_path, "wb")  # noqa: SIM115 - closed in close()

@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from typing import BinaryIO
 
 from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream, RestoreInfo
+from casbackup.engines.leftovers import is_stale, process_tag
 from casbackup.errors import DatabaseError
-from casbackup.liveness import pid_exists
 
 MAGIC = b"SQLite format 3\x00"
 KNOWN_OPTIONS = frozenset({"allow_empty", "temp_dir", "busy_timeout"})
@@ -38,28 +38,19 @@ _SIDE_FILES = ("-wal", "-shm", "-journal")
 # A restore writes the database beside its target as ``.casbackup-sqlite-<pid>-<token>-<n>``
 # (pid and a token drawn once per process, n counting), which SQLite may give side files.
 # A restore killed outright (SIGKILL, a power cut) leaves them, a whole database's size; the
-# next restore into the folder removes those of processes that are gone (`_sweep`). The
-# token tells this process's own from an earlier process that had the same pid. The file
-# restore's temporaries (archiver/targetfs.py) end in digits: neither sweep takes the other's.
+# next restore into the folder removes those of processes that are gone (`_sweep`,
+# leftovers.py). The file restore's temporaries (archiver/targetfs.py) end in digits:
+# neither sweep takes the other's.
 _TEMP = re.compile(
     r"\.casbackup-sqlite-([0-9]{1,10})-([0-9a-f]{8})-[0-9]+(?:-wal|-shm|-journal)?\Z"
 )
-_TOKEN: tuple[int, str] | None = None  # (pid, token) of this process
 _COUNTER = itertools.count()
-
-
-def _token() -> str:
-    """This process's token (a forked child draws its own)."""
-    global _TOKEN
-    if _TOKEN is None or _TOKEN[0] != os.getpid():
-        _TOKEN = (os.getpid(), os.urandom(4).hex())
-    return _TOKEN[1]
 
 
 def _temporary(folder: str) -> tuple[int, str]:
     """A new private file (0600) for a restore into `folder`: (fd, path)."""
     while True:
-        path = os.path.join(folder, f".casbackup-sqlite-{os.getpid()}-{_token()}-{next(_COUNTER)}")
+        path = os.path.join(folder, f".casbackup-sqlite-{process_tag()}-{next(_COUNTER)}")
         try:
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
         except FileExistsError:
@@ -78,8 +69,7 @@ def _sweep(folder: str, what: str) -> list[str]:
         m = _TEMP.match(name)
         if m is None:
             continue
-        pid = int(m.group(1))
-        if (m.group(2) == _token()) if pid == os.getpid() else pid_exists(pid):
+        if not is_stale(int(m.group(1)), m.group(2)):
             continue  # a restore that is still running
         path = os.path.join(folder, name)
         try:

@@ -204,6 +204,10 @@ def _restore_files(
         )  # fmt: skip
         out.update(files=res.files, dirs=res.dirs, links=res.links, symlinks=res.symlinks, specials=res.specials, bytes=res.bytes,
                    errors=res.errors, warnings=res.warnings)  # fmt: skip
+    except Interrupted:
+        # Ctrl-C, SIGTERM: the restore stopped for the user, who wants the whole recovery
+        # to stop (it used to go on loading every database, and exit 30 instead of 130).
+        raise KeyboardInterrupt from None
     except RestoreStopped as exc:
         # The target took no more data: what was restored before still counts, and each
         # entry that failed before the stop is listed, then the stop itself.

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,13 +157,18 @@ def test_pg_a_killed_overwrite_is_swept_by_the_next_restore_and_a_live_one_is_no
     killed = live.temp
     wait_for(lambda: not psql(f"SELECT 1 FROM pg_stat_activity WHERE datname = '{killed}';"
                               ).strip(), "the killed restore's sessions end")  # fmt: skip
-    assert pg_exists(killed)  # what a killed restore leaves
+    assert pg_exists(killed)  # what a killed restore leaves, here and on this machine:
+    acl = [
+        n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"casb-acl-{live.proc.pid}-")
+    ]
+    assert len(acl) == 1  # the privileges pass's folder (the dump's first bytes)
     assert psql("SELECT v FROM precious;", pg_database).strip() == "keep me"
 
     again = unique("casb_again")
     pg_cleanup.append(again)
     info = PostgresEngine().restore(pg_spec(again), io.BytesIO(data))
     assert not pg_exists(killed)
+    assert not os.path.exists(os.path.join(tempfile.gettempdir(), acl[0]))
     assert (
         f"database 'pgtest': removed temporary database {killed} of a restore that was killed"
         in info.warnings

@@ -138,3 +138,24 @@ def test_a_users_data_is_still_refused_and_the_message_says_what_to_do(  # type:
         in str(exc.value)
     )
     assert (target / "app" / "precious").read_text() == "keep me"
+
+
+def test_ctrl_c_while_restoring_files_stops_the_whole_recovery(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, shop, monkeypatch
+) -> None:
+    """Found with a real SIGINT during the files: restore's Interrupted is a CasError, so the
+    recovery noted it as a failed part, went on to load every database and exited 30."""
+    target = tmp_path / "t"
+    real_restore = execute.restore
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise Interrupted("restore interrupted; the target holds a partial restore")
+
+    monkeypatch.setattr(execute, "restore", interrupted)
+    with pytest.raises(Interrupted) as exc:
+        recover(repo, RecoverOptions(app="shop", target=str(target)))
+    assert exc.value.exit_code == 130 and "recovery interrupted" in str(exc.value)
+    assert not (target / "databases" / "local.sqlite").exists()  # no database was loaded
+    assert (target / JOURNAL_NAME).exists()
+    monkeypatch.setattr(execute, "restore", real_restore)
+    assert recover(repo, RecoverOptions(app="shop", target=str(target))).ok
