@@ -429,6 +429,9 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     assert has(html, TESTIDS["check_repair_hint"])
     assert f"casbackup repair packs {loc.pack[:12]}" in html
     assert has(html, f"{TESTIDS['repair_button']}:packs")  # an admin may do it from here
+    overview = env.client.get("/").text  # the application itself says so, not only the check
+    assert has(overview, f"{TESTIDS['app_damage']}:shop") and "damaged: 2 snapshots" in overview
+    assert not has(overview, f"{TESTIDS['app_damage']}:blog")
     login(env, "operator")
     assert not has(env.client.get(f"/jobs/{check['id']}").text, f"{TESTIDS['repair_button']}:packs")
 
@@ -455,6 +458,7 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     assert path in env.client.get(f"/jobs/{fixed['id']}").text
     final = wait_job(env, env.client.post("/api/check", json={}, headers=h).json()["job_id"])
     assert final["state"] == "succeeded", final
+    assert not has(env.client.get("/").text, f"{TESTIDS['app_damage']}:shop")
 
 
 def test_repair_is_for_admins_of_the_whole_repository(env: Env) -> None:

@@ -65,6 +65,7 @@ TESTIDS: dict[str, str] = {
     "job_run_plan": "job-run-plan",
     "check_affected": "check-affected",  # :<snapshot id, 8 digits>
     "check_repair_hint": "check-repair-hint",
+    "app_damage": "app-damage",  # :<app>; the last check found its snapshots damaged
     "repair_button": "repair-button",  # :packs | :snapshots
     # disaster recovery
     "recover_form": "recover-form",

@@ -41,6 +41,9 @@ class AppCard:
     protected_bytes: int  # logical size of the newest snapshot
     stored_bytes: int  # what its snapshots added to the repository, summed
     strip: list[tuple[str, str]] = field(default_factory=list)  # (day, ok|failed|none)
+    # (the repository's newest check job, how many of this application's snapshots it found
+    # damaged) when that check failed on some of them; None otherwise
+    damage: tuple[int, int] | None = None
 
 
 @dataclass
@@ -126,6 +129,13 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             if record.app:
                 records_by_app[record.app] = record
     since = now - dt.timedelta(days=STRIP_DAYS)
+    # Per repository: its newest finished check, and the snapshots it found damaged.
+    checks = {key: last_check(service, key) for key in registry.handles}
+    damaged = {
+        key: set(((job or {}).get("result") or {}).get("affected") or ())
+        for key, job in checks.items()
+        if job is not None and job["state"] == "failed"
+    }
     schedules: dict[str, dict[str, Any]] = {}
     if service.scheduler is not None:
         schedules = {e["app"]: e for e in service.scheduler.overview() if e["kind"] == "backup"}
@@ -140,6 +150,8 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             and (t := parse_time(j["finished_at"] or j["created_at"])) and t >= since
         ]  # fmt: skip
         last = snaps[-1] if snaps else None
+        hit = sum(s.id in damaged.get(row.repository, ()) for s in snaps)
+        check = checks.get(row.repository)
         cards.append(AppCard(
             name=row.name, description=row.description, repository=row.repository,
             snapshots=len(snaps), last_snapshot=last, last_job=last_job,
@@ -152,6 +164,7 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             protected_bytes=last.protected_bytes if last else 0,
             stored_bytes=sum(s.summary.bytes_stored for s in snaps),
             strip=day_strip([s.datetime for s in snaps if s.datetime >= since], failed, now),
+            damage=(check["id"], hit) if hit and check is not None else None,
         ))  # fmt: skip
     repos = [
         repo_health(service, key, handle, snaps_by_repo.get(key, []), principal, now)
@@ -195,6 +208,14 @@ def overdue_reason(schedule: dict[str, Any] | None, last: Snapshot | None,
     return None
 
 
+def last_check(service: Service, key: str) -> dict[str, Any] | None:
+    """The newest finished check job of repository ``key`` (its result included), or None."""
+    for job in service.jobs.list(kind="check", limit=200, apps=None):
+        if job["repository"] == key and job["state"] not in ("queued", "running"):
+            return job
+    return None
+
+
 def repo_health(service: Service, key: str, handle: RepoHandle, snaps: list[Snapshot],
                 principal: Principal, now: dt.datetime) -> RepoHealth:  # fmt: skip
     """Reachability, locks held, the newest check job, stored size and 30-day growth."""
@@ -211,14 +232,12 @@ def repo_health(service: Service, key: str, handle: RepoHandle, snaps: list[Snap
             size = service.metrics.repo_size(key, handle, frozenset(s.id for s in snaps))
     except CasError as exc:
         error = str(exc)
-    checks = [j for j in service.jobs.list(kind="check", limit=200, apps=None)
-              if j["repository"] == key and j["state"] not in ("queued", "running")]  # fmt: skip
     since = now - dt.timedelta(days=STRIP_DAYS)
     visible = [s for s in snaps if principal.apps is None or principal.sees(s.app)]
     return RepoHealth(
         key=key, location=handle.location if principal.apps is None else None,
         reachable=error is None, error=error, locks=locks,
-        last_check=checks[0] if checks else None, size_bytes=size,
+        last_check=last_check(service, key), size_bytes=size,
         stored_bytes=sum(s.summary.bytes_stored for s in visible),
         growth_30d=sum(s.summary.bytes_stored for s in visible if s.datetime >= since),
         snapshots=len(visible), alerts=alerts,
