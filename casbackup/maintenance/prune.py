@@ -57,6 +57,7 @@ from casbackup.repo.index import (
 from casbackup.repo.pack import PackWriter, pack_name
 from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.store.base import delete_if_present
 
 
 @dataclass
@@ -90,7 +91,7 @@ def execute_prune(
                 raise ValueError("this plan's temporary files are gone (closed)")
             _rewrite_index(repo, plan, plan.work, options, result, reporter)
             for fid, _size in plan.old_index_files:
-                _delete(repo, f"index/{fid}")
+                delete_if_present(repo.backend, f"index/{fid}")
                 result.index_files_deleted += 1
     finally:
         plan.close()
@@ -98,7 +99,7 @@ def execute_prune(
     doomed += list(plan.unindexed)
     progress = Progress(phase="deleting packs", files_total=len(doomed), unit="pack")
     for pack, size in doomed:
-        if _delete(repo, pack_name(pack)):
+        if delete_if_present(repo.backend, pack_name(pack)):
             result.packs_deleted += 1
             result.bytes_deleted += size
         progress.files_done += 1
@@ -114,14 +115,6 @@ def execute_prune(
             result.warnings.append(f"could not remove temp file {name}: {exc}")
     repo.sync_index()
     return result
-
-
-def _delete(repo: Repository, name: str) -> bool:
-    try:
-        repo.backend.delete(name)
-    except NotFound:
-        return False  # gone already: a previous, interrupted prune got this far
-    return True
 
 
 class _IndexWriter:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import casbackup.server.running as running_mod
 from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, CasError, NotFound, UsageError
 from casbackup.server.notices import Notices
-from casbackup.server.running import WRITERS, Log, Running, max_run_time
+from casbackup.server.running import WRITERS, Log, Running, drain, lines, max_run_time
 from casbackup.threadsig import quiet_thread
 from casbackup.units import plural
 
@@ -435,11 +435,11 @@ class JobManager:
         """Read the worker's lines until it ends; its end as (state, error, exit code, result)."""
         assert proc.stdout is not None and proc.stderr is not None
         stderr_lines: list[str] = []
-        drain = quiet_thread(_drain, (proc.stderr, stderr_lines))
-        drain.start()
+        drainer = quiet_thread(drain, (proc.stderr, stderr_lines))
+        drainer.start()
         outcome: dict[str, Any] | None = None
         partial: Any = None
-        for raw in proc.stdout:
+        for raw in lines(proc, running):
             try:
                 msg = json.loads(raw)
             except ValueError:
@@ -455,8 +455,8 @@ class JobManager:
                 partial = msg.get("result")
             elif t in ("result", "error"):
                 outcome = {"t": t, **msg}
-        code = proc.wait()
-        drain.join(5)
+        code = proc.poll() if running.killed else proc.wait()
+        drainer.join(5)
         if outcome is not None and outcome["t"] == "result":
             result = outcome.get("result")
             if isinstance(result, dict) and result.get("partial"):
@@ -572,11 +572,3 @@ class JobManager:
             "job.log", {"id": job_id, "level": level, "message": message[:2000]},
             app_row[0] if app_row else None,
         )  # fmt: skip
-
-
-def _drain(stream: Any, lines: list[str]) -> None:
-    for raw in stream:
-        text = raw.decode(errors="replace").rstrip()
-        if text:
-            lines.append(text)
-            del lines[:-50]

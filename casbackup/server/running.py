@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from casbackup.threadsig import quiet_thread
 from casbackup.units import format_run_time
 
 CANCEL_GRACE_S = 30.0  # after SIGINT, how long a worker may take before it is killed
@@ -123,6 +126,55 @@ class Running:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
+
+
+OUTPUT_AFTER_EXIT_S = 5.0  # how long the worker's output may go on after it has ended
+UNKILLABLE_AFTER_S = 30.0  # a worker alive this long after SIGKILL is stuck in the kernel
+
+
+def lines(proc: subprocess.Popen[bytes], running: Running) -> Iterator[bytes]:
+    """The worker's stdout lines until it ends. Not until the end of the output when that
+    never comes: a process the worker started outside its group (a tool or a plugin that
+    detaches) holds stdout open after the worker is gone, and a worker stuck in the kernel
+    (a dead mount that ignores even SIGKILL) never ends; neither may hold the job, its
+    repository's queue and its schedule. Such a worker runs no more code: SIGKILL is
+    pending, so what it committed stays as it is."""
+    out: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            out.put(raw)
+        out.put(None)
+
+    quiet_thread(pump, name=f"job-{running.job_id}-output").start()
+    ended = killed = None
+    while True:
+        try:
+            raw = out.get(timeout=1.0)
+        except queue.Empty:
+            now = time.monotonic()
+            if proc.poll() is not None:
+                ended = ended or now
+                if now - ended > OUTPUT_AFTER_EXIT_S:
+                    return
+            elif running.killed:
+                killed = killed or now
+                if now - killed > UNKILLABLE_AFTER_S:
+                    return
+            continue
+        if raw is None:
+            return
+        yield raw
+
+
+def drain(stream: Any, kept: list[str]) -> None:
+    """Keep the last 50 lines of the worker's stderr (its last words, for the job's error)."""
+    for raw in stream:
+        text = raw.decode(errors="replace").rstrip()
+        if text:
+            kept.append(text)
+            del kept[:-50]
 
 
 def max_run_time(row: Any, app: Any, service_limit: int) -> tuple[int, str] | None:

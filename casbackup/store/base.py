@@ -90,3 +90,15 @@ class LocalFiles(Protocol):
     def open_file(self, name: str) -> BinaryIO:
         """The object as an unbuffered file the caller closes; a missing one raises NotFound."""
         ...
+
+
+def delete_if_present(backend: Backend, name: str) -> bool:
+    """Delete ``name``; False when it is gone already (an interrupted run of the same
+    maintenance got that far). Other errors (StorageError) propagate."""
+    from casbackup.errors import NotFound
+
+    try:
+        backend.delete(name)
+    except NotFound:
+        return False
+    return True

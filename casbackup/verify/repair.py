@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from casbackup.errors import CasError, NotFound, StorageError
+from casbackup.errors import CasError, StorageError
 from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.index import Location, encode_index
 from casbackup.repo.pack import pack_name, read_header
 from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.store.base import delete_if_present
 from casbackup.store.names import ObjectRefused
 
 
@@ -77,10 +78,6 @@ def repair_index(
     new = repo.save_file_object("index", Kind.INDEX, encode_index(packs, supersedes=old_files))
     result.new_index = new
     for fid in old_files:
-        try:
-            repo.backend.delete(f"index/{fid}")
-            result.index_files_removed += 1
-        except NotFound:
-            pass
+        result.index_files_removed += delete_if_present(repo.backend, f"index/{fid}")
     repo.sync_index(rebuild=True)
     return result

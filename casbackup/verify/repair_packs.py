@@ -43,6 +43,7 @@ from casbackup.repo.index import (
 from casbackup.repo.pack import PackWriter, pack_name
 from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
+from casbackup.store.base import delete_if_present
 from casbackup.store.names import ObjectRefused
 
 
@@ -208,17 +209,9 @@ def repair_packs(
             encode_index_records([*kept_sections, *new_sections], affected, bases),
         )
     for fid in affected:
-        try:
-            repo.backend.delete(f"index/{fid}")
-            result.index_files_replaced += 1
-        except NotFound:
-            pass
+        result.index_files_replaced += delete_if_present(repo.backend, f"index/{fid}")
     for pack in packs:
-        try:
-            repo.backend.delete(pack_name(pack))
-            result.packs_deleted += 1
-        except NotFound:
-            pass
+        result.packs_deleted += delete_if_present(repo.backend, pack_name(pack))
     repo.sync_index(rebuild=True)
     return result
 

@@ -305,3 +305,35 @@ def test_systemds_sigterm_to_the_worker_is_the_services_stop(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_child_that_escaped_the_worker_does_not_hold_its_job(
+    tmp_path: Path, service_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process the worker started outside its process group (a plugin's daemon, a tool
+    that detaches) keeps the worker's stdout open after the worker was killed: the job's
+    thread waited for the end of that output for as long as the child lived, the job stayed
+    'running' and its repository's queue and schedule with it."""
+    import casbackup.server.running as running
+
+    monkeypatch.setattr(running, "CANCEL_GRACE_S", 1.0)
+    escaped = tmp_path / "escaped"
+    script = (
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "child = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"  # keeps stdout
+        f"open({str(escaped)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(600)"
+    )
+    fake = _fake_worker(tmp_path, script)
+    try:
+        with _client(tmp_path, job_python=fake, max_run_time_s=2) as client:
+            h = _headers(client)
+            job = client.post("/api/backup", json={"app_name": "shop"}, headers=h).json()["job_id"]
+            doc = _wait(client, h, job, timeout=30)
+            assert doc["state"] == "failed" and "was killed" in doc["error"], doc
+    finally:
+        import os
+        import signal
+
+        if escaped.exists():
+            os.kill(int(escaped.read_text()), signal.SIGKILL)
