@@ -17,7 +17,9 @@ one the snapshot's stored definition names.
 
 The sandbox is always a fresh `mkdtemp` folder (inside `sandbox_dir` when given, never
 `sandbox_dir` itself, so a user's folder is never emptied) and is removed in a `finally`:
-after success, failure and Ctrl-C alike, unless the caller asked to keep it. An interrupted
+after success, failure and Ctrl-C alike, unless the caller asked to keep it. Its name carries
+the process's pid and token, so the next verification removes the sandbox of one that was
+killed outright (``sweep_stale_sandboxes``). An interrupted
 verification stores no record: it proved nothing.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -37,6 +40,7 @@ from casbackup import __version__
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name
+from casbackup.engines.leftovers import is_stale, process_tag
 from casbackup.errors import (
     CasError,
     DatabaseError,
@@ -158,6 +162,39 @@ def _required_present(files: str, candidates: list[str]) -> bool:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
+SANDBOX_PREFIX = "casbackup-verify-"
+# casbackup-verify-<pid>-<token>-<mkdtemp's random part>: see engines/leftovers.py
+_SANDBOX_NAME = re.compile(r"casbackup-verify-(\d+)-([0-9a-f]{8})-[A-Za-z0-9_]+")
+
+
+def sweep_stale_sandboxes(parent: str) -> list[str]:
+    """Remove the sandboxes in ``parent`` of verifications killed outright (SIGKILL, power
+    cut: their ``finally`` never ran), each a whole restored snapshot; returns their paths.
+
+    Only folders named by this version's pattern, owned by this user (lstat: a symlink is
+    never one) and whose process is gone or is an earlier process with this pid
+    (``leftovers.is_stale``); a live verification's sandbox and anything else are left."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    for name in names:
+        match = _SANDBOX_NAME.fullmatch(name)
+        if match is None or not is_stale(int(match.group(1)), match.group(2)):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            remove_tree(path)
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove: the next verification tries again
+        removed.append(path)
+    return removed
+
+
 def remove_tree(path: str) -> None:
     """Remove a restored tree, however deep, even where restored folder modes forbid writing.
 
@@ -235,15 +272,17 @@ def run_verification(
             f"snapshot {snapshot.short_id} could not be verified, nothing was recorded: "
             + "; ".join(unusable)
         )
+    parent = options.sandbox_dir or tempfile.gettempdir()
     try:
         if options.sandbox_dir:
             os.makedirs(options.sandbox_dir, exist_ok=True)
-        sandbox = tempfile.mkdtemp(prefix="casbackup-verify-", dir=options.sandbox_dir or None)
+        for gone in sweep_stale_sandboxes(parent):
+            reporter.warning(f"removed the sandbox of a verification that was killed: {gone}")
+        sandbox = tempfile.mkdtemp(prefix=f"{SANDBOX_PREFIX}{process_tag()}-", dir=parent)
     except OSError as exc:
-        where = options.sandbox_dir or tempfile.gettempdir()
         raise StorageError(
             f"snapshot {snapshot.short_id} could not be verified, nothing was recorded: the "
-            f"sandbox cannot be made in {where}: {exc.strerror or exc} (give --sandbox a "
+            f"sandbox cannot be made in {parent}: {exc.strerror or exc} (give --sandbox a "
             "folder this user can write)"
         ) from None
     try:

@@ -182,3 +182,42 @@ def test_default_sandbox_is_a_private_temporary_folder(repo, tmp_path: Path, mon
     assert result.sandbox is not None and Path(result.sandbox).parent == temp
     assert os.stat(result.sandbox).st_mode & 0o777 == 0o700
     sandbox_mod.remove_tree(result.sandbox)
+
+
+def test_the_sandbox_of_a_killed_verification_is_removed_by_the_next(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, sandboxes: Path
+) -> None:
+    """A verification killed outright (SIGKILL: its finally never runs) left its sandbox, a
+    whole restored snapshot, in the temp folder for good. Found looking for the kind of
+    helper-53's database leftovers in verify."""
+    import subprocess
+    import sys
+
+    app, db = make_app(tmp_path)
+    snap = backup(repo, app, [db])
+    killed = [sys.executable, "-c", "import time; time.sleep(60)"]
+    proc = subprocess.Popen(killed)
+    live = sandboxes / f"casbackup-verify-{proc.pid}-0123abcd-x1y2z3"
+    live.mkdir()
+    code = "import os; print(os.getpid())"
+    dead_pid = int(subprocess.run([sys.executable, "-c", code], capture_output=True).stdout)
+    dead = sandboxes / f"casbackup-verify-{dead_pid}-89abcdef-q1w2e3"
+    (dead / "files" / "deep").mkdir(parents=True)
+    (dead / "files" / "deep" / "data").write_bytes(b"x" * 1000)
+    os.chmod(dead / "files", 0o500)  # restored modes must not stop the removal
+    other = sandboxes / "casbackup-verify-abc123"  # an older version's name: not ours to judge
+    other.mkdir()
+    try:
+        warned: list[str] = []
+
+        class Rep(sandbox_mod.Reporter):
+            def warning(self, message: str) -> None:
+                warned.append(message)
+
+        result = run_verification(repo, snap, VerifyOptions(sandbox_dir=str(sandboxes)), Rep())
+        assert result.ok
+        assert not dead.exists() and live.exists() and other.exists()
+        assert warned == [f"removed the sandbox of a verification that was killed: {dead}"]
+    finally:
+        proc.kill()
+        proc.wait()
