@@ -49,7 +49,14 @@ from casbackup.archiver.reading import FileReading, InFlight
 from casbackup.archiver.walk import MAX_PENDING_DIRS, PendingDir, Walker
 from casbackup.archiver.workers import BATCH_FILES, CancelFlag, ReaderPool
 from casbackup.chunking.chunker import Chunker
-from casbackup.errors import CasError, Interrupted, NotFound, UsageError
+from casbackup.errors import (
+    CasError,
+    DatabaseError,
+    Interrupted,
+    NotFound,
+    SnapshotProviderError,
+    UsageError,
+)
 from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import BACKUP_TYPES, DatabaseRecord, Snapshot, Summary, now_utc
@@ -198,10 +205,18 @@ class Backup(Walker, FileReading):
             raise Interrupted(
                 "backup interrupted; the chunks stored so far are kept for the next run"
             ) from None
-        except BaseException:
+        except BaseException as exc:
+            stopped = self._cancelled.is_set()  # a stop was asked for before this failed
             self._cancelled.set()
             self._shutdown()
             self._keep_committed()
+            if stopped and isinstance(exc, DatabaseError | SnapshotProviderError):
+                # Ctrl-C reaches the whole process group: the dump tool (or snapshot
+                # command) was stopped too, and its failure is the interruption, not a
+                # fault of the database (exit 130, not 27).
+                raise Interrupted(
+                    "backup interrupted; the chunks stored so far are kept for the next run"
+                ) from None
             raise
         self._shutdown()
         c = self.counters

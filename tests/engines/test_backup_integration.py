@@ -18,7 +18,7 @@ import pytest
 
 from casbackup.engines.mysql import MysqlEngine
 from casbackup.engines.postgresql import PostgresEngine
-from casbackup.testing.fixtures import CliResult, run_cli
+from casbackup.testing.fixtures import PASSWORD, CliResult, run_cli
 from tests.engines import test_mysql as my
 from tests.engines import test_postgresql as pg
 from tests.engines.conftest import (
@@ -278,3 +278,49 @@ def test_failing_dumps_exit_27_and_leave_no_snapshot(
         ("summary", "good"), ("error", "wrongpw"), ("error", "nodb")]  # fmt: skip
     assert "2 of 3 applications failed: wrongpw, nodb" in out.err
     assert snapshot_count(config) == 1
+
+
+def test_ctrl_c_during_a_waiting_dump_is_an_interruption(pg_database: str, tmp_path: Path) -> None:
+    """Found by helper-54 on a real serve, reproduced with the CLI: Ctrl-C while pg_dump's
+    row counts waited on a locked table exited 27 ('psql exited with status 3: ... canceling
+    statement due to user request'): the terminal's SIGINT reaches psql too, and its failure
+    was reported as the database's. It is the interruption: exit 130, as elsewhere."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.engines.conftest import PG_HOST, PG_PORT, PG_USER, psql
+
+    psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);", pg_database)
+    entry = db_entry("orders", "postgresql", host=PG_HOST, port=PG_PORT, user=PG_USER,
+                     database=pg_database)  # fmt: skip
+    config = write_config(tmp_path, {"shop": entry})
+    locker = subprocess.Popen(
+        ["psql", "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER, "-d", pg_database, "-c",
+         "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        env = {**os.environ, **cli_env(config), "CASBACKUP_PASSWORD": PASSWORD}
+        time.sleep(1.0)  # the lock is taken
+        backup = subprocess.Popen(
+            [sys.executable, "-m", "casbackup.cli.main", "backup", "--app", "shop"],
+            env=env, stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        assert backup.stderr is not None
+        for line in backup.stderr:  # until the dump (and its waiting count) has started
+            if b"dumping database orders" in line:
+                break
+        time.sleep(1.5)
+        os.killpg(backup.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+        err = backup.stderr.read().decode()
+        assert backup.wait(timeout=60) == 130, err
+        assert "interrupted" in err and "psql exited" not in err
+    finally:
+        locker.kill()
+        locker.wait()
+        psql(  # its session sleeps on in the server: end it so the database can be dropped
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{pg_database}' AND pid <> pg_backend_pid();"
+        )
