@@ -21,7 +21,12 @@ ROOT = Path(casbackup.__file__).parent
 
 # Threads that run `casbackup` children or notifier commands: an exec'd program keeps the
 # mask, so these must not block the stop signals (threadsig.py's docstring says why).
-PLAIN_THREADS_ALLOWED = {"threadsig.py", "server/jobs.py", "server/scheduler.py"}
+PLAIN_THREADS_ALLOWED = {
+    "threadsig.py",
+    "server/jobs.py",
+    "server/scheduler.py",
+    "server/notices.py",
+}
 
 
 def _calls(tree: ast.AST, name: str) -> list[ast.Call]:

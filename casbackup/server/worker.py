@@ -53,6 +53,7 @@ from casbackup.errors import (
 from casbackup.plan_docs import forget_plan_doc, prune_plan_doc, recovery_plan_doc
 from casbackup.repo.repository import Repository
 from casbackup.reporter import Progress, Reporter
+from casbackup.threadsig import quiet_thread
 from casbackup.units import plural
 
 if TYPE_CHECKING:
@@ -487,8 +488,8 @@ def main() -> int:
     try:
         spec, stdin = _read_spec()
         if stdin is not None:
-            threading.Thread(target=_read_stop, args=stdin, name="stop-reader",
-                             daemon=True).start()  # fmt: skip
+            # Stop signals blocked here: the service's SIGINT must reach the main thread.
+            quiet_thread(_read_stop, args=stdin, name="stop-reader").start()
         kind = spec["kind"]
         operation = OPERATIONS[kind]
         password = base64.b64decode(spec["password_b64"])
