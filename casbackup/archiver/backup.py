@@ -40,6 +40,7 @@ from casbackup.archiver.backup_options import (
     database_paths,
     exclude_renames,
     inside,
+    with_link_targets,
 )
 from casbackup.archiver.compare import Counts
 from casbackup.archiver.delta_bases import BaseFinder, Stopped, store_chunks
@@ -151,6 +152,10 @@ class Backup(Walker, FileReading):
         for p in paths:
             if not os.path.lexists(p):
                 raise NotFound(f"source {p} does not exist")
+        paths, link_notes = with_link_targets(paths)
+        for note in link_notes:
+            self.notes.append(note)
+            self.reporter.info(note)
         opts = replace(opts, paths=paths)
         self.options = opts
         reference, reuse = choose_parent(self.repo, opts)

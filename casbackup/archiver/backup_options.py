@@ -147,6 +147,31 @@ def database_paths(options: BackupOptions) -> frozenset[str]:
     )
 
 
+def with_link_targets(paths: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """``paths`` (absolute) plus, for each that is a symlink, the folder or file it resolves
+    to when no path already covers it; and one note per symlink source.
+
+    Why: an application's source is often a link (/srv/app -> /data/app). Stored as what it
+    is, the snapshot held the link alone: 0 files, exit 0, and recover skipped it. The link
+    is still recorded as it is (restore recreates it); what it points to is a source too.
+    (restic and borg store only the link of a symlink argument.)"""
+    out = list(paths)
+    notes = []
+    for path in paths:
+        if not os.path.islink(path):
+            continue
+        target = os.path.realpath(path)
+        if not os.path.exists(target):
+            notes.append(f"source {path} is a symlink to {target}, which does not exist: "
+                         "only the link is backed up")  # fmt: skip
+            continue
+        if not inside(target, tuple(out)):
+            out.append(target)
+        notes.append(f"source {path} is a symlink to {target}: the link and what it points to "
+                     "are backed up")  # fmt: skip
+    return tuple(out), notes
+
+
 def inside(path: str, sources: tuple[str, ...]) -> bool:
     """Whether ``path`` is one of ``sources`` or below one (absolute paths, no I/O)."""
     path = os.path.abspath(path)

@@ -358,6 +358,14 @@ def build_plan(
             )
             damaged = True
             continue
+        if node is not None and node.kind == NodeKind.SYMLINK:
+            # A backup stores what a symlink source points to as a source of its own
+            # (backup_options.with_link_targets), recovered as such; the link is not.
+            warnings.append(
+                f"source {source} is a symlink (to {os.fsdecode(node.link_target)}) in the "
+                "snapshot: the link is not recreated in the target"
+            )
+            continue
         if node is None or node.kind not in (NodeKind.DIR, NodeKind.FILE):
             warnings.append(f"source {source} is not a folder or file in the snapshot; skipped")
             continue
