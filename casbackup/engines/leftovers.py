@@ -12,6 +12,9 @@ and never a live restore's. (The server side of a killed restore is claims.py.)
 from __future__ import annotations
 
 import os
+import re
+import stat
+from collections.abc import Callable
 
 from casbackup.liveness import pid_exists
 
@@ -37,3 +40,31 @@ def is_stale(pid: int, token: str) -> bool:
     if pid == os.getpid():
         return token != _token()
     return not pid_exists(pid)
+
+
+def sweep_stale_folders(
+    parent: str, pattern: re.Pattern[str], remove: Callable[[str], None]
+) -> list[str]:
+    """Remove, with ``remove(path)``, the folders in ``parent`` whose name ``pattern`` matches
+    in full with groups (pid, token) of a process that is gone (``is_stale``); returns their
+    paths. Only this user's real folders (lstat: a symlink is never one); anything that
+    cannot be removed now is left for the next sweep. Never raises."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or not is_stale(int(match.group(1)), match.group(2)):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            remove(path)
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+        removed.append(path)
+    return removed

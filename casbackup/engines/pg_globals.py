@@ -28,14 +28,13 @@ import contextlib
 import os
 import re
 import shutil
-import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream
-from casbackup.engines.leftovers import is_stale, process_tag
+from casbackup.engines.leftovers import process_tag, sweep_stale_folders
 from casbackup.engines.pg_restrict import StableKeyStream
 from casbackup.engines.pg_sql import (
     MAX_SCRIPT,
@@ -188,27 +187,9 @@ _ACL_FOLDER = re.compile(r"casb-acl-([0-9]{1,10})-([0-9a-f]{8})-[A-Za-z0-9_]+\Z"
 def sweep_acl_folders() -> int:
     """Remove the privileges-pass folders of restores that were killed (this user's only,
     real folders only); how many. Never raises."""
-    top, removed = tempfile.gettempdir(), 0
-    try:
-        names = os.listdir(top)
-    except OSError:
-        return 0
-    for name in names:
-        m = _ACL_FOLDER.match(name)
-        if m is None or not is_stale(int(m.group(1)), m.group(2)):
-            continue
-        path = os.path.join(top, name)
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-                continue
-            # rmtree works through file descriptors here (avoids_symlink_attacks): a link
-            # planted inside cannot make it remove anything outside the folder.
-            shutil.rmtree(path)
-            removed += 1
-        except OSError:
-            continue
-    return removed
+    # rmtree works through file descriptors here (avoids_symlink_attacks): a link planted
+    # inside cannot make it remove anything outside the folder.
+    return len(sweep_stale_folders(tempfile.gettempdir(), _ACL_FOLDER, shutil.rmtree))
 
 
 class AclPass:

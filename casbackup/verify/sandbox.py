@@ -40,7 +40,7 @@ from casbackup import __version__
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.engines.base import DatabaseSpec, canonical_engine_name
-from casbackup.engines.leftovers import is_stale, process_tag
+from casbackup.engines.leftovers import process_tag, sweep_stale_folders
 from casbackup.errors import (
     CasError,
     DatabaseError,
@@ -174,25 +174,7 @@ def sweep_stale_sandboxes(parent: str) -> list[str]:
     Only folders named by this version's pattern, owned by this user (lstat: a symlink is
     never one) and whose process is gone or is an earlier process with this pid
     (``leftovers.is_stale``); a live verification's sandbox and anything else are left."""
-    removed = []
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return []
-    for name in names:
-        match = _SANDBOX_NAME.fullmatch(name)
-        if match is None or not is_stale(int(match.group(1)), match.group(2)):
-            continue
-        path = os.path.join(parent, name)
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-                continue
-            remove_tree(path)
-        except OSError:
-            continue  # gone meanwhile, or not ours to remove: the next verification tries again
-        removed.append(path)
-    return removed
+    return sweep_stale_folders(parent, _SANDBOX_NAME, remove_tree)
 
 
 def remove_tree(path: str) -> None:
