@@ -165,3 +165,33 @@ def test_a_rolled_back_index_never_makes_a_backup_skip_data(bucket: Bucket, tmp_
     assert run_cli("repair", "index", repo=bucket.location, timeout=300).code == 0
     res = run_cli("check", "--read-data", repo=bucket.location, timeout=300)
     assert res.code == 0, res.err
+
+
+def test_a_pack_damaged_in_the_bucket_is_repaired_and_healed(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """repair packs on S3: whoever owns the bucket flips a byte in a data pack; check names
+    it, repair packs keeps the intact blobs and drops the damaged one, the next backup
+    stores it again, and check --read-data passes for every snapshot."""
+    src = tmp_path / "src"
+    first = backup(bucket, src, b"first ")
+    (src / "b.bin").write_bytes(os.urandom(300_000))
+    backup(bucket, src, b"first ")  # a.txt unchanged: its chunk shared by both snapshots
+    packs = bucket.keys("data/")
+    key = max(packs, key=lambda k: packs[k])
+    body = bytearray(bucket.get(key))
+    body[len(body) // 2] ^= 0x40
+    bucket.put(key, bytes(body))
+    res = run_cli("--json", "check", "--read-data", repo=bucket.location, timeout=300)
+    damaged = json.loads(res.out.splitlines()[-1])
+    assert res.code == 29 and damaged["repairable_packs"] == [key.rsplit("/", 1)[1]], damaged
+    res = run_cli(
+        "repair", "packs", *damaged["repairable_packs"], repo=bucket.location, timeout=300
+    )
+    assert res.code == 0 and "1 damaged blob dropped" in res.out, res.err
+    assert key not in bucket.keys("data/")
+    assert run_cli("backup", str(src), repo=bucket.location, timeout=300).code == 0
+    res = run_cli("check", "--read-data", repo=bucket.location, timeout=300)
+    assert res.code == 0, res.err
+    target = tmp_path / "restored"
+    assert run_cli("restore", first, "--target", str(target), repo=bucket.location).code == 0
