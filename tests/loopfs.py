@@ -1,5 +1,6 @@
 """File systems on loop files for the tests that need a particular one (Btrfs snapshots,
-restores onto XFS), and the rule for what is missing: skip with the reason, fail under CI."""
+restores onto XFS), small tmpfs mounts (a full or read-only target), and the rule for what
+is missing: skip with the reason, fail under CI."""
 
 from __future__ import annotations
 
@@ -55,3 +56,20 @@ def loop_mount(kind: str, base: Path, package: str, size_mib: int = 320) -> Iter
                 break
             time.sleep(0.2)
         image.unlink(missing_ok=True)
+
+
+@contextmanager
+def tmpfs(where: Path, options: str = "size=1m") -> Iterator[Path]:
+    """A real tmpfs mounted at ``where`` (made if missing) with mount ``options`` (e.g.
+    "size=1m,ro"), unmounted afterwards. Needs root and mount(8): without them the test is
+    skipped with the reason, and fails under CI, where the suite runs as root."""
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        unavailable("a tmpfs mount (a full or read-only file system) needs root and mount(8)")
+    done = _run("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where))
+    if done.returncode != 0:
+        unavailable(f"cannot mount a tmpfs at {where}: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        _run("umount", str(where))

@@ -26,6 +26,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.testing.fixtures import make_repo, open_repo, run_cli
 from tests.archiver.test_restore_fidelity import damage_chunk
+from tests.loopfs import tmpfs
 
 FILES = 300  # more than two batches (128 files each)
 
@@ -207,16 +208,9 @@ def test_errors_before_a_full_target_are_still_reported(
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MB file system (needs root and the right to mount: skipped elsewhere)."""
-    where = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    where.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                       check=True, capture_output=True)  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("cannot mount a tmpfs here")
-    yield where
-    subprocess.run(["umount", str(where)], check=True)
+    """A real 1 MB file system (tests/loopfs.py: root and mount(8), else skipped)."""
+    with tmpfs(tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}", "size=1m") as where:
+        yield where
 
 
 @pytest.mark.parametrize("workers", ["2", "1"], ids=["processes", "threads"])

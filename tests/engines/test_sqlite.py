@@ -17,6 +17,7 @@ from casbackup.engines.base import DatabaseSpec
 from casbackup.engines.sqlite import SqliteEngine
 from casbackup.errors import DatabaseError
 from tests.engines.conftest import read_in_pieces
+from tests.loopfs import tmpfs
 
 # Each transaction moves an amount between accounts and logs it: the sum of balances never
 # changes, and the ledger's row count equals the number of committed transfers. A torn copy
@@ -196,20 +197,13 @@ def test_restore_onto_a_full_disk_names_the_target_and_leaves_nothing(tmp_path: 
     with SqliteEngine().dump(spec_for(db)) as stream:
         data = stream.read()
         stream.finish()
-    small = tmp_path / "small"
-    small.mkdir()
     size = max(64 * 1024, len(data) // 2 // 4096 * 4096)  # room for half the database
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)],
-                      capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "small", f"size={size}") as small:
         target = small / "restored.db"
         with pytest.raises(DatabaseError) as info:
             SqliteEngine().restore(spec_for(target), io.BytesIO(data))
         assert str(info.value) == f"database 'bank': cannot write {target}: No space left on device"
         assert os.listdir(small) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 _KILLED_CHILD = r"""

@@ -4,11 +4,11 @@ tell, and otherwise says what is back; the report always lands somewhere, and sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from casbackup.recovery import execute
 from casbackup.recovery.execute import recover
 from casbackup.recovery.plan import RecoverOptions, build_plan
 from casbackup.verify.sandbox import run_verification
-from tests.loopfs import unavailable
+from tests.loopfs import tmpfs
 from tests.verify.apps import backup, make_app
 
 
@@ -32,33 +32,19 @@ def shop(repo, tmp_path: Path):  # type: ignore[no-untyped-def]
     return app, snap
 
 
-def mount_tmpfs(where: Path, options: str) -> None:
-    where.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                       check=True, capture_output=True)  # fmt: skip
-    except (OSError, subprocess.CalledProcessError) as exc:
-        # Root and mount(8) are needed (the whole suite runs as root under CI, so a
-        # failure there is one); elsewhere skipped, saying why.
-        unavailable(f"recovering onto a read-only or full file system needs a tmpfs "
-                    f"mount (root): {exc}")  # fmt: skip
-
-
 @pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[list[Path]]:
-    """Real tmpfs mounts (root only; skipped elsewhere), unmounted afterwards."""
-    made: list[Path] = []
-    yield made
-    for where in made:
-        subprocess.run(["umount", str(where)], check=False)
+def mounts() -> Iterator[Callable[[Path, str], Path]]:
+    """``mounts(where, options)``: a real tmpfs there (tests/loopfs.py: root and mount(8),
+    else skipped), unmounted after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda where, options: stack.enter_context(tmpfs(where, options))
 
 
 def test_a_read_only_target_is_refused_before_anything_is_read(  # type: ignore[no-untyped-def]
     repo, tmp_path: Path, shop, mounts, monkeypatch
 ) -> None:
     ro = tmp_path / f"ro-{uuid.uuid4().hex[:6]}"
-    mount_tmpfs(ro, "size=1m,ro")
-    mounts.append(ro)
+    mounts(ro, "size=1m,ro")
 
     def no_recheck(*args: object, **kwargs: object) -> object:
         raise AssertionError("the re-check ran for a target that cannot be written")
@@ -84,8 +70,7 @@ def test_a_full_target_says_what_is_back_and_the_report_goes_elsewhere(  # type:
     repo, tmp_path: Path, shop, mounts, monkeypatch
 ) -> None:
     small = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
-    mount_tmpfs(small, "size=1m")
-    mounts.append(small)
+    mounts(small, "size=1m")
     spare = tmp_path / "spare-tmp"
     spare.mkdir()
     monkeypatch.setenv("TMPDIR", str(spare))

@@ -7,7 +7,6 @@ would pass over a sound snapshot; so nothing is recorded and the error says what
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,21 +16,15 @@ import pytest
 from casbackup.errors import StorageError
 from casbackup.verify.records import latest_verification, list_records
 from casbackup.verify.sandbox import VerifyOptions, run_verification
+from tests.loopfs import tmpfs
 from tests.verify.apps import backup, make_app
 
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MB file system (needs root and the right to mount: skipped elsewhere)."""
-    where = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    where.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                       check=True, capture_output=True)  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("cannot mount a tmpfs here")
-    yield where
-    subprocess.run(["umount", str(where)], check=True)
+    """A real 1 MB file system (tests/loopfs.py: root and mount(8), else skipped)."""
+    with tmpfs(tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}", "size=1m") as where:
+        yield where
 
 
 def test_a_full_sandbox_records_nothing(repo, tmp_path: Path, small_tmpfs: Path) -> None:  # type: ignore[no-untyped-def]
