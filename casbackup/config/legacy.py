@@ -23,6 +23,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from casbackup.config.fields import Ctx, Section, parse_database
 from casbackup.config.load import (
@@ -59,13 +60,51 @@ _DB_RENAME = {
 _APP_RENAME = {"source_path": "source"}
 
 
+class _DuplicateKey(ValueError):
+    """A key given twice in one JSON object (``json.loads`` would keep the last)."""
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _key_line(text: str, key: str) -> int:
+    """The line of ``key``'s second appearance as an object key (1-based; 0 if not found)."""
+    seen = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        seen += line.count(json.dumps(key) + ":") + line.count(json.dumps(key) + " :")
+        if seen >= 2:
+            return number
+    return 0
+
+
 def load_legacy(text: str, ctx: Ctx) -> Config:
+    """The seed's JSON layout as a ``Config``. Raises ConfigError (invalid JSON, a key given
+    twice in one object, nesting too deep, or what the sections' checks find)."""
+    from casbackup.config.load import NESTED_TOO_DEEPLY
+
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_refuse_duplicates)
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", path=str(ctx.path)
         ) from None
+    except _DuplicateKey as e:
+        # TOML refuses the same; JSON parsers differ, and the one we use keeps the last
+        # value, dropping the first without a word (an application list, a source).
+        key = str(e)
+        line = _key_line(text, key)
+        where = f" (line {line})" if line else ""
+        raise ConfigError(
+            f"invalid JSON: key {key!r} given twice in one object{where}", path=str(ctx.path)
+        ) from None
+    except RecursionError:
+        raise ConfigError(NESTED_TOO_DEEPLY, path=str(ctx.path)) from None
     top = Section(ctx, data, "")
     warnings: list[str] = []
 
@@ -105,7 +144,10 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
             sources = (sec.text("source", required=True) or "",)
         app = AppConfig(
             name=name,
-            sources=tuple(ctx.resolve(s) for s in sources),
+            sources=tuple(
+                ctx.resolve(s, sec.path("sources" if sec.has("sources") else "source"))
+                for s in sources
+            ),
             description=sec.text("description", default="") or "",
             excludes=sec.str_list("excludes"),
             default_backup_type=backup_type,
