@@ -174,6 +174,26 @@ def run_password_command(command: str) -> bytes:
     return out.rstrip(b"\r\n")
 
 
+def passphrase_from(file: str | None, command: str | None) -> bytes:
+    """A repository passphrase from ``file`` (first) or the output of ``command``, without
+    its trailing newline. UsageError when the source fails or gives nothing: no key file
+    has an empty passphrase (init and key add refuse one), so an empty file (a secret not
+    mounted yet) is the source's fault, never tried and called a wrong passphrase."""
+    if file:
+        data = read_secret_file(file)
+        if not data:
+            raise UsageError(f"password file {file} is empty: an empty passphrase is not allowed")
+        return data
+    if not command:
+        raise UsageError("no password file or command given")
+    data = run_password_command(command)
+    if not data:
+        raise UsageError(
+            f"password command {command!r} printed nothing: an empty passphrase is not allowed"
+        )
+    return data
+
+
 def read_password(source: PasswordSource) -> bytes | None:
     """The passphrase from the source, or None when no source gives one (the caller may prompt).
 
@@ -181,10 +201,8 @@ def read_password(source: PasswordSource) -> bytes | None:
     Files and command output are capped at SECRET_MAX bytes; the command runs without a shell
     and without casbackup's own environment variables (``password_command_env``).
     """
-    if source.file:
-        return read_secret_file(source.file)
-    if source.command:
-        return run_password_command(source.command)
+    if source.file or source.command:
+        return passphrase_from(source.file, source.command)
     # Set but empty is not set (as restic reads RESTIC_PASSWORD): `CASBACKUP_PASSWORD= cmd`
     # or a blank line in an environment file falls through, never tried as a passphrase.
     env = os.environ.get("CASBACKUP_PASSWORD")
