@@ -18,6 +18,7 @@ import errno
 import itertools
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -52,7 +53,24 @@ def check_fuse() -> Any:
 
 
 def check_mountpoint(mountpoint: str) -> None:
-    if not os.path.isdir(mountpoint):
+    """Refuse, with MountError, a mount point that is not a folder this user may mount on,
+    that is mounted already, or that a killed mount left behind."""
+    try:
+        st = os.stat(mountpoint)
+        if stat.S_ISDIR(st.st_mode):
+            # Asks the file system itself: stat may come from the kernel's cache, but a FUSE
+            # mount whose process died answers ENOTCONN to anything it must serve.
+            os.statvfs(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{mountpoint} is left from a mount whose process was killed: run "
+                f"'fusermount3 -u {mountpoint}', then mount again"
+            ) from None
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise MountError(f"mount point {mountpoint} cannot be used: {exc.strerror}") from None
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {mountpoint} is not an existing folder")
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point; unmount it first")

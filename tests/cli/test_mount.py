@@ -276,3 +276,28 @@ def test_clear_errors(tmp_path: Path, repo_path: str) -> None:
         == ("error: FUSE is not available: fusermount3 is not installed (install fuse3)")
         or "/dev/fuse" in result.err
     )
+
+
+def test_a_killed_mount_leaves_a_mount_point_the_next_mount_names(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # SIGKILL leaves the kernel's side of the mount behind: every access to the folder fails
+    # with ENOTCONN. The next mount called it "not an existing folder", which it is, and
+    # gave no hint of the 'fusermount3 -u' that makes it usable again.
+    repo_path = str(tmp_path / "repo")
+    make_repo(repo_path).close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    try:
+        with mounted(repo_path, mp) as proc:
+            proc.kill()
+            proc.wait(timeout=20)
+            with pytest.raises(OSError) as gone:
+                os.listdir(mp)
+            assert gone.value.errno == errno.ENOTCONN
+            result = run_cli("mount", str(mp), repo=repo_path)
+            assert result.code == 32
+            assert result.err == (
+                f"error: {mp} is left from a mount whose process was killed: run "
+                f"'fusermount3 -u {mp}', then mount again\n"
+            )
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mp)], check=False, capture_output=True)
