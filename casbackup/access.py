@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from casbackup.errors import RepositoryNotFound, UsageError
 from casbackup.repo.repository import Repository
@@ -57,6 +58,8 @@ def open_backend(location: str | None, settings: dict[str, str] | None = None) -
     scheme, sep, _rest = location.partition(":")
     if sep and _SCHEME.fullmatch(scheme) and scheme != "local" and plugins.has("backend", scheme):
         opener = plugins.load("backend", scheme)
+        if scheme not in plugins.BUILTIN["backend"]:
+            return _open_plugin_backend(opener, scheme, location, settings or {})
     elif sep and scheme in ("sftp", "rest"):
         raise UsageError(
             f"storage {scheme!r} is not available in this build; use a local path or s3:"
@@ -65,6 +68,25 @@ def open_backend(location: str | None, settings: dict[str, str] | None = None) -
         opener = plugins.load("backend", "local")
     backend = opener(location, settings or {})
     return backend  # type: ignore[no-any-return]
+
+
+def _open_plugin_backend(
+    opener: Any, scheme: str, location: str, settings: dict[str, str]
+) -> Backend:
+    """Another package's backend for ``location``, behind ``GuardedBackend``: what its
+    opener raises, or returns instead of a backend, is one StorageError line (exit 25)."""
+    from casbackup.errors import CasError, StorageError
+    from casbackup.store.guard import GuardedBackend
+
+    try:
+        inner = opener(location, settings)
+    except CasError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - another package's fault, told in one line
+        raise StorageError(
+            f"storage plugin {scheme!r} failed to open {location}: {type(exc).__name__}: {exc}"
+        ) from None
+    return GuardedBackend(inner, scheme)  # type: ignore[return-value]
 
 
 def canonical_location(location: str) -> str:

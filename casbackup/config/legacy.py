@@ -112,7 +112,7 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
     backup_type = check_backup_type(
         backup, "default_backup_type", backup.text("default_backup_type") or "full"
     )
-    warnings += backup.done(ignore_unknown=True)
+    warnings += _ignored(backup)
 
     # Each section, application and database is checked even after another failed: the
     # caller reports every problem at once (Ctx.raise_problems).
@@ -140,6 +140,10 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
         name = check_app_name(sec, sec.text("name", required=True) or "")
         if sec.has("sources"):
             sources = sec.str_list("sources", required=True)
+            if sec.has("source"):  # one of them would be dropped: say which, not guess
+                raise sec.error(
+                    "source", f"give source or sources, not both (sources = {list(sources)})"
+                )
         else:
             sources = (sec.text("source", required=True) or "",)
         app = AppConfig(
@@ -154,7 +158,7 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
             verification=AppVerification(auto_verify=verification.auto_verify),
             snapshot=check_app_snapshot(sec, sec.text("snapshot")),
         )
-        warnings.extend(sec.done(ignore_unknown=True))
+        warnings.extend(_ignored(sec))
         return app
 
     parsed = [ctx.attempt(lambda i=i, raw=raw: one_app(i, raw), None)
@@ -166,7 +170,7 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
 
     attached = _attach_databases(top, ctx, apps, warnings)
     apps = [replace(app, databases=_unique_names(attached[app.name])) for app in apps]
-    warnings += [f"{key}: ignored (not used by casbackup)" for key in top.done(ignore_unknown=True)]
+    warnings += _ignored(top)
     return Config(
         applications=tuple(apps),
         verification=verification,
@@ -177,6 +181,11 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
         layout="legacy-json",
         warnings=tuple(warnings),
     )
+
+
+def _ignored(sec: Section) -> list[str]:
+    """One warning per key of ``sec`` nobody read: the old layout's keys load as they are."""
+    return [f"{key}: ignored (not used by casbackup)" for key in sec.done(ignore_unknown=True)]
 
 
 def _attach_databases(
@@ -192,7 +201,7 @@ def _attach_databases(
         parsed = ctx.attempt(lambda s=sec: parse_database(s, name="db"), None)
         if parsed is None:
             continue
-        warnings += [f"{k}: ignored (not used by casbackup)" for k in sec.done(ignore_unknown=True)]
+        warnings += _ignored(sec)
         spec = replace(parsed, name=_derive_name(parsed))
         if owner is not None:
             if owner not in attached:

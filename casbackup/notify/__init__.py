@@ -100,7 +100,9 @@ def dispatch(
         try:
             cls = plugins.load("notifier", cfg.type, offline_mode=offline_mode)
             cls(cfg).send(event)
-        except Exception as exc:  # noqa: BLE001 - any fault of a notifier is only reported
+        # A plugin's sys.exit() too: it must not end the backup it reports on (only a stop
+        # signal, KeyboardInterrupt, goes through).
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a notifier's fault is only reported
             what = str(exc) if isinstance(exc, NotifierFailed) else f"{type(exc).__name__}: {exc}"
             text = f"notifier {cfg.label} failed for event {event.kind}: {what}"
             if log_failures:

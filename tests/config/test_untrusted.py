@@ -106,3 +106,30 @@ def test_cli_one_line_for_hostile_files(tmp_path: Path) -> None:
         assert len(res.err.strip().splitlines()) == 1 and "Traceback" not in res.err
     res = run_cli("-r", str(tmp_path / "r"), "backup", "--delta-files", "9" * 400 + "M", "/x")
     assert res.code == 2 and "too large" in res.err and "Traceback" not in res.err, res
+
+
+def test_legacy_keys_left_unused_say_so(tmp_path: Path) -> None:
+    """Warnings for an old application's or [backup]'s unused keys were the bare key path
+    ("warning: applications[0].schedule"), unlike the other sections' "ignored" lines."""
+    path = tmp_path / "config_phase3.json"
+    path.write_text(json.dumps({
+        "backup": {"default_backup_type": "full", "compression": "gzip"},
+        "applications": [{"name": "a", "source": "/x", "schedule": "daily"}],
+    }))  # fmt: skip
+    assert load_config(path).warnings == (
+        "backup.compression: ignored (not used by casbackup)",
+        "applications[0].schedule: ignored (not used by casbackup)",
+    )
+
+
+def test_legacy_source_and_sources_together_are_refused(tmp_path: Path) -> None:
+    # "sources" won and "source" was dropped with a bare warning: /x was never backed up.
+    path = tmp_path / "config_phase3.json"
+    path.write_text(
+        json.dumps({"applications": [{"name": "a", "source": "/x", "sources": ["/y"]}]})
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (
+        f"{path}: applications[0].source: give source or sources, not both (sources = ['/y'])"
+    )
