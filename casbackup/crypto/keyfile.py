@@ -196,6 +196,15 @@ def keyfile_info(data: bytes) -> KeyFileInfo:
     )
 
 
+def require_within(kdf: KdfParams, limit: KdfLimit) -> None:
+    """FormatError, naming the variable that raises the limit, if ``kdf`` asks for more."""
+    if not limit.allows(kdf):
+        raise FormatError(
+            f"key file asks for {kdf.describe()}, above the limit of {limit.describe()}"
+            f"; if you chose that cost, set {LIMIT_ENV}=MEMORY_MIB:PASSES:LANES"
+        )
+
+
 def unwrap_key(
     data: bytes, passphrase: bytes, repo_id: bytes, limit: KdfLimit = DEFAULT_LIMIT
 ) -> MasterKey:
@@ -204,11 +213,7 @@ def unwrap_key(
     FormatError when the file is damaged or asks for more than ``limit`` (checked before
     Argon2 runs)."""
     doc, kdf = decode_keyfile(data)
-    if not limit.allows(kdf):
-        raise FormatError(
-            f"key file asks for {kdf.describe()}, above the limit of {limit.describe()}"
-            f"; if you chose that cost, set {LIMIT_ENV}=MEMORY_MIB:PASSES:LANES"
-        )
+    require_within(kdf, limit)
     kek = kdf.derive(passphrase, doc["salt"])
     try:
         secret = AESGCM(kek).decrypt(doc["nonce"], doc["wrapped"], repo_id)
