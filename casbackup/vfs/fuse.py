@@ -135,10 +135,13 @@ class FuseOps:
     def readdir(self, path: str, fh: Any) -> Iterator[tuple[str, dict[str, int], int]]:
         try:
             entries = self.vfs.listdir(path)
+            # With inode number 0 the C library drops an entry: '.' and '..' need theirs.
+            here = self.vfs.lookup(path).ino
+            parent = self.vfs.lookup(path.rsplit("/", 1)[0] or "/").ino if path != "/" else 1
         except Exception as exc:
             raise self._fail(path, exc) from None
-        yield ".", {"st_mode": 0o040555}, 0
-        yield "..", {"st_mode": 0o040555}, 0
+        yield ".", {"st_mode": stat.S_IFDIR | 0o555, "st_ino": here}, 0
+        yield "..", {"st_mode": stat.S_IFDIR | 0o555, "st_ino": parent}, 0
         for entry in entries:
             st = entry.stat()
             yield entry.name, {"st_mode": st.mode, "st_ino": st.ino}, 0

@@ -301,3 +301,26 @@ def test_a_killed_mount_leaves_a_mount_point_the_next_mount_names(fuse, tmp_path
             )
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mp)], check=False, capture_output=True)
+
+
+def test_every_folder_lists_dot_and_dotdot(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # '.' and '..' went out with inode number 0, and the C library drops such entries:
+    # 'ls -a' showed neither anywhere in the mount, as no real file system does.
+    repo_path = str(tmp_path / "repo")
+    repo = make_repo(repo_path)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub/f").write_bytes(b"f")
+    snap_backup(repo, src, "web")
+    repo.close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(repo_path, mp) as proc:
+        inner = mp / "web/latest" / str(src).lstrip("/")
+        for folder in (mp, mp / "web", mp / "web/latest", inner, inner / "sub"):
+            listed = subprocess.run(["ls", "-a", str(folder)], capture_output=True, text=True)
+            assert listed.stdout.splitlines()[:2] == [".", ".."], (folder, listed)
+        dot = subprocess.run(["stat", "-c", "%i", str(inner / "sub"), str(inner / "sub/.")],
+                             capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+        assert dot[0] == dot[1]
+        unmount(proc, mp)
