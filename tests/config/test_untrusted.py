@@ -36,6 +36,15 @@ HOSTILE = [
      "applications[0].retention.keep_within", "unit 'd' given twice"),
     (APP + '[applications.retention]\nkeep_within = "99999999999999y"\n',
      "applications[0].retention.keep_within", "too long"),
+    # A NUL reached subprocess (password_command: ValueError traceback) or os calls.
+    ('[repository]\npassword_command = "echo \\u0000x"\n', "repository.password_command",
+     "must not contain a NUL character"),
+    ('[[applications]]\nname = "a"\nsources = ["/x\\u0000y"]\n', "applications[0].sources[0]",
+     "must not contain a NUL character"),
+    (APP + '[[applications.databases]]\nname = "d"\nengine = "mysql"\ndatabase = "x"\n'
+     'options = { socket = "/run/a\\u0000b" }\n',
+     "applications[0].databases[0].options.socket",
+     "must not contain a NUL character"),
 ]  # fmt: skip
 
 
