@@ -28,6 +28,7 @@ T = TypeVar("T")
 DB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # "s3:https://...", "sftp://...", not "C:"
+NUL_CHARACTER = "must not contain a NUL character"
 INLINE_PASSWORD = (
     "inline passwords are not accepted: put the password in an environment variable "
     "(password_env) or a file (password_file)"
@@ -167,6 +168,8 @@ class Section:
                 self.note(name, f"must be a string, not {type_name(value)}")
                 return default
             raise self.error(name, f"must be a string, not {type_name(value)}")
+        if "\x00" in value:  # no path, command or name holds one: os calls refuse it
+            raise self.error(name, NUL_CHARACTER)
         if required and not value.strip():
             raise self.error(name, "must not be empty")
         return value
@@ -208,6 +211,8 @@ class Section:
                 raise self.ctx.error(
                     f"{self.path(name)}[{i}]", f"must be a non-empty string, not {item!r}"
                 )
+            if "\x00" in item:
+                raise self.ctx.error(f"{self.path(name)}[{i}]", NUL_CHARACTER)
         if required and not value:
             raise self.error(name, "must list at least one entry")
         return tuple(value)
@@ -321,6 +326,8 @@ def _options(sec: Section, engine: str) -> dict[str, str]:
             out[key] = str(value)
         else:
             raise table.error(key, f"must be a string, integer or boolean, not {type_name(value)}")
+        if "\x00" in out[key]:
+            raise table.error(key, NUL_CHARACTER)
         problem = _option_problem(engine, key, out[key])
         if problem:
             raise table.error(key, problem)

@@ -50,6 +50,10 @@ LOCAL_NAME = "casbackup.toml"
 APP_NAME_RE = re.compile(r"^[A-Za-z0-9_][^\x00-\x1f\x7f/,:]{0,99}$")
 KEEP_WITHIN_RE = re.compile(r"^(\d+[ymwdh])+$")
 LVM_SIZE_RE = re.compile(r"^(\d+(\.\d+)?[bBsSkKmMgGtTpPeE]?|\d{1,3}%(ORIGIN|FREE|VG|PVS))$")
+# An interval past a year is what @yearly says; a huge one (999999999999 minutes) made the
+# service's scheduler overflow its dates.
+MAX_EVERY_MINUTES = 366 * 24 * 60
+EVERY_TOO_LONG = "the interval must be at most 366 days (use @yearly or a cron expression)"
 _CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 # The seed's "every N minutes" (and hours), kept as "@every Nm" / "@every Nh".
@@ -353,6 +357,8 @@ def check_schedule(sec: Section, value: str | None) -> str | None:
         unit = (every.group(2) or every.group(4))[0].lower()
         if count == 0:
             raise sec.error("schedule", f"{value!r}: the interval must be at least 1")
+        if count * (60 if unit == "h" else 1) > MAX_EVERY_MINUTES:
+            raise sec.error("schedule", f"{value!r}: {EVERY_TOO_LONG}")
         return f"@every {count}{unit}"
     fields = text.split(" ")
     if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):

@@ -36,6 +36,20 @@ HOSTILE = [
      "applications[0].retention.keep_within", "unit 'd' given twice"),
     (APP + '[applications.retention]\nkeep_within = "99999999999999y"\n',
      "applications[0].retention.keep_within", "too long"),
+    # The service's scheduler overflowed its dates (OverflowError) on such intervals.
+    (APP + 'schedule = "every 5000000000 minutes"\n', "applications[0].schedule",
+     "the interval must be at most 366 days"),
+    (APP + 'schedule = "@every 99999999999999999999h"\n', "applications[0].schedule",
+     "the interval must be at most 366 days"),
+    # A NUL reached subprocess (password_command: ValueError traceback) or os calls.
+    ('[repository]\npassword_command = "echo \\u0000x"\n', "repository.password_command",
+     "must not contain a NUL character"),
+    ('[[applications]]\nname = "a"\nsources = ["/x\\u0000y"]\n', "applications[0].sources[0]",
+     "must not contain a NUL character"),
+    (APP + '[[applications.databases]]\nname = "d"\nengine = "mysql"\ndatabase = "x"\n'
+     'options = { socket = "/run/a\\u0000b" }\n',
+     "applications[0].databases[0].options.socket",
+     "must not contain a NUL character"),
 ]  # fmt: skip
 
 
@@ -133,3 +147,14 @@ def test_legacy_source_and_sources_together_are_refused(tmp_path: Path) -> None:
     assert str(e.value) == (
         f"{path}: applications[0].source: give source or sources, not both (sources = ['/y'])"
     )
+
+
+def test_scheduler_refuses_an_interval_it_cannot_count() -> None:
+    """serve --verify-schedule '@every 5000000000m' is not checked by the config's parser."""
+    import datetime as dt
+
+    from casbackup.server.scheduler import Rule
+
+    with pytest.raises(ConfigError, match="at most 366 days"):
+        Rule("@every 5000000000m", dt.UTC)
+    assert Rule("@every 8784h", dt.UTC).interval == dt.timedelta(days=366)

@@ -22,6 +22,7 @@ hflaky = hostileplug:open_flaky
 
 [casbackup.notifiers]
 hexit = hostileplug:ExitingNotifier
+hexitimport = hostileexit:Anything
 """
 
 MODULE = """
@@ -91,6 +92,7 @@ class ExitingNotifier:
 def _package(root: Path) -> Path:
     root.mkdir(parents=True)
     (root / "hostileplug.py").write_text(textwrap.dedent(MODULE))
+    (root / "hostileexit.py").write_text("import sys\nsys.exit(7)\n")
     info = root / "hostile_cb-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostile-cb\nVersion: 0.1\n")
@@ -161,3 +163,14 @@ def test_notifier_that_exits_does_not_end_the_backup(tmp_path: Path) -> None:
     assert res.code == 0, res
     assert "notifier hexit failed for event start: SystemExit: 5" in res.err, res.err
     assert "snapshot" in res.out and "saved" in res.out, res.out
+
+
+def test_plugin_that_exits_on_import_is_listed_as_broken(tmp_path: Path) -> None:
+    """`plugins list` ended with exit 7 and no output: the import's SystemExit went through."""
+    import json
+
+    res = run_cli("--json", "plugins", "list", "--kind", "notifier", env=_env(tmp_path))
+    assert res.code == 0, res
+    by_name = {p["name"]: p for p in json.loads(res.out)["plugins"]}
+    assert by_name["hexitimport"]["reason"] == "failed to load: SystemExit: 7"
+    assert by_name["hexit"]["enabled"] and by_name["command"]["enabled"]
