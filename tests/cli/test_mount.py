@@ -324,3 +324,18 @@ def test_every_folder_lists_dot_and_dotdot(fuse, tmp_path: Path) -> None:  # typ
                              capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
         assert dot[0] == dot[1]
         unmount(proc, mp)
+
+
+def test_prune_refused_by_a_mount_says_to_unmount(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A mount holds its shared lock until it is unmounted: "wait for it to finish" had the
+    # user wait for something that never ends by itself.
+    repo_path = str(tmp_path / "repo")
+    make_repo(repo_path).close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(repo_path, mp) as proc:
+        res = run_cli("prune", repo=repo_path)
+        assert res.code == 11 and res.err.count("\n") == 1, res.err
+        assert "(casbackup mount)" in res.err and "unmount it" in res.err, res.err
+        assert "wait for it to finish" not in res.err
+        unmount(proc, mp)
