@@ -107,7 +107,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a casbackup config", path=str(file)
         )
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM (Windows editors write one) is not text
     except UnicodeDecodeError as e:
         raise ConfigError(f"not UTF-8 text (byte {e.start})", path=str(file)) from None
     ctx = Ctx(file)

@@ -158,3 +158,12 @@ def test_scheduler_refuses_an_interval_it_cannot_count() -> None:
     with pytest.raises(ConfigError, match="at most 366 days"):
         Rule("@every 5000000000m", dt.UTC)
     assert Rule("@every 8784h", dt.UTC).interval == dt.timedelta(days=366)
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path: Path) -> None:
+    """A file saved with a BOM was 'invalid TOML: Invalid statement (at line 1, column 1)'."""
+    for name, text in (("c.toml", '[[applications]]\nname = "a"\nsources = ["/x"]\n'),
+                       ("c.json", '{"applications": [{"name": "a", "source": "/x"}]}')):  # fmt: skip
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert load_config(path).applications[0].name == "a"
