@@ -78,6 +78,15 @@ def check_mountpoint(mountpoint: str) -> None:
         raise MountError(f"mount point {mountpoint} is not writable by this user")
 
 
+def holds_entries(mountpoint: str) -> bool:
+    """Whether the folder holds anything a mount there would hide (False if unreadable)."""
+    try:
+        with os.scandir(mountpoint) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
+
+
 def _attrs(st: Stat) -> dict[str, int]:
     return {
         "st_ino": st.ino, "st_mode": st.mode, "st_nlink": st.nlink, "st_uid": st.uid,

@@ -339,3 +339,18 @@ def test_prune_refused_by_a_mount_says_to_unmount(fuse, tmp_path: Path) -> None:
         assert "(casbackup mount)" in res.err and "unmount it" in res.err, res.err
         assert "wait for it to finish" not in res.err
         unmount(proc, mp)
+
+
+def test_mounting_over_files_warns_that_they_are_hidden(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # libfuse 3 mounts over a folder that holds files without a word: a user who mounted
+    # on a folder of restored files saw them vanish.
+    repo_path = str(tmp_path / "repo")
+    make_repo(repo_path).close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    (mp / "mine.txt").write_bytes(b"mine")
+    with mounted(repo_path, mp) as proc:
+        assert not (mp / "mine.txt").exists()
+        err = unmount(proc, mp)
+    assert f"warning: {mp} is not empty: what it holds is hidden until the mount ends" in err, err
+    assert (mp / "mine.txt").read_bytes() == b"mine"
