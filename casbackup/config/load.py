@@ -529,6 +529,12 @@ def parse_notifier(sec: Section) -> NotifierConfig:
     for key in needs:
         if not getattr(result, key):
             raise sec.error(None, f"a {kind} notifier needs {key!r}")
+    if kind == "command":  # split at every event: a bad one failed each of them, as a warning
+        try:
+            if not shlex.split(result.command):
+                raise sec.error("command", "must not be empty")
+        except ValueError as e:
+            raise sec.error("command", f"cannot be split into words: {e}") from None
     sec.done()
     return result
 
