@@ -191,6 +191,7 @@ def parse_repository(sec: Section) -> RepositoryConfig:
     if len(given) > 1:
         raise sec.error(given[1], f"give only one of password_env, password_file, "
                         f"password_command (also {given[0]})")  # fmt: skip
+    _check_env_name(sec, env)
     if command is not None:
         try:
             if not shlex.split(command):
@@ -206,6 +207,13 @@ def parse_repository(sec: Section) -> RepositoryConfig:
         password_command=command,
         **s3,
     )
+
+
+def _check_env_name(sec: Section, name: str | None) -> None:
+    """``password_env`` names a variable (``$HOME`` or ``MY VAR`` is never set: the
+    password would be "missing" at every run, with the config reported fine)."""
+    if name is not None and not ENV_NAME_RE.match(name):
+        raise sec.error("password_env", f"{name!r} is not an environment variable name")
 
 
 def _s3_settings(sec: Section) -> dict[str, str | None]:
@@ -496,6 +504,7 @@ def parse_notifier(sec: Section) -> NotifierConfig:
     password_env, password_file = sec.text("password_env"), sec.text("password_file")
     if password_env and password_file:
         raise sec.error("password_file", "give password_env or password_file, not both")
+    _check_env_name(sec, password_env)
     result = NotifierConfig(
         type=kind,
         on=on,

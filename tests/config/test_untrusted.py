@@ -36,6 +36,11 @@ HOSTILE = [
      "applications[0].retention.keep_within", "unit 'd' given twice"),
     (APP + '[applications.retention]\nkeep_within = "99999999999999y"\n',
      "applications[0].retention.keep_within", "too long"),
+    ('[repository]\npassword_env = "$CB_PASS"\n', "repository.password_env",
+     "'$CB_PASS' is not an environment variable name"),
+    (APP + '[[applications.notify]]\ntype = "email"\nhost = "h"\nsender = "s"\nto = ["t"]\n'
+     'password_env = "MY PASS"\n', "applications[0].notify[0].password_env",
+     "is not an environment variable name"),
     # The service's scheduler overflowed its dates (OverflowError) on such intervals.
     (APP + 'schedule = "every 5000000000 minutes"\n', "applications[0].schedule",
      "the interval must be at most 366 days"),
