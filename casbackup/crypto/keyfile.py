@@ -167,10 +167,11 @@ def decode_keyfile(data: bytes) -> tuple[dict[str, Any], KdfParams]:
         raise UnsupportedFormat(f"key file version {doc.get('version')!r} is not supported")
     if doc.get("kdf") != "argon2id":
         raise UnsupportedFormat(f"key derivation {doc.get('kdf')!r} is not supported")
-    try:
-        kdf = KdfParams(int(doc["memory_kib"]), int(doc["iterations"]), int(doc["lanes"]))
-    except (KeyError, TypeError, ValueError, OverflowError):
-        raise FormatError("key file has bad KDF parameters") from None
+    values = [doc.get(name) for name in ("memory_kib", "iterations", "lanes")]
+    # JSON integers only: int() would take 8191.5 as 8191, "8192" as 8192 and true as 1.
+    if not all(type(v) is int for v in values):
+        raise FormatError("key file has bad KDF parameters")
+    kdf = KdfParams(*values)
     # Argon2 itself refuses less than 8 KiB of memory per lane.
     if not (
         1 <= kdf.lanes <= 64
