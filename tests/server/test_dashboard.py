@@ -429,6 +429,7 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     assert has(html, TESTIDS["check_repair_hint"])
     assert f"casbackup repair packs {loc.pack[:12]}" in html
     assert has(html, f"{TESTIDS['repair_button']}:packs")  # an admin may do it from here
+    assert has(html, f"{TESTIDS['repair_preview']}:packs")  # or see first what it would do
     overview = env.client.get("/").text  # the application itself says so, not only the check
     assert has(overview, f"{TESTIDS['app_damage']}:shop") and "damaged: 2 snapshots" in overview
     assert not has(overview, f"{TESTIDS['app_damage']}:blog")
@@ -438,7 +439,13 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     # The button's request: the damaged blob leaves the index, the intact ones stay.
     csrf = login(env, "admin")
     h = {"X-CSRF-Token": csrf}
-    body = {"what": "packs", "packs": check["result"]["repairable_packs"], "dry_run": False}
+    body = {"what": "packs", "packs": check["result"]["repairable_packs"], "dry_run": True}
+    dry = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])
+    assert dry["state"] == "succeeded" and dry["result"]["packs_deleted"] == 0, dry
+    html = env.client.get(f"/jobs/{dry['id']}").text
+    assert "Dry run: nothing changed." in html and has(html, f"{TESTIDS['repair_button']}:packs")
+    assert loc.pack in html  # the button repairs the packs the preview looked at
+    body["dry_run"] = False
     repair = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])
     assert repair["state"] == "succeeded", repair
     assert repair["result"]["packs"][0]["dropped"] == 1 and repair["result"]["packs_deleted"] == 1
@@ -452,6 +459,15 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     assert "casbackup repair snapshots" in html and has(
         html, f"{TESTIDS['repair_button']}:snapshots"
     )
+    assert has(html, f"{TESTIDS['repair_preview']}:snapshots")
+    # The preview changes nothing, lists what would be left out, and offers the repair.
+    body = {"what": "snapshots", "dry_run": True}
+    preview = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])
+    assert preview["state"] == "succeeded" and len(preview["result"]["repaired"]) == 2, preview
+    html = env.client.get(f"/jobs/{preview['id']}").text
+    assert path in html and "would be repaired (dry run: nothing changed)" in html
+    assert has(html, f"{TESTIDS['repair_button']}:snapshots")
+    assert not has(html, f"{TESTIDS['repair_preview']}:snapshots")
     body = {"what": "snapshots", "dry_run": False}
     fixed = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])
     assert fixed["state"] == "succeeded" and len(fixed["result"]["repaired"]) == 2, fixed
