@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import zoneinfo
 from pathlib import Path
 
 import pytest
@@ -317,6 +318,43 @@ def test_overview_shows_overdue_and_next_run(env: Env, monkeypatch: pytest.Monke
     html = env.client.get("/").text
     assert has(html, f"{TESTIDS['overdue']}:shop") and not has(html, f"{TESTIDS['overdue']}:blog")
     assert "2999-01-01 02:00 UTC" in html
+
+
+def test_pages_show_times_in_the_services_zone(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard said 'the run scheduled at 2020-01-01 01:00 UTC did not succeed' for a
+    schedule of 02:00 in Europe/Berlin (the zone the service fires schedules in), and counted
+    a nightly backup at 00:30 Berlin time in the day before on the 30-day strip."""
+    from casbackup.server.dashboard.views import day_strip
+
+    class FakeScheduler:
+        def overview(self) -> list[dict[str, object]]:
+            return [{"key": "backup:shop", "kind": "backup", "app": "shop",
+                     "last_run": "2020-01-01T01:00:00+00:00", "next_run": "2999-07-01T00:00:00+00:00"}]  # fmt: skip
+
+        def next_run_text(self, app: str) -> str | None:
+            return "2999-07-01T00:00:00+00:00" if app == "shop" else None
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(env.service, "scheduler", FakeScheduler())
+    monkeypatch.setattr(env.service, "zone_name", lambda: "Europe/Berlin")
+    login(env, "viewer")
+    html = env.client.get("/").text
+    assert "the run scheduled at 2020-01-01 02:00 CET did not succeed" in html
+    assert "2999-07-01 02:00 CEST" in html  # summer time then
+    backup(env, "shop")
+    job = env.service.jobs.list(kind="backup", limit=1, apps=None)[0]
+    page = env.client.get(f"/jobs/{job['id']}").text
+    assert 'data-tz="Europe/Berlin"' in page  # the live log's lines use it too
+    assert " CET " in page or " CEST " in page
+    assert " UTC " not in page
+
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    now = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC)
+    night = dt.datetime(2026, 11, 20, 23, 30, tzinfo=dt.UTC)  # 00:30 on the 21st in Berlin
+    assert day_strip([night], [], now, berlin)[-1] == ("2026-11-21", "ok")
+    assert day_strip([night], [], now)[-2] == ("2026-11-20", "ok")  # in UTC: the day before
 
 
 def test_a_snapshot_dated_in_the_future_does_not_hide_an_overdue_run(
