@@ -8,6 +8,7 @@ import re
 import shlex
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from casbackup.config.fields import (
     DB_NAME_RE,
@@ -529,6 +530,16 @@ def parse_notifier(sec: Section) -> NotifierConfig:
     for key in needs:
         if not getattr(result, key):
             raise sec.error(None, f"a {kind} notifier needs {key!r}")
+    if kind in ("webhook", "healthchecks"):
+        parts = urlsplit(result.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise sec.error("url", f"{result.url!r} is not an http(s) URL with a host")
+    if kind == "command":  # split at every event: a bad one failed each of them, as a warning
+        try:
+            if not shlex.split(result.command):
+                raise sec.error("command", "must not be empty")
+        except ValueError as e:
+            raise sec.error("command", f"cannot be split into words: {e}") from None
     sec.done()
     return result
 

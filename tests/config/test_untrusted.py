@@ -41,6 +41,15 @@ HOSTILE = [
     (APP + '[[applications.notify]]\ntype = "email"\nhost = "h"\nsender = "s"\nto = ["t"]\n'
      'password_env = "MY PASS"\n', "applications[0].notify[0].password_env",
      "is not an environment variable name"),
+    # Split at each event: every notification failed with a warning, config check passed it.
+    (APP + '[[applications.notify]]\ntype = "command"\ncommand = "notify \'unclosed"\n',
+     "applications[0].notify[0].command", "cannot be split into words: No closing quotation"),
+    (APP + '[[applications.notify]]\ntype = "command"\ncommand = "   "\n',
+     "applications[0].notify[0].command", "must not be empty"),
+    (APP + '[[applications.notify]]\ntype = "webhook"\nurl = "ftp://h/x"\n',
+     "applications[0].notify[0].url", "'ftp://h/x' is not an http(s) URL with a host"),
+    (APP + '[[applications.notify]]\ntype = "healthchecks"\nurl = "hc-ping.com/uuid"\n',
+     "applications[0].notify[0].url", "is not an http(s) URL with a host"),
     # The service's scheduler overflowed its dates (OverflowError) on such intervals.
     (APP + 'schedule = "every 5000000000 minutes"\n', "applications[0].schedule",
      "the interval must be at most 366 days"),
