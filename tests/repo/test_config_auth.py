@@ -168,8 +168,12 @@ def test_migrate_names_unusual_parameters(tmp_path) -> None:  # type: ignore[no-
     with open_repo(path) as repo:
         plan = plan_migration(repo)
         assert plan.needed and any("compression" in u for u in plan.unusual)
+    res = run_cli("migrate", "--dry-run", repo=path)
+    assert res.code == 0 and "compression is none" in res.err
+    assert "would be authenticated" in res.err and "now" not in res.err, res.err  # not yet
     res = run_cli("migrate", repo=path)
     assert res.code == 0 and "compression is none" in res.err
+    assert "now authenticated" in res.err
 
 
 def test_rollback_to_version_1_after_migration_is_tampering(tmp_path) -> None:  # type: ignore[no-untyped-def]
