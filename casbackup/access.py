@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from casbackup.errors import RepositoryNotFound, UsageError
 from casbackup.repo.repository import Repository
@@ -57,6 +58,8 @@ def open_backend(location: str | None, settings: dict[str, str] | None = None) -
     scheme, sep, _rest = location.partition(":")
     if sep and _SCHEME.fullmatch(scheme) and scheme != "local" and plugins.has("backend", scheme):
         opener = plugins.load("backend", scheme)
+        if scheme not in plugins.BUILTIN["backend"]:
+            return _open_plugin_backend(opener, scheme, location, settings or {})
     elif sep and scheme in ("sftp", "rest"):
         raise UsageError(
             f"storage {scheme!r} is not available in this build; use a local path or s3:"
@@ -65,6 +68,25 @@ def open_backend(location: str | None, settings: dict[str, str] | None = None) -
         opener = plugins.load("backend", "local")
     backend = opener(location, settings or {})
     return backend  # type: ignore[no-any-return]
+
+
+def _open_plugin_backend(
+    opener: Any, scheme: str, location: str, settings: dict[str, str]
+) -> Backend:
+    """Another package's backend for ``location``, behind ``GuardedBackend``: what its
+    opener raises, or returns instead of a backend, is one StorageError line (exit 25)."""
+    from casbackup.errors import CasError, StorageError
+    from casbackup.store.guard import GuardedBackend
+
+    try:
+        inner = opener(location, settings)
+    except CasError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - another package's fault, told in one line
+        raise StorageError(
+            f"storage plugin {scheme!r} failed to open {location}: {type(exc).__name__}: {exc}"
+        ) from None
+    return GuardedBackend(inner, scheme)  # type: ignore[return-value]
 
 
 def canonical_location(location: str) -> str:
@@ -174,6 +196,26 @@ def run_password_command(command: str) -> bytes:
     return out.rstrip(b"\r\n")
 
 
+def passphrase_from(file: str | None, command: str | None) -> bytes:
+    """A repository passphrase from ``file`` (first) or the output of ``command``, without
+    its trailing newline. UsageError when the source fails or gives nothing: no key file
+    has an empty passphrase (init and key add refuse one), so an empty file (a secret not
+    mounted yet) is the source's fault, never tried and called a wrong passphrase."""
+    if file:
+        data = read_secret_file(file)
+        if not data:
+            raise UsageError(f"password file {file} is empty: an empty passphrase is not allowed")
+        return data
+    if not command:
+        raise UsageError("no password file or command given")
+    data = run_password_command(command)
+    if not data:
+        raise UsageError(
+            f"password command {command!r} printed nothing: an empty passphrase is not allowed"
+        )
+    return data
+
+
 def read_password(source: PasswordSource) -> bytes | None:
     """The passphrase from the source, or None when no source gives one (the caller may prompt).
 
@@ -181,10 +223,8 @@ def read_password(source: PasswordSource) -> bytes | None:
     Files and command output are capped at SECRET_MAX bytes; the command runs without a shell
     and without casbackup's own environment variables (``password_command_env``).
     """
-    if source.file:
-        return read_secret_file(source.file)
-    if source.command:
-        return run_password_command(source.command)
+    if source.file or source.command:
+        return passphrase_from(source.file, source.command)
     # Set but empty is not set (as restic reads RESTIC_PASSWORD): `CASBACKUP_PASSWORD= cmd`
     # or a blank line in an environment file falls through, never tried as a passphrase.
     env = os.environ.get("CASBACKUP_PASSWORD")

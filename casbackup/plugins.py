@@ -180,7 +180,9 @@ def _describe(
         return PluginInfo(**base, target=ep.value, enabled=False, reason=OFF_BY_CONFIG), None
     try:
         obj = ep.load()
-    except Exception as exc:  # a broken plugin must not take the others down
+    # A broken plugin must not take the others down; nor may one that calls sys.exit()
+    # when imported end the command that lists or loads it.
+    except (Exception, SystemExit) as exc:
         reason = f"failed to load: {type(exc).__name__}: {exc}"
         return PluginInfo(**base, target=ep.value, enabled=False, reason=reason), None
     network = bool(getattr(obj, "uses_network", False))

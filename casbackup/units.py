@@ -4,6 +4,9 @@ that prints)."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
+
+from casbackup.errors import UsageError
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
@@ -32,6 +35,8 @@ def plural(count: int, singular: str, plural_form: str | None = None) -> str:
     return f"{count} {plural_form or singular + 's'}"
 
 
+# Sizes are file and pack offsets: a signed 64-bit integer holds every one of them.
+MAX_SIZE = (1 << 63) - 1
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 
@@ -40,14 +45,22 @@ def parse_size(text: str) -> int:
     """A size as users write it, in bytes: '500M', '2G', '1.5GiB', '64k', '4096'.
 
     Binary units (K = 1024), case-insensitive, an optional 'B' or 'iB' after the unit.
-    Raises ValueError (with a message that gives examples) for anything else.
+    Raises ValueError (with a message that gives examples) for anything else, and for sizes
+    over ``MAX_SIZE``.
     """
     m = _SIZE.fullmatch(text)
     if not m:
         raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+    try:
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+    except OverflowError:  # digits past a float's range: inf
+        size = MAX_SIZE + 1
+    if size > MAX_SIZE:
+        raise ValueError(f"{text!r} is too large (at most 8E)")
+    return size
 
 
+MAX_RUN_TIME = 3650 * 86400  # seconds: ten years
 _RUN_TIME_UNITS = {"d": 86400, "h": 3600, "m": 60, "min": 60, "s": 1}
 _RUN_TIME_PART = re.compile(r"(\d+)\s*(d|h|min|m|s)", re.IGNORECASE)
 
@@ -56,20 +69,25 @@ def parse_run_time(value: int | str) -> int:
     """A run time as users write it, in whole seconds: '6h', '90min', '1h30m', '2d', '45s',
     or a number of seconds (an integer or digits). Units d, h, m or min (minutes), s; 0 is
     allowed (callers read it as "no limit"). Raises ValueError with examples for anything
-    else, negative values included."""
+    else, negative values and more than ``MAX_RUN_TIME`` included."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a run time (e.g. 6h, 90min, 1h30m)")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{value!r} is not a run time (e.g. 6h, 90min, 1h30m)")
-        return value
-    text = value.strip()
-    if text.isdigit():
-        return int(text)
-    parts = _RUN_TIME_PART.findall(text)
-    if not parts or _RUN_TIME_PART.sub("", text).strip():
-        raise ValueError(f"{value!r} is not a run time (e.g. 6h, 90min, 1h30m)")
-    return sum(int(n) * _RUN_TIME_UNITS[unit.lower()] for n, unit in parts)
+        seconds = value
+    elif (text := value.strip()).isdigit():
+        seconds = int(text)
+    else:
+        parts = _RUN_TIME_PART.findall(text)
+        if not parts or _RUN_TIME_PART.sub("", text).strip():
+            raise ValueError(f"{value!r} is not a run time (e.g. 6h, 90min, 1h30m)")
+        seconds = sum(int(n) * _RUN_TIME_UNITS[unit.lower()] for n, unit in parts)
+    if seconds > MAX_RUN_TIME:
+        # A timer cannot wait past ~292 years (threading.TIMEOUT_MAX): the service's job
+        # limit would die with an OverflowError and leave the job unlimited.
+        raise ValueError(f"{value!r} is too long (at most 3650d; 0 for no limit)")
+    return seconds
 
 
 def format_run_time(seconds: float) -> str:
@@ -81,3 +99,40 @@ def format_run_time(seconds: float) -> str:
             out += f"{left // size}{unit}"
             left %= size
     return out or "0s"
+
+
+# Fixed lengths, because a timedelta cannot be calendar-aware: "1m" is 30 days and "1y"
+# 365 days whatever the month or leap year (restic adds calendar months and years instead;
+# the difference is at most a day or two at the edge of a keep-within window).
+_UNIT_LENGTHS = {
+    "y": timedelta(days=365),
+    "m": timedelta(days=30),
+    "w": timedelta(weeks=1),
+    "d": timedelta(days=1),
+    "h": timedelta(hours=1),
+}
+_DURATION = re.compile(r"(?:[0-9]+[ymwdh])+")
+_PART = re.compile(r"([0-9]+)([ymwdh])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``7d``, ``2w``, ``1y2m3d4h`` into a timedelta.
+
+    Units: y = 365 days, m = 30 days (months, not minutes), w = 7 days, d = 24 hours,
+    h = 1 hour; each at most once, in any order. Raises UsageError on anything else.
+    """
+    cleaned = text.strip()
+    hint = "use a number and a unit y (365 days), m (30 days), w, d or h, e.g. 7d, 2w or 1y2m3d4h"
+    if not _DURATION.fullmatch(cleaned):
+        raise UsageError(f"invalid duration {text!r}: {hint}")
+    total = timedelta(0)
+    units: set[str] = set()
+    for number, unit in _PART.findall(cleaned):
+        if unit in units:
+            raise UsageError(f"invalid duration {text!r}: unit {unit!r} given twice")
+        units.add(unit)
+        try:
+            total += int(number) * _UNIT_LENGTHS[unit]
+        except OverflowError:
+            raise UsageError(f"invalid duration {text!r}: too long") from None
+    return total

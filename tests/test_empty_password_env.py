@@ -75,3 +75,32 @@ def test_an_empty_from_password_is_no_passphrase(monkeypatch) -> None:  # type: 
     monkeypatch.setenv("CASBACKUP_FROM_PASSWORD", "")
     with pytest.raises(UsageError, match="^no passphrase for --from-repo"):
         source_password(None, None)
+
+
+@pytest.mark.parametrize("how", ["file", "command", "from-file", "from-command"])
+def test_an_empty_password_file_or_command_output_is_said_not_tried(how, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # No key file has an empty passphrase (init and key add refuse one), so an empty file
+    # (a secret not mounted yet) or a command that prints nothing is the source's fault:
+    # "wrong passphrase" (exit 12) sent users hunting for a passphrase that was never typed.
+    path = str(tmp_path / "repo")
+    make_repo(path).close()
+    empty = tmp_path / "pw"
+    empty.write_text("\n")
+    if how in ("file", "command"):
+        option = (
+            ["--password-file", str(empty)] if how == "file" else ["--password-command", "true"]
+        )
+        res = run_cli(*option, "snapshots", repo=path)
+        expected = f"password file {empty} is empty" if how == "file" else "password command"
+    else:
+        other = str(tmp_path / "other")
+        make_repo(other).close()
+        option = (
+            ["--from-password-file", str(empty)] if how == "from-file"
+            else ["--from-password-command", "true"]
+        )  # fmt: skip
+        res = run_cli("copy", "--from-repo", other, *option, repo=path)
+        expected = f"password file {empty} is empty" if how == "from-file" else "password command"
+    assert res.code == EXIT_USAGE, res.err
+    assert res.err.startswith(f"error: {expected}") and res.err.count("\n") == 1, res.err
+    assert "wrong" not in res.err

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from casbackup.archiver.backup import BackupOptions, BackupResult, StreamSpec, run_backup
+from casbackup.archiver.backup_options import with_link_targets
 from casbackup.archiver.excludes import Excluder
 from casbackup.config.model import AppConfig, SnapshotsConfig
 from casbackup.engines.base import (
@@ -295,9 +296,12 @@ def backup_application(
         else:
             # The snapshots exist from before the first file is read until after the last
             # dump: files and dumps describe the same moment as closely as the engines allow.
+            # A source that is a symlink is stored as the link, and what it points to as a
+            # source of its own (run_backup): that one is what must be frozen.
+            linked, _notes = with_link_targets(tuple(os.path.abspath(p) for p in options.paths))
             with frozen_sources(
                 options.app,
-                options.paths,
+                linked,
                 options.fs_plan,
                 reporter.info,
                 reporter.warning,

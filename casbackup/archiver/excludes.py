@@ -58,6 +58,8 @@ class Excluder:
     ``rename``: (read folder, original path) pairs: a source read from a file-system
     snapshot is matched as if read at its original path, so ``/srv/app/cache`` still
     excludes the snapshot's copy of that folder.
+
+    Raises UsageError (one line naming the pattern) for a pattern that is not a valid glob.
     """
 
     def __init__(
@@ -85,7 +87,11 @@ class Excluder:
                 regex = f"(^|/){body}$"
             else:
                 regex = f"(^|/){body}$"
-            rules.append(_Rule(re.compile(regex, re.DOTALL), negate))
+            try:
+                compiled = re.compile(regex, re.DOTALL)
+            except re.error as exc:  # '[z-a]', '[]': the glob's own syntax, told as such
+                raise UsageError(f"exclude pattern {raw!r} is not valid: {exc.msg}") from None
+            rules.append(_Rule(compiled, negate))
         self._rules = tuple(rules)
 
     def __bool__(self) -> bool:

@@ -24,6 +24,7 @@ def check(ctx: click.Context) -> None:
     opts = global_options(ctx)
     config = load_cli_config(opts, required=True)
     assert config is not None
+    _check_patterns(config)
     doc = describe(config)
     if opts.json:
         emit_json(doc)
@@ -56,6 +57,25 @@ def check(ctx: click.Context) -> None:
     for warning in doc["warnings"]:
         warn(warning)
     click.echo(f"config OK: {plural(len(doc['applications']), 'application')}")
+
+
+def _check_patterns(config: Any) -> None:
+    """Raise ConfigError naming every exclude pattern a backup would refuse (file and key;
+    the config package cannot compile them: the patterns are the archiver's)."""
+    from casbackup.archiver.excludes import Excluder
+    from casbackup.config.fields import Ctx
+    from casbackup.errors import UsageError
+
+    if config.source is None:
+        return
+    ctx = Ctx(config.source)
+    for i, app in enumerate(config.applications):
+        for j, pattern in enumerate(app.excludes):
+            try:
+                Excluder([pattern])
+            except UsageError as exc:
+                ctx.problems.append(ctx.error(f"applications[{i}].excludes[{j}]", str(exc)))
+    ctx.raise_problems()
 
 
 def _secret(source: Any) -> str:

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from casbackup.access import read_secret_file, run_password_command
+from casbackup.access import passphrase_from
 from casbackup.cli.context import open_backend, with_repository
 from casbackup.cli.render import emit_json, warn
 from casbackup.errors import CasError, RepositoryNotFound, UsageError
@@ -18,10 +18,8 @@ from casbackup.units import human_bytes, plural
 def source_password(password_file: str | None, password_command: str | None) -> bytes:
     """The source's passphrase: --from-password-file, --from-password-command, or
     CASBACKUP_FROM_PASSWORD; never this repository's passphrase by accident."""
-    if password_file:
-        return read_secret_file(password_file)
-    if password_command:
-        return run_password_command(password_command)
+    if password_file or password_command:
+        return passphrase_from(password_file, password_command)
     env = os.environ.get("CASBACKUP_FROM_PASSWORD")
     if not env:  # set but empty counts as not set, as CASBACKUP_PASSWORD
         raise UsageError(

@@ -7,7 +7,7 @@ from casbackup.cli.render import emit_json, emit_json_err, printable
 from casbackup.cli.signals import native_stop_signals
 from casbackup.repo.repository import Repository
 from casbackup.vfs.core import Vfs
-from casbackup.vfs.fuse import check_fuse, check_mountpoint
+from casbackup.vfs.fuse import check_fuse, check_mountpoint, holds_entries
 from casbackup.vfs.fuse import mount as fuse_mount
 
 
@@ -57,6 +57,8 @@ def mount(
         say("status", f"mounted at {mountpoint} (read-only); press Ctrl-C or run "
             f"'fusermount3 -u {mountpoint}' to unmount")  # fmt: skip
 
+    if holds_entries(mountpoint):
+        warn(f"{mountpoint} is not empty: what it holds is hidden until the mount ends")
     vfs = Vfs(repo, app=app, on_warning=warn)
     if app is not None and not vfs.listdir("/"):
         warn(f"no snapshot of application {app!r} yet; the mount shows new ones as they appear")

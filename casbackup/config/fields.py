@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,10 +28,25 @@ T = TypeVar("T")
 DB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # "s3:https://...", "sftp://...", not "C:"
+NUL_CHARACTER = "must not contain a NUL character"
 INLINE_PASSWORD = (
     "inline passwords are not accepted: put the password in an environment variable "
     "(password_env) or a file (password_file)"
 )
+
+
+def expand_home(value: str) -> str:
+    """``value`` with a leading ``~`` or ``~user`` expanded as a shell would. Raises
+    ValueError (one line) when that user (or, for ``~``, a home folder) is unknown here:
+    ``Path.expanduser`` raises a bare RuntimeError for it."""
+    if not value.startswith("~"):
+        return value
+    expanded = os.path.expanduser(value)
+    if expanded.startswith("~"):
+        user = value[1:].split("/", 1)[0]
+        why = f"no user named {user!r} on this machine" if user else "HOME is not set"
+        raise ValueError(f"cannot expand {value!r}: {why}")
+    return expanded
 
 
 def type_name(value: object) -> str:
@@ -87,12 +103,18 @@ class Ctx:
                 f"{len(details)} problems: " + "; ".join(details), path=str(self.path)
             )
 
-    def resolve(self, value: str) -> str:
-        p = Path(value).expanduser()
+    def resolve(self, value: str, key: str | None = None) -> str:
+        """A path from the file, absolute: ``~`` expanded, relative ones against the file's
+        folder. Raises ConfigError at ``key`` for a ``~user`` this machine does not know."""
+        try:
+            p = Path(expand_home(value))
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
         return str(p if p.is_absolute() else (self.base / p).resolve())
 
-    def resolve_location(self, value: str) -> str:
-        return value if _URL_RE.match(value) else self.resolve(value)
+    def resolve_location(self, value: str, key: str | None = None) -> str:
+        """A repository location: a URL as it is, else a path as ``resolve`` makes it."""
+        return value if _URL_RE.match(value) else self.resolve(value, key)
 
 
 class Section:
@@ -146,6 +168,8 @@ class Section:
                 self.note(name, f"must be a string, not {type_name(value)}")
                 return default
             raise self.error(name, f"must be a string, not {type_name(value)}")
+        if "\x00" in value:  # no path, command or name holds one: os calls refuse it
+            raise self.error(name, NUL_CHARACTER)
         if required and not value.strip():
             raise self.error(name, "must not be empty")
         return value
@@ -187,6 +211,8 @@ class Section:
                 raise self.ctx.error(
                     f"{self.path(name)}[{i}]", f"must be a non-empty string, not {item!r}"
                 )
+            if "\x00" in item:
+                raise self.ctx.error(f"{self.path(name)}[{i}]", NUL_CHARACTER)
         if required and not value:
             raise self.error(name, "must list at least one entry")
         return tuple(value)
@@ -261,7 +287,7 @@ def parse_database(sec: Section, name: str | None = None) -> DatabaseSpec:
                 raise sec.error(key, "is not used by the sqlite engine")
         if not path:
             raise sec.error(None, "missing required key 'path' (the SQLite file)")
-        path = sec.ctx.resolve(path)
+        path = sec.ctx.resolve(path, sec.path("path"))
     else:
         if path is not None:
             raise sec.error("path", f"is only for sqlite; {engine} needs host/port/database")
@@ -277,7 +303,9 @@ def parse_database(sec: Section, name: str | None = None) -> DatabaseSpec:
         user=user,
         database=database,
         password_env=password_env,
-        password_file=sec.ctx.resolve(password_file) if password_file else None,
+        password_file=(
+            sec.ctx.resolve(password_file, sec.path("password_file")) if password_file else None
+        ),
         options=options,
     )
 
@@ -298,6 +326,8 @@ def _options(sec: Section, engine: str) -> dict[str, str]:
             out[key] = str(value)
         else:
             raise table.error(key, f"must be a string, integer or boolean, not {type_name(value)}")
+        if "\x00" in out[key]:
+            raise table.error(key, NUL_CHARACTER)
         problem = _option_problem(engine, key, out[key])
         if problem:
             raise table.error(key, problem)

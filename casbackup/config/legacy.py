@@ -23,6 +23,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from casbackup.config.fields import Ctx, Section, parse_database
 from casbackup.config.load import (
@@ -59,13 +60,51 @@ _DB_RENAME = {
 _APP_RENAME = {"source_path": "source"}
 
 
+class _DuplicateKey(ValueError):
+    """A key given twice in one JSON object (``json.loads`` would keep the last)."""
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _key_line(text: str, key: str) -> int:
+    """The line of ``key``'s second appearance as an object key (1-based; 0 if not found)."""
+    seen = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        seen += line.count(json.dumps(key) + ":") + line.count(json.dumps(key) + " :")
+        if seen >= 2:
+            return number
+    return 0
+
+
 def load_legacy(text: str, ctx: Ctx) -> Config:
+    """The seed's JSON layout as a ``Config``. Raises ConfigError (invalid JSON, a key given
+    twice in one object, nesting too deep, or what the sections' checks find)."""
+    from casbackup.config.load import NESTED_TOO_DEEPLY
+
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_refuse_duplicates)
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", path=str(ctx.path)
         ) from None
+    except _DuplicateKey as e:
+        # TOML refuses the same; JSON parsers differ, and the one we use keeps the last
+        # value, dropping the first without a word (an application list, a source).
+        key = str(e)
+        line = _key_line(text, key)
+        where = f" (line {line})" if line else ""
+        raise ConfigError(
+            f"invalid JSON: key {key!r} given twice in one object{where}", path=str(ctx.path)
+        ) from None
+    except RecursionError:
+        raise ConfigError(NESTED_TOO_DEEPLY, path=str(ctx.path)) from None
     top = Section(ctx, data, "")
     warnings: list[str] = []
 
@@ -73,7 +112,7 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
     backup_type = check_backup_type(
         backup, "default_backup_type", backup.text("default_backup_type") or "full"
     )
-    warnings += backup.done(ignore_unknown=True)
+    warnings += _ignored(backup)
 
     # Each section, application and database is checked even after another failed: the
     # caller reports every problem at once (Ctx.raise_problems).
@@ -101,18 +140,25 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
         name = check_app_name(sec, sec.text("name", required=True) or "")
         if sec.has("sources"):
             sources = sec.str_list("sources", required=True)
+            if sec.has("source"):  # one of them would be dropped: say which, not guess
+                raise sec.error(
+                    "source", f"give source or sources, not both (sources = {list(sources)})"
+                )
         else:
             sources = (sec.text("source", required=True) or "",)
         app = AppConfig(
             name=name,
-            sources=tuple(ctx.resolve(s) for s in sources),
+            sources=tuple(
+                ctx.resolve(s, sec.path("sources" if sec.has("sources") else "source"))
+                for s in sources
+            ),
             description=sec.text("description", default="") or "",
             excludes=sec.str_list("excludes"),
             default_backup_type=backup_type,
             verification=AppVerification(auto_verify=verification.auto_verify),
             snapshot=check_app_snapshot(sec, sec.text("snapshot")),
         )
-        warnings.extend(sec.done(ignore_unknown=True))
+        warnings.extend(_ignored(sec))
         return app
 
     parsed = [ctx.attempt(lambda i=i, raw=raw: one_app(i, raw), None)
@@ -124,7 +170,7 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
 
     attached = _attach_databases(top, ctx, apps, warnings)
     apps = [replace(app, databases=_unique_names(attached[app.name])) for app in apps]
-    warnings += [f"{key}: ignored (not used by casbackup)" for key in top.done(ignore_unknown=True)]
+    warnings += _ignored(top)
     return Config(
         applications=tuple(apps),
         verification=verification,
@@ -135,6 +181,11 @@ def load_legacy(text: str, ctx: Ctx) -> Config:
         layout="legacy-json",
         warnings=tuple(warnings),
     )
+
+
+def _ignored(sec: Section) -> list[str]:
+    """One warning per key of ``sec`` nobody read: the old layout's keys load as they are."""
+    return [f"{key}: ignored (not used by casbackup)" for key in sec.done(ignore_unknown=True)]
 
 
 def _attach_databases(
@@ -150,7 +201,7 @@ def _attach_databases(
         parsed = ctx.attempt(lambda s=sec: parse_database(s, name="db"), None)
         if parsed is None:
             continue
-        warnings += [f"{k}: ignored (not used by casbackup)" for k in sec.done(ignore_unknown=True)]
+        warnings += _ignored(sec)
         spec = replace(parsed, name=_derive_name(parsed))
         if owner is not None:
             if owner not in attached:

@@ -8,6 +8,7 @@ import re
 import shlex
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from casbackup.config.fields import (
     DB_NAME_RE,
@@ -15,6 +16,7 @@ from casbackup.config.fields import (
     INLINE_PASSWORD,
     Ctx,
     Section,
+    expand_home,
     parse_database,
     type_name,
 )
@@ -38,14 +40,21 @@ from casbackup.config.model import (
 from casbackup.engines.base import DatabaseSpec
 from casbackup.errors import ConfigError, UsageError
 from casbackup.timezones import check_zone
-from casbackup.units import parse_run_time
+from casbackup.units import parse_duration, parse_run_time
 
 ENV_VAR = "CASBACKUP_CONFIG"
+# A config with a thousand applications is well under 1 MiB.
+MAX_CONFIG_BYTES = 16 << 20
+NESTED_TOO_DEEPLY = "invalid config: arrays or tables nested too deeply"
 LOCAL_NAME = "casbackup.toml"
 # App names become tags and appear in `--app NAME`: no separators, no control characters.
 APP_NAME_RE = re.compile(r"^[A-Za-z0-9_][^\x00-\x1f\x7f/,:]{0,99}$")
 KEEP_WITHIN_RE = re.compile(r"^(\d+[ymwdh])+$")
 LVM_SIZE_RE = re.compile(r"^(\d+(\.\d+)?[bBsSkKmMgGtTpPeE]?|\d{1,3}%(ORIGIN|FREE|VG|PVS))$")
+# An interval past a year is what @yearly says; a huge one (999999999999 minutes) made the
+# service's scheduler overflow its dates.
+MAX_EVERY_MINUTES = 366 * 24 * 60
+EVERY_TOO_LONG = "the interval must be at most 366 days (use @yearly or a cron expression)"
 _CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 # The seed's "every N minutes" (and hours), kept as "@every Nm" / "@every Nh".
@@ -62,7 +71,10 @@ def find_config_path(explicit: str | None = None) -> Path | None:
     """
     for given, origin in ((explicit, "--config"), (os.environ.get(ENV_VAR), ENV_VAR)):
         if given:
-            path = Path(given).expanduser()
+            try:
+                path = Path(expand_home(given))
+            except ValueError as exc:
+                raise ConfigError(f"config file named by {origin}: {exc}") from None
             if not path.is_file():
                 what = "is not a file" if path.exists() else "does not exist"
                 raise ConfigError(f"config file named by {origin} {what}", path=str(path))
@@ -78,15 +90,25 @@ def find_config_path(explicit: str | None = None) -> Path | None:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; JSON (by suffix or content) is the seed's layout."""
-    file = Path(path).expanduser().absolute()
     try:
-        raw = file.read_bytes()
+        file = Path(expand_home(os.fspath(path))).absolute()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        with file.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("config file does not exist", path=str(file)) from None
     except OSError as e:
         raise ConfigError(f"cannot read config file: {e.strerror}", path=str(file)) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        # Parsing is not streamed: a file this big (a log written over it, /dev/zero
+        # linked in its place) would cost many times its size in memory to be refused.
+        raise ConfigError(
+            f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a casbackup config", path=str(file)
+        )
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM (Windows editors write one) is not text
     except UnicodeDecodeError as e:
         raise ConfigError(f"not UTF-8 text (byte {e.start})", path=str(file)) from None
     ctx = Ctx(file)
@@ -100,6 +122,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"invalid TOML: {e}", path=str(file)) from None
+            except RecursionError:  # tomllib's parser recurses once per nested array/table
+                raise ConfigError(NESTED_TOO_DEEPLY, path=str(file)) from None
             config = parse_toml(data, ctx)
     except ConfigError as exc:  # one that stopped the parse: reported with those before it
         ctx.problems.append(exc)
@@ -168,6 +192,7 @@ def parse_repository(sec: Section) -> RepositoryConfig:
     if len(given) > 1:
         raise sec.error(given[1], f"give only one of password_env, password_file, "
                         f"password_command (also {given[0]})")  # fmt: skip
+    _check_env_name(sec, env)
     if command is not None:
         try:
             if not shlex.split(command):
@@ -177,12 +202,19 @@ def parse_repository(sec: Section) -> RepositoryConfig:
     s3 = _s3_settings(sec)
     sec.done()
     return RepositoryConfig(
-        location=sec.ctx.resolve_location(location) if location else None,
+        location=sec.ctx.resolve_location(location, sec.path("location")) if location else None,
         password_env=env,
-        password_file=sec.ctx.resolve(file) if file else None,
+        password_file=sec.ctx.resolve(file, sec.path("password_file")) if file else None,
         password_command=command,
         **s3,
     )
+
+
+def _check_env_name(sec: Section, name: str | None) -> None:
+    """``password_env`` names a variable (``$HOME`` or ``MY VAR`` is never set: the
+    password would be "missing" at every run, with the config reported fine)."""
+    if name is not None and not ENV_NAME_RE.match(name):
+        raise sec.error("password_env", f"{name!r} is not an environment variable name")
 
 
 def _s3_settings(sec: Section) -> dict[str, str | None]:
@@ -214,7 +246,11 @@ def _s3_settings(sec: Section) -> dict[str, str | None]:
         raise sec.error("s3_addressing", f"must be 'path' or 'virtual', not {addressing!r}")
     return {
         "s3_access_key_id": key_id,
-        "s3_secret_access_key_file": sec.ctx.resolve(secret_file) if secret_file else None,
+        "s3_secret_access_key_file": (
+            sec.ctx.resolve(secret_file, sec.path("s3_secret_access_key_file"))
+            if secret_file
+            else None
+        ),
         "s3_secret_access_key_env": secret_env,
         "s3_region": sec.text("s3_region"),
         "s3_addressing": addressing,
@@ -225,7 +261,9 @@ def parse_verification(sec: Section) -> VerificationConfig:
     sandbox = sec.text("sandbox_directory")
     result = VerificationConfig(
         enabled=sec.flag("enabled", True),
-        sandbox_directory=sec.ctx.resolve(sandbox) if sandbox else None,
+        sandbox_directory=(
+            sec.ctx.resolve(sandbox, sec.path("sandbox_directory")) if sandbox else None
+        ),
         auto_verify=sec.flag("auto_verify", False),
         cleanup_hours=sec.integer("cleanup_hours", 24),
     )
@@ -237,7 +275,9 @@ def parse_recovery(sec: Section) -> DisasterRecoveryConfig:
     folder = sec.text("recovery_directory")
     result = DisasterRecoveryConfig(
         enabled=sec.flag("enabled", True),
-        recovery_directory=sec.ctx.resolve(folder) if folder else None,
+        recovery_directory=(
+            sec.ctx.resolve(folder, sec.path("recovery_directory")) if folder else None
+        ),
         auto_verify=sec.flag("auto_verify", True),
         restore_configs=sec.flag("restore_configs", True),
         generate_reports=sec.flag("generate_reports", True),
@@ -283,7 +323,7 @@ def parse_plugins(sec: Section) -> PluginsConfig:
     folder = sec.text("directory")
     result = PluginsConfig(
         enabled=sec.flag("enabled", False),
-        directory=sec.ctx.resolve(folder) if folder else None,
+        directory=sec.ctx.resolve(folder, sec.path("directory")) if folder else None,
         offline_mode=sec.flag("offline_mode", True),
     )
     sec.done()
@@ -298,6 +338,12 @@ def parse_retention(sec: Section) -> RetentionConfig:
             f"{within!r} is not a duration: use digits followed by y, m, w, d or h (e.g. '1y6m')",
         )
         within = None
+    elif within is not None:
+        try:  # as `forget` reads it: a unit given twice, a duration past timedelta's range
+            parse_duration(within)
+        except UsageError as exc:
+            sec.note("keep_within", str(exc))
+            within = None
     result = RetentionConfig(
         **{k: sec.integer(k, 0) for k in ("keep_last", "keep_hourly", "keep_daily",
                                           "keep_weekly", "keep_monthly", "keep_yearly")},
@@ -320,6 +366,8 @@ def check_schedule(sec: Section, value: str | None) -> str | None:
         unit = (every.group(2) or every.group(4))[0].lower()
         if count == 0:
             raise sec.error("schedule", f"{value!r}: the interval must be at least 1")
+        if count * (60 if unit == "h" else 1) > MAX_EVERY_MINUTES:
+            raise sec.error("schedule", f"{value!r}: {EVERY_TOO_LONG}")
         return f"@every {count}{unit}"
     fields = text.split(" ")
     if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
@@ -361,7 +409,11 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
     before = len(ctx.problems)
     name = ctx.attempt(lambda: check_app_name(sec, sec.text("name", required=True) or ""), "")
     sources = ctx.attempt(
-        lambda: tuple(ctx.resolve(s) for s in sec.str_list("sources", required=True)), ()
+        lambda: tuple(
+            ctx.resolve(s, f"{sec.path('sources')}[{i}]")
+            for i, s in enumerate(sec.str_list("sources", required=True))
+        ),
+        (),
     )
     parsed = [ctx.attempt(lambda d=d: _database(d), None)
               for d in ctx.attempt(lambda: sec.tables("databases"), [])]  # fmt: skip
@@ -453,6 +505,7 @@ def parse_notifier(sec: Section) -> NotifierConfig:
     password_env, password_file = sec.text("password_env"), sec.text("password_file")
     if password_env and password_file:
         raise sec.error("password_file", "give password_env or password_file, not both")
+    _check_env_name(sec, password_env)
     result = NotifierConfig(
         type=kind,
         on=on,
@@ -461,12 +514,14 @@ def parse_notifier(sec: Section) -> NotifierConfig:
         host=sec.text("host", default="") or "",
         port=sec.integer("port", 587, minimum=1, maximum=65535),
         starttls=sec.flag("starttls", True),
-        cafile=sec.ctx.resolve(c) if (c := sec.text("cafile")) else None,
+        cafile=sec.ctx.resolve(c, sec.path("cafile")) if (c := sec.text("cafile")) else None,
         sender=sec.text("sender", default="") or "",
         to=sec.str_list("to"),
         username=sec.text("username", default="") or "",
         password_env=password_env,
-        password_file=sec.ctx.resolve(password_file) if password_file else None,
+        password_file=(
+            sec.ctx.resolve(password_file, sec.path("password_file")) if password_file else None
+        ),
         command=sec.text("command", default="") or "",
         options=dict(options),
     )
@@ -475,6 +530,16 @@ def parse_notifier(sec: Section) -> NotifierConfig:
     for key in needs:
         if not getattr(result, key):
             raise sec.error(None, f"a {kind} notifier needs {key!r}")
+    if kind in ("webhook", "healthchecks"):
+        parts = urlsplit(result.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise sec.error("url", f"{result.url!r} is not an http(s) URL with a host")
+    if kind == "command":  # split at every event: a bad one failed each of them, as a warning
+        try:
+            if not shlex.split(result.command):
+                raise sec.error("command", "must not be empty")
+        except ValueError as e:
+            raise sec.error("command", f"cannot be split into words: {e}") from None
     sec.done()
     return result
 

@@ -111,7 +111,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casbackup.engines.base import DatabaseSpec
-from casbackup.units import parse_size
+from casbackup.units import MAX_SIZE, parse_size
 
 BACKUP_TYPES = ("full", "incremental", "differential")
 SNAPSHOT_PROVIDERS = ("lvm", "btrfs", "zfs")
@@ -227,6 +227,8 @@ def delta_files_size(value: int | str) -> int:
     ``units.parse_size`` reads it ("64M") or a whole number of bytes; 0 is off. Raises
     ValueError (a one-line message) for anything else and for sizes under 1 MiB."""
     size = value if isinstance(value, int) else parse_size(value)
+    if size > MAX_SIZE:
+        raise ValueError(f"{value!r} is too large (at most 8E)")
     if size < 0:
         raise ValueError(f"{value!r} is not a size (e.g. 64M, or 0 for off)")
     if 0 < size < MIN_DELTA_FILE_SIZE:

@@ -167,10 +167,11 @@ def decode_keyfile(data: bytes) -> tuple[dict[str, Any], KdfParams]:
         raise UnsupportedFormat(f"key file version {doc.get('version')!r} is not supported")
     if doc.get("kdf") != "argon2id":
         raise UnsupportedFormat(f"key derivation {doc.get('kdf')!r} is not supported")
-    try:
-        kdf = KdfParams(int(doc["memory_kib"]), int(doc["iterations"]), int(doc["lanes"]))
-    except (KeyError, TypeError, ValueError, OverflowError):
-        raise FormatError("key file has bad KDF parameters") from None
+    values = [doc.get(name) for name in ("memory_kib", "iterations", "lanes")]
+    # JSON integers only: int() would take 8191.5 as 8191, "8192" as 8192 and true as 1.
+    if not all(type(v) is int for v in values):
+        raise FormatError("key file has bad KDF parameters")
+    kdf = KdfParams(*values)
     # Argon2 itself refuses less than 8 KiB of memory per lane.
     if not (
         1 <= kdf.lanes <= 64
@@ -196,6 +197,15 @@ def keyfile_info(data: bytes) -> KeyFileInfo:
     )
 
 
+def require_within(kdf: KdfParams, limit: KdfLimit) -> None:
+    """FormatError, naming the variable that raises the limit, if ``kdf`` asks for more."""
+    if not limit.allows(kdf):
+        raise FormatError(
+            f"key file asks for {kdf.describe()}, above the limit of {limit.describe()}"
+            f"; if you chose that cost, set {LIMIT_ENV}=MEMORY_MIB:PASSES:LANES"
+        )
+
+
 def unwrap_key(
     data: bytes, passphrase: bytes, repo_id: bytes, limit: KdfLimit = DEFAULT_LIMIT
 ) -> MasterKey:
@@ -204,11 +214,7 @@ def unwrap_key(
     FormatError when the file is damaged or asks for more than ``limit`` (checked before
     Argon2 runs)."""
     doc, kdf = decode_keyfile(data)
-    if not limit.allows(kdf):
-        raise FormatError(
-            f"key file asks for {kdf.describe()}, above the limit of {limit.describe()}"
-            f"; if you chose that cost, set {LIMIT_ENV}=MEMORY_MIB:PASSES:LANES"
-        )
+    require_within(kdf, limit)
     kek = kdf.derive(passphrase, doc["salt"])
     try:
         secret = AESGCM(kek).decrypt(doc["nonce"], doc["wrapped"], repo_id)

@@ -182,6 +182,12 @@ def frozen_sources(
     paths = tuple(p for p in given if not any(_strictly_inside(p, q) for q in given))
     volumes: dict[str, Volume] = {}
     for path in paths:
+        if os.path.islink(path):
+            # Stored as the link itself (read live: a link is one atomic read); what it
+            # points to is a source of its own when the backup wants it (with_link_targets),
+            # and frozen as such. Located through the link, it was read from the snapshot
+            # as if it were that folder: a folder instead of the link.
+            continue
         volume = _locate(path, plan.provider, providers, log)
         if volume is not None:
             volumes[path] = volume

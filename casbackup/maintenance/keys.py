@@ -4,7 +4,7 @@ deletes one, never the last that opens the repository, nor (without force) the o
 from __future__ import annotations
 
 from casbackup.crypto.keyfile import KdfParams
-from casbackup.errors import AmbiguousId, NotFound, UsageError
+from casbackup.errors import AmbiguousId, NotFound, UsageError, WrongPassword
 from casbackup.repo.keyring import KeyEntry, list_key_files
 from casbackup.repo.repository import Repository
 from casbackup.units import plural
@@ -18,6 +18,8 @@ def list_keys(repo: Repository) -> list[KeyEntry]:
 
 
 def add_key(repo: Repository, password: bytes, kdf: KdfParams = KdfParams()) -> str:
+    """Write a key file that ``password`` opens; its id. UsageError for an empty passphrase,
+    MigrationRequired for a repository this program may only read."""
     if not password:
         raise UsageError("an empty passphrase is not allowed")
     return repo.add_key(password, kdf).rsplit("/", 1)[1]
@@ -34,6 +36,8 @@ def _resolve(keys: list[KeyEntry], ref: str) -> KeyEntry:
 
 
 def remove_key(repo: Repository, ref: str, *, force: bool = False) -> str:
+    """Delete the key file whose id starts with ``ref``; its id. NotFound, AmbiguousId;
+    UsageError for the last readable key, or the key in use without ``force``."""
     keys = list_keys(repo)
     target = _resolve(keys, ref)
     # Only readable key files count as another way in: a damaged one opens nothing.
@@ -56,9 +60,16 @@ def change_password(
 ) -> tuple[str, str]:
     """Add a key with the new passphrase, then remove the current one: (new id, old id).
 
-    In this order a crash leaves both passphrases working, never neither."""
-    new = add_key(repo, password, kdf)
+    In this order a crash leaves both passphrases working, never neither. Call it under
+    the exclusive lock. WrongPassword, with nothing added, when the key in use is gone: a
+    command that changed keys meanwhile (between opening and locking) removed it."""
     old = repo.key_name.rsplit("/", 1)[1]
+    if not repo.backend.exists(repo.key_name):
+        raise WrongPassword(
+            f"key {old[:8]}, which this passphrase opened, was removed meanwhile (another key "
+            "change?): this passphrase no longer opens the repository; nothing was changed"
+        )
+    new = add_key(repo, password, kdf)
     repo.backend.delete(repo.key_name)
     repo.key_name = f"keys/{new}"
     repo.remember_open()  # the new key file is the one to try first from now on

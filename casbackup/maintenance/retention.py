@@ -44,13 +44,13 @@ backups on purpose:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Protocol, TypeVar, overload
 
 from casbackup.errors import UsageError
+from casbackup.units import parse_duration  # noqa: F401 - callers import it from here
 
 _COUNT_FIELDS = (
     "keep_last",
@@ -282,43 +282,6 @@ def apply_policy(
         else Decision(snap.id, False, (REMOVE_REASON,))
         for snap in ordered
     ]
-
-
-# Fixed lengths, because a timedelta cannot be calendar-aware: "1m" is 30 days and "1y"
-# 365 days whatever the month or leap year (restic adds calendar months and years instead;
-# the difference is at most a day or two at the edge of a keep-within window).
-_UNIT_LENGTHS = {
-    "y": timedelta(days=365),
-    "m": timedelta(days=30),
-    "w": timedelta(weeks=1),
-    "d": timedelta(days=1),
-    "h": timedelta(hours=1),
-}
-_DURATION = re.compile(r"(?:[0-9]+[ymwdh])+")
-_PART = re.compile(r"([0-9]+)([ymwdh])")
-
-
-def parse_duration(text: str) -> timedelta:
-    """Parse ``7d``, ``2w``, ``1y2m3d4h`` into a timedelta.
-
-    Units: y = 365 days, m = 30 days (months, not minutes), w = 7 days, d = 24 hours,
-    h = 1 hour; each at most once, in any order. Raises UsageError on anything else.
-    """
-    cleaned = text.strip()
-    hint = "use a number and a unit y (365 days), m (30 days), w, d or h, e.g. 7d, 2w or 1y2m3d4h"
-    if not _DURATION.fullmatch(cleaned):
-        raise UsageError(f"invalid duration {text!r}: {hint}")
-    total = timedelta(0)
-    units: set[str] = set()
-    for number, unit in _PART.findall(cleaned):
-        if unit in units:
-            raise UsageError(f"invalid duration {text!r}: unit {unit!r} given twice")
-        units.add(unit)
-        try:
-            total += int(number) * _UNIT_LENGTHS[unit]
-        except OverflowError:
-            raise UsageError(f"invalid duration {text!r}: too long") from None
-    return total
 
 
 def format_duration(value: timedelta) -> str:

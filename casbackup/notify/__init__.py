@@ -67,6 +67,11 @@ class Event:
         return f"casbackup: backup of {self.app} on {self.host} {words.get(self.kind, self.kind)}"
 
 
+class NotifierFailed(Exception):
+    """A notifier's own account of its failure, one line, shown as it is (other exceptions
+    are shown with their class name)."""
+
+
 class Notifier(Protocol):
     uses_network: bool
 
@@ -77,10 +82,15 @@ class Notifier(Protocol):
 
 
 def dispatch(
-    notifiers: tuple[NotifierConfig, ...], event: Event, *, offline_mode: bool
+    notifiers: tuple[NotifierConfig, ...],
+    event: Event,
+    *,
+    offline_mode: bool,
+    log_failures: bool = True,
 ) -> list[str]:
     """Send ``event`` to every notifier that wants it. Returns warnings (one per notifier
-    that failed or is off), never raises: a notification never fails a backup."""
+    that failed or is off), never raises: a notification never fails a backup. With
+    ``log_failures`` (for callers that show no warnings of their own) each is logged too."""
     from casbackup import plugins
 
     warnings: list[str] = []
@@ -90,11 +100,13 @@ def dispatch(
         try:
             cls = plugins.load("notifier", cfg.type, offline_mode=offline_mode)
             cls(cfg).send(event)
-        except Exception as exc:  # noqa: BLE001 - any fault of a notifier is only reported
-            text = (
-                f"notifier {cfg.label} failed for event {event.kind}: {type(exc).__name__}: {exc}"
-            )
-            log.warning("%s", text)
+        # A plugin's sys.exit() too: it must not end the backup it reports on (only a stop
+        # signal, KeyboardInterrupt, goes through).
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a notifier's fault is only reported
+            what = str(exc) if isinstance(exc, NotifierFailed) else f"{type(exc).__name__}: {exc}"
+            text = f"notifier {cfg.label} failed for event {event.kind}: {what}"
+            if log_failures:
+                log.warning("%s", text)
             warnings.append(text)
     return warnings
 
@@ -113,12 +125,16 @@ class BackupNotice:
         warn: Any = None,
     ) -> None:
         self.app, self.notifiers, self.offline_mode = app, notifiers, offline_mode
-        self.warn = warn or (lambda _line: None)
+        self.warn = warn
 
     def _send(self, event: Event) -> None:
         if not self.notifiers:
             return
-        for line in dispatch(self.notifiers, event, offline_mode=self.offline_mode):
+        # A caller's own ``warn`` shows each failure; logging it too said it twice.
+        lines = dispatch(
+            self.notifiers, event, offline_mode=self.offline_mode, log_failures=self.warn is None
+        )
+        for line in lines if self.warn is not None else ():
             self.warn(line)
 
     def started(self) -> None:

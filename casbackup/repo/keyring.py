@@ -2,11 +2,11 @@
 
 Key files are plaintext and anyone who can write the storage can add some. Opening
 therefore (1) tries first the key file that opened this repository last on this client
-(``LocalState.last_key``), then the others by name; (2) caps the Argon2 cost a key file
-may ask for (``KdfLimit``); (3) skips key files over ``MAX_KEYFILE_BYTES`` unread, and
-key files whose content does not match their name; (4) runs Argon2 for at most
-``max_tries`` key files (``CASBACKUP_KEY_TRIES``, default 20), or only for the key files
-whose id starts with ``CASBACKUP_KEY_FILE``.
+(``LocalState.last_key``), then the others from the cheapest Argon2 cost up; (2) caps
+the Argon2 cost a key file may ask for (``KdfLimit``); (3) skips key files over
+``MAX_KEYFILE_BYTES`` unread, and key files whose content does not match their name;
+(4) runs Argon2 for at most ``max_tries`` key files (``CASBACKUP_KEY_TRIES``, default
+20), or only for the key files whose id starts with ``CASBACKUP_KEY_FILE``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from casbackup.crypto.keyfile import KdfLimit, KeyFileInfo, keyfile_info, unwrap_key
+from casbackup.crypto.keyfile import (
+    KdfLimit,
+    KdfParams,
+    KeyFileInfo,
+    keyfile_info,
+    require_within,
+    unwrap_key,
+)
 from casbackup.crypto.keys import MasterKey
 from casbackup.errors import (
     CasError,
@@ -59,12 +66,22 @@ class KeyChoice:
         return cls(preferred, select, tries, KdfLimit.from_env())
 
 
+def _cost(kdf: KdfParams) -> int:
+    """What one Argon2 run of ``kdf`` costs, in KiB-passes (its time grows with both)."""
+    return kdf.memory_kib * kdf.iterations
+
+
 def find_key(
     backend: Backend, repo_id: bytes, password: bytes, choice: KeyChoice
 ) -> tuple[MasterKey, str]:
     """(master key, "keys/<id>") of the first key file ``password`` opens.
 
-    Raises WrongPassword when none does (naming how many were skipped and, when the
+    Key files are read and checked first (no Argon2); Argon2 then runs for the key file
+    that opened last, then the others from the cheapest up (by name among equals): a
+    planted key file that asks for the most the limit allows (about 18 s each) is tried
+    after the real ones, not before them on a client that never opened the repository.
+
+    Raises WrongPassword when none opens (naming how many were skipped and, when the
     bound stopped the search, the variables that widen it), FormatError when every key
     file is unusable (damaged, too large, or too costly), FormatError when there is none.
     """
@@ -74,28 +91,29 @@ def find_key(
     ids = sorted(k for k in sizes if k.startswith(choice.select))
     if not ids:
         raise UsageError(f"no key file's id starts with {choice.select!r} ({SELECT_ENV})")
-    if choice.preferred in ids:
-        ids.remove(choice.preferred)
-        ids.insert(0, choice.preferred)
     damaged: list[str] = []
-    tried = 0
+    costs: dict[str, int] = {}
     for kid in ids:
         name = f"keys/{kid}"
-        if tried >= choice.max_tries:
-            break
-        if sizes[kid] > MAX_KEYFILE_BYTES:
-            damaged.append(f"{name}: {sizes[kid]} bytes, not a key file")
-            continue
         try:
-            data = backend.get(name)
-            if file_id(data) != kid:
-                raise FormatError("its content does not match its name")
-            key = unwrap_key(data, password, repo_id, choice.limit)
-        except WrongPassword:
-            tried += 1  # only attempts that ran Argon2 count against the bound
-            continue
+            if sizes[kid] > MAX_KEYFILE_BYTES:
+                raise FormatError(f"{sizes[kid]} bytes, not a key file")
+            costs[kid] = _cost(_checked(backend.get(name), kid, choice.limit))
         except (FormatError, UnsupportedFormat, StorageError) as exc:  # StorageError: refused
             damaged.append(f"{name}: {exc}")  # a damaged key file must not hide a good one
+    order = sorted(costs, key=lambda kid: (kid != choice.preferred, costs[kid], kid))
+    tried = 0
+    for kid in order[: choice.max_tries]:
+        name = f"keys/{kid}"
+        try:
+            data = backend.get(name)  # again: only ids and costs were kept, never many files
+            _checked(data, kid, choice.limit)
+            key = unwrap_key(data, password, repo_id, choice.limit)
+        except WrongPassword:
+            tried += 1
+            continue
+        except (FormatError, UnsupportedFormat, StorageError) as exc:  # changed since read
+            damaged.append(f"{name}: {exc}")
             continue
         return key, name
     untried = len(ids) - tried - len(damaged)
@@ -110,6 +128,16 @@ def find_key(
             f"{SELECT_ENV}=<id> to pick the key file (its name under keys/)"
         )
     raise WrongPassword(f"wrong passphrase: no key file of this repository opens with it{skipped}")
+
+
+def _checked(data: bytes, kid: str, limit: KdfLimit) -> KdfParams:
+    """The cost ``data`` asks for, once it is a well-formed key file named ``kid`` within
+    ``limit``. FormatError (naming the limit's variable when over it), UnsupportedFormat."""
+    if file_id(data) != kid:
+        raise FormatError("its content does not match its name")
+    kdf = keyfile_info(data).kdf
+    require_within(kdf, limit)
+    return kdf
 
 
 @dataclass(frozen=True)

@@ -128,9 +128,15 @@ class Lock:
                         self.removed.append(info.describe())
                     continue
                 if self.exclusive or info.exclusive:
+                    # A mount holds its lock until it is unmounted: it never finishes.
+                    until = (
+                        f"unmount it (fusermount3 -u MOUNTPOINT on {info.host})"
+                        if info.command.rsplit(" ", 1)[-1] == "mount"
+                        else "wait for it to finish"
+                    )
                     raise LockError(
                         f"repository is locked: {info.describe()}; "
-                        "wait for it to finish, or run 'casbackup unlock' if it is gone"
+                        f"{until}, or run 'casbackup unlock' if it is gone"
                     )
             self._thread = quiet_thread(self._refresh_loop, name="lock-refresh")
             self._thread.start()

@@ -3,16 +3,18 @@ repositories list, verification records and config reload."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from casbackup.errors import CasError
+from casbackup.errors import CasError, ConfigError
 from casbackup.server.auth import Principal, require, service_of
 from casbackup.server.repos import DEFAULT, Registry
 from casbackup.server.routes_jobs import JobStarted, job_started, require_configured_app
 
+log = logging.getLogger("casbackup.server")
 router = APIRouter(tags=["maintenance"])
 
 
@@ -224,9 +226,15 @@ def schedules(
 @router.post("/api/config/reload", status_code=204)
 def reload_config(request: Request, _p: Principal = Depends(require("config"))) -> None:
     """Read the config file again (applications, schedules, repositories). Running jobs go on
-    with what they started with."""
+    with what they started with. A file that cannot be read or is invalid changes nothing:
+    400, its problems and "the running configuration is kept"."""
     service = service_of(request)
-    fresh = Registry(service.settings)  # parse first: a broken file changes nothing
+    try:
+        fresh = Registry(service.settings)  # parse first: a broken file changes nothing
+    except CasError as exc:  # and the caller hears that nothing changed
+        kept = ConfigError(f"{exc}; the running configuration is kept")
+        log.warning("config reload refused: %s", kept)
+        raise kept from None
     fresh.adopt(service.registry)
     service.registry = fresh
     if service.scheduler is not None:

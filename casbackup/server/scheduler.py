@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from casbackup.config.load import EVERY_TOO_LONG, MAX_EVERY_MINUTES
 from casbackup.errors import CasError, ConfigError
 from casbackup.server.jobs import STOPPED_DURING
 from casbackup.timezones import machine_zone as _local_zone  # noqa: F401 (tests import it here)
@@ -68,10 +69,10 @@ class Rule:
         self.interval: dt.timedelta | None = None
         self.cron: str | None = None
         if every is not None:
-            n = int(every.group(1))
-            self.interval = (
-                dt.timedelta(minutes=n) if every.group(2) == "m" else dt.timedelta(hours=n)
-            )
+            minutes = int(every.group(1)) * (60 if every.group(2) == "h" else 1)
+            if not 0 < minutes <= MAX_EVERY_MINUTES:  # --verify-schedule comes unchecked
+                raise ConfigError(f"schedule {expr!r}: {EVERY_TOO_LONG} and at least 1 minute")
+            self.interval = dt.timedelta(minutes=minutes)
         else:
             self.cron = MACROS.get(expr, expr)
             try:

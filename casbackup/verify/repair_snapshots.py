@@ -10,7 +10,9 @@ has the same command, ``restic repair snapshots --forget``.)
 For each snapshot that needs it, a new snapshot is written with the same record (time,
 application, paths, parent, ...), tagged ``repaired``, whose trees leave out every file
 that names a missing chunk and keep every folder whose tree cannot be read as an empty
-folder (its own metadata kept). A database dump left out takes its record with it. Then
+folder (its own metadata kept). A database dump left out takes its record with it, and the
+summary's file and byte totals lose the files left out (``snapshots`` and the dashboard
+show what the snapshot holds, not what the backup once wrote). Then
 the old snapshot is deleted. Everything still readable is in the new snapshot; what is
 left out was already lost.
 
@@ -35,6 +37,7 @@ from typing import Any
 from casbackup.errors import CasError, IntegrityError, StorageError
 from casbackup.repo.ids import DELTA_KINDS, BlobId
 from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot, Summary
 from casbackup.repo.tree import Node, NodeKind, encode_tree
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 
@@ -42,6 +45,7 @@ REPAIRED_TAG = "repaired"
 _MAX_CHAIN = 64  # links followed to a delta's full base before the chain counts as broken
 # A folder whose tree cannot be read, as the walk keeps it relative to the tree above.
 _EMPTIED = b" (folder unreadable: kept empty)"
+_Removed = tuple[tuple[bytes, int], ...]
 
 
 @dataclass
@@ -94,7 +98,7 @@ def repair_snapshots(
         reporter.progress(progress)
         if new_root == snap.root:
             continue
-        paths = sorted({_display(p) for p in removed})
+        paths = sorted({_display(p) for p, _ in removed})
         gone = [p.removesuffix(os.fsdecode(_EMPTIED)) for p in paths]
         keep_db = [
             db
@@ -102,7 +106,14 @@ def repair_snapshots(
             if not any(db.path == p or db.path.startswith(p.rstrip("/") + "/") for p in gone)
         ]
         tags = snap.tags if REPAIRED_TAG in snap.tags else (*snap.tags, REPAIRED_TAG)
-        fixed = replace(snap, tree=new_root.hex(), tags=tags, databases=tuple(keep_db), id="")
+        fixed = replace(
+            snap,
+            tree=new_root.hex(),
+            tags=tags,
+            databases=tuple(keep_db),
+            summary=_summary_without(snap, removed),
+            id="",
+        )
         entry = SnapshotRepair(snap.id, None, snap.app, snap.time, paths)
         result.repaired.append(entry)
         if dry_run:
@@ -112,6 +123,26 @@ def repair_snapshots(
             entry.new = repo.save_snapshot(fixed).id  # durable before the old one goes
         repo.delete_snapshot(snap.id)
     return result
+
+
+def _summary_without(snap: Snapshot, removed: tuple[tuple[bytes, int], ...]) -> Summary:
+    """The snapshot's summary with the files left out taken off its totals.
+
+    ``files_total``/``bytes_total`` count the file walk only (database dumps are counted
+    by their records, which leave with them); the new/changed/unchanged counts describe the
+    backup run that wrote the snapshot and stay as they were. What an unreadable folder
+    held is unknown, so an emptied folder takes nothing off."""
+    dumps = {os.fsencode(db.path) for db in snap.databases}
+    files = size = 0
+    for path, file_size in removed:
+        if file_size < 0 or b"/" + path.lstrip(b"/") in dumps:
+            continue
+        files += 1
+        size += file_size
+    s = snap.summary
+    return replace(
+        s, files_total=max(0, s.files_total - files), bytes_total=max(0, s.bytes_total - size)
+    )
 
 
 def _display(path: bytes) -> str:
@@ -125,8 +156,9 @@ class _TreeRepair:
     def __init__(self, repo: Repository, dry_run: bool) -> None:
         self.repo = repo
         self.dry_run = dry_run
-        # tree id -> (its repaired id, paths below it left out); None: unreadable
-        self.done: dict[bytes, tuple[BlobId, tuple[bytes, ...]] | None] = {}
+        # tree id -> (its repaired id, (path, file size) below it left out; size -1 for a
+        # folder emptied because its tree is unreadable); None: unreadable
+        self.done: dict[bytes, tuple[BlobId, _Removed] | None] = {}
         self.present: dict[bytes, bool] = {}
         self._empty: BlobId | None = None
 
@@ -161,8 +193,9 @@ class _TreeRepair:
         self.present[blob_id] = ok
         return ok
 
-    def repair(self, root: BlobId) -> tuple[BlobId, tuple[bytes, ...]]:
-        """(repaired root id, paths left out); an unreadable root becomes an empty tree."""
+    def repair(self, root: BlobId) -> tuple[BlobId, _Removed]:
+        """(repaired root id, (path, file size or -1) left out); an unreadable root becomes
+        an empty tree."""
         work: list[tuple[str, BlobId, Any]] = [("enter", root, None)]
         while work:
             op, tree_id, nodes = work.pop()
@@ -184,23 +217,23 @@ class _TreeRepair:
                     work.append(("enter", node.subtree, None))
         top = self.done[root]
         if top is None:
-            return self.empty_tree(), (_EMPTIED,)
+            return self.empty_tree(), ((_EMPTIED, -1),)
         return top
 
-    def _rebuild(self, tree_id: BlobId, nodes: list[Node]) -> tuple[BlobId, tuple[bytes, ...]]:
+    def _rebuild(self, tree_id: BlobId, nodes: list[Node]) -> tuple[BlobId, _Removed]:
         out: list[Node] = []
-        removed: list[bytes] = []
+        removed: list[tuple[bytes, int]] = []
         for node in nodes:
             if node.kind == NodeKind.FILE and not all(map(self.chunk_present, node.content)):
-                removed.append(b"/" + node.name)
+                removed.append((b"/" + node.name, node.size))
                 continue
             if node.subtree is not None:
                 below = self.done.get(node.subtree)
                 if below is None:
-                    removed.append(b"/" + node.name + _EMPTIED)
+                    removed.append((b"/" + node.name + _EMPTIED, -1))
                     node = replace(node, subtree=self.empty_tree())
                 elif below[0] != node.subtree:
-                    removed.extend(b"/" + node.name + p for p in below[1])
+                    removed.extend((b"/" + node.name + p, n) for p, n in below[1])
                     node = replace(node, subtree=below[0])
             out.append(node)
         if not removed:

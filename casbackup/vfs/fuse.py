@@ -18,6 +18,7 @@ import errno
 import itertools
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -52,12 +53,38 @@ def check_fuse() -> Any:
 
 
 def check_mountpoint(mountpoint: str) -> None:
-    if not os.path.isdir(mountpoint):
+    """Refuse, with MountError, a mount point that is not a folder this user may mount on,
+    that is mounted already, or that a killed mount left behind."""
+    try:
+        st = os.stat(mountpoint)
+        if stat.S_ISDIR(st.st_mode):
+            # Asks the file system itself: stat may come from the kernel's cache, but a FUSE
+            # mount whose process died answers ENOTCONN to anything it must serve.
+            os.statvfs(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{mountpoint} is left from a mount whose process was killed: run "
+                f"'fusermount3 -u {mountpoint}', then mount again"
+            ) from None
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise MountError(f"mount point {mountpoint} cannot be used: {exc.strerror}") from None
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {mountpoint} is not an existing folder")
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point; unmount it first")
     if not os.access(mountpoint, os.W_OK):
         raise MountError(f"mount point {mountpoint} is not writable by this user")
+
+
+def holds_entries(mountpoint: str) -> bool:
+    """Whether the folder holds anything a mount there would hide (False if unreadable)."""
+    try:
+        with os.scandir(mountpoint) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
 
 
 def _attrs(st: Stat) -> dict[str, int]:
@@ -117,10 +144,13 @@ class FuseOps:
     def readdir(self, path: str, fh: Any) -> Iterator[tuple[str, dict[str, int], int]]:
         try:
             entries = self.vfs.listdir(path)
+            # With inode number 0 the C library drops an entry: '.' and '..' need theirs.
+            here = self.vfs.lookup(path).ino
+            parent = self.vfs.lookup(path.rsplit("/", 1)[0] or "/").ino if path != "/" else 1
         except Exception as exc:
             raise self._fail(path, exc) from None
-        yield ".", {"st_mode": 0o040555}, 0
-        yield "..", {"st_mode": 0o040555}, 0
+        yield ".", {"st_mode": stat.S_IFDIR | 0o555, "st_ino": here}, 0
+        yield "..", {"st_mode": stat.S_IFDIR | 0o555, "st_ino": parent}, 0
         for entry in entries:
             st = entry.stat()
             yield entry.name, {"st_mode": st.mode, "st_ino": st.ino}, 0

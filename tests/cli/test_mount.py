@@ -276,3 +276,104 @@ def test_clear_errors(tmp_path: Path, repo_path: str) -> None:
         == ("error: FUSE is not available: fusermount3 is not installed (install fuse3)")
         or "/dev/fuse" in result.err
     )
+
+
+def test_a_killed_mount_leaves_a_mount_point_the_next_mount_names(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # SIGKILL leaves the kernel's side of the mount behind: every access to the folder fails
+    # with ENOTCONN. The next mount called it "not an existing folder", which it is, and
+    # gave no hint of the 'fusermount3 -u' that makes it usable again.
+    repo_path = str(tmp_path / "repo")
+    make_repo(repo_path).close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    try:
+        with mounted(repo_path, mp) as proc:
+            proc.kill()
+            proc.wait(timeout=20)
+            with pytest.raises(OSError) as gone:
+                os.listdir(mp)
+            assert gone.value.errno == errno.ENOTCONN
+            result = run_cli("mount", str(mp), repo=repo_path)
+            assert result.code == 32
+            assert result.err == (
+                f"error: {mp} is left from a mount whose process was killed: run "
+                f"'fusermount3 -u {mp}', then mount again\n"
+            )
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mp)], check=False, capture_output=True)
+
+
+def test_every_folder_lists_dot_and_dotdot(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # '.' and '..' went out with inode number 0, and the C library drops such entries:
+    # 'ls -a' showed neither anywhere in the mount, as no real file system does.
+    repo_path = str(tmp_path / "repo")
+    repo = make_repo(repo_path)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub/f").write_bytes(b"f")
+    snap_backup(repo, src, "web")
+    repo.close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(repo_path, mp) as proc:
+        inner = mp / "web/latest" / str(src).lstrip("/")
+        for folder in (mp, mp / "web", mp / "web/latest", inner, inner / "sub"):
+            listed = subprocess.run(["ls", "-a", str(folder)], capture_output=True, text=True)
+            assert listed.stdout.splitlines()[:2] == [".", ".."], (folder, listed)
+        dot = subprocess.run(["stat", "-c", "%i", str(inner / "sub"), str(inner / "sub/.")],
+                             capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+        assert dot[0] == dot[1]
+        unmount(proc, mp)
+
+
+def test_prune_refused_by_a_mount_says_to_unmount(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A mount holds its shared lock until it is unmounted: "wait for it to finish" had the
+    # user wait for something that never ends by itself.
+    repo_path = str(tmp_path / "repo")
+    make_repo(repo_path).close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(repo_path, mp) as proc:
+        res = run_cli("prune", repo=repo_path)
+        assert res.code == 11 and res.err.count("\n") == 1, res.err
+        assert "(casbackup mount)" in res.err and "unmount it" in res.err, res.err
+        assert "wait for it to finish" not in res.err
+        unmount(proc, mp)
+
+
+def test_mounting_over_files_warns_that_they_are_hidden(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # libfuse 3 mounts over a folder that holds files without a word: a user who mounted
+    # on a folder of restored files saw them vanish.
+    repo_path = str(tmp_path / "repo")
+    make_repo(repo_path).close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    (mp / "mine.txt").write_bytes(b"mine")
+    with mounted(repo_path, mp) as proc:
+        assert not (mp / "mine.txt").exists()
+        err = unmount(proc, mp)
+    assert f"warning: {mp} is not empty: what it holds is hidden until the mount ends" in err, err
+    assert (mp / "mine.txt").read_bytes() == b"mine"
+
+
+def test_cp_out_of_the_mount_keeps_a_sparse_file_sparse(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    repo_path = str(tmp_path / "repo")
+    repo = make_repo(repo_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "vm.img", "wb") as f:
+        f.truncate(16 << 20)
+        f.seek(16 << 20)
+        f.write(b"tail")
+    snap_backup(repo, src, "vm")
+    repo.close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(repo_path, mp) as proc:
+        subprocess.run(["cp", "-a", str(mp / "vm/latest" / str(src).lstrip("/") / "vm.img"),
+                        str(tmp_path / "copy.img")], check=True)  # fmt: skip
+        unmount(proc, mp)
+    copy = os.stat(tmp_path / "copy.img")
+    assert copy.st_size == (16 << 20) + 4
+    assert copy.st_blocks * 512 < 1 << 20, copy.st_blocks
+    assert (tmp_path / "copy.img").read_bytes() == (src / "vm.img").read_bytes()

@@ -129,6 +129,28 @@ def test_key_that_opened_last_is_tried_first(derives: list[KdfParams]) -> None:
     assert stat.S_IMODE(os.stat(state.folder).st_mode) == 0o700
 
 
+def test_costlier_key_files_are_tried_after_cheaper_ones(derives: list[KdfParams]) -> None:
+    """Planted key files within the limit (up to 1 GiB x 10 passes: 18 s of Argon2 each)
+    whose names sort first: a new client (a rebuilt machine recovering) ran every one of
+    them before the real key file. The cheapest are tried first now."""
+    backend = MemoryBackend()
+    make_repo(backend).close()
+    mine = _key_id(backend)
+    costly = KdfParams(memory_kib=16384, iterations=2, lanes=1)  # dearer than WEAK_KDF
+    for _ in range(3):
+        _plant(backend, costly, before=mine)
+    shutil.rmtree(open_repo(backend).state.folder)  # a client that never opened it
+    derives.clear()
+    with open_repo(backend) as repo:
+        assert repo.key_name == f"keys/{mine}"
+    assert derives == [WEAK_KDF]
+    shutil.rmtree(repo.state.folder)
+    derives.clear()
+    with pytest.raises(WrongPassword):
+        open_repo(backend, "wrong")
+    assert derives == [WEAK_KDF, costly, costly, costly]
+
+
 def test_bounded_number_of_key_files_tried(
     derives: list[KdfParams], monkeypatch: pytest.MonkeyPatch
 ) -> None:

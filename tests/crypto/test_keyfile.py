@@ -88,3 +88,16 @@ def test_kdf_params_derive_is_deterministic() -> None:
         == kdf.derive(b"p", b"saltsalt")
         != kdf.derive(b"q", b"saltsalt")
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("memory_kib", 8191.5), ("memory_kib", "8192"), ("iterations", True), ("lanes", 1.0)],
+)
+def test_kdf_parameters_must_be_integers(field: str, value: object) -> None:
+    # int() took 8191.5 as 8191 and True as 1: a key file whose cost is not what it says
+    # ran Argon2 and was called a wrong passphrase instead of a damaged key file.
+    doc = json.loads(wrap_key(MasterKey(bytes(32)), b"pw", REPO_ID, WEAK_KDF))
+    doc[field] = value
+    with pytest.raises(FormatError, match="bad KDF parameters"):
+        decode_keyfile(json.dumps(doc).encode())

@@ -78,3 +78,17 @@ def test_cli_keys(repo_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
     res = run_cli("key", "add", repo=repo_path, env={"CASBACKUP_PASSWORD": "third"})
     assert res.code == 2 and "no new passphrase" in res.err
     assert PASSWORD
+
+
+def test_passwd_after_another_passwd_removed_the_key_adds_nothing(repo, repo_path) -> None:  # type: ignore[no-untyped-def]
+    # Two `key passwd` at once: each opens the repository, then waits its turn for the
+    # exclusive lock. The second finds the key it opened with gone; it used to add its new
+    # key anyway and then fail on the delete (exit 23), leaving a passphrase the user was
+    # told had not been set.
+    other = open_repo(repo_path)
+    first, _old = change_password(other, b"first pass", WEAK_KDF)
+    with pytest.raises(WrongPassword, match="removed"):
+        change_password(repo, b"second pass", WEAK_KDF)
+    assert [k.id for k in list_keys(other)] == [first]
+    with pytest.raises(WrongPassword):
+        open_repo(repo_path, "second pass")

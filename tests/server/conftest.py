@@ -80,6 +80,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
     monkeypatch.delenv("CASBACKUP_PASSWORD", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TZ", "UTC")  # the service's zone (pages show times in it) is fixed
     repo_path = str(tmp_path / "repo")
     make_repo(repo_path).close()
     config = make_config(tmp_path, repo_path)

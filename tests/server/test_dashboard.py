@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import zoneinfo
 from pathlib import Path
 
 import pytest
@@ -319,6 +320,43 @@ def test_overview_shows_overdue_and_next_run(env: Env, monkeypatch: pytest.Monke
     assert "2999-01-01 02:00 UTC" in html
 
 
+def test_pages_show_times_in_the_services_zone(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard said 'the run scheduled at 2020-01-01 01:00 UTC did not succeed' for a
+    schedule of 02:00 in Europe/Berlin (the zone the service fires schedules in), and counted
+    a nightly backup at 00:30 Berlin time in the day before on the 30-day strip."""
+    from casbackup.server.dashboard.views import day_strip
+
+    class FakeScheduler:
+        def overview(self) -> list[dict[str, object]]:
+            return [{"key": "backup:shop", "kind": "backup", "app": "shop",
+                     "last_run": "2020-01-01T01:00:00+00:00", "next_run": "2999-07-01T00:00:00+00:00"}]  # fmt: skip
+
+        def next_run_text(self, app: str) -> str | None:
+            return "2999-07-01T00:00:00+00:00" if app == "shop" else None
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(env.service, "scheduler", FakeScheduler())
+    monkeypatch.setattr(env.service, "zone_name", lambda: "Europe/Berlin")
+    login(env, "viewer")
+    html = env.client.get("/").text
+    assert "the run scheduled at 2020-01-01 02:00 CET did not succeed" in html
+    assert "2999-07-01 02:00 CEST" in html  # summer time then
+    backup(env, "shop")
+    job = env.service.jobs.list(kind="backup", limit=1, apps=None)[0]
+    page = env.client.get(f"/jobs/{job['id']}").text
+    assert 'data-tz="Europe/Berlin"' in page  # the live log's lines use it too
+    assert " CET " in page or " CEST " in page
+    assert " UTC " not in page
+
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    now = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC)
+    night = dt.datetime(2026, 11, 20, 23, 30, tzinfo=dt.UTC)  # 00:30 on the 21st in Berlin
+    assert day_strip([night], [], now, berlin)[-1] == ("2026-11-21", "ok")
+    assert day_strip([night], [], now)[-2] == ("2026-11-20", "ok")  # in UTC: the day before
+
+
 def test_a_snapshot_dated_in_the_future_does_not_hide_an_overdue_run(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -429,6 +467,7 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     assert has(html, TESTIDS["check_repair_hint"])
     assert f"casbackup repair packs {loc.pack[:12]}" in html
     assert has(html, f"{TESTIDS['repair_button']}:packs")  # an admin may do it from here
+    assert has(html, f"{TESTIDS['repair_preview']}:packs")  # or see first what it would do
     overview = env.client.get("/").text  # the application itself says so, not only the check
     assert has(overview, f"{TESTIDS['app_damage']}:shop") and "damaged: 2 snapshots" in overview
     assert not has(overview, f"{TESTIDS['app_damage']}:blog")
@@ -438,7 +477,13 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     # The button's request: the damaged blob leaves the index, the intact ones stay.
     csrf = login(env, "admin")
     h = {"X-CSRF-Token": csrf}
-    body = {"what": "packs", "packs": check["result"]["repairable_packs"], "dry_run": False}
+    body = {"what": "packs", "packs": check["result"]["repairable_packs"], "dry_run": True}
+    dry = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])
+    assert dry["state"] == "succeeded" and dry["result"]["packs_deleted"] == 0, dry
+    html = env.client.get(f"/jobs/{dry['id']}").text
+    assert "Dry run: nothing changed." in html and has(html, f"{TESTIDS['repair_button']}:packs")
+    assert loc.pack in html  # the button repairs the packs the preview looked at
+    body["dry_run"] = False
     repair = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])
     assert repair["state"] == "succeeded", repair
     assert repair["result"]["packs"][0]["dropped"] == 1 and repair["result"]["packs_deleted"] == 1
@@ -452,6 +497,15 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     assert "casbackup repair snapshots" in html and has(
         html, f"{TESTIDS['repair_button']}:snapshots"
     )
+    assert has(html, f"{TESTIDS['repair_preview']}:snapshots")
+    # The preview changes nothing, lists what would be left out, and offers the repair.
+    body = {"what": "snapshots", "dry_run": True}
+    preview = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])
+    assert preview["state"] == "succeeded" and len(preview["result"]["repaired"]) == 2, preview
+    html = env.client.get(f"/jobs/{preview['id']}").text
+    assert path in html and "would be repaired (dry run: nothing changed)" in html
+    assert has(html, f"{TESTIDS['repair_button']}:snapshots")
+    assert not has(html, f"{TESTIDS['repair_preview']}:snapshots")
     body = {"what": "snapshots", "dry_run": False}
     fixed = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])
     assert fixed["state"] == "succeeded" and len(fixed["result"]["repaired"]) == 2, fixed

@@ -217,6 +217,14 @@ def test_config_reload_picks_up_a_new_application(env: Env) -> None:
     cfg.write_text("this is not toml [")
     r = env.client.post("/api/config/reload", headers=env.h("admin"))
     assert r.status_code == 400 and "wiki" in names()  # a broken file changes nothing
+    assert r.json()["detail"].startswith(f"{cfg}: invalid TOML")  # and says so
+    assert r.json()["detail"].endswith("; the running configuration is kept")
+    cfg.write_text("a = " + "[" * 5000 + "]" * 5000)  # a parser's RecursionError: a 500 before
+    r = env.client.post("/api/config/reload", headers=env.h("admin"))
+    assert r.status_code == 400 and "nested too deeply" in r.json()["detail"] and "wiki" in names()
+    cfg.unlink()
+    r = env.client.post("/api/config/reload", headers=env.h("admin"))
+    assert r.status_code == 400 and "running configuration is kept" in r.json()["detail"]
 
 
 def test_cancel_a_running_backup_keeps_the_repository_consistent(env: Env) -> None:

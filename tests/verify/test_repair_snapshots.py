@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from casbackup.repo.ids import Kind
+from casbackup.repo.snapshot import Summary
 from casbackup.testing.fixtures import flip_stored_byte, make_repo, open_repo, run_cli
 from casbackup.verify.repair_snapshots import REPAIRED_TAG, repair_snapshots
 from tests.verify import apps
@@ -39,6 +40,14 @@ def _node(repo_path: str, path: Path):  # type: ignore[no-untyped-def]
         node = repo.find_node(snap.root, str(path))
         assert node is not None
         return node
+    finally:
+        repo.close()
+
+
+def _summary(repo_path: str, snapshot_id: str) -> Summary:
+    repo = open_repo(repo_path)
+    try:
+        return repo.load_snapshot(snapshot_id).summary
     finally:
         repo.close()
 
@@ -79,6 +88,7 @@ def test_lost_data_blocks_check_and_prune_until_the_snapshots_are_repaired(
     prune = run_cli("prune", repo=repo)
     assert prune.code != 0 and "prune needs every tree" in prune.err
     old_id = _snapshots(repo)[0]["id"]
+    old_summary = _summary(repo, old_id)
 
     out = run_cli("repair", "snapshots", repo=repo)
     assert out.code == 0, out.err
@@ -89,6 +99,12 @@ def test_lost_data_blocks_check_and_prune_until_the_snapshots_are_repaired(
     assert old_id not in [s["id"] for s in snaps] and len(snaps) == 2
     fixed = snaps[0]
     assert REPAIRED_TAG in fixed["tags"]
+    # Its totals say what it holds now: gone.bin is taken off; old/'s unreadable content
+    # was never known, so it takes nothing off; the run's own counts stay.
+    summary = _summary(repo, fixed["id"])
+    assert summary.files_total == old_summary.files_total - 1
+    assert summary.bytes_total == old_summary.bytes_total - 50_000
+    assert summary.files_new == old_summary.files_new and summary.dirs == old_summary.dirs
     assert run_cli("check", "--read-data", repo=repo).code == 0
     assert run_cli("prune", repo=repo).code == 0
     target = tmp_path / "restored"
@@ -181,7 +197,10 @@ def test_a_lost_dump_takes_its_database_record_with_it(tmp_path: Path) -> None:
     (fixed,) = _snapshots(repo_path)
     repo = open_repo(repo_path)
     try:
-        assert repo.load_snapshot(fixed["id"]).databases == ()
+        repaired = repo.load_snapshot(fixed["id"])
+        assert repaired.databases == ()
+        # the dump is counted by its record, not in the file walk's totals
+        assert repaired.summary == snap.summary
     finally:
         repo.close()
     assert run_cli("check", repo=repo_path).code == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from jinja2 import Environment
+from jinja2 import Environment, pass_context
+from jinja2.runtime import Context
 
 from casbackup.units import human_bytes
 
@@ -44,10 +45,26 @@ def age(value: Any, now: dt.datetime | None = None) -> str:
     return "just now"
 
 
-def when(value: Any) -> str:
-    """A time as ``YYYY-MM-DD HH:MM UTC``."""
+def when(value: Any, tz: dt.tzinfo = dt.UTC) -> str:
+    """A time as ``YYYY-MM-DD HH:MM`` in zone ``tz`` with the zone's abbreviation of that
+    moment (``2026-03-29 03:30 CEST``); "—" for None or garbage."""
     t = _time(value)
-    return "—" if t is None else t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "—" if t is None else local_time(t, tz)
+
+
+def local_time(t: dt.datetime, tz: dt.tzinfo) -> str:
+    """An aware time ``t`` as ``YYYY-MM-DD HH:MM ZONE`` in ``tz`` (the abbreviation, or the
+    UTC offset where the zone has none)."""
+    t = t.astimezone(tz)
+    name = t.tzname() or t.strftime("%z")
+    return f"{t:%Y-%m-%d %H:%M} {name}"
+
+
+@pass_context
+def _when_in_page_zone(ctx: Context, value: Any) -> str:
+    """``when`` in the zone the page was rendered for (``tz``: the service's, the zone of
+    its schedules and retention, so a run scheduled at 02:00 shows as 02:00)."""
+    return when(value, ctx.get("tz") or dt.UTC)
 
 
 def size(value: Any) -> str:
@@ -105,7 +122,12 @@ def safe_next(target: str) -> str:
 
 def install_filters(env: Environment) -> None:
     env.filters.update(
-        age=age, when=when, size=size, duration=duration, mode=mode, report_text=report_text
+        age=age,
+        when=_when_in_page_zone,
+        size=size,
+        duration=duration,
+        mode=mode,
+        report_text=report_text,
     )
     from casbackup.server.dashboard.views import path_query
 

@@ -112,7 +112,9 @@ def page(permission: str, app: str | None = None) -> Callable[..., Any]:
 
 def render(request: Request, name: str, p: Principal | None, **ctx: Any) -> Response:
     response = templates.TemplateResponse(
-        request, name, {"p": p, "T": TESTIDS, "csrf": p.csrf if p else "", **ctx}
+        request,
+        name,
+        {"p": p, "T": TESTIDS, "csrf": p.csrf if p else "", "tz": _zone(request), **ctx},
     )
     response.headers.update(HEADERS)
     return response
@@ -124,6 +126,14 @@ def api_doc(answer: Any) -> Any:
     if isinstance(answer, Response):
         return json.loads(bytes(answer.body))
     return answer
+
+
+def _zone(request: Request) -> dt.tzinfo:
+    """The zone the dashboard shows times in: the service's (schedules, retention)."""
+    try:
+        return service_of(request).zone()
+    except CasError:  # a zone that stopped existing on this machine: still show the page
+        return dt.UTC
 
 
 def _now() -> dt.datetime:

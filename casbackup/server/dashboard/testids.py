@@ -67,6 +67,7 @@ TESTIDS: dict[str, str] = {
     "check_repair_hint": "check-repair-hint",
     "app_damage": "app-damage",  # :<app>; the last check found its snapshots damaged
     "repair_button": "repair-button",  # :packs | :snapshots
+    "repair_preview": "repair-preview",  # :packs | :snapshots (a dry run)
     # disaster recovery
     "recover_form": "recover-form",
     "recover_app": "recover-app",

@@ -2,7 +2,8 @@
 uses (``list_applications``, the job manager, verification records, lock listings). No
 repository logic lives here beyond reading those results and summarising them for a page.
 
-Times are UTC throughout; ``now`` is passed in so tests can fix it.
+Times are aware datetimes (UTC inside); what a person reads is in the service's zone (the
+schedules' and retention's, ``Service.zone``). ``now`` is passed in so tests can fix it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from casbackup.errors import CasError
 from casbackup.repo.lock import list_locks
 from casbackup.repo.snapshot import Snapshot
 from casbackup.server.auth import Principal
+from casbackup.server.dashboard.format import local_time
 from casbackup.server.repos import RepoHandle
 from casbackup.server.service import Service
 from casbackup.verify.records import VerificationRecord
@@ -106,14 +108,18 @@ def repo_records(handle: RepoHandle, warnings: list[str]) -> list[VerificationRe
 
 
 def day_strip(
-    ok_times: list[dt.datetime], failed_times: list[dt.datetime], now: dt.datetime
+    ok_times: list[dt.datetime],
+    failed_times: list[dt.datetime],
+    now: dt.datetime,
+    tz: dt.tzinfo = dt.UTC,
 ) -> list[tuple[str, str]]:
-    """The last ``STRIP_DAYS`` days, oldest first: ``ok`` when a backup succeeded that day,
+    """The last ``STRIP_DAYS`` days of zone ``tz`` (the service's: a nightly run at 00:30
+    local belongs to its local day), oldest first: ``ok`` when a backup succeeded that day,
     ``failed`` when only failures happened, ``none`` when nothing ran."""
-    today = now.astimezone(dt.UTC).date()
+    today = now.astimezone(tz).date()
     days = [today - dt.timedelta(days=i) for i in range(STRIP_DAYS - 1, -1, -1)]
-    ok = {t.astimezone(dt.UTC).date() for t in ok_times}
-    failed = {t.astimezone(dt.UTC).date() for t in failed_times}
+    ok = {t.astimezone(tz).date() for t in ok_times}
+    failed = {t.astimezone(tz).date() for t in failed_times}
     return [(d.isoformat(), "ok" if d in ok else "failed" if d in failed else "none") for d in days]
 
 
@@ -129,6 +135,10 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             if record.app:
                 records_by_app[record.app] = record
     since = now - dt.timedelta(days=STRIP_DAYS)
+    try:
+        tz = service.zone()
+    except CasError:  # a zone this machine no longer knows: the page still shows, in UTC
+        tz = dt.UTC
     # Per repository: its newest finished check, and the snapshots it found damaged.
     checks = {key: last_check(service, key) for key in registry.handles}
     damaged = {
@@ -160,10 +170,10 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             # a snapshot dated after now (taken while the clock ran ahead) proves no run
             overdue=overdue_reason(schedules.get(row.name),
                                    next((s for s in reversed(snaps) if s.datetime <= now), None),
-                                   now),
+                                   now, tz),
             protected_bytes=last.protected_bytes if last else 0,
             stored_bytes=sum(s.summary.bytes_stored for s in snaps),
-            strip=day_strip([s.datetime for s in snaps if s.datetime >= since], failed, now),
+            strip=day_strip([s.datetime for s in snaps if s.datetime >= since], failed, now, tz),
             damage=(check["id"], hit) if hit and check is not None else None,
         ))  # fmt: skip
     repos = [
@@ -185,7 +195,7 @@ OVERDUE_GRACE = dt.timedelta(minutes=30)  # a fired backup may be queued behind 
 
 
 def overdue_reason(schedule: dict[str, Any] | None, last: Snapshot | None,
-                   now: dt.datetime) -> str | None:  # fmt: skip
+                   now: dt.datetime, tz: dt.tzinfo = dt.UTC) -> str | None:  # fmt: skip
     """Why an application's scheduled backup is overdue, or None.
 
     ``schedule`` is its entry of ``Scheduler.overview()`` (``last_run``: when the scheduler
@@ -202,9 +212,9 @@ def overdue_reason(schedule: dict[str, Any] | None, last: Snapshot | None,
         and now - fired > OVERDUE_GRACE
         and (last is None or last.datetime < fired - dt.timedelta(minutes=1))
     ):
-        return f"the run scheduled at {fired:%Y-%m-%d %H:%M} UTC did not succeed"
+        return f"the run scheduled at {local_time(fired, tz)} did not succeed"
     if due is not None and now - due > OVERDUE_GRACE:
-        return f"the run due at {due:%Y-%m-%d %H:%M} UTC did not start"
+        return f"the run due at {local_time(due, tz)} did not start"
     return None
 
 

@@ -159,9 +159,24 @@
     }
   }
 
+  // Now as "YYYY-MM-DD HH:MM ZONE" in the service's zone (the page's data-tz), as the
+  // server writes the lines above it; UTC where the browser does not know that zone.
+  function zonedNow(tz) {
+    const now = new Date();
+    try {
+      const parts = Object.fromEntries(new Intl.DateTimeFormat("en-GB", {
+        timeZone: tz || "UTC", year: "numeric", month: "2-digit", day: "2-digit",
+        hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZoneName: "short",
+      }).formatToParts(now).map((p) => [p.type, p.value]));
+      return `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute} ${parts.timeZoneName}`;
+    } catch (e) {
+      return `${now.toISOString().slice(0, 16).replace("T", " ")} UTC`;
+    }
+  }
+
   function appendLog(data) {
     document.querySelectorAll(`[data-job-log="${data.id}"]`).forEach((pre) => {
-      pre.append(`${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC ${data.level}: ${data.message}\n`);
+      pre.append(`${zonedNow(pre.dataset.tz)} ${data.level}: ${data.message}\n`);
     });
   }
 
