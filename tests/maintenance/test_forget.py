@@ -20,7 +20,7 @@ from casbackup.maintenance.retention import RetentionPolicy
 from casbackup.repo.snapshot import Snapshot
 from casbackup.testing.fixtures import make_repo, run_cli
 from casbackup.verify.check import CheckOptions, check
-from tests.maintenance.history import build_history
+from tests.maintenance.history import build_history, redate
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 
@@ -158,3 +158,22 @@ def test_a_prune_plan_that_ignores_snapshots_cannot_be_executed(repo, tmp_path) 
         execute_prune(repo, plan)
     assert len(repo.list_snapshots()) == 3
     assert check(repo, CheckOptions(read_data=True)).ok
+
+
+def test_cli_forget_shows_times_in_the_zone_whose_days_it_counts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: days were counted in the config's timezone but times were
+    # shown in the machine's, so a line read "2026-11-25 23:00  daily snapshot 2026-11-26".
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path), [1, 0], file_size=2000)
+    older = min(repo.list_snapshots(), key=lambda s: s.datetime)
+    redate(repo, older, datetime(2026, 11, 25, 23, tzinfo=UTC))  # 12:00 on the 26th in Auckland
+    repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(f'timezone = "Pacific/Auckland"\n[[applications]]\nname = "app"\n'
+                      f'sources = ["{tmp_path}"]\n')  # fmt: skip
+    res = run_cli("--config", str(config), "forget", "--keep-daily", "5", "--dry-run", repo=path,
+                  env={"TZ": "UTC"})  # fmt: skip
+    assert res.code == 0, res.err
+    line = next(x for x in res.out.splitlines() if "2026-11-26 " in x)
+    assert "2026-11-26 12:00 NZDT  daily snapshot 2026-11-26" in line, res.out
