@@ -181,9 +181,13 @@ def forget(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...],
         else:
             click.echo(f"removed {plural(len(removed), 'snapshot')}")
     if then_prune:
-        run_prune(
-            ctx, repo, PruneOptions(max_unused=max_unused, max_repack_size=max_repack_size), dry_run
+        # A dry run forgot nothing: its prune plan counts the snapshots it would forget as
+        # gone, or it would show a prune with nothing to gain (restic does the same).
+        gone = frozenset(s.id for s in plan.remove) if dry_run else frozenset()
+        options = PruneOptions(
+            max_unused=max_unused, max_repack_size=max_repack_size, ignore_snapshots=gone
         )
+        run_prune(ctx, repo, options, dry_run)
 
 
 def _planned(
