@@ -75,12 +75,15 @@ def _named_plan(repo: Repository, refs: tuple[str, ...], app: str | None) -> For
     return ForgetPlan(tuple(ForgetGroup(k, None, tuple(v)) for k, v in groups.items()))
 
 
-def _render(plan: ForgetPlan, dry_run: bool) -> None:
+def _render(plan: ForgetPlan, tz: tzinfo | None) -> None:
+    """The plan, one line a snapshot. Times are shown in ``tz``, the zone retention counts
+    days in (None: the machine's), with its abbreviation, so each time reads as the bucket
+    its reason names, and the repeated hour of a fall-back change reads as two."""
     for group in plan.groups:
         kept = sum(v.keep for v in group.verdicts)
         click.echo(f"{printable(group.key)}: keep {kept}, remove {len(group.verdicts) - kept}")
         for v in group.verdicts:
-            when = v.snapshot.datetime.astimezone().strftime("%Y-%m-%d %H:%M")
+            when = v.snapshot.datetime.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
             word = "keep  " if v.keep else "remove"
             click.echo(f"  {word} {v.snapshot.short_id}  {when}  {', '.join(v.reasons)}")
 
@@ -164,30 +167,41 @@ def forget(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...],
         keep_monthly=keep_monthly, keep_yearly=keep_yearly,
         keep_within=parse_duration(keep_within) if keep_within else None, keep_tags=frozenset(keep_tags),
     )  # fmt: skip
+    tz: tzinfo | None = None
     if snapshot_refs:
         if use_all or not flags.is_empty():
             raise UsageError("give either SNAPSHOT ids or a keep rule (--keep-*, --all), not both")
         plan = _named_plan(repo, snapshot_refs, app)
     else:
-        plan = _planned(ctx, repo, flags, app, use_all)
+        tz = _zone(ctx)
+        plan = _planned(ctx, repo, flags, app, use_all, tz)
     removed = [] if dry_run else execute_forget(repo, plan).removed
     if opts.json:
         emit_json({"message_type": "forget", "dry_run": dry_run, "groups": forget_plan_doc(plan),
                    "removed": removed})  # fmt: skip
     elif not opts.quiet:
-        _render(plan, dry_run)
+        _render(plan, tz)
         if dry_run:
             click.echo(f"dry run: would remove {plural(len(plan.remove), 'snapshot')}")
         else:
             click.echo(f"removed {plural(len(removed), 'snapshot')}")
     if then_prune:
-        run_prune(
-            ctx, repo, PruneOptions(max_unused=max_unused, max_repack_size=max_repack_size), dry_run
+        # A dry run forgot nothing: its prune plan counts the snapshots it would forget as
+        # gone, or it would show a prune with nothing to gain (restic does the same).
+        gone = frozenset(s.id for s in plan.remove) if dry_run else frozenset()
+        options = PruneOptions(
+            max_unused=max_unused, max_repack_size=max_repack_size, ignore_snapshots=gone
         )
+        run_prune(ctx, repo, options, dry_run)
 
 
 def _planned(
-    ctx: click.Context, repo: Repository, flags: RetentionPolicy, app: str | None, use_all: bool
+    ctx: click.Context,
+    repo: Repository,
+    flags: RetentionPolicy,
+    app: str | None,
+    use_all: bool,
+    tz: tzinfo,
 ) -> ForgetPlan:
     """The plan of a retention policy: the flags', or the config's."""
     policy_for = _policy_lookup(ctx, flags, app, use_all)
@@ -199,7 +213,7 @@ def _planned(
     for w in records.warnings:
         warn(w)
     verified = {sid for sid, r in records.latest_by_snapshot().items() if r.ok}
-    return plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified, tz=_zone(ctx))
+    return plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified, tz=tz)
 
 
 def _zone(ctx: click.Context) -> tzinfo:

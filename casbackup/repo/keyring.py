@@ -83,7 +83,8 @@ def find_key(
 
     Raises WrongPassword when none opens (naming how many were skipped and, when the
     bound stopped the search, the variables that widen it), FormatError when every key
-    file is unusable (damaged, too large, or too costly), FormatError when there is none.
+    file is unusable (damaged, too large, or too costly), UnsupportedFormat when every one
+    is of a format this casbackup does not know, FormatError when there is none.
     """
     sizes = {name.rsplit("/", 1)[1]: size for name, size in backend.list("keys/")}
     if not sizes:
@@ -92,6 +93,7 @@ def find_key(
     if not ids:
         raise UsageError(f"no key file's id starts with {choice.select!r} ({SELECT_ENV})")
     damaged: list[str] = []
+    newer = 0  # of them, key files of a format this casbackup does not know
     costs: dict[str, int] = {}
     for kid in ids:
         name = f"keys/{kid}"
@@ -101,6 +103,7 @@ def find_key(
             costs[kid] = _cost(_checked(backend.get(name), kid, choice.limit))
         except (FormatError, UnsupportedFormat, StorageError) as exc:  # StorageError: refused
             damaged.append(f"{name}: {exc}")  # a damaged key file must not hide a good one
+            newer += isinstance(exc, UnsupportedFormat)
     order = sorted(costs, key=lambda kid: (kid != choice.preferred, costs[kid], kid))
     tried = 0
     for kid in order[: choice.max_tries]:
@@ -119,6 +122,11 @@ def find_key(
     untried = len(ids) - tried - len(damaged)
     if damaged and not tried and not untried:
         # Not the passphrase's fault: saying "wrong passphrase" would send users astray.
+        if newer == len(damaged):  # a newer casbackup's key files, as a newer config is
+            raise UnsupportedFormat(
+                f"no key file of this repository can be read by this casbackup "
+                f"({damaged[0]}); upgrade casbackup"
+            )
         raise FormatError(f"no key file of this repository is readable ({damaged[0]})")
     skipped = f" ({len(damaged)} damaged key files skipped)" if damaged else ""
     if untried > 0:

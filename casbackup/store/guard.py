@@ -89,9 +89,10 @@ class GuardedBackend:
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         entries = iter(self._call("list", prefix or "/", lambda: self.inner.list(prefix)))
+        end = object()
         while True:
-            entry = self._call("list", prefix or "/", lambda: next(entries, None))
-            if entry is None:
+            entry = self._call("list", prefix or "/", lambda: next(entries, end))
+            if entry is end:
                 return
             if not (
                 isinstance(entry, tuple)

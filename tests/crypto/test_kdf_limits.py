@@ -278,3 +278,25 @@ def test_malformed_key_file_is_named_and_never_derived(
     assert problem in planted["problem"]
     res = run_cli("check", repo=repo_path)
     assert res.code == 29 and f"keys/{file_id(data)} is damaged" in res.err, res.err
+
+
+def test_key_files_of_a_newer_format_say_upgrade(repo_path: str) -> None:
+    # A newer casbackup may write its key files in a format this one does not know; with
+    # only such key files the error was "no key file of this repository is readable" (exit
+    # 22, as for damage), never the "upgrade casbackup" (exit 21) the config gets.
+    from casbackup.errors import UnsupportedFormat
+    from casbackup.store.local import LocalBackend
+    from casbackup.testing.fixtures import run_cli
+
+    backend = LocalBackend(repo_path)
+    (name,) = [n for n, _ in backend.list("keys/")]
+    doc = json.loads(backend.get(name))
+    doc["version"] = 2
+    data = json.dumps(doc).encode()
+    backend.delete(name)
+    backend.put(f"keys/{file_id(data)}", data)
+    with pytest.raises(UnsupportedFormat, match="upgrade casbackup"):
+        open_repo(repo_path)
+    res = run_cli("snapshots", repo=repo_path)
+    assert res.code == 21 and res.err.count("\n") == 1, res.err
+    assert "key file version 2 is not supported" in res.err and "upgrade casbackup" in res.err
