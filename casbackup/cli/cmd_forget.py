@@ -45,6 +45,16 @@ def _policy_lookup(
         assert config is not None
         if app is not None:
             require_app(config, app)
+        else:
+            # --all opens one repository: an application whose snapshots live in its own
+            # would be passed over without a word, and its history would grow for ever.
+            own = [a.name for a in config.applications
+                   if a.repository is not None and not a.retention.is_empty]  # fmt: skip
+            if own:
+                raise UsageError(
+                    f"{', '.join(own)} {'has its' if len(own) == 1 else 'have their'} own "
+                    "repository in the config: forget with --app NAME for each of those"
+                )
         policies = {a.name: policy_from_retention(a.retention) for a in config.applications
                     if not a.retention.is_empty}  # fmt: skip
         if app is not None and app not in policies:
@@ -75,12 +85,15 @@ def _named_plan(repo: Repository, refs: tuple[str, ...], app: str | None) -> For
     return ForgetPlan(tuple(ForgetGroup(k, None, tuple(v)) for k, v in groups.items()))
 
 
-def _render(plan: ForgetPlan, dry_run: bool) -> None:
+def _render(plan: ForgetPlan, tz: tzinfo | None) -> None:
+    """The plan, one line a snapshot. Times are shown in ``tz``, the zone retention counts
+    days in (None: the machine's), with its abbreviation, so each time reads as the bucket
+    its reason names, and the repeated hour of a fall-back change reads as two."""
     for group in plan.groups:
         kept = sum(v.keep for v in group.verdicts)
         click.echo(f"{printable(group.key)}: keep {kept}, remove {len(group.verdicts) - kept}")
         for v in group.verdicts:
-            when = v.snapshot.datetime.astimezone().strftime("%Y-%m-%d %H:%M")
+            when = v.snapshot.datetime.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
             word = "keep  " if v.keep else "remove"
             click.echo(f"  {word} {v.snapshot.short_id}  {when}  {', '.join(v.reasons)}")
 
@@ -164,18 +177,20 @@ def forget(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...],
         keep_monthly=keep_monthly, keep_yearly=keep_yearly,
         keep_within=parse_duration(keep_within) if keep_within else None, keep_tags=frozenset(keep_tags),
     )  # fmt: skip
+    tz: tzinfo | None = None
     if snapshot_refs:
         if use_all or not flags.is_empty():
             raise UsageError("give either SNAPSHOT ids or a keep rule (--keep-*, --all), not both")
         plan = _named_plan(repo, snapshot_refs, app)
     else:
-        plan = _planned(ctx, repo, flags, app, use_all)
+        tz = _zone(ctx)
+        plan = _planned(ctx, repo, flags, app, use_all, tz)
     removed = [] if dry_run else execute_forget(repo, plan).removed
     if opts.json:
         emit_json({"message_type": "forget", "dry_run": dry_run, "groups": forget_plan_doc(plan),
                    "removed": removed})  # fmt: skip
     elif not opts.quiet:
-        _render(plan, dry_run)
+        _render(plan, tz)
         if dry_run:
             click.echo(f"dry run: would remove {plural(len(plan.remove), 'snapshot')}")
         else:
@@ -191,7 +206,12 @@ def forget(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...],
 
 
 def _planned(
-    ctx: click.Context, repo: Repository, flags: RetentionPolicy, app: str | None, use_all: bool
+    ctx: click.Context,
+    repo: Repository,
+    flags: RetentionPolicy,
+    app: str | None,
+    use_all: bool,
+    tz: tzinfo,
 ) -> ForgetPlan:
     """The plan of a retention policy: the flags', or the config's."""
     policy_for = _policy_lookup(ctx, flags, app, use_all)
@@ -203,7 +223,7 @@ def _planned(
     for w in records.warnings:
         warn(w)
     verified = {sid for sid, r in records.latest_by_snapshot().items() if r.ok}
-    return plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified, tz=_zone(ctx))
+    return plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified, tz=tz)
 
 
 def _zone(ctx: click.Context) -> tzinfo:

@@ -18,9 +18,9 @@ from casbackup.maintenance.forget import (
 from casbackup.maintenance.prune import PruneOptions, execute_prune, plan_prune
 from casbackup.maintenance.retention import RetentionPolicy
 from casbackup.repo.snapshot import Snapshot
-from casbackup.testing.fixtures import make_repo, run_cli
+from casbackup.testing.fixtures import make_repo, open_repo, run_cli
 from casbackup.verify.check import CheckOptions, check
-from tests.maintenance.history import build_history
+from tests.maintenance.history import build_history, redate
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 
@@ -158,3 +158,52 @@ def test_a_prune_plan_that_ignores_snapshots_cannot_be_executed(repo, tmp_path) 
         execute_prune(repo, plan)
     assert len(repo.list_snapshots()) == 3
     assert check(repo, CheckOptions(read_data=True)).ok
+
+
+def test_cli_forget_shows_times_in_the_zone_whose_days_it_counts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: days were counted in the config's timezone but times were
+    # shown in the machine's, so a line read "2026-11-25 23:00  daily snapshot 2026-11-26".
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path), [1, 0], file_size=2000)
+    older = min(repo.list_snapshots(), key=lambda s: s.datetime)
+    redate(repo, older, datetime(2026, 11, 25, 23, tzinfo=UTC))  # 12:00 on the 26th in Auckland
+    repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(f'timezone = "Pacific/Auckland"\n[[applications]]\nname = "app"\n'
+                      f'sources = ["{tmp_path}"]\n')  # fmt: skip
+    res = run_cli("--config", str(config), "forget", "--keep-daily", "5", "--dry-run", repo=path,
+                  env={"TZ": "UTC"})  # fmt: skip
+    assert res.code == 0, res.err
+    line = next(x for x in res.out.splitlines() if "2026-11-26 " in x)
+    assert "2026-11-26 12:00 NZDT  daily snapshot 2026-11-26" in line, res.out
+
+
+def test_cli_forget_all_refuses_apps_with_their_own_repository(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: `forget --all` applied the retention of the applications in
+    # the repository it opened and said nothing of one whose [applications.repository] is
+    # elsewhere: its snapshots were never forgotten (backup --all refuses such a config).
+    main, own = str(tmp_path / "main"), str(tmp_path / "own")
+    for path in (main, own):
+        repo = make_repo(path)
+        build_history(repo, str(tmp_path / os.path.basename(path)), [2, 1, 0], app="web",
+                      file_size=2000)  # fmt: skip
+        repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(
+        f'[repository]\nlocation = "{main}"\n'
+        f'[[applications]]\nname = "web"\nsources = ["{tmp_path}"]\n'
+        "[applications.retention]\nkeep_last = 1\n"
+        f'[[applications]]\nname = "other"\nsources = ["{tmp_path}"]\n'
+        f'[applications.repository]\nlocation = "{own}"\n'
+        "[applications.retention]\nkeep_last = 1\n"
+    )
+    res = run_cli("--config", str(config), "forget", "--all")
+    assert res.code == 2, res.out
+    assert res.err == (
+        "error: other has its own repository in the config: forget with --app NAME for each "
+        "of those\n"
+    )
+    assert len(open_repo(main).list_snapshots()) == 3
+    res = run_cli("--config", str(config), "forget", "--app", "web")
+    assert res.code == 0 and "app web: keep 1, remove 2" in res.out, res.err
