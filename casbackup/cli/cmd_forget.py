@@ -45,6 +45,16 @@ def _policy_lookup(
         assert config is not None
         if app is not None:
             require_app(config, app)
+        else:
+            # --all opens one repository: an application whose snapshots live in its own
+            # would be passed over without a word, and its history would grow for ever.
+            own = [a.name for a in config.applications
+                   if a.repository is not None and not a.retention.is_empty]  # fmt: skip
+            if own:
+                raise UsageError(
+                    f"{', '.join(own)} {'has its' if len(own) == 1 else 'have their'} own "
+                    "repository in the config: forget with --app NAME for each of those"
+                )
         policies = {a.name: policy_from_retention(a.retention) for a in config.applications
                     if not a.retention.is_empty}  # fmt: skip
         if app is not None and app not in policies:

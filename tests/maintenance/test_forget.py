@@ -18,7 +18,7 @@ from casbackup.maintenance.forget import (
 from casbackup.maintenance.prune import PruneOptions, execute_prune, plan_prune
 from casbackup.maintenance.retention import RetentionPolicy
 from casbackup.repo.snapshot import Snapshot
-from casbackup.testing.fixtures import make_repo, run_cli
+from casbackup.testing.fixtures import make_repo, open_repo, run_cli
 from casbackup.verify.check import CheckOptions, check
 from tests.maintenance.history import build_history, redate
 
@@ -177,3 +177,33 @@ def test_cli_forget_shows_times_in_the_zone_whose_days_it_counts(tmp_path) -> No
     assert res.code == 0, res.err
     line = next(x for x in res.out.splitlines() if "2026-11-26 " in x)
     assert "2026-11-26 12:00 NZDT  daily snapshot 2026-11-26" in line, res.out
+
+
+def test_cli_forget_all_refuses_apps_with_their_own_repository(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: `forget --all` applied the retention of the applications in
+    # the repository it opened and said nothing of one whose [applications.repository] is
+    # elsewhere: its snapshots were never forgotten (backup --all refuses such a config).
+    main, own = str(tmp_path / "main"), str(tmp_path / "own")
+    for path in (main, own):
+        repo = make_repo(path)
+        build_history(repo, str(tmp_path / os.path.basename(path)), [2, 1, 0], app="web",
+                      file_size=2000)  # fmt: skip
+        repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(
+        f'[repository]\nlocation = "{main}"\n'
+        f'[[applications]]\nname = "web"\nsources = ["{tmp_path}"]\n'
+        "[applications.retention]\nkeep_last = 1\n"
+        f'[[applications]]\nname = "other"\nsources = ["{tmp_path}"]\n'
+        f'[applications.repository]\nlocation = "{own}"\n'
+        "[applications.retention]\nkeep_last = 1\n"
+    )
+    res = run_cli("--config", str(config), "forget", "--all")
+    assert res.code == 2, res.out
+    assert res.err == (
+        "error: other has its own repository in the config: forget with --app NAME for each "
+        "of those\n"
+    )
+    assert len(open_repo(main).list_snapshots()) == 3
+    res = run_cli("--config", str(config), "forget", "--app", "web")
+    assert res.code == 0 and "app web: keep 1, remove 2" in res.out, res.err
