@@ -300,3 +300,24 @@ def test_key_files_of_a_newer_format_say_upgrade(repo_path: str) -> None:
     res = run_cli("snapshots", repo=repo_path)
     assert res.code == 21 and res.err.count("\n") == 1, res.err
     assert "key file version 2 is not supported" in res.err and "upgrade casbackup" in res.err
+
+
+def test_a_client_that_knows_its_key_file_reads_no_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ordering by cost reads every key file first; the one that opened last must still be
+    # tried alone, or a storage full of planted key files costs every open a read of each.
+    backend = MemoryBackend()
+    make_repo(backend).close()
+    mine = _key_id(backend)
+    for _ in range(5):
+        _plant(backend, WEAK_KDF)
+    reads: list[str] = []
+    real = MemoryBackend.get
+
+    def counting(self: MemoryBackend, name: str, *args: object) -> bytes:
+        if name.startswith("keys/"):
+            reads.append(name)
+        return real(self, name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MemoryBackend, "get", counting)
+    open_repo(backend).close()
+    assert reads == [f"keys/{mine}"]
