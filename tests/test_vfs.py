@@ -229,3 +229,27 @@ def flip_byte(repo_root: Path, name: str, offset: int) -> None:
         byte = f.read(1)
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0x40]))
+
+
+def test_a_sparse_file_counts_only_its_data_as_allocated(repo: Repository, tmp_path: Path) -> None:
+    # st_blocks said every byte was allocated, so 'cp -a' (and du) out of the mount took a
+    # sparse VM image as dense and wrote all its zeros: a 4 KiB file came out as 101 MB.
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "vm.img", "wb") as f:
+        f.write(b"head" * 1000)
+        f.truncate(4 << 20)  # a hole of almost 4 MiB
+        f.seek(4 << 20)
+        f.write(b"tail" * 1000)
+    (src / "dense").write_bytes(random.Random(5).randbytes(300_000))
+    backup(repo, src, "vm")
+    vfs = Vfs(repo)
+    sparse = vfs.getattr(f"/vm/latest{in_snapshot(src, 'vm.img')}")
+    assert sparse.size == (4 << 20) + 4000
+    assert sparse.blocks * 512 < 512 * 1024  # the chunks of zeros take no room
+    dense = vfs.getattr(f"/vm/latest{in_snapshot(src, 'dense')}")
+    assert dense.blocks == (300_000 + 511) // 512
+    assert (
+        vfs.read(f"/vm/latest{in_snapshot(src, 'vm.img')}", 0, 5 << 20)
+        == (src / "vm.img").read_bytes()
+    )

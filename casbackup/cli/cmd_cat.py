@@ -15,11 +15,13 @@ from casbackup.repo.tree import NodeKind
 
 @click.command(name="dump")
 @click.argument("ref", metavar="SNAPSHOT:PATH")
+@click.argument("path_arg", metavar="[PATH]", required=False)
 @click.option("--app", help="With 'latest': the latest snapshot of this application.")
 @with_repository(lock="shared", reads_only=True)
-def dump(repo: Repository, ref: str, app: str | None) -> None:
-    """Write one file of a snapshot (a database dump too) to standard output."""
-    snap_ref, path = split_snapshot_path(ref)
+def dump(repo: Repository, ref: str, path_arg: str | None, app: str | None) -> None:
+    """Write one file of a snapshot (a database dump too) to standard output
+    (SNAPSHOT:PATH, or SNAPSHOT PATH)."""
+    snap_ref, path = split_snapshot_path(ref, path_arg)
     if path == "/":
         raise UsageError("give the file to write: SNAPSHOT:PATH")
     snap = repo.resolve_snapshot(snap_ref, app=app)

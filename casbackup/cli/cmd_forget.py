@@ -9,7 +9,7 @@ from casbackup.cli.cmd_prune import prune_option_decorators, run_prune
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, warn
-from casbackup.errors import CasError, UsageError
+from casbackup.errors import CasError, IntegrityError, UsageError
 from casbackup.maintenance.forget import (
     ForgetGroup,
     ForgetPlan,
@@ -45,6 +45,16 @@ def _policy_lookup(
         assert config is not None
         if app is not None:
             require_app(config, app)
+        else:
+            # --all opens one repository: an application whose snapshots live in its own
+            # would be passed over without a word, and its history would grow for ever.
+            own = [a.name for a in config.applications
+                   if a.repository is not None and not a.retention.is_empty]  # fmt: skip
+            if own:
+                raise UsageError(
+                    f"{', '.join(own)} {'has its' if len(own) == 1 else 'have their'} own "
+                    "repository in the config: forget with --app NAME for each of those"
+                )
         policies = {a.name: policy_from_retention(a.retention) for a in config.applications
                     if not a.retention.is_empty}  # fmt: skip
         if app is not None and app not in policies:
@@ -62,27 +72,45 @@ def _policy_lookup(
 
 def _named_plan(repo: Repository, refs: tuple[str, ...], app: str | None) -> ForgetPlan:
     """The snapshots named on the command line, every one resolved before any is removed
-    (a typo in the third id removes nothing)."""
+    (a typo in the third id removes nothing). A record named by id that is damaged is
+    removed too: no other command can, and prune refuses to run while it is there."""
     chosen = {}
+    unreadable: dict[str, str] = {}
     for ref in refs:
-        snap = repo.resolve_snapshot(ref, app=app)
+        if ref == "latest":
+            snap = repo.resolve_snapshot(ref, app=app)
+        else:
+            fid = repo.snapshot_id_of(ref)
+            try:
+                snap = repo.load_snapshot(fid)
+            except IntegrityError as exc:  # not StorageError: unreadable is not damaged
+                unreadable[fid] = str(exc)
+                continue
         chosen[snap.id] = snap
     groups: dict[GroupKey, list[Verdict]] = {}
     for snap in sorted(chosen.values(), key=lambda s: s.datetime, reverse=True):
         groups.setdefault(group_key(snap), []).append(
             Verdict(snap, False, ("named on the command line",))
         )
-    return ForgetPlan(tuple(ForgetGroup(k, None, tuple(v)) for k, v in groups.items()))
+    return ForgetPlan(
+        tuple(ForgetGroup(k, None, tuple(v)) for k, v in groups.items()),
+        tuple(sorted(unreadable.items())),
+    )
 
 
-def _render(plan: ForgetPlan, dry_run: bool) -> None:
+def _render(plan: ForgetPlan, tz: tzinfo | None) -> None:
+    """The plan, one line a snapshot. Times are shown in ``tz``, the zone retention counts
+    days in (None: the machine's), with its abbreviation, so each time reads as the bucket
+    its reason names, and the repeated hour of a fall-back change reads as two."""
     for group in plan.groups:
         kept = sum(v.keep for v in group.verdicts)
         click.echo(f"{printable(group.key)}: keep {kept}, remove {len(group.verdicts) - kept}")
         for v in group.verdicts:
-            when = v.snapshot.datetime.astimezone().strftime("%Y-%m-%d %H:%M")
+            when = v.snapshot.datetime.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
             word = "keep  " if v.keep else "remove"
             click.echo(f"  {word} {v.snapshot.short_id}  {when}  {', '.join(v.reasons)}")
+    for sid, why in plan.unreadable:
+        click.echo(f"unreadable snapshot {sid[:8]}: remove (named on the command line; {why})")
 
 
 @click.command()
@@ -164,42 +192,59 @@ def forget(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...],
         keep_monthly=keep_monthly, keep_yearly=keep_yearly,
         keep_within=parse_duration(keep_within) if keep_within else None, keep_tags=frozenset(keep_tags),
     )  # fmt: skip
+    tz: tzinfo | None = None
     if snapshot_refs:
         if use_all or not flags.is_empty():
             raise UsageError("give either SNAPSHOT ids or a keep rule (--keep-*, --all), not both")
         plan = _named_plan(repo, snapshot_refs, app)
     else:
-        plan = _planned(ctx, repo, flags, app, use_all)
+        tz = _zone(ctx)
+        plan = _planned(ctx, repo, flags, app, use_all, tz)
     removed = [] if dry_run else execute_forget(repo, plan).removed
     if opts.json:
         emit_json({"message_type": "forget", "dry_run": dry_run, "groups": forget_plan_doc(plan),
+                   "unreadable": [{"id": sid, "error": why} for sid, why in plan.unreadable],
                    "removed": removed})  # fmt: skip
     elif not opts.quiet:
-        _render(plan, dry_run)
+        _render(plan, tz)
         if dry_run:
-            click.echo(f"dry run: would remove {plural(len(plan.remove), 'snapshot')}")
+            count = len(plan.remove) + len(plan.unreadable)
+            click.echo(f"dry run: would remove {plural(count, 'snapshot')}")
         else:
             click.echo(f"removed {plural(len(removed), 'snapshot')}")
     if then_prune:
-        run_prune(
-            ctx, repo, PruneOptions(max_unused=max_unused, max_repack_size=max_repack_size), dry_run
+        # A dry run forgot nothing: its prune plan counts the snapshots it would forget as
+        # gone, or it would show a prune with nothing to gain (restic does the same).
+        gone = frozenset(s.id for s in plan.remove) | {s for s, _ in plan.unreadable}
+        gone = gone if dry_run else frozenset()
+        options = PruneOptions(
+            max_unused=max_unused, max_repack_size=max_repack_size, ignore_snapshots=gone
         )
+        run_prune(ctx, repo, options, dry_run)
 
 
 def _planned(
-    ctx: click.Context, repo: Repository, flags: RetentionPolicy, app: str | None, use_all: bool
+    ctx: click.Context,
+    repo: Repository,
+    flags: RetentionPolicy,
+    app: str | None,
+    use_all: bool,
+    tz: tzinfo,
 ) -> ForgetPlan:
     """The plan of a retention policy: the flags', or the config's."""
     policy_for = _policy_lookup(ctx, flags, app, use_all)
     warnings: list[str] = []
     snaps = [s for s in repo.list_snapshots(warnings=warnings) if app is None or s.app == app]
     if warnings:
-        raise UsageError(f"{warnings[0]}; forget will not decide without every snapshot of a group")
+        raise UsageError(
+            f"{warnings[0]}; forget will not decide without every snapshot of a group "
+            "('casbackup forget ID' removes a damaged one)"
+        )
     records = list_records(repo)
     for w in records.warnings:
         warn(w)
     verified = {sid for sid, r in records.latest_by_snapshot().items() if r.ok}
-    return plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified, tz=_zone(ctx))
+    return plan_forget(snaps, policy_for, datetime.now(UTC), verified=verified, tz=tz)
 
 
 def _zone(ctx: click.Context) -> tzinfo:

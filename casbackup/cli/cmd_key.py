@@ -20,7 +20,7 @@ def read_new_password(path: str | None) -> bytes:
     if path:
         password = read_secret_file(path)  # capped: /dev/zero is refused, not read whole
     elif os.environ.get("CASBACKUP_NEW_PASSWORD"):  # set but empty counts as not set
-        password = os.environ["CASBACKUP_NEW_PASSWORD"].encode()
+        password = os.fsencode(os.environ["CASBACKUP_NEW_PASSWORD"])  # the bytes as set
     elif sys.stdin.isatty():
         first = getpass.getpass("enter the new passphrase: ")
         if getpass.getpass("enter the new passphrase again: ") != first:

@@ -45,6 +45,7 @@ def long_line(path: bytes, node: Node) -> str:
 
 @click.command()
 @click.argument("ref", metavar="SNAPSHOT[:PATH]")
+@click.argument("path_arg", metavar="[PATH]", required=False)
 @click.option("--app", help="With 'latest': the latest snapshot of this application.")
 @click.option("-l", "--long", "long_format", is_flag=True, help="Show mode, owner, size and time.")
 @click.option(
@@ -58,13 +59,14 @@ def ls(
     repo: Repository,
     ctx: click.Context,
     ref: str,
+    path_arg: str | None,
     app: str | None,
     long_format: bool,
     recursive: bool | None,
 ) -> None:
     """List the files of a snapshot, or of one folder in it."""
     opts = global_options(ctx)
-    snap_ref, path = split_snapshot_path(ref)
+    snap_ref, path = split_snapshot_path(ref, path_arg)
     snap = repo.resolve_snapshot(snap_ref, app=app)
     node = repo.find_node(snap.root, path)
     prefix = os.fsencode(path.rstrip("/"))

@@ -24,7 +24,8 @@ def migrate_cmd(repo: Repository, ctx: click.Context, dry_run: bool) -> None:
                    "unusual": list(plan.unusual)})  # fmt: skip
         return
     for note in plan.unusual:
-        warn(f"{note}: now authenticated as this repository's setting; check it is yours")
+        when = "would be authenticated" if dry_run else "now authenticated"
+        warn(f"{note}: {when} as this repository's setting; check it is yours")
     if not plan.needed:
         click.echo(f"repository is already at format version {plan.from_version}")
     elif dry_run:

@@ -21,6 +21,7 @@ _SHOWN = 50  # warnings and errors printed one by one; --json has them all
 
 @click.command()
 @click.argument("ref", metavar="SNAPSHOT[:PATH]")
+@click.argument("path_arg", metavar="[PATH]", required=False)
 @click.option(
     "-t",
     "--target",
@@ -47,11 +48,12 @@ _SHOWN = 50  # warnings and errors printed one by one; --json has them all
 )
 @click.pass_context
 @with_repository(lock="shared", reads_only=True)
-def restore(repo: Repository, ctx: click.Context, ref: str, target: str, app: str | None, includes: tuple[str, ...],
+def restore(repo: Repository, ctx: click.Context, ref: str, path_arg: str | None, target: str, app: str | None, includes: tuple[str, ...],
             excludes: tuple[str, ...], overwrite: bool, dry_run: bool, no_xattrs: bool, workers: int) -> None:  # fmt: skip
-    """Restore a snapshot, a folder of it or one file (SNAPSHOT:PATH) into TARGET."""
+    """Restore a snapshot, a folder of it or one file (SNAPSHOT:PATH, or SNAPSHOT PATH)
+    into TARGET."""
     opts = global_options(ctx)
-    snap_ref, path = split_snapshot_path(ref)
+    snap_ref, path = split_snapshot_path(ref, path_arg)
     snap = repo.resolve_snapshot(snap_ref, app=app)
     options = RestoreOptions(
         target=target, subpath=path, includes=includes, excludes=excludes, overwrite=overwrite,

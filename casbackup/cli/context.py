@@ -160,11 +160,18 @@ def _locked(repo: Repository, level: str, command: str, *, reads_only: bool) -> 
             held.release()
 
 
-def split_snapshot_path(ref: str) -> tuple[str, str]:
-    """``SNAPSHOT[:PATH]`` -> (snapshot ref, absolute path in the snapshot)."""
+def split_snapshot_path(ref: str, path_arg: str | None = None) -> tuple[str, str]:
+    """``SNAPSHOT[:PATH]``, or ``SNAPSHOT`` and ``PATH`` as two arguments (restic's form:
+    ``restic dump latest /etc/hosts``) -> (snapshot ref, absolute path in the snapshot).
+
+    Raises UsageError for an empty snapshot ref or a path given both ways."""
     snap, sep, path = ref.partition(":")
     if not snap:
         raise UsageError(f"{ref!r}: give a snapshot id, prefix or 'latest' before the ':'")
+    if path_arg is not None:
+        if sep:
+            raise UsageError(f"give the path once: {ref} {path_arg} names it twice")
+        path, sep = path_arg, ":"
     if not sep or not path:
         return snap, "/"
     return snap, path if path.startswith("/") else "/" + path

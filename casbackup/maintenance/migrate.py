@@ -71,19 +71,24 @@ def plan_migration(repo: Repository) -> MigrationPlan:
 def migrate(repo: Repository) -> MigrationPlan:
     """Upgrade the repository to ``FORMAT_VERSION`` (see the module docstring for the order).
 
+    The plan is not ``needed`` when another migrate upgraded it since it was opened.
     Raises LockError when another process holds a lock, ConfigTampered when the stored
-    config changed since it was opened, StorageError when it cannot be written."""
+    config changed otherwise since it was opened, StorageError when it cannot be written."""
     plan = plan_migration(repo)
     if not plan.needed:
         return plan
     lock = Lock(repo, True, "migrate").acquire()  # Repository.lock refuses a v1 repository
     try:
         current = RepoConfig.decode(repo.backend.get("config"))
-        if current != repo.config:
-            raise ConfigTampered("the repository config changed while migrating; run it again")
         new = replace(repo.config, version=FORMAT_VERSION).sign(repo.key)
         new.validate()
-        repo.backend.put("config", new.encode())
+        if current == new:
+            # Another migrate finished first (the same config, signed by the same key): done.
+            plan = MigrationPlan(new.version, new.version, ())
+        elif current != repo.config:
+            raise ConfigTampered("the repository config changed while migrating; run it again")
+        else:
+            repo.backend.put("config", new.encode())
         repo.config = new
         repo.writable = True
         repo.remember_open()

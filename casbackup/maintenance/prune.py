@@ -83,7 +83,13 @@ def execute_prune(
     options: PruneOptions = PruneOptions(),
     reporter: Reporter = NULL_REPORTER,
 ) -> PruneResult:
-    """Carry ``plan`` out in the crash-safe order (module docstring); closes the plan."""
+    """Carry ``plan`` out in the crash-safe order (module docstring); closes the plan.
+
+    Raises ValueError for a plan made with ``ignore_snapshots``: it would delete data that
+    snapshots still in the repository need."""
+    if plan.hypothetical:
+        plan.close()
+        raise ValueError("a prune plan that ignores snapshots cannot be executed")
     result = PruneResult()
     try:
         if plan.rewrite_index:

@@ -49,6 +49,10 @@ class PruneOptions:
     unindexed_margin: float = UNINDEXED_MARGIN_S
     verify_copies: bool = True  # authenticate every blob before copying it to a new pack
     keep_trees: tuple[BlobId, ...] = ()  # more roots to keep (records that name trees)
+    # Snapshots to count as gone: what ``forget --prune --dry-run`` would forget, so its
+    # plan shows what the prune after the forget would do. Such a plan is only for showing:
+    # the snapshots are still there, and execute_prune refuses it.
+    ignore_snapshots: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class PrunePlan:
     temp_files: tuple[str, ...]
     missing_packs: tuple[FileId, ...]  # named by the index but gone; no used blob in them
     duplicate_blobs: int  # used blobs stored in more than one pack
+    hypothetical: bool = False  # planned with ignore_snapshots: shown, never executed
     work: _Work | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -292,7 +297,9 @@ def plan_prune(
 
 def _plan(repo: Repository, options: PruneOptions, reporter: Reporter, work: _Work) -> PrunePlan:
     now = time.time()
-    snapshots = collect_used_blobs(repo, work.used, reporter, options.keep_trees)
+    snapshots = collect_used_blobs(
+        repo, work.used, reporter, options.keep_trees, skip=options.ignore_snapshots
+    )
     live, all_index_files = _live_index_files(repo)
     present = {FileId(n.rsplit("/", 1)[1]): s for n, s in repo.backend.list("data/")}
     for fid in live:
@@ -413,7 +420,8 @@ def _plan(repo: Repository, options: PruneOptions, reporter: Reporter, work: _Wo
         bytes_total=sum(present.values()), keep=tuple(keep), repack=tuple(repack),
         delete=tuple(delete), unindexed=tuple(unindexed), unindexed_young=young,
         old_index_files=tuple(all_index_files), temp_files=tuple(temp_files),
-        missing_packs=tuple(missing), duplicate_blobs=duplicates, work=work,
+        missing_packs=tuple(missing), duplicate_blobs=duplicates,
+        hypothetical=bool(options.ignore_snapshots), work=work,
     )  # fmt: skip
 
 

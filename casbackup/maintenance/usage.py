@@ -6,7 +6,7 @@ unreadable snapshot record or tree stops it (its blobs would look unused).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from casbackup.errors import CasError, IntegrityError, StorageError
 from casbackup.maintenance.spill import IdSet
@@ -36,6 +36,8 @@ def collect_used_blobs(
     reporter: Reporter = NULL_REPORTER,
     extra_trees: Iterable[BlobId] = (),
     extra_ids: Iterable[bytes] = (),
+    *,
+    skip: Collection[str] = (),
 ) -> int:
     """Add to ``into`` the id of every tree and data blob a snapshot reaches; return the
     number of snapshots.
@@ -44,13 +46,16 @@ def collect_used_blobs(
     ``extra_ids`` more blobs to keep as they are (nothing below them is walked). Shared
     subtrees are walked once, so unchanged folders across a year of dailies cost one
     visit; the trees walked are the one set held in memory (chunk ids go to ``into``,
-    on disk). Raises IntegrityError when a snapshot or a tree is damaged, StorageError
+    on disk). ``skip``: ids of snapshots to leave out, as if they were forgotten (not
+    counted either). Raises IntegrityError when a snapshot or a tree is damaged, StorageError
     when the store cannot read one (permissions, I/O).
     """
     present = repo.snapshot_ids()
     repo.usable_snapshot_ids(present)  # alerts for snapshots that came back; their data is kept
     snapshots = []
     for fid in present:
+        if fid in skip:
+            continue
         try:
             snapshots.append(repo.load_snapshot(fid))
         except StorageError as exc:  # permissions, I/O: nothing says the snapshot is damaged
@@ -61,7 +66,8 @@ def collect_used_blobs(
         except CasError as exc:
             raise IntegrityError(
                 f"snapshot {fid[:8]} is unreadable: {exc}; prune cannot tell which data it "
-                "needs (run 'casbackup check', or forget the damaged snapshot)"
+                "needs (run 'casbackup check', or remove the damaged snapshot with "
+                f"'casbackup forget {fid[:8]}')"
             ) from None
     into.update(extra_ids)
     walked: set[bytes] = set()  # apart from ``into``: a chunk id must never stop a tree walk

@@ -76,14 +76,16 @@ def find_key(
 ) -> tuple[MasterKey, str]:
     """(master key, "keys/<id>") of the first key file ``password`` opens.
 
-    Key files are read and checked first (no Argon2); Argon2 then runs for the key file
-    that opened last, then the others from the cheapest up (by name among equals): a
-    planted key file that asks for the most the limit allows (about 18 s each) is tried
-    after the real ones, not before them on a client that never opened the repository.
+    The key file that opened last on this client is tried first, alone. The others are
+    then read and checked (no Argon2) and tried from the cheapest up (by name among
+    equals): a planted key file that asks for the most the limit allows (about 18 s of
+    Argon2 each) is tried after the real ones, also on a client that never opened the
+    repository.
 
     Raises WrongPassword when none opens (naming how many were skipped and, when the
     bound stopped the search, the variables that widen it), FormatError when every key
-    file is unusable (damaged, too large, or too costly), FormatError when there is none.
+    file is unusable (damaged, too large, or too costly), UnsupportedFormat when every one
+    is of a format this casbackup does not know, FormatError when there is none.
     """
     sizes = {name.rsplit("/", 1)[1]: size for name, size in backend.list("keys/")}
     if not sizes:
@@ -92,33 +94,59 @@ def find_key(
     if not ids:
         raise UsageError(f"no key file's id starts with {choice.select!r} ({SELECT_ENV})")
     damaged: list[str] = []
-    costs: dict[str, int] = {}
-    for kid in ids:
+    newer = 0  # of them, key files of a format this casbackup does not know
+    tried = 0
+
+    def unusable(name: str, exc: CasError) -> None:
+        nonlocal newer
+        damaged.append(f"{name}: {exc}")  # a damaged key file must not hide a good one
+        newer += isinstance(exc, UnsupportedFormat)
+
+    def attempt(kid: str) -> MasterKey | None:
+        nonlocal tried
         name = f"keys/{kid}"
         try:
             if sizes[kid] > MAX_KEYFILE_BYTES:
                 raise FormatError(f"{sizes[kid]} bytes, not a key file")
-            costs[kid] = _cost(_checked(backend.get(name), kid, choice.limit))
-        except (FormatError, UnsupportedFormat, StorageError) as exc:  # StorageError: refused
-            damaged.append(f"{name}: {exc}")  # a damaged key file must not hide a good one
-    order = sorted(costs, key=lambda kid: (kid != choice.preferred, costs[kid], kid))
-    tried = 0
-    for kid in order[: choice.max_tries]:
-        name = f"keys/{kid}"
-        try:
-            data = backend.get(name)  # again: only ids and costs were kept, never many files
+            data = backend.get(name)
             _checked(data, kid, choice.limit)
-            key = unwrap_key(data, password, repo_id, choice.limit)
+            return unwrap_key(data, password, repo_id, choice.limit)
         except WrongPassword:
-            tried += 1
+            tried += 1  # only attempts that ran Argon2 count against the bound
+        except (FormatError, UnsupportedFormat, StorageError) as exc:  # StorageError: refused
+            unusable(name, exc)
+        return None
+
+    # The key file that opened last, alone first: a client that knows it reads no other.
+    if choice.preferred in ids:
+        key = attempt(choice.preferred)
+        if key is not None:
+            return key, f"keys/{choice.preferred}"
+    costs: dict[str, int] = {}
+    for kid in ids:
+        if kid == choice.preferred:
             continue
-        except (FormatError, UnsupportedFormat, StorageError) as exc:  # changed since read
-            damaged.append(f"{name}: {exc}")
-            continue
-        return key, name
+        try:
+            if sizes[kid] > MAX_KEYFILE_BYTES:
+                raise FormatError(f"{sizes[kid]} bytes, not a key file")
+            costs[kid] = _cost(_checked(backend.get(f"keys/{kid}"), kid, choice.limit))
+        except (FormatError, UnsupportedFormat, StorageError) as exc:
+            unusable(f"keys/{kid}", exc)
+    # Only ids and costs are kept (a key file is read again when tried), never many files.
+    for kid in sorted(costs, key=lambda kid: (costs[kid], kid)):
+        if tried >= choice.max_tries:
+            break
+        key = attempt(kid)
+        if key is not None:
+            return key, f"keys/{kid}"
     untried = len(ids) - tried - len(damaged)
     if damaged and not tried and not untried:
         # Not the passphrase's fault: saying "wrong passphrase" would send users astray.
+        if newer == len(damaged):  # a newer casbackup's key files, as a newer config is
+            raise UnsupportedFormat(
+                f"no key file of this repository can be read by this casbackup "
+                f"({damaged[0]}); upgrade casbackup"
+            )
         raise FormatError(f"no key file of this repository is readable ({damaged[0]})")
     skipped = f" ({len(damaged)} damaged key files skipped)" if damaged else ""
     if untried > 0:

@@ -242,7 +242,7 @@ def run_verification(
 ) -> VerifyResult:
     """Verify; store and return the record. Findings never raise here (see raise_if_failed);
     what keeps this machine from verifying does, and stores nothing: DatabaseError (no
-    usable scratch server for a dump), StorageError (the store or the sandbox failed),
+    usable scratch server for a dump, before or after a load that failed), StorageError (the store or the sandbox failed),
     Interrupted."""
     started, _ = now_utc()
     clock = time.monotonic()
@@ -419,7 +419,19 @@ def _check_databases(
             continue
         reporter.info(f"loading database dump {record.name} ({engine})")
         server = _server_for(record, options)
-        outcome = check_dump(record, files, server, stored_location(stored.get(record.name)))
+        where = stored_location(stored.get(record.name))
+        outcome = check_dump(record, files, server, where)
+        if not outcome.check.ok and engine != "sqlite":
+            # Was it the dump, or did the server go away during the load (restarted, its
+            # network cut)? Only the first says anything about the snapshot: recorded, the
+            # second would override an earlier pass and make recover skip a sound snapshot.
+            gone = server_problem(record, server, where)
+            if gone is not None:
+                raise DatabaseError(
+                    f"snapshot {snapshot.short_id} could not be verified, nothing was recorded: "
+                    f"database {record.name!r}: the load failed ({outcome.check.problem}) and "
+                    f"now {gone}"
+                )
         checks.append(outcome.check)
         warnings.extend(outcome.warnings)
     return checks, warnings

@@ -23,7 +23,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from casbackup.errors import CasError, IntegrityError, NotFound, UsageError
 from casbackup.repo.ids import BlobId, Kind
@@ -34,6 +34,9 @@ from casbackup.repo.tree import Node, NodeKind
 from casbackup.vfs.cache import WeightedLru
 
 LATEST = "latest"
+# Smaller files count every byte as allocated: no chunk lookups for them in 'ls -l', and
+# at most this much too much in du.
+SPARSE_MIN = 1 << 20
 UNNAMED_GROUP = "_paths"
 
 _S_IFMT = {
@@ -54,10 +57,14 @@ class Stat:
     mtime_ns: int
     ctime_ns: int
     rdev: int
+    allocated: int | None = None  # bytes that are not holes, when known; else all of size
 
     @property
     def blocks(self) -> int:
-        return (self.size + 511) // 512
+        """512-byte blocks in use: fewer than the size for a sparse file, so that cp and du
+        treat it as one."""
+        used = self.size if self.allocated is None else self.allocated
+        return (used + 511) // 512
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,8 @@ class Vfs:
         # Entries inside snapshots never change: `ls -l` of a big folder asks for each name
         # right after listing it, so the listing fills this and the lookups hit it.
         self._entries: WeightedLru[Entry] = WeightedLru(200_000, lambda e: 1)
+        self._allocation: WeightedLru[int] = WeightedLru(100_000, lambda n: 1)
+        self._zero_ids: dict[int, BlobId] = {}
         self._layout_lock = threading.Lock()
         self._known: dict[str, Snapshot] = {}
         self._groups: dict[str, _Group] = {}
@@ -303,7 +312,13 @@ class Vfs:
         return entry
 
     def getattr(self, path: str) -> Stat:
-        return self.lookup(path).stat()
+        """The entry's metadata; NotFound. A file of SPARSE_MIN or more counts as allocated
+        only its chunks that are not all zeros (see ``_allocated``)."""
+        entry = self.lookup(path)
+        st = entry.stat()
+        if entry.kind == NodeKind.FILE and st.size >= SPARSE_MIN:
+            st = replace(st, allocated=self._allocated(entry))
+        return st
 
     def listdir(self, path: str) -> list[Entry]:
         entry = self.lookup(path)
@@ -360,6 +375,33 @@ class Vfs:
             return offsets
 
         return self._offsets.get_or_load(content, compute)
+
+    def _allocated(self, entry: Entry) -> int | None:
+        """Bytes of the file in chunks that are not all zeros, None when unknown (a chunk
+        the index lacks: reads say so). A chunk of zeros is known by its id alone, the
+        keyed hash of that many zero bytes; a sparse file's holes are such chunks."""
+
+        def compute() -> int:
+            offsets = self._chunk_offsets(entry)
+            total = 0
+            for i, chunk_id in enumerate(entry.node.content):
+                size = offsets[i + 1] - offsets[i]
+                if chunk_id != self._zero_id(size):
+                    total += size
+            return total
+
+        try:
+            return self._allocation.get_or_load(entry.node.content, compute)
+        except CasError:
+            return None
+
+    def _zero_id(self, size: int) -> BlobId:
+        zero = self._zero_ids.get(size)
+        if zero is None:
+            zero = self.repo.blob_id(bytes(size))
+            if len(self._zero_ids) < 4096:  # a few sizes in practice: the chunker's maximum
+                self._zero_ids[size] = zero
+        return zero
 
     def _chunk(self, chunk_id: BlobId) -> bytes:
         return self._chunks.get_or_load(chunk_id, lambda: self.repo.load_blob(chunk_id, Kind.DATA))

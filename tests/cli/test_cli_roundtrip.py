@@ -58,3 +58,23 @@ def test_nasty_tree_round_trip_through_the_cli(cli_repo, tmp_path) -> None:  # t
     assert res.code == 0, res.err
     assert (sub / "deeper" / "three").read_bytes() == b"hard-linked content\n" * 100
     assert os.stat(sub / "two").st_ino == os.stat(sub / "deeper" / "three").st_ino
+
+
+def test_snapshot_and_path_as_two_arguments(cli_repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """restic's form, `dump latest /etc/hosts`, failed with 'got unexpected extra argument'
+    (found trying the CLI as a restic user would): dump, cat, ls and restore take the path
+    as a second argument as well as SNAPSHOT:PATH, and refuse it given both ways."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("alpha\n")
+    assert run_cli("backup", str(src), repo=cli_repo).code == 0
+    for command in ("dump", "cat"):
+        out = run_cli(command, "latest", f"{src}/sub/a.txt", repo=cli_repo)
+        assert (out.code, out.out) == (0, "alpha\n"), out.err
+    listing = run_cli("ls", "latest", f"{src}/sub", repo=cli_repo)
+    assert listing.code == 0 and listing.out.split() == [f"{src}/sub/a.txt"], listing
+    target = tmp_path / "t"
+    res = run_cli("restore", "latest", f"{src}/sub", "--target", str(target), repo=cli_repo)
+    assert res.code == 0 and (target / "a.txt").read_text() == "alpha\n", res.err
+    twice = run_cli("dump", f"latest:{src}/sub/a.txt", f"{src}/sub/a.txt", repo=cli_repo)
+    assert_one_error(twice, 2, "give the path once")

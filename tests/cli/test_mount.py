@@ -354,3 +354,26 @@ def test_mounting_over_files_warns_that_they_are_hidden(fuse, tmp_path: Path) ->
         err = unmount(proc, mp)
     assert f"warning: {mp} is not empty: what it holds is hidden until the mount ends" in err, err
     assert (mp / "mine.txt").read_bytes() == b"mine"
+
+
+def test_cp_out_of_the_mount_keeps_a_sparse_file_sparse(fuse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    repo_path = str(tmp_path / "repo")
+    repo = make_repo(repo_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "vm.img", "wb") as f:
+        f.truncate(16 << 20)
+        f.seek(16 << 20)
+        f.write(b"tail")
+    snap_backup(repo, src, "vm")
+    repo.close()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(repo_path, mp) as proc:
+        subprocess.run(["cp", "-a", str(mp / "vm/latest" / str(src).lstrip("/") / "vm.img"),
+                        str(tmp_path / "copy.img")], check=True)  # fmt: skip
+        unmount(proc, mp)
+    copy = os.stat(tmp_path / "copy.img")
+    assert copy.st_size == (16 << 20) + 4
+    assert copy.st_blocks * 512 < 1 << 20, copy.st_blocks
+    assert (tmp_path / "copy.img").read_bytes() == (src / "vm.img").read_bytes()

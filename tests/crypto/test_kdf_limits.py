@@ -278,3 +278,46 @@ def test_malformed_key_file_is_named_and_never_derived(
     assert problem in planted["problem"]
     res = run_cli("check", repo=repo_path)
     assert res.code == 29 and f"keys/{file_id(data)} is damaged" in res.err, res.err
+
+
+def test_key_files_of_a_newer_format_say_upgrade(repo_path: str) -> None:
+    # A newer casbackup may write its key files in a format this one does not know; with
+    # only such key files the error was "no key file of this repository is readable" (exit
+    # 22, as for damage), never the "upgrade casbackup" (exit 21) the config gets.
+    from casbackup.errors import UnsupportedFormat
+    from casbackup.store.local import LocalBackend
+    from casbackup.testing.fixtures import run_cli
+
+    backend = LocalBackend(repo_path)
+    (name,) = [n for n, _ in backend.list("keys/")]
+    doc = json.loads(backend.get(name))
+    doc["version"] = 2
+    data = json.dumps(doc).encode()
+    backend.delete(name)
+    backend.put(f"keys/{file_id(data)}", data)
+    with pytest.raises(UnsupportedFormat, match="upgrade casbackup"):
+        open_repo(repo_path)
+    res = run_cli("snapshots", repo=repo_path)
+    assert res.code == 21 and res.err.count("\n") == 1, res.err
+    assert "key file version 2 is not supported" in res.err and "upgrade casbackup" in res.err
+
+
+def test_a_client_that_knows_its_key_file_reads_no_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ordering by cost reads every key file first; the one that opened last must still be
+    # tried alone, or a storage full of planted key files costs every open a read of each.
+    backend = MemoryBackend()
+    make_repo(backend).close()
+    mine = _key_id(backend)
+    for _ in range(5):
+        _plant(backend, WEAK_KDF)
+    reads: list[str] = []
+    real = MemoryBackend.get
+
+    def counting(self: MemoryBackend, name: str, *args: object) -> bytes:
+        if name.startswith("keys/"):
+            reads.append(name)
+        return real(self, name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MemoryBackend, "get", counting)
+    open_repo(backend).close()
+    assert reads == [f"keys/{mine}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,10 +15,12 @@ from casbackup.maintenance.forget import (
     execute_forget,
     plan_forget,
 )
+from casbackup.maintenance.prune import PruneOptions, execute_prune, plan_prune
 from casbackup.maintenance.retention import RetentionPolicy
 from casbackup.repo.snapshot import Snapshot
-from casbackup.testing.fixtures import make_repo, run_cli
-from tests.maintenance.history import build_history
+from casbackup.testing.fixtures import make_repo, open_repo, run_cli
+from casbackup.verify.check import CheckOptions, check
+from tests.maintenance.history import build_history, redate
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 
@@ -111,3 +114,131 @@ def test_cli_forget_all_uses_each_apps_retention(tmp_path) -> None:  # type: ign
 def test_empty_policy_is_refused() -> None:
     with pytest.raises(UsageError):
         plan_forget([snap(1, 1)], lambda key: RetentionPolicy(), NOW)
+
+
+def _files(path: str) -> dict[str, bytes]:
+    found = {}
+    for dirpath, _dirs, names in os.walk(path):
+        if os.path.relpath(dirpath, path).startswith("locks"):
+            continue
+        for name in names:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                found[os.path.relpath(os.path.join(dirpath, name), path)] = f.read()
+    return found
+
+
+def test_cli_forget_prune_dry_run_plans_the_prune_after_the_forget(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: the dry run planned the prune on the repository as it was, so
+    # it said "5 snapshots use ..., delete 0 packs": nothing to gain from the forget.
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path), [4, 3, 2, 1, 0], file_size=2000)
+    repo.close()
+    before = _files(path)
+    res = run_cli("--json", "forget", "--keep-last", "1", "--prune", "--dry-run", repo=path)
+    assert res.code == 0, res.err
+    forget_doc, prune_doc = (json.loads(line) for line in res.out.splitlines())
+    assert len(forget_doc["groups"][0]["remove"]) == 4 and forget_doc["removed"] == []
+    assert _files(path) == before, "a dry run changed the repository"
+    res = run_cli("--json", "forget", "--keep-last", "1", repo=path)
+    assert res.code == 0, res.err
+    res = run_cli("--json", "prune", "--dry-run", repo=path)
+    real = json.loads(res.out)
+    assert prune_doc["snapshots"] == real["snapshots"] == 1
+    assert prune_doc["packs_delete"] == real["packs_delete"] > 0
+    assert prune_doc["packs_repack"] == real["packs_repack"]
+
+
+def test_a_prune_plan_that_ignores_snapshots_cannot_be_executed(repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    build_history(repo, str(tmp_path), [2, 1, 0], file_size=2000)
+    snaps = repo.list_snapshots()
+    plan = plan_prune(repo, PruneOptions(ignore_snapshots=frozenset(s.id for s in snaps[:2])))
+    assert plan.snapshots == 1 and plan.delete
+    with pytest.raises(ValueError, match="cannot be executed"):
+        execute_prune(repo, plan)
+    assert len(repo.list_snapshots()) == 3
+    assert check(repo, CheckOptions(read_data=True)).ok
+
+
+def test_cli_forget_shows_times_in_the_zone_whose_days_it_counts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: days were counted in the config's timezone but times were
+    # shown in the machine's, so a line read "2026-11-25 23:00  daily snapshot 2026-11-26".
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path), [1, 0], file_size=2000)
+    older = min(repo.list_snapshots(), key=lambda s: s.datetime)
+    redate(repo, older, datetime(2026, 11, 25, 23, tzinfo=UTC))  # 12:00 on the 26th in Auckland
+    repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(f'timezone = "Pacific/Auckland"\n[[applications]]\nname = "app"\n'
+                      f'sources = ["{tmp_path}"]\n')  # fmt: skip
+    res = run_cli("--config", str(config), "forget", "--keep-daily", "5", "--dry-run", repo=path,
+                  env={"TZ": "UTC"})  # fmt: skip
+    assert res.code == 0, res.err
+    line = next(x for x in res.out.splitlines() if "2026-11-26 " in x)
+    assert "2026-11-26 12:00 NZDT  daily snapshot 2026-11-26" in line, res.out
+
+
+def test_cli_forget_all_refuses_apps_with_their_own_repository(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: `forget --all` applied the retention of the applications in
+    # the repository it opened and said nothing of one whose [applications.repository] is
+    # elsewhere: its snapshots were never forgotten (backup --all refuses such a config).
+    main, own = str(tmp_path / "main"), str(tmp_path / "own")
+    for path in (main, own):
+        repo = make_repo(path)
+        build_history(repo, str(tmp_path / os.path.basename(path)), [2, 1, 0], app="web",
+                      file_size=2000)  # fmt: skip
+        repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(
+        f'[repository]\nlocation = "{main}"\n'
+        f'[[applications]]\nname = "web"\nsources = ["{tmp_path}"]\n'
+        "[applications.retention]\nkeep_last = 1\n"
+        f'[[applications]]\nname = "other"\nsources = ["{tmp_path}"]\n'
+        f'[applications.repository]\nlocation = "{own}"\n'
+        "[applications.retention]\nkeep_last = 1\n"
+    )
+    res = run_cli("--config", str(config), "forget", "--all")
+    assert res.code == 2, res.out
+    assert res.err == (
+        "error: other has its own repository in the config: forget with --app NAME for each "
+        "of those\n"
+    )
+    assert len(open_repo(main).list_snapshots()) == 3
+    res = run_cli("--config", str(config), "forget", "--app", "web")
+    assert res.code == 0 and "app web: keep 1, remove 2" in res.out, res.err
+
+
+def test_cli_forget_by_id_removes_a_damaged_snapshot_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: with one snapshot record damaged, prune refused ("forget the
+    # damaged snapshot"), forget with a policy refused, and 'forget ID' failed reading it
+    # (exit 22): nothing could remove it, and the repository could never be pruned again.
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path), [2, 1, 0], file_size=2000)
+    damaged = repo.list_snapshots()[0].id
+    repo.close()
+    name = os.path.join(path, "snapshots", damaged)
+    os.chmod(name, 0o600)
+    data = bytearray(open(name, "rb").read())
+    data[len(data) // 2] ^= 1
+    open(name, "wb").write(data)
+    res = run_cli("prune", repo=path)
+    assert res.code == 22 and f"'casbackup forget {damaged[:8]}'" in res.err, res.err
+    res = run_cli("forget", "--keep-last", "1", repo=path)
+    assert res.code == 2 and "'casbackup forget ID' removes a damaged one" in res.err, res.err
+    res = run_cli("--json", "forget", damaged[:8], "--dry-run", "--prune", repo=path)
+    assert res.code == 0, res.err
+    doc = json.loads(res.out.splitlines()[0])
+    assert [u["id"] for u in doc["unreadable"]] == [damaged] and doc["removed"] == []
+    assert json.loads(res.out.splitlines()[1])["snapshots"] == 2
+    assert os.path.exists(name)
+    res = run_cli("forget", damaged[:8], "--prune", repo=path)
+    assert res.code == 0, res.err
+    assert (
+        f"unreadable snapshot {damaged[:8]}: remove" in res.out and "removed 1 snapshot" in res.out
+    )
+    assert not os.path.exists(name)
+    assert run_cli("check", "--read-data", repo=path).code == 0
+    res = run_cli("--json", "snapshots", repo=path)
+    assert len(json.loads(res.out)) == 2

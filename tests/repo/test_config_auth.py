@@ -168,8 +168,12 @@ def test_migrate_names_unusual_parameters(tmp_path) -> None:  # type: ignore[no-
     with open_repo(path) as repo:
         plan = plan_migration(repo)
         assert plan.needed and any("compression" in u for u in plan.unusual)
+    res = run_cli("migrate", "--dry-run", repo=path)
+    assert res.code == 0 and "compression is none" in res.err
+    assert "would be authenticated" in res.err and "now" not in res.err, res.err  # not yet
     res = run_cli("migrate", repo=path)
     assert res.code == 0 and "compression is none" in res.err
+    assert "now authenticated" in res.err
 
 
 def test_rollback_to_version_1_after_migration_is_tampering(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -258,3 +262,25 @@ def test_deeply_nested_config_and_key_file_are_one_line(repo_path: str) -> None:
     with open(os.path.join(repo_path, "config"), "wb") as f:
         f.write(nested)
     one_error(run_cli("snapshots", repo=repo_path), 22, "config is not valid JSON")
+
+
+def test_two_migrations_at_once_end_in_one_upgrade_and_no_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Two 'casbackup migrate' at once: the second opened the old config, took the lock after
+    # the first released it and found the config changed: exit 22, "config changed while
+    # migrating", an integrity alarm for a race nothing was wrong in.
+    path = str(tmp_path / "v2")
+    Repository.init(LocalBackend(path), PASSWORD.encode(), kdf=WEAK_KDF,
+                    config=RepoConfig(version=2, **TEST_CONFIG_KW)).close()  # fmt: skip
+    with open_repo(path) as late, open_repo(path) as early:
+        assert migrate(early).needed
+        plan = migrate(late)
+        assert not plan.needed and plan.from_version == FORMAT_VERSION
+        assert late.config.version == FORMAT_VERSION and late.writable
+    with open(os.path.join(path, "config")) as f:
+        assert json.load(f)["version"] == FORMAT_VERSION
+    # Anything else changed meanwhile is still refused.
+    make_v1_repo(str(tmp_path / "v1"))
+    with open_repo(str(tmp_path / "v1")) as repo:
+        _edit_config(str(tmp_path / "v1"), compression="none")
+        with pytest.raises(ConfigTampered, match="changed while migrating"):
+            migrate(repo)

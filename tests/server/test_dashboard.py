@@ -464,6 +464,7 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     for snap_id in check["result"]["affected"]:
         assert has(html, f"{TESTIDS['check_affected']}:{snap_id[:8]}")
     assert len(check["result"]["affected"]) == 2 and html.count(f"<li>{path}</li>") == 2
+    assert "2 snapshots, " in html and f"{check['result']['packs_read']} pack" in html
     assert has(html, TESTIDS["check_repair_hint"])
     assert f"casbackup repair packs {loc.pack[:12]}" in html
     assert has(html, f"{TESTIDS['repair_button']}:packs")  # an admin may do it from here
@@ -482,6 +483,7 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     assert dry["state"] == "succeeded" and dry["result"]["packs_deleted"] == 0, dry
     html = env.client.get(f"/jobs/{dry['id']}").text
     assert "Dry run: nothing changed." in html and has(html, f"{TESTIDS['repair_button']}:packs")
+    assert "1/1 packs" in html and "1/1 packs · 0 B" not in html  # no bytes counted: none shown
     assert loc.pack in html  # the button repairs the packs the preview looked at
     body["dry_run"] = False
     repair = wait_job(env, env.client.post("/api/repair", json=body, headers=h).json()["job_id"])

@@ -206,3 +206,112 @@ def test_backup_auto_verify_loads_into_the_configured_server(  # type: ignore[no
     assert res.code == 0, res.err
     assert "verified OK" in res.out
     assert not scratch_left()
+
+
+class _Proxy:
+    """A TCP proxy to PostgreSQL that can vanish: close every connection and stop
+    listening, as a scratch server does when it restarts or its network is cut."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import socketserver
+
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                upstream = socket.create_connection(("127.0.0.1", port))
+                proxy.open += [self.request, upstream]
+                pairs = {self.request: upstream, upstream: self.request}
+                import select
+
+                try:
+                    while not proxy.gone:
+                        ready, _, _ = select.select(list(pairs), [], [], 0.1)
+                        for s in ready:
+                            data = s.recv(65536)
+                            if not data:
+                                return
+                            pairs[s].sendall(data)
+                except OSError:
+                    return
+                finally:
+                    for s in pairs:
+                        s.close()
+
+        self.open: list[socket.socket] = []
+        self.gone = False
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        import threading
+
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def vanish(self) -> None:
+        import socket
+
+        self.gone = True
+        self.server.shutdown()
+        self.server.server_close()
+        for s in self.open:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def test_a_server_that_goes_away_during_the_load_records_nothing(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, app_specs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """helper-55's weak list, reproduced: the scratch server restarting in the middle of a
+    load stored a FAILED verification ('server closed the connection unexpectedly') over
+    the snapshot's earlier pass, so recover then skipped a sound snapshot."""
+    app, _local = make_app(tmp_path)
+    pg = app_specs[0]
+    snap = backup(repo, app, [pg])
+    passed = run_verification(repo, snap, VerifyOptions(db_servers={"postgresql": pg})).record
+    assert passed.ok, passed.failures
+    proxy = _Proxy(pg.port or 5432)
+    temps: list[str] = []
+    real_temp = postgresql.temporary_name
+    monkeypatch.setattr(
+        postgresql, "temporary_name", lambda: temps.append(real_temp()) or temps[-1]
+    )
+    real_engine = dumps_mod.get_engine
+
+    class Vanishing:
+        def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+            self.stream, self.reads = stream, 0
+
+        def read(self, n: int = -1) -> bytes:
+            self.reads += 1
+            if self.reads == 2:
+                proxy.vanish()
+            return self.stream.read(64)
+
+    class Engine:
+        def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+            self.inner = inner
+
+        def restore(self, spec, stream, overwrite=False):  # type: ignore[no-untyped-def]
+            return self.inner.restore(spec, Vanishing(stream), overwrite=overwrite)
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(dumps_mod, "get_engine", lambda name: Engine(real_engine(name)))
+    via_proxy = replace(pg, port=proxy.port, options={**pg.options, "connect_timeout": "2"})
+    try:
+        with pytest.raises(DatabaseError) as exc:
+            run_verification(repo, snap, VerifyOptions(db_servers={"postgresql": via_proxy}))
+        assert exc.value.exit_code == 27
+        assert "could not be verified, nothing was recorded: database 'pg': the load failed" in (
+            str(exc.value)
+        )
+        assert [r.id for r in list_records(repo).records] == [passed.id]
+    finally:
+        for name in scratch_left(temps):  # the real server kept what the proxy cut off
+            if name.startswith("casb"):
+                psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')

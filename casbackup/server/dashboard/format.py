@@ -84,6 +84,11 @@ def duration(value: Any) -> str:
     return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
 
 
+def count_of(n: Any, noun: str) -> str:
+    """``1 pack``, ``2 packs``, ``0 packs`` (English plural: the noun plus s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def percent(done: Any, total: Any) -> int:
     try:
         return max(0, min(100, int(float(done) * 100 / float(total)))) if total else 0
@@ -128,6 +133,7 @@ def install_filters(env: Environment) -> None:
         duration=duration,
         mode=mode,
         report_text=report_text,
+        count_of=count_of,
     )
     from casbackup.server.dashboard.views import path_query
 
