@@ -229,7 +229,7 @@ def read_password(source: PasswordSource) -> bytes | None:
     # or a blank line in an environment file falls through, never tried as a passphrase.
     env = os.environ.get("CASBACKUP_PASSWORD")
     if env:
-        return env.encode()
+        return os.fsencode(env)  # the bytes as set: not UTF-8 is fine, as in a file
     if source.env_name:
         named = os.environ.get(source.env_name)
         if not named:
@@ -237,7 +237,7 @@ def read_password(source: PasswordSource) -> bytes | None:
             raise UsageError(
                 f"the config's repository.password_env names {source.env_name}, which is {state}"
             )
-        return named.encode()
+        return os.fsencode(named)
     return None
 
 

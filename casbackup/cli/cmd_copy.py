@@ -26,7 +26,7 @@ def source_password(password_file: str | None, password_command: str | None) -> 
             "no passphrase for --from-repo: use --from-password-file, --from-password-command "
             "or CASBACKUP_FROM_PASSWORD"
         )
-    return env.encode()
+    return os.fsencode(env)  # the bytes as set, as CASBACKUP_PASSWORD
 
 
 def open_source(

@@ -9,7 +9,7 @@ from casbackup.cli.cmd_prune import prune_option_decorators, run_prune
 from casbackup.cli.config_support import load_cli_config, require_app
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, warn
-from casbackup.errors import CasError, UsageError
+from casbackup.errors import CasError, IntegrityError, UsageError
 from casbackup.maintenance.forget import (
     ForgetGroup,
     ForgetPlan,
@@ -72,17 +72,30 @@ def _policy_lookup(
 
 def _named_plan(repo: Repository, refs: tuple[str, ...], app: str | None) -> ForgetPlan:
     """The snapshots named on the command line, every one resolved before any is removed
-    (a typo in the third id removes nothing)."""
+    (a typo in the third id removes nothing). A record named by id that is damaged is
+    removed too: no other command can, and prune refuses to run while it is there."""
     chosen = {}
+    unreadable: dict[str, str] = {}
     for ref in refs:
-        snap = repo.resolve_snapshot(ref, app=app)
+        if ref == "latest":
+            snap = repo.resolve_snapshot(ref, app=app)
+        else:
+            fid = repo.snapshot_id_of(ref)
+            try:
+                snap = repo.load_snapshot(fid)
+            except IntegrityError as exc:  # not StorageError: unreadable is not damaged
+                unreadable[fid] = str(exc)
+                continue
         chosen[snap.id] = snap
     groups: dict[GroupKey, list[Verdict]] = {}
     for snap in sorted(chosen.values(), key=lambda s: s.datetime, reverse=True):
         groups.setdefault(group_key(snap), []).append(
             Verdict(snap, False, ("named on the command line",))
         )
-    return ForgetPlan(tuple(ForgetGroup(k, None, tuple(v)) for k, v in groups.items()))
+    return ForgetPlan(
+        tuple(ForgetGroup(k, None, tuple(v)) for k, v in groups.items()),
+        tuple(sorted(unreadable.items())),
+    )
 
 
 def _render(plan: ForgetPlan, tz: tzinfo | None) -> None:
@@ -96,6 +109,8 @@ def _render(plan: ForgetPlan, tz: tzinfo | None) -> None:
             when = v.snapshot.datetime.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
             word = "keep  " if v.keep else "remove"
             click.echo(f"  {word} {v.snapshot.short_id}  {when}  {', '.join(v.reasons)}")
+    for sid, why in plan.unreadable:
+        click.echo(f"unreadable snapshot {sid[:8]}: remove (named on the command line; {why})")
 
 
 @click.command()
@@ -188,17 +203,20 @@ def forget(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...],
     removed = [] if dry_run else execute_forget(repo, plan).removed
     if opts.json:
         emit_json({"message_type": "forget", "dry_run": dry_run, "groups": forget_plan_doc(plan),
+                   "unreadable": [{"id": sid, "error": why} for sid, why in plan.unreadable],
                    "removed": removed})  # fmt: skip
     elif not opts.quiet:
         _render(plan, tz)
         if dry_run:
-            click.echo(f"dry run: would remove {plural(len(plan.remove), 'snapshot')}")
+            count = len(plan.remove) + len(plan.unreadable)
+            click.echo(f"dry run: would remove {plural(count, 'snapshot')}")
         else:
             click.echo(f"removed {plural(len(removed), 'snapshot')}")
     if then_prune:
         # A dry run forgot nothing: its prune plan counts the snapshots it would forget as
         # gone, or it would show a prune with nothing to gain (restic does the same).
-        gone = frozenset(s.id for s in plan.remove) if dry_run else frozenset()
+        gone = frozenset(s.id for s in plan.remove) | {s for s, _ in plan.unreadable}
+        gone = gone if dry_run else frozenset()
         options = PruneOptions(
             max_unused=max_unused, max_repack_size=max_repack_size, ignore_snapshots=gone
         )
@@ -218,7 +236,10 @@ def _planned(
     warnings: list[str] = []
     snaps = [s for s in repo.list_snapshots(warnings=warnings) if app is None or s.app == app]
     if warnings:
-        raise UsageError(f"{warnings[0]}; forget will not decide without every snapshot of a group")
+        raise UsageError(
+            f"{warnings[0]}; forget will not decide without every snapshot of a group "
+            "('casbackup forget ID' removes a damaged one)"
+        )
     records = list_records(repo)
     for w in records.warnings:
         warn(w)

@@ -62,6 +62,10 @@ class ForgetGroup:
 @dataclass(frozen=True)
 class ForgetPlan:
     groups: tuple[ForgetGroup, ...]
+    # Snapshot records that cannot be read (damaged), named by id on the command line:
+    # removed as they are, since nothing else can remove them and while one is there prune
+    # refuses to run. (id, why it is unreadable). Never filled by a policy.
+    unreadable: tuple[tuple[str, str], ...] = ()
 
     @property
     def remove(self) -> tuple[Snapshot, ...]:
@@ -140,13 +144,13 @@ def execute_forget(repo: Repository, plan: ForgetPlan) -> ForgetResult:
     """Delete the snapshot records the plan removes. Each deletion is atomic on its own,
     so an interruption leaves a subset deleted, and running forget again finishes the job."""
     result = ForgetResult([], [])
-    for snap in plan.remove:
+    for sid in [s.id for s in plan.remove] + [sid for sid, _ in plan.unreadable]:
         try:
-            repo.delete_snapshot(snap.id)
+            repo.delete_snapshot(sid)
         except NotFound:
-            result.already_gone.append(snap.id)
+            result.already_gone.append(sid)
             continue
-        result.removed.append(snap.id)
+        result.removed.append(sid)
     return result
 
 

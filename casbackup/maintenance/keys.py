@@ -37,11 +37,13 @@ def _resolve(keys: list[KeyEntry], ref: str) -> KeyEntry:
 
 def remove_key(repo: Repository, ref: str, *, force: bool = False) -> str:
     """Delete the key file whose id starts with ``ref``; its id. NotFound, AmbiguousId;
-    UsageError for the last readable key, or the key in use without ``force``."""
+    UsageError for the last key opening would try (readable, within the cost limit), or
+    the key in use without ``force``."""
     keys = list_keys(repo)
     target = _resolve(keys, ref)
-    # Only readable key files count as another way in: a damaged one opens nothing.
-    others = [k for k in keys if k.id != target.id and k.info is not None]
+    # Only key files opening would try count as another way in: a damaged one opens
+    # nothing, and one over the cost limit is never tried (CASBACKUP_KDF_LIMIT).
+    others = [k for k in keys if k.id != target.id and k.info is not None and not k.over_limit]
     if not others:
         raise UsageError(
             "refusing to remove the last key: the repository could never be opened again"

@@ -66,7 +66,8 @@ def collect_used_blobs(
         except CasError as exc:
             raise IntegrityError(
                 f"snapshot {fid[:8]} is unreadable: {exc}; prune cannot tell which data it "
-                "needs (run 'casbackup check', or forget the damaged snapshot)"
+                "needs (run 'casbackup check', or remove the damaged snapshot with "
+                f"'casbackup forget {fid[:8]}')"
             ) from None
     into.update(extra_ids)
     walked: set[bytes] = set()  # apart from ``into``: a chunk id must never stop a tree walk

@@ -206,6 +206,11 @@ class SnapshotStore(BlobStore):
                 what = f" of application {app!r}" if app else ""
                 raise NotFound(f"no snapshot{what} in the repository")
             return snaps[-1]
+        return self.load_snapshot(self.snapshot_id_of(ref))
+
+    def snapshot_id_of(self, ref: str) -> FileId:
+        """The id of the one snapshot whose id starts with ``ref`` (hex, any case), without
+        reading it. NotFound when none or ``ref`` is not hex, AmbiguousId when several."""
         ref = ref.lower()
         if not ref or any(c not in "0123456789abcdef" for c in ref):
             raise NotFound(
@@ -223,7 +228,7 @@ class SnapshotStore(BlobStore):
                 f"snapshot {matches[0][:8]} was forgotten by this client and is back in the "
                 "repository (rolled back or tampered with); using it only because it was named"
             )
-        return self.load_snapshot(matches[0])
+        return matches[0]
 
     # ----------------------------------------------------------------- walking
     def walk(self, tree_id: BlobId, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:

@@ -207,3 +207,38 @@ def test_cli_forget_all_refuses_apps_with_their_own_repository(tmp_path) -> None
     assert len(open_repo(main).list_snapshots()) == 3
     res = run_cli("--config", str(config), "forget", "--app", "web")
     assert res.code == 0 and "app web: keep 1, remove 2" in res.out, res.err
+
+
+def test_cli_forget_by_id_removes_a_damaged_snapshot_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: with one snapshot record damaged, prune refused ("forget the
+    # damaged snapshot"), forget with a policy refused, and 'forget ID' failed reading it
+    # (exit 22): nothing could remove it, and the repository could never be pruned again.
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path), [2, 1, 0], file_size=2000)
+    damaged = repo.list_snapshots()[0].id
+    repo.close()
+    name = os.path.join(path, "snapshots", damaged)
+    os.chmod(name, 0o600)
+    data = bytearray(open(name, "rb").read())
+    data[len(data) // 2] ^= 1
+    open(name, "wb").write(data)
+    res = run_cli("prune", repo=path)
+    assert res.code == 22 and f"'casbackup forget {damaged[:8]}'" in res.err, res.err
+    res = run_cli("forget", "--keep-last", "1", repo=path)
+    assert res.code == 2 and "'casbackup forget ID' removes a damaged one" in res.err, res.err
+    res = run_cli("--json", "forget", damaged[:8], "--dry-run", "--prune", repo=path)
+    assert res.code == 0, res.err
+    doc = json.loads(res.out.splitlines()[0])
+    assert [u["id"] for u in doc["unreadable"]] == [damaged] and doc["removed"] == []
+    assert json.loads(res.out.splitlines()[1])["snapshots"] == 2
+    assert os.path.exists(name)
+    res = run_cli("forget", damaged[:8], "--prune", repo=path)
+    assert res.code == 0, res.err
+    assert (
+        f"unreadable snapshot {damaged[:8]}: remove" in res.out and "removed 1 snapshot" in res.out
+    )
+    assert not os.path.exists(name)
+    assert run_cli("check", "--read-data", repo=path).code == 0
+    res = run_cli("--json", "snapshots", repo=path)
+    assert len(json.loads(res.out)) == 2

@@ -92,3 +92,15 @@ def test_passwd_after_another_passwd_removed_the_key_adds_nothing(repo, repo_pat
     assert [k.id for k in list_keys(other)] == [first]
     with pytest.raises(WrongPassword):
         open_repo(repo_path, "second pass")
+
+
+def test_a_key_over_the_cost_limit_does_not_count_as_a_way_in(repo, repo_path) -> None:  # type: ignore[no-untyped-def]
+    # Opening never tries a key file over the limit, so it is no way in: removing the key in
+    # use beside one (say, planted by whoever can write the storage) left none that opens.
+    from casbackup.crypto.keyfile import KdfParams
+
+    repo.add_key(b"costly", KdfParams(memory_kib=8192, iterations=50, lanes=1))
+    assert any(k.over_limit for k in list_keys(repo))
+    with pytest.raises(UsageError, match="last key"):
+        remove_key(repo, repo.key_name.rsplit("/", 1)[1], force=True)
+    assert open_repo(repo_path).key_name == repo.key_name
