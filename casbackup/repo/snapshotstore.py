@@ -6,6 +6,7 @@ index file first, so a snapshot only ever names indexed blobs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 
 from casbackup.errors import AmbiguousId, CasError, IntegrityError, NotFound
@@ -16,6 +17,9 @@ from casbackup.repo.localstate import remember_snapshot, screen_snapshots
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
 from casbackup.units import plural
+
+# Beyond this, a snapshot's start time is a clock error, not another machine's skew.
+FUTURE_SKEW_NS = 10 * 60 * 10**9
 
 # A tree at most this long (encoded) is always stored whole: a delta saves little on it
 # and costs every reader a chain. 4 KiB is a folder of about 30 files, or one file of
@@ -171,7 +175,9 @@ class SnapshotStore(BlobStore):
     def list_snapshots(
         self, *, warnings: list[str] | None = None, include_forgotten: bool = False
     ) -> list[Snapshot]:
-        """All readable snapshots, oldest first. Unreadable ones are reported in ``warnings``.
+        """All readable snapshots, oldest first by start time, except that one dated more
+        than FUTURE_SKEW_NS ahead of this clock counts as the oldest (an ``alert`` names it).
+        Unreadable ones are reported in ``warnings``.
 
         Snapshots this client forgot are left out even if present again (``alerts``),
         unless ``include_forgotten`` (prune: data that anything present names is kept)."""
@@ -185,7 +191,18 @@ class SnapshotStore(BlobStore):
                 if warnings is None:
                     raise
                 warnings.append(f"snapshot {fid[:8]} is unreadable: {exc}")
-        snaps.sort(key=lambda s: (s.start_ns, s.id))
+        # A snapshot dated ahead of now was taken while its machine's clock ran ahead:
+        # sorted by its time it would stay 'latest' (restore, recover, the next backup's
+        # parent) until the real clock caught up, and newer backups would hide behind it.
+        limit = time.time_ns() + FUTURE_SKEW_NS
+        for snap in snaps:
+            if snap.start_ns > limit:
+                self.alert(
+                    f"snapshot {snap.short_id} is dated {snap.time[:19]}, in the future (the "
+                    f"clock of {snap.host or 'its host'} ran ahead): it counts as older than "
+                    "every other snapshot, never as the latest"
+                )
+        snaps.sort(key=lambda s: (s.start_ns <= limit, s.start_ns, s.id))
         return snaps
 
     def delete_snapshot(self, fid: str) -> None:
