@@ -7,9 +7,11 @@ import os
 import smtplib
 import ssl
 from email.message import EmailMessage
+from typing import Any
 
 from casbackup.config.model import NotifierConfig
 from casbackup.notify import Event
+from casbackup.notify.deadline import Deadline
 
 SECRET_MAX = 64 * 1024
 
@@ -49,11 +51,28 @@ class EmailNotifier:
         text = "\n".join([event.subject, "", event.message, *event.warnings[:20]])
         msg.set_content(text + "\n\n" + json.dumps(event.as_json(), indent=1, sort_keys=True))
         password = smtp_password(c)
-        with smtplib.SMTP(c.host, c.port, timeout=c.timeout) as smtp:
-            if c.starttls:
-                smtp.starttls(context=ssl.create_default_context(cafile=c.cafile))
-            if c.username:
-                if password is None:
-                    raise ValueError("username is set but no password_env or password_file")
-                smtp.login(c.username, password)
-            smtp.send_message(msg)
+        # The whole exchange within `timeout` seconds, not each read (notify/deadline.py).
+        with Deadline(c.timeout, f"SMTP {c.host}:{c.port}") as deadline:
+            with _WatchedSMTP(deadline, c.host, c.port, timeout=c.timeout) as smtp:
+                if c.starttls:
+                    smtp.starttls(context=ssl.create_default_context(cafile=c.cafile))
+                    deadline.watch(smtp.sock)  # the TLS socket that took the plain one's place
+                if c.username:
+                    if password is None:
+                        raise ValueError("username is set but no password_env or password_file")
+                    smtp.login(c.username, password)
+                smtp.send_message(msg)
+
+
+class _WatchedSMTP(smtplib.SMTP):
+    """SMTP whose socket the deadline shuts down, from the connection on (the greeting
+    is read while connecting)."""
+
+    def __init__(self, deadline: Deadline, *args: Any, **kwargs: Any) -> None:
+        self._deadline = deadline
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> Any:
+        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        self._deadline.watch(sock)
+        return sock
