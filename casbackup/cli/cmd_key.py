@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 
 import click
 
 from casbackup.access import read_secret_file
-from casbackup.cli.context import global_options, with_repository
+from casbackup.cli.context import ask_secret, global_options, with_repository
 from casbackup.cli.render import emit_json, printable
 from casbackup.crypto.keyfile import WEAK_KDF, KdfParams
 from casbackup.errors import UsageError
@@ -22,10 +21,10 @@ def read_new_password(path: str | None) -> bytes:
     elif os.environ.get("CASBACKUP_NEW_PASSWORD"):  # set but empty counts as not set
         password = os.fsencode(os.environ["CASBACKUP_NEW_PASSWORD"])  # the bytes as set
     elif sys.stdin.isatty():
-        first = getpass.getpass("enter the new passphrase: ")
-        if getpass.getpass("enter the new passphrase again: ") != first:
+        first = ask_secret("enter the new passphrase: ")
+        if ask_secret("enter the new passphrase again: ") != first:
             raise UsageError("the passphrases do not match")
-        password = first.encode()
+        password = first
     else:
         raise UsageError("no new passphrase: use --new-password-file or set CASBACKUP_NEW_PASSWORD")
     if not password:

@@ -50,6 +50,18 @@ def open_backend(location: str | None, settings: dict[str, str] | None = None) -
     return access.open_backend(location, settings)
 
 
+def ask_secret(prompt: str) -> bytes:
+    """What the user types on the terminal (not echoed), as UTF-8 bytes. UsageError when it
+    is not UTF-8 (getpass decodes it so): a file or variable gives any bytes."""
+    try:
+        return getpass.getpass(prompt).encode()
+    except UnicodeError:
+        raise UsageError(
+            "the passphrase typed is not UTF-8 text: give it with --password-file or "
+            "CASBACKUP_PASSWORD instead"
+        ) from None
+
+
 def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
     """The passphrase from, in order: --password-file, --password-command, the environment, a prompt.
 
@@ -62,10 +74,10 @@ def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
     if given is not None:
         return given
     if sys.stdin.isatty():
-        first = getpass.getpass("enter passphrase for repository: ")
-        if confirm and getpass.getpass("enter the passphrase again: ") != first:
+        first = ask_secret("enter passphrase for repository: ")
+        if confirm and ask_secret("enter the passphrase again: ") != first:
             raise UsageError("the passphrases do not match")
-        return first.encode()
+        return first
     raise UsageError(
         "no passphrase: set CASBACKUP_PASSWORD, CASBACKUP_PASSWORD_FILE, or use --password-file/--password-command"
     )

@@ -242,3 +242,28 @@ def test_cli_forget_by_id_removes_a_damaged_snapshot_record(tmp_path) -> None:  
     assert run_cli("check", "--read-data", repo=path).code == 0
     res = run_cli("--json", "snapshots", repo=path)
     assert len(json.loads(res.out)) == 2
+
+
+def test_cli_snapshots_dated_at_the_ends_of_the_calendar_never_crash(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: with one snapshot dated 9999-12-31 23:30 UTC, 'snapshots',
+    # 'find', 'apps' and 'forget' crashed with OverflowError (a traceback) whenever the zone
+    # (TZ, or the config's timezone) is ahead of UTC: the local time is in the year 10000.
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path), [1, 0], file_size=2000)
+    first, second = repo.list_snapshots()
+    redate(repo, first, datetime(1, 1, 1, 0, 30, tzinfo=UTC))
+    redate(repo, second, datetime(9999, 12, 31, 23, 30, tzinfo=UTC))
+    repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(f'timezone = "Pacific/Kiritimati"\n[[applications]]\nname = "app"\n'
+                      f'sources = ["{tmp_path}"]\n')  # fmt: skip
+    env = {"TZ": "Pacific/Auckland"}
+    for args in (["snapshots"], ["find", "log"], ["apps"]):
+        res = run_cli("--config", str(config), *args, repo=path, env=env)
+        assert res.code == 0 and "Traceback" not in res.err, (args, res.err)
+    res = run_cli("--config", str(config), "forget", "--keep-daily", "5", "--dry-run", repo=path,
+                  env=env)  # fmt: skip
+    assert res.code == 0, res.err
+    assert "9999-12-31 23:30 UTC  dated after now" in res.out
+    assert "daily snapshot 0001-01-01" in res.out
