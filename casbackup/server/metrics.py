@@ -91,10 +91,9 @@ class ServiceCollector:
                 g["files"].add_metric([app], s.summary.files_total)
                 g["snapshots"].add_metric([app], counts[app])
             newest: dict[str, Any] = {}
-            for r in records:
+            for r in records:  # oldest first (records.sort_records): later ones win
                 if r.app and registry.repo_key_for(r.app) == key:
-                    if r.app not in newest or r.time > newest[r.app].time:
-                        newest[r.app] = r
+                    newest[r.app] = r
             for app, r in newest.items():
                 g["ver_time"].add_metric([app], _ts(r.time))
                 g["ver_ok"].add_metric([app], 1 if r.ok else 0)

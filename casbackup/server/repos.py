@@ -154,7 +154,7 @@ class RepoHandle:
 
     def records(self) -> RecordSet:
         """Every readable verification record, oldest first; each read once (they never change)."""
-        from casbackup.verify.records import DIRECTORY, load_record
+        from casbackup.verify.records import DIRECTORY, load_record, sort_records
 
         repo = self.repo()
         out = RecordSet()
@@ -173,7 +173,8 @@ class RepoHandle:
             current[rid] = record
         with self._lock:
             self._records = current
-        out.records = sorted(current.values(), key=lambda r: (r.time, r.id))
+        out.records = list(current.values())
+        sort_records(out.records)  # a record dated ahead by a wrong clock is not the newest
         return out
 
     def refresh(self) -> None:

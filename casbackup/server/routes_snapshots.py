@@ -230,8 +230,8 @@ def snapshot_detail(snapshot_id: str, request: Request, app: str | None = Query(
     """One snapshot (id, unique prefix, or 'latest' with ``app``): file counts, databases and
     every verification of it, newest first."""
     handle, snap = find_snapshot(request, principal, snapshot_id, app)
-    records = [r for r in handle.records().records if r.snapshot_id == snap.id]
-    records.sort(key=lambda r: r.time, reverse=True)
+    # records() lists them oldest first as every reader orders them (records.sort_records)
+    records = [r for r in handle.records().records if r.snapshot_id == snap.id][::-1]
     doc = _doc(handle, snap, {snap.id: records[0]} if records else {})
     doc["verification"] = verification_doc(records[0]) if records else None
     doc["verifications"] = [r.to_dict() for r in records]

@@ -8,6 +8,7 @@ a later verification adds a new one and the newest record of a snapshot is its s
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -19,6 +20,8 @@ from casbackup.repo.repository import Repository
 
 RECORD_VERSION = 1
 DIRECTORY = "verifications"
+# A record dated further ahead than this was written by a machine whose clock ran ahead.
+FUTURE_SKEW = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -129,13 +132,14 @@ def _remember(repo: Repository, newest: dict[str, VerificationRecord]) -> None:
         repo.state.update(change)
 
 
-def _screen(repo: Repository, result: RecordSet) -> None:
+def _screen(repo: Repository, result: RecordSet, now: dt.datetime) -> None:
     """Notice a rollback: the newest record this client saw of a snapshot is gone.
 
     The snapshot's state then becomes a failed verification (a stand-in record with the
     missing one's id and time), so ``recover`` does not trust an older passing record
     without ``--allow-unverified``, and ``forget`` does not count it as verified. A new
     ``verify`` of the snapshot writes a newer record and clears this."""
+    sort_records(result.records, now)
     present = {r.id for r in result.records}
     newest = result.latest_by_snapshot()
     for sid, seen in sorted(repo.state.doc.verifications.items()):
@@ -157,7 +161,7 @@ def _screen(repo: Repository, result: RecordSet) -> None:
             VerificationRecord(sid, None, seen.time, "", 0.0, False, 0, 0,
                                failures=(Failure("", problem),), id=seen.id)
         )  # fmt: skip
-    result.records.sort(key=lambda r: (r.time, r.id))
+    sort_records(result.records, now)
     _remember(repo, {sid: r for sid, r in newest.items() if r.id in present})
 
 
@@ -166,9 +170,10 @@ def load_record(repo: Repository, record_id: str) -> VerificationRecord:
     return VerificationRecord.decode(data, record_id)
 
 
-def list_records(repo: Repository) -> RecordSet:
-    """All records, oldest first. A damaged record is reported, never fatal: it only means
-    that one verification is forgotten, and the snapshot can be verified again."""
+def list_records(repo: Repository, now: dt.datetime | None = None) -> RecordSet:
+    """All records, oldest first (see ``_order``; ``now``: an aware time, default the
+    clock's). A damaged record is reported, never fatal: it only means that one
+    verification is forgotten, and the snapshot can be verified again."""
     result = RecordSet()
     for name, _size in repo.backend.list(DIRECTORY + "/"):
         rid = name.rsplit("/", 1)[1]
@@ -178,9 +183,36 @@ def list_records(repo: Repository) -> RecordSet:
             message = f"verification record {rid[:8]} is unreadable: {exc}"
             result.warnings.append(message)
             result.damaged.append(message)
-    result.records.sort(key=lambda r: (r.time, r.id))
-    _screen(repo, result)
+    now = dt.datetime.now(dt.UTC) if now is None else now
+    for r in result.records:
+        if _ahead(r, now):
+            result.warnings.append(
+                f"verification record {r.id[:8]} of snapshot {r.snapshot_id[:8]} is dated "
+                f"{r.time[:19]}, in the future: it counts as older than the snapshot's other "
+                "records (the clock of the machine that wrote it ran ahead)"
+            )
+    _screen(repo, result, now)
     return result
+
+
+def _ahead(record: VerificationRecord, now: dt.datetime) -> bool:
+    """Whether the record is dated after ``now`` beyond FUTURE_SKEW (or has no readable
+    time: then it has no claim to be the newest either)."""
+    try:
+        when = dt.datetime.fromisoformat(record.time)
+    except ValueError:
+        return True
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)) > now + FUTURE_SKEW
+
+
+def sort_records(records: list[VerificationRecord], now: dt.datetime | None = None) -> None:
+    """Sort ``records`` in place, oldest first, as every reader must (``now``: an aware
+    time, default the clock's): by each record's own time, except that a record dated in
+    the future (``_ahead``) counts as older than every other. Its machine's clock ran ahead,
+    and dated as it is it would stay its snapshot's newest record, a pass hiding every later
+    failure, until the real clock caught up (as a snapshot dated ahead hides an overdue run)."""
+    at = dt.datetime.now(dt.UTC) if now is None else now
+    records.sort(key=lambda r: (not _ahead(r, at), r.time, r.id))
 
 
 def latest_verification(repo: Repository, snapshot_id: str) -> VerificationRecord | None:

@@ -181,3 +181,22 @@ def test_a_byte_order_mark_is_not_text(tmp_path: Path) -> None:
         path = tmp_path / name
         path.write_bytes(b"\xef\xbb\xbf" + text.encode())
         assert load_config(path).applications[0].name == "a"
+
+
+def test_config_check_warns_of_paths_missing_here(tmp_path: Path) -> None:
+    """A source or SQLite file that does not exist passed 'config OK' without a word, and each
+    backup then failed (source ... does not exist)."""
+    from casbackup.testing.fixtures import run_cli
+
+    (tmp_path / "here").mkdir()
+    cfg = tmp_path / "casbackup.toml"
+    cfg.write_text(
+        '[[applications]]\nname = "a"\nsources = ["here", "gone"]\n'
+        '[[applications.databases]]\nname = "d"\nengine = "sqlite"\npath = "gone.db"\n'
+    )
+    res = run_cli("--config", str(cfg), "config", "check")
+    assert res.code == 0, res
+    assert res.err.splitlines() == [
+        f"warning: applications[0].sources[1]: {tmp_path / 'gone'} does not exist here",
+        f"warning: applications[0].databases[0].path: {tmp_path / 'gone.db'} does not exist here",
+    ], res.err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -242,3 +243,44 @@ def test_cli_forget_by_id_removes_a_damaged_snapshot_record(tmp_path) -> None:  
     assert run_cli("check", "--read-data", repo=path).code == 0
     res = run_cli("--json", "snapshots", repo=path)
     assert len(json.loads(res.out)) == 2
+
+
+def test_cli_snapshots_dated_at_the_ends_of_the_calendar_never_crash(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: with one snapshot dated 9999-12-31 23:30 UTC, 'snapshots',
+    # 'find', 'apps' and 'forget' crashed with OverflowError (a traceback) whenever the zone
+    # (TZ, or the config's timezone) is ahead of UTC: the local time is in the year 10000.
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path), [1, 0], file_size=2000)
+    first, second = repo.list_snapshots()
+    redate(repo, first, datetime(1, 1, 1, 0, 30, tzinfo=UTC))
+    redate(repo, second, datetime(9999, 12, 31, 23, 30, tzinfo=UTC))
+    repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(f'timezone = "Pacific/Kiritimati"\n[[applications]]\nname = "app"\n'
+                      f'sources = ["{tmp_path}"]\n')  # fmt: skip
+    env = {"TZ": "Pacific/Auckland"}
+    for args in (["snapshots"], ["find", "log"], ["apps"]):
+        res = run_cli("--config", str(config), *args, repo=path, env=env)
+        assert res.code == 0 and "Traceback" not in res.err, (args, res.err)
+    res = run_cli("--config", str(config), "forget", "--keep-daily", "5", "--dry-run", repo=path,
+                  env=env)  # fmt: skip
+    assert res.code == 0, res.err
+    assert "9999-12-31 23:30 UTC  dated after now" in res.out
+    assert "daily snapshot 0001-01-01" in res.out
+
+
+def test_cli_forget_reads_a_record_time_without_offset_as_utc(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found with the real CLI: a snapshot record whose time has no UTC offset (written by
+    # another tool) made forget crash with a traceback ("must be a timezone-aware datetime").
+    path = str(tmp_path / "repo")
+    repo = make_repo(path)
+    build_history(repo, str(tmp_path), [1, 0], file_size=2000)
+    old = repo.list_snapshots()[0]
+    naive = repo.save_snapshot(replace(old, time="2020-11-30T10:00:00", id=""))
+    repo.delete_snapshot(old.id)
+    assert open_repo(path).load_snapshot(naive.id).time == "2020-11-30T10:00:00+00:00"
+    repo.close()
+    res = run_cli("forget", "--keep-last", "1", "--dry-run", repo=path, env={"TZ": "UTC"})
+    assert res.code == 0, res.err
+    assert f"remove {naive.short_id}  2020-11-30 10:00 UTC" in res.out

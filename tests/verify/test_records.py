@@ -78,3 +78,31 @@ def test_a_damaged_record_is_a_warning_not_an_error(repo) -> None:  # type: igno
     found = list_records(repo)
     assert [r.id for r in found.records] == [good.id]
     assert len(found.warnings) == 1 and "00000000" in found.warnings[0]
+
+
+def test_a_record_dated_in_the_future_does_not_stay_the_newest(repo) -> None:  # type: ignore[no-untyped-def]
+    """helper-55's weak list: the newest record was whichever said the latest time. A pass
+    written while a machine's clock ran a year ahead stayed the snapshot's state after the
+    clock was set right: a later failure of the same snapshot was hidden, recover and forget
+    trusted it as verified. A record dated ahead of now counts as older than the others."""
+    import datetime as dt
+
+    sid = "cd" * 32
+    now = dt.datetime.now(dt.UTC)
+
+    def at(delta: dt.timedelta) -> str:
+        return (now + delta).isoformat()
+
+    ahead = save_record(repo, record(sid, True, at(dt.timedelta(days=365))))
+    failed = save_record(repo, record(sid, False, at(-dt.timedelta(hours=1))))
+    listed = list_records(repo)
+    assert listed.latest_by_snapshot()[sid].id == failed.id
+    assert [r.id for r in listed.records] == [ahead.id, failed.id]
+    assert any(ahead.id[:8] in w and "in the future" in w for w in listed.warnings)
+    assert sid not in verified_snapshot_ids(repo)
+    # Once the clock has caught up, the record is dated as it should be: the newest.
+    later = list_records(repo, now=now + dt.timedelta(days=366))
+    assert later.latest_by_snapshot()[sid].id == ahead.id
+    # A few minutes of skew between machines is no reason to doubt a record.
+    near = save_record(repo, record(sid, True, at(dt.timedelta(minutes=5))))
+    assert list_records(repo).latest_by_snapshot()[sid].id == near.id

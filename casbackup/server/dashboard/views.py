@@ -131,7 +131,7 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
     records_by_app: dict[str, VerificationRecord] = {}
     for key, handle in registry.handles.items():
         snaps_by_repo[key] = repo_snapshots(handle, warnings)
-        for record in sorted(repo_records(handle, warnings), key=lambda r: r.time):
+        for record in repo_records(handle, warnings):  # oldest first: later ones win
             if record.app:
                 records_by_app[record.app] = record
     since = now - dt.timedelta(days=STRIP_DAYS)
