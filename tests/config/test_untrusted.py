@@ -50,6 +50,8 @@ HOSTILE = [
      "applications[0].notify[0].url", "'ftp://h/x' is not an http(s) URL with a host"),
     (APP + '[[applications.notify]]\ntype = "healthchecks"\nurl = "hc-ping.com/uuid"\n',
      "applications[0].notify[0].url", "is not an http(s) URL with a host"),
+    (APP + '[[applications.notify]]\ntype = "webhok"\nurl = "http://h/x"\n',
+     "applications[0].notify[0].type", "unknown notifier 'webhok' (did you mean 'webhook'?)"),
     # The service's scheduler overflowed its dates (OverflowError) on such intervals.
     (APP + 'schedule = "every 5000000000 minutes"\n', "applications[0].schedule",
      "the interval must be at most 366 days"),
