@@ -223,6 +223,11 @@ def has(kind: str, name: str) -> bool:
     return name in BUILTIN[kind] or any(ep.name == name for ep in _entry_points(kind))
 
 
+def names(kind: str) -> list[str]:
+    """Every plugin name of ``kind`` (built-in or installed), without loading any."""
+    return [ep.name for ep in _entry_points(kind)]
+
+
 def load(
     kind: str, name: str, *, offline_mode: bool | None = None, enabled: bool | None = None
 ) -> Any:

@@ -64,3 +64,16 @@ def zone(name: str | None) -> dt.tzinfo:
     """The zone named ``name`` (an IANA name), or the machine's when None. Raises UsageError
     for a name zoneinfo does not know."""
     return ZoneInfo(check_zone(name)) if name else machine_zone()
+
+
+def in_zone(when: dt.datetime, tz: dt.tzinfo | None = None) -> dt.datetime:
+    """The aware time ``when`` in ``tz`` (None: the C library's local zone, as
+    ``astimezone()``); never raises. Within a day of the ends of datetime's range (years 1
+    and 9999: a snapshot from a client whose clock was far off) the zone's offset can step
+    outside it: then ``when`` in UTC, else ``when`` as it is."""
+    for zone_ in (tz, dt.UTC):
+        try:
+            return when.astimezone(zone_)
+        except (OverflowError, OSError, ValueError):  # OSError: the C library's localtime
+            continue
+    return when

@@ -18,6 +18,7 @@ from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import cell, emit_json, plural, warn
 from casbackup.repo.repository import Repository
+from casbackup.timezones import in_zone
 
 
 @click.command()
@@ -39,7 +40,7 @@ def apps(repo: Repository, ctx: click.Context) -> None:
         table.add_column(col, justify="right" if col == "Snapshots" else "left")
     for r in rows:
         last = r["last_snapshot"]
-        when = (datetime.fromisoformat(last["time"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        when = (in_zone(datetime.fromisoformat(last["time"])).strftime("%Y-%m-%d %H:%M:%S")
                 if last else "-")  # fmt: skip
         name = r["name"] if r["in_config"] else f"{r['name']} (not in config)"
         table.add_row(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -26,6 +27,8 @@ def check(ctx: click.Context) -> None:
     assert config is not None
     _check_patterns(config)
     doc = describe(config)
+    for line in _missing_paths(config):
+        warn(line)
     if opts.json:
         emit_json(doc)
         return
@@ -76,6 +79,20 @@ def _check_patterns(config: Any) -> None:
             except UsageError as exc:
                 ctx.problems.append(ctx.error(f"applications[{i}].excludes[{j}]", str(exc)))
     ctx.raise_problems()
+
+
+def _missing_paths(config: Any) -> list[str]:
+    """A warning per source or SQLite file that does not exist on this machine: valid in the
+    file (it may be checked on another host), but each backup of it would fail."""
+    out = []
+    for i, app in enumerate(config.applications):
+        for j, source in enumerate(app.sources):
+            if not os.path.lexists(source):
+                out.append(f"applications[{i}].sources[{j}]: {source} does not exist here")
+        for j, db in enumerate(app.databases):
+            if db.path and not os.path.lexists(db.path):
+                out.append(f"applications[{i}].databases[{j}].path: {db.path} does not exist here")
+    return out
 
 
 def _secret(source: Any) -> str:

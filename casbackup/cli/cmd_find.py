@@ -8,6 +8,7 @@ from casbackup.cli.cmd_ls import long_line, node_doc
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, warn
 from casbackup.repo.repository import Repository
+from casbackup.timezones import in_zone
 from casbackup.vfs.find import Finder, FindOptions
 
 
@@ -42,7 +43,7 @@ def find(repo: Repository, ctx: click.Context, pattern: str, app: str | None, pa
             continue
         if snap.id != current:
             current = snap.id
-            when = datetime.fromisoformat(snap.time).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+            when = in_zone(datetime.fromisoformat(snap.time)).strftime("%Y-%m-%d %H:%M:%S")
             what = printable(f"app {snap.app}" if snap.app else f"host {snap.host}")
             click.echo(f"{'' if found == 1 else chr(10)}snapshot {snap.short_id} ({what}, {when}):")
         click.echo("  " + long_line(match.path, match.node))

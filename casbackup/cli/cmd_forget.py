@@ -27,6 +27,7 @@ from casbackup.maintenance.retention import (
 )
 from casbackup.plan_docs import forget_plan_doc
 from casbackup.repo.repository import Repository
+from casbackup.timezones import in_zone
 from casbackup.verify.records import list_records
 
 
@@ -106,7 +107,7 @@ def _render(plan: ForgetPlan, tz: tzinfo | None) -> None:
         kept = sum(v.keep for v in group.verdicts)
         click.echo(f"{printable(group.key)}: keep {kept}, remove {len(group.verdicts) - kept}")
         for v in group.verdicts:
-            when = v.snapshot.datetime.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+            when = in_zone(v.snapshot.datetime, tz).strftime("%Y-%m-%d %H:%M %Z")
             word = "keep  " if v.keep else "remove"
             click.echo(f"  {word} {v.snapshot.short_id}  {when}  {', '.join(v.reasons)}")
     for sid, why in plan.unreadable:

@@ -12,6 +12,7 @@ from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import cell, emit_json, human_bytes, plural, warn
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
+from casbackup.timezones import in_zone
 from casbackup.verify.records import list_records, state_label
 
 
@@ -61,7 +62,7 @@ def snapshots(
             col, justify="right" if col in ("Size", "Files") else "left", no_wrap=col != "Paths"
         )
     for s in snaps:
-        when = datetime.fromisoformat(s.time).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        when = in_zone(datetime.fromisoformat(s.time)).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
             s.short_id, when, cell(s.app or "-"), cell(s.type), cell(s.parent[:8] if s.parent else "-"),
             human_bytes(s.protected_bytes), str(s.summary.files_total), state_label(verified.get(s.id)),

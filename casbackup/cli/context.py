@@ -174,7 +174,8 @@ def _locked(repo: Repository, level: str, command: str, *, reads_only: bool) -> 
 
 def split_snapshot_path(ref: str, path_arg: str | None = None) -> tuple[str, str]:
     """``SNAPSHOT[:PATH]``, or ``SNAPSHOT`` and ``PATH`` as two arguments (restic's form:
-    ``restic dump latest /etc/hosts``) -> (snapshot ref, absolute path in the snapshot).
+    ``restic dump latest /etc/hosts``) -> (snapshot ref, absolute path in the snapshot,
+    without empty or '.' parts).
 
     Raises UsageError for an empty snapshot ref or a path given both ways."""
     snap, sep, path = ref.partition(":")
@@ -186,4 +187,6 @@ def split_snapshot_path(ref: str, path_arg: str | None = None) -> tuple[str, str
         path, sep = path_arg, ":"
     if not sep or not path:
         return snap, "/"
-    return snap, path if path.startswith("/") else "/" + path
+    # One spelling ('//srv/./x/' is '/srv/x'), as it is shown; a '..' stays, and names
+    # nothing (a tree never holds one).
+    return snap, "/" + "/".join(p for p in path.split("/") if p and p != ".")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import re
 import shlex
@@ -23,6 +24,7 @@ from casbackup.config.fields import (
 from casbackup.config.model import (
     APP_SNAPSHOT_CHOICES,
     BACKUP_TYPES,
+    BUILTIN_NOTIFIERS,
     NOTIFY_EVENTS,
     SNAPSHOT_PROVIDERS,
     AppConfig,
@@ -491,6 +493,7 @@ def _app_verification(sec: Section, auto_verify_default: bool) -> AppVerificatio
 def parse_notifier(sec: Section) -> NotifierConfig:
     """One ``[[applications.notify]]`` table; unknown keys are refused (typos)."""
     kind = sec.text("type", required=True) or ""
+    _check_notifier_type(sec, kind)
     on = sec.str_list("on") or (
         ("start", "success", "warning", "failure", "verify_failure")
         if kind == "healthchecks"
@@ -542,6 +545,21 @@ def parse_notifier(sec: Section) -> NotifierConfig:
             raise sec.error("command", f"cannot be split into words: {e}") from None
     sec.done()
     return result
+
+
+def _check_notifier_type(sec: Section, kind: str) -> None:
+    """``type`` names a built-in notifier or an installed plugin's (a typo was a warning at
+    every backup, and no notification ever went out)."""
+    if kind in BUILTIN_NOTIFIERS:
+        return
+    from casbackup import plugins
+
+    if plugins.has("notifier", kind):
+        return
+    known = sorted({*BUILTIN_NOTIFIERS, *plugins.names("notifier")})
+    close = difflib.get_close_matches(kind, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise sec.error("type", f"unknown notifier {kind!r}{hint}: expected one of {', '.join(known)}")
 
 
 def _app_repository(sec: Section) -> RepositoryConfig | None:

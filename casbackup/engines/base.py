@@ -226,11 +226,14 @@ def get_engine(name: str) -> Engine:
         except plugins.PluginError as exc:
             raise DatabaseError(f"database {exc}") from None
         try:
-            return cls()  # type: ignore[no-any-return]
+            inner = cls()
         except Exception as exc:  # a broken plugin: one line, never a traceback
             raise DatabaseError(
                 f"database engine plugin {name!r} failed to start: {type(exc).__name__}: {exc}"
             ) from None
+        from casbackup.engines.guard import GuardedEngine  # imports this module
+
+        return GuardedEngine(inner, key)  # type: ignore[return-value]
     raise DatabaseError(f"unknown database engine {name!r} (known: {', '.join(engine_names())})")
 
 

@@ -50,6 +50,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any, Protocol, TypeVar, overload
 
 from casbackup.errors import UsageError
+from casbackup.timezones import in_zone
 from casbackup.units import parse_duration  # noqa: F401 - callers import it from here
 
 _COUNT_FIELDS = (
@@ -257,7 +258,7 @@ def apply_policy(
             if last_left > 0:
                 last_left -= 1
                 why.append("last snapshot")
-            local = snap.time.astimezone(tz)
+            local = in_zone(snap.time, tz)  # never raises, even for the year 9999
             for field, word, bucket_of in _BUCKET_RULES:
                 if left[field] > 0:
                     bucket = bucket_of(local)

@@ -6,7 +6,8 @@ therefore (1) tries first the key file that opened this repository last on this 
 the Argon2 cost a key file may ask for (``KdfLimit``); (3) skips key files over
 ``MAX_KEYFILE_BYTES`` unread, and key files whose content does not match their name;
 (4) runs Argon2 for at most ``max_tries`` key files (``CASBACKUP_KEY_TRIES``, default
-20), or only for the key files whose id starts with ``CASBACKUP_KEY_FILE``.
+20) costing at most twice the limit's cost in all (unless ``CASBACKUP_KEY_TRIES`` is
+set), or only for the key files whose id starts with ``CASBACKUP_KEY_FILE``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ class KeyChoice:
     select: str = ""  # only ids starting with this
     max_tries: int = DEFAULT_MAX_TRIES
     limit: KdfLimit = KdfLimit()
+    # The key files tried may cost at most twice the limit's cost in all (one is always
+    # tried); off when CASBACKUP_KEY_TRIES asks for a number of tries.
+    budgeted: bool = True
+
+    @property
+    def budget(self) -> int | None:
+        """KiB-passes of Argon2 the key files tried may cost together, None for no bound."""
+        return 2 * self.limit.memory_kib * self.limit.iterations if self.budgeted else None
 
     @classmethod
     def from_env(cls, preferred: str = "") -> KeyChoice:
@@ -63,7 +72,7 @@ class KeyChoice:
         ):
             raise UsageError(f"{TRIES_ENV}={tries_text!r}: give a positive number")
         tries = int(tries_text) if tries_text else DEFAULT_MAX_TRIES
-        return cls(preferred, select, tries, KdfLimit.from_env())
+        return cls(preferred, select, tries, KdfLimit.from_env(), budgeted=not tries_text)
 
 
 def _cost(kdf: KdfParams) -> int:
@@ -96,6 +105,7 @@ def find_key(
     damaged: list[str] = []
     newer = 0  # of them, key files of a format this casbackup does not know
     tried = 0
+    spent = 0  # KiB-passes of the Argon2 runs so far
 
     def unusable(name: str, exc: CasError) -> None:
         nonlocal newer
@@ -103,16 +113,16 @@ def find_key(
         newer += isinstance(exc, UnsupportedFormat)
 
     def attempt(kid: str) -> MasterKey | None:
-        nonlocal tried
+        nonlocal tried, spent
         name = f"keys/{kid}"
         try:
             if sizes[kid] > MAX_KEYFILE_BYTES:
                 raise FormatError(f"{sizes[kid]} bytes, not a key file")
             data = backend.get(name)
-            _checked(data, kid, choice.limit)
+            spent += _cost(_checked(data, kid, choice.limit))
             return unwrap_key(data, password, repo_id, choice.limit)
         except WrongPassword:
-            tried += 1  # only attempts that ran Argon2 count against the bound
+            tried += 1  # only attempts that ran Argon2 count against the bounds
         except (FormatError, UnsupportedFormat, StorageError) as exc:  # StorageError: refused
             unusable(name, exc)
         return None
@@ -133,9 +143,12 @@ def find_key(
         except (FormatError, UnsupportedFormat, StorageError) as exc:
             unusable(f"keys/{kid}", exc)
     # Only ids and costs are kept (a key file is read again when tried), never many files.
+    budget = choice.budget
     for kid in sorted(costs, key=lambda kid: (costs[kid], kid)):
         if tried >= choice.max_tries:
             break
+        if budget is not None and tried and spent + costs[kid] > budget:
+            break  # planted key files at the limit must not cost a typo minutes
         key = attempt(kid)
         if key is not None:
             return key, f"keys/{kid}"

@@ -11,6 +11,8 @@ is ``$CASBACKUP_STATE_DIR``, else ``$XDG_STATE_HOME/casbackup``, else
      "last_key": "<key file id>",     the key file that opened it last (tried first)
      "snapshots": ["<id>", ...],      snapshots seen and not forgotten here
      "forgotten": ["<id>", ...],      snapshots this client removed (never trusted again)
+     "forgetting": ["<id>", ...],     being removed: recorded before the delete, moved to
+                                      "forgotten" once it is done (optional key)
      "verifications": {"<snapshot id>": {"id": "<record id>", "time": "<ISO>", "ok": true}}}
 
 Updates are read-merge-write under an ``flock`` on ``state.lock`` beside it, written to an
@@ -65,6 +67,7 @@ class StateDoc:
     snapshots: set[str] = field(default_factory=set)
     forgotten: set[str] = field(default_factory=set)
     verifications: dict[str, SeenRecord] = field(default_factory=dict)
+    forgetting: set[str] = field(default_factory=set)
 
     def encode(self) -> bytes:
         doc = {
@@ -73,6 +76,7 @@ class StateDoc:
             "last_key": self.last_key,
             "snapshots": sorted(self.snapshots),
             "forgotten": sorted(self.forgotten),
+            "forgetting": sorted(self.forgetting),
             "verifications": {
                 sid: {"id": r.id, "time": r.time, "ok": r.ok}
                 for sid, r in sorted(self.verifications.items())
@@ -92,6 +96,7 @@ class StateDoc:
                 last_key=_str(doc["last_key"]),
                 snapshots={_str(s) for s in doc["snapshots"]},
                 forgotten={_str(s) for s in doc["forgotten"]},
+                forgetting={_str(s) for s in doc.get("forgetting", ())},
             )
             for sid, rec in doc["verifications"].items():
                 out.verifications[_str(sid)] = SeenRecord(
@@ -222,9 +227,22 @@ def screen_snapshots(state: LocalState, present: list[str]) -> tuple[list[str], 
     saw that are gone without being forgotten here give one alert: another client's
     ``forget`` does that too, so it is a warning, not an error. The record of seen
     snapshots then follows the listing.
+
+    A snapshot whose forget was interrupted before its file was deleted (``forgetting``,
+    present) is an ordinary snapshot again, for the next forget to decide; one whose file
+    is gone was forgotten. Neither is an alert: a crash is not a rollback.
     """
-    doc = state.doc
     listed = set(present)
+    if state.doc.forgetting:
+
+        def settle(d: StateDoc) -> bool:
+            d.forgotten |= d.forgetting - listed
+            d.snapshots |= d.forgetting & listed
+            d.forgetting.clear()
+            return True
+
+        state.update(settle)
+    doc = state.doc
     back = listed & doc.forgotten
     gone = doc.snapshots - listed
     alerts = []
@@ -250,12 +268,21 @@ def screen_snapshots(state: LocalState, present: list[str]) -> tuple[list[str], 
     return [s for s in present if s not in doc.forgotten], alerts
 
 
-def remember_snapshot(state: LocalState, snapshot_id: str, *, forgotten: bool = False) -> None:
-    """Record a snapshot this client wrote, or (before deleting it) one it forgets."""
+def remember_snapshot(
+    state: LocalState, snapshot_id: str, *, forgotten: bool = False, forgetting: bool = False
+) -> None:
+    """Record a snapshot this client wrote; one it is about to delete (``forgetting``,
+    before the delete: a rollback right after it is noticed); or one it deleted
+    (``forgotten``, after the delete). A crash between the two leaves it ``forgetting``,
+    which the next listing settles (``screen_snapshots``)."""
 
     def change(d: StateDoc) -> bool:
-        if forgotten:
+        if forgetting:
+            d.forgetting.add(snapshot_id)
+            d.snapshots.discard(snapshot_id)
+        elif forgotten:
             d.forgotten.add(snapshot_id)
+            d.forgetting.discard(snapshot_id)
             d.snapshots.discard(snapshot_id)
         else:
             d.snapshots.add(snapshot_id)

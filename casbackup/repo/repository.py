@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from casbackup.crypto.keyfile import KdfParams, wrap_key
 from casbackup.crypto.keys import MasterKey
@@ -98,7 +99,7 @@ class Repository(SnapshotStore):
             )
         choice = choice or KeyChoice.from_env()
         if not choice.preferred:
-            choice = KeyChoice(state.doc.last_key, choice.select, choice.max_tries, choice.limit)
+            choice = replace(choice, preferred=state.doc.last_key)
         key, name = find_key(backend, config.id_bytes, password, choice)
         config.verify_mac(key)
         repo = cls(backend, config, key, name, state)

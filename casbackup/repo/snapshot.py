@@ -143,7 +143,12 @@ class Snapshot:
             doc["fs_snapshots"] = tuple(FsSnapshotRecord(**d) for d in doc.get("fs_snapshots", ()))
             snap = cls(**doc, id=snapshot_id)
             bytes.fromhex(snap.tree)
-            datetime.fromisoformat(snap.time)
+            when = datetime.fromisoformat(snap.time)
+            if when.utcoffset() is None:
+                # casbackup writes UTC with its offset; a record without one (another
+                # writer) is read as UTC, so every consumer compares aware times: a naive
+                # one among aware ones made forget and sorting raise.
+                snap = replace(snap, time=when.replace(tzinfo=UTC).isoformat())
         except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError) as exc:
             if isinstance(exc, FormatError):
                 raise

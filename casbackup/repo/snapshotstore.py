@@ -206,10 +206,17 @@ class SnapshotStore(BlobStore):
         return snaps
 
     def delete_snapshot(self, fid: str) -> None:
-        """Forget a snapshot: recorded locally first, so it is never trusted again even if
-        its file comes back (a crash in between leaves it present but ignored here)."""
+        """Forget a snapshot: recorded locally before and after the delete, so it is never
+        trusted again if its file comes back later. A crash between the two leaves it
+        present and usable (not a rollback alert), for the next forget to remove.
+        Raises NotFound when the file is already gone (it is recorded as forgotten)."""
+        remember_snapshot(self.state, fid, forgetting=True)
+        try:
+            self.backend.delete(f"snapshots/{fid}")
+        except NotFound:
+            remember_snapshot(self.state, fid, forgotten=True)
+            raise
         remember_snapshot(self.state, fid, forgotten=True)
-        self.backend.delete(f"snapshots/{fid}")
 
     def resolve_snapshot(
         self, ref: str, *, app: str | None = None, paths: Iterable[str] | None = None

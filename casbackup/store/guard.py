@@ -24,14 +24,10 @@ T = TypeVar("T")
 REQUIRED = ("put", "get", "delete", "list", "stat", "exists", "close")
 
 
-class NotABackend(StorageError):
-    """A backend plugin's opener returned something that is not a backend."""
-
-
 class GuardedBackend:
     """``inner`` (a backend plugin's object for ``scheme``) with every fault one line.
 
-    Raises NotABackend at once when ``inner`` lacks a protocol method or a ``location``."""
+    Raises StorageError at once when ``inner`` lacks a protocol method or a ``location``."""
 
     def __init__(self, inner: Any, scheme: str) -> None:
         self.inner, self.scheme = inner, scheme
@@ -39,7 +35,7 @@ class GuardedBackend:
         location = getattr(inner, "location", None)
         if missing or not isinstance(location, str):
             what = ", ".join(missing) if missing else "location"
-            raise NotABackend(
+            raise StorageError(
                 f"storage plugin {scheme!r} returned {type(inner).__name__}, not a backend "
                 f"(missing: {what})"
             )

@@ -31,6 +31,7 @@ from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
+from casbackup.timezones import in_zone
 from casbackup.vfs.cache import WeightedLru
 
 LATEST = "latest"
@@ -115,7 +116,7 @@ def _ino(*parts: bytes | str) -> int:
 
 
 def snapshot_folder(snap: Snapshot) -> str:
-    return f"{snap.datetime.astimezone().strftime('%Y-%m-%dT%H:%M:%S')}_{snap.short_id}"
+    return f"{in_zone(snap.datetime).strftime('%Y-%m-%dT%H:%M:%S')}_{snap.short_id}"
 
 
 def _group_names(snaps: list[Snapshot]) -> dict[str, str]:

@@ -19,6 +19,7 @@ from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
+from casbackup.units import plural
 
 # Remembered subtrees; beyond this the oldest are forgotten (walked again if met again).
 MEMO_ENTRIES = 200_000
@@ -57,8 +58,13 @@ class Finder:
         pattern = options.pattern.strip()
         if not pattern or pattern.startswith("!"):
             raise UsageError("give a pattern to look for (a name like '*.conf' or a path)")
+        parts = [p for p in options.path.split("/") if p and p != "."]
+        if ".." in parts:
+            raise UsageError(f"--path {options.path}: give it without '..'")
         self.repo = repo
         self.options = options
+        # One spelling: '//srv' or '/srv/./x' would be shown as given and miss '/' patterns.
+        self.path = "/" + "/".join(parts)
         self._excluder = Excluder([pattern])
         self._path_dependent = "/" in pattern.rstrip("/")
         self._memo: OrderedDict[object, _Result] = OrderedDict()
@@ -74,16 +80,19 @@ class Finder:
 
     def run(self) -> Iterator[Match]:
         """Matches, snapshot by snapshot (oldest first), in path order within each."""
-        base = os.fsencode(self.options.path.rstrip("/"))
+        base = os.fsencode(self.path.rstrip("/"))
+        held = 0  # snapshots that hold the path
         for snap in self.snapshots():
             self.stats.snapshots += 1
             try:
-                node = self.repo.find_node(snap.root, self.options.path)
+                node = self.repo.find_node(snap.root, self.path)
             except NotFound:
                 continue  # this snapshot does not have the folder asked about
             except CasError as exc:
+                held += 1  # unreadable: said as such, not as a path it lacks
                 self.stats.warnings.append(f"snapshot {snap.short_id}: {exc}")
                 continue
+            held += 1
             if node is not None:
                 if self._excluder.excluded(os.fsdecode(base)):
                     yield Match(snap, base, node)
@@ -96,6 +105,9 @@ class Finder:
             if result is not None:
                 for path, found in _expand(result, base):
                     yield Match(snap, path, found)
+        if self.stats.snapshots and not held:
+            searched = plural(self.stats.snapshots, "snapshot")
+            self.stats.warnings.append(f"{self.path} is in none of the {searched} searched")
 
     def _key(self, tree: BlobId, prefix: bytes) -> object:
         return (tree, prefix) if self._path_dependent else tree

@@ -78,3 +78,15 @@ def test_snapshot_and_path_as_two_arguments(cli_repo, tmp_path) -> None:  # type
     assert res.code == 0 and (target / "a.txt").read_text() == "alpha\n", res.err
     twice = run_cli("dump", f"latest:{src}/sub/a.txt", f"{src}/sub/a.txt", repo=cli_repo)
     assert_one_error(twice, 2, "give the path once")
+
+
+def test_a_path_with_extra_slashes_or_dots_is_shown_one_way(cli_repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # 'ls latest://srv' listed '//srv/...' (and '/srv/./x' listed '/srv/./x/...'): the path
+    # was printed as typed, so two spellings of one folder gave two different listings.
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("alpha\n")
+    assert run_cli("backup", str(src), repo=cli_repo).code == 0
+    for spelled in (f"/{src}/sub", f"{src}/./sub", f"{src}//sub/"):
+        listing = run_cli("ls", f"latest:{spelled}", repo=cli_repo)
+        assert listing.code == 0 and listing.out.split() == [f"{src}/sub/a.txt"], listing

@@ -128,3 +128,27 @@ def test_unchanged_subtrees_are_searched_once(repo: Repository, tmp_path: Path) 
     path_finder = Finder(repo, FindOptions(f"{src}/lib/*/app.conf"))
     assert len(list(path_finder.run())) == 3 * 30
     assert path_finder.stats.trees_reused >= 2
+
+
+def test_path_spelled_with_extra_slashes_or_dots(
+    repo: Repository, repo_path: str, tmp_path: Path
+) -> None:
+    # '--path //srv' and '/srv/./x' were searched as given: matches were printed as
+    # '//srv/...', and a pattern with a '/' matched nothing below them; '/srv/../srv' and a
+    # path no snapshot holds gave '0 matches' without a word.
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    backup(repo, src, None)
+    wanted = f"{src}/etc/app.conf"
+    for spelled in (f"/{src}", f"{src}/./etc", f"{src}//etc/"):
+        result = run_cli("--json", "find", "*.conf", "--path", spelled, repo=repo_path)
+        assert result.code == 0, result.err
+        assert wanted in [json.loads(line)["path"] for line in result.out.splitlines()], spelled
+        result = run_cli("find", f"{src}/etc/*.conf", "--path", spelled, repo=repo_path)
+        assert result.out.count(wanted) == 1 and "//" not in result.out, (spelled, result.out)
+    result = run_cli("find", "*.conf", "--path", f"{src}/../src", repo=repo_path)
+    assert result.code == 2 and "'..'" in result.err and result.err.count("\n") == 1
+    result = run_cli("find", "x", "--path", "/does/not/exist", repo=repo_path)
+    assert result.code == 0 and result.out == ""
+    assert "warning: /does/not/exist is in none of the 1 snapshot searched" in result.err

@@ -50,6 +50,8 @@ HOSTILE = [
      "applications[0].notify[0].url", "'ftp://h/x' is not an http(s) URL with a host"),
     (APP + '[[applications.notify]]\ntype = "healthchecks"\nurl = "hc-ping.com/uuid"\n',
      "applications[0].notify[0].url", "is not an http(s) URL with a host"),
+    (APP + '[[applications.notify]]\ntype = "webhok"\nurl = "http://h/x"\n',
+     "applications[0].notify[0].type", "unknown notifier 'webhok' (did you mean 'webhook'?)"),
     # The service's scheduler overflowed its dates (OverflowError) on such intervals.
     (APP + 'schedule = "every 5000000000 minutes"\n', "applications[0].schedule",
      "the interval must be at most 366 days"),
@@ -181,3 +183,22 @@ def test_a_byte_order_mark_is_not_text(tmp_path: Path) -> None:
         path = tmp_path / name
         path.write_bytes(b"\xef\xbb\xbf" + text.encode())
         assert load_config(path).applications[0].name == "a"
+
+
+def test_config_check_warns_of_paths_missing_here(tmp_path: Path) -> None:
+    """A source or SQLite file that does not exist passed 'config OK' without a word, and each
+    backup then failed (source ... does not exist)."""
+    from casbackup.testing.fixtures import run_cli
+
+    (tmp_path / "here").mkdir()
+    cfg = tmp_path / "casbackup.toml"
+    cfg.write_text(
+        '[[applications]]\nname = "a"\nsources = ["here", "gone"]\n'
+        '[[applications.databases]]\nname = "d"\nengine = "sqlite"\npath = "gone.db"\n'
+    )
+    res = run_cli("--config", str(cfg), "config", "check")
+    assert res.code == 0, res
+    assert res.err.splitlines() == [
+        f"warning: applications[0].sources[1]: {tmp_path / 'gone'} does not exist here",
+        f"warning: applications[0].databases[0].path: {tmp_path / 'gone.db'} does not exist here",
+    ], res.err

@@ -321,3 +321,27 @@ def test_a_client_that_knows_its_key_file_reads_no_other(monkeypatch: pytest.Mon
     monkeypatch.setattr(MemoryBackend, "get", counting)
     open_repo(backend).close()
     assert reads == [f"keys/{mine}"]
+
+
+def test_a_wrong_passphrase_stops_within_a_cost_budget(
+    derives: list[KdfParams], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty planted key files at the limit (1 GiB x 10 passes, 18 s each) cost a typo six
+    minutes of Argon2. The key files tried may cost twice the limit in all (at least one
+    is always tried), unless CASBACKUP_KEY_TRIES asks for more; the error names it."""
+    monkeypatch.setenv("CASBACKUP_KDF_LIMIT", "16:2:1")  # a limit of 16 MiB x 2 passes
+    at_limit = KdfParams(memory_kib=16384, iterations=2, lanes=1)
+    backend = MemoryBackend()
+    make_repo(backend).close()
+    for _ in range(3):
+        _plant(backend, at_limit)
+    derives.clear()
+    with pytest.raises(WrongPassword, match="2 more not tried: set CASBACKUP_KEY_TRIES=4"):
+        open_repo(backend, "wrong")
+    assert derives == [WEAK_KDF, at_limit]  # 8 + 32 MiB-passes; a third would pass 64
+    open_repo(backend).close()  # the right passphrase still opens at once
+    derives.clear()
+    monkeypatch.setenv("CASBACKUP_KEY_TRIES", "4")
+    with pytest.raises(WrongPassword, match="opens with it$"):
+        open_repo(backend, "wrong")
+    assert derives == [WEAK_KDF, at_limit, at_limit, at_limit]

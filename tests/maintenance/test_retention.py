@@ -574,3 +574,18 @@ def test_daily_keeps_the_newest_snapshot_of_the_newest_days(
     if group and len(days) < n:
         expected.add(min(group, key=order).id)  # the rule is not full: oldest kept too
     assert kept_ids(decisions) == expected
+
+
+def test_snapshots_at_the_ends_of_the_calendar_do_not_crash_the_policy() -> None:
+    # Found with the real CLI: a snapshot dated 0001-01-01 00:30 UTC (a client whose clock
+    # was far off) made forget crash with OverflowError in a zone whose offset at that date
+    # steps before the year 1 (Pacific/Kiritimati's was -10:29). Such a time is bucketed by
+    # its UTC calendar.
+    zone = ZoneInfo("Pacific/Kiritimati")
+    group = snaps(
+        "0001-01-01T00:30:00+00:00", "2026-11-20T10:00:00+00:00", "2026-11-21T10:00:00+00:00"
+    )
+    now = at("2026-11-26T12:00:00+00:00")
+    kept = verdicts(apply_policy(group, RetentionPolicy(keep_daily=5, keep_yearly=5), now, tz=zone))
+    assert kept["s0"] == ("daily snapshot 0001-01-01", "yearly snapshot 0001")
+    assert kept["s1"] and kept["s2"]

@@ -20,6 +20,11 @@ hboom = hostileplug:open_boom
 hliar = hostileplug:open_liar
 hflaky = hostileplug:open_flaky
 
+[casbackup.engines]
+hdumpboom = hostileplug:DumpBoom
+hmidway = hostileplug:Midway
+hnoinfo = hostileplug:NoInfo
+
 [casbackup.notifiers]
 hexit = hostileplug:ExitingNotifier
 hexitimport = hostileexit:Anything
@@ -76,6 +81,54 @@ class Flaky:
 
 def open_flaky(location, settings):
     return Flaky(location.removeprefix("hflaky:"))
+
+
+import io
+
+
+class DumpBoom:
+    name = "hdumpboom"
+    file_extension = "dump"
+
+    def check_available(self):
+        pass
+
+    def dump(self, spec):
+        raise RuntimeError("dump exploded")
+
+
+class _Stream(io.RawIOBase):
+    def __init__(self, fail_at):
+        self.fail_at, self.sent = fail_at, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if self.fail_at is not None and self.sent >= self.fail_at:
+            raise ConnectionResetError("server went away")
+        if self.sent >= 3:
+            return 0
+        b[:1] = b"x"
+        self.sent += 1
+        return 1
+
+    def finish(self):
+        return None
+
+
+class Midway(DumpBoom):
+    name = "hmidway"
+
+    def dump(self, spec):
+        return _Stream(2)
+
+
+class NoInfo(DumpBoom):
+    name = "hnoinfo"
+
+    def dump(self, spec):
+        return _Stream(None)
 
 
 class ExitingNotifier:
@@ -174,3 +227,30 @@ def test_plugin_that_exits_on_import_is_listed_as_broken(tmp_path: Path) -> None
     by_name = {p["name"]: p for p in json.loads(res.out)["plugins"]}
     assert by_name["hexitimport"]["reason"] == "failed to load: SystemExit: 7"
     assert by_name["hexit"]["enabled"] and by_name["command"]["enabled"]
+
+
+def test_engine_plugin_that_raises_or_lies_fails_the_backup_in_one_line(tmp_path: Path) -> None:
+    """Each printed a traceback: dump() raising, its stream failing half-way, finish()
+    returning None. Now exit 27 and no snapshot, as for a failed dump tool."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    apps = "".join(
+        f'[[applications]]\nname = "{e}"\nsources = ["{src}"]\n'
+        f'[[applications.databases]]\nname = "d"\nengine = "{e}"\ndatabase = "x"\n'
+        for e in ("hdumpboom", "hmidway", "hnoinfo")
+    )
+    env = _env(tmp_path, f'[repository]\nlocation = "{tmp_path / "repo"}"\n' + apps)
+    assert run_cli("init", "--insecure-test-kdf", env=env).code == 0
+    expected = {
+        "hdumpboom": "failed to dump 'd': RuntimeError: dump exploded",
+        "hmidway": "failed to dump 'd': ConnectionResetError: server went away",
+        "hnoinfo": "its stream's finish() returned NoneType, not a DumpInfo",
+    }
+    for engine, fragment in expected.items():
+        res = run_cli("backup", "--app", engine, env=env)
+        assert res.code == 27 and "Traceback" not in res.err, res
+        last = res.err.strip().splitlines()[-1]
+        assert last.startswith(f"error: backup of application {engine!r} failed, no snapshot")
+        assert f"database engine plugin {engine!r}" in last and fragment in last, last
+    assert run_cli("snapshots", env=env).out.strip().endswith("0 snapshots")

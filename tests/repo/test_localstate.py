@@ -21,9 +21,11 @@ ids = st.text("0123456789abcdef", min_size=64, max_size=64)
     st.sets(ids, max_size=4),
     st.sets(ids, max_size=4),
     st.dictionaries(ids, st.tuples(ids, st.text(max_size=30), st.booleans()), max_size=3),
+    st.sets(ids, max_size=4),
 )
-def test_round_trip(version, key, seen, forgotten, records) -> None:  # type: ignore[no-untyped-def]
-    doc = StateDoc(version, key, seen, forgotten, {s: SeenRecord(*r) for s, r in records.items()})
+def test_round_trip(version, key, seen, forgotten, records, forgetting) -> None:  # type: ignore[no-untyped-def]
+    doc = StateDoc(version, key, seen, forgotten, {s: SeenRecord(*r) for s, r in records.items()},
+                   forgetting)  # fmt: skip
     assert StateDoc.decode(doc.encode()) == doc
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from jinja2 import Environment, pass_context
 from jinja2.runtime import Context
 
+from casbackup.timezones import in_zone
 from casbackup.units import human_bytes
 
 
@@ -55,7 +56,7 @@ def when(value: Any, tz: dt.tzinfo = dt.UTC) -> str:
 def local_time(t: dt.datetime, tz: dt.tzinfo) -> str:
     """An aware time ``t`` as ``YYYY-MM-DD HH:MM ZONE`` in ``tz`` (the abbreviation, or the
     UTC offset where the zone has none)."""
-    t = t.astimezone(tz)
+    t = in_zone(t, tz)  # never raises, even for the year 9999
     name = t.tzname() or t.strftime("%z")
     return f"{t:%Y-%m-%d %H:%M} {name}"
 
