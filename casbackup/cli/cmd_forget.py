@@ -241,6 +241,10 @@ def _planned(
             f"{warnings[0]}; forget will not decide without every snapshot of a group "
             "('casbackup forget ID' removes a damaged one)"
         )
+    if app is not None and not snaps:  # a typo in a nightly job must not pass unseen
+        known = sorted({s.app for s in repo.list_snapshots(warnings=[]) if s.app})
+        warn(f"no snapshot of application {app!r} in the repository"
+             + (f" (applications with snapshots here: {', '.join(known)})" if known else ""))  # fmt: skip
     records = list_records(repo)
     for w in records.warnings:
         warn(w)

@@ -88,6 +88,14 @@ def test_cli_forget_flags_dry_run_json_and_errors(tmp_path) -> None:  # type: ig
     assert res.code == 2 and "invalid duration" in res.err
     res = run_cli("forget", "--all", "--keep-last", "1", repo=path)
     assert res.code == 2 and res.err.count("\n") == 1
+    # helper-56: a typo in --app removed nothing and said nothing (a nightly job would
+    # never forget anything again, unseen).
+    res = run_cli("forget", "--app", "ap", "--keep-last", "1", repo=path)
+    assert res.code == 0 and "removed 0 snapshots" in res.out, res
+    assert (
+        "warning: no snapshot of application 'ap' in the repository (applications with "
+        "snapshots here: app)" in res.err
+    )
 
 
 def test_cli_forget_all_uses_each_apps_retention(tmp_path) -> None:  # type: ignore[no-untyped-def]
