@@ -178,6 +178,8 @@ class Accounts:
         exist.
         """
         row = self.db.one("SELECT * FROM users WHERE name = ?", (name,))
+        if not _encodable(password):  # no stored password is such: deny at the same cost
+            password, row = "x", None
         if row is None:
             self.hasher.hash(password or "x")
             return None
@@ -299,7 +301,19 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def _encodable(password: str) -> bool:
+    """Whether the password is text a browser can send (UTF-8): bytes read from a pipe that
+    are not UTF-8, or a JSON string with a lone surrogate escape, are not."""
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_password(password: str) -> None:
+    if not _encodable(password):
+        raise UsageError("the password is not UTF-8 text: give one that can be typed at the login")
     if len(password) < MIN_PASSWORD:
         raise UsageError(f"the password must have at least {MIN_PASSWORD} characters")
     if len(password) > 1024:

@@ -119,3 +119,18 @@ def test_the_last_admin_cannot_be_removed_or_demoted(tmp_path: Path) -> None:
     a.update_user("root", role="viewer")
     with pytest.raises(UsageError, match="last admin"):
         a.remove_user("second")
+
+
+def test_a_password_that_is_not_utf8_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """helper-57's weak list, reproduced: `printf '\\xff\\xfe...' | casbackup user add bob
+    --password-stdin` ended in a UnicodeEncodeError traceback from the hasher (the bytes
+    arrive as lone surrogates); a JSON login or user with a lone surrogate escape did too."""
+    a = accounts(tmp_path)
+    odd = "\udcff\udcfeabcdefgh"
+    with pytest.raises(UsageError, match="not UTF-8 text"):
+        a.add_user("bob", odd, "viewer")
+    a.add_user("bob", "long-enough", "viewer")
+    with pytest.raises(UsageError, match="not UTF-8 text"):
+        a.set_password("bob", odd)
+    assert a.authenticate("bob", odd) is None
+    assert a.authenticate("nobody", odd) is None
