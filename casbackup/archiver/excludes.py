@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from casbackup.errors import UsageError
 
 
-def _translate(pattern: str) -> str:
+def _translate(pattern: str, kind: str = "exclude") -> str:
     out = []
     i = 0
     while i < len(pattern):
@@ -31,7 +31,7 @@ def _translate(pattern: str) -> str:
         elif c == "[":
             end = pattern.find("]", i + 1)
             if end == -1:
-                raise UsageError(f"exclude pattern {pattern!r} has an unclosed '['")
+                raise UsageError(f"{kind} pattern {pattern!r} has an unclosed '['")
             body = pattern[i + 1 : end].replace("\\", "\\\\")
             if body.startswith("!"):
                 body = "^" + body[1:]
@@ -59,6 +59,9 @@ class Excluder:
     snapshot is matched as if read at its original path, so ``/srv/app/cache`` still
     excludes the snapshot's copy of that folder.
 
+    ``kind``: what the patterns are to the user ("exclude"; "include" for restore's -i,
+    "search" for find), as the error names them.
+
     Raises UsageError (one line naming the pattern) for a pattern that is not a valid glob.
     """
 
@@ -67,6 +70,7 @@ class Excluder:
         patterns: list[str] | tuple[str, ...],
         exact: frozenset[str] = frozenset(),
         rename: tuple[tuple[str, str], ...] = (),
+        kind: str = "exclude",
     ) -> None:
         self._exact = exact
         self._rename = tuple((r.rstrip("/"), o.rstrip("/")) for r, o in rename)
@@ -80,7 +84,7 @@ class Excluder:
             pattern = pattern.rstrip("/")
             if not pattern:
                 continue
-            body = _translate(pattern)
+            body = _translate(pattern, kind)
             if pattern.startswith("/"):
                 regex = f"^{body}$"
             elif "/" in pattern:
@@ -90,7 +94,7 @@ class Excluder:
             try:
                 compiled = re.compile(regex, re.DOTALL)
             except re.error as exc:  # '[z-a]', '[]': the glob's own syntax, told as such
-                raise UsageError(f"exclude pattern {raw!r} is not valid: {exc.msg}") from None
+                raise UsageError(f"{kind} pattern {raw!r} is not valid: {exc.msg}") from None
             rules.append(_Rule(compiled, negate))
         self._rules = tuple(rules)
 

@@ -79,7 +79,7 @@ class Restorer(FileSender):
         super().__init__(repo, options, reporter)
         self.snapshot = snapshot
         self.exact_acls = options.xattrs and snapshot.xattrs
-        self.includer = Excluder(list(options.includes))
+        self.includer = Excluder(list(options.includes), kind="include")
         self.excluder = Excluder(list(options.excludes))
         self._filtered = bool(self.includer) or bool(self.excluder)  # else every entry is taken
         self._open: dict[int, Folder] = {}  # id -> folder with an open fd (closed on failure)
@@ -88,7 +88,7 @@ class Restorer(FileSender):
         self._included = False  # an --include pattern matched something
         # With several --include patterns, those that matched nothing yet (each warned of)
         self._unmatched = (
-            {p: Excluder([p]) for p in self.includer.patterns if not p.lstrip().startswith("!")}
+            {p: Excluder([p], kind="include") for p in self.includer.patterns if not p.lstrip().startswith("!")}
             if len(self.includer.patterns) > 1
             else {}
         )

@@ -65,7 +65,7 @@ class Finder:
         self.options = options
         # One spelling: '//srv' or '/srv/./x' would be shown as given and miss '/' patterns.
         self.path = "/" + "/".join(parts)
-        self._excluder = Excluder([pattern])
+        self._excluder = Excluder([pattern], kind="search")
         self._path_dependent = "/" in pattern.rstrip("/")
         self._memo: OrderedDict[object, _Result] = OrderedDict()
         self.stats = FindStats()

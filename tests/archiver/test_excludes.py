@@ -32,13 +32,18 @@ def test_cli_and_config_check_say_it_in_one_line(tmp_path: Path) -> None:
     (src / "f").write_text("x")
     repo = str(tmp_path / "repo")
     assert run_cli("init", "--insecure-test-kdf", repo=repo).code == 0
-    for args in (("backup", str(src), "-e", "[z-a]"), ("find", "[]")):
+    # Each names the pattern as the user gave it: find's and restore -i's select, not exclude.
+    for args, kind in (
+        (("backup", str(src), "-e", "[z-a]"), "exclude"),
+        (("find", "[]"), "search"),
+    ):
         res = run_cli(*args, repo=repo)
         assert res.code == 2 and "Traceback" not in res.err, res
-        assert res.err.strip().count("\n") == 0 and "exclude pattern" in res.err, res.err
+        assert res.err.strip().count("\n") == 0 and f"error: {kind} pattern" in res.err, res.err
     assert run_cli("backup", str(src), repo=repo).code == 0
     res = run_cli("restore", "latest", "--target", str(tmp_path / "t"), "-i", "[z-a]", repo=repo)
     assert res.code == 2 and "Traceback" not in res.err, res
+    assert "error: include pattern '[z-a]' is not valid" in res.err, res.err
     cfg = tmp_path / "casbackup.toml"
     cfg.write_text(
         f'[[applications]]\nname = "a"\nsources = ["{src}"]\nexcludes = ["*.log", "[z-a]"]\n'
