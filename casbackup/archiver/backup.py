@@ -148,7 +148,9 @@ class Backup(Walker, FileReading):
             self.repo.stats_blobs_added,
         )
         time_text, start_ns = now_utc()
-        paths = tuple(os.path.abspath(p) for p in opts.paths)
+        # One spelling per source ('/x', '/x/', '/x/../x' are one): the paths are the
+        # group that retention and the next parent go by.
+        paths = tuple(dict.fromkeys(os.path.abspath(p) for p in opts.paths))
         for p in paths:
             if not os.path.lexists(p):
                 raise NotFound(f"source {p} does not exist")

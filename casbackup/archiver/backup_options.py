@@ -128,7 +128,7 @@ def _same_group(snap: Snapshot, options: BackupOptions) -> bool:
     return (
         snap.app is None
         and snap.host == socket.gethostname()
-        and sorted(snap.paths) == sorted(options.paths)
+        and sorted(set(snap.paths)) == sorted(set(options.paths))
     )
 
 

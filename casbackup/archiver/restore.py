@@ -88,7 +88,11 @@ class Restorer(FileSender):
         self._included = False  # an --include pattern matched something
         # With several --include patterns, those that matched nothing yet (each warned of)
         self._unmatched = (
-            {p: Excluder([p], kind="include") for p in self.includer.patterns if not p.lstrip().startswith("!")}
+            {
+                p: Excluder([p], kind="include")
+                for p in self.includer.patterns
+                if not p.lstrip().startswith("!")
+            }
             if len(self.includer.patterns) > 1
             else {}
         )

@@ -111,7 +111,7 @@ class Snapshot:
     def group_key(self) -> tuple[str, ...]:
         if self.app:
             return ("app", self.app)
-        return ("paths", self.host, *sorted(self.paths))
+        return ("paths", self.host, *sorted(set(self.paths)))  # older records held repeats
 
     def encode(self) -> bytes:
         doc = asdict(self)
