@@ -74,6 +74,9 @@ class Ctx:
         # Problems found so far. Validation goes on past one (``attempt``), so a user fixes
         # the whole file in one round instead of one error per run.
         self.problems: list[ConfigError] = []
+        # Read but without effect (keys the seed's files carry that casbackup does not use):
+        # `config check` prints them, every command still runs.
+        self.warnings: list[str] = []
 
     def error(self, key: str | None, message: str) -> ConfigError:
         return ConfigError(message, path=str(self.path), key=key or None)
@@ -146,6 +149,11 @@ class Section:
 
     def has(self, name: str) -> bool:
         return name in self.data
+
+    def unused(self, name: str, why: str) -> None:
+        """Warn (``Ctx.warnings``) that key ``name``, when the file gives it, has no effect."""
+        if name in self.data:
+            self.ctx.warnings.append(f"{self.path(name)} has no effect: {why}")
 
     def raw(self, name: str) -> Any:
         self.used.add(name)

@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -167,7 +168,7 @@ def parse_toml(data: dict[str, object], ctx: Ctx) -> Config:
     )
     ctx.attempt(top.done, [])
     ctx.raise_problems()
-    return config
+    return replace(config, warnings=tuple(ctx.warnings))
 
 
 def _timezone(top: Section) -> str | None:
@@ -269,6 +270,8 @@ def parse_verification(sec: Section) -> VerificationConfig:
         auto_verify=sec.flag("auto_verify", False),
         cleanup_hours=sec.integer("cleanup_hours", 24),
     )
+    sec.unused("cleanup_hours", "each verification removes its sandbox when it ends, and the "
+               "next one sweeps what a killed one left")  # fmt: skip
     sec.done()
     return result
 
@@ -284,6 +287,17 @@ def parse_recovery(sec: Section) -> DisasterRecoveryConfig:
         restore_configs=sec.flag("restore_configs", True),
         generate_reports=sec.flag("generate_reports", True),
     )
+    # The seed's switches for what recover always does: turned off, they would mislead.
+    for key, off, why in (
+        ("enabled", not result.enabled, "recover is always available; who may run it is "
+         "the service's roles (admin)"),
+        ("restore_configs", not result.restore_configs, "recover restores every source of "
+         "the application, its configuration files included"),
+        ("generate_reports", not result.generate_reports, "recover always writes its report "
+         "beside the recovered files"),
+    ):  # fmt: skip
+        if off:
+            sec.unused(key, why)
     sec.done()
     return result
 
@@ -328,6 +342,8 @@ def parse_plugins(sec: Section) -> PluginsConfig:
         directory=sec.ctx.resolve(folder, sec.path("directory")) if folder else None,
         offline_mode=sec.flag("offline_mode", True),
     )
+    sec.unused("directory", "plugins are Python packages installed beside casbackup, found by "
+               "their entry points ('casbackup plugins list')")  # fmt: skip
     sec.done()
     return result
 

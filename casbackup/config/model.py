@@ -21,7 +21,6 @@ password_file = "/etc/casbackup/repo.pass"   # at most one of: password_env, pas
 enabled = true
 sandbox_directory = "/var/tmp/casbackup-sandbox"
 auto_verify = true                           # default for each application
-cleanup_hours = 24
 
 [disaster_recovery]
 enabled = true
@@ -39,7 +38,6 @@ lvm_snapshot_size = "1G"                     # or "20%ORIGIN"
 
 [plugins]
 enabled = false
-directory = "plugins"
 offline_mode = true
 
 [[applications]]

@@ -361,3 +361,25 @@ def test_every_n_minutes_schedule_and_app_repository(tmp_path) -> None:  # type:
         assert "at least 1" in str(exc)
     else:
         raise AssertionError("an interval of 0 was accepted")
+
+
+def test_keys_without_effect_are_said(tmp_path: Path) -> None:
+    """helper-58's weak list: [verification] cleanup_hours and [plugins] directory (and
+    disaster_recovery's switches turned off) were accepted and used nowhere, and nothing
+    said so: a user setting generate_reports = false still got reports, cleanup_hours = 1
+    changed nothing. `config check` names each, with what casbackup does instead."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        'version = 1\n[repository]\nlocation = "r"\n'
+        "[verification]\ncleanup_hours = 1\n"
+        "[disaster_recovery]\nenabled = true\ngenerate_reports = false\n"
+        '[plugins]\ndirectory = "plugins"\n'
+        '[[applications]]\nname = "a"\nsources = ["/srv"]\n'
+    )
+    warnings = load_config(cfg).warnings
+    assert [w.split(" has no effect: ")[0] for w in warnings] == [
+        "verification.cleanup_hours",
+        "disaster_recovery.generate_reports",
+        "plugins.directory",
+    ], warnings
+    assert "recover always writes its report" in warnings[1]
