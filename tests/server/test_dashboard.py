@@ -355,6 +355,9 @@ def test_pages_show_times_in_the_services_zone(env: Env, monkeypatch: pytest.Mon
     night = dt.datetime(2026, 11, 20, 23, 30, tzinfo=dt.UTC)  # 00:30 on the 21st in Berlin
     assert day_strip([night], [], now, berlin)[-1] == ("2026-11-21", "ok")
     assert day_strip([night], [], now)[-2] == ("2026-11-20", "ok")  # in UTC: the day before
+    # A snapshot from a clock at the end of the calendar: no OverflowError east of UTC.
+    end = dt.datetime(9999, 12, 31, 23, 30, tzinfo=dt.UTC)
+    assert day_strip([end], [], now, berlin)[-1] == ("2026-11-21", "none")
 
 
 def test_a_snapshot_dated_in_the_future_does_not_hide_an_overdue_run(

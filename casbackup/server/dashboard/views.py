@@ -21,6 +21,7 @@ from casbackup.server.auth import Principal
 from casbackup.server.dashboard.format import local_time
 from casbackup.server.repos import RepoHandle
 from casbackup.server.service import Service
+from casbackup.timezones import in_zone
 from casbackup.verify.records import VerificationRecord
 
 STRIP_DAYS = 30
@@ -116,10 +117,10 @@ def day_strip(
     """The last ``STRIP_DAYS`` days of zone ``tz`` (the service's: a nightly run at 00:30
     local belongs to its local day), oldest first: ``ok`` when a backup succeeded that day,
     ``failed`` when only failures happened, ``none`` when nothing ran."""
-    today = now.astimezone(tz).date()
+    today = in_zone(now, tz).date()
     days = [today - dt.timedelta(days=i) for i in range(STRIP_DAYS - 1, -1, -1)]
-    ok = {t.astimezone(tz).date() for t in ok_times}
-    failed = {t.astimezone(tz).date() for t in failed_times}
+    ok = {in_zone(t, tz).date() for t in ok_times}  # in_zone: a year-9999 snapshot too
+    failed = {in_zone(t, tz).date() for t in failed_times}
     return [(d.isoformat(), "ok" if d in ok else "failed" if d in failed else "none") for d in days]
 
 
