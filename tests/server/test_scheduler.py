@@ -374,3 +374,28 @@ def test_a_scheduled_check_still_running_is_not_started_again(
     done = s.tick(utc(2026, 1, 1, 2, 0, 10))
     assert sorted(c[0] for c in rec.calls) == ["check", "verify", "verify"], done
     assert any("check:default" in line and "still running" in line for line in done), done
+
+
+def test_the_time_a_schedule_counts_from_is_no_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A service started at 12:00 with a nightly schedule listed 12:00 as the schedule's last
+    # run (/api/schedules), and from 12:30 the dashboard said "the run scheduled at 12:00
+    # did not succeed" for a backup that was never due.
+    from casbackup.server.dashboard.views import overdue_reason
+
+    s, _ = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    start = berlin(2026, 1, 10, 12, 0)
+    s.tick(start)
+
+    def entry() -> dict[str, Any]:
+        return next(e for e in s.overview() if e["app"] == "shop")
+
+    assert entry()["last_run"] is None
+    assert overdue_reason(entry(), None, start + dt.timedelta(hours=3), BERLIN) is None
+    s.tick(berlin(2026, 1, 11, 2, 30, 5))  # its first fire is its last run
+    assert entry()["last_run"] == berlin(2026, 1, 11, 2, 30).isoformat()
+    # The clock set back a year: it counts from the new now, which is no run either.
+    s.tick(berlin(2025, 1, 11, 12, 0))
+    assert entry()["last_run"] is None
+    assert entry()["next_run"] == berlin(2025, 1, 12, 2, 30).isoformat()
