@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from casbackup.config.load import EVERY_TOO_LONG, MAX_EVERY_MINUTES
 from casbackup.errors import CasError, ConfigError
 from casbackup.server.jobs import STOPPED_DURING
+from casbackup.timezones import local_time
 from casbackup.timezones import machine_zone as _local_zone  # noqa: F401 (tests import it here)
 
 if TYPE_CHECKING:
@@ -289,7 +290,7 @@ class Scheduler:
         if succeeded is not None:
             return
         message = (
-            f"the scheduled backup of {e.app} due at {due.isoformat()} has not succeeded "
+            f"the scheduled backup of {e.app} due at {local_time(due, self.tz)} has not succeeded "
             f"(schedule {e.rule.expr!r})"
         )
         log.warning("%s", message)
