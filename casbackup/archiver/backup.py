@@ -41,6 +41,7 @@ from casbackup.archiver.backup_options import (
     database_paths,
     exclude_renames,
     inside,
+    troubled_paths,
     with_link_targets,
 )
 from casbackup.archiver.compare import Counts, race_start_ns
@@ -138,6 +139,8 @@ class Backup(Walker, FileReading):
         self._covered = 0
         self._depth = 0
         self._root_dev: int | None = None
+        self._troubled: frozenset[bytes] = frozenset()
+        self._troubled_dirs: frozenset[bytes] = frozenset()
 
     # ------------------------------------------------------------------ entry
     def run(self) -> BackupResult:
@@ -192,6 +195,8 @@ class Backup(Walker, FileReading):
         # Files seen before the start (sources frozen by file-system snapshots) are
         # guarded from when they were seen.
         self._reuse_start_ns = race_start_ns(reuse) if reuse else 0
+        if reuse is not None:
+            self._troubled, self._troubled_dirs = troubled_paths(reuse.errors)
         if reference is not None:
             # The previous snapshot's size is a good estimate of this one's: it gives the
             # progress line an ETA without a separate scan of the sources.
