@@ -161,7 +161,7 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             and (t := parse_time(j["finished_at"] or j["created_at"])) and t >= since
         ]  # fmt: skip
         last = snaps[-1] if snaps else None
-        hit = sum(s.id in damaged.get(row.repository, ()) for s in snaps)
+        hit = sum(bool({s.id, s.identity} & damaged.get(row.repository, set())) for s in snaps)
         check = checks.get(row.repository)
         cards.append(AppCard(
             name=row.name, description=row.description, repository=row.repository,
