@@ -216,6 +216,22 @@ def passphrase_from(file: str | None, command: str | None) -> bytes:
     return data
 
 
+def password_origin(source: PasswordSource) -> str | None:
+    """Where ``read_password(source)`` takes the passphrase from, in words for a message
+    ("password file /etc/casbackup/repo.pass", "the variable CASBACKUP_PASSWORD"), in the
+    same order of precedence; None when no source gives one (it was asked for on the
+    terminal). Reads nothing and runs nothing."""
+    if source.file:
+        return f"password file {source.file}"
+    if source.command:
+        return f"password command {source.command!r}"
+    if os.environ.get("CASBACKUP_PASSWORD"):
+        return "the variable CASBACKUP_PASSWORD"
+    if source.env_name:
+        return f"the variable {source.env_name} (the config's repository.password_env)"
+    return None
+
+
 def read_password(source: PasswordSource) -> bytes | None:
     """The passphrase from the source, or None when no source gives one (the caller may prompt).
 

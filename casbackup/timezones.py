@@ -77,3 +77,12 @@ def in_zone(when: dt.datetime, tz: dt.tzinfo | None = None) -> dt.datetime:
         except (OverflowError, OSError, ValueError):  # OSError: the C library's localtime
             continue
     return when
+
+
+def local_time(t: dt.datetime, tz: dt.tzinfo) -> str:
+    """An aware time ``t`` as ``YYYY-MM-DD HH:MM ZONE`` in ``tz`` (the abbreviation, or the
+    UTC offset where the zone has none): how a person reads a time, in the dashboard and in
+    the service's notifications alike."""
+    t = in_zone(t, tz)  # never raises, even for the year 9999
+    name = t.tzname() or t.strftime("%z")
+    return f"{t:%Y-%m-%d %H:%M} {name}"

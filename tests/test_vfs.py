@@ -253,3 +253,41 @@ def test_a_sparse_file_counts_only_its_data_as_allocated(repo: Repository, tmp_p
         vfs.read(f"/vm/latest{in_snapshot(src, 'vm.img')}", 0, 5 << 20)
         == (src / "vm.img").read_bytes()
     )
+
+
+def test_one_inode_recorded_with_two_contents_is_two_inodes(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard-linked file rewritten while the backup walked from one of its names to the
+    other holds two contents in the snapshot: one inode number for both would have the
+    kernel serve one name's bytes (its page cache) for the other."""
+    from casbackup.archiver import backup as backup_module
+    from casbackup.archiver.walk import Walker
+    from tests.archiver.conftest import Clock
+
+    monkeypatch.setattr(backup_module, "now_utc", Clock().now_utc)  # files written now not racy
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "z").mkdir()
+    (src / "a" / "first").write_bytes(b"version 1\n")
+    os.link(src / "a" / "first", src / "z" / "second")
+    backup(repo, src, "web")
+    monkeypatch.setattr(Walker, "_start_compares", lambda self, *a: None)
+    kept = Walker._kept_file
+
+    def rewritten_after(self, path, name, st, old):  # type: ignore[no-untyped-def]
+        node = kept(self, path, name, st, old)
+        if name == b"first":
+            with open(path, "r+b") as f:
+                f.write(b"version 2\n")
+        return node
+
+    monkeypatch.setattr(Walker, "_kept_file", rewritten_after)
+    snap = run_backup(repo, BackupOptions(paths=(str(src),), app="web")).snapshot
+    assert snap is not None
+    vfs = Vfs(repo)
+    where = f"/web/{snapshot_folder(snap)}"
+    first = vfs.getattr(where + in_snapshot(src, "a/first"))
+    second = vfs.getattr(where + in_snapshot(src, "z/second"))
+    assert first.ino != second.ino
+    assert vfs.read(where + in_snapshot(src, "z/second"), 0, 100) == b"version 2\n"

@@ -9,8 +9,9 @@ whatever the tree.
 
 Change detection (incremental/differential): a file is reused from the parent's
 tree when size, mtime, ctime and inode match, every chunk is still indexed, and
-neither time is within RACE_MARGIN_NS of the parent's start (borg's guard: a file
-written while the parent ran may have been read half-changed and would then look
+neither time is within RACE_MARGIN_NS of the parent's start, or of its file-system
+snapshots' if taken earlier (archiver/compare.py ``race_start_ns``; borg's guard: a
+file written while the parent ran may have been read half-changed and would then look
 unchanged forever).
 """
 
@@ -40,9 +41,10 @@ from casbackup.archiver.backup_options import (
     database_paths,
     exclude_renames,
     inside,
+    troubled_paths,
     with_link_targets,
 )
-from casbackup.archiver.compare import Counts
+from casbackup.archiver.compare import Counts, race_start_ns
 from casbackup.archiver.delta_bases import BaseFinder, Stopped, store_chunks
 from casbackup.archiver.excludes import Excluder
 from casbackup.archiver.later import Later
@@ -137,6 +139,8 @@ class Backup(Walker, FileReading):
         self._covered = 0
         self._depth = 0
         self._root_dev: int | None = None
+        self._troubled: frozenset[bytes] = frozenset()
+        self._troubled_dirs: frozenset[bytes] = frozenset()
 
     # ------------------------------------------------------------------ entry
     def run(self) -> BackupResult:
@@ -188,7 +192,11 @@ class Backup(Walker, FileReading):
         # were recorded) cannot lend its nodes to a backup that records them, nor the
         # reverse: ctime says the attributes are unchanged, not that they were recorded.
         self._keep_meta = reuse is None or reuse.xattrs == opts.xattrs
-        self._reuse_start_ns = reuse.start_ns if reuse else 0
+        # Files seen before the start (sources frozen by file-system snapshots) are
+        # guarded from when they were seen.
+        self._reuse_start_ns = race_start_ns(reuse) if reuse else 0
+        if reuse is not None:
+            self._troubled, self._troubled_dirs = troubled_paths(reuse.errors)
         if reference is not None:
             # The previous snapshot's size is a good estimate of this one's: it gives the
             # progress line an ETA without a separate scan of the sources.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -113,7 +113,8 @@ def choose_parent(
     """Return (reference, reuse_source): the latest of the group, and what files may be reused from."""
     if options.parent:
         forced = repo.resolve_snapshot(options.parent)
-        return forced, forced
+        # A full reads every file whatever its parent: it is what is run to read them again.
+        return forced, None if options.type == "full" else forced
     group = [s for s in repo.list_snapshots(warnings=[]) if _same_group(s, options)]
     latest = group[-1] if group else None
     if options.type == "full":
@@ -179,3 +180,29 @@ def inside(path: str, sources: tuple[str, ...]) -> bool:
     """Whether ``path`` is one of ``sources`` or below one (absolute paths, no I/O)."""
     path = os.path.abspath(path)
     return any(path == s or path.startswith(s.rstrip("/") + "/") for s in sources)
+
+
+def troubled_paths(errors: Iterable[object]) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """The paths a snapshot's ``errors`` name, and every folder above them.
+
+    An entry whose attribute could not be read is stored without it, and a warning says so
+    once; kept from that snapshot as it stands, it stayed incomplete with every later
+    backup silent about it. Each error is ``<path>: <what>`` (``Backup._problem``); a path
+    may hold ": " itself, so every text before one counts: a wrong one costs reading one
+    entry's metadata again, never a wrong record. The errors are untrusted (a repository
+    record): anything but text is passed over. A snapshot keeps its first
+    MAX_RECORDED_ERRORS (archiver/backup.py) errors: entries past them are not retried.
+    """
+    paths: set[bytes] = set()
+    for message in errors:
+        if not isinstance(message, str):
+            continue
+        end = message.find(": ")
+        while end > 0:
+            paths.add(os.fsencode(message[:end]))
+            end = message.find(": ", end + 2)
+    dirs: set[bytes] = set()
+    for path in paths:
+        while (path := path.rpartition(b"/")[0]) and path not in dirs:
+            dirs.add(path)
+    return frozenset(paths), frozenset(dirs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from stat import S_IMODE, S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any
 
@@ -37,6 +38,7 @@ from casbackup.repo import delta
 from casbackup.repo.ids import Kind
 from casbackup.repo.indexcache import IndexCache
 from casbackup.repo.pack import open_blob, pack_name
+from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import (
     Node,
     NodeKind,
@@ -65,6 +67,7 @@ def file_unchanged(old: Node, st: os.stat_result, reuse_start_ns: int) -> bool:
     Reused when size, mtime, ctime and inode match and neither time is within
     RACE_MARGIN_NS of the parent's start (borg's guard: a file written while the parent
     ran may have been read half-changed and would then look unchanged forever).
+    ``reuse_start_ns``: ``race_start_ns(parent)``.
     """
     if old.kind != NodeKind.FILE or not old.content_hash:
         return False
@@ -76,6 +79,34 @@ def file_unchanged(old: Node, st: os.stat_result, reuse_start_ns: int) -> bool:
     ):
         return False
     return max(st.st_mtime_ns, st.st_ctime_ns) < reuse_start_ns - RACE_MARGIN_NS
+
+
+def race_start_ns(parent: Snapshot) -> int:
+    """When ``parent``'s files were seen, for ``file_unchanged``'s guard (ns since the epoch).
+
+    Its start, or, when its sources were read from file-system snapshots (fssnap/), the
+    time the first of those was taken if earlier: a frozen file is what it was then, and
+    taking snapshots (lvcreate and a mount per volume) can end seconds before the backup
+    starts. Measured from the start, a file rewritten in place in the instant of the
+    freeze (the same size and times before and after, within one timestamp tick) looked
+    unchanged forever, holding the content from before. The times are untrusted text: one
+    that does not parse is passed over; any can only make the guard wider (more re-reads).
+    """
+    start = parent.start_ns
+    for record in parent.fs_snapshots:
+        try:
+            when = datetime.fromisoformat(record.time)
+            if when.utcoffset() is None:
+                when = when.replace(tzinfo=UTC)
+            taken = (when - _EPOCH) // _MICROSECOND * 1000
+        except (TypeError, ValueError, OverflowError):
+            continue
+        start = min(start, taken)
+    return start
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)

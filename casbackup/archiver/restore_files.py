@@ -111,7 +111,7 @@ class FileSender(ABC):
         self.owners = os.geteuid() == 0 if options.owners is None else options.owners
         self.result = RestoreResult()
         self._lock = threading.Lock()
-        self._groups: dict[tuple[int, int], LinkGroup] = {}  # hard-link key -> its group
+        self._groups: dict[tuple[int, int, bytes], LinkGroup] = {}  # Node.link_group -> it
         self._progress = Progress(phase="restore")
         self._report_progress = Throttle(reporter, self._progress)
         self._slots = threading.BoundedSemaphore(min(max(4, options.workers * 4), _MAX_IN_FLIGHT))
@@ -165,7 +165,7 @@ class FileSender(ABC):
 
     # ------------------------------------------------------------------ files
     def _restore_file(self, node: Node, rel_path: bytes, folder: Folder) -> None:
-        key = (node.device, node.inode) if node.nlink > 1 else None  # node.hardlink_key
+        key = node.link_group
         if key is not None:
             with self._lock:
                 group = self._groups.get(key)
@@ -209,7 +209,7 @@ class FileSender(ABC):
         with self._lock:
             self.result.links += 1
 
-    def _first_settled(self, key: tuple[int, int] | None, why: str = "") -> None:
+    def _first_settled(self, key: tuple[int, int, bytes] | None, why: str = "") -> None:
         """The first name of a hard-link group is in place (``why`` empty) or failed: its
         other names that waited are linked to it, or reported."""
         if key is None:
@@ -314,7 +314,7 @@ class FileSender(ABC):
                                    for i, loc in enumerate(locs) if loc.kind != data)  # fmt: skip
             except CasError as exc:
                 self._fail(rel_path, str(exc))
-                self._first_settled(node.hardlink_key, str(exc))
+                self._first_settled(node.link_group, str(exc))
                 continue
             folder = dirs[slot]
             job = FileJob(chunks, node.size, node.content_hash, node.uid, node.gid, node.mode,
@@ -389,7 +389,7 @@ class FileSender(ABC):
             self._finish_dir(folder)
 
     def _written(self, node: Node, rel_path: bytes, written: Written) -> None:
-        key = node.hardlink_key
+        key = node.link_group
         if written.exists:
             self.stop(RestoreError(_exists(rel_path)))
             self._first_settled(key, "exists in the target")

@@ -65,6 +65,10 @@ class Walker:
     _covered: int
     _depth: int
     _root_dev: int | None  # the device of / when / itself is a source, else None
+    # Entries the parent snapshot could not record whole (an attribute that could not be
+    # read), by path, and every folder above them (backup_options.troubled_paths).
+    _troubled: frozenset[bytes]
+    _troubled_dirs: frozenset[bytes]
 
     # ------------------------------------------------------------------ roots
     def _archive_roots(
@@ -187,7 +191,7 @@ class Walker:
         subtree: BlobId,
         old: Node | None = None,
     ) -> Node:
-        if old is not None and old.subtree == subtree and self._same_meta(old, st):
+        if old is not None and old.subtree == subtree and self._same_meta(old, st, path):
             return old  # lets the folder above reuse its tree too
         return node_from_stat(name, st, self._uid_names, self._gid_names, subtree=subtree,
                               xattrs=self._xattrs(path))  # fmt: skip
@@ -196,9 +200,14 @@ class Walker:
         return node_from_stat(name, st, self._uid_names, self._gid_names,
                               xattrs=self._xattrs(path))  # fmt: skip
 
-    def _same_meta(self, old: Node, st: os.stat_result) -> bool:
-        """Whether the parent's node for this entry can stand as it is (``stat_matches``)."""
-        return self._keep_meta and stat_matches(old, st, self._uid_names, self._gid_names)
+    def _same_meta(self, old: Node, st: os.stat_result, path: bytes) -> bool:
+        """Whether the parent's node for the entry at ``path`` can stand as it is
+        (``stat_matches``): not when the parent could not record it whole."""
+        return (
+            self._keep_meta
+            and path not in self._troubled
+            and stat_matches(old, st, self._uid_names, self._gid_names)
+        )
 
     def _xattrs(self, path: bytes) -> Xattrs:
         """The entry's extended attributes (ACLs, capabilities), unless --no-xattrs;
@@ -250,7 +259,7 @@ class Walker:
             except OSError as exc:
                 self._error(path, exc)
                 return None
-        if reuse is not None and reuse.link_target == target and self._same_meta(reuse, st):
+        if reuse is not None and reuse.link_target == target and self._same_meta(reuse, st, path):
             return reuse
         return node_from_stat(name, st, self._uid_names, self._gid_names, link_target=target,
                               xattrs=self._xattrs(path))  # fmt: skip
@@ -461,6 +470,10 @@ class Walker:
         if later is not None:
             self._verdicts.update(later.result())
         counts = self._verdicts.pop(path, None)
+        if path in self._troubled_dirs:
+            # The comparer does not know what the parent could not record (it trusts
+            # ctime for attributes): the walk records those entries again itself.
+            return False, None
         if counts is None or old.subtree is None:
             return later is not None, None
         self._count_kept(*counts)
@@ -480,7 +493,7 @@ class Walker:
     def _kept_file(self, path: bytes, name: bytes, st: os.stat_result, old: Node) -> Node:
         """The node of a file kept from the parent: the parent's own object when nothing
         about the file changed, so its folder's tree can be reused as it is."""
-        if self._same_meta(old, st):
+        if self._same_meta(old, st, path):
             return old
         return node_from_stat(name, st, self._uid_names, self._gid_names, old.content,
                               old.content_hash, xattrs=self._xattrs(path))  # fmt: skip

@@ -27,6 +27,7 @@ from casbackup.maintenance.retention import (
 )
 from casbackup.plan_docs import forget_plan_doc
 from casbackup.repo.repository import Repository
+from casbackup.repo.snapshotstore import no_snapshot_of
 from casbackup.timezones import in_zone
 from casbackup.verify.records import list_records
 
@@ -235,16 +236,15 @@ def _planned(
     """The plan of a retention policy: the flags', or the config's."""
     policy_for = _policy_lookup(ctx, flags, app, use_all)
     warnings: list[str] = []
-    snaps = [s for s in repo.list_snapshots(warnings=warnings) if app is None or s.app == app]
+    every = repo.list_snapshots(warnings=warnings)
+    snaps = [s for s in every if app is None or s.app == app]
     if warnings:
         raise UsageError(
             f"{warnings[0]}; forget will not decide without every snapshot of a group "
             "('casbackup forget ID' removes a damaged one)"
         )
     if app is not None and not snaps:  # a typo in a nightly job must not pass unseen
-        known = sorted({s.app for s in repo.list_snapshots(warnings=[]) if s.app})
-        warn(f"no snapshot of application {app!r} in the repository"
-             + (f" (applications with snapshots here: {', '.join(known)})" if known else ""))  # fmt: skip
+        warn(no_snapshot_of(app, every))
     records = list_records(repo)
     for w in records.warnings:
         warn(w)

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 import click
 
-from casbackup.access import read_secret_file
-from casbackup.cli.context import ask_secret, global_options, with_repository
-from casbackup.cli.render import emit_json, printable
+from casbackup.access import PasswordSource, password_origin, read_secret_file
+from casbackup.cli.context import GlobalOptions, ask_secret, global_options, with_repository
+from casbackup.cli.render import emit_json, printable, warn
 from casbackup.crypto.keyfile import WEAK_KDF, KdfParams
 from casbackup.errors import UsageError
 from casbackup.maintenance.keys import add_key, change_password, list_keys, remove_key
@@ -116,6 +117,28 @@ def key_passwd(repo: Repository, ctx: click.Context, new_password_file: str | No
         {"added": new, "removed": old},
         f"passphrase changed: key {old[:8]} replaced by {new[:8]}",
     )
+    stale = _stale_source(global_options(ctx), new_password_file)
+    if stale is not None:
+        # The old passphrase's source is not ours to rewrite (a file, a secret store, a
+        # variable), yet every later command, and the service's scheduled backups, read it
+        # and would now fail with "wrong passphrase": the user has to hear where it is.
+        warn(
+            f"the old passphrase came from {stale}, which still gives it: put the new one "
+            "there, and wherever else this repository's passphrase is kept (other machines, "
+            "the config 'casbackup serve' reads), or every command that uses it fails with "
+            "'wrong passphrase'"
+        )
+
+
+def _stale_source(opts: GlobalOptions, new_password_file: str | None) -> str | None:
+    """Where the passphrase just replaced came from, when that source still gives it;
+    None when it was typed at a prompt, or is the very file the new one was read from."""
+    source = PasswordSource(opts.password_file, opts.password_command, opts.password_env)
+    if source.file and new_password_file:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(source.file, new_password_file):
+                return None  # the new passphrase was read from it too: nothing to update
+    return password_origin(source)
 
 
 def _done(ctx: click.Context, doc: dict[str, str], text: str) -> None:

@@ -12,6 +12,7 @@ from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import cell, emit_json, human_bytes, plural, warn
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot, split_tag_args
+from casbackup.repo.snapshotstore import no_snapshot_of
 from casbackup.timezones import in_zone
 from casbackup.verify.records import list_records, state_label
 
@@ -30,7 +31,10 @@ def snapshots(
     """List snapshots."""
     opts = global_options(ctx)
     warnings: list[str] = []
-    snaps = [s for s in repo.list_snapshots(warnings=warnings) if (app is None or s.app == app)]
+    every = repo.list_snapshots(warnings=warnings)
+    snaps = [s for s in every if (app is None or s.app == app)]
+    if app is not None and not snaps:  # a mistyped --app must not read as "never backed up"
+        warnings.append(no_snapshot_of(app, every))
     if tags:
         wanted = set(split_tag_args(tags))
         snaps = [s for s in snaps if wanted <= set(s.tags)]

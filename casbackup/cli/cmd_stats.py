@@ -9,6 +9,7 @@ from casbackup.cli.render import emit_json, human_bytes, plural, reporter_for, w
 from casbackup.errors import NotFound
 from casbackup.maintenance.stats import Stats, repository_stats, snapshot_stats
 from casbackup.repo.repository import Repository
+from casbackup.repo.snapshotstore import no_snapshot_of
 
 
 @click.command()
@@ -27,9 +28,10 @@ def stats(repo: Repository, ctx: click.Context, snapshot: str | None, app: str |
             snaps = [repo.resolve_snapshot(snapshot, app=app)]
             scope = f"snapshot {snaps[0].short_id}"
         else:
-            snaps = [s for s in repo.list_snapshots(warnings=warnings) if s.app == app]
+            every = repo.list_snapshots(warnings=warnings)
+            snaps = [s for s in every if s.app == app]
             if not snaps:
-                raise NotFound(f"no snapshot of application {app!r} in the repository")
+                raise NotFound(no_snapshot_of(str(app), every))
             scope = f"application {app} ({plural(len(snaps), 'snapshot')})"
         reporter = reporter_for(ctx)
         try:

@@ -34,6 +34,7 @@ from casbackup.recovery.connection import connection_spec, describe
 from casbackup.recovery.journal import Journal, journal_path, read_journal
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
+from casbackup.repo.snapshotstore import no_snapshot_of
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.units import human_bytes, plural
 from casbackup.verify.dumps import (
@@ -62,6 +63,9 @@ class RecoverOptions:
     allow_unverified: bool = False
     report: str | None = None  # FILE: FILE.json and FILE.md; None: in the target
     workers: int = 2
+    # An application with no snapshot is reported with the names of those that have some
+    # (a mistyped --app); off where the caller may see only some applications (the service)
+    name_apps: bool = True
 
 
 @dataclass(frozen=True)
@@ -142,9 +146,10 @@ def choose_snapshot(
     """(snapshot, its newest verification record, warnings); refuses an unverified one."""
     records = records or list_records(repo)
     latest = records.latest_by_snapshot()
-    snaps = [s for s in repo.list_snapshots(warnings=[]) if s.app == options.app]
+    every = repo.list_snapshots(warnings=[])
+    snaps = [s for s in every if s.app == options.app]
     if not snaps:
-        raise RecoveryError(f"the repository has no snapshot of application {options.app!r}")
+        raise RecoveryError(no_snapshot_of(options.app, every if options.name_apps else ()))
     verified = [s for s in snaps if latest.get(s.identity) is not None and latest[s.identity].ok]
     newest_verified = (
         f"the newest verified one is {_describe_snap(verified[-1], latest[verified[-1].identity])}"
@@ -153,7 +158,7 @@ def choose_snapshot(
     )
     warnings: list[str] = []
     if options.snapshot:
-        snap = repo.resolve_snapshot(options.snapshot, app=options.app)
+        snap = repo.resolve_snapshot(options.snapshot, app=options.app, name_apps=options.name_apps)
         if snap.app != options.app:
             raise RecoveryError(
                 f"snapshot {snap.short_id} belongs to {snap.app or 'no application'}, "

@@ -27,6 +27,25 @@ FUTURE_SKEW_NS = 10 * 60 * 10**9
 TREE_DELTA_MIN = 4096
 
 
+# At most this many application names in a message: the names come from snapshots, which
+# whoever can write the storage may plant by the thousand.
+_APPS_SHOWN = 10
+
+
+def no_snapshot_of(app: str, snapshots: Iterable[Snapshot]) -> str:
+    """The message for an application of which ``snapshots`` (all a repository lists) hold
+    none, naming the applications they do hold: a mistyped ``--app`` is the usual cause,
+    and the names say what to type instead."""
+    known = sorted({s.app for s in snapshots if s.app})
+    if not known:
+        return f"no snapshot of application {app!r} in the repository"
+    shown = ", ".join(known[:_APPS_SHOWN]) + (", ..." if len(known) > _APPS_SHOWN else "")
+    return (
+        f"no snapshot of application {app!r} in the repository "
+        f"(applications with snapshots here: {shown})"
+    )
+
+
 class SnapshotStore(BlobStore):
     """Trees and snapshots (and this client's screening of them, repo/localstate.py).
 
@@ -227,10 +246,22 @@ class SnapshotStore(BlobStore):
         remember_snapshot(self.state, fid, forgotten=True)
 
     def resolve_snapshot(
-        self, ref: str, *, app: str | None = None, paths: Iterable[str] | None = None
+        self,
+        ref: str,
+        *,
+        app: str | None = None,
+        paths: Iterable[str] | None = None,
+        name_apps: bool = True,
     ) -> Snapshot:
+        """The snapshot ``ref`` names: a full id, a unique prefix (AmbiguousId otherwise),
+        or "latest" (of ``app``, and of exactly ``paths``, when given). NotFound when none;
+        for an ``app`` without snapshots the message names the applications that have
+        some, unless ``name_apps`` is False (a caller that may see only some of them)."""
         if ref == "latest":
-            snaps = [s for s in self.list_snapshots(warnings=[]) if app is None or s.app == app]
+            every = self.list_snapshots(warnings=[])
+            snaps = [s for s in every if app is None or s.app == app]
+            if app is not None and not snaps:
+                raise NotFound(no_snapshot_of(app, every if name_apps else ()))
             if paths is not None:
                 wanted = tuple(sorted(paths))
                 snaps = [s for s in snaps if tuple(sorted(s.paths)) == wanted]

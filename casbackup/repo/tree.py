@@ -97,6 +97,17 @@ class Node:
             return (self.device, self.inode)
         return None
 
+    @property
+    def link_group(self) -> tuple[int, int, bytes] | None:
+        """Names of one snapshot that restore (and the FUSE view) give back as hard links
+        of one another: one inode recorded with one content. Names of one inode can hold
+        different contents: a file rewritten while the backup walked from one of its names
+        to the next keeps the first from the parent and reads the second. Linked, a name
+        came back with the other's content."""
+        if self.kind == NodeKind.FILE and self.nlink > 1:
+            return (self.device, self.inode, self.content_hash)
+        return None
+
 
 def valid_name(name: bytes) -> bool:
     return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name

@@ -117,8 +117,8 @@ class JobManager:
         not asked again at every start)."""
         now = time.time()
         lost = self.db.query(
-            "SELECT id, app FROM jobs WHERE kind='backup' AND state IN ('queued','running')"
-            " ORDER BY id"
+            "SELECT id, app, state, created_at, started_at FROM jobs WHERE kind='backup'"
+            " AND state IN ('queued','running') ORDER BY id"
         )
         cur = self.db.execute(
             "UPDATE jobs SET state='interrupted', finished_at=?, error=COALESCE(error, "
@@ -127,10 +127,16 @@ class JobManager:
         )
         # A backup lost to a crash or a power cut is a failure its notifiers hear of now, not
         # only (if they listen for it) as 'overdue' at the schedule's next fire time.
+        # Told maybe hours later: the message says which backup, when, in the user's zone.
+        when = self.notices.when
         for r in lost:
-            self.notices.owe(
-                r["id"], f"the service stopped before this backup finished (job {r['id']})"
-            )
+            if r["state"] == "running":
+                message = (f"the service stopped before this backup finished (job {r['id']}, "
+                           f"started {when(r['started_at'])})")  # fmt: skip
+            else:
+                message = (f"the service stopped before this backup of {r['app']} started "
+                           f"(job {r['id']}, queued {when(r['created_at'])}): it did not run")  # fmt: skip
+            self.notices.owe(r["id"], message)
         self.notices.send_owed(only_if_delivered=False)
         return cur.rowcount
 
@@ -155,7 +161,8 @@ class JobManager:
         for t in list(self._threads):
             t.join(5)
         waiting = self.db.query(
-            "SELECT id, app FROM jobs WHERE kind='backup' AND state='queued' ORDER BY id"
+            "SELECT id, app, created_at FROM jobs WHERE kind='backup' AND state='queued'"
+            " ORDER BY id"
         )
         self.db.execute(
             "UPDATE jobs SET state='interrupted', finished_at=?, error='the service stopped "
@@ -164,7 +171,8 @@ class JobManager:
         )
         for row in waiting:
             self.notices.owe(row["id"], f"the service stopped before this backup of {row['app']} "
-                      f"started (job {row['id']}): it did not run")  # fmt: skip
+                             f"started (job {row['id']}, queued {self.notices.when(row['created_at'])}):"
+                             " it did not run")  # fmt: skip
         self.notices.send_owed(only_if_delivered=True, wait=NOTIFY_AT_STOP_S)
 
     # ----------------------------------------------------------------- submit
@@ -333,9 +341,10 @@ class JobManager:
                     break
                 if chosen is None:
                     return
+                started_at = time.time()
                 claimed = self.db.execute(
                     "UPDATE jobs SET state='running', started_at=? WHERE id=? AND state='queued'",
-                    (time.time(), chosen["id"]),
+                    (started_at, chosen["id"]),
                 )
                 if not claimed.rowcount:
                     continue  # cancelled between the query and now: look again
@@ -347,7 +356,8 @@ class JobManager:
                     self._busy_repos.add(running.queue)
                 self._running[chosen["id"]] = running
                 thread = threading.Thread(
-                    target=self._run, args=(running, dict(chosen)), name=f"job-{chosen['id']}",
+                    target=self._run, name=f"job-{chosen['id']}",
+                    args=(running, dict(chosen) | {"state": "running", "started_at": started_at}),
                     daemon=True,
                 )  # fmt: skip
                 self._threads = [t for t in self._threads if t.is_alive()]
@@ -373,7 +383,8 @@ class JobManager:
             elif state == "cancelled" and running.by_service and row["kind"] == "backup":
                 # Sent by ``shutdown`` once every job has ended (or at the next start).
                 self.notices.owe(job_id, f"the service stopped during this backup of {row['app']} "
-                                 f"(job {job_id}): it was cancelled and no snapshot was saved")  # fmt: skip
+                                 f"(job {job_id}, started {self.notices.when(row['started_at'])}):"
+                                 " it was cancelled and no snapshot was saved")  # fmt: skip
                 if not self._stopping:  # the worker heard the stop first; or only it was told
                     self.notices.send_owed(only_if_delivered=True)
             snapshot_id = (result or {}).get("snapshot_id") if row["kind"] == "backup" else None

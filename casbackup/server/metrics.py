@@ -4,7 +4,11 @@ Values are read when scraped (a custom collector), from the repositories (snapsh
 by id, so a scrape lists folders and reads only new snapshots) and the state database:
 
 - per application: last successful backup time, its bytes added, duration and files; snapshot
-  count; last verification result and time;
+  count; last verification result and time. "Last" is the newest not dated after now: a
+  snapshot or record written while a clock ran ahead would otherwise stand for every run
+  until that date, and ``time() - casbackup_last_backup_timestamp_seconds > 26h`` (the
+  usual alert) would stay silent for as long as the clock was ahead (a year ahead: a year);
+  the dashboard and the scheduler's overdue check skip those too;
 - per repository: stored size (cached for ``SIZE_CACHE_S``: listing every pack on each scrape
   would cost more than it tells);
 - jobs by kind and outcome.
@@ -52,7 +56,7 @@ class ServiceCollector:
         registry = self.service.registry
         g = {
             "last_backup": GaugeMetricFamily("casbackup_last_backup_timestamp_seconds",
-                                             "Time of the newest snapshot of the application", labels=["app"]),
+                                             "Time of the newest snapshot of the application not dated after now", labels=["app"]),
             "bytes_added": GaugeMetricFamily("casbackup_last_backup_added_bytes",
                                              "Bytes the newest snapshot added to the repository", labels=["app"]),
             "duration": GaugeMetricFamily("casbackup_last_backup_duration_seconds",
@@ -79,11 +83,13 @@ class ServiceCollector:
             except CasError:
                 g["up"].add_metric([key], 0)
                 continue
+            now = self.service.clock()
             latest, counts = {}, {}
-            for s in snaps:
+            for s in snaps:  # oldest first: later ones win
                 if s.app and registry.repo_key_for(s.app) == key:
-                    latest[s.app] = s
                     counts[s.app] = counts.get(s.app, 0) + 1
+                    if _ts(s.time) <= now:
+                        latest[s.app] = s
             for app, s in latest.items():
                 g["last_backup"].add_metric([app], _ts(s.time))
                 g["bytes_added"].add_metric([app], s.summary.bytes_added)
@@ -92,7 +98,7 @@ class ServiceCollector:
                 g["snapshots"].add_metric([app], counts[app])
             newest: dict[str, Any] = {}
             for r in records:  # oldest first (records.sort_records): later ones win
-                if r.app and registry.repo_key_for(r.app) == key:
+                if r.app and registry.repo_key_for(r.app) == key and _ts(r.time) <= now:
                     newest[r.app] = r
             for app, r in newest.items():
                 g["ver_time"].add_metric([app], _ts(r.time))

@@ -16,12 +16,15 @@ start-up or (beyond ``wait``) the stop.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sqlite3
 import threading
 from typing import TYPE_CHECKING, Any
 
+from casbackup.errors import CasError
 from casbackup.notify import Event, dispatch
+from casbackup.timezones import local_time
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -70,6 +73,18 @@ class Notices:
                 dispatch(notifiers, event, offline_mode=offline)
 
         self._started(threading.Thread(target=send, name="notify-failure", daemon=True))
+
+    def when(self, epoch: float | None) -> str:
+        """``epoch`` (UTC seconds) as a person reads it in the service's zone (that of the
+        schedules): a notice may be sent hours after the backup it is about (at the next
+        start), and says which one it was."""
+        if epoch is None:
+            return "at an unknown time"
+        try:
+            tz = self.service.zone()
+        except CasError:  # a zone this machine no longer knows: UTC, said as such
+            tz = dt.UTC
+        return local_time(dt.datetime.fromtimestamp(epoch, dt.UTC), tz)
 
     def owe(self, job_id: int, message: str) -> None:
         """Record that the job's application must hear ``failure`` with ``message``."""

@@ -7,7 +7,8 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
   spring change runs at the first valid minute after it, a time repeated in autumn runs once),
   ``@daily`` and friends, and the seed's interval (``@every 15m``, counted from the last run).
 - State: the last fire time of each schedule is kept in the state database, so a restart knows
-  what it missed. A schedule seen for the first time starts counting from now.
+  what it missed. A schedule seen for the first time starts counting from now; that is no
+  run (``from:<key>``), so the overview shows no last run until it first fires.
 - Clock: the wall clock is read on every tick, at least every ``tick_s`` (30 s) seconds, never
   derived from a sleep: a laptop or VM that slept notices the time jump at its next tick. A
   clock set back before a schedule's last fire (it ran ahead) counts from now, with a warning.
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from casbackup.config.load import EVERY_TOO_LONG, MAX_EVERY_MINUTES
 from casbackup.errors import CasError, ConfigError
 from casbackup.server.jobs import STOPPED_DURING
+from casbackup.timezones import local_time
 from casbackup.timezones import machine_zone as _local_zone  # noqa: F401 (tests import it here)
 
 if TYPE_CHECKING:
@@ -176,6 +178,19 @@ class Scheduler:
             (key, when.timestamp(), job),
         )
 
+    def _count_from(self, key: str, when: dt.datetime) -> None:
+        """Count schedule ``key`` from ``when``, which is no fire (first sight, a clock set
+        back): ``from:<key>`` remembers that the time it counts from did not run."""
+        self._set_last(key, when)
+        self._set_last(f"from:{key}", when)
+
+    def _last_run(self, key: str) -> dt.datetime | None:
+        """The fire time the schedule last reached (run, or skipped and so overdue), or None
+        when it has reached none since it began counting: the time it counts from is no run,
+        and the dashboard would call it one that did not succeed."""
+        last, since = self._last(key), self._last(f"from:{key}")
+        return None if last is None or (since is not None and last <= since) else last
+
     def next_run(self, entry: Entry) -> dt.datetime:
         last = self._last(entry.key)
         return entry.rule.next_after(last if last is not None else self.clock())
@@ -190,7 +205,7 @@ class Scheduler:
             entries = list(self.entries)
         out = []
         for e in entries:
-            last = self._last(e.key)
+            last = self._last_run(e.key)
             out.append({"key": e.key, "kind": e.kind, "app": e.app, "repository": e.repo,
                         "schedule": e.rule.expr, "timezone": str(self.tz),
                         "last_run": last.isoformat() if last else None,
@@ -208,7 +223,7 @@ class Scheduler:
         for e in entries:
             last = self._last(e.key)
             if last is None:
-                self._set_last(e.key, now)  # first sight: count from now, do not fire at once
+                self._count_from(e.key, now)  # first sight: count from now, do not fire at once
                 continue
             if last.timestamp() > now.timestamp() + GRACE_S:
                 last = self._clock_went_back(e, last, now)
@@ -251,7 +266,7 @@ class Scheduler:
             "DELETE FROM schedule_state WHERE key IN (?,?) AND last_fire > ?",
             (f"due:{e.key}", f"overdue:{e.key}", now.timestamp()),
         )
-        self._set_last(e.key, now)
+        self._count_from(e.key, now)
         return now
 
     # ----------------------------------------------------------------- overdue
@@ -275,7 +290,7 @@ class Scheduler:
         if succeeded is not None:
             return
         message = (
-            f"the scheduled backup of {e.app} due at {due.isoformat()} has not succeeded "
+            f"the scheduled backup of {e.app} due at {local_time(due, self.tz)} has not succeeded "
             f"(schedule {e.rule.expr!r})"
         )
         log.warning("%s", message)

@@ -178,7 +178,8 @@ def _app(job: Job) -> Any:
 
 def _snapshot(job: Job) -> Any:
     ref = job.params.get("snapshot") or "latest"
-    snap = job.repo.resolve_snapshot(ref, app=job.app)
+    # A job's user may be limited to some applications: no message names the others.
+    snap = job.repo.resolve_snapshot(ref, app=job.app, name_apps=False)
     if job.app and snap.app != job.app:
         raise NotFound(f"snapshot {snap.short_id} is not a snapshot of application {job.app!r}")
     return snap
@@ -372,7 +373,7 @@ def run_recover_job(job: Job) -> dict[str, Any]:
     options = RecoverOptions(
         app=job.app or "", target=p["target"], snapshot=p.get("snapshot"),
         databases=bool(p.get("databases", True)), dry_run=bool(p.get("dry_run")),
-        allow_unverified=bool(p.get("allow_unverified")),
+        allow_unverified=bool(p.get("allow_unverified")), name_apps=False,
     )  # fmt: skip
     with job.repo.locked(command="serve: recover"):
         try:

@@ -235,10 +235,12 @@ class Vfs:
         snap = parent.snapshot
         assert snap is not None
         path = f"{parent.path}/{os.fsdecode(node.name)}"
-        key = node.hardlink_key
+        key = node.link_group
         if key is not None:
-            # Hard links share one inode number, so `cp -a` and `find -samefile` see them as links.
-            ino = _ino("hardlink", snap.id, str(key[0]), str(key[1]))
+            # Hard links share one inode number, so `cp -a` and `find -samefile` see them as
+            # links; not names recorded with different contents (Node.link_group), which the
+            # kernel would then serve from one page cache.
+            ino = _ino("hardlink", snap.id, str(key[0]), str(key[1]), key[2])
         else:
             ino = _ino("node", snap.id, path.split("/", 3)[3])
         return Entry(path, node, ino, snap, node.subtree if node.kind == NodeKind.DIR else None)

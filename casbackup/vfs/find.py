@@ -18,6 +18,7 @@ from casbackup.errors import CasError, NotFound, UsageError
 from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.snapshotstore import no_snapshot_of
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.units import plural
 
@@ -71,9 +72,12 @@ class Finder:
         self.stats = FindStats()
 
     def snapshots(self) -> list[Snapshot]:
-        snaps = self.repo.list_snapshots(warnings=self.stats.warnings)
+        every = self.repo.list_snapshots(warnings=self.stats.warnings)
+        snaps = every
         if self.options.app is not None:
-            snaps = [s for s in snaps if s.app == self.options.app]
+            snaps = [s for s in every if s.app == self.options.app]
+            if not snaps:  # a mistyped --app must not read as "never backed up"
+                self.stats.warnings.append(no_snapshot_of(self.options.app, every))
         if self.options.newest is not None:
             snaps = snaps[-self.options.newest :] if self.options.newest > 0 else []
         return snaps

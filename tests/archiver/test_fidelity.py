@@ -141,6 +141,51 @@ def test_a_changed_attribute_is_seen_by_an_incremental(  # type: ignore[no-untyp
     assert ("U", str(attributed / "f")) in got and ("U", str(deep / "g")) in got
 
 
+def test_an_attribute_unreadable_once_is_read_again_by_the_next_backup(  # type: ignore[no-untyped-def]
+    repo, attributed: Path, clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attribute that could not be read (an I/O error, a denial since lifted) left its
+    entry recorded without it: exit 3 once, then every incremental kept that entry as the
+    parent recorded it, exit 0, and the attribute was never stored nor warned about again.
+    An entry the parent could not record whole is recorded again (its contents reused)."""
+    deep = attributed / "a" / "b" / "c"  # deep enough for the readers' subtree comparison
+    deep.mkdir(parents=True)
+    (deep / "g").write_bytes(b"g")
+    os.setxattr(deep / "g", "user.deep", b"d")
+    os.setxattr(deep, "user.dir", b"on c")
+    os.symlink("g", deep / "to-g")
+    real = os.getxattr
+    failing = {"user.test", "user.deep", "user.dir"}
+
+    def flaky(path, name, *a, **kw):  # type: ignore[no-untyped-def]
+        if name in failing:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, name, *a, **kw)
+
+    monkeypatch.setattr(os, "getxattr", flaky)
+    first = backup(repo, attributed, type="full")
+    assert len(first.warnings) == 3
+    failing.clear()  # the fault is gone; the files are as they were
+    second = backup(repo, attributed, type="incremental")
+    assert second.warnings == []
+    snap = second.snapshot
+    assert dict(node_at(repo, snap, attributed / "f").xattrs)[b"user.test"] == b"1"
+    assert dict(node_at(repo, snap, deep / "g").xattrs) == {b"user.deep": b"d"}
+    assert dict(node_at(repo, snap, deep).xattrs) == {b"user.dir": b"on c"}
+    assert snap is not None and snap.summary.files_changed == 0  # contents were reused
+    # Recorded whole now: the next one keeps them as they are.
+    third = backup(repo, attributed, type="incremental").snapshot
+    assert third is not None and third.tree == snap.tree
+
+
+def test_troubled_paths_reads_any_name_back_from_the_errors() -> None:
+    from casbackup.archiver.backup_options import troubled_paths
+
+    odd = os.fsdecode(b"/s/a: b/\xff\nx")  # ": " inside, a newline, a byte not UTF-8
+    paths, dirs = troubled_paths([f"{odd}: extended attribute user.x: I/O error", 5, None])
+    assert b"/s/a: b/\xff\nx" in paths and {b"/s", b"/s/a: b"} <= dirs
+
+
 def test_a_parent_without_attributes_does_not_hide_them(  # type: ignore[no-untyped-def]
     repo, attributed: Path, clock, reads
 ) -> None:

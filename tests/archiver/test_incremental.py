@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
 from casbackup.archiver.restore import RestoreOptions, restore
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.snapshot import FsSnapshotRecord, Snapshot
 from casbackup.testing.fixtures import open_repo
 from casbackup.verify.check import CheckOptions, check
 from casbackup.verify.repair import repair_index
@@ -74,6 +75,28 @@ def test_without_app_parent_is_same_paths(repo, tmp_path, clock, reads) -> None:
     reads.clear()
     again = backup(repo, a, "incremental", app=None)
     assert again.snapshot.parent == first.snapshot.id
+    assert reads == []
+
+
+def test_a_full_backup_with_a_chosen_parent_still_reads_every_file(
+    repo, tmp_path, clock, reads
+) -> None:  # type: ignore[no-untyped-def]
+    """``--type full --parent X`` read nothing: it kept every unchanged file from X and was
+    recorded as a full, so a full run to read everything again (after a doubt about the
+    sources or the repository) silently did not. The parent names the chain; a full reads."""
+    src = tmp_path / "src"
+    make_files(src, 3)
+    first = backup(repo, src, "full").snapshot
+    reads.clear()
+    options = BackupOptions(paths=(str(src),), type="full", app="web", parent=first.id)
+    again = run_backup(repo, options).snapshot
+    assert sorted(reads) == [b"f0", b"f1", b"f2"]
+    assert again.type == "full" and again.parent == first.id
+    assert again.summary.bytes_read == sum(2000 + i for i in range(3))
+    # An incremental or differential with a chosen parent reuses that parent's files.
+    reads.clear()
+    options = BackupOptions(paths=(str(src),), type="differential", app="web", parent=first.id)
+    assert run_backup(repo, options).snapshot.base_full == first.id
     assert reads == []
 
 
@@ -172,6 +195,37 @@ def test_race_guard_rereads_files_written_as_the_parent_started(
     s2 = backup(repo, src, "incremental").snapshot
     assert sorted(reads) == [b"f0", b"f1"]
     assert s2.summary.files_unchanged == 4
+
+
+def test_race_guard_counts_from_when_the_file_system_snapshot_was_taken(
+    repo, tmp_path, clock, reads
+) -> None:  # type: ignore[no-untyped-def]
+    """A source read from a file-system snapshot holds each file as it was when the snapshot
+    was taken, seconds before the backup starts when snapshots take a while (lvcreate and a
+    mount per volume). A file rewritten in place around that moment can have the same size
+    and times before and after (one timestamp tick, a second on coarse file systems): it
+    must be read again next time, as one written as a live backup starts is."""
+    src, frozen = tmp_path / "src", tmp_path / "frozen"
+    src.mkdir()
+    make_files(frozen, 1)  # what the snapshot holds, read in the source's place
+    make_files(frozen / "sub", 3)
+    start = clock.peek()
+    taken = start - 10 * 1_000_000_000  # the snapshot: 10 s before the backup's start
+    for where in (frozen, frozen / "sub"):
+        os.utime(where / "f0", ns=(taken, taken))  # written as the snapshot was taken
+    os.utime(frozen / "sub", ns=(taken - 10**10, taken - 10**10))
+    when = datetime.fromtimestamp(taken / 1e9, UTC).isoformat()
+    options = BackupOptions(
+        paths=(str(src),), app="web", read_from=((str(src), str(frozen)),),
+        fs_snapshots=(FsSnapshotRecord(str(src), "lvm", "vg/lv", when),),
+    )  # fmt: skip
+    first = run_backup(repo, options).snapshot
+    assert first is not None and first.start_ns == start
+    reads.clear()
+    second = run_backup(repo, options).snapshot
+    assert second is not None
+    assert sorted(reads) == [b"f0", b"f0"]  # both, the one the comparer saw too
+    assert second.summary.files_unchanged == 4
 
 
 def test_replaced_file_with_same_size_and_mtime_is_reread(repo, tmp_path, clock, reads) -> None:  # type: ignore[no-untyped-def]

@@ -196,6 +196,45 @@ def test_hard_links_are_restored_as_links_among_batched_files(tmp_path: Path, wo
     repo.close()
 
 
+def test_hard_link_changed_between_its_names_restores_what_each_name_recorded(
+    tmp_path: Path, clock, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A hard-linked file rewritten while an incremental backup walks between its names:
+    the first name is kept from the parent (old content), the second is read (new
+    content). Restore linked the second to the first, so it came back with the old
+    content without a word; each name must come back with the content recorded for it."""
+    from casbackup.archiver.walk import Walker
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "z").mkdir()
+    (src / "a" / "first").write_bytes(b"version 1\n")
+    os.link(src / "a" / "first", src / "z" / "second")
+    old = time.time_ns() - 3600 * 1_000_000_000
+    os.utime(src / "a" / "first", ns=(old, old))
+    repo = make_repo(str(tmp_path / "repo"))
+    assert run_backup(repo, BackupOptions(paths=(str(src),))).snapshot is not None
+    monkeypatch.setattr(Walker, "_start_compares", lambda self, *a: None)  # the walker's own
+    kept = Walker._kept_file
+
+    def rewritten_after(self, path, name, st, old_node):  # type: ignore[no-untyped-def]
+        node = kept(self, path, name, st, old_node)
+        if name == b"first":
+            with open(path, "r+b") as f:  # in place: the other name sees it
+                f.write(b"version 2\n")
+        return node
+
+    monkeypatch.setattr(Walker, "_kept_file", rewritten_after)
+    snap = run_backup(repo, BackupOptions(paths=(str(src),))).snapshot
+    assert snap is not None and snap.summary.files_unchanged == 1
+    out = tmp_path / "out"
+    result = restore(repo, snap, RestoreOptions(target=str(out)))
+    assert result.errors == []
+    assert (restored(out, src) / "a" / "first").read_bytes() == b"version 1\n"
+    assert (restored(out, src) / "z" / "second").read_bytes() == b"version 2\n"
+    repo.close()
+
+
 class KillAWriter(Reporter):
     """Kills one writer process (as the OOM killer would) once files have been written."""
 

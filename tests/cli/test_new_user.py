@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from casbackup.testing.fixtures import run_cli
+import pytest
+
+from casbackup.archiver.backup import BackupOptions, run_backup
+from casbackup.errors import NotFound, RecoveryError
+from casbackup.recovery.plan import RecoverOptions, choose_snapshot
+from casbackup.testing.fixtures import make_repo, run_cli
 from tests.cli.conftest import init_repo
 
 
@@ -20,3 +25,52 @@ def test_prune_says_one_snapshot_uses(tmp_path: Path) -> None:
     assert run_cli("backup", str(src), repo=repo).code == 0
     res = run_cli("prune", "--dry-run", repo=repo)
     assert res.out.splitlines()[0].startswith("2 snapshots use ")
+
+
+def test_a_mistyped_app_names_the_applications_there(tmp_path: Path) -> None:
+    # `find settings.ini --app shpo` said "0 matches in 0 snapshots searched" and `snapshots
+    # --app shpo` "0 snapshots": read as "never backed up". verify, stats, ls and recover
+    # said only "no snapshot of application 'shpo'", not what to type instead.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "settings.ini").write_text("x")
+    repo = init_repo(str(tmp_path / "repo"))
+    assert run_cli("backup", str(src), "--app", "shop", repo=repo).code == 0
+    hint = "no snapshot of application 'shpo' in the repository (applications with snapshots here: shop)"
+    for args in (["snapshots"], ["find", "settings.ini"]):
+        res = run_cli(*args, "--app", "shpo", repo=repo)
+        assert res.code == 0 and f"warning: {hint}" in res.err.splitlines(), (args, res.err)
+    for args, code in (
+        (["verify", "--app", "shpo"], 23),
+        (["stats", "--app", "shpo"], 23),
+        (["ls", "latest", "--app", "shpo"], 23),
+        (["restore", "latest", "--app", "shpo", "--target", str(tmp_path / "r")], 23),
+        (["recover", "--app", "shpo", "--target", str(tmp_path / "r"), "--dry-run"], 30),
+    ):
+        res = run_cli(*args, repo=repo)
+        assert res.code == code and res.err == f"error: {hint}\n", (args, res.err)
+    # The application that is there lists as before, without a warning.
+    res = run_cli("snapshots", "--app", "shop", repo=repo)
+    assert res.code == 0 and res.err == "" and "1 snapshot" in res.out
+    empty = init_repo(str(tmp_path / "empty"))
+    res = run_cli("ls", "latest", "--app", "shop", repo=empty)
+    assert res.err == "error: no snapshot of application 'shop' in the repository\n"
+
+
+def test_the_service_names_no_other_application(tmp_path: Path) -> None:
+    # The service's users may be limited to some applications: a job's error about one
+    # without snapshots must not list the names of the others (they answer 404).
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    repo = make_repo(str(tmp_path / "repo"))
+    run_backup(repo, BackupOptions(paths=(str(src),), app="secret-payroll"))
+    with pytest.raises(NotFound, match="payroll"):
+        repo.resolve_snapshot("latest", app="shop")
+    with pytest.raises(NotFound) as caught:
+        repo.resolve_snapshot("latest", app="shop", name_apps=False)
+    assert str(caught.value) == "no snapshot of application 'shop' in the repository"
+    options = RecoverOptions(app="shop", target=str(tmp_path / "t"), name_apps=False)
+    with pytest.raises(RecoveryError) as failed:
+        choose_snapshot(repo, options)
+    assert "payroll" not in str(failed.value)

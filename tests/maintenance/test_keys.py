@@ -104,3 +104,38 @@ def test_a_key_over_the_cost_limit_does_not_count_as_a_way_in(repo, repo_path) -
     with pytest.raises(UsageError, match="last key"):
         remove_key(repo, repo.key_name.rsplit("/", 1)[1], force=True)
     assert open_repo(repo_path).key_name == repo.key_name
+
+
+def test_passwd_says_where_the_old_passphrase_still_lives(repo_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A newcomer keeps the passphrase in a file the config (and `casbackup serve`) reads.
+    # `key passwd` used to end with "passphrase changed" alone: the next command, and every
+    # scheduled backup, then failed with "wrong passphrase" and nothing had said why.
+    old = tmp_path / "repo.pass"
+    old.write_text(PASSWORD + "\n")
+    new = tmp_path / "new.pass"
+    new.write_text("rotated\n")
+    env = {"CASBACKUP_PASSWORD": "", "CASBACKUP_PASSWORD_FILE": str(old)}
+    res = run_cli(
+        "key", "passwd", "--insecure-test-kdf", "--new-password-file", str(new),
+        repo=repo_path, env=env,
+    )  # fmt: skip
+    assert res.code == 0 and "passphrase changed" in res.out, res.err
+    (line,) = res.err.splitlines()
+    assert line.startswith(f"warning: the old passphrase came from password file {old}")
+    assert "put the new one there" in line
+    # Told so, the user does it, and the next command opens the repository again.
+    old.write_text("rotated\n")
+    assert run_cli("snapshots", repo=repo_path, env=env).code == 0
+    # The new passphrase read from that very file: nothing to tell.
+    res = run_cli(
+        "key", "passwd", "--insecure-test-kdf", "--new-password-file", str(old),
+        repo=repo_path, env=env,
+    )  # fmt: skip
+    assert res.code == 0 and res.err == "", res.err
+    res = run_cli(
+        "--json", "key", "passwd", "--insecure-test-kdf", repo=repo_path,
+        env={"CASBACKUP_PASSWORD": "rotated", "CASBACKUP_NEW_PASSWORD": "again"},
+    )  # fmt: skip
+    warning = json.loads(res.err.splitlines()[-1])
+    assert warning["message_type"] == "warning"
+    assert "the variable CASBACKUP_PASSWORD" in warning["message"]

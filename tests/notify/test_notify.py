@@ -313,7 +313,7 @@ def test_overdue_scheduled_backup_notifies_once_per_missed_run(
         assert fired == ["blog"] and s.overdue == []
         s.tick(utc(12, 0, 10))  # the next fire time: 11:00's run is overdue
         wait_sent(s)
-        assert len(s.overdue) == 1 and "due at 2026-03-02T11:00:00+00:00" in s.overdue[0]
+        assert len(s.overdue) == 1 and "due at 2026-03-02 11:00 UTC" in s.overdue[0]
         [doc] = [json.loads(body) for _m, _p, body in rec.requests]
         assert doc["event"] == "overdue" and doc["app"] == "blog" and doc["snapshot"] is None
         assert other.requests == []  # its on = ["failure"]

@@ -228,8 +228,9 @@ def test_a_clock_set_back_does_not_stop_the_schedule(
     assert len([f for f in fired if f.startswith("blog")]) == 2 * 24 * 4 - 1
     assert "went back" in caplog.text
     # None of these runs succeeded (the recorder runs nothing): each is reported overdue,
-    # not held back by the reports made under the wrong clock.
-    assert any("due at 2026-01-11T01:30:00+00:00" in m for m in s.overdue)
+    # not held back by the reports made under the wrong clock; at the time the schedule
+    # says, in its zone (it said 01:30:00+00:00 for a run the config has at 02:30).
+    assert any("due at 2026-01-11 02:30 CET" in m for m in s.overdue)
 
 
 def test_a_clock_set_back_an_hour_does_not_repeat_a_run(
@@ -323,7 +324,7 @@ def test_a_success_dated_in_the_future_does_not_hide_overdue_runs(
     s.tick(berlin(2026, 1, 11, 2, 30, 10))  # fired; the recorder runs nothing: no success
     s.tick(berlin(2026, 1, 12, 2, 30, 10))
     assert s.overdue == [
-        "the scheduled backup of shop due at 2026-01-11T01:30:00+00:00 has not succeeded "
+        "the scheduled backup of shop due at 2026-01-11 02:30 CET has not succeeded "
         "(schedule '30 2 * * *')"
     ]
 
@@ -374,3 +375,28 @@ def test_a_scheduled_check_still_running_is_not_started_again(
     done = s.tick(utc(2026, 1, 1, 2, 0, 10))
     assert sorted(c[0] for c in rec.calls) == ["check", "verify", "verify"], done
     assert any("check:default" in line and "still running" in line for line in done), done
+
+
+def test_the_time_a_schedule_counts_from_is_no_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A service started at 12:00 with a nightly schedule listed 12:00 as the schedule's last
+    # run (/api/schedules), and from 12:30 the dashboard said "the run scheduled at 12:00
+    # did not succeed" for a backup that was never due.
+    from casbackup.server.dashboard.views import overdue_reason
+
+    s, _ = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    start = berlin(2026, 1, 10, 12, 0)
+    s.tick(start)
+
+    def entry() -> dict[str, Any]:
+        return next(e for e in s.overview() if e["app"] == "shop")
+
+    assert entry()["last_run"] is None
+    assert overdue_reason(entry(), None, start + dt.timedelta(hours=3), BERLIN) is None
+    s.tick(berlin(2026, 1, 11, 2, 30, 5))  # its first fire is its last run
+    assert entry()["last_run"] == berlin(2026, 1, 11, 2, 30).isoformat()
+    # The clock set back a year: it counts from the new now, which is no run either.
+    s.tick(berlin(2025, 1, 11, 12, 0))
+    assert entry()["last_run"] is None
+    assert entry()["next_run"] == berlin(2025, 1, 12, 2, 30).isoformat()

@@ -9,6 +9,7 @@ no notifier could be reached during the stop (the network already down).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -71,15 +72,21 @@ def _start_backups(client: TestClient, tmp_path: Path, count: int) -> list[int]:
     return jobs
 
 
-def _told(tmp_path: Path) -> list[tuple[str, str]]:
+def _timeless(message: str | None) -> str | None:
+    """A notice without the time of its backup (test_a_notice_says_when...: that time)."""
+    return None if message is None else re.sub(r", (started|queued) [^)]*\)", ")", message)
+
+
+def _told(tmp_path: Path) -> list[tuple[str, str | None]]:
     got = [json.loads(f.read_text()) for f in (tmp_path / "events").iterdir()]
-    return sorted((e["event"], e["message"]) for e in got)
+    return sorted((e["event"], _timeless(e["message"])) for e in got)
 
 
 def _rows(tmp_path: Path) -> list[Any]:
     db = StateDB(tmp_path / "st")
     try:
-        return [tuple(r) for r in db.query("SELECT id, state, notice FROM jobs ORDER BY id")]
+        return [(r[0], r[1], _timeless(r[2]))
+                for r in db.query("SELECT id, state, notice FROM jobs ORDER BY id")]  # fmt: skip
     finally:
         db.close()
 
@@ -157,3 +164,37 @@ def test_a_worker_killed_by_systemds_sigterm_is_the_services_stop(
         for t in jobs.notify_threads:
             t.join(30)
         assert _told(tmp_path) == [("failure", CUT)]  # at once: the service was not stopping
+
+
+def test_a_notice_says_when_its_backup_ran_in_the_services_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notice sent at the next start (a power cut at night, the machine back hours later)
+    said 'the service stopped before this backup finished (job 1)': which night, it did not
+    say. It now says when the backup started (or was queued), in the schedules' zone."""
+    from dataclasses import replace
+
+    settings = replace(_settings(tmp_path, monkeypatch), timezone="Europe/Berlin")
+    (tmp_path / "online").touch()
+    night = 1768008600.0  # 2026-01-10 01:30 UTC: 02:30 in Berlin
+    db = StateDB(settings.state_dir)  # what a service killed during the nightly run leaves
+    for state, started in (("running", night), ("queued", None)):
+        db.execute(
+            "INSERT INTO jobs (kind, app, repo, params, state, created_at, started_at, trigger)"
+            " VALUES ('backup', 'shop', 'default', '{}', ?, ?, ?, 'scheduler')",
+            (state, night, started),
+        )
+    db.close()
+    with TestClient(create_app(settings)) as client:
+        for t in client.app.state.service.jobs.notify_threads:  # type: ignore[attr-defined]
+            t.join(30)
+    assert sorted(m for _e, m in _raw_told(tmp_path)) == [
+        "the service stopped before this backup finished (job 1, started 2026-01-10 02:30 CET)",
+        "the service stopped before this backup of shop started (job 2, queued 2026-01-10 02:30"
+        " CET): it did not run",
+    ]
+
+
+def _raw_told(tmp_path: Path) -> list[tuple[str, str]]:
+    got = [json.loads(f.read_text()) for f in (tmp_path / "events").iterdir()]
+    return [(e["event"], e["message"]) for e in got]

@@ -8,7 +8,7 @@ from typing import Any
 from jinja2 import Environment, pass_context
 from jinja2.runtime import Context
 
-from casbackup.timezones import in_zone
+from casbackup.timezones import local_time
 from casbackup.units import human_bytes
 
 
@@ -51,14 +51,6 @@ def when(value: Any, tz: dt.tzinfo = dt.UTC) -> str:
     moment (``2026-03-29 03:30 CEST``); "—" for None or garbage."""
     t = _time(value)
     return "—" if t is None else local_time(t, tz)
-
-
-def local_time(t: dt.datetime, tz: dt.tzinfo) -> str:
-    """An aware time ``t`` as ``YYYY-MM-DD HH:MM ZONE`` in ``tz`` (the abbreviation, or the
-    UTC offset where the zone has none)."""
-    t = in_zone(t, tz)  # never raises, even for the year 9999
-    name = t.tzname() or t.strftime("%z")
-    return f"{t:%Y-%m-%d %H:%M} {name}"
 
 
 @pass_context
