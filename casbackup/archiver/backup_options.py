@@ -110,7 +110,8 @@ def choose_parent(
     """Return (reference, reuse_source): the latest of the group, and what files may be reused from."""
     if options.parent:
         forced = repo.resolve_snapshot(options.parent)
-        return forced, forced
+        # A full reads every file whatever its parent: it is what is run to read them again.
+        return forced, None if options.type == "full" else forced
     group = [s for s in repo.list_snapshots(warnings=[]) if _same_group(s, options)]
     latest = group[-1] if group else None
     if options.type == "full":

@@ -128,7 +128,11 @@ def _backups_to_warm(params: dict[str, Any]) -> list[BackupOptions | None]:
     "changed; 0: off [default: the app's delta_files, else off].",
 )
 @click.option("-n", "--dry-run", is_flag=True, help="Read and chunk everything, store nothing.")
-@click.option("--parent", help="Use this snapshot as the parent instead of the latest one.")
+@click.option(
+    "--parent",
+    help="Use this snapshot as the parent instead of the latest one (a --type full "
+    "still reads every file).",
+)
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),

@@ -39,6 +39,30 @@ def test_a_good_snapshot_verifies_and_is_recorded(repo, tmp_path: Path, sandboxe
     assert list(sandboxes.iterdir()) == []  # the sandbox is gone
 
 
+def test_the_verify_progress_counts_the_dumps_it_checks(
+    repo, tmp_path: Path, sandboxes: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # The dashboard's job page said "verify · 233/231 files": the total was the snapshot's
+    # file count, which leaves out the dumps in /.databases that the comparison checks too.
+    from casbackup.reporter import Progress, Reporter
+
+    class Seen(Reporter):
+        def __init__(self) -> None:
+            self.last: Progress | None = None
+
+        def progress(self, progress: Progress) -> None:
+            if progress.phase == "verify":
+                self.last = Progress(**vars(progress))
+
+    app, db = make_app(tmp_path)
+    snap = backup(repo, app, [db])
+    seen = Seen()
+    result = verify_snapshot(repo, snap, VerifyOptions(sandbox_dir=str(sandboxes)), seen)
+    assert seen.last is not None
+    assert seen.last.files_done == seen.last.files_total == result.record.files_checked == 5
+    assert seen.last.bytes_done == seen.last.bytes_total == result.record.bytes_checked
+
+
 def db_size(snap) -> int:  # type: ignore[no-untyped-def]
     return snap.databases[0].size
 
