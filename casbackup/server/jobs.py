@@ -74,7 +74,9 @@ def job_doc(row: Any) -> dict[str, Any]:
     """A job row as the API returns it."""
     started, finished = row["started_at"], row["finished_at"]
     duration = None
-    if started is not None:
+    # An interrupted job's end is when the next start noticed it, not when it stopped: how
+    # long it ran is unknown (that difference would count the hours the service was down).
+    if started is not None and row["state"] != "interrupted":
         duration = round((finished or time.time()) - started, 3)
     return {
         "id": row["id"], "kind": row["kind"], "app": row["app"], "repository": row["repo"],
