@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import FsSnapshotRecord, Snapshot
+from casbackup.repo.snapshot import FsSnapshotRecord, Snapshot, check_tags
 
 if TYPE_CHECKING:
     from casbackup.fssnap.session import FsSnapshotPlan
@@ -75,6 +75,9 @@ class BackupOptions:
     before_save: Callable[[], None] | None = None
     fs_plan: FsSnapshotPlan | None = None  # applied by archiver/application.py
 
+    def __post_init__(self) -> None:
+        check_tags(self.tags)  # UsageError: a tag listings and filters could not show
+
 
 # The files SQLite keeps beside a database while it is open (WAL mode, rollback journal).
 DATABASE_COMPANIONS = ("", "-wal", "-shm", "-journal")
@@ -110,7 +113,8 @@ def choose_parent(
     """Return (reference, reuse_source): the latest of the group, and what files may be reused from."""
     if options.parent:
         forced = repo.resolve_snapshot(options.parent)
-        return forced, forced
+        # A full reads every file whatever its parent: it is what is run to read them again.
+        return forced, None if options.type == "full" else forced
     group = [s for s in repo.list_snapshots(warnings=[]) if _same_group(s, options)]
     latest = group[-1] if group else None
     if options.type == "full":

@@ -178,6 +178,14 @@ def test_an_attribute_unreadable_once_is_read_again_by_the_next_backup(  # type:
     assert third is not None and third.tree == snap.tree
 
 
+def test_troubled_paths_reads_any_name_back_from_the_errors() -> None:
+    from casbackup.archiver.backup_options import troubled_paths
+
+    odd = os.fsdecode(b"/s/a: b/\xff\nx")  # ": " inside, a newline, a byte not UTF-8
+    paths, dirs = troubled_paths([f"{odd}: extended attribute user.x: I/O error", 5, None])
+    assert b"/s/a: b/\xff\nx" in paths and {b"/s", b"/s/a: b"} <= dirs
+
+
 def test_a_parent_without_attributes_does_not_hide_them(  # type: ignore[no-untyped-def]
     repo, attributed: Path, clock, reads
 ) -> None:

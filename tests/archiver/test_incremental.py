@@ -78,6 +78,28 @@ def test_without_app_parent_is_same_paths(repo, tmp_path, clock, reads) -> None:
     assert reads == []
 
 
+def test_a_full_backup_with_a_chosen_parent_still_reads_every_file(
+    repo, tmp_path, clock, reads
+) -> None:  # type: ignore[no-untyped-def]
+    """``--type full --parent X`` read nothing: it kept every unchanged file from X and was
+    recorded as a full, so a full run to read everything again (after a doubt about the
+    sources or the repository) silently did not. The parent names the chain; a full reads."""
+    src = tmp_path / "src"
+    make_files(src, 3)
+    first = backup(repo, src, "full").snapshot
+    reads.clear()
+    options = BackupOptions(paths=(str(src),), type="full", app="web", parent=first.id)
+    again = run_backup(repo, options).snapshot
+    assert sorted(reads) == [b"f0", b"f1", b"f2"]
+    assert again.type == "full" and again.parent == first.id
+    assert again.summary.bytes_read == sum(2000 + i for i in range(3))
+    # An incremental or differential with a chosen parent reuses that parent's files.
+    reads.clear()
+    options = BackupOptions(paths=(str(src),), type="differential", app="web", parent=first.id)
+    assert run_backup(repo, options).snapshot.base_full == first.id
+    assert reads == []
+
+
 @pytest.mark.parametrize("kind", ["incremental", "differential"])
 def test_no_parent_falls_back_to_reading_everything(repo, tmp_path, clock, reads, kind) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "src"

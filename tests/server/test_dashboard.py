@@ -711,3 +711,24 @@ def test_progress_names_what_it_counts(env: Env) -> None:
     html = env.client.get(f"/jobs/{check['id']}").text
     n = check["progress"]["files_total"]
     assert f"read data · {n}/{n} pack" in html and f"{n}/{n} files" not in html
+
+
+def test_a_backup_the_service_lost_counts_on_the_day_it_ran(env: Env) -> None:
+    # A nightly backup cut short by a power cut, the machine back three days later: the job
+    # page said it ran for 3 days and the 30-day strip showed the failure on the day the
+    # service came back, none on the night it ran.
+    now = dt.datetime.now(dt.UTC)
+    night = now - dt.timedelta(days=3)
+    cur = env.service.db.execute(
+        "INSERT INTO jobs (kind, app, repo, params, state, created_at, started_at, trigger)"
+        " VALUES ('backup', 'shop', 'default', '{}', 'running', ?, ?, 'scheduler')",
+        (night.timestamp(), night.timestamp()),
+    )
+    env.service.jobs.recover_interrupted()  # what the next start does
+    job = env.client.get(f"/api/jobs/{cur.lastrowid}", headers=env.h("viewer")).json()
+    assert job["state"] == "interrupted" and job["duration_s"] is None, job
+    login(env, "viewer")
+    html = env.client.get("/").text
+    strip = html[html.index(f'data-testid="{TESTIDS["strip"]}:shop"') :]
+    assert f'title="{night.date().isoformat()}: failed"' in strip
+    assert f'title="{now.date().isoformat()}: none"' in strip

@@ -155,13 +155,14 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
         snaps = [s for s in snaps_by_repo.get(row.repository, []) if s.app == row.name]
         jobs = service.jobs.list(kind="backup", app=row.name, limit=500, apps=None)
         last_job = jobs[0] if jobs else None
+        # On the day it ran: an interrupted job "finished" when the service came back.
         failed = [
             t for j in jobs
             if j["state"] in ("failed", "interrupted")
-            and (t := parse_time(j["finished_at"] or j["created_at"])) and t >= since
+            and (t := parse_time(j["started_at"] or j["created_at"])) and t >= since
         ]  # fmt: skip
         last = snaps[-1] if snaps else None
-        hit = sum(s.id in damaged.get(row.repository, ()) for s in snaps)
+        hit = sum(bool({s.id, s.identity} & damaged.get(row.repository, set())) for s in snaps)
         check = checks.get(row.repository)
         cards.append(AppCard(
             name=row.name, description=row.description, repository=row.repository,
