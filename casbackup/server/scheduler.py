@@ -28,6 +28,8 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
   ``overdue:<key>``; a schedule seen for the first time waits for nothing.
 - Optional restore drills: ``verify_schedule`` verifies each application's newest snapshot,
   ``check_schedule`` runs ``check --read-data-subset`` on each repository.
+- Optional retention: ``forget_schedule`` forgets by each application's retention (one forget
+  job per application that has one), then prunes its repository.
 
 Tests drive ``tick(now)`` with a fake clock and a recording ``submit``.
 """
@@ -151,6 +153,7 @@ class Scheduler:
         for kind, expr in (
             ("verify", settings.verify_schedule),
             ("check", settings.check_schedule),
+            ("forget", settings.forget_schedule),
         ):
             if not expr:
                 continue
@@ -356,20 +359,25 @@ class Scheduler:
             if e.kind == "backup"
             else self._apps_of(e.repo)
             if e.kind == "verify"
+            else self._retained_apps_of(e.repo)
+            if e.kind == "forget"
             else [None]
         )
+        if e.kind == "forget" and apps:
+            apps.append(None)  # then one prune of the repository, queued after the forgets
         job_id = None
         for app in apps:
-            if app is not None and jobs is not None and jobs.active_for(e.kind, app) is not None:
+            kind = "prune" if e.kind == "forget" and app is None else e.kind
+            if app is not None and jobs is not None and jobs.active_for(kind, app) is not None:
                 _note(
                     done,
                     f"{e.key}: {app} is still running; this {what} is skipped",
                     logging.WARNING,
                 )
                 continue
-            if app is None and jobs is not None and jobs.active_on(e.kind, e.repo) is not None:
-                # A check has no application: one at a time per repository all the same.
-                _note(done, f"{e.key}: the last {e.kind} is still running; this {what} is skipped",
+            if app is None and jobs is not None and jobs.active_on(kind, e.repo) is not None:
+                # A check (a prune) has no application: one at a time per repository all the same.
+                _note(done, f"{e.key}: the last {kind} is still running; this {what} is skipped",
                       logging.WARNING)  # fmt: skip
                 continue
             params: dict[str, Any] = {}
@@ -385,7 +393,7 @@ class Scheduler:
                     )
                 }
             try:
-                doc = submit(e.kind, app=app, params=params, created_by="scheduler", trigger="scheduler",
+                doc = submit(kind, app=app, params=params, created_by="scheduler", trigger="scheduler",
                              repo_key=e.repo)  # fmt: skip
             except CasError as exc:
                 _note(done, f"{e.key}: could not start: {exc}", logging.WARNING)
@@ -393,15 +401,24 @@ class Scheduler:
             job_id = doc["id"] if isinstance(doc, dict) else None
             from casbackup.server.audit import AuditEntry, record
 
-            record(self.service.db, AuditEntry(action=f"scheduled_{e.kind}", outcome="success", app=app,
+            record(self.service.db, AuditEntry(action=f"scheduled_{kind}", outcome="success", app=app,
                                                actor="scheduler", actor_kind="scheduler",
                                                detail=f"job {job_id} ({what})"))  # fmt: skip
-            _note(done, f"{e.key}: started {e.kind}{' of ' + app if app else ''} ({what})")
+            _note(done, f"{e.key}: started {kind}{' of ' + app if app else ''} ({what})")
         return job_id
 
     def _apps_of(self, repo: str | None) -> list[str | None]:
         registry = self.service.registry
         return [a for a, k in registry.app_repo.items() if k == repo]
+
+    def _retained_apps_of(self, repo: str | None) -> list[str | None]:
+        """The applications of ``repo`` whose config gives a retention: the others' snapshots
+        are kept (a forget job without a policy would only fail)."""
+        registry = self.service.registry
+        return [
+            a for a in self._apps_of(repo)
+            if (cfg := registry.app(a or "")) is not None and not cfg.retention.is_empty
+        ]  # fmt: skip
 
     # ----------------------------------------------------------------- thread
     def start(self) -> None:

@@ -167,6 +167,29 @@ def test_restore_drills_and_bad_rules(tmp_path: Path, monkeypatch: pytest.Monkey
     assert rotate_subset("10%", utc(2026, 1, 1)) == "10%"
 
 
+def test_a_forget_schedule_applies_each_retention_then_prunes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A newcomer set [applications.retention] and a schedule and ran the service: it backed
+    # up every night and never forgot a snapshot; the repository grew without bound.
+    from casbackup.server.jobs import JobManager
+
+    s, rec = make(tmp_path, monkeypatch, {}, forget_schedule="0 5 * * *")
+    assert [e.key for e in s.entries] == ["forget:default"]
+    s.tick(berlin(2026, 1, 4, 2, 0))
+    done = s.tick(berlin(2026, 1, 4, 5, 0, 30))
+    # shop has a retention, blog none (its snapshots are kept); then one prune, queued last
+    assert [(k, a) for k, a, _ in rec.calls] == [("forget", "shop"), ("prune", None)], done
+    s.service.jobs = JobManager(s.service)
+    s.service.db.execute(
+        "INSERT INTO jobs (kind, app, repo, params, state, created_at) VALUES"
+        " ('prune', NULL, 'default', '{}', 'running', 0)"
+    )
+    done = s.tick(berlin(2026, 1, 5, 5, 0, 30))
+    assert [(k, a) for k, a, _ in rec.calls[2:]] == [("forget", "shop")], done
+    assert any("the last prune is still running" in line for line in done), done
+
+
 def test_a_scheduled_backup_runs_for_real_and_is_audited(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
