@@ -106,6 +106,9 @@ def plan_forget(
     is always kept, because disaster recovery restores the latest verified snapshot.
     """
     by_id = {s.id: s for s in snapshots}
+    # Verification records name a snapshot by its identity (its first id), which a tag
+    # change keeps while the record's id changes.
+    verified = {s.id for s in snapshots if s.identity in verified}
     groups = []
     views = group_snapshots([_PolicyView.of(s) for s in snapshots])
     for key in sorted(views, key=str):

@@ -50,11 +50,13 @@ log = logging.getLogger("casbackup.server.jobs")
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
-KINDS = ("backup", "verify", "check", "restore", "forget", "prune", "recover", "unlock", "repair")
+KINDS = (
+    "backup", "verify", "check", "restore", "forget", "prune", "recover", "unlock", "repair", "tag",
+)  # fmt: skip
 # Writers that take the repository's exclusive lock: they start only when no job of any kind
 # runs on the repository, and jobs queued after them wait (a reader's shared lock would make
 # them fail at once, and theirs would fail the reader).
-EXCLUSIVE = frozenset({"forget", "prune", "repair"})
+EXCLUSIVE = frozenset({"forget", "prune", "repair", "tag"})
 PROGRESS_INTERVAL_S = 1.0  # progress rows written to the database at most this often
 LOG_LIMIT = 2000  # log lines kept per job: a run with a million unreadable files stays bounded
 # The error of a job the service's own stop cancelled (not a user): the scheduler reruns it.
@@ -72,7 +74,9 @@ def job_doc(row: Any) -> dict[str, Any]:
     """A job row as the API returns it."""
     started, finished = row["started_at"], row["finished_at"]
     duration = None
-    if started is not None:
+    # An interrupted job's end is when the next start noticed it, not when it stopped: how
+    # long it ran is unknown (that difference would count the hours the service was down).
+    if started is not None and row["state"] != "interrupted":
         duration = round((finished or time.time()) - started, 3)
     return {
         "id": row["id"], "kind": row["kind"], "app": row["app"], "repository": row["repo"],

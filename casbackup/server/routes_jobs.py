@@ -32,7 +32,10 @@ class Job(BaseModel):
     created_at: str | None
     started_at: str | None
     finished_at: str | None
-    duration_s: float | None
+    duration_s: float | None = Field(
+        None,
+        description="seconds it ran; null while queued, and for an interrupted job (its end is unknown)",
+    )
     progress: dict[str, Any] | None = Field(
         description="the last progress: phase, files_done, bytes_done, ..."
     )

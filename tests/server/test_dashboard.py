@@ -493,6 +493,11 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     assert repair["state"] == "succeeded", repair
     assert repair["result"]["packs"][0]["dropped"] == 1 and repair["result"]["packs_deleted"] == 1
     assert "1 damaged blob dropped" in env.client.get(f"/jobs/{repair['id']}").text
+    # The overview no longer calls them damaged as if nothing was done: only a check can
+    # say whether the repair was enough.
+    overview = env.client.get("/").text
+    assert has(overview, f"{TESTIDS['app_damage']}:shop") and "repaired since" in overview
+    assert "damaged: 2 snapshots" not in overview and f"/jobs/{repair['id']}" in overview
     # Now the data is missing (the source changed since): check offers repair snapshots.
     Path(path).write_bytes(os.urandom(300_000))
     backup(env, "shop")
@@ -711,3 +716,24 @@ def test_progress_names_what_it_counts(env: Env) -> None:
     html = env.client.get(f"/jobs/{check['id']}").text
     n = check["progress"]["files_total"]
     assert f"read data · {n}/{n} pack" in html and f"{n}/{n} files" not in html
+
+
+def test_a_backup_the_service_lost_counts_on_the_day_it_ran(env: Env) -> None:
+    # A nightly backup cut short by a power cut, the machine back three days later: the job
+    # page said it ran for 3 days and the 30-day strip showed the failure on the day the
+    # service came back, none on the night it ran.
+    now = dt.datetime.now(dt.UTC)
+    night = now - dt.timedelta(days=3)
+    cur = env.service.db.execute(
+        "INSERT INTO jobs (kind, app, repo, params, state, created_at, started_at, trigger)"
+        " VALUES ('backup', 'shop', 'default', '{}', 'running', ?, ?, 'scheduler')",
+        (night.timestamp(), night.timestamp()),
+    )
+    env.service.jobs.recover_interrupted()  # what the next start does
+    job = env.client.get(f"/api/jobs/{cur.lastrowid}", headers=env.h("viewer")).json()
+    assert job["state"] == "interrupted" and job["duration_s"] is None, job
+    login(env, "viewer")
+    html = env.client.get("/").text
+    strip = html[html.index(f'data-testid="{TESTIDS["strip"]}:shop"') :]
+    assert f'title="{night.date().isoformat()}: failed"' in strip
+    assert f'title="{now.date().isoformat()}: none"' in strip
