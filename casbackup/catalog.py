@@ -80,6 +80,6 @@ def application_rows(
             "last_snapshot": None if snap is None else {
                 "id": snap.id, "short_id": snap.short_id, "time": snap.time, "type": snap.type,
             },
-            "verification": verification_state(verified.get(snap.id)) if snap else None,
+            "verification": verification_state(verified.get(snap.identity)) if snap else None,
         })  # fmt: skip
     return rows

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import FsSnapshotRecord, Snapshot
+from casbackup.repo.snapshot import FsSnapshotRecord, Snapshot, check_tags
 
 if TYPE_CHECKING:
     from casbackup.fssnap.session import FsSnapshotPlan
@@ -74,6 +74,9 @@ class BackupOptions:
     fs_snapshots: tuple[FsSnapshotRecord, ...] = ()
     before_save: Callable[[], None] | None = None
     fs_plan: FsSnapshotPlan | None = None  # applied by archiver/application.py
+
+    def __post_init__(self) -> None:
+        check_tags(self.tags)  # UsageError: a tag listings and filters could not show
 
 
 # The files SQLite keeps beside a database while it is open (WAL mode, rollback journal).

@@ -14,7 +14,7 @@ from casbackup.cli.context import PREPARED, global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, reporter_for, warn
 from casbackup.errors import EXIT_FATAL, CasError, PartialBackup, UsageError
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import saved_lines
+from casbackup.repo.snapshot import check_tags, saved_lines, split_tag_args
 
 if TYPE_CHECKING:
     from casbackup.archiver.application import AppBackupResult
@@ -93,7 +93,9 @@ def _backups_to_warm(params: dict[str, Any]) -> list[BackupOptions | None]:
     default=None,
     help="Backup type [default: the app's default_backup_type, else incremental].",
 )
-@click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option(
+    "--tag", "tags", multiple=True, help="Tag the snapshot (repeatable; a,b is two tags)."
+)
 @click.option(
     "-e",
     "--exclude",
@@ -153,6 +155,7 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
            delta_files: int | None, dry_run: bool, parent: str | None, workers: int,
            auto_verify: bool | None) -> None:  # fmt: skip
     """Back up PATHS, an application from the config (--app NAME), or all of them (--all)."""
+    tags = check_tags(split_tag_args(tags), "--tag")  # before any work: a bad tag fails fast
     patterns = list(excludes)
     for f in exclude_files:
         patterns.extend(read_exclude_file(f))

@@ -12,11 +12,16 @@ from casbackup.repo.repository import Repository
 
 @click.command(name="migrate")
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+@click.option(
+    "--accept-settings", is_flag=True,
+    help="A version 1 repository whose config differs from the defaults: those settings are "
+    "yours (--dry-run names them); they become authenticated.",
+)  # fmt: skip
 @click.pass_context
 @with_repository(lock=None)  # migrate takes its own exclusive lock
-def migrate_cmd(repo: Repository, ctx: click.Context, dry_run: bool) -> None:
+def migrate_cmd(repo: Repository, ctx: click.Context, dry_run: bool, accept_settings: bool) -> None:
     """Upgrade the repository's format (older casbackup versions cannot open it afterwards)."""
-    plan = plan_migration(repo) if dry_run else migrate(repo)
+    plan = plan_migration(repo) if dry_run else migrate(repo, accept_unusual=accept_settings)
     opts = global_options(ctx)
     if opts.json:
         emit_json({"message_type": "migrate", "from_version": plan.from_version,

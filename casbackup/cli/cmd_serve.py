@@ -119,6 +119,9 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
     # (which means "some files could not be read" to scripts) after a start-up and shutdown.
     app.state.service.claim_state_dir()
     sock = _bind(host, port)
+    empty = app.state.service.registry.nothing_to_serve()
+    if empty:  # after the refusals above, which stay one line each
+        warn(empty)
     url = f"{'https' if tls_cert else 'http'}://{listen}"
     if opts.json:  # stderr stays JSON for scripts (uvicorn's own log lines are its own text)
         emit_json_err({"message_type": "serving", "url": url, "state_dir": str(state)})

@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "copy": "cmd_copy",
     "plugins": "cmd_plugins",
     "fs-snapshots": "cmd_fs_snapshots",
+    "tag": "cmd_tag",
 }  # fmt: skip
 
 

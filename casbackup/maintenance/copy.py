@@ -108,11 +108,13 @@ def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> Co
     # A source snapshot that is a copy of one of these (an off-site copy copied back) is
     # that snapshot: copying it would add a second record of the same backup, and the
     # next copy the other way a third.
-    here = {s.id for s in present}
+    here = {s.identity: s.id for s in present} | {s.id: s.id for s in present}
     copier = _Copier(src, dst, result)
     for snap in select_snapshots(src, options, result.warnings):
         if snap.copied_from in here:
-            done[snap.id] = snap.copied_from  # a later copy's parent is that one
+            done[snap.id] = here[snap.copied_from]  # a later copy's parent is that one
+        if snap.identity in done:  # copied before, perhaps before a tag change
+            done[snap.id] = done[snap.identity]
         if snap.id in done:
             result.skipped.append(snap.id)
             continue
@@ -134,7 +136,11 @@ def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> Co
             # left behind is not in this repository, so the copy names none.
             parent=done.get(snap.parent) if snap.parent else None,
             base_full=done.get(snap.base_full) if snap.base_full else None,
-            copied_from=snap.id,
+            # The source's first id: a tag change there later does not copy it again.
+            copied_from=snap.identity,
+            # The copy is a record of its own here: its id is its identity.
+            original=None,
+            revision=0,
             id="",
         )
         saved = dst.save_snapshot(record)  # flushes packs and index first

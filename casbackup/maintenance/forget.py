@@ -88,6 +88,12 @@ def policy_from_retention(retention: object) -> RetentionPolicy:
         keep_yearly=getattr(retention, "keep_yearly", 0),
         keep_within=parse_duration(within) if within else None,
         keep_tags=frozenset(getattr(retention, "keep_tags", ())),
+        **{
+            f"keep_within_{b}": parse_duration(v)
+            if (v := getattr(retention, f"keep_within_{b}", None))
+            else None
+            for b in ("hourly", "daily", "weekly", "monthly", "yearly")
+        },
     )
 
 
@@ -106,6 +112,9 @@ def plan_forget(
     is always kept, because disaster recovery restores the latest verified snapshot.
     """
     by_id = {s.id: s for s in snapshots}
+    # Verification records name a snapshot by its identity (its first id), which a tag
+    # change keeps while the record's id changes.
+    verified = {s.id for s in snapshots if s.identity in verified}
     groups = []
     views = group_snapshots([_PolicyView.of(s) for s in snapshots])
     for key in sorted(views, key=str):

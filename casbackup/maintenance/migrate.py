@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from casbackup.errors import ConfigTampered
+from casbackup.errors import ConfigTampered, UsageError
 from casbackup.repo.config import DUMP_CHUNKER, FORMAT_VERSION, ChunkerParams, RepoConfig
 from casbackup.repo.lock import Lock
 from casbackup.repo.repository import Repository
@@ -45,6 +45,14 @@ class MigrationPlan:
     @property
     def needed(self) -> bool:
         return self.from_version < self.to_version
+
+
+def _describe(value: object) -> str:
+    """A setting as the user reads it: chunker sizes in bytes, not a dataclass repr."""
+    if isinstance(value, ChunkerParams):
+        return (f"{value.algorithm} min {value.min_size} / avg {value.avg_size} / "
+                f"max {value.max_size} bytes")  # fmt: skip
+    return str(value)
 
 
 def plan_migration(repo: Repository) -> MigrationPlan:
@@ -64,19 +72,29 @@ def plan_migration(repo: Repository) -> MigrationPlan:
         )
     ):
         if value != default:
-            unusual.append(f"{name} is {value}, the default is {default}")
+            unusual.append(f"{name} is {_describe(value)}, the default is {_describe(default)}")
     return MigrationPlan(config.version, max(config.version, FORMAT_VERSION), tuple(unusual))
 
 
-def migrate(repo: Repository) -> MigrationPlan:
+def migrate(repo: Repository, *, accept_unusual: bool = False) -> MigrationPlan:
     """Upgrade the repository to ``FORMAT_VERSION`` (see the module docstring for the order).
 
     The plan is not ``needed`` when another migrate upgraded it since it was opened.
-    Raises LockError when another process holds a lock, ConfigTampered when the stored
-    config changed otherwise since it was opened, StorageError when it cannot be written."""
+    Raises UsageError, changing nothing, when a version 1 config has ``unusual``
+    parameters and ``accept_unusual`` is False: the user confirms them first (they become
+    authenticated). Raises LockError when another process holds a lock, ConfigTampered
+    when the stored config changed otherwise since it was opened, StorageError when it
+    cannot be written."""
     plan = plan_migration(repo)
     if not plan.needed:
         return plan
+    if plan.unusual and not accept_unusual:
+        raise UsageError(
+            f"the repository's unauthenticated config has settings other than the defaults "
+            f"({'; '.join(plan.unusual)}): migrating makes them authenticated, so a config "
+            "changed by whoever can write the storage would be trusted from then on; if these "
+            "are your settings, run 'casbackup migrate --accept-settings'"
+        )
     lock = Lock(repo, True, "migrate").acquire()  # Repository.lock refuses a v1 repository
     try:
         current = RepoConfig.decode(repo.backend.get("config"))

@@ -129,13 +129,13 @@ def older_verified(repo: Repository, snap: Snapshot, records: RecordSet | None =
         s
         for s in repo.list_snapshots(warnings=[])
         if s.app == snap.app and s.start_ns < snap.start_ns and s.id != snap.id
-        and latest.get(s.id) is not None and latest[s.id].ok
+        and latest.get(s.identity) is not None and latest[s.identity].ok
     ]  # fmt: skip
     if not older:
         return ""
     best = older[-1]
     return (
-        f"the next older verified snapshot is {_describe_snap(best, latest[best.id])}: "
+        f"the next older verified snapshot is {_describe_snap(best, latest[best.identity])}: "
         f"recover it with --snapshot {best.short_id}"
     )
 
@@ -150,9 +150,9 @@ def choose_snapshot(
     snaps = [s for s in every if s.app == options.app]
     if not snaps:
         raise RecoveryError(no_snapshot_of(options.app, every if options.name_apps else ()))
-    verified = [s for s in snaps if latest.get(s.id) is not None and latest[s.id].ok]
+    verified = [s for s in snaps if latest.get(s.identity) is not None and latest[s.identity].ok]
     newest_verified = (
-        f"the newest verified one is {_describe_snap(verified[-1], latest[verified[-1].id])}"
+        f"the newest verified one is {_describe_snap(verified[-1], latest[verified[-1].identity])}"
         if verified
         else "no snapshot of it is verified"
     )
@@ -170,11 +170,11 @@ def choose_snapshot(
         if newer:
             warnings.append(
                 f"{plural(len(newer), 'newer snapshot')} {'is' if len(newer) == 1 else 'are'} not verified (newest: "
-                f"{_describe_snap(newer[-1], latest.get(newer[-1].id))}); using the newest verified"
+                f"{_describe_snap(newer[-1], latest.get(newer[-1].identity))}); using the newest verified"
             )
     else:
         snap = snaps[-1]
-    record = latest.get(snap.id)
+    record = latest.get(snap.identity)
     if records.damaged:
         # A record cannot be read, so which snapshot it was about is unknown: it may have
         # been a newer, failed verification of the very snapshot chosen (the storage is

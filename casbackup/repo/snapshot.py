@@ -7,6 +7,7 @@ complete root tree: deleting any snapshot never breaks another.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -14,8 +15,41 @@ from typing import Any
 from casbackup.errors import FormatError, UnsupportedFormat
 from casbackup.repo.ids import BlobId
 
+# Version 2 records carry `original` and `revision` (a record rewritten by `casbackup tag`);
+# every other record is written as version 1, byte for byte as before, so a reader that knows
+# only version 1 refuses just the rewritten records ("not supported"), never the rest.
 SNAPSHOT_VERSION = 1
+REWRITTEN_VERSION = 2
 BACKUP_TYPES = ("full", "incremental", "differential")
+# Tags appear comma-joined in listings and in `--tag a,b` filters: no commas, no controls.
+TAG_RE = re.compile(r"^[^\x00-\x1f\x7f,]{1,100}$")
+
+
+def check_tags(tags: tuple[str, ...] | list[str], what: str = "tag") -> tuple[str, ...]:
+    """The tags as given, each checked: 1-100 characters, no comma, no control character.
+
+    Raises UsageError naming the first bad one (``what`` says where it came from)."""
+    from casbackup.errors import UsageError
+
+    for tag in tags:
+        if not isinstance(tag, str) or not TAG_RE.match(tag) or tag != tag.strip():
+            raise UsageError(
+                f"{what} {tag!r} is not usable: give 1-100 characters without commas, "
+                "control characters or surrounding spaces"
+            )
+    return tuple(tags)
+
+
+def split_tag_args(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Command-line tag values as restic spells them: `--tag a,b` is two tags, as `--tag a
+    --tag b`; empty pieces are dropped (so `--set ''` is no tag at all)."""
+    return tuple(t for v in values for t in v.split(",") if t != "")
+
+
+def _is_id(value: object) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 @dataclass(frozen=True)
@@ -85,6 +119,12 @@ class Snapshot:
     # Database files in the sources left out of the walk for their dumps (with companions).
     excluded_databases: tuple[str, ...] = ()
     fs_snapshots: tuple[FsSnapshotRecord, ...] = ()
+    # A record rewritten by `casbackup tag` names the id the snapshot was first saved under
+    # and counts its rewrites (1, 2, ...): verification records name that first id, and of
+    # two records of one snapshot (a rewrite interrupted before the old one was deleted) the
+    # higher revision is the snapshot. None and 0 in every record a backup or copy writes.
+    original: str | None = None
+    revision: int = 0
     id: str = ""  # not stored: filled in from the file name when loaded
 
     @property
@@ -99,6 +139,13 @@ class Snapshot:
         a database would otherwise show 0 B in listings and statistics.
         """
         return self.summary.bytes_total + sum(max(db.size, 0) for db in self.databases)
+
+    @property
+    def identity(self) -> str:
+        """The id this snapshot was first saved under (64 hex): its own id until `casbackup
+        tag` rewrites its record. Verification records and check results name snapshots by
+        it, so they follow a snapshot through tag changes."""
+        return self.original or self.id
 
     @property
     def root(self) -> BlobId:
@@ -120,7 +167,12 @@ class Snapshot:
             doc.pop("copied_from")  # backups' records stay as before, readable by older readers
         if not doc["fs_snapshots"]:  # written only when used: older records stay byte-identical
             doc.pop("fs_snapshots")
-        doc["version"] = SNAPSHOT_VERSION
+        if doc["original"] is None:
+            doc.pop("original")
+            doc.pop("revision")
+            doc["version"] = SNAPSHOT_VERSION
+        else:
+            doc["version"] = REWRITTEN_VERSION
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -130,9 +182,13 @@ class Snapshot:
             if not isinstance(doc, dict):
                 raise FormatError("snapshot record is not an object")
             version = doc.pop("version", None)
-            if version != SNAPSHOT_VERSION:
+            if version not in (SNAPSHOT_VERSION, REWRITTEN_VERSION) or isinstance(version, bool):
                 raise UnsupportedFormat(f"snapshot format version {version!r} is not supported")
+            if (version == REWRITTEN_VERSION) != ("original" in doc or "revision" in doc):
+                raise FormatError(f"snapshot record of version {version} has the wrong fields")
             doc["paths"] = tuple(doc["paths"])
+            if not isinstance(doc.get("tags", []), list):
+                raise FormatError("snapshot record has bad tags")
             doc["tags"] = tuple(doc.get("tags", ()))
             doc["excludes"] = tuple(doc.get("excludes", ()))
             doc["errors"] = tuple(doc.get("errors", ()))
@@ -153,18 +209,43 @@ class Snapshot:
             if isinstance(exc, FormatError):
                 raise
             raise FormatError(f"snapshot record is malformed: {exc}") from None
-        if snap.copied_from is not None and (
-            not isinstance(snap.copied_from, str)
-            or len(snap.copied_from) != 64
-            or any(c not in "0123456789abcdef" for c in snap.copied_from)
-        ):
+        if snap.copied_from is not None and not _is_id(snap.copied_from):
             raise FormatError("snapshot record has a bad copied_from id")
+        if (
+            (version == REWRITTEN_VERSION) != (snap.original is not None)
+            or snap.original is not None
+            and (
+                not _is_id(snap.original)
+                or not isinstance(snap.revision, int)
+                or isinstance(snap.revision, bool)
+                or not 1 <= snap.revision < 2**31
+            )
+        ):
+            raise FormatError("snapshot record has a bad original id or revision")
+        if not isinstance(snap.tags, tuple) or not all(isinstance(t, str) for t in snap.tags):
+            raise FormatError("snapshot record has bad tags")
         if len(snap.tree) != 64 or snap.type not in BACKUP_TYPES:
             raise FormatError("snapshot record has a bad tree id or type")
         return snap
 
     def with_id(self, snapshot_id: str) -> Snapshot:
         return replace(self, id=snapshot_id)
+
+
+def split_rewrites(snaps: list[Snapshot]) -> tuple[list[Snapshot], list[tuple[Snapshot, Snapshot]]]:
+    """(the snapshots, [(left-over record, the record that replaced it)]) for a listing.
+
+    Records that share an ``identity`` are one snapshot whose record `casbackup tag` rewrote
+    and was interrupted before it deleted the older one: the highest ``revision`` (then the
+    greater id, so every client decides alike) is the snapshot, the others are left over.
+    Order is kept."""
+    best: dict[str, Snapshot] = {}
+    for snap in snaps:
+        other = best.get(snap.identity)
+        if other is None or (snap.revision, snap.id) > (other.revision, other.id):
+            best[snap.identity] = snap
+    kept = [s for s in snaps if best[s.identity] is s]
+    return kept, [(s, best[s.identity]) for s in snaps if best[s.identity] is not s]
 
 
 def now_utc() -> tuple[str, int]:

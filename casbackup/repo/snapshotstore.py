@@ -14,7 +14,7 @@ from casbackup.repo import codec, delta
 from casbackup.repo.blobstore import BlobStore
 from casbackup.repo.ids import BlobId, FileId, Kind
 from casbackup.repo.localstate import remember_snapshot, screen_snapshots
-from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.snapshot import Snapshot, split_rewrites
 from casbackup.repo.tree import Node, decode_tree, encode_tree
 from casbackup.units import plural
 
@@ -210,6 +210,14 @@ class SnapshotStore(BlobStore):
                 if warnings is None:
                     raise
                 warnings.append(f"snapshot {fid[:8]} is unreadable: {exc}")
+        if not include_forgotten:
+            snaps, leftovers = split_rewrites(snaps)
+            for old, new in leftovers:
+                self.alert(
+                    f"snapshot record {old.short_id} is an older record of snapshot "
+                    f"{new.short_id} (a tag change was interrupted): it is ignored; "
+                    f"'casbackup forget {old.id[:12]}' removes it"
+                )
         # A snapshot dated ahead of now was taken while its machine's clock ran ahead:
         # sorted by its time it would stay 'latest' (restore, recover, the next backup's
         # parent) until the real clock caught up, and newer backups would hide behind it.
@@ -272,6 +280,13 @@ class SnapshotStore(BlobStore):
                 f"{ref!r} is not a snapshot id (give an id, a unique prefix, or 'latest')"
             )
         matches = [fid for fid in self.snapshot_ids() if fid.startswith(ref)]
+        if not matches:
+            # An id from before a tag change (a job's log, a verification record, a note
+            # the user kept) names the snapshot whose record `tag` rewrote.
+            matches = sorted({
+                s.id for s in self.list_snapshots(warnings=[])
+                if s.original is not None and s.original.startswith(ref)
+            })  # fmt: skip
         if not matches:
             raise NotFound(f"no snapshot matches {ref!r}")
         if len(matches) > 1:

@@ -57,6 +57,7 @@ PERMISSIONS: dict[str, str] = {
     "recover": "admin",
     "unlock": "admin",
     "repair": "admin",  # repair packs / repair snapshots
+    "tag": "admin",  # removing a tag named in keep_tags lets retention forget the snapshot
     "users": "admin",
     "tokens": "admin",
     "audit": "admin",

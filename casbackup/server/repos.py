@@ -242,6 +242,19 @@ class Registry:
             else:
                 self.app_repo[app.name] = DEFAULT
 
+    def nothing_to_serve(self) -> str | None:
+        """Why this service has nothing to serve, or None: no config file was found and no
+        repository was given (a forgotten ``--config``), so every page would be empty and
+        no schedule would ever run, without a word of why."""
+        if self.config.source is not None or any(h.location for h in self.handles.values()):
+            return None
+        return (
+            "no config file was found and no repository was given, so there is no application "
+            "or repository to serve: start the service with --config FILE (or set "
+            "CASBACKUP_CONFIG, or create ./casbackup.toml or ~/.config/casbackup/config.toml), "
+            "or -r REPO for a repository alone"
+        )
+
     def app(self, name: str) -> AppConfig | None:
         return self.config.app(name)
 

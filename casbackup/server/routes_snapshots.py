@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from casbackup.catalog import snapshot_doc, verification_doc
 from casbackup.errors import AmbiguousId, NotFound
+from casbackup.maintenance.tags import TagChange
 from casbackup.nstime import iso_ns
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import NodeKind
@@ -66,6 +67,10 @@ class SnapshotOut(BaseModel):
     paths: list[str]
     tags: list[str]
     parent: str | None
+    # the id it was first saved under, when `tag` rewrote its record (verification records
+    # name it); null for a record as its backup wrote it
+    original: str | None = None
+    revision: int = 0
     summary: Summary
     protected_bytes: int  # files' plus database dumps' sizes
     verification: Verification | None
@@ -122,6 +127,15 @@ class TreeListing(BaseModel):
     offset: int
 
 
+class TagRequest(BaseModel):
+    add: list[str] = Field([], max_length=50, description="tags to add")
+    remove: list[str] = Field([], max_length=50, description="tags to remove")
+    set: list[str] | None = Field(
+        None, max_length=50, description="replace every tag with these ([] removes them all); "
+        "not with add or remove",
+    )  # fmt: skip
+
+
 class RestoreRequest(BaseModel):
     path: str = Field("/", max_length=4096, description="folder or file inside the snapshot")
     target: str | None = Field(None, max_length=200,
@@ -138,7 +152,7 @@ def _doc(handle: RepoHandle, snap: Snapshot, verified: dict[str, Any]) -> dict[s
         base["repository"] = handle.key
         handle.docs[snap.id] = base
     d = dict(base)
-    d["verification"] = verification_doc(verified.get(snap.id))
+    d["verification"] = verification_doc(verified.get(snap.identity))
     return d
 
 
@@ -231,7 +245,7 @@ def snapshot_detail(snapshot_id: str, request: Request, app: str | None = Query(
     every verification of it, newest first."""
     handle, snap = find_snapshot(request, principal, snapshot_id, app)
     # records() lists them oldest first as every reader orders them (records.sort_records)
-    records = [r for r in handle.records().records if r.snapshot_id == snap.id][::-1]
+    records = [r for r in handle.records().records if r.snapshot_id == snap.identity][::-1]
     doc = _doc(handle, snap, {snap.id: records[0]} if records else {})
     doc["verification"] = verification_doc(records[0]) if records else None
     doc["verifications"] = [r.to_dict() for r in records]
@@ -509,6 +523,24 @@ def restore(snapshot_id: str, body: RestoreRequest, request: Request,
         params={"snapshot": snap.id, "path": inner, "target": target, "overwrite": body.overwrite},
     )  # fmt: skip
     return job_started(doc, f"restore of {snap.short_id}:{inner} queued")
+
+
+@router.post("/api/snapshots/{snapshot_id}/tags", response_model=JobStarted, status_code=202)
+def change_tags(snapshot_id: str, body: TagRequest, request: Request,
+                principal: Principal = Depends(require("tag"))) -> JobStarted:  # fmt: skip
+    """Change the snapshot's tags (`casbackup tag`): a tag named in an application's
+    `retention.keep_tags` pins the snapshot. The snapshot gets a new id (the job's result
+    names it); its old id still finds it and its verification state stays. 400 for a
+    request that asks for nothing, mixes `set` with add/remove, or names an unusable tag."""
+    TagChange(add=tuple(body.add), remove=tuple(body.remove),
+              set_to=None if body.set is None else tuple(body.set))  # fmt: skip
+    handle, snap = find_snapshot(request, principal, snapshot_id)
+    doc = service_of(request).jobs.submit(
+        "tag", app=snap.app, repo_key=handle.key, created_by=principal.actor,
+        user_id=principal.user_id,
+        params={"snapshot": snap.id, "add": body.add, "remove": body.remove, "set": body.set},
+    )  # fmt: skip
+    return job_started(doc, f"tag change of {snap.short_id} queued")
 
 
 @router.post("/api/snapshots/{snapshot_id}/verify", response_model=JobStarted, status_code=202)

@@ -79,7 +79,8 @@ def list_applications(request: Request, principal: Principal) -> Applications:
     service = service_of(request)
     registry = service.registry
     rows: list[dict[str, Any]] = []
-    warnings: list[str] = []
+    empty = registry.nothing_to_serve()
+    warnings: list[str] = [empty] if empty else []
     for key, handle in registry.handles.items():
         config = dataclasses.replace(
             registry.config,

@@ -428,8 +428,32 @@ def run_repair_job(job: Job) -> dict[str, Any]:
         }  # fmt: skip
 
 
+def run_tag_job(job: Job) -> dict[str, Any]:
+    """``tag`` of one snapshot (params: snapshot, add, remove, set), as the CLI."""
+    from casbackup.maintenance.tags import TagChange, change_tags
+
+    p = job.params
+    change = TagChange(
+        add=tuple(p.get("add") or ()), remove=tuple(p.get("remove") or ()),
+        set_to=None if p.get("set") is None else tuple(p["set"]),
+    )  # fmt: skip
+    with job.repo.locked(exclusive=True, command="serve: tag"):
+        result = change_tags(job.repo, [str(p.get("snapshot"))], change, app=job.app)
+    for old_id in result.leftovers_removed:
+        job.reporter.info(f"removed left-over record {old_id[:8]} of an interrupted tag change")
+    if result.changed:
+        old, new = result.changed[0]
+        job.reporter.info(
+            f"snapshot {old.short_id} is now {new.short_id}: tags {', '.join(new.tags) or '(none)'}"
+        )
+        return {"snapshot_id": new.id, "old_id": old.id, "tags": list(new.tags), "changed": True}
+    snap = result.unchanged[0]
+    job.reporter.info(f"snapshot {snap.short_id}: tags unchanged")
+    return {"snapshot_id": snap.id, "old_id": snap.id, "tags": list(snap.tags), "changed": False}
+
+
 WRITING_KINDS = frozenset(
-    {"backup", "verify", "forget", "prune", "repair"}
+    {"backup", "verify", "forget", "prune", "repair", "tag"}
 )  # they store new objects
 
 OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {
@@ -442,6 +466,7 @@ OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "recover": run_recover_job,
     "unlock": run_unlock_job,
     "repair": run_repair_job,
+    "tag": run_tag_job,
 }
 
 

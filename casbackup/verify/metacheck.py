@@ -13,7 +13,7 @@ from casbackup.errors import CasError
 from casbackup.repo.config import RepoConfig
 from casbackup.repo.keyring import list_key_files
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import Snapshot
+from casbackup.repo.snapshot import Snapshot, split_rewrites
 from casbackup.verify.records import list_records
 
 
@@ -29,7 +29,19 @@ def check_metadata(repo: Repository, errors: list[str], warnings: list[str]) -> 
     records = list_records(repo)
     errors.extend(records.damaged)
     warnings.extend(w for w in records.warnings if w not in records.damaged)
-    _check_duplicates(repo.list_snapshots(warnings=[]), errors)
+    snaps = []
+    for fid in repo.usable_snapshot_ids():
+        try:
+            snaps.append(repo.load_snapshot(fid))
+        except CasError:
+            continue  # the snapshot walk reports it, with what it breaks
+    snaps, leftovers = split_rewrites(snaps)
+    for old, new in leftovers:
+        warnings.append(
+            f"snapshot record {old.short_id} is an older record of snapshot {new.short_id} "
+            f"(a tag change was interrupted): 'casbackup forget {old.id[:12]}' removes it"
+        )
+    _check_duplicates(snaps, errors)
 
 
 def _check_config(repo: Repository, errors: list[str]) -> None:

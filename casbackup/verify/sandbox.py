@@ -281,7 +281,7 @@ def run_verification(
     failures = [Failure(p, why) for p, why in comparison.problems.items()]
     failures += [Failure(f"database {d.name}", d.problem) for d in databases if not d.ok]
     record = VerificationRecord(
-        snapshot_id=snapshot.id, app=snapshot.app, time=started, host=socket.gethostname(),
+        snapshot_id=snapshot.identity, app=snapshot.app, time=started, host=socket.gethostname(),
         duration_s=round(time.monotonic() - clock, 3), ok=not failures,
         files_checked=comparison.files_checked, bytes_checked=comparison.bytes_checked,
         databases=tuple(databases), failures=tuple(failures),

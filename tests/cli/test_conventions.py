@@ -117,6 +117,7 @@ JSON_RUNS: dict[str, list[str]] = {
     "stats": ["stats", "latest", "--app", "notes"],
     "unlock": ["unlock"],
     "verify": ["verify", "--app", "notes"],
+    "tag": ["tag", "--add", "pinned", "latest", "--app", "notes"],
     # The web service's accounts, in a state folder ST of their own (passwords on stdin).
     "user add": [
         "user",

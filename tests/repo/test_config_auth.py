@@ -153,7 +153,7 @@ def test_version_1_is_read_only_until_migrated(tmp_path, source: str) -> None:  
     assert_one_error(run_cli("forget", "--keep-last", "1", repo=path), 21, "migrate")
     res = run_cli("migrate", "--dry-run", repo=path)
     assert res.code == 0 and "would upgrade" in res.out
-    res = run_cli("migrate", repo=path)
+    res = run_cli("migrate", "--accept-settings", repo=path)
     assert res.code == 0, res.err
     assert f"from format version 1 to {FORMAT_VERSION}" in res.out
     assert run_cli("backup", source, repo=path).code == 0
@@ -171,7 +171,12 @@ def test_migrate_names_unusual_parameters(tmp_path) -> None:  # type: ignore[no-
     res = run_cli("migrate", "--dry-run", repo=path)
     assert res.code == 0 and "compression is none" in res.err
     assert "would be authenticated" in res.err and "now" not in res.err, res.err  # not yet
+    # Named for the user to confirm, as repo_format.md says: not taken silently.
     res = run_cli("migrate", repo=path)
+    assert_one_error(res, 2, "compression is none", "--accept-settings")
+    with open_repo(path) as repo:
+        assert repo.config.version == 1
+    res = run_cli("migrate", "--accept-settings", repo=path)
     assert res.code == 0 and "compression is none" in res.err
     assert "now authenticated" in res.err
 
@@ -182,7 +187,7 @@ def test_rollback_to_version_1_after_migration_is_tampering(tmp_path) -> None:  
     with open(os.path.join(path, "config"), "rb") as f:
         old = f.read()
     with open_repo(path) as repo:
-        migrate(repo)
+        migrate(repo, accept_unusual=True)
     with open(os.path.join(path, "config"), "wb") as f:
         f.write(old)  # an attacker puts the unauthenticated version back
     with pytest.raises(ConfigTampered, match="rolled back"):
@@ -215,7 +220,15 @@ def test_migration_killed_leaves_a_repository_that_opens(
     with open_repo(path) as repo:
         assert repo.config.version == 1
     proc = subprocess.run(
-        [sys.executable, "-c", _KILL_AT_RENAME.format(after=after), "-r", path, "migrate"],
+        [
+            sys.executable,
+            "-c",
+            _KILL_AT_RENAME.format(after=after),
+            "-r",
+            path,
+            "migrate",
+            "--accept-settings",
+        ],
         capture_output=True,
         timeout=120,
     )
@@ -223,7 +236,7 @@ def test_migration_killed_leaves_a_repository_that_opens(
     with open_repo(path) as repo:
         assert repo.config.version == (FORMAT_VERSION if after else 1)
     # The killed run's lock names a dead process on this host: stale, so no unlock needed.
-    res = run_cli("migrate", repo=path)
+    res = run_cli("migrate", "--accept-settings", repo=path)
     assert res.code == 0, res.err
     assert run_cli("backup", source, repo=path).code == 0
     res = run_cli("check", repo=path)
@@ -272,8 +285,8 @@ def test_two_migrations_at_once_end_in_one_upgrade_and_no_error(tmp_path) -> Non
     Repository.init(LocalBackend(path), PASSWORD.encode(), kdf=WEAK_KDF,
                     config=RepoConfig(version=2, **TEST_CONFIG_KW)).close()  # fmt: skip
     with open_repo(path) as late, open_repo(path) as early:
-        assert migrate(early).needed
-        plan = migrate(late)
+        assert migrate(early, accept_unusual=True).needed
+        plan = migrate(late, accept_unusual=True)
         assert not plan.needed and plan.from_version == FORMAT_VERSION
         assert late.config.version == FORMAT_VERSION and late.writable
     with open(os.path.join(path, "config")) as f:
@@ -283,4 +296,4 @@ def test_two_migrations_at_once_end_in_one_upgrade_and_no_error(tmp_path) -> Non
     with open_repo(str(tmp_path / "v1")) as repo:
         _edit_config(str(tmp_path / "v1"), compression="none")
         with pytest.raises(ConfigTampered, match="changed while migrating"):
-            migrate(repo)
+            migrate(repo, accept_unusual=True)

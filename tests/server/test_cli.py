@@ -154,3 +154,52 @@ def test_serve_on_an_address_in_use_is_one_line_and_exit_1(tmp_path: Path) -> No
         res = run_cli("serve", "--listen", f"127.0.0.1:{port}", "--state-dir", st, "--no-scheduler")
     assert_one_error(res, 1, f"cannot listen on 127.0.0.1:{port}", "in use")
     assert "Application startup" not in res.err  # refused before anything started
+
+
+def test_serve_without_a_config_or_a_repository_says_it_has_nothing_to_serve(
+    tmp_path: Path,
+) -> None:
+    # A newcomer who forgot --config got a service that started fine, ran no schedule and
+    # showed an empty dashboard ("No applications in the config") without a word of why.
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    st = str(tmp_path / "st")
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    env_all = {k: v for k, v in os.environ.items() if not k.startswith("CASBACKUP_")} | env
+    res = run_cli("user", "add", "root", "--role", "admin", "--password-stdin", "--state-dir", st,
+                  input=b"root-password\n", env=env)  # fmt: skip
+    assert res.code == 0, res.err
+    token = run_cli("token", "create", "--user", "root", "--name", "t", "--state-dir", st, env=env)
+    assert token.code == 0, token.err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "casbackup.cli.main", "serve", "--listen", f"127.0.0.1:{port}",
+         "--no-scheduler", "--state-dir", st],
+        stderr=subprocess.PIPE, env=env_all, cwd=tmp_path,
+    )  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/applications",
+        headers={"Authorization": f"Bearer {token.out.strip()}"},
+    )
+    try:
+        assert proc.stderr is not None
+        first, second = proc.stderr.readline().decode(), proc.stderr.readline().decode()
+        for _ in range(300):  # the API says so too, for the dashboard (up within seconds)
+            try:
+                with urllib.request.urlopen(request, timeout=5) as answer:
+                    body = answer.read()
+                break
+            except OSError:
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert first.startswith("warning: no config file was found and no repository was given")
+    assert "--config FILE" in first and second.startswith("casbackup serving on")
+    (warning,) = json.loads(body)["warnings"]
+    assert warning.startswith("no config file was found")

@@ -51,6 +51,7 @@ RULES: dict[tuple[str, str], tuple[str, bool]] = {
     ("GET", "/api/snapshots/{snapshot_id}/download"): ("download", True),
     ("POST", "/api/snapshots/{snapshot_id}/restore"): ("restore", True),
     ("POST", "/api/snapshots/{snapshot_id}/verify"): ("verify", True),
+    ("POST", "/api/snapshots/{snapshot_id}/tags"): ("tag", True),
     ("POST", "/api/check"): ("check", False),
     ("POST", "/api/forget"): ("forget", True),
     ("POST", "/api/prune"): ("prune", False),
@@ -163,6 +164,8 @@ def call(env: Env, who: str | None, method: str, path: str, world: dict[str, Any
         body = bodies.get(path, {})
         if path.endswith("/password"):
             body = {"password": "password-456"}
+        if path.endswith("/tags"):
+            body = {"add": ["pinned"]}
         if method == "PATCH":
             body = {"role": "viewer"}
     headers = env.h(who) if who else {}

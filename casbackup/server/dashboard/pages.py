@@ -29,6 +29,7 @@ from casbackup.server.auth import Principal, optional_user, require, service_of
 from casbackup.server.dashboard import charts, views
 from casbackup.server.dashboard.format import install_filters, safe_next
 from casbackup.server.dashboard.testids import TESTIDS
+from casbackup.server.jobs import KINDS
 from casbackup.server.routes_jobs import visible_job
 from casbackup.server.routes_snapshots import browse, find_snapshot, list_snapshots, snapshot_detail
 from casbackup.server.routes_system import list_applications
@@ -232,11 +233,14 @@ def snapshot_page(
         if handle.key != detail["repository"]:
             raise HTTPException(400, "the two snapshots are in different repositories")
         diff = views.snapshot_diff(handle, other, sid, os.fsdecode(here_raw))
-    recovery_dir = service_of(request).registry.config.disaster_recovery.recovery_directory
+    config = service_of(request).registry.config
+    recovery_dir = config.disaster_recovery.recovery_directory
+    app = config.app(detail["app"]) if detail["app"] else None
+    keep_tags = sorted(app.retention.keep_tags) if app is not None else []  # what pins it
     return render(
         request, "snapshot.html", p, snap=detail, listing=listing, file=file_entry,
         crumbs=views.crumbs(here_raw), here=here, others=list(reversed(others)), diff=diff,
-        against=against, page_size=PAGE_SIZE, recovery_dir=recovery_dir,
+        against=against, page_size=PAGE_SIZE, recovery_dir=recovery_dir, keep_tags=keep_tags,
     )  # fmt: skip
 
 
@@ -251,7 +255,7 @@ def jobs_page(
     jobs = [] if app and not p.sees(app) else service_of(request).jobs.list(
         state=state or None, app=app or None, kind=kind or None, limit=200, apps=p.apps)  # fmt: skip
     return render(request, "jobs.html", p, jobs=jobs, state=state, app=app, kind=kind, live=True,
-                  now=_now())  # fmt: skip
+                  now=_now(), kinds=KINDS)  # fmt: skip
 
 
 @router.get("/jobs/{job_id}")

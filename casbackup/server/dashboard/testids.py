@@ -47,6 +47,9 @@ TESTIDS: dict[str, str] = {
     "entry_link": "entry-link",  # :<name>
     "download": "download",  # :<name>
     "restore_form": "restore-form",  # :<path>
+    "tag_form": "tag-form",
+    "tag_input": "tag-input",
+    "tag_result": "tag-result",
     "restore_target": "restore-target",
     "restore_overwrite": "restore-overwrite",
     "restore_in_place": "restore-in-place",

@@ -8,7 +8,7 @@
   // ------------------------------------------------------------------ forms -> API
   // <form data-api="/api/x" [data-method="DELETE"] [data-then="job|reload|stay|token|goto:/p"]
   //       [data-confirm="text"]>; fields become a JSON object. data-type="bool" -> true/false,
-  // "list" -> comma-separated list (null when empty), "int" -> number; data-optional -> null
+  // "list" -> comma-separated list (null when empty, [] with data-empty-list), "int" -> number; data-optional -> null
   // when empty. The CSRF token travels in the X-CSRF-Token header, as the API expects.
   function formBody(form) {
     const body = {};
@@ -22,7 +22,7 @@
       else if (type === "int") value = value === "" ? null : Number(value);
       else if (type === "list") {
         const items = value.split(",").map((s) => s.trim()).filter(Boolean);
-        value = items.length ? items : null;
+        value = items.length || el.hasAttribute("data-empty-list") ? items : null;
       } else if (el.hasAttribute("data-optional") && value === "") value = null;
       body[el.name] = value;
     }
