@@ -191,12 +191,18 @@ class Scheduler:
         self._set_last(key, when)
         self._set_last(f"from:{key}", when)
 
-    def _last_run(self, key: str) -> dt.datetime | None:
+    def _last_run(self, e: Entry) -> dt.datetime | None:
         """The fire time the schedule last reached (run, or skipped and so overdue), or None
         when it has reached none since it began counting: the time it counts from is no run,
-        and the dashboard would call it one that did not succeed."""
-        last, since = self._last(key), self._last(f"from:{key}")
-        return None if last is None or (since is not None and last <= since) else last
+        and the dashboard would call it one that did not succeed. A cron schedule's fires are
+        its own times, so a time that is none is no run either: a state database written
+        before ``from:<key>`` existed holds such times, as does a schedule changed since."""
+        last, since = self._last(e.key), self._last(f"from:{e.key}")
+        if last is None or (since is not None and last <= since):
+            return None
+        if e.rule.cron is not None and e.rule.next_after(last - dt.timedelta(seconds=1)) != last:
+            return None
+        return last
 
     def next_run(self, entry: Entry) -> dt.datetime:
         last = self._last(entry.key)
@@ -212,7 +218,7 @@ class Scheduler:
             entries = list(self.entries)
         out = []
         for e in entries:
-            last = self._last_run(e.key)
+            last = self._last_run(e)
             out.append({"key": e.key, "kind": e.kind, "app": e.app, "repository": e.repo,
                         "schedule": e.rule.expr, "timezone": str(self.tz),
                         "last_run": last.isoformat() if last else None,

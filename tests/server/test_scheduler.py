@@ -400,6 +400,9 @@ def test_the_time_a_schedule_counts_from_is_no_run(
     s.tick(berlin(2025, 1, 11, 12, 0))
     assert entry()["last_run"] is None
     assert entry()["next_run"] == berlin(2025, 1, 12, 2, 30).isoformat()
+    # A state database from before this fix: the time counted from, with nothing to say so.
+    s.service.db.execute("DELETE FROM schedule_state WHERE key LIKE 'from:%'")
+    assert entry()["last_run"] is None
 
 
 def test_an_overdue_report_a_notifier_missed_is_sent_again(
