@@ -6,6 +6,8 @@ results, so both faces show a plan field for field the same way. Pure: no reposi
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from casbackup.maintenance.forget import ForgetPlan
 from casbackup.maintenance.prune import PrunePlan
 from casbackup.maintenance.retention import RetentionPolicy, format_duration
@@ -13,9 +15,11 @@ from casbackup.recovery.plan import RecoveryPlan
 
 
 def policy_doc(policy: RetentionPolicy) -> dict[str, object]:
-    doc: dict[str, object] = {k: v for k, v in vars(policy).items() if v and k != "keep_tags"}
-    if policy.keep_within is not None:
-        doc["keep_within"] = format_duration(policy.keep_within)
+    doc: dict[str, object] = {
+        k: format_duration(v) if isinstance(v, timedelta) else v
+        for k, v in vars(policy).items()
+        if (v or isinstance(v, timedelta)) and k != "keep_tags"
+    }
     if policy.keep_tags:
         doc["keep_tags"] = sorted(policy.keep_tags)
     return doc

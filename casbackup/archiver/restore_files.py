@@ -165,7 +165,8 @@ class FileSender(ABC):
 
     # ------------------------------------------------------------------ files
     def _restore_file(self, node: Node, rel_path: bytes, folder: Folder) -> None:
-        key = node.link_group
+        # node.link_group, inline: this runs once a file
+        key = (node.device, node.inode, node.content_hash) if node.nlink > 1 else None
         if key is not None:
             with self._lock:
                 group = self._groups.get(key)

@@ -72,6 +72,20 @@ def _policy_lookup(
     return lambda key: flags
 
 
+def _within_bucket_options(f: Callable[..., None]) -> Callable[..., None]:
+    """--keep-within-hourly ... --keep-within-yearly DURATION (restic's names): the newest
+    snapshot of each hour, day, ... within DURATION of the newest snapshot."""
+    for bucket, unit in reversed(
+        (("hourly", "hour"), ("daily", "day"), ("weekly", "week"), ("monthly", "month"),
+         ("yearly", "year"))
+    ):  # fmt: skip
+        f = click.option(
+            f"--keep-within-{bucket}", f"keep_within_{bucket}", metavar="DURATION",
+            help=f"Keep the newest of each {unit} within DURATION of the newest.",
+        )(f)  # fmt: skip
+    return f
+
+
 def _named_plan(repo: Repository, refs: tuple[str, ...], app: str | None) -> ForgetPlan:
     """The snapshots named on the command line, every one resolved before any is removed
     (a typo in the third id removes nothing). A record named by id that is damaged is
@@ -167,6 +181,7 @@ def _render(plan: ForgetPlan, tz: tzinfo | None) -> None:
     metavar="DURATION",
     help="Keep all within DURATION (e.g. 10d, 1y2m) of the newest.",
 )
+@_within_bucket_options
 @click.option(
     "--keep-tag",
     "keep_tags",
@@ -183,7 +198,7 @@ def forget(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...],
            use_all: bool, keep_last: int,
            keep_hourly: int, keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
            keep_within: str | None, keep_tags: tuple[str, ...], dry_run: bool, then_prune: bool,
-           max_unused: float, max_repack_size: int | None) -> None:  # fmt: skip
+           max_unused: float, max_repack_size: int | None, **within: str | None) -> None:  # fmt: skip
     """Remove snapshots according to a retention policy (say why each is kept or removed),
     or the SNAPSHOTs named (ids, unique prefixes, or 'latest' with --app)."""
     opts = global_options(ctx)
@@ -193,6 +208,7 @@ def forget(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...],
         keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
         keep_monthly=keep_monthly, keep_yearly=keep_yearly,
         keep_within=parse_duration(keep_within) if keep_within else None, keep_tags=frozenset(keep_tags),
+        **{name: parse_duration(value) if value else None for name, value in within.items()},
     )  # fmt: skip
     tz: tzinfo | None = None
     if snapshot_refs:

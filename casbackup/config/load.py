@@ -348,24 +348,31 @@ def parse_plugins(sec: Section) -> PluginsConfig:
     return result
 
 
-def parse_retention(sec: Section) -> RetentionConfig:
-    within = sec.text("keep_within")
+def _retention_duration(sec: Section, key: str) -> str | None:
+    """A keep_within* value as `forget` reads it, or None (noted) when it is not one."""
+    within = sec.text(key)
     if within is not None and not KEEP_WITHIN_RE.match(within):
         sec.note(
-            "keep_within",
+            key,
             f"{within!r} is not a duration: use digits followed by y, m, w, d or h (e.g. '1y6m')",
         )
-        within = None
-    elif within is not None:
+        return None
+    if within is not None:
         try:  # as `forget` reads it: a unit given twice, a duration past timedelta's range
             parse_duration(within)
         except UsageError as exc:
-            sec.note("keep_within", str(exc))
-            within = None
+            sec.note(key, str(exc))
+            return None
+    return within
+
+
+def parse_retention(sec: Section) -> RetentionConfig:
+    within_keys = ("keep_within", "keep_within_hourly", "keep_within_daily",
+                   "keep_within_weekly", "keep_within_monthly", "keep_within_yearly")  # fmt: skip
     result = RetentionConfig(
         **{k: sec.integer(k, 0) for k in ("keep_last", "keep_hourly", "keep_daily",
                                           "keep_weekly", "keep_monthly", "keep_yearly")},
-        keep_within=within,
+        **{k: _retention_duration(sec, k) for k in within_keys},
         keep_tags=sec.str_list("keep_tags"),
     )  # fmt: skip
     sec.done()

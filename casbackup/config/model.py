@@ -66,6 +66,8 @@ keep_weekly = 4
 keep_monthly = 12
 keep_yearly = 3
 keep_within = "2d"                           # digits + y/m/w/d/h, e.g. "1y6m", "36h"
+keep_within_daily = "30d"                    # one a day for 30 days back from the newest,
+                                             # also _hourly, _weekly, _monthly, _yearly
 keep_tags = ["release"]
 
 [applications.verification]
@@ -149,6 +151,11 @@ class RetentionConfig:
     keep_yearly: int = 0
     keep_within: str | None = None
     keep_tags: tuple[str, ...] = ()
+    keep_within_hourly: str | None = None
+    keep_within_daily: str | None = None
+    keep_within_weekly: str | None = None
+    keep_within_monthly: str | None = None
+    keep_within_yearly: str | None = None
 
     @property
     def is_empty(self) -> bool:

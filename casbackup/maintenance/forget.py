@@ -88,6 +88,12 @@ def policy_from_retention(retention: object) -> RetentionPolicy:
         keep_yearly=getattr(retention, "keep_yearly", 0),
         keep_within=parse_duration(within) if within else None,
         keep_tags=frozenset(getattr(retention, "keep_tags", ())),
+        **{
+            f"keep_within_{b}": parse_duration(v)
+            if (v := getattr(retention, f"keep_within_{b}", None))
+            else None
+            for b in ("hourly", "daily", "weekly", "monthly", "yearly")
+        },
     )
 
 

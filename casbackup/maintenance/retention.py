@@ -21,6 +21,11 @@ Semantics follow restic's ``forget``, with the differences marked *(differs)*:
   group*, not than ``now``: a group whose backups stopped a month ago keeps its last week
   of snapshots rather than losing all of them. The boundary is inclusive *(differs: restic
   keeps only strictly younger ones)*.
+- ``keep_within_hourly/daily/weekly/monthly/yearly=D``: the newest snapshot of each
+  calendar bucket among the snapshots at most D older than the group's newest snapshot
+  (restic's ``--keep-within-daily`` and the like: "one a day for the last 30 days" however
+  many days had no backup, where ``keep_daily=30`` reaches back 30 backup days).
+  The boundary is inclusive, as for ``keep_within``.
 - ``keep_tags`` keeps every snapshot that carries any of the tags *(differs: restic's
   ``--keep-tag a,b`` means "both a and b")*.
 - When a bucket rule wants more buckets than the history has, the oldest snapshot is kept
@@ -61,6 +66,14 @@ _COUNT_FIELDS = (
     "keep_monthly",
     "keep_yearly",
 )
+# keep_within_<bucket>: one snapshot per calendar bucket, within a duration of the newest.
+_WITHIN_FIELDS = (
+    "keep_within_hourly",
+    "keep_within_daily",
+    "keep_within_weekly",
+    "keep_within_monthly",
+    "keep_within_yearly",
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,11 @@ class RetentionPolicy:
     keep_yearly: int = 0
     keep_within: timedelta | None = None
     keep_tags: frozenset[str] = frozenset()
+    keep_within_hourly: timedelta | None = None
+    keep_within_daily: timedelta | None = None
+    keep_within_weekly: timedelta | None = None
+    keep_within_monthly: timedelta | None = None
+    keep_within_yearly: timedelta | None = None
 
     def __post_init__(self) -> None:
         # Policies are built from user input (CLI flags, config files), so bad values are
@@ -88,11 +106,10 @@ class RetentionPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise UsageError(f"{name} must be a whole number of 0 or more, not {value!r}")
-        if self.keep_within is not None:
-            if not isinstance(self.keep_within, timedelta) or self.keep_within < timedelta(0):
-                raise UsageError(
-                    f"keep_within must be a duration of 0 or more, not {self.keep_within!r}"
-                )
+        for name in ("keep_within", *_WITHIN_FIELDS):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, timedelta) or value < timedelta(0)):
+                raise UsageError(f"{name} must be a duration of 0 or more, not {value!r}")
         if isinstance(self.keep_tags, str):
             # frozenset("release") would silently become {"r", "e", "l", ...}.
             raise UsageError(f"keep_tags must be a set of tags, not the string {self.keep_tags!r}")
@@ -108,6 +125,7 @@ class RetentionPolicy:
             not any(getattr(self, name) for name in _COUNT_FIELDS)
             and self.keep_within is None
             and not self.keep_tags
+            and all(getattr(self, name) is None for name in _WITHIN_FIELDS)
         )
 
 
@@ -224,7 +242,8 @@ def apply_policy(
     if policy.is_empty():
         raise UsageError(
             "the retention policy has no keep rule, which would remove every snapshot; "
-            "give at least one keep rule (last, hourly, daily, weekly, monthly, yearly, within, tag)"
+            "give at least one keep rule (last, hourly, daily, weekly, monthly, yearly, within, "
+            "within-daily and the like, tag)"
         )
     _require_aware(now, "now")
     seen_ids: set[str] = set()
@@ -252,6 +271,11 @@ def apply_policy(
         # falls back across midnight the local date can step backwards, and a calendar
         # day must still get only one kept snapshot.
         taken: dict[str, set[str]] = {field: set() for field, _, _ in _BUCKET_RULES}
+        within_rules = [
+            (limit, word, bucket_of, set[str]())
+            for (_, word, bucket_of), name in zip(_BUCKET_RULES, _WITHIN_FIELDS, strict=True)
+            if (limit := getattr(policy, name)) is not None
+        ]
         oldest = present[-1]
         for snap in present:
             why = reasons[snap.id]
@@ -273,6 +297,10 @@ def apply_policy(
             # A difference of two datetimes cannot overflow, unlike newest - keep_within.
             if policy.keep_within is not None and newest - snap.time <= policy.keep_within:
                 why.append(f"within {format_duration(policy.keep_within)}")
+            for limit, word, bucket_of, seen in within_rules:
+                if newest - snap.time <= limit and (bucket := bucket_of(local)) not in seen:
+                    seen.add(bucket)
+                    why.append(f"{word} snapshot {bucket} within {format_duration(limit)}")
             why.extend(f"tag {tag!r}" for tag in sorted(policy.keep_tags) if tag in snap.tags)
         if not reasons[present[0].id]:
             reasons[present[0].id].append(NEWEST_REASON)

@@ -158,7 +158,7 @@ def system_status(
     counts = service.jobs.counts() if service.jobs is not None else {}
     apps = [a for a in service.registry.config.applications if principal.sees(a.name)]
     return SystemStatus(
-        status="running", version=__version__, uptime_s=round(service.clock() - service.started_at, 3),
+        status="running", version=__version__, uptime_s=round(service.uptime(), 3),
         applications=len(apps), repositories=repos, jobs=counts,
         scheduler=service.scheduler is not None,
         features={"incremental_backups": True, "differential_backups": True, "database_dumps": True,

@@ -23,7 +23,8 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
   fire time and before the schedule's next fire time. One that did not (it failed, is still
   running, was skipped as missed or because the previous run was still going) sends the
   application's notifiers the ``overdue`` event once, from the tick that notices it, in a
-  thread of its own (a slow SMTP server never delays a schedule). The fire time waited for
+  thread of its own (a slow SMTP server never delays a schedule); a notifier that fails is
+  asked again every 5 minutes for an hour. The fire time waited for
   is kept in ``schedule_state`` under ``due:<key>``, the last one reported under
   ``overdue:<key>``; a schedule seen for the first time waits for nothing.
 - Optional restore drills: ``verify_schedule`` verifies each application's newest snapshot,
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("casbackup.server.scheduler")
 
 GRACE_S = 90.0  # a fire noticed later than this after its time counts as missed
+OVERDUE_RETRY_S = 300.0  # an overdue report a notifier did not take is sent again after this
+OVERDUE_ATTEMPTS = 12  # ... this many times in all (an hour), then it is only in the log
 MACROS = {
     "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
     "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
@@ -132,6 +135,10 @@ class Scheduler:
         self._lock = threading.Lock()
         self.overdue: list[str] = []  # what was reported overdue (tests, logs)
         self.notify_threads: list[threading.Thread] = []
+        # overdue reports some notifiers did not take, each run's its own (a later report
+        # does not replace it): <key>@<due> -> (those notifiers, the event,
+        # the next attempt's number, when to make it); in memory: a restart drops them
+        self._undelivered: dict[str, tuple[tuple[Any, ...], Any, int, dt.datetime]] = {}
         self._first_tick = True  # the start-up tick also reruns backups the stop cut short
         self.reload()
 
@@ -187,12 +194,18 @@ class Scheduler:
         self._set_last(key, when)
         self._set_last(f"from:{key}", when)
 
-    def _last_run(self, key: str) -> dt.datetime | None:
+    def _last_run(self, e: Entry) -> dt.datetime | None:
         """The fire time the schedule last reached (run, or skipped and so overdue), or None
         when it has reached none since it began counting: the time it counts from is no run,
-        and the dashboard would call it one that did not succeed."""
-        last, since = self._last(key), self._last(f"from:{key}")
-        return None if last is None or (since is not None and last <= since) else last
+        and the dashboard would call it one that did not succeed. A cron schedule's fires are
+        its own times, so a time that is none is no run either: a state database written
+        before ``from:<key>`` existed holds such times, as does a schedule changed since."""
+        last, since = self._last(e.key), self._last(f"from:{e.key}")
+        if last is None or (since is not None and last <= since):
+            return None
+        if e.rule.cron is not None and e.rule.next_after(last - dt.timedelta(seconds=1)) != last:
+            return None
+        return last
 
     def next_run(self, entry: Entry) -> dt.datetime:
         last = self._last(entry.key)
@@ -208,7 +221,7 @@ class Scheduler:
             entries = list(self.entries)
         out = []
         for e in entries:
-            last = self._last_run(e.key)
+            last = self._last_run(e)
             out.append({"key": e.key, "kind": e.kind, "app": e.app, "repository": e.repo,
                         "schedule": e.rule.expr, "timezone": str(self.tz),
                         "last_run": last.isoformat() if last else None,
@@ -223,6 +236,7 @@ class Scheduler:
         with self._lock:
             entries = list(self.entries)
         starting, self._first_tick = self._first_tick, False
+        self._resend_overdue(now)
         for e in entries:
             last = self._last(e.key)
             if last is None:
@@ -301,16 +315,46 @@ class Scheduler:
         cfg = self.service.registry.app(e.app or "")
         if cfg is None or not any("overdue" in n.on for n in cfg.notify):
             return
-        from casbackup.notify import Event, dispatch
+        from casbackup.notify import Event
 
+        wanted = tuple(n for n in cfg.notify if "overdue" in n.on)
         event = Event("overdue", e.app or "", message)
+        self._send_overdue(f"{e.key}@{due.isoformat()}", wanted, event, 1, now)
+
+    def _send_overdue(self, key: str, notifiers: tuple[Any, ...], event: Any, attempt: int,
+                      now: dt.datetime) -> None:  # fmt: skip
+        """Send ``event`` (report ``key``) to ``notifiers`` in a thread of its own; those
+        that fail (the network down at that moment, the receiver restarting) are asked again
+        by the ticks ``OVERDUE_RETRY_S`` apart, up to ``OVERDUE_ATTEMPTS`` times: reported
+        once means delivered once, not tried once and lost. Those that took it are not
+        asked again."""
+        from casbackup.notify import dispatch
+
         offline = self.service.registry.config.plugins.offline_mode
-        worker = threading.Thread(
-            target=dispatch, args=(cfg.notify, event), kwargs={"offline_mode": offline},
-            name=f"notify-overdue-{e.app}", daemon=True,
-        )  # fmt: skip
+
+        def send() -> None:
+            failed = tuple(n for n in notifiers if dispatch((n,), event, offline_mode=offline))
+            with self._lock:
+                if failed and attempt < OVERDUE_ATTEMPTS:
+                    again = now + dt.timedelta(seconds=OVERDUE_RETRY_S)
+                    self._undelivered[key] = (failed, event, attempt + 1, again)
+                else:
+                    self._undelivered.pop(key, None)
+
+        worker = threading.Thread(target=send, name=f"notify-overdue-{event.app}", daemon=True)
         worker.start()
         self.notify_threads = [t for t in self.notify_threads if t.is_alive()] + [worker]
+
+    def _resend_overdue(self, now: dt.datetime) -> None:
+        """Ask again the notifiers an ``overdue`` could not reach (``_send_overdue``)."""
+        with self._lock:
+            # A retry further off than its spacing: the clock went back; it is due now.
+            late = now + dt.timedelta(seconds=OVERDUE_RETRY_S)
+            ready = [(k, v) for k, v in self._undelivered.items() if not now < v[3] <= late]
+            for k, _v in ready:
+                del self._undelivered[k]
+        for key, (notifiers, event, attempt, _when) in ready:
+            self._send_overdue(key, notifiers, event, attempt, now)
 
     def _rerun_cut_short(
         self, e: Entry, last: dt.datetime, now: dt.datetime, done: list[str]

@@ -25,6 +25,7 @@ class Service:
         self.settings = settings
         self.clock = clock
         self.started_at = clock()
+        self._started_mono = time.monotonic()
         self.db = StateDB(settings.state_dir)
         self.accounts = Accounts(self.db, make_hasher(cheap=settings.cheap_password_hashing))
         self.registry = Registry(settings)
@@ -38,6 +39,11 @@ class Service:
         self.metrics: Any = None
         self._starts = 0  # lifespans nest when an app is mounted or wrapped (test clients do)
         self._instance_lock: InstanceLock | None = None
+
+    def uptime(self) -> float:
+        """Seconds since this service was made, by the monotonic clock: NTP stepping the
+        wall clock back an hour made the uptime negative (a restart, to a monitor)."""
+        return time.monotonic() - self._started_mono
 
     def zone_name(self) -> str | None:
         """The zone the user gave schedules and retention: ``--timezone``, else the config's

@@ -57,3 +57,24 @@ def test_forget_refuses_ids_with_a_keep_rule(three) -> None:  # type: ignore[no-
     res = run_cli("forget", ids[0][:8], "--keep-last", "1", repo=repo)
     assert_one_error(res, 2, "not both")
     assert len(_ids(repo)) == 3
+
+
+def test_keep_within_daily_from_the_command_line_and_the_config(three, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """restic's --keep-within-daily (and hourly, weekly, monthly, yearly) exist here too."""
+    repo, ids = three
+    res = run_cli("--json", "forget", "--app", "web", "--keep-within-daily", "1d", "--dry-run",
+                  repo=repo)  # fmt: skip
+    assert res.code == 0, res.err
+    group = json.loads(res.out)["groups"][0]
+    assert group["policy"] == {"keep_within_daily": "1d"}
+    assert [k["short_id"] for k in group["keep"]] == [ids[1][:8]]  # one a day: the newest
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[repository]\nlocation = "{repo}"\n[[applications]]\nname = "web"\n'
+        f'sources = ["{tmp_path}"]\n[applications.retention]\nkeep_within_weekly = "2w"\n'
+    )
+    res = run_cli("--config", str(config), "--json", "forget", "--app", "web", "--dry-run",
+                  repo=repo)  # fmt: skip
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["groups"][0]["policy"] == {"keep_within_weekly": "14d"}
+    assert_one_error(run_cli("forget", "--keep-within-daily", "soon", repo=repo), 2, "soon")

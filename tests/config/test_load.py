@@ -154,6 +154,8 @@ MALFORMED = [
      "applications[0].retention.keep_daily", "must be an integer, not a string"),
     (APP + '[applications.retention]\nkeep_within = "7 days"\n',
      "applications[0].retention.keep_within", "'7 days' is not a duration"),
+    (APP + '[applications.retention]\nkeep_within_daily = "30"\n',
+     "applications[0].retention.keep_within_daily", "'30' is not a duration"),
     (APP + 'schedule = "every night"\n', "applications[0].schedule",
      "'every night' is not a cron expression"),
     (APP + 'schedule = "99 * * * *"\n', "applications[0].schedule",  # what serve would refuse

@@ -589,3 +589,48 @@ def test_snapshots_at_the_ends_of_the_calendar_do_not_crash_the_policy() -> None
     kept = verdicts(apply_policy(group, RetentionPolicy(keep_daily=5, keep_yearly=5), now, tz=zone))
     assert kept["s0"] == ("daily snapshot 0001-01-01", "yearly snapshot 0001")
     assert kept["s1"] and kept["s2"]
+
+
+def test_keep_within_daily_counts_calendar_days_back_from_the_newest() -> None:
+    """restic's --keep-within-daily: one a day for the last D, however many days had no
+    backup, where keep_daily=N reaches back N days that had one."""
+    group = snaps(
+        "2026-11-30T22:00:00+00:00",
+        "2026-11-30T08:00:00+00:00",  # newest day: one kept
+        "2026-11-20T08:00:00+00:00",  # 10 days back: within 15d
+        "2026-11-15T22:00:00+00:00",  # exactly 15 days back: inclusive
+        "2026-11-10T08:00:00+00:00",
+        "2026-10-31T08:00:00+00:00",  # beyond
+    )
+    within = verdicts(apply_policy(group, RetentionPolicy(keep_within_daily=timedelta(days=15)),
+                                   at("2026-12-01T00:00:00+00:00"), tz=UTC))  # fmt: skip
+    assert within == {
+        "s0": ("daily snapshot 2026-11-30 within 15d",), "s1": (),
+        "s2": ("daily snapshot 2026-11-20 within 15d",),
+        "s3": ("daily snapshot 2026-11-15 within 15d",), "s4": (), "s5": (),
+    }  # fmt: skip
+    counted = verdicts(apply_policy(group, RetentionPolicy(keep_daily=15),
+                                    at("2026-12-01T00:00:00+00:00"), tz=UTC))  # fmt: skip
+    assert all(counted[s] for s in ("s0", "s2", "s3", "s4", "s5"))  # 15 backup days reach all
+
+
+def test_keep_within_buckets_use_the_zone_and_combine_with_other_rules() -> None:
+    group = snaps("2026-03-01T23:30:00+00:00", "2026-03-01T22:30:00+00:00",
+                  "2026-02-27T12:00:00+00:00", "2025-12-31T23:30:00+00:00")  # fmt: skip
+    policy = RetentionPolicy(keep_within_monthly=timedelta(days=70), keep_last=1,
+                             keep_within_weekly=timedelta(days=1))  # fmt: skip
+    got = verdicts(apply_policy(group, policy, at("2026-03-02T00:00:00+00:00"), tz=BERLIN))
+    # 23:30 UTC is 00:30 on 2 March in Berlin: its own week (W10) and month (March)
+    assert got["s0"] == ("last snapshot", "weekly snapshot 2026-W10 within 1d",
+                         "monthly snapshot 2026-03 within 70d")  # fmt: skip
+    assert got["s1"] == ("weekly snapshot 2026-W09 within 1d",)  # 23:30 on 1 March: March taken
+    assert got["s2"] == ("monthly snapshot 2026-02 within 70d",)
+    assert got["s3"] == ("monthly snapshot 2026-01 within 70d",)  # Berlin: 1 January
+
+
+def test_keep_within_buckets_are_rules_and_are_checked() -> None:
+    assert not RetentionPolicy(keep_within_yearly=timedelta(0)).is_empty()
+    with pytest.raises(UsageError, match="keep_within_daily"):
+        RetentionPolicy(keep_within_daily=timedelta(days=-1))
+    with pytest.raises(UsageError, match="keep_within_hourly"):
+        RetentionPolicy(keep_within_hourly="7d")  # type: ignore[arg-type]

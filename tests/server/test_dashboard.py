@@ -493,6 +493,11 @@ def test_a_check_that_finds_damage_names_the_files_and_the_way_out(env: Env) -> 
     assert repair["state"] == "succeeded", repair
     assert repair["result"]["packs"][0]["dropped"] == 1 and repair["result"]["packs_deleted"] == 1
     assert "1 damaged blob dropped" in env.client.get(f"/jobs/{repair['id']}").text
+    # The overview no longer calls them damaged as if nothing was done: only a check can
+    # say whether the repair was enough.
+    overview = env.client.get("/").text
+    assert has(overview, f"{TESTIDS['app_damage']}:shop") and "repaired since" in overview
+    assert "damaged: 2 snapshots" not in overview and f"/jobs/{repair['id']}" in overview
     # Now the data is missing (the source changed since): check offers repair snapshots.
     Path(path).write_bytes(os.urandom(300_000))
     backup(env, "shop")

@@ -756,3 +756,12 @@ def test_an_exclusive_job_waits_for_the_readers_of_its_repository(env: Env) -> N
     assert [d["state"] for d in docs] == ["succeeded"] * 3, docs
     assert docs[0]["finished_at"] <= docs[1]["started_at"]  # prune after the check
     assert docs[1]["finished_at"] <= docs[2]["started_at"]  # the later check after prune
+
+
+def test_the_uptime_does_not_follow_the_wall_clock_back(env: Env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # NTP stepping the clock back an hour made /api/system/status's uptime negative: to a
+    # monitor that watches it, the service had just restarted (or never started).
+    service = env.service
+    monkeypatch.setattr(service, "clock", lambda: service.started_at - 3600)
+    status = env.client.get("/api/system/status", headers=env.h("viewer")).json()
+    assert 0 <= status["uptime_s"] < 3600, status

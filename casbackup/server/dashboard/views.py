@@ -47,6 +47,9 @@ class AppCard:
     # (the repository's newest check job, how many of this application's snapshots it found
     # damaged) when that check failed on some of them; None otherwise
     damage: tuple[int, int] | None = None
+    # a repair job (its id) that succeeded on the repository after that check: the damage
+    # may be gone, which only the next check can tell
+    repaired_since: int | None = None
 
 
 @dataclass
@@ -147,6 +150,7 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
         for key, job in checks.items()
         if job is not None and job["state"] == "failed"
     }
+    repairs = {key: last_repair_after(service, key, job) for key, job in checks.items()}
     schedules: dict[str, dict[str, Any]] = {}
     if service.scheduler is not None:
         schedules = {e["app"]: e for e in service.scheduler.overview() if e["kind"] == "backup"}
@@ -177,6 +181,7 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             stored_bytes=sum(s.summary.bytes_stored for s in snaps),
             strip=day_strip([s.datetime for s in snaps if s.datetime >= since], failed, now, tz),
             damage=(check["id"], hit) if hit and check is not None else None,
+            repaired_since=repairs.get(row.repository) if hit else None,
         ))  # fmt: skip
     repos = [
         repo_health(service, key, handle, snaps_by_repo.get(key, []), principal, now)
@@ -225,6 +230,21 @@ def last_check(service: Service, key: str) -> dict[str, Any] | None:
     for job in service.jobs.list(kind="check", limit=200, apps=None):
         if job["repository"] == key and job["state"] not in ("queued", "running"):
             return job
+    return None
+
+
+def last_repair_after(service: Service, key: str, check: dict[str, Any] | None) -> int | None:
+    """The id of the newest repair job of repository ``key`` that changed something (not a
+    dry run) and succeeded after ``check`` finished, or None."""
+    if check is None or not check.get("finished_at"):
+        return None
+    for job in service.jobs.list(kind="repair", limit=50, apps=None):
+        if (
+            job["repository"] == key and job["state"] == "succeeded"
+            and not (job.get("params") or {}).get("dry_run")
+            and (job.get("finished_at") or "") > check["finished_at"]
+        ):  # fmt: skip
+            return int(job["id"])
     return None
 
 
