@@ -27,6 +27,10 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 from casbackup.errors import DatabaseError
 
+#: What to do about a restore target that already holds data, in the words of the two
+#: commands that restore databases (an engine is reached from both).
+NOT_EMPTY_HINT = "to replace it: db restore --overwrite, recover --overwrite-databases"
+
 
 @dataclass(frozen=True)
 class DatabaseSpec:

@@ -53,6 +53,7 @@ from dataclasses import replace
 from typing import BinaryIO
 
 from casbackup.engines.base import (
+    NOT_EMPTY_HINT,
     DatabaseSpec,
     DumpInfo,
     DumpStream,
@@ -402,7 +403,7 @@ class MysqlEngine:
             if exists and self._has_content(spec, db) and not overwrite:
                 raise DatabaseError(
                     f"database {spec.name!r}: {db} already exists and is not empty "
-                    "(use overwrite to replace it)"
+                    f"({NOT_EMPTY_HINT})"
                 )
             if not exists:
                 fed = self._load_new(spec, stream, defaults, temp)

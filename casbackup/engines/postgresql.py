@@ -38,6 +38,7 @@ from dataclasses import replace
 from typing import BinaryIO
 
 from casbackup.engines.base import (
+    NOT_EMPTY_HINT,
     DatabaseSpec,
     DumpInfo,
     DumpStream,
@@ -388,7 +389,7 @@ class PostgresEngine:
             if exists and self._table_count(spec) and not overwrite:
                 raise DatabaseError(
                     f"database {spec.name!r}: {db} already exists and is not empty "
-                    "(use overwrite to replace it)"
+                    f"({NOT_EMPTY_HINT})"
                 )
             older = older_tool_warning(f"database {spec.name!r}", properties, "pg_restore",
                                        self.version_text("pg_restore"))  # fmt: skip

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import BinaryIO
 
-from casbackup.engines.base import DatabaseSpec, DumpInfo, DumpStream, RestoreInfo
+from casbackup.engines.base import NOT_EMPTY_HINT, DatabaseSpec, DumpInfo, DumpStream, RestoreInfo
 from casbackup.engines.leftovers import is_stale, process_tag
 from casbackup.errors import DatabaseError
 
@@ -223,8 +223,7 @@ class SqliteEngine:
                 properties = file_properties(path)
         if os.path.exists(path) and os.path.getsize(path) > 0 and not overwrite:
             raise DatabaseError(
-                f"database {spec.name!r}: {path} already exists and is not empty "
-                "(use overwrite to replace it)"
+                f"database {spec.name!r}: {path} already exists and is not empty ({NOT_EMPTY_HINT})"
             )
         folder = os.path.dirname(os.path.abspath(path))
         swept = _sweep(folder, f"database {spec.name!r}")

@@ -74,3 +74,29 @@ def test_the_service_names_no_other_application(tmp_path: Path) -> None:
     with pytest.raises(RecoveryError) as failed:
         choose_snapshot(repo, options)
     assert "payroll" not in str(failed.value)
+
+
+def test_db_restore_onto_data_names_the_option_that_replaces_it(tmp_path: Path) -> None:
+    # It said "(use overwrite to replace it)": no such word on the command line.
+    import sqlite3
+
+    app = tmp_path / "app"
+    app.mkdir()
+    with sqlite3.connect(app / "notes.db") as db:
+        db.execute("CREATE TABLE t (x)")
+        db.execute("INSERT INTO t VALUES (1)")
+    repo = init_repo(str(tmp_path / "repo"))
+    config = tmp_path / "casbackup.toml"
+    config.write_text(
+        f'[repository]\nlocation = "{repo}"\n\n[[applications]]\nname = "notes"\n'
+        f'sources = ["{app}"]\n\n[[applications.databases]]\nname = "notes"\n'
+        f'engine = "sqlite"\npath = "{app / "notes.db"}"\n'
+    )
+    env = {"CASBACKUP_CONFIG": str(config)}
+    assert run_cli("backup", "--app", "notes", env=env).code == 0
+    res = run_cli("db", "restore", "latest", "--app", "notes", "--database", "notes", env=env)
+    assert res.code == 27 and "already exists and is not empty" in res.err, res.err
+    assert "db restore --overwrite" in res.err and "use overwrite" not in res.err
+    res = run_cli("db", "restore", "latest", "--app", "notes", "--database", "notes",
+                  "--overwrite", env=env)  # fmt: skip
+    assert res.code == 0, res.err
