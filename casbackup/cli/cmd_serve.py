@@ -47,6 +47,12 @@ from casbackup.errors import CasError, UsageError
     help="Also check each repository (--read-data-subset) on this schedule.",
 )
 @click.option(
+    "--forget-schedule",
+    metavar="CRON",
+    help="Also apply each application's retention from the config on this schedule "
+    "(forget, then prune each repository); without it the service forgets nothing.",
+)
+@click.option(
     "--check-subset",
     default="1/7",
     show_default=True,
@@ -65,7 +71,8 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
           tls_key: str | None, insecure_http: bool, trusted_proxies: tuple[str, ...],
           trusted_user_header: str | None, secure_cookies: bool | None, no_scheduler: bool,
           missed_runs: str, timezone: str | None, verify_schedule: str | None,
-          check_schedule: str | None, check_subset: str, max_run_time: str) -> None:  # fmt: skip
+          check_schedule: str | None, forget_schedule: str | None, check_subset: str,
+          max_run_time: str) -> None:  # fmt: skip
     """Run the web service: the API, background jobs and the scheduler.
 
     Reads the same config file as the other commands and serves every application and
@@ -78,6 +85,9 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
     opts = global_options(ctx)
     host, port = parse_listen(listen)
     run_time = _run_time(max_run_time)
+    verify_schedule = _schedule("--verify-schedule", verify_schedule)
+    check_schedule = _schedule("--check-schedule", check_schedule)
+    forget_schedule = _schedule("--forget-schedule", forget_schedule)
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("give both --tls-cert and --tls-key")
     if not is_loopback(host) and not tls_cert:
@@ -106,7 +116,8 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
         trusted_user_header=trusted_user_header, trusted_proxies=check_proxies(trusted_proxies),
         cookie_secure=secure_cookies if secure_cookies is not None else bool(tls_cert or trusted_proxies),
         run_scheduler=not no_scheduler, missed_runs=missed_runs, timezone=_zone(timezone),
-        verify_schedule=verify_schedule, check_schedule=check_schedule, check_subset=_subset(check_subset),
+        verify_schedule=verify_schedule, check_schedule=check_schedule,
+        forget_schedule=forget_schedule, check_subset=_subset(check_subset),
         max_run_time_s=run_time,
     )  # fmt: skip
     import uvicorn
@@ -179,6 +190,19 @@ def _run_time(text: str) -> int:
         return parse_run_time(text)
     except ValueError as exc:
         raise UsageError(f"--max-run-time: {exc}") from None
+
+
+def _schedule(option: str, text: str | None) -> str | None:
+    """A schedule option as the scheduler reads it; UsageError for one it cannot read,
+    which was a warning in the log after start-up while the drill silently never ran."""
+    if text is None:
+        return None
+    from casbackup.config.load import normalize_schedule
+
+    try:
+        return normalize_schedule(text)
+    except ValueError as exc:
+        raise UsageError(f"{option} {exc}") from None
 
 
 def _subset(text: str) -> str:

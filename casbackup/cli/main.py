@@ -32,6 +32,7 @@ COMMAND_MODULES = {
     "plugins": "cmd_plugins",
     "fs-snapshots": "cmd_fs_snapshots",
     "tag": "cmd_tag",
+    "rewrite": "cmd_rewrite",
 }  # fmt: skip
 
 

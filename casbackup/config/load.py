@@ -382,6 +382,16 @@ def parse_retention(sec: Section) -> RetentionConfig:
 def check_schedule(sec: Section, value: str | None) -> str | None:
     if value is None:
         return None
+    try:
+        return normalize_schedule(value)
+    except ValueError as exc:
+        raise sec.error("schedule", str(exc)) from None
+
+
+def normalize_schedule(value: str) -> str:
+    """A schedule as the scheduler reads it (``@every 15m``, a macro, 5 cron fields) from
+    what a user writes ("every 15 minutes", "@daily", "0 2 * * *"). ValueError with the
+    message to show (which forms there are) for anything else."""
     text = " ".join(value.split())
     if text in _CRON_MACROS:
         return text
@@ -390,14 +400,13 @@ def check_schedule(sec: Section, value: str | None) -> str | None:
         count = int(every.group(1) or every.group(3))
         unit = (every.group(2) or every.group(4))[0].lower()
         if count == 0:
-            raise sec.error("schedule", f"{value!r}: the interval must be at least 1")
+            raise ValueError(f"{value!r}: the interval must be at least 1")
         if count * (60 if unit == "h" else 1) > MAX_EVERY_MINUTES:
-            raise sec.error("schedule", f"{value!r}: {EVERY_TOO_LONG}")
+            raise ValueError(f"{value!r}: {EVERY_TOO_LONG}")
         return f"@every {count}{unit}"
     fields = text.split(" ")
     if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
-        raise sec.error(
-            "schedule",
+        raise ValueError(
             f"{value!r} is not a cron expression: give 5 fields (minute hour day month "
             "weekday), 'every N minutes', or one of " + ", ".join(_CRON_MACROS),
         )
@@ -406,7 +415,7 @@ def check_schedule(sec: Section, value: str | None) -> str | None:
     try:  # the scheduler's own parser: a field out of range is found here, not at `serve`
         CronSim(text, dt.datetime(2000, 1, 1))
     except CronSimError as e:
-        raise sec.error("schedule", f"{value!r} is not a cron expression: {e}") from None
+        raise ValueError(f"{value!r} is not a cron expression: {e}") from None
     return text
 
 

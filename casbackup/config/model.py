@@ -59,8 +59,8 @@ max_run_time = "6h"                          # casbackup serve stops this app's 
 [applications.repository]                    # optional: this app's snapshots go elsewhere
 location = "/srv/backups/webshop-repo"       # (casbackup serve; same keys as [repository])
 
-[applications.retention]
-keep_last = 3
+[applications.retention]                     # applied by `casbackup forget --all` or
+keep_last = 3                                #   `casbackup serve --forget-schedule CRON`
 keep_daily = 7
 keep_weekly = 4
 keep_monthly = 12

@@ -23,11 +23,14 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
   fire time and before the schedule's next fire time. One that did not (it failed, is still
   running, was skipped as missed or because the previous run was still going) sends the
   application's notifiers the ``overdue`` event once, from the tick that notices it, in a
-  thread of its own (a slow SMTP server never delays a schedule). The fire time waited for
+  thread of its own (a slow SMTP server never delays a schedule); a notifier that fails is
+  asked again every 5 minutes for an hour. The fire time waited for
   is kept in ``schedule_state`` under ``due:<key>``, the last one reported under
   ``overdue:<key>``; a schedule seen for the first time waits for nothing.
 - Optional restore drills: ``verify_schedule`` verifies each application's newest snapshot,
   ``check_schedule`` runs ``check --read-data-subset`` on each repository.
+- Optional retention: ``forget_schedule`` forgets by each application's retention (one forget
+  job per application that has one), then prunes its repository.
 
 Tests drive ``tick(now)`` with a fake clock and a recording ``submit``.
 """
@@ -54,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("casbackup.server.scheduler")
 
 GRACE_S = 90.0  # a fire noticed later than this after its time counts as missed
+OVERDUE_RETRY_S = 300.0  # an overdue report a notifier did not take is sent again after this
+OVERDUE_ATTEMPTS = 12  # ... this many times in all (an hour), then it is only in the log
 MACROS = {
     "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
     "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
@@ -130,6 +135,10 @@ class Scheduler:
         self._lock = threading.Lock()
         self.overdue: list[str] = []  # what was reported overdue (tests, logs)
         self.notify_threads: list[threading.Thread] = []
+        # overdue reports some notifiers did not take, each run's its own (a later report
+        # does not replace it): <key>@<due> -> (those notifiers, the event,
+        # the next attempt's number, when to make it); in memory: a restart drops them
+        self._undelivered: dict[str, tuple[tuple[Any, ...], Any, int, dt.datetime]] = {}
         self._first_tick = True  # the start-up tick also reruns backups the stop cut short
         self.reload()
 
@@ -151,6 +160,7 @@ class Scheduler:
         for kind, expr in (
             ("verify", settings.verify_schedule),
             ("check", settings.check_schedule),
+            ("forget", settings.forget_schedule),
         ):
             if not expr:
                 continue
@@ -184,12 +194,18 @@ class Scheduler:
         self._set_last(key, when)
         self._set_last(f"from:{key}", when)
 
-    def _last_run(self, key: str) -> dt.datetime | None:
+    def _last_run(self, e: Entry) -> dt.datetime | None:
         """The fire time the schedule last reached (run, or skipped and so overdue), or None
         when it has reached none since it began counting: the time it counts from is no run,
-        and the dashboard would call it one that did not succeed."""
-        last, since = self._last(key), self._last(f"from:{key}")
-        return None if last is None or (since is not None and last <= since) else last
+        and the dashboard would call it one that did not succeed. A cron schedule's fires are
+        its own times, so a time that is none is no run either: a state database written
+        before ``from:<key>`` existed holds such times, as does a schedule changed since."""
+        last, since = self._last(e.key), self._last(f"from:{e.key}")
+        if last is None or (since is not None and last <= since):
+            return None
+        if e.rule.cron is not None and e.rule.next_after(last - dt.timedelta(seconds=1)) != last:
+            return None
+        return last
 
     def next_run(self, entry: Entry) -> dt.datetime:
         last = self._last(entry.key)
@@ -205,7 +221,7 @@ class Scheduler:
             entries = list(self.entries)
         out = []
         for e in entries:
-            last = self._last_run(e.key)
+            last = self._last_run(e)
             out.append({"key": e.key, "kind": e.kind, "app": e.app, "repository": e.repo,
                         "schedule": e.rule.expr, "timezone": str(self.tz),
                         "last_run": last.isoformat() if last else None,
@@ -220,6 +236,7 @@ class Scheduler:
         with self._lock:
             entries = list(self.entries)
         starting, self._first_tick = self._first_tick, False
+        self._resend_overdue(now)
         for e in entries:
             last = self._last(e.key)
             if last is None:
@@ -298,16 +315,46 @@ class Scheduler:
         cfg = self.service.registry.app(e.app or "")
         if cfg is None or not any("overdue" in n.on for n in cfg.notify):
             return
-        from casbackup.notify import Event, dispatch
+        from casbackup.notify import Event
 
+        wanted = tuple(n for n in cfg.notify if "overdue" in n.on)
         event = Event("overdue", e.app or "", message)
+        self._send_overdue(f"{e.key}@{due.isoformat()}", wanted, event, 1, now)
+
+    def _send_overdue(self, key: str, notifiers: tuple[Any, ...], event: Any, attempt: int,
+                      now: dt.datetime) -> None:  # fmt: skip
+        """Send ``event`` (report ``key``) to ``notifiers`` in a thread of its own; those
+        that fail (the network down at that moment, the receiver restarting) are asked again
+        by the ticks ``OVERDUE_RETRY_S`` apart, up to ``OVERDUE_ATTEMPTS`` times: reported
+        once means delivered once, not tried once and lost. Those that took it are not
+        asked again."""
+        from casbackup.notify import dispatch
+
         offline = self.service.registry.config.plugins.offline_mode
-        worker = threading.Thread(
-            target=dispatch, args=(cfg.notify, event), kwargs={"offline_mode": offline},
-            name=f"notify-overdue-{e.app}", daemon=True,
-        )  # fmt: skip
+
+        def send() -> None:
+            failed = tuple(n for n in notifiers if dispatch((n,), event, offline_mode=offline))
+            with self._lock:
+                if failed and attempt < OVERDUE_ATTEMPTS:
+                    again = now + dt.timedelta(seconds=OVERDUE_RETRY_S)
+                    self._undelivered[key] = (failed, event, attempt + 1, again)
+                else:
+                    self._undelivered.pop(key, None)
+
+        worker = threading.Thread(target=send, name=f"notify-overdue-{event.app}", daemon=True)
         worker.start()
         self.notify_threads = [t for t in self.notify_threads if t.is_alive()] + [worker]
+
+    def _resend_overdue(self, now: dt.datetime) -> None:
+        """Ask again the notifiers an ``overdue`` could not reach (``_send_overdue``)."""
+        with self._lock:
+            # A retry further off than its spacing: the clock went back; it is due now.
+            late = now + dt.timedelta(seconds=OVERDUE_RETRY_S)
+            ready = [(k, v) for k, v in self._undelivered.items() if not now < v[3] <= late]
+            for k, _v in ready:
+                del self._undelivered[k]
+        for key, (notifiers, event, attempt, _when) in ready:
+            self._send_overdue(key, notifiers, event, attempt, now)
 
     def _rerun_cut_short(
         self, e: Entry, last: dt.datetime, now: dt.datetime, done: list[str]
@@ -356,20 +403,25 @@ class Scheduler:
             if e.kind == "backup"
             else self._apps_of(e.repo)
             if e.kind == "verify"
+            else self._retained_apps_of(e.repo)
+            if e.kind == "forget"
             else [None]
         )
+        if e.kind == "forget" and apps:
+            apps.append(None)  # then one prune of the repository, queued after the forgets
         job_id = None
         for app in apps:
-            if app is not None and jobs is not None and jobs.active_for(e.kind, app) is not None:
+            kind = "prune" if e.kind == "forget" and app is None else e.kind
+            if app is not None and jobs is not None and jobs.active_for(kind, app) is not None:
                 _note(
                     done,
                     f"{e.key}: {app} is still running; this {what} is skipped",
                     logging.WARNING,
                 )
                 continue
-            if app is None and jobs is not None and jobs.active_on(e.kind, e.repo) is not None:
-                # A check has no application: one at a time per repository all the same.
-                _note(done, f"{e.key}: the last {e.kind} is still running; this {what} is skipped",
+            if app is None and jobs is not None and jobs.active_on(kind, e.repo) is not None:
+                # A check (a prune) has no application: one at a time per repository all the same.
+                _note(done, f"{e.key}: the last {kind} is still running; this {what} is skipped",
                       logging.WARNING)  # fmt: skip
                 continue
             params: dict[str, Any] = {}
@@ -385,7 +437,7 @@ class Scheduler:
                     )
                 }
             try:
-                doc = submit(e.kind, app=app, params=params, created_by="scheduler", trigger="scheduler",
+                doc = submit(kind, app=app, params=params, created_by="scheduler", trigger="scheduler",
                              repo_key=e.repo)  # fmt: skip
             except CasError as exc:
                 _note(done, f"{e.key}: could not start: {exc}", logging.WARNING)
@@ -393,15 +445,24 @@ class Scheduler:
             job_id = doc["id"] if isinstance(doc, dict) else None
             from casbackup.server.audit import AuditEntry, record
 
-            record(self.service.db, AuditEntry(action=f"scheduled_{e.kind}", outcome="success", app=app,
+            record(self.service.db, AuditEntry(action=f"scheduled_{kind}", outcome="success", app=app,
                                                actor="scheduler", actor_kind="scheduler",
                                                detail=f"job {job_id} ({what})"))  # fmt: skip
-            _note(done, f"{e.key}: started {e.kind}{' of ' + app if app else ''} ({what})")
+            _note(done, f"{e.key}: started {kind}{' of ' + app if app else ''} ({what})")
         return job_id
 
     def _apps_of(self, repo: str | None) -> list[str | None]:
         registry = self.service.registry
         return [a for a, k in registry.app_repo.items() if k == repo]
+
+    def _retained_apps_of(self, repo: str | None) -> list[str | None]:
+        """The applications of ``repo`` whose config gives a retention: the others' snapshots
+        are kept (a forget job without a policy would only fail)."""
+        registry = self.service.registry
+        return [
+            a for a in self._apps_of(repo)
+            if (cfg := registry.app(a or "")) is not None and not cfg.retention.is_empty
+        ]  # fmt: skip
 
     # ----------------------------------------------------------------- thread
     def start(self) -> None:

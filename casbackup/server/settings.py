@@ -46,6 +46,9 @@ class Settings:
     timezone: str | None = None  # IANA name for schedules; None: the machine's zone
     verify_schedule: str | None = None  # restore drills: verify each app's newest snapshot
     check_schedule: str | None = None  # check --read-data-subset of each repository
+    # each application's retention from the config (a forget job per application that has
+    # one), then a prune of its repository: without it the service never forgets anything
+    forget_schedule: str | None = None
     check_subset: str = "1/7"
     # Seconds a job that holds its repository's queue or its schedule (running.TIMED) may run
     # before it is stopped and failed: a dump blocked on a lock or a source on a dead NFS

@@ -118,6 +118,7 @@ JSON_RUNS: dict[str, list[str]] = {
     "unlock": ["unlock"],
     "verify": ["verify", "--app", "notes"],
     "tag": ["tag", "--add", "pinned", "latest", "--app", "notes"],
+    "rewrite": ["rewrite", "--exclude", "*.nothing-matches", "--dry-run"],
     # The web service's accounts, in a state folder ST of their own (passwords on stdin).
     "user add": [
         "user",

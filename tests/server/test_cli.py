@@ -203,3 +203,19 @@ def test_serve_without_a_config_or_a_repository_says_it_has_nothing_to_serve(
     assert "--config FILE" in first and second.startswith("casbackup serving on")
     (warning,) = json.loads(body)["warnings"]
     assert warning.startswith("no config file was found")
+
+
+def test_serve_refuses_a_schedule_it_cannot_read(tmp_path: Path) -> None:
+    # A typo in --check-schedule was a warning in the log after start-up, and the drill
+    # never ran; 'every 2 minutes' (as a config's schedule reads) was refused the same way.
+    st = str(tmp_path / "st")
+    for option, value, fragment in (
+        ("--check-schedule", "every 2 minuts", "is not a cron expression"),
+        ("--verify-schedule", "61 * * * *", "Bad minute"),
+        ("--forget-schedule", "@nightly", "is not a cron expression"),
+    ):
+        res = run_cli("serve", option, value, "--state-dir", st)
+        assert_one_error(res, 2, f"{option} {value!r}", fragment)
+    # Read as the config reads it: then only the missing admin stops this one.
+    res = run_cli("serve", "--forget-schedule", "every 2 minutes", "--state-dir", st)
+    assert_one_error(res, 2, "no users")

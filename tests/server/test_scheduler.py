@@ -167,6 +167,29 @@ def test_restore_drills_and_bad_rules(tmp_path: Path, monkeypatch: pytest.Monkey
     assert rotate_subset("10%", utc(2026, 1, 1)) == "10%"
 
 
+def test_a_forget_schedule_applies_each_retention_then_prunes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A newcomer set [applications.retention] and a schedule and ran the service: it backed
+    # up every night and never forgot a snapshot; the repository grew without bound.
+    from casbackup.server.jobs import JobManager
+
+    s, rec = make(tmp_path, monkeypatch, {}, forget_schedule="0 5 * * *")
+    assert [e.key for e in s.entries] == ["forget:default"]
+    s.tick(berlin(2026, 1, 4, 2, 0))
+    done = s.tick(berlin(2026, 1, 4, 5, 0, 30))
+    # shop has a retention, blog none (its snapshots are kept); then one prune, queued last
+    assert [(k, a) for k, a, _ in rec.calls] == [("forget", "shop"), ("prune", None)], done
+    s.service.jobs = JobManager(s.service)
+    s.service.db.execute(
+        "INSERT INTO jobs (kind, app, repo, params, state, created_at) VALUES"
+        " ('prune', NULL, 'default', '{}', 'running', 0)"
+    )
+    done = s.tick(berlin(2026, 1, 5, 5, 0, 30))
+    assert [(k, a) for k, a, _ in rec.calls[2:]] == [("forget", "shop")], done
+    assert any("the last prune is still running" in line for line in done), done
+
+
 def test_a_scheduled_backup_runs_for_real_and_is_audited(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -400,3 +423,49 @@ def test_the_time_a_schedule_counts_from_is_no_run(
     s.tick(berlin(2025, 1, 11, 12, 0))
     assert entry()["last_run"] is None
     assert entry()["next_run"] == berlin(2025, 1, 12, 2, 30).isoformat()
+    # A state database from before this fix: the time counted from, with nothing to say so.
+    s.service.db.execute("DELETE FROM schedule_state WHERE key LIKE 'from:%'")
+    assert entry()["last_run"] is None
+
+
+def test_an_overdue_report_a_notifier_missed_is_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A notifier that could not be reached when the run was found overdue (the network down
+    # for a minute, the receiver restarting) never heard of it: the report was sent once
+    # and marked reported, and that run's failure stayed unknown.
+    import json
+
+    events, online = tmp_path / "events", tmp_path / "online"
+    events.mkdir()
+    s, _ = make(tmp_path, monkeypatch, {"shop": "0 * * * *"})
+    config = Path(s.service.settings.config_path or "")
+    command = f"test -e {online} && cat > $(mktemp -p {events})"
+    config.write_text(
+        config.read_text().replace(
+            "[applications.retention]",
+            f'[[applications.notify]]\ntype = "command"\ncommand = "sh -c \'{command}\'"\n'
+            'on = ["overdue"]\n\n[applications.retention]',
+        )
+    )
+    s.service.registry = type(s.service.registry)(s.service.settings)
+    s.reload()
+
+    def told(now: dt.datetime) -> list[str]:
+        s.tick(now)
+        for t in s.notify_threads:
+            t.join(30)
+        return [json.loads(f.read_text())["message"] for f in events.iterdir()]
+
+    s.tick(utc(2026, 3, 2, 10, 0, 30))
+    s.tick(utc(2026, 3, 2, 11, 0, 10))  # fires; the recorder runs nothing: no success
+    assert told(utc(2026, 3, 2, 12, 0, 10)) == []  # overdue, but the notifier is unreachable
+    assert told(utc(2026, 3, 2, 12, 5, 30)) == []  # asked again: still unreachable
+    assert told(utc(2026, 3, 2, 13, 0, 10)) == []  # the 12:00 run's report: unreachable too
+    assert len(s.overdue) == 2
+    online.touch()
+    assert told(utc(2026, 3, 2, 13, 2)) == []  # not at every tick
+    got = sorted(told(utc(2026, 3, 2, 13, 5, 30)))  # each report, the later one replacing none
+    assert len(got) == 2, got
+    assert "due at 2026-03-02 12:00 CET" in got[0] and "due at 2026-03-02 13:00 CET" in got[1]
+    assert len(told(utc(2026, 3, 2, 13, 20))) == 2  # delivered: not again
