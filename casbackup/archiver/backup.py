@@ -191,7 +191,10 @@ class Backup(Walker, FileReading):
         # A parent recorded without extended attributes (--no-xattrs, or made before they
         # were recorded) cannot lend its nodes to a backup that records them, nor the
         # reverse: ctime says the attributes are unchanged, not that they were recorded.
-        self._keep_meta = reuse is None or reuse.xattrs == opts.xattrs
+        # Nor can a parent made by another user (a service account, root): its nodes hold
+        # what that user could see (no trusted.* attributes for one that is not root).
+        user = getpass.getuser()
+        self._keep_meta = reuse is None or (reuse.xattrs == opts.xattrs and reuse.user == user)
         # Files seen before the start (sources frozen by file-system snapshots) are
         # guarded from when they were seen.
         self._reuse_start_ns = race_start_ns(reuse) if reuse else 0
@@ -251,7 +254,7 @@ class Backup(Walker, FileReading):
             base_full = reuse.id if reuse.type == "full" else reuse.base_full
         # Without a parent to reuse from every file was read: record what was done ("full").
         snap = Snapshot(
-            time=time_text, start_ns=start_ns, host=socket.gethostname(), user=getpass.getuser(),
+            time=time_text, start_ns=start_ns, host=socket.gethostname(), user=user,
             paths=paths, tree=root.hex(), type=opts.type if reuse else "full", app=opts.app, tags=tuple(opts.tags),
             parent=parent_id, base_full=base_full, excludes=tuple(opts.excludes), summary=summary,
             databases=tuple(db_records), app_definition=opts.app_definition,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, plural, printable, reporter_for, warn
+from casbackup.cli.render import echo_paths, emit_json, plural, reporter_for, warn
 from casbackup.repo.repository import Repository
 from casbackup.verify.repair import repair_index
 
@@ -132,10 +132,7 @@ def repair_snapshots_cmd(
             f"snapshot {r.old[:8]} ({app}{r.time[:19]}): "
             f"{plural(len(r.removed), 'entry', 'entries')} left out{new}"
         )
-        for path in r.removed[:20]:
-            click.echo(f"  {printable(path)}")
-        if len(r.removed) > 20:
-            click.echo(f"  ... and {len(r.removed) - 20} more")
+        echo_paths(r.removed)
     done = "would be repaired (dry run: nothing changed)" if dry_run else "repaired"
     click.echo(f"{len(result.repaired)} of {plural(result.checked, 'snapshot')} {done}")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from casbackup.cli.context import global_options, with_repository
-from casbackup.cli.render import emit_json, human_bytes, plural, printable, reporter_for, warn
+from casbackup.cli.render import echo_paths, emit_json, human_bytes, plural, reporter_for, warn
 from casbackup.repo.repository import Repository
 
 
@@ -65,10 +65,7 @@ def rewrite(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...]
             f"{plural(r.files, 'file')}, {human_bytes(r.bytes)} taken out"
             + (" (original deleted)" if r.forgotten else "")
         )
-        for path in r.removed[:20]:
-            click.echo(f"  {printable(path)}")
-        if len(r.removed) > 20:
-            click.echo(f"  ... and {len(r.removed) - 20} more")
+        echo_paths(r.removed)
     if dry_run:
         click.echo(f"{len(result.rewritten)} of {plural(result.checked, 'snapshot')} would be "
                    "rewritten (dry run: nothing changed)")  # fmt: skip

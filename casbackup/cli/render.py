@@ -72,6 +72,14 @@ def json_mode() -> bool:
     return bool(getattr(obj, "json", False))
 
 
+def echo_paths(paths: list[str], limit: int = 20) -> None:
+    """The first ``limit`` paths, indented, one a line (printable), then "... and N more"."""
+    for path in paths[:limit]:
+        click.echo(f"  {printable(path)}")
+    if len(paths) > limit:
+        click.echo(f"  ... and {len(paths) - limit} more")
+
+
 def warn(message: str) -> None:
     """One line on stderr; names in ``message`` are escaped for the terminal (``printable``).
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from casbackup.archiver.excludes import Excluder
-from casbackup.errors import NotFound
 from casbackup.repo.ids import BlobId
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
@@ -129,17 +128,9 @@ def rewrite_snapshots(
         result.rewritten.append(entry)
         if dry_run:
             continue
-        entry.new = existing.get((new.start_ns, new.app, new.tree))
-        if entry.new is None:
-            entry.new = repo.save_snapshot(new).id  # durable before the old one goes
-            existing[(new.start_ns, new.app, new.tree)] = entry.new
+        entry.new = repo.replace_snapshot(snap.id, new, stored=existing, delete_old=forget_old)
         renamed[snap.id] = entry.new
-        if forget_old:
-            try:
-                repo.delete_snapshot(snap.id)
-            except NotFound:
-                pass  # another client removed it meanwhile: gone either way
-            entry.forgotten = True
+        entry.forgotten = forget_old
     return result
 
 

@@ -62,12 +62,7 @@ def rewrite_snapshot(repo: Repository, snap: Snapshot, tags: tuple[str, ...]) ->
     A NotFound from the delete (another client removed the old record in between) is fine:
     the new record is the snapshot either way."""
     new = replace(snap, tags=tags, original=snap.identity, revision=snap.revision + 1, id="")
-    saved = repo.save_snapshot(new)
-    try:
-        repo.delete_snapshot(snap.id)
-    except NotFound:
-        pass
-    return saved
+    return new.with_id(repo.replace_snapshot(snap.id, new))
 
 
 def change_tags(

@@ -245,6 +245,32 @@ class SnapshotStore(BlobStore):
             raise
         remember_snapshot(self.state, fid, forgotten=True)
 
+    def replace_snapshot(
+        self,
+        old_id: str,
+        new: Snapshot,
+        *,
+        stored: dict[tuple[int, str | None, str], str] | None = None,
+        delete_old: bool = True,
+    ) -> str:
+        """Store ``new`` in place of the record ``old_id`` (tag, rewrite, repair snapshots)
+        and return its id: stored first, so a crash leaves both, never neither; then the old
+        record is deleted (unless not ``delete_old``; already gone is fine). ``stored`` maps
+        (start_ns, app, root tree) to records an earlier, interrupted run wrote: such a
+        record is used instead of writing the same one again, and new ones are added."""
+        key = (new.start_ns, new.app, new.tree)
+        new_id = stored.get(key) if stored is not None else None
+        if new_id is None:
+            new_id = self.save_snapshot(new).id
+            if stored is not None:
+                stored[key] = new_id
+        if delete_old:
+            try:
+                self.delete_snapshot(old_id)
+            except NotFound:
+                pass  # another client removed it meanwhile: gone either way
+        return new_id
+
     def resolve_snapshot(
         self,
         ref: str,

@@ -57,7 +57,8 @@ PERMISSIONS: dict[str, str] = {
     "recover": "admin",
     "unlock": "admin",
     "repair": "admin",  # repair packs / repair snapshots
-    "tag": "admin",  # removing a tag named in keep_tags lets retention forget the snapshot
+    "tag": "admin",
+    "rewrite": "admin",  # takes files out of snapshots (and with forget, for good)  # removing a tag named in keep_tags lets retention forget the snapshot
     "users": "admin",
     "tokens": "admin",
     "audit": "admin",

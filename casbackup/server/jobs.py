@@ -52,11 +52,12 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted"
 FINISHED = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 KINDS = (
     "backup", "verify", "check", "restore", "forget", "prune", "recover", "unlock", "repair", "tag",
+    "rewrite",
 )  # fmt: skip
 # Writers that take the repository's exclusive lock: they start only when no job of any kind
 # runs on the repository, and jobs queued after them wait (a reader's shared lock would make
 # them fail at once, and theirs would fail the reader).
-EXCLUSIVE = frozenset({"forget", "prune", "repair", "tag"})
+EXCLUSIVE = frozenset({"forget", "prune", "repair", "tag", "rewrite"})
 PROGRESS_INTERVAL_S = 1.0  # progress rows written to the database at most this often
 LOG_LIMIT = 2000  # log lines kept per job: a run with a million unreadable files stays bounded
 # The error of a job the service's own stop cancelled (not a user): the scheduler reruns it.

@@ -34,6 +34,13 @@ class RepositoryRequest(BaseModel):
     dry_run: bool = Field(True, description="plan only (the default); false: plan and execute")
 
 
+class PruneRequest(RepositoryRequest):
+    max_unused: float = Field(
+        0.05, ge=0, le=1, description="repack a pack when more than this share of it is "
+        "unused (0: leave no unused byte, as after taking files out with rewrite)",
+    )  # fmt: skip
+
+
 class RepairRequest(BaseModel):
     repository: str = Field(DEFAULT, max_length=120)
     what: Literal["packs", "snapshots"]
@@ -42,6 +49,17 @@ class RepairRequest(BaseModel):
         description="what: packs: pack ids or unique prefixes, as a failed check names them",
     )  # fmt: skip
     dry_run: bool = Field(True, description="report only (the default); false: repair")
+
+
+class RewriteRequest(BaseModel):
+    app_name: str = Field(min_length=1, max_length=100)
+    excludes: list[str] = Field(
+        min_length=1, max_length=100,
+        description="exclude patterns, as backup's (absolute paths in the snapshots: "
+        "/srv/app/keys, *.pem); a matching folder goes with everything below it",
+    )  # fmt: skip
+    forget: bool = Field(False, description="delete each original once its rewrite is stored")
+    dry_run: bool = Field(True, description="report only (the default); false: rewrite")
 
 
 class UnlockRequest(BaseModel):
@@ -123,10 +141,11 @@ def forget(
 
 @router.post("/api/prune", response_model=JobStarted, status_code=202)
 def prune(
-    body: RepositoryRequest, request: Request, principal: Principal = Depends(require("prune"))
+    body: PruneRequest, request: Request, principal: Principal = Depends(require("prune"))
 ) -> JobStarted:
     """Reclaim space no snapshot needs. ``dry_run`` (default) returns the plan only."""
-    return _repo_job(request, principal, "prune", body.repository, {"dry_run": body.dry_run})
+    return _repo_job(request, principal, "prune", body.repository,
+                     {"dry_run": body.dry_run, "max_unused": body.max_unused})  # fmt: skip
 
 
 @router.post("/api/unlock", response_model=JobStarted, status_code=202)
@@ -155,6 +174,29 @@ def repair(
                 raise HTTPException(400, f"{name[:70]!r} is not a pack id (4 to 64 hex digits)")
     params = {"what": body.what, "packs": body.packs, "dry_run": body.dry_run}
     return _repo_job(request, principal, "repair", body.repository, params)
+
+
+@router.post("/api/rewrite", response_model=JobStarted, status_code=202)
+def rewrite(
+    body: RewriteRequest, request: Request, principal: Principal = Depends(require("rewrite"))
+) -> JobStarted:
+    """Take the paths the patterns match out of every snapshot of the application
+    (`casbackup rewrite`): a file that must not be kept. ``dry_run`` (default) lists what
+    would be taken out of which snapshot; then ``dry_run: false`` writes the rewritten
+    snapshots (tagged ``rewritten``), and with ``forget`` deletes the originals. A prune
+    with ``max_unused`` 0 (the CLI's) then deletes the data from the storage."""
+    from casbackup.archiver.excludes import Excluder
+
+    require_configured_app(request, principal, body.app_name)
+    if any(len(p) > 4096 for p in body.excludes):
+        raise HTTPException(400, "an exclude pattern is longer than 4096 characters")
+    Excluder(body.excludes)  # a bad pattern is the caller's 400 now, not a failed job
+    params = {"excludes": body.excludes, "forget": body.forget, "dry_run": body.dry_run}
+    doc = service_of(request).jobs.submit(
+        "rewrite", app=body.app_name, params=params, created_by=principal.actor,
+        user_id=principal.user_id,
+    )  # fmt: skip
+    return job_started(doc, f"rewrite {'plan ' if body.dry_run else ''}of {body.app_name} queued")
 
 
 @router.get("/api/repositories", response_model=list[RepositoryOut])

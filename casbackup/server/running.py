@@ -31,7 +31,7 @@ from casbackup.threadsig import quiet_thread
 from casbackup.units import format_run_time
 
 CANCEL_GRACE_S = 30.0  # after SIGINT, how long a worker may take before it is killed
-WRITERS = frozenset({"backup", "verify", "forget", "prune", "unlock", "repair", "tag"})
+WRITERS = frozenset({"backup", "verify", "forget", "prune", "unlock", "repair", "tag", "rewrite"})
 # Jobs with a maximum run time: the writers hold their repository's queue, a check its
 # schedule (never two at once). A restore or recover holds neither, and a person watches it.
 TIMED = WRITERS | {"check"}

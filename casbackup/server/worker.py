@@ -349,11 +349,12 @@ def run_forget_job(job: Job) -> dict[str, Any]:
 def run_prune_job(job: Job) -> dict[str, Any]:
     from casbackup.maintenance.prune import PruneOptions, execute_prune, plan_prune
 
-    options = PruneOptions()
+    options = PruneOptions(max_unused=float(job.params.get("max_unused", PruneOptions.max_unused)))
     with job.repo.locked(exclusive=True, command="serve: prune"):
         plan = plan_prune(job.repo, options, job.reporter)
         doc: dict[str, Any] = {
             "dry_run": bool(job.params.get("dry_run")),
+            "max_unused": options.max_unused,
             "plan": prune_plan_doc(plan, job.repo.config.pack_size),
         }
         if not doc["dry_run"] and not plan.empty:
@@ -452,8 +453,30 @@ def run_tag_job(job: Job) -> dict[str, Any]:
     return {"snapshot_id": snap.id, "old_id": snap.id, "tags": list(snap.tags), "changed": False}
 
 
+def run_rewrite_job(job: Job) -> dict[str, Any]:
+    """``rewrite`` of the job's application (params: excludes, forget, dry_run), as the CLI."""
+    from casbackup.archiver.excludes import Excluder
+    from casbackup.maintenance.rewrite import rewrite_snapshots
+
+    p = job.params
+    dry_run = bool(p.get("dry_run", True))
+    excluder = Excluder([str(x) for x in p.get("excludes") or []])
+    with job.repo.locked(exclusive=True, command="serve: rewrite"):
+        snaps = [s for s in job.repo.list_snapshots(warnings=[]) if s.app == job.app]
+        done = rewrite_snapshots(job.repo, snaps, excluder, forget_old=bool(p.get("forget")),
+                                 dry_run=dry_run, reporter=job.reporter)  # fmt: skip
+    return {
+        "dry_run": dry_run, "forget": bool(p.get("forget")), "excludes": list(excluder.patterns),
+        "checked": done.checked,
+        "rewritten": [{"snapshot": r.old, "new": r.new, "time": r.time, "files": r.files,
+                       "bytes": r.bytes, "removed": r.removed[:AFFECTED_KEPT],
+                       "removed_count": len(r.removed), "forgotten": r.forgotten}
+                      for r in done.rewritten],
+    }  # fmt: skip
+
+
 WRITING_KINDS = frozenset(
-    {"backup", "verify", "forget", "prune", "repair", "tag"}
+    {"backup", "verify", "forget", "prune", "repair", "tag", "rewrite"}
 )  # they store new objects
 
 OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {
@@ -467,6 +490,7 @@ OPERATIONS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "unlock": run_unlock_job,
     "repair": run_repair_job,
     "tag": run_tag_job,
+    "rewrite": run_rewrite_job,
 }
 
 

@@ -118,10 +118,7 @@ def repair_snapshots(
         result.repaired.append(entry)
         if dry_run:
             continue
-        entry.new = existing.get((fixed.start_ns, fixed.app, fixed.tree))
-        if entry.new is None:
-            entry.new = repo.save_snapshot(fixed).id  # durable before the old one goes
-        repo.delete_snapshot(snap.id)
+        entry.new = repo.replace_snapshot(snap.id, fixed, stored=existing)
     return result
 
 

@@ -179,6 +179,35 @@ def test_an_attribute_unreadable_once_is_read_again_by_the_next_backup(  # type:
     assert node_at(repo, third, attributed).subtree == node_at(repo, snap, attributed).subtree
 
 
+def test_a_parent_made_by_another_user_lends_contents_not_attributes(  # type: ignore[no-untyped-def]
+    repo, attributed: Path, clock, reads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service runs as its own user (examples/casbackup-serve.service), which the
+    kernel shows no trusted.* attributes; a backup run as root afterwards kept every
+    unchanged file's node as the service recorded it, so those attributes were never
+    stored, without a word. Nodes a parent of another user recorded are recorded again."""
+    import getpass
+
+    if os.geteuid() != 0:
+        pytest.skip("trusted.* attributes need root")
+    os.setxattr(attributed / "f", "trusted.t", b"root only")
+    real_list = os.listxattr
+
+    def as_the_service(path, *a, **kw):  # type: ignore[no-untyped-def]
+        return [n for n in real_list(path, *a, **kw) if not n.startswith("trusted.")]
+
+    with monkeypatch.context() as service:
+        service.setattr(os, "listxattr", as_the_service)
+        service.setattr(getpass, "getuser", lambda: "casbackup")
+        first = backup(repo, attributed, type="full").snapshot
+    assert first is not None and first.user == "casbackup"
+    assert b"trusted.t" not in dict(node_at(repo, first, attributed / "f").xattrs)
+    reads.clear()
+    second = backup(repo, attributed, type="incremental").snapshot
+    assert dict(node_at(repo, second, attributed / "f").xattrs)[b"trusted.t"] == b"root only"
+    assert reads == []  # the contents were still reused
+
+
 def test_troubled_paths_reads_any_name_back_from_the_errors() -> None:
     from casbackup.archiver.backup_options import troubled_paths
 

@@ -57,6 +57,7 @@ RULES: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/api/prune"): ("prune", False),
     ("POST", "/api/unlock"): ("unlock", False),
     ("POST", "/api/repair"): ("repair", False),
+    ("POST", "/api/rewrite"): ("rewrite", True),
     ("GET", "/api/repositories"): ("view", False),
     ("GET", "/api/verifications"): ("view", False),
     ("GET", "/api/schedules"): ("view", False),
@@ -158,6 +159,7 @@ def call(env: Env, who: str | None, method: str, path: str, world: dict[str, Any
         "/api/backup": {"app_name": app},
         "/api/disaster-recovery": {"app_name": app, "allow_unverified": True},
         "/api/forget": {"app_name": app},
+        "/api/rewrite": {"app_name": app, "excludes": ["*.nothing"]},
         "/api/check": {}, "/api/prune": {}, "/api/unlock": {},
     }  # fmt: skip
     if method in ("POST", "PUT", "PATCH"):

@@ -36,6 +36,11 @@ TESTIDS: dict[str, str] = {
     "backup_type": "backup-type",
     "backup_button": "backup-button",
     "forget_preview": "forget-preview",
+    "rewrite_form": "rewrite-form",  # the app page's preview of taking files out
+    "rewrite_patterns": "rewrite-patterns",
+    "rewrite_button": "rewrite-button",  # on a preview's job page: do it
+    "rewrite_prune": "rewrite-prune",  # after it: preview the prune that frees the data
+    "rewrite_result": "rewrite-result",  # :<old snapshot id, 8 digits>
     "snapshot_row": "snapshot-row",  # :<short id>
     "snapshot_link": "snapshot-link",  # :<short id>
     "verify_button": "verify-button",  # :<short id>

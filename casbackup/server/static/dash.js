@@ -8,7 +8,8 @@
   // ------------------------------------------------------------------ forms -> API
   // <form data-api="/api/x" [data-method="DELETE"] [data-then="job|reload|stay|token|goto:/p"]
   //       [data-confirm="text"]>; fields become a JSON object. data-type="bool" -> true/false,
-  // "list" -> comma-separated list (null when empty, [] with data-empty-list), "int" -> number; data-optional -> null
+  // "list" -> comma-separated list (null when empty, [] with data-empty-list), "lines" -> one
+  // item a line, "json" -> the value parsed, "int" -> number; data-optional -> null
   // when empty. The CSRF token travels in the X-CSRF-Token header, as the API expects.
   function formBody(form) {
     const body = {};
@@ -20,6 +21,8 @@
       if (el.type === "checkbox") value = el.checked;
       else if (type === "bool") value = value === "true";
       else if (type === "int") value = value === "" ? null : Number(value);
+      else if (type === "json") value = JSON.parse(value);
+      else if (type === "lines") value = value.split("\n").map((s) => s.trim()).filter(Boolean);
       else if (type === "list") {
         const items = value.split(",").map((s) => s.trim()).filter(Boolean);
         value = items.length || el.hasAttribute("data-empty-list") ? items : null;
