@@ -42,7 +42,8 @@ def apps(repo: Repository, ctx: click.Context) -> None:
         last = r["last_snapshot"]
         when = (in_zone(datetime.fromisoformat(last["time"])).strftime("%Y-%m-%d %H:%M:%S")
                 if last else "-")  # fmt: skip
-        name = r["name"] if r["in_config"] else f"{r['name']} (not in config)"
+        # Without a config file every application is "not in config": said of none then.
+        name = r["name"] if r["in_config"] or config is None else f"{r['name']} (not in config)"
         table.add_row(
             cell(name), last["short_id"] if last else "never backed up", when,
             cell(last["type"]) if last else "-", cell(r["verification"] or "-"), str(r["snapshots"]),

@@ -100,3 +100,20 @@ def test_db_restore_onto_data_names_the_option_that_replaces_it(tmp_path: Path) 
     res = run_cli("db", "restore", "latest", "--app", "notes", "--database", "notes",
                   "--overwrite", env=env)  # fmt: skip
     assert res.code == 0, res.err
+
+
+def test_apps_without_a_config_does_not_call_each_not_in_config(tmp_path: Path) -> None:
+    # On a rebuilt machine (repository and passphrase only), `apps` listed
+    # "shop (not in config)": there was no config at all to be missing from.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    repo = init_repo(str(tmp_path / "repo"))
+    assert run_cli("backup", str(src), "--app", "shop", repo=repo).code == 0
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "CASBACKUP_CONFIG": ""}
+    res = run_cli("apps", repo=repo, env=env)
+    assert res.code == 0 and "shop" in res.out and "not in config" not in res.out, res.out
+    config = tmp_path / "casbackup.toml"
+    config.write_text(f'[[applications]]\nname = "blog"\nsources = ["{src}"]\n')
+    res = run_cli("apps", repo=repo, env={**env, "CASBACKUP_CONFIG": str(config)})
+    assert "shop (not in config)" in res.out, res.out
