@@ -191,26 +191,53 @@ class JobManager:
         repo_key: str | None = None,
     ) -> dict[str, Any]:
         """Queue a job; it starts as soon as its repository allows. Returns the job document."""
+        return self.submit_once(kind, app=app, params=params, created_by=created_by,
+                                user_id=user_id, trigger=trigger, repo_key=repo_key,
+                                reuse_queued=False)[0]  # fmt: skip
+
+    def submit_once(
+        self,
+        kind: str,
+        *,
+        app: str | None,
+        params: dict[str, Any],
+        created_by: str | None,
+        user_id: int | None = None,
+        trigger: str = "api",
+        repo_key: str | None = None,
+        reuse_queued: bool = True,
+    ) -> tuple[dict[str, Any], bool]:
+        """(job document, whether it is new): as ``submit``, except that with ``reuse_queued``
+        a job of the same kind, application and parameters that is still queued (not yet
+        started) is returned instead of a second one, decided under the lock: two people
+        clicking "Back up now" at once queue one backup, not two."""
         if kind not in KINDS:
             raise UsageError(f"unknown job kind {kind!r}")
         registry = self.service.registry
         repo = registry.key(repo_key or registry.repo_key_for(app))  # NotFound if unknown
         identity = registry.handle(repo).identity()  # may read the storage: not under the lock
+        encoded = json.dumps(params, sort_keys=True)
         with self._lock:
             if self._stopping:
                 raise UsageError("the service is stopping: no new jobs")
             self._queues[repo] = identity
-        cur = self.db.execute(
-            "INSERT INTO jobs (kind, app, repo, params, state, created_by, created_by_user,"
-            " created_at, trigger) VALUES (?,?,?,?,?,?,?,?,?)",
-            (kind, app, repo, json.dumps(params, sort_keys=True), "queued", created_by, user_id,
-             time.time(), trigger),
-        )  # fmt: skip
+            same = self.db.query(
+                "SELECT id FROM jobs WHERE state='queued' AND kind=? AND app IS ? AND repo=? "
+                "AND params=? ORDER BY id LIMIT 1", (kind, app, repo, encoded),
+            ) if reuse_queued else []  # fmt: skip
+            if not same:
+                cur = self.db.execute(
+                    "INSERT INTO jobs (kind, app, repo, params, state, created_by, created_by_user,"
+                    " created_at, trigger) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (kind, app, repo, encoded, "queued", created_by, user_id, time.time(), trigger),
+                )  # fmt: skip
+        if same:
+            return self.get(int(same[0]["id"])), False
         job_id = int(cur.lastrowid or 0)
         doc = self.get(job_id)
         self.service.events.publish("job.created", doc, app)
         self._dispatch()
-        return doc
+        return doc, True
 
     def active_for(self, kind: str, app: str) -> dict[str, Any] | None:
         """A queued or running job of this kind for this app (the scheduler never starts a

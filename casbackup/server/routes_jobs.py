@@ -106,12 +106,13 @@ def start_backup(request: Request, principal: Principal, app: str, backup_type: 
     service = service_of(request)
     cfg = service.registry.app(app)
     assert cfg is not None
-    doc = service.jobs.submit(
+    doc, new = service.jobs.submit_once(
         "backup", app=app, params={"backup_type": backup_type or cfg.default_backup_type},
         created_by=principal.actor, user_id=principal.user_id, trigger=trigger,
     )  # fmt: skip
-    return JobStarted(message=f"{doc['params']['backup_type']} backup of {app} queued", job_id=doc["id"],
-                      status=doc["state"], job=Job(**doc))  # fmt: skip
+    what = f"{doc['params']['backup_type']} backup of {app}"
+    message = f"{what} queued" if new else f"{what} is already waiting to run (job {doc['id']})"
+    return JobStarted(message=message, job_id=doc["id"], status=doc["state"], job=Job(**doc))
 
 
 @router.post(

@@ -206,6 +206,17 @@ def test_job_pages_show_plans_with_their_run_buttons(env: Env) -> None:
     assert has(html, TESTIDS["job_result"]) and not has(html, TESTIDS["job_run_plan"])
 
 
+def test_a_forget_preview_that_removes_nothing_offers_no_button(env: Env) -> None:
+    # The preview said "keep 1, remove 0" above a red "Forget them" button, which would run
+    # a forget that removes nothing; prune's preview already said "Nothing to prune."
+    backup(env, "shop")
+    h = {"X-CSRF-Token": login(env, "admin")}
+    r = env.client.post("/api/forget", json={"app_name": "shop", "dry_run": True}, headers=h)
+    html = env.client.get(f"/jobs/{wait_job(env, r.json()['job_id'])['id']}").text
+    assert "keep 1, remove 0" in html and "Nothing to forget." in html
+    assert not has(html, TESTIDS["job_run_plan"])
+
+
 def test_pages_load_nothing_from_another_host(env: Env) -> None:
     backup(env, "shop")
     login(env, "admin")

@@ -61,12 +61,13 @@ def test_scoped_user_gets_404_for_other_apps_and_their_jobs(env: Env) -> None:
 
 
 def test_writers_on_one_repository_run_one_after_the_other(env: Env) -> None:
+    # (the second shop backup asks for another type: an identical one still waiting to run
+    # would be that job, not a third)
     ids = [
-        env.client.post("/api/backup", json={"app_name": app}, headers=env.h("operator")).json()[
-            "job_id"
-        ]
-        for app in ("shop", "blog", "shop")
-    ]
+        env.client.post("/api/backup", json=body, headers=env.h("operator")).json()["job_id"]
+        for body in ({"app_name": "shop"}, {"app_name": "blog"},
+                     {"app_name": "shop", "backup_type": "incremental"})
+    ]  # fmt: skip
     states = [
         env.client.get(f"/api/jobs/{i}", headers=env.h("viewer")).json()["state"] for i in ids
     ]
@@ -765,3 +766,22 @@ def test_the_uptime_does_not_follow_the_wall_clock_back(env: Env, monkeypatch) -
     monkeypatch.setattr(service, "clock", lambda: service.started_at - 3600)
     status = env.client.get("/api/system/status", headers=env.h("viewer")).json()
     assert 0 <= status["uptime_s"] < 3600, status
+
+
+def test_a_backup_already_waiting_to_run_is_not_queued_twice(env: Env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two admins clicking "Back up now" at once queued two identical backups (helper-60)."""
+    jobs = env.service.jobs
+    dispatch = jobs._dispatch
+    monkeypatch.setattr(jobs, "_dispatch", lambda: None)  # nothing starts: both stay queued
+    first = env.client.post("/api/backup", json={"app_name": "shop"}, headers=env.h("admin"))
+    again = env.client.post("/api/backup", json={"app_name": "shop"}, headers=env.h("operator"))
+    assert first.status_code == again.status_code == 202
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert "already waiting to run" in again.json()["message"]
+    other = env.client.post("/api/backup", json={"app_name": "shop", "backup_type": "differential"},
+                            headers=env.h("admin"))  # fmt: skip
+    assert other.json()["job_id"] != first.json()["job_id"]  # another request is another job
+    monkeypatch.setattr(jobs, "_dispatch", dispatch)
+    jobs._dispatch()
+    done = wait_job(env, first.json()["job_id"])
+    assert done["state"] == "succeeded", (done["error"], done["exit_code"])
