@@ -153,7 +153,16 @@ def execute_forget(repo: Repository, plan: ForgetPlan) -> ForgetResult:
     """Delete the snapshot records the plan removes. Each deletion is atomic on its own,
     so an interruption leaves a subset deleted, and running forget again finishes the job."""
     result = ForgetResult([], [])
-    for sid in [s.id for s in plan.remove] + [sid for sid, _ in plan.unreadable]:
+    for snap in plan.remove:
+        try:
+            # Older records of it (an interrupted tag change) go too: the newest of them
+            # would otherwise be listed as the snapshot again.
+            repo.forget_snapshot(snap)
+        except NotFound:
+            result.already_gone.append(snap.id)
+            continue
+        result.removed.append(snap.id)
+    for sid, _why in plan.unreadable:
         try:
             repo.delete_snapshot(sid)
         except NotFound:

@@ -128,7 +128,7 @@ def rewrite_snapshots(
         result.rewritten.append(entry)
         if dry_run:
             continue
-        entry.new = repo.replace_snapshot(snap.id, new, stored=existing, delete_old=forget_old)
+        entry.new = repo.replace_snapshot(snap, new, stored=existing, delete_old=forget_old)
         renamed[snap.id] = entry.new
         entry.forgotten = forget_old
     return result

@@ -67,6 +67,9 @@ class BlobStore(DeltaWriting):
         # Loud warnings for the user (a rollback, a re-appearing snapshot); the CLI prints
         # them once the command ends. Never fatal on their own.
         self.alerts: list[str] = []
+        # identity -> records an interrupted tag change left over, as the last
+        # ``list_snapshots`` saw them (snapshotstore.py ``superseded_records``).
+        self._superseded: dict[str, list[str]] | None = None
         # A version 1 config is not authenticated: read, never write (MigrationRequired).
         self.writable = config.authenticated
         self._id_key = key.chunk_id_key

@@ -212,7 +212,9 @@ class SnapshotStore(BlobStore):
                 warnings.append(f"snapshot {fid[:8]} is unreadable: {exc}")
         if not include_forgotten:
             snaps, leftovers = split_rewrites(snaps)
+            self._superseded = {}
             for old, new in leftovers:
+                self._superseded.setdefault(new.identity, []).append(old.id)
                 self.alert(
                     f"snapshot record {old.short_id} is an older record of snapshot "
                     f"{new.short_id} (a tag change was interrupted): it is ignored; "
@@ -245,19 +247,55 @@ class SnapshotStore(BlobStore):
             raise
         remember_snapshot(self.state, fid, forgotten=True)
 
+    def superseded_records(self, identity: str) -> list[str]:
+        """Ids of the older records of snapshot ``identity`` (``Snapshot.identity``) that an
+        interrupted tag change left (``split_rewrites``), as the last ``list_snapshots`` of
+        this handle saw them (listing once if none ran). Callers hold the exclusive lock, so
+        only they changed the records since."""
+        if self._superseded is None:
+            self.list_snapshots(warnings=[])
+        return list((self._superseded or {}).get(identity, ()))
+
+    def forget_snapshot(self, snap: Snapshot) -> list[str]:
+        """``delete_snapshot(snap.id)``, then delete the older records of the same snapshot
+        an interrupted tag change left: kept, the newest of them would take its place in
+        every listing, and the snapshot just forgotten (or rewritten without a secret) would
+        be back. Returns those older records' ids; raises NotFound, as ``delete_snapshot``,
+        when ``snap``'s own record was already gone (its older ones are deleted first)."""
+        try:
+            self.delete_snapshot(snap.id)
+            missing = None
+        except NotFound as exc:
+            missing = exc  # the older records are still to go
+        gone = []
+        for fid in self.superseded_records(snap.identity):
+            if fid == snap.id:
+                continue
+            try:
+                self.delete_snapshot(fid)
+            except NotFound:
+                pass  # another client removed it meanwhile
+            gone.append(fid)
+        if missing is not None:
+            raise missing
+        return gone
+
     def replace_snapshot(
         self,
-        old_id: str,
+        old: Snapshot | str,
         new: Snapshot,
         *,
         stored: dict[tuple[int, str | None, str], str] | None = None,
         delete_old: bool = True,
     ) -> str:
-        """Store ``new`` in place of the record ``old_id`` (tag, rewrite, repair snapshots)
+        """Store ``new`` in place of the record ``old`` (tag, rewrite, repair snapshots)
         and return its id: stored first, so a crash leaves both, never neither; then the old
-        record is deleted (unless not ``delete_old``; already gone is fine). ``stored`` maps
-        (start_ns, app, root tree) to records an earlier, interrupted run wrote: such a
-        record is used instead of writing the same one again, and new ones are added."""
+        record is deleted (unless not ``delete_old``; already gone is fine), and, when
+        ``old`` is given as a Snapshot, the older records an interrupted tag change left of
+        it (``forget_snapshot``). ``stored`` maps (start_ns, app, root tree) to records an
+        earlier, interrupted run wrote: such a record is used instead of writing the same
+        one again, and new ones are added."""
+        old_id = old if isinstance(old, str) else old.id
         key = (new.start_ns, new.app, new.tree)
         new_id = stored.get(key) if stored is not None else None
         if new_id is None:
@@ -266,7 +304,10 @@ class SnapshotStore(BlobStore):
                 stored[key] = new_id
         if delete_old:
             try:
-                self.delete_snapshot(old_id)
+                if isinstance(old, str):
+                    self.delete_snapshot(old_id)
+                else:
+                    self.forget_snapshot(old)
             except NotFound:
                 pass  # another client removed it meanwhile: gone either way
         return new_id

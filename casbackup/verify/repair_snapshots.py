@@ -35,10 +35,10 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from casbackup.errors import CasError, IntegrityError, StorageError
+from casbackup.errors import CasError, IntegrityError, NotFound, StorageError
 from casbackup.repo.ids import DELTA_KINDS, BlobId
 from casbackup.repo.repository import Repository
-from casbackup.repo.snapshot import Snapshot, Summary
+from casbackup.repo.snapshot import Snapshot, Summary, split_rewrites
 from casbackup.repo.tree import Node, NodeKind, encode_tree
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 
@@ -92,6 +92,7 @@ def repair_snapshots(
     walker = _TreeRepair(repo, dry_run)
     progress = Progress(phase="repairing snapshots", files_total=len(snaps), unit="snapshot")
     existing = {(s.start_ns, s.app, s.tree): s.id for s in snaps if REPAIRED_TAG in s.tags}
+    superseded = {old.id for old, _newer in split_rewrites(snaps)[1]}
     for snap in sorted(snaps, key=lambda s: (s.start_ns, s.id)):
         result.checked += 1
         new_root, removed = walker.repair(snap.root)
@@ -125,7 +126,18 @@ def repair_snapshots(
         result.repaired.append(entry)
         if dry_run:
             continue
-        entry.new = repo.replace_snapshot(snap.id, fixed, stored=existing)
+        if snap.id in superseded:
+            # An older record of a snapshot listed under a newer one (a tag change was
+            # interrupted). Repaired, it would be a snapshot of its own, or, repaired
+            # first, the record the newer one's repair finds and keeps (same time and
+            # tree): the tag change would be lost. It is deleted, as the next tag change
+            # would delete it (a repair of the newer record deletes it too).
+            try:
+                repo.delete_snapshot(snap.id)
+            except NotFound:
+                pass
+            continue
+        entry.new = repo.replace_snapshot(snap, fixed, stored=existing)
     return result
 
 

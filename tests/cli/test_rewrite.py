@@ -115,3 +115,38 @@ def test_bad_requests_change_nothing(nights, args, code, fragment) -> None:  # t
     repo, _src, ids = nights
     assert_one_error(run_cli("rewrite", *args, repo=repo), code, fragment)
     assert [s["id"] for s in _snaps(repo)] == ids
+
+
+def _interrupted_tag_change(repo_path: str, snapshot_id: str) -> tuple[str, str]:
+    """What a tag change killed after storing the new record leaves: both records.
+    Returns (old record id, new record id)."""
+    from dataclasses import replace
+
+    repo = open_repo(repo_path)
+    try:
+        with repo.locked(exclusive=True):
+            old = repo.load_snapshot(snapshot_id)
+            new = repo.save_snapshot(
+                replace(old, tags=("release",), original=old.identity, revision=1, id="")
+            )
+    finally:
+        repo.close()
+    return old.id, new.id
+
+
+def test_a_secret_does_not_come_back_from_an_interrupted_tag_change(nights) -> None:  # type: ignore[no-untyped-def]
+    """Found with the CLI: after a `tag` killed between its two writes, `rewrite --forget`
+    rewrote the snapshot and deleted its record, and the older record the tag change left
+    took its place in `snapshots`, the key still in it (`find id_rsa` found it, prune kept
+    it). The older records of a snapshot now go with it."""
+    repo, _src, ids = nights
+    old, new = _interrupted_tag_change(repo, ids[1])
+    res = run_cli("rewrite", "--exclude", "id_rsa", "--forget", repo=repo)
+    assert res.code == 0, res.err
+    listed = _snaps(repo)
+    assert len(listed) == 2 and {old, new}.isdisjoint(s["id"] for s in listed)
+    assert all("rewritten" in s["tags"] for s in listed)
+    assert "id_rsa" not in run_cli("find", "id_rsa", repo=repo).out
+    assert run_cli("prune", "--max-unused", "0", repo=repo).code == 0
+    assert not _holds_secret(repo)
+    assert run_cli("check", "--read-data", repo=repo).code == 0

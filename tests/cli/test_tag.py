@@ -213,3 +213,34 @@ def test_tag_change_rules() -> None:
     assert TagChange(remove=("a",)).apply(("a", "c", "a")) == ("c",)
     assert TagChange(set_to=()).apply(("a",)) == ()
     assert TagChange(set_to=("x", "x")).apply(()) == ("x",)
+
+
+def test_a_forgotten_snapshot_is_not_listed_again_from_an_older_record(two, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Found with the CLI: after a `tag` killed between its two writes, `forget latest`
+    removed the snapshot and `snapshots` listed it again at once, under the older record
+    the tag change left (with its old tags). Forgetting a snapshot deletes those too."""
+    repo_path, ids = two
+    repo = open_repo(repo_path)
+    with repo.locked(exclusive=True):
+        old = repo.load_snapshot(ids[1])
+        repo.save_snapshot(
+            replace(old, tags=("release",), original=old.identity, revision=1, id="")
+        )
+    repo.close()
+    res = run_cli("forget", "latest", "--app", "web", repo=repo_path)
+    assert res.code == 0, res.err
+    assert [s["id"] for s in _snaps(repo_path)] == [ids[0]]
+    # A retention policy's forget does the same.
+    res = run_cli("-q", "backup", str(tmp_path / "src"), "--app", "web", repo=repo_path)
+    assert res.code == 0, res.err
+    third = res.out.strip()
+    repo = open_repo(repo_path)
+    with repo.locked(exclusive=True):
+        first = repo.load_snapshot(ids[0])
+        repo.save_snapshot(replace(first, tags=("x",), original=first.identity, revision=1, id=""))
+    repo.close()
+    res = run_cli("forget", "--app", "web", "--keep-tag", "none", repo=repo_path)
+    assert res.code == 0, res.err
+    assert [s["id"] for s in _snaps(repo_path)] == [third]
+    res = run_cli("snapshots", repo=repo_path)
+    assert "older record" not in res.err

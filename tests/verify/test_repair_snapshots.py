@@ -231,3 +231,42 @@ def test_a_repaired_tagged_snapshot_is_not_vouched_for_by_its_old_verification(
     (snap,) = _snapshots(repo)
     assert snap["tags"] == ["keep", REPAIRED_TAG] and snap["summary"]["files_total"] == 1
     assert snap["verification"] is None and snap.get("original") is None
+
+
+def test_a_damaged_snapshot_left_by_an_interrupted_tag_change_is_listed_once(
+    tmp_path: Path,
+) -> None:
+    """A tag change killed between its writes leaves two records of one snapshot; both
+    name the lost chunk. Repaired each on its own, they were two snapshots in `snapshots`
+    (the older one with its old tags), or, the older repaired first, one with the tag change
+    lost. The older record is now deleted instead."""
+    from dataclasses import replace
+
+    repo, src = str(tmp_path / "repo"), tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(50_000))
+    (src / "b.txt").write_text("b\n")
+    make_repo(repo).close()
+    assert run_cli("backup", str(src), repo=repo).code == 0
+    r = open_repo(repo)
+    with r.locked(exclusive=True):
+        old = r.load_snapshot(r.snapshot_ids()[0])
+        # The order that lost the tag change: the older record's id sorts first.
+        n = 0
+        while True:
+            tag = f"keep{n}"
+            newer = replace(old, tags=(tag,), original=old.identity, revision=1, id="")
+            saved = r.save_snapshot(newer)
+            if saved.id > old.id:
+                break
+            r.delete_snapshot(saved.id)
+            n += 1
+    r.close()
+    pack = _flip(repo, _node(repo, src / "a.bin").content[0])
+    assert run_cli("repair", "packs", pack, repo=repo).code == 0
+    res = run_cli("repair", "snapshots", repo=repo)
+    assert res.code == 0, res.err
+    (snap,) = _snapshots(repo)
+    assert snap["tags"] == [tag, REPAIRED_TAG]
+    assert "older record" not in run_cli("snapshots", repo=repo).err
+    assert run_cli("check", repo=repo).code == 0
