@@ -14,7 +14,8 @@ folder (its own metadata kept). A database dump left out takes its record with i
 summary's file and byte totals lose the files left out (``snapshots`` and the dashboard
 show what the snapshot holds, not what the backup once wrote). Then
 the old snapshot is deleted. Everything still readable is in the new snapshot; what is
-left out was already lost.
+left out was already lost. The new snapshot has no ``original`` (even when ``tag`` rewrote
+the old record): verification records of the old snapshot do not describe it.
 
 What counts as missing: a chunk (or, for a delta, any blob of its chain) that the index
 does not name, and a tree that is not indexed or does not decrypt. Chunks that are indexed
@@ -112,6 +113,12 @@ def repair_snapshots(
             tags=tags,
             databases=tuple(keep_db),
             summary=_summary_without(snap, removed),
+            # A new snapshot (files are missing from it), not a new record of the old one:
+            # a record `tag` rewrote names its first id in `original`, and kept, the old
+            # snapshot's passing verification would vouch for the repaired one (recover
+            # would restore it as the latest verified), where an untagged one has none.
+            original=None,
+            revision=0,
             id="",
         )
         entry = SnapshotRepair(snap.id, None, snap.app, snap.time, paths)

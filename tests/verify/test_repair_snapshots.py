@@ -204,3 +204,30 @@ def test_a_lost_dump_takes_its_database_record_with_it(tmp_path: Path) -> None:
     finally:
         repo.close()
     assert run_cli("check", repo=repo_path).code == 0
+
+
+def test_a_repaired_tagged_snapshot_is_not_vouched_for_by_its_old_verification(
+    tmp_path: Path,
+) -> None:
+    """Found on a real repository: a verified snapshot pinned with `tag --add keep` lost a
+    file's chunk; `repair snapshots` wrote it again without the file, and `snapshots` still
+    said 'Verified ok' (the repaired record kept the tag change's `original`, which names
+    the verification records), so recover would restore it as the latest verified
+    snapshot. An untagged repaired snapshot has no verification; a tagged one now neither."""
+    repo, src = str(tmp_path / "repo"), tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(50_000))
+    (src / "b.txt").write_text("b\n")
+    make_repo(repo).close()
+    assert run_cli("backup", str(src), repo=repo).code == 0
+    first = _snapshots(repo)[0]["id"]
+    assert run_cli("verify", first, repo=repo).code == 0
+    assert run_cli("tag", "--add", "keep", first, repo=repo).code == 0
+    assert _snapshots(repo)[0]["verification"]["ok"] is True  # the tag change keeps it
+    pack = _flip(repo, _node(repo, src / "a.bin").content[0])
+    assert run_cli("repair", "packs", pack, repo=repo).code == 0
+    res = run_cli("repair", "snapshots", repo=repo)
+    assert res.code == 0, res.err
+    (snap,) = _snapshots(repo)
+    assert snap["tags"] == ["keep", REPAIRED_TAG] and snap["summary"]["files_total"] == 1
+    assert snap["verification"] is None and snap.get("original") is None
