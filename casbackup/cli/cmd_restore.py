@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import click
 
 from casbackup.archiver.restore import RestoreOptions, RestoreStopped
@@ -59,6 +61,13 @@ def restore(repo: Repository, ctx: click.Context, ref: str, path_arg: str | None
         target=target, subpath=path, includes=includes, excludes=excludes, overwrite=overwrite,
         workers=workers, dry_run=dry_run, xattrs=not no_xattrs,
     )  # fmt: skip
+    if path in ("", "/") and (inside := _source_holding(snap.paths, target)) is not None:
+        warn(
+            f"the target {target} is inside {inside}, which this snapshot backed up: a whole "
+            f"snapshot is restored under its full paths, so the files land in "
+            f"{os.path.join(target, inside.lstrip('/'))}/...; to put a folder back where it "
+            f"was, restore SNAPSHOT:{inside} --target {inside} (--overwrite replaces what is there)"
+        )
     reporter = reporter_for(ctx)
     stopped: RestoreStopped | None = None
     try:
@@ -102,6 +111,19 @@ def restore(repo: Repository, ctx: click.Context, ref: str, path_arg: str | None
         )
     if stopped is not None:
         raise RestoreError(stopped.message)
+
+
+def _source_holding(paths: tuple[str, ...], target: str) -> str | None:
+    """The snapshot path that ``target`` is (or lies inside), symlinks resolved; else None.
+    A newcomer restoring "into the original folder" nests the snapshot inside it."""
+    where = os.path.realpath(target)
+    for path in paths:
+        real = os.path.realpath(path)
+        if real == "/":  # a backup of / restores somewhere below / by nature
+            continue
+        if where == real or where.startswith(real.rstrip("/") + "/"):
+            return path
+    return None
 
 
 COMMANDS = [restore]

@@ -19,8 +19,10 @@ Version 2 to 3 (delta blobs, repo/delta.py) is the same single step: the config 
 version 2 object; from then on backups may write DELTA blobs, which version 2 readers
 cannot read, and they refuse the version 3 config (exit 21) before reading anything.
 Version 3 to 4 (TREE_DELTA blobs: trees stored as deltas of the parent snapshot's tree)
-is the same step again; version 3 readers refuse the version 4 config. A version 1 or 2
-repository goes straight to the current version.
+is the same step again; version 3 readers refuse the version 4 config. Version 4 to 5
+(snapshot records rewritten by ``tag``, record version 2) is that step once more; version 4
+readers refuse the version 5 config, so none of them ever calls such a record damaged. A
+version 1, 2, 3 or 4 repository goes straight to the current version.
 Migrating authenticates what the version 1 config says, so ``MigrationPlan.unusual``
 names every parameter that differs from casbackup's defaults: a config changed by a
 storage attacker before the upgrade would otherwise become authenticated.

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from casbackup.errors import CasError, NotFound, UsageError
+from casbackup.errors import CasError, MigrationRequired, NotFound, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot, check_tags, split_rewrites
 
@@ -79,6 +79,13 @@ def change_tags(
     snapshots are deleted first. Raises NotFound/AmbiguousId for a bad ref, UsageError."""
     if not refs:
         raise UsageError("name the snapshots to tag (ids, or 'latest' with --app)")
+    if not dry_run and not repo.rewritten_records_allowed:
+        repo.require_writable()
+        raise MigrationRequired(
+            f"changing tags after the backup needs repository format version 5 (this one is "
+            f"version {repo.config.version}): run 'casbackup migrate' first (older casbackup "
+            "versions cannot open the repository afterwards)"
+        )
     chosen: dict[str, Snapshot] = {}
     for ref in refs:
         snap = repo.resolve_snapshot(ref, app=app)

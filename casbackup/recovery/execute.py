@@ -89,7 +89,7 @@ def recover(
     interrupted = False
     try:
         reporter.info(f"re-checking snapshot {plan.snapshot.short_id} before restoring")
-        check = recheck(repo, plan, reporter)
+        check = recheck(repo, plan, reporter, globals=options.globals)
         if check.problems:
             fallback = older_verified(repo, plan.snapshot)
             errors.append(

@@ -12,13 +12,17 @@ counts always cover everything.
 from __future__ import annotations
 
 import os
+import posixpath
 import time
 from dataclasses import dataclass, field
 
 from casbackup.archiver.stream import ChunkReader
-from casbackup.errors import CasError
+from casbackup.engines.base import canonical_engine_name
+from casbackup.engines.pg_globals import recorded_globals
+from casbackup.errors import CasError, NotFound
 from casbackup.recovery.plan import RecoveryPlan
 from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import DatabaseRecord
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 
@@ -47,7 +51,15 @@ def _read_through(repo: Repository, node: Node, path: str) -> int:
         reader.close()
 
 
-def recheck(repo: Repository, plan: RecoveryPlan, reporter: Reporter = NULL_REPORTER) -> Recheck:
+def recheck(
+    repo: Repository,
+    plan: RecoveryPlan,
+    reporter: Reporter = NULL_REPORTER,
+    *,
+    globals: bool = True,
+) -> Recheck:
+    """Read every file and dump ``plan`` restores, and (``globals``: the roles are restored
+    too) each PostgreSQL dump's globals file beside it; what fails is in ``problems``."""
     clock = time.monotonic()
     out = Recheck()
     progress = Progress(phase="re-check", bytes_total=plan.bytes_total)
@@ -108,6 +120,34 @@ def recheck(repo: Repository, plan: RecoveryPlan, reporter: Reporter = NULL_REPO
             out.problems.append(f"{db.record.path}: the dump is not a file in the snapshot")
             continue
         one(node, db.record.path, db.where)
+        if globals:
+            # The roles are read before the dump loads, after the files were restored: a
+            # damaged globals file found only then left the target half-recovered.
+            companion = _globals_node(repo, plan, db.record, out)
+            if companion is not None:
+                one(companion[1], companion[0], f"{db.where} (roles)")
     reporter.progress(progress)
     out.duration_s = round(time.monotonic() - clock, 3)
     return out
+
+
+def _globals_node(
+    repo: Repository, plan: RecoveryPlan, record: DatabaseRecord, out: Recheck
+) -> tuple[str, Node] | None:
+    """(path, node) of the globals file a PostgreSQL dump's record names, when the snapshot
+    holds it; a missing one is restore_companions' warning, a record naming no file name a
+    problem (the recovery would fail on it half-way)."""
+    if canonical_engine_name(record.engine) != "postgresql":
+        return None
+    try:
+        name = recorded_globals(record.properties)
+        if name is None:
+            return None
+        path = posixpath.join(posixpath.dirname(record.path), name)
+        node = repo.find_node(plan.snapshot.root, path)
+    except NotFound:
+        return None
+    except CasError as exc:
+        out.problems.append(f"{record.path}: {exc}")
+        return None
+    return (path, node) if node is not None and node.kind == NodeKind.FILE else None

@@ -37,9 +37,9 @@ from casbackup.crypto.keys import MasterKey
 from casbackup.errors import ConfigTampered, FormatError, UnsupportedFormat
 
 FORMAT_NAME = "casbackup"
-# 2: config MAC, names checked; 3: delta blobs; 4: tree delta blobs
-# (repo_format.md "Format versions")
-FORMAT_VERSION = 4
+# 2: config MAC, names checked; 3: delta blobs; 4: tree delta blobs; 5: snapshot records
+# rewritten by `tag` (record version 2) (repo_format.md "Format versions")
+FORMAT_VERSION = 5
 OLDEST_READABLE = 1
 
 # Ranges a config may hold (checked before anything uses them): zstd's levels (negative

@@ -70,6 +70,13 @@ class SnapshotStore(BlobStore):
         """Whether this repository's format holds TREE_DELTA blobs (version 4 and later)."""
         return self.config.version >= 4 and self.writable
 
+    @property
+    def rewritten_records_allowed(self) -> bool:
+        """Whether snapshot records of version 2 (``original``/``revision``: `tag`) may be
+        written: only to a version 5 repository, which readers that do not know them refuse
+        as a whole (exit 21), before they could call such a record damaged."""
+        return self.config.version >= 5 and self.writable
+
     def tree_chain(self, tree_id: bytes) -> list[bytes] | None:
         """The ids from ``tree_id`` down to the full TREE it resolves from (one id: stored
         whole), or None when it is not a stored tree (or is in a pack not yet stored)."""

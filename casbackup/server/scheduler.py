@@ -447,7 +447,8 @@ class Scheduler:
 
             record(self.service.db, AuditEntry(action=f"scheduled_{kind}", outcome="success", app=app,
                                                actor="scheduler", actor_kind="scheduler",
-                                               detail=f"job {job_id} ({what})"))  # fmt: skip
+                                               # the job was queued; how it ends is the job's
+                                               detail=f"queued job {job_id} ({what})"))  # fmt: skip
             _note(done, f"{e.key}: started {kind}{' of ' + app if app else ''} ({what})")
         return job_id
 

@@ -342,3 +342,23 @@ def test_restore_counts_symlinks_apart_from_files(tmp_path: Path) -> None:
     assert (doc["files"], doc["symlinks"], doc["specials"]) == (1, 2, 1)
     dry = run_cli("restore", ref, "--target", str(tmp_path / "t3"), "--dry-run", repo=repo)
     assert "would restore 1 file, 2 symlinks, 1 special file," in dry.out
+
+
+def test_restoring_a_whole_snapshot_into_its_own_source_says_where_files_land(
+    cli_repo, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """helper-61: a newcomer restoring "into the original folder" got the snapshot's full
+    path nested inside the live source, without a word."""
+    src = tmp_path / "app"
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    assert run_cli("-q", "backup", str(src), repo=cli_repo).code == 0
+    res = run_cli("restore", "latest", "--target", str(src), repo=cli_repo)
+    assert res.code == 0, res.err
+    assert f"restore SNAPSHOT:{src} --target {src}" in res.err
+    assert (src / str(src).lstrip("/") / "f.txt").exists()  # where it said they would land
+    elsewhere = run_cli("restore", "latest", "--target", str(tmp_path / "r"), repo=cli_repo)
+    assert elsewhere.code == 0 and "is inside" not in elsewhere.err
+    folder = run_cli("restore", f"latest:{src}", "--target", str(src), "--overwrite",
+                     repo=cli_repo)  # fmt: skip
+    assert folder.code == 0 and "is inside" not in folder.err

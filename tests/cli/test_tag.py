@@ -244,3 +244,36 @@ def test_a_forgotten_snapshot_is_not_listed_again_from_an_older_record(two, tmp_
     assert [s["id"] for s in _snaps(repo_path)] == [third]
     res = run_cli("snapshots", repo=repo_path)
     assert "older record" not in res.err
+
+
+def test_a_version_4_repository_is_migrated_before_tags_change(tmp_path: Path) -> None:
+    """Records of version 2 go only into a version 5 repository: readers that do not know
+    them refuse the whole repository (exit 21) instead of calling a snapshot damaged (and
+    pointing at 'forget' for it, as the version 4 code's prune does)."""
+    from casbackup.crypto.keyfile import WEAK_KDF
+    from casbackup.repo.config import RepoConfig
+    from casbackup.repo.repository import Repository
+    from casbackup.store.local import LocalBackend
+    from casbackup.testing.fixtures import PASSWORD, TEST_CONFIG_KW
+
+    path = str(tmp_path / "v4")
+    Repository.init(LocalBackend(path), PASSWORD.encode(), kdf=WEAK_KDF,
+                    config=RepoConfig(version=4, **TEST_CONFIG_KW)).close()  # fmt: skip
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "f").write_text("x")
+    assert run_cli("-q", "backup", str(src), repo=path).code == 0
+    assert run_cli("tag", "--add", "x", "latest", "--dry-run", repo=path).code == 0
+    assert_one_error(run_cli("tag", "--add", "x", "latest", repo=path), 21, "casbackup migrate")
+    assert run_cli("migrate", repo=path).code == 0
+    assert run_cli("tag", "--add", "x", "latest", repo=path).code == 0
+    assert _snaps(path)[0]["tags"] == ["x"]
+
+
+def test_a_version_4_reader_refuses_a_version_5_repository(cli_repo: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from casbackup.errors import UnsupportedFormat
+    from casbackup.repo import config as config_module
+
+    monkeypatch.setattr(config_module, "FORMAT_VERSION", 4)
+    with pytest.raises(UnsupportedFormat, match="upgrade casbackup"):
+        open_repo(cli_repo)

@@ -226,9 +226,13 @@ def test_a_scheduled_backup_runs_for_real_and_is_audited(
         )
         assert job["snapshot_id"]
         rows = service.db.query(
-            "SELECT actor, actor_kind, action, app FROM audit WHERE actor='scheduler'"
+            "SELECT actor, actor_kind, action, app, detail FROM audit WHERE actor='scheduler'"
         )
-        assert [tuple(r) for r in rows] == [("scheduler", "scheduler", "scheduled_backup", "blog")]
+        assert [tuple(r)[:4] for r in rows] == [
+            ("scheduler", "scheduler", "scheduled_backup", "blog")
+        ]
+        # "success" is the queueing's (helper-61 read it as the backup's): the detail says so
+        assert rows[0]["detail"].startswith(f"queued job {job['id']} ")
 
 
 def test_a_clock_set_back_does_not_stop_the_schedule(
