@@ -49,9 +49,13 @@ def rewrite(repo: Repository, ctx: click.Context, snapshot_refs: tuple[str, ...]
         )
     finally:
         reporter.done()
+    for sid in result.emptied:
+        warn(f"snapshot {sid[:8]}: the patterns take out every file it holds: left as it is "
+             f"(to remove it, 'casbackup forget {sid[:12]}')")  # fmt: skip
     if opts.json:
         emit_json({
             "message_type": "rewrite", "dry_run": dry_run, "checked": result.checked,
+            "emptied": result.emptied,
             "rewritten": [{"snapshot": r.old, "new": r.new, "app": r.app, "time": r.time,
                            "removed": r.removed, "files": r.files, "bytes": r.bytes,
                            "forgotten": r.forgotten} for r in result.rewritten],

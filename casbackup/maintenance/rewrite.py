@@ -58,6 +58,7 @@ class RewriteResult:
     checked: int = 0
     rewritten: list[SnapshotRewrite] = field(default_factory=list)
     dry_run: bool = False
+    emptied: list[str] = field(default_factory=list)  # ids the patterns would leave empty
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,11 @@ def rewrite_snapshots(
     StorageError when the store refuses a read or a write."""
     from casbackup.errors import UsageError
 
+    for pattern in excluder.patterns:
+        if pattern.strip().lstrip("!").rstrip("/") == "":  # '/' reduces to no rule at all
+            raise UsageError(
+                f"pattern {pattern!r} names the whole snapshot: to remove snapshots, forget them"
+            )
     if not excluder:
         raise UsageError("give the paths to take out with --exclude (or --exclude-file)")
     result = RewriteResult(dry_run=dry_run)
@@ -123,6 +129,12 @@ def rewrite_snapshots(
             revision=0,
             id="",
         )
+        if new.summary.files_total == 0 and not keep_db:
+            # Nothing would be left: an empty snapshot of the same time could become
+            # 'latest' (a restore of nothing) or the next backup's parent. restic drops such
+            # a snapshot; here it stays as it is, said, for the user to forget if meant.
+            result.emptied.append(snap.id)
+            continue
         entry = SnapshotRewrite(snap.id, None, snap.app, snap.time, gone, rebuilt.files,
                                 rebuilt.bytes)  # fmt: skip
         result.rewritten.append(entry)

@@ -467,7 +467,7 @@ def run_rewrite_job(job: Job) -> dict[str, Any]:
                                  dry_run=dry_run, reporter=job.reporter)  # fmt: skip
     return {
         "dry_run": dry_run, "forget": bool(p.get("forget")), "excludes": list(excluder.patterns),
-        "checked": done.checked,
+        "checked": done.checked, "emptied": done.emptied,
         "rewritten": [{"snapshot": r.old, "new": r.new, "time": r.time, "files": r.files,
                        "bytes": r.bytes, "removed": r.removed[:AFFECTED_KEPT],
                        "removed_count": len(r.removed), "forgotten": r.forgotten}

@@ -150,3 +150,15 @@ def test_a_secret_does_not_come_back_from_an_interrupted_tag_change(nights) -> N
     assert run_cli("prune", "--max-unused", "0", repo=repo).code == 0
     assert not _holds_secret(repo)
     assert run_cli("check", "--read-data", repo=repo).code == 0
+
+
+def test_patterns_that_would_empty_a_snapshot_leave_it_as_it_is(nights) -> None:  # type: ignore[no-untyped-def]
+    """helper-62: --exclude '*' wrote empty snapshots of the same time as the originals, one
+    of which could then be 'latest' (a restore of nothing) or the next backup's parent."""
+    repo, src, ids = nights
+    res = run_cli("rewrite", "--exclude", str(src.parent), repo=repo)
+    assert res.code == 0, res.err
+    assert "0 of 2 snapshots rewritten" in res.out
+    assert res.err.count("take out every file it holds") == 2
+    assert [s["id"] for s in _snaps(repo)] == ids
+    assert_one_error(run_cli("rewrite", "--exclude", "/", repo=repo), 2, "whole snapshot")
