@@ -101,12 +101,13 @@ def change_tags(
             continue
     kept, leftovers = split_rewrites(every)
     current = {s.identity: s for s in kept}
+    # Every ref checked before anything changes (a bad third one tags nothing). A ref may
+    # name a left-over record: the snapshot is its newest record. One this client forgot
+    # (back after a rollback) is not tagged back to life.
     for snap in chosen.values():
-        # A ref may name a left-over record: the snapshot is its newest record. One this
-        # client forgot (back after a rollback) is not tagged back to life.
         if snap.identity not in current:
             raise NotFound(f"snapshot {snap.short_id} is not among the repository's snapshots")
-        snap = current[snap.identity]
+    for snap in (current[identity] for identity in chosen):
         for old, newer in leftovers:
             if newer.identity == snap.identity:
                 if not dry_run:

@@ -277,3 +277,16 @@ def test_a_version_4_reader_refuses_a_version_5_repository(cli_repo: str, monkey
     monkeypatch.setattr(config_module, "FORMAT_VERSION", 4)
     with pytest.raises(UnsupportedFormat, match="upgrade casbackup"):
         open_repo(cli_repo)
+
+
+def test_a_bad_ref_among_several_tags_none_of_them(two) -> None:  # type: ignore[no-untyped-def]
+    """A snapshot this client forgot, put back by a rollback: refused, and the good ref
+    given before it is not tagged either (it was, before the refusal)."""
+    repo_path, ids = two
+    record = Path(repo_path) / "snapshots" / ids[0]
+    saved = record.read_bytes()
+    assert run_cli("forget", ids[0], repo=repo_path).code == 0
+    record.write_bytes(saved)  # the record is back: this client forgot it
+    res = run_cli("tag", "--add", "y", ids[1], ids[0], repo=repo_path)
+    assert res.code == 23 and "not among the repository's snapshots" in res.err, res.err
+    assert [s["tags"] for s in _snaps(repo_path)][-1] == []  # ids[1] untouched
