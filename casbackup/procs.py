@@ -47,6 +47,11 @@ def become_helper(parent: int) -> None:
     """First thing in a helper: leave Ctrl-C to the parent and die when it dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into a cancel
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and a closed terminal too (cli/signals.py)
+    # SIGTERM is how a parent ends its helpers (Pool.terminate): the kernel's default, not
+    # the handler the parent had (the service worker's turns it into a cancel). With that
+    # handler a helper waiting on the pool's queue lock, which terminate() holds, outlived
+    # the SIGTERM and terminate() waited for it forever: a check job stuck at "1/2 packs".
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Forked from a thread that blocks the stop signals (a pool's handler, or the main thread
     # while it starts a pool): take them back, so that terminate()'s SIGTERM kills us.
     unblock_stop_signals()

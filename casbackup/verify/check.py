@@ -454,6 +454,7 @@ def _verify_all(
     finally:
         gc.unfreeze()
     started()  # after the fork: no thread of ours may hold a lock a helper inherits
+    done = False
     try:
         pending: deque[tuple[FileId, Any]] = deque()
         for job in jobs:
@@ -464,9 +465,12 @@ def _verify_all(
         while pending:
             pack, result = pending.popleft()
             yield pack, result.get()
-        pool.close()
+        done = True
     finally:
-        pool.terminate()
+        if done:  # the helpers read their end-of-work marks and exit on their own
+            pool.close()
+        else:  # stopped early (an error, a stop): end them now
+            pool.terminate()
         pool.join()
 
 
