@@ -30,12 +30,43 @@ from casbackup.repo.localstate import screen_snapshots
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.server.settings import Settings
+from casbackup.threadsig import quiet_thread
 from casbackup.verify.records import RecordSet, VerificationRecord
 from casbackup.vfs.cache import WeightedLru
 
 DEFAULT = "default"
+IDENTITY_WAIT = 10.0  # seconds RepoHandle.identity waits for the storage to answer
 
 log = logging.getLogger("casbackup.server")
+
+
+class _IdentityProbe:
+    """One read of a repository's plaintext config on its own daemon thread: ``found`` is
+    ``id:<its id>`` once read, None when the read failed; ``done`` is set either way."""
+
+    def __init__(self, location: str | None, s3: dict[str, str]) -> None:
+        self.location, self.s3 = location, s3
+        self.found: str | None = None
+        self.done = threading.Event()
+        self._thread = quiet_thread(self._run, name="casbackup-repo-identity")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        from casbackup.repo.config import RepoConfig
+
+        try:
+            backend = access.open_backend(self.location, self.s3 or None)
+            try:
+                self.found = "id:" + RepoConfig.decode(backend.get("config")).id
+            finally:
+                with suppress(Exception):
+                    backend.close()
+        except Exception:  # noqa: BLE001 - unreadable now: the caller uses the location
+            self.found = None
+        finally:
+            self.done.set()
 
 
 @dataclass
@@ -55,28 +86,36 @@ class RepoHandle:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _logged: set[str] = field(default_factory=set)
     _identity: str | None = None
+    _probe: _IdentityProbe | None = None
 
     def identity(self) -> str:
         """What the repository is, for the job queue: ``id:<its id>`` from its plaintext
         config (read once), or ``at:<canonical location>`` while that cannot be read (not
-        there yet, or unreachable: tried again next time). Reads the storage; never raises."""
+        there yet, unreachable, or not answering within ``IDENTITY_WAIT`` seconds: tried
+        again next time). Never raises and never waits longer than ``IDENTITY_WAIT``: the
+        scheduler's thread and API requests call it, and a storage that hangs (a hard NFS
+        mount, a stalled connection) must not freeze them. One read at a time per handle;
+        a read that hangs is left to finish (or not) on its own daemon thread."""
         with self._lock:
             if self._identity is not None:
                 return self._identity
-        from casbackup.repo.config import RepoConfig
-
-        try:
-            backend = access.open_backend(self.location, self.s3 or None)
-            try:
-                found = "id:" + RepoConfig.decode(backend.get("config")).id
-            finally:
-                with suppress(Exception):
-                    backend.close()
-        except Exception:  # the repository is not readable now: its place stands for it
-            return "at:" + access.canonical_location(self.location or "")
-        with self._lock:
-            self._identity = found
-        return found
+            probe = self._probe
+            if probe is None or probe.done.is_set():
+                probe = self._probe = _IdentityProbe(self.location, self.s3)
+                probe.start()
+        if probe.done.wait(IDENTITY_WAIT) and probe.found is not None:
+            with self._lock:
+                self._identity = probe.found
+            return probe.found
+        if not probe.done.is_set():
+            key = "identity-wait"
+            if key not in self._logged:
+                self._logged.add(key)
+                log.warning(
+                    "repository %s did not answer within %.0f s; its jobs queue by its "
+                    "location until it does", self.location, IDENTITY_WAIT,
+                )  # fmt: skip
+        return "at:" + access.canonical_location(self.location or "")
 
     def password(self) -> bytes:
         password = access.read_password(self.source)

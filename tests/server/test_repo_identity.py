@@ -115,3 +115,52 @@ def test_canonical_s3_locations() -> None:
     assert canonical_location("s3:http://h:80/bkt/") == "s3:http://h/bkt"
     assert canonical_location("s3:http://h:8333/bkt") == "s3:http://h:8333/bkt"
     assert canonical_location("s3:http://h/bkt/a") != canonical_location("s3:http://h/bkt/b")
+
+
+def test_a_hanging_storage_does_not_freeze_who_asks_what_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storage that does not answer (a hard NFS mount gone away, a stalled connection) held
+    the scheduler's thread and every API request that queues a job in ``identity()`` for as
+    long as it hung: each waits at most IDENTITY_WAIT now, and one read at a time is made."""
+    import threading
+
+    from casbackup import access
+    from casbackup.access import PasswordSource
+    from casbackup.server import repos
+    from casbackup.server.repos import RepoHandle
+
+    location = str(tmp_path / "repo")
+    make_repo(location).close()
+    release = threading.Event()
+    opened: list[str] = []
+    real_open = access.open_backend
+
+    class Hanging:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def get(self, name: str) -> bytes:
+            release.wait(30)
+            return self.inner.get(name)  # type: ignore[attr-defined]
+
+        def close(self) -> None:
+            self.inner.close()  # type: ignore[attr-defined]
+
+    def hanging_open(loc: str | None, s3: object = None) -> Hanging:
+        opened.append(str(loc))
+        return Hanging(real_open(loc, s3))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(access, "open_backend", hanging_open)
+    monkeypatch.setattr(repos, "IDENTITY_WAIT", 0.3, raising=False)
+    handle = RepoHandle("default", location, PasswordSource())
+    started = time.monotonic()
+    assert handle.identity() == f"at:{canonical_location(location)}"
+    assert handle.identity() == f"at:{canonical_location(location)}"
+    assert time.monotonic() - started < 5
+    assert len(opened) == 1  # the second call waited on the read already under way
+    release.set()
+    deadline = time.monotonic() + 10
+    while not handle.identity().startswith("id:") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert handle.identity().startswith("id:")
