@@ -13,6 +13,7 @@ from casbackup.repo.config import ChunkerParams, RepoConfig
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend
 from casbackup.store.local import LocalBackend
+from casbackup.testing.zygote import run_forked
 
 PASSWORD = "correct horse battery staple"
 
@@ -53,15 +54,17 @@ def run_cli(*args: str, repo: str | None = None, env: dict[str, str] | None = No
     full_env.setdefault("CASBACKUP_PASSWORD", PASSWORD)
     if env:
         full_env.update(env)
-    cmd = [sys.executable, "-m", "casbackup.cli.main"]
-    if repo is not None:
-        cmd += ["-r", repo]
-    proc = subprocess.run(
-        [*cmd, *args], capture_output=True, env=full_env, input=input, timeout=timeout
-    )
-    return CliResult(
-        proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-    )
+    argv = [*(["-r", repo] if repo is not None else []), *args]
+    forked = run_forked(argv, full_env, input, timeout)  # a pre-imported process: see zygote.py
+    if forked is not None:
+        code, out, err = forked
+    else:
+        proc = subprocess.run(
+            [sys.executable, "-m", "casbackup.cli.main", *argv],
+            capture_output=True, env=full_env, input=input, timeout=timeout,
+        )  # fmt: skip
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    return CliResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 def flip_stored_byte(
