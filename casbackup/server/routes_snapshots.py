@@ -7,7 +7,6 @@ import base64
 import datetime as dt
 import json
 import os
-import tarfile
 from collections.abc import Iterator
 from typing import Any, Literal
 from urllib.parse import quote
@@ -16,13 +15,13 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from casbackup.archiver.export import Member, archive_stream
 from casbackup.catalog import snapshot_doc, verification_doc
 from casbackup.errors import AmbiguousId, NotFound
 from casbackup.maintenance.tags import TagChange
 from casbackup.nstime import iso_ns
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import NodeKind
-from casbackup.server.archives import zip_stream
 from casbackup.server.auth import Principal, require, service_of
 from casbackup.server.repos import RepoHandle
 from casbackup.server.routes_jobs import JobStarted, job_started, recovery_target
@@ -430,12 +429,12 @@ def download(
     except NotFound as exc:
         raise HTTPException(404, f"{_display(inner)}: {exc}") from None
     name = entry.name if inner != "/" else f"snapshot-{snap.short_id}"
-    if entry.kind == NodeKind.DIR and archive == "zip":
-        return StreamingResponse(zip_stream(vfs, full, name), media_type="application/zip",
-                                 headers={"Content-Disposition": _disposition(name + ".zip")})  # fmt: skip
     if entry.kind == NodeKind.DIR:
-        return StreamingResponse(_tar_stream(vfs, full, name), media_type="application/x-tar",
-                                 headers={"Content-Disposition": _disposition(name + ".tar")})  # fmt: skip
+        media = "application/zip" if archive == "zip" else "application/x-tar"
+        return StreamingResponse(
+            archive_stream(archive, _vfs_members(vfs, full, name)), media_type=media,
+            headers={"Content-Disposition": _disposition(f"{name}.{archive}")},
+        )  # fmt: skip
     if entry.kind != NodeKind.FILE:
         raise HTTPException(
             400, f"{_display(inner)} is a {KIND_NAMES.get(entry.kind)}, not a file or folder"
@@ -462,39 +461,23 @@ def _file_stream(opened: Any, start: int, end: int) -> Iterator[bytes]:
         yield data
 
 
-def _tar_stream(vfs: Any, root: str, top: str) -> Iterator[bytes]:
-    """A POSIX (pax) tar of a folder, written block by block: headers are built here and file
-    data streams through, so no member is ever held whole in memory."""
-    stack = [(root, top)]
+def _vfs_members(vfs: Any, root: str, top: str) -> Iterator[Member]:
+    """The folder ``root`` of ``vfs`` and everything below it as archive members named
+    ``top/...`` (casbackup/archiver/export.py), a folder before its entries."""
+    stack = [(vfs.lookup(root), top)]
     while stack:
         folder, arc = stack.pop()
-        yield _tar_header(vfs.lookup(folder), arc, tarfile.DIRTYPE)
-        for child in sorted(vfs.listdir(folder), key=lambda e: e.name):
+        yield Member(arc, folder.node)
+        below = []
+        for child in sorted(vfs.listdir(folder.path), key=lambda e: e.name):
             child_arc = f"{arc}/{child.name}"
             if child.kind == NodeKind.DIR:
-                stack.append((child.path, child_arc))
-            elif child.kind == NodeKind.SYMLINK:
-                yield _tar_header(child, child_arc, tarfile.SYMTYPE)
+                below.append((child, child_arc))
             elif child.kind == NodeKind.FILE:
-                yield _tar_header(child, child_arc, tarfile.REGTYPE)
-                size = child.node.size
-                yield from _file_stream(vfs.open(child.path), 0, size)
-                yield b"\0" * (-size % tarfile.BLOCKSIZE)
-    yield b"\0" * (2 * tarfile.BLOCKSIZE)
-
-
-def _tar_header(entry: Any, arcname: str, kind: bytes) -> bytes:
-    n = entry.node
-    info = tarfile.TarInfo(arcname)
-    info.type = kind
-    info.mode = n.mode & 0o7777
-    info.mtime = max(n.mtime_ns // 1_000_000_000, 0)
-    info.uid, info.gid, info.uname = n.uid, n.gid, n.user
-    if kind == tarfile.REGTYPE:
-        info.size = n.size
-    if kind == tarfile.SYMTYPE:
-        info.linkname = os.fsdecode(n.link_target)
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+                yield Member(child_arc, child.node, vfs.open(child.path).read)
+            else:
+                yield Member(child_arc, child.node)
+        stack.extend(reversed(below))
 
 
 @router.post("/api/snapshots/{snapshot_id}/restore", response_model=JobStarted, status_code=202)
