@@ -23,7 +23,7 @@ from typing import Any
 
 from casbackup.archiver.backup import BackupOptions, BackupResult, StreamSpec, run_backup
 from casbackup.archiver.backup_options import with_link_targets
-from casbackup.archiver.excludes import Excluder
+from casbackup.archiver.excludes import CACHEDIR_TAG, Excluder
 from casbackup.config.model import AppConfig, SnapshotsConfig
 from casbackup.engines.base import (
     DatabaseSpec,
@@ -183,6 +183,8 @@ def backup_options(
     backup_type: str | None = None,
     tags: tuple[str, ...] = (),
     extra_excludes: tuple[str, ...] = (),
+    exclude_if_present: tuple[str, ...] = (),
+    exclude_larger_than: int | None = None,
     one_file_system: bool = False,
     dry_run: bool = False,
     workers: int = 2,
@@ -199,7 +201,12 @@ def backup_options(
     """
     return replace(
         source_options(
-            app, extra_excludes=extra_excludes, one_file_system=one_file_system, snapshots=snapshots
+            app,
+            extra_excludes=extra_excludes,
+            exclude_if_present=exclude_if_present,
+            exclude_larger_than=exclude_larger_than,
+            one_file_system=one_file_system,
+            snapshots=snapshots,
         ),  # fmt: skip
         type=backup_type or app.default_backup_type,
         tags=tags,
@@ -217,11 +224,15 @@ def source_options(
     app: AppConfig,
     *,
     extra_excludes: tuple[str, ...] = (),
+    exclude_if_present: tuple[str, ...] = (),
+    exclude_larger_than: int | None = None,
     one_file_system: bool = False,
     snapshots: SnapshotsConfig | None = None,
 ) -> BackupOptions:
     """What the backup of an `AppConfig` reads from its file systems, and nothing else: its
-    sources, its excludes then `extra_excludes`, the database files it dumps instead of
+    sources, its excludes then `extra_excludes` (its own exclude_caches/exclude_if_present
+    with `exclude_if_present` added, its exclude_larger_than unless `exclude_larger_than`
+    is given), the database files it dumps instead of
     reading, and its file-system snapshots (see fs_plan). `backup_options` builds on this;
     so does the source warmer (archiver/warm.py `warmer_for`), which runs before the
     repository is opened and so must not start the databases' engines."""
@@ -229,6 +240,18 @@ def source_options(
         paths=tuple(app.sources),
         app=app.name,
         excludes=(*app.excludes, *extra_excludes),
+        exclude_if_present=tuple(
+            dict.fromkeys(
+                (
+                    *((CACHEDIR_TAG,) if app.exclude_caches else ()),
+                    *app.exclude_if_present,
+                    *exclude_if_present,
+                )
+            )
+        ),  # fmt: skip
+        exclude_larger_than=(
+            app.exclude_larger_than if exclude_larger_than is None else exclude_larger_than
+        ),
         one_file_system=one_file_system,
         database_files=database_files(app),
         fs_plan=fs_plan(app, snapshots or SnapshotsConfig()),

@@ -100,6 +100,8 @@ class Backup(Walker, FileReading):
             list(options.excludes),
             exact=self._database_files,
             rename=exclude_renames(options.read_from),
+            if_present=options.exclude_if_present,
+            larger_than=options.exclude_larger_than,
         )
         self._read_from = {
             os.fsencode(os.path.abspath(a)): os.fsencode(b) for a, b in options.read_from

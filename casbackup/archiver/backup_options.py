@@ -48,6 +48,11 @@ class BackupOptions:
     app: str | None = None
     tags: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
+    # archiver/excludes.py: folders holding one of these files (NAME or NAME:HEADER) are
+    # left out (--exclude-if-present, --exclude-caches), and files over this many bytes (0: no
+    # limit; --exclude-larger-than).
+    exclude_if_present: tuple[str, ...] = ()
+    exclude_larger_than: int = 0
     one_file_system: bool = False
     dry_run: bool = False
     workers: int = 2  # reader processes

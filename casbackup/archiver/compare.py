@@ -191,6 +191,8 @@ class SubtreeComparer:
             except OSError:
                 same = False
                 continue
+            if self.excluder is not None and self.excluder.excluded_entry(child_path, st):
+                continue
             mode = st.st_mode
             kept += 1
             old = old_nodes.get(entry.name)

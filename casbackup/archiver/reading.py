@@ -77,6 +77,8 @@ class FileReading:
             excludes=tuple(self.options.excludes),
             exact_excludes=self._database_files,
             exclude_renames=exclude_renames(self.options.read_from),
+            exclude_if_present=self.options.exclude_if_present,
+            exclude_larger_than=self.options.exclude_larger_than,
             one_file_system=self.options.one_file_system,
         )
         # Worth it only with a parent to compare with and a reader to spare for it.

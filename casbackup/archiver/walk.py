@@ -379,6 +379,8 @@ class Walker:
                 if not quiet:
                     self._error(entry.path, exc)
                 continue
+            if excluder is not None and excluder.excluded_entry(entry.path, st):
+                continue
             listed.append((entry, st))
         return listed
 

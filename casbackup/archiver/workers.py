@@ -82,6 +82,8 @@ class WorkerSetup:
     excludes: tuple[str, ...] = ()
     exact_excludes: frozenset[str] = frozenset()  # whole paths left out (database files)
     exclude_renames: tuple[tuple[str, str], ...] = ()  # read folder -> original path
+    exclude_if_present: tuple[str, ...] = ()  # BackupOptions' fields of the same names
+    exclude_larger_than: int = 0
     one_file_system: bool = False
 
 
@@ -165,6 +167,8 @@ class FileReader:
                 Excluder(
                     self.setup.excludes, exact=self.setup.exact_excludes,
                     rename=self.setup.exclude_renames,
+                    if_present=self.setup.exclude_if_present,
+                    larger_than=self.setup.exclude_larger_than,
                 ),
                 self.setup.one_file_system, self.cancel,
             )  # fmt: skip

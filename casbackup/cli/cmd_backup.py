@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from casbackup.archiver.backup import BackupOptions, BackupResult, run_backup
-from casbackup.archiver.excludes import read_exclude_file
+from casbackup.archiver.excludes import CACHEDIR_TAG, parse_if_present, read_exclude_file
 from casbackup.archiver.warm import WarmAhead, warming_ahead
 from casbackup.cli.context import PREPARED, global_options, with_repository
 from casbackup.cli.render import emit_json, plural, printable, reporter_for, warn
@@ -111,6 +111,26 @@ def _backups_to_warm(params: dict[str, Any]) -> list[BackupOptions | None]:
     help="Read exclude patterns from a file.",
 )
 @click.option(
+    "--exclude-caches",
+    is_flag=True,
+    help="Leave out folders tagged with a CACHEDIR.TAG (https://bford.info/cachedir/).",
+)
+@click.option(
+    "--exclude-if-present",
+    "if_present",
+    multiple=True,
+    metavar="NAME[:HEADER]",
+    help="Leave out folders holding a file NAME (that starts with HEADER); repeatable.",
+)
+@click.option(
+    "--exclude-larger-than",
+    "larger_than",
+    metavar="SIZE",
+    callback=lambda ctx, param, value: _exclude_size(value),
+    help="Leave out files bigger than SIZE (e.g. 2G) [default: the app's "
+    "exclude_larger_than, else no limit].",
+)
+@click.option(
     "-x",
     "--one-file-system",
     is_flag=True,
@@ -151,7 +171,8 @@ def _backups_to_warm(params: dict[str, Any]) -> list[BackupOptions | None]:
 @with_repository(lock="shared", writes=True, prepare=_warm_sources)
 def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: str | None, all_apps: bool,
            backup_type: str | None, tags: tuple[str, ...], excludes: tuple[str, ...],
-           exclude_files: tuple[str, ...], one_file_system: bool, no_xattrs: bool,
+           exclude_files: tuple[str, ...], exclude_caches: bool, if_present: tuple[str, ...],
+           larger_than: int | None, one_file_system: bool, no_xattrs: bool,
            delta_files: int | None, dry_run: bool, parent: str | None, workers: int,
            auto_verify: bool | None) -> None:  # fmt: skip
     """Back up PATHS, an application from the config (--app NAME), or all of them (--all)."""
@@ -159,7 +180,10 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
     patterns = list(excludes)
     for f in exclude_files:
         patterns.extend(read_exclude_file(f))
+    parse_if_present(if_present)  # UsageError before any work
     common: dict[str, Any] = dict(
+        exclude_if_present=(*((CACHEDIR_TAG,) if exclude_caches else ()), *if_present),
+        exclude_larger_than=larger_than,
         one_file_system=one_file_system,
         dry_run=dry_run,
         workers=workers,
@@ -191,6 +215,7 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
     if not paths:
         raise UsageError("nothing to back up: give one or more paths, --app NAME or --all")
     common["delta_files"] = delta_files or 0
+    common["exclude_larger_than"] = larger_than or 0
     options = BackupOptions(
         paths=paths, type=backup_type or "incremental", app=app, tags=tags, excludes=tuple(patterns),
         parent=parent, on_parent_chosen=_stop_warming_for_first(ctx), **common,
@@ -210,6 +235,18 @@ def _stop_warming_for_first(ctx: click.Context, index: int = 0) -> Callable[[boo
     as soon as it turns out to read every file (``WarmAhead.parent_chosen``)."""
     ahead = ctx.meta.get(PREPARED)
     return ahead.parent_chosen(index) if isinstance(ahead, WarmAhead) else None
+
+
+def _exclude_size(value: str | None) -> int | None:
+    """--exclude-larger-than SIZE in bytes (0: no limit), None when not given."""
+    if value is None:
+        return None
+    from casbackup.config.model import exclude_size
+
+    try:
+        return exclude_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _delta_files(value: str | None) -> int | None:

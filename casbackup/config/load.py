@@ -26,6 +26,7 @@ from casbackup.config.model import (
     APP_SNAPSHOT_CHOICES,
     BACKUP_TYPES,
     BUILTIN_NOTIFIERS,
+    IF_PRESENT_RULE,
     NOTIFY_EVENTS,
     SNAPSHOT_PROVIDERS,
     AppConfig,
@@ -39,6 +40,8 @@ from casbackup.config.model import (
     SnapshotsConfig,
     VerificationConfig,
     delta_files_size,
+    exclude_size,
+    if_present_ok,
 )
 from casbackup.engines.base import DatabaseSpec
 from casbackup.errors import ConfigError, UsageError
@@ -465,6 +468,9 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
     )
     description = ctx.attempt(lambda: sec.text("description", default="") or "", "")
     excludes = ctx.attempt(lambda: sec.str_list("excludes"), ())
+    exclude_caches = ctx.attempt(lambda: sec.flag("exclude_caches", False), False)
+    if_present = ctx.attempt(lambda: _if_present(sec), ())
+    larger_than = ctx.attempt(lambda: _larger_than(sec), 0)
     backup_type = ctx.attempt(lambda: check_backup_type(
         sec, "default_backup_type", sec.text("default_backup_type") or "incremental"
     ), "incremental")  # fmt: skip
@@ -483,7 +489,33 @@ def parse_app(sec: Section, auto_verify_default: bool) -> AppConfig | None:
         databases=databases, default_backup_type=backup_type, retention=retention,
         schedule=schedule, verification=verification, repository=repository, notify=notify,
         snapshot=snapshot, delta_files=delta_files, max_run_time=max_run_time,
+        exclude_caches=exclude_caches, exclude_if_present=if_present,
+        exclude_larger_than=larger_than,
     )  # fmt: skip
+
+
+def _if_present(sec: Section) -> tuple[str, ...]:
+    """``exclude_if_present``: file names (NAME or NAME:HEADER) that tag a folder to leave out."""
+    specs = sec.str_list("exclude_if_present")
+    for spec in specs:
+        if not if_present_ok(spec):
+            raise sec.error("exclude_if_present", f"{spec!r}: {IF_PRESENT_RULE}")
+    return specs
+
+
+def _larger_than(sec: Section) -> int:
+    """``exclude_larger_than``: a size ("2G", or bytes as an integer); 0 or "0": no limit."""
+    value = sec.raw("exclude_larger_than")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise sec.error(
+            "exclude_larger_than", f'must be a size such as "2G", not {type_name(value)}'
+        )
+    try:
+        return exclude_size(value)
+    except ValueError as exc:
+        raise sec.error("exclude_larger_than", str(exc)) from None
 
 
 def _delta_files(sec: Section) -> int:

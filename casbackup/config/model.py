@@ -45,6 +45,10 @@ name = "webshop"                             # letters, digits, . _ -; unique
 description = "Shop front and its PostgreSQL database"
 sources = ["/srv/webshop"]                   # at least one
 excludes = ["*.log", "cache/"]               # patterns, not resolved
+exclude_caches = true                        # leave out folders tagged with a CACHEDIR.TAG
+exclude_if_present = [".nobackup"]           # leave out folders holding such a file
+                                             #   (NAME or NAME:HEADER, its first bytes)
+exclude_larger_than = "2G"                   # leave out files bigger than this
 default_backup_type = "incremental"          # full | incremental | differential
 schedule = "0 2 * * *"                       # cron: 5 fields, @daily and friends, "every 15 minutes"
 snapshot = "auto"                            # read sources from a file-system snapshot:
@@ -206,6 +210,11 @@ class AppConfig:
     sources: tuple[str, ...]
     description: str = ""
     excludes: tuple[str, ...] = ()
+    # archiver/excludes.py: CACHEDIR.TAG-tagged folders, folders holding one of these files
+    # (NAME or NAME:HEADER), files over this many bytes (0: no limit) are left out.
+    exclude_caches: bool = False
+    exclude_if_present: tuple[str, ...] = ()
+    exclude_larger_than: int = 0
     databases: tuple[DatabaseSpec, ...] = ()
     default_backup_type: str = "incremental"
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -225,6 +234,28 @@ class AppConfig:
 # The smallest delta_files size (--delta-files): below a few chunks a delta saves little,
 # and reading many smaller files on the backup's one delta thread would slow it down.
 MIN_DELTA_FILE_SIZE = 1 << 20
+
+
+IF_PRESENT_RULE = "give a file name, optionally NAME:HEADER (the file's first bytes)"
+
+
+def if_present_ok(spec: str) -> bool:
+    """Whether ``spec`` is an ``exclude_if_present`` / ``--exclude-if-present`` value: a file
+    name (no ``/``, not ``.`` or ``..``, no NUL), optionally ``:HEADER``."""
+    name = spec.partition(":")[0]
+    return bool(name) and "/" not in name and name not in (".", "..") and "\0" not in spec
+
+
+def exclude_size(value: int | str) -> int:
+    """An ``exclude_larger_than`` setting or ``--exclude-larger-than`` value in bytes: a size
+    as ``units.parse_size`` reads it ("2G") or a whole number of bytes; 0 is no limit.
+    Raises ValueError (a one-line message) for anything else."""
+    size = value if isinstance(value, int) else parse_size(value)
+    if size > MAX_SIZE:
+        raise ValueError(f"{value!r} is too large (at most 8E)")
+    if size < 0:
+        raise ValueError(f"{value!r} is not a size (e.g. 2G, or 0 for no limit)")
+    return size
 
 
 def delta_files_size(value: int | str) -> int:
