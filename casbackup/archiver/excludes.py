@@ -62,6 +62,8 @@ def parse_if_present(specs: tuple[str, ...] | list[str]) -> tuple[tuple[bytes, b
 
     Raises UsageError for an empty name or one holding ``/`` (a file inside the folder is
     meant, not a path)."""
+    if not specs:
+        return ()  # and no import of the config package (backup PATHS starts sooner)
     from casbackup.config.model import IF_PRESENT_RULE, if_present_ok
 
     pairs = []

@@ -149,6 +149,18 @@ def _backups_to_warm(params: dict[str, Any]) -> list[BackupOptions | None]:
     "parent snapshot, so a database file or disk image changed here and there costs what "
     "changed; 0: off [default: the app's delta_files, else off].",
 )
+@click.option(
+    "--stdin", "from_stdin", is_flag=True,
+    help="Back up standard input as one file, /NAME (--stdin-filename).",
+)  # fmt: skip
+@click.option(
+    "--stdin-from-command", "from_command", is_flag=True,
+    help="Back up what the command given after -- writes; no snapshot unless it exits 0.",
+)  # fmt: skip
+@click.option(
+    "--stdin-filename", metavar="NAME", default="stdin", show_default=True,
+    help="The file's name in the snapshot, with --stdin or --stdin-from-command.",
+)  # fmt: skip
 @click.option("-n", "--dry-run", is_flag=True, help="Read and chunk everything, store nothing.")
 @click.option(
     "--parent",
@@ -173,10 +185,16 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
            backup_type: str | None, tags: tuple[str, ...], excludes: tuple[str, ...],
            exclude_files: tuple[str, ...], exclude_caches: bool, if_present: tuple[str, ...],
            larger_than: int | None, one_file_system: bool, no_xattrs: bool,
-           delta_files: int | None, dry_run: bool, parent: str | None, workers: int,
+           delta_files: int | None, from_stdin: bool, from_command: bool, stdin_filename: str,
+           dry_run: bool, parent: str | None, workers: int,
            auto_verify: bool | None) -> None:  # fmt: skip
-    """Back up PATHS, an application from the config (--app NAME), or all of them (--all)."""
+    """Back up PATHS, an application from the config (--app NAME), or all of them (--all);
+    or a stream (--stdin, or --stdin-from-command -- COMMAND ARGS...)."""
     tags = check_tags(split_tag_args(tags), "--tag")  # before any work: a bad tag fails fast
+    if from_stdin or from_command:
+        _backup_stream(ctx, repo, paths, app, all_apps, parent, from_stdin, from_command,
+                       stdin_filename, backup_type, tags, dry_run, auto_verify)  # fmt: skip
+        return
     patterns = list(excludes)
     for f in exclude_files:
         patterns.extend(read_exclude_file(f))
@@ -228,6 +246,32 @@ def backup(repo: Repository, ctx: click.Context, paths: tuple[str, ...], app: st
     render_backup_result(ctx, result, dry_run)
     _auto_verify(repo, ctx, result, bool(auto_verify))
     _raise_partial(result)
+
+
+def _backup_stream(ctx: click.Context, repo: Repository, paths: tuple[str, ...], app: str | None,
+                   all_apps: bool, parent: str | None, from_stdin: bool, from_command: bool,
+                   name: str, backup_type: str | None, tags: tuple[str, ...], dry_run: bool,
+                   auto_verify: bool | None) -> None:  # fmt: skip
+    """--stdin / --stdin-from-command (archiver/stdin.py)."""
+    import sys
+
+    from casbackup.archiver.stdin import StreamBackup, backup_stream
+
+    if from_stdin and from_command:
+        raise UsageError("give --stdin or --stdin-from-command, not both")
+    if app or all_apps or parent:
+        raise UsageError("a stream is backed up on its own: no --app, --all or --parent with it")
+    if from_stdin and paths:
+        raise UsageError("--stdin reads standard input: give no PATHS (--stdin-filename names it)")
+    if from_stdin and sys.stdin.isatty():
+        raise UsageError(
+            "standard input is a terminal: pipe the data in (... | casbackup backup --stdin)"
+        )
+    spec = StreamBackup(name=name, command=paths if from_command else None,
+                        type=backup_type or "incremental", tags=tags, dry_run=dry_run)  # fmt: skip
+    result = backup_stream(repo, spec, sys.stdin.buffer)
+    render_backup_result(ctx, result, dry_run)
+    _auto_verify(repo, ctx, result, bool(auto_verify))
 
 
 def _stop_warming_for_first(ctx: click.Context, index: int = 0) -> Callable[[bool], None] | None:

@@ -238,7 +238,8 @@ def run_forked(argv: list[str], env: dict[str, str], input: bytes | None,
     (the caller runs a plain subprocess). Raises ``subprocess.TimeoutExpired`` after
     ``timeout`` seconds, the runner killed, as ``subprocess.run`` does."""
     import subprocess
-    import threading
+
+    from casbackup.threadsig import quiet_thread
 
     path = _zygote_path()
     if path is None or start_env(env) != _zygote["env"]:
@@ -274,9 +275,9 @@ def run_forked(argv: list[str], env: dict[str, str], input: bytes | None,
             except BrokenPipeError:
                 pass
 
-    threads = [threading.Thread(target=drain, args=(fd,), daemon=True) for fd in (out_r, err_r)]
+    threads = [quiet_thread(drain, (fd,)) for fd in (out_r, err_r)]
     if input is not None:
-        threads.append(threading.Thread(target=feed, daemon=True))
+        threads.append(quiet_thread(feed))
     for t in threads:
         t.start()
     deadline = time.monotonic() + timeout
