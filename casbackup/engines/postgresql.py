@@ -497,6 +497,12 @@ class PostgresEngine:
         _require_db(spec)
         return _parse_counts(self._psql(spec, _COUNT_SQL))
 
+    def holds_content(self, spec: DatabaseSpec) -> bool:
+        """Whether spec's database exists and holds what `restore` refuses to replace
+        without `overwrite` (tables, views, sequences, foreign tables): what a recovery plan
+        checks before anything is written. Raises DatabaseError (server unreachable, ...)."""
+        return self._exists(spec, _require_db(spec)) and self._table_count(spec) > 0
+
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._psql(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};", self._maintenance(spec))

@@ -28,7 +28,7 @@ from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.archiver.stream import ChunkReader
 from casbackup.engines.base import get_engine
 from casbackup.errors import CasError, Interrupted, RecoveryError
-from casbackup.recovery.journal import Journal, remove_journal, write_journal
+from casbackup.recovery.journal import Journal, JournalWriter, remove_journal
 from casbackup.recovery.plan import (
     DatabaseItem,
     FileItem,
@@ -97,13 +97,17 @@ def recover(
                 + (f"; {fallback}" if fallback else "")
             )
             errors.extend(check.problems)
-        elif _journal_started(plan, started, errors):
+        elif (journal := _journal_started(plan, started, errors)) is not None:
             for item in plan.files:
                 files.append(_restore_files(repo, plan, item, options, reporter, errors, warnings))
             for db in plan.databases:
-                databases.append(
-                    _restore_database(repo, plan, db, options, reporter, errors, warnings)
-                )
+                # Its own just before the load begins (a kill then leaves it to a rerun),
+                # not before: one the load refuses, or never reaches, is not its to replace.
+                _note(journal.own(db.where), warnings)
+                out = _restore_database(repo, plan, db, options, reporter, errors, warnings)
+                if out.get("loaded") is False and not db.resumed:
+                    _note(journal.disown(db.where), warnings)  # left as it was
+                databases.append(out)
     except KeyboardInterrupt:
         interrupted = True
         errors.append("recovery interrupted; the target holds a partial recovery")
@@ -130,20 +134,27 @@ def recover(
     return result
 
 
-def _journal_started(plan: RecoveryPlan, started: str, errors: list[str]) -> bool:
-    """Write the journal before the first byte goes to the target (see journal.py); False,
+def _journal_started(plan: RecoveryPlan, started: str, errors: list[str]) -> JournalWriter | None:
+    """Write the journal before the first byte goes to the target (see journal.py): every
+    file item, and the databases an interrupted run of this recovery already began; None,
     with the error, when it cannot be written (then nothing is)."""
-    journal = Journal(plan.app, plan.snapshot.id, started,
-                      tuple(f.target for f in plan.files), tuple(d.where for d in plan.databases))  # fmt: skip
+    journal = Journal(plan.app, plan.snapshot.id, started, tuple(f.target for f in plan.files),
+                      tuple(d.where for d in plan.databases if d.resumed))  # fmt: skip
+    writer = JournalWriter(plan.target, journal)
     try:
-        write_journal(plan.target, journal)
+        writer.start()
     except OSError as exc:
         errors.append(
             f"nothing was restored: the target {plan.target} cannot be written: "
             f"{exc.strerror or exc}"
         )
-        return False
-    return True
+        return None
+    return writer
+
+
+def _note(warning: str | None, warnings: list[str]) -> None:
+    if warning:
+        warnings.append(warning)
 
 
 def _write_report(doc: dict[str, Any], base: str, errors: list[str]) -> tuple[str, str] | None:
@@ -242,6 +253,7 @@ def _restore_database(
         "dump_path": record.path, "dump_size": record.size,
         "dump_blake3": node.content_hash.hex() if node else "", "overwrite": db.overwrite,
         "expected_row_counts": dict(record.row_counts), "row_counts": {}, "ok": False, "error": "",
+        "loaded": False,
     }  # fmt: skip
     try:
         assert node is not None  # the re-check proved the dump is there
@@ -267,6 +279,8 @@ def _restore_database(
             )  # type: ignore[arg-type]
         finally:
             reader.close()
+        # The dump went in (a failed restore leaves the database as it was: all engines).
+        out["loaded"] = True
         warnings.extend(info.warnings)
         if keep_mode is not None and db.spec.path:
             # The dump replaces the raw copy restored with the files: keep that copy's mode.
