@@ -84,6 +84,9 @@ _BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # The tool writes these only after its consistent snapshot exists (see the module docstring).
 SNAPSHOT_MARKERS = (b"-- Table structure for table ", b"-- Temporary table structure for view ")
 _TRAILER = b"-- Dump completed"
+# information_schema.tables.table_type of a MariaDB table WITH SYSTEM VERSIONING: a table
+# like any other (its rows are dumped), but not a 'BASE TABLE'.
+_VERSIONED = "'SYSTEM VERSIONED'"
 DUMP_FLAGS = (
     "--single-transaction", "--quick", "--routines", "--events", "--triggers",
     "--skip-dump-date", "--hex-blob", "--order-by-primary", "--no-tablespaces",
@@ -263,12 +266,15 @@ class MysqlEngine:
                 "marks it: the restore runs, or was killed and the next restore removes it); "
                 "not backed up"
             )
-        if not tables and not spec.option_bool("allow_empty"):
+        # Row counts keep to base tables (what every recorded dump counted), but a system-
+        # versioned table is data like them: the database is not empty, its triggers count.
+        versioned = self._tables(spec, db, _VERSIONED)
+        if not tables and not versioned and not spec.option_bool("allow_empty"):
             raise DatabaseError(
                 f"database {spec.name!r}: {db} has no tables; refusing to record an empty "
                 "dump (set options.allow_empty = true if that is expected)"
             )
-        user = self._check_visible(spec, db, tables, version)
+        user = self._check_visible(spec, db, tables + versioned, version)
         # From here to the tool's first table, writers to these tables wait (see above).
         held = None
         if tables and spec.option_bool("consistent_counts", True):
@@ -522,9 +528,10 @@ class MysqlEngine:
             pass  # the restore's own error is what the user needs; a temporary may stay
 
     def _has_content(self, spec: DatabaseSpec, db: str) -> bool:
-        """Whether `db` holds anything a restore would replace: tables, views, sequences,
-        and routines and events too (the dump drops those of the same name first)."""
-        if self._tables(spec, db, "'BASE TABLE','VIEW','SEQUENCE'"):
+        """Whether `db` holds anything a restore would replace: tables (system-versioned
+        ones too), views, sequences, and routines and events too (the dump drops those of
+        the same name first)."""
+        if self._tables(spec, db, f"'BASE TABLE',{_VERSIONED},'VIEW','SEQUENCE'"):
             return True
         sql = (f"SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = "
                f"{hex_literal(db)} UNION ALL SELECT COUNT(*) FROM information_schema.events "
