@@ -59,6 +59,7 @@ from casbackup.engines.base import (
     DumpStream,
     RestoreInfo,
     older_tool_warning,
+    parse_tool_version,
     resolve_password,
     tool_record,
 )
@@ -275,6 +276,7 @@ class MysqlEngine:
                 "dump (set options.allow_empty = true if that is expected)"
             )
         user = self._check_visible(spec, db, tables + versioned, version)
+        history = self._history_flags(spec, db, versioned)
         # From here to the tool's first table, writers to these tables wait (see above).
         held = None
         if tables and spec.option_bool("consistent_counts", True):
@@ -313,7 +315,8 @@ class MysqlEngine:
 
         with credentials_fd(spec) as fd:
             # `--` ends option parsing, so a database named "-x" cannot become an option.
-            argv = [dump_tool, f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, "--", db]
+            argv = [dump_tool, f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, *history,
+                    "--", db]  # fmt: skip
             stream = MarkerDumpStream(
                 argv,
                 what=f"database {spec.name!r}",
@@ -327,6 +330,23 @@ class MysqlEngine:
                 advise=lambda err: dump_advice(err, db, user, version),
             )
             return stream
+
+    def _history_flags(self, spec: DatabaseSpec, db: str, versioned: list[str]) -> list[str]:
+        """`--dump-history` when `db` has system-versioned tables and their history can be
+        dumped: without it the tool writes their current rows only, and a restore brings the
+        tables back without the history they exist to keep. The option needs mariadb-dump
+        10.11 or later, and refuses tables whose history is kept by transaction id (the ids
+        mean nothing on another server); those are dumped as before, current rows only."""
+        if not versioned:
+            return []
+        product, tool = parse_tool_version(self.version_text("mariadb-dump", "mysqldump"))
+        parts = tuple(int(p) for p in tool.split(".")[:2]) if tool else ()
+        if product != "MariaDB" or parts < (10, 11):
+            return []
+        sql = ("SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = "
+               f"{hex_literal(db)} AND generation_expression = 'ROW START' "
+               "AND data_type = 'bigint';")  # fmt: skip
+        return ["--dump-history"] if self._client(spec, sql) == ["0"] else []
 
     def _check_visible(self, spec: DatabaseSpec, db: str, tables: list[str], version: str) -> str:
         """Refuse to dump when the user may not see all of the database's tables, triggers
@@ -493,6 +513,7 @@ class MysqlEngine:
         database's name; one that is killed leaves it marked, for the next restore to remove."""
         db = _require_db(spec)
         try:
+            history = self._history_flags(spec, loaded, self._tables(spec, loaded, _VERSIONED))
             self._client(spec, f"DROP DATABASE {quote_ident(db)};")
         except BaseException:
             self._drop_quietly(replace(spec, database=loaded))  # the old one stands
@@ -500,7 +521,8 @@ class MysqlEngine:
         try:
             with credentials_fd(spec) as fd:
                 argv = [find_tool("mariadb-dump", "mysqldump"),
-                        f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, "--", loaded]  # fmt: skip
+                        f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, *history, "--",
+                        loaded]  # fmt: skip
 
                 def validate(head: bytes, tail: bytes, size: int) -> None:
                     if _TRAILER not in tail:
