@@ -371,6 +371,13 @@ class MysqlEngine:
         )
         return self._client(spec, sql) == ["1"]
 
+    def holds_content(self, spec: DatabaseSpec) -> bool:
+        """Whether spec's database exists and holds what `restore` refuses to replace
+        without `overwrite` (tables, views, sequences, routines, events): what a recovery
+        plan checks before anything is written. Raises DatabaseError (server unreachable)."""
+        db = _require_db(spec)
+        return self._exists(spec, db) and self._has_content(spec, db)
+
     def restore(
         self,
         spec: DatabaseSpec,

@@ -55,6 +55,7 @@ from casbackup.engines.claims import (
     swept_warning,
     temporary_name,
 )
+from casbackup.engines.pg_archive import CustomDumpCheck
 from casbackup.engines.pg_globals import (
     AclPass,
     apply_acls,
@@ -238,9 +239,13 @@ class PostgresEngine:
                 "empty dump (set options.allow_empty = true if that is expected)"
             )
 
+        # The dump has no trailer: only its structure says whether it is whole (pg_archive.py).
+        check = CustomDumpCheck(f"database {spec.name!r}")
+
         def validate(head: bytes, tail: bytes, size: int) -> None:
             if not head.startswith(MAGIC):
                 raise DatabaseError(f"database {spec.name!r}: pg_dump output is not a custom dump")
+            check.finish()
 
         try:
             properties = self._defaults(spec)
@@ -262,6 +267,7 @@ class PostgresEngine:
             validate=validate,
             make_info=make_info,
             on_close=session.close,
+            observe=check.feed,
         )
 
     def extra_dumps(self, spec: DatabaseSpec) -> tuple[tuple[str, Callable[[], DumpStream]], ...]:
@@ -490,6 +496,12 @@ class PostgresEngine:
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]:
         _require_db(spec)
         return _parse_counts(self._psql(spec, _COUNT_SQL))
+
+    def holds_content(self, spec: DatabaseSpec) -> bool:
+        """Whether spec's database exists and holds what `restore` refuses to replace
+        without `overwrite` (tables, views, sequences, foreign tables): what a recovery plan
+        checks before anything is written. Raises DatabaseError (server unreachable, ...)."""
+        return self._exists(spec, _require_db(spec)) and self._table_count(spec) > 0
 
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)

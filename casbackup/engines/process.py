@@ -223,7 +223,9 @@ class ProcessDumpStream(DumpStream):
     dump; `make_info(size)` builds the metadata once everything checked out. `on_close` releases
     whatever the engine held for the dump (PostgreSQL's snapshot-exporting session). `advise`
     reads the stderr of a tool that failed and returns what the user should do about it (the
-    GRANT a refused statement needs), added to the message, or None.
+    GRANT a refused statement needs), added to the message, or None. `observe` sees every
+    piece of the output as it is read (PostgreSQL follows its custom dump's structure with
+    it, and `validate` asks whether it was whole).
     """
 
     def __init__(
@@ -237,9 +239,11 @@ class ProcessDumpStream(DumpStream):
         pass_fds: Sequence[int] = (),
         on_close: Callable[[], None] | None = None,
         advise: Callable[[bytes], str | None] | None = None,
+        observe: Callable[[memoryview], None] | None = None,
     ) -> None:
         super().__init__()
         self._advise = advise
+        self._observe = observe
         self._tool = os.path.basename(argv[0])
         self._what = what
         self._validate = validate
@@ -279,6 +283,8 @@ class ProcessDumpStream(DumpStream):
             self._eof = True
             return 0
         view = memoryview(b)[:n]
+        if self._observe is not None:
+            self._observe(view)
         if len(self._head) < _HEAD_KEEP:
             self._head += view[: _HEAD_KEEP - len(self._head)]
         self._tail += view[-_TAIL_KEEP:]

@@ -96,14 +96,23 @@ def _uri_escape(path: str) -> str:
 
 
 def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
-    names = [
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' "
-            "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
-        )
-    ]
-    return {n: conn.execute(f"SELECT count(*) FROM {quote_ident(n)}").fetchone()[0] for n in names}
+    """Rows per table. A virtual table whose rows cannot be read here is left out: its
+    module comes from an extension only the application loads (SpatiaLite's SpatialIndex,
+    sqlite-vec's vec0: "no such module"), or it cannot be read for another reason of its
+    own. Its file pages are copied like any other, and whatever it stores lives in shadow
+    tables, which are counted."""
+    rows = conn.execute(
+        "SELECT name, sql LIKE 'CREATE VIRTUAL TABLE%' FROM sqlite_master WHERE type = 'table' "
+        "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+    ).fetchall()
+    counts: dict[str, int] = {}
+    for name, virtual in rows:
+        try:
+            counts[name] = conn.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0]
+        except sqlite3.Error:
+            if not virtual:
+                raise
+    return counts
 
 
 def _require_path(spec: DatabaseSpec) -> str:

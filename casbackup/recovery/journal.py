@@ -4,12 +4,15 @@ A recovery that is killed (SIGKILL, a power cut) half-way leaves part of its fil
 databases in the target. Without a record, a rerun could not tell them from a user's data
 and refused the target as not empty: the operator had to find and delete the pieces by hand
 on the worst day. So, once the re-check has passed and before the first byte is written,
-`recover` writes ``<target>/.casbackup-recovery-journal.json`` (app, snapshot, and every
-folder, file and database it is about to write); it removes the journal only when the
-recovery succeeded. A rerun of the same application from the same snapshot onto that
-target takes those parts as its own and restores them again, replacing what is there; a
-rerun from another snapshot is refused, naming the one the journal holds (mixing two
-snapshots' files in one folder would be a state no backup ever had).
+`recover` writes ``<target>/.casbackup-recovery-journal.json`` (app, snapshot, every folder
+and file it is about to write); it adds each database just before its load begins, takes it
+out again when the load failed and left it as it was (the engines' restores are atomic: a
+database the load refused, or never reached, is not the recovery's to replace), and removes
+the journal only when the recovery succeeded. A rerun of the same application from the
+same snapshot onto that target takes those parts as its own and restores them again,
+replacing what is there; a rerun from another snapshot is refused, naming the one the
+journal holds (mixing two snapshots' files in one folder would be a state no backup ever
+had).
 
 The journal is in the target, on this machine: whoever can write it can write the target's
 data anyway. It is read as data all the same: anything malformed is no journal.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from casbackup.recovery.report import write_atomically
 
@@ -76,3 +79,39 @@ def remove_journal(target: str) -> None:
         os.unlink(journal_path(target))
     except FileNotFoundError:
         pass
+
+
+class JournalWriter:
+    """The journal of the recovery running now, rewritten as databases become its own.
+
+    `start()` writes it (raises OSError); `own(where)` adds a database just before its load
+    begins, `disown(where)` takes it out when the load left it as it was. Those two return
+    a warning when the journal cannot be rewritten (a full target), else None: the load
+    goes on, and a rerun after an interruption then refuses that database as not empty
+    rather than replacing it.
+    """
+
+    def __init__(self, target: str, journal: Journal) -> None:
+        self.target, self.journal = target, journal
+
+    def start(self) -> None:
+        write_journal(self.target, self.journal)
+
+    def own(self, where: str) -> str | None:
+        if where in self.journal.databases:
+            return None
+        return self._write(replace(self.journal, databases=(*self.journal.databases, where)))
+
+    def disown(self, where: str) -> str | None:
+        if where not in self.journal.databases:
+            return None
+        kept = tuple(d for d in self.journal.databases if d != where)
+        return self._write(replace(self.journal, databases=kept))
+
+    def _write(self, journal: Journal) -> str | None:
+        try:
+            write_atomically(journal_path(self.target), journal.encode())
+        except OSError as exc:
+            return f"the recovery journal {journal_path(self.target)} cannot be updated: {exc.strerror or exc}"
+        self.journal = journal
+        return None

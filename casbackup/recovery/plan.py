@@ -88,6 +88,9 @@ class DatabaseItem:
     where: str  # readable target, no secrets
     overwrite: bool  # replace what is there (asked for, or the raw copy restored with the files)
     stored: str = "not recorded"  # where the snapshot says it lived: shown, never used
+    # Loaded (or begun) by an interrupted recovery of this snapshot (its journal says so):
+    # replaced, and kept in the journal of this run from its start.
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -481,7 +484,7 @@ def _plan_databases(
         where = describe(spec)
         # A database an interrupted run of this recovery began to load is replaced too.
         replace_it = options.overwrite_databases or replaces_raw or where in resumed
-        item = DatabaseItem(record, spec, where, replace_it, was)
+        item = DatabaseItem(record, spec, where, replace_it, was, where in resumed)
         problem = _preflight(item, connect=not options.dry_run)
         if problem:
             problems.append(problem)
@@ -516,12 +519,20 @@ def _preflight(item: DatabaseItem, *, connect: bool) -> str | None:
     if not connect:
         return None
     try:
-        counts = engine.row_counts(spec)
+        # What the load itself refuses: views, sequences and routines count, not only
+        # tables (a database holding only a view passed here and was refused half-way).
+        holds = getattr(engine, "holds_content", None)
+        full = holds(spec) if holds is not None else bool(engine.row_counts(spec))
     except CasError:
         return None
-    if counts:
-        return (
-            f"database {spec.name!r}: {item.where} already exists and has {plural(len(counts), 'table')} "
-            "(use --overwrite-databases to replace it)"
-        )
-    return None
+    if not full:
+        return None
+    try:
+        counts = engine.row_counts(spec)
+    except CasError:
+        counts = {}
+    what = plural(len(counts), "table") if counts else "no table, but views, sequences or routines"
+    return (
+        f"database {spec.name!r}: {item.where} already exists and is not empty ({what}; "
+        "use --overwrite-databases to replace it)"
+    )
