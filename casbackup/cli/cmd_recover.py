@@ -52,6 +52,9 @@ def print_result(result: RecoveryResult) -> None:
                    f"{human_bytes(f['bytes'])} ({state})"))  # fmt: skip
     for d in doc.get("databases", []):
         state = "ok" if d["ok"] else f"FAILED: {d['error']}"
+        if d.get("loaded") is False:  # refused or failed: the database is as it was
+            click.echo(f"did not load database {d['name']} into {d['target']} ({state})")
+            continue
         click.echo(f"loaded database {d['name']} into {d['target']}: "
                    f"{plural(sum(d['row_counts'].values()), 'row')} in {plural(len(d['row_counts']), 'table')} ({state})")  # fmt: skip
     for e in result.errors:

@@ -43,6 +43,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import now_utc
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Reporter
+from casbackup.units import plural
 from casbackup.verify.dumps import compare_counts, strict_counts
 
 REPORT_NAME = "recovery-report"
@@ -64,7 +65,7 @@ class RecoveryResult:
             where = f"; report: {self.report_files[0]}" if self.report_files else ""
             raise RecoveryError(
                 f"recovery of {self.plan.app!r} from snapshot {self.plan.snapshot.short_id} "
-                f"failed in {len(self.errors)} places: {self.errors[0]}{where}"
+                f"failed in {plural(len(self.errors), 'place')}: {self.errors[0]}{where}"
             )
 
 
@@ -86,7 +87,8 @@ def recover(
     files: list[dict[str, Any]] = []
     databases: list[dict[str, Any]] = []
     check = Recheck()
-    interrupted = False
+    interrupted, stopped = False, ""
+    doing = ""  # what an interruption stops: said in its message; "" before the first byte
     try:
         reporter.info(f"re-checking snapshot {plan.snapshot.short_id} before restoring")
         check = recheck(repo, plan, reporter, globals=options.globals)
@@ -99,8 +101,10 @@ def recover(
             errors.extend(check.problems)
         elif (journal := _journal_started(plan, started, errors)) is not None:
             for item in plan.files:
+                doing = f"while restoring {item.source} to {item.target}"
                 files.append(_restore_files(repo, plan, item, options, reporter, errors, warnings))
             for db in plan.databases:
+                doing = f"while loading database {db.record.name} into {db.where}"
                 # Its own just before the load begins (a kill then leaves it to a rerun),
                 # not before: one the load refuses, or never reaches, is not its to replace.
                 _note(journal.own(db.where), warnings)
@@ -110,7 +114,13 @@ def recover(
                 databases.append(out)
     except KeyboardInterrupt:
         interrupted = True
-        errors.append("recovery interrupted; the target holds a partial recovery")
+        stopped = (
+            f"recovery interrupted {doing}; the target holds a partial recovery: run the same "
+            "recover again to finish it"
+            if doing
+            else "recovery interrupted before anything was restored"
+        )
+        errors.append(stopped)
     doc = {
         "version": 1, "app": plan.app, "ok": not errors, "target": plan.target,
         "started": started, "duration_s": round(time.monotonic() - clock, 3),
@@ -130,7 +140,7 @@ def recover(
     if not errors:
         remove_journal(plan.target)  # finished: a rerun is a new recovery
     if interrupted:
-        raise Interrupted(f"recovery interrupted; report: {paths[0]}")
+        raise Interrupted(stopped + (f"; report: {paths[0]}" if paths else ""))
     return result
 
 
