@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import blake3
 
@@ -38,6 +39,9 @@ from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_na
 from casbackup.repo.treecache import TreeCache, cap_bytes
 from casbackup.repo.uploader import PackUploader
 from casbackup.store.base import Backend
+
+if TYPE_CHECKING:
+    from casbackup.repo.lock import Lock
 
 # Flush a partial index during long backups so an interrupted run keeps its work (restic: 50k/10 min).
 INDEX_FLUSH_BLOBS = 50_000
@@ -67,6 +71,9 @@ class BlobStore(DeltaWriting):
         # Loud warnings for the user (a rollback, a re-appearing snapshot); the CLI prints
         # them once the command ends. Never fatal on their own.
         self.alerts: list[str] = []
+        # Locks taken through this handle (lock.py adds and removes them): each is
+        # confirmed still held before an index file or snapshot is committed.
+        self.held_locks: list[Lock] = []
         # identity -> records an interrupted tag change left over, as the last
         # ``list_snapshots`` saw them (snapshotstore.py ``superseded_records``).
         self._superseded: dict[str, list[str]] | None = None
@@ -115,6 +122,14 @@ class BlobStore(DeltaWriting):
                 f"casbackup (it writes version {FORMAT_VERSION}); run 'casbackup migrate' "
                 "to upgrade it (older casbackup versions cannot open it afterwards)"
             )
+
+    def confirm_locks(self) -> None:
+        """Raise LockError when a lock this handle holds was taken away while it was held
+        (deemed stale by another client, which may have pruned meanwhile): what this run
+        would commit may name data that is gone (lock.py ``Lock.confirm``). Without a lock
+        (tests, ``copy``'s own handling) nothing is checked."""
+        for lock in list(self.held_locks):
+            lock.confirm()
 
     def close(self) -> None:
         if self._uploader is not None:
@@ -457,6 +472,12 @@ class BlobStore(DeltaWriting):
                 packs, self._pending_packs = self._pending_packs, {}
             if not packs:
                 return
+            try:
+                self.confirm_locks()  # an index naming packs a prune removed is damage
+            except BaseException:
+                with self._lock:
+                    self._pending_packs.update(packs)
+                raise
             fid = self.save_file_object("index", Kind.INDEX, encode_index(packs))
             entries = [item for located in packs.values() for item in located]
             self.cache.add_file(fid, entries)

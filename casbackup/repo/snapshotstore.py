@@ -173,6 +173,8 @@ class SnapshotStore(BlobStore):
     # ----------------------------------------------------------------- snapshots
     def save_snapshot(self, snap: Snapshot) -> Snapshot:
         self.flush()  # invariant: everything the snapshot names is indexed first
+        # Still locked without a break: no prune ran that could have removed what it names.
+        self.confirm_locks()
         fid = self.save_file_object("snapshots", Kind.SNAPSHOT, snap.encode())
         remember_snapshot(self.state, fid)
         return snap.with_id(fid)
