@@ -280,11 +280,13 @@ def _resumable(
     """What an unfinished recovery left in `target` that this one may take over: all of its
     parts when it recovered the same application from the same snapshot; nothing (and a
     problem saying what to do) when it recovered another; nothing when there is no journal."""
-    none = Journal(app, snap.id, "", (), ())
+    none = Journal(app, snap.identity, "", (), ())
     if journal is None:
         return none
     where = journal_path(target)
-    if journal.app != app or journal.snapshot != snap.id:
+    # By identity: a tag change between the runs gives the snapshot a new id, not new data
+    # (journals written before kept the id, which is the identity until a tag change).
+    if journal.app != app or journal.snapshot not in (snap.identity, snap.id):
         problems.append(
             f"the target holds an unfinished recovery of {journal.app!r} from snapshot "
             f"{journal.snapshot[:8]} (started {journal.started[:19]}): finish it with "
