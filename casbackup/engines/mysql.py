@@ -59,6 +59,7 @@ from casbackup.engines.base import (
     DumpStream,
     RestoreInfo,
     older_tool_warning,
+    parse_tool_version,
     resolve_password,
     tool_record,
 )
@@ -84,6 +85,9 @@ _BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # The tool writes these only after its consistent snapshot exists (see the module docstring).
 SNAPSHOT_MARKERS = (b"-- Table structure for table ", b"-- Temporary table structure for view ")
 _TRAILER = b"-- Dump completed"
+# information_schema.tables.table_type of a MariaDB table WITH SYSTEM VERSIONING: a table
+# like any other (its rows are dumped), but not a 'BASE TABLE'.
+_VERSIONED = "'SYSTEM VERSIONED'"
 DUMP_FLAGS = (
     "--single-transaction", "--quick", "--routines", "--events", "--triggers",
     "--skip-dump-date", "--hex-blob", "--order-by-primary", "--no-tablespaces",
@@ -263,12 +267,16 @@ class MysqlEngine:
                 "marks it: the restore runs, or was killed and the next restore removes it); "
                 "not backed up"
             )
-        if not tables and not spec.option_bool("allow_empty"):
+        # Row counts keep to base tables (what every recorded dump counted), but a system-
+        # versioned table is data like them: the database is not empty, its triggers count.
+        versioned = self._tables(spec, db, _VERSIONED)
+        if not tables and not versioned and not spec.option_bool("allow_empty"):
             raise DatabaseError(
                 f"database {spec.name!r}: {db} has no tables; refusing to record an empty "
                 "dump (set options.allow_empty = true if that is expected)"
             )
-        user = self._check_visible(spec, db, tables, version)
+        user = self._check_visible(spec, db, tables + versioned, version)
+        history = self._history_flags(spec, db, versioned)
         # From here to the tool's first table, writers to these tables wait (see above).
         held = None
         if tables and spec.option_bool("consistent_counts", True):
@@ -307,7 +315,8 @@ class MysqlEngine:
 
         with credentials_fd(spec) as fd:
             # `--` ends option parsing, so a database named "-x" cannot become an option.
-            argv = [dump_tool, f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, "--", db]
+            argv = [dump_tool, f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, *history,
+                    "--", db]  # fmt: skip
             stream = MarkerDumpStream(
                 argv,
                 what=f"database {spec.name!r}",
@@ -321,6 +330,23 @@ class MysqlEngine:
                 advise=lambda err: dump_advice(err, db, user, version),
             )
             return stream
+
+    def _history_flags(self, spec: DatabaseSpec, db: str, versioned: list[str]) -> list[str]:
+        """`--dump-history` when `db` has system-versioned tables and their history can be
+        dumped: without it the tool writes their current rows only, and a restore brings the
+        tables back without the history they exist to keep. The option needs mariadb-dump
+        10.11 or later, and refuses tables whose history is kept by transaction id (the ids
+        mean nothing on another server); those are dumped as before, current rows only."""
+        if not versioned:
+            return []
+        product, tool = parse_tool_version(self.version_text("mariadb-dump", "mysqldump"))
+        parts = tuple(int(p) for p in tool.split(".")[:2]) if tool else ()
+        if product != "MariaDB" or parts < (10, 11):
+            return []
+        sql = ("SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = "
+               f"{hex_literal(db)} AND generation_expression = 'ROW START' "
+               "AND data_type = 'bigint';")  # fmt: skip
+        return ["--dump-history"] if self._client(spec, sql) == ["0"] else []
 
     def _check_visible(self, spec: DatabaseSpec, db: str, tables: list[str], version: str) -> str:
         """Refuse to dump when the user may not see all of the database's tables, triggers
@@ -487,6 +513,7 @@ class MysqlEngine:
         database's name; one that is killed leaves it marked, for the next restore to remove."""
         db = _require_db(spec)
         try:
+            history = self._history_flags(spec, loaded, self._tables(spec, loaded, _VERSIONED))
             self._client(spec, f"DROP DATABASE {quote_ident(db)};")
         except BaseException:
             self._drop_quietly(replace(spec, database=loaded))  # the old one stands
@@ -494,7 +521,8 @@ class MysqlEngine:
         try:
             with credentials_fd(spec) as fd:
                 argv = [find_tool("mariadb-dump", "mysqldump"),
-                        f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, "--", loaded]  # fmt: skip
+                        f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, *history, "--",
+                        loaded]  # fmt: skip
 
                 def validate(head: bytes, tail: bytes, size: int) -> None:
                     if _TRAILER not in tail:
@@ -522,9 +550,10 @@ class MysqlEngine:
             pass  # the restore's own error is what the user needs; a temporary may stay
 
     def _has_content(self, spec: DatabaseSpec, db: str) -> bool:
-        """Whether `db` holds anything a restore would replace: tables, views, sequences,
-        and routines and events too (the dump drops those of the same name first)."""
-        if self._tables(spec, db, "'BASE TABLE','VIEW','SEQUENCE'"):
+        """Whether `db` holds anything a restore would replace: tables (system-versioned
+        ones too), views, sequences, and routines and events too (the dump drops those of
+        the same name first)."""
+        if self._tables(spec, db, f"'BASE TABLE',{_VERSIONED},'VIEW','SEQUENCE'"):
             return True
         sql = (f"SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = "
                f"{hex_literal(db)} UNION ALL SELECT COUNT(*) FROM information_schema.events "

@@ -302,3 +302,42 @@ def test_a_virtual_table_of_an_extension_this_sqlite_lacks_is_backed_up(tmp_path
         )
     finally:
         conn.close()
+
+
+LOCKER = r"""
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("INSERT INTO t VALUES (2)")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_source_locked_past_busy_timeout_fails_the_dump(tmp_path: Path) -> None:
+    """Found with a writer holding an exclusive lock (a rollback-journal database) for 25 s
+    and options.busy_timeout = 3: the backup waited the whole 25 s and saved, because
+    sqlite3's backup() retries a busy source for ever whatever the timeout; a lock never
+    let go hung the backup for good. The read transaction is now taken first, under the
+    timeout, and a lock held past it fails the dump in one line. A busy_timeout that is
+    no number was a ValueError traceback: it is refused like other options."""
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    conn.close()
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(path), "20"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
+        with pytest.raises(DatabaseError, match=r"database is locked \(another process kept "
+                           r"it locked for over options.busy_timeout = 1 s\)"):  # fmt: skip
+            SqliteEngine().dump(spec_for(path, busy_timeout="1"))
+    finally:
+        locker.kill()
+        locker.wait()
+    with SqliteEngine().dump(spec_for(path)) as stream:  # the lock gone, the copy is taken
+        read_in_pieces(stream)
+        assert stream.finish().row_counts == {"t": 1}
+    with pytest.raises(DatabaseError, match="options.busy_timeout must be a number of seconds"):
+        SqliteEngine().dump(spec_for(path, busy_timeout="nan"))
