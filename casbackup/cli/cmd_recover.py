@@ -107,6 +107,7 @@ def recover_cmd(
         app=app, target=target, snapshot=snapshot, databases=databases,
         db_into=dict(split_assignment(v) for v in db_into),
         configured={d.name: d for d in app_config.databases} if app_config else {},
+        configured_sources=tuple(app_config.sources) if app_config else (),
         overwrite_databases=overwrite_databases, globals=not no_globals, dry_run=dry_run,
         allow_unverified=allow_unverified, report=report,
     )  # fmt: skip

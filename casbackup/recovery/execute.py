@@ -148,7 +148,7 @@ def _journal_started(plan: RecoveryPlan, started: str, errors: list[str]) -> Jou
     """Write the journal before the first byte goes to the target (see journal.py): every
     file item, and the databases an interrupted run of this recovery already began; None,
     with the error, when it cannot be written (then nothing is)."""
-    journal = Journal(plan.app, plan.snapshot.id, started, tuple(f.target for f in plan.files),
+    journal = Journal(plan.app, plan.snapshot.identity, started, tuple(f.target for f in plan.files),
                       tuple(d.where for d in plan.databases if d.resumed))  # fmt: skip
     writer = JournalWriter(plan.target, journal)
     try:

@@ -33,7 +33,7 @@ JOURNAL_VERSION = 1
 @dataclass(frozen=True)
 class Journal:
     app: str
-    snapshot: str  # full snapshot id
+    snapshot: str  # the snapshot's identity (its first id, kept through tag changes)
     started: str  # ISO 8601 UTC
     files: tuple[str, ...]  # absolute target paths of the file items
     databases: tuple[str, ...]  # DatabaseItem.where of each database

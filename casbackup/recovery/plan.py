@@ -55,6 +55,8 @@ class RecoverOptions:
     db_into: Mapping[str, str] = field(default_factory=dict)  # name -> CONNECTION
     # name -> the local config's definition of the application's database (never a snapshot's)
     configured: Mapping[str, DatabaseSpec] = field(default_factory=dict)
+    # The local config's sources of the application: one the snapshot lacks is said
+    configured_sources: tuple[str, ...] = ()
     overwrite_databases: bool = False
     # PostgreSQL: create the roles kept with each dump (its globals) before loading it; off
     # when the target server's roles are managed elsewhere (as `db restore --no-globals`)
@@ -278,11 +280,13 @@ def _resumable(
     """What an unfinished recovery left in `target` that this one may take over: all of its
     parts when it recovered the same application from the same snapshot; nothing (and a
     problem saying what to do) when it recovered another; nothing when there is no journal."""
-    none = Journal(app, snap.id, "", (), ())
+    none = Journal(app, snap.identity, "", (), ())
     if journal is None:
         return none
     where = journal_path(target)
-    if journal.app != app or journal.snapshot != snap.id:
+    # By identity: a tag change between the runs gives the snapshot a new id, not new data
+    # (journals written before kept the id, which is the identity until a tag change).
+    if journal.app != app or journal.snapshot not in (snap.identity, snap.id):
         problems.append(
             f"the target holds an unfinished recovery of {journal.app!r} from snapshot "
             f"{journal.snapshot[:8]} (started {journal.started[:19]}): finish it with "
@@ -345,6 +349,7 @@ def build_plan(
     paths = tuple(p for p in snap.paths if isinstance(p, str))
     if len(paths) != len(snap.paths):
         warnings.append("the snapshot records source paths that are not text; they are skipped")
+    warnings.extend(_not_in_snapshot(snap, options, paths))
     for source, name in _dest_names(paths).items():
         try:
             node = repo.find_node(snap.root, source)
@@ -406,6 +411,26 @@ def build_plan(
     fallback = older_verified(repo, snap, records) if damaged else ""
     return RecoveryPlan(options.app, snap, record, target, tuple(items), databases,
                         tuple(warnings), tuple(problems), fallback)  # fmt: skip
+
+
+def _not_in_snapshot(snap: Snapshot, options: RecoverOptions, paths: tuple[str, ...]) -> list[str]:
+    """A warning for each source and database the local config gives the application that
+    the snapshot does not hold (added to the config after it was taken, or its backups failed
+    since): the recovery cannot bring them back, and used to pass over them without a word."""
+    held = {os.path.normpath(p) for p in paths}
+    out = [
+        f"source {src} is in the config but not in snapshot {snap.short_id}: not recovered"
+        for src in options.configured_sources
+        if os.path.normpath(os.path.abspath(src)) not in held
+    ]
+    if options.databases:
+        names = {r.name for r in snap.databases if isinstance(r.name, str)}
+        out.extend(
+            f"database {name!r} is in the config but not in snapshot {snap.short_id}: not recovered"
+            for name in options.configured
+            if name not in names
+        )
+    return out
 
 
 def _plan_databases(

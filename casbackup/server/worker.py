@@ -379,6 +379,7 @@ def run_recover_job(job: Job) -> dict[str, Any]:
         # Where the server databases go and where their passwords come from: the config's
         # definitions, as `casbackup recover` takes them (never the snapshot's).
         configured={d.name: d for d in app.databases} if app is not None else {},
+        configured_sources=tuple(app.sources) if app is not None else (),
     )  # fmt: skip
     with job.repo.locked(command="serve: recover"):
         try:

@@ -64,3 +64,36 @@ def test_an_interruption_says_where_it_stopped_and_what_to_do(  # type: ignore[n
         "partial recovery: run the same recover again to finish it; report: "
     ), str(exc.value)
     assert recover(repo, options).ok
+
+
+def test_what_the_config_has_and_the_snapshot_lacks_is_said(  # type: ignore[no-untyped-def]
+    repo, repo_path: str, tmp_path: Path
+) -> None:
+    """Found by adding a source and a database to an application's config: the newest
+    verified snapshot predated them, and recover (dry run and real) passed over both
+    without a word, as if the application were whole again."""
+    app, local = make_app(tmp_path)
+    snap = backup(repo, app, [local])
+    repo.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(
+        f'version = 1\n[repository]\nlocation = "{repo_path}"\n'
+        'password_env = "CASBACKUP_PASSWORD"\n'
+        f'[[applications]]\nname = "shop"\nsources = ["{app}", "{tmp_path / "uploads"}"]\n'
+        f'[[applications.databases]]\nname = "local"\nengine = "sqlite"\npath = "{local.path}"\n'
+        '[[applications.databases]]\nname = "reports"\nengine = "sqlite"\n'
+        f'path = "{tmp_path / "reports.sqlite"}"\n'
+    )
+    expected = (
+        f"source {tmp_path / 'uploads'} is in the config but not in snapshot {snap.short_id}: "
+        "not recovered",
+        f"database 'reports' is in the config but not in snapshot {snap.short_id}: not recovered",
+    )
+    for extra in (["--dry-run"], []):
+        res = run_cli("--config", str(config), "recover", "--app", "shop", "--target",
+                      str(tmp_path / "t"), "--allow-unverified", *extra)  # fmt: skip
+        assert res.code == 0, res.err
+        for line in expected:
+            assert line in res.out + res.err, (extra, res.out, res.err)
+    report = (tmp_path / "t" / "recovery-report.json").read_text()
+    assert all(line in report for line in expected)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from casbackup.errors import Interrupted, RecoveryError
+from casbackup.maintenance.tags import TagChange, change_tags
 from casbackup.recovery import execute
 from casbackup.recovery.execute import recover
 from casbackup.recovery.journal import JOURNAL_NAME, read_journal
@@ -159,3 +160,24 @@ def test_ctrl_c_while_restoring_files_stops_the_whole_recovery(  # type: ignore[
     assert (target / JOURNAL_NAME).exists()
     monkeypatch.setattr(execute, "restore", real_restore)
     assert recover(repo, RecoverOptions(app="shop", target=str(target))).ok
+
+
+def test_a_tag_change_between_the_runs_does_not_lock_the_target(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, shop, monkeypatch
+) -> None:
+    """Found by tagging the snapshot ('incident') after an interrupted recovery: the tag gave
+    it a new id, the journal named the old one, and the rerun was refused as 'an unfinished
+    recovery of snapshot X', advising --snapshot X, which named the same snapshot and was
+    refused again."""
+    app, snap = shop
+    target = tmp_path / "t"
+    options = RecoverOptions(app="shop", target=str(target))
+    with monkeypatch.context() as patch:
+        interrupt_while_loading(patch)
+        with pytest.raises(Interrupted):
+            recover(repo, options)
+    with repo.locked(exclusive=True):
+        change_tags(repo, [snap.id], TagChange(add=("incident",)))
+    result = recover(repo, options)
+    assert result.ok, result.errors
+    assert tree(target / "app") == tree(app) and rows(target / "databases" / "local.sqlite") == 200
