@@ -85,6 +85,14 @@ _BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # The tool writes these only after its consistent snapshot exists (see the module docstring).
 SNAPSHOT_MARKERS = (b"-- Table structure for table ", b"-- Temporary table structure for view ")
 _TRAILER = b"-- Dump completed"
+
+
+def _completed(tail: bytes) -> bool:
+    """Whether a dump's last line is the tool's trailer: the words in a row of a dump cut
+    short after them (a comment a user typed) are none."""
+    return tail.rstrip().rpartition(b"\n")[2].startswith(_TRAILER)
+
+
 # information_schema.tables.table_type of a MariaDB table WITH SYSTEM VERSIONING: a table
 # like any other (its rows are dumped), but not a 'BASE TABLE'.
 _VERSIONED = "'SYSTEM VERSIONED'"
@@ -285,7 +293,7 @@ class MysqlEngine:
 
         def validate(head: bytes, tail: bytes, size: int) -> None:
             # The trailer is the last thing the tool writes: without it the dump is cut short.
-            if _TRAILER not in tail:
+            if not _completed(tail):
                 raise DatabaseError(
                     f"database {spec.name!r}: dump has no '-- Dump completed' trailer (truncated)"
                 )
@@ -332,11 +340,9 @@ class MysqlEngine:
             return stream
 
     def _history_flags(self, spec: DatabaseSpec, db: str, versioned: list[str]) -> list[str]:
-        """`--dump-history` when `db` has system-versioned tables and their history can be
-        dumped: without it the tool writes their current rows only, and a restore brings the
-        tables back without the history they exist to keep. The option needs mariadb-dump
-        10.11 or later, and refuses tables whose history is kept by transaction id (the ids
-        mean nothing on another server); those are dumped as before, current rows only."""
+        """`--dump-history` when `db` has system-versioned tables and the tool can dump
+        their history (without it: their current rows only). It needs mariadb-dump 10.11+,
+        and refuses tables versioned by transaction id: those keep current rows only."""
         if not versioned:
             return []
         product, tool = parse_tool_version(self.version_text("mariadb-dump", "mysqldump"))
@@ -525,7 +531,7 @@ class MysqlEngine:
                         loaded]  # fmt: skip
 
                 def validate(head: bytes, tail: bytes, size: int) -> None:
-                    if _TRAILER not in tail:
+                    if not _completed(tail):
                         raise DatabaseError(f"the copy of {loaded} has no trailer (truncated)")
 
                 def make_info(size: int) -> DumpInfo:
