@@ -28,7 +28,7 @@ from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.archiver.stream import ChunkReader
 from casbackup.engines.base import get_engine
 from casbackup.errors import CasError, Interrupted, RecoveryError
-from casbackup.recovery.journal import Journal, JournalWriter, remove_journal
+from casbackup.recovery.journal import Journal, JournalWriter, remove_journal, target_lock
 from casbackup.recovery.plan import (
     DatabaseItem,
     FileItem,
@@ -72,10 +72,21 @@ class RecoveryResult:
 def recover(
     repo: Repository, options: RecoverOptions, reporter: Reporter = NULL_REPORTER
 ) -> RecoveryResult:
-    """Plan and, unless a dry run, execute. Part failures are in the result, not raised."""
-    plan = build_plan(repo, options)
+    """Plan and, unless a dry run, execute. Part failures are in the result, not raised.
+
+    A real run holds the target's lock (journal.target_lock) from planning to the report:
+    a second recovery into the same target is refused (RecoveryError) before it plans."""
     if options.dry_run:
+        plan = build_plan(repo, options)
         return RecoveryResult(plan, errors=list(plan.problems))
+    with target_lock(os.path.abspath(options.target)) as unlocked:
+        return _recover(repo, options, reporter, unlocked)
+
+
+def _recover(
+    repo: Repository, options: RecoverOptions, reporter: Reporter, unlocked: str | None
+) -> RecoveryResult:
+    plan = build_plan(repo, options)
     if plan.problems:
         advice = f"; {plan.fallback}" if plan.fallback else ""
         raise RecoveryError("nothing was changed: " + "; ".join(plan.problems) + advice)
@@ -83,7 +94,7 @@ def recover(
     clock = time.monotonic()
     report_base = options.report or f"{plan.target}/{REPORT_NAME}"
     errors: list[str] = []
-    warnings = list(plan.warnings)
+    warnings = list(plan.warnings) + ([unlocked] if unlocked else [])
     files: list[dict[str, Any]] = []
     databases: list[dict[str, Any]] = []
     check = Recheck()

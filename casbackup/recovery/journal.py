@@ -20,11 +20,17 @@ data anyway. It is read as data all the same: anything malformed is no journal.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from casbackup.errors import RecoveryError
 from casbackup.recovery.report import write_atomically
+from casbackup.repo.indexcache import cache_root, private_dirs
 
 JOURNAL_NAME = ".casbackup-recovery-journal.json"
 JOURNAL_VERSION = 1
@@ -115,3 +121,48 @@ class JournalWriter:
             return f"the recovery journal {journal_path(self.target)} cannot be updated: {exc.strerror or exc}"
         self.journal = journal
         return None
+
+
+@contextlib.contextmanager
+def target_lock(target: str) -> Iterator[str | None]:
+    """Hold the lock of recoveries into ``target`` (an absolute path) for the duration.
+
+    Two recoveries started into one target (a second terminal, a job while one runs) both
+    planned on an empty target, then each restored over the other: both failed, half of
+    each in the target, one report lost. The lock is an flock on a file of this user's
+    private cache folder named by the target's real path (nothing is written in or beside
+    the target, which a refused recovery must leave as it was); a recovery as another user
+    does not see it. Raises RecoveryError when another process holds it. Yields a warning
+    when no lock could be taken (a cache folder that cannot be written), else None: the
+    recovery goes on without it.
+    """
+    key = hashlib.sha256(os.fsencode(os.path.realpath(target))).hexdigest()[:32]
+    folder = os.path.join(cache_root(), "recover-locks")
+    path = os.path.join(folder, key + ".lock")
+    try:
+        private_dirs(folder)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        fd, note = (
+            -1,
+            f"no lock against a second recovery into {target}: {path}: {exc.strerror or exc}",
+        )
+    try:
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                raise RecoveryError(
+                    f"nothing was changed: another recovery into {target} is running"
+                    + (f" (process {pid})" if pid.isdigit() else "")
+                    + ": wait for it to end, or stop it and run this again"
+                ) from None
+            with contextlib.suppress(OSError):  # who holds it: for the message only
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+            note = None
+        yield note
+    finally:
+        if fd >= 0:
+            os.close(fd)
