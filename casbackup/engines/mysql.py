@@ -29,7 +29,9 @@ with 1.5M rows), and `lock_wait_timeout` (seconds, default 60) bounds how long t
 may wait for long transactions. When the lock cannot be had (no LOCK TABLES privilege, a
 timeout, a table dropped meanwhile) or `consistent_counts = false`, the counts are taken just
 before the dump, as before, and the record says so (properties "row_counts_consistent":
-false): a verifier then tolerates count drift.
+false): a verifier then tolerates count drift. So does a database with a table of an engine
+without transactions (MyISAM, Aria, MEMORY): the tool reads it when it gets to it, not in
+its snapshot, and the counts cannot match it exactly.
 
 Routines, triggers, events and views round-trip: `--routines --events --triggers`, and the
 tool writes views after every table (with placeholder tables first, so views over views load
@@ -46,7 +48,6 @@ client of the same product (MariaDB or MySQL) warns.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -74,6 +75,13 @@ from casbackup.engines.claims import (
 )
 from casbackup.engines.my_grants import dump_advice, hidden_kinds
 from casbackup.engines.my_session import MarkerDumpStream, TableLock
+from casbackup.engines.my_sql import (
+    charset_clause,
+    count_sql,
+    hex_literal,
+    parse_counts,
+    quote_ident,
+)
 from casbackup.engines.process import ProcessDumpStream, feed_tool, find_tool, run_tool
 from casbackup.errors import DatabaseError
 
@@ -85,6 +93,14 @@ _BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # The tool writes these only after its consistent snapshot exists (see the module docstring).
 SNAPSHOT_MARKERS = (b"-- Table structure for table ", b"-- Temporary table structure for view ")
 _TRAILER = b"-- Dump completed"
+
+
+def _completed(tail: bytes) -> bool:
+    """Whether a dump's last line is the tool's trailer: the words in a row of a dump cut
+    short after them (a comment a user typed) are none."""
+    return tail.rstrip().rpartition(b"\n")[2].startswith(_TRAILER)
+
+
 # information_schema.tables.table_type of a MariaDB table WITH SYSTEM VERSIONING: a table
 # like any other (its rows are dumped), but not a 'BASE TABLE'.
 _VERSIONED = "'SYSTEM VERSIONED'"
@@ -93,15 +109,6 @@ DUMP_FLAGS = (
     "--skip-dump-date", "--hex-blob", "--order-by-primary", "--no-tablespaces",
     "--default-character-set=utf8mb4", "--max-allowed-packet=1G",
 )  # fmt: skip
-
-
-def quote_ident(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def hex_literal(value: str) -> str:
-    # A hex literal needs no escaping whatever the sql_mode (NO_BACKSLASH_ESCAPES or not).
-    return f"CONVERT(X'{value.encode('utf-8').hex()}' USING utf8mb4)"
 
 
 def _option_value(value: str) -> str:
@@ -203,8 +210,8 @@ class MysqlEngine:
         if not tables:
             return {}
         # One statement in one consistent snapshot, so the counts agree with each other.
-        sql = f"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY; {_count_sql(db, tables)}; COMMIT;"
-        return _parse_counts(self._client(spec, sql))
+        sql = f"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY; {count_sql(db, tables)}; COMMIT;"
+        return parse_counts(self._client(spec, sql))
 
     def version_text(self, *tools: str) -> str:
         """The first line of `tool --version` for the first of `tools` on PATH."""
@@ -279,13 +286,14 @@ class MysqlEngine:
         history = self._history_flags(spec, db, versioned)
         # From here to the tool's first table, writers to these tables wait (see above).
         held = None
+        loose = self._untransacted(spec, db)  # no snapshot holds these: never exact
         if tables and spec.option_bool("consistent_counts", True):
             held = self._hold(spec, db, tables)
         lock, snapshot = held if held is not None else (None, None)
 
         def validate(head: bytes, tail: bytes, size: int) -> None:
             # The trailer is the last thing the tool writes: without it the dump is cut short.
-            if _TRAILER not in tail:
+            if not _completed(tail):
                 raise DatabaseError(
                     f"database {spec.name!r}: dump has no '-- Dump completed' trailer (truncated)"
                 )
@@ -297,8 +305,8 @@ class MysqlEngine:
             if snapshot is not None:
                 try:
                     if stream.released_at_marker:
-                        counts = _parse_counts(snapshot.query(_count_sql(db, tables) + ";"))
-                        exact = True
+                        counts = parse_counts(snapshot.query(count_sql(db, tables) + ";"))
+                        exact = not loose
                 except DatabaseError:
                     pass  # counted below, outside the snapshot, and said so
                 finally:
@@ -331,12 +339,17 @@ class MysqlEngine:
             )
             return stream
 
+    def _untransacted(self, spec: DatabaseSpec, db: str) -> bool:
+        """Whether a base table of `db` has an engine without transactions (MyISAM, ...)."""
+        sql = ("SELECT COUNT(*) FROM information_schema.tables t JOIN information_schema"
+               ".engines e ON e.engine = t.engine WHERE t.table_schema = "
+               f"{hex_literal(db)} AND t.table_type = 'BASE TABLE' AND e.transactions <> 'YES';")  # fmt: skip
+        return self._client(spec, sql) != ["0"]
+
     def _history_flags(self, spec: DatabaseSpec, db: str, versioned: list[str]) -> list[str]:
-        """`--dump-history` when `db` has system-versioned tables and their history can be
-        dumped: without it the tool writes their current rows only, and a restore brings the
-        tables back without the history they exist to keep. The option needs mariadb-dump
-        10.11 or later, and refuses tables whose history is kept by transaction id (the ids
-        mean nothing on another server); those are dumped as before, current rows only."""
+        """`--dump-history` when `db` has system-versioned tables and the tool can dump
+        their history (without it: their current rows only). It needs mariadb-dump 10.11+,
+        and refuses tables versioned by transaction id: those keep current rows only."""
         if not versioned:
             return []
         product, tool = parse_tool_version(self.version_text("mariadb-dump", "mysqldump"))
@@ -428,7 +441,7 @@ class MysqlEngine:
         db = _require_db(spec)
         client = self.version_text("mariadb", "mysql")
         older = older_tool_warning(f"database {spec.name!r}", properties, "client", client)
-        defaults = _charset_clause(properties or {})
+        defaults = charset_clause(properties or {})
         temp = temporary_name()
         with self._claim(spec, temp):
             warnings = self._sweep(spec)
@@ -525,7 +538,7 @@ class MysqlEngine:
                         loaded]  # fmt: skip
 
                 def validate(head: bytes, tail: bytes, size: int) -> None:
-                    if _TRAILER not in tail:
+                    if not _completed(tail):
                         raise DatabaseError(f"the copy of {loaded} has no trailer (truncated)")
 
                 def make_info(size: int) -> DumpInfo:
@@ -563,37 +576,3 @@ class MysqlEngine:
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._client(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};")
-
-
-def _count_sql(db: str, tables: list[str]) -> str:
-    return " UNION ALL ".join(
-        f"SELECT HEX({hex_literal(t)}), COUNT(*) FROM {quote_ident(db)}.{quote_ident(t)}"
-        for t in tables
-    )
-
-
-def _parse_counts(lines: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for line in lines:
-        hexname, _, count = line.partition("\t")
-        counts[bytes.fromhex(hexname).decode("utf-8")] = int(count)
-    return counts
-
-
-_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
-
-
-def _charset_clause(properties: Mapping[str, object]) -> str:
-    """`` CHARACTER SET x COLLATE y`` from recorded properties; names come from a
-    repository, so anything but a plain identifier raises instead of reaching SQL."""
-    if not isinstance(properties, Mapping):
-        raise DatabaseError("the dump's recorded properties are malformed")
-    clause = ""
-    for key, keyword in (("charset", "CHARACTER SET"), ("collation", "COLLATE")):
-        value = properties.get(key)
-        if value in (None, ""):
-            continue
-        if not isinstance(value, str) or not _NAME.fullmatch(value):
-            raise DatabaseError(f"the dump's recorded {key} {value!r} is not a valid name")
-        clause += f" {keyword} {value}"
-    return clause

@@ -359,7 +359,9 @@ class ClientSession:
     (``{end}`` in it is replaced): the client flushes per statement, so that line says the
     batch's output is complete. ``tool`` names the client in errors. ``keep_blank``: keep
     empty output lines (psql's ``-A -t`` prints them between statements; they say nothing).
-    Raises DatabaseError when the client cannot start.
+    ``advise`` reads the stderr of a client that failed and returns what the user should do
+    about it, added to the message, or None. Raises DatabaseError when the client cannot
+    start.
     """
 
     def __init__(
@@ -372,8 +374,10 @@ class ClientSession:
         env: Mapping[str, str] | None = None,
         pass_fds: Sequence[int] = (),
         keep_blank: bool = True,
+        advise: Callable[[bytes], str | None] | None = None,
     ) -> None:
         self._what = what
+        self._advise = advise
         self._tool = tool
         self._end_sql = end_sql.format(end=_SESSION_END)
         self._keep_blank = keep_blank
@@ -396,9 +400,11 @@ class ClientSession:
             if not raw:
                 code = self._proc.wait()
                 self.close()
+                err = self._drain.text()
+                advice = self._advise(err) if self._advise is not None else None
                 raise DatabaseError(
-                    f"{self._what}: {describe_exit(self._tool, code)}: "
-                    f"{summarize(self._drain.text())}"
+                    f"{self._what}: {describe_exit(self._tool, code)}: {summarize(err)}"
+                    + (f"; {advice}" if advice else "")
                 )
             line = raw.decode("utf-8", "replace").rstrip("\n")
             if line == _SESSION_END:

@@ -20,11 +20,17 @@ data anyway. It is read as data all the same: anything malformed is no journal.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from casbackup.errors import RecoveryError
 from casbackup.recovery.report import write_atomically
+from casbackup.repo.indexcache import cache_root, private_dirs
 
 JOURNAL_NAME = ".casbackup-recovery-journal.json"
 JOURNAL_VERSION = 1
@@ -37,12 +43,21 @@ class Journal:
     started: str  # ISO 8601 UTC
     files: tuple[str, ...]  # absolute target paths of the file items
     databases: tuple[str, ...]  # DatabaseItem.where of each database
+    # Of those, the parts restored or loaded whole and without error, each with the start
+    # time of the run that did it: a rerun leaves them as they are (the application may
+    # have been started on them meanwhile).
+    done: tuple[tuple[str, str], ...] = ()
 
     def encode(self) -> bytes:
         doc = {"version": JOURNAL_VERSION, "app": self.app, "snapshot": self.snapshot,
                "started": self.started, "files": list(self.files),
-               "databases": list(self.databases)}  # fmt: skip
+               "databases": list(self.databases),
+               "done": [{"part": part, "by": by} for part, by in self.done]}  # fmt: skip
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    def done_by(self, part: str) -> str:
+        """The start time of the run that finished `part` ("" when none did)."""
+        return next((by for p, by in self.done if p == part), "")
 
 
 def journal_path(target: str) -> str:
@@ -63,7 +78,15 @@ def read_journal(target: str) -> Journal | None:
             return None
         if not all(isinstance(t, str) for t in (app, snapshot, started, *files, *databases)):
             return None
-        return Journal(app, snapshot, started, tuple(files), tuple(databases))
+        done = doc.get("done", [])  # journals before it: nothing is known to be done
+        if not isinstance(done, list) or not all(
+            isinstance(d, dict) and isinstance(d.get("part"), str) and isinstance(d.get("by"), str)
+            for d in done
+        ):
+            return None
+        parts = (*files, *databases)
+        finished = tuple((d["part"], d["by"]) for d in done if d["part"] in parts)
+        return Journal(app, snapshot, started, tuple(files), tuple(databases), finished)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -102,6 +125,13 @@ class JournalWriter:
             return None
         return self._write(replace(self.journal, databases=(*self.journal.databases, where)))
 
+    def finished(self, part: str, by: str) -> str | None:
+        """Record that `part` (a file item's target, a database's where) was restored
+        whole and without error by the run started at `by`."""
+        if self.journal.done_by(part):
+            return None
+        return self._write(replace(self.journal, done=(*self.journal.done, (part, by))))
+
     def disown(self, where: str) -> str | None:
         if where not in self.journal.databases:
             return None
@@ -115,3 +145,48 @@ class JournalWriter:
             return f"the recovery journal {journal_path(self.target)} cannot be updated: {exc.strerror or exc}"
         self.journal = journal
         return None
+
+
+@contextlib.contextmanager
+def target_lock(target: str) -> Iterator[str | None]:
+    """Hold the lock of recoveries into ``target`` (an absolute path) for the duration.
+
+    Two recoveries started into one target (a second terminal, a job while one runs) both
+    planned on an empty target, then each restored over the other: both failed, half of
+    each in the target, one report lost. The lock is an flock on a file of this user's
+    private cache folder named by the target's real path (nothing is written in or beside
+    the target, which a refused recovery must leave as it was); a recovery as another user
+    does not see it. Raises RecoveryError when another process holds it. Yields a warning
+    when no lock could be taken (a cache folder that cannot be written), else None: the
+    recovery goes on without it.
+    """
+    key = hashlib.sha256(os.fsencode(os.path.realpath(target))).hexdigest()[:32]
+    folder = os.path.join(cache_root(), "recover-locks")
+    path = os.path.join(folder, key + ".lock")
+    try:
+        private_dirs(folder)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        fd, note = (
+            -1,
+            f"no lock against a second recovery into {target}: {path}: {exc.strerror or exc}",
+        )
+    try:
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                raise RecoveryError(
+                    f"nothing was changed: another recovery into {target} is running"
+                    + (f" (process {pid})" if pid.isdigit() else "")
+                    + ": wait for it to end, or stop it and run this again"
+                ) from None
+            with contextlib.suppress(OSError):  # who holds it: for the message only
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+            note = None
+        yield note
+    finally:
+        if fd >= 0:
+            os.close(fd)

@@ -81,6 +81,9 @@ class FileItem:
     # Left half-restored by an interrupted recovery of this snapshot (its journal says so):
     # restored again, replacing what is there.
     resumed: bool = False
+    # Restored whole by an earlier run of this recovery (the start time of that run; its
+    # journal says so): left as it is, since the application may have been started on it.
+    done_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class DatabaseItem:
     # Loaded (or begun) by an interrupted recovery of this snapshot (its journal says so):
     # replaced, and kept in the journal of this run from its start.
     resumed: bool = False
+    # Loaded whole by an earlier run of this recovery (that run's start time): left as it
+    # is unless --overwrite-databases (the application may have written to it since).
+    done_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -296,7 +302,8 @@ def _resumable(
         return none
     warnings.append(
         f"the target holds an unfinished recovery of this snapshot (started "
-        f"{journal.started[:19]}, see {where}): what it wrote is restored again"
+        f"{journal.started[:19]}, see {where}): what it finished is left as it is, what it "
+        "began is restored again"
     )
     return journal
 
@@ -391,15 +398,14 @@ def build_plan(
         kind = "dir" if node.kind == NodeKind.DIR else "file"
         into = dest if kind == "dir" else target
         again = dest in resumed.files
-        items.append(FileItem(source, dest, into, kind, files, size, again))
+        done = resumed.done_by(dest) if again and os.path.lexists(dest) else ""
+        items.append(FileItem(source, dest, into, kind, files, size, again, done))
         if _not_empty(dest) and not again:
             problems.append(
                 f"{dest} already exists in the target and is not empty (remove it, or "
                 "choose another --target)"
             )
-    databases = _plan_databases(
-        snap, options, target, tuple(items), resumed.databases, warnings, problems
-    )
+    databases = _plan_databases(snap, options, target, tuple(items), resumed, warnings, problems)
     local_bytes = sum(f.bytes for f in items) + sum(
         d.record.size
         for d in databases
@@ -438,7 +444,7 @@ def _plan_databases(
     options: RecoverOptions,
     target: str,
     items: tuple[FileItem, ...],
-    resumed: tuple[str, ...],
+    resumed: Journal,
     warnings: list[str],
     problems: list[str],
 ) -> tuple[DatabaseItem, ...]:
@@ -508,8 +514,10 @@ def _plan_databases(
             continue
         where = describe(spec)
         # A database an interrupted run of this recovery began to load is replaced too.
-        replace_it = options.overwrite_databases or replaces_raw or where in resumed
-        item = DatabaseItem(record, spec, where, replace_it, was, where in resumed)
+        again = where in resumed.databases
+        replace_it = options.overwrite_databases or replaces_raw or again
+        done = resumed.done_by(where) if again and not options.overwrite_databases else ""
+        item = DatabaseItem(record, spec, where, replace_it, was, again, done)
         problem = _preflight(item, connect=not options.dry_run)
         if problem:
             problems.append(problem)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -380,3 +381,26 @@ def test_a_system_versioned_tables_history_round_trips(
             "VALUES (1, 1); UPDATE x SET v = 2;", my_database)  # fmt: skip
     data, _ = dump_bytes(my_spec(my_database))
     assert b"CREATE TABLE `x`" in data
+
+
+def test_a_dump_cut_after_the_trailers_words_in_a_row_is_refused(
+    my_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trailer check looked for '-- Dump completed' anywhere in the last 4 KiB, so a
+    mariadb-dump cut short (exit 0) right after a row holding those words (a comment any
+    user of the application can type) was recorded as whole: found with a wrapper that
+    stopped there, 'snapshot saved' with every later row gone. The last line counts now."""
+    mariadb("CREATE TABLE t (id INT PRIMARY KEY, s TEXT); INSERT INTO t VALUES (1, 'a'), "
+            "(2, 'note-- Dump completed'), (3, 'lost');", my_database)  # fmt: skip
+    script = tmp_path / "mariadb-dump"
+    script.write_text(
+        '#!/bin/sh\ncase "$*" in *--version*) exec /usr/bin/mariadb-dump "$@";; esac\n'
+        '/usr/bin/mariadb-dump "$@" > "$0.out" || exit 1\n'
+        "n=$(grep -boa 'note-- Dump completed' \"$0.out\" | head -1 | cut -d: -f1)\n"
+        'head -c $((n + 21)) "$0.out"\nexit 0\n'
+    )
+    script.chmod(0o755)
+    dump_bytes(my_spec(my_database))  # the real tool: whole
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(DatabaseError, match=r"no '-- Dump completed' trailer \(truncated\)"):
+        dump_bytes(my_spec(my_database))
