@@ -194,10 +194,11 @@ class Lock:
         """Replace this lock's file by a new one (caller holds ``_mutex``). The old file
         is deleted only after the new one is stored and the old one is seen still there:
         the files cover the run without a gap. An old file already gone was deleted by
-        someone else (it looked stale): the lock is ``lost``. Raises CasError when the
-        store fails (the old file stays in force)."""
+        someone else (it looked stale): the lock is ``lost``, for good, and renewed still
+        (a mount or the service's reads go on: from now on nothing is pruned under them).
+        Raises CasError when the store fails (the old file stays in force)."""
         old = self.name
-        if old is None or self.lost is not None:
+        if old is None:
             return
         new = self._write()
         try:
@@ -207,7 +208,7 @@ class Lock:
             raise
         self.name = new
         if not still:
-            self.lost = _lost_message()
+            self.lost = self.lost or _lost_message()
             with _held_mutex:
                 _held.discard(old)
             return
