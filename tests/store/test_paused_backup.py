@@ -27,6 +27,10 @@ import os, signal, sys
 from casbackup.repo import lock
 from casbackup.repo.snapshotstore import SnapshotStore
 lock.STALE_AFTER = 2.0
+if os.environ.get("CLOCK_BEHIND"):  # this client's clock runs behind the others'
+    import time, types
+    behind = float(os.environ["CLOCK_BEHIND"])
+    lock.time = types.SimpleNamespace(time=lambda: time.time() - behind)
 if os.environ.get("PAUSE_BEFORE_COMMIT"):
     save = SnapshotStore.save_snapshot
     def paused(self, snap):
@@ -39,11 +43,14 @@ main()
 """
 
 
-def _cli(repo: str, *args: str, pause: bool = False) -> subprocess.Popen[bytes]:
+def _cli(repo: str, *args: str, pause: bool = False, behind: float = 0) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CASBACKUP_PASSWORD": PASSWORD}
     env.pop("PAUSE_BEFORE_COMMIT", None)
+    env.pop("CLOCK_BEHIND", None)
     if pause:
         env["PAUSE_BEFORE_COMMIT"] = "1"
+    if behind:
+        env["CLOCK_BEHIND"] = str(behind)
     return subprocess.Popen(
         [sys.executable, "-c", _CLI, "-r", repo, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -112,3 +119,27 @@ def test_a_backup_paused_past_the_stale_limit_while_prune_runs_commits_nothing(
     assert (target / src.relative_to("/") / "kept.bin").read_bytes() == (
         src / "kept.bin"
     ).read_bytes()
+
+
+@pytest.mark.slow
+def test_a_backup_whose_clock_runs_behind_commits_nothing_after_a_prune(tmp_path: Path) -> None:
+    """Its lock looks older than the stale limit to the others from the start: a prune
+    removes it at once. The backup (stopped before it commits, so that the prune surely
+    lands inside it) then refuses to commit, as a paused one does."""
+    location = str(tmp_path / "repo")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kept.bin").write_bytes(os.urandom(300_000))
+    _ok(location, "init")
+    first = json.loads(_ok(location, "--json", "backup", str(src)).splitlines()[-1])
+    (src / "new.bin").write_bytes(os.urandom(100_000))
+    backup = _cli(location, "backup", str(src), pause=True, behind=3600)
+    try:
+        _wait_stopped(backup.pid)
+        _ok(location, "forget", first["snapshot_id"], "--prune")
+    finally:
+        backup.send_signal(signal.SIGCONT)
+    _out, err = backup.communicate(timeout=120)
+    assert backup.returncode == 11, err.decode()
+    assert "nothing more was committed" in err.decode()
+    _ok(location, "check", "--read-data")
