@@ -30,6 +30,7 @@ from casbackup.engines.base import (
     resolve_password,
 )
 from casbackup.errors import CasError, NotFound, RecoveryError, UnverifiedSnapshot, UsageError
+from casbackup.maintenance.rewrite import REWRITTEN_TAG
 from casbackup.recovery.connection import connection_spec, describe
 from casbackup.recovery.journal import Journal, journal_path, read_journal
 from casbackup.repo.repository import Repository
@@ -177,6 +178,17 @@ def choose_snapshot(
             )
     elif verified:
         snap = verified[-1]
+        # A rewritten copy (`casbackup rewrite` without --forget) has its original's time:
+        # of the two, the copy is what the user chose to keep (files taken out).
+        copies = [s for s in verified if s.start_ns == snap.start_ns and REWRITTEN_TAG in s.tags]
+        snap = copies[-1] if copies else snap
+        warnings.extend(
+            f"snapshot {_describe_snap(s, latest.get(s.identity))} is a rewritten copy of it "
+            f"(files taken out) and is not verified: 'casbackup verify {s.short_id}' lets "
+            "recover use it"
+            for s in snaps
+            if s.start_ns == snap.start_ns and REWRITTEN_TAG in s.tags and s not in verified
+        )
         newer = [s for s in snaps if s.start_ns > snap.start_ns]
         if newer:
             warnings.append(
