@@ -126,13 +126,13 @@ class BlobStore(DeltaWriting):
                 "to upgrade it (older casbackup versions cannot open it afterwards)"
             )
 
-    def confirm_locks(self) -> None:
+    def confirm_locks(self, *, renew: bool = True) -> None:
         """Raise LockError when a lock this handle holds was taken away while it was held
         (deemed stale by another client, which may have pruned meanwhile): what this run
-        would commit may name data that is gone (lock.py ``Lock.confirm``). Without a lock
-        (tests, ``copy``'s own handling) nothing is checked."""
+        would commit may name data that is gone (lock.py ``Lock.confirm``; ``renew``: and
+        renew them). Without a lock (tests, a command that reads) nothing is checked."""
         for lock in list(self.held_locks):
-            lock.confirm()
+            lock.confirm(renew=renew)
 
     def close(self) -> None:
         if self._uploader is not None:

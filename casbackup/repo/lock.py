@@ -214,18 +214,18 @@ class Lock:
             return
         self._delete(old)
 
-    def confirm(self) -> None:
+    def confirm(self, *, renew: bool = True) -> None:
         """Make sure this lock has been held without a break since it was taken, and
-        renew it: called before a writer commits (an index file, a snapshot) and before
-        prune deletes. Raises LockError when its file was deleted by someone else (it may
-        have been taken for stale, and a prune may have run meanwhile), CasError when the
-        store cannot tell."""
+        renew it (unless not ``renew``): called before a writer commits (an index file, a
+        snapshot) and before prune deletes. Raises LockError when its file was deleted by
+        someone else (it may have been taken for stale, and a prune may have run
+        meanwhile), CasError when the store cannot tell."""
         with self._mutex:
             if self.name is None:
                 raise LockError("the repository lock was released; nothing more is stored")
             if self.lost is None and not self._repo.backend.exists(self.name):
                 self.lost = _lost_message()
-            if self.lost is None:
+            if self.lost is None and renew:
                 try:
                     self._renew()  # fresh for the next STALE_AFTER seconds
                 except CasError:

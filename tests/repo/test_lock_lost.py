@@ -205,3 +205,34 @@ def test_a_prune_passed_over_while_paused_deletes_nothing(
         held.release()
     finally:
         first.close()
+
+
+def test_a_snapshot_written_after_its_lock_was_taken_is_withdrawn(
+    repo_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pause falls between the last check and the snapshot's write: the snapshot is
+    written, then found unprotected, and deleted again."""
+    from casbackup.repo.snapshot import Snapshot
+
+    backup = open_repo(str(repo_path))
+    try:
+        held = backup.lock(command="casbackup backup")
+        tree = backup.save_tree([])
+        snap = Snapshot(
+            time="2026-01-01T00:00:00Z", start_ns=time.time_ns(), host="h", user="u",
+            paths=("/x",), tree=tree.hex(),
+        )  # fmt: skip
+        real = backup.save_file_object
+
+        def save(directory: str, kind: Kind, data: bytes) -> str:
+            if directory == "snapshots":
+                _pass_over(repo_path, held.name or "", monkeypatch)
+            return real(directory, kind, data)
+
+        monkeypatch.setattr(backup, "save_file_object", save)
+        with pytest.raises(LockError):
+            backup.save_snapshot(snap)
+        assert os.listdir(repo_path / "snapshots") == []
+        held.release()
+    finally:
+        backup.close()
