@@ -344,7 +344,7 @@ def _options(sec: Section, engine: str) -> dict[str, str]:
 
 def _option_problem(engine: str, key: str, value: str) -> str | None:
     """The engine's own check of an option's value (`check_option` in its module), if any."""
-    module = {"postgresql": "postgresql", "mysql": "mysql"}.get(engine)
+    module = {"postgresql": "postgresql", "mysql": "mysql", "sqlite": "sqlite"}.get(engine)
     if module is None:
         return None
     check = getattr(importlib.import_module(f"casbackup.engines.{module}"), "check_option", None)

@@ -29,7 +29,9 @@ with 1.5M rows), and `lock_wait_timeout` (seconds, default 60) bounds how long t
 may wait for long transactions. When the lock cannot be had (no LOCK TABLES privilege, a
 timeout, a table dropped meanwhile) or `consistent_counts = false`, the counts are taken just
 before the dump, as before, and the record says so (properties "row_counts_consistent":
-false): a verifier then tolerates count drift.
+false): a verifier then tolerates count drift. So does a database with a table of an engine
+without transactions (MyISAM, Aria, MEMORY): the tool reads it when it gets to it, not in
+its snapshot, and the counts cannot match it exactly.
 
 Routines, triggers, events and views round-trip: `--routines --events --triggers`, and the
 tool writes views after every table (with placeholder tables first, so views over views load
@@ -46,7 +48,6 @@ client of the same product (MariaDB or MySQL) warns.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -59,6 +60,7 @@ from casbackup.engines.base import (
     DumpStream,
     RestoreInfo,
     older_tool_warning,
+    parse_tool_version,
     resolve_password,
     tool_record,
 )
@@ -73,6 +75,13 @@ from casbackup.engines.claims import (
 )
 from casbackup.engines.my_grants import dump_advice, hidden_kinds
 from casbackup.engines.my_session import MarkerDumpStream, TableLock
+from casbackup.engines.my_sql import (
+    charset_clause,
+    count_sql,
+    hex_literal,
+    parse_counts,
+    quote_ident,
+)
 from casbackup.engines.process import ProcessDumpStream, feed_tool, find_tool, run_tool
 from casbackup.errors import DatabaseError
 
@@ -84,20 +93,22 @@ _BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # The tool writes these only after its consistent snapshot exists (see the module docstring).
 SNAPSHOT_MARKERS = (b"-- Table structure for table ", b"-- Temporary table structure for view ")
 _TRAILER = b"-- Dump completed"
+
+
+def _completed(tail: bytes) -> bool:
+    """Whether a dump's last line is the tool's trailer: the words in a row of a dump cut
+    short after them (a comment a user typed) are none."""
+    return tail.rstrip().rpartition(b"\n")[2].startswith(_TRAILER)
+
+
+# information_schema.tables.table_type of a MariaDB table WITH SYSTEM VERSIONING: a table
+# like any other (its rows are dumped), but not a 'BASE TABLE'.
+_VERSIONED = "'SYSTEM VERSIONED'"
 DUMP_FLAGS = (
     "--single-transaction", "--quick", "--routines", "--events", "--triggers",
     "--skip-dump-date", "--hex-blob", "--order-by-primary", "--no-tablespaces",
     "--default-character-set=utf8mb4", "--max-allowed-packet=1G",
 )  # fmt: skip
-
-
-def quote_ident(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def hex_literal(value: str) -> str:
-    # A hex literal needs no escaping whatever the sql_mode (NO_BACKSLASH_ESCAPES or not).
-    return f"CONVERT(X'{value.encode('utf-8').hex()}' USING utf8mb4)"
 
 
 def _option_value(value: str) -> str:
@@ -199,8 +210,8 @@ class MysqlEngine:
         if not tables:
             return {}
         # One statement in one consistent snapshot, so the counts agree with each other.
-        sql = f"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY; {_count_sql(db, tables)}; COMMIT;"
-        return _parse_counts(self._client(spec, sql))
+        sql = f"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY; {count_sql(db, tables)}; COMMIT;"
+        return parse_counts(self._client(spec, sql))
 
     def version_text(self, *tools: str) -> str:
         """The first line of `tool --version` for the first of `tools` on PATH."""
@@ -263,21 +274,26 @@ class MysqlEngine:
                 "marks it: the restore runs, or was killed and the next restore removes it); "
                 "not backed up"
             )
-        if not tables and not spec.option_bool("allow_empty"):
+        # Row counts keep to base tables (what every recorded dump counted), but a system-
+        # versioned table is data like them: the database is not empty, its triggers count.
+        versioned = self._tables(spec, db, _VERSIONED)
+        if not tables and not versioned and not spec.option_bool("allow_empty"):
             raise DatabaseError(
                 f"database {spec.name!r}: {db} has no tables; refusing to record an empty "
                 "dump (set options.allow_empty = true if that is expected)"
             )
-        user = self._check_visible(spec, db, tables, version)
+        user = self._check_visible(spec, db, tables + versioned, version)
+        history = self._history_flags(spec, db, versioned)
         # From here to the tool's first table, writers to these tables wait (see above).
         held = None
+        loose = self._untransacted(spec, db)  # no snapshot holds these: never exact
         if tables and spec.option_bool("consistent_counts", True):
             held = self._hold(spec, db, tables)
         lock, snapshot = held if held is not None else (None, None)
 
         def validate(head: bytes, tail: bytes, size: int) -> None:
             # The trailer is the last thing the tool writes: without it the dump is cut short.
-            if _TRAILER not in tail:
+            if not _completed(tail):
                 raise DatabaseError(
                     f"database {spec.name!r}: dump has no '-- Dump completed' trailer (truncated)"
                 )
@@ -289,8 +305,8 @@ class MysqlEngine:
             if snapshot is not None:
                 try:
                     if stream.released_at_marker:
-                        counts = _parse_counts(snapshot.query(_count_sql(db, tables) + ";"))
-                        exact = True
+                        counts = parse_counts(snapshot.query(count_sql(db, tables) + ";"))
+                        exact = not loose
                 except DatabaseError:
                     pass  # counted below, outside the snapshot, and said so
                 finally:
@@ -307,7 +323,8 @@ class MysqlEngine:
 
         with credentials_fd(spec) as fd:
             # `--` ends option parsing, so a database named "-x" cannot become an option.
-            argv = [dump_tool, f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, "--", db]
+            argv = [dump_tool, f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, *history,
+                    "--", db]  # fmt: skip
             stream = MarkerDumpStream(
                 argv,
                 what=f"database {spec.name!r}",
@@ -321,6 +338,28 @@ class MysqlEngine:
                 advise=lambda err: dump_advice(err, db, user, version),
             )
             return stream
+
+    def _untransacted(self, spec: DatabaseSpec, db: str) -> bool:
+        """Whether a base table of `db` has an engine without transactions (MyISAM, ...)."""
+        sql = ("SELECT COUNT(*) FROM information_schema.tables t JOIN information_schema"
+               ".engines e ON e.engine = t.engine WHERE t.table_schema = "
+               f"{hex_literal(db)} AND t.table_type = 'BASE TABLE' AND e.transactions <> 'YES';")  # fmt: skip
+        return self._client(spec, sql) != ["0"]
+
+    def _history_flags(self, spec: DatabaseSpec, db: str, versioned: list[str]) -> list[str]:
+        """`--dump-history` when `db` has system-versioned tables and the tool can dump
+        their history (without it: their current rows only). It needs mariadb-dump 10.11+,
+        and refuses tables versioned by transaction id: those keep current rows only."""
+        if not versioned:
+            return []
+        product, tool = parse_tool_version(self.version_text("mariadb-dump", "mysqldump"))
+        parts = tuple(int(p) for p in tool.split(".")[:2]) if tool else ()
+        if product != "MariaDB" or parts < (10, 11):
+            return []
+        sql = ("SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = "
+               f"{hex_literal(db)} AND generation_expression = 'ROW START' "
+               "AND data_type = 'bigint';")  # fmt: skip
+        return ["--dump-history"] if self._client(spec, sql) == ["0"] else []
 
     def _check_visible(self, spec: DatabaseSpec, db: str, tables: list[str], version: str) -> str:
         """Refuse to dump when the user may not see all of the database's tables, triggers
@@ -371,6 +410,13 @@ class MysqlEngine:
         )
         return self._client(spec, sql) == ["1"]
 
+    def holds_content(self, spec: DatabaseSpec) -> bool:
+        """Whether spec's database exists and holds what `restore` refuses to replace
+        without `overwrite` (tables, views, sequences, routines, events): what a recovery
+        plan checks before anything is written. Raises DatabaseError (server unreachable)."""
+        db = _require_db(spec)
+        return self._exists(spec, db) and self._has_content(spec, db)
+
     def restore(
         self,
         spec: DatabaseSpec,
@@ -395,7 +441,7 @@ class MysqlEngine:
         db = _require_db(spec)
         client = self.version_text("mariadb", "mysql")
         older = older_tool_warning(f"database {spec.name!r}", properties, "client", client)
-        defaults = _charset_clause(properties or {})
+        defaults = charset_clause(properties or {})
         temp = temporary_name()
         with self._claim(spec, temp):
             warnings = self._sweep(spec)
@@ -480,6 +526,7 @@ class MysqlEngine:
         database's name; one that is killed leaves it marked, for the next restore to remove."""
         db = _require_db(spec)
         try:
+            history = self._history_flags(spec, loaded, self._tables(spec, loaded, _VERSIONED))
             self._client(spec, f"DROP DATABASE {quote_ident(db)};")
         except BaseException:
             self._drop_quietly(replace(spec, database=loaded))  # the old one stands
@@ -487,10 +534,11 @@ class MysqlEngine:
         try:
             with credentials_fd(spec) as fd:
                 argv = [find_tool("mariadb-dump", "mysqldump"),
-                        f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, "--", loaded]  # fmt: skip
+                        f"--defaults-extra-file=/dev/fd/{fd}", *DUMP_FLAGS, *history, "--",
+                        loaded]  # fmt: skip
 
                 def validate(head: bytes, tail: bytes, size: int) -> None:
-                    if _TRAILER not in tail:
+                    if not _completed(tail):
                         raise DatabaseError(f"the copy of {loaded} has no trailer (truncated)")
 
                 def make_info(size: int) -> DumpInfo:
@@ -515,9 +563,10 @@ class MysqlEngine:
             pass  # the restore's own error is what the user needs; a temporary may stay
 
     def _has_content(self, spec: DatabaseSpec, db: str) -> bool:
-        """Whether `db` holds anything a restore would replace: tables, views, sequences,
-        and routines and events too (the dump drops those of the same name first)."""
-        if self._tables(spec, db, "'BASE TABLE','VIEW','SEQUENCE'"):
+        """Whether `db` holds anything a restore would replace: tables (system-versioned
+        ones too), views, sequences, and routines and events too (the dump drops those of
+        the same name first)."""
+        if self._tables(spec, db, f"'BASE TABLE',{_VERSIONED},'VIEW','SEQUENCE'"):
             return True
         sql = (f"SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = "
                f"{hex_literal(db)} UNION ALL SELECT COUNT(*) FROM information_schema.events "
@@ -527,37 +576,3 @@ class MysqlEngine:
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._client(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};")
-
-
-def _count_sql(db: str, tables: list[str]) -> str:
-    return " UNION ALL ".join(
-        f"SELECT HEX({hex_literal(t)}), COUNT(*) FROM {quote_ident(db)}.{quote_ident(t)}"
-        for t in tables
-    )
-
-
-def _parse_counts(lines: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for line in lines:
-        hexname, _, count = line.partition("\t")
-        counts[bytes.fromhex(hexname).decode("utf-8")] = int(count)
-    return counts
-
-
-_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
-
-
-def _charset_clause(properties: Mapping[str, object]) -> str:
-    """`` CHARACTER SET x COLLATE y`` from recorded properties; names come from a
-    repository, so anything but a plain identifier raises instead of reaching SQL."""
-    if not isinstance(properties, Mapping):
-        raise DatabaseError("the dump's recorded properties are malformed")
-    clause = ""
-    for key, keyword in (("charset", "CHARACTER SET"), ("collation", "COLLATE")):
-        value = properties.get(key)
-        if value in (None, ""):
-            continue
-        if not isinstance(value, str) or not _NAME.fullmatch(value):
-            raise DatabaseError(f"the dump's recorded {key} {value!r} is not a valid name")
-        clause += f" {keyword} {value}"
-    return clause

@@ -59,7 +59,8 @@ GLOBALS_SUFFIX = ".globals.sql"
 GLOBALS_FORMAT = "pg-globals-sql"
 ACL_PREFIX_MAX = 256 << 20  # bytes of a dump kept to read its TOC for the privileges pass
 _HEAD = b"--\n-- PostgreSQL database cluster dump"
-_TRAILER = b"PostgreSQL database cluster dump complete"
+# The tool's last lines; a role's comment may hold the words, never at the very end.
+_TRAILER = b"\n-- PostgreSQL database cluster dump complete\n--"
 _ACL_LINE = re.compile(rb"^\d+; \d+ \d+ (ACL|DEFAULT ACL) ", re.M)
 _FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
@@ -101,7 +102,7 @@ def dump_globals(
         argv.append("--no-role-passwords")
 
     def validate(head: bytes, tail: bytes, size: int) -> None:
-        if not head.startswith(_HEAD) or _TRAILER not in tail:
+        if not head.startswith(_HEAD) or not tail.rstrip().endswith(_TRAILER):
             raise DatabaseError(
                 f"database {spec.name!r}: pg_dumpall --globals-only output is incomplete"
             )

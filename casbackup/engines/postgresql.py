@@ -20,6 +20,9 @@ data, each failure a warning): see pg_globals.py. Options, in the config's `opti
 - `allow_empty`: record a database without tables instead of refusing it.
 - `maintenance_database` (default postgres): where CREATE/DROP DATABASE and globals run.
 - `sslmode`, `connect_timeout`: passed to libpq.
+- `lock_wait_timeout` (seconds, default 60): how long the row counts and pg_dump may wait
+  for a table another session holds locked (a migration's ACCESS EXCLUSIVE, a forgotten
+  `LOCK TABLE`) before the dump fails; without it a lock never let go hung the backup.
 
 Each dump records the server's version and the pg_dump that made it (properties
 "dump_tool"); a restore with an older pg_restore warns.
@@ -55,6 +58,7 @@ from casbackup.engines.claims import (
     swept_warning,
     temporary_name,
 )
+from casbackup.engines.pg_archive import CustomDumpCheck
 from casbackup.engines.pg_globals import (
     AclPass,
     apply_acls,
@@ -82,8 +86,9 @@ from casbackup.errors import DatabaseError
 
 MAGIC = b"PGDMP"
 KNOWN_OPTIONS = frozenset(
-    {"allow_empty", "maintenance_database", "sslmode", "connect_timeout", "globals"}
-)
+    {"allow_empty", "maintenance_database", "sslmode", "connect_timeout", "globals",
+     "lock_wait_timeout"}
+)  # fmt: skip
 _BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # Row counts as (hex of schema.table, count) so that any name survives psql's text output.
 _COUNT_SQL = """SELECT encode(convert_to(n.nspname || '.' || c.relname, 'UTF8'), 'hex'),
@@ -133,7 +138,31 @@ def check_option(key: str, value: str) -> str | None:
     """Why an option's value is wrong (for config validation), else None."""
     if key in ("globals", "allow_empty") and value.strip().lower() not in _BOOLEANS:
         return f"must be true or false, not {value!r}"
+    if key == "lock_wait_timeout" and not (value.isdigit() and 1 <= int(value) <= 86400):
+        return f"must be a number of seconds from 1 to 86400, not {value!r}"
     return None
+
+
+def _lock_advice(wait: int) -> Callable[[bytes], str | None]:
+    """What to say when a statement gave up waiting for a lock (psql's error is followed by
+    its query's context lines, which hide it)."""
+
+    def advise(err: bytes) -> str | None:
+        if b"canceling statement due to lock timeout" not in err:
+            return None
+        return (f"a table stayed locked by another session for over "
+                f"options.lock_wait_timeout = {wait} s")  # fmt: skip
+
+    return advise
+
+
+def _lock_wait(spec: DatabaseSpec) -> int:
+    """options.lock_wait_timeout in seconds (default 60); DatabaseError when malformed."""
+    value = spec.options.get("lock_wait_timeout", "60")
+    problem = check_option("lock_wait_timeout", value)
+    if problem:
+        raise DatabaseError(f"database {spec.name!r}: options.lock_wait_timeout {problem}")
+    return int(value)
 
 
 def globals_enabled(spec: DatabaseSpec) -> bool:
@@ -160,12 +189,18 @@ class _SnapshotSession(ClientSession):
     """A psql session holding an exported snapshot open until `close()` (EOF on its
     stdin ends psql, which rolls the transaction back)."""
 
-    def __init__(self, psql: str, spec: DatabaseSpec, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        psql: str,
+        spec: DatabaseSpec,
+        env: dict[str, str],
+        advise: Callable[[bytes], str | None] | None = None,
+    ) -> None:
         argv = [psql, "-X", "-q", "-A", "-t", "--no-password", "-v", "ON_ERROR_STOP=1",
                 "-d", conninfo(spec)]  # fmt: skip
         super().__init__(
             argv, what=f"database {spec.name!r}", tool="psql", end_sql="\\echo {end}",
-            env=env, keep_blank=False,
+            env=env, keep_blank=False, advise=advise,
         )  # fmt: skip
 
 
@@ -218,14 +253,16 @@ class PostgresEngine:
     def dump(self, spec: DatabaseSpec) -> DumpStream:
         _require_db(spec)
         pg_dump = find_tool("pg_dump")
+        wait = _lock_wait(spec)
         env = pg_env(spec)
-        session = _SnapshotSession(find_tool("psql"), spec, env)
+        session = _SnapshotSession(find_tool("psql"), spec, env, _lock_advice(wait))
         try:
             server = session.query("SHOW server_version_num; SHOW server_version;")
             server_num, server_version = int(server[0]), server[1]
             self._check_versions(spec, server_num)
             snapshot = session.query(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_export_snapshot();"
+                f"SET lock_timeout = '{wait}s'; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                "SELECT pg_export_snapshot();"
             )[0]
             counts = _parse_counts(session.query(_COUNT_SQL))
         except BaseException:
@@ -238,9 +275,13 @@ class PostgresEngine:
                 "empty dump (set options.allow_empty = true if that is expected)"
             )
 
+        # The dump has no trailer: only its structure says whether it is whole (pg_archive.py).
+        check = CustomDumpCheck(f"database {spec.name!r}")
+
         def validate(head: bytes, tail: bytes, size: int) -> None:
             if not head.startswith(MAGIC):
                 raise DatabaseError(f"database {spec.name!r}: pg_dump output is not a custom dump")
+            check.finish()
 
         try:
             properties = self._defaults(spec)
@@ -254,7 +295,8 @@ class PostgresEngine:
                             True, properties)  # fmt: skip
 
         argv = [pg_dump, "--format=custom", "--compress=0", "--no-password",
-                f"--snapshot={snapshot}", "--dbname", conninfo(spec)]  # fmt: skip
+                f"--snapshot={snapshot}", f"--lock-wait-timeout={wait}s", "--dbname",
+                conninfo(spec)]  # fmt: skip
         return ProcessDumpStream(
             argv,
             what=f"database {spec.name!r}",
@@ -262,6 +304,8 @@ class PostgresEngine:
             validate=validate,
             make_info=make_info,
             on_close=session.close,
+            observe=check.feed,
+            advise=_lock_advice(wait),
         )
 
     def extra_dumps(self, spec: DatabaseSpec) -> tuple[tuple[str, Callable[[], DumpStream]], ...]:
@@ -490,6 +534,12 @@ class PostgresEngine:
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]:
         _require_db(spec)
         return _parse_counts(self._psql(spec, _COUNT_SQL))
+
+    def holds_content(self, spec: DatabaseSpec) -> bool:
+        """Whether spec's database exists and holds what `restore` refuses to replace
+        without `overwrite` (tables, views, sequences, foreign tables): what a recovery plan
+        checks before anything is written. Raises DatabaseError (server unreachable, ...)."""
+        return self._exists(spec, _require_db(spec)) and self._table_count(spec) > 0
 
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)

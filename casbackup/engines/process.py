@@ -223,7 +223,9 @@ class ProcessDumpStream(DumpStream):
     dump; `make_info(size)` builds the metadata once everything checked out. `on_close` releases
     whatever the engine held for the dump (PostgreSQL's snapshot-exporting session). `advise`
     reads the stderr of a tool that failed and returns what the user should do about it (the
-    GRANT a refused statement needs), added to the message, or None.
+    GRANT a refused statement needs), added to the message, or None. `observe` sees every
+    piece of the output as it is read (PostgreSQL follows its custom dump's structure with
+    it, and `validate` asks whether it was whole).
     """
 
     def __init__(
@@ -237,9 +239,11 @@ class ProcessDumpStream(DumpStream):
         pass_fds: Sequence[int] = (),
         on_close: Callable[[], None] | None = None,
         advise: Callable[[bytes], str | None] | None = None,
+        observe: Callable[[memoryview], None] | None = None,
     ) -> None:
         super().__init__()
         self._advise = advise
+        self._observe = observe
         self._tool = os.path.basename(argv[0])
         self._what = what
         self._validate = validate
@@ -279,6 +283,8 @@ class ProcessDumpStream(DumpStream):
             self._eof = True
             return 0
         view = memoryview(b)[:n]
+        if self._observe is not None:
+            self._observe(view)
         if len(self._head) < _HEAD_KEEP:
             self._head += view[: _HEAD_KEEP - len(self._head)]
         self._tail += view[-_TAIL_KEEP:]
@@ -353,7 +359,9 @@ class ClientSession:
     (``{end}`` in it is replaced): the client flushes per statement, so that line says the
     batch's output is complete. ``tool`` names the client in errors. ``keep_blank``: keep
     empty output lines (psql's ``-A -t`` prints them between statements; they say nothing).
-    Raises DatabaseError when the client cannot start.
+    ``advise`` reads the stderr of a client that failed and returns what the user should do
+    about it, added to the message, or None. Raises DatabaseError when the client cannot
+    start.
     """
 
     def __init__(
@@ -366,8 +374,10 @@ class ClientSession:
         env: Mapping[str, str] | None = None,
         pass_fds: Sequence[int] = (),
         keep_blank: bool = True,
+        advise: Callable[[bytes], str | None] | None = None,
     ) -> None:
         self._what = what
+        self._advise = advise
         self._tool = tool
         self._end_sql = end_sql.format(end=_SESSION_END)
         self._keep_blank = keep_blank
@@ -390,9 +400,11 @@ class ClientSession:
             if not raw:
                 code = self._proc.wait()
                 self.close()
+                err = self._drain.text()
+                advice = self._advise(err) if self._advise is not None else None
                 raise DatabaseError(
-                    f"{self._what}: {describe_exit(self._tool, code)}: "
-                    f"{summarize(self._drain.text())}"
+                    f"{self._what}: {describe_exit(self._tool, code)}: {summarize(err)}"
+                    + (f"; {advice}" if advice else "")
                 )
             line = raw.decode("utf-8", "replace").rstrip("\n")
             if line == _SESSION_END:

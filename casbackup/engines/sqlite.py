@@ -34,6 +34,7 @@ from casbackup.errors import DatabaseError
 
 MAGIC = b"SQLite format 3\x00"
 KNOWN_OPTIONS = frozenset({"allow_empty", "temp_dir", "busy_timeout"})
+_BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 # A restore writes the database beside its target as ``.casbackup-sqlite-<pid>-<token>-<n>``
 # (pid and a token drawn once per process, n counting), which SQLite may give side files.
@@ -96,14 +97,45 @@ def _uri_escape(path: str) -> str:
 
 
 def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
-    names = [
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' "
-            "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
-        )
-    ]
-    return {n: conn.execute(f"SELECT count(*) FROM {quote_ident(n)}").fetchone()[0] for n in names}
+    """Rows per table. A virtual table whose rows cannot be read here is left out: its
+    module comes from an extension only the application loads (SpatiaLite's SpatialIndex,
+    sqlite-vec's vec0: "no such module"), or it cannot be read for another reason of its
+    own. Its file pages are copied like any other, and whatever it stores lives in shadow
+    tables, which are counted."""
+    rows = conn.execute(
+        "SELECT name, sql LIKE 'CREATE VIRTUAL TABLE%' FROM sqlite_master WHERE type = 'table' "
+        "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+    ).fetchall()
+    counts: dict[str, int] = {}
+    for name, virtual in rows:
+        try:
+            counts[name] = conn.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0]
+        except sqlite3.Error:
+            if not virtual:
+                raise
+    return counts
+
+
+def check_option(key: str, value: str) -> str | None:
+    """Why an option's value is wrong (for config validation), else None."""
+    if key == "allow_empty" and value.strip().lower() not in _BOOLEANS:
+        return f"must be true or false, not {value!r}"
+    if key == "busy_timeout":
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= 86400:  # NaN fails too
+            return f"must be a number of seconds from 0 to 86400, not {value!r}"
+    return None
+
+
+def _busy_timeout(spec: DatabaseSpec) -> float:
+    value = spec.options.get("busy_timeout", "60")
+    problem = check_option("busy_timeout", value)
+    if problem:
+        raise DatabaseError(f"database {spec.name!r}: options.busy_timeout {problem}")
+    return float(value)
 
 
 def _require_path(spec: DatabaseSpec) -> str:
@@ -161,22 +193,31 @@ class SqliteEngine:
                 f"database {spec.name!r}: SQLite file {path} does not exist "
                 "(refusing to back it up as an empty database)"
             )
-        timeout = float(spec.options.get("busy_timeout", "60"))
+        timeout = _busy_timeout(spec)
         fd, tmp = tempfile.mkstemp(prefix="casbackup-sqlite-", dir=spec.options.get("temp_dir"))
         os.close(fd)
         try:
             try:
-                src = sqlite3.connect(_uri(path, "rw"), uri=True, timeout=timeout)
+                src = sqlite3.connect(_uri(path, "rw"), uri=True, timeout=timeout,
+                                      isolation_level=None)  # fmt: skip
                 dst = sqlite3.connect(tmp)
                 try:
                     _check_magic(path)
+                    # backup() retries a locked source every 0.25 s for ever, whatever the
+                    # busy timeout: a writer that never lets go would hang the backup. The
+                    # read transaction is taken first, under the timeout; the copy runs in it.
+                    src.execute("BEGIN")
+                    src.execute("SELECT count(*) FROM sqlite_master").fetchall()
                     src.backup(dst)  # pages=-1: one step, one read transaction, one state
                     counts = _count_rows(dst)
                 finally:
                     src.close()
                     dst.close()
             except sqlite3.Error as e:
-                raise DatabaseError(f"database {spec.name!r}: cannot copy {path}: {e}") from e
+                busy = getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+                hint = (f" (another process kept it locked for over options.busy_timeout = "
+                        f"{timeout:g} s)" if busy else "")  # fmt: skip
+                raise DatabaseError(f"database {spec.name!r}: cannot copy {path}: {e}{hint}") from e
             if not counts and not spec.option_bool("allow_empty"):
                 raise DatabaseError(
                     f"database {spec.name!r}: {path} has no tables; refusing to record an empty "

@@ -92,6 +92,10 @@ def execute_prune(
         raise ValueError("a prune plan that ignores snapshots cannot be executed")
     result = PruneResult()
     try:
+        # Locked without a break since the plan was made: a prune paused past the stale
+        # limit may have been passed over by another one, and a backup since may use what
+        # this plan would delete.
+        repo.confirm_locks()
         if plan.rewrite_index:
             if plan.work is None:
                 raise ValueError("this plan's temporary files are gone (closed)")
@@ -103,6 +107,8 @@ def execute_prune(
         plan.close()
     doomed = [(u.pack, u.size) for u in (*plan.delete, *plan.repack)] if plan.rewrite_index else []
     doomed += list(plan.unindexed)
+    if doomed:
+        repo.confirm_locks()
     progress = Progress(phase="deleting packs", files_total=len(doomed), unit="pack")
     for pack, size in doomed:
         if delete_if_present(repo.backend, pack_name(pack)):

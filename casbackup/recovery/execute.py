@@ -28,7 +28,7 @@ from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.archiver.stream import ChunkReader
 from casbackup.engines.base import get_engine
 from casbackup.errors import CasError, Interrupted, RecoveryError
-from casbackup.recovery.journal import Journal, remove_journal, write_journal
+from casbackup.recovery.journal import Journal, JournalWriter, remove_journal, target_lock
 from casbackup.recovery.plan import (
     DatabaseItem,
     FileItem,
@@ -43,6 +43,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import now_utc
 from casbackup.repo.tree import NodeKind
 from casbackup.reporter import NULL_REPORTER, Reporter
+from casbackup.units import plural
 from casbackup.verify.dumps import compare_counts, strict_counts
 
 REPORT_NAME = "recovery-report"
@@ -64,17 +65,28 @@ class RecoveryResult:
             where = f"; report: {self.report_files[0]}" if self.report_files else ""
             raise RecoveryError(
                 f"recovery of {self.plan.app!r} from snapshot {self.plan.snapshot.short_id} "
-                f"failed in {len(self.errors)} places: {self.errors[0]}{where}"
+                f"failed in {plural(len(self.errors), 'place')}: {self.errors[0]}{where}"
             )
 
 
 def recover(
     repo: Repository, options: RecoverOptions, reporter: Reporter = NULL_REPORTER
 ) -> RecoveryResult:
-    """Plan and, unless a dry run, execute. Part failures are in the result, not raised."""
-    plan = build_plan(repo, options)
+    """Plan and, unless a dry run, execute. Part failures are in the result, not raised.
+
+    A real run holds the target's lock (journal.target_lock) from planning to the report:
+    a second recovery into the same target is refused (RecoveryError) before it plans."""
     if options.dry_run:
+        plan = build_plan(repo, options)
         return RecoveryResult(plan, errors=list(plan.problems))
+    with target_lock(os.path.abspath(options.target)) as unlocked:
+        return _recover(repo, options, reporter, unlocked)
+
+
+def _recover(
+    repo: Repository, options: RecoverOptions, reporter: Reporter, unlocked: str | None
+) -> RecoveryResult:
+    plan = build_plan(repo, options)
     if plan.problems:
         advice = f"; {plan.fallback}" if plan.fallback else ""
         raise RecoveryError("nothing was changed: " + "; ".join(plan.problems) + advice)
@@ -82,11 +94,12 @@ def recover(
     clock = time.monotonic()
     report_base = options.report or f"{plan.target}/{REPORT_NAME}"
     errors: list[str] = []
-    warnings = list(plan.warnings)
+    warnings = list(plan.warnings) + ([unlocked] if unlocked else [])
     files: list[dict[str, Any]] = []
     databases: list[dict[str, Any]] = []
     check = Recheck()
-    interrupted = False
+    interrupted, stopped = False, ""
+    doing = ""  # what an interruption stops: said in its message; "" before the first byte
     try:
         reporter.info(f"re-checking snapshot {plan.snapshot.short_id} before restoring")
         check = recheck(repo, plan, reporter, globals=options.globals)
@@ -97,16 +110,39 @@ def recover(
                 + (f"; {fallback}" if fallback else "")
             )
             errors.extend(check.problems)
-        elif _journal_started(plan, started, errors):
+        elif (journal := _journal_started(plan, started, errors)) is not None:
             for item in plan.files:
+                if item.done_by:
+                    files.append(_files_left(plan, item, reporter))
+                    continue
+                doing = f"while restoring {item.source} to {item.target}"
+                n = len(errors)
                 files.append(_restore_files(repo, plan, item, options, reporter, errors, warnings))
+                if len(errors) == n:
+                    _note(journal.finished(item.target, started), warnings)
             for db in plan.databases:
-                databases.append(
-                    _restore_database(repo, plan, db, options, reporter, errors, warnings)
-                )
+                if db.done_by:
+                    databases.append(_database_left(plan, db, reporter, errors))
+                    continue
+                doing = f"while loading database {db.record.name} into {db.where}"
+                # Its own just before the load begins (a kill then leaves it to a rerun),
+                # not before: one the load refuses, or never reaches, is not its to replace.
+                _note(journal.own(db.where), warnings)
+                out = _restore_database(repo, plan, db, options, reporter, errors, warnings)
+                if out.get("loaded") is False and not db.resumed:
+                    _note(journal.disown(db.where), warnings)  # left as it was
+                elif out.get("ok"):
+                    _note(journal.finished(db.where, started), warnings)
+                databases.append(out)
     except KeyboardInterrupt:
         interrupted = True
-        errors.append("recovery interrupted; the target holds a partial recovery")
+        stopped = (
+            f"recovery interrupted {doing}; the target holds a partial recovery: run the same "
+            "recover again to finish it"
+            if doing
+            else "recovery interrupted before anything was restored"
+        )
+        errors.append(stopped)
     doc = {
         "version": 1, "app": plan.app, "ok": not errors, "target": plan.target,
         "started": started, "duration_s": round(time.monotonic() - clock, 3),
@@ -126,24 +162,67 @@ def recover(
     if not errors:
         remove_journal(plan.target)  # finished: a rerun is a new recovery
     if interrupted:
-        raise Interrupted(f"recovery interrupted; report: {paths[0]}")
+        raise Interrupted(stopped + (f"; report: {paths[0]}" if paths else ""))
     return result
 
 
-def _journal_started(plan: RecoveryPlan, started: str, errors: list[str]) -> bool:
-    """Write the journal before the first byte goes to the target (see journal.py); False,
+def _journal_started(plan: RecoveryPlan, started: str, errors: list[str]) -> JournalWriter | None:
+    """Write the journal before the first byte goes to the target (see journal.py): every
+    file item, and the databases an interrupted run of this recovery already began; None,
     with the error, when it cannot be written (then nothing is)."""
-    journal = Journal(plan.app, plan.snapshot.id, started,
-                      tuple(f.target for f in plan.files), tuple(d.where for d in plan.databases))  # fmt: skip
+    done = [(f.target, f.done_by) for f in plan.files if f.done_by]
+    done += [(d.where, d.done_by) for d in plan.databases if d.done_by]
+    journal = Journal(plan.app, plan.snapshot.identity, started, tuple(f.target for f in plan.files),
+                      tuple(d.where for d in plan.databases if d.resumed), tuple(done))  # fmt: skip
+    writer = JournalWriter(plan.target, journal)
     try:
-        write_journal(plan.target, journal)
+        writer.start()
     except OSError as exc:
         errors.append(
             f"nothing was restored: the target {plan.target} cannot be written: "
             f"{exc.strerror or exc}"
         )
-        return False
-    return True
+        return None
+    return writer
+
+
+def _files_left(plan: RecoveryPlan, item: FileItem, reporter: Reporter) -> dict[str, Any]:
+    """The report of a file item an earlier run restored whole: left as it is (its counts
+    are the snapshot's)."""
+    note = f"restored by the earlier run started {item.done_by[:19]} UTC; left as it is"
+    reporter.info(f"{item.target}: {note}")
+    return {"source": item.source, "target": item.target, "kind": item.kind, "tree": "",
+            "files": item.files, "dirs": 0, "links": 0, "bytes": item.bytes, "errors": [],
+            "warnings": [], "left_as_is": note}  # fmt: skip
+
+
+def _database_left(
+    plan: RecoveryPlan, db: DatabaseItem, reporter: Reporter, errors: list[str]
+) -> dict[str, Any]:
+    """The report of a database an earlier run loaded whole: left as it is (the application
+    may have written to it since), its tables counted now; one that cannot be read now is
+    an error (--overwrite-databases loads it again)."""
+    record = db.record
+    note = f"loaded by the earlier run started {db.done_by[:19]} UTC; left as it is"
+    reporter.info(f"database {record.name} in {db.where}: {note}")
+    out: dict[str, Any] = {
+        "name": record.name, "engine": db.spec.engine, "target": db.where,
+        "stored_location": db.stored, "dump_path": record.path, "dump_size": record.size,
+        "dump_blake3": "", "overwrite": False, "expected_row_counts": dict(record.row_counts),
+        "row_counts": {}, "ok": True, "error": "", "loaded": True, "left_as_is": note,
+    }  # fmt: skip
+    try:
+        out["row_counts"] = dict(get_engine(db.spec.engine).row_counts(db.spec))
+    except CasError as exc:
+        out.update(ok=False, error=f"{note}, but it cannot be read now: {exc} "
+                   "(--overwrite-databases loads it again)")  # fmt: skip
+        errors.append(f"database {record.name}: {out['error']}")
+    return out
+
+
+def _note(warning: str | None, warnings: list[str]) -> None:
+    if warning:
+        warnings.append(warning)
 
 
 def _write_report(doc: dict[str, Any], base: str, errors: list[str]) -> tuple[str, str] | None:
@@ -242,6 +321,7 @@ def _restore_database(
         "dump_path": record.path, "dump_size": record.size,
         "dump_blake3": node.content_hash.hex() if node else "", "overwrite": db.overwrite,
         "expected_row_counts": dict(record.row_counts), "row_counts": {}, "ok": False, "error": "",
+        "loaded": False,
     }  # fmt: skip
     try:
         assert node is not None  # the re-check proved the dump is there
@@ -267,6 +347,8 @@ def _restore_database(
             )  # type: ignore[arg-type]
         finally:
             reader.close()
+        # The dump went in (a failed restore leaves the database as it was: all engines).
+        out["loaded"] = True
         warnings.extend(info.warnings)
         if keep_mode is not None and db.spec.path:
             # The dump replaces the raw copy restored with the files: keep that copy's mode.

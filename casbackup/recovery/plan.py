@@ -30,6 +30,7 @@ from casbackup.engines.base import (
     resolve_password,
 )
 from casbackup.errors import CasError, NotFound, RecoveryError, UnverifiedSnapshot, UsageError
+from casbackup.maintenance.rewrite import REWRITTEN_TAG
 from casbackup.recovery.connection import connection_spec, describe
 from casbackup.recovery.journal import Journal, journal_path, read_journal
 from casbackup.repo.repository import Repository
@@ -55,6 +56,8 @@ class RecoverOptions:
     db_into: Mapping[str, str] = field(default_factory=dict)  # name -> CONNECTION
     # name -> the local config's definition of the application's database (never a snapshot's)
     configured: Mapping[str, DatabaseSpec] = field(default_factory=dict)
+    # The local config's sources of the application: one the snapshot lacks is said
+    configured_sources: tuple[str, ...] = ()
     overwrite_databases: bool = False
     # PostgreSQL: create the roles kept with each dump (its globals) before loading it; off
     # when the target server's roles are managed elsewhere (as `db restore --no-globals`)
@@ -79,6 +82,9 @@ class FileItem:
     # Left half-restored by an interrupted recovery of this snapshot (its journal says so):
     # restored again, replacing what is there.
     resumed: bool = False
+    # Restored whole by an earlier run of this recovery (the start time of that run; its
+    # journal says so): left as it is, since the application may have been started on it.
+    done_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,12 @@ class DatabaseItem:
     where: str  # readable target, no secrets
     overwrite: bool  # replace what is there (asked for, or the raw copy restored with the files)
     stored: str = "not recorded"  # where the snapshot says it lived: shown, never used
+    # Loaded (or begun) by an interrupted recovery of this snapshot (its journal says so):
+    # replaced, and kept in the journal of this run from its start.
+    resumed: bool = False
+    # Loaded whole by an earlier run of this recovery (that run's start time): left as it
+    # is unless --overwrite-databases (the application may have written to it since).
+    done_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,6 +178,17 @@ def choose_snapshot(
             )
     elif verified:
         snap = verified[-1]
+        # A rewritten copy (`casbackup rewrite` without --forget) has its original's time:
+        # of the two, the copy is what the user chose to keep (files taken out).
+        copies = [s for s in verified if s.start_ns == snap.start_ns and REWRITTEN_TAG in s.tags]
+        snap = copies[-1] if copies else snap
+        warnings.extend(
+            f"snapshot {_describe_snap(s, latest.get(s.identity))} is a rewritten copy of it "
+            f"(files taken out) and is not verified: 'casbackup verify {s.short_id}' lets "
+            "recover use it"
+            for s in snaps
+            if s.start_ns == snap.start_ns and REWRITTEN_TAG in s.tags and s not in verified
+        )
         newer = [s for s in snaps if s.start_ns > snap.start_ns]
         if newer:
             warnings.append(
@@ -275,11 +298,13 @@ def _resumable(
     """What an unfinished recovery left in `target` that this one may take over: all of its
     parts when it recovered the same application from the same snapshot; nothing (and a
     problem saying what to do) when it recovered another; nothing when there is no journal."""
-    none = Journal(app, snap.id, "", (), ())
+    none = Journal(app, snap.identity, "", (), ())
     if journal is None:
         return none
     where = journal_path(target)
-    if journal.app != app or journal.snapshot != snap.id:
+    # By identity: a tag change between the runs gives the snapshot a new id, not new data
+    # (journals written before kept the id, which is the identity until a tag change).
+    if journal.app != app or journal.snapshot not in (snap.identity, snap.id):
         problems.append(
             f"the target holds an unfinished recovery of {journal.app!r} from snapshot "
             f"{journal.snapshot[:8]} (started {journal.started[:19]}): finish it with "
@@ -289,7 +314,8 @@ def _resumable(
         return none
     warnings.append(
         f"the target holds an unfinished recovery of this snapshot (started "
-        f"{journal.started[:19]}, see {where}): what it wrote is restored again"
+        f"{journal.started[:19]}, see {where}): what it finished is left as it is, what it "
+        "began is restored again"
     )
     return journal
 
@@ -342,6 +368,7 @@ def build_plan(
     paths = tuple(p for p in snap.paths if isinstance(p, str))
     if len(paths) != len(snap.paths):
         warnings.append("the snapshot records source paths that are not text; they are skipped")
+    warnings.extend(_not_in_snapshot(snap, options, paths))
     for source, name in _dest_names(paths).items():
         try:
             node = repo.find_node(snap.root, source)
@@ -383,15 +410,14 @@ def build_plan(
         kind = "dir" if node.kind == NodeKind.DIR else "file"
         into = dest if kind == "dir" else target
         again = dest in resumed.files
-        items.append(FileItem(source, dest, into, kind, files, size, again))
+        done = resumed.done_by(dest) if again and os.path.lexists(dest) else ""
+        items.append(FileItem(source, dest, into, kind, files, size, again, done))
         if _not_empty(dest) and not again:
             problems.append(
                 f"{dest} already exists in the target and is not empty (remove it, or "
                 "choose another --target)"
             )
-    databases = _plan_databases(
-        snap, options, target, tuple(items), resumed.databases, warnings, problems
-    )
+    databases = _plan_databases(snap, options, target, tuple(items), resumed, warnings, problems)
     local_bytes = sum(f.bytes for f in items) + sum(
         d.record.size
         for d in databases
@@ -405,12 +431,32 @@ def build_plan(
                         tuple(warnings), tuple(problems), fallback)  # fmt: skip
 
 
+def _not_in_snapshot(snap: Snapshot, options: RecoverOptions, paths: tuple[str, ...]) -> list[str]:
+    """A warning for each source and database the local config gives the application that
+    the snapshot does not hold (added to the config after it was taken, or its backups failed
+    since): the recovery cannot bring them back, and used to pass over them without a word."""
+    held = {os.path.normpath(p) for p in paths}
+    out = [
+        f"source {src} is in the config but not in snapshot {snap.short_id}: not recovered"
+        for src in options.configured_sources
+        if os.path.normpath(os.path.abspath(src)) not in held
+    ]
+    if options.databases:
+        names = {r.name for r in snap.databases if isinstance(r.name, str)}
+        out.extend(
+            f"database {name!r} is in the config but not in snapshot {snap.short_id}: not recovered"
+            for name in options.configured
+            if name not in names
+        )
+    return out
+
+
 def _plan_databases(
     snap: Snapshot,
     options: RecoverOptions,
     target: str,
     items: tuple[FileItem, ...],
-    resumed: tuple[str, ...],
+    resumed: Journal,
     warnings: list[str],
     problems: list[str],
 ) -> tuple[DatabaseItem, ...]:
@@ -480,13 +526,30 @@ def _plan_databases(
             continue
         where = describe(spec)
         # A database an interrupted run of this recovery began to load is replaced too.
-        replace_it = options.overwrite_databases or replaces_raw or where in resumed
-        item = DatabaseItem(record, spec, where, replace_it, was)
+        again = where in resumed.databases
+        replace_it = options.overwrite_databases or replaces_raw or again
+        done = resumed.done_by(where) if again and not options.overwrite_databases else ""
+        if done and not options.dry_run and _gone(spec):
+            done = ""  # removed since (the operator starting over): loaded again
+        item = DatabaseItem(record, spec, where, replace_it, was, again, done)
         problem = _preflight(item, connect=not options.dry_run)
         if problem:
             problems.append(problem)
         out.append(item)
     return tuple(out)
+
+
+def _gone(spec: DatabaseSpec) -> bool:
+    """Whether the database an earlier run loaded is no longer there (dropped, or emptied):
+    False when that cannot be told (a server that does not answer: the run says so)."""
+    if spec.engine == "sqlite":
+        return not (spec.path and os.path.exists(spec.path))
+    try:
+        engine = get_engine(spec.engine)
+        holds = getattr(engine, "holds_content", None)
+        return not (holds(spec) if holds is not None else engine.row_counts(spec))
+    except CasError:
+        return False
 
 
 def _preflight(item: DatabaseItem, *, connect: bool) -> str | None:
@@ -516,12 +579,20 @@ def _preflight(item: DatabaseItem, *, connect: bool) -> str | None:
     if not connect:
         return None
     try:
-        counts = engine.row_counts(spec)
+        # What the load itself refuses: views, sequences and routines count, not only
+        # tables (a database holding only a view passed here and was refused half-way).
+        holds = getattr(engine, "holds_content", None)
+        full = holds(spec) if holds is not None else bool(engine.row_counts(spec))
     except CasError:
         return None
-    if counts:
-        return (
-            f"database {spec.name!r}: {item.where} already exists and has {plural(len(counts), 'table')} "
-            "(use --overwrite-databases to replace it)"
-        )
-    return None
+    if not full:
+        return None
+    try:
+        counts = engine.row_counts(spec)
+    except CasError:
+        counts = {}
+    what = plural(len(counts), "table") if counts else "no table, but views, sequences or routines"
+    return (
+        f"database {spec.name!r}: {item.where} already exists and is not empty ({what}; "
+        "use --overwrite-databases to replace it)"
+    )

@@ -13,6 +13,21 @@ process's own pid while this process does not hold it. A lock of another pid nam
 (a container sharing the host name) counts as another host's.
 Stale locks are ignored; an exclusive lock removes them as it is taken (``removed``
 says which, for a one-line note), and ``casbackup unlock`` removes them too.
+
+A lock judged stale may still have a live owner: a backup paused (SIGSTOP, a laptop
+asleep, a VM suspended) past STALE_AFTER, or whose refreshes failed, or a client whose
+clock runs behind. A prune that removed such a lock may have deleted what the owner
+deduplicated against, so the owner must notice before it commits anything:
+- a refresh writes the new lock file, then checks that the old one is still there
+  before deleting it, so the owner's lock files cover its whole run without a gap, and a
+  gap (its file deleted by someone else) marks the lock ``lost``;
+- ``Lock.confirm`` (before every index file and snapshot a writer commits, and before
+  prune deletes anything) raises LockError when the lock is lost or its file is gone;
+- an exclusive lock proceeds only once a listing shows no other lock but stale ones it
+  deleted itself: it lists again after removing stale locks (a refresh that raced the
+  removal shows up as a new, live lock), and a stale lock it cannot delete stops it.
+Since lock names are random and never reused, a lock file still present was never
+deleted, and an exclusive holder that went ahead deleted every lock it listed.
 """
 
 from __future__ import annotations
@@ -82,6 +97,9 @@ class Lock:
         self.command = command
         self.name: str | None = None
         self.removed: list[str] = []  # stale locks this exclusive lock removed (describe())
+        # Why this lock can no longer be trusted (its file was deleted by someone else while
+        # this process held it), or None; ``confirm`` raises LockError with it.
+        self.lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
@@ -118,14 +136,42 @@ class Lock:
         try:
             self._write(self.name)
             written = True
+            self._exclude_others()
+            self._thread = quiet_thread(self._refresh_loop, name="lock-refresh")
+            self._thread.start()
+            held = getattr(self._repo, "held_locks", None)
+            if held is not None:
+                held.append(self)  # confirmed before the repository commits (confirm_locks)
+        except BaseException as exc:
+            self._stop.set()
+            # A write that failed with a storage error left nothing of ours under the name
+            # (a create-only refusal means the object there is someone else's: never delete
+            # it); an interrupt during the write may have left our lock, so it is removed.
+            if written or not isinstance(exc, StorageError):
+                self._delete(self.name)
+            self.name = None
+            raise
+        return self
+
+    # Listings an exclusive lock makes before it gives up on locks that keep changing.
+    ROUNDS = 5
+
+    def _exclude_others(self) -> None:
+        """List the other locks: raise LockError on a live one that conflicts; an exclusive
+        lock deletes the stale ones and lists again until a listing shows none left (a
+        lock refreshed while it was being removed is then seen as the live lock it is)."""
+        for _round in range(self.ROUNDS):
+            changed = False
             for info in list_locks(self._repo):
                 if info.name == self.name:
                     continue
                 if info.is_stale():
-                    # Ignored either way; an exclusive lock also clears it away, so a killed
+                    # Ignored by a shared lock; an exclusive one clears it away, so a killed
                     # backup's lock does not stay until someone runs 'casbackup unlock'.
-                    if self.exclusive and self._remove_stale(info.name):
-                        self.removed.append(info.describe())
+                    if self.exclusive:
+                        if self._remove_stale(info.name):
+                            self.removed.append(info.describe())
+                        changed = True
                     continue
                 if self.exclusive or info.exclusive:
                     # A mount holds its lock until it is unmounted: it never finishes.
@@ -138,18 +184,54 @@ class Lock:
                         f"repository is locked: {info.describe()}; "
                         f"{until}, or run 'casbackup unlock' if it is gone"
                     )
-            self._thread = quiet_thread(self._refresh_loop, name="lock-refresh")
-            self._thread.start()
-        except BaseException as exc:
-            self._stop.set()
-            # A write that failed with a storage error left nothing of ours under the name
-            # (a create-only refusal means the object there is someone else's: never delete
-            # it); an interrupt during the write may have left our lock, so it is removed.
-            if written or not isinstance(exc, StorageError):
-                self._delete(self.name)
-            self.name = None
+            if not changed:
+                return
+        raise LockError(
+            "repository locks kept changing while this exclusive lock was taken; try again"
+        )
+
+    def _renew(self) -> None:
+        """Replace this lock's file by a new one (caller holds ``_mutex``). The old file
+        is deleted only after the new one is stored and the old one is seen still there:
+        the files cover the run without a gap. An old file already gone was deleted by
+        someone else (it looked stale): the lock is ``lost``, for good, and renewed still
+        (a mount or the service's reads go on: from now on nothing is pruned under them).
+        Raises CasError when the store fails (the old file stays in force)."""
+        old = self.name
+        if old is None:
+            return
+        new = self._write()
+        try:
+            still = self._repo.backend.exists(old)
+        except BaseException:
+            self._delete(new)
             raise
-        return self
+        self.name = new
+        if not still:
+            self.lost = self.lost or _lost_message()
+            with _held_mutex:
+                _held.discard(old)
+            return
+        self._delete(old)
+
+    def confirm(self, *, renew: bool = True) -> None:
+        """Make sure this lock has been held without a break since it was taken, and
+        renew it (unless not ``renew``): called before a writer commits (an index file, a
+        snapshot) and before prune deletes. Raises LockError when its file was deleted by
+        someone else (it may have been taken for stale, and a prune may have run
+        meanwhile), CasError when the store cannot tell."""
+        with self._mutex:
+            if self.name is None:
+                raise LockError("the repository lock was released; nothing more is stored")
+            if self.lost is None and not self._repo.backend.exists(self.name):
+                self.lost = _lost_message()
+            if self.lost is None and renew:
+                try:
+                    self._renew()  # fresh for the next STALE_AFTER seconds
+                except CasError:
+                    pass  # the file is there: held still, and the refresh thread retries
+            if self.lost is not None:
+                raise LockError(f"{self.lost}; nothing more was committed: run it again")
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_EVERY):
@@ -157,17 +239,24 @@ class Lock:
                 if self.name is None:
                     return
                 try:
-                    new = self._write()
+                    self._renew()
                 except CasError:
                     continue
-                old, self.name = self.name, new
-            self._delete(old)
 
     def _remove_stale(self, name: str) -> bool:
+        """Delete a stale lock's file: True when deleted, False when already gone (its
+        owner released or renewed it: the next listing shows which). Raises LockError
+        when it cannot be deleted: going ahead would leave a lock whose owner may be alive
+        and would never learn that it was passed over."""
         try:
             self._repo.backend.delete(name)
-        except CasError:  # released meanwhile (NotFound), or not a lock's file: left alone
+        except NotFound:
             return False
+        except CasError as exc:
+            raise LockError(
+                f"could not remove the stale lock {name}: {exc}; remove it by hand once its "
+                "owner is known to be stopped"
+            ) from exc
         return True
 
     def _delete(self, name: str) -> None:
@@ -182,6 +271,9 @@ class Lock:
         self._stop.set()
         with self._mutex:
             name, self.name = self.name, None
+        held = getattr(self._repo, "held_locks", None)
+        if held is not None and self in held:
+            held.remove(self)
         if name:
             self._delete(name)
 
@@ -190,6 +282,15 @@ class Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _lost_message() -> str:
+    return (
+        "this process's repository lock was removed by another client while it ran (it "
+        f"looked stale: not refreshed for {STALE_AFTER / 60:g} minutes, e.g. the process was "
+        "paused or its clock is behind, or 'casbackup unlock --remove-all' was run), so a "
+        "prune may have deleted data this run relies on"
+    )
 
 
 def list_locks(repo) -> list[LockInfo]:

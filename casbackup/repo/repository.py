@@ -17,7 +17,13 @@ from dataclasses import replace
 
 from casbackup.crypto.keyfile import KdfParams, wrap_key
 from casbackup.crypto.keys import MasterKey
-from casbackup.errors import ConfigTampered, NotFound, RepositoryExists, RepositoryNotFound
+from casbackup.errors import (
+    CasError,
+    ConfigTampered,
+    NotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+)
 from casbackup.repo.config import RepoConfig
 from casbackup.repo.ids import file_id
 from casbackup.repo.keyring import KeyChoice, find_key
@@ -69,7 +75,20 @@ class Repository(SnapshotStore):
         key_name = f"keys/{file_id(keyfile)}"
         # Key first, config last: a folder with a config always has a key that opens it.
         backend.put(key_name, keyfile)
-        backend.put("config", config.encode())
+        # Create-only: of two inits racing on one empty location, one wins and the other
+        # is told so, instead of both saying 'created' while the second's config replaced
+        # the first's (whose passphrase then opens nothing).
+        create = getattr(backend, "put_new", None)
+        if create is None:
+            backend.put("config", config.encode())
+        elif not create("config", config.encode()):
+            try:
+                backend.delete(key_name)  # a key of a repository that never was
+            except CasError:
+                pass
+            raise RepositoryExists(
+                f"a repository was created at {backend.location} by someone else meanwhile"
+            )
         repo = cls(backend, config, key, key_name)
         repo.remember_open()
         return repo

@@ -371,10 +371,15 @@ def run_recover_job(job: Job) -> dict[str, Any]:
     from casbackup.recovery.plan import RecoverOptions
 
     p = job.params
+    app = job.config.app(job.app or "")
     options = RecoverOptions(
         app=job.app or "", target=p["target"], snapshot=p.get("snapshot"),
         databases=bool(p.get("databases", True)), dry_run=bool(p.get("dry_run")),
         allow_unverified=bool(p.get("allow_unverified")), name_apps=False,
+        # Where the server databases go and where their passwords come from: the config's
+        # definitions, as `casbackup recover` takes them (never the snapshot's).
+        configured={d.name: d for d in app.databases} if app is not None else {},
+        configured_sources=tuple(app.sources) if app is not None else (),
     )  # fmt: skip
     with job.repo.locked(command="serve: recover"):
         try:

@@ -48,6 +48,28 @@ FOLDER_MODE = 0o700  # private, as restic: the repository is nobody else's busin
 FILE_MODE = 0o600
 
 
+def _link_new(tmp: str, leaf: str, dfd: int) -> bool:
+    """Give the written file ``tmp`` the name ``leaf`` unless something has it (both in
+    the folder ``dfd``); False, with ``tmp`` removed, when something does."""
+    try:
+        os.link(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+    except FileExistsError:
+        os.unlink(tmp, dir_fd=dfd)
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        try:  # no hard links here: check, then rename
+            os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.replace(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+            return True
+        os.unlink(tmp, dir_fd=dfd)
+        return False
+    os.unlink(tmp, dir_fd=dfd)
+    return True
+
+
 def _storage_error(exc: OSError, what: str) -> StorageError:
     if exc.errno == errno.ENOSPC:
         return StorageError(f"{what}: no space left on device")
@@ -189,10 +211,22 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ writes
     def put(self, name: str, data: bytes | memoryview) -> None:
+        self._put(name, data, create=False)
+
+    def put_new(self, name: str, data: bytes | memoryview) -> bool:
+        """Create ``name`` only if nothing has it: the written temp file is hard-linked
+        to the name (``linkat`` fails on an existing name, atomically), then unlinked.
+        False when something already has the name (left as it was). A file system without
+        hard links (FAT, some network shares) gets a check then a rename: create-only
+        except against a writer racing it within that instant."""
+        return self._put(name, data, create=True)
+
+    def _put(self, name: str, data: bytes | memoryview, *, create: bool) -> bool:
         check_name(name)
         folders, leaf = _split(name)
         tmp = f"{leaf}{TMP_MARK}{os.urandom(6).hex()}"
         dfd: int | None = None
+        created = True
         try:
             dfd = self._open_dir(folders, create=True)
             fd = os.open(tmp, _CREATE_FLAGS, FILE_MODE, dir_fd=dfd)
@@ -205,7 +239,10 @@ class LocalBackend:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+            if create:
+                created = _link_new(tmp, leaf, dfd)
+            else:
+                os.replace(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
             if self._durable:
                 os.fsync(dfd)
         except (OSError, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, SIGTERM, SIGHUP
@@ -221,6 +258,7 @@ class LocalBackend:
             if dfd is not None:
                 os.close(dfd)
         self._forget_fd(name)
+        return created
 
     def begin_upload(self, directory: str) -> LocalUpload:
         """An object written piece by piece and named when done (packs: the name is a hash)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -424,3 +425,27 @@ def test_backup_log_names_the_globals_and_the_dump_once_each(
         "dumping server globals for database orders (postgresql)",
         "dumping database orders (postgresql)",
     ], lines
+
+
+def test_globals_cut_after_the_trailers_words_in_a_comment_are_refused(
+    roles: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The globals' completeness check looked for the trailer's words anywhere in the last
+    4 KiB, so a pg_dumpall cut short (exit 0) right after a role comment holding them
+    ('... cluster dump complete', which anyone who may comment on a role can write) was
+    recorded as whole, every role after it missing. The tool's own last lines count now."""
+    role = make_role(roles)
+    words = "-- PostgreSQL database cluster dump complete"
+    psql(f"COMMENT ON ROLE {pg_ident(role)} IS E'note\\n{words}\\nmore';")
+    script = tmp_path / "pg_dumpall"
+    script.write_text(
+        '#!/bin/sh\ncase "$*" in *--version*) exec /usr/bin/pg_dumpall "$@";; esac\n'
+        '/usr/bin/pg_dumpall "$@" > "$0.out" || exit 1\n'
+        f"n=$(grep -boa 'note' \"$0.out\" | tail -1 | cut -d: -f1)\n"
+        f'head -c $((n + {len("note") + 1 + len(words)})) "$0.out"\nexit 0\n'
+    )
+    script.chmod(0o755)
+    assert words.encode() in dump_globals(pg_spec("postgres"))  # the real tool: whole
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(DatabaseError, match="pg_dumpall --globals-only output is incomplete"):
+        dump_globals(pg_spec("postgres"))

@@ -6,6 +6,7 @@ import io
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -256,3 +257,34 @@ def test_overwrite_that_fails_keeps_the_existing_database(
     # And a whole dump still replaces it.
     engine.restore(pg_spec(pg_database), io.BytesIO(data), overwrite=True)
     assert engine.row_counts(pg_spec(pg_database)) == {"public.t": 2000}
+
+
+def test_a_table_locked_past_lock_wait_timeout_fails_the_dump(pg_database: str) -> None:
+    """Found with a session holding ACCESS EXCLUSIVE on a table (a migration, a forgotten
+    LOCK TABLE): the backup waited on the row counts for as long as the lock was held, for
+    ever if it never was let go (killed by `timeout` after 20 s, still 'dumping database').
+    options.lock_wait_timeout (default 60 s) now bounds the wait of the counts and of
+    pg_dump, and the message says which option."""
+    psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);", pg_database)
+    locker = subprocess.Popen(
+        ["psql", "-X", "-q", "-d", conninfo(pg_spec(pg_database)), "-c",
+         "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(20); COMMIT;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(200):  # until the lock is held
+            held = "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND "
+            held += "relation = 'public.t'::regclass;"
+            if psql(held, pg_database).strip() == "1":
+                break
+            time.sleep(0.05)
+        with pytest.raises(DatabaseError, match=r"options.lock_wait_timeout = 1 s"):
+            dump_bytes(pg_spec(pg_database, options={"lock_wait_timeout": "1"}))
+    finally:
+        locker.kill()
+        locker.wait()
+        psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+             f"'{pg_database}' AND pid <> pg_backend_pid();")  # fmt: skip
+    assert postgresql.check_option("lock_wait_timeout", "0")
+    assert postgresql.check_option("lock_wait_timeout", "1 min")
+    assert postgresql.check_option("lock_wait_timeout", "30") is None

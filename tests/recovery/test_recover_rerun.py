@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from casbackup.errors import Interrupted, RecoveryError
+from casbackup.maintenance.tags import TagChange, change_tags
 from casbackup.recovery import execute
 from casbackup.recovery.execute import recover
-from casbackup.recovery.journal import JOURNAL_NAME, read_journal
+from casbackup.recovery.journal import JOURNAL_NAME, read_journal, target_lock
 from casbackup.recovery.plan import RecoverOptions, build_plan
 from casbackup.verify.sandbox import run_verification
 from tests.recovery.test_recover import tree
@@ -66,11 +68,12 @@ def test_a_rerun_finishes_an_interrupted_recovery(  # type: ignore[no-untyped-de
     assert journal is not None and journal.snapshot == snap.id
     assert journal.files == (str(target / "app"),)
     assert journal.databases == (f"sqlite:{target}/databases/local.sqlite",)
-    # What a kill in the middle of the files leaves: some of them are not there yet.
-    (target / "app" / "data" / "blob.bin").unlink()
+    # The files were restored whole before the stop: left as they are (a kill in the middle
+    # of the files: test_recover_resume.py); the database it began is loaded again.
     plan = build_plan(repo, RecoverOptions(app="shop", target=str(target), dry_run=True))
     assert plan.problems == ()
     assert [f.resumed for f in plan.files] == [True] and plan.databases[0].overwrite
+    assert plan.files[0].done_by and not plan.databases[0].done_by
     assert any("unfinished recovery of this snapshot" in w for w in plan.warnings)
 
     result = recover(repo, options)
@@ -159,3 +162,44 @@ def test_ctrl_c_while_restoring_files_stops_the_whole_recovery(  # type: ignore[
     assert (target / JOURNAL_NAME).exists()
     monkeypatch.setattr(execute, "restore", real_restore)
     assert recover(repo, RecoverOptions(app="shop", target=str(target))).ok
+
+
+def test_a_tag_change_between_the_runs_does_not_lock_the_target(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, shop, monkeypatch
+) -> None:
+    """Found by tagging the snapshot ('incident') after an interrupted recovery: the tag gave
+    it a new id, the journal named the old one, and the rerun was refused as 'an unfinished
+    recovery of snapshot X', advising --snapshot X, which named the same snapshot and was
+    refused again."""
+    app, snap = shop
+    target = tmp_path / "t"
+    options = RecoverOptions(app="shop", target=str(target))
+    with monkeypatch.context() as patch:
+        interrupt_while_loading(patch)
+        with pytest.raises(Interrupted):
+            recover(repo, options)
+    with repo.locked(exclusive=True):
+        change_tags(repo, [snap.id], TagChange(add=("incident",)))
+    result = recover(repo, options)
+    assert result.ok, result.errors
+    assert tree(target / "app") == tree(app) and rows(target / "databases" / "local.sqlite") == 200
+
+
+def test_a_second_recovery_into_the_same_target_is_refused_before_it_plans(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, shop
+) -> None:
+    """Found by starting the same recover in two terminals: both planned on the empty target,
+    then each restored over the other ('exists in the target'), both failed with half of
+    each in the target, and the later report replaced the other's."""
+    target = tmp_path / "t"
+    options = RecoverOptions(app="shop", target=str(target))
+    with target_lock(str(target)):  # the first recovery, running
+        with pytest.raises(RecoveryError) as exc:
+            recover(repo, options)
+        assert str(exc.value) == (
+            f"nothing was changed: another recovery into {target} is running (process "
+            f"{os.getpid()}): wait for it to end, or stop it and run this again"
+        )
+        assert not target.exists()
+        assert recover(repo, replace(options, dry_run=True)).plan.problems == ()  # reads only
+    assert recover(repo, options).ok  # once it ended
