@@ -58,11 +58,14 @@ def recovery_plan_doc(plan: RecoveryPlan) -> dict[str, object]:
         "app": plan.app, "snapshot": plan.snapshot.id, "target": plan.target,
         "verification": plan.verification.id if plan.verification else None,
         "verified": bool(plan.verification and plan.verification.ok),
+        # done_by: the start of the earlier run that recovered the part whole ("" when
+        # none did): a rerun leaves it as it is
         "files": [{"source": f.source, "target": f.target, "kind": f.kind, "files": f.files,
-                   "bytes": f.bytes} for f in plan.files],
+                   "bytes": f.bytes, "done_by": f.done_by} for f in plan.files],
         "databases": [{"name": d.record.name, "engine": d.spec.engine, "target": d.where,
                        "stored_location": d.stored, "dump_size": d.record.size,
-                       "overwrite": d.overwrite, "tables": len(d.record.row_counts)}
+                       "overwrite": d.overwrite and not d.done_by,
+                       "tables": len(d.record.row_counts), "done_by": d.done_by}
                       for d in plan.databases],
         "warnings": list(plan.warnings), "problems": list(plan.problems),
         "fallback": plan.fallback,

@@ -22,13 +22,24 @@ def print_plan(plan: RecoveryPlan) -> None:
         f"recover {plan.app!r} from snapshot {snap.short_id} ({snap.time[:19]} UTC, {state})"
     )
     for f in plan.files:
+        left = (
+            f", restored by the run started {f.done_by[:19]} UTC: left as it is"
+            if f.done_by
+            else ""
+        )
         click.echo(
             printable(
-                f"  files  {f.source} -> {f.target}  ({plural(f.files, 'file')}, {human_bytes(f.bytes)})"
+                f"  files  {f.source} -> {f.target}  ({plural(f.files, 'file')}, {human_bytes(f.bytes)}{left})"
             )
         )
     for d in plan.databases:
-        mode = ", replacing what is there" if d.overwrite else ""
+        mode = (
+            f", loaded by the run started {d.done_by[:19]} UTC: left as it is"
+            if d.done_by
+            else ", replacing what is there"
+            if d.overwrite
+            else ""
+        )
         click.echo(f"  db     {d.record.name} ({d.spec.engine}, dump {human_bytes(d.record.size)}, "
                    f"{plural(len(d.record.row_counts), 'table')}) -> {d.where}{mode}")  # fmt: skip
         if d.stored != d.where:
@@ -47,11 +58,18 @@ def print_plan(plan: RecoveryPlan) -> None:
 def print_result(result: RecoveryResult) -> None:
     doc = result.report or {}
     for f in doc.get("files", []):
+        if f.get("left_as_is"):
+            click.echo(printable(f"left {f['target']} as it is: {f['left_as_is'].split(';')[0]}"))
+            continue
         state = "ok" if not f["errors"] else f"{plural(len(f['errors']), 'error')}"
         click.echo(printable(f"restored {f['source']} -> {f['target']}: {plural(f['files'], 'file')}, "
                    f"{human_bytes(f['bytes'])} ({state})"))  # fmt: skip
     for d in doc.get("databases", []):
         state = "ok" if d["ok"] else f"FAILED: {d['error']}"
+        if d.get("left_as_is"):
+            click.echo(f"left database {d['name']} in {d['target']} as it is: "
+                       f"{d['left_as_is'].split(';')[0]} ({state})")  # fmt: skip
+            continue
         if d.get("loaded") is False:  # refused or failed: the database is as it was
             click.echo(f"did not load database {d['name']} into {d['target']} ({state})")
             continue

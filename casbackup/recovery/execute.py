@@ -112,9 +112,18 @@ def _recover(
             errors.extend(check.problems)
         elif (journal := _journal_started(plan, started, errors)) is not None:
             for item in plan.files:
+                if item.done_by:
+                    files.append(_files_left(plan, item, reporter))
+                    continue
                 doing = f"while restoring {item.source} to {item.target}"
+                n = len(errors)
                 files.append(_restore_files(repo, plan, item, options, reporter, errors, warnings))
+                if len(errors) == n:
+                    _note(journal.finished(item.target, started), warnings)
             for db in plan.databases:
+                if db.done_by:
+                    databases.append(_database_left(plan, db, reporter, errors))
+                    continue
                 doing = f"while loading database {db.record.name} into {db.where}"
                 # Its own just before the load begins (a kill then leaves it to a rerun),
                 # not before: one the load refuses, or never reaches, is not its to replace.
@@ -122,6 +131,8 @@ def _recover(
                 out = _restore_database(repo, plan, db, options, reporter, errors, warnings)
                 if out.get("loaded") is False and not db.resumed:
                     _note(journal.disown(db.where), warnings)  # left as it was
+                elif out.get("ok"):
+                    _note(journal.finished(db.where, started), warnings)
                 databases.append(out)
     except KeyboardInterrupt:
         interrupted = True
@@ -159,8 +170,10 @@ def _journal_started(plan: RecoveryPlan, started: str, errors: list[str]) -> Jou
     """Write the journal before the first byte goes to the target (see journal.py): every
     file item, and the databases an interrupted run of this recovery already began; None,
     with the error, when it cannot be written (then nothing is)."""
+    done = [(f.target, f.done_by) for f in plan.files if f.done_by]
+    done += [(d.where, d.done_by) for d in plan.databases if d.done_by]
     journal = Journal(plan.app, plan.snapshot.identity, started, tuple(f.target for f in plan.files),
-                      tuple(d.where for d in plan.databases if d.resumed))  # fmt: skip
+                      tuple(d.where for d in plan.databases if d.resumed), tuple(done))  # fmt: skip
     writer = JournalWriter(plan.target, journal)
     try:
         writer.start()
@@ -171,6 +184,40 @@ def _journal_started(plan: RecoveryPlan, started: str, errors: list[str]) -> Jou
         )
         return None
     return writer
+
+
+def _files_left(plan: RecoveryPlan, item: FileItem, reporter: Reporter) -> dict[str, Any]:
+    """The report of a file item an earlier run restored whole: left as it is (its counts
+    are the snapshot's)."""
+    note = f"restored by the earlier run started {item.done_by[:19]} UTC; left as it is"
+    reporter.info(f"{item.target}: {note}")
+    return {"source": item.source, "target": item.target, "kind": item.kind, "tree": "",
+            "files": item.files, "dirs": 0, "links": 0, "bytes": item.bytes, "errors": [],
+            "warnings": [], "left_as_is": note}  # fmt: skip
+
+
+def _database_left(
+    plan: RecoveryPlan, db: DatabaseItem, reporter: Reporter, errors: list[str]
+) -> dict[str, Any]:
+    """The report of a database an earlier run loaded whole: left as it is (the application
+    may have written to it since), its tables counted now; one that cannot be read now is
+    an error (--overwrite-databases loads it again)."""
+    record = db.record
+    note = f"loaded by the earlier run started {db.done_by[:19]} UTC; left as it is"
+    reporter.info(f"database {record.name} in {db.where}: {note}")
+    out: dict[str, Any] = {
+        "name": record.name, "engine": db.spec.engine, "target": db.where,
+        "stored_location": db.stored, "dump_path": record.path, "dump_size": record.size,
+        "dump_blake3": "", "overwrite": False, "expected_row_counts": dict(record.row_counts),
+        "row_counts": {}, "ok": True, "error": "", "loaded": True, "left_as_is": note,
+    }  # fmt: skip
+    try:
+        out["row_counts"] = dict(get_engine(db.spec.engine).row_counts(db.spec))
+    except CasError as exc:
+        out.update(ok=False, error=f"{note}, but it cannot be read now: {exc} "
+                   "(--overwrite-databases loads it again)")  # fmt: skip
+        errors.append(f"database {record.name}: {out['error']}")
+    return out
 
 
 def _note(warning: str | None, warnings: list[str]) -> None:

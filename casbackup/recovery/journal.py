@@ -43,12 +43,21 @@ class Journal:
     started: str  # ISO 8601 UTC
     files: tuple[str, ...]  # absolute target paths of the file items
     databases: tuple[str, ...]  # DatabaseItem.where of each database
+    # Of those, the parts restored or loaded whole and without error, each with the start
+    # time of the run that did it: a rerun leaves them as they are (the application may
+    # have been started on them meanwhile).
+    done: tuple[tuple[str, str], ...] = ()
 
     def encode(self) -> bytes:
         doc = {"version": JOURNAL_VERSION, "app": self.app, "snapshot": self.snapshot,
                "started": self.started, "files": list(self.files),
-               "databases": list(self.databases)}  # fmt: skip
+               "databases": list(self.databases),
+               "done": [{"part": part, "by": by} for part, by in self.done]}  # fmt: skip
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    def done_by(self, part: str) -> str:
+        """The start time of the run that finished `part` ("" when none did)."""
+        return next((by for p, by in self.done if p == part), "")
 
 
 def journal_path(target: str) -> str:
@@ -69,7 +78,15 @@ def read_journal(target: str) -> Journal | None:
             return None
         if not all(isinstance(t, str) for t in (app, snapshot, started, *files, *databases)):
             return None
-        return Journal(app, snapshot, started, tuple(files), tuple(databases))
+        done = doc.get("done", [])  # journals before it: nothing is known to be done
+        if not isinstance(done, list) or not all(
+            isinstance(d, dict) and isinstance(d.get("part"), str) and isinstance(d.get("by"), str)
+            for d in done
+        ):
+            return None
+        parts = (*files, *databases)
+        finished = tuple((d["part"], d["by"]) for d in done if d["part"] in parts)
+        return Journal(app, snapshot, started, tuple(files), tuple(databases), finished)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -107,6 +124,13 @@ class JournalWriter:
         if where in self.journal.databases:
             return None
         return self._write(replace(self.journal, databases=(*self.journal.databases, where)))
+
+    def finished(self, part: str, by: str) -> str | None:
+        """Record that `part` (a file item's target, a database's where) was restored
+        whole and without error by the run started at `by`."""
+        if self.journal.done_by(part):
+            return None
+        return self._write(replace(self.journal, done=(*self.journal.done, (part, by))))
 
     def disown(self, where: str) -> str | None:
         if where not in self.journal.databases:

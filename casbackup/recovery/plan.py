@@ -30,6 +30,7 @@ from casbackup.engines.base import (
     resolve_password,
 )
 from casbackup.errors import CasError, NotFound, RecoveryError, UnverifiedSnapshot, UsageError
+from casbackup.maintenance.rewrite import REWRITTEN_TAG
 from casbackup.recovery.connection import connection_spec, describe
 from casbackup.recovery.journal import Journal, journal_path, read_journal
 from casbackup.repo.repository import Repository
@@ -81,6 +82,9 @@ class FileItem:
     # Left half-restored by an interrupted recovery of this snapshot (its journal says so):
     # restored again, replacing what is there.
     resumed: bool = False
+    # Restored whole by an earlier run of this recovery (the start time of that run; its
+    # journal says so): left as it is, since the application may have been started on it.
+    done_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,9 @@ class DatabaseItem:
     # Loaded (or begun) by an interrupted recovery of this snapshot (its journal says so):
     # replaced, and kept in the journal of this run from its start.
     resumed: bool = False
+    # Loaded whole by an earlier run of this recovery (that run's start time): left as it
+    # is unless --overwrite-databases (the application may have written to it since).
+    done_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,17 @@ def choose_snapshot(
             )
     elif verified:
         snap = verified[-1]
+        # A rewritten copy (`casbackup rewrite` without --forget) has its original's time:
+        # of the two, the copy is what the user chose to keep (files taken out).
+        copies = [s for s in verified if s.start_ns == snap.start_ns and REWRITTEN_TAG in s.tags]
+        snap = copies[-1] if copies else snap
+        warnings.extend(
+            f"snapshot {_describe_snap(s, latest.get(s.identity))} is a rewritten copy of it "
+            f"(files taken out) and is not verified: 'casbackup verify {s.short_id}' lets "
+            "recover use it"
+            for s in snaps
+            if s.start_ns == snap.start_ns and REWRITTEN_TAG in s.tags and s not in verified
+        )
         newer = [s for s in snaps if s.start_ns > snap.start_ns]
         if newer:
             warnings.append(
@@ -296,7 +314,8 @@ def _resumable(
         return none
     warnings.append(
         f"the target holds an unfinished recovery of this snapshot (started "
-        f"{journal.started[:19]}, see {where}): what it wrote is restored again"
+        f"{journal.started[:19]}, see {where}): what it finished is left as it is, what it "
+        "began is restored again"
     )
     return journal
 
@@ -391,15 +410,14 @@ def build_plan(
         kind = "dir" if node.kind == NodeKind.DIR else "file"
         into = dest if kind == "dir" else target
         again = dest in resumed.files
-        items.append(FileItem(source, dest, into, kind, files, size, again))
+        done = resumed.done_by(dest) if again and os.path.lexists(dest) else ""
+        items.append(FileItem(source, dest, into, kind, files, size, again, done))
         if _not_empty(dest) and not again:
             problems.append(
                 f"{dest} already exists in the target and is not empty (remove it, or "
                 "choose another --target)"
             )
-    databases = _plan_databases(
-        snap, options, target, tuple(items), resumed.databases, warnings, problems
-    )
+    databases = _plan_databases(snap, options, target, tuple(items), resumed, warnings, problems)
     local_bytes = sum(f.bytes for f in items) + sum(
         d.record.size
         for d in databases
@@ -438,7 +456,7 @@ def _plan_databases(
     options: RecoverOptions,
     target: str,
     items: tuple[FileItem, ...],
-    resumed: tuple[str, ...],
+    resumed: Journal,
     warnings: list[str],
     problems: list[str],
 ) -> tuple[DatabaseItem, ...]:
@@ -508,13 +526,30 @@ def _plan_databases(
             continue
         where = describe(spec)
         # A database an interrupted run of this recovery began to load is replaced too.
-        replace_it = options.overwrite_databases or replaces_raw or where in resumed
-        item = DatabaseItem(record, spec, where, replace_it, was, where in resumed)
+        again = where in resumed.databases
+        replace_it = options.overwrite_databases or replaces_raw or again
+        done = resumed.done_by(where) if again and not options.overwrite_databases else ""
+        if done and not options.dry_run and _gone(spec):
+            done = ""  # removed since (the operator starting over): loaded again
+        item = DatabaseItem(record, spec, where, replace_it, was, again, done)
         problem = _preflight(item, connect=not options.dry_run)
         if problem:
             problems.append(problem)
         out.append(item)
     return tuple(out)
+
+
+def _gone(spec: DatabaseSpec) -> bool:
+    """Whether the database an earlier run loaded is no longer there (dropped, or emptied):
+    False when that cannot be told (a server that does not answer: the run says so)."""
+    if spec.engine == "sqlite":
+        return not (spec.path and os.path.exists(spec.path))
+    try:
+        engine = get_engine(spec.engine)
+        holds = getattr(engine, "holds_content", None)
+        return not (holds(spec) if holds is not None else engine.row_counts(spec))
+    except CasError:
+        return False
 
 
 def _preflight(item: DatabaseItem, *, connect: bool) -> str | None:

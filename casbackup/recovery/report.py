@@ -120,6 +120,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
             )
     else:
         lines.append("No databases were restored.")
+    left = [p for p in (*doc["files"], *doc["databases"]) if p.get("left_as_is")]
+    if left:
+        lines += ["", "## Left as an earlier run recovered them", ""]
+        lines += [f"- `{p['target']}`: {p['left_as_is']}" for p in left]
     for title, key in (("Errors", "errors"), ("Warnings", "warnings")):
         if doc[key]:
             lines += ["", f"## {title}", ""] + [f"- {m}" for m in doc[key]]

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 # Flush a partial index during long backups so an interrupted run keeps its work (restic: 50k/10 min).
 INDEX_FLUSH_BLOBS = 50_000
 INDEX_FLUSH_SECONDS = 60
+RESYNC_SECONDS = 5.0  # a read that finds a pack missing syncs the index at most this often
 INDEX_FLUSH_PACKS = 8  # also every 8 packs (128 MiB by default): a kill loses little work
 
 
@@ -96,6 +97,8 @@ class BlobStore(DeltaWriting):
         self._pending: dict[bytes, Location] = {}  # in stored packs, not yet in an index file
         self._pending_packs: dict[FileId, list[tuple[BlobId, Location]]] = {}
         self._last_index_flush = time.monotonic()
+        self._last_resync = -float("inf")  # _resync_after_missing_pack
+        self._resyncs = 0  # how many of those changed the index
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
         # Remote stores: full packs are stored in the background (repo/uploader.py).
@@ -123,13 +126,13 @@ class BlobStore(DeltaWriting):
                 "to upgrade it (older casbackup versions cannot open it afterwards)"
             )
 
-    def confirm_locks(self) -> None:
+    def confirm_locks(self, *, renew: bool = True) -> None:
         """Raise LockError when a lock this handle holds was taken away while it was held
         (deemed stale by another client, which may have pruned meanwhile): what this run
-        would commit may name data that is gone (lock.py ``Lock.confirm``). Without a lock
-        (tests, ``copy``'s own handling) nothing is checked."""
+        would commit may name data that is gone (lock.py ``Lock.confirm``; ``renew``: and
+        renew them). Without a lock (tests, a command that reads) nothing is checked."""
         for lock in list(self.held_locks):
-            lock.confirm()
+            lock.confirm(renew=renew)
 
     def close(self) -> None:
         if self._uploader is not None:
@@ -502,7 +505,42 @@ class BlobStore(DeltaWriting):
         """A blob's full plaintext. ``kind`` DATA also accepts a DELTA blob and TREE a
         TREE_DELTA (resolved through its chain of bases, at most ``delta.MAX_DEPTH`` deep,
         two plaintexts in memory at a time, the result checked against its id). Raises
-        NotFound, IntegrityError."""
+        NotFound, IntegrityError.
+
+        A pack the index names but the store lacks may have been repacked or deleted by
+        another client's prune since this handle synced its index (a long-lived reader such
+        as the service): the index is synced again and the blob read from where it is now.
+        A pack still missing with the index unchanged is damage (NotFound)."""
+        synced = self._resyncs
+        try:
+            return self._load_blob(blob_id, kind)
+        except NotFound:
+            if synced == self._resyncs and not self._resync_after_missing_pack():
+                raise
+        return self._load_blob(blob_id, kind)
+
+    def _resync_after_missing_pack(self) -> bool:
+        """Sync the index after a read found a pack missing; True when it changed (the
+        read is worth another try; a read that failed meanwhile in another thread retries
+        too). At most once per RESYNC_SECONDS: a damaged repository with many missing packs
+        costs one listing, not one per blob."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_resync < RESYNC_SECONDS:
+                return False
+            self._last_resync = now
+        cache = self.cache
+        before = cache.known_files()
+        for message in self.sync_index():
+            if message not in self.alerts:
+                self.alerts.append(message)
+        if cache.known_files() == before:
+            return False
+        with self._lock:
+            self._resyncs += 1
+        return True
+
+    def _load_blob(self, blob_id: BlobId, kind: Kind | None) -> bytes:
         loc = self.locate(blob_id)
         if kind is not None and loc.kind != kind and FULL_KIND.get(loc.kind) != kind:
             raise IntegrityError(

@@ -194,10 +194,11 @@ class Lock:
         """Replace this lock's file by a new one (caller holds ``_mutex``). The old file
         is deleted only after the new one is stored and the old one is seen still there:
         the files cover the run without a gap. An old file already gone was deleted by
-        someone else (it looked stale): the lock is ``lost``. Raises CasError when the
-        store fails (the old file stays in force)."""
+        someone else (it looked stale): the lock is ``lost``, for good, and renewed still
+        (a mount or the service's reads go on: from now on nothing is pruned under them).
+        Raises CasError when the store fails (the old file stays in force)."""
         old = self.name
-        if old is None or self.lost is not None:
+        if old is None:
             return
         new = self._write()
         try:
@@ -207,24 +208,24 @@ class Lock:
             raise
         self.name = new
         if not still:
-            self.lost = _lost_message()
+            self.lost = self.lost or _lost_message()
             with _held_mutex:
                 _held.discard(old)
             return
         self._delete(old)
 
-    def confirm(self) -> None:
+    def confirm(self, *, renew: bool = True) -> None:
         """Make sure this lock has been held without a break since it was taken, and
-        renew it: called before a writer commits (an index file, a snapshot) and before
-        prune deletes. Raises LockError when its file was deleted by someone else (it may
-        have been taken for stale, and a prune may have run meanwhile), CasError when the
-        store cannot tell."""
+        renew it (unless not ``renew``): called before a writer commits (an index file, a
+        snapshot) and before prune deletes. Raises LockError when its file was deleted by
+        someone else (it may have been taken for stale, and a prune may have run
+        meanwhile), CasError when the store cannot tell."""
         with self._mutex:
             if self.name is None:
                 raise LockError("the repository lock was released; nothing more is stored")
             if self.lost is None and not self._repo.backend.exists(self.name):
                 self.lost = _lost_message()
-            if self.lost is None:
+            if self.lost is None and renew:
                 try:
                     self._renew()  # fresh for the next STALE_AFTER seconds
                 except CasError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from casbackup.errors import AmbiguousId, CasError, IntegrityError, NotFound
+from casbackup.errors import AmbiguousId, CasError, IntegrityError, LockError, NotFound
 from casbackup.repo import codec, delta
 from casbackup.repo.blobstore import BlobStore
 from casbackup.repo.ids import BlobId, FileId, Kind
@@ -177,6 +177,21 @@ class SnapshotStore(BlobStore):
         self.confirm_locks()
         fid = self.save_file_object("snapshots", Kind.SNAPSHOT, snap.encode())
         remember_snapshot(self.state, fid)
+        try:
+            self.confirm_locks(renew=False)
+        except LockError as exc:
+            # Taken for stale right between the check and the write (a pause of the whole
+            # stale limit there): a prune may have removed what it names. Withdrawn.
+            try:
+                self.delete_snapshot(fid)
+            except CasError:
+                raise LockError(
+                    f"{exc}; snapshot {fid[:8]} was written meanwhile and may name data that "
+                    "is gone: run 'casbackup check'"
+                ) from None
+            raise
+        except CasError:
+            pass  # cannot tell: the lock was renewed an instant before the write
         return snap.with_id(fid)
 
     def load_snapshot(self, fid: str) -> Snapshot:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casbackup import procs
-from casbackup.errors import CasError, StorageError, UsageError
+from casbackup.errors import CasError, LockError, StorageError, UsageError
 from casbackup.repo import delta
 from casbackup.repo.ids import FULL_KIND, BlobId, FileId, Kind
 from casbackup.repo.index import (
@@ -170,7 +170,7 @@ class Checker(SnapshotWalk):
         if not self.options.read_data:
             self._apply_walk(self._walk_snapshots())
             skipped_warnings(self.repo.backend)  # reported above as errors, once
-            return self.report
+            return self._held_throughout()
         # The snapshot walk (load every tree, look every chunk up) runs in a thread while
         # the helpers read packs, where this process mostly waits: it cost ~1.2 s after
         # the reading. Damage found by the reading is named by walking again.
@@ -181,6 +181,23 @@ class Checker(SnapshotWalk):
             found = self._walk_snapshots()
         self._apply_walk(found)
         skipped_warnings(self.repo.backend)  # reported above as errors, once
+        return self._held_throughout()
+
+    def _held_throughout(self) -> CheckReport:
+        """The report, unless it found problems after this check's lock was taken for
+        stale (paused past the limit, a clock behind): another client's prune may have
+        run under it, and what looks missing may have been moved or rightly deleted. Then
+        LockError (exit 11) says to check again, instead of reporting damage."""
+        if self.report.errors:
+            try:
+                self.repo.confirm_locks(renew=False)
+            except LockError:
+                raise LockError(
+                    "this check's repository lock was removed by another client while it ran "
+                    "(it looked stale: paused past the stale limit, a clock behind, or "
+                    f"'casbackup unlock --remove-all'): the {plural(len(self.report.errors), 'problem')} "
+                    "it found may be that client's prune, not damage; run check again"
+                ) from None
         return self.report
 
     def _odd_entries(self) -> None:

@@ -109,8 +109,11 @@ def test_the_refresh_notices_a_lock_removed_under_it(
         while held.lost is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert held.lost is not None
-        # Its new lock file stays until it ends: others still see a running process.
-        assert len(os.listdir(repo_path / "locks")) == 1
+        # Its lock file is still renewed until it ends: others see a running process.
+        first = held.name
+        while held.name == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert held.name != first and len(os.listdir(repo_path / "locks")) == 1
         with pytest.raises(LockError):
             backup.confirm_locks()
         held.release()
@@ -202,3 +205,34 @@ def test_a_prune_passed_over_while_paused_deletes_nothing(
         held.release()
     finally:
         first.close()
+
+
+def test_a_snapshot_written_after_its_lock_was_taken_is_withdrawn(
+    repo_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pause falls between the last check and the snapshot's write: the snapshot is
+    written, then found unprotected, and deleted again."""
+    from casbackup.repo.snapshot import Snapshot
+
+    backup = open_repo(str(repo_path))
+    try:
+        held = backup.lock(command="casbackup backup")
+        tree = backup.save_tree([])
+        snap = Snapshot(
+            time="2026-01-01T00:00:00Z", start_ns=time.time_ns(), host="h", user="u",
+            paths=("/x",), tree=tree.hex(),
+        )  # fmt: skip
+        real = backup.save_file_object
+
+        def save(directory: str, kind: Kind, data: bytes) -> str:
+            if directory == "snapshots":
+                _pass_over(repo_path, held.name or "", monkeypatch)
+            return real(directory, kind, data)
+
+        monkeypatch.setattr(backup, "save_file_object", save)
+        with pytest.raises(LockError):
+            backup.save_snapshot(snap)
+        assert os.listdir(repo_path / "snapshots") == []
+        held.release()
+    finally:
+        backup.close()

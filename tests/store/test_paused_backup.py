@@ -27,23 +27,38 @@ import os, signal, sys
 from casbackup.repo import lock
 from casbackup.repo.snapshotstore import SnapshotStore
 lock.STALE_AFTER = 2.0
+if os.environ.get("CLOCK_BEHIND"):  # this client's clock runs behind the others'
+    import time, types
+    behind = float(os.environ["CLOCK_BEHIND"])
+    lock.time = types.SimpleNamespace(time=lambda: time.time() - behind)
 if os.environ.get("PAUSE_BEFORE_COMMIT"):
     save = SnapshotStore.save_snapshot
     def paused(self, snap):
         os.kill(os.getpid(), signal.SIGSTOP)
         return save(self, snap)
     SnapshotStore.save_snapshot = paused
+if os.environ.get("PAUSE_BEFORE_READING"):  # check --read-data: its plan made, no pack read
+    from casbackup.verify.check import Checker
+    read = Checker._read_packs
+    def paused_read(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return read(self, *args, **kwargs)
+    Checker._read_packs = paused_read
 from casbackup.cli.main import main
 sys.argv[0] = "casbackup"
 main()
 """
 
 
-def _cli(repo: str, *args: str, pause: bool = False) -> subprocess.Popen[bytes]:
+def _cli(repo: str, *args: str, pause: bool = False, behind: float = 0) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CASBACKUP_PASSWORD": PASSWORD}
     env.pop("PAUSE_BEFORE_COMMIT", None)
+    env.pop("CLOCK_BEHIND", None)
+    env.pop("PAUSE_BEFORE_READING", None)
     if pause:
-        env["PAUSE_BEFORE_COMMIT"] = "1"
+        env["PAUSE_BEFORE_READING" if "check" in args else "PAUSE_BEFORE_COMMIT"] = "1"
+    if behind:
+        env["CLOCK_BEHIND"] = str(behind)
     return subprocess.Popen(
         [sys.executable, "-c", _CLI, "-r", repo, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -112,3 +127,56 @@ def test_a_backup_paused_past_the_stale_limit_while_prune_runs_commits_nothing(
     assert (target / src.relative_to("/") / "kept.bin").read_bytes() == (
         src / "kept.bin"
     ).read_bytes()
+
+
+@pytest.mark.slow
+def test_a_backup_whose_clock_runs_behind_commits_nothing_after_a_prune(tmp_path: Path) -> None:
+    """Its lock looks older than the stale limit to the others from the start: a prune
+    removes it at once. The backup (stopped before it commits, so that the prune surely
+    lands inside it) then refuses to commit, as a paused one does."""
+    location = str(tmp_path / "repo")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kept.bin").write_bytes(os.urandom(300_000))
+    _ok(location, "init")
+    first = json.loads(_ok(location, "--json", "backup", str(src)).splitlines()[-1])
+    (src / "new.bin").write_bytes(os.urandom(100_000))
+    backup = _cli(location, "backup", str(src), pause=True, behind=3600)
+    try:
+        _wait_stopped(backup.pid)
+        _ok(location, "forget", first["snapshot_id"], "--prune")
+    finally:
+        backup.send_signal(signal.SIGCONT)
+    _out, err = backup.communicate(timeout=120)
+    assert backup.returncode == 11, err.decode()
+    assert "nothing more was committed" in err.decode()
+    _ok(location, "check", "--read-data")
+
+
+@pytest.mark.slow
+def test_a_check_paused_while_prune_repacked_reports_no_false_damage(tmp_path: Path) -> None:
+    """A check --read-data paused past the stale limit after listing the packs: a prune
+    takes its lock for stale and repacks. Before, the check went on and reported every
+    pack the prune had deleted as damage (exit 29, 'the repository has 6 problems'),
+    inviting a 'repair' of a healthy repository; now it says its lock was taken and to
+    check again (exit 11)."""
+    location = str(tmp_path / "repo")
+    src = tmp_path / "src"
+    src.mkdir()
+    _ok(location, "init", "--pack-size", "1")
+    for i in range(3):
+        (src / f"f{i}.bin").write_bytes(os.urandom(400_000))
+        _ok(location, "backup", str(src))
+        (src / f"f{i}.bin").unlink()
+    check = _cli(location, "check", "--read-data", pause=True)
+    try:
+        _wait_stopped(check.pid)
+        time.sleep(2.5)
+        _ok(location, "forget", "--keep-last", "1", "--prune", "--max-unused", "0")
+    finally:
+        check.send_signal(signal.SIGCONT)
+    _out, err = check.communicate(timeout=120)
+    assert check.returncode == 11, err.decode()
+    errors = [line for line in err.decode().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not damage; run check again" in errors[0], err.decode()
+    _ok(location, "check", "--read-data")
