@@ -95,6 +95,15 @@ SNAPSHOT_MARKERS = (b"-- Table structure for table ", b"-- Temporary table struc
 _TRAILER = b"-- Dump completed"
 
 
+def _lock_wait(spec: DatabaseSpec) -> int:
+    """options.lock_wait_timeout in seconds (default 60); DatabaseError when malformed."""
+    value = spec.options.get("lock_wait_timeout", "60")
+    problem = check_option("lock_wait_timeout", value)
+    if problem:
+        raise DatabaseError(f"database {spec.name!r}: options.lock_wait_timeout {problem}")
+    return int(value)
+
+
 def _completed(tail: bytes) -> bool:
     """Whether a dump's last line is the tool's trailer: the words in a row of a dump cut
     short after them (a comment a user typed) are none."""
@@ -232,14 +241,11 @@ class MysqlEngine:
         was taken under them); None when the lock could not be had (the caller then counts
         without it). The counts are taken later in the second session's snapshot, after
         the lock is gone: writers wait only for the dump tool to start, whatever the size."""
-        timeout = spec.options.get("lock_wait_timeout", "60")
-        if check_option("lock_wait_timeout", timeout):
-            raise DatabaseError(f"database {spec.name!r}: options.lock_wait_timeout "
-                                f"{check_option('lock_wait_timeout', timeout)}")  # fmt: skip
+        timeout = _lock_wait(spec)
         locks = ", ".join(f"{quote_ident(db)}.{quote_ident(t)} READ" for t in tables)
         lock = self._session(spec)
         try:
-            lock.query(f"SET SESSION lock_wait_timeout = {int(timeout)}; LOCK TABLES {locks};")
+            lock.query(f"SET SESSION lock_wait_timeout = {timeout}; LOCK TABLES {locks};")
         except DatabaseError:
             lock.close()
             return None
@@ -285,6 +291,7 @@ class MysqlEngine:
         user = self._check_visible(spec, db, tables + versioned, version)
         history = self._history_flags(spec, db, versioned)
         # From here to the tool's first table, writers to these tables wait (see above).
+        self._wait_readable(spec, db, tables + versioned)
         held = None
         loose = self._untransacted(spec, db)  # no snapshot holds these: never exact
         if tables and spec.option_bool("consistent_counts", True):
@@ -338,6 +345,27 @@ class MysqlEngine:
                 advise=lambda err: dump_advice(err, db, user, version),
             )
             return stream
+
+    def _wait_readable(self, spec: DatabaseSpec, db: str, tables: list[str]) -> None:
+        """Fail unless every table can be read within options.lock_wait_timeout: the dump
+        tool takes no lock timeout, and waits behind a table locked for writing (LOCK
+        TABLES ... WRITE, ALTER TABLE) for the server's lock_wait_timeout, a day."""
+        if not tables:
+            return
+        wait = _lock_wait(spec)
+        probe = " UNION ALL ".join(
+            f"(SELECT 1 FROM {quote_ident(db)}.{quote_ident(t)} WHERE 0)" for t in tables
+        )
+        try:
+            self._client(spec, f"SET SESSION lock_wait_timeout = {wait}; {probe};")
+        except DatabaseError as exc:
+            if "Lock wait timeout exceeded" not in str(exc):
+                raise
+            raise DatabaseError(
+                f"database {spec.name!r}: a table of {db} stayed locked by another session "
+                f"(LOCK TABLES ... WRITE, ALTER TABLE) for over options.lock_wait_timeout = "
+                f"{wait} s; not backed up"
+            ) from None
 
     def _untransacted(self, spec: DatabaseSpec, db: str) -> bool:
         """Whether a base table of `db` has an engine without transactions (MyISAM, ...)."""

@@ -529,12 +529,27 @@ def _plan_databases(
         again = where in resumed.databases
         replace_it = options.overwrite_databases or replaces_raw or again
         done = resumed.done_by(where) if again and not options.overwrite_databases else ""
+        if done and not options.dry_run and _gone(spec):
+            done = ""  # removed since (the operator starting over): loaded again
         item = DatabaseItem(record, spec, where, replace_it, was, again, done)
         problem = _preflight(item, connect=not options.dry_run)
         if problem:
             problems.append(problem)
         out.append(item)
     return tuple(out)
+
+
+def _gone(spec: DatabaseSpec) -> bool:
+    """Whether the database an earlier run loaded is no longer there (dropped, or emptied):
+    False when that cannot be told (a server that does not answer: the run says so)."""
+    if spec.engine == "sqlite":
+        return not (spec.path and os.path.exists(spec.path))
+    try:
+        engine = get_engine(spec.engine)
+        holds = getattr(engine, "holds_content", None)
+        return not (holds(spec) if holds is not None else engine.row_counts(spec))
+    except CasError:
+        return False
 
 
 def _preflight(item: DatabaseItem, *, connect: bool) -> str | None:

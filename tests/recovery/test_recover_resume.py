@@ -103,3 +103,29 @@ def test_a_part_the_earlier_run_did_not_finish_is_restored_again(  # type: ignor
     assert result.ok, result.errors
     assert tree(target / "app") == tree(app) and rows(target / "databases" / "local.sqlite") == 200
     assert "left_as_is" not in json.loads((target / "recovery-report.json").read_text())["files"][0]
+
+
+def test_a_finished_database_removed_since_is_loaded_again(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator starting over removes what the earlier run wrote but leaves its journal:
+    a database it finished and that is gone now is loaded, not reported unreadable."""
+    app, local = make_app(tmp_path)
+    backup(repo, app, [local, second_db(tmp_path)])
+    target = tmp_path / "t"
+    options = RecoverOptions(app="shop", target=str(target), allow_unverified=True)
+    real = execute._restore_database
+
+    def stopped_at_second(repo: Any, plan: Any, db: Any, *args: Any) -> Any:
+        if db.record.name == "second":
+            raise KeyboardInterrupt
+        return real(repo, plan, db, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(execute, "_restore_database", stopped_at_second)
+        with pytest.raises(Interrupted):
+            recover(repo, options)
+    (target / "databases" / "local.sqlite").unlink()
+    result = recover(repo, options)
+    assert result.ok, result.errors
+    assert rows(target / "databases" / "local.sqlite") == 200
