@@ -353,11 +353,13 @@ class MysqlEngine:
         if not tables:
             return
         wait = _lock_wait(spec)
-        probe = " UNION ALL ".join(
-            f"(SELECT 1 FROM {quote_ident(db)}.{quote_ident(t)} WHERE 0)" for t in tables
+        reads = [f"(SELECT 1 FROM {quote_ident(db)}.{quote_ident(t)} WHERE 0)" for t in tables]
+        # 100 tables a statement: a statement opens all its tables at once.
+        probe = "".join(
+            f"{' UNION ALL '.join(reads[i : i + 100])};" for i in range(0, len(reads), 100)
         )
         try:
-            self._client(spec, f"SET SESSION lock_wait_timeout = {wait}; {probe};")
+            self._client(spec, f"SET SESSION lock_wait_timeout = {wait}; {probe}")
         except DatabaseError as exc:
             if "Lock wait timeout exceeded" not in str(exc):
                 raise
