@@ -30,7 +30,9 @@ lock.STALE_AFTER = 2.0
 if os.environ.get("CLOCK_BEHIND"):  # this client's clock runs behind the others'
     import time, types
     behind = float(os.environ["CLOCK_BEHIND"])
-    lock.time = types.SimpleNamespace(time=lambda: time.time() - behind)
+    lock.time = types.SimpleNamespace(
+        time=lambda: time.time() - behind, monotonic=time.monotonic
+    )
 if os.environ.get("PAUSE_BEFORE_COMMIT"):
     save = SnapshotStore.save_snapshot
     def paused(self, snap):
