@@ -295,3 +295,26 @@ def test_a_repair_index_passed_over_writes_no_index(
         held.release()
     finally:
         repo.close()
+
+
+def test_a_repair_packs_passed_over_writes_no_index(
+    repo_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As repair index: a repair packs whose lock was taken for stale replaces no index."""
+    from casbackup.verify.repair_packs import repair_packs, resolve_packs
+
+    sid = _one_snapshot(repo_path, tmp_path)
+    repo = open_repo(str(repo_path))
+    try:
+        held = repo.lock(exclusive=True, command="casbackup repair packs")
+        snap = repo.load_snapshot(repo.snapshot_id_of(sid))
+        pack = repo.locate(snap.root).pack
+        before = _files(repo_path, "index")
+        _pass_over(repo_path, held.name or "", monkeypatch)
+        with pytest.raises(LockError):
+            repair_packs(repo, resolve_packs(repo, [pack]))
+        assert _files(repo_path, "index") == before
+        assert repo.backend.exists(f"data/{pack[:2]}/{pack}")
+        held.release()
+    finally:
+        repo.close()
