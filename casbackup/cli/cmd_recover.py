@@ -139,6 +139,15 @@ def recover_cmd(
             emit_json({"message_type": "recover_plan", **recovery_plan_doc(result.plan)})
         else:
             print_plan(result.plan)
+            unasked = [d.record.name for d in result.plan.databases
+                       if d.spec.engine != "sqlite" and not d.overwrite]  # fmt: skip
+            if unasked:
+                # A dry run connects to no server (plan.py): the real run may still refuse.
+                click.echo(
+                    f"  not checked: whether {', '.join(unasked)} already "
+                    f"{'holds' if len(unasked) == 1 else 'hold'} data on the server (the "
+                    "recovery refuses a database that does, unless --overwrite-databases)"
+                )
             click.echo("dry run: nothing was changed")
         if result.plan.problems:  # the real run would refuse to start: say so in the exit code
             raise RecoveryError(

@@ -13,6 +13,8 @@ Flags, and why:
   dump of any row larger than that, however much the server allows.
 - no `--databases`: the dump has no CREATE DATABASE/USE, so it loads into any database name
   (a scratch database for verification, or `--into` another name).
+- `--dump-history` (mariadb-dump 10.11+, a database with system-versioned tables): their
+  history too, not only their current rows.
 
 Credentials (user, password, host, port) go in an option file that is an anonymous pipe,
 `--defaults-extra-file=/dev/fd/N`: never argv (visible in `ps`), never a file on disk.
@@ -24,14 +26,13 @@ kept until the dump tool's output shows that its `--single-transaction` snapshot
 (the tool starts its transaction before it writes any table: the first "Table structure"
 comment proves it). No write can commit between the two snapshots, so they hold the same
 rows; the second session counts them after the dump, lock long gone. Writers are held for
-the tool's start-up only, not for the counting (measured: 40-50 ms with 200k rows, 71-74 ms
-with 1.5M rows), and `lock_wait_timeout` (seconds, default 60) bounds how long the lock itself
-may wait for long transactions. When the lock cannot be had (no LOCK TABLES privilege, a
-timeout, a table dropped meanwhile) or `consistent_counts = false`, the counts are taken just
-before the dump, as before, and the record says so (properties "row_counts_consistent":
-false): a verifier then tolerates count drift. So does a database with a table of an engine
-without transactions (MyISAM, Aria, MEMORY): the tool reads it when it gets to it, not in
-its snapshot, and the counts cannot match it exactly.
+the tool's start-up only (measured: 71-74 ms with 1.5M rows). `lock_wait_timeout` (seconds,
+default 60) bounds how long the lock may wait, and how long a table may stay locked for
+writing before the dump fails (the tool itself takes no lock timeout). When the lock cannot
+be had (no LOCK TABLES privilege, a timeout, a table dropped meanwhile), with
+`consistent_counts = false`, or with a table of an engine without transactions (MyISAM, Aria,
+MEMORY: the tool reads it outside its snapshot), the record says the counts are not exact
+(properties "row_counts_consistent": false): a verifier then tolerates count drift.
 
 Routines, triggers, events and views round-trip: `--routines --events --triggers`, and the
 tool writes views after every table (with placeholder tables first, so views over views load
@@ -93,6 +94,15 @@ _BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # The tool writes these only after its consistent snapshot exists (see the module docstring).
 SNAPSHOT_MARKERS = (b"-- Table structure for table ", b"-- Temporary table structure for view ")
 _TRAILER = b"-- Dump completed"
+
+
+def _lock_wait(spec: DatabaseSpec) -> int:
+    """options.lock_wait_timeout in seconds (default 60); DatabaseError when malformed."""
+    value = spec.options.get("lock_wait_timeout", "60")
+    problem = check_option("lock_wait_timeout", value)
+    if problem:
+        raise DatabaseError(f"database {spec.name!r}: options.lock_wait_timeout {problem}")
+    return int(value)
 
 
 def _completed(tail: bytes) -> bool:
@@ -232,14 +242,11 @@ class MysqlEngine:
         was taken under them); None when the lock could not be had (the caller then counts
         without it). The counts are taken later in the second session's snapshot, after
         the lock is gone: writers wait only for the dump tool to start, whatever the size."""
-        timeout = spec.options.get("lock_wait_timeout", "60")
-        if check_option("lock_wait_timeout", timeout):
-            raise DatabaseError(f"database {spec.name!r}: options.lock_wait_timeout "
-                                f"{check_option('lock_wait_timeout', timeout)}")  # fmt: skip
+        timeout = _lock_wait(spec)
         locks = ", ".join(f"{quote_ident(db)}.{quote_ident(t)} READ" for t in tables)
         lock = self._session(spec)
         try:
-            lock.query(f"SET SESSION lock_wait_timeout = {int(timeout)}; LOCK TABLES {locks};")
+            lock.query(f"SET SESSION lock_wait_timeout = {timeout}; LOCK TABLES {locks};")
         except DatabaseError:
             lock.close()
             return None
@@ -285,6 +292,7 @@ class MysqlEngine:
         user = self._check_visible(spec, db, tables + versioned, version)
         history = self._history_flags(spec, db, versioned)
         # From here to the tool's first table, writers to these tables wait (see above).
+        self._wait_readable(spec, db, tables + versioned)
         held = None
         loose = self._untransacted(spec, db)  # no snapshot holds these: never exact
         if tables and spec.option_bool("consistent_counts", True):
@@ -338,6 +346,29 @@ class MysqlEngine:
                 advise=lambda err: dump_advice(err, db, user, version),
             )
             return stream
+
+    def _wait_readable(self, spec: DatabaseSpec, db: str, tables: list[str]) -> None:
+        """Fail unless every table can be read within options.lock_wait_timeout: the dump
+        tool takes no lock timeout, and waits behind a table locked for writing (LOCK
+        TABLES ... WRITE, ALTER TABLE) for the server's lock_wait_timeout, a day."""
+        if not tables:
+            return
+        wait = _lock_wait(spec)
+        reads = [f"(SELECT 1 FROM {quote_ident(db)}.{quote_ident(t)} WHERE 0)" for t in tables]
+        # 100 tables a statement: a statement opens all its tables at once.
+        probe = "".join(
+            f"{' UNION ALL '.join(reads[i : i + 100])};" for i in range(0, len(reads), 100)
+        )
+        try:
+            self._client(spec, f"SET SESSION lock_wait_timeout = {wait}; {probe}")
+        except DatabaseError as exc:
+            if "Lock wait timeout exceeded" not in str(exc):
+                raise
+            raise DatabaseError(
+                f"database {spec.name!r}: a table of {db} stayed locked by another session "
+                f"(LOCK TABLES ... WRITE, ALTER TABLE) for over options.lock_wait_timeout = "
+                f"{wait} s; not backed up"
+            ) from None
 
     def _untransacted(self, spec: DatabaseSpec, db: str) -> bool:
         """Whether a base table of `db` has an engine without transactions (MyISAM, ...)."""

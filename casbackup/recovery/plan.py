@@ -33,6 +33,7 @@ from casbackup.errors import CasError, NotFound, RecoveryError, UnverifiedSnapsh
 from casbackup.maintenance.rewrite import REWRITTEN_TAG
 from casbackup.recovery.connection import connection_spec, describe
 from casbackup.recovery.journal import Journal, journal_path, read_journal
+from casbackup.recovery.notices import not_in_snapshot, verification_warnings
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
 from casbackup.repo.snapshotstore import no_snapshot_of
@@ -357,6 +358,7 @@ def build_plan(
     """
     records = records or list_records(repo)
     snap, record, warnings = choose_snapshot(repo, options, records)
+    warnings.extend(verification_warnings(snap, record))
     target = os.path.abspath(options.target)
     problems: list[str] = []
     unwritable = _target_problem(target)
@@ -368,7 +370,11 @@ def build_plan(
     paths = tuple(p for p in snap.paths if isinstance(p, str))
     if len(paths) != len(snap.paths):
         warnings.append("the snapshot records source paths that are not text; they are skipped")
-    warnings.extend(_not_in_snapshot(snap, options, paths))
+    warnings.extend(
+        not_in_snapshot(
+            snap, options.configured_sources, options.configured if options.databases else {}, paths
+        )
+    )
     for source, name in _dest_names(paths).items():
         try:
             node = repo.find_node(snap.root, source)
@@ -429,26 +435,6 @@ def build_plan(
     fallback = older_verified(repo, snap, records) if damaged else ""
     return RecoveryPlan(options.app, snap, record, target, tuple(items), databases,
                         tuple(warnings), tuple(problems), fallback)  # fmt: skip
-
-
-def _not_in_snapshot(snap: Snapshot, options: RecoverOptions, paths: tuple[str, ...]) -> list[str]:
-    """A warning for each source and database the local config gives the application that
-    the snapshot does not hold (added to the config after it was taken, or its backups failed
-    since): the recovery cannot bring them back, and used to pass over them without a word."""
-    held = {os.path.normpath(p) for p in paths}
-    out = [
-        f"source {src} is in the config but not in snapshot {snap.short_id}: not recovered"
-        for src in options.configured_sources
-        if os.path.normpath(os.path.abspath(src)) not in held
-    ]
-    if options.databases:
-        names = {r.name for r in snap.databases if isinstance(r.name, str)}
-        out.extend(
-            f"database {name!r} is in the config but not in snapshot {snap.short_id}: not recovered"
-            for name in options.configured
-            if name not in names
-        )
-    return out
 
 
 def _plan_databases(

@@ -100,6 +100,8 @@ class Lock:
         # Why this lock can no longer be trusted (its file was deleted by someone else while
         # this process held it), or None; ``confirm`` raises LockError with it.
         self.lost: str | None = None
+        # When this lock's file was last written: (time.time(), time.monotonic()).
+        self._renewed = (time.time(), time.monotonic())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
@@ -135,6 +137,7 @@ class Lock:
         written = False
         try:
             self._write(self.name)
+            self._renewed = (time.time(), time.monotonic())
             written = True
             self._exclude_others()
             self._thread = quiet_thread(self._refresh_loop, name="lock-refresh")
@@ -200,7 +203,9 @@ class Lock:
         old = self.name
         if old is None:
             return
+        self._check_age()
         new = self._write()
+        self._renewed = (time.time(), time.monotonic())
         try:
             still = self._repo.backend.exists(old)
         except BaseException:
@@ -214,6 +219,23 @@ class Lock:
             return
         self._delete(old)
 
+    def _check_age(self) -> None:
+        """An exclusive lock left unrenewed nearly as long as STALE_AFTER (its process
+        paused, its refreshes failing) may have looked stale to others, and a shared lock
+        ignores a stale lock without removing it: a backup may have run meanwhile and
+        used what this prune means to delete. Then the lock is ``lost``. (A shared lock
+        needs no such rule: an exclusive one removes the stale locks it passes over.)"""
+        if not self.exclusive or self.lost is not None:
+            return
+        wall, mono = self._renewed
+        unrenewed = max(time.time() - wall, time.monotonic() - mono)
+        if unrenewed > STALE_AFTER * 5 / 6:
+            self.lost = (
+                f"this process's exclusive repository lock went unrenewed for {unrenewed:.0f}s "
+                "(paused, or its refreshes failed): others may have taken it for stale and "
+                "gone on without it, so what it planned may no longer hold"
+            )
+
     def confirm(self, *, renew: bool = True) -> None:
         """Make sure this lock has been held without a break since it was taken, and
         renew it (unless not ``renew``): called before a writer commits (an index file, a
@@ -223,6 +245,7 @@ class Lock:
         with self._mutex:
             if self.name is None:
                 raise LockError("the repository lock was released; nothing more is stored")
+            self._check_age()
             if self.lost is None and not self._repo.backend.exists(self.name):
                 self.lost = _lost_message()
             if self.lost is None and renew:

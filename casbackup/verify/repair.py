@@ -75,6 +75,7 @@ def repair_index(
         progress.files_done += 1
         reporter.progress(progress)
     result.blobs = sum(len(v) for v in packs.values())
+    repo.confirm_locks()  # held throughout: no prune deleted packs this index would name
     new = repo.save_file_object("index", Kind.INDEX, encode_index(packs, supersedes=old_files))
     result.new_index = new
     for fid in old_files:

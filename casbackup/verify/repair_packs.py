@@ -202,6 +202,7 @@ def repair_packs(
     for group, writer in list(writers.items()):
         if writer.entries:
             store(group)
+    repo.confirm_locks()  # held throughout: no prune changed what this run read
     if affected:
         repo.save_file_object(
             "index",

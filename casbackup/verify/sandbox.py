@@ -287,6 +287,10 @@ def run_verification(
         databases=tuple(databases), failures=tuple(failures),
         warnings=tuple(comparison.warnings + warnings), program_version=__version__,
     )  # fmt: skip
+    if failures:
+        # A lock taken for stale meanwhile (paused past the limit): a prune may have
+        # moved what failed to restore. Not recorded as a failure of the backup.
+        repo.confirm_locks(renew=False)
     if options.save:
         record = save_record(repo, record)
     return VerifyResult(snapshot, record, sandbox if options.keep_sandbox else None)

@@ -193,3 +193,39 @@ def test_a_table_without_transactions_makes_the_counts_inexact(my_database: str)
     mariadb("ALTER TABLE m ENGINE=InnoDB;", my_database)
     _, info = dump(my_spec(my_database))
     assert info.row_counts_consistent and info.properties["row_counts_consistent"] is True
+
+
+def test_a_table_locked_for_writing_past_lock_wait_timeout_fails_the_dump(
+    my_database: str,
+) -> None:
+    """Found with a session holding LOCK TABLES t WRITE: the backup hung (killed by
+    `timeout` after 25 s), because mariadb-dump takes no lock timeout and waits for the
+    server's lock_wait_timeout, a day by default, whatever options.lock_wait_timeout says.
+    Every table is now read first under the option's timeout; an idle transaction that
+    wrote to a table still lets the dump through (its counts are marked inexact)."""
+    mariadb("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1);", my_database)
+    argv = ["mariadb", "-h", MY_HOST, "-P", str(MY_PORT), "-u", MY_USER, my_database]
+    spec = my_spec(my_database, options={"lock_wait_timeout": "1"})
+    for hold, fails in (("LOCK TABLES t WRITE;", True), ("BEGIN; INSERT INTO t VALUES (2);", False)):  # fmt: skip
+        locker = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert locker.stdin is not None
+        locker.stdin.write(f"{hold} SELECT SLEEP(20);\n".encode())
+        locker.stdin.close()  # the session, and its lock, end after the sleep
+        try:
+            deadline = time.monotonic() + 30
+            while "SLEEP(20)" not in mariadb("SHOW PROCESSLIST;"):  # the lock is held
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            if fails:
+                with pytest.raises(DatabaseError, match=r"stayed locked by another session .*"
+                                   r"options.lock_wait_timeout = 1 s; not backed up"):  # fmt: skip
+                    dump(spec)
+            else:
+                _, info = dump(spec)
+                assert info.row_counts == {"t": 1} and not info.row_counts_consistent
+        finally:
+            locker.kill()
+            locker.wait()
+            for pid in mariadb("SELECT id FROM information_schema.processlist WHERE info "
+                               "LIKE 'SELECT SLEEP(20)%';").split():  # fmt: skip
+                mariadb(f"KILL {pid};")

@@ -20,6 +20,7 @@ from casbackup.recovery import plan as plan_mod
 from casbackup.recovery.execute import recover
 from casbackup.recovery.journal import read_journal
 from casbackup.recovery.plan import RecoverOptions, build_plan
+from casbackup.testing.fixtures import run_cli
 from tests.engines.conftest import mariadb, my_ident, my_spec, pg_ident, pg_spec, psql, unique
 from tests.verify.apps import backup, make_app
 
@@ -90,3 +91,25 @@ def test_a_rerun_never_replaces_a_database_the_first_run_did_not_load(  # type: 
     with pytest.raises(RecoveryError, match="nothing was changed"):
         recover(repo, options)
     assert theirs.read_bytes() == b"someone else's database"
+
+
+@pytest.mark.slow
+def test_a_dry_run_says_it_did_not_ask_the_server(  # type: ignore[no-untyped-def]
+    repo, repo_path: str, tmp_path: Path, pg_database: str
+) -> None:
+    """Found at the terminal: the dry run printed a clean plan and exited 0 onto a server
+    database that held data; the real run then refused it. A dry run connects to no server,
+    and now says so."""
+    psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1);", pg_database)
+    app, _local = make_app(tmp_path)
+    pg = replace(pg_spec(pg_database), name="pg")
+    backup(repo, app, [pg])
+    repo.close()
+    into = f"pg=postgresql://{pg.user}@{pg.host}:{pg.port}/{pg_database}"
+    res = run_cli("recover", "--app", "shop", "--target", str(tmp_path / "t"), "--dry-run",
+                  "--allow-unverified", "--db-into", into, repo=repo_path)  # fmt: skip
+    assert res.code == 0, res.err
+    assert (
+        "  not checked: whether pg already holds data on the server (the recovery refuses"
+        in res.out
+    )

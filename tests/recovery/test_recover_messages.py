@@ -16,7 +16,7 @@ import pytest
 from casbackup.errors import Interrupted
 from casbackup.recovery import execute
 from casbackup.recovery.execute import recover
-from casbackup.recovery.plan import RecoverOptions
+from casbackup.recovery.plan import RecoverOptions, build_plan
 from casbackup.testing.fixtures import run_cli
 from tests.recovery.test_recover_rerun import interrupt_while_loading
 from tests.verify.apps import backup, make_app
@@ -97,3 +97,28 @@ def test_what_the_config_has_and_the_snapshot_lacks_is_said(  # type: ignore[no-
             assert line in res.out + res.err, (extra, res.out, res.err)
     report = (tmp_path / "t" / "recovery-report.json").read_text()
     assert all(line in report for line in expected)
+
+
+def test_the_verifications_warnings_are_said(repo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Found with an application holding a socket: its verification passed with a warning
+    (a socket cannot be made in a sandbox), kept in the record; recover said 'verified' and
+    nothing of what that verification could not prove (the same goes for roles a dump's
+    privileges need that the backup does not create)."""
+    import socket
+
+    from casbackup.verify.sandbox import run_verification
+
+    app, local = make_app(tmp_path)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(app / "data" / "app.sock"))
+    try:
+        snap = backup(repo, app, [local])
+    finally:
+        sock.close()
+    record = run_verification(repo, snap).record
+    assert record.ok and record.warnings
+    plan = build_plan(repo, RecoverOptions(app="shop", target=str(tmp_path / "t"), dry_run=True))
+    assert (
+        f"the verification of snapshot {snap.short_id} ({record.time[:19]}) warned: "
+        f"{record.warnings[0]}" in plan.warnings
+    ), plan.warnings

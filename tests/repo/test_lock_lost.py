@@ -8,6 +8,7 @@ no live lock, not even one renewed while it was removing the stale file."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -236,3 +237,84 @@ def test_a_snapshot_written_after_its_lock_was_taken_is_withdrawn(
         held.release()
     finally:
         backup.close()
+
+
+def _one_snapshot(path: Path, tmp_path: Path) -> str:
+    from casbackup.testing.fixtures import run_cli
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(50_000))
+    res = run_cli("--json", "backup", str(src), repo=str(path))
+    assert res.code == 0, res.err
+    return str(json.loads(res.out.splitlines()[-1])["snapshot_id"])
+
+
+def test_a_verify_passed_over_records_no_failure(
+    repo_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verify paused past the stale limit while a prune moved its snapshot's data: what
+    it could not restore is the prune's doing, not the backup's. Before, a failed
+    verification was recorded (and recover would skip the snapshot)."""
+    from casbackup.verify.sandbox import VerifyOptions, run_verification
+
+    sid = _one_snapshot(repo_path, tmp_path)
+    repo = open_repo(str(repo_path))
+    try:
+        held = repo.lock(command="casbackup verify")
+        snap = repo.load_snapshot(repo.snapshot_id_of(sid))
+        _pass_over(repo_path, held.name or "", monkeypatch)
+        for pack in _files(repo_path, "data"):  # what the prune moved away
+            os.unlink(pack)
+        with pytest.raises(LockError):
+            run_verification(repo, snap, VerifyOptions(sandbox_dir=str(tmp_path / "sb")))
+        assert not (repo_path / "verifications").exists() or not os.listdir(
+            repo_path / "verifications"
+        )
+        held.release()
+    finally:
+        repo.close()
+
+
+def test_a_repair_index_passed_over_writes_no_index(
+    repo_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repair index paused past the stale limit: a prune since deleted packs its listing
+    holds, and its new index would name them."""
+    from casbackup.verify.repair import repair_index
+
+    _one_snapshot(repo_path, tmp_path)
+    repo = open_repo(str(repo_path))
+    try:
+        held = repo.lock(exclusive=True, command="casbackup repair index")
+        before = _files(repo_path, "index")
+        _pass_over(repo_path, held.name or "", monkeypatch)
+        with pytest.raises(LockError):
+            repair_index(repo)
+        assert _files(repo_path, "index") == before
+        held.release()
+    finally:
+        repo.close()
+
+
+def test_a_repair_packs_passed_over_writes_no_index(
+    repo_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As repair index: a repair packs whose lock was taken for stale replaces no index."""
+    from casbackup.verify.repair_packs import repair_packs, resolve_packs
+
+    sid = _one_snapshot(repo_path, tmp_path)
+    repo = open_repo(str(repo_path))
+    try:
+        held = repo.lock(exclusive=True, command="casbackup repair packs")
+        snap = repo.load_snapshot(repo.snapshot_id_of(sid))
+        pack = repo.locate(snap.root).pack
+        before = _files(repo_path, "index")
+        _pass_over(repo_path, held.name or "", monkeypatch)
+        with pytest.raises(LockError):
+            repair_packs(repo, resolve_packs(repo, [pack]))
+        assert _files(repo_path, "index") == before
+        assert repo.backend.exists(f"data/{pack[:2]}/{pack}")
+        held.release()
+    finally:
+        repo.close()

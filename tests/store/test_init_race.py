@@ -21,7 +21,7 @@ from casbackup.testing.fixtures import make_repo, open_repo
 KEY = "keys/" + "c" * 64
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "seaweedfs"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     b: Backend
     if request.param == "local":
@@ -29,8 +29,15 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     else:
         from casbackup.store.retry import RetryingBackend
         from casbackup.store.s3 import S3Backend
+        from tests.store.conftest import make_bucket
 
-        b = RetryingBackend(S3Backend(request.getfixturevalue("moto_location")))
+        if request.param == "s3":
+            location = request.getfixturevalue("moto_location")
+        else:  # a real S3 server: does it honour If-None-Match on the config too?
+            request.getfixturevalue("s3_env")
+            endpoint = request.getfixturevalue("seaweed_endpoint")
+            location = f"s3:{endpoint}/{make_bucket(endpoint)}/repo"
+        b = RetryingBackend(S3Backend(location))
     yield b
     b.close()
 

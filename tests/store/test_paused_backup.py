@@ -30,13 +30,22 @@ lock.STALE_AFTER = 2.0
 if os.environ.get("CLOCK_BEHIND"):  # this client's clock runs behind the others'
     import time, types
     behind = float(os.environ["CLOCK_BEHIND"])
-    lock.time = types.SimpleNamespace(time=lambda: time.time() - behind)
+    lock.time = types.SimpleNamespace(
+        time=lambda: time.time() - behind, monotonic=time.monotonic
+    )
 if os.environ.get("PAUSE_BEFORE_COMMIT"):
     save = SnapshotStore.save_snapshot
     def paused(self, snap):
         os.kill(os.getpid(), signal.SIGSTOP)
         return save(self, snap)
     SnapshotStore.save_snapshot = paused
+if os.environ.get("PAUSE_BEFORE_PRUNING"):  # prune: its plan made, nothing deleted yet
+    from casbackup.cli import cmd_prune
+    execute = cmd_prune.execute_prune
+    def paused_prune(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return execute(*args, **kwargs)
+    cmd_prune.execute_prune = paused_prune
 if os.environ.get("PAUSE_BEFORE_READING"):  # check --read-data: its plan made, no pack read
     from casbackup.verify.check import Checker
     read = Checker._read_packs
@@ -55,8 +64,10 @@ def _cli(repo: str, *args: str, pause: bool = False, behind: float = 0) -> subpr
     env.pop("PAUSE_BEFORE_COMMIT", None)
     env.pop("CLOCK_BEHIND", None)
     env.pop("PAUSE_BEFORE_READING", None)
+    env.pop("PAUSE_BEFORE_PRUNING", None)
     if pause:
-        env["PAUSE_BEFORE_READING" if "check" in args else "PAUSE_BEFORE_COMMIT"] = "1"
+        where = {"check": "READING", "prune": "PRUNING"}.get(args[0], "COMMIT")
+        env[f"PAUSE_BEFORE_{where}"] = "1"
     if behind:
         env["CLOCK_BEHIND"] = str(behind)
     return subprocess.Popen(
@@ -180,3 +191,37 @@ def test_a_check_paused_while_prune_repacked_reports_no_false_damage(tmp_path: P
     errors = [line for line in err.decode().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "not damage; run check again" in errors[0], err.decode()
     _ok(location, "check", "--read-data")
+
+
+@pytest.mark.slow
+def test_a_prune_paused_while_a_backup_used_its_doomed_packs_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The mirror case: the prune is paused past the stale limit after planning to delete
+    a forgotten snapshot's packs; a backup ignores its stale lock (shared locks do not
+    remove stale ones), deduplicates against those packs and commits. Before, the prune
+    woke up and deleted them under the new snapshot; now it sees its lock went unrenewed
+    past the limit and deletes nothing (exit 11)."""
+    location = str(tmp_path / "repo")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kept.bin").write_bytes(os.urandom(300_000))
+    _ok(location, "init")
+    first = json.loads(_ok(location, "--json", "backup", str(src)).splitlines()[-1])
+    _ok(location, "forget", first["snapshot_id"])
+    prune = _cli(location, "prune", pause=True)
+    try:
+        _wait_stopped(prune.pid)
+        time.sleep(2.5)  # its lock looks stale now
+        second = json.loads(_ok(location, "--json", "backup", str(src)).splitlines()[-1])
+    finally:
+        prune.send_signal(signal.SIGCONT)
+    _out, err = prune.communicate(timeout=120)
+    assert prune.returncode == 11, err.decode()
+    assert "went unrenewed" in err.decode()
+    _ok(location, "check", "--read-data")
+    target = tmp_path / "restored"
+    _ok(location, "restore", second["snapshot_id"], "--target", str(target))
+    assert (target / src.relative_to("/") / "kept.bin").read_bytes() == (
+        src / "kept.bin"
+    ).read_bytes()
