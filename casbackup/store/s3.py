@@ -73,6 +73,17 @@ class S3Location:
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 
 
+def _bucket_problem(bucket: str) -> str:
+    """Why ``bucket`` is not a valid S3 bucket name (it failed ``_BUCKET``)."""
+    if not 3 <= len(bucket) <= 63:
+        return f"is {len(bucket)} characters long; bucket names have 3 to 63"
+    if bucket != bucket.lower():
+        return "has capital letters; bucket names are lower case"
+    if not (bucket[0].isalnum() and bucket[-1].isalnum()):
+        return "must begin and end with a letter or digit"
+    return "may hold only lower-case letters, digits, '.' and '-'"
+
+
 def parse_location(location: str) -> S3Location:
     """Parse ``s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`` (or ``s3:HOST/BUCKET[/PREFIX]``,
     https); raises UsageError with one line for anything else."""
@@ -92,9 +103,15 @@ def parse_location(location: str) -> S3Location:
             "bad S3 location: credentials in it are refused; use AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
         )
-    if not host or not _BUCKET.fullmatch(bucket):
+    if not host or not bucket:
         raise UsageError(
             f"bad S3 location {location!r}: expected s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]"
+        )
+    if not _BUCKET.fullmatch(bucket):
+        # The S3 rules for bucket names (AWS's "Bucket naming rules"; MinIO, Ceph and
+        # SeaweedFS follow them): say which one the name breaks, not only that it is bad.
+        raise UsageError(
+            f"bad S3 location {location!r}: bucket {bucket!r} {_bucket_problem(bucket)}"
         )
     if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
         raise UsageError(f"bad S3 location {location!r}: the prefix has an empty or dot part")

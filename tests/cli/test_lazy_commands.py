@@ -71,3 +71,19 @@ def test_backup_of_paths_imports_no_config_or_application_machinery(tmp_path, re
         env={**os.environ, "CASBACKUP_PASSWORD": PASSWORD},
     )  # fmt: skip
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_command_starts_in_a_fresh_interpreter() -> None:
+    """The suite's run_cli forks a process that imported every command module already
+    (casbackup/testing/zygote.py): a command whose module only imports after another's (an
+    import cycle, a name another module defines on import) would pass there and fail for
+    users. Each command's --help, here, starts a plain interpreter."""
+    failed = {}
+    for name in sorted(COMMAND_MODULES):
+        out = subprocess.run(
+            [sys.executable, "-m", "casbackup.cli.main", name, "--help"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if out.returncode != 0 or "Usage:" not in out.stdout:
+            failed[name] = (out.returncode, out.stderr[-500:])
+    assert not failed, failed

@@ -261,3 +261,13 @@ def test_locks_on_s3_are_written_create_only(
     assert backend.get(taken) == b"someone else's"
     assert LockError  # the conflict rules themselves are tested in tests/repo
     repo.close()
+
+
+@pytest.mark.parametrize(
+    ("bucket", "why"),
+    [("bk", "3 to 63"), ("Backups", "lower case"), ("-bk-", "begin and end"), ("b_k", "only")],
+)
+def test_a_bad_bucket_name_says_which_rule_it_breaks(bucket: str, why: str) -> None:
+    with pytest.raises(UsageError, match="bad S3 location") as info:
+        parse_location(f"s3:http://127.0.0.1:9000/{bucket}/repo")
+    assert why in str(info.value) and "\n" not in str(info.value)
