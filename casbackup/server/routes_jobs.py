@@ -78,6 +78,11 @@ class DisasterRecoveryRequest(BaseModel):
     )  # fmt: skip
     databases: bool = True
     allow_unverified: bool = False
+    overwrite_databases: bool = Field(
+        False,
+        description="replace a server database that holds data (as recover --overwrite-databases); "
+        "without it such a database is refused before anything is restored",
+    )
 
 
 def job_started(doc: dict[str, Any], message: str) -> JobStarted:
@@ -185,7 +190,8 @@ def disaster_recovery(request: Request, body: DisasterRecoveryRequest | None = N
     doc = service_of(request).jobs.submit(
         "recover", app=body.app_name, created_by=principal.actor, user_id=principal.user_id,
         params={"target": target, "dry_run": body.dry_run, "snapshot": body.snapshot,
-                "databases": body.databases, "allow_unverified": body.allow_unverified},
+                "databases": body.databases, "allow_unverified": body.allow_unverified,
+                "overwrite_databases": body.overwrite_databases},
     )  # fmt: skip
     word = "plan" if body.dry_run else "recovery"
     return JobStarted(message=f"{word} of {body.app_name} queued", job_id=doc["id"], status=doc["state"],

@@ -376,6 +376,7 @@ def run_recover_job(job: Job) -> dict[str, Any]:
         app=job.app or "", target=p["target"], snapshot=p.get("snapshot"),
         databases=bool(p.get("databases", True)), dry_run=bool(p.get("dry_run")),
         allow_unverified=bool(p.get("allow_unverified")), name_apps=False,
+        overwrite_databases=bool(p.get("overwrite_databases")),
         # Where the server databases go and where their passwords come from: the config's
         # definitions, as `casbackup recover` takes them (never the snapshot's).
         configured={d.name: d for d in app.databases} if app is not None else {},
@@ -388,6 +389,12 @@ def run_recover_job(job: Job) -> dict[str, Any]:
             raise RecoveryError(
                 f"{exc.reason}: verify snapshot {exc.snapshot} first, name a verified one in "
                 "'snapshot', or set 'allow_unverified'"
+            ) from None
+        except RecoveryError as exc:  # the plan's advice names the CLI's flag: the API's field
+            if "--overwrite-databases" not in str(exc):
+                raise
+            raise RecoveryError(
+                str(exc).replace("--overwrite-databases", "'overwrite_databases': true")
             ) from None
     plan = result.plan
     doc: dict[str, Any] = {

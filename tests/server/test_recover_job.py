@@ -73,6 +73,17 @@ def test_the_service_recovers_a_postgresql_database_the_config_defines(  # type:
             assert done["state"] == "succeeded", done.get("error")
             (pg,) = done["result"]["report"]["databases"]
             assert pg["ok"] and pg["row_counts"] == {"public.orders": 321}
+            # The database is back and the application wrote to it: a second recovery is
+            # refused in the API's words, and replaces it only when told to.
+            psql("INSERT INTO orders VALUES (1000);", db)
+            again = run("/api/disaster-recovery", {**body, "target": "again"})
+            assert again["state"] == "failed"
+            assert "'overwrite_databases': true" in again["error"], again["error"]
+            assert "--overwrite" not in again["error"]
+            assert psql("SELECT count(*) FROM orders;", db).strip() == "322"
+            forced = {**body, "target": "forced", "overwrite_databases": True}
+            done = run("/api/disaster-recovery", forced)
+            assert done["state"] == "succeeded", done.get("error")
         assert psql("SELECT count(*) FROM orders;", db).strip() == "321"
     finally:
         psql(f"DROP DATABASE IF EXISTS {pg_ident(db)};")
