@@ -378,7 +378,8 @@ def restore_companions(
     repo: Repository, snapshot: Snapshot, record: DatabaseRecord, spec: DatabaseSpec
 ) -> tuple[list[str], list[str]]:
     """Before a dump is loaded: apply what its engine kept beside it (PostgreSQL's cluster
-    globals, named by the record's properties "globals"). Returns (info lines, warnings).
+    globals, MariaDB's accounts; named by the record's properties "globals"). Returns (info
+    lines, warnings).
 
     Never fatal: a missing or refused globals file is a warning, and the dump still loads
     (its privileges pass then names what could not be granted). Raises DatabaseError only
@@ -390,9 +391,11 @@ def restore_companions(
     engine_name = canonical_engine_name(record.engine)
     engine = get_engine(engine_name)
     restore_globals = getattr(engine, "restore_globals", None)
-    name = recorded_globals(record.properties) if engine_name == "postgresql" else None
+    # PostgreSQL's cluster globals (roles), MariaDB's accounts (engines/my_users.py).
+    name = recorded_globals(record.properties) if restore_globals is not None else None
     if name is None or restore_globals is None:
         return [], []
+    what = "roles" if engine_name == "postgresql" else "accounts"
     path = posixpath.join(posixpath.dirname(record.path), name)
     try:
         node = repo.find_node(snapshot.root, path)
@@ -400,12 +403,12 @@ def restore_companions(
         node = None
     if node is None:
         return [], [f"database {record.name!r}: snapshot records {path} but its tree lacks it; "
-                    "roles were not restored"]  # fmt: skip
+                    f"{what} were not restored"]  # fmt: skip
     reader = ChunkReader.for_node(repo, node, name=f"{path} in snapshot {snapshot.short_id}")
     try:
         summary, warnings = restore_globals(spec, reader)
     except DatabaseError as exc:
-        return [], [f"database {record.name!r}: roles from the backup not restored: {exc}"]
+        return [], [f"database {record.name!r}: {what} from the backup not restored: {exc}"]
     finally:
         reader.close()
     return [summary], list(warnings)

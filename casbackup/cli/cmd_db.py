@@ -67,7 +67,8 @@ def db_group() -> None:
 @click.option("--db-password-file", metavar="FILE", help="File with the password for --into.")
 @click.option(
     "--no-globals", is_flag=True,
-    help="PostgreSQL: do not create the roles kept with the dump (they must exist already).",
+    help="Do not create the roles (PostgreSQL) or accounts (MariaDB) kept with the dump "
+    "(they must exist already).",
 )  # fmt: skip
 @click.pass_context
 @with_repository(lock="shared")
@@ -76,7 +77,9 @@ def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_na
             no_globals: bool) -> None:  # fmt: skip
     """Load database DATABASE of application APP from SNAPSHOT ('latest', an id or a prefix).
 
-    PostgreSQL: the roles kept with the dump (options.globals) that the server lacks are
+    MariaDB: the accounts kept with the dump (options.globals) that the server lacks are
+    created first with their grants (existing ones are left as they are). PostgreSQL: the
+    roles kept with the dump (options.globals) that the server lacks are
     created first (existing ones are left as they are); privileges that still cannot be
     granted are warnings naming each, and the data loads. A pg_restore older than the
     pg_dump that made the dump is a warning, as is an older MariaDB/MySQL client."""

@@ -94,7 +94,8 @@ def print_result(result: RecoveryResult) -> None:
 @click.option("--overwrite-databases", is_flag=True, help="Replace non-empty target databases.")
 @click.option(
     "--no-globals", is_flag=True,
-    help="PostgreSQL: do not create the roles kept with the dumps (they must exist already).",
+    help="Do not create the roles (PostgreSQL) or accounts (MariaDB) kept with the dumps "
+    "(they must exist already).",
 )  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option(

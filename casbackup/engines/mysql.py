@@ -44,13 +44,16 @@ GRANT (my_grants.py; `check_privileges = false` skips this, for a database known
 
 Each dump records the dump tool's version (properties "dump_tool"); a restore with an older
 client of the same product (MariaDB or MySQL) warns.
+
+The server's accounts and grants are kept beside the dump (option `globals`, default on) and
+created again by `db restore` and `recover` where the server lacks them: my_users.py.
+Credentials go through my_client.py's option-file pipe.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -62,7 +65,6 @@ from casbackup.engines.base import (
     RestoreInfo,
     older_tool_warning,
     parse_tool_version,
-    resolve_password,
     tool_record,
 )
 from casbackup.engines.claims import (
@@ -74,6 +76,7 @@ from casbackup.engines.claims import (
     swept_warning,
     temporary_name,
 )
+from casbackup.engines.my_client import credentials_fd
 from casbackup.engines.my_grants import dump_advice, hidden_kinds
 from casbackup.engines.my_session import MarkerDumpStream, TableLock
 from casbackup.engines.my_sql import (
@@ -83,12 +86,13 @@ from casbackup.engines.my_sql import (
     parse_counts,
     quote_ident,
 )
+from casbackup.engines.my_users import dump_users, restore_users, users_file_name
 from casbackup.engines.process import ProcessDumpStream, feed_tool, find_tool, run_tool
 from casbackup.errors import DatabaseError
 
 KNOWN_OPTIONS = frozenset(
     {"allow_empty", "socket", "ssl_mode", "consistent_counts", "lock_wait_timeout",
-     "check_privileges", "own_routines"}
+     "check_privileges", "own_routines", "globals"}
 )  # fmt: skip
 _BOOLEANS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 # The tool writes these only after its consistent snapshot exists (see the module docstring).
@@ -121,56 +125,6 @@ DUMP_FLAGS = (
 )  # fmt: skip
 
 
-def _option_value(value: str) -> str:
-    """Quote a value for a MySQL/MariaDB option file.
-
-    The option-file parser strips one pair of matching quotes and then decodes backslash
-    escapes (\\\\, \\", \\n, ...); inside quotes `#` does not start a comment.
-    """
-    escaped = (
-        value.replace("\\", "\\\\")
-        .replace('"', '\\"')
-        .replace("\n", "\\n")
-        .replace("\r", "\\r")
-        .replace("\t", "\\t")
-    )
-    return f'"{escaped}"'
-
-
-def option_file_text(spec: DatabaseSpec, password: str | None) -> str:
-    lines = ["[client]"]
-    for key, value in (
-        ("user", spec.user),
-        ("password", password),
-        ("host", spec.host),
-        ("port", str(spec.port) if spec.port else None),
-        ("socket", spec.options.get("socket")),
-        ("ssl-mode", spec.options.get("ssl_mode")),
-    ):
-        if value is not None:
-            lines.append(f"{key}={_option_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-@contextmanager
-def credentials_fd(spec: DatabaseSpec) -> Iterator[int]:
-    """An option file readable once through a pipe; yields the child's end of it.
-
-    The text is written before the child starts: it is far below the pipe buffer (64 KiB),
-    so the write cannot block, and the parent closes its end so the child sees EOF.
-    """
-    text = option_file_text(spec, resolve_password(spec)).encode("utf-8")
-    r, w = os.pipe()
-    try:
-        os.write(w, text)
-    finally:
-        os.close(w)
-    try:
-        yield r
-    finally:
-        os.close(r)
-
-
 def _require_db(spec: DatabaseSpec) -> str:
     if not spec.database:
         raise DatabaseError(f"database {spec.name!r}: mysql needs a database name")
@@ -179,9 +133,13 @@ def _require_db(spec: DatabaseSpec) -> str:
 
 def check_option(key: str, value: str) -> str | None:
     """Why an option's value is wrong (for config validation), else None."""
-    if key in ("allow_empty", "consistent_counts", "check_privileges", "own_routines") and (
-        value.strip().lower() not in _BOOLEANS
-    ):
+    if key in (
+        "allow_empty",
+        "consistent_counts",
+        "check_privileges",
+        "own_routines",
+        "globals",
+    ) and (value.strip().lower() not in _BOOLEANS):
         return f"must be true or false, not {value!r}"
     if key == "lock_wait_timeout" and not (value.isdigit() and 1 <= int(value) <= 86400):
         return f"must be a number of seconds from 1 to 86400, not {value!r}"
@@ -346,6 +304,24 @@ class MysqlEngine:
                 advise=lambda err: dump_advice(err, db, user, version),
             )
             return stream
+
+    def extra_dumps(
+        self, spec: DatabaseSpec
+    ) -> tuple[tuple[str, str, Callable[[], DumpStream]], ...]:
+        """The server's accounts and grants beside the dump (options.globals, default on;
+        my_users.py), named by the dump's record as "globals"."""
+        if not spec.option_bool("globals", True):
+            return ()
+        return (("globals", users_file_name(spec.name), lambda: self._dump_users(spec)),)
+
+    def _dump_users(self, spec: DatabaseSpec) -> DumpStream:
+        return dump_users(spec, lambda sql: self._client(spec, sql), self.server_version(spec))
+
+    def restore_globals(self, spec: DatabaseSpec, stream: BinaryIO) -> tuple[str, list[str]]:
+        """Create the accounts of the backup that this server lacks, with their grants:
+        (a one-line summary, a warning per statement refused). Accounts that exist are left
+        as they are (my_users.py)."""
+        return restore_users(spec, stream, lambda sql: self._client(spec, sql))
 
     def _wait_readable(self, spec: DatabaseSpec, db: str, tables: list[str]) -> None:
         """Fail unless every table can be read within options.lock_wait_timeout: the dump

@@ -137,7 +137,7 @@ def _globals_node(
     """(path, node) of the globals file a PostgreSQL dump's record names, when the snapshot
     holds it; a missing one is restore_companions' warning, a record naming no file name a
     problem (the recovery would fail on it half-way)."""
-    if canonical_engine_name(record.engine) != "postgresql":
+    if canonical_engine_name(record.engine) not in ("postgresql", "mysql"):
         return None
     try:
         name = recorded_globals(record.properties)

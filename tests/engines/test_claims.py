@@ -157,19 +157,23 @@ def test_pg_a_killed_overwrite_is_swept_by_the_next_restore_and_a_live_one_is_no
     killed = live.temp
     wait_for(lambda: not psql(f"SELECT 1 FROM pg_stat_activity WHERE datname = '{killed}';"
                               ).strip(), "the killed restore's sessions end")  # fmt: skip
-    assert pg_exists(killed)  # what a killed restore leaves, here and on this machine:
+    # What a killed restore leaves, here and on this machine: its temporary and the privileges
+    # pass's folder (the dump's first bytes). A restore of another test on the same server
+    # (another worker) may sweep them first: then that one said so, not the one below.
+    left = pg_exists(killed)
     acl = [
         n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"casb-acl-{live.proc.pid}-")
     ]
-    assert len(acl) == 1  # the privileges pass's folder (the dump's first bytes)
+    assert len(acl) == 1 or not left
     assert psql("SELECT v FROM precious;", pg_database).strip() == "keep me"
 
     again = unique("casb_again")
     pg_cleanup.append(again)
+    left = left and pg_exists(killed)
     info = PostgresEngine().restore(pg_spec(again), io.BytesIO(data))
     assert not pg_exists(killed)
-    assert not os.path.exists(os.path.join(tempfile.gettempdir(), acl[0]))
-    assert (
+    assert not any(os.path.exists(os.path.join(tempfile.gettempdir(), a)) for a in acl)
+    assert not left or (
         f"database 'pgtest': removed temporary database {killed} of a restore that was killed"
         in info.warnings
     )
@@ -230,13 +234,13 @@ def test_my_a_killed_overwrite_is_swept_by_the_next_restore_and_a_live_one_is_no
     live.kill()
     wait_for(lambda: mariadb(f"SELECT IS_USED_LOCK('{live.temp}');").strip() == "NULL",
              "the server drops the killed restore's lock")  # fmt: skip
-    assert my_exists(live.temp)
+    left = my_exists(live.temp)  # unless another test's restore on this server swept it
     again = unique("casb_again")
     my_cleanup.append(again)
     info = MysqlEngine().restore(my_spec(again), io.BytesIO(data))
     assert not my_exists(live.temp)
-    assert (f"database 'mytest': removed temporary database {live.temp} of a restore that was "
-            "killed") in info.warnings  # fmt: skip
+    assert not left or (f"database 'mytest': removed temporary database {live.temp} of a "
+                        "restore that was killed") in info.warnings  # fmt: skip
     assert mariadb("SELECT v FROM precious;", my_database).strip() == "keep me"
 
 
@@ -252,16 +256,18 @@ def test_my_a_killed_restore_into_a_new_database_is_swept(
     live.kill()
     wait_for(lambda: mariadb(f"SELECT IS_USED_LOCK('{live.temp}');").strip() == "NULL",
              "the server drops the killed restore's lock")  # fmt: skip
-    assert my_exists(target)  # half loaded
-    # Never backed up as if it were whole (a snapshot of it would carry the marker too).
-    with pytest.raises(DatabaseError, match=rf"{target} is half loaded by a restore \(table "):
-        my.dump_bytes(my_spec(target))
+    # Half loaded, unless another test's restore on this server swept it already.
+    if my_exists(target):
+        # Never backed up as if it were whole (a snapshot of it would carry the marker too).
+        with pytest.raises(DatabaseError, match=rf"{target} is half loaded by a restore \(table "):
+            my.dump_bytes(my_spec(target))
     again = unique("casb_again")
     my_cleanup.append(again)
+    left = my_exists(target)
     info = MysqlEngine().restore(my_spec(again), io.BytesIO(data))
     assert not my_exists(target)
-    assert (f"database 'mytest': removed database {target}, half loaded by a restore that was "
-            "killed") in info.warnings  # fmt: skip
+    assert not left or (f"database 'mytest': removed database {target}, half loaded by a "
+                        "restore that was killed") in info.warnings  # fmt: skip
 
 
 def test_my_a_failed_restore_leaves_the_server_as_it_was(

@@ -14,7 +14,8 @@ import pytest
 from casbackup.engines import get_engine, mysql
 from casbackup.engines.base import DatabaseSpec, DumpInfo
 from casbackup.engines.claims import temporary_name
-from casbackup.engines.mysql import MysqlEngine, option_file_text
+from casbackup.engines.my_client import option_file_text
+from casbackup.engines.mysql import MysqlEngine
 from casbackup.errors import DatabaseError
 from tests.engines.conftest import BrokenAfter, mariadb, my_ident, my_spec, read_in_pieces, unique
 

@@ -148,7 +148,11 @@ def test_unchanged_rebackup_on_s3_reads_no_trees(
             assert res.code == 0, res.err
             assert json.loads(res.out.splitlines()[-1])["files_unchanged"] == 60
             gets = [p for m, p in proxy.seen[got:] if m == "GET" and "/data/" in p]
-            return proxy.count - before, len(gets)
+            # Lock requests are left out of the count: a lock is renewed and confirmed before
+            # each index file and the snapshot (repo/lock.py), and how many index files a
+            # backup writes depends on how fast the machine is, not on reading trees.
+            locks = sum(1 for _, p in proxy.seen[got:] if "locks" in p)
+            return proxy.count - before - locks, len(gets)
 
         requests, pack_reads = backup("cache-a")
         assert pack_reads == 0 and requests <= 30, (requests, proxy.seen[-requests:])
