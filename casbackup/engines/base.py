@@ -122,6 +122,19 @@ class Engine(Protocol):
 SECRET_MAX = 64 * 1024
 
 
+def checked_option(
+    spec: DatabaseSpec, key: str, default: str, check: Callable[[str, str], str | None]
+) -> str:
+    """``spec.options[key]`` (else ``default``) once the engine's ``check(key, value)`` finds
+    nothing wrong with it; DatabaseError naming the database and the option otherwise (a
+    config written before the option was validated, or a plugin's spec, reaches here)."""
+    value = spec.options.get(key, default)
+    problem = check(key, value)
+    if problem:
+        raise DatabaseError(f"database {spec.name!r}: options.{key} {problem}")
+    return value
+
+
 def resolve_password(spec: DatabaseSpec) -> str | None:
     """The password named by the spec, or None when it names none.
 

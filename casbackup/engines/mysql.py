@@ -63,6 +63,7 @@ from casbackup.engines.base import (
     DumpInfo,
     DumpStream,
     RestoreInfo,
+    checked_option,
     older_tool_warning,
     parse_tool_version,
     tool_record,
@@ -102,11 +103,7 @@ _TRAILER = b"-- Dump completed"
 
 def _lock_wait(spec: DatabaseSpec) -> int:
     """options.lock_wait_timeout in seconds (default 60); DatabaseError when malformed."""
-    value = spec.options.get("lock_wait_timeout", "60")
-    problem = check_option("lock_wait_timeout", value)
-    if problem:
-        raise DatabaseError(f"database {spec.name!r}: options.lock_wait_timeout {problem}")
-    return int(value)
+    return int(checked_option(spec, "lock_wait_timeout", "60", check_option))
 
 
 def _completed(tail: bytes) -> bool:

@@ -46,6 +46,7 @@ from casbackup.engines.base import (
     DumpInfo,
     DumpStream,
     RestoreInfo,
+    checked_option,
     older_tool_warning,
     resolve_password,
     tool_record,
@@ -158,11 +159,7 @@ def _lock_advice(wait: int) -> Callable[[bytes], str | None]:
 
 def _lock_wait(spec: DatabaseSpec) -> int:
     """options.lock_wait_timeout in seconds (default 60); DatabaseError when malformed."""
-    value = spec.options.get("lock_wait_timeout", "60")
-    problem = check_option("lock_wait_timeout", value)
-    if problem:
-        raise DatabaseError(f"database {spec.name!r}: options.lock_wait_timeout {problem}")
-    return int(value)
+    return int(checked_option(spec, "lock_wait_timeout", "60", check_option))
 
 
 def globals_enabled(spec: DatabaseSpec) -> bool:

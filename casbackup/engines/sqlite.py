@@ -28,7 +28,14 @@ import tempfile
 from collections.abc import Mapping
 from typing import BinaryIO
 
-from casbackup.engines.base import NOT_EMPTY_HINT, DatabaseSpec, DumpInfo, DumpStream, RestoreInfo
+from casbackup.engines.base import (
+    NOT_EMPTY_HINT,
+    DatabaseSpec,
+    DumpInfo,
+    DumpStream,
+    RestoreInfo,
+    checked_option,
+)
 from casbackup.engines.leftovers import is_stale, process_tag
 from casbackup.errors import DatabaseError
 
@@ -131,11 +138,8 @@ def check_option(key: str, value: str) -> str | None:
 
 
 def _busy_timeout(spec: DatabaseSpec) -> float:
-    value = spec.options.get("busy_timeout", "60")
-    problem = check_option("busy_timeout", value)
-    if problem:
-        raise DatabaseError(f"database {spec.name!r}: options.busy_timeout {problem}")
-    return float(value)
+    """options.busy_timeout in seconds (default 60); DatabaseError when malformed."""
+    return float(checked_option(spec, "busy_timeout", "60", check_option))
 
 
 def _require_path(spec: DatabaseSpec) -> str:
