@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import pty
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -39,7 +38,6 @@ def backed_up(cli_repo: str, tmp_path: Path) -> tuple[str, bytes]:
     return cli_repo, src
 
 
-@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar is not installed")
 def test_a_folder_as_tar_extracts_to_the_same_tree(backed_up: tuple[str, bytes], tmp_path: Path) -> None:  # fmt: skip
     repo, src = backed_up
     archive = tmp_path / "src.tar"

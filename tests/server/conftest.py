@@ -4,9 +4,11 @@ an app (cheap password hashing, no scheduler thread) with one user per role."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -97,3 +99,17 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
             accounts.add_user(name, PW, role, apps)
             e.tokens[name], _ = accounts.create_token(name, "test")
         yield e
+
+
+def run_job(client: Any, headers: dict[str, str], path: str, body: dict[str, Any],
+            timeout: float = 120) -> dict[str, Any]:  # fmt: skip
+    """POST ``body`` to the job endpoint ``path`` and wait (at most ``timeout`` seconds) for
+    the job it queued to finish; its document."""
+    job_id = client.post(path, json=body, headers=headers).json()["job_id"]
+    deadline = time.monotonic() + timeout
+    while (doc := client.get(f"/api/jobs/{job_id}", headers=headers).json())["state"] in (
+        "queued", "running",
+    ):  # fmt: skip
+        assert time.monotonic() < deadline, f"job {job_id} did not finish: {doc}"
+        time.sleep(0.05)
+    return doc  # type: ignore[no-any-return]

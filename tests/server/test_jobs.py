@@ -496,7 +496,7 @@ def test_auto_verify_in_the_config_verifies_the_services_backups_too(tmp_path, m
     from casbackup.server.app import create_app
     from casbackup.server.settings import Settings
     from casbackup.testing.fixtures import PASSWORD, make_repo
-    from tests.server.conftest import make_config
+    from tests.server.conftest import make_config, run_job
 
     monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -511,13 +511,7 @@ def test_auto_verify_in_the_config_verifies_the_services_backups_too(tmp_path, m
         h = {"Authorization": f"Bearer {service.accounts.create_token('root')[0]}"}
 
         def run(path: str, body: dict[str, Any]) -> dict[str, Any]:
-            job_id = client.post(path, json=body, headers=h).json()["job_id"]
-            while (doc := client.get(f"/api/jobs/{job_id}", headers=h).json())["state"] in (
-                "queued",
-                "running",
-            ):
-                time.sleep(0.05)
-            return doc  # type: ignore[no-any-return]
+            return run_job(client, h, path, body)
 
         blog = run("/api/backup", {"app_name": "blog"})  # auto_verify = true
         assert blog["state"] == "succeeded" and blog["result"]["verification"]["ok"], blog

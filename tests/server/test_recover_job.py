@@ -9,7 +9,6 @@ database could be recovered through the service at all.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ def test_the_service_recovers_a_postgresql_database_the_config_defines(  # type:
     from casbackup.server.app import create_app
     from casbackup.server.settings import Settings
     from casbackup.testing.fixtures import PASSWORD, make_repo
-    from tests.server.conftest import make_config
+    from tests.server.conftest import make_config, run_job
 
     db = unique("casb_pg_dr")
     psql(f"CREATE DATABASE {pg_ident(db)};")
@@ -57,13 +56,7 @@ def test_the_service_recovers_a_postgresql_database_the_config_defines(  # type:
             h = {"Authorization": f"Bearer {service.accounts.create_token('root')[0]}"}
 
             def run(path: str, body: dict[str, Any]) -> dict[str, Any]:
-                job_id = client.post(path, json=body, headers=h).json()["job_id"]
-                while (doc := client.get(f"/api/jobs/{job_id}", headers=h).json())["state"] in (
-                    "queued",
-                    "running",
-                ):
-                    time.sleep(0.05)
-                return doc  # type: ignore[no-any-return]
+                return run_job(client, h, path, body)
 
             backup = run("/api/backup", {"app_name": "blog"})
             assert backup["state"] == "succeeded", backup
