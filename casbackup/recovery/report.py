@@ -118,6 +118,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"| {d['name']} | {d['engine']} | `{d['target']}` | {human_bytes(d['dump_size'])} "
                 f"| `{d['dump_blake3'][:16]}` | {len(d['row_counts'])} | {rows} | {result} |"
             )
+        # What was applied before the loads: roles (PostgreSQL) and accounts (MariaDB)
+        # created from the backup, and those the server had already.
+        created = [note for d in doc["databases"] for note in d.get("globals") or []]
+        lines += ([""] + [f"- {note}" for note in created]) if created else []
     else:
         lines.append("No databases were restored.")
     left = [p for p in (*doc["files"], *doc["databases"]) if p.get("left_as_is")]

@@ -64,6 +64,14 @@ def test_db_restore_on_a_rebuilt_server_brings_the_accounts_back(my_database: st
                   "--no-globals")  # fmt: skip
         assert out.code == 0, out.err
         assert mariadb(f"SELECT COUNT(*) FROM mysql.user WHERE User = '{app_user}';").strip() == "0"
+        # recover onto the "rebuilt" server: the account is back, and the report says so.
+        mariadb(f"DROP DATABASE `{my_database}`;")
+        target = tmp_path / "target"
+        out = cli(config, "recover", "--app", "shop", "--target", str(target), "--allow-unverified")
+        assert out.code == 0, out.err
+        assert _can_log_in(app_user, "app pw", my_database)
+        report = (target / "recovery-report.md").read_text()
+        assert "- database 'orders': accounts from the backup: 1 created" in report
     finally:
         mariadb(f"DROP USER IF EXISTS '{app_user}'@'%'; DROP USER IF EXISTS '{other}'@'%';")
 
