@@ -86,6 +86,12 @@ class LockError(CasError):
     exit_code = EXIT_LOCKED
 
 
+class RepositoryBusy(LockError):
+    """Another live process holds a lock that conflicts with the one asked for (a prune's
+    exclusive lock, or a backup's when a prune asks): taking it again later may succeed,
+    which a caller that waits for locks does (``repo.lock.acquire_waiting``)."""
+
+
 class IntegrityError(CasError):
     """Stored data failed authentication, hashing or structural checks."""
 

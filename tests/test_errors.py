@@ -20,6 +20,7 @@ ALLOWED_SHARING = {
     "MigrationRequired": "UnsupportedFormat",  # a format this program does not write
     "UnverifiedSnapshot": "RecoveryError",  # the refusal to recover from an unverified one
     "TransientStorageError": "StorageError",
+    "RepositoryBusy": "LockError",  # could not lock, because another process holds it now
     "ObjectRefused": "StorageError",  # a damaged (non-regular or oversized) object: storage fault
     "WorkerFailed": "CasError",  # a reader process died: fatal, like any unexpected fault
     "WriterFailed": "CasError",  # a restore writer process died: likewise

@@ -66,13 +66,21 @@ from casbackup.errors import CasError, UsageError
     help="Stop and fail a backup, verify, check, forget or prune job running longer than "
     "this (e.g. 6h, 90min; 0: no limit); an application's max_run_time overrides it.",
 )
+@click.option(
+    "--lock-wait",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="How long a job waits for its repository while another process (a prune from "
+    "cron, a second service) holds a lock it cannot share, before it fails (0: not at all).",
+)
 @click.pass_context
 def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str | None,
           tls_key: str | None, insecure_http: bool, trusted_proxies: tuple[str, ...],
           trusted_user_header: str | None, secure_cookies: bool | None, no_scheduler: bool,
           missed_runs: str, timezone: str | None, verify_schedule: str | None,
           check_schedule: str | None, forget_schedule: str | None, check_subset: str,
-          max_run_time: str) -> None:  # fmt: skip
+          max_run_time: str, lock_wait: str) -> None:  # fmt: skip
     """Run the web service: the API, background jobs and the scheduler.
 
     Reads the same config file as the other commands and serves every application and
@@ -85,6 +93,7 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
     opts = global_options(ctx)
     host, port = parse_listen(listen)
     run_time = _run_time(max_run_time)
+    lock_wait_s = _run_time(lock_wait, "--lock-wait")
     verify_schedule = _schedule("--verify-schedule", verify_schedule)
     check_schedule = _schedule("--check-schedule", check_schedule)
     forget_schedule = _schedule("--forget-schedule", forget_schedule)
@@ -118,7 +127,7 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
         run_scheduler=not no_scheduler, missed_runs=missed_runs, timezone=_zone(timezone),
         verify_schedule=verify_schedule, check_schedule=check_schedule,
         forget_schedule=forget_schedule, check_subset=_subset(check_subset),
-        max_run_time_s=run_time,
+        max_run_time_s=run_time, lock_wait_s=lock_wait_s,
     )  # fmt: skip
     import uvicorn
 
@@ -183,13 +192,13 @@ def _zone(name: str | None) -> str | None:
         raise UsageError(f"--timezone {exc}") from None
 
 
-def _run_time(text: str) -> int:
+def _run_time(text: str, option: str = "--max-run-time") -> int:
     from casbackup.units import parse_run_time
 
     try:
         return parse_run_time(text)
     except ValueError as exc:
-        raise UsageError(f"--max-run-time: {exc}") from None
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def _schedule(option: str, text: str | None) -> str | None:

@@ -38,10 +38,11 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from casbackup import liveness
-from casbackup.errors import CasError, LockError, NotFound, StorageError
+from casbackup.errors import CasError, LockError, NotFound, RepositoryBusy, StorageError
 from casbackup.repo.ids import Kind
 from casbackup.threadsig import quiet_thread
 
@@ -183,13 +184,13 @@ class Lock:
                         if info.command.rsplit(" ", 1)[-1] == "mount"
                         else "wait for it to finish"
                     )
-                    raise LockError(
+                    raise RepositoryBusy(
                         f"repository is locked: {info.describe()}; "
                         f"{until}, or run 'casbackup unlock' if it is gone"
                     )
             if not changed:
                 return
-        raise LockError(
+        raise RepositoryBusy(
             "repository locks kept changing while this exclusive lock was taken; try again"
         )
 
@@ -305,6 +306,48 @@ class Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+LOCK_RETRY_MAX_S = 30.0  # the longest pause between two tries of a waiting lock
+
+
+def acquire_waiting(
+    repo,  # Repository
+    *,
+    exclusive: bool,
+    command: str,
+    wait_s: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Lock:
+    """Take a lock as ``Lock.acquire`` does; while another live process holds a conflicting
+    one (``RepositoryBusy``: a prune from cron beside the service's backup, a second
+    service's forget), try again, 1 s after the first refusal and then twice as long each
+    time (at most ``LOCK_RETRY_MAX_S``), until ``wait_s`` seconds have passed: then the last
+    refusal is raised, with how long it waited. ``on_wait(reason)`` hears the first
+    refusal (one line, for a log). Any other error (a stale lock that cannot be removed,
+    a storage failure) is raised at once; an interrupt during a pause ends the wait."""
+    deadline = clock() + max(0.0, wait_s)
+    pause = 1.0
+    told = False
+    while True:
+        try:
+            return Lock(repo, exclusive, command).acquire()
+        except RepositoryBusy as exc:
+            left = deadline - clock()
+            if left <= 0:
+                if told:
+                    from casbackup.units import format_run_time
+
+                    waited = format_run_time(wait_s)
+                    raise RepositoryBusy(f"{exc} (waited {waited} for it)") from None
+                raise
+            if not told and on_wait is not None:
+                on_wait(str(exc))
+            told = True
+            sleep(min(pause, left))
+            pause = min(pause * 2, LOCK_RETRY_MAX_S)
 
 
 def _lost_message() -> str:

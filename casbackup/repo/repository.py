@@ -11,7 +11,7 @@ or indexed blobs no snapshot uses; never a reference to something missing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -28,7 +28,7 @@ from casbackup.repo.config import RepoConfig
 from casbackup.repo.ids import file_id
 from casbackup.repo.keyring import KeyChoice, find_key
 from casbackup.repo.localstate import LocalState, StateDoc
-from casbackup.repo.lock import Lock
+from casbackup.repo.lock import Lock, acquire_waiting
 from casbackup.repo.snapshotstore import SnapshotStore
 from casbackup.store.base import Backend, odd_entries
 
@@ -153,14 +153,36 @@ class Repository(SnapshotStore):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def lock(self, *, exclusive: bool = False, command: str = "") -> Lock:
+    def lock(
+        self,
+        *,
+        exclusive: bool = False,
+        command: str = "",
+        wait_s: float = 0.0,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Lock:
+        """Take a shared or exclusive lock; LockError (RepositoryBusy: another process
+        holds a conflicting one) when it cannot. ``wait_s``: seconds to keep trying while
+        another process holds it (``lock.acquire_waiting``; ``on_wait`` hears the first
+        refusal)."""
         if exclusive:
             self.require_writable()  # exclusive = forget, prune, repair, key changes
-        return Lock(self, exclusive, command).acquire()
+        if wait_s <= 0:
+            return Lock(self, exclusive, command).acquire()
+        return acquire_waiting(
+            self, exclusive=exclusive, command=command, wait_s=wait_s, on_wait=on_wait
+        )
 
     @contextmanager
-    def locked(self, *, exclusive: bool = False, command: str = "") -> Iterator[Repository]:
-        lock = self.lock(exclusive=exclusive, command=command)
+    def locked(
+        self,
+        *,
+        exclusive: bool = False,
+        command: str = "",
+        wait_s: float = 0.0,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Iterator[Repository]:
+        lock = self.lock(exclusive=exclusive, command=command, wait_s=wait_s, on_wait=on_wait)
         try:
             yield self
         finally:

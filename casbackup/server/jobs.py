@@ -447,6 +447,7 @@ class JobManager:
             "password_b64": base64.b64encode(password).decode(), "s3": handle.s3,
             "config": str(config) if config else None, "params": json.loads(row["params"]),
             "timezone": self.service.zone_name(),  # retention's calendar is the schedules'
+            "lock_wait_s": self.service.settings.lock_wait_s,
         }  # fmt: skip
         env = dict(os.environ) | dict(self.service.settings.job_env)
         env["CASBACKUP_SERVICE_PID"] = str(os.getpid())  # the worker dies with us (worker.py)

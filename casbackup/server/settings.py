@@ -55,6 +55,10 @@ class Settings:
     # mount must not stop every later run. An application's max_run_time overrides it; 0:
     # no limit.
     max_run_time_s: int = 24 * 3600
+    # Seconds a job waits for its repository while another process holds a conflicting lock
+    # (a prune run from cron, a second service on the repository) before it fails; 0: not
+    # at all. The job's max run time still bounds the wait.
+    lock_wait_s: int = 3600
     job_python: str = field(default=sys.executable)  # interpreter for job worker processes
     job_env: tuple[tuple[str, str], ...] = ()  # extra environment for workers (tests)
 

@@ -167,6 +167,21 @@ class Job:
     reporter: PipeReporter
     warm: WarmAhead | None = None  # a backup job's sources being warmed (``_warming``)
     timezone: str | None = None  # the service's zone (timezones.py); None: the machine's
+    lock_wait_s: float = 0.0  # how long to wait while another process holds the repository
+
+    def locked(self, *, exclusive: bool = False, command: str) -> AbstractContextManager[Any]:
+        """The repository locked for the job; while another process holds a conflicting
+        lock (a prune from cron, a second service's forget), the job waits for it up to
+        ``lock_wait_s`` seconds, and its log says so, rather than failing at once."""
+
+        def waiting(why: str) -> None:
+            from casbackup.units import format_run_time
+
+            limit = format_run_time(self.lock_wait_s)
+            self.reporter.info(f"waiting up to {limit} for the repository: {why}")
+
+        return self.repo.locked(exclusive=exclusive, command=command,
+                                wait_s=self.lock_wait_s, on_wait=waiting)  # fmt: skip
 
 
 def _app(job: Job) -> Any:
@@ -205,7 +220,7 @@ def run_backup_job(job: Job) -> dict[str, Any]:
     notice.started()
     job.reporter.info(f"backing up {options.app} ({options.type})")
     try:
-        with job.repo.locked(command="serve: backup"):
+        with job.locked(command="serve: backup"):
             outcome = backup_application(job.repo, options, job.reporter)
     except Exception as exc:
         if stop_asked():
@@ -234,7 +249,7 @@ def run_backup_job(job: Job) -> dict[str, Any]:
         # restorable at once (what recover, by default, asks of a snapshot).
         from casbackup.verify.sandbox import run_verification
 
-        with job.repo.locked(command="serve: verify"):
+        with job.locked(command="serve: verify"):
             verified = run_verification(job.repo, snap, _verify_options(job), job.reporter)
         result["verification"] = verified.record.to_dict()
         if not verified.record.ok:
@@ -262,7 +277,7 @@ def _verify_options(job: Job) -> Any:
 def run_verify_job(job: Job) -> dict[str, Any]:
     from casbackup.verify.sandbox import run_verification
 
-    with job.repo.locked(command="serve: verify"):
+    with job.locked(command="serve: verify"):
         snap = _snapshot(job)
         outcome = run_verification(job.repo, snap, _verify_options(job), job.reporter)
     result = {"snapshot_id": snap.id, **outcome.record.to_dict()}
@@ -281,7 +296,7 @@ def run_check_job(job: Job) -> dict[str, Any]:
     options = CheckOptions(
         read_data=bool(job.params.get("read_data")) or subset is not None, subset=subset
     )
-    with job.repo.locked(command="serve: check"):
+    with job.locked(command="serve: check"):
         report = check(job.repo, options, job.reporter)
     doc = {
         "ok": report.ok, "errors": report.errors, "warnings": report.warnings,
@@ -303,7 +318,7 @@ def run_restore_job(job: Job) -> dict[str, Any]:
     from casbackup.archiver.restore import RestoreOptions, restore
 
     target = job.params["target"]
-    with job.repo.locked(command="serve: restore"):
+    with job.locked(command="serve: restore"):
         snap = _snapshot(job)
         options = RestoreOptions(target=target, subpath=job.params.get("path") or "/",
                                  overwrite=bool(job.params.get("overwrite")))  # fmt: skip
@@ -328,7 +343,7 @@ def run_forget_job(job: Job) -> dict[str, Any]:
         raise UsageError(
             f"application {app.name!r} has no retention in the config: nothing to forget"
         )
-    with job.repo.locked(exclusive=True, command="serve: forget"):
+    with job.locked(exclusive=True, command="serve: forget"):
         warnings: list[str] = []
         snaps = [s for s in job.repo.list_snapshots(warnings=warnings) if s.app == app.name]
         if warnings:
@@ -350,7 +365,7 @@ def run_prune_job(job: Job) -> dict[str, Any]:
     from casbackup.maintenance.prune import PruneOptions, execute_prune, plan_prune
 
     options = PruneOptions(max_unused=float(job.params.get("max_unused", PruneOptions.max_unused)))
-    with job.repo.locked(exclusive=True, command="serve: prune"):
+    with job.locked(exclusive=True, command="serve: prune"):
         plan = plan_prune(job.repo, options, job.reporter)
         doc: dict[str, Any] = {
             "dry_run": bool(job.params.get("dry_run")),
@@ -382,7 +397,7 @@ def run_recover_job(job: Job) -> dict[str, Any]:
         configured={d.name: d for d in app.databases} if app is not None else {},
         configured_sources=tuple(app.sources) if app is not None else (),
     )  # fmt: skip
-    with job.repo.locked(command="serve: recover"):
+    with job.locked(command="serve: recover"):
         try:
             result = recover(job.repo, options, job.reporter)
         except UnverifiedSnapshot as exc:  # what to do, in the API's words, not the CLI's
@@ -422,7 +437,7 @@ def run_repair_job(job: Job) -> dict[str, Any]:
     from casbackup.verify.repair_snapshots import repair_snapshots
 
     dry_run = bool(job.params.get("dry_run"))
-    with job.repo.locked(exclusive=True, command="serve: repair"):
+    with job.locked(exclusive=True, command="serve: repair"):
         if job.params.get("what") == "packs":
             packs = resolve_packs(job.repo, list(job.params.get("packs") or []))
             result = repair_packs(job.repo, packs, dry_run=dry_run, reporter=job.reporter)
@@ -450,7 +465,7 @@ def run_tag_job(job: Job) -> dict[str, Any]:
         add=tuple(p.get("add") or ()), remove=tuple(p.get("remove") or ()),
         set_to=None if p.get("set") is None else tuple(p["set"]),
     )  # fmt: skip
-    with job.repo.locked(exclusive=True, command="serve: tag"):
+    with job.locked(exclusive=True, command="serve: tag"):
         result = change_tags(job.repo, [str(p.get("snapshot"))], change, app=job.app)
     for old_id in result.leftovers_removed:
         job.reporter.info(f"removed left-over record {old_id[:8]} of an interrupted tag change")
@@ -473,7 +488,7 @@ def run_rewrite_job(job: Job) -> dict[str, Any]:
     p = job.params
     dry_run = bool(p.get("dry_run", True))
     excluder = Excluder([str(x) for x in p.get("excludes") or []])
-    with job.repo.locked(exclusive=True, command="serve: rewrite"):
+    with job.locked(exclusive=True, command="serve: rewrite"):
         snaps = [s for s in job.repo.list_snapshots(warnings=[]) if s.app == job.app]
         done = rewrite_snapshots(job.repo, snaps, excluder, forget_old=bool(p.get("forget")),
                                  dry_run=dry_run, reporter=job.reporter)  # fmt: skip
@@ -563,7 +578,8 @@ def main() -> int:
                 if kind in WRITING_KINDS:
                     repo.require_writable()  # an old format this program may only read
                 job = Job(kind, repo, config, spec.get("app"), spec.get("params") or {},
-                          PipeReporter(), ahead, spec.get("timezone"))  # fmt: skip
+                          PipeReporter(), ahead, spec.get("timezone"),
+                          float(spec.get("lock_wait_s") or 0))  # fmt: skip
                 result = operation(job)
             finally:
                 repo.close()
