@@ -142,6 +142,48 @@ def _busy_timeout(spec: DatabaseSpec) -> float:
     return float(checked_option(spec, "busy_timeout", "60", check_option))
 
 
+_MAX_LINKS = 40  # as the kernel's own limit on symbolic links followed in one lookup
+
+
+def _restore_target(path: str, what: str) -> tuple[str, tuple[str, ...]]:
+    """Where a restore over ``path`` writes: ``path`` itself, or, when ``path`` is a symbolic
+    link, the file it leads to (with a note saying so), so that a database kept on another disk
+    through a link is restored there and the link stays, as the backup read it through the link.
+
+    Every link of the chain must belong to root or to the restoring user: a link another user
+    planted would otherwise let a restore running as root replace any file (the rule Linux's
+    ``fs.protected_symlinks`` applies in shared folders). Returns (path to write, notes).
+    Raises DatabaseError for another user's link, a loop, or a link to something not a file.
+    """
+    current, followed = path, False
+    for _ in range(_MAX_LINKS):
+        try:
+            st = os.lstat(current)
+        except (FileNotFoundError, NotADirectoryError):
+            break  # nothing there yet: the restore creates it (or says why it cannot)
+        except OSError as e:
+            raise DatabaseError(f"{what}: cannot inspect {current}: {e.strerror}") from None
+        if not stat.S_ISLNK(st.st_mode):
+            if not stat.S_ISREG(st.st_mode):
+                raise DatabaseError(f"{what}: {current} exists and is not a regular file")
+            break
+        if st.st_uid not in (0, os.geteuid()):
+            raise DatabaseError(
+                f"{what}: {current} is a symbolic link owned by uid {st.st_uid}, not followed "
+                "(remove it, or restore elsewhere with --db-into)"
+            )
+        target = os.readlink(current)
+        current = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(current)), target))
+        followed = True
+    else:
+        raise DatabaseError(f"{what}: {path} is a symbolic link loop")
+    if not followed:
+        return path, ()
+    return current, (
+        f"{what}: {path} is a symbolic link: restored the file it leads to, {current}",
+    )
+
+
 def _require_path(spec: DatabaseSpec) -> str:
     if not spec.path:
         raise DatabaseError(f"database {spec.name!r}: sqlite needs a path")
@@ -262,7 +304,7 @@ class SqliteEngine:
         owner that cannot be set (not root) is a warning in the result, and then the mode
         goes without setuid/setgid bits.
         """
-        path = _require_path(spec)
+        path, notes = _restore_target(_require_path(spec), f"database {spec.name!r}")
         if not properties:
             with contextlib.suppress(OSError):
                 properties = file_properties(path)
@@ -317,7 +359,7 @@ class SqliteEngine:
                 ) from None
             raise
         return RestoreInfo(self.name, path, written, counts, sqlite3.sqlite_version,
-                           (*swept, *warnings))  # fmt: skip
+                           (*notes, *swept, *warnings))  # fmt: skip
 
     def row_counts(self, spec: DatabaseSpec) -> dict[str, int]:
         path = _require_path(spec)

@@ -172,6 +172,60 @@ def test_restore_refuses_existing_unless_overwrite_and_drop(tmp_path: Path) -> N
     assert not target.exists()
 
 
+def _bank_dump(tmp_path: Path) -> bytes:
+    db = tmp_path / "bank.db"
+    make_bank(db)
+    with SqliteEngine().dump(spec_for(db)) as stream:
+        data = stream.read()
+        stream.finish()
+    return data
+
+
+def test_restore_over_a_symlink_restores_the_file_it_leads_to(tmp_path: Path) -> None:
+    # A database kept on another disk behind a link (/var/lib/app/app.db -> /data/app.db): the
+    # backup read it through the link; the restore used to replace the link by a file, leaving
+    # the application's data on the wrong disk and the old file behind.
+    data = _bank_dump(tmp_path)
+    (tmp_path / "data").mkdir()
+    real = tmp_path / "data" / "app.db"
+    real.write_bytes(b"old database")
+    Path(str(real) + "-wal").write_bytes(b"stale wal")
+    (tmp_path / "lib").mkdir()
+    link = tmp_path / "lib" / "app.db"
+    link.symlink_to("../data/app.db")
+    info = SqliteEngine().restore(spec_for(link), io.BytesIO(data), overwrite=True)
+    assert link.is_symlink() and os.readlink(link) == "../data/app.db"
+    assert info.target == str(real)
+    assert any("is a symbolic link" in w and str(real) in w for w in info.warnings)
+    assert not Path(str(real) + "-wal").exists()
+    assert SqliteEngine().row_counts(spec_for(real))["accounts"] == 500
+    # A dangling link: the file is created where it leads.
+    real.unlink()
+    SqliteEngine().restore(spec_for(link), io.BytesIO(data))
+    assert link.is_symlink() and SqliteEngine().row_counts(spec_for(real))["accounts"] == 500
+
+
+def test_restore_refuses_another_users_link_and_loops(tmp_path: Path) -> None:
+    data = _bank_dump(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"someone else's file")
+    link = tmp_path / "app.db"
+    link.symlink_to(victim)
+    if os.geteuid() == 0:
+        os.lchown(link, 4242, 4242)
+        with pytest.raises(DatabaseError, match="symbolic link owned by uid 4242, not followed"):
+            SqliteEngine().restore(spec_for(link), io.BytesIO(data), overwrite=True)
+        assert victim.read_bytes() == b"someone else's file" and link.is_symlink()
+    loop = tmp_path / "loop.db"
+    loop.symlink_to("loop.db")
+    with pytest.raises(DatabaseError, match="symbolic link loop"):
+        SqliteEngine().restore(spec_for(loop), io.BytesIO(data), overwrite=True)
+    folder_link = tmp_path / "dir.db"
+    folder_link.symlink_to(tmp_path)
+    with pytest.raises(DatabaseError, match="exists and is not a regular file"):
+        SqliteEngine().restore(spec_for(folder_link), io.BytesIO(data), overwrite=True)
+
+
 def test_restore_of_garbage_leaves_target_untouched(tmp_path: Path) -> None:
     target = tmp_path / "t.db"
     with pytest.raises(DatabaseError, match="not an SQLite 3 database"):
