@@ -184,6 +184,26 @@ def _restore_target(path: str, what: str) -> tuple[str, tuple[str, ...]]:
     )
 
 
+def restore_path_problem(spec: DatabaseSpec) -> str | None:
+    """Why a restore could not write ``spec.path``, asked before anything is written (recover
+    restores the files first): a link the restore would refuse (`_restore_target`), a file
+    where one of its folders goes, or a folder the user cannot write. None when it looks fine;
+    the restore itself still reports whatever happens later (a full disk)."""
+    what = f"database {spec.name!r}"
+    try:
+        path, _ = _restore_target(_require_path(spec), what)
+    except DatabaseError as exc:
+        return str(exc)
+    node = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(node) and node != os.path.dirname(node):
+        node = os.path.dirname(node)
+    if not os.path.isdir(node):
+        return f"{what}: cannot write {path}: {node} is a file, not a folder"
+    if not os.access(node, os.W_OK | os.X_OK):
+        return f"{what}: cannot write {path}: {node} is not writable"
+    return None
+
+
 def _require_path(spec: DatabaseSpec) -> str:
     if not spec.path:
         raise DatabaseError(f"database {spec.name!r}: sqlite needs a path")

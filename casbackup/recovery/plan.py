@@ -29,6 +29,7 @@ from casbackup.engines.base import (
     get_engine,
     resolve_password,
 )
+from casbackup.engines.sqlite import restore_path_problem
 from casbackup.errors import CasError, NotFound, RecoveryError, UnverifiedSnapshot, UsageError
 from casbackup.maintenance.rewrite import REWRITTEN_TAG
 from casbackup.recovery.connection import connection_spec, describe
@@ -518,7 +519,9 @@ def _plan_databases(
         if done and not options.dry_run and _gone(spec):
             done = ""  # removed since (the operator starting over): loaded again
         item = DatabaseItem(record, spec, where, replace_it, was, again, done)
-        problem = _preflight(item, connect=not options.dry_run)
+        # A path inside a target already refused (read-only, say) says nothing new.
+        inside_refused = _target_problem(target) is not None and _inside(spec.path, target)
+        problem = _preflight(item, connect=not options.dry_run, check_path=not inside_refused)
         if problem:
             problems.append(problem)
         out.append(item)
@@ -538,7 +541,14 @@ def _gone(spec: DatabaseSpec) -> bool:
         return False
 
 
-def _preflight(item: DatabaseItem, *, connect: bool) -> str | None:
+def _inside(path: str | None, folder: str) -> bool:
+    """Whether ``path`` (a database file's) lies in ``folder``, by their absolute names."""
+    if not path:
+        return False
+    return os.path.commonpath([os.path.abspath(path), folder]) == folder
+
+
+def _preflight(item: DatabaseItem, *, connect: bool, check_path: bool = True) -> str | None:
     """Why loading into this target would fail or be refused; None when it looks fine.
 
     Every spec here comes from the command line or the local config, so reading its password
@@ -556,6 +566,12 @@ def _preflight(item: DatabaseItem, *, connect: bool) -> str | None:
     except CasError as exc:
         text = str(exc)
         return text if text.startswith("database ") else f"database {spec.name!r}: {text}"
+    if spec.engine == "sqlite" and spec.path and check_path:
+        # A path under a file, in a folder the user cannot write, behind another user's link:
+        # found before the files are restored, not after.
+        problem = restore_path_problem(spec)
+        if problem:
+            return problem
     if item.overwrite:
         return None
     if spec.engine == "sqlite":

@@ -78,7 +78,7 @@ def test_a_rerun_never_replaces_a_database_the_first_run_did_not_load(  # type: 
     theirs = target / "databases" / "local.sqlite"
     options = RecoverOptions(app="shop", target=str(target), allow_unverified=True)
     with monkeypatch.context() as patch:
-        patch.setattr(plan_mod, "_preflight", lambda item, connect: None)  # it could not see
+        patch.setattr(plan_mod, "_preflight", lambda item, **kw: None)  # it could not see
         theirs.parent.mkdir(parents=True)
         theirs.write_bytes(b"someone else's database")
         result = recover(repo, options)
@@ -113,3 +113,23 @@ def test_a_dry_run_says_it_did_not_ask_the_server(  # type: ignore[no-untyped-de
         "  not checked: whether pg already holds data on the server (the recovery refuses"
         in res.out
     )
+
+
+def test_an_sqlite_path_that_cannot_be_written_stops_the_plan_before_any_file(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path
+) -> None:
+    """helper-64's weak item: `--db-into` an SQLite path under a file (or behind another
+    user's link) failed only after every file had been restored into the target."""
+    app, local = make_app(tmp_path)
+    backup(repo, app, [local])
+    (tmp_path / "afile").write_text("a file, not a folder")
+    target = tmp_path / "t"
+    options = RecoverOptions(app="shop", target=str(target), allow_unverified=True,
+                             db_into={"local": str(tmp_path / "afile" / "sub" / "shop.db")})  # fmt: skip
+    with pytest.raises(RecoveryError) as exc:
+        recover(repo, options)
+    msg = str(exc.value)
+    assert msg.startswith("nothing was changed"), msg
+    assert f"database 'local': cannot write {tmp_path}/afile/sub/shop.db: " in msg
+    assert f"{tmp_path}/afile is a file, not a folder" in msg
+    assert not target.exists()

@@ -18,6 +18,7 @@ from casbackup.recovery import execute
 from casbackup.recovery.execute import recover
 from casbackup.recovery.plan import RecoverOptions, build_plan
 from casbackup.testing.fixtures import run_cli
+from tests.loopfs import tmpfs
 from tests.recovery.test_recover_rerun import interrupt_while_loading
 from tests.verify.apps import backup, make_app
 
@@ -28,10 +29,12 @@ def test_a_database_that_was_not_loaded_is_not_called_loaded(  # type: ignore[no
     app, local = make_app(tmp_path)
     backup(repo, app, [local])
     repo.close()
-    (tmp_path / "a-file").write_text("not a folder\n")
-    into = tmp_path / "a-file" / "shop.sqlite"
-    res = run_cli("recover", "--app", "shop", "--target", str(tmp_path / "t"),
-                  "--allow-unverified", "--db-into", f"local={into}", repo=repo_path)  # fmt: skip
+    # A file system too small for the database: the load fails half-way (a path under a
+    # file, used here before, is now refused by the plan, before anything is restored).
+    with tmpfs(tmp_path / "small", "size=4k") as small:
+        into = small / "shop.sqlite"
+        res = run_cli("recover", "--app", "shop", "--target", str(tmp_path / "t"),
+                      "--allow-unverified", "--db-into", f"local={into}", repo=repo_path)  # fmt: skip
     assert res.code == 30, res.err
     assert f"did not load database local into sqlite:{into} (FAILED: " in res.out, res.out
     assert "loaded database local" not in res.out
