@@ -40,9 +40,11 @@ class Recheck:
     manifest_truncated: bool = False
 
 
-def _read_through(repo: Repository, node: Node, path: str) -> int:
+def _read_through(repo: Repository, node: Node, path: str, buf: bytearray) -> int:
+    """Read ``node``'s content through ``buf`` (one buffer for every file: a fresh 1 MiB one
+    per file cost an mmap, page faults and an munmap each, a third of the re-check's CPU on
+    a tree of small files); returns its size. Raises CasError."""
     reader = ChunkReader.for_node(repo, node, name=path)
-    buf = bytearray(_BUF)
     try:
         while reader.readinto(buf):
             pass
@@ -63,10 +65,11 @@ def recheck(
     clock = time.monotonic()
     out = Recheck()
     progress = Progress(phase="re-check", bytes_total=plan.bytes_total)
+    buf = bytearray(_BUF)
 
     def one(node: Node, path: str, restored_to: str) -> None:
         try:
-            size = _read_through(repo, node, path)
+            size = _read_through(repo, node, path, buf)
         except CasError as exc:
             out.problems.append(f"{path}: {exc}")
             return
