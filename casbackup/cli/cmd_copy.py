@@ -6,10 +6,10 @@ import os
 
 import click
 
-from casbackup.access import passphrase_from
-from casbackup.cli.context import open_backend, with_repository
+from casbackup.access import PasswordSource, passphrase_from, password_origin
+from casbackup.cli.context import open_backend, said_where, with_repository
 from casbackup.cli.render import emit_json, warn
-from casbackup.errors import CasError, RepositoryNotFound, UsageError
+from casbackup.errors import CasError, RepositoryNotFound, UsageError, WrongPassword
 from casbackup.maintenance.copy import CopyOptions, copy_snapshots
 from casbackup.repo.repository import Repository
 from casbackup.units import human_bytes, plural
@@ -44,6 +44,14 @@ def open_source(
         raise RepositoryNotFound(f"no repository at {location} (the --from-repo)")
     try:
         return Repository.open(backend, password)
+    except WrongPassword as exc:
+        backend.close()
+        origin = (
+            password_origin(PasswordSource(password_file, password_command))
+            if password_file or password_command
+            else "the variable CASBACKUP_FROM_PASSWORD"
+        )
+        raise WrongPassword(said_where(str(exc), origin, f" for --from-repo {location}")) from None
     except CasError:
         backend.close()
         raise
@@ -52,9 +60,13 @@ def open_source(
 @click.command()
 @click.option("--from-repo", required=True, help="Repository to copy from.")
 @click.option(
-    "--from-password-file", help="Its passphrase from FILE [env: CASBACKUP_FROM_PASSWORD]."
+    "--from-password-file",
+    metavar="FILE",
+    help="Its passphrase from FILE (or the passphrase itself in CASBACKUP_FROM_PASSWORD).",
 )
-@click.option("--from-password-command", help="Its passphrase from a command's output.")
+@click.option(
+    "--from-password-command", metavar="CMD", help="Its passphrase from a command's output."
+)
 @click.option("--app", help="Only snapshots of this application.")
 @click.option(
     "--tag", "tags", multiple=True, help="Only snapshots with this tag (repeatable: all)."

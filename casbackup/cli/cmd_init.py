@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import click
 
-from casbackup.cli.config_support import apply_config_defaults
+from casbackup.cli.config_support import apply_config_defaults, require_repository
 from casbackup.cli.context import global_options, open_backend, read_password
 from casbackup.cli.render import emit_json
 from casbackup.crypto.keyfile import WEAK_KDF, KdfParams
@@ -38,8 +38,14 @@ from casbackup.repo.repository import Repository
     metavar="SRC",
     help="Share SRC's chunker parameters and key material, so 'copy' dedups across.",
 )
-@click.option("--from-password-file", help="SRC's passphrase from FILE.")
-@click.option("--from-password-command", help="SRC's passphrase from a command's output.")
+@click.option(
+    "--from-password-file",
+    metavar="FILE",
+    help="SRC's passphrase from FILE (or the passphrase itself in CASBACKUP_FROM_PASSWORD).",
+)
+@click.option(
+    "--from-password-command", metavar="CMD", help="SRC's passphrase from a command's output."
+)
 @click.pass_context
 def init(
     ctx: click.Context,
@@ -54,6 +60,7 @@ def init(
     """Create a new, encrypted repository."""
     opts = global_options(ctx)
     apply_config_defaults(opts)  # the config's [repository] names where and how, if -r/env do not
+    require_repository(opts)
     backend = open_backend(opts.repo, opts.s3_settings)
     _check_local_folder(backend.location)
     Repository.check_can_init(backend)  # before asking for a passphrase twice

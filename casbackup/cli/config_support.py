@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from casbackup.config import AppConfig, Config
 
 _loaded: dict[Path, Config] = {}  # one process runs one command: read each file once
+WHERE_CONFIG = (
+    "give --config FILE, set CASBACKUP_CONFIG, or create ./casbackup.toml or "
+    "~/.config/casbackup/config.toml"
+)
 
 
 def load_cli_config(opts: GlobalOptions, *, required: bool = False, why: str = "") -> Config | None:
@@ -32,8 +36,7 @@ def load_cli_config(opts: GlobalOptions, *, required: bool = False, why: str = "
     if path is None:
         if required:
             raise ConfigError(
-                f"no config file found{' (' + why + ')' if why else ''}: give --config FILE, set "
-                "CASBACKUP_CONFIG, or create ./casbackup.toml or ~/.config/casbackup/config.toml"
+                f"no config file found{' (' + why + ')' if why else ''}: {WHERE_CONFIG}"
             )
         return None
     key = path.absolute()
@@ -96,3 +99,23 @@ def apply_config_defaults(opts: GlobalOptions, app: str | None = None) -> None:
         opts.password_file = repo.password_file
         opts.password_command = repo.password_command
         opts.password_env = repo.password_env
+
+
+def require_repository(opts: GlobalOptions) -> None:
+    """Raise UsageError when no repository location was given (after apply_config_defaults),
+    saying which config file was read, or that none was found where one is looked for."""
+    if opts.repo:
+        return
+    from casbackup.config import find_config_path
+    from casbackup.errors import UsageError
+
+    path = find_config_path(opts.config)
+    if path is None:
+        raise UsageError(
+            "no repository given: use -r/--repo or CASBACKUP_REPO, or name it in a config "
+            f"file's [repository] location (none found: {WHERE_CONFIG})"
+        )
+    raise UsageError(
+        "no repository given: use -r/--repo or CASBACKUP_REPO, or set [repository] location "
+        f"in {path}"
+    )

@@ -18,6 +18,7 @@ from casbackup.cli.render import warn
 from casbackup.errors import (
     StorageError,
     UsageError,
+    WrongPassword,
 )
 from casbackup.repo.repository import Repository
 from casbackup.store.base import Backend, skipped_warnings
@@ -84,10 +85,39 @@ def read_password(opts: GlobalOptions, *, confirm: bool = False) -> bytes:
 
 
 def open_repository(opts: GlobalOptions, app: str | None = None) -> Repository:
-    from casbackup.cli.config_support import apply_config_defaults
+    from casbackup.cli.config_support import apply_config_defaults, require_repository
 
+    repo_given = bool(opts.repo)
+    password_given = bool(opts.password_file or opts.password_command or opts.password_env)
     apply_config_defaults(opts, app)  # the config's [repository] fills in what was not given
-    return access.open_repository(opts.repo, lambda: read_password(opts), opts.s3_settings)
+    require_repository(opts)
+    try:
+        return access.open_repository(opts.repo, lambda: read_password(opts), opts.s3_settings)
+    except WrongPassword as exc:
+        source = access.PasswordSource(opts.password_file, opts.password_command, opts.password_env)
+        origin = access.password_origin(source)
+        if origin is None:
+            raise  # typed at the prompt: the user knows which
+        from_config = not password_given and source.given and "CASBACKUP_PASSWORD" not in origin
+        if from_config and "config" not in origin:
+            origin += ", from the config file"
+        hint = ""
+        if from_config and repo_given:
+            # -r named another repository (an off-site copy) and the config's passphrase,
+            # meant for its own repository, was used without a word.
+            hint = (
+                "; for a repository other than the config's, give its passphrase with "
+                "--password-file, --password-command or CASBACKUP_PASSWORD"
+            )
+        raise WrongPassword(said_where(str(exc), origin) + hint) from None
+
+
+def said_where(message: str, origin: str, prefix: str = "") -> str:
+    """A WrongPassword message with which passphrase it was: 'wrong passphrase{prefix}
+    ({origin}): ...' (``origin`` as access.password_origin words it)."""
+    head = "wrong passphrase"
+    rest = message[len(head) :] if message.startswith(head) else f": {message}"
+    return f"{head}{prefix} ({origin}){rest}"
 
 
 def with_repository(

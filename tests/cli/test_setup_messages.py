@@ -1,0 +1,124 @@
+"""Messages a newcomer meets while setting casbackup up (a config file, a second repository
+for an off-site copy): each says where what it used came from and what to do, exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from casbackup.testing.fixtures import PASSWORD, run_cli
+from tests.cli.conftest import assert_one_error
+
+NO_ENV_PASSWORD = {"CASBACKUP_PASSWORD": ""}  # set but empty is not set
+
+
+def _two_repos(tmp_path: Path) -> tuple[str, str, Path, Path]:
+    """The config's repository (passphrase PASSWORD in main.pass) and an off-site one
+    (its own passphrase in other.pass), and the config file naming the first."""
+    main, other = str(tmp_path / "main"), str(tmp_path / "other")
+    main_pass, other_pass = tmp_path / "main.pass", tmp_path / "other.pass"
+    main_pass.write_text(PASSWORD + "\n")
+    other_pass.write_text("the off-site passphrase\n")
+    assert run_cli("init", "--insecure-test-kdf", repo=main).code == 0
+    made = run_cli("--password-file", str(other_pass), "init", "--insecure-test-kdf", repo=other,
+                   env=NO_ENV_PASSWORD)  # fmt: skip
+    assert made.code == 0, made.err
+    config = tmp_path / "casbackup.toml"
+    config.write_text(f'[repository]\nlocation = "{main}"\npassword_file = "{main_pass}"\n')
+    return main, other, main_pass, other_pass
+
+
+def test_wrong_passphrase_from_the_config_for_another_repository(tmp_path: Path) -> None:
+    """-r names the off-site repository, the passphrase silently came from the config's
+    [repository]: the message said only 'wrong passphrase', for a passphrase never given."""
+    _main, other, main_pass, _ = _two_repos(tmp_path)
+    res = run_cli("snapshots", repo=other,
+                  env={**NO_ENV_PASSWORD, "CASBACKUP_CONFIG": str(tmp_path / "casbackup.toml")})  # fmt: skip
+    assert_one_error(res, 12)
+    assert res.err == (
+        f"error: wrong passphrase (password file {main_pass}, from the config file): no key "
+        "file of this repository opens with it; for a repository other than the config's, "
+        "give its passphrase with --password-file, --password-command or CASBACKUP_PASSWORD\n"
+    )
+
+
+def test_wrong_passphrase_says_which_source_was_tried(tmp_path: Path) -> None:
+    _main, other, main_pass, _ = _two_repos(tmp_path)
+    res = run_cli("--password-file", str(main_pass), "snapshots", repo=other, env=NO_ENV_PASSWORD)
+    assert res.code == 12
+    assert res.err == (
+        f"error: wrong passphrase (password file {main_pass}): no key file of this repository "
+        "opens with it\n"
+    )
+    res = run_cli("snapshots", repo=other, env={"CASBACKUP_PASSWORD": "not it"})
+    assert res.err == (
+        "error: wrong passphrase (the variable CASBACKUP_PASSWORD): no key file of this "
+        "repository opens with it\n"
+    )
+
+
+def test_copy_says_which_repository_refused_which_passphrase(tmp_path: Path) -> None:
+    """Both repositories of a copy answered 'wrong passphrase' alike: which one was it?"""
+    main, other, main_pass, other_pass = _two_repos(tmp_path)
+    res = run_cli("--password-file", str(other_pass), "copy", "--from-repo", main,
+                  "--from-password-file", str(other_pass), repo=other, env=NO_ENV_PASSWORD)  # fmt: skip
+    assert res.code == 12
+    assert res.err == (
+        f"error: wrong passphrase for --from-repo {main} (password file {other_pass}): no key "
+        "file of this repository opens with it\n"
+    )
+    res = run_cli("--password-file", str(other_pass), "copy", "--from-repo", main, repo=other,
+                  env={**NO_ENV_PASSWORD, "CASBACKUP_FROM_PASSWORD": "not it"})  # fmt: skip
+    assert res.err == (
+        f"error: wrong passphrase for --from-repo {main} (the variable "
+        "CASBACKUP_FROM_PASSWORD): no key file of this repository opens with it\n"
+    )
+    res = run_cli("--password-file", str(main_pass), "copy", "--from-repo", main,
+                  "--from-password-file", str(main_pass), repo=other, env=NO_ENV_PASSWORD)  # fmt: skip
+    assert res.err == (
+        f"error: wrong passphrase (password file {main_pass}): no key file of this repository "
+        "opens with it\n"
+    )
+
+
+def test_copy_help_says_what_the_variable_holds() -> None:
+    """The help said '--from-password-file ... [env: CASBACKUP_FROM_PASSWORD]': a variable
+    holding a file name, as CASBACKUP_PASSWORD_FILE does; it holds the passphrase itself."""
+    for command in ("copy", "init"):
+        text = " ".join(run_cli(command, "--help").out.split())
+        assert "--from-password-file FILE" in text, text
+        assert "or the passphrase itself in CASBACKUP_FROM_PASSWORD" in text, text
+
+
+def _cli_in(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """casbackup run from ``cwd`` with no config file anywhere it looks by default."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CASBACKUP_")}
+    full.update(XDG_CONFIG_HOME=str(cwd / "xdg"), HOME=str(cwd), **env)
+    return subprocess.run([sys.executable, "-m", "casbackup.cli.main", *args], cwd=cwd,
+                          env=full, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_no_repository_and_no_config_file_found(tmp_path: Path) -> None:
+    """'... or set [repository] location in the config file' when no config file was
+    found at all (written to /etc/casbackup/casbackup.toml, never named): which file?"""
+    for args in (["snapshots"], ["init"], ["backup", str(tmp_path)]):
+        res = _cli_in(tmp_path, *args, CASBACKUP_PASSWORD=PASSWORD)
+        assert res.returncode == 2, res.stderr
+        assert res.stderr == (
+            "error: no repository given: use -r/--repo or CASBACKUP_REPO, or name it in a "
+            "config file's [repository] location (none found: give --config FILE, set "
+            "CASBACKUP_CONFIG, or create ./casbackup.toml or ~/.config/casbackup/config.toml)\n"
+        )
+
+
+def test_no_repository_in_the_config_file_found(tmp_path: Path) -> None:
+    (tmp_path / "casbackup.toml").write_text('[[applications]]\nname = "a"\nsources = ["/x"]\n')
+    res = _cli_in(tmp_path, "snapshots", CASBACKUP_PASSWORD=PASSWORD)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == (
+        "error: no repository given: use -r/--repo or CASBACKUP_REPO, or set [repository] "
+        f"location in {tmp_path / 'casbackup.toml'}\n"
+    )
