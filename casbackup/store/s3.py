@@ -201,8 +201,9 @@ def status_of(exc: BaseException) -> int | None:
     return int(match.group(1) or match.group(2)) if match else None
 
 
-def classify(exc: BaseException, what: str) -> Exception:
-    """One casbackup error for an obstore failure while ``what`` (a one-line message).
+def classify(exc: BaseException, what: str, *, unsigned: bool = False) -> Exception:
+    """One casbackup error for an obstore failure while ``what`` (a one-line message);
+    ``unsigned``: the request went without a signature (no credentials were found).
 
     Permanent (StorageError): 401/403, no such bucket, other 4xx. Transient
     (TransientStorageError, retried by store/retry.py): 408, 429, 5xx and failures with
@@ -218,6 +219,12 @@ def classify(exc: BaseException, what: str) -> Exception:
     if isinstance(exc, oe.NotFoundError | FileNotFoundError) or status == 404:
         return NotFound(f"{what}: missing from the repository")
     if isinstance(exc, oe.PermissionDeniedError | oe.UnauthenticatedError) or status in (401, 403):
+        if unsigned:
+            return StorageError(
+                f"{what}: access denied to an unsigned request: no S3 credentials were found "
+                "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or "
+                "s3_access_key_id in the config file's [repository])"
+            )
         return StorageError(f"{what}: access denied (check the S3 credentials and bucket policy)")
     if status == 416:
         return StorageError(f"{what}: range not satisfiable")
@@ -294,7 +301,8 @@ class S3Backend:
         config: dict[str, Any] = dict(credentials(settings))
         config["endpoint"] = self.where.endpoint
         config["virtual_hosted_style_request"] = addressing == "virtual"
-        if "access_key_id" not in config:
+        self.unsigned = "access_key_id" not in config
+        if self.unsigned:
             config["skip_signature"] = True  # a public bucket; the server decides
         client = {
             "allow_http": self.where.endpoint.startswith("http://"),
@@ -324,7 +332,7 @@ class S3Backend:
             return fn()
         except Exception as exc:
             if type(exc).__module__.startswith("obstore") or isinstance(exc, OSError):
-                raise classify(exc, what) from None
+                raise classify(exc, what, unsigned=self.unsigned) from None
             raise
 
     # ------------------------------------------------------------------ writes
@@ -351,7 +359,7 @@ class S3Backend:
         except (oe.AlreadyExistsError, oe.PreconditionError):
             return False
         except Exception as exc:
-            raise classify(exc, f"writing {name}") from None
+            raise classify(exc, f"writing {name}", unsigned=self.unsigned) from None
         return True
 
     # ------------------------------------------------------------------ reads

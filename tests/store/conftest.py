@@ -96,7 +96,10 @@ def seaweed_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
            f"-webdav.port={ports[3]}", f"-admin.port={ports[4]}", "-ip=127.0.0.1",
            f"-master.port.grpc={ports[5]}", f"-volume.port.grpc={ports[6]}",
            f"-filer.port.grpc={ports[7]}", f"-s3.port.grpc={ports[8]}",
-           f"-admin.port.grpc={ports[9]}"]  # fmt: skip
+           f"-admin.port.grpc={ports[9]}",
+           # Its Iceberg and Lance listeners take fixed ports (8181, 9101...) on every
+           # address: two test sessions at once raced for them and one weed exited.
+           "-s3.port.iceberg=0", "-s3.port.lance=0"]  # fmt: skip
     log = open(data / "weed.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"

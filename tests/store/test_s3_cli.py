@@ -185,6 +185,26 @@ def test_credentials_from_the_config_file(
     assert "casbackup-test-secret" not in shown.out and "s3_credentials" in shown.out, shown
 
 
+@pytest.mark.slow
+def test_no_credentials_at_all_says_so(
+    seaweed_endpoint: str, s3_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No AWS_* variables, no profile, nothing in the config: the requests go unsigned (a
+    public bucket) and SeaweedFS refuses them. The line said "access denied (check the S3
+    credentials and bucket policy)", as for a wrong secret, when none had been found."""
+    bucket = make_bucket(seaweed_endpoint)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    res = run_cli("snapshots", repo=f"s3:{seaweed_endpoint}/{bucket}/x",
+                  env={"HOME": str(tmp_path), "CASBACKUP_CONFIG": ""})  # fmt: skip
+    assert res.code == 25, res.err
+    assert res.err == (
+        "error: reading config: access denied to an unsigned request: no S3 credentials were "
+        "found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or "
+        "s3_access_key_id in the config file's [repository])\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("lines", "problem"),
     [
