@@ -3,6 +3,10 @@ into a temporary copy (and its database servers pointed at this machine's test s
 
 `examples/casbackup.toml` writes `required_files` from the snapshot's root and
 `sample_app/casbackup.toml` relative to the source folder: verification accepts both.
+
+And what the docs show runs: every `casbackup ...` line of the README's shell blocks names
+commands and options that exist, as does the systemd unit; every `--option` the prose names is
+one; every TOML snippet (README, config/model.py's full layout) loads.
 """
 
 from __future__ import annotations
@@ -181,3 +185,133 @@ def run_cli_py(script: Path) -> int:
     return subprocess.run(
         [sys.executable, str(script)], capture_output=True, check=False
     ).returncode
+
+
+# ------------------------------------------------------------------ the docs' commands and snippets
+DOCS = [ROOT / "README.md", ROOT / "sample_app" / "app" / "README.md"]
+# Options the docs name that belong to other tools (pg_dumpall, redis-cli, systemd, pytest...).
+OTHER_TOOLS = {"--dist", "--globals-only", "--quick", "--reps", "--rdb", "--system", "--help"}
+
+
+def _all_options() -> set[str]:
+    import click
+
+    from casbackup.cli.main import cli
+
+    found: set[str] = set()
+
+    def walk(command: click.Command) -> None:
+        for param in command.params:
+            found.update(o for o in [*param.opts, *param.secondary_opts] if o.startswith("-"))
+        if isinstance(command, click.Group):
+            for name in command.list_commands(click.Context(command)):
+                sub = command.get_command(click.Context(command), name)
+                if sub is not None:
+                    walk(sub)
+
+    walk(cli)
+    return found
+
+
+def _doc_commands(text: str) -> list[str]:
+    """Every `casbackup ...` invocation in the sh/bash blocks of ``text`` (continuation lines
+    joined, comments and pipes cut off), as written after 'casbackup'."""
+    import re
+
+    out = []
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.split(r"\s#", line, maxsplit=1)[0]
+            for part in re.split(r"\|\s|\$\(|&&", line):
+                found = re.search(r"(?:^|\s)casbackup\s+(.*)$", part.strip().rstrip(")"))
+                if found:
+                    out.append(found.group(1))
+    return out
+
+
+def _check_invocation(words: list[str]) -> list[str]:
+    """What is wrong with ``casbackup WORDS``: unknown commands and options, each a string."""
+    import click
+
+    from casbackup.cli.main import cli
+
+    command: click.Command = cli
+    params = {o: p for p in cli.params for o in [*p.opts, *p.secondary_opts]}
+    problems, i = [], 0
+    while i < len(words):
+        word = words[i]
+        if word == "--":
+            break
+        if word.startswith("-") and len(word) > 1:
+            param = params.get(word.split("=")[0])
+            if param is None:
+                problems.append(f"no option {word} for {command.name}")
+            elif not getattr(param, "is_flag", False) and "=" not in word:
+                i += 1  # its value
+        elif isinstance(command, click.Group) and word not in ("[", "]", "|", "..."):
+            sub = command.get_command(click.Context(command), word)
+            if sub is None:
+                problems.append(f"no command {word!r}")
+                break
+            command = sub
+            params.update({o: p for p in sub.params for o in [*p.opts, *p.secondary_opts]})
+        i += 1
+    return problems
+
+
+def test_every_documented_command_and_option_exists() -> None:
+    """Each `casbackup ...` line of the docs names commands and options the CLI has, and every
+    `--option` the prose names is one of casbackup's (or another tool's, listed above)."""
+    import re
+    import shlex
+
+    seen = 0
+    problems = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for line in _doc_commands(text):
+            seen += 1
+            problems += [f"{doc.name}: casbackup {line}: {p}" for p in
+                         _check_invocation(shlex.split(line))]  # fmt: skip
+        known = _all_options() | OTHER_TOOLS
+        for option in sorted(set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", text))):
+            if option not in known:
+                problems.append(f"{doc.name}: names {option}, which no command has")
+    assert seen > 60  # the README's blocks were found
+    assert not problems, "\n".join(problems)
+
+
+def test_the_service_unit_runs_a_real_command() -> None:
+    unit = (ROOT / "examples" / "casbackup-serve.service").read_text()
+    import shlex
+
+    lines = [
+        ln.split("/bin/casbackup ", 1)[1] for ln in unit.splitlines() if ln.startswith("ExecStart=")
+    ]
+    lines += [
+        ln.split("-u casbackup casbackup ", 1)[1] for ln in unit.splitlines() if "sudo -u" in ln
+    ]
+    assert len(lines) == 2
+    for line in lines:
+        assert not _check_invocation(shlex.split(line)), line
+
+
+def test_every_toml_snippet_loads(tmp_path: Path) -> None:
+    """The README's TOML snippets and the full layout in casbackup/config/model.py's docstring
+    (which the README points to for every key) are valid configs."""
+    import re
+    import textwrap
+
+    import casbackup.config.model as model
+    from casbackup.config import load_config
+
+    snippets = [
+        textwrap.dedent(s) for s in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    ]  # fmt: skip
+    assert model.__doc__ is not None
+    snippets += re.findall(r"```toml\n(.*?)```", model.__doc__, re.S)
+    assert len(snippets) >= 2
+    for n, snippet in enumerate(snippets):
+        path = tmp_path / f"snippet{n}.toml"
+        path.write_text(snippet.replace("    ```", ""))
+        load_config(path)
