@@ -37,6 +37,7 @@ from casbackup.store.names import (
     is_temp_name,
     rule_for,
 )
+from casbackup.store.ownership import denied_hint, owner_to_give
 
 __all__ = ["TMP_MARK", "LocalBackend", "LocalUpload", "fsync_dir"]
 
@@ -70,11 +71,11 @@ def _link_new(tmp: str, leaf: str, dfd: int) -> bool:
     return True
 
 
-def _storage_error(exc: OSError, what: str) -> StorageError:
+def _storage_error(exc: OSError, what: str, hint: str = "") -> StorageError:
     if exc.errno == errno.ENOSPC:
         return StorageError(f"{what}: no space left on device")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return StorageError(f"{what}: permission denied")
+        return StorageError(f"{what}: permission denied{hint}")
     if exc.errno == errno.EROFS:
         return StorageError(f"{what}: read-only file system")
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -120,7 +121,20 @@ class LocalBackend:
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._fd_lock = threading.Lock()
         self._root_fd: int | None = None
+        # (uid, gid) that root gives what it creates in another user's repository
+        self._give: tuple[int, int] | None = None
         self.skipped = SkippedEntries()
+
+    def _error(self, exc: OSError, what: str, name: str) -> StorageError:
+        """``exc`` on ``name`` as a StorageError; a refusal names the entry on the way
+        that another user owns (store/ownership.py)."""
+        return _storage_error(exc, what, denied_hint(self.root, name, exc))
+
+    def _given(self, fd: int) -> None:
+        """Give a file or folder we just created to the repository folder's owner, when
+        we are root in another user's repository (store/ownership.py)."""
+        if self._give is not None:
+            os.fchown(fd, *self._give)
 
     # ------------------------------------------------------------------ folders
     def _root(self, *, create: bool = False) -> int:
@@ -131,11 +145,17 @@ class LocalBackend:
             if create:
                 os.makedirs(self.root, mode=FOLDER_MODE, exist_ok=True)
             try:
-                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
             except NotADirectoryError:
                 # A file where the repository should be: there is no repository here.
                 raise FileNotFoundError(errno.ENOENT, "not a folder", self.root) from None
-            return self._root_fd
+            try:
+                self._give = owner_to_give(os.fstat(fd))
+            except OSError:
+                os.close(fd)
+                raise
+            self._root_fd = fd
+            return fd
 
     def _open_dir(self, folders: list[str], *, create: bool = False) -> int:
         """A new handle on a folder of the layout, reached without following any symlink.
@@ -151,11 +171,18 @@ class LocalBackend:
                 except FileNotFoundError:
                     if not create:
                         raise
+                    made = True
                     try:
                         os.mkdir(part, FOLDER_MODE, dir_fd=fd)
                     except FileExistsError:
-                        pass  # another writer made it meanwhile
+                        made = False  # another writer made it meanwhile
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    if made:
+                        try:
+                            self._given(child)
+                        except OSError:
+                            os.close(child)
+                            raise
                 os.close(fd)
                 fd = child
         except BaseException:
@@ -179,12 +206,12 @@ class LocalBackend:
         except FileNotFoundError:
             raise NotFound(f"{name} is missing from the repository") from None
         except OSError as exc:
-            raise _storage_error(exc, f"reading {name}") from None
+            raise self._error(exc, f"reading {name}", name) from None
         try:
             st = os.fstat(fd)
         except OSError as exc:
             os.close(fd)
-            raise _storage_error(exc, f"reading {name}") from None
+            raise self._error(exc, f"reading {name}", name) from None
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise ObjectRefused(f"{name} is damaged: not a regular file")
@@ -201,7 +228,7 @@ class LocalBackend:
         except FileNotFoundError:
             raise NotFound(f"{name} is missing from the repository") from None
         except OSError as exc:
-            raise _storage_error(exc, f"reading {name}") from None
+            raise self._error(exc, f"reading {name}", name) from None
 
     def _regular(self, name: str) -> os.stat_result:
         st = self._lstat(name)
@@ -231,6 +258,7 @@ class LocalBackend:
             dfd = self._open_dir(folders, create=True)
             fd = os.open(tmp, _CREATE_FLAGS, FILE_MODE, dir_fd=dfd)
             try:
+                self._given(fd)
                 view = memoryview(data)
                 while view:
                     written = os.write(fd, view)
@@ -252,7 +280,7 @@ class LocalBackend:
                 except OSError:
                     pass
             if isinstance(exc, OSError):
-                raise _storage_error(exc, f"writing {name}") from None
+                raise self._error(exc, f"writing {name}", name) from None
             raise
         finally:
             if dfd is not None:
@@ -297,7 +325,7 @@ class LocalBackend:
             data = os.pread(fd, length, offset)
         except OSError as exc:
             self._forget_fd(name)
-            raise _storage_error(exc, f"reading {name}") from None
+            raise self._error(exc, f"reading {name}", name) from None
         if len(data) != length:
             raise StorageError(
                 f"{name} is truncated: wanted {length} bytes at offset {offset}, got {len(data)}"
@@ -318,7 +346,7 @@ class LocalBackend:
                 pos += len(piece)
             return b"".join(chunks)
         except OSError as exc:
-            raise _storage_error(exc, f"reading {name}") from None
+            raise self._error(exc, f"reading {name}", name) from None
         finally:
             os.close(fd)
 
@@ -366,7 +394,7 @@ class LocalBackend:
         except FileNotFoundError:
             raise NotFound(f"{name} is missing from the repository") from None
         except OSError as exc:
-            raise _storage_error(exc, f"deleting {name}") from None
+            raise self._error(exc, f"deleting {name}", name) from None
         try:
             st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
@@ -375,7 +403,7 @@ class LocalBackend:
         except FileNotFoundError:
             raise NotFound(f"{name} is missing from the repository") from None
         except OSError as exc:
-            raise _storage_error(exc, f"deleting {name}") from None
+            raise self._error(exc, f"deleting {name}", name) from None
         finally:
             os.close(dfd)
 
@@ -403,7 +431,7 @@ class LocalBackend:
                 return
             # A folder we may not open (EACCES) or cannot read is no proof of an empty one:
             # listing 'snapshots' as empty would say "0 snapshots", exit 0.
-            raise _storage_error(exc, f"listing {base or self.location}") from None
+            raise self._error(exc, f"listing {base or self.location}", base) from None
         yield from self._scan_dir(base, top, prefix)
 
     def _scan_dir(self, rel: str, fd: int, prefix: str) -> Iterator[tuple[str, str, int | str]]:
@@ -413,7 +441,7 @@ class LocalBackend:
                 with os.scandir(fd) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
-                raise _storage_error(exc, f"listing {rel or self.location}") from None
+                raise self._error(exc, f"listing {rel or self.location}", rel) from None
             for entry in entries:
                 name = f"{rel}/{entry.name}" if rel else entry.name
                 if not (name.startswith(prefix) or prefix.startswith(name + "/")):
@@ -483,9 +511,10 @@ class LocalUpload:
         try:
             self._dir_fd = backend._open_dir([directory], create=True)
             self._fd = os.open(self._tmp, _CREATE_FLAGS, FILE_MODE, dir_fd=self._dir_fd)
+            backend._given(self._fd)
         except OSError as exc:
-            self._close_dir()
-            raise _storage_error(exc, f"writing to {directory}") from None
+            self.abort()
+            raise backend._error(exc, f"writing to {directory}", directory) from None
 
     def _close_dir(self) -> None:
         if self._dir_fd is not None:
@@ -500,7 +529,7 @@ class LocalUpload:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
             self.abort()
-            raise _storage_error(exc, "writing a pack") from None
+            raise self._backend._error(exc, "writing a pack", self._directory) from None
 
     def commit(self, name: str) -> None:
         backend = self._backend
@@ -521,7 +550,7 @@ class LocalUpload:
                 os.fsync(target)
         except OSError as exc:
             self.abort()
-            raise _storage_error(exc, f"writing {name}") from None
+            raise backend._error(exc, f"writing {name}", name) from None
         finally:
             if target is not None:
                 os.close(target)
