@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 
 from casbackup.errors import StorageError
 from casbackup.repo.indexcache import cache_root, private_dirs
+from casbackup.repo.userdirs import unwritable_because
 
 ID_BUCKETS = 256  # by an id's first byte
 _FLUSH_AT = (
@@ -52,7 +53,10 @@ class RecordSpill:
             else:
                 self._owned = False
         except OSError as exc:
-            raise StorageError(f"cannot create temporary files for prune/check: {exc}") from None
+            why = unwritable_because(root, cache_root(), exc)
+            raise StorageError(
+                f"cannot create temporary files for prune/check in {root}: {why}"
+            ) from None
         self.folder = folder
         self._cleanup = weakref.finalize(self, _remove, folder if self._owned else None)
 

@@ -23,6 +23,7 @@ from casbackup.errors import FormatError, StorageError
 from casbackup.repo.bloom import BlobFilter
 from casbackup.repo.ids import DELTA_KINDS, BlobId, FileId
 from casbackup.repo.index import LOCATION_SIZE, RECORD_SIZE, Location
+from casbackup.repo.userdirs import local_base, unwritable_because
 
 _U32 = struct.Struct(">I")
 
@@ -31,8 +32,7 @@ def cache_root() -> str:
     explicit = os.environ.get("CASBACKUP_CACHE_DIR")
     if explicit:
         return explicit
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "casbackup")
+    return os.path.join(local_base("XDG_CACHE_HOME", ".cache"), "casbackup")
 
 
 # The cache lists which blobs (keyed ids) the repository holds and where: nobody else's
@@ -193,7 +193,10 @@ class IndexCache:
             )
             self.blobs = self.env.open_db(b"blobs", create=not readonly)
             self.files = self.env.open_db(b"index-files", create=not readonly)
-        except (OSError, lmdb.Error) as exc:
+        except OSError as exc:
+            why = unwritable_because(path, cache_root(), exc)
+            raise StorageError(f"cannot open the index cache at {path}: {why}") from None
+        except lmdb.Error as exc:
             raise StorageError(f"cannot open the index cache at {path}: {exc}") from None
         self._visits = 0
         if not readonly:  # the readers open theirs after this one: once is enough

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from casbackup.repo.userdirs import local_base
 from casbackup.units import plural
 
 STATE_VERSION = 1
@@ -42,10 +43,7 @@ def state_root() -> str:
     explicit = os.environ.get("CASBACKUP_STATE_DIR")
     if explicit:
         return explicit
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return os.path.join(base, "casbackup")
+    return os.path.join(local_base("XDG_STATE_HOME", ".local", "state"), "casbackup")
 
 
 @dataclass(frozen=True)
