@@ -349,7 +349,8 @@ class SnapshotStore(BlobStore):
         for an ``app`` without snapshots the message names the applications that have
         some, unless ``name_apps`` is False (a caller that may see only some of them)."""
         if ref == "latest":
-            every = self.list_snapshots(warnings=[])
+            unreadable: list[str] = []
+            every = self.list_snapshots(warnings=unreadable)
             snaps = [s for s in every if app is None or s.app == app]
             if app is not None and not snaps:
                 raise NotFound(no_snapshot_of(app, every if name_apps else ()))
@@ -359,6 +360,11 @@ class SnapshotStore(BlobStore):
             if not snaps:
                 what = f" of application {app!r}" if app else ""
                 raise NotFound(f"no snapshot{what} in the repository")
+            # One that cannot be read (damaged, another user's file) may be the newest:
+            # taking the newest of the others without a word would pass an older
+            # snapshot off as the latest.
+            for message in unreadable:
+                self.alert(f"{message}; 'latest' is the newest readable one, {snaps[-1].short_id}")
             return snaps[-1]
         return self.load_snapshot(self.snapshot_id_of(ref))
 
