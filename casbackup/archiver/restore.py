@@ -41,6 +41,7 @@ from casbackup.archiver.restore_files import (
     RestoreStopped,
     TargetFull,
 )
+from casbackup.archiver.restore_meta import apply_metadata
 from casbackup.archiver.restore_state import Batch, Folder, Frame
 from casbackup.archiver.targetfs import (
     TargetError,
@@ -51,7 +52,7 @@ from casbackup.archiver.targetfs import (
     raise_fd_limit,
     remove_stale_temps,
 )
-from casbackup.archiver.writers import TARGET_FULL, apply_metadata, discard
+from casbackup.archiver.writers import TARGET_FULL, discard
 from casbackup.errors import CasError, Interrupted, NotFound, RestoreError
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot

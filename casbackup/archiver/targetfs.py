@@ -16,7 +16,7 @@ import resource
 import stat
 from collections.abc import Sequence
 
-from casbackup.archiver.writers import drop_inherited_acls, xattr_problem
+from casbackup.archiver.restore_meta import drop_inherited_acls, xattr_problem
 from casbackup.liveness import pid_exists
 from casbackup.repo.tree import Node, NodeKind
 
@@ -197,7 +197,7 @@ def apply_nofollow(
 ) -> list[str]:
     """Owner, mode, extended attributes and times of a symlink, FIFO or device node, on
     the entry itself (never what a symlink points to), each on its own like
-    ``writers.apply_metadata``; returns one message per thing not applied."""
+    ``restore_meta.apply_metadata``; returns one message per thing not applied."""
     problems: list[str] = []
     mode = node.mode
     if owners:

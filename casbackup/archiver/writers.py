@@ -29,7 +29,6 @@ import ctypes
 import errno
 import os
 import socket
-import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,7 @@ import blake3
 
 from casbackup import procs
 from casbackup.archiver.readplan import LOCAL_GAP, BlobReader, Chain, Chunk, ChunkFeed
+from casbackup.archiver.restore_meta import apply_metadata
 from casbackup.archiver.unnamed import create_unnamed, link_flag, link_unnamed, not_supported_here
 from casbackup.errors import CasError
 from casbackup.memory import large_buffers_in_heap, tune_allocator_writer
@@ -362,101 +362,6 @@ def create_file(dir_fd: int, name: bytes) -> int:
     return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
 
 
-_SUID_SGID = 0o6000
-
-
-def apply_metadata(
-    fd: int,
-    uid: int,
-    gid: int,
-    mode: int,
-    mtime_ns: int,
-    *,
-    owners: bool,
-    xattrs: Sequence[tuple[bytes, bytes]] = (),
-    exact_acls: bool = False,
-    have: os.stat_result | None = None,
-) -> list[str]:
-    """Owner (when asked), mode, extended attributes and times of an open file or folder;
-    with ``exact_acls``, ACLs it has but ``xattrs`` lacks are removed first
-    (``drop_inherited_acls``).
-
-    Each is applied on its own, so a refused ``chown`` (not root, or an owner not mapped
-    in a user namespace) loses neither mode nor times. Returns one message per thing
-    not applied; never raises for them. Order matters: ``chown`` first because it clears
-    setuid/setgid and ``security.capability``; when it is refused, setuid/setgid are left
-    out of the mode (they would grant the restoring user's rights, not the owner's);
-    the extended attributes after the mode, so that an ACL keeps its mask; times last.
-
-    ``have``: the entry's status when it is a file this restore has just created (no
-    setuid/setgid bit, no extended attribute of its own yet): its owner is not set again
-    when it is the one wanted, nor its mode (for a root restore of root's files, or a
-    file created with its own mode, two system calls and two inode updates a file).
-    Skipping them changes nothing: a chown to the same owner would only clear bits and a
-    capability the new file does not have, and a chmod to the same mode (ACL mask
-    included: it is the group bits) nothing at all.
-    """
-    problems: list[str] = []
-    if owners and (have is None or (have.st_uid, have.st_gid) != (uid, gid)):
-        try:
-            os.fchown(fd, uid, gid)
-        except OSError as exc:
-            problems.append(f"owner {uid}:{gid} not restored: {exc.strerror}")
-            mode &= ~_SUID_SGID
-    if exact_acls:
-        problems += drop_inherited_acls(fd, xattrs)  # leaves the mode bits as they are
-    if have is None or stat.S_IMODE(have.st_mode) != mode & 0o7777:
-        try:
-            os.fchmod(fd, mode)
-        except OSError as exc:
-            problems.append(f"mode {mode:o} not restored: {exc.strerror}")
-    for key, value in xattrs:
-        try:
-            os.setxattr(fd, key, value)
-        except (OSError, ValueError) as exc:  # ValueError: a NUL in a (hostile) key
-            problems.append(xattr_problem(key, exc))
-    try:
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
-    except (OSError, OverflowError) as exc:  # OverflowError: beyond what time_t holds
-        problems.append(f"times not restored: {getattr(exc, 'strerror', None) or exc}")
-    return problems
-
-
-ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
-
-
-def drop_inherited_acls(target: int | bytes, recorded: Sequence[tuple[bytes, bytes]]) -> list[str]:
-    """Remove the POSIX ACLs that ``target`` (an fd, or a path whose last name is not
-    followed) has and ``recorded`` lacks. A new entry inherits its folder's default ACL:
-    restored into a folder that has one (the snapshot's own, on a second restore with
-    --overwrite, or the target's), a file that had no ACL would come back with one. Used
-    only when the snapshot recorded the entry's attributes, so that none means none."""
-    keep = {name for name, _ in recorded}
-    follow = isinstance(target, int)  # an fd is the entry itself: no name to follow
-    try:
-        names = os.listxattr(target, follow_symlinks=follow)
-    except OSError:
-        return []  # no attributes here at all: nothing was inherited either
-    problems = []
-    for name in ACL_XATTRS:
-        if name in keep or os.fsdecode(name) not in names:
-            continue
-        try:
-            os.removexattr(target, name, follow_symlinks=follow)
-        except OSError as exc:
-            problems.append(f"inherited ACL {os.fsdecode(name)} not removed: {exc.strerror}")
-    return problems
-
-
-def xattr_problem(key: bytes, exc: OSError | ValueError) -> str:
-    """The warning for an extended attribute the target refused (EPERM, ENOTSUP, ...)."""
-    reason = (exc.strerror if isinstance(exc, OSError) else None) or "invalid name"
-    # One line whatever the key holds: control characters shown escaped.
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in os.fsdecode(key))
-    return f"extended attribute {shown} not restored: {reason}"
-
-
-# --------------------------------------------------------------------- processes
 def _writer_main(
     conn: Connection, root: str, encryption_root: bytes, parent: int, inherited: list[Connection]
 ) -> None:
