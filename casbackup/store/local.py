@@ -134,7 +134,12 @@ class LocalBackend:
         """Give a file or folder we just created to the repository folder's owner, when
         we are root in another user's repository (store/ownership.py)."""
         if self._give is not None:
-            os.fchown(fd, *self._give)
+            try:
+                os.fchown(fd, *self._give)
+            except OSError:
+                # A file system that keeps no owners (FAT, exFAT: EPERM) or maps root to
+                # nobody (NFS root_squash): what root writes is not root's there anyway.
+                self._give = None
 
     # ------------------------------------------------------------------ folders
     def _root(self, *, create: bool = False) -> int:
@@ -178,11 +183,7 @@ class LocalBackend:
                         made = False  # another writer made it meanwhile
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                     if made:
-                        try:
-                            self._given(child)
-                        except OSError:
-                            os.close(child)
-                            raise
+                        self._given(child)
                 os.close(fd)
                 fd = child
         except BaseException:
