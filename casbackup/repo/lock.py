@@ -372,9 +372,17 @@ def list_locks(repo) -> list[LockInfo]:
             )  # fmt: skip
         except NotFound:
             continue  # released while we listed
-        except (CasError, ValueError, KeyError, TypeError):
-            # Unreadable lock: treat as a live exclusive lock of unknown owner; unlock can remove it.
-            locks.append(LockInfo(name, "?", 0, "?", time.time(), True, "unreadable lock file"))
+        except (CasError, ValueError, KeyError, TypeError) as exc:
+            # Unreadable lock: an exclusive lock of unknown owner, as old as its file. A
+            # holder renews its lock by writing it again, so a file left unwritten past
+            # STALE_AFTER is stale like any other (one another user's killed command left,
+            # 0600 and theirs, was otherwise "0s old" and in the way for ever).
+            try:
+                written = repo.backend.modified(name)
+            except CasError:
+                written = time.time()
+            why = f": {exc}" if isinstance(exc, StorageError) else ""  # permission denied
+            locks.append(LockInfo(name, "?", 0, "?", written, True, f"unreadable lock file{why}"))
     return locks
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +150,24 @@ def test_a_cache_root_made_says_whose_it_is(user: OrdinaryUser) -> None:
     assert res.code == 25
     assert "set CASBACKUP_CACHE_DIR to a folder you can write" in res.err, res.err
     assert "[Errno" not in res.err
+
+
+def test_a_lock_root_left_ages_like_any_other(user: OrdinaryUser) -> None:
+    # A 'sudo casbackup backup' killed before this fix left its lock, 0600 and root's, in
+    # the user's locks folder: the user could not read it, and it stayed "0s old" for ever.
+    repo, src = str(user.home / "repo"), _source(user)
+    assert user.cli("-r", repo, "init").code == 0
+    assert user.cli("-r", repo, "backup", str(src)).code == 0
+    lock = Path(repo) / "locks" / ("ab" * 16)
+    lock.write_bytes(os.urandom(200))
+    os.chmod(lock, 0o600)
+    res = user.cli("-r", repo, "backup", str(src))
+    assert res.code == 11
+    assert f"locks/{lock.name} is owned by root, not by you ({user.name})" in res.err, res.err
+    hour_ago = time.time() - 3600
+    os.utime(lock, (hour_ago, hour_ago))
+    res = user.cli("-r", repo, "unlock")
+    age = re.search(r"removed exclusive lock by .*, (\d+)s old", res.out)
+    assert res.code == 0 and age is not None and int(age.group(1)) >= 3600, res
+    assert not lock.exists()
+    assert user.cli("-r", repo, "backup", str(src)).code == 0
