@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from casbackup.config.locate import line_of
 from casbackup.engines.base import (
     ALIASES,
     DatabaseSpec,
@@ -77,8 +78,13 @@ class Ctx:
         # Read but without effect (keys the seed's files carry that casbackup does not use):
         # `config check` prints them, every command still runs.
         self.warnings: list[str] = []
+        # {key path: line} of a TOML file (config/locate.py), so that errors name the line.
+        self.lines: dict[str, int] = {}
 
     def error(self, key: str | None, message: str) -> ConfigError:
+        line = line_of(self.lines, key) if key else None
+        if line is not None:
+            message = f"{message} (line {line})"
         return ConfigError(message, path=str(self.path), key=key or None)
 
     def attempt(self, parse: Callable[[], T], default: T) -> T:

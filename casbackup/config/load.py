@@ -22,6 +22,7 @@ from casbackup.config.fields import (
     parse_database,
     type_name,
 )
+from casbackup.config.locate import key_lines
 from casbackup.config.model import (
     APP_SNAPSHOT_CHOICES,
     BACKUP_TYPES,
@@ -130,6 +131,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                 raise ConfigError(f"invalid TOML: {e}", path=str(file)) from None
             except RecursionError:  # tomllib's parser recurses once per nested array/table
                 raise ConfigError(NESTED_TOO_DEEPLY, path=str(file)) from None
+            ctx.lines = key_lines(text)
             config = parse_toml(data, ctx)
     except ConfigError as exc:  # one that stopped the parse: reported with those before it
         ctx.problems.append(exc)
