@@ -101,6 +101,7 @@ def _backups_to_warm(params: dict[str, Any]) -> list[BackupOptions | None]:
     "--exclude",
     "excludes",
     multiple=True,
+    metavar="PATTERN",
     help="Exclude paths matching PATTERN (repeatable).",
 )
 @click.option(

@@ -23,9 +23,19 @@ from casbackup.repo.repository import Repository
     help="Target pack size in MiB.",
 )
 @click.option(
-    "--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True
+    "--compression",
+    type=click.Choice(["zstd", "none"]),
+    default="zstd",
+    show_default=True,
+    help="Compress chunks (zstd keeps a chunk raw when it does not compress).",
 )
-@click.option("--compression-level", type=click.IntRange(1, 19), default=3, show_default=True)
+@click.option(
+    "--compression-level",
+    type=click.IntRange(1, 19),
+    default=3,
+    show_default=True,
+    help="zstd level: higher is smaller and slower.",
+)
 @click.option(
     "--insecure-test-kdf",
     is_flag=True,

@@ -33,9 +33,13 @@ _SHOWN = 50  # warnings and errors printed one by one; --json has them all
 )
 @click.option("--app", help="With 'latest': the latest snapshot of this application.")
 @click.option(
-    "-i", "--include", "includes", multiple=True, help="Restore only paths matching PATTERN."
-)
-@click.option("-e", "--exclude", "excludes", multiple=True, help="Skip paths matching PATTERN.")
+    "-i", "--include", "includes", multiple=True, metavar="PATTERN",
+    help="Restore only paths matching PATTERN (repeatable).",
+)  # fmt: skip
+@click.option(
+    "-e", "--exclude", "excludes", multiple=True, metavar="PATTERN",
+    help="Skip paths matching PATTERN (repeatable).",
+)  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace files that exist in the target.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be restored.")
 @click.option(

@@ -63,7 +63,13 @@ def user() -> None:
 
 @user.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "operator", "viewer"]), required=True)
+@click.option(
+    "--role",
+    type=click.Choice(["admin", "operator", "viewer"]),
+    required=True,
+    help="viewer: applications, snapshots and jobs, read-only; operator: + backup, verify, "
+    "check, restore into the recovery folder; admin: + users, tokens, forget, prune, recover.",
+)
 @click.option(
     "--app", "apps", multiple=True, metavar="APP", help="Limit to this application (repeatable)."
 )

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
+
 from casbackup.testing.fixtures import PASSWORD, run_cli
 from tests.cli.conftest import assert_one_error
 
@@ -122,3 +124,37 @@ def test_no_repository_in_the_config_file_found(tmp_path: Path) -> None:
         "error: no repository given: use -r/--repo or CASBACKUP_REPO, or set [repository] "
         f"location in {tmp_path / 'casbackup.toml'}\n"
     )
+
+
+def _options() -> list[tuple[str, click.Option]]:
+    from casbackup.cli.main import cli
+
+    found: list[tuple[str, click.Option]] = []
+
+    def walk(command: click.Command, path: str) -> None:
+        if isinstance(command, click.Group):
+            for name in command.list_commands(click.Context(command)):
+                sub = command.get_command(click.Context(command), name)
+                assert sub is not None
+                walk(sub, f"{path} {name}")
+            return
+        found.extend(
+            (path, p) for p in command.params if isinstance(p, click.Option) and not p.hidden
+        )
+
+    walk(cli, "casbackup")
+    return found
+
+
+def test_every_option_says_what_it_does_and_names_its_value() -> None:
+    """`casbackup init --help` listed --compression and --compression-level with no word,
+    `user add --role` too; `backup -e TEXT  Exclude paths matching PATTERN` named its value
+    twice, differently."""
+    problems = []
+    for path, option in _options():
+        if not option.help:
+            problems.append(f"{path} {option.opts[-1]}: no help")
+        if not option.is_flag and "PATTERN" in (option.help or ""):
+            if option.metavar != "PATTERN":
+                problems.append(f"{path} {option.opts[-1]}: shows {option.metavar or 'TEXT'}")
+    assert not problems, problems
