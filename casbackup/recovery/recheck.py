@@ -2,8 +2,9 @@
 
 A verification record says the snapshot was restorable when it was verified; packs can rot
 since. So every blob the recovery needs is loaded again (decrypted and authenticated) and each
-file's bytes are re-hashed against the BLAKE3 recorded at backup time, streaming one chunk at a
-time (`archiver.stream.ChunkReader`). Only if everything checks out is the target touched.
+file's bytes are re-hashed against the BLAKE3 recorded at backup time, read per pack in
+batches as the restore reads them (`archiver.readcheck`). Only if everything checks out is
+the target touched.
 
 The manifest (path, size, hash) of the first MANIFEST_LIMIT files goes into the report; the
 counts always cover everything.
@@ -14,9 +15,10 @@ from __future__ import annotations
 import os
 import posixpath
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from casbackup.archiver.stream import ChunkReader
+from casbackup.archiver.readcheck import read_and_verify
 from casbackup.engines.base import canonical_engine_name
 from casbackup.engines.pg_globals import recorded_globals
 from casbackup.errors import CasError, NotFound
@@ -27,7 +29,6 @@ from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 
 MANIFEST_LIMIT = 10_000
-_BUF = 1 << 20
 
 
 @dataclass
@@ -40,19 +41,6 @@ class Recheck:
     manifest_truncated: bool = False
 
 
-def _read_through(repo: Repository, node: Node, path: str, buf: bytearray) -> int:
-    """Read ``node``'s content through ``buf`` (one buffer for every file: a fresh 1 MiB one
-    per file cost an mmap, page faults and an munmap each, a third of the re-check's CPU on
-    a tree of small files); returns its size. Raises CasError."""
-    reader = ChunkReader.for_node(repo, node, name=path)
-    try:
-        while reader.readinto(buf):
-            pass
-        return reader.bytes_read
-    finally:
-        reader.close()
-
-
 def recheck(
     repo: Repository,
     plan: RecoveryPlan,
@@ -61,29 +49,42 @@ def recheck(
     globals: bool = True,
 ) -> Recheck:
     """Read every file and dump ``plan`` restores, and (``globals``: the roles are restored
-    too) each PostgreSQL dump's globals file beside it; what fails is in ``problems``."""
+    too) each PostgreSQL dump's globals file beside it; what fails is in ``problems``.
+
+    Files are read in batches through the restore's read plan (archiver/readcheck.py:
+    merged ranged reads per pack, on reader threads), not chunk by chunk."""
     clock = time.monotonic()
     out = Recheck()
     progress = Progress(phase="re-check", bytes_total=plan.bytes_total)
-    buf = bytearray(_BUF)
-
-    def one(node: Node, path: str, restored_to: str) -> None:
-        try:
-            size = _read_through(repo, node, path, buf)
-        except CasError as exc:
-            out.problems.append(f"{path}: {exc}")
-            return
+    for done in read_and_verify(repo, _files(repo, plan, out, globals)):
+        path, restored_to, content_hash = done.tag
+        if done.problem is not None:
+            out.problems.append(f"{path}: {done.problem}")
+            continue
         out.files += 1
-        out.bytes += size
+        out.bytes += done.size
         progress.files_done += 1
-        progress.bytes_done += size
+        progress.bytes_done += done.size
         if len(out.manifest) < MANIFEST_LIMIT:
-            out.manifest.append({"path": path, "restored_to": restored_to, "size": size,
-                                 "blake3": node.content_hash.hex()})  # fmt: skip
+            out.manifest.append({"path": path, "restored_to": restored_to, "size": done.size,
+                                 "blake3": content_hash.hex()})  # fmt: skip
         else:
             out.manifest_truncated = True
         if progress.files_done % 64 == 0:
             reporter.progress(progress)
+    reporter.progress(progress)
+    out.duration_s = round(time.monotonic() - clock, 3)
+    return out
+
+
+def _files(
+    repo: Repository, plan: RecoveryPlan, out: Recheck, globals: bool
+) -> Iterator[tuple[Node, tuple[str, str, bytes]]]:
+    """The file nodes ``recheck`` reads, each with (path, where it is restored to, its
+    recorded hash), in the order of the plan; what cannot be found is a problem in ``out``."""
+
+    def one(node: Node, path: str, restored_to: str) -> tuple[Node, tuple[str, str, bytes]]:
+        return node, (path, restored_to, node.content_hash)
 
     for item in plan.files:
         try:
@@ -94,7 +95,7 @@ def recheck(
         if node is None:
             continue
         if node.kind == NodeKind.FILE:
-            one(node, item.source, item.target)
+            yield one(node, item.source, item.target)
             continue
         base = item.source.rstrip("/")
         prefix = os.fsencode(item.source.rstrip("/"))
@@ -110,7 +111,7 @@ def recheck(
                 path = where + b"/" + child.name
                 if child.kind == NodeKind.FILE:
                     shown = os.fsdecode(path)
-                    one(child, shown, item.target + shown[len(base) :])
+                    yield one(child, shown, item.target + shown[len(base) :])
                 elif child.kind == NodeKind.DIR and child.subtree is not None:
                     stack.append((child.subtree, path))
     for db in plan.databases:
@@ -122,16 +123,13 @@ def recheck(
         if node is None or node.kind != NodeKind.FILE:
             out.problems.append(f"{db.record.path}: the dump is not a file in the snapshot")
             continue
-        one(node, db.record.path, db.where)
+        yield one(node, db.record.path, db.where)
         if globals:
             # The roles are read before the dump loads, after the files were restored: a
             # damaged globals file found only then left the target half-recovered.
             companion = _globals_node(repo, plan, db.record, out)
             if companion is not None:
-                one(companion[1], companion[0], f"{db.where} (roles)")
-    reporter.progress(progress)
-    out.duration_s = round(time.monotonic() - clock, 3)
-    return out
+                yield one(companion[1], companion[0], f"{db.where} (roles)")
 
 
 def _globals_node(
