@@ -41,6 +41,7 @@ from casbackup.archiver.backup_options import (
     database_paths,
     exclude_renames,
     inside,
+    own_folders,
     troubled_paths,
     with_link_targets,
 )
@@ -95,7 +96,8 @@ class Backup(Walker, FileReading):
         self.repo = repo
         self.options = options
         self.reporter = reporter
-        self._database_files = database_paths(options)
+        self._own = own_folders(repo, options.paths)
+        self._database_files = database_paths(options) | self._own
         self.excluder = Excluder(
             list(options.excludes),
             exact=self._database_files,
@@ -161,6 +163,9 @@ class Backup(Walker, FileReading):
             if not os.path.lexists(p):
                 raise NotFound(f"source {p} does not exist")
         paths, link_notes = with_link_targets(paths)
+        root = getattr(self.repo.backend, "root", None)
+        if root is not None and root in self._own:
+            link_notes.append(f"the repository {root} is inside the sources: it is left out")
         for note in link_notes:
             self.notes.append(note)
             self.reporter.info(note)

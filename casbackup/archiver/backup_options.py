@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from casbackup.repo.indexcache import cache_root
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import FsSnapshotRecord, Snapshot, check_tags
+from casbackup.store.local import LocalBackend
 
 if TYPE_CHECKING:
     from casbackup.fssnap.session import FsSnapshotPlan
@@ -153,6 +155,25 @@ def database_paths(options: BackupOptions) -> frozenset[str]:
         os.path.abspath(path) + suffix
         for path in options.database_files
         for suffix in DATABASE_COMPANIONS
+    )
+
+
+def own_folders(repo: Repository, sources: Iterable[str]) -> frozenset[str]:
+    """The folders every backup leaves out that lie in ``sources``: this repository's
+    folder (a local one) and this client's cache, by their absolute and real paths.
+
+    A home backed up into a repository in it stored, every run, the packs the run
+    before had written, and the cache's LMDB file changing as it was read. Borg leaves
+    both out too. Only those inside a source are returned: an empty set keeps the walk's
+    exclusion test off (it costs a call per entry)."""
+    root = repo.backend.root if isinstance(repo.backend, LocalBackend) else None
+    own = set()
+    for folder in (root, cache_root()):
+        if folder is not None:
+            own.update((os.path.abspath(folder), os.path.realpath(folder)))
+    tops = {f(p).rstrip("/") or "/" for p in sources for f in (os.path.abspath, os.path.realpath)}
+    return frozenset(
+        f for f in own for top in tops if f == top or f.startswith(top.rstrip("/") + "/")
     )
 
 

@@ -171,3 +171,20 @@ def test_a_lock_root_left_ages_like_any_other(user: OrdinaryUser) -> None:
     assert res.code == 0 and age is not None and int(age.group(1)) >= 3600, res
     assert not lock.exists()
     assert user.cli("-r", repo, "backup", str(src)).code == 0
+
+
+def test_a_home_backed_up_leaves_out_its_repository_and_the_cache(user: OrdinaryUser) -> None:
+    # The repository in the home it backs up, the cache under ~/.cache: each backup
+    # stored the packs the one before had written, and the cache changing as it was read.
+    repo, src = str(user.home / "repo"), _source(user)
+    assert user.cli("-r", repo, "init").code == 0
+    first = user.cli("-r", repo, "backup", str(user.home))
+    assert first.code == 0, first.err
+    assert f"the repository {repo} is inside the sources: it is left out" in first.err
+    second = user.cli("-r", repo, "backup", str(user.home))
+    assert second.code == 0, second.err
+    listed = user.cli("-r", repo, "ls", "latest").out.splitlines()
+    assert f"{src}/sub/b.txt" in listed
+    cache = str(user.home / ".cache")
+    inside = [p for p in listed if p.startswith((repo, cache + "/casbackup"))]
+    assert inside == [], inside
