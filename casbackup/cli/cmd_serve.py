@@ -74,13 +74,21 @@ from casbackup.errors import CasError, UsageError
     help="How long a job waits for its repository while another process (a prune from "
     "cron, a second service) holds a lock it cannot share, before it fails (0: not at all).",
 )
+@click.option(
+    "--job-history",
+    default="180d",
+    show_default=True,
+    metavar="DURATION",
+    help="How long finished jobs and their logs stay in the state database (0: for ever); "
+    "the newest of each kind and application stays whatever its age.",
+)
 @click.pass_context
 def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str | None,
           tls_key: str | None, insecure_http: bool, trusted_proxies: tuple[str, ...],
           trusted_user_header: str | None, secure_cookies: bool | None, no_scheduler: bool,
           missed_runs: str, timezone: str | None, verify_schedule: str | None,
           check_schedule: str | None, forget_schedule: str | None, check_subset: str,
-          max_run_time: str, lock_wait: str) -> None:  # fmt: skip
+          max_run_time: str, lock_wait: str, job_history: str) -> None:  # fmt: skip
     """Run the web service: the API, background jobs and the scheduler.
 
     Reads the same config file as the other commands and serves every application and
@@ -94,6 +102,7 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
     host, port = parse_listen(listen)
     run_time = _run_time(max_run_time)
     lock_wait_s = _run_time(lock_wait, "--lock-wait")
+    job_history_s = _run_time(job_history, "--job-history")
     verify_schedule = _schedule("--verify-schedule", verify_schedule)
     check_schedule = _schedule("--check-schedule", check_schedule)
     forget_schedule = _schedule("--forget-schedule", forget_schedule)
@@ -127,7 +136,7 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
         run_scheduler=not no_scheduler, missed_runs=missed_runs, timezone=_zone(timezone),
         verify_schedule=verify_schedule, check_schedule=check_schedule,
         forget_schedule=forget_schedule, check_subset=_subset(check_subset),
-        max_run_time_s=run_time, lock_wait_s=lock_wait_s,
+        max_run_time_s=run_time, lock_wait_s=lock_wait_s, job_history_s=job_history_s,
     )  # fmt: skip
     import uvicorn
 

@@ -107,6 +107,7 @@ class JobManager:
         self._unsaved_progress: dict[int, dict[str, Any]] = {}
         self.notices = Notices(service)
         self._unsaved_ends: dict[int, tuple[Any, ...]] = {}  # job ends the database refused
+        self._history_pruned: float | None = None  # monotonic time of the last pruning
 
     @property
     def notify_threads(self) -> list[threading.Thread]:
@@ -141,7 +142,28 @@ class JobManager:
                            f"(job {r['id']}, queued {when(r['created_at'])}): it did not run")  # fmt: skip
             self.notices.owe(r["id"], message)
         self.notices.send_owed(only_if_delivered=False)
+        self.prune_history()
         return cur.rowcount
+
+    def prune_history(self) -> None:
+        """Delete old finished jobs (history.py), at most once per ``PRUNE_EVERY_S``; a
+        failure (the state database's disk full) is logged and tried again later."""
+        from casbackup.server import history
+
+        mono = time.monotonic()
+        with self._lock:
+            if (
+                self._history_pruned is not None
+                and mono - self._history_pruned < history.PRUNE_EVERY_S
+            ):
+                return
+            self._history_pruned = mono
+        try:
+            history.prune_job_history(
+                self.db, self.service.settings.job_history_s, self.service.clock()
+            )
+        except sqlite3.Error:
+            log.exception("old jobs could not be deleted from the history")
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Cancel running jobs (recorded as cancelled) and mark queued ones interrupted."""
@@ -434,6 +456,7 @@ class JobManager:
                     pass  # the next read reopens or reports it
             doc = self.get(job_id)
             self.service.events.publish("job.finished", doc, row["app"])
+            self.prune_history()
             self._dispatch()
 
     def _execute(

@@ -59,6 +59,9 @@ class Settings:
     # (a prune run from cron, a second service on the repository) before it fails; 0: not
     # at all. The job's max run time still bounds the wait.
     lock_wait_s: int = 3600
+    # Seconds finished jobs (with their logs) stay in the state database (history.py); 0:
+    # for ever. The newest of each kind and application stays whatever its age.
+    job_history_s: int = 180 * 86400
     job_python: str = field(default=sys.executable)  # interpreter for job worker processes
     job_env: tuple[tuple[str, str], ...] = ()  # extra environment for workers (tests)
 

@@ -1,7 +1,8 @@
 """The service's own state: one SQLite file in the state directory, schema versioned.
 
 What lives here: users, API token hashes, browser sessions, job history (progress, log lines,
-results), the audit log and the scheduler's last fire times. Nothing here is needed to restore
+results; old finished jobs are deleted: history.py), the audit log and the scheduler's last
+fire times. Nothing here is needed to restore
 data: the repository stays the only source of truth for backups, so losing this file loses
 accounts and history, never backups.
 

@@ -1,0 +1,66 @@
+"""Months of jobs: finished jobs older than the service's job history (180 days by default)
+go from the state database with their log lines; the newest of each kind and application,
+an owed notification and unfinished jobs stay. Before, every job and log line was kept for
+ever: a backup every 15 minutes is some 35,000 jobs a year."""
+
+from __future__ import annotations
+
+import time
+
+from casbackup.server.history import prune_job_history
+from tests.server.conftest import Env
+from tests.server.test_jobs import wait_job
+
+DAY = 86400.0
+
+
+def _job(env: Env, kind: str, app: str | None, state: str, finished: float | None,
+         notice: str | None = None) -> int:  # fmt: skip
+    db = env.service.db
+    cur = db.execute(
+        "INSERT INTO jobs (kind, app, repo, params, state, created_at, started_at, finished_at,"
+        " notice) VALUES (?,?,?,?,?,?,?,?,?)",
+        (kind, app, "default", "{}", state, (finished or time.time()) - 60,
+         (finished or time.time()) - 50, finished, notice),
+    )  # fmt: skip
+    job_id = int(cur.lastrowid or 0)
+    for i in range(3):
+        db.execute("INSERT INTO job_log (job_id, time, level, message) VALUES (?,?,?,?)",
+                   (job_id, time.time(), "info", f"line {i}"))  # fmt: skip
+    return job_id
+
+
+def _exists(env: Env, job_id: int) -> bool:
+    r = env.client.get(f"/api/jobs/{job_id}", headers=env.h("admin"))
+    assert r.status_code in (200, 404), r.text
+    return r.status_code == 200
+
+
+def test_old_jobs_leave_the_history_when_jobs_end(env: Env) -> None:
+    now = time.time()
+    old = [_job(env, "backup", "shop", "succeeded", now - 400 * DAY) for _ in range(5)]
+    old_failed = _job(env, "backup", "shop", "failed", now - 200 * DAY)
+    owed = _job(env, "backup", "blog", "interrupted", now - 300 * DAY, notice="it did not run")
+    last_blog = _job(env, "backup", "blog", "failed", now - 250 * DAY)  # its newest: kept
+    damaged = _job(env, "check", None, "failed", now - 365 * DAY)  # the last check: kept
+    recent = _job(env, "backup", "shop", "succeeded", now - 10 * DAY)
+    # A real job's end prunes the history (the test's service started before these rows).
+    env.service.jobs._history_pruned = None
+    r = env.client.post("/api/backup", json={"app_name": "shop"}, headers=env.h("operator"))
+    assert wait_job(env, r.json()["job_id"])["state"] == "succeeded"
+    assert not any(_exists(env, j) for j in [*old, old_failed])
+    assert all(_exists(env, j) for j in (owed, last_blog, damaged, recent))
+    gone = env.service.db.one(
+        f"SELECT COUNT(*) FROM job_log WHERE job_id IN ({','.join('?' * 6)})", (*old, old_failed)
+    )
+    assert gone is not None and gone[0] == 0  # their log lines went with them
+    listed = env.client.get("/api/jobs?limit=1000", headers=env.h("admin")).json()
+    assert {j["id"] for j in listed}.isdisjoint(old)
+
+
+def test_a_history_of_zero_keeps_everything(env: Env) -> None:
+    old = _job(env, "backup", "shop", "succeeded", time.time() - 4000 * DAY)
+    _job(env, "backup", "shop", "succeeded", time.time())
+    assert prune_job_history(env.service.db, 0, time.time()) == 0
+    assert prune_job_history(env.service.db, 180 * DAY, time.time()) == 1
+    assert not _exists(env, old)
