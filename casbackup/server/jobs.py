@@ -426,12 +426,16 @@ class JobManager:
         state, error, exit_code, result = "failed", None, None, None
         try:
             state, error, exit_code, result = self._execute(running, row)
+        except CasError as exc:  # before the worker ran (a password env var gone): one line
+            error, exit_code = str(exc), exc.exit_code
         except Exception as exc:  # the job fails; the service goes on
             error = f"{type(exc).__name__}: {exc}"
         finally:
             # Notifications first: whoever sees the job's end can find them under way.
             if state == "failed":
                 self.notices.failures(row, error, notified=running.notified)
+            elif state == "succeeded" and row["kind"] == "backup":
+                self.notices.succeeded(row)
             elif state == "cancelled" and running.by_service and row["kind"] == "backup":
                 # Sent by ``shutdown`` once every job has ended (or at the next start).
                 self.notices.owe(job_id, f"the service stopped during this backup of {row['app']} "
@@ -471,6 +475,7 @@ class JobManager:
             "config": str(config) if config else None, "params": json.loads(row["params"]),
             "timezone": self.service.zone_name(),  # retention's calendar is the schedules'
             "lock_wait_s": self.service.settings.lock_wait_s,
+            "failures_told_by_service": True,  # one notice per failure episode (notices.py)
         }  # fmt: skip
         env = dict(os.environ) | dict(self.service.settings.job_env)
         env["CASBACKUP_SERVICE_PID"] = str(os.getpid())  # the worker dies with us (worker.py)

@@ -10,6 +10,13 @@
   jobs have ended, or at the next start when no notifier could be reached then: the message
   is owed in the job's ``notice`` column until it was sent.
 
+A backup that keeps failing the same way (its source gone for a weekend, a database down,
+a password variable missing, every 15 minutes) is one failure episode: its notifiers hear
+the first failure, a failure that differs from the last one told (digits aside: times,
+pids, sizes), and once every ``REMIND_S`` while it goes on; the rest are only in the job's
+log. Its first successful backup ends the episode (its notifiers hear ``success`` as
+always). The backup's worker leaves its failure to the service for that reason.
+
 Every sending runs in a thread of its own: a slow SMTP server never holds up a job, the
 start-up or (beyond ``wait``) the stop.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import sqlite3
 import threading
 from typing import TYPE_CHECKING, Any
@@ -30,6 +38,9 @@ if TYPE_CHECKING:
     from casbackup.server.service import Service
 
 log = logging.getLogger("casbackup.server.jobs")
+
+REMIND_S = 24 * 3600.0  # a backup failing the same way is told again after this long
+_DIGITS = re.compile(r"\d+")
 
 
 class Notices:
@@ -49,6 +60,8 @@ class Notices:
         kind, what = row["kind"], error or f"the {row['kind']} failed"
         told: list[tuple[str | None, str, str]] = []
         if kind == "backup" and not notified:
+            if self._repeated(row, what):
+                return
             told = [(row["app"], "failure", what)]
         elif kind == "verify" and row["app"]:
             told = [
@@ -73,6 +86,50 @@ class Notices:
                 dispatch(notifiers, event, offline_mode=offline)
 
         self._started(threading.Thread(target=send, name="notify-failure", daemon=True))
+
+    def _repeated(self, row: Any, what: str) -> bool:
+        """Whether backup job ``row``'s failure ``what`` repeats the failure its application's
+        notifiers were last told of, less than ``REMIND_S`` ago (then its log says so);
+        otherwise it is recorded as the one told (``failing:<app>`` in schedule_state:
+        when, and which job)."""
+        db, key, now = self.service.db, f"failing:{row['app']}", self.service.clock()
+        try:
+            last = db.one(
+                "SELECT s.last_fire, j.error, j.finished_at FROM schedule_state s"
+                " LEFT JOIN jobs j ON j.id = s.last_job WHERE s.key = ?",
+                (key,),
+            )
+            if (
+                last is not None
+                and last["error"] is not None
+                and _DIGITS.sub("#", last["error"]) == _DIGITS.sub("#", what)
+                and 0 <= now - last["last_fire"] < REMIND_S
+            ):
+                since = self.when(last["finished_at"])
+                self.service.jobs._log(
+                    row["id"], "info",
+                    f"the notifiers were not told again: the backups of {row['app']} have "
+                    f"failed this way since {since} (told again once a day while they do)",
+                )  # fmt: skip
+                return True
+            db.execute(
+                "INSERT INTO schedule_state (key, last_fire, last_job) VALUES (?,?,?)"
+                " ON CONFLICT(key) DO UPDATE SET last_fire=excluded.last_fire,"
+                " last_job=excluded.last_job",
+                (key, now, row["id"]),
+            )
+        except sqlite3.Error:  # the state database's disk is full: tell, rather than not
+            log.exception("job %d: its failure episode could not be recorded", row["id"])
+        return False
+
+    def succeeded(self, row: Any) -> None:
+        """A backup of ``row['app']`` succeeded: its failure episode, if any, is over."""
+        try:
+            self.service.db.execute(
+                "DELETE FROM schedule_state WHERE key = ?", (f"failing:{row['app']}",)
+            )
+        except sqlite3.Error:
+            log.exception("job %d: the end of its failure episode could not be recorded", row["id"])
 
     def when(self, epoch: float | None) -> str:
         """``epoch`` (UTC seconds) as a person reads it in the service's zone (that of the

@@ -24,7 +24,8 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
   running, was skipped as missed or because the previous run was still going) sends the
   application's notifiers the ``overdue`` event once, from the tick that notices it, in a
   thread of its own (a slow SMTP server never delays a schedule); a notifier that fails is
-  asked again every 5 minutes for an hour. The fire time waited for
+  asked again every 5 minutes for an hour. Runs overdue one after the other are one
+  report, repeated once a day while they last (``told:<key>``); a run on time ends them. The fire time waited for
   is kept in ``schedule_state`` under ``due:<key>``, the last one reported under
   ``overdue:<key>``; a schedule seen for the first time waits for nothing.
 - Optional restore drills: ``verify_schedule`` verifies each application's newest snapshot,
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from casbackup.config.load import EVERY_TOO_LONG, MAX_EVERY_MINUTES
 from casbackup.errors import CasError, ConfigError
 from casbackup.server.jobs import STOPPED_DURING
+from casbackup.server.notices import REMIND_S
 from casbackup.timezones import local_time
 from casbackup.timezones import machine_zone as _local_zone  # noqa: F401 (tests import it here)
 
@@ -304,7 +306,8 @@ class Scheduler:
             (e.app, due.timestamp() - GRACE_S, now.timestamp()),
         )
         self._set_last(f"overdue:{e.key}", due)
-        if succeeded is not None:
+        if succeeded is not None:  # on time: a run overdue after it is news again
+            self.service.db.execute("DELETE FROM schedule_state WHERE key=?", (f"told:{e.key}",))
             return
         message = (
             f"the scheduled backup of {e.app} due at {local_time(due, self.tz)} has not succeeded "
@@ -317,6 +320,14 @@ class Scheduler:
             return
         from casbackup.notify import Event
 
+        # One report per run of missed runs (a backup failing every 15 minutes all weekend
+        # is one piece of news), told again once a day while it lasts.
+        told = self._last(f"told:{e.key}")
+        if told is not None and dt.timedelta(0) <= now - told < dt.timedelta(seconds=REMIND_S):
+            log.info("%s: the notifiers were told at %s that it is overdue, not again",
+                     e.key, told.isoformat())  # fmt: skip
+            return
+        self._set_last(f"told:{e.key}", now)
         wanted = tuple(n for n in cfg.notify if "overdue" in n.on)
         event = Event("overdue", e.app or "", message)
         self._send_overdue(f"{e.key}@{due.isoformat()}", wanted, event, 1, now)

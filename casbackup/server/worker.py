@@ -168,6 +168,7 @@ class Job:
     warm: WarmAhead | None = None  # a backup job's sources being warmed (``_warming``)
     timezone: str | None = None  # the service's zone (timezones.py); None: the machine's
     lock_wait_s: float = 0.0  # how long to wait while another process holds the repository
+    failures_told_by_service: bool = False  # a failed backup's notice is the service's
 
     def locked(self, *, exclusive: bool = False, command: str) -> AbstractContextManager[Any]:
         """The repository locked for the job; while another process holds a conflicting
@@ -223,8 +224,8 @@ def run_backup_job(job: Job) -> dict[str, Any]:
         with job.locked(command="serve: backup"):
             outcome = backup_application(job.repo, options, job.reporter)
     except Exception as exc:
-        if stop_asked():
-            raise  # the service tells the notifiers why it stopped the backup
+        if stop_asked() or job.failures_told_by_service:
+            raise  # the service tells the notifiers why it stopped, or of a failure episode
         notice.failed(exc)
         emit({"t": "notified"})  # the service need not tell them again (jobs.py)
         raise
@@ -579,7 +580,8 @@ def main() -> int:
                     repo.require_writable()  # an old format this program may only read
                 job = Job(kind, repo, config, spec.get("app"), spec.get("params") or {},
                           PipeReporter(), ahead, spec.get("timezone"),
-                          float(spec.get("lock_wait_s") or 0))  # fmt: skip
+                          float(spec.get("lock_wait_s") or 0),
+                          bool(spec.get("failures_told_by_service")))  # fmt: skip
                 result = operation(job)
             finally:
                 repo.close()
