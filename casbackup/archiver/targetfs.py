@@ -21,6 +21,7 @@ from casbackup.liveness import pid_exists
 from casbackup.repo.tree import Node, NodeKind
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SUID_SGID = 0o6000
 _WRITABLE = stat.S_IWUSR | stat.S_IXUSR  # what creating and removing entries needs
 
@@ -55,6 +56,13 @@ def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int
         raise TargetError(f"cannot create folder: {exc.strerror}", exc.errno) from None
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except PermissionError as exc:
+        # A folder of ours we may not read (0000, 0311: as an earlier restore of such a
+        # folder left it): a second restore into it said "cannot open folder".
+        opened = _open_unreadable(name, parent_fd)
+        if opened is None:
+            raise TargetError(f"cannot open folder: {exc.strerror}", exc.errno) from None
+        return opened[0], opened[1], False
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise TargetError(f"cannot open folder: {exc.strerror}", exc.errno) from None
@@ -76,6 +84,41 @@ def open_dir(name: bytes, parent_fd: int, *, replace: bool = False) -> tuple[int
     except OSError as exc:
         os.close(fd)
         raise TargetError(f"cannot make the folder writable: {exc.strerror}", exc.errno) from None
+
+
+def _open_unreadable(name: bytes, parent_fd: int) -> tuple[int, int] | None:
+    """Open the folder ``name`` that we own and may not read: give it the owner's bits
+    (through an ``O_PATH`` handle, so the very folder, never a symlink put in its place)
+    and open it. Returns its fd and the mode to put back; None when it is not a folder of
+    ours (or cannot be reached), for the caller to report."""
+    try:
+        handle = os.open(name, _PATH_FLAGS, dir_fd=parent_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(handle)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return None
+        link = f"/proc/self/fd/{handle}"  # a magic link: the open folder itself
+        os.chmod(link, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        try:
+            return os.open(link, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), stat.S_IMODE(
+                st.st_mode
+            )
+        except OSError:
+            _put_back_path(link, stat.S_IMODE(st.st_mode))
+            return None
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+
+
+def _put_back_path(path: str, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError:
+        pass
 
 
 # A restore's temporary names: ``.casbackup-restore-<pid>-<token>-<n>``, pid the restoring

@@ -141,3 +141,43 @@ def test_umask_changes_neither_repository_nor_restored_modes(user: OrdinaryUser)
         modes = {stat.S_IMODE(p.lstat().st_mode) for p in Path(f"{repo}-{name}").rglob("*")}
         assert modes <= {0o700, 0o600}, (name, modes)
         assert stat.S_IMODE((out / str(src).lstrip("/") / "shared.txt").stat().st_mode) == 0o664
+
+
+def _closed_folders_snapshot(user: OrdinaryUser) -> str:
+    """A repository of the user's with root's snapshot of folders their owner may not read
+    (0000, 0311) or write (0555), and a file nobody may read (0000)."""
+    src = user.base / "closed"
+    for folder in ("none/sub", "search-only/sub", "read-only/sub"):
+        (src / folder).mkdir(parents=True)
+        (src / folder / "f.txt").write_text(folder)
+    (src / "none" / "z.txt").write_text("z")
+    (src / "unreadable.txt").write_text("no one reads this")
+    os.chmod(src / "unreadable.txt", 0)
+    for folder, mode in (("none/sub", 0), ("none", 0), ("search-only", 0o311),
+                         ("read-only/sub", 0o555), ("read-only", 0o555)):  # fmt: skip
+        os.chmod(src / folder, mode)
+    repo = str(user.base / "closed-repo")
+    env = _root_env(user)
+    assert user.root_cli("-r", repo, "init", env=env).code == 0
+    assert user.root_cli("-r", repo, "backup", str(src), env=env).code == 0
+    user.give(repo)
+    return repo
+
+
+def test_a_second_restore_opens_the_folders_the_first_closed(user: OrdinaryUser) -> None:
+    # The first restore left 'none' 0000 and 'search-only' 0311, as the snapshot has them;
+    # a second one (--overwrite, or a resume) said 'cannot open folder: Permission
+    # denied' for each, exit 26, and restored nothing below them.
+    repo = _closed_folders_snapshot(user)
+    target = user.home / "out"
+    for extra in ((), ("--overwrite",)):
+        res = user.cli("-r", repo, "restore", "latest", "--target", str(target), *extra)
+        assert res.code == 0, (extra, res.err)
+    top = target / str(user.base / "closed").lstrip("/")
+    modes = {str(p.relative_to(top)): stat.S_IMODE(p.lstat().st_mode) for p in [
+        top / "none", top / "search-only", top / "read-only", top / "read-only" / "sub"]}  # fmt: skip
+    assert modes == {"none": 0, "search-only": 0o311, "read-only": 0o555,
+                     "read-only/sub": 0o555}  # fmt: skip
+    os.chmod(top / "none", 0o700)
+    os.chmod(top / "none" / "sub", 0o700)
+    assert (top / "none" / "sub" / "f.txt").read_text() == "none/sub"
