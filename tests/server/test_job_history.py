@@ -64,3 +64,26 @@ def test_a_history_of_zero_keeps_everything(env: Env) -> None:
     assert prune_job_history(env.service.db, 0, time.time()) == 0
     assert prune_job_history(env.service.db, 180 * DAY, time.time()) == 1
     assert not _exists(env, old)
+
+
+def test_the_day_strip_shows_failures_behind_thousands_of_backups(env: Env) -> None:
+    # A backup every 15 minutes: the strip read the newest 500 backup jobs, five days'
+    # worth, and showed a day of failures ten days ago as a day without backups.
+    import datetime as dt
+
+    from tests.server.test_dashboard import login
+
+    now = time.time()
+    failed_day = dt.datetime.fromtimestamp(now - 10 * DAY, dt.UTC).date().isoformat()
+    _job(env, "backup", "shop", "failed", now - 10 * DAY)
+    db = env.service.db
+    for i in range(600):  # the later runs, succeeded (their rows only)
+        t = now - 4 * DAY + i * 60
+        db.execute(
+            "INSERT INTO jobs (kind, app, repo, params, state, created_at, started_at,"
+            " finished_at) VALUES ('backup', 'shop', 'default', '{}', 'succeeded', ?, ?, ?)",
+            (t, t, t + 30),
+        )
+    login(env, "viewer")
+    html = env.client.get("/").text
+    assert f'title="{failed_day}: failed"' in html
