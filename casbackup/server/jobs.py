@@ -91,6 +91,20 @@ def job_doc(row: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _ended(code: int | None) -> str:
+    """How a worker that said nothing ended: a SIGKILL from outside is most often the
+    kernel's out-of-memory killer (the status alone, -9, told the user nothing)."""
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        if -code == signal.SIGKILL:
+            return f"killed by {name} (out of memory? the kernel's log says: journalctl -k)"
+        return f"killed by {name}"
+    return f"exit status {code}"
+
+
 class JobManager:
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -580,7 +594,7 @@ class JobManager:
                 EXIT_INTERRUPTED,
                 partial,
             )
-        detail = stderr_lines[-1] if stderr_lines else f"exit status {code}"
+        detail = stderr_lines[-1] if stderr_lines else _ended(code)
         return "failed", f"the job's process ended without a result: {detail}", code, partial
 
     def _record_end(self, job_id: int, values: tuple[Any, ...]) -> None:

@@ -386,6 +386,16 @@ def test_a_worker_that_dies_without_a_result_fails_the_job(tmp_path, monkeypatch
     assert "ended without a result: Segmentation fault" in doc["error"]
 
 
+def test_a_worker_killed_by_the_kernel_says_so(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # An OOM-killed worker's job read "the job's process ended without a result: exit
+    # status -9" (a real serve, its worker killed with SIGKILL during a backup).
+    script = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    with fake_worker_app(tmp_path, monkeypatch, script) as client:
+        doc = _run_one(client)
+    assert doc["state"] == "failed", doc
+    assert "killed by SIGKILL (out of memory?" in doc["error"], doc
+
+
 def test_the_password_reaches_the_worker_only_through_its_stdin(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from casbackup.testing.fixtures import PASSWORD
 
