@@ -181,3 +181,13 @@ def test_a_second_restore_opens_the_folders_the_first_closed(user: OrdinaryUser)
     os.chmod(top / "none", 0o700)
     os.chmod(top / "none" / "sub", 0o700)
     assert (top / "none" / "sub" / "f.txt").read_text() == "none/sub"
+
+
+def test_a_user_verifies_folders_and_files_their_owner_may_not_read(user: OrdinaryUser) -> None:
+    # The service verifies as its own user: the sandbox's 0000 folders and file came back
+    # with their modes and could not be read back ('folder was not restored: Permission
+    # denied'), and a sound snapshot was recorded as FAILED (recover then skips it).
+    repo = _closed_folders_snapshot(user)
+    res = user.cli("-r", repo, "verify", "latest")
+    assert res.code == 0, res.err
+    assert "verified OK: 5 files" in res.out, res.out
