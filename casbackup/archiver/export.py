@@ -63,38 +63,55 @@ def tree_members(repo: object, top: Node, name: str) -> Iterator[Member]:
     """The folder node ``top`` of a snapshot in ``repo`` (a ``Repository``) and everything
     below it, depth first, each folder before its entries (in stored order, which is by
     name). Members are named ``name/...``, or ``...`` alone when ``name`` is empty (a whole
-    snapshot). Trees are loaded one folder at a time; contents are read through
-    ``ChunkReader``, which checks each chunk and the file's content hash."""
-    from casbackup.archiver.stream import ChunkReader
+    snapshot). Trees are loaded one folder at a time; contents are read in batches through
+    the restore's read plan (``readcheck.read_files``: per pack, ahead of the writing),
+    each chunk checked and each file's size and content hash compared at its end."""
+    from casbackup.archiver.readcheck import read_files
 
-    def reader(node: Node, path: str) -> Callable[[int, int], bytes]:
-        stream = ChunkReader.for_node(repo, node, name=path)  # type: ignore[arg-type]
+    for (node, path), stream in read_files(repo, _walk(repo, top, name)):  # type: ignore[arg-type]
+        if node.kind != NodeKind.FILE:
+            yield Member(path, node)
+        else:
+            yield Member(path, node, _reader(stream, node, path))
 
-        def read(pos: int, n: int) -> bytes:  # sequential: pos is where the last read ended
-            data = stream.read(n)
-            if pos + len(data) >= node.size and stream.read(1):
-                # The read past the end is what checks the whole file's content hash.
-                raise IntegrityError(f"{path}: the stored content is longer than {node.size} bytes")
-            return data
 
-        return read
-
+def _walk(repo: object, top: Node, name: str) -> Iterator[tuple[Node, tuple[Node, str]]]:
+    """(node, (node, path)) of ``tree_members``' entries in their order (``read_files``'
+    pairs: the tag carries the node and its name in the archive)."""
     stack: list[tuple[Node, str]] = [(top, name)]
     while stack:
         folder, path = stack.pop()
         if path:
-            yield Member(path, folder)
+            yield folder, (folder, path)
         nodes = repo.load_tree(folder.subtree) if folder.subtree is not None else []  # type: ignore[attr-defined]
         below: list[tuple[Node, str]] = []
         for node in nodes:
             child = f"{path}/{os.fsdecode(node.name)}" if path else os.fsdecode(node.name)
             if node.kind == NodeKind.DIR:
                 below.append((node, child))
-            elif node.kind == NodeKind.FILE:
-                yield Member(child, node, reader(node, child))
             else:
-                yield Member(child, node)
+                yield node, (node, child)
         stack.extend(reversed(below))
+
+
+def _reader(stream: object, node: Node, path: str) -> Callable[[int, int], bytes]:
+    """A Member's ``read`` over its FileStream (or the error that stopped it first)."""
+    if isinstance(stream, CasError):
+        error = stream
+
+        def fail(pos: int, n: int) -> bytes:
+            raise error
+
+        return fail
+
+    def read(pos: int, n: int) -> bytes:  # sequential: pos is where the last read ended
+        data: bytes = stream.read(n)  # type: ignore[attr-defined]
+        if pos + len(data) >= node.size and stream.read(1):  # type: ignore[attr-defined]
+            # The read past the end is what checks the whole file's content hash.
+            raise IntegrityError(f"{path}: the stored content is longer than {node.size} bytes")
+        return data
+
+    return read
 
 
 def archive_stream(fmt: str, members: Iterable[Member]) -> Iterator[bytes]:

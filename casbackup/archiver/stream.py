@@ -18,11 +18,13 @@ from typing import Any
 
 import blake3
 
+from casbackup.archiver.readcheck import PlannedReads
 from casbackup.errors import IntegrityError
 from casbackup.repo.ids import BlobId, Kind
 from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node
+from casbackup.store.local import LocalBackend
 
 
 class ChunkReader(io.RawIOBase):
@@ -49,6 +51,12 @@ class ChunkReader(io.RawIOBase):
         self._read = 0
         self._checked = False
         self.name = name
+        # On an object store every chunk's get is a round trip: a file of more than one
+        # chunk is read ahead per pack, in merged ranges, several gets in flight
+        # (readcheck.PlannedReads). A local folder keeps one pread per chunk, in this
+        # thread: read-ahead threads there cost more CPU than they saved (bench/DUMPS.md).
+        self._ahead = len(self._chunks) > 1 and not isinstance(repo.backend, LocalBackend)
+        self._planned: PlannedReads | None = None
 
     @classmethod
     def for_node(cls, repo: Repository, node: Node, name: str = "file") -> ChunkReader:
@@ -70,7 +78,7 @@ class ChunkReader(io.RawIOBase):
             if self._next >= len(self._chunks):
                 self._check_end()
                 return 0
-            self._buf = self._repo.load_blob(self._chunks[self._next], Kind.DATA)
+            self._buf = self._load_next()
             self._next += 1
             self._pos = 0
             self._hasher.update(self._buf)
@@ -82,6 +90,13 @@ class ChunkReader(io.RawIOBase):
             self._buf = b""  # release the chunk as soon as it is consumed
             self._pos = 0
         return n
+
+    def _load_next(self) -> bytes:
+        if not self._ahead:
+            return self._repo.load_blob(self._chunks[self._next], Kind.DATA)
+        if self._planned is None:
+            self._planned = PlannedReads(self._repo, self._chunks)
+        return next(self._planned.pieces)
 
     def _check_end(self) -> None:
         if self._checked:
@@ -98,4 +113,7 @@ class ChunkReader(io.RawIOBase):
 
     def close(self) -> None:
         self._buf = b""
+        if self._planned is not None:
+            self._planned.close()
+            self._planned = None
         super().close()

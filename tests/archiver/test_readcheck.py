@@ -8,15 +8,23 @@ real network each get is a round trip more.
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
+import threading
 from dataclasses import replace
 
+import pytest
+
 from casbackup.archiver import readcheck
+from casbackup.archiver.export import archive_stream, tree_members
 from casbackup.archiver.readcheck import read_and_verify
+from casbackup.archiver.stream import ChunkReader
+from casbackup.errors import IntegrityError, NotFound
 from casbackup.repo.repository import Repository
 
 from .test_restore_readplan import CountingBackend, counted  # noqa: F401 (fixture)
-from .trees import file_node, snapshot_of
+from .trees import dir_node, file_node, snapshot_of
 
 
 def test_files_are_read_per_pack_across_batches_and_come_back_in_order(  # type: ignore[no-untyped-def]
@@ -70,3 +78,64 @@ def test_an_empty_file_and_no_files(counted) -> None:  # type: ignore[no-untyped
         (1, 0, None)
     ]
     assert list(read_and_verify(repo, [])) == []
+
+
+def test_a_stream_on_an_object_store_reads_ahead_per_pack(counted) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """`db restore`, `dump` and recover's loads read a stored file through ChunkReader: on
+    an object store one get per chunk, each a round trip, until this."""
+    repo, backend = counted
+    data = os.urandom(60_000)
+    node = file_node(repo, b"dump", data, chunk=1000)
+    snapshot_of(repo, [node])
+    threads = threading.active_count()
+    backend.gets.clear()
+    with ChunkReader.for_node(repo, node, name="dump") as reader:
+        assert reader.read() == data
+    assert len(backend.gets) < 6  # not 60
+    assert threading.active_count() == threads  # its reader threads are gone
+    # a reader closed half-way stops its threads too
+    reader = ChunkReader.for_node(repo, node, name="dump")
+    piece = reader.read(5000)  # a raw read: at most one chunk
+    assert piece and data.startswith(piece)
+    reader.close()
+    assert threading.active_count() == threads
+
+
+def test_a_damaged_chunk_read_ahead_fails_the_stream_never_ends_it(counted) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    repo, backend = counted
+    node = file_node(repo, b"dump", os.urandom(20_000), chunk=1000)
+    snapshot_of(repo, [node])
+    loc = repo.locate(node.content[7])
+    name = f"data/{loc.pack[:2]}/{loc.pack}"
+    raw = bytearray(backend.objects[name])
+    raw[loc.offset + 5] ^= 0x01
+    backend.objects[name] = bytes(raw)
+    with ChunkReader.for_node(repo, node, name="dump") as reader:
+        with pytest.raises(IntegrityError, match="damaged"):
+            reader.read()
+    missing = replace(node, content=(*node.content[:3], b"\x05" * 32, *node.content[4:]))
+    with ChunkReader.for_node(repo, missing, name="dump") as reader:
+        with pytest.raises(NotFound, match="is not in the index"):
+            reader.read()
+
+
+def test_a_folder_archive_reads_per_pack_and_still_checks_every_file(counted) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """`dump SNAPSHOT:FOLDER` read each file through its own ChunkReader: a get per chunk."""
+    repo, backend = counted
+    files = {b"f%03d" % i: os.urandom(1500) + b"%d" % i for i in range(120)}
+    top = dir_node(repo, b"top", [file_node(repo, n, d, chunk=500) for n, d in files.items()])
+    snapshot_of(repo, [top])
+    backend.gets.clear()
+    data = b"".join(archive_stream("tar", tree_members(repo, top, "top")))
+    assert len(backend.gets) < 12  # 360 chunks
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    assert got == {f"top/{n.decode()}": d for n, d in files.items()}
+    forged = replace(top, subtree=None)  # (a folder with nothing below it)
+    assert [m.path for m in tree_members(repo, forged, "x")] == ["x"]
+    wrong = file_node(repo, b"wrong", b"abc")
+    wrong = replace(wrong, content_hash=b"\x01" * 32)
+    folder = dir_node(repo, b"w", [wrong])
+    snapshot_of(repo, [folder])
+    with pytest.raises(IntegrityError, match="w/wrong: content does not match"):
+        b"".join(archive_stream("tar", tree_members(repo, folder, "w")))
