@@ -85,10 +85,21 @@ def _why_not(tool: str, client: Callable[[str], list[str]]) -> str | None:
     help_text = run_tool([tool, "--help"], what=tool).decode("utf-8", "replace")
     if "--system" not in help_text:
         return f"{tool} has no --system option (MariaDB 10.5 or later has it)"
+    # What the tool reads: mysql.user (a view of global_priv), roles_mapping, and each
+    # account's SHOW CREATE USER / SHOW GRANTS (another account's need SELECT on mysql.*).
+    # A probe of global_priv alone passed with `GRANT SELECT ON mysql.global_priv`, and the
+    # tool then failed every backup on mysql.user.
     try:
-        client("SELECT 1 FROM mysql.global_priv LIMIT 0;")
+        client("SELECT 1 FROM mysql.global_priv LIMIT 0; SELECT 1 FROM mysql.user LIMIT 0; "
+               "SELECT 1 FROM mysql.roles_mapping LIMIT 0;")  # fmt: skip
+        other = client(
+            "SELECT CONCAT(QUOTE(User), '@', QUOTE(Host)) FROM mysql.user WHERE "
+            "CONCAT(User, '@', Host) <> CURRENT_USER() AND Host <> '' LIMIT 1;"
+        )
+        if other:  # the server's own quoting of a name it holds
+            client(f"SHOW CREATE USER {other[0]}; SHOW GRANTS FOR {other[0]};")
     except DatabaseError:
-        return "the backup's account may not read mysql.global_priv (GRANT SELECT ON mysql.* TO it)"
+        return "the backup's account may not read the accounts (GRANT SELECT ON mysql.* TO it)"
     return None
 
 
