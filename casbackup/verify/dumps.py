@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import secrets
 import sqlite3
 import stat
@@ -253,8 +254,23 @@ def server_problem(record: DatabaseRecord, server: DatabaseSpec | None, stored: 
         engine.drop(replace(server, name=record.name, engine=engine_name, database=probe))
     except CasError as exc:
         text = str(exc).removeprefix(f"database {record.name!r}: ")  # the caller names it
-        return f"the {engine_name} server for scratch databases cannot be used: {text}"
+        hint = ""
+        if re.search(r"access denied|permission denied", text, re.I):
+            # The config's backup account: it may dump, not make databases.
+            grant = _SCRATCH_GRANT.get(engine_name, "a grant to create and drop them")
+            hint = (
+                f" (verify loads each dump into a database {SCRATCH_PREFIX}<hex> there and "
+                f"drops it: {grant}, or name another with --db-server {engine_name}=URL)"
+            )
+        return f"the {engine_name} server for scratch databases cannot be used: {text}{hint}"
     return None
+
+
+# What an account needs to make, load and drop verify's scratch databases, and nothing more.
+_SCRATCH_GRANT = {
+    "mysql": f"GRANT ALL ON `{SCRATCH_PREFIX.replace('_', chr(92) + '_')}%`.* TO the account",
+    "postgresql": "ALTER ROLE the_account CREATEDB",
+}
 
 
 def _load_into_scratch(

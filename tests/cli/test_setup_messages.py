@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import click
+import pytest
 
 from casbackup.testing.fixtures import PASSWORD, run_cli
 from tests.cli.conftest import assert_one_error
+from tests.engines.conftest import mariadb_server, my_database  # noqa: F401 - fixtures
 
 NO_ENV_PASSWORD = {"CASBACKUP_PASSWORD": ""}  # set but empty is not set
 
@@ -158,3 +160,38 @@ def test_every_option_says_what_it_does_and_names_its_value() -> None:
             if option.metavar != "PATTERN":
                 problems.append(f"{path} {option.opts[-1]}: shows {option.metavar or 'TEXT'}")
     assert not problems, problems
+
+
+@pytest.mark.slow
+def test_verify_with_a_backup_account_that_may_not_make_scratch_databases(
+    my_database: str,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """The config's MariaDB account may dump its database but not create the scratch
+    database verify loads the dump into: "cannot be used: ... Access denied for user
+    ... to database 'casb_verify_probe_...'" said what, not what to do."""
+    from tests.engines.conftest import MY_HOST, MY_PORT, mariadb, unique
+    from tests.engines.test_backup_integration import cli, db_entry, write_config
+
+    user = unique("casb_bk")
+    mariadb("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1);", my_database)
+    mariadb(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'bk pw'; "
+            f"GRANT SELECT, LOCK TABLES, SHOW VIEW, EVENT, TRIGGER ON `{my_database}`.* "
+            f"TO '{user}'@'%'; GRANT SELECT ON mysql.proc TO '{user}'@'%';")  # fmt: skip
+    try:
+        entry = db_entry("orders", "mysql", host=MY_HOST, port=MY_PORT, user=user,
+                         database=my_database, password_env="BK_PW")  # fmt: skip
+        config = write_config(tmp_path, {"shop": entry})
+        assert cli(config, "backup", "--app", "shop", BK_PW="bk pw").code == 0
+        res = cli(config, "verify", "--app", "shop", BK_PW="bk pw")
+        assert_one_error(res, 27, "Access denied for user")
+        assert res.err.rstrip().endswith(
+            "(verify loads each dump into a database casb_verify_<hex> there and drops it: "
+            "GRANT ALL ON `casb\\_verify\\_%`.* TO the account, or name another with "
+            "--db-server mysql=URL)"
+        ), res.err
+        mariadb(f"GRANT ALL ON `casb\\_verify\\_%`.* TO '{user}'@'%';")  # what it says
+        res = cli(config, "verify", "--app", "shop", BK_PW="bk pw")
+        assert res.code == 0, res.err
+    finally:
+        mariadb(f"DROP USER IF EXISTS '{user}'@'%';")
