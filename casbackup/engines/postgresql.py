@@ -538,6 +538,16 @@ class PostgresEngine:
         checks before anything is written. Raises DatabaseError (server unreachable, ...)."""
         return self._exists(spec, _require_db(spec)) and self._table_count(spec) > 0
 
+    def may_create_databases(self, spec: DatabaseSpec) -> bool:
+        """Whether spec's account may create databases (superuser or CREATEDB): a verify's
+        scratch database needs it. Raises DatabaseError (server unreachable, ...)."""
+        rows = self._psql(
+            spec,
+            "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user;",
+            self._maintenance(spec),
+        )
+        return rows[:1] == ["t"]
+
     def drop(self, spec: DatabaseSpec) -> None:
         db = _require_db(spec)
         self._psql(spec, f"DROP DATABASE IF EXISTS {quote_ident(db)};", self._maintenance(spec))

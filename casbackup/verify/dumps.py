@@ -251,11 +251,18 @@ def server_problem(record: DatabaseRecord, server: DatabaseSpec | None, stored: 
         engine = get_engine(engine_name)
         engine.check_available()
         probe = f"{SCRATCH_PREFIX}probe_{secrets.token_hex(6)}"  # never created
-        engine.drop(replace(server, name=record.name, engine=engine_name, database=probe))
+        spec = replace(server, name=record.name, engine=engine_name, database=probe)
+        engine.drop(spec)
+        # PostgreSQL drops a database that does not exist for anyone: the right to create
+        # one is asked for, or a role without it failed the load and the snapshot was
+        # recorded as failed for this machine's server.
+        may_create = getattr(engine, "may_create_databases", None)
+        if may_create is not None and not may_create(spec):
+            raise CasError(f"role {server.user or 'of the connection'} may not create databases")
     except CasError as exc:
         text = str(exc).removeprefix(f"database {record.name!r}: ")  # the caller names it
         hint = ""
-        if re.search(r"access denied|permission denied", text, re.I):
+        if re.search(r"access denied|permission denied|may not create", text, re.I):
             # The config's backup account: it may dump, not make databases.
             grant = _SCRATCH_GRANT.get(engine_name, "a grant to create and drop them")
             hint = (

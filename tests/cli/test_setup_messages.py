@@ -4,6 +4,7 @@ for an off-site copy): each says where what it used came from and what to do, ex
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,12 @@ import pytest
 
 from casbackup.testing.fixtures import PASSWORD, run_cli
 from tests.cli.conftest import assert_one_error
-from tests.engines.conftest import mariadb_server, my_database  # noqa: F401 - fixtures
+from tests.engines.conftest import (  # noqa: F401 - fixtures
+    mariadb_server,
+    my_database,
+    pg_database,
+    pg_server,
+)
 
 NO_ENV_PASSWORD = {"CASBACKUP_PASSWORD": ""}  # set but empty is not set
 
@@ -195,3 +201,43 @@ def test_verify_with_a_backup_account_that_may_not_make_scratch_databases(
         assert res.code == 0, res.err
     finally:
         mariadb(f"DROP USER IF EXISTS '{user}'@'%';")
+
+
+@pytest.mark.slow
+def test_verify_with_a_postgresql_account_that_may_not_create_databases(
+    pg_database: str,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """A PostgreSQL backup role that may read everything (pg_read_all_data) but not create
+    databases: the probe (DROP DATABASE IF EXISTS of a name that does not exist) passed,
+    the load into the scratch database failed, and verify RECORDED A FAILED VERIFICATION
+    ("permission denied to create database"): a good snapshot called damaged because of
+    this machine's server, which recover then skips. It is a server problem: exit 27,
+    nothing recorded, and the grant named."""
+    from tests.engines.conftest import PG_HOST, PG_PORT, psql, unique
+    from tests.engines.test_backup_integration import cli, db_entry, write_config
+
+    role = unique("casb_bk")
+    psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);", pg_database)
+    psql(f"CREATE ROLE {role} LOGIN PASSWORD 'bk pw'; GRANT pg_read_all_data TO {role};")
+    try:
+        entry = db_entry("orders", "postgresql", host=PG_HOST, port=PG_PORT, user=role,
+                         database=pg_database, password_env="BK_PW")  # fmt: skip
+        config = write_config(tmp_path, {"shop": entry})
+        backup = cli(config, "backup", "--app", "shop", BK_PW="bk pw")
+        assert backup.code == 0, backup.err
+        res = cli(config, "verify", "--app", "shop", BK_PW="bk pw")
+        assert_one_error(res, 27, "nothing was recorded")
+        assert res.err.rstrip().endswith(
+            f"the postgresql server for scratch databases cannot be used: role {role} may not "
+            "create databases (verify loads each dump into a database casb_verify_<hex> there "
+            "and drops it: ALTER ROLE the_account CREATEDB, or name another with --db-server "
+            "postgresql=URL)"
+        ), res.err
+        (snap,) = json.loads(cli(config, "--json", "snapshots").out)
+        assert snap["verification"] is None  # nothing recorded about the snapshot
+        psql(f"ALTER ROLE {role} CREATEDB;")  # what the message says
+        res = cli(config, "verify", "--app", "shop", BK_PW="bk pw")
+        assert res.code == 0, res.err
+    finally:
+        psql(f"DROP ROLE IF EXISTS {role};")
