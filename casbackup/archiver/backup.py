@@ -160,8 +160,13 @@ class Backup(Walker, FileReading):
         # group that retention and the next parent go by.
         paths = tuple(dict.fromkeys(os.path.abspath(p) for p in opts.paths))
         for p in paths:
-            if not os.path.lexists(p):
-                raise NotFound(f"source {p} does not exist")
+            try:
+                os.lstat(p)
+            except (FileNotFoundError, NotADirectoryError):
+                raise NotFound(f"source {p} does not exist") from None
+            except OSError as exc:
+                # A folder above it this user may not search: it may well exist.
+                raise NotFound(f"cannot read source {p}: {exc.strerror}") from None
         paths, link_notes = with_link_targets(paths)
         root = getattr(self.repo.backend, "root", None)
         if root is not None and root in self._own:

@@ -191,3 +191,19 @@ def test_a_user_verifies_folders_and_files_their_owner_may_not_read(user: Ordina
     res = user.cli("-r", repo, "verify", "latest")
     assert res.code == 0, res.err
     assert "verified OK: 5 files" in res.out, res.out
+
+
+def test_a_source_behind_a_closed_folder_is_not_said_to_be_missing(user: OrdinaryUser) -> None:
+    # It said 'source ... does not exist' for a file that exists in a folder the user
+    # may not search (a path in a script, copied from root's crontab).
+    closed = user.base / "roots-only"
+    (closed / "in").mkdir(parents=True)
+    (closed / "in" / "f").write_text("x")
+    os.chmod(closed, 0o700)
+    repo = str(user.home / "repo")
+    assert user.cli("-r", repo, "init").code == 0
+    res = user.cli("-r", repo, "backup", str(closed / "in" / "f"))
+    assert res.code == 23
+    assert res.err == f"error: cannot read source {closed}/in/f: Permission denied\n", res.err
+    res = user.cli("-r", repo, "backup", str(user.base / "nothing-here"))
+    assert res.code == 23 and "nothing-here does not exist" in res.err
