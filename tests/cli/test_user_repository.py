@@ -110,20 +110,22 @@ def test_root_with_the_users_home_keeps_out_of_the_users_cache(user: OrdinaryUse
     assert user.cli("-r", repo, "init").code == 0
     assert user.cli("-r", repo, "backup", str(src)).code == 0
     root_home = pwd.getpwuid(0).pw_dir
-    ours = {d: set(_entries(os.path.join(root_home, d)))
-            for d in (".cache/casbackup", ".local/state/casbackup")}  # fmt: skip
+    # The repository's id names its cache and state folders (the user's, made just now).
+    [repo_id] = _entries(str(user.home / ".local" / "state" / "casbackup"))
+    theirs = [os.path.join(root_home, d, repo_id)
+              for d in (".cache/casbackup", ".local/state/casbackup")]  # fmt: skip
+    assert not any(os.path.exists(p) for p in theirs)  # not root's before: removed after
     try:
         res = user.root_cli("-r", repo, "backup", str(src), env=user.env())
         assert res.code == 0, res.err
         assert root_owned(user.home) == []
+        assert all(os.path.isdir(p) for p in theirs)  # root's cache and state: root's home
         for args in (["backup", str(src)], ["check"], ["prune"]):
             res = user.cli("-r", repo, *args)
             assert res.code == 0 and "ermission denied" not in res.err, (args, res.err)
-    finally:  # root's cache and state of this repository, in root's real home
-        for d, before in ours.items():
-            for name in set(_entries(os.path.join(root_home, d))) - before:
-                if len(name) == 64:
-                    shutil.rmtree(os.path.join(root_home, d, name), ignore_errors=True)
+    finally:  # root's cache and state of this repository only, in root's real home
+        for path in theirs:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _entries(path: str) -> list[str]:
