@@ -89,3 +89,25 @@ def test_a_lock_that_waiting_cannot_help_is_not_waited_for(
                         clock=lambda: clock.now)  # fmt: skip
     assert clock.pauses == []
     repo.close()
+
+
+def test_a_job_waiting_for_the_lock_can_be_cancelled(env: Env) -> None:
+    import os
+
+    other = open_repo(env.repo)
+    held = other.lock(exclusive=True, command="casbackup prune")
+    try:
+        r = env.client.post("/api/backup", json={"app_name": "shop"}, headers=env.h("operator"))
+        job_id = r.json()["job_id"]
+        deadline = time.monotonic() + 120
+        while not any("waiting up to" in m for m in _log(env, job_id)):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        env.client.post(f"/api/jobs/{job_id}/cancel", headers=env.h("operator"))
+        doc = wait_job(env, job_id)
+        assert doc["state"] == "cancelled" and doc["exit_code"] == 130, doc
+        # The waiting job left no lock of its own behind: only the holder's is there.
+        assert os.listdir(os.path.join(env.repo, "locks")) == [str(held.name).split("/")[1]]
+    finally:
+        held.release()
+        other.close()
