@@ -156,7 +156,8 @@ class JobManager:
                            f"(job {r['id']}, queued {when(r['created_at'])}): it did not run")  # fmt: skip
             self.notices.owe(r["id"], message)
         self.notices.send_owed(only_if_delivered=False)
-        self.prune_history()
+        # Not in the start-up's way: a first pruning of years of jobs takes seconds.
+        quiet_thread(self.prune_history, name="job-history").start()
         return cur.rowcount
 
     def prune_history(self) -> None:

@@ -87,3 +87,33 @@ def test_the_day_strip_shows_failures_behind_thousands_of_backups(env: Env) -> N
     login(env, "viewer")
     html = env.client.get("/").text
     assert f'title="{failed_day}: failed"' in html
+
+
+def test_old_jobs_leave_the_history_at_start_up(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from casbackup.server.app import create_app
+    from casbackup.server.settings import Settings
+    from casbackup.server.statedb import StateDB
+    from casbackup.testing.fixtures import PASSWORD, make_repo
+    from tests.server.conftest import make_config
+
+    monkeypatch.setenv("CASBACKUP_TEST_REPO_PASSWORD", PASSWORD)
+    make_repo(str(tmp_path / "repo")).close()
+    settings = Settings(state_dir=tmp_path / "st", config_path=make_config(tmp_path, str(tmp_path / "repo")),
+                        cheap_password_hashing=True, run_scheduler=False)  # fmt: skip
+    db = StateDB(settings.state_dir)
+    for age in (300, 200, 1):  # days
+        t = time.time() - age * DAY
+        db.execute(
+            "INSERT INTO jobs (kind, app, repo, params, state, created_at, started_at,"
+            " finished_at) VALUES ('backup', 'shop', 'default', '{}', 'succeeded', ?, ?, ?)",
+            (t, t, t + 30),
+        )
+    db.close()
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 60
+        while len(service.jobs.list()) != 1:
+            assert time.monotonic() < deadline, service.jobs.list()
+            time.sleep(0.05)
