@@ -10,6 +10,10 @@ Kept whatever their age: the newest finished job of each kind, application and r
 stands until a check passes), a job whose failure notification is still owed (``notice``),
 and every queued or running job. Nothing here is needed to restore: the snapshots and
 verification records live in the repository.
+
+The audit log's rows of the scheduler (``scheduled_backup``, one per run: as many as the
+jobs) go after the same time; what people did (logins, backups, forgets, account changes)
+stays in the audit log for good.
 """
 
 from __future__ import annotations
@@ -45,6 +49,14 @@ def prune_job_history(db: StateDB, keep_s: float, now: float) -> int:
             (before, BATCH),
         )
         deleted += cur.rowcount
+        if cur.rowcount < BATCH:
+            break
+    while True:
+        cur = db.execute(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE actor_kind='scheduler'"
+            " AND time < ? ORDER BY id LIMIT ?)",
+            (before, BATCH),
+        )
         if cur.rowcount < BATCH:
             break
     if deleted:

@@ -58,6 +58,20 @@ def test_old_jobs_leave_the_history_when_jobs_end(env: Env) -> None:
     assert {j["id"] for j in listed}.isdisjoint(old)
 
 
+def test_the_schedulers_audit_rows_go_with_the_jobs_and_peoples_stay(env: Env) -> None:
+    from casbackup.server.audit import AuditEntry, record
+
+    db, now = env.service.db, time.time()
+    for kind, actor in (("scheduler", "scheduler"), ("session", "admin"), ("cli", "cli")):
+        record(db, AuditEntry(action="x", outcome="success", actor=actor, actor_kind=kind),
+               now=now - 400 * DAY)  # fmt: skip
+    record(db, AuditEntry(action="y", outcome="success", actor="scheduler",
+                          actor_kind="scheduler"), now=now - DAY)  # fmt: skip
+    prune_job_history(db, 180 * DAY, now)
+    rows = db.query("SELECT actor_kind, action FROM audit WHERE action IN ('x','y') ORDER BY id")
+    assert [tuple(r) for r in rows] == [("session", "x"), ("cli", "x"), ("scheduler", "y")]
+
+
 def test_a_history_of_zero_keeps_everything(env: Env) -> None:
     old = _job(env, "backup", "shop", "succeeded", time.time() - 4000 * DAY)
     _job(env, "backup", "shop", "succeeded", time.time())
