@@ -131,3 +131,28 @@ def test_old_jobs_leave_the_history_at_start_up(tmp_path, monkeypatch) -> None: 
         while len(service.jobs.list()) != 1:
             assert time.monotonic() < deadline, service.jobs.list()
             time.sleep(0.05)
+
+
+def test_the_jobs_page_pages_back_through_months_of_jobs(env: Env) -> None:
+    # The page showed the newest 200 jobs and nothing older (two days of a backup every
+    # 15 minutes): a failed job of last week could not be found on the dashboard.
+    import re
+
+    from tests.server.test_dashboard import login
+
+    now = time.time()
+    ids = [_job(env, "backup", "shop", "failed" if i % 2 else "succeeded", now - (500 - i) * 600)
+           for i in range(450)]  # fmt: skip
+    login(env, "viewer")
+    seen: list[int] = []
+    url = "/jobs?state=failed"
+    for _ in range(5):
+        html = env.client.get(url).text
+        seen += [int(i) for i in re.findall(r'data-testid="job-row:(\d+)"', html)]
+        link = re.search(r'<a href="([^"]+)" data-testid="jobs-older"', html)
+        if link is None:
+            break
+        url = link.group(1).replace("&amp;", "&")
+        assert "state=failed" in url  # the filter goes on
+    failed = [j for i, j in enumerate(ids) if i % 2]
+    assert seen == sorted(failed, reverse=True)  # every one, newest first, once

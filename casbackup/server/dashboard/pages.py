@@ -244,18 +244,28 @@ def snapshot_page(
     )  # fmt: skip
 
 
+JOBS_PAGE = 200  # jobs on one page of /jobs
+
+
 @router.get("/jobs")
 def jobs_page(
     request: Request,
     state: str | None = Query(None, max_length=20),
     app: str | None = Query(None, max_length=100),
     kind: str | None = Query(None, max_length=20),
+    before: int | None = Query(None, ge=1, le=2**62),
     p: Principal = Depends(page("view")),
 ) -> Response:
+    """The newest ``JOBS_PAGE`` jobs (filtered), then older ones page by page (``before``:
+    a job id): a service that runs for months has tens of thousands."""
     jobs = [] if app and not p.sees(app) else service_of(request).jobs.list(
-        state=state or None, app=app or None, kind=kind or None, limit=200, apps=p.apps)  # fmt: skip
-    return render(request, "jobs.html", p, jobs=jobs, state=state, app=app, kind=kind, live=True,
-                  now=_now(), kinds=KINDS)  # fmt: skip
+        state=state or None, app=app or None, kind=kind or None, limit=JOBS_PAGE + 1,
+        apps=p.apps, before_id=before)  # fmt: skip
+    older = jobs[JOBS_PAGE - 1]["id"] if len(jobs) > JOBS_PAGE else None
+    filters = {k: v for k, v in (("state", state), ("app", app), ("kind", kind)) if v}
+    return render(request, "jobs.html", p, jobs=jobs[:JOBS_PAGE], state=state, app=app, kind=kind,
+                  live=before is None, now=_now(), kinds=KINDS,
+                  older=None if older is None else urlencode(filters | {"before": older}))  # fmt: skip
 
 
 @router.get("/jobs/{job_id}")

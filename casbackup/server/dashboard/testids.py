@@ -64,6 +64,7 @@ TESTIDS: dict[str, str] = {
     "file_meta": "file-meta",
     # jobs
     "job_row": "job-row",  # :<id>
+    "jobs_older": "jobs-older",  # the jobs page's link to the next older page
     "job_state": "job-state",  # :<id>
     "job_progress": "job-progress",  # :<id>
     "job_rate": "job-rate",  # :<id>; rate and time left, from the event stream
