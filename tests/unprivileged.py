@@ -90,11 +90,12 @@ class OrdinaryUser:
                    PYTHONPATH=str(ROOT))  # fmt: skip
         return env
 
-    def cli(self, *args: str, home: str | None = None) -> Run:
-        """The CLI as this user (``home``: another HOME, for a broken one)."""
+    def cli(self, *args: str, home: str | None = None, **extra: str) -> Run:
+        """The CLI as this user (``home``: another HOME, for a broken one; ``extra``: more
+        environment)."""
         command = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
                    sys.executable, "-m", "casbackup.cli.main", *args]  # fmt: skip
-        return self._run(command, self.env(home))
+        return self._run(command, {**self.env(home), **extra})
 
     def root_cli(self, *args: str, env: dict[str, str]) -> Run:
         """The CLI as root, with ``env``."""

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from casbackup.repo.userdirs import local_base
+from casbackup.repo.userdirs import local_base, unwritable_because
 from casbackup.units import plural
 
 STATE_VERSION = 1
@@ -181,7 +181,8 @@ class LocalState:
                 if change(doc):
                     self._write(doc)
         except OSError as exc:
-            self.problem = f"cannot save {self.path}: {exc.strerror or exc}"
+            why = unwritable_because(self.path, state_root(), exc, variable="CASBACKUP_STATE_DIR")
+            self.problem = f"cannot save {self.path}: {why}"
             doc = self._doc if self._doc is not None else StateDoc()
             change(doc)
         self._doc = doc

@@ -46,11 +46,14 @@ def _nearest_owner(path: str) -> int | None:
             path = parent
 
 
-def unwritable_because(path: str, top: str, exc: OSError) -> str:
+def unwritable_because(
+    path: str, top: str, exc: OSError, *, variable: str = "CASBACKUP_CACHE_DIR"
+) -> str:
     """Why ``path`` (at or below the folder ``top`` that this client owns, such as the
     cache root) cannot be used, for "cannot open the index cache at PATH: ...": the
     entry from ``top`` down that another user owns and how to give it back, or where to
-    point the client instead; ``exc``'s own words when it is no refusal."""
+    point the client instead (``variable``: the setting that moves it); ``exc``'s own
+    words when it is no refusal."""
     if exc.errno not in (errno.EACCES, errno.EPERM):
         return exc.strerror or str(exc)
     me = os.geteuid()
@@ -69,10 +72,10 @@ def unwritable_because(path: str, top: str, exc: OSError) -> str:
             return (
                 f"permission denied: {entry} is owned by {user_name(owner)}, not by you"
                 f" ({user_name(me)}); a command run as that user with your HOME made it."
-                f" It is only a cache: 'sudo chown -R {user_name(me)}: {shlex.quote(top)}'"
-                " gives it back (or remove it)"
+                f" 'sudo chown -R {user_name(me)}: {shlex.quote(top)}' gives it back"
+                + (" (or remove it: it is only a cache)" if "CACHE" in variable else "")
             )
     return (
-        "permission denied (set CASBACKUP_CACHE_DIR to a folder you can write, or give"
-        " this user a home it can write)"
+        f"permission denied (set {variable} to a folder you can write, or give this user a"
+        " home it can write)"
     )

@@ -152,6 +152,14 @@ def test_a_cache_root_made_says_whose_it_is(user: OrdinaryUser) -> None:
     assert res.code == 25
     assert "set CASBACKUP_CACHE_DIR to a folder you can write" in res.err, res.err
     assert "[Errno" not in res.err
+    # With a cache elsewhere, the state cannot be saved either: a warning saying where to.
+    cache_dir = user.home / "elsewhere"
+    cache_dir.mkdir()
+    user.give(cache_dir)
+    res = user.cli("-r", repo, "backup", str(src), home="/nonexistent",
+                   CASBACKUP_CACHE_DIR=str(cache_dir))  # fmt: skip
+    assert res.code == 0, res.err
+    assert "state.json: permission denied (set CASBACKUP_STATE_DIR to a folder" in res.err
 
 
 def test_a_lock_root_left_ages_like_any_other(user: OrdinaryUser) -> None:
