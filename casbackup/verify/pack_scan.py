@@ -3,10 +3,12 @@
 A pack's name is the BLAKE3 of all its bytes, and every blob in it must decrypt,
 decompress and hash to its id. Reading the pack whole would hold up to 16 MiB per
 helper process; instead the header comes first from a small read of the tail, then the file is
-read once in offset order, blob by blob (gaps and the header in bounded pieces), into
-one reused buffer. Every byte goes through one running hash exactly once and in
-order, so the name check covers the whole file as before, while a helper holds
-about one blob (stored and plain) at a time.
+read once in offset order, blob by blob (gaps and the header in bounded pieces). A local
+file is read into one reused buffer, so a helper holds about one blob (stored and plain)
+at a time; an object store's pack is fetched in gets of up to WINDOW bytes (each get is a
+round trip: one per blob made reading data 10x slower), so a reader holds one window.
+Every byte goes through one running hash exactly once and in order, so the name check
+covers the whole file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from casbackup.units import plural
 # Gaps between blobs and the header/trailer are read in pieces of at most this size;
 # a blob is always read whole (it must be, to authenticate it), whatever its size.
 PIECE = 1 << 20
+# An object store's pack is fetched in gets of this many bytes (a round trip each).
+WINDOW = 8 << 20
 
 # Failures of reading itself: they end the pack ("cannot be read"), unlike a damaged
 # header, which falls back to the index's entries.
@@ -96,23 +100,40 @@ class _FileSource:
 
 
 class _RangedSource:
-    """Any other backend (and every wrapper): one ranged ``get`` per piece."""
+    """Any other backend (an object store, every wrapper): ranged ``get``s of at least
+    WINDOW bytes, served from the last one. A get per blob cost an object store a round
+    trip per blob (``check --read-data`` of 215 MB on SeaweedFS over loopback: 44 s, 5 MB/s);
+    reads come in offset order after the header's, so nearly every byte is fetched once.
+    Holds one window (or one larger blob) at a time."""
 
-    def __init__(self, backend: Backend, name: str) -> None:
+    def __init__(self, backend: Backend, name: str, size: int) -> None:
         self._backend = backend
         self._name = name
+        self._size = size
+        self._start = 0
+        self._data = b""
 
     def read(self, offset: int, length: int) -> memoryview:
-        return memoryview(self._backend.get(self._name, offset, length))
+        start = offset - self._start
+        if start < 0 or start + length > len(self._data):
+            want = max(length, min(WINDOW, self._size - offset))
+            self._data = self._backend.get(self._name, offset, want)
+            self._start, start = offset, 0
+            if len(self._data) < length:
+                raise _Truncated(
+                    f"{self._name} is truncated: wanted {length} bytes at offset {offset}, "
+                    f"got {len(self._data)}"
+                )
+        return memoryview(self._data)[start : start + length]
 
     def close(self) -> None:
-        pass
+        self._data = b""
 
 
-def _open_source(backend: Backend, name: str) -> _Source:
+def _open_source(backend: Backend, name: str, size: int) -> _Source:
     if isinstance(backend, LocalFiles):
         return _FileSource(backend.open_file(name), name)
-    return _RangedSource(backend, name)
+    return _RangedSource(backend, name, size)
 
 
 def verify_pack(repo: Repository, pack: FileId, size: int, indexed: bytes) -> PackVerdict:
@@ -120,7 +141,7 @@ def verify_pack(repo: Repository, pack: FileId, size: int, indexed: bytes) -> Pa
     decompresses and hashes to its id. Falls back to the index's entries when the
     pack's own header is damaged (``indexed``: the index's records of this pack)."""
     try:
-        source = _open_source(repo.backend, pack_name(pack))
+        source = _open_source(repo.backend, pack_name(pack), size)
     except CasError as exc:
         return _unreadable(pack, exc)
     try:
