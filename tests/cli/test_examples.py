@@ -315,3 +315,47 @@ def test_every_toml_snippet_loads(tmp_path: Path) -> None:
         path = tmp_path / f"snippet{n}.toml"
         path.write_text(snippet.replace("    ```", ""))
         load_config(path)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("pg_server", "mariadb_server")
+def test_the_readme_backup_accounts_back_up_and_verify(tmp_path: Path) -> None:
+    """The README's SQL for a backup account of its own, run as written (names made
+    unique): backup keeps the dumps and the MariaDB accounts, and verify passes."""
+    import re
+
+    from tests.engines.test_backup_integration import cli as app_cli
+    from tests.engines.test_backup_integration import db_entry, write_config
+
+    (block,) = re.findall(r"```sql\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    pg_sql, _, my_sql = block.partition("-- MariaDB\n")
+    assert "-- PostgreSQL" in pg_sql and "CREATE USER" in my_sql
+    role, db = unique("casb_bk"), unique("casb_shop")
+
+    def named(sql: str) -> str:
+        sql = re.sub(r"\bbackup\b", role, sql.replace("'...'", "'bk pw'"))
+        return re.sub(r"\bshop\b", db, sql)
+
+    psql(f"CREATE DATABASE {db};")
+    psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);", db)
+    mariadb(f"CREATE DATABASE {db}; CREATE TABLE {db}.t (id INT PRIMARY KEY); "
+            f"INSERT INTO {db}.t VALUES (1);")  # fmt: skip
+    try:
+        psql(named(pg_sql))
+        mariadb(named(my_sql))
+        entries = db_entry("pg", "postgresql", host="127.0.0.1", port=5432, user=role,
+                           database=db, password_env="BK_PW")  # fmt: skip
+        entries += db_entry("my", "mysql", host="127.0.0.1", port=3306, user=role,
+                            database=db, password_env="BK_PW")  # fmt: skip
+        config = write_config(tmp_path, {"shop": entries})
+        backup = app_cli(config, "backup", "--app", "shop", BK_PW="bk pw")
+        assert backup.code == 0, backup.err
+        accounts = app_cli(config, "dump", "latest:/.databases/my.users.sql", BK_PW="bk pw")
+        assert f"CREATE USER `{role}`@`%`" in accounts.out, accounts.out[:300]
+        verify = app_cli(config, "verify", "--app", "shop", BK_PW="bk pw")
+        assert verify.code == 0, verify.err
+        assert "verified OK" in verify.out
+    finally:
+        psql(f"DROP DATABASE IF EXISTS {db};")
+        psql(f"DROP ROLE IF EXISTS {role};")
+        mariadb(f"DROP DATABASE IF EXISTS {db}; DROP USER IF EXISTS '{role}'@'%';")
