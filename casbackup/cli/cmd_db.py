@@ -30,8 +30,14 @@ from casbackup.archiver.stream import ChunkReader
 from casbackup.cli.config_support import load_cli_config
 from casbackup.cli.context import global_options, with_repository
 from casbackup.cli.render import emit_json, human_bytes, plural, warn
-from casbackup.engines.base import DatabaseSpec, canonical_engine_name, engine_options, get_engine
-from casbackup.errors import FormatError, NotFound, UsageError
+from casbackup.engines.base import (
+    NOT_EMPTY_HINT,
+    DatabaseSpec,
+    canonical_engine_name,
+    engine_options,
+    get_engine,
+)
+from casbackup.errors import DatabaseError, FormatError, NotFound, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.verify.dumps import (
     definition_specs,
@@ -116,6 +122,14 @@ def restore(repo: Repository, ctx: click.Context, snapshot: str, app: str, db_na
         )
     if db_password_env or db_password_file:
         spec = replace(spec, password_env=db_password_env, password_file=db_password_file)
+    holds_content = getattr(get_engine(engine_name), "holds_content", None)
+    if not overwrite and holds_content is not None and holds_content(spec):
+        # Refused before the roles/accounts are created: a restore that loads nothing
+        # leaves the server as it was (the engine's own refusal came after them).
+        raise DatabaseError(
+            f"database {db_name!r}: {spec.database or spec.path} already exists and is not "
+            f"empty ({NOT_EMPTY_HINT})"
+        )
     notes: list[str] = []
     if not no_globals:
         notes, globals_warnings = restore_companions(repo, snap, record, spec)

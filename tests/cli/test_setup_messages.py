@@ -241,3 +241,35 @@ def test_verify_with_a_postgresql_account_that_may_not_create_databases(
         assert res.code == 0, res.err
     finally:
         psql(f"DROP ROLE IF EXISTS {role};")
+
+
+@pytest.mark.slow
+def test_a_refused_db_restore_creates_no_role(
+    pg_database: str,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """`db restore` into the live, non-empty database (no --into, no --overwrite) is refused,
+    but it created the backup's missing roles first ("roles from the backup: 1 created"):
+    a restore that loads nothing changed the server."""
+    from tests.engines.conftest import PG_HOST, PG_PORT, PG_USER, psql, unique
+    from tests.engines.test_backup_integration import cli, db_entry, write_config
+
+    role = unique("casb_approle")
+    psql(f"CREATE ROLE {role} LOGIN; CREATE TABLE t (id int); GRANT SELECT ON t TO {role};",
+         pg_database)  # fmt: skip
+    try:
+        entry = db_entry("orders", "postgresql", host=PG_HOST, port=PG_PORT, user=PG_USER,
+                         database=pg_database)  # fmt: skip
+        config = write_config(tmp_path, {"shop": entry})
+        assert cli(config, "backup", "--app", "shop").code == 0
+        psql(f"REVOKE ALL ON t FROM {role}; DROP ROLE {role};", pg_database)
+        res = cli(config, "db", "restore", "latest", "--app", "shop", "--database", "orders")
+        assert_one_error(res, 27)
+        assert res.err == (
+            f"error: database 'orders': {pg_database} already exists and is not empty (to "
+            "replace it: db restore --overwrite, recover --overwrite-databases)\n"
+        )
+        assert psql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{role}';").strip() == "0"
+    finally:
+        if psql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{role}';").strip() != "0":
+            psql(f"DROP OWNED BY {role}; DROP ROLE {role};", pg_database)
