@@ -224,6 +224,10 @@ class Restorer(FileSender):
             take, descend = self._wanted(snap_path, kind == _DIR)
         if self._unmatched and take:
             self._match_each(snap_path)
+        # Folders not counted: those above a user's own sources (/home) are root's in every
+        # snapshot, and a note on each restore of one's own files would be noise.
+        if take and node.uid != self._me and not self.owners and kind != _DIR:
+            self.result.others_owned += 1  # only this (walk) thread writes it
         if kind == _DIR:
             return self._enter_dir(node, snap_path, rel_path, frame, take) if descend else None
         if not take:

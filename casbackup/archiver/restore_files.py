@@ -79,6 +79,10 @@ class RestoreResult:
     dirs: int = 0
     links: int = 0  # further names of hard-link groups
     bytes: int = 0
+    # Files, links and special files the snapshot gives to another user, restored as the
+    # restoring user's (only root restores owners): said once, where tar and restic say
+    # nothing, since a copy of them put back with 'sudo cp' would be that user's.
+    others_owned: int = 0
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -109,6 +113,7 @@ class FileSender(ABC):
         self.options = options
         self.reporter = reporter
         self.owners = os.geteuid() == 0 if options.owners is None else options.owners
+        self._me = os.geteuid()
         self.result = RestoreResult()
         self._lock = threading.Lock()
         self._groups: dict[tuple[int, int, bytes], LinkGroup] = {}  # Node.link_group -> it

@@ -85,6 +85,7 @@ def restore(repo: Repository, ctx: click.Context, ref: str, path_arg: str | None
             "message_type": "summary", "snapshot_id": snap.id, "target": target, "files": result.files,
             "symlinks": result.symlinks, "specials": result.specials, "dirs": result.dirs, "hard_links": result.links, "bytes": result.bytes,
             "warnings": result.warnings, "errors": result.errors, "dry_run": dry_run,
+            "others_owned": result.others_owned,
             "stopped": stopped.message if stopped else None,
         })  # fmt: skip
     elif stopped is None:  # stopped: the final line has the counts
@@ -93,6 +94,13 @@ def restore(repo: Repository, ctx: click.Context, ref: str, path_arg: str | None
             warn(w)
         if len(result.warnings) > _SHOWN:
             warn(f"{plural(len(result.warnings) - _SHOWN, 'more warning')} (--json lists them all)")
+        if result.others_owned:
+            click.echo(
+                f"note: {plural(result.others_owned, 'file')} of other users in the snapshot "
+                f"{'is' if result.others_owned == 1 else 'are'} yours here: owners are "
+                "restored only by a restore run as root",
+                err=True,
+            )
         verb = "would restore" if dry_run else "restored"
         links = f"{plural(result.symlinks, 'symlink')}, " if result.symlinks else ""
         if result.specials:  # FIFOs, device nodes
