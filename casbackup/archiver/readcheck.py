@@ -44,7 +44,7 @@ LOCAL_READERS = 2  # reader threads on a local folder (reads ahead of the checki
 REMOTE_READERS = 8  # on an object store: requests in flight, as the restore has
 
 
-class _Job(NamedTuple):
+class ReadJob(NamedTuple):
     """What ChunkFeed needs of a file (the shape of writers.FileJob's reading part)."""
 
     chunks: tuple[Chunk, ...]
@@ -202,7 +202,7 @@ def _batch(
         every: list[bytes] | None = repo.locate_values([c for content in contents for c in content])
     except CasError:
         every = None  # one chunk is missing: located file by file, to name the files
-    jobs: list[_Job] = []
+    jobs: list[ReadJob] = []
     outcome: list[FileStream | CasError | None] = []
     pos = 0
     for node, _tag in batch:
@@ -231,7 +231,7 @@ def _batch(
         feed.close()
 
 
-def _job(repo: Repository, content: Sequence[bytes], values: list[bytes]) -> _Job:
+def _job(repo: Repository, content: Sequence[bytes], values: list[bytes]) -> ReadJob:
     """The located chunks of ``content`` and the chains of those not stored whole (deltas).
     Raises CasError (a base missing, a chain too deep)."""
     chunks: list[Chunk] = []
@@ -247,4 +247,4 @@ def _job(repo: Repository, content: Sequence[bytes], values: list[bytes]) -> _Jo
                 else (chunk,)
             )
             chains.append((i, chain))
-    return _Job(tuple(chunks), tuple(chains))
+    return ReadJob(tuple(chunks), tuple(chains))

@@ -36,16 +36,21 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from casbackup.archiver.readcheck import REMOTE_READERS, ReadJob
+from casbackup.archiver.readplan import REMOTE_GAP, BlobReader, ChunkFeed
 from casbackup.errors import CasError, IntegrityError
 from casbackup.repo import delta
 from casbackup.repo.ids import ID_SIZE, BlobId, Kind
-from casbackup.repo.index import Location
+from casbackup.repo.index import Location, chunk_location
 from casbackup.repo.nodecheck import file_node_problem
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
+from casbackup.store.local import LocalBackend
+from casbackup.threadsig import block_stop_signals
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,26 @@ def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> Co
     # next copy the other way a third.
     here = {s.identity: s.id for s in present} | {s.id: s.id for s in present}
     copier = _Copier(src, dst, result)
+    try:
+        _copy_each(src, dst, options, result, copier, done, here)
+    finally:
+        copier.close()
+    # The source's loud warnings (a rollback, packs its index names that are missing) are
+    # the user's to see as the destination's are.
+    result.warnings.extend(f"source: {message}" for message in src.alerts)
+    return result
+
+
+def _copy_each(
+    src: Repository,
+    dst: Repository,
+    options: CopyOptions,
+    result: CopyResult,
+    copier: _Copier,
+    done: dict[str | None, str],
+    here: dict[str, str],
+) -> None:
+    """Copy each selected snapshot not copied before (``copy_snapshots``' loop)."""
     for snap in select_snapshots(src, options, result.warnings):
         if snap.copied_from in here:
             done[snap.id] = here[snap.copied_from]  # a later copy's parent is that one
@@ -146,10 +171,6 @@ def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> Co
         saved = dst.save_snapshot(record)  # flushes packs and index first
         done[snap.id] = saved.id
         result.copied.append((snap.id, saved.id))
-    # The source's loud warnings (a rollback, packs its index names that are missing) are
-    # the user's to see as the destination's are.
-    result.warnings.extend(f"source: {message}" for message in src.alerts)
-    return result
 
 
 def _naming(exc: CasError, message: str) -> CasError:
@@ -160,6 +181,17 @@ def _naming(exc: CasError, message: str) -> CasError:
         err = CasError(message)
         err.exit_code = exc.exit_code
         return err
+
+
+@dataclass
+class _Ahead:
+    """A tree's read-ahead: ``feed`` yields the planned chunks file by file; ``files`` maps
+    the entry's position in the tree to its planned chunk ids (in order), ``next_file`` is
+    the feed's next file."""
+
+    feed: ChunkFeed
+    files: dict[int, list[bytes]]
+    next_file: int = 0
 
 
 class _Copier:
@@ -175,6 +207,21 @@ class _Copier:
         # The source chunk read last and its plaintext: a delta's base, when ``chunk`` has
         # just copied it, is not resolved a second time.
         self._last: tuple[bytes, bytes] | None = None
+        # From an object store each get is a round trip: the chunks a tree's files need
+        # are read ahead per pack in merged ranges (``_plan``), several gets in flight.
+        self._pool: ThreadPoolExecutor | None = None
+        self._reader: BlobReader | None = None
+        if not isinstance(src.backend, LocalBackend):
+            self._pool = ThreadPoolExecutor(
+                REMOTE_READERS, thread_name_prefix="copy-read", initializer=block_stop_signals
+            )
+            self._reader = BlobReader(src.backend, src.key.encryption_root, gap=REMOTE_GAP,
+                                      pool=self._pool)  # fmt: skip
+
+    def close(self) -> None:
+        """Stop the read-ahead threads (an object-store source)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def learn(self, src_snapshot: str, dst_snapshot: str) -> None:
         """Map the ids of a source snapshot's trees and chunks to those of its copy here
@@ -329,21 +376,94 @@ class _Copier:
             self._sent(len(data), before, tree=True)
         return new_id
 
+    def _plan(self, nodes: list[Node]) -> _Ahead | None:
+        """Start reading ahead the chunks ``nodes`` (a tree's entries) will need from an
+        object store: each one's first use in the tree, when it is not mapped yet, stored
+        whole (a delta is resolved on demand) and, with shared ids, not in the destination.
+        None for a local source, or when nothing is to be read or a chunk cannot be
+        located (then each is read on demand, and that read says what is wrong)."""
+        if self._reader is None:
+            return None
+        seen: set[bytes] = set()
+        wanted: list[tuple[int, list[bytes]]] = []
+        for index, node in enumerate(nodes):
+            ids = []
+            for c in node.content:
+                if c in self.ids or c in seen:
+                    continue
+                seen.add(c)
+                if self.shared and self.dst.has_blob(c):
+                    continue
+                ids.append(c)
+            if ids:
+                wanted.append((index, ids))
+        if not wanted:
+            return None
+        try:
+            values = self.src.locate_values([c for _, ids in wanted for c in ids])
+        except CasError:
+            return None
+        jobs: list[ReadJob] = []
+        files: dict[int, list[bytes]] = {}
+        pos = 0
+        for index, ids in wanted:
+            chunks, planned = [], []
+            for c in ids:
+                chunk, kind = chunk_location(c, values[pos])
+                pos += 1
+                if kind == Kind.DATA:
+                    chunks.append(chunk)
+                    planned.append(c)
+            if chunks:
+                files[index] = planned
+                jobs.append(ReadJob(tuple(chunks), ()))
+        if not jobs:
+            return None
+        return _Ahead(ChunkFeed(self._reader, jobs), files)
+
+    def _content(
+        self, content: tuple[BlobId, ...], ahead: _Ahead | None, planned: list[bytes] | None
+    ) -> tuple[BlobId, ...]:
+        """The destination ids of a file's chunks; those ``planned`` come from the tree's
+        read-ahead, in order (each still checked against its id), the rest from ``chunk``."""
+        if ahead is None or planned is None:
+            return tuple(self.chunk(c) for c in content)
+        pieces = ahead.feed.file(ahead.next_file)
+        ahead.next_file += 1
+        out: list[BlobId] = []
+        waiting = iter(planned)
+        due = next(waiting, None)
+        for c in content:
+            if c == due:
+                data = next(pieces)  # raises the source's damage (IntegrityError)
+                due = next(waiting, None)
+                if c not in self.ids:  # (a subtree copied since may have mapped it)
+                    self.result.blobs_read += 1
+                    if self.src.blob_id(data) != c:
+                        raise IntegrityError(
+                            f"blob {c.hex()[:16]} does not match its id in the source"
+                        )
+                    self._last = (c, data)
+                    self.ids[c] = self._store(Kind.DATA, data, c if self.shared else None)
+            out.append(self.chunk(c))
+        return tuple(out)
+
     def tree(self, root: BlobId) -> BlobId:
         """The destination id of a source tree, storing it and everything below it.
 
         Post-order with an explicit stack (a snapshot may be deeper than Python's
         recursion limit): a tree is stored after every blob it names."""
-        stack: list[tuple[BlobId, bytes, Iterator[Node], list[Node]]] = []
+        stack: list[tuple[BlobId, bytes, Iterator[Node], list[Node], _Ahead | None]] = []
 
         def enter(tree_id: BlobId) -> None:
             data = self._read(tree_id, Kind.TREE)
-            stack.append((tree_id, data, iter(decode_tree(data)), []))
+            nodes = decode_tree(data)
+            stack.append((tree_id, data, iter(nodes), [], self._plan(nodes)))
 
         enter(root)
         finished: BlobId | None = None
         while stack:
-            tree_id, data, nodes, out = stack[-1]
+            tree_id, data, nodes, out, ahead = stack[-1]
             if finished is not None:  # a child tree just completed: patch its node
                 last = out[-1]
                 out[-1] = replace(last, subtree=finished)
@@ -351,6 +471,8 @@ class _Copier:
             node = next(nodes, None)
             if node is None:
                 stack.pop()
+                if ahead is not None:
+                    ahead.feed.close()
                 if tree_id in self.ids:
                     finished = self.ids[tree_id]
                 else:  # byte for byte with the same ids, else re-encoded with the new ones
@@ -361,7 +483,8 @@ class _Copier:
             if problem is not None:
                 raise IntegrityError(f"file {node.name.decode(errors='replace')!r}: {problem}")
             if node.content:
-                node = replace(node, content=tuple(self.chunk(c) for c in node.content))
+                planned = ahead.files.pop(len(out), None) if ahead is not None else None
+                node = replace(node, content=self._content(node.content, ahead, planned))
             out.append(node)
             if node.subtree is not None:
                 known = self.ids.get(node.subtree)

@@ -307,3 +307,33 @@ def test_sigkilled_copy_process_resumes(tmp_path) -> None:  # type: ignore[no-un
     assert check(dst, CheckOptions(read_data=True)).ok
     src.close()
     dst.close()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_an_object_store_source_is_read_per_pack_ahead(tmp_path, shared: bool) -> None:  # type: ignore[no-untyped-def]
+    """From an object store every get is a round trip: copy read one get per blob until
+    the chunks of each tree's files were read ahead per pack (readplan.ChunkFeed)."""
+    files = {f"d{i % 3}/f{i:03d}": os.urandom(3000 + i) for i in range(150)}
+    files["d0/same"] = files["d1/f001"]  # one chunk used twice, across folders
+    data = _tree(tmp_path / "data", files)
+    src_path = str(tmp_path / "src")
+    first = make_repo(src_path)
+    first_id = _backup(first, data)
+    (Path(data) / "d2" / "new").write_bytes(os.urandom(5000))
+    second_id = _backup(first, data)
+    first.close()
+    counting = FaultyBackend(LocalBackend(src_path))  # not a local folder, as an object store
+    src = Repository.open(counting, PASSWORD.encode())
+    counting.gets.clear()
+    dst = _shared_dst(src, str(tmp_path / "dst")) if shared else make_repo(str(tmp_path / "dst"))
+    result = copy_snapshots(src, dst, CopyOptions())
+    assert [s for s, _ in result.copied] == [first_id, second_id]
+    blobs, trees = _reachable(src)
+    assert result.blobs_sent == len(blobs) + len(trees)  # each once, none twice
+    gets = sum(n for name, n in counting.gets.items() if name.startswith("data/"))
+    assert gets < 2 * len(trees) + len(blobs) / 5, (gets, len(blobs), len(trees))  # trees: a get each
+    for src_id, dst_id in result.copied:
+        assert _contents(dst, dst_id) == _contents(src, src_id)
+    assert check(dst, CheckOptions(read_data=True)).ok
+    dst.close()
+    src.close()
