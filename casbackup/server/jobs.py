@@ -79,6 +79,8 @@ def job_doc(row: Any) -> dict[str, Any]:
     # long it ran is unknown (that difference would count the hours the service was down).
     if started is not None and row["state"] != "interrupted":
         duration = round((finished or time.time()) - started, 3)
+        if duration < 0:  # the wall clock was set back while it ran: how long is unknown
+            duration = None
     return {
         "id": row["id"], "kind": row["kind"], "app": row["app"], "repository": row["repo"],
         "state": row["state"], "params": json.loads(row["params"]),

@@ -156,3 +156,15 @@ def test_the_jobs_page_pages_back_through_months_of_jobs(env: Env) -> None:
         assert "state=failed" in url  # the filter goes on
     failed = [j for i, j in enumerate(ids) if i % 2]
     assert seen == sorted(failed, reverse=True)  # every one, newest first, once
+
+
+def test_a_job_the_clock_went_back_under_has_no_negative_duration(env: Env) -> None:
+    # NTP stepped the clock back an hour during a backup: the job "ran for -3590 s".
+    now = time.time()
+    cur = env.service.db.execute(
+        "INSERT INTO jobs (kind, app, repo, params, state, created_at, started_at, finished_at)"
+        " VALUES ('backup', 'shop', 'default', '{}', 'succeeded', ?, ?, ?)",
+        (now, now, now - 3590),
+    )
+    doc = env.client.get(f"/api/jobs/{cur.lastrowid}", headers=env.h("viewer")).json()
+    assert doc["duration_s"] is None, doc
