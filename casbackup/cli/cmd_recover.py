@@ -15,7 +15,9 @@ from casbackup.recovery.plan import RecoverOptions, RecoveryPlan
 from casbackup.repo.repository import Repository
 
 
-def print_plan(plan: RecoveryPlan) -> None:
+def print_plan(plan: RecoveryPlan, overwrite_databases: bool = False) -> None:
+    """The plan, one line per part; ``overwrite_databases``: --overwrite-databases was
+    given (else an SQLite database replaces only a copy restored with the files)."""
     snap, record = plan.snapshot, plan.verification
     state = "verified" if record and record.ok else "NOT verified"
     click.echo(
@@ -36,6 +38,8 @@ def print_plan(plan: RecoveryPlan) -> None:
         mode = (
             f", loaded by the run started {d.done_by[:19]} UTC: left as it is"
             if d.done_by
+            else ", over any copy restored with the files"
+            if d.overwrite and d.spec.engine == "sqlite" and not (overwrite_databases or d.resumed)
             else ", replacing what is there"
             if d.overwrite
             else ""
@@ -139,7 +143,7 @@ def recover_cmd(
         if opts.json:
             emit_json({"message_type": "recover_plan", **recovery_plan_doc(result.plan)})
         else:
-            print_plan(result.plan)
+            print_plan(result.plan, overwrite_databases)
             unasked = [d.record.name for d in result.plan.databases
                        if d.spec.engine != "sqlite" and not d.overwrite]  # fmt: skip
             if unasked:

@@ -273,3 +273,38 @@ def test_a_refused_db_restore_creates_no_role(
     finally:
         if psql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{role}';").strip() != "0":
             psql(f"DROP OWNED BY {role}; DROP ROLE {role};", pg_database)
+
+
+def test_recover_plan_of_an_sqlite_database_in_the_sources(tmp_path: Path) -> None:
+    """The plan of a restore drill onto an empty target said the SQLite database goes to
+    its place "replacing what is there": there is nothing there, and the drill's operator
+    could not tell what would be overwritten. It is the copy restored with the files, if
+    any (the live file is left out of the file walk)."""
+    import sqlite3
+
+    src = tmp_path / "srv" / "app"
+    (src / "data").mkdir(parents=True)
+    (src / "app.py").write_text("print('hi')\n")
+    conn = sqlite3.connect(src / "data" / "app.db")
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    config = tmp_path / "casbackup.toml"
+    config.write_text(
+        f'[repository]\nlocation = "{tmp_path / "repo"}"\n[[applications]]\nname = "app"\n'
+        f'sources = ["{src}"]\n[[applications.databases]]\nname = "lite"\nengine = "sqlite"\n'
+        f'path = "{src / "data" / "app.db"}"\n'
+    )
+    env = {"CASBACKUP_CONFIG": str(config)}
+    assert run_cli("init", "--insecure-test-kdf", env=env).code == 0
+    assert run_cli("backup", "--app", "app", "--auto-verify", env=env).code == 0
+    target = tmp_path / "rebuilt"
+    plan = run_cli("recover", "--app", "app", "--target", str(target), "--dry-run", env=env)
+    assert plan.code == 0, plan.err
+    assert (
+        f"  db     lite (sqlite, dump 8.0 KiB, 1 table) -> sqlite:{target}/app/data/app.db, "
+        "over any copy restored with the files\n"
+    ) in plan.out, plan.out
+    over = run_cli("recover", "--app", "app", "--target", str(target), "--dry-run",
+                   "--overwrite-databases", env=env)  # fmt: skip
+    assert f"-> sqlite:{target}/app/data/app.db, replacing what is there\n" in over.out
