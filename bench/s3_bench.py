@@ -1,7 +1,7 @@
 """S3 on loopback against SeaweedFS (``weed mini``): first backup and restore against a
 local folder, and the requests and bytes of each scenario (init, first backup, unchanged
 re-backup with this client's caches, the same from a new client with empty caches, about 1%
-changed, restore).
+changed, restore, check --read-data, a folder dumped as tar, a copy out of the store).
 
     python -m bench.s3_bench [--mib 128] [--files 1500]
 
@@ -51,6 +51,9 @@ def start_weed(data: Path) -> tuple[subprocess.Popen[bytes], str]:
              "admin.port.grpc"]  # fmt: skip
     cmd = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", f"-s3.config={conf}"]
     cmd += [f"-{n}={p}" for n, p in zip(names, ports, strict=True)]
+    # Its Iceberg and Lance listeners take fixed ports on every address: off, or a second
+    # weed on the machine (a test session's) makes one of them exit.
+    cmd += ["-s3.port.iceberg=0", "-s3.port.lance=0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{ports[0]}"
     import http.client
@@ -135,11 +138,11 @@ def main() -> int:
             proxy = FaultProxy(endpoint, lambda n: None)
             repo = f"s3:{proxy.endpoint}/{bucket}/counted"
 
-            def count(name: str, *args: str, cache: str = "client") -> None:
+            def count(name: str, *args: str, cache: str = "client", on: str = "") -> None:
                 os.environ["CASBACKUP_CACHE_DIR"] = str(work / f"cache-{cache}")
                 n0, up0, down0, seen0 = (proxy.count, proxy.bytes_up, proxy.bytes_down,
                                          len(proxy.seen))  # fmt: skip
-                run(repo, *args)
+                run(on or repo, *args)
                 counted.append((name, proxy.count - n0, proxy.bytes_up - up0,
                                 proxy.bytes_down - down0, kinds_of(proxy.seen[seen0:])))  # fmt: skip
 
@@ -150,10 +153,23 @@ def main() -> int:
             mutate_corpus(src, spec)
             count("about 1% changed", "backup", str(src))
             count("restore latest", "restore", "latest", "--target", str(work / "r-counted"))
+            # Readers that read every stored byte (each a get per chunk or blob until
+            # 2026-12-03): data check, a folder as one archive, a copy out of the store.
+            count("check --read-data", "check", "--read-data")
+            count("dump latest:SRC as tar", "dump", f"latest:{src}", "--target",
+                  str(work / "dump.tar"))  # fmt: skip
+            out = str(work / "copy-out")
+            run(out, "init")
+            os.environ["CASBACKUP_FROM_PASSWORD"] = "bench"
+            count("copy into a local repository", "copy", "--from-repo", repo, on=out)
             proxy.close()
         finally:
             proc.terminate()
-            proc.wait(10)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:  # never hide what stopped the run
+                proc.kill()
+                proc.wait()
     print(f"corpus: {opts.mib} MiB in {opts.files} files")
     for kind, (bw, bc), (rw, rc) in rows:
         print(f"{kind:6} first backup {bw:6.1f} s ({bc:6.1f} s CPU)   "
