@@ -7,7 +7,7 @@ import os
 import click
 
 from casbackup.access import PasswordSource, passphrase_from, password_origin
-from casbackup.cli.context import open_backend, said_where, with_repository
+from casbackup.cli.context import open_backend, said_where, waiting_for_lock, with_repository
 from casbackup.cli.render import emit_json, warn
 from casbackup.errors import CasError, RepositoryNotFound, UsageError, WrongPassword
 from casbackup.maintenance.copy import CopyOptions, copy_snapshots
@@ -77,10 +77,12 @@ def copy(repo: Repository, from_repo: str, from_password_file: str | None,
          from_password_command: str | None, app: str | None, tags: tuple[str, ...],
          snapshots: tuple[str, ...]) -> None:  # fmt: skip
     """Copy snapshots from another repository into this one (all, or those given)."""
-    settings = click.get_current_context().find_root().obj.s3_settings
-    src = open_source(from_repo, from_password_file, from_password_command, settings)
+    opts = click.get_current_context().find_root().obj
+    src = open_source(from_repo, from_password_file, from_password_command, opts.s3_settings)
+    wait_s = opts.retry_lock_s
     try:
-        with src.locked(command="copy (source)"):
+        with src.locked(command="copy (source)", wait_s=wait_s,
+                        on_wait=lambda why: waiting_for_lock(f"source: {why}", wait_s)):  # fmt: skip
             result = copy_snapshots(src, repo, CopyOptions(tuple(snapshots), app, tuple(tags)))
     except CasError:
         # The source's own loud warnings (packs its index names are missing, a rollback)

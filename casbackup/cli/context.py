@@ -14,7 +14,7 @@ import click
 
 from casbackup import access
 from casbackup.access import password_command_env  # noqa: F401  (kept importable from here)
-from casbackup.cli.render import warn
+from casbackup.cli.render import printable, warn
 from casbackup.errors import (
     StorageError,
     UsageError,
@@ -39,6 +39,7 @@ class GlobalOptions:
     config: str | None = None
     password_env: str | None = None  # a variable named by the config file's [repository]
     s3_settings: dict[str, str] | None = None  # the config's [repository] S3 keys
+    retry_lock_s: float = 0.0  # --retry-lock: seconds to keep trying a lock another holds
 
 
 def global_options(ctx: click.Context) -> GlobalOptions:
@@ -120,6 +121,14 @@ def said_where(message: str, origin: str, prefix: str = "") -> str:
     return f"{head}{prefix} ({origin}){rest}"
 
 
+def waiting_for_lock(why: str, wait_s: float) -> None:
+    """Say once that the command waits for another process's lock (``--retry-lock``)."""
+    from casbackup.units import format_run_time
+
+    if not global_options(click.get_current_context()).quiet:
+        click.echo(f"{printable(why)}: waiting up to {format_run_time(wait_s)} for it", err=True)
+
+
 def with_repository(
     *,
     lock: str | None = "shared",
@@ -163,7 +172,8 @@ def with_repository(
                     if lock is None:
                         return ctx.invoke(fn, repo, *args, **kwargs)
                     level = "shared" if dry_run else lock
-                    with _locked(repo, level, ctx.command_path, reads_only=reads_only or dry_run):
+                    with _locked(repo, level, ctx.command_path, reads_only=reads_only or dry_run,
+                                 wait_s=opts.retry_lock_s):  # fmt: skip
                         return ctx.invoke(fn, repo, *args, **kwargs)
                 finally:
                     for message in repo.alerts:  # rollback and tampering warnings: always shown
@@ -180,12 +190,16 @@ def with_repository(
 
 
 @contextlib.contextmanager
-def _locked(repo: Repository, level: str, command: str, *, reads_only: bool) -> Iterator[None]:
+def _locked(
+    repo: Repository, level: str, command: str, *, reads_only: bool, wait_s: float = 0.0
+) -> Iterator[None]:
     """``repo.locked`` at ``level``; for a command that only reads, no lock where none can be
-    written (StorageError: read-only file system, permission denied), with a warning."""
+    written (StorageError: read-only file system, permission denied), with a warning.
+    ``wait_s`` (--retry-lock): how long to keep trying while another process holds it."""
     held = None
     try:
-        held = repo.lock(exclusive=level == "exclusive", command=command)
+        held = repo.lock(exclusive=level == "exclusive", command=command, wait_s=wait_s,
+                         on_wait=lambda why: waiting_for_lock(why, wait_s))  # fmt: skip
         for description in held.removed:
             warn(f"removed a stale lock: {description}")
     except StorageError as exc:

@@ -13,7 +13,7 @@ from casbackup import __version__
 from casbackup.cli.context import GlobalOptions
 from casbackup.cli.render import emit_json_err, warn
 from casbackup.cli.signals import install_stop_signals, interrupted_exit_code, stopped_by
-from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, CasError
+from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, CasError, UsageError
 from casbackup.memory import tune_allocator
 
 # Command name -> the cmd_*.py module that defines it. Modules are imported only when
@@ -85,21 +85,49 @@ class _LazyGroup(click.Group):
     metavar="FILE",
     help="Configuration file [env: CASBACKUP_CONFIG].",
 )
+@click.option(
+    "--retry-lock",
+    envvar="CASBACKUP_RETRY_LOCK",
+    metavar="DURATION",
+    help="While another process holds the repository's lock, keep trying for DURATION "
+    "(e.g. 30s, 10m, 2h) instead of failing at once with exit 11 [env: CASBACKUP_RETRY_LOCK].",
+)
 @click.option("--json", "json_mode", is_flag=True, help="Print JSON (lines) for scripts.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and results.")
 @click.option("--no-progress", is_flag=True, help="Never show progress bars.")
 @click.version_option(__version__, prog_name="casbackup")
 @click.pass_context
 def cli(ctx: click.Context, repo: str | None, password_file: str | None, password_command: str | None,
-        config_path: str | None, json_mode: bool, quiet: bool, no_progress: bool) -> None:  # fmt: skip
+        config_path: str | None, retry_lock: str | None, json_mode: bool, quiet: bool,
+        no_progress: bool) -> None:  # fmt: skip
     """casbackup: deduplicating, encrypted, verified backups of applications."""
     ctx.obj = GlobalOptions(
-        repo, password_file, password_command, json_mode, quiet, not no_progress, config_path
+        repo,
+        password_file,
+        password_command,
+        json_mode,
+        quiet,
+        not no_progress,
+        config_path,
+        retry_lock_s=_retry_lock(retry_lock),
     )
     _route_library_log(json_mode, quiet)
     from casbackup import plugins
 
     plugins.use_config_path(config_path)  # [plugins] of the config this command uses
+
+
+def _retry_lock(text: str | None) -> float:
+    """``--retry-lock`` in seconds (restic's option of the same name); UsageError for a value
+    that is not a run time (units.parse_run_time)."""
+    if text is None:
+        return 0.0
+    from casbackup.units import parse_run_time
+
+    try:
+        return float(parse_run_time(text))
+    except ValueError as exc:
+        raise UsageError(f"--retry-lock: {exc}") from None
 
 
 class _LogToWarnings(logging.Handler):
@@ -127,7 +155,14 @@ def _route_library_log(json_mode: bool, quiet: bool) -> None:
 
 
 _GLOBAL_FLAGS = {"--json", "-q", "--quiet", "--no-progress"}
-_GLOBAL_VALUED = {"-r", "--repo", "--password-file", "--password-command", "--config"}
+_GLOBAL_VALUED = {
+    "-r",
+    "--repo",
+    "--password-file",
+    "--password-command",
+    "--config",
+    "--retry-lock",
+}
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:
