@@ -373,6 +373,10 @@ class Backup(Walker, FileReading):
                      mtime_ns=mtime, ctime_ns=ctime, size=size, content=content, content_hash=digest)
             )  # fmt: skip
             if not spec.record:
+                if info.properties.get("accounts") is False:
+                    # Said now, not only by the file in the snapshot and a restore years later.
+                    why = info.properties.get("why") or "see the file in the snapshot"
+                    self._notice(f"database {spec.name}: the server's accounts are not kept: {why}")
                 continue
             records.append(
                 DatabaseRecord(

@@ -60,7 +60,7 @@ def dump_users(
     tool = find_tool("mariadb-dump", "mysqldump")
     reason = _why_not(tool, client)
     if reason is not None:
-        return _NoteStream(f"{NOT_KEPT}{reason}\n".encode(), server_version)
+        return _NoteStream(f"{NOT_KEPT}{reason}\n".encode(), server_version, reason)
 
     def validate(head: bytes, tail: bytes, size: int) -> None:
         if not tail.rstrip().rpartition(b"\n")[2].startswith(_TRAILER):
@@ -106,11 +106,12 @@ def _why_not(tool: str, client: Callable[[str], list[str]]) -> str | None:
 class _NoteStream(DumpStream):
     """A fixed file (a comment saying why no account is kept) in place of the tool's output."""
 
-    def __init__(self, data: bytes, server_version: str) -> None:
+    def __init__(self, data: bytes, server_version: str, reason: str) -> None:
         super().__init__()
         self._data = io.BytesIO(data)
         self._size = len(data)
         self._version = server_version
+        self._reason = reason
 
     def readable(self) -> bool:
         return True
@@ -119,8 +120,9 @@ class _NoteStream(DumpStream):
         return self._data.readinto(b)
 
     def finish(self) -> DumpInfo:
+        # "why": for the backup's notice (this file gets no record of its own).
         return DumpInfo("mysql", USERS_FORMAT, self._version, {}, "sql", self._size, True,
-                        {"accounts": False})  # fmt: skip
+                        {"accounts": False, "why": self._reason})  # fmt: skip
 
 
 def parse_account(text: str, pos: int) -> tuple[Account, int] | None:
