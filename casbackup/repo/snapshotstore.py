@@ -153,6 +153,12 @@ class SnapshotStore(BlobStore):
         only; entries authenticated and checked against the id) or the repository.
         ``cached=False`` reads the repository's copy (``check`` verifies that one).
         Raises IntegrityError, NotFound, StorageError."""
+        return decode_tree(self.tree_plaintext(tree_id, cached=cached))
+
+    def tree_plaintext(self, tree_id: BlobId, *, cached: bool = True) -> bytes:
+        """``load_tree``'s bytes, not decoded (``copy`` keeps them byte for byte): on a
+        remote store with a cold cache, the tree's whole pack is read at once when it is
+        small and holds trees only (one get for a backup's folders, not one each)."""
         cache = self._tree_cache if cached else None
         data = cache.get(tree_id) if cache is not None else None
         if data is None and cache is not None:
@@ -168,7 +174,7 @@ class SnapshotStore(BlobStore):
                 raise IntegrityError(f"tree {tree_id.hex()[:16]} does not match its id")
             if cache is not None:
                 cache.put(tree_id, data)
-        return decode_tree(data)
+        return data
 
     # ----------------------------------------------------------------- snapshots
     def save_snapshot(self, snap: Snapshot) -> Snapshot:

@@ -309,11 +309,17 @@ def test_sigkilled_copy_process_resumes(tmp_path) -> None:  # type: ignore[no-un
     dst.close()
 
 
+class _Remote(FaultyBackend):
+    """Says it is remote, as an object store's backend does (tree cache, uploader)."""
+
+    remote = True
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_an_object_store_source_is_read_per_pack_ahead(tmp_path, shared: bool) -> None:  # type: ignore[no-untyped-def]
     """From an object store every get is a round trip: copy read one get per blob until
     the chunks of each tree's files were read ahead per pack (readplan.ChunkFeed)."""
-    files = {f"d{i % 3}/f{i:03d}": os.urandom(3000 + i) for i in range(150)}
+    files = {f"d{i % 60}/f{i:03d}": os.urandom(3000 + i) for i in range(150)}
     files["d0/same"] = files["d1/f001"]  # one chunk used twice, across folders
     data = _tree(tmp_path / "data", files)
     src_path = str(tmp_path / "src")
@@ -322,7 +328,7 @@ def test_an_object_store_source_is_read_per_pack_ahead(tmp_path, shared: bool) -
     (Path(data) / "d2" / "new").write_bytes(os.urandom(5000))
     second_id = _backup(first, data)
     first.close()
-    counting = FaultyBackend(LocalBackend(src_path))  # not a local folder, as an object store
+    counting = _Remote(LocalBackend(src_path))  # not a local folder: an object store's reads
     src = Repository.open(counting, PASSWORD.encode())
     counting.gets.clear()
     dst = _shared_dst(src, str(tmp_path / "dst")) if shared else make_repo(str(tmp_path / "dst"))
@@ -331,7 +337,10 @@ def test_an_object_store_source_is_read_per_pack_ahead(tmp_path, shared: bool) -
     blobs, trees = _reachable(src)
     assert result.blobs_sent == len(blobs) + len(trees)  # each once, none twice
     gets = sum(n for name, n in counting.gets.items() if name.startswith("data/"))
-    assert gets < 2 * len(trees) + len(blobs) / 5, (gets, len(blobs), len(trees))  # trees: a get each
+    # Trees come from their packs read whole (the source's tree cache): on main at 603494f
+    # 136 gets, 73 of them trees. Data is planned per folder: a get or so for each of the
+    # 60 small folders' files (63 now), and per pack for large folders.
+    assert gets < len(trees) + len(blobs) / 5, (gets, len(blobs), len(trees))
     for src_id, dst_id in result.copied:
         assert _contents(dst, dst_id) == _contents(src, src_id)
     assert check(dst, CheckOptions(read_data=True)).ok
