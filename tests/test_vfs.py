@@ -6,6 +6,7 @@ import os
 import random
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,36 @@ def test_one_inode_recorded_with_two_contents_is_two_inodes(
     second = vfs.getattr(where + in_snapshot(src, "z/second"))
     assert first.ino != second.ino
     assert vfs.read(where + in_snapshot(src, "z/second"), 0, 100) == b"version 2\n"
+
+
+def test_an_object_store_read_loads_the_next_chunks_ahead(populated) -> None:  # type: ignore[no-untyped-def]
+    """On an object store each chunk is a round trip: a sequential read (cat, cp, a
+    download) waited for each in turn. The chunks after a read are now loaded ahead."""
+    repo, src, files = populated
+    repo.backend.remote = True  # as an object store's backend says
+    try:
+        vfs = Vfs(repo)
+    finally:
+        del repo.backend.remote
+    path = f"/web/{snapshot_folder(repo.list_snapshots()[0])}" + in_snapshot(src, "big.bin")
+    node = vfs.lookup(path).node
+    loads: list[bytes] = []
+    real = repo.load_blob
+
+    def counting(blob_id, kind=None):  # type: ignore[no-untyped-def]
+        if kind == Kind.DATA:
+            loads.append(blob_id)
+        return real(blob_id, kind)
+
+    repo.load_blob = counting  # type: ignore[method-assign]
+    assert vfs.read(path, 0, 100) == files["big.bin"][:100]
+    assert vfs._read_ahead(node.content, 0) == []  # asked once each, not again
+    deadline = time.monotonic() + 60
+    while vfs._queued and time.monotonic() < deadline:  # the loads ahead finish
+        time.sleep(0.01)
+    vfs.close()
+    assert set(loads) == set(node.content[:5])  # the chunk read and the 4 after it
+    before = len(loads)
+    size = sum(len(real(c, Kind.DATA)) for c in node.content[:5])
+    assert vfs.read(path, 100, size - 100) == files["big.bin"][100:size]
+    assert len(loads) == before  # served from the cache; closed: nothing more ahead

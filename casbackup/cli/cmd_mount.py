@@ -62,8 +62,11 @@ def mount(
     vfs = Vfs(repo, app=app, on_warning=warn)
     if app is not None and not vfs.listdir("/"):
         warn(f"no snapshot of application {app!r} yet; the mount shows new ones as they appear")
-    with native_stop_signals():  # libfuse's own handlers unmount on SIGTERM/SIGHUP
-        fuse_mount(vfs, mountpoint, allow_other=allow_other, on_ready=ready, on_error=error)
+    try:
+        with native_stop_signals():  # libfuse's own handlers unmount on SIGTERM/SIGHUP
+            fuse_mount(vfs, mountpoint, allow_other=allow_other, on_ready=ready, on_error=error)
+    finally:
+        vfs.close()
     say("status", f"unmounted {mountpoint}")
 
 

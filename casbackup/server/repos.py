@@ -227,6 +227,8 @@ class RepoHandle:
 
     def close(self) -> None:
         with self._lock:
+            if self._vfs is not None:
+                self._vfs.close()  # its read-ahead threads (an object store's)
             if self._repo is not None:
                 self._repo.close()
             self._repo = None

@@ -61,6 +61,11 @@ class WeightedLru(Generic[V]):
                 _, (_, dropped) = self._items.popitem(last=False)
                 self.weight -= dropped
 
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key`` is cached or being loaded (no hit or miss is counted)."""
+        with self._lock:
+            return key in self._items or key in self._flights
+
     def get_or_load(self, key: Hashable, load: Callable[[], V]) -> V:
         with self._lock:
             item = self._items.get(key)

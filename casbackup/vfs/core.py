@@ -23,6 +23,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from casbackup.errors import CasError, IntegrityError, NotFound, UsageError
@@ -31,6 +32,7 @@ from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
+from casbackup.threadsig import block_stop_signals
 from casbackup.timezones import in_zone
 from casbackup.vfs.cache import WeightedLru
 
@@ -38,6 +40,7 @@ LATEST = "latest"
 # Smaller files count every byte as allocated: no chunk lookups for them in 'ls -l', and
 # at most this much too much in du.
 SPARSE_MIN = 1 << 20
+READ_AHEAD = 4  # chunks loaded ahead of a read on an object store (and reader threads)
 UNNAMED_GROUP = "_paths"
 
 _S_IFMT = {
@@ -162,6 +165,17 @@ class Vfs:
         self._entries: WeightedLru[Entry] = WeightedLru(200_000, lambda e: 1)
         self._allocation: WeightedLru[int] = WeightedLru(100_000, lambda n: 1)
         self._zero_ids: dict[int, BlobId] = {}
+        # On an object store each chunk is a round trip: a read that reaches the end of a
+        # chunk loads the next READ_AHEAD of the file in the background (into the chunk
+        # cache, one load per chunk however many readers ask), so a sequential read
+        # (`cat`, `cp`, a download) overlaps its gets instead of waiting for each.
+        self._ahead: ThreadPoolExecutor | None = None
+        self._ahead_lock = threading.Lock()
+        self._queued: set[bytes] = set()  # chunks submitted ahead and not loaded yet
+        if getattr(repo.backend, "remote", False):
+            self._ahead = ThreadPoolExecutor(
+                READ_AHEAD, thread_name_prefix="vfs-ahead", initializer=block_stop_signals
+            )
         self._layout_lock = threading.Lock()
         self._known: dict[str, Snapshot] = {}
         self._groups: dict[str, _Group] = {}
@@ -409,6 +423,42 @@ class Vfs:
     def _chunk(self, chunk_id: BlobId) -> bytes:
         return self._chunks.get_or_load(chunk_id, lambda: self.repo.load_blob(chunk_id, Kind.DATA))
 
+    def _read_ahead(self, content: tuple[BlobId, ...], after: int) -> list[Future[bytes]]:
+        """Start loading the READ_AHEAD chunks of ``content`` after index ``after`` that are
+        not cached (an object store only); errors stay with the read that needs the chunk."""
+        ahead = self._ahead
+        if ahead is None:
+            return []
+        wanted = []
+        with self._ahead_lock:  # each chunk asked once: a queued one is not in the cache yet
+            for chunk_id in content[after + 1 : after + 1 + READ_AHEAD]:
+                if chunk_id not in self._queued and chunk_id not in self._chunks:
+                    self._queued.add(chunk_id)
+                    wanted.append(chunk_id)
+        futures = []
+        for chunk_id in wanted:
+            try:
+                futures.append(ahead.submit(self._quiet_chunk, chunk_id))
+            except RuntimeError:  # closed meanwhile (an unmount): reads load what they need
+                with self._ahead_lock:
+                    self._queued.discard(chunk_id)
+        return futures
+
+    def _quiet_chunk(self, chunk_id: BlobId) -> bytes:
+        try:
+            return self._chunk(chunk_id)
+        except CasError:
+            return b""  # the read that reaches this chunk loads it again and says why
+        finally:
+            with self._ahead_lock:
+                self._queued.discard(chunk_id)
+
+    def close(self) -> None:
+        """Stop the read-ahead threads (an object store's)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.shutdown(wait=True, cancel_futures=True)
+
 
 class OpenFile:
     """A file opened for reading; reads decrypt only the chunks covering their range."""
@@ -439,6 +489,8 @@ class OpenFile:
                 parts.append(data[start : start + take])
                 pos += take
                 i += 1
+            if i < len(node.content):  # the chunks after the last one this read touched
+                self.vfs._read_ahead(node.content, i - 1)
         except CasError as exc:
             # NotFound here means a chunk the tree names is missing: damage, not a bad path.
             raise IntegrityError(f"cannot read {self.entry.path}: {exc}") from None
