@@ -154,11 +154,7 @@ def test_finish_before_eof_fails(tmp_path: Path) -> None:
 
 
 def test_restore_refuses_existing_unless_overwrite_and_drop(tmp_path: Path) -> None:
-    db = tmp_path / "bank.db"
-    make_bank(db)
-    with SqliteEngine().dump(spec_for(db)) as stream:
-        data = stream.read()
-        stream.finish()
+    data = _bank_dump(tmp_path)
     target = tmp_path / "target.db"
     target.write_bytes(b"precious")
     with pytest.raises(DatabaseError, match="already exists and is not empty"):
