@@ -20,12 +20,12 @@ restore`, `dump`, recover's database loads).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, NamedTuple, TypeVar
 
 import blake3
 
 from casbackup.archiver.readplan import LOCAL_GAP, REMOTE_GAP, BlobReader, Chain, Chunk, ChunkFeed
+from casbackup.archiver.readpool import ReaderPool
 from casbackup.errors import CasError, IntegrityError
 from casbackup.repo import delta
 from casbackup.repo.ids import BlobId, Kind
@@ -33,7 +33,6 @@ from casbackup.repo.index import Location, chunk_location
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.store.local import LocalBackend
-from casbackup.threadsig import block_stop_signals
 
 T = TypeVar("T")
 
@@ -126,14 +125,11 @@ def read_files(
     entries: located in one index transaction and read through the restore's read plan.
     Memory stays bounded by the batch and ChunkFeed's two windows (readplan.WINDOW_BYTES
     each). ``readers``: reader threads (default LOCAL_READERS on a local folder,
-    REMOTE_READERS otherwise), stopped when the generator is closed.
+    REMOTE_READERS otherwise), stopped when the generator is closed; closed early or
+    by an error (a stop, a consumer gone), reads still running are not waited for.
     """
     local = isinstance(repo.backend, LocalBackend)
-    pool = ThreadPoolExecutor(
-        readers or (LOCAL_READERS if local else REMOTE_READERS),
-        thread_name_prefix="batch-read",
-        initializer=block_stop_signals,
-    )
+    pool = ReaderPool(readers or (LOCAL_READERS if local else REMOTE_READERS), "batch-read")
     reader = BlobReader(
         repo.backend, repo.key.encryption_root, gap=LOCAL_GAP if local else REMOTE_GAP, pool=pool
     )
@@ -150,8 +146,12 @@ def read_files(
                 batch, files, size = [], 0, 0
         if batch:
             yield from _batch(repo, reader, batch)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        # Ctrl-C, a consumer that stopped reading (GeneratorExit), damage: a get that hangs
+        # must not hold the way out (readpool.py).
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_and_verify(
@@ -182,16 +182,16 @@ class PlannedReads:
         starts reading. Raises CasError."""
         values = repo.locate_values(chunks)
         node_job = _job(repo, chunks, values)
-        self._pool = ThreadPoolExecutor(
-            REMOTE_READERS, thread_name_prefix="read-ahead", initializer=block_stop_signals
-        )
+        self._pool = ReaderPool(REMOTE_READERS, "read-ahead")
         reader = BlobReader(repo.backend, repo.key.encryption_root, gap=REMOTE_GAP, pool=self._pool)
         self._feed = ChunkFeed(reader, [node_job])
         self.pieces: Iterator[bytes] = self._feed.file(0)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop reading ahead; ``wait``: for the gets running (not after an error or a
+        stop: a get that hangs must not hold the way out)."""
         self._feed.close()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _batch(

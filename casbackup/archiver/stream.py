@@ -96,7 +96,12 @@ class ChunkReader(io.RawIOBase):
             return self._repo.load_blob(self._chunks[self._next], Kind.DATA)
         if self._planned is None:
             self._planned = PlannedReads(self._repo, self._chunks)
-        return next(self._planned.pieces)
+        try:
+            return next(self._planned.pieces)
+        except BaseException:
+            # Damage, or Ctrl-C while a get hangs: the reads ahead are dropped, not awaited.
+            self._planned.close(wait=False)
+            raise
 
     def _check_end(self) -> None:
         if self._checked:

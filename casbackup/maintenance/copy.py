@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from casbackup.archiver.readcheck import REMOTE_READERS, ReadJob
 from casbackup.archiver.readplan import REMOTE_GAP, BlobReader, ChunkFeed
+from casbackup.archiver.readpool import ReaderPool
 from casbackup.errors import CasError, IntegrityError
 from casbackup.repo import delta
 from casbackup.repo.ids import ID_SIZE, BlobId, Kind
@@ -50,7 +50,6 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
 from casbackup.store.local import LocalBackend
-from casbackup.threadsig import block_stop_signals
 
 
 @dataclass(frozen=True)
@@ -117,8 +116,10 @@ def copy_snapshots(src: Repository, dst: Repository, options: CopyOptions) -> Co
     copier = _Copier(src, dst, result)
     try:
         _copy_each(src, dst, options, result, copier, done, here)
-    finally:
-        copier.close()
+    except BaseException:
+        copier.close(wait=False)  # a get that hangs must not hold Ctrl-C (readpool.py)
+        raise
+    copier.close()
     # The source's loud warnings (a rollback, packs its index names that are missing) are
     # the user's to see as the destination's are.
     result.warnings.extend(f"source: {message}" for message in src.alerts)
@@ -209,19 +210,18 @@ class _Copier:
         self._last: tuple[bytes, bytes] | None = None
         # From an object store each get is a round trip: the chunks a tree's files need
         # are read ahead per pack in merged ranges (``_plan``), several gets in flight.
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ReaderPool | None = None
         self._reader: BlobReader | None = None
         if not isinstance(src.backend, LocalBackend):
-            self._pool = ThreadPoolExecutor(
-                REMOTE_READERS, thread_name_prefix="copy-read", initializer=block_stop_signals
-            )
+            self._pool = ReaderPool(REMOTE_READERS, "copy-read")
             self._reader = BlobReader(src.backend, src.key.encryption_root, gap=REMOTE_GAP,
                                       pool=self._pool)  # fmt: skip
 
-    def close(self) -> None:
-        """Stop the read-ahead threads (an object-store source)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the read-ahead threads (an object-store source); ``wait``: for the gets
+        running (not on an error or a stop: a get that hangs must not hold the way out)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def learn(self, src_snapshot: str, dst_snapshot: str) -> None:
         """Map the ids of a source snapshot's trees and chunks to those of its copy here

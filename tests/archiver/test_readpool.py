@@ -1,0 +1,142 @@
+"""A stop while a read-ahead get hangs: the planned readers return at once, not when the get does.
+
+Found on SeaweedFS behind a proxy that stops answering data GETs: Ctrl-C during `dump
+SNAPSHOT:FOLDER` (and `dump SNAPSHOT:FILE`) printed nothing and the process stayed (still
+running 11 minutes later: the pool's shutdown waited for the hung gets, each retried after
+the store's timeout); now "error: interrupted", exit 130 at once. Here the stop is a
+KeyboardInterrupt that the first range's get hands to the main thread (as SIGINT does while
+it waits on that read) while the reads of every other pack hang until the test lets them go.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from casbackup.archiver.readcheck import read_files
+from casbackup.archiver.readpool import ReaderPool
+from casbackup.archiver.stream import ChunkReader
+from casbackup.maintenance.copy import CopyOptions, copy_snapshots
+from casbackup.repo.pack import pack_name
+from casbackup.repo.repository import Repository
+from casbackup.repo.tree import Node
+from casbackup.store.memory import MemoryBackend
+from casbackup.testing.fixtures import make_repo
+
+from .trees import dir_node, file_node, snapshot_of
+
+DEADLINE = 60.0  # seconds: far beyond any wait a working way out needs, even under load
+
+
+class HangingBackend(MemoryBackend):
+    """Once armed (``arm``), a read of the first pack of a file raises KeyboardInterrupt
+    and reads of its other packs hang until ``release`` is set; other objects read as
+    usual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stop: str | None = None
+        self.hang: set[str] = set()
+        self.release = threading.Event()
+        self.hanging = 0
+        self._lock = threading.Lock()
+
+    def arm(self, repo: Repository, content: tuple[bytes, ...]) -> None:
+        packs = list(dict.fromkeys(pack_name(repo.locate(c).pack) for c in content))
+        assert len(packs) > 1
+        self.stop, self.hang = packs[0], set(packs[1:])
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if name == self.stop:
+            raise KeyboardInterrupt
+        if name in self.hang:
+            with self._lock:
+                self.hanging += 1
+            self.release.wait()
+        return super().get(name, offset, length)
+
+
+@pytest.fixture
+def hanging() -> Iterator[tuple[Repository, HangingBackend]]:
+    backend = HangingBackend()
+    yield make_repo(backend), backend
+    backend.release.set()
+
+
+def _spread(repo: Repository, name: bytes, parts: int) -> Node:
+    """A file of ``parts`` pieces of 40 chunks, each piece in a pack of its own."""
+    data = os.urandom(40_000 * parts)
+    for i in range(parts):
+        file_node(repo, b"x", data[i * 40_000 : (i + 1) * 40_000], chunk=1000)
+        repo.flush()
+    return file_node(repo, name, data, chunk=1000)  # the same chunks: found, not stored
+
+
+def _stops_at_once(action: Callable[[], object]) -> None:
+    """``action`` raises KeyboardInterrupt, in a thread of its own, well before DEADLINE."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            action()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the one the test expects
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(DEADLINE)
+    assert not thread.is_alive(), "the stop waited for the hung reads"
+    assert isinstance(outcome[0], KeyboardInterrupt), outcome
+
+
+def test_a_folder_dump_stops_without_waiting_for_hung_reads(hanging) -> None:  # type: ignore[no-untyped-def]
+    repo, backend = hanging
+    nodes = [_spread(repo, b"f%02d" % i, 2) for i in range(4)]
+    snapshot_of(repo, nodes)
+
+    def dump() -> None:
+        for _tag, stream in read_files(repo, ((n, n.name) for n in nodes), readers=8):
+            stream.drain()  # type: ignore[union-attr]
+
+    backend.arm(repo, tuple(c for n in nodes for c in n.content))
+    _stops_at_once(dump)
+    assert backend.hanging  # a read was hanging when it stopped
+
+
+def test_a_file_dump_stops_without_waiting_for_hung_reads(hanging) -> None:  # type: ignore[no-untyped-def]
+    repo, backend = hanging
+    node = _spread(repo, b"dump", 4)
+    snapshot_of(repo, [node])
+
+    def dump() -> None:
+        with ChunkReader.for_node(repo, node, name="dump") as reader:
+            reader.read()
+
+    backend.arm(repo, node.content)
+    _stops_at_once(dump)
+    assert backend.hanging
+
+
+def test_a_copy_stops_without_waiting_for_hung_reads(hanging, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    src, backend = hanging
+    big = _spread(src, b"big", 4)
+    snapshot_of(src, [dir_node(src, b"top", [big])])  # its trees in a pack of their own
+    dst = make_repo(MemoryBackend())
+    backend.arm(src, big.content)
+    _stops_at_once(lambda: copy_snapshots(src, dst, CopyOptions()))
+    assert backend.hanging
+    backend.release.set()
+    assert dst.list_snapshots() == []  # nothing committed half-way
+
+
+def test_the_pool_runs_work_and_waits_for_it_when_done_normally() -> None:
+    pool = ReaderPool(3, "t")
+    futures = [pool.submit(pow, 2, i) for i in range(20)]
+    pool.shutdown(wait=True)
+    assert [f.result() for f in futures] == [2**i for i in range(20)]
+    with pytest.raises(RuntimeError):
+        pool.submit(pow, 2, 2)
