@@ -453,22 +453,43 @@ class _Copier:
             out.append(self.chunk(c))
         return tuple(out)
 
+    def _files(self, nodes: list[Node]) -> list[Node]:
+        """A tree's entries with every file's content translated (stored here as needed),
+        read ahead through the tree's plan, which is closed before any subtree is entered:
+        one tree's read-ahead windows are held at a time, whatever the depth (each tree
+        entered kept its two windows of up to 16 MiB while its subtrees were copied)."""
+        ahead = self._plan(nodes)
+        out: list[Node] = []
+        try:
+            for index, node in enumerate(nodes):
+                problem = file_node_problem(node)  # copied as is, it would be damage there too
+                if problem is not None:
+                    name = node.name.decode(errors="replace")
+                    raise IntegrityError(f"file {name!r}: {problem}")
+                if node.content:
+                    planned = ahead.files.pop(index, None) if ahead is not None else None
+                    node = replace(node, content=self._content(node.content, ahead, planned))
+                out.append(node)
+        finally:
+            if ahead is not None:
+                ahead.feed.close()
+        return out
+
     def tree(self, root: BlobId) -> BlobId:
         """The destination id of a source tree, storing it and everything below it.
 
         Post-order with an explicit stack (a snapshot may be deeper than Python's
         recursion limit): a tree is stored after every blob it names."""
-        stack: list[tuple[BlobId, bytes, Iterator[Node], list[Node], _Ahead | None]] = []
+        stack: list[tuple[BlobId, bytes, Iterator[Node], list[Node]]] = []
 
         def enter(tree_id: BlobId) -> None:
             data = self._read(tree_id, Kind.TREE)
-            nodes = decode_tree(data)
-            stack.append((tree_id, data, iter(nodes), [], self._plan(nodes)))
+            stack.append((tree_id, data, iter(self._files(decode_tree(data))), []))
 
         enter(root)
         finished: BlobId | None = None
         while stack:
-            tree_id, data, nodes, out, ahead = stack[-1]
+            tree_id, data, nodes, out = stack[-1]
             if finished is not None:  # a child tree just completed: patch its node
                 last = out[-1]
                 out[-1] = replace(last, subtree=finished)
@@ -476,20 +497,12 @@ class _Copier:
             node = next(nodes, None)
             if node is None:
                 stack.pop()
-                if ahead is not None:
-                    ahead.feed.close()
                 if tree_id in self.ids:
                     finished = self.ids[tree_id]
                 else:  # byte for byte with the same ids, else re-encoded with the new ones
                     finished = self._tree(tree_id, data if self.shared else encode_tree(out))
                 self.ids[tree_id] = finished
                 continue
-            problem = file_node_problem(node)  # copied as is, it would be damage there too
-            if problem is not None:
-                raise IntegrityError(f"file {node.name.decode(errors='replace')!r}: {problem}")
-            if node.content:
-                planned = ahead.files.pop(len(out), None) if ahead is not None else None
-                node = replace(node, content=self._content(node.content, ahead, planned))
             out.append(node)
             if node.subtree is not None:
                 known = self.ids.get(node.subtree)

@@ -140,3 +140,38 @@ def test_the_pool_runs_work_and_waits_for_it_when_done_normally() -> None:
     assert [f.result() for f in futures] == [2**i for i in range(20)]
     with pytest.raises(RuntimeError):
         pool.submit(pow, 2, 2)
+
+
+def test_a_copy_holds_one_trees_read_ahead_at_a_time(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Each folder entered kept its parent's read-ahead (two windows of up to 16 MiB):
+    memory grew with the depth of the tree being copied from an object store."""
+    from casbackup.archiver import readplan
+
+    src = make_repo(MemoryBackend())
+    folder = None
+    for depth in range(6):  # a file before the subfolder and one after it, at each level
+        below = [folder] if folder is not None else []
+        nodes = [file_node(src, b"a%d" % depth, os.urandom(5000), chunk=1000),
+                 file_node(src, b"z%d" % depth, os.urandom(5000), chunk=1000), *below]  # fmt: skip
+        folder = dir_node(src, b"m%d" % depth, nodes)
+    snapshot_of(src, [folder])  # type: ignore[list-item]
+    feeds: set[int] = set()
+    most = 0
+    plan, close = readplan.ChunkFeed._plan, readplan.ChunkFeed.close
+
+    def planning(self, start):  # type: ignore[no-untyped-def]
+        nonlocal most
+        feeds.add(id(self))
+        most = max(most, len(feeds))
+        return plan(self, start)
+
+    def closing(self) -> None:  # type: ignore[no-untyped-def]
+        feeds.discard(id(self))
+        close(self)
+
+    monkeypatch.setattr(readplan.ChunkFeed, "_plan", planning)
+    monkeypatch.setattr(readplan.ChunkFeed, "close", closing)
+    dst = make_repo(MemoryBackend())
+    result = copy_snapshots(src, dst, CopyOptions())
+    assert len(result.copied) == 1
+    assert most == 1, most
