@@ -35,6 +35,17 @@ class CasError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def saying(self, message: str) -> CasError:
+        """A new error of this one's class (so its exit code) with ``message``: for a caller
+        that names what the error hit (a file, a snapshot) without changing an error object
+        others may hold too."""
+        try:
+            return type(self)(message)
+        except TypeError:  # a class whose constructor takes structured fields
+            err = CasError(message)
+            err.exit_code = self.exit_code
+            return err
+
 
 class UsageError(CasError):
     """Bad arguments or options that click itself could not catch."""

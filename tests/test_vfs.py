@@ -324,3 +324,34 @@ def test_an_object_store_read_loads_the_next_chunks_ahead(populated) -> None:  #
     del loads[before:]  # (those loads were this test's own)
     assert vfs.read(path, 100, size - 100) == files["big.bin"][100:size]
     assert len(loads) == before  # served from the cache; closed: nothing more ahead
+
+
+def test_closing_never_waits_for_a_load_ahead_the_store_left_hanging(populated) -> None:  # type: ignore[no-untyped-def]
+    """An unmount (or the service's handle closing) waited for every get in flight: a store
+    that stopped answering held it for its timeout times the retries (helper-69's finding
+    for the other readers; the VFS's threads are readpool.ReaderPool's now)."""
+    repo, src, files = populated
+    repo.backend.remote = True
+    try:
+        vfs = Vfs(repo)
+    finally:
+        del repo.backend.remote
+    path = f"/web/{snapshot_folder(repo.list_snapshots()[0])}" + in_snapshot(src, "big.bin")
+    node = vfs.lookup(path).node
+    release = threading.Event()
+    real = repo.load_blob
+
+    def hanging(blob_id, kind=None):  # type: ignore[no-untyped-def]
+        if blob_id != node.content[0]:
+            release.wait(120)  # the store stopped answering
+        return real(blob_id, kind)
+
+    repo.load_blob = hanging  # type: ignore[method-assign]
+    try:
+        assert vfs.read(path, 0, 100) == files["big.bin"][:100]  # and 4 loads ahead hang
+        closer = threading.Thread(target=vfs.close)
+        closer.start()
+        closer.join(60)
+        assert not closer.is_alive()  # returned with the loads still hanging
+    finally:
+        release.set()

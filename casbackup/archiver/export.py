@@ -131,9 +131,9 @@ def _contents(member: Member) -> Iterator[bytes]:
         try:
             data = member.read(pos, min(BLOCK, size - pos))
         except CasError as exc:  # a damaged or missing chunk: say which file it hit
-            exc.message = f"{member.path}: {exc.message}"
-            exc.args = (exc.message, *exc.args[1:])
-            raise
+            # A new error, not the one read: a failed range's error is shared by every blob
+            # in it, and a second file hit by it read "b: a: ..." (helper-69).
+            raise exc.saying(f"{member.path}: {exc.message}") from None
         if not data:
             raise IntegrityError(f"{member.path}: the stored content ends at byte {pos} of {size}")
         if len(data) > size - pos:

@@ -154,7 +154,7 @@ def _copy_each(
                 dst.flush()  # keep what was stored: a rerun then sends only the rest
             except CasError:
                 pass  # the original error is the one to report; unindexed packs are prune's
-            raise _naming(exc, f"copying snapshot {snap.short_id}: {exc}") from None
+            raise exc.saying(f"copying snapshot {snap.short_id}: {exc}") from None
         record = replace(
             snap,
             tree=root.hex(),
@@ -172,16 +172,6 @@ def _copy_each(
         saved = dst.save_snapshot(record)  # flushes packs and index first
         done[snap.id] = saved.id
         result.copied.append((snap.id, saved.id))
-
-
-def _naming(exc: CasError, message: str) -> CasError:
-    """The same kind of error (so the same exit code) with a message that names the snapshot."""
-    try:
-        return type(exc)(message)
-    except TypeError:  # a class with structured constructor fields
-        err = CasError(message)
-        err.exit_code = exc.exit_code
-        return err
 
 
 @dataclass

@@ -23,16 +23,16 @@ import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
+from casbackup.archiver.readpool import ReaderPool
 from casbackup.errors import CasError, IntegrityError, NotFound, UsageError
 from casbackup.repo.ids import BlobId, Kind
 from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.threadsig import block_stop_signals
 from casbackup.timezones import in_zone
 from casbackup.vfs.cache import WeightedLru
 
@@ -169,13 +169,13 @@ class Vfs:
         # chunk loads the next READ_AHEAD of the file in the background (into the chunk
         # cache, one load per chunk however many readers ask), so a sequential read
         # (`cat`, `cp`, a download) overlaps its gets instead of waiting for each.
-        self._ahead: ThreadPoolExecutor | None = None
+        self._ahead: ReaderPool | None = None
         self._ahead_lock = threading.Lock()
         self._queued: set[bytes] = set()  # chunks submitted ahead and not loaded yet
         if getattr(repo.backend, "remote", False):
-            self._ahead = ThreadPoolExecutor(
-                READ_AHEAD, thread_name_prefix="vfs-ahead", initializer=block_stop_signals
-            )
+            # Daemon reader threads (archiver/readpool.py): an unmount or a stop never waits
+            # for a get the store left hanging.
+            self._ahead = ReaderPool(READ_AHEAD, "vfs-ahead")
         self._layout_lock = threading.Lock()
         self._known: dict[str, Snapshot] = {}
         self._groups: dict[str, _Group] = {}
@@ -457,7 +457,7 @@ class Vfs:
         """Stop the read-ahead threads (an object store's)."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            ahead.shutdown(wait=True, cancel_futures=True)
+            ahead.shutdown(wait=False, cancel_futures=True)  # loads ahead are only a guess
 
 
 class OpenFile:

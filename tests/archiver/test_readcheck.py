@@ -139,3 +139,24 @@ def test_a_folder_archive_reads_per_pack_and_still_checks_every_file(counted) ->
     snapshot_of(repo, [folder])
     with pytest.raises(IntegrityError, match="w/wrong: content does not match"):
         b"".join(archive_stream("tar", tree_members(repo, folder, "w")))
+
+
+def test_an_error_shared_by_two_files_names_each_once() -> None:
+    """A failed range's error object is shared by every blob in it: naming the file by
+    changing that object made the second file's message 'b: a: ...' (helper-69)."""
+    from casbackup.archiver.export import Member, _contents
+    from casbackup.repo.tree import Node, NodeKind
+
+    shared = IntegrityError("blob 1234 in pack abcd is damaged")
+
+    def fail(pos: int, n: int) -> bytes:
+        raise shared
+
+    seen = []
+    for name in ("a", "b"):
+        node = Node(name=name.encode(), kind=NodeKind.FILE, size=10)
+        with pytest.raises(IntegrityError) as exc:
+            list(_contents(Member(name, node, fail)))
+        seen.append(str(exc.value))
+    assert seen == ["a: blob 1234 in pack abcd is damaged", "b: blob 1234 in pack abcd is damaged"]
+    assert str(shared) == "blob 1234 in pack abcd is damaged"
