@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 from casbackup.errors import EXIT_INTERRUPTED
+from casbackup.store.stopping import note_stop
 from casbackup.threadsig import unblock_stop_signals
 
 # SIGTERM (systemd, docker stop, timeout) and SIGHUP (a closed terminal) stop a command the way
@@ -30,6 +31,7 @@ def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
         return
     if not _stopped_by:
         _stopped_by.append(signum)
+    note_stop()
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         # The signal's own number, so that a handler that gives up at once (a backup's second
@@ -37,6 +39,13 @@ def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
         handler(signum, frame)
     elif handler != signal.SIG_IGN:
         raise KeyboardInterrupt
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C: Python's KeyboardInterrupt, after noting the stop, so that the way out
+    waits on a store that stopped answering for no longer than store/stopping.py allows."""
+    note_stop()
+    raise KeyboardInterrupt
 
 
 def _defaults_in_child() -> None:
@@ -60,6 +69,8 @@ def install_stop_signals() -> None:
     _main_pid = os.getpid()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop_like_ctrl_c)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 def interrupted_exit_code() -> int:

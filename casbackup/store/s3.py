@@ -36,6 +36,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from casbackup.errors import NotFound, StorageError, TransientStorageError, UsageError
+from casbackup.store import stopping
 from casbackup.store.names import (
     ObjectRefused,
     SkippedEntries,
@@ -329,7 +330,7 @@ class S3Backend:
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         self.requests += 1
         try:
-            return fn()
+            return stopping.call(fn, self, what)
         except Exception as exc:
             if type(exc).__module__.startswith("obstore") or isinstance(exc, OSError):
                 raise classify(exc, what, unsigned=self.unsigned) from None
@@ -355,7 +356,11 @@ class S3Backend:
         check_name(name)
         try:
             self.requests += 1
-            obstore.put(self._store, name, data, mode="create", use_multipart=False)
+            stopping.call(
+                lambda: obstore.put(self._store, name, data, mode="create", use_multipart=False),
+                self,
+                f"writing {name}",
+            )
         except (oe.AlreadyExistsError, oe.PreconditionError):
             return False
         except Exception as exc:

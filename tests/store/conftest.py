@@ -132,8 +132,10 @@ class FaultProxy:
 
     ``plan(n)`` decides for the n-th request (from 1): None passes it on; "503" answers
     503 SlowDown; "reset" closes the connection without an answer; "cut" sends the
-    upstream's headers and half its body, then closes. Requests go upstream unchanged
-    (the Host header too), so signed requests stay valid.
+    upstream's headers and half its body, then closes; "hang" accepts the request and
+    answers nothing until ``unhang()`` (then closes the connection), as a store that
+    stops answering does. Requests go upstream unchanged (the Host header too), so
+    signed requests stay valid.
     """
 
     def __init__(self, upstream: str, plan: Callable[[int], str | None]) -> None:
@@ -145,6 +147,8 @@ class FaultProxy:
         self.seen: list[tuple[str, str]] = []  # (method, path) of every request
         self.bytes_up = 0  # request bodies passed upstream (bench/ reports them)
         self.bytes_down = 0  # response bodies passed back
+        self.hanging = 0  # requests being held by a "hang" fault
+        self._unhang = threading.Event()
         self._lock = threading.Lock()
         proxy = self
 
@@ -168,6 +172,12 @@ class FaultProxy:
                     self.send_header("Content-Length", str(len(msg)))
                     self.end_headers()
                     self.wfile.write(msg)
+                    return
+                if fault == "hang":
+                    with proxy._lock:
+                        proxy.hanging += 1
+                    proxy._unhang.wait()
+                    self.close_connection = True
                     return
                 if fault == "reset":
                     self.close_connection = True
@@ -205,6 +215,11 @@ class FaultProxy:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
+    def unhang(self) -> None:
+        """Let every request held by a "hang" fault end (its connection closes unanswered)."""
+        self._unhang.set()
+
     def close(self) -> None:
+        self.unhang()
         self.server.shutdown()
         self.server.server_close()

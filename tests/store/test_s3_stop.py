@@ -1,0 +1,87 @@
+"""Ctrl-C against an object store that stops answering: exit 130 at once, one line.
+
+A real ``casbackup`` process against moto behind FaultProxy, whose "hang" fault accepts a
+request and never answers (a store's 120 s timeout, times the retries, was how long a stop
+used to take). After the stop the store answers again: the next run works, the lock the
+stopped one could not delete being judged stale (its process is gone).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from casbackup.testing.fixtures import run_cli
+from tests.cli.conftest import popen_cli
+from tests.store.conftest import FaultProxy, make_bucket
+from tests.store.test_s3_cli import make_tree
+
+
+@pytest.fixture
+def hanging(moto_endpoint: str, s3_env: None) -> Iterator[tuple[FaultProxy, list[str]]]:
+    """A proxy to a fresh bucket that hangs every request whose path holds one of the
+    strings in the list it yields (empty: nothing hangs)."""
+    marks: list[str] = []
+    proxy: FaultProxy
+
+    def plan(n: int) -> str | None:
+        method, path = proxy.seen[-1]
+        hang = method == "GET" and "list-type" not in path and any(m in path for m in marks)
+        return "hang" if hang else None
+
+    proxy = FaultProxy(moto_endpoint, plan)
+    proxy.bucket = make_bucket(moto_endpoint)  # type: ignore[attr-defined]
+    yield proxy, marks
+    proxy.close()
+
+
+def _stop_while_hanging(proxy: FaultProxy, *args: str, repo: str) -> tuple[int, str, float]:
+    """Run the CLI, SIGINT it once a request hangs: (exit code, stderr, seconds to exit)."""
+    proc = popen_cli(*args, repo=repo)
+    deadline = time.monotonic() + 60
+    while proxy.hanging == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proxy.hanging, proc.communicate()
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    try:
+        _out, err = proc.communicate(timeout=20)
+    except Exception:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("still running 20 s after SIGINT") from None
+    return proc.returncode, err.decode(), time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    ("command", "mark"),
+    [
+        # the main thread reads a snapshot (after taking the lock)
+        (("check",), "/snapshots/"),
+    ],
+)
+def test_ctrl_c_while_the_store_hangs(
+    hanging: tuple[FaultProxy, list[str]], tmp_path: Path, command: tuple[str, ...], mark: str
+) -> None:
+    proxy, marks = hanging
+    repo = f"s3:{proxy.endpoint}/{proxy.bucket}/repo"  # type: ignore[attr-defined]
+    src = tmp_path / "src"
+    make_tree(src, 7, files=12)
+    for args in (("init", "--insecure-test-kdf"), ("backup", str(src))):
+        res = run_cli(*args, repo=repo, timeout=120)
+        assert res.code == 0, res.err
+    args = [a.replace("TARGET", str(tmp_path / "out")) for a in command]
+    marks.append(mark)
+    code, err, took = _stop_while_hanging(proxy, *args, repo=repo)
+    assert code == 130, err
+    assert err.strip().splitlines() == ["error: interrupted"], err
+    assert took < 3.0, took
+    marks.clear()
+    proxy.unhang()
+    res = run_cli("check", repo=repo, timeout=120)
+    assert res.code == 0, res.err

@@ -1,0 +1,120 @@
+"""store/stopping.py: a stop never waits on a store request that does not answer."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from casbackup.errors import StorageError
+from casbackup.store import stopping
+
+
+class _Owner:
+    location = "s3:http://127.0.0.1:1/bucket"
+
+
+@pytest.fixture(autouse=True)
+def _no_stop_yet() -> Iterator[None]:
+    stopping._stopped_at.clear()
+    previous = signal.getsignal(signal.SIGINT)
+    yield
+    stopping._stopped_at.clear()
+    signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_main_after(seconds: float) -> threading.Timer:
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(seconds, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_a_stop_ends_the_wait_on_a_request_that_hangs() -> None:
+    assert threading.current_thread() is threading.main_thread()
+    released = threading.Event()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _sigint_main_after(0.2)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        stopping.call(released.wait, _Owner(), "reading config")
+    assert time.monotonic() - start < 1.0
+    assert stopping.stopped() is not None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    released.set()
+
+
+def test_a_deferred_stop_lets_a_quick_request_finish() -> None:
+    asked: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: asked.append(signum))
+
+    def slow() -> str:
+        time.sleep(0.4)
+        return "answer"
+
+    _sigint_main_after(0.1)
+    assert stopping.call(slow, _Owner(), "reading config") == "answer"
+    assert asked == [signal.SIGINT]
+
+
+def test_a_deferred_stop_gives_a_hung_request_one_grace_period() -> None:
+    asked: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: asked.append(signum))
+    released = threading.Event()
+    owner = _Owner()
+    _sigint_main_after(0.1)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        stopping.call(released.wait, owner, "reading a tree")
+    took = time.monotonic() - start
+    assert stopping.GRACE_S <= took < stopping.GRACE_S + 0.8, took
+    assert asked == [signal.SIGINT]
+    # The store is judged hung: the way out (a lock's release) does not wait on it again.
+    start = time.monotonic()
+    with pytest.raises(StorageError, match="did not answer within 1 s after the stop"):
+        stopping.call(released.wait, owner, "deleting locks/x")
+    assert time.monotonic() - start < 0.1
+    released.set()
+
+
+def test_after_a_stop_each_request_waits_one_grace_period_then_none() -> None:
+    stopping.note_stop()
+    owner = _Owner()
+    assert stopping.call(lambda: 7, owner, "reading config") == 7  # a store that answers
+    released = threading.Event()
+    start = time.monotonic()
+    with pytest.raises(StorageError, match="deleting locks/x: s3:http://127.0.0.1:1/bucket"):
+        stopping.call(released.wait, owner, "deleting locks/x")
+    assert stopping.GRACE_S <= time.monotonic() - start < stopping.GRACE_S + 0.8
+    start = time.monotonic()
+    with pytest.raises(StorageError):
+        stopping.call(lambda: 7, owner, "writing index/y")
+    assert time.monotonic() - start < 0.1
+    assert stopping.call(lambda: 8, _Owner(), "reading config") == 8  # another store is fine
+    released.set()
+
+
+def test_errors_and_answers_come_back_as_they_were() -> None:
+    def fails() -> None:
+        raise TimeoutError("the store's own timeout")
+
+    with pytest.raises(TimeoutError, match="the store's own timeout"):
+        stopping.call(fails, _Owner(), "reading config")
+    assert stopping.call(lambda: b"x" * 3, _Owner(), "reading config") == b"xxx"
+
+
+def test_other_threads_call_directly() -> None:
+    seen: list[str] = []
+
+    def where() -> None:
+        seen.append(threading.current_thread().name)
+
+    thread = threading.Thread(target=lambda: stopping.call(where, _Owner(), "x"), name="mine")
+    thread.start()
+    thread.join()
+    stopping.call(where, _Owner(), "x")
+    assert seen[0] == "mine" and seen[1].startswith("store-call-")
