@@ -42,6 +42,7 @@ from casbackup.archiver.backup_options import (
     exclude_renames,
     inside,
     own_folders,
+    reachable_sources,
     troubled_paths,
     with_link_targets,
 )
@@ -159,15 +160,18 @@ class Backup(Walker, FileReading):
         # One spelling per source ('/x', '/x/', '/x/../x' are one): the paths are the
         # group that retention and the next parent go by.
         paths = tuple(dict.fromkeys(os.path.abspath(p) for p in opts.paths))
-        for p in paths:
-            try:
-                os.lstat(p)
-            except (FileNotFoundError, NotADirectoryError):
-                raise NotFound(f"source {p} does not exist") from None
-            except OSError as exc:
-                # A folder above it this user may not search: it may well exist.
-                raise NotFound(f"cannot read source {p}: {exc.strerror}") from None
-        paths, link_notes = with_link_targets(paths)
+        walked, missing = reachable_sources(paths)
+        if not walked and not opts.streams:
+            # Nothing at all to store (restic's rule too): a typo, or the wrong machine.
+            raise NotFound("; ".join(_source_problem(p, why) for p, why in missing))
+        for path, why in missing:
+            # The other sources are stored: one source gone (a mount not there tonight, a
+            # folder this user may not enter) no longer costs the night's backup of the
+            # rest. The snapshot keeps every source in its paths, so the next backup, with
+            # the source back, has the same group and parent and reads it again.
+            self._problem(f"{path}: {_source_problem('', why).strip()}")
+        walked, link_notes = with_link_targets(walked)
+        paths = paths + tuple(p for p in walked if p not in paths)
         root = getattr(self.repo.backend, "root", None)
         if root is not None and root in self._own:
             link_notes.append(f"the repository {root} is inside the sources: it is left out")
@@ -221,7 +225,7 @@ class Backup(Walker, FileReading):
         self._pool = self._start_readers()
         try:
             with self._deferred_sigint():
-                root = self._archive_roots(paths, reference, db_records)
+                root = self._archive_roots(walked, reference, db_records)
                 if self._cancelled.is_set():  # files skipped after the request: no snapshot
                     raise KeyboardInterrupt
             self._report_progress(force=True)
@@ -436,6 +440,13 @@ class Backup(Walker, FileReading):
             if len(self.notes) < MAX_RECORDED_ERRORS:
                 self.notes.append(message)
         self.reporter.warning(message)
+
+
+def _source_problem(path: str, why: str) -> str:
+    """'source /x does not exist', or 'cannot read source /x: <why>' (``path`` '': unnamed)."""
+    if why == "does not exist":
+        return f"source {path} does not exist".replace("  ", " ")
+    return f"cannot read source {path}: {why}".replace(" :", ":")
 
 
 def run_backup(

@@ -177,6 +177,26 @@ def own_folders(repo: Repository, sources: Iterable[str]) -> frozenset[str]:
     )
 
 
+def reachable_sources(paths: tuple[str, ...]) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+    """Split ``paths`` (absolute) into those the walk can start at (their own entry can be
+    looked at: a folder of mode 000 can, and is then warned about by the walk) and
+    (path, why) for each that cannot: it does not exist, or a folder above it may not be
+    searched by this user (it may well exist: "cannot be read", not "does not exist").
+    ``why`` is "does not exist" or the system's word ("Permission denied")."""
+    ok: list[str] = []
+    missing: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            missing.append((path, "does not exist"))
+        except OSError as exc:
+            missing.append((path, str(exc.strerror or exc)))
+        else:
+            ok.append(path)
+    return tuple(ok), missing
+
+
 def with_link_targets(paths: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
     """``paths`` (absolute) plus, for each that is a symlink, the folder or file it resolves
     to when no path already covers it; and one note per symlink source.

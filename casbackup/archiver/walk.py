@@ -116,7 +116,10 @@ class Walker:
             try:
                 st = os.lstat(path)
             except OSError as exc:
-                raise NotFound(f"cannot read source {os.fsdecode(path)}: {exc.strerror}") from None
+                # Gone since Backup.run looked (or a folder above it made unsearchable): the
+                # sources at and below it are left out, the others stored (a partial backup).
+                self._error(path, exc)
+                continue
             if (sub is None and self._root_dev is not None and stat.S_ISDIR(st.st_mode)
                     and self._mount_point(st, self._root_dev)):  # fmt: skip
                 nodes.append(self._mount_point_node(path, name, st, reuse_nodes.get(name)))

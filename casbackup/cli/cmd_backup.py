@@ -79,7 +79,9 @@ def _backups_to_warm(params: dict[str, Any]) -> list[BackupOptions | None]:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, type=click.Path())
+# readable=False: a source this user cannot read is the backup's to warn about (a partial
+# backup of the rest, exit 3), not a usage error that stores nothing.
+@click.argument("paths", nargs=-1, type=click.Path(readable=False))
 @click.option(
     "--app",
     callback=_app_name,

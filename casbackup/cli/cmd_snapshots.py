@@ -71,7 +71,7 @@ def snapshots(
     for s in snaps:
         when = in_zone(datetime.fromisoformat(s.time)).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
-            s.short_id, when, cell(s.app or "-"), cell(s.type), cell(s.parent[:8] if s.parent else "-"),
+            s.short_id, when, cell(s.app or "-"), cell(s.type + (" (partial)" if s.summary.errors else "")), cell(s.parent[:8] if s.parent else "-"),
             human_bytes(s.protected_bytes), str(s.summary.files_total), state_label(verified.get(s.identity)),
             cell(",".join(s.tags)), "\n".join(cell(p) for p in s.paths),
         )  # fmt: skip

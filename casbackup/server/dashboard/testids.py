@@ -45,6 +45,7 @@ TESTIDS: dict[str, str] = {
     "snapshot_link": "snapshot-link",  # :<short id>
     "verify_button": "verify-button",  # :<short id>
     "snapshot_badge": "snapshot-badge",  # :<short id>
+    "snapshot_partial": "snapshot-partial",  # :<short id> on the app page; bare on a snapshot's
     "chart": "chart",
     # snapshot browser
     "breadcrumb": "breadcrumb",
