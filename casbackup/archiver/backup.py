@@ -180,7 +180,10 @@ class Backup(Walker, FileReading):
             self.reporter.info(note)
         opts = replace(opts, paths=paths)
         self.options = opts
-        reference, reuse = choose_parent(self.repo, opts)
+        passed_over: list[str] = []
+        reference, reuse = choose_parent(self.repo, opts, passed_over)
+        for line in passed_over:
+            self._notice(line)  # stored all the same: a warning line, not a partial backup
         if opts.on_parent_chosen is not None:
             opts.on_parent_chosen(reuse is not None)
         notes = self.notes

@@ -115,22 +115,38 @@ class Counters:
 
 
 def choose_parent(
-    repo: Repository, options: BackupOptions
+    repo: Repository, options: BackupOptions, notes: list[str] | None = None
 ) -> tuple[Snapshot | None, Snapshot | None]:
-    """Return (reference, reuse_source): the latest of the group, and what files may be reused from."""
+    """Return (reference, reuse_source): the latest of the group, and what files may be
+    reused from (either None: no parent).
+
+    A snapshot that cannot be read (damaged, or written with a key or format this client
+    cannot read) may be the newest of the group: passed over in silence, the backup
+    compared with an older parent and read again everything changed since. Each one is
+    appended to ``notes`` (when given) as one line naming it, why, and what was chosen."""
     if options.parent:
         forced = repo.resolve_snapshot(options.parent)
         # A full reads every file whatever its parent: it is what is run to read them again.
         return forced, None if options.type == "full" else forced
-    group = [s for s in repo.list_snapshots(warnings=[]) if _same_group(s, options)]
+    unreadable: list[str] = []
+    group = [s for s in repo.list_snapshots(warnings=unreadable) if _same_group(s, options)]
     latest = group[-1] if group else None
     if options.type == "full":
-        return latest, None
-    if options.type == "incremental":
-        return latest, latest
-    fulls = [s for s in group if s.type == "full"]
-    base = fulls[-1] if fulls else None
-    return base, base
+        reference, reuse = latest, None
+    elif options.type == "incremental":
+        reference, reuse = latest, latest
+    else:
+        fulls = [s for s in group if s.type == "full"]
+        reference = reuse = fulls[-1] if fulls else None
+    if notes is not None and options.type != "full":
+        chosen = (
+            f"files are compared with snapshot {reuse.short_id} instead"
+            if reuse is not None
+            else "every file is read"
+        )
+        for line in unreadable:
+            notes.append(f"{line}; it may be this backup's newest: {chosen}")
+    return reference, reuse
 
 
 def _same_group(snap: Snapshot, options: BackupOptions) -> bool:
