@@ -456,9 +456,9 @@ class JobManager:
         finally:
             # Notifications first: whoever sees the job's end can find them under way.
             if state == "failed":
-                self.notices.failures(row, error, notified=running.notified)
+                self.notices.failures(row, error, notified=running.notified, result=result)
             elif state == "succeeded" and row["kind"] == "backup":
-                self.notices.succeeded(row)
+                self.notices.succeeded(row, result)
             elif state == "cancelled" and running.by_service and row["kind"] == "backup":
                 # Sent by ``shutdown`` once every job has ended (or at the next start).
                 self.notices.owe(job_id, f"the service stopped during this backup of {row['app']} "

@@ -12,10 +12,20 @@
 
 A backup that keeps failing the same way (its source gone for a weekend, a database down,
 a password variable missing, every 15 minutes) is one failure episode: its notifiers hear
-the first failure, a failure that differs from the last one told (digits aside: times,
-pids, sizes), and once every ``REMIND_S`` while it goes on; the rest are only in the job's
-log. Its first successful backup ends the episode (its notifiers hear ``success`` as
-always). The backup's worker leaves its failure to the service for that reason.
+the first failure, a failure that differs from the last one told (digits and hex ids
+aside: times, pids, sizes, snapshot ids), and once every ``REMIND_S`` while it goes on; the
+rest are only in the job's log. Its first successful backup ends the episode (its
+notifiers hear ``success`` as always). A failed auto-verify of a backup is a failure of
+it here (``verify_failure`` to the notifiers): the same snapshot problem every night is
+one episode too. The backup's worker leaves both to the service for that reason.
+
+A partial backup (a snapshot saved without some unreadable entries) that repeats is one
+episode of its own: the notifiers hear ``warning`` when an entry is left out that the last
+one told did not name (digits aside, as above: a log named by its date is the same
+entry), and once every ``REMIND_PARTIAL_S``; a backup that leaves nothing out ends it.
+Fewer entries left out is not news (nothing new is wrong). Not every night: a nightly
+partial backup is still a backup of everything else, and the same warning every morning
+teaches its readers to skip it; a week keeps a forgotten folder from going unseen for good.
 
 Every sending runs in a thread of its own: a slow SMTP server never holds up a job, the
 start-up or (beyond ``wait``) the stop.
@@ -24,6 +34,7 @@ start-up or (beyond ``wait``) the stop.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import sqlite3
@@ -33,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from casbackup.errors import CasError
 from casbackup.notify import Event, dispatch
 from casbackup.timezones import local_time
+from casbackup.units import plural
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -40,7 +52,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("casbackup.server.jobs")
 
 REMIND_S = 24 * 3600.0  # a backup failing the same way is told again after this long
-_DIGITS = re.compile(r"\d+")
+REMIND_PARTIAL_S = 7 * 24 * 3600.0  # the same entries left out: told again after this long
+# What varies between two runs failing the same way: snapshot and pack ids (8+ hex digits,
+# letters too), then any number (times, pids, sizes, counts).
+_VARYING = re.compile(r"\b[0-9a-f]{8,}\b|\d+")
+
+
+def _shape(text: str) -> str:
+    """``text`` with what varies between runs failing the same way masked."""
+    return _VARYING.sub("#", text)
 
 
 class Notices:
@@ -54,15 +74,22 @@ class Notices:
         worker.start()
         self.threads = [t for t in self.threads if t.is_alive()] + [worker]
 
-    def failures(self, row: Any, error: str | None, *, notified: bool) -> None:
+    def failures(self, row: Any, error: str | None, *, notified: bool, result: Any = None) -> None:
         """Tell a failed job's applications (``row``: its jobs row), unless the worker did
-        (``notified``)."""
+        (``notified``). ``result``: what the job left (a backup whose auto-verify failed:
+        its snapshot and verification)."""
         kind, what = row["kind"], error or f"the {row['kind']} failed"
         told: list[tuple[str | None, str, str]] = []
+        snapshot = None
         if kind == "backup" and not notified:
             if self._repeated(row, what):
                 return
-            told = [(row["app"], "failure", what)]
+            verification = result.get("verification") if isinstance(result, dict) else None
+            if isinstance(verification, dict) and verification.get("ok") is False:
+                snapshot = result.get("snapshot_id")
+                told = [(row["app"], "verify_failure", what)]
+            else:
+                told = [(row["app"], "failure", what)]
         elif kind == "verify" and row["app"]:
             told = [
                 (row["app"], "verify_failure", f"the verification of {row['app']} failed: {what}")
@@ -73,7 +100,7 @@ class Notices:
             told = [(a, "verify_failure", message) for a in apps]
         registry = self.service.registry
         sends = [
-            (cfg.notify, Event(event, app, message))
+            (cfg.notify, Event(event, app, message, snapshot))
             for app, event, message in told
             if app and (cfg := registry.app(app)) is not None and cfg.notify
         ]
@@ -102,7 +129,7 @@ class Notices:
             if (
                 last is not None
                 and last["error"] is not None
-                and _DIGITS.sub("#", last["error"]) == _DIGITS.sub("#", what)
+                and _shape(last["error"]) == _shape(what)
                 and 0 <= now - last["last_fire"] < REMIND_S
             ):
                 since = self.when(last["finished_at"])
@@ -122,14 +149,68 @@ class Notices:
             log.exception("job %d: its failure episode could not be recorded", row["id"])
         return False
 
-    def succeeded(self, row: Any) -> None:
-        """A backup of ``row['app']`` succeeded: its failure episode, if any, is over."""
+    def succeeded(self, row: Any, result: Any = None) -> None:
+        """A backup of ``row['app']`` succeeded (``result``: its job's result): its failure
+        episode, if any, is over; a partial one (``result['partial']``) is told as its
+        episode says (``_partial``), and one that left nothing out ends that episode."""
+        partial = isinstance(result, dict) and bool(result.get("partial"))
+        keys = [f"failing:{row['app']}"] + ([] if partial else [f"partial:{row['app']}"])
         try:
-            self.service.db.execute(
-                "DELETE FROM schedule_state WHERE key = ?", (f"failing:{row['app']}",)
-            )
+            for key in keys:
+                self.service.db.execute("DELETE FROM schedule_state WHERE key = ?", (key,))
         except sqlite3.Error:
             log.exception("job %d: the end of its failure episode could not be recorded", row["id"])
+        if partial:
+            self._partial(row, result)
+
+    def _partial(self, row: Any, result: dict[str, Any]) -> None:
+        """Tell ``row['app']``'s notifiers of a partial backup (``warning``), unless every
+        entry it left out was named by the one last told, less than ``REMIND_PARTIAL_S``
+        ago (then its log says so). The one told is recorded as ``partial:<app>``."""
+        app = row["app"]
+        cfg = self.service.registry.app(app or "")
+        warnings = [str(w) for w in result.get("warnings") or ()]
+        db, key, now = self.service.db, f"partial:{app}", self.service.clock()
+        try:
+            last = db.one(
+                "SELECT s.last_fire, j.result, j.finished_at FROM schedule_state s"
+                " LEFT JOIN jobs j ON j.id = s.last_job WHERE s.key = ?",
+                (key,),
+            )
+            if (
+                last is not None
+                and last["result"]
+                and 0 <= now - last["last_fire"] < REMIND_PARTIAL_S
+            ):
+                told = json.loads(last["result"]).get("warnings") or ()
+                if {_shape(w) for w in warnings} <= {_shape(str(w)) for w in told}:
+                    self.service.jobs._log(
+                        row["id"], "info",
+                        f"the notifiers were not told again: the backups of {app} have left "
+                        f"out the same files or folders since {self.when(last['finished_at'])}"
+                        " (told again once a week while they do, or when another is left out)",
+                    )  # fmt: skip
+                    return
+            db.execute(
+                "INSERT INTO schedule_state (key, last_fire, last_job) VALUES (?,?,?)"
+                " ON CONFLICT(key) DO UPDATE SET last_fire=excluded.last_fire,"
+                " last_job=excluded.last_job",
+                (key, now, row["id"]),
+            )
+        except (sqlite3.Error, ValueError, AttributeError):  # tell, rather than not
+            log.exception("job %d: its partial-backup episode could not be recorded", row["id"])
+        if cfg is None or not cfg.notify:
+            return
+        sid = str(result.get("snapshot_id") or "")
+        what = plural(len(warnings), "file or folder", "files or folders")
+        event = Event("warning", app, f"snapshot {sid[:8]} saved; {what} could not be read",
+                      sid or None, dict(result.get("summary") or {}), tuple(warnings))  # fmt: skip
+        offline = self.service.registry.config.plugins.offline_mode
+
+        def send() -> None:
+            dispatch(cfg.notify, event, offline_mode=offline)
+
+        self._started(threading.Thread(target=send, name="notify-partial", daemon=True))
 
     def when(self, epoch: float | None) -> str:
         """``epoch`` (UTC seconds) as a person reads it in the service's zone (that of the

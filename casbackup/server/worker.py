@@ -258,12 +258,14 @@ def run_backup_job(job: Job) -> dict[str, Any]:
             try:
                 verified.raise_if_failed()
             except CasError as exc:
-                if stop_asked():
-                    raise
+                if stop_asked() or job.failures_told_by_service:
+                    raise  # the service tells it, once per failure episode (notices.py)
                 notice.failed(exc, snap, verification=True)
                 emit({"t": "notified"})
                 raise
-    notice.finished(outcome.snapshot, outcome.result.warnings)
+    if not (outcome.result.warnings and job.failures_told_by_service):
+        # A partial backup's warning is the service's to tell, once per episode (notices.py).
+        notice.finished(outcome.snapshot, outcome.result.warnings)
     return result
 
 

@@ -87,7 +87,9 @@ def test_the_readable_sources_are_stored_and_each_other_one_is_named(user: Ordin
     assert again.code == 0, again.err
     latest = _snapshots(user, repo)[-1]
     assert latest["parent"] == snap["id"] and latest["errors"] == []
-    assert "(partial)" not in user.cli("-r", repo, "snapshots").out.split(str(latest["short_id"]))[1]
+    assert (
+        "(partial)" not in user.cli("-r", repo, "snapshots").out.split(str(latest["short_id"]))[1]
+    )
     assert {"a.txt", "b.txt", "c.txt", "d.txt"} <= _files(user, repo, str(latest["id"]))
 
 
