@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from casbackup.cli.config_support import load_cli_config
@@ -10,14 +12,23 @@ from casbackup.cli.render import emit_json, human_bytes, plural, printable, repo
 from casbackup.errors import RecoveryError
 from casbackup.plan_docs import recovery_plan_doc
 from casbackup.recovery.connection import split_assignment
-from casbackup.recovery.execute import RecoveryResult, recover
+from casbackup.recovery.execute import RecoveryResult, recover, report_base
+from casbackup.recovery.layout import IN_PLACE
 from casbackup.recovery.plan import RecoverOptions, RecoveryPlan
 from casbackup.repo.repository import Repository
 
 
-def print_plan(plan: RecoveryPlan, overwrite_databases: bool = False) -> None:
+def print_plan(
+    plan: RecoveryPlan,
+    overwrite_databases: bool = False,
+    report: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> None:
     """The plan, one line per part; ``overwrite_databases``: --overwrite-databases was
-    given (else an SQLite database replaces only a copy restored with the files)."""
+    given (else an SQLite database replaces only a copy restored with the files);
+    ``report``: where the report will go (FILE, for FILE.json and FILE.md); ``warn``: what
+    the warnings go through (a real run: the reporter, on stderr), else they are lines of
+    the plan."""
     snap, record = plan.snapshot, plan.verification
     state = "verified" if record and record.ok else "NOT verified"
     click.echo(
@@ -51,11 +62,16 @@ def print_plan(plan: RecoveryPlan, overwrite_databases: bool = False) -> None:
                 printable(f"         (the snapshot says it lived at {d.stored}: shown, not used)")
             )
     for w in plan.warnings:
-        click.echo(f"  warning: {printable(w)}")
+        if warn is not None:
+            warn(w)
+        else:
+            click.echo(f"  warning: {printable(w)}")
     for p in plan.problems:
         click.echo(f"  problem: {printable(p)}")
     if plan.fallback:
         click.echo(f"  advice: {printable(plan.fallback)}")
+    if report:
+        click.echo(printable(f"  report {report}.json and {report}.md"))
     click.echo(f"  total {human_bytes(plan.bytes_total)}")
 
 
@@ -87,7 +103,17 @@ def print_result(result: RecoveryResult) -> None:
 
 @click.command(name="recover")
 @click.option("--app", required=True, help="The application to recover.")
-@click.option("--target", required=True, metavar="DIR", help="Where its files go.")
+@click.option(
+    "--target",
+    metavar="DIR",
+    help="Put each source at DIR/<its path> (e.g. "
+    "DIR/etc/myapp), the databases as the config says.",
+)
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Put each source back at its own path (the target /): only the sources the config lists.",
+)
 @click.option("--snapshot", metavar="ID", help="This snapshot (id, prefix or 'latest') instead "
               "of the newest verified one.")  # fmt: skip
 @click.option("--databases/--no-databases", default=True, help="Load the databases (default).")
@@ -111,18 +137,25 @@ def print_result(result: RecoveryResult) -> None:
 @click.pass_context
 @with_repository(lock="shared", reads_only=True)
 def recover_cmd(
-    repo: Repository, ctx: click.Context, app: str, target: str, snapshot: str | None,
+    repo: Repository, ctx: click.Context, app: str, target: str | None, in_place: bool,
+    snapshot: str | None,
     databases: bool, db_into: tuple[str, ...], overwrite_databases: bool, no_globals: bool,
     dry_run: bool,
     allow_unverified: bool, report: str | None,
 ) -> None:  # fmt: skip
     """Rebuild an application's files and databases from the repository alone.
 
-    Uses the newest snapshot whose verification passed, re-checks its data, restores each
-    source folder to TARGET/<name>, each SQLite database inside TARGET and each server database
-    to the server the config file (or --db-into) names. What the snapshot stores about servers
-    and passwords is shown, never used.
+    Uses the newest snapshot whose verification passed, prints the plan, re-checks its data,
+    restores each source folder to TARGET/<its path> (--in-place: to its path), each SQLite
+    database where its path leads and each server database to the server the config file
+    (or --db-into) names. What the snapshot stores about servers and passwords is shown,
+    never used.
     """
+    if target is None and not in_place:
+        raise click.UsageError("give either --target DIR or --in-place")
+    if in_place and target is not None:
+        raise click.UsageError("--in-place and --target exclude each other")
+    target = target if target is not None else IN_PLACE
     opts = global_options(ctx)
     config = load_cli_config(opts)
     app_config = config.app(app) if config is not None else None
@@ -135,8 +168,16 @@ def recover_cmd(
         allow_unverified=allow_unverified, report=report,
     )  # fmt: skip
     reporter = reporter_for(ctx)
+    shown: list[RecoveryPlan] = []
+
+    def planned(plan: RecoveryPlan) -> None:
+        # Before anything is touched: where each source and database goes.
+        shown.append(plan)
+        if not (opts.json or opts.quiet):
+            print_plan(plan, overwrite_databases, report_base(options), reporter.warning)
+
     try:
-        result = recover(repo, options, reporter)
+        result = recover(repo, options, reporter, planned)
     finally:
         reporter.done()
     if dry_run:
@@ -165,8 +206,11 @@ def recover_cmd(
     else:
         # The report's warnings: the plan's and those of the run itself (an owner role the
         # server lacks, an attribute the target refused), which used to be in the report only.
+        # Those of the plan were printed with it.
+        said = set(result.plan.warnings) if shown and not opts.quiet else set()
         for w in (result.report or {}).get("warnings", result.plan.warnings):
-            reporter.warning(w)
+            if w not in said:
+                reporter.warning(w)
         print_result(result)
     result.raise_if_failed()
 

@@ -18,6 +18,7 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from casbackup.archiver.stream import ChunkReader
 from casbackup.engines.base import get_engine
 from casbackup.errors import CasError, Interrupted, RecoveryError
 from casbackup.recovery.journal import Journal, JournalWriter, remove_journal, target_lock
+from casbackup.recovery.layout import component, is_in_place
 from casbackup.recovery.plan import (
     DatabaseItem,
     FileItem,
@@ -69,30 +71,53 @@ class RecoveryResult:
             )
 
 
+def report_base(options: RecoverOptions) -> str:
+    """Where the report goes (FILE for FILE.json and FILE.md): --report, else in the
+    target; in place (the target `/`), in the current folder, named by the application
+    (the root of the machine is no place for it)."""
+    if options.report:
+        return os.path.abspath(options.report)
+    target = os.path.abspath(options.target)
+    if is_in_place(target):
+        return os.path.join(os.getcwd(), f"{REPORT_NAME}-{component(options.app)}")
+    return os.path.join(target, REPORT_NAME)
+
+
 def recover(
-    repo: Repository, options: RecoverOptions, reporter: Reporter = NULL_REPORTER
+    repo: Repository,
+    options: RecoverOptions,
+    reporter: Reporter = NULL_REPORTER,
+    planned: Callable[[RecoveryPlan], None] | None = None,
 ) -> RecoveryResult:
     """Plan and, unless a dry run, execute. Part failures are in the result, not raised.
 
+    `planned` is called with the plan of a real run before anything is touched (the CLI
+    prints it: where each source and database goes), whether or not it has problems.
     A real run holds the target's lock (journal.target_lock) from planning to the report:
     a second recovery into the same target is refused (RecoveryError) before it plans."""
     if options.dry_run:
         plan = build_plan(repo, options)
         return RecoveryResult(plan, errors=list(plan.problems))
     with target_lock(os.path.abspath(options.target)) as unlocked:
-        return _recover(repo, options, reporter, unlocked)
+        return _recover(repo, options, reporter, unlocked, planned)
 
 
 def _recover(
-    repo: Repository, options: RecoverOptions, reporter: Reporter, unlocked: str | None
+    repo: Repository,
+    options: RecoverOptions,
+    reporter: Reporter,
+    unlocked: str | None,
+    planned: Callable[[RecoveryPlan], None] | None,
 ) -> RecoveryResult:
     plan = build_plan(repo, options)
+    if planned is not None:
+        planned(plan)
     if plan.problems:
         advice = f"; {plan.fallback}" if plan.fallback else ""
         raise RecoveryError("nothing was changed: " + "; ".join(plan.problems) + advice)
     started, _ = now_utc()
     clock = time.monotonic()
-    report_base = options.report or f"{plan.target}/{REPORT_NAME}"
+    report_to = report_base(options)
     errors: list[str] = []
     warnings = list(plan.warnings) + ([unlocked] if unlocked else [])
     files: list[dict[str, Any]] = []
@@ -157,7 +182,7 @@ def _recover(
                     "manifest_truncated": check.manifest_truncated},
         "files": files, "databases": databases, "warnings": warnings, "errors": errors,
     }  # fmt: skip
-    paths = _write_report(doc, report_base, errors)
+    paths = _write_report(doc, report_to, errors)
     result = RecoveryResult(plan, doc, paths, errors)
     if not errors:
         remove_journal(plan.target)  # finished: a rerun is a new recovery

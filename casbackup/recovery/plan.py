@@ -2,8 +2,9 @@
 
 `choose_snapshot` picks the snapshot (the newest one whose newest verification passed, unless
 told otherwise); `build_plan` maps it onto the target: each source path of the snapshot goes to
-`target/<basename of the source>`, each database to where the caller says. The plan is
-immutable; `--dry-run` prints it, `execute.recover` carries it out.
+`target/<its path>` (the target `/`: back in place; see layout.py), each database to where
+the caller says. The plan is immutable; `--dry-run` prints it, `execute.recover` carries it
+out.
 
 Where data and credentials go is decided only on this machine: the target folder and
 `--db-into` from the command line, and the local config's definition of the application's
@@ -11,9 +12,10 @@ databases (`RecoverOptions.configured`). A snapshot is data that anyone who can 
 repository with the key may have forged, so what it stores (`app_definition`'s hosts, ports,
 users, `password_env`/`password_file`, database paths) is shown in the plan and the report,
 never followed: no connection to a host only a snapshot names, no file read because a snapshot
-names it. Files go below the target under names checked to be single path components; an
-SQLite database goes inside the target (where its stored path maps into a recovered source,
-else `target/databases/<name>.sqlite`). Planning connects to nothing: a dry run changes
+names it. Files go below the target, each stored path component made harmless; in place only
+the sources the local config lists are restored. An SQLite database goes where its path maps
+into a recovered source; else to the local config's path (below the target, or in place);
+else to `target/databases/<name>.sqlite`. Planning connects to nothing: a dry run changes
 nothing and talks to no server.
 """
 
@@ -34,12 +36,24 @@ from casbackup.errors import CasError, NotFound, RecoveryError, UnverifiedSnapsh
 from casbackup.maintenance.rewrite import REWRITTEN_TAG
 from casbackup.recovery.connection import connection_spec, describe
 from casbackup.recovery.journal import Journal, journal_path, read_journal
+from casbackup.recovery.layout import (
+    below,
+    component,
+    configured,
+    dest_paths,
+    inside,
+    is_in_place,
+    not_empty,
+    plain_absolute,
+    space_warning,
+    target_problem,
+)
 from casbackup.recovery.notices import not_in_snapshot, verification_warnings
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord, Snapshot
 from casbackup.repo.snapshotstore import no_snapshot_of
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.units import human_bytes, plural
+from casbackup.units import plural
 from casbackup.verify.dumps import (
     definition_specs,
     record_problem,
@@ -221,23 +235,6 @@ def choose_snapshot(
     return snap, record, warnings
 
 
-def _component(name: str) -> str:
-    """`name` made one harmless path component: never empty, `.`, `..`, or holding `/` or NUL
-    (stored paths are data from the repository; joined as they are they could leave the
-    target)."""
-    name = name.replace("/", "_").replace("\0", "_")
-    return name if name not in ("", ".", "..") else "_" + name.replace(".", "_")
-
-
-def _dest_names(paths: tuple[str, ...]) -> dict[str, str]:
-    """Source path -> name in the target; full paths where basenames would collide."""
-    base = {p: _component(os.path.basename(p.rstrip("/")) or "root") for p in paths}
-    counts: dict[str, int] = {}
-    for name in base.values():
-        counts[name] = counts.get(name, 0) + 1
-    return {p: n if counts[n] == 1 else _component(p.strip("/")) for p, n in base.items()}
-
-
 def _size_of(repo: Repository, node: Node) -> tuple[int, int]:
     if node.kind == NodeKind.FILE:
         return 1, node.size
@@ -248,45 +245,6 @@ def _size_of(repo: Repository, node: Node) -> tuple[int, int]:
                 files += 1
                 size += child.size
     return files, size
-
-
-def _target_problem(target: str) -> str | None:
-    """Why nothing can be written at `target` (a folder that may not exist yet), checked on
-    its nearest existing ancestor; None when it looks writable. Without this a read-only
-    target was found out only after the re-check had read every byte of the snapshot."""
-    where = target
-    while not os.path.lexists(where) and os.path.dirname(where) != where:
-        where = os.path.dirname(where)
-    if not os.path.isdir(where):
-        return f"the target {target} cannot be made: {where} is not a folder"
-    try:
-        read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    if read_only:
-        return f"the target {target} is on a read-only file system"
-    if not os.access(where, os.W_OK | os.X_OK):
-        return f"the target {target} cannot be written: no permission to write in {where}"
-    return None
-
-
-def _space_warning(target: str, needed: int) -> str | None:
-    """A warning when the target's file system has less free space than the files' size
-    (not a refusal: files with holes and a file system that compresses need less)."""
-    where = target
-    while not os.path.isdir(where) and os.path.dirname(where) != where:
-        where = os.path.dirname(where)
-    try:
-        st = os.statvfs(where)
-    except OSError:
-        return None
-    free = st.f_bavail * st.f_frsize
-    if free >= needed:
-        return None
-    return (
-        f"the target's file system has {human_bytes(free)} free and the files and SQLite "
-        f"databases take {human_bytes(needed)}: the recovery will likely stop when it is full"
-    )
 
 
 def _resumable(
@@ -322,20 +280,13 @@ def _resumable(
     return journal
 
 
-def _not_empty(path: str) -> bool:
-    if os.path.isdir(path) and not os.path.islink(path):
-        return bool(os.listdir(path))
-    return os.path.lexists(path)
-
-
 def _map_into_target(path: str, items: tuple[FileItem, ...]) -> str | None:
     """Where an original path lands in the target, when it lies under a recovered source.
 
     The path may come from a snapshot: one with `.`/`..`/empty components is not mapped (it
     could climb out of the target), nor is one that would replace a recovered folder.
     """
-    parts = path.split("/")
-    if not path.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts[1:]):
+    if not plain_absolute(path):
         return None
     for item in items:
         src = item.source.rstrip("/")
@@ -362,7 +313,7 @@ def build_plan(
     warnings.extend(verification_warnings(snap, record))
     target = os.path.abspath(options.target)
     problems: list[str] = []
-    unwritable = _target_problem(target)
+    unwritable = target_problem(target)
     if unwritable:
         problems.append(unwritable)
     resumed = _resumable(read_journal(target), options.app, snap, target, warnings, problems)
@@ -376,7 +327,16 @@ def build_plan(
             snap, options.configured_sources, options.configured if options.databases else {}, paths
         )
     )
-    for source, name in _dest_names(paths).items():
+    in_place = is_in_place(target)
+    for source, dest in dest_paths(target, paths).items():
+        if in_place and not configured(source, options.configured_sources):
+            # In place, the snapshot's paths would choose where files go on this machine.
+            problems.append(
+                f"source {source} is not among the sources the config gives {options.app!r}: "
+                "not recovered in place (a snapshot never chooses where files go on this "
+                "machine); recover it below a --target, or add it to the config"
+            )
+            continue
         try:
             node = repo.find_node(snap.root, source)
             # Every folder listing below the source is read now (the sizes need them): a
@@ -408,29 +368,30 @@ def build_plan(
         if node is None or node.kind not in (NodeKind.DIR, NodeKind.FILE):
             warnings.append(f"source {source} is not a folder or file in the snapshot; skipped")
             continue
-        dest = os.path.join(target, name)
-        if node.kind == NodeKind.FILE and name != os.fsdecode(node.name):
-            warnings.append(
-                f"{source} will be restored as {os.path.join(target, os.fsdecode(node.name))}"
-            )
-            dest = os.path.join(target, os.fsdecode(node.name))
+        if node.kind == NodeKind.FILE and os.path.basename(dest) != os.fsdecode(node.name):
+            # The restore names a file as the snapshot's entry does (a forged source path
+            # may say otherwise): the plan says where it really goes.
+            dest = os.path.join(os.path.dirname(dest), component(os.fsdecode(node.name)))
+            warnings.append(f"{source} will be restored as {dest}")
         kind = "dir" if node.kind == NodeKind.DIR else "file"
-        into = dest if kind == "dir" else target
+        into = dest if kind == "dir" else os.path.dirname(dest)
         again = dest in resumed.files
         done = resumed.done_by(dest) if again and os.path.lexists(dest) else ""
         items.append(FileItem(source, dest, into, kind, files, size, again, done))
-        if _not_empty(dest) and not again:
+        if not_empty(dest) and not again:
             problems.append(
-                f"{dest} already exists in the target and is not empty (remove it, or "
+                f"{dest} already exists and is not empty (remove it, or recover below a --target)"
+                if in_place
+                else f"{dest} already exists in the target and is not empty (remove it, or "
                 "choose another --target)"
             )
     databases = _plan_databases(snap, options, target, tuple(items), resumed, warnings, problems)
     local_bytes = sum(f.bytes for f in items) + sum(
         d.record.size
         for d in databases
-        if d.spec.engine == "sqlite" and (d.spec.path or "").startswith(target + "/")
+        if d.spec.engine == "sqlite" and inside(d.spec.path, target)
     )
-    short = None if unwritable else _space_warning(target, local_bytes)
+    short = None if unwritable else space_warning(target, local_bytes)
     if short:
         warnings.append(short)
     fallback = older_verified(repo, snap, records) if damaged else ""
@@ -485,8 +446,10 @@ def _plan_databases(
         if record.name in options.db_into:
             spec = connection_spec(record.name, engine, options.db_into[record.name], local)
         elif engine == "sqlite":
-            # Inside the target, as the files are: where the local config's (else the
-            # stored) path maps into a recovered source, else target/databases/NAME.sqlite.
+            # Where the files go (layout.py): where the local config's (else the stored)
+            # path maps into a recovered source; else the config's path, below the target
+            # (in place: that path); else target/databases/NAME.sqlite (a stored path is
+            # never followed outside the recovered sources).
             source = local if local is not None and local.path else stored.get(record.name)
             original = source.path if source is not None else None
             original = original if isinstance(original, str) else ""
@@ -494,8 +457,18 @@ def _plan_databases(
             # A raw copy of the file restored with the sources is replaced by the dump,
             # which is the consistent one.
             replaces_raw = mapped is not None
-            if mapped is None:
-                mapped = os.path.join(target, "databases", f"{_component(record.name)}.sqlite")
+            trusted = local is not None and local.path == original and plain_absolute(original)
+            if mapped is None and trusted:
+                mapped = original if is_in_place(target) else below(target, original)
+            elif mapped is None and is_in_place(target):
+                problems.append(
+                    f"database {record.name!r}: the config gives it no path, so give "
+                    f"--db-into {record.name}=PATH (the snapshot says it lived at "
+                    f"{original or '?'}; in place, a snapshot never chooses where files go)"
+                )
+                continue
+            elif mapped is None:
+                mapped = os.path.join(target, "databases", f"{component(record.name)}.sqlite")
                 warnings.append(
                     f"database {record.name!r} lived at {original or '?'} outside the recovered "
                     f"sources; it goes to {mapped} (use --db-into to choose)"
@@ -520,7 +493,7 @@ def _plan_databases(
             done = ""  # removed since (the operator starting over): loaded again
         item = DatabaseItem(record, spec, where, replace_it, was, again, done)
         # A path inside a target already refused (read-only, say) says nothing new.
-        inside_refused = _target_problem(target) is not None and _inside(spec.path, target)
+        inside_refused = target_problem(target) is not None and inside(spec.path, target)
         problem = _preflight(item, connect=not options.dry_run, check_path=not inside_refused)
         if problem:
             problems.append(problem)
@@ -539,13 +512,6 @@ def _gone(spec: DatabaseSpec) -> bool:
         return not (holds(spec) if holds is not None else engine.row_counts(spec))
     except CasError:
         return False
-
-
-def _inside(path: str | None, folder: str) -> bool:
-    """Whether ``path`` (a database file's) lies in ``folder``, by their absolute names."""
-    if not path:
-        return False
-    return os.path.commonpath([os.path.abspath(path), folder]) == folder
 
 
 def _preflight(item: DatabaseItem, *, connect: bool, check_path: bool = True) -> str | None:

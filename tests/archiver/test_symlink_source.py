@@ -80,4 +80,5 @@ def test_recover_of_an_application_whose_source_is_a_link(tmp_path: Path) -> Non
                   env=env)  # fmt: skip
     assert out.code == 0, out.err
     assert "the link is not recreated in the target" in out.err
-    assert (target / "app" / "a.txt").read_text() == "hello\n"
+    # The link's target is the source recovered, at its own path below the target.
+    assert (target / str(data).lstrip("/") / "a.txt").read_text() == "hello\n"

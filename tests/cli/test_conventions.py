@@ -217,8 +217,9 @@ def test_recover_dry_run_exits_non_zero_when_the_real_run_would_refuse(
     site: Path, tmp_path: Path
 ) -> None:
     target = tmp_path / "rec"
-    (target / "app").mkdir(parents=True)
-    (target / "app" / "something").write_text("in the way")
+    in_the_way = target / str(site / "app").lstrip("/")  # where the source 'app' goes
+    in_the_way.mkdir(parents=True)
+    (in_the_way / "something").write_text("in the way")
     dry = cli_in(
         site,
         "recover",

@@ -302,9 +302,9 @@ def test_recover_plan_of_an_sqlite_database_in_the_sources(tmp_path: Path) -> No
     plan = run_cli("recover", "--app", "app", "--target", str(target), "--dry-run", env=env)
     assert plan.code == 0, plan.err
     assert (
-        f"  db     lite (sqlite, dump 8.0 KiB, 1 table) -> sqlite:{target}/app/data/app.db, "
+        f"  db     lite (sqlite, dump 8.0 KiB, 1 table) -> sqlite:{target}{src}/data/app.db, "
         "over any copy restored with the files\n"
     ) in plan.out, plan.out
     over = run_cli("recover", "--app", "app", "--target", str(target), "--dry-run",
                    "--overwrite-databases", env=env)  # fmt: skip
-    assert f"-> sqlite:{target}/app/data/app.db, replacing what is there\n" in over.out
+    assert f"-> sqlite:{target}{src}/data/app.db, replacing what is there\n" in over.out

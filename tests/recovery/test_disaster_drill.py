@@ -33,6 +33,7 @@ from tests.engines.conftest import (
     pg_spec,
     psql,
 )
+from tests.recovery.places import landed
 from tests.recovery.test_recover import tree
 from tests.verify.apps import backup, make_app
 
@@ -115,11 +116,11 @@ def test_disaster_drill(  # type: ignore[no-untyped-def]
 
     # Every file, the config file, the symlink; the SQLite file is the dump's consistent copy,
     # so its header (change counter) differs from the live file's: its rows are compared below.
-    restored = tree(target / "app")
+    restored = tree(landed(target, tmp_path / "app"))
     assert restored.pop("data/shop.sqlite").startswith(b"SQLite format 3")  # type: ignore[union-attr]
     expected_files.pop("data/shop.sqlite")
     assert restored == expected_files
-    conn = sqlite3.connect(target / "app" / "data" / "shop.sqlite")
+    conn = sqlite3.connect(landed(target, tmp_path / "app") / "data" / "shop.sqlite")
     assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 321
     conn.close()
     assert {t: pg_copy(pg_database, t) for t in ("customers", "orders")} == expected_pg

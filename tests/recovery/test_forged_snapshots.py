@@ -18,7 +18,8 @@ import pytest
 from casbackup.engines.base import DatabaseSpec
 from casbackup.errors import DatabaseError, RecoveryError
 from casbackup.recovery.execute import recover
-from casbackup.recovery.plan import RecoverOptions, _dest_names
+from casbackup.recovery.layout import dest_paths
+from casbackup.recovery.plan import RecoverOptions
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import DatabaseRecord
 from casbackup.repo.tree import Node, NodeKind
@@ -215,10 +216,13 @@ def test_recover_refuses_a_dump_path_outside_the_tree(repo: Repository, tmp_path
     assert any("/.databases/../../x" in p and "refused" in p for p in problems), problems
 
 
-def test_stored_source_paths_become_single_names_in_the_target() -> None:
-    names = _dest_names(("/srv/..", "/.", "/", "/a\0b/c"))
-    assert all(n not in ("", ".", "..") and "/" not in n and "\0" not in n for n in names.values())
-    assert len(set(names.values())) == len(names)
+def test_stored_source_paths_stay_below_the_target(tmp_path: Path) -> None:
+    target = str(tmp_path / "t")
+    dests = dest_paths(target, ("/srv/..", "/.", "/", "/a\0b/c", "../../etc", "/x//../y"))
+    for dest in dests.values():
+        rest = os.path.relpath(dest, target).split("/")
+        assert rest[0] != ".." and "\0" not in dest and not any(p in ("", ".", "..") for p in rest)
+        assert os.path.normpath(dest) == dest, dest  # nothing that resolves elsewhere
 
 
 def test_db_restore_needs_a_local_target(  # type: ignore[no-untyped-def]

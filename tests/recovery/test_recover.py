@@ -14,6 +14,7 @@ from casbackup.errors import RecoveryError
 from casbackup.recovery.execute import recover
 from casbackup.recovery.plan import RecoverOptions, build_plan
 from casbackup.verify.sandbox import run_verification
+from tests.recovery.places import landed
 from tests.verify.apps import backup, corrupt_file, make_app
 
 
@@ -54,7 +55,7 @@ def test_recovers_files_and_database_and_reports_it(repo, tmp_path: Path, shop) 
     target = tmp_path / "rebuilt"
     result = recover(repo, RecoverOptions(app="shop", target=str(target)))
     assert result.ok, result.errors
-    assert tree(target / "app") == expected
+    assert tree(landed(target, tmp_path / "app")) == expected
     restored_db = target / "databases" / "local.sqlite"
     assert rows(restored_db) == 200
     report = json.loads((target / "recovery-report.json").read_text())
@@ -68,7 +69,7 @@ def test_recovers_files_and_database_and_reports_it(repo, tmp_path: Path, shop) 
     assert len(dbrep["dump_blake3"]) == 64 and dbrep["target"] == f"sqlite:{restored_db}"
     assert report["recheck"]["files"] == 5 and report["recheck"]["problems"] == []
     blob = next(m for m in report["recheck"]["manifest"] if m["path"].endswith("blob.bin"))
-    assert blob["restored_to"] == str(target / "app" / "data" / "blob.bin")
+    assert blob["restored_to"] == str(landed(target, tmp_path / "app") / "data" / "blob.bin")
     assert any("outside the recovered sources" in w for w in report["warnings"])
     md = (target / "recovery-report.md").read_text()
     assert "SUCCEEDED" in md and "| local | sqlite |" in md and snap.short_id in md
@@ -113,7 +114,9 @@ def test_a_damaged_newer_snapshot_fails_verify_and_recover_uses_the_older_one(  
     assert f"the newest verified one is {first.short_id}" in msg
 
     result = recover(repo, RecoverOptions(app="shop", target=str(tmp_path / "t")))
-    assert result.ok and not (tmp_path / "t" / "app" / "data" / "new.bin").exists()
+    assert (
+        result.ok and not (landed(tmp_path / "t", tmp_path / "app") / "data" / "new.bin").exists()
+    )
 
 
 def test_damage_after_verification_stops_before_the_target_is_touched(  # type: ignore[no-untyped-def]
@@ -143,7 +146,7 @@ def test_dry_run_changes_nothing(repo, tmp_path: Path, shop) -> None:  # type: i
     (item,) = result.plan.files
     assert (item.source, item.target, item.files, item.bytes) == (
         str(app),
-        str(target / "app"),
+        str(landed(target, tmp_path / "app")),
         4,
         150_023,
     )
@@ -153,20 +156,20 @@ def test_dry_run_changes_nothing(repo, tmp_path: Path, shop) -> None:  # type: i
 
 def test_non_empty_targets_are_refused_up_front(repo, tmp_path: Path, shop) -> None:  # type: ignore[no-untyped-def]
     target = tmp_path / "t"
-    (target / "app").mkdir(parents=True)
-    (target / "app" / "precious").write_text("keep me")
+    (landed(target, tmp_path / "app")).mkdir(parents=True)
+    (landed(target, tmp_path / "app") / "precious").write_text("keep me")
     (target / "databases").mkdir()
     existing_db = target / "databases" / "local.sqlite"
     existing_db.write_bytes(b"x" * 10)
     with pytest.raises(RecoveryError) as exc:
         recover(repo, RecoverOptions(app="shop", target=str(target)))
     assert "nothing was changed" in str(exc.value)
-    assert f"{target}/app already exists" in str(
+    assert f"{landed(target, tmp_path / 'app')} already exists" in str(
         exc.value
     ) and "local.sqlite already exists" in str(exc.value)
-    assert (target / "app" / "precious").read_text() == "keep me"
+    assert (landed(target, tmp_path / "app") / "precious").read_text() == "keep me"
     assert existing_db.read_bytes() == b"x" * 10
-    (target / "app" / "precious").unlink()
+    (landed(target, tmp_path / "app") / "precious").unlink()
     result = recover(repo, RecoverOptions(app="shop", target=str(target), overwrite_databases=True))
     assert result.ok and rows(existing_db) == 200
 
@@ -193,7 +196,7 @@ def test_a_sqlite_database_inside_the_sources_replaces_its_raw_copy(repo, tmp_pa
     target = tmp_path / "t"
     result = recover(repo, RecoverOptions(app="shop", target=str(target)))
     assert result.ok, result.errors
-    restored = target / "app" / "data" / "shop.sqlite"
+    restored = landed(target, tmp_path / "app") / "data" / "shop.sqlite"
     assert rows(restored) == 200 and os.stat(restored).st_mode & 0o777 == 0o640
     assert result.plan.databases[0].overwrite
 

@@ -22,6 +22,7 @@ from casbackup.recovery.execute import recover
 from casbackup.recovery.journal import JOURNAL_NAME, read_journal, target_lock
 from casbackup.recovery.plan import RecoverOptions, build_plan
 from casbackup.verify.sandbox import run_verification
+from tests.recovery.places import landed
 from tests.recovery.test_recover import tree
 from tests.verify.apps import backup, make_app
 
@@ -66,7 +67,7 @@ def test_a_rerun_finishes_an_interrupted_recovery(  # type: ignore[no-untyped-de
             recover(repo, options)
     journal = read_journal(str(target))
     assert journal is not None and journal.snapshot == snap.id
-    assert journal.files == (str(target / "app"),)
+    assert journal.files == (str(landed(target, tmp_path / "app")),)
     assert journal.databases == (f"sqlite:{target}/databases/local.sqlite",)
     # The files were restored whole before the stop: left as they are (a kill in the middle
     # of the files: test_recover_resume.py); the database it began is loaded again.
@@ -78,7 +79,7 @@ def test_a_rerun_finishes_an_interrupted_recovery(  # type: ignore[no-untyped-de
 
     result = recover(repo, options)
     assert result.ok, result.errors
-    assert tree(target / "app") == tree(app)
+    assert tree(landed(target, tmp_path / "app")) == tree(app)
     assert rows(target / "databases" / "local.sqlite") == 200
     assert not (target / JOURNAL_NAME).exists()  # finished: a rerun is a new recovery
     with pytest.raises(RecoveryError, match="already exists in the target and is not empty"):
@@ -120,7 +121,7 @@ def test_another_snapshots_unfinished_recovery_is_refused(  # type: ignore[no-un
     msg = str(exc.value)
     assert f"unfinished recovery of 'shop' from snapshot {first.short_id}" in msg
     assert f"--snapshot {first.short_id}" in msg and str(target / JOURNAL_NAME) in msg
-    assert not (target / "app" / "data" / "later.txt").exists()
+    assert not (landed(target, tmp_path / "app") / "data" / "later.txt").exists()
     # As told: finish the first one.
     result = recover(repo, RecoverOptions(app="shop", target=str(target), snapshot=first.id))
     assert result.ok and not (target / JOURNAL_NAME).exists()
@@ -130,8 +131,8 @@ def test_a_users_data_is_still_refused_and_the_message_says_what_to_do(  # type:
     repo, tmp_path: Path, shop
 ) -> None:
     target = tmp_path / "t"
-    (target / "app").mkdir(parents=True)
-    (target / "app" / "precious").write_text("keep me")
+    (landed(target, tmp_path / "app")).mkdir(parents=True)
+    (landed(target, tmp_path / "app") / "precious").write_text("keep me")
     # A journal that is not one (damaged, or not ours) gives no right to replace anything.
     (target / JOURNAL_NAME).write_text("{not json")
     with pytest.raises(RecoveryError) as exc:
@@ -140,7 +141,7 @@ def test_a_users_data_is_still_refused_and_the_message_says_what_to_do(  # type:
         "already exists in the target and is not empty (remove it, or choose another --target)"
         in str(exc.value)
     )
-    assert (target / "app" / "precious").read_text() == "keep me"
+    assert (landed(target, tmp_path / "app") / "precious").read_text() == "keep me"
 
 
 def test_ctrl_c_while_restoring_files_stops_the_whole_recovery(  # type: ignore[no-untyped-def]
@@ -182,7 +183,10 @@ def test_a_tag_change_between_the_runs_does_not_lock_the_target(  # type: ignore
         change_tags(repo, [snap.id], TagChange(add=("incident",)))
     result = recover(repo, options)
     assert result.ok, result.errors
-    assert tree(target / "app") == tree(app) and rows(target / "databases" / "local.sqlite") == 200
+    assert (
+        tree(landed(target, tmp_path / "app")) == tree(app)
+        and rows(target / "databases" / "local.sqlite") == 200
+    )
 
 
 def test_a_second_recovery_into_the_same_target_is_refused_before_it_plans(  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ from casbackup.errors import Interrupted
 from casbackup.recovery import execute
 from casbackup.recovery.execute import recover
 from casbackup.recovery.plan import RecoverOptions, build_plan
+from tests.recovery.places import landed
 from tests.recovery.test_recover import rows, tree
 from tests.verify.apps import backup, make_app
 
@@ -54,7 +55,7 @@ def test_a_rerun_leaves_what_the_earlier_run_finished(  # type: ignore[no-untype
         with pytest.raises(Interrupted):
             recover(repo, options)
     # Meanwhile the operator fixes the config and the application takes an order.
-    (target / "app" / "conf" / "settings.ini").write_text("[db]\nname = fixed\n")
+    (landed(target, tmp_path / "app") / "conf" / "settings.ini").write_text("[db]\nname = fixed\n")
     conn = sqlite3.connect(target / "databases" / "local.sqlite")
     conn.execute("INSERT INTO orders (item) VALUES ('taken after the recovery')")
     conn.commit()
@@ -67,7 +68,9 @@ def test_a_rerun_leaves_what_the_earlier_run_finished(  # type: ignore[no-untype
         ("local", True), ("second", False)]  # fmt: skip
     result = recover(repo, options)
     assert result.ok, result.errors
-    assert (target / "app" / "conf" / "settings.ini").read_text() == "[db]\nname = fixed\n"
+    assert (
+        landed(target, tmp_path / "app") / "conf" / "settings.ini"
+    ).read_text() == "[db]\nname = fixed\n"
     assert rows(target / "databases" / "local.sqlite") == 201
     conn = sqlite3.connect(target / "databases" / "second.sqlite")
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 50
@@ -92,7 +95,9 @@ def test_a_part_the_earlier_run_did_not_finish_is_restored_again(  # type: ignor
 
     def half(*args: Any, **kwargs: Any) -> Any:
         real(*args, **kwargs)
-        (target / "app" / "data" / "blob.bin").unlink()  # not there yet when it stopped
+        (
+            landed(target, tmp_path / "app") / "data" / "blob.bin"
+        ).unlink()  # not there yet when it stopped
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
@@ -101,7 +106,10 @@ def test_a_part_the_earlier_run_did_not_finish_is_restored_again(  # type: ignor
             recover(repo, options)
     result = recover(repo, options)
     assert result.ok, result.errors
-    assert tree(target / "app") == tree(app) and rows(target / "databases" / "local.sqlite") == 200
+    assert (
+        tree(landed(target, tmp_path / "app")) == tree(app)
+        and rows(target / "databases" / "local.sqlite") == 200
+    )
     assert "left_as_is" not in json.loads((target / "recovery-report.json").read_text())["files"][0]
 
 

@@ -19,6 +19,7 @@ from casbackup.recovery.execute import recover
 from casbackup.recovery.plan import RecoverOptions, build_plan
 from casbackup.verify.sandbox import run_verification
 from tests.loopfs import tmpfs
+from tests.recovery.places import landed
 from tests.verify.apps import backup, make_app
 
 
@@ -80,7 +81,7 @@ def test_a_full_target_says_what_is_back_and_the_report_goes_elsewhere(  # type:
     result = recover(repo, RecoverOptions(app="shop", target=str(small)))
     assert not result.ok and result.report is not None and result.report_files is not None
     (files,) = result.report["files"]
-    restored = sum(1 for _ in (small / "app" / "data").glob("big*.bin"))
+    restored = sum(1 for _ in (landed(small, tmp_path / "app") / "data").glob("big*.bin"))
     assert 0 < restored < 20
     # What did come back is counted (it used to say 0 files), and the stop is named.
     assert files["files"] >= restored and files["bytes"] > 0
@@ -112,7 +113,7 @@ def test_a_report_that_cannot_be_written_where_asked_goes_to_the_temp_folder(  #
         repo, RecoverOptions(app="shop", target=str(tmp_path / "t"), report=str(asked))
     )
     # Everything was restored; only the report is not where it was asked to be.
-    assert (tmp_path / "t" / "app" / "data" / "big19.bin").exists()
+    assert (landed(tmp_path / "t", tmp_path / "app") / "data" / "big19.bin").exists()
     assert result.report_files is not None
     assert Path(result.report_files[0]).parent.parent == spare
     assert result.errors == [
