@@ -156,6 +156,15 @@ class Section:
     def has(self, name: str) -> bool:
         return name in self.data
 
+    def missing(self, name: str, what: str = "") -> ConfigError:
+        """The error for required key ``name`` absent from this table (``what`` says what it
+        holds, e.g. " (the SQLite file)"). A key of the table close to ``name`` is named as
+        the likely typo: the unknown-key check runs only after every key was read, so
+        without it ``pathh = ...`` would only say that ``path`` is missing."""
+        close = difflib.get_close_matches(name, [k for k in self.data if k != name], n=1)
+        hint = f"; is {close[0]!r} a typo of it?" if close else ""
+        return self.error(None, f"missing required key {name!r}{what}{hint}")
+
     def unused(self, name: str, why: str) -> None:
         """Warn (``Ctx.warnings``) that key ``name``, when the file gives it, has no effect."""
         if name in self.data:
@@ -175,7 +184,7 @@ class Section:
         value = self.raw(name)
         if value is None:
             if required:
-                raise self.error(None, f"missing required key {name!r}")
+                raise self.missing(name)
             return default
         if not isinstance(value, str):
             if not required:
@@ -216,7 +225,7 @@ class Section:
         value = self.raw(name)
         if value is None:
             if required:
-                raise self.error(None, f"missing required key {name!r}")
+                raise self.missing(name)
             return ()
         if not isinstance(value, list):
             raise self.error(name, f"must be an array of strings, not {type_name(value)}")
@@ -300,13 +309,13 @@ def parse_database(sec: Section, name: str | None = None) -> DatabaseSpec:
             if sec.has(key):
                 raise sec.error(key, "is not used by the sqlite engine")
         if not path:
-            raise sec.error(None, "missing required key 'path' (the SQLite file)")
+            raise sec.missing("path", " (the SQLite file)")
         path = sec.ctx.resolve(path, sec.path("path"))
     else:
         if path is not None:
             raise sec.error("path", f"is only for sqlite; {engine} needs host/port/database")
         if not database:
-            raise sec.error(None, f"missing required key 'database' (the {engine} database name)")
+            raise sec.missing("database", f" (the {engine} database name)")
     options = _options(sec, engine)
     return DatabaseSpec(
         name=name,

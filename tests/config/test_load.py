@@ -171,6 +171,11 @@ MALFORMED = [
      "missing required key 'database' (the postgresql database name)"),
     (DB + 'engine = "sqlite"\n', "applications[0].databases[0]",
      "missing required key 'path' (the SQLite file)"),
+    # a typo of a required key: the unknown-key check never runs, so the typo is named here
+    (DB + 'engine = "sqlite"\npathh = "a.db"\n', "applications[0].databases[0]",
+     "missing required key 'path' (the SQLite file); is 'pathh' a typo of it?"),
+    (DB + 'engine = "mysql"\ndatabse = "x"\n', "applications[0].databases[0]",
+     "missing required key 'database' (the mysql database name); is 'databse' a typo of it?"),
     (DB + 'engine = "sqlite"\npath = "a.db"\nhost = "h"\n',
      "applications[0].databases[0].host", "is not used by the sqlite engine"),
     (DB + 'engine = "mysql"\ndatabase = "x"\nport = 70000\n',
