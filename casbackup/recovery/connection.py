@@ -15,6 +15,7 @@ A password inside the URL is refused: command lines are visible to every user of
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -118,3 +119,38 @@ def describe(spec: DatabaseSpec) -> str:
         where += f":{spec.port}"
     user = f"{spec.user}@" if spec.user else ""
     return f"{spec.engine}://{user}{where}/{spec.database}"
+
+
+def confined_spec(
+    spec: DatabaseSpec, base: DatabaseSpec | None, target: str, in_place: bool
+) -> tuple[DatabaseSpec, str | None]:
+    """`spec` (from a db_into of the web service) as the service may use it, or why not.
+
+    Whoever asks the service is not the machine's operator: a URL may not name a password
+    variable or file (the service would read its own secrets for a server the request
+    chose); a bare database name keeps the config's server and password source. An SQLite
+    path goes below `target` (a relative one is taken from it; one outside, or any in
+    place, is refused): the service writes nowhere else.
+    """
+    name = spec.name
+    if spec.engine == "sqlite":
+        path = spec.path or ""
+        full = os.path.normpath(os.path.join(target, path))
+        if in_place or os.path.commonpath([full, target]) != target or full == target:
+            where = "its config path" if in_place else f"a path inside the target {target}"
+            return spec, (
+                f"database {name!r}: db_into {path} is refused: the service puts an SQLite "
+                f"database only at {where}"
+            )
+        return replace(spec, path=full), None
+    # The config's own server, user and password source (a bare name): its secret goes
+    # where the config sends it, nowhere else.
+    fields = ("host", "port", "user", "password_env", "password_file")
+    own = base is not None and all(getattr(spec, f) == getattr(base, f) for f in fields)
+    if (spec.password_env or spec.password_file) and not own:
+        return spec, (
+            f"database {name!r}: db_into may not name password_env or password_file (the "
+            "service reads only the password sources its config names): give a database "
+            "name on the config's server, or a server that needs no password"
+        )
+    return spec, None

@@ -34,7 +34,7 @@ from casbackup.engines.base import (
 from casbackup.engines.sqlite import restore_path_problem
 from casbackup.errors import CasError, NotFound, RecoveryError, UnverifiedSnapshot, UsageError
 from casbackup.maintenance.rewrite import REWRITTEN_TAG
-from casbackup.recovery.connection import connection_spec, describe
+from casbackup.recovery.connection import confined_spec, connection_spec, describe
 from casbackup.recovery.journal import Journal, journal_path, read_journal
 from casbackup.recovery.layout import (
     below,
@@ -70,6 +70,9 @@ class RecoverOptions:
     snapshot: str | None = None  # id, prefix or "latest"; None: the newest verified
     databases: bool = True
     db_into: Mapping[str, str] = field(default_factory=dict)  # name -> CONNECTION
+    # The web service's recovery: a db_into may read no password source the config does not
+    # name, and an SQLite one goes only below the target (connection.confined_problem)
+    confined: bool = False
     # name -> the local config's definition of the application's database (never a snapshot's)
     configured: Mapping[str, DatabaseSpec] = field(default_factory=dict)
     # The local config's sources of the application: one the snapshot lacks is said
@@ -445,6 +448,11 @@ def _plan_databases(
         replaces_raw = False
         if record.name in options.db_into:
             spec = connection_spec(record.name, engine, options.db_into[record.name], local)
+            if options.confined:
+                spec, refused = confined_spec(spec, local, target, is_in_place(target))
+                if refused:
+                    problems.append(refused)
+                    continue
         elif engine == "sqlite":
             # Where the files go (layout.py): where the local config's (else the stored)
             # path maps into a recovered source; else the config's path, below the target

@@ -11,6 +11,9 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from casbackup.errors import UsageError
+from casbackup.recovery.connection import split_assignment
+from casbackup.recovery.layout import IN_PLACE
 from casbackup.server.auth import Principal, require, service_of
 
 router = APIRouter(tags=["jobs"])
@@ -83,6 +86,21 @@ class DisasterRecoveryRequest(BaseModel):
         description="replace a server database that holds data (as recover --overwrite-databases); "
         "without it such a database is refused before anything is restored",
     )
+    db_into: list[str] = Field(
+        [], max_length=50,
+        description="NAME=CONNECTION each (as recover --db-into): database NAME goes into another "
+        "database on the config's server (a bare name), a server that needs no password "
+        "(postgresql://user@host:port/db), or for SQLite a file inside the target folder; "
+        "never password_env or password_file (the service reads only its config's)",
+    )  # fmt: skip
+    globals: bool = Field(
+        True, description="create the roles (PostgreSQL) or accounts (MariaDB) kept with the "
+        "dumps where the server lacks them (false: as recover --no-globals)",
+    )  # fmt: skip
+    in_place: bool = Field(
+        False, description="put each source the config lists back at its own path (as recover "
+        "--in-place; it writes outside the recovery directory); the report then goes to target",
+    )  # fmt: skip
 
 
 def job_started(doc: dict[str, Any], message: str) -> JobStarted:
@@ -186,12 +204,22 @@ def disaster_recovery(request: Request, body: DisasterRecoveryRequest | None = N
     body = body or DisasterRecoveryRequest()
     body.app_name = seed_app(request, body.app_name)
     require_configured_app(request, principal, body.app_name)
-    target = recovery_target(request, body.app_name, body.target)
+    folder = recovery_target(request, body.app_name, body.target)
+    # In place, the report still goes into the recovery directory (never the service's
+    # current folder, which the CLI would use).
+    target, report = (
+        (IN_PLACE, os.path.join(folder, "recovery-report")) if body.in_place else (folder, None)
+    )
+    try:
+        db_into = dict(split_assignment(v, "db_into") for v in body.db_into)
+    except UsageError as exc:
+        raise HTTPException(400, str(exc)) from None
     doc = service_of(request).jobs.submit(
         "recover", app=body.app_name, created_by=principal.actor, user_id=principal.user_id,
         params={"target": target, "dry_run": body.dry_run, "snapshot": body.snapshot,
                 "databases": body.databases, "allow_unverified": body.allow_unverified,
-                "overwrite_databases": body.overwrite_databases},
+                "overwrite_databases": body.overwrite_databases, "db_into": db_into,
+                "globals": body.globals, "report": report},
     )  # fmt: skip
     word = "plan" if body.dry_run else "recovery"
     return JobStarted(message=f"{word} of {body.app_name} queued", job_id=doc["id"], status=doc["state"],

@@ -45,12 +45,10 @@ from casbackup.errors import (
     CasError,
     CheckFailed,
     NotFound,
-    RecoveryError,
     RestoreError,
-    UnverifiedSnapshot,
     UsageError,
 )
-from casbackup.plan_docs import forget_plan_doc, prune_plan_doc, recovery_plan_doc
+from casbackup.plan_docs import forget_plan_doc, prune_plan_doc
 from casbackup.repo.repository import Repository
 from casbackup.reporter import Progress, Reporter
 from casbackup.threadsig import quiet_thread
@@ -385,46 +383,9 @@ def run_prune_job(job: Job) -> dict[str, Any]:
 
 
 def run_recover_job(job: Job) -> dict[str, Any]:
-    from casbackup.recovery.execute import recover
-    from casbackup.recovery.plan import RecoverOptions
+    from casbackup.server.recover_job import run_recover
 
-    p = job.params
-    app = job.config.app(job.app or "")
-    options = RecoverOptions(
-        app=job.app or "", target=p["target"], snapshot=p.get("snapshot"),
-        databases=bool(p.get("databases", True)), dry_run=bool(p.get("dry_run")),
-        allow_unverified=bool(p.get("allow_unverified")), name_apps=False,
-        overwrite_databases=bool(p.get("overwrite_databases")),
-        # Where the server databases go and where their passwords come from: the config's
-        # definitions, as `casbackup recover` takes them (never the snapshot's).
-        configured={d.name: d for d in app.databases} if app is not None else {},
-        configured_sources=tuple(app.sources) if app is not None else (),
-    )  # fmt: skip
-    with job.locked(command="serve: recover"):
-        try:
-            result = recover(job.repo, options, job.reporter)
-        except UnverifiedSnapshot as exc:  # what to do, in the API's words, not the CLI's
-            raise RecoveryError(
-                f"{exc.reason}: verify snapshot {exc.snapshot} first, name a verified one in "
-                "'snapshot', or set 'allow_unverified'"
-            ) from None
-        except RecoveryError as exc:  # the plan's advice names the CLI's flag: the API's field
-            if "--overwrite-databases" not in str(exc):
-                raise
-            raise RecoveryError(
-                str(exc).replace("--overwrite-databases", "'overwrite_databases': true")
-            ) from None
-    plan = result.plan
-    doc: dict[str, Any] = {
-        "dry_run": options.dry_run,
-        "plan": recovery_plan_doc(plan),
-        "report": result.report, "report_files": list(result.report_files or ()),
-        "errors": result.errors,
-    }  # fmt: skip
-    if result.errors:
-        emit({"t": "partial_result", "result": doc})
-    result.raise_if_failed()
-    return doc
+    return run_recover(job)
 
 
 def run_unlock_job(job: Job) -> dict[str, Any]:

@@ -206,6 +206,25 @@ def test_job_pages_show_plans_with_their_run_buttons(env: Env) -> None:
     assert has(html, TESTIDS["job_result"]) and not has(html, TESTIDS["job_run_plan"])
 
 
+def test_the_recovery_form_and_its_run_button_carry_what_recover_takes(env: Env) -> None:
+    # The form had no db_into, globals or in_place (the CLI's --db-into, --no-globals,
+    # --in-place); the plan's run button must send what the plan was made with.
+    backup(env, "shop")
+    h = {"X-CSRF-Token": login(env, "admin")}
+    page = env.client.get("/recovery").text
+    assert has(page, TESTIDS["recover_db_into"]) and has(page, TESTIDS["recover_in_place"])
+    assert 'name="globals"' in page
+    body = {"app_name": "shop", "allow_unverified": True, "globals": False, "db_into": []}
+    job = wait_job(
+        env, env.client.post("/api/disaster-recovery", json=body, headers=h).json()["job_id"]
+    )
+    html = env.client.get(f"/jobs/{job['id']}").text
+    assert has(html, TESTIDS["job_run_plan"])
+    assert '<input type="hidden" name="globals" value="false" data-type="bool">' in html
+    assert '<input type="hidden" name="in_place" value="false" data-type="bool">' in html
+    assert """<input type="hidden" name="db_into" value='[]' data-type="json">""" in html
+
+
 def test_a_forget_preview_that_removes_nothing_offers_no_button(env: Env) -> None:
     # The preview said "keep 1, remove 0" above a red "Forget them" button, which would run
     # a forget that removes nothing; prune's preview already said "Nothing to prune."

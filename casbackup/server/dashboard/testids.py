@@ -82,6 +82,8 @@ TESTIDS: dict[str, str] = {
     "recover_form": "recover-form",
     "recover_app": "recover-app",
     "recover_plan_button": "recover-plan-button",
+    "recover_db_into": "recover-db-into",
+    "recover_in_place": "recover-in-place",
     "recovery_report": "recovery-report",
     # admin
     "user_row": "user-row",  # :<name>
