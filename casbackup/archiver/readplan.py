@@ -115,9 +115,15 @@ class BlobReader:
         self.pool = pool
         self.window_bytes = window_bytes
         self.max_range = max_range
+        #: Set when the reading stops (a restore interrupted): no get starts after it, so
+        #: a writer that would read a blob itself (a delta chain not started on the pool,
+        #: a blob re-read alone after its merged range failed) cannot hang on the store.
+        self.halted: CasError | None = None
 
     def fetch_envelope(self, pack: str, offset: int, length: int) -> bytes:
         """The stored bytes of one blob (or range): a ranged get. Raises StorageError."""
+        if self.halted is not None:
+            raise self.halted
         if length > MAX_STORED:
             raise IntegrityError(f"the index gives a {length}-byte blob in pack {pack[:12]}")
         return self.backend.get(pack_name(pack), offset, length)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
+from casbackup.store import stopping
 from casbackup.threadsig import quiet_thread
 
 _Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
@@ -38,6 +39,7 @@ class ReaderPool(Executor):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._running: set[Future[Any]] = set()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args)`` on a reader thread; its Future. RuntimeError once shut down."""
@@ -58,15 +60,40 @@ class ReaderPool(Executor):
         while True:
             work = self._work.get()
             if work is None:
+                stopping.forget()  # this thread's ident may be reused by another
                 return
             future, fn, args = work
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = fn(*args)
-                except BaseException as exc:  # handed to whoever waits on it
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
+            with self._lock:
+                if not future.set_running_or_notify_cancel():
+                    continue
+                self._running.add(future)
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to whoever waits on it
+                self._settle(future, exc, failed=True)
+            else:
+                self._settle(future, result, failed=False)
+
+    def _settle(self, future: Future[Any], outcome: Any, *, failed: bool) -> None:
+        with self._lock:
+            if future not in self._running:
+                return  # ``stop`` failed it already: this late answer is dropped
+            self._running.discard(future)
+        if failed:
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def stop(self, error: BaseException) -> None:
+        """Shut down without waiting, cancel what has not started, and fail the reads
+        running with ``error`` at once, so that a thread waiting on one (a restore's
+        writer waiting for its next range) wakes now rather than when a get that hangs
+        returns; a running read's answer, when it comes, is dropped."""
+        self.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            running, self._running = list(self._running), set()
+        for future in running:
+            future.set_exception(error)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; cancel what has not started when ``cancel_futures``; with
@@ -86,6 +113,10 @@ class ReaderPool(Executor):
                     work[0].cancel()
         for _ in threads:
             self._work.put(None)
+        if not wait:
+            # No one waits for a read still running: a get that hung is not retried after
+            # the store's timeout (store/retry.py), so its thread ends then.
+            stopping.abandon([thread.ident for thread in threads])
         if wait:
             for thread in threads:
                 thread.join()

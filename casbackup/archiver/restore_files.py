@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from casbackup.archiver.metadata import FS_INTERNAL_XATTRS
 from casbackup.archiver.readplan import LOCAL_GAP, REMOTE_GAP, BlobReader, Chain, Chunk
+from casbackup.archiver.readpool import ReaderPool
 from casbackup.archiver.restore_state import Batch, BatchDone, Folder, LinkGroup
 from casbackup.archiver.targetfs import TargetError, refuse_dir, remove_entry, temp_prefix
 from casbackup.archiver.writers import (
@@ -31,7 +32,7 @@ from casbackup.archiver.writers import (
     Written,
     write_batch,
 )
-from casbackup.errors import CasError, RestoreError
+from casbackup.errors import CasError, Interrupted, RestoreError
 from casbackup.repo import delta
 from casbackup.repo.ids import Kind
 from casbackup.repo.index import Location, chunk_location
@@ -129,7 +130,8 @@ class FileSender(ABC):
         self._temps = itertools.count()
         self._writers: WriterPool | None = None
         self._threads: ThreadPoolExecutor | None = None
-        self._fetchers: ThreadPoolExecutor | None = None  # ranged reads, for the threads
+        self._fetchers: ReaderPool | None = None  # ranged reads, for the threads
+        self._aborted = False  # the writers are being stopped: no file starts any more
         self._reader: BlobReader | None = None
         self._root_fd = -1  # the target folder, set by the walk before any file is sent
 
@@ -429,9 +431,9 @@ class FileSender(ABC):
         # several requests in flight (its client releases the GIL while it waits).
         local = isinstance(backend, LocalBackend)
         fetchers = max(1, opts.workers) if local else _REMOTE_READERS
-        self._fetchers = ThreadPoolExecutor(
-            fetchers, thread_name_prefix="restore-read", initializer=block_stop_signals
-        )
+        # Daemon readers (archiver/readpool.py): a stop fails their running gets at once
+        # instead of waiting for them, and the interpreter's exit does not join them.
+        self._fetchers = ReaderPool(fetchers, "restore-read")
         self._reader = BlobReader(
             backend,
             self.repo.key.encryption_root,
@@ -440,8 +442,21 @@ class FileSender(ABC):
         )
 
     def _stop_writers(self, abort: bool) -> None:
+        """End the writers; ``abort`` (an error or a stop): without waiting for any get.
+
+        The writer threads are waited for (the folders' fds they write through are closed
+        next), but first no further file is started, no get starts, and the gets running
+        fail at once: a writer waiting on a range from a store that hangs wakes now, not
+        after the store's timeout times the retries."""
         if self._writers is not None:
             self._writers.close(abort=abort)
+        if abort:
+            stopped = Interrupted("restore stopped")
+            self._aborted = True
+            if self._reader is not None:
+                self._reader.halted = stopped
+            if self._fetchers is not None:
+                self._fetchers.stop(stopped)
         if self._threads is not None:
             self._threads.shutdown(wait=True, cancel_futures=True)
         if self._fetchers is not None:
@@ -461,7 +476,7 @@ class FileSender(ABC):
 
     def _stopping(self) -> bool:
         """Whether the restore is stopping: writer threads then write no further file."""
-        return self._failure is not None
+        return self._failure is not None or self._aborted
 
     def _raise_failure(self) -> None:
         failure = self._failure or (self._writers.failure if self._writers else None)

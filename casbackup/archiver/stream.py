@@ -119,6 +119,9 @@ class ChunkReader(io.RawIOBase):
     def close(self) -> None:
         self._buf = b""
         if self._planned is not None:
-            self._planned.close()
+            # Read to its checked end, nothing is running any more. Closed before that (a
+            # consumer that stopped early, a stop that came while the caller was elsewhere,
+            # e.g. feeding a database tool), a get ahead that hangs must not hold the way out.
+            self._planned.close(wait=self._checked)
             self._planned = None
         super().close()

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from casbackup.errors import NotFound, TransientStorageError, UsageError
+from casbackup.store import stopping
 from casbackup.store.base import Backend
 
 T = TypeVar("T")
@@ -66,6 +67,8 @@ class RetryingBackend:
                 return fn()
             except TransientStorageError as exc:
                 failed = True
+                if stopping.abandoned():
+                    raise  # no one waits for this answer any more (store/stopping.py)
                 if attempt + 1 >= self.attempts:
                     raise TransientStorageError(
                         f"{exc.message} (gave up after {self.attempts} attempts)"

@@ -63,10 +63,38 @@ def stopped() -> float | None:
     return _stopped_at[0] if _stopped_at else None
 
 
+# Threads whose store requests no one waits for any more (a reader pool stopped without
+# waiting, archiver/readpool.py): a request there that fails is not tried again
+# (store/retry.py), so a get that hung ends with the store's timeout, not the timeout
+# times the attempts. (A main-thread request abandoned by ``call`` needs no mark: its
+# retries run in the main thread, which the stop has taken elsewhere.)
+_abandoned: set[int] = set()
+_abandoned_lock = threading.Lock()
+
+
+def abandon(idents: list[int | None]) -> None:
+    """Mark the threads ``idents`` (``Thread.ident``) as abandoned until they ``forget``."""
+    with _abandoned_lock:
+        _abandoned.update(i for i in idents if i is not None)
+
+
+def forget() -> None:
+    """The calling thread is done with what it was abandoned in (it ends, or starts
+    another request for someone who waits): its ident may be reused."""
+    with _abandoned_lock:
+        _abandoned.discard(threading.get_ident())
+
+
+def abandoned() -> bool:
+    """Whether no one waits any more for the calling thread's store requests."""
+    return threading.get_ident() in _abandoned
+
+
 def _forget_after_fork() -> None:
     # A forked child (the test suite's zygote forks one per command) starts with no stop
     # of its own and no caller threads (those of the parent do not exist in it).
     _stopped_at.clear()
+    _abandoned.clear()
     global _runner
     _runner = _Runner()
 
@@ -177,4 +205,5 @@ def call(fn: Callable[[], T], owner: Any, what: str) -> T:
     finally:
         waiting[0] = False
         signal.signal(signal.SIGINT, previous)
+        future.cancel()  # not started yet: it never will be
     return future.result()

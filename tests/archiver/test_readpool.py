@@ -175,3 +175,76 @@ def test_a_copy_holds_one_trees_read_ahead_at_a_time(monkeypatch, tmp_path) -> N
     result = copy_snapshots(src, dst, CopyOptions())
     assert len(result.copied) == 1
     assert most == 1, most
+
+
+def test_a_file_reader_closed_by_a_stop_elsewhere_does_not_wait(hanging) -> None:  # type: ignore[no-untyped-def]
+    # `db restore`: the stop reaches the main thread while it feeds the database tool,
+    # not while it waits on a read; closing the reader must not wait for the reads ahead.
+    repo, backend = hanging
+    node = _spread(repo, b"dump", 4)
+    snapshot_of(repo, [node])
+    backend.arm(repo, node.content)
+    backend.stop = None  # the first pack reads; the others hang
+
+    def feed() -> None:
+        with ChunkReader.for_node(repo, node, name="dump") as reader:
+            assert reader.read(1000)
+            raise KeyboardInterrupt  # Ctrl-C while writing to the tool
+
+    _stops_at_once(feed)
+    assert backend.hanging
+
+
+def test_a_stopped_pool_fails_its_running_reads_at_once() -> None:
+    pool = ReaderPool(2, "test-read")
+    release = threading.Event()
+    started = threading.Event()
+
+    def hang() -> str:
+        started.set()
+        release.wait()
+        return "late"
+
+    running = pool.submit(hang)
+    assert started.wait(DEADLINE)
+    pool.stop(RuntimeError("stopped"))
+    with pytest.raises(RuntimeError, match="stopped"):
+        running.result(timeout=DEADLINE)  # at once, not when the read returns
+    release.set()  # its late answer is dropped, without an error in the thread
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.submit(hang)
+
+
+def test_a_read_no_one_waits_for_is_not_retried() -> None:
+    # A get that hung in a pool stopped without waiting ends with the store's timeout:
+    # retried, it would hold its thread (and, in the service, a connection) for the
+    # timeout times the attempts.
+    from casbackup.errors import TransientStorageError
+    from casbackup.store.retry import RetryingBackend
+
+    attempts: list[int] = []
+
+    class Flaky(MemoryBackend):
+        def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+            attempts.append(1)
+            if len(attempts) == 1:
+                gate.set()
+                release.wait()
+            raise TransientStorageError("reading x: timed out")
+
+    gate, release = threading.Event(), threading.Event()
+    backend = RetryingBackend(Flaky(), attempts=5, sleep=lambda s: None)
+    pool = ReaderPool(1, "test-read")
+    future = pool.submit(backend.get, "config")
+    assert gate.wait(DEADLINE)
+    pool.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    with pytest.raises(TransientStorageError):
+        future.result(timeout=DEADLINE)
+    assert len(attempts) == 1
+    done = ReaderPool(1, "test-read")  # a pool someone waits for still retries
+    attempts.clear()
+    with pytest.raises(TransientStorageError, match="gave up after 5 attempts"):
+        done.submit(backend.get, "config").result(timeout=DEADLINE)
+    assert len(attempts) == 5
+    done.shutdown()

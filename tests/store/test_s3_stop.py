@@ -63,6 +63,8 @@ def _stop_while_hanging(proxy: FaultProxy, *args: str, repo: str) -> tuple[int, 
     [
         # the main thread reads a snapshot (after taking the lock)
         (("check",), "/snapshots/"),
+        # the restore's reader threads read file contents; its writers wait on them
+        (("restore", "latest", "--target", "TARGET"), "/data/"),
     ],
 )
 def test_ctrl_c_while_the_store_hangs(
@@ -79,7 +81,8 @@ def test_ctrl_c_while_the_store_hangs(
     marks.append(mark)
     code, err, took = _stop_while_hanging(proxy, *args, repo=repo)
     assert code == 130, err
-    assert err.strip().splitlines() == ["error: interrupted"], err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "interrupted" in lines[0], err
     assert took < 3.0, took
     marks.clear()
     proxy.unhang()
