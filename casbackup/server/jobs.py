@@ -62,6 +62,8 @@ PROGRESS_INTERVAL_S = 1.0  # progress rows written to the database at most this 
 LOG_LIMIT = 2000  # log lines kept per job: a run with a million unreadable files stays bounded
 # The error of a job the service's own stop cancelled (not a user): the scheduler reruns it.
 STOPPED_DURING = "the service stopped during this job"
+# Restore drills: one cut short (a stop, a cancel of a scheduled one) is told as a failure.
+DRILLS = frozenset({"verify", "check"})
 NOTIFY_AT_STOP_S = 20.0  # how long a stop waits for the notifiers of the backups it cut short
 
 
@@ -221,7 +223,10 @@ class JobManager:
             self.notices.owe(row["id"], f"the service stopped before this backup of {row['app']} "
                              f"started (job {row['id']}, queued {self.notices.when(row['created_at'])}):"
                              " it did not run")  # fmt: skip
+        deadline = time.monotonic() + NOTIFY_AT_STOP_S
         self.notices.send_owed(only_if_delivered=True, wait=NOTIFY_AT_STOP_S)
+        for t in list(self.notices.threads):  # the drills cut short: told before the exit
+            t.join(max(0.0, deadline - time.monotonic()))
 
     # ----------------------------------------------------------------- submit
     def submit(
@@ -466,6 +471,19 @@ class JobManager:
                                  " it was cancelled and no snapshot was saved")  # fmt: skip
                 if not self._stopping:  # the worker heard the stop first; or only it was told
                     self.notices.send_owed(only_if_delivered=True)
+            elif (
+                state == "cancelled"
+                and row["kind"] in DRILLS
+                and (running.by_service or row["trigger"] == "scheduler")
+            ):
+                # A drill that did not finish proves nothing: its notifiers hear it as a
+                # failed one (a person who cancels a drill they started knows).
+                self.notices.failures(row, f"cut short: {error}", notified=False)
+            elif row["kind"] == "recover" and (
+                (state == "cancelled" and running.by_service)
+                or (state == "failed" and running.timed_out is not None)
+            ):
+                self._owe_recovery(row, error)
             snapshot_id = (result or {}).get("snapshot_id") if row["kind"] == "backup" else None
             unsaved = self._unsaved_progress.pop(job_id, None)
             self._record_end(job_id, (state, time.time(), error, exit_code,
@@ -629,6 +647,17 @@ class JobManager:
             pending = list(self._unsaved_ends.items())
         for job_id, values in pending:
             self._record_end(job_id, values)
+
+    def _owe_recovery(self, row: dict[str, Any], error: str | None) -> None:
+        """Tell ``row``'s application that its recovery was cut short (the service's stop,
+        a SIGTERM, its maximum run time): owed like a backup's stop notice, so a stop sends
+        it before it ends, or the next start does."""
+        self.notices.owe(row["id"], f"the service stopped during this recovery of {row['app']} "
+                         f"(job {row['id']}, started {self.notices.when(row['started_at'])}): "
+                         f"{error or 'cut short'}; its target may hold a partial recovery: run "
+                         "the same recovery again to finish it")  # fmt: skip
+        if not self._stopping:
+            self.notices.send_owed(only_if_delivered=True)
 
     def _cancelled(self, message: str, running: Running) -> str:
         """A cancelled job's error: the service's stop says so (``STOPPED_DURING``)."""

@@ -79,6 +79,7 @@ TESTIDS: dict[str, str] = {
     "repair_button": "repair-button",  # :packs | :snapshots
     "repair_preview": "repair-preview",  # :packs | :snapshots (a dry run)
     # disaster recovery
+    "drill_cut": "drill-cut",  # :<app>; its newest verify job did not finish
     "recover_form": "recover-form",
     "recover_app": "recover-app",
     "recover_plan_button": "recover-plan-button",

@@ -50,6 +50,9 @@ class AppCard:
     # a repair job (its id) that succeeded on the repository after that check: the damage
     # may be gone, which only the next check can tell
     repaired_since: int | None = None
+    # the newest verify job when it did not finish (cancelled, interrupted, past its maximum
+    # run time) after the newest verification: the badge is from before it (drill_cut_short)
+    drill_cut: dict[str, Any] | None = None
 
 
 @dataclass
@@ -177,6 +180,7 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
             strip=day_strip([s.datetime for s in snaps if s.datetime >= since], failed, now, tz),
             damage=(check["id"], hit) if hit and check is not None else None,
             repaired_since=repairs.get(row.repository) if hit else None,
+            drill_cut=drill_cut_short(service, row.name, records_by_app.get(row.name)),
         ))  # fmt: skip
     repos = [
         repo_health(service, key, handle, snaps_by_repo.get(key, []), principal, now)
@@ -185,6 +189,23 @@ def overview(service: Service, principal: Principal, apps: list[Any], warnings: 
     ]
     counts = service.jobs.counts()
     return Overview(cards, repos, warnings, counts.get("running", 0), counts.get("queued", 0))
+
+
+def drill_cut_short(
+    service: Service, app: str, record: VerificationRecord | None
+) -> dict[str, Any] | None:
+    """The newest verify job of ``app`` (its API document) when it ended without a result
+    (cancelled, interrupted, or failed before recording one: past its maximum run time) and
+    after ``record`` (the newest verification): the overview showed the older pass as if no
+    drill had been due. None otherwise."""
+    jobs = service.jobs.list(kind="verify", app=app, limit=1, apps=None)
+    job = jobs[0] if jobs else None
+    if job is None or job["state"] not in ("cancelled", "interrupted", "failed"):
+        return None
+    if job["state"] == "failed" and "maximum run time" not in (job["error"] or ""):
+        return None  # it ran to its end: the verification it recorded says how
+    ended = job["finished_at"] or job["created_at"] or ""
+    return job if record is None or ended > record.time else None
 
 
 def failed_backups(service: Service, app: str, since: dt.datetime) -> list[dt.datetime]:
