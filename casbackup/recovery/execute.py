@@ -41,6 +41,7 @@ from casbackup.recovery.plan import (
 )
 from casbackup.recovery.recheck import Recheck, recheck
 from casbackup.recovery.report import report_paths, write_report
+from casbackup.repo.localstate import state_root
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import now_utc
 from casbackup.repo.tree import NodeKind
@@ -74,12 +75,16 @@ class RecoveryResult:
 def report_base(options: RecoverOptions) -> str:
     """Where the report goes (FILE for FILE.json and FILE.md): --report, else in the
     target; in place (the target `/`), in the current folder, named by the application
-    (the root of the machine is no place for it)."""
+    (the root of the machine is no place for it), or in this user's state folder when the
+    current folder cannot be written (an ordinary user in /: the recovery that put
+    everything back failed for want of a place for its report)."""
     if options.report:
         return os.path.abspath(options.report)
     target = os.path.abspath(options.target)
     if is_in_place(target):
-        return os.path.join(os.getcwd(), f"{REPORT_NAME}-{component(options.app)}")
+        here = os.getcwd()
+        folder = here if os.access(here, os.W_OK | os.X_OK) else state_root()
+        return os.path.join(folder, f"{REPORT_NAME}-{component(options.app)}")
     return os.path.join(target, REPORT_NAME)
 
 

@@ -29,10 +29,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from casbackup.errors import RecoveryError
+from casbackup.recovery.layout import is_in_place
 from casbackup.recovery.report import write_atomically
 from casbackup.repo.indexcache import cache_root, private_dirs
+from casbackup.repo.localstate import state_root
 
 JOURNAL_NAME = ".casbackup-recovery-journal.json"
+IN_PLACE_JOURNAL = "recover-in-place.json"
 JOURNAL_VERSION = 1
 
 
@@ -61,6 +64,11 @@ class Journal:
 
 
 def journal_path(target: str) -> str:
+    """Where the journal of a recovery into ``target`` is: in the target; in place (the
+    target ``/``), in this user's state folder (``<state root>/recover-in-place.json``),
+    since an ordinary user cannot write ``/`` and root's ``/`` is no place for it."""
+    if is_in_place(target):
+        return os.path.join(state_root(), IN_PLACE_JOURNAL)
     return os.path.join(target, JOURNAL_NAME)
 
 
@@ -92,8 +100,12 @@ def read_journal(target: str) -> Journal | None:
 
 
 def write_journal(target: str, journal: Journal) -> None:
-    """Write the journal (atomically, 0600), making the target folder. Raises OSError."""
-    os.makedirs(target, exist_ok=True)
+    """Write the journal (atomically, 0600), making the target folder (in place: the
+    state folder, 0700). Raises OSError."""
+    if is_in_place(target):
+        os.makedirs(os.path.dirname(journal_path(target)), mode=0o700, exist_ok=True)
+    else:
+        os.makedirs(target, exist_ok=True)
     write_atomically(journal_path(target), journal.encode())
 
 

@@ -316,7 +316,10 @@ def build_plan(
     warnings.extend(verification_warnings(snap, record))
     target = os.path.abspath(options.target)
     problems: list[str] = []
-    unwritable = target_problem(target)
+    in_place = is_in_place(target)
+    # In place, each source's own place is checked below (an ordinary user cannot write /
+    # and needs not: the sources are in places of theirs).
+    unwritable = None if in_place else target_problem(target)
     if unwritable:
         problems.append(unwritable)
     resumed = _resumable(read_journal(target), options.app, snap, target, warnings, problems)
@@ -330,7 +333,6 @@ def build_plan(
             snap, options.configured_sources, options.configured if options.databases else {}, paths
         )
     )
-    in_place = is_in_place(target)
     for source, dest in dest_paths(target, paths).items():
         if in_place and not configured(source, options.configured_sources):
             # In place, the snapshot's paths would choose where files go on this machine.
@@ -378,6 +380,10 @@ def build_plan(
             warnings.append(f"{source} will be restored as {dest}")
         kind = "dir" if node.kind == NodeKind.DIR else "file"
         into = dest if kind == "dir" else os.path.dirname(dest)
+        refused = target_problem(dest) if in_place else None
+        if refused:
+            problems.append(f"source {source} cannot go back in place: {refused}")
+            continue
         again = dest in resumed.files
         done = resumed.done_by(dest) if again and os.path.lexists(dest) else ""
         items.append(FileItem(source, dest, into, kind, files, size, again, done))
@@ -501,7 +507,11 @@ def _plan_databases(
             done = ""  # removed since (the operator starting over): loaded again
         item = DatabaseItem(record, spec, where, replace_it, was, again, done)
         # A path inside a target already refused (read-only, say) says nothing new.
-        inside_refused = target_problem(target) is not None and inside(spec.path, target)
+        inside_refused = (
+            not is_in_place(target)
+            and target_problem(target) is not None
+            and inside(spec.path, target)
+        )
         problem = _preflight(item, connect=not options.dry_run, check_path=not inside_refused)
         if problem:
             problems.append(problem)
