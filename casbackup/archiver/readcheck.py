@@ -32,7 +32,7 @@ from casbackup.repo.ids import BlobId, Kind
 from casbackup.repo.index import Location, chunk_location
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
-from casbackup.store.local import LocalBackend
+from casbackup.store.base import is_remote
 
 T = TypeVar("T")
 
@@ -128,7 +128,7 @@ def read_files(
     REMOTE_READERS otherwise), stopped when the generator is closed; closed early or
     by an error (a stop, a consumer gone), reads still running are not waited for.
     """
-    local = isinstance(repo.backend, LocalBackend)
+    local = not is_remote(repo.backend)
     pool = ReaderPool(readers or (LOCAL_READERS if local else REMOTE_READERS), "batch-read")
     reader = BlobReader(
         repo.backend, repo.key.encryption_root, gap=LOCAL_GAP if local else REMOTE_GAP, pool=pool

@@ -40,6 +40,7 @@ from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
+from casbackup.store.base import is_remote
 from casbackup.store.local import LocalBackend
 from casbackup.threadsig import block_stop_signals
 
@@ -429,7 +430,7 @@ class FileSender(ABC):
         )
         # Ranged reads run in their own threads, ahead of the writing; an object store gets
         # several requests in flight (its client releases the GIL while it waits).
-        local = isinstance(backend, LocalBackend)
+        local = not is_remote(backend)
         fetchers = max(1, opts.workers) if local else _REMOTE_READERS
         # Daemon readers (archiver/readpool.py): a stop fails their running gets at once
         # instead of waiting for them, and the interpreter's exit does not join them.

@@ -24,7 +24,8 @@ from casbackup.repo.ids import BlobId, Kind
 from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node
-from casbackup.store.local import LocalBackend
+from casbackup.store import stopping
+from casbackup.store.base import is_remote
 
 
 class ChunkReader(io.RawIOBase):
@@ -55,8 +56,9 @@ class ChunkReader(io.RawIOBase):
         # chunk is read ahead per pack, in merged ranges, several gets in flight
         # (readcheck.PlannedReads). A local folder keeps one pread per chunk, in this
         # thread: read-ahead threads there cost more CPU than they saved (bench/DUMPS.md).
-        self._ahead = len(self._chunks) > 1 and not isinstance(repo.backend, LocalBackend)
+        self._ahead = len(self._chunks) > 1 and is_remote(repo.backend)
         self._planned: PlannedReads | None = None
+        self._leaving = False  # closed by an exception on its way out (__exit__)
 
     @classmethod
     def for_node(cls, repo: Repository, node: Node, name: str = "file") -> ChunkReader:
@@ -116,12 +118,17 @@ class ChunkReader(io.RawIOBase):
             )
         self._checked = True
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._leaving = exc_type is not None
+        self.close()
+
     def close(self) -> None:
         self._buf = b""
         if self._planned is not None:
-            # Read to its checked end, nothing is running any more. Closed before that (a
-            # consumer that stopped early, a stop that came while the caller was elsewhere,
-            # e.g. feeding a database tool), a get ahead that hangs must not hold the way out.
-            self._planned.close(wait=self._checked)
+            # A consumer that stopped early waits for the reads ahead, as an executor does;
+            # on the way out of an error or a stop that came while the caller was elsewhere
+            # (feeding a database tool), a get ahead that hangs must not hold it.
+            leaving = self._leaving or stopping.stopped() is not None
+            self._planned.close(wait=self._checked or not leaving)
             self._planned = None
         super().close()

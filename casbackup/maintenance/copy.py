@@ -49,7 +49,7 @@ from casbackup.repo.nodecheck import file_node_problem
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, decode_tree, encode_tree
-from casbackup.store.local import LocalBackend
+from casbackup.store.base import is_remote
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class _Copier:
         # are read ahead per pack in merged ranges (``_plan``), several gets in flight.
         self._pool: ReaderPool | None = None
         self._reader: BlobReader | None = None
-        if not isinstance(src.backend, LocalBackend):
+        if is_remote(src.backend):
             self._pool = ReaderPool(REMOTE_READERS, "copy-read")
             self._reader = BlobReader(src.backend, src.key.encryption_root, gap=REMOTE_GAP,
                                       pool=self._pool)  # fmt: skip

@@ -38,7 +38,7 @@ from casbackup.repo.localstate import LocalState
 from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
 from casbackup.repo.treecache import TreeCache, cap_bytes
 from casbackup.repo.uploader import PackUploader
-from casbackup.store.base import Backend
+from casbackup.store.base import Backend, is_remote
 
 if TYPE_CHECKING:
     from casbackup.repo.lock import Lock
@@ -102,11 +102,9 @@ class BlobStore(DeltaWriting):
         self._cache: IndexCache | None = None
         self._cache_lock = threading.Lock()
         # Remote stores: full packs are stored in the background (repo/uploader.py).
-        self._uploader = (
-            PackUploader(self._write_pack) if getattr(backend, "remote", False) else None
-        )
+        self._uploader = PackUploader(self._write_pack) if is_remote(backend) else None
         self._tree_cache: TreeCache | None = None
-        if getattr(backend, "remote", False) and cap_bytes() > 0:
+        if is_remote(backend) and cap_bytes() > 0:
             # A tree read from a remote store is a request; from this cache, a file read.
             self._tree_cache = TreeCache(
                 os.path.join(cache_root(), config.id, "trees"),

@@ -29,6 +29,9 @@ an *odd entry*: never followed, read or deleted, recorded in ``skipped`` (a
 that is not a regular file, raises ``ObjectRefused`` (a ``StorageError``) before a byte
 is read. ``delete`` removes only a regular object, never what a symlink points to.
 
+``remote`` (optional, False when absent): every request crosses a network. ``is_remote``
+below is the one rule readers use for it; wrappers forward the inner backend's.
+
 Optional (``LocalFiles``): a backend whose objects are local files may also offer
 ``open_file(name)``, an unbuffered binary file of the object, so a reader that goes
 through a whole pack (``check --read-data``) opens it once and reads into its own
@@ -64,6 +67,19 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
     skipped: SkippedEntries
+
+
+def is_remote(backend: object) -> bool:
+    """Whether every request to ``backend`` crosses a network (an object store): the one
+    rule every reader uses to choose read-ahead threads, merged-range gaps, the tree
+    cache and the background uploader. A backend says so with a true ``remote``
+    attribute (S3Backend; a storage plugin may); every wrapper forwards its inner
+    backend's (RetryingBackend, GuardedBackend, FaultyBackend), so a wrapped local
+    folder is judged local and a wrapped object store remote. Without the attribute a
+    backend is local (a folder, memory). A fast path that needs a folder's files
+    (``LocalFiles.open_file``, a ``root`` for helper processes) is a capability,
+    looked up on its own."""
+    return bool(getattr(backend, "remote", False))
 
 
 def odd_entries(backend: Backend, prefix: str = "") -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from casbackup.errors import StorageError
-from casbackup.store.base import Backend
+from casbackup.store.base import Backend, is_remote
 from casbackup.store.names import SkippedEntries
 
 
@@ -50,6 +50,8 @@ class FaultyBackend:
     counts: Counter[str] = field(default_factory=Counter)  # operation -> calls
     gets: Counter[str] = field(default_factory=Counter)  # object name -> get calls
     puts: list[str] = field(default_factory=list)  # names successfully put, in order
+    #: Stand in for an object store (tests of the readers' object-store paths on a folder).
+    pretend_remote: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _matching_puts: int = 0
 
@@ -60,6 +62,12 @@ class FaultyBackend:
     @property
     def skipped(self) -> SkippedEntries:
         return self.inner.skipped
+
+    @property
+    def remote(self) -> bool:
+        """The inner backend's (store/base.is_remote): faults change answers, not where
+        the store is, so the readers choose as they would for it."""
+        return self.pretend_remote or is_remote(self.inner)
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         s = self.script

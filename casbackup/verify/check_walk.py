@@ -26,7 +26,7 @@ from casbackup.repo.pack import open_blob, pack_name, parse_pack_tail
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import NodeKind, decode_tree
 from casbackup.repo.treecache import PREFETCH_MAX
-from casbackup.store.base import LocalFiles
+from casbackup.store.base import is_remote
 from casbackup.threadsig import quiet_thread
 
 _FILE_NO = struct.Struct(">Q")  # a file's number in the walk, after its chunk id
@@ -107,7 +107,7 @@ class _TreePacks:
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
-        self.remote = not isinstance(repo.backend, LocalFiles)
+        self.remote = is_remote(repo.backend)
         self.packs: OrderedDict[FileId, bytes] = OrderedDict()
         self.other: set[FileId] = set()  # packs not read whole (big, mixed, unreadable)
 

@@ -33,6 +33,7 @@ from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import Node, NodeKind
+from casbackup.store.base import is_remote
 from casbackup.timezones import in_zone
 from casbackup.vfs.cache import WeightedLru
 
@@ -172,7 +173,7 @@ class Vfs:
         self._ahead: ReaderPool | None = None
         self._ahead_lock = threading.Lock()
         self._queued: set[bytes] = set()  # chunks submitted ahead and not loaded yet
-        if getattr(repo.backend, "remote", False):
+        if is_remote(repo.backend):
             # Daemon reader threads (archiver/readpool.py): an unmount or a stop never waits
             # for a get the store left hanging.
             self._ahead = ReaderPool(READ_AHEAD, "vfs-ahead")

@@ -87,6 +87,7 @@ def test_a_stream_on_an_object_store_reads_ahead_per_pack(counted) -> None:  # t
     data = os.urandom(60_000)
     node = file_node(repo, b"dump", data, chunk=1000)
     snapshot_of(repo, [node])
+    backend.remote = True  # an object store to the readers (store/base.is_remote)
     threads = threading.active_count()
     backend.gets.clear()
     with ChunkReader.for_node(repo, node, name="dump") as reader:

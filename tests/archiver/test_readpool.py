@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -31,10 +32,19 @@ from .trees import dir_node, file_node, snapshot_of
 DEADLINE = 60.0  # seconds: far beyond any wait a working way out needs, even under load
 
 
+class RemoteMemory(MemoryBackend):
+    """A memory backend the readers take for an object store (store/base.is_remote)."""
+
+    remote = True
+
+
 class HangingBackend(MemoryBackend):
     """Once armed (``arm``), a read of the first pack of a file raises KeyboardInterrupt
     and reads of its other packs hang until ``release`` is set; other objects read as
-    usual."""
+    usual. Armed, it is an object store to the readers made after (store/base.is_remote);
+    the repository opened on it before stays as it was (no tree cache, no uploader)."""
+
+    remote = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,6 +58,7 @@ class HangingBackend(MemoryBackend):
         packs = list(dict.fromkeys(pack_name(repo.locate(c).pack) for c in content))
         assert len(packs) > 1
         self.stop, self.hang = packs[0], set(packs[1:])
+        self.remote = True
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if name == self.stop:
@@ -147,7 +158,7 @@ def test_a_copy_holds_one_trees_read_ahead_at_a_time(monkeypatch, tmp_path) -> N
     memory grew with the depth of the tree being copied from an object store."""
     from casbackup.archiver import readplan
 
-    src = make_repo(MemoryBackend())
+    src = make_repo(RemoteMemory())
     folder = None
     for depth in range(6):  # a file before the subfolder and one after it, at each level
         below = [folder] if folder is not None else []
@@ -189,6 +200,9 @@ def test_a_file_reader_closed_by_a_stop_elsewhere_does_not_wait(hanging) -> None
     def feed() -> None:
         with ChunkReader.for_node(repo, node, name="dump") as reader:
             assert reader.read(1000)
+            deadline = time.monotonic() + DEADLINE
+            while not backend.hanging and time.monotonic() < deadline:
+                time.sleep(0.01)  # until a read ahead hangs
             raise KeyboardInterrupt  # Ctrl-C while writing to the tool
 
     _stops_at_once(feed)

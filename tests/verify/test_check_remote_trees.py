@@ -34,7 +34,9 @@ def _site(tmp_path: Path) -> tuple[str, list[bytes]]:
 
 
 def _check(path: str, remote: bool) -> tuple[list[str], int]:
-    backend = FaultyBackend(LocalBackend(path)) if remote else LocalBackend(path)
+    backend = (
+        FaultyBackend(LocalBackend(path), pretend_remote=True) if remote else LocalBackend(path)
+    )
     with Repository.open(backend, PASSWORD.encode()) as repo:
         if remote:
             backend.gets.clear()  # type: ignore[union-attr]
