@@ -29,7 +29,13 @@ from casbackup.archiver.restore_files import RestoreStopped
 from casbackup.archiver.stream import ChunkReader
 from casbackup.engines.base import get_engine
 from casbackup.errors import CasError, Interrupted, RecoveryError
-from casbackup.recovery.journal import Journal, JournalWriter, remove_journal, target_lock
+from casbackup.recovery.journal import (
+    Journal,
+    JournalWriter,
+    database_locks,
+    remove_journal,
+    target_lock,
+)
 from casbackup.recovery.layout import component, is_in_place
 from casbackup.recovery.plan import (
     DatabaseItem,
@@ -120,11 +126,27 @@ def _recover(
     if plan.problems:
         advice = f"; {plan.fallback}" if plan.fallback else ""
         raise RecoveryError("nothing was changed: " + "; ".join(plan.problems) + advice)
+    # Before the re-check: a second recovery loading into one of these databases is refused
+    # with nothing changed, not failed with the server's error after every file is back.
+    with database_locks(d.where for d in plan.databases if not d.done_by) as held:
+        notes = ([unlocked] if unlocked else []) + held
+        return _carry_out(repo, plan, options, reporter, notes)
+
+
+def _carry_out(
+    repo: Repository,
+    plan: RecoveryPlan,
+    options: RecoverOptions,
+    reporter: Reporter,
+    notes: list[str],
+) -> RecoveryResult:
+    """Re-check, restore, load and report `plan` (whose problems are none); `notes`:
+    warnings of the run (locks that could not be taken)."""
     started, _ = now_utc()
     clock = time.monotonic()
     report_to = report_base(options)
     errors: list[str] = []
-    warnings = list(plan.warnings) + ([unlocked] if unlocked else [])
+    warnings = list(plan.warnings) + notes
     files: list[dict[str, Any]] = []
     databases: list[dict[str, Any]] = []
     check = Recheck()

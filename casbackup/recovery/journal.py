@@ -25,7 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from casbackup.errors import RecoveryError
@@ -172,17 +172,43 @@ def target_lock(target: str) -> Iterator[str | None]:
     when no lock could be taken (a cache folder that cannot be written), else None: the
     recovery goes on without it.
     """
-    key = hashlib.sha256(os.fsencode(os.path.realpath(target))).hexdigest()[:32]
+    busy = f"another recovery into {target} is running"
+    with _held(os.path.realpath(target), busy, f"into {target}") as note:
+        yield note
+
+
+@contextlib.contextmanager
+def database_locks(wheres: Iterable[str]) -> Iterator[list[str]]:
+    """Hold the lock of recoveries loading into each database of ``wheres`` (their
+    DatabaseItem.where) for the duration; yields the warnings of locks that could not be
+    taken. Two recoveries of one application into two targets, both told to load into one
+    database, both found it absent, then the slower one failed half-way with the server's
+    'database already exists' after restoring every file. Raises RecoveryError (before
+    anything is restored) when another process is loading into one of them."""
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        for where in sorted(set(wheres)):  # one order: two recoveries never wait in a ring
+            note = stack.enter_context(
+                _held(where, f"another recovery is loading database {where}", f"into {where}")
+            )
+            if note:
+                notes.append(note)
+        yield notes
+
+
+@contextlib.contextmanager
+def _held(key: str, busy: str, what: str) -> Iterator[str | None]:
+    """An flock on ``<cache>/recover-locks/<hash of key>.lock``; RecoveryError naming
+    ``busy`` (and the holder's pid) when another process holds it; yields a warning (about
+    a second recovery ``what``) when none could be taken, else None."""
+    name = hashlib.sha256(os.fsencode(key)).hexdigest()[:32]
     folder = os.path.join(cache_root(), "recover-locks")
-    path = os.path.join(folder, key + ".lock")
+    path = os.path.join(folder, name + ".lock")
     try:
         private_dirs(folder)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        fd, note = (
-            -1,
-            f"no lock against a second recovery into {target}: {path}: {exc.strerror or exc}",
-        )
+        fd, note = -1, f"no lock against a second recovery {what}: {path}: {exc.strerror or exc}"
     try:
         if fd >= 0:
             try:
@@ -190,7 +216,7 @@ def target_lock(target: str) -> Iterator[str | None]:
             except BlockingIOError:
                 pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
                 raise RecoveryError(
-                    f"nothing was changed: another recovery into {target} is running"
+                    f"nothing was changed: {busy}"
                     + (f" (process {pid})" if pid.isdigit() else "")
                     + ": wait for it to end, or stop it and run this again"
                 ) from None

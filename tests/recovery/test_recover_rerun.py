@@ -19,7 +19,7 @@ from casbackup.errors import Interrupted, RecoveryError
 from casbackup.maintenance.tags import TagChange, change_tags
 from casbackup.recovery import execute
 from casbackup.recovery.execute import recover
-from casbackup.recovery.journal import JOURNAL_NAME, read_journal, target_lock
+from casbackup.recovery.journal import JOURNAL_NAME, database_locks, read_journal, target_lock
 from casbackup.recovery.plan import RecoverOptions, build_plan
 from casbackup.verify.sandbox import run_verification
 from tests.recovery.places import landed
@@ -207,3 +207,23 @@ def test_a_second_recovery_into_the_same_target_is_refused_before_it_plans(  # t
         assert not target.exists()
         assert recover(repo, replace(options, dry_run=True)).plan.problems == ()  # reads only
     assert recover(repo, options).ok  # once it ended
+
+
+def test_a_second_recovery_into_the_same_database_is_refused_before_it_restores(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, shop
+) -> None:
+    """Found by starting two recoveries of one application into two targets, both told to
+    load its database into one PostgreSQL database: both found it absent, and the slower
+    one failed after restoring every file ('database "..." already exists'). Now the
+    second is refused with nothing changed."""
+    into = tmp_path / "shared" / "local.sqlite"
+    options = RecoverOptions(app="shop", target=str(tmp_path / "t2"), db_into={"local": str(into)})
+    with database_locks([f"sqlite:{into}"]):  # the first recovery, loading it
+        with pytest.raises(RecoveryError) as exc:
+            recover(repo, options)
+        assert str(exc.value) == (
+            f"nothing was changed: another recovery is loading database sqlite:{into} "
+            f"(process {os.getpid()}): wait for it to end, or stop it and run this again"
+        )
+        assert not (tmp_path / "t2").exists() and not into.exists()
+    assert recover(repo, options).ok and rows(into) == 200  # once it ended
