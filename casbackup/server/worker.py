@@ -51,6 +51,7 @@ from casbackup.errors import (
 from casbackup.plan_docs import forget_plan_doc, prune_plan_doc
 from casbackup.repo.repository import Repository
 from casbackup.reporter import Progress, Reporter
+from casbackup.server.text import storable
 from casbackup.threadsig import quiet_thread
 from casbackup.units import plural
 
@@ -136,7 +137,8 @@ def stop_asked(wait: float = STOP_LINE_WAIT_S) -> bool:
 
 
 def emit(doc: dict[str, Any]) -> None:
-    line = json.dumps(doc, default=str, separators=(",", ":")) + "\n"
+    """Send ``doc`` to the service as one JSON line; its text made storable (``storable``)."""
+    line = json.dumps(storable(doc), default=str, separators=(",", ":")) + "\n"
     with _out_lock:
         sys.stdout.write(line)
         sys.stdout.flush()

@@ -13,6 +13,7 @@ failure episode of its application.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,14 @@ import pytest
 
 from casbackup.server.notices import REMIND_PARTIAL_S
 from casbackup.testing.fixtures import make_repo
+from tests.archiver.faultyfs import faulty_mount
 from tests.server.test_failure_episodes import _backup
 from tests.server.test_jobs import _events, _notified_app
+
+
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[Path]:
+    yield from faulty_mount(tmp_path)
 
 
 def _sources(config: str, *extra: Path) -> None:
@@ -112,3 +119,37 @@ def test_a_repeating_auto_verify_failure_is_one_episode(
         got: list[dict[str, Any]] = _events(client, events)
     assert [e["event"] for e in got] == ["verify_failure"], got
     assert "never-there.txt" in got[0]["message"] and got[0]["snapshot"]
+
+
+def test_a_partial_backup_of_a_failing_mount_through_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, faulty: Path
+) -> None:
+    """The application's second source is a FUSE mount whose entries fail with EIO, one of
+    them under a name that is not UTF-8: the job succeeds with exit 3, its log and its
+    notice name each entry, and the notice is sent once for the two runs."""
+    make_repo(str(tmp_path / "repo")).close()
+    settings, app, events = _notified_app(tmp_path, monkeypatch, str(tmp_path / "repo"))
+    _sources(str(settings.config_path), faulty)
+    with app() as client:
+        service = client.app.state.service
+        service.accounts.add_user("op", "password-123", "admin")
+        h = {"Authorization": f"Bearer {service.accounts.create_token('op')[0]}"}
+        runs = [_backup(client, h) for _ in range(2)]
+        assert [(d["state"], d["exit_code"]) for d in runs] == [("succeeded", 3)] * 2, [
+            (d["error"], d["log"][-3:]) for d in runs
+        ]
+        assert runs[0]["error"] == "5 files or folders could not be read", runs[0]
+        for doc in runs:
+            assert any("eio-\\xe9.txt: Input/output error" in line for line in doc["log"]), doc
+        # The snapshot records the name as it is; the pages and the API show it.
+        sid = runs[0]["snapshot_id"]
+        api = client.get("/api/snapshots", params={"app": "shop"}, headers=h)
+        assert api.status_code == 200, api.text
+        page = client.get("/apps/shop", headers=h)
+        assert page.status_code == 200 and f"snapshot-partial:{sid[:8]}" in page.text
+        snap_page = client.get(f"/snapshots/{sid}", headers=h)
+        assert snap_page.status_code == 200, snap_page.text
+        assert "eio-\\xe9.txt: Input/output error" in snap_page.text
+        got = _events(client, events)
+    assert [e["event"] for e in got] == ["warning"]
+    assert len(got[0]["warnings"]) == 5

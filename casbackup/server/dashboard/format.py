@@ -8,6 +8,7 @@ from typing import Any
 from jinja2 import Environment, pass_context
 from jinja2.runtime import Context
 
+from casbackup.server.text import storable
 from casbackup.timezones import local_time
 from casbackup.units import human_bytes
 
@@ -127,6 +128,7 @@ def install_filters(env: Environment) -> None:
         mode=mode,
         report_text=report_text,
         count_of=count_of,
+        text=storable,  # a file name that is not UTF-8 (a snapshot's errors)
     )
     from casbackup.server.dashboard.views import path_query
 
