@@ -227,3 +227,37 @@ def test_a_second_recovery_into_the_same_database_is_refused_before_it_restores(
         )
         assert not (tmp_path / "t2").exists() and not into.exists()
     assert recover(repo, options).ok and rows(into) == 200  # once it ended
+
+
+def test_a_rerun_finishes_an_interrupted_recovery_in_place(  # type: ignore[no-untyped-def]
+    repo, tmp_path: Path, shop, monkeypatch
+) -> None:
+    """In place, the journal is in the state folder (never in /): a rerun finds it there,
+    leaves the sources the stopped run finished and loads the database it began."""
+    import shutil
+
+    from casbackup.engines.base import DatabaseSpec
+    from casbackup.recovery.journal import journal_path
+    from casbackup.repo.localstate import state_root
+
+    app, _snap = shop
+    expected = tree(app)
+    shutil.rmtree(app)
+    db = tmp_path / "shop.sqlite"
+    db.unlink()  # the database beside the folder went with the machine too
+    options = RecoverOptions(app="shop", target="/", configured_sources=(str(app),),
+                             configured={"local": DatabaseSpec("local", "sqlite", path=str(db))},
+                             report=str(tmp_path / "report"))  # fmt: skip
+    with monkeypatch.context() as patch:
+        interrupt_while_loading(patch)
+        with pytest.raises(Interrupted):
+            recover(repo, options)
+    assert journal_path("/") == os.path.join(state_root(), "recover-in-place.json")
+    journal = read_journal("/")
+    assert journal is not None and journal.files == (str(app),)
+    assert journal.databases == (f"sqlite:{db}",) and db.read_bytes() == b"half a database"
+    assert not os.path.exists("/" + JOURNAL_NAME)
+    result = recover(repo, options)
+    assert result.ok, result.errors
+    assert tree(app) == expected and rows(db) == 200
+    assert read_journal("/") is None
