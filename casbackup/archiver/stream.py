@@ -19,7 +19,7 @@ from typing import Any
 import blake3
 
 from casbackup.archiver.readcheck import PlannedReads
-from casbackup.errors import IntegrityError
+from casbackup.errors import CasError, IntegrityError
 from casbackup.repo.ids import BlobId, Kind
 from casbackup.repo.nodecheck import require_sound_file
 from casbackup.repo.repository import Repository
@@ -94,6 +94,16 @@ class ChunkReader(io.RawIOBase):
         return n
 
     def _load_next(self) -> bytes:
+        try:
+            return self._load_chunk()
+        except CasError as exc:
+            # A damaged, missing or unreadable chunk says which file it stops (`dump`,
+            # `db restore`): the blob and pack alone leave the user to find out.
+            if str(exc).startswith(f"{self.name}: "):
+                raise
+            raise exc.saying(f"{self.name}: {exc}") from None
+
+    def _load_chunk(self) -> bytes:
         if not self._ahead:
             return self._repo.load_blob(self._chunks[self._next], Kind.DATA)
         if self._planned is None:
