@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from casbackup.archiver.backup import BackupOptions, BackupResult, StreamSpec, run_backup
-from casbackup.archiver.backup_options import with_link_targets
+from casbackup.archiver.backup_options import reachable_sources, with_link_targets
 from casbackup.archiver.excludes import CACHEDIR_TAG, Excluder
 from casbackup.config.model import AppConfig, SnapshotsConfig
 from casbackup.engines.base import (
@@ -321,7 +321,13 @@ def backup_application(
             # dump: files and dumps describe the same moment as closely as the engines allow.
             # A source that is a symlink is stored as the link, and what it points to as a
             # source of its own (run_backup): that one is what must be frozen.
-            linked, _notes = with_link_targets(tuple(os.path.abspath(p) for p in options.paths))
+            # Only the sources there are: one missing is the backup's warning (run_backup:
+            # the others are stored, exit 3), as without file-system snapshots; freezing
+            # what would hold it snapshotted a whole file system's top for nothing. With
+            # none there, the session says so (exit 23) before taking any snapshot.
+            given = tuple(os.path.abspath(p) for p in options.paths)
+            present = reachable_sources(given)[0] or given
+            linked, _notes = with_link_targets(present)
             with frozen_sources(
                 options.app,
                 linked,

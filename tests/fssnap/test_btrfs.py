@@ -637,12 +637,27 @@ def test_a_stop_during_removal_waits_for_it(
     assert _ours(btrfs_mount) == []
 
 
-def test_missing_source_fails_before_any_snapshot(btrfs_mount: Path, tmp_path: Path) -> None:
-    """It snapshotted the other sources (and the file system's top, holding the missing
-    one) and only then failed with "does not exist"."""
+def test_a_missing_source_is_a_warning_and_the_others_are_frozen(
+    btrfs_mount: Path, tmp_path: Path
+) -> None:
+    """One source of two gone: as without file-system snapshots, the other is stored (read
+    from its snapshot), the missing one is a warning and the exit code 3. Before, it failed
+    with exit 23, after snapshotting the file system's top (holding the missing path)."""
     app = _subvolume(btrfs_mount)
+    (app / "data.txt").write_text("kept")
     missing = btrfs_mount / "missing"
     site = write_site(tmp_path, [str(app), str(missing)], "btrfs")
+    res = site.cli("backup", "--app", "webapp")
+    assert res.code == 3, res.err
+    assert f"btrfs snapshot of {app} taken" in res.err, res.err
+    assert f"warning: {missing}: source does not exist" in res.err
+    assert f"btrfs snapshot of {btrfs_mount} " not in res.err, res.err
+    assert _ours(btrfs_mount) == []
+
+
+def test_no_source_there_fails_before_any_snapshot(btrfs_mount: Path, tmp_path: Path) -> None:
+    missing = btrfs_mount / "missing"
+    site = write_site(tmp_path, [str(missing)], "btrfs")
     res = site.cli("backup", "--app", "webapp")
     assert_one_error(res, 23, f"source {missing} does not exist")
     assert "snapshot" not in res.err
