@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from casbackup.config.model import NotifierConfig
+from casbackup.text import storable
 from casbackup.units import plural
 
 log = logging.getLogger("casbackup.notify")
@@ -94,6 +95,12 @@ def dispatch(
     from casbackup import plugins
 
     warnings: list[str] = []
+    # A warning naming a file that is not UTF-8 made healthchecks' and email's encoding
+    # fail (the notice lost), and webhook bodies carry lone surrogate escapes that strict
+    # JSON parsers refuse: every notifier gets the name's other bytes as \\xNN.
+    event = replace(
+        event, message=storable(event.message), warnings=tuple(storable(event.warnings))
+    )
     for cfg in notifiers:
         if event.kind not in cfg.on:
             continue

@@ -51,7 +51,7 @@ from casbackup.errors import (
 from casbackup.plan_docs import forget_plan_doc, prune_plan_doc
 from casbackup.repo.repository import Repository
 from casbackup.reporter import Progress, Reporter
-from casbackup.server.text import storable
+from casbackup.text import storable
 from casbackup.threadsig import quiet_thread
 from casbackup.units import plural
 

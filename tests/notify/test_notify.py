@@ -342,3 +342,31 @@ def test_overdue_scheduled_backup_notifies_once_per_missed_run(
             time.sleep(0.1)
         assert len(box.messages) == 2
         service.stop()
+
+
+def test_a_warning_naming_a_file_that_is_not_utf8_reaches_every_notifier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, healthchecks and email failed to encode it ("surrogates not allowed"): the
+    warning of such a partial backup was never sent; the webhook's body carried a lone
+    surrogate escape that strict JSON parsers refuse. Now each gets the bytes as \\xNN."""
+    import os
+
+    bad = os.fsdecode(b"/srv/eio-\xe9.txt") + ": Input/output error"
+    event = Event("warning", "shop", "snapshot cd saved", "cd" * 32, {}, (bad,))
+    shown = "/srv/eio-\\xe9.txt: Input/output error"
+    with http_receiver() as (url, rec):
+        for kind in ("healthchecks", "webhook"):
+            cfg = NotifierConfig(type=kind, url=url + "/" + kind, on=ALL)
+            assert dispatch((cfg,), event, offline_mode=False) == []
+    (_m, _p, ping), (_m2, _p2, hook) = rec.requests
+    assert shown in ping.decode("utf-8")
+    assert json.loads(hook)["warnings"] == [shown]
+    monkeypatch.setenv("SMTP_PW", "s3cret")
+    with smtp_receiver(tmp_path, "backup", "s3cret") as (port, ca, box):
+        cfg = NotifierConfig(type="email", host="127.0.0.1", port=port, cafile=str(ca),
+                             sender="backup@example.org", to=("ops@example.org",),
+                             username="backup", password_env="SMTP_PW", on=ALL)  # fmt: skip
+        assert dispatch((cfg,), event, offline_mode=False) == []
+    [(_sender, _rcpts, content, _tls)] = box.messages
+    assert b"eio-\\xe9.txt" in content

@@ -8,7 +8,7 @@ from typing import Any
 from jinja2 import Environment, pass_context
 from jinja2.runtime import Context
 
-from casbackup.server.text import storable
+from casbackup.text import storable
 from casbackup.timezones import local_time
 from casbackup.units import human_bytes
 

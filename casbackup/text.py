@@ -1,9 +1,11 @@
-"""Text the service keeps and shows: valid UTF-8, whatever the file names it mentions.
+"""Text that leaves the process (a job's log, a web page, a notification): valid UTF-8,
+whatever the file names it mentions.
 
 A file name need not be UTF-8; Python carries its other bytes as surrogate escapes
 (``os.fsdecode``), which SQLite, an HTTP response or a mail refuse to encode ("surrogates
-not allowed"). A job's warning naming such a file failed the whole job after its snapshot
-was saved, and a snapshot page listing it answered 500. Such bytes are shown as ``\\xNN``,
+not allowed"). A service job's warning naming such a file failed the whole job after its
+snapshot was saved, a snapshot page listing it answered 500, and the healthchecks and
+email notifiers failed to send the warning of such a backup. Such bytes are shown as ``\\xNN``,
 as the CLI shows them (cli/render.py ``printable``).
 """
 
