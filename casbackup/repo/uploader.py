@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from casbackup.errors import StorageError
+from casbackup.store import stopping
 from casbackup.threadsig import quiet_thread
 
 
@@ -62,17 +65,55 @@ class PackUploader:
                 self._queue.task_done()
 
     def wait(self) -> None:
-        """Return when every submitted pack is stored; raise the first failure."""
+        """Return when every submitted pack is stored; raise the first failure. After a
+        stop (store/stopping.py) it waits at most ``UPLOAD_GRACE_S`` more (``GRACE_S`` once
+        a store was judged hung), then raises
+        StorageError: a PUT the store left hanging must not hold the way out."""
         if self._thread is not None:
-            self._queue.join()
+            start = time.monotonic()
+            done = self._queue.all_tasks_done
+            with done:
+                while self._queue.unfinished_tasks:
+                    limit = _limit(start)
+                    if limit is not None and limit <= 0:
+                        stopping.abandon([self._thread.ident])
+                        raise StorageError(
+                            "a pack upload did not finish after the stop; the packs it "
+                            "had not stored are stored again by the next run"
+                        )
+                    # In slices: a stop noted meanwhile bounds the rest of the wait.
+                    done.wait(0.5 if limit is None else min(limit, 0.5))
         if self._error is not None:
             raise self._error
 
     def close(self) -> None:
         """Stop the thread; packs still waiting are aborted, not stored (a close without a
-        flush means the command failed: no index will name them)."""
+        flush means the command failed: no index will name them). After a stop, a PUT
+        still running is waited for as long as ``wait`` would: its thread is a daemon and the
+        pack, stored or not, is one no index names (garbage for prune, never damage)."""
         self._closing = True
         if self._thread is not None:
             self._queue.put(None)
-            self._thread.join()
+            start = time.monotonic()
+            while self._thread.is_alive():
+                limit = _limit(start)
+                if limit is not None and limit <= 0:
+                    stopping.abandon([self._thread.ident])
+                    break
+                self._thread.join(0.5 if limit is None else min(limit, 0.5))
             self._thread = None
+
+
+#: Seconds a pack upload may still take after a stop while the store answers: what it
+#: stores is indexed by the flush that follows ("kept for the next run"), so it is not
+#: cut at the first second on a slow link; a store already judged hung gets GRACE_S.
+UPLOAD_GRACE_S = 30.0
+
+
+def _limit(start: float) -> float | None:
+    """Seconds a wait begun at ``start`` may still last: None (no bound) until a stop."""
+    stop = stopping.stopped()
+    if stop is None:
+        return None
+    grace = stopping.GRACE_S if stopping.judged_hung() else UPLOAD_GRACE_S
+    return max(stop, start) + grace - time.monotonic()

@@ -90,11 +90,20 @@ def abandoned() -> bool:
     return threading.get_ident() in _abandoned
 
 
+_hung: list[Any] = []  # stores judged hung after a stop (a request outlived GRACE_S)
+
+
+def judged_hung() -> bool:
+    """Whether a store of this process was judged hung after the stop (see ``call``)."""
+    return bool(_hung)
+
+
 def _forget_after_fork() -> None:
     # A forked child (the test suite's zygote forks one per command) starts with no stop
     # of its own and no caller threads (those of the parent do not exist in it).
     _stopped_at.clear()
     _abandoned.clear()
+    _hung.clear()
     global _runner
     _runner = _Runner()
 
@@ -196,6 +205,7 @@ def call(fn: Callable[[], T], owner: Any, what: str) -> T:
                 timeout = None if stop is None else max(stop, start) + GRACE_S - time.monotonic()
                 if timeout is not None and timeout <= 0:
                     owner._hung_after_stop = True
+                    _hung.append(owner)
                     if stop >= start:
                         raise KeyboardInterrupt  # the stop came while this request ran
                     raise _hung_error(owner, what)

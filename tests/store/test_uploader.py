@@ -79,3 +79,56 @@ def test_close_aborts_what_waits() -> None:
     gate.set()
     closer.join(5)
     assert not closer.is_alive() and waiting.aborted and stored == [1]
+
+
+@pytest.fixture
+def _stopped(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from casbackup.store import stopping
+
+    monkeypatch.setattr(stopping, "_stopped_at", [])
+    monkeypatch.setattr(stopping, "_hung", [])
+    return stopping
+
+
+@pytest.mark.parametrize("hung", [True, False], ids=["store judged hung", "store answering"])
+def test_after_a_stop_a_hanging_upload_holds_the_way_out_only_so_long(  # type: ignore[no-untyped-def]
+    _stopped, monkeypatch: pytest.MonkeyPatch, hung: bool
+) -> None:
+    # Found with SeaweedFS behind a proxy hanging data PUTs: after Ctrl-C `backup` joined
+    # the upload thread, stuck in its PUT, for the store's timeout times the retries
+    # (killed 60 s after SIGINT); now it exits 130 about 2 s after it.
+    import time
+
+    from casbackup.repo import uploader
+
+    monkeypatch.setattr(uploader, "UPLOAD_GRACE_S", 1.5)
+    release = threading.Event()
+    up = PackUploader(lambda p: release.wait())
+    up.submit(Packer(1))
+    if hung:
+        _stopped._hung.append(object())
+    _stopped.note_stop()
+    start = time.monotonic()
+    with pytest.raises(StorageError, match="did not finish after the stop"):
+        up.wait()
+    took = time.monotonic() - start
+    bound = _stopped.GRACE_S if hung else 1.5
+    assert bound - 0.1 <= took < bound + 0.8, took
+    start = time.monotonic()
+    up.close()
+    assert time.monotonic() - start < bound + 0.8
+    release.set()
+
+
+def test_without_a_stop_wait_still_waits_for_the_upload(_stopped) -> None:  # type: ignore[no-untyped-def]
+    done: list[int] = []
+
+    def slow(p: Packer) -> None:
+        threading.Event().wait(1.2)  # longer than a stop's grace: no stop, no bound
+        done.append(p.n)
+
+    up = PackUploader(slow)
+    up.submit(Packer(1))
+    up.wait()
+    assert done == [1]
+    up.close()
