@@ -9,10 +9,12 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from casbackup import libc
 from casbackup.repo import ids
+from casbackup.store import stopping
 from casbackup.threadsig import unblock_stop_signals
 
 _PR_SET_PDEATHSIG = 1
@@ -33,11 +35,22 @@ def context() -> Any:
 
 
 def reap(threads: list[threading.Thread], processes: list[Any]) -> None:
-    """Wait for receiver threads, then for their processes (killing any that hang)."""
+    """Wait for receiver threads, then for their processes (killing any that hang).
+
+    After a stop (store/stopping.py) a receiver is waited for at most ``GRACE_S`` more: one
+    stuck (in a write the store does not finish) must not hold the way out; it is a daemon
+    thread, and what it was storing is one no index names yet."""
+    start = time.monotonic()
     for t in threads:
-        t.join()
+        while t.is_alive():
+            stop = stopping.stopped()
+            if stop is not None and time.monotonic() >= max(stop, start) + stopping.GRACE_S:
+                stopping.abandon([t.ident])
+                break
+            t.join(0.25)
     for proc in processes:
-        proc.join(timeout=10)
+        # After a stop a reader is killed sooner: what it reads is read again next time.
+        proc.join(timeout=10 if stopping.stopped() is None else 0.5)
         if proc.is_alive():
             proc.kill()
             proc.join()

@@ -67,6 +67,8 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import BACKUP_TYPES, DatabaseRecord, Snapshot, Summary, now_utc
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
+from casbackup.store.stopping import note_stop
+from casbackup.threadsig import quiet_thread
 
 # Importable from here as before the split (callers and tests use this module's names).
 __all__ = [
@@ -237,8 +239,8 @@ class Backup(Walker, FileReading):
             self._cancelled.set()
             self._shutdown()
             self._keep_committed()
-            if failure is not None:  # a reader failed and stopped the others: say why
-                raise failure from None
+            if failure is not None and not isinstance(failure, Interrupted):
+                raise failure from None  # a reader failed and stopped the others: say why
             raise Interrupted(
                 "backup interrupted; the chunks stored so far are kept for the next run"
             ) from None
@@ -247,10 +249,11 @@ class Backup(Walker, FileReading):
             self._cancelled.set()
             self._shutdown()
             self._keep_committed()
-            if stopped and isinstance(exc, DatabaseError | SnapshotProviderError):
+            if stopped and isinstance(exc, DatabaseError | SnapshotProviderError | Interrupted):
                 # Ctrl-C reaches the whole process group: the dump tool (or snapshot
                 # command) was stopped too, and its failure is the interruption, not a
-                # fault of the database (exit 130, not 27).
+                # fault of the database (exit 130, not 27); a pack refused after the stop
+                # (repo/uploader.py) is said the one way too.
                 raise Interrupted(
                     "backup interrupted; the chunks stored so far are kept for the next run"
                 ) from None
@@ -290,18 +293,29 @@ class Backup(Walker, FileReading):
 
     @contextmanager
     def _deferred_sigint(self) -> Iterator[None]:
-        """Turn Ctrl-C into a request that the pipeline honours at a safe point.
+        """Turn Ctrl-C into a request that the pipeline honours at a safe point, within
+        ``STOP_GRACE_S``.
 
         An exception raised asynchronously could land between storing a pack and recording
         it, leaving a pack no index names. Instead the first SIGINT sets the cancel flag,
-        which the walker and the workers check between files and chunks; a second Ctrl-C
-        exits at once, like a kill (the repository stays consistent).
+        which the walker and the workers check between files and chunks, and notes the stop
+        (store/stopping.py), which bounds every store wait on the way out. A main thread
+        that has not reached a safe point ``STOP_GRACE_S`` later (it waits on readers that
+        wait on a pack upload the store does not answer) gets KeyboardInterrupt where it
+        waits: at worst a pack no index names, garbage for prune, never damage. A second
+        Ctrl-C exits at once, like a kill (the repository stays consistent).
         """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        left = threading.Event()  # the main thread is out of this block
+        hold = threading.Lock()  # _hurry's check-and-signal against leaving the block
+        overdue = [False]  # the stop was not honoured within STOP_GRACE_S: SIGINT sent
 
         def request_stop(signum: int, _frame: object) -> None:
+            if overdue[0]:
+                overdue[0] = False
+                raise KeyboardInterrupt
             if self._cancelled.is_set():
                 # Second Ctrl-C (or SIGTERM, SIGHUP: cli/signals.py passes their number): leave
                 # now, as a kill would, with 128 + that signal's number as a shell reports it.
@@ -313,12 +327,22 @@ class Backup(Walker, FileReading):
                 )
                 os._exit(128 + signum)
             self._cancelled.set()
+            note_stop()
+            quiet_thread(_hurry, (left, hold, overdue), name="stop-deadline").start()
 
         previous = signal.signal(signal.SIGINT, request_stop)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            try:
+                with hold:
+                    left.set()
+                while overdue[0]:
+                    # Sent just before the block was left and not run yet: taken here, as
+                    # the stop it is, not by the handler in force on the way out.
+                    time.sleep(0.005)
+            finally:
+                signal.signal(signal.SIGINT, previous)
 
     def _keep_committed(self) -> None:
         """After an abort, index what was stored so the next run does not store it again."""
@@ -443,6 +467,25 @@ class Backup(Walker, FileReading):
             if len(self.notes) < MAX_RECORDED_ERRORS:
                 self.notes.append(message)
         self.reporter.warning(message)
+
+
+#: Seconds the walker may take to reach a safe point after the first Ctrl-C (see
+#: ``Backup._deferred_sigint``): the walker checks between files, so it is there at once
+#: unless it waits on readers, which may wait on a store that does not answer.
+STOP_GRACE_S = 1.0
+
+
+def _hurry(left: threading.Event, hold: threading.Lock, overdue: list[bool]) -> None:
+    """After the first Ctrl-C: unless the main thread left the deferred block within
+    ``STOP_GRACE_S``, interrupt it where it waits (a real SIGINT to the main thread: a
+    blocked wait returns only for a signal), and the block's handler raises."""
+    if left.wait(STOP_GRACE_S):
+        return
+    with hold:
+        if left.is_set():
+            return
+        overdue[0] = True
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
 
 def _source_problem(path: str, why: str) -> str:

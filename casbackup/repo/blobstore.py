@@ -38,6 +38,7 @@ from casbackup.repo.localstate import LocalState
 from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
 from casbackup.repo.treecache import TreeCache, cap_bytes
 from casbackup.repo.uploader import PackUploader
+from casbackup.store import stopping
 from casbackup.store.base import Backend, is_remote
 
 if TYPE_CHECKING:
@@ -468,7 +469,12 @@ class BlobStore(DeltaWriting):
             self._flush_index()
 
     def _flush_index(self) -> None:
-        with self._index_lock:
+        if not stopping.acquire(self._index_lock):
+            raise StorageError(
+                "an index write of the store did not finish after the stop; what it names "
+                "is stored again by the next run"
+            )
+        try:
             with self._lock:
                 packs, self._pending_packs = self._pending_packs, {}
             if not packs:
@@ -486,11 +492,23 @@ class BlobStore(DeltaWriting):
                 for blob_id, _loc in entries:
                     self._pending.pop(blob_id, None)
                 self._last_index_flush = time.monotonic()
+        finally:
+            self._index_lock.release()
 
     def flush(self) -> None:
-        """Store the open pack and an index file naming every stored pack."""
+        """Store the open pack and an index file naming every stored pack.
+
+        Raises what storing failed with; after a stop (store/stopping.py), an upload that
+        did not finish in time still lets the packs stored before it be indexed (what the
+        stopped run keeps for the next), and then raises its StorageError."""
         if self._uploader is not None:
-            self._uploader.wait()  # packs first, then the index that names them
+            try:
+                self._uploader.wait()  # packs first, then the index that names them
+            except StorageError:
+                if stopping.stopped() is None:
+                    raise
+                self._flush_index()
+                raise
         with self._lock:
             packers = list(self._packers.values())
             self._packers = {group: self._new_packer() for group in self._packers}

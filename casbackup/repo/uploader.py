@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from casbackup.errors import StorageError
+from casbackup.errors import Interrupted, StorageError
 from casbackup.store import stopping
 from casbackup.threadsig import quiet_thread
 
@@ -34,12 +34,15 @@ class PackUploader:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
         self._closing = False
+        self._abandoned = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
     def submit(self, packer: Any) -> None:
         """Queue a full pack (blocks while ``depth`` are waiting). Raises the failure of an
-        earlier pack, if one failed (this packer is then aborted, not stored)."""
+        earlier pack, if one failed, and Interrupted once a stop arrived (store/stopping.py:
+        a wait behind an upload the store does not answer must not hold the way out); this
+        packer is then aborted, not stored."""
         if self._error is not None:
             packer.abort()
             raise self._error
@@ -47,7 +50,16 @@ class PackUploader:
             if self._thread is None:
                 self._thread = quiet_thread(self._run, name="pack-upload")
                 self._thread.start()
-        self._queue.put(packer)
+        while True:
+            if stopping.stopped() is not None:
+                packer.abort()
+                raise Interrupted("interrupted; a full pack was left unstored")
+            try:
+                # In slices: a stop noted meanwhile ends the wait.
+                self._queue.put(packer, timeout=0.25)
+                return
+            except queue.Full:
+                pass
 
     def _run(self) -> None:
         while True:
@@ -55,7 +67,9 @@ class PackUploader:
             try:
                 if packer is None:
                     return
-                if self._error is not None or self._closing:
+                if self._error is not None or self._closing or stopping.stopped() is not None:
+                    # After a stop a pack not begun is not begun: the way out waits only
+                    # for the one being stored (its blobs are read again by the next run).
                     packer.abort()
                     continue
                 self._write(packer)
@@ -66,8 +80,7 @@ class PackUploader:
 
     def wait(self) -> None:
         """Return when every submitted pack is stored; raise the first failure. After a
-        stop (store/stopping.py) it waits at most ``UPLOAD_GRACE_S`` more (``GRACE_S`` once
-        a store was judged hung), then raises
+        stop (store/stopping.py) it waits at most ``UPLOAD_GRACE_S`` more, then raises
         StorageError: a PUT the store left hanging must not hold the way out."""
         if self._thread is not None:
             start = time.monotonic()
@@ -76,7 +89,7 @@ class PackUploader:
                 while self._queue.unfinished_tasks:
                     limit = _limit(start)
                     if limit is not None and limit <= 0:
-                        stopping.abandon([self._thread.ident])
+                        self._abandon()
                         raise StorageError(
                             "a pack upload did not finish after the stop; the packs it "
                             "had not stored are stored again by the next run"
@@ -93,21 +106,37 @@ class PackUploader:
         pack, stored or not, is one no index names (garbage for prune, never damage)."""
         self._closing = True
         if self._thread is not None:
-            self._queue.put(None)
             start = time.monotonic()
-            while self._thread.is_alive():
+            told = False  # the thread was handed its end (None)
+            while self._thread.is_alive() and not self._abandoned:
                 limit = _limit(start)
                 if limit is not None and limit <= 0:
-                    stopping.abandon([self._thread.ident])
+                    self._abandon()
                     break
-                self._thread.join(0.5 if limit is None else min(limit, 0.5))
+                step = 0.5 if limit is None else min(limit, 0.5)
+                if told:
+                    self._thread.join(step)
+                    continue
+                try:
+                    # The queue may be full behind a PUT that does not end: in slices too.
+                    self._queue.put(None, timeout=step)
+                    told = True
+                except queue.Full:
+                    pass
             self._thread = None
 
+    def _abandon(self) -> None:
+        """No one waits for the upload thread any more: its PUT is not retried (store/
+        stopping.py), and ``close`` does not wait for it a second time."""
+        assert self._thread is not None
+        stopping.abandon([self._thread.ident])
+        self._abandoned = True
 
-#: Seconds a pack upload may still take after a stop while the store answers: what it
-#: stores is indexed by the flush that follows ("kept for the next run"), so it is not
-#: cut at the first second on a slow link; a store already judged hung gets GRACE_S.
-UPLOAD_GRACE_S = 30.0
+
+#: Seconds a pack upload may still take after a stop (one Ctrl-C stops a command within
+#: about a second, and a stopped run keeps only what is indexed: a pack cut short is read
+#: and stored again by the next run, nothing committed is lost).
+UPLOAD_GRACE_S = 1.0
 
 
 def _limit(start: float) -> float | None:
@@ -115,5 +144,4 @@ def _limit(start: float) -> float | None:
     stop = stopping.stopped()
     if stop is None:
         return None
-    grace = stopping.GRACE_S if stopping.judged_hung() else UPLOAD_GRACE_S
-    return max(stop, start) + grace - time.monotonic()
+    return max(stop, start) + UPLOAD_GRACE_S - time.monotonic()

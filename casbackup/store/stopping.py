@@ -98,6 +98,23 @@ def judged_hung() -> bool:
     return bool(_hung)
 
 
+def acquire(lock: threading.Lock) -> bool:
+    """Take ``lock`` (held by another thread, perhaps in a store request): True once taken;
+    False when a stop arrived, ``GRACE_S`` passed since and ``LOCK_SLICE_S`` since the call,
+    without it being released: the request that holds it may never end."""
+    start = time.monotonic()
+    while not lock.acquire(timeout=LOCK_SLICE_S):
+        stop = stopped()
+        if stop is not None and time.monotonic() >= max(stop + GRACE_S, start + LOCK_SLICE_S):
+            return False
+    return True
+
+
+#: Seconds between looks at a stop while waiting for a lock (``acquire``), and the least
+#: such a wait lasts after a stop (a thread that holds it briefly gets to finish).
+LOCK_SLICE_S = 0.25
+
+
 def _forget_after_fork() -> None:
     # A forked child (the test suite's zygote forks one per command) starts with no stop
     # of its own and no caller threads (those of the parent do not exist in it).

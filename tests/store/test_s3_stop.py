@@ -8,6 +8,7 @@ stopped one could not delete being judged stale (its process is gone).
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 from collections.abc import Iterator
@@ -88,3 +89,41 @@ def test_ctrl_c_while_the_store_hangs(
     proxy.unhang()
     res = run_cli("check", repo=repo, timeout=120)
     assert res.code == 0, res.err
+
+
+@pytest.mark.parametrize("mark", ["/data/", "/index/"], ids=["pack-upload", "index-write"])
+def test_one_ctrl_c_stops_a_backup_whose_upload_hangs(
+    moto_endpoint: str, s3_env: None, tmp_path: Path, mark: str
+) -> None:
+    # Found with SeaweedFS behind a proxy hanging data PUTs (or the index PUT the upload
+    # thread makes every 8 packs): backup's first Ctrl-C only asked for a stop at a safe
+    # point, and the walker waited on readers that waited on the upload: still running
+    # 10 s after SIGINT, and for the store's timeout times the retries. Now 1.3-1.5 s.
+    marks = [mark]
+    proxy: FaultProxy
+
+    def plan(n: int) -> str | None:
+        method, path = proxy.seen[-1]
+        return "hang" if method == "PUT" and any(m in path for m in marks) else None
+
+    proxy = FaultProxy(moto_endpoint, plan)
+    try:
+        repo = f"s3:{proxy.endpoint}/{make_bucket(moto_endpoint)}/repo"
+        res = run_cli("init", "--insecure-test-kdf", "--pack-size", "1", repo=repo)
+        assert res.code == 0, res.err
+        src = tmp_path / "src"
+        for i in range(40):
+            (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+            (src / f"d{i % 4}" / f"f{i}").write_bytes(random.Random(i).randbytes(1 << 20))
+        code, err, took = _stop_while_hanging(proxy, "-q", "backup", str(src), repo=repo)
+        assert code == 130, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and "interrupted" in lines[0]
+        assert took < 3.5, took
+        marks.clear()
+        proxy.unhang()
+        for args in (("backup", str(src)), ("check",)):
+            res = run_cli(*args, repo=repo, timeout=120)
+            assert res.code == 0, res.err
+    finally:
+        proxy.close()

@@ -118,3 +118,25 @@ def test_other_threads_call_directly() -> None:
     thread.join()
     stopping.call(where, _Owner(), "x")
     assert seen[0] == "mine" and seen[1].startswith("store-call-")
+
+
+def test_a_lock_held_by_a_hung_request_is_waited_for_only_so_long_after_a_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found with SeaweedFS hanging the index PUT the upload thread makes: after Ctrl-C the
+    # flush waited for the index lock that thread held, for good.
+    monkeypatch.setattr(stopping, "_stopped_at", [])
+    lock = threading.Lock()
+    lock.acquire()
+    taker = threading.Thread(target=lambda: got.append(stopping.acquire(lock)))
+    got: list[bool] = []
+    taker.start()
+    taker.join(0.6)
+    assert taker.is_alive()  # no stop: waited for
+    stopping.note_stop()
+    start = time.monotonic()
+    taker.join(3)
+    assert not taker.is_alive() and got == [False]
+    assert time.monotonic() - start < stopping.GRACE_S + 0.5
+    lock.release()
+    assert stopping.acquire(lock)  # free: taken at once, stop or not

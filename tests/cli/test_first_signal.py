@@ -1,0 +1,90 @@
+"""One Ctrl-C stops a backup within about a second, wherever its main thread waits.
+
+A real ``casbackup backup`` to a local repository, stopped once at different moments: while
+the readers chunk and the walker waits on them, and while the index is written. Each time:
+exit 130, one line, the lock released, and the next backup and ``check`` pass. (The
+moments that depend on an object store, a pack upload or an index write that hangs, are in
+tests/store/test_s3_stop.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from casbackup.testing.fixtures import run_cli
+from tests.cli.conftest import init_repo, popen_cli
+
+# The first batch the readers send is never collected: the walker waits for free slots
+# (archiver/reading.py InFlight) for as long as that lasts, far from any safe point.
+_READERS_STALL = (
+    "import time, casbackup.repo.blobstore as b\n"
+    "def stall(self, blobs):\n"
+    "    open(MARKER, 'a').close()\n"
+    "    time.sleep(3600)\n"
+    "b.BlobStore.store_sealed_batch = stall"
+)
+
+# The final index write (the snapshot's flush) is where the stop lands.
+_INDEX_WRITE = (
+    "import os, signal, time, casbackup.repo.blobstore as b\n"
+    "save = b.BlobStore.save_file_object\n"
+    "def stop_in_it(self, directory, kind, plaintext):\n"
+    "    if directory == 'index':\n"
+    "        open(MARKER, 'a').close()\n"
+    "        os.kill(os.getpid(), signal.SIGINT)\n"
+    "        time.sleep(30)\n"
+    "    return save(self, directory, kind, plaintext)\n"
+    "b.BlobStore.save_file_object = stop_in_it"
+)
+
+
+def _tree(src: Path, files: int) -> None:
+    for i in range(files):
+        folder = src / f"d{i % 8}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{i}").write_bytes(os.urandom(64 << 10))
+
+
+@pytest.mark.parametrize(
+    ("prelude", "signal_it"),
+    [(_READERS_STALL, True), (_INDEX_WRITE, False)],
+    ids=["walker-waits-on-readers", "index-write"],
+)
+def test_one_ctrl_c_stops_a_backup(tmp_path: Path, prelude: str, signal_it: bool) -> None:
+    repo = init_repo(str(tmp_path / "repo"))
+    src = tmp_path / "src"
+    _tree(src, 400)
+    marker = tmp_path / "reached"
+    code = prelude.replace("MARKER", repr(str(marker)))
+    proc = popen_cli("-q", "backup", str(src), repo=repo, prelude=code)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), proc.communicate(timeout=60)
+    start = time.monotonic()
+    if signal_it:
+        time.sleep(0.3)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+    try:
+        _out, err = proc.communicate(timeout=20)
+    except Exception:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("still running 20 s after one SIGINT") from None
+    took = time.monotonic() - start
+    text = err.decode()
+    assert proc.returncode == 130, text
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "interrupted" in lines[0], text
+    assert took < 3.5, took
+    assert not list((tmp_path / "repo" / "locks").iterdir())  # the lock released
+    res = run_cli("backup", str(src), repo=repo)
+    assert res.code == 0, res.err
+    res = run_cli("check", repo=repo)
+    assert res.code == 0, res.err
