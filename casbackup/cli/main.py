@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
-import sys
+import threading
 
-import click
 
-from casbackup import __version__
-from casbackup.cli.context import GlobalOptions
-from casbackup.cli.render import emit_json_err, warn
-from casbackup.cli.signals import install_stop_signals, interrupted_exit_code, stopped_by
-from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, CasError, UsageError
-from casbackup.memory import tune_allocator
+def _stopped_while_starting(signum: int, _frame: object) -> None:
+    # Nothing is open, locked or stored yet: leave at once, as main() reports a stop.
+    os.write(2, b"error: interrupted\n")
+    os._exit(128 + signum)
+
+
+# A Ctrl-C while the imports below load (0.3 s; over a second on a busy machine) ended in a
+# traceback of whatever was being imported, and a death by SIGINT instead of exit 130.
+_starting = threading.current_thread() is threading.main_thread()
+_before_start = signal.signal(signal.SIGINT, _stopped_while_starting) if _starting else None
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+from casbackup import __version__  # noqa: E402
+from casbackup.cli.context import GlobalOptions  # noqa: E402
+from casbackup.cli.render import emit_json_err, warn  # noqa: E402
+from casbackup.cli.signals import install_stop_signals, interrupted_exit_code, stopped_by  # noqa: E402
+from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, CasError, UsageError  # noqa: E402
+from casbackup.memory import tune_allocator  # noqa: E402
+
+if _starting:
+    # main() installs the command's own (None: one set outside Python, Python's in its place).
+    signal.signal(signal.SIGINT, _before_start or signal.default_int_handler)
 
 # Command name -> the cmd_*.py module that defines it. Modules are imported only when
 # their command runs (or for --help): importing all of them cost every command about

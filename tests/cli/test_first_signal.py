@@ -88,3 +88,29 @@ def test_one_ctrl_c_stops_a_backup(tmp_path: Path, prelude: str, signal_it: bool
     assert res.code == 0, res.err
     res = run_cli("check", repo=repo)
     assert res.code == 0, res.err
+
+
+def test_one_ctrl_c_while_the_command_starts(tmp_path: Path) -> None:
+    # Found by sending SIGINT 0.1-1.5 s after starting `casbackup snapshots` (and `ls`) on
+    # a busy machine: a traceback of the module being imported, and a death by SIGINT
+    # (status -2) instead of exit 130 with one line.
+    marker = tmp_path / "importing"
+    prelude = (
+        "import importlib.abc, sys, time\n"
+        "class Slow(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'casbackup.cli.context':\n"
+        f"            open({str(marker)!r}, 'a').close()\n"
+        "            time.sleep(30)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Slow())"
+    )
+    proc = popen_cli("snapshots", repo=str(tmp_path / "repo"), prelude=prelude)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), proc.communicate(timeout=60)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert err.decode().strip().splitlines() == ["error: interrupted"]
