@@ -13,7 +13,8 @@ never starts beside a backup there and fails on its lock. The repository's own l
 apply inside each worker, so a CLI run at the same time is kept out the usual way.
 
 Each job is a thread here that starts ``python -m casbackup.server.worker``, feeds it the job
-(password over the pipe), and turns its JSON lines into progress rows, log rows and events.
+(password over the pipe), and turns its JSON lines into progress rows, log rows and events
+(job_process.py: the worker's protocol and how its end becomes the job's).
 Stopping a job (a user's cancel, the service's stop, or its maximum run time) is what Ctrl-C
 does to ``casbackup backup`` at a terminal, to the worker and its database tools alike:
 running.py.
@@ -25,23 +26,20 @@ cut short, during the stop or at the next start.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import casbackup.server.running as running_mod
-from casbackup.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, CasError, NotFound, UsageError
+from casbackup.errors import CasError, NotFound, UsageError
+from casbackup.server import job_process
 from casbackup.server.notices import Notices
-from casbackup.server.running import WRITERS, Log, Running, drain, lines, max_run_time
+from casbackup.server.running import WRITERS, Log, Running, max_run_time
 from casbackup.threadsig import quiet_thread
-from casbackup.units import plural
 
 if TYPE_CHECKING:
     from casbackup.server.service import Service
@@ -99,20 +97,6 @@ def job_doc(row: Any) -> dict[str, Any]:
         "result": json.loads(row["result"]) if row["result"] else None,
         "error": row["error"], "exit_code": row["exit_code"], "snapshot_id": row["snapshot_id"],
     }  # fmt: skip
-
-
-def _ended(code: int | None) -> str:
-    """How a worker that said nothing ended: a SIGKILL from outside is most often the
-    kernel's out-of-memory killer (the status alone, -9, told the user nothing)."""
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        if -code == signal.SIGKILL:
-            return f"killed by {name} (out of memory? the kernel's log says: journalctl -k)"
-        return f"killed by {name}"
-    return f"exit status {code}"
 
 
 class JobManager:
@@ -507,30 +491,7 @@ class JobManager:
     def _execute(
         self, running: Running, row: dict[str, Any]
     ) -> tuple[str, str | None, int | None, Any]:
-        handle = self.service.registry.handle(row["repo"])
-        password = handle.password()
-        config = self.service.registry.config.source
-        spec = {
-            "kind": row["kind"], "location": handle.location, "app": row["app"],
-            "password_b64": base64.b64encode(password).decode(), "s3": handle.s3,
-            "config": str(config) if config else None, "params": json.loads(row["params"]),
-            "timezone": self.service.zone_name(),  # retention's calendar is the schedules'
-            "lock_wait_s": self.service.settings.lock_wait_s,
-            "failures_told_by_service": True,  # one notice per failure episode (notices.py)
-        }  # fmt: skip
-        env = dict(os.environ) | dict(self.service.settings.job_env)
-        env["CASBACKUP_SERVICE_PID"] = str(os.getpid())  # the worker dies with us (worker.py)
-        proc = subprocess.Popen(
-            [self.service.settings.job_python, "-m", "casbackup.server.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            start_new_session=True,  # a Ctrl-C at the service's terminal is the service's to relay
-        )  # fmt: skip
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        try:  # stdin stays open: a stop's reason comes that way (running.py)
-            proc.stdin.write((json.dumps(spec) + "\n").encode())
-            proc.stdin.flush()
-        except OSError:
-            pass
+        proc = job_process.start(self.service, row)
         running.started(proc)
         log = self._logger(row["id"])
         if running.cancel_requested or self._stopping:
@@ -538,91 +499,14 @@ class JobManager:
         app = self.service.registry.app(row["app"]) if row["app"] else None
         running.limit(max_run_time(row, app, self.service.settings.max_run_time_s), log)
         try:
-            return self._follow(running, row, proc)
+            return job_process.follow(
+                running, proc,
+                progress=lambda msg: self._progress(row, msg),
+                log=lambda level, message: self._log(row["id"], level, message),
+                cancelled=lambda message: self._cancelled(message, running),
+            )  # fmt: skip
         finally:
             running.ended()
-
-    def _follow(
-        self, running: Running, row: dict[str, Any], proc: subprocess.Popen[bytes]
-    ) -> tuple[str, str | None, int | None, Any]:
-        """Read the worker's lines until it ends; its end as (state, error, exit code, result)."""
-        assert proc.stdout is not None and proc.stderr is not None
-        stderr_lines: list[str] = []
-        drainer = quiet_thread(drain, (proc.stderr, stderr_lines))
-        drainer.start()
-        outcome: dict[str, Any] | None = None
-        partial: Any = None
-        for raw in lines(proc, running):
-            try:
-                msg = json.loads(raw)
-            except ValueError:
-                continue  # a library printing by mistake must not break the protocol
-            t = msg.pop("t", None)
-            if t == "progress":
-                self._progress(row, msg)
-            elif t in ("info", "warning"):
-                self._log(row["id"], t, str(msg.get("message", "")))
-            elif t == "notified":
-                running.notified = True
-            elif t == "partial_result":
-                partial = msg.get("result")
-            elif t in ("result", "error"):
-                outcome = {"t": t, **msg}
-        code = proc.poll() if running.killed else proc.wait()
-        drainer.join(5)
-        if outcome is not None and outcome["t"] == "result":
-            result = outcome.get("result")
-            if isinstance(result, dict) and result.get("partial"):
-                # The snapshot was saved without some unreadable files: done, but not clean
-                # (the CLI's exit code 3); the files are in the result's warnings and the log.
-                count = len(result.get("warnings") or ())
-                return (
-                    "succeeded",
-                    f"{plural(count, 'file or folder', 'files or folders')} could not be read",
-                    EXIT_PARTIAL,
-                    result,
-                )
-            return "succeeded", None, 0, result
-        # A SIGTERM from outside (systemd stops every process of the unit at once, the worker
-        # maybe before the service): the service's stop, not a failure nor a user's. The
-        # worker says so; or it died of it (still starting), or left at once (its pipeline had
-        # already stopped when the signal came: the library's "interrupted twice").
-        outside = (outcome or {}).get("stopped_by") or (
-            outcome is None and code in (-signal.SIGTERM, 128 + signal.SIGTERM)
-        )
-        if outside and not running.cancel_requested:
-            running.by_service = running.cancel_requested = True
-            if outcome is None:
-                outcome = {"t": "error", "exit_code": EXIT_INTERRUPTED,
-                           "message": "stopped by SIGTERM from outside the service"}  # fmt: skip
-        killed = running.killed_text()
-        if running.timed_out is not None and not running.cancel_requested:
-            # Not the user's cancel: a failure, which the application's notifiers hear of.
-            return "failed", running.timed_out + killed, EXIT_INTERRUPTED, partial
-        if running.killed and running.cancel_requested:
-            return (
-                "cancelled",
-                self._cancelled("cancelled" + killed, running),
-                EXIT_INTERRUPTED,
-                partial,
-            )
-        if outcome is not None:
-            exit_code = int(outcome.get("exit_code") or 1)
-            message = str(outcome.get("message"))
-            if exit_code == EXIT_INTERRUPTED or running.cancel_requested:
-                return "cancelled", self._cancelled(message, running), exit_code, partial
-            return "failed", message, exit_code, partial
-        if running.cancel_requested:
-            # Stopped before the worker could answer (the signal came during its start-up):
-            # nothing was written yet; the exit code is the CLI's for an interruption.
-            return (
-                "cancelled",
-                self._cancelled("cancelled before the job's process was ready", running),
-                EXIT_INTERRUPTED,
-                partial,
-            )
-        detail = stderr_lines[-1] if stderr_lines else _ended(code)
-        return "failed", f"the job's process ended without a result: {detail}", code, partial
 
     def _record_end(self, job_id: int, values: tuple[Any, ...]) -> None:
         """Write a job's end. When the state database cannot (its disk full), the end is kept
