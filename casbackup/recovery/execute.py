@@ -37,6 +37,7 @@ from casbackup.recovery.journal import (
     target_lock,
 )
 from casbackup.recovery.layout import component, is_in_place
+from casbackup.recovery.parents import Parents
 from casbackup.recovery.plan import (
     DatabaseItem,
     FileItem,
@@ -163,12 +164,17 @@ def _carry_out(
             )
             errors.extend(check.problems)
         elif (journal := _journal_started(plan, started, errors)) is not None:
+            parents = Parents(repo, plan.snapshot, plan.target)
             for item in plan.files:
                 if item.done_by:
                     files.append(_files_left(plan, item, reporter))
                     continue
                 doing = f"while restoring {item.source} to {item.target}"
                 n = len(errors)
+                try:
+                    parents.make(item.source, item.kind == "dir")
+                except OSError:
+                    pass  # the restore cannot make it either, and says so for the source
                 files.append(_restore_files(repo, plan, item, options, reporter, errors, warnings))
                 if len(errors) == n:
                     _note(journal.finished(item.target, started), warnings)
@@ -186,6 +192,8 @@ def _carry_out(
                 elif out.get("ok"):
                     _note(journal.finished(db.where, started), warnings)
                 databases.append(out)
+            # Last: what was restored into the folders above the sources changed their times.
+            warnings.extend(parents.finish())
     except KeyboardInterrupt:
         interrupted = True
         stopped = (

@@ -183,3 +183,44 @@ def test_an_sqlite_database_outside_the_sources_goes_to_its_config_path_below_th
     conn = sqlite3.connect(landed(target, Path(db.path or "")))
     assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 200
     conn.close()
+
+
+def test_the_folders_above_the_sources_come_back_as_the_snapshot_recorded_them(
+    tmp_path: Path,
+) -> None:
+    # Found by recovering /srv/myapp/uploads: TARGET/srv came back 0755 (0777 under umask
+    # 0), owned by the user who recovered it and dated the day of the recovery, although
+    # the backup records /srv (mode, owner, times) as it records every folder above a source.
+    live = tmp_path / "live"
+    sources = [live / s for s in SOURCES]
+    for i, src in enumerate(sources):
+        src.mkdir(parents=True)
+        (src / f"file{i}.txt").write_text(f"source {i}\n")
+    conn = sqlite3.connect(sources[1] / "notes.db")  # the config's database
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.commit()
+    conn.close()
+    recorded = {live / "srv": 0o750, live / "var" / "lib": 0o711, live / "etc": 0o755,
+                sources[2]: 0o701}  # fmt: skip
+    for folder, mode in recorded.items():
+        folder.chmod(mode)
+        if os.geteuid() == 0:
+            os.chown(folder, 4321, 4322)
+    for folder in [*recorded, live / "var"]:
+        os.utime(folder, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    env = {"CASBACKUP_CONFIG": str(_config(tmp_path, sources))}
+    assert run_cli("init", "--insecure-test-kdf", env=env).code == 0
+    done = run_cli("backup", "--app", "myapp", "--no-auto-verify", env=env)
+    assert done.code == 0, done.err
+    target = tmp_path / "rebuilt"
+    out = run_cli("recover", "--app", "myapp", "--target", str(target),
+                  "--allow-unverified", env=env)  # fmt: skip
+    assert out.code == 0, out.err
+    for folder, mode in recorded.items():
+        st = (target / str(folder).lstrip("/")).stat()
+        assert oct(st.st_mode & 0o7777) == oct(mode), folder
+        assert st.st_mtime_ns == 1_000_000_000_000_000_000, folder
+        if os.geteuid() == 0:
+            assert (st.st_uid, st.st_gid) == (4321, 4322), folder
+    top = str(tmp_path).split("/")[1]  # /tmp, say: recorded too, as it is on this machine
+    assert (target / top).stat().st_mode & 0o7777 == os.stat("/" + top).st_mode & 0o7777
