@@ -7,8 +7,9 @@ values grow), and after rewriting 1% of the rows picked at random with values of
 length (in place: SQLite's pages change where they are). Each dump is backed up, in order, by
 the real backup pipeline into one repository per chunker setting and format: version 2 (no
 delta blobs, the behaviour before issue 16), version 3 (new dump chunks stored as deltas of
-the parent's, repo/delta.py) and version 4 (also trees over 4 KiB as deltas of the parent's:
-the dump's node lists every chunk id, repo/snapshotstore.py). The table shows what each
+the parent's, repo/delta.py), version 4 (also trees over 4 KiB as deltas of the parent's:
+the dump's node lists every chunk id, repo/snapshotstore.py) and version 6 (equally long
+chunks changed in place stored as aligned deltas, repo/aligned_delta.py). The table shows what each
 backup stored (after compression and encryption) and its CPU time. ``--nights N`` then
 adds N nights of 1% random in-place changes and reports the repository's size against the
 first night's, and the CPU time to read back the first and the last night's dump, and the
@@ -179,7 +180,12 @@ class FileDump:
         self._f.close()
 
 
-MODES = {"no deltas (format 2)": 2, "deltas (format 3)": 3, "+ tree deltas (format 4)": 4}
+MODES = {
+    "no deltas (format 2)": 2,
+    "deltas (format 3)": 3,
+    "+ tree deltas (format 4)": 4,
+    "+ aligned deltas (format 6)": 6,
+}
 
 
 def random_rows(seed: int) -> str:
@@ -249,6 +255,8 @@ def main() -> None:
     parser.add_argument(
         "--all-chunkers", action="store_true", help="every chunker, not only the current one"
     )
+    parser.add_argument("--formats", default=",".join(str(v) for v in MODES.values()),
+                        help="repository format versions to compare (comma-separated)")  # fmt: skip
     parser.add_argument("--chunkers", default="",
                         help="these chunkers (comma-separated, as the table names them)")  # fmt: skip
     args = parser.parse_args()
@@ -276,7 +284,8 @@ def main() -> None:
             t0 = time.monotonic()
             subject.create()
             runs = {(label, mode): Run(params, version, work)
-                    for label, params in chunkers.items() for mode, version in MODES.items()}  # fmt: skip
+                    for label, params in chunkers.items() for mode, version in MODES.items()
+                    if str(version) in args.formats.split(",")}  # fmt: skip
             cells: dict[tuple[str, str], list[tuple[int, float]]] = {key: [] for key in runs}
             size = 0.0
             try:

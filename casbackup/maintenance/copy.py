@@ -343,7 +343,9 @@ class _Copier:
         # The source's zstd frame turns the same base plaintext into the same bytes: it is
         # kept, with the base's id here in its header, instead of compressing again.
         frame = memoryview(payload)[1 + ID_SIZE :]
-        _, added = self.dst.save_encoded_delta(data, base_dst, base, frame, new_id, depth=depth)
+        _, added = self.dst.save_encoded_delta(
+            data, base_dst, base, frame, new_id, depth=depth, version=payload[0]
+        )
         if added:
             self._sent(len(data), before)
             if self.dst.stats_deltas_added > deltas and depth is not None:

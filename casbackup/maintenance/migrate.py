@@ -21,8 +21,10 @@ cannot read, and they refuse the version 3 config (exit 21) before reading anyth
 Version 3 to 4 (TREE_DELTA blobs: trees stored as deltas of the parent snapshot's tree)
 is the same step again; version 3 readers refuse the version 4 config. Version 4 to 5
 (snapshot records rewritten by ``tag``, record version 2) is that step once more; version 4
-readers refuse the version 5 config, so none of them ever calls such a record damaged. A
-version 1, 2, 3 or 4 repository goes straight to the current version.
+readers refuse the version 5 config, so none of them ever calls such a record damaged.
+Version 5 to 6 (aligned DELTA payloads, repo/aligned_delta.py) is the same step; version 5
+readers refuse the version 6 config before they could meet a payload they would call
+damaged. A version 1 to 5 repository goes straight to the current version.
 Migrating authenticates what the version 1 config says, so ``MigrationPlan.unusual``
 names every parameter that differs from casbackup's defaults: a config changed by a
 storage attacker before the upgrade would otherwise become authenticated.

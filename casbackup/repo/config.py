@@ -38,8 +38,9 @@ from casbackup.errors import ConfigTampered, FormatError, UnsupportedFormat
 
 FORMAT_NAME = "casbackup"
 # 2: config MAC, names checked; 3: delta blobs; 4: tree delta blobs; 5: snapshot records
-# rewritten by `tag` (record version 2) (repo_format.md "Format versions")
-FORMAT_VERSION = 5
+# rewritten by `tag` (record version 2); 6: aligned DELTA payloads (repo_format.md "Format
+# versions")
+FORMAT_VERSION = 6
 OLDEST_READABLE = 1
 
 # Ranges a config may hold (checked before anything uses them): zstd's levels (negative

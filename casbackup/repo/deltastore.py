@@ -66,6 +66,12 @@ class DeltaWriting:
         """Whether this repository's format holds DELTA blobs (version 3 and later)."""
         return self.config.version >= 3 and self.writable
 
+    @property
+    def aligned_deltas_allowed(self) -> bool:
+        """Whether this repository's format holds aligned DELTA payloads (payload version
+        2, format version 6 and later: repo/aligned_delta.py)."""
+        return self.config.version >= 6 and self.writable
+
     def delta_depth(self, blob_id: bytes) -> int | None:
         """How many deltas lie above the full blob ``blob_id`` resolves from (0: a full
         blob), or None when it is not stored as data."""
@@ -148,15 +154,20 @@ class DeltaWriting:
         if base is None:
             base = self.load_blob(base_id, Kind.DATA)
         level = self.compression_level if self.compression_level is not None else 3
-        dictionary = delta.base_dictionary(base)
-        payload = delta.encode_delta(base_id, dictionary, data, level)
+        reference: bytes | zstandard.ZstdCompressionDict = base
+        payload = None
+        if self.aligned_deltas_allowed:
+            payload = delta.encode_aligned(base_id, base, data, level)
+        if payload is None:
+            reference = delta.base_dictionary(base)  # built once for encoding and the check
+            payload = delta.encode_delta(base_id, reference, data, level)
         if len(payload) > len(data) // 16:
             # Rarely worth it (the base shares little): compare with the chunk compressed
             # on its own, and keep the delta only when it is clearly smaller.
             alone = full_len or len(codec.compress(data, self.compression_level))
             if len(payload) > delta.MAX_SHARE * alone:
                 return self.save_blob(Kind.DATA, data, blob_id)
-        return blob_id, self._store_delta(blob_id, payload, data, base_id, dictionary)
+        return blob_id, self._store_delta(blob_id, payload, data, base_id, reference)
 
     def save_encoded_delta(
         self,
@@ -167,10 +178,13 @@ class DeltaWriting:
         blob_id: BlobId,
         *,
         depth: int | None,
+        version: int = delta.DELTA_VERSION,
     ) -> tuple[BlobId, bool]:
         """``save_data_delta`` for a delta already encoded (``copy``: the source's zstd
         ``frame``, which turns ``base``, the plaintext of ``base_id``, into ``data``, whose
-        id here is ``blob_id``), so nothing is compressed again. Stored as DATA instead when
+        id here is ``blob_id``; ``version``: its payload version), so nothing is compressed
+        again, except an aligned frame (version 2) where this repository's format does not
+        hold one: it is encoded again as patch-from. Stored as DATA instead when
         deltas are not allowed here or ``depth`` (the base's, None: unknown) leaves no room.
         Verified before it is written like every delta. Returns (id, added)."""
         self.require_writable()
@@ -178,7 +192,11 @@ class DeltaWriting:
             return blob_id, False
         if not self.deltas_allowed or depth is None or depth >= delta.MAX_DEPTH:
             return self.save_blob(Kind.DATA, data, blob_id)
-        payload = bytes((delta.DELTA_VERSION,)) + bytes(base_id) + bytes(frame)
+        if version == delta.ALIGNED_VERSION and not self.aligned_deltas_allowed:
+            level = self.compression_level if self.compression_level is not None else 3
+            payload = delta.encode_delta(base_id, base, data, level)
+        else:
+            payload = bytes((version,)) + bytes(base_id) + bytes(frame)
         return blob_id, self._store_delta(blob_id, payload, data, base_id, base)
 
     def _store_delta(

@@ -25,13 +25,19 @@ TEST_CONFIG_KW = {
 
 
 def make_repo(
-    path_or_backend: str | Backend, password: str = PASSWORD, *, key: MasterKey | None = None
+    path_or_backend: str | Backend,
+    password: str = PASSWORD,
+    *,
+    key: MasterKey | None = None,
+    version: int | None = None,
 ) -> Repository:
     """A test repository (tiny packs, weak KDF). ``key``: a fixed master key for tests whose
-    sizes depend on chunk boundaries, which the key seeds; by default a random one."""
+    sizes depend on chunk boundaries, which the key seeds; by default a random one.
+    ``version``: the format version (default: the newest)."""
     backend = LocalBackend(path_or_backend) if isinstance(path_or_backend, str) else path_or_backend
+    kw = dict(TEST_CONFIG_KW) if version is None else {**TEST_CONFIG_KW, "version": version}
     return Repository.init(
-        backend, password.encode(), kdf=WEAK_KDF, config=RepoConfig(**TEST_CONFIG_KW), key=key
+        backend, password.encode(), kdf=WEAK_KDF, config=RepoConfig(**kw), key=key
     )
 
 

@@ -21,7 +21,7 @@ from casbackup.repo.snapshot import Snapshot
 from casbackup.store.local import LocalBackend
 from casbackup.testing.fixtures import PASSWORD, TEST_CONFIG_KW, flip_stored_byte
 from casbackup.verify.check import CheckOptions, check
-from tests.repo.test_delta import DEPTH, ROWS, dump_node, nights, read_dump
+from tests.repo.test_delta import DEPTH, ROWS, dump_node, nights, payload_versions, read_dump
 from tests.verify.apps import make_app
 
 SHARED = pytest.mark.parametrize("shared", [False, True], ids=["own-secret", "shared-secret"])
@@ -107,6 +107,25 @@ def test_copying_only_the_newest_night_brings_its_bases_and_prune_keeps_them(
     # The bases are in no copied snapshot's tree: prune must keep them all the same.
     prune(dst, PruneOptions())
     assert read_dump(dst, copy) == expected
+    assert check(dst, CheckOptions(read_data=True, workers=1)).ok
+    dst.close()
+
+
+@pytest.mark.parametrize("version", [6, 5])
+def test_aligned_deltas_are_kept_or_encoded_again_for_an_older_destination(
+    repo: Repository, chained: list[Snapshot], tmp_path: Path, version: int
+) -> None:
+    """A format 5 destination cannot hold aligned deltas (its readers would call them
+    malformed): copy encodes them again as patch-from there, and keeps them in format 6."""
+    assert 2 in payload_versions(repo, chained)
+    dst = new_repo(tmp_path / "dst", repo, shared=False, version=version)
+    result = copy_snapshots(repo, dst, CopyOptions())
+    assert result.deltas_sent > 0
+    copies = copied(dst, chained)
+    found = payload_versions(dst, copies)
+    assert (2 in found) if version == 6 else found == {1}
+    for original, copy in zip(chained, copies, strict=True):
+        assert read_dump(dst, copy) == read_dump(repo, original)
     assert check(dst, CheckOptions(read_data=True, workers=1)).ok
     dst.close()
 

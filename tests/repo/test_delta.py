@@ -52,10 +52,33 @@ FIXED_KEY = MasterKey(bytes(range(32)))
 
 
 @pytest.fixture
-def repo_path(tmp_path: Path) -> str:
+def repo_version() -> int:
+    """The format version of this module's repositories: the newest, unless a test is
+    parametrized over ``BOTH_CODECS`` (format 6 writes this module's in-place row changes
+    as aligned deltas, format 5 as patch-from)."""
+    return FORMAT_VERSION
+
+
+BOTH_CODECS = pytest.mark.parametrize("repo_version", [6, 5], ids=["aligned", "patch-from"])
+
+
+@pytest.fixture
+def repo_path(tmp_path: Path, repo_version: int) -> str:
     path = str(tmp_path / "repo")
-    make_repo(path, key=FIXED_KEY).close()
+    make_repo(path, key=FIXED_KEY, version=repo_version).close()
     return path
+
+
+def payload_versions(repo: Repository, snaps: list[Snapshot]) -> set[int]:
+    """The DELTA payload versions (1 patch-from, 2 aligned) of the snapshots' dump chunks."""
+    found = set()
+    for snap in snaps:
+        for c in dump_node(repo, snap).content:
+            loc = repo.locate(c)
+            if loc.kind == Kind.DELTA:
+                envelope = repo.fetch_envelope(loc.pack, loc.offset, loc.stored_len)
+                found.add(delta.payload_version(delta.open_delta(repo.opener, c, envelope)))
+    return found
 
 
 @pytest.fixture(autouse=True)
@@ -185,10 +208,12 @@ def test_choose_base() -> None:
     assert delta.choose_base(big) is None  # the changes add up: store full
 
 
+@BOTH_CODECS
 def test_every_reader_round_trips_a_chain_at_the_limit(  # type: ignore[no-untyped-def]
-    repo: Repository, repo_path: str, chained, tmp_path: Path
+    repo: Repository, repo_path: str, chained, tmp_path: Path, repo_version: int
 ) -> None:
     _, db, snaps = chained
+    assert payload_versions(repo, snaps) == ({1, 2} if repo_version == 6 else {1})
     deepest = snaps[DEPTH]
     expected = read_dump(repo, deepest)  # ChunkReader (db restore, dump)
     # and the night after the limit, whose chains restarted on their full bases
@@ -242,6 +267,7 @@ def test_every_reader_round_trips_a_chain_at_the_limit(  # type: ignore[no-untyp
         live.close()
 
 
+@BOTH_CODECS
 def test_prune_after_forgetting_the_snapshots_that_hold_the_bases(  # type: ignore[no-untyped-def]
     repo: Repository, repo_path: str, chained, tmp_path: Path
 ) -> None:
@@ -282,6 +308,7 @@ def _full_base(repo: Repository, snap: Snapshot) -> bytes:
     raise AssertionError("no full chunk")
 
 
+@BOTH_CODECS
 def test_a_damaged_base_names_every_dependent_file_in_every_snapshot(  # type: ignore[no-untyped-def]
     repo: Repository, repo_path: str, chained, tmp_path: Path
 ) -> None:

@@ -109,7 +109,7 @@ def test_delta_payload_round_trip_and_damage() -> None:
     with pytest.raises(FormatError):
         delta.apply_delta(payload[:-3], base, len(target))  # a cut frame
     with pytest.raises(FormatError):
-        delta.delta_base(b"\x02" + payload[1:])  # unknown version
+        delta.delta_base(b"\x03" + payload[1:])  # unknown version
     bad = bytearray(envelope)
     bad[len(bad) // 2] ^= 1
     with pytest.raises(IntegrityError):
