@@ -43,6 +43,7 @@ import zstandard
 from casbackup.archiver.backup import BackupOptions, StreamSpec, run_backup
 from casbackup.archiver.stream import ChunkReader
 from casbackup.crypto.keyfile import WEAK_KDF
+from casbackup.crypto.keys import MasterKey
 from casbackup.engines import DumpInfo, get_engine
 from casbackup.engines.base import DatabaseSpec
 from casbackup.repo import delta
@@ -193,13 +194,20 @@ def random_rows(seed: int) -> str:
     return f"((id * 2654435761 + {seed * 40503}) % 1000003) % 100 = 0"
 
 
+# One master key for every repository of a run: the key seeds the chunker, so formats
+# compared side by side cut the same dump into the same chunks (with a key each, a night's
+# delta varied by 30% from repository to repository: bench/DUMPS.md "Aligned deltas").
+SHARED_KEY = MasterKey.generate()
+
+
 class Run:
     """One repository (a chunker and a format version) receiving every dump in order."""
 
     def __init__(self, params: ChunkerParams, version: int, work: Path) -> None:
         repo_dir = tempfile.mkdtemp(dir=work, prefix="repo-")
         self.repo = Repository.init(LocalBackend(repo_dir), b"bench", kdf=WEAK_KDF,
-                                    config=RepoConfig(dump_chunker=params, version=version))  # fmt: skip
+                                    config=RepoConfig(dump_chunker=params, version=version),
+                                    key=SHARED_KEY)  # fmt: skip
         self.dir = repo_dir
         self.empty = work / "empty-source"
         self.empty.mkdir(exist_ok=True)

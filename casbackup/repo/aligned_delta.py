@@ -86,9 +86,8 @@ def encode_frame(
 ) -> bytes | None:
     """The zstd frame (``level``) of ``target`` as runs over ``base``, or None when the
     chunks differ in length or in more than ``max_share`` of their bytes (then patch-from,
-    which finds moved bytes, is the better delta; the scan stops there: on a SQLite night
-    whose grown rows shifted every page, scanning them all and then building patch-from
-    cost 1.27x patch-from alone)."""
+    which finds moved bytes, is the better delta; the scan stops there, so a chunk whose
+    rows grew and shifted costs a page or two of scanning before patch-from)."""
     n = len(target)
     if len(base) != n or n > _MAX_U32:
         return None

@@ -45,10 +45,11 @@ ALIGNED_VERSION = aligned_delta.ALIGNED_VERSION
 _PAYLOAD_VERSIONS = (DELTA_VERSION, ALIGNED_VERSION)
 # An aligned delta is used only while at most this share of the chunk's bytes changed;
 # beyond it the chunk was more likely rewritten or shifted than patched in place, and
-# patch-from (which finds moved bytes) is used. 1% of a SQLite table's rows rewritten in
-# place at random changed ~0.4% of a chunk's bytes (in ~36% of its 4 KiB blocks); 1% of
-# rows grown shifted whole pages.
-ALIGNED_MAX_CHANGED = 1 / 8
+# patch-from (which finds moved bytes) is used. On a 100 MB SQLite table, 1% of the rows
+# rewritten in place at random changed ~0.4% of each chunk's bytes; 1% of the rows grown
+# changed 5-45% (shifted cells): at 1/8 the chunks under it still became aligned deltas
+# 12% larger than patch-from's, at 1/32 none did (bench/DUMPS.md "Aligned deltas").
+ALIGNED_MAX_CHANGED = 1 / 32
 # The longest chain of deltas above a full blob. Measured with bench/dump_dedup.py
 # (repo_format.md "Delta blobs"): each level costs one more blob read and one more
 # decompression on every read, while a full blob every N nights costs a whole chunk.
