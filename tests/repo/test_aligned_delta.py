@@ -216,3 +216,36 @@ def test_a_version_5_repository_gains_aligned_deltas_at_migrate(tmp_path, monkey
     again = Repository.open(LocalBackend(str(tmp_path / "r")), b"pw")
     assert again.load_blob(after, Kind.DATA) == _patched(base, {20: 0})
     assert again.load_blob(before, Kind.DATA) == _patched(base, {10: 0})
+
+
+@pytest.mark.parametrize("version", [6, 5])
+def test_a_delta_built_on_a_base_that_is_not_what_its_id_says_still_reads_back(
+    tmp_path, version: int
+) -> None:
+    """A backup loads its delta bases authenticated but does not hash them against their
+    ids (repo/deltastore.py delta_base_for): whatever bytes a base resolves to, the delta
+    is built and checked on those same bytes, so the new chunk reads back exactly; the base
+    itself is damage that check --read-data reports."""
+    from casbackup.verify.check import CheckOptions, check
+
+    repo = _repo(tmp_path, "r", version)
+    good = os.urandom(100_000)
+    lying = _patched(good, {500: good[500] ^ 1})  # stored under good's id (a software fault)
+    good_id = repo.blob_id(good)
+    repo.verify_before_write = False
+    repo.save_blob(Kind.DATA, lying, good_id)
+    repo.verify_before_write = True
+    repo.flush()
+    base = repo.delta_base_for(good_id)
+    assert base is not None and base.plain == lying
+    target = _patched(good, {70_000: 7})
+    target_id, added = repo.save_data_delta(target, good_id, base.plain, depth=0)
+    repo.flush()
+    assert added and repo.locate(target_id).kind == Kind.DELTA
+    assert repo.load_blob(target_id, Kind.DATA) == target
+    repo.close()
+    again = Repository.open(LocalBackend(str(tmp_path / "r")), b"pw")
+    assert again.load_blob(target_id, Kind.DATA) == target
+    report = check(again, CheckOptions(read_data=True, workers=1))
+    damaged = f"pack {again.locate(good_id).pack[:12]}: 1 damaged blob"
+    assert report.errors == [damaged]
