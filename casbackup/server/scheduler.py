@@ -11,7 +11,8 @@ notices missed runs with a persistent job store; APScheduler 4 is an alpha. This
   run (``from:<key>``), so the overview shows no last run until it first fires.
 - Clock: the wall clock is read on every tick, at least every ``tick_s`` (30 s) seconds, never
   derived from a sleep: a laptop or VM that slept notices the time jump at its next tick. A
-  clock set back before a schedule's last fire (it ran ahead) counts from now, with a warning.
+  clock set back before a schedule's last fire (it ran ahead) counts from now, with a warning;
+  set back by at most two hours just after a run, that run is not repeated.
 - Missed runs (the fire time passed more than ``GRACE_S`` ago: the service was down or the
   machine asleep): ``once`` (default) runs one backup now however many were missed; ``skip``
   runs none. Either way the schedule moves on to its next time from now. Under ``once``, a
@@ -61,6 +62,10 @@ log = logging.getLogger("casbackup.server.scheduler")
 GRACE_S = 90.0  # a fire noticed later than this after its time counts as missed
 OVERDUE_RETRY_S = 300.0  # an overdue report a notifier did not take is sent again after this
 OVERDUE_ATTEMPTS = 12  # ... this many times in all (an hour), then it is only in the log
+# A clock set back by at most this much just after a run (an NTP step, a daylight-saving
+# mistake) does not repeat it: the run came at most this early. Set back by more (a clock
+# that ran a day ahead), the run fired so far before its time that it does not count for it.
+REPEAT_TOLERANCE_S = 2 * 3600.0
 MACROS = {
     "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
     "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
@@ -142,6 +147,7 @@ class Scheduler:
         # the next attempt's number, when to make it); in memory: a restart drops them
         self._undelivered: dict[str, tuple[tuple[Any, ...], Any, int, dt.datetime]] = {}
         self._first_tick = True  # the start-up tick also reruns backups the stop cut short
+        self._last_tick: dt.datetime | None = None  # the clock at the tick before (in memory)
         self.reload()
 
     # ----------------------------------------------------------------- configuration
@@ -238,6 +244,13 @@ class Scheduler:
         with self._lock:
             entries = list(self.entries)
         starting, self._first_tick = self._first_tick, False
+        # How far the clock went back since the last tick (None: first tick, or it did not).
+        previous, self._last_tick = self._last_tick, now
+        stepped_back = (
+            (previous - now).total_seconds()
+            if previous is not None and previous.timestamp() > now.timestamp()
+            else None
+        )
         self._resend_overdue(now)
         for e in entries:
             last = self._last(e.key)
@@ -245,7 +258,7 @@ class Scheduler:
                 self._count_from(e.key, now)  # first sight: count from now, do not fire at once
                 continue
             if last.timestamp() > now.timestamp() + GRACE_S:
-                last = self._clock_went_back(e, last, now)
+                last = self._clock_went_back(e, last, now, stepped_back)
             if e.kind == "backup":
                 self._check_overdue(e, now)  # before a new fire moves what is waited for
             due = e.rule.next_after(last)
@@ -268,14 +281,20 @@ class Scheduler:
             self._set_last(e.key, now if e.rule.interval is not None else latest, job)
         return done
 
-    def _clock_went_back(self, e: Entry, last: dt.datetime, now: dt.datetime) -> dt.datetime:
+    def _clock_went_back(
+        self, e: Entry, last: dt.datetime, now: dt.datetime, stepped_back: float | None
+    ) -> dt.datetime:
         """The last fire is in the future: the clock was set back (NTP after a clock that ran
         ahead, a VM restored with an old time). Counting from that fire would stop the
         schedule, unseen, until the clock reaches it again (a year, for a clock that was a
         year ahead), so it counts from now; unless the fire is the one the clock is about to
-        reach again (set back an hour just after the nightly run), which is not run twice.
+        reach again and the clock went back (``stepped_back`` seconds since the tick before;
+        None: not seen) by at most ``REPEAT_TOLERANCE_S`` (set back an hour just after the
+        nightly run): that run is not repeated. Set back further (a clock a day ahead made
+        the next night's run fire 16 hours early), the night runs when it really comes.
         The overdue markers written under the wrong clock go too."""
-        if e.rule.next_after(now) >= last:
+        small = stepped_back is None or stepped_back <= REPEAT_TOLERANCE_S
+        if e.rule.next_after(now) >= last and small:
             return last
         log.warning(
             "%s: the clock went back to %s, before this schedule's last run (%s); it counts "

@@ -274,6 +274,22 @@ def test_a_clock_set_back_an_hour_does_not_repeat_a_run(
     assert len(rec.calls) == 2  # 11th and 12th, never the 11th twice
 
 
+def test_a_clock_a_day_ahead_then_set_right_does_not_skip_the_nights_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The clock jumps a day ahead (a bad RTC at boot) and NTP sets it right minutes later.
+    # Under the wrong clock the next night's run fired, 16 hours before that night really
+    # came: when the night comes it must run again, or 40 hours go without a backup.
+    s, rec = make(tmp_path, monkeypatch, {"shop": "30 2 * * *"})
+    s.tick(berlin(2026, 1, 10, 10, 0))
+    assert len(s.tick(berlin(2026, 1, 11, 10, 0))) == 1  # the wrong clock: "missed", run once
+    minute = berlin(2026, 1, 10, 10, 5)  # set right
+    while minute < berlin(2026, 1, 11, 3, 0):
+        s.tick(minute)
+        minute += dt.timedelta(minutes=1)
+    assert len(rec.calls) == 2  # the 11th's run, at 02:30 of the real 11th
+
+
 def _lost(s: Scheduler, job: int, state: str, error: str, at: dt.datetime) -> None:
     """Job ``job`` (the scheduler's last for 'shop') as the service's stop left it."""
     s.service.db.execute(
