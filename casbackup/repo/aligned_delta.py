@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import struct
 
-import zstandard
-
 from casbackup.errors import FormatError, IntegrityError
 from casbackup.repo import codec
 
@@ -123,13 +121,14 @@ def apply_frame_into(frame: bytes | memoryview, buf: bytearray, raw_len: int) ->
     ~22 us). Same errors as ``apply_frame``; after one, ``buf`` holds no useful data."""
     if len(buf) != raw_len:
         raise IntegrityError("an aligned delta's base is not as long as the blob")
-    try:
-        plain = codec._decompressor().decompress(frame, max_output_size=codec._MAX_DECOMPRESSED)
-    except zstandard.ZstdError as exc:
-        raise FormatError(f"damaged delta payload: {exc}") from None
+    # The runs' bytes are at most the base, each run header 8 bytes and a run at least 1.
+    limit = min(4 + 9 * raw_len, codec._MAX_DECOMPRESSED)
+    plain = codec.decompress_frame(codec._decompressor(), frame, limit)
     if len(plain) < _U32.size:
         raise FormatError("aligned delta is too short")
     (count,) = _U32.unpack_from(plain, 0)
+    if count > raw_len:  # every run is at least a byte long
+        raise FormatError("aligned delta has more runs than its base has bytes")
     data_at = _U32.size + 8 * count
     if data_at > len(plain):
         raise FormatError("aligned delta's run list is cut short")

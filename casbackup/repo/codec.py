@@ -39,6 +39,24 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dec
 
 
+def decompress_frame(
+    dec: zstandard.ZstdDecompressor, frame: bytes | memoryview, limit: int = _MAX_DECOMPRESSED
+) -> bytes:
+    """One zstd ``frame`` decompressed with ``dec``, at most ``limit`` bytes.
+
+    zstandard ignores ``max_output_size`` when the frame records its content size and
+    allocates whatever that says (a 6 kB frame of zeros declaring 300 MB took 300 MB), so
+    the recorded size is checked first. Raises FormatError (damaged, or larger than
+    ``limit``)."""
+    try:
+        size = zstandard.frame_content_size(frame)
+        if size > limit:
+            raise FormatError(f"a zstd frame declares {size} bytes, over the {limit} limit")
+        return dec.decompress(frame, max_output_size=max(limit, 1))  # 0 means no limit
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"damaged zstd payload: {exc}") from None
+
+
 def compress(data: bytes | memoryview, level: int | None) -> bytes:
     """Return codec byte + payload. ``level=None`` disables compression."""
     if level is None or len(data) < 64:
@@ -68,10 +86,5 @@ def decompress_view(data: bytes) -> bytes | memoryview:
     if codec == CODEC_RAW:
         return memoryview(data)[1:]
     if codec == CODEC_ZSTD:
-        try:
-            return _decompressor().decompress(
-                memoryview(data)[1:], max_output_size=_MAX_DECOMPRESSED
-            )
-        except zstandard.ZstdError as exc:
-            raise FormatError(f"damaged zstd payload: {exc}") from None
+        return decompress_frame(_decompressor(), memoryview(data)[1:])
     raise FormatError(f"unknown codec {codec}")

@@ -182,9 +182,9 @@ def apply_delta(
     dictionary = base if isinstance(base, zstandard.ZstdCompressionDict) else base_dictionary(base)
     try:
         dec = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=1 << _WINDOW_LOG)
-        out = dec.decompress(memoryview(payload)[1 + ID_SIZE :], max_output_size=_MAX_PLAIN)
     except zstandard.ZstdError as exc:
-        raise FormatError(f"damaged delta payload: {exc}") from None
+        raise FormatError(f"damaged delta payload: {exc}") from None  # a bad dictionary
+    out = codec.decompress_frame(dec, memoryview(payload)[1 + ID_SIZE :], min(raw_len, _MAX_PLAIN))
     if len(out) != raw_len:
         raise IntegrityError("a delta blob decodes to the wrong length")
     return out
