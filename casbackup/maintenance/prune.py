@@ -301,7 +301,7 @@ def _verify(repo: Repository, blob_id: BlobId, loc: Location, envelope: bytes, p
             if loc.base is None or delta.delta_base(payload) != loc.base:
                 raise IntegrityError("its base is not the one the index names")
             base = repo.load_blob(loc.base, FULL_KIND[loc.kind])
-            plain = delta.apply_delta(payload, base, loc.raw_len)
+            plain = delta.apply_delta(payload, base, loc.raw_len, loc.kind)
         else:
             plain = codec.decompress(repo.opener.open(loc.kind, blob_id, envelope))
     except StorageError as exc:  # a base the store cannot read (permissions, I/O): not damage

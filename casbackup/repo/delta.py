@@ -169,13 +169,17 @@ def delta_base(payload: bytes | memoryview) -> BlobId:
 
 
 def apply_delta(
-    payload: bytes | memoryview, base: bytes | zstandard.ZstdCompressionDict, raw_len: int
+    payload: bytes | memoryview,
+    base: bytes | zstandard.ZstdCompressionDict,
+    raw_len: int,
+    kind: Kind = Kind.DELTA,
 ) -> bytes:
-    """The full plaintext: ``payload`` (a DELTA plaintext) applied to ``base`` (its
-    plaintext, or ``base_dictionary`` of it).
+    """The full plaintext: ``payload`` (the plaintext of a ``kind`` blob: DELTA or
+    TREE_DELTA) applied to ``base`` (its plaintext, or ``base_dictionary`` of it).
 
-    Raises FormatError (malformed), IntegrityError (wrong length)."""
-    delta_base(payload)
+    Raises FormatError (malformed, or an aligned TREE_DELTA), IntegrityError (wrong
+    length)."""
+    _check_version(payload, kind)
     if payload[0] == ALIGNED_VERSION:
         plain = base.as_bytes() if isinstance(base, zstandard.ZstdCompressionDict) else base
         return aligned_delta.apply_frame(memoryview(payload)[1 + ID_SIZE :], plain, raw_len)
@@ -188,6 +192,14 @@ def apply_delta(
     if len(out) != raw_len:
         raise IntegrityError("a delta blob decodes to the wrong length")
     return out
+
+
+def _check_version(payload: bytes | memoryview, kind: Kind) -> None:
+    """FormatError unless ``payload`` is a well-formed head of a ``kind`` blob: trees are
+    never aligned (repo_format.md "Tree deltas": a TREE_DELTA's payload is version 1)."""
+    delta_base(payload)
+    if payload[0] == ALIGNED_VERSION and kind != Kind.DELTA:
+        raise FormatError(f"a {kind.name} blob with a delta payload of version 2")
 
 
 def open_delta(
@@ -261,6 +273,7 @@ def _resolve(
             )
             if delta_base(payload) != below:
                 raise IntegrityError("its base is not the next blob of its chain")
+            _check_version(payload, delta_kind)
             if payload[0] == ALIGNED_VERSION:
                 if not isinstance(buf, bytearray):
                     buf = bytearray(buf)

@@ -129,7 +129,7 @@ class SnapshotStore(BlobStore):
         envelope = self.sealer.seal(Kind.TREE_DELTA, blob_id, payload)
         if self.verify_before_write:
             opened = delta.open_delta(self.opener, blob_id, envelope, Kind.TREE_DELTA)
-            if self.blob_id(delta.apply_delta(opened, base, len(data))) != blob_id:
+            if self.blob_id(delta.apply_delta(opened, base, len(data), Kind.TREE_DELTA)) != blob_id:
                 raise IntegrityError(
                     "a tree delta failed verification before it was written (memory or "
                     "software fault)"

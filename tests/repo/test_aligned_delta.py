@@ -249,3 +249,27 @@ def test_a_delta_built_on_a_base_that_is_not_what_its_id_says_still_reads_back(
     report = check(again, CheckOptions(read_data=True, workers=1))
     damaged = f"pack {again.locate(good_id).pack[:12]}: 1 damaged blob"
     assert report.errors == [damaged]
+
+
+def test_a_tree_delta_is_never_aligned(tmp_path) -> None:
+    """repo_format.md "Tree deltas": a TREE_DELTA's payload is version 1 (patch-from); a
+    version 2 payload in one is malformed, for every reader (load_tree's chain, prune's
+    repack check), even though it would decode to the tree."""
+    from casbackup.maintenance.prune import _verify
+
+    repo = _repo(tmp_path, "r", 6)
+    base = os.urandom(50_000)
+    target = _patched(base, {100: base[100] ^ 1})
+    base_id, _ = repo.save_blob(Kind.TREE, base)
+    repo.flush()
+    tree_id = repo.blob_id(target)
+    payload = delta.encode_aligned(base_id, base, target, 3)
+    assert payload is not None
+    envelope = repo.sealer.seal(Kind.TREE_DELTA, tree_id, payload)
+    repo.store_sealed(Kind.TREE_DELTA, tree_id, envelope, len(target), base_id)
+    repo.flush()
+    with pytest.raises(IntegrityError, match=f"blob {tree_id.hex()[:16]} .*version 2"):
+        repo.load_blob(tree_id, Kind.TREE)
+    loc = repo.locate(tree_id)
+    with pytest.raises(IntegrityError, match="version 2"):
+        _verify(repo, tree_id, loc, envelope, loc.pack)
