@@ -102,12 +102,7 @@ class DeltaWriting:
         delta against it is likely worth it (so a full chain costs one more delta instead
         of a full copy), else no base (``DeltaBase.plain`` None: store the chunk full and
         start a new chain, without loading anything). The chosen base is resolved through
-        its own chain (``resolve_chain``), each link authenticated but not hashed against
-        its id: the new delta is built on, and checked before it is written against, the
-        very bytes every reader resolves that base to, so it decodes to the chunk whatever
-        they are (a link that is not what its id says is damage that ``check --read-data``
-        reports; readers check each chunk they resolve). That keyed hash was ~11% of a
-        SQLite night's backup CPU (bench/DUMPS.md "Aligned deltas")."""
+        its own chain and checked against its id (``resolve_chain``)."""
         try:
             chain = self._data_chain(counterpart)
             if chain is None:
@@ -119,7 +114,9 @@ class DeltaWriting:
                 (link_id, link.pack, link.offset, link.stored_len, link.raw_len)
                 for link_id, link in chain[at:]
             ]
-            plain = delta.resolve_chain(self.fetch_envelope, self.opener, links)
+            plain = delta.resolve_chain(
+                self.fetch_envelope, self.opener, links, hash_id=self.blob_id
+            )
         except CasError:  # missing, damaged, unreadable: the chunk is stored full
             return None
         return DeltaBase(links[0][0], plain, len(links) - 1, chain[-1][1].stored_len)
@@ -156,6 +153,10 @@ class DeltaWriting:
             return self.save_blob(Kind.DATA, data, blob_id)
         if base is None:
             base = self.load_blob(base_id, Kind.DATA)
+            # load_blob authenticates a full blob but hashes only a resolved delta: a base
+            # must be what its id says, or a delta built on it is lost with it (repair).
+            if self.blob_id(base) != base_id:
+                return self.save_blob(Kind.DATA, data, blob_id)
         level = self.compression_level if self.compression_level is not None else 3
         reference: bytes | zstandard.ZstdCompressionDict = base
         payload = None
