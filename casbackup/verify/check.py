@@ -29,7 +29,7 @@ from casbackup.repo.index import (
     decode_supersedes,
     iter_records,
 )
-from casbackup.repo.pack import pack_name, read_header
+from casbackup.repo.pack import HeaderColumns, pack_name, read_header_columns
 from casbackup.repo.repository import Repository
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter
 from casbackup.store.base import odd_entries, skipped_warnings
@@ -262,7 +262,7 @@ class Checker(SnapshotWalk):
                 self._pack_damaged(pack, "is missing", records)
                 continue
             try:
-                header = read_header(
+                header = read_header_columns(
                     self.repo.backend.get, pack_name(pack), present[pack], self.repo.opener
                 )
             except CasError as exc:
@@ -270,12 +270,8 @@ class Checker(SnapshotWalk):
                     self.unreadable_packs.add(pack)
                 self._pack_damaged(pack, f"has an unreadable header ({exc})", records)
                 continue
-            by_id = {e.id: e for e in header}
-            for kind, blob_id, offset, stored_len, _raw in iter_records(records):
-                e = by_id.get(BlobId(blob_id))
-                if e is None or (e.offset, e.stored_len, e.kind) != (offset, stored_len, kind):
-                    self._blob_damaged(blob_id, pack, "index and pack header disagree")
-            del header, by_id
+            self._compare(pack, records, header)
+            del header
         for pack, (why, blobs) in sorted(self.bad_packs.items()):
             self.report.errors.append(f"pack {pack[:12]} {why}: {plural(blobs, 'blob')} affected")
             self.report.damaged_packs.add(pack)
@@ -289,6 +285,25 @@ class Checker(SnapshotWalk):
                 "'repair index' adopts it; 'prune' removes it once it is an hour old)"
             )
         return {p: s for p, s in present.items() if p in self.indexed}
+
+    def _compare(self, pack: FileId, records: bytes, header: HeaderColumns) -> None:
+        """Every index record of ``pack`` must match its header's entry for that blob (the
+        last one, should the header name a blob twice) in offset, stored length and kind.
+
+        Compared as sets of tuples built by ``zip`` (no Python step per blob): this ran
+        for every blob of the repository, and a PackEntry and a loop step each were 40%
+        of ``check``'s CPU time. Only a pack that disagrees is gone through record by
+        record, so that each blob is named in index order, as before."""
+        cols = zip(header.offsets, header.stored, header.kinds, strict=True)
+        by_id = dict(zip(header.ids, cols, strict=True))
+        if records:
+            kinds, ids, offsets, stored, _raw = zip(*iter_records(records), strict=True)
+            index = zip(ids, zip(offsets, stored, kinds, strict=True), strict=True)
+            if by_id.items() >= set(index):
+                return
+        for kind, blob_id, offset, stored_len, _raw in iter_records(records):
+            if by_id.get(blob_id) != (offset, stored_len, kind):
+                self._blob_damaged(blob_id, pack, "index and pack header disagree")
 
     def _pack_damaged(self, pack: FileId, why: str, records: bytes) -> None:
         """Every blob of ``pack`` is lost; those stored elsewhere too are read from there."""
