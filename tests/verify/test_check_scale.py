@@ -85,3 +85,59 @@ def test_check_names_a_missing_chunk_or_a_wrong_size_without_lookups(  # type: i
         assert any(name in e and "chunks hold" in e for e in report.errors), report.errors
     (paths,) = report.affected.values()
     assert [p for p in paths if p.endswith(name)]
+
+
+@pytest.mark.parametrize("field", ["offset", "stored", "kind", "id"])
+def test_check_names_each_index_record_its_pack_header_contradicts(  # type: ignore[no-untyped-def]
+    repo_path, field
+) -> None:
+    """An index record that its pack's header contradicts (in offset, stored length or
+    kind, or naming a blob the pack does not hold) is an error, its blob is damaged and
+    its file named, and no other blob (headers are compared as sets, not entry by entry)."""
+    from casbackup.repo.index import RECORD_SIZE, encode_index_records
+
+    with open_repo(repo_path) as repo:
+        synth_index.fill(repo, 25_000, packs=True)
+        snap = repo.list_snapshots()[0]
+        files = repo.load_tree(repo.load_tree(snap.root)[0].subtree)
+        chunk = files[7].content[3]
+        (old,) = [
+            f
+            for f in repo.index_files()
+            if any(chunk in records for _, records in repo.load_index_records(f)[1])
+        ]
+        sections = repo.load_index_records(old)[1]
+        forged = []
+        for pack, records in sections:
+            at = records.find(chunk) - 1
+            if at >= 0 and at % RECORD_SIZE == 0:
+                rec = bytearray(records[at : at + RECORD_SIZE])
+                if field == "offset":
+                    rec[33:37] = (int.from_bytes(rec[33:37], "big") + 1).to_bytes(4, "big")
+                elif field == "stored":
+                    rec[37:41] = (int.from_bytes(rec[37:41], "big") - 1).to_bytes(4, "big")
+                elif field == "kind":
+                    rec[0] = Kind.TREE
+                else:  # an id the pack does not hold, beside the real record
+                    rec[1:33] = bytes(32)
+                    records = records + bytes(rec)
+                    rec = bytearray(records[at : at + RECORD_SIZE])
+                records = records[:at] + bytes(rec) + records[at + RECORD_SIZE :]
+            forged.append((pack, records))
+        repo.save_file_object("index", Kind.INDEX, encode_index_records(forged, [old]))
+    with open_repo(repo_path) as repo:
+        report = check(repo, CheckOptions())
+    # Damage, with an error of its own: check used to name the files and still say "no
+    # errors were found" (and exit 0).
+    assert report.damaged
+    (pack,) = report.damaged_packs
+    assert report.errors == [
+        f"pack {pack[:12]}: the index and the pack's header disagree on 1 blob "
+        "(run 'casbackup repair index --read-all-packs')"
+    ]
+    if field == "id":
+        # A blob the pack does not hold is not one any snapshot needs: only its pack is named.
+        assert list(report.damaged_packs) and not report.affected, report.errors
+        return
+    (paths,) = report.affected.values()
+    assert paths == [f"/d000000/{files[7].name.decode()}"], paths
