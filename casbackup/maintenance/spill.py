@@ -31,6 +31,7 @@ ID_BUCKETS = 256  # by an id's first byte
 _FLUSH_AT = (
     16 * 1024
 )  # bytes buffered per bucket before they are appended to its file (4 MiB in all)
+_SWEEP_AT = 1 << 20  # bytes ``add_by_byte`` buffers before flushing every full bucket
 
 
 class RecordSpill:
@@ -44,6 +45,7 @@ class RecordSpill:
         self.buckets = buckets
         self.count = 0
         self._buffers = [bytearray() for _ in range(buckets)]
+        self._unswept = 0  # bytes ``add_by_byte`` buffered since it last flushed full buffers
         try:
             if folder is None:
                 root = os.path.join(cache_root(), "tmp")
@@ -70,6 +72,40 @@ class RecordSpill:
         self.count += 1
         if len(buf) >= _FLUSH_AT:
             self._flush(bucket)
+
+    def add_by_first_byte(self, records: Iterable[bytes]) -> None:
+        """``add_by_byte(records, 0)``: each record goes by its first byte (a blob id's)."""
+        self.add_by_byte(records, 0)
+
+    def add_by_byte(self, records: Iterable[bytes], at: int) -> None:
+        """Append each of ``records`` (``record_size`` bytes each) to the bucket its byte
+        at ``at`` names (``ID_BUCKETS`` buckets: the first byte of a blob id in it, or the
+        low byte of a big-endian number). Raises ValueError for a record of another size.
+
+        One loop step per record and no call: ``add`` per chunk was a tenth of ``check``'s
+        and ``prune``'s CPU time at millions of chunks. Full buffers are flushed every
+        ``_SWEEP_AT`` bytes added: memory stays under ``buckets * _FLUSH_AT`` plus that."""
+        records = records if isinstance(records, (list, tuple)) else list(records)
+        if not records:
+            return
+        if self.buckets != ID_BUCKETS or not 0 <= at < self.record_size:
+            raise ValueError("records go by one of their bytes into ID_BUCKETS buckets")
+        if set(map(len, records)) != {self.record_size}:
+            raise ValueError(f"a record here is {self.record_size} bytes")
+        buffers = self._buffers
+        if at == 0:
+            for record in records:
+                buffers[record[0]] += record
+        else:
+            for record in records:
+                buffers[record[at]] += record
+        self.count += len(records)
+        self._unswept += len(records) * self.record_size
+        if self._unswept >= _SWEEP_AT:
+            self._unswept = 0
+            for bucket, buf in enumerate(buffers):
+                if len(buf) >= _FLUSH_AT:
+                    self._flush(bucket)
 
     def _flush(self, bucket: int) -> None:
         buf = self._buffers[bucket]
@@ -135,8 +171,9 @@ class IdSet:
         self._len = None
 
     def update(self, blob_ids: Iterable[bytes]) -> None:
-        for blob_id in blob_ids:
-            self.add(blob_id)
+        self._spill.add_by_first_byte(blob_ids)  # ValueError for an id not 32 bytes
+        self._loaded = None
+        self._len = None
 
     def bucket(self, bucket: int) -> frozenset[bytes]:
         """The ids (each once) whose first byte is ``bucket``."""

@@ -196,6 +196,7 @@ class HeaderColumns(NamedTuple):
     stored: tuple[int, ...]
     raw: tuple[int, ...]
     bases: dict[bytes, BlobId]  # a DELTA or TREE_DELTA entry's base (version 2 only)
+    body: bytes  # the entries as stored: count * (kind[1] | id[32] | stored_len[4] | raw_len[4])
 
     def end(self) -> int:
         """Where the last blob ends (0 for no entry): the header starts there."""
@@ -244,7 +245,7 @@ def decode_header_columns(data: bytes) -> HeaderColumns:
                 deltas.add(blob_id)
         if len(bases) != len(deltas):
             raise FormatError("pack header's delta bases do not match its delta blobs")
-    return HeaderColumns(kinds, ids, offsets, stored, raw, bases)
+    return HeaderColumns(kinds, ids, offsets, stored, raw, bases, bytes(body))
 
 
 def _refuse_entries(body: bytes, bases: dict[bytes, BlobId]) -> None:
