@@ -27,8 +27,11 @@ integers are held.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import compress, groupby
+from operator import add, and_, itemgetter, or_
 
 from casbackup.errors import CasError, IntegrityError, NotFound, StorageError
 from casbackup.maintenance import pruneplan
@@ -73,7 +76,25 @@ class PruneResult:
     warnings: list[str] = field(default_factory=list)
 
 
-PACK_GROUPS = 64  # the entries the new index keeps, spilled by pack number modulo this
+# The entries the new index keeps, spilled by the low byte of their pack number.
+PACK_GROUPS = ID_BUCKETS
+_PACK_AND_ID = struct.Struct(">Ix32s12x")  # an entry's pack number and blob id
+_WHOLE = struct.Struct(f"{_ENTRY.size}s")
+_PACK_AND_OFFSET = struct.Struct("4s33x4s8x")  # an entry's pack number and offset
+_WHOLE = struct.Struct(f"{_ENTRY.size}s")
+# A kept entry as pass 3 spills it: pack number and offset (a sort key), then the entry.
+_KEYED = struct.Struct(f"{8 + _ENTRY.size}s")
+_PACK_OF = itemgetter(slice(0, 4))
+_INDEX_RECORD = itemgetter(slice(12, None))  # key[8] | pack number[4] | index record
+_FIRST = itemgetter(0)
+
+
+def _sort_keyed(entries: bytes) -> Iterator[bytes]:
+    """Each of ``entries`` (``_ENTRY``) behind its pack number and offset: sorted, such
+    records put each pack's entries together in the order of its header. By ``map``:
+    no Python step per entry."""
+    keys = map(b"".join, _PACK_AND_OFFSET.iter_unpack(entries))
+    return map(add, keys, map(_FIRST, _WHOLE.iter_unpack(entries)))
 
 
 # ---------------------------------------------------------------------------- execute
@@ -157,6 +178,7 @@ class _IndexWriter:
         deltas = [
             blob_id
             for _, records in self.sections
+            if any(k in records[::RECORD_SIZE] for k in DELTA_KINDS)  # each record's kind
             for kind, blob_id, *_ in iter_records(records)
             if kind in DELTA_KINDS
         ]
@@ -181,14 +203,30 @@ def _rewrite_index(
     reporter: Reporter,
 ) -> None:
     """Steps 1 and 2: repack, then the new index (its last file supersedes the old)."""
-    keep = {work.numbers[u.pack] for u in plan.keep}
-    repack = {work.numbers[u.pack] for u in plan.repack}
+    keep = frozenset(work.numbers[u.pack] for u in plan.keep)
+    repack = frozenset(work.numbers[u.pack] for u in plan.repack)
+    several = frozenset(work.several_copies)
     # Pass 3 over the id buckets: the entries the new index keeps (every entry of a kept
-    # pack) and the blobs to copy (the chosen copy in a repacked pack), by pack group.
-    kept = RecordSpill(_ENTRY.size, PACK_GROUPS)
+    # pack) and the blobs to copy (the chosen copy in a repacked pack), by pack group (the
+    # low byte of the pack number, byte 3 of an entry).
+    kept = RecordSpill(_KEYED.size, PACK_GROUPS)
     try:
         for bucket in range(ID_BUCKETS):
             used = work.used.bucket(bucket)
+            if bucket not in several:
+                # Each blob in one pack: its copy is the chosen one when it is used. By
+                # columns, no Python step per entry.
+                data = work.entries.read(bucket)
+                if not data:
+                    continue
+                numbers, ids = zip(*_PACK_AND_ID.iter_unpack(data), strict=True)
+                wanted = map(
+                    or_,
+                    map(keep.__contains__, numbers),
+                    map(and_, map(repack.__contains__, numbers), map(used.__contains__, ids)),
+                )
+                kept.add_by_byte(list(compress(_sort_keyed(data), wanted)), 3)
+                continue
             for blob_id, where in work.copies(bucket).items():
                 chosen = None
                 if blob_id in used:
@@ -196,25 +234,28 @@ def _rewrite_index(
                         (chosen,) = where  # present: the plan refused a used blob's lost pack
                     else:
                         chosen = work.chosen(n for n in where if work.present[n])
-                for n, entry in where.items():
-                    if n in keep or (n in repack and n == chosen):
-                        kept.add(n % PACK_GROUPS, entry)
+                chosen_entries = b"".join(
+                    e for n, e in where.items() if n in keep or (n in repack and n == chosen)
+                )
+                kept.add_by_byte(list(_sort_keyed(chosen_entries)), 3)
         writer = _IndexWriter(repo, [f for f, _ in plan.old_index_files], result, work)
         copier = _Copier(repo, options, result, writer, plan, reporter, work)
         for group in range(PACK_GROUPS):
-            by_pack: dict[int, bytearray] = {}
-            for entry in kept.records(group):
-                by_pack.setdefault(_PACK_NO.unpack_from(entry)[0], bytearray()).extend(entry)
+            # (pack number, offset, record) sorted: each pack's records together and in
+            # the order of its header (check compares them with it as bytes), by sort,
+            # groupby and join: no Python step per entry.
+            rows = sorted(map(_FIRST, _KEYED.iter_unpack(kept.read(group))))
+            by_pack = {
+                _PACK_NO.unpack(n)[0]: b"".join(map(_INDEX_RECORD, run))
+                for n, run in groupby(rows, key=_PACK_OF)
+            }
+            del rows
             for n in sorted(by_pack, key=lambda n: work.packs[n]):
-                entries = bytes(by_pack.pop(n))
+                records = by_pack.pop(n)
                 if n in keep:
-                    records = b"".join(
-                        entries[i + 4 : i + _ENTRY.size]
-                        for i in range(0, len(entries), _ENTRY.size)
-                    )
                     writer.add(work.packs[n], records)
                 else:
-                    copier.copy(work.packs[n], entries)
+                    copier.copy(work.packs[n], records)
         copier.finish()
         writer.finish()
     finally:
@@ -260,11 +301,12 @@ class _Copier:
         self.result.packs_written.append(pack_id)
         self.result.bytes_written += len(data)
 
-    def copy(self, pack: FileId, entries: bytes) -> None:
+    def copy(self, pack: FileId, records: bytes) -> None:
+        """Copy the blobs of ``records`` (index records of ``pack``) into new packs."""
         data = self.repo.backend.get(pack_name(pack))
-        records = [_ENTRY.unpack_from(entries, i) for i in range(0, len(entries), _ENTRY.size)]
-        bases = self.work.bases_of(r[2] for r in records if r[1] in DELTA_KINDS)
-        for _n, kind, blob_id, offset, stored_len, raw_len in records:
+        rows = list(iter_records(records))
+        bases = self.work.bases_of(r[1] for r in rows if r[0] in DELTA_KINDS)
+        for kind, blob_id, offset, stored_len, raw_len in rows:
             base = bases.get(blob_id) if kind in DELTA_KINDS else None
             if kind in DELTA_KINDS and base is None:
                 raise IntegrityError(f"delta blob {blob_id.hex()[:16]} has no base in the index")

@@ -16,16 +16,29 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from operator import itemgetter
 
 import lmdb
 
 from casbackup.errors import FormatError, StorageError
 from casbackup.repo.bloom import BlobFilter
 from casbackup.repo.ids import DELTA_KINDS, BlobId, FileId
-from casbackup.repo.index import LOCATION_SIZE, RECORD_SIZE, Location
+from casbackup.repo.index import LOCATION_SIZE, Location
 from casbackup.repo.userdirs import local_base, unwritable_because
 
 _U32 = struct.Struct(">I")
+# ``rebuild``: an index record split as (kind, id, offset|stored|raw), and a spilled
+# entry as (id, file seq, value).
+_RECORD = struct.Struct(">c32s12s")
+_SPILLED = struct.Struct(f">32s4s{LOCATION_SIZE}s")
+_KEY_VALUE = itemgetter(0, 2)
+_LAST_BYTE = itemgetter(-1)
+
+
+def _has_delta(values: dict[bytes, bytes]) -> bool:
+    """Whether a value (``Location.encode`` without a base yet) names a delta kind."""
+    kinds = bytes(map(_LAST_BYTE, values.values()))
+    return any(k in kinds for k in DELTA_KINDS)
 
 
 def cache_root() -> str:
@@ -486,13 +499,12 @@ class IndexCache:
             for seq, (fid, sections, file_bases) in enumerate(files):
                 names.append(fid)
                 tag = _U32.pack(seq)
-                add = spill.add
                 for pack, records in sections:
-                    pack_raw = bytes.fromhex(pack)
-                    for i in range(0, len(records), RECORD_SIZE):
-                        rec = records[i : i + RECORD_SIZE]
-                        # record: kind id offset stored raw -> value: pack offset stored raw kind
-                        add(rec[1], rec[1:33] + tag + pack_raw + rec[33:45] + rec[0:1])
+                    # record: kind id offset stored raw -> value: pack offset stored raw kind
+                    middle = tag + bytes.fromhex(pack)
+                    spill.add_by_first_byte(
+                        [i + middle + lens + k for k, i, lens in _RECORD.iter_unpack(records)]
+                    )
                 for delta_id, base in file_bases.items():
                     bases.add(delta_id[0], delta_id + base)
             bloom = None
@@ -501,33 +513,25 @@ class IndexCache:
                     bloom = BlobFilter.create(os.path.join(self.path, FILTER_FILE), 2 * spill.count)
                 except OSError:
                     bloom = None  # only an optimisation
-            step = 36
             last = ID_BUCKETS - 1
             for bucket in range(ID_BUCKETS):
-                data = spill.read(bucket)
-                recs = sorted(
-                    data[i : i + spill.record_size] for i in range(0, len(data), spill.record_size)
-                )
-                del data
-                base_of = {r[:32]: r[32:] for r in bases.records(bucket)}
-                items: list[tuple[bytes, bytes]] = []
-                for i, rec in enumerate(recs):
-                    key = rec[:32]
-                    if i + 1 < len(recs) and recs[i + 1][:32] == key:
-                        continue  # a later file names it too: that one wins
-                    value = rec[step:]
-                    if value[-1] in DELTA_KINDS:
-                        base = base_of.get(key)
-                        if base is None:
-                            raise FormatError("index names a delta blob without a base")
-                        value += base
-                    items.append((key, value))
-                del recs
+                # (id, file seq, value) sorted, then into a dict: a blob named by several
+                # files keeps the last file's value, and the keys stay in sorted order.
+                # All by sort, zip and dict: no Python step per entry.
+                values = dict(map(_KEY_VALUE, sorted(_SPILLED.iter_unpack(spill.read(bucket)))))
+                if _has_delta(values):
+                    base_of = {r[:32]: r[32:] for r in bases.records(bucket)}
+                    for key, value in values.items():
+                        if value[-1] in DELTA_KINDS:
+                            base = base_of.get(key)
+                            if base is None:
+                                raise FormatError("index names a delta blob without a base")
+                            values[key] = value + base
                 if bloom is not None:
-                    bloom.add(k for k, _ in items)
+                    bloom.add(values)
                 with self.env.begin(write=True) as txn:
-                    if items:
-                        txn.cursor(db=self.blobs).putmulti(items, append=True)
+                    if values:
+                        txn.cursor(db=self.blobs).putmulti(values.items(), append=True)
                     if bucket == last:
                         for fid in names:
                             txn.put(fid.encode(), b"", db=self.files)

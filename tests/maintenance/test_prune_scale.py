@@ -16,10 +16,10 @@ from casbackup.maintenance import spill
 from casbackup.maintenance.prune import PruneOptions, plan_prune, prune
 from casbackup.maintenance.spill import IdSet, RecordSpill
 from casbackup.maintenance.usage import find_used_blobs
-from casbackup.repo.pack import pack_name
+from casbackup.repo.pack import pack_name, read_header_columns
 from casbackup.testing import synth_index
 from casbackup.testing.fixtures import make_repo, open_repo
-from casbackup.verify.check import CheckOptions, check
+from casbackup.verify.check import CheckOptions, _same_as_header, check
 from tests.maintenance.test_prune import Crash, CrashingBackend
 
 ids = st.binary(min_size=32, max_size=32)
@@ -31,18 +31,22 @@ skewed = st.builds(lambda first, rest: bytes([first % 3]) + rest, st.integers(0,
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(added=st.lists(st.one_of(ids, skewed), max_size=400), others=st.lists(ids, max_size=50))
 def test_idset_never_reports_an_added_id_as_absent(added, others) -> None:  # type: ignore[no-untyped-def]
-    saved = spill._FLUSH_AT
+    saved = spill._FLUSH_AT, spill._SWEEP_AT
     spill._FLUSH_AT = 96  # three ids: most adds go through a bucket's file
+    spill._SWEEP_AT = 200  # and full buffers are flushed every few ids added at once
     s = IdSet()
     try:
-        s.update(added)
+        half = len(added) // 2
+        for blob_id in added[:half]:
+            s.add(blob_id)
+        s.update(added[half:])
         assert all(b in s for b in added)
         assert len(s) == len(set(added))
         assert sorted(s) == sorted(set(added))
         for b in others:
             assert (b in s) == (b in set(added))  # exact: no false "present" either
     finally:
-        spill._FLUSH_AT = saved
+        spill._FLUSH_AT, spill._SWEEP_AT = saved
         s.close()
 
 
@@ -60,6 +64,30 @@ def test_record_spill_keeps_order_and_removes_its_files() -> None:
         spill._FLUSH_AT = saved
         r.close()
     assert not os.path.exists(r.folder)
+
+
+def test_record_spill_adds_many_by_one_of_their_bytes() -> None:
+    saved = spill._FLUSH_AT, spill._SWEEP_AT
+    spill._FLUSH_AT, spill._SWEEP_AT = 12, 30
+    r = RecordSpill(6, spill.ID_BUCKETS)
+    try:
+        records = [bytes([i % 7, 9, i % 3, 0, 0, i]) for i in range(200)]
+        r.add_by_byte(records[:100], 2)
+        r.add(1, b"x" * 6)
+        r.add_by_byte(records[100:], 2)
+        for bucket in (0, 1, 2):
+            expected = [x for x in records if x[2] == bucket]
+            if bucket == 1:
+                expected.insert(sum(1 for x in records[:100] if x[2] == 1), b"x" * 6)
+            assert list(r.records(bucket)) == expected
+        assert r.count == 201
+        with pytest.raises(ValueError):
+            r.add_by_byte([b"short"], 0)
+        with pytest.raises(ValueError):
+            IdSet().update([bytes(31)])
+    finally:
+        spill._FLUSH_AT, spill._SWEEP_AT = saved
+        r.close()
 
 
 @pytest.fixture
@@ -97,6 +125,14 @@ def test_prune_keeps_exactly_the_used_blobs_in_several_index_files(small_synth) 
     assert after - used == set(), "kept packs here are wholly used: nothing unused stays"
     assert len(before - after) == 150
     assert result.index_files_written == len(repo.index_files()) > 1
+    # Each pack's records in the order of its header, as backup writes them: check then
+    # compares them with the header as bytes.
+    for fid in repo.index_files():
+        for pack, records in repo.load_index_records(fid)[1]:
+            header = read_header_columns(
+                repo.backend.get, pack_name(pack), repo.backend.stat(pack_name(pack)), repo.opener
+            )
+            assert _same_as_header(records, header), pack
     assert check(repo, CheckOptions(read_data=True)).ok
     assert plan_prune(repo).empty
     repo.close()
