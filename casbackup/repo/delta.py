@@ -9,11 +9,12 @@ as associated data, like every blob) holds::
 
 Version 1: the frame is the target compressed with zstd using the base's full plaintext as
 a raw content dictionary ("patch-from"): whatever the target shares with the base costs a
-few bytes. Version 2 (format version 6): the target is as long as its base and the frame
-holds only the byte runs where they differ (repo/aligned_delta.py), far cheaper to build
-for in-place changes; ``encode_data_delta`` picks between them. The base is itself DATA or DELTA; the chain from a delta down to its full (DATA)
-base is at most ``MAX_DEPTH`` deltas long, so reading any blob costs at most
-``MAX_DEPTH + 1`` blob reads and holds two plaintexts at a time. The index and pack
+few bytes. Version 2 (format version 6, DELTA only): the target is as long as its base
+and the frame holds only the byte runs where they differ (repo/aligned_delta.py), far
+cheaper to build for in-place changes; writers try ``encode_aligned`` first. The base is
+itself DATA or DELTA; the chain from a delta down to its full (DATA) base is at most
+``MAX_DEPTH`` deltas long, so reading any blob costs at most ``MAX_DEPTH + 1`` blob reads
+and holds two plaintexts at a time. The index and pack
 header name every delta's base too (repo/index.py, repo/pack.py), so prune and check
 know the graph without decrypting anything.
 
