@@ -7,6 +7,8 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -22,6 +24,7 @@ from casbackup.errors import (
     UsageError,
     WrongPassword,
 )
+from casbackup.text import storable
 
 log = logging.getLogger("casbackup.server")
 
@@ -62,6 +65,19 @@ STATUS: list[tuple[type[CasError], int]] = [
 ]
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSONResponse whose text need not be UTF-8: a name that is not (surrogate-escaped bytes,
+    or a lone surrogate a JSON request escaped, ``"\\udcff"``) is shown as ``storable`` shows
+    it instead of failing to encode (a 500, or a reset connection). The document is walked
+    only when the plain encode fails."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return super().render(storable(content))
+
+
 def status_for(exc: CasError) -> int:
     for cls, status in STATUS:
         if isinstance(exc, cls):
@@ -75,12 +91,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # The same body shape as every other error (a string detail), headers kept.
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))  # fmt: skip
+        return SafeJSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code,
+                                headers=getattr(exc, "headers", None))  # fmt: skip
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own shape (a list of errors, each echoing its input), made encodable.
+        return SafeJSONResponse({"detail": jsonable_encoder(storable(exc.errors()))},
+                                status_code=422)  # fmt: skip
 
     @app.exception_handler(CasError)
     async def cas_error(_request: Request, exc: CasError) -> JSONResponse:
-        return JSONResponse(
+        return SafeJSONResponse(
             {"detail": str(exc), "exit_code": exc.exit_code}, status_code=status_for(exc)
         )
 
@@ -88,4 +110,6 @@ def install(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged for the operator with its traceback; the client gets one line.
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+        return SafeJSONResponse(
+            {"detail": f"internal error ({type(exc).__name__})"}, status_code=500
+        )

@@ -39,6 +39,7 @@ from casbackup.errors import CasError, NotFound, UsageError
 from casbackup.server import job_process
 from casbackup.server.notices import Notices
 from casbackup.server.running import WRITERS, Log, Running, max_run_time
+from casbackup.text import storable
 from casbackup.threadsig import quiet_thread
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ LOG_LIMIT = 2000  # log lines kept per job: a run with a million unreadable file
 # The error of a job the service's own stop cancelled (not a user): the scheduler reruns it.
 STOPPED_DURING = "the service stopped during this job"
 # Restore drills: one cut short (a stop, a cancel of a scheduled one) is told as a failure.
+MAX_JOB_ID = 2**63 - 1  # SQLite's INTEGER range: a bigger id is no job
 DRILLS = frozenset({"verify", "check"})
 NOTIFY_AT_STOP_S = 20.0  # how long a stop waits for the notifiers of the backups it cut short
 
@@ -89,7 +91,9 @@ def job_doc(row: Any) -> dict[str, Any]:
             duration = 0.0
     return {
         "id": row["id"], "kind": row["kind"], "app": row["app"], "repository": row["repo"],
-        "state": row["state"], "params": json.loads(row["params"]),
+        # Shown as text: a parameter may name a path that is not UTF-8 (a rewrite's exclude
+        # "/x\\udcff" is a real pattern); the worker reads the row's exact params.
+        "state": row["state"], "params": storable(json.loads(row["params"])),
         "created_by": row["created_by"], "trigger": row["trigger"],
         "created_at": _now_iso(row["created_at"]), "started_at": _now_iso(started),
         "finished_at": _now_iso(finished), "duration_s": duration,
@@ -296,6 +300,10 @@ class JobManager:
 
     # ----------------------------------------------------------------- queries
     def get(self, job_id: int) -> dict[str, Any]:
+        """The job's document (``job_doc``); raises NotFound for an unknown id, any int (one
+        past SQLite's 64-bit integers, from a page's URL, raised OverflowError: a 500)."""
+        if not 1 <= job_id <= MAX_JOB_ID:
+            raise NotFound(f"no job {job_id}")
         row = self.db.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if row is None:
             raise NotFound(f"no job {job_id}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from casbackup.errors import NotFound
 from tests.server.conftest import Env
 
 
@@ -94,3 +97,59 @@ def test_no_repository_is_a_clear_503(env: Env, monkeypatch) -> None:  # type: i
     assert_clean(r, 503, "wrong passphrase")
     apps = env.client.get("/api/applications", headers=env.h("viewer")).json()
     assert "wrong passphrase" in apps["warnings"][0] and len(apps["applications"]) == 2
+
+
+def test_lone_surrogates_in_json_are_a_clean_422(env: Env) -> None:
+    """JSON may escape a lone surrogate ("\\udcff"), which is no text: pydantic refuses it, and
+    the 422 that echoes the input must still be one clean JSON answer, not a 500 (it failed to
+    encode as UTF-8)."""
+    c, h = env.client, {**env.h("admin"), "Content-Type": "application/json"}
+    for lone in ("\\udcff", "\\ud800"):
+        for path, body in (
+            ("/api/snapshots/latest/restore", '{"path": "/x-%s"}'),
+            ("/api/snapshots/latest/tags", '{"add": ["%s"]}'),
+            ("/api/rewrite", '{"app_name": "shop", "excludes": ["/x%s"]}'),
+            ("/api/users", '{"name": "%s", "role": "viewer", "password": "long-enough"}'),
+            ("/api/tokens", '{"name": "%s", "user": "viewer"}'),
+            ("/api/check", '{"read_data_subset": "%s"}'),
+            ("/api/auth/login", '{"username": "%s", "password": "long-enough"}'),
+        ):
+            r = c.post(path, content=body % lone, headers=h)
+            if path == "/api/rewrite":  # a real pattern: a name that is not UTF-8
+                assert r.status_code == 202, r.text
+                shown = {"\\udcff": "/x\\xff", "\\ud800": "/x\\ud800"}[lone]
+                assert r.json()["job"]["params"]["excludes"] == [shown]
+            elif path.endswith("/tags"):  # pydantic lets it through in a list
+                assert_clean(r, 400, "is not usable")
+            else:
+                assert_clean(r, 422)
+                assert "unicode" in r.text, r.text
+
+
+def test_a_missing_non_utf8_path_is_a_clean_404(env: Env) -> None:
+    """The not-found message names the path as stored (bytes that are not UTF-8): the answer
+    shows them (as \\xNN) instead of failing to encode (a 500, or a reset connection); so
+    does the dashboard's error page."""
+    import base64
+
+    from tests.server.test_snapshots import backup
+
+    snap = backup(env, "shop")["snapshot_id"]
+    b64 = base64.urlsafe_b64encode(b"/nowhere-\xff\xfe").decode()
+    for route in ("tree", "download"):
+        r = env.client.get(
+            f"/api/snapshots/{snap}/{route}", params={"path_b64": b64}, headers=env.h("operator")
+        )
+        assert_clean(r, 404, "/nowhere-\\xff\\xfe")
+    r = env.client.get(f"/snapshots/{snap}", params={"path_b64": b64}, headers=env.h("viewer"))
+    assert r.status_code == 404 and "/nowhere-\\xff\\xfe" in r.text, r.text[-300:]
+
+
+def test_a_job_id_past_sqlite_integers_is_not_found(env: Env) -> None:
+    """The dashboard's job page takes any integer: one past SQLite's range is no job (404),
+    not an OverflowError (500)."""
+    for job_id in (2**63, 10**30):
+        r = env.client.get(f"/jobs/{job_id}", headers=env.h("viewer"))
+        assert r.status_code == 404, (r.status_code, r.text[:300])
+    with pytest.raises(NotFound):
+        env.service.jobs.get(2**63)

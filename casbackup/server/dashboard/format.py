@@ -119,7 +119,17 @@ def safe_next(target: str) -> str:
     return target
 
 
+def _finalize(value: Any) -> Any:
+    """Every ``{{ ... }}`` of a page: text that is not UTF-8 (a stored name in an error
+    message) shown as ``storable`` shows it; a page that held it answered 500."""
+    if not isinstance(value, str):
+        return value
+    fixed = storable(value)
+    return value if fixed is value else type(value)(fixed)  # Markup stays Markup
+
+
 def install_filters(env: Environment) -> None:
+    env.finalize = _finalize
     env.filters.update(
         age=age,
         when=_when_in_page_zone,
