@@ -55,7 +55,8 @@ MAX_CONFIG_BYTES = 16 << 20
 NESTED_TOO_DEEPLY = "invalid config: arrays or tables nested too deeply"
 LOCAL_NAME = "casbackup.toml"
 # App names become tags and appear in `--app NAME`: no separators, no control characters.
-APP_NAME_RE = re.compile(r"^[A-Za-z0-9_][^\x00-\x1f\x7f/,:]{0,99}$")
+# No lone surrogates either (`backup --app` with a byte that is not UTF-8): not text.
+APP_NAME_RE = re.compile(r"^[A-Za-z0-9_][^\x00-\x1f\x7f/,:\ud800-\udfff]{0,99}$")
 KEEP_WITHIN_RE = re.compile(r"^(\d+[ymwdh])+$")
 LVM_SIZE_RE = re.compile(r"^(\d+(\.\d+)?[bBsSkKmMgGtTpPeE]?|\d{1,3}%(ORIGIN|FREE|VG|PVS))$")
 # An interval past a year is what @yearly says; a huge one (999999999999 minutes) made the

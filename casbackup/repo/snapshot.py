@@ -21,8 +21,10 @@ from casbackup.repo.ids import BlobId
 SNAPSHOT_VERSION = 1
 REWRITTEN_VERSION = 2
 BACKUP_TYPES = ("full", "incremental", "differential")
-# Tags appear comma-joined in listings and in `--tag a,b` filters: no commas, no controls.
-TAG_RE = re.compile(r"^[^\x00-\x1f\x7f,]{1,100}$")
+# Tags appear comma-joined in listings and in `--tag a,b` filters: no commas, no controls;
+# and no lone surrogates (a byte that is not UTF-8, from a shell argument): not text, which
+# every listing of the web service failed to encode.
+TAG_RE = re.compile(r"^[^\x00-\x1f\x7f,\ud800-\udfff]{1,100}$")
 
 
 def check_tags(tags: tuple[str, ...] | list[str], what: str = "tag") -> tuple[str, ...]:

@@ -29,6 +29,8 @@ from casbackup.server.statedb import StateDB
 
 ROLES = ("viewer", "operator", "admin")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# A token's label: shown in lists and pages; text (no lone surrogate), no controls.
+TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f\ud800-\udfff]{1,100}$")
 TOKEN_RE = re.compile(r"^cbt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 MIN_PASSWORD = 8
 
@@ -204,7 +206,13 @@ class Accounts:
         expires_in_s: float | None = None,
         apps: list[str] | None = None,
     ) -> tuple[str, Token]:
-        """A new token for a user: (the token text, shown once; its record)."""
+        """A new token for a user: (the token text, shown once; its record). ``name`` is a
+        label (default "token"); raises UsageError for one that is not 1-100 characters of
+        printable text, NotFound for an unknown user."""
+        if name and not TOKEN_NAME_RE.match(name):
+            raise UsageError(
+                f"token name {name!r} is not usable: give 1-100 characters without control characters"
+            )
         user = self.user(user_name)
         if apps and user.apps is not None and not set(apps) <= set(user.apps):
             extra = ", ".join(sorted(set(apps) - set(user.apps)))

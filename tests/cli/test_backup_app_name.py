@@ -20,7 +20,7 @@ def src(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", ["", "..", "a/b", "x\ny", " shop", "a,b", "db:1"])
+@pytest.mark.parametrize("name", ["", "..", "a/b", "x\ny", " shop", "a,b", "db:1", "caf\udce9"])
 def test_backup_refuses_an_app_name_the_config_would_refuse(cli_repo, src, name) -> None:  # type: ignore[no-untyped-def]
     res = run_cli("backup", str(src), "--app", name, repo=cli_repo)
     assert_one_error(res, 2, "is not a valid application name")

@@ -86,6 +86,18 @@ def test_token_apps_cannot_exceed_the_users(tmp_path: Path) -> None:
         a.create_token("carol", apps=["blog"])
 
 
+def test_token_names_are_printable_text(tmp_path: Path) -> None:
+    """A token's label is shown in lists and pages: not bytes that are not UTF-8 (`token
+    create --name` with one failed with a traceback writing it to SQLite), nor controls."""
+    a = accounts(tmp_path)
+    a.add_user("dave", "s3cret-pass", "operator")
+    for bad in ("t\udcff", "a\nb", "x" * 101):
+        with pytest.raises(UsageError, match="token name"):
+            a.create_token("dave", bad)
+    assert a.create_token("dave", "ci: nightly \u00e9")[1].name == "ci: nightly \u00e9"
+    assert a.create_token("dave")[1].name == "token"
+
+
 def test_sessions_and_password_change(tmp_path: Path) -> None:
     a = accounts(tmp_path)
     user = a.add_user("alice", "s3cret-pass", "viewer")
