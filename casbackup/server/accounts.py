@@ -31,6 +31,7 @@ ROLES = ("viewer", "operator", "admin")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 # A token's label: shown in lists and pages; text (no lone surrogate), no controls.
 TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f\ud800-\udfff]{1,100}$")
+MAX_TOKEN_LIFETIME_S = 100 * 365 * 86400
 TOKEN_RE = re.compile(r"^cbt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 MIN_PASSWORD = 8
 
@@ -207,8 +208,15 @@ class Accounts:
         apps: list[str] | None = None,
     ) -> tuple[str, Token]:
         """A new token for a user: (the token text, shown once; its record). ``name`` is a
-        label (default "token"); raises UsageError for one that is not 1-100 characters of
-        printable text, NotFound for an unknown user."""
+        label (default "token"); ``expires_in_s`` at most 100 years (None: never). Raises
+        UsageError for a name that is not 1-100 characters of printable text or a longer
+        lifetime, NotFound for an unknown user."""
+        if expires_in_s is not None and not 0 < expires_in_s <= MAX_TOKEN_LIFETIME_S:
+            # One far beyond (99999999999d) was stored, then every token list, the admin page
+            # and `token list` failed to show its expiry (a year past 9999).
+            raise UsageError(
+                "a token lasts at most 100 years (100y); leave out the expiry for one that never expires"
+            )
         if name and not TOKEN_NAME_RE.match(name):
             raise UsageError(
                 f"token name {name!r} is not usable: give 1-100 characters without control characters"

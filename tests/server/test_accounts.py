@@ -98,6 +98,16 @@ def test_token_names_are_printable_text(tmp_path: Path) -> None:
     assert a.create_token("dave")[1].name == "token"
 
 
+def test_a_token_lasts_at_most_100_years(tmp_path: Path) -> None:
+    """99999999999d was stored; then every listing of tokens failed to show its expiry."""
+    a = accounts(tmp_path)
+    a.add_user("erin", "s3cret-pass", "operator")
+    with pytest.raises(UsageError, match="100 years"):
+        a.create_token("erin", expires_in_s=parse_duration("99999999999d"))
+    assert a.tokens("erin") == []
+    assert a.create_token("erin", expires_in_s=parse_duration("100y"))[1].expires_at is not None
+
+
 def test_sessions_and_password_change(tmp_path: Path) -> None:
     a = accounts(tmp_path)
     user = a.add_user("alice", "s3cret-pass", "viewer")

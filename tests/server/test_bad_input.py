@@ -153,3 +153,14 @@ def test_a_job_id_past_sqlite_integers_is_not_found(env: Env) -> None:
         assert r.status_code == 404, (r.status_code, r.text[:300])
     with pytest.raises(NotFound):
         env.service.jobs.get(2**63)
+
+
+def test_a_token_expiry_past_year_9999_is_refused(env: Env) -> None:
+    """It was stored, and then the token list, the admin page and `token list` answered 500."""
+    h = env.h("admin")
+    r = env.client.post(
+        "/api/tokens", json={"user": "viewer", "expires": "99999999999d"}, headers=h
+    )
+    assert_clean(r, 400, "100 years")
+    assert env.client.get("/api/tokens", headers=h).status_code == 200
+    assert env.client.get("/admin", headers=h).status_code == 200
