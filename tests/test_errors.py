@@ -21,7 +21,8 @@ ALLOWED_SHARING = {
     "UnverifiedSnapshot": "RecoveryError",  # the refusal to recover from an unverified one
     "TransientStorageError": "StorageError",
     "RepositoryBusy": "LockError",  # could not lock, because another process holds it now
-    "ObjectRefused": "StorageError",  # a damaged (non-regular or oversized) object: storage fault
+    "ObjectRefused": "StorageError",
+    "StateWriteError": "StorageError",  # the service's state database cannot be written  # a damaged (non-regular or oversized) object: storage fault
     "WorkerFailed": "CasError",  # a reader process died: fatal, like any unexpected fault
     "WriterFailed": "CasError",  # a restore writer process died: likewise
     # a restore that stopped because the target takes no more data: some entries not restored

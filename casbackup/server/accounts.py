@@ -18,14 +18,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from casbackup.errors import NotFound, UsageError
+from casbackup.errors import NotFound, StorageError, UsageError
 from casbackup.server.statedb import StateDB
+
+log = logging.getLogger("casbackup.server")
 
 ROLES = ("viewer", "operator", "admin")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -281,7 +284,10 @@ class Accounts:
             return None
         # Recording every use would write on every request; once a minute is enough to see it.
         if token.last_used_at is None or now - token.last_used_at > 60:
-            self.db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token.id))
+            try:
+                self.db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token.id))
+            except StorageError as exc:  # a full state disk: the token still works (reads do)
+                log.warning("token %s: last use not recorded: %s", token.id, exc)
         return token
 
     # ----------------------------------------------------------------- sessions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from casbackup import __version__
+from casbackup.errors import StorageError
 from casbackup.server import errors
 from casbackup.server.audit import AuditEntry, outcome_of, record
 from casbackup.server.auth import SAFE_METHODS, client_address
@@ -176,11 +178,18 @@ def _audit(service: Service, request: Request, status: int) -> None:
         getattr(request.state, "audit_action", None) or getattr(route, "name", None) or "unknown"
     )
     address = client_address(request)
-    record(service.db, AuditEntry(
+    entry = AuditEntry(
         action=action, outcome=outcome_of(status),
         actor=principal.actor if principal else getattr(request.state, "audit_actor", None),
         actor_kind=principal.via if principal else "anonymous", address=address,
         method=request.method, path=request.url.path,
         app=getattr(request.state, "audit_app", None), status=status,
         detail=getattr(request.state, "audit_detail", None),
-    ))  # fmt: skip
+    )  # fmt: skip
+    try:
+        record(service.db, entry)
+    except StorageError as exc:
+        # After the answer (a full state disk): raising only logged a traceback.
+        logging.getLogger("casbackup.server").warning(
+            "audit entry not written (%s %s, %s): %s", request.method, request.url.path, status, exc
+        )

@@ -20,6 +20,7 @@ from casbackup.errors import (
     LockError,
     NotFound,
     RepositoryNotFound,
+    StorageError,
     UnsupportedFormat,
     UsageError,
     WrongPassword,
@@ -47,7 +48,7 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {**_R, "description": "request body too large"},
     429: {**_R, "description": "too many failed logins"},
     500: {**_R, "description": "damaged repository data or an unexpected error"},
-    503: {**_R, "description": "the service cannot open its repository"},
+    503: {**_R, "description": "the service cannot open its repository or write its state"},
 }
 
 # Most specific first: the first class an error is an instance of decides.
@@ -62,6 +63,8 @@ STATUS: list[tuple[type[CasError], int]] = [
     (WrongPassword, 503),
     (UnsupportedFormat, 503),
     (IntegrityError, 500),
+    # The service's state folder full or unwritable (statedb), or its repository's storage.
+    (StorageError, 503),
 ]
 
 

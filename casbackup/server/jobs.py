@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import casbackup.server.running as running_mod
-from casbackup.errors import CasError, NotFound, UsageError
+from casbackup.errors import CasError, NotFound, StorageError, UsageError
 from casbackup.server import job_process
 from casbackup.server.notices import Notices
 from casbackup.server.running import WRITERS, Log, Running, max_run_time
@@ -178,6 +178,18 @@ class JobManager:
         except sqlite3.Error:
             log.exception("old jobs could not be deleted from the history")
 
+    def _interrupt_queued(self) -> list[Any]:
+        waiting = self.db.query(
+            "SELECT id, app, created_at FROM jobs WHERE kind='backup' AND state='queued'"
+            " ORDER BY id"
+        )
+        self.db.execute(
+            "UPDATE jobs SET state='interrupted', finished_at=?, error='the service stopped "
+            "before this job started' WHERE state='queued'",
+            (time.time(),),
+        )
+        return waiting
+
     def shutdown(self, timeout: float | None = None) -> None:
         """Cancel running jobs (recorded as cancelled) and mark queued ones interrupted."""
         with self._lock:
@@ -198,15 +210,13 @@ class JobManager:
             r.signal(signal.SIGKILL)
         for t in list(self._threads):
             t.join(5)
-        waiting = self.db.query(
-            "SELECT id, app, created_at FROM jobs WHERE kind='backup' AND state='queued'"
-            " ORDER BY id"
-        )
-        self.db.execute(
-            "UPDATE jobs SET state='interrupted', finished_at=?, error='the service stopped "
-            "before this job started' WHERE state='queued'",
-            (time.time(),),
-        )
+        try:
+            waiting = self._interrupt_queued()
+        except StorageError as exc:
+            # A full state disk: the next start marks them (recover_interrupted) and owes
+            # their notices; the stop goes on.
+            log.warning("queued jobs not marked interrupted: %s", exc)
+            waiting = []
         for row in waiting:
             self.notices.owe(row["id"], f"the service stopped before this backup of {row['app']} "
                              f"started (job {row['id']}, queued {self.notices.when(row['created_at'])}):"

@@ -23,9 +23,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from casbackup.errors import ConfigError, LockError, UnsupportedFormat
+from casbackup.errors import ConfigError, LockError, StorageError, UnsupportedFormat
 
 STATE_FILE = "state.sqlite3"
+# OperationalError texts of a file that cannot be written (SQLITE_FULL, _IOERR, _READONLY)
+_STORAGE_FAILURES = ("database or disk is full", "disk I/O error", "readonly database")
+
+
+class StateWriteError(StorageError, sqlite3.OperationalError):
+    """The state database cannot be written (its disk full, an I/O error, read-only): a
+    StorageError (exit 25; the service answers 503) that names the file, and still an
+    sqlite3.Error, which the code that keeps a job's end for later catches (jobs, notices)."""
+
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: accounts, sessions, jobs, audit, scheduler
@@ -213,21 +222,37 @@ class StateDB:
                 self._conn.execute("COMMIT")
             return start
 
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """SQLite's "disk full", I/O and read-only failures as StateWriteError naming this
+        file, instead of a bare OperationalError (a 500 without a word of what to do)."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if not any(s in str(exc) for s in _STORAGE_FAILURES):
+                raise
+            raise StateWriteError(
+                f"the state database {self.path} cannot be written ({exc}): free space on its "
+                "disk, or check its permissions"
+            ) from None
+
     def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Cursor:
-        with self._lock:
+        """Run one statement; raises StateWriteError when the file cannot be written."""
+        with self._lock, self._storage_errors():
             return self._conn.execute(sql, params)
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, self._storage_errors():
             return self._conn.execute(sql, params).fetchall()
 
     def one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Row | None:
-        with self._lock:
+        with self._lock, self._storage_errors():
             return self._conn.execute(sql, params).fetchone()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error); StateWriteError as ``execute``."""
+        with self._lock, self._storage_errors():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
-from casbackup.errors import NotFound
+from casbackup.errors import NotFound, StorageError
 from tests.server.conftest import Env
 
 
@@ -164,3 +166,43 @@ def test_a_token_expiry_past_year_9999_is_refused(env: Env) -> None:
     assert_clean(r, 400, "100 years")
     assert env.client.get("/api/tokens", headers=h).status_code == 200
     assert env.client.get("/admin", headers=h).status_code == 200
+
+
+class _FullDisk:
+    """A connection whose writes fail as SQLite's do on a full disk (SQLITE_FULL)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: object = ()) -> sqlite3.Cursor:
+        if sql.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "BEGIN"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, params)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_a_full_state_disk_is_a_clear_503_and_reads_still_work(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state folder's disk full: every request answered 500 "internal error
+    (OperationalError)", reads too (a token's last-use time could not be written), and the
+    audit write after each POST logged a traceback. Now reads work, and a write is one 503
+    naming the state database."""
+    db = env.service.db
+    # SQLite's own failure (its page limit fails as a full disk does) becomes StorageError
+    db.execute("CREATE TABLE filler (b BLOB)")
+    db.execute(f"PRAGMA max_page_count = {db.one('PRAGMA page_count')[0] + 2}")
+    with pytest.raises(StorageError, match="state database .* full"):
+        for _ in range(100):
+            db.execute("INSERT INTO filler VALUES (zeroblob(4000))")
+    monkeypatch.setattr(db, "_conn", _FullDisk(db._conn))
+    c = env.client
+    for who in ("viewer", "operator"):  # a token not used before: its last use is a write
+        assert c.get("/api/jobs", headers=env.h(who)).status_code == 200
+    r = c.post("/api/backup", json={"app_name": "shop"}, headers=env.h("operator"))
+    assert_clean(r, 503, "state database")
+    assert "full" in r.json()["detail"]
+    r = c.post("/api/auth/login", json={"username": "viewer", "password": "password-123"})
+    assert_clean(r, 503, "state database")
