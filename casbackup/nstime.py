@@ -51,6 +51,18 @@ def _date_time(when: datetime, sep: str) -> str:
     )
 
 
+def iso_seconds(t: float | None, timespec: str = "auto") -> str | None:
+    """A POSIX time in seconds (a state database's REAL column) as ISO 8601 in UTC, or
+    ``@<seconds>`` outside what datetime holds (years 1..9999: a stored token expiry of
+    99999999999d made every listing of tokens fail); None stays None."""
+    if t is None:
+        return None
+    try:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec=timespec)
+    except (ValueError, OverflowError, OSError):
+        return f"@{t:.0f}"
+
+
 def iso_ns(ns: int, *, local: bool = True) -> str:
     """ISO 8601 with all nine digits of the fraction and the offset:
     ``2300-01-01T00:00:00.000000001+01:00`` (``Z``-less ``+00:00`` for UTC), or

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import click
 
 from casbackup.cli.cmd_user import cli_audit, done, open_accounts, state_dir_option
 from casbackup.cli.context import global_options
 from casbackup.cli.render import emit_json
+from casbackup.nstime import iso_seconds
 
 
 def _when(t: float | None) -> str | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+    return iso_seconds(t, "seconds")
 
 
 @click.group()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from casbackup.nstime import iso_seconds
 from casbackup.server import audit
 from casbackup.server.accounts import Token, User, parse_duration
 from casbackup.server.auth import Principal, require, service_of
@@ -16,7 +15,7 @@ router = APIRouter(tags=["admin"])
 
 
 def iso(t: float | None) -> str | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
+    return iso_seconds(t)
 
 
 class UserOut(BaseModel):

@@ -206,3 +206,19 @@ def test_a_full_state_disk_is_a_clear_503_and_reads_still_work(
     assert "full" in r.json()["detail"]
     r = c.post("/api/auth/login", json={"username": "viewer", "password": "password-123"})
     assert_clean(r, 503, "state database")
+
+
+def test_a_stored_expiry_past_year_9999_still_lists(env: Env) -> None:
+    """A token stored by an older casbackup with an expiry past year 9999 (it took
+    99999999999d): the token list, the admin page and `token list` show it instead of
+    failing (ValueError: year is out of range), so that it can be found and revoked."""
+    from casbackup.testing.fixtures import run_cli
+
+    db = env.service.db
+    db.execute("UPDATE tokens SET expires_at = ? WHERE name = 'test'", (8.6e15,))
+    h = env.h("admin")
+    assert env.client.get("/api/tokens", headers=h).status_code == 200
+    assert env.client.get("/admin", headers=h).status_code == 200
+    res = run_cli("token", "list", "--state-dir", str(env.settings.state_dir))
+    assert res.code == 0, res.err
+    assert "@8600000000000000" in res.out, res.out

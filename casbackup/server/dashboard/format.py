@@ -19,7 +19,10 @@ def _time(value: Any) -> dt.datetime | None:
     if isinstance(value, dt.datetime):
         t = value
     elif isinstance(value, int | float):
-        t = dt.datetime.fromtimestamp(value, dt.UTC)
+        try:
+            t = dt.datetime.fromtimestamp(value, dt.UTC)
+        except (ValueError, OverflowError, OSError):  # past year 9999 (a stored expiry)
+            return None
     else:
         try:
             t = dt.datetime.fromisoformat(str(value))
