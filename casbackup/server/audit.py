@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from casbackup.server.statedb import StateDB
+from casbackup.text import storable
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,15 @@ class AuditEntry:
 
 
 def record(db: StateDB, entry: AuditEntry, now: float | None = None) -> None:
+    """Write ``entry``. Its text comes from the request (the application named in a refused
+    request's raw body, a user name in the URL): text that is not valid UTF-8 (a JSON
+    "\\udcff") is stored as ``storable`` shows it; SQLite refused it, and the entry was lost."""
     db.execute(
         "INSERT INTO audit (time, actor, actor_kind, address, method, path, action, app, status,"
         " outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (time.time() if now is None else now, entry.actor, entry.actor_kind, entry.address,
-         entry.method, entry.path, entry.action, entry.app, entry.status, entry.outcome,
-         (entry.detail or "")[:500] or None),
+        (time.time() if now is None else now, *storable([entry.actor, entry.actor_kind,
+         entry.address, entry.method, entry.path, entry.action, entry.app]), entry.status,
+         entry.outcome, storable((entry.detail or "")[:500]) or None),
     )  # fmt: skip
 
 

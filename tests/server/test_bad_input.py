@@ -222,3 +222,18 @@ def test_a_stored_expiry_past_year_9999_still_lists(env: Env) -> None:
     res = run_cli("token", "list", "--state-dir", str(env.settings.state_dir))
     assert res.code == 0, res.err
     assert "@8600000000000000" in res.out, res.out
+
+
+def test_a_refused_request_naming_a_lone_surrogate_is_still_audited(env: Env) -> None:
+    """The audit entry takes the application from the raw body: a "\\udcff" there could not
+    be written (UnicodeEncodeError after the answer), so a refused request went unrecorded."""
+    before = len(env.client.get("/api/audit?limit=1000", headers=env.h("admin")).json())
+    r = env.client.post(
+        "/api/backup",
+        content='{"app_name": "x\\udcff"}',
+        headers={**env.h("viewer"), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 403, r.text
+    entries = env.client.get("/api/audit?limit=1000", headers=env.h("admin")).json()
+    assert len(entries) == before + 1
+    assert entries[0]["outcome"] == "denied" and entries[0]["app"] == "x\\xff", entries[0]
