@@ -93,7 +93,9 @@ class VerificationOut(BaseModel):
 
 
 def _repo_job(request: Request, principal: Principal, kind: str, repository: str,
-              params: dict[str, Any]) -> JobStarted:  # fmt: skip
+              params: dict[str, Any], *, once: bool = False) -> JobStarted:  # fmt: skip
+    """Queue a whole-repository job; with ``once``, an identical one still waiting to run is
+    answered instead of a second (a read-only check: a second one would prove nothing more)."""
     service = service_of(request)
     if principal.apps is not None:
         # A whole-repository job touches every application in it: not for app-scoped callers.
@@ -101,9 +103,12 @@ def _repo_job(request: Request, principal: Principal, kind: str, repository: str
             403, f"{kind} concerns a whole repository; your access is limited to some applications"
         )
     service.registry.handle(repository)
-    doc = service.jobs.submit(kind, app=None, repo_key=repository, params=params,
-                              created_by=principal.actor, user_id=principal.user_id)  # fmt: skip
-    return job_started(doc, f"{kind} of repository {repository} queued")
+    doc, new = service.jobs.submit_once(kind, app=None, repo_key=repository, params=params,
+                                        created_by=principal.actor, user_id=principal.user_id,
+                                        reuse_queued=once)  # fmt: skip
+    what = f"{kind} of repository {repository}"
+    return job_started(doc, f"{what} queued" if new else
+                       f"{what} is already waiting to run (job {doc['id']})")  # fmt: skip
 
 
 @router.post("/api/check", response_model=JobStarted, status_code=202)
@@ -116,7 +121,8 @@ def check(
 
         Subset.parse(body.read_data_subset)  # a bad value is the caller's 400 now, not a failed job
     return _repo_job(request, principal, "check", body.repository,
-                     {"read_data": body.read_data, "read_data_subset": body.read_data_subset})  # fmt: skip
+                     {"read_data": body.read_data, "read_data_subset": body.read_data_subset},
+                     once=True)  # fmt: skip
 
 
 @router.post("/api/forget", response_model=JobStarted, status_code=202)

@@ -516,8 +516,12 @@ def verify(
     """Restore into a sandbox, re-hash every file, load every dump; the record is stored in the
     repository (shown by the snapshot's detail)."""
     handle, snap = find_snapshot(request, principal, snapshot_id)
-    doc = service_of(request).jobs.submit(
+    # One waiting verification of a snapshot is enough: more queued the same hours-long
+    # restore drill again and again (clicks, scripts), holding up every later job.
+    doc, new = service_of(request).jobs.submit_once(
         "verify", app=snap.app, repo_key=handle.key, created_by=principal.actor,
         user_id=principal.user_id, params={"snapshot": snap.id},
     )  # fmt: skip
-    return job_started(doc, f"verification of {snap.short_id} queued")
+    what = f"verification of {snap.short_id}"
+    return job_started(doc, f"{what} queued" if new else
+                       f"{what} is already waiting to run (job {doc['id']})")  # fmt: skip

@@ -789,3 +789,18 @@ def test_a_backup_already_waiting_to_run_is_not_queued_twice(env: Env, monkeypat
     jobs._dispatch()
     done = wait_job(env, first.json()["job_id"])
     assert done["state"] == "succeeded", (done["error"], done["exit_code"])
+
+
+def test_a_verify_or_check_already_waiting_is_not_queued_again(env: Env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A newcomer's script (or impatient clicks) queued 343 identical verifications of one
+    snapshot: each restored it into the sandbox again, for hours, ahead of later jobs."""
+    snap = env.client.post("/api/backup", json={"app_name": "shop"}, headers=env.h("operator"))
+    snap_id = wait_job(env, snap.json()["job_id"])["snapshot_id"]
+    monkeypatch.setattr(env.service.jobs, "_dispatch", lambda: None)  # nothing starts
+    h = env.h("operator")
+    ids = [env.client.post(f"/api/snapshots/{snap_id}/verify", headers=h).json() for _ in range(3)]
+    assert len({r["job_id"] for r in ids}) == 1 and "already waiting" in ids[2]["message"], ids
+    checks = [env.client.post("/api/check", json={}, headers=h).json() for _ in range(2)]
+    assert checks[0]["job_id"] == checks[1]["job_id"], checks
+    full = env.client.post("/api/check", json={"read_data": True}, headers=h).json()
+    assert full["job_id"] != checks[0]["job_id"]  # another request is another job
