@@ -325,7 +325,12 @@ def run_restore_job(job: Job) -> dict[str, Any]:
         snap = _snapshot(job)
         options = RestoreOptions(target=target, subpath=job.params.get("path") or "/",
                                  overwrite=bool(job.params.get("overwrite")))  # fmt: skip
-        result = restore(job.repo, snap, options, job.reporter)
+        try:
+            result = restore(job.repo, snap, options, job.reporter)
+        except RestoreError as exc:  # what to do, in the API's words, not the CLI's
+            if "--overwrite" not in str(exc):
+                raise
+            raise exc.saying(str(exc).replace("--overwrite", "'overwrite': true")) from None
     doc = {"snapshot_id": snap.id, "target": target, **dataclasses.asdict(result)}
     if result.errors:
         emit({"t": "partial_result", "result": doc})

@@ -123,6 +123,12 @@ def test_restore_goes_into_the_recovery_directory(env: Env, snap: str) -> None:
         len(restored) == 1
         and restored[0].read_bytes() == (env.tmp / "shop" / "sub" / "b.bin").read_bytes()
     )
+    # again into the same folder: it stops at the existing file, in the API's words
+    r = c.post(f"/api/snapshots/{snap}/restore", json={"path": f"{env.tmp}/shop/sub"},
+               headers=env.h("operator"))  # fmt: skip
+    again = wait_job(env, r.json()["job_id"])
+    assert again["state"] == "failed" and "b.bin exists in the target" in again["error"], again
+    assert "'overwrite': true" in again["error"] and "--overwrite" not in again["error"], again
     for bad in ("../elsewhere", "/tmp/x", ".hidden"):
         r = c.post(
             f"/api/snapshots/{snap}/restore", json={"target": bad}, headers=env.h("operator")
