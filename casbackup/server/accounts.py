@@ -74,7 +74,17 @@ class Token:
 
 
 def _apps_json(apps: tuple[str, ...] | list[str] | None) -> str | None:
-    return None if apps is None else json.dumps(sorted(set(apps)))
+    """The stored form of an account's or token's applications; raises UsageError for a name
+    the config would refuse (a newline, a '/', text that is not UTF-8): it was stored as is
+    and shown in lists, and could never match an application."""
+    if apps is None:
+        return None
+    from casbackup.config.load import APP_NAME_RE
+
+    for app in apps:
+        if not isinstance(app, str) or not APP_NAME_RE.match(app) or app != app.strip():
+            raise UsageError(f"application name {app!r} is not valid")
+    return json.dumps(sorted(set(apps)))
 
 
 def _apps(value: str | None) -> tuple[str, ...] | None:

@@ -108,6 +108,20 @@ def test_a_token_lasts_at_most_100_years(tmp_path: Path) -> None:
     assert a.create_token("erin", expires_in_s=parse_duration("100y"))[1].expires_at is not None
 
 
+def test_account_and_token_applications_are_application_names(tmp_path: Path) -> None:
+    """'nope\\nx' was stored as a user's application (and shown in every list)."""
+    a = accounts(tmp_path)
+    for bad in (["nope\nx"], ["a/b"], ["x\udcff"], [" shop"]):
+        with pytest.raises(UsageError, match="application name"):
+            a.add_user("frank", "s3cret-pass", "operator", bad)
+    a.add_user("frank", "s3cret-pass", "operator")
+    with pytest.raises(UsageError, match="application name"):
+        a.update_user("frank", apps=["a,b"])
+    with pytest.raises(UsageError, match="application name"):
+        a.create_token("frank", apps=["../x"])
+    assert a.update_user("frank", apps=["shop-1.2"]).apps == ("shop-1.2",)
+
+
 def test_sessions_and_password_change(tmp_path: Path) -> None:
     a = accounts(tmp_path)
     user = a.add_user("alice", "s3cret-pass", "viewer")
