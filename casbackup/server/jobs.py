@@ -574,9 +574,14 @@ class JobManager:
         if now - self._last_progress.get(job_id, 0.0) >= PROGRESS_INTERVAL_S:
             self._last_progress[job_id] = now
             self._unsaved_progress.pop(job_id, None)
-            self.db.execute("UPDATE jobs SET progress=? WHERE id=?", (json.dumps(progress), job_id))
-        else:
-            self._unsaved_progress[job_id] = progress
+            try:
+                self.db.execute(
+                    "UPDATE jobs SET progress=? WHERE id=?", (json.dumps(progress), job_id)
+                )
+                return
+            except sqlite3.Error:  # a full state disk: the job goes on, its end records it
+                pass
+        self._unsaved_progress[job_id] = progress
 
     def _logger(self, job_id: int) -> Log:
         """The job's log as running.py writes to it."""
@@ -589,10 +594,11 @@ class JobManager:
             return
         if count == LOG_LIMIT:
             level, message = "warning", "log truncated: further lines are not kept"
-        self.db.execute(
-            "INSERT INTO job_log (job_id, time, level, message) VALUES (?,?,?,?)",
-            (job_id, time.time(), level, message[:2000]),
-        )
+        try:
+            self.db.execute("INSERT INTO job_log (job_id, time, level, message) VALUES (?,?,?,?)",
+                            (job_id, time.time(), level, message[:2000]))  # fmt: skip
+        except sqlite3.Error as exc:  # a full state disk: the line is lost, not the job
+            log.warning("job %d: log line not kept (%s): %s", job_id, exc, message[:200])
         app_row = self.db.one("SELECT app FROM jobs WHERE id=?", (job_id,))
         self.service.events.publish(
             "job.log", {"id": job_id, "level": level, "message": message[:2000]},

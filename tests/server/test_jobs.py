@@ -804,3 +804,37 @@ def test_a_verify_or_check_already_waiting_is_not_queued_again(env: Env, monkeyp
     assert checks[0]["job_id"] == checks[1]["job_id"], checks
     full = env.client.post("/api/check", json={"read_data": True}, headers=h).json()
     assert full["job_id"] != checks[0]["job_id"]  # another request is another job
+
+
+def test_a_full_state_disk_does_not_fail_a_running_job(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The state folder's disk filled during a backup: writing its progress failed inside the
+    # job's thread, which failed the backup (its worker, cut off, left a stale lock). The
+    # progress and log lines are the service's own bookkeeping: the job goes on without them.
+    import sqlite3
+
+    script = (
+        'print(json.dumps({"t": "progress", "phase": "backup", "files_done": 1}), flush=True)\n'
+        'print(json.dumps({"t": "info", "message": "halfway"}), flush=True)\n'
+        'print(json.dumps({"t": "result", "result": {"snapshot_id": None}}))'
+    )
+    with fake_worker_app(tmp_path, monkeypatch, script) as client:
+        service = client.app.state.service
+        real = service.db.execute
+        refused = []
+
+        def full_disk(sql, params=()):  # type: ignore[no-untyped-def]
+            if sql.startswith(("UPDATE jobs SET progress=?", "INSERT INTO job_log")):
+                refused.append(sql)
+                raise sqlite3.OperationalError("database or disk is full")
+            return real(sql, params)
+
+        monkeypatch.setattr(service.db, "execute", full_disk)
+        job = service.jobs.submit("backup", app="shop", params={}, created_by="t")["id"]
+        deadline = time.monotonic() + 60
+        while service.jobs.get(job)["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert len(refused) >= 2, refused
+        doc = service.jobs.get(job)
+        assert doc["state"] == "succeeded", doc
+        assert doc["progress"] == {"phase": "backup", "files_done": 1}  # kept for the end
