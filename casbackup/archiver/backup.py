@@ -46,6 +46,7 @@ from casbackup.archiver.backup_options import (
     troubled_paths,
     with_link_targets,
 )
+from casbackup.archiver.base_copies import stream_key
 from casbackup.archiver.compare import Counts, race_start_ns
 from casbackup.archiver.delta_bases import BaseFinder, Stopped, store_chunks
 from casbackup.archiver.excludes import Excluder
@@ -354,10 +355,11 @@ class Backup(Walker, FileReading):
             pass
 
     def _store_stream(
-        self, reader: Any, chunker: Chunker, bases: BaseFinder | None = None
+        self, reader: Any, chunker: Chunker, bases: BaseFinder | None, copy_key: str
     ) -> tuple[tuple[BlobId, ...], bytes, int]:
         """Store a stream (a database dump) from this process; with ``bases`` (the parent's
-        version of the stream), a new chunk is stored as a delta of its counterpart there."""
+        version of the stream), a new chunk is stored as a delta of its counterpart there;
+        ``copy_key`` names its local copy (archiver/base_copies.py)."""
 
         def on_bytes(n: int) -> None:
             self._progress.bytes_done += n
@@ -365,7 +367,7 @@ class Backup(Walker, FileReading):
         try:
             ids, digest, size = store_chunks(
                 self.repo, chunker.stream(reader), bases, dry_run=self.options.dry_run,
-                stopped=self._cancelled.is_set, on_bytes=on_bytes,
+                stopped=self._cancelled.is_set, on_bytes=on_bytes, copy_key=copy_key,
             )  # fmt: skip
         except Stopped:
             raise KeyboardInterrupt from None
@@ -385,14 +387,22 @@ class Backup(Walker, FileReading):
             self.reporter.info(f"dumping {what} {spec.name} ({spec.engine})")
             before = self._parent_stream(spec.filename)
             bases = None
+            key = stream_key("dump", self.options.app or "", spec.filename)
             if before is not None and self.repo.deltas_allowed:
-                bases = BaseFinder.for_content(self.repo, before.content)
+                bases = BaseFinder.for_content(self.repo, before.content, key)
             source = spec.open()
             try:
-                content, digest, size = self._store_stream(source, self.dump_chunker, bases)
+                content, digest, size = self._store_stream(source, self.dump_chunker, bases, key)
                 info = source.finish()
             finally:
                 source.close()
+            if bases is not None and bases.copy_refuted:
+                # Stored all the same (those chunks whole): the damage is in older snapshots.
+                self._notice(
+                    f"database {spec.name}: a chunk of the last backup's dump could not be read "
+                    "back from the repository as it was written; run 'casbackup check "
+                    "--read-data'"
+                )
             name = os.fsencode(spec.filename)
             # An identical dump keeps the parent's times: its node, and the folder's tree of
             # dump nodes (a 100 MB dump's lists 1,600 chunk ids, ~50 kB), then dedup whole.

@@ -7,6 +7,10 @@ following the parent's chunk sequence: after a chunk that is unchanged (its id i
 of the parent's), the next expected base is the parent's next chunk, so boundaries
 shifted by inserted or removed bytes do not lead it astray.
 
+Bases are read from the stream's local copy (archiver/base_copies.py), which each
+``store_chunks`` writes for the next one, when it holds them; else resolved through their
+chains in the repository.
+
 Memory: one offset and one id per chunk of the parent's version of the stream (its
 content list, which the parent's tree already holds), and the last four base chunks.
 """
@@ -17,9 +21,11 @@ import bisect
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 import blake3
 
+from casbackup.archiver.base_copies import BaseCopy, CopyWriter
 from casbackup.errors import CasError
 from casbackup.memory import large_buffers_in_heap
 from casbackup.repo.deltastore import DeltaBase
@@ -31,14 +37,29 @@ from casbackup.threadsig import block_stop_signals
 # content-defined boundary, so the same boundary gives the same first bytes).
 _PREFIX = 64
 _KEEP = 4
+# One base in this many read from the stream's copy is also resolved from the repository.
+SPOT_CHECK = 16
+
+
+class BaseLoader(Protocol):
+    """``Repository.delta_base_for``: which base a parent chunk leads to."""
+
+    def __call__(
+        self, counterpart: BlobId, known: bytes | None = None, *, check: bool = False
+    ) -> DeltaBase | None: ...
 
 
 class BaseFinder:
     """Bases for the new chunks of one stream, from its version in the parent snapshot."""
 
-    def __init__(self, content: Sequence[BlobId], sizes: Sequence[int]) -> None:
-        """``content``: the parent version's chunk ids, ``sizes`` their lengths (bytes)."""
+    def __init__(
+        self, content: Sequence[BlobId], sizes: Sequence[int], copy: BaseCopy | None = None
+    ) -> None:
+        """``content``: the parent version's chunk ids, ``sizes`` their lengths (bytes);
+        ``copy``: the stream's local copy of that version, when there is one."""
         self._ids = list(content)
+        self._copy = copy
+        self.copy_refuted = False  # a spot check found the repository disagreeing
         self._starts = [0]
         for size in sizes:
             self._starts.append(self._starts[-1] + size)
@@ -49,16 +70,37 @@ class BaseFinder:
         self._recent: list[tuple[int, DeltaBase]] = []  # (chunk index, its base), newest last
 
     @classmethod
-    def for_content(cls, repo: Repository, content: Sequence[BlobId]) -> BaseFinder | None:
+    def for_content(
+        cls, repo: Repository, content: Sequence[BlobId], copy_key: str | None = None
+    ) -> BaseFinder | None:
         """A finder for the parent version ``content``; None when it has no usable chunk
-        (empty, or a chunk no longer in the index)."""
+        (empty, or a chunk no longer in the index). ``copy_key``: the stream's key for its
+        local copy (``base_copies.stream_key``), whose chunks are then read first."""
         if not content:
             return None
         try:
             sizes = [loc.raw_len for loc in repo.locate_many(list(content))]
         except CasError:
             return None
-        return cls(content, sizes)
+        copy = None
+        if copy_key is not None:
+            copy = BaseCopy.open(repo.config.id, copy_key, repo.opener, list(content), sizes)
+        return cls(content, sizes, copy)
+
+    @property
+    def copy(self) -> BaseCopy | None:
+        """The stream's local copy of the parent version, when there is one."""
+        return self._copy
+
+    @property
+    def copy_hits(self) -> int:
+        """Bases read from the stream's local copy so far."""
+        return self._copy.hits if self._copy is not None else 0
+
+    def close(self) -> None:
+        """Release the local copy (idempotent)."""
+        if self._copy is not None:
+            self._copy.close()
 
     def seen(self, blob_id: bytes, offset: int, length: int) -> None:
         """Record the chunk at ``offset`` of the new stream (stored or found unchanged)."""
@@ -66,9 +108,7 @@ class BaseFinder:
         if i is not None:
             self._drift = self._starts[i + 1] - (offset + length)
 
-    def choose(
-        self, load: Callable[[BlobId], DeltaBase | None], piece: bytes | memoryview, offset: int
-    ) -> DeltaBase | None:
+    def choose(self, load: BaseLoader, piece: bytes | memoryview, offset: int) -> DeltaBase | None:
         """The base for the new chunk ``piece`` at ``offset``, or None.
 
         The candidate is the parent's chunk under the middle of the new chunk (offsets
@@ -77,8 +117,9 @@ class BaseFinder:
         not, its neighbours and the chunk at the same offset without drift are tried, and
         the one that does fixes the drift exactly. When none does, the first candidate is
         the base and the drift is left alone.
-        ``load(id)`` is ``Repository.delta_base_for``: which base a parent chunk leads to,
-        its plaintext loaded (None when it cannot be used). A candidate whose answer is
+        ``load(id, known)`` is ``Repository.delta_base_for``: which base a parent chunk
+        leads to, its plaintext loaded (None when it cannot be used); ``known`` is the
+        chunk's plaintext from the local copy, or None. A candidate whose answer is
         "store full" (its chain is at the limit, ``plain`` None) is returned as it is,
         nothing loaded."""
         i = self._under(offset + self._drift + len(piece) // 2)
@@ -107,13 +148,23 @@ class BaseFinder:
         i = bisect.bisect_right(self._starts, position) - 1
         return min(max(i, 0), len(self._ids) - 1)
 
-    def _load(self, load: Callable[[BlobId], DeltaBase | None], j: int) -> DeltaBase | None:
+    def _load(self, load: BaseLoader, j: int) -> DeltaBase | None:
         """What parent chunk ``j`` leads to; the last few are kept (the next choice usually
         wants a neighbour): at most ``_KEEP`` plaintexts in memory."""
         for k, found in self._recent:
             if k == j:
                 return found
-        found = load(self._ids[j])
+        known = self._copy.get(j) if self._copy is not None else None
+        # The first base read from the copy, and every SPOT_CHECK-th after it, is also
+        # resolved from the repository: a pack deleted or damaged since it was written,
+        # or a blob whose stored bytes are not what its id says, is then noticed as when
+        # every base came from there, and the copy is not used again for this stream
+        # (each later base resolved from the repository: one that fails is stored full).
+        check = known is not None and self._copy is not None and self._copy.hits % SPOT_CHECK == 1
+        found = load(self._ids[j], known, check=check)
+        if found is not None and found.refuted and self._copy is not None:
+            self._copy.close()
+            self.copy_refuted = True
         if found is None:
             return None
         self._recent.append((j, found))
@@ -142,6 +193,7 @@ def store_chunks(
     dry_run: bool = False,
     stopped: Callable[[], bool] = lambda: False,
     on_bytes: Callable[[int], None] = lambda n: None,
+    copy_key: str | None = None,
 ) -> tuple[tuple[BlobId, ...], bytes, int]:
     """Store one stream's chunks from this process (a database dump, or a large file
     stored as deltas); returns (chunk ids, BLAKE3 of the whole stream, bytes).
@@ -149,10 +201,41 @@ def store_chunks(
     With ``bases`` (the parent snapshot's version of the stream), a chunk that is not
     stored yet is stored as a DELTA against its counterpart there when that pays
     (``BlobStore.save_data_delta``, on one of ``ENCODERS`` threads), else in full.
+    ``copy_key``: the stream's key (``base_copies.stream_key``): where the repository
+    holds deltas, every chunk is also written to the stream's local copy, which replaces
+    the old one once the stream is read to its end, for the next backup's bases.
     ``dry_run``: ids only, nothing stored. ``stopped`` is asked before each chunk (raises
     ``Stopped``); ``on_bytes(n)`` is told each chunk's length, for progress. Every delta
     is stored before this returns. Raises what the repository raises (CasError), before
     what reading ``pieces`` raises (OSError) when both happen."""
+    copy = None
+    if copy_key is not None and not dry_run and repo.deltas_allowed:
+        old = bases.copy if bases is not None else None
+        copy = CopyWriter.start(repo.config.id, copy_key, repo.sealer, old)
+    try:
+        result = _store_chunks(repo, pieces, bases, dry_run, stopped, on_bytes, copy)
+        if copy is not None:
+            copy.commit()
+    except BaseException:
+        if copy is not None:
+            copy.discard()
+        raise
+    finally:
+        if bases is not None:
+            bases.close()
+    return result
+
+
+def _store_chunks(
+    repo: Repository,
+    pieces: Iterable[bytes | memoryview],
+    bases: BaseFinder | None,
+    dry_run: bool,
+    stopped: Callable[[], bool],
+    on_bytes: Callable[[int], None],
+    copy: CopyWriter | None,
+) -> tuple[tuple[BlobId, ...], bytes, int]:
+    """``store_chunks`` once its copy writer is chosen."""
     hasher = blake3.blake3()
     ids: list[BlobId] = []
     size = 0
@@ -161,7 +244,13 @@ def store_chunks(
             if stopped():
                 raise Stopped
             hasher.update(piece)
-            ids.append(repo.blob_id(piece) if dry_run else repo.save_blob(Kind.DATA, piece)[0])
+            if dry_run:
+                blob_id = repo.blob_id(piece)
+            else:
+                blob_id = repo.save_blob(Kind.DATA, piece)[0]
+                if copy is not None:
+                    copy.add(blob_id, piece)
+            ids.append(blob_id)
             size += len(piece)
             on_bytes(len(piece))
         return tuple(ids), hasher.digest(), size
@@ -178,6 +267,8 @@ def store_chunks(
                     raise Stopped
                 hasher.update(piece)
                 blob_id = repo.blob_id(piece)
+                if copy is not None:
+                    copy.add(blob_id, piece)
                 if not repo.has_blob(blob_id) and all(blob_id != w for w, _ in waiting):
                     base = bases.choose(repo.delta_base_for, piece, size)
                     if base is not None and base.plain is not None:

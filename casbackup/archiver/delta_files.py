@@ -25,6 +25,7 @@ import queue
 import stat
 from collections.abc import Callable
 
+from casbackup.archiver.base_copies import stream_key
 from casbackup.archiver.delta_bases import BaseFinder, Stopped, store_chunks
 from casbackup.archiver.workers import CancelFlag, FileOutcome, open_for_reading, read_outcome
 from casbackup.chunking.chunker import Chunker, StreamCutter
@@ -108,7 +109,7 @@ class DeltaFileReader:
         except OSError as exc:  # either attempt: a file that cannot be read is the file's error
             return FileOutcome(error=(exc.errno or 0, exc.strerror or str(exc)))
         try:
-            return self._store(fd, earlier)
+            return self._store(fd, path, earlier)
         except Stopped:
             return FileOutcome(cancelled=True)
         except OSError as exc:
@@ -116,16 +117,17 @@ class DeltaFileReader:
         finally:
             os.close(fd)
 
-    def _store(self, fd: int, earlier: Node) -> FileOutcome:
+    def _store(self, fd: int, path: bytes, earlier: Node) -> FileOutcome:
         """Chunk and store the open file; the same change check as the readers'
         (archiver/workers.py): size or times that moved while it was read."""
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
             raise OSError(errno.EINVAL, "not a regular file any more")
-        bases = BaseFinder.for_content(self.repo, earlier.content)
+        key = stream_key("file", path)
+        bases = BaseFinder.for_content(self.repo, earlier.content, key)
         with open(fd, "rb", buffering=0, closefd=False) as f:
             ids, digest, size = store_chunks(
                 self.repo, self._cutter.chunks(f), bases,
-                stopped=self.cancel.is_set, on_bytes=self.on_bytes,
+                stopped=self.cancel.is_set, on_bytes=self.on_bytes, copy_key=key,
             )  # fmt: skip
         return read_outcome(ids, digest, size, before, os.fstat(fd))

@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from casbackup import __version__
 from casbackup.archiver.backup_options import BackupOptions, BackupResult, choose_parent
+from casbackup.archiver.base_copies import stream_key
 from casbackup.archiver.delta_bases import BaseFinder, Stopped, store_chunks
 from casbackup.chunking.chunker import Chunker
 from casbackup.errors import CasError, DatabaseError, Interrupted, UsageError
@@ -78,8 +79,9 @@ def backup_stream(
     reference, reuse = choose_parent(repo, options)
     before = _parent_node(repo, reuse, spec.name) if reuse is not None else None
     bases = None
+    key = stream_key("stdin", spec.name)
     if before is not None and repo.deltas_allowed and not spec.dry_run:
-        bases = BaseFinder.for_content(repo, before.content)
+        bases = BaseFinder.for_content(repo, before.content, key)
     chunker = Chunker(repo.config.dump_chunker, repo.key.chunker_seed)
     started = time.monotonic()
     time_text, start_ns = now_utc()
@@ -104,7 +106,7 @@ def backup_stream(
     try:
         content, digest, size = store_chunks(
             repo, chunker.stream(source), bases, dry_run=spec.dry_run, stopped=stopped,
-            on_bytes=on_bytes,
+            on_bytes=on_bytes, copy_key=key,
         )  # fmt: skip
     except Stopped:
         _end(proc, errors, kill=True)

@@ -27,12 +27,15 @@ if TYPE_CHECKING:
 class DeltaBase:
     """What ``BlobStore.delta_base_for`` chose: the base's id, its plaintext (None: store
     the new chunk full, a new chain), its depth, and the stored length of the full blob at
-    the bottom of its chain (0 when not known)."""
+    the bottom of its chain (0 when not known). ``refuted``: the caller's ``known``
+    plaintext was checked against the repository and the repository disagreed (or could
+    not be read): the plaintext here, if any, is the repository's."""
 
     id: BlobId
     plain: bytes | None
     depth: int
     full_len: int
+    refuted: bool = False
 
 
 class DeltaWriting:
@@ -92,7 +95,9 @@ class DeltaWriting:
             return None
         return delta.chain_of(self.locate, blob_id, loc)
 
-    def delta_base_for(self, counterpart: BlobId) -> DeltaBase | None:
+    def delta_base_for(
+        self, counterpart: BlobId, known: bytes | None = None, *, check: bool = False
+    ) -> DeltaBase | None:
         """The base to store a new chunk against, whose counterpart (the same bytes in the
         parent snapshot's version of the stream) is ``counterpart``; None when the
         counterpart is not stored as data here (missing, damaged, in a pack not yet stored).
@@ -102,7 +107,11 @@ class DeltaWriting:
         delta against it is likely worth it (so a full chain costs one more delta instead
         of a full copy), else no base (``DeltaBase.plain`` None: store the chunk full and
         start a new chain, without loading anything). The chosen base is resolved through
-        its own chain and checked against its id (``resolve_chain``)."""
+        its own chain and checked against its id (``resolve_chain``), except when it is the
+        counterpart and the caller ``known`` its plaintext (read from the stream's local
+        copy and checked against its id there: archiver/base_copies.py) and did not ask to
+        ``check`` it: then it is resolved all the same and compared (``refuted`` when the
+        repository disagrees or cannot be read)."""
         try:
             chain = self._data_chain(counterpart)
             if chain is None:
@@ -110,6 +119,9 @@ class DeltaWriting:
             at = delta.choose_base([link.stored_len for _, link in chain])
             if at is None:
                 return DeltaBase(chain[-1][0], None, len(chain) - 1, 0)
+            full_len = chain[-1][1].stored_len
+            if at == 0 and known is not None and not check:
+                return DeltaBase(counterpart, known, len(chain) - 1, full_len)
             links = [
                 (link_id, link.pack, link.offset, link.stored_len, link.raw_len)
                 for link_id, link in chain[at:]
@@ -118,8 +130,11 @@ class DeltaWriting:
                 self.fetch_envelope, self.opener, links, hash_id=self.blob_id
             )
         except CasError:  # missing, damaged, unreadable: the chunk is stored full
+            if check and known is not None:
+                return DeltaBase(counterpart, None, 0, 0, refuted=True)
             return None
-        return DeltaBase(links[0][0], plain, len(links) - 1, chain[-1][1].stored_len)
+        refuted = check and known is not None and at == 0 and plain != known
+        return DeltaBase(links[0][0], plain, len(links) - 1, full_len, refuted)
 
     def save_data_delta(
         self,

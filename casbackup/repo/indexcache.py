@@ -48,6 +48,18 @@ def cache_root() -> str:
     return os.path.join(local_base("XDG_CACHE_HOME", ".cache"), "casbackup")
 
 
+def cache_bound(variable: str, default_mib: int) -> int:
+    """A local cache's bound in bytes from the environment ``variable`` (MiB; 0: off). A
+    value that is not a non-negative integer falls back to ``default_mib``: it is only a
+    cache, and a typo must not stop a backup."""
+    raw = os.environ.get(variable, "")
+    try:
+        mib = int(raw) if raw.strip() else default_mib
+    except ValueError:
+        mib = default_mib
+    return max(mib, 0) << 20
+
+
 # The cache lists which blobs (keyed ids) the repository holds and where: nobody else's
 # business, whatever the umask says (restic and borg keep their caches private too).
 CACHE_DIR_MODE = 0o700

@@ -37,7 +37,7 @@ from casbackup.crypto.envelope import Opener, Sealer
 from casbackup.errors import CasError
 from casbackup.repo import codec
 from casbackup.repo.ids import Kind, check_name
-from casbackup.repo.indexcache import CACHE_DIR_MODE, CACHE_FILE_MODE
+from casbackup.repo.indexcache import CACHE_DIR_MODE, CACHE_FILE_MODE, cache_bound
 from casbackup.repo.pack import open_blob, pack_name, parse_pack_tail
 
 DEFAULT_MIB = 256
@@ -50,12 +50,7 @@ ENTRY_MAX = 16 << 20
 def cap_bytes() -> int:
     """The cache's bound in bytes from ``CASBACKUP_TREE_CACHE_MIB`` (0: off). A value
     that is not a non-negative integer falls back to the default: it is only a cache."""
-    raw = os.environ.get("CASBACKUP_TREE_CACHE_MIB", "")
-    try:
-        mib = int(raw) if raw.strip() else DEFAULT_MIB
-    except ValueError:
-        mib = DEFAULT_MIB
-    return max(mib, 0) << 20
+    return cache_bound("CASBACKUP_TREE_CACHE_MIB", DEFAULT_MIB)
 
 
 class TreeCache:

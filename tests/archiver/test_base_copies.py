@@ -1,0 +1,306 @@
+"""Local copies of delta streams (archiver/base_copies.py): the next night reads its delta
+bases from them; a damaged, stale or foreign copy is only a miss; a repository that
+disagrees with the copy is noticed by the spot checks and healed as before; copies are
+bounded and never fail a backup."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from casbackup.archiver import base_copies, delta_bases
+from casbackup.archiver.backup import BackupOptions, StreamSpec, run_backup
+from casbackup.archiver.base_copies import BaseCopy, CopyWriter, copies_dir, stream_key
+from casbackup.crypto.envelope import OVERHEAD
+from casbackup.engines.base import DatabaseSpec
+from casbackup.repo.ids import Kind
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
+from casbackup.testing.fixtures import flip_stored_byte, make_repo, open_repo
+from casbackup.verify.check import CheckOptions, check
+from tests.repo.test_delta import FIXED_KEY, change_rows, dump_node, read_dump
+from tests.verify.apps import EXTENSIONS, _opener, make_app
+
+ROWS = 20_000
+
+
+@pytest.fixture
+def repo_path(tmp_path: Path) -> str:
+    path = str(tmp_path / "repo")
+    make_repo(path, key=FIXED_KEY).close()
+    return path
+
+
+def _copy_file(repo: Repository, db: DatabaseSpec) -> str:
+    key = stream_key("dump", "shop", f"{db.name}.{EXTENSIONS[db.engine]}")
+    return os.path.join(copies_dir(repo.config.id), key)
+
+
+def _night(repo: Repository, app: Path, db: DatabaseSpec) -> tuple[Snapshot, list[str]]:
+    """One backup of the app and its database; (snapshot, its warning and notice lines)."""
+    stream = StreamSpec(db.name, f"{db.name}.{EXTENSIONS[db.engine]}", db.engine, open=_opener(db))
+    result = run_backup(repo, BackupOptions(paths=(str(app),), app="shop", streams=(stream,)))
+    assert result.snapshot is not None
+    return result.snapshot, list(result.notes) + list(result.warnings)
+
+
+class Loads:
+    """Counts how ``delta_base_for`` was asked: with a plaintext from the copy or without."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, repo: Repository) -> None:
+        self.known = self.unknown = self.checked = 0
+        real = repo.delta_base_for
+
+        def spy(counterpart, known=None, *, check=False):  # type: ignore[no-untyped-def]
+            if known is None:
+                self.unknown += 1
+            else:
+                self.known += 1
+                self.checked += check
+            return real(counterpart, known, check=check)
+
+        monkeypatch.setattr(repo, "delta_base_for", spy)
+
+
+def _dump_bytes(repo: Repository, snap: Snapshot) -> bytes:
+    return read_dump(repo, snap)  # checks the whole dump's BLAKE3 against its node
+
+
+def test_the_next_night_reads_its_bases_from_the_copy(
+    repo_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = open_repo(repo_path)
+    app, db = make_app(tmp_path, rows=ROWS)
+    first, _ = _night(repo, app, db)
+    path = _copy_file(repo, db)
+    # The copy: sealed, private, exactly the dump's chunks plus one envelope's overhead each.
+    node = dump_node(repo, first)
+    assert os.path.getsize(path) == node.size + OVERHEAD * len(node.content)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    with open(path, "rb") as f:
+        sealed = f.read()
+    assert b"item 1" not in sealed and b"CREATE TABLE" not in sealed
+    loads = Loads(monkeypatch, repo)
+    snaps = [first]
+    for n in range(1, 4):
+        change_rows(db, n)
+        snaps.append(_night(repo, app, db)[0])
+    assert loads.known >= 9 and loads.unknown == 0
+    # The first base read from the copy and one in every SPOT_CHECK after it are checked.
+    assert 3 <= loads.checked <= 3 + loads.known // delta_bases.SPOT_CHECK
+    assert any(repo.locate(c).kind == Kind.DELTA for c in dump_node(repo, snaps[-1]).content)
+    for snap in snaps:
+        _dump_bytes(repo, snap)
+    assert check(repo, CheckOptions(read_data=True)).ok
+    repo.close()
+
+
+def test_an_unchanged_night_keeps_the_copy_it_has(
+    repo_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = open_repo(repo_path)
+    app, db = make_app(tmp_path, rows=ROWS)
+    _night(repo, app, db)
+    path = _copy_file(repo, db)
+    before = os.stat(path)
+    _night(repo, app, db)  # the same dump: the same chunks in the same order
+    after = os.stat(path)
+    assert after.st_ino == before.st_ino  # not written again; touched (not stale)
+    assert after.st_mtime_ns >= before.st_mtime_ns
+    change_rows(db, 1)  # the copy is used and rewritten
+    loads = Loads(monkeypatch, repo)
+    _night(repo, app, db)
+    assert loads.known > 0 and os.stat(path).st_ino != before.st_ino
+    repo.close()
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "foreign"])
+def test_a_damaged_or_foreign_copy_is_only_a_miss(
+    repo_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    repo = open_repo(repo_path)
+    app, db = make_app(tmp_path, rows=ROWS)
+    snaps = [_night(repo, app, db)[0]]
+    path = _copy_file(repo, db)
+    size = os.path.getsize(path)
+    if damage == "flipped":  # one byte in every 4 kB: every envelope fails
+        with open(path, "r+b") as f:
+            for at in range(100, size, 4096):
+                f.seek(at)
+                byte = f.read(1)
+                f.seek(at)
+                f.write(bytes([byte[0] ^ 0x10]))
+    elif damage == "truncated":
+        os.truncate(path, size - 1000)  # the last chunk's envelope cut short
+    else:  # another stream's copy under this one's name (same key, other ids)
+        writer = CopyWriter.start(repo.config.id, "other", repo.sealer)
+        assert writer is not None
+        for n in range(size // 50_000):
+            writer.add(repo.blob_id(b"%d" % n), os.urandom(50_000))
+        assert writer.commit()
+        os.replace(os.path.join(copies_dir(repo.config.id), "other"), path)
+    loads = Loads(monkeypatch, repo)
+    change_rows(db, 1)
+    snaps.append(_night(repo, app, db)[0])
+    assert loads.unknown > 0  # resolved from the repository instead
+    assert (loads.known > 0) == (damage == "truncated")  # the other chunks are still good
+    assert any(repo.locate(c).kind == Kind.DELTA for c in dump_node(repo, snaps[-1]).content)
+    # The night wrote a good copy again: the next one reads from it.
+    loads2 = Loads(monkeypatch, repo)
+    change_rows(db, 2)
+    snaps.append(_night(repo, app, db)[0])
+    assert loads2.known > 0
+    for snap in snaps:
+        _dump_bytes(repo, snap)
+    assert check(repo, CheckOptions(read_data=True)).ok
+    repo.close()
+
+
+def test_a_base_damaged_in_the_repository_is_noticed_and_not_built_on(
+    repo_path: str, tmp_path: Path
+) -> None:
+    """The copy still holds the chunk, but the repository no longer gives it back: the spot
+    check of the first base read from the copy notices, says so, and from then on every
+    base is resolved from the repository, so the damaged one's new version is stored whole
+    (no new chunk depends on the damage) as before copies."""
+    repo = open_repo(repo_path)
+    app, db = make_app(tmp_path, rows=ROWS)
+    first, _ = _night(repo, app, db)
+    damaged = dump_node(repo, first).content[0]
+    loc = repo.locate(damaged)
+    repo.close()
+    flip_stored_byte(repo_path, loc.pack, loc.offset, loc.stored_len)
+    repo = open_repo(repo_path)
+    change_rows(db, 1, share=0.05)  # every chunk changes, the first one included
+    second, lines = _night(repo, app, db)
+    assert any("could not be read back" in line and "check --read-data" in line for line in lines)
+    content = dump_node(repo, second).content
+    assert damaged not in content
+    for chunk in content:
+        chain = [repo.locate(chunk)]
+        while chain[-1].kind == Kind.DELTA:
+            assert chain[-1].base != damaged
+            chain.append(repo.locate(chain[-1].base))
+    _dump_bytes(repo, second)
+    report = check(repo, CheckOptions(read_data=True))
+    assert not report.ok  # the first night's damage, and only it
+    repo.close()
+
+
+def test_copies_off_bounded_or_unwritable_never_fail_a_backup(
+    repo_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = open_repo(repo_path)
+    app, db = make_app(tmp_path, rows=ROWS)
+    snaps = [_night(repo, app, db)[0]]
+    path = _copy_file(repo, db)
+    assert os.path.exists(path)
+    # Off: no copy, and the old one goes (the stream changes tonight).
+    monkeypatch.setenv("CASBACKUP_BASE_COPY_MIB", "0")
+    change_rows(db, 1)
+    snaps.append(_night(repo, app, db)[0])
+    assert not os.path.exists(path)
+    monkeypatch.setenv("CASBACKUP_BASE_COPY_MIB", "junk")  # a cache: the default, no error
+    assert base_copies.limit_bytes() == base_copies.DEFAULT_MIB << 20
+    # Over the bound: no copy.
+    monkeypatch.delenv("CASBACKUP_BASE_COPY_MIB")
+    monkeypatch.setattr(base_copies, "limit_bytes", lambda: 100_000)
+    assert dump_node(repo, snaps[-1]).size > 100_000
+    change_rows(db, 2)
+    snaps.append(_night(repo, app, db)[0])
+    assert not os.path.exists(path)
+    # A disk that fails every write (full): the backup goes on without a copy.
+    monkeypatch.setattr(base_copies, "limit_bytes", lambda: 1 << 30)
+    change_rows(db, 3)
+    snaps.append(_night(repo, app, db)[0])
+    assert os.path.exists(path)
+    real_write = os.write
+
+    def full(fd: int, data) -> int:  # type: ignore[no-untyped-def]
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(os.path.basename(path)):
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(base_copies.os, "write", full)
+    change_rows(db, 4)
+    snaps.append(_night(repo, app, db)[0])
+    assert not os.path.exists(path)
+    assert not [n for n in os.listdir(os.path.dirname(path)) if ".tmp-" in n]
+    for snap in snaps:
+        _dump_bytes(repo, snap)
+    repo.close()
+
+
+def test_an_interrupted_stream_keeps_the_old_copy(repo_path: str) -> None:
+    repo = open_repo(repo_path)
+    pieces = [os.urandom(40_000) for _ in range(8)]
+    ids, _, _ = delta_bases.store_chunks(repo, iter(pieces), None, copy_key="k")
+    path = os.path.join(copies_dir(repo.config.id), "k")
+    before = open(path, "rb").read()
+
+    def broken():  # type: ignore[no-untyped-def]
+        yield os.urandom(40_000)
+        raise OSError(5, "Input/output error")
+
+    bases = delta_bases.BaseFinder.for_content(repo, ids, "k")
+    with pytest.raises(OSError):
+        delta_bases.store_chunks(repo, broken(), bases, copy_key="k")
+    assert open(path, "rb").read() == before
+    assert os.listdir(os.path.dirname(path)) == ["k"]
+    # A dry run writes no copy either.
+    delta_bases.store_chunks(repo, iter(pieces[:2]), None, copy_key="k", dry_run=True)
+    assert open(path, "rb").read() == before
+    # The copy answers exactly the chunks it holds.
+    copy = BaseCopy.open(repo.config.id, "k", repo.opener, list(ids), [40_000] * 8)
+    assert copy is not None
+    assert [copy.get(j) for j in range(8)] == pieces and copy.get(8) is None
+    copy.close()
+    repo.close()
+
+
+def test_a_copy_of_another_version_is_given_up_after_a_few_misses(repo_path: str) -> None:
+    repo = open_repo(repo_path)
+    pieces = [os.urandom(5_000) for _ in range(40)]
+    ids, _, _ = delta_bases.store_chunks(repo, iter(pieces), None, copy_key="k")
+    other = [repo.blob_id(b"%d" % n) for n in range(40)]  # another version: other ids
+    copy = BaseCopy.open(repo.config.id, "k", repo.opener, other, [5_000] * 40)
+    assert copy is not None
+    assert [copy.get(j) for j in range(40)] == [None] * 40
+    assert copy.misses == base_copies.GIVE_UP and copy.hits == 0
+    # Once a copy has answered, a miss (one damaged chunk) does not end it.
+    mixed = list(ids[:5]) + other[5:25] + list(ids[25:])
+    copy = BaseCopy.open(repo.config.id, "k", repo.opener, mixed, [5_000] * 40)
+    assert copy is not None
+    got = [copy.get(j) for j in range(40)]
+    assert got[:5] == pieces[:5] and got[25:] == pieces[25:] and copy.misses == 20
+    copy.close()
+    repo.close()
+
+
+def test_stale_copies_and_dead_writers_temporaries_are_swept(tmp_path: Path) -> None:
+    folder = tmp_path / "bases"
+    folder.mkdir()
+    now = 2_000_000_000.0
+    dead = 4_000_000  # over pid_max: no such process
+    files = {
+        "fresh": now - 86400,
+        "stale": now - base_copies.STALE_S - 1,
+        f"fresh.tmp-{dead}-abcd": now - 60,
+        f"fresh.tmp-{os.getpid()}-abcd": now - 60,
+        f"fresh.tmp-{os.getpid()}-old": now - base_copies.STALE_TEMP_S - 1,
+        "odd.tmp-notapid-x": now - 60,
+    }
+    for name, mtime in files.items():
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (mtime, mtime))
+    base_copies._swept.discard(str(folder))
+    base_copies.sweep(str(folder), now=now)
+    assert sorted(os.listdir(folder)) == sorted(
+        ["fresh", f"fresh.tmp-{os.getpid()}-abcd", "odd.tmp-notapid-x"]
+    )
+    base_copies.sweep(str(folder), now=now + 10 * base_copies.STALE_S)  # once a process
+    assert "fresh" in os.listdir(folder)
