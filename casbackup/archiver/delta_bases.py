@@ -92,11 +92,6 @@ class BaseFinder:
         """The stream's local copy of the parent version, when there is one."""
         return self._copy
 
-    @property
-    def copy_hits(self) -> int:
-        """Bases read from the stream's local copy so far."""
-        return self._copy.hits if self._copy is not None else 0
-
     def close(self) -> None:
         """Release the local copy (idempotent)."""
         if self._copy is not None:
