@@ -4,16 +4,18 @@ Why (issue 16, "backup time of a changed night <= 1.3x"): a database dump's new 
 stored as deltas of the parent's chunks, and loading a parent chunk meant resolving it
 through its chain in the repository: reading, decrypting and decompressing the full blob
 at the bottom and every delta above it, ~75 us a 100 kB chunk plus ~45 us a chain level
-(bench/DUMPS.md). A backup that writes a stream also writes its chunks here, so the next
-one reads each base with one ``pread`` and one AES-GCM open, whatever its chain's depth.
+(bench/DUMPS.md). A backup that stores part of a stream again also writes the chunks it
+stored here (``CopyWriter``), so the next one reads each base with one ``pread`` and one
+AES-GCM open (``BaseCopy``), whatever its chain's depth.
 
 Layout: ``<cache root>/<repository id>/bases/<name>``, one file per stream, where
 ``name`` is the BLAKE3 of the stream's key (its application and path: ``stream_key``).
-The file is the stream's chunks in order, each sealed on its own with the repository's
-key (``Sealer.seal(COPY_KIND, chunk id, chunk)``): ``OVERHEAD`` bytes more than the chunk,
-so chunk ``j`` of a stream whose chunks are ``sizes`` long starts at ``sum(sizes[:j]) + j
-* OVERHEAD``, and a reader needs nothing but the parent snapshot's chunk list. Mode 0600
-in 0700 folders; never plaintext on disk.
+The file is laid out as the stream's last stored version: its chunks in order, each
+sealed on its own with the repository's key (``Sealer.seal(COPY_KIND, chunk id,
+chunk)``), ``OVERHEAD`` bytes more than the chunk, so chunk ``j`` of a version whose
+chunks are ``sizes`` long is at ``sum(sizes[:j]) + j * OVERHEAD`` and a reader needs
+nothing but the parent snapshot's chunk list. A chunk no backup wrote there is a hole
+(zeros: absent). Mode 0600 in 0700 folders; never plaintext on disk.
 
 Trust: none. Each chunk read must authenticate as the chunk id the parent's tree names at
 that place (the envelope binds the id; only a process holding the repository's key seals
@@ -31,11 +33,12 @@ authenticate and is given up after ``GIVE_UP`` misses in a row. The cache can be
 at any time.
 
 Bound: a stream longer than ``CASBACKUP_BASE_COPY_MIB`` (default 4096; 0 turns copies
-off) is not copied (its copy is removed: it would be stale), nor is one that would leave
-the cache's file system with less than ``FREE_FLOOR`` of it free. Writing a copy never
-fails a backup: any OSError drops the copy. A copy is written to a temporary name and
-renamed over the old one once the whole stream is read, so the old copy serves as bases
-while the new one is written: up to two versions of a stream's size on disk meanwhile.
+off) is not copied (its copy is removed: it would be stale), nor are chunks that would
+leave the cache's file system with less than ``FREE_FLOOR`` of it (or ``FREE_MIN``)
+free. A copy takes at most its stream's size; a new file is written beside the old one
+only when the stream's layout moved (then both exist until the backup's end). Writing
+never fails a backup: any OSError drops the copy. Copies no backup touched for
+``STALE_S`` and temporaries of writers that are gone are swept (``sweep``).
 """
 
 from __future__ import annotations
@@ -137,6 +140,8 @@ class BaseCopy:
             return None
         try:
             sealed = os.pread(self._fd, self._sizes[j] + OVERHEAD, self._starts[j])
+            if not sealed or sealed[0] == 0:
+                return None  # a hole: never written (an envelope starts with its version, 1)
             plain = self._opener.open(COPY_KIND, self._ids[j], sealed)
             if len(plain) != self._sizes[j]:
                 raise CasError("the copy does not match the chunk")
@@ -148,37 +153,21 @@ class BaseCopy:
         self.hits += 1
         return plain
 
-    def sealed_ok(self, j: int) -> bool:
-        """Whether chunk ``j``'s envelope in the copy opens as that chunk (``get`` without
-        counting: enough to tell a copy of another version)."""
-        if self._fd is None or not 0 <= j < len(self._ids):
-            return False
-        try:
-            sealed = os.pread(self._fd, self._sizes[j] + OVERHEAD, self._starts[j])
-            return len(self._opener.open(COPY_KIND, self._ids[j], sealed)) == self._sizes[j]
-        except (OSError, CasError):
-            return False
+    @property
+    def fd(self) -> int | None:
+        """The open copy (None once closed)."""
+        return self._fd
+
+    def layout(self, j: int) -> tuple[int, int, bytes] | None:
+        """(offset, length, id) of chunk ``j`` in the copy, or None past its end."""
+        if not 0 <= j < len(self._ids):
+            return None
+        return self._starts[j], self._sizes[j], self._ids[j]
 
     @property
-    def chunks(self) -> int:
-        """How many chunks the parent's version has."""
-        return len(self._ids)
-
-    def matches(self, j: int, blob_id: bytes, size: int) -> bool:
-        """Whether the parent's chunk ``j`` is ``blob_id``, ``size`` bytes long."""
-        return j < len(self._ids) and self._ids[j] == blob_id and self._sizes[j] == size
-
-    def copy_prefix(self, count: int, fd: int) -> None:
-        """Copy the copy's first ``count`` chunks, sealed as they are, to ``fd`` (in the
-        kernel). Raises OSError (also when the copy is closed or shorter)."""
-        if self._fd is None:
-            raise OSError("the old copy is closed")
-        offset, end = 0, self._starts[count]
-        while offset < end:
-            done = os.copy_file_range(self._fd, fd, end - offset, offset)
-            if done <= 0:
-                raise OSError("the old copy is shorter than its chunks")
-            offset += done
+    def end(self) -> int:
+        """The copy's length as its chunk list lays it out (bytes)."""
+        return self._starts[-1]
 
     def close(self) -> None:
         """Release the file (idempotent)."""
@@ -188,17 +177,22 @@ class BaseCopy:
 
 
 class CopyWriter:
-    """Writes the copy of one stream as its chunks are stored. ``add`` each chunk in order,
-    then ``commit`` (the copy replaces the old one) or ``discard``. No method raises: any
-    trouble drops the copy, and the old one with it (stale after this backup).
+    """Brings the copy of one stream up to the version being stored: ``add`` each chunk in
+    order, then ``commit``, or ``discard`` when the stream was not stored. No method
+    raises: any trouble drops the copy (``_drop``), and a backup never fails for it.
 
-    With ``old`` (the copy of the parent's version, which the same stream's bases are read
-    from), the chunks the new version starts with that the old one starts with too are not
-    written again: while they match, nothing is written; at the first difference the old
-    copy's bytes for them are copied in the kernel (``os.copy_file_range``) and writing
-    goes on from there; a version identical to the old one keeps the old copy as it is.
-    Either way the old copy's first and last reused chunks must open as theirs, or the
-    copy is dropped (a copy of another version is not carried forward)."""
+    What is written is what the backup stored, not the whole stream: a chunk that is
+    already in the repository (unchanged) costs nothing. With ``old`` (the copy of the
+    parent's version, which this stream's bases are read from), the copy is updated in
+    place: a chunk at the same offset and of the same length as the parent's there, but
+    another chunk, is written over it; an unchanged one is left as it is. At the first
+    chunk whose offset or length differs (a chunk boundary appeared or vanished, rows
+    moved) the copy goes on in a new file: the part before it copied in the kernel
+    (``os.copy_file_range``), then each new chunk at its offset, unchanged ones left as
+    holes (read as absent). Without ``old``, the same from the start. A chunk is written
+    after its base was read (``store_chunks``), so an update never replaces a base still
+    to be read, and a chunk only half updated (a crash, two backups at once) fails to
+    authenticate: a miss."""
 
     def __init__(
         self, folder: str, key: str, sealer: Sealer, limit: int, old: BaseCopy | None
@@ -209,13 +203,21 @@ class CopyWriter:
         self._sealer = sealer
         self._limit = limit
         self._old = old
-        self._same = 0  # leading chunks equal to the old copy's, not written yet
-        self._written = 0
-        self._next_check = 0
+        self._index = 0  # the next chunk's index in the new version
+        self._offset = 0  # and its offset in the copy
         self._fd: int | None = None
+        self._in_place = False  # _fd is the old copy, updated in place
+        self._next_check = 0
         self._dropped = False
-        if old is None:
-            self._open()
+        if old is not None and old.fd is not None:
+            try:
+                fd = os.open(self._final, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                return
+            if os.fstat(fd).st_ino == os.fstat(old.fd).st_ino:
+                self._fd, self._in_place = fd, True
+            else:  # replaced since it was opened (another backup): start a new file
+                os.close(fd)
 
     @classmethod
     def start(
@@ -232,91 +234,89 @@ class CopyWriter:
             return None
         return cls(folder, key, sealer, limit, old)
 
-    def add(self, blob_id: bytes, chunk: bytes | memoryview) -> None:
-        """Append chunk ``blob_id`` (its plaintext ``chunk``, whose id the caller computed)."""
+    def add(self, blob_id: bytes, chunk: bytes | memoryview, new: bool) -> None:
+        """The next chunk of the stream: ``blob_id`` (which the caller computed from
+        ``chunk``, its plaintext); ``new``: whether this backup stored it (it was not in
+        the repository)."""
+        offset = self._offset
+        self._index += 1
+        self._offset += len(chunk) + OVERHEAD
         if self._dropped:
             return
-        self._written += len(chunk) + OVERHEAD
-        if self._fd is None:
-            if self._old is not None and self._old.matches(self._same, blob_id, len(chunk)):
-                self._same += 1
-                return
-            self._reuse()
-            if self._fd is None:
-                return
         try:
-            if self._written > self._limit or (
-                self._written >= self._next_check and not self._room()
-            ):
+            if self._offset > self._limit:
                 raise OSError("over the copy's bound")
-            sealed = self._sealer.seal(COPY_KIND, blob_id, chunk)
-            view = memoryview(sealed)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            if self._in_place and self._old is not None:
+                old = self._old.layout(self._index - 1)
+                if old is not None and old[:2] == (offset, len(chunk)):
+                    if old[2] != blob_id:
+                        self._write(offset, blob_id, chunk)
+                    return
+                if old is not None or offset < self._old.end:  # the layout moved
+                    self._switch(offset)
+            if new:
+                if self._fd is None:
+                    self._switch(0)
+                self._write(offset, blob_id, chunk)
         except OSError:
             self._drop()
 
-    def _open(self) -> None:
-        try:
-            private_dirs(self._folder)
-            self._fd = os.open(
-                self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, CACHE_FILE_MODE
-            )
-        except OSError:
-            self._drop()
+    def _write(self, offset: int, blob_id: bytes, chunk: bytes | memoryview) -> None:
+        assert self._fd is not None
+        if offset + len(chunk) >= self._next_check and not self._room():
+            raise OSError("the cache's file system is nearly full")
+        view = memoryview(self._sealer.seal(COPY_KIND, blob_id, chunk))
+        while view:
+            done = os.pwrite(self._fd, view, offset)
+            view, offset = view[done:], offset + done
 
-    def _reuse(self) -> None:
-        """Start the new copy with the old one's first ``_same`` chunks (checked first)."""
-        old, same = self._old, self._same
-        if same and (old is None or not (old.sealed_ok(0) and old.sealed_ok(same - 1))):
-            self._drop()
+    def _switch(self, keep: int) -> None:
+        """Go on in a new file holding the first ``keep`` bytes of the current one."""
+        private_dirs(self._folder)
+        fd = os.open(
+            self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, CACHE_FILE_MODE
+        )
+        source, self._fd, self._in_place = self._fd, fd, False
+        if source is None:
             return
-        self._open()
-        if not same or self._fd is None:
-            return
-        assert old is not None
         try:
-            if self._written > self._limit or not self._room():
-                raise OSError("over the copy's bound")
-            old.copy_prefix(same, self._fd)
-        except OSError:
-            self._drop()
+            done = 0
+            while done < keep:
+                step = os.copy_file_range(source, fd, keep - done, done, done)
+                if step <= 0:
+                    break  # the old copy is shorter: the rest is a hole
+                done += step
+        finally:
+            os.close(source)
 
     def _room(self) -> bool:
         """Whether the file system keeps its floor free; checked every CHECK_EVERY bytes."""
-        self._next_check = self._written + CHECK_EVERY
+        self._next_check = self._offset + CHECK_EVERY
         st = os.statvfs(self._folder)
         free = st.f_bavail * st.f_frsize
         return free - CHECK_EVERY > max(FREE_MIN, FREE_FLOOR * st.f_blocks * st.f_frsize)
 
     def commit(self) -> bool:
-        """Make the copy the stream's (atomically replacing the old); True when it was."""
-        if self._dropped:
+        """Make the copy the stream's (a new file atomically replaces the old); True when
+        there is one (not when nothing was ever written: an unchanged stream without one)."""
+        if self._dropped or self._fd is None:
             return False
-        if self._fd is None:  # every chunk was the old copy's, in order
-            old = self._old
-            assert old is not None
-            if self._same == old.chunks:
-                if self._same and not (old.sealed_ok(0) and old.sealed_ok(self._same - 1)):
-                    self._drop()
-                    return False
-                with contextlib.suppress(OSError):
-                    os.utime(self._final)  # kept: not stale (``sweep``)
-                return True
-            self._reuse()  # a shorter version: the old copy's first chunks
-            if self._fd is None:
-                return False
         try:
+            os.ftruncate(self._fd, self._offset)  # the new version's length (holes kept)
+            if self._in_place:
+                os.utime(self._fd)  # kept: not stale (``sweep``)
             os.close(self._fd)
             self._fd = None
-            os.replace(self._temp, self._final)
+            if not self._in_place:
+                os.replace(self._temp, self._final)
         except OSError:
             self._drop()
             return False
         return True
 
     def discard(self) -> None:
-        """Drop the partial copy, keeping the old one (the stream was not stored)."""
+        """The stream was not stored: stop. A new file goes; updates made in place stay
+        (each chunk of the copy stands alone: those of another version are misses)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

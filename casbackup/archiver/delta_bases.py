@@ -204,7 +204,9 @@ def store_chunks(
     is stored before this returns. Raises what the repository raises (CasError), before
     what reading ``pieces`` raises (OSError) when both happen."""
     copy = None
-    if copy_key is not None and not dry_run and repo.deltas_allowed:
+    # The first version of a stream gets no copy: it might never change (a copy is made
+    # by the first backup that stores part of it again).
+    if copy_key is not None and bases is not None and not dry_run and repo.deltas_allowed:
         old = bases.copy if bases is not None else None
         copy = CopyWriter.start(repo.config.id, copy_key, repo.sealer, old)
     try:
@@ -239,13 +241,7 @@ def _store_chunks(
             if stopped():
                 raise Stopped
             hasher.update(piece)
-            if dry_run:
-                blob_id = repo.blob_id(piece)
-            else:
-                blob_id = repo.save_blob(Kind.DATA, piece)[0]
-                if copy is not None:
-                    copy.add(blob_id, piece)
-            ids.append(blob_id)
+            ids.append(repo.blob_id(piece) if dry_run else repo.save_blob(Kind.DATA, piece)[0])
             size += len(piece)
             on_bytes(len(piece))
         return tuple(ids), hasher.digest(), size
@@ -262,9 +258,8 @@ def _store_chunks(
                     raise Stopped
                 hasher.update(piece)
                 blob_id = repo.blob_id(piece)
-                if copy is not None:
-                    copy.add(blob_id, piece)
-                if not repo.has_blob(blob_id) and all(blob_id != w for w, _ in waiting):
+                new = not repo.has_blob(blob_id) and all(blob_id != w for w, _ in waiting)
+                if new:
                     base = bases.choose(repo.delta_base_for, piece, size)
                     if base is not None and base.plain is not None:
                         if len(waiting) >= IN_FLIGHT:
@@ -278,6 +273,8 @@ def _store_chunks(
                     else:
                         repo.save_blob(Kind.DATA, piece, blob_id)
                 bases.seen(blob_id, size, len(piece))
+                if copy is not None:  # after its base was read: an update may replace it
+                    copy.add(blob_id, piece, new)
                 ids.append(blob_id)
                 size += len(piece)
                 on_bytes(len(piece))

@@ -74,10 +74,13 @@ def test_the_next_night_reads_its_bases_from_the_copy(
 ) -> None:
     repo = open_repo(repo_path)
     app, db = make_app(tmp_path, rows=ROWS)
-    first, _ = _night(repo, app, db)
+    snaps = [_night(repo, app, db)[0]]
     path = _copy_file(repo, db)
-    # The copy: sealed, private, exactly the dump's chunks plus one envelope's overhead each.
-    node = dump_node(repo, first)
+    assert not os.path.exists(path)  # a first version gets none: it may never change
+    change_rows(db, 1)
+    snaps.append(_night(repo, app, db)[0])
+    # The copy: sealed, private, laid out as the dump's chunks plus an envelope each.
+    node = dump_node(repo, snaps[-1])
     assert os.path.getsize(path) == node.size + OVERHEAD * len(node.content)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
@@ -85,8 +88,7 @@ def test_the_next_night_reads_its_bases_from_the_copy(
         sealed = f.read()
     assert b"item 1" not in sealed and b"CREATE TABLE" not in sealed
     loads = Loads(monkeypatch, repo)
-    snaps = [first]
-    for n in range(1, 4):
+    for n in range(2, 5):
         change_rows(db, n)
         snaps.append(_night(repo, app, db)[0])
     assert loads.known >= 9 and loads.unknown == 0
@@ -99,22 +101,24 @@ def test_the_next_night_reads_its_bases_from_the_copy(
     repo.close()
 
 
-def test_an_unchanged_night_keeps_the_copy_it_has(
+def test_an_unchanged_night_writes_nothing_and_a_changed_one_updates_in_place(
     repo_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = open_repo(repo_path)
     app, db = make_app(tmp_path, rows=ROWS)
     _night(repo, app, db)
-    path = _copy_file(repo, db)
-    before = os.stat(path)
-    _night(repo, app, db)  # the same dump: the same chunks in the same order
-    after = os.stat(path)
-    assert after.st_ino == before.st_ino  # not written again; touched (not stale)
-    assert after.st_mtime_ns >= before.st_mtime_ns
-    change_rows(db, 1)  # the copy is used and rewritten
-    loads = Loads(monkeypatch, repo)
+    change_rows(db, 1)
     _night(repo, app, db)
-    assert loads.known > 0 and os.stat(path).st_ino != before.st_ino
+    path = _copy_file(repo, db)
+    before, content = os.stat(path), open(path, "rb").read()
+    _night(repo, app, db)  # the same dump: the same chunks in the same order
+    assert os.stat(path).st_ino == before.st_ino and open(path, "rb").read() == content
+    change_rows(db, 2)  # the copy is read, and the changed chunks written over their bases
+    loads = Loads(monkeypatch, repo)
+    snap, _ = _night(repo, app, db)
+    assert loads.known > 0 and open(path, "rb").read() != content
+    node = dump_node(repo, snap)
+    assert os.path.getsize(path) == node.size + OVERHEAD * len(node.content)
     repo.close()
 
 
@@ -125,6 +129,8 @@ def test_a_damaged_or_foreign_copy_is_only_a_miss(
     repo = open_repo(repo_path)
     app, db = make_app(tmp_path, rows=ROWS)
     snaps = [_night(repo, app, db)[0]]
+    change_rows(db, 1)
+    snaps.append(_night(repo, app, db)[0])
     path = _copy_file(repo, db)
     size = os.path.getsize(path)
     if damage == "flipped":  # one byte in every 4 kB: every envelope fails
@@ -140,18 +146,18 @@ def test_a_damaged_or_foreign_copy_is_only_a_miss(
         writer = CopyWriter.start(repo.config.id, "other", repo.sealer)
         assert writer is not None
         for n in range(size // 50_000):
-            writer.add(repo.blob_id(b"%d" % n), os.urandom(50_000))
+            writer.add(repo.blob_id(b"%d" % n), os.urandom(50_000), True)
         assert writer.commit()
         os.replace(os.path.join(copies_dir(repo.config.id), "other"), path)
     loads = Loads(monkeypatch, repo)
-    change_rows(db, 1)
+    change_rows(db, 2)
     snaps.append(_night(repo, app, db)[0])
     assert loads.unknown > 0  # resolved from the repository instead
     assert (loads.known > 0) == (damage == "truncated")  # the other chunks are still good
     assert any(repo.locate(c).kind == Kind.DELTA for c in dump_node(repo, snaps[-1]).content)
-    # The night wrote a good copy again: the next one reads from it.
+    # The night wrote its new chunks into the copy: the next one reads them from it.
     loads2 = Loads(monkeypatch, repo)
-    change_rows(db, 2)
+    change_rows(db, 3)
     snaps.append(_night(repo, app, db)[0])
     assert loads2.known > 0
     for snap in snaps:
@@ -169,13 +175,16 @@ def test_a_base_damaged_in_the_repository_is_noticed_and_not_built_on(
     (no new chunk depends on the damage) as before copies."""
     repo = open_repo(repo_path)
     app, db = make_app(tmp_path, rows=ROWS)
+    _night(repo, app, db)
+    change_rows(db, 1, share=0.05)
     first, _ = _night(repo, app, db)
+    assert os.path.exists(_copy_file(repo, db))
     damaged = dump_node(repo, first).content[0]
     loc = repo.locate(damaged)
     repo.close()
     flip_stored_byte(repo_path, loc.pack, loc.offset, loc.stored_len)
     repo = open_repo(repo_path)
-    change_rows(db, 1, share=0.05)  # every chunk changes, the first one included
+    change_rows(db, 2, share=0.05)  # every chunk changes, the first one included
     second, lines = _night(repo, app, db)
     assert any("could not be read back" in line and "check --read-data" in line for line in lines)
     content = dump_node(repo, second).content
@@ -187,7 +196,7 @@ def test_a_base_damaged_in_the_repository_is_noticed_and_not_built_on(
             chain.append(repo.locate(chain[-1].base))
     _dump_bytes(repo, second)
     report = check(repo, CheckOptions(read_data=True))
-    assert not report.ok  # the first night's damage, and only it
+    assert not report.ok  # the damaged night's, and only it
     repo.close()
 
 
@@ -197,6 +206,8 @@ def test_copies_off_bounded_or_unwritable_never_fail_a_backup(
     repo = open_repo(repo_path)
     app, db = make_app(tmp_path, rows=ROWS)
     snaps = [_night(repo, app, db)[0]]
+    change_rows(db, 10)
+    snaps.append(_night(repo, app, db)[0])
     path = _copy_file(repo, db)
     assert os.path.exists(path)
     # Off: no copy, and the old one goes (the stream changes tonight).
@@ -218,14 +229,14 @@ def test_copies_off_bounded_or_unwritable_never_fail_a_backup(
     change_rows(db, 3)
     snaps.append(_night(repo, app, db)[0])
     assert os.path.exists(path)
-    real_write = os.write
+    real_pwrite = os.pwrite
 
-    def full(fd: int, data) -> int:  # type: ignore[no-untyped-def]
+    def full(fd: int, data, offset: int) -> int:  # type: ignore[no-untyped-def]
         if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(os.path.basename(path)):
             raise OSError(28, "No space left on device")
-        return real_write(fd, data)
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(base_copies.os, "write", full)
+    monkeypatch.setattr(base_copies.os, "pwrite", full)
     change_rows(db, 4)
     snaps.append(_night(repo, app, db)[0])
     assert not os.path.exists(path)
@@ -235,29 +246,63 @@ def test_copies_off_bounded_or_unwritable_never_fail_a_backup(
     repo.close()
 
 
-def test_an_interrupted_stream_keeps_the_old_copy(repo_path: str) -> None:
+def test_an_interrupted_stream_leaves_a_copy_of_chunks_that_stand_alone(repo_path: str) -> None:
     repo = open_repo(repo_path)
-    pieces = [os.urandom(40_000) for _ in range(8)]
-    ids, _, _ = delta_bases.store_chunks(repo, iter(pieces), None, copy_key="k")
+    first = [os.urandom(40_000) for _ in range(8)]
+    ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None, copy_key="k")
     path = os.path.join(copies_dir(repo.config.id), "k")
-    before = open(path, "rb").read()
+    assert not os.path.exists(path)
+    second = [p[:100] + b"x" + p[101:] for p in first]  # every chunk changed in place
+    bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
+    ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
+    copy = BaseCopy.open(repo.config.id, "k", repo.opener, list(ids2), [40_000] * 8)
+    assert copy is not None and [copy.get(j) for j in range(8)] == second
+    copy.close()
 
     def broken():  # type: ignore[no-untyped-def]
-        yield os.urandom(40_000)
+        yield second[0][:200] + b"y" + second[0][201:]
         raise OSError(5, "Input/output error")
 
-    bases = delta_bases.BaseFinder.for_content(repo, ids, "k")
+    bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
     with pytest.raises(OSError):
         delta_bases.store_chunks(repo, broken(), bases, copy_key="k")
-    assert open(path, "rb").read() == before
     assert os.listdir(os.path.dirname(path)) == ["k"]
-    # A dry run writes no copy either.
-    delta_bases.store_chunks(repo, iter(pieces[:2]), None, copy_key="k", dry_run=True)
-    assert open(path, "rb").read() == before
-    # The copy answers exactly the chunks it holds.
-    copy = BaseCopy.open(repo.config.id, "k", repo.opener, list(ids), [40_000] * 8)
+    # The first chunk was updated in place before the stream broke: for the stored
+    # version it is a miss; the others are as they were.
+    copy = BaseCopy.open(repo.config.id, "k", repo.opener, list(ids2), [40_000] * 8)
     assert copy is not None
-    assert [copy.get(j) for j in range(8)] == pieces and copy.get(8) is None
+    assert [copy.get(j) for j in range(8)] == [None] + second[1:] and copy.misses == 1
+    copy.close()
+    # A dry run writes nothing.
+    before = open(path, "rb").read()
+    bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
+    delta_bases.store_chunks(repo, iter(first), bases, copy_key="k", dry_run=True)
+    assert open(path, "rb").read() == before
+    repo.close()
+
+
+def test_chunk_boundaries_that_move_go_on_in_a_new_file(repo_path: str) -> None:
+    repo = open_repo(repo_path)
+    first = [os.urandom(30_000) for _ in range(6)]
+    ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
+    second = [p[:10] + b"x" + p[11:] for p in first]
+    bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
+    ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
+    path = os.path.join(copies_dir(repo.config.id), "k")
+    inode = os.stat(path).st_ino
+    # Chunks 0-1 unchanged, chunk 2 changed in place, then a chunk 3 bytes longer
+    # (the layout moves), an unchanged chunk (a hole now), and a new one.
+    third = second[:2] + [second[2][:5] + b"z" + second[2][6:]]
+    third += [second[3] + b"abc", second[4], os.urandom(30_000)]
+    bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
+    ids3, _, _ = delta_bases.store_chunks(repo, iter(third), bases, copy_key="k")
+    assert os.stat(path).st_ino != inode
+    sizes = [len(p) for p in third]
+    assert os.path.getsize(path) == sum(sizes) + OVERHEAD * len(sizes)
+    copy = BaseCopy.open(repo.config.id, "k", repo.opener, list(ids3), sizes)
+    assert copy is not None
+    assert [copy.get(j) for j in range(6)] == third[:4] + [None, third[5]]
+    assert copy.misses == 0  # the hole is absent, not damage
     copy.close()
     repo.close()
 
@@ -265,7 +310,12 @@ def test_an_interrupted_stream_keeps_the_old_copy(repo_path: str) -> None:
 def test_a_copy_of_another_version_is_given_up_after_a_few_misses(repo_path: str) -> None:
     repo = open_repo(repo_path)
     pieces = [os.urandom(5_000) for _ in range(40)]
-    ids, _, _ = delta_bases.store_chunks(repo, iter(pieces), None, copy_key="k")
+    ids = [repo.blob_id(p) for p in pieces]
+    writer = CopyWriter.start(repo.config.id, "k", repo.sealer)
+    assert writer is not None
+    for blob_id, piece in zip(ids, pieces, strict=True):
+        writer.add(blob_id, piece, True)
+    assert writer.commit()
     other = [repo.blob_id(b"%d" % n) for n in range(40)]  # another version: other ids
     copy = BaseCopy.open(repo.config.id, "k", repo.opener, other, [5_000] * 40)
     assert copy is not None
