@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Sequence
 
@@ -85,6 +86,22 @@ def stream_key(*parts: str | bytes) -> str:
         data = part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part
         hasher.update(len(data).to_bytes(8, "big") + data)
     return hasher.hexdigest()[:40]
+
+
+def _open_copy(path: str, flags: int) -> int:
+    """Open the copy at ``path`` with ``flags``, only if it is a regular file of this
+    user's with no other name: a symlink or a hard link put in its place (by anyone) must
+    not have the user's own file read or written as a copy, nor a FIFO hang a backup.
+    Raises OSError."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+            raise OSError(f"not a copy of casbackup's: {path}")
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def copies_dir(repo_id: str) -> str:
@@ -128,7 +145,7 @@ class BaseCopy:
         if limit_bytes() <= 0 or not ids:
             return None
         try:
-            fd = os.open(os.path.join(copies_dir(repo_id), key), os.O_RDONLY | os.O_CLOEXEC)
+            fd = _open_copy(os.path.join(copies_dir(repo_id), key), os.O_RDONLY)
         except OSError:
             return None
         return cls(fd, opener, ids, sizes)
@@ -211,7 +228,7 @@ class CopyWriter:
         self._dropped = False
         if old is not None and old.fd is not None:
             try:
-                fd = os.open(self._final, os.O_RDWR | os.O_CLOEXEC)
+                fd = _open_copy(self._final, os.O_RDWR)
             except OSError:
                 return
             if os.fstat(fd).st_ino == os.fstat(old.fd).st_ino:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,43 @@ def test_stale_copies_and_dead_writers_temporaries_are_swept(tmp_path: Path) -> 
     )
     base_copies.sweep(str(folder), now=now + 10 * base_copies.STALE_S)  # once a process
     assert "fresh" in os.listdir(folder)
+
+
+def test_a_link_or_a_fifo_in_a_copys_place_is_not_followed(repo_path: str, tmp_path: Path) -> None:
+    """Something else under a copy's name (a symlink or a hard link to a file of the user's,
+    a FIFO) is never read as the copy nor written through: the copy goes on in a new file
+    of its own. A symlink followed, a night with few changed chunks wrote its chunks over
+    the file it named and extended it to the stream's length; a FIFO hung the backup."""
+    repo = open_repo(repo_path)
+    first = [os.urandom(20_000) for _ in range(6)]
+    ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
+    second = [p[:10] + b"x" + p[11:] for p in first]
+    bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
+    ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
+    path = os.path.join(copies_dir(repo.config.id), "k")
+    victim = tmp_path / "victim"
+    ids = list(ids2)
+    for n, kind in enumerate(["symlink", "hardlink"]):
+        victim.write_bytes(b"the user's own file\n" * 10)
+        os.unlink(path)
+        if kind == "symlink":
+            os.symlink(victim, path)
+        else:
+            os.link(victim, path)
+        third = [second[0][:20] + b"%d" % n + second[0][21:]] + second[1:]  # one, in place
+        bases = delta_bases.BaseFinder.for_content(repo, ids, "k")
+        ids, _, _ = delta_bases.store_chunks(repo, iter(third), bases, copy_key="k")
+        second = third
+        assert victim.read_bytes() == b"the user's own file\n" * 10, kind
+        assert not os.path.islink(path) and os.stat(path).st_nlink == 1
+    os.unlink(path)
+    os.mkfifo(path)
+    opened: list[BaseCopy | None] = []
+    thread = threading.Thread(
+        target=lambda: opened.append(BaseCopy.open(repo.config.id, "k", repo.opener, ids, [1])),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(10)
+    assert opened == [None]  # not blocked until a writer opens the FIFO
+    repo.close()
