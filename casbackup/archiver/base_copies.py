@@ -26,8 +26,10 @@ compared: a repository that disagrees or cannot give the chunk back (a pack dele
 damaged since, a blob whose stored bytes are not what its id says) ends the copy's use for
 the stream, so that damage is noticed and healed (chunks stored whole) as when every base
 came from the repository. What the spot checks leave out is a blob damaged after it was
-written and not sampled: the same trust a chunk found in the index gets from every backup
-(dedup reads nothing back either), found by ``check --read-data``. A copy of another
+written and not sampled: it is trusted as a chunk found in the index is by every backup
+(dedup reads nothing back either), but unlike dedup the damage then reaches this night's
+version of the chunk, stored as a delta of the damaged blob, which resolving every base
+would have stored whole. ``check --read-data`` finds it. A copy of another
 version of the stream (a backup that failed after writing it, a restored cache) fails to
 authenticate and is given up after ``GIVE_UP`` misses in a row. The cache can be deleted
 at any time.
