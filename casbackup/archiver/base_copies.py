@@ -91,14 +91,13 @@ def stream_key(*parts: str | bytes) -> str:
 
 
 def _open_copy(path: str, flags: int) -> int:
-    """Open the copy at ``path`` with ``flags``, only if it is a regular file of this
-    user's with no other name: a symlink or a hard link put in its place (by anyone) must
-    not have the user's own file read or written as a copy, nor a FIFO hang a backup.
-    Raises OSError."""
+    """Open the copy at ``path`` with ``flags``, only if it is a regular file with no other
+    name: a symlink or a hard link put in its place must not have a file of the user's read
+    or written (truncated, extended) as a copy, nor a FIFO hang a backup. Raises OSError."""
     fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             raise OSError(f"not a copy of casbackup's: {path}")
     except OSError:
         os.close(fd)
