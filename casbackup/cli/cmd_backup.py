@@ -391,9 +391,11 @@ def _raise_partial(result: BackupResult) -> None:
 
 def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, tags: tuple[str, ...],
                 excludes: tuple[str, ...], common: dict[str, Any], auto_verify: bool | None) -> None:  # fmt: skip
-    """Each application in turn; one failing does not stop the others, but fails the run."""
+    """Each application in turn; one failing does not stop the others, but fails the run.
+    A stop does: what it interrupted is raised, and no later application starts."""
     from casbackup.archiver.application import backup_options
     from casbackup.cli.config_support import load_cli_config
+    from casbackup.store import stopping
 
     opts = global_options(ctx)
     config = load_cli_config(opts, required=True, why="--all")
@@ -421,6 +423,8 @@ def _backup_all(repo: Repository, ctx: click.Context, backup_type: str | None, t
             options = replace(options, on_parent_chosen=_stop_warming_for_first(ctx, index))
             outcome = _notified_run(repo, ctx, config, app.name, options, auto_verify)
         except CasError as exc:
+            if stopping.stopped() is not None:
+                raise  # a stop (Ctrl-C, SIGTERM) ends the run, not only this application
             failed.append((app.name, exc))
             if opts.json:
                 emit_json({"message_type": "error", "app": app.name, "message": str(exc),

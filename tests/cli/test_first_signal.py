@@ -9,6 +9,7 @@ tests/store/test_s3_stop.py.)
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -114,3 +115,51 @@ def test_one_ctrl_c_while_the_command_starts(tmp_path: Path) -> None:
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert err.decode().strip().splitlines() == ["error: interrupted"]
+
+
+# The first application's readers stall once; every later batch is stored as usual.
+_STALL_ONCE = (
+    "import time, casbackup.repo.blobstore as b\n"
+    "store = b.BlobStore.store_sealed_batch\n"
+    "def stall(self, blobs):\n"
+    "    if not MARKER.exists():\n"
+    "        MARKER.touch()\n"
+    "        time.sleep(3600)\n"
+    "    return store(self, blobs)\n"
+    "b.BlobStore.store_sealed_batch = stall"
+)
+
+
+def test_one_ctrl_c_stops_backup_all(tmp_path: Path) -> None:
+    # Found with three applications and a Ctrl-C during the first: the stop ended that
+    # application's backup as a failure like any other, and --all went on to back up the
+    # other two (one 'error:' line each, then '1 of 3 applications failed', exit 130).
+    repo = init_repo(str(tmp_path / "repo"))
+    config = tmp_path / "casbackup.toml"
+    lines = ["version = 1"]
+    for name in ("one", "two", "three"):
+        _tree(tmp_path / name, 60)
+        lines += ["[[applications]]", f'name = "{name}"', f'sources = ["{tmp_path / name}"]']
+    config.write_text("\n".join(lines) + "\n")
+    marker = tmp_path / "reached"
+    prelude = "import pathlib\nMARKER = pathlib.Path(" + repr(str(marker)) + ")\n" + _STALL_ONCE
+    proc = popen_cli("-q", "--config", str(config), "backup", "--all", repo=repo, prelude=prelude)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), proc.communicate(timeout=60)
+    time.sleep(0.3)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - start
+    assert proc.returncode == 130, err
+    assert err.decode().strip().splitlines() == [
+        "error: backup interrupted; the chunks stored so far are kept for the next run"
+    ]
+    assert took < 3.5, took
+    assert not list((tmp_path / "repo" / "locks").iterdir())
+    res = run_cli("snapshots", "--json", repo=repo)
+    assert res.code == 0 and json.loads(res.out) == [], res.out  # no application went on
+    res = run_cli("check", repo=repo)
+    assert res.code == 0, res.err
