@@ -4,22 +4,77 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+
+_STOP_SIGNALS_AT_START = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _stopped_while_starting(signum: int, _frame: object) -> None:
-    # Nothing is open, locked or stored yet: leave at once, as main() reports a stop.
-    os.write(2, b"error: interrupted\n")
+    # Nothing is open, locked or stored yet: leave at once, as main() reports a stop (one
+    # line, or the JSON error object under --json; 128 + the signal's number).
+    message = (
+        "interrupted"
+        if signum == signal.SIGINT
+        else f"interrupted ({signal.Signals(signum).name} received)"
+    )
+    if "--json" in split_global_options(sys.argv[1:])[0]:
+        line = (
+            f'{{"error": "{message}", "exit_code": {128 + signum}, "kind": "interrupted", '
+            '"message_type": "error"}'
+        )  # emit_json_err's shape; no import here
+    else:
+        line = f"error: {message}"
+    os.write(2, line.encode() + b"\n")
     os._exit(128 + signum)
 
 
+_GLOBAL_FLAGS = {"--json", "-q", "--quiet", "--no-progress"}
+_GLOBAL_VALUED = {
+    "-r",
+    "--repo",
+    "--password-file",
+    "--password-command",
+    "--config",
+    "--retry-lock",
+}
+
+
+def split_global_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` as (the global options wherever they stand before ``--``, everything else)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if arg in _GLOBAL_FLAGS:
+            front.append(arg)
+        elif name in _GLOBAL_VALUED and "=" in arg:
+            front.append(arg)
+        elif arg in _GLOBAL_VALUED and i + 1 < len(argv):
+            front.extend(argv[i : i + 2])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front, rest
+
+
 # A Ctrl-C while the imports below load (0.3 s; over a second on a busy machine) ended in a
-# traceback of whatever was being imported, and a death by SIGINT instead of exit 130.
+# traceback of whatever was being imported, and a death by SIGINT instead of exit 130; a
+# SIGTERM or SIGHUP there, in a death by the signal instead of its one line and 143 or 129.
 _starting = threading.current_thread() is threading.main_thread()
-_before_start = signal.signal(signal.SIGINT, _stopped_while_starting) if _starting else None
+_before_start = {  # one ignored (nohup's SIGHUP) stays ignored
+    signum: signal.signal(signum, _stopped_while_starting)
+    for signum in _STOP_SIGNALS_AT_START
+    if _starting and signal.getsignal(signum) != signal.SIG_IGN
+}
 
 import logging  # noqa: E402
-import sys  # noqa: E402
 
 import click  # noqa: E402
 
@@ -30,9 +85,10 @@ from casbackup.cli.signals import install_stop_signals, interrupted_exit_code, s
 from casbackup.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, CasError, UsageError  # noqa: E402
 from casbackup.memory import tune_allocator  # noqa: E402
 
-if _starting:
-    # main() installs the command's own (None: one set outside Python, Python's in its place).
-    signal.signal(signal.SIGINT, _before_start or signal.default_int_handler)
+# main() installs the command's own (None: one set outside Python, Python's in its place).
+for _signum, _handler in _before_start.items():
+    _default = signal.default_int_handler if _signum == signal.SIGINT else signal.SIG_DFL
+    signal.signal(_signum, _handler or _default)
 
 # Command name -> the cmd_*.py module that defines it. Modules are imported only when
 # their command runs (or for --help): importing all of them cost every command about
@@ -172,17 +228,6 @@ def _route_library_log(json_mode: bool, quiet: bool) -> None:
         root.addHandler(_LogToWarnings(json_mode))  # so Python's bare last-resort one never prints
 
 
-_GLOBAL_FLAGS = {"--json", "-q", "--quiet", "--no-progress"}
-_GLOBAL_VALUED = {
-    "-r",
-    "--repo",
-    "--password-file",
-    "--password-command",
-    "--config",
-    "--retry-lock",
-}
-
-
 def hoist_global_options(argv: list[str]) -> list[str]:
     """Accept global options after the command too (``casbackup backup -q -r R``), as restic does.
 
@@ -190,30 +235,6 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     """
     front, rest = split_global_options(argv)
     return front + rest
-
-
-def split_global_options(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``argv`` as (the global options wherever they stand before ``--``, everything else)."""
-    front: list[str] = []
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            rest.extend(argv[i:])
-            break
-        name = arg.split("=", 1)[0]
-        if arg in _GLOBAL_FLAGS:
-            front.append(arg)
-        elif name in _GLOBAL_VALUED and "=" in arg:
-            front.append(arg)
-        elif arg in _GLOBAL_VALUED and i + 1 < len(argv):
-            front.extend(argv[i : i + 2])
-            i += 1
-        else:
-            rest.append(arg)
-        i += 1
-    return front, rest
 
 
 # click >= 8.2 raises this for a bare 'casbackup' (8.1 prints the help itself).

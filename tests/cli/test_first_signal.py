@@ -91,7 +91,26 @@ def test_one_ctrl_c_stops_a_backup(tmp_path: Path, prelude: str, signal_it: bool
     assert res.code == 0, res.err
 
 
-def test_one_ctrl_c_while_the_command_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "args", "expected"),
+    [
+        (signal.SIGINT, (), "error: interrupted"),
+        # SIGTERM and SIGHUP there were a death by the signal (status -15, -1), no line.
+        (signal.SIGTERM, (), "error: interrupted (SIGTERM received)"),
+        (signal.SIGHUP, (), "error: interrupted (SIGHUP received)"),
+        # --json got the plain line; a script parses stderr as JSON there (README "Exit codes").
+        (signal.SIGINT, ("--json",), {"error": "interrupted", "exit_code": 130}),
+        (
+            signal.SIGTERM,
+            ("--json",),
+            {"error": "interrupted (SIGTERM received)", "exit_code": 143},
+        ),
+    ],
+    ids=["sigint", "sigterm", "sighup", "sigint-json", "sigterm-json"],
+)
+def test_one_stop_while_the_command_starts(
+    tmp_path: Path, signum: int, args: tuple[str, ...], expected: str | dict[str, object]
+) -> None:
     # Found by sending SIGINT 0.1-1.5 s after starting `casbackup snapshots` (and `ls`) on
     # a busy machine: a traceback of the module being imported, and a death by SIGINT
     # (status -2) instead of exit 130 with one line.
@@ -106,15 +125,20 @@ def test_one_ctrl_c_while_the_command_starts(tmp_path: Path) -> None:
         "        return None\n"
         "sys.meta_path.insert(0, Slow())"
     )
-    proc = popen_cli("snapshots", repo=str(tmp_path / "repo"), prelude=prelude)
+    proc = popen_cli(*args, "snapshots", repo=str(tmp_path / "repo"), prelude=prelude)
     deadline = time.monotonic() + 60
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert marker.exists(), proc.communicate(timeout=60)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 130, err
-    assert err.decode().strip().splitlines() == ["error: interrupted"]
+    assert proc.returncode == 128 + signum, err
+    lines = err.decode().strip().splitlines()
+    if isinstance(expected, str):
+        assert lines == [expected]
+    else:  # the shape main() gives any failure under --json
+        assert len(lines) == 1, lines
+        assert json.loads(lines[0]) == {**expected, "kind": "interrupted", "message_type": "error"}
 
 
 # The first application's readers stall once; every later batch is stored as usual.
