@@ -6,6 +6,7 @@ Used by the backup's file readers (archiver/workers.py) and by ``check --read-da
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import threading
@@ -68,9 +69,51 @@ def become_helper(parent: int) -> None:
     # Forked from a thread that blocks the stop signals (a pool's handler, or the main thread
     # while it starts a pool): take them back, so that terminate()'s SIGTERM kills us.
     unblock_stop_signals()
+    _send_results_whole()
     ids.single_threaded_hashing()
     prctl = libc.function("prctl")
     if prctl is not None:  # Linux; elsewhere the parent check below
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+class _StopDeferredWhileHeld:
+    """A lock that holds SIGTERM back while it is held (see ``_send_results_whole``)."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> Any:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> Any:
+        try:
+            return self._lock.__exit__(*exc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # dies here if due
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lock, name)
+
+
+def _send_results_whole() -> None:
+    """In a ``multiprocessing.Pool`` helper: a SIGTERM (``Pool.terminate``) that comes
+    while it sends a result back waits until the result queue's lock is released.
+
+    Killed while holding that lock (a semaphore shared with the parent), a helper left it
+    taken for good: the pool's task handler then waited for it for ever, and terminate()
+    for the task handler (a stopped 'check --read-data' that never exited; once in 467
+    stops at load 9). The lock is held for the write of one small pickled verdict, into a
+    pipe the pool's result thread keeps draining while terminate() runs. (A helper has no
+    threads of its own: the blocked signal cannot land in another thread.)"""
+    proc = multiprocessing.current_process()
+    args = getattr(proc, "_args", ())
+    # Pool starts each helper as Process(target=pool.worker, args=(inqueue, outqueue, ...)).
+    if getattr(proc, "_target", None) is not multiprocessing.pool.worker or len(args) < 2:
+        return
+    outqueue = args[1]
+    lock = getattr(outqueue, "_wlock", None)
+    if lock is not None and hasattr(signal, "pthread_sigmask"):
+        outqueue._wlock = _StopDeferredWhileHeld(lock)
