@@ -31,12 +31,13 @@ stopped run commits nothing it has not stored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from types import FrameType
 from typing import Any, TypeVar
@@ -115,12 +116,47 @@ def acquire(lock: threading.Lock) -> bool:
 LOCK_SLICE_S = 0.25
 
 
+# How a stop that Python's handlers never see is noticed (``watch_stop``), or empty.
+_stop_source: list[Callable[[], bool]] = []
+
+
+@contextlib.contextmanager
+def watch_stop(ended: Callable[[], bool]) -> Iterator[None]:
+    """While C code handles the stop signals itself (libfuse's loop in the main thread:
+    Python's handlers do not run), ``ended()`` tells whether a stop came: store requests
+    of other threads are then waited for as ``call`` waits in the main thread, in slices
+    of ``LOCK_SLICE_S``, and one still running ``GRACE_S`` after ``ended()`` turned true
+    fails with StorageError (the thread that waited for it, a FUSE worker that libfuse
+    joins before it unmounts, goes on)."""
+    _stop_source.append(ended)
+    try:
+        yield
+    finally:
+        _stop_source.remove(ended)
+
+
+def _call_watched(fn: Callable[[], T], owner: Any, what: str, ended: Callable[[], bool]) -> T:
+    start = time.monotonic()
+    future = _runner.submit(fn)
+    try:
+        while not wait([future], LOCK_SLICE_S).done:
+            if stopped() is None and ended():
+                note_stop()
+            stop = stopped()
+            if stop is not None and time.monotonic() >= max(stop + GRACE_S, start + LOCK_SLICE_S):
+                raise _hung_error(owner, what)
+    finally:
+        future.cancel()
+    return future.result()
+
+
 def _forget_after_fork() -> None:
     # A forked child (the test suite's zygote forks one per command) starts with no stop
     # of its own and no caller threads (those of the parent do not exist in it).
     _stopped_at.clear()
     _abandoned.clear()
     _hung.clear()
+    _stop_source.clear()
     global _runner
     _runner = _Runner()
 
@@ -190,7 +226,8 @@ def call(fn: Callable[[], T], owner: Any, what: str) -> T:
     StorageError for a request made after a stop that did not answer within ``GRACE_S``,
     or made to a store already judged hung."""
     if threading.current_thread() is not threading.main_thread():
-        return fn()
+        ended = _stop_source[0] if _stop_source else None
+        return fn() if ended is None else _call_watched(fn, owner, what, ended)
     if stopped() is not None and getattr(owner, "_hung_after_stop", False):
         raise _hung_error(owner, what)
     previous = signal.getsignal(signal.SIGINT)

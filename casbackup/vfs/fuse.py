@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from casbackup.errors import CasError, MountError, NotFound, UsageError
+from casbackup.store import stopping
 from casbackup.vfs.core import OpenFile, Stat, Vfs
 
 # The kernel may keep what it learnt for this long: snapshots never change; only the
@@ -127,6 +128,8 @@ class FuseOps:
         if isinstance(exc, UsageError):
             return OSError(errno.EINVAL, str(exc))
         message = str(exc) if isinstance(exc, CasError) else f"{path}: {exc!r}"
+        if stopping.stopped() is not None:
+            return OSError(errno.EIO, message)  # the mount is ending: not worth a line each
         # The kernel retries failed reads (read-ahead, then the real read): say it once.
         with self._lock:
             new = message not in self._reported
@@ -260,11 +263,38 @@ def mount(
 
     ops = FuseOps(vfs, on_error, started)
     try:
-        mfusepy.FUSE(ops, mountpoint, foreground=True, raw_fi=True, **options)
+        with stopping.watch_stop(_session_ended(mfusepy)):
+            mfusepy.FUSE(ops, mountpoint, foreground=True, raw_fi=True, **options)
     except RuntimeError as exc:
         # libfuse also returns non-zero after a signal ended a mount that worked.
         if not ready.is_set():
             raise MountError(f"could not mount at {mountpoint} (libfuse error {exc})") from None
+
+
+def _session_ended(mfusepy: Any) -> Callable[[], bool]:
+    """Whether libfuse's loop was told to end (its handlers took SIGINT, SIGTERM or SIGHUP,
+    which Python's never see while the main thread is in that loop), for
+    ``stopping.watch_stop``: before it unmounts, libfuse waits for its worker threads, and
+    one waiting for a store request that hangs held Ctrl-C for the store's timeout times
+    the retries (measured: still mounted 30 s after SIGINT or SIGTERM).
+
+    Asked only in libfuse's worker threads, inside a callback (the session exists then for
+    sure); other threads see only a True one of those saw."""
+    lib = ctypes.CDLL(mfusepy._libfuse._name)  # function objects of its own: its argtypes
+    get_session = lib.fuse_get_session
+    get_session.argtypes, get_session.restype = [ctypes.c_void_p], ctypes.c_void_p
+    exited = lib.fuse_session_exited
+    exited.argtypes, exited.restype = [ctypes.c_void_p], ctypes.c_int
+    seen: list[bool] = []
+
+    def ended() -> bool:
+        if not seen and isinstance(threading.current_thread(), threading._DummyThread):
+            fuse = mfusepy._libfuse.fuse_get_context().contents.fuse  # a libfuse thread's
+            if fuse and exited(get_session(fuse)):
+                seen.append(True)
+        return bool(seen)
+
+    return ended
 
 
 def _user_allow_other() -> bool:

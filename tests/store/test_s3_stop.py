@@ -8,8 +8,10 @@ stopped one could not delete being judged stale (its process is gone).
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,3 +129,66 @@ def test_one_ctrl_c_stops_a_backup_whose_upload_hangs(
             assert res.code == 0, res.err
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_mount_whose_read_hangs_ends_on_one_signal(
+    hanging: tuple[FaultProxy, list[str]], tmp_path: Path, signum: int
+) -> None:
+    # Found with a file read through the mount while the store held its GET: libfuse's
+    # handlers took the signal and ended its loop, then waited for the worker thread in
+    # that read before unmounting: still mounted 30 s after SIGINT or SIGTERM. Now ~1.1 s.
+    from tests.cli.test_mount import _fuse_missing
+
+    reason = _fuse_missing()
+    if reason is not None:
+        pytest.skip(f"FUSE is not available: {reason}")
+    proxy, marks = hanging
+    repo = f"s3:{proxy.endpoint}/{proxy.bucket}/repo"  # type: ignore[attr-defined]
+    src = tmp_path / "src"
+    make_tree(src, 7, files=12)
+    for args in (("init", "--insecure-test-kdf"), ("backup", str(src))):
+        res = run_cli(*args, repo=repo, timeout=120)
+        assert res.code == 0, res.err
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    proc = popen_cli("mount", str(mp), repo=repo)
+    reader = None
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mp) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.ismount(mp), proc.communicate(timeout=30)
+        big = max((p for p in mp.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+        marks.append("/data/")
+        reader = subprocess.Popen(
+            ["cat", str(big)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        while proxy.hanging == 0 and time.monotonic() < deadline + 30:
+            time.sleep(0.05)
+        assert proxy.hanging
+        time.sleep(0.2)
+        proc.send_signal(signum)
+        start = time.monotonic()
+        try:
+            _out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("still mounted 20 s after one signal") from None
+        took = time.monotonic() - start
+        assert proc.returncode == 0, err
+        lines = err.decode().strip().splitlines()
+        assert [line.split(" ", 1)[0] for line in lines] == ["mounted", "unmounted"], lines
+        assert took < 3.0, took
+        assert not os.path.ismount(mp)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        subprocess.run(["fusermount3", "-u", "-z", str(mp)], check=False, capture_output=True)
+        if reader is not None:
+            reader.kill()
+            reader.wait()
+    marks.clear()
+    proxy.unhang()
+    res = run_cli("check", repo=repo, timeout=120)
+    assert res.code == 0, res.err
