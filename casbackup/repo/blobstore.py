@@ -134,6 +134,10 @@ class BlobStore(DeltaWriting):
             lock.confirm(renew=renew)
 
     def close(self) -> None:
+        # A lock still held: its taker never got it back (a stop that landed as acquire()
+        # returned, before the caller's try: finally) and would leave its file behind.
+        for lock in list(self.held_locks):
+            lock.release()
         if self._uploader is not None:
             self._uploader.close()
         with self._lock:
