@@ -39,6 +39,12 @@ _PREFIX = 64
 _KEEP = 4
 # One base in this many read from the stream's copy is also resolved from the repository.
 SPOT_CHECK = 16
+#: What a backup notes, after the stream's name, when a spot check found the repository
+#: disagreeing with the stream's copy (``BaseFinder.copy_refuted``).
+COPY_REFUTED = (
+    "a chunk of the last backup's version could not be read back from the repository as it "
+    "was written; run 'casbackup check --read-data'"
+)
 
 
 class BaseLoader(Protocol):

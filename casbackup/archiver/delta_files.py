@@ -26,7 +26,7 @@ import stat
 from collections.abc import Callable
 
 from casbackup.archiver.base_copies import stream_key
-from casbackup.archiver.delta_bases import BaseFinder, Stopped, store_chunks
+from casbackup.archiver.delta_bases import COPY_REFUTED, BaseFinder, Stopped, store_chunks
 from casbackup.archiver.workers import CancelFlag, FileOutcome, open_for_reading, read_outcome
 from casbackup.chunking.chunker import Chunker, StreamCutter
 from casbackup.repo.repository import Repository
@@ -73,10 +73,12 @@ class DeltaFileReader:
         chunker: Chunker,
         cancel: CancelFlag,
         on_bytes: Callable[[int], None],
+        on_notice: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.repo = repo
         self.cancel = cancel
         self.on_bytes = on_bytes
+        self.on_notice = on_notice  # a line the user should know (from this thread)
         self._cutter = StreamCutter(chunker)
         self._queue: queue.Queue[tuple[bytes, Node, Done] | None] = queue.Queue(QUEUE_FILES)
         self._thread = quiet_thread(self._run, name="delta-files")
@@ -130,4 +132,6 @@ class DeltaFileReader:
                 self.repo, self._cutter.chunks(f), bases,
                 stopped=self.cancel.is_set, on_bytes=self.on_bytes, copy_key=key,
             )  # fmt: skip
+        if bases is not None and bases.copy_refuted:  # stored all the same (those chunks whole)
+            self.on_notice(f"{os.fsdecode(path)}: {COPY_REFUTED}")
         return read_outcome(ids, digest, size, before, os.fstat(fd))

@@ -143,7 +143,9 @@ class FileReading:
                 self._progress.bytes_done += n
 
             chunker = Chunker(self.repo.config.chunker, self.repo.key.chunker_seed)
-            self._deltas = DeltaFileReader(self.repo, chunker, self._cancelled, on_bytes)
+            self._deltas = DeltaFileReader(
+                self.repo, chunker, self._cancelled, on_bytes, self._notice
+            )
         return self._deltas
 
     def _send_batch(self) -> None:

@@ -29,7 +29,7 @@ from typing import BinaryIO
 from casbackup import __version__
 from casbackup.archiver.backup_options import BackupOptions, BackupResult, choose_parent
 from casbackup.archiver.base_copies import stream_key
-from casbackup.archiver.delta_bases import BaseFinder, Stopped, store_chunks
+from casbackup.archiver.delta_bases import COPY_REFUTED, BaseFinder, Stopped, store_chunks
 from casbackup.chunking.chunker import Chunker
 from casbackup.errors import CasError, DatabaseError, Interrupted, UsageError
 from casbackup.repo.repository import Repository
@@ -126,6 +126,8 @@ def backup_stream(
             raise DatabaseError(
                 f"{spec.command[0]} {how}{detail}; no snapshot saved"  # type: ignore[index]
             )
+    # Stored all the same (those chunks whole): the damage is in older snapshots.
+    notes = [f"/{spec.name}: {COPY_REFUTED}"] if bases is not None and bases.copy_refuted else []
     _, now_ns = now_utc()
     same = before is not None and (before.content, before.content_hash) == (content, digest)
     node = Node(
@@ -151,8 +153,8 @@ def backup_stream(
         base_full=None, summary=summary, program_version=__version__,
     )  # fmt: skip
     if spec.dry_run:
-        return BackupResult(None, reference)
-    return BackupResult(repo.save_snapshot(snap), reference)
+        return BackupResult(None, reference, notes=notes)
+    return BackupResult(repo.save_snapshot(snap), reference, notes=notes)
 
 
 def _parent_node(repo: Repository, parent: Snapshot, name: str) -> Node | None:

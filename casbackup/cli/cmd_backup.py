@@ -273,6 +273,9 @@ def _backup_stream(ctx: click.Context, repo: Repository, paths: tuple[str, ...],
     spec = StreamBackup(name=name, command=paths if from_command else None,
                         type=backup_type or "incremental", tags=tags, dry_run=dry_run)  # fmt: skip
     result = backup_stream(repo, spec, sys.stdin.buffer)
+    if not global_options(ctx).quiet:
+        for note in result.notes:  # as a backup of folders reports them while it runs
+            warn(note)
     render_backup_result(ctx, result, dry_run)
     _auto_verify(repo, ctx, result, bool(auto_verify))
 

@@ -5,6 +5,7 @@ bounded and never fail a backup."""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import threading
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from casbackup.archiver import base_copies, delta_bases
-from casbackup.archiver.backup import BackupOptions, StreamSpec, run_backup
+from casbackup.archiver.backup import BackupOptions, BackupResult, StreamSpec, run_backup
 from casbackup.archiver.base_copies import BaseCopy, CopyWriter, copies_dir, stream_key
+from casbackup.archiver.stdin import StreamBackup, backup_stream
 from casbackup.crypto.envelope import OVERHEAD
 from casbackup.engines.base import DatabaseSpec
 from casbackup.repo.ids import Kind
@@ -23,6 +25,7 @@ from casbackup.repo.snapshot import Snapshot
 from casbackup.testing.fixtures import flip_stored_byte, make_repo, open_repo
 from casbackup.verify.check import CheckOptions, check
 from tests.repo.test_delta import FIXED_KEY, change_rows, dump_node, read_dump
+from tests.repo.test_delta_files import THRESHOLD, change_in_place, source, write_records
 from tests.verify.apps import EXTENSIONS, _opener, make_app
 
 ROWS = 20_000
@@ -431,4 +434,40 @@ def test_a_night_after_damage_to_a_base_the_spot_checks_skip_is_intact(
     change_rows(db, 2, share=0.05)  # every chunk changes
     second, _ = _night(repo, app, db)
     _dump_bytes(repo, second)
+    repo.close()
+
+
+def test_a_refuted_copy_is_told_for_delta_files_and_stdin_too(
+    repo_path: str, tmp_path: Path
+) -> None:
+    """As for a database dump: a spot check that finds the repository disagreeing with the
+    copy of a --delta-files file or a --stdin stream is a note naming it (it was silent)."""
+    src, data = source(tmp_path)
+    repo = open_repo(repo_path)
+
+    def files_night() -> BackupResult:
+        return run_backup(repo, BackupOptions(paths=(str(src),), delta_files=THRESHOLD))
+
+    def stdin_night() -> BackupResult:
+        return backup_stream(repo, StreamBackup(name="orders.db"), io.BytesIO(data.read_bytes()))
+
+    for night, name in [(files_night, str(data)), (stdin_night, "/orders.db")]:
+        write_records(data)
+        night()
+        change_in_place(data, 1, share=0.05)
+        snap = night().snapshot
+        assert snap is not None
+        node = repo.find_node(snap.root, name if night is stdin_night else str(data))
+        assert node is not None
+        loc = repo.locate(node.content[0])
+        repo.close()
+        flip_stored_byte(repo_path, loc.pack, loc.offset, loc.stored_len)
+        repo = open_repo(repo_path)
+        change_in_place(data, 2, share=0.05)  # every chunk changes, the first one included
+        result = night()
+        assert result.snapshot is not None
+        assert [line for line in result.notes if "could not be read back" in line] == [
+            f"{name}: a chunk of the last backup's version could not be read back from the "
+            "repository as it was written; run 'casbackup check --read-data'"
+        ]
     repo.close()
