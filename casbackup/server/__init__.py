@@ -9,7 +9,8 @@ tests/server/test_layering.py checks it):
 - ``accounts.py``  users/roles/app scopes, API tokens (hash only), sessions; no FastAPI, the
                    CLI's ``user``/``token`` commands use it too.
 - ``auth.py``      the dependencies ``current_user`` and ``require(permission, app=...)``,
-                   ``PERMISSIONS`` (permission -> lowest role), login rate limiting.
+                   ``PERMISSIONS`` (permission -> lowest role).
+- ``login_limit.py`` failed logins per client and name, per client, per name (no lockouts).
 - ``audit.py``     the audit log (written by the middleware in ``app.py`` for every
                    state-changing request, by the login route, the scheduler and the CLI).
 - ``repos.py``     the config, and one read handle per repository (default + per-app ones).

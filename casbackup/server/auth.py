@@ -19,9 +19,6 @@ a ``SERVICE_WIDE`` permission, whatever its role.
 from __future__ import annotations
 
 import ipaddress
-import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -290,64 +287,6 @@ async def _body_app(request: Request) -> str | None:
         return None
     app = body.get("app_name") if isinstance(body, dict) else None
     return app if isinstance(app, str) and 0 < len(app) <= 100 else None
-
-
-class LoginLimiter:
-    """Failed logins per user name and per client address in a sliding window.
-
-    Once a key has ``max_failures`` failures in ``window_s`` seconds, further attempts for it
-    are refused (429) until the oldest failure leaves the window, whether or not the password
-    would be right: guessing stays slow even when it would succeed. Kept in memory: a restart
-    forgets it, which costs an attacker a restart they cannot cause.
-    """
-
-    def __init__(
-        self, max_failures: int, window_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.max = max_failures
-        self.window = window_s
-        self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-        self.max_keys = 100_000
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures.setdefault(key, deque())
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        return q
-
-    def retry_after(self, keys: list[str]) -> float:
-        """Seconds until these keys may try again (0: now)."""
-        now = self.clock()
-        with self._lock:
-            waits = [
-                q[0] + self.window - now
-                for q in (self._recent(k, now) for k in keys)
-                if len(q) >= self.max
-            ]
-        return max(waits, default=0.0)
-
-    def failed(self, keys: list[str]) -> None:
-        now = self.clock()
-        with self._lock:
-            for k in keys:
-                self._recent(k, now).append(now)
-            if len(self._failures) > self.max_keys:  # bounded memory under a spray of names
-                for k in [
-                    k for k, q in self._failures.items() if not q or q[-1] <= now - self.window
-                ]:
-                    del self._failures[k]
-                # Still too many live keys: forget the oldest user names (insertion order)
-                # first; the per-address limit still holds for whoever sprays names.
-                excess = len(self._failures) - self.max_keys // 2
-                order = sorted(self._failures, key=lambda k: not k.startswith("user:"))
-                for k in order[: max(0, excess)]:
-                    del self._failures[k]
-
-    def succeeded(self, user_key: str) -> None:
-        with self._lock:
-            self._failures.pop(user_key, None)
 
 
 def is_in(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

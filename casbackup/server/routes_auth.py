@@ -55,23 +55,23 @@ async def log_in(request: Request, response: Response, username: str, password: 
     """Check a name and password, apply the rate limit, set the session cookie on ``response``.
 
     For the JSON login above and for an HTML login form (the dashboard calls this too).
-    Raises HTTPException 401 (wrong name or password) or 429 (too many failures; Retry-After).
+    Raises HTTPException 401 (wrong name or password) or 429 (too many failures for this
+    client, see login_limit.py; Retry-After).
     The audit middleware records the attempt under the name tried.
     """
     service = service_of(request)
     address = client_address(request)
-    keys = [f"user:{username}", f"addr:{address}"]
     request.state.audit_actor = username
     request.state.audit_action = "login"
-    wait = service.limiter.retry_after(keys)
+    wait = service.limiter.retry_after(address, username)
     if wait > 0:
         raise HTTPException(429, "too many failed logins: try again later",
                             {"Retry-After": str(math.ceil(wait))})  # fmt: skip
     user = await run_in_threadpool(service.accounts.authenticate, username, password)
     if user is None:
-        service.limiter.failed(keys)
+        service.limiter.failed(address, username)
         raise HTTPException(401, "wrong user name or password")
-    service.limiter.succeeded(keys[0])
+    service.limiter.succeeded(address, username)
     cookie, csrf = await run_in_threadpool(
         service.accounts.create_session, user, service.settings.session_ttl_s, address
     )

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from casbackup.server.accounts import Accounts, make_hasher
-from casbackup.server.auth import LoginLimiter, is_in
+from casbackup.server.auth import is_in
 from casbackup.server.events import EventBus
+from casbackup.server.login_limit import LoginLimiter
 from casbackup.server.repos import Registry
 from casbackup.server.settings import Settings
 from casbackup.server.statedb import InstanceLock, StateDB

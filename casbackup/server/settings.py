@@ -35,7 +35,7 @@ class Settings:
     # Browser sessions. Secure cookies whenever the browser sees https (TLS here or at a proxy).
     cookie_secure: bool = False
     session_ttl_s: float = 12 * 3600
-    # Logins: this many failures per user or per address within the window lock that key out.
+    # Logins: failures per window (login_limit.py: per client and name, per client, per name).
     login_max_failures: int = 5
     login_window_s: float = 300.0
     max_body_bytes: int = 1 << 20  # JSON and form bodies; larger requests get 413

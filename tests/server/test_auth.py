@@ -144,17 +144,50 @@ def test_every_state_change_is_audited(env: Env) -> None:
 
 
 def test_login_limiter_memory_is_bounded() -> None:
-    from casbackup.server.auth import LoginLimiter
+    from casbackup.server.login_limit import LoginLimiter
 
     now = [0.0]
     limiter = LoginLimiter(5, 300, clock=lambda: now[0])
     limiter.max_keys = 1000
     for i in range(5000):
-        limiter.failed([f"user:spray{i}", "addr:10.0.0.9"])
+        limiter.failed("10.0.0.9", f"spray{i}")
     assert len(limiter._failures) <= 1000
-    assert limiter.retry_after(["addr:10.0.0.9"]) > 0  # the sprayer's address stays locked out
+    assert limiter.retry_after("10.0.0.9", "admin") > 0  # the sprayer's address stays locked out
     now[0] += 301
-    assert limiter.retry_after(["addr:10.0.0.9"]) == 0
+    assert limiter.retry_after("10.0.0.9", "admin") == 0
+
+
+def _login(env: Env, address: str, username: str, password: str) -> int:
+    """A login from another client address (a second client on the same app)."""
+    client = TestClient(env.client.app, client=(address, 5000))
+    return client.post(
+        "/api/auth/login", json={"username": username, "password": password}
+    ).status_code
+
+
+def test_bad_passwords_from_elsewhere_do_not_lock_the_owner_out(env: Env) -> None:
+    # Five wrong passwords for admin from one address locked the admin out everywhere (429).
+    for _ in range(env.settings.login_max_failures):
+        assert _login(env, "203.0.113.7", "admin", "guess-guess") == 401
+    assert _login(env, "198.51.100.2", "admin", PW) == 200
+    assert _login(env, "203.0.113.7", "admin", PW) == 429  # the guesser stays refused
+
+
+def test_a_name_under_attack_gives_each_client_one_guess(env: Env) -> None:
+    for i in range(env.settings.login_max_failures):  # one guess each from many addresses
+        assert _login(env, f"203.0.113.{i}", "admin", "guess-guess") == 401
+    assert _login(env, "203.0.113.0", "admin", PW) == 429  # has guessed: refused, even right
+    assert _login(env, "203.0.113.99", "admin", "guess-guess") == 401  # a new one: one guess
+    assert _login(env, "203.0.113.99", "admin", "guess-again") == 429
+    assert _login(env, "198.51.100.2", "admin", PW) == 200  # the owner, who never failed
+    assert _login(env, "203.0.113.50", "viewer", PW) == 200  # other names are not affected
+
+
+def test_an_ipv6_client_is_its_64(env: Env) -> None:
+    for i in range(env.settings.login_max_failures):
+        assert _login(env, f"2001:db8:1:2::{i + 1}", f"user{i}", "guess-guess") == 401
+    assert _login(env, "2001:db8:1:2::ffff", "admin", PW) == 429  # same /64: same client
+    assert _login(env, "2001:db8:1:3::1", "admin", PW) == 200
 
 
 def test_a_refused_request_is_audited_with_its_application(env: Env) -> None:
