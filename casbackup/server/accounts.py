@@ -73,12 +73,22 @@ class Token:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
 
+EMPTY_APPS = (
+    "an empty list of applications would mean every application: name at least one, or give "
+    "none (null) for every application"
+)
+
+
 def _apps_json(apps: tuple[str, ...] | list[str] | None) -> str | None:
-    """The stored form of an account's or token's applications; raises UsageError for a name
-    the config would refuse (a newline, a '/', text that is not UTF-8): it was stored as is
-    and shown in lists, and could never match an application."""
+    """The stored form of an account's or token's applications (None, stored NULL: every
+    application); raises UsageError for a name the config would refuse (a newline, a '/',
+    text that is not UTF-8: it was stored as is and shown in lists, and could never match an
+    application) and for an empty list: it meant every application, a trap for whoever sent
+    it to mean none."""
     if apps is None:
         return None
+    if not apps:
+        raise UsageError(EMPTY_APPS)
     from casbackup.config.load import APP_NAME_RE
 
     for app in apps:
@@ -121,7 +131,7 @@ class Accounts:
         pw_hash = self.hasher.hash(password)
         cur = self.db.execute(
             "INSERT INTO users (name, role, apps, password_hash, created_at) VALUES (?,?,?,?,?)",
-            (name, role, _apps_json(apps or None), pw_hash, time.time()),
+            (name, role, _apps_json(apps), pw_hash, time.time()),
         )
         user = self.user_by_id(int(cur.lastrowid or 0))
         assert user is not None
@@ -158,7 +168,8 @@ class Accounts:
     def update_user(
         self, name: str, *, role: str | None = None, apps: list[str] | None | bool = False
     ) -> User:
-        """Change role and/or apps (``apps=False``: unchanged; ``None`` or []: all)."""
+        """Change role and/or apps (``apps=False``: unchanged; ``None``: all; [] raises
+        UsageError, as every other account change with an empty list)."""
         user = self.user(name)
         if role is not None:
             if role not in ROLES:
@@ -167,7 +178,7 @@ class Accounts:
                 self._keep_an_admin(user, "demote")
             self.db.execute("UPDATE users SET role = ? WHERE id = ?", (role, user.id))
         if apps is not False:
-            value = _apps_json(apps or None)  # type: ignore[arg-type]
+            value = _apps_json(apps)  # type: ignore[arg-type]
             self.db.execute("UPDATE users SET apps = ? WHERE id = ?", (value, user.id))
         return self.user(name)
 
@@ -244,7 +255,7 @@ class Accounts:
         self.db.execute(
             "INSERT INTO tokens (id, user_id, name, secret_hash, apps, created_at, expires_at)"
             " VALUES (?,?,?,?,?,?,?)",
-            (token_id, user.id, name or "token", _digest(secret), _apps_json(apps or None), now,
+            (token_id, user.id, name or "token", _digest(secret), _apps_json(apps), now,
              None if expires_in_s is None else now + expires_in_s),
         )  # fmt: skip
         token = self.token(token_id)

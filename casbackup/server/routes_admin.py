@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from casbackup.nstime import iso_seconds
 from casbackup.server import audit
-from casbackup.server.accounts import Token, User, parse_duration
+from casbackup.server.accounts import EMPTY_APPS, Token, User, parse_duration
 from casbackup.server.auth import Principal, require, service_of
 
 router = APIRouter(tags=["admin"])
@@ -16,6 +18,21 @@ router = APIRouter(tags=["admin"])
 
 def iso(t: float | None) -> str | None:
     return iso_seconds(t)
+
+
+def _not_empty(apps: list[str] | None) -> list[str] | None:
+    # [] meant every application: an admin who sent it to mean "none" granted everything.
+    if apps is not None and not apps:
+        raise ValueError(EMPTY_APPS)
+    return apps
+
+
+# What a user or token may see: null (or left out) for every application, else a non-empty list.
+AppsIn = Annotated[
+    list[str] | None,
+    AfterValidator(_not_empty),
+    Field(description="applications it may see; null: no limit of its own ([] is refused)"),
+]
 
 
 class UserOut(BaseModel):
@@ -29,12 +46,12 @@ class UserIn(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=8, max_length=1024)
     role: str = Field(pattern="^(admin|operator|viewer)$")
-    apps: list[str] | None = None
+    apps: AppsIn = None
 
 
 class UserPatch(BaseModel):
     role: str | None = Field(None, pattern="^(admin|operator|viewer)$")
-    apps: list[str] | None = Field(None, description="[] for all applications")
+    apps: AppsIn = None  # left out: unchanged
 
 
 class PasswordIn(BaseModel):
@@ -56,7 +73,7 @@ class TokenIn(BaseModel):
     user: str = Field(min_length=1, max_length=64)
     name: str = Field("", max_length=100)
     expires: str | None = Field(None, max_length=20, description="e.g. 90d, 12h; null: never")
-    apps: list[str] | None = None
+    apps: AppsIn = None  # null: the user's
 
 
 class TokenCreated(TokenOut):

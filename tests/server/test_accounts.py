@@ -122,6 +122,21 @@ def test_account_and_token_applications_are_application_names(tmp_path: Path) ->
     assert a.update_user("frank", apps=["shop-1.2"]).apps == ("shop-1.2",)
 
 
+def test_an_empty_application_list_is_refused_not_every_application(tmp_path: Path) -> None:
+    """[] meant every application: an admin who sent it to mean "none" granted everything."""
+    a = accounts(tmp_path)
+    with pytest.raises(UsageError, match="every application"):
+        a.add_user("frank", "s3cret-pass", "operator", [])
+    a.add_user("frank", "s3cret-pass", "operator", ["shop"])
+    with pytest.raises(UsageError, match="every application"):
+        a.update_user("frank", apps=[])
+    with pytest.raises(UsageError, match="every application"):
+        a.create_token("frank", apps=[])
+    assert a.user("frank").apps == ("shop",) and a.tokens("frank") == []
+    assert a.update_user("frank", apps=None).apps is None  # None (NULL): every application
+    assert a.create_token("frank")[1].apps is None
+
+
 def test_sessions_and_password_change(tmp_path: Path) -> None:
     a = accounts(tmp_path)
     user = a.add_user("alice", "s3cret-pass", "viewer")

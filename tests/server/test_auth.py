@@ -105,6 +105,30 @@ def test_app_scoped_user_sees_only_its_applications(env: Env) -> None:
     assert names == ["shop", "blog"]
 
 
+def test_apps_empty_list_is_refused_by_the_api(env: Env) -> None:
+    """`"apps": []` meant every application (and PATCH to [] widened a scoped user)."""
+    c, admin = env.client, env.h("admin")
+    tokens = len(env.service.accounts.tokens("viewer"))
+    new_user = {"name": "erin", "password": "long-enough", "role": "operator"}
+    for method, path, body in [
+        ("POST", "/api/users", {**new_user, "apps": []}),
+        ("PATCH", "/api/users/scoped", {"apps": []}),
+        ("POST", "/api/tokens", {"user": "viewer", "apps": []}),
+    ]:
+        r = c.request(method, path, json=body, headers=admin)
+        assert r.status_code == 422, (path, r.text)
+        assert "every application" in r.text
+    assert "erin" not in [u["name"] for u in c.get("/api/users", headers=admin).json()]
+    assert env.service.accounts.user("scoped").apps == ("shop",)
+    assert len(env.service.accounts.tokens("viewer")) == tokens
+    # Left out or null: every application, as before; left out of a PATCH: unchanged.
+    assert c.post("/api/users", json=new_user, headers=admin).json()["apps"] is None
+    assert c.patch("/api/users/scoped", json={"role": "viewer"}, headers=admin).json()["apps"] == [
+        "shop"
+    ]
+    assert c.patch("/api/users/scoped", json={"apps": None}, headers=admin).json()["apps"] is None
+
+
 def test_trusted_user_header_only_from_the_proxy(env: Env, tmp_path: Path) -> None:
     # Its own state folder: one service per folder (env's app holds its own).
     settings = Settings(

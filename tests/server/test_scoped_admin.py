@@ -35,7 +35,7 @@ def test_a_scoped_admin_cannot_widen_its_own_access(
     attempts: list[tuple[str, str, Any]] = [
         ("POST", "/api/tokens", {"user": "admin", "name": "escape"}),
         ("POST", "/api/users", {"name": "evil", "password": "password-123", "role": "admin"}),
-        ("PATCH", "/api/users/shopadmin", {"apps": []}),
+        ("PATCH", "/api/users/shopadmin", {"apps": None}),
         ("PUT", "/api/users/admin/password", {"password": "password-456"}),
         ("DELETE", "/api/users/operator", None),
         ("GET", "/api/users", None),
