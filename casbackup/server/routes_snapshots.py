@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from casbackup.archiver.export import archive_stream, tree_members
 from casbackup.catalog import snapshot_doc, verification_doc
@@ -136,7 +136,18 @@ class TagRequest(BaseModel):
 
 
 class RestoreRequest(BaseModel):
-    path: str = Field("/", max_length=4096, description="folder or file inside the snapshot")
+    # A field the model does not know is refused (422), not ignored: a `path_b64` that was
+    # ignored left `path` at "/", and the whole snapshot was restored.
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None, max_length=4096, description="folder or file inside the snapshot (default '/')"
+    )
+    path_b64: str | None = Field(
+        None, max_length=5464,  # 4096 bytes
+        description="instead of `path`: the path's exact bytes in URL-safe base64 (as `path_b64` "
+        "of a listing entry), for names that are not valid UTF-8",
+    )  # fmt: skip
     target: str | None = Field(None, max_length=200,
                                description="folder name inside the recovery directory")  # fmt: skip
     overwrite: bool = False
@@ -468,15 +479,16 @@ def restore(snapshot_id: str, body: RestoreRequest, request: Request,
             principal: Principal = Depends(require("restore"))) -> JobStarted:  # fmt: skip
     """Restore the snapshot, or a folder or file of it, into a folder of the configured recovery
     directory (``disaster_recovery.recovery_directory``), or with ``in_place`` (admins only)
-    back where it was backed up from."""
-    inner = _clean_path(body.path)
+    back where it was backed up from. The path is ``path`` or, for a name that is not UTF-8,
+    ``path_b64`` (as tree and download take them; 400 for both or bad base64)."""
+    inner = _request_path(body.path, body.path_b64)
     handle, snap = find_snapshot(request, principal, snapshot_id)
     if body.in_place:
         principal.check("recover", snap.app)
         try:
             kind = handle.vfs().lookup(_vfs_path(handle, snap, inner)).kind
         except NotFound as exc:
-            raise HTTPException(404, f"{inner}: {exc}") from None
+            raise HTTPException(404, f"{_display(inner)}: {exc}") from None
         # a folder's contents go into that folder; a file goes into its parent folder
         target = inner if kind == NodeKind.DIR else os.path.dirname(inner)
     else:
@@ -488,7 +500,7 @@ def restore(snapshot_id: str, body: RestoreRequest, request: Request,
         user_id=principal.user_id,
         params={"snapshot": snap.id, "path": inner, "target": target, "overwrite": body.overwrite},
     )  # fmt: skip
-    return job_started(doc, f"restore of {snap.short_id}:{inner} queued")
+    return job_started(doc, f"restore of {snap.short_id}:{_display(inner)} queued")
 
 
 @router.post("/api/snapshots/{snapshot_id}/tags", response_model=JobStarted, status_code=202)

@@ -401,6 +401,43 @@ def test_non_utf8_names_browse_and_download(env: Env) -> None:
     )
 
 
+def test_restore_by_path_b64(env: Env) -> None:
+    """Restore took only `path`: a folder whose name is not UTF-8 could not be named, and a
+    `path_b64` beside it was ignored, so the whole snapshot was restored instead."""
+    import base64
+
+    src = env.tmp / "shop"
+    odd_dir = os.path.join(os.fsencode(src), b"caf\xe9")
+    os.mkdir(odd_dir)
+    with open(os.path.join(odd_dir, b"b\xffx.txt"), "wb") as f:
+        f.write(b"odd\n")
+    snap = str(backup(env, "shop")["snapshot_id"])
+    c, h = env.client, env.h("operator")
+    b64 = base64.urlsafe_b64encode(odd_dir).decode()
+    url = f"/api/snapshots/{snap}/restore"
+    r = c.post(url, json={"path_b64": b64, "target": "odd"}, headers=h)
+    assert r.status_code == 202, r.text
+    assert r.json()["message"].endswith("caf\ufffd queued")
+    job = wait_job(env, r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    restored = [p for p in (env.tmp / "recovery" / "odd").rglob("*") if p.is_file()]
+    # only that folder's contents (not the whole snapshot), names' bytes kept
+    assert [os.fsencode(p.relative_to(env.tmp / "recovery" / "odd")) for p in restored] == [
+        b"b\xffx.txt"
+    ]
+    assert restored[0].read_bytes() == b"odd\n"
+    traversal = base64.urlsafe_b64encode(b"/a/../etc").decode()
+    for bad, status in [
+        ({"path_b64": "!!"}, 400),
+        ({"path_b64": b64, "path": "/"}, 400),
+        ({"path_b64": traversal}, 400),
+        ({"path_b64": b64, "overwite": True}, 422),  # a field it does not know: refused
+    ]:
+        r = c.post(url, json={**bad, "target": "bad"}, headers=h)
+        assert r.status_code == status, (bad, r.text)
+    assert not (env.tmp / "recovery" / "bad").exists()
+
+
 def test_names_with_control_characters_download(env: Env) -> None:
     """A stored name may hold a newline, a tab, quotes or a backslash (anything but / and NUL):
     the download's Content-Disposition keeps its quoted filename printable ASCII (a newline
