@@ -18,6 +18,7 @@ tests/server/test_layering.py checks it):
 - ``jobs.py``      background jobs: queue, one writer per repository, state in the database;
                    each job runs in ``worker.py`` (``python -m casbackup.server.worker``), which
                    calls the same library functions as the CLI and reports progress as JSON lines.
+- ``job_records.py`` what jobs are and were: job documents, lists, logs, counts (reads only).
 - ``scheduler.py`` cron / interval schedules, missed runs, restore drills.
 - ``metrics.py``   ``/metrics`` (Prometheus), one registry per app.
 - ``service.py``   all of the above wired together: ``request.app.state.service``.

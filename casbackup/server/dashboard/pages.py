@@ -29,7 +29,7 @@ from casbackup.server.auth import Principal, optional_user, require, service_of
 from casbackup.server.dashboard import charts, views
 from casbackup.server.dashboard.format import install_filters, safe_next
 from casbackup.server.dashboard.testids import TESTIDS
-from casbackup.server.jobs import KINDS
+from casbackup.server.job_records import KINDS
 from casbackup.server.routes_jobs import visible_job
 from casbackup.server.routes_snapshots import browse, find_snapshot, list_snapshots, snapshot_detail
 from casbackup.server.routes_system import list_applications
