@@ -12,6 +12,7 @@ from casbackup.nstime import iso_seconds
 from casbackup.server import audit
 from casbackup.server.accounts import EMPTY_APPS, Token, User, parse_duration
 from casbackup.server.auth import Principal, require, service_of
+from casbackup.server.body import Body
 
 router = APIRouter(tags=["admin"])
 
@@ -42,19 +43,19 @@ class UserOut(BaseModel):
     created_at: str | None
 
 
-class UserIn(BaseModel):
+class UserIn(Body):
     name: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=8, max_length=1024)
     role: str = Field(pattern="^(admin|operator|viewer)$")
     apps: AppsIn = None
 
 
-class UserPatch(BaseModel):
+class UserPatch(Body):
     role: str | None = Field(None, pattern="^(admin|operator|viewer)$")
     apps: AppsIn = None  # left out: unchanged
 
 
-class PasswordIn(BaseModel):
+class PasswordIn(Body):
     password: str = Field(min_length=8, max_length=1024)
 
 
@@ -69,7 +70,7 @@ class TokenOut(BaseModel):
     last_used_at: str | None
 
 
-class TokenIn(BaseModel):
+class TokenIn(Body):
     user: str = Field(min_length=1, max_length=64)
     name: str = Field("", max_length=100)
     expires: str | None = Field(None, max_length=20, description="e.g. 90d, 12h; null: never")

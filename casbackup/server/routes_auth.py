@@ -16,11 +16,12 @@ from casbackup.server.auth import (
     principal_for,
     service_of,
 )
+from casbackup.server.body import Body
 
 router = APIRouter(tags=["auth"])
 
 
-class LoginRequest(BaseModel):
+class LoginRequest(Body):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
 

@@ -15,6 +15,7 @@ from casbackup.errors import UsageError
 from casbackup.recovery.connection import split_assignment
 from casbackup.recovery.layout import IN_PLACE
 from casbackup.server.auth import Principal, require, service_of
+from casbackup.server.body import Body
 
 router = APIRouter(tags=["jobs"])
 
@@ -62,14 +63,14 @@ class LogLine(BaseModel):
     message: str
 
 
-class BackupRequest(BaseModel):
+class BackupRequest(Body):
     """The seed's request shape."""
 
     backup_type: Literal["full", "incremental", "differential"] = "full"
     app_name: str = Field("default", min_length=1, max_length=100)
 
 
-class DisasterRecoveryRequest(BaseModel):
+class DisasterRecoveryRequest(Body):
     app_name: str = Field("default", min_length=1, max_length=100)
     dry_run: bool = Field(True, description="only plan (the default): say what would be restored")
     snapshot: str | None = Field(

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from casbackup.errors import CasError, ConfigError
 from casbackup.server.auth import Principal, require, service_of
+from casbackup.server.body import Body
 from casbackup.server.repos import DEFAULT, Registry
 from casbackup.server.routes_jobs import JobStarted, job_started, require_configured_app
 
@@ -18,18 +19,18 @@ log = logging.getLogger("casbackup.server")
 router = APIRouter(tags=["maintenance"])
 
 
-class CheckRequest(BaseModel):
+class CheckRequest(Body):
     repository: str = Field(DEFAULT, max_length=120)
     read_data: bool = False
     read_data_subset: str | None = Field(None, max_length=20, description="e.g. 10%, 1/7, 2G")
 
 
-class ForgetRequest(BaseModel):
+class ForgetRequest(Body):
     app_name: str = Field(min_length=1, max_length=100)
     dry_run: bool = Field(True, description="plan only (the default); false: plan and execute")
 
 
-class RepositoryRequest(BaseModel):
+class RepositoryRequest(Body):
     repository: str = Field(DEFAULT, max_length=120)
     dry_run: bool = Field(True, description="plan only (the default); false: plan and execute")
 
@@ -41,7 +42,7 @@ class PruneRequest(RepositoryRequest):
     )  # fmt: skip
 
 
-class RepairRequest(BaseModel):
+class RepairRequest(Body):
     repository: str = Field(DEFAULT, max_length=120)
     what: Literal["packs", "snapshots"]
     packs: list[str] = Field(
@@ -51,7 +52,7 @@ class RepairRequest(BaseModel):
     dry_run: bool = Field(True, description="report only (the default); false: repair")
 
 
-class RewriteRequest(BaseModel):
+class RewriteRequest(Body):
     app_name: str = Field(min_length=1, max_length=100)
     excludes: list[str] = Field(
         min_length=1, max_length=100,
@@ -62,7 +63,7 @@ class RewriteRequest(BaseModel):
     dry_run: bool = Field(True, description="report only (the default); false: rewrite")
 
 
-class UnlockRequest(BaseModel):
+class UnlockRequest(Body):
     repository: str = Field(DEFAULT, max_length=120)
 
 

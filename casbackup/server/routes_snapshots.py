@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from casbackup.archiver.export import archive_stream, tree_members
 from casbackup.catalog import snapshot_doc, verification_doc
@@ -23,6 +23,7 @@ from casbackup.nstime import iso_ns
 from casbackup.repo.snapshot import Snapshot
 from casbackup.repo.tree import NodeKind
 from casbackup.server.auth import Principal, require, service_of
+from casbackup.server.body import Body
 from casbackup.server.repos import RepoHandle
 from casbackup.server.routes_jobs import JobStarted, job_started, recovery_target
 
@@ -126,7 +127,7 @@ class TreeListing(BaseModel):
     offset: int
 
 
-class TagRequest(BaseModel):
+class TagRequest(Body):
     add: list[str] = Field([], max_length=50, description="tags to add")
     remove: list[str] = Field([], max_length=50, description="tags to remove")
     set: list[str] | None = Field(
@@ -135,11 +136,7 @@ class TagRequest(BaseModel):
     )  # fmt: skip
 
 
-class RestoreRequest(BaseModel):
-    # A field the model does not know is refused (422), not ignored: a `path_b64` that was
-    # ignored left `path` at "/", and the whole snapshot was restored.
-    model_config = ConfigDict(extra="forbid")
-
+class RestoreRequest(Body):
     path: str | None = Field(
         None, max_length=4096, description="folder or file inside the snapshot (default '/')"
     )

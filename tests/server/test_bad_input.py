@@ -39,6 +39,28 @@ def test_unknown_application_everywhere(env: Env) -> None:
     assert_clean(c.post("/api/check", json={"repository": "nowhere"}, headers=h), 404)
 
 
+def test_an_unknown_field_is_refused_not_ignored(env: Env) -> None:
+    """{"repo": "archive", "dry_run": false} queued a real prune of the default repository:
+    the misspelt field was dropped. Every body now names what it does not know (422)."""
+    h = env.h("admin")
+    jobs = len(env.service.jobs.list())
+    for path, body, unknown in [
+        ("/api/prune", {"repo": "archive", "dry_run": False}, "repo"),
+        ("/api/forget", {"app_name": "shop", "dryrun": False}, "dryrun"),
+        ("/api/rewrite", {"app_name": "shop", "excludes": ["/x"], "snapshot": "ab"}, "snapshot"),
+        ("/api/backup", {"app_name": "shop", "tags": ["x"]}, "tags"),
+        ("/api/check", {"read_data_subet": "1/7"}, "read_data_subet"),
+        ("/api/users", {"name": "x1", "password": "long-enough", "role": "viewer", "app": "shop"},
+         "app"),
+        ("/api/tokens", {"user": "viewer", "expiry": "1d"}, "expiry"),
+        ("/api/auth/login", {"username": "admin", "password": "password-123", "otp": "1"}, "otp"),
+    ]:  # fmt: skip
+        r = env.client.post(path, json=body, headers=h)
+        assert_clean(r, 422, "Extra inputs are not permitted")
+        assert [e["loc"] for e in r.json()["detail"]] == [["body", unknown]], r.text
+    assert len(env.service.jobs.list()) == jobs
+
+
 def test_oversized_bodies(env: Env) -> None:
     big = b'{"app_name": "' + b"x" * (2 << 20) + b'"}'
     r = env.client.post(

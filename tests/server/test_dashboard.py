@@ -695,6 +695,61 @@ def test_every_template_and_asset_ships_in_the_package() -> None:
     assert not missed, f"not in [tool.setuptools.package-data]: {missed}"
 
 
+def test_every_form_sends_only_fields_its_route_knows() -> None:
+    """Request bodies refuse unknown fields (server/body.py): a form field that its route's
+    model does not name would make that form fail. Reads each template's data-api forms."""
+    import importlib
+    import typing
+    from html.parser import HTMLParser
+
+    from fastapi.routing import APIRoute
+
+    bodies: dict[tuple[str, str], type] = {}
+    for module in ("admin", "auth", "jobs", "maintenance", "snapshots", "system"):
+        for route in importlib.import_module(f"casbackup.server.routes_{module}").router.routes:
+            if isinstance(route, APIRoute) and route.dependant.body_params:
+                model = route.dependant.body_params[0].field_info.annotation
+                if not hasattr(model, "model_fields"):  # the seed's `BackupRequest = None`
+                    model = next(a for a in typing.get_args(model) if hasattr(a, "model_fields"))
+                for method in route.methods:
+                    bodies[(method, re.sub(r"\{[^}]+\}", "X", route.path))] = model
+
+    forms: list[tuple[str, str, str, set[str]]] = []
+
+    class Forms(HTMLParser):
+        inside = False
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            a = dict(attrs)
+            if tag == "form":
+                api = a.get("data-api")
+                self.inside = bool(api)
+                if api:  # the API path with each {{ ... }} as one segment
+                    path = re.sub(r"\{\{[^}]*\}\}", "X", api)
+                    forms.append((self.name, (a.get("data-method") or "POST").upper(), path, set()))
+            elif tag in ("input", "select", "textarea") and self.inside and a.get("name"):
+                forms[-1][3].add(str(a["name"]))
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "form":
+                self.inside = False
+
+    checked = 0
+    for template in sorted(TEMPLATES.glob("*.html")):
+        parser = Forms()
+        parser.name = template.name  # type: ignore[attr-defined]
+        parser.feed(template.read_text())
+    for name, method, path, fields in forms:
+        model = bodies.get((method, path))
+        sent = fields - {"csrf_token"}  # dash.js sends it as a header
+        if model is None:
+            assert not sent, (name, method, path, sent)
+            continue
+        assert sent <= set(model.model_fields), (name, path, sent - set(model.model_fields))
+        checked += 1
+    assert checked >= 15
+
+
 def test_names_that_are_not_utf8_browse_and_download(env: Env) -> None:
     """A file and a folder whose names are not UTF-8: the browser reaches them by the API's
     ``path_b64`` (their display path, with U+FFFD, names nothing), downloads the exact bytes,
