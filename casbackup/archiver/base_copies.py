@@ -6,7 +6,8 @@ through its chain in the repository: reading, decrypting and decompressing the f
 at the bottom and every delta above it, ~75 us a 100 kB chunk plus ~45 us a chain level
 (bench/DUMPS.md). A backup that stores part of a stream again also writes the chunks it
 stored here (``CopyWriter``), so the next one reads each base with one ``pread`` and one
-AES-GCM open (``BaseCopy``), whatever its chain's depth.
+AES-GCM open (``BaseCopy``), plus reading and authenticating the chain's envelopes
+without decompressing them.
 
 Layout: ``<cache root>/<repository id>/bases/<name>``, one file per stream, where
 ``name`` is the BLAKE3 of the stream's key (its application and path: ``stream_key``).
@@ -20,17 +21,15 @@ nothing but the parent snapshot's chunk list. A chunk no backup wrote there is a
 Trust: none. Each chunk read must authenticate as the chunk id the parent's tree names at
 that place (the envelope binds the id; only a process holding the repository's key seals
 one, and it seals the very bytes it has just hashed to that id) and be as long as the tree
-says, or the caller resolves the base from the repository as before. The first chunk read
-and every ``delta_bases.SPOT_CHECK``-th after it are also resolved from the repository and
-compared: a repository that disagrees or cannot give the chunk back (a pack deleted or
-damaged since, a blob whose stored bytes are not what its id says) ends the copy's use for
-the stream, so that damage is noticed and healed (chunks stored whole) as when every base
-came from the repository. What the spot checks leave out is a blob damaged after it was
-written and not sampled: it is trusted as a chunk found in the index is by every backup
-(dedup reads nothing back either), but unlike dedup the damage then reaches this night's
-version of the chunk, stored as a delta of the damaged blob, which resolving every base
-would have stored whole. ``check --read-data`` finds it. A copy of another
-version of the stream (a backup that failed after writing it, a restored cache) fails to
+says, or the caller resolves the base from the repository as before. That the repository
+can still give the chunk back is checked for every base: each link of its chain there is
+read and must authenticate (``DeltaWriting._chain_intact``: no decompression, which is
+what a base from the repository costs); a link damaged or missing since it was written
+ends the copy's use for the stream (a warning), and that chunk and every later one take
+their bases from the repository, so the damage is healed (chunks stored whole) as when
+every base came from there. The first chunk read and every ``delta_bases.SPOT_CHECK``-th
+after it are also resolved whole and compared with the copy. A copy of another version of
+the stream (a backup that failed after writing it, a restored cache) fails to
 authenticate and is given up after ``GIVE_UP`` misses in a row. The cache can be deleted
 at any time.
 

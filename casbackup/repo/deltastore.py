@@ -8,6 +8,7 @@ the store's ``locate``, ``load_blob``, ``save_blob``, ``store_sealed``, ``fetch_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,12 +16,15 @@ import zstandard
 
 from casbackup.errors import CasError, IntegrityError, NotFound
 from casbackup.repo import codec, delta
+from casbackup.repo.basereads import PackWindows
 from casbackup.repo.ids import BlobId, Kind
+from casbackup.store.base import is_remote
 
 if TYPE_CHECKING:
     from casbackup.crypto.envelope import Opener, Sealer
     from casbackup.repo.config import RepoConfig
     from casbackup.repo.index import Location
+    from casbackup.store.base import Backend
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class DeltaWriting:
     """Storing DATA chunks as DELTA blobs; mixed into ``BlobStore``."""
 
     if TYPE_CHECKING:  # what the mixin uses of BlobStore
+        backend: Backend
         config: RepoConfig
         writable: bool
         sealer: Sealer
@@ -121,13 +126,19 @@ class DeltaWriting:
                 return DeltaBase(chain[-1][0], None, len(chain) - 1, 0)
             full_len = chain[-1][1].stored_len
             if at == 0 and known is not None and not check:
+                # The bytes come from the copy; that the repository can still give them
+                # back is what every link's envelope authenticating says (each link was
+                # checked against its base when written): a damaged or missing link is
+                # noticed here, and the chunk stored whole, as when resolving the chain.
+                if not self._chain_intact(chain):
+                    return DeltaBase(counterpart, None, 0, 0, refuted=True)
                 return DeltaBase(counterpart, known, len(chain) - 1, full_len)
             links = [
                 (link_id, link.pack, link.offset, link.stored_len, link.raw_len)
                 for link_id, link in chain[at:]
             ]
             plain = delta.resolve_chain(
-                self.fetch_envelope, self.opener, links, hash_id=self.blob_id
+                self._base_reads(), self.opener, links, hash_id=self.blob_id
             )
         except CasError:  # missing, damaged, unreadable: the chunk is stored full
             if check and known is not None:
@@ -135,6 +146,28 @@ class DeltaWriting:
             return None
         refuted = check and known is not None and at == 0 and plain != known
         return DeltaBase(links[0][0], plain, len(links) - 1, full_len, refuted)
+
+    def _chain_intact(self, chain: list[tuple[bytes, Location]]) -> bool:
+        """Whether every link of ``chain`` (``_data_chain``) is stored and authenticates
+        as itself: its envelope read and opened, nothing decompressed."""
+        fetch = self._base_reads()
+        try:
+            for link_id, link in chain:
+                self.opener.open(link.kind, link_id, fetch(link.pack, link.offset, link.stored_len))
+        except CasError:
+            return False
+        return True
+
+    def _base_reads(self) -> Callable[[str, int, int], bytes]:
+        """How ``delta_base_for`` reads links: from an object store, packs read ahead
+        (repo/basereads.py: a night's bases go through the same few packs in order);
+        from a folder, one ``pread`` each."""
+        if not is_remote(self.backend):
+            return self.fetch_envelope
+        windows: PackWindows | None = getattr(self, "_pack_windows", None)
+        if windows is None:
+            windows = self._pack_windows = PackWindows(self.backend)
+        return windows.fetch
 
     def save_data_delta(
         self,

@@ -404,14 +404,7 @@ def test_a_link_or_a_fifo_in_a_copys_place_is_not_followed(repo_path: str, tmp_p
     "copies",
     [
         "off",
-        pytest.param(
-            "on",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a base damaged in the repository and not spot-checked is built on: "
-                "the night after the damage is lost with it (helper-78's report)",
-            ),
-        ),
+        "on",
     ],
 )
 def test_a_night_after_damage_to_a_base_the_spot_checks_skip_is_intact(

@@ -196,7 +196,9 @@ class FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD has no body; its Content-Length is the object's size (stat).
+                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if fault == "cut" and self.command == "GET" and len(data) > 1:
                     self.wfile.write(data[: len(data) // 2])

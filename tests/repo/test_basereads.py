@@ -1,0 +1,90 @@
+"""Delta bases read from an object store (repo/basereads.py): a pack read a second time is
+read ahead in one window, reads inside a kept window cost no request, a window never asks
+past the pack's end, memory stays bounded; and (deltastore) a base taken from the local
+copy is only used when every link of its chain still authenticates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from casbackup.archiver import delta_bases
+from casbackup.repo.basereads import PackWindows
+from casbackup.repo.ids import Kind
+from casbackup.testing.fixtures import flip_stored_byte, make_repo, open_repo
+
+PACK = "ab" * 32
+
+
+class Store:
+    remote = True
+
+    def __init__(self, size: int) -> None:
+        self.data = os.urandom(size)
+        self.calls: list[tuple] = []
+
+    def get(self, name: str, offset: int, length: int) -> bytes:
+        self.calls.append(("get", offset, length))
+        assert offset + length <= len(self.data)
+        return self.data[offset : offset + length]
+
+    def stat(self, name: str) -> int:
+        self.calls.append(("stat",))
+        return len(self.data)
+
+
+def test_a_pack_read_twice_is_read_ahead_within_its_size() -> None:
+    store = Store(1_000_000)
+    reads = PackWindows(store, window=300_000, keep=2)  # type: ignore[arg-type]
+    got = [reads.fetch(PACK, j * 10_000, 10_000) for j in range(100)]
+    assert b"".join(got) == store.data
+    # One exact read, then a window per 300 kB, the last cut at the pack's end.
+    assert store.calls == [
+        ("get", 0, 10_000), ("stat",), ("get", 10_000, 300_000), ("get", 310_000, 300_000),
+        ("get", 610_000, 300_000), ("get", 910_000, 90_000),
+    ]  # fmt: skip
+    assert reads.requests == len(store.calls)
+    # At most `keep` windows: the first ones are gone, a read there asks again.
+    store.calls.clear()
+    assert reads.fetch(PACK, 20_000, 10) == store.data[20_000:20_010]
+    assert store.calls == [("get", 20_000, 300_000)]
+    # A read as large as a window is made as it is.
+    store.calls.clear()
+    reads.fetch(PACK, 0, 300_000)
+    assert store.calls == [("get", 0, 300_000)]
+
+
+def test_a_pack_read_once_costs_one_exact_read() -> None:
+    store = Store(100_000)
+    reads = PackWindows(store)  # type: ignore[arg-type]
+    assert reads.fetch(PACK, 500, 20) == store.data[500:520]
+    assert store.calls == [("get", 500, 20)]
+
+
+def test_a_base_from_the_copy_whose_chain_is_damaged_below_is_refused(tmp_path: Path) -> None:
+    """Damage to the full blob at the bottom of a base's chain (not the base itself): the
+    copy still holds the base, but the repository could not give it back, so it is
+    refuted (the chunk is stored whole) instead of being built on."""
+    path = str(tmp_path / "r")
+    repo = make_repo(path)
+    first = [os.urandom(30_000) for _ in range(3)]
+    ids = delta_bases.store_chunks(repo, iter(first), None)[0]
+    versions = [first]
+    for n in range(1, 3):
+        bases = delta_bases.BaseFinder.for_content(repo, ids, "k")
+        new = [p[:100] + bytes([n]) + p[101:] for p in versions[-1]]
+        ids = delta_bases.store_chunks(repo, iter(new), bases, copy_key="k")[0]
+        versions.append(new)
+    repo.flush()
+    assert repo.delta_depth(ids[0]) == 2
+    top = repo.locate(ids[0])
+    bottom = repo.locate(repo.locate(top.base).base)
+    assert bottom.kind == Kind.DATA
+    plain = versions[-1][0]
+    assert repo.delta_base_for(ids[0], plain).plain == plain  # intact: the copy's bytes
+    repo.close()
+    flip_stored_byte(path, bottom.pack, bottom.offset, bottom.stored_len)
+    repo = open_repo(path)
+    refused = repo.delta_base_for(ids[0], plain)
+    assert refused is not None and refused.refuted and refused.plain is None
+    repo.close()
