@@ -88,3 +88,30 @@ def test_a_base_from_the_copy_whose_chain_is_damaged_below_is_refused(tmp_path: 
     refused = repo.delta_base_for(ids[0], plain)
     assert refused is not None and refused.refuted and refused.plain is None
     repo.close()
+
+
+def test_a_pack_asked_for_many_links_is_hashed_whole_once(tmp_path: Path) -> None:
+    from casbackup.repo import deltastore
+
+    path = str(tmp_path / "r")
+    repo = make_repo(path)
+    blobs = [os.urandom(2_000) for _ in range(12)]
+    ids = [repo.save_blob(Kind.DATA, b)[0] for b in blobs]
+    repo.flush()
+    links = [(i, repo.locate(i)) for i in ids]
+    assert len({loc.pack for _, loc in links}) == 1
+    pack = links[0][1].pack
+    assert all(repo._chain_intact([link]) for link in links)
+    assert repo._packs_checked[pack] == deltastore.PACK_WHOLE
+    repo.close()
+    # The last blob damaged: the first links still authenticate one by one, the pack read
+    # whole does not hash to its name, and from then on every link in it is refused.
+    last = links[-1][1]
+    flip_stored_byte(path, pack, last.offset, last.stored_len)
+    repo = open_repo(path)
+    verdicts = [repo._chain_intact([(i, repo.locate(i))]) for i in ids]
+    assert verdicts == [True] * (deltastore.WHOLE_PACK_AFTER - 1) + [False] * (
+        len(ids) - deltastore.WHOLE_PACK_AFTER + 1
+    )
+    assert repo._packs_checked[pack] == deltastore.PACK_BAD
+    repo.close()
