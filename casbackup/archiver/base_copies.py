@@ -54,6 +54,7 @@ import blake3
 
 from casbackup.crypto.envelope import OVERHEAD, Opener, Sealer
 from casbackup.errors import CasError
+from casbackup.liveness import pid_exists
 from casbackup.repo.indexcache import CACHE_FILE_MODE, cache_bound, cache_root, private_dirs
 
 DEFAULT_MIB = 4096
@@ -369,22 +370,9 @@ def sweep(folder: str, now: float | None = None) -> None:
             name = entry.name
             if ".tmp-" in name:
                 pid = name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-                if age > STALE_TEMP_S or not _alive(int(pid)):
+                if age > STALE_TEMP_S or (int(pid) != os.getpid() and not pid_exists(int(pid))):
                     os.unlink(entry.path)
             elif age > STALE_S:
                 os.unlink(entry.path)
         except (OSError, ValueError):
             continue
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (another user's counts as alive)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
