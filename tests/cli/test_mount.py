@@ -41,14 +41,19 @@ def _fuse_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def fuse() -> None:
+def require_fuse() -> None:
+    """Skip without FUSE (a reason given), except under CI=true, where it fails."""
     reason = _fuse_missing()
     if reason is None:
         return
     if os.environ.get("CI") == "true":
         pytest.fail(f"FUSE is required under CI: {reason}")
     pytest.skip(f"FUSE is not available: {reason}")
+
+
+@pytest.fixture(scope="module")
+def fuse() -> None:
+    require_fuse()
 
 
 @contextmanager

@@ -138,11 +138,9 @@ def test_a_mount_whose_read_hangs_ends_on_one_signal(
     # Found with a file read through the mount while the store held its GET: libfuse's
     # handlers took the signal and ended its loop, then waited for the worker thread in
     # that read before unmounting: still mounted 30 s after SIGINT or SIGTERM. Now ~1.1 s.
-    from tests.cli.test_mount import _fuse_missing
+    from tests.cli.test_mount import require_fuse
 
-    reason = _fuse_missing()
-    if reason is not None:
-        pytest.skip(f"FUSE is not available: {reason}")
+    require_fuse()  # a skip, except under CI=true: a failure
     proxy, marks = hanging
     repo = f"s3:{proxy.endpoint}/{proxy.bucket}/repo"  # type: ignore[attr-defined]
     src = tmp_path / "src"
