@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 
 # ``_chain_intact``: links asked of one pack before it is read and hashed whole, and the
-# two verdicts it then keeps for the rest of the process.
+# two verdicts it then keeps for as long as this repository stays open (one command, one
+# service job).
 WHOLE_PACK_AFTER = 8
 PACK_WHOLE = -1
 PACK_BAD = -2
@@ -123,9 +124,10 @@ class DeltaWriting:
         start a new chain, without loading anything). The chosen base is resolved through
         its own chain and checked against its id (``resolve_chain``), except when it is the
         counterpart and the caller ``known`` its plaintext (read from the stream's local
-        copy and checked against its id there: archiver/base_copies.py) and did not ask to
-        ``check`` it: then it is resolved all the same and compared (``refuted`` when the
-        repository disagrees or cannot be read)."""
+        copy, authenticated as its id there: archiver/base_copies.py): then only every link
+        of its chain here is checked (``_chain_intact``), unless the caller asks to
+        ``check`` it, when it is resolved all the same and compared. ``refuted`` when the
+        repository disagrees with ``known`` or cannot give it back."""
         try:
             chain = self._data_chain(counterpart)
             if chain is None:
@@ -159,9 +161,9 @@ class DeltaWriting:
     def _chain_intact(self, chain: list[tuple[bytes, Location]]) -> bool:
         """Whether every link of ``chain`` (``_data_chain``) is stored as it was written:
         its envelope read and authenticated (nothing decompressed), or, from the
-        ``WHOLE_PACK_AFTER``-th link asked of the same pack in this process on, the whole
-        pack read once and hashed to its name (a pack's name is the BLAKE3 of its bytes:
-        repo_format.md), which vouches for every blob in it at the cost of one read
+        ``WHOLE_PACK_AFTER``-th link asked of one pack on (while this repository is open),
+        the whole pack read once and hashed to its name (a pack's name is the BLAKE3 of its
+        bytes: repo_format.md), which vouches for every blob in it at the cost of one read
         instead of a request and an AES-GCM open per link."""
         fetch = self._base_reads()
         packs: dict[str, int] = self.__dict__.setdefault("_packs_checked", {})
