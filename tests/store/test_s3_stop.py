@@ -61,6 +61,18 @@ def _stop_while_hanging(proxy: FaultProxy, *args: str, repo: str) -> tuple[int, 
     return proc.returncode, err.decode(), time.monotonic() - start
 
 
+def _backed_up(proxy: FaultProxy, tmp_path: Path) -> str:
+    """A repository on the (not yet hanging) store behind ``proxy`` holding one backup of a
+    small tree; its location."""
+    repo = f"s3:{proxy.endpoint}/{proxy.bucket}/repo"  # type: ignore[attr-defined]
+    src = tmp_path / "src"
+    make_tree(src, 7, files=12)
+    for args in (("init", "--insecure-test-kdf"), ("backup", str(src))):
+        res = run_cli(*args, repo=repo, timeout=120)
+        assert res.code == 0, res.err
+    return repo
+
+
 @pytest.mark.parametrize(
     ("command", "mark"),
     [
@@ -74,12 +86,7 @@ def test_ctrl_c_while_the_store_hangs(
     hanging: tuple[FaultProxy, list[str]], tmp_path: Path, command: tuple[str, ...], mark: str
 ) -> None:
     proxy, marks = hanging
-    repo = f"s3:{proxy.endpoint}/{proxy.bucket}/repo"  # type: ignore[attr-defined]
-    src = tmp_path / "src"
-    make_tree(src, 7, files=12)
-    for args in (("init", "--insecure-test-kdf"), ("backup", str(src))):
-        res = run_cli(*args, repo=repo, timeout=120)
-        assert res.code == 0, res.err
+    repo = _backed_up(proxy, tmp_path)
     args = [a.replace("TARGET", str(tmp_path / "out")) for a in command]
     marks.append(mark)
     code, err, took = _stop_while_hanging(proxy, *args, repo=repo)
@@ -142,12 +149,7 @@ def test_a_mount_whose_read_hangs_ends_on_one_signal(
 
     require_fuse()  # a skip, except under CI=true: a failure
     proxy, marks = hanging
-    repo = f"s3:{proxy.endpoint}/{proxy.bucket}/repo"  # type: ignore[attr-defined]
-    src = tmp_path / "src"
-    make_tree(src, 7, files=12)
-    for args in (("init", "--insecure-test-kdf"), ("backup", str(src))):
-        res = run_cli(*args, repo=repo, timeout=120)
-        assert res.code == 0, res.err
+    repo = _backed_up(proxy, tmp_path)
     mp = tmp_path / "mnt"
     mp.mkdir()
     proc = popen_cli("mount", str(mp), repo=repo)
