@@ -68,6 +68,7 @@ from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import BACKUP_TYPES, DatabaseRecord, Snapshot, Summary, now_utc
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.reporter import NULL_REPORTER, Progress, Reporter, Throttle
+from casbackup.stopsig import set_stop_handler
 from casbackup.store.stopping import note_stop
 from casbackup.threadsig import quiet_thread
 
@@ -329,9 +330,9 @@ class Backup(Walker, FileReading):
                 os._exit(128 + signum)
             self._cancelled.set()
             note_stop()
-            quiet_thread(_hurry, (left, hold, overdue), name="stop-deadline").start()
+            quiet_thread(_hurry, (left, hold, overdue, signum), name="stop-deadline").start()
 
-        previous = signal.signal(signal.SIGINT, request_stop)
+        previous = set_stop_handler(request_stop)
         try:
             yield
         finally:
@@ -343,7 +344,7 @@ class Backup(Walker, FileReading):
                     # the stop it is, not by the handler in force on the way out.
                     time.sleep(0.005)
             finally:
-                signal.signal(signal.SIGINT, previous)
+                set_stop_handler(previous)
 
     def _keep_committed(self) -> None:
         """After an abort, index what was stored so the next run does not store it again."""
@@ -485,17 +486,18 @@ class Backup(Walker, FileReading):
 STOP_GRACE_S = 1.0
 
 
-def _hurry(left: threading.Event, hold: threading.Lock, overdue: list[bool]) -> None:
-    """After the first Ctrl-C: unless the main thread left the deferred block within
-    ``STOP_GRACE_S``, interrupt it where it waits (a real SIGINT to the main thread: a
-    blocked wait returns only for a signal), and the block's handler raises."""
+def _hurry(left: threading.Event, hold: threading.Lock, overdue: list[bool], signum: int) -> None:
+    """After the first Ctrl-C (or SIGTERM, SIGHUP: ``signum``): unless the main thread left
+    the deferred block within ``STOP_GRACE_S``, interrupt it where it waits (that signal again,
+    to the main thread: a blocked wait returns only for a signal; not SIGINT, which may be
+    ignored, casbackup/stopsig.py), and the block's handler raises."""
     if left.wait(STOP_GRACE_S):
         return
     with hold:
         if left.is_set():
             return
         overdue[0] = True
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
 
 def _source_problem(path: str, why: str) -> str:

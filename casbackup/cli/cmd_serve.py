@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -11,6 +15,7 @@ from casbackup.cli.cmd_user import state_dir_option
 from casbackup.cli.context import global_options
 from casbackup.cli.render import emit_json_err, warn
 from casbackup.errors import CasError, UsageError
+from casbackup.stopsig import ignored, set_stop_handler
 
 
 @click.command()
@@ -162,13 +167,36 @@ def serve(ctx: click.Context, listen: str, state_dir: str | None, tls_cert: str 
         server_header=False, log_level="info" if not opts.quiet else "warning",
         timeout_graceful_shutdown=10,  # open event streams; then jobs are cancelled
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = _server(uvicorn, config)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the stop signal after its graceful shutdown
         pass  # a clean stop, exit 0 (as uvicorn.run does)
     if not server.started:
         raise CasError("the service did not start (see the messages above)")
+
+
+def _server(uvicorn: Any, config: Any) -> Any:
+    """uvicorn's server, except that a stop signal the service inherited as ignored stays
+    ignored (``nohup``, a script's ``serve &``: casbackup/stopsig.py): uvicorn handles SIGINT
+    and SIGTERM whatever they were."""
+
+    class Server(uvicorn.Server):  # type: ignore[misc, name-defined]
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    if ignored(signum):
+                        signal.signal(signum, signal.SIG_IGN)
+                # A SIGHUP (cli/signals.py) stops the service as uvicorn's SIGINT would.
+                previous = set_stop_handler(self.handle_exit) if ignored(signal.SIGINT) else None
+                try:
+                    yield
+                finally:
+                    if previous is not None:
+                        set_stop_handler(previous)
+
+    return Server(config)
 
 
 def _bind(host: str, port: int) -> socket.socket:

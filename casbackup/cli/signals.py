@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 from casbackup.errors import EXIT_INTERRUPTED
+from casbackup.stopsig import ignored, keep_ignored, set_stop_handler, stop_handler
 from casbackup.store.stopping import note_stop
 from casbackup.threadsig import unblock_stop_signals
 
@@ -32,7 +33,7 @@ def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
     if not _stopped_by:
         _stopped_by.append(signum)
     note_stop()
-    handler = signal.getsignal(signal.SIGINT)
+    handler = stop_handler()
     if callable(handler):
         # The signal's own number, so that a handler that gives up at once (a backup's second
         # stop) exits 128 + this signal's number: 143 for a second SIGTERM, not 130.
@@ -50,7 +51,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def _defaults_in_child() -> None:
     for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_DFL)
+        if not ignored(signum):
+            signal.signal(signum, signal.SIG_DFL)
     # A child forked by a thread that blocks the stop signals (casbackup/threadsig.py) would
     # keep them blocked: give it the mask the main thread has.
     unblock_stop_signals()
@@ -59,6 +61,8 @@ def _defaults_in_child() -> None:
 def install_stop_signals() -> None:
     """Make SIGTERM and SIGHUP behave like SIGINT in this process (see STOP_SIGNALS).
 
+    A stop signal this process inherited as ignored (``nohup``'s SIGHUP, the SIGINT of a
+    shell's ``cmd &``) stays ignored, here and in the programs it starts (casbackup/stopsig.py).
     Forked helpers get the default actions back at once (``register_at_fork``): a pool's
     ``terminate()`` must kill them even while they are busy in C code, where a Python handler
     would not run.
@@ -67,10 +71,12 @@ def install_stop_signals() -> None:
     if not _main_pid:
         os.register_at_fork(after_in_child=_defaults_in_child)
     _main_pid = os.getpid()
+    keep_ignored((signal.SIGINT, *STOP_SIGNALS))
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _stop_like_ctrl_c)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupt)
+        if not ignored(signum):
+            signal.signal(signum, _stop_like_ctrl_c)
+    if stop_handler() is signal.default_int_handler:
+        set_stop_handler(_interrupt)
 
 
 def interrupted_exit_code() -> int:
@@ -88,7 +94,11 @@ def native_stop_signals() -> Iterator[None]:
     """Default actions for SIGTERM and SIGHUP for the duration, for C code that handles them
     itself: libfuse installs its handlers (which unmount) only over default ones, and a
     Python handler cannot run while the main thread is inside libfuse's loop."""
-    previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in STOP_SIGNALS}
+    previous = {
+        signum: signal.signal(signum, signal.SIG_DFL)
+        for signum in STOP_SIGNALS
+        if signal.getsignal(signum) != signal.SIG_IGN  # libfuse leaves an ignored one alone
+    }
     try:
         yield
     finally:

@@ -386,7 +386,9 @@ def _stops_deferred() -> Iterator[None]:
 
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is not None:  # None: set outside Python, left alone
+        # None: set outside Python, left alone; ignored (nohup's SIGHUP, the SIGINT of a
+        # shell's 'cmd &') stays ignored, here and in the snapshot tools we run meanwhile.
+        if signal.getsignal(signum) not in (None, signal.SIG_IGN):
             previous[signum] = signal.signal(signum, note)
     try:
         yield

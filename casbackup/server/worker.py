@@ -51,6 +51,7 @@ from casbackup.errors import (
 from casbackup.plan_docs import forget_plan_doc, prune_plan_doc
 from casbackup.repo.repository import Repository
 from casbackup.reporter import Progress, Reporter
+from casbackup.stopsig import stop_handler
 from casbackup.text import storable
 from casbackup.threadsig import quiet_thread
 from casbackup.units import plural
@@ -115,7 +116,7 @@ def _stopped_from_outside(signum: int, frame: Any) -> None:
     result, so that the service records the job as its stop's and tells the notifiers."""
     _outside_stop.append(signal.Signals(signum).name)
     _stop_asked.set()
-    handler = signal.getsignal(signal.SIGINT)
+    handler = stop_handler()
     if callable(handler):  # default_int_handler raises KeyboardInterrupt itself
         handler(signum, frame)
         return
@@ -530,8 +531,10 @@ def _warming(kind: str, config: Config, app_name: str | None) -> AbstractContext
 
 def main() -> int:
     die_with_parent()
-    # The service asks for a stop with SIGINT (the library's cancel mechanism); SIGTERM comes
-    # from outside it.
+    # The service asks for a stop with SIGINT (the library's cancel mechanism), so SIGINT is
+    # ours to handle even when the service was started with it ignored (``serve &`` in a
+    # script: an ignored signal survives exec); SIGTERM comes from outside it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _stopped_from_outside)
     try:
         spec, stdin = _read_spec()

@@ -43,6 +43,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from casbackup.errors import StorageError
+from casbackup.stopsig import set_stop_handler, stop_handler
 from casbackup.threadsig import quiet_thread
 
 T = TypeVar("T")
@@ -230,7 +231,7 @@ def call(fn: Callable[[], T], owner: Any, what: str) -> T:
         return fn() if ended is None else _call_watched(fn, owner, what, ended)
     if stopped() is not None and getattr(owner, "_hung_after_stop", False):
         raise _hung_error(owner, what)
-    previous = signal.getsignal(signal.SIGINT)
+    previous = stop_handler()
     waiting = [False]
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -246,7 +247,7 @@ def call(fn: Callable[[], T], owner: Any, what: str) -> T:
 
     start = time.monotonic()
     future = _runner.submit(fn)
-    signal.signal(signal.SIGINT, on_stop)
+    set_stop_handler(on_stop)
     try:
         waiting[0] = True
         while True:
@@ -268,6 +269,6 @@ def call(fn: Callable[[], T], owner: Any, what: str) -> T:
                 pass
     finally:
         waiting[0] = False
-        signal.signal(signal.SIGINT, previous)
+        set_stop_handler(previous)
         future.cancel()  # not started yet: it never will be
     return future.result()
