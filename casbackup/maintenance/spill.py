@@ -17,6 +17,7 @@ the object is collected, or at exit): they name keyed blob ids, nobody else's bu
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -25,7 +26,36 @@ from collections.abc import Iterable, Iterator
 
 from casbackup.errors import StorageError
 from casbackup.repo.indexcache import cache_root, private_dirs
-from casbackup.repo.userdirs import unwritable_because
+from casbackup.repo.userdirs import ForeignCacheEntry, unwritable_because
+
+log = logging.getLogger("casbackup.maintenance")
+_warned: set[str] = set()  # cache folders warned about in this process (once each)
+
+
+def _new_folder() -> str:
+    """A new private folder under the cache root's tmp/; where that cannot be used (read-only,
+    not ours: userdirs.refuse_foreign), one in the system's temporary folder after one
+    warning. StorageError when neither can be made (a full disk: the caller changed nothing)."""
+    root = os.path.join(cache_root(), "tmp")
+    try:
+        private_dirs(root)
+        return tempfile.mkdtemp(prefix="spill-", dir=root)
+    except OSError as exc:
+        if isinstance(exc, ForeignCacheEntry):
+            why = f"{exc.filename} {exc.strerror}"
+        else:
+            why = unwritable_because(root, cache_root(), exc)
+    try:
+        folder = tempfile.mkdtemp(prefix="casbackup-spill-")
+    except OSError:
+        raise StorageError(
+            f"cannot create temporary files for prune/check in {root}: {why}"
+        ) from None
+    if root not in _warned:
+        _warned.add(root)
+        log.warning(f"cannot use {root} for temporary files: {why}; using {tempfile.gettempdir()}")
+    return folder
+
 
 ID_BUCKETS = 256  # by an id's first byte
 _FLUSH_AT = (
@@ -46,19 +76,9 @@ class RecordSpill:
         self.count = 0
         self._buffers = [bytearray() for _ in range(buckets)]
         self._unswept = 0  # bytes ``add_by_byte`` buffered since it last flushed full buffers
-        try:
-            if folder is None:
-                root = os.path.join(cache_root(), "tmp")
-                private_dirs(root)
-                folder = tempfile.mkdtemp(prefix="spill-", dir=root)
-                self._owned = True
-            else:
-                self._owned = False
-        except OSError as exc:
-            why = unwritable_because(root, cache_root(), exc)
-            raise StorageError(
-                f"cannot create temporary files for prune/check in {root}: {why}"
-            ) from None
+        self._owned = folder is None
+        if folder is None:
+            folder = _new_folder()
         self.folder = folder
         self._cleanup = weakref.finalize(self, _remove, folder if self._owned else None)
 

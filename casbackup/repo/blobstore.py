@@ -34,6 +34,7 @@ from casbackup.repo.index import (
     encode_index,
 )
 from casbackup.repo.indexcache import IndexCache, cache_root
+from casbackup.repo.indexopen import open_index_cache
 from casbackup.repo.localstate import LocalState
 from casbackup.repo.pack import PackWriter, UploadPackWriter, open_blob, pack_name
 from casbackup.repo.treecache import TreeCache, cap_bytes
@@ -101,6 +102,7 @@ class BlobStore(DeltaWriting):
         self._last_resync = -float("inf")  # _resync_after_missing_pack
         self._resyncs = 0  # how many of those changed the index
         self._cache: IndexCache | None = None
+        self._cache_temp: str | None = None  # the folder of a temporary one (_temporary_cache)
         self._cache_lock = threading.Lock()
         # Remote stores: full packs are stored in the background (repo/uploader.py).
         self._uploader = PackUploader(self._write_pack) if is_remote(backend) else None
@@ -146,6 +148,9 @@ class BlobStore(DeltaWriting):
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+        if self._cache_temp is not None:
+            shutil.rmtree(self._cache_temp, ignore_errors=True)
+            self._cache_temp = None
         self.backend.close()
 
     # ----------------------------------------------------------------- envelopes
@@ -191,11 +196,7 @@ class BlobStore(DeltaWriting):
 
     def _open_cache(self) -> None:
         path = os.path.join(cache_root(), self.config.id, "index")
-        try:
-            self._cache = IndexCache(path)
-        except CasError:
-            shutil.rmtree(path, ignore_errors=True)  # a damaged cache is only a cache
-            self._cache = IndexCache(path)
+        self._cache, self._cache_temp = open_index_cache(path, self.config.id)
         self.sync_index()
 
     def index_files(self) -> list[FileId]:

@@ -24,7 +24,12 @@ from casbackup.errors import FormatError, StorageError
 from casbackup.repo.bloom import BlobFilter
 from casbackup.repo.ids import DELTA_KINDS, BlobId, FileId
 from casbackup.repo.index import LOCATION_SIZE, Location
-from casbackup.repo.userdirs import local_base, unwritable_because
+from casbackup.repo.userdirs import (
+    ForeignCacheEntry,
+    local_base,
+    refuse_foreign,
+    unwritable_because,
+)
 
 _U32 = struct.Struct(">I")
 # ``rebuild``: an index record split as (kind, id, offset|stored|raw), and a spilled
@@ -70,7 +75,10 @@ def private_dirs(path: str) -> None:
     """Create ``path`` and every missing folder from the cache root down, each 0700; tighten
     the cache root, the folders below it and the files in ``path`` that an older version
     left 0755/0644. Folders above the cache root (``~/.cache``) are not ours to change.
-    Raises OSError."""
+
+    Raises OSError, and ForeignCacheEntry (an OSError, EPERM) for a folder or file there
+    that is not ours (``userdirs.refuse_foreign``): in a shared CASBACKUP_CACHE_DIR another user
+    could have made our folders first, to read our index or plant one of theirs."""
     root = os.path.abspath(cache_root())
     path = os.path.abspath(path)
     top = root if path == root or path.startswith(root + os.sep) else path
@@ -83,16 +91,20 @@ def private_dirs(path: str) -> None:
         try:
             os.mkdir(folder, CACHE_DIR_MODE)
         except FileExistsError:
+            refuse_foreign(folder, shared_ok=folder == top)
             _tighten(folder, CACHE_DIR_MODE)
     for entry in os.scandir(path):
         if entry.is_file(follow_symlinks=False):
+            refuse_foreign(entry.path, shared_ok=False)
             _tighten(entry.path, CACHE_FILE_MODE)
 
 
 def _tighten(path: str, mode: int) -> None:
+    """Take from ``path`` (if ours) the permissions ``mode`` does not give; never add any (a
+    folder its owner made read-only stays so: casbackup then runs without it)."""
     st = os.lstat(path)
     if st.st_uid == os.geteuid() and st.st_mode & 0o777 & ~mode:
-        os.chmod(path, mode, follow_symlinks=False)
+        os.chmod(path, st.st_mode & 0o777 & mode, follow_symlinks=False)
 
 
 ADD_BATCH = 1024  # index entries per LMDB write transaction (see add_file)
@@ -218,6 +230,9 @@ class IndexCache:
             )
             self.blobs = self.env.open_db(b"blobs", create=not readonly)
             self.files = self.env.open_db(b"index-files", create=not readonly)
+        except ForeignCacheEntry as exc:
+            why = f"{exc.filename} {exc.strerror}"
+            raise StorageError(f"cannot open the index cache at {path}: {why}") from None
         except OSError as exc:
             why = unwritable_because(path, cache_root(), exc)
             raise StorageError(f"cannot open the index cache at {path}: {why}") from None

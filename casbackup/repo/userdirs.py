@@ -14,10 +14,11 @@ import errno
 import os
 import pwd
 import shlex
+import stat
 
 from casbackup.store.ownership import user_name
 
-__all__ = ["local_base", "unwritable_because"]
+__all__ = ["ForeignCacheEntry", "local_base", "refuse_foreign", "unwritable_because"]
 
 
 def local_base(xdg_var: str, *under_home: str) -> str:
@@ -78,4 +79,26 @@ def unwritable_because(
     return (
         f"permission denied (set {variable} to a folder you can write, or give this user a"
         " home it can write)"
+    )
+
+
+class ForeignCacheEntry(PermissionError):
+    """A folder or file of the cache that another user owns, or one that is a link."""
+
+
+def refuse_foreign(path: str, *, shared_ok: bool) -> None:
+    """ForeignCacheEntry unless ``path`` is ours and no link, as ssh refuses key files that
+    others could have written. The cache root itself (``shared_ok``) may be root's, if no
+    one else can swap what is in it (sticky, like /tmp, or writable by root only); it may
+    be a link (a cache moved to a bigger disk), nothing below it may."""
+    st = os.stat(path) if shared_ok else os.lstat(path)
+    me = os.geteuid()
+    if stat.S_ISLNK(st.st_mode):
+        raise ForeignCacheEntry(errno.EPERM, "is a symbolic link, refused", path)
+    if st.st_uid == me:
+        return
+    if shared_ok and st.st_uid == 0 and (st.st_mode & stat.S_ISVTX or not st.st_mode & 0o022):
+        return
+    raise ForeignCacheEntry(
+        errno.EPERM, f"is owned by {user_name(st.st_uid)}, not by you, refused", path
     )

@@ -142,14 +142,16 @@ def test_a_cache_root_made_says_whose_it_is(user: OrdinaryUser) -> None:
     cache.mkdir(parents=True)
     os.chown(user.home / ".cache", user.uid, user.gid)
     os.chmod(cache, 0o700)  # root's, as a root run with the user's HOME left it
+    # The backup goes on without it (a temporary cache: tests/cli/test_cache_unusable.py),
+    # and its warning says how to get it back.
     res = user.cli("-r", repo, "backup", str(src))
-    assert res.code == 25
+    assert res.code == 0, res.err
     assert f"{cache} is owned by root, not by you ({user.name})" in res.err, res.err
     assert f"'sudo chown -R {user.name}: {cache}' gives it back" in res.err
-    assert len(res.err.splitlines()) <= 2 and "[Errno" not in res.err, res.err
+    assert "[Errno" not in res.err, res.err
     # A home the user cannot write (a service account's /nonexistent): where to go instead.
     res = user.cli("-r", repo, "backup", str(src), home="/nonexistent")
-    assert res.code == 25
+    assert res.code == 0, res.err
     assert "set CASBACKUP_CACHE_DIR to a folder you can write" in res.err, res.err
     assert "[Errno" not in res.err
     # With a cache elsewhere, the state cannot be saved either: a warning saying where to.
