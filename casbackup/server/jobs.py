@@ -60,6 +60,18 @@ DRILLS = frozenset({"verify", "check"})
 NOTIFY_AT_STOP_S = 20.0  # how long a stop waits for the notifiers of the backups it cut short
 
 
+def _quiet(log: Log) -> Log:
+    """``log``, except that its own failure (the state database's) is dropped, not raised."""
+
+    def write(level: str, message: str) -> None:
+        try:
+            log(level, message)
+        except Exception:  # noqa: BLE001 (only the log line is lost)
+            pass
+
+    return write
+
+
 class JobManager(JobRecords):
     """Submits, queues, runs and stops jobs; what they are and were is read through
     `JobRecords` (job_records.py), which this extends."""
@@ -355,7 +367,8 @@ class JobManager(JobRecords):
         except CasError as exc:  # before the worker ran (a password env var gone): one line
             error, exit_code = str(exc), exc.exit_code
         except Exception as exc:  # the job fails; the service goes on
-            error = f"{type(exc).__name__}: {exc}"
+            log.exception("job %d: the service failed while running it", job_id)
+            error = f"the service failed while running the job: {type(exc).__name__}: {exc}"
         finally:
             # Notifications first: whoever sees the job's end can find them under way.
             if state == "failed":
@@ -405,20 +418,30 @@ class JobManager(JobRecords):
     def _execute(
         self, running: Running, row: dict[str, Any]
     ) -> tuple[str, str | None, int | None, Any]:
+        log = self._logger(row["id"])
         proc = job_process.start(self.service, row)
         running.started(proc)
-        log = self._logger(row["id"])
-        if running.cancel_requested or self._stopping:
-            running.stop("the service is stopping" if self._stopping else "cancelled", log)
-        app = self.service.registry.app(row["app"]) if row["app"] else None
-        running.limit(max_run_time(row, app, self.service.settings.max_run_time_s), log)
         try:
+            if running.cancel_requested or self._stopping:
+                running.stop("the service is stopping" if self._stopping else "cancelled", log)
+            app = self.service.registry.app(row["app"]) if row["app"] else None
+            running.limit(max_run_time(row, app, self.service.settings.max_run_time_s), log)
             return job_process.follow(
                 running, proc,
                 progress=lambda msg: self._progress(row, msg),
                 log=lambda level, message: self._log(row["id"], level, message),
                 cancelled=lambda message: self._cancelled(message, running),
             )  # fmt: skip
+        except BaseException:
+            # The service's side failed while the worker runs (found with a progress update
+            # that raised): the job was recorded failed at once, and the worker, killed when
+            # this thread ended (worker.die_with_parent), left its repository lock and its
+            # work half done. It is stopped as a cancel stops it, at a safe point, and
+            # waited for: its output read (a full pipe would hold it) until it ends.
+            running.stop("the service could not follow the job", _quiet(log))
+            for _line in running_mod.lines(proc, running):
+                pass
+            raise
         finally:
             running.ended()
 
@@ -484,18 +507,23 @@ class JobManager(JobRecords):
         return lambda level, message: self._log(job_id, level, message)
 
     def _log(self, job_id: int, level: str, message: str) -> None:
-        row = self.db.one("SELECT COUNT(*) FROM job_log WHERE job_id=?", (job_id,))
-        count = int(row[0]) if row else 0
-        if count > LOG_LIMIT:
-            return
-        if count == LOG_LIMIT:
-            level, message = "warning", "log truncated: further lines are not kept"
         try:
+            # The count too: a state database that is locked or gone raised here, out of
+            # the job's thread, which then left its worker behind (see _execute).
+            row = self.db.one("SELECT COUNT(*) FROM job_log WHERE job_id=?", (job_id,))
+            count = int(row[0]) if row else 0
+            if count > LOG_LIMIT:
+                return
+            if count == LOG_LIMIT:
+                level, message = "warning", "log truncated: further lines are not kept"
             self.db.execute("INSERT INTO job_log (job_id, time, level, message) VALUES (?,?,?,?)",
                             (job_id, time.time(), level, message[:2000]))  # fmt: skip
         except sqlite3.Error as exc:  # a full state disk: the line is lost, not the job
             log.warning("job %d: log line not kept (%s): %s", job_id, exc, message[:200])
-        app_row = self.db.one("SELECT app FROM jobs WHERE id=?", (job_id,))
+        try:
+            app_row = self.db.one("SELECT app FROM jobs WHERE id=?", (job_id,))
+        except sqlite3.Error:
+            return  # nor is it shown live
         self.service.events.publish(
             "job.log", {"id": job_id, "level": level, "message": message[:2000]},
             app_row[0] if app_row else None,

@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -570,6 +571,14 @@ def main() -> int:
         return exc.exit_code
     except (OSError, MemoryError, ValueError, KeyError) as exc:
         emit({"t": "error", "message": f"{type(exc).__name__}: {exc}", "exit_code": EXIT_FATAL})
+        return EXIT_FATAL
+    except Exception as exc:
+        # A fault of ours (or a plugin's) outside the library's error handling: the stack
+        # has unwound (the repository's lock released), the job gets one line, and the
+        # traceback goes to stderr for whoever debugs it; the exit stays os._exit's below.
+        traceback.print_exc()
+        message = f"unexpected error in the job's process: {type(exc).__name__}: {exc}"
+        emit({"t": "error", "message": message, "exit_code": EXIT_FATAL})
         return EXIT_FATAL
     emit({"t": "result", "result": result})
     return 0
