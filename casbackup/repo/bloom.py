@@ -27,6 +27,7 @@ covered entries u64 little-endian | 16 bytes zero | the bits (bit ``h`` is bit
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -38,6 +39,10 @@ HEADER = struct.Struct("<4sBB2xQ16x")  # 32 bytes
 PROBES = 7
 BITS_PER_ID = 10  # with 7 probes: about 1% of absent ids answer "maybe"
 MIN_LOG2 = 23  # 1 MiB of bits
+# The share of bits set when a filter holds its capacity of ids (about 0.5): false "maybe"s
+# are about that share to the power PROBES (0.8 %). A filter kept across a rebuild
+# (repo/indexcache.py) keeps the bits of ids no longer indexed: past this it is made anew.
+FULL_FILL = 1 - math.exp(-PROBES / BITS_PER_ID)
 _PROBE = struct.Struct("<7I")
 
 
@@ -101,6 +106,12 @@ class BlobFilter:
             if not bits[base + (h >> 3)] >> (h & 7) & 1:
                 return False
         return True
+
+    def fill(self) -> float:
+        """The share of the bits that are set, 0.0 to 1.0 (one pass over the map: about
+        20 ms for 16 MiB)."""
+        ones = int.from_bytes(self._map[HEADER.size :], "little").bit_count()
+        return ones / (self._mask + 1)
 
     def is_current(self, path: str) -> bool:
         """Whether ``path`` still names the file this filter maps (False once another

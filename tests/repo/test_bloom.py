@@ -215,3 +215,65 @@ def test_reader_asks_lmdb_when_another_writer_adds_without_the_filter(
     assert reader._filter is not None  # the same file, still used for what it covers
     assert reader._filter.is_current(os.path.join(path, FILTER_FILE))
     reader.close()
+
+
+def _records(entries: list[tuple[BlobId, Location]]) -> bytes:
+    from casbackup.repo.index import encode_record
+
+    return b"".join(encode_record(b, loc) for b, loc in entries)
+
+
+def test_rebuild_keeps_a_covering_filter_and_adds_only_new_ids(tmp_path, tiny_filters) -> None:  # type: ignore[no-untyped-def]
+    """After prune the rebuilt index holds a subset of the ids the filter has: the filter
+    file stays (no 7 bits per id set again), an id it lacked is added, and another
+    process's map of it (a reader's) sees every id of the new index."""
+    path = str(tmp_path / "c")
+    cache = IndexCache(path)
+    old = _entries(400)
+    cache.add_file(FileId("11" * 32), old)
+    assert cache._filter is not None
+    identity = cache._filter.identity
+    reader = BlobFilter(os.path.join(path, FILTER_FILE), writable=False)
+    fresh = _entries(30, pack="cd" * 32)
+    kept = old[:250]
+    cache.rebuild(
+        iter([(FileId("22" * 32), [("ab" * 32, _records(kept)), ("cd" * 32, _records(fresh))], {})])
+    )
+    assert cache._filter is not None and cache._filter.identity == identity  # the same file
+    assert cache._filter.covered == cache.count() == 280
+    assert all(cache.contains(b) for b, _ in kept + fresh)
+    assert cache.get_many([b for b, _ in fresh]) == [loc for _, loc in fresh]
+    assert not any(cache.contains(b) for b, _ in old[250:])
+    assert all(reader.might_contain(b) for b, _ in kept + fresh) and reader.covered == 280
+    reader.close()
+    cache.close()
+    again = IndexCache(path)  # the next open uses it as it is
+    assert again._filter is not None and again._filter.identity == identity
+    assert all(again.contains(b) for b, _ in fresh)
+    again.close()
+
+
+def test_rebuild_makes_a_new_filter_when_the_old_is_too_full_or_stale(  # type: ignore[no-untyped-def]
+    tmp_path, tiny_filters, monkeypatch
+) -> None:
+    from casbackup.repo import bloom
+
+    path = str(tmp_path / "c")
+    cache = IndexCache(path)
+    entries = _entries(300)
+    cache.add_file(FileId("11" * 32), entries)
+    first = cache._filter
+    assert first is not None
+    files = [(FileId("22" * 32), [("ab" * 32, _records(entries[:200]))], {})]
+    monkeypatch.setattr(index_module, "FULL_FILL", 0.0)  # as if every bit were set
+    cache.rebuild(iter(files))
+    assert cache._filter is not None and cache._filter.identity != first.identity
+    assert cache._filter.covered == cache.count() == 200
+    monkeypatch.setattr(index_module, "FULL_FILL", bloom.FULL_FILL)
+    # A filter that does not cover every entry (another writer went without it): new.
+    second = cache._filter.identity
+    cache._filter.set_covered(199)
+    cache.rebuild(iter(files))
+    assert cache._filter is not None and cache._filter.identity != second
+    assert all(cache.contains(b) for b, _ in entries[:200])
+    cache.close()
