@@ -157,7 +157,7 @@ def test_a_hanging_storage_does_not_freeze_who_asks_what_it_is(
     started = time.monotonic()
     assert handle.identity() == f"at:{canonical_location(location)}"
     assert handle.identity() == f"at:{canonical_location(location)}"
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # a hang guard: the open hangs until released
     assert len(opened) == 1  # the second call waited on the read already under way
     release.set()
     deadline = time.monotonic() + 10

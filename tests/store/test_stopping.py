@@ -42,7 +42,7 @@ def test_a_stop_ends_the_wait_on_a_request_that_hangs() -> None:
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         stopping.call(released.wait, _Owner(), "reading config")
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 30  # a hang guard: the request never answers
     assert stopping.stopped() is not None
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     released.set()
@@ -61,7 +61,9 @@ def test_a_deferred_stop_lets_a_quick_request_finish() -> None:
     assert asked == [signal.SIGINT]
 
 
-def test_a_deferred_stop_gives_a_hung_request_one_grace_period() -> None:
+def test_a_deferred_stop_gives_a_hung_request_one_grace_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     asked: list[int] = []
     signal.signal(signal.SIGINT, lambda signum, frame: asked.append(signum))
     released = threading.Event()
@@ -71,17 +73,23 @@ def test_a_deferred_stop_gives_a_hung_request_one_grace_period() -> None:
     with pytest.raises(KeyboardInterrupt):
         stopping.call(released.wait, owner, "reading a tree")
     took = time.monotonic() - start
-    assert stopping.GRACE_S <= took < stopping.GRACE_S + 0.8, took
+    # At least the grace period; at most a hang guard (the request never answers): upper
+    # limits near the grace flaked on a loaded 2-core machine.
+    assert stopping.GRACE_S <= took < 30, took
     assert asked == [signal.SIGINT]
-    # The store is judged hung: the way out (a lock's release) does not wait on it again.
+    # The store is judged hung: the way out (a lock's release) does not wait on it again,
+    # not even a grace period, made far longer than the hang guard to tell.
+    monkeypatch.setattr(stopping, "GRACE_S", 600.0)
     start = time.monotonic()
-    with pytest.raises(StorageError, match="did not answer within 1 s after the stop"):
+    with pytest.raises(StorageError, match="did not answer within 600 s after the stop"):
         stopping.call(released.wait, owner, "deleting locks/x")
-    assert time.monotonic() - start < 0.1
+    assert time.monotonic() - start < 30
     released.set()
 
 
-def test_after_a_stop_each_request_waits_one_grace_period_then_none() -> None:
+def test_after_a_stop_each_request_waits_one_grace_period_then_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     stopping.note_stop()
     owner = _Owner()
     assert stopping.call(lambda: 7, owner, "reading config") == 7  # a store that answers
@@ -89,11 +97,12 @@ def test_after_a_stop_each_request_waits_one_grace_period_then_none() -> None:
     start = time.monotonic()
     with pytest.raises(StorageError, match="deleting locks/x: s3:http://127.0.0.1:1/bucket"):
         stopping.call(released.wait, owner, "deleting locks/x")
-    assert stopping.GRACE_S <= time.monotonic() - start < stopping.GRACE_S + 0.8
+    assert stopping.GRACE_S <= time.monotonic() - start < 30  # a hang guard above
+    monkeypatch.setattr(stopping, "GRACE_S", 600.0)  # a wait now would be a long one
     start = time.monotonic()
     with pytest.raises(StorageError):
         stopping.call(lambda: 7, owner, "writing index/y")
-    assert time.monotonic() - start < 0.1
+    assert time.monotonic() - start < 30
     assert stopping.call(lambda: 8, _Owner(), "reading config") == 8  # another store is fine
     released.set()
 
@@ -134,9 +143,7 @@ def test_a_lock_held_by_a_hung_request_is_waited_for_only_so_long_after_a_stop(
     taker.join(0.6)
     assert taker.is_alive()  # no stop: waited for
     stopping.note_stop()
-    start = time.monotonic()
-    taker.join(3)
+    taker.join(60)  # a hang guard: without the stop it waits for ever
     assert not taker.is_alive() and got == [False]
-    assert time.monotonic() - start < stopping.GRACE_S + 0.5
     lock.release()
     assert stopping.acquire(lock)  # free: taken at once, stop or not
