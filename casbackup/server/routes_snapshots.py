@@ -26,6 +26,7 @@ from casbackup.server.auth import Principal, require, service_of
 from casbackup.server.body import Body
 from casbackup.server.repos import RepoHandle
 from casbackup.server.routes_jobs import JobStarted, job_started, recovery_target
+from casbackup.text import storable
 
 router = APIRouter(tags=["snapshots"])
 
@@ -293,7 +294,10 @@ def _request_path(path: str | None, path_b64: str | None) -> str:
 
 
 def _display(text: str) -> str:
-    """Surrogate-escaped bytes (not UTF-8) as U+FFFD: what JSON and headers can carry."""
+    """Surrogate-escaped bytes (not UTF-8) as U+FFFD: what JSON and headers can carry, for
+    a name shown beside its exact bytes (``path_b64``). Messages name a path with
+    ``storable`` instead (``\\xNN`` for such bytes), as a job's params do: a reader can tell
+    which name it was."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
@@ -351,7 +355,7 @@ def browse(
         try:
             entries = vfs.listdir(_vfs_path(handle, snap, inner))
         except NotFound as exc:
-            raise HTTPException(404, f"{_display(inner)}: {exc}") from None
+            raise HTTPException(404, f"{storable(inner)}: {exc}") from None
         page = entries[offset : offset + limit]
         doc = {"snapshot_id": snap.id, "path": _display(inner), "path_b64": _path_b64(inner), "entries": [_entry_doc(e, inner) for e in page],
                "total": len(entries), "offset": offset}  # fmt: skip
@@ -435,7 +439,7 @@ def download(
     try:
         entry = vfs.lookup(full)
     except NotFound as exc:
-        raise HTTPException(404, f"{_display(inner)}: {exc}") from None
+        raise HTTPException(404, f"{storable(inner)}: {exc}") from None
     name = entry.name if inner != "/" else f"snapshot-{snap.short_id}"
     if entry.kind == NodeKind.DIR:
         media = "application/zip" if archive == "zip" else "application/x-tar"
@@ -447,7 +451,7 @@ def download(
         )  # fmt: skip
     if entry.kind != NodeKind.FILE:
         raise HTTPException(
-            400, f"{_display(inner)} is a {KIND_NAMES.get(entry.kind)}, not a file or folder"
+            400, f"{storable(inner)} is a {KIND_NAMES.get(entry.kind)}, not a file or folder"
         )
     size = entry.node.size
     span = _parse_range(range_header, size)
@@ -485,7 +489,7 @@ def restore(snapshot_id: str, body: RestoreRequest, request: Request,
         try:
             kind = handle.vfs().lookup(_vfs_path(handle, snap, inner)).kind
         except NotFound as exc:
-            raise HTTPException(404, f"{_display(inner)}: {exc}") from None
+            raise HTTPException(404, f"{storable(inner)}: {exc}") from None
         # a folder's contents go into that folder; a file goes into its parent folder
         target = inner if kind == NodeKind.DIR else os.path.dirname(inner)
     else:
@@ -497,7 +501,7 @@ def restore(snapshot_id: str, body: RestoreRequest, request: Request,
         user_id=principal.user_id,
         params={"snapshot": snap.id, "path": inner, "target": target, "overwrite": body.overwrite},
     )  # fmt: skip
-    return job_started(doc, f"restore of {snap.short_id}:{_display(inner)} queued")
+    return job_started(doc, f"restore of {snap.short_id}:{storable(inner)} queued")
 
 
 @router.post("/api/snapshots/{snapshot_id}/tags", response_model=JobStarted, status_code=202)

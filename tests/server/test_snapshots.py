@@ -417,7 +417,9 @@ def test_restore_by_path_b64(env: Env) -> None:
     url = f"/api/snapshots/{snap}/restore"
     r = c.post(url, json={"path_b64": b64, "target": "odd"}, headers=h)
     assert r.status_code == 202, r.text
-    assert r.json()["message"].endswith("caf\ufffd queued")
+    # The name as a reader can tell it apart, as the job's params show it: not U+FFFD.
+    assert r.json()["message"].endswith("caf\\xe9 queued"), r.json()["message"]
+    assert r.json()["job"]["params"]["path"].endswith("caf\\xe9")
     job = wait_job(env, r.json()["job_id"])
     assert job["state"] == "succeeded", job
     restored = [p for p in (env.tmp / "recovery" / "odd").rglob("*") if p.is_file()]
