@@ -9,14 +9,18 @@ stored here (``CopyWriter``), so the next one reads each base with one ``pread``
 AES-GCM open (``BaseCopy``), plus reading and authenticating the chain's envelopes
 without decompressing them.
 
-Layout: ``<cache root>/<repository id>/bases/<name>``, one file per stream, where
+Layout: ``<cache root>/<repository id>/bases-2/<name>``, one file per stream, where
 ``name`` is the BLAKE3 of the stream's key (its application and path: ``stream_key``).
-The file is laid out as the stream's last stored version: its chunks in order, each
-sealed on its own with the repository's key (``Sealer.seal(COPY_KIND, chunk id,
-chunk)``), ``OVERHEAD`` bytes more than the chunk, so chunk ``j`` of a version whose
-chunks are ``sizes`` long is at ``sum(sizes[:j]) + j * OVERHEAD`` and a reader needs
-nothing but the parent snapshot's chunk list. A chunk no backup wrote there is a hole
-(zeros: absent). Mode 0600 in 0700 folders; never plaintext on disk.
+Each chunk is sealed on its own with the repository's key (``Sealer.seal(COPY_KIND,
+chunk id, chunk)``, ``OVERHEAD`` bytes more than the chunk) and lies where its offset in
+the stream puts it: the chunk at stream byte ``s`` at ``copy_offset(s) = s + OVERHEAD *
+(s // SLOT)``, so chunks of at least ``SLOT`` bytes never overlap, a reader needs nothing
+but the parent snapshot's chunk list, and a chunk whose boundary moved while the bytes
+around it kept their place (a database page rewritten in place) is written where it was,
+not in a new file. The copy is at most 1% larger than the stream (``OVERHEAD / SLOT``).
+Bytes no backup wrote read as zeros (a hole: absent). Mode 0600 in 0700 folders; never
+plaintext on disk. Copies of the earlier layout (``bases/``, chunk after chunk) are
+removed.
 
 Trust: none. Each chunk read must authenticate as the chunk id the parent's tree names at
 that place (the envelope binds the id; only a process holding the repository's key seals
@@ -36,8 +40,9 @@ at any time.
 Bound: a stream longer than ``CASBACKUP_BASE_COPY_MIB`` (default 4096; 0 turns copies
 off) is not copied (its copy is removed: it would be stale), nor are chunks that would
 leave the cache's file system with less than ``FREE_FLOOR`` of it (or ``FREE_MIN``)
-free. A copy takes at most its stream's size; a new file is written beside the old one
-only when the stream's layout moved (then both exist until the backup's end). Writing
+free. A copy takes about its stream's size; a new file is written beside the old one
+only when the old one cannot be updated in place (none yet, another version, or the
+stream's bytes moved too far: ``PENDING_MAX``), then both exist until the backup's end. Writing
 never fails a backup: any OSError drops the copy. Copies no backup touched for
 ``STALE_S`` and temporaries of writers that are gone are swept (``sweep``).
 """
@@ -48,6 +53,7 @@ import contextlib
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import blake3
@@ -60,6 +66,12 @@ from casbackup.repo.indexcache import CACHE_FILE_MODE, cache_bound, cache_root, 
 DEFAULT_MIB = 4096
 #: Sealed as this kind: not a repository kind, so a copy's envelope is never a blob.
 COPY_KIND = 0x62
+#: Stream bytes per copy slot: the chunk at stream offset ``s`` lies at ``copy_offset(s)``.
+SLOT = 4096
+#: Sealed chunks an in-place update may hold back, bytes, while the parent chunks their
+#: places overlap may still be read as bases; past it the update goes on in a new file.
+PENDING_MAX = 32 << 20
+LEGACY_DIR = "bases"
 #: Misses in a row, with no hit yet, after which a copy is taken for another version.
 GIVE_UP = 16
 #: Fraction of the cache's file system a copy leaves free, and the least free bytes.
@@ -107,7 +119,21 @@ def _open_copy(path: str, flags: int) -> int:
 
 def copies_dir(repo_id: str) -> str:
     """The folder holding one repository's copies."""
-    return os.path.join(cache_root(), repo_id, "bases")
+    return os.path.join(cache_root(), repo_id, "bases-2")
+
+
+def copy_length(sizes: Sequence[int]) -> int:
+    """The length of a whole copy of a stream whose chunks are ``sizes`` bytes long."""
+    if not sizes:
+        return 0
+    return copy_offset(sum(sizes) - sizes[-1]) + sizes[-1] + OVERHEAD
+
+
+def copy_offset(position: int) -> int:
+    """Where the chunk that starts at byte ``position`` of the stream lies in its copy
+    (bytes). Chunks of at least ``SLOT`` bytes get disjoint places: the next chunk's
+    place is at least ``OVERHEAD`` further on than this one's end."""
+    return position + OVERHEAD * (position // SLOT)
 
 
 class BaseCopy:
@@ -126,9 +152,13 @@ class BaseCopy:
         self._opener = opener
         self._ids = ids
         self._sizes = sizes
-        self._starts = [0]
-        for size in sizes:
-            self._starts.append(self._starts[-1] + size + OVERHEAD)
+        self._starts: list[int] = []  # each chunk's offset in the stream
+        self._at: dict[int, int] = {}  # stream offset -> chunk index
+        position = 0
+        for j, size in enumerate(sizes):
+            self._starts.append(position)
+            self._at[position] = j
+            position += size
         self.hits = 0
         self.misses = 0
 
@@ -157,7 +187,7 @@ class BaseCopy:
         if self._fd is None or not 0 <= j < len(self._ids):
             return None
         try:
-            sealed = os.pread(self._fd, self._sizes[j] + OVERHEAD, self._starts[j])
+            sealed = os.pread(self._fd, self._sizes[j] + OVERHEAD, copy_offset(self._starts[j]))
             if not sealed or sealed[0] == 0:
                 return None  # a hole: never written (an envelope starts with its version, 1)
             plain = self._opener.open(COPY_KIND, self._ids[j], sealed)
@@ -176,16 +206,11 @@ class BaseCopy:
         """The open copy (None once closed)."""
         return self._fd
 
-    def layout(self, j: int) -> tuple[int, int, bytes] | None:
-        """(offset, length, id) of chunk ``j`` in the copy, or None past its end."""
-        if not 0 <= j < len(self._ids):
-            return None
-        return self._starts[j], self._sizes[j], self._ids[j]
-
-    @property
-    def end(self) -> int:
-        """The copy's length as its chunk list lays it out (bytes)."""
-        return self._starts[-1]
+    def holds(self, position: int, length: int, blob_id: bytes) -> bool:
+        """Whether the parent version has chunk ``blob_id``, ``length`` bytes, at stream
+        offset ``position`` (then the copy has it in the place this version's would take)."""
+        j = self._at.get(position)
+        return j is not None and self._sizes[j] == length and self._ids[j] == blob_id
 
     def close(self) -> None:
         """Release the file (idempotent)."""
@@ -199,18 +224,23 @@ class CopyWriter:
     order, then ``commit``, or ``discard`` when the stream was not stored. No method
     raises: any trouble drops the copy (``_drop``), and a backup never fails for it.
 
-    What is written is what the backup stored, not the whole stream: a chunk that is
-    already in the repository (unchanged) costs nothing. With ``old`` (the copy of the
-    parent's version, which this stream's bases are read from), the copy is updated in
-    place: a chunk at the same offset and of the same length as the parent's there, but
-    another chunk, is written over it; an unchanged one is left as it is. At the first
-    chunk whose offset or length differs (a chunk boundary appeared or vanished, rows
-    moved) the copy goes on in a new file: the part before it copied in the kernel
-    (``os.copy_file_range``), then each new chunk at its offset, unchanged ones left as
-    holes (read as absent). Without ``old``, the same from the start. A chunk is written
-    after its base was read (``store_chunks``), so an update never replaces a base still
-    to be read, and a chunk only half updated (a crash, two backups at once) fails to
-    authenticate: a miss."""
+    With ``old`` (the copy of the parent's version, which this stream's bases are read
+    from) the copy is updated in place: a chunk the parent had at the same stream offset
+    (same id, same length) is left as it is, every other chunk is sealed and written at
+    its place. A write is held back (at most ``PENDING_MAX`` bytes) until its place lies
+    below every parent chunk still to be read as a base (``safe`` in ``add``: the lowest
+    stream offset of the parent's that the next chunk's base may come from), so an update
+    does not overwrite a base before it is read. Writing in place costs little (sealing,
+    and a copy into pages the file already has); a new file costs a page allocated for
+    every 4 kB, about as much as resolving a base through a short chain in the repository,
+    so a new file holds only the chunks this backup stored (the others are holes, read
+    from the repository if they are ever a base). A new file is written without ``old``
+    (the stream's first copy: it costs no more than what was stored), when ``old`` was
+    given up (another version, ``BaseCopy.get``) or refuted, and when the stream's bytes
+    moved too far for an update in place (a large insertion): what the old file holds so
+    far is then copied in the kernel (``os.copy_file_range``). It replaces the old one at
+    ``commit``. A chunk only half updated (a crash, two backups at once) fails to
+    authenticate: a miss, and the next backup that stores that chunk writes it again."""
 
     def __init__(
         self, folder: str, key: str, sealer: Sealer, limit: int, old: BaseCopy | None
@@ -221,11 +251,14 @@ class CopyWriter:
         self._sealer = sealer
         self._limit = limit
         self._old = old
-        self._index = 0  # the next chunk's index in the new version
-        self._offset = 0  # and its offset in the copy
+        self._position = 0  # the next chunk's offset in the stream
+        self._end = 0  # the copy's length so far: where the last chunk's place ends
+        self._pending: deque[tuple[int, bytes]] = deque()  # (place, sealed chunk), in order
+        self._pending_bytes = 0
         self._fd: int | None = None
         self._in_place = False  # _fd is the old copy, updated in place
         self._next_check = 0
+        self._written = 0
         self._dropped = False
         if old is not None and old.fd is not None:
             try:
@@ -246,70 +279,93 @@ class CopyWriter:
         limit = limit_bytes()
         folder = copies_dir(repo_id)
         sweep(folder)
+        sweep(os.path.join(os.path.dirname(folder), LEGACY_DIR), legacy=True)
         if limit <= 0:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, key))
             return None
         return cls(folder, key, sealer, limit, old)
 
-    def add(self, blob_id: bytes, chunk: bytes | memoryview, new: bool) -> None:
+    def add(self, blob_id: bytes, chunk: bytes | memoryview, new: bool, safe: int = 0) -> None:
         """The next chunk of the stream: ``blob_id`` (which the caller computed from
-        ``chunk``, its plaintext); ``new``: whether this backup stored it (it was not in
-        the repository)."""
-        offset = self._offset
-        self._index += 1
-        self._offset += len(chunk) + OVERHEAD
+        ``chunk``, its plaintext); ``new``: whether this backup stored it (without an old
+        copy only those are written: a stream's first copy is made by the first backup
+        that stores part of it, and costs no more than what it stored). ``safe``: the
+        parent version's stream offset below which no base will be read from the old copy
+        again (``BaseFinder.low_water``)."""
+        position = self._position
+        self._position += len(chunk)
+        place, room = copy_offset(position), self._end
+        self._end = place + len(chunk) + OVERHEAD
         if self._dropped:
             return
         try:
-            if self._offset > self._limit:
+            if self._position > self._limit:
                 raise OSError("over the copy's bound")
             if self._in_place and self._old is not None:
-                old = self._old.layout(self._index - 1)
-                if old is not None and old[:2] == (offset, len(chunk)):
-                    if old[2] != blob_id:
-                        self._write(offset, blob_id, chunk)
+                if self._old.fd is None:  # given up or refuted: no longer the parent's
+                    self._switch(place)
+                elif self._old.holds(position, len(chunk), blob_id):
+                    self._flush(copy_offset(safe))
                     return
-                if old is not None or offset < self._old.end:  # the layout moved
-                    self._switch(offset)
-            if new:
-                if self._fd is None:
-                    self._switch(0)
-                self._write(offset, blob_id, chunk)
+            if place < room:
+                return  # the chunk before was shorter than SLOT: no place (a miss later)
+            if not self._in_place and not new:
+                return  # a hole: the chunk is read from the repository if it is ever a base
+            if self._fd is None:
+                self._switch(0)
+            sealed = self._sealer.seal(COPY_KIND, blob_id, chunk)
+            if not self._in_place:
+                self._write(place, sealed)
+                return
+            self._pending.append((place, sealed))
+            self._pending_bytes += len(sealed)
+            self._flush(copy_offset(safe))
+            if self._pending_bytes > PENDING_MAX:
+                self._switch(self._pending[0][0])
         except OSError:
             self._drop()
 
-    def _write(self, offset: int, blob_id: bytes, chunk: bytes | memoryview) -> None:
+    def _flush(self, below: int) -> None:
+        """Write the held-back chunks whose places end at or below ``below``."""
+        while self._pending and self._pending[0][0] + len(self._pending[0][1]) <= below:
+            place, sealed = self._pending.popleft()
+            self._pending_bytes -= len(sealed)
+            self._write(place, sealed)
+
+    def _write(self, place: int, sealed: bytes) -> None:
         assert self._fd is not None
-        if offset + len(chunk) >= self._next_check and not self._room():
+        self._written += len(sealed)
+        if self._written >= self._next_check and not self._room():
             raise OSError("the cache's file system is nearly full")
-        view = memoryview(self._sealer.seal(COPY_KIND, blob_id, chunk))
+        view = memoryview(sealed)
         while view:
-            done = os.pwrite(self._fd, view, offset)
-            view, offset = view[done:], offset + done
+            done = os.pwrite(self._fd, view, place)
+            view, place = view[done:], place + done
 
     def _switch(self, keep: int) -> None:
-        """Go on in a new file holding the first ``keep`` bytes of the current one."""
+        """Go on in a new file holding the first ``keep`` bytes of the current one and the
+        chunks held back."""
         private_dirs(self._folder)
         fd = os.open(
             self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, CACHE_FILE_MODE
         )
         source, self._fd, self._in_place = self._fd, fd, False
-        if source is None:
-            return
-        try:
-            done = 0
-            while done < keep:
-                step = os.copy_file_range(source, fd, keep - done, done, done)
-                if step <= 0:
-                    break  # the old copy is shorter: the rest is a hole
-                done += step
-        finally:
-            os.close(source)
+        if source is not None:
+            try:
+                done = 0
+                while done < keep:
+                    step = os.copy_file_range(source, fd, keep - done, done, done)
+                    if step <= 0:
+                        break  # the old copy is shorter: the rest is a hole
+                    done += step
+            finally:
+                os.close(source)
+        self._flush(1 << 62)
 
     def _room(self) -> bool:
         """Whether the file system keeps its floor free; checked every CHECK_EVERY bytes."""
-        self._next_check = self._offset + CHECK_EVERY
+        self._next_check = self._written + CHECK_EVERY
         st = os.statvfs(self._folder)
         free = st.f_bavail * st.f_frsize
         return free - CHECK_EVERY > max(FREE_MIN, FREE_FLOOR * st.f_blocks * st.f_frsize)
@@ -320,7 +376,8 @@ class CopyWriter:
         if self._dropped or self._fd is None:
             return False
         try:
-            os.ftruncate(self._fd, self._offset)  # the new version's length (holes kept)
+            self._flush(1 << 62)  # the stream is read: no base is read any more
+            os.ftruncate(self._fd, self._end)  # the new version's length (holes kept)
             if self._in_place:
                 os.utime(self._fd)  # kept: not stale (``sweep``)
             os.close(self._fd)
@@ -335,6 +392,7 @@ class CopyWriter:
     def discard(self) -> None:
         """The stream was not stored: stop. A new file goes; updates made in place stay
         (each chunk of the copy stands alone: those of another version are misses)."""
+        self._pending.clear()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -352,10 +410,11 @@ class CopyWriter:
 _swept: set[str] = set()
 
 
-def sweep(folder: str, now: float | None = None) -> None:
+def sweep(folder: str, now: float | None = None, *, legacy: bool = False) -> None:
     """Remove, once per process and folder, the copies no backup has written or kept for
     ``STALE_S`` and the temporary copies of processes that are gone (or older than
-    ``STALE_TEMP_S``: a process id can be reused). Never raises."""
+    ``STALE_TEMP_S``: a process id can be reused); with ``legacy`` (a folder of an earlier
+    layout) every file and then the folder. Never raises."""
     if folder in _swept:
         return
     _swept.add(folder)
@@ -368,7 +427,9 @@ def sweep(folder: str, now: float | None = None) -> None:
         try:
             age = now - entry.stat(follow_symlinks=False).st_mtime
             name = entry.name
-            if ".tmp-" in name:
+            if legacy:
+                os.unlink(entry.path)
+            elif ".tmp-" in name:
                 pid = name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
                 if age > STALE_TEMP_S or (int(pid) != os.getpid() and not pid_exists(int(pid))):
                     os.unlink(entry.path)
@@ -376,3 +437,6 @@ def sweep(folder: str, now: float | None = None) -> None:
                 os.unlink(entry.path)
         except (OSError, ValueError):
             continue
+    if legacy:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)

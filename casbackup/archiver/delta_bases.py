@@ -144,6 +144,15 @@ class BaseFinder:
         # odd chunk cannot lead every later choice astray.
         return first
 
+    def low_water(self, position: int) -> int:
+        """The parent version's stream offset below which no base is read again once the
+        new stream is at ``position`` (bytes): the next choice's candidates start one chunk
+        before the parent chunk under ``position``, with or without the drift. A drift
+        that later jumps back (a chunk found again much earlier) may read below it: the
+        copy then misses there, and the base comes from the repository."""
+        i = min(self._under(position + self._drift), self._under(position))
+        return self._starts[max(i - 1, 0)]
+
     def _under(self, position: int) -> int:
         """The parent chunk holding byte ``position`` (clamped to the first and last)."""
         i = bisect.bisect_right(self._starts, position) - 1
@@ -280,7 +289,7 @@ def _store_chunks(
                         repo.save_blob(Kind.DATA, piece, blob_id)
                 bases.seen(blob_id, size, len(piece))
                 if copy is not None:  # after its base was read: an update may replace it
-                    copy.add(blob_id, piece, new)
+                    copy.add(blob_id, piece, new, bases.low_water(size + len(piece)))
                 ids.append(blob_id)
                 size += len(piece)
                 on_bytes(len(piece))

@@ -15,9 +15,14 @@ import pytest
 
 from casbackup.archiver import base_copies, delta_bases
 from casbackup.archiver.backup import BackupOptions, BackupResult, StreamSpec, run_backup
-from casbackup.archiver.base_copies import BaseCopy, CopyWriter, copies_dir, stream_key
+from casbackup.archiver.base_copies import (
+    BaseCopy,
+    CopyWriter,
+    copies_dir,
+    copy_length,
+    stream_key,
+)
 from casbackup.archiver.stdin import StreamBackup, backup_stream
-from casbackup.crypto.envelope import OVERHEAD
 from casbackup.engines.base import DatabaseSpec
 from casbackup.repo.ids import Kind
 from casbackup.repo.repository import Repository
@@ -83,9 +88,10 @@ def test_the_next_night_reads_its_bases_from_the_copy(
     assert not os.path.exists(path)  # a first version gets none: it may never change
     change_rows(db, 1)
     snaps.append(_night(repo, app, db)[0])
-    # The copy: sealed, private, laid out as the dump's chunks plus an envelope each.
+    # The copy: sealed, private, each chunk at its place (its stream offset plus an
+    # envelope per 4 kB before it).
     node = dump_node(repo, snaps[-1])
-    assert os.path.getsize(path) == node.size + OVERHEAD * len(node.content)
+    assert os.path.getsize(path) == copy_length([repo.locate(c).raw_len for c in node.content])
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
     with open(path, "rb") as f:
@@ -122,7 +128,7 @@ def test_an_unchanged_night_writes_nothing_and_a_changed_one_updates_in_place(
     snap, _ = _night(repo, app, db)
     assert loads.known > 0 and open(path, "rb").read() != content
     node = dump_node(repo, snap)
-    assert os.path.getsize(path) == node.size + OVERHEAD * len(node.content)
+    assert os.path.getsize(path) == copy_length([repo.locate(c).raw_len for c in node.content])
     repo.close()
 
 
@@ -264,18 +270,20 @@ def test_an_interrupted_stream_leaves_a_copy_of_chunks_that_stand_alone(repo_pat
     copy.close()
 
     def broken():  # type: ignore[no-untyped-def]
-        yield second[0][:200] + b"y" + second[0][201:]
+        for j in range(3):
+            yield second[j][:200] + b"y" + second[j][201:]
         raise OSError(5, "Input/output error")
 
     bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
     with pytest.raises(OSError):
         delta_bases.store_chunks(repo, broken(), bases, copy_key="k")
     assert os.listdir(os.path.dirname(path)) == ["k"]
-    # The first chunk was updated in place before the stream broke: for the stored
-    # version it is a miss; the others are as they were.
+    # Chunks 0 and 1 were updated in place before the stream broke (the third was held
+    # back: its place overlaps the base of the chunk after it): for the stored version
+    # they are misses; the others are as they were.
     copy = BaseCopy.open(repo.config.id, "k", repo.opener, list(ids2), [40_000] * 8)
     assert copy is not None
-    assert [copy.get(j) for j in range(8)] == [None] + second[1:] and copy.misses == 1
+    assert [copy.get(j) for j in range(8)] == [None, None] + second[2:] and copy.misses == 2
     copy.close()
     # A dry run writes nothing.
     before = open(path, "rb").read()
@@ -285,7 +293,7 @@ def test_an_interrupted_stream_leaves_a_copy_of_chunks_that_stand_alone(repo_pat
     repo.close()
 
 
-def test_chunk_boundaries_that_move_go_on_in_a_new_file(repo_path: str) -> None:
+def test_chunk_boundaries_that_move_are_updated_in_place(repo_path: str) -> None:
     repo = open_repo(repo_path)
     first = [os.urandom(30_000) for _ in range(6)]
     ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
@@ -295,19 +303,68 @@ def test_chunk_boundaries_that_move_go_on_in_a_new_file(repo_path: str) -> None:
     path = os.path.join(copies_dir(repo.config.id), "k")
     inode = os.stat(path).st_ino
     # Chunks 0-1 unchanged, chunk 2 changed in place, then a chunk 3 bytes longer
-    # (the layout moves), an unchanged chunk (a hole now), and a new one.
+    # (the chunks after it move), an unchanged chunk (3 bytes further on: written at its
+    # new place too), and a new one. Each chunk's place follows from its offset in the
+    # stream: the same file is updated, and every chunk is there.
     third = second[:2] + [second[2][:5] + b"z" + second[2][6:]]
     third += [second[3] + b"abc", second[4], os.urandom(30_000)]
     bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
     ids3, _, _ = delta_bases.store_chunks(repo, iter(third), bases, copy_key="k")
-    assert os.stat(path).st_ino != inode
+    assert os.stat(path).st_ino == inode
     sizes = [len(p) for p in third]
-    assert os.path.getsize(path) == sum(sizes) + OVERHEAD * len(sizes)
+    assert os.path.getsize(path) == copy_length(sizes)
     copy = BaseCopy.open(repo.config.id, "k", repo.opener, list(ids3), sizes)
     assert copy is not None
-    assert [copy.get(j) for j in range(6)] == third[:4] + [None, third[5]]
-    assert copy.misses == 0  # the hole is absent, not damage
+    assert [copy.get(j) for j in range(6)] == third and copy.misses == 0
     copy.close()
+    repo.close()
+
+
+def test_bytes_moved_too_far_for_an_update_in_place_go_on_in_a_new_file(
+    repo_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base_copies, "PENDING_MAX", 70_000)
+    repo = open_repo(repo_path)
+    first = [os.urandom(30_000) for _ in range(6)]
+    ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
+    second = [p[:10] + b"x" + p[11:] for p in first]
+    bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
+    ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
+    path = os.path.join(copies_dir(repo.config.id), "k")
+    inode = os.stat(path).st_ino
+    # 90 kB inserted at the front: every later chunk moves 90 kB on, over places whose
+    # chunks may still be bases, so the writes wait, until there are too many.
+    third = [os.urandom(30_000) for _ in range(3)] + second[:5]
+    third.append(second[5][:7] + b"w" + second[5][8:])
+    bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
+    ids3, _, _ = delta_bases.store_chunks(repo, iter(third), bases, copy_key="k")
+    assert os.stat(path).st_ino != inode
+    sizes = [len(p) for p in third]
+    assert os.path.getsize(path) == copy_length(sizes)
+    copy = BaseCopy.open(repo.config.id, "k", repo.opener, list(ids3), sizes)
+    assert copy is not None
+    got = [copy.get(j) for j in range(len(third))]
+    # What was held back and the new chunks are there; the moved chunks after the
+    # switch, which this backup did not store, are holes (absent, not damage).
+    assert got[:3] == third[:3] and got[-1] == third[-1]
+    assert all(g is None or g == t for g, t in zip(got, third, strict=True))
+    assert None in got and copy.misses == 0
+    copy.close()
+    repo.close()
+
+
+def test_an_old_layout_s_copies_are_removed(repo_path: str) -> None:
+    repo = open_repo(repo_path)
+    legacy = os.path.join(os.path.dirname(copies_dir(repo.config.id)), "bases")
+    os.makedirs(legacy)
+    with open(os.path.join(legacy, "k"), "wb") as f:
+        f.write(b"\1" * 1000)
+    first = [os.urandom(30_000) for _ in range(3)]
+    ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
+    bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
+    delta_bases.store_chunks(repo, iter([p + b"!" for p in first]), bases, copy_key="k")
+    assert not os.path.exists(legacy)
+    assert os.path.exists(os.path.join(copies_dir(repo.config.id), "k"))
     repo.close()
 
 
