@@ -14,7 +14,8 @@ What: the second read from a pack (and every later one) fetches a window of up t
 ``WINDOW`` bytes from where it starts (bounded by the pack's size, asked once per pack),
 and later reads inside a kept window are answered from memory. A pack read once (a night
 that changed one chunk) costs what it did: one exact read. At most ``KEEP`` windows are
-kept (least recently used go first): memory ``KEEP * WINDOW`` at most.
+kept (least recently used go first): memory ``2 * KEEP * WINDOW`` at most (a pack read
+whole by the caller, two windows long at most, is kept as one: ``offer``).
 
 Trust: none needed here; what comes back is what the store holds, authenticated by the
 caller (``open_blob``, ``open_delta``) exactly as a direct read would be.
@@ -46,6 +47,48 @@ class PackWindows:
         self._windows: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._sizes: dict[str, int] = {}  # packs read at least once: their size, or -1
         self.requests = 0
+
+    def seen(self, pack: str) -> bool:
+        """Whether pack ``pack`` was read from already (its next read fetches a window)."""
+        with self._lock:
+            return pack in self._sizes
+
+    def whole(self, pack: str) -> bytes:
+        """Pack ``pack``'s bytes, kept (``offer``) for later reads. A kept window that
+        reaches the pack's end is used, and only the bytes before it are asked for (a
+        pack read ahead and then hashed is not downloaded twice); else one read."""
+        with self._lock:
+            size = self._sizes.get(pack, -1)
+            tail: tuple[int, bytes] | None = None
+            for (name, start), data in self._windows.items():
+                if name == pack and size >= 0 and start + len(data) == size:
+                    if tail is None or start < tail[0]:
+                        tail = (start, data)
+        if tail is None:
+            self.requests += 1
+            whole = self._backend.get(pack_name(pack))
+        elif tail[0] == 0:
+            whole = tail[1]
+        else:
+            self.requests += 1
+            whole = self._backend.get(pack_name(pack), 0, tail[0]) + tail[1]
+        self.offer(pack, whole)
+        return whole
+
+    def offer(self, pack: str, data: bytes) -> None:
+        """Keep pack ``pack``'s whole bytes ``data`` (read by the caller, e.g. to hash it)
+        as a window, when it is at most two windows long: later reads of it then cost no
+        request. The caller vouches that ``data`` is the pack; reads are authenticated by
+        their callers all the same."""
+        if len(data) > 2 * self._window:
+            return
+        with self._lock:
+            self._sizes[pack] = len(data)
+            for key in [k for k in self._windows if k[0] == pack]:
+                del self._windows[key]
+            self._windows[(pack, 0)] = data
+            while len(self._windows) > self._keep:
+                self._windows.popitem(last=False)
 
     def fetch(self, pack: str, offset: int, length: int) -> bytes:
         """``length`` stored bytes at ``offset`` of pack ``pack``."""

@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     from casbackup.store.base import Backend
 
 
-# ``_chain_intact``: links asked of one pack before it is read and hashed whole, and the
-# two verdicts it then keeps for as long as this repository stays open (one command, one
-# service job).
+# ``_chain_intact``: links asked of one pack before it is read and hashed whole (from an
+# object store, as soon as it was read from once: a request per link costs more there than
+# the pack's bytes, which then answer every later read of it, ``PackWindows.whole``), and
+# the two verdicts it then keeps for as long as this repository stays open (one command,
+# one service job).
 WHOLE_PACK_AFTER = 8
 PACK_WHOLE = -1
 PACK_BAD = -2
@@ -161,12 +163,14 @@ class DeltaWriting:
     def _chain_intact(self, chain: list[tuple[bytes, Location]]) -> bool:
         """Whether every link of ``chain`` (``_data_chain``) is stored as it was written:
         its envelope read and authenticated (nothing decompressed), or, from the
-        ``WHOLE_PACK_AFTER``-th link asked of one pack on (while this repository is open),
-        the whole pack read once and hashed to its name (a pack's name is the BLAKE3 of its
-        bytes: repo_format.md), which vouches for every blob in it at the cost of one read
+        ``WHOLE_PACK_AFTER``-th link asked of one pack on (from an object store, once the
+        pack was read from at all; while this repository is open), the whole pack read
+        once and hashed to its name (a pack's name is the BLAKE3 of its bytes:
+        repo_format.md), which vouches for every blob in it at the cost of one read
         instead of a request and an AES-GCM open per link."""
         fetch = self._base_reads()
         packs: dict[str, int] = self.__dict__.setdefault("_packs_checked", {})
+        windows = self._pack_windows_for_remote() if is_remote(self.backend) else None
         try:
             for link_id, link in chain:
                 seen = packs.get(link.pack, 0)
@@ -174,8 +178,16 @@ class DeltaWriting:
                     return False
                 if seen == PACK_WHOLE:
                     continue
-                if seen + 1 >= WHOLE_PACK_AFTER:
-                    whole = self.backend.get(pack_name(link.pack))
+                # From an object store, a pack already read from (this check's first link,
+                # a spot check, a base resolved whole) is hashed whole now: its next read
+                # would fetch a read-ahead window, and hashing the same bytes again.
+                if seen + 1 >= WHOLE_PACK_AFTER or (
+                    windows is not None and windows.seen(link.pack)
+                ):
+                    if windows is not None:
+                        whole = windows.whole(link.pack)  # what was read ahead is used
+                    else:
+                        whole = self.backend.get(pack_name(link.pack))
                     good = blake3.blake3(whole).hexdigest() == link.pack
                     good = good and link.offset + link.stored_len <= len(whole)
                     packs[link.pack] = PACK_WHOLE if good else PACK_BAD
@@ -194,10 +206,13 @@ class DeltaWriting:
         from a folder, one ``pread`` each."""
         if not is_remote(self.backend):
             return self.fetch_envelope
+        return self._pack_windows_for_remote().fetch
+
+    def _pack_windows_for_remote(self) -> PackWindows:
         windows: PackWindows | None = getattr(self, "_pack_windows", None)
         if windows is None:
             windows = self._pack_windows = PackWindows(self.backend)
-        return windows.fetch
+        return windows
 
     def save_data_delta(
         self,

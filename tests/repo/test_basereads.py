@@ -115,3 +115,97 @@ def test_a_pack_asked_for_many_links_is_hashed_whole_once(tmp_path: Path) -> Non
     )
     assert repo._packs_checked[pack] == deltastore.PACK_BAD
     repo.close()
+
+
+def test_a_pack_offered_whole_answers_every_read_and_a_large_one_is_not_kept() -> None:
+    store = Store(500_000)
+    reads = PackWindows(store, window=300_000, keep=2)  # type: ignore[arg-type]
+    reads.fetch(PACK, 0, 100)
+    reads.offer(PACK, store.data)
+    store.calls.clear()
+    assert reads.fetch(PACK, 499_000, 1_000) == store.data[499_000:]
+    assert reads.fetch(PACK, 1_000, 10) == store.data[1_000:1_010]
+    assert store.calls == []
+    other = "cd" * 32
+    reads.offer(other, os.urandom(700_000))  # more than two windows: not kept
+    reads.fetch(other, 0, 10)
+    assert store.calls == [("get", 0, 10)]  # asked of the store, as any first read
+
+
+class Remote:
+    """A local folder seen as an object store, counting its reads."""
+
+    remote = True
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.gets: list[tuple[str, int]] = []
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.gets.append((name, -1 if length is None else length))
+        return self._inner.get(name, offset, length)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def test_from_an_object_store_a_pack_is_hashed_whole_at_its_second_link_and_read_once(
+    tmp_path: Path,
+) -> None:
+    from casbackup.repo import deltastore
+    from casbackup.store.local import LocalBackend
+
+    path = str(tmp_path / "r")
+    repo = make_repo(path)
+    ids = [repo.save_blob(Kind.DATA, os.urandom(2_000))[0] for _ in range(12)]
+    repo.flush()
+    repo.close()
+    store = Remote(LocalBackend(path))
+    repo = open_repo(store)  # type: ignore[arg-type]
+    links = [(i, repo.locate(i)) for i in ids]
+    pack = links[0][1].pack
+    store.gets.clear()
+    assert all(repo._chain_intact([link]) for link in links)
+    assert repo._packs_checked[pack] == deltastore.PACK_WHOLE
+    # One ranged read for the first link, the whole pack at the second, nothing after:
+    # the pack is downloaded once (it was twice: windows for the links, then whole).
+    assert [length for _, length in store.gets] == [links[0][1].stored_len, -1]
+    fetch = repo._base_reads()
+    for _, loc in links:
+        fetch(loc.pack, loc.offset, loc.stored_len)
+    assert len(store.gets) == 2
+    repo.close()
+
+
+def test_from_an_object_store_a_pack_read_before_its_chain_check_is_hashed_whole_at_once(
+    tmp_path: Path,
+) -> None:
+    from casbackup.store.local import LocalBackend
+
+    path = str(tmp_path / "r")
+    repo = make_repo(path)
+    ids = [repo.save_blob(Kind.DATA, os.urandom(2_000))[0] for _ in range(6)]
+    repo.flush()
+    repo.close()
+    store = Remote(LocalBackend(path))
+    repo = open_repo(store)  # type: ignore[arg-type]
+    links = [(i, repo.locate(i)) for i in ids]
+    store.gets.clear()
+    first = links[0][1]
+    repo._base_reads()(first.pack, first.offset, first.stored_len)  # a spot check's read
+    assert all(repo._chain_intact([link]) for link in links[1:])
+    # Not a read-ahead window and then the whole pack again: the whole pack, once.
+    assert [length for _, length in store.gets] == [first.stored_len, -1]
+    repo.close()
+
+
+def test_a_window_that_reaches_the_pack_s_end_is_used_when_it_is_hashed_whole() -> None:
+    store = Store(500_000)
+    reads = PackWindows(store, window=300_000, keep=2)  # type: ignore[arg-type]
+    reads.fetch(PACK, 0, 100)
+    reads.fetch(PACK, 250_000, 100)  # a window 250,000-500,000: the pack's end
+    store.calls.clear()
+    assert reads.whole(PACK) == store.data
+    assert store.calls == [("get", 0, 250_000)]  # only the bytes before the window
+    store.calls.clear()
+    assert reads.fetch(PACK, 10, 10) == store.data[10:20] and store.calls == []
