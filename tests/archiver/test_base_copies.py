@@ -293,14 +293,20 @@ def test_an_interrupted_stream_leaves_a_copy_of_chunks_that_stand_alone(repo_pat
     repo.close()
 
 
-def test_chunk_boundaries_that_move_are_updated_in_place(repo_path: str) -> None:
+def _two_versions(repo_path: str) -> tuple[Repository, list[bytes], tuple, str]:
+    """Six 30 kB chunks stored, then each changed in place with a copy written:
+    (the repository, the second version's chunks, their ids, the copy's path)."""
     repo = open_repo(repo_path)
     first = [os.urandom(30_000) for _ in range(6)]
     ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
     second = [p[:10] + b"x" + p[11:] for p in first]
     bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
     ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
-    path = os.path.join(copies_dir(repo.config.id), "k")
+    return repo, second, ids2, os.path.join(copies_dir(repo.config.id), "k")
+
+
+def test_chunk_boundaries_that_move_are_updated_in_place(repo_path: str) -> None:
+    repo, second, ids2, path = _two_versions(repo_path)
     inode = os.stat(path).st_ino
     # Chunks 0-1 unchanged, chunk 2 changed in place, then a chunk 3 bytes longer
     # (the chunks after it move), an unchanged chunk (3 bytes further on: written at its
@@ -324,13 +330,7 @@ def test_bytes_moved_too_far_for_an_update_in_place_go_on_in_a_new_file(
     repo_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(base_copies, "PENDING_MAX", 70_000)
-    repo = open_repo(repo_path)
-    first = [os.urandom(30_000) for _ in range(6)]
-    ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
-    second = [p[:10] + b"x" + p[11:] for p in first]
-    bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
-    ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
-    path = os.path.join(copies_dir(repo.config.id), "k")
+    repo, second, ids2, path = _two_versions(repo_path)
     inode = os.stat(path).st_ino
     # 90 kB inserted at the front: every later chunk moves 90 kB on, over places whose
     # chunks may still be bases, so the writes wait, until there are too many.

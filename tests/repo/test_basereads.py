@@ -11,6 +11,7 @@ from pathlib import Path
 from casbackup.archiver import delta_bases
 from casbackup.repo.basereads import PackWindows
 from casbackup.repo.ids import Kind
+from casbackup.repo.repository import Repository
 from casbackup.testing.fixtures import flip_stored_byte, make_repo, open_repo
 
 PACK = "ab" * 32
@@ -149,20 +150,27 @@ class Remote:
         return getattr(self._inner, name)
 
 
-def test_from_an_object_store_a_pack_is_hashed_whole_at_its_second_link_and_read_once(
-    tmp_path: Path,
-) -> None:
-    from casbackup.repo import deltastore
+def _remote_pack(tmp_path: Path, n: int) -> tuple[Remote, Repository, list]:
+    """A repository holding ``n`` small blobs in one pack, opened through ``Remote``:
+    (the store, the repository, [(id, location)] of the blobs)."""
     from casbackup.store.local import LocalBackend
 
     path = str(tmp_path / "r")
     repo = make_repo(path)
-    ids = [repo.save_blob(Kind.DATA, os.urandom(2_000))[0] for _ in range(12)]
+    ids = [repo.save_blob(Kind.DATA, os.urandom(2_000))[0] for _ in range(n)]
     repo.flush()
     repo.close()
     store = Remote(LocalBackend(path))
     repo = open_repo(store)  # type: ignore[arg-type]
-    links = [(i, repo.locate(i)) for i in ids]
+    return store, repo, [(i, repo.locate(i)) for i in ids]
+
+
+def test_from_an_object_store_a_pack_is_hashed_whole_at_its_second_link_and_read_once(
+    tmp_path: Path,
+) -> None:
+    from casbackup.repo import deltastore
+
+    store, repo, links = _remote_pack(tmp_path, 12)
     pack = links[0][1].pack
     store.gets.clear()
     assert all(repo._chain_intact([link]) for link in links)
@@ -180,16 +188,7 @@ def test_from_an_object_store_a_pack_is_hashed_whole_at_its_second_link_and_read
 def test_from_an_object_store_a_pack_read_before_its_chain_check_is_hashed_whole_at_once(
     tmp_path: Path,
 ) -> None:
-    from casbackup.store.local import LocalBackend
-
-    path = str(tmp_path / "r")
-    repo = make_repo(path)
-    ids = [repo.save_blob(Kind.DATA, os.urandom(2_000))[0] for _ in range(6)]
-    repo.flush()
-    repo.close()
-    store = Remote(LocalBackend(path))
-    repo = open_repo(store)  # type: ignore[arg-type]
-    links = [(i, repo.locate(i)) for i in ids]
+    store, repo, links = _remote_pack(tmp_path, 6)
     store.gets.clear()
     first = links[0][1]
     repo._base_reads()(first.pack, first.offset, first.stored_len)  # a spot check's read
