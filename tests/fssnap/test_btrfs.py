@@ -438,7 +438,18 @@ def test_source_inside_a_live_source_gets_no_snapshot_of_its_own(
     assert site.cli("cat", f"latest:{app}/a.txt", "--app", "webapp").out == "a"
 
 
-NOT_ROOT = "import os\nos.geteuid = lambda: 1000\n"
+# The snapshot code and its command are shown another user (they ask os.geteuid); the rest of the process is
+# still root, so the cache's ownership checks (repo/userdirs.py) see its own folders as
+# its own (faking geteuid process-wide made every folder root made look foreign).
+NOT_ROOT = (
+    "import os\n"
+    "import casbackup.fssnap.base as _fb, casbackup.fssnap.session as _fs\n"
+    "import casbackup.cli.cmd_fs_snapshots as _fc\n"
+    "class _NotRoot:\n"
+    "    def __getattr__(self, name): return getattr(os, name)\n"
+    "    def geteuid(self): return 1000\n"
+    "_fb.os = _fs.os = _fc.os = _NotRoot()\n"
+)
 
 
 @pytest.mark.parametrize("choice", ["btrfs", "auto"])
