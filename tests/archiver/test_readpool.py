@@ -30,6 +30,7 @@ from casbackup.testing.fixtures import make_repo
 from .trees import dir_node, file_node, snapshot_of
 
 DEADLINE = 60.0  # seconds: far beyond any wait a working way out needs, even under load
+HANG_WAIT = 20.0  # seconds the stopping read waits for another to hang (well under DEADLINE)
 
 
 class RemoteMemory(MemoryBackend):
@@ -42,7 +43,11 @@ class HangingBackend(MemoryBackend):
     """Once armed (``arm``), a read of the first pack of a file raises KeyboardInterrupt
     and reads of its other packs hang until ``release`` is set; other objects read as
     usual. Armed, it is an object store to the readers made after (store/base.is_remote);
-    the repository opened on it before stays as it was (no tree cache, no uploader)."""
+    the repository opened on it before stays as it was (no tree cache, no uploader).
+
+    The stopping read first waits (up to ``HANG_WAIT``) for a read to hang: on a loaded
+    machine the pool's threads may not have reached their gets yet, and a stop before any
+    read hangs proves nothing (CI saw exactly that once: ``hanging == 0``)."""
 
     remote = False
 
@@ -52,6 +57,7 @@ class HangingBackend(MemoryBackend):
         self.hang: set[str] = set()
         self.release = threading.Event()
         self.hanging = 0
+        self.hung = threading.Event()
         self._lock = threading.Lock()
 
     def arm(self, repo: Repository, content: tuple[bytes, ...]) -> None:
@@ -62,10 +68,12 @@ class HangingBackend(MemoryBackend):
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if name == self.stop:
+            self.hung.wait(HANG_WAIT)
             raise KeyboardInterrupt
         if name in self.hang:
             with self._lock:
                 self.hanging += 1
+            self.hung.set()
             self.release.wait()
         return super().get(name, offset, length)
 
