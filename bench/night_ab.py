@@ -9,7 +9,8 @@ state after each night, with a fixed master key (so that states built by two cod
 whose caches differ, hold the same chunks: build once per tree when the cache's layout
 changed, else once). Then ``measure`` backs night k's dump up into a fresh copy of the
 state after night k-1, --reps times in one child process per code tree (after one warm-up),
-and prints each night's minimum CPU seconds (user+sys of the child, the backup call only).
+and prints each night's minimum CPU seconds (user+sys of the child, the backup call only)
+and minimum wall seconds (the same call: what a nightly window sees).
 Code trees are folders put first on the child's PYTHONPATH (a worktree of another commit),
 so "before" and "after" run alternated on the same states and the same master key.
 
@@ -31,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +93,8 @@ def build(work: Path, mb: int, nights: int, versions: list[int]) -> None:
 
 
 def child(work: Path, version: int, nights: list[int], reps: int) -> None:
-    """In the child: for each night, min CPU of backing its dump up onto the state before it."""
+    """In the child: for each night, min CPU and min wall seconds of backing its dump up
+    onto the state before it."""
     sys.path.insert(0, str(HERE))
     from dump_dedup import FileDump
 
@@ -117,13 +120,13 @@ def child(work: Path, version: int, nights: list[int], reps: int) -> None:
                 spec = StreamSpec("bench", "bench.dump", dump["engine"],
                                   FileDump(Path(dump["path"]), info).open)  # fmt: skip
                 opts = BackupOptions(paths=(str(empty),), app="bench", streams=(spec,))
-                cpu = _cpu()
+                cpu, wall = _cpu(), time.perf_counter()
                 run_backup(repo, opts)
-                cpu = _cpu() - cpu
+                cpu, wall = _cpu() - cpu, time.perf_counter() - wall
                 repo.close()
                 if rep:
-                    times.append(cpu)
-        out[night] = min(times)
+                    times.append((cpu, wall))
+        out[night] = [min(t[0] for t in times), min(t[1] for t in times)]
     print(json.dumps(out))
 
 
@@ -132,6 +135,7 @@ def measure(works: list[Path], version: int, trees: list[str], nights: list[int]
     """Run the child once per tree per round, alternated (tree ``i`` on the states in
     ``works[i]``, or all on ``works[0]``); print per-night minima."""
     best: dict[str, dict[int, float]] = {t: {} for t in trees}
+    best_wall: dict[str, dict[int, float]] = {t: {} for t in trees}
     for _ in range(rounds):
         for n, tree in enumerate(trees):
             work = works[n] if len(works) > 1 else works[0]
@@ -143,12 +147,14 @@ def measure(works: list[Path], version: int, trees: list[str], nights: list[int]
             if res.returncode:
                 sys.exit(f"child for {tree} failed:\n{res.stderr[-3000:]}")
             got = json.loads(res.stdout.strip().splitlines()[-1])
-            for night, cpu in got.items():
+            for night, (cpu, wall) in got.items():
                 n = int(night)
                 best[tree][n] = min(best[tree].get(n, cpu), cpu)
+                best_wall[tree][n] = min(best_wall[tree].get(n, wall), wall)
     for tree in trees:
-        cells = " ".join(f"{best[tree][n]:.3f}" for n in nights)
-        print(f"{tree}: {cells} sum {sum(best[tree].values()):.2f}")
+        for what, table in (("cpu", best), ("wall", best_wall)):
+            cells = " ".join(f"{table[tree][n]:.3f}" for n in nights)
+            print(f"{tree} {what}: {cells} sum {sum(table[tree].values()):.2f}")
 
 
 def _nights(text: str) -> list[int]:
