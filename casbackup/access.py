@@ -141,7 +141,7 @@ def run_password_command(command: str) -> bytes:
     """Run ``command`` split into words as a shell would (shlex), but never by a shell:
     no expansion, redirection or second command. Its output is capped at SECRET_MAX."""
     from casbackup.engines.base import SECRET_MAX
-    from casbackup.engines.process import StderrDrain
+    from casbackup.engines.process import StderrDrain, read_until_exit
 
     try:
         argv = shlex.split(command)
@@ -174,7 +174,9 @@ def run_password_command(command: str) -> bytes:
     timer.start()
     try:
         assert proc.stdout is not None
-        out = proc.stdout.read(SECRET_MAX + 1)
+        # Not to end of file: a helper the command leaves running (an agent it started)
+        # may hold its standard output open for hours.
+        out = read_until_exit(proc, SECRET_MAX + 1)
         if len(out) > SECRET_MAX:
             raise UsageError(
                 f"password command printed more than {SECRET_MAX // 1024} KiB: not a passphrase"
@@ -186,7 +188,7 @@ def run_password_command(command: str) -> bytes:
             proc.kill()
         proc.stdout.close()  # type: ignore[union-attr]
         proc.wait()
-    err = drain.text()
+    err = drain.text(0 if returncode == 0 else 5.0)
     if expired.is_set():
         raise UsageError("password command did not finish within 60 seconds")
     if returncode != 0:

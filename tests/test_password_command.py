@@ -22,3 +22,26 @@ def test_a_failing_command_shows_its_last_stderr_line() -> None:
 
 def test_a_working_command_gives_its_output_without_the_newline() -> None:
     assert run_password_command("echo s3cret") == b"s3cret"
+
+
+def test_a_command_that_leaves_a_helper_running_gives_its_output_when_it_exits(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """A password command that starts an agent in the background (which inherits its
+    standard output): the passphrase is had when the command exits, not when the agent
+    does (before: the read waited for the agent, here 600 s)."""
+    import concurrent.futures
+    import os
+    import signal
+
+    helper = tmp_path / "agent.pid"
+    command = f"sh -c 'echo s3cret; sleep 600 & echo $! > {helper}'"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            got = pool.submit(run_password_command, command).result(timeout=120)  # a hang guard
+        finally:
+            try:
+                os.kill(int(helper.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+    assert got == b"s3cret"

@@ -31,13 +31,15 @@ from casbackup.archiver.backup_options import BackupOptions, BackupResult, choos
 from casbackup.archiver.base_copies import stream_key
 from casbackup.archiver.delta_bases import COPY_REFUTED, BaseFinder, Stopped, store_chunks
 from casbackup.chunking.chunker import Chunker
+from casbackup.engines.process import StderrDrain
 from casbackup.errors import CasError, DatabaseError, Interrupted, UsageError
 from casbackup.repo.repository import Repository
 from casbackup.repo.snapshot import Snapshot, Summary, now_utc
 from casbackup.repo.tree import Node, NodeKind, valid_name
-from casbackup.threadsig import quiet_thread
 
-STDERR_KEPT = 2000  # bytes of a failed command's standard error kept for its message
+STDERR_KEPT = 2000  # characters of a failed command's last stderr line in its message
+#: Seconds a failed command's standard error may stay open after it exited (``_end``).
+STDERR_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def backup_stream(
     time_text, start_ns = now_utc()
     stats0 = (repo.stats_bytes_added, repo.stats_bytes_stored, repo.stats_blobs_added)
     proc = None
-    errors: _StderrTail | None = None
+    errors: StderrDrain | None = None
     if spec.command is not None:
         try:
             proc = subprocess.Popen(
@@ -100,7 +102,7 @@ def backup_stream(
             ) from None
         assert proc.stdout is not None
         source: BinaryIO = proc.stdout  # type: ignore[assignment]
-        errors = _StderrTail(proc)
+        errors = StderrDrain(proc.stderr)  # type: ignore[arg-type]
     else:
         source = stdin
     try:
@@ -165,31 +167,16 @@ def _parent_node(repo: Repository, parent: Snapshot, name: str) -> Node | None:
     return node if node is not None and node.kind == NodeKind.FILE else None
 
 
-class _StderrTail:
-    """Reads a command's standard error on its own thread as it comes (a command that writes
-    more than a pipe holds would otherwise block, and with it the backup), keeping the last
-    ``STDERR_KEPT`` bytes."""
+def _end(proc: subprocess.Popen[bytes] | None, errors: StderrDrain | None, *, kill: bool) -> str:
+    """Wait for the command (killed first when ``kill``); when it failed, its standard
+    error's last line.
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.tail = b""
-        self._stream = proc.stderr
-        self._thread = quiet_thread(self._drain, name="casbackup-stdin-stderr")
-        self._thread.start()
-
-    def _drain(self) -> None:
-        assert self._stream is not None
-        while block := self._stream.read1(1 << 16):  # type: ignore[attr-defined]
-            self.tail = (self.tail + block)[-STDERR_KEPT:]
-
-    def last_line(self) -> str:
-        """The last non-empty line, once the command has closed its standard error."""
-        self._thread.join()
-        lines = [ln for ln in self.tail.decode(errors="replace").splitlines() if ln.strip()]
-        return lines[-1].strip() if lines else ""
-
-
-def _end(proc: subprocess.Popen[bytes] | None, errors: _StderrTail | None, *, kill: bool) -> str:
-    """Wait for the command (killed first when ``kill``); its standard error's last line."""
+    The command's exit is what counts, not its pipes' end: a program it started in the
+    background (``sh -c 'pg_dump ...; sleep 600'`` stopped half-way leaves the ``sleep``;
+    ``... & disown``) holds the pipes open as long as it runs. So standard error is waited
+    for only when its last line is needed (a failure), and then for at most
+    ``STDERR_WAIT_S``; on a stop not at all: a stop ends the backup at once, not when the
+    command's children end (found with ``sh -c 'echo hi; sleep 20'``: SIGTERM took 20 s)."""
     if proc is None or errors is None:
         return ""
     if kill and proc.poll() is None:
@@ -197,10 +184,11 @@ def _end(proc: subprocess.Popen[bytes] | None, errors: _StderrTail | None, *, ki
     assert proc.stdout is not None
     proc.stdout.close()  # a command still writing gets EPIPE/SIGPIPE instead of blocking
     proc.wait()
-    line = errors.last_line()
-    assert proc.stderr is not None
-    proc.stderr.close()
-    return line
+    if kill or proc.returncode == 0:
+        return ""
+    lines = [ln for ln in errors.text(STDERR_WAIT_S).decode(errors="replace").splitlines()
+             if ln.strip()]  # fmt: skip
+    return lines[-1].strip()[:STDERR_KEPT] if lines else ""
 
 
 def _keep_stored(repo: Repository, spec: StreamBackup) -> None:

@@ -8,6 +8,7 @@ stderr, which is what a user needs to fix it.
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -99,6 +100,31 @@ class StderrDrain:
         if self._pipe is not None:
             self._thread.join(timeout)
         return bytes(self._buf)
+
+
+def read_until_exit(proc: subprocess.Popen[bytes], limit: int) -> bytes:
+    """At most ``limit`` bytes of ``proc``'s standard output: read to its end, or until
+    ``proc`` has exited and the pipe holds nothing more, whichever comes first.
+
+    Reading to end of file alone waits for every process holding the pipe: a command that
+    starts a helper in the background (``sh -c 'echo pw; agent &'``) returned only when the
+    helper ended (found with a password command: 25 s for ``sleep 25 &``). What ``proc``
+    wrote before it exited is in the pipe by then, so nothing of its own output is lost."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    out = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while len(out) < limit:
+            exited = proc.poll() is not None
+            if sel.select(0 if exited else 0.1):
+                chunk = os.read(fd, min(65536, limit - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+            elif exited:
+                break
+    return bytes(out)
 
 
 def spawn_tool(

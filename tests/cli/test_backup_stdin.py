@@ -110,3 +110,65 @@ def test_what_a_stream_backup_refuses(cli_repo: str) -> None:
         os.close(follower)
         os.close(leader)
     assert proc.returncode == 2 and b"terminal" in proc.stderr
+
+
+def _kill_pid_in(path: Path) -> None:
+    """Kill the background helper whose pid a test's command wrote to ``path``."""
+    import signal
+
+    try:
+        os.kill(int(path.read_text()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+def test_a_stop_does_not_wait_for_what_the_command_left_running(
+    cli_repo: str, tmp_path: Path
+) -> None:
+    """SIGTERM while the command is silent: the backup stops at once, though a program the
+    command started holds its pipes open (the ``sleep`` here; before, the stop waited for
+    it to end: a stuck ``pg_dump`` wrapper kept the backup and its lock for as long)."""
+    import signal
+    import time
+
+    started, helper = tmp_path / "started", tmp_path / "helper.pid"
+    script = f"echo part; sleep 600 & echo $! > {helper}; : > {started}; wait"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "casbackup.cli.main", "-r", cli_repo, "backup",
+         "--stdin-from-command", "--stdin-filename", "s.bin", "--", "sh", "-c", script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "CASBACKUP_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120  # a hang guard, not a timing: the start is waited for
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), proc.communicate()
+        time.sleep(0.5)  # the backup reads the part and waits for more
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)  # far below the helper's 600 s
+    finally:
+        proc.kill()
+        _kill_pid_in(helper)
+    assert proc.returncode == 143, err
+    assert err.decode().strip().splitlines() == ["error: interrupted (SIGTERM received)"]
+    assert _snapshots(cli_repo) == []
+
+
+def test_a_command_that_leaves_a_helper_running_is_saved_when_it_exits(
+    cli_repo: str, tmp_path: Path
+) -> None:
+    """The command wrote its stream and exited 0; a program it left in the background holds
+    its standard error: the backup is saved when the command exits, not when the helper
+    does (before: a 600 s wait)."""
+    helper = tmp_path / "helper.pid"
+    data = tmp_path / "dump.bin"
+    data.write_bytes(os.urandom(100_000))
+    script = f"cat {data}; sleep 600 > /dev/null & echo $! > {helper}"
+    try:
+        res = run_cli("backup", "--stdin-from-command", "--stdin-filename", "d.bin", "--", "sh",
+                      "-c", script, repo=cli_repo, timeout=120)  # fmt: skip
+    finally:
+        _kill_pid_in(helper)
+    assert res.code == 0, res.err
+    assert len(_snapshots(cli_repo)) == 1
