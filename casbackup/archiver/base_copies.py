@@ -61,7 +61,13 @@ import blake3
 from casbackup.crypto.envelope import OVERHEAD, Opener, Sealer
 from casbackup.errors import CasError
 from casbackup.liveness import pid_exists
-from casbackup.repo.indexcache import CACHE_FILE_MODE, cache_bound, cache_root, private_dirs
+from casbackup.repo.indexcache import (
+    CACHE_FILE_MODE,
+    cache_bound,
+    cache_root,
+    owned_dirs,
+    private_dirs,
+)
 
 DEFAULT_MIB = 4096
 #: Sealed as this kind: not a repository kind, so a copy's envelope is never a blob.
@@ -175,8 +181,11 @@ class BaseCopy:
         are off)."""
         if limit_bytes() <= 0 or not ids:
             return None
+        folder = copies_dir(repo_id)
+        if not owned_dirs(folder):
+            return None  # another user's folder (a shared cache), or a link: not ours
         try:
-            fd = _open_copy(os.path.join(copies_dir(repo_id), key), os.O_RDONLY)
+            fd = _open_copy(os.path.join(folder, key), os.O_RDONLY)
         except OSError:
             return None
         return cls(fd, opener, ids, sizes)
@@ -281,8 +290,7 @@ class CopyWriter:
         sweep(folder)
         sweep(os.path.join(os.path.dirname(folder), LEGACY_DIR), legacy=True)
         if limit <= 0:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, key))
+            _remove(folder, key)
             return None
         return cls(folder, key, sealer, limit, old)
 
@@ -403,8 +411,14 @@ class CopyWriter:
     def _drop(self) -> None:
         """Give up: no copy, and none of the old version either (stale after this)."""
         self.discard()
+        _remove(self._folder, os.path.basename(self._final))
+
+
+def _remove(folder: str, name: str) -> None:
+    """Remove the copy ``name`` of ``folder`` when the folder is ours (``owned_dirs``)."""
+    if owned_dirs(folder):
         with contextlib.suppress(OSError):
-            os.unlink(self._final)
+            os.unlink(os.path.join(folder, name))
 
 
 _swept: set[str] = set()
@@ -414,29 +428,42 @@ def sweep(folder: str, now: float | None = None, *, legacy: bool = False) -> Non
     """Remove, once per process and folder, the copies no backup has written or kept for
     ``STALE_S`` and the temporary copies of processes that are gone (or older than
     ``STALE_TEMP_S``: a process id can be reused); with ``legacy`` (a folder of an earlier
-    layout) every file and then the folder. Never raises."""
+    layout) every file and then the folder. Only in a folder that is ours from the cache
+    root down and no link (``owned_dirs``), through its descriptor: a link another user
+    put in a shared cache's folder must not have the files it names deleted. Never raises."""
     if folder in _swept:
         return
     _swept.add(folder)
     now = time.time() if now is None else now
+    if not owned_dirs(folder):
+        return
     try:
-        entries = list(os.scandir(folder))
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return
-    for entry in entries:
-        try:
-            age = now - entry.stat(follow_symlinks=False).st_mtime
-            name = entry.name
-            if legacy:
-                os.unlink(entry.path)
-            elif ".tmp-" in name:
-                pid = name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-                if age > STALE_TEMP_S or (int(pid) != os.getpid() and not pid_exists(int(pid))):
-                    os.unlink(entry.path)
-            elif age > STALE_S:
-                os.unlink(entry.path)
-        except (OSError, ValueError):
-            continue
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            return  # swapped since it was checked
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+        for entry in entries:
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+                name = entry.name
+                if legacy:
+                    os.unlink(name, dir_fd=fd)
+                elif ".tmp-" in name:
+                    pid = name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+                    if age > STALE_TEMP_S or (int(pid) != os.getpid() and not pid_exists(int(pid))):
+                        os.unlink(name, dir_fd=fd)
+                elif age > STALE_S:
+                    os.unlink(name, dir_fd=fd)
+            except (OSError, ValueError):
+                continue
+    except OSError:
+        return
+    finally:
+        os.close(fd)
     if legacy:
         with contextlib.suppress(OSError):
             os.rmdir(folder)

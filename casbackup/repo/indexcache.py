@@ -76,6 +76,34 @@ CACHE_DIR_MODE = 0o700
 CACHE_FILE_MODE = 0o600
 
 
+def _chain(path: str) -> list[str]:
+    """The folders from the cache root (or ``path`` itself, outside the root) down to
+    ``path``, absolute; the first is the one that may be shared (``refuse_foreign``)."""
+    root = os.path.abspath(cache_root())
+    path = os.path.abspath(path)
+    top = root if path == root or path.startswith(root + os.sep) else path
+    chain = [top]
+    for part in os.path.relpath(path, top).split(os.sep):
+        if part != ".":
+            chain.append(os.path.join(chain[-1], part))
+    return chain
+
+
+def owned_dirs(path: str) -> bool:
+    """Whether the folder ``path`` exists and it and every folder from the cache root down
+    to it are ours and no links (``userdirs.refuse_foreign``; the root may be shared).
+    Creates nothing. What removes or reads files of a cache folder asks this first: in a
+    shared CASBACKUP_CACHE_DIR another user could have made our repository's folder first
+    and put a link to a folder of ours there, whose files a sweep would then delete."""
+    chain = _chain(path)
+    try:
+        for folder in chain:
+            refuse_foreign(folder, shared_ok=folder == chain[0])
+        return os.path.isdir(chain[-1])
+    except OSError:
+        return False
+
+
 def private_dirs(path: str) -> None:
     """Create ``path`` and every missing folder from the cache root down, each 0700; tighten
     the cache root, the folders below it and the files in ``path`` that an older version
@@ -84,14 +112,9 @@ def private_dirs(path: str) -> None:
     Raises OSError, and ForeignCacheEntry (an OSError, EPERM) for a folder or file there
     that is not ours (``userdirs.refuse_foreign``): in a shared CASBACKUP_CACHE_DIR another user
     could have made our folders first, to read our index or plant one of theirs."""
-    root = os.path.abspath(cache_root())
-    path = os.path.abspath(path)
-    top = root if path == root or path.startswith(root + os.sep) else path
+    chain = _chain(path)
+    top, path = chain[0], chain[-1]
     os.makedirs(os.path.dirname(top), exist_ok=True)
-    chain = [top]
-    for part in os.path.relpath(path, top).split(os.sep):
-        if part != ".":
-            chain.append(os.path.join(chain[-1], part))
     for folder in chain:
         try:
             os.mkdir(folder, CACHE_DIR_MODE)

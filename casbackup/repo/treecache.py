@@ -7,7 +7,9 @@ every backup of a client, so keeping them on the local disk turns those requests
 file reads. A backup also puts the trees it writes here, so the next one finds them.
 
 Layout: ``<cache root>/<repository id>/trees/<first 2 hex>/<blob id hex>``, one file per
-tree, mode 0600 in 0700 folders (tree contents name files; nobody else's business).
+tree, mode 0600 in 0700 folders (tree contents name files; nobody else's business). A
+``trees`` folder (or one above it) that another user made, or a link, is not used at all
+(``private_dirs``): eviction would delete the files of the folder a link names.
 
 Trust: none. An entry is an envelope sealed with the repository's key and the blob id as
 associated data (the same sealing as in a pack, never plaintext on disk), so reading one
@@ -37,7 +39,7 @@ from casbackup.crypto.envelope import Opener, Sealer
 from casbackup.errors import CasError
 from casbackup.repo import codec
 from casbackup.repo.ids import Kind, check_name
-from casbackup.repo.indexcache import CACHE_DIR_MODE, CACHE_FILE_MODE, cache_bound
+from casbackup.repo.indexcache import CACHE_DIR_MODE, CACHE_FILE_MODE, cache_bound, private_dirs
 from casbackup.repo.pack import open_blob, pack_name, parse_pack_tail
 
 DEFAULT_MIB = 256
@@ -80,6 +82,7 @@ class TreeCache:
         self._total: int | None = None  # measured on the first eviction check
         self._packs_read: set[str] = set()  # packs fill_from_pack has read (once each)
         self._folders: set[str] = set()  # entry folders known to exist
+        self._usable: bool | None = None  # see _ours
         self.hits = 0
         self.misses = 0
 
@@ -87,8 +90,22 @@ class TreeCache:
         name = blob_id.hex()
         return os.path.join(self.root, name[:2], name)
 
+    def _ours(self) -> bool:
+        """Whether ``root`` is a folder of ours from the cache root down, made 0700 if
+        missing (``private_dirs``); asked once."""
+        if self._usable is None:
+            try:
+                private_dirs(self.root)
+                self._usable = True
+            except OSError:
+                self._usable = False
+        return self._usable
+
     def get(self, blob_id: bytes) -> bytes | None:
         """The tree's plaintext, authenticated and checked against ``blob_id``, or None."""
+        if not self._ours():
+            self.misses += 1
+            return None
         path = self._path(blob_id)
         try:
             with open(path, "rb") as f:
@@ -116,7 +133,7 @@ class TreeCache:
 
     def put(self, blob_id: bytes, plaintext: bytes) -> None:
         """Store a tree the caller has verified (read and checked, or just written)."""
-        if self.cap <= 0 or len(plaintext) > ENTRY_MAX // 2:
+        if self.cap <= 0 or len(plaintext) > ENTRY_MAX // 2 or not self._ours():
             return
         path = self._path(blob_id)
         folder = os.path.dirname(path)
@@ -177,6 +194,8 @@ class TreeCache:
     def _evict(self) -> None:
         """Measure the cache; over the cap, remove the least recently used entries."""
         entries: list[tuple[float, int, str]] = []
+        if not self._ours():
+            return
         try:
             with os.scandir(self.root) as top:
                 for sub in top:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -520,4 +522,41 @@ def test_a_refuted_copy_is_told_for_delta_files_and_stdin_too(
             f"{name}: a chunk of the last backup's version could not be read back from the "
             "repository as it was written; run 'casbackup check --read-data'"
         ]
+    repo.close()
+
+
+@pytest.mark.parametrize("folder", ["bases-2", "bases"])
+def test_a_copies_folder_that_is_a_link_is_neither_swept_nor_read(
+    repo_path: str, tmp_path: Path, folder: str
+) -> None:
+    """A copies folder (or the earlier layout's) that is a link to a folder of the user's
+    (another user made the repository's folder first in a shared cache) has none of that
+    folder's files deleted, nor is a copy in it read. The sweep followed the link: every
+    file there older than STALE_S, and every "*.tmp-<pid>-*" of a pid that is gone, went
+    (and with the earlier layout's name, every file)."""
+    repo = open_repo(repo_path)
+    first = [os.urandom(20_000) for _ in range(6)]
+    ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
+    second = [p[:10] + b"x" + p[11:] for p in first]
+    bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
+    ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
+    copies = copies_dir(repo.config.id)
+    victim = tmp_path / "victim"
+    # The user's folder, holding a copy that would authenticate.
+    shutil.copytree(copies, victim)
+    if folder == "bases-2":
+        shutil.rmtree(copies)
+    old = time.time() - base_copies.STALE_S * 2
+    for name in ["thesis.tex", "photo.jpg", "notes.tmp-4000000-ab"]:
+        (victim / name).write_bytes(b"the user's own file")
+        os.utime(victim / name, (old, old))
+    os.symlink(victim, os.path.join(os.path.dirname(copies), folder))
+    base_copies._swept.clear()
+    third = [p[:20] + b"y" + p[21:] for p in second]
+    bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
+    delta_bases.store_chunks(repo, iter(third), bases, copy_key="k")
+    assert sorted(os.listdir(victim)) == ["k", "notes.tmp-4000000-ab", "photo.jpg", "thesis.tex"]
+    assert (victim / "thesis.tex").read_bytes() == b"the user's own file"
+    if folder == "bases-2":
+        assert BaseCopy.open(repo.config.id, "k", repo.opener, list(ids2), [20_000] * 6) is None
     repo.close()

@@ -254,3 +254,24 @@ def test_check_reads_the_repositorys_trees_not_the_cache(
     backend.put(name, bytes(data))
     assert repo.load_tree(ids[0])  # the cache still answers the backup's reads
     assert not check(open_repo(backend), CheckOptions()).ok
+
+
+def test_a_trees_folder_that_is_a_link_is_not_used(tmp_path: Path) -> None:
+    """A ``trees`` folder that is a link (another user made the repository's folder first
+    in a shared cache) is not used: eviction deleted the least recently used files of the
+    folder it named, the user's, until the total was under 3/4 of the bound."""
+    victim = tmp_path / "victim"
+    (victim / "letters").mkdir(parents=True)
+    for n in range(4):
+        (victim / "letters" / f"{n}.txt").write_bytes(b"x" * 4096)
+        os.utime(victim / "letters" / f"{n}.txt", (1_000_000, 1_000_000))
+    repo_folder = Path(os.environ["CASBACKUP_CACHE_DIR"]) / "someid"
+    repo_folder.mkdir(parents=True)
+    os.symlink(victim, repo_folder / "trees")
+    cache = cache_at(repo_folder / "trees", cap=8192)
+    trees = [os.urandom(2048) for _ in range(4)]
+    for tree in trees:
+        cache.put(hash_id(tree), tree)
+    assert sorted(os.listdir(victim / "letters")) == [f"{n}.txt" for n in range(4)]
+    assert os.listdir(victim) == ["letters"]
+    assert [cache.get(hash_id(tree)) for tree in trees] == [None] * 4
