@@ -38,6 +38,12 @@ from tests.verify.apps import EXTENSIONS, _opener, make_app
 ROWS = 20_000
 
 
+def changed(piece: bytes, at: int) -> bytes:
+    """``piece`` with its byte ``at`` changed (a fixed byte written there left random data
+    as it was one time in 256: a chunk that was not new, and a flaky test)."""
+    return piece[:at] + bytes([(piece[at] + 1) % 256]) + piece[at + 1 :]
+
+
 @pytest.fixture
 def repo_path(tmp_path: Path) -> str:
     path = str(tmp_path / "repo")
@@ -264,7 +270,7 @@ def test_an_interrupted_stream_leaves_a_copy_of_chunks_that_stand_alone(repo_pat
     ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None, copy_key="k")
     path = os.path.join(copies_dir(repo.config.id), "k")
     assert not os.path.exists(path)
-    second = [p[:100] + b"x" + p[101:] for p in first]  # every chunk changed in place
+    second = [changed(p, 100) for p in first]  # every chunk changed in place
     bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
     ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
     copy = BaseCopy.open(repo.config.id, "k", repo.opener, list(ids2), [40_000] * 8)
@@ -273,7 +279,7 @@ def test_an_interrupted_stream_leaves_a_copy_of_chunks_that_stand_alone(repo_pat
 
     def broken():  # type: ignore[no-untyped-def]
         for j in range(3):
-            yield second[j][:200] + b"y" + second[j][201:]
+            yield changed(second[j], 200)
         raise OSError(5, "Input/output error")
 
     bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
@@ -301,7 +307,7 @@ def _two_versions(repo_path: str) -> tuple[Repository, list[bytes], tuple, str]:
     repo = open_repo(repo_path)
     first = [os.urandom(30_000) for _ in range(6)]
     ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
-    second = [p[:10] + b"x" + p[11:] for p in first]
+    second = [changed(p, 10) for p in first]
     bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
     ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
     return repo, second, ids2, os.path.join(copies_dir(repo.config.id), "k")
@@ -314,7 +320,7 @@ def test_chunk_boundaries_that_move_are_updated_in_place(repo_path: str) -> None
     # (the chunks after it move), an unchanged chunk (3 bytes further on: written at its
     # new place too), and a new one. Each chunk's place follows from its offset in the
     # stream: the same file is updated, and every chunk is there.
-    third = second[:2] + [second[2][:5] + b"z" + second[2][6:]]
+    third = second[:2] + [changed(second[2], 5)]
     third += [second[3] + b"abc", second[4], os.urandom(30_000)]
     bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
     ids3, _, _ = delta_bases.store_chunks(repo, iter(third), bases, copy_key="k")
@@ -337,7 +343,7 @@ def test_bytes_moved_too_far_for_an_update_in_place_go_on_in_a_new_file(
     # 90 kB inserted at the front: every later chunk moves 90 kB on, over places whose
     # chunks may still be bases, so the writes wait, until there are too many.
     third = [os.urandom(30_000) for _ in range(3)] + second[:5]
-    third.append(second[5][:7] + b"w" + second[5][8:])
+    third.append(changed(second[5], 7))
     bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
     ids3, _, _ = delta_bases.store_chunks(repo, iter(third), bases, copy_key="k")
     assert os.stat(path).st_ino != inode
@@ -427,20 +433,20 @@ def test_a_link_or_a_fifo_in_a_copys_place_is_not_followed(repo_path: str, tmp_p
     repo = open_repo(repo_path)
     first = [os.urandom(20_000) for _ in range(6)]
     ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
-    second = [p[:10] + b"x" + p[11:] for p in first]
+    second = [changed(p, 10) for p in first]
     bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
     ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
     path = os.path.join(copies_dir(repo.config.id), "k")
     victim = tmp_path / "victim"
     ids = list(ids2)
-    for n, kind in enumerate(["symlink", "hardlink"]):
+    for kind in ["symlink", "hardlink"]:
         victim.write_bytes(b"the user's own file\n" * 10)
         os.unlink(path)
         if kind == "symlink":
             os.symlink(victim, path)
         else:
             os.link(victim, path)
-        third = [second[0][:20] + b"%d" % n + second[0][21:]] + second[1:]  # one, in place
+        third = [changed(second[0], 20)] + second[1:]  # one, in place
         bases = delta_bases.BaseFinder.for_content(repo, ids, "k")
         ids, _, _ = delta_bases.store_chunks(repo, iter(third), bases, copy_key="k")
         second = third
@@ -537,7 +543,7 @@ def test_a_copies_folder_that_is_a_link_is_neither_swept_nor_read(
     repo = open_repo(repo_path)
     first = [os.urandom(20_000) for _ in range(6)]
     ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
-    second = [p[:10] + b"x" + p[11:] for p in first]
+    second = [changed(p, 10) for p in first]
     bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
     ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
     copies = copies_dir(repo.config.id)
@@ -552,7 +558,7 @@ def test_a_copies_folder_that_is_a_link_is_neither_swept_nor_read(
         os.utime(victim / name, (old, old))
     os.symlink(victim, os.path.join(os.path.dirname(copies), folder))
     base_copies._swept.clear()
-    third = [p[:20] + b"y" + p[21:] for p in second]
+    third = [changed(p, 20) for p in second]
     bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
     delta_bases.store_chunks(repo, iter(third), bases, copy_key="k")
     assert sorted(os.listdir(victim)) == ["k", "notes.tmp-4000000-ab", "photo.jpg", "thesis.tex"]
