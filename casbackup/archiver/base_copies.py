@@ -222,10 +222,8 @@ class BaseCopy:
         return j is not None and self._sizes[j] == length and self._ids[j] == blob_id
 
     def close(self) -> None:
-        """Release the file (idempotent)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Release the file (idempotent, never raises)."""
+        _close(self)
 
 
 class CopyWriter:
@@ -388,8 +386,11 @@ class CopyWriter:
             os.ftruncate(self._fd, self._end)  # the new version's length (holes kept)
             if self._in_place:
                 os.utime(self._fd)  # kept: not stale (``sweep``)
-            os.close(self._fd)
-            self._fd = None
+            # Forgotten before it is closed: a close that fails (NFS tells a write error
+            # there) has closed it all the same, and a second close could close a file
+            # another thread has just opened under the same number.
+            fd, self._fd = self._fd, None
+            os.close(fd)
             if not self._in_place:
                 os.replace(self._temp, self._final)
         except OSError:
@@ -401,9 +402,7 @@ class CopyWriter:
         """The stream was not stored: stop. A new file goes; updates made in place stay
         (each chunk of the copy stands alone: those of another version are misses)."""
         self._pending.clear()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        _close(self)
         with contextlib.suppress(OSError):
             os.unlink(self._temp)
         self._dropped = True
@@ -412,6 +411,15 @@ class CopyWriter:
         """Give up: no copy, and none of the old version either (stale after this)."""
         self.discard()
         _remove(self._folder, os.path.basename(self._final))
+
+
+def _close(owner: BaseCopy | CopyWriter) -> None:
+    """Close ``owner._fd`` once, forgotten first (see ``CopyWriter.commit``); errors are
+    ignored: what it held is given up."""
+    fd, owner._fd = owner._fd, None
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _remove(folder: str, name: str) -> None:

@@ -148,13 +148,14 @@ class TreeCache:
         except OSError:
             return  # there already (FileExistsError), or the cache cannot be written
         try:
-            sealed = self._sealer.seal(Kind.TREE, blob_id, codec.compress(plaintext, 3))
-            os.write(fd, sealed)
+            try:
+                sealed = self._sealer.seal(Kind.TREE, blob_id, codec.compress(plaintext, 3))
+                os.write(fd, sealed)
+            finally:
+                os.close(fd)  # may fail too (NFS tells a write error there): a cache error
         except OSError:
             self._remove(path)
             return
-        finally:
-            os.close(fd)
         with self._lock:
             self._written += len(sealed)
             due = self._total is None or self._total + self._written > self.cap

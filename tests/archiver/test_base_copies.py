@@ -566,3 +566,36 @@ def test_a_copies_folder_that_is_a_link_is_neither_swept_nor_read(
     if folder == "bases-2":
         assert BaseCopy.open(repo.config.id, "k", repo.opener, list(ids2), [20_000] * 6) is None
     repo.close()
+
+
+@pytest.mark.parametrize("night", ["first copy", "in place"])
+def test_a_copy_whose_close_fails_is_dropped_and_the_stream_is_stored(
+    repo_path: str, monkeypatch: pytest.MonkeyPatch, night: str
+) -> None:
+    """A close that fails (NFS tells a delayed write error there, EIO or EDQUOT) drops the
+    copy; the stream is stored. The copy's file was closed a second time: EBADF, raised out
+    of ``store_chunks`` as if the stream could not be read, or (a number reused by another
+    thread meanwhile) another file closed."""
+    repo, second, ids2, path = _two_versions(repo_path)
+    if night == "first copy":
+        os.unlink(path)
+    real_close = os.close
+    failed: list[int] = []
+
+    def close(fd: int) -> None:
+        if not failed and "bases-2" in os.readlink(f"/proc/self/fd/{fd}"):
+            failed.append(fd)
+            real_close(fd)
+            raise OSError(5, "Input/output error")
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", close)
+    third = [changed(p, 20) for p in second]
+    bases = delta_bases.BaseFinder.for_content(repo, ids2, "k")
+    ids3, _, _ = delta_bases.store_chunks(repo, iter(third), bases, copy_key="k")
+    monkeypatch.setattr(os, "close", real_close)
+    assert failed
+    assert not os.path.exists(path) and not os.listdir(os.path.dirname(path))
+    repo.flush()
+    assert [repo.load_blob(i, Kind.DATA) for i in ids3] == third
+    repo.close()

@@ -275,3 +275,29 @@ def test_a_trees_folder_that_is_a_link_is_not_used(tmp_path: Path) -> None:
     assert sorted(os.listdir(victim / "letters")) == [f"{n}.txt" for n in range(4)]
     assert os.listdir(victim) == ["letters"]
     assert [cache.get(hash_id(tree)) for tree in trees] == [None] * 4
+
+
+def test_a_close_that_fails_is_a_cache_error_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close that fails after the write (NFS tells a delayed write error there) leaves no
+    entry and raises nothing: it raised out of ``put``, failing the backup that saved the
+    tree."""
+    cache = cache_at(tmp_path / "trees")
+    tree = b"a tree" * 50
+    real_close = os.close
+    failed: list[int] = []
+
+    def close(fd: int) -> None:
+        if not failed and str(tmp_path / "trees") in os.readlink(f"/proc/self/fd/{fd}"):
+            failed.append(fd)
+            real_close(fd)
+            raise OSError(5, "Input/output error")
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", close)
+    cache.put(hash_id(tree), tree)
+    monkeypatch.setattr(os, "close", real_close)
+    assert failed and not entry_path(cache, hash_id(tree)).exists()
+    cache.put(hash_id(tree), tree)
+    assert cache.get(hash_id(tree)) == tree
