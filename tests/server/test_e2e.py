@@ -215,6 +215,19 @@ def _backing_up(server: Server, job_id: int, timeout: float = 60) -> list[int]:
     raise AssertionError("the job's worker never reported progress")
 
 
+def _pending(pid: int, signum: int) -> bool:
+    """Whether ``signum`` waits to be delivered to the (stopped) process ``pid``."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return False  # a helper that had ended, reaped since
+    for line in lines:
+        if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) >> (signum - 1) & 1:
+            return True
+    return False
+
+
 def _workers_of(service_pid: int) -> list[int]:
     """Live worker processes started by this service (found by the variable it gives them)."""
     mark = f"CASBACKUP_SERVICE_PID={service_pid}".encode()
@@ -279,7 +292,13 @@ def test_sigterm_cancels_running_jobs_and_records_it(site: dict[str, Any]) -> No
         os.kill(pid, signal.SIGSTOP)
     assert server.get(f"/api/jobs/{job_id}").json()["state"] == "running"
     server.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)  # the service asks its workers to stop (SIGINT), then waits for them
+    # The service asks its workers to stop (SIGINT), then waits for them: continued before
+    # that SIGINT (a fixed 0.5 s wait under load), the backup may finish as "succeeded".
+    deadline = time.monotonic() + 60  # a hang guard
+    # (one SIGINT to the worker's group: pending in the worker; its helpers may ignore it)
+    while not any(_pending(pid, signal.SIGINT) for pid in workers):
+        assert time.monotonic() < deadline, "the service never asked its workers to stop"
+        time.sleep(0.02)
     for pid in workers:
         os.kill(pid, signal.SIGCONT)
     # uvicorn re-raises SIGTERM after its graceful shutdown (systemd counts that as a clean stop)
