@@ -303,7 +303,21 @@ def test_ctrl_c_during_a_waiting_dump_is_an_interruption(pg_database: str, tmp_p
     )  # fmt: skip
     try:
         env = {**os.environ, **cli_env(config), "CASBACKUP_PASSWORD": PASSWORD}
-        time.sleep(1.0)  # the lock is taken
+        # Not a fixed wait: a backup that starts before the lock is taken dumps at once and
+        # ends before the Ctrl-C (exit 0). Then: one of its sessions waits on that lock.
+        locks_on_t = (
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE c.relname = 't' AND l.granted = {} AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database());"
+        )
+
+        def until_locks(granted: str) -> None:
+            deadline = time.monotonic() + 60  # a hang guard
+            while psql(locks_on_t.format(granted), pg_database).strip() == "0":
+                assert locker.poll() is None and time.monotonic() < deadline, granted
+                time.sleep(0.05)
+
+        until_locks("true")  # the lock is taken
         backup = subprocess.Popen(
             [sys.executable, "-m", "casbackup.cli.main", "backup", "--app", "shop"],
             env=env, stderr=subprocess.PIPE, start_new_session=True,
@@ -312,7 +326,7 @@ def test_ctrl_c_during_a_waiting_dump_is_an_interruption(pg_database: str, tmp_p
         for line in backup.stderr:  # until the dump (and its waiting count) has started
             if b"dumping database orders" in line:
                 break
-        time.sleep(1.5)
+        until_locks("false")  # the dump (or its count) waits on it
         os.killpg(backup.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
         err = backup.stderr.read().decode()
         assert backup.wait(timeout=60) == 130, err
