@@ -71,6 +71,20 @@ def spec_for(path: Path, **options: str) -> DatabaseSpec:
     return DatabaseSpec(name="bank", engine="sqlite", path=str(path), options=options)
 
 
+def _until_transfers_past(db: Path, count: int, writer: subprocess.Popen[str]) -> None:
+    """Until the writer has committed more than ``count`` transfers in all (a hang guard)."""
+    deadline = time.monotonic() + 60
+    while True:
+        conn = sqlite3.connect(db, timeout=60)
+        try:
+            if conn.execute("SELECT transfers FROM meta").fetchone()[0] > count:
+                return
+        finally:
+            conn.close()
+        assert writer.poll() is None and time.monotonic() < deadline, "the writer stalled"
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 def test_consistent_copy_under_concurrent_writes(tmp_path: Path, journal: str) -> None:
     db = tmp_path / "bank.db"
@@ -80,7 +94,10 @@ def test_consistent_copy_under_concurrent_writes(tmp_path: Path, journal: str) -
     )
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
+        # Each copy starts once the writer has committed more (not after a fixed wait, which
+        # a loaded machine can outlast before the writer's first commit): every copy races
+        # a writer that is under way.
+        _until_transfers_past(db, 3000, writer)
         engine = get_engine("sqlite")
         transfers_seen = []
         for i in range(4):
@@ -99,7 +116,7 @@ def test_consistent_copy_under_concurrent_writes(tmp_path: Path, journal: str) -
             assert info.row_counts["ledger"] == transfers
             conn.close()
             transfers_seen.append(transfers)
-            time.sleep(0.05)
+            _until_transfers_past(db, transfers, writer)
         assert writer.poll() is None, "the writer must have been running throughout"
     finally:
         writer.kill()
