@@ -122,8 +122,10 @@ def test_resolve_chain_checks_every_link() -> None:
     root = os.urandom(32)
     sealer, opener = Sealer(root), Opener(root)
     base = os.urandom(40_000)
-    mid = base[:1000] + b"x" + base[1001:]
-    top = mid[:30_000] + b"y" + mid[30_001:]
+    # Each level changes a byte (XOR), not sets it: a fixed byte would leave random data
+    # as it was one time in 256, and a link equal to its base checks nothing.
+    mid = base[:1000] + bytes([base[1000] ^ 0x5A]) + base[1001:]
+    top = mid[:30_000] + bytes([mid[30_000] ^ 0xA5]) + mid[30_001:]
     ids = {name: BlobId(os.urandom(32)) for name in ("base", "mid", "top")}
     store: dict[int, bytes] = {}
 
