@@ -93,3 +93,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             remove_tree(str(basetemp))
         except OSError:
             pass  # a folder still in use: pytest's own cleanup tries again later
+
+
+#: The page-image chunk size of ``small_page_chunks``: a multiple of SQLite's default 4 KiB page.
+SMALL_PAGE_CHUNK = 64 * 1024
+
+
+@pytest.fixture
+def small_page_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite dumps cut every 64 KiB instead of every 1 MiB (in this process): the delta
+    tests' databases of a few hundred kB then span several chunks, as a large one does."""
+    from casbackup.archiver import backup
+
+    monkeypatch.setattr(backup, "PAGE_IMAGE_CHUNK", SMALL_PAGE_CHUNK)

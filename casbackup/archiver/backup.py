@@ -54,7 +54,8 @@ from casbackup.archiver.later import Later
 from casbackup.archiver.reading import FileReading, InFlight
 from casbackup.archiver.walk import MAX_PENDING_DIRS, PendingDir, Walker
 from casbackup.archiver.workers import BATCH_FILES, CancelFlag, ReaderPool
-from casbackup.chunking.chunker import Chunker
+from casbackup.chunking.chunker import PAGE_IMAGE_CHUNK, Chunker, FixedChunker
+from casbackup.engines.base import is_page_image
 from casbackup.errors import (
     CasError,
     DatabaseError,
@@ -115,6 +116,7 @@ class Backup(Walker, FileReading):
         }
         self.chunker = Chunker(repo.config.chunker, repo.key.chunker_seed)
         self.dump_chunker = Chunker(repo.config.dump_chunker, repo.key.chunker_seed)
+        self.page_chunker = FixedChunker(PAGE_IMAGE_CHUNK)
         self.counters = Counters()
         self.warnings: list[str] = []
         self.notes: list[str] = []
@@ -356,7 +358,7 @@ class Backup(Walker, FileReading):
             pass
 
     def _store_stream(
-        self, reader: Any, chunker: Chunker, bases: BaseFinder | None, copy_key: str
+        self, reader: Any, chunker: Chunker | FixedChunker, bases: BaseFinder | None, copy_key: str
     ) -> tuple[tuple[BlobId, ...], bytes, int]:
         """Store a stream (a database dump) from this process; with ``bases`` (the parent's
         version of the stream), a new chunk is stored as a delta of its counterpart there;
@@ -389,11 +391,17 @@ class Backup(Walker, FileReading):
             before = self._parent_stream(spec.filename)
             bases = None
             key = stream_key("dump", self.options.app or "", spec.filename)
+            # A page image (SQLite) keeps changed rows where they were: cut at fixed offsets,
+            # each changed chunk is as long as its parent's and is stored as the byte runs
+            # that differ (an aligned delta), at less CPU than storing it whole.
+            page_image = is_page_image(spec.engine)
+            chunker = self.page_chunker if page_image else self.dump_chunker
             if before is not None and self.repo.deltas_allowed:
-                bases = BaseFinder.for_content(self.repo, before.content, key)
+                fixed = self.page_chunker.size if page_image else None
+                bases = BaseFinder.for_content(self.repo, before.content, key, fixed)
             source = spec.open()
             try:
-                content, digest, size = self._store_stream(source, self.dump_chunker, bases, key)
+                content, digest, size = self._store_stream(source, chunker, bases, key)
                 info = source.finish()
             finally:
                 source.close()

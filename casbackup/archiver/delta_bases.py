@@ -77,16 +77,26 @@ class BaseFinder:
 
     @classmethod
     def for_content(
-        cls, repo: Repository, content: Sequence[BlobId], copy_key: str | None = None
+        cls,
+        repo: Repository,
+        content: Sequence[BlobId],
+        copy_key: str | None = None,
+        fixed: int | None = None,
     ) -> BaseFinder | None:
         """A finder for the parent version ``content``; None when it has no usable chunk
         (empty, or a chunk no longer in the index). ``copy_key``: the stream's key for its
-        local copy (``base_copies.stream_key``), whose chunks are then read first."""
+        local copy (``base_copies.stream_key``), whose chunks are then read first.
+        ``fixed``: the new version is cut every ``fixed`` bytes (a page image); None also
+        when the parent was not cut so (a repository written before page images were: its
+        chunks would be bases of another length, each loaded for a poor zstd delta, so that
+        one night is stored whole and the nights after it pair chunk for chunk)."""
         if not content:
             return None
         try:
             sizes = [loc.raw_len for loc in repo.locate_many(list(content))]
         except CasError:
+            return None
+        if fixed is not None and (any(n != fixed for n in sizes[:-1]) or sizes[-1] > fixed):
             return None
         copy = None
         if copy_key is not None:

@@ -206,6 +206,17 @@ def canonical_engine_name(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+#: Engines whose dump is the database's page image (SQLite: the online backup API's copy
+#: of the file), where a row rewritten in place stays at its offset. Their dumps are cut
+#: at fixed offsets (chunking.FixedChunker), not by content; plugins' dumps never are.
+PAGE_IMAGE_ENGINES = frozenset({"sqlite"})
+
+
+def is_page_image(engine: str) -> bool:
+    """Whether ``engine``'s (any alias) dump is a page image (``PAGE_IMAGE_ENGINES``)."""
+    return canonical_engine_name(engine) in PAGE_IMAGE_ENGINES
+
+
 def engine_names() -> tuple[str, ...]:
     return tuple(sorted({*_BUILTIN, *_registered, *_plugin_names()}))
 

@@ -35,6 +35,9 @@ from tests.repo.test_delta import FIXED_KEY, change_rows, dump_node, read_dump
 from tests.repo.test_delta_files import THRESHOLD, change_in_place, source, write_records
 from tests.verify.apps import EXTENSIONS, _opener, make_app
 
+# Databases of a few hundred kB, cut every 64 KiB as a large one is every 1 MiB.
+pytestmark = pytest.mark.usefixtures("small_page_chunks")
+
 ROWS = 20_000
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from casbackup.archiver.backup import BackupOptions, run_backup
 from casbackup.maintenance.stats import repository_stats, snapshot_stats
 from casbackup.testing.fixtures import run_cli
@@ -43,6 +45,7 @@ def test_dedup_and_compression_are_measured(repo, repo_path, tmp_path) -> None: 
     assert latest.code == 0 and "Stats of the snapshot " in latest.out, latest.err
 
 
+@pytest.mark.usefixtures("small_page_chunks")
 def test_a_snapshot_of_deltas_counts_the_bases_it_keeps_alive(repo, repo_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A night stored as deltas needs the older nights' chunks to be read: its stored size
     counts them (otherwise ``stats latest`` showed ~60 KiB for a 7 MiB database whose

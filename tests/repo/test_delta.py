@@ -36,6 +36,8 @@ from casbackup.verify.sandbox import VerifyOptions, verify_snapshot
 from casbackup.vfs import Vfs, snapshot_folder
 from tests.verify.apps import backup, make_app
 
+# Databases of a few hundred kB, cut every 64 KiB as a large one is every 1 MiB.
+pytestmark = pytest.mark.usefixtures("small_page_chunks")
 DEPTH = 3
 ROWS = 20_000
 DUMP = "/.databases/local.sqlite"
@@ -387,7 +389,10 @@ from casbackup.repo import delta
 from casbackup.repo.ids import Kind
 from casbackup.repo.repository import Repository
 from casbackup.testing.fixtures import open_repo
+from tests.conftest import SMALL_PAGE_CHUNK
 from tests.verify.apps import backup
+import casbackup.archiver.backup
+casbackup.archiver.backup.PAGE_IMAGE_CHUNK = SMALL_PAGE_CHUNK  # as small_page_chunks does
 real, count = Repository.store_sealed, [0]
 def store_sealed(self, kind, *a, **k):
     if kind == Kind.DELTA:

@@ -1,0 +1,151 @@
+"""Page images (SQLite's dump) are cut at fixed offsets, and a night of rows rewritten in
+place is stored as aligned deltas of the parent's chunks at the same offsets."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from casbackup.archiver import backup as backup_module
+from casbackup.archiver.stream import ChunkReader
+from casbackup.chunking.chunker import PAGE_IMAGE_CHUNK, FixedChunker
+from casbackup.engines.base import DatabaseSpec, is_page_image
+from casbackup.repo import delta
+from casbackup.repo.ids import Kind
+from casbackup.repo.repository import Repository
+from casbackup.repo.snapshot import Snapshot
+from tests.verify.apps import backup, make_app
+
+DUMP = "/.databases/local.sqlite"
+
+
+class Trickle(io.RawIOBase):
+    """A pipe-like reader: at most ``step`` bytes a read, whatever was asked."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data, self._at, self._step = data, 0, step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def,override]
+        n = min(len(buf), self._step, len(self._data) - self._at)
+        buf[:n] = self._data[self._at : self._at + n]
+        self._at += n
+        return n
+
+
+@pytest.mark.parametrize("length", [0, 1, 999, 1000, 1001, 3000, 4321])
+@pytest.mark.parametrize("step", [7, 1000, 1 << 20])
+def test_fixed_chunks_cover_the_stream_at_fixed_offsets(length: int, step: int) -> None:
+    data = os.urandom(length)
+    pieces = [bytes(p) for p in FixedChunker(1000).stream(Trickle(data, step))]
+    assert b"".join(pieces) == data
+    assert all(len(p) == 1000 for p in pieces[:-1])
+    assert len(pieces) == -(-length // 1000)  # no empty chunk, even at an exact multiple
+
+
+def test_fixed_chunker_refuses_a_size_that_is_not_positive() -> None:
+    with pytest.raises(ValueError):
+        FixedChunker(0)
+
+
+def test_only_page_images_are_cut_at_fixed_offsets() -> None:
+    assert is_page_image("sqlite") and is_page_image("sqlite3")
+    assert not any(map(is_page_image, ("postgresql", "postgres", "mysql", "mariadb", "x")))
+    # A multiple of every SQLite page size (512 B to 64 KiB): no page straddles two chunks.
+    assert PAGE_IMAGE_CHUNK % 65536 == 0
+
+
+def rewrite_in_place(db: DatabaseSpec, rows: int, share: float, seed: int) -> None:
+    """Rewrite ``share`` of the rows, scattered, each value kept as long as it was."""
+    conn = sqlite3.connect(db.path)  # type: ignore[arg-type]
+    for i in random.Random(seed).sample(range(1, rows + 1), int(rows * share)):
+        conn.execute("UPDATE orders SET item = ? WHERE id = ?", (f"item {i}"[::-1], i))
+    conn.commit()
+    conn.close()
+
+
+def dump_chunks(repo: Repository, snap: Snapshot) -> list[tuple[bytes, int, Kind]]:
+    node = repo.find_node(snap.root, DUMP)
+    assert node is not None
+    return [(bytes(c), repo.locate(c).raw_len, repo.locate(c).kind) for c in node.content]
+
+
+def test_a_night_of_rows_rewritten_in_place_is_aligned_deltas(
+    repo: Repository, tmp_path: Path
+) -> None:
+    rows = 200_000  # a ~4.5 MB database: five chunks
+    app, db = make_app(tmp_path, rows=rows)
+    first = backup(repo, app, [db])
+    rewrite_in_place(db, rows, 0.01, seed=1)
+    second = backup(repo, app, [db])
+    rewrite_in_place(db, rows, 0.01, seed=2)
+    third = backup(repo, app, [db])
+
+    size = os.path.getsize(db.path)  # type: ignore[arg-type]
+    for snap in (first, second, third):
+        chunks = dump_chunks(repo, snap)
+        assert len(chunks) == -(-size // PAGE_IMAGE_CHUNK) >= 4
+        assert all(raw == PAGE_IMAGE_CHUNK for _, raw, _ in chunks[:-1])
+    # Every chunk changed (1% of the rows, scattered) and each is the runs that differ from
+    # its parent's chunk at the same offset: aligned (payload version 2), a chain each night.
+    for snap, depth in ((second, 1), (third, 2)):
+        chunks = dump_chunks(repo, snap)
+        assert {kind for _, _, kind in chunks} == {Kind.DELTA}
+        for blob_id, _, _ in chunks:
+            loc = repo.locate(blob_id)
+            envelope = repo.fetch_envelope(loc.pack, loc.offset, loc.stored_len)
+            payload = delta.open_delta(repo.opener, blob_id, envelope)
+            assert delta.payload_version(payload) == 2
+            assert repo.delta_depth(blob_id) == depth  # type: ignore[arg-type]
+    # 2,000 rows of ~12 bytes a night: a few kB per chunk, not the chunk again.
+    assert third.summary.bytes_stored < 100_000 < first.summary.bytes_stored
+
+    # Read back through the chains: the third night's database as it was then.
+    live = sqlite3.connect(db.path)  # type: ignore[arg-type]
+    expected = live.execute("SELECT id, item FROM orders ORDER BY id").fetchall()
+    live.close()
+    node = repo.find_node(third.root, DUMP)
+    assert node is not None
+    with ChunkReader(repo, node.content, size=node.size, content_hash=node.content_hash) as r:
+        (tmp_path / "night3.sqlite").write_bytes(r.read())
+    conn = sqlite3.connect(tmp_path / "night3.sqlite")
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert conn.execute("SELECT id, item FROM orders ORDER BY id").fetchall() == expected
+    conn.close()
+
+
+def test_a_parent_cut_by_content_is_stored_whole_once_then_deltas_again(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository whose SQLite dumps were cut by content (before page images were cut at
+    fixed offsets): the next night loads none of those chunks as bases (each would be a
+    base of another length, for a poor zstd delta) and stores the dump whole, once; the
+    night after it is aligned deltas again."""
+    rows = 200_000
+    app, db = make_app(tmp_path, rows=rows)
+    with monkeypatch.context() as m:
+        m.setattr(backup_module, "is_page_image", lambda engine: False)
+        old = backup(repo, app, [db])
+    assert {raw for _, raw, _ in dump_chunks(repo, old)[:-1]} != {PAGE_IMAGE_CHUNK}
+    loaded: list[object] = []
+    real = Repository.delta_base_for
+    monkeypatch.setattr(
+        Repository, "delta_base_for", lambda *a, **k: loaded.append(a) or real(*a, **k)
+    )
+    rewrite_in_place(db, rows, 0.01, seed=1)
+    switched = backup(repo, app, [db])
+    assert not loaded
+    chunks = dump_chunks(repo, switched)
+    assert all(raw == PAGE_IMAGE_CHUNK for _, raw, _ in chunks[:-1])
+    assert {kind for _, _, kind in chunks} == {Kind.DATA}
+    rewrite_in_place(db, rows, 0.01, seed=2)
+    after = backup(repo, app, [db])
+    assert {kind for _, _, kind in dump_chunks(repo, after)} == {Kind.DELTA}
+    assert after.summary.bytes_stored < 100_000
