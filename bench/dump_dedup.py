@@ -16,6 +16,10 @@ first night's, and the CPU time to read back the first and the last night's dump
 floor: the rows those nights changed, each night's compressed on its own, added to the
 first night's size.
 
+SQLite's dump is a page image, which the backup cuts every 1 MiB whatever the dump chunker
+(chunking.FixedChunker, since 2026-12-05): its rows' chunker labels name the repository's
+setting, not its cut.
+
 Each dump is taken once, written to a temporary file and backed up into every repository
 from it (the backup reads the file instead of the tool's pipe; the chunking, dedup and
 storage path is the same).
