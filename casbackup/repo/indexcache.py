@@ -67,7 +67,7 @@ def cache_bound(variable: str, default_mib: int) -> int:
         mib = int(raw) if raw.strip() else default_mib
     except ValueError:
         mib = default_mib
-    return max(mib, 0) << 20
+    return (mib if mib >= 0 else default_mib) << 20
 
 
 # The cache lists which blobs (keyed ids) the repository holds and where: nobody else's

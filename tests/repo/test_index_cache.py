@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from casbackup.repo.ids import BlobId, Kind
-from casbackup.repo.indexcache import cache_root
+from casbackup.repo.indexcache import cache_bound, cache_root
 from casbackup.repo.repository import Repository
 from casbackup.testing.fixtures import open_repo, run_cli
 from casbackup.verify.check import CheckOptions, check
@@ -288,3 +288,16 @@ def test_read_ahead_is_only_a_hint(tmp_path) -> None:  # type: ignore[no-untyped
     _read_ahead_small(str(tmp_path / "missing"))  # nothing to read: no error
     (tmp_path / "f").write_bytes(b"x" * 10_000)
     _read_ahead_small(str(tmp_path / "f"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "mib"),
+    [("", 7), ("  ", 7), ("0", 0), ("12", 12), (" 3 ", 3), ("-1", 7), ("1.5", 7), ("lots", 7)],
+)
+def test_a_cache_bound_that_is_not_a_non_negative_integer_is_the_default(
+    monkeypatch: pytest.MonkeyPatch, raw: str, mib: int
+) -> None:
+    """A typo (a negative or fractional number, a word) keeps the cache at its default size:
+    it neither stops a backup nor silently turns the cache off (-1 used to mean 0: off)."""
+    monkeypatch.setenv("CASBACKUP_TEST_CACHE_MIB", raw)
+    assert cache_bound("CASBACKUP_TEST_CACHE_MIB", 7) == mib << 20
