@@ -304,11 +304,13 @@ def test_an_interrupted_stream_leaves_a_copy_of_chunks_that_stand_alone(repo_pat
     repo.close()
 
 
-def _two_versions(repo_path: str) -> tuple[Repository, list[bytes], tuple, str]:
-    """Six 30 kB chunks stored, then each changed in place with a copy written:
+def _two_versions(
+    repo_path: str, size: int = 30_000
+) -> tuple[Repository, list[bytes], tuple, str]:
+    """Six chunks of ``size`` bytes stored, then each changed in place with a copy written:
     (the repository, the second version's chunks, their ids, the copy's path)."""
     repo = open_repo(repo_path)
-    first = [os.urandom(30_000) for _ in range(6)]
+    first = [os.urandom(size) for _ in range(6)]
     ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
     second = [changed(p, 10) for p in first]
     bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
@@ -543,12 +545,7 @@ def test_a_copies_folder_that_is_a_link_is_neither_swept_nor_read(
     folder's files deleted, nor is a copy in it read. The sweep followed the link: every
     file there older than STALE_S, and every "*.tmp-<pid>-*" of a pid that is gone, went
     (and with the earlier layout's name, every file)."""
-    repo = open_repo(repo_path)
-    first = [os.urandom(20_000) for _ in range(6)]
-    ids1, _, _ = delta_bases.store_chunks(repo, iter(first), None)
-    second = [changed(p, 10) for p in first]
-    bases = delta_bases.BaseFinder.for_content(repo, ids1, "k")
-    ids2, _, _ = delta_bases.store_chunks(repo, iter(second), bases, copy_key="k")
+    repo, second, ids2, _ = _two_versions(repo_path, 20_000)
     copies = copies_dir(repo.config.id)
     victim = tmp_path / "victim"
     # The user's folder, holding a copy that would authenticate.
