@@ -304,9 +304,7 @@ def test_an_interrupted_stream_leaves_a_copy_of_chunks_that_stand_alone(repo_pat
     repo.close()
 
 
-def _two_versions(
-    repo_path: str, size: int = 30_000
-) -> tuple[Repository, list[bytes], tuple, str]:
+def _two_versions(repo_path: str, size: int = 30_000) -> tuple[Repository, list[bytes], tuple, str]:
     """Six chunks of ``size`` bytes stored, then each changed in place with a copy written:
     (the repository, the second version's chunks, their ids, the copy's path)."""
     repo = open_repo(repo_path)
