@@ -59,12 +59,19 @@ class BaseFinder:
     """Bases for the new chunks of one stream, from its version in the parent snapshot."""
 
     def __init__(
-        self, content: Sequence[BlobId], sizes: Sequence[int], copy: BaseCopy | None = None
+        self,
+        content: Sequence[BlobId],
+        sizes: Sequence[int],
+        copy: BaseCopy | None = None,
+        fixed: bool = False,
     ) -> None:
         """``content``: the parent version's chunk ids, ``sizes`` their lengths (bytes);
-        ``copy``: the stream's local copy of that version, when there is one."""
+        ``copy``: the stream's local copy of that version, when there is one; ``fixed``:
+        both versions are cut at the same fixed offsets (a page image), so a new chunk's
+        base is the parent's chunk at its offset, and no other."""
         self._ids = list(content)
         self._copy = copy
+        self._fixed = fixed
         self.copy_refuted = False  # a spot check found the repository disagreeing
         self._starts = [0]
         for size in sizes:
@@ -101,7 +108,7 @@ class BaseFinder:
         copy = None
         if copy_key is not None:
             copy = BaseCopy.open(repo.config.id, copy_key, repo.opener, list(content), sizes)
-        return cls(content, sizes, copy)
+        return cls(content, sizes, copy, fixed is not None)
 
     @property
     def copy(self) -> BaseCopy | None:
@@ -116,7 +123,9 @@ class BaseFinder:
     def seen(self, blob_id: bytes, offset: int, length: int) -> None:
         """Record the chunk at ``offset`` of the new stream (stored or found unchanged)."""
         i = self._where.get(blob_id)
-        if i is not None:
+        # Cut at fixed offsets, nothing drifts: a chunk found elsewhere in the parent (one
+        # of a run of identical chunks, free pages zeroed) says nothing about the next one.
+        if i is not None and not self._fixed:
             self._drift = self._starts[i + 1] - (offset + length)
 
     def choose(self, load: BaseLoader, piece: bytes | memoryview, offset: int) -> DeltaBase | None:
@@ -132,9 +141,14 @@ class BaseFinder:
         leads to, its plaintext loaded (None when it cannot be used); ``known`` is the
         chunk's plaintext from the local copy, or None. A candidate whose answer is
         "store full" (its chain is at the limit, ``plain`` None) is returned as it is,
-        nothing loaded."""
-        i = self._under(offset + self._drift + len(piece) // 2)
+        nothing loaded. Cut at fixed offsets (``fixed``), the candidate is the parent's
+        chunk at ``offset`` (the last one past the parent's end), whatever its first bytes:
+        a page whose header changed must not pair the chunk with a neighbour, nor cost
+        loading them."""
         same = self._under(offset + len(piece) // 2)  # no drift: right for in-place changes
+        if self._fixed:
+            return self._load(load, same)
+        i = self._under(offset + self._drift + len(piece) // 2)
         head = bytes(piece[:_PREFIX])
         first: DeltaBase | None = None
         for j in dict.fromkeys((i, i + 1, i - 1, same)):

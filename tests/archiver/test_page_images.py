@@ -149,3 +149,55 @@ def test_a_parent_cut_by_content_is_stored_whole_once_then_deltas_again(
     after = backup(repo, app, [db])
     assert {kind for _, _, kind in dump_chunks(repo, after)} == {Kind.DELTA}
     assert after.summary.bytes_stored < 100_000
+
+
+def freed_in_the_middle(path: Path) -> None:
+    """A database whose middle is free pages zeroed (``secure_delete``): a run of chunks
+    with the same id, between chunks of rows."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+    conn.execute("CREATE TABLE junk (b BLOB)")
+    rows = [(f"item {i}",) for i in range(30_000)]
+    conn.executemany("INSERT INTO orders (item) VALUES (?)", rows)
+    conn.executemany("INSERT INTO junk VALUES (?)", [(os.urandom(3000),) for _ in range(200)])
+    conn.executemany("INSERT INTO orders (item) VALUES (?)", rows)
+    conn.execute("DELETE FROM junk")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.usefixtures("small_page_chunks")
+def test_a_changed_chunk_is_a_delta_of_the_parents_chunk_at_its_offset(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """Chunks never shift in a page image: the base of a changed chunk is the parent's
+    chunk at its offset, one base loaded for it. A run of identical chunks (free pages
+    zeroed) once led the base choice, which follows a content-defined stream's drift, a
+    run's length astray: the next changed chunk whose first page's header changed (rows
+    deleted) was stored as a delta of a chunk of zeros, nearly whole."""
+    app, db = make_app(tmp_path, rows=0)
+    os.unlink(db.path)  # type: ignore[arg-type]
+    freed_in_the_middle(Path(db.path))  # type: ignore[arg-type]
+    first = backup(repo, app, [db])
+    parent = [blob_id for blob_id, _, _ in dump_chunks(repo, first)]
+    assert max(parent.count(c) for c in parent) >= 4  # a run of zeroed chunks
+    conn = sqlite3.connect(db.path)  # type: ignore[arg-type]
+    conn.execute("DELETE FROM orders WHERE id % 7 = 0")  # every page's header changes
+    conn.commit()
+    conn.close()
+    loaded: list[object] = []
+    real = Repository.delta_base_for
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Repository, "delta_base_for", lambda *a, **k: loaded.append(a) or real(*a, **k))
+        second = backup(repo, app, [db])
+    chunks = dump_chunks(repo, second)
+    changed = [i for i, (blob_id, _, _) in enumerate(chunks) if blob_id not in parent]
+    assert len(changed) >= 8 and len(chunks) == len(parent)
+    for i in changed:
+        blob_id, _, kind = chunks[i]
+        assert kind == Kind.DELTA, i
+        loc = repo.locate(blob_id)
+        envelope = repo.fetch_envelope(loc.pack, loc.offset, loc.stored_len)
+        assert delta.delta_base(delta.open_delta(repo.opener, blob_id, envelope)) == parent[i], i
+    assert len(loaded) == len(changed)
