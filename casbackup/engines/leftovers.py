@@ -2,7 +2,8 @@
 
 A restore killed by SIGKILL (or a power cut) cannot remove what it wrote on this machine: the
 SQLite engine's copy beside the target, the PostgreSQL privileges pass's folder in the temp
-folder (the dump's first bytes). Their names carry `<pid>-<token>` (`process_tag()`): the
+folder (the dump's first bytes); nor can a backup killed while SQLite copies the database into
+the temp folder (sqlite.py). Their names carry `<pid>-<token>` (`process_tag()`): the
 process's pid and a token drawn once per process, so that the next restore removes those whose
 process is gone, and those of an earlier process that had this process's pid (a container's
 or a rescue system's restore, run again after a power cut, often gets the same small pid),

@@ -7,8 +7,12 @@ carry on meanwhile, in rollback-journal mode they wait (busy timeout) for the co
 
 The copy goes into a private temporary file (mode 0600, in `options["temp_dir"]` or the system
 temp folder) that is unlinked as soon as it is open for streaming, so it disappears even if the
-process dies. This is the one place casbackup writes a dump to disk: SQLite's backup API needs a
-database file as destination, and the copy is what makes the stream consistent.
+process dies then. A backup killed outright while SQLite makes the copy (seconds to minutes
+for a large database) leaves it, a whole database's size: named
+`casbackup-sqlite-dump-<pid>-<token>-<n>` (leftovers.py), it is removed by the next dump into
+that folder once its process is gone. This is the one place casbackup writes a dump to disk:
+SQLite's backup API needs a database file as destination, and the copy is what makes the
+stream consistent.
 
 A missing database file is an error, never an empty database (ANCHORS.md: a missing SQLite file
 backed up as an empty database is one of the silent failures users reported).
@@ -52,6 +56,10 @@ _SIDE_FILES = ("-wal", "-shm", "-journal")
 _TEMP = re.compile(
     r"\.casbackup-sqlite-([0-9]{1,10})-([0-9a-f]{8})-[0-9]+(?:-wal|-shm|-journal)?\Z"
 )
+# The dump's copy in the temp folder, ``casbackup-sqlite-dump-<pid>-<token>-<n>`` (`_dump_copy`).
+_DUMP_TEMP = re.compile(
+    r"casbackup-sqlite-dump-([0-9]{1,10})-([0-9a-f]{8})-[0-9]+(?:-wal|-shm|-journal)?\Z"
+)
 _COUNTER = itertools.count()
 
 
@@ -61,6 +69,32 @@ def _temporary(folder: str) -> tuple[int, str]:
         path = os.path.join(folder, f".casbackup-sqlite-{process_tag()}-{next(_COUNTER)}")
         try:
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+        except FileExistsError:
+            continue
+
+
+def _dump_copy(folder: str | None) -> str:
+    """A new private file (0600) for the dump's copy in ``folder`` (None: the system temp
+    folder), after removing the copies there of dumps whose process is gone (a backup
+    killed while SQLite made the copy): only this user's regular files, named as this
+    makes them. Raises OSError when the file cannot be made."""
+    folder = folder or tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            m = _DUMP_TEMP.match(name)
+            if m is None or not is_stale(int(m.group(1)), m.group(2)):
+                continue
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                    os.unlink(path)
+    while True:
+        path = os.path.join(folder, f"casbackup-sqlite-dump-{process_tag()}-{next(_COUNTER)}")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(path, flags, 0o600))
+            return path
         except FileExistsError:
             continue
 
@@ -260,8 +294,7 @@ class SqliteEngine:
                 "(refusing to back it up as an empty database)"
             )
         timeout = _busy_timeout(spec)
-        fd, tmp = tempfile.mkstemp(prefix="casbackup-sqlite-", dir=spec.options.get("temp_dir"))
-        os.close(fd)
+        tmp = _dump_copy(spec.options.get("temp_dir"))
         try:
             try:
                 src = sqlite3.connect(_uri(path, "rw"), uri=True, timeout=timeout,

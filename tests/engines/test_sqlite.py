@@ -330,6 +330,56 @@ def test_a_killed_restore_leaves_a_copy_that_the_next_restore_removes(tmp_path: 
     )
 
 
+_DUMPING_CHILD = r"""
+import sys
+from casbackup.engines.base import DatabaseSpec
+from casbackup.engines.sqlite import SqliteEngine
+
+spec = DatabaseSpec(name="bank", engine="sqlite", path=sys.argv[1],
+                    options={"temp_dir": sys.argv[2], "busy_timeout": "600"})
+SqliteEngine().dump(spec)
+"""
+
+
+def test_a_killed_backup_leaves_a_copy_that_the_next_dump_removes(tmp_path: Path) -> None:
+    """SIGKILLed while SQLite's backup API copied the database (before the copy is
+    unlinked, at the start of streaming), a backup left that copy in the temp folder for
+    good: 1.5 GB a killed backup of a 1.5 GB database, under a random name nobody swept."""
+    source = tmp_path / "bank.db"
+    make_bank(source)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    (temp / "casbackup-sqlite-dump-1-0000000x-0").write_bytes(b"not ours: no token")
+    # A writer holds the database: the dump waits with its copy made, as a long one does.
+    holder = sqlite3.connect(source, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _DUMPING_CHILD, str(source), str(temp)],
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(temp.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # While it runs, another database's dump leaves its copy alone.
+        other = tmp_path / "other.db"
+        make_bank(other)
+        with SqliteEngine().dump(spec_for(other, temp_dir=str(temp))) as stream:
+            read_in_pieces(stream)
+            stream.finish()
+        left = sorted(p.name for p in temp.iterdir())
+        assert len(left) == 2
+    finally:
+        child.kill()
+        child.wait()
+        holder.execute("ROLLBACK")
+        holder.close()
+    with SqliteEngine().dump(spec_for(source, temp_dir=str(temp))) as stream:
+        read_in_pieces(stream)
+        stream.finish()
+    assert [p.name for p in temp.iterdir()] == ["casbackup-sqlite-dump-1-0000000x-0"]
+
+
 def test_a_virtual_table_of_an_extension_this_sqlite_lacks_is_backed_up(tmp_path: Path) -> None:
     """Found backing up a database that an application with a loadable extension made (a
     SpatiaLite spatial index, a sqlite-vec table): every backup failed with 'cannot copy
