@@ -393,8 +393,10 @@ class Backup(Walker, FileReading):
             key = stream_key("dump", self.options.app or "", spec.filename)
             # A page image (SQLite) keeps changed rows where they were: cut at fixed offsets,
             # each changed chunk is as long as its parent's and is stored as the byte runs
-            # that differ (an aligned delta), at less CPU than storing it whole.
-            page_image = is_page_image(spec.engine)
+            # that differ (an aligned delta), at less CPU than storing it whole. A repository
+            # without aligned deltas (format 5 and older, until ``migrate``) would store each
+            # changed MiB whole or as a zstd delta: there the cut stays content-defined.
+            page_image = is_page_image(spec.engine) and self.repo.aligned_deltas_allowed
             chunker = self.page_chunker if page_image else self.dump_chunker
             if before is not None and self.repo.deltas_allowed:
                 fixed = self.page_chunker.size if page_image else None

@@ -208,7 +208,8 @@ def canonical_engine_name(name: str) -> str:
 
 #: Engines whose dump is the database's page image (SQLite: the online backup API's copy
 #: of the file), where a row rewritten in place stays at its offset. Their dumps are cut
-#: at fixed offsets (chunking.FixedChunker), not by content; plugins' dumps never are.
+#: at fixed offsets (chunking.FixedChunker), not by content, in a repository that holds
+#: aligned deltas (format 6 and later); plugins' dumps never are.
 PAGE_IMAGE_ENGINES = frozenset({"sqlite"})
 
 

@@ -362,7 +362,12 @@ def test_a_version_2_repository_writes_no_delta_until_migrate(tmp_path: Path) ->
     assert {repo.locate(c).kind for c in dump_node(repo, snaps[1]).content} == {Kind.DATA}
     migrate(repo)
     assert repo.config.version == FORMAT_VERSION and repo.deltas_allowed
+    # The first night after it cuts the SQLite dump at fixed offsets (aligned deltas are
+    # allowed now): its parent was cut by content, so it is stored whole, once.
     change_rows(db, 7)
+    snap = backup(repo, app, [db])
+    assert {repo.locate(c).kind for c in dump_node(repo, snap).content} == {Kind.DATA}
+    change_rows(db, 8)
     snap = backup(repo, app, [db])
     assert Kind.DELTA in {repo.locate(c).kind for c in dump_node(repo, snap).content}
     repo.close()
