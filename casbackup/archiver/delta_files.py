@@ -28,7 +28,13 @@ from collections.abc import Callable
 from casbackup.archiver.base_copies import stream_key
 from casbackup.archiver.delta_bases import COPY_REFUTED, BaseFinder, Stopped, store_chunks
 from casbackup.archiver.workers import CancelFlag, FileOutcome, open_for_reading, read_outcome
-from casbackup.chunking.chunker import Chunker, StreamCutter
+from casbackup.chunking.chunker import (
+    PAGE_IMAGE_CHUNK,
+    Chunker,
+    FixedChunker,
+    StreamCutter,
+    is_page_image_file,
+)
 from casbackup.repo.repository import Repository
 from casbackup.repo.tree import Node, NodeKind
 from casbackup.threadsig import quiet_thread
@@ -80,6 +86,7 @@ class DeltaFileReader:
         self.on_bytes = on_bytes
         self.on_notice = on_notice  # a line the user should know (from this thread)
         self._cutter = StreamCutter(chunker)
+        self._page_cutter = FixedChunker(PAGE_IMAGE_CHUNK)
         self._queue: queue.Queue[tuple[bytes, Node, Done] | None] = queue.Queue(QUEUE_FILES)
         self._thread = quiet_thread(self._run, name="delta-files")
         self._thread.start()
@@ -126,10 +133,14 @@ class DeltaFileReader:
         if not stat.S_ISREG(before.st_mode):
             raise OSError(errno.EINVAL, "not a regular file any more")
         key = stream_key("file", path)
-        bases = BaseFinder.for_content(self.repo, earlier.content, key)
+        # A SQLite database is cut at fixed offsets, as the readers cut it (workers.py).
+        page_image = self.repo.aligned_deltas_allowed and is_page_image_file(fd)
+        fixed = self._page_cutter.size if page_image else None
+        bases = BaseFinder.for_content(self.repo, earlier.content, key, fixed)
         with open(fd, "rb", buffering=0, closefd=False) as f:
+            pieces = self._page_cutter.stream(f) if page_image else self._cutter.chunks(f)
             ids, digest, size = store_chunks(
-                self.repo, self._cutter.chunks(f), bases,
+                self.repo, pieces, bases,
                 stopped=self.cancel.is_set, on_bytes=self.on_bytes, copy_key=key,
             )  # fmt: skip
         if bases is not None and bases.copy_refuted:  # stored all the same (those chunks whole)

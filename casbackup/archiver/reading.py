@@ -80,6 +80,7 @@ class FileReading:
             exclude_if_present=self.options.exclude_if_present,
             exclude_larger_than=self.options.exclude_larger_than,
             one_file_system=self.options.one_file_system,
+            page_images=repo.aligned_deltas_allowed,
         )
         # Worth it only with a parent to compare with and a reader to spare for it.
         self._compare_subtrees = (

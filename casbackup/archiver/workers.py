@@ -42,7 +42,13 @@ import blake3
 from casbackup import procs
 from casbackup.archiver.compare import Counts, SubtreeComparer, SubtreeJob
 from casbackup.archiver.excludes import Excluder
-from casbackup.chunking.chunker import Chunker, StreamCutter
+from casbackup.chunking.chunker import (
+    PAGE_IMAGE_CHUNK,
+    Chunker,
+    FixedChunker,
+    StreamCutter,
+    is_page_image_file,
+)
 from casbackup.crypto.envelope import Opener, Sealer
 from casbackup.errors import CasError, IntegrityError
 from casbackup.memory import tune_allocator_single_thread
@@ -85,6 +91,9 @@ class WorkerSetup:
     exclude_if_present: tuple[str, ...] = ()  # BackupOptions' fields of the same names
     exclude_larger_than: int = 0
     one_file_system: bool = False
+    # SQLite database files cut every 1 MiB (chunking.is_page_image_file): only where
+    # their changed chunks can be aligned deltas (format 6 and later, as for dumps).
+    page_images: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class FileReader:
         self.cancel = cancel
         self.chunker = Chunker(setup.chunker, setup.chunker_seed)
         self.cutter = StreamCutter(self.chunker)
+        self.page_cutter = FixedChunker(PAGE_IMAGE_CHUNK)
         self.sealer = Sealer(setup.encryption_root)  # a fresh session: see module docstring
         self.opener = Opener(setup.encryption_root)
         self.level = setup.compression_level
@@ -208,7 +218,15 @@ class FileReader:
                 ids, digest, size = self._store(pieces, flush)
             else:
                 with open(fd, "rb", buffering=0, closefd=False) as f:
-                    ids, digest, size = self._store(self.cutter.chunks(f), flush)
+                    # A SQLite database file is cut at fixed offsets, as its dump is: its
+                    # changed pages then pair with the parent's chunk at the same offset
+                    # (--delta-files), and an unchanged run of pages dedups wherever it is.
+                    pieces = (
+                        self.page_cutter.stream(f)
+                        if self.setup.page_images and is_page_image_file(fd)
+                        else self.cutter.chunks(f)
+                    )
+                    ids, digest, size = self._store(pieces, flush)
             after = os.fstat(fd)
         finally:
             os.close(fd)

@@ -8,6 +8,7 @@ table is seeded from the master key so cut points (and chunk sizes) depend on it
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -100,6 +101,21 @@ class StreamCutter:
 #: 0.18 MB, 1 MiB 0.12 MB in the least CPU; the first backup 10.5, 10.2 and 8.1 MB (larger
 #: zstd frames).
 PAGE_IMAGE_CHUNK = 1 << 20
+
+
+#: The first 16 bytes of every SQLite 3 database file (https://sqlite.org/fileformat.html,
+#: "The Database Header"): a file backed up as a file that starts with them is a page image.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_page_image_file(fd: int) -> bool:
+    """Whether the open file ``fd`` is a page image (a SQLite database: ``SQLITE_MAGIC`` at
+    offset 0), which is cut at fixed offsets like a SQLite dump. One ``pread`` of 16 bytes;
+    an unreadable start counts as no (the read that follows reports the error)."""
+    try:
+        return os.pread(fd, len(SQLITE_MAGIC), 0) == SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 class FixedChunker:

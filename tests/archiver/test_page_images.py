@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from casbackup.archiver import backup as backup_module
+from casbackup.archiver.backup import BackupOptions, run_backup
 from casbackup.archiver.stream import ChunkReader
 from casbackup.chunking.chunker import PAGE_IMAGE_CHUNK, FixedChunker
 from casbackup.engines.base import DatabaseSpec, is_page_image
@@ -213,10 +214,13 @@ def test_a_repository_without_aligned_deltas_cuts_sqlite_dumps_by_content(
     and cut every 1 MiB a page image stored each night every MiB that a changed row
     touched (a 100 MB database with 200 rows rewritten a night, format 2, through the CLI:
     21-23 MB a night against 6.6-7.0 MB cut by content). Such a repository keeps the
-    content-defined cut."""
+    content-defined cut, for SQLite database files backed up as files too."""
     repo = make_repo(str(tmp_path / "repo"), version=version)
     app, db = make_app(tmp_path, rows=200_000)
+    as_file = app / "data" / "copy.sqlite"
+    as_file.write_bytes(Path(db.path).read_bytes())  # type: ignore[arg-type]
     first = backup(repo, app, [db])
+    assert {raw for _, raw, _ in file_chunks(repo, first, as_file)[:-1]} != {PAGE_IMAGE_CHUNK}
     conn = sqlite3.connect(db.path)  # type: ignore[arg-type]
     for i in (1_000, 90_000, 170_000):  # three rows, in three of the five MiB
         conn.execute("UPDATE orders SET item = ? WHERE id = ?", (f"item {i}"[::-1], i))
@@ -227,3 +231,54 @@ def test_a_repository_without_aligned_deltas_cuts_sqlite_dumps_by_content(
         assert {raw for _, raw, _ in dump_chunks(repo, snap)[:-1]} != {PAGE_IMAGE_CHUNK}
     assert second.summary.bytes_stored < first.summary.bytes_stored / 4
     repo.close()
+
+
+def file_chunks(repo: Repository, snap: Snapshot, path: Path) -> list[tuple[bytes, int, Kind]]:
+    node = repo.find_node(snap.root, os.fsencode(path))
+    assert node is not None
+    return [(bytes(c), repo.locate(c).raw_len, repo.locate(c).kind) for c in node.content]
+
+
+@pytest.mark.parametrize("delta_files", [0, 1 << 20])
+def test_a_sqlite_file_backed_up_as_a_file_is_cut_at_fixed_offsets(
+    repo: Repository, tmp_path: Path, delta_files: int
+) -> None:
+    """A SQLite database in a backed-up folder (not configured as a database) is cut every
+    1 MiB by the readers, and by ``--delta-files``'s reader, so that the nights after its
+    first are aligned deltas of the parent's chunk at each offset; other files still by
+    content."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = 200_000
+    make_app(tmp_path / "db", rows=rows)
+    db_file = src / "shop.sqlite"
+    os.rename(tmp_path / "db" / "shop.sqlite", db_file)
+    other = src / "other.bin"
+    other.write_bytes(b"SQLite format 2\x00" + random.Random(3).randbytes(3 << 20))
+    spec = DatabaseSpec(name="x", engine="sqlite", path=str(db_file))
+
+    def night() -> Snapshot:
+        opts = BackupOptions(paths=(str(src),), delta_files=delta_files)
+        snap = run_backup(repo, opts).snapshot
+        assert snap is not None
+        return snap
+
+    first = night()
+    size = db_file.stat().st_size
+    chunks = file_chunks(repo, first, db_file)
+    assert len(chunks) == -(-size // PAGE_IMAGE_CHUNK) >= 4
+    assert all(raw == PAGE_IMAGE_CHUNK for _, raw, _ in chunks[:-1])
+    assert {raw for _, raw, _ in file_chunks(repo, first, other)} != {PAGE_IMAGE_CHUNK}
+    rewrite_in_place(spec, rows, 0.01, seed=1)
+    second = night()
+    chunks = file_chunks(repo, second, db_file)
+    assert all(raw == PAGE_IMAGE_CHUNK for _, raw, _ in chunks[:-1])
+    kinds = {kind for _, _, kind in chunks}
+    if delta_files:
+        assert kinds == {Kind.DELTA} and second.summary.bytes_stored < 100_000
+    else:
+        assert kinds == {Kind.DATA}
+    node = repo.find_node(second.root, os.fsencode(db_file))
+    assert node is not None
+    with ChunkReader(repo, node.content, size=node.size, content_hash=node.content_hash) as r:
+        assert r.read() == db_file.read_bytes()
